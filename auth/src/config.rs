@@ -1,0 +1,110 @@
+//! The server's configuration file, `DIR/config.toml`.
+//!
+//! Written by `vmail-auth init`, read by `vmail-auth serve`. Every field has a
+//! default, so an operator only writes what they change.
+
+use serde::{Deserialize, Serialize};
+
+/// Default session and certificate lifetime: 12 hours.
+pub const DEFAULT_SESSION_TTL_SECS: u64 = 12 * 3600;
+/// Default lifetime of a voicemail whose sender asked for none: 30 days.
+pub const DEFAULT_VOICEMAIL_TTL_SECS: u64 = 30 * 86_400;
+/// Longest lifetime a sender may ask for: 365 days.
+pub const MAX_VOICEMAIL_TTL_SECS: u64 = 365 * 86_400;
+/// How long the server keeps an unfinished login's state: 60 seconds.
+pub const DEFAULT_LOGIN_TIMEOUT_SECS: u64 = 60;
+/// Failed logins allowed per user inside [`DEFAULT_LOCKOUT_WINDOW_SECS`].
+pub const DEFAULT_MAX_FAILED_LOGINS: u32 = 5;
+/// The window over which failed logins are counted, and the lock-out after it: 5 minutes.
+pub const DEFAULT_LOCKOUT_WINDOW_SECS: u64 = 300;
+
+/// The auth server's configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// This server's name; it is also a subject alternative name of its TLS certificate.
+    pub name: String,
+    /// The address the public gRPC API listens on.
+    pub listen: String,
+    /// Who may register.
+    pub registration: Registration,
+    /// Lifetime of a session token and its master key, in seconds.
+    pub session_ttl_secs: u64,
+    /// Lifetime of a user certificate, in seconds.
+    pub certificate_ttl_secs: u64,
+    /// Lifetime of a voicemail whose sender asked for none, in seconds.
+    pub default_voicemail_ttl_secs: u64,
+    /// Longest voicemail lifetime a sender may ask for, in seconds.
+    pub max_voicemail_ttl_secs: u64,
+    /// How long an unfinished login is remembered, in seconds.
+    pub login_timeout_secs: u64,
+    /// Failed logins allowed per user inside the lock-out window.
+    pub max_failed_logins: u32,
+    /// The failed-login window and lock-out length, in seconds.
+    pub lockout_window_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            name: "auth-1".to_owned(),
+            listen: "127.0.0.1:7443".to_owned(),
+            registration: Registration::default(),
+            session_ttl_secs: DEFAULT_SESSION_TTL_SECS,
+            certificate_ttl_secs: DEFAULT_SESSION_TTL_SECS,
+            default_voicemail_ttl_secs: DEFAULT_VOICEMAIL_TTL_SECS,
+            max_voicemail_ttl_secs: MAX_VOICEMAIL_TTL_SECS,
+            login_timeout_secs: DEFAULT_LOGIN_TIMEOUT_SECS,
+            max_failed_logins: DEFAULT_MAX_FAILED_LOGINS,
+            lockout_window_secs: DEFAULT_LOCKOUT_WINDOW_SECS,
+        }
+    }
+}
+
+/// Who may register.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Registration {
+    /// `open`: anyone; `invite`: only with one of `invite_codes`.
+    pub mode: RegistrationMode,
+    /// Single-use invite codes; each registers one account.
+    pub invite_codes: Vec<String>,
+}
+
+impl Default for Registration {
+    fn default() -> Self {
+        Self {
+            mode: RegistrationMode::Open,
+            invite_codes: Vec::new(),
+        }
+    }
+}
+
+/// Registration policy.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RegistrationMode {
+    /// Anyone may register.
+    Open,
+    /// Registration needs an unused invite code from the config.
+    Invite,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partial_files_take_defaults_and_unknown_keys_fail() {
+        let c: ServerConfig = toml::from_str(
+            "name = \"a\"\n[registration]\nmode = \"invite\"\ninvite_codes = [\"x\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.name, "a");
+        assert_eq!(c.registration.mode, RegistrationMode::Invite);
+        assert_eq!(c.session_ttl_secs, DEFAULT_SESSION_TTL_SECS);
+        assert!(toml::from_str::<ServerConfig>("nmae = \"a\"").is_err());
+        let round: ServerConfig = toml::from_str(&toml::to_string(&c).unwrap()).unwrap();
+        assert_eq!(round, c);
+    }
+}

@@ -1,0 +1,423 @@
+//! The server's data directory: what `vmail-auth init` creates and what
+//! `vmail-auth serve` loads, with errors that say which file is wrong.
+//!
+//! ```text
+//! DIR/config.toml       server configuration (ServerConfig)
+//! DIR/ca.pem            cluster CA certificate: clients trust it
+//! DIR/ca.key            cluster CA private key                       0600
+//! DIR/server.pem        this server's TLS certificate, signed by the CA
+//! DIR/server.key        this server's TLS private key                0600
+//! DIR/cluster.key       ed25519 seed that signs user certificates    0600
+//! DIR/cluster.pub       its public key, hex: clients verify with it
+//! DIR/opaque-setup.bin  OPAQUE server setup (OPRF seed, AKE key)     0600
+//! DIR/data.key          AES-256 key sealing secrets in the database  0600
+//! DIR/client.toml       ready-made client config (endpoint, CA, cluster key)
+//! DIR/vmail-auth.redb   the database
+//! ```
+//!
+//! Nothing here is ever overwritten: `init` refuses a non-empty directory and
+//! `load` refuses anything missing or malformed.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use opaque_ke::ServerSetup;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use vmail_proto::keys::SecretKey;
+use vmail_proto::opaque::Suite;
+use vmail_proto::random_bytes;
+
+use crate::config::ServerConfig;
+use crate::store::{Store, StoreError};
+
+/// File names inside the data directory.
+pub mod files {
+    /// Server configuration.
+    pub const CONFIG: &str = "config.toml";
+    /// Cluster CA certificate.
+    pub const CA_CERT: &str = "ca.pem";
+    /// Cluster CA key.
+    pub const CA_KEY: &str = "ca.key";
+    /// Server TLS certificate.
+    pub const SERVER_CERT: &str = "server.pem";
+    /// Server TLS key.
+    pub const SERVER_KEY: &str = "server.key";
+    /// Cluster signing key seed.
+    pub const CLUSTER_KEY: &str = "cluster.key";
+    /// Cluster public key, hex.
+    pub const CLUSTER_PUB: &str = "cluster.pub";
+    /// OPAQUE server setup.
+    pub const OPAQUE_SETUP: &str = "opaque-setup.bin";
+    /// Database sealing key.
+    pub const DATA_KEY: &str = "data.key";
+    /// Client configuration to hand out.
+    pub const CLIENT_CONFIG: &str = "client.toml";
+    /// The redb database.
+    pub const DATABASE: &str = "vmail-auth.redb";
+}
+
+/// Why a data directory could not be created or loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum DataDirError {
+    /// `init` was pointed at a directory that already has files.
+    #[error("{0} is not empty; refusing to overwrite an existing server. Choose a new directory")]
+    NotEmpty(PathBuf),
+    /// `serve` was pointed at a directory that does not exist.
+    #[error("data dir {0} does not exist; create one with `vmail-auth init --data-dir {0}`")]
+    Missing(PathBuf),
+    /// A file the server needs is absent.
+    #[error(
+        "{0} is missing: the data dir is incomplete. Restore it from a backup; the server will not recreate it"
+    )]
+    MissingFile(PathBuf),
+    /// A file exists but its contents are wrong.
+    #[error("{path} is corrupt: {why}. Restore it from a backup; the server will not overwrite it")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
+    /// Reading or writing a file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Generating a TLS certificate failed.
+    #[error("generating TLS certificates: {0}")]
+    Tls(#[from] rcgen::Error),
+    /// The database could not be created or opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DataDirError + '_ {
+    move |source| DataDirError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Options for [`init`].
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    /// The directory to create.
+    pub dir: PathBuf,
+    /// The server's name.
+    pub name: String,
+    /// The listen address, for example `127.0.0.1:7443`.
+    pub listen: String,
+    /// Extra host names or IP addresses for the TLS certificate.
+    pub sans: Vec<String>,
+}
+
+/// What [`init`] made that clients need.
+#[derive(Debug, Clone)]
+pub struct InitReport {
+    /// Path of the CA certificate clients must trust.
+    pub ca_cert: PathBuf,
+    /// The cluster public key, hex.
+    pub cluster_public_key: String,
+    /// Path of the ready-made client config.
+    pub client_config: PathBuf,
+    /// The endpoint URL written into the client config.
+    pub endpoint: String,
+}
+
+/// The keys a running server uses, loaded from the data directory.
+#[derive(Debug)]
+pub struct ServerKeys {
+    /// Cluster CA certificate, PEM.
+    pub ca_cert_pem: String,
+    /// Server TLS certificate, PEM.
+    pub server_cert_pem: String,
+    /// Server TLS key, PEM.
+    pub server_key_pem: String,
+    /// Signs user certificates.
+    pub cluster_key: SigningKey,
+    /// The OPAQUE server setup.
+    pub opaque_setup: ServerSetup<Suite>,
+    /// Seals secrets in the database.
+    pub data_key: SecretKey,
+}
+
+impl ServerKeys {
+    /// The cluster public key clients verify certificates with.
+    pub fn cluster_public_key(&self) -> VerifyingKey {
+        self.cluster_key.verifying_key()
+    }
+}
+
+fn write_new(path: &Path, contents: &[u8], secret: bool) -> Result<(), DataDirError> {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(if secret { 0o600 } else { 0o644 })
+        .open(path)
+        .map_err(io_err(path))?;
+    f.write_all(contents).map_err(io_err(path))?;
+    f.sync_all().map_err(io_err(path))
+}
+
+/// The host part of a listen address, for the TLS certificate and client URL.
+fn listen_host(listen: &str) -> &str {
+    listen
+        .rsplit_once(':')
+        .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
+        .unwrap_or(listen)
+}
+
+/// Creates a new server's data directory.
+pub fn init(opts: &InitOptions) -> Result<InitReport, DataDirError> {
+    let dir = &opts.dir;
+    if dir.exists() {
+        let mut entries = fs::read_dir(dir).map_err(io_err(dir))?;
+        if entries.next().is_some() {
+            return Err(DataDirError::NotEmpty(dir.clone()));
+        }
+    } else {
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+    }
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err(dir))?;
+
+    // Cluster CA and this server's certificate.
+    let ca_key = KeyPair::generate()?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "vmail cluster CA");
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca_params, &ca_key);
+
+    let host = listen_host(&opts.listen).to_owned();
+    let mut sans = vec![
+        opts.name.clone(),
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+    ];
+    if !host.is_empty() && host != "0.0.0.0" && host != "::" {
+        sans.push(host.clone());
+    }
+    sans.extend(opts.sans.iter().cloned());
+    sans.sort();
+    sans.dedup();
+    let server_key = KeyPair::generate()?;
+    let mut server_params = CertificateParams::new(sans)?;
+    server_params
+        .distinguished_name
+        .push(DnType::CommonName, opts.name.clone());
+    let server_cert = server_params.signed_by(&server_key, &issuer)?;
+
+    let cluster_key = SigningKey::from_bytes(&random_bytes());
+    let cluster_pub = hex::encode(cluster_key.verifying_key().as_bytes());
+    let opaque_setup = ServerSetup::<Suite>::new(&mut rand::rngs::OsRng);
+    let data_key = SecretKey::random();
+
+    let config = ServerConfig {
+        name: opts.name.clone(),
+        listen: opts.listen.clone(),
+        ..ServerConfig::default()
+    };
+    let config_toml = toml::to_string_pretty(&config).expect("config serialises");
+
+    write_new(&dir.join(files::CA_CERT), ca_cert.pem().as_bytes(), false)?;
+    write_new(
+        &dir.join(files::CA_KEY),
+        ca_key.serialize_pem().as_bytes(),
+        true,
+    )?;
+    write_new(
+        &dir.join(files::SERVER_CERT),
+        server_cert.pem().as_bytes(),
+        false,
+    )?;
+    write_new(
+        &dir.join(files::SERVER_KEY),
+        server_key.serialize_pem().as_bytes(),
+        true,
+    )?;
+    write_new(&dir.join(files::CLUSTER_KEY), cluster_key.as_bytes(), true)?;
+    write_new(
+        &dir.join(files::CLUSTER_PUB),
+        format!("{cluster_pub}\n").as_bytes(),
+        false,
+    )?;
+    write_new(
+        &dir.join(files::OPAQUE_SETUP),
+        &opaque_setup.serialize(),
+        true,
+    )?;
+    write_new(&dir.join(files::DATA_KEY), data_key.as_bytes(), true)?;
+    write_new(&dir.join(files::CONFIG), config_toml.as_bytes(), false)?;
+
+    let ca_path = fs::canonicalize(dir.join(files::CA_CERT)).map_err(io_err(dir))?;
+    let connect_host = match host.as_str() {
+        "" | "0.0.0.0" | "::" => "127.0.0.1",
+        h => h,
+    };
+    let port = opts
+        .listen
+        .rsplit_once(':')
+        .map(|(_, p)| p)
+        .unwrap_or("7443");
+    let endpoint = if connect_host.contains(':') {
+        format!("https://[{connect_host}]:{port}")
+    } else {
+        format!("https://{connect_host}:{port}")
+    };
+    let client = format!(
+        "# vmail client configuration for the auth server {name:?}.\n\
+         # Copy it to ~/.config/vmail/config.toml, or to $VMAIL_HOME/config.toml.\n\
+         auth_endpoints = [{endpoint:?}]\nca_cert = {ca:?}\ncluster_key = {cluster_pub:?}\n",
+        name = opts.name,
+        ca = ca_path.display().to_string(),
+    );
+    write_new(&dir.join(files::CLIENT_CONFIG), client.as_bytes(), false)?;
+
+    Store::create(&dir.join(files::DATABASE), &opts.name)?;
+
+    Ok(InitReport {
+        ca_cert: ca_path,
+        cluster_public_key: cluster_pub,
+        client_config: dir.join(files::CLIENT_CONFIG),
+        endpoint,
+    })
+}
+
+fn read(dir: &Path, name: &str) -> Result<Vec<u8>, DataDirError> {
+    let path = dir.join(name);
+    fs::read(&path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => DataDirError::MissingFile(path),
+        _ => DataDirError::Io { path, source: e },
+    })
+}
+
+fn read_text(dir: &Path, name: &str) -> Result<String, DataDirError> {
+    String::from_utf8(read(dir, name)?).map_err(|_| DataDirError::Corrupt {
+        path: dir.join(name),
+        why: "not UTF-8 text".into(),
+    })
+}
+
+fn read_key32(dir: &Path, name: &str) -> Result<[u8; 32], DataDirError> {
+    let bytes = read(dir, name)?;
+    bytes
+        .as_slice()
+        .try_into()
+        .map_err(|_| DataDirError::Corrupt {
+            path: dir.join(name),
+            why: format!("{} bytes, expected 32", bytes.len()),
+        })
+}
+
+fn check_pem(dir: &Path, name: &str, tag: &str) -> Result<String, DataDirError> {
+    let text = read_text(dir, name)?;
+    if !text.contains(&format!("-----BEGIN {tag}")) {
+        return Err(DataDirError::Corrupt {
+            path: dir.join(name),
+            why: format!("no PEM {tag} block"),
+        });
+    }
+    Ok(text)
+}
+
+/// Loads the configuration of an initialised data directory.
+pub fn load_config(dir: &Path) -> Result<ServerConfig, DataDirError> {
+    if !dir.is_dir() {
+        return Err(DataDirError::Missing(dir.to_owned()));
+    }
+    let text = read_text(dir, files::CONFIG)?;
+    toml::from_str(&text).map_err(|e| DataDirError::Corrupt {
+        path: dir.join(files::CONFIG),
+        why: e.to_string(),
+    })
+}
+
+/// Loads the keys of an initialised data directory.
+pub fn load_keys(dir: &Path) -> Result<ServerKeys, DataDirError> {
+    if !dir.is_dir() {
+        return Err(DataDirError::Missing(dir.to_owned()));
+    }
+    let cluster_key = SigningKey::from_bytes(&read_key32(dir, files::CLUSTER_KEY)?);
+    let published = read_text(dir, files::CLUSTER_PUB)?;
+    if published.trim() != hex::encode(cluster_key.verifying_key().as_bytes()) {
+        return Err(DataDirError::Corrupt {
+            path: dir.join(files::CLUSTER_PUB),
+            why: format!("it does not match {}", files::CLUSTER_KEY),
+        });
+    }
+    let setup_bytes = read(dir, files::OPAQUE_SETUP)?;
+    let opaque_setup =
+        ServerSetup::<Suite>::deserialize(&setup_bytes).map_err(|e| DataDirError::Corrupt {
+            path: dir.join(files::OPAQUE_SETUP),
+            why: e.to_string(),
+        })?;
+    Ok(ServerKeys {
+        ca_cert_pem: check_pem(dir, files::CA_CERT, "CERTIFICATE")?,
+        server_cert_pem: check_pem(dir, files::SERVER_CERT, "CERTIFICATE")?,
+        server_key_pem: check_pem(dir, files::SERVER_KEY, "PRIVATE KEY")?,
+        cluster_key,
+        opaque_setup,
+        data_key: SecretKey::from_bytes(read_key32(dir, files::DATA_KEY)?),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(dir: &Path) -> InitOptions {
+        InitOptions {
+            dir: dir.to_owned(),
+            name: "auth-1".into(),
+            listen: "127.0.0.1:0".into(),
+            sans: vec!["auth.example".into()],
+        }
+    }
+
+    #[test]
+    fn init_then_load_and_refuse_to_overwrite() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("srv");
+        let report = init(&opts(&dir)).unwrap();
+        let keys = load_keys(&dir).unwrap();
+        assert_eq!(
+            report.cluster_public_key,
+            hex::encode(keys.cluster_public_key().as_bytes())
+        );
+        let mode = fs::metadata(dir.join(files::DATA_KEY))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let before = fs::read(dir.join(files::CLUSTER_KEY)).unwrap();
+        assert!(matches!(init(&opts(&dir)), Err(DataDirError::NotEmpty(_))));
+        assert_eq!(fs::read(dir.join(files::CLUSTER_KEY)).unwrap(), before);
+    }
+
+    #[test]
+    fn missing_and_corrupt_files_are_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("srv");
+        assert!(matches!(load_keys(&dir), Err(DataDirError::Missing(_))));
+        init(&opts(&dir)).unwrap();
+        fs::write(dir.join(files::DATA_KEY), b"short").unwrap();
+        let err = load_keys(&dir).unwrap_err().to_string();
+        assert!(err.contains("data.key is corrupt"), "{err}");
+        fs::remove_file(dir.join(files::OPAQUE_SETUP)).unwrap();
+        let err = load_keys(&dir).unwrap_err().to_string();
+        assert!(err.contains("opaque-setup.bin is missing"), "{err}");
+    }
+}

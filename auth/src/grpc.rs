@@ -1,0 +1,345 @@
+//! The thin gRPC adapter: converts `vmail.auth.v1` messages to domain calls on
+//! [`AuthService`] and maps [`AuthError`] to a status code in one place.
+
+use std::sync::Arc;
+
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use vmail_proto::pb;
+
+use crate::service::{
+    AuthError, AuthService, Delivery, Deposit, Event, LoginFinish, RegisterFinish,
+};
+use crate::store::{Metadata, Session, StoreError};
+
+/// Metadata header that carries the session token.
+pub const AUTHORIZATION: &str = "authorization";
+
+/// Buffer of a WatchPending stream, in voicemails.
+const WATCH_BUFFER: usize = 64;
+
+/// The public `vmail.auth.v1.Auth` service.
+#[derive(Debug, Clone)]
+pub struct GrpcAuth {
+    svc: Arc<AuthService>,
+}
+
+impl GrpcAuth {
+    /// Serves `svc` over gRPC.
+    pub fn new(svc: Arc<AuthService>) -> Self {
+        Self { svc }
+    }
+
+    async fn session<T>(&self, req: &Request<T>) -> Result<Session, Status> {
+        let token = match req.metadata().get(AUTHORIZATION) {
+            None => Vec::new(),
+            Some(v) => {
+                let v = v.to_str().map_err(|_| status(AuthError::BadToken))?;
+                let hex_token = v
+                    .strip_prefix("Bearer ")
+                    .ok_or_else(|| status(AuthError::BadToken))?;
+                hex::decode(hex_token.trim()).map_err(|_| status(AuthError::BadToken))?
+            }
+        };
+        self.svc.authenticate(&token).await.map_err(status)
+    }
+}
+
+/// Maps a domain error to a gRPC status.
+pub fn status(e: AuthError) -> Status {
+    use AuthError as E;
+    let msg = e.to_string();
+    match e {
+        E::InvalidArgument { .. } | E::Name(_) => Status::invalid_argument(msg),
+        E::UnknownUser(_) | E::UnknownRecipient(_) | E::NotPending { .. } => Status::not_found(msg),
+        E::UserExists(_) | E::RequestIdReused => Status::already_exists(msg),
+        E::InviteRequired | E::InviteInvalid | E::BadIdentityProof | E::WrapFailed => {
+            Status::permission_denied(msg)
+        }
+        E::WrongPassword(_) | E::NoToken | E::BadToken | E::SessionExpired(_) => {
+            Status::unauthenticated(msg)
+        }
+        E::LockedOut { .. } | E::Busy => Status::resource_exhausted(msg),
+        E::LoginExpired(_) => Status::failed_precondition(msg),
+        E::Store(StoreError::DiskFull(_)) => Status::resource_exhausted(msg),
+        E::Store(ref inner) => {
+            tracing::error!(error = %inner, "storage failure");
+            Status::internal(msg)
+        }
+    }
+}
+
+fn metadata_to_pb(m: Metadata) -> pb::VoicemailMetadata {
+    pb::VoicemailMetadata {
+        size: m.size,
+        content_type: m.content_type,
+        duration_ms: m.duration_ms,
+        expires_at: m.expires_at,
+    }
+}
+
+fn delivery_to_pb(d: Delivery) -> pb::PendingVoicemail {
+    pb::PendingVoicemail {
+        voicemail_id: d.id.to_vec(),
+        sender_certificate: Some(d.sender_certificate.into()),
+        deposited_at: d.deposited_at,
+        metadata: Some(metadata_to_pb(d.metadata)),
+        locator: d.locator,
+        recipients: d.recipients,
+        wrapped_key: d.wrapped_key,
+    }
+}
+
+#[tonic::async_trait]
+impl pb::auth_server::Auth for GrpcAuth {
+    async fn register_start(
+        &self,
+        req: Request<pb::RegisterStartRequest>,
+    ) -> Result<Response<pb::RegisterStartResponse>, Status> {
+        let r = req.into_inner();
+        let registration_response = self
+            .svc
+            .register_start(&r.username, &r.registration_request)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::RegisterStartResponse {
+            registration_response,
+        }))
+    }
+
+    async fn register_finish(
+        &self,
+        req: Request<pb::RegisterFinishRequest>,
+    ) -> Result<Response<pb::RegisterFinishResponse>, Status> {
+        let r = req.into_inner();
+        self.svc
+            .register_finish(RegisterFinish {
+                username: r.username,
+                registration_upload: r.registration_upload,
+                identity_key: r.identity_key,
+                identity_proof: r.identity_proof,
+                invite_code: r.invite_code,
+            })
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::RegisterFinishResponse {}))
+    }
+
+    async fn login_start(
+        &self,
+        req: Request<pb::LoginStartRequest>,
+    ) -> Result<Response<pb::LoginStartResponse>, Status> {
+        let r = req.into_inner();
+        let (login_id, credential_response) = self
+            .svc
+            .login_start(&r.username, &r.credential_request)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::LoginStartResponse {
+            login_id: login_id.to_vec(),
+            credential_response,
+        }))
+    }
+
+    async fn login_finish(
+        &self,
+        req: Request<pb::LoginFinishRequest>,
+    ) -> Result<Response<pb::LoginFinishResponse>, Status> {
+        let r = req.into_inner();
+        let out = self
+            .svc
+            .login_finish(LoginFinish {
+                login_id: r.login_id,
+                credential_finalization: r.credential_finalization,
+                identity_key: r.identity_key,
+                identity_proof: r.identity_proof,
+                peer_id: r.peer_id,
+            })
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::LoginFinishResponse {
+            session_token: out.session_token.to_vec(),
+            master_key_id: out.master_key_id.to_vec(),
+            expires_at: out.expires_at,
+            certificate: Some(out.certificate.into()),
+        }))
+    }
+
+    async fn get_certificate(
+        &self,
+        req: Request<pb::GetCertificateRequest>,
+    ) -> Result<Response<pb::GetCertificateResponse>, Status> {
+        let cert = self
+            .svc
+            .certificate(&req.into_inner().username)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::GetCertificateResponse {
+            certificate: Some(cert.into()),
+        }))
+    }
+
+    async fn who_am_i(
+        &self,
+        req: Request<pb::WhoAmIRequest>,
+    ) -> Result<Response<pb::WhoAmIResponse>, Status> {
+        let s = self.session(&req).await?;
+        let cert = self.svc.certificate(&s.username).await.map_err(status)?;
+        Ok(Response::new(pb::WhoAmIResponse {
+            username: s.username,
+            master_key_id: s.master_key_id.to_vec(),
+            expires_at: s.expires_at,
+            certificate: Some(cert.into()),
+        }))
+    }
+
+    async fn deposit(
+        &self,
+        req: Request<pb::DepositRequest>,
+    ) -> Result<Response<pb::DepositResponse>, Status> {
+        let s = self.session(&req).await?;
+        let r = req.into_inner();
+        let m = r
+            .metadata
+            .ok_or_else(|| Status::invalid_argument("metadata: missing"))?;
+        let (id, replayed) = self
+            .svc
+            .deposit(
+                &s,
+                Deposit {
+                    request_id: r.request_id,
+                    recipients: r.recipients,
+                    locator: r.locator,
+                    wrapped_key: r.wrapped_key,
+                    metadata: Metadata {
+                        size: m.size,
+                        content_type: m.content_type,
+                        duration_ms: m.duration_ms,
+                        expires_at: m.expires_at,
+                    },
+                },
+            )
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::DepositResponse {
+            voicemail_id: id.to_vec(),
+            replayed,
+        }))
+    }
+
+    async fn list_pending(
+        &self,
+        req: Request<pb::ListPendingRequest>,
+    ) -> Result<Response<pb::ListPendingResponse>, Status> {
+        let s = self.session(&req).await?;
+        let list = self.svc.list_pending(&s).await.map_err(status)?;
+        Ok(Response::new(pb::ListPendingResponse {
+            voicemails: list.into_iter().map(delivery_to_pb).collect(),
+        }))
+    }
+
+    type WatchPendingStream = ReceiverStream<Result<pb::PendingVoicemail, Status>>;
+
+    async fn watch_pending(
+        &self,
+        req: Request<pb::WatchPendingRequest>,
+    ) -> Result<Response<Self::WatchPendingStream>, Status> {
+        let s = self.session(&req).await?;
+        // Subscribe before listing, so nothing deposited in between is missed.
+        let events = self.svc.subscribe();
+        let initial = self.svc.list_pending(&s).await.map_err(status)?;
+        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+        tokio::spawn(watch(self.svc.clone(), s, initial, events, tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn ack(&self, req: Request<pb::AckRequest>) -> Result<Response<pb::AckResponse>, Status> {
+        let s = self.session(&req).await?;
+        let key_erased = self
+            .svc
+            .ack(&s, &req.into_inner().voicemail_id)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::AckResponse { key_erased }))
+    }
+
+    async fn logout(
+        &self,
+        req: Request<pb::LogoutRequest>,
+    ) -> Result<Response<pb::LogoutResponse>, Status> {
+        let s = self.session(&req).await?;
+        self.svc.logout(&s).await.map_err(status)?;
+        Ok(Response::new(pb::LogoutResponse {}))
+    }
+}
+
+/// Feeds one WatchPending stream: the backlog, then each new voicemail for
+/// this user, until the client goes away or the session ends or expires.
+async fn watch(
+    svc: Arc<AuthService>,
+    session: Session,
+    initial: Vec<Delivery>,
+    mut events: broadcast::Receiver<Event>,
+    tx: mpsc::Sender<Result<pb::PendingVoicemail, Status>>,
+) {
+    for d in initial {
+        if tx.send(Ok(delivery_to_pb(d))).await.is_err() {
+            return;
+        }
+    }
+    let expired = || status(AuthError::SessionExpired(session.expires_at));
+    let left = session.expires_at.saturating_sub(svc.now());
+    let expiry = tokio::time::sleep(std::time::Duration::from_secs(left));
+    tokio::pin!(expiry);
+    loop {
+        let event = tokio::select! {
+            _ = tx.closed() => return,
+            _ = &mut expiry => {
+                let _ = tx.send(Err(expired())).await;
+                return;
+            }
+            e = events.recv() => e,
+        };
+        let delivery = match event {
+            Ok(Event::Deposited { id, recipients }) => {
+                if !recipients.contains(&session.username) {
+                    continue;
+                }
+                if svc.now() >= session.expires_at {
+                    let _ = tx.send(Err(expired())).await;
+                    return;
+                }
+                match svc.pending_one(&session, id).await {
+                    Ok(Some(d)) => d,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        let _ = tx.send(Err(status(e))).await;
+                        return;
+                    }
+                }
+            }
+            Ok(Event::SessionEnded { token_hash }) if token_hash == session.token_hash => {
+                let _ = tx.send(Err(status(AuthError::BadToken))).await;
+                return;
+            }
+            Ok(Event::SessionEnded { .. }) => continue,
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!(
+                    skipped = n,
+                    "watcher lagged; ending stream so the client re-lists"
+                );
+                let _ = tx
+                    .send(Err(Status::unavailable(
+                        "fell behind on new voicemail; reconnect",
+                    )))
+                    .await;
+                return;
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        if tx.send(Ok(delivery_to_pb(delivery))).await.is_err() {
+            return;
+        }
+    }
+}

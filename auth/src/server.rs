@@ -1,0 +1,171 @@
+//! Runs the public API: TLS, the `vmail.auth.v1.Auth` service, the standard
+//! gRPC health service, server reflection, and the expiry sweeper.
+//!
+//! [`serve`] takes an already-bound listener and a shutdown future, so tests
+//! run it on `127.0.0.1:0` and `main` stays a few lines.
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Identity, Server, ServerTlsConfig};
+use vmail_proto::pb::auth_server::AuthServer;
+
+use crate::datadir::{self, DataDirError, files};
+use crate::grpc::GrpcAuth;
+use crate::service::{AuthService, Clock};
+use crate::store::Store;
+
+/// How often expired sessions and voicemails are swept.
+pub const PURGE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Why the server stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The TLS identity or reflection service could not be built.
+    #[error("server set-up failed: {0}")]
+    Setup(String),
+    /// The transport failed.
+    #[error("gRPC transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Opens an initialised data directory and builds the service over it.
+pub fn open(dir: &Path, clock: Arc<dyn Clock>) -> Result<AuthService, DataDirError> {
+    let config = datadir::load_config(dir)?;
+    let keys = datadir::load_keys(dir)?;
+    let store = Store::open(&dir.join(files::DATABASE), keys.data_key.clone())?;
+    Ok(AuthService::new(store, keys, config, clock))
+}
+
+/// Serves `svc` on `listener` until `shutdown` completes, then drains
+/// in-flight calls and returns.
+pub async fn serve(
+    svc: Arc<AuthService>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let identity = Identity::from_pem(&svc.keys().server_cert_pem, &svc.keys().server_key_pem);
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<AuthServer<GrpcAuth>>().await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(vmail_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServeError::Setup(e.to_string()))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(vmail_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| ServeError::Setup(e.to_string()))?;
+
+    let sweeper = {
+        let svc = svc.clone();
+        AbortOnDrop(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(PURGE_INTERVAL);
+            loop {
+                tick.tick().await;
+                match svc.purge_expired().await {
+                    Ok((0, 0)) => {}
+                    Ok((s, v)) => tracing::info!(sessions = s, voicemails = v, "purged expired"),
+                    Err(e) => tracing::warn!(error = %e, "purging expired entries failed"),
+                }
+            }
+        }))
+    };
+
+    let addr = listener.local_addr().ok();
+    tracing::info!(name = %svc.config().name, ?addr, "vmail-auth serving");
+    Server::builder()
+        .tls_config(ServerTlsConfig::new().identity(identity))?
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(AuthServer::new(GrpcAuth::new(svc)))
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
+        .await?;
+    drop(sweeper);
+    tracing::info!("vmail-auth stopped");
+    Ok(())
+}
+
+/// A task handle that aborts the task when dropped.
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// An auth server running inside this process on a loopback port: what
+/// `vmail demo` embeds and what the integration tests start.
+#[derive(Debug)]
+pub struct LocalServer {
+    /// `https://127.0.0.1:PORT`.
+    pub endpoint: String,
+    /// The cluster CA certificate, PEM.
+    pub ca_pem: Vec<u8>,
+    /// The cluster public key.
+    pub cluster_key: ed25519_dalek::VerifyingKey,
+    /// The running service, for inspection.
+    pub service: Arc<AuthService>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), ServeError>>,
+}
+
+/// Why a local server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalServerError {
+    /// The data directory is unusable.
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    /// Binding the loopback port failed.
+    #[error("binding 127.0.0.1:0: {0}")]
+    Bind(std::io::Error),
+}
+
+impl LocalServer {
+    /// Serves an initialised data directory on `127.0.0.1:0`.
+    pub async fn start(dir: &Path, clock: Arc<dyn Clock>) -> Result<Self, LocalServerError> {
+        let svc = Arc::new(open(dir, clock)?);
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(LocalServerError::Bind)?;
+        let port = listener
+            .local_addr()
+            .map_err(LocalServerError::Bind)?
+            .port();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(serve(svc.clone(), listener, async {
+            let _ = rx.await;
+        }));
+        Ok(Self {
+            endpoint: format!("https://127.0.0.1:{port}"),
+            ca_pem: svc.keys().ca_cert_pem.clone().into_bytes(),
+            cluster_key: svc.keys().cluster_public_key(),
+            service: svc,
+            shutdown: Some(tx),
+            task,
+        })
+    }
+
+    /// Stops the server and waits until it has released its database.
+    pub async fn stop(mut self) -> Result<(), ServeError> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let result = (&mut self.task).await.expect("server task panicked");
+        // Wait until every clone of the service (watch streams, blocking
+        // store calls) is gone, so the database file is closed.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while Arc::strong_count(&self.service) > 1 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        result
+    }
+}

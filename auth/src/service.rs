@@ -1,0 +1,856 @@
+//! The auth server's domain logic: registration, login, certificates,
+//! deposits, delivery and acknowledgement. No gRPC types here: the adapter in
+//! `grpc.rs` converts to and from these plain types.
+//!
+//! Blocking database work runs on tokio's blocking pool so that a durable
+//! commit never stalls the network tasks.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::Signature;
+use opaque_ke::{
+    CredentialFinalization, CredentialRequest, RegistrationRequest, RegistrationUpload,
+    ServerLogin, ServerLoginStartParameters, ServerRegistration,
+};
+use sha2::{Digest, Sha256};
+use tokio::sync::broadcast;
+use vmail_proto::cert::{
+    CertificateBody, MAX_PEER_ID_LEN, ProofPurpose, UserCertificate, identity_proof_bytes,
+    parse_identity_key,
+};
+use vmail_proto::keys::{DeliveryContext, DepositContext, MasterKey, MasterKeyId};
+use vmail_proto::names::{NameError, Recipients, Username};
+use vmail_proto::opaque::Suite;
+use vmail_proto::random_bytes;
+
+use crate::config::{RegistrationMode, ServerConfig};
+use crate::datadir::ServerKeys;
+use crate::store::{
+    AckOutcome, DepositOutcome, Metadata, RegisterOutcome, Session, Store, StoreError, User,
+    Voicemail, VoicemailId,
+};
+
+/// Largest locator a deposit may carry: 16 KiB.
+pub const MAX_LOCATOR_LEN: usize = 16 * 1024;
+/// Shortest client request id, in bytes.
+pub const MIN_REQUEST_ID_LEN: usize = 16;
+/// Longest client request id, in bytes.
+pub const MAX_REQUEST_ID_LEN: usize = 64;
+/// Longest content type, in bytes.
+pub const MAX_CONTENT_TYPE_LEN: usize = 128;
+/// Most unfinished logins held in memory at once; more are refused.
+pub const MAX_PENDING_LOGINS: usize = 10_000;
+/// Capacity of the new-voicemail broadcast channel.
+const EVENT_CAPACITY: usize = 1024;
+
+/// A source of the current Unix time, so tests can move time by hand.
+pub trait Clock: Send + Sync + fmt::Debug {
+    /// Now, in Unix seconds.
+    fn now(&self) -> u64;
+}
+
+/// The operating system's clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> u64 {
+        vmail_proto::unix_now()
+    }
+}
+
+/// A clock that only moves when told to.
+#[derive(Debug, Default)]
+pub struct ManualClock(AtomicU64);
+
+impl ManualClock {
+    /// A clock showing `now`.
+    pub fn new(now: u64) -> Self {
+        Self(AtomicU64::new(now))
+    }
+
+    /// Moves the clock forward by `secs`.
+    pub fn advance(&self, secs: u64) {
+        self.0.fetch_add(secs, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Why an auth operation was refused. Every refusal changes nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// A request field is missing or malformed.
+    #[error("{field}: {why}")]
+    InvalidArgument {
+        /// The field's name.
+        field: &'static str,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// A username is malformed.
+    #[error(transparent)]
+    Name(#[from] NameError),
+    /// No such user.
+    #[error("unknown user {0:?}")]
+    UnknownUser(String),
+    /// A deposit names a recipient who is not registered.
+    #[error("unknown recipient {0:?}")]
+    UnknownRecipient(String),
+    /// The username is taken.
+    #[error("user {0:?} already exists; choose another name or log in")]
+    UserExists(String),
+    /// Registration needs an invite code and none was given.
+    #[error("registration on this server needs an invite code (--invite CODE)")]
+    InviteRequired,
+    /// The invite code is not in the config or was already used.
+    #[error("invite code is not valid or was already used")]
+    InviteInvalid,
+    /// The OPAQUE login did not verify.
+    #[error("wrong password for {0:?}")]
+    WrongPassword(String),
+    /// Too many unsuccessful logins recently.
+    #[error("too many unsuccessful logins for {username:?}; try again in {retry_after_secs} s")]
+    LockedOut {
+        /// The user.
+        username: String,
+        /// Seconds until the lock lifts.
+        retry_after_secs: u64,
+    },
+    /// The login id is unknown, or its state timed out.
+    #[error(
+        "login id is unknown or expired (more than {0} s since LoginStart); start the login again"
+    )]
+    LoginExpired(u64),
+    /// Too many logins are half-done.
+    #[error("the server is handling too many logins at once; retry shortly")]
+    Busy,
+    /// The identity proof signature does not verify.
+    #[error("identity_proof: the signature does not verify with identity_key")]
+    BadIdentityProof,
+    /// No bearer token was sent.
+    #[error("missing session token: log in first (vmail login USER)")]
+    NoToken,
+    /// The token is unknown or was revoked.
+    #[error("session token is not valid (logged out, or never issued): log in again")]
+    BadToken,
+    /// The session expired.
+    #[error("session expired at Unix time {0}: log in again")]
+    SessionExpired(u64),
+    /// The deposit's wrapped key does not open under the sender's master key.
+    #[error(
+        "wrapped_key does not open under this session's master key: the client holds a different master key (log in again) or the request was altered"
+    )]
+    WrapFailed,
+    /// The request id was used before with different content.
+    #[error("request_id was already used for a different deposit; use a fresh request id")]
+    RequestIdReused,
+    /// The voicemail is not pending for the caller.
+    #[error("voicemail {id} is not pending for {username:?}")]
+    NotPending {
+        /// Voicemail id, hex.
+        id: String,
+        /// The caller.
+        username: String,
+    },
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn invalid(field: &'static str, why: impl Into<String>) -> AuthError {
+    AuthError::InvalidArgument {
+        field,
+        why: why.into(),
+    }
+}
+
+/// Round 2 of a registration.
+#[derive(Debug, Clone)]
+pub struct RegisterFinish {
+    /// The new user's name.
+    pub username: String,
+    /// OPAQUE RegistrationUpload bytes.
+    pub registration_upload: Vec<u8>,
+    /// ed25519 identity public key.
+    pub identity_key: Vec<u8>,
+    /// Proof of possession of the identity key.
+    pub identity_proof: Vec<u8>,
+    /// Invite code; empty for none.
+    pub invite_code: String,
+}
+
+/// Round 2 of a login.
+#[derive(Debug, Clone)]
+pub struct LoginFinish {
+    /// From LoginStart.
+    pub login_id: Vec<u8>,
+    /// OPAQUE CredentialFinalization bytes.
+    pub credential_finalization: Vec<u8>,
+    /// Identity key to certify.
+    pub identity_key: Vec<u8>,
+    /// Proof of possession, bound to the login id.
+    pub identity_proof: Vec<u8>,
+    /// Optional libp2p peer id to bind.
+    pub peer_id: Vec<u8>,
+}
+
+/// What a successful login yields.
+#[derive(Debug, Clone)]
+pub struct LoginOutcome {
+    /// The bearer token; only its hash is stored.
+    pub session_token: [u8; 32],
+    /// The id of the master key both sides derived.
+    pub master_key_id: MasterKeyId,
+    /// Session expiry, Unix seconds.
+    pub expires_at: u64,
+    /// The freshly issued certificate.
+    pub certificate: UserCertificate,
+}
+
+/// A deposit request.
+#[derive(Debug, Clone)]
+pub struct Deposit {
+    /// Client-chosen idempotency key.
+    pub request_id: Vec<u8>,
+    /// Recipient usernames.
+    pub recipients: Vec<String>,
+    /// Storage locator.
+    pub locator: Vec<u8>,
+    /// Session key wrapped under the sender's master key.
+    pub wrapped_key: Vec<u8>,
+    /// Metadata; `expires_at == 0` asks for the default.
+    pub metadata: Metadata,
+}
+
+/// A pending voicemail as handed to one recipient.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// Voicemail id.
+    pub id: VoicemailId,
+    /// Sender's certificate at deposit time.
+    pub sender_certificate: UserCertificate,
+    /// Deposit time, Unix seconds.
+    pub deposited_at: u64,
+    /// Metadata.
+    pub metadata: Metadata,
+    /// Storage locator.
+    pub locator: Vec<u8>,
+    /// All recipients, canonical order.
+    pub recipients: Vec<String>,
+    /// Session key wrapped under the recipient session's master key.
+    pub wrapped_key: Vec<u8>,
+}
+
+/// Something that watchers of pending voicemail care about.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A voicemail was deposited for these recipients.
+    Deposited {
+        /// The voicemail.
+        id: VoicemailId,
+        /// Its recipients.
+        recipients: Arc<Vec<String>>,
+    },
+    /// A session ended (logout).
+    SessionEnded {
+        /// Its token hash.
+        token_hash: [u8; 32],
+    },
+}
+
+struct PendingLogin {
+    username: Username,
+    state: ServerLogin<Suite>,
+    started: Instant,
+}
+
+#[derive(Default)]
+struct Failures {
+    count: u32,
+    window_start: u64,
+}
+
+/// The auth server's domain service.
+pub struct AuthService {
+    store: Arc<Store>,
+    keys: Arc<ServerKeys>,
+    config: ServerConfig,
+    clock: Arc<dyn Clock>,
+    logins: Mutex<HashMap<[u8; 16], PendingLogin>>,
+    failures: Mutex<HashMap<String, Failures>>,
+    events: broadcast::Sender<Event>,
+}
+
+impl fmt::Debug for AuthService {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthService")
+            .field("name", &self.config.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// SHA-256 of a session token: what the server stores instead of the token.
+pub fn token_hash(token: &[u8]) -> [u8; 32] {
+    Sha256::digest(token).into()
+}
+
+fn verify_proof(
+    proof: &[u8],
+    vk: &ed25519_dalek::VerifyingKey,
+    msg: &[u8],
+) -> Result<(), AuthError> {
+    let sig: [u8; 64] = proof.try_into().map_err(|_| AuthError::BadIdentityProof)?;
+    vk.verify_strict(msg, &Signature::from_bytes(&sig))
+        .map_err(|_| AuthError::BadIdentityProof)
+}
+
+impl AuthService {
+    /// A service over an open store.
+    pub fn new(
+        store: Store,
+        keys: ServerKeys,
+        config: ServerConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            store: Arc::new(store),
+            keys: Arc::new(keys),
+            config,
+            clock,
+            logins: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
+            events: broadcast::channel(EVENT_CAPACITY).0,
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+
+    /// The keys in force.
+    pub fn keys(&self) -> &ServerKeys {
+        &self.keys
+    }
+
+    /// Now, per the injected clock.
+    pub fn now(&self) -> u64 {
+        self.clock.now()
+    }
+
+    /// Subscribes to deposit and logout events.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// Runs a store operation on the blocking pool.
+    async fn db<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, AuthError> {
+        let store = self.store.clone();
+        Ok(tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .expect("store task panicked")?)
+    }
+
+    // ---- registration ----
+
+    /// OPAQUE registration, round 1.
+    pub async fn register_start(
+        &self,
+        username: &str,
+        request: &[u8],
+    ) -> Result<Vec<u8>, AuthError> {
+        let name = Username::parse(username)?;
+        let request = RegistrationRequest::<Suite>::deserialize(request)
+            .map_err(|e| invalid("registration_request", e.to_string()))?;
+        let n = name.to_string();
+        if self.db(move |s| s.user(&n)).await?.is_some() {
+            return Err(AuthError::UserExists(name.to_string()));
+        }
+        let resp = ServerRegistration::<Suite>::start(
+            &self.keys.opaque_setup,
+            request,
+            name.as_str().as_bytes(),
+        )
+        .map_err(|e| invalid("registration_request", e.to_string()))?;
+        Ok(resp.message.serialize().to_vec())
+    }
+
+    /// OPAQUE registration, round 2: creates the user.
+    pub async fn register_finish(&self, req: RegisterFinish) -> Result<(), AuthError> {
+        let name = Username::parse(&req.username)?;
+        let upload = RegistrationUpload::<Suite>::deserialize(&req.registration_upload)
+            .map_err(|e| invalid("registration_upload", e.to_string()))?;
+        let identity_key =
+            parse_identity_key(&req.identity_key).map_err(|why| invalid("identity_key", why))?;
+        let context: [u8; 32] = Sha256::digest(&req.registration_upload).into();
+        verify_proof(
+            &req.identity_proof,
+            &identity_key,
+            &identity_proof_bytes(ProofPurpose::Register, &name, &context, &identity_key, &[]),
+        )?;
+        let invite_hash = match self.config.registration.mode {
+            RegistrationMode::Open => None,
+            RegistrationMode::Invite => {
+                if req.invite_code.is_empty() {
+                    return Err(AuthError::InviteRequired);
+                }
+                if !self
+                    .config
+                    .registration
+                    .invite_codes
+                    .contains(&req.invite_code)
+                {
+                    return Err(AuthError::InviteInvalid);
+                }
+                Some(hex::encode(Sha256::digest(req.invite_code.as_bytes())))
+            }
+        };
+        let password_file = ServerRegistration::<Suite>::finish(upload)
+            .serialize()
+            .to_vec();
+        let now = self.now();
+        let cert_ttl = self.config.certificate_ttl_secs;
+        let cluster_key = self.keys.cluster_key.clone();
+        let n = name.clone();
+        let outcome = self
+            .db(move |s| {
+                s.register(n.as_str(), invite_hash.as_deref(), |serial| User {
+                    password_file,
+                    identity_key: identity_key.to_bytes(),
+                    certificate: CertificateBody {
+                        serial,
+                        username: n.clone(),
+                        identity_key,
+                        peer_id: Vec::new(),
+                        not_before: now,
+                        not_after: now + cert_ttl,
+                    }
+                    .sign(&cluster_key),
+                    registered_at: now,
+                })
+            })
+            .await?;
+        match outcome {
+            RegisterOutcome::Created => {
+                tracing::info!(user = %name, "registered");
+                Ok(())
+            }
+            RegisterOutcome::UserExists => Err(AuthError::UserExists(name.to_string())),
+            RegisterOutcome::InviteUsed => Err(AuthError::InviteInvalid),
+        }
+    }
+
+    // ---- login ----
+
+    fn check_lockout(&self, name: &str) -> Result<(), AuthError> {
+        let now = self.now();
+        let failures = self.failures.lock().expect("lock");
+        if let Some(f) = failures.get(name) {
+            let until = f.window_start + self.config.lockout_window_secs;
+            if f.count >= self.config.max_failed_logins && now < until {
+                return Err(AuthError::LockedOut {
+                    username: name.to_owned(),
+                    retry_after_secs: until - now,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts a login attempt; a successful login clears the count. A wrong
+    /// password is only detected by the client, which then never sends round
+    /// 2, so attempts are counted when they start.
+    fn record_attempt(&self, name: &str) {
+        let now = self.now();
+        let mut failures = self.failures.lock().expect("lock");
+        let f = failures.entry(name.to_owned()).or_default();
+        if now >= f.window_start + self.config.lockout_window_secs {
+            *f = Failures {
+                count: 0,
+                window_start: now,
+            };
+        }
+        f.count += 1;
+    }
+
+    /// OPAQUE login, round 1. Returns the login id and the credential response.
+    pub async fn login_start(
+        &self,
+        username: &str,
+        request: &[u8],
+    ) -> Result<([u8; 16], Vec<u8>), AuthError> {
+        let name = Username::parse(username)?;
+        self.check_lockout(name.as_str())?;
+        let request = CredentialRequest::<Suite>::deserialize(request)
+            .map_err(|e| invalid("credential_request", e.to_string()))?;
+        let n = name.to_string();
+        let user = self
+            .db(move |s| s.user(&n))
+            .await?
+            .ok_or_else(|| AuthError::UnknownUser(name.to_string()))?;
+        self.record_attempt(name.as_str());
+        let password_file =
+            ServerRegistration::<Suite>::deserialize(&user.password_file).map_err(|e| {
+                StoreError::Corrupt {
+                    table: "users",
+                    key: name.to_string(),
+                    why: format!("password file: {e}"),
+                }
+            })?;
+        let start = ServerLogin::start(
+            &mut rand::rngs::OsRng,
+            &self.keys.opaque_setup,
+            Some(password_file),
+            request,
+            name.as_str().as_bytes(),
+            ServerLoginStartParameters::default(),
+        )
+        .map_err(|e| invalid("credential_request", e.to_string()))?;
+        let login_id: [u8; 16] = random_bytes();
+        let timeout = Duration::from_secs(self.config.login_timeout_secs);
+        let mut logins = self.logins.lock().expect("lock");
+        logins.retain(|_, l| l.started.elapsed() < timeout);
+        if logins.len() >= MAX_PENDING_LOGINS {
+            return Err(AuthError::Busy);
+        }
+        logins.insert(
+            login_id,
+            PendingLogin {
+                username: name,
+                state: start.state,
+                started: Instant::now(),
+            },
+        );
+        Ok((login_id, start.message.serialize().to_vec()))
+    }
+
+    /// OPAQUE login, round 2: verifies the password proof, negotiates the
+    /// master key, opens a session and issues a certificate.
+    pub async fn login_finish(&self, req: LoginFinish) -> Result<LoginOutcome, AuthError> {
+        let login_id: [u8; 16] = req.login_id.as_slice().try_into().map_err(|_| {
+            invalid(
+                "login_id",
+                format!("{} bytes, expected 16", req.login_id.len()),
+            )
+        })?;
+        let timeout = self.config.login_timeout_secs;
+        let pending = self
+            .logins
+            .lock()
+            .expect("lock")
+            .remove(&login_id)
+            .filter(|l| l.started.elapsed() < Duration::from_secs(timeout))
+            .ok_or(AuthError::LoginExpired(timeout))?;
+        let name = pending.username;
+        let finalization =
+            CredentialFinalization::<Suite>::deserialize(&req.credential_finalization)
+                .map_err(|e| invalid("credential_finalization", e.to_string()))?;
+        let finished = match pending.state.finish(finalization) {
+            Ok(f) => f,
+            Err(_) => {
+                tracing::info!(user = %name, "login failed: wrong password");
+                return Err(AuthError::WrongPassword(name.to_string()));
+            }
+        };
+        let identity_key =
+            parse_identity_key(&req.identity_key).map_err(|why| invalid("identity_key", why))?;
+        if req.peer_id.len() > MAX_PEER_ID_LEN {
+            return Err(invalid(
+                "peer_id",
+                format!("{} bytes, at most {MAX_PEER_ID_LEN}", req.peer_id.len()),
+            ));
+        }
+        verify_proof(
+            &req.identity_proof,
+            &identity_key,
+            &identity_proof_bytes(
+                ProofPurpose::Login,
+                &name,
+                &login_id,
+                &identity_key,
+                &req.peer_id,
+            ),
+        )?;
+        self.failures.lock().expect("lock").remove(name.as_str());
+
+        let master_key = MasterKey::from_opaque_session_key(&finished.session_key);
+        let token: [u8; 32] = random_bytes();
+        let now = self.now();
+        let session = Session {
+            token_hash: token_hash(&token),
+            username: name.to_string(),
+            master_key_id: master_key.id(),
+            master_key,
+            created_at: now,
+            expires_at: now + self.config.session_ttl_secs,
+        };
+        let cert_ttl = self.config.certificate_ttl_secs;
+        let cluster_key = self.keys.cluster_key.clone();
+        let peer_id = req.peer_id;
+        let s2 = session.clone();
+        let certificate = self
+            .db(move |s| {
+                s.begin_session(&s2, identity_key.to_bytes(), |serial| {
+                    CertificateBody {
+                        serial,
+                        username: name.clone(),
+                        identity_key,
+                        peer_id,
+                        not_before: now,
+                        not_after: now + cert_ttl,
+                    }
+                    .sign(&cluster_key)
+                })
+            })
+            .await?;
+        tracing::info!(user = %session.username, serial = certificate.serial, "logged in");
+        Ok(LoginOutcome {
+            session_token: token,
+            master_key_id: session.master_key_id,
+            expires_at: session.expires_at,
+            certificate,
+        })
+    }
+
+    /// The current certificate of a user.
+    pub async fn certificate(&self, username: &str) -> Result<UserCertificate, AuthError> {
+        let name = Username::parse(username)?;
+        let n = name.to_string();
+        self.db(move |s| s.user(&n))
+            .await?
+            .map(|u| u.certificate)
+            .ok_or_else(|| AuthError::UnknownUser(name.to_string()))
+    }
+
+    // ---- sessions ----
+
+    /// Resolves a bearer token to a live session.
+    pub async fn authenticate(&self, token: &[u8]) -> Result<Session, AuthError> {
+        if token.is_empty() {
+            return Err(AuthError::NoToken);
+        }
+        let hash = token_hash(token);
+        let session = self
+            .db(move |s| s.session(&hash))
+            .await?
+            .ok_or(AuthError::BadToken)?;
+        if self.now() >= session.expires_at {
+            return Err(AuthError::SessionExpired(session.expires_at));
+        }
+        Ok(session)
+    }
+
+    /// Revokes a session: its token and its master key are deleted.
+    pub async fn logout(&self, session: &Session) -> Result<(), AuthError> {
+        let hash = session.token_hash;
+        self.db(move |s| s.end_session(&hash)).await?;
+        let _ = self.events.send(Event::SessionEnded { token_hash: hash });
+        tracing::info!(user = %session.username, "logged out");
+        Ok(())
+    }
+
+    // ---- voicemail ----
+
+    fn validate_deposit(&self, d: &Deposit) -> Result<(Recipients, Metadata), AuthError> {
+        if !(MIN_REQUEST_ID_LEN..=MAX_REQUEST_ID_LEN).contains(&d.request_id.len()) {
+            return Err(invalid(
+                "request_id",
+                format!(
+                    "{} bytes, expected {MIN_REQUEST_ID_LEN} to {MAX_REQUEST_ID_LEN}",
+                    d.request_id.len()
+                ),
+            ));
+        }
+        let recipients = Recipients::parse(&d.recipients)?;
+        if d.locator.len() > MAX_LOCATOR_LEN {
+            return Err(invalid(
+                "locator",
+                format!(
+                    "{} bytes, at most {MAX_LOCATOR_LEN} allowed",
+                    d.locator.len()
+                ),
+            ));
+        }
+        if d.metadata.content_type.len() > MAX_CONTENT_TYPE_LEN {
+            return Err(invalid(
+                "metadata.content_type",
+                format!(
+                    "{} bytes, at most {MAX_CONTENT_TYPE_LEN}",
+                    d.metadata.content_type.len()
+                ),
+            ));
+        }
+        let now = self.now();
+        let max = now + self.config.max_voicemail_ttl_secs;
+        let expires_at = match d.metadata.expires_at {
+            0 => now + self.config.default_voicemail_ttl_secs,
+            t if t <= now => {
+                return Err(invalid(
+                    "metadata.expires_at",
+                    format!("{t} is in the past (now {now})"),
+                ));
+            }
+            t if t > max => {
+                return Err(invalid(
+                    "metadata.expires_at",
+                    format!(
+                        "{t} is more than {} s ahead; the limit is {max}",
+                        self.config.max_voicemail_ttl_secs
+                    ),
+                ));
+            }
+            t => t,
+        };
+        Ok((
+            recipients,
+            Metadata {
+                expires_at,
+                ..d.metadata.clone()
+            },
+        ))
+    }
+
+    /// Deposits a voicemail's session key and locator for its recipients
+    /// (paper §3.3 steps 2-3). Returns the voicemail id and whether this was
+    /// a replay of an earlier request.
+    pub async fn deposit(
+        &self,
+        session: &Session,
+        d: Deposit,
+    ) -> Result<(VoicemailId, bool), AuthError> {
+        let (recipients, metadata) = self.validate_deposit(&d)?;
+        let ctx = DepositContext {
+            request_id: &d.request_id,
+            recipients: &recipients,
+            locator: &d.locator,
+        };
+        let session_key = session
+            .master_key
+            .unwrap_deposit(&d.wrapped_key, &ctx)
+            .map_err(|_| AuthError::WrapFailed)?;
+        // What makes two requests "the same deposit": a retry re-wraps the
+        // key under a fresh nonce, so the digest covers the unwrapped key.
+        let mut digest = Sha256::new();
+        digest.update(b"vmail/v1/deposit-digest");
+        digest.update(recipients.canonical_bytes());
+        digest.update(vmail_proto::keys::locator_hash(&d.locator));
+        digest.update(session_key.as_bytes());
+        digest.update(postcard::to_allocvec(&d.metadata).expect("encodes"));
+        let digest: [u8; 32] = digest.finalize().into();
+
+        let sender = session.username.clone();
+        let sender_certificate = self.certificate(&sender).await?;
+        let vm = Voicemail {
+            id: random_bytes(),
+            sender,
+            sender_certificate,
+            recipients,
+            locator: d.locator,
+            metadata,
+            deposited_at: self.now(),
+            session_key,
+        };
+        let request_id = d.request_id;
+        let recipients = Arc::new(vm.recipients.to_strings());
+        let outcome = self
+            .db(move |s| s.deposit(&request_id, digest, &vm))
+            .await?;
+        match outcome {
+            DepositOutcome::Stored(id) => {
+                tracing::info!(sender = %session.username, id = %hex::encode(id), n = recipients.len(), "deposit");
+                let _ = self.events.send(Event::Deposited { id, recipients });
+                Ok((id, false))
+            }
+            DepositOutcome::Replayed(id) => Ok((id, true)),
+            DepositOutcome::RequestIdReused => Err(AuthError::RequestIdReused),
+            DepositOutcome::UnknownRecipient(r) => Err(AuthError::UnknownRecipient(r)),
+        }
+    }
+
+    fn deliver(&self, session: &Session, vm: Voicemail) -> Delivery {
+        let wrapped_key = session.master_key.wrap_delivery(
+            &vm.session_key,
+            &DeliveryContext {
+                voicemail_id: &vm.id,
+                recipients: &vm.recipients,
+                locator: &vm.locator,
+            },
+        );
+        Delivery {
+            id: vm.id,
+            sender_certificate: vm.sender_certificate,
+            deposited_at: vm.deposited_at,
+            metadata: vm.metadata,
+            recipients: vm.recipients.to_strings(),
+            locator: vm.locator,
+            wrapped_key,
+        }
+    }
+
+    /// The voicemails waiting for the session's user, each session key
+    /// re-wrapped under this session's master key (retrieval step 2).
+    pub async fn list_pending(&self, session: &Session) -> Result<Vec<Delivery>, AuthError> {
+        let user = session.username.clone();
+        let now = self.now();
+        let vms = self.db(move |s| s.pending(&user, now)).await?;
+        Ok(vms
+            .into_iter()
+            .map(|vm| self.deliver(session, vm))
+            .collect())
+    }
+
+    /// One voicemail if it is pending for the session's user and not expired.
+    pub async fn pending_one(
+        &self,
+        session: &Session,
+        id: VoicemailId,
+    ) -> Result<Option<Delivery>, AuthError> {
+        let user = session.username.clone();
+        let now = self.now();
+        let vm = self.db(move |s| s.pending_one(&user, &id)).await?;
+        Ok(vm
+            .filter(|vm| vm.metadata.expires_at > now)
+            .map(|vm| self.deliver(session, vm)))
+    }
+
+    /// Erases the caller's grant; returns whether the session key is now gone.
+    pub async fn ack(&self, session: &Session, id: &[u8]) -> Result<bool, AuthError> {
+        let id: VoicemailId = id
+            .try_into()
+            .map_err(|_| invalid("voicemail_id", format!("{} bytes, expected 16", id.len())))?;
+        let user = session.username.clone();
+        match self.db(move |s| s.ack(&user, &id)).await? {
+            AckOutcome::NotPending => Err(AuthError::NotPending {
+                id: hex::encode(id),
+                username: session.username.clone(),
+            }),
+            AckOutcome::Acked { key_erased } => {
+                tracing::info!(user = %session.username, id = %hex::encode(id), key_erased, "ack");
+                Ok(key_erased)
+            }
+        }
+    }
+
+    /// Drops expired sessions and voicemails.
+    pub async fn purge_expired(&self) -> Result<(usize, usize), AuthError> {
+        let now = self.now();
+        self.db(move |s| s.purge_expired(now)).await
+    }
+
+    /// Direct access to the store, for status reporting and tests.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+}

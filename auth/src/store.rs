@@ -1,0 +1,792 @@
+//! The auth server's durable state in one redb database.
+//!
+//! Tables (keys → values; rows are postcard-encoded):
+//! - `meta`: `schema_version` → u64 LE, `server_name`, `next_serial` → u64 LE;
+//! - `users`: username → [`UserRow`];
+//! - `sessions`: SHA-256(token) → [`SessionRow`];
+//! - `voicemails`: voicemail id → [`VoicemailRow`];
+//! - `grants`: (recipient, voicemail id) → ();
+//! - `requests`: (sender, request id) → [`RequestRow`], for idempotent deposits;
+//! - `invites`: SHA-256(invite code) hex → the username that used it.
+//!
+//! Secrets (OPAQUE password files, session master keys, voicemail session
+//! keys) are sealed with AES-256-GCM under the data key, with an AAD naming
+//! the table and row, so a sealed value cannot be moved to another row.
+//! Every mutation is one durable redb transaction: it happens whole or not at all.
+
+use std::path::{Path, PathBuf};
+
+use prost::Message;
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde::{Deserialize, Serialize};
+use vmail_proto::cert::UserCertificate;
+use vmail_proto::keys::{MasterKey, MasterKeyId, SecretKey};
+use vmail_proto::names::Recipients;
+use vmail_proto::pb;
+
+/// The schema this build reads and writes.
+pub const SCHEMA_VERSION: u64 = 1;
+
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
+const SESSIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sessions");
+const VOICEMAILS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("voicemails");
+const GRANTS: TableDefinition<(&str, &[u8]), ()> = TableDefinition::new("grants");
+const REQUESTS: TableDefinition<(&str, &[u8]), &[u8]> = TableDefinition::new("requests");
+const INVITES: TableDefinition<&str, &str> = TableDefinition::new("invites");
+
+const AAD_PASSWORD_FILE: &[u8] = b"vmail/v1/at-rest/password-file/";
+const AAD_MASTER_KEY: &[u8] = b"vmail/v1/at-rest/master-key/";
+const AAD_SESSION_KEY: &[u8] = b"vmail/v1/at-rest/session-key/";
+
+/// A voicemail id: 16 random bytes chosen by the server.
+pub type VoicemailId = [u8; 16];
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database file could not be opened or created.
+    #[error(
+        "database {path} could not be opened: {source}. If it is corrupt or truncated, restore it from a backup; the server will not reset it"
+    )]
+    Open {
+        /// The database file.
+        path: PathBuf,
+        /// What redb said.
+        source: redb::DatabaseError,
+    },
+    /// The database file does not exist.
+    #[error(
+        "database {0} is missing; the data dir is incomplete. Restore it from a backup, or initialise a new server in an empty directory"
+    )]
+    Missing(PathBuf),
+    /// The file is a redb database but not one this server wrote.
+    #[error("database {0} has no vmail schema version: it is not a vmail-auth database")]
+    NotVmail(PathBuf),
+    /// The schema version is one this build does not know.
+    #[error(
+        "database {path} has schema version {found}, this build reads version {SCHEMA_VERSION}; run a matching vmail-auth"
+    )]
+    Schema {
+        /// The database file.
+        path: PathBuf,
+        /// The version found.
+        found: u64,
+    },
+    /// The disk is full; nothing was written.
+    #[error("the server's disk is full, so nothing was stored: {0}. Free space and retry")]
+    DiskFull(String),
+    /// A row could not be decoded or unsealed.
+    #[error("stored {table} row {key} is corrupt: {why}")]
+    Corrupt {
+        /// The table.
+        table: &'static str,
+        /// The row key, printable.
+        key: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// Any other redb failure.
+    #[error("database error: {0}")]
+    Db(redb::Error),
+}
+
+fn db_err(e: impl Into<redb::Error>) -> StoreError {
+    let e: redb::Error = e.into();
+    if let redb::Error::Io(io) = &e {
+        if io.kind() == std::io::ErrorKind::StorageFull || io.raw_os_error() == Some(28) {
+            return StoreError::DiskFull(io.to_string());
+        }
+    }
+    StoreError::Db(e)
+}
+
+fn corrupt(
+    table: &'static str,
+    key: impl std::fmt::Display,
+    why: impl std::fmt::Display,
+) -> StoreError {
+    StoreError::Corrupt {
+        table,
+        key: key.to_string(),
+        why: why.to_string(),
+    }
+}
+
+fn aad(prefix: &[u8], row: &[u8]) -> Vec<u8> {
+    [prefix, row].concat()
+}
+
+/// Metadata a sender attaches to a voicemail.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Metadata {
+    /// Plaintext size in bytes.
+    pub size: u64,
+    /// MIME type.
+    pub content_type: String,
+    /// Duration in milliseconds.
+    pub duration_ms: u64,
+    /// Unix seconds after which the voicemail is dropped.
+    pub expires_at: u64,
+}
+
+/// A registered user.
+#[derive(Debug, Clone)]
+pub struct User {
+    /// The OPAQUE password file (unsealed).
+    pub password_file: Vec<u8>,
+    /// The current identity key.
+    pub identity_key: [u8; 32],
+    /// The current certificate.
+    pub certificate: UserCertificate,
+    /// Registration time, Unix seconds.
+    pub registered_at: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct UserRow {
+    password_file_sealed: Vec<u8>,
+    identity_key: [u8; 32],
+    certificate: Vec<u8>,
+    registered_at: u64,
+}
+
+/// A login session.
+#[derive(Debug, Clone)]
+pub struct Session {
+    /// SHA-256 of the bearer token.
+    pub token_hash: [u8; 32],
+    /// Whose session.
+    pub username: String,
+    /// The master key negotiated at login (unsealed).
+    pub master_key: MasterKey,
+    /// Its id.
+    pub master_key_id: MasterKeyId,
+    /// Login time, Unix seconds.
+    pub created_at: u64,
+    /// Expiry, Unix seconds.
+    pub expires_at: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SessionRow {
+    username: String,
+    master_key_sealed: Vec<u8>,
+    master_key_id: MasterKeyId,
+    created_at: u64,
+    expires_at: u64,
+}
+
+/// A deposited voicemail.
+#[derive(Debug, Clone)]
+pub struct Voicemail {
+    /// Its id.
+    pub id: VoicemailId,
+    /// The sender's username.
+    pub sender: String,
+    /// The sender's certificate at deposit time.
+    pub sender_certificate: UserCertificate,
+    /// The canonical recipients.
+    pub recipients: Recipients,
+    /// The storage locator.
+    pub locator: Vec<u8>,
+    /// Sender's metadata, with the expiry resolved.
+    pub metadata: Metadata,
+    /// Deposit time, Unix seconds.
+    pub deposited_at: u64,
+    /// The session key (unsealed).
+    pub session_key: SecretKey,
+}
+
+#[derive(Serialize, Deserialize)]
+struct VoicemailRow {
+    sender: String,
+    sender_certificate: Vec<u8>,
+    recipients: Vec<String>,
+    locator: Vec<u8>,
+    metadata: Metadata,
+    deposited_at: u64,
+    session_key_sealed: Vec<u8>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct RequestRow {
+    voicemail_id: VoicemailId,
+    digest: [u8; 32],
+    expires_at: u64,
+}
+
+/// The result of [`Store::register`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegisterOutcome {
+    /// The user was created.
+    Created,
+    /// The username is taken; nothing changed.
+    UserExists,
+    /// The invite code was already used; nothing changed.
+    InviteUsed,
+}
+
+/// The result of [`Store::deposit`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DepositOutcome {
+    /// A new voicemail was stored.
+    Stored(VoicemailId),
+    /// The request id was seen before with the same content; its first result.
+    Replayed(VoicemailId),
+    /// The request id was seen before with different content; nothing changed.
+    RequestIdReused,
+    /// A recipient is not registered; nothing changed.
+    UnknownRecipient(String),
+}
+
+/// The result of [`Store::ack`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckOutcome {
+    /// The voicemail is not pending for this user; nothing changed.
+    NotPending,
+    /// The grant was erased; `key_erased` when it was the last one.
+    Acked {
+        /// Whether the voicemail and its session key are now gone.
+        key_erased: bool,
+    },
+}
+
+/// The auth server's database.
+#[derive(Debug)]
+pub struct Store {
+    db: Database,
+    data_key: SecretKey,
+}
+
+fn u64_le(v: &[u8]) -> Option<u64> {
+    Some(u64::from_le_bytes(v.try_into().ok()?))
+}
+
+impl Store {
+    /// Creates a new, empty database. Fails if the file already exists.
+    pub fn create(path: &Path, server_name: &str) -> Result<(), StoreError> {
+        if path.exists() {
+            return Err(StoreError::Open {
+                path: path.to_owned(),
+                source: redb::DatabaseError::DatabaseAlreadyOpen,
+            });
+        }
+        let db = Database::create(path).map_err(|source| StoreError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
+        let tx = db.begin_write().map_err(db_err)?;
+        {
+            let mut meta = tx.open_table(META).map_err(db_err)?;
+            meta.insert("schema_version", SCHEMA_VERSION.to_le_bytes().as_slice())
+                .map_err(db_err)?;
+            meta.insert("server_name", server_name.as_bytes())
+                .map_err(db_err)?;
+            meta.insert("next_serial", 1u64.to_le_bytes().as_slice())
+                .map_err(db_err)?;
+            tx.open_table(USERS).map_err(db_err)?;
+            tx.open_table(SESSIONS).map_err(db_err)?;
+            tx.open_table(VOICEMAILS).map_err(db_err)?;
+            tx.open_table(GRANTS).map_err(db_err)?;
+            tx.open_table(REQUESTS).map_err(db_err)?;
+            tx.open_table(INVITES).map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)
+    }
+
+    /// Opens an existing database and checks its schema version.
+    pub fn open(path: &Path, data_key: SecretKey) -> Result<Self, StoreError> {
+        if !path.exists() {
+            return Err(StoreError::Missing(path.to_owned()));
+        }
+        let db = Database::open(path).map_err(|source| StoreError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
+        let tx = db.begin_read().map_err(db_err)?;
+        let meta = tx
+            .open_table(META)
+            .map_err(|_| StoreError::NotVmail(path.to_owned()))?;
+        let version = meta
+            .get("schema_version")
+            .map_err(db_err)?
+            .and_then(|v| u64_le(v.value()))
+            .ok_or_else(|| StoreError::NotVmail(path.to_owned()))?;
+        if version != SCHEMA_VERSION {
+            return Err(StoreError::Schema {
+                path: path.to_owned(),
+                found: version,
+            });
+        }
+        drop(meta);
+        drop(tx);
+        Ok(Self { db, data_key })
+    }
+
+    // ---- users ----
+
+    fn decode_user(&self, name: &str, bytes: &[u8]) -> Result<User, StoreError> {
+        let row: UserRow = postcard::from_bytes(bytes).map_err(|e| corrupt("users", name, e))?;
+        let password_file = self
+            .data_key
+            .open(
+                &row.password_file_sealed,
+                &aad(AAD_PASSWORD_FILE, name.as_bytes()),
+            )
+            .map_err(|e| corrupt("users", name, e))?;
+        let certificate = decode_cert(&row.certificate).map_err(|e| corrupt("users", name, e))?;
+        Ok(User {
+            password_file,
+            identity_key: row.identity_key,
+            certificate,
+            registered_at: row.registered_at,
+        })
+    }
+
+    fn encode_user(&self, name: &str, user: &User) -> Vec<u8> {
+        postcard::to_allocvec(&UserRow {
+            password_file_sealed: self.data_key.seal(
+                &user.password_file,
+                &aad(AAD_PASSWORD_FILE, name.as_bytes()),
+            ),
+            identity_key: user.identity_key,
+            certificate: pb::UserCertificate::from(user.certificate.clone()).encode_to_vec(),
+            registered_at: user.registered_at,
+        })
+        .expect("in-memory encoding cannot fail")
+    }
+
+    /// A user by name.
+    pub fn user(&self, name: &str) -> Result<Option<User>, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let users = tx.open_table(USERS).map_err(db_err)?;
+        match users.get(name).map_err(db_err)? {
+            Some(v) => Ok(Some(self.decode_user(name, v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Reserves the next certificate serial number.
+    fn next_serial(tx: &redb::WriteTransaction) -> Result<u64, StoreError> {
+        let mut meta = tx.open_table(META).map_err(db_err)?;
+        let serial = meta
+            .get("next_serial")
+            .map_err(db_err)?
+            .and_then(|v| u64_le(v.value()))
+            .ok_or_else(|| corrupt("meta", "next_serial", "missing"))?;
+        meta.insert("next_serial", (serial + 1).to_le_bytes().as_slice())
+            .map_err(db_err)?;
+        Ok(serial)
+    }
+
+    /// Creates a user whose certificate `make_user` builds from a fresh serial.
+    /// `invite_hash` marks a single-use invite code as used.
+    pub fn register(
+        &self,
+        name: &str,
+        invite_hash: Option<&str>,
+        make_user: impl FnOnce(u64) -> User,
+    ) -> Result<RegisterOutcome, StoreError> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut users = tx.open_table(USERS).map_err(db_err)?;
+            if users.get(name).map_err(db_err)?.is_some() {
+                return Ok(RegisterOutcome::UserExists);
+            }
+            if let Some(h) = invite_hash {
+                let mut invites = tx.open_table(INVITES).map_err(db_err)?;
+                if invites.get(h).map_err(db_err)?.is_some() {
+                    return Ok(RegisterOutcome::InviteUsed);
+                }
+                invites.insert(h, name).map_err(db_err)?;
+            }
+            let user = make_user(Self::next_serial(&tx)?);
+            users
+                .insert(name, self.encode_user(name, &user).as_slice())
+                .map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)?;
+        Ok(RegisterOutcome::Created)
+    }
+
+    // ---- sessions ----
+
+    /// Records a login: a new session and a new certificate (built by
+    /// `make_cert` from a fresh serial), rotating the identity key if it changed.
+    pub fn begin_session(
+        &self,
+        session: &Session,
+        identity_key: [u8; 32],
+        make_cert: impl FnOnce(u64) -> UserCertificate,
+    ) -> Result<UserCertificate, StoreError> {
+        let name = session.username.as_str();
+        let tx = self.db.begin_write().map_err(db_err)?;
+        let cert;
+        {
+            let mut users = tx.open_table(USERS).map_err(db_err)?;
+            let mut user = match users.get(name).map_err(db_err)? {
+                Some(v) => self.decode_user(name, v.value())?,
+                None => return Err(corrupt("users", name, "vanished during login")),
+            };
+            cert = make_cert(Self::next_serial(&tx)?);
+            user.identity_key = identity_key;
+            user.certificate = cert.clone();
+            users
+                .insert(name, self.encode_user(name, &user).as_slice())
+                .map_err(db_err)?;
+            let row = SessionRow {
+                username: session.username.clone(),
+                master_key_sealed: self.data_key.seal(
+                    session.master_key.as_bytes(),
+                    &aad(AAD_MASTER_KEY, &session.token_hash),
+                ),
+                master_key_id: session.master_key_id,
+                created_at: session.created_at,
+                expires_at: session.expires_at,
+            };
+            let mut sessions = tx.open_table(SESSIONS).map_err(db_err)?;
+            sessions
+                .insert(
+                    session.token_hash.as_slice(),
+                    postcard::to_allocvec(&row).expect("encodes").as_slice(),
+                )
+                .map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)?;
+        Ok(cert)
+    }
+
+    /// A session by token hash.
+    pub fn session(&self, token_hash: &[u8; 32]) -> Result<Option<Session>, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let sessions = tx.open_table(SESSIONS).map_err(db_err)?;
+        let Some(v) = sessions.get(token_hash.as_slice()).map_err(db_err)? else {
+            return Ok(None);
+        };
+        let key = hex::encode(&token_hash[..8]);
+        let row: SessionRow =
+            postcard::from_bytes(v.value()).map_err(|e| corrupt("sessions", &key, e))?;
+        let mk = self
+            .data_key
+            .open(&row.master_key_sealed, &aad(AAD_MASTER_KEY, token_hash))
+            .map_err(|e| corrupt("sessions", &key, e))?;
+        let mk: [u8; 32] = mk
+            .try_into()
+            .map_err(|_| corrupt("sessions", &key, "master key length"))?;
+        Ok(Some(Session {
+            token_hash: *token_hash,
+            username: row.username,
+            master_key: MasterKey::from_bytes(mk),
+            master_key_id: row.master_key_id,
+            created_at: row.created_at,
+            expires_at: row.expires_at,
+        }))
+    }
+
+    /// Deletes a session and its sealed master key. Returns whether it existed.
+    pub fn end_session(&self, token_hash: &[u8; 32]) -> Result<bool, StoreError> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        let existed = {
+            let mut sessions = tx.open_table(SESSIONS).map_err(db_err)?;
+            sessions
+                .remove(token_hash.as_slice())
+                .map_err(db_err)?
+                .is_some()
+        };
+        tx.commit().map_err(db_err)?;
+        Ok(existed)
+    }
+
+    // ---- voicemails ----
+
+    fn decode_voicemail(&self, id: &[u8], bytes: &[u8]) -> Result<Voicemail, StoreError> {
+        let key = hex::encode(id);
+        let row: VoicemailRow =
+            postcard::from_bytes(bytes).map_err(|e| corrupt("voicemails", &key, e))?;
+        let sk = self
+            .data_key
+            .open(&row.session_key_sealed, &aad(AAD_SESSION_KEY, id))
+            .map_err(|e| corrupt("voicemails", &key, e))?;
+        Ok(Voicemail {
+            id: id
+                .try_into()
+                .map_err(|_| corrupt("voicemails", &key, "id length"))?,
+            sender: row.sender,
+            sender_certificate: decode_cert(&row.sender_certificate)
+                .map_err(|e| corrupt("voicemails", &key, e))?,
+            recipients: Recipients::parse(&row.recipients)
+                .map_err(|e| corrupt("voicemails", &key, e))?,
+            locator: row.locator,
+            metadata: row.metadata,
+            deposited_at: row.deposited_at,
+            session_key: SecretKey::from_slice(&sk)
+                .ok_or_else(|| corrupt("voicemails", &key, "session key length"))?,
+        })
+    }
+
+    /// Stores a voicemail and a grant for each recipient, unless the request
+    /// id was seen before or a recipient is unknown.
+    pub fn deposit(
+        &self,
+        request_id: &[u8],
+        digest: [u8; 32],
+        vm: &Voicemail,
+    ) -> Result<DepositOutcome, StoreError> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut requests = tx.open_table(REQUESTS).map_err(db_err)?;
+            if let Some(v) = requests
+                .get((vm.sender.as_str(), request_id))
+                .map_err(db_err)?
+            {
+                let row: RequestRow = postcard::from_bytes(v.value())
+                    .map_err(|e| corrupt("requests", hex::encode(request_id), e))?;
+                return Ok(if row.digest == digest {
+                    DepositOutcome::Replayed(row.voicemail_id)
+                } else {
+                    DepositOutcome::RequestIdReused
+                });
+            }
+            let users = tx.open_table(USERS).map_err(db_err)?;
+            for r in vm.recipients.iter() {
+                if users.get(r.as_str()).map_err(db_err)?.is_none() {
+                    return Ok(DepositOutcome::UnknownRecipient(r.to_string()));
+                }
+            }
+            let row = VoicemailRow {
+                sender: vm.sender.clone(),
+                sender_certificate: pb::UserCertificate::from(vm.sender_certificate.clone())
+                    .encode_to_vec(),
+                recipients: vm.recipients.to_strings(),
+                locator: vm.locator.clone(),
+                metadata: vm.metadata.clone(),
+                deposited_at: vm.deposited_at,
+                session_key_sealed: self
+                    .data_key
+                    .wrap(&vm.session_key, &aad(AAD_SESSION_KEY, &vm.id)),
+            };
+            let mut vms = tx.open_table(VOICEMAILS).map_err(db_err)?;
+            vms.insert(
+                vm.id.as_slice(),
+                postcard::to_allocvec(&row).expect("encodes").as_slice(),
+            )
+            .map_err(db_err)?;
+            let mut grants = tx.open_table(GRANTS).map_err(db_err)?;
+            for r in vm.recipients.iter() {
+                grants
+                    .insert((r.as_str(), vm.id.as_slice()), ())
+                    .map_err(db_err)?;
+            }
+            let req = RequestRow {
+                voicemail_id: vm.id,
+                digest,
+                expires_at: vm.metadata.expires_at,
+            };
+            requests
+                .insert(
+                    (vm.sender.as_str(), request_id),
+                    postcard::to_allocvec(&req).expect("encodes").as_slice(),
+                )
+                .map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)?;
+        Ok(DepositOutcome::Stored(vm.id))
+    }
+
+    /// The voicemails pending for `recipient` that have not expired at `now`,
+    /// oldest first.
+    pub fn pending(&self, recipient: &str, now: u64) -> Result<Vec<Voicemail>, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let grants = tx.open_table(GRANTS).map_err(db_err)?;
+        let vms = tx.open_table(VOICEMAILS).map_err(db_err)?;
+        let mut out = Vec::new();
+        for entry in grants.range((recipient, [].as_slice())..).map_err(db_err)? {
+            let (k, _) = entry.map_err(db_err)?;
+            let (who, id) = k.value();
+            if who != recipient {
+                break;
+            }
+            let Some(v) = vms.get(id).map_err(db_err)? else {
+                return Err(corrupt(
+                    "grants",
+                    hex::encode(id),
+                    "grant without voicemail",
+                ));
+            };
+            let vm = self.decode_voicemail(id, v.value())?;
+            if vm.metadata.expires_at > now {
+                out.push(vm);
+            }
+        }
+        out.sort_by_key(|v| (v.deposited_at, v.id));
+        Ok(out)
+    }
+
+    /// One voicemail, if it is pending for `recipient`.
+    pub fn pending_one(
+        &self,
+        recipient: &str,
+        id: &VoicemailId,
+    ) -> Result<Option<Voicemail>, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let grants = tx.open_table(GRANTS).map_err(db_err)?;
+        if grants
+            .get((recipient, id.as_slice()))
+            .map_err(db_err)?
+            .is_none()
+        {
+            return Ok(None);
+        }
+        let vms = tx.open_table(VOICEMAILS).map_err(db_err)?;
+        match vms.get(id.as_slice()).map_err(db_err)? {
+            Some(v) => Ok(Some(self.decode_voicemail(id, v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Whether the voicemail row (and so its session key) still exists.
+    pub fn voicemail_exists(&self, id: &VoicemailId) -> Result<bool, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let vms = tx.open_table(VOICEMAILS).map_err(db_err)?;
+        Ok(vms.get(id.as_slice()).map_err(db_err)?.is_some())
+    }
+
+    /// Erases `recipient`'s grant; erases the voicemail and its session key
+    /// with the last grant.
+    pub fn ack(&self, recipient: &str, id: &VoicemailId) -> Result<AckOutcome, StoreError> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        let key_erased;
+        {
+            let mut grants = tx.open_table(GRANTS).map_err(db_err)?;
+            if grants
+                .remove((recipient, id.as_slice()))
+                .map_err(db_err)?
+                .is_none()
+            {
+                return Ok(AckOutcome::NotPending);
+            }
+            let mut vms = tx.open_table(VOICEMAILS).map_err(db_err)?;
+            let recipients: Vec<String> = match vms.get(id.as_slice()).map_err(db_err)? {
+                Some(v) => {
+                    postcard::from_bytes::<VoicemailRow>(v.value())
+                        .map_err(|e| corrupt("voicemails", hex::encode(id), e))?
+                        .recipients
+                }
+                None => Vec::new(),
+            };
+            let mut left = false;
+            for r in &recipients {
+                left |= grants
+                    .get((r.as_str(), id.as_slice()))
+                    .map_err(db_err)?
+                    .is_some();
+            }
+            key_erased = !left;
+            if key_erased {
+                vms.remove(id.as_slice()).map_err(db_err)?;
+            }
+        }
+        tx.commit().map_err(db_err)?;
+        Ok(AckOutcome::Acked { key_erased })
+    }
+
+    /// Deletes expired sessions, voicemails (with their grants and keys) and
+    /// request records. Returns how many sessions and voicemails went.
+    pub fn purge_expired(&self, now: u64) -> Result<(usize, usize), StoreError> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        let mut n_sessions = 0;
+        let n_vms;
+        {
+            let mut sessions = tx.open_table(SESSIONS).map_err(db_err)?;
+            let mut bad = None;
+            sessions
+                .retain(|k, v| match postcard::from_bytes::<SessionRow>(v) {
+                    Ok(row) if row.expires_at <= now => {
+                        n_sessions += 1;
+                        false
+                    }
+                    Ok(_) => true,
+                    Err(e) => {
+                        bad = Some(corrupt("sessions", hex::encode(&k[..8.min(k.len())]), e));
+                        true
+                    }
+                })
+                .map_err(db_err)?;
+            if let Some(e) = bad {
+                return Err(e);
+            }
+            let mut vms = tx.open_table(VOICEMAILS).map_err(db_err)?;
+            let mut expired: Vec<(Vec<u8>, Vec<String>)> = Vec::new();
+            for entry in vms.iter().map_err(db_err)? {
+                let (k, v) = entry.map_err(db_err)?;
+                let row: VoicemailRow = postcard::from_bytes(v.value())
+                    .map_err(|e| corrupt("voicemails", hex::encode(k.value()), e))?;
+                if row.metadata.expires_at <= now {
+                    expired.push((k.value().to_vec(), row.recipients));
+                }
+            }
+            let mut grants = tx.open_table(GRANTS).map_err(db_err)?;
+            for (id, recipients) in &expired {
+                vms.remove(id.as_slice()).map_err(db_err)?;
+                for r in recipients {
+                    grants.remove((r.as_str(), id.as_slice())).map_err(db_err)?;
+                }
+            }
+            n_vms = expired.len();
+            let mut requests = tx.open_table(REQUESTS).map_err(db_err)?;
+            requests
+                .retain(|_, v| {
+                    postcard::from_bytes::<RequestRow>(v).map_or(true, |r| r.expires_at > now)
+                })
+                .map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)?;
+        Ok((n_sessions, n_vms))
+    }
+
+    /// Counts of users, live sessions, voicemails and grants, for status and tests.
+    pub fn counts(&self) -> Result<StoreCounts, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        Ok(StoreCounts {
+            users: tx
+                .open_table(USERS)
+                .map_err(db_err)?
+                .len()
+                .map_err(db_err)?,
+            sessions: tx
+                .open_table(SESSIONS)
+                .map_err(db_err)?
+                .len()
+                .map_err(db_err)?,
+            voicemails: tx
+                .open_table(VOICEMAILS)
+                .map_err(db_err)?
+                .len()
+                .map_err(db_err)?,
+            grants: tx
+                .open_table(GRANTS)
+                .map_err(db_err)?
+                .len()
+                .map_err(db_err)?,
+        })
+    }
+}
+
+/// Row counts of the main tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreCounts {
+    /// Registered users.
+    pub users: u64,
+    /// Stored sessions.
+    pub sessions: u64,
+    /// Voicemails whose session key is still held.
+    pub voicemails: u64,
+    /// Outstanding grants.
+    pub grants: u64,
+}
+
+fn decode_cert(bytes: &[u8]) -> Result<UserCertificate, String> {
+    let wire = pb::UserCertificate::decode(bytes).map_err(|e| e.to_string())?;
+    UserCertificate::try_from(wire).map_err(|e| e.to_string())
+}

@@ -1,0 +1,112 @@
+//! `vmail account register`, `vmail login`, `vmail logout`, `vmail whoami`.
+
+use anyhow::bail;
+use ed25519_dalek::SigningKey;
+use tonic::Code;
+use vmail_proto::names::Username;
+
+use super::{Context, MIN_PASSWORD_LEN, when};
+
+pub(super) async fn register(
+    ctx: &Context,
+    user: &str,
+    invite: Option<&str>,
+) -> anyhow::Result<()> {
+    let name = Username::parse(user)?;
+    let password = ctx.password(&format!("New password for {name}: "), true)?;
+    if password.chars().count() < MIN_PASSWORD_LEN {
+        bail!(
+            "the password must be at least {MIN_PASSWORD_LEN} characters; nothing was registered"
+        );
+    }
+    let identity = ctx.keystore.identity_or_create()?;
+    let mut client = ctx.connect().await?;
+    client
+        .register(name.as_str(), password.as_bytes(), &identity, invite)
+        .await?;
+    println!("registered {name} at {}", client.endpoint());
+    println!(
+        "identity key {}",
+        hex::encode(identity.verifying_key().as_bytes())
+    );
+    println!("next: vmail login {name}");
+    Ok(())
+}
+
+pub(super) async fn login(ctx: &Context, user: &str, rotate: bool) -> anyhow::Result<()> {
+    let name = Username::parse(user)?;
+    // A rotated key is only saved once the server has certified it.
+    let identity = match (rotate, ctx.keystore.identity()?) {
+        (false, Some(k)) => k,
+        _ => SigningKey::from_bytes(&vmail_proto::random_bytes()),
+    };
+    let password = ctx.password(&format!("Password for {name}: "), false)?;
+    let mut client = ctx.connect().await?;
+    let session = client
+        .login(name.as_str(), password.as_bytes(), &identity, &[])
+        .await?;
+    if ctx.keystore.identity()?.map(|k| k.to_bytes()) != Some(identity.to_bytes()) {
+        ctx.keystore.save_identity(&identity)?;
+    }
+    ctx.keystore.save_session(&session)?;
+    println!("logged in as {name} at {}", client.endpoint());
+    println!("session valid until {}", when(session.expires_at));
+    println!("master key id {}", hex::encode(session.master_key_id));
+    println!(
+        "certificate serial {} for identity key {}{}",
+        session.certificate.serial,
+        hex::encode(session.certificate.identity_key.as_bytes()),
+        if rotate { " (rotated)" } else { "" }
+    );
+    Ok(())
+}
+
+pub(super) async fn logout(ctx: &Context) -> anyhow::Result<()> {
+    let Some(session) = ctx.keystore.session()? else {
+        println!("not logged in");
+        return Ok(());
+    };
+    let (mut client, _) = ctx.logged_in().await?;
+    match client.logout().await {
+        Ok(()) => println!(
+            "logged out {}: token and master key revoked on the server",
+            session.username
+        ),
+        Err(e) if e.code() == Some(Code::Unauthenticated) => {
+            println!("the server had already ended this session ({e})")
+        }
+        Err(e) => bail!("logout failed, the local session is kept so you can retry: {e}"),
+    }
+    ctx.keystore.clear_session()?;
+    Ok(())
+}
+
+pub(super) async fn whoami(ctx: &Context) -> anyhow::Result<()> {
+    let (mut client, session) = ctx.logged_in().await?;
+    let me = match client.whoami().await {
+        Ok(me) => me,
+        Err(e) if e.code() == Some(Code::Unauthenticated) => {
+            bail!(
+                "the saved session for {} is no longer valid: {e}",
+                session.username
+            )
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let cert = &session.certificate;
+    println!("user           {}", me.username);
+    println!("auth server    {}", client.endpoint());
+    println!("session until  {}", when(me.expires_at));
+    println!("master key id  {}", hex::encode(&me.master_key_id));
+    println!(
+        "identity key   {}",
+        hex::encode(cert.identity_key.as_bytes())
+    );
+    println!(
+        "certificate    serial {}, valid {} to {}",
+        cert.serial,
+        when(cert.not_before),
+        when(cert.not_after)
+    );
+    Ok(())
+}

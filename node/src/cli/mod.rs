@@ -1,0 +1,170 @@
+//! The `vmail` command line: flags, the shared context, and dispatch.
+
+mod account;
+mod demo;
+mod inbox;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+use vmail_node::client::{AuthClient, LoginSession};
+use vmail_node::keystore::Keystore;
+use vmail_node::settings::{self, AuthOverrides};
+use zeroize::Zeroizing;
+
+/// Shortest password `vmail account register` accepts.
+const MIN_PASSWORD_LEN: usize = 8;
+
+/// vmail: secure voicemail for peer-to-peer telephony.
+#[derive(Debug, Parser)]
+#[command(name = "vmail", version)]
+pub(crate) struct Cli {
+    /// The vmail home: config, keystore and node data live here.
+    #[arg(long, global = true, env = "VMAIL_HOME")]
+    home: Option<PathBuf>,
+    /// Auth server URL(s), comma-separated, e.g. https://127.0.0.1:7443.
+    #[arg(long, global = true, env = "VMAIL_AUTH")]
+    auth: Option<String>,
+    /// The cluster CA certificate (PEM) that auth servers present.
+    #[arg(long, global = true, env = "VMAIL_CA")]
+    ca: Option<PathBuf>,
+    /// The cluster public key (hex) that signs user certificates.
+    #[arg(long, global = true, env = "VMAIL_CLUSTER_KEY")]
+    cluster_key: Option<String>,
+    /// Read the password from this file instead of prompting.
+    #[arg(long, global = true)]
+    password_file: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Manage your account.
+    #[command(subcommand)]
+    Account(AccountCommand),
+    /// Log in: negotiate a master key and get your identity key certified.
+    Login {
+        /// Your username.
+        user: String,
+        /// Make a new identity key and have it certified (key rotation).
+        #[arg(long)]
+        rotate_identity: bool,
+    },
+    /// Log out: revoke the session token and master key on the server.
+    Logout,
+    /// Show who you are logged in as.
+    Whoami,
+    /// List voicemails waiting for you.
+    Inbox {
+        /// Keep listening and print new voicemails as they arrive.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Run the whole system locally and narrate the paper's protocol.
+    Demo,
+}
+
+#[derive(Debug, Subcommand)]
+enum AccountCommand {
+    /// Register a new user with OPAQUE; the password never leaves this machine.
+    Register {
+        /// The new username: 3-64 characters of a-z, 0-9, '.', '_' and '-'.
+        user: String,
+        /// Invite code, when the server requires one.
+        #[arg(long)]
+        invite: Option<String>,
+    },
+}
+
+/// What every command needs: the home, its keystore, and how to reach auth.
+struct Context {
+    home: PathBuf,
+    keystore: Keystore,
+    overrides: AuthOverrides,
+    password_file: Option<PathBuf>,
+}
+
+impl Context {
+    async fn connect(&self) -> anyhow::Result<AuthClient> {
+        let target = settings::auth_target(&self.home, &self.overrides)?;
+        Ok(AuthClient::connect(&target).await?)
+    }
+
+    /// A client holding the saved session's token, and that session.
+    async fn logged_in(&self) -> anyhow::Result<(AuthClient, LoginSession)> {
+        let session = self
+            .keystore
+            .session()?
+            .context("not logged in: run `vmail login USER` first")?;
+        let mut client = self.connect().await?;
+        client.set_token(session.token);
+        Ok((client, session))
+    }
+
+    /// The password from --password-file, VMAIL_PASSWORD, or a prompt.
+    fn password(&self, prompt: &str, confirm: bool) -> anyhow::Result<Zeroizing<String>> {
+        if let Some(path) = &self.password_file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading password file {}", path.display()))?;
+            return Ok(Zeroizing::new(
+                text.trim_end_matches(['\r', '\n']).to_owned(),
+            ));
+        }
+        if let Ok(p) = std::env::var("VMAIL_PASSWORD") {
+            return Ok(Zeroizing::new(p));
+        }
+        if !std::io::stdin().is_terminal() {
+            bail!(
+                "no password given and no terminal to ask on: use --password-file FILE or set VMAIL_PASSWORD"
+            );
+        }
+        let first = Zeroizing::new(rpassword::prompt_password(prompt)?);
+        if confirm {
+            let again = Zeroizing::new(rpassword::prompt_password("Repeat password: ")?);
+            if *first != *again {
+                bail!("the passwords do not match; nothing was registered");
+            }
+        }
+        Ok(first)
+    }
+}
+
+/// Runs one command.
+pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Demo = cli.command {
+        return demo::run().await;
+    }
+    let home = settings::resolve_home(cli.home)?;
+    let ctx = Context {
+        keystore: Keystore::new(&home),
+        home,
+        overrides: AuthOverrides {
+            auth: cli.auth,
+            ca: cli.ca,
+            cluster_key: cli.cluster_key,
+        },
+        password_file: cli.password_file,
+    };
+    match cli.command {
+        Command::Account(AccountCommand::Register { user, invite }) => {
+            account::register(&ctx, &user, invite.as_deref()).await
+        }
+        Command::Login {
+            user,
+            rotate_identity,
+        } => account::login(&ctx, &user, rotate_identity).await,
+        Command::Logout => account::logout(&ctx).await,
+        Command::Whoami => account::whoami(&ctx).await,
+        Command::Inbox { watch } => inbox::run(&ctx, watch).await,
+        Command::Demo => unreachable!("handled above"),
+    }
+}
+
+/// A Unix time as an RFC 3339 UTC string.
+fn when(unix: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix))
+        .to_string()
+}

@@ -1,0 +1,241 @@
+//! The client keystore: a directory of 0600 files under the vmail home.
+//!
+//! ```text
+//! HOME/keystore/identity.key   ed25519 identity seed, 32 raw bytes
+//! HOME/keystore/session.toml   username, token, master key and certificate of the current login
+//! ```
+//!
+//! The directory is 0700. Files are written to a temporary name and renamed,
+//! so a crash never leaves half a key behind.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use ed25519_dalek::SigningKey;
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use vmail_proto::cert::UserCertificate;
+use vmail_proto::keys::MasterKey;
+use vmail_proto::names::Username;
+use vmail_proto::pb;
+
+use crate::client::LoginSession;
+
+/// Why the keystore could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum KeystoreError {
+    /// Reading or writing failed.
+    #[error("keystore {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A file's contents are wrong.
+    #[error("keystore file {path} is corrupt ({why}); remove it and log in again")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
+    /// A key file is readable by others.
+    #[error("keystore file {0} is readable by other users; run `chmod 600 {0}`")]
+    Permissions(PathBuf),
+}
+
+/// The keystore directory.
+#[derive(Debug, Clone)]
+pub struct Keystore {
+    dir: PathBuf,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SessionFile {
+    username: String,
+    token: String,
+    master_key: String,
+    master_key_id: String,
+    expires_at: u64,
+    certificate: String,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> KeystoreError + '_ {
+    move |source| KeystoreError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+impl Keystore {
+    /// The keystore under a vmail home.
+    pub fn new(home: &Path) -> Self {
+        Self {
+            dir: home.join("keystore"),
+        }
+    }
+
+    fn identity_path(&self) -> PathBuf {
+        self.dir.join("identity.key")
+    }
+
+    fn session_path(&self) -> PathBuf {
+        self.dir.join("session.toml")
+    }
+
+    fn write_secret(&self, path: &Path, contents: &[u8]) -> Result<(), KeystoreError> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)
+            .map_err(io(&self.dir))?;
+        let tmp = path.with_extension("tmp");
+        let _ = fs::remove_file(&tmp);
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io(&tmp))?;
+        f.write_all(contents).map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
+        fs::rename(&tmp, path).map_err(io(path))
+    }
+
+    fn read_secret(&self, path: &Path) -> Result<Option<Vec<u8>>, KeystoreError> {
+        match fs::metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io(path)(e)),
+            Ok(m) if m.permissions().mode() & 0o077 != 0 => {
+                return Err(KeystoreError::Permissions(path.to_owned()));
+            }
+            Ok(_) => {}
+        }
+        fs::read(path).map(Some).map_err(io(path))
+    }
+
+    /// The identity key, if one was made.
+    pub fn identity(&self) -> Result<Option<SigningKey>, KeystoreError> {
+        let path = self.identity_path();
+        let Some(bytes) = self.read_secret(&path)? else {
+            return Ok(None);
+        };
+        let seed: [u8; 32] = bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| KeystoreError::Corrupt {
+                path,
+                why: format!("{} bytes, expected 32", bytes.len()),
+            })?;
+        Ok(Some(SigningKey::from_bytes(&seed)))
+    }
+
+    /// The identity key, made and saved if there is none yet.
+    pub fn identity_or_create(&self) -> Result<SigningKey, KeystoreError> {
+        match self.identity()? {
+            Some(k) => Ok(k),
+            None => self.rotate_identity(),
+        }
+    }
+
+    /// Makes and saves a new identity key, replacing any old one.
+    pub fn rotate_identity(&self) -> Result<SigningKey, KeystoreError> {
+        let key = SigningKey::from_bytes(&vmail_proto::random_bytes());
+        self.save_identity(&key)?;
+        Ok(key)
+    }
+
+    /// Saves `key` as the identity key.
+    pub fn save_identity(&self, key: &SigningKey) -> Result<(), KeystoreError> {
+        self.write_secret(&self.identity_path(), key.as_bytes())
+    }
+
+    /// Saves the current login.
+    pub fn save_session(&self, s: &LoginSession) -> Result<(), KeystoreError> {
+        let file = SessionFile {
+            username: s.username.to_string(),
+            token: hex::encode(s.token),
+            master_key: hex::encode(s.master_key.as_bytes()),
+            master_key_id: hex::encode(s.master_key_id),
+            expires_at: s.expires_at,
+            certificate: hex::encode(
+                pb::UserCertificate::from(s.certificate.clone()).encode_to_vec(),
+            ),
+        };
+        let text = toml::to_string(&file).expect("session serialises");
+        self.write_secret(&self.session_path(), text.as_bytes())
+    }
+
+    /// The saved login, if any.
+    pub fn session(&self) -> Result<Option<LoginSession>, KeystoreError> {
+        let path = self.session_path();
+        let Some(bytes) = self.read_secret(&path)? else {
+            return Ok(None);
+        };
+        let bad = |why: String| KeystoreError::Corrupt {
+            path: path.clone(),
+            why,
+        };
+        let text = String::from_utf8(bytes).map_err(|_| bad("not UTF-8".into()))?;
+        let f: SessionFile = toml::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        let hex32 = |field: &str, s: &str| -> Result<[u8; 32], KeystoreError> {
+            hex::decode(s)
+                .ok()
+                .and_then(|v| v.try_into().ok())
+                .ok_or_else(|| bad(format!("{field} is not 32 hex-encoded bytes")))
+        };
+        let cert_bytes = hex::decode(&f.certificate).map_err(|e| bad(e.to_string()))?;
+        let cert = pb::UserCertificate::decode(cert_bytes.as_slice())
+            .map_err(|e| bad(e.to_string()))
+            .and_then(|c| UserCertificate::try_from(c).map_err(|e| bad(e.to_string())))?;
+        let master_key_id = hex::decode(&f.master_key_id)
+            .ok()
+            .and_then(|v| v.try_into().ok())
+            .ok_or_else(|| bad("master_key_id is not 16 hex-encoded bytes".into()))?;
+        Ok(Some(LoginSession {
+            username: Username::parse(&f.username).map_err(|e| bad(e.to_string()))?,
+            token: hex32("token", &f.token)?,
+            master_key: MasterKey::from_bytes(hex32("master_key", &f.master_key)?),
+            master_key_id,
+            expires_at: f.expires_at,
+            certificate: cert,
+        }))
+    }
+
+    /// Deletes the saved login. Returns whether there was one.
+    pub fn clear_session(&self) -> Result<bool, KeystoreError> {
+        let path = self.session_path();
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io(&path)(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_is_created_once_and_guarded() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ks = Keystore::new(tmp.path());
+        assert!(ks.identity().unwrap().is_none());
+        let k = ks.identity_or_create().unwrap();
+        assert_eq!(ks.identity_or_create().unwrap().as_bytes(), k.as_bytes());
+        let path = tmp.path().join("keystore/identity.key");
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(ks.identity(), Err(KeystoreError::Permissions(_))));
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        fs::write(&path, b"short").unwrap();
+        assert!(matches!(ks.identity(), Err(KeystoreError::Corrupt { .. })));
+    }
+}

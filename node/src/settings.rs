@@ -1,0 +1,156 @@
+//! Client settings: the vmail home and where the auth servers are.
+//!
+//! The home is `--home`, else `VMAIL_HOME`, else `$XDG_CONFIG_HOME/vmail`,
+//! else `~/.config/vmail`. It holds `config.toml`, the keystore and, later,
+//! the node's data. Each setting comes from a flag, else a `VMAIL_*`
+//! variable (clap reads both), else `HOME/config.toml`.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use vmail_proto::cert::parse_identity_key;
+
+use crate::client::AuthTarget;
+
+/// Why the client settings could not be resolved.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// No home could be found.
+    #[error("cannot find a vmail home: pass --home DIR or set VMAIL_HOME")]
+    NoHome,
+    /// The config file is unreadable or malformed.
+    #[error("{path}: {why}")]
+    ConfigFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
+    /// A required setting is absent everywhere.
+    #[error(
+        "no {what} configured: pass {flag}, set {env}, or add {key} to {file} (vmail-auth init writes a client.toml to copy there)"
+    )]
+    Missing {
+        /// What is missing.
+        what: &'static str,
+        /// The flag.
+        flag: &'static str,
+        /// The variable.
+        env: &'static str,
+        /// The config key.
+        key: &'static str,
+        /// The config file.
+        file: PathBuf,
+    },
+    /// The CA file could not be read.
+    #[error("CA certificate {path}: {source}")]
+    Ca {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The cluster key is malformed.
+    #[error("cluster key {0:?} is not a 64-hex-digit ed25519 public key: {1}")]
+    ClusterKey(String, String),
+}
+
+/// `HOME/config.toml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConfigFile {
+    /// Auth server URLs, tried in order.
+    pub auth_endpoints: Vec<String>,
+    /// Path of the cluster CA certificate.
+    pub ca_cert: Option<PathBuf>,
+    /// The cluster public key, hex.
+    pub cluster_key: Option<String>,
+}
+
+/// Auth settings given on the command line or in the environment.
+#[derive(Debug, Default, Clone)]
+pub struct AuthOverrides {
+    /// Endpoint URL.
+    pub auth: Option<String>,
+    /// CA certificate path.
+    pub ca: Option<PathBuf>,
+    /// Cluster key, hex.
+    pub cluster_key: Option<String>,
+}
+
+/// Resolves the vmail home from the flag/variable, or the XDG default.
+pub fn resolve_home(explicit: Option<PathBuf>) -> Result<PathBuf, SettingsError> {
+    if let Some(h) = explicit {
+        return Ok(h);
+    }
+    if let Some(x) = std::env::var_os("XDG_CONFIG_HOME").filter(|x| !x.is_empty()) {
+        return Ok(PathBuf::from(x).join("vmail"));
+    }
+    std::env::var_os("HOME")
+        .filter(|x| !x.is_empty())
+        .map(|h| PathBuf::from(h).join(".config").join("vmail"))
+        .ok_or(SettingsError::NoHome)
+}
+
+/// Reads `HOME/config.toml`; a missing file is an empty config.
+pub fn load_config_file(home: &Path) -> Result<ConfigFile, SettingsError> {
+    let path = home.join("config.toml");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => toml::from_str(&text).map_err(|e| SettingsError::ConfigFile {
+            path,
+            why: e.to_string(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ConfigFile::default()),
+        Err(e) => Err(SettingsError::ConfigFile {
+            path,
+            why: e.to_string(),
+        }),
+    }
+}
+
+/// Combines overrides and the config file into a connectable target.
+pub fn auth_target(home: &Path, o: &AuthOverrides) -> Result<AuthTarget, SettingsError> {
+    let file = load_config_file(home)?;
+    let config_path = home.join("config.toml");
+    let missing = |what, flag, env, key| SettingsError::Missing {
+        what,
+        flag,
+        env,
+        key,
+        file: config_path.clone(),
+    };
+    let endpoints = match &o.auth {
+        Some(a) => a.split(',').map(|s| s.trim().to_owned()).collect(),
+        None => file.auth_endpoints,
+    };
+    if endpoints.is_empty() {
+        return Err(missing(
+            "auth server",
+            "--auth URL",
+            "VMAIL_AUTH",
+            "auth_endpoints",
+        ));
+    }
+    let ca =
+        o.ca.clone()
+            .or(file.ca_cert)
+            .ok_or_else(|| missing("CA certificate", "--ca FILE", "VMAIL_CA", "ca_cert"))?;
+    let ca_pem = std::fs::read(&ca).map_err(|source| SettingsError::Ca { path: ca, source })?;
+    let key_hex = o.cluster_key.clone().or(file.cluster_key).ok_or_else(|| {
+        missing(
+            "cluster key",
+            "--cluster-key HEX",
+            "VMAIL_CLUSTER_KEY",
+            "cluster_key",
+        )
+    })?;
+    let bytes = hex::decode(key_hex.trim())
+        .map_err(|e| SettingsError::ClusterKey(key_hex.clone(), e.to_string()))?;
+    let cluster_key = parse_identity_key(&bytes)
+        .map_err(|why| SettingsError::ClusterKey(key_hex.clone(), why))?;
+    Ok(AuthTarget {
+        endpoints,
+        ca_pem,
+        cluster_key,
+    })
+}

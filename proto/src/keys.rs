@@ -1,0 +1,381 @@
+//! The vmail key schedule and key wrapping.
+//!
+//! ```text
+//! master key     = HKDF-SHA256(salt = none, ikm = OPAQUE session key, info = "vmail/v1/master-key")
+//! master key id  = HKDF-SHA256(salt = none, ikm = master key, info = "vmail/v1/master-key-id")[..16]
+//! wrap key       = HKDF-SHA256(salt = none, ikm = master key, info = "vmail/v1/wrap-key")
+//! session key    = HKDF-SHA256(salt = 32 random bytes, ikm = master key,
+//!                  info = "vmail/v1/session-key" || timestamp u64 BE || canonical recipients)
+//! wrapped key    = 0x01 || nonce (12) || AES-256-GCM(wrap key, nonce, key, aad)
+//! ```
+//!
+//! The deposit AAD binds the client's request id, the recipients and the
+//! locator's SHA-256; the delivery AAD binds the voicemail id instead of the
+//! request id. The master key never crosses the wire: both sides derive it
+//! from the OPAQUE session key. See `docs/PROTOCOL.md` for the exact bytes.
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Key, Nonce};
+use hkdf::Hkdf;
+use sha2::{Digest, Sha256};
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+use crate::names::Recipients;
+use crate::random_bytes;
+
+/// HKDF info for the master key.
+pub const MASTER_KEY_LABEL: &[u8] = b"vmail/v1/master-key";
+/// HKDF info for the master key id.
+pub const MASTER_KEY_ID_LABEL: &[u8] = b"vmail/v1/master-key-id";
+/// HKDF info for the key-wrapping key derived from a master key.
+pub const WRAP_KEY_LABEL: &[u8] = b"vmail/v1/wrap-key";
+/// HKDF info prefix for a voicemail session key.
+pub const SESSION_KEY_LABEL: &[u8] = b"vmail/v1/session-key";
+/// AAD prefix of a session key wrapped by the sender for the server.
+pub const DEPOSIT_AAD_LABEL: &[u8] = b"vmail/v1/deposit-wrap";
+/// AAD prefix of a session key re-wrapped by the server for a recipient.
+pub const DELIVERY_AAD_LABEL: &[u8] = b"vmail/v1/delivery-wrap";
+/// Version byte that opens every sealed blob.
+pub const SEALED_VERSION: u8 = 1;
+/// Length of an AES-GCM nonce.
+pub const NONCE_LEN: usize = 12;
+/// Length of an AES-GCM tag.
+pub const TAG_LEN: usize = 16;
+/// Length of a wrapped 32-byte key: version, nonce, key and tag.
+pub const WRAPPED_KEY_LEN: usize = 1 + NONCE_LEN + 32 + TAG_LEN;
+
+/// Why a sealed blob or wrapped key could not be opened.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OpenError {
+    /// The blob is shorter than a header and tag, or its version is unknown.
+    #[error("sealed data is malformed (version byte or length wrong)")]
+    Malformed,
+    /// The tag did not verify: wrong key, wrong context, or altered bytes.
+    #[error("sealed data failed authentication: wrong key, or the data or its context was altered")]
+    Authentication,
+}
+
+/// A 256-bit symmetric key. Zeroed on drop; `Debug` never prints it.
+#[derive(Clone, PartialEq, Eq, Zeroize, ZeroizeOnDrop)]
+pub struct SecretKey([u8; 32]);
+
+impl std::fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretKey(..)")
+    }
+}
+
+impl SecretKey {
+    /// A fresh random key.
+    pub fn random() -> Self {
+        Self(random_bytes())
+    }
+
+    /// Wraps raw key bytes.
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// Reads a key from a slice, which must be exactly 32 bytes.
+    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
+        Some(Self(bytes.try_into().ok()?))
+    }
+
+    /// The raw key bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// HKDF-SHA256 expansion of this key with no salt.
+    fn derive(&self, info: &[u8]) -> SecretKey {
+        let mut okm = [0u8; 32];
+        Hkdf::<Sha256>::new(None, &self.0)
+            .expand(info, &mut okm)
+            .expect("32 bytes is a valid HKDF-SHA256 output length");
+        SecretKey(okm)
+    }
+
+    /// Encrypts `plaintext` with AES-256-GCM under a fresh random nonce.
+    /// Output: version byte, nonce, ciphertext and tag.
+    pub fn seal(&self, plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
+        let nonce: [u8; NONCE_LEN] = random_bytes();
+        let cipher = Aes256Gcm::new(&Key::<Aes256Gcm>::from(self.0));
+        let ct = cipher
+            .encrypt(
+                &Nonce::from(nonce),
+                Payload {
+                    msg: plaintext,
+                    aad,
+                },
+            )
+            .expect("AES-GCM encryption of an in-memory buffer cannot fail");
+        let mut out = Vec::with_capacity(1 + NONCE_LEN + ct.len());
+        out.push(SEALED_VERSION);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&ct);
+        out
+    }
+
+    /// Opens what [`SecretKey::seal`] produced with the same key and AAD.
+    pub fn open(&self, sealed: &[u8], aad: &[u8]) -> Result<Vec<u8>, OpenError> {
+        if sealed.len() < 1 + NONCE_LEN + TAG_LEN || sealed[0] != SEALED_VERSION {
+            return Err(OpenError::Malformed);
+        }
+        let nonce: [u8; NONCE_LEN] = sealed[1..1 + NONCE_LEN].try_into().expect("length checked");
+        let cipher = Aes256Gcm::new(&Key::<Aes256Gcm>::from(self.0));
+        cipher
+            .decrypt(
+                &Nonce::from(nonce),
+                Payload {
+                    msg: &sealed[1 + NONCE_LEN..],
+                    aad,
+                },
+            )
+            .map_err(|_| OpenError::Authentication)
+    }
+
+    /// Seals another 32-byte key.
+    pub fn wrap(&self, key: &SecretKey, aad: &[u8]) -> Vec<u8> {
+        self.seal(&key.0, aad)
+    }
+
+    /// Opens a key sealed by [`SecretKey::wrap`].
+    pub fn unwrap_key(&self, wrapped: &[u8], aad: &[u8]) -> Result<SecretKey, OpenError> {
+        if wrapped.len() != WRAPPED_KEY_LEN {
+            return Err(OpenError::Malformed);
+        }
+        let mut plain = self.open(wrapped, aad)?;
+        let key = SecretKey::from_slice(&plain).ok_or(OpenError::Malformed);
+        plain.zeroize();
+        key
+    }
+}
+
+/// The 16-byte public name of a master key.
+pub type MasterKeyId = [u8; 16];
+
+/// The key a user shares with the auth servers for one login session.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct MasterKey(SecretKey);
+
+impl MasterKey {
+    /// Derives the master key from an OPAQUE session key.
+    pub fn from_opaque_session_key(opaque_session_key: &[u8]) -> Self {
+        let mut okm = [0u8; 32];
+        Hkdf::<Sha256>::new(None, opaque_session_key)
+            .expand(MASTER_KEY_LABEL, &mut okm)
+            .expect("32 bytes is a valid HKDF-SHA256 output length");
+        Self(SecretKey(okm))
+    }
+
+    /// Rebuilds a master key from its stored bytes.
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(SecretKey(bytes))
+    }
+
+    /// The raw key, for the client's keystore and the server's sealed store.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        self.0.as_bytes()
+    }
+
+    /// The key's public name. Both sides compute it; equal ids mean equal keys.
+    pub fn id(&self) -> MasterKeyId {
+        self.0.derive(MASTER_KEY_ID_LABEL).0[..16]
+            .try_into()
+            .expect("16 of 32 bytes")
+    }
+
+    fn wrap_key(&self) -> SecretKey {
+        self.0.derive(WRAP_KEY_LABEL)
+    }
+
+    /// Derives a voicemail session key (paper §3.3 step 1).
+    pub fn derive_session_key(
+        &self,
+        salt: &[u8; 32],
+        timestamp: u64,
+        recipients: &Recipients,
+    ) -> SecretKey {
+        let mut info = SESSION_KEY_LABEL.to_vec();
+        info.extend_from_slice(&timestamp.to_be_bytes());
+        info.extend_from_slice(&recipients.canonical_bytes());
+        let mut okm = [0u8; 32];
+        Hkdf::<Sha256>::new(Some(salt), self.as_bytes())
+            .expand(&info, &mut okm)
+            .expect("32 bytes is a valid HKDF-SHA256 output length");
+        SecretKey(okm)
+    }
+
+    /// Wraps a session key for a deposit (sender to server).
+    pub fn wrap_deposit(&self, session_key: &SecretKey, ctx: &DepositContext<'_>) -> Vec<u8> {
+        self.wrap_key().wrap(session_key, &ctx.aad())
+    }
+
+    /// Unwraps a deposited session key; failure means the sender does not
+    /// hold this master key or the request was altered.
+    pub fn unwrap_deposit(
+        &self,
+        wrapped: &[u8],
+        ctx: &DepositContext<'_>,
+    ) -> Result<SecretKey, OpenError> {
+        self.wrap_key().unwrap_key(wrapped, &ctx.aad())
+    }
+
+    /// Wraps a session key for delivery (server to recipient).
+    pub fn wrap_delivery(&self, session_key: &SecretKey, ctx: &DeliveryContext<'_>) -> Vec<u8> {
+        self.wrap_key().wrap(session_key, &ctx.aad())
+    }
+
+    /// Unwraps a delivered session key.
+    pub fn unwrap_delivery(
+        &self,
+        wrapped: &[u8],
+        ctx: &DeliveryContext<'_>,
+    ) -> Result<SecretKey, OpenError> {
+        self.wrap_key().unwrap_key(wrapped, &ctx.aad())
+    }
+}
+
+/// The SHA-256 of a locator, as bound into wrap AADs.
+pub fn locator_hash(locator: &[u8]) -> [u8; 32] {
+    Sha256::digest(locator).into()
+}
+
+fn push_len_prefixed(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
+    out.extend_from_slice(bytes);
+}
+
+/// What a deposit's wrapped key is bound to.
+#[derive(Debug, Clone, Copy)]
+pub struct DepositContext<'a> {
+    /// The client's request id.
+    pub request_id: &'a [u8],
+    /// The canonical recipients.
+    pub recipients: &'a Recipients,
+    /// The storage locator.
+    pub locator: &'a [u8],
+}
+
+impl DepositContext<'_> {
+    fn aad(&self) -> Vec<u8> {
+        let mut aad = DEPOSIT_AAD_LABEL.to_vec();
+        push_len_prefixed(&mut aad, self.request_id);
+        aad.extend_from_slice(&self.recipients.canonical_bytes());
+        aad.extend_from_slice(&locator_hash(self.locator));
+        aad
+    }
+}
+
+/// What a delivered wrapped key is bound to.
+#[derive(Debug, Clone, Copy)]
+pub struct DeliveryContext<'a> {
+    /// The voicemail id the server assigned.
+    pub voicemail_id: &'a [u8],
+    /// The canonical recipients.
+    pub recipients: &'a Recipients,
+    /// The storage locator.
+    pub locator: &'a [u8],
+}
+
+impl DeliveryContext<'_> {
+    fn aad(&self) -> Vec<u8> {
+        let mut aad = DELIVERY_AAD_LABEL.to_vec();
+        push_len_prefixed(&mut aad, self.voicemail_id);
+        aad.extend_from_slice(&self.recipients.canonical_bytes());
+        aad.extend_from_slice(&locator_hash(self.locator));
+        aad
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recips(names: &[&str]) -> Recipients {
+        Recipients::parse(names).unwrap()
+    }
+
+    #[test]
+    fn master_key_is_deterministic_and_separated() {
+        let a = MasterKey::from_opaque_session_key(&[7u8; 64]);
+        let b = MasterKey::from_opaque_session_key(&[7u8; 64]);
+        let c = MasterKey::from_opaque_session_key(&[8u8; 64]);
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(a.id(), b.id());
+        assert_ne!(a.id(), c.id());
+        assert_ne!(a.as_bytes(), &[7u8; 32]);
+    }
+
+    #[test]
+    fn session_key_binds_every_input() {
+        let mk = MasterKey::from_opaque_session_key(&[1u8; 64]);
+        let r = recips(&["alice", "carol"]);
+        let base = mk.derive_session_key(&[2; 32], 100, &r);
+        assert_eq!(
+            base,
+            mk.derive_session_key(&[2; 32], 100, &recips(&["carol", "alice"]))
+        );
+        assert_ne!(base, mk.derive_session_key(&[3; 32], 100, &r));
+        assert_ne!(base, mk.derive_session_key(&[2; 32], 101, &r));
+        assert_ne!(
+            base,
+            mk.derive_session_key(&[2; 32], 100, &recips(&["alice"]))
+        );
+        let other = MasterKey::from_opaque_session_key(&[9u8; 64]);
+        assert_ne!(base, other.derive_session_key(&[2; 32], 100, &r));
+    }
+
+    #[test]
+    fn deposit_wrap_round_trips_and_binds_context() {
+        let mk = MasterKey::from_opaque_session_key(&[1u8; 64]);
+        let sk = SecretKey::random();
+        let r = recips(&["alice"]);
+        let ctx = DepositContext {
+            request_id: b"req-0000000000001",
+            recipients: &r,
+            locator: b"loc",
+        };
+        let w = mk.wrap_deposit(&sk, &ctx);
+        assert_eq!(w.len(), WRAPPED_KEY_LEN);
+        assert_eq!(mk.unwrap_deposit(&w, &ctx).unwrap(), sk);
+
+        let other = MasterKey::from_opaque_session_key(&[2u8; 64]);
+        assert_eq!(
+            other.unwrap_deposit(&w, &ctx),
+            Err(OpenError::Authentication)
+        );
+        let r2 = recips(&["alice", "mallory"]);
+        for bad in [
+            DepositContext {
+                request_id: b"req-0000000000002",
+                ..ctx
+            },
+            DepositContext {
+                recipients: &r2,
+                ..ctx
+            },
+            DepositContext {
+                locator: b"loc2",
+                ..ctx
+            },
+        ] {
+            assert_eq!(mk.unwrap_deposit(&w, &bad), Err(OpenError::Authentication));
+        }
+        let mut flipped = w.clone();
+        flipped[20] ^= 1;
+        assert_eq!(
+            mk.unwrap_deposit(&flipped, &ctx),
+            Err(OpenError::Authentication)
+        );
+        assert_eq!(mk.unwrap_deposit(&w[..40], &ctx), Err(OpenError::Malformed));
+        // A deposit wrap is not accepted as a delivery wrap.
+        let d = DeliveryContext {
+            voicemail_id: b"req-0000000000001",
+            recipients: &r,
+            locator: b"loc",
+        };
+        assert_eq!(mk.unwrap_delivery(&w, &d), Err(OpenError::Authentication));
+    }
+}
