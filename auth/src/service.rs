@@ -73,6 +73,11 @@ impl ManualClock {
         Self(AtomicU64::new(now))
     }
 
+    /// The time it shows.
+    pub fn now_secs(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+
     /// Moves the clock forward by `secs`.
     pub fn advance(&self, secs: u64) {
         self.0.fetch_add(secs, Ordering::SeqCst);

@@ -93,10 +93,10 @@ pub enum StoreError {
 
 fn db_err(e: impl Into<redb::Error>) -> StoreError {
     let e: redb::Error = e.into();
-    if let redb::Error::Io(io) = &e {
-        if io.kind() == std::io::ErrorKind::StorageFull || io.raw_os_error() == Some(28) {
-            return StoreError::DiskFull(io.to_string());
-        }
+    if let redb::Error::Io(io) = &e
+        && (io.kind() == std::io::ErrorKind::StorageFull || io.raw_os_error() == Some(28))
+    {
+        return StoreError::DiskFull(io.to_string());
     }
     StoreError::Db(e)
 }

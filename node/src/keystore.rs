@@ -135,14 +135,9 @@ impl Keystore {
 
     /// The identity key, made and saved if there is none yet.
     pub fn identity_or_create(&self) -> Result<SigningKey, KeystoreError> {
-        match self.identity()? {
-            Some(k) => Ok(k),
-            None => self.rotate_identity(),
+        if let Some(k) = self.identity()? {
+            return Ok(k);
         }
-    }
-
-    /// Makes and saves a new identity key, replacing any old one.
-    pub fn rotate_identity(&self) -> Result<SigningKey, KeystoreError> {
         let key = SigningKey::from_bytes(&vmail_proto::random_bytes());
         self.save_identity(&key)?;
         Ok(key)

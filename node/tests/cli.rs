@@ -1,0 +1,250 @@
+//! The `vmail` binary end to end: account commands against a real auth
+//! server on 127.0.0.1:0, their errors, and `vmail demo`.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Output;
+use std::sync::Arc;
+
+use vmail_auth::datadir::{self, InitOptions};
+use vmail_auth::server::LocalServer;
+use vmail_auth::service::SystemClock;
+use vmail_node::client::{AuthClient, AuthTarget, NewDeposit, VoicemailMeta};
+use vmail_proto::keys::SecretKey;
+use vmail_proto::names::Recipients;
+
+struct Env {
+    _tmp: tempfile::TempDir,
+    server: LocalServer,
+    root: std::path::PathBuf,
+}
+
+async fn start() -> Env {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("auth");
+    datadir::init(&InitOptions {
+        dir: dir.clone(),
+        name: "auth-1".into(),
+        listen: "127.0.0.1:0".into(),
+        sans: vec![],
+    })
+    .unwrap();
+    let server = LocalServer::start(&dir, Arc::new(SystemClock))
+        .await
+        .unwrap();
+    Env {
+        root: tmp.path().to_owned(),
+        _tmp: tmp,
+        server,
+    }
+}
+
+impl Env {
+    /// A vmail home for `user` with a config.toml pointing at the server.
+    fn home(&self, user: &str) -> std::path::PathBuf {
+        let home = self.root.join(format!("home-{user}"));
+        std::fs::create_dir_all(&home).unwrap();
+        std::fs::write(home.join("ca.pem"), &self.server.ca_pem).unwrap();
+        std::fs::write(
+            home.join("config.toml"),
+            format!(
+                "auth_endpoints = [{:?}]\nca_cert = {:?}\ncluster_key = {:?}\n",
+                self.server.endpoint,
+                home.join("ca.pem").display().to_string(),
+                hex::encode(self.server.cluster_key.as_bytes())
+            ),
+        )
+        .unwrap();
+        home
+    }
+}
+
+async fn vmail(home: &Path, password: Option<&str>, args: &[&str]) -> Output {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_vmail"));
+    cmd.args(args)
+        .env("VMAIL_HOME", home)
+        .env_remove("VMAIL_PASSWORD")
+        .env_remove("VMAIL_AUTH")
+        .env_remove("VMAIL_CA")
+        .env_remove("VMAIL_CLUSTER_KEY")
+        .stdin(std::process::Stdio::null());
+    if let Some(p) = password {
+        cmd.env("VMAIL_PASSWORD", p);
+    }
+    cmd.output().await.unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn account_commands_and_inbox() {
+    let env = start().await;
+    let home = env.home("alice");
+    let pw = Some("alice's password");
+
+    let o = vmail(&home, pw, &["account", "register", "alice"]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("registered alice"));
+    let o = vmail(&home, pw, &["login", "alice"]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    for f in ["identity.key", "session.toml"] {
+        let mode = std::fs::metadata(home.join("keystore").join(f))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{f}");
+    }
+    let o = vmail(&home, None, &["whoami"]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("user           alice"),
+        "{}",
+        stdout(&o)
+    );
+    let o = vmail(&home, None, &["inbox"]).await;
+    assert_eq!(stdout(&o).trim(), "no voicemail waiting for alice");
+
+    // Bob, on his own client, leaves alice a voicemail key.
+    let target = AuthTarget {
+        endpoints: vec![env.server.endpoint.clone()],
+        ca_pem: env.server.ca_pem.clone(),
+        cluster_key: env.server.cluster_key,
+    };
+    let mut bob = AuthClient::connect(&target).await.unwrap();
+    let bob_id = ed25519_dalek::SigningKey::from_bytes(&vmail_proto::random_bytes());
+    bob.register("bob", b"bob's password", &bob_id, None)
+        .await
+        .unwrap();
+    let s = bob
+        .login("bob", b"bob's password", &bob_id, &[])
+        .await
+        .unwrap();
+    let receipt = bob
+        .deposit(
+            &s.master_key,
+            &NewDeposit {
+                request_id: vmail_proto::random_bytes(),
+                recipients: Recipients::parse(["alice"]).unwrap(),
+                locator: Vec::new(),
+                session_key: SecretKey::random(),
+                meta: VoicemailMeta {
+                    size: 4096,
+                    content_type: "audio/wav".into(),
+                    duration_ms: 1000,
+                    expires_at: 0,
+                },
+            },
+        )
+        .await
+        .unwrap();
+    let o = vmail(&home, None, &["inbox"]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let row = out
+        .lines()
+        .find(|l| l.starts_with(&hex::encode(receipt.voicemail_id)))
+        .unwrap_or_else(|| panic!("no row for the voicemail in:\n{out}"));
+    assert!(
+        row.contains("bob") && row.contains("4096 B") && row.contains("audio/wav"),
+        "{row}"
+    );
+
+    let o = vmail(&home, None, &["logout"]).await;
+    assert!(stdout(&o).contains("logged out alice"), "{}", stdout(&o));
+    let o = vmail(&home, None, &["whoami"]).await;
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("not logged in"), "{}", stderr(&o));
+
+    // Logging in again with --rotate-identity certifies a new key.
+    let old_key = std::fs::read(home.join("keystore/identity.key")).unwrap();
+    let o = vmail(&home, pw, &["login", "alice", "--rotate-identity"]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("(rotated)"));
+    assert_ne!(
+        std::fs::read(home.join("keystore/identity.key")).unwrap(),
+        old_key
+    );
+    env.server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_gets_a_clear_error() {
+    let env = start().await;
+    let home = env.home("alice");
+    let o = vmail(
+        &home,
+        Some("right password"),
+        &["account", "register", "alice"],
+    )
+    .await;
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let o = vmail(&home, Some("wrong password"), &["login", "alice"]).await;
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(stderr(&o).trim(), "error: wrong password for \"alice\"");
+    assert!(!home.join("keystore/session.toml").exists());
+
+    let o = vmail(&home, Some("whatever pw"), &["login", "carol"]).await;
+    assert_eq!(stderr(&o).trim(), "error: unknown user \"carol\"");
+
+    let o = vmail(
+        &home,
+        Some("right password"),
+        &["account", "register", "Bad Name"],
+    )
+    .await;
+    assert!(
+        stderr(&o).contains("may only contain lowercase letters"),
+        "{}",
+        stderr(&o)
+    );
+
+    let o = vmail(&home, Some("short"), &["account", "register", "dave"]).await;
+    assert!(
+        stderr(&o).contains("at least 8 characters"),
+        "{}",
+        stderr(&o)
+    );
+
+    let o = vmail(&home, None, &["login", "alice"]).await;
+    assert!(stderr(&o).contains("VMAIL_PASSWORD"), "{}", stderr(&o));
+
+    let empty = env.root.join("empty-home");
+    let o = vmail(&empty, Some("right password"), &["login", "alice"]).await;
+    assert!(
+        stderr(&o).contains("no auth server configured"),
+        "{}",
+        stderr(&o)
+    );
+
+    let o = vmail(&home, None, &["inbox"]).await;
+    assert!(stderr(&o).contains("not logged in"), "{}", stderr(&o));
+    env.server.stop().await.unwrap();
+
+    // A dead server is named, with what to check.
+    let o = vmail(&home, Some("right password"), &["login", "alice"]).await;
+    assert!(
+        stderr(&o).contains("cannot reach any auth server"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn demo_runs_the_protocol_and_exits_zero() {
+    let o = tokio::process::Command::new(env!("CARGO_BIN_EXE_vmail"))
+        .arg("demo")
+        .output()
+        .await
+        .unwrap();
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("the same key bob derived"), "{out}");
+    assert!(out.contains("demo finished"), "{out}");
+}

@@ -1,0 +1,638 @@
+//! Integration tests of the auth server over TLS on 127.0.0.1:0: the happy
+//! path of the paper's protocol, every bad input the issue names, restart,
+//! key change, expiry and generic gRPC clients.
+
+use std::sync::Arc;
+
+use tokio_stream::StreamExt;
+use tonic::Code;
+use vmail_auth::config::RegistrationMode;
+use vmail_auth::datadir::files;
+use vmail_auth::service::ManualClock;
+use vmail_node::client::{ClientError, NewDeposit, VoicemailMeta};
+use vmail_proto::keys::{MasterKey, SecretKey};
+use vmail_proto::names::Recipients;
+use vmail_proto::pb;
+use vmail_proto::random_bytes;
+use vmail_tests::{TestAuth, file_bytes, identity, password, register_and_login};
+
+fn deposit_for(names: &[&str], locator: &[u8]) -> NewDeposit {
+    NewDeposit {
+        request_id: random_bytes(),
+        recipients: Recipients::parse(names).unwrap(),
+        locator: locator.to_vec(),
+        session_key: SecretKey::random(),
+        meta: VoicemailMeta {
+            size: 1234,
+            content_type: "audio/wav".into(),
+            duration_ms: 5000,
+            expires_at: 0,
+        },
+    }
+}
+
+fn code(r: Result<impl std::fmt::Debug, ClientError>) -> (Code, String) {
+    let e = r.expect_err("call should fail");
+    (e.code().unwrap_or(Code::Unknown), e.to_string())
+}
+
+#[tokio::test]
+async fn happy_path_register_login_deposit_list_unwrap_ack() {
+    let auth = TestAuth::start().await;
+    let (mut bob, bob_id, bob_s) = register_and_login(&auth, "bob").await;
+    let (mut alice, _, alice_s) = register_and_login(&auth, "alice").await;
+    let (mut carol, _, carol_s) = register_and_login(&auth, "carol").await;
+
+    // The certificate binds bob's identity key and verifies offline.
+    let cert = alice.certificate("bob").await.unwrap();
+    cert.verify(&auth.target().cluster_key, vmail_proto::unix_now())
+        .unwrap();
+    assert_eq!(cert.identity_key, bob_id.verifying_key());
+    assert_eq!(bob_s.certificate.identity_key, bob_id.verifying_key());
+
+    let d = deposit_for(&["carol", "alice"], b"locator: shard ids");
+    let receipt = bob.deposit(&bob_s.master_key, &d).await.unwrap();
+    assert!(!receipt.replayed);
+
+    for (client, session) in [(&mut alice, &alice_s), (&mut carol, &carol_s)] {
+        let pending = client.list_pending(&session.master_key).await.unwrap();
+        assert_eq!(pending.len(), 1);
+        let p = &pending[0];
+        assert_eq!(p.id, receipt.voicemail_id);
+        assert_eq!(p.session_key, d.session_key);
+        assert_eq!(p.sender.username.as_str(), "bob");
+        assert_eq!(p.locator, b"locator: shard ids");
+        assert_eq!(p.recipients, d.recipients);
+        assert_eq!(p.meta.size, 1234);
+        assert_eq!(p.meta.content_type, "audio/wav");
+        assert!(p.meta.expires_at > vmail_proto::unix_now());
+    }
+    // Bob is not a recipient: nothing pending for him.
+    assert!(
+        bob.list_pending(&bob_s.master_key)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    assert!(
+        !alice.ack(&receipt.voicemail_id).await.unwrap(),
+        "carol still holds a grant"
+    );
+    assert!(
+        auth.service()
+            .store()
+            .voicemail_exists(&receipt.voicemail_id)
+            .unwrap()
+    );
+    assert!(
+        carol.ack(&receipt.voicemail_id).await.unwrap(),
+        "last ack erases the key"
+    );
+    assert!(
+        !auth
+            .service()
+            .store()
+            .voicemail_exists(&receipt.voicemail_id)
+            .unwrap()
+    );
+    let counts = auth.service().store().counts().unwrap();
+    assert_eq!((counts.voicemails, counts.grants), (0, 0));
+    assert!(
+        alice
+            .list_pending(&alice_s.master_key)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn wrong_password_is_refused_and_changes_nothing() {
+    let auth = TestAuth::start().await;
+    let mut c = auth.client().await;
+    let id = identity();
+    c.register("alice", &password("alice"), &id, None)
+        .await
+        .unwrap();
+    let before = auth.service().store().counts().unwrap();
+    let err = c
+        .login("alice", b"not the password", &id, &[])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ClientError::WrongPassword(ref u) if u == "alice"),
+        "{err}"
+    );
+    assert_eq!(err.to_string(), "wrong password for \"alice\"");
+    assert_eq!(auth.service().store().counts().unwrap(), before);
+    c.login("alice", &password("alice"), &id, &[])
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn repeated_unsuccessful_logins_lock_the_user_out() {
+    let auth = TestAuth::start_with(
+        |c| c.max_failed_logins = 3,
+        Arc::new(ManualClock::new(1_000_000)),
+    )
+    .await;
+    let mut c = auth.client().await;
+    let id = identity();
+    c.register("alice", &password("alice"), &id, None)
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        assert!(matches!(
+            c.login("alice", b"guess guess", &id, &[]).await,
+            Err(ClientError::WrongPassword(_))
+        ));
+    }
+    let (code, msg) = code(c.login("alice", &password("alice"), &id, &[]).await);
+    assert_eq!(code, Code::ResourceExhausted);
+    assert!(
+        msg.contains("too many unsuccessful logins for \"alice\""),
+        "{msg}"
+    );
+}
+
+#[tokio::test]
+async fn unknown_and_malformed_usernames() {
+    let auth = TestAuth::start().await;
+    let mut c = auth.client().await;
+    let (code_, msg) = code(c.login("carol", b"whatever pw", &identity(), &[]).await);
+    assert_eq!(code_, Code::NotFound);
+    assert_eq!(msg, "unknown user \"carol\"");
+    let (code_, msg) = code(c.certificate("nobody").await);
+    assert_eq!(code_, Code::NotFound);
+    assert!(msg.contains("\"nobody\""));
+
+    // The server checks names itself, whatever the client does.
+    let mut raw = pb::auth_client::AuthClient::new(auth.channel().await);
+    for bad in ["Al", "a", "alice smith", "ALICE", &"x".repeat(65)] {
+        let s = raw
+            .get_certificate(pb::GetCertificateRequest {
+                username: bad.into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(s.code(), Code::InvalidArgument, "{bad}");
+        assert!(s.message().contains(&format!("{bad:?}")), "{}", s.message());
+        let s = raw
+            .register_start(pb::RegisterStartRequest {
+                username: bad.into(),
+                registration_request: vec![0; 32],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(s.code(), Code::InvalidArgument);
+    }
+    assert_eq!(auth.service().store().counts().unwrap().users, 0);
+}
+
+#[tokio::test]
+async fn duplicate_registration_is_already_exists() {
+    let auth = TestAuth::start().await;
+    let mut c = auth.client().await;
+    let first = identity();
+    c.register("alice", &password("alice"), &first, None)
+        .await
+        .unwrap();
+    let (code_, msg) = code(
+        c.register("alice", b"another password", &identity(), None)
+            .await,
+    );
+    assert_eq!(code_, Code::AlreadyExists);
+    assert!(msg.contains("\"alice\" already exists"), "{msg}");
+    // The first registration is intact.
+    c.login("alice", &password("alice"), &first, &[])
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn invite_mode_needs_an_unused_code() {
+    let auth = TestAuth::start_with(
+        |c| {
+            c.registration.mode = RegistrationMode::Invite;
+            c.registration.invite_codes = vec!["welcome-42".into()];
+        },
+        Arc::new(vmail_auth::service::SystemClock),
+    )
+    .await;
+    let mut c = auth.client().await;
+    let (code_, msg) = code(
+        c.register("alice", &password("alice"), &identity(), None)
+            .await,
+    );
+    assert_eq!(code_, Code::PermissionDenied);
+    assert!(msg.contains("invite code"), "{msg}");
+    let (code_, _) = code(
+        c.register("alice", &password("alice"), &identity(), Some("nope"))
+            .await,
+    );
+    assert_eq!(code_, Code::PermissionDenied);
+    c.register("alice", &password("alice"), &identity(), Some("welcome-42"))
+        .await
+        .unwrap();
+    let (code_, msg) = code(
+        c.register("bob", &password("bob"), &identity(), Some("welcome-42"))
+            .await,
+    );
+    assert_eq!(code_, Code::PermissionDenied);
+    assert!(msg.contains("already used"), "{msg}");
+    assert_eq!(auth.service().store().counts().unwrap().users, 1);
+}
+
+#[tokio::test]
+async fn deposit_refusals_change_nothing() {
+    let auth = TestAuth::start().await;
+    let (mut bob, _, bob_s) = register_and_login(&auth, "bob").await;
+    register_and_login(&auth, "alice").await;
+    let before = auth.service().store().counts().unwrap();
+
+    // Unknown recipient, named.
+    let (code_, msg) = code(
+        bob.deposit(&bob_s.master_key, &deposit_for(&["alice", "carol"], b""))
+            .await,
+    );
+    assert_eq!(code_, Code::NotFound);
+    assert_eq!(msg, "unknown recipient \"carol\"");
+
+    // A wrap under a key other than the session's master key.
+    let wrong = MasterKey::from_bytes(random_bytes());
+    let (code_, msg) = code(bob.deposit(&wrong, &deposit_for(&["alice"], b"")).await);
+    assert_eq!(code_, Code::PermissionDenied);
+    assert!(msg.contains("wrapped_key"), "{msg}");
+
+    // Oversize locator.
+    let big = vec![7u8; 16 * 1024 + 1];
+    let (code_, msg) = code(
+        bob.deposit(&bob_s.master_key, &deposit_for(&["alice"], &big))
+            .await,
+    );
+    assert_eq!(code_, Code::InvalidArgument);
+    assert!(msg.starts_with("locator: 16385 bytes"), "{msg}");
+    assert_eq!(auth.service().store().counts().unwrap(), before);
+    // Exactly the limit is accepted.
+    bob.deposit(
+        &bob_s.master_key,
+        &deposit_for(&["alice"], &big[..16 * 1024]),
+    )
+    .await
+    .unwrap();
+
+    // Expiry in the past.
+    let mut d = deposit_for(&["alice"], b"");
+    d.meta.expires_at = 10;
+    let (code_, msg) = code(bob.deposit(&bob_s.master_key, &d).await);
+    assert_eq!(code_, Code::InvalidArgument);
+    assert!(msg.contains("metadata.expires_at"), "{msg}");
+
+    // A tampered request: recipients changed after wrapping.
+    let mut raw = pb::auth_client::AuthClient::new(auth.channel().await);
+    let d = deposit_for(&["alice"], b"loc");
+    let wrapped = bob_s.master_key.wrap_deposit(
+        &d.session_key,
+        &vmail_proto::keys::DepositContext {
+            request_id: &d.request_id,
+            recipients: &d.recipients,
+            locator: &d.locator,
+        },
+    );
+    let mut req = tonic::Request::new(pb::DepositRequest {
+        request_id: d.request_id.to_vec(),
+        recipients: vec!["alice".into(), "bob".into()],
+        locator: d.locator.clone(),
+        wrapped_key: wrapped,
+        metadata: Some(d.meta.clone().into()),
+    });
+    req.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", hex::encode(bob_s.token))
+            .parse()
+            .unwrap(),
+    );
+    assert_eq!(
+        raw.deposit(req).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
+}
+
+#[tokio::test]
+async fn replayed_request_id_returns_the_first_result() {
+    let auth = TestAuth::start().await;
+    let (mut bob, _, bob_s) = register_and_login(&auth, "bob").await;
+    let (mut alice, _, alice_s) = register_and_login(&auth, "alice").await;
+    let d = deposit_for(&["alice"], b"loc");
+    let first = bob.deposit(&bob_s.master_key, &d).await.unwrap();
+    let again = bob.deposit(&bob_s.master_key, &d).await.unwrap();
+    assert_eq!(again.voicemail_id, first.voicemail_id);
+    assert!(again.replayed);
+    assert_eq!(
+        alice.list_pending(&alice_s.master_key).await.unwrap().len(),
+        1
+    );
+
+    // The same id with other content is refused, not merged.
+    let mut other = deposit_for(&["alice"], b"other loc");
+    other.request_id = d.request_id;
+    let (code_, msg) = code(bob.deposit(&bob_s.master_key, &other).await);
+    assert_eq!(code_, Code::AlreadyExists);
+    assert!(msg.contains("request_id"), "{msg}");
+    assert_eq!(auth.service().store().counts().unwrap().voicemails, 1);
+}
+
+#[tokio::test]
+async fn only_recipients_can_see_or_ack() {
+    let auth = TestAuth::start().await;
+    let (mut bob, _, bob_s) = register_and_login(&auth, "bob").await;
+    let (mut alice, _, alice_s) = register_and_login(&auth, "alice").await;
+    let (mut mallory, _, mallory_s) = register_and_login(&auth, "mallory").await;
+    let r = bob
+        .deposit(&bob_s.master_key, &deposit_for(&["alice"], b""))
+        .await
+        .unwrap();
+    assert!(
+        mallory
+            .list_pending(&mallory_s.master_key)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let (code_, msg) = code(mallory.ack(&r.voicemail_id).await);
+    assert_eq!(code_, Code::NotFound);
+    assert_eq!(
+        msg,
+        format!(
+            "voicemail {} is not pending for \"mallory\"",
+            hex::encode(r.voicemail_id)
+        )
+    );
+    // The sender cannot ack it away either.
+    assert_eq!(code(bob.ack(&r.voicemail_id).await).0, Code::NotFound);
+    assert_eq!(
+        alice.list_pending(&alice_s.master_key).await.unwrap().len(),
+        1
+    );
+    // A recipient cannot ack twice.
+    alice.ack(&r.voicemail_id).await.unwrap();
+    assert_eq!(code(alice.ack(&r.voicemail_id).await).0, Code::NotFound);
+}
+
+#[tokio::test]
+async fn revoked_and_missing_tokens_are_unauthenticated() {
+    let auth = TestAuth::start().await;
+    let (mut alice, _, alice_s) = register_and_login(&auth, "alice").await;
+    let mut stale = alice.clone();
+    alice.logout().await.unwrap();
+    let (code_, msg) = code(stale.list_pending(&alice_s.master_key).await);
+    assert_eq!(code_, Code::Unauthenticated);
+    assert!(msg.contains("log in again"), "{msg}");
+    assert_eq!(
+        auth.service().store().counts().unwrap().sessions,
+        0,
+        "logout deletes the session and its master key"
+    );
+
+    let mut raw = pb::auth_client::AuthClient::new(auth.channel().await);
+    let s = raw
+        .list_pending(pb::ListPendingRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::Unauthenticated);
+    assert!(s.message().contains("missing session token"));
+    let mut req = tonic::Request::new(pb::ListPendingRequest {});
+    req.metadata_mut()
+        .insert("authorization", "Bearer zz-not-hex".parse().unwrap());
+    assert_eq!(
+        raw.list_pending(req).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+}
+
+#[tokio::test]
+async fn tokens_expire_on_the_injected_clock() {
+    let clock = Arc::new(ManualClock::new(vmail_proto::unix_now()));
+    let auth = TestAuth::start_with(|_| {}, clock.clone()).await;
+    let (mut alice, _, alice_s) = register_and_login(&auth, "alice").await;
+    assert_eq!(alice_s.expires_at, clock.now_secs() + 12 * 3600);
+    clock.advance(12 * 3600 - 1);
+    alice.list_pending(&alice_s.master_key).await.unwrap();
+    clock.advance(1);
+    let (code_, msg) = code(alice.list_pending(&alice_s.master_key).await);
+    assert_eq!(code_, Code::Unauthenticated);
+    assert_eq!(
+        msg,
+        format!(
+            "session expired at Unix time {}: log in again",
+            alice_s.expires_at
+        )
+    );
+    // The sweeper's purge removes the expired session.
+    auth.service().purge_expired().await.unwrap();
+    assert_eq!(auth.service().store().counts().unwrap().sessions, 0);
+}
+
+#[tokio::test]
+async fn restart_keeps_users_and_pending_voicemail() {
+    let mut auth = TestAuth::start().await;
+    let (mut bob, _, bob_s) = register_and_login(&auth, "bob").await;
+    let alice_id = identity();
+    auth.client()
+        .await
+        .register("alice", &password("alice"), &alice_id, None)
+        .await
+        .unwrap();
+    let d = deposit_for(&["alice"], b"loc");
+    let r = bob.deposit(&bob_s.master_key, &d).await.unwrap();
+    auth.restart().await;
+    let mut alice = auth.client().await;
+    let s = alice
+        .login("alice", &password("alice"), &alice_id, &[])
+        .await
+        .unwrap();
+    let pending = alice.list_pending(&s.master_key).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].id, r.voicemail_id);
+    assert_eq!(pending[0].session_key, d.session_key);
+    // Bob's session survived too.
+    let mut bob2 = auth.client().await;
+    bob2.set_token(bob_s.token);
+    bob2.whoami().await.unwrap();
+}
+
+#[tokio::test]
+async fn voicemail_survives_a_master_key_change_and_identity_rotation() {
+    let auth = TestAuth::start().await;
+    let (mut alice, old_id, old_s) = register_and_login(&auth, "alice").await;
+    alice.logout().await.unwrap();
+    let (mut bob, _, bob_s) = register_and_login(&auth, "bob").await;
+    // Deposited while alice is logged out: it is bound to no key of hers.
+    let d = deposit_for(&["alice"], b"loc");
+    bob.deposit(&bob_s.master_key, &d).await.unwrap();
+
+    let new_id = identity();
+    let mut alice = auth.client().await;
+    let s = alice
+        .login("alice", &password("alice"), &new_id, &[])
+        .await
+        .unwrap();
+    assert_ne!(s.master_key_id, old_s.master_key_id);
+    assert_eq!(s.certificate.identity_key, new_id.verifying_key());
+    let pending = alice.list_pending(&s.master_key).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].session_key, d.session_key);
+    // The delivery is wrapped for the new master key only.
+    let raw = alice
+        .watch_pending()
+        .await
+        .unwrap()
+        .next()
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(alice.open_pending(&old_s.master_key, raw.clone()).is_err());
+    alice.open_pending(&s.master_key, raw).unwrap();
+    // The old certificate stays valid until it expires; the current one is the new key's.
+    old_s
+        .certificate
+        .verify(&auth.target().cluster_key, vmail_proto::unix_now())
+        .unwrap();
+    assert_eq!(old_s.certificate.identity_key, old_id.verifying_key());
+    let current = bob.certificate("alice").await.unwrap();
+    assert_eq!(current.identity_key, new_id.verifying_key());
+    assert!(current.serial > old_s.certificate.serial);
+}
+
+#[tokio::test]
+async fn watch_pending_pushes_new_voicemail_and_ends_at_logout() {
+    let auth = TestAuth::start().await;
+    let (mut bob, _, bob_s) = register_and_login(&auth, "bob").await;
+    let (mut alice, _, alice_s) = register_and_login(&auth, "alice").await;
+    let early = bob
+        .deposit(&bob_s.master_key, &deposit_for(&["alice"], b"1"))
+        .await
+        .unwrap();
+    let mut stream = alice.clone().watch_pending().await.unwrap();
+    let first = alice
+        .open_pending(&alice_s.master_key, stream.next().await.unwrap().unwrap())
+        .unwrap();
+    assert_eq!(first.id, early.voicemail_id);
+    let d = deposit_for(&["alice"], b"2");
+    let live = bob.deposit(&bob_s.master_key, &d).await.unwrap();
+    // A voicemail for someone else is not pushed to alice.
+    bob.deposit(&bob_s.master_key, &deposit_for(&["bob"], b"3"))
+        .await
+        .unwrap();
+    let second = alice
+        .open_pending(&alice_s.master_key, stream.next().await.unwrap().unwrap())
+        .unwrap();
+    assert_eq!(second.id, live.voicemail_id);
+    assert_eq!(second.session_key, d.session_key);
+    alice.logout().await.unwrap();
+    let end = stream.next().await.unwrap().unwrap_err();
+    assert_eq!(end.code(), Code::Unauthenticated);
+}
+
+#[tokio::test]
+async fn corrupt_or_missing_data_dir_is_refused_and_left_alone() {
+    let mut auth = TestAuth::start().await;
+    register_and_login(&auth, "alice").await;
+    auth.stop().await;
+    let db = auth.data_dir().join(files::DATABASE);
+
+    // Truncated database.
+    let original = file_bytes(&db);
+    std::fs::write(&db, &original[..original.len() / 3]).unwrap();
+    let truncated = file_bytes(&db);
+    let err = auth.try_start().await.unwrap_err().to_string();
+    assert!(err.contains("vmail-auth.redb"), "{err}");
+    assert_eq!(
+        file_bytes(&db),
+        truncated,
+        "a refused start must not touch the file"
+    );
+
+    // Garbage instead of a database.
+    std::fs::write(&db, vec![0x5a; 8192]).unwrap();
+    let err = auth.try_start().await.unwrap_err().to_string();
+    assert!(err.contains("restore it from a backup"), "{err}");
+    assert_eq!(file_bytes(&db), vec![0x5a; 8192]);
+
+    // Restored: it serves again with the user intact.
+    std::fs::write(&db, &original).unwrap();
+    auth.try_start().await.unwrap();
+    auth.client().await.certificate("alice").await.unwrap();
+    auth.stop().await;
+
+    // Missing key file and missing directory.
+    std::fs::remove_file(auth.data_dir().join(files::DATA_KEY)).unwrap();
+    let err = auth.try_start().await.unwrap_err().to_string();
+    assert!(err.contains("data.key is missing"), "{err}");
+    std::fs::remove_dir_all(auth.data_dir()).unwrap();
+    let err = auth.try_start().await.unwrap_err().to_string();
+    assert!(err.contains("does not exist"), "{err}");
+}
+
+#[tokio::test]
+async fn reflection_and_health_serve_generic_clients() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let auth = TestAuth::start().await;
+    let mut client = ServerReflectionClient::new(auth.channel().await);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut resp = client
+        .server_reflection_info(tokio_stream::iter([req]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) =
+        resp.next().await.unwrap().unwrap().message_response
+    else {
+        panic!("expected a service list");
+    };
+    let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(
+        names.contains(&"vmail.auth.v1.Auth".to_string()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"grpc.health.v1.Health".to_string()),
+        "{names:?}"
+    );
+
+    let mut health = tonic_health::pb::health_client::HealthClient::new(auth.channel().await);
+    let status = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "vmail.auth.v1.Auth".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(
+        status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+}
+
+#[tokio::test]
+async fn clients_refuse_a_server_from_another_ca() {
+    let auth = TestAuth::start().await;
+    let other = TestAuth::start().await;
+    let mut target = auth.target();
+    target.ca_pem = other.target().ca_pem;
+    let err = vmail_node::client::AuthClient::connect(&target)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cannot reach any auth server"), "{err}");
+}
