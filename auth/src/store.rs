@@ -15,6 +15,8 @@
 //! Every mutation is one durable redb transaction: it happens whole or not at all.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use prost::Message;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
@@ -26,6 +28,9 @@ use vmail_proto::pb;
 
 /// The schema this build reads and writes.
 pub const SCHEMA_VERSION: u64 = 1;
+
+/// How long a reopen after an I/O failure waits for the old handle to close.
+const REOPEN_WAIT: Duration = Duration::from_secs(5);
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
@@ -253,9 +258,14 @@ pub enum AckOutcome {
 }
 
 /// The auth server's database.
+///
+/// After an I/O failure (a full disk, say) redb refuses every further write
+/// until the file is reopened, so the store drops its handle and reopens the
+/// file on next use: once space is freed, writes work again without a restart.
 #[derive(Debug)]
 pub struct Store {
-    db: Database,
+    path: PathBuf,
+    db: RwLock<Option<Arc<Database>>>,
     data_key: SecretKey,
 }
 
@@ -264,18 +274,14 @@ fn u64_le(v: &[u8]) -> Option<u64> {
 }
 
 impl Store {
-    /// Creates a new, empty database. Fails if the file already exists.
+    /// Creates a new, empty database. The caller makes sure the file is new.
     pub fn create(path: &Path, server_name: &str) -> Result<(), StoreError> {
-        if path.exists() {
-            return Err(StoreError::Open {
-                path: path.to_owned(),
-                source: redb::DatabaseError::DatabaseAlreadyOpen,
-            });
-        }
         let db = Database::create(path).map_err(|source| StoreError::Open {
             path: path.to_owned(),
             source,
         })?;
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .map_err(|e| db_err(redb::StorageError::Io(e)))?;
         let tx = db.begin_write().map_err(db_err)?;
         {
             let mut meta = tx.open_table(META).map_err(db_err)?;
@@ -321,7 +327,61 @@ impl Store {
         }
         drop(meta);
         drop(tx);
-        Ok(Self { db, data_key })
+        Ok(Self {
+            path: path.to_owned(),
+            db: RwLock::new(Some(Arc::new(db))),
+            data_key,
+        })
+    }
+
+    /// Runs `f` on the database, reopening it first if an earlier I/O
+    /// failure dropped it, and dropping it if `f` fails with one.
+    fn run<T>(&self, f: impl FnOnce(&Database) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let db = self.handle()?;
+        let result = f(&db);
+        if let Err(
+            StoreError::DiskFull(_) | StoreError::Db(redb::Error::Io(_) | redb::Error::PreviousIo),
+        ) = &result
+        {
+            let mut slot = self.db.write().expect("store lock");
+            if slot.as_ref().is_some_and(|cur| Arc::ptr_eq(cur, &db)) {
+                tracing::warn!(path = %self.path.display(), "database I/O failed; it will be reopened on next use");
+                *slot = None;
+            }
+        }
+        result
+    }
+
+    /// The open database, reopened if it was dropped after an I/O failure.
+    fn handle(&self) -> Result<Arc<Database>, StoreError> {
+        if let Some(db) = self.db.read().expect("store lock").as_ref() {
+            return Ok(db.clone());
+        }
+        let mut slot = self.db.write().expect("store lock");
+        if let Some(db) = slot.as_ref() {
+            return Ok(db.clone());
+        }
+        // Calls still holding the failed handle finish within milliseconds;
+        // until they do, the file is locked by it.
+        let deadline = Instant::now() + REOPEN_WAIT;
+        let db = loop {
+            match Database::open(&self.path) {
+                Ok(db) => break db,
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(source) => {
+                    return Err(StoreError::Open {
+                        path: self.path.clone(),
+                        source,
+                    });
+                }
+            }
+        };
+        tracing::info!(path = %self.path.display(), "database reopened");
+        let db = Arc::new(db);
+        *slot = Some(db.clone());
+        Ok(db)
     }
 
     // ---- users ----
@@ -359,12 +419,14 @@ impl Store {
 
     /// A user by name.
     pub fn user(&self, name: &str) -> Result<Option<User>, StoreError> {
-        let tx = self.db.begin_read().map_err(db_err)?;
-        let users = tx.open_table(USERS).map_err(db_err)?;
-        match users.get(name).map_err(db_err)? {
-            Some(v) => Ok(Some(self.decode_user(name, v.value())?)),
-            None => Ok(None),
-        }
+        self.run(|db| {
+            let tx = db.begin_read().map_err(db_err)?;
+            let users = tx.open_table(USERS).map_err(db_err)?;
+            match users.get(name).map_err(db_err)? {
+                Some(v) => Ok(Some(self.decode_user(name, v.value())?)),
+                None => Ok(None),
+            }
+        })
     }
 
     /// Reserves the next certificate serial number.
@@ -388,26 +450,28 @@ impl Store {
         invite_hash: Option<&str>,
         make_user: impl FnOnce(u64) -> User,
     ) -> Result<RegisterOutcome, StoreError> {
-        let tx = self.db.begin_write().map_err(db_err)?;
-        {
-            let mut users = tx.open_table(USERS).map_err(db_err)?;
-            if users.get(name).map_err(db_err)?.is_some() {
-                return Ok(RegisterOutcome::UserExists);
-            }
-            if let Some(h) = invite_hash {
-                let mut invites = tx.open_table(INVITES).map_err(db_err)?;
-                if invites.get(h).map_err(db_err)?.is_some() {
-                    return Ok(RegisterOutcome::InviteUsed);
+        self.run(|db| {
+            let tx = db.begin_write().map_err(db_err)?;
+            {
+                let mut users = tx.open_table(USERS).map_err(db_err)?;
+                if users.get(name).map_err(db_err)?.is_some() {
+                    return Ok(RegisterOutcome::UserExists);
                 }
-                invites.insert(h, name).map_err(db_err)?;
+                if let Some(h) = invite_hash {
+                    let mut invites = tx.open_table(INVITES).map_err(db_err)?;
+                    if invites.get(h).map_err(db_err)?.is_some() {
+                        return Ok(RegisterOutcome::InviteUsed);
+                    }
+                    invites.insert(h, name).map_err(db_err)?;
+                }
+                let user = make_user(Self::next_serial(&tx)?);
+                users
+                    .insert(name, self.encode_user(name, &user).as_slice())
+                    .map_err(db_err)?;
             }
-            let user = make_user(Self::next_serial(&tx)?);
-            users
-                .insert(name, self.encode_user(name, &user).as_slice())
-                .map_err(db_err)?;
-        }
-        tx.commit().map_err(db_err)?;
-        Ok(RegisterOutcome::Created)
+            tx.commit().map_err(db_err)?;
+            Ok(RegisterOutcome::Created)
+        })
     }
 
     // ---- sessions ----
@@ -420,82 +484,88 @@ impl Store {
         identity_key: [u8; 32],
         make_cert: impl FnOnce(u64) -> UserCertificate,
     ) -> Result<UserCertificate, StoreError> {
-        let name = session.username.as_str();
-        let tx = self.db.begin_write().map_err(db_err)?;
-        let cert;
-        {
-            let mut users = tx.open_table(USERS).map_err(db_err)?;
-            let mut user = match users.get(name).map_err(db_err)? {
-                Some(v) => self.decode_user(name, v.value())?,
-                None => return Err(corrupt("users", name, "vanished during login")),
-            };
-            cert = make_cert(Self::next_serial(&tx)?);
-            user.identity_key = identity_key;
-            user.certificate = cert.clone();
-            users
-                .insert(name, self.encode_user(name, &user).as_slice())
-                .map_err(db_err)?;
-            let row = SessionRow {
-                username: session.username.clone(),
-                master_key_sealed: self.data_key.seal(
-                    session.master_key.as_bytes(),
-                    &aad(AAD_MASTER_KEY, &session.token_hash),
-                ),
-                master_key_id: session.master_key_id,
-                created_at: session.created_at,
-                expires_at: session.expires_at,
-            };
-            let mut sessions = tx.open_table(SESSIONS).map_err(db_err)?;
-            sessions
-                .insert(
-                    session.token_hash.as_slice(),
-                    postcard::to_allocvec(&row).expect("encodes").as_slice(),
-                )
-                .map_err(db_err)?;
-        }
-        tx.commit().map_err(db_err)?;
-        Ok(cert)
+        self.run(|db| {
+            let name = session.username.as_str();
+            let tx = db.begin_write().map_err(db_err)?;
+            let cert;
+            {
+                let mut users = tx.open_table(USERS).map_err(db_err)?;
+                let mut user = match users.get(name).map_err(db_err)? {
+                    Some(v) => self.decode_user(name, v.value())?,
+                    None => return Err(corrupt("users", name, "vanished during login")),
+                };
+                cert = make_cert(Self::next_serial(&tx)?);
+                user.identity_key = identity_key;
+                user.certificate = cert.clone();
+                users
+                    .insert(name, self.encode_user(name, &user).as_slice())
+                    .map_err(db_err)?;
+                let row = SessionRow {
+                    username: session.username.clone(),
+                    master_key_sealed: self.data_key.seal(
+                        session.master_key.as_bytes(),
+                        &aad(AAD_MASTER_KEY, &session.token_hash),
+                    ),
+                    master_key_id: session.master_key_id,
+                    created_at: session.created_at,
+                    expires_at: session.expires_at,
+                };
+                let mut sessions = tx.open_table(SESSIONS).map_err(db_err)?;
+                sessions
+                    .insert(
+                        session.token_hash.as_slice(),
+                        postcard::to_allocvec(&row).expect("encodes").as_slice(),
+                    )
+                    .map_err(db_err)?;
+            }
+            tx.commit().map_err(db_err)?;
+            Ok(cert)
+        })
     }
 
     /// A session by token hash.
     pub fn session(&self, token_hash: &[u8; 32]) -> Result<Option<Session>, StoreError> {
-        let tx = self.db.begin_read().map_err(db_err)?;
-        let sessions = tx.open_table(SESSIONS).map_err(db_err)?;
-        let Some(v) = sessions.get(token_hash.as_slice()).map_err(db_err)? else {
-            return Ok(None);
-        };
-        let key = hex::encode(&token_hash[..8]);
-        let row: SessionRow =
-            postcard::from_bytes(v.value()).map_err(|e| corrupt("sessions", &key, e))?;
-        let mk = self
-            .data_key
-            .open(&row.master_key_sealed, &aad(AAD_MASTER_KEY, token_hash))
-            .map_err(|e| corrupt("sessions", &key, e))?;
-        let mk: [u8; 32] = mk
-            .try_into()
-            .map_err(|_| corrupt("sessions", &key, "master key length"))?;
-        Ok(Some(Session {
-            token_hash: *token_hash,
-            username: row.username,
-            master_key: MasterKey::from_bytes(mk),
-            master_key_id: row.master_key_id,
-            created_at: row.created_at,
-            expires_at: row.expires_at,
-        }))
+        self.run(|db| {
+            let tx = db.begin_read().map_err(db_err)?;
+            let sessions = tx.open_table(SESSIONS).map_err(db_err)?;
+            let Some(v) = sessions.get(token_hash.as_slice()).map_err(db_err)? else {
+                return Ok(None);
+            };
+            let key = hex::encode(&token_hash[..8]);
+            let row: SessionRow =
+                postcard::from_bytes(v.value()).map_err(|e| corrupt("sessions", &key, e))?;
+            let mk = self
+                .data_key
+                .open(&row.master_key_sealed, &aad(AAD_MASTER_KEY, token_hash))
+                .map_err(|e| corrupt("sessions", &key, e))?;
+            let mk: [u8; 32] = mk
+                .try_into()
+                .map_err(|_| corrupt("sessions", &key, "master key length"))?;
+            Ok(Some(Session {
+                token_hash: *token_hash,
+                username: row.username,
+                master_key: MasterKey::from_bytes(mk),
+                master_key_id: row.master_key_id,
+                created_at: row.created_at,
+                expires_at: row.expires_at,
+            }))
+        })
     }
 
     /// Deletes a session and its sealed master key. Returns whether it existed.
     pub fn end_session(&self, token_hash: &[u8; 32]) -> Result<bool, StoreError> {
-        let tx = self.db.begin_write().map_err(db_err)?;
-        let existed = {
-            let mut sessions = tx.open_table(SESSIONS).map_err(db_err)?;
-            sessions
-                .remove(token_hash.as_slice())
-                .map_err(db_err)?
-                .is_some()
-        };
-        tx.commit().map_err(db_err)?;
-        Ok(existed)
+        self.run(|db| {
+            let tx = db.begin_write().map_err(db_err)?;
+            let existed = {
+                let mut sessions = tx.open_table(SESSIONS).map_err(db_err)?;
+                sessions
+                    .remove(token_hash.as_slice())
+                    .map_err(db_err)?
+                    .is_some()
+            };
+            tx.commit().map_err(db_err)?;
+            Ok(existed)
+        })
     }
 
     // ---- voicemails ----
@@ -533,94 +603,98 @@ impl Store {
         digest: [u8; 32],
         vm: &Voicemail,
     ) -> Result<DepositOutcome, StoreError> {
-        let tx = self.db.begin_write().map_err(db_err)?;
-        {
-            let mut requests = tx.open_table(REQUESTS).map_err(db_err)?;
-            if let Some(v) = requests
-                .get((vm.sender.as_str(), request_id))
-                .map_err(db_err)?
+        self.run(|db| {
+            let tx = db.begin_write().map_err(db_err)?;
             {
-                let row: RequestRow = postcard::from_bytes(v.value())
-                    .map_err(|e| corrupt("requests", hex::encode(request_id), e))?;
-                return Ok(if row.digest == digest {
-                    DepositOutcome::Replayed(row.voicemail_id)
-                } else {
-                    DepositOutcome::RequestIdReused
-                });
-            }
-            let users = tx.open_table(USERS).map_err(db_err)?;
-            for r in vm.recipients.iter() {
-                if users.get(r.as_str()).map_err(db_err)?.is_none() {
-                    return Ok(DepositOutcome::UnknownRecipient(r.to_string()));
+                let mut requests = tx.open_table(REQUESTS).map_err(db_err)?;
+                if let Some(v) = requests
+                    .get((vm.sender.as_str(), request_id))
+                    .map_err(db_err)?
+                {
+                    let row: RequestRow = postcard::from_bytes(v.value())
+                        .map_err(|e| corrupt("requests", hex::encode(request_id), e))?;
+                    return Ok(if row.digest == digest {
+                        DepositOutcome::Replayed(row.voicemail_id)
+                    } else {
+                        DepositOutcome::RequestIdReused
+                    });
                 }
-            }
-            let row = VoicemailRow {
-                sender: vm.sender.clone(),
-                sender_certificate: pb::UserCertificate::from(vm.sender_certificate.clone())
-                    .encode_to_vec(),
-                recipients: vm.recipients.to_strings(),
-                locator: vm.locator.clone(),
-                metadata: vm.metadata.clone(),
-                deposited_at: vm.deposited_at,
-                session_key_sealed: self
-                    .data_key
-                    .wrap(&vm.session_key, &aad(AAD_SESSION_KEY, &vm.id)),
-            };
-            let mut vms = tx.open_table(VOICEMAILS).map_err(db_err)?;
-            vms.insert(
-                vm.id.as_slice(),
-                postcard::to_allocvec(&row).expect("encodes").as_slice(),
-            )
-            .map_err(db_err)?;
-            let mut grants = tx.open_table(GRANTS).map_err(db_err)?;
-            for r in vm.recipients.iter() {
-                grants
-                    .insert((r.as_str(), vm.id.as_slice()), ())
-                    .map_err(db_err)?;
-            }
-            let req = RequestRow {
-                voicemail_id: vm.id,
-                digest,
-                expires_at: vm.metadata.expires_at,
-            };
-            requests
-                .insert(
-                    (vm.sender.as_str(), request_id),
-                    postcard::to_allocvec(&req).expect("encodes").as_slice(),
+                let users = tx.open_table(USERS).map_err(db_err)?;
+                for r in vm.recipients.iter() {
+                    if users.get(r.as_str()).map_err(db_err)?.is_none() {
+                        return Ok(DepositOutcome::UnknownRecipient(r.to_string()));
+                    }
+                }
+                let row = VoicemailRow {
+                    sender: vm.sender.clone(),
+                    sender_certificate: pb::UserCertificate::from(vm.sender_certificate.clone())
+                        .encode_to_vec(),
+                    recipients: vm.recipients.to_strings(),
+                    locator: vm.locator.clone(),
+                    metadata: vm.metadata.clone(),
+                    deposited_at: vm.deposited_at,
+                    session_key_sealed: self
+                        .data_key
+                        .wrap(&vm.session_key, &aad(AAD_SESSION_KEY, &vm.id)),
+                };
+                let mut vms = tx.open_table(VOICEMAILS).map_err(db_err)?;
+                vms.insert(
+                    vm.id.as_slice(),
+                    postcard::to_allocvec(&row).expect("encodes").as_slice(),
                 )
                 .map_err(db_err)?;
-        }
-        tx.commit().map_err(db_err)?;
-        Ok(DepositOutcome::Stored(vm.id))
+                let mut grants = tx.open_table(GRANTS).map_err(db_err)?;
+                for r in vm.recipients.iter() {
+                    grants
+                        .insert((r.as_str(), vm.id.as_slice()), ())
+                        .map_err(db_err)?;
+                }
+                let req = RequestRow {
+                    voicemail_id: vm.id,
+                    digest,
+                    expires_at: vm.metadata.expires_at,
+                };
+                requests
+                    .insert(
+                        (vm.sender.as_str(), request_id),
+                        postcard::to_allocvec(&req).expect("encodes").as_slice(),
+                    )
+                    .map_err(db_err)?;
+            }
+            tx.commit().map_err(db_err)?;
+            Ok(DepositOutcome::Stored(vm.id))
+        })
     }
 
     /// The voicemails pending for `recipient` that have not expired at `now`,
     /// oldest first.
     pub fn pending(&self, recipient: &str, now: u64) -> Result<Vec<Voicemail>, StoreError> {
-        let tx = self.db.begin_read().map_err(db_err)?;
-        let grants = tx.open_table(GRANTS).map_err(db_err)?;
-        let vms = tx.open_table(VOICEMAILS).map_err(db_err)?;
-        let mut out = Vec::new();
-        for entry in grants.range((recipient, [].as_slice())..).map_err(db_err)? {
-            let (k, _) = entry.map_err(db_err)?;
-            let (who, id) = k.value();
-            if who != recipient {
-                break;
+        self.run(|db| {
+            let tx = db.begin_read().map_err(db_err)?;
+            let grants = tx.open_table(GRANTS).map_err(db_err)?;
+            let vms = tx.open_table(VOICEMAILS).map_err(db_err)?;
+            let mut out = Vec::new();
+            for entry in grants.range((recipient, [].as_slice())..).map_err(db_err)? {
+                let (k, _) = entry.map_err(db_err)?;
+                let (who, id) = k.value();
+                if who != recipient {
+                    break;
+                }
+                let Some(v) = vms.get(id).map_err(db_err)? else {
+                    return Err(corrupt(
+                        "grants",
+                        hex::encode(id),
+                        "grant without voicemail",
+                    ));
+                };
+                let vm = self.decode_voicemail(id, v.value())?;
+                if vm.metadata.expires_at > now {
+                    out.push(vm);
+                }
             }
-            let Some(v) = vms.get(id).map_err(db_err)? else {
-                return Err(corrupt(
-                    "grants",
-                    hex::encode(id),
-                    "grant without voicemail",
-                ));
-            };
-            let vm = self.decode_voicemail(id, v.value())?;
-            if vm.metadata.expires_at > now {
-                out.push(vm);
-            }
-        }
-        out.sort_by_key(|v| (v.deposited_at, v.id));
-        Ok(out)
+            out.sort_by_key(|v| (v.deposited_at, v.id));
+            Ok(out)
+        })
     }
 
     /// One voicemail, if it is pending for `recipient`.
@@ -629,146 +703,156 @@ impl Store {
         recipient: &str,
         id: &VoicemailId,
     ) -> Result<Option<Voicemail>, StoreError> {
-        let tx = self.db.begin_read().map_err(db_err)?;
-        let grants = tx.open_table(GRANTS).map_err(db_err)?;
-        if grants
-            .get((recipient, id.as_slice()))
-            .map_err(db_err)?
-            .is_none()
-        {
-            return Ok(None);
-        }
-        let vms = tx.open_table(VOICEMAILS).map_err(db_err)?;
-        match vms.get(id.as_slice()).map_err(db_err)? {
-            Some(v) => Ok(Some(self.decode_voicemail(id, v.value())?)),
-            None => Ok(None),
-        }
+        self.run(|db| {
+            let tx = db.begin_read().map_err(db_err)?;
+            let grants = tx.open_table(GRANTS).map_err(db_err)?;
+            if grants
+                .get((recipient, id.as_slice()))
+                .map_err(db_err)?
+                .is_none()
+            {
+                return Ok(None);
+            }
+            let vms = tx.open_table(VOICEMAILS).map_err(db_err)?;
+            match vms.get(id.as_slice()).map_err(db_err)? {
+                Some(v) => Ok(Some(self.decode_voicemail(id, v.value())?)),
+                None => Ok(None),
+            }
+        })
     }
 
     /// Whether the voicemail row (and so its session key) still exists.
     pub fn voicemail_exists(&self, id: &VoicemailId) -> Result<bool, StoreError> {
-        let tx = self.db.begin_read().map_err(db_err)?;
-        let vms = tx.open_table(VOICEMAILS).map_err(db_err)?;
-        Ok(vms.get(id.as_slice()).map_err(db_err)?.is_some())
+        self.run(|db| {
+            let tx = db.begin_read().map_err(db_err)?;
+            let vms = tx.open_table(VOICEMAILS).map_err(db_err)?;
+            Ok(vms.get(id.as_slice()).map_err(db_err)?.is_some())
+        })
     }
 
     /// Erases `recipient`'s grant; erases the voicemail and its session key
     /// with the last grant.
     pub fn ack(&self, recipient: &str, id: &VoicemailId) -> Result<AckOutcome, StoreError> {
-        let tx = self.db.begin_write().map_err(db_err)?;
-        let key_erased;
-        {
-            let mut grants = tx.open_table(GRANTS).map_err(db_err)?;
-            if grants
-                .remove((recipient, id.as_slice()))
-                .map_err(db_err)?
-                .is_none()
+        self.run(|db| {
+            let tx = db.begin_write().map_err(db_err)?;
+            let key_erased;
             {
-                return Ok(AckOutcome::NotPending);
-            }
-            let mut vms = tx.open_table(VOICEMAILS).map_err(db_err)?;
-            let recipients: Vec<String> = match vms.get(id.as_slice()).map_err(db_err)? {
-                Some(v) => {
-                    postcard::from_bytes::<VoicemailRow>(v.value())
-                        .map_err(|e| corrupt("voicemails", hex::encode(id), e))?
-                        .recipients
-                }
-                None => Vec::new(),
-            };
-            let mut left = false;
-            for r in &recipients {
-                left |= grants
-                    .get((r.as_str(), id.as_slice()))
+                let mut grants = tx.open_table(GRANTS).map_err(db_err)?;
+                if grants
+                    .remove((recipient, id.as_slice()))
                     .map_err(db_err)?
-                    .is_some();
+                    .is_none()
+                {
+                    return Ok(AckOutcome::NotPending);
+                }
+                let mut vms = tx.open_table(VOICEMAILS).map_err(db_err)?;
+                let recipients: Vec<String> = match vms.get(id.as_slice()).map_err(db_err)? {
+                    Some(v) => {
+                        postcard::from_bytes::<VoicemailRow>(v.value())
+                            .map_err(|e| corrupt("voicemails", hex::encode(id), e))?
+                            .recipients
+                    }
+                    None => Vec::new(),
+                };
+                let mut left = false;
+                for r in &recipients {
+                    left |= grants
+                        .get((r.as_str(), id.as_slice()))
+                        .map_err(db_err)?
+                        .is_some();
+                }
+                key_erased = !left;
+                if key_erased {
+                    vms.remove(id.as_slice()).map_err(db_err)?;
+                }
             }
-            key_erased = !left;
-            if key_erased {
-                vms.remove(id.as_slice()).map_err(db_err)?;
-            }
-        }
-        tx.commit().map_err(db_err)?;
-        Ok(AckOutcome::Acked { key_erased })
+            tx.commit().map_err(db_err)?;
+            Ok(AckOutcome::Acked { key_erased })
+        })
     }
 
     /// Deletes expired sessions, voicemails (with their grants and keys) and
     /// request records. Returns how many sessions and voicemails went.
     pub fn purge_expired(&self, now: u64) -> Result<(usize, usize), StoreError> {
-        let tx = self.db.begin_write().map_err(db_err)?;
-        let mut n_sessions = 0;
-        let n_vms;
-        {
-            let mut sessions = tx.open_table(SESSIONS).map_err(db_err)?;
-            let mut bad = None;
-            sessions
-                .retain(|k, v| match postcard::from_bytes::<SessionRow>(v) {
-                    Ok(row) if row.expires_at <= now => {
-                        n_sessions += 1;
-                        false
-                    }
-                    Ok(_) => true,
-                    Err(e) => {
-                        bad = Some(corrupt("sessions", hex::encode(&k[..8.min(k.len())]), e));
-                        true
-                    }
-                })
-                .map_err(db_err)?;
-            if let Some(e) = bad {
-                return Err(e);
-            }
-            let mut vms = tx.open_table(VOICEMAILS).map_err(db_err)?;
-            let mut expired: Vec<(Vec<u8>, Vec<String>)> = Vec::new();
-            for entry in vms.iter().map_err(db_err)? {
-                let (k, v) = entry.map_err(db_err)?;
-                let row: VoicemailRow = postcard::from_bytes(v.value())
-                    .map_err(|e| corrupt("voicemails", hex::encode(k.value()), e))?;
-                if row.metadata.expires_at <= now {
-                    expired.push((k.value().to_vec(), row.recipients));
+        self.run(|db| {
+            let tx = db.begin_write().map_err(db_err)?;
+            let mut n_sessions = 0;
+            let n_vms;
+            {
+                let mut sessions = tx.open_table(SESSIONS).map_err(db_err)?;
+                let mut bad = None;
+                sessions
+                    .retain(|k, v| match postcard::from_bytes::<SessionRow>(v) {
+                        Ok(row) if row.expires_at <= now => {
+                            n_sessions += 1;
+                            false
+                        }
+                        Ok(_) => true,
+                        Err(e) => {
+                            bad = Some(corrupt("sessions", hex::encode(&k[..8.min(k.len())]), e));
+                            true
+                        }
+                    })
+                    .map_err(db_err)?;
+                if let Some(e) = bad {
+                    return Err(e);
                 }
-            }
-            let mut grants = tx.open_table(GRANTS).map_err(db_err)?;
-            for (id, recipients) in &expired {
-                vms.remove(id.as_slice()).map_err(db_err)?;
-                for r in recipients {
-                    grants.remove((r.as_str(), id.as_slice())).map_err(db_err)?;
+                let mut vms = tx.open_table(VOICEMAILS).map_err(db_err)?;
+                let mut expired: Vec<(Vec<u8>, Vec<String>)> = Vec::new();
+                for entry in vms.iter().map_err(db_err)? {
+                    let (k, v) = entry.map_err(db_err)?;
+                    let row: VoicemailRow = postcard::from_bytes(v.value())
+                        .map_err(|e| corrupt("voicemails", hex::encode(k.value()), e))?;
+                    if row.metadata.expires_at <= now {
+                        expired.push((k.value().to_vec(), row.recipients));
+                    }
                 }
+                let mut grants = tx.open_table(GRANTS).map_err(db_err)?;
+                for (id, recipients) in &expired {
+                    vms.remove(id.as_slice()).map_err(db_err)?;
+                    for r in recipients {
+                        grants.remove((r.as_str(), id.as_slice())).map_err(db_err)?;
+                    }
+                }
+                n_vms = expired.len();
+                let mut requests = tx.open_table(REQUESTS).map_err(db_err)?;
+                requests
+                    .retain(|_, v| {
+                        postcard::from_bytes::<RequestRow>(v).map_or(true, |r| r.expires_at > now)
+                    })
+                    .map_err(db_err)?;
             }
-            n_vms = expired.len();
-            let mut requests = tx.open_table(REQUESTS).map_err(db_err)?;
-            requests
-                .retain(|_, v| {
-                    postcard::from_bytes::<RequestRow>(v).map_or(true, |r| r.expires_at > now)
-                })
-                .map_err(db_err)?;
-        }
-        tx.commit().map_err(db_err)?;
-        Ok((n_sessions, n_vms))
+            tx.commit().map_err(db_err)?;
+            Ok((n_sessions, n_vms))
+        })
     }
 
     /// Counts of users, live sessions, voicemails and grants, for status and tests.
     pub fn counts(&self) -> Result<StoreCounts, StoreError> {
-        let tx = self.db.begin_read().map_err(db_err)?;
-        Ok(StoreCounts {
-            users: tx
-                .open_table(USERS)
-                .map_err(db_err)?
-                .len()
-                .map_err(db_err)?,
-            sessions: tx
-                .open_table(SESSIONS)
-                .map_err(db_err)?
-                .len()
-                .map_err(db_err)?,
-            voicemails: tx
-                .open_table(VOICEMAILS)
-                .map_err(db_err)?
-                .len()
-                .map_err(db_err)?,
-            grants: tx
-                .open_table(GRANTS)
-                .map_err(db_err)?
-                .len()
-                .map_err(db_err)?,
+        self.run(|db| {
+            let tx = db.begin_read().map_err(db_err)?;
+            Ok(StoreCounts {
+                users: tx
+                    .open_table(USERS)
+                    .map_err(db_err)?
+                    .len()
+                    .map_err(db_err)?,
+                sessions: tx
+                    .open_table(SESSIONS)
+                    .map_err(db_err)?
+                    .len()
+                    .map_err(db_err)?,
+                voicemails: tx
+                    .open_table(VOICEMAILS)
+                    .map_err(db_err)?
+                    .len()
+                    .map_err(db_err)?,
+                grants: tx
+                    .open_table(GRANTS)
+                    .map_err(db_err)?
+                    .len()
+                    .map_err(db_err)?,
+            })
         })
     }
 }

@@ -1,0 +1,152 @@
+//! A full disk under the auth server: deposits are refused with a clear
+//! error, nothing acknowledged is lost, and once space is freed deposits
+//! work again without a restart.
+//!
+//! The data dir lives on a small tmpfs. Mounting needs root, which CI and
+//! the development machines have; elsewhere the test says so and passes.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use tonic::Code;
+use vmail_auth::datadir::{self, InitOptions};
+use vmail_auth::server::LocalServer;
+use vmail_auth::service::SystemClock;
+use vmail_node::client::{AuthClient, AuthTarget, NewDeposit, VoicemailMeta};
+use vmail_proto::keys::SecretKey;
+use vmail_proto::names::Recipients;
+use vmail_tests::{identity, password};
+
+/// A tmpfs mount that is unmounted when dropped, even if the test panics.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Option<Self> {
+        std::fs::create_dir_all(at).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        ok.then(|| Self(at.to_owned()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        // Lazy, so a server task still holding a file cannot keep it mounted.
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn deposit(locator_len: usize) -> NewDeposit {
+    NewDeposit {
+        request_id: vmail_proto::random_bytes(),
+        recipients: Recipients::parse(["alice"]).unwrap(),
+        locator: vec![0xab; locator_len],
+        session_key: SecretKey::random(),
+        meta: VoicemailMeta::default(),
+    }
+}
+
+#[tokio::test]
+async fn full_disk_refuses_deposits_and_loses_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(mnt) = Tmpfs::mount(&tmp.path().join("mnt"), "4m") else {
+        println!("skipped: mounting a tmpfs needs root");
+        return;
+    };
+    let dir = mnt.0.join("auth");
+    datadir::init(&InitOptions {
+        dir: dir.clone(),
+        name: "auth-1".into(),
+        listen: "127.0.0.1:0".into(),
+        sans: vec![],
+    })
+    .unwrap();
+    let mut server = LocalServer::start(&dir, Arc::new(SystemClock))
+        .await
+        .unwrap();
+    let target = AuthTarget {
+        endpoints: vec![server.endpoint.clone()],
+        ca_pem: server.ca_pem.clone(),
+        cluster_key: server.cluster_key,
+    };
+    let (alice_id, bob_id) = (identity(), identity());
+    let mut bob = AuthClient::connect(&target).await.unwrap();
+    bob.register("alice", &password("alice"), &alice_id, None)
+        .await
+        .unwrap();
+    bob.register("bob", &password("bob"), &bob_id, None)
+        .await
+        .unwrap();
+    let bob_s = bob
+        .login("bob", &password("bob"), &bob_id, &[])
+        .await
+        .unwrap();
+
+    // Fill the disk: deposits with 16 KiB locators until one is refused.
+    let mut stored = Vec::new();
+    let refusal = loop {
+        assert!(stored.len() < 1000, "the 4 MiB disk never filled");
+        let d = deposit(16 * 1024);
+        match bob.deposit(&bob_s.master_key, &d).await {
+            Ok(r) => stored.push((r.voicemail_id, d.session_key)),
+            Err(e) => break e,
+        }
+    };
+    assert!(stored.len() > 10, "only {} deposits fitted", stored.len());
+    assert_eq!(refusal.code(), Some(Code::ResourceExhausted), "{refusal}");
+    assert!(refusal.to_string().contains("disk is full"), "{refusal}");
+
+    // Refused deposits left nothing behind.
+    assert_eq!(
+        server.service.store().counts().unwrap().voicemails,
+        stored.len() as u64
+    );
+
+    // Free space: the same server takes deposits again, no restart needed.
+    let grown = Command::new("mount")
+        .args(["-o", "remount,size=64m"])
+        .arg(&mnt.0)
+        .status()
+        .unwrap();
+    assert!(grown.success());
+    let d = deposit(16);
+    let r = bob.deposit(&bob_s.master_key, &d).await.unwrap();
+    stored.push((r.voicemail_id, d.session_key));
+
+    // And after a restart every acknowledged deposit is intact.
+    server.stop().await.unwrap();
+    server = LocalServer::start(&dir, Arc::new(SystemClock))
+        .await
+        .unwrap();
+    let target = AuthTarget {
+        endpoints: vec![server.endpoint.clone()],
+        ..target
+    };
+    let mut alice = AuthClient::connect(&target).await.unwrap();
+    let s = alice
+        .login("alice", &password("alice"), &alice_id, &[])
+        .await
+        .unwrap();
+    let mut pending: Vec<_> = alice
+        .list_pending(&s.master_key)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| (p.id, p.session_key))
+        .collect();
+    pending.sort_by_key(|p| p.0);
+    stored.sort_by_key(|p| p.0);
+    assert_eq!(pending, stored);
+    let mut bob = AuthClient::connect(&target).await.unwrap();
+    let bob_s = bob
+        .login("bob", &password("bob"), &bob_id, &[])
+        .await
+        .unwrap();
+    bob.deposit(&bob_s.master_key, &deposit(16)).await.unwrap();
+    server.stop().await.unwrap();
+}
