@@ -117,6 +117,18 @@ pub struct InitOptions {
     pub sans: Vec<String>,
 }
 
+impl InitOptions {
+    /// A server named `auth-1` for loopback use (`vmail demo`, tests).
+    pub fn loopback(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_owned(),
+            name: "auth-1".into(),
+            listen: "127.0.0.1:0".into(),
+            sans: Vec::new(),
+        }
+    }
+}
+
 /// What [`init`] made that clients need.
 #[derive(Debug, Clone)]
 pub struct InitReport {

@@ -91,6 +91,16 @@ pub struct AuthTarget {
     pub cluster_key: VerifyingKey,
 }
 
+impl From<&vmail_auth::server::LocalServer> for AuthTarget {
+    fn from(s: &vmail_auth::server::LocalServer) -> Self {
+        Self {
+            endpoints: vec![s.endpoint.clone()],
+            ca_pem: s.ca_pem.clone(),
+            cluster_key: s.cluster_key,
+        }
+    }
+}
+
 /// What a login yields to the client.
 #[derive(Debug, Clone)]
 pub struct LoginSession {

@@ -22,13 +22,7 @@ struct Env {
 async fn start() -> Env {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("auth");
-    datadir::init(&InitOptions {
-        dir: dir.clone(),
-        name: "auth-1".into(),
-        listen: "127.0.0.1:0".into(),
-        sans: vec![],
-    })
-    .unwrap();
+    datadir::init(&InitOptions::loopback(&dir)).unwrap();
     let server = LocalServer::start(&dir, Arc::new(SystemClock))
         .await
         .unwrap();
@@ -111,11 +105,7 @@ async fn account_commands_and_inbox() {
     assert_eq!(stdout(&o).trim(), "no voicemail waiting for alice");
 
     // Bob, on his own client, leaves alice a voicemail key.
-    let target = AuthTarget {
-        endpoints: vec![env.server.endpoint.clone()],
-        ca_pem: env.server.ca_pem.clone(),
-        cluster_key: env.server.cluster_key,
-    };
+    let target = AuthTarget::from(&env.server);
     let mut bob = AuthClient::connect(&target).await.unwrap();
     let bob_id = ed25519_dalek::SigningKey::from_bytes(&vmail_proto::random_bytes());
     bob.register("bob", b"bob's password", &bob_id, None)

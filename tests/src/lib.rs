@@ -34,13 +34,7 @@ impl TestAuth {
     pub async fn start_with(edit: impl FnOnce(&mut ServerConfig), clock: Arc<dyn Clock>) -> Self {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().join("auth-1");
-        datadir::init(&InitOptions {
-            dir: dir.clone(),
-            name: "auth-1".into(),
-            listen: "127.0.0.1:0".into(),
-            sans: vec![],
-        })
-        .expect("init");
+        datadir::init(&InitOptions::loopback(&dir)).expect("init");
         let mut config = datadir::load_config(&dir).expect("config");
         edit(&mut config);
         std::fs::write(dir.join(files::CONFIG), toml_string(&config)).expect("write config");
@@ -71,11 +65,7 @@ impl TestAuth {
     /// How clients reach this server.
     pub fn target(&self) -> AuthTarget {
         let s = self.server();
-        AuthTarget {
-            endpoints: vec![s.endpoint.clone()],
-            ca_pem: s.ca_pem.clone(),
-            cluster_key: s.cluster_key,
-        }
+        AuthTarget::from(s)
     }
 
     /// A connected client.

@@ -59,21 +59,11 @@ async fn full_disk_refuses_deposits_and_loses_nothing() {
         return;
     };
     let dir = mnt.0.join("auth");
-    datadir::init(&InitOptions {
-        dir: dir.clone(),
-        name: "auth-1".into(),
-        listen: "127.0.0.1:0".into(),
-        sans: vec![],
-    })
-    .unwrap();
+    datadir::init(&InitOptions::loopback(&dir)).unwrap();
     let mut server = LocalServer::start(&dir, Arc::new(SystemClock))
         .await
         .unwrap();
-    let target = AuthTarget {
-        endpoints: vec![server.endpoint.clone()],
-        ca_pem: server.ca_pem.clone(),
-        cluster_key: server.cluster_key,
-    };
+    let target = AuthTarget::from(&server);
     let (alice_id, bob_id) = (identity(), identity());
     let mut bob = AuthClient::connect(&target).await.unwrap();
     bob.register("alice", &password("alice"), &alice_id, None)
@@ -123,10 +113,7 @@ async fn full_disk_refuses_deposits_and_loses_nothing() {
     server = LocalServer::start(&dir, Arc::new(SystemClock))
         .await
         .unwrap();
-    let target = AuthTarget {
-        endpoints: vec![server.endpoint.clone()],
-        ..target
-    };
+    let target = AuthTarget::from(&server);
     let mut alice = AuthClient::connect(&target).await.unwrap();
     let s = alice
         .login("alice", &password("alice"), &alice_id, &[])

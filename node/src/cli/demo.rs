@@ -24,12 +24,7 @@ pub(super) async fn run() -> anyhow::Result<()> {
         "setup",
         "initialising an auth server: cluster CA, TLS certificate, cluster signing key, OPAQUE setup, data key",
     );
-    let report = datadir::init(&InitOptions {
-        dir: dir.clone(),
-        name: "auth-1".into(),
-        listen: "127.0.0.1:0".into(),
-        sans: vec![],
-    })?;
+    let report = datadir::init(&InitOptions::loopback(&dir))?;
     let server = LocalServer::start(&dir, Arc::new(SystemClock)).await?;
     println!(
         "  auth server on {} (TLS, CA {})",
@@ -37,11 +32,7 @@ pub(super) async fn run() -> anyhow::Result<()> {
         report.ca_cert.display()
     );
     println!("  cluster public key {}", report.cluster_public_key);
-    let target = AuthTarget {
-        endpoints: vec![server.endpoint.clone()],
-        ca_pem: server.ca_pem.clone(),
-        cluster_key: server.cluster_key,
-    };
+    let target = AuthTarget::from(&server);
 
     let result = narrate(&target).await;
     server.stop().await?;
