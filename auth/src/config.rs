@@ -13,9 +13,11 @@ pub const DEFAULT_VOICEMAIL_TTL_SECS: u64 = 30 * 86_400;
 pub const MAX_VOICEMAIL_TTL_SECS: u64 = 365 * 86_400;
 /// How long the server keeps an unfinished login's state: 60 seconds.
 pub const DEFAULT_LOGIN_TIMEOUT_SECS: u64 = 60;
-/// Failed logins allowed per user inside [`DEFAULT_LOCKOUT_WINDOW_SECS`].
+/// Unsuccessful logins allowed per user inside [`DEFAULT_LOCKOUT_WINDOW_SECS`].
 pub const DEFAULT_MAX_FAILED_LOGINS: u32 = 5;
-/// The window over which failed logins are counted, and the lock-out after it: 5 minutes.
+/// The window over which login attempts are counted: 5 minutes. A user over
+/// the limit is locked out until the window that began with their first
+/// counted attempt ends.
 pub const DEFAULT_LOCKOUT_WINDOW_SECS: u64 = 300;
 
 /// The auth server's configuration.
@@ -38,9 +40,9 @@ pub struct ServerConfig {
     pub max_voicemail_ttl_secs: u64,
     /// How long an unfinished login is remembered, in seconds.
     pub login_timeout_secs: u64,
-    /// Failed logins allowed per user inside the lock-out window.
+    /// Unsuccessful logins allowed per user inside one window.
     pub max_failed_logins: u32,
-    /// The failed-login window and lock-out length, in seconds.
+    /// The window over which login attempts are counted, in seconds.
     pub lockout_window_secs: u64,
 }
 

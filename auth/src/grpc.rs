@@ -1,5 +1,6 @@
 //! The thin gRPC adapter: converts `vmail.auth.v1` messages to domain calls on
-//! [`AuthService`] and maps [`AuthError`] to a status code in one place.
+//! [`AuthService`] and maps [`AuthError`] to a status code in one function,
+//! [`status`].
 
 use std::sync::Arc;
 
@@ -65,7 +66,9 @@ pub fn status(e: AuthError) -> Status {
         E::Store(StoreError::DiskFull(_)) => Status::resource_exhausted(msg),
         E::Store(ref inner) => {
             tracing::error!(error = %inner, "storage failure");
-            Status::internal(msg)
+            Status::internal(
+                "the auth server's storage failed; nothing was changed. The server log has the details; retry later",
+            )
         }
     }
 }

@@ -90,7 +90,9 @@ impl Clock for ManualClock {
     }
 }
 
-/// Why an auth operation was refused. Every refusal changes nothing.
+/// Why an auth operation was refused. A refusal changes no durable state; a
+/// refused LoginFinish still uses up its login id, and a LoginStart counts
+/// towards the lock-out.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
     /// A request field is missing or malformed.
@@ -505,7 +507,6 @@ impl AuthService {
             .db(move |s| s.user(&n))
             .await?
             .ok_or_else(|| AuthError::UnknownUser(name.to_string()))?;
-        self.record_attempt(name.as_str());
         let password_file =
             ServerRegistration::<Suite>::deserialize(&user.password_file).map_err(|e| {
                 StoreError::Corrupt {
@@ -530,6 +531,7 @@ impl AuthService {
         if logins.len() >= MAX_PENDING_LOGINS {
             return Err(AuthError::Busy);
         }
+        self.record_attempt(name.as_str());
         logins.insert(
             login_id,
             PendingLogin {

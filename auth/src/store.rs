@@ -60,6 +60,9 @@ pub enum StoreError {
         /// What redb said.
         source: redb::DatabaseError,
     },
+    /// `create` was pointed at an existing file.
+    #[error("database {0} already exists; refusing to overwrite it")]
+    Exists(PathBuf),
     /// The database file does not exist.
     #[error(
         "database {0} is missing; the data dir is incomplete. Restore it from a backup, or initialise a new server in an empty directory"
@@ -274,8 +277,11 @@ fn u64_le(v: &[u8]) -> Option<u64> {
 }
 
 impl Store {
-    /// Creates a new, empty database. The caller makes sure the file is new.
+    /// Creates a new, empty database. Refuses a file that already exists.
     pub fn create(path: &Path, server_name: &str) -> Result<(), StoreError> {
+        if path.exists() {
+            return Err(StoreError::Exists(path.to_owned()));
+        }
         let db = Database::create(path).map_err(|source| StoreError::Open {
             path: path.to_owned(),
             source,
@@ -370,6 +376,7 @@ impl Store {
                 Err(redb::DatabaseError::DatabaseAlreadyOpen) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(5));
                 }
+                Err(redb::DatabaseError::Storage(e)) => return Err(db_err(e)),
                 Err(source) => {
                     return Err(StoreError::Open {
                         path: self.path.clone(),

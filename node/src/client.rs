@@ -1,8 +1,10 @@
 //! The client side of `vmail.auth.v1`: OPAQUE registration and login, the
 //! master key, certificate checks, deposits and pending voicemail.
 //!
-//! Everything a caller gets back has been verified: certificates against the
-//! cluster key, session keys by their AES-GCM wrap. The rest of the program
+//! Certificates and session keys a caller gets back have been verified:
+//! certificates against the cluster key, session keys by their AES-GCM wrap.
+//! The raw items of [`AuthClient::watch_pending`] are checked by
+//! [`AuthClient::open_pending`]. The rest of the program
 //! (CLI, demo, later the peer daemon) talks to the auth servers only through
 //! [`AuthClient`].
 
@@ -24,6 +26,9 @@ use vmail_proto::pb::{self, auth_client};
 
 /// How long to wait for a TCP and TLS connection to one auth server.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Clock difference tolerated between this machine and the auth servers
+/// when checking a certificate's validity window.
+pub const CLOCK_SKEW_SECS: u64 = 300;
 /// How long one call may take before the client gives up on it.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -403,7 +408,7 @@ impl AuthClient {
         expected: &Username,
     ) -> Result<UserCertificate, ClientError> {
         let cert = UserCertificate::try_from(cert.ok_or_else(|| protocol("no certificate"))?)?;
-        cert.verify(&self.cluster_key, vmail_proto::unix_now())?;
+        cert.verify_with_skew(&self.cluster_key, vmail_proto::unix_now(), CLOCK_SKEW_SECS)?;
         if &cert.username != expected {
             return Err(protocol(format!(
                 "asked for {expected}'s certificate, got {}'s",

@@ -5,7 +5,7 @@
 //! HOME/keystore/session.toml   username, token, master key and certificate of the current login
 //! ```
 //!
-//! The directory is 0700. Files are written to a temporary name and renamed,
+//! The directory is made (or reset to) 0700 on every write. Files are written to a temporary name and renamed,
 //! so a crash never leaves half a key behind.
 
 use std::fs;
@@ -92,6 +92,7 @@ impl Keystore {
             .mode(0o700)
             .create(&self.dir)
             .map_err(io(&self.dir))?;
+        fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o700)).map_err(io(&self.dir))?;
         let tmp = path.with_extension("tmp");
         let _ = fs::remove_file(&tmp);
         let mut f = fs::OpenOptions::new()

@@ -160,14 +160,25 @@ impl UserCertificate {
 
     /// Checks the signature and that `now` (Unix seconds) is inside the validity.
     pub fn verify(&self, cluster_key: &VerifyingKey, now: u64) -> Result<(), CertError> {
+        self.verify_with_skew(cluster_key, now, 0)
+    }
+
+    /// Like [`UserCertificate::verify`], allowing `skew` seconds of clock
+    /// difference between the issuer and the checker at either end.
+    pub fn verify_with_skew(
+        &self,
+        cluster_key: &VerifyingKey,
+        now: u64,
+        skew: u64,
+    ) -> Result<(), CertError> {
         self.verify_signature(cluster_key)?;
-        if now < self.not_before {
+        if now.saturating_add(skew) < self.not_before {
             return Err(CertError::NotYetValid {
                 username: self.username.to_string(),
                 not_before: self.not_before,
             });
         }
-        if now > self.not_after {
+        if now.saturating_sub(skew) > self.not_after {
             return Err(CertError::Expired {
                 username: self.username.to_string(),
                 not_after: self.not_after,
@@ -311,6 +322,11 @@ mod tests {
             cert.verify(&cluster.verifying_key(), 201),
             Err(CertError::Expired { .. })
         ));
+        let vk = cluster.verifying_key();
+        cert.verify_with_skew(&vk, 90, 10).unwrap();
+        cert.verify_with_skew(&vk, 210, 10).unwrap();
+        assert!(cert.verify_with_skew(&vk, 89, 10).is_err());
+        assert!(cert.verify_with_skew(&vk, 211, 10).is_err());
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! - [`cert`]: user certificates, their signing bytes and offline verification;
 //! - [`opaque`]: the OPAQUE cipher suite both sides must agree on.
 //!
-//! Everything here is pure: no IO beyond the operating system's random source.
+//! Everything here is pure: no IO beyond the operating system's random source
+//! and clock.
 //! The byte-exact formats are written down in `docs/PROTOCOL.md`.
 
 pub mod cert;

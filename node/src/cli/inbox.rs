@@ -59,6 +59,8 @@ pub(super) async fn run(ctx: &Context, watch: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     let mut stream = client.watch_pending().await?;
+    // The server may send a voicemail twice around the stream's start.
+    let mut seen = std::collections::HashSet::new();
     println!(
         "watching for voicemail to {} (Ctrl-C to stop)",
         session.username
@@ -71,6 +73,9 @@ pub(super) async fn run(ctx: &Context, watch: bool) -> anyhow::Result<()> {
                 Some(Err(status)) => anyhow::bail!("{}", status.message()),
                 Some(Ok(p)) => {
                     let p = client.open_pending(&session.master_key, p)?;
+                    if !seen.insert(p.id) {
+                        continue;
+                    }
                     let [id, from, at, size, ty, _] = row(&p);
                     println!("new voicemail {id} from {from} at {at}, {size}, {ty}");
                 }
