@@ -298,6 +298,10 @@ async fn watch(
     loop {
         let event = tokio::select! {
             _ = tx.closed() => return,
+            _ = svc.shutdown_token().cancelled() => {
+                let _ = tx.send(Err(Status::unavailable("the auth server is shutting down; reconnect"))).await;
+                return;
+            }
             _ = &mut expiry => {
                 let _ = tx.send(Err(expired())).await;
                 return;

@@ -19,6 +19,10 @@ use crate::grpc::GrpcAuth;
 use crate::service::{AuthService, Clock};
 use crate::store::Store;
 
+/// How often an idle connection is probed, so that streams to dead clients end.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// How long a keepalive probe may go unanswered before the connection is dropped.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often expired sessions and voicemails are swept.
 pub const PURGE_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -79,7 +83,17 @@ pub async fn serve(
 
     let addr = listener.local_addr().ok();
     tracing::info!(name = %svc.config().name, ?addr, "vmail-auth serving");
+    // On shutdown, end the long-lived WatchPending streams first: the server
+    // waits for every open stream before it returns.
+    let watchers = svc.shutdown_token().clone();
+    let shutdown = async move {
+        shutdown.await;
+        health.set_not_serving::<AuthServer<GrpcAuth>>().await;
+        watchers.cancel();
+    };
     Server::builder()
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .tls_config(ServerTlsConfig::new().identity(identity))?
         .add_service(health_service)
         .add_service(reflection_v1)

@@ -18,6 +18,7 @@ use opaque_ke::{
 };
 use sha2::{Digest, Sha256};
 use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
 use vmail_proto::cert::{
     CertificateBody, MAX_PEER_ID_LEN, ProofPurpose, UserCertificate, identity_proof_bytes,
     parse_identity_key,
@@ -295,6 +296,7 @@ pub struct AuthService {
     logins: Mutex<HashMap<[u8; 16], PendingLogin>>,
     failures: Mutex<HashMap<String, Failures>>,
     events: broadcast::Sender<Event>,
+    shutdown: CancellationToken,
 }
 
 impl fmt::Debug for AuthService {
@@ -336,6 +338,7 @@ impl AuthService {
             logins: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
             events: broadcast::channel(EVENT_CAPACITY).0,
+            shutdown: CancellationToken::new(),
         }
     }
 
@@ -352,6 +355,12 @@ impl AuthService {
     /// Now, per the injected clock.
     pub fn now(&self) -> u64 {
         self.clock.now()
+    }
+
+    /// Cancelled when the server begins to shut down; long-lived streams
+    /// watch it so that a shutdown never waits on them.
+    pub fn shutdown_token(&self) -> &CancellationToken {
+        &self.shutdown
     }
 
     /// Subscribes to deposit and logout events.

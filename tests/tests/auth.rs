@@ -636,3 +636,16 @@ async fn clients_refuse_a_server_from_another_ca() {
         .to_string();
     assert!(err.contains("cannot reach any auth server"), "{err}");
 }
+
+#[tokio::test]
+async fn shutdown_ends_open_watch_streams() {
+    let mut auth = TestAuth::start().await;
+    let (mut alice, _, _) = register_and_login(&auth, "alice").await;
+    let mut stream = alice.watch_pending().await.unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(10), auth.stop())
+        .await
+        .expect("stopping must not wait for an open WatchPending stream");
+    let end = stream.next().await.unwrap().unwrap_err();
+    assert_eq!(end.code(), Code::Unavailable, "{end}");
+    assert!(end.message().contains("shutting down"), "{end}");
+}
