@@ -45,6 +45,8 @@ pub const MAX_REQUEST_ID_LEN: usize = 64;
 pub const MAX_CONTENT_TYPE_LEN: usize = 128;
 /// Most unfinished logins held in memory at once; more are refused.
 pub const MAX_PENDING_LOGINS: usize = 10_000;
+/// Users whose login attempts are tracked before finished windows are pruned.
+const MAX_TRACKED_USERS: usize = 10_000;
 /// Capacity of the new-voicemail broadcast channel.
 const EVENT_CAPACITY: usize = 1024;
 
@@ -470,35 +472,40 @@ impl AuthService {
 
     // ---- login ----
 
-    fn check_lockout(&self, name: &str) -> Result<(), AuthError> {
+    /// Counts a login attempt against `name`'s lock-out, or refuses it if
+    /// the user is locked out. Check and count happen under one lock, so
+    /// concurrent LoginStarts cannot slip past the limit. A wrong password
+    /// is only detected by the client, which then never sends round 2, so
+    /// attempts are counted when they start; a successful login clears them.
+    fn begin_attempt(&self, name: &str) -> Result<(), AuthError> {
         let now = self.now();
-        let failures = self.failures.lock().expect("lock");
-        if let Some(f) = failures.get(name) {
-            let until = f.window_start + self.config.lockout_window_secs;
-            if f.count >= self.config.max_failed_logins && now < until {
-                return Err(AuthError::LockedOut {
-                    username: name.to_owned(),
-                    retry_after_secs: until - now,
-                });
-            }
-        }
-        Ok(())
-    }
-
-    /// Counts a login attempt; a successful login clears the count. A wrong
-    /// password is only detected by the client, which then never sends round
-    /// 2, so attempts are counted when they start.
-    fn record_attempt(&self, name: &str) {
-        let now = self.now();
+        let window = self.config.lockout_window_secs;
         let mut failures = self.failures.lock().expect("lock");
+        if failures.len() >= MAX_TRACKED_USERS {
+            failures.retain(|_, f| now < f.window_start + window);
+        }
         let f = failures.entry(name.to_owned()).or_default();
-        if now >= f.window_start + self.config.lockout_window_secs {
+        if now >= f.window_start + window {
             *f = Failures {
                 count: 0,
                 window_start: now,
             };
         }
+        if f.count >= self.config.max_failed_logins {
+            return Err(AuthError::LockedOut {
+                username: name.to_owned(),
+                retry_after_secs: f.window_start + window - now,
+            });
+        }
         f.count += 1;
+        Ok(())
+    }
+
+    /// Takes back an attempt that the server refused before it could be a guess.
+    fn cancel_attempt(&self, name: &str) {
+        if let Some(f) = self.failures.lock().expect("lock").get_mut(name) {
+            f.count = f.count.saturating_sub(1);
+        }
     }
 
     /// OPAQUE login, round 1. Returns the login id and the credential response.
@@ -508,7 +515,6 @@ impl AuthService {
         request: &[u8],
     ) -> Result<([u8; 16], Vec<u8>), AuthError> {
         let name = Username::parse(username)?;
-        self.check_lockout(name.as_str())?;
         let request = CredentialRequest::<Suite>::deserialize(request)
             .map_err(|e| invalid("credential_request", e.to_string()))?;
         let n = name.to_string();
@@ -524,23 +530,30 @@ impl AuthService {
                     why: format!("password file: {e}"),
                 }
             })?;
-        let start = ServerLogin::start(
+        self.begin_attempt(name.as_str())?;
+        let start = match ServerLogin::start(
             &mut rand::rngs::OsRng,
             &self.keys.opaque_setup,
             Some(password_file),
             request,
             name.as_str().as_bytes(),
             ServerLoginStartParameters::default(),
-        )
-        .map_err(|e| invalid("credential_request", e.to_string()))?;
+        ) {
+            Ok(start) => start,
+            Err(e) => {
+                self.cancel_attempt(name.as_str());
+                return Err(invalid("credential_request", e.to_string()));
+            }
+        };
         let login_id: [u8; 16] = random_bytes();
         let timeout = Duration::from_secs(self.config.login_timeout_secs);
         let mut logins = self.logins.lock().expect("lock");
         logins.retain(|_, l| l.started.elapsed() < timeout);
         if logins.len() >= MAX_PENDING_LOGINS {
+            drop(logins);
+            self.cancel_attempt(name.as_str());
             return Err(AuthError::Busy);
         }
-        self.record_attempt(name.as_str());
         logins.insert(
             login_id,
             PendingLogin {

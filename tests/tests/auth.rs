@@ -132,12 +132,9 @@ async fn wrong_password_is_refused_and_changes_nothing() {
 }
 
 #[tokio::test]
-async fn repeated_unsuccessful_logins_lock_the_user_out() {
-    let auth = TestAuth::start_with(
-        |c| c.max_failed_logins = 3,
-        Arc::new(ManualClock::new(1_000_000)),
-    )
-    .await;
+async fn repeated_unsuccessful_logins_lock_the_user_out_until_the_window_ends() {
+    let clock = Arc::new(ManualClock::new(vmail_proto::unix_now()));
+    let auth = TestAuth::start_with(|c| c.max_failed_logins = 3, clock.clone()).await;
     let mut c = auth.client().await;
     let id = identity();
     c.register("alice", &password("alice"), &id, None)
@@ -149,11 +146,62 @@ async fn repeated_unsuccessful_logins_lock_the_user_out() {
             Err(ClientError::WrongPassword(_))
         ));
     }
-    let (code, msg) = code(c.login("alice", &password("alice"), &id, &[]).await);
-    assert_eq!(code, Code::ResourceExhausted);
+    let (code_, msg) = code(c.login("alice", &password("alice"), &id, &[]).await);
+    assert_eq!(code_, Code::ResourceExhausted);
+    assert_eq!(
+        msg,
+        "too many unsuccessful logins for \"alice\"; try again in 300 s"
+    );
+    // Other users are unaffected.
+    register_and_login(&auth, "bob").await;
+    clock.advance(300);
+    c.login("alice", &password("alice"), &id, &[])
+        .await
+        .unwrap();
+    // A success clears the count.
+    for _ in 0..3 {
+        c.login("alice", &password("alice"), &id, &[])
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn concurrent_login_starts_cannot_pass_the_lockout() {
+    use opaque_ke::ClientLogin;
+    let auth = TestAuth::start_with(
+        |c| c.max_failed_logins = 5,
+        Arc::new(ManualClock::new(1_000_000)),
+    )
+    .await;
+    auth.client()
+        .await
+        .register("alice", &password("alice"), &identity(), None)
+        .await
+        .unwrap();
+    let raw = pb::auth_client::AuthClient::new(auth.channel().await);
+    let mut attempts = tokio::task::JoinSet::new();
+    for _ in 0..40 {
+        let mut raw = raw.clone();
+        attempts.spawn(async move {
+            let start =
+                ClientLogin::<vmail_proto::opaque::Suite>::start(&mut rand::rngs::OsRng, b"guess")
+                    .unwrap();
+            raw.login_start(pb::LoginStartRequest {
+                username: "alice".into(),
+                credential_request: start.message.serialize().to_vec(),
+            })
+            .await
+        });
+    }
+    let results = attempts.join_all().await;
+    let answered = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(answered, 5, "each answered LoginStart is one offline guess");
     assert!(
-        msg.contains("too many unsuccessful logins for \"alice\""),
-        "{msg}"
+        results
+            .iter()
+            .filter_map(|r| r.as_ref().err())
+            .all(|s| s.code() == Code::ResourceExhausted)
     );
 }
 
