@@ -101,13 +101,14 @@ impl pb::auth_server::Auth for GrpcAuth {
         req: Request<pb::RegisterStartRequest>,
     ) -> Result<Response<pb::RegisterStartResponse>, Status> {
         let r = req.into_inner();
-        let registration_response = self
+        let (registration_response, nonce) = self
             .svc
-            .register_start(&r.username, &r.registration_request)
+            .register_start(&r.username, &r.registration_request, &r.invite_code)
             .await
             .map_err(status)?;
         Ok(Response::new(pb::RegisterStartResponse {
             registration_response,
+            credential_nonce: nonce.to_vec(),
         }))
     }
 
@@ -123,6 +124,7 @@ impl pb::auth_server::Auth for GrpcAuth {
                 identity_key: r.identity_key,
                 identity_proof: r.identity_proof,
                 invite_code: r.invite_code,
+                credential_nonce: r.credential_nonce,
             })
             .await
             .map_err(status)?;

@@ -25,7 +25,7 @@ use vmail_proto::cert::{
 };
 use vmail_proto::keys::{DeliveryContext, DepositContext, MasterKey, MasterKeyId};
 use vmail_proto::names::{NameError, Recipients, Username};
-use vmail_proto::opaque::Suite;
+use vmail_proto::opaque::{CREDENTIAL_NONCE_LEN, Suite, credential_id};
 use vmail_proto::random_bytes;
 
 use crate::config::{RegistrationMode, ServerConfig};
@@ -196,6 +196,8 @@ pub struct RegisterFinish {
     pub identity_proof: Vec<u8>,
     /// Invite code; empty for none.
     pub invite_code: String,
+    /// The nonce RegisterStart handed out.
+    pub credential_nonce: Vec<u8>,
 }
 
 /// Round 2 of a login.
@@ -383,31 +385,76 @@ impl AuthService {
 
     // ---- registration ----
 
-    /// OPAQUE registration, round 1.
+    /// The hash under which an invite code is marked used, or `None` when
+    /// registration is open. Refuses a missing or unknown code.
+    fn invite_hash(&self, code: &str) -> Result<Option<String>, AuthError> {
+        match self.config.registration.mode {
+            RegistrationMode::Open => Ok(None),
+            RegistrationMode::Invite if code.is_empty() => Err(AuthError::InviteRequired),
+            RegistrationMode::Invite
+                if !self
+                    .config
+                    .registration
+                    .invite_codes
+                    .iter()
+                    .any(|c| c == code) =>
+            {
+                Err(AuthError::InviteInvalid)
+            }
+            RegistrationMode::Invite => Ok(Some(hex::encode(Sha256::digest(code.as_bytes())))),
+        }
+    }
+
+    /// OPAQUE registration, round 1. Returns the registration response and
+    /// the fresh credential nonce that names this registration's OPRF key.
     pub async fn register_start(
         &self,
         username: &str,
         request: &[u8],
-    ) -> Result<Vec<u8>, AuthError> {
+        invite_code: &str,
+    ) -> Result<(Vec<u8>, [u8; CREDENTIAL_NONCE_LEN]), AuthError> {
         let name = Username::parse(username)?;
         let request = RegistrationRequest::<Suite>::deserialize(request)
             .map_err(|e| invalid("registration_request", e.to_string()))?;
+        let invite = self.invite_hash(invite_code)?;
         let n = name.to_string();
-        if self.db(move |s| s.user(&n)).await?.is_some() {
+        let (exists, invite_used) = self
+            .db(move |s| {
+                Ok((
+                    s.user(&n)?.is_some(),
+                    invite.map(|h| s.invite_used(&h)).transpose()?,
+                ))
+            })
+            .await?;
+        if exists {
             return Err(AuthError::UserExists(name.to_string()));
         }
+        if invite_used == Some(true) {
+            return Err(AuthError::InviteInvalid);
+        }
+        let nonce: [u8; CREDENTIAL_NONCE_LEN] = random_bytes();
         let resp = ServerRegistration::<Suite>::start(
             &self.keys.opaque_setup,
             request,
-            name.as_str().as_bytes(),
+            &credential_id(name.as_str(), &nonce),
         )
         .map_err(|e| invalid("registration_request", e.to_string()))?;
-        Ok(resp.message.serialize().to_vec())
+        Ok((resp.message.serialize().to_vec(), nonce))
     }
 
     /// OPAQUE registration, round 2: creates the user.
     pub async fn register_finish(&self, req: RegisterFinish) -> Result<(), AuthError> {
         let name = Username::parse(&req.username)?;
+        let credential_nonce: [u8; CREDENTIAL_NONCE_LEN] =
+            req.credential_nonce.as_slice().try_into().map_err(|_| {
+                invalid(
+                    "credential_nonce",
+                    format!(
+                        "{} bytes, expected {CREDENTIAL_NONCE_LEN}",
+                        req.credential_nonce.len()
+                    ),
+                )
+            })?;
         let upload = RegistrationUpload::<Suite>::deserialize(&req.registration_upload)
             .map_err(|e| invalid("registration_upload", e.to_string()))?;
         let identity_key =
@@ -418,23 +465,7 @@ impl AuthService {
             &identity_key,
             &identity_proof_bytes(ProofPurpose::Register, &name, &context, &identity_key, &[]),
         )?;
-        let invite_hash = match self.config.registration.mode {
-            RegistrationMode::Open => None,
-            RegistrationMode::Invite => {
-                if req.invite_code.is_empty() {
-                    return Err(AuthError::InviteRequired);
-                }
-                if !self
-                    .config
-                    .registration
-                    .invite_codes
-                    .contains(&req.invite_code)
-                {
-                    return Err(AuthError::InviteInvalid);
-                }
-                Some(hex::encode(Sha256::digest(req.invite_code.as_bytes())))
-            }
-        };
+        let invite_hash = self.invite_hash(&req.invite_code)?;
         let password_file = ServerRegistration::<Suite>::finish(upload)
             .serialize()
             .to_vec();
@@ -446,7 +477,7 @@ impl AuthService {
             .db(move |s| {
                 s.register(n.as_str(), invite_hash.as_deref(), |serial| User {
                     password_file,
-                    identity_key: identity_key.to_bytes(),
+                    credential_nonce,
                     certificate: CertificateBody {
                         serial,
                         username: n.clone(),
@@ -536,7 +567,7 @@ impl AuthService {
             &self.keys.opaque_setup,
             Some(password_file),
             request,
-            name.as_str().as_bytes(),
+            &credential_id(name.as_str(), &user.credential_nonce),
             ServerLoginStartParameters::default(),
         ) {
             Ok(start) => start,
@@ -631,7 +662,7 @@ impl AuthService {
         let s2 = session.clone();
         let certificate = self
             .db(move |s| {
-                s.begin_session(&s2, identity_key.to_bytes(), |serial| {
+                s.begin_session(&s2, |serial| {
                     CertificateBody {
                         serial,
                         username: name.clone(),

@@ -143,8 +143,8 @@ pub struct Metadata {
 pub struct User {
     /// The OPAQUE password file (unsealed).
     pub password_file: Vec<u8>,
-    /// The current identity key.
-    pub identity_key: [u8; 32],
+    /// With the username, names the OPRF key of the password file.
+    pub credential_nonce: [u8; 16],
     /// The current certificate.
     pub certificate: UserCertificate,
     /// Registration time, Unix seconds.
@@ -154,7 +154,7 @@ pub struct User {
 #[derive(Serialize, Deserialize)]
 struct UserRow {
     password_file_sealed: Vec<u8>,
-    identity_key: [u8; 32],
+    credential_nonce: [u8; 16],
     certificate: Vec<u8>,
     registered_at: u64,
 }
@@ -405,7 +405,7 @@ impl Store {
         let certificate = decode_cert(&row.certificate).map_err(|e| corrupt("users", name, e))?;
         Ok(User {
             password_file,
-            identity_key: row.identity_key,
+            credential_nonce: row.credential_nonce,
             certificate,
             registered_at: row.registered_at,
         })
@@ -417,7 +417,7 @@ impl Store {
                 &user.password_file,
                 &aad(AAD_PASSWORD_FILE, name.as_bytes()),
             ),
-            identity_key: user.identity_key,
+            credential_nonce: user.credential_nonce,
             certificate: pb::UserCertificate::from(user.certificate.clone()).encode_to_vec(),
             registered_at: user.registered_at,
         })
@@ -433,6 +433,15 @@ impl Store {
                 Some(v) => Ok(Some(self.decode_user(name, v.value())?)),
                 None => Ok(None),
             }
+        })
+    }
+
+    /// Whether the invite code with this hash was used.
+    pub fn invite_used(&self, hash: &str) -> Result<bool, StoreError> {
+        self.run(|db| {
+            let tx = db.begin_read().map_err(db_err)?;
+            let invites = tx.open_table(INVITES).map_err(db_err)?;
+            Ok(invites.get(hash).map_err(db_err)?.is_some())
         })
     }
 
@@ -483,12 +492,12 @@ impl Store {
 
     // ---- sessions ----
 
-    /// Records a login: a new session and a new certificate (built by
-    /// `make_cert` from a fresh serial), rotating the identity key if it changed.
+    /// Records a login: a new session and the user's new current
+    /// certificate, built by `make_cert` from a fresh serial. A certificate
+    /// for a new identity key is how a key is rotated.
     pub fn begin_session(
         &self,
         session: &Session,
-        identity_key: [u8; 32],
         make_cert: impl FnOnce(u64) -> UserCertificate,
     ) -> Result<UserCertificate, StoreError> {
         self.run(|db| {
@@ -497,15 +506,19 @@ impl Store {
             let cert;
             {
                 let mut users = tx.open_table(USERS).map_err(db_err)?;
-                let mut user = match users.get(name).map_err(db_err)? {
-                    Some(v) => self.decode_user(name, v.value())?,
+                let mut row: UserRow = match users.get(name).map_err(db_err)? {
+                    Some(v) => {
+                        postcard::from_bytes(v.value()).map_err(|e| corrupt("users", name, e))?
+                    }
                     None => return Err(corrupt("users", name, "vanished during login")),
                 };
                 cert = make_cert(Self::next_serial(&tx)?);
-                user.identity_key = identity_key;
-                user.certificate = cert.clone();
+                row.certificate = pb::UserCertificate::from(cert.clone()).encode_to_vec();
                 users
-                    .insert(name, self.encode_user(name, &user).as_slice())
+                    .insert(
+                        name,
+                        postcard::to_allocvec(&row).expect("encodes").as_slice(),
+                    )
                     .map_err(db_err)?;
                 let row = SessionRow {
                     username: session.username.clone(),

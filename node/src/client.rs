@@ -284,17 +284,18 @@ impl AuthClient {
             .register_start(pb::RegisterStartRequest {
                 username: name.to_string(),
                 registration_request: start.message.serialize().to_vec(),
+                invite_code: invite_code.unwrap_or_default().to_owned(),
             })
             .await?
             .into_inner();
-        let resp = RegistrationResponse::<Suite>::deserialize(&resp.registration_response)
+        let response = RegistrationResponse::<Suite>::deserialize(&resp.registration_response)
             .map_err(protocol)?;
         let finish = start
             .state
             .finish(
                 &mut rng,
                 password,
-                resp,
+                response,
                 ClientRegistrationFinishParameters::default(),
             )
             .map_err(protocol)?;
@@ -315,6 +316,7 @@ impl AuthClient {
                 identity_key: vk.as_bytes().to_vec(),
                 identity_proof: proof.to_bytes().to_vec(),
                 invite_code: invite_code.unwrap_or_default().to_owned(),
+                credential_nonce: resp.credential_nonce,
             })
             .await?;
         Ok(())

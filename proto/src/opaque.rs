@@ -16,6 +16,23 @@ impl opaque_ke::CipherSuite for Suite {
     type Ksf = argon2::Argon2<'static>;
 }
 
+/// Domain-separation prefix of an OPAQUE credential identifier.
+pub const CREDENTIAL_ID_LABEL: &[u8] = b"vmail/v1/credential/";
+/// Length of the per-registration credential nonce.
+pub const CREDENTIAL_NONCE_LEN: usize = 16;
+
+/// The OPAQUE credential identifier of a registration: it selects the OPRF
+/// key the server evaluates for this password file. Binding a nonce the
+/// server picks at registration means nobody can query, before a user
+/// registers, the OPRF key their password file will use.
+pub fn credential_id(username: &str, nonce: &[u8; CREDENTIAL_NONCE_LEN]) -> Vec<u8> {
+    let mut id = CREDENTIAL_ID_LABEL.to_vec();
+    id.push(username.len() as u8);
+    id.extend_from_slice(username.as_bytes());
+    id.extend_from_slice(nonce);
+    id
+}
+
 /// Argon2 memory cost in KiB (19 MiB), stated here so the docs and the
 /// tests can check the suite really uses it.
 pub const ARGON2_M_COST_KIB: u32 = 19 * 1024;

@@ -227,14 +227,28 @@ async fn unknown_and_malformed_usernames() {
             .unwrap_err();
         assert_eq!(s.code(), Code::InvalidArgument, "{bad}");
         assert!(s.message().contains(&format!("{bad:?}")), "{}", s.message());
+        let valid_request = opaque_ke::ClientRegistration::<vmail_proto::opaque::Suite>::start(
+            &mut rand::rngs::OsRng,
+            b"password",
+        )
+        .unwrap()
+        .message
+        .serialize()
+        .to_vec();
         let s = raw
             .register_start(pb::RegisterStartRequest {
                 username: bad.into(),
-                registration_request: vec![0; 32],
+                registration_request: valid_request,
+                invite_code: String::new(),
             })
             .await
             .unwrap_err();
         assert_eq!(s.code(), Code::InvalidArgument);
+        assert!(
+            s.message().contains(&format!("username {bad:?}")),
+            "{}",
+            s.message()
+        );
     }
     assert_eq!(auth.service().store().counts().unwrap().users, 0);
 }
@@ -696,4 +710,27 @@ async fn shutdown_ends_open_watch_streams() {
     let end = stream.next().await.unwrap().unwrap_err();
     assert_eq!(end.code(), Code::Unavailable, "{end}");
     assert!(end.message().contains("shutting down"), "{end}");
+}
+
+#[tokio::test]
+async fn register_start_reveals_nothing_about_a_future_oprf_key() {
+    use opaque_ke::ClientRegistration;
+    let auth = TestAuth::start().await;
+    let mut raw = pb::auth_client::AuthClient::new(auth.channel().await);
+    let start =
+        ClientRegistration::<vmail_proto::opaque::Suite>::start(&mut rand::rngs::OsRng, b"guess")
+            .unwrap();
+    let request = start.message.serialize().to_vec();
+    let ask = || pb::RegisterStartRequest {
+        username: "future-user".into(),
+        registration_request: request.clone(),
+        invite_code: String::new(),
+    };
+    let a = raw.register_start(ask()).await.unwrap().into_inner();
+    let b = raw.register_start(ask()).await.unwrap().into_inner();
+    // The same blinded password evaluates under a fresh OPRF key each time,
+    // so no answer predicts the key the real registration will get.
+    assert_eq!(a.credential_nonce.len(), 16);
+    assert_ne!(a.credential_nonce, b.credential_nonce);
+    assert_ne!(a.registration_response, b.registration_response);
 }
