@@ -31,7 +31,7 @@ use vmail_proto::opaque::Suite;
 use vmail_proto::random_bytes;
 
 use crate::config::ServerConfig;
-use crate::store::{Store, StoreError};
+use crate::store::{KeyBinding, Store, StoreError};
 
 /// File names inside the data directory.
 pub mod files {
@@ -164,6 +164,24 @@ impl ServerKeys {
     pub fn cluster_public_key(&self) -> VerifyingKey {
         self.cluster_key.verifying_key()
     }
+
+    /// The public values the database checks these keys against.
+    pub fn binding(&self) -> KeyBinding {
+        KeyBinding {
+            opaque_public_key: opaque_public_key(&self.opaque_setup),
+            cluster_public_key: self.cluster_key.verifying_key().to_bytes(),
+        }
+    }
+}
+
+fn opaque_public_key(setup: &ServerSetup<Suite>) -> [u8; 32] {
+    setup
+        .keypair()
+        .public()
+        .serialize()
+        .to_vec()
+        .try_into()
+        .expect("a ristretto255 public key is 32 bytes")
 }
 
 fn write_new(path: &Path, contents: &[u8], secret: bool) -> Result<(), DataDirError> {
@@ -298,7 +316,11 @@ pub fn init(opts: &InitOptions) -> Result<InitReport, DataDirError> {
     );
     write_new(&dir.join(files::CLIENT_CONFIG), client.as_bytes(), false)?;
 
-    Store::create(&dir.join(files::DATABASE), &opts.name)?;
+    let binding = KeyBinding {
+        opaque_public_key: opaque_public_key(&opaque_setup),
+        cluster_public_key: cluster_key.verifying_key().to_bytes(),
+    };
+    Store::create(&dir.join(files::DATABASE), &opts.name, &data_key, &binding)?;
 
     Ok(InitReport {
         ca_cert: ca_path,

@@ -41,7 +41,11 @@ pub enum ServeError {
 pub fn open(dir: &Path, clock: Arc<dyn Clock>) -> Result<AuthService, DataDirError> {
     let config = datadir::load_config(dir)?;
     let keys = datadir::load_keys(dir)?;
-    let store = Store::open(&dir.join(files::DATABASE), keys.data_key.clone())?;
+    let store = Store::open(
+        &dir.join(files::DATABASE),
+        keys.data_key.clone(),
+        &keys.binding(),
+    )?;
     Ok(AuthService::new(store, keys, config, clock))
 }
 

@@ -1,7 +1,9 @@
 //! The auth server's durable state in one redb database.
 //!
 //! Tables (keys → values; rows are postcard-encoded):
-//! - `meta`: `schema_version` → u64 LE, `server_name`, `next_serial` → u64 LE;
+//! - `meta`: `schema_version` → u64 LE, `server_name`, `next_serial` → u64 LE,
+//!   and the key binding: an empty blob sealed under the data key, the OPAQUE
+//!   and cluster public keys, so that a swapped key file is refused at start;
 //! - `users`: username → [`UserRow`];
 //! - `sessions`: SHA-256(token) → [`SessionRow`];
 //! - `voicemails`: voicemail id → [`VoicemailRow`];
@@ -28,6 +30,22 @@ use vmail_proto::pb;
 
 /// The schema this build reads and writes.
 pub const SCHEMA_VERSION: u64 = 1;
+
+/// `meta` key of an empty blob sealed under the data key: proves the data key fits.
+const DATA_KEY_CHECK: &str = "vmail/v1/data-key-check";
+/// `meta` key of the OPAQUE server public key the password files depend on.
+const OPAQUE_PUBLIC_KEY: &str = "opaque_public_key";
+/// `meta` key of the cluster public key that signed the stored certificates.
+const CLUSTER_PUBLIC_KEY: &str = "cluster_public_key";
+
+/// Public values that tie a database to the key files it was created with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyBinding {
+    /// The OPAQUE server's public key.
+    pub opaque_public_key: [u8; 32],
+    /// The cluster's certificate-signing public key.
+    pub cluster_public_key: [u8; 32],
+}
 
 /// How long a reopen after an I/O failure waits for the old handle to close.
 const REOPEN_WAIT: Duration = Duration::from_secs(5);
@@ -63,6 +81,16 @@ pub enum StoreError {
     /// `create` was pointed at an existing file.
     #[error("database {0} already exists; refusing to overwrite it")]
     Exists(PathBuf),
+    /// A key file is not the one the database was created with.
+    #[error(
+        "{file} does not belong to database {path}: it was replaced or comes from another server. Restore the original file; the server will not run with it"
+    )]
+    KeyMismatch {
+        /// The key file's name.
+        file: &'static str,
+        /// The database file.
+        path: PathBuf,
+    },
     /// The database file does not exist.
     #[error(
         "database {0} is missing; the data dir is incomplete. Restore it from a backup, or initialise a new server in an empty directory"
@@ -278,7 +306,12 @@ fn u64_le(v: &[u8]) -> Option<u64> {
 
 impl Store {
     /// Creates a new, empty database. Refuses a file that already exists.
-    pub fn create(path: &Path, server_name: &str) -> Result<(), StoreError> {
+    pub fn create(
+        path: &Path,
+        server_name: &str,
+        data_key: &SecretKey,
+        binding: &KeyBinding,
+    ) -> Result<(), StoreError> {
         if path.exists() {
             return Err(StoreError::Exists(path.to_owned()));
         }
@@ -297,6 +330,15 @@ impl Store {
                 .map_err(db_err)?;
             meta.insert("next_serial", 1u64.to_le_bytes().as_slice())
                 .map_err(db_err)?;
+            meta.insert(
+                DATA_KEY_CHECK,
+                data_key.seal(&[], DATA_KEY_CHECK.as_bytes()).as_slice(),
+            )
+            .map_err(db_err)?;
+            meta.insert(OPAQUE_PUBLIC_KEY, binding.opaque_public_key.as_slice())
+                .map_err(db_err)?;
+            meta.insert(CLUSTER_PUBLIC_KEY, binding.cluster_public_key.as_slice())
+                .map_err(db_err)?;
             tx.open_table(USERS).map_err(db_err)?;
             tx.open_table(SESSIONS).map_err(db_err)?;
             tx.open_table(VOICEMAILS).map_err(db_err)?;
@@ -307,8 +349,13 @@ impl Store {
         tx.commit().map_err(db_err)
     }
 
-    /// Opens an existing database and checks its schema version.
-    pub fn open(path: &Path, data_key: SecretKey) -> Result<Self, StoreError> {
+    /// Opens an existing database and checks its schema version and that the
+    /// keys it was created with are the ones loaded.
+    pub fn open(
+        path: &Path,
+        data_key: SecretKey,
+        binding: &KeyBinding,
+    ) -> Result<Self, StoreError> {
         if !path.exists() {
             return Err(StoreError::Missing(path.to_owned()));
         }
@@ -330,6 +377,29 @@ impl Store {
                 path: path.to_owned(),
                 found: version,
             });
+        }
+        let stored = |key: &str| -> Result<Vec<u8>, StoreError> {
+            Ok(meta
+                .get(key)
+                .map_err(db_err)?
+                .map(|v| v.value().to_vec())
+                .unwrap_or_default())
+        };
+        let mismatch = |file| StoreError::KeyMismatch {
+            file,
+            path: path.to_owned(),
+        };
+        if data_key
+            .open(&stored(DATA_KEY_CHECK)?, DATA_KEY_CHECK.as_bytes())
+            .is_err()
+        {
+            return Err(mismatch("data.key"));
+        }
+        if stored(OPAQUE_PUBLIC_KEY)? != binding.opaque_public_key {
+            return Err(mismatch("opaque-setup.bin"));
+        }
+        if stored(CLUSTER_PUBLIC_KEY)? != binding.cluster_public_key {
+            return Err(mismatch("cluster.key"));
         }
         drop(meta);
         drop(tx);

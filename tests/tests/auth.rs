@@ -734,3 +734,31 @@ async fn register_start_reveals_nothing_about_a_future_oprf_key() {
     assert_ne!(a.credential_nonce, b.credential_nonce);
     assert_ne!(a.registration_response, b.registration_response);
 }
+
+#[tokio::test]
+async fn key_files_from_another_server_are_refused() {
+    let mut auth = TestAuth::start().await;
+    let mut other = TestAuth::start().await;
+    auth.stop().await;
+    other.stop().await;
+    let (dir, foreign) = (auth.data_dir(), other.data_dir());
+    for (files_, named) in [
+        (&[files::DATA_KEY][..], "data.key"),
+        (&[files::OPAQUE_SETUP][..], "opaque-setup.bin"),
+        (&[files::CLUSTER_KEY, files::CLUSTER_PUB][..], "cluster.key"),
+    ] {
+        let originals: Vec<_> = files_.iter().map(|f| file_bytes(&dir.join(f))).collect();
+        for f in files_ {
+            std::fs::copy(foreign.join(f), dir.join(f)).unwrap();
+        }
+        let err = auth.try_start().await.unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("{named} does not belong to database")),
+            "{err}"
+        );
+        for (f, bytes) in files_.iter().zip(originals) {
+            std::fs::write(dir.join(f), bytes).unwrap();
+        }
+    }
+    auth.try_start().await.unwrap();
+}
