@@ -11,6 +11,9 @@ pub const DEFAULT_SESSION_TTL_SECS: u64 = 12 * 3600;
 pub const DEFAULT_VOICEMAIL_TTL_SECS: u64 = 30 * 86_400;
 /// Longest lifetime a sender may ask for: 365 days.
 pub const MAX_VOICEMAIL_TTL_SECS: u64 = 365 * 86_400;
+/// Default limit of voicemails waiting for one user. With 16 KiB locators a
+/// full inbox lists in 16 MiB, inside the client's 64 MiB message limit.
+pub const DEFAULT_MAX_PENDING_PER_USER: u64 = 1000;
 /// How long the server keeps an unfinished login's state: 60 seconds.
 pub const DEFAULT_LOGIN_TIMEOUT_SECS: u64 = 60;
 /// Unsuccessful logins allowed per user inside [`DEFAULT_LOCKOUT_WINDOW_SECS`].
@@ -38,6 +41,8 @@ pub struct ServerConfig {
     pub default_voicemail_ttl_secs: u64,
     /// Longest voicemail lifetime a sender may ask for, in seconds.
     pub max_voicemail_ttl_secs: u64,
+    /// Most voicemails that may wait for one user; deposits beyond it are refused.
+    pub max_pending_per_user: u64,
     /// How long an unfinished login is remembered, in seconds.
     pub login_timeout_secs: u64,
     /// Unsuccessful logins allowed per user inside one window.
@@ -56,10 +61,60 @@ impl Default for ServerConfig {
             certificate_ttl_secs: DEFAULT_SESSION_TTL_SECS,
             default_voicemail_ttl_secs: DEFAULT_VOICEMAIL_TTL_SECS,
             max_voicemail_ttl_secs: MAX_VOICEMAIL_TTL_SECS,
+            max_pending_per_user: DEFAULT_MAX_PENDING_PER_USER,
             login_timeout_secs: DEFAULT_LOGIN_TIMEOUT_SECS,
             max_failed_logins: DEFAULT_MAX_FAILED_LOGINS,
             lockout_window_secs: DEFAULT_LOCKOUT_WINDOW_SECS,
         }
+    }
+}
+
+/// Longest session, certificate or voicemail lifetime the server accepts: 10 years.
+pub const MAX_TTL_SECS: u64 = 10 * 365 * 86_400;
+
+impl ServerConfig {
+    /// Checks that the values make sense together. The error names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        let in_range = |key: &str, v: u64, lo: u64, hi: u64| {
+            if (lo..=hi).contains(&v) {
+                Ok(())
+            } else {
+                Err(format!("{key} = {v} is outside {lo}..={hi}"))
+            }
+        };
+        self.listen
+            .parse::<std::net::SocketAddr>()
+            .map_err(|_| format!("listen = {:?} is not an IP:PORT address", self.listen))?;
+        in_range("session_ttl_secs", self.session_ttl_secs, 60, MAX_TTL_SECS)?;
+        in_range(
+            "certificate_ttl_secs",
+            self.certificate_ttl_secs,
+            self.session_ttl_secs,
+            MAX_TTL_SECS,
+        )
+        .map_err(|e| format!("{e}: a certificate must outlive the session it is issued with"))?;
+        in_range(
+            "max_voicemail_ttl_secs",
+            self.max_voicemail_ttl_secs,
+            60,
+            MAX_TTL_SECS,
+        )?;
+        in_range(
+            "default_voicemail_ttl_secs",
+            self.default_voicemail_ttl_secs,
+            60,
+            self.max_voicemail_ttl_secs,
+        )?;
+        in_range("max_pending_per_user", self.max_pending_per_user, 1, 3000)?;
+        in_range("login_timeout_secs", self.login_timeout_secs, 5, 3600)?;
+        in_range("max_failed_logins", self.max_failed_logins.into(), 1, 1000)?;
+        in_range("lockout_window_secs", self.lockout_window_secs, 1, 86_400)?;
+        if self.registration.mode == RegistrationMode::Invite
+            && self.registration.invite_codes.is_empty()
+        {
+            return Err("registration.mode = \"invite\" needs at least one entry in registration.invite_codes".into());
+        }
+        Ok(())
     }
 }
 
@@ -108,5 +163,24 @@ mod tests {
         assert!(toml::from_str::<ServerConfig>("nmae = \"a\"").is_err());
         let round: ServerConfig = toml::from_str(&toml::to_string(&c).unwrap()).unwrap();
         assert_eq!(round, c);
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        assert_eq!(ServerConfig::default().validate(), Ok(()));
+        let bad = |f: fn(&mut ServerConfig)| {
+            let mut c = ServerConfig::default();
+            f(&mut c);
+            c.validate().unwrap_err()
+        };
+        assert!(bad(|c| c.listen = "localhost:7443".into()).starts_with("listen"));
+        assert!(bad(|c| c.certificate_ttl_secs = 60).starts_with("certificate_ttl_secs"));
+        assert!(
+            bad(|c| c.default_voicemail_ttl_secs = MAX_VOICEMAIL_TTL_SECS + 1)
+                .starts_with("default_voicemail_ttl_secs")
+        );
+        assert!(bad(|c| c.max_failed_logins = 0).starts_with("max_failed_logins"));
+        assert!(bad(|c| c.session_ttl_secs = u64::MAX).starts_with("session_ttl_secs"));
+        assert!(bad(|c| c.registration.mode = RegistrationMode::Invite).contains("invite_codes"));
     }
 }

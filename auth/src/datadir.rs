@@ -81,6 +81,14 @@ pub enum DataDirError {
         /// What is wrong.
         why: String,
     },
+    /// The configuration file parses but its values do not fit together.
+    #[error("{path}: {why}. Fix it and start the server again")]
+    BadConfig {
+        /// The file.
+        path: PathBuf,
+        /// Which key is wrong and why.
+        why: String,
+    },
     /// Reading or writing a file failed.
     #[error("{path}: {source}")]
     Io {
@@ -143,7 +151,7 @@ pub struct InitReport {
 }
 
 /// The keys a running server uses, loaded from the data directory.
-#[derive(Debug)]
+/// `Debug` shows only public values.
 pub struct ServerKeys {
     /// Cluster CA certificate, PEM.
     pub ca_cert_pem: String,
@@ -157,6 +165,17 @@ pub struct ServerKeys {
     pub opaque_setup: ServerSetup<Suite>,
     /// Seals secrets in the database.
     pub data_key: SecretKey,
+}
+
+impl std::fmt::Debug for ServerKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerKeys")
+            .field(
+                "cluster_public_key",
+                &hex::encode(self.cluster_key.verifying_key().as_bytes()),
+            )
+            .finish_non_exhaustive()
+    }
 }
 
 impl ServerKeys {
@@ -206,6 +225,15 @@ fn listen_host(listen: &str) -> &str {
 /// Creates a new server's data directory.
 pub fn init(opts: &InitOptions) -> Result<InitReport, DataDirError> {
     let dir = &opts.dir;
+    let config = ServerConfig {
+        name: opts.name.clone(),
+        listen: opts.listen.clone(),
+        ..ServerConfig::default()
+    };
+    config.validate().map_err(|why| DataDirError::BadConfig {
+        path: dir.join(files::CONFIG),
+        why,
+    })?;
     if dir.exists() {
         let mut entries = fs::read_dir(dir).map_err(io_err(dir))?;
         if entries.next().is_some() {
@@ -255,11 +283,6 @@ pub fn init(opts: &InitOptions) -> Result<InitReport, DataDirError> {
     let opaque_setup = ServerSetup::<Suite>::new(&mut rand::rngs::OsRng);
     let data_key = SecretKey::random();
 
-    let config = ServerConfig {
-        name: opts.name.clone(),
-        listen: opts.listen.clone(),
-        ..ServerConfig::default()
-    };
     let config_toml = toml::to_string_pretty(&config).expect("config serialises");
 
     write_new(&dir.join(files::CA_CERT), ca_cert.pem().as_bytes(), false)?;
@@ -373,10 +396,15 @@ pub fn load_config(dir: &Path) -> Result<ServerConfig, DataDirError> {
         return Err(DataDirError::Missing(dir.to_owned()));
     }
     let text = read_text(dir, files::CONFIG)?;
-    toml::from_str(&text).map_err(|e| DataDirError::Corrupt {
+    let config: ServerConfig = toml::from_str(&text).map_err(|e| DataDirError::Corrupt {
         path: dir.join(files::CONFIG),
         why: e.to_string(),
-    })
+    })?;
+    config.validate().map_err(|why| DataDirError::BadConfig {
+        path: dir.join(files::CONFIG),
+        why,
+    })?;
+    Ok(config)
 }
 
 /// Loads the keys of an initialised data directory.

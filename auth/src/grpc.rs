@@ -61,7 +61,7 @@ pub fn status(e: AuthError) -> Status {
         E::WrongPassword(_) | E::NoToken | E::BadToken | E::SessionExpired(_) => {
             Status::unauthenticated(msg)
         }
-        E::LockedOut { .. } | E::Busy => Status::resource_exhausted(msg),
+        E::LockedOut { .. } | E::Busy | E::InboxFull { .. } => Status::resource_exhausted(msg),
         E::LoginExpired(_) => Status::failed_precondition(msg),
         E::Store(StoreError::DiskFull(_)) => Status::resource_exhausted(msg),
         E::Store(ref inner) => {

@@ -23,7 +23,7 @@ use vmail_proto::cert::{
     CertificateBody, MAX_PEER_ID_LEN, ProofPurpose, UserCertificate, identity_proof_bytes,
     parse_identity_key,
 };
-use vmail_proto::keys::{DeliveryContext, DepositContext, MasterKey, MasterKeyId};
+use vmail_proto::keys::{DeliveryContext, DepositContext, MasterKey, MasterKeyId, WRAPPED_KEY_LEN};
 use vmail_proto::names::{NameError, Recipients, Username};
 use vmail_proto::opaque::{CREDENTIAL_NONCE_LEN, Suite, credential_id};
 use vmail_proto::random_bytes;
@@ -136,9 +136,7 @@ pub enum AuthError {
         retry_after_secs: u64,
     },
     /// The login id is unknown, or its state timed out.
-    #[error(
-        "login id is unknown or expired (more than {0} s since LoginStart); start the login again"
-    )]
+    #[error("login_id is unknown, already used, or older than {0} s; start the login again")]
     LoginExpired(u64),
     /// Too many logins are half-done.
     #[error("the server is handling too many logins at once; retry shortly")]
@@ -160,6 +158,16 @@ pub enum AuthError {
         "wrapped_key does not open under this session's master key: the client holds a different master key (log in again) or the request was altered"
     )]
     WrapFailed,
+    /// A recipient has as many voicemails waiting as the server allows.
+    #[error(
+        "the inbox of {username:?} is full ({limit} voicemails waiting); try again once they have fetched some"
+    )]
+    InboxFull {
+        /// The recipient.
+        username: String,
+        /// The configured limit.
+        limit: u64,
+    },
     /// The request id was used before with different content.
     #[error("request_id was already used for a different deposit; use a fresh request id")]
     RequestIdReused,
@@ -215,8 +223,8 @@ pub struct LoginFinish {
     pub peer_id: Vec<u8>,
 }
 
-/// What a successful login yields.
-#[derive(Debug, Clone)]
+/// What a successful login yields. `Debug` leaves out the token.
+#[derive(Clone)]
 pub struct LoginOutcome {
     /// The bearer token; only its hash is stored.
     pub session_token: [u8; 32],
@@ -226,6 +234,16 @@ pub struct LoginOutcome {
     pub expires_at: u64,
     /// The freshly issued certificate.
     pub certificate: UserCertificate,
+}
+
+impl fmt::Debug for LoginOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoginOutcome")
+            .field("master_key_id", &hex::encode(self.master_key_id))
+            .field("expires_at", &self.expires_at)
+            .field("certificate", &self.certificate)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A deposit request.
@@ -321,7 +339,12 @@ fn verify_proof(
     vk: &ed25519_dalek::VerifyingKey,
     msg: &[u8],
 ) -> Result<(), AuthError> {
-    let sig: [u8; 64] = proof.try_into().map_err(|_| AuthError::BadIdentityProof)?;
+    let sig: [u8; 64] = proof.try_into().map_err(|_| {
+        invalid(
+            "identity_proof",
+            format!("{} bytes, expected 64", proof.len()),
+        )
+    })?;
     vk.verify_strict(msg, &Signature::from_bytes(&sig))
         .map_err(|_| AuthError::BadIdentityProof)
 }
@@ -733,7 +756,14 @@ impl AuthService {
                 ),
             ));
         }
-        let recipients = Recipients::parse(&d.recipients)?;
+        let recipients =
+            Recipients::parse(&d.recipients).map_err(|e| invalid("recipients", e.to_string()))?;
+        if d.wrapped_key.len() != WRAPPED_KEY_LEN {
+            return Err(invalid(
+                "wrapped_key",
+                format!("{} bytes, expected {WRAPPED_KEY_LEN}", d.wrapped_key.len()),
+            ));
+        }
         if d.locator.len() > MAX_LOCATOR_LEN {
             return Err(invalid(
                 "locator",
@@ -823,9 +853,10 @@ impl AuthService {
             session_key,
         };
         let request_id = d.request_id;
+        let max_pending = self.config.max_pending_per_user;
         let recipients = Arc::new(vm.recipients.to_strings());
         let outcome = self
-            .db(move |s| s.deposit(&request_id, digest, &vm))
+            .db(move |s| s.deposit(&request_id, digest, &vm, max_pending))
             .await?;
         match outcome {
             DepositOutcome::Stored(id) => {
@@ -836,6 +867,10 @@ impl AuthService {
             DepositOutcome::Replayed(id) => Ok((id, true)),
             DepositOutcome::RequestIdReused => Err(AuthError::RequestIdReused),
             DepositOutcome::UnknownRecipient(r) => Err(AuthError::UnknownRecipient(r)),
+            DepositOutcome::InboxFull(r) => Err(AuthError::InboxFull {
+                username: r,
+                limit: self.config.max_pending_per_user,
+            }),
         }
     }
 

@@ -153,6 +153,24 @@ fn aad(prefix: &[u8], row: &[u8]) -> Vec<u8> {
     [prefix, row].concat()
 }
 
+/// A session's master key is bound to its token hash and its user, so a
+/// sealed key moved to another row, or a row pointed at another user, fails.
+fn master_key_aad(token_hash: &[u8], username: &str) -> Vec<u8> {
+    [AAD_MASTER_KEY, token_hash, username.as_bytes()].concat()
+}
+
+/// A voicemail's session key is bound to its id, sender, recipients and
+/// locator, so none of them can be changed in the database unnoticed.
+fn session_key_aad(id: &[u8], sender: &str, recipients: &Recipients, locator: &[u8]) -> Vec<u8> {
+    let mut out = AAD_SESSION_KEY.to_vec();
+    out.extend_from_slice(id);
+    out.push(sender.len() as u8);
+    out.extend_from_slice(sender.as_bytes());
+    out.extend_from_slice(&recipients.canonical_bytes());
+    out.extend_from_slice(&vmail_proto::keys::locator_hash(locator));
+    out
+}
+
 /// Metadata a sender attaches to a voicemail.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Metadata {
@@ -274,6 +292,8 @@ pub enum DepositOutcome {
     RequestIdReused,
     /// A recipient is not registered; nothing changed.
     UnknownRecipient(String),
+    /// A recipient has too many voicemails waiting; nothing changed.
+    InboxFull(String),
 }
 
 /// The result of [`Store::ack`].
@@ -594,7 +614,7 @@ impl Store {
                     username: session.username.clone(),
                     master_key_sealed: self.data_key.seal(
                         session.master_key.as_bytes(),
-                        &aad(AAD_MASTER_KEY, &session.token_hash),
+                        &master_key_aad(&session.token_hash, &session.username),
                     ),
                     master_key_id: session.master_key_id,
                     created_at: session.created_at,
@@ -626,7 +646,10 @@ impl Store {
                 postcard::from_bytes(v.value()).map_err(|e| corrupt("sessions", &key, e))?;
             let mk = self
                 .data_key
-                .open(&row.master_key_sealed, &aad(AAD_MASTER_KEY, token_hash))
+                .open(
+                    &row.master_key_sealed,
+                    &master_key_aad(token_hash, &row.username),
+                )
                 .map_err(|e| corrupt("sessions", &key, e))?;
             let mk: [u8; 32] = mk
                 .try_into()
@@ -664,9 +687,14 @@ impl Store {
         let key = hex::encode(id);
         let row: VoicemailRow =
             postcard::from_bytes(bytes).map_err(|e| corrupt("voicemails", &key, e))?;
+        let recipients =
+            Recipients::parse(&row.recipients).map_err(|e| corrupt("voicemails", &key, e))?;
         let sk = self
             .data_key
-            .open(&row.session_key_sealed, &aad(AAD_SESSION_KEY, id))
+            .open(
+                &row.session_key_sealed,
+                &session_key_aad(id, &row.sender, &recipients, &row.locator),
+            )
             .map_err(|e| corrupt("voicemails", &key, e))?;
         Ok(Voicemail {
             id: id
@@ -675,8 +703,7 @@ impl Store {
             sender: row.sender,
             sender_certificate: decode_cert(&row.sender_certificate)
                 .map_err(|e| corrupt("voicemails", &key, e))?,
-            recipients: Recipients::parse(&row.recipients)
-                .map_err(|e| corrupt("voicemails", &key, e))?,
+            recipients,
             locator: row.locator,
             metadata: row.metadata,
             deposited_at: row.deposited_at,
@@ -686,12 +713,14 @@ impl Store {
     }
 
     /// Stores a voicemail and a grant for each recipient, unless the request
-    /// id was seen before or a recipient is unknown.
+    /// id was seen before, a recipient is unknown, or a recipient already has
+    /// `max_pending` voicemails waiting.
     pub fn deposit(
         &self,
         request_id: &[u8],
         digest: [u8; 32],
         vm: &Voicemail,
+        max_pending: u64,
     ) -> Result<DepositOutcome, StoreError> {
         self.run(|db| {
             let tx = db.begin_write().map_err(db_err)?;
@@ -715,6 +744,25 @@ impl Store {
                         return Ok(DepositOutcome::UnknownRecipient(r.to_string()));
                     }
                 }
+                let grants = tx.open_table(GRANTS).map_err(db_err)?;
+                for r in vm.recipients.iter() {
+                    let mut waiting = 0;
+                    for entry in grants
+                        .range((r.as_str(), [].as_slice())..)
+                        .map_err(db_err)?
+                    {
+                        if entry.map_err(db_err)?.0.value().0 != r.as_str()
+                            || waiting >= max_pending
+                        {
+                            break;
+                        }
+                        waiting += 1;
+                    }
+                    if waiting >= max_pending {
+                        return Ok(DepositOutcome::InboxFull(r.to_string()));
+                    }
+                }
+                drop(grants);
                 let row = VoicemailRow {
                     sender: vm.sender.clone(),
                     sender_certificate: pb::UserCertificate::from(vm.sender_certificate.clone())
@@ -723,9 +771,10 @@ impl Store {
                     locator: vm.locator.clone(),
                     metadata: vm.metadata.clone(),
                     deposited_at: vm.deposited_at,
-                    session_key_sealed: self
-                        .data_key
-                        .wrap(&vm.session_key, &aad(AAD_SESSION_KEY, &vm.id)),
+                    session_key_sealed: self.data_key.wrap(
+                        &vm.session_key,
+                        &session_key_aad(&vm.id, &vm.sender, &vm.recipients, &vm.locator),
+                    ),
                 };
                 let mut vms = tx.open_table(VOICEMAILS).map_err(db_err)?;
                 vms.insert(
@@ -778,6 +827,7 @@ impl Store {
                     ));
                 };
                 let vm = self.decode_voicemail(id, v.value())?;
+                check_grant(&vm, recipient)?;
                 if vm.metadata.expires_at > now {
                     out.push(vm);
                 }
@@ -805,7 +855,11 @@ impl Store {
             }
             let vms = tx.open_table(VOICEMAILS).map_err(db_err)?;
             match vms.get(id.as_slice()).map_err(db_err)? {
-                Some(v) => Ok(Some(self.decode_voicemail(id, v.value())?)),
+                Some(v) => {
+                    let vm = self.decode_voicemail(id, v.value())?;
+                    check_grant(&vm, recipient)?;
+                    Ok(Some(vm))
+                }
                 None => Ok(None),
             }
         })
@@ -958,6 +1012,19 @@ pub struct StoreCounts {
     pub voicemails: u64,
     /// Outstanding grants.
     pub grants: u64,
+}
+
+/// A grant is only honoured for a recipient the sealed voicemail names.
+fn check_grant(vm: &Voicemail, recipient: &str) -> Result<(), StoreError> {
+    if vm.recipients.iter().any(|r| r.as_str() == recipient) {
+        Ok(())
+    } else {
+        Err(corrupt(
+            "grants",
+            hex::encode(vm.id),
+            format!("grant for {recipient:?}, who is not a recipient"),
+        ))
+    }
 }
 
 fn decode_cert(bytes: &[u8]) -> Result<UserCertificate, String> {

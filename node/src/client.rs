@@ -29,6 +29,9 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Clock difference tolerated between this machine and the auth servers
 /// when checking a certificate's validity window.
 pub const CLOCK_SKEW_SECS: u64 = 300;
+/// Largest message the client accepts: a full inbox of 3000 voicemails with
+/// 16 KiB locators fits.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 /// How long one call may take before the client gives up on it.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -106,8 +109,8 @@ impl From<&vmail_auth::server::LocalServer> for AuthTarget {
     }
 }
 
-/// What a login yields to the client.
-#[derive(Debug, Clone)]
+/// What a login yields to the client. `Debug` leaves out the token.
+#[derive(Clone)]
 pub struct LoginSession {
     /// The user.
     pub username: Username,
@@ -121,6 +124,17 @@ pub struct LoginSession {
     pub expires_at: u64,
     /// The certificate the server issued for the identity key.
     pub certificate: UserCertificate,
+}
+
+impl std::fmt::Debug for LoginSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginSession")
+            .field("username", &self.username)
+            .field("master_key_id", &hex::encode(self.master_key_id))
+            .field("expires_at", &self.expires_at)
+            .field("certificate", &self.certificate)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Voicemail metadata as the sender states it.
@@ -202,13 +216,22 @@ pub struct Pending {
     pub session_key: SecretKey,
 }
 
-/// A connection to the auth servers.
-#[derive(Debug, Clone)]
+/// A connection to the auth servers. `Debug` leaves out the token.
+#[derive(Clone)]
 pub struct AuthClient {
     rpc: auth_client::AuthClient<Channel>,
     cluster_key: VerifyingKey,
     endpoint: String,
     token: Option<[u8; 32]>,
+}
+
+impl std::fmt::Debug for AuthClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthClient")
+            .field("endpoint", &self.endpoint)
+            .field("logged_in", &self.token.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl AuthClient {
@@ -227,7 +250,8 @@ impl AuthClient {
             match ep.connect().await {
                 Ok(ch) => {
                     return Ok(Self {
-                        rpc: auth_client::AuthClient::new(ch),
+                        rpc: auth_client::AuthClient::new(ch)
+                            .max_decoding_message_size(MAX_MESSAGE_BYTES),
                         cluster_key: target.cluster_key,
                         endpoint: url.clone(),
                         token: None,

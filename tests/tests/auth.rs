@@ -762,3 +762,268 @@ async fn key_files_from_another_server_are_refused() {
     }
     auth.try_start().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_full_inbox_refuses_deposits_for_that_recipient_only() {
+    let auth = TestAuth::start_with(
+        |c| c.max_pending_per_user = 3,
+        Arc::new(vmail_auth::service::SystemClock),
+    )
+    .await;
+    let (mut bob, _, bob_s) = register_and_login(&auth, "bob").await;
+    let (mut alice, _, alice_s) = register_and_login(&auth, "alice").await;
+    register_and_login(&auth, "carol").await;
+    for _ in 0..3 {
+        bob.deposit(&bob_s.master_key, &deposit_for(&["alice"], b""))
+            .await
+            .unwrap();
+    }
+    let (code_, msg) = code(
+        bob.deposit(&bob_s.master_key, &deposit_for(&["carol", "alice"], b""))
+            .await,
+    );
+    assert_eq!(code_, Code::ResourceExhausted);
+    assert!(
+        msg.starts_with("the inbox of \"alice\" is full (3 voicemails waiting)"),
+        "{msg}"
+    );
+    assert_eq!(auth.service().store().counts().unwrap().voicemails, 3);
+    bob.deposit(&bob_s.master_key, &deposit_for(&["carol"], b""))
+        .await
+        .unwrap();
+    let first = alice.list_pending(&alice_s.master_key).await.unwrap()[0].id;
+    alice.ack(&first).await.unwrap();
+    bob.deposit(&bob_s.master_key, &deposit_for(&["alice"], b""))
+        .await
+        .unwrap();
+}
+
+/// One test case's change to an otherwise valid request.
+type Edit<T> = Box<dyn FnOnce(&mut T)>;
+
+/// A raw, authenticated DepositRequest that is valid until a case changes it.
+fn raw_deposit(
+    token: &[u8; 32],
+    mk: &MasterKey,
+    edit: impl FnOnce(&mut pb::DepositRequest),
+) -> tonic::Request<pb::DepositRequest> {
+    let d = deposit_for(&["alice"], b"loc");
+    let wrapped_key = mk.wrap_deposit(
+        &d.session_key,
+        &vmail_proto::keys::DepositContext {
+            request_id: &d.request_id,
+            recipients: &d.recipients,
+            locator: &d.locator,
+        },
+    );
+    let mut msg = pb::DepositRequest {
+        request_id: d.request_id.to_vec(),
+        recipients: d.recipients.to_strings(),
+        locator: d.locator,
+        wrapped_key,
+        metadata: Some(d.meta.into()),
+    };
+    edit(&mut msg);
+    let mut req = tonic::Request::new(msg);
+    req.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", hex::encode(token)).parse().unwrap(),
+    );
+    req
+}
+
+#[tokio::test]
+async fn malformed_deposit_fields_are_named() {
+    let auth = TestAuth::start().await;
+    let (_, _, bob_s) = register_and_login(&auth, "bob").await;
+    register_and_login(&auth, "alice").await;
+    let mut raw = pb::auth_client::AuthClient::new(auth.channel().await);
+    let far = vmail_proto::unix_now() + 366 * 86_400;
+    let cases: Vec<(&str, Edit<pb::DepositRequest>)> = vec![
+        (
+            "request_id: 15 bytes",
+            Box::new(|m| m.request_id.truncate(15)),
+        ),
+        (
+            "request_id: 65 bytes",
+            Box::new(|m| m.request_id = vec![1; 65]),
+        ),
+        (
+            "recipients: a voicemail needs at least one recipient",
+            Box::new(|m| m.recipients.clear()),
+        ),
+        (
+            "recipients: a voicemail may name at most 64 recipients, not 65",
+            Box::new(|m| m.recipients = (0..65).map(|i| format!("user{i}")).collect()),
+        ),
+        (
+            "recipients: username \"Alice\"",
+            Box::new(|m| m.recipients = vec!["Alice".into()]),
+        ),
+        (
+            "wrapped_key: 60 bytes, expected 61",
+            Box::new(|m| {
+                m.wrapped_key.pop();
+            }),
+        ),
+        (
+            "metadata.content_type: 129 bytes",
+            Box::new(|m| m.metadata.as_mut().unwrap().content_type = "a".repeat(129)),
+        ),
+        (
+            "metadata.expires_at",
+            Box::new(move |m| m.metadata.as_mut().unwrap().expires_at = far),
+        ),
+        ("metadata: missing", Box::new(|m| m.metadata = None)),
+    ];
+    for (expected, edit) in cases {
+        let s = raw
+            .deposit(raw_deposit(&bob_s.token, &bob_s.master_key, edit))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            s.code(),
+            Code::InvalidArgument,
+            "{expected}: {}",
+            s.message()
+        );
+        assert!(
+            s.message().starts_with(expected),
+            "expected {expected:?}, got {:?}",
+            s.message()
+        );
+    }
+    assert_eq!(auth.service().store().counts().unwrap().voicemails, 0);
+    // The unedited request is accepted, so each refusal above was the edit's.
+    raw.deposit(raw_deposit(&bob_s.token, &bob_s.master_key, |_| {}))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn malformed_login_finish_fields_are_named_and_bad_passwords_fail_on_the_server_too() {
+    use opaque_ke::{ClientLogin, ClientLoginFinishParameters, CredentialResponse};
+    use vmail_proto::opaque::Suite;
+    let auth = TestAuth::start_with(
+        |c| c.max_failed_logins = 50,
+        Arc::new(vmail_auth::service::SystemClock),
+    )
+    .await;
+    let id = identity();
+    auth.client()
+        .await
+        .register("alice", &password("alice"), &id, None)
+        .await
+        .unwrap();
+    let mut raw = pb::auth_client::AuthClient::new(auth.channel().await);
+
+    // One login round trip, with LoginFinish fields edited by the case.
+    async fn attempt(
+        raw: &mut pb::auth_client::AuthClient<tonic::transport::Channel>,
+        pw: &[u8],
+        id: &ed25519_dalek::SigningKey,
+        edit: impl FnOnce(&mut pb::LoginFinishRequest),
+    ) -> tonic::Status {
+        use ed25519_dalek::Signer;
+        let start = ClientLogin::<Suite>::start(&mut rand::rngs::OsRng, pw).unwrap();
+        let resp = raw
+            .login_start(pb::LoginStartRequest {
+                username: "alice".into(),
+                credential_request: start.message.serialize().to_vec(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let response = CredentialResponse::<Suite>::deserialize(&resp.credential_response).unwrap();
+        // With the wrong password the client cannot finish; send a forged finalization.
+        let finalization =
+            match start
+                .state
+                .finish(pw, response, ClientLoginFinishParameters::default())
+            {
+                Ok(f) => f.message.serialize().to_vec(),
+                Err(_) => vec![7; 64],
+            };
+        let name = vmail_proto::names::Username::parse("alice").unwrap();
+        let vk = id.verifying_key();
+        let proof = id.sign(&vmail_proto::cert::identity_proof_bytes(
+            vmail_proto::cert::ProofPurpose::Login,
+            &name,
+            &resp.login_id,
+            &vk,
+            &[],
+        ));
+        let mut req = pb::LoginFinishRequest {
+            login_id: resp.login_id,
+            credential_finalization: finalization,
+            identity_key: vk.as_bytes().to_vec(),
+            identity_proof: proof.to_bytes().to_vec(),
+            peer_id: Vec::new(),
+        };
+        edit(&mut req);
+        raw.login_finish(req).await.map(|_| ()).unwrap_err()
+    }
+
+    let s = attempt(&mut raw, b"wrong password", &id, |_| {}).await;
+    assert_eq!(
+        (s.code(), s.message()),
+        (Code::Unauthenticated, "wrong password for \"alice\"")
+    );
+    let pw = password("alice");
+    let cases: Vec<(Code, &str, Edit<pb::LoginFinishRequest>)> = vec![
+        (
+            Code::InvalidArgument,
+            "identity_key: 31 bytes, expected 32",
+            Box::new(|r| {
+                r.identity_key.pop();
+            }),
+        ),
+        (
+            Code::InvalidArgument,
+            "identity_key: a weak (small-order) ed25519 key",
+            Box::new(|r| {
+                // The identity point of edwards25519 has order 1.
+                let mut weak = vec![0u8; 32];
+                weak[0] = 1;
+                r.identity_key = weak;
+            }),
+        ),
+        (
+            Code::InvalidArgument,
+            "identity_proof: 63 bytes, expected 64",
+            Box::new(|r| {
+                r.identity_proof.pop();
+            }),
+        ),
+        (
+            Code::PermissionDenied,
+            "identity_proof: the signature does not verify",
+            Box::new(|r| r.identity_proof[0] ^= 1),
+        ),
+        (
+            Code::InvalidArgument,
+            "peer_id: 129 bytes",
+            Box::new(|r| r.peer_id = vec![1; 129]),
+        ),
+        (
+            Code::FailedPrecondition,
+            "login_id is unknown",
+            Box::new(|r| r.login_id = vec![0; 16]),
+        ),
+        (
+            Code::InvalidArgument,
+            "login_id: 3 bytes, expected 16",
+            Box::new(|r| r.login_id.truncate(3)),
+        ),
+    ];
+    for (code_, expected, edit) in cases {
+        let s = attempt(&mut raw, &pw, &id, edit).await;
+        assert_eq!(s.code(), code_, "{expected}: {}", s.message());
+        assert!(
+            s.message().starts_with(expected),
+            "expected {expected:?}, got {:?}",
+            s.message()
+        );
+    }
+    assert_eq!(auth.service().store().counts().unwrap().sessions, 0);
+}
