@@ -203,11 +203,16 @@ fn opaque_public_key(setup: &ServerSetup<Suite>) -> [u8; 32] {
         .expect("a ristretto255 public key is 32 bytes")
 }
 
-fn write_new(path: &Path, contents: &[u8], secret: bool) -> Result<(), DataDirError> {
+/// Mode of files only the server may read.
+const SECRET: u32 = 0o600;
+/// Mode of files clients may be handed.
+const PUBLIC: u32 = 0o644;
+
+fn write_new(path: &Path, contents: &[u8], mode: u32) -> Result<(), DataDirError> {
     let mut f = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(if secret { 0o600 } else { 0o644 })
+        .mode(mode)
         .open(path)
         .map_err(io_err(path))?;
     f.write_all(contents).map_err(io_err(path))?;
@@ -285,35 +290,39 @@ pub fn init(opts: &InitOptions) -> Result<InitReport, DataDirError> {
 
     let config_toml = toml::to_string_pretty(&config).expect("config serialises");
 
-    write_new(&dir.join(files::CA_CERT), ca_cert.pem().as_bytes(), false)?;
+    write_new(&dir.join(files::CA_CERT), ca_cert.pem().as_bytes(), PUBLIC)?;
     write_new(
         &dir.join(files::CA_KEY),
         ca_key.serialize_pem().as_bytes(),
-        true,
+        SECRET,
     )?;
     write_new(
         &dir.join(files::SERVER_CERT),
         server_cert.pem().as_bytes(),
-        false,
+        PUBLIC,
     )?;
     write_new(
         &dir.join(files::SERVER_KEY),
         server_key.serialize_pem().as_bytes(),
-        true,
+        SECRET,
     )?;
-    write_new(&dir.join(files::CLUSTER_KEY), cluster_key.as_bytes(), true)?;
+    write_new(
+        &dir.join(files::CLUSTER_KEY),
+        cluster_key.as_bytes(),
+        SECRET,
+    )?;
     write_new(
         &dir.join(files::CLUSTER_PUB),
         format!("{cluster_pub}\n").as_bytes(),
-        false,
+        PUBLIC,
     )?;
     write_new(
         &dir.join(files::OPAQUE_SETUP),
         &opaque_setup.serialize(),
-        true,
+        SECRET,
     )?;
-    write_new(&dir.join(files::DATA_KEY), data_key.as_bytes(), true)?;
-    write_new(&dir.join(files::CONFIG), config_toml.as_bytes(), false)?;
+    write_new(&dir.join(files::DATA_KEY), data_key.as_bytes(), SECRET)?;
+    write_new(&dir.join(files::CONFIG), config_toml.as_bytes(), PUBLIC)?;
 
     let ca_path = fs::canonicalize(dir.join(files::CA_CERT)).map_err(io_err(dir))?;
     let connect_host = match host.as_str() {
@@ -337,7 +346,7 @@ pub fn init(opts: &InitOptions) -> Result<InitReport, DataDirError> {
         name = opts.name,
         ca = ca_path.display().to_string(),
     );
-    write_new(&dir.join(files::CLIENT_CONFIG), client.as_bytes(), false)?;
+    write_new(&dir.join(files::CLIENT_CONFIG), client.as_bytes(), PUBLIC)?;
 
     let binding = KeyBinding {
         opaque_public_key: opaque_public_key(&opaque_setup),

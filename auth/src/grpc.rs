@@ -12,7 +12,7 @@ use vmail_proto::pb;
 use crate::service::{
     AuthError, AuthService, Delivery, Deposit, Event, LoginFinish, RegisterFinish,
 };
-use crate::store::{Metadata, Session, StoreError};
+use crate::store::{Session, StoreError};
 
 /// Metadata header that carries the session token.
 pub const AUTHORIZATION: &str = "authorization";
@@ -73,21 +73,12 @@ pub fn status(e: AuthError) -> Status {
     }
 }
 
-fn metadata_to_pb(m: Metadata) -> pb::VoicemailMetadata {
-    pb::VoicemailMetadata {
-        size: m.size,
-        content_type: m.content_type,
-        duration_ms: m.duration_ms,
-        expires_at: m.expires_at,
-    }
-}
-
 fn delivery_to_pb(d: Delivery) -> pb::PendingVoicemail {
     pb::PendingVoicemail {
         voicemail_id: d.id.to_vec(),
         sender_certificate: Some(d.sender_certificate.into()),
         deposited_at: d.deposited_at,
-        metadata: Some(metadata_to_pb(d.metadata)),
+        metadata: Some(d.metadata.into()),
         locator: d.locator,
         recipients: d.recipients,
         wrapped_key: d.wrapped_key,
@@ -217,12 +208,7 @@ impl pb::auth_server::Auth for GrpcAuth {
                     recipients: r.recipients,
                     locator: r.locator,
                     wrapped_key: r.wrapped_key,
-                    metadata: Metadata {
-                        size: m.size,
-                        content_type: m.content_type,
-                        duration_ms: m.duration_ms,
-                        expires_at: m.expires_at,
-                    },
+                    metadata: m.into(),
                 },
             )
             .await

@@ -59,16 +59,15 @@ pub async fn serve(
     let identity = Identity::from_pem(&svc.keys().server_cert_pem, &svc.keys().server_key_pem);
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<AuthServer<GrpcAuth>>().await;
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(vmail_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| ServeError::Setup(e.to_string()))?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(vmail_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()
-        .map_err(|e| ServeError::Setup(e.to_string()))?;
+    // Both reflection versions: grpcurl and older tools still ask v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(vmail_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let setup = |e: tonic_reflection::server::Error| ServeError::Setup(e.to_string());
+    let reflection_v1 = reflection().build_v1().map_err(setup)?;
+    let reflection_v1alpha = reflection().build_v1alpha().map_err(setup)?;
 
     let sweeper = {
         let svc = svc.clone();

@@ -24,6 +24,7 @@ use vmail_proto::cert::{
     parse_identity_key,
 };
 use vmail_proto::keys::{DeliveryContext, DepositContext, MasterKey, MasterKeyId, WRAPPED_KEY_LEN};
+use vmail_proto::meta::VoicemailMeta;
 use vmail_proto::names::{NameError, Recipients, Username};
 use vmail_proto::opaque::{CREDENTIAL_NONCE_LEN, Suite, credential_id};
 use vmail_proto::random_bytes;
@@ -31,8 +32,8 @@ use vmail_proto::random_bytes;
 use crate::config::{RegistrationMode, ServerConfig};
 use crate::datadir::ServerKeys;
 use crate::store::{
-    AckOutcome, DepositOutcome, Metadata, RegisterOutcome, Session, Store, StoreError, User,
-    Voicemail, VoicemailId,
+    AckOutcome, DepositOutcome, RegisterOutcome, Session, Store, StoreError, User, Voicemail,
+    VoicemailId,
 };
 
 /// Largest locator a deposit may carry: 16 KiB.
@@ -74,11 +75,6 @@ impl ManualClock {
     /// A clock showing `now`.
     pub fn new(now: u64) -> Self {
         Self(AtomicU64::new(now))
-    }
-
-    /// The time it shows.
-    pub fn now_secs(&self) -> u64 {
-        self.0.load(Ordering::SeqCst)
     }
 
     /// Moves the clock forward by `secs`.
@@ -258,7 +254,7 @@ pub struct Deposit {
     /// Session key wrapped under the sender's master key.
     pub wrapped_key: Vec<u8>,
     /// Metadata; `expires_at == 0` asks for the default.
-    pub metadata: Metadata,
+    pub metadata: VoicemailMeta,
 }
 
 /// A pending voicemail as handed to one recipient.
@@ -271,7 +267,7 @@ pub struct Delivery {
     /// Deposit time, Unix seconds.
     pub deposited_at: u64,
     /// Metadata.
-    pub metadata: Metadata,
+    pub metadata: VoicemailMeta,
     /// Storage locator.
     pub locator: Vec<u8>,
     /// All recipients, canonical order.
@@ -746,7 +742,7 @@ impl AuthService {
 
     // ---- voicemail ----
 
-    fn validate_deposit(&self, d: &Deposit) -> Result<(Recipients, Metadata), AuthError> {
+    fn validate_deposit(&self, d: &Deposit) -> Result<(Recipients, VoicemailMeta), AuthError> {
         if !(MIN_REQUEST_ID_LEN..=MAX_REQUEST_ID_LEN).contains(&d.request_id.len()) {
             return Err(invalid(
                 "request_id",
@@ -805,7 +801,7 @@ impl AuthService {
         };
         Ok((
             recipients,
-            Metadata {
+            VoicemailMeta {
                 expires_at,
                 ..d.metadata.clone()
             },

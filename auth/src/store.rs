@@ -25,6 +25,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 use serde::{Deserialize, Serialize};
 use vmail_proto::cert::UserCertificate;
 use vmail_proto::keys::{MasterKey, MasterKeyId, SecretKey};
+use vmail_proto::meta::VoicemailMeta;
 use vmail_proto::names::Recipients;
 use vmail_proto::pb;
 
@@ -171,19 +172,6 @@ fn session_key_aad(id: &[u8], sender: &str, recipients: &Recipients, locator: &[
     out
 }
 
-/// Metadata a sender attaches to a voicemail.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Metadata {
-    /// Plaintext size in bytes.
-    pub size: u64,
-    /// MIME type.
-    pub content_type: String,
-    /// Duration in milliseconds.
-    pub duration_ms: u64,
-    /// Unix seconds after which the voicemail is dropped.
-    pub expires_at: u64,
-}
-
 /// A registered user.
 #[derive(Debug, Clone)]
 pub struct User {
@@ -245,7 +233,7 @@ pub struct Voicemail {
     /// The storage locator.
     pub locator: Vec<u8>,
     /// Sender's metadata, with the expiry resolved.
-    pub metadata: Metadata,
+    pub metadata: VoicemailMeta,
     /// Deposit time, Unix seconds.
     pub deposited_at: u64,
     /// The session key (unsealed).
@@ -258,7 +246,7 @@ struct VoicemailRow {
     sender_certificate: Vec<u8>,
     recipients: Vec<String>,
     locator: Vec<u8>,
-    metadata: Metadata,
+    metadata: VoicemailMeta,
     deposited_at: u64,
     session_key_sealed: Vec<u8>,
 }

@@ -20,6 +20,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Request, Status};
 use vmail_proto::cert::{CertError, ProofPurpose, UserCertificate, identity_proof_bytes};
 use vmail_proto::keys::{DeliveryContext, DepositContext, MasterKey, MasterKeyId, SecretKey};
+pub use vmail_proto::meta::VoicemailMeta;
 use vmail_proto::names::{NameError, Recipients, Username};
 use vmail_proto::opaque::Suite;
 use vmail_proto::pb::{self, auth_client};
@@ -134,41 +135,6 @@ impl std::fmt::Debug for LoginSession {
             .field("expires_at", &self.expires_at)
             .field("certificate", &self.certificate)
             .finish_non_exhaustive()
-    }
-}
-
-/// Voicemail metadata as the sender states it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct VoicemailMeta {
-    /// Plaintext size in bytes.
-    pub size: u64,
-    /// MIME type.
-    pub content_type: String,
-    /// Duration in milliseconds.
-    pub duration_ms: u64,
-    /// Expiry, Unix seconds; 0 for the server default.
-    pub expires_at: u64,
-}
-
-impl From<VoicemailMeta> for pb::VoicemailMetadata {
-    fn from(m: VoicemailMeta) -> Self {
-        Self {
-            size: m.size,
-            content_type: m.content_type,
-            duration_ms: m.duration_ms,
-            expires_at: m.expires_at,
-        }
-    }
-}
-
-impl From<pb::VoicemailMetadata> for VoicemailMeta {
-    fn from(m: pb::VoicemailMetadata) -> Self {
-        Self {
-            size: m.size,
-            content_type: m.content_type,
-            duration_ms: m.duration_ms,
-            expires_at: m.expires_at,
-        }
     }
 }
 

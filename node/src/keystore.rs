@@ -103,7 +103,11 @@ impl Keystore {
             .map_err(io(&tmp))?;
         f.write_all(contents).map_err(io(&tmp))?;
         f.sync_all().map_err(io(&tmp))?;
-        fs::rename(&tmp, path).map_err(io(path))
+        fs::rename(&tmp, path).map_err(io(path))?;
+        // Make the rename itself durable.
+        fs::File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(&self.dir))
     }
 
     fn read_secret(&self, path: &Path) -> Result<Option<Vec<u8>>, KeystoreError> {

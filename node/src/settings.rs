@@ -61,7 +61,7 @@ pub enum SettingsError {
 pub struct ConfigFile {
     /// Auth server URLs, tried in order.
     pub auth_endpoints: Vec<String>,
-    /// Path of the cluster CA certificate.
+    /// Path of the cluster CA certificate; a relative path is relative to the home.
     pub ca_cert: Option<PathBuf>,
     /// The cluster public key, hex.
     pub cluster_key: Option<String>,
@@ -133,7 +133,8 @@ pub fn auth_target(home: &Path, o: &AuthOverrides) -> Result<AuthTarget, Setting
     }
     let ca =
         o.ca.clone()
-            .or(file.ca_cert)
+            // A relative path in config.toml is relative to the home.
+            .or(file.ca_cert.map(|p| home.join(p)))
             .ok_or_else(|| missing("CA certificate", "--ca FILE", "VMAIL_CA", "ca_cert"))?;
     let ca_pem = std::fs::read(&ca).map_err(|source| SettingsError::Ca { path: ca, source })?;
     let key_hex = o.cluster_key.clone().or(file.cluster_key).ok_or_else(|| {

@@ -18,6 +18,7 @@ use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Key, Nonce};
 use hkdf::Hkdf;
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use crate::names::Recipients;
@@ -55,9 +56,18 @@ pub enum OpenError {
     Authentication,
 }
 
-/// A 256-bit symmetric key. Zeroed on drop; `Debug` never prints it.
-#[derive(Clone, PartialEq, Eq, Zeroize, ZeroizeOnDrop)]
+/// A 256-bit symmetric key. Zeroed on drop; `Debug` never prints it;
+/// equality is checked in constant time.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
 pub struct SecretKey([u8; 32]);
+
+impl PartialEq for SecretKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.ct_eq(&other.0).into()
+    }
+}
+
+impl Eq for SecretKey {}
 
 impl std::fmt::Debug for SecretKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -88,11 +98,7 @@ impl SecretKey {
 
     /// HKDF-SHA256 expansion of this key with no salt.
     fn derive(&self, info: &[u8]) -> SecretKey {
-        let mut okm = [0u8; 32];
-        Hkdf::<Sha256>::new(None, &self.0)
-            .expand(info, &mut okm)
-            .expect("32 bytes is a valid HKDF-SHA256 output length");
-        SecretKey(okm)
+        hkdf_sha256(None, &self.0, info)
     }
 
     /// Encrypts `plaintext` with AES-256-GCM under a fresh random nonce.
@@ -151,6 +157,15 @@ impl SecretKey {
     }
 }
 
+/// HKDF-SHA256 (extract, then expand) to one 32-byte key.
+fn hkdf_sha256(salt: Option<&[u8]>, ikm: &[u8], info: &[u8]) -> SecretKey {
+    let mut okm = [0u8; 32];
+    Hkdf::<Sha256>::new(salt, ikm)
+        .expand(info, &mut okm)
+        .expect("32 bytes is a valid HKDF-SHA256 output length");
+    SecretKey(okm)
+}
+
 /// The 16-byte public name of a master key.
 pub type MasterKeyId = [u8; 16];
 
@@ -161,11 +176,7 @@ pub struct MasterKey(SecretKey);
 impl MasterKey {
     /// Derives the master key from an OPAQUE session key.
     pub fn from_opaque_session_key(opaque_session_key: &[u8]) -> Self {
-        let mut okm = [0u8; 32];
-        Hkdf::<Sha256>::new(None, opaque_session_key)
-            .expand(MASTER_KEY_LABEL, &mut okm)
-            .expect("32 bytes is a valid HKDF-SHA256 output length");
-        Self(SecretKey(okm))
+        Self(hkdf_sha256(None, opaque_session_key, MASTER_KEY_LABEL))
     }
 
     /// Rebuilds a master key from its stored bytes.
@@ -199,11 +210,7 @@ impl MasterKey {
         let mut info = SESSION_KEY_LABEL.to_vec();
         info.extend_from_slice(&timestamp.to_be_bytes());
         info.extend_from_slice(&recipients.canonical_bytes());
-        let mut okm = [0u8; 32];
-        Hkdf::<Sha256>::new(Some(salt), self.as_bytes())
-            .expand(&info, &mut okm)
-            .expect("32 bytes is a valid HKDF-SHA256 output length");
-        SecretKey(okm)
+        hkdf_sha256(Some(salt), self.as_bytes(), &info)
     }
 
     /// Wraps a session key for a deposit (sender to server).

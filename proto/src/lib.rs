@@ -3,6 +3,7 @@
 //! - [`pb`]: the generated protobuf and tonic code for `vmail.auth.v1`;
 //! - [`names`]: username and recipient-list rules and their canonical encoding;
 //! - [`keys`]: the key schedule (master key, session key) and key wrapping;
+//! - [`meta`]: voicemail metadata;
 //! - [`cert`]: user certificates, their signing bytes and offline verification;
 //! - [`opaque`]: the OPAQUE cipher suite both sides must agree on.
 //!
@@ -12,6 +13,7 @@
 
 pub mod cert;
 pub mod keys;
+pub mod meta;
 pub mod names;
 pub mod opaque;
 

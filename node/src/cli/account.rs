@@ -5,7 +5,7 @@ use ed25519_dalek::SigningKey;
 use tonic::Code;
 use vmail_proto::names::Username;
 
-use super::{Context, MIN_PASSWORD_LEN, when};
+use super::{Ask, Context, MIN_PASSWORD_LEN, when};
 
 pub(super) async fn register(
     ctx: &Context,
@@ -13,7 +13,7 @@ pub(super) async fn register(
     invite: Option<&str>,
 ) -> anyhow::Result<()> {
     let name = Username::parse(user)?;
-    let password = ctx.password(&format!("New password for {name}: "), true)?;
+    let password = ctx.password(&format!("New password for {name}: "), Ask::Twice)?;
     if password.chars().count() < MIN_PASSWORD_LEN {
         bail!(
             "the password must be at least {MIN_PASSWORD_LEN} characters; nothing was registered"
@@ -40,7 +40,7 @@ pub(super) async fn login(ctx: &Context, user: &str, rotate: bool) -> anyhow::Re
         (false, Some(k)) => k,
         _ => SigningKey::from_bytes(&vmail_proto::random_bytes()),
     };
-    let password = ctx.password(&format!("Password for {name}: "), false)?;
+    let password = ctx.password(&format!("Password for {name}: "), Ask::Once)?;
     let mut client = ctx.connect().await?;
     let session = client
         .login(name.as_str(), password.as_bytes(), &identity, &[])
@@ -93,7 +93,7 @@ pub(super) async fn whoami(ctx: &Context) -> anyhow::Result<()> {
         }
         Err(e) => return Err(e.into()),
     };
-    let cert = &session.certificate;
+    let cert = client.certificate(&me.username).await?;
     println!("user           {}", me.username);
     println!("auth server    {}", client.endpoint());
     println!("session until  {}", when(me.expires_at));

@@ -65,9 +65,11 @@ pub(super) async fn run(ctx: &Context, watch: bool) -> anyhow::Result<()> {
         "watching for voicemail to {} (Ctrl-C to stop)",
         session.username
     );
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = &mut ctrl_c => return Ok(()),
             item = stream.next() => match item {
                 None => anyhow::bail!("the auth server closed the stream; run the command again"),
                 Some(Err(status)) => anyhow::bail!("{}", status.message()),

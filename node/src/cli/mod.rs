@@ -79,6 +79,15 @@ enum AccountCommand {
     },
 }
 
+/// How often a password prompt asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ask {
+    /// Once, to log in.
+    Once,
+    /// Twice, to catch a typo in a new password.
+    Twice,
+}
+
 /// What every command needs: the home, its keystore, and how to reach auth.
 struct Context {
     home: PathBuf,
@@ -105,7 +114,7 @@ impl Context {
     }
 
     /// The password from --password-file, VMAIL_PASSWORD, or a prompt.
-    fn password(&self, prompt: &str, confirm: bool) -> anyhow::Result<Zeroizing<String>> {
+    fn password(&self, prompt: &str, ask: Ask) -> anyhow::Result<Zeroizing<String>> {
         if let Some(path) = &self.password_file {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading password file {}", path.display()))?;
@@ -122,7 +131,7 @@ impl Context {
             );
         }
         let first = Zeroizing::new(rpassword::prompt_password(prompt)?);
-        if confirm {
+        if ask == Ask::Twice {
             let again = Zeroizing::new(rpassword::prompt_password("Repeat password: ")?);
             if *first != *again {
                 bail!("the passwords do not match; nothing was registered");
