@@ -174,7 +174,8 @@ impl LocalServer {
         })
     }
 
-    /// Stops the server and waits until it has released its database.
+    /// Stops the server and waits (up to 10 s) until every user of the
+    /// service, and so of its database, has let go.
     pub async fn stop(mut self) -> Result<(), ServeError> {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());

@@ -922,7 +922,8 @@ impl AuthService {
             .try_into()
             .map_err(|_| invalid("voicemail_id", format!("{} bytes, expected 16", id.len())))?;
         let user = session.username.clone();
-        match self.db(move |s| s.ack(&user, &id)).await? {
+        let now = self.now();
+        match self.db(move |s| s.ack(&user, &id, now)).await? {
             AckOutcome::NotPending => Err(AuthError::NotPending {
                 id: hex::encode(id),
                 username: session.username.clone(),

@@ -862,13 +862,28 @@ impl Store {
         })
     }
 
-    /// Erases `recipient`'s grant; erases the voicemail and its session key
-    /// with the last grant.
-    pub fn ack(&self, recipient: &str, id: &VoicemailId) -> Result<AckOutcome, StoreError> {
+    /// Erases `recipient`'s grant on an unexpired voicemail; erases the
+    /// voicemail and its session key with the last grant.
+    pub fn ack(
+        &self,
+        recipient: &str,
+        id: &VoicemailId,
+        now: u64,
+    ) -> Result<AckOutcome, StoreError> {
         self.run(|db| {
             let tx = db.begin_write().map_err(db_err)?;
             let key_erased;
             {
+                let mut vms = tx.open_table(VOICEMAILS).map_err(db_err)?;
+                let row = match vms.get(id.as_slice()).map_err(db_err)? {
+                    Some(v) => postcard::from_bytes::<VoicemailRow>(v.value())
+                        .map_err(|e| corrupt("voicemails", hex::encode(id), e))?,
+                    None => return Ok(AckOutcome::NotPending),
+                };
+                // Expired voicemail is no longer pending; the sweeper erases it.
+                if row.metadata.expires_at <= now {
+                    return Ok(AckOutcome::NotPending);
+                }
                 let mut grants = tx.open_table(GRANTS).map_err(db_err)?;
                 if grants
                     .remove((recipient, id.as_slice()))
@@ -877,15 +892,7 @@ impl Store {
                 {
                     return Ok(AckOutcome::NotPending);
                 }
-                let mut vms = tx.open_table(VOICEMAILS).map_err(db_err)?;
-                let recipients: Vec<String> = match vms.get(id.as_slice()).map_err(db_err)? {
-                    Some(v) => {
-                        postcard::from_bytes::<VoicemailRow>(v.value())
-                            .map_err(|e| corrupt("voicemails", hex::encode(id), e))?
-                            .recipients
-                    }
-                    None => Vec::new(),
-                };
+                let recipients = row.recipients;
                 let mut left = false;
                 for r in &recipients {
                     left |= grants
@@ -912,7 +919,8 @@ impl Store {
             let n_vms;
             {
                 let mut sessions = tx.open_table(SESSIONS).map_err(db_err)?;
-                let mut bad = None;
+                // A corrupt row is reported and kept, so that it cannot stop
+                // every other expired entry from being erased.
                 sessions
                     .retain(|k, v| match postcard::from_bytes::<SessionRow>(v) {
                         Ok(row) if row.expires_at <= now => {
@@ -921,20 +929,24 @@ impl Store {
                         }
                         Ok(_) => true,
                         Err(e) => {
-                            bad = Some(corrupt("sessions", hex::encode(&k[..8.min(k.len())]), e));
+                            let e = corrupt("sessions", hex::encode(&k[..8.min(k.len())]), e);
+                            tracing::error!(error = %e, "purge skipped a corrupt row");
                             true
                         }
                     })
                     .map_err(db_err)?;
-                if let Some(e) = bad {
-                    return Err(e);
-                }
                 let mut vms = tx.open_table(VOICEMAILS).map_err(db_err)?;
                 let mut expired: Vec<(Vec<u8>, Vec<String>)> = Vec::new();
                 for entry in vms.iter().map_err(db_err)? {
                     let (k, v) = entry.map_err(db_err)?;
-                    let row: VoicemailRow = postcard::from_bytes(v.value())
-                        .map_err(|e| corrupt("voicemails", hex::encode(k.value()), e))?;
+                    let row: VoicemailRow = match postcard::from_bytes(v.value()) {
+                        Ok(row) => row,
+                        Err(e) => {
+                            let e = corrupt("voicemails", hex::encode(k.value()), e);
+                            tracing::error!(error = %e, "purge skipped a corrupt row");
+                            continue;
+                        }
+                    };
                     if row.metadata.expires_at <= now {
                         expired.push((k.value().to_vec(), row.recipients));
                     }

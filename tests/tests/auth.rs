@@ -1030,3 +1030,38 @@ async fn malformed_login_finish_fields_are_named_and_bad_passwords_fail_on_the_s
     }
     assert_eq!(auth.service().store().counts().unwrap().sessions, 0);
 }
+
+#[tokio::test]
+async fn expired_voicemail_is_hidden_then_erased() {
+    let clock = Arc::new(ManualClock::new(vmail_proto::unix_now()));
+    let auth = TestAuth::start_with(|_| {}, clock.clone()).await;
+    let (mut bob, _, bob_s) = register_and_login(&auth, "bob").await;
+    let (mut alice, _, alice_s) = register_and_login(&auth, "alice").await;
+    let mut short = deposit_for(&["alice"], b"");
+    short.meta.expires_at = vmail_auth::service::Clock::now(&*clock) + 100;
+    let gone = bob.deposit(&bob_s.master_key, &short).await.unwrap();
+    let kept = bob
+        .deposit(&bob_s.master_key, &deposit_for(&["alice"], b""))
+        .await
+        .unwrap();
+    clock.advance(100);
+    let ids: Vec<_> = alice
+        .list_pending(&alice_s.master_key)
+        .await
+        .unwrap()
+        .iter()
+        .map(|p| p.id)
+        .collect();
+    assert_eq!(ids, [kept.voicemail_id]);
+    assert_eq!(code(alice.ack(&gone.voicemail_id).await).0, Code::NotFound);
+    assert_eq!(auth.service().purge_expired().await.unwrap(), (0, 1));
+    assert!(
+        !auth
+            .service()
+            .store()
+            .voicemail_exists(&gone.voicemail_id)
+            .unwrap()
+    );
+    let counts = auth.service().store().counts().unwrap();
+    assert_eq!((counts.voicemails, counts.grants), (1, 1));
+}
