@@ -122,13 +122,11 @@ async fn main() -> anyhow::Result<()> {
             let svc = server::open(&data_dir, Arc::new(SystemClock))?;
             let addr = match listen {
                 Some(a) => a,
-                None => svc.config().listen.parse().with_context(|| {
-                    format!(
-                        "listen address {:?} in {}/config.toml is not HOST:PORT",
-                        svc.config().listen,
-                        data_dir.display()
-                    )
-                })?,
+                None => svc
+                    .config()
+                    .listen
+                    .parse()
+                    .expect("ServerConfig::validate checked the listen address"),
             };
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
