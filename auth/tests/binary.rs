@@ -15,6 +15,15 @@ fn vmail_auth() -> Command {
     c
 }
 
+/// Runs `vmail-auth init` for a server named auth-1.
+fn init(dir: &std::path::Path, listen: &str) -> std::process::Output {
+    vmail_auth()
+        .args(["init", "--name", "auth-1", "--listen", listen, "--data-dir"])
+        .arg(dir)
+        .output()
+        .unwrap()
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -27,16 +36,7 @@ fn free_port() -> u16 {
 fn init_prints_what_clients_need_and_never_overwrites() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("srv");
-    let out = vmail_auth()
-        .args([
-            "init",
-            "--data-dir",
-            dir.to_str().unwrap(),
-            "--name",
-            "auth-1",
-        ])
-        .output()
-        .unwrap();
+    let out = init(&dir, "127.0.0.1:7443");
     assert!(
         out.status.success(),
         "{}",
@@ -55,16 +55,7 @@ fn init_prints_what_clients_need_and_never_overwrites() {
     assert!(text.contains(key.trim()), "{text}");
 
     let before = std::fs::read(dir.join("cluster.key")).unwrap();
-    let out = vmail_auth()
-        .args([
-            "init",
-            "--data-dir",
-            dir.to_str().unwrap(),
-            "--name",
-            "auth-1",
-        ])
-        .output()
-        .unwrap();
+    let out = init(&dir, "127.0.0.1:7443");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not empty; refusing to overwrite"));
     assert_eq!(std::fs::read(dir.join("cluster.key")).unwrap(), before);
@@ -87,18 +78,7 @@ async fn serve_answers_health_logs_json_and_stops_on_sigterm() {
     let dir = tmp.path().join("srv");
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
-    let ok = vmail_auth()
-        .args([
-            "init",
-            "--data-dir",
-            dir.to_str().unwrap(),
-            "--name",
-            "auth-1",
-            "--listen",
-            &listen,
-        ])
-        .output()
-        .unwrap();
+    let ok = init(&dir, &listen);
     assert!(ok.status.success());
     let child = vmail_auth()
         .args([
