@@ -265,35 +265,52 @@ impl pb::auth_server::Auth for GrpcAuth {
     }
 }
 
-/// Feeds one WatchPending stream: the backlog, then each new voicemail for
-/// this user, until the client goes away or the session ends or expires.
+type WatchItem = Result<pb::PendingVoicemail, Status>;
+
+/// Runs one WatchPending stream until it ends, and sends why it ended. On
+/// shutdown it stops at once, wherever it waits: a client that stopped
+/// reading must not keep the server from exiting.
 async fn watch(
     svc: Arc<AuthService>,
     session: Session,
     initial: Vec<Delivery>,
-    mut events: broadcast::Receiver<Event>,
-    tx: mpsc::Sender<Result<pb::PendingVoicemail, Status>>,
+    events: broadcast::Receiver<Event>,
+    tx: mpsc::Sender<WatchItem>,
 ) {
-    for d in initial {
-        if tx.send(Ok(delivery_to_pb(d))).await.is_err() {
-            return;
+    let shutdown = svc.shutdown_token().clone();
+    let end = tokio::select! {
+        end = feed(&svc, &session, initial, events, &tx) => end,
+        _ = shutdown.cancelled() => Some(Status::unavailable("the auth server is shutting down; reconnect")),
+    };
+    if let Some(status) = end {
+        tokio::select! {
+            biased;
+            _ = tx.send(Err(status)) => {}
+            _ = shutdown.cancelled() => {}
         }
     }
-    let expired = || status(AuthError::SessionExpired(session.expires_at));
+}
+
+/// Sends the backlog, then each new voicemail for this user. Returns why the
+/// stream ends, or `None` when the client has gone.
+async fn feed(
+    svc: &AuthService,
+    session: &Session,
+    initial: Vec<Delivery>,
+    mut events: broadcast::Receiver<Event>,
+    tx: &mpsc::Sender<WatchItem>,
+) -> Option<Status> {
+    for d in initial {
+        tx.send(Ok(delivery_to_pb(d))).await.ok()?;
+    }
+    let expired = || Some(status(AuthError::SessionExpired(session.expires_at)));
     let left = session.expires_at.saturating_sub(svc.now());
     let expiry = tokio::time::sleep(std::time::Duration::from_secs(left));
     tokio::pin!(expiry);
     loop {
         let event = tokio::select! {
-            _ = tx.closed() => return,
-            _ = svc.shutdown_token().cancelled() => {
-                let _ = tx.send(Err(Status::unavailable("the auth server is shutting down; reconnect"))).await;
-                return;
-            }
-            _ = &mut expiry => {
-                let _ = tx.send(Err(expired())).await;
-                return;
-            }
+            _ = tx.closed() => return None,
+            _ = &mut expiry => return expired(),
             e = events.recv() => e,
         };
         let delivery = match event {
@@ -302,21 +319,16 @@ async fn watch(
                     continue;
                 }
                 if svc.now() >= session.expires_at {
-                    let _ = tx.send(Err(expired())).await;
-                    return;
+                    return expired();
                 }
-                match svc.pending_one(&session, id).await {
+                match svc.pending_one(session, id).await {
                     Ok(Some(d)) => d,
                     Ok(None) => continue,
-                    Err(e) => {
-                        let _ = tx.send(Err(status(e))).await;
-                        return;
-                    }
+                    Err(e) => return Some(status(e)),
                 }
             }
             Ok(Event::SessionEnded { token_hash }) if token_hash == session.token_hash => {
-                let _ = tx.send(Err(status(AuthError::BadToken))).await;
-                return;
+                return Some(status(AuthError::BadToken));
             }
             Ok(Event::SessionEnded { .. }) => continue,
             Err(broadcast::error::RecvError::Lagged(n)) => {
@@ -324,17 +336,12 @@ async fn watch(
                     skipped = n,
                     "watcher lagged; ending stream so the client re-lists"
                 );
-                let _ = tx
-                    .send(Err(Status::unavailable(
-                        "fell behind on new voicemail; reconnect",
-                    )))
-                    .await;
-                return;
+                return Some(Status::unavailable(
+                    "fell behind on new voicemail; reconnect",
+                ));
             }
-            Err(broadcast::error::RecvError::Closed) => return,
+            Err(broadcast::error::RecvError::Closed) => return None,
         };
-        if tx.send(Ok(delivery_to_pb(delivery))).await.is_err() {
-            return;
-        }
+        tx.send(Ok(delivery_to_pb(delivery))).await.ok()?;
     }
 }

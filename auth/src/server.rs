@@ -9,8 +9,15 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_stream::StreamExt;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tonic::transport::server::{Connected, TcpConnectInfo, TcpIncoming};
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 use vmail_proto::pb::auth_server::AuthServer;
 
@@ -23,6 +30,8 @@ use crate::store::Store;
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// How long a keepalive probe may go unanswered before the connection is dropped.
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long in-flight calls may run on once shutdown has begun.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often expired sessions and voicemails are swept.
 pub const PURGE_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -94,7 +103,15 @@ pub async fn serve(
         health.set_not_serving::<AuthServer<GrpcAuth>>().await;
         watchers.cancel();
     };
-    Server::builder()
+    let svc_token = svc.shutdown_token().clone();
+    let cut = CancellationToken::new();
+    let incoming = {
+        let cut = cut.clone();
+        TcpIncoming::from(listener)
+            .with_nodelay(Some(true))
+            .map(move |conn| conn.map(|tcp| Severable::new(tcp, &cut)))
+    };
+    let server = Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .tls_config(ServerTlsConfig::new().identity(identity))?
@@ -102,11 +119,23 @@ pub async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(AuthServer::new(GrpcAuth::new(svc)))
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
-        )
-        .await?;
+        .serve_with_incoming_shutdown(incoming, shutdown);
+    // Calls in flight get DRAIN_TIMEOUT to finish once shutdown begins; then
+    // the connections still open are cut, so that serve returns only when
+    // every connection, and every handle on the service, is gone.
+    let drain_over = async {
+        svc_token.cancelled().await;
+        tokio::time::sleep(DRAIN_TIMEOUT).await;
+    };
+    tokio::pin!(server);
+    tokio::select! {
+        served = &mut server => served?,
+        _ = drain_over => {
+            tracing::warn!("calls still open {DRAIN_TIMEOUT:?} after shutdown began; cutting their connections");
+            cut.cancel();
+            server.await?;
+        }
+    }
     drop(sweeper);
     tracing::info!("vmail-auth stopped");
     Ok(())
@@ -119,6 +148,78 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+/// A TCP connection that fails every read and write once `cut` is
+/// cancelled, so the server can close connections whose clients will not
+/// let their calls finish.
+struct Severable {
+    tcp: TcpStream,
+    cut: Pin<Box<WaitForCancellationFutureOwned>>,
+}
+
+impl Severable {
+    fn new(tcp: TcpStream, cut: &CancellationToken) -> Self {
+        Self {
+            tcp,
+            cut: Box::pin(cut.clone().cancelled_owned()),
+        }
+    }
+
+    /// Ready with an error once cut; otherwise registers for the cut and is pending.
+    fn poll_cut(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        self.cut.as_mut().poll(cx).map(|()| {
+            io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the auth server is shutting down",
+            )
+        })
+    }
+}
+
+impl AsyncRead for Severable {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if let Poll::Ready(e) = self.poll_cut(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut self.tcp).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Severable {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if let Poll::Ready(e) = self.poll_cut(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut self.tcp).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Poll::Ready(e) = self.poll_cut(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
+}
+
+impl Connected for Severable {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> TcpConnectInfo {
+        self.tcp.connect_info()
     }
 }
 

@@ -9,7 +9,8 @@
 //! - `voicemails`: voicemail id → [`VoicemailRow`];
 //! - `grants`: (recipient, voicemail id) → ();
 //! - `requests`: (sender, request id) → [`RequestRow`], for idempotent deposits;
-//! - `invites`: SHA-256(invite code) hex → the username that used it.
+//! - `invites`: SHA-256(invite code) hex → the username that used it;
+//! - `waiting`: username → how many grants it holds, for the inbox cap.
 //!
 //! Secrets (OPAQUE password files, session master keys, voicemail session
 //! keys) are sealed with AES-256-GCM under the data key, with an AAD naming
@@ -23,6 +24,7 @@ use std::time::{Duration, Instant};
 use prost::Message;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use vmail_proto::cert::UserCertificate;
 use vmail_proto::keys::{MasterKey, MasterKeyId, SecretKey};
 use vmail_proto::meta::VoicemailMeta;
@@ -58,6 +60,7 @@ const VOICEMAILS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("voicemai
 const GRANTS: TableDefinition<(&str, &[u8]), ()> = TableDefinition::new("grants");
 const REQUESTS: TableDefinition<(&str, &[u8]), &[u8]> = TableDefinition::new("requests");
 const INVITES: TableDefinition<&str, &str> = TableDefinition::new("invites");
+const WAITING: TableDefinition<&str, u64> = TableDefinition::new("waiting");
 
 const AAD_PASSWORD_FILE: &[u8] = b"vmail/v1/at-rest/password-file/";
 const AAD_MASTER_KEY: &[u8] = b"vmail/v1/at-rest/master-key/";
@@ -160,13 +163,21 @@ fn master_key_aad(token_hash: &[u8], username: &str) -> Vec<u8> {
     [AAD_MASTER_KEY, token_hash, username.as_bytes()].concat()
 }
 
-/// A voicemail's session key is bound to its id, sender, recipients and
-/// locator, so none of them can be changed in the database unnoticed.
-fn session_key_aad(id: &[u8], sender: &str, recipients: &Recipients, locator: &[u8]) -> Vec<u8> {
+/// A voicemail's session key is bound to its id, the sender's certificate
+/// (so the sender's name), the deposit time, the recipients and the locator,
+/// so none of what a recipient is shown can be changed in the database
+/// unnoticed.
+fn session_key_aad(
+    id: &[u8],
+    sender_certificate: &[u8],
+    deposited_at: u64,
+    recipients: &Recipients,
+    locator: &[u8],
+) -> Vec<u8> {
     let mut out = AAD_SESSION_KEY.to_vec();
     out.extend_from_slice(id);
-    out.push(sender.len() as u8);
-    out.extend_from_slice(sender.as_bytes());
+    out.extend_from_slice(&Sha256::digest(sender_certificate));
+    out.extend_from_slice(&deposited_at.to_be_bytes());
     out.extend_from_slice(&recipients.canonical_bytes());
     out.extend_from_slice(&vmail_proto::keys::locator_hash(locator));
     out
@@ -353,6 +364,7 @@ impl Store {
             tx.open_table(GRANTS).map_err(db_err)?;
             tx.open_table(REQUESTS).map_err(db_err)?;
             tx.open_table(INVITES).map_err(db_err)?;
+            tx.open_table(WAITING).map_err(db_err)?;
         }
         tx.commit().map_err(db_err)
     }
@@ -427,8 +439,12 @@ impl Store {
             StoreError::DiskFull(_) | StoreError::Db(redb::Error::Io(_) | redb::Error::PreviousIo),
         ) = &result
         {
+            // Let go of the failed handle first: a reopen waits for every
+            // holder of it, so holding it while waiting for the lock would stall.
+            let failed = Arc::as_ptr(&db);
+            drop(db);
             let mut slot = self.db.write().expect("store lock");
-            if slot.as_ref().is_some_and(|cur| Arc::ptr_eq(cur, &db)) {
+            if slot.as_ref().is_some_and(|cur| Arc::as_ptr(cur) == failed) {
                 tracing::warn!(path = %self.path.display(), "database I/O failed; it will be reopened on next use");
                 *slot = None;
             }
@@ -481,6 +497,13 @@ impl Store {
             )
             .map_err(|e| corrupt("users", name, e))?;
         let certificate = decode_cert(&row.certificate).map_err(|e| corrupt("users", name, e))?;
+        if certificate.username.as_str() != name {
+            return Err(corrupt(
+                "users",
+                name,
+                format!("holds {}'s certificate", certificate.username),
+            ));
+        }
         Ok(User {
             password_file,
             credential_nonce: row.credential_nonce,
@@ -681,16 +704,26 @@ impl Store {
             .data_key
             .open(
                 &row.session_key_sealed,
-                &session_key_aad(id, &row.sender, &recipients, &row.locator),
+                &session_key_aad(
+                    id,
+                    &row.sender_certificate,
+                    row.deposited_at,
+                    &recipients,
+                    &row.locator,
+                ),
             )
             .map_err(|e| corrupt("voicemails", &key, e))?;
+        let sender_certificate =
+            decode_cert(&row.sender_certificate).map_err(|e| corrupt("voicemails", &key, e))?;
+        if sender_certificate.username.as_str() != row.sender {
+            return Err(corrupt("voicemails", &key, "sender and certificate differ"));
+        }
         Ok(Voicemail {
             id: id
                 .try_into()
                 .map_err(|_| corrupt("voicemails", &key, "id length"))?,
             sender: row.sender,
-            sender_certificate: decode_cert(&row.sender_certificate)
-                .map_err(|e| corrupt("voicemails", &key, e))?,
+            sender_certificate,
             recipients,
             locator: row.locator,
             metadata: row.metadata,
@@ -732,37 +765,31 @@ impl Store {
                         return Ok(DepositOutcome::UnknownRecipient(r.to_string()));
                     }
                 }
-                let grants = tx.open_table(GRANTS).map_err(db_err)?;
+                let mut waiting = tx.open_table(WAITING).map_err(db_err)?;
                 for r in vm.recipients.iter() {
-                    let mut waiting = 0;
-                    for entry in grants
-                        .range((r.as_str(), [].as_slice())..)
-                        .map_err(db_err)?
-                    {
-                        if entry.map_err(db_err)?.0.value().0 != r.as_str()
-                            || waiting >= max_pending
-                        {
-                            break;
-                        }
-                        waiting += 1;
-                    }
-                    if waiting >= max_pending {
+                    if count(&waiting, r.as_str())? >= max_pending {
                         return Ok(DepositOutcome::InboxFull(r.to_string()));
                     }
                 }
-                drop(grants);
+                let sender_certificate =
+                    pb::UserCertificate::from(vm.sender_certificate.clone()).encode_to_vec();
                 let row = VoicemailRow {
                     sender: vm.sender.clone(),
-                    sender_certificate: pb::UserCertificate::from(vm.sender_certificate.clone())
-                        .encode_to_vec(),
                     recipients: vm.recipients.to_strings(),
                     locator: vm.locator.clone(),
                     metadata: vm.metadata.clone(),
                     deposited_at: vm.deposited_at,
                     session_key_sealed: self.data_key.wrap(
                         &vm.session_key,
-                        &session_key_aad(&vm.id, &vm.sender, &vm.recipients, &vm.locator),
+                        &session_key_aad(
+                            &vm.id,
+                            &sender_certificate,
+                            vm.deposited_at,
+                            &vm.recipients,
+                            &vm.locator,
+                        ),
                     ),
+                    sender_certificate,
                 };
                 let mut vms = tx.open_table(VOICEMAILS).map_err(db_err)?;
                 vms.insert(
@@ -775,6 +802,7 @@ impl Store {
                     grants
                         .insert((r.as_str(), vm.id.as_slice()), ())
                         .map_err(db_err)?;
+                    add(&mut waiting, r.as_str(), 1)?;
                 }
                 let req = RequestRow {
                     voicemail_id: vm.id,
@@ -892,6 +920,7 @@ impl Store {
                 {
                     return Ok(AckOutcome::NotPending);
                 }
+                add(&mut tx.open_table(WAITING).map_err(db_err)?, recipient, -1)?;
                 let recipients = row.recipients;
                 let mut left = false;
                 for r in &recipients {
@@ -952,10 +981,17 @@ impl Store {
                     }
                 }
                 let mut grants = tx.open_table(GRANTS).map_err(db_err)?;
+                let mut waiting = tx.open_table(WAITING).map_err(db_err)?;
                 for (id, recipients) in &expired {
                     vms.remove(id.as_slice()).map_err(db_err)?;
                     for r in recipients {
-                        grants.remove((r.as_str(), id.as_slice())).map_err(db_err)?;
+                        if grants
+                            .remove((r.as_str(), id.as_slice()))
+                            .map_err(db_err)?
+                            .is_some()
+                        {
+                            add(&mut waiting, r, -1)?;
+                        }
                     }
                 }
                 n_vms = expired.len();
@@ -1012,6 +1048,26 @@ pub struct StoreCounts {
     pub voicemails: u64,
     /// Outstanding grants.
     pub grants: u64,
+}
+
+/// How many voicemails wait for `user`.
+fn count(waiting: &impl ReadableTable<&'static str, u64>, user: &str) -> Result<u64, StoreError> {
+    Ok(waiting.get(user).map_err(db_err)?.map_or(0, |v| v.value()))
+}
+
+/// Moves `user`'s waiting count by `delta`, keeping no zero rows.
+fn add(
+    waiting: &mut redb::Table<&'static str, u64>,
+    user: &str,
+    delta: i64,
+) -> Result<(), StoreError> {
+    let n = count(waiting, user)?.saturating_add_signed(delta);
+    if n == 0 {
+        waiting.remove(user).map_err(db_err)?;
+    } else {
+        waiting.insert(user, n).map_err(db_err)?;
+    }
+    Ok(())
 }
 
 /// A grant is only honoured for a recipient the sealed voicemail names.

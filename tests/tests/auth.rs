@@ -768,23 +768,25 @@ async fn key_files_from_another_server_are_refused() {
 
 #[tokio::test]
 async fn a_full_inbox_refuses_deposits_for_that_recipient_only() {
-    let auth = TestAuth::start_with(
-        |c| c.max_pending_per_user = 3,
-        Arc::new(vmail_auth::service::SystemClock),
-    )
-    .await;
+    let clock = Arc::new(ManualClock::new(vmail_proto::unix_now()));
+    let auth = TestAuth::start_with(|c| c.max_pending_per_user = 3, clock.clone()).await;
     let (mut bob, _, bob_s) = register_and_login(&auth, "bob").await;
     let (mut alice, _, alice_s) = register_and_login(&auth, "alice").await;
     register_and_login(&auth, "carol").await;
-    for _ in 0..3 {
+    let mut short = deposit_for(&["alice"], b"");
+    short.meta.expires_at = vmail_auth::service::Clock::now(&*clock) + 100;
+    let expiring = bob
+        .deposit(&bob_s.master_key, &short)
+        .await
+        .unwrap()
+        .voicemail_id;
+    for _ in 0..2 {
         bob.deposit(&bob_s.master_key, &deposit_for(&["alice"], b""))
             .await
             .unwrap();
     }
-    let (code_, msg) = code(
-        bob.deposit(&bob_s.master_key, &deposit_for(&["carol", "alice"], b""))
-            .await,
-    );
+    let full = || deposit_for(&["carol", "alice"], b"");
+    let (code_, msg) = code(bob.deposit(&bob_s.master_key, &full()).await);
     assert_eq!(code_, Code::ResourceExhausted);
     assert!(
         msg.starts_with("the inbox of \"alice\" is full (3 voicemails waiting)"),
@@ -794,11 +796,20 @@ async fn a_full_inbox_refuses_deposits_for_that_recipient_only() {
     bob.deposit(&bob_s.master_key, &deposit_for(&["carol"], b""))
         .await
         .unwrap();
-    let first = alice.list_pending(&alice_s.master_key).await.unwrap()[0].id;
-    alice.ack(&first).await.unwrap();
-    bob.deposit(&bob_s.master_key, &deposit_for(&["alice"], b""))
-        .await
-        .unwrap();
+
+    // An ack makes room...
+    let pending = alice.list_pending(&alice_s.master_key).await.unwrap();
+    let other = pending.iter().find(|p| p.id != expiring).unwrap().id;
+    alice.ack(&other).await.unwrap();
+    bob.deposit(&bob_s.master_key, &full()).await.unwrap();
+    assert_eq!(
+        code(bob.deposit(&bob_s.master_key, &full()).await).0,
+        Code::ResourceExhausted
+    );
+    // ...and so does the purge of an expired voicemail.
+    clock.advance(100);
+    auth.service().purge_expired().await.unwrap();
+    bob.deposit(&bob_s.master_key, &full()).await.unwrap();
 }
 
 /// One test case's change to an otherwise valid request.
@@ -1064,4 +1075,28 @@ async fn expired_voicemail_is_hidden_then_erased() {
     );
     let counts = auth.service().store().counts().unwrap();
     assert_eq!((counts.voicemails, counts.grants), (1, 1));
+}
+
+#[tokio::test]
+async fn shutdown_does_not_wait_for_a_client_that_stopped_reading() {
+    let mut auth = TestAuth::start().await;
+    let (mut bob, _, bob_s) = register_and_login(&auth, "bob").await;
+    let (mut alice, _, _) = register_and_login(&auth, "alice").await;
+    // A backlog far larger than the stream's buffer and HTTP/2 window.
+    for _ in 0..200 {
+        bob.deposit(&bob_s.master_key, &deposit_for(&["alice"], &[7; 16 * 1024]))
+            .await
+            .unwrap();
+    }
+    let unread = alice.watch_pending().await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // The stalled response holds its connection open until the drain
+    // deadline, when the server cuts it.
+    let limit = vmail_auth::server::DRAIN_TIMEOUT + std::time::Duration::from_secs(5);
+    tokio::time::timeout(limit, auth.stop())
+        .await
+        .expect("stopping must not wait for ever on a client that stopped reading");
+    // Every connection was cut, so the database is free for a new server.
+    auth.try_start().await.unwrap();
+    drop(unread);
 }
