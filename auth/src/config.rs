@@ -9,10 +9,12 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_SESSION_TTL_SECS: u64 = 12 * 3600;
 /// Default lifetime of a voicemail whose sender asked for none: 30 days.
 pub const DEFAULT_VOICEMAIL_TTL_SECS: u64 = 30 * 86_400;
-/// Longest lifetime a sender may ask for: 365 days.
-pub const MAX_VOICEMAIL_TTL_SECS: u64 = 365 * 86_400;
-/// Default limit of voicemails waiting for one user. With 16 KiB locators a
-/// full inbox lists in 16 MiB, inside the client's 64 MiB message limit.
+/// Default for the longest lifetime a sender may ask for: 365 days.
+pub const DEFAULT_MAX_VOICEMAIL_TTL_SECS: u64 = 365 * 86_400;
+/// Default limit of voicemails waiting for one user. Each listed voicemail
+/// is at most about 21 KiB (16 KiB locator, 64 recipients, certificate,
+/// wrapped key), so even the largest allowed cap, 3000, lists in about
+/// 61 MiB, inside the client's 64 MiB message limit.
 pub const DEFAULT_MAX_PENDING_PER_USER: u64 = 1000;
 /// How long the server keeps an unfinished login's state: 60 seconds.
 pub const DEFAULT_LOGIN_TIMEOUT_SECS: u64 = 60;
@@ -60,7 +62,7 @@ impl Default for ServerConfig {
             session_ttl_secs: DEFAULT_SESSION_TTL_SECS,
             certificate_ttl_secs: DEFAULT_SESSION_TTL_SECS,
             default_voicemail_ttl_secs: DEFAULT_VOICEMAIL_TTL_SECS,
-            max_voicemail_ttl_secs: MAX_VOICEMAIL_TTL_SECS,
+            max_voicemail_ttl_secs: DEFAULT_MAX_VOICEMAIL_TTL_SECS,
             max_pending_per_user: DEFAULT_MAX_PENDING_PER_USER,
             login_timeout_secs: DEFAULT_LOGIN_TIMEOUT_SECS,
             max_failed_logins: DEFAULT_MAX_FAILED_LOGINS,
@@ -176,11 +178,15 @@ mod tests {
         assert!(bad(|c| c.listen = "localhost:7443".into()).starts_with("listen"));
         assert!(bad(|c| c.certificate_ttl_secs = 60).starts_with("certificate_ttl_secs"));
         assert!(
-            bad(|c| c.default_voicemail_ttl_secs = MAX_VOICEMAIL_TTL_SECS + 1)
+            bad(|c| c.default_voicemail_ttl_secs = DEFAULT_MAX_VOICEMAIL_TTL_SECS + 1)
                 .starts_with("default_voicemail_ttl_secs")
         );
         assert!(bad(|c| c.max_failed_logins = 0).starts_with("max_failed_logins"));
         assert!(bad(|c| c.session_ttl_secs = u64::MAX).starts_with("session_ttl_secs"));
         assert!(bad(|c| c.registration.mode = RegistrationMode::Invite).contains("invite_codes"));
+        assert!(bad(|c| c.max_pending_per_user = 0).starts_with("max_pending_per_user"));
+        assert!(bad(|c| c.max_pending_per_user = 3001).starts_with("max_pending_per_user"));
+        assert!(bad(|c| c.login_timeout_secs = 1).starts_with("login_timeout_secs"));
+        assert!(bad(|c| c.lockout_window_secs = 0).starts_with("lockout_window_secs"));
     }
 }

@@ -89,6 +89,9 @@ pub enum DataDirError {
         /// Which key is wrong and why.
         why: String,
     },
+    /// An `init` option is unusable.
+    #[error("{0}; pass --listen as IP:PORT, e.g. 127.0.0.1:7443")]
+    BadOption(String),
     /// Reading or writing a file failed.
     #[error("{path}: {source}")]
     Io {
@@ -186,21 +189,24 @@ impl ServerKeys {
 
     /// The public values the database checks these keys against.
     pub fn binding(&self) -> KeyBinding {
-        KeyBinding {
-            opaque_public_key: opaque_public_key(&self.opaque_setup),
-            cluster_public_key: self.cluster_key.verifying_key().to_bytes(),
-        }
+        KeyBinding::of(&self.opaque_setup, &self.cluster_key)
     }
 }
 
-fn opaque_public_key(setup: &ServerSetup<Suite>) -> [u8; 32] {
-    setup
-        .keypair()
-        .public()
-        .serialize()
-        .to_vec()
-        .try_into()
-        .expect("a ristretto255 public key is 32 bytes")
+impl KeyBinding {
+    /// The binding of an OPAQUE setup and a cluster key.
+    pub fn of(opaque_setup: &ServerSetup<Suite>, cluster_key: &SigningKey) -> Self {
+        Self {
+            opaque_public_key: opaque_setup
+                .keypair()
+                .public()
+                .serialize()
+                .to_vec()
+                .try_into()
+                .expect("a ristretto255 public key is 32 bytes"),
+            cluster_public_key: cluster_key.verifying_key().to_bytes(),
+        }
+    }
 }
 
 /// Mode of files only the server may read.
@@ -235,10 +241,7 @@ pub fn init(opts: &InitOptions) -> Result<InitReport, DataDirError> {
         listen: opts.listen.clone(),
         ..ServerConfig::default()
     };
-    config.validate().map_err(|why| DataDirError::BadConfig {
-        path: dir.join(files::CONFIG),
-        why,
-    })?;
+    config.validate().map_err(DataDirError::BadOption)?;
     if dir.exists() {
         let mut entries = fs::read_dir(dir).map_err(io_err(dir))?;
         if entries.next().is_some() {
@@ -348,10 +351,7 @@ pub fn init(opts: &InitOptions) -> Result<InitReport, DataDirError> {
     );
     write_new(&dir.join(files::CLIENT_CONFIG), client.as_bytes(), PUBLIC)?;
 
-    let binding = KeyBinding {
-        opaque_public_key: opaque_public_key(&opaque_setup),
-        cluster_public_key: cluster_key.verifying_key().to_bytes(),
-    };
+    let binding = KeyBinding::of(&opaque_setup, &cluster_key);
     Store::create(&dir.join(files::DATABASE), &opts.name, &data_key, &binding)?;
 
     Ok(InitReport {
@@ -476,6 +476,30 @@ mod tests {
         let before = fs::read(dir.join(files::CLUSTER_KEY)).unwrap();
         assert!(matches!(init(&opts(&dir)), Err(DataDirError::NotEmpty(_))));
         assert_eq!(fs::read(dir.join(files::CLUSTER_KEY)).unwrap(), before);
+    }
+
+    #[test]
+    fn bad_options_and_configs_are_refused_naming_the_key() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("srv");
+        let err = init(&InitOptions {
+            listen: "localhost:7443".into(),
+            ..opts(&dir)
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("pass --listen as IP:PORT"), "{err}");
+        assert!(!dir.exists(), "a refused init creates nothing");
+        init(&opts(&dir)).unwrap();
+        let path = dir.join(files::CONFIG);
+        let text = fs::read_to_string(&path).unwrap();
+        fs::write(
+            &path,
+            text.replace("session_ttl_secs = 43200", "session_ttl_secs = 1"),
+        )
+        .unwrap();
+        let err = load_config(&dir).unwrap_err().to_string();
+        assert!(err.contains("session_ttl_secs = 1 is outside"), "{err}");
     }
 
     #[test]

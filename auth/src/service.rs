@@ -455,7 +455,7 @@ impl AuthService {
         let resp = ServerRegistration::<Suite>::start(
             &self.keys.opaque_setup,
             request,
-            &credential_id(name.as_str(), &nonce),
+            &credential_id(&name, &nonce),
         )
         .map_err(|e| invalid("registration_request", e.to_string()))?;
         Ok((resp.message.serialize().to_vec(), nonce))
@@ -586,7 +586,7 @@ impl AuthService {
             &self.keys.opaque_setup,
             Some(password_file),
             request,
-            &credential_id(name.as_str(), &user.credential_nonce),
+            &credential_id(&name, &user.credential_nonce),
             ServerLoginStartParameters::default(),
         ) {
             Ok(start) => start,

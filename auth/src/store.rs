@@ -31,6 +31,8 @@ use vmail_proto::meta::VoicemailMeta;
 use vmail_proto::names::Recipients;
 use vmail_proto::pb;
 
+use crate::datadir::files;
+
 /// The schema this build reads and writes.
 pub const SCHEMA_VERSION: u64 = 1;
 
@@ -413,13 +415,13 @@ impl Store {
             .open(&stored(DATA_KEY_CHECK)?, DATA_KEY_CHECK.as_bytes())
             .is_err()
         {
-            return Err(mismatch("data.key"));
+            return Err(mismatch(files::DATA_KEY));
         }
         if stored(OPAQUE_PUBLIC_KEY)? != binding.opaque_public_key {
-            return Err(mismatch("opaque-setup.bin"));
+            return Err(mismatch(files::OPAQUE_SETUP));
         }
         if stored(CLUSTER_PUBLIC_KEY)? != binding.cluster_public_key {
-            return Err(mismatch("cluster.key"));
+            return Err(mismatch(files::CLUSTER_KEY));
         }
         drop(meta);
         drop(tx);

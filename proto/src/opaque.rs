@@ -5,6 +5,8 @@
 //! v1.3 with m = 19 MiB, t = 2, p = 1: the OWASP minimum. Only the client runs
 //! it, so the server never sees the password nor pays for the stretching.
 
+use crate::names::Username;
+
 /// The vmail OPAQUE cipher suite.
 #[derive(Debug, Clone, Copy)]
 pub struct Suite;
@@ -25,10 +27,11 @@ pub const CREDENTIAL_NONCE_LEN: usize = 16;
 /// key the server evaluates for this password file. Binding a nonce the
 /// server picks at registration means nobody can query, before a user
 /// registers, the OPRF key their password file will use.
-pub fn credential_id(username: &str, nonce: &[u8; CREDENTIAL_NONCE_LEN]) -> Vec<u8> {
+pub fn credential_id(username: &Username, nonce: &[u8; CREDENTIAL_NONCE_LEN]) -> Vec<u8> {
+    let name = username.as_str().as_bytes();
     let mut id = CREDENTIAL_ID_LABEL.to_vec();
-    id.push(username.len() as u8);
-    id.extend_from_slice(username.as_bytes());
+    id.push(name.len() as u8);
+    id.extend_from_slice(name);
     id.extend_from_slice(nonce);
     id
 }
@@ -44,6 +47,15 @@ pub const ARGON2_P_COST: u32 = 1;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credential_id_layout() {
+        let id = credential_id(&Username::parse("bob").unwrap(), &[0xab; 16]);
+        let mut expected = b"vmail/v1/credential/".to_vec();
+        expected.extend_from_slice(&[3, b'b', b'o', b'b']);
+        expected.extend_from_slice(&[0xab; 16]);
+        assert_eq!(id, expected);
+    }
 
     #[test]
     fn ksf_is_owasp_argon2id() {

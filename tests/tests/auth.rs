@@ -736,6 +736,111 @@ async fn register_start_reveals_nothing_about_a_future_oprf_key() {
     assert_eq!(a.credential_nonce.len(), 16);
     assert_ne!(a.credential_nonce, b.credential_nonce);
     assert_ne!(a.registration_response, b.registration_response);
+    // The real registration gets a nonce of its own.
+    auth.client()
+        .await
+        .register("future-user", &password("future-user"), &identity(), None)
+        .await
+        .unwrap();
+    let stored = auth
+        .service()
+        .store()
+        .user("future-user")
+        .unwrap()
+        .unwrap()
+        .credential_nonce;
+    assert!(stored.as_slice() != a.credential_nonce && stored.as_slice() != b.credential_nonce);
+}
+
+/// Runs RegisterStart for `user` on a raw client, returning what RegisterFinish needs.
+async fn raw_register_start(
+    raw: &mut pb::auth_client::AuthClient<tonic::transport::Channel>,
+    user: &str,
+    invite: &str,
+) -> (pb::RegisterFinishRequest, ed25519_dalek::SigningKey) {
+    use ed25519_dalek::Signer;
+    use opaque_ke::{ClientRegistration, ClientRegistrationFinishParameters, RegistrationResponse};
+    use vmail_proto::opaque::Suite;
+    let pw = password(user);
+    let start = ClientRegistration::<Suite>::start(&mut rand::rngs::OsRng, &pw).unwrap();
+    let resp = raw
+        .register_start(pb::RegisterStartRequest {
+            username: user.into(),
+            registration_request: start.message.serialize().to_vec(),
+            invite_code: invite.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let response = RegistrationResponse::<Suite>::deserialize(&resp.registration_response).unwrap();
+    let upload = start
+        .state
+        .finish(
+            &mut rand::rngs::OsRng,
+            &pw,
+            response,
+            ClientRegistrationFinishParameters::default(),
+        )
+        .unwrap()
+        .message
+        .serialize()
+        .to_vec();
+    let id = identity();
+    let context: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(&upload).into();
+    let proof = id.sign(&vmail_proto::cert::identity_proof_bytes(
+        vmail_proto::cert::ProofPurpose::Register,
+        &vmail_proto::names::Username::parse(user).unwrap(),
+        &context,
+        &id.verifying_key(),
+        &[],
+    ));
+    let finish = pb::RegisterFinishRequest {
+        username: user.into(),
+        registration_upload: upload,
+        identity_key: id.verifying_key().as_bytes().to_vec(),
+        identity_proof: proof.to_bytes().to_vec(),
+        invite_code: invite.into(),
+        credential_nonce: resp.credential_nonce,
+    };
+    (finish, id)
+}
+
+#[tokio::test]
+async fn register_finish_checks_the_nonce_and_spends_an_invite_once() {
+    let auth = TestAuth::start_with(
+        |c| {
+            c.registration.mode = RegistrationMode::Invite;
+            c.registration.invite_codes = vec!["one-seat".into()];
+        },
+        Arc::new(vmail_auth::service::SystemClock),
+    )
+    .await;
+    let mut raw = pb::auth_client::AuthClient::new(auth.channel().await);
+    // Two registrations race for one invite: both pass RegisterStart.
+    let (bob, bob_id) = raw_register_start(&mut raw, "bob", "one-seat").await;
+    let (carol, _) = raw_register_start(&mut raw, "carol", "one-seat").await;
+
+    let mut short = bob.clone();
+    short.credential_nonce.truncate(3);
+    let s = raw.register_finish(short).await.unwrap_err();
+    assert_eq!(
+        (s.code(), s.message()),
+        (
+            Code::InvalidArgument,
+            "credential_nonce: 3 bytes, expected 16"
+        )
+    );
+
+    raw.register_finish(bob).await.unwrap();
+    let s = raw.register_finish(carol).await.unwrap_err();
+    assert_eq!(s.code(), Code::PermissionDenied);
+    assert!(s.message().contains("already used"), "{}", s.message());
+    assert_eq!(auth.service().store().counts().unwrap().users, 1);
+    auth.client()
+        .await
+        .login("bob", &password("bob"), &bob_id, &[])
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
