@@ -109,6 +109,7 @@ async fn main() -> anyhow::Result<()> {
                 "cluster public key (clients verify certificates with it): {}",
                 report.cluster_public_key
             );
+            println!("clients connect to: {}", report.endpoint);
             println!(
                 "client config: {} (copy to $VMAIL_HOME/config.toml)",
                 report.client_config.display()

@@ -138,6 +138,19 @@ impl std::fmt::Debug for LoginSession {
     }
 }
 
+/// The server's view of a session.
+#[derive(Debug, Clone)]
+pub struct WhoAmI {
+    /// The session's user.
+    pub username: Username,
+    /// The id of the session's master key.
+    pub master_key_id: MasterKeyId,
+    /// Session expiry, Unix seconds.
+    pub expires_at: u64,
+    /// The user's current certificate, verified against the cluster key.
+    pub certificate: UserCertificate,
+}
+
 /// A deposit to make.
 #[derive(Debug, Clone)]
 pub struct NewDeposit {
@@ -423,10 +436,22 @@ impl AuthClient {
         self.check_cert(resp.certificate, &name)
     }
 
-    /// The server's view of this client's session.
-    pub async fn whoami(&mut self) -> Result<pb::WhoAmIResponse, ClientError> {
+    /// The server's view of this client's session, with the user's current
+    /// certificate verified.
+    pub async fn whoami(&mut self) -> Result<WhoAmI, ClientError> {
         let req = self.authed(pb::WhoAmIRequest {})?;
-        Ok(self.rpc.who_am_i(req).await?.into_inner())
+        let me = self.rpc.who_am_i(req).await?.into_inner();
+        let username = Username::parse(&me.username)?;
+        Ok(WhoAmI {
+            certificate: self.check_cert(me.certificate, &username)?,
+            master_key_id: me
+                .master_key_id
+                .as_slice()
+                .try_into()
+                .map_err(|_| protocol("master key id is not 16 bytes"))?,
+            expires_at: me.expires_at,
+            username,
+        })
     }
 
     /// Deposits a session key and locator for the recipients (paper §3.3 step 2).

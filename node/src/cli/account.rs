@@ -93,11 +93,11 @@ pub(super) async fn whoami(ctx: &Context) -> anyhow::Result<()> {
         }
         Err(e) => return Err(e.into()),
     };
-    let cert = client.certificate(&me.username).await?;
+    let cert = &me.certificate;
     println!("user           {}", me.username);
     println!("auth server    {}", client.endpoint());
     println!("session until  {}", when(me.expires_at));
-    println!("master key id  {}", hex::encode(&me.master_key_id));
+    println!("master key id  {}", hex::encode(me.master_key_id));
     println!(
         "identity key   {}",
         hex::encode(cert.identity_key.as_bytes())
