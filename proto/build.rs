@@ -5,7 +5,10 @@
 use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/vmail/auth/v1/auth.proto"];
+    let files = [
+        "proto/vmail/auth/v1/auth.proto",
+        "proto/vmail/node/v1/control.proto",
+    ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

@@ -58,6 +58,13 @@ pub fn open(dir: &Path, clock: Arc<dyn Clock>) -> Result<AuthService, DataDirErr
     Ok(AuthService::new(store, keys, config, clock))
 }
 
+/// Makes ring the process's TLS crypto provider. The peer's QUIC transport
+/// also links aws-lc-rs, and with two providers built in rustls will not
+/// pick one by itself. Idempotent; every TLS user calls it first.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// Serves `svc` on `listener` until `shutdown` completes, then drains
 /// in-flight calls and returns.
 pub async fn serve(
@@ -65,6 +72,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
+    install_crypto_provider();
     let identity = Identity::from_pem(&svc.keys().server_cert_pem, &svc.keys().server_key_pem);
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<AuthServer<GrpcAuth>>().await;

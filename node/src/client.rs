@@ -216,6 +216,7 @@ impl std::fmt::Debug for AuthClient {
 impl AuthClient {
     /// Connects to the first reachable endpoint of `target`.
     pub async fn connect(target: &AuthTarget) -> Result<Self, ClientError> {
+        vmail_auth::server::install_crypto_provider();
         let mut last = String::from("no endpoint configured");
         for url in &target.endpoints {
             let ep = Endpoint::from_shared(url.clone())

@@ -93,21 +93,7 @@ impl Keystore {
             .create(&self.dir)
             .map_err(io(&self.dir))?;
         fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o700)).map_err(io(&self.dir))?;
-        let tmp = path.with_extension("tmp");
-        let _ = fs::remove_file(&tmp);
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io(&tmp))?;
-        f.write_all(contents).map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
-        fs::rename(&tmp, path).map_err(io(path))?;
-        // Make the rename itself durable. The new file is in place either
-        // way, so a failure here is not reported as a failed write.
-        let _ = fs::File::open(&self.dir).and_then(|d| d.sync_all());
-        Ok(())
+        write_private(path, contents).map_err(io(path))
     }
 
     fn read_secret(&self, path: &Path) -> Result<Option<Vec<u8>>, KeystoreError> {
@@ -214,6 +200,27 @@ impl Keystore {
             Err(e) => Err(io(&path)(e)),
         }
     }
+}
+
+/// Writes a file only its owner can read (mode 0600), durably: a temporary
+/// file is written and fsynced, then renamed into place.
+pub fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let _ = fs::remove_file(&tmp);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(contents)?;
+    f.sync_all()?;
+    fs::rename(&tmp, path)?;
+    // Make the rename itself durable. The new file is in place either way,
+    // so a failure here is not reported as a failed write.
+    if let Some(dir) = path.parent() {
+        let _ = fs::File::open(dir).and_then(|d| d.sync_all());
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -2,10 +2,32 @@
 //!
 //! - [`client`]: the auth servers' client: OPAQUE, master key, deposits, delivery;
 //! - [`keystore`]: the user's identity key and current login, on disk;
-//! - [`settings`]: the vmail home and where the auth servers are.
+//! - [`settings`]: the vmail home and where the auth servers are;
+//! - [`crypto`]: segmented AES-256-GCM (STREAM) for voicemail bodies;
+//! - [`locator`]: where a voicemail's copies are, as deposited;
+//! - [`placement`]: which peers hold copies and under which identifiers (pure);
+//! - [`storage`]: the holder's object store;
+//! - [`network`]: the libp2p swarm task and its handle;
+//! - [`transfer`]: the blob protocol between peers;
+//! - [`peer`]: a running peer and the leave and fetch jobs;
+//! - [`control`]: the local control API (gRPC on a Unix socket) and its client;
+//! - [`config`]: the peer's configuration;
+//! - [`wav`]: WAV inspection and generation;
+//! - [`localnet`]: an auth server and N peers in one process (demo, testnet, tests).
 //!
 //! The `vmail` binary (`src/main.rs`, `src/cli/`) is a thin layer over these.
 
 pub mod client;
+pub mod config;
+pub mod control;
+pub mod crypto;
 pub mod keystore;
+pub mod localnet;
+pub mod locator;
+pub mod network;
+pub mod peer;
+pub mod placement;
 pub mod settings;
+pub mod storage;
+pub mod transfer;
+pub mod wav;

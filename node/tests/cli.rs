@@ -1,5 +1,5 @@
 //! The `vmail` binary end to end: account commands against a real auth
-//! server on 127.0.0.1:0, their errors, and `vmail demo`.
+//! server on 127.0.0.1:0, their errors, and `vmail demo` (the whole system).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -247,6 +247,13 @@ async fn demo_runs_the_protocol_and_exits_zero() {
         .unwrap();
     assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
     let out = stdout(&o);
-    assert!(out.contains("the same key bob derived"), "{out}");
+    assert_eq!(
+        out.matches("SHA-256 matches the original").count(),
+        2,
+        "{out}"
+    );
+    assert!(out.contains("is killed without warning"), "{out}");
+    assert!(out.contains("3 copies x one ciphertext"), "{out}");
+    assert!(out.contains("erased the session key"), "{out}");
     assert!(out.contains("demo finished"), "{out}");
 }

@@ -1,6 +1,7 @@
 //! vmail wire formats and the protocol primitives that clients and servers share.
 //!
 //! - [`pb`]: the generated protobuf and tonic code for `vmail.auth.v1`;
+//! - [`control_pb`]: the same for `vmail.node.v1`, the peer's local control API;
 //! - [`names`]: username and recipient-list rules and their canonical encoding;
 //! - [`keys`]: the key schedule (master key, session key) and key wrapping;
 //! - [`meta`]: voicemail metadata;
@@ -21,6 +22,12 @@ pub mod opaque;
 #[allow(unreachable_pub, missing_debug_implementations, clippy::all)]
 pub mod pb {
     tonic::include_proto!("vmail.auth.v1");
+}
+
+/// Generated code for `vmail.node.v1`, the peer daemon's local control API.
+#[allow(unreachable_pub, missing_debug_implementations, clippy::all)]
+pub mod control_pb {
+    tonic::include_proto!("vmail.node.v1");
 }
 
 /// The encoded `FileDescriptorSet` of every vmail .proto file, for gRPC reflection.

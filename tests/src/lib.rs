@@ -1,13 +1,16 @@
 //! Test harness: real auth servers on `127.0.0.1:0`, each in its own
-//! temporary data directory, and helpers to register and log users in.
+//! temporary data directory, real peers on loopback ([`TestNet`]), and
+//! helpers to register and log users in.
 //!
 //! Nothing here is a mock: [`TestAuth`] runs `vmail-auth`'s own serve loop
-//! over TLS, and clients are `vmail-node`'s real [`AuthClient`].
+//! over TLS, clients are `vmail-node`'s real [`AuthClient`], and peers are
+//! real libp2p swarms.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use ed25519_dalek::SigningKey;
+use libp2p::PeerId;
 use tempfile::TempDir;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use vmail_auth::config::ServerConfig;
@@ -15,6 +18,9 @@ use vmail_auth::datadir::{self, InitOptions, files};
 use vmail_auth::server::LocalServer;
 use vmail_auth::service::{AuthService, Clock, SystemClock};
 use vmail_node::client::{AuthClient, AuthTarget, LoginSession};
+use vmail_node::config::NodeConfig;
+use vmail_node::localnet;
+use vmail_node::peer::{LeaveRequest, Peer, Session};
 
 /// One auth server in a temporary data directory.
 #[derive(Debug)]
@@ -144,4 +150,126 @@ pub async fn register_and_login(
 /// Reads the database file into memory, to prove it was not changed.
 pub fn file_bytes(path: &Path) -> Vec<u8> {
     std::fs::read(path).expect("read file")
+}
+
+/// An auth server and N real peers on loopback that know each other.
+#[derive(Debug)]
+pub struct TestNet {
+    /// The auth server.
+    pub auth: TestAuth,
+    /// The running peers, in start order; killed peers are removed.
+    pub peers: Vec<Peer>,
+    dir: TempDir,
+}
+
+impl TestNet {
+    /// Starts an auth server and `n` peers with the default peer config.
+    pub async fn start(n: usize) -> Self {
+        Self::start_with(n, |_| {}).await
+    }
+
+    /// Starts an auth server and `n` peers, letting `tune` change each
+    /// peer's config.
+    pub async fn start_with(n: usize, tune: impl Fn(&mut NodeConfig)) -> Self {
+        let auth = TestAuth::start().await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let peers = localnet::start_peers(dir.path(), n, Vec::new(), tune)
+            .await
+            .expect("peers join");
+        Self { auth, peers, dir }
+    }
+
+    /// The directory under which peer `i` (1-based) keeps its data.
+    pub fn peer_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("peer-{i}"))
+    }
+
+    /// Every peer data dir, including those of killed peers.
+    pub fn all_peer_dirs(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(self.dir.path())
+            .expect("read dir")
+            .map(|e| e.expect("entry").path())
+            .collect()
+    }
+
+    /// The running peer with this id.
+    pub fn peer(&self, id: PeerId) -> &Peer {
+        self.peers
+            .iter()
+            .find(|p| p.peer_id() == id)
+            .expect("a running peer")
+    }
+
+    /// Registers `user` and logs them in on peer `index` (0-based).
+    pub async fn login(&self, index: usize, user: &str) -> SigningKey {
+        let id = identity();
+        let mut c = self.auth.client().await;
+        c.register(user, &password(user), &id, None)
+            .await
+            .expect("register");
+        self.relogin(index, user, &id).await;
+        id
+    }
+
+    /// Logs `user` in again on peer `index` with `identity` (a new key
+    /// rotates it).
+    pub async fn relogin(&self, index: usize, user: &str, identity: &SigningKey) {
+        let peer = &self.peers[index];
+        let mut c = self.auth.client().await;
+        let login = c
+            .login(user, &password(user), identity, &peer.peer_id().to_bytes())
+            .await
+            .expect("login");
+        peer.set_session(Session {
+            login,
+            identity: identity.clone(),
+            target: self.auth.target(),
+        });
+    }
+
+    /// Ciphertext bytes held across all running peers.
+    pub fn stored_bytes(&self) -> u64 {
+        self.peers
+            .iter()
+            .filter_map(|p| p.store())
+            .map(|s| s.usage().1)
+            .sum()
+    }
+
+    /// Stops a peer abruptly (no hand-off), as a crash would.
+    pub async fn kill(&mut self, id: PeerId) {
+        let i = self
+            .peers
+            .iter()
+            .position(|p| p.peer_id() == id)
+            .expect("a running peer");
+        self.peers.remove(i).stop().await;
+    }
+
+    /// Stops every peer and the auth server.
+    pub async fn stop(mut self) {
+        for p in self.peers.drain(..) {
+            p.stop().await;
+        }
+        self.auth.stop().await;
+    }
+}
+
+/// A leave request for `content` to `to`.
+pub fn leave_request(to: &[&str], content: Vec<u8>, replicas: u32) -> LeaveRequest {
+    LeaveRequest {
+        recipients: to.iter().map(|s| (*s).to_owned()).collect(),
+        content,
+        content_type: "application/octet-stream".into(),
+        duration_ms: 0,
+        replicas,
+    }
+}
+
+/// `n` random bytes.
+pub fn random_content(n: usize) -> Vec<u8> {
+    use rand::RngCore;
+    let mut v = vec![0u8; n];
+    rand::thread_rng().fill_bytes(&mut v);
+    v
 }

@@ -41,15 +41,28 @@ pub(super) async fn login(ctx: &Context, user: &str, rotate: bool) -> anyhow::Re
         _ => SigningKey::from_bytes(&vmail_proto::random_bytes()),
     };
     let password = ctx.password(&format!("Password for {name}: "), Ask::Once)?;
+    // A running peer daemon gets its PeerId bound into the certificate.
+    let socket = ctx.data_dir(None).join(vmail_node::control::SOCKET_FILE);
+    let mut daemon = vmail_node::control::ControlClient::connect(&socket)
+        .await
+        .ok();
+    let peer_id = match &mut daemon {
+        Some(d) => d.status().await?.peer_id,
+        None => Vec::new(),
+    };
     let mut client = ctx.connect().await?;
     let session = client
-        .login(name.as_str(), password.as_bytes(), &identity, &[])
+        .login(name.as_str(), password.as_bytes(), &identity, &peer_id)
         .await?;
     if ctx.keystore.identity()?.map(|k| k.to_bytes()) != Some(identity.to_bytes()) {
         ctx.keystore.save_identity(&identity)?;
     }
     ctx.keystore.save_session(&session)?;
     println!("logged in as {name} at {}", client.endpoint());
+    if let Some(d) = &mut daemon {
+        d.set_session(&ctx.peer_session()?).await?;
+        println!("session handed to the peer daemon; the certificate binds its peer id");
+    }
     println!("session valid until {}", when(session.expires_at));
     println!("master key id {}", hex::encode(session.master_key_id));
     println!(

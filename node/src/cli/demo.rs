@@ -1,179 +1,201 @@
-//! `vmail demo`: runs the system on loopback and narrates the paper's
-//! protocol step by step. Everything is real: an embedded auth server over
-//! TLS, OPAQUE with argon2id, the key schedule and the wraps.
+//! `vmail demo`: the whole system in one process on loopback, narrated as
+//! a timeline. Everything is real: an auth server over TLS, OPAQUE with
+//! argon2id, eight libp2p peers with Kademlia, encrypted copies on untrusted
+//! holders, and a holder killed before the last fetch.
 
-use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
 use ed25519_dalek::SigningKey;
-use vmail_auth::datadir::{self, InitOptions};
-use vmail_auth::server::LocalServer;
-use vmail_auth::service::SystemClock;
-use vmail_node::client::{AuthClient, AuthTarget, NewDeposit, VoicemailMeta};
-use vmail_proto::names::Recipients;
-use vmail_proto::{random_bytes, unix_now};
+use sha2::{Digest, Sha256};
+use vmail_node::client::{AuthClient, AuthTarget};
+use vmail_node::localnet;
+use vmail_node::locator::Locator;
+use vmail_node::peer::{LeaveRequest, Peer, Session, no_progress};
+use vmail_node::wav;
+use vmail_proto::random_bytes;
 
-fn step(n: &str, text: &str) {
-    println!("\n[{n}] {text}");
+/// Peers in the demo overlay.
+const PEERS: usize = 8;
+/// Length of the generated voicemail.
+const SECONDS: u32 = 30;
+
+struct Timeline(Instant);
+
+impl Timeline {
+    fn step(&self, text: &str) {
+        let t = self.0.elapsed();
+        println!("\n[{:>6.2} s] {text}", t.as_secs_f64());
+    }
+}
+
+fn short(b: &[u8]) -> String {
+    hex::encode(&b[..8.min(b.len())])
 }
 
 pub(super) async fn run() -> anyhow::Result<()> {
+    let tl = Timeline(Instant::now());
     let tmp = tempfile::tempdir().context("creating a temporary data dir")?;
-    let dir = tmp.path().join("auth-1");
-    step(
-        "setup",
-        "initialising an auth server: cluster CA, TLS certificate, cluster signing key, OPAQUE setup, data key",
-    );
-    let report = datadir::init(&InitOptions::loopback(&dir))?;
-    let server = LocalServer::start(&dir, Arc::new(SystemClock)).await?;
-    println!(
-        "  auth server on {} (TLS, CA {})",
-        server.endpoint,
-        report.ca_cert.display()
-    );
-    println!("  cluster public key {}", report.cluster_public_key);
-    let target = AuthTarget::from(&server);
-
-    let result = narrate(&target).await;
-    server.stop().await?;
+    tl.step("auth server: cluster CA, TLS certificate, cluster signing key, OPAQUE setup");
+    let auth = localnet::start_auth(&tmp.path().join("auth")).await?;
+    println!("  {} (TLS)", auth.endpoint);
+    tl.step(&format!(
+        "{PEERS} peers join a Kademlia overlay (/vmail/kad/1.0.0) on loopback"
+    ));
+    let peers = localnet::start_peers(&tmp.path().join("peers"), PEERS, Vec::new(), |_| {}).await?;
+    for p in &peers {
+        println!("  {}", p.peer_id());
+    }
+    let target = AuthTarget::from(&auth);
+    let result = narrate(&tl, &target, peers).await;
+    auth.stop().await?;
     result?;
-    println!(
-        "\ndemo finished: the session key reached alice intact and is now erased from the server"
-    );
+    tl.step("demo finished: every check passed");
     Ok(())
 }
 
-async fn narrate(target: &AuthTarget) -> anyhow::Result<()> {
-    let alice_id = SigningKey::from_bytes(&random_bytes());
-    let bob_id = SigningKey::from_bytes(&random_bytes());
-    let (alice_pw, bob_pw) = (b"alice: correct horse battery", b"bob: staple tuna origami");
+async fn login(target: &AuthTarget, peer: &Peer, user: &str) -> anyhow::Result<()> {
+    let identity = SigningKey::from_bytes(&random_bytes());
+    let password = format!("{user}: correct horse battery staple");
+    let mut client = AuthClient::connect(target).await?;
+    client
+        .register(user, password.as_bytes(), &identity, None)
+        .await?;
+    let login = client
+        .login(
+            user,
+            password.as_bytes(),
+            &identity,
+            &peer.peer_id().to_bytes(),
+        )
+        .await?;
+    peer.set_session(Session {
+        login,
+        identity,
+        target: target.clone(),
+    });
+    Ok(())
+}
 
-    step(
-        "register",
-        "alice and bob register with OPAQUE (argon2id m=19 MiB, t=2, p=1 on the client); the server never sees a password",
-    );
-    let mut bob = AuthClient::connect(target).await?;
-    bob.register("alice", alice_pw, &alice_id, None).await?;
-    bob.register("bob", bob_pw, &bob_id, None).await?;
-    println!("  registered alice and bob, with their ed25519 identity keys");
+async fn narrate(tl: &Timeline, target: &AuthTarget, mut peers: Vec<Peer>) -> anyhow::Result<()> {
+    tl.step("alice, bob and carol register (OPAQUE: the server never sees a password) and log in on peers 1-3");
+    for (i, user) in ["bob", "alice", "carol"].iter().enumerate() {
+        login(target, &peers[i], user).await?;
+        println!(
+            "  {user} on peer {}: master key negotiated, certificate binds the peer id",
+            i + 1
+        );
+    }
 
-    step(
-        "0",
-        "bob logs in; he and the server negotiate a shared master key (HKDF over the OPAQUE session key); it never crosses the wire",
-    );
-    let bob_session = bob.login("bob", bob_pw, &bob_id, &[]).await?;
+    let audio = wav::generate(SECONDS, 16_000, 7);
+    let original = Sha256::digest(&audio);
+    tl.step(&format!(
+        "bob leaves a {SECONDS}-second WAV ({} bytes, SHA-256 {}) for alice and carol",
+        audio.len(),
+        short(&original)
+    ));
+    let receipt = peers[0]
+        .leave(
+            LeaveRequest {
+                recipients: vec!["alice".into(), "carol".into()],
+                content: audio.clone(),
+                content_type: "audio/wav".into(),
+                duration_ms: u64::from(SECONDS) * 1000,
+                replicas: 3,
+            },
+            no_progress(),
+        )
+        .await?;
     println!(
-        "  master key id {}; certificate serial {} signed by the cluster key",
-        hex::encode(bob_session.master_key_id),
-        bob_session.certificate.serial
+        "  session key from HKDF(master key, salt, time, recipients); encrypted once: {} bytes of AES-256-GCM segments",
+        receipt.ciphertext_len
     );
-    let alice_cert = bob.certificate("alice").await?;
+    for c in &receipt.copies {
+        println!(
+            "  copy {} stored at {} (identifier inside its range)",
+            short(&c.id),
+            c.holder
+        );
+    }
     println!(
-        "  bob fetched alice's certificate and verified it offline (identity key {})",
-        &hex::encode(alice_cert.identity_key.as_bytes())[..16]
+        "  deposited key and locator: voicemail {} (crypto {:?}, dht {:?}, transfer {:?}, auth {:?})",
+        hex::encode(receipt.voicemail_id),
+        receipt.timings.crypto,
+        receipt.timings.dht,
+        receipt.timings.transfer,
+        receipt.timings.auth
+    );
+    let stored: u64 = peers
+        .iter()
+        .filter_map(|p| p.store())
+        .map(|s| s.usage().1)
+        .sum();
+    println!(
+        "  bytes on all holders: {stored} = {} copies x one ciphertext, not one per recipient",
+        receipt.copies.len()
     );
 
-    step(
-        "1",
-        "alice is offline; bob derives a session key from his master key, 32 random bytes, the timestamp and the recipient list",
-    );
-    let recipients = Recipients::parse(["alice"])?;
-    let salt: [u8; 32] = random_bytes();
-    let session_key = bob_session
-        .master_key
-        .derive_session_key(&salt, unix_now(), &recipients);
-    println!(
-        "  session key fingerprint {}",
-        fingerprint(session_key.as_bytes())
-    );
-
-    step(
-        "2-3",
-        "bob deposits the session key, wrapped under his master key, with the recipients; the server unwraps it (proving bob holds the master key), seals it at rest and notes alice has voicemail",
-    );
-    let deposit = NewDeposit {
-        request_id: random_bytes(),
-        recipients,
-        // The overlay that stores the ciphertext comes in a later release;
-        // the locator that will name its storage identifiers is empty here.
-        locator: Vec::new(),
-        session_key: session_key.clone(),
-        meta: VoicemailMeta {
-            size: 0,
-            content_type: "audio/wav".into(),
-            duration_ms: 0,
-            expires_at: 0,
-        },
-    };
-    let receipt = bob.deposit(&bob_session.master_key, &deposit).await?;
-    println!("  voicemail id {}", hex::encode(receipt.voicemail_id));
-    let again = bob.deposit(&bob_session.master_key, &deposit).await?;
+    tl.step("alice fetches: key and locator from the auth server, a copy found in the DHT, hash checked, decrypted");
+    let got = peers[1].fetch(receipt.voicemail_id, no_progress()).await?;
     ensure!(
-        again.voicemail_id == receipt.voicemail_id && again.replayed,
-        "a retried deposit made a second voicemail"
+        Sha256::digest(&got.content) == original,
+        "alice's copy differs from the original"
     );
-    println!("  a retry with the same request id returns the same voicemail, not a second one");
-
-    step(
-        "retrieval 1",
-        "alice logs in; she negotiates her own master key, which bob's deposit never knew",
-    );
-    let mut alice = AuthClient::connect(target).await?;
-    let alice_session = alice.login("alice", alice_pw, &alice_id, &[]).await?;
+    peers[1].ack(receipt.voicemail_id).await?;
     println!(
-        "  alice's master key id {}",
-        hex::encode(alice_session.master_key_id)
+        "  from holder {}; SHA-256 matches the original; acked",
+        got.holder
     );
 
-    step(
-        "retrieval 2",
-        "the server re-wraps the session key under alice's master key and hands it over with the locator",
-    );
-    let pending = alice.list_pending(&alice_session.master_key).await?;
+    // Kill the holder of the first copy carol will try (unless it is
+    // carol's own peer: then the next one), so her fetch must route around it.
+    let carol_peer = peers[2].peer_id();
+    let locator = Locator::decode(&got.pending.locator)?;
+    let first = locator
+        .copies
+        .iter()
+        .filter_map(|id| receipt.copies.iter().find(|c| c.id == *id))
+        .find(|c| c.holder != carol_peer)
+        .context("a copy held by a peer other than carol's")?;
+    tl.step(&format!(
+        "holder {} is killed without warning",
+        first.holder
+    ));
+    let index = peers
+        .iter()
+        .position(|p| p.peer_id() == first.holder)
+        .context("the holder is one of the demo peers")?;
+    peers.remove(index).stop().await;
+
+    tl.step("carol fetches after the holder's death");
+    let started = Instant::now();
+    let carol = peers
+        .iter()
+        .find(|p| p.peer_id() == carol_peer)
+        .context("carol's peer")?;
+    let got = carol.fetch(receipt.voicemail_id, no_progress()).await?;
     ensure!(
-        pending.len() == 1,
-        "alice should have exactly one voicemail, found {}",
-        pending.len()
+        Sha256::digest(&got.content) == original,
+        "carol's copy differs from the original"
     );
-    let vm = &pending[0];
+    for f in &got.failures {
+        println!("  skipped: {f}");
+    }
     println!(
-        "  from {} (certificate verified), deposited at {}",
-        vm.sender.username, vm.deposited_at
+        "  from holder {} in {:?}; SHA-256 matches the original",
+        got.holder,
+        started.elapsed()
     );
-    ensure!(
-        vm.session_key == session_key,
-        "alice unwrapped a different session key"
-    );
-    println!(
-        "  alice unwrapped session key fingerprint {}: the same key bob derived",
-        fingerprint(vm.session_key.as_bytes())
-    );
-
-    step(
-        "ack",
-        "alice acknowledges; with no recipient left, the server erases the session key",
-    );
-    let erased = alice.ack(&vm.id).await?;
+    let erased = carol.ack(receipt.voicemail_id).await?;
     ensure!(
         erased,
         "the session key should be erased after the last recipient's ack"
     );
-    ensure!(
-        alice
-            .list_pending(&alice_session.master_key)
-            .await?
-            .is_empty(),
-        "the voicemail is still pending after ack"
-    );
-    println!("  key erased; alice's inbox is empty");
-    alice.logout().await?;
-    bob.logout().await?;
-    println!("  both logged out: tokens and master keys revoked");
+    println!("  acked by the last recipient: the auth server erased the session key");
+    for p in peers {
+        tokio::time::timeout(Duration::from_secs(10), p.stop())
+            .await
+            .ok();
+    }
     Ok(())
-}
-
-/// A short, non-secret fingerprint of a key for display.
-fn fingerprint(key: &[u8]) -> String {
-    use sha2::Digest;
-    hex::encode(&sha2::Sha256::digest(key)[..8])
 }

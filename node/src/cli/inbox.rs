@@ -1,35 +1,43 @@
 //! `vmail inbox`: the voicemails waiting for you, as a table.
 
 use tokio_stream::StreamExt;
-use vmail_node::client::Pending;
+use vmail_node::control::{self, ControlClient, inbox_entry};
+use vmail_proto::control_pb::InboxEntry;
 
 use super::{Context, when};
 
-const HEADER: [&str; 6] = ["ID", "FROM", "RECEIVED", "SIZE", "TYPE", "EXPIRES"];
+const HEADER: [&str; 7] = [
+    "ID", "FROM", "RECEIVED", "SIZE", "DURATION", "TYPE", "EXPIRES",
+];
 
-fn row(p: &Pending) -> [String; 6] {
+fn row(p: &InboxEntry) -> [String; 7] {
     [
-        hex::encode(p.id),
-        p.sender.username.to_string(),
+        hex::encode(&p.voicemail_id),
+        p.sender.clone(),
         when(p.deposited_at),
-        format!("{} B", p.meta.size),
-        if p.meta.content_type.is_empty() {
+        format!("{} B", p.size),
+        if p.duration_ms == 0 {
             "-".to_owned()
         } else {
-            p.meta.content_type.clone()
+            format!("{:.1} s", p.duration_ms as f64 / 1000.0)
         },
-        when(p.meta.expires_at),
+        if p.content_type.is_empty() {
+            "-".to_owned()
+        } else {
+            p.content_type.clone()
+        },
+        when(p.expires_at),
     ]
 }
 
-fn print_table(rows: &[[String; 6]]) {
+fn print_table(rows: &[[String; 7]]) {
     let mut widths = HEADER.map(str::len);
     for r in rows {
         for (w, c) in widths.iter_mut().zip(r) {
             *w = (*w).max(c.len());
         }
     }
-    let line = |cells: [&str; 6]| {
+    let line = |cells: [&str; 7]| {
         let parts: Vec<String> = cells
             .iter()
             .zip(widths)
@@ -39,16 +47,29 @@ fn print_table(rows: &[[String; 6]]) {
     };
     line(HEADER);
     for r in rows {
-        line([&r[0], &r[1], &r[2], &r[3], &r[4], &r[5]].map(String::as_str));
+        line(r.each_ref().map(String::as_str));
     }
 }
 
-pub(super) async fn run(ctx: &Context, watch: bool) -> anyhow::Result<()> {
+/// The pending list, through the peer daemon when one runs, else straight
+/// from the auth servers (listing needs no overlay).
+async fn list(ctx: &Context) -> anyhow::Result<Vec<InboxEntry>> {
+    let socket = ctx.data_dir(None).join(control::SOCKET_FILE);
+    if let Ok(mut daemon) = ControlClient::connect(&socket).await {
+        daemon.set_session(&ctx.peer_session()?).await?;
+        return Ok(daemon.inbox().await?);
+    }
     let (mut client, session) = ctx.logged_in().await?;
+    let pending = client.list_pending(&session.master_key).await?;
+    Ok(pending.iter().map(inbox_entry).collect())
+}
+
+pub(super) async fn run(ctx: &Context, watch: bool) -> anyhow::Result<()> {
     if !watch {
-        let pending = client.list_pending(&session.master_key).await?;
+        let pending = list(ctx).await?;
+        let user = ctx.peer_session()?.login.username;
         if pending.is_empty() {
-            println!("no voicemail waiting for {}", session.username);
+            println!("no voicemail waiting for {user}");
             return Ok(());
         }
         print_table(&pending.iter().map(row).collect::<Vec<_>>());
@@ -58,6 +79,7 @@ pub(super) async fn run(ctx: &Context, watch: bool) -> anyhow::Result<()> {
         );
         return Ok(());
     }
+    let (mut client, session) = ctx.logged_in().await?;
     let mut stream = client.watch_pending().await?;
     // The server may send a voicemail twice around the stream's start.
     let mut seen = std::collections::HashSet::new();
@@ -74,12 +96,12 @@ pub(super) async fn run(ctx: &Context, watch: bool) -> anyhow::Result<()> {
                 None => anyhow::bail!("the auth server closed the stream; run the command again"),
                 Some(Err(status)) => anyhow::bail!("{}", status.message()),
                 Some(Ok(p)) => {
-                    let p = client.open_pending(&session.master_key, p)?;
-                    if !seen.insert(p.id) {
+                    let p = inbox_entry(&client.open_pending(&session.master_key, p)?);
+                    if !seen.insert(p.voicemail_id.clone()) {
                         continue;
                     }
-                    let [id, from, at, size, ty, _] = row(&p);
-                    println!("new voicemail {id} from {from} at {at}, {size}, {ty}");
+                    let [id, from, at, size, duration, ty, _] = row(&p);
+                    println!("new voicemail {id} from {from} at {at}, {size}, {duration}, {ty}");
                 }
             }
         }

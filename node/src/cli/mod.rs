@@ -3,6 +3,9 @@
 mod account;
 mod demo;
 mod inbox;
+mod node;
+mod testnet;
+mod voicemail;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -63,8 +66,85 @@ enum Command {
         #[arg(long)]
         watch: bool,
     },
+    /// Leave a voicemail: encrypt once, store copies on peers, deposit the key.
+    Leave {
+        /// Recipients, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        to: Vec<String>,
+        /// The voicemail (a WAV file, or any file).
+        file: PathBuf,
+        /// Copies to store (default: replicas in node.toml, 3).
+        #[arg(long)]
+        replicas: Option<u32>,
+    },
+    /// Fetch voicemail: find it in the overlay, check, decrypt, save, ack.
+    Fetch {
+        /// The voicemail id, as `vmail inbox` shows it.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<String>,
+        /// Fetch every waiting voicemail.
+        #[arg(long)]
+        all: bool,
+        /// Directory to save into (default: the current one).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Run or inspect the peer daemon.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// A local network (auth server and peers) in the background.
+    #[command(subcommand)]
+    Testnet(TestnetCommand),
     /// Run the whole system locally and narrate the paper's protocol.
     Demo,
+}
+
+#[derive(Debug, Subcommand)]
+enum NodeCommand {
+    /// Run a peer: join the overlay, hold voicemail for others, serve the CLI.
+    Run {
+        /// Data dir (default: HOME/node).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Config file (default: DATA_DIR/node.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Show the running peer's id, addresses, routing table and storage.
+    Status {
+        /// Data dir (default: HOME/node).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TestnetCommand {
+    /// Start an auth server and N peers in the background; print `export` lines.
+    Up {
+        /// Number of peers.
+        #[arg(long, default_value_t = 8)]
+        peers: usize,
+        /// Where the testnet keeps its data, logs and pid.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Stop the testnet running in DIR.
+    Down {
+        /// The testnet's dir.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Run the testnet in the foreground (what `up` starts).
+    #[command(hide = true)]
+    Serve {
+        /// Number of peers.
+        #[arg(long)]
+        peers: usize,
+        /// The testnet's dir.
+        #[arg(long)]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -143,8 +223,10 @@ impl Context {
 
 /// Runs one command.
 pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
-    if let Command::Demo = cli.command {
-        return demo::run().await;
+    match &cli.command {
+        Command::Demo => return demo::run().await,
+        Command::Testnet(t) => return testnet::run(t).await,
+        _ => {}
     }
     let home = settings::resolve_home(cli.home)?;
     let ctx = Context {
@@ -168,7 +250,13 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Logout => account::logout(&ctx).await,
         Command::Whoami => account::whoami(&ctx).await,
         Command::Inbox { watch } => inbox::run(&ctx, watch).await,
-        Command::Demo => unreachable!("handled above"),
+        Command::Leave { to, file, replicas } => voicemail::leave(&ctx, &to, &file, replicas).await,
+        Command::Fetch { id, all, out } => voicemail::fetch(&ctx, id, all, out).await,
+        Command::Node(NodeCommand::Run { data_dir, config }) => {
+            node::run(&ctx, data_dir, config).await
+        }
+        Command::Node(NodeCommand::Status { data_dir }) => node::status(&ctx, data_dir).await,
+        Command::Demo | Command::Testnet(_) => unreachable!("handled above"),
     }
 }
 

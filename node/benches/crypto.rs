@@ -1,0 +1,2 @@
+//! Placeholder replaced by the crypto benchmark.
+fn main() {}

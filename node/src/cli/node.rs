@@ -1,0 +1,230 @@
+//! `vmail node run|status`, and how the other commands reach a peer: the
+//! running daemon if there is one, else an ephemeral peer started for one
+//! job. Both answer the same control API, so the commands have one path.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use libp2p::PeerId;
+use vmail_node::config::NodeConfig;
+use vmail_node::control::{self, ControlClient, ControlError};
+use vmail_node::network::Role;
+use vmail_node::peer::{Peer, PeerOptions, Session};
+
+use super::Context;
+
+/// How long an ephemeral peer waits to learn enough peers.
+const EPHEMERAL_JOIN: Duration = Duration::from_secs(5);
+
+impl Context {
+    /// The daemon's data dir: `--data-dir`, else `HOME/node`.
+    pub(super) fn data_dir(&self, explicit: Option<PathBuf>) -> PathBuf {
+        explicit.unwrap_or_else(|| self.home.join("node"))
+    }
+
+    /// The saved login as a peer session: keystore plus auth settings.
+    pub(super) fn peer_session(&self) -> anyhow::Result<Session> {
+        let login = self
+            .keystore
+            .session()?
+            .context("not logged in: run `vmail login USER` first")?;
+        let identity = self
+            .keystore
+            .identity()?
+            .context("no identity key in the keystore: run `vmail login USER` again")?;
+        let target = vmail_node::settings::auth_target(&self.home, &self.overrides)?;
+        Ok(Session {
+            login,
+            identity,
+            target,
+        })
+    }
+}
+
+/// A control client on the daemon, or on an ephemeral peer that lives as
+/// long as this value.
+pub(super) struct PeerHandle {
+    pub(super) client: ControlClient,
+    ephemeral: Option<Ephemeral>,
+}
+
+struct Ephemeral {
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<Result<(), ControlError>>,
+    peer: Arc<Peer>,
+    _dir: tempfile::TempDir,
+}
+
+impl PeerHandle {
+    /// Connects to the daemon in the default data dir, or starts an
+    /// ephemeral peer; either way the peer gets the saved login.
+    pub(super) async fn open(ctx: &Context) -> anyhow::Result<Self> {
+        let session = ctx.peer_session()?;
+        let dir = ctx.data_dir(None);
+        let socket = dir.join(control::SOCKET_FILE);
+        let mut handle = match ControlClient::connect(&socket).await {
+            Ok(client) => PeerHandle {
+                client,
+                ephemeral: None,
+            },
+            Err(ControlError::NotRunning(_)) => Self::ephemeral(&dir).await?,
+            Err(e) => return Err(e.into()),
+        };
+        handle.client.set_session(&session).await?;
+        Ok(handle)
+    }
+
+    async fn ephemeral(data_dir: &Path) -> anyhow::Result<Self> {
+        let config = NodeConfig::load(data_dir, None)?;
+        let want = config.replicas as usize;
+        let tmp = tempfile::Builder::new()
+            .prefix("vmail-")
+            .tempdir()
+            .context("creating a temporary dir for the one-job peer")?;
+        let mut config = config;
+        config.listen = vec!["/ip4/0.0.0.0/tcp/0".parse().expect("valid")];
+        if config.bootstrap.is_empty() {
+            anyhow::bail!(
+                "no vmail peer is running ({}) and no bootstrap peer is configured: start one with `vmail node run`, or set VMAIL_BOOTSTRAP",
+                data_dir.join(control::SOCKET_FILE).display()
+            );
+        }
+        let peer = Arc::new(
+            Peer::start(PeerOptions {
+                data_dir: tmp.path().to_owned(),
+                config,
+                role: Role::Client,
+            })
+            .await?,
+        );
+        peer.wait_for_peers(want, EPHEMERAL_JOIN).await?;
+        let socket = tmp.path().join(control::SOCKET_FILE);
+        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn({
+            let (peer, socket) = (peer.clone(), socket.clone());
+            async move {
+                control::serve(peer, &socket, async {
+                    let _ = rx.await;
+                })
+                .await
+            }
+        });
+        let client = connect_retrying(&socket).await?;
+        Ok(PeerHandle {
+            client,
+            ephemeral: Some(Ephemeral {
+                stop,
+                server,
+                peer,
+                _dir: tmp,
+            }),
+        })
+    }
+
+    /// Shuts an ephemeral peer down cleanly; a daemon is left running.
+    pub(super) async fn close(self) {
+        drop(self.client);
+        if let Some(e) = self.ephemeral {
+            let _ = e.stop.send(());
+            let _ = e.server.await;
+            if let Ok(peer) = Arc::try_unwrap(e.peer) {
+                peer.stop().await;
+            }
+        }
+    }
+}
+
+async fn connect_retrying(socket: &Path) -> anyhow::Result<ControlClient> {
+    for _ in 0..100 {
+        match ControlClient::connect(socket).await {
+            Ok(c) => return Ok(c),
+            Err(ControlError::NotRunning(_)) => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    anyhow::bail!(
+        "the one-job peer's control socket {} did not come up",
+        socket.display()
+    )
+}
+
+/// `vmail node run`: the peer daemon, until SIGTERM or Ctrl-C.
+pub(super) async fn run(
+    ctx: &Context,
+    data_dir: Option<PathBuf>,
+    config: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let dir = ctx.data_dir(data_dir);
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("creating data dir {}", dir.display()))?;
+    let config = NodeConfig::load(&dir, config.as_deref())?;
+    let peer = Arc::new(
+        Peer::start(PeerOptions {
+            data_dir: dir.clone(),
+            config,
+            role: Role::Server,
+        })
+        .await?,
+    );
+    println!("peer {} running, data in {}", peer.peer_id(), dir.display());
+    for a in peer.listen_addrs().await? {
+        println!("  listening on {a}");
+    }
+    // A saved login is handed over at start, so a restarted daemon can work
+    // at once; `vmail login` replaces it.
+    match ctx.peer_session() {
+        Ok(s) => {
+            println!("  session of {} loaded from the keystore", s.login.username);
+            peer.set_session(s);
+        }
+        Err(e) => println!("  no session yet ({e})"),
+    }
+    let socket = dir.join(control::SOCKET_FILE);
+    println!("  control socket {}", socket.display());
+    let signal = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    };
+    control::serve(peer.clone(), &socket, signal).await?;
+    println!("leaving: handing held voicemail to the next-closest peers");
+    let (moved, kept) = peer.hand_off().await;
+    println!("  {moved} object(s) handed off, {kept} kept here");
+    match Arc::try_unwrap(peer) {
+        Ok(p) => p.stop().await,
+        Err(_) => tracing::warn!("peer still in use at exit"),
+    }
+    Ok(())
+}
+
+/// `vmail node status`.
+pub(super) async fn status(ctx: &Context, data_dir: Option<PathBuf>) -> anyhow::Result<()> {
+    let socket = ctx.data_dir(data_dir).join(control::SOCKET_FILE);
+    let s = ControlClient::connect(&socket).await?.status().await?;
+    let id = PeerId::from_bytes(&s.peer_id)
+        .map(|p| p.to_string())
+        .unwrap_or_default();
+    println!("peer           {id}");
+    for a in &s.listen_addrs {
+        println!("listening      {a}");
+    }
+    println!("routing table  {} peers", s.routing_peers);
+    println!(
+        "holding        {} objects, {} of {} bytes",
+        s.objects, s.stored_bytes, s.quota_bytes
+    );
+    println!(
+        "user           {}",
+        if s.username.is_empty() {
+            "(not logged in)"
+        } else {
+            &s.username
+        }
+    );
+    Ok(())
+}

@@ -1,0 +1,496 @@
+//! The peer's local control API: `vmail.node.v1.Control`, gRPC on a Unix
+//! socket (mode 0600) in the data dir. [`ControlService`] is a thin adapter
+//! over [`Peer`]; [`ControlClient`] is what `vmail leave`, `inbox` and
+//! `fetch` use, whether the peer is a long-running daemon or an ephemeral
+//! one the CLI started for one job. Either way it is this one code path.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status, Streaming};
+use vmail_proto::cert::UserCertificate;
+use vmail_proto::control_pb::{self as pb, control_client, control_server};
+use vmail_proto::keys::MasterKey;
+use vmail_proto::names::Username;
+
+use crate::client::{AuthTarget, LoginSession, Pending};
+use crate::peer::{LeaveRequest, Peer, PeerError, Phase, Progress, ProgressFn, Session, Timings};
+
+/// Socket file name in the data dir.
+pub const SOCKET_FILE: &str = "control.sock";
+/// Plaintext bytes per fetch chunk.
+const FETCH_CHUNK: usize = 1 << 20;
+/// Largest control message: a 64 MiB voicemail and its framing. The peer's
+/// own limit (16 MiB by default) applies first.
+pub const MAX_CONTROL_MESSAGE: usize = 65 << 20;
+/// Progress events buffered per call; excess ones are dropped, never the result.
+const EVENT_QUEUE: usize = 64;
+
+/// Why the control socket could not be served or reached.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// A daemon already answers on the socket.
+    #[error("a vmail peer is already running on {0}")]
+    AlreadyRunning(PathBuf),
+    /// No daemon answers.
+    #[error("no vmail peer is running on {0}")]
+    NotRunning(PathBuf),
+    /// The socket path is too long for a Unix socket.
+    #[error(
+        "socket path {0} is longer than the 107 bytes a Unix socket allows: use a shorter --data-dir"
+    )]
+    PathTooLong(PathBuf),
+    /// Binding or serving failed.
+    #[error("control socket {path}: {why}")]
+    Io {
+        /// The socket.
+        path: PathBuf,
+        /// Why.
+        why: String,
+    },
+    /// The peer refused or failed the call.
+    #[error("{}", .0.message())]
+    Call(Status),
+    /// The peer answered something the protocol does not allow.
+    #[error("the peer broke the control protocol: {0}")]
+    Protocol(String),
+}
+
+impl From<Status> for ControlError {
+    fn from(s: Status) -> Self {
+        ControlError::Call(s)
+    }
+}
+
+impl ControlError {
+    /// The gRPC code, when the peer refused the call.
+    pub fn code(&self) -> Option<tonic::Code> {
+        match self {
+            ControlError::Call(s) => Some(s.code()),
+            _ => None,
+        }
+    }
+}
+
+fn status(e: PeerError) -> Status {
+    use tonic::Code;
+    let code = match &e {
+        PeerError::NotLoggedIn => Code::Unauthenticated,
+        PeerError::Empty
+        | PeerError::TooLarge { .. }
+        | PeerError::Replicas(_)
+        | PeerError::BadName(_) => Code::InvalidArgument,
+        PeerError::UnknownRecipient(_) | PeerError::NoSuchVoicemail(_) => Code::NotFound,
+        PeerError::NoPeers
+        | PeerError::NotEnoughHolders { .. }
+        | PeerError::AllCopiesFailed { .. }
+        | PeerError::Network(_) => Code::Unavailable,
+        PeerError::Auth(c) => c.code().unwrap_or(Code::Unavailable),
+        PeerError::Locator(_) | PeerError::Decrypt { .. } => Code::DataLoss,
+        PeerError::Store(_) | PeerError::DataDir { .. } => Code::Internal,
+    };
+    Status::new(code, e.to_string())
+}
+
+fn phase_pb(p: Phase) -> pb::Phase {
+    match p {
+        Phase::Encrypt => pb::Phase::Encrypt,
+        Phase::Upload => pb::Phase::Upload,
+        Phase::Download => pb::Phase::Download,
+        Phase::Decrypt => pb::Phase::Decrypt,
+    }
+}
+
+fn progress_pb(p: Progress) -> pb::Progress {
+    pb::Progress {
+        phase: phase_pb(p.phase).into(),
+        done: p.done,
+        total: p.total,
+    }
+}
+
+fn timings_pb(t: Timings) -> pb::Timings {
+    let us = |d: Duration| d.as_micros() as u64;
+    pb::Timings {
+        crypto_us: us(t.crypto),
+        dht_us: us(t.dht),
+        transfer_us: us(t.transfer),
+        auth_us: us(t.auth),
+    }
+}
+
+/// A pending voicemail as the control API lists it.
+pub fn inbox_entry(p: &Pending) -> pb::InboxEntry {
+    pb::InboxEntry {
+        voicemail_id: p.id.to_vec(),
+        sender: p.sender.username.to_string(),
+        deposited_at: p.deposited_at,
+        size: p.meta.size,
+        content_type: p.meta.content_type.clone(),
+        duration_ms: p.meta.duration_ms,
+        expires_at: p.meta.expires_at,
+        recipients: p.recipients.to_strings(),
+    }
+}
+
+fn bytes16(b: &[u8], what: &str) -> Result<[u8; 16], Status> {
+    b.try_into()
+        .map_err(|_| Status::invalid_argument(format!("{what} must be 16 bytes")))
+}
+
+impl TryFrom<pb::SetSessionRequest> for Session {
+    type Error = String;
+
+    fn try_from(r: pb::SetSessionRequest) -> Result<Self, String> {
+        let key32 = |b: &[u8], what: &str| -> Result<[u8; 32], String> {
+            b.try_into().map_err(|_| format!("{what} must be 32 bytes"))
+        };
+        let certificate = vmail_proto::pb::UserCertificate::decode(r.certificate.as_slice())
+            .map_err(|e| format!("certificate: {e}"))?;
+        let certificate = UserCertificate::try_from(certificate).map_err(|e| e.to_string())?;
+        let cluster_key = VerifyingKey::from_bytes(&key32(&r.cluster_key, "cluster key")?)
+            .map_err(|e| format!("cluster key: {e}"))?;
+        Ok(Session {
+            login: LoginSession {
+                username: Username::parse(&r.username).map_err(|e| e.to_string())?,
+                token: key32(&r.token, "token")?,
+                master_key: MasterKey::from_bytes(key32(&r.master_key, "master key")?),
+                master_key_id: r
+                    .master_key_id
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| "master key id must be 16 bytes".to_owned())?,
+                expires_at: r.expires_at,
+                certificate,
+            },
+            identity: SigningKey::from_bytes(&key32(&r.identity_key, "identity key")?),
+            target: AuthTarget {
+                endpoints: r.auth_endpoints,
+                ca_pem: r.ca_pem,
+                cluster_key,
+            },
+        })
+    }
+}
+
+impl From<&Session> for pb::SetSessionRequest {
+    fn from(s: &Session) -> Self {
+        Self {
+            username: s.login.username.to_string(),
+            token: s.login.token.to_vec(),
+            master_key: s.login.master_key.as_bytes().to_vec(),
+            master_key_id: s.login.master_key_id.to_vec(),
+            expires_at: s.login.expires_at,
+            certificate: vmail_proto::pb::UserCertificate::from(s.login.certificate.clone())
+                .encode_to_vec(),
+            identity_key: s.identity.to_bytes().to_vec(),
+            auth_endpoints: s.target.endpoints.clone(),
+            ca_pem: s.target.ca_pem.clone(),
+            cluster_key: s.target.cluster_key.to_bytes().to_vec(),
+        }
+    }
+}
+
+/// The gRPC adapter over a [`Peer`].
+#[derive(Debug, Clone)]
+pub struct ControlService {
+    peer: Arc<Peer>,
+}
+
+/// Progress into a bounded queue; when the client reads slowly, progress
+/// events are dropped rather than slowing the job.
+fn progress_into<T: Send + 'static>(
+    tx: mpsc::Sender<Result<T, Status>>,
+    wrap: fn(pb::Progress) -> T,
+) -> ProgressFn {
+    Arc::new(move |p| {
+        let _ = tx.try_send(Ok(wrap(progress_pb(p))));
+    })
+}
+
+#[tonic::async_trait]
+impl control_server::Control for ControlService {
+    async fn status(
+        &self,
+        _: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let s = self.peer.status().await.map_err(status)?;
+        Ok(Response::new(pb::StatusResponse {
+            peer_id: s.peer_id.to_bytes(),
+            listen_addrs: s.listen_addrs.iter().map(ToString::to_string).collect(),
+            routing_peers: s.routing_peers as u32,
+            objects: s.objects as u64,
+            stored_bytes: s.stored_bytes,
+            quota_bytes: s.quota_bytes,
+            username: s.username.unwrap_or_default(),
+        }))
+    }
+
+    async fn set_session(
+        &self,
+        req: Request<pb::SetSessionRequest>,
+    ) -> Result<Response<pb::SetSessionResponse>, Status> {
+        let session = Session::try_from(req.into_inner()).map_err(Status::invalid_argument)?;
+        self.peer.set_session(session);
+        Ok(Response::new(pb::SetSessionResponse {}))
+    }
+
+    type LeaveStream = ReceiverStream<Result<pb::LeaveEvent, Status>>;
+
+    async fn leave(
+        &self,
+        req: Request<pb::LeaveRequest>,
+    ) -> Result<Response<Self::LeaveStream>, Status> {
+        let r = req.into_inner();
+        let (tx, rx) = mpsc::channel(EVENT_QUEUE);
+        let progress = progress_into(tx.clone(), |p| pb::LeaveEvent {
+            event: Some(pb::leave_event::Event::Progress(p)),
+        });
+        let peer = self.peer.clone();
+        tokio::spawn(async move {
+            let req = LeaveRequest {
+                recipients: r.recipients,
+                content: r.content,
+                content_type: r.content_type,
+                duration_ms: r.duration_ms,
+                replicas: r.replicas,
+            };
+            let result = peer.leave(req, progress).await.map(|done| pb::LeaveEvent {
+                event: Some(pb::leave_event::Event::Done(pb::LeaveDone {
+                    voicemail_id: done.voicemail_id.to_vec(),
+                    ciphertext_size: done.ciphertext_len,
+                    copies: done
+                        .copies
+                        .iter()
+                        .map(|c| pb::StoredCopy {
+                            identifier: c.id.to_vec(),
+                            holder: c.holder.to_bytes(),
+                        })
+                        .collect(),
+                    failures: done.failures,
+                    timings: Some(timings_pb(done.timings)),
+                })),
+            });
+            let _ = tx.send(result.map_err(status)).await;
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn inbox(
+        &self,
+        _: Request<pb::InboxRequest>,
+    ) -> Result<Response<pb::InboxResponse>, Status> {
+        let pending = self.peer.inbox().await.map_err(status)?;
+        Ok(Response::new(pb::InboxResponse {
+            voicemails: pending.iter().map(inbox_entry).collect(),
+        }))
+    }
+
+    type FetchStream = ReceiverStream<Result<pb::FetchEvent, Status>>;
+
+    async fn fetch(
+        &self,
+        req: Request<pb::FetchRequest>,
+    ) -> Result<Response<Self::FetchStream>, Status> {
+        let id = bytes16(&req.into_inner().voicemail_id, "voicemail id")?;
+        let (tx, rx) = mpsc::channel(EVENT_QUEUE);
+        let progress = progress_into(tx.clone(), |p| pb::FetchEvent {
+            event: Some(pb::fetch_event::Event::Progress(p)),
+        });
+        let peer = self.peer.clone();
+        tokio::spawn(async move {
+            let fetched = match peer.fetch(id, progress).await {
+                Ok(f) => f,
+                Err(e) => {
+                    let _ = tx.send(Err(status(e))).await;
+                    return;
+                }
+            };
+            let event = |e| Ok(pb::FetchEvent { event: Some(e) });
+            for chunk in fetched.content.chunks(FETCH_CHUNK) {
+                if tx
+                    .send(event(pb::fetch_event::Event::Chunk(chunk.to_vec())))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            let done = pb::FetchDone {
+                voicemail: Some(inbox_entry(&fetched.pending)),
+                holder: fetched.holder.to_bytes(),
+                failures: fetched.failures,
+                timings: Some(timings_pb(fetched.timings)),
+            };
+            let _ = tx.send(event(pb::fetch_event::Event::Done(done))).await;
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn ack(&self, req: Request<pb::AckRequest>) -> Result<Response<pb::AckResponse>, Status> {
+        let id = bytes16(&req.into_inner().voicemail_id, "voicemail id")?;
+        let key_erased = self.peer.ack(id).await.map_err(status)?;
+        Ok(Response::new(pb::AckResponse { key_erased }))
+    }
+}
+
+fn check_len(path: &Path) -> Result<(), ControlError> {
+    if path.as_os_str().len() > 107 {
+        return Err(ControlError::PathTooLong(path.to_owned()));
+    }
+    Ok(())
+}
+
+/// Serves the control API for `peer` on `socket` until `shutdown`.
+/// Refuses to start when another peer answers there; removes a stale socket.
+pub async fn serve(
+    peer: Arc<Peer>,
+    socket: &Path,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), ControlError> {
+    use std::os::unix::fs::PermissionsExt;
+    check_len(socket)?;
+    let io = |e: std::io::Error| ControlError::Io {
+        path: socket.to_owned(),
+        why: e.to_string(),
+    };
+    if socket.exists() {
+        if tokio::net::UnixStream::connect(socket).await.is_ok() {
+            return Err(ControlError::AlreadyRunning(socket.to_owned()));
+        }
+        std::fs::remove_file(socket).map_err(io)?;
+    }
+    let listener = tokio::net::UnixListener::bind(socket).map_err(io)?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+    let service = control_server::ControlServer::new(ControlService { peer })
+        .max_decoding_message_size(MAX_CONTROL_MESSAGE)
+        .max_encoding_message_size(MAX_CONTROL_MESSAGE);
+    let result = tonic::transport::Server::builder()
+        .add_service(service)
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await
+        .map_err(|e| ControlError::Io {
+            path: socket.to_owned(),
+            why: e.to_string(),
+        });
+    let _ = std::fs::remove_file(socket);
+    result
+}
+
+/// The CLI's handle on a peer.
+#[derive(Debug, Clone)]
+pub struct ControlClient {
+    rpc: control_client::ControlClient<Channel>,
+}
+
+impl ControlClient {
+    /// Connects to the peer serving `socket`.
+    pub async fn connect(socket: &Path) -> Result<Self, ControlError> {
+        check_len(socket)?;
+        if !socket.exists() {
+            return Err(ControlError::NotRunning(socket.to_owned()));
+        }
+        let path = socket.to_owned();
+        let channel = Endpoint::from_static("http://localhost")
+            .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+                let path = path.clone();
+                async move {
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                        tokio::net::UnixStream::connect(path).await?,
+                    ))
+                }
+            }))
+            .await
+            .map_err(|_| ControlError::NotRunning(socket.to_owned()))?;
+        Ok(Self {
+            rpc: control_client::ControlClient::new(channel)
+                .max_decoding_message_size(MAX_CONTROL_MESSAGE)
+                .max_encoding_message_size(MAX_CONTROL_MESSAGE),
+        })
+    }
+
+    /// The peer's status.
+    pub async fn status(&mut self) -> Result<pb::StatusResponse, ControlError> {
+        Ok(self.rpc.status(pb::StatusRequest {}).await?.into_inner())
+    }
+
+    /// Hands the peer a login.
+    pub async fn set_session(&mut self, s: &Session) -> Result<(), ControlError> {
+        self.rpc.set_session(pb::SetSessionRequest::from(s)).await?;
+        Ok(())
+    }
+
+    /// Leaves a voicemail, reporting progress.
+    pub async fn leave(
+        &mut self,
+        req: pb::LeaveRequest,
+        mut on_progress: impl FnMut(pb::Progress),
+    ) -> Result<pb::LeaveDone, ControlError> {
+        let mut events = self.rpc.leave(req).await?.into_inner();
+        while let Some(e) = events.message().await? {
+            match e.event {
+                Some(pb::leave_event::Event::Progress(p)) => on_progress(p),
+                Some(pb::leave_event::Event::Done(d)) => return Ok(d),
+                None => {}
+            }
+        }
+        Err(ControlError::Protocol(
+            "leave ended without a result".into(),
+        ))
+    }
+
+    /// The waiting voicemails.
+    pub async fn inbox(&mut self) -> Result<Vec<pb::InboxEntry>, ControlError> {
+        Ok(self
+            .rpc
+            .inbox(pb::InboxRequest {})
+            .await?
+            .into_inner()
+            .voicemails)
+    }
+
+    /// Fetches and decrypts a voicemail, reporting progress.
+    pub async fn fetch(
+        &mut self,
+        voicemail_id: [u8; 16],
+        mut on_progress: impl FnMut(pb::Progress),
+    ) -> Result<(Vec<u8>, pb::FetchDone), ControlError> {
+        let mut events: Streaming<pb::FetchEvent> = self
+            .rpc
+            .fetch(pb::FetchRequest {
+                voicemail_id: voicemail_id.to_vec(),
+            })
+            .await?
+            .into_inner();
+        let mut content = Vec::new();
+        while let Some(e) = events.message().await? {
+            match e.event {
+                Some(pb::fetch_event::Event::Progress(p)) => on_progress(p),
+                Some(pb::fetch_event::Event::Chunk(c)) => content.extend_from_slice(&c),
+                Some(pb::fetch_event::Event::Done(d)) => return Ok((content, d)),
+                None => {}
+            }
+        }
+        Err(ControlError::Protocol(
+            "fetch ended without a result".into(),
+        ))
+    }
+
+    /// Acks a fetched voicemail at the auth server.
+    pub async fn ack(&mut self, voicemail_id: [u8; 16]) -> Result<bool, ControlError> {
+        Ok(self
+            .rpc
+            .ack(pb::AckRequest {
+                voicemail_id: voicemail_id.to_vec(),
+            })
+            .await?
+            .into_inner()
+            .key_erased)
+    }
+}

@@ -1,0 +1,91 @@
+//! A whole vmail system in one process on loopback: an auth server and N
+//! peers that join each other. `vmail demo`, `vmail testnet` and the
+//! integration tests run it; every part is the real component.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use libp2p::Multiaddr;
+use vmail_auth::datadir::{self, DataDirError, InitOptions};
+use vmail_auth::server::{LocalServer, LocalServerError};
+use vmail_auth::service::SystemClock;
+
+use crate::config::NodeConfig;
+use crate::network::Role;
+use crate::peer::{Peer, PeerError, PeerOptions};
+
+/// How long started peers get to fill their routing tables.
+pub const JOIN_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Why the local system could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalNetError {
+    /// The auth server's data dir.
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    /// The auth server.
+    #[error(transparent)]
+    Auth(#[from] LocalServerError),
+    /// A peer.
+    #[error(transparent)]
+    Peer(#[from] PeerError),
+    /// The peers did not find each other in time.
+    #[error("peer {index} knows only {have} of {want} peers after {JOIN_TIMEOUT:?}")]
+    Join {
+        /// Which peer.
+        index: usize,
+        /// Peers it knows.
+        have: usize,
+        /// Peers it should know.
+        want: usize,
+    },
+}
+
+/// Starts an auth server with its data in `dir` (initialised on first use).
+pub async fn start_auth(dir: &Path) -> Result<LocalServer, LocalNetError> {
+    if !dir.join(datadir::files::CONFIG).exists() {
+        datadir::init(&InitOptions::loopback(dir))?;
+    }
+    Ok(LocalServer::start(dir, Arc::new(SystemClock)).await?)
+}
+
+/// Starts `n` server peers with data dirs `dir/peer-1` .. `dir/peer-n` on
+/// loopback TCP. The first joins through `bootstrap` (may be empty), the
+/// rest through the first. Returns once every peer knows the others.
+pub async fn start_peers(
+    dir: &Path,
+    n: usize,
+    bootstrap: Vec<Multiaddr>,
+    tune: impl Fn(&mut NodeConfig),
+) -> Result<Vec<Peer>, LocalNetError> {
+    let mut peers: Vec<Peer> = Vec::with_capacity(n);
+    let mut boot = bootstrap;
+    for i in 1..=n {
+        let mut config = NodeConfig::loopback();
+        config.bootstrap = boot.clone();
+        tune(&mut config);
+        let peer = Peer::start(PeerOptions {
+            data_dir: dir.join(format!("peer-{i}")),
+            config,
+            role: Role::Server,
+        })
+        .await?;
+        if i == 1 {
+            boot = peer.listen_addrs().await?;
+        }
+        peers.push(peer);
+    }
+    let want = n.saturating_sub(1);
+    for (index, peer) in peers.iter().enumerate() {
+        let have = peer.wait_for_peers(want, JOIN_TIMEOUT).await?;
+        if have < want {
+            return Err(LocalNetError::Join {
+                index: index + 1,
+                have,
+                want,
+            });
+        }
+    }
+    Ok(peers)
+}

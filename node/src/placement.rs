@@ -1,0 +1,116 @@
+//! Storage placement, pure: which peers hold a voicemail, and which
+//! identifier each copy gets. No IO; the caller passes the candidates it
+//! knows and a random source.
+//!
+//! Paper §3.2: the sender picks a storage peer, then picks an identifier at
+//! random inside that peer's range of the key space, so the DHT maps the
+//! identifier to that very peer. In Kademlia a peer's range is the set of
+//! keys closer (by XOR of SHA-256 points) to it than to any other peer.
+
+use libp2p::PeerId;
+use libp2p::kad::KBucketKey;
+use rand::Rng;
+use rand::seq::SliceRandom;
+
+use crate::locator::ObjectId;
+
+/// Most random identifiers tried for one peer before giving up. With `n`
+/// known peers a random identifier lands in a given peer's range with
+/// probability about 1/n, so this bound is far above need for any realistic
+/// routing table and only stops a pathological input.
+pub const MAX_GRIND_ATTEMPTS: u32 = 1_000_000;
+
+/// The baseline choice: `r` distinct peers drawn uniformly from the
+/// candidates (fewer when there are fewer candidates). Issue 6 replaces it
+/// with the paper's scoring heuristic behind the same shape.
+pub fn choose_holders(candidates: &[PeerId], r: usize, rng: &mut impl Rng) -> Vec<PeerId> {
+    let mut unique = candidates.to_vec();
+    unique.sort();
+    unique.dedup();
+    unique.shuffle(rng);
+    unique.truncate(r);
+    unique
+}
+
+/// The key-space point of a storage identifier.
+pub fn object_key(id: &ObjectId) -> KBucketKey<Vec<u8>> {
+    KBucketKey::new(id.to_vec())
+}
+
+/// Whether `id` is strictly closer to `target` than to every peer in
+/// `others` (entries equal to `target` are ignored).
+pub fn is_in_range(id: &ObjectId, target: &PeerId, others: &[PeerId]) -> bool {
+    let key = object_key(id);
+    let mine = key.distance(&KBucketKey::from(*target));
+    others
+        .iter()
+        .filter(|p| *p != target)
+        .all(|p| mine < key.distance(&KBucketKey::from(*p)))
+}
+
+/// Draws random identifiers until one falls in `target`'s range among the
+/// known peers `others`. None after [`MAX_GRIND_ATTEMPTS`] tries.
+pub fn identifier_in_range(
+    target: &PeerId,
+    others: &[PeerId],
+    rng: &mut impl Rng,
+) -> Option<ObjectId> {
+    (0..MAX_GRIND_ATTEMPTS).find_map(|_| {
+        let id: ObjectId = rng.r#gen();
+        is_in_range(&id, target, others).then_some(id)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    fn peers(n: usize) -> Vec<PeerId> {
+        (0..n).map(|_| PeerId::random()).collect()
+    }
+
+    #[test]
+    fn holders_are_distinct_and_bounded() {
+        let mut rng = StdRng::seed_from_u64(1);
+        let ps = peers(10);
+        let mut doubled = ps.clone();
+        doubled.extend(ps.iter().copied());
+        let chosen = choose_holders(&doubled, 3, &mut rng);
+        assert_eq!(chosen.len(), 3);
+        let mut d = chosen.clone();
+        d.sort();
+        d.dedup();
+        assert_eq!(d.len(), 3, "a peer was chosen twice");
+        assert!(chosen.iter().all(|p| ps.contains(p)));
+        assert_eq!(choose_holders(&ps[..2], 3, &mut rng).len(), 2);
+    }
+
+    #[test]
+    fn identifiers_fall_in_the_target_range() {
+        let mut rng = StdRng::seed_from_u64(2);
+        let ps = peers(20);
+        for target in &ps {
+            let id = identifier_in_range(target, &ps, &mut rng).expect("found");
+            // Closer to the target than to every other peer, by brute force.
+            let key = object_key(&id);
+            let d = key.distance(&KBucketKey::from(*target));
+            for p in ps.iter().filter(|p| *p != target) {
+                assert!(d < key.distance(&KBucketKey::from(*p)));
+            }
+        }
+    }
+
+    #[test]
+    fn a_random_identifier_is_rarely_in_range() {
+        // Guards the check itself: with 20 peers about 1 in 20 random ids
+        // belongs to a given peer, never all of them.
+        let mut rng = StdRng::seed_from_u64(3);
+        let ps = peers(20);
+        let hits = (0..2000)
+            .filter(|_| is_in_range(&rng.r#gen(), &ps[0], &ps))
+            .count();
+        assert!((20..300).contains(&hits), "{hits} of 2000");
+    }
+}

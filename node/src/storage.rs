@@ -1,0 +1,425 @@
+//! The holder's object store: opaque ciphertexts on disk, under a quota.
+//!
+//! One file per object in `DIR/objects/`, named by the identifier in hex:
+//! `"VMO1"`, a u32 BE length, the postcard [`ObjectMeta`], then the
+//! ciphertext. A write goes to a temporary file that is fsynced, renamed
+//! into place, and the directory fsynced, so a crash leaves either the whole
+//! object or nothing. The store never sees a key: it holds ciphertext only.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::locator::ObjectId;
+
+const MAGIC: &[u8; 4] = b"VMO1";
+/// Bytes a file's header may take, beyond the ciphertext.
+const MAX_META_LEN: usize = 1024;
+
+/// What a holder knows about an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectMeta {
+    /// Ciphertext length.
+    pub len: u64,
+    /// SHA-256 of the ciphertext, as the sender announced and the holder checked.
+    pub sha256: [u8; 32],
+    /// Unix seconds after which the holder drops the object.
+    pub expires_at: u64,
+    /// SHA-256 of the secret that lets the sender withdraw the object.
+    pub delete_hash: [u8; 32],
+}
+
+/// Why the store refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The object is larger than this holder takes.
+    #[error("object of {len} bytes is larger than this holder's limit of {max} bytes")]
+    TooLarge {
+        /// Offered size.
+        len: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// Storing it would exceed the quota.
+    #[error("holder quota full: {used} of {quota} bytes used, {len} more requested")]
+    QuotaFull {
+        /// Bytes stored or reserved.
+        used: u64,
+        /// The quota.
+        quota: u64,
+        /// Offered size.
+        len: u64,
+    },
+    /// The disk ran out of space while writing.
+    #[error("the holder's disk is full")]
+    DiskFull,
+    /// The identifier is taken by different content.
+    #[error("identifier already holds different content")]
+    Conflict,
+    /// The content does not match its announced hash.
+    #[error("content does not match its announced SHA-256")]
+    HashMismatch,
+    /// Some other IO failure.
+    #[error("object store IO error at {path}: {source}")]
+    Io {
+        /// Where.
+        path: PathBuf,
+        /// What.
+        source: std::io::Error,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| {
+        if source.kind() == std::io::ErrorKind::StorageFull {
+            StoreError::DiskFull
+        } else {
+            StoreError::Io {
+                path: path.to_owned(),
+                source,
+            }
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    index: HashMap<ObjectId, ObjectMeta>,
+    /// Bytes of committed objects.
+    used: u64,
+    /// Bytes promised to uploads in flight.
+    reserved: u64,
+}
+
+/// A holder's objects. Cheap to clone; clones share state.
+#[derive(Debug, Clone)]
+pub struct Store {
+    dir: PathBuf,
+    quota: u64,
+    max_object: u64,
+    state: Arc<Mutex<State>>,
+}
+
+/// Room promised to one upload; released when dropped uncommitted.
+#[derive(Debug)]
+pub struct Reservation {
+    state: Arc<Mutex<State>>,
+    len: u64,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.state.lock().expect("store lock").reserved -= self.len;
+    }
+}
+
+/// What opening found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenReport {
+    /// Objects loaded.
+    pub objects: usize,
+    /// Unreadable files moved to `objects/corrupt/`.
+    pub quarantined: usize,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `dir`. Leftover temporary
+    /// files are removed; files that do not parse are moved aside to
+    /// `corrupt/`, never deleted.
+    pub fn open(dir: &Path, quota: u64, max_object: u64) -> Result<(Self, OpenReport), StoreError> {
+        let dir = dir.join("objects");
+        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        let mut state = State::default();
+        let mut report = OpenReport {
+            objects: 0,
+            quarantined: 0,
+        };
+        for entry in std::fs::read_dir(&dir).map_err(io_err(&dir))? {
+            let entry = entry.map_err(io_err(&dir))?;
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !entry.file_type().map_err(io_err(&path))?.is_file() {
+                continue;
+            }
+            if name.ends_with(".tmp") {
+                std::fs::remove_file(&path).map_err(io_err(&path))?;
+                continue;
+            }
+            let parsed = parse_name(&name).and_then(|id| Some((id, read_meta(&path).ok()?)));
+            match parsed {
+                Some((id, meta)) => {
+                    state.used += meta.len;
+                    state.index.insert(id, meta);
+                    report.objects += 1;
+                }
+                None => {
+                    let corrupt = dir.join("corrupt");
+                    std::fs::create_dir_all(&corrupt).map_err(io_err(&corrupt))?;
+                    std::fs::rename(&path, corrupt.join(&name)).map_err(io_err(&path))?;
+                    tracing::warn!(file = %path.display(), "unreadable object file moved to corrupt/");
+                    report.quarantined += 1;
+                }
+            }
+        }
+        Ok((
+            Self {
+                dir,
+                quota,
+                max_object,
+                state: Arc::new(Mutex::new(state)),
+            },
+            report,
+        ))
+    }
+
+    fn path(&self, id: &ObjectId) -> PathBuf {
+        self.dir.join(hex::encode(id))
+    }
+
+    /// The largest object this holder takes.
+    pub fn max_object(&self) -> u64 {
+        self.max_object
+    }
+
+    /// The quota in bytes.
+    pub fn quota(&self) -> u64 {
+        self.quota
+    }
+
+    /// The meta of a held object.
+    pub fn get(&self, id: &ObjectId) -> Option<ObjectMeta> {
+        self.state
+            .lock()
+            .expect("store lock")
+            .index
+            .get(id)
+            .copied()
+    }
+
+    /// Every held object.
+    pub fn list(&self) -> Vec<(ObjectId, ObjectMeta)> {
+        let s = self.state.lock().expect("store lock");
+        s.index.iter().map(|(k, v)| (*k, *v)).collect()
+    }
+
+    /// Objects held and their bytes.
+    pub fn usage(&self) -> (usize, u64) {
+        let s = self.state.lock().expect("store lock");
+        (s.index.len(), s.used)
+    }
+
+    /// Promises room for an upload of `len` bytes, or says why not.
+    pub fn reserve(&self, len: u64) -> Result<Reservation, StoreError> {
+        if len > self.max_object {
+            return Err(StoreError::TooLarge {
+                len,
+                max: self.max_object,
+            });
+        }
+        let mut s = self.state.lock().expect("store lock");
+        let used = s.used + s.reserved;
+        if used.saturating_add(len) > self.quota {
+            return Err(StoreError::QuotaFull {
+                used,
+                quota: self.quota,
+                len,
+            });
+        }
+        s.reserved += len;
+        Ok(Reservation {
+            state: self.state.clone(),
+            len,
+        })
+    }
+
+    /// Checks `data` against `meta` and writes it durably under `id`.
+    /// Storing the same content twice is a no-op; different content under a
+    /// taken identifier is refused. Blocking: call from a blocking context.
+    pub fn commit(
+        &self,
+        reservation: Reservation,
+        id: &ObjectId,
+        meta: ObjectMeta,
+        data: &[u8],
+    ) -> Result<(), StoreError> {
+        if data.len() as u64 != meta.len || <[u8; 32]>::from(Sha256::digest(data)) != meta.sha256 {
+            return Err(StoreError::HashMismatch);
+        }
+        if let Some(old) = self.get(id) {
+            return if old.sha256 == meta.sha256 {
+                Ok(())
+            } else {
+                Err(StoreError::Conflict)
+            };
+        }
+        let path = self.path(id);
+        let tmp = path.with_extension("tmp");
+        let written = (|| {
+            let mut f = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
+            let m = postcard::to_stdvec(&meta).expect("meta encodes");
+            f.write_all(MAGIC).map_err(io_err(&tmp))?;
+            f.write_all(&(m.len() as u32).to_be_bytes())
+                .map_err(io_err(&tmp))?;
+            f.write_all(&m).map_err(io_err(&tmp))?;
+            f.write_all(data).map_err(io_err(&tmp))?;
+            f.sync_all().map_err(io_err(&tmp))?;
+            std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
+            sync_dir(&self.dir)
+        })();
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        let mut s = self.state.lock().expect("store lock");
+        s.used += meta.len;
+        s.index.insert(*id, meta);
+        drop(s);
+        drop(reservation);
+        Ok(())
+    }
+
+    /// The ciphertext of a held object, as stored. Blocking.
+    pub fn read(&self, id: &ObjectId) -> Result<Option<Vec<u8>>, StoreError> {
+        if self.get(id).is_none() {
+            return Ok(None);
+        }
+        let path = self.path(id);
+        let bytes = std::fs::read(&path).map_err(io_err(&path))?;
+        let start = body_offset(&bytes).ok_or_else(|| StoreError::Io {
+            path: path.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, "bad object header"),
+        })?;
+        Ok(Some(bytes[start..].to_vec()))
+    }
+
+    /// Drops an object. Returns whether it was held. Blocking.
+    pub fn remove(&self, id: &ObjectId) -> Result<bool, StoreError> {
+        let Some(meta) = self.state.lock().expect("store lock").index.remove(id) else {
+            return Ok(false);
+        };
+        let path = self.path(id);
+        std::fs::remove_file(&path).map_err(io_err(&path))?;
+        self.state.lock().expect("store lock").used -= meta.len;
+        Ok(true)
+    }
+
+    /// Objects whose expiry has passed.
+    pub fn expired(&self, now: u64) -> Vec<ObjectId> {
+        let s = self.state.lock().expect("store lock");
+        s.index
+            .iter()
+            .filter(|(_, m)| m.expires_at <= now)
+            .map(|(k, _)| *k)
+            .collect()
+    }
+}
+
+fn parse_name(name: &str) -> Option<ObjectId> {
+    hex::decode(name).ok()?.try_into().ok()
+}
+
+fn body_offset(bytes: &[u8]) -> Option<usize> {
+    if bytes.len() < 8 || &bytes[..4] != MAGIC {
+        return None;
+    }
+    let n = u32::from_be_bytes(bytes[4..8].try_into().ok()?) as usize;
+    (n <= MAX_META_LEN && bytes.len() >= 8 + n).then_some(8 + n)
+}
+
+fn read_meta(path: &Path) -> std::io::Result<ObjectMeta> {
+    let bytes = std::fs::read(path)?;
+    let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "bad object header");
+    let start = body_offset(&bytes).ok_or_else(bad)?;
+    let meta: ObjectMeta = postcard::from_bytes(&bytes[8..start]).map_err(|_| bad())?;
+    if (bytes.len() - start) as u64 != meta.len {
+        return Err(bad());
+    }
+    Ok(meta)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta_for(data: &[u8]) -> ObjectMeta {
+        ObjectMeta {
+            len: data.len() as u64,
+            sha256: Sha256::digest(data).into(),
+            expires_at: 100,
+            delete_hash: [0; 32],
+        }
+    }
+
+    #[test]
+    fn store_survives_reopen_and_enforces_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, _) = Store::open(dir.path(), 1000, 600).unwrap();
+        let data = vec![5u8; 500];
+        let r = s.reserve(500).unwrap();
+        s.commit(r, &[1; 32], meta_for(&data), &data).unwrap();
+        assert!(matches!(s.reserve(700), Err(StoreError::TooLarge { .. })));
+        assert!(matches!(s.reserve(600), Err(StoreError::QuotaFull { .. })));
+        let (s2, report) = Store::open(dir.path(), 1000, 600).unwrap();
+        assert_eq!(report.objects, 1);
+        assert_eq!(s2.read(&[1; 32]).unwrap().unwrap(), data);
+        assert_eq!(s2.usage(), (1, 500));
+        assert_eq!(s2.expired(99), Vec::<ObjectId>::new());
+        assert_eq!(s2.expired(100), vec![[1; 32]]);
+        assert!(s2.remove(&[1; 32]).unwrap());
+        assert_eq!(s2.usage(), (0, 0));
+    }
+
+    #[test]
+    fn refuses_wrong_hash_and_conflicts() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, _) = Store::open(dir.path(), 1000, 600).unwrap();
+        let data = vec![5u8; 10];
+        let mut wrong = meta_for(&data);
+        wrong.sha256[0] ^= 1;
+        let r = s.reserve(10).unwrap();
+        assert!(matches!(
+            s.commit(r, &[1; 32], wrong, &data),
+            Err(StoreError::HashMismatch)
+        ));
+        assert_eq!(s.usage(), (0, 0));
+        s.commit(s.reserve(10).unwrap(), &[1; 32], meta_for(&data), &data)
+            .unwrap();
+        let other = vec![6u8; 10];
+        assert!(matches!(
+            s.commit(s.reserve(10).unwrap(), &[1; 32], meta_for(&other), &other),
+            Err(StoreError::Conflict)
+        ));
+    }
+
+    #[test]
+    fn corrupt_files_are_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, _) = Store::open(dir.path(), 1000, 600).unwrap();
+        let data = vec![5u8; 10];
+        s.commit(s.reserve(10).unwrap(), &[1; 32], meta_for(&data), &data)
+            .unwrap();
+        let file = dir.path().join("objects").join(hex::encode([1u8; 32]));
+        let mut bytes = std::fs::read(&file).unwrap();
+        bytes.truncate(bytes.len() - 1);
+        std::fs::write(&file, bytes).unwrap();
+        let (s2, report) = Store::open(dir.path(), 1000, 600).unwrap();
+        assert_eq!(report.quarantined, 1);
+        assert_eq!(s2.usage(), (0, 0));
+        assert!(
+            dir.path()
+                .join("objects/corrupt")
+                .join(hex::encode([1u8; 32]))
+                .exists()
+        );
+    }
+}

@@ -1,0 +1,464 @@
+//! The blob protocol: moving ciphertext between peers on libp2p streams.
+//!
+//! Kademlia values are capped near 64 KiB, so voicemails travel on
+//! [`BLOB_PROTOCOL`] streams of their own. Each stream carries one exchange.
+//! Control messages are frames: a u32 BE length, then postcard of
+//! [`Request`] or [`Reply`], at most [`MAX_FRAME`] bytes. Bodies are raw
+//! bytes of the length the frame announced.
+//!
+//! ```text
+//! store:  -> Store{id, meta}  <- Ready | Refused   -> body   <- Stored | Refused
+//! fetch:  -> Fetch{id}        <- Found{len} body | Refused
+//! delete: -> Delete{id, secret}  <- Deleted | Refused
+//! ```
+//!
+//! A holder acks a store only after it checked size, quota and SHA-256,
+//! wrote the object durably and announced it in the DHT.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::io::{AsyncReadExt, AsyncWriteExt};
+use futures::{AsyncRead, AsyncWrite, StreamExt};
+use libp2p::kad::RecordKey;
+use libp2p::{PeerId, Stream, StreamProtocol};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::locator::ObjectId;
+use crate::network::Network;
+use crate::storage::{ObjectMeta, Store};
+
+/// Stream protocol name for blob transfer.
+pub const BLOB_PROTOCOL: StreamProtocol = StreamProtocol::new("/vmail/blob/1.0.0");
+/// Largest control frame.
+pub const MAX_FRAME: usize = 4096;
+/// Bytes per body write, and per progress report.
+pub const CHUNK: usize = 64 * 1024;
+/// Longest wait for any one read or write before the exchange is dropped.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest wait for a holder's DHT announcement before it acks anyway; the
+/// holder stays findable because it is the closest peer to the identifier.
+pub const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Exchanges one holder serves at a time.
+pub const MAX_CONCURRENT_EXCHANGES: usize = 32;
+
+/// What a peer asks a holder.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Request {
+    /// Hold this object; the body follows `Ready`.
+    Store {
+        /// Storage identifier.
+        id: ObjectId,
+        /// Size, hash, expiry and delete hash.
+        meta: ObjectMeta,
+    },
+    /// Send this object.
+    Fetch {
+        /// Storage identifier.
+        id: ObjectId,
+    },
+    /// Withdraw an object the sender stored (a failed leave rolling back).
+    Delete {
+        /// Storage identifier.
+        id: ObjectId,
+        /// The preimage of the object's delete hash.
+        secret: [u8; 32],
+    },
+}
+
+/// What a holder answers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Reply {
+    /// Send the body.
+    Ready,
+    /// Stored durably and announced.
+    Stored,
+    /// The body of this many bytes follows.
+    Found {
+        /// Body length.
+        len: u64,
+    },
+    /// The object is gone.
+    Deleted,
+    /// Refused, with the holder's reason.
+    Refused(String),
+}
+
+/// Why an exchange with a holder failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    /// The peer could not be reached or does not speak the protocol.
+    #[error("cannot open a stream to {peer}: {why}")]
+    Unreachable {
+        /// The peer.
+        peer: PeerId,
+        /// Why.
+        why: String,
+    },
+    /// The holder said no.
+    #[error("{peer} refused: {reason}")]
+    Refused {
+        /// The peer.
+        peer: PeerId,
+        /// Its reason.
+        reason: String,
+    },
+    /// The exchange broke or timed out.
+    #[error("transfer with {peer} failed: {why}")]
+    Broken {
+        /// The peer.
+        peer: PeerId,
+        /// Why.
+        why: String,
+    },
+    /// The holder answered something the protocol does not allow.
+    #[error("{peer} broke the blob protocol: {why}")]
+    Protocol {
+        /// The peer.
+        peer: PeerId,
+        /// Why.
+        why: String,
+    },
+}
+
+async fn timed<T>(
+    fut: impl std::future::Future<Output = std::io::Result<T>>,
+) -> std::io::Result<T> {
+    tokio::time::timeout(IO_TIMEOUT, fut)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "peer stopped answering"))?
+}
+
+async fn write_frame<S: AsyncWrite + Unpin, T: Serialize>(
+    s: &mut S,
+    msg: &T,
+) -> std::io::Result<()> {
+    let body = postcard::to_stdvec(msg).expect("protocol messages encode");
+    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&body);
+    timed(async {
+        s.write_all(&frame).await?;
+        s.flush().await
+    })
+    .await
+}
+
+async fn read_frame<S: AsyncRead + Unpin, T: for<'de> Deserialize<'de>>(
+    s: &mut S,
+) -> std::io::Result<T> {
+    let bad = |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, why.to_owned());
+    let mut len = [0u8; 4];
+    timed(s.read_exact(&mut len)).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(bad("control frame too large"));
+    }
+    let mut buf = vec![0u8; len];
+    timed(s.read_exact(&mut buf)).await?;
+    postcard::from_bytes(&buf).map_err(|_| bad("malformed control frame"))
+}
+
+async fn write_body<S: AsyncWrite + Unpin>(
+    s: &mut S,
+    data: &[u8],
+    progress: &(dyn Fn(u64) + Sync),
+) -> std::io::Result<()> {
+    let mut done = 0u64;
+    for chunk in data.chunks(CHUNK) {
+        timed(s.write_all(chunk)).await?;
+        done += chunk.len() as u64;
+        progress(done);
+    }
+    timed(s.flush()).await
+}
+
+async fn read_body<S: AsyncRead + Unpin>(
+    s: &mut S,
+    len: u64,
+    progress: &(dyn Fn(u64) + Sync),
+) -> std::io::Result<Vec<u8>> {
+    let len = usize::try_from(len).map_err(|_| std::io::ErrorKind::InvalidData)?;
+    let mut buf = vec![0u8; len];
+    let mut done = 0;
+    while done < len {
+        let end = (done + CHUNK).min(len);
+        timed(s.read_exact(&mut buf[done..end])).await?;
+        done = end;
+        progress(done as u64);
+    }
+    Ok(buf)
+}
+
+/// The client side: one exchange per call.
+#[derive(Clone)]
+pub struct BlobClient {
+    control: libp2p_stream::Control,
+}
+
+impl std::fmt::Debug for BlobClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BlobClient")
+    }
+}
+
+impl BlobClient {
+    /// A client on the network's stream control.
+    pub fn new(network: &Network) -> Self {
+        Self {
+            control: network.streams(),
+        }
+    }
+
+    async fn open(&self, peer: PeerId) -> Result<Stream, TransferError> {
+        let mut control = self.control.clone();
+        tokio::time::timeout(IO_TIMEOUT, control.open_stream(peer, BLOB_PROTOCOL))
+            .await
+            .map_err(|_| TransferError::Unreachable {
+                peer,
+                why: "timed out".into(),
+            })?
+            .map_err(|e| TransferError::Unreachable {
+                peer,
+                why: brief(&e.to_string()),
+            })
+    }
+
+    /// Asks `peer` to hold `data` under `id`; Ok once it acked.
+    pub async fn store(
+        &self,
+        peer: PeerId,
+        id: ObjectId,
+        meta: ObjectMeta,
+        data: &[u8],
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<(), TransferError> {
+        let mut s = self.open(peer).await?;
+        let broken = |e: std::io::Error| TransferError::Broken {
+            peer,
+            why: e.to_string(),
+        };
+        write_frame(&mut s, &Request::Store { id, meta })
+            .await
+            .map_err(broken)?;
+        match read_frame(&mut s).await.map_err(broken)? {
+            Reply::Ready => {}
+            Reply::Refused(reason) => return Err(TransferError::Refused { peer, reason }),
+            other => return Err(unexpected(peer, &other)),
+        }
+        write_body(&mut s, data, progress).await.map_err(broken)?;
+        match read_frame(&mut s).await.map_err(broken)? {
+            Reply::Stored => Ok(()),
+            Reply::Refused(reason) => Err(TransferError::Refused { peer, reason }),
+            other => Err(unexpected(peer, &other)),
+        }
+    }
+
+    /// Gets the object `id` from `peer`, refusing bodies over `max_len`.
+    /// The caller checks the content.
+    pub async fn fetch(
+        &self,
+        peer: PeerId,
+        id: ObjectId,
+        max_len: u64,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<Vec<u8>, TransferError> {
+        let mut s = self.open(peer).await?;
+        let broken = |e: std::io::Error| TransferError::Broken {
+            peer,
+            why: e.to_string(),
+        };
+        write_frame(&mut s, &Request::Fetch { id })
+            .await
+            .map_err(broken)?;
+        match read_frame(&mut s).await.map_err(broken)? {
+            Reply::Found { len } if len <= max_len => {
+                read_body(&mut s, len, progress).await.map_err(broken)
+            }
+            Reply::Found { len } => Err(TransferError::Protocol {
+                peer,
+                why: format!("offered {len} bytes where at most {max_len} were expected"),
+            }),
+            Reply::Refused(reason) => Err(TransferError::Refused { peer, reason }),
+            other => Err(unexpected(peer, &other)),
+        }
+    }
+
+    /// Withdraws an object this peer stored at `peer`.
+    pub async fn delete(
+        &self,
+        peer: PeerId,
+        id: ObjectId,
+        secret: [u8; 32],
+    ) -> Result<(), TransferError> {
+        let mut s = self.open(peer).await?;
+        let broken = |e: std::io::Error| TransferError::Broken {
+            peer,
+            why: e.to_string(),
+        };
+        write_frame(&mut s, &Request::Delete { id, secret })
+            .await
+            .map_err(broken)?;
+        match read_frame(&mut s).await.map_err(broken)? {
+            Reply::Deleted => Ok(()),
+            Reply::Refused(reason) => Err(TransferError::Refused { peer, reason }),
+            other => Err(unexpected(peer, &other)),
+        }
+    }
+}
+
+/// libp2p's dial errors nest every address tried; users need the gist.
+fn brief(error: &str) -> String {
+    if error.contains("Connection refused") {
+        "connection refused (the peer is down)".into()
+    } else if error.contains("does not support") {
+        "it does not speak the vmail blob protocol".into()
+    } else {
+        error
+            .lines()
+            .next()
+            .unwrap_or(error)
+            .chars()
+            .take(160)
+            .collect()
+    }
+}
+
+fn unexpected(peer: PeerId, reply: &Reply) -> TransferError {
+    TransferError::Protocol {
+        peer,
+        why: format!("unexpected reply {reply:?}"),
+    }
+}
+
+/// The holder side: accepts blob streams until `shutdown`, serving each on
+/// its own task, at most [`MAX_CONCURRENT_EXCHANGES`] at a time.
+pub async fn serve(network: Network, store: Store, shutdown: CancellationToken) {
+    let mut control = network.streams();
+    let mut incoming = match control.accept(BLOB_PROTOCOL) {
+        Ok(i) => i,
+        Err(e) => {
+            tracing::error!("blob protocol already registered: {e}");
+            return;
+        }
+    };
+    let slots = Arc::new(Semaphore::new(MAX_CONCURRENT_EXCHANGES));
+    loop {
+        let (peer, stream) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            next = incoming.next() => match next {
+                Some(s) => s,
+                None => return,
+            },
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "too many transfers in flight; stream dropped");
+            continue;
+        };
+        let (network, store) = (network.clone(), store.clone());
+        tokio::spawn(async move {
+            if let Err(e) = handle(peer, stream, &network, &store).await {
+                tracing::debug!(%peer, "blob exchange ended: {e}");
+            }
+            drop(permit);
+        });
+    }
+}
+
+async fn handle(
+    peer: PeerId,
+    mut s: Stream,
+    network: &Network,
+    store: &Store,
+) -> std::io::Result<()> {
+    match read_frame(&mut s).await? {
+        Request::Store { id, meta } => {
+            let reservation = match store.reserve(meta.len) {
+                Ok(r) => r,
+                Err(e) => return write_frame(&mut s, &Reply::Refused(e.to_string())).await,
+            };
+            write_frame(&mut s, &Reply::Ready).await?;
+            let data = read_body(&mut s, meta.len, &|_| {}).await?;
+            let st = store.clone();
+            let committed =
+                tokio::task::spawn_blocking(move || st.commit(reservation, &id, meta, &data))
+                    .await
+                    .map_err(std::io::Error::other)?;
+            if let Err(e) = committed {
+                tracing::warn!(%peer, id = %hex::encode(id), "store refused: {e}");
+                return write_frame(&mut s, &Reply::Refused(e.to_string())).await;
+            }
+            announce(network, id).await;
+            tracing::info!(%peer, id = %hex::encode(id), bytes = meta.len, "stored object");
+            write_frame(&mut s, &Reply::Stored).await?;
+        }
+        Request::Fetch { id } => {
+            let st = store.clone();
+            let read = tokio::task::spawn_blocking(move || st.read(&id))
+                .await
+                .map_err(std::io::Error::other)?;
+            match read {
+                Ok(Some(data)) => {
+                    write_frame(
+                        &mut s,
+                        &Reply::Found {
+                            len: data.len() as u64,
+                        },
+                    )
+                    .await?;
+                    write_body(&mut s, &data, &|_| {}).await?;
+                }
+                Ok(None) => {
+                    write_frame(&mut s, &Reply::Refused("no such object here".into())).await?;
+                }
+                Err(e) => {
+                    tracing::error!(id = %hex::encode(id), "cannot read object: {e}");
+                    write_frame(
+                        &mut s,
+                        &Reply::Refused("holder cannot read the object".into()),
+                    )
+                    .await?;
+                }
+            }
+        }
+        Request::Delete { id, secret } => {
+            let reply = match store.get(&id) {
+                None => Reply::Refused("no such object here".into()),
+                Some(m) if <[u8; 32]>::from(Sha256::digest(secret)) != m.delete_hash => {
+                    Reply::Refused("wrong delete secret".into())
+                }
+                Some(_) => {
+                    let st = store.clone();
+                    match tokio::task::spawn_blocking(move || st.remove(&id))
+                        .await
+                        .map_err(std::io::Error::other)?
+                    {
+                        Ok(_) => {
+                            let _ = network.stop_providing(RecordKey::new(&id)).await;
+                            Reply::Deleted
+                        }
+                        Err(e) => Reply::Refused(e.to_string()),
+                    }
+                }
+            };
+            write_frame(&mut s, &reply).await?;
+        }
+    }
+    timed(s.close()).await
+}
+
+/// Announces a held object in the DHT, waiting at most [`ANNOUNCE_TIMEOUT`].
+pub async fn announce(network: &Network, id: ObjectId) {
+    match tokio::time::timeout(
+        ANNOUNCE_TIMEOUT,
+        network.start_providing(RecordKey::new(&id)),
+    )
+    .await
+    {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(id = %hex::encode(id), "announcement incomplete: {e}"),
+        Err(_) => tracing::debug!(id = %hex::encode(id), "announcement still running"),
+    }
+}

@@ -1,0 +1,233 @@
+//! The README's walk-through, with the real binary: `vmail testnet up`,
+//! users on their own homes, a daemon for one of them and one-job peers for
+//! the others, `leave`, `inbox`, `fetch`, and `testnet down`.
+
+use std::path::Path;
+use std::process::Output;
+
+use sha2::{Digest, Sha256};
+
+struct Testnet {
+    dir: tempfile::TempDir,
+    env: Vec<(String, String)>,
+}
+
+impl Testnet {
+    async fn up(peers: usize) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_vmail"))
+            .args(["testnet", "up", "--peers", &peers.to_string(), "--dir"])
+            .arg(dir.path())
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "testnet up: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let env = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.strip_prefix("export "))
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect::<Vec<_>>();
+        let names: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "VMAIL_AUTH",
+                "VMAIL_CA",
+                "VMAIL_CLUSTER_KEY",
+                "VMAIL_BOOTSTRAP"
+            ]
+        );
+        Self { dir, env }
+    }
+
+    fn command(&self, home: &Path, args: &[&str]) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_vmail"));
+        cmd.args(args)
+            .env("VMAIL_HOME", home)
+            .env("VMAIL_PASSWORD", "a long enough password")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(std::process::Stdio::null());
+        cmd
+    }
+
+    async fn vmail(&self, home: &Path, args: &[&str]) -> Output {
+        self.command(home, args).output().await.unwrap()
+    }
+
+    async fn ok(&self, home: &Path, args: &[&str]) -> String {
+        let out = self.vmail(home, args).await;
+        assert!(
+            out.status.success(),
+            "vmail {args:?} failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    async fn down(self) {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_vmail"))
+            .args(["testnet", "down", "--dir"])
+            .arg(self.dir.path())
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "testnet down: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn leave_a_wav_for_two_users_and_fetch_it_with_the_cli() {
+    let net = Testnet::up(5).await;
+    let homes = tempfile::tempdir().unwrap();
+    let home = |u: &str| homes.path().join(u);
+    for u in ["bob", "alice", "carol"] {
+        net.ok(&home(u), &["account", "register", u]).await;
+    }
+
+    // alice runs a daemon: it joins the testnet through VMAIL_BOOTSTRAP,
+    // and `vmail login` hands it her session.
+    let daemon = net
+        .command(&home("alice"), &["node", "run"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let socket = home("alice").join("node").join("control.sock");
+    for _ in 0..200 {
+        if socket.exists() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let login = net.ok(&home("alice"), &["login", "alice"]).await;
+    assert!(login.contains("handed to the peer daemon"), "{login}");
+    let status = net.ok(&home("alice"), &["node", "status"]).await;
+    assert!(status.contains("user           alice"), "{status}");
+
+    // bob and carol have no daemon: each command starts a one-job peer.
+    net.ok(&home("bob"), &["login", "bob"]).await;
+    net.ok(&home("carol"), &["login", "carol"]).await;
+    let wav = homes.path().join("hello.wav");
+    let audio = vmail_node::wav::generate(3, 8000, 11);
+    std::fs::write(&wav, &audio).unwrap();
+    let left = net
+        .ok(
+            &home("bob"),
+            &["leave", "--to", "alice,carol", wav.to_str().unwrap()],
+        )
+        .await;
+    assert!(left.contains("3 copies"), "{left}");
+    assert!(left.contains("audio/wav, 3.0 s"), "{left}");
+
+    let inbox = net.ok(&home("alice"), &["inbox"]).await;
+    assert!(inbox.contains("bob") && inbox.contains("3.0 s"), "{inbox}");
+
+    for u in ["alice", "carol"] {
+        let out = homes.path().join(format!("out-{u}"));
+        std::fs::create_dir_all(&out).unwrap();
+        let fetched = net
+            .ok(
+                &home(u),
+                &["fetch", "--all", "--out", out.to_str().unwrap()],
+            )
+            .await;
+        assert!(fetched.contains("fetched"), "{fetched}");
+        let file = std::fs::read_dir(&out)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        assert_eq!(file.extension().unwrap(), "wav");
+        assert_eq!(
+            Sha256::digest(std::fs::read(&file).unwrap()),
+            Sha256::digest(&audio)
+        );
+        let inbox = net.ok(&home(u), &["inbox"]).await;
+        assert!(inbox.contains("no voicemail waiting"), "{inbox}");
+    }
+
+    // Bad input: a missing file, and an unknown recipient, store nothing.
+    let out = net
+        .vmail(&home("bob"), &["leave", "--to", "alice", "/no/such.wav"])
+        .await;
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("cannot read /no/such.wav"),
+        "{}",
+        stderr(&out)
+    );
+    let out = net
+        .vmail(
+            &home("bob"),
+            &["leave", "--to", "mallory", wav.to_str().unwrap()],
+        )
+        .await;
+    assert!(
+        stderr(&out).contains("unknown recipient \"mallory\""),
+        "{}",
+        stderr(&out)
+    );
+    let out = net
+        .vmail(
+            &home("alice"),
+            &["fetch", "00112233445566778899aabbccddeeff"],
+        )
+        .await;
+    assert!(
+        stderr(&out).contains("no voicemail 00112233445566778899aabbccddeeff"),
+        "{}",
+        stderr(&out)
+    );
+
+    // No daemon and no bootstrap peer: the error says what to do.
+    let out = net
+        .command(&home("carol"), &["fetch", "--all"])
+        .env_remove("VMAIL_BOOTSTRAP")
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no vmail peer is running")
+            && stderr(&out).contains("VMAIL_BOOTSTRAP"),
+        "{}",
+        stderr(&out)
+    );
+
+    // SIGTERM: the daemon leaves gracefully and exits 0.
+    let pid = nix::unistd::Pid::from_raw(daemon.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let out = daemon.wait_with_output().await.unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("handed off"));
+    net.down().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fetch_without_a_login_says_to_log_in() {
+    let home = tempfile::tempdir().unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_vmail"))
+        .args(["fetch", "--all"])
+        .env("VMAIL_HOME", home.path())
+        .env_remove("VMAIL_BOOTSTRAP")
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("not logged in"), "{}", stderr(&out));
+}
