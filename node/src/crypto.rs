@@ -1,8 +1,13 @@
 //! Segmented AES-256-GCM for voicemail bodies: the STREAM construction of
 //! Hoang, Reyhanitabar, Rogaway and Vizár ("Online Authenticated-Encryption
-//! and its Nonce-Reuse Misuse-Resistance", 2015) as the `aead-stream` crate
-//! implements it (`EncryptorBE32` / `DecryptorBE32` over `Aes256Gcm`). The
-//! nonce schedule is the crate's, not ours. Pure: no IO.
+//! and its Nonce-Reuse Misuse-Resistance", 2015), STREAM-BE32 as the
+//! `aead-stream` crate defines it. Pure: no IO.
+//!
+//! Two [`Backend`]s write the same bytes: `aead-stream`'s `EncryptorBE32` /
+//! `DecryptorBE32` over RustCrypto's `Aes256Gcm`, the reference for the
+//! nonce schedule, and ring's AES-256-GCM with the same schedule, the
+//! default because it runs at OpenSSL's speed (`cargo bench -p vmail-node
+//! --bench crypto`). The tests check that the two agree byte for byte.
 //!
 //! The format, byte-exact (all integers big-endian):
 //!
@@ -33,9 +38,10 @@
 //! message (another header, nonce prefix or key) or a header naming another
 //! message all fail to decrypt.
 
+use aead_stream::{DecryptorBE32, EncryptorBE32};
 use aes_gcm::aead::{self, Buffer, KeyInit};
 use aes_gcm::{Aes256Gcm, Key};
-use aead_stream::{DecryptorBE32, EncryptorBE32};
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use vmail_proto::keys::SecretKey;
 use vmail_proto::random_bytes;
 use zeroize::Zeroize;
@@ -158,6 +164,21 @@ pub fn plaintext_len(len: u64) -> Option<u64> {
     Some(full_segments * SEGMENT_LEN as u64 + last - TAG_LEN as u64)
 }
 
+/// Which AES-256-GCM implementation seals and opens the segments. Both
+/// write and read the same bytes (the tests check it), so either opens what
+/// the other sealed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Backend {
+    /// ring's AES-GCM (BoringSSL's assembly): at or above OpenSSL's speed
+    /// on the same machine (the crypto bench), so the default.
+    #[default]
+    Ring,
+    /// RustCrypto's `aes-gcm` through `aead-stream`'s `EncryptorBE32` and
+    /// `DecryptorBE32`: the reference for the nonce schedule, at about half
+    /// of OpenSSL's speed.
+    RustCrypto,
+}
+
 /// Encrypts with a fresh random nonce prefix. `progress` is called after
 /// each segment with the plaintext bytes done so far.
 ///
@@ -187,6 +208,29 @@ pub fn encrypt_with_prefix(
     plaintext: &[u8],
     progress: &mut dyn FnMut(u64),
 ) -> Vec<u8> {
+    encrypt_with(
+        Backend::default(),
+        key,
+        message_id,
+        nonce_prefix,
+        plaintext,
+        progress,
+    )
+}
+
+/// [`encrypt_with_prefix`] on a chosen backend, for tests and benchmarks.
+///
+/// # Panics
+///
+/// If `plaintext` needs more than 2^32 segments (256 TiB).
+pub fn encrypt_with(
+    backend: Backend,
+    key: &SecretKey,
+    message_id: [u8; 16],
+    nonce_prefix: [u8; 7],
+    plaintext: &[u8],
+    progress: &mut dyn FnMut(u64),
+) -> Vec<u8> {
     let header = Header {
         message_id,
         nonce_prefix,
@@ -197,23 +241,19 @@ pub fn encrypt_with_prefix(
     // The one allocation: each segment is sealed in place at its end.
     let mut out = Vec::with_capacity(total);
     out.extend_from_slice(&header);
-    let mut encryptor = EncryptorBE32::<Aes256Gcm>::from_aead(cipher(key), &nonce_prefix.into());
+    let mut sealer = Segments::new(backend, key, nonce_prefix);
     let mut segments = plaintext.chunks_exact(SEGMENT_LEN);
     let mut done = 0u64;
     for segment in segments.by_ref() {
-        let mut tail = Tail::new(&mut out);
-        tail.out.extend_from_slice(segment);
-        encryptor
-            .encrypt_next_in_place(&header, &mut tail)
+        sealer
+            .seal(&header, &mut Tail::push(&mut out, segment), false)
             .expect("more than 2^32 segments (256 TiB) to encrypt");
         done += segment.len() as u64;
         progress(done);
     }
     let last = segments.remainder();
-    let mut tail = Tail::new(&mut out);
-    tail.out.extend_from_slice(last);
-    encryptor
-        .encrypt_last_in_place(&header, &mut tail)
+    sealer
+        .seal(&header, &mut Tail::push(&mut out, last), true)
         .expect("AES-GCM sealing into a Vec cannot fail");
     progress(done + last.len() as u64);
     debug_assert_eq!(out.len(), total);
@@ -224,6 +264,23 @@ pub fn encrypt_with_prefix(
 /// header's. `progress` is called after each segment with the ciphertext
 /// bytes consumed so far. On failure the partial plaintext is wiped.
 pub fn decrypt(
+    key: &SecretKey,
+    expected_message_id: &[u8; 16],
+    ciphertext: &[u8],
+    progress: &mut dyn FnMut(u64),
+) -> Result<Vec<u8>, DecryptError> {
+    decrypt_with(
+        Backend::default(),
+        key,
+        expected_message_id,
+        ciphertext,
+        progress,
+    )
+}
+
+/// [`decrypt`] on a chosen backend, for tests and benchmarks.
+pub fn decrypt_with(
+    backend: Backend,
     key: &SecretKey,
     expected_message_id: &[u8; 16],
     ciphertext: &[u8],
@@ -241,42 +298,37 @@ pub fn decrypt(
     let (aad, body) = ciphertext.split_at(HEADER_LEN);
     // Room for the last segment's tag before it is cut off.
     let capacity = usize::try_from(n).map_or(0, |n| n + TAG_LEN);
-    open_segments(key, &header.nonce_prefix, aad, body, capacity, progress)
+    let opener = Segments::new(backend, key, header.nonce_prefix);
+    open_segments(opener, aad, body, capacity, progress)
 }
 
 /// Opens `body` as consecutive sealed segments, the final chunk as the last
-/// one, whatever its length. [`decrypt`] checks the layout first; the tests
-/// call this directly to show the last flag alone catches a dropped segment.
+/// one, whatever its length. [`decrypt_with`] checks the layout first; the
+/// tests call this directly to show the last flag alone catches a dropped
+/// segment.
 fn open_segments(
-    key: &SecretKey,
-    nonce_prefix: &[u8; 7],
+    mut opener: Segments,
     aad: &[u8],
     body: &[u8],
     capacity: usize,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Vec<u8>, DecryptError> {
+    // Every chunk but the final one is a full segment; the final one, even
+    // if empty or full, is opened as last.
+    let last_start = body.len().saturating_sub(1) / SEALED_SEGMENT_LEN * SEALED_SEGMENT_LEN;
+    let (init, last) = body.split_at(last_start);
     let mut out = Vec::with_capacity(capacity);
-    let mut decryptor = DecryptorBE32::<Aes256Gcm>::from_aead(cipher(key), &(*nonce_prefix).into());
-    let count = body.len().div_ceil(SEALED_SEGMENT_LEN).max(1);
-    let mut segments = body.chunks(SEALED_SEGMENT_LEN);
     let mut consumed = aad.len() as u64;
-    for index in 0..count as u64 {
-        let segment = segments.next().unwrap_or_default();
-        let mut tail = Tail::new(&mut out);
-        tail.out.extend_from_slice(segment);
-        let opened = if index + 1 == count as u64 {
-            // Consumes the decryptor, as the loop ends here.
-            std::mem::replace(
-                &mut decryptor,
-                DecryptorBE32::from_aead(cipher(key), &(*nonce_prefix).into()),
-            )
-            .decrypt_last_in_place(aad, &mut tail)
-        } else {
-            decryptor.decrypt_next_in_place(aad, &mut tail)
-        };
-        if opened.is_err() {
+    let full = init.chunks_exact(SEALED_SEGMENT_LEN).map(|s| (s, false));
+    for (index, (segment, is_last)) in full.chain([(last, true)]).enumerate() {
+        if opener
+            .open(aad, &mut Tail::push(&mut out, segment), is_last)
+            .is_err()
+        {
             out.zeroize();
-            return Err(DecryptError::Authentication { segment: index });
+            return Err(DecryptError::Authentication {
+                segment: index as u64,
+            });
         }
         consumed += segment.len() as u64;
         progress(consumed);
@@ -284,8 +336,147 @@ fn open_segments(
     Ok(out)
 }
 
-fn cipher(key: &SecretKey) -> Aes256Gcm {
-    Aes256Gcm::new(&Key::<Aes256Gcm>::from(*key.as_bytes()))
+/// One message's segment cipher on either backend, keeping the STREAM
+/// position. A segment sealed or opened as last ends the stream.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per message, never moved while in use: boxing saves nothing"
+)]
+enum Segments {
+    /// ring, with our own STREAM-BE32 nonce schedule, which the tests
+    /// check against `aead-stream`'s.
+    Ring {
+        key: LessSafeKey,
+        nonce_prefix: [u8; 7],
+        position: u32,
+        ended: bool,
+    },
+    /// `aead-stream` over `aes-gcm`; each is None once its last segment
+    /// is done.
+    RustCrypto {
+        encryptor: Option<EncryptorBE32<Aes256Gcm>>,
+        decryptor: Option<DecryptorBE32<Aes256Gcm>>,
+    },
+}
+
+/// A segment did not seal or open: a failed tag, or past the stream's end.
+#[derive(Debug)]
+struct SegmentFailed;
+
+impl Segments {
+    fn new(backend: Backend, key: &SecretKey, nonce_prefix: [u8; 7]) -> Self {
+        match backend {
+            Backend::Ring => Segments::Ring {
+                key: LessSafeKey::new(
+                    UnboundKey::new(&AES_256_GCM, key.as_bytes())
+                        .expect("a 32-byte key is an AES-256 key"),
+                ),
+                nonce_prefix,
+                position: 0,
+                ended: false,
+            },
+            Backend::RustCrypto => {
+                let aead = Aes256Gcm::new(&Key::<Aes256Gcm>::from(*key.as_bytes()));
+                Segments::RustCrypto {
+                    encryptor: Some(EncryptorBE32::from_aead(aead.clone(), &nonce_prefix.into())),
+                    decryptor: Some(DecryptorBE32::from_aead(aead, &nonce_prefix.into())),
+                }
+            }
+        }
+    }
+
+    /// Seals the plaintext in `tail` in place, appending the tag.
+    fn seal(&mut self, aad: &[u8], tail: &mut Tail<'_>, last: bool) -> Result<(), SegmentFailed> {
+        match self {
+            Segments::Ring {
+                key,
+                nonce_prefix,
+                position,
+                ended,
+            } => {
+                let nonce = ring_nonce(nonce_prefix, position, ended, last)?;
+                let tag = key
+                    .seal_in_place_separate_tag(nonce, Aad::from(aad), tail.as_mut())
+                    .map_err(|_| SegmentFailed)?;
+                tail.out.extend_from_slice(tag.as_ref());
+                Ok(())
+            }
+            Segments::RustCrypto { encryptor, .. } => {
+                let sealed = if last {
+                    encryptor
+                        .take()
+                        .ok_or(SegmentFailed)?
+                        .encrypt_last_in_place(aad, tail)
+                } else {
+                    encryptor
+                        .as_mut()
+                        .ok_or(SegmentFailed)?
+                        .encrypt_next_in_place(aad, tail)
+                };
+                sealed.map_err(|_| SegmentFailed)
+            }
+        }
+    }
+
+    /// Opens the sealed segment in `tail` in place, cutting off the tag.
+    fn open(&mut self, aad: &[u8], tail: &mut Tail<'_>, last: bool) -> Result<(), SegmentFailed> {
+        match self {
+            Segments::Ring {
+                key,
+                nonce_prefix,
+                position,
+                ended,
+            } => {
+                let nonce = ring_nonce(nonce_prefix, position, ended, last)?;
+                let len = key
+                    .open_in_place(nonce, Aad::from(aad), tail.as_mut())
+                    .map_err(|_| SegmentFailed)?
+                    .len();
+                tail.truncate(len);
+                Ok(())
+            }
+            Segments::RustCrypto { decryptor, .. } => {
+                let opened = if last {
+                    decryptor
+                        .take()
+                        .ok_or(SegmentFailed)?
+                        .decrypt_last_in_place(aad, tail)
+                } else {
+                    decryptor
+                        .as_mut()
+                        .ok_or(SegmentFailed)?
+                        .decrypt_next_in_place(aad, tail)
+                };
+                opened.map_err(|_| SegmentFailed)
+            }
+        }
+    }
+}
+
+/// The STREAM-BE32 nonce for the segment at `position`, as `aead-stream`
+/// builds it: prefix || position (u32 BE) || last flag. Moves the position
+/// on, refusing what `aead-stream` refuses: a segment after the last, and
+/// a non-last segment at the final counter value (which would leave no
+/// counter for the last one).
+fn ring_nonce(
+    nonce_prefix: &[u8; 7],
+    position: &mut u32,
+    ended: &mut bool,
+    last: bool,
+) -> Result<Nonce, SegmentFailed> {
+    if *ended || (!last && *position == u32::MAX) {
+        return Err(SegmentFailed);
+    }
+    let mut nonce = [0u8; NONCE_LEN];
+    nonce[..7].copy_from_slice(nonce_prefix);
+    nonce[7..11].copy_from_slice(&position.to_be_bytes());
+    nonce[11] = u8::from(last);
+    if last {
+        *ended = true;
+    } else {
+        *position += 1;
+    }
+    Ok(Nonce::assume_unique_for_key(nonce))
 }
 
 /// The end of an output buffer, from `start`, as an AEAD buffer: a segment
@@ -297,8 +488,10 @@ struct Tail<'a> {
 }
 
 impl<'a> Tail<'a> {
-    fn new(out: &'a mut Vec<u8>) -> Self {
+    /// Appends `segment` to `out` and returns it as the tail.
+    fn push(out: &'a mut Vec<u8>, segment: &[u8]) -> Self {
         let start = out.len();
+        out.extend_from_slice(segment);
         Tail { out, start }
     }
 }
@@ -334,17 +527,18 @@ mod tests {
 
     const ID: [u8; 16] = [7; 16];
     const FULL: usize = SEALED_SEGMENT_LEN;
+    const BACKENDS: [Backend; 2] = [Backend::Ring, Backend::RustCrypto];
 
     fn data(n: usize) -> Vec<u8> {
         (0..n).map(|i| (i * 31 % 251) as u8).collect()
     }
 
-    fn seal(key: &SecretKey, p: &[u8]) -> Vec<u8> {
-        encrypt(key, ID, p, &mut |_| {})
+    fn seal(backend: Backend, key: &SecretKey, p: &[u8]) -> Vec<u8> {
+        encrypt_with(backend, key, ID, random_bytes(), p, &mut |_| {})
     }
 
-    fn open(key: &SecretKey, c: &[u8]) -> Result<Vec<u8>, DecryptError> {
-        decrypt(key, &ID, c, &mut |_| {})
+    fn open(backend: Backend, key: &SecretKey, c: &[u8]) -> Result<Vec<u8>, DecryptError> {
+        decrypt_with(backend, key, &ID, c, &mut |_| {})
     }
 
     /// Segment `i` of a ciphertext (the last one may be short).
@@ -358,10 +552,32 @@ mod tests {
         let key = SecretKey::random();
         for n in [0, 1, 65535, 65536, 65537, 3 * 65536, 200_000] {
             let p = data(n);
-            let c = seal(&key, &p);
+            let c = encrypt(&key, ID, &p, &mut |_| {});
             assert_eq!(c.len() as u64, ciphertext_len(n as u64), "n = {n}");
             assert_eq!(plaintext_len(c.len() as u64), Some(n as u64), "n = {n}");
-            assert_eq!(open(&key, &c).as_deref(), Ok(&p[..]), "n = {n}");
+            assert_eq!(
+                decrypt(&key, &ID, &c, &mut |_| {}).as_deref(),
+                Ok(&p[..]),
+                "n = {n}"
+            );
+        }
+    }
+
+    #[test]
+    fn backends_write_the_same_bytes_and_open_each_other() {
+        let key = SecretKey::random();
+        let prefix = random_bytes();
+        for n in [0, 1, 65535, 65536, 65537, 3 * 65536, 200_000] {
+            let p = data(n);
+            let ring = encrypt_with(Backend::Ring, &key, ID, prefix, &p, &mut |_| {});
+            let rust = encrypt_with(Backend::RustCrypto, &key, ID, prefix, &p, &mut |_| {});
+            assert!(ring == rust, "the backends differ at n = {n}");
+            assert_eq!(encrypt_with_prefix(&key, ID, prefix, &p, &mut |_| {}), ring);
+            assert_eq!(
+                open(Backend::RustCrypto, &key, &ring).as_deref(),
+                Ok(&p[..])
+            );
+            assert_eq!(open(Backend::Ring, &key, &rust).as_deref(), Ok(&p[..]));
         }
     }
 
@@ -381,161 +597,183 @@ mod tests {
         let key = SecretKey::random();
         let (id, prefix) = ([0xab; 16], [1, 2, 3, 4, 5, 6, 7]);
         let p = data(SEGMENT_LEN + 5);
-        let c = encrypt_with_prefix(&key, id, prefix, &p, &mut |_| {});
+        let mut expected_header = vec![1, 0, 1, 0, 0];
+        expected_header.extend_from_slice(&id);
+        expected_header.extend_from_slice(&prefix);
         let header = Header {
             message_id: id,
             nonce_prefix: prefix,
         };
-        let mut expected_header = vec![1, 0, 1, 0, 0];
-        expected_header.extend_from_slice(&id);
-        expected_header.extend_from_slice(&prefix);
-        assert_eq!(&c[..HEADER_LEN], &expected_header[..]);
         assert_eq!(header.to_bytes()[..], expected_header[..]);
-        assert_eq!(Header::parse(&c), Ok(header));
         // Open each segment with plain AES-256-GCM and the documented nonce.
-        let aead = cipher(&key);
-        for (i, last, plain) in [(0u32, 0u8, &p[..SEGMENT_LEN]), (1, 1, &p[SEGMENT_LEN..])] {
-            let mut nonce = [0u8; 12];
-            nonce[..7].copy_from_slice(&prefix);
-            nonce[7..11].copy_from_slice(&i.to_be_bytes());
-            nonce[11] = last;
-            let mut buf = segment(&c, i as usize).to_vec();
-            aead.decrypt_in_place(&nonce.into(), &expected_header, &mut buf)
-                .expect("segment opens with the documented nonce and AAD");
-            assert_eq!(buf, plain, "segment {i}");
+        let aead = Aes256Gcm::new(&Key::<Aes256Gcm>::from(*key.as_bytes()));
+        for backend in BACKENDS {
+            let c = encrypt_with(backend, &key, id, prefix, &p, &mut |_| {});
+            assert_eq!(&c[..HEADER_LEN], &expected_header[..]);
+            assert_eq!(Header::parse(&c), Ok(header));
+            for (i, last, plain) in [(0u32, 0u8, &p[..SEGMENT_LEN]), (1, 1, &p[SEGMENT_LEN..])] {
+                let mut nonce = [0u8; 12];
+                nonce[..7].copy_from_slice(&prefix);
+                nonce[7..11].copy_from_slice(&i.to_be_bytes());
+                nonce[11] = last;
+                let mut buf = segment(&c, i as usize).to_vec();
+                aead.decrypt_in_place(&nonce.into(), &expected_header, &mut buf)
+                    .expect("segment opens with the documented nonce and AAD");
+                assert_eq!(buf, plain, "{backend:?} segment {i}");
+            }
         }
     }
 
     #[test]
     fn flipped_header_byte_fails() {
         let key = SecretKey::random();
-        let c = seal(&key, &data(3 * 65536 + 10));
-        // Message id, told the altered id so only the tag can notice; then
-        // the nonce prefix.
-        let mut t = c.clone();
-        t[5] ^= 1;
-        let altered: [u8; 16] = t[5..21].try_into().unwrap();
-        assert_eq!(
-            decrypt(&key, &altered, &t, &mut |_| {}),
-            Err(DecryptError::Authentication { segment: 0 })
-        );
-        let mut t = c.clone();
-        t[HEADER_LEN - 1] ^= 1;
-        assert_eq!(open(&key, &t), Err(DecryptError::Authentication { segment: 0 }));
-        let mut t = c;
-        t[4] ^= 1;
-        assert_eq!(open(&key, &t), Err(DecryptError::BadSegmentLength(65537)));
+        for backend in BACKENDS {
+            let c = seal(backend, &key, &data(3 * 65536 + 10));
+            // The message id, telling decrypt the altered id so only the tag
+            // can notice; then the nonce prefix.
+            let mut t = c.clone();
+            t[5] ^= 1;
+            let altered: [u8; 16] = t[5..21].try_into().unwrap();
+            assert_eq!(
+                decrypt_with(backend, &key, &altered, &t, &mut |_| {}),
+                Err(DecryptError::Authentication { segment: 0 })
+            );
+            let mut t = c.clone();
+            t[HEADER_LEN - 1] ^= 1;
+            assert_eq!(
+                open(backend, &key, &t),
+                Err(DecryptError::Authentication { segment: 0 })
+            );
+            let mut t = c;
+            t[4] ^= 1;
+            assert_eq!(
+                open(backend, &key, &t),
+                Err(DecryptError::BadSegmentLength(65537))
+            );
+        }
     }
 
     #[test]
     fn flipped_byte_in_a_middle_segment_fails() {
         let key = SecretKey::random();
-        let mut c = seal(&key, &data(3 * 65536 + 10));
-        c[HEADER_LEN + FULL + 100] ^= 0x80;
-        assert_eq!(open(&key, &c), Err(DecryptError::Authentication { segment: 1 }));
+        for backend in BACKENDS {
+            let mut c = seal(backend, &key, &data(3 * 65536 + 10));
+            c[HEADER_LEN + FULL + 100] ^= 0x80;
+            assert_eq!(
+                open(backend, &key, &c),
+                Err(DecryptError::Authentication { segment: 1 })
+            );
+        }
     }
 
     #[test]
     fn flipped_byte_in_the_last_tag_fails() {
         let key = SecretKey::random();
-        let mut c = seal(&key, &data(3 * 65536 + 10));
-        let last = c.len() - 1;
-        c[last] ^= 1;
-        assert_eq!(open(&key, &c), Err(DecryptError::Authentication { segment: 3 }));
+        for backend in BACKENDS {
+            let mut c = seal(backend, &key, &data(3 * 65536 + 10));
+            let last = c.len() - 1;
+            c[last] ^= 1;
+            assert_eq!(
+                open(backend, &key, &c),
+                Err(DecryptError::Authentication { segment: 3 })
+            );
+        }
     }
 
     #[test]
     fn dropping_the_last_segment_fails() {
         let key = SecretKey::random();
-        let c = seal(&key, &data(3 * 65536 + 10));
-        let cut = &c[..HEADER_LEN + 3 * FULL];
-        assert_eq!(
-            open(&key, cut),
-            Err(DecryptError::BadLength(cut.len() as u64))
-        );
-        // Even past the length check, segment 2 was not sealed as last.
-        let header = Header::parse(&c).unwrap();
-        assert_eq!(
-            open_segments(
-                &key,
-                &header.nonce_prefix,
-                &c[..HEADER_LEN],
-                &cut[HEADER_LEN..],
-                0,
-                &mut |_| {}
-            ),
-            Err(DecryptError::Authentication { segment: 2 })
-        );
-        // The untruncated body opens the same way, so the flag is what failed.
-        assert!(
-            open_segments(
-                &key,
-                &header.nonce_prefix,
-                &c[..HEADER_LEN],
-                &c[HEADER_LEN..],
-                0,
-                &mut |_| {}
-            )
-            .is_ok()
-        );
+        for backend in BACKENDS {
+            let c = seal(backend, &key, &data(3 * 65536 + 10));
+            let cut = &c[..HEADER_LEN + 3 * FULL];
+            assert_eq!(
+                open(backend, &key, cut),
+                Err(DecryptError::BadLength(cut.len() as u64))
+            );
+            // Even past the length check, segment 2 was not sealed as last.
+            let header = Header::parse(&c).unwrap();
+            let opener = || Segments::new(backend, &key, header.nonce_prefix);
+            assert_eq!(
+                open_segments(
+                    opener(),
+                    &c[..HEADER_LEN],
+                    &cut[HEADER_LEN..],
+                    0,
+                    &mut |_| {}
+                ),
+                Err(DecryptError::Authentication { segment: 2 })
+            );
+            // The whole body opens the same way, so the flag is what failed.
+            assert!(
+                open_segments(opener(), &c[..HEADER_LEN], &c[HEADER_LEN..], 0, &mut |_| {}).is_ok()
+            );
+        }
     }
 
     #[test]
     fn cutting_inside_the_last_segment_fails() {
         let key = SecretKey::random();
-        let c = seal(&key, &data(100));
-        assert_eq!(
-            open(&key, &c[..c.len() - 1]),
-            Err(DecryptError::Authentication { segment: 0 })
-        );
+        for backend in BACKENDS {
+            let c = seal(backend, &key, &data(100));
+            assert_eq!(
+                open(backend, &key, &c[..c.len() - 1]),
+                Err(DecryptError::Authentication { segment: 0 })
+            );
+        }
     }
 
     #[test]
     fn reordering_segments_fails() {
         let key = SecretKey::random();
-        let c = seal(&key, &data(3 * 65536 + 10));
-        let mut swapped = c[..HEADER_LEN].to_vec();
-        for i in [1, 0, 2, 3] {
-            swapped.extend_from_slice(segment(&c, i));
+        for backend in BACKENDS {
+            let c = seal(backend, &key, &data(3 * 65536 + 10));
+            let mut swapped = c[..HEADER_LEN].to_vec();
+            for i in [1, 0, 2, 3] {
+                swapped.extend_from_slice(segment(&c, i));
+            }
+            assert_eq!(
+                open(backend, &key, &swapped),
+                Err(DecryptError::Authentication { segment: 0 })
+            );
         }
-        assert_eq!(
-            open(&key, &swapped),
-            Err(DecryptError::Authentication { segment: 0 })
-        );
     }
 
     #[test]
     fn splicing_from_another_message_fails() {
         let key = SecretKey::random();
         let p = data(3 * 65536 + 10);
-        let c = seal(&key, &p);
-        // Same key, same message id, same plaintext: only the nonce prefix
-        // differs, and that is enough.
-        let other = seal(&key, &p);
-        let mut spliced = c[..HEADER_LEN].to_vec();
-        for i in 0..4 {
-            spliced.extend_from_slice(segment(if i == 1 { &other } else { &c }, i));
+        for backend in BACKENDS {
+            let c = seal(backend, &key, &p);
+            // Same key, same message id, same plaintext: only the nonce
+            // prefix differs, and that is enough.
+            let other = seal(backend, &key, &p);
+            let mut spliced = c[..HEADER_LEN].to_vec();
+            for i in 0..4 {
+                spliced.extend_from_slice(segment(if i == 1 { &other } else { &c }, i));
+            }
+            assert_eq!(spliced.len(), c.len());
+            assert_eq!(
+                open(backend, &key, &spliced),
+                Err(DecryptError::Authentication { segment: 1 })
+            );
         }
-        assert_eq!(spliced.len(), c.len());
-        assert_eq!(
-            open(&key, &spliced),
-            Err(DecryptError::Authentication { segment: 1 })
-        );
     }
 
     #[test]
     fn wrong_key_fails() {
-        let c = seal(&SecretKey::random(), &data(1000));
-        assert_eq!(
-            open(&SecretKey::random(), &c),
-            Err(DecryptError::Authentication { segment: 0 })
-        );
+        for backend in BACKENDS {
+            let c = seal(backend, &SecretKey::random(), &data(1000));
+            assert_eq!(
+                open(backend, &SecretKey::random(), &c),
+                Err(DecryptError::Authentication { segment: 0 })
+            );
+        }
     }
 
     #[test]
     fn wrong_message_id_fails() {
         let key = SecretKey::random();
-        let c = seal(&key, &data(1000));
+        let c = encrypt(&key, ID, &data(1000), &mut |_| {});
         assert_eq!(
             decrypt(&key, &[8; 16], &c, &mut |_| {}),
             Err(DecryptError::WrongMessage {
@@ -548,10 +786,11 @@ mod tests {
     #[test]
     fn unknown_version_and_short_input_fail() {
         let key = SecretKey::random();
-        let mut c = seal(&key, &data(1000));
-        assert_eq!(open(&key, &c[..10]), Err(DecryptError::BadLength(10)));
+        let mut c = encrypt(&key, ID, &data(1000), &mut |_| {});
+        let open = |c: &[u8]| decrypt(&key, &ID, c, &mut |_| {});
+        assert_eq!(open(&c[..10]), Err(DecryptError::BadLength(10)));
         c[0] = 2;
-        assert_eq!(open(&key, &c), Err(DecryptError::UnknownVersion(2)));
+        assert_eq!(open(&c), Err(DecryptError::UnknownVersion(2)));
     }
 
     #[test]

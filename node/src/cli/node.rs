@@ -160,6 +160,13 @@ pub(super) async fn run(
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("creating data dir {}", dir.display()))?;
     let config = NodeConfig::load(&dir, config.as_deref())?;
+    let socket = dir.join(control::SOCKET_FILE);
+    if ControlClient::connect(&socket).await.is_ok() {
+        anyhow::bail!(
+            "a vmail peer already runs with data dir {} (see `vmail node status`)",
+            dir.display()
+        );
+    }
     let peer = Arc::new(
         Peer::start(PeerOptions {
             data_dir: dir.clone(),
@@ -181,7 +188,6 @@ pub(super) async fn run(
         }
         Err(e) => println!("  no session yet ({e})"),
     }
-    let socket = dir.join(control::SOCKET_FILE);
     println!("  control socket {}", socket.display());
     let signal = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
