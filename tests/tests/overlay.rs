@@ -394,3 +394,56 @@ async fn a_lone_peer_reports_no_reachable_peers() {
     assert!(matches!(err, PeerError::NoPeers), "{err}");
     net.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn voicemail_travels_over_quic_too() {
+    let net = TestNet::start_with(4, |c| {
+        c.listen = vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()];
+    })
+    .await;
+    net.login(0, "bob").await;
+    net.login(1, "alice").await;
+    let content = random_content(200_000);
+    let r = net.peers[0]
+        .leave(leave_request(&["alice"], content.clone(), 2), no_progress())
+        .await
+        .expect("leave over QUIC");
+    let got = net.peers[1]
+        .fetch(r.voicemail_id, no_progress())
+        .await
+        .expect("fetch over QUIC");
+    assert_eq!(got.content, content);
+    net.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recipient_with_the_wrong_key_is_told_to_log_in_again() {
+    let net = TestNet::start(4).await;
+    net.login(0, "bob").await;
+    net.login(1, "alice").await;
+    let r = net.peers[0]
+        .leave(
+            leave_request(&["alice"], random_content(5000), 2),
+            no_progress(),
+        )
+        .await
+        .expect("leave");
+    // alice's peer holds her token but a master key the server never agreed.
+    let mut c = net.auth.client().await;
+    let mut login = c
+        .login("alice", &vmail_tests::password("alice"), &identity(), &[])
+        .await
+        .unwrap();
+    login.master_key = vmail_proto::keys::MasterKey::from_bytes([9; 32]);
+    net.peers[1].set_session(vmail_node::peer::Session {
+        login,
+        identity: identity(),
+        target: net.auth.target(),
+    });
+    let err = net.peers[1]
+        .fetch(r.voicemail_id, no_progress())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("log in again"), "{err}");
+    net.stop().await;
+}
