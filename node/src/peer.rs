@@ -13,6 +13,7 @@
 //! plaintext is safely written.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -615,7 +616,7 @@ impl Peer {
         progress: &ProgressFn,
     ) -> (Vec<Copy>, Vec<String>) {
         let total = meta.len * want as u64;
-        let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let sent = Arc::new(AtomicU64::new(0));
         let attempt = |holder: PeerId| {
             let sent = sent.clone();
             let progress = progress.clone();
@@ -625,10 +626,10 @@ impl Peer {
                 else {
                     return (holder, Err("no identifier found in its range".to_owned()));
                 };
-                let last = std::sync::atomic::AtomicU64::new(0);
+                let last = AtomicU64::new(0);
                 let on_progress = |done: u64| {
-                    let delta = done - last.swap(done, std::sync::atomic::Ordering::Relaxed);
-                    let all = sent.fetch_add(delta, std::sync::atomic::Ordering::Relaxed) + delta;
+                    let delta = done - last.swap(done, Ordering::Relaxed);
+                    let all = sent.fetch_add(delta, Ordering::Relaxed) + delta;
                     progress(Progress {
                         phase: Phase::Upload,
                         done: all.min(total),
@@ -636,11 +637,11 @@ impl Peer {
                     });
                 };
                 let result = self.blobs.store(holder, id, meta, data, &on_progress).await;
-                let undo = last.load(std::sync::atomic::Ordering::Relaxed);
+                let undo = last.load(Ordering::Relaxed);
                 match result {
                     Ok(()) => (holder, Ok(id)),
                     Err(e) => {
-                        sent.fetch_sub(undo, std::sync::atomic::Ordering::Relaxed);
+                        sent.fetch_sub(undo, Ordering::Relaxed);
                         (holder, Err(e.to_string()))
                     }
                 }
