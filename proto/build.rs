@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "proto/vmail/auth/v1/auth.proto",
         "proto/vmail/node/v1/control.proto",
+        "proto/vmail/auth/cluster/v1/cluster.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

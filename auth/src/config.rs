@@ -33,6 +33,12 @@ pub struct ServerConfig {
     pub name: String,
     /// The address the public gRPC API listens on.
     pub listen: String,
+    /// The address the internal group service (Raft, membership; mutual
+    /// TLS) listens on.
+    pub raft_listen: String,
+    /// The host name or IP address other members and clients use to reach
+    /// this server. Empty: the host of `listen` (127.0.0.1 if unspecified).
+    pub advertise_host: String,
     /// Who may register.
     pub registration: Registration,
     /// Lifetime of a session token and its master key, in seconds.
@@ -58,6 +64,8 @@ impl Default for ServerConfig {
         Self {
             name: "auth-1".to_owned(),
             listen: "127.0.0.1:7443".to_owned(),
+            raft_listen: "127.0.0.1:7444".to_owned(),
+            advertise_host: String::new(),
             registration: Registration::default(),
             session_ttl_secs: DEFAULT_SESSION_TTL_SECS,
             certificate_ttl_secs: DEFAULT_SESSION_TTL_SECS,
@@ -75,6 +83,19 @@ impl Default for ServerConfig {
 pub const MAX_TTL_SECS: u64 = 10 * 365 * 86_400;
 
 impl ServerConfig {
+    /// The host other members and clients reach this server at.
+    pub fn public_host(&self) -> String {
+        if !self.advertise_host.is_empty() {
+            return self.advertise_host.clone();
+        }
+        match self.listen.parse::<std::net::SocketAddr>() {
+            Ok(a) if a.ip().is_unspecified() => "127.0.0.1".to_owned(),
+            Ok(std::net::SocketAddr::V6(a)) => format!("[{}]", a.ip()),
+            Ok(a) => a.ip().to_string(),
+            Err(_) => "127.0.0.1".to_owned(),
+        }
+    }
+
     /// Checks that the values make sense together. The error names the key.
     pub fn validate(&self) -> Result<(), String> {
         let in_range = |key: &str, v: u64, lo: u64, hi: u64| {
@@ -87,6 +108,20 @@ impl ServerConfig {
         self.listen
             .parse::<std::net::SocketAddr>()
             .map_err(|_| format!("listen = {:?} is not an IP:PORT address", self.listen))?;
+        self.raft_listen
+            .parse::<std::net::SocketAddr>()
+            .map_err(|_| {
+                format!(
+                    "raft_listen = {:?} is not an IP:PORT address",
+                    self.raft_listen
+                )
+            })?;
+        if self.advertise_host.contains(['/', ' ', ':']) && !self.advertise_host.starts_with('[') {
+            return Err(format!(
+                "advertise_host = {:?} must be a bare host name or IP address",
+                self.advertise_host
+            ));
+        }
         in_range("session_ttl_secs", self.session_ttl_secs, 60, MAX_TTL_SECS)?;
         in_range(
             "certificate_ttl_secs",

@@ -12,8 +12,13 @@
 //! DIR/opaque-setup.bin  OPAQUE server setup (OPRF seed, AKE key)     0600
 //! DIR/data.key          AES-256 key sealing secrets in the database  0600
 //! DIR/client.toml       ready-made client config (endpoint, CA, cluster key)
-//! DIR/vmail-auth.redb   the database
+//! DIR/vmail-auth.redb   the database: auth state, Raft log, vote, snapshot
 //! ```
+//!
+//! The CA, cluster key, OPAQUE setup and data key are the group's: `init`
+//! makes them for a new group, and [`init_member`] writes the copies a
+//! joining server fetched from a member. Each server has its own TLS
+//! certificate, signed by the group CA, and its own Raft node id.
 //!
 //! Nothing here is ever overwritten: `init` refuses a non-empty directory and
 //! `load` refuses anything missing or malformed.
@@ -124,6 +129,10 @@ pub struct InitOptions {
     pub name: String,
     /// The listen address, for example `127.0.0.1:7443`.
     pub listen: String,
+    /// The internal (Raft) listen address, for example `127.0.0.1:7444`.
+    pub raft_listen: String,
+    /// The host others reach this server at; empty for the listen host.
+    pub advertise_host: String,
     /// Extra host names or IP addresses for the TLS certificate.
     pub sans: Vec<String>,
 }
@@ -135,8 +144,74 @@ impl InitOptions {
             dir: dir.to_owned(),
             name: "auth-1".into(),
             listen: "127.0.0.1:0".into(),
+            raft_listen: "127.0.0.1:0".into(),
+            advertise_host: String::new(),
             sans: Vec::new(),
         }
+    }
+}
+
+/// The secrets every member of a group shares.
+pub struct GroupSecrets {
+    /// Group CA certificate, PEM.
+    pub ca_cert_pem: String,
+    /// Group CA private key, PEM.
+    pub ca_key_pem: String,
+    /// Signs user certificates.
+    pub cluster_key: SigningKey,
+    /// The OPAQUE server setup.
+    pub opaque_setup: ServerSetup<Suite>,
+    /// Seals secrets in the log, snapshots and database.
+    pub data_key: SecretKey,
+}
+
+impl std::fmt::Debug for GroupSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupSecrets").finish_non_exhaustive()
+    }
+}
+
+/// The parameters of the group CA. Issuing needs only these and the CA
+/// key: the issuer name and key identifier come out the same every time.
+fn ca_params() -> Result<CertificateParams, rcgen::Error> {
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "vmail cluster CA");
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    Ok(ca_params)
+}
+
+impl GroupSecrets {
+    /// Fresh secrets for a new group.
+    pub fn generate() -> Result<Self, DataDirError> {
+        let ca_key = KeyPair::generate()?;
+        let ca_cert = ca_params()?.self_signed(&ca_key)?;
+        Ok(Self {
+            ca_cert_pem: ca_cert.pem(),
+            ca_key_pem: ca_key.serialize_pem(),
+            cluster_key: SigningKey::from_bytes(&random_bytes()),
+            opaque_setup: ServerSetup::<Suite>::new(&mut rand::rngs::OsRng),
+            data_key: SecretKey::random(),
+        })
+    }
+
+    /// Issues a certificate and key, signed by the group CA, for `name` with
+    /// the given subject alternative names. Servers use it for TLS on both
+    /// ports; `join` uses one to prove it may fetch the group keys.
+    pub fn issue(&self, name: &str, sans: Vec<String>) -> Result<(String, String), DataDirError> {
+        let ca_key = KeyPair::from_pem(&self.ca_key_pem)?;
+        let issuer = Issuer::new(ca_params()?, &ca_key);
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(sans)?;
+        params.distinguished_name.push(DnType::CommonName, name);
+        let cert = params.signed_by(&key, &issuer)?;
+        Ok((cert.pem(), key.serialize_pem()))
     }
 }
 
@@ -158,6 +233,8 @@ pub struct InitReport {
 pub struct ServerKeys {
     /// Cluster CA certificate, PEM.
     pub ca_cert_pem: String,
+    /// Cluster CA private key, PEM: members issue certificates with it.
+    pub ca_key_pem: String,
     /// Server TLS certificate, PEM.
     pub server_cert_pem: String,
     /// Server TLS key, PEM.
@@ -214,7 +291,7 @@ const SECRET: u32 = 0o600;
 /// Mode of files clients may be handed.
 const PUBLIC: u32 = 0o644;
 
-fn write_new(path: &Path, contents: &[u8], mode: u32) -> Result<(), DataDirError> {
+pub(crate) fn write_new(path: &Path, contents: &[u8], mode: u32) -> Result<(), DataDirError> {
     let mut f = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -233,13 +310,42 @@ fn listen_host(listen: &str) -> &str {
         .unwrap_or(listen)
 }
 
-/// Creates a new server's data directory.
+/// Creates a new server's data directory, founding a new group: fresh CA,
+/// cluster key, OPAQUE setup and data key. Its first `serve` makes it the
+/// group's only member.
 pub fn init(opts: &InitOptions) -> Result<InitReport, DataDirError> {
+    create(
+        opts,
+        &GroupSecrets::generate()?,
+        ServerConfig::default(),
+        true,
+    )
+}
+
+/// Creates the data directory of a server joining an existing group, with
+/// the group's secrets and its policy config (TTLs, registration). The
+/// server is not a member until the leader adds it (`vmail-auth join`).
+pub fn init_member(
+    opts: &InitOptions,
+    group: &GroupSecrets,
+    group_config: ServerConfig,
+) -> Result<InitReport, DataDirError> {
+    create(opts, group, group_config, false)
+}
+
+fn create(
+    opts: &InitOptions,
+    group: &GroupSecrets,
+    base: ServerConfig,
+    founder: bool,
+) -> Result<InitReport, DataDirError> {
     let dir = &opts.dir;
     let config = ServerConfig {
         name: opts.name.clone(),
         listen: opts.listen.clone(),
-        ..ServerConfig::default()
+        raft_listen: opts.raft_listen.clone(),
+        advertise_host: opts.advertise_host.clone(),
+        ..base
     };
     config.validate().map_err(DataDirError::BadOption)?;
     if dir.exists() {
@@ -252,63 +358,46 @@ pub fn init(opts: &InitOptions) -> Result<InitReport, DataDirError> {
     }
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err(dir))?;
 
-    // Cluster CA and this server's certificate.
-    let ca_key = KeyPair::generate()?;
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "vmail cluster CA");
-    ca_params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_cert = ca_params.self_signed(&ca_key)?;
-    let issuer = Issuer::new(ca_params, &ca_key);
-
     let host = listen_host(&opts.listen).to_owned();
     let mut sans = vec![
         opts.name.clone(),
         "localhost".to_owned(),
         "127.0.0.1".to_owned(),
     ];
-    if !host.is_empty() && host != "0.0.0.0" && host != "::" {
-        sans.push(host.clone());
+    for h in [
+        host.as_str(),
+        listen_host(&opts.raft_listen),
+        opts.advertise_host.as_str(),
+    ] {
+        if !h.is_empty() && h != "0.0.0.0" && h != "::" {
+            sans.push(h.to_owned());
+        }
     }
     sans.extend(opts.sans.iter().cloned());
     sans.sort();
     sans.dedup();
-    let server_key = KeyPair::generate()?;
-    let mut server_params = CertificateParams::new(sans)?;
-    server_params
-        .distinguished_name
-        .push(DnType::CommonName, opts.name.clone());
-    let server_cert = server_params.signed_by(&server_key, &issuer)?;
+    let (server_cert, server_key) = group.issue(&opts.name, sans)?;
 
-    let cluster_key = SigningKey::from_bytes(&random_bytes());
+    let cluster_key = &group.cluster_key;
     let cluster_pub = hex::encode(cluster_key.verifying_key().as_bytes());
-    let opaque_setup = ServerSetup::<Suite>::new(&mut rand::rngs::OsRng);
-    let data_key = SecretKey::random();
-
     let config_toml = toml::to_string_pretty(&config).expect("config serialises");
 
-    write_new(&dir.join(files::CA_CERT), ca_cert.pem().as_bytes(), PUBLIC)?;
+    write_new(
+        &dir.join(files::CA_CERT),
+        group.ca_cert_pem.as_bytes(),
+        PUBLIC,
+    )?;
     write_new(
         &dir.join(files::CA_KEY),
-        ca_key.serialize_pem().as_bytes(),
+        group.ca_key_pem.as_bytes(),
         SECRET,
     )?;
     write_new(
         &dir.join(files::SERVER_CERT),
-        server_cert.pem().as_bytes(),
+        server_cert.as_bytes(),
         PUBLIC,
     )?;
-    write_new(
-        &dir.join(files::SERVER_KEY),
-        server_key.serialize_pem().as_bytes(),
-        SECRET,
-    )?;
+    write_new(&dir.join(files::SERVER_KEY), server_key.as_bytes(), SECRET)?;
     write_new(
         &dir.join(files::CLUSTER_KEY),
         cluster_key.as_bytes(),
@@ -321,38 +410,43 @@ pub fn init(opts: &InitOptions) -> Result<InitReport, DataDirError> {
     )?;
     write_new(
         &dir.join(files::OPAQUE_SETUP),
-        &opaque_setup.serialize(),
+        &group.opaque_setup.serialize(),
         SECRET,
     )?;
-    write_new(&dir.join(files::DATA_KEY), data_key.as_bytes(), SECRET)?;
+    write_new(
+        &dir.join(files::DATA_KEY),
+        group.data_key.as_bytes(),
+        SECRET,
+    )?;
     write_new(&dir.join(files::CONFIG), config_toml.as_bytes(), PUBLIC)?;
 
     let ca_path = fs::canonicalize(dir.join(files::CA_CERT)).map_err(io_err(dir))?;
-    let connect_host = match host.as_str() {
-        "" | "0.0.0.0" | "::" => "127.0.0.1",
-        h => h,
-    };
     let port = opts
         .listen
         .rsplit_once(':')
         .map(|(_, p)| p)
         .unwrap_or("7443");
-    let endpoint = if connect_host.contains(':') {
-        format!("https://[{connect_host}]:{port}")
-    } else {
-        format!("https://{connect_host}:{port}")
-    };
+    let endpoint = format!("https://{}:{port}", config.public_host());
     let client = format!(
-        "# vmail client configuration for the auth server {name:?}.\n\
-         # Copy it to ~/.config/vmail/config.toml, or to $VMAIL_HOME/config.toml.\n\
+        "# vmail client configuration for the auth group of {name:?}.\n\
+         # Copy it to ~/.config/vmail/config.toml, or to $VMAIL_HOME/config.toml,\n\
+         # and list every member's endpoint in auth_endpoints.\n\
          auth_endpoints = [{endpoint:?}]\nca_cert = {ca:?}\ncluster_key = {cluster_pub:?}\n",
         name = opts.name,
         ca = ca_path.display().to_string(),
     );
     write_new(&dir.join(files::CLIENT_CONFIG), client.as_bytes(), PUBLIC)?;
 
-    let binding = KeyBinding::of(&opaque_setup, &cluster_key);
-    Store::create(&dir.join(files::DATABASE), &opts.name, &data_key, &binding)?;
+    let binding = KeyBinding::of(&group.opaque_setup, cluster_key);
+    let node_id = u64::from_le_bytes(random_bytes()) >> 1;
+    Store::create(
+        &dir.join(files::DATABASE),
+        &opts.name,
+        &group.data_key,
+        &binding,
+        node_id,
+        founder,
+    )?;
 
     Ok(InitReport {
         ca_cert: ca_path,
@@ -437,6 +531,7 @@ pub fn load_keys(dir: &Path) -> Result<ServerKeys, DataDirError> {
         })?;
     Ok(ServerKeys {
         ca_cert_pem: check_pem(dir, files::CA_CERT, "CERTIFICATE")?,
+        ca_key_pem: check_pem(dir, files::CA_KEY, "PRIVATE KEY")?,
         server_cert_pem: check_pem(dir, files::SERVER_CERT, "CERTIFICATE")?,
         server_key_pem: check_pem(dir, files::SERVER_KEY, "PRIVATE KEY")?,
         cluster_key,
@@ -454,6 +549,8 @@ mod tests {
             dir: dir.to_owned(),
             name: "auth-1".into(),
             listen: "127.0.0.1:0".into(),
+            raft_listen: "127.0.0.1:0".into(),
+            advertise_host: String::new(),
             sans: vec!["auth.example".into()],
         }
     }

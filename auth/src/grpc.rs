@@ -16,6 +16,9 @@ use crate::store::{Session, StoreError};
 
 /// Metadata header that carries the session token.
 pub const AUTHORIZATION: &str = "authorization";
+/// Metadata header of an UNAVAILABLE answer that names the leader's public
+/// URL: the client retries there.
+pub const LEADER: &str = "vmail-leader";
 
 /// Buffer of a WatchPending stream, in voicemails.
 const WATCH_BUFFER: usize = 64;
@@ -64,6 +67,20 @@ pub fn status(e: AuthError) -> Status {
         E::LockedOut { .. } | E::Busy | E::InboxFull { .. } => Status::resource_exhausted(msg),
         E::LoginExpired(_) => Status::failed_precondition(msg),
         E::Store(StoreError::DiskFull(_)) => Status::resource_exhausted(msg),
+        E::NotLeader(leader) => {
+            let mut s = Status::unavailable(msg);
+            if let Some(v) = leader.and_then(|m| m.api_url.parse().ok()) {
+                s.metadata_mut().insert(LEADER, v);
+            }
+            s
+        }
+        E::Unavailable(_) => Status::unavailable(msg),
+        E::Apply(ref why) => {
+            tracing::error!(error = %why, "a log entry could not be applied");
+            Status::internal(
+                "the auth server's stored data is corrupt, so nothing was changed. The server log has the details",
+            )
+        }
         E::Store(ref inner) => {
             tracing::error!(error = %inner, "storage failure");
             Status::internal(

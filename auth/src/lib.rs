@@ -5,6 +5,7 @@
 //! identity keys, and keeps each voicemail's session key and locator for the
 //! recipients its sender named.
 //!
+//! - [`cluster`]: replication across the group with Raft;
 //! - [`config`]: the server config file;
 //! - [`datadir`]: creating and loading the data directory;
 //! - [`store`]: the redb database, with secrets sealed under the data key;
@@ -12,6 +13,7 @@
 //! - [`grpc`]: the thin tonic adapter;
 //! - [`server`]: TLS, health, reflection and the serve loop.
 
+pub mod cluster;
 pub mod config;
 pub mod datadir;
 pub mod grpc;

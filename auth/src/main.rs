@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use vmail_auth::cluster::admin;
 use vmail_auth::datadir::{self, InitOptions};
 use vmail_auth::server;
 use vmail_auth::service::SystemClock;
@@ -34,30 +35,113 @@ enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Create a new server: CA, TLS certificate, cluster signing key, OPAQUE
-    /// setup, data key and an empty database. Refuses a non-empty directory.
+    /// Found a new auth group: CA, TLS certificate, cluster signing key,
+    /// OPAQUE setup, data key and an empty database. The first `serve` makes
+    /// this server the group's only member. Refuses a non-empty directory.
     Init {
-        /// Where to create the server's files.
-        #[arg(long)]
-        data_dir: PathBuf,
-        /// This server's name.
-        #[arg(long)]
-        name: String,
-        /// Address for the public API.
-        #[arg(long, default_value = "127.0.0.1:7443")]
-        listen: String,
-        /// Extra host name or IP address for the TLS certificate (repeatable).
-        #[arg(long = "san")]
-        sans: Vec<String>,
+        #[command(flatten)]
+        server: ServerArgs,
     },
     /// Run the server until SIGINT or SIGTERM.
     Serve {
-        /// The directory `init` created.
+        /// The directory `init` or `join` created.
         #[arg(long)]
         data_dir: PathBuf,
-        /// Override the config's listen address.
+        /// Override the config's public listen address.
         #[arg(long)]
         listen: Option<SocketAddr>,
+        /// Override the config's internal (Raft) listen address.
+        #[arg(long)]
+        raft_listen: Option<SocketAddr>,
+    },
+    /// Join an existing group and run until SIGINT or SIGTERM. Fetches the
+    /// group keys from a member over mutual TLS (with a credential from
+    /// `vmail-auth cluster credential`), creates the data directory, starts
+    /// serving, and asks the leader to add this server: as a learner, then
+    /// as a voter once caught up. Rerun it on a directory it created to
+    /// resume an unfinished join; afterwards use `serve`.
+    Join {
+        /// Internal URL of any member, e.g. https://auth-1:7444.
+        #[arg(long)]
+        via: String,
+        /// The join credential (PEM bundle). Not needed to resume.
+        #[arg(long)]
+        credential: Option<PathBuf>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Show or change the group's membership.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct ServerArgs {
+    /// Where to create the server's files.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// This server's name, unique in the group.
+    #[arg(long)]
+    name: String,
+    /// Address for the public API.
+    #[arg(long, default_value = "127.0.0.1:7443")]
+    listen: String,
+    /// Address for the internal group service (Raft; mutual TLS).
+    #[arg(long, default_value = "127.0.0.1:7444")]
+    raft_listen: String,
+    /// Host name or IP address others reach this server at (default: the listen host).
+    #[arg(long, default_value = "")]
+    advertise_host: String,
+    /// Extra host name or IP address for the TLS certificate (repeatable).
+    #[arg(long = "san")]
+    sans: Vec<String>,
+}
+
+impl ServerArgs {
+    fn init_options(&self) -> InitOptions {
+        InitOptions {
+            dir: self.data_dir.clone(),
+            name: self.name.clone(),
+            listen: self.listen.clone(),
+            raft_listen: self.raft_listen.clone(),
+            advertise_host: self.advertise_host.clone(),
+            sans: self.sans.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCommand {
+    /// The group as this member sees it: leader, term, members and their
+    /// replication progress.
+    Status {
+        /// A member's data directory (its certificate is used).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Ask this member's internal URL instead of the local one.
+        #[arg(long)]
+        url: Option<String>,
+    },
+    /// Remove a member from the group. Clients need no change.
+    Remove {
+        /// The member's name.
+        name: String,
+        /// A member's data directory (its certificate is used).
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+    /// Issue a join credential for a new server (a CA-signed certificate).
+    Credential {
+        /// The new server's name.
+        name: String,
+        /// A member's data directory (its CA key signs the credential).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Where to write the PEM bundle (created 0600; never overwritten).
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -83,23 +167,43 @@ async fn shutdown_signal() {
     }
 }
 
+/// The internal URL a member's own config points at.
+fn own_raft_url(dir: &std::path::Path) -> anyhow::Result<String> {
+    let config = datadir::load_config(dir)?;
+    let port = config
+        .raft_listen
+        .rsplit_once(':')
+        .map(|(_, p)| p.to_owned())
+        .unwrap_or_default();
+    Ok(format!("https://{}:{port}", config.public_host()))
+}
+
+/// Binds the public and internal listeners of a data directory.
+async fn bind(
+    dir: &std::path::Path,
+    listen: Option<SocketAddr>,
+    raft_listen: Option<SocketAddr>,
+) -> anyhow::Result<(tokio::net::TcpListener, tokio::net::TcpListener)> {
+    let config = datadir::load_config(dir)?;
+    let parse = |s: &str| -> SocketAddr { s.parse().expect("ServerConfig::validate checked it") };
+    let api = listen.unwrap_or_else(|| parse(&config.listen));
+    let raft = raft_listen.unwrap_or_else(|| parse(&config.raft_listen));
+    let open = |a: SocketAddr| async move {
+        tokio::net::TcpListener::bind(a)
+            .await
+            .with_context(|| format!("cannot listen on {a}: is another server using it?"))
+    };
+    Ok((open(api).await?, open(raft).await?))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match cli.command {
-        Command::Init {
-            data_dir,
-            name,
-            listen,
-            sans,
-        } => {
-            let report = datadir::init(&InitOptions {
-                dir: data_dir.clone(),
-                name,
-                listen,
-                sans,
-            })?;
+        Command::Init { server } => {
+            let data_dir = server.data_dir.clone();
+            let report = datadir::init(&server.init_options())?;
             println!("initialised vmail-auth in {}", data_dir.display());
             println!(
                 "CA certificate (clients trust it): {}",
@@ -119,20 +223,108 @@ async fn main() -> anyhow::Result<()> {
                 data_dir.display()
             );
         }
-        Command::Serve { data_dir, listen } => {
-            let svc = server::open(&data_dir, Arc::new(SystemClock))?;
-            let addr = match listen {
-                Some(a) => a,
-                None => svc
-                    .config()
-                    .listen
-                    .parse()
-                    .expect("ServerConfig::validate checked the listen address"),
+        Command::Serve {
+            data_dir,
+            listen,
+            raft_listen,
+        } => {
+            let (api, raft) = bind(&data_dir, listen, raft_listen).await?;
+            let svc = server::open(&data_dir, Arc::new(SystemClock)).await?;
+            server::serve(Arc::new(svc), api, raft, shutdown_signal()).await?;
+        }
+        Command::Join {
+            via,
+            credential,
+            server: args,
+        } => {
+            let dir = args.data_dir.clone();
+            if !dir.join(datadir::files::CONFIG).exists() {
+                let credential = credential.context(
+                    "--credential FILE is needed to join: issue one with `vmail-auth cluster credential NAME --data-dir MEMBER_DIR --out FILE` on a member",
+                )?;
+                let tls = admin::read_credential(&credential)?;
+                admin::prepare_join(&args.init_options(), &via, &tls).await?;
+                println!(
+                    "fetched the group keys from {via}; data dir {}",
+                    dir.display()
+                );
+            }
+            let (api, raft) = bind(&dir, None, None).await?;
+            let svc = Arc::new(server::open(&dir, Arc::new(SystemClock)).await?);
+            let me = server::member(&svc, &api, &raft);
+            let id = svc.raft().metrics().borrow().id;
+            let tls = admin::member_tls(&dir)?;
+            let joining = tokio::spawn(async move {
+                match admin::request_join(&via, &tls, id, &me).await {
+                    Ok(index) => tracing::info!(index, "joined the group as a voter"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "joining the group failed; rerun `vmail-auth join` on this data dir to retry")
+                    }
+                }
+            });
+            server::serve(svc, api, raft, shutdown_signal()).await?;
+            joining.abort();
+        }
+        Command::Cluster { command } => cluster(command).await?,
+    }
+    Ok(())
+}
+
+async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
+    match command {
+        ClusterCommand::Status { data_dir, url } => {
+            let url = match url {
+                Some(u) => u,
+                None => own_raft_url(&data_dir)?,
             };
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen on {addr}: is another server using it?"))?;
-            server::serve(Arc::new(svc), listener, shutdown_signal()).await?;
+            let s = admin::status(&url, &admin::member_tls(&data_dir)?).await?;
+            let me = s.self_.unwrap_or_default();
+            println!("member:   {} (id {:016x})", me.name, me.id);
+            println!("state:    {}", s.state);
+            println!("term:     {}", s.term);
+            println!(
+                "leader:   {}",
+                if s.leader.is_empty() {
+                    "(none known)"
+                } else {
+                    &s.leader
+                }
+            );
+            println!(
+                "log:      last index {}, applied {}, snapshot {}",
+                s.last_log_index, s.last_applied, s.snapshot_index
+            );
+            println!("members:");
+            for m in s.members {
+                let info = m.member.unwrap_or_default();
+                let matched = if m.matched > 0 {
+                    format!("matched {}", m.matched)
+                } else {
+                    String::new()
+                };
+                println!(
+                    "  {:<12} {:<8} api {:<28} raft {:<28} {matched}",
+                    info.name, m.role, info.api_url, info.raft_url
+                );
+            }
+        }
+        ClusterCommand::Remove { name, data_dir } => {
+            let url = own_raft_url(&data_dir)?;
+            admin::remove(&url, &admin::member_tls(&data_dir)?, &name).await?;
+            println!("removed {name} from the group");
+        }
+        ClusterCommand::Credential {
+            name,
+            data_dir,
+            out,
+        } => {
+            admin::issue_credential(&data_dir, &name, &out)?;
+            println!("join credential for {name}: {}", out.display());
+            println!(
+                "on the new server: vmail-auth join --via {} --credential {} --data-dir DIR --name {name} ...",
+                own_raft_url(&data_dir)?,
+                out.display()
+            );
         }
     }
     Ok(())

@@ -1,7 +1,9 @@
-//! Runs the public API: TLS, the `vmail.auth.v1.Auth` service, the standard
-//! gRPC health service, server reflection, and the expiry sweeper.
+//! Runs a server: the public API (TLS, the `vmail.auth.v1.Auth` service, the
+//! standard gRPC health service, server reflection), the internal group
+//! service on its own port (mutual TLS, `vmail.auth.cluster.v1`), the Raft
+//! node, and the expiry sweeper.
 //!
-//! [`serve`] takes an already-bound listener and a shutdown future, so tests
+//! [`serve`] takes already-bound listeners and a shutdown future, so tests
 //! run it on `127.0.0.1:0` and `main` stays a few lines.
 
 use std::future::Future;
@@ -21,9 +23,21 @@ use tonic::transport::server::{Connected, TcpConnectInfo, TcpIncoming};
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 use vmail_proto::pb::auth_server::AuthServer;
 
+use std::collections::BTreeMap;
+
+use tonic::transport::Certificate;
+use vmail_proto::cluster_pb::cluster_server::ClusterServer;
+
+use crate::cluster::log_store::LogStore;
+use crate::cluster::network::{
+    ClusterTls, Isolation, MAX_MESSAGE_BYTES as MAX_INTERNAL_MESSAGE, NetworkFactory,
+};
+use crate::cluster::rpc::ClusterService;
+use crate::cluster::state_machine::StateMachine;
+use crate::cluster::{Member, Raft, raft_config};
 use crate::datadir::{self, DataDirError, files};
 use crate::grpc::GrpcAuth;
-use crate::service::{AuthService, Clock};
+use crate::service::{AuthService, Clock, EVENT_CAPACITY};
 use crate::store::Store;
 
 /// How often an idle connection is probed, so that streams to dead clients end.
@@ -38,6 +52,9 @@ pub const PURGE_INTERVAL: Duration = Duration::from_secs(60);
 /// Why the server stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    /// The Raft node could not start or be founded.
+    #[error("raft: {0}")]
+    Raft(String),
     /// The TLS identity or reflection service could not be built.
     #[error("server set-up failed: {0}")]
     Setup(String),
@@ -46,16 +63,94 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// Opens an initialised data directory and builds the service over it.
-pub fn open(dir: &Path, clock: Arc<dyn Clock>) -> Result<AuthService, DataDirError> {
+/// Opens an initialised data directory, starts its Raft node and builds
+/// the service over it.
+pub async fn open(dir: &Path, clock: Arc<dyn Clock>) -> Result<AuthService, OpenError> {
     let config = datadir::load_config(dir)?;
-    let keys = datadir::load_keys(dir)?;
-    let store = Store::open(
+    let keys = Arc::new(datadir::load_keys(dir)?);
+    let store = Arc::new(Store::open(
         &dir.join(files::DATABASE),
         keys.data_key.clone(),
         &keys.binding(),
-    )?;
-    Ok(AuthService::new(store, keys, config, clock))
+    )?);
+    let node_id = store.node_id().map_err(DataDirError::from)?;
+    let events = tokio::sync::broadcast::channel(EVENT_CAPACITY).0;
+    let isolation = Isolation::default();
+    let tls = ClusterTls {
+        ca_pem: keys.ca_cert_pem.clone(),
+        cert_pem: keys.server_cert_pem.clone(),
+        key_pem: keys.server_key_pem.clone(),
+    };
+    let raft_config = raft_config(&config.name)
+        .validate()
+        .map_err(|e| OpenError::Raft(e.to_string()))?;
+    let raft = Raft::new(
+        node_id,
+        Arc::new(raft_config),
+        NetworkFactory::new(tls, isolation.clone()),
+        LogStore::new(store.clone()),
+        StateMachine::new(store.clone(), keys.clone(), events.clone()),
+    )
+    .await
+    .map_err(|e| OpenError::Raft(e.to_string()))?;
+    Ok(AuthService::new(
+        store, keys, config, clock, raft, events, isolation,
+    ))
+}
+
+/// Why a server could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The data directory is unusable.
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    /// The Raft node could not start.
+    #[error("starting the Raft node: {0}")]
+    Raft(String),
+}
+
+impl From<crate::store::StoreError> for OpenError {
+    fn from(e: crate::store::StoreError) -> Self {
+        OpenError::DataDir(e.into())
+    }
+}
+
+/// This server as a member: its name and the URLs it is reached at, built
+/// from the advertised host and the ports actually bound.
+pub fn member(svc: &AuthService, api: &TcpListener, raft: &TcpListener) -> Member {
+    let host = svc.config().public_host();
+    let port = |l: &TcpListener| l.local_addr().map(|a| a.port()).unwrap_or(0);
+    Member {
+        name: svc.config().name.clone(),
+        api_url: format!("https://{host}:{}", port(api)),
+        raft_url: format!("https://{host}:{}", port(raft)),
+    }
+}
+
+/// Founds the group on a founder's first start: it becomes the only voter.
+async fn found_if_new(svc: &AuthService, me: Member) -> Result<(), ServeError> {
+    let raft = svc.raft();
+    let initialized = raft
+        .is_initialized()
+        .await
+        .map_err(|e| ServeError::Raft(e.to_string()))?;
+    let founder = svc
+        .store()
+        .is_founder()
+        .map_err(|e| ServeError::Raft(e.to_string()))?;
+    if initialized || !founder {
+        if !initialized {
+            tracing::info!(
+                "not a member of a group yet: waiting for the leader to add this server (vmail-auth join)"
+            );
+        }
+        return Ok(());
+    }
+    let id = raft.metrics().borrow().id;
+    tracing::info!(%me, id, "founding a new auth group");
+    raft.initialize(BTreeMap::from([(id, me)]))
+        .await
+        .map_err(|e| ServeError::Raft(e.to_string()))
 }
 
 /// Makes ring the process's TLS crypto provider. The peer's QUIC transport
@@ -65,15 +160,46 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// Serves `svc` on `listener` until `shutdown` completes, then drains
-/// in-flight calls and returns.
+/// Serves `svc`'s public API on `listener` and its group service on
+/// `raft_listener` until `shutdown` completes, then drains in-flight calls,
+/// stops the Raft node and returns.
 pub async fn serve(
     svc: Arc<AuthService>,
     listener: TcpListener,
+    raft_listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     install_crypto_provider();
     let identity = Identity::from_pem(&svc.keys().server_cert_pem, &svc.keys().server_key_pem);
+    let me = member(&svc, &listener, &raft_listener);
+    let raft = svc.raft().clone();
+    let internal = {
+        let cluster = ClusterService::new(
+            svc.raft().clone(),
+            svc.keys().clone(),
+            svc.config().clone(),
+            svc.isolation().clone(),
+        );
+        let tls = ServerTlsConfig::new()
+            .identity(identity.clone())
+            .client_ca_root(Certificate::from_pem(&svc.keys().ca_cert_pem));
+        let router = Server::builder().tls_config(tls)?.add_service(
+            ClusterServer::new(cluster)
+                .max_decoding_message_size(MAX_INTERNAL_MESSAGE)
+                .max_encoding_message_size(MAX_INTERNAL_MESSAGE),
+        );
+        let stop = svc.shutdown_token().clone();
+        let incoming = TcpIncoming::from(raft_listener).with_nodelay(Some(true));
+        AbortOnDrop(tokio::spawn(async move {
+            if let Err(e) = router
+                .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+                .await
+            {
+                tracing::error!(error = %e, "the internal group service failed");
+            }
+        }))
+    };
+    found_if_new(&svc, me.clone()).await?;
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<AuthServer<GrpcAuth>>().await;
     // Both reflection versions: grpcurl and older tools still ask v1alpha.
@@ -92,6 +218,9 @@ pub async fn serve(
             let mut tick = tokio::time::interval(PURGE_INTERVAL);
             loop {
                 tick.tick().await;
+                if !svc.is_leader() {
+                    continue;
+                }
                 match svc.purge_expired().await {
                     Ok((0, 0)) => {}
                     Ok((s, v)) => tracing::info!(sessions = s, voicemails = v, "purged expired"),
@@ -102,7 +231,7 @@ pub async fn serve(
     };
 
     let addr = listener.local_addr().ok();
-    tracing::info!(name = %svc.config().name, ?addr, "vmail-auth serving");
+    tracing::info!(name = %svc.config().name, ?addr, member = %me, "vmail-auth serving");
     // On shutdown, end the long-lived WatchPending streams first: the server
     // waits for every open stream before it returns.
     let watchers = svc.shutdown_token().clone();
@@ -145,6 +274,10 @@ pub async fn serve(
         }
     }
     drop(sweeper);
+    drop(internal);
+    if let Err(e) = raft.shutdown().await {
+        tracing::warn!(error = %e, "stopping the Raft node");
+    }
     tracing::info!("vmail-auth stopped");
     Ok(())
 }
@@ -231,12 +364,16 @@ impl Connected for Severable {
     }
 }
 
-/// An auth server running inside this process on a loopback port: what
+/// An auth server running inside this process on loopback ports: what
 /// `vmail demo` embeds and what the integration tests start.
 #[derive(Debug)]
 pub struct LocalServer {
-    /// `https://127.0.0.1:PORT`.
+    /// `https://127.0.0.1:PORT` of the public API.
     pub endpoint: String,
+    /// The public API's address.
+    pub api_addr: std::net::SocketAddr,
+    /// The internal group service's address.
+    pub raft_addr: std::net::SocketAddr,
     /// The cluster CA certificate, PEM.
     pub ca_pem: Vec<u8>,
     /// The cluster public key.
@@ -250,37 +387,79 @@ pub struct LocalServer {
 /// Why a local server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum LocalServerError {
-    /// The data directory is unusable.
+    /// The data directory is unusable, or Raft did not start.
     #[error(transparent)]
-    DataDir(#[from] DataDirError),
-    /// Binding the loopback port failed.
-    #[error("binding 127.0.0.1:0: {0}")]
-    Bind(std::io::Error),
+    Open(#[from] OpenError),
+    /// Binding a loopback port failed.
+    #[error("binding {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
 }
 
 impl LocalServer {
-    /// Serves an initialised data directory on `127.0.0.1:0`.
+    /// Serves an initialised data directory on `127.0.0.1:0`, both ports.
     pub async fn start(dir: &Path, clock: Arc<dyn Clock>) -> Result<Self, LocalServerError> {
-        let svc = Arc::new(open(dir, clock)?);
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .map_err(LocalServerError::Bind)?;
-        let port = listener
-            .local_addr()
-            .map_err(LocalServerError::Bind)?
-            .port();
+        let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        Self::start_on(dir, clock, any, any).await
+    }
+
+    /// Serves an initialised data directory on the given addresses. A
+    /// restarted member must come back on the ports the group knows it by.
+    pub async fn start_on(
+        dir: &Path,
+        clock: Arc<dyn Clock>,
+        api: std::net::SocketAddr,
+        raft: std::net::SocketAddr,
+    ) -> Result<Self, LocalServerError> {
+        let bind = |addr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| LocalServerError::Bind { addr, source })
+        };
+        let listener = bind(api).await?;
+        let raft_listener = bind(raft).await?;
+        let local = |l: &TcpListener, addr| {
+            l.local_addr()
+                .map_err(|source| LocalServerError::Bind { addr, source })
+        };
+        let api_addr = local(&listener, api)?;
+        let raft_addr = local(&raft_listener, raft)?;
+        let svc = Arc::new(open(dir, clock).await?);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(serve(svc.clone(), listener, async {
+        let task = tokio::spawn(serve(svc.clone(), listener, raft_listener, async {
             let _ = rx.await;
         }));
         Ok(Self {
-            endpoint: format!("https://127.0.0.1:{port}"),
+            endpoint: format!("https://127.0.0.1:{}", api_addr.port()),
+            api_addr,
+            raft_addr,
             ca_pem: svc.keys().ca_cert_pem.clone().into_bytes(),
             cluster_key: svc.keys().cluster_public_key(),
             service: svc,
             shutdown: Some(tx),
             task,
         })
+    }
+
+    /// Waits until this server has a leader and has applied the log up to
+    /// it: a founder elects itself within a second or two.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<(), String> {
+        self.service
+            .raft()
+            .wait(Some(timeout))
+            .metrics(|m| m.current_leader.is_some(), "a leader is known")
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                format!(
+                    "{}: no leader after {timeout:?}: {e}",
+                    self.service.config().name
+                )
+            })
     }
 
     /// Stops the server and waits (up to 10 s) until every user of the

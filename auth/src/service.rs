@@ -2,6 +2,13 @@
 //! deposits, delivery and acknowledgement. No gRPC types here: the adapter in
 //! `grpc.rs` converts to and from these plain types.
 //!
+//! Every change goes through the group's Raft log as a [`Command`]: the
+//! service prepares it (validation, OPAQUE, times, random values, secrets
+//! sealed under the data key), proposes it, and reads the outcome the state
+//! machine produced. Reads that must be current first confirm with a
+//! majority that this server is still the leader (a linearizable read), so
+//! a server cut off from the group never answers from stale state.
+//!
 //! Blocking database work runs on tokio's blocking pool so that a durable
 //! commit never stalls the network tasks.
 
@@ -20,8 +27,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use vmail_proto::cert::{
-    CertificateBody, MAX_PEER_ID_LEN, ProofPurpose, UserCertificate, identity_proof_bytes,
-    parse_identity_key,
+    MAX_PEER_ID_LEN, ProofPurpose, UserCertificate, identity_proof_bytes, parse_identity_key,
 };
 use vmail_proto::keys::{DeliveryContext, DepositContext, MasterKey, MasterKeyId, WRAPPED_KEY_LEN};
 use vmail_proto::meta::VoicemailMeta;
@@ -29,11 +35,16 @@ use vmail_proto::names::{NameError, Recipients, Username};
 use vmail_proto::opaque::{CREDENTIAL_NONCE_LEN, Suite, credential_id};
 use vmail_proto::random_bytes;
 
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use prost::Message;
+use vmail_proto::pb;
+
+use crate::cluster::network::Isolation;
+use crate::cluster::{Command, Member, Raft, Reply, seal};
 use crate::config::{RegistrationMode, ServerConfig};
 use crate::datadir::ServerKeys;
 use crate::store::{
-    AckOutcome, DepositOutcome, RegisterOutcome, Session, Store, StoreError, User, Voicemail,
-    VoicemailId,
+    AckOutcome, DepositOutcome, RegisterOutcome, Session, Store, StoreError, Voicemail, VoicemailId,
 };
 
 /// Largest locator a deposit may carry: 16 KiB.
@@ -49,7 +60,11 @@ pub const MAX_PENDING_LOGINS: usize = 10_000;
 /// Users whose login attempts are tracked before finished windows are pruned.
 const MAX_TRACKED_USERS: usize = 10_000;
 /// Capacity of the new-voicemail broadcast channel.
-const EVENT_CAPACITY: usize = 1024;
+pub const EVENT_CAPACITY: usize = 1024;
+/// How long a write may wait for a majority of the group to commit it.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a read may wait for a majority to confirm this server leads.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A source of the current Unix time, so tests can move time by hand.
 pub trait Clock: Send + Sync + fmt::Debug {
@@ -175,6 +190,17 @@ pub enum AuthError {
         /// The caller.
         username: String,
     },
+    /// This server is not the leader; the client should retry at the leader.
+    #[error("{}", match .0 { Some(m) => format!("this auth server is not the leader; retry at {} ({})", m.api_url, m.name), None => "this auth server is not the leader and no leader is known yet; retry in a few seconds".to_owned() })]
+    NotLeader(Option<Member>),
+    /// The group cannot serve the call now: no majority, or Raft stopped.
+    #[error(
+        "the auth group cannot serve this right now: {0}. Retry shortly; another server may be the leader"
+    )]
+    Unavailable(String),
+    /// A log entry could not be applied because stored data is corrupt.
+    #[error("{0}")]
+    Apply(String),
     /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -311,6 +337,8 @@ pub struct AuthService {
     keys: Arc<ServerKeys>,
     config: ServerConfig,
     clock: Arc<dyn Clock>,
+    raft: Raft,
+    isolation: Isolation,
     logins: Mutex<HashMap<[u8; 16], PendingLogin>>,
     failures: Mutex<HashMap<String, Failures>>,
     events: broadcast::Sender<Event>,
@@ -346,22 +374,79 @@ fn verify_proof(
 }
 
 impl AuthService {
-    /// A service over an open store.
+    /// A service over an open store and the Raft node replicating it.
+    /// `events` is the channel the state machine reports applied deposits
+    /// and logouts on.
     pub fn new(
-        store: Store,
-        keys: ServerKeys,
+        store: Arc<Store>,
+        keys: Arc<ServerKeys>,
         config: ServerConfig,
         clock: Arc<dyn Clock>,
+        raft: Raft,
+        events: broadcast::Sender<Event>,
+        isolation: Isolation,
     ) -> Self {
         Self {
-            store: Arc::new(store),
-            keys: Arc::new(keys),
+            store,
+            keys,
             config,
             clock,
+            raft,
+            isolation,
             logins: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
-            events: broadcast::channel(EVENT_CAPACITY).0,
+            events,
             shutdown: CancellationToken::new(),
+        }
+    }
+
+    /// The Raft node.
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// The switch that cuts this server off from the group (a fault drill).
+    pub fn isolation(&self) -> &Isolation {
+        &self.isolation
+    }
+
+    /// Whether this server is the group's leader, as far as it knows.
+    pub fn is_leader(&self) -> bool {
+        let m = self.raft.metrics().borrow().clone();
+        m.current_leader == Some(m.id)
+    }
+
+    /// Proposes a command and waits until it is committed and applied here.
+    async fn propose(&self, cmd: Command) -> Result<Reply, AuthError> {
+        match tokio::time::timeout(WRITE_TIMEOUT, self.raft.client_write(cmd)).await {
+            Err(_) => Err(AuthError::Unavailable(format!(
+                "the write was not confirmed by a majority within {} s, so it may or may not have taken effect",
+                WRITE_TIMEOUT.as_secs()
+            ))),
+            Ok(Ok(r)) => match r.data {
+                Reply::Failed(why) => Err(AuthError::Apply(why)),
+                reply => Ok(reply),
+            },
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                Err(AuthError::NotLeader(f.leader_node))
+            }
+            Ok(Err(e)) => Err(AuthError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// Confirms with a majority that this server still leads and has
+    /// applied everything committed before now: a linearizable read point.
+    pub async fn linearize(&self) -> Result<(), AuthError> {
+        match tokio::time::timeout(READ_TIMEOUT, self.raft.ensure_linearizable()).await {
+            Err(_) => Err(AuthError::Unavailable(format!(
+                "a majority of the group did not confirm this server's leadership within {} s",
+                READ_TIMEOUT.as_secs()
+            ))),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                Err(AuthError::NotLeader(f.leader_node))
+            }
+            Ok(Err(e)) => Err(AuthError::Unavailable(e.to_string())),
         }
     }
 
@@ -371,7 +456,7 @@ impl AuthService {
     }
 
     /// The keys in force.
-    pub fn keys(&self) -> &ServerKeys {
+    pub fn keys(&self) -> &Arc<ServerKeys> {
         &self.keys
     }
 
@@ -436,6 +521,7 @@ impl AuthService {
         let request = RegistrationRequest::<Suite>::deserialize(request)
             .map_err(|e| invalid("registration_request", e.to_string()))?;
         let invite = self.invite_hash(invite_code)?;
+        self.linearize().await?;
         let n = name.to_string();
         let (exists, invite_used) = self
             .db(move |s| {
@@ -488,28 +574,27 @@ impl AuthService {
         let password_file = ServerRegistration::<Suite>::finish(upload)
             .serialize()
             .to_vec();
-        let now = self.now();
-        let cert_ttl = self.config.certificate_ttl_secs;
-        let cluster_key = self.keys.cluster_key.clone();
-        let n = name.clone();
-        let outcome = self
-            .db(move |s| {
-                s.register(n.as_str(), invite_hash.as_deref(), |serial| User {
-                    password_file,
-                    credential_nonce,
-                    certificate: CertificateBody {
-                        serial,
-                        username: n.clone(),
-                        identity_key,
-                        peer_id: Vec::new(),
-                        not_before: now,
-                        not_after: now + cert_ttl,
-                    }
-                    .sign(&cluster_key),
-                    registered_at: now,
-                })
+        let reply = self
+            .propose(Command::Register {
+                password_file: seal(
+                    &self.keys.data_key,
+                    "password-file",
+                    name.as_str().as_bytes(),
+                    &password_file,
+                ),
+                username: name.to_string(),
+                invite_hash,
+                credential_nonce,
+                identity_key: identity_key.to_bytes(),
+                now: self.now(),
+                cert_ttl: self.config.certificate_ttl_secs,
             })
             .await?;
+        let Reply::Registered(outcome) = reply else {
+            return Err(AuthError::Apply(format!(
+                "unexpected reply {reply:?} to a registration"
+            )));
+        };
         match outcome {
             RegisterOutcome::Created => {
                 tracing::info!(user = %name, "registered");
@@ -567,6 +652,7 @@ impl AuthService {
         let name = Username::parse(username)?;
         let request = CredentialRequest::<Suite>::deserialize(request)
             .map_err(|e| invalid("credential_request", e.to_string()))?;
+        self.linearize().await?;
         let n = name.to_string();
         let user = self
             .db(move |s| s.user(&n))
@@ -666,34 +752,46 @@ impl AuthService {
 
         let master_key = MasterKey::from_opaque_session_key(&finished.session_key);
         let token: [u8; 32] = random_bytes();
+        let hash = token_hash(&token);
         let now = self.now();
+        let session_ttl = self.config.session_ttl_secs;
+        let reply = self
+            .propose(Command::BeginSession {
+                username: name.to_string(),
+                token_hash: hash,
+                master_key: seal(
+                    &self.keys.data_key,
+                    "master-key",
+                    &hash,
+                    master_key.as_bytes(),
+                ),
+                master_key_id: master_key.id(),
+                identity_key: identity_key.to_bytes(),
+                peer_id: req.peer_id,
+                now,
+                session_ttl,
+                cert_ttl: self.config.certificate_ttl_secs,
+            })
+            .await?;
+        let Reply::SessionBegun(cert) = reply else {
+            return Err(AuthError::Apply(format!(
+                "unexpected reply {reply:?} to a login"
+            )));
+        };
+        let certificate = pb::UserCertificate::decode(cert.as_slice())
+            .map_err(|e| e.to_string())
+            .and_then(|c| UserCertificate::try_from(c).map_err(|e| e.to_string()))
+            .map_err(|e| {
+                AuthError::Apply(format!("the issued certificate does not decode: {e}"))
+            })?;
         let session = Session {
-            token_hash: token_hash(&token),
+            token_hash: hash,
             username: name.to_string(),
             master_key_id: master_key.id(),
             master_key,
             created_at: now,
-            expires_at: now + self.config.session_ttl_secs,
+            expires_at: now + session_ttl,
         };
-        let cert_ttl = self.config.certificate_ttl_secs;
-        let cluster_key = self.keys.cluster_key.clone();
-        let peer_id = req.peer_id;
-        let s2 = session.clone();
-        let certificate = self
-            .db(move |s| {
-                s.begin_session(&s2, |serial| {
-                    CertificateBody {
-                        serial,
-                        username: name.clone(),
-                        identity_key,
-                        peer_id,
-                        not_before: now,
-                        not_after: now + cert_ttl,
-                    }
-                    .sign(&cluster_key)
-                })
-            })
-            .await?;
         tracing::info!(user = %session.username, serial = certificate.serial, "logged in");
         Ok(LoginOutcome {
             session_token: token,
@@ -706,6 +804,7 @@ impl AuthService {
     /// The current certificate of a user.
     pub async fn certificate(&self, username: &str) -> Result<UserCertificate, AuthError> {
         let name = Username::parse(username)?;
+        self.linearize().await?;
         let n = name.to_string();
         self.db(move |s| s.user(&n))
             .await?
@@ -721,6 +820,7 @@ impl AuthService {
             return Err(AuthError::NoToken);
         }
         let hash = token_hash(token);
+        self.linearize().await?;
         let session = self
             .db(move |s| s.session(&hash))
             .await?
@@ -733,9 +833,10 @@ impl AuthService {
 
     /// Revokes a session: its token and its master key are deleted.
     pub async fn logout(&self, session: &Session) -> Result<(), AuthError> {
-        let hash = session.token_hash;
-        self.db(move |s| s.end_session(&hash)).await?;
-        let _ = self.events.send(Event::SessionEnded { token_hash: hash });
+        self.propose(Command::EndSession {
+            token_hash: session.token_hash,
+        })
+        .await?;
         tracing::info!(user = %session.username, "logged out");
         Ok(())
     }
@@ -836,28 +937,35 @@ impl AuthService {
         digest.update(postcard::to_allocvec(&d.metadata).expect("encodes"));
         let digest: [u8; 32] = digest.finalize().into();
 
-        let sender = session.username.clone();
-        let sender_certificate = self.certificate(&sender).await?;
-        let vm = Voicemail {
-            id: random_bytes(),
-            sender,
-            sender_certificate,
-            recipients,
-            locator: d.locator,
-            metadata,
-            deposited_at: self.now(),
-            session_key,
-        };
-        let request_id = d.request_id;
-        let max_pending = self.config.max_pending_per_user;
-        let recipients = Arc::new(vm.recipients.to_strings());
-        let outcome = self
-            .db(move |s| s.deposit(&request_id, digest, &vm, max_pending))
+        let id: VoicemailId = random_bytes();
+        let n_recipients = recipients.iter().count();
+        let reply = self
+            .propose(Command::Deposit {
+                request_id: d.request_id,
+                digest,
+                id,
+                sender: session.username.clone(),
+                recipients: recipients.to_strings(),
+                locator: d.locator,
+                metadata,
+                deposited_at: self.now(),
+                session_key: seal(
+                    &self.keys.data_key,
+                    "session-key",
+                    &id,
+                    session_key.as_bytes(),
+                ),
+                max_pending: self.config.max_pending_per_user,
+            })
             .await?;
+        let Reply::Deposited(outcome) = reply else {
+            return Err(AuthError::Apply(format!(
+                "unexpected reply {reply:?} to a deposit"
+            )));
+        };
         match outcome {
             DepositOutcome::Stored(id) => {
-                tracing::info!(sender = %session.username, id = %hex::encode(id), n = recipients.len(), "deposit");
-                let _ = self.events.send(Event::Deposited { id, recipients });
+                tracing::info!(sender = %session.username, id = %hex::encode(id), n = n_recipients, "deposit");
                 Ok((id, false))
             }
             DepositOutcome::Replayed(id) => Ok((id, true)),
@@ -923,7 +1031,19 @@ impl AuthService {
             .map_err(|_| invalid("voicemail_id", format!("{} bytes, expected 16", id.len())))?;
         let user = session.username.clone();
         let now = self.now();
-        match self.db(move |s| s.ack(&user, &id, now)).await? {
+        let reply = self
+            .propose(Command::Ack {
+                recipient: user,
+                id,
+                now,
+            })
+            .await?;
+        let Reply::Acked(outcome) = reply else {
+            return Err(AuthError::Apply(format!(
+                "unexpected reply {reply:?} to an ack"
+            )));
+        };
+        match outcome {
             AckOutcome::NotPending => Err(AuthError::NotPending {
                 id: hex::encode(id),
                 username: session.username.clone(),
@@ -937,8 +1057,13 @@ impl AuthService {
 
     /// Drops expired sessions and voicemails.
     pub async fn purge_expired(&self) -> Result<(usize, usize), AuthError> {
-        let now = self.now();
-        self.db(move |s| s.purge_expired(now)).await
+        let reply = self.propose(Command::Purge { now: self.now() }).await?;
+        match reply {
+            Reply::Purged(s, v) => Ok((s, v)),
+            other => Err(AuthError::Apply(format!(
+                "unexpected reply {other:?} to a purge"
+            ))),
+        }
     }
 
     /// Direct access to the store, for status reporting and tests.

@@ -10,7 +10,14 @@
 //! - `grants`: (recipient, voicemail id) → ();
 //! - `requests`: (sender, request id) → [`RequestRow`], for idempotent deposits;
 //! - `invites`: SHA-256(invite code) hex → the username that used it;
-//! - `waiting`: username → how many grants it holds, for the inbox cap.
+//! - `waiting`: username → how many grants it holds, for the inbox cap;
+//! - `raft_log`: log index → a postcard-encoded openraft entry;
+//! - `raft`: `vote`, `committed`, `purged`, `applied` (last applied log id
+//!   and membership), `snapshot` (the latest snapshot) and `node_id`.
+//!
+//! Every change to the user-facing tables comes from applying a Raft log
+//! entry ([`crate::cluster`]); the applied marker is written in the same
+//! transaction, so a crash never applies an entry twice.
 //!
 //! Secrets (OPAQUE password files, session master keys, voicemail session
 //! keys) are sealed with AES-256-GCM under the data key, with an AAD naming
@@ -22,7 +29,10 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use prost::Message;
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{
+    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+    WriteTransaction,
+};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use vmail_proto::cert::UserCertificate;
@@ -34,7 +44,7 @@ use vmail_proto::pb;
 use crate::datadir::files;
 
 /// The schema this build reads and writes.
-pub const SCHEMA_VERSION: u64 = 1;
+pub const SCHEMA_VERSION: u64 = 2;
 
 /// `meta` key of an empty blob sealed under the data key: proves the data key fits.
 const DATA_KEY_CHECK: &str = "vmail/v1/data-key-check";
@@ -63,6 +73,10 @@ const GRANTS: TableDefinition<(&str, &[u8]), ()> = TableDefinition::new("grants"
 const REQUESTS: TableDefinition<(&str, &[u8]), &[u8]> = TableDefinition::new("requests");
 const INVITES: TableDefinition<&str, &str> = TableDefinition::new("invites");
 const WAITING: TableDefinition<&str, u64> = TableDefinition::new("waiting");
+/// The Raft log: index → postcard-encoded entry.
+pub(crate) const RAFT_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
+/// Raft's own durable state: vote, committed, purged, applied, snapshot, node id.
+pub(crate) const RAFT: TableDefinition<&str, &[u8]> = TableDefinition::new("raft");
 
 const AAD_PASSWORD_FILE: &[u8] = b"vmail/v1/at-rest/password-file/";
 const AAD_MASTER_KEY: &[u8] = b"vmail/v1/at-rest/master-key/";
@@ -133,7 +147,7 @@ pub enum StoreError {
     Db(redb::Error),
 }
 
-fn db_err(e: impl Into<redb::Error>) -> StoreError {
+pub(crate) fn db_err(e: impl Into<redb::Error>) -> StoreError {
     let e: redb::Error = e.into();
     if let redb::Error::Io(io) = &e
         && (io.kind() == std::io::ErrorKind::StorageFull || io.raw_os_error() == Some(28))
@@ -196,6 +210,19 @@ pub struct User {
     pub certificate: UserCertificate,
     /// Registration time, Unix seconds.
     pub registered_at: u64,
+}
+
+/// The snapshot form of the user-facing tables: every row as stored.
+#[derive(Serialize, Deserialize)]
+struct Dump {
+    next_serial: u64,
+    users: Vec<(String, Vec<u8>)>,
+    sessions: Vec<(Vec<u8>, Vec<u8>)>,
+    voicemails: Vec<(Vec<u8>, Vec<u8>)>,
+    grants: Vec<(String, Vec<u8>)>,
+    requests: Vec<((String, Vec<u8>), Vec<u8>)>,
+    invites: Vec<(String, String)>,
+    waiting: Vec<(String, u64)>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -272,7 +299,7 @@ struct RequestRow {
 }
 
 /// The result of [`Store::register`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RegisterOutcome {
     /// The user was created.
     Created,
@@ -283,7 +310,7 @@ pub enum RegisterOutcome {
 }
 
 /// The result of [`Store::deposit`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DepositOutcome {
     /// A new voicemail was stored.
     Stored(VoicemailId),
@@ -298,7 +325,7 @@ pub enum DepositOutcome {
 }
 
 /// The result of [`Store::ack`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AckOutcome {
     /// The voicemail is not pending for this user; nothing changed.
     NotPending,
@@ -326,12 +353,15 @@ fn u64_le(v: &[u8]) -> Option<u64> {
 }
 
 impl Store {
-    /// Creates a new, empty database. Refuses a file that already exists.
+    /// Creates a new, empty database for Raft node `node_id`. A `founder`
+    /// starts a new group on first start. Refuses a file that already exists.
     pub fn create(
         path: &Path,
         server_name: &str,
         data_key: &SecretKey,
         binding: &KeyBinding,
+        node_id: u64,
+        founder: bool,
     ) -> Result<(), StoreError> {
         if path.exists() {
             return Err(StoreError::Exists(path.to_owned()));
@@ -367,6 +397,13 @@ impl Store {
             tx.open_table(REQUESTS).map_err(db_err)?;
             tx.open_table(INVITES).map_err(db_err)?;
             tx.open_table(WAITING).map_err(db_err)?;
+            tx.open_table(RAFT_LOG).map_err(db_err)?;
+            let mut raft = tx.open_table(RAFT).map_err(db_err)?;
+            raft.insert("node_id", node_id.to_le_bytes().as_slice())
+                .map_err(db_err)?;
+            if founder {
+                raft.insert("founder", [1u8].as_slice()).map_err(db_err)?;
+            }
         }
         tx.commit().map_err(db_err)
     }
@@ -434,7 +471,10 @@ impl Store {
 
     /// Runs `f` on the database, reopening it first if an earlier I/O
     /// failure dropped it, and dropping it if `f` fails with one.
-    fn run<T>(&self, f: impl FnOnce(&Database) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    pub(crate) fn run<T>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let db = self.handle()?;
         let result = f(&db);
         if let Err(
@@ -485,6 +525,149 @@ impl Store {
         let db = Arc::new(db);
         *slot = Some(db.clone());
         Ok(db)
+    }
+
+    /// Runs `f` in one durable write transaction and commits it.
+    pub(crate) fn write<T>(
+        &self,
+        f: impl FnOnce(&WriteTransaction) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.run(|db| {
+            let tx = db.begin_write().map_err(db_err)?;
+            let out = f(&tx)?;
+            tx.commit().map_err(db_err)?;
+            Ok(out)
+        })
+    }
+
+    /// This server's Raft node id, fixed when the database was created.
+    pub fn node_id(&self) -> Result<u64, StoreError> {
+        self.run(|db| {
+            let tx = db.begin_read().map_err(db_err)?;
+            let raft = tx.open_table(RAFT).map_err(db_err)?;
+            raft.get("node_id")
+                .map_err(db_err)?
+                .and_then(|v| u64_le(v.value()))
+                .ok_or_else(|| corrupt("raft", "node_id", "missing"))
+        })
+    }
+
+    /// Whether this server founds its group: `serve` makes it the only member
+    /// of a new group the first time it starts.
+    pub fn is_founder(&self) -> Result<bool, StoreError> {
+        self.run(|db| {
+            let tx = db.begin_read().map_err(db_err)?;
+            let raft = tx.open_table(RAFT).map_err(db_err)?;
+            Ok(raft.get("founder").map_err(db_err)?.is_some())
+        })
+    }
+
+    /// Every user-facing row, for a Raft snapshot (rows keep their sealing),
+    /// and the raw `applied` marker read in the same transaction.
+    pub(crate) fn export(&self) -> Result<(Vec<u8>, Option<Vec<u8>>), StoreError> {
+        fn rows<K: redb::Key + 'static, V: redb::Value + 'static, A, B>(
+            tx: &redb::ReadTransaction,
+            def: TableDefinition<K, V>,
+            f: impl Fn(K::SelfType<'_>, V::SelfType<'_>) -> (A, B),
+        ) -> Result<Vec<(A, B)>, StoreError> {
+            let table = tx.open_table(def).map_err(db_err)?;
+            let mut out = Vec::new();
+            for entry in table.iter().map_err(db_err)? {
+                let (k, v) = entry.map_err(db_err)?;
+                out.push(f(k.value(), v.value()));
+            }
+            Ok(out)
+        }
+        self.run(|db| {
+            let tx = db.begin_read().map_err(db_err)?;
+            let meta = tx.open_table(META).map_err(db_err)?;
+            let next_serial = meta
+                .get("next_serial")
+                .map_err(db_err)?
+                .and_then(|v| u64_le(v.value()))
+                .ok_or_else(|| corrupt("meta", "next_serial", "missing"))?;
+            let dump = Dump {
+                next_serial,
+                users: rows(&tx, USERS, |k, v| (k.to_owned(), v.to_vec()))?,
+                sessions: rows(&tx, SESSIONS, |k, v| (k.to_vec(), v.to_vec()))?,
+                voicemails: rows(&tx, VOICEMAILS, |k, v| (k.to_vec(), v.to_vec()))?,
+                grants: rows(&tx, GRANTS, |(u, id), ()| (u.to_owned(), id.to_vec()))?,
+                requests: rows(&tx, REQUESTS, |(u, id), v| {
+                    ((u.to_owned(), id.to_vec()), v.to_vec())
+                })?,
+                invites: rows(&tx, INVITES, |k, v| (k.to_owned(), v.to_owned()))?,
+                waiting: rows(&tx, WAITING, |k, v| (k.to_owned(), v))?,
+            };
+            let applied = tx
+                .open_table(RAFT)
+                .map_err(db_err)?
+                .get("applied")
+                .map_err(db_err)?
+                .map(|v| v.value().to_vec());
+            Ok((
+                postcard::to_allocvec(&dump).expect("in-memory encoding cannot fail"),
+                applied,
+            ))
+        })
+    }
+
+    /// Replaces every user-facing row with those of a snapshot made by
+    /// [`Store::export`], inside `tx`.
+    pub(crate) fn import(&self, tx: &WriteTransaction, bytes: &[u8]) -> Result<(), StoreError> {
+        let dump: Dump = postcard::from_bytes(bytes).map_err(|e| corrupt("snapshot", "data", e))?;
+        let mut meta = tx.open_table(META).map_err(db_err)?;
+        meta.insert("next_serial", dump.next_serial.to_le_bytes().as_slice())
+            .map_err(db_err)?;
+        let mut t = tx.open_table(USERS).map_err(db_err)?;
+        t.retain(|_, _| false).map_err(db_err)?;
+        for (k, v) in &dump.users {
+            t.insert(k.as_str(), v.as_slice()).map_err(db_err)?;
+        }
+        let mut t = tx.open_table(SESSIONS).map_err(db_err)?;
+        t.retain(|_, _| false).map_err(db_err)?;
+        for (k, v) in &dump.sessions {
+            t.insert(k.as_slice(), v.as_slice()).map_err(db_err)?;
+        }
+        let mut t = tx.open_table(VOICEMAILS).map_err(db_err)?;
+        t.retain(|_, _| false).map_err(db_err)?;
+        for (k, v) in &dump.voicemails {
+            t.insert(k.as_slice(), v.as_slice()).map_err(db_err)?;
+        }
+        let mut t = tx.open_table(GRANTS).map_err(db_err)?;
+        t.retain(|_, _| false).map_err(db_err)?;
+        for (u, id) in &dump.grants {
+            t.insert((u.as_str(), id.as_slice()), ()).map_err(db_err)?;
+        }
+        let mut t = tx.open_table(REQUESTS).map_err(db_err)?;
+        t.retain(|_, _| false).map_err(db_err)?;
+        for ((u, id), v) in &dump.requests {
+            t.insert((u.as_str(), id.as_slice()), v.as_slice())
+                .map_err(db_err)?;
+        }
+        let mut t = tx.open_table(INVITES).map_err(db_err)?;
+        t.retain(|_, _| false).map_err(db_err)?;
+        for (k, v) in &dump.invites {
+            t.insert(k.as_str(), v.as_str()).map_err(db_err)?;
+        }
+        let mut t = tx.open_table(WAITING).map_err(db_err)?;
+        t.retain(|_, _| false).map_err(db_err)?;
+        for (k, v) in &dump.waiting {
+            t.insert(k.as_str(), *v).map_err(db_err)?;
+        }
+        Ok(())
+    }
+
+    /// A user by name, inside a write transaction.
+    pub(crate) fn user_in(
+        &self,
+        tx: &WriteTransaction,
+        name: &str,
+    ) -> Result<Option<User>, StoreError> {
+        let users = tx.open_table(USERS).map_err(db_err)?;
+        match users.get(name).map_err(db_err)? {
+            Some(v) => Ok(Some(self.decode_user(name, v.value())?)),
+            None => Ok(None),
+        }
     }
 
     // ---- users ----
@@ -563,34 +746,31 @@ impl Store {
 
     /// Creates a user whose certificate `make_user` builds from a fresh serial.
     /// `invite_hash` marks a single-use invite code as used.
-    pub fn register(
+    pub(crate) fn register(
         &self,
+        tx: &WriteTransaction,
         name: &str,
         invite_hash: Option<&str>,
         make_user: impl FnOnce(u64) -> User,
     ) -> Result<RegisterOutcome, StoreError> {
-        self.run(|db| {
-            let tx = db.begin_write().map_err(db_err)?;
-            {
-                let mut users = tx.open_table(USERS).map_err(db_err)?;
-                if users.get(name).map_err(db_err)?.is_some() {
-                    return Ok(RegisterOutcome::UserExists);
-                }
-                if let Some(h) = invite_hash {
-                    let mut invites = tx.open_table(INVITES).map_err(db_err)?;
-                    if invites.get(h).map_err(db_err)?.is_some() {
-                        return Ok(RegisterOutcome::InviteUsed);
-                    }
-                    invites.insert(h, name).map_err(db_err)?;
-                }
-                let user = make_user(Self::next_serial(&tx)?);
-                users
-                    .insert(name, self.encode_user(name, &user).as_slice())
-                    .map_err(db_err)?;
+        {
+            let mut users = tx.open_table(USERS).map_err(db_err)?;
+            if users.get(name).map_err(db_err)?.is_some() {
+                return Ok(RegisterOutcome::UserExists);
             }
-            tx.commit().map_err(db_err)?;
-            Ok(RegisterOutcome::Created)
-        })
+            if let Some(h) = invite_hash {
+                let mut invites = tx.open_table(INVITES).map_err(db_err)?;
+                if invites.get(h).map_err(db_err)?.is_some() {
+                    return Ok(RegisterOutcome::InviteUsed);
+                }
+                invites.insert(h, name).map_err(db_err)?;
+            }
+            let user = make_user(Self::next_serial(tx)?);
+            users
+                .insert(name, self.encode_user(name, &user).as_slice())
+                .map_err(db_err)?;
+        }
+        Ok(RegisterOutcome::Created)
     }
 
     // ---- sessions ----
@@ -598,52 +778,49 @@ impl Store {
     /// Records a login: a new session and the user's new current
     /// certificate, built by `make_cert` from a fresh serial. A certificate
     /// for a new identity key is how a key is rotated.
-    pub fn begin_session(
+    pub(crate) fn begin_session(
         &self,
+        tx: &WriteTransaction,
         session: &Session,
         make_cert: impl FnOnce(u64) -> UserCertificate,
     ) -> Result<UserCertificate, StoreError> {
-        self.run(|db| {
-            let name = session.username.as_str();
-            let tx = db.begin_write().map_err(db_err)?;
-            let cert;
-            {
-                let mut users = tx.open_table(USERS).map_err(db_err)?;
-                let mut row: UserRow = match users.get(name).map_err(db_err)? {
-                    Some(v) => {
-                        postcard::from_bytes(v.value()).map_err(|e| corrupt("users", name, e))?
-                    }
-                    None => return Err(corrupt("users", name, "vanished during login")),
-                };
-                cert = make_cert(Self::next_serial(&tx)?);
-                row.certificate = pb::UserCertificate::from(cert.clone()).encode_to_vec();
-                users
-                    .insert(
-                        name,
-                        postcard::to_allocvec(&row).expect("encodes").as_slice(),
-                    )
-                    .map_err(db_err)?;
-                let row = SessionRow {
-                    username: session.username.clone(),
-                    master_key_sealed: self.data_key.seal(
-                        session.master_key.as_bytes(),
-                        &master_key_aad(&session.token_hash, &session.username),
-                    ),
-                    master_key_id: session.master_key_id,
-                    created_at: session.created_at,
-                    expires_at: session.expires_at,
-                };
-                let mut sessions = tx.open_table(SESSIONS).map_err(db_err)?;
-                sessions
-                    .insert(
-                        session.token_hash.as_slice(),
-                        postcard::to_allocvec(&row).expect("encodes").as_slice(),
-                    )
-                    .map_err(db_err)?;
-            }
-            tx.commit().map_err(db_err)?;
-            Ok(cert)
-        })
+        let name = session.username.as_str();
+        let cert;
+        {
+            let mut users = tx.open_table(USERS).map_err(db_err)?;
+            let mut row: UserRow = match users.get(name).map_err(db_err)? {
+                Some(v) => {
+                    postcard::from_bytes(v.value()).map_err(|e| corrupt("users", name, e))?
+                }
+                None => return Err(corrupt("users", name, "vanished during login")),
+            };
+            cert = make_cert(Self::next_serial(tx)?);
+            row.certificate = pb::UserCertificate::from(cert.clone()).encode_to_vec();
+            users
+                .insert(
+                    name,
+                    postcard::to_allocvec(&row).expect("encodes").as_slice(),
+                )
+                .map_err(db_err)?;
+            let row = SessionRow {
+                username: session.username.clone(),
+                master_key_sealed: self.data_key.seal(
+                    session.master_key.as_bytes(),
+                    &master_key_aad(&session.token_hash, &session.username),
+                ),
+                master_key_id: session.master_key_id,
+                created_at: session.created_at,
+                expires_at: session.expires_at,
+            };
+            let mut sessions = tx.open_table(SESSIONS).map_err(db_err)?;
+            sessions
+                .insert(
+                    session.token_hash.as_slice(),
+                    postcard::to_allocvec(&row).expect("encodes").as_slice(),
+                )
+                .map_err(db_err)?;
+        }
+        Ok(cert)
     }
 
     /// A session by token hash.
@@ -679,19 +856,19 @@ impl Store {
     }
 
     /// Deletes a session and its sealed master key. Returns whether it existed.
-    pub fn end_session(&self, token_hash: &[u8; 32]) -> Result<bool, StoreError> {
-        self.run(|db| {
-            let tx = db.begin_write().map_err(db_err)?;
-            let existed = {
-                let mut sessions = tx.open_table(SESSIONS).map_err(db_err)?;
-                sessions
-                    .remove(token_hash.as_slice())
-                    .map_err(db_err)?
-                    .is_some()
-            };
-            tx.commit().map_err(db_err)?;
-            Ok(existed)
-        })
+    pub(crate) fn end_session(
+        &self,
+        tx: &WriteTransaction,
+        token_hash: &[u8; 32],
+    ) -> Result<bool, StoreError> {
+        let existed = {
+            let mut sessions = tx.open_table(SESSIONS).map_err(db_err)?;
+            sessions
+                .remove(token_hash.as_slice())
+                .map_err(db_err)?
+                .is_some()
+        };
+        Ok(existed)
     }
 
     // ---- voicemails ----
@@ -738,89 +915,86 @@ impl Store {
     /// Stores a voicemail and a grant for each recipient, unless the request
     /// id was seen before, a recipient is unknown, or a recipient already has
     /// `max_pending` voicemails waiting.
-    pub fn deposit(
+    pub(crate) fn deposit(
         &self,
+        tx: &WriteTransaction,
         request_id: &[u8],
         digest: [u8; 32],
         vm: &Voicemail,
         max_pending: u64,
     ) -> Result<DepositOutcome, StoreError> {
-        self.run(|db| {
-            let tx = db.begin_write().map_err(db_err)?;
+        {
+            let mut requests = tx.open_table(REQUESTS).map_err(db_err)?;
+            if let Some(v) = requests
+                .get((vm.sender.as_str(), request_id))
+                .map_err(db_err)?
             {
-                let mut requests = tx.open_table(REQUESTS).map_err(db_err)?;
-                if let Some(v) = requests
-                    .get((vm.sender.as_str(), request_id))
-                    .map_err(db_err)?
-                {
-                    let row: RequestRow = postcard::from_bytes(v.value())
-                        .map_err(|e| corrupt("requests", hex::encode(request_id), e))?;
-                    return Ok(if row.digest == digest {
-                        DepositOutcome::Replayed(row.voicemail_id)
-                    } else {
-                        DepositOutcome::RequestIdReused
-                    });
+                let row: RequestRow = postcard::from_bytes(v.value())
+                    .map_err(|e| corrupt("requests", hex::encode(request_id), e))?;
+                return Ok(if row.digest == digest {
+                    DepositOutcome::Replayed(row.voicemail_id)
+                } else {
+                    DepositOutcome::RequestIdReused
+                });
+            }
+            let users = tx.open_table(USERS).map_err(db_err)?;
+            for r in vm.recipients.iter() {
+                if users.get(r.as_str()).map_err(db_err)?.is_none() {
+                    return Ok(DepositOutcome::UnknownRecipient(r.to_string()));
                 }
-                let users = tx.open_table(USERS).map_err(db_err)?;
-                for r in vm.recipients.iter() {
-                    if users.get(r.as_str()).map_err(db_err)?.is_none() {
-                        return Ok(DepositOutcome::UnknownRecipient(r.to_string()));
-                    }
+            }
+            let mut waiting = tx.open_table(WAITING).map_err(db_err)?;
+            for r in vm.recipients.iter() {
+                if count(&waiting, r.as_str())? >= max_pending {
+                    return Ok(DepositOutcome::InboxFull(r.to_string()));
                 }
-                let mut waiting = tx.open_table(WAITING).map_err(db_err)?;
-                for r in vm.recipients.iter() {
-                    if count(&waiting, r.as_str())? >= max_pending {
-                        return Ok(DepositOutcome::InboxFull(r.to_string()));
-                    }
-                }
-                let sender_certificate =
-                    pb::UserCertificate::from(vm.sender_certificate.clone()).encode_to_vec();
-                let row = VoicemailRow {
-                    sender: vm.sender.clone(),
-                    recipients: vm.recipients.to_strings(),
-                    locator: vm.locator.clone(),
-                    metadata: vm.metadata.clone(),
-                    deposited_at: vm.deposited_at,
-                    session_key_sealed: self.data_key.wrap(
-                        &vm.session_key,
-                        &session_key_aad(
-                            &vm.id,
-                            &sender_certificate,
-                            vm.deposited_at,
-                            &vm.recipients,
-                            &vm.locator,
-                        ),
+            }
+            let sender_certificate =
+                pb::UserCertificate::from(vm.sender_certificate.clone()).encode_to_vec();
+            let row = VoicemailRow {
+                sender: vm.sender.clone(),
+                recipients: vm.recipients.to_strings(),
+                locator: vm.locator.clone(),
+                metadata: vm.metadata.clone(),
+                deposited_at: vm.deposited_at,
+                session_key_sealed: self.data_key.wrap(
+                    &vm.session_key,
+                    &session_key_aad(
+                        &vm.id,
+                        &sender_certificate,
+                        vm.deposited_at,
+                        &vm.recipients,
+                        &vm.locator,
                     ),
-                    sender_certificate,
-                };
-                let mut vms = tx.open_table(VOICEMAILS).map_err(db_err)?;
-                vms.insert(
-                    vm.id.as_slice(),
-                    postcard::to_allocvec(&row).expect("encodes").as_slice(),
+                ),
+                sender_certificate,
+            };
+            let mut vms = tx.open_table(VOICEMAILS).map_err(db_err)?;
+            vms.insert(
+                vm.id.as_slice(),
+                postcard::to_allocvec(&row).expect("encodes").as_slice(),
+            )
+            .map_err(db_err)?;
+            let mut grants = tx.open_table(GRANTS).map_err(db_err)?;
+            for r in vm.recipients.iter() {
+                grants
+                    .insert((r.as_str(), vm.id.as_slice()), ())
+                    .map_err(db_err)?;
+                add(&mut waiting, r.as_str(), 1)?;
+            }
+            let req = RequestRow {
+                voicemail_id: vm.id,
+                digest,
+                expires_at: vm.metadata.expires_at,
+            };
+            requests
+                .insert(
+                    (vm.sender.as_str(), request_id),
+                    postcard::to_allocvec(&req).expect("encodes").as_slice(),
                 )
                 .map_err(db_err)?;
-                let mut grants = tx.open_table(GRANTS).map_err(db_err)?;
-                for r in vm.recipients.iter() {
-                    grants
-                        .insert((r.as_str(), vm.id.as_slice()), ())
-                        .map_err(db_err)?;
-                    add(&mut waiting, r.as_str(), 1)?;
-                }
-                let req = RequestRow {
-                    voicemail_id: vm.id,
-                    digest,
-                    expires_at: vm.metadata.expires_at,
-                };
-                requests
-                    .insert(
-                        (vm.sender.as_str(), request_id),
-                        postcard::to_allocvec(&req).expect("encodes").as_slice(),
-                    )
-                    .map_err(db_err)?;
-            }
-            tx.commit().map_err(db_err)?;
-            Ok(DepositOutcome::Stored(vm.id))
-        })
+        }
+        Ok(DepositOutcome::Stored(vm.id))
     }
 
     /// The voicemails pending for `recipient` that have not expired at `now`,
@@ -894,119 +1068,116 @@ impl Store {
 
     /// Erases `recipient`'s grant on an unexpired voicemail; erases the
     /// voicemail and its session key with the last grant.
-    pub fn ack(
+    pub(crate) fn ack(
         &self,
+        tx: &WriteTransaction,
         recipient: &str,
         id: &VoicemailId,
         now: u64,
     ) -> Result<AckOutcome, StoreError> {
-        self.run(|db| {
-            let tx = db.begin_write().map_err(db_err)?;
-            let key_erased;
-            {
-                let mut vms = tx.open_table(VOICEMAILS).map_err(db_err)?;
-                let row = match vms.get(id.as_slice()).map_err(db_err)? {
-                    Some(v) => postcard::from_bytes::<VoicemailRow>(v.value())
-                        .map_err(|e| corrupt("voicemails", hex::encode(id), e))?,
-                    None => return Ok(AckOutcome::NotPending),
-                };
-                // Expired voicemail is no longer pending; the sweeper erases it.
-                if row.metadata.expires_at <= now {
-                    return Ok(AckOutcome::NotPending);
-                }
-                let mut grants = tx.open_table(GRANTS).map_err(db_err)?;
-                if grants
-                    .remove((recipient, id.as_slice()))
-                    .map_err(db_err)?
-                    .is_none()
-                {
-                    return Ok(AckOutcome::NotPending);
-                }
-                add(&mut tx.open_table(WAITING).map_err(db_err)?, recipient, -1)?;
-                let recipients = row.recipients;
-                let mut left = false;
-                for r in &recipients {
-                    left |= grants
-                        .get((r.as_str(), id.as_slice()))
-                        .map_err(db_err)?
-                        .is_some();
-                }
-                key_erased = !left;
-                if key_erased {
-                    vms.remove(id.as_slice()).map_err(db_err)?;
-                }
+        let key_erased;
+        {
+            let mut vms = tx.open_table(VOICEMAILS).map_err(db_err)?;
+            let row = match vms.get(id.as_slice()).map_err(db_err)? {
+                Some(v) => postcard::from_bytes::<VoicemailRow>(v.value())
+                    .map_err(|e| corrupt("voicemails", hex::encode(id), e))?,
+                None => return Ok(AckOutcome::NotPending),
+            };
+            // Expired voicemail is no longer pending; the sweeper erases it.
+            if row.metadata.expires_at <= now {
+                return Ok(AckOutcome::NotPending);
             }
-            tx.commit().map_err(db_err)?;
-            Ok(AckOutcome::Acked { key_erased })
-        })
+            let mut grants = tx.open_table(GRANTS).map_err(db_err)?;
+            if grants
+                .remove((recipient, id.as_slice()))
+                .map_err(db_err)?
+                .is_none()
+            {
+                return Ok(AckOutcome::NotPending);
+            }
+            add(&mut tx.open_table(WAITING).map_err(db_err)?, recipient, -1)?;
+            let recipients = row.recipients;
+            let mut left = false;
+            for r in &recipients {
+                left |= grants
+                    .get((r.as_str(), id.as_slice()))
+                    .map_err(db_err)?
+                    .is_some();
+            }
+            key_erased = !left;
+            if key_erased {
+                vms.remove(id.as_slice()).map_err(db_err)?;
+            }
+        }
+        Ok(AckOutcome::Acked { key_erased })
     }
 
     /// Deletes expired sessions, voicemails (with their grants and keys) and
     /// request records. Returns how many sessions and voicemails went.
-    pub fn purge_expired(&self, now: u64) -> Result<(usize, usize), StoreError> {
-        self.run(|db| {
-            let tx = db.begin_write().map_err(db_err)?;
-            let mut n_sessions = 0;
-            let n_vms;
-            {
-                let mut sessions = tx.open_table(SESSIONS).map_err(db_err)?;
-                // A corrupt row is reported and kept, so that it cannot stop
-                // every other expired entry from being erased.
-                sessions
-                    .retain(|k, v| match postcard::from_bytes::<SessionRow>(v) {
-                        Ok(row) if row.expires_at <= now => {
-                            n_sessions += 1;
-                            false
-                        }
-                        Ok(_) => true,
-                        Err(e) => {
-                            let e = corrupt("sessions", hex::encode(&k[..8.min(k.len())]), e);
-                            tracing::error!(error = %e, "purge skipped a corrupt row");
-                            true
-                        }
-                    })
-                    .map_err(db_err)?;
-                let mut vms = tx.open_table(VOICEMAILS).map_err(db_err)?;
-                let mut expired: Vec<(Vec<u8>, Vec<String>)> = Vec::new();
-                for entry in vms.iter().map_err(db_err)? {
-                    let (k, v) = entry.map_err(db_err)?;
-                    let row: VoicemailRow = match postcard::from_bytes(v.value()) {
-                        Ok(row) => row,
-                        Err(e) => {
-                            let e = corrupt("voicemails", hex::encode(k.value()), e);
-                            tracing::error!(error = %e, "purge skipped a corrupt row");
-                            continue;
-                        }
-                    };
-                    if row.metadata.expires_at <= now {
-                        expired.push((k.value().to_vec(), row.recipients));
+    pub(crate) fn purge_expired(
+        &self,
+        tx: &WriteTransaction,
+        now: u64,
+    ) -> Result<(usize, usize), StoreError> {
+        let mut n_sessions = 0;
+        let n_vms;
+        {
+            let mut sessions = tx.open_table(SESSIONS).map_err(db_err)?;
+            // A corrupt row is reported and kept, so that it cannot stop
+            // every other expired entry from being erased.
+            sessions
+                .retain(|k, v| match postcard::from_bytes::<SessionRow>(v) {
+                    Ok(row) if row.expires_at <= now => {
+                        n_sessions += 1;
+                        false
                     }
-                }
-                let mut grants = tx.open_table(GRANTS).map_err(db_err)?;
-                let mut waiting = tx.open_table(WAITING).map_err(db_err)?;
-                for (id, recipients) in &expired {
-                    vms.remove(id.as_slice()).map_err(db_err)?;
-                    for r in recipients {
-                        if grants
-                            .remove((r.as_str(), id.as_slice()))
-                            .map_err(db_err)?
-                            .is_some()
-                        {
-                            add(&mut waiting, r, -1)?;
-                        }
+                    Ok(_) => true,
+                    Err(e) => {
+                        let e = corrupt("sessions", hex::encode(&k[..8.min(k.len())]), e);
+                        tracing::error!(error = %e, "purge skipped a corrupt row");
+                        true
                     }
+                })
+                .map_err(db_err)?;
+            let mut vms = tx.open_table(VOICEMAILS).map_err(db_err)?;
+            let mut expired: Vec<(Vec<u8>, Vec<String>)> = Vec::new();
+            for entry in vms.iter().map_err(db_err)? {
+                let (k, v) = entry.map_err(db_err)?;
+                let row: VoicemailRow = match postcard::from_bytes(v.value()) {
+                    Ok(row) => row,
+                    Err(e) => {
+                        let e = corrupt("voicemails", hex::encode(k.value()), e);
+                        tracing::error!(error = %e, "purge skipped a corrupt row");
+                        continue;
+                    }
+                };
+                if row.metadata.expires_at <= now {
+                    expired.push((k.value().to_vec(), row.recipients));
                 }
-                n_vms = expired.len();
-                let mut requests = tx.open_table(REQUESTS).map_err(db_err)?;
-                requests
-                    .retain(|_, v| {
-                        postcard::from_bytes::<RequestRow>(v).map_or(true, |r| r.expires_at > now)
-                    })
-                    .map_err(db_err)?;
             }
-            tx.commit().map_err(db_err)?;
-            Ok((n_sessions, n_vms))
-        })
+            let mut grants = tx.open_table(GRANTS).map_err(db_err)?;
+            let mut waiting = tx.open_table(WAITING).map_err(db_err)?;
+            for (id, recipients) in &expired {
+                vms.remove(id.as_slice()).map_err(db_err)?;
+                for r in recipients {
+                    if grants
+                        .remove((r.as_str(), id.as_slice()))
+                        .map_err(db_err)?
+                        .is_some()
+                    {
+                        add(&mut waiting, r, -1)?;
+                    }
+                }
+            }
+            n_vms = expired.len();
+            let mut requests = tx.open_table(REQUESTS).map_err(db_err)?;
+            requests
+                .retain(|_, v| {
+                    postcard::from_bytes::<RequestRow>(v).map_or(true, |r| r.expires_at > now)
+                })
+                .map_err(db_err)?;
+        }
+        Ok((n_sessions, n_vms))
     }
 
     /// Counts of users, live sessions, voicemails and grants, for status and tests.

@@ -1,6 +1,7 @@
 //! vmail wire formats and the protocol primitives that clients and servers share.
 //!
 //! - [`pb`]: the generated protobuf and tonic code for `vmail.auth.v1`;
+//! - [`cluster_pb`]: the auth servers' internal service;
 //! - [`control_pb`]: the same for `vmail.node.v1`, the peer's local control API;
 //! - [`names`]: username and recipient-list rules and their canonical encoding;
 //! - [`keys`]: the key schedule (master key, session key) and key wrapping;
@@ -22,6 +23,13 @@ pub mod opaque;
 #[allow(unreachable_pub, missing_debug_implementations, clippy::all)]
 pub mod pb {
     tonic::include_proto!("vmail.auth.v1");
+}
+
+/// Generated code for `vmail.auth.cluster.v1`, the auth servers' internal
+/// service (Raft and membership). Only group members use it.
+#[allow(unreachable_pub, missing_debug_implementations, clippy::all)]
+pub mod cluster_pb {
+    tonic::include_proto!("vmail.auth.cluster.v1");
 }
 
 /// Generated code for `vmail.node.v1`, the peer daemon's local control API.

@@ -1,0 +1,274 @@
+//! Membership operations from the outside: issuing a join credential,
+//! joining a group, and asking a member for the group's status or to remove
+//! a member. `vmail-auth join` and `vmail-auth cluster`, the tests and the
+//! local testnet all use these.
+//!
+//! Every call is mutual TLS on the internal service. A follower refuses a
+//! membership change naming the leader, and the call is retried there.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::SigningKey;
+use opaque_ke::ServerSetup;
+use vmail_proto::cluster_pb as pb;
+use vmail_proto::keys::SecretKey;
+use vmail_proto::opaque::Suite;
+
+use super::Member;
+use super::network::{ClusterTls, LEADER_RAFT_URL};
+use super::rpc::member_to_pb;
+use crate::config::ServerConfig;
+use crate::datadir::{self, DataDirError, GroupSecrets, InitOptions};
+
+/// Why a membership operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// A local file is wrong.
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    /// The credential file is not a bundle `cluster credential` wrote.
+    #[error("{path}: {why}. Issue a new one with `vmail-auth cluster credential` on a member")]
+    Credential {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// The member refused or could not be reached.
+    #[error("{url}: {why}")]
+    Call {
+        /// The member called.
+        url: String,
+        /// What went wrong.
+        why: String,
+    },
+}
+
+fn call_err(url: &str, s: &tonic::Status) -> AdminError {
+    let why = match s.code() {
+        tonic::Code::Unavailable
+            if s.message().contains("tls") || s.message().contains("certificate") =>
+        {
+            format!(
+                "{}. The TLS handshake failed: is the credential from this group's CA?",
+                s.message()
+            )
+        }
+        _ => s.message().to_owned(),
+    };
+    AdminError::Call {
+        url: url.to_owned(),
+        why,
+    }
+}
+
+/// Writes a join credential for a new server: a certificate and key signed
+/// by the group CA, and the CA certificate, in one PEM bundle (mode 0600).
+pub fn issue_credential(member_dir: &Path, name: &str, out: &Path) -> Result<(), AdminError> {
+    let keys = datadir::load_keys(member_dir)?;
+    let group = secrets_of(&keys);
+    let (cert, key) = group.issue(
+        &format!("join credential for {name}"),
+        vec![name.to_owned()],
+    )?;
+    let bundle = format!("{cert}{key}{}", keys.ca_cert_pem);
+    datadir::write_new(out, bundle.as_bytes(), 0o600)?;
+    Ok(())
+}
+
+fn secrets_of(keys: &datadir::ServerKeys) -> GroupSecrets {
+    GroupSecrets {
+        ca_cert_pem: keys.ca_cert_pem.clone(),
+        ca_key_pem: keys.ca_key_pem.clone(),
+        cluster_key: keys.cluster_key.clone(),
+        opaque_setup: keys.opaque_setup.clone(),
+        data_key: keys.data_key.clone(),
+    }
+}
+
+/// Reads a join credential bundle.
+pub fn read_credential(path: &Path) -> Result<ClusterTls, AdminError> {
+    let bad = |why: String| AdminError::Credential {
+        path: path.display().to_string(),
+        why,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let mut certs = Vec::new();
+    let mut key = None;
+    for block in text.split("-----BEGIN ").skip(1) {
+        let pem = format!("-----BEGIN {block}");
+        if block.starts_with("CERTIFICATE") {
+            certs.push(pem);
+        } else if block.starts_with("PRIVATE KEY") {
+            key = Some(pem);
+        }
+    }
+    match (certs.as_slice(), key) {
+        ([cert, ca], Some(key)) => Ok(ClusterTls {
+            ca_pem: ca.clone(),
+            cert_pem: cert.clone(),
+            key_pem: key,
+        }),
+        _ => Err(bad(
+            "expected a certificate, a private key and the CA certificate".into(),
+        )),
+    }
+}
+
+/// The TLS identity of a member, from its data directory.
+pub fn member_tls(dir: &Path) -> Result<ClusterTls, AdminError> {
+    let keys = datadir::load_keys(dir)?;
+    Ok(ClusterTls {
+        ca_pem: keys.ca_cert_pem,
+        cert_pem: keys.server_cert_pem,
+        key_pem: keys.server_key_pem,
+    })
+}
+
+/// Fetches the group's secrets and policy config from a member.
+pub async fn fetch_group(
+    via: &str,
+    tls: &ClusterTls,
+) -> Result<(GroupSecrets, ServerConfig), AdminError> {
+    let mut client = tls.client(via).map_err(|why| AdminError::Call {
+        url: via.to_owned(),
+        why,
+    })?;
+    let r = client
+        .group_keys(pb::GroupKeysRequest {})
+        .await
+        .map_err(|s| call_err(via, &s))?
+        .into_inner();
+    let bad = |why: String| AdminError::Call {
+        url: via.to_owned(),
+        why: format!("sent unusable group keys: {why}"),
+    };
+    let cluster_key: [u8; 32] = r
+        .cluster_key
+        .as_slice()
+        .try_into()
+        .map_err(|_| bad("cluster key length".into()))?;
+    let data_key: [u8; 32] = r
+        .data_key
+        .as_slice()
+        .try_into()
+        .map_err(|_| bad("data key length".into()))?;
+    let opaque_setup =
+        ServerSetup::<Suite>::deserialize(&r.opaque_setup).map_err(|e| bad(e.to_string()))?;
+    let config: ServerConfig = toml::from_str(&r.config_toml).map_err(|e| bad(e.to_string()))?;
+    Ok((
+        GroupSecrets {
+            ca_cert_pem: r.ca_cert_pem,
+            ca_key_pem: r.ca_key_pem,
+            cluster_key: SigningKey::from_bytes(&cluster_key),
+            opaque_setup,
+            data_key: SecretKey::from_bytes(data_key),
+        },
+        config,
+    ))
+}
+
+/// Creates the data directory of a server that will join the group `via`
+/// reaches, with the group's secrets fetched over mutual TLS using
+/// `credential`.
+pub async fn prepare_join(
+    opts: &InitOptions,
+    via: &str,
+    credential: &ClusterTls,
+) -> Result<(), AdminError> {
+    let (group, config) = fetch_group(via, credential).await?;
+    datadir::init_member(opts, &group, config)?;
+    Ok(())
+}
+
+/// How long [`request_join`] keeps trying while the group elects a leader.
+pub const JOIN_DEADLINE: Duration = Duration::from_secs(120);
+
+/// Asks the group to add `member` (node `id`): as a learner first, then,
+/// once it has caught up, as a voter. Follows leader redirects and retries
+/// while no leader is known, up to [`JOIN_DEADLINE`].
+pub async fn request_join(
+    via: &str,
+    tls: &ClusterTls,
+    id: u64,
+    member: &Member,
+) -> Result<u64, AdminError> {
+    let req = pb::JoinRequest {
+        member: Some(member_to_pb(id, member)),
+    };
+    with_leader(via, tls, JOIN_DEADLINE, |mut c| {
+        let req = req.clone();
+        async move { c.join(req).await.map(|r| r.into_inner().log_index) }
+    })
+    .await
+}
+
+/// Removes the member named `name` from the group.
+pub async fn remove(via: &str, tls: &ClusterTls, name: &str) -> Result<(), AdminError> {
+    let req = pb::RemoveRequest {
+        name: name.to_owned(),
+    };
+    with_leader(via, tls, Duration::from_secs(30), |mut c| {
+        let req = req.clone();
+        async move { c.remove(req).await.map(|_| ()) }
+    })
+    .await
+}
+
+/// A member's view of the group.
+pub async fn status(url: &str, tls: &ClusterTls) -> Result<pb::StatusResponse, AdminError> {
+    let mut client = tls.client(url).map_err(|why| AdminError::Call {
+        url: url.to_owned(),
+        why,
+    })?;
+    Ok(client
+        .status(pb::StatusRequest {})
+        .await
+        .map_err(|s| call_err(url, &s))?
+        .into_inner())
+}
+
+type Client = pb::cluster_client::ClusterClient<tonic::transport::Channel>;
+
+/// Runs `f` against the leader: starts at `via`, follows redirects, and
+/// retries UNAVAILABLE answers until `deadline` passes.
+async fn with_leader<T, F, Fut>(
+    via: &str,
+    tls: &ClusterTls,
+    deadline: Duration,
+    f: F,
+) -> Result<T, AdminError>
+where
+    F: Fn(Client) -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    let until = Instant::now() + deadline;
+    let mut url = via.to_owned();
+    loop {
+        let client = tls.client(&url).map_err(|why| AdminError::Call {
+            url: url.clone(),
+            why,
+        })?;
+        match f(client).await {
+            Ok(v) => return Ok(v),
+            Err(s) if s.code() == tonic::Code::Unavailable && Instant::now() < until => {
+                if let Some(leader) = s
+                    .metadata()
+                    .get(LEADER_RAFT_URL)
+                    .and_then(|v| v.to_str().ok())
+                {
+                    tracing::info!(from = %url, to = %leader, "redirected to the leader");
+                    url = leader.to_owned();
+                    continue;
+                }
+                if s.message().contains("certificate") || s.message().contains("tls handshake") {
+                    return Err(call_err(&url, &s));
+                }
+                tracing::info!(%url, why = %s.message(), "group not ready; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(s) => return Err(call_err(&url, &s)),
+        }
+    }
+}

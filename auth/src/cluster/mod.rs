@@ -1,0 +1,208 @@
+//! Replication of the auth state across the group with Raft (openraft).
+//!
+//! Every change to the auth state is a [`Command`] in the Raft log. The
+//! leader fills in everything a command needs, times and random values
+//! included, so applying it is deterministic on every member. Secrets in a
+//! command are sealed under the group's data key ([`seal`]), so the log and
+//! snapshots hold no plaintext secret.
+//!
+//! - [`log_store`]: the Raft log and vote in the server's redb database;
+//! - [`state_machine`]: applies commands to the [`crate::store::Store`], builds
+//!   and installs snapshots;
+//! - [`network`]: the client side of the internal `vmail.auth.cluster.v1`
+//!   service, over mutual TLS;
+//! - [`rpc`]: the server side of that service.
+
+pub mod admin;
+pub mod log_store;
+pub mod network;
+pub mod rpc;
+pub mod state_machine;
+
+use std::fmt;
+use std::io::Cursor;
+
+use serde::{Deserialize, Serialize};
+use vmail_proto::keys::{MasterKeyId, SecretKey};
+use vmail_proto::meta::VoicemailMeta;
+
+use crate::store::{AckOutcome, DepositOutcome, RegisterOutcome, VoicemailId};
+
+openraft::declare_raft_types!(
+    /// The Raft type configuration of the auth group.
+    pub TypeConfig:
+        D = Command,
+        R = Reply,
+        NodeId = u64,
+        Node = Member,
+        SnapshotData = Cursor<Vec<u8>>,
+);
+
+/// The group's Raft handle.
+pub type Raft = openraft::Raft<TypeConfig>;
+
+/// A member of the auth group, as recorded in the Raft membership.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// The server's name, unique in the group.
+    pub name: String,
+    /// `https://HOST:PORT` of its public `vmail.auth.v1` API.
+    pub api_url: String,
+    /// `https://HOST:PORT` of its internal `vmail.auth.cluster.v1` service.
+    pub raft_url: String,
+}
+
+impl fmt::Display for Member {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} (api {}, raft {})",
+            self.name, self.api_url, self.raft_url
+        )
+    }
+}
+
+/// A change to the auth state: one Raft log entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Create a user (OPAQUE registration, round 2).
+    Register {
+        /// The username.
+        username: String,
+        /// SHA-256 of the invite code used, hex.
+        invite_hash: Option<String>,
+        /// The OPAQUE password file, sealed (see [`seal`]).
+        password_file: Vec<u8>,
+        /// Names the OPRF key of the password file.
+        credential_nonce: [u8; 16],
+        /// The identity key to certify.
+        identity_key: [u8; 32],
+        /// Registration time, Unix seconds.
+        now: u64,
+        /// Certificate lifetime, seconds.
+        cert_ttl: u64,
+    },
+    /// Open a session and issue a certificate (login, round 2).
+    BeginSession {
+        /// The user.
+        username: String,
+        /// SHA-256 of the bearer token.
+        token_hash: [u8; 32],
+        /// The master key, sealed (see [`seal`]).
+        master_key: Vec<u8>,
+        /// Its id.
+        master_key_id: MasterKeyId,
+        /// The identity key to certify.
+        identity_key: [u8; 32],
+        /// The peer id to bind, possibly empty.
+        peer_id: Vec<u8>,
+        /// Login time, Unix seconds.
+        now: u64,
+        /// Session lifetime, seconds.
+        session_ttl: u64,
+        /// Certificate lifetime, seconds.
+        cert_ttl: u64,
+    },
+    /// Revoke a session (logout).
+    EndSession {
+        /// SHA-256 of its token.
+        token_hash: [u8; 32],
+    },
+    /// Keep a voicemail's session key and locator for its recipients.
+    Deposit {
+        /// The sender's idempotency key.
+        request_id: Vec<u8>,
+        /// What makes two requests the same deposit.
+        digest: [u8; 32],
+        /// The voicemail id the leader chose.
+        id: VoicemailId,
+        /// The sender.
+        sender: String,
+        /// Canonical recipients.
+        recipients: Vec<String>,
+        /// The storage locator.
+        locator: Vec<u8>,
+        /// Metadata, expiry resolved.
+        metadata: VoicemailMeta,
+        /// Deposit time, Unix seconds.
+        deposited_at: u64,
+        /// The session key, sealed (see [`seal`]).
+        session_key: Vec<u8>,
+        /// The inbox cap in force.
+        max_pending: u64,
+    },
+    /// A recipient has fetched a voicemail.
+    Ack {
+        /// The recipient.
+        recipient: String,
+        /// The voicemail.
+        id: VoicemailId,
+        /// Time of the ack, Unix seconds.
+        now: u64,
+    },
+    /// Erase what expired at `now`.
+    Purge {
+        /// Unix seconds.
+        now: u64,
+    },
+}
+
+/// What applying a [`Command`] produced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    /// A blank or membership entry.
+    None,
+    /// Result of [`Command::Register`].
+    Registered(RegisterOutcome),
+    /// Result of [`Command::BeginSession`]: the certificate, protobuf-encoded.
+    SessionBegun(Vec<u8>),
+    /// Result of [`Command::EndSession`]: whether it existed.
+    SessionEnded(bool),
+    /// Result of [`Command::Deposit`].
+    Deposited(DepositOutcome),
+    /// Result of [`Command::Ack`].
+    Acked(AckOutcome),
+    /// Result of [`Command::Purge`]: sessions and voicemails erased.
+    Purged(usize, usize),
+    /// The command could not be applied because stored data is corrupt; the
+    /// state did not change.
+    Failed(String),
+}
+
+/// The AAD prefix of a secret sealed into a log entry.
+const AAD_LOG: &[u8] = b"vmail/v1/raft-log/";
+
+/// Seals a secret for a log entry under the group's data key. `what` names
+/// the field and `row` the entry it belongs to, so a sealed value cannot be
+/// moved to another command.
+pub fn seal(data_key: &SecretKey, what: &str, row: &[u8], secret: &[u8]) -> Vec<u8> {
+    data_key.seal(secret, &[AAD_LOG, what.as_bytes(), b"/", row].concat())
+}
+
+/// Opens a secret sealed by [`seal`].
+pub fn unseal(
+    data_key: &SecretKey,
+    what: &str,
+    row: &[u8],
+    sealed: &[u8],
+) -> Result<Vec<u8>, String> {
+    data_key
+        .open(sealed, &[AAD_LOG, what.as_bytes(), b"/", row].concat())
+        .map_err(|e| format!("sealed {what} does not open under the data key: {e}"))
+}
+
+/// The Raft timing the group runs with. Elections take 1-2 s of silence;
+/// heartbeats go out every 300 ms; a snapshot is taken every 5000 entries
+/// and the log before it is purged, keeping 1000.
+pub fn raft_config(cluster_name: &str) -> openraft::Config {
+    openraft::Config {
+        cluster_name: cluster_name.to_owned(),
+        heartbeat_interval: 300,
+        election_timeout_min: 1000,
+        election_timeout_max: 2000,
+        install_snapshot_timeout: 10_000,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(5000),
+        max_in_snapshot_log_to_keep: 1000,
+        ..Default::default()
+    }
+}

@@ -1,0 +1,347 @@
+//! The server side of the internal `vmail.auth.cluster.v1` service: a thin
+//! adapter that hands Raft RPCs to openraft and runs the membership
+//! operations on the leader. It is served on its own port, over mutual TLS
+//! with the group's CA.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use openraft::ChangeMembers;
+use openraft::error::{ClientWriteError, RaftError};
+use serde::Serialize;
+use tonic::{Request, Response, Status};
+use vmail_proto::cluster_pb::{self as pb, cluster_server::Cluster};
+
+use super::network::{Isolation, LEADER_RAFT_URL, decode, encode};
+use super::{Member, Raft};
+use crate::config::ServerConfig;
+use crate::datadir::ServerKeys;
+
+/// The internal service of one member.
+#[derive(Clone)]
+pub struct ClusterService {
+    raft: Raft,
+    keys: Arc<ServerKeys>,
+    config: ServerConfig,
+    isolation: Isolation,
+}
+
+impl std::fmt::Debug for ClusterService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterService")
+            .field("name", &self.config.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClusterService {
+    /// The service of the member running `raft`.
+    pub fn new(
+        raft: Raft,
+        keys: Arc<ServerKeys>,
+        config: ServerConfig,
+        isolation: Isolation,
+    ) -> Self {
+        Self {
+            raft,
+            keys,
+            config,
+            isolation,
+        }
+    }
+
+    fn check_isolation(&self) -> Result<(), Status> {
+        if self.isolation.is_set() {
+            return Err(Status::unavailable(
+                "this server is isolated from the group",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Refuses a membership call on a follower, naming the leader.
+    async fn require_leader(&self) -> Result<(), Status> {
+        let me = self.raft.metrics().borrow().id;
+        match self.raft.current_leader().await {
+            Some(l) if l == me => Ok(()),
+            leader => Err(self.not_leader(leader)),
+        }
+    }
+
+    fn not_leader(&self, leader: Option<u64>) -> Status {
+        let node = leader.and_then(|l| {
+            self.raft
+                .metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .get_node(&l)
+                .cloned()
+        });
+        not_leader_status(node.as_ref())
+    }
+}
+
+fn not_leader_status(leader: Option<&Member>) -> Status {
+    match leader {
+        Some(m) => {
+            let mut s = Status::unavailable(format!(
+                "this server is not the leader; the leader is {}",
+                m.name
+            ));
+            if let Ok(v) = m.raft_url.parse() {
+                s.metadata_mut().insert(LEADER_RAFT_URL, v);
+            }
+            s
+        }
+        None => Status::unavailable("no leader is known right now; retry in a few seconds"),
+    }
+}
+
+fn payload<T: Serialize>(v: &T) -> Response<pb::RaftPayload> {
+    Response::new(pb::RaftPayload {
+        payload: encode(v),
+        error: String::new(),
+    })
+}
+
+fn write_error(e: RaftError<u64, ClientWriteError<u64, Member>>) -> Status {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            not_leader_status(f.leader_node.as_ref())
+        }
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
+            Status::failed_precondition(format!("membership change refused: {c}"))
+        }
+        RaftError::Fatal(f) => Status::unavailable(format!("this server's Raft stopped: {f}")),
+    }
+}
+
+/// Converts a member description from the wire.
+pub fn member_from_pb(m: Option<pb::Member>) -> Result<(u64, Member), Status> {
+    let m = m.ok_or_else(|| Status::invalid_argument("member: missing"))?;
+    if m.name.is_empty() || m.api_url.is_empty() || m.raft_url.is_empty() {
+        return Err(Status::invalid_argument(
+            "member: name, api_url and raft_url must all be set",
+        ));
+    }
+    Ok((
+        m.id,
+        Member {
+            name: m.name,
+            api_url: m.api_url,
+            raft_url: m.raft_url,
+        },
+    ))
+}
+
+/// Converts a member description to the wire.
+pub fn member_to_pb(id: u64, m: &Member) -> pb::Member {
+    pb::Member {
+        id,
+        name: m.name.clone(),
+        api_url: m.api_url.clone(),
+        raft_url: m.raft_url.clone(),
+    }
+}
+
+#[tonic::async_trait]
+impl Cluster for ClusterService {
+    async fn append_entries(
+        &self,
+        req: Request<pb::RaftPayload>,
+    ) -> Result<Response<pb::RaftPayload>, Status> {
+        self.check_isolation()?;
+        let rpc = decode(&req.into_inner().payload).map_err(Status::invalid_argument)?;
+        Ok(payload(&self.raft.append_entries(rpc).await))
+    }
+
+    async fn vote(
+        &self,
+        req: Request<pb::RaftPayload>,
+    ) -> Result<Response<pb::RaftPayload>, Status> {
+        self.check_isolation()?;
+        let rpc = decode(&req.into_inner().payload).map_err(Status::invalid_argument)?;
+        Ok(payload(&self.raft.vote(rpc).await))
+    }
+
+    async fn install_snapshot(
+        &self,
+        req: Request<pb::RaftPayload>,
+    ) -> Result<Response<pb::RaftPayload>, Status> {
+        self.check_isolation()?;
+        let rpc = decode(&req.into_inner().payload).map_err(Status::invalid_argument)?;
+        Ok(payload(&self.raft.install_snapshot(rpc).await))
+    }
+
+    async fn group_keys(
+        &self,
+        _req: Request<pb::GroupKeysRequest>,
+    ) -> Result<Response<pb::GroupKeysResponse>, Status> {
+        self.check_isolation()?;
+        let k = &self.keys;
+        tracing::info!("handing the group keys to a joining server");
+        Ok(Response::new(pb::GroupKeysResponse {
+            ca_cert_pem: k.ca_cert_pem.clone(),
+            ca_key_pem: k.ca_key_pem.clone(),
+            cluster_key: k.cluster_key.to_bytes().to_vec(),
+            opaque_setup: k.opaque_setup.serialize().to_vec(),
+            data_key: k.data_key.as_bytes().to_vec(),
+            config_toml: toml::to_string_pretty(&self.config).expect("config serialises"),
+        }))
+    }
+
+    async fn join(
+        &self,
+        req: Request<pb::JoinRequest>,
+    ) -> Result<Response<pb::JoinResponse>, Status> {
+        self.check_isolation()?;
+        let (id, member) = member_from_pb(req.into_inner().member)?;
+        self.require_leader().await?;
+        let membership = self.raft.metrics().borrow().membership_config.clone();
+        let mut stale = BTreeSet::new();
+        for (nid, m) in membership.nodes() {
+            if m.name == member.name && *nid != id {
+                stale.insert(*nid);
+            }
+        }
+        if !stale.is_empty() {
+            // A wiped server rejoins under its old name with a new id: the
+            // old incarnation's state is gone, so it must not count as a voter.
+            tracing::info!(name = %member.name, ?stale, "replacing an earlier member of the same name");
+            let voters: BTreeSet<u64> = membership.voter_ids().collect();
+            let stale_voters: BTreeSet<u64> = stale.intersection(&voters).copied().collect();
+            if !stale_voters.is_empty() {
+                self.raft
+                    .change_membership(ChangeMembers::RemoveVoters(stale_voters), false)
+                    .await
+                    .map_err(write_error)?;
+            }
+            let still: BTreeSet<u64> = stale
+                .into_iter()
+                .filter(|n| {
+                    self.raft
+                        .metrics()
+                        .borrow()
+                        .membership_config
+                        .membership()
+                        .get_node(n)
+                        .is_some()
+                })
+                .collect();
+            if !still.is_empty() {
+                self.raft
+                    .change_membership(ChangeMembers::RemoveNodes(still), false)
+                    .await
+                    .map_err(write_error)?;
+            }
+        }
+        tracing::info!(%member, id, "adding a learner; waiting for it to catch up");
+        self.raft
+            .add_learner(id, member.clone(), true)
+            .await
+            .map_err(write_error)?;
+        let resp = self
+            .raft
+            .change_membership(
+                ChangeMembers::AddVoters(BTreeMap::from([(id, member.clone())])),
+                false,
+            )
+            .await
+            .map_err(write_error)?;
+        tracing::info!(%member, id, "now a voter");
+        Ok(Response::new(pb::JoinResponse {
+            log_index: resp.log_id.index,
+        }))
+    }
+
+    async fn remove(
+        &self,
+        req: Request<pb::RemoveRequest>,
+    ) -> Result<Response<pb::RemoveResponse>, Status> {
+        self.check_isolation()?;
+        let name = req.into_inner().name;
+        self.require_leader().await?;
+        let membership = self.raft.metrics().borrow().membership_config.clone();
+        let Some(id) = membership
+            .nodes()
+            .find(|(_, m)| m.name == name)
+            .map(|(id, _)| *id)
+        else {
+            return Err(Status::not_found(format!(
+                "no member is named {name:?}; see `vmail-auth cluster status`"
+            )));
+        };
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let change = if voters.contains(&id) {
+            if voters.len() == 1 {
+                return Err(Status::failed_precondition(format!(
+                    "{name} is the group's only voter; removing it would leave no group"
+                )));
+            }
+            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+        } else {
+            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+        };
+        self.raft
+            .change_membership(change, false)
+            .await
+            .map_err(write_error)?;
+        tracing::info!(%name, id, "removed from the group");
+        Ok(Response::new(pb::RemoveResponse {}))
+    }
+
+    async fn status(
+        &self,
+        _req: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let name_of = |id: &u64| membership.get_node(id).map(|n| n.name.clone());
+        let members = membership
+            .nodes()
+            .map(|(id, node)| pb::MemberStatus {
+                member: Some(member_to_pb(*id, node)),
+                role: if voters.contains(id) {
+                    "voter"
+                } else {
+                    "learner"
+                }
+                .into(),
+                matched: m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(id).cloned().flatten())
+                    .map_or(0, |l| l.index),
+            })
+            .collect();
+        let me = membership
+            .get_node(&m.id)
+            .map(|n| member_to_pb(m.id, n))
+            .unwrap_or(pb::Member {
+                id: m.id,
+                name: self.config.name.clone(),
+                ..Default::default()
+            });
+        let state = if m.running_state.is_err() {
+            "shutdown".to_owned()
+        } else {
+            format!("{:?}", m.state).to_lowercase()
+        };
+        Ok(Response::new(pb::StatusResponse {
+            self_: Some(me),
+            state,
+            term: m.current_term,
+            leader: m
+                .current_leader
+                .as_ref()
+                .and_then(name_of)
+                .unwrap_or_default(),
+            last_log_index: m.last_log_index.unwrap_or(0),
+            last_applied: m.last_applied.map_or(0, |l| l.index),
+            members,
+            snapshot_index: m.snapshot.map_or(0, |l| l.index),
+        }))
+    }
+}

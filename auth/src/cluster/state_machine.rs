@@ -1,0 +1,416 @@
+//! The replicated state machine: applies [`Command`]s to the [`Store`] and
+//! builds and installs snapshots of it.
+//!
+//! A batch of entries is applied in one redb transaction together with the
+//! `applied` marker (last log id and membership), so after a crash every
+//! entry has been applied exactly once. Applying is deterministic: the
+//! certificate serial comes from the store, ed25519 signatures are
+//! deterministic, and times and random values come from the command.
+
+use std::io::Cursor;
+use std::sync::Arc;
+
+use ed25519_dalek::VerifyingKey;
+use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
+use openraft::{
+    Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, StorageError, StorageIOError,
+    StoredMembership,
+};
+use prost::Message;
+use redb::ReadableTable;
+use tokio::sync::broadcast;
+use vmail_proto::cert::CertificateBody;
+use vmail_proto::keys::{MasterKey, SecretKey};
+use vmail_proto::names::{Recipients, Username};
+use vmail_proto::pb;
+
+use super::log_store::{get_meta, put_meta};
+use super::{Command, Member, Reply, TypeConfig, unseal};
+use crate::datadir::ServerKeys;
+use crate::service::Event;
+use crate::store::{
+    DepositOutcome, RAFT, RegisterOutcome, Session, Store, StoreError, User, Voicemail, db_err,
+};
+
+type SErr = StorageError<u64>;
+type Applied = (Option<LogId<u64>>, StoredMembership<u64, Member>);
+
+/// The state machine: the store, the keys needed to apply commands, and
+/// the channel that tells WatchPending streams about new voicemail.
+#[derive(Debug, Clone)]
+pub struct StateMachine {
+    store: Arc<Store>,
+    keys: Arc<ServerKeys>,
+    events: broadcast::Sender<Event>,
+}
+
+impl StateMachine {
+    /// A state machine over `store`.
+    pub fn new(store: Arc<Store>, keys: Arc<ServerKeys>, events: broadcast::Sender<Event>) -> Self {
+        Self {
+            store,
+            keys,
+            events,
+        }
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Self) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || f(&me))
+            .await
+            .expect("state machine task panicked")
+    }
+
+    /// Applies one command inside `tx`. Corrupt stored data or a sealed
+    /// value that does not open becomes [`Reply::Failed`]; any other storage
+    /// failure aborts the whole batch.
+    fn apply_command(
+        &self,
+        tx: &redb::WriteTransaction,
+        cmd: Command,
+        events: &mut Vec<Event>,
+    ) -> Result<Reply, StoreError> {
+        match self.apply_inner(tx, cmd, events) {
+            Err(StoreError::Corrupt { table, key, why }) => {
+                let e = StoreError::Corrupt { table, key, why };
+                tracing::error!(error = %e, "a log entry could not be applied");
+                Ok(Reply::Failed(e.to_string()))
+            }
+            other => other,
+        }
+    }
+
+    fn apply_inner(
+        &self,
+        tx: &redb::WriteTransaction,
+        cmd: Command,
+        events: &mut Vec<Event>,
+    ) -> Result<Reply, StoreError> {
+        let store = &self.store;
+        let data_key = &self.keys.data_key;
+        let cluster_key = &self.keys.cluster_key;
+        let corrupt = |key: &str, why: String| StoreError::Corrupt {
+            table: "raft_log",
+            key: key.to_owned(),
+            why,
+        };
+        let name = |n: &str| Username::parse(n).map_err(|e| corrupt(n, e.to_string()));
+        let identity = |k: &[u8; 32], n: &str| {
+            VerifyingKey::from_bytes(k).map_err(|e| corrupt(n, format!("identity key: {e}")))
+        };
+        Ok(match cmd {
+            Command::Register {
+                username,
+                invite_hash,
+                password_file,
+                credential_nonce,
+                identity_key,
+                now,
+                cert_ttl,
+            } => {
+                // A retry of a registration that was already applied.
+                if let Some(u) = store.user_in(tx, &username)?
+                    && u.credential_nonce == credential_nonce
+                {
+                    return Ok(Reply::Registered(RegisterOutcome::Created));
+                }
+                let user = name(&username)?;
+                let identity_key = identity(&identity_key, &username)?;
+                let password_file = unseal(
+                    data_key,
+                    "password-file",
+                    username.as_bytes(),
+                    &password_file,
+                )
+                .map_err(|why| corrupt(&username, why))?;
+                Reply::Registered(store.register(
+                    tx,
+                    &username,
+                    invite_hash.as_deref(),
+                    |serial| {
+                        User {
+                            password_file,
+                            credential_nonce,
+                            certificate: CertificateBody {
+                                serial,
+                                username: user,
+                                identity_key,
+                                peer_id: Vec::new(),
+                                not_before: now,
+                                not_after: now + cert_ttl,
+                            }
+                            .sign(cluster_key),
+                            registered_at: now,
+                        }
+                    },
+                )?)
+            }
+            Command::BeginSession {
+                username,
+                token_hash,
+                master_key,
+                master_key_id,
+                identity_key,
+                peer_id,
+                now,
+                session_ttl,
+                cert_ttl,
+            } => {
+                let user = name(&username)?;
+                let identity_key = identity(&identity_key, &username)?;
+                let mk: [u8; 32] = unseal(data_key, "master-key", &token_hash, &master_key)
+                    .map_err(|why| corrupt(&username, why))?
+                    .try_into()
+                    .map_err(|_| corrupt(&username, "master key length".into()))?;
+                let session = Session {
+                    token_hash,
+                    username,
+                    master_key: MasterKey::from_bytes(mk),
+                    master_key_id,
+                    created_at: now,
+                    expires_at: now + session_ttl,
+                };
+                let cert = store.begin_session(tx, &session, |serial| {
+                    CertificateBody {
+                        serial,
+                        username: user,
+                        identity_key,
+                        peer_id,
+                        not_before: now,
+                        not_after: now + cert_ttl,
+                    }
+                    .sign(cluster_key)
+                })?;
+                Reply::SessionBegun(pb::UserCertificate::from(cert).encode_to_vec())
+            }
+            Command::EndSession { token_hash } => {
+                let existed = store.end_session(tx, &token_hash)?;
+                events.push(Event::SessionEnded { token_hash });
+                Reply::SessionEnded(existed)
+            }
+            Command::Deposit {
+                request_id,
+                digest,
+                id,
+                sender,
+                recipients,
+                locator,
+                metadata,
+                deposited_at,
+                session_key,
+                max_pending,
+            } => {
+                let key = hex::encode(id);
+                let sk = unseal(data_key, "session-key", &id, &session_key)
+                    .map_err(|why| corrupt(&key, why))?;
+                let session_key = SecretKey::from_slice(&sk)
+                    .ok_or_else(|| corrupt(&key, "session key length".into()))?;
+                let recipients =
+                    Recipients::parse(&recipients).map_err(|e| corrupt(&key, e.to_string()))?;
+                let sender_certificate = store
+                    .user_in(tx, &sender)?
+                    .ok_or_else(|| corrupt(&key, format!("sender {sender:?} is not registered")))?
+                    .certificate;
+                let vm = Voicemail {
+                    id,
+                    sender,
+                    sender_certificate,
+                    recipients,
+                    locator,
+                    metadata,
+                    deposited_at,
+                    session_key,
+                };
+                let outcome = store.deposit(tx, &request_id, digest, &vm, max_pending)?;
+                if let DepositOutcome::Stored(id) = outcome {
+                    events.push(Event::Deposited {
+                        id,
+                        recipients: Arc::new(vm.recipients.to_strings()),
+                    });
+                }
+                Reply::Deposited(outcome)
+            }
+            Command::Ack { recipient, id, now } => {
+                Reply::Acked(store.ack(tx, &recipient, &id, now)?)
+            }
+            Command::Purge { now } => {
+                let (s, v) = store.purge_expired(tx, now)?;
+                Reply::Purged(s, v)
+            }
+        })
+    }
+}
+
+fn sm_write(e: StoreError) -> SErr {
+    StorageIOError::write_state_machine(&e).into()
+}
+
+fn sm_read(e: StoreError) -> SErr {
+    StorageIOError::read_state_machine(&e).into()
+}
+
+fn decode_applied(raw: Option<Vec<u8>>) -> Result<Applied, StoreError> {
+    match raw {
+        None => Ok((None, StoredMembership::default())),
+        Some(b) => postcard::from_bytes(&b).map_err(|e| StoreError::Corrupt {
+            table: "raft",
+            key: "applied".into(),
+            why: e.to_string(),
+        }),
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, SErr> {
+        let built = self
+            .blocking(|sm| {
+                let (data, applied) = sm.store.export()?;
+                let (last_log_id, last_membership) = decode_applied(applied)?;
+                let snapshot_id = match last_log_id {
+                    Some(l) => format!(
+                        "{}-{}-{}",
+                        l.leader_id.term,
+                        l.index,
+                        hex::encode(vmail_proto::random_bytes::<4>())
+                    ),
+                    None => format!("empty-{}", hex::encode(vmail_proto::random_bytes::<4>())),
+                };
+                let meta = SnapshotMeta {
+                    last_log_id,
+                    last_membership,
+                    snapshot_id,
+                };
+                put_meta(&sm.store, "snapshot", &(meta.clone(), data.clone()))?;
+                Ok((meta, data))
+            })
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        tracing::info!(last_log = ?built.0.last_log_id, bytes = built.1.len(), "snapshot built");
+        Ok(Snapshot {
+            meta: built.0,
+            snapshot: Box::new(Cursor::new(built.1)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<Applied, SErr> {
+        self.blocking(|sm| {
+            let raw: Option<Applied> = get_meta(&sm.store, "applied")?;
+            Ok(raw.unwrap_or_default())
+        })
+        .await
+        .map_err(sm_read)
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Reply>, SErr>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (replies, events) = self
+            .blocking(move |sm| {
+                let mut events = Vec::new();
+                let replies = sm.store.write(|tx| {
+                    let raw = tx
+                        .open_table(RAFT)
+                        .map_err(db_err)?
+                        .get("applied")
+                        .map_err(db_err)?
+                        .map(|v| v.value().to_vec());
+                    let (mut last, mut membership) = decode_applied(raw)?;
+                    let mut replies = Vec::with_capacity(entries.len());
+                    for e in entries {
+                        last = Some(e.log_id);
+                        replies.push(match e.payload {
+                            EntryPayload::Blank => Reply::None,
+                            EntryPayload::Normal(cmd) => sm.apply_command(tx, cmd, &mut events)?,
+                            EntryPayload::Membership(m) => {
+                                membership = StoredMembership::new(Some(e.log_id), m);
+                                Reply::None
+                            }
+                        });
+                    }
+                    let applied: Applied = (last, membership);
+                    tx.open_table(RAFT)
+                        .map_err(db_err)?
+                        .insert(
+                            "applied",
+                            postcard::to_allocvec(&applied).expect("encodes").as_slice(),
+                        )
+                        .map_err(db_err)?;
+                    Ok(replies)
+                })?;
+                Ok((replies, events))
+            })
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "applying Raft entries failed; this server stops replicating until restarted");
+                sm_write(e)
+            })?;
+        for e in events {
+            let _ = self.events.send(e);
+        }
+        Ok(replies)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, SErr> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<u64, Member>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), SErr> {
+        let meta = meta.clone();
+        let data = snapshot.into_inner();
+        tracing::info!(last_log = ?meta.last_log_id, bytes = data.len(), "installing snapshot");
+        self.blocking(move |sm| {
+            sm.store.write(|tx| {
+                sm.store.import(tx, &data)?;
+                let applied: Applied = (meta.last_log_id, meta.last_membership.clone());
+                let mut raft = tx.open_table(RAFT).map_err(db_err)?;
+                raft.insert(
+                    "applied",
+                    postcard::to_allocvec(&applied).expect("encodes").as_slice(),
+                )
+                .map_err(db_err)?;
+                raft.insert(
+                    "snapshot",
+                    postcard::to_allocvec(&(&meta, &data))
+                        .expect("encodes")
+                        .as_slice(),
+                )
+                .map_err(db_err)?;
+                Ok(())
+            })
+        })
+        .await
+        .map_err(|e| StorageIOError::write_snapshot(None, &e).into())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, SErr> {
+        let snap: Option<(SnapshotMeta<u64, Member>, Vec<u8>)> = self
+            .blocking(|sm| get_meta(&sm.store, "snapshot"))
+            .await
+            .map_err(sm_read)?;
+        Ok(snap.map(|(meta, data)| Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        }))
+    }
+}
