@@ -28,6 +28,7 @@ use std::collections::BTreeMap;
 use tonic::transport::Certificate;
 use vmail_proto::cluster_pb::cluster_server::ClusterServer;
 
+use crate::cluster::admin;
 use crate::cluster::log_store::LogStore;
 use crate::cluster::network::{
     ClusterTls, Isolation, MAX_MESSAGE_BYTES as MAX_INTERNAL_MESSAGE, NetworkFactory,
@@ -390,6 +391,9 @@ pub enum LocalServerError {
     /// The data directory is unusable, or Raft did not start.
     #[error(transparent)]
     Open(#[from] OpenError),
+    /// Joining the group failed.
+    #[error("joining the group: {0}")]
+    Join(String),
     /// Binding a loopback port failed.
     #[error("binding {addr}: {source}")]
     Bind {
@@ -460,6 +464,85 @@ impl LocalServer {
                     self.service.config().name
                 )
             })
+    }
+
+    /// This server as a group member.
+    pub fn member(&self) -> Member {
+        Member {
+            name: self.service.config().name.clone(),
+            api_url: self.endpoint.clone(),
+            raft_url: format!("https://127.0.0.1:{}", self.raft_addr.port()),
+        }
+    }
+
+    /// Its Raft node id.
+    pub fn node_id(&self) -> u64 {
+        self.service.raft().metrics().borrow().id
+    }
+
+    /// Founds a group of `n` servers in `root/auth-1` .. `root/auth-N` on
+    /// loopback: auth-1 founds it, the others fetch the group keys over
+    /// mutual TLS with a join credential and join through auth-1, one by
+    /// one, each as a learner and then a voter.
+    pub async fn start_group(
+        root: &Path,
+        n: usize,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Vec<LocalServer>, LocalServerError> {
+        let first_dir = root.join("auth-1");
+        datadir::init(&datadir::InitOptions::loopback(&first_dir)).map_err(OpenError::from)?;
+        let first = Self::start(&first_dir, clock.clone()).await?;
+        first
+            .wait_ready(Duration::from_secs(30))
+            .await
+            .map_err(LocalServerError::Join)?;
+        let via = first.member().raft_url;
+        let mut servers = vec![first];
+        for i in 2..=n {
+            let name = format!("auth-{i}");
+            let dir = root.join(&name);
+            servers.push(Self::join(&dir, &name, &via, &first_dir, clock.clone()).await?);
+        }
+        Ok(servers)
+    }
+
+    /// Creates a server in `dir` and joins it to the group that `via` (a
+    /// member's internal URL) belongs to, with a credential issued from the
+    /// member data directory `issuer_dir`.
+    pub async fn join(
+        dir: &Path,
+        name: &str,
+        via: &str,
+        issuer_dir: &Path,
+        clock: Arc<dyn Clock>,
+    ) -> Result<LocalServer, LocalServerError> {
+        let credential = admin::issue_credential_tls(issuer_dir, name)
+            .map_err(|e| LocalServerError::Join(e.to_string()))?;
+        let opts = datadir::InitOptions {
+            name: name.to_owned(),
+            ..datadir::InitOptions::loopback(dir)
+        };
+        admin::prepare_join(&opts, via, &credential)
+            .await
+            .map_err(|e| LocalServerError::Join(e.to_string()))?;
+        let server = Self::start(dir, clock).await?;
+        let tls = admin::member_tls(dir).map_err(|e| LocalServerError::Join(e.to_string()))?;
+        admin::request_join(via, &tls, server.node_id(), &server.member())
+            .await
+            .map_err(|e| LocalServerError::Join(e.to_string()))?;
+        Ok(server)
+    }
+
+    /// Ends the server abruptly, as a crash would: its listeners and
+    /// connections close at once, nothing is drained, and its Raft node
+    /// stops without a word to the group.
+    pub async fn kill(self) {
+        self.task.abort();
+        let _ = self.service.raft().shutdown().await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while Arc::strong_count(&self.service) > 1 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Stops the server and waits (up to 10 s) until every user of the

@@ -1,6 +1,12 @@
 //! The client side of `vmail.auth.v1`: OPAQUE registration and login, the
 //! master key, certificate checks, deposits and pending voicemail.
 //!
+//! The client knows a list of auth servers. A call that reaches a follower
+//! comes back UNAVAILABLE naming the leader (`vmail-leader`), and the client
+//! retries there; a call that finds its server dead moves on to the next
+//! endpoint. Retries are safe: a deposit carries its request id, so a retry
+//! after a failover never makes a second voicemail.
+//!
 //! Certificates and session keys a caller gets back have been verified:
 //! certificates against the cluster key, session keys by their AES-GCM wrap.
 //! The raw items of [`AuthClient::watch_pending`] are checked by
@@ -35,6 +41,13 @@ pub const CLOCK_SKEW_SECS: u64 = 300;
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 /// How long one call may take before the client gives up on it.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a call keeps retrying other auth servers while the group fails
+/// over (a new leader is elected within a few seconds).
+pub const FAILOVER_DEADLINE: Duration = Duration::from_secs(20);
+/// Pause between retries when no server named the leader.
+const RETRY_PAUSE: Duration = Duration::from_millis(250);
+/// Metadata key of the leader's public URL in an UNAVAILABLE answer.
+pub const LEADER_METADATA: &str = "vmail-leader";
 
 /// Why a client operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -200,6 +213,9 @@ pub struct Pending {
 pub struct AuthClient {
     rpc: auth_client::AuthClient<Channel>,
     cluster_key: VerifyingKey,
+    ca_pem: Vec<u8>,
+    /// The configured endpoints, then leaders learnt from redirects.
+    endpoints: Vec<String>,
     endpoint: String,
     token: Option<[u8; 32]>,
 }
@@ -213,26 +229,52 @@ impl std::fmt::Debug for AuthClient {
     }
 }
 
+fn endpoint(url: &str, ca_pem: &[u8]) -> Result<Endpoint, ClientError> {
+    Endpoint::from_shared(url.to_owned())
+        .map_err(|_| ClientError::BadEndpoint(url.to_owned()))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(CALL_TIMEOUT)
+        .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem)))
+        .map_err(|e| ClientError::BadEndpoint(format!("{url}: {e}")))
+}
+
+fn rpc_client(ch: Channel) -> auth_client::AuthClient<Channel> {
+    auth_client::AuthClient::new(ch).max_decoding_message_size(MAX_MESSAGE_BYTES)
+}
+
+/// A request carrying the bearer token.
+fn bearer<T>(token: [u8; 32], msg: T) -> Request<T> {
+    let mut req = Request::new(msg);
+    req.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", hex::encode(token))
+            .parse()
+            .expect("hex is a valid header value"),
+    );
+    req
+}
+
+/// The outcome of [`AuthClient::call`]: the answer, and whether an earlier
+/// attempt may already have taken effect.
+struct Answer<T> {
+    result: Result<T, Status>,
+    retried: bool,
+}
+
 impl AuthClient {
-    /// Connects to the first reachable endpoint of `target`.
+    /// Connects to the first reachable endpoint of `target`. The others are
+    /// kept for failover.
     pub async fn connect(target: &AuthTarget) -> Result<Self, ClientError> {
         vmail_auth::server::install_crypto_provider();
         let mut last = String::from("no endpoint configured");
         for url in &target.endpoints {
-            let ep = Endpoint::from_shared(url.clone())
-                .map_err(|_| ClientError::BadEndpoint(url.clone()))?
-                .connect_timeout(CONNECT_TIMEOUT)
-                .timeout(CALL_TIMEOUT)
-                .tls_config(
-                    ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&target.ca_pem)),
-                )
-                .map_err(|e| ClientError::BadEndpoint(format!("{url}: {e}")))?;
-            match ep.connect().await {
+            match endpoint(url, &target.ca_pem)?.connect().await {
                 Ok(ch) => {
                     return Ok(Self {
-                        rpc: auth_client::AuthClient::new(ch)
-                            .max_decoding_message_size(MAX_MESSAGE_BYTES),
+                        rpc: rpc_client(ch),
                         cluster_key: target.cluster_key,
+                        ca_pem: target.ca_pem.clone(),
+                        endpoints: target.endpoints.clone(),
                         endpoint: url.clone(),
                         token: None,
                     });
@@ -246,30 +288,86 @@ impl AuthClient {
         })
     }
 
-    /// The endpoint this client is connected to.
+    /// The endpoint this client is talking to now.
     pub fn endpoint(&self) -> &str {
         &self.endpoint
+    }
+
+    /// Points the client at `url`; the connection is made on first use.
+    fn switch_to(&mut self, url: &str) -> Result<(), ClientError> {
+        if !self.endpoints.iter().any(|e| e == url) {
+            self.endpoints.push(url.to_owned());
+        }
+        self.rpc = rpc_client(endpoint(url, &self.ca_pem)?.connect_lazy());
+        self.endpoint = url.to_owned();
+        Ok(())
+    }
+
+    /// Runs one RPC, following leader redirects and moving on from dead
+    /// servers until [`FAILOVER_DEADLINE`]. `f` must build a fresh request
+    /// each time; every retry sends the same content.
+    async fn call<T, F, Fut>(&mut self, f: F) -> Answer<T>
+    where
+        F: Fn(auth_client::AuthClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let deadline = tokio::time::Instant::now() + FAILOVER_DEADLINE;
+        let mut retried = false;
+        loop {
+            let status = match f(self.rpc.clone()).await {
+                Ok(r) => {
+                    return Answer {
+                        result: Ok(r.into_inner()),
+                        retried,
+                    };
+                }
+                Err(s) => s,
+            };
+            if status.code() != Code::Unavailable || tokio::time::Instant::now() >= deadline {
+                return Answer {
+                    result: Err(status),
+                    retried,
+                };
+            }
+            retried = true;
+            let leader = status
+                .metadata()
+                .get(LEADER_METADATA)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let next = match leader {
+                Some(url) if url != self.endpoint => url,
+                _ => {
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                    let at = self
+                        .endpoints
+                        .iter()
+                        .position(|e| *e == self.endpoint)
+                        .map_or(0, |i| i + 1);
+                    self.endpoints[at % self.endpoints.len()].clone()
+                }
+            };
+            tracing::debug!(from = %self.endpoint, to = %next, why = %status.message(), "retrying at another auth server");
+            if let Err(e) = self.switch_to(&next) {
+                return Answer {
+                    result: Err(Status::unavailable(e.to_string())),
+                    retried,
+                };
+            }
+        }
+    }
+
+    fn require_token(&self) -> Result<[u8; 32], ClientError> {
+        self.token.ok_or_else(|| {
+            ClientError::Server(Status::unauthenticated(
+                "not logged in: run `vmail login USER` first",
+            ))
+        })
     }
 
     /// Uses `token` for authenticated calls.
     pub fn set_token(&mut self, token: [u8; 32]) {
         self.token = Some(token);
-    }
-
-    fn authed<T>(&self, msg: T) -> Result<Request<T>, ClientError> {
-        let token = self.token.ok_or_else(|| {
-            ClientError::Server(Status::unauthenticated(
-                "not logged in: run `vmail login USER` first",
-            ))
-        })?;
-        let mut req = Request::new(msg);
-        req.metadata_mut().insert(
-            "authorization",
-            format!("Bearer {}", hex::encode(token))
-                .parse()
-                .expect("hex is a valid header value"),
-        );
-        Ok(req)
     }
 
     /// Registers `username` with OPAQUE and uploads the identity key.
@@ -283,15 +381,18 @@ impl AuthClient {
         let name = Username::parse(username)?;
         let mut rng = rand::rngs::OsRng;
         let start = ClientRegistration::<Suite>::start(&mut rng, password).map_err(protocol)?;
+        let req = pb::RegisterStartRequest {
+            username: name.to_string(),
+            registration_request: start.message.serialize().to_vec(),
+            invite_code: invite_code.unwrap_or_default().to_owned(),
+        };
         let resp = self
-            .rpc
-            .register_start(pb::RegisterStartRequest {
-                username: name.to_string(),
-                registration_request: start.message.serialize().to_vec(),
-                invite_code: invite_code.unwrap_or_default().to_owned(),
+            .call(|mut c| {
+                let req = req.clone();
+                async move { c.register_start(req).await }
             })
-            .await?
-            .into_inner();
+            .await
+            .result?;
         let response = RegistrationResponse::<Suite>::deserialize(&resp.registration_response)
             .map_err(protocol)?;
         let finish = start
@@ -313,16 +414,22 @@ impl AuthClient {
             &vk,
             &[],
         ));
-        self.rpc
-            .register_finish(pb::RegisterFinishRequest {
-                username: name.to_string(),
-                registration_upload: upload,
-                identity_key: vk.as_bytes().to_vec(),
-                identity_proof: proof.to_bytes().to_vec(),
-                invite_code: invite_code.unwrap_or_default().to_owned(),
-                credential_nonce: resp.credential_nonce,
-            })
-            .await?;
+        let req = pb::RegisterFinishRequest {
+            username: name.to_string(),
+            registration_upload: upload,
+            identity_key: vk.as_bytes().to_vec(),
+            identity_proof: proof.to_bytes().to_vec(),
+            invite_code: invite_code.unwrap_or_default().to_owned(),
+            credential_nonce: resp.credential_nonce,
+        };
+        // A retried RegisterFinish with the same nonce is recognised by the
+        // group as the registration it already applied.
+        self.call(|mut c| {
+            let req = req.clone();
+            async move { c.register_finish(req).await }
+        })
+        .await
+        .result?;
         Ok(())
     }
 
@@ -336,17 +443,44 @@ impl AuthClient {
         identity: &SigningKey,
         peer_id: &[u8],
     ) -> Result<LoginSession, ClientError> {
+        // Both rounds must reach the same server, which holds the login
+        // state in memory; if it fails in between, the login starts over.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match self.login_once(username, password, identity, peer_id).await {
+                Err(ClientError::Server(s))
+                    if attempts < 3
+                        && matches!(s.code(), Code::Unavailable | Code::FailedPrecondition) =>
+                {
+                    tracing::debug!(why = %s.message(), "login interrupted by a failover; starting over");
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn login_once(
+        &mut self,
+        username: &str,
+        password: &[u8],
+        identity: &SigningKey,
+        peer_id: &[u8],
+    ) -> Result<LoginSession, ClientError> {
         let name = Username::parse(username)?;
         let mut rng = rand::rngs::OsRng;
         let start = ClientLogin::<Suite>::start(&mut rng, password).map_err(protocol)?;
+        let req = pb::LoginStartRequest {
+            username: name.to_string(),
+            credential_request: start.message.serialize().to_vec(),
+        };
         let resp = self
-            .rpc
-            .login_start(pb::LoginStartRequest {
-                username: name.to_string(),
-                credential_request: start.message.serialize().to_vec(),
+            .call(|mut c| {
+                let req = req.clone();
+                async move { c.login_start(req).await }
             })
-            .await?
-            .into_inner();
+            .await
+            .result?;
         let credential_response =
             CredentialResponse::<Suite>::deserialize(&resp.credential_response)
                 .map_err(protocol)?;
@@ -372,6 +506,7 @@ impl AuthClient {
             &vk,
             peer_id,
         ));
+        // Not retried on another server: only this one knows the login id.
         let out = self
             .rpc
             .login_finish(pb::LoginFinishRequest {
@@ -427,21 +562,27 @@ impl AuthClient {
     /// A user's current certificate, verified against the cluster key.
     pub async fn certificate(&mut self, username: &str) -> Result<UserCertificate, ClientError> {
         let name = Username::parse(username)?;
+        let req = pb::GetCertificateRequest {
+            username: name.to_string(),
+        };
         let resp = self
-            .rpc
-            .get_certificate(pb::GetCertificateRequest {
-                username: name.to_string(),
+            .call(|mut c| {
+                let req = req.clone();
+                async move { c.get_certificate(req).await }
             })
-            .await?
-            .into_inner();
+            .await
+            .result?;
         self.check_cert(resp.certificate, &name)
     }
 
     /// The server's view of this client's session, with the user's current
     /// certificate verified.
     pub async fn whoami(&mut self) -> Result<WhoAmI, ClientError> {
-        let req = self.authed(pb::WhoAmIRequest {})?;
-        let me = self.rpc.who_am_i(req).await?.into_inner();
+        let token = self.require_token()?;
+        let me = self
+            .call(|mut c| async move { c.who_am_i(bearer(token, pb::WhoAmIRequest {})).await })
+            .await
+            .result?;
         let username = Username::parse(&me.username)?;
         Ok(WhoAmI {
             certificate: self.check_cert(me.certificate, &username)?,
@@ -469,14 +610,22 @@ impl AuthClient {
                 locator: &d.locator,
             },
         );
-        let req = self.authed(pb::DepositRequest {
+        let req = pb::DepositRequest {
             request_id: d.request_id.to_vec(),
             recipients: d.recipients.to_strings(),
             locator: d.locator.clone(),
             wrapped_key,
             metadata: Some(d.meta.clone().into()),
-        })?;
-        let resp = self.rpc.deposit(req).await?.into_inner();
+        };
+        let token = self.require_token()?;
+        // Safe to retry anywhere: the request id makes the deposit idempotent.
+        let resp = self
+            .call(|mut c| {
+                let req = req.clone();
+                async move { c.deposit(bearer(token, req)).await }
+            })
+            .await
+            .result?;
         Ok(DepositReceipt {
             voicemail_id: resp
                 .voicemail_id
@@ -537,8 +686,14 @@ impl AuthClient {
         &mut self,
         master_key: &MasterKey,
     ) -> Result<Vec<Pending>, ClientError> {
-        let req = self.authed(pb::ListPendingRequest {})?;
-        let resp = self.rpc.list_pending(req).await?.into_inner();
+        let token = self.require_token()?;
+        let resp = self
+            .call(|mut c| async move {
+                c.list_pending(bearer(token, pb::ListPendingRequest {}))
+                    .await
+            })
+            .await
+            .result?;
         resp.voicemails
             .into_iter()
             .map(|p| self.open_pending(master_key, p))
@@ -550,23 +705,52 @@ impl AuthClient {
     pub async fn watch_pending(
         &mut self,
     ) -> Result<tonic::Streaming<pb::PendingVoicemail>, ClientError> {
-        let req = self.authed(pb::WatchPendingRequest {})?;
-        Ok(self.rpc.watch_pending(req).await?.into_inner())
+        let token = self.require_token()?;
+        Ok(self
+            .call(|mut c| async move {
+                c.watch_pending(bearer(token, pb::WatchPendingRequest {}))
+                    .await
+            })
+            .await
+            .result?)
     }
 
     /// Tells the server this user has fetched the voicemail. Returns whether
     /// the session key is now erased everywhere.
     pub async fn ack(&mut self, id: &[u8; 16]) -> Result<bool, ClientError> {
-        let req = self.authed(pb::AckRequest {
-            voicemail_id: id.to_vec(),
-        })?;
-        Ok(self.rpc.ack(req).await?.into_inner().key_erased)
+        let token = self.require_token()?;
+        let id = *id;
+        let answer = self
+            .call(|mut c| async move {
+                c.ack(bearer(
+                    token,
+                    pb::AckRequest {
+                        voicemail_id: id.to_vec(),
+                    },
+                ))
+                .await
+            })
+            .await;
+        match answer.result {
+            Ok(r) => Ok(r.key_erased),
+            // An earlier attempt took effect before its server failed.
+            Err(s) if answer.retried && s.code() == Code::NotFound => Ok(false),
+            Err(s) => Err(s.into()),
+        }
     }
 
     /// Revokes the session on the server.
     pub async fn logout(&mut self) -> Result<(), ClientError> {
-        let req = self.authed(pb::LogoutRequest {})?;
-        self.rpc.logout(req).await?;
+        let token = self.require_token()?;
+        let answer = self
+            .call(|mut c| async move { c.logout(bearer(token, pb::LogoutRequest {})).await })
+            .await;
+        match answer.result {
+            Ok(_) => {}
+            // An earlier attempt revoked the token before its server failed.
+            Err(s) if answer.retried && s.code() == Code::Unauthenticated => {}
+            Err(s) => return Err(s.into()),
+        }
         self.token = None;
         Ok(())
     }

@@ -273,3 +273,219 @@ pub fn random_content(n: usize) -> Vec<u8> {
     rand::thread_rng().fill_bytes(&mut v);
     v
 }
+
+/// A replicated auth group of N servers on loopback, each in its own data
+/// directory under one temporary root, formed the way `vmail-auth join`
+/// forms one. Any server can be killed (a crash), stopped, restarted on its
+/// old ports, cut off from the group, or wiped and rejoined.
+#[derive(Debug)]
+pub struct TestCluster {
+    root: TempDir,
+    clock: Arc<dyn Clock>,
+    servers: Vec<Option<LocalServer>>,
+    addrs: Vec<(std::net::SocketAddr, std::net::SocketAddr)>,
+    names: Vec<String>,
+}
+
+impl TestCluster {
+    /// Founds a group of `n` servers and waits until all are voters.
+    pub async fn start(n: usize) -> Self {
+        let root = tempfile::tempdir().expect("tempdir");
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let servers = LocalServer::start_group(root.path(), n, clock.clone())
+            .await
+            .expect("start group");
+        let addrs = servers.iter().map(|s| (s.api_addr, s.raft_addr)).collect();
+        let names = servers
+            .iter()
+            .map(|s| s.service.config().name.clone())
+            .collect();
+        let me = Self {
+            root,
+            clock,
+            servers: servers.into_iter().map(Some).collect(),
+            addrs,
+            names,
+        };
+        me.wait_voters(n).await;
+        me
+    }
+
+    /// Server `i`'s name (`auth-{i+1}`).
+    pub fn name(&self, i: usize) -> &str {
+        &self.names[i]
+    }
+
+    /// Server `i`'s data directory.
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.root.path().join(&self.names[i])
+    }
+
+    /// Server `i`, which must be running.
+    pub fn server(&self, i: usize) -> &LocalServer {
+        self.servers[i].as_ref().expect("server is running")
+    }
+
+    /// Indices of the running servers.
+    pub fn running(&self) -> Vec<usize> {
+        (0..self.servers.len())
+            .filter(|i| self.servers[*i].is_some())
+            .collect()
+    }
+
+    /// Every server's public endpoint, in order: what a client config lists.
+    pub fn target(&self) -> AuthTarget {
+        self.target_of(&(0..self.servers.len()).collect::<Vec<_>>())
+    }
+
+    /// A client config that lists only the given servers.
+    pub fn target_of(&self, which: &[usize]) -> AuthTarget {
+        let any = self
+            .servers
+            .iter()
+            .flatten()
+            .next()
+            .expect("a running server");
+        AuthTarget {
+            endpoints: which
+                .iter()
+                .map(|i| format!("https://127.0.0.1:{}", self.addrs[*i].0.port()))
+                .collect(),
+            ca_pem: any.ca_pem.clone(),
+            cluster_key: any.cluster_key,
+        }
+    }
+
+    /// A client that knows every server.
+    pub async fn client(&self) -> AuthClient {
+        AuthClient::connect(&self.target()).await.expect("connect")
+    }
+
+    /// The index of the current leader, waiting up to 20 s for one that a
+    /// running server agrees on.
+    pub async fn leader(&self) -> usize {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            for i in self.running() {
+                let s = self.server(i);
+                if s.service.is_leader() && !s.service.isolation().is_set() {
+                    return i;
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no leader within 20 s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until the leader's membership has `n` voters.
+    pub async fn wait_voters(&self, n: usize) {
+        let leader = self.leader().await;
+        self.server(leader)
+            .service
+            .raft()
+            .wait(Some(std::time::Duration::from_secs(60)))
+            .metrics(
+                |m| m.membership_config.membership().voter_ids().count() == n,
+                "voter count",
+            )
+            .await
+            .expect("voters");
+    }
+
+    /// Waits until every running, connected server has applied the leader's
+    /// last log index.
+    pub async fn wait_applied(&self) {
+        let leader = self.leader().await;
+        let target = self
+            .server(leader)
+            .service
+            .raft()
+            .metrics()
+            .borrow()
+            .last_log_index
+            .unwrap_or(0);
+        for i in self.running() {
+            if self.server(i).service.isolation().is_set() {
+                continue;
+            }
+            self.server(i)
+                .service
+                .raft()
+                .wait(Some(std::time::Duration::from_secs(60)))
+                .applied_index_at_least(Some(target), "catch up")
+                .await
+                .unwrap_or_else(|e| panic!("{} did not catch up: {e}", self.names[i]));
+        }
+    }
+
+    /// Kills server `i` as a crash would.
+    pub async fn kill(&mut self, i: usize) {
+        if let Some(s) = self.servers[i].take() {
+            s.kill().await;
+        }
+    }
+
+    /// Restarts server `i` from its data directory on its old ports.
+    pub async fn restart(&mut self, i: usize) {
+        assert!(self.servers[i].is_none(), "stop it first");
+        let (api, raft) = self.addrs[i];
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let server = loop {
+            match LocalServer::start_on(&self.data_dir(i), self.clock.clone(), api, raft).await {
+                Ok(s) => break s,
+                // The killed instance's database handle or ports are still
+                // being released.
+                Err(_) if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("restarting {}: {e}", self.names[i]),
+            }
+        };
+        self.servers[i] = Some(server);
+    }
+
+    /// Adds a new server through a join, as `vmail-auth join` does, and
+    /// returns its index.
+    pub async fn add(&mut self) -> usize {
+        let i = self.servers.len();
+        let name = format!("auth-{}", i + 1);
+        let leader = self.leader().await;
+        let via = self.server(leader).member().raft_url;
+        let dir = self.root.path().join(&name);
+        let server = LocalServer::join(
+            &dir,
+            &name,
+            &via,
+            &self.data_dir(leader),
+            self.clock.clone(),
+        )
+        .await
+        .expect("join");
+        self.addrs.push((server.api_addr, server.raft_addr));
+        self.names.push(name);
+        self.servers.push(Some(server));
+        i
+    }
+
+    /// Cuts server `i` off from the rest of the group, or reconnects it.
+    pub fn isolate(&self, i: usize, isolated: bool) {
+        self.server(i).service.isolation().set(isolated);
+    }
+
+    /// The TLS identity of member `i`, for admin calls.
+    pub fn member_tls(&self, i: usize) -> vmail_auth::cluster::network::ClusterTls {
+        vmail_auth::cluster::admin::member_tls(&self.data_dir(i)).expect("member tls")
+    }
+
+    /// Stops every running server.
+    pub async fn stop(&mut self) {
+        for s in self.servers.iter_mut() {
+            if let Some(s) = s.take() {
+                let _ = s.stop().await;
+            }
+        }
+    }
+}

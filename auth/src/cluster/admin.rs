@@ -63,16 +63,27 @@ fn call_err(url: &str, s: &tonic::Status) -> AdminError {
     }
 }
 
-/// Writes a join credential for a new server: a certificate and key signed
-/// by the group CA, and the CA certificate, in one PEM bundle (mode 0600).
-pub fn issue_credential(member_dir: &Path, name: &str, out: &Path) -> Result<(), AdminError> {
+/// Issues a join credential for a new server named `name`: a certificate
+/// and key signed by the group CA of the member in `member_dir`.
+pub fn issue_credential_tls(member_dir: &Path, name: &str) -> Result<ClusterTls, AdminError> {
     let keys = datadir::load_keys(member_dir)?;
     let group = secrets_of(&keys);
-    let (cert, key) = group.issue(
+    let (cert_pem, key_pem) = group.issue(
         &format!("join credential for {name}"),
         vec![name.to_owned()],
     )?;
-    let bundle = format!("{cert}{key}{}", keys.ca_cert_pem);
+    Ok(ClusterTls {
+        ca_pem: keys.ca_cert_pem,
+        cert_pem,
+        key_pem,
+    })
+}
+
+/// Writes a join credential ([`issue_credential_tls`]) as one PEM bundle:
+/// certificate, key, CA certificate. Created 0600, never overwritten.
+pub fn issue_credential(member_dir: &Path, name: &str, out: &Path) -> Result<(), AdminError> {
+    let tls = issue_credential_tls(member_dir, name)?;
+    let bundle = format!("{}{}{}", tls.cert_pem, tls.key_pem, tls.ca_pem);
     datadir::write_new(out, bundle.as_bytes(), 0o600)?;
     Ok(())
 }

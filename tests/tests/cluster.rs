@@ -1,0 +1,487 @@
+//! The replicated auth group on loopback: real servers over TLS, real Raft
+//! over the internal mutual-TLS service, real clients. Servers are killed
+//! (as a crash would), restarted from their data directories, cut off from
+//! the group, added and removed while clients keep working.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tonic::Code;
+use vmail_auth::cluster::admin;
+use vmail_auth::datadir::{self, InitOptions};
+use vmail_node::client::{AuthClient, ClientError, NewDeposit, VoicemailMeta};
+use vmail_proto::keys::{MasterKey, SecretKey};
+use vmail_proto::names::Recipients;
+use vmail_proto::random_bytes;
+use vmail_tests::{TestCluster, identity, password};
+
+fn deposit_for(names: &[&str], locator: &[u8]) -> NewDeposit {
+    NewDeposit {
+        request_id: random_bytes(),
+        recipients: Recipients::parse(names).unwrap(),
+        locator: locator.to_vec(),
+        session_key: SecretKey::random(),
+        meta: VoicemailMeta {
+            size: 1234,
+            content_type: "audio/wav".into(),
+            duration_ms: 5000,
+            expires_at: 0,
+        },
+    }
+}
+
+/// Registers and logs `user` in on a client that knows only `endpoints`.
+async fn login_on(cluster: &TestCluster, which: &[usize], user: &str) -> (AuthClient, MasterKey) {
+    let mut c = AuthClient::connect(&cluster.target_of(which))
+        .await
+        .expect("connect");
+    let id = identity();
+    c.register(user, &password(user), &id, None)
+        .await
+        .expect("register");
+    let s = c
+        .login(user, &password(user), &id, &[])
+        .await
+        .expect("login");
+    (c, s.master_key)
+}
+
+fn followers(cluster: &TestCluster, leader: usize) -> Vec<usize> {
+    cluster
+        .running()
+        .into_iter()
+        .filter(|i| *i != leader)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deposit_acknowledged_at_one_server_is_listed_at_another_right_after() {
+    let mut cluster = TestCluster::start(3).await;
+    let leader = cluster.leader().await;
+    let f = followers(&cluster, leader);
+    // Each client knows only one follower: writes reach the leader by
+    // redirect, and reads are answered for the leader's current state.
+    let (mut bob, bob_mk) = login_on(&cluster, &[f[0]], "bob").await;
+    let (mut alice, alice_mk) = login_on(&cluster, &[f[1]], "alice").await;
+    for n in 0..5u8 {
+        let d = deposit_for(&["alice"], &[n; 40]);
+        let receipt = bob.deposit(&bob_mk, &d).await.expect("deposit");
+        let listed = alice.list_pending(&alice_mk).await.expect("list");
+        assert!(
+            listed.iter().any(|p| p.id == receipt.voicemail_id),
+            "deposit {n} acknowledged but not listed"
+        );
+        let got = listed
+            .iter()
+            .find(|p| p.id == receipt.voicemail_id)
+            .unwrap();
+        assert_eq!(got.session_key.as_bytes(), d.session_key.as_bytes());
+    }
+    // Every member holds the same state once it has applied the log.
+    cluster.wait_applied().await;
+    for i in cluster.running() {
+        let counts = cluster.server(i).service.store().counts().unwrap();
+        assert_eq!(
+            (counts.users, counts.voicemails),
+            (2, 5),
+            "{}",
+            cluster.name(i)
+        );
+    }
+    cluster.stop().await;
+}
+
+/// One request in the leader-loss history.
+#[derive(Debug, Clone)]
+struct Record {
+    client: usize,
+    seq: usize,
+    locator: Vec<u8>,
+    acked: Option<[u8; 16]>,
+    attempts: usize,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_the_leader_during_500_deposits_loses_and_duplicates_nothing() {
+    const CLIENTS: usize = 4;
+    const PER_CLIENT: usize = 125;
+    let mut cluster = TestCluster::start(3).await;
+    let (mut carol, carol_mk) = login_on(&cluster, &[0, 1, 2], "carol").await;
+    let history: Arc<Mutex<Vec<Record>>> = Arc::default();
+    let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for c in 0..CLIENTS {
+        let user = format!("sender{c}");
+        // Each sender lists the servers in a different order.
+        let order: Vec<usize> = (0..3).map(|k| (k + c) % 3).collect();
+        let (mut client, mk) = login_on(&cluster, &order, &user).await;
+        let history = history.clone();
+        let done = done.clone();
+        tasks.push(tokio::spawn(async move {
+            for seq in 0..PER_CLIENT {
+                let locator = format!("client {c} deposit {seq}").into_bytes();
+                let d = deposit_for(&["carol"], &locator);
+                let mut rec = Record {
+                    client: c,
+                    seq,
+                    locator,
+                    acked: None,
+                    attempts: 0,
+                };
+                // Retry with the same request id until acknowledged.
+                let until = Instant::now() + Duration::from_secs(60);
+                while rec.acked.is_none() && Instant::now() < until {
+                    rec.attempts += 1;
+                    match client.deposit(&mk, &d).await {
+                        Ok(r) => rec.acked = Some(r.voicemail_id),
+                        Err(e) => {
+                            assert!(
+                                matches!(e.code(), Some(Code::Unavailable) | None),
+                                "unexpected refusal: {e}"
+                            );
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    }
+                }
+                history.lock().unwrap().push(rec);
+                done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }));
+    }
+    // Kill the leader once a fifth of the deposits are in.
+    while done.load(std::sync::atomic::Ordering::SeqCst) < CLIENTS * PER_CLIENT / 5 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let old_leader = cluster.leader().await;
+    let killed_at = Instant::now();
+    cluster.kill(old_leader).await;
+    for t in tasks {
+        t.await.expect("client task");
+    }
+    let history = history.lock().unwrap().clone();
+    let new_leader = cluster.leader().await;
+    assert_ne!(new_leader, old_leader);
+    eprintln!(
+        "leader {} killed; {} took over; all {} deposits answered {:?} after the kill; {} needed a retry",
+        cluster.name(old_leader),
+        cluster.name(new_leader),
+        history.len(),
+        killed_at.elapsed(),
+        history.iter().filter(|r| r.attempts > 1).count()
+    );
+
+    // Check the history against what the recipient is offered.
+    assert_eq!(history.len(), CLIENTS * PER_CLIENT);
+    let unacked: Vec<_> = history.iter().filter(|r| r.acked.is_none()).collect();
+    assert!(unacked.is_empty(), "never acknowledged: {unacked:?}");
+    let listed = carol.list_pending(&carol_mk).await.expect("list");
+    let mut by_locator: HashMap<Vec<u8>, Vec<[u8; 16]>> = HashMap::new();
+    for p in &listed {
+        by_locator.entry(p.locator.clone()).or_default().push(p.id);
+    }
+    let sent: HashSet<&Vec<u8>> = history.iter().map(|r| &r.locator).collect();
+    for (locator, ids) in &by_locator {
+        assert!(
+            sent.contains(locator),
+            "a voicemail nobody sent: {locator:?}"
+        );
+        assert_eq!(
+            ids.len(),
+            1,
+            "duplicated: {:?}",
+            String::from_utf8_lossy(locator)
+        );
+    }
+    for r in &history {
+        let ids = by_locator
+            .get(&r.locator)
+            .unwrap_or_else(|| panic!("acknowledged deposit lost: client {} #{}", r.client, r.seq));
+        assert_eq!(Some(ids[0]), r.acked, "acknowledged id differs");
+    }
+    assert_eq!(listed.len(), CLIENTS * PER_CLIENT);
+
+    // The killed server restarts from its data dir and catches up from the log.
+    cluster.restart(old_leader).await;
+    cluster.wait_applied().await;
+    let counts = cluster.server(old_leader).service.store().counts().unwrap();
+    assert_eq!(counts.voicemails, (CLIENTS * PER_CLIENT) as u64);
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_server_that_missed_compacted_log_catches_up_from_a_snapshot() {
+    let mut cluster = TestCluster::start(3).await;
+    let leader = cluster.leader().await;
+    let behind = followers(&cluster, leader)[0];
+    let (mut bob, bob_mk) = login_on(&cluster, &[leader], "bob").await;
+    login_on(&cluster, &[leader], "alice").await;
+    cluster.kill(behind).await;
+    for n in 0..40u8 {
+        bob.deposit(&bob_mk, &deposit_for(&["alice"], &[n; 20]))
+            .await
+            .expect("deposit");
+    }
+    // Compact every running member: snapshot, then purge the log it covers,
+    // so whichever leads must send the restarted server a snapshot.
+    cluster.wait_applied().await;
+    let mut covered = 0;
+    for i in cluster.running() {
+        let raft = cluster.server(i).service.raft().clone();
+        let applied = raft.metrics().borrow().last_applied.unwrap().index;
+        raft.trigger().snapshot().await.unwrap();
+        let m = raft
+            .wait(Some(Duration::from_secs(20)))
+            .metrics(
+                |m| m.snapshot.is_some_and(|s| s.index >= applied),
+                "snapshot built",
+            )
+            .await
+            .expect("snapshot");
+        let snap = m.snapshot.unwrap().index;
+        raft.trigger().purge_log(snap).await.unwrap();
+        raft.wait(Some(Duration::from_secs(20)))
+            .metrics(|m| m.purged.is_some_and(|p| p.index >= snap), "log purged")
+            .await
+            .expect("purged");
+        covered = snap;
+    }
+    cluster.restart(behind).await;
+    cluster.wait_applied().await;
+    let m = cluster
+        .server(behind)
+        .service
+        .raft()
+        .metrics()
+        .borrow()
+        .clone();
+    assert!(
+        m.snapshot.is_some_and(|s| s.index >= covered),
+        "{} caught up without installing the snapshot: {m:?}",
+        cluster.name(behind)
+    );
+    let counts = cluster.server(behind).service.store().counts().unwrap();
+    assert_eq!((counts.users, counts.voicemails), (2, 40));
+    // And it serves from that state once it leads.
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fourth_server_joins_live_and_one_is_removed_while_clients_work() {
+    let mut cluster = TestCluster::start(3).await;
+    let (mut bob, bob_mk) = login_on(&cluster, &[0, 1, 2], "bob").await;
+    let (mut alice, alice_mk) = login_on(&cluster, &[0, 1, 2], "alice").await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut n = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                bob.deposit(&bob_mk, &deposit_for(&["alice"], &n.to_be_bytes()))
+                    .await
+                    .expect("deposits keep working during membership changes");
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            n
+        })
+    };
+    let added = cluster.add().await;
+    cluster.wait_voters(4).await;
+    let leader = cluster.leader().await;
+    let status = admin::status(
+        &cluster.server(leader).member().raft_url,
+        &cluster.member_tls(leader),
+    )
+    .await
+    .expect("status");
+    assert_eq!(status.members.len(), 4);
+    assert!(status.members.iter().all(|m| m.role == "voter"));
+
+    // Remove a follower other than the new one.
+    let gone = followers(&cluster, leader)
+        .into_iter()
+        .find(|i| *i != added)
+        .unwrap();
+    admin::remove(
+        &cluster.server(leader).member().raft_url,
+        &cluster.member_tls(leader),
+        cluster.name(gone),
+    )
+    .await
+    .expect("remove");
+    cluster.wait_voters(3).await;
+    cluster.kill(gone).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let n = writer.await.unwrap();
+    assert!(n > 0);
+    let listed = alice.list_pending(&alice_mk).await.expect("list");
+    assert_eq!(listed.len(), n as usize);
+    // The new member holds the whole state.
+    cluster.wait_applied().await;
+    let counts = cluster.server(added).service.store().counts().unwrap();
+    assert_eq!(counts.voicemails, u64::from(n));
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partitioned_server_never_answers_from_stale_state() {
+    let mut cluster = TestCluster::start(3).await;
+    let leader = cluster.leader().await;
+    let cut = followers(&cluster, leader)[0];
+    let (mut bob, bob_mk) = login_on(&cluster, &[leader], "bob").await;
+    login_on(&cluster, &[leader], "alice").await;
+    cluster.wait_applied().await;
+    cluster.isolate(cut, true);
+    bob.deposit(&bob_mk, &deposit_for(&["alice"], b"while cut off"))
+        .await
+        .expect("the majority still takes writes");
+    // The cut-off follower refuses reads that must be current.
+    let e = cluster.server(cut).service.linearize().await.unwrap_err();
+    assert!(
+        e.to_string().contains("not the leader") || e.to_string().contains("cannot serve"),
+        "{e}"
+    );
+    // Also over the wire, without the client's redirect-following.
+    let mut raw = AuthClient::connect(&cluster.target_of(&[cut]))
+        .await
+        .unwrap();
+    let err = raw.certificate("alice").await;
+    match err {
+        Err(ClientError::Server(s)) => assert_eq!(s.code(), Code::Unavailable, "{s:?}"),
+        // It may also have redirected to the leader, which answers currently.
+        Ok(cert) => assert_eq!(cert.username.as_str(), "alice"),
+        Err(e) => panic!("unexpected: {e}"),
+    }
+
+    // Now cut off the leader itself: it must stop answering reads within
+    // the read timeout, while the others elect a new leader.
+    cluster.isolate(cut, false);
+    cluster.wait_applied().await;
+    cluster.isolate(leader, true);
+    let e = cluster
+        .server(leader)
+        .service
+        .linearize()
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("cannot serve") || e.to_string().contains("not the leader"),
+        "{e}"
+    );
+    let new_leader = cluster.leader().await;
+    assert_ne!(new_leader, leader);
+    let (mut alice, alice_mk) = {
+        let mut c = AuthClient::connect(&cluster.target_of(&[new_leader]))
+            .await
+            .unwrap();
+        let s = c
+            .login("alice", &password("alice"), &identity(), &[])
+            .await
+            .expect("login at the new leader");
+        (c, s.master_key)
+    };
+    assert_eq!(alice.list_pending(&alice_mk).await.unwrap().len(), 1);
+    cluster.isolate(leader, false);
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_server_from_another_ca_cannot_join_or_read() {
+    let mut cluster = TestCluster::start(1).await;
+    let via = cluster.server(0).member().raft_url;
+    // A server of a different group presents its own CA's certificate.
+    let other = tempfile::tempdir().unwrap();
+    let other_dir = other.path().join("stranger");
+    datadir::init(&InitOptions::loopback(&other_dir)).unwrap();
+    let foreign = admin::member_tls(&other_dir).unwrap();
+    let err = admin::fetch_group(&via, &foreign)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(&via), "{err}");
+    let new_dir = other.path().join("joiner");
+    let err = admin::prepare_join(&InitOptions::loopback(&new_dir), &via, &foreign)
+        .await
+        .unwrap_err();
+    assert!(!new_dir.exists(), "a refused join creates nothing: {err}");
+    assert!(admin::status(&via, &foreign).await.is_err());
+    // A client with no certificate at all is refused on the internal port.
+    let channel = tonic::transport::Endpoint::from_shared(via.clone())
+        .unwrap()
+        .tls_config(tonic::transport::ClientTlsConfig::new().ca_certificate(
+            tonic::transport::Certificate::from_pem(&cluster.server(0).ca_pem),
+        ))
+        .unwrap()
+        .connect()
+        .await;
+    if let Ok(ch) = channel {
+        let mut c = vmail_proto::cluster_pb::cluster_client::ClusterClient::new(ch);
+        assert!(
+            c.group_keys(vmail_proto::cluster_pb::GroupKeysRequest {})
+                .await
+                .is_err()
+        );
+    }
+    // The member's own certificate works.
+    let ok = admin::status(&via, &cluster.member_tls(0)).await.unwrap();
+    assert_eq!(ok.members.len(), 1);
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wiped_server_rejoins_as_a_fresh_member() {
+    let mut cluster = TestCluster::start(3).await;
+    let (mut bob, bob_mk) = login_on(&cluster, &[0, 1, 2], "bob").await;
+    login_on(&cluster, &[0, 1, 2], "alice").await;
+    bob.deposit(&bob_mk, &deposit_for(&["alice"], b"before the wipe"))
+        .await
+        .unwrap();
+    let leader = cluster.leader().await;
+    let wiped = followers(&cluster, leader)[0];
+    let old_id = cluster.server(wiped).node_id();
+    cluster.kill(wiped).await;
+    std::fs::remove_dir_all(cluster.data_dir(wiped)).unwrap();
+    // Rejoin under the same name with an empty data dir.
+    let name = cluster.name(wiped).to_owned();
+    let via = cluster.server(leader).member().raft_url;
+    let server = vmail_auth::server::LocalServer::join(
+        &cluster.data_dir(wiped),
+        &name,
+        &via,
+        &cluster.data_dir(leader),
+        Arc::new(vmail_auth::service::SystemClock),
+    )
+    .await
+    .expect("rejoin");
+    assert_ne!(server.node_id(), old_id);
+    let last = cluster
+        .server(leader)
+        .service
+        .raft()
+        .metrics()
+        .borrow()
+        .last_log_index;
+    server
+        .service
+        .raft()
+        .wait(Some(Duration::from_secs(30)))
+        .applied_index_at_least(last, "caught up")
+        .await
+        .expect("caught up");
+    let counts = server.service.store().counts().unwrap();
+    server.stop().await.unwrap();
+    assert_eq!(counts.voicemails, 1);
+    let status = admin::status(&via, &cluster.member_tls(leader))
+        .await
+        .unwrap();
+    assert_eq!(status.members.len(), 3, "{status:?}");
+    assert!(
+        status
+            .members
+            .iter()
+            .all(|m| m.member.as_ref().unwrap().id != old_id)
+    );
+    cluster.stop().await;
+}
