@@ -63,6 +63,9 @@ const MAX_TRACKED_USERS: usize = 10_000;
 pub const EVENT_CAPACITY: usize = 1024;
 /// How long a write may wait for a majority of the group to commit it.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Free space below which the leader refuses writes, so that the Raft log
+/// never meets a full disk (a failed log write stops a server's Raft).
+pub const MIN_FREE_BYTES: u64 = 1024 * 1024;
 /// How long a read may wait for a majority to confirm this server leads.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -416,8 +419,31 @@ impl AuthService {
         m.current_leader == Some(m.id)
     }
 
+    /// Refuses a write when the data disk is nearly full: the entry goes to
+    /// the log and then the state, and a failed log write would stop Raft.
+    fn check_space(&self, cmd: &Command) -> Result<(), AuthError> {
+        let need = MIN_FREE_BYTES + 4 * postcard::to_allocvec(cmd).map_or(0, |b| b.len() as u64);
+        let Some(dir) = self.store.path().parent() else {
+            return Ok(());
+        };
+        match nix::sys::statvfs::statvfs(dir) {
+            Ok(st) => {
+                let free = st.blocks_available() as u64 * st.fragment_size() as u64;
+                if free < need {
+                    return Err(AuthError::Store(StoreError::DiskFull(format!(
+                        "{free} bytes free on the data disk, and writes need {need}"
+                    ))));
+                }
+                Ok(())
+            }
+            // Cannot tell: let the write try.
+            Err(_) => Ok(()),
+        }
+    }
+
     /// Proposes a command and waits until it is committed and applied here.
     async fn propose(&self, cmd: Command) -> Result<Reply, AuthError> {
+        self.check_space(&cmd)?;
         match tokio::time::timeout(WRITE_TIMEOUT, self.raft.client_write(cmd)).await {
             Err(_) => Err(AuthError::Unavailable(format!(
                 "the write was not confirmed by a majority within {} s, so it may or may not have taken effect",

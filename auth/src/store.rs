@@ -527,6 +527,11 @@ impl Store {
         Ok(db)
     }
 
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Runs `f` in one durable write transaction and commits it.
     pub(crate) fn write<T>(
         &self,

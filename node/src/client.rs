@@ -123,6 +123,18 @@ impl From<&vmail_auth::server::LocalServer> for AuthTarget {
     }
 }
 
+impl AuthTarget {
+    /// Every member of an in-process group, in order.
+    pub fn of_group(servers: &[vmail_auth::server::LocalServer]) -> Self {
+        let first = servers.first().expect("a group has a member");
+        Self {
+            endpoints: servers.iter().map(|s| s.endpoint.clone()).collect(),
+            ca_pem: first.ca_pem.clone(),
+            cluster_key: first.cluster_key,
+        }
+    }
+}
+
 /// What a login yields to the client. `Debug` leaves out the token.
 #[derive(Clone)]
 pub struct LoginSession {

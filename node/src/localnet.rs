@@ -1,5 +1,5 @@
-//! A whole vmail system in one process on loopback: an auth server and N
-//! peers that join each other. `vmail demo`, `vmail testnet` and the
+//! A whole vmail system in one process on loopback: an auth server (or a
+//! replicated group of them) and N peers that join each other. `vmail demo`, `vmail testnet` and the
 //! integration tests run it; every part is the real component.
 
 use std::path::Path;
@@ -48,6 +48,12 @@ pub async fn start_auth(dir: &Path) -> Result<LocalServer, LocalNetError> {
         datadir::init(&InitOptions::loopback(dir))?;
     }
     Ok(LocalServer::start(dir, Arc::new(SystemClock)).await?)
+}
+
+/// Starts a replicated group of `n` auth servers in `dir/auth-1` ..
+/// `dir/auth-n`: auth-1 founds it and the others join over mutual TLS.
+pub async fn start_auth_group(dir: &Path, n: usize) -> Result<Vec<LocalServer>, LocalNetError> {
+    Ok(LocalServer::start_group(dir, n, Arc::new(SystemClock)).await?)
 }
 
 /// Starts `n` server peers with data dirs `dir/peer-1` .. `dir/peer-n` on

@@ -361,15 +361,35 @@ impl TestCluster {
         AuthClient::connect(&self.target()).await.expect("connect")
     }
 
-    /// The index of the current leader, waiting up to 20 s for one that a
-    /// running server agrees on.
+    /// The index of the current leader, waiting up to 20 s for one that
+    /// another running server follows. (A restarted leader briefly believes
+    /// it still leads its old term; the others know better.)
     pub async fn leader(&self) -> usize {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         loop {
-            for i in self.running() {
-                let s = self.server(i);
-                if s.service.is_leader() && !s.service.isolation().is_set() {
-                    return i;
+            let connected: Vec<usize> = self
+                .running()
+                .into_iter()
+                .filter(|i| !self.server(*i).service.isolation().is_set())
+                .collect();
+            let metrics = |i: usize| self.server(i).service.raft().metrics().borrow().clone();
+            let claim = connected
+                .iter()
+                .copied()
+                .filter(|i| self.server(*i).service.is_leader())
+                .max_by_key(|i| metrics(*i).current_term);
+            if let Some(l) = claim {
+                let id = metrics(l).id;
+                let term = metrics(l).current_term;
+                let followed = connected.len() == 1
+                    || connected.iter().any(|j| {
+                        *j != l && {
+                            let m = metrics(*j);
+                            m.current_leader == Some(id) && m.current_term == term
+                        }
+                    });
+                if followed {
+                    return l;
                 }
             }
             assert!(

@@ -1,13 +1,15 @@
 //! `vmail demo`: the whole system in one process on loopback, narrated as
-//! a timeline. Everything is real: an auth server over TLS, OPAQUE with
-//! argon2id, eight libp2p peers with Kademlia, encrypted copies on untrusted
-//! holders, and a holder killed before the last fetch.
+//! a timeline. Everything is real: a group of three auth servers
+//! replicating over Raft, TLS, OPAQUE with argon2id, eight libp2p peers
+//! with Kademlia, encrypted copies on untrusted holders, and both a holder
+//! and the auth leader killed before the last fetch.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
 use ed25519_dalek::SigningKey;
 use sha2::{Digest, Sha256};
+use vmail_auth::server::LocalServer;
 use vmail_node::client::{AuthClient, AuthTarget};
 use vmail_node::localnet;
 use vmail_node::locator::Locator;
@@ -17,6 +19,8 @@ use vmail_proto::random_bytes;
 
 /// Peers in the demo overlay.
 const PEERS: usize = 8;
+/// Auth servers in the demo group.
+const AUTH_SERVERS: usize = 3;
 /// Length of the generated voicemail.
 const SECONDS: u32 = 30;
 
@@ -36,9 +40,22 @@ fn short(b: &[u8]) -> String {
 pub(super) async fn run() -> anyhow::Result<()> {
     let tl = Timeline(Instant::now());
     let tmp = tempfile::tempdir().context("creating a temporary data dir")?;
-    tl.step("auth server: cluster CA, TLS certificate, cluster signing key, OPAQUE setup");
-    let auth = localnet::start_auth(&tmp.path().join("auth")).await?;
-    println!("  {} (TLS)", auth.endpoint);
+    tl.step(&format!(
+        "auth group: auth-1 founds it (CA, cluster signing key, OPAQUE setup, data key); \
+         {} more join over mutual TLS, as learners then voters",
+        AUTH_SERVERS - 1
+    ));
+    let mut auth = localnet::start_auth_group(&tmp.path().join("auth"), AUTH_SERVERS).await?;
+    let leader = auth
+        .iter()
+        .find(|s| s.service.is_leader())
+        .map(|s| s.service.config().name.clone())
+        .unwrap_or_default();
+    for s in &auth {
+        let m = s.member();
+        println!("  {} api {} (TLS), raft {} (mutual TLS)", m.name, m.api_url, m.raft_url);
+    }
+    println!("  Raft leader: {leader}");
     tl.step(&format!(
         "{PEERS} peers join a Kademlia overlay (/vmail/kad/1.0.0) on loopback"
     ));
@@ -46,9 +63,11 @@ pub(super) async fn run() -> anyhow::Result<()> {
     for p in &peers {
         println!("  {}", p.peer_id());
     }
-    let target = AuthTarget::from(&auth);
-    let result = narrate(&tl, &target, peers).await;
-    auth.stop().await?;
+    let target = AuthTarget::of_group(&auth);
+    let result = narrate(&tl, &target, peers, &mut auth).await;
+    for s in auth {
+        s.stop().await?;
+    }
     result?;
     tl.step("demo finished: every check passed");
     Ok(())
@@ -77,7 +96,12 @@ async fn login(target: &AuthTarget, peer: &Peer, user: &str) -> anyhow::Result<(
     Ok(())
 }
 
-async fn narrate(tl: &Timeline, target: &AuthTarget, mut peers: Vec<Peer>) -> anyhow::Result<()> {
+async fn narrate(
+    tl: &Timeline,
+    target: &AuthTarget,
+    mut peers: Vec<Peer>,
+    auth: &mut Vec<LocalServer>,
+) -> anyhow::Result<()> {
     tl.step("alice, bob and carol register (OPAQUE: the server never sees a password) and log in on peers 1-3");
     for (i, user) in ["bob", "alice", "carol"].iter().enumerate() {
         login(target, &peers[i], user).await?;
@@ -167,7 +191,30 @@ async fn narrate(tl: &Timeline, target: &AuthTarget, mut peers: Vec<Peer>) -> an
         .context("the holder is one of the demo peers")?;
     peers.remove(index).stop().await;
 
-    tl.step("carol fetches after the holder's death");
+    let at = auth
+        .iter()
+        .position(|s| s.service.is_leader())
+        .context("the auth group has a leader")?;
+    let dead = auth.remove(at);
+    let name = dead.service.config().name.clone();
+    tl.step(&format!(
+        "the auth leader {name} is killed without warning; the other two elect a new leader"
+    ));
+    dead.kill().await;
+    let started = Instant::now();
+    let new_leader = loop {
+        if let Some(s) = auth.iter().find(|s| s.service.is_leader()) {
+            break s.service.config().name.clone();
+        }
+        ensure!(
+            started.elapsed() < Duration::from_secs(30),
+            "no new auth leader within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    println!("  {new_leader} leads after {:?}", started.elapsed());
+
+    tl.step("carol fetches after both deaths: her client fails over to a live auth server");
     let started = Instant::now();
     let carol = peers
         .iter()
