@@ -53,7 +53,10 @@ pub(super) async fn run() -> anyhow::Result<()> {
         .unwrap_or_default();
     for s in &auth {
         let m = s.member();
-        println!("  {} api {} (TLS), raft {} (mutual TLS)", m.name, m.api_url, m.raft_url);
+        println!(
+            "  {} api {} (TLS), raft {} (mutual TLS)",
+            m.name, m.api_url, m.raft_url
+        );
     }
     println!("  Raft leader: {leader}");
     tl.step(&format!(
