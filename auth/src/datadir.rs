@@ -202,14 +202,25 @@ impl GroupSecrets {
     }
 
     /// Issues a certificate and key, signed by the group CA, for `name` with
-    /// the given subject alternative names. Servers use it for TLS on both
-    /// ports; `join` uses one to prove it may fetch the group keys.
-    pub fn issue(&self, name: &str, sans: Vec<String>) -> Result<(String, String), DataDirError> {
+    /// the given subject alternative names, valid from now on for
+    /// `valid_for` (or without end). Servers use one for TLS on both ports;
+    /// `join` uses a short-lived one to fetch the group keys.
+    pub fn issue(
+        &self,
+        name: &str,
+        sans: Vec<String>,
+        valid_for: Option<std::time::Duration>,
+    ) -> Result<(String, String), DataDirError> {
         let ca_key = KeyPair::from_pem(&self.ca_key_pem)?;
         let issuer = Issuer::new(ca_params()?, &ca_key);
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(sans)?;
         params.distinguished_name.push(DnType::CommonName, name);
+        if let Some(d) = valid_for {
+            let now = time::OffsetDateTime::now_utc();
+            params.not_before = now - time::Duration::minutes(5);
+            params.not_after = now + d;
+        }
         let cert = params.signed_by(&key, &issuer)?;
         Ok((cert.pem(), key.serialize_pem()))
     }
@@ -376,7 +387,7 @@ fn create(
     sans.extend(opts.sans.iter().cloned());
     sans.sort();
     sans.dedup();
-    let (server_cert, server_key) = group.issue(&opts.name, sans)?;
+    let (server_cert, server_key) = group.issue(&opts.name, sans, None)?;
 
     let cluster_key = &group.cluster_key;
     let cluster_pub = hex::encode(cluster_key.verifying_key().as_bytes());

@@ -208,6 +208,10 @@ pub async fn serve(
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(vmail_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            // The descriptor set also holds the internal and peer services,
+            // which this port does not serve.
+            .with_service_name("vmail.auth.v1.Auth")
+            .with_service_name("grpc.health.v1.Health")
     };
     let setup = |e: tonic_reflection::server::Error| ServeError::Setup(e.to_string());
     let reflection_v1 = reflection().build_v1().map_err(setup)?;

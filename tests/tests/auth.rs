@@ -673,6 +673,10 @@ async fn reflection_and_health_serve_generic_clients() {
         names.contains(&"grpc.health.v1.Health".to_string()),
         "{names:?}"
     );
+    assert!(
+        !names.iter().any(|n| n.contains("cluster")),
+        "the internal service is not advertised on the public port: {names:?}"
+    );
 
     let mut health = tonic_health::pb::health_client::HealthClient::new(auth.channel().await);
     let status = health

@@ -63,6 +63,10 @@ fn call_err(url: &str, s: &tonic::Status) -> AdminError {
     }
 }
 
+/// How long a join credential is valid: it opens the group's secrets, so it
+/// should not outlive the join it was made for.
+pub const CREDENTIAL_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
 /// Issues a join credential for a new server named `name`: a certificate
 /// and key signed by the group CA of the member in `member_dir`.
 pub fn issue_credential_tls(member_dir: &Path, name: &str) -> Result<ClusterTls, AdminError> {
@@ -71,6 +75,7 @@ pub fn issue_credential_tls(member_dir: &Path, name: &str) -> Result<ClusterTls,
     let (cert_pem, key_pem) = group.issue(
         &format!("join credential for {name}"),
         vec![name.to_owned()],
+        Some(CREDENTIAL_LIFETIME),
     )?;
     Ok(ClusterTls {
         ca_pem: keys.ca_cert_pem,
