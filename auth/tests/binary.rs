@@ -1,5 +1,7 @@
-//! The `vmail-auth` binary: `init` output and refusals, and `serve` answering
-//! health checks over TLS, logging JSON, and stopping cleanly on SIGTERM.
+//! The `vmail-auth` binary: `init` output and refusals; `serve` answering
+//! health checks over TLS, logging JSON, and stopping cleanly on SIGTERM;
+//! and a group formed, inspected and shrunk with `cluster credential`,
+//! `join`, `cluster status` and `cluster remove`.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -15,10 +17,12 @@ fn vmail_auth() -> Command {
     c
 }
 
-/// Runs `vmail-auth init` for a server named auth-1.
+/// Runs `vmail-auth init` for a server named auth-1 (internal port free).
 fn init(dir: &std::path::Path, listen: &str) -> std::process::Output {
+    let raft = format!("127.0.0.1:{}", free_port());
     vmail_auth()
-        .args(["init", "--name", "auth-1", "--listen", listen, "--data-dir"])
+        .args(["init", "--name", "auth-1", "--listen", listen])
+        .args(["--raft-listen", &raft, "--data-dir"])
         .arg(dir)
         .output()
         .unwrap()
@@ -146,4 +150,190 @@ async fn serve_answers_health_logs_json_and_stops_on_sigterm() {
         lines.iter().any(|l| l.contains("vmail-auth stopped")),
         "{lines:?}"
     );
+}
+
+/// Runs a `vmail-auth` subcommand to completion; returns (success, stdout+stderr).
+fn run(args: &[&str]) -> (bool, String) {
+    let out = vmail_auth().args(args).output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// Polls `cluster status` on `dir` until `want` holds (at most 60 s).
+fn wait_status(dir: &str, want: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (ok, text) = run(&["cluster", "status", "--data-dir", dir]);
+        if ok && want(&text) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "cluster status never matched:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+struct Kill(std::process::Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_group_is_formed_inspected_and_shrunk_with_the_binary() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d1 = tmp.path().join("auth-1");
+    let d2 = tmp.path().join("auth-2");
+    let (p1, r1) = (free_port(), free_port());
+    let raft1 = format!("127.0.0.1:{r1}");
+    let (ok, text) = run(&[
+        "init",
+        "--name",
+        "auth-1",
+        "--listen",
+        &format!("127.0.0.1:{p1}"),
+        "--raft-listen",
+        &raft1,
+        "--data-dir",
+        d1.to_str().unwrap(),
+    ]);
+    assert!(ok, "{text}");
+    let _auth1 = Kill(
+        vmail_auth()
+            .args(["serve", "--data-dir", d1.to_str().unwrap()])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let d1s = d1.to_str().unwrap();
+    wait_status(d1s, |t| t.contains("state:    leader"));
+
+    // A credential, then a join through auth-1.
+    let cred = tmp.path().join("auth-2.pem");
+    let (ok, text) = run(&[
+        "cluster",
+        "credential",
+        "auth-2",
+        "--data-dir",
+        d1s,
+        "--out",
+        cred.to_str().unwrap(),
+    ]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains(&format!("--via https://127.0.0.1:{r1}")),
+        "{text}"
+    );
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&cred).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    let (ok, text) = run(&[
+        "cluster",
+        "credential",
+        "auth-2",
+        "--data-dir",
+        d1s,
+        "--out",
+        cred.to_str().unwrap(),
+    ]);
+    assert!(
+        !ok && text.contains("auth-2.pem"),
+        "never overwrites: {text}"
+    );
+    let via = format!("https://127.0.0.1:{r1}");
+    let _auth2 = Kill(
+        vmail_auth()
+            .args([
+                "join",
+                "--via",
+                &via,
+                "--credential",
+                cred.to_str().unwrap(),
+            ])
+            .args([
+                "--name",
+                "auth-2",
+                "--listen",
+                &format!("127.0.0.1:{}", free_port()),
+            ])
+            .args(["--raft-listen", &format!("127.0.0.1:{}", free_port())])
+            .args(["--data-dir", d2.to_str().unwrap()])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let text = wait_status(d1s, |t| t.matches(" voter ").count() == 2);
+    assert!(
+        text.contains("auth-2") && text.contains("leader:   auth-1"),
+        "{text}"
+    );
+    // The new member answers for itself with its own certificate.
+    let text = wait_status(d2.to_str().unwrap(), |t| t.contains("leader:   auth-1"));
+    assert!(text.contains("member:   auth-2"), "{text}");
+
+    // A server of another group cannot join with its own certificate.
+    let other = tmp.path().join("other");
+    let (ok, _) = run(&[
+        "init",
+        "--name",
+        "other",
+        "--listen",
+        "127.0.0.1:1",
+        "--raft-listen",
+        "127.0.0.1:2",
+        "--data-dir",
+        other.to_str().unwrap(),
+    ]);
+    assert!(ok);
+    let foreign = tmp.path().join("foreign.pem");
+    assert!(
+        run(&[
+            "cluster",
+            "credential",
+            "x",
+            "--data-dir",
+            other.to_str().unwrap(),
+            "--out",
+            foreign.to_str().unwrap(),
+        ])
+        .0
+    );
+    let d3 = tmp.path().join("auth-3");
+    let (ok, text) = run(&[
+        "join",
+        "--via",
+        &via,
+        "--credential",
+        foreign.to_str().unwrap(),
+        "--name",
+        "auth-3",
+        "--data-dir",
+        d3.to_str().unwrap(),
+    ]);
+    assert!(!ok, "a foreign credential must not join: {text}");
+    assert!(text.contains(&via), "{text}");
+    assert!(!d3.exists(), "a refused join creates nothing");
+
+    // Remove auth-2; unknown names are refused by name.
+    let (ok, text) = run(&["cluster", "remove", "nobody", "--data-dir", d1s]);
+    assert!(
+        !ok && text.contains("no member is named \"nobody\""),
+        "{text}"
+    );
+    let (ok, text) = run(&["cluster", "remove", "auth-2", "--data-dir", d1s]);
+    assert!(ok, "{text}");
+    wait_status(d1s, |t| {
+        t.matches(" voter ").count() == 1 && !t.contains("auth-2")
+    });
 }
