@@ -194,7 +194,7 @@ pub enum AuthError {
         username: String,
     },
     /// This server is not the leader; the client should retry at the leader.
-    #[error("{}", match .0 { Some(m) => format!("this auth server is not the leader; retry at {} ({})", m.api_url, m.name), None => "this auth server is not the leader and no leader is known yet; retry in a few seconds".to_owned() })]
+    #[error("{}", not_leader_text(.0.as_ref()))]
     NotLeader(Option<Member>),
     /// The group cannot serve the call now: no majority, or Raft stopped.
     #[error(
@@ -207,6 +207,16 @@ pub enum AuthError {
     /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+fn not_leader_text(leader: Option<&Member>) -> String {
+    match leader {
+        Some(m) => format!(
+            "this auth server is not the leader; retry at {} ({})",
+            m.api_url, m.name
+        ),
+        None => "this auth server is not the leader and no leader is known yet; retry in a few seconds".to_owned(),
+    }
 }
 
 fn invalid(field: &'static str, why: impl Into<String>) -> AuthError {
@@ -428,7 +438,7 @@ impl AuthService {
         };
         match nix::sys::statvfs::statvfs(dir) {
             Ok(st) => {
-                let free = st.blocks_available() as u64 * st.fragment_size() as u64;
+                let free = st.blocks_available() * st.fragment_size();
                 if free < need {
                     return Err(AuthError::Store(StoreError::DiskFull(format!(
                         "{free} bytes free on the data disk, and writes need {need}"

@@ -212,6 +212,9 @@ pub struct User {
     pub registered_at: u64,
 }
 
+/// A `requests` row key: (sender, request id).
+type RequestKey = (String, Vec<u8>);
+
 /// The snapshot form of the user-facing tables: every row as stored.
 #[derive(Serialize, Deserialize)]
 struct Dump {
@@ -220,7 +223,7 @@ struct Dump {
     sessions: Vec<(Vec<u8>, Vec<u8>)>,
     voicemails: Vec<(Vec<u8>, Vec<u8>)>,
     grants: Vec<(String, Vec<u8>)>,
-    requests: Vec<((String, Vec<u8>), Vec<u8>)>,
+    requests: Vec<(RequestKey, Vec<u8>)>,
     invites: Vec<(String, String)>,
     waiting: Vec<(String, u64)>,
 }
