@@ -215,7 +215,10 @@ fn not_leader_text(leader: Option<&Member>) -> String {
             "this auth server is not the leader; retry at {} ({})",
             m.api_url, m.name
         ),
-        None => "this auth server is not the leader and no leader is known yet; retry in a few seconds".to_owned(),
+        None => {
+            "this auth server is not the leader and no leader is known yet; retry in a few seconds"
+                .to_owned()
+        }
     }
 }
 
