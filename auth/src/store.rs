@@ -540,8 +540,21 @@ impl Store {
         &self,
         f: impl FnOnce(&WriteTransaction) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
+        self.write_with(redb::Durability::Immediate, f)
+    }
+
+    /// Runs `f` in one write transaction and commits it with `durability`.
+    /// A `Durability::None` commit is atomic but reaches the disk only with
+    /// the next durable commit; a crash before that loses it whole.
+    pub(crate) fn write_with<T>(
+        &self,
+        durability: redb::Durability,
+        f: impl FnOnce(&WriteTransaction) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         self.run(|db| {
-            let tx = db.begin_write().map_err(db_err)?;
+            let mut tx = db.begin_write().map_err(db_err)?;
+            tx.set_durability(durability)
+                .map_err(|e| StoreError::Db(e.into()))?;
             let out = f(&tx)?;
             tx.commit().map_err(db_err)?;
             Ok(out)

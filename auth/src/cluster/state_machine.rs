@@ -3,7 +3,8 @@
 //!
 //! A batch of entries is applied in one redb transaction together with the
 //! `applied` marker (last log id and membership), so after a crash every
-//! entry has been applied exactly once. Applying is deterministic: the
+//! entry has been applied exactly once. That transaction is not fsynced on
+//! its own (the log already is); the next durable commit carries it. Applying is deterministic: the
 //! certificate serial comes from the store, ed25519 signatures are
 //! deterministic, and times and random values come from the command.
 
@@ -320,7 +321,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let (replies, events) = self
             .blocking(move |sm| {
                 let mut events = Vec::new();
-                let replies = sm.store.write(|tx| {
+                // Not fsynced: the entries are durable in the log, and state
+                // and `applied` commit together, so a crash that loses this
+                // commit loses it whole and the entries are applied again.
+                // The next durable commit (a log append) persists it.
+                let replies = sm.store.write_with(redb::Durability::None, |tx| {
                     let raw = tx
                         .open_table(RAFT)
                         .map_err(db_err)?
