@@ -1,13 +1,13 @@
-//! A whole vmail system in one process on loopback: an auth server (or a
-//! replicated group of them) and N peers that join each other. `vmail demo`, `vmail testnet` and the
-//! integration tests run it; every part is the real component.
+//! A whole vmail system in one process on loopback: a replicated group of
+//! auth servers and N peers that join each other. `vmail demo`, `vmail
+//! testnet` (its peers) and the integration tests run it; every part is the
+//! real component.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use libp2p::Multiaddr;
-use vmail_auth::datadir::{self, DataDirError, InitOptions};
 use vmail_auth::server::{LocalServer, LocalServerError};
 use vmail_auth::service::SystemClock;
 
@@ -21,9 +21,6 @@ pub const JOIN_TIMEOUT: Duration = Duration::from_secs(20);
 /// Why the local system could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum LocalNetError {
-    /// The auth server's data dir.
-    #[error(transparent)]
-    DataDir(#[from] DataDirError),
     /// The auth server.
     #[error(transparent)]
     Auth(#[from] LocalServerError),
@@ -40,14 +37,6 @@ pub enum LocalNetError {
         /// Peers it should know.
         want: usize,
     },
-}
-
-/// Starts an auth server with its data in `dir` (initialised on first use).
-pub async fn start_auth(dir: &Path) -> Result<LocalServer, LocalNetError> {
-    if !dir.join(datadir::files::CONFIG).exists() {
-        datadir::init(&InitOptions::loopback(dir))?;
-    }
-    Ok(LocalServer::start(dir, Arc::new(SystemClock)).await?)
 }
 
 /// Starts a replicated group of `n` auth servers in `dir/auth-1` ..

@@ -1,6 +1,7 @@
 //! The README's walk-through, with the real binary: `vmail testnet up`,
 //! users on their own homes, a daemon for one of them and one-job peers for
-//! the others, `leave`, `inbox`, `fetch`, and `testnet down`.
+//! the others, `leave`, `inbox`, `fetch`, and `testnet down`; and the auth
+//! fault drills `kill-auth-leader` and `restart-auth`.
 
 use std::path::Path;
 use std::process::Output;
@@ -70,18 +71,21 @@ impl Testnet {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    async fn down(self) {
-        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_vmail"))
-            .args(["testnet", "down", "--dir"])
+    /// `vmail testnet ARGS --dir DIR`.
+    async fn testnet(&self, args: &[&str]) -> Output {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_vmail"))
+            .arg("testnet")
+            .args(args)
+            .arg("--dir")
             .arg(self.dir.path())
             .output()
             .await
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "testnet down: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+            .unwrap()
+    }
+
+    async fn down(self) {
+        let out = self.testnet(&["down"]).await;
+        assert!(out.status.success(), "testnet down: {}", stderr(&out));
     }
 }
 
@@ -230,4 +234,135 @@ async fn fetch_without_a_login_says_to_log_in() {
         .unwrap();
     assert!(!out.status.success());
     assert!(stderr(&out).contains("not logged in"), "{}", stderr(&out));
+}
+
+/// The auth server's state as the group reports it, by its name.
+async fn auth_status(net: &Testnet, name: &str) -> vmail_proto::cluster_pb::StatusResponse {
+    let auth = net.dir.path().join("auth");
+    let ports = std::fs::read_to_string(auth.join(format!("{name}.ports"))).unwrap();
+    let raft = ports.split_whitespace().nth(1).unwrap();
+    let tls = vmail_auth::cluster::admin::member_tls(&auth.join("auth-1")).unwrap();
+    vmail_auth::cluster::admin::status(&format!("https://127.0.0.1:{raft}"), &tls)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn auth_leader_killed_by_hand_then_restarted() {
+    let net = Testnet::up(3).await;
+    let endpoints = &net.env.iter().find(|(k, _)| k == "VMAIL_AUTH").unwrap().1;
+    assert_eq!(endpoints.split(',').count(), 3, "{endpoints}");
+    let homes = tempfile::tempdir().unwrap();
+    let home = |u: &str| homes.path().join(u);
+    for u in ["alice", "bob"] {
+        net.ok(&home(u), &["account", "register", u]).await;
+        net.ok(&home(u), &["login", u]).await;
+    }
+    let wav = homes.path().join("before.wav");
+    let audio = vmail_node::wav::generate(2, 8000, 5);
+    std::fs::write(&wav, &audio).unwrap();
+    net.ok(
+        &home("bob"),
+        &["leave", "--to", "alice", wav.to_str().unwrap()],
+    )
+    .await;
+
+    // The drill: the leader's process is SIGKILLed.
+    let out = net.testnet(&["kill-auth-leader"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    let killed = said
+        .strip_prefix("killed ")
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{said}"))
+        .to_owned();
+    assert!(said.contains("restart-auth"), "{said}");
+    assert!(!net.dir.path().join(format!("auth/{killed}.ready")).exists());
+
+    // The deposit acknowledged before the kill is still there, and a fetch
+    // (list, ack) works against the two survivors.
+    let inbox = net.ok(&home("alice"), &["inbox"]).await;
+    assert!(inbox.contains("bob"), "{inbox}");
+    let out = homes.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    net.ok(
+        &home("alice"),
+        &["fetch", "--all", "--out", out.to_str().unwrap()],
+    )
+    .await;
+    let file = std::fs::read_dir(&out)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    assert_eq!(
+        Sha256::digest(std::fs::read(&file).unwrap()),
+        Sha256::digest(&audio)
+    );
+
+    // Bad input: unknown names and a server that already runs.
+    let out = net.testnet(&["restart-auth", "auth-9"]).await;
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no auth server \"auth-9\"")
+            && stderr(&out).contains("auth-1, auth-2, auth-3"),
+        "{}",
+        stderr(&out)
+    );
+    let alive = ["auth-1", "auth-2", "auth-3"]
+        .into_iter()
+        .find(|n| *n != killed)
+        .unwrap();
+    let out = net.testnet(&["restart-auth", alive]).await;
+    assert!(stderr(&out).contains("already running"), "{}", stderr(&out));
+
+    // The other half: it comes back on its old ports and catches up with
+    // what the group committed while it was gone.
+    let out = net.testnet(&["restart-auth", &killed]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("is back"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let leader = auth_status(&net, alive).await;
+    let mut caught_up = false;
+    for _ in 0..100 {
+        let s = auth_status(&net, &killed).await;
+        if s.last_applied >= leader.last_applied && !s.leader.is_empty() {
+            caught_up = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        caught_up,
+        "{killed} did not catch up to {}",
+        leader.last_applied
+    );
+
+    // And the whole group serves a new voicemail.
+    net.ok(
+        &home("bob"),
+        &["leave", "--to", "alice", wav.to_str().unwrap()],
+    )
+    .await;
+    let inbox = net.ok(&home("alice"), &["inbox"]).await;
+    assert!(inbox.contains("bob"), "{inbox}");
+
+    // Two drills in a row: the second waits for the survivors to elect a
+    // new leader and kills that one; a third finds no majority and says so.
+    for _ in 0..2 {
+        let out = net.testnet(&["kill-auth-leader"]).await;
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let out = net.testnet(&["kill-auth-leader"]).await;
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("lost its majority"),
+        "{}",
+        stderr(&out)
+    );
+    net.down().await;
 }

@@ -120,17 +120,34 @@ enum NodeCommand {
 
 #[derive(Debug, Subcommand)]
 enum TestnetCommand {
-    /// Start an auth server and N peers in the background; print `export` lines.
+    /// Start an auth group and N peers in the background; print `export` lines.
     Up {
         /// Number of peers.
         #[arg(long, default_value_t = 8)]
         peers: usize,
-        /// Where the testnet keeps its data, logs and pid.
+        /// Number of auth servers in the replicated group (1 to 7).
+        #[arg(long, default_value_t = 3)]
+        auth_servers: usize,
+        /// Where the testnet keeps its data, logs and pids.
         #[arg(long)]
         dir: PathBuf,
     },
     /// Stop the testnet running in DIR.
     Down {
+        /// The testnet's dir.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Fault drill: SIGKILL the auth group's current leader.
+    KillAuthLeader {
+        /// The testnet's dir.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Fault drill: restart a stopped auth server from its data dir.
+    RestartAuth {
+        /// The server's name, e.g. auth-2 (as `kill-auth-leader` printed).
+        name: String,
         /// The testnet's dir.
         #[arg(long)]
         dir: PathBuf,
@@ -141,6 +158,19 @@ enum TestnetCommand {
         /// Number of peers.
         #[arg(long)]
         peers: usize,
+        /// Number of auth servers.
+        #[arg(long)]
+        auth_servers: usize,
+        /// The testnet's dir.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Run one of the testnet's auth servers in the foreground.
+    #[command(hide = true)]
+    AuthServe {
+        /// Its name, auth-1 .. auth-N.
+        #[arg(long)]
+        name: String,
         /// The testnet's dir.
         #[arg(long)]
         dir: PathBuf,
