@@ -36,18 +36,24 @@ impl GrpcAuth {
     }
 
     async fn session<T>(&self, req: &Request<T>) -> Result<Session, Status> {
-        let token = match req.metadata().get(AUTHORIZATION) {
-            None => Vec::new(),
-            Some(v) => {
-                let v = v.to_str().map_err(|_| status(AuthError::BadToken))?;
-                let hex_token = v
-                    .strip_prefix("Bearer ")
-                    .ok_or_else(|| status(AuthError::BadToken))?;
-                hex::decode(hex_token.trim()).map_err(|_| status(AuthError::BadToken))?
-            }
-        };
+        let token = bearer_token(req)?;
         self.svc.authenticate(&token).await.map_err(status)
     }
+}
+
+/// The token in a request's `authorization: Bearer HEX` header; empty if
+/// there is none.
+fn bearer_token<T>(req: &Request<T>) -> Result<Vec<u8>, Status> {
+    Ok(match req.metadata().get(AUTHORIZATION) {
+        None => Vec::new(),
+        Some(v) => {
+            let v = v.to_str().map_err(|_| status(AuthError::BadToken))?;
+            let hex_token = v
+                .strip_prefix("Bearer ")
+                .ok_or_else(|| status(AuthError::BadToken))?;
+            hex::decode(hex_token.trim()).map_err(|_| status(AuthError::BadToken))?
+        }
+    })
 }
 
 /// Maps a domain error to a gRPC status.
@@ -211,7 +217,12 @@ impl pb::auth_server::Auth for GrpcAuth {
         &self,
         req: Request<pb::DepositRequest>,
     ) -> Result<Response<pb::DepositResponse>, Status> {
-        let s = self.session(&req).await?;
+        let token = bearer_token(&req)?;
+        let s = self
+            .svc
+            .authenticate_for_write(&token)
+            .await
+            .map_err(status)?;
         let r = req.into_inner();
         let m = r
             .metadata

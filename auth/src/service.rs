@@ -870,6 +870,26 @@ impl AuthService {
         Ok(session)
     }
 
+    /// Resolves a bearer token for a deposit, which then writes through the
+    /// log. The leader reads its own state, without the read round of
+    /// [`Self::authenticate`]: the deposit's log entry carries the token
+    /// hash and applies only while that session is live, in log order. A
+    /// miss may be state not yet applied, so it falls back to a current read.
+    pub async fn authenticate_for_write(&self, token: &[u8]) -> Result<Session, AuthError> {
+        if token.is_empty() {
+            return Err(AuthError::NoToken);
+        }
+        if self.is_leader() {
+            let hash = token_hash(token);
+            if let Some(session) = self.db(move |s| s.session(&hash)).await?
+                && self.now() < session.expires_at
+            {
+                return Ok(session);
+            }
+        }
+        self.authenticate(token).await
+    }
+
     /// Revokes a session: its token and its master key are deleted.
     pub async fn logout(&self, session: &Session) -> Result<(), AuthError> {
         self.propose(Command::EndSession {
@@ -980,6 +1000,7 @@ impl AuthService {
         let n_recipients = recipients.iter().count();
         let reply = self
             .propose(Command::Deposit {
+                token_hash: session.token_hash,
                 request_id: d.request_id,
                 digest,
                 id,
@@ -997,10 +1018,14 @@ impl AuthService {
                 max_pending: self.config.max_pending_per_user,
             })
             .await?;
-        let Reply::Deposited(outcome) = reply else {
-            return Err(AuthError::Apply(format!(
-                "unexpected reply {reply:?} to a deposit"
-            )));
+        let outcome = match reply {
+            Reply::Deposited(outcome) => outcome,
+            Reply::SessionGone => return Err(AuthError::BadToken),
+            other => {
+                return Err(AuthError::Apply(format!(
+                    "unexpected reply {other:?} to a deposit"
+                )));
+            }
         };
         match outcome {
             DepositOutcome::Stored(id) => {

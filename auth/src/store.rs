@@ -876,6 +876,23 @@ impl Store {
         })
     }
 
+    /// Whether the session `token_hash` exists and whose user it is, inside
+    /// a write transaction: `None` if it was ended or never was, otherwise
+    /// its username and expiry.
+    pub(crate) fn session_in(
+        &self,
+        tx: &WriteTransaction,
+        token_hash: &[u8; 32],
+    ) -> Result<Option<(String, u64)>, StoreError> {
+        let sessions = tx.open_table(SESSIONS).map_err(db_err)?;
+        let Some(v) = sessions.get(token_hash.as_slice()).map_err(db_err)? else {
+            return Ok(None);
+        };
+        let row: SessionRow = postcard::from_bytes(v.value())
+            .map_err(|e| corrupt("sessions", hex::encode(&token_hash[..8]), e))?;
+        Ok(Some((row.username, row.expires_at)))
+    }
+
     /// Deletes a session and its sealed master key. Returns whether it existed.
     pub(crate) fn end_session(
         &self,

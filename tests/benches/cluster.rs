@@ -1,65 +1,318 @@
 //! Replicated auth group benchmark: durable deposits through a one-server
 //! group and a three-server group (every deposit is a Raft log entry,
-//! fsynced on a majority, then applied), and failover: how long after the
-//! leader is killed the next deposit is acknowledged. All servers run on
-//! loopback in this process, over TLS and mutual TLS.
+//! fsynced on a majority, then applied) at 1, 16 and 64 clients, the same
+//! load against a three-member etcd cluster, and failover: how long after
+//! the leader is killed the next deposit is acknowledged. Our servers run on
+//! loopback in this process, etcd's members as processes; both over TLS to
+//! clients and mutual TLS between members, both fsyncing every commit.
 //!
-//! Run it with `cargo bench -p vmail-tests --bench cluster`; it prints
-//! markdown for `docs/BENCHMARKS.md`. The reference in the same run is a
-//! 4 KiB append plus `sync_data()`: the floor under one durable commit.
+//! Run it with `tests/benches/cluster.sh`, which installs etcd (Debian's
+//! etcd-server) and runs `cargo bench -p vmail-tests --bench cluster`. It
+//! prints markdown for `docs/BENCHMARKS.md`. The references in the same run
+//! are etcd's rate at each concurrency and a 4 KiB append plus
+//! `sync_data()`, the floor under one durable commit.
 
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, ensure};
+use anyhow::{Context as _, Result, bail, ensure};
+use prost::Message as _;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use vmail_node::client::{AuthClient, NewDeposit, VoicemailMeta};
-use vmail_proto::keys::{MasterKey, SecretKey};
+use vmail_node::locator::{LOCATOR_VERSION, Locator};
+use vmail_proto::keys::{DepositContext, MasterKey, SecretKey};
 use vmail_proto::names::Recipients;
 use vmail_tests::{TestCluster, identity, password};
 
-/// (concurrency, total deposits)
-const RUNS: [(usize, usize); 2] = [(1, 200), (16, 800)];
+/// Generated client for the etcd API subset in `tests/proto/etcd.proto`.
+#[allow(unreachable_pub, missing_debug_implementations, dead_code, clippy::all)]
+mod etcdpb {
+    tonic::include_proto!("etcdserverpb");
+}
+
+/// (concurrent clients, total writes)
+const RUNS: [(usize, usize); 3] = [(1, 300), (16, 1600), (64, 3200)];
 const FAILOVERS: usize = 5;
 const SYNC_WRITES: u32 = 200;
+const ETCD_MEMBERS: usize = 3;
 
-fn deposit(n: usize) -> NewDeposit {
+/// A deposit as `vmail leave` makes one: a 30 s WAV stored as 3 copies.
+/// Each sender leaves them for itself, so no inbox reaches its limit.
+fn deposit(to: &str) -> NewDeposit {
+    let locator = Locator {
+        version: LOCATOR_VERSION,
+        message_id: vmail_proto::random_bytes(),
+        ciphertext_len: 480_000 + 16 * 8,
+        ciphertext_sha256: vmail_proto::random_bytes(),
+        copies: (0..3).map(|_| vmail_proto::random_bytes()).collect(),
+    };
     NewDeposit {
         request_id: vmail_proto::random_bytes(),
-        recipients: Recipients::parse(["alice"]).unwrap(),
-        locator: format!("bench deposit {n}").into_bytes(),
+        recipients: Recipients::parse([to]).unwrap(),
+        locator: locator.encode(),
         session_key: SecretKey::random(),
-        meta: VoicemailMeta::default(),
+        meta: VoicemailMeta {
+            size: 480_044,
+            content_type: "audio/wav".into(),
+            duration_ms: 30_000,
+            expires_at: 0,
+        },
     }
 }
 
-async fn sender(cluster: &TestCluster, user: &str) -> Result<(AuthClient, MasterKey)> {
+/// The bytes a deposit puts on the wire: etcd stores a value this size.
+fn deposit_wire_bytes(mk: &MasterKey) -> Vec<u8> {
+    let d = deposit("alice");
+    let wrapped_key = mk.wrap_deposit(
+        &d.session_key,
+        &DepositContext {
+            request_id: &d.request_id,
+            recipients: &d.recipients,
+            locator: &d.locator,
+        },
+    );
+    vmail_proto::pb::DepositRequest {
+        request_id: d.request_id.to_vec(),
+        recipients: d.recipients.to_strings(),
+        locator: d.locator,
+        wrapped_key,
+        metadata: Some(d.meta.into()),
+    }
+    .encode_to_vec()
+}
+
+/// A registered, logged-in user: its client, master key and name.
+async fn sender(cluster: &TestCluster, user: &str) -> Result<(AuthClient, MasterKey, String)> {
     let mut c = cluster.client().await;
     let id = identity();
     c.register(user, &password(user), &id, None).await?;
     let s = c.login(user, &password(user), &id, &[]).await?;
-    Ok((c, s.master_key))
+    Ok((c, s.master_key, user.to_owned()))
 }
 
-/// Deposits per second with `conc` senders in flight.
-async fn throughput(cluster: &TestCluster, conc: usize, total: usize) -> Result<f64> {
+/// Throughput and latency of one run.
+struct Run {
+    rate: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+impl Run {
+    fn of(elapsed: Duration, mut latencies: Vec<Duration>) -> Self {
+        latencies.sort();
+        let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
+        Self {
+            rate: latencies.len() as f64 / elapsed.as_secs_f64(),
+            p50: at(0.50),
+            p99: at(0.99),
+        }
+    }
+}
+
+/// Runs `per_client` writes on each of `clients` at once; `write` makes one.
+async fn drive<C, F, Fut>(clients: Vec<C>, per_client: usize, write: F) -> Result<Run>
+where
+    C: Send + 'static,
+    F: Fn(C) -> Fut + Copy + Send + 'static,
+    Fut: Future<Output = Result<C>> + Send,
+{
+    let started = Instant::now();
     let mut tasks = Vec::new();
+    for mut c in clients {
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(per_client);
+            for _ in 0..per_client {
+                let t = Instant::now();
+                c = write(c).await?;
+                lat.push(t.elapsed());
+            }
+            anyhow::Ok(lat)
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    Ok(Run::of(started.elapsed(), all))
+}
+
+/// Deposits with `conc` senders in flight.
+async fn vmail_run(cluster: &TestCluster, conc: usize, total: usize) -> Result<Run> {
     let mut clients = Vec::new();
     for i in 0..conc {
         clients.push(sender(cluster, &format!("s{conc}x{i}")).await?);
     }
-    let started = Instant::now();
-    for (mut c, mk) in clients {
-        tasks.push(tokio::spawn(async move {
-            for n in 0..total / conc {
-                c.deposit(&mk, &deposit(n)).await?;
+    drive(clients, total / conc, |(mut c, mk, me)| async move {
+        c.deposit(&mk, &deposit(&me)).await?;
+        Ok((c, mk, me))
+    })
+    .await
+}
+
+/// A three-member etcd cluster on loopback: TLS to clients, mutual TLS
+/// between members, certificates from a CA made for this run, fsync on
+/// (etcd's default). Its processes are killed, by their ids, on drop.
+struct Etcd {
+    _dir: tempfile::TempDir,
+    members: Vec<tokio::process::Child>,
+    client_urls: Vec<String>,
+    tls: ClientTlsConfig,
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+impl Etcd {
+    async fn start(bin: &Path) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let ca = vmail_auth::datadir::GroupSecrets::generate()?;
+        let (cert, key) = ca.issue("etcd", vec!["127.0.0.1".into()], None)?;
+        let write = |name: &str, text: &str| -> Result<PathBuf> {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text)?;
+            Ok(p)
+        };
+        let (ca_file, cert_file, key_file) = (
+            write("ca.pem", &ca.ca_cert_pem)?,
+            write("etcd.pem", &cert)?,
+            write("etcd.key", &key)?,
+        );
+        let ports: Vec<(u16, u16)> = (0..ETCD_MEMBERS)
+            .map(|_| Ok((free_port()?, free_port()?)))
+            .collect::<Result<_>>()?;
+        let initial = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("m{i}=https://127.0.0.1:{peer}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut members = Vec::new();
+        let mut client_urls = Vec::new();
+        for (i, (client, peer)) in ports.iter().enumerate() {
+            let client_url = format!("https://127.0.0.1:{client}");
+            let peer_url = format!("https://127.0.0.1:{peer}");
+            let log = std::fs::File::create(dir.path().join(format!("m{i}.log")))?;
+            let child = tokio::process::Command::new(bin)
+                .arg(format!("--name=m{i}"))
+                .arg(format!(
+                    "--data-dir={}",
+                    dir.path().join(format!("m{i}")).display()
+                ))
+                .arg(format!("--listen-client-urls={client_url}"))
+                .arg(format!("--advertise-client-urls={client_url}"))
+                .arg(format!("--listen-peer-urls={peer_url}"))
+                .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+                .arg(format!("--initial-cluster={initial}"))
+                .args([
+                    "--initial-cluster-state=new",
+                    "--initial-cluster-token=vmail-bench",
+                ])
+                .arg(format!("--cert-file={}", cert_file.display()))
+                .arg(format!("--key-file={}", key_file.display()))
+                .arg(format!("--peer-cert-file={}", cert_file.display()))
+                .arg(format!("--peer-key-file={}", key_file.display()))
+                .arg(format!("--peer-trusted-ca-file={}", ca_file.display()))
+                .args([
+                    "--peer-client-cert-auth",
+                    "--log-level=error",
+                    "--logger=zap",
+                ])
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .kill_on_drop(true)
+                .spawn()
+                .with_context(|| format!("starting {}", bin.display()))?;
+            members.push(child);
+            client_urls.push(client_url);
+        }
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&ca.ca_cert_pem))
+            .domain_name("127.0.0.1");
+        Ok(Self {
+            _dir: dir,
+            members,
+            client_urls,
+            tls,
+        })
+    }
+
+    async fn channel(&self, url: &str) -> Result<Channel> {
+        Ok(Endpoint::from_shared(url.to_owned())?
+            .tls_config(self.tls.clone())?
+            .tcp_nodelay(true)
+            .connect()
+            .await?)
+    }
+
+    /// The leader's client URL, once all members agree on one (60 s at most).
+    async fn leader(&self) -> Result<String> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let mut seen = Vec::new();
+            for url in &self.client_urls {
+                let Ok(ch) = self.channel(url).await else {
+                    break;
+                };
+                let mut c = etcdpb::maintenance_client::MaintenanceClient::new(ch);
+                if let Ok(s) = c.status(etcdpb::StatusRequest {}).await {
+                    let s = s.into_inner();
+                    let me = s.header.map(|h| h.member_id).unwrap_or_default();
+                    seen.push((url.clone(), me, s.leader));
+                }
             }
-            anyhow::Ok(())
-        }));
+            if seen.len() == ETCD_MEMBERS
+                && seen[0].2 != 0
+                && seen.iter().all(|s| s.2 == seen[0].2)
+                && let Some(leader) = seen.iter().find(|s| s.1 == s.2)
+            {
+                return Ok(leader.0.clone());
+            }
+            if Instant::now() > deadline {
+                bail!("etcd has no agreed leader after 60 s; its logs are in the run's temp dir");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
-    for t in tasks {
-        t.await??;
+
+    /// Puts of `value` with `conc` clients, each on its own connection to
+    /// the leader (as each `AuthClient` holds its own to our leader).
+    async fn run(&self, conc: usize, total: usize, value: &[u8]) -> Result<Run> {
+        let leader = self.leader().await?;
+        let mut clients = Vec::new();
+        for _ in 0..conc {
+            let kv = etcdpb::kv_client::KvClient::new(self.channel(&leader).await?);
+            clients.push((kv, value.to_vec()));
+        }
+        drive(clients, total / conc, |(mut kv, value)| async move {
+            let key = hex::encode(vmail_proto::random_bytes::<16>());
+            kv.put(etcdpb::PutRequest {
+                key: format!("deposit/{key}").into_bytes(),
+                value: value.clone(),
+                ..Default::default()
+            })
+            .await?;
+            Ok((kv, value))
+        })
+        .await
     }
-    Ok(total as f64 / started.elapsed().as_secs_f64())
+
+    async fn stop(mut self) {
+        for m in &mut self.members {
+            let _ = m.kill().await;
+        }
+    }
+}
+
+/// etcd from `VMAIL_ETCD` or `/usr/bin/etcd`.
+fn etcd_binary() -> Option<PathBuf> {
+    let path = std::env::var_os("VMAIL_ETCD")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/etcd"));
+    path.exists().then_some(path)
 }
 
 fn synced_write() -> Result<Duration> {
@@ -74,51 +327,95 @@ fn synced_write() -> Result<Duration> {
     Ok(t.elapsed() / SYNC_WRITES)
 }
 
+fn ms(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1e3)
+}
+
 async fn run() -> Result<()> {
     let sync = synced_write()?;
-    println!("| measure | value |\n|---|---|");
-    let mut rates = Vec::new();
+    let mut ours = Vec::new();
     for n in [1, 3] {
         let mut cluster = TestCluster::start(n).await;
-        sender(&cluster, "alice").await?;
         for (conc, total) in RUNS {
-            let rate = throughput(&cluster, conc, total).await?;
-            println!("| {n}-server group, {conc} in flight: deposits/s | {rate:.0} |");
-            rates.push(((n, conc), rate));
+            ours.push(((n, conc), vmail_run(&cluster, conc, total).await?));
         }
         cluster.stop().await;
     }
-    for (conc, _) in RUNS {
-        let one = rates.iter().find(|r| r.0 == (1, conc)).unwrap().1;
-        let three = rates.iter().find(|r| r.0 == (3, conc)).unwrap().1;
+    let value = deposit_wire_bytes(&MasterKey::from_opaque_session_key(b"bench"));
+    let mut etcd = Vec::new();
+    match etcd_binary() {
+        Some(bin) => {
+            let cluster = Etcd::start(&bin).await?;
+            let result = async {
+                for (conc, total) in RUNS {
+                    etcd.push((conc, cluster.run(conc, total, &value).await?));
+                }
+                anyhow::Ok(())
+            }
+            .await;
+            cluster.stop().await;
+            result?;
+        }
+        None => eprintln!(
+            "etcd not found (set VMAIL_ETCD or run tests/benches/cluster.sh, which installs it): \
+             the etcd rows are left out"
+        ),
+    }
+
+    println!("| group | clients | writes/s | p50 ms | p99 ms |\n|---|---:|---:|---:|---:|");
+    for ((n, conc), r) in &ours {
         println!(
-            "| 3 servers / 1 server, {conc} in flight (ratio) | {:.2} |",
-            three / one
+            "| vmail, {n} server(s) | {conc} | {:.0} | {} | {} |",
+            r.rate,
+            ms(r.p50),
+            ms(r.p99)
+        );
+    }
+    for (conc, r) in &etcd {
+        println!(
+            "| etcd 3.4, {ETCD_MEMBERS} members | {conc} | {:.0} | {} | {} |",
+            r.rate,
+            ms(r.p50),
+            ms(r.p99)
+        );
+    }
+    let rate = |n, conc| ours.iter().find(|r| r.0 == (n, conc)).unwrap().1.rate;
+    println!("\n| ratio | value |\n|---|---:|");
+    println!(
+        "| payload per write (deposit request = etcd value), bytes | {} |",
+        value.len()
+    );
+    for (conc, _) in RUNS {
+        println!(
+            "| 3 servers / 1 server, {conc} clients | {:.2} |",
+            rate(3, conc) / rate(1, conc)
+        );
+    }
+    for (conc, r) in &etcd {
+        println!(
+            "| **vmail 3 servers / etcd 3 members, {conc} clients** | **{:.2}** |",
+            rate(3, *conc) / r.rate
         );
     }
     println!(
         "| 4 KiB append + `sync_data()` (reference), ms | {:.3} |",
         sync.as_secs_f64() * 1e3
     );
-    for (conc, _) in RUNS {
-        let three = rates.iter().find(|r| r.0 == (3, conc)).unwrap().1;
-        println!(
-            "| 3-server deposit time / reference sync, {conc} in flight (ratio) | {:.1} |",
-            (1.0 / three) / sync.as_secs_f64() * conc as f64
-        );
-    }
+    println!(
+        "| 3-server deposit at 1 client / reference sync | {:.1} |",
+        (1.0 / rate(3, 1)) / sync.as_secs_f64()
+    );
 
     // Failover: kill the leader, time the next acknowledged deposit.
     let mut times = Vec::new();
     for _ in 0..FAILOVERS {
         let mut cluster = TestCluster::start(3).await;
-        sender(&cluster, "alice").await?;
-        let (mut c, mk) = sender(&cluster, "bob").await?;
-        c.deposit(&mk, &deposit(0)).await?;
+        let (mut c, mk, me) = sender(&cluster, "bob").await?;
+        c.deposit(&mk, &deposit(&me)).await?;
         let leader = cluster.leader().await;
         let t = Instant::now();
         cluster.kill(leader).await;
-        c.deposit(&mk, &deposit(1)).await?;
+        c.deposit(&mk, &deposit(&me)).await?;
         times.push(t.elapsed());
         cluster.stop().await;
     }

@@ -92,6 +92,63 @@ async fn a_deposit_acknowledged_at_one_server_is_listed_at_another_right_after()
     cluster.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deposit_ordered_after_its_senders_logout_is_refused_when_it_applies() {
+    // The leader takes a deposit's session from its own state, without a
+    // read round; the log entry re-checks it. Here the deposit is proposed
+    // with a session the log has already ended: it must change nothing.
+    let mut cluster = TestCluster::start(3).await;
+    let leader = cluster.leader().await;
+    let svc = cluster.server(leader).service.clone();
+    login_on(&cluster, &[leader], "alice").await;
+    let mut bob = cluster.client().await;
+    let id = identity();
+    bob.register("bob", &password("bob"), &id, None)
+        .await
+        .unwrap();
+    let login = bob.login("bob", &password("bob"), &id, &[]).await.unwrap();
+    let session = svc.authenticate(&login.token).await.unwrap();
+    svc.logout(&session).await.unwrap();
+
+    let d = deposit_for(&["alice"], b"after logout");
+    let wrapped_key = login.master_key.wrap_deposit(
+        &d.session_key,
+        &vmail_proto::keys::DepositContext {
+            request_id: &d.request_id,
+            recipients: &d.recipients,
+            locator: &d.locator,
+        },
+    );
+    let late = svc
+        .deposit(
+            &session,
+            vmail_auth::service::Deposit {
+                request_id: d.request_id.to_vec(),
+                recipients: d.recipients.to_strings(),
+                locator: d.locator.clone(),
+                wrapped_key,
+                metadata: d.meta.clone(),
+            },
+        )
+        .await;
+    assert!(
+        matches!(late, Err(vmail_auth::service::AuthError::BadToken)),
+        "{late:?}"
+    );
+    // Through the API the token is refused too, and no member stored it.
+    let err = bob.deposit(&login.master_key, &d).await.unwrap_err();
+    assert!(
+        matches!(&err, ClientError::Server(s) if s.code() == Code::Unauthenticated),
+        "{err:?}"
+    );
+    cluster.wait_applied().await;
+    for i in cluster.running() {
+        let counts = cluster.server(i).service.store().counts().unwrap();
+        assert_eq!(counts.voicemails, 0, "{}", cluster.name(i));
+    }
+    cluster.stop().await;
+}
+
 /// One request in the leader-loss history.
 #[derive(Debug, Clone)]
 struct Record {

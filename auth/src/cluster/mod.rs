@@ -108,8 +108,12 @@ pub enum Command {
         /// SHA-256 of its token.
         token_hash: [u8; 32],
     },
-    /// Keep a voicemail's session key and locator for its recipients.
+    /// Keep a voicemail's session key and locator for its recipients, if
+    /// the sender's session is still live when the entry applies.
     Deposit {
+        /// SHA-256 of the sender's session token: the entry applies only
+        /// while that session exists and has not expired at `deposited_at`.
+        token_hash: [u8; 32],
         /// The sender's idempotency key.
         request_id: Vec<u8>,
         /// What makes two requests the same deposit.
@@ -160,6 +164,9 @@ pub enum Reply {
     SessionEnded(bool),
     /// Result of [`Command::Deposit`].
     Deposited(DepositOutcome),
+    /// A [`Command::Deposit`] whose sender's session had ended or expired
+    /// by the time it applied; nothing changed.
+    SessionGone,
     /// Result of [`Command::Ack`].
     Acked(AckOutcome),
     /// Result of [`Command::Purge`]: sessions and voicemails erased.

@@ -193,6 +193,7 @@ impl StateMachine {
                 Reply::SessionEnded(existed)
             }
             Command::Deposit {
+                token_hash,
                 request_id,
                 digest,
                 id,
@@ -204,6 +205,13 @@ impl StateMachine {
                 session_key,
                 max_pending,
             } => {
+                // The leader checked the session against its own state
+                // without a read round; the check that counts is here, in
+                // log order, so a deposit ordered after a logout fails.
+                match store.session_in(tx, &token_hash)? {
+                    Some((user, expires_at)) if user == sender && deposited_at < expires_at => {}
+                    _ => return Ok(Reply::SessionGone),
+                }
                 let key = hex::encode(id);
                 let sk = unseal(data_key, "session-key", &id, &session_key)
                     .map_err(|why| corrupt(&key, why))?;
