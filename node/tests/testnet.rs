@@ -89,6 +89,21 @@ impl Testnet {
     }
 }
 
+/// `vmail fetch --all --out OUT` as the user of `home`; the one file saved.
+async fn fetch_one(net: &Testnet, home: &Path, out: &Path) -> std::path::PathBuf {
+    std::fs::create_dir_all(out).unwrap();
+    let fetched = net
+        .ok(home, &["fetch", "--all", "--out", out.to_str().unwrap()])
+        .await;
+    assert!(fetched.contains("fetched"), "{fetched}");
+    let mut files: Vec<_> = std::fs::read_dir(out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    files.pop().unwrap()
+}
+
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -141,21 +156,7 @@ async fn leave_a_wav_for_two_users_and_fetch_it_with_the_cli() {
     assert!(inbox.contains("bob") && inbox.contains("3.0 s"), "{inbox}");
 
     for u in ["alice", "carol"] {
-        let out = homes.path().join(format!("out-{u}"));
-        std::fs::create_dir_all(&out).unwrap();
-        let fetched = net
-            .ok(
-                &home(u),
-                &["fetch", "--all", "--out", out.to_str().unwrap()],
-            )
-            .await;
-        assert!(fetched.contains("fetched"), "{fetched}");
-        let file = std::fs::read_dir(&out)
-            .unwrap()
-            .next()
-            .unwrap()
-            .unwrap()
-            .path();
+        let file = fetch_one(&net, &home(u), &homes.path().join(format!("out-{u}"))).await;
         assert_eq!(file.extension().unwrap(), "wav");
         assert_eq!(
             Sha256::digest(std::fs::read(&file).unwrap()),
@@ -283,19 +284,7 @@ async fn auth_leader_killed_by_hand_then_restarted() {
     // (list, ack) works against the two survivors.
     let inbox = net.ok(&home("alice"), &["inbox"]).await;
     assert!(inbox.contains("bob"), "{inbox}");
-    let out = homes.path().join("out");
-    std::fs::create_dir_all(&out).unwrap();
-    net.ok(
-        &home("alice"),
-        &["fetch", "--all", "--out", out.to_str().unwrap()],
-    )
-    .await;
-    let file = std::fs::read_dir(&out)
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let file = fetch_one(&net, &home("alice"), &homes.path().join("out")).await;
     assert_eq!(
         Sha256::digest(std::fs::read(&file).unwrap()),
         Sha256::digest(&audio)

@@ -17,10 +17,12 @@ use vmail_auth::config::ServerConfig;
 use vmail_auth::datadir::{self, InitOptions, files};
 use vmail_auth::server::LocalServer;
 use vmail_auth::service::{AuthService, Clock, SystemClock};
-use vmail_node::client::{AuthClient, AuthTarget, LoginSession};
+use vmail_node::client::{AuthClient, AuthTarget, LoginSession, NewDeposit, VoicemailMeta};
 use vmail_node::config::NodeConfig;
 use vmail_node::localnet;
 use vmail_node::peer::{LeaveRequest, Peer, Session};
+use vmail_proto::keys::SecretKey;
+use vmail_proto::names::Recipients;
 
 /// One auth server in a temporary data directory.
 #[derive(Debug)]
@@ -128,6 +130,23 @@ pub fn identity() -> SigningKey {
 /// The password tests use for `user`.
 pub fn password(user: &str) -> Vec<u8> {
     format!("{user}'s long test password").into_bytes()
+}
+
+/// A deposit for `names` with a fresh request id and session key, and the
+/// metadata of a 5 s WAV.
+pub fn deposit_for(names: &[&str], locator: &[u8]) -> NewDeposit {
+    NewDeposit {
+        request_id: vmail_proto::random_bytes(),
+        recipients: Recipients::parse(names).expect("valid recipients"),
+        locator: locator.to_vec(),
+        session_key: SecretKey::random(),
+        meta: VoicemailMeta {
+            size: 1234,
+            content_type: "audio/wav".into(),
+            duration_ms: 5000,
+            expires_at: 0,
+        },
+    }
 }
 
 /// Registers `user` and logs in on a new client.

@@ -9,27 +9,11 @@ use tonic::Code;
 use vmail_auth::config::RegistrationMode;
 use vmail_auth::datadir::files;
 use vmail_auth::service::ManualClock;
-use vmail_node::client::{ClientError, NewDeposit, VoicemailMeta};
-use vmail_proto::keys::{MasterKey, SecretKey};
-use vmail_proto::names::Recipients;
+use vmail_node::client::ClientError;
+use vmail_proto::keys::MasterKey;
 use vmail_proto::pb;
 use vmail_proto::random_bytes;
-use vmail_tests::{TestAuth, file_bytes, identity, password, register_and_login};
-
-fn deposit_for(names: &[&str], locator: &[u8]) -> NewDeposit {
-    NewDeposit {
-        request_id: random_bytes(),
-        recipients: Recipients::parse(names).unwrap(),
-        locator: locator.to_vec(),
-        session_key: SecretKey::random(),
-        meta: VoicemailMeta {
-            size: 1234,
-            content_type: "audio/wav".into(),
-            duration_ms: 5000,
-            expires_at: 0,
-        },
-    }
-}
+use vmail_tests::{TestAuth, deposit_for, file_bytes, identity, password, register_and_login};
 
 fn code(r: Result<impl std::fmt::Debug, ClientError>) -> (Code, String) {
     let e = r.expect_err("call should fail");

@@ -10,26 +10,9 @@ use std::time::{Duration, Instant};
 use tonic::Code;
 use vmail_auth::cluster::admin;
 use vmail_auth::datadir::{self, InitOptions};
-use vmail_node::client::{AuthClient, ClientError, NewDeposit, VoicemailMeta};
-use vmail_proto::keys::{MasterKey, SecretKey};
-use vmail_proto::names::Recipients;
-use vmail_proto::random_bytes;
-use vmail_tests::{TestCluster, identity, password};
-
-fn deposit_for(names: &[&str], locator: &[u8]) -> NewDeposit {
-    NewDeposit {
-        request_id: random_bytes(),
-        recipients: Recipients::parse(names).unwrap(),
-        locator: locator.to_vec(),
-        session_key: SecretKey::random(),
-        meta: VoicemailMeta {
-            size: 1234,
-            content_type: "audio/wav".into(),
-            duration_ms: 5000,
-            expires_at: 0,
-        },
-    }
-}
+use vmail_node::client::{AuthClient, ClientError};
+use vmail_proto::keys::MasterKey;
+use vmail_tests::{TestCluster, deposit_for, identity, password};
 
 /// Registers and logs `user` in on a client that knows only `endpoints`.
 async fn login_on(cluster: &TestCluster, which: &[usize], user: &str) -> (AuthClient, MasterKey) {
