@@ -89,7 +89,7 @@ pub async fn open(dir: &Path, clock: Arc<dyn Clock>) -> Result<AuthService, Open
         node_id,
         Arc::new(raft_config),
         NetworkFactory::new(tls, isolation.clone()),
-        LogStore::new(store.clone())?,
+        LogStore::new(store.clone()),
         StateMachine::new(store.clone(), keys.clone(), events.clone()),
     )
     .await

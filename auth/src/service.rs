@@ -35,10 +35,11 @@ use vmail_proto::names::{NameError, Recipients, Username};
 use vmail_proto::opaque::{CREDENTIAL_NONCE_LEN, Suite, credential_id};
 use vmail_proto::random_bytes;
 
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::error::{CheckIsLeaderError, RaftError};
 use prost::Message;
 use vmail_proto::pb;
 
+use crate::cluster::batcher::{Batcher, WriteError};
 use crate::cluster::network::Isolation;
 use crate::cluster::{Command, Member, Raft, Reply, seal};
 use crate::config::{RegistrationMode, ServerConfig};
@@ -354,6 +355,7 @@ pub struct AuthService {
     config: ServerConfig,
     clock: Arc<dyn Clock>,
     raft: Raft,
+    batcher: Batcher,
     isolation: Isolation,
     logins: Mutex<HashMap<[u8; 16], PendingLogin>>,
     failures: Mutex<HashMap<String, Failures>>,
@@ -407,6 +409,7 @@ impl AuthService {
             keys,
             config,
             clock,
+            batcher: Batcher::start(raft.clone(), WRITE_TIMEOUT),
             raft,
             isolation,
             logins: Mutex::new(HashMap::new()),
@@ -434,8 +437,8 @@ impl AuthService {
 
     /// Refuses a write when the data disk is nearly full: the entry goes to
     /// the log and then the state, and a failed log write would stop Raft.
-    fn check_space(&self, cmd: &Command) -> Result<(), AuthError> {
-        let need = MIN_FREE_BYTES + 4 * postcard::to_allocvec(cmd).map_or(0, |b| b.len() as u64);
+    fn check_space(&self, command_bytes: usize) -> Result<(), AuthError> {
+        let need = MIN_FREE_BYTES + 4 * command_bytes as u64;
         let Some(dir) = self.store.path().parent() else {
             return Ok(());
         };
@@ -455,21 +458,19 @@ impl AuthService {
     }
 
     /// Proposes a command and waits until it is committed and applied here.
+    /// Commands proposed at the same time share a log entry ([`Batcher`]).
     async fn propose(&self, cmd: Command) -> Result<Reply, AuthError> {
-        self.check_space(&cmd)?;
-        match tokio::time::timeout(WRITE_TIMEOUT, self.raft.client_write(cmd)).await {
-            Err(_) => Err(AuthError::Unavailable(format!(
+        let size = postcard::to_allocvec(&cmd).map_or(0, |b| b.len());
+        self.check_space(size)?;
+        match self.batcher.write(cmd, size).await {
+            Ok(Reply::Failed(why)) => Err(AuthError::Apply(why)),
+            Ok(reply) => Ok(reply),
+            Err(WriteError::NotLeader(leader)) => Err(AuthError::NotLeader(leader)),
+            Err(WriteError::Unavailable(why)) => Err(AuthError::Unavailable(why)),
+            Err(WriteError::Timeout(t)) => Err(AuthError::Unavailable(format!(
                 "the write was not confirmed by a majority within {} s, so it may or may not have taken effect",
-                WRITE_TIMEOUT.as_secs()
+                t.as_secs()
             ))),
-            Ok(Ok(r)) => match r.data {
-                Reply::Failed(why) => Err(AuthError::Apply(why)),
-                reply => Ok(reply),
-            },
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                Err(AuthError::NotLeader(f.leader_node))
-            }
-            Ok(Err(e)) => Err(AuthError::Unavailable(e.to_string())),
         }
     }
 

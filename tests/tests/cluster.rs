@@ -132,6 +132,66 @@ async fn a_deposit_ordered_after_its_senders_logout_is_refused_when_it_applies()
     cluster.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writes_share_log_entries_and_each_caller_gets_its_own_reply() {
+    // 32 senders deposit at once; every other one names an unknown
+    // recipient. The batcher proposes what queued together as one entry:
+    // the log grows by fewer entries than there were writes, yet each
+    // caller gets its own answer and each good deposit is stored once.
+    const N: usize = 32;
+    let mut cluster = TestCluster::start(3).await;
+    let leader = cluster.leader().await;
+    login_on(&cluster, &[leader], "alice").await;
+    let mut senders = Vec::new();
+    for i in 0..N {
+        senders.push(login_on(&cluster, &[leader], &format!("sender{i}")).await);
+    }
+    let log_index = || {
+        cluster
+            .server(leader)
+            .service
+            .raft()
+            .metrics()
+            .borrow()
+            .last_log_index
+            .unwrap_or(0)
+    };
+    let before = log_index();
+    let start = Arc::new(tokio::sync::Barrier::new(N));
+    let mut tasks = Vec::new();
+    for (i, (mut c, mk)) in senders.into_iter().enumerate() {
+        let start = start.clone();
+        tasks.push(tokio::spawn(async move {
+            let to = if i % 2 == 0 { "alice" } else { "nobody" };
+            let d = deposit_for(&[to], format!("batch {i}").as_bytes());
+            start.wait().await;
+            c.deposit(&mk, &d).await.map(|r| r.voicemail_id)
+        }));
+    }
+    let mut ids = HashSet::new();
+    for (i, t) in tasks.into_iter().enumerate() {
+        match (i % 2, t.await.unwrap()) {
+            (0, Ok(id)) => assert!(ids.insert(id), "deposit {i} got a duplicate id"),
+            (1, Err(ClientError::Server(s))) => {
+                assert_eq!(s.code(), Code::NotFound, "{s:?}");
+                assert!(s.message().contains("nobody"), "{s:?}");
+            }
+            (_, other) => panic!("deposit {i}: {other:?}"),
+        }
+    }
+    let entries = log_index() - before;
+    assert!(
+        entries < N as u64,
+        "{N} concurrent writes took {entries} log entries"
+    );
+    cluster.wait_applied().await;
+    for i in cluster.running() {
+        let counts = cluster.server(i).service.store().counts().unwrap();
+        assert_eq!(counts.voicemails, (N / 2) as u64, "{}", cluster.name(i));
+    }
+    cluster.stop().await;
+}
+
 /// One request in the leader-loss history.
 #[derive(Debug, Clone)]
 struct Record {

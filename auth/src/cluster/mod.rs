@@ -6,6 +6,7 @@
 //! command are sealed under the group's data key ([`seal`]), so the log and
 //! snapshots hold no plaintext secret.
 //!
+//! - [`batcher`]: proposes writes that arrive together as one entry;
 //! - [`log_store`]: the Raft log and vote in the server's redb database;
 //! - [`state_machine`]: applies commands to the [`crate::store::Store`], builds
 //!   and installs snapshots;
@@ -14,6 +15,7 @@
 //! - [`rpc`]: the server side of that service.
 
 pub mod admin;
+pub mod batcher;
 pub mod log_store;
 pub mod network;
 pub mod rpc;
@@ -149,6 +151,8 @@ pub enum Command {
         /// Unix seconds.
         now: u64,
     },
+    /// Several commands proposed together ([`batcher`]), applied in order.
+    Batch(Vec<Command>),
 }
 
 /// What applying a [`Command`] produced.
@@ -174,6 +178,8 @@ pub enum Reply {
     /// The command could not be applied because stored data is corrupt; the
     /// state did not change.
     Failed(String),
+    /// Result of [`Command::Batch`]: one reply per command, in order.
+    Batch(Vec<Reply>),
 }
 
 /// The AAD prefix of a secret sealed into a log entry.

@@ -249,6 +249,11 @@ impl StateMachine {
                 let (s, v) = store.purge_expired(tx, now)?;
                 Reply::Purged(s, v)
             }
+            Command::Batch(cmds) => Reply::Batch(
+                cmds.into_iter()
+                    .map(|c| self.apply_command(tx, c, events))
+                    .collect::<Result<_, _>>()?,
+            ),
         })
     }
 }
