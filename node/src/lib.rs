@@ -6,6 +6,8 @@
 //! - [`crypto`]: segmented AES-256-GCM (STREAM) for voicemail bodies;
 //! - [`locator`]: where a voicemail's copies are, as deposited;
 //! - [`placement`]: which peers hold copies and under which identifiers (pure);
+//! - [`advert`]: signed supernode adverts and their checks (pure);
+//! - [`election`]: the supernode election over the adverts seen (pure);
 //! - [`storage`]: the holder's object store;
 //! - [`network`]: the libp2p swarm task and its handle;
 //! - [`transfer`]: the blob protocol between peers;
@@ -13,14 +15,16 @@
 //! - [`control`]: the local control API (gRPC on a Unix socket) and its client;
 //! - [`config`]: the peer's configuration;
 //! - [`wav`]: WAV inspection and generation;
-//! - [`localnet`]: an auth server and N peers in one process (demo, testnet, tests).
+//! - [`localnet`]: an auth group and N peers in one process (demo, tests).
 //!
 //! The `vmail` binary (`src/main.rs`, `src/cli/`) is a thin layer over these.
 
+pub mod advert;
 pub mod client;
 pub mod config;
 pub mod control;
 pub mod crypto;
+pub mod election;
 pub mod keystore;
 pub mod localnet;
 pub mod locator;

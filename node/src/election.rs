@@ -1,0 +1,372 @@
+//! Supernode election, pure: which peers serve as supernodes, computed
+//! from the adverts a peer has seen and `now`. No IO and no local state,
+//! so every peer that holds the same adverts computes the same set.
+//!
+//! - Only qualified peers stand: publicly reachable (AutoNAT or config) and
+//!   at or above every resource threshold, uptime included.
+//! - The target is one supernode per `peers_per_sn` advertising peers,
+//!   clamped to `min_sns..=max_sns` and to the qualified peers there are.
+//! - Hysteresis, from the adverts themselves: peers already serving say so
+//!   (`Advert::serving`). Their number is kept while it stays within
+//!   `count_slack` of the target, and each of them ranks with its score
+//!   times `1 + incumbent_bonus`, so a newcomer must clearly beat one to
+//!   take its place. An elected set, once its members serve, elects
+//!   itself again.
+//! - Ties break on the peer id, so the order of the adverts never matters.
+
+use libp2p::PeerId;
+
+use crate::advert::{Advert, MAX_ADVERT_AGE_SECS};
+
+/// The least a peer needs to stand for election.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Thresholds {
+    /// CPU cores.
+    pub min_cpu_cores: u32,
+    /// Memory, MiB.
+    pub min_memory_mib: u64,
+    /// Upload bandwidth, kbit/s.
+    pub min_bandwidth_kbps: u64,
+    /// Seconds up: a peer that just started may leave as quickly.
+    pub min_uptime_secs: u64,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Self {
+            min_cpu_cores: 2,
+            min_memory_mib: 2048,
+            min_bandwidth_kbps: 10_000,
+            min_uptime_secs: 300,
+        }
+    }
+}
+
+/// The election's parameters. Every peer must use the same ones to agree.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ElectionConfig {
+    /// Advertising peers per supernode.
+    pub peers_per_sn: usize,
+    /// Fewest supernodes, when that many qualify.
+    pub min_sns: usize,
+    /// Most supernodes.
+    pub max_sns: usize,
+    /// Who may stand.
+    pub thresholds: Thresholds,
+    /// Serving peers rank with their score times `1 + incumbent_bonus`.
+    pub incumbent_bonus: f64,
+    /// The serving count is kept while within this fraction of the target.
+    pub count_slack: f64,
+}
+
+impl Default for ElectionConfig {
+    fn default() -> Self {
+        Self {
+            peers_per_sn: 32,
+            min_sns: 1,
+            max_sns: 16,
+            thresholds: Thresholds::default(),
+            incumbent_bonus: 0.5,
+            count_slack: 0.25,
+        }
+    }
+}
+
+/// Whether the advertising peer may stand.
+pub fn qualifies(a: &Advert, t: &Thresholds) -> bool {
+    a.reachability.is_public()
+        && a.cpu_cores >= t.min_cpu_cores
+        && a.memory_mib >= t.min_memory_mib
+        && a.bandwidth_kbps >= t.min_bandwidth_kbps
+        && a.uptime_secs >= t.min_uptime_secs
+}
+
+/// How many supernodes `peers` advertising peers call for.
+pub fn target_count(peers: usize, cfg: &ElectionConfig) -> usize {
+    peers
+        .div_ceil(cfg.peers_per_sn.max(1))
+        .clamp(cfg.min_sns, cfg.max_sns.max(cfg.min_sns))
+}
+
+/// A qualified peer's standing: each resource as a multiple of its
+/// threshold, capped at 8 so that one huge figure cannot buy the seat, and
+/// summed on a log scale. Pure arithmetic, the same on every peer.
+pub fn score(a: &Advert, t: &Thresholds) -> f64 {
+    let factor = |value: u64, min: u64| -> f64 {
+        let ratio = value as f64 / min.max(1) as f64;
+        ratio.clamp(1.0, 8.0).ln()
+    };
+    1.0 + factor(a.cpu_cores.into(), t.min_cpu_cores.into())
+        + factor(a.memory_mib, t.min_memory_mib)
+        + factor(a.bandwidth_kbps, t.min_bandwidth_kbps)
+        + factor(a.uptime_secs, t.min_uptime_secs)
+}
+
+/// The supernode set for the adverts seen, at `now` (Unix seconds), sorted
+/// by peer id. Stale adverts count for nothing.
+pub fn elect<'a>(
+    adverts: impl IntoIterator<Item = &'a Advert>,
+    now: u64,
+    cfg: &ElectionConfig,
+) -> Vec<PeerId> {
+    let mut fresh: Vec<&Advert> = adverts
+        .into_iter()
+        .filter(|a| now.saturating_sub(a.issued_at) <= MAX_ADVERT_AGE_SECS)
+        .collect();
+    // One advert per peer: the newest, whatever order they came in (two
+    // with one sequence number cannot both be signed by an honest peer;
+    // the greater one wins).
+    fresh.sort_by(|a, b| {
+        a.peer_id
+            .cmp(&b.peer_id)
+            .then(b.seq.cmp(&a.seq))
+            .then(b.cmp(a))
+    });
+    fresh.dedup_by(|later, first| later.peer_id == first.peer_id);
+
+    let target = target_count(fresh.len(), cfg);
+    let mut ranked: Vec<(f64, &Advert)> = fresh
+        .iter()
+        .filter(|a| qualifies(a, &cfg.thresholds))
+        .map(|a| {
+            let bonus = if a.serving {
+                1.0 + cfg.incumbent_bonus
+            } else {
+                1.0
+            };
+            (score(a, &cfg.thresholds) * bonus, *a)
+        })
+        .collect();
+    let serving = ranked.iter().filter(|(_, a)| a.serving).count();
+    let low = ((target as f64 * (1.0 - cfg.count_slack)).floor() as usize).max(cfg.min_sns);
+    let high = ((target as f64 * (1.0 + cfg.count_slack)).ceil() as usize).min(cfg.max_sns);
+    let count = if (low..=high).contains(&serving) {
+        serving
+    } else {
+        target
+    }
+    .min(ranked.len());
+
+    ranked.sort_by(|(sa, a), (sb, b)| sb.total_cmp(sa).then(a.peer_id.cmp(&b.peer_id)));
+    let mut chosen: Vec<PeerId> = ranked[..count].iter().map(|(_, a)| a.peer_id).collect();
+    chosen.sort();
+    chosen
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::advert::{ADVERT_VERSION, Reachability};
+
+    const NOW: u64 = 1_800_000_000;
+
+    /// A peer id from a small number, so tests can name peers.
+    fn peer(n: u64) -> PeerId {
+        let mut seed = [0u8; 32];
+        seed[..8].copy_from_slice(&n.to_le_bytes());
+        libp2p::identity::Keypair::ed25519_from_bytes(seed)
+            .expect("32-byte seed")
+            .public()
+            .to_peer_id()
+    }
+
+    fn advert(n: u64, cpu: u32, public: bool, serving: bool) -> Advert {
+        Advert {
+            version: ADVERT_VERSION,
+            peer_id: peer(n),
+            seq: 1,
+            issued_at: NOW,
+            reachability: if public {
+                Reachability::AutoNat
+            } else {
+                Reachability::Private
+            },
+            cpu_cores: cpu,
+            memory_mib: 4096,
+            bandwidth_kbps: 50_000,
+            uptime_secs: 3600,
+            load: 0,
+            free_storage: 1 << 30,
+            serving,
+        }
+    }
+
+    /// The adverts again, with exactly the elected peers serving.
+    fn serving_as(adverts: &[Advert], sns: &[PeerId]) -> Vec<Advert> {
+        adverts
+            .iter()
+            .map(|a| Advert {
+                serving: sns.contains(&a.peer_id),
+                ..a.clone()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn unqualified_peers_never_stand() {
+        let cfg = ElectionConfig::default();
+        let adverts = [
+            advert(1, 8, false, false), // private
+            advert(2, 1, true, false),  // too few cores
+            Advert {
+                uptime_secs: 10,
+                ..advert(3, 8, true, false)
+            }, // just started
+            advert(4, 2, true, false),
+        ];
+        assert_eq!(elect(&adverts, NOW, &cfg), vec![peer(4)]);
+        assert!(elect(&adverts[..3], NOW, &cfg).is_empty());
+    }
+
+    #[test]
+    fn one_supernode_per_32_peers_within_bounds() {
+        let cfg = ElectionConfig::default();
+        let adverts: Vec<Advert> = (0..100).map(|n| advert(n, 4, true, false)).collect();
+        assert_eq!(elect(&adverts, NOW, &cfg).len(), 4); // ceil(100 / 32)
+        assert_eq!(elect(&adverts[..32], NOW, &cfg).len(), 1);
+        assert_eq!(elect(&adverts[..33], NOW, &cfg).len(), 2);
+        let few = ElectionConfig {
+            max_sns: 2,
+            ..cfg.clone()
+        };
+        assert_eq!(elect(&adverts, NOW, &few).len(), 2);
+    }
+
+    #[test]
+    fn stale_adverts_count_for_nothing() {
+        let cfg = ElectionConfig::default();
+        let old = Advert {
+            issued_at: NOW - MAX_ADVERT_AGE_SECS - 1,
+            ..advert(1, 64, true, true)
+        };
+        assert_eq!(
+            elect(&[old, advert(2, 2, true, false)], NOW, &cfg),
+            vec![peer(2)]
+        );
+    }
+
+    #[test]
+    fn a_slightly_better_newcomer_does_not_displace_a_serving_supernode() {
+        let cfg = ElectionConfig::default();
+        let incumbent = advert(1, 4, true, true);
+        let newcomer = advert(2, 6, true, false); // more cores, less than 1.5x the score
+        assert!(score(&newcomer, &cfg.thresholds) > score(&incumbent, &cfg.thresholds));
+        assert_eq!(
+            elect(&[incumbent.clone(), newcomer], NOW, &cfg),
+            vec![peer(1)]
+        );
+        // A much stronger one does.
+        let strong = Advert {
+            memory_mib: 64 * 1024,
+            bandwidth_kbps: 1_000_000,
+            uptime_secs: 100_000,
+            ..advert(3, 16, true, false)
+        };
+        assert_eq!(elect(&[incumbent, strong], NOW, &cfg), vec![peer(3)]);
+    }
+
+    #[test]
+    fn the_count_does_not_flap_around_a_boundary() {
+        let cfg = ElectionConfig::default();
+        // 64 peers call for 2 supernodes; 2 serve.
+        let adverts: Vec<Advert> = (0..64).map(|n| advert(n, 4, true, n < 2)).collect();
+        let mut both = vec![peer(0), peer(1)];
+        both.sort();
+        assert_eq!(elect(&adverts, NOW, &cfg), both);
+        // One more peer calls for 3 by the ratio, but 2 is within the slack.
+        let mut more = adverts.clone();
+        more.push(advert(64, 4, true, false));
+        assert_eq!(elect(&more, NOW, &cfg).len(), 2);
+    }
+
+    #[test]
+    fn every_supernode_gone_promotes_qualified_peers() {
+        let cfg = ElectionConfig::default();
+        let adverts: Vec<Advert> = (0..40)
+            .map(|n| advert(n, 2 + (n % 3) as u32, n % 2 == 0, false))
+            .collect();
+        let sns = elect(&adverts, NOW, &cfg);
+        assert_eq!(sns.len(), 2);
+        assert!(sns.iter().all(|p| {
+            adverts
+                .iter()
+                .any(|a| a.peer_id == *p && qualifies(a, &cfg.thresholds))
+        }));
+    }
+
+    fn arb_advert() -> impl Strategy<Value = Advert> {
+        (
+            0u64..60,
+            1u32..12,
+            any::<bool>(),
+            any::<bool>(),
+            1024u64..32768,
+            1_000u64..200_000,
+            0u64..20_000,
+            0u64..200,
+        )
+            .prop_map(|(n, cpu, public, serving, mem, bw, up, age)| Advert {
+                memory_mib: mem,
+                bandwidth_kbps: bw,
+                uptime_secs: up,
+                issued_at: NOW - age,
+                ..advert(n, cpu, public, serving)
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        #[test]
+        fn the_result_does_not_depend_on_advert_order(
+            adverts in proptest::collection::vec(arb_advert(), 0..80),
+            seed in any::<u64>(),
+        ) {
+            let cfg = ElectionConfig::default();
+            let mut shuffled = adverts.clone();
+            let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
+            rand::seq::SliceRandom::shuffle(shuffled.as_mut_slice(), &mut rng);
+            prop_assert_eq!(elect(&adverts, NOW, &cfg), elect(&shuffled, NOW, &cfg));
+        }
+
+        #[test]
+        fn the_count_respects_the_bounds(
+            adverts in proptest::collection::vec(arb_advert(), 0..80),
+            min_sns in 0usize..4,
+            extra in 0usize..6,
+            ratio in 1usize..40,
+        ) {
+            let cfg = ElectionConfig { peers_per_sn: ratio, min_sns, max_sns: min_sns + extra, ..ElectionConfig::default() };
+            let sns = elect(&adverts, NOW, &cfg);
+            let fresh: Vec<&Advert> = {
+                let mut v: Vec<&Advert> = adverts.iter().filter(|a| NOW - a.issued_at <= MAX_ADVERT_AGE_SECS).collect();
+                v.sort_by(|a, b| a.peer_id.cmp(&b.peer_id).then(b.seq.cmp(&a.seq)).then(b.cmp(a)));
+                v.dedup_by(|x, y| x.peer_id == y.peer_id);
+                v
+            };
+            let qualified = fresh.iter().filter(|a| qualifies(a, &cfg.thresholds)).count();
+            prop_assert!(sns.len() <= cfg.max_sns.max(cfg.min_sns));
+            prop_assert!(sns.len() <= qualified);
+            prop_assert!(sns.len() >= cfg.min_sns.min(qualified));
+            // Only qualified, fresh peers are elected, each once.
+            for p in &sns {
+                prop_assert!(fresh.iter().any(|a| a.peer_id == *p && qualifies(a, &cfg.thresholds)));
+            }
+            let mut unique = sns.clone();
+            unique.dedup();
+            prop_assert_eq!(unique.len(), sns.len());
+        }
+
+        #[test]
+        fn an_elected_set_once_serving_elects_itself_again(
+            adverts in proptest::collection::vec(arb_advert(), 0..80),
+        ) {
+            let cfg = ElectionConfig::default();
+            let sns = elect(&adverts, NOW, &cfg);
+            let next = serving_as(&adverts, &sns);
+            prop_assert_eq!(elect(&next, NOW, &cfg), sns);
+        }
+    }
+}
