@@ -44,15 +44,16 @@ struct Queued {
 #[derive(Debug, Clone)]
 pub struct Batcher {
     queue: mpsc::UnboundedSender<Queued>,
+    timeout: Duration,
 }
 
 impl Batcher {
-    /// Starts the task that proposes to `raft`, each proposal waiting at
-    /// most `timeout` for its commit.
+    /// Starts the task that proposes to `raft`. A caller waits at most
+    /// `timeout` in all, queueing included.
     pub fn start(raft: Raft, timeout: Duration) -> Self {
         let (queue, rx) = mpsc::unbounded_channel();
         tokio::spawn(run(raft, rx, timeout));
-        Self { queue }
+        Self { queue, timeout }
     }
 
     /// Proposes `cmd` (`size` bytes encoded) and waits until it is
@@ -63,7 +64,10 @@ impl Batcher {
         self.queue
             .send(Queued { cmd, size, reply })
             .map_err(|_| stopped())?;
-        rx.await.unwrap_or_else(|_| Err(stopped()))
+        match tokio::time::timeout(self.timeout, rx).await {
+            Err(_) => Err(WriteError::Timeout(self.timeout)),
+            Ok(reply) => reply.unwrap_or_else(|_| Err(stopped())),
+        }
     }
 }
 
@@ -80,7 +84,12 @@ async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<Queued>, timeout: Durat
                 Err(_) => break,
             }
         }
-        propose(&raft, batch, timeout).await;
+        // A caller that gave up waiting was told the write may or may not
+        // happen; while it is still queued, it does not.
+        batch.retain(|q| !q.reply.is_closed());
+        if !batch.is_empty() {
+            propose(&raft, batch, timeout).await;
+        }
     }
 }
 
