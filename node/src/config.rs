@@ -38,6 +38,95 @@ pub struct NodeConfig {
     pub max_connections_per_peer: u32,
     /// Most incoming connections in their handshake. Default 64.
     pub max_pending_incoming: u32,
+    /// Supernode adverts and election (`[supernode]`).
+    pub supernode: SupernodeConfig,
+}
+
+/// `[supernode]`: what this peer says about itself in its adverts, and the
+/// election's parameters, which must be the same on every peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SupernodeConfig {
+    /// The operator declares this peer publicly reachable.
+    pub public: bool,
+    /// Upload bandwidth to advertise, kbit/s; 0 (unknown) never qualifies.
+    pub bandwidth_kbps: u64,
+    /// Seconds between adverts.
+    pub advert_interval_secs: u64,
+    /// Advertising peers per supernode.
+    pub peers_per_sn: usize,
+    /// Fewest supernodes, when that many qualify.
+    pub min_sns: usize,
+    /// Most supernodes.
+    pub max_sns: usize,
+    /// Thresholds to stand for election.
+    pub min_cpu_cores: u32,
+    /// MiB.
+    pub min_memory_mib: u64,
+    /// kbit/s.
+    pub min_bandwidth_kbps: u64,
+    /// Seconds.
+    pub min_uptime_secs: u64,
+}
+
+impl Default for SupernodeConfig {
+    fn default() -> Self {
+        let e = crate::election::ElectionConfig::default();
+        Self {
+            public: false,
+            bandwidth_kbps: 0,
+            advert_interval_secs: 20,
+            peers_per_sn: e.peers_per_sn,
+            min_sns: e.min_sns,
+            max_sns: e.max_sns,
+            min_cpu_cores: e.thresholds.min_cpu_cores,
+            min_memory_mib: e.thresholds.min_memory_mib,
+            min_bandwidth_kbps: e.thresholds.min_bandwidth_kbps,
+            min_uptime_secs: e.thresholds.min_uptime_secs,
+        }
+    }
+}
+
+impl SupernodeConfig {
+    /// The election's parameters.
+    pub fn election(&self) -> crate::election::ElectionConfig {
+        crate::election::ElectionConfig {
+            peers_per_sn: self.peers_per_sn,
+            min_sns: self.min_sns,
+            max_sns: self.max_sns,
+            thresholds: crate::election::Thresholds {
+                min_cpu_cores: self.min_cpu_cores,
+                min_memory_mib: self.min_memory_mib,
+                min_bandwidth_kbps: self.min_bandwidth_kbps,
+                min_uptime_secs: self.min_uptime_secs,
+            },
+            ..crate::election::ElectionConfig::default()
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let most = crate::advert::MAX_ADVERT_AGE_SECS / 2;
+        if !(1..=most).contains(&self.advert_interval_secs) {
+            return Err(format!(
+                "supernode.advert_interval_secs = {} must be 1 to {most}, so adverts never go stale between two",
+                self.advert_interval_secs
+            ));
+        }
+        if self.peers_per_sn == 0 || self.max_sns == 0 || self.min_sns > self.max_sns {
+            return Err(format!(
+                "supernode: peers_per_sn = {} and max_sns = {} must be at least 1, and min_sns = {} at most max_sns",
+                self.peers_per_sn, self.max_sns, self.min_sns
+            ));
+        }
+        if self.bandwidth_kbps > crate::advert::limits::BANDWIDTH_KBPS {
+            return Err(format!(
+                "supernode.bandwidth_kbps = {} is above {}",
+                self.bandwidth_kbps,
+                crate::advert::limits::BANDWIDTH_KBPS
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for NodeConfig {
@@ -54,6 +143,7 @@ impl Default for NodeConfig {
             max_connections: 256,
             max_connections_per_peer: 4,
             max_pending_incoming: 64,
+            supernode: SupernodeConfig::default(),
         }
     }
 }
@@ -119,6 +209,7 @@ impl NodeConfig {
         if self.max_connections == 0 || self.max_connections_per_peer == 0 {
             return Err("max_connections and max_connections_per_peer must be at least 1".into());
         }
+        self.supernode.validate()?;
         Ok(())
     }
 

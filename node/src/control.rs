@@ -229,6 +229,14 @@ impl control_server::Control for ControlService {
             stored_bytes: s.stored_bytes,
             quota_bytes: s.quota_bytes,
             username: s.username.unwrap_or_default(),
+            role: if s.supernodes.contains(&s.peer_id) {
+                "supernode"
+            } else {
+                "peer"
+            }
+            .into(),
+            supernodes: s.supernodes.iter().map(ToString::to_string).collect(),
+            advertising_peers: s.advertising_peers as u32,
         }))
     }
 

@@ -9,10 +9,14 @@
 //! Transports: TCP and QUIC, with Noise and Yamux on TCP. Behaviours:
 //! connection limits, identify, ping, Kademlia in server mode on
 //! [`KAD_PROTOCOL`] (our own name, so it never joins another network's
-//! DHT), and the stream behaviour for [`crate::transfer`].
+//! DHT), the stream behaviour for [`crate::transfer`], and gossipsub on
+//! [`ADVERT_TOPIC`]: server peers publish signed supernode adverts
+//! ([`crate::advert`]) and run the election ([`crate::election`]) over the
+//! ones that pass validation.
 
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use libp2p::kad::store::{MemoryStore, RecordStore};
@@ -20,11 +24,14 @@ use libp2p::kad::{self, QueryId, QueryResult, RecordKey};
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
-    Multiaddr, PeerId, StreamProtocol, Swarm, connection_limits, identify, identity, noise, ping,
-    tcp, yamux,
+    Multiaddr, PeerId, StreamProtocol, Swarm, connection_limits, gossipsub, identify, identity,
+    noise, ping, tcp, yamux,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+
+use crate::advert::{ADVERT_VERSION, Advert, AdvertBook, AdvertError, Reachability};
+use crate::election::{self, ElectionConfig};
 
 /// Kademlia protocol name of the vmail overlay.
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/vmail/kad/1.0.0");
@@ -36,6 +43,50 @@ pub const QUERY_TIMEOUT: Duration = Duration::from_secs(20);
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Commands queued for the event loop before senders wait.
 const COMMAND_QUEUE: usize = 64;
+/// Largest gossipsub frame: several adverts and their control messages.
+const GOSSIP_MAX_FRAME: usize = 64 * 1024;
+/// The gossipsub topic of supernode adverts.
+pub const ADVERT_TOPIC: &str = "/vmail/supernode-adverts/1";
+
+/// What a server peer needs to advertise itself and take part in the
+/// supernode election.
+#[derive(Clone)]
+pub struct SupernodeSetup {
+    /// Reachability, cores, memory and bandwidth to advertise.
+    pub reachability: Reachability,
+    /// CPU cores.
+    pub cpu_cores: u32,
+    /// Memory, MiB.
+    pub memory_mib: u64,
+    /// Upload bandwidth, kbit/s.
+    pub bandwidth_kbps: u64,
+    /// Free holder space now, bytes.
+    pub free_storage: Arc<dyn Fn() -> u64 + Send + Sync>,
+    /// The election's parameters.
+    pub election: ElectionConfig,
+    /// Time between adverts.
+    pub interval: Duration,
+}
+
+impl std::fmt::Debug for SupernodeSetup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SupernodeSetup")
+            .field("reachability", &self.reachability)
+            .field("election", &self.election)
+            .finish_non_exhaustive()
+    }
+}
+
+/// This peer's view of the supernode election.
+#[derive(Debug, Clone)]
+pub struct SupernodeView {
+    /// The elected supernodes, sorted.
+    pub supernodes: Vec<PeerId>,
+    /// The adverts held, this peer's own included.
+    pub adverts: Vec<Advert>,
+    /// Adverts refused so far (forged, stale, malformed, out of range).
+    pub rejected: u64,
+}
 
 /// Whether this peer serves the DHT or only uses it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +113,8 @@ pub struct NetworkConfig {
     pub max_pending_incoming: u32,
     /// Server or client.
     pub role: Role,
+    /// Adverts and election; `None` for a one-job client peer.
+    pub supernode: Option<SupernodeSetup>,
 }
 
 /// Why the network could not start or a command failed.
@@ -113,6 +166,9 @@ enum Command {
     ListenAddrs {
         reply: oneshot::Sender<Vec<Multiaddr>>,
     },
+    Supernodes {
+        reply: oneshot::Sender<Option<SupernodeView>>,
+    },
 }
 
 /// A cheap handle on the swarm task.
@@ -144,6 +200,8 @@ struct Behaviour {
     kad: kad::Behaviour<MemoryStore>,
     /// Raw streams for blob transfer.
     streams: libp2p_stream::Behaviour,
+    /// Supernode adverts.
+    gossip: gossipsub::Behaviour,
 }
 
 /// What the event loop waits on for each running query.
@@ -163,6 +221,7 @@ impl Network {
     ) -> Result<(Network, tokio::task::JoinHandle<()>), NetworkError> {
         let build = |e: &dyn std::fmt::Display| NetworkError::Build(e.to_string());
         let local = key.public().to_peer_id();
+        let advert_key = key.clone();
         let role = config.role;
         let limits = connection_limits::ConnectionLimits::default()
             .with_max_established(Some(config.max_connections))
@@ -200,6 +259,18 @@ impl Network {
                     Role::Server => kad::Mode::Server,
                     Role::Client => kad::Mode::Client,
                 }));
+                let gossip_config = gossipsub::ConfigBuilder::default()
+                    .validation_mode(gossipsub::ValidationMode::Strict)
+                    .validate_messages()
+                    // A frame carries several messages and control data
+                    // (IHAVE lists); one advert's size is checked apart.
+                    .max_transmit_size(GOSSIP_MAX_FRAME)
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                let gossip = gossipsub::Behaviour::new(
+                    gossipsub::MessageAuthenticity::Signed(key.clone()),
+                    gossip_config,
+                )?;
                 Ok(Behaviour {
                     limits: connection_limits::Behaviour::new(limits),
                     identify: identify::Behaviour::new(
@@ -209,6 +280,7 @@ impl Network {
                     ping: ping::Behaviour::default(),
                     kad,
                     streams: libp2p_stream::Behaviour::new(),
+                    gossip,
                 })
             })
             .map_err(|e| build(&e))?
@@ -238,12 +310,35 @@ impl Network {
             let _ = swarm.behaviour_mut().kad.bootstrap();
         }
         let streams = swarm.behaviour().streams.new_control();
+        let elections = match &config.supernode {
+            Some(setup) => {
+                let topic = gossipsub::IdentTopic::new(ADVERT_TOPIC);
+                swarm
+                    .behaviour_mut()
+                    .gossip
+                    .subscribe(&topic)
+                    .map_err(|e| build(&e))?;
+                Some(Elections {
+                    setup: setup.clone(),
+                    key: advert_key,
+                    topic,
+                    book: AdvertBook::default(),
+                    // Milliseconds: still growing after a restart.
+                    seq: unix_now_millis(),
+                    started: Instant::now(),
+                    supernodes: Vec::new(),
+                    rejected: 0,
+                })
+            }
+            None => None,
+        };
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         let event_loop = EventLoop {
             swarm,
             commands: rx,
             pending: HashMap::new(),
             listen_addrs: Vec::new(),
+            elections,
         };
         let task = tokio::spawn(event_loop.run(shutdown));
         Ok((
@@ -314,6 +409,64 @@ impl Network {
     pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, NetworkError> {
         self.ask(|reply| Command::ListenAddrs { reply }).await
     }
+
+    /// The supernode election as this peer sees it; `None` on a one-job
+    /// client peer, which takes no part.
+    pub async fn supernodes(&self) -> Result<Option<SupernodeView>, NetworkError> {
+        self.ask(|reply| Command::Supernodes { reply }).await
+    }
+}
+
+fn unix_now() -> u64 {
+    vmail_proto::unix_now()
+}
+
+fn unix_now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The advert and election state of a server peer.
+struct Elections {
+    setup: SupernodeSetup,
+    key: identity::Keypair,
+    topic: gossipsub::IdentTopic,
+    book: AdvertBook,
+    seq: u64,
+    started: Instant,
+    supernodes: Vec<PeerId>,
+    rejected: u64,
+}
+
+impl Elections {
+    /// This peer's advert as of `now`.
+    fn own_advert(&mut self, local: PeerId, now: u64) -> Advert {
+        self.seq += 1;
+        Advert {
+            version: ADVERT_VERSION,
+            peer_id: local,
+            seq: self.seq,
+            issued_at: now,
+            reachability: self.setup.reachability,
+            cpu_cores: self.setup.cpu_cores,
+            memory_mib: self.setup.memory_mib,
+            bandwidth_kbps: self.setup.bandwidth_kbps,
+            uptime_secs: self.started.elapsed().as_secs().min(now),
+            load: 0,
+            free_storage: (self.setup.free_storage)().min(crate::advert::limits::FREE_STORAGE),
+            serving: self.supernodes.contains(&local),
+        }
+    }
+
+    fn elect(&mut self, now: u64) {
+        self.book.expire(now);
+        let elected = election::elect(self.book.adverts(), now, &self.setup.election);
+        if elected != self.supernodes {
+            tracing::info!(supernodes = ?elected, "supernode set changed");
+            self.supernodes = elected;
+        }
+    }
 }
 
 struct EventLoop {
@@ -321,13 +474,21 @@ struct EventLoop {
     commands: mpsc::Receiver<Command>,
     pending: HashMap<QueryId, PendingQuery>,
     listen_addrs: Vec<Multiaddr>,
+    elections: Option<Elections>,
 }
 
 impl EventLoop {
     async fn run(mut self, shutdown: CancellationToken) {
+        let period = self
+            .elections
+            .as_ref()
+            .map_or(Duration::from_secs(3600), |e| e.setup.interval);
+        let mut adverts = tokio::time::interval(period);
+        adverts.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
+                _ = adverts.tick(), if self.elections.is_some() => self.advertise(),
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 command = self.commands.recv() => match command {
                     Some(c) => self.on_command(c),
@@ -368,7 +529,69 @@ impl EventLoop {
             Command::ListenAddrs { reply } => {
                 let _ = reply.send(self.listen_addrs.clone());
             }
+            Command::Supernodes { reply } => {
+                let _ = reply.send(self.elections.as_ref().map(|e| SupernodeView {
+                    supernodes: e.supernodes.clone(),
+                    adverts: e.book.adverts().cloned().collect(),
+                    rejected: e.rejected,
+                }));
+            }
         }
+    }
+
+    /// Publishes this peer's advert, keeps it in its own book, and runs
+    /// the election.
+    fn advertise(&mut self) {
+        let local = *self.swarm.local_peer_id();
+        let Some(e) = self.elections.as_mut() else {
+            return;
+        };
+        let now = unix_now();
+        let bytes = e.own_advert(local, now).sign(&e.key);
+        if let Err(err) = e.book.accept(&bytes, now) {
+            tracing::error!("own advert refused: {err}");
+        }
+        e.elect(now);
+        let topic = e.topic.clone();
+        if let Err(err) = self.swarm.behaviour_mut().gossip.publish(topic, bytes) {
+            // No subscribed peer yet, most often: the next tick retries.
+            tracing::debug!("advert not published: {err}");
+        }
+    }
+
+    /// Checks an advert heard on the topic, tells gossipsub whether to pass
+    /// it on (a refused one also costs its sender score), and re-elects.
+    fn on_advert(&mut self, from: PeerId, id: gossipsub::MessageId, message: gossipsub::Message) {
+        let Some(e) = self.elections.as_mut() else {
+            return;
+        };
+        let now = unix_now();
+        let verdict = match Advert::verify(&message.data, now) {
+            // Only the advertiser may publish its advert.
+            Ok(a) if message.source != Some(a.peer_id) => Err(format!(
+                "advert for {} published by {:?}",
+                a.peer_id, message.source
+            )),
+            Ok(_) => match e.book.accept(&message.data, now) {
+                Ok(_) => Ok(gossipsub::MessageAcceptance::Accept),
+                // Heard again by another route: not the sender's fault.
+                Err(AdvertError::Replay { .. }) => Ok(gossipsub::MessageAcceptance::Ignore),
+                Err(err) => Err(err.to_string()),
+            },
+            Err(err) => Err(err.to_string()),
+        };
+        let acceptance = verdict.unwrap_or_else(|why| {
+            e.rejected += 1;
+            tracing::debug!(%from, "advert refused: {why}");
+            gossipsub::MessageAcceptance::Reject
+        });
+        if acceptance == gossipsub::MessageAcceptance::Accept {
+            e.elect(now);
+        }
+        self.swarm
+            .behaviour_mut()
+            .gossip
+            .report_message_validation_result(&id, &from, acceptance);
     }
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
@@ -394,6 +617,11 @@ impl EventLoop {
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => self.on_kad_event(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Gossip(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            })) => self.on_advert(propagation_source, message_id, message),
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 tracing::debug!(?peer_id, "outgoing connection failed: {error}");
             }

@@ -27,13 +27,14 @@ use tokio_util::sync::CancellationToken;
 use vmail_proto::names::{NameError, Recipients};
 use vmail_proto::{random_bytes, unix_now};
 
+use crate::advert::Reachability;
 use crate::client::{
     AuthClient, AuthTarget, ClientError, LoginSession, NewDeposit, Pending, VoicemailMeta,
 };
 use crate::config::NodeConfig;
 use crate::crypto::{self, DecryptError};
 use crate::locator::{LOCATOR_VERSION, Locator, LocatorError, ObjectId};
-use crate::network::{Network, NetworkConfig, NetworkError, Role};
+use crate::network::{Network, NetworkConfig, NetworkError, Role, SupernodeSetup, SupernodeView};
 use crate::placement;
 use crate::storage::{ObjectMeta, Store, StoreError};
 use crate::transfer::{self, BlobClient, TransferError};
@@ -182,6 +183,10 @@ pub struct Status {
     pub quota_bytes: u64,
     /// The logged-in user, if any.
     pub username: Option<String>,
+    /// The elected supernodes as this peer sees them.
+    pub supernodes: Vec<PeerId>,
+    /// Peers whose current adverts it holds, itself included.
+    pub advertising_peers: usize,
 }
 
 /// Why a peer operation failed. Every message says what to do next.
@@ -349,6 +354,24 @@ impl Peer {
             Role::Client => None,
         };
         let shutdown = CancellationToken::new();
+        let supernode = store.as_ref().map(|store| {
+            let sn = &opts.config.supernode;
+            let store = store.clone();
+            SupernodeSetup {
+                reachability: if sn.public {
+                    Reachability::Configured
+                } else {
+                    Reachability::Private
+                },
+                cpu_cores: std::thread::available_parallelism()
+                    .map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX)),
+                memory_mib: total_memory_mib(),
+                bandwidth_kbps: sn.bandwidth_kbps,
+                free_storage: Arc::new(move || store.quota().saturating_sub(store.usage().1)),
+                election: sn.election(),
+                interval: Duration::from_secs(sn.advert_interval_secs),
+            }
+        });
         let net_config = NetworkConfig {
             listen: opts.config.listen.clone(),
             bootstrap: opts.config.bootstrap.clone(),
@@ -356,6 +379,7 @@ impl Peer {
             max_connections_per_peer: opts.config.max_connections_per_peer,
             max_pending_incoming: opts.config.max_pending_incoming,
             role: opts.role,
+            supernode,
         };
         let (network, net_task) = Network::start(key, &net_config, shutdown.clone())?;
         let mut tasks = vec![net_task];
@@ -409,6 +433,12 @@ impl Peer {
         }
     }
 
+    /// The supernode election as this peer sees it (`None` on a one-job
+    /// client peer).
+    pub async fn supernodes(&self) -> Result<Option<SupernodeView>, PeerError> {
+        Ok(self.network.supernodes().await?)
+    }
+
     /// Waits until the routing table holds at least `n` peers.
     pub async fn wait_for_peers(&self, n: usize, timeout: Duration) -> Result<usize, PeerError> {
         let deadline = Instant::now() + timeout;
@@ -443,7 +473,13 @@ impl Peer {
     /// What this peer reports about itself.
     pub async fn status(&self) -> Result<Status, PeerError> {
         let (objects, stored_bytes) = self.store.as_ref().map_or((0, 0), Store::usage);
+        let view = self.network.supernodes().await?;
         Ok(Status {
+            supernodes: view
+                .as_ref()
+                .map(|v| v.supernodes.clone())
+                .unwrap_or_default(),
+            advertising_peers: view.map_or(0, |v| v.adverts.len()),
             peer_id: self.peer_id(),
             listen_addrs: self.network.listen_addrs().await?,
             routing_peers: self.network.routing_peers().await?.len(),
@@ -877,6 +913,19 @@ impl Peer {
 
 /// The holder's background duties: announce held objects after a start,
 /// then drop expired ones periodically.
+/// This machine's memory, MiB, from `/proc/meminfo`; 0 if it cannot tell,
+/// which never qualifies.
+fn total_memory_mib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib / 1024)
+}
+
 async fn maintain(network: Network, store: Store, shutdown: CancellationToken) {
     for (id, _) in store.list() {
         if shutdown.is_cancelled() {

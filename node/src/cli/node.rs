@@ -220,6 +220,15 @@ pub(super) async fn status(ctx: &Context, data_dir: Option<PathBuf>) -> anyhow::
         println!("listening      {a}");
     }
     println!("routing table  {} peers", s.routing_peers);
+    println!("role           {}", s.role);
+    println!(
+        "supernodes     {} elected from {} advertising peers",
+        s.supernodes.len(),
+        s.advertising_peers
+    );
+    for sn in &s.supernodes {
+        println!("  supernode    {sn}");
+    }
     println!(
         "holding        {} objects, {} of {} bytes",
         s.objects, s.stored_bytes, s.quota_bytes
