@@ -856,19 +856,7 @@ impl AuthService {
 
     /// Resolves a bearer token to a live session.
     pub async fn authenticate(&self, token: &[u8]) -> Result<Session, AuthError> {
-        if token.is_empty() {
-            return Err(AuthError::NoToken);
-        }
-        let hash = token_hash(token);
-        self.linearize().await?;
-        let session = self
-            .db(move |s| s.session(&hash))
-            .await?
-            .ok_or(AuthError::BadToken)?;
-        if self.now() >= session.expires_at {
-            return Err(AuthError::SessionExpired(session.expires_at));
-        }
-        Ok(session)
+        self.resolve_token(token, true).await
     }
 
     /// Resolves a bearer token for a deposit, which then writes through the
@@ -877,18 +865,32 @@ impl AuthService {
     /// hash and applies only while that session is live, in log order. A
     /// miss may be state not yet applied, so it falls back to a current read.
     pub async fn authenticate_for_write(&self, token: &[u8]) -> Result<Session, AuthError> {
+        if self.is_leader()
+            && let Ok(session) = self.resolve_token(token, false).await
+        {
+            return Ok(session);
+        }
+        self.authenticate(token).await
+    }
+
+    /// The live session of `token`, from state that is current (a
+    /// linearizable read first) or this server's own.
+    async fn resolve_token(&self, token: &[u8], current: bool) -> Result<Session, AuthError> {
         if token.is_empty() {
             return Err(AuthError::NoToken);
         }
-        if self.is_leader() {
-            let hash = token_hash(token);
-            if let Some(session) = self.db(move |s| s.session(&hash)).await?
-                && self.now() < session.expires_at
-            {
-                return Ok(session);
-            }
+        let hash = token_hash(token);
+        if current {
+            self.linearize().await?;
         }
-        self.authenticate(token).await
+        let session = self
+            .db(move |s| s.session(&hash))
+            .await?
+            .ok_or(AuthError::BadToken)?;
+        if self.now() >= session.expires_at {
+            return Err(AuthError::SessionExpired(session.expires_at));
+        }
+        Ok(session)
     }
 
     /// Revokes a session: its token and its master key are deleted.

@@ -266,7 +266,12 @@ impl AdvertBook {
     /// than the one held for its peer. A replayed or older sequence number
     /// is refused, so an old advert cannot bring back a stale claim.
     pub fn accept(&mut self, bytes: &[u8], now: u64) -> Result<&Advert, AdvertError> {
-        let advert = Advert::verify(bytes, now)?;
+        self.insert(Advert::verify(bytes, now)?)
+    }
+
+    /// Keeps an advert that already passed [`Advert::verify`] (or this
+    /// peer's own) if it is newer than the one held for its peer.
+    pub fn insert(&mut self, advert: Advert) -> Result<&Advert, AdvertError> {
         if let Some(held) = self.adverts.get(&advert.peer_id)
             && advert.seq <= held.seq
         {

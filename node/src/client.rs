@@ -191,6 +191,21 @@ pub struct NewDeposit {
     pub meta: VoicemailMeta,
 }
 
+impl NewDeposit {
+    /// The session key wrapped under `master_key` and bound to this
+    /// deposit's request id, recipients and locator (docs/PROTOCOL.md §3.2).
+    pub fn wrap_key(&self, master_key: &MasterKey) -> Vec<u8> {
+        master_key.wrap_deposit(
+            &self.session_key,
+            &DepositContext {
+                request_id: &self.request_id,
+                recipients: &self.recipients,
+                locator: &self.locator,
+            },
+        )
+    }
+}
+
 /// The server's receipt for a deposit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DepositReceipt {
@@ -614,14 +629,7 @@ impl AuthClient {
         master_key: &MasterKey,
         d: &NewDeposit,
     ) -> Result<DepositReceipt, ClientError> {
-        let wrapped_key = master_key.wrap_deposit(
-            &d.session_key,
-            &DepositContext {
-                request_id: &d.request_id,
-                recipients: &d.recipients,
-                locator: &d.locator,
-            },
-        );
+        let wrapped_key = d.wrap_key(master_key);
         let req = pb::DepositRequest {
             request_id: d.request_id.to_vec(),
             recipients: d.recipients.to_strings(),

@@ -102,20 +102,14 @@ pub fn score(a: &Advert, t: &Thresholds) -> f64 {
         + factor(a.uptime_secs, t.min_uptime_secs)
 }
 
-/// The supernode set for the adverts seen, at `now` (Unix seconds), sorted
-/// by peer id. Stale adverts count for nothing.
-pub fn elect<'a>(
-    adverts: impl IntoIterator<Item = &'a Advert>,
-    now: u64,
-    cfg: &ElectionConfig,
-) -> Vec<PeerId> {
+/// The adverts that count at `now` (Unix seconds): fresh ones only, the
+/// newest per peer whatever order they came in (two with one sequence
+/// number cannot both be signed by an honest peer; the greater one wins).
+pub fn current<'a>(adverts: impl IntoIterator<Item = &'a Advert>, now: u64) -> Vec<&'a Advert> {
     let mut fresh: Vec<&Advert> = adverts
         .into_iter()
         .filter(|a| now.saturating_sub(a.issued_at) <= MAX_ADVERT_AGE_SECS)
         .collect();
-    // One advert per peer: the newest, whatever order they came in (two
-    // with one sequence number cannot both be signed by an honest peer;
-    // the greater one wins).
     fresh.sort_by(|a, b| {
         a.peer_id
             .cmp(&b.peer_id)
@@ -123,7 +117,17 @@ pub fn elect<'a>(
             .then(b.cmp(a))
     });
     fresh.dedup_by(|later, first| later.peer_id == first.peer_id);
+    fresh
+}
 
+/// The supernode set for the adverts seen, at `now` (Unix seconds), sorted
+/// by peer id. Stale adverts count for nothing.
+pub fn elect<'a>(
+    adverts: impl IntoIterator<Item = &'a Advert>,
+    now: u64,
+    cfg: &ElectionConfig,
+) -> Vec<PeerId> {
+    let fresh = current(adverts, now);
     let target = target_count(fresh.len(), cfg);
     let mut ranked: Vec<(f64, &Advert)> = fresh
         .iter()
@@ -340,12 +344,7 @@ mod tests {
         ) {
             let cfg = ElectionConfig { peers_per_sn: ratio, min_sns, max_sns: min_sns + extra, ..ElectionConfig::default() };
             let sns = elect(&adverts, NOW, &cfg);
-            let fresh: Vec<&Advert> = {
-                let mut v: Vec<&Advert> = adverts.iter().filter(|a| NOW - a.issued_at <= MAX_ADVERT_AGE_SECS).collect();
-                v.sort_by(|a, b| a.peer_id.cmp(&b.peer_id).then(b.seq.cmp(&a.seq)).then(b.cmp(a)));
-                v.dedup_by(|x, y| x.peer_id == y.peer_id);
-                v
-            };
+            let fresh = current(&adverts, NOW);
             let qualified = fresh.iter().filter(|a| qualifies(a, &cfg.thresholds)).count();
             prop_assert!(sns.len() <= cfg.max_sns.max(cfg.min_sns));
             prop_assert!(sns.len() <= qualified);

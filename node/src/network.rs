@@ -417,10 +417,6 @@ impl Network {
     }
 }
 
-fn unix_now() -> u64 {
-    vmail_proto::unix_now()
-}
-
 fn unix_now_millis() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -546,11 +542,11 @@ impl EventLoop {
         let Some(e) = self.elections.as_mut() else {
             return;
         };
-        let now = unix_now();
-        let bytes = e.own_advert(local, now).sign(&e.key);
-        if let Err(err) = e.book.accept(&bytes, now) {
-            tracing::error!("own advert refused: {err}");
-        }
+        let now = vmail_proto::unix_now();
+        let own = e.own_advert(local, now);
+        let bytes = own.sign(&e.key);
+        // Its own advert is newer than any it held: seq only grows.
+        let _ = e.book.insert(own);
         e.elect(now);
         let topic = e.topic.clone();
         if let Err(err) = self.swarm.behaviour_mut().gossip.publish(topic, bytes) {
@@ -565,14 +561,14 @@ impl EventLoop {
         let Some(e) = self.elections.as_mut() else {
             return;
         };
-        let now = unix_now();
+        let now = vmail_proto::unix_now();
         let verdict = match Advert::verify(&message.data, now) {
             // Only the advertiser may publish its advert.
             Ok(a) if message.source != Some(a.peer_id) => Err(format!(
                 "advert for {} published by {:?}",
                 a.peer_id, message.source
             )),
-            Ok(_) => match e.book.accept(&message.data, now) {
+            Ok(a) => match e.book.insert(a) {
                 Ok(_) => Ok(gossipsub::MessageAcceptance::Accept),
                 // Heard again by another route: not the sender's fault.
                 Err(AdvertError::Replay { .. }) => Ok(gossipsub::MessageAcceptance::Ignore),

@@ -21,7 +21,7 @@ use prost::Message as _;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use vmail_node::client::{AuthClient, NewDeposit, VoicemailMeta};
 use vmail_node::locator::{LOCATOR_VERSION, Locator};
-use vmail_proto::keys::{DepositContext, MasterKey, SecretKey};
+use vmail_proto::keys::{MasterKey, SecretKey};
 use vmail_proto::names::Recipients;
 use vmail_tests::{TestCluster, identity, password};
 
@@ -64,14 +64,7 @@ fn deposit(to: &str) -> NewDeposit {
 /// The bytes a deposit puts on the wire: etcd stores a value this size.
 fn deposit_wire_bytes(mk: &MasterKey) -> Vec<u8> {
     let d = deposit("alice");
-    let wrapped_key = mk.wrap_deposit(
-        &d.session_key,
-        &DepositContext {
-            request_id: &d.request_id,
-            recipients: &d.recipients,
-            locator: &d.locator,
-        },
-    );
+    let wrapped_key = d.wrap_key(mk);
     vmail_proto::pb::DepositRequest {
         request_id: d.request_id.to_vec(),
         recipients: d.recipients.to_strings(),

@@ -434,18 +434,21 @@ impl TestCluster {
             .expect("voters");
     }
 
-    /// Waits until every running, connected server has applied the leader's
-    /// last log index.
-    pub async fn wait_applied(&self) {
-        let leader = self.leader().await;
-        let target = self
-            .server(leader)
+    /// The last index in server `i`'s Raft log.
+    pub fn last_log_index(&self, i: usize) -> u64 {
+        self.server(i)
             .service
             .raft()
             .metrics()
             .borrow()
             .last_log_index
-            .unwrap_or(0);
+            .unwrap_or(0)
+    }
+
+    /// Waits until every running, connected server has applied the leader's
+    /// last log index.
+    pub async fn wait_applied(&self) {
+        let target = self.last_log_index(self.leader().await);
         for i in self.running() {
             if self.server(i).service.isolation().is_set() {
                 continue;

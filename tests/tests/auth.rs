@@ -339,14 +339,7 @@ async fn deposit_refusals_change_nothing() {
     // A tampered request: recipients changed after wrapping.
     let mut raw = pb::auth_client::AuthClient::new(auth.channel().await);
     let d = deposit_for(&["alice"], b"loc");
-    let wrapped = bob_s.master_key.wrap_deposit(
-        &d.session_key,
-        &vmail_proto::keys::DepositContext {
-            request_id: &d.request_id,
-            recipients: &d.recipients,
-            locator: &d.locator,
-        },
-    );
+    let wrapped = d.wrap_key(&bob_s.master_key);
     let mut req = tonic::Request::new(pb::DepositRequest {
         request_id: d.request_id.to_vec(),
         recipients: vec!["alice".into(), "bob".into()],

@@ -94,14 +94,7 @@ async fn a_deposit_ordered_after_its_senders_logout_is_refused_when_it_applies()
     svc.logout(&session).await.unwrap();
 
     let d = deposit_for(&["alice"], b"after logout");
-    let wrapped_key = login.master_key.wrap_deposit(
-        &d.session_key,
-        &vmail_proto::keys::DepositContext {
-            request_id: &d.request_id,
-            recipients: &d.recipients,
-            locator: &d.locator,
-        },
-    );
+    let wrapped_key = d.wrap_key(&login.master_key);
     let late = svc
         .deposit(
             &session,
@@ -146,17 +139,7 @@ async fn concurrent_writes_share_log_entries_and_each_caller_gets_its_own_reply(
     for i in 0..N {
         senders.push(login_on(&cluster, &[leader], &format!("sender{i}")).await);
     }
-    let log_index = || {
-        cluster
-            .server(leader)
-            .service
-            .raft()
-            .metrics()
-            .borrow()
-            .last_log_index
-            .unwrap_or(0)
-    };
-    let before = log_index();
+    let before = cluster.last_log_index(leader);
     let start = Arc::new(tokio::sync::Barrier::new(N));
     let mut tasks = Vec::new();
     for (i, (mut c, mk)) in senders.into_iter().enumerate() {
@@ -179,7 +162,7 @@ async fn concurrent_writes_share_log_entries_and_each_caller_gets_its_own_reply(
             (_, other) => panic!("deposit {i}: {other:?}"),
         }
     }
-    let entries = log_index() - before;
+    let entries = cluster.last_log_index(leader) - before;
     assert!(
         entries < N as u64,
         "{N} concurrent writes took {entries} log entries"

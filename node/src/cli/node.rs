@@ -189,14 +189,7 @@ pub(super) async fn run(
         Err(e) => println!("  no session yet ({e})"),
     }
     println!("  control socket {}", socket.display());
-    let signal = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-    };
+    let signal = async { super::stop_signal().await.expect("SIGTERM handler") };
     control::serve(peer.clone(), &socket, signal).await?;
     println!("leaving: handing held voicemail to the next-closest peers");
     let (moved, kept) = peer.hand_off().await;

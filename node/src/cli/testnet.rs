@@ -375,11 +375,7 @@ async fn serve_started(
     );
     write_atomic(&dir.join(ENV_FILE), &env)?;
     println!("testnet ready:\n{env}");
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
+    super::stop_signal().await?;
     println!("stopping");
     for p in peers {
         p.stop().await;
@@ -429,11 +425,7 @@ async fn auth_serve(name: &str, dir: &Path) -> anyhow::Result<()> {
     }
     write_atomic(&files.file("ready"), &server.endpoint)?;
     println!("{name} serving at {}", server.endpoint);
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
+    super::stop_signal().await?;
     let _ = std::fs::remove_file(files.file("ready"));
     server.stop().await?;
     let _ = std::fs::remove_file(files.file("pid"));
