@@ -298,6 +298,11 @@ impl AdvertBook {
         self.adverts.remove(peer);
     }
 
+    /// The advert held for `peer`.
+    pub fn get(&self, peer: &PeerId) -> Option<&Advert> {
+        self.adverts.get(peer)
+    }
+
     /// The adverts held, in no particular order.
     pub fn adverts(&self) -> impl Iterator<Item = &Advert> {
         self.adverts.values()

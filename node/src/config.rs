@@ -42,13 +42,15 @@ pub struct NodeConfig {
     pub supernode: SupernodeConfig,
 }
 
-/// `[supernode]`: what this peer says about itself in its adverts, and the
-/// election's parameters, which must be the same on every peer.
+/// `[supernode]`: what this peer says about itself in its adverts, the
+/// election's parameters (which must be the same on every peer), and how it
+/// attaches to a supernode and serves as one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SupernodeConfig {
-    /// The operator declares this peer publicly reachable.
-    pub public: bool,
+    /// `true`: the operator declares this peer publicly reachable; `false`:
+    /// never stand; unset: as AutoNAT finds.
+    pub public: Option<bool>,
     /// Upload bandwidth to advertise, kbit/s; 0 (unknown) never qualifies.
     pub bandwidth_kbps: u64,
     /// Seconds between adverts.
@@ -67,13 +69,21 @@ pub struct SupernodeConfig {
     pub min_bandwidth_kbps: u64,
     /// Seconds.
     pub min_uptime_secs: u64,
+    /// Milliseconds between heartbeats to this peer's supernode.
+    pub heartbeat_ms: u64,
+    /// Most peers attached while this peer serves.
+    pub max_attached: usize,
+    /// Relay reservations granted while this peer serves; 0 refuses all.
+    pub relay_slots: usize,
+    /// Try DCUtR hole punching on relayed connections.
+    pub hole_punching: bool,
 }
 
 impl Default for SupernodeConfig {
     fn default() -> Self {
         let e = crate::election::ElectionConfig::default();
         Self {
-            public: false,
+            public: None,
             bandwidth_kbps: 0,
             advert_interval_secs: 20,
             peers_per_sn: e.peers_per_sn,
@@ -83,6 +93,10 @@ impl Default for SupernodeConfig {
             min_memory_mib: e.thresholds.min_memory_mib,
             min_bandwidth_kbps: e.thresholds.min_bandwidth_kbps,
             min_uptime_secs: e.thresholds.min_uptime_secs,
+            heartbeat_ms: 1000,
+            max_attached: 128,
+            relay_slots: 128,
+            hole_punching: true,
         }
     }
 }
@@ -100,8 +114,16 @@ impl SupernodeConfig {
                 min_bandwidth_kbps: self.min_bandwidth_kbps,
                 min_uptime_secs: self.min_uptime_secs,
             },
+            // Four missed adverts: a dead supernode is replaced soon after.
+            max_advert_age_secs: (4 * self.advert_interval_secs + 2)
+                .min(crate::advert::MAX_ADVERT_AGE_SECS),
             ..crate::election::ElectionConfig::default()
         }
+    }
+
+    /// Time between heartbeats.
+    pub fn heartbeat(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.heartbeat_ms)
     }
 
     fn validate(&self) -> Result<(), String> {
@@ -116,6 +138,12 @@ impl SupernodeConfig {
             return Err(format!(
                 "supernode: peers_per_sn = {} and max_sns = {} must be at least 1, and min_sns = {} at most max_sns",
                 self.peers_per_sn, self.max_sns, self.min_sns
+            ));
+        }
+        if !(100..=10_000).contains(&self.heartbeat_ms) || self.max_attached == 0 {
+            return Err(format!(
+                "supernode: heartbeat_ms = {} must be 100 to 10000, and max_attached = {} at least 1",
+                self.heartbeat_ms, self.max_attached
             ));
         }
         if self.bandwidth_kbps > crate::advert::limits::BANDWIDTH_KBPS {

@@ -229,14 +229,38 @@ impl control_server::Control for ControlService {
             stored_bytes: s.stored_bytes,
             quota_bytes: s.quota_bytes,
             username: s.username.unwrap_or_default(),
-            role: if s.supernodes.contains(&s.peer_id) {
-                "supernode"
-            } else {
-                "peer"
+            role: match &s.election {
+                Some(e) if e.supernodes.contains(&s.peer_id) => "supernode",
+                Some(_) => "peer",
+                None => "client",
             }
             .into(),
-            supernodes: s.supernodes.iter().map(ToString::to_string).collect(),
-            advertising_peers: s.advertising_peers as u32,
+            supernodes: strings(s.election.iter().flat_map(|e| &e.supernodes)),
+            advertising_peers: s.election.as_ref().map_or(0, |e| e.adverts.len() as u32),
+            attached_to: s
+                .election
+                .as_ref()
+                .and_then(|e| e.attached_to)
+                .map(|p| p.to_string())
+                .unwrap_or_default(),
+            attached_peers: strings(s.election.iter().flat_map(|e| &e.attached_peers)),
+            relay_addr: s
+                .election
+                .as_ref()
+                .and_then(|e| e.relay_addr.as_ref())
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            reachability: s
+                .election
+                .as_ref()
+                .map(|e| format!("{:?}", e.reachability))
+                .unwrap_or_default(),
+            undialable: strings(s.election.iter().flat_map(|e| &e.undialable)),
+            last_reattach_ms: s
+                .election
+                .as_ref()
+                .and_then(|e| e.last_reattach)
+                .map_or(0, |d| d.as_millis() as u64),
         }))
     }
 
@@ -501,4 +525,8 @@ impl ControlClient {
             .into_inner()
             .key_erased)
     }
+}
+
+fn strings<T: ToString>(items: impl IntoIterator<Item = T>) -> Vec<String> {
+    items.into_iter().map(|i| i.to_string()).collect()
 }

@@ -57,6 +57,9 @@ pub struct ElectionConfig {
     pub incumbent_bonus: f64,
     /// The serving count is kept while within this fraction of the target.
     pub count_slack: f64,
+    /// An advert older than this counts for nothing, seconds. A few advert
+    /// periods: a supernode that dies is replaced once this passes.
+    pub max_advert_age_secs: u64,
 }
 
 impl Default for ElectionConfig {
@@ -68,6 +71,7 @@ impl Default for ElectionConfig {
             thresholds: Thresholds::default(),
             incumbent_bonus: 0.5,
             count_slack: 0.25,
+            max_advert_age_secs: MAX_ADVERT_AGE_SECS,
         }
     }
 }
@@ -102,13 +106,18 @@ pub fn score(a: &Advert, t: &Thresholds) -> f64 {
         + factor(a.uptime_secs, t.min_uptime_secs)
 }
 
-/// The adverts that count at `now` (Unix seconds): fresh ones only, the
-/// newest per peer whatever order they came in (two with one sequence
-/// number cannot both be signed by an honest peer; the greater one wins).
-pub fn current<'a>(adverts: impl IntoIterator<Item = &'a Advert>, now: u64) -> Vec<&'a Advert> {
+/// The adverts that count at `now` (Unix seconds): ones at most `max_age`
+/// seconds old, the newest per peer whatever order they came in (two with
+/// one sequence number cannot both be signed by an honest peer; the greater
+/// one wins).
+pub fn current<'a>(
+    adverts: impl IntoIterator<Item = &'a Advert>,
+    now: u64,
+    max_age: u64,
+) -> Vec<&'a Advert> {
     let mut fresh: Vec<&Advert> = adverts
         .into_iter()
-        .filter(|a| now.saturating_sub(a.issued_at) <= MAX_ADVERT_AGE_SECS)
+        .filter(|a| now.saturating_sub(a.issued_at) <= max_age)
         .collect();
     fresh.sort_by(|a, b| {
         a.peer_id
@@ -127,7 +136,7 @@ pub fn elect<'a>(
     now: u64,
     cfg: &ElectionConfig,
 ) -> Vec<PeerId> {
-    let fresh = current(adverts, now);
+    let fresh = current(adverts, now, cfg.max_advert_age_secs);
     let target = target_count(fresh.len(), cfg);
     let mut ranked: Vec<(f64, &Advert)> = fresh
         .iter()
@@ -252,6 +261,24 @@ mod tests {
     }
 
     #[test]
+    fn a_silent_supernode_is_replaced_once_its_advert_ages_past_the_window() {
+        let cfg = ElectionConfig {
+            max_advert_age_secs: 6,
+            ..ElectionConfig::default()
+        };
+        let dead = Advert {
+            issued_at: NOW - 7,
+            ..advert(1, 64, true, true)
+        };
+        let alive = advert(2, 2, true, false);
+        assert_eq!(
+            elect(&[dead.clone(), alive.clone()], NOW - 1, &cfg),
+            vec![peer(1)]
+        );
+        assert_eq!(elect(&[dead, alive], NOW, &cfg), vec![peer(2)]);
+    }
+
+    #[test]
     fn a_slightly_better_newcomer_does_not_displace_a_serving_supernode() {
         let cfg = ElectionConfig::default();
         let incumbent = advert(1, 4, true, true);
@@ -344,7 +371,7 @@ mod tests {
         ) {
             let cfg = ElectionConfig { peers_per_sn: ratio, min_sns, max_sns: min_sns + extra, ..ElectionConfig::default() };
             let sns = elect(&adverts, NOW, &cfg);
-            let fresh = current(&adverts, NOW);
+            let fresh = current(&adverts, NOW, cfg.max_advert_age_secs);
             let qualified = fresh.iter().filter(|a| qualifies(a, &cfg.thresholds)).count();
             prop_assert!(sns.len() <= cfg.max_sns.max(cfg.min_sns));
             prop_assert!(sns.len() <= qualified);

@@ -33,5 +33,6 @@ pub mod peer;
 pub mod placement;
 pub mod settings;
 pub mod storage;
+pub mod supernode;
 pub mod transfer;
 pub mod wav;

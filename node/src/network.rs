@@ -6,32 +6,40 @@
 //! through the loop: they run on libp2p streams opened with the handle's
 //! [`libp2p_stream::Control`], so a 16 MiB upload never stalls the DHT.
 //!
-//! Transports: TCP and QUIC, with Noise and Yamux on TCP. Behaviours:
-//! connection limits, identify, ping, Kademlia in server mode on
-//! [`KAD_PROTOCOL`] (our own name, so it never joins another network's
-//! DHT), the stream behaviour for [`crate::transfer`], and gossipsub on
-//! [`ADVERT_TOPIC`]: server peers publish signed supernode adverts
-//! ([`crate::advert`]) and run the election ([`crate::election`]) over the
-//! ones that pass validation.
+//! Transports: TCP and QUIC, with Noise and Yamux on TCP, and circuit
+//! relay v2 as a client. Behaviours: connection limits, identify, ping,
+//! Kademlia in server mode on [`KAD_PROTOCOL`] (our own name, so it never
+//! joins another network's DHT), the stream behaviour for
+//! [`crate::transfer`], gossipsub on [`ADVERT_TOPIC`], AutoNAT, a relay
+//! server (switched on while this peer serves as a supernode), DCUtR, and
+//! the supernode request-response protocol ([`crate::supernode`]).
+//!
+//! The supernode side of the loop (adverts, dial checks, the election,
+//! attaching and serving) lives in [`sn`].
+
+mod sn;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::StreamExt;
 use libp2p::kad::store::{MemoryStore, RecordStore};
 use libp2p::kad::{self, QueryId, QueryResult, RecordKey};
 use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
-    Multiaddr, PeerId, StreamProtocol, Swarm, connection_limits, gossipsub, identify, identity,
-    noise, ping, tcp, yamux,
+    Multiaddr, PeerId, StreamProtocol, Swarm, autonat, connection_limits, dcutr, gossipsub,
+    identify, identity, noise, ping, relay, tcp, yamux,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::advert::{ADVERT_VERSION, Advert, AdvertBook, AdvertError, Reachability};
-use crate::election::{self, ElectionConfig};
+use crate::advert::{Advert, Reachability};
+use crate::election::ElectionConfig;
+use crate::supernode::{SN_PROTOCOL, SnRequest, SnResponse};
 
 /// Kademlia protocol name of the vmail overlay.
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/vmail/kad/1.0.0");
@@ -47,13 +55,21 @@ const COMMAND_QUEUE: usize = 64;
 const GOSSIP_MAX_FRAME: usize = 64 * 1024;
 /// The gossipsub topic of supernode adverts.
 pub const ADVERT_TOPIC: &str = "/vmail/supernode-adverts/1";
+/// Largest supernode request or response.
+const SN_MAX_MESSAGE: u64 = 64 * 1024;
+/// Bytes one relayed connection may carry: a largest voicemail's
+/// ciphertext with room to spare.
+const RELAY_CIRCUIT_BYTES: u64 = 1 << 31;
+/// How long one relayed connection may last.
+const RELAY_CIRCUIT_DURATION: Duration = Duration::from_secs(30 * 60);
 
-/// What a server peer needs to advertise itself and take part in the
-/// supernode election.
+/// What a server peer needs to advertise itself, take part in the
+/// supernode election, attach to a supernode and serve as one.
 #[derive(Clone)]
 pub struct SupernodeSetup {
-    /// Reachability, cores, memory and bandwidth to advertise.
-    pub reachability: Reachability,
+    /// Declared reachability: `Some(true)` public, `Some(false)` private,
+    /// `None` as AutoNAT finds.
+    pub public: Option<bool>,
     /// CPU cores.
     pub cpu_cores: u32,
     /// Memory, MiB.
@@ -66,26 +82,47 @@ pub struct SupernodeSetup {
     pub election: ElectionConfig,
     /// Time between adverts.
     pub interval: Duration,
+    /// Time between heartbeats to this peer's supernode.
+    pub heartbeat: Duration,
+    /// Most peers attached while this peer serves.
+    pub max_attached: usize,
 }
 
 impl std::fmt::Debug for SupernodeSetup {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SupernodeSetup")
-            .field("reachability", &self.reachability)
+            .field("public", &self.public)
             .field("election", &self.election)
             .finish_non_exhaustive()
     }
 }
 
-/// This peer's view of the supernode election.
+/// This peer's view of the supernode election and its place in it.
 #[derive(Debug, Clone)]
 pub struct SupernodeView {
     /// The elected supernodes, sorted.
     pub supernodes: Vec<PeerId>,
-    /// The adverts held, this peer's own included.
+    /// The fresh adverts as the election takes them, this peer's own
+    /// included: a peer that claims to be public but has not passed this
+    /// peer's dial check counts as private.
     pub adverts: Vec<Advert>,
     /// Adverts refused so far (forged, stale, malformed, out of range).
     pub rejected: u64,
+    /// Peers that claim to be public but could not be dialed.
+    pub undialable: Vec<PeerId>,
+    /// This peer's reachability now.
+    pub reachability: Reachability,
+    /// The supernode this peer is attached to.
+    pub attached_to: Option<PeerId>,
+    /// The peers attached to this peer, while it serves.
+    pub attached_peers: Vec<PeerId>,
+    /// The relayed address reserved on this peer's supernode.
+    pub relay_addr: Option<Multiaddr>,
+    /// Relayed connections this peer's relay accepted while it served.
+    pub relayed_circuits: u64,
+    /// How long the last re-attach took, from losing a supernode to being
+    /// attached to the next.
+    pub last_reattach: Option<Duration>,
 }
 
 /// Whether this peer serves the DHT or only uses it.
@@ -115,6 +152,11 @@ pub struct NetworkConfig {
     pub role: Role,
     /// Adverts and election; `None` for a one-job client peer.
     pub supernode: Option<SupernodeSetup>,
+    /// Relay reservations this peer grants while it serves as a
+    /// supernode; 0 refuses all.
+    pub relay_slots: usize,
+    /// Try DCUtR hole punching to turn relayed connections direct.
+    pub hole_punching: bool,
 }
 
 /// Why the network could not start or a command failed.
@@ -140,6 +182,9 @@ pub enum NetworkError {
     /// Announcing a provider record failed.
     #[error("could not announce the object in the DHT: {0}")]
     Announce(String),
+    /// A question to this peer's supernode failed.
+    #[error("supernode request failed: {0}")]
+    Supernode(String),
 }
 
 /// Typed requests to the event loop.
@@ -168,6 +213,15 @@ enum Command {
     },
     Supernodes {
         reply: oneshot::Sender<Option<SupernodeView>>,
+    },
+    Recommend {
+        count: u16,
+        exclude: Vec<PeerId>,
+        reply: oneshot::Sender<Result<Vec<PeerId>, NetworkError>>,
+    },
+    Observe {
+        peer: PeerId,
+        ok: bool,
     },
 }
 
@@ -202,6 +256,16 @@ struct Behaviour {
     streams: libp2p_stream::Behaviour,
     /// Supernode adverts.
     gossip: gossipsub::Behaviour,
+    /// Asks peers to dial this one back: is it publicly reachable?
+    autonat: autonat::Behaviour,
+    /// Reserves slots on a supernode's relay, and dials through relays.
+    relay_client: relay::client::Behaviour,
+    /// The relay this peer runs while it serves as a supernode.
+    relay: relay::Behaviour,
+    /// Hole punching over relayed connections.
+    dcutr: Toggle<dcutr::Behaviour>,
+    /// Attach, heartbeat and recommend, between a peer and its supernode.
+    sn: request_response::cbor::Behaviour<SnRequest, SnResponse>,
 }
 
 /// What the event loop waits on for each running query.
@@ -223,6 +287,15 @@ impl Network {
         let local = key.public().to_peer_id();
         let advert_key = key.clone();
         let role = config.role;
+        let relay_slots = config.relay_slots;
+        let hole_punching = config.hole_punching;
+        // A heartbeat unanswered for its whole period counts as missed.
+        let sn_timeout = config
+            .supernode
+            .as_ref()
+            .map_or(Duration::from_secs(10), |s| {
+                s.heartbeat.max(Duration::from_secs(1))
+            });
         let limits = connection_limits::ConnectionLimits::default()
             .with_max_established(Some(config.max_connections))
             .with_max_established_per_peer(Some(config.max_connections_per_peer))
@@ -238,14 +311,17 @@ impl Network {
             .with_quic()
             .with_dns()
             .map_err(|e| build(&e))?
-            .with_behaviour(|key| {
+            .with_relay_client(noise::Config::new, yamux::Config::default)
+            .map_err(|e| build(&e))?
+            .with_behaviour(|key, relay_client| {
+                let local = key.public().to_peer_id();
                 let mut kad_config = kad::Config::new(KAD_PROTOCOL);
                 kad_config.set_query_timeout(QUERY_TIMEOUT);
                 // vmail stores no DHT values; provider records are checked
                 // and stored by the loop, other records are dropped.
                 kad_config.set_record_filtering(kad::StoreInserts::FilterBoth);
                 let store = MemoryStore::with_config(
-                    key.public().to_peer_id(),
+                    local,
                     kad::store::MemoryStoreConfig {
                         max_records: 0,
                         max_value_bytes: 0,
@@ -253,8 +329,7 @@ impl Network {
                         max_provided_keys: 1_000_000,
                     },
                 );
-                let mut kad =
-                    kad::Behaviour::with_config(key.public().to_peer_id(), store, kad_config);
+                let mut kad = kad::Behaviour::with_config(local, store, kad_config);
                 kad.set_mode(Some(match role {
                     Role::Server => kad::Mode::Server,
                     Role::Client => kad::Mode::Client,
@@ -271,16 +346,44 @@ impl Network {
                     gossipsub::MessageAuthenticity::Signed(key.clone()),
                     gossip_config,
                 )?;
+                let mut relay = relay::Behaviour::new(local, relay_config(relay_slots));
+                // Off until this peer is elected (see `sn`).
+                relay.set_status(Some(relay::Status::Disable));
+                let sn_codec = request_response::cbor::codec::Codec::default()
+                    .set_request_size_maximum(SN_MAX_MESSAGE)
+                    .set_response_size_maximum(SN_MAX_MESSAGE);
                 Ok(Behaviour {
                     limits: connection_limits::Behaviour::new(limits),
                     identify: identify::Behaviour::new(
                         identify::Config::new(IDENTIFY_PROTOCOL.to_owned(), key.public())
-                            .with_agent_version(format!("vmail/{}", env!("CARGO_PKG_VERSION"))),
+                            .with_agent_version(format!("vmail/{}", env!("CARGO_PKG_VERSION")))
+                            // A relayed address must reach peers at once.
+                            .with_push_listen_addr_updates(true),
                     ),
                     ping: ping::Behaviour::default(),
                     kad,
                     streams: libp2p_stream::Behaviour::new(),
                     gossip,
+                    autonat: autonat::Behaviour::new(
+                        local,
+                        autonat::Config {
+                            // Private and loopback networks are real
+                            // deployments here (tests, the compose testnet).
+                            only_global_ips: false,
+                            boot_delay: Duration::from_secs(2),
+                            retry_interval: Duration::from_secs(20),
+                            refresh_interval: Duration::from_secs(5 * 60),
+                            ..autonat::Config::default()
+                        },
+                    ),
+                    relay_client,
+                    relay,
+                    dcutr: hole_punching.then(|| dcutr::Behaviour::new(local)).into(),
+                    sn: request_response::Behaviour::with_codec(
+                        sn_codec,
+                        [(SN_PROTOCOL, ProtocolSupport::Full)],
+                        request_response::Config::default().with_request_timeout(sn_timeout),
+                    ),
                 })
             })
             .map_err(|e| build(&e))?
@@ -318,17 +421,7 @@ impl Network {
                     .gossip
                     .subscribe(&topic)
                     .map_err(|e| build(&e))?;
-                Some(Elections {
-                    setup: setup.clone(),
-                    key: advert_key,
-                    topic,
-                    book: AdvertBook::default(),
-                    // Milliseconds: still growing after a restart.
-                    seq: unix_now_millis(),
-                    started: Instant::now(),
-                    supernodes: Vec::new(),
-                    rejected: 0,
-                })
+                Some(sn::Elections::new(setup.clone(), advert_key, topic))
             }
             None => None,
         };
@@ -339,6 +432,8 @@ impl Network {
             pending: HashMap::new(),
             listen_addrs: Vec::new(),
             elections,
+            peer_addrs: HashMap::new(),
+            rtts: HashMap::new(),
         };
         let task = tokio::spawn(event_loop.run(shutdown));
         Ok((
@@ -415,54 +510,46 @@ impl Network {
     pub async fn supernodes(&self) -> Result<Option<SupernodeView>, NetworkError> {
         self.ask(|reply| Command::Supernodes { reply }).await
     }
-}
 
-fn unix_now_millis() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// The advert and election state of a server peer.
-struct Elections {
-    setup: SupernodeSetup,
-    key: identity::Keypair,
-    topic: gossipsub::IdentTopic,
-    book: AdvertBook,
-    seq: u64,
-    started: Instant,
-    supernodes: Vec<PeerId>,
-    rejected: u64,
-}
-
-impl Elections {
-    /// This peer's advert as of `now`.
-    fn own_advert(&mut self, local: PeerId, now: u64) -> Advert {
-        self.seq += 1;
-        Advert {
-            version: ADVERT_VERSION,
-            peer_id: local,
-            seq: self.seq,
-            issued_at: now,
-            reachability: self.setup.reachability,
-            cpu_cores: self.setup.cpu_cores,
-            memory_mib: self.setup.memory_mib,
-            bandwidth_kbps: self.setup.bandwidth_kbps,
-            uptime_secs: self.started.elapsed().as_secs().min(now),
-            load: 0,
-            free_storage: (self.setup.free_storage)().min(crate::advert::limits::FREE_STORAGE),
-            serving: self.supernodes.contains(&local),
-        }
+    /// Asks this peer's supernode for up to `count` good storage peers,
+    /// none of them in `exclude`.
+    pub async fn recommend(
+        &self,
+        count: u16,
+        exclude: Vec<PeerId>,
+    ) -> Result<Vec<PeerId>, NetworkError> {
+        self.ask(|reply| Command::Recommend {
+            count,
+            exclude,
+            reply,
+        })
+        .await?
     }
 
-    fn elect(&mut self, now: u64) {
-        self.book.expire(now);
-        let elected = election::elect(self.book.adverts(), now, &self.setup.election);
-        if elected != self.supernodes {
-            tracing::info!(supernodes = ?elected, "supernode set changed");
-            self.supernodes = elected;
-        }
+    /// Notes that a store or fetch with `peer` worked (`ok`) or failed; the
+    /// next heartbeat reports it to this peer's supernode.
+    pub async fn observe(&self, peer: PeerId, ok: bool) {
+        let _ = self.commands.send(Command::Observe { peer, ok }).await;
     }
+}
+
+/// The relay server's limits: `slots` reservations, circuits long and
+/// large enough for a voicemail, and rate limits that stop one peer from
+/// churning reservations.
+fn relay_config(slots: usize) -> relay::Config {
+    relay::Config {
+        max_reservations: slots,
+        max_circuit_bytes: RELAY_CIRCUIT_BYTES,
+        max_circuit_duration: RELAY_CIRCUIT_DURATION,
+        max_circuits: 64,
+        max_circuits_per_peer: 8,
+        ..relay::Config::default()
+    }
+}
+
+/// Whether an address goes through a relay.
+fn is_relayed(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| p == Protocol::P2pCircuit)
 }
 
 struct EventLoop {
@@ -470,21 +557,30 @@ struct EventLoop {
     commands: mpsc::Receiver<Command>,
     pending: HashMap<QueryId, PendingQuery>,
     listen_addrs: Vec<Multiaddr>,
-    elections: Option<Elections>,
+    elections: Option<sn::Elections>,
+    /// Addresses peers are reachable at: the one this peer dialed, or the
+    /// first direct listen address they reported.
+    peer_addrs: HashMap<PeerId, Multiaddr>,
+    /// Last ping round trip to each connected peer.
+    rtts: HashMap<PeerId, Duration>,
 }
 
 impl EventLoop {
     async fn run(mut self, shutdown: CancellationToken) {
-        let period = self
-            .elections
-            .as_ref()
-            .map_or(Duration::from_secs(3600), |e| e.setup.interval);
-        let mut adverts = tokio::time::interval(period);
-        adverts.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let every = |period: Duration| {
+            let mut t = tokio::time::interval(period);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            t
+        };
+        let setup = self.elections.as_ref().map(|e| e.setup.clone());
+        let hour = Duration::from_secs(3600);
+        let mut adverts = every(setup.as_ref().map_or(hour, |s| s.interval));
+        let mut heartbeats = every(setup.as_ref().map_or(hour, |s| s.heartbeat));
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = adverts.tick(), if self.elections.is_some() => self.advertise(),
+                _ = adverts.tick(), if setup.is_some() => self.advertise(),
+                _ = heartbeats.tick(), if setup.is_some() => self.on_heartbeat_tick(),
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 command = self.commands.recv() => match command {
                     Some(c) => self.on_command(c),
@@ -526,68 +622,19 @@ impl EventLoop {
                 let _ = reply.send(self.listen_addrs.clone());
             }
             Command::Supernodes { reply } => {
-                let _ = reply.send(self.elections.as_ref().map(|e| SupernodeView {
-                    supernodes: e.supernodes.clone(),
-                    adverts: e.book.adverts().cloned().collect(),
-                    rejected: e.rejected,
-                }));
+                let _ = reply.send(self.elections.as_ref().map(sn::Elections::view));
+            }
+            Command::Recommend {
+                count,
+                exclude,
+                reply,
+            } => self.recommend(count, exclude, reply),
+            Command::Observe { peer, ok } => {
+                if let Some(e) = self.elections.as_mut() {
+                    e.observe(peer, ok);
+                }
             }
         }
-    }
-
-    /// Publishes this peer's advert, keeps it in its own book, and runs
-    /// the election.
-    fn advertise(&mut self) {
-        let local = *self.swarm.local_peer_id();
-        let Some(e) = self.elections.as_mut() else {
-            return;
-        };
-        let now = vmail_proto::unix_now();
-        let own = e.own_advert(local, now);
-        let bytes = own.sign(&e.key);
-        // Its own advert is newer than any it held: seq only grows.
-        let _ = e.book.insert(own);
-        e.elect(now);
-        let topic = e.topic.clone();
-        if let Err(err) = self.swarm.behaviour_mut().gossip.publish(topic, bytes) {
-            // No subscribed peer yet, most often: the next tick retries.
-            tracing::debug!("advert not published: {err}");
-        }
-    }
-
-    /// Checks an advert heard on the topic, tells gossipsub whether to pass
-    /// it on (a refused one also costs its sender score), and re-elects.
-    fn on_advert(&mut self, from: PeerId, id: gossipsub::MessageId, message: gossipsub::Message) {
-        let Some(e) = self.elections.as_mut() else {
-            return;
-        };
-        let now = vmail_proto::unix_now();
-        let verdict = match Advert::verify(&message.data, now) {
-            // Only the advertiser may publish its advert.
-            Ok(a) if message.source != Some(a.peer_id) => Err(format!(
-                "advert for {} published by {:?}",
-                a.peer_id, message.source
-            )),
-            Ok(a) => match e.book.insert(a) {
-                Ok(_) => Ok(gossipsub::MessageAcceptance::Accept),
-                // Heard again by another route: not the sender's fault.
-                Err(AdvertError::Replay { .. }) => Ok(gossipsub::MessageAcceptance::Ignore),
-                Err(err) => Err(err.to_string()),
-            },
-            Err(err) => Err(err.to_string()),
-        };
-        let acceptance = verdict.unwrap_or_else(|why| {
-            e.rejected += 1;
-            tracing::debug!(%from, "advert refused: {why}");
-            gossipsub::MessageAcceptance::Reject
-        });
-        if acceptance == gossipsub::MessageAcceptance::Accept {
-            e.elect(now);
-        }
-        self.swarm
-            .behaviour_mut()
-            .gossip
-            .report_message_validation_result(&id, &from, acceptance);
     }
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
@@ -595,6 +642,17 @@ impl EventLoop {
             SwarmEvent::NewListenAddr { address, .. } => {
                 let local = *self.swarm.local_peer_id();
                 tracing::info!(%address, "listening");
+                // A peer declared public is reachable where it listens: say
+                // so, so that its relay and its provider records carry
+                // those addresses (AutoNAT confirms them for the others).
+                if self
+                    .elections
+                    .as_ref()
+                    .is_some_and(|e| e.setup.public == Some(true))
+                    && !is_relayed(&address)
+                {
+                    self.swarm.add_external_address(address.clone());
+                }
                 self.listen_addrs.push(address.with(Protocol::P2p(local)));
             }
             SwarmEvent::ExpiredListenAddr { address, .. } => {
@@ -608,6 +666,11 @@ impl EventLoop {
                 info,
                 ..
             })) if info.protocols.contains(&KAD_PROTOCOL) => {
+                if let Some(direct) = info.listen_addrs.iter().find(|a| !is_relayed(a)) {
+                    self.peer_addrs
+                        .entry(peer_id)
+                        .or_insert_with(|| direct.clone());
+                }
                 for addr in info.listen_addrs {
                     self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                 }
@@ -618,8 +681,70 @@ impl EventLoop {
                 message_id,
                 message,
             })) => self.on_advert(propagation_source, message_id, message),
-            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+            SwarmEvent::Behaviour(BehaviourEvent::Sn(event)) => self.on_sn_event(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
+                peer,
+                result: Ok(rtt),
+                ..
+            })) => {
+                self.rtts.insert(peer, rtt);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Autonat(autonat::Event::StatusChanged {
+                new,
+                ..
+            })) => {
+                tracing::info!(status = ?new, "AutoNAT status changed");
+                if let Some(e) = self.elections.as_mut() {
+                    e.nat_public = new.is_public();
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::RelayClient(
+                relay::client::Event::ReservationReqAccepted { relay_peer_id, .. },
+            )) => self.on_reservation(relay_peer_id),
+            SwarmEvent::Behaviour(BehaviourEvent::Relay(event)) => {
+                tracing::debug!(?event, "relay");
+                if let (relay::Event::CircuitReqAccepted { .. }, Some(e)) =
+                    (&event, self.elections.as_mut())
+                {
+                    e.circuits += 1;
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(event)) => {
+                tracing::debug!(peer = %event.remote_peer_id, result = ?event.result, "hole punch");
+            }
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                reason,
+                ..
+            } => self.on_listener_closed(listener_id, reason.err().map(|e| e.to_string())),
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
+            } => {
+                if let libp2p::core::ConnectedPoint::Dialer { address, .. } = &endpoint
+                    && !is_relayed(address)
+                {
+                    self.peer_addrs.insert(peer_id, address.clone());
+                }
+                self.on_connected(peer_id, connection_id, endpoint.get_remote_address());
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => {
+                self.rtts.remove(&peer_id);
+                self.on_disconnected(peer_id);
+            }
+            SwarmEvent::OutgoingConnectionError {
+                peer_id,
+                connection_id,
+                error,
+            } => {
                 tracing::debug!(?peer_id, "outgoing connection failed: {error}");
+                self.on_dial_failed(connection_id);
             }
             _ => {}
         }

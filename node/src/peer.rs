@@ -27,7 +27,6 @@ use tokio_util::sync::CancellationToken;
 use vmail_proto::names::{NameError, Recipients};
 use vmail_proto::{random_bytes, unix_now};
 
-use crate::advert::Reachability;
 use crate::client::{
     AuthClient, AuthTarget, ClientError, LoginSession, NewDeposit, Pending, VoicemailMeta,
 };
@@ -183,10 +182,9 @@ pub struct Status {
     pub quota_bytes: u64,
     /// The logged-in user, if any.
     pub username: Option<String>,
-    /// The elected supernodes as this peer sees them.
-    pub supernodes: Vec<PeerId>,
-    /// Peers whose current adverts it holds, itself included.
-    pub advertising_peers: usize,
+    /// The supernode election and this peer's place in it (`None` on a
+    /// one-job client peer).
+    pub election: Option<SupernodeView>,
 }
 
 /// Why a peer operation failed. Every message says what to do next.
@@ -358,11 +356,7 @@ impl Peer {
             let sn = &opts.config.supernode;
             let store = store.clone();
             SupernodeSetup {
-                reachability: if sn.public {
-                    Reachability::Configured
-                } else {
-                    Reachability::Private
-                },
+                public: sn.public,
                 cpu_cores: std::thread::available_parallelism()
                     .map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX)),
                 memory_mib: total_memory_mib(),
@@ -370,6 +364,8 @@ impl Peer {
                 free_storage: Arc::new(move || store.quota().saturating_sub(store.usage().1)),
                 election: sn.election(),
                 interval: Duration::from_secs(sn.advert_interval_secs),
+                heartbeat: sn.heartbeat(),
+                max_attached: sn.max_attached,
             }
         });
         let net_config = NetworkConfig {
@@ -380,6 +376,8 @@ impl Peer {
             max_pending_incoming: opts.config.max_pending_incoming,
             role: opts.role,
             supernode,
+            relay_slots: opts.config.supernode.relay_slots,
+            hole_punching: opts.config.supernode.hole_punching,
         };
         let (network, net_task) = Network::start(key, &net_config, shutdown.clone())?;
         let mut tasks = vec![net_task];
@@ -473,13 +471,8 @@ impl Peer {
     /// What this peer reports about itself.
     pub async fn status(&self) -> Result<Status, PeerError> {
         let (objects, stored_bytes) = self.store.as_ref().map_or((0, 0), Store::usage);
-        let view = self.network.supernodes().await?;
         Ok(Status {
-            supernodes: view
-                .as_ref()
-                .map(|v| v.supernodes.clone())
-                .unwrap_or_default(),
-            advertising_peers: view.map_or(0, |v| v.adverts.len()),
+            election: self.network.supernodes().await?,
             peer_id: self.peer_id(),
             listen_addrs: self.network.listen_addrs().await?,
             routing_peers: self.network.routing_peers().await?.len(),

@@ -221,29 +221,13 @@ impl TestNet {
 
     /// Registers `user` and logs them in on peer `index` (0-based).
     pub async fn login(&self, index: usize, user: &str) -> SigningKey {
-        let id = identity();
-        let mut c = self.auth.client().await;
-        c.register(user, &password(user), &id, None)
-            .await
-            .expect("register");
-        self.relogin(index, user, &id).await;
-        id
+        login_on(&self.auth, &self.peers[index], user).await
     }
 
     /// Logs `user` in again on peer `index` with `identity` (a new key
     /// rotates it).
     pub async fn relogin(&self, index: usize, user: &str, identity: &SigningKey) {
-        let peer = &self.peers[index];
-        let mut c = self.auth.client().await;
-        let login = c
-            .login(user, &password(user), identity, &peer.peer_id().to_bytes())
-            .await
-            .expect("login");
-        peer.set_session(Session {
-            login,
-            identity: identity.clone(),
-            target: self.auth.target(),
-        });
+        relogin_on(&self.auth, &self.peers[index], user, identity).await;
     }
 
     /// Ciphertext bytes held across all running peers.
@@ -272,6 +256,31 @@ impl TestNet {
         }
         self.auth.stop().await;
     }
+}
+
+/// Registers `user` at `auth` and logs them in on `peer`.
+pub async fn login_on(auth: &TestAuth, peer: &Peer, user: &str) -> SigningKey {
+    let id = identity();
+    let mut c = auth.client().await;
+    c.register(user, &password(user), &id, None)
+        .await
+        .expect("register");
+    relogin_on(auth, peer, user, &id).await;
+    id
+}
+
+/// Logs `user` in on `peer` with `identity` (a new key rotates it).
+pub async fn relogin_on(auth: &TestAuth, peer: &Peer, user: &str, identity: &SigningKey) {
+    let mut c = auth.client().await;
+    let login = c
+        .login(user, &password(user), identity, &peer.peer_id().to_bytes())
+        .await
+        .expect("login");
+    peer.set_session(Session {
+        login,
+        identity: identity.clone(),
+        target: auth.target(),
+    });
 }
 
 /// A leave request for `content` to `to`.

@@ -97,6 +97,13 @@ enum Command {
     Testnet(TestnetCommand),
     /// Run the whole system locally and narrate the paper's protocol.
     Demo,
+    /// This peer's role, its supernode, the supernode set, and its attached
+    /// peers if it serves (the same as `vmail node status`).
+    Status {
+        /// Data dir (default: HOME/node).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -285,7 +292,9 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Node(NodeCommand::Run { data_dir, config }) => {
             node::run(&ctx, data_dir, config).await
         }
-        Command::Node(NodeCommand::Status { data_dir }) => node::status(&ctx, data_dir).await,
+        Command::Node(NodeCommand::Status { data_dir }) | Command::Status { data_dir } => {
+            node::status(&ctx, data_dir).await
+        }
         Command::Demo | Command::Testnet(_) => unreachable!("handled above"),
     }
 }

@@ -213,7 +213,10 @@ pub(super) async fn status(ctx: &Context, data_dir: Option<PathBuf>) -> anyhow::
         println!("listening      {a}");
     }
     println!("routing table  {} peers", s.routing_peers);
-    println!("role           {}", s.role);
+    println!(
+        "role           {} (reachability: {})",
+        s.role, s.reachability
+    );
     println!(
         "supernodes     {} elected from {} advertising peers",
         s.supernodes.len(),
@@ -221,6 +224,25 @@ pub(super) async fn status(ctx: &Context, data_dir: Option<PathBuf>) -> anyhow::
     );
     for sn in &s.supernodes {
         println!("  supernode    {sn}");
+    }
+    for p in &s.undialable {
+        println!("  undialable   {p} (claims to be public; not eligible)");
+    }
+    if s.role == "supernode" {
+        println!("attached peers {}", s.attached_peers.len());
+        for p in &s.attached_peers {
+            println!("  attached     {p}");
+        }
+    } else if s.attached_to.is_empty() {
+        println!("attached to    (no supernode yet)");
+    } else {
+        println!("attached to    {}", s.attached_to);
+    }
+    if !s.relay_addr.is_empty() {
+        println!("relayed at     {}", s.relay_addr);
+    }
+    if s.last_reattach_ms > 0 {
+        println!("last re-attach {} ms", s.last_reattach_ms);
     }
     println!(
         "holding        {} objects, {} of {} bytes",
