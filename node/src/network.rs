@@ -120,6 +120,8 @@ pub struct SupernodeView {
     pub relay_addr: Option<Multiaddr>,
     /// Relayed connections this peer's relay accepted while it served.
     pub relayed_circuits: u64,
+    /// Advert bytes gossip delivered to this peer so far.
+    pub advert_bytes: u64,
     /// How long the last re-attach took, from losing a supernode to being
     /// attached to the next.
     pub last_reattach: Option<Duration>,
@@ -289,12 +291,11 @@ impl Network {
         let role = config.role;
         let relay_slots = config.relay_slots;
         let hole_punching = config.hole_punching;
-        // A heartbeat unanswered for its whole period counts as missed.
         let sn_timeout = config
             .supernode
             .as_ref()
             .map_or(Duration::from_secs(10), |s| {
-                s.heartbeat.max(Duration::from_secs(1))
+                crate::supernode::patience(s.heartbeat)
             });
         let limits = connection_limits::ConnectionLimits::default()
             .with_max_established(Some(config.max_connections))
@@ -576,10 +577,12 @@ impl EventLoop {
         let hour = Duration::from_secs(3600);
         let mut adverts = every(setup.as_ref().map_or(hour, |s| s.interval));
         let mut heartbeats = every(setup.as_ref().map_or(hour, |s| s.heartbeat));
+        let mut elections = every(sn::ELECTION_PERIOD);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = adverts.tick(), if setup.is_some() => self.advertise(),
+                _ = elections.tick(), if setup.is_some() => self.reelect_if_changed(),
                 _ = heartbeats.tick(), if setup.is_some() => self.on_heartbeat_tick(),
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 command = self.commands.recv() => match command {
@@ -728,7 +731,7 @@ impl EventLoop {
                 {
                     self.peer_addrs.insert(peer_id, address.clone());
                 }
-                self.on_connected(peer_id, connection_id, endpoint.get_remote_address());
+                self.on_connected(peer_id, connection_id, &endpoint);
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
@@ -744,7 +747,7 @@ impl EventLoop {
                 error,
             } => {
                 tracing::debug!(?peer_id, "outgoing connection failed: {error}");
-                self.on_dial_failed(connection_id);
+                self.on_dial_failed(connection_id, &error);
             }
             _ => {}
         }

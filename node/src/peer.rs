@@ -680,6 +680,8 @@ impl Peer {
         let mut running: FuturesUnordered<_> = spares.by_ref().take(want).map(attempt).collect();
         let (mut copies, mut failures) = (Vec::new(), Vec::new());
         while let Some((holder, result)) = running.next().await {
+            // What it saw goes to its supernode with the next heartbeat.
+            self.network.observe(holder, result.is_ok()).await;
             match result {
                 Ok(id) => copies.push(Copy { id, holder }),
                 Err(why) => {
@@ -763,15 +765,19 @@ impl Peer {
                 let data = match got {
                     Ok(d) => d,
                     Err(why) => {
+                        self.network.observe(holder, false).await;
                         failures.push(format!("copy {short} at {holder}: {why}"));
                         continue;
                     }
                 };
                 let t = Instant::now();
                 let digest: [u8; 32] = Sha256::digest(&data).into();
-                if data.len() as u64 != locator.ciphertext_len
-                    || digest != locator.ciphertext_sha256
-                {
+                let intact = data.len() as u64 == locator.ciphertext_len
+                    && digest == locator.ciphertext_sha256;
+                if holder != self.peer_id() {
+                    self.network.observe(holder, intact).await;
+                }
+                if !intact {
                     timings.crypto += t.elapsed();
                     tracing::warn!(%holder, copy = short, "holder returned wrong bytes");
                     failures.push(format!(

@@ -12,10 +12,11 @@
 //!   [`SnRequest::Heartbeat`] every heartbeat period. The answer to an
 //!   attach carries a sample of known peers and their addresses (peer
 //!   exchange).
-//! - **Leave.** A closed connection or [`MISSED_HEARTBEATS`] unanswered
-//!   heartbeats in a row end the attachment, and the peer attaches to
+//! - **Leave.** A closed connection, or a request unanswered for
+//!   [`patience`] ([`MISSED_HEARTBEATS`] heartbeat periods, at least
+//!   [`MIN_PATIENCE`]), ends the attachment, and the peer attaches to
 //!   another SN at once. The SN drops a peer it has not heard from for
-//!   [`MISSED_HEARTBEATS`] periods.
+//!   twice that.
 //! - **Recommend.** Heartbeats carry the peer's observations of others
 //!   (stores and fetches that worked or failed); the SN sums them and
 //!   ranks storage peers ([`recommend`]) by those and the adverts.
@@ -33,6 +34,14 @@ pub const SN_PROTOCOL: StreamProtocol = StreamProtocol::new("/vmail/sn/1");
 /// Unanswered heartbeats after which a peer leaves its SN, and silent
 /// periods after which an SN forgets a peer.
 pub const MISSED_HEARTBEATS: u32 = 3;
+/// The least time a request waits for its answer: a busy peer's event
+/// loop may lag a second or so, and that must not end an attachment.
+pub const MIN_PATIENCE: Duration = Duration::from_secs(2);
+
+/// How long a request to a supernode waits for its answer.
+pub fn patience(heartbeat: Duration) -> Duration {
+    (heartbeat * MISSED_HEARTBEATS).max(MIN_PATIENCE)
+}
 /// Most peers in one peer-exchange answer.
 pub const MAX_EXCHANGE_PEERS: usize = 16;
 /// Most addresses per exchanged peer.

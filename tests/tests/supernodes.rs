@@ -408,7 +408,7 @@ async fn a_peer_that_claims_to_be_public_but_cannot_be_dialed_is_never_elected()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn supernodes_recommend_storage_peers_and_hand_out_peers_on_attach() {
+async fn supernodes_recommend_storage_peers_from_adverts_and_reports() {
     let dir = tempfile::tempdir().unwrap();
     let n = 6;
     let peers = start_peers(dir.path(), n, n - 1, 32, declared(|i| i == 0)).await;

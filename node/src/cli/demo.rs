@@ -1,8 +1,9 @@
 //! `vmail demo`: the whole system in one process on loopback, narrated as
 //! a timeline. Everything is real: a group of three auth servers
 //! replicating over Raft, TLS, OPAQUE with argon2id, eight libp2p peers
-//! with Kademlia, encrypted copies on untrusted holders, and both a holder
-//! and the auth leader killed before the last fetch.
+//! with Kademlia, a gossiped supernode election with one supernode killed
+//! and its peers re-attaching, encrypted copies on untrusted holders, and
+//! both a holder and the auth leader killed before the last fetch.
 
 use std::time::{Duration, Instant};
 
@@ -11,8 +12,10 @@ use ed25519_dalek::SigningKey;
 use sha2::{Digest, Sha256};
 use vmail_auth::server::LocalServer;
 use vmail_node::client::{AuthClient, AuthTarget};
+use vmail_node::config::SupernodeConfig;
 use vmail_node::localnet;
 use vmail_node::locator::Locator;
+use vmail_node::network::SupernodeView;
 use vmail_node::peer::{LeaveRequest, Peer, Session, no_progress};
 use vmail_node::wav;
 use vmail_proto::random_bytes;
@@ -62,10 +65,24 @@ pub(super) async fn run() -> anyhow::Result<()> {
     tl.step(&format!(
         "{PEERS} peers join a Kademlia overlay (/vmail/kad/1.0.0) on loopback"
     ));
-    let peers = localnet::start_peers(&tmp.path().join("peers"), PEERS, Vec::new(), |_| {}).await?;
+    let mut peers = localnet::start_peers(&tmp.path().join("peers"), PEERS, Vec::new(), |c| {
+        c.supernode = SupernodeConfig {
+            public: Some(true),
+            bandwidth_kbps: 50_000,
+            advert_interval_secs: 1,
+            heartbeat_ms: 250,
+            peers_per_sn: 4,
+            min_cpu_cores: 1,
+            min_memory_mib: 1,
+            min_uptime_secs: 0,
+            ..SupernodeConfig::default()
+        };
+    })
+    .await?;
     for p in &peers {
         println!("  {}", p.peer_id());
     }
+    supernodes(&tl, &mut peers).await?;
     let target = AuthTarget::of_group(&auth);
     let result = narrate(&tl, &target, peers, &mut auth).await;
     for s in auth {
@@ -73,6 +90,90 @@ pub(super) async fn run() -> anyhow::Result<()> {
     }
     result?;
     tl.step("demo finished: every check passed");
+    Ok(())
+}
+
+/// Every peer's view once `done` holds for all of them (30 s at most).
+async fn views_when(
+    peers: &[Peer],
+    what: &str,
+    done: impl Fn(&[SupernodeView], &[Peer]) -> bool,
+) -> anyhow::Result<Vec<SupernodeView>> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut views = Vec::new();
+        for p in peers {
+            views.push(p.supernodes().await?.context("a server peer elects")?);
+        }
+        if done(&views, peers) {
+            return Ok(views);
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{what} did not happen within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Whether all peers elect the same set and every other peer is attached
+/// to one of it.
+fn settled(views: &[SupernodeView], peers: &[Peer]) -> bool {
+    let sns = &views[0].supernodes;
+    !sns.is_empty()
+        && views.iter().zip(peers).all(|(v, p)| {
+            &v.supernodes == sns
+                && (sns.contains(&p.peer_id()) || v.attached_to.is_some_and(|s| sns.contains(&s)))
+        })
+}
+
+/// The election, then one supernode killed and its peers re-attaching.
+async fn supernodes(tl: &Timeline, peers: &mut Vec<Peer>) -> anyhow::Result<()> {
+    tl.step("every peer gossips a signed advert each second; all run the same pure election (one supernode per 4 peers)");
+    let views = views_when(peers, "the election", settled).await?;
+    let sns = views[0].supernodes.clone();
+    for sn in &sns {
+        let attached = views.iter().filter(|v| v.attached_to == Some(*sn)).count();
+        println!("  supernode {sn}: {attached} peer(s) attached by RTT and load");
+    }
+    let victim = *sns
+        .iter()
+        .max_by_key(|sn| views.iter().filter(|v| v.attached_to == Some(**sn)).count())
+        .context("a supernode")?;
+    let orphans: Vec<_> = views
+        .iter()
+        .zip(peers.iter())
+        .filter(|(v, _)| v.attached_to == Some(victim))
+        .map(|(_, p)| p.peer_id())
+        .collect();
+    tl.step(&format!(
+        "supernode {victim} is killed without warning; its {} peer(s) must re-attach",
+        orphans.len()
+    ));
+    let index = peers
+        .iter()
+        .position(|p| p.peer_id() == victim)
+        .context("the supernode is a demo peer")?;
+    peers.remove(index).stop().await;
+    let views = views_when(peers, "re-attaching", |views, peers| {
+        views.iter().zip(peers).all(|(v, p)| {
+            !orphans.contains(&p.peer_id()) || v.attached_to.is_some_and(|s| s != victim)
+        })
+    })
+    .await?;
+    for (v, p) in views.iter().zip(peers.iter()) {
+        if let (true, Some(sn), Some(took)) = (
+            orphans.contains(&p.peer_id()),
+            v.attached_to,
+            v.last_reattach,
+        ) {
+            println!(
+                "  {} re-attached to {sn} in {} ms",
+                p.peer_id(),
+                took.as_millis()
+            );
+        }
+    }
     Ok(())
 }
 

@@ -24,11 +24,15 @@ use crate::advert::{ADVERT_VERSION, Advert, AdvertBook, AdvertError, Reachabilit
 use crate::election;
 use crate::supernode::{
     AVOID_FOR, Attachments, Candidate, MAX_EXCHANGE_ADDRS, MAX_EXCHANGE_PEERS, MAX_RECOMMEND,
-    MAX_REPORTS, MISSED_HEARTBEATS, Observation, SnRequest, SnResponse, choose_supernode,
+    MAX_REPORTS, Observation, Refusal, SnRequest, SnResponse, choose_supernode, patience,
 };
 
 /// How long a passed dial check holds before the peer is checked again.
 const DIAL_CHECK_VALID: Duration = Duration::from_secs(10 * 60);
+/// How often the election reruns over adverts heard since the last run.
+/// Rerunning on every advert costs O(n log n) per advert, so O(n² log n)
+/// per advert period: too much for a hundred peers on one small machine.
+pub(super) const ELECTION_PERIOD: Duration = Duration::from_millis(100);
 /// How soon a failed dial check is tried again.
 const DIAL_CHECK_RETRY: Duration = Duration::from_secs(30);
 
@@ -47,8 +51,6 @@ struct Uplink {
     attached: bool,
     /// The attach or heartbeat in flight.
     pending: Option<OutboundRequestId>,
-    /// Heartbeats in a row that went unanswered.
-    unanswered: u32,
     /// When the last attachment ended, until the next one starts.
     lost_at: Option<Instant>,
     /// SNs passed over until a time; `true` where the SN refused to relay.
@@ -75,6 +77,10 @@ pub(super) struct Elections {
     pub(super) nat_public: bool,
     /// Relayed connections this peer's relay accepted.
     pub(super) circuits: u64,
+    /// Adverts or dial checks changed since the last election.
+    changed: bool,
+    /// Advert bytes gossip delivered.
+    advert_bytes: u64,
     checks: HashMap<PeerId, DialCheck>,
     probes: HashMap<ConnectionId, PeerId>,
     /// Claimants whose addresses were looked up in the DHT.
@@ -105,6 +111,8 @@ impl Elections {
             rejected: 0,
             nat_public: false,
             circuits: 0,
+            changed: false,
+            advert_bytes: 0,
             checks: HashMap::new(),
             probes: HashMap::new(),
             looked_up: HashSet::new(),
@@ -134,8 +142,12 @@ impl Elections {
     }
 
     /// The elected SN to attach to, by RTT and load, passing over the ones
-    /// avoided while there are others.
-    fn best_supernode(&self, rtts: &HashMap<PeerId, Duration>) -> Option<PeerId> {
+    /// avoided; with `last_resort`, an avoided one when there is no other.
+    fn best_supernode(
+        &self,
+        rtts: &HashMap<PeerId, Duration>,
+        last_resort: bool,
+    ) -> Option<PeerId> {
         let local = self.local();
         let candidates: Vec<Candidate> = self
             .supernodes
@@ -148,7 +160,8 @@ impl Elections {
             })
             .collect();
         let avoid: Vec<PeerId> = self.uplink.avoid.keys().copied().collect();
-        choose_supernode(&candidates, &avoid)
+        let best = choose_supernode(&candidates, &avoid);
+        best.filter(|p| last_resort || !avoid.contains(p))
     }
 
     /// Whether `peer` claims to be public without a passed dial check.
@@ -226,6 +239,7 @@ impl Elections {
             attached_peers: self.attachments.peers(),
             relay_addr: self.uplink.relay_addr.clone(),
             relayed_circuits: self.circuits,
+            advert_bytes: self.advert_bytes,
             last_reattach: self.uplink.last_reattach,
         }
     }
@@ -284,6 +298,7 @@ impl EventLoop {
             return;
         };
         let now = vmail_proto::unix_now();
+        e.advert_bytes += message.data.len() as u64;
         let mut check = None;
         let verdict = match Advert::verify(&message.data, now) {
             // Only the advertiser may publish its advert.
@@ -307,6 +322,9 @@ impl EventLoop {
             tracing::debug!(%from, "advert refused: {why}");
             gossipsub::MessageAcceptance::Reject
         });
+        if acceptance == gossipsub::MessageAcceptance::Accept {
+            e.changed = true;
+        }
         self.swarm
             .behaviour_mut()
             .gossip
@@ -314,8 +332,17 @@ impl EventLoop {
         if let Some(peer) = check {
             self.dial_check(peer);
         }
-        if acceptance == gossipsub::MessageAcceptance::Accept {
-            self.reelect(now);
+    }
+
+    /// Reruns the election if adverts or dial checks changed since the
+    /// last run (at most once per [`ELECTION_PERIOD`]).
+    pub(super) fn reelect_if_changed(&mut self) {
+        if self
+            .elections
+            .as_mut()
+            .is_some_and(|e| std::mem::take(&mut e.changed))
+        {
+            self.reelect(vmail_proto::unix_now());
         }
     }
 
@@ -354,7 +381,7 @@ impl EventLoop {
             }
             Err(err) => {
                 tracing::debug!(%peer, "dial check failed at once: {err}");
-                self.on_dial_failed(id);
+                self.on_dial_failed(id, &err);
             }
         }
     }
@@ -366,41 +393,70 @@ impl EventLoop {
         let Some(peer) = e.probes.remove(&connection) else {
             return;
         };
-        e.looked_up.remove(&peer);
+        e.record(peer, dialable);
+    }
+
+    pub(super) fn on_connected(
+        &mut self,
+        peer: PeerId,
+        connection: ConnectionId,
+        endpoint: &libp2p::core::ConnectedPoint,
+    ) {
+        let direct = !is_relayed(endpoint.get_remote_address());
+        let Some(e) = self.elections.as_mut() else {
+            return;
+        };
+        if e.probes.contains_key(&connection) {
+            self.record_check(connection, direct);
+            self.swarm.close_connection(connection);
+        } else if endpoint.is_dialer() && direct && !e.dialable(&peer) {
+            // Any direct connection this peer dialed proves the same.
+            e.record(peer, true);
+        }
+    }
+
+    /// A dial failed; a probe's failure is a verdict unless this side
+    /// stopped it (connection limits, or the dial was aborted).
+    pub(super) fn on_dial_failed(&mut self, connection: ConnectionId, error: &DialError) {
+        if matches!(
+            error,
+            DialError::Denied { .. } | DialError::Aborted | DialError::DialPeerConditionFalse(_)
+        ) {
+            if let Some(e) = self.elections.as_mut() {
+                e.probes.remove(&connection);
+            }
+            return;
+        }
+        self.record_check(connection, false);
+    }
+}
+
+impl Elections {
+    /// Whether `peer` passed a dial check that still holds.
+    fn dialable(&self, peer: &PeerId) -> bool {
+        self.checks
+            .get(peer)
+            .is_some_and(|c| c.dialable && c.at.elapsed() < DIAL_CHECK_VALID)
+    }
+
+    /// Keeps the outcome of a dial check of `peer`.
+    fn record(&mut self, peer: PeerId, dialable: bool) {
+        self.looked_up.remove(&peer);
         if !dialable {
             tracing::info!(%peer, "peer claims to be public but cannot be dialed");
         }
-        e.checks.insert(
+        self.checks.insert(
             peer,
             DialCheck {
                 dialable,
                 at: Instant::now(),
             },
         );
-        self.reelect(vmail_proto::unix_now());
+        self.changed = true;
     }
+}
 
-    pub(super) fn on_connected(
-        &mut self,
-        _peer: PeerId,
-        connection: ConnectionId,
-        remote: &Multiaddr,
-    ) {
-        if self
-            .elections
-            .as_ref()
-            .is_some_and(|e| e.probes.contains_key(&connection))
-        {
-            // Through a relay does not count as reachable.
-            self.record_check(connection, !is_relayed(remote));
-            self.swarm.close_connection(connection);
-        }
-    }
-
-    pub(super) fn on_dial_failed(&mut self, connection: ConnectionId) {
-        self.record_check(connection, false);
-    }
-
+impl EventLoop {
     /// Reruns the election and acts on a change of this peer's role: a new
     /// supernode leaves its own SN and opens its relay; a former one
     /// forgets its peers and closes it.
@@ -438,27 +494,27 @@ impl EventLoop {
         let now = Instant::now();
         e.uplink.avoid.retain(|_, (until, _)| *until > now);
         if e.serving() {
-            let timeout = e.setup.heartbeat * MISSED_HEARTBEATS;
+            let timeout = 2 * patience(e.setup.heartbeat);
             for peer in e.attachments.expire(now, timeout) {
                 tracing::info!(%peer, "attached peer went silent");
             }
             return;
         }
         let Some(sn) = e.uplink.sn else {
-            self.attach_next();
+            self.attach_next(true);
             return;
         };
         if !e.supernodes.contains(&sn) {
             self.leave_sn("it no longer serves as a supernode", false);
-            self.attach_next();
+            self.attach_next(true);
             return;
         }
         // Attached, as a last resort, to an SN that will not relay for a
         // peer that needs it: move as soon as another SN is there.
         let needs_relay = !e.reachability().is_public() && e.uplink.relay.is_none();
-        if needs_relay && e.uplink.attached && e.best_supernode(&self.rtts) != Some(sn) {
+        if needs_relay && e.uplink.attached && e.best_supernode(&self.rtts, true) != Some(sn) {
             self.leave_sn("another supernode may relay for this peer", false);
-            self.attach_next();
+            self.attach_next(true);
             return;
         }
         if e.uplink.pending.is_some() {
@@ -492,22 +548,29 @@ impl EventLoop {
         }
         e.uplink.attached = false;
         e.uplink.pending = None;
-        e.uplink.unanswered = 0;
         if avoid {
             let refused_relay = e.uplink.avoid.get(&sn).is_some_and(|(_, r)| *r);
             e.uplink.avoid.insert(sn, (now + AVOID_FOR, refused_relay));
         }
-        e.uplink.relay_addr = None;
-        if e.uplink.relay.take().is_some() {
-            // Closing the connection ends the reservation and its listener.
-            // Removing the listener instead races the relay's answer, and
-            // libp2p-relay 0.22 panics on an answer for a listener gone.
-            let _ = self.swarm.disconnect_peer_id(sn);
+        let granted = e.uplink.relay_addr.take().is_some();
+        match e.uplink.relay.take() {
+            Some(listener) if granted => {
+                self.swarm.remove_listener(listener);
+            }
+            // Still waiting for the relay's answer: libp2p-relay 0.22
+            // panics on an answer for a listener already removed, so end
+            // the reservation with its connection instead.
+            Some(_) => {
+                let _ = self.swarm.disconnect_peer_id(sn);
+            }
+            None => {}
         }
     }
 
-    /// Sends an attach to the best elected SN, if there is one.
-    fn attach_next(&mut self) {
+    /// Sends an attach to the best elected SN, if there is one. Only the
+    /// heartbeat tick takes an avoided SN as a `last_resort`, so a dead SN
+    /// is retried once a period, never in a tight loop.
+    fn attach_next(&mut self, last_resort: bool) {
         let Self {
             swarm,
             elections,
@@ -520,7 +583,7 @@ impl EventLoop {
         if e.serving() || e.uplink.sn.is_some() {
             return;
         }
-        let Some(sn) = e.best_supernode(rtts) else {
+        let Some(sn) = e.best_supernode(rtts, last_resort) else {
             return;
         };
         e.uplink.sn = Some(sn);
@@ -539,7 +602,6 @@ impl EventLoop {
             return;
         };
         e.uplink.pending = None;
-        e.uplink.unanswered = 0;
         if !e.uplink.attached {
             e.uplink.attached = true;
             match e.uplink.lost_at.take() {
@@ -623,7 +685,7 @@ impl EventLoop {
             .avoid
             .insert(sn, (Instant::now() + AVOID_FOR, true));
         self.leave_sn("it will not relay for this peer", true);
-        self.attach_next();
+        self.attach_next(false);
     }
 
     pub(super) fn on_disconnected(&mut self, peer: PeerId) {
@@ -635,7 +697,7 @@ impl EventLoop {
         }
         if e.uplink.sn == Some(peer) {
             self.leave_sn("connection closed", true);
-            self.attach_next();
+            self.attach_next(false);
         }
     }
 
@@ -730,13 +792,20 @@ impl EventLoop {
         }
         match response {
             SnResponse::Attached { load, peers } => self.on_attached(peer, load, peers),
-            SnResponse::Alive { .. } => {
-                e.uplink.pending = None;
-                e.uplink.unanswered = 0;
+            SnResponse::Alive { .. } => e.uplink.pending = None,
+            // It forgot this peer (a restart, or heartbeats delayed):
+            // attach again at once, to the same SN.
+            SnResponse::Refused(Refusal::NotAttached) => {
+                e.uplink.pending = Some(
+                    self.swarm
+                        .behaviour_mut()
+                        .sn
+                        .send_request(&peer, SnRequest::Attach),
+                );
             }
             SnResponse::Refused(r) => {
                 self.leave_sn(&format!("it refused: {r}"), true);
-                self.attach_next();
+                self.attach_next(false);
             }
             SnResponse::Recommended(_) => e.uplink.pending = None,
         }
@@ -755,20 +824,14 @@ impl EventLoop {
         if e.uplink.pending != Some(id) {
             return;
         }
-        e.uplink.pending = None;
-        e.uplink.unanswered += 1;
-        // A timeout may be a slow moment; anything else (cannot dial,
-        // connection gone, protocol refused) means the SN is gone.
-        if matches!(error, OutboundFailure::Timeout) && e.uplink.unanswered < MISSED_HEARTBEATS {
-            return;
-        }
+        // Unanswered for `patience`, or cannot dial, connection gone,
+        // protocol refused: the SN is gone for this peer.
         self.leave_sn(&format!("request failed: {error}"), true);
-        self.attach_next();
+        self.attach_next(false);
     }
 
     /// Answers a request from `peer`, as a supernode.
     fn serve(&mut self, peer: PeerId, request: SnRequest) -> SnResponse {
-        use crate::supernode::Refusal;
         let exchange = self.exchange_sample(peer);
         let Some(e) = self.elections.as_mut() else {
             return SnResponse::Refused(Refusal::NotServing);
