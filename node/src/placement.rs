@@ -103,14 +103,20 @@ mod tests {
     }
 
     #[test]
-    fn a_random_identifier_is_rarely_in_range() {
-        // Guards the check itself: with 20 peers about 1 in 20 random ids
-        // belongs to a given peer, never all of them.
+    fn every_identifier_is_in_exactly_one_peers_range() {
+        // Guards the check itself: the ranges split the key space, so each
+        // random id belongs to one peer of 20, and no peer owns them all.
         let mut rng = StdRng::seed_from_u64(3);
         let ps = peers(20);
-        let hits = (0..2000)
-            .filter(|_| is_in_range(&rng.r#gen(), &ps[0], &ps))
-            .count();
-        assert!((20..300).contains(&hits), "{hits} of 2000");
+        let mut hits = vec![0usize; ps.len()];
+        for _ in 0..2000 {
+            let id = rng.r#gen();
+            let owners: Vec<usize> = (0..ps.len())
+                .filter(|&i| is_in_range(&id, &ps[i], &ps))
+                .collect();
+            assert_eq!(owners.len(), 1, "{owners:?}");
+            hits[owners[0]] += 1;
+        }
+        assert!(hits.iter().all(|&h| h < 2000), "{hits:?}");
     }
 }
