@@ -13,10 +13,12 @@ use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
 use vmail_node::config::{NodeConfig, SupernodeConfig};
-use vmail_node::network::{Role, SupernodeView};
-use vmail_node::peer::{Peer, PeerOptions, no_progress};
+use vmail_node::network::{Role, SupernodeView, settled};
+use vmail_node::peer::{Peer, no_progress};
 use vmail_node::transfer::BlobClient;
-use vmail_tests::{TestAuth, leave_request, login_on, random_content};
+use vmail_tests::{
+    TestAuth, leave_request, login_on, random_content, start_peer, wait_until_known,
+};
 
 /// Seconds between adverts for `n` peers: gossip work grows with
 /// n² / interval in one process, so the interval grows with n to keep two
@@ -45,31 +47,12 @@ fn config(public: bool, peers_per_sn: usize, n: usize) -> NodeConfig {
     c
 }
 
-async fn start(dir: &std::path::Path, name: &str, config: NodeConfig, role: Role) -> Peer {
-    Peer::start(PeerOptions {
-        data_dir: dir.join(name),
-        config,
-        role,
-    })
-    .await
-    .unwrap()
-}
-
 async fn views(peers: &[Peer]) -> Vec<SupernodeView> {
     let mut out = Vec::new();
     for p in peers {
         out.push(p.supernodes().await.unwrap().unwrap());
     }
     out
-}
-
-fn settled(views: &[SupernodeView], peers: &[Peer]) -> bool {
-    let sns = &views[0].supernodes;
-    !sns.is_empty()
-        && views.iter().zip(peers).all(|(v, p)| {
-            &v.supernodes == sns
-                && (sns.contains(&p.peer_id()) || v.attached_to.is_some_and(|s| sns.contains(&s)))
-        })
 }
 
 /// (convergence, re-attach wall time, slowest re-attach by the peers'
@@ -82,7 +65,7 @@ async fn election(n: usize) -> Result<(Duration, Duration, Duration, usize, f64)
         // Two in three are public; one SN per 10 peers.
         let mut c = config(i % 3 != 2, 10, n);
         c.bootstrap = boot.clone();
-        let p = start(dir.path(), &format!("p{i}"), c, Role::Server).await;
+        let p = start_peer(dir.path(), &format!("p{i}"), c, Role::Server).await;
         if i == 0 {
             boot = p.listen_addrs().await.unwrap();
         }
@@ -90,7 +73,8 @@ async fn election(n: usize) -> Result<(Duration, Duration, Duration, usize, f64)
     }
     let started = Instant::now();
     let mut v = views(&peers).await;
-    while !(settled(&v, &peers) && v.iter().all(|v| v.adverts.len() == n)) {
+    let ids: Vec<PeerId> = peers.iter().map(Peer::peer_id).collect();
+    while !(settled(&v, &ids) && v.iter().all(|v| v.adverts.len() == n)) {
         if started.elapsed() > Duration::from_secs(120) {
             let mut sets: Vec<&Vec<PeerId>> = v.iter().map(|v| &v.supernodes).collect();
             sets.sort();
@@ -159,15 +143,15 @@ async fn election(n: usize) -> Result<(Duration, Duration, Duration, usize, f64)
 async fn relay_throughput() -> (f64, f64, u64) {
     let dir = tempfile::tempdir().unwrap();
     let auth = TestAuth::start().await;
-    let sn = start(dir.path(), "sn", config(true, 32, 4), Role::Server).await;
+    let sn = start_peer(dir.path(), "sn", config(true, 32, 4), Role::Server).await;
     let boot = sn.listen_addrs().await.unwrap();
     let mut hidden = config(false, 32, 4);
     hidden.listen.clear();
     hidden.bootstrap = boot.clone();
-    let hidden = start(dir.path(), "hidden", hidden, Role::Server).await;
+    let hidden = start_peer(dir.path(), "hidden", hidden, Role::Server).await;
     let mut direct = config(false, 32, 4);
     direct.bootstrap = boot.clone();
-    let direct = start(dir.path(), "direct", direct, Role::Server).await;
+    let direct = start_peer(dir.path(), "direct", direct, Role::Server).await;
     while hidden
         .supernodes()
         .await
@@ -180,16 +164,8 @@ async fn relay_throughput() -> (f64, f64, u64) {
     }
     let mut sender = config(false, 32, 4);
     sender.bootstrap = boot.clone();
-    let sender = start(dir.path(), "sender", sender, Role::Server).await;
-    while !sender
-        .network()
-        .routing_peers()
-        .await
-        .unwrap()
-        .contains(&hidden.peer_id())
-    {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let sender = start_peer(dir.path(), "sender", sender, Role::Server).await;
+    wait_until_known(&sender, hidden.peer_id()).await;
     login_on(&auth, &sender, "bob").await;
     login_on(&auth, &direct, "alice").await;
     let receipt = sender
@@ -209,16 +185,8 @@ async fn relay_throughput() -> (f64, f64, u64) {
     };
     let mut client = config(false, 32, 4);
     client.bootstrap = boot;
-    let client = start(dir.path(), "client", client, Role::Client).await;
-    while !client
-        .network()
-        .routing_peers()
-        .await
-        .unwrap()
-        .contains(&hidden.peer_id())
-    {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let client = start_peer(dir.path(), "client", client, Role::Client).await;
+    wait_until_known(&client, hidden.peer_id()).await;
     let blobs = BlobClient::new(client.network());
     let (mut relayed, mut straight) = (Vec::new(), Vec::new());
     for _ in 0..5 {

@@ -20,7 +20,8 @@ use vmail_auth::service::{AuthService, Clock, SystemClock};
 use vmail_node::client::{AuthClient, AuthTarget, LoginSession, NewDeposit, VoicemailMeta};
 use vmail_node::config::NodeConfig;
 use vmail_node::localnet;
-use vmail_node::peer::{LeaveRequest, Peer, Session};
+use vmail_node::network::Role;
+use vmail_node::peer::{LeaveRequest, Peer, PeerOptions, Session};
 use vmail_proto::keys::SecretKey;
 use vmail_proto::names::Recipients;
 
@@ -255,6 +256,36 @@ impl TestNet {
             p.stop().await;
         }
         self.auth.stop().await;
+    }
+}
+
+/// Starts a peer with data dir `dir/name`.
+pub async fn start_peer(dir: &Path, name: &str, config: NodeConfig, role: Role) -> Peer {
+    Peer::start(PeerOptions {
+        data_dir: dir.join(name),
+        config,
+        role,
+    })
+    .await
+    .expect("peer starts")
+}
+
+/// Waits (30 s at most) until `peer`'s routing table holds `target`.
+pub async fn wait_until_known(peer: &Peer, target: PeerId) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !peer
+        .network()
+        .routing_peers()
+        .await
+        .expect("network runs")
+        .contains(&target)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} never learned of {target}",
+            peer.peer_id()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
 

@@ -13,9 +13,11 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use vmail_node::config::{NodeConfig, SupernodeConfig};
 use vmail_node::network::{Role, SupernodeView};
-use vmail_node::peer::{Peer, PeerOptions, no_progress};
+use vmail_node::peer::{Peer, no_progress};
 use vmail_node::transfer::BlobClient;
-use vmail_tests::{TestAuth, leave_request, login_on, random_content};
+use vmail_tests::{
+    TestAuth, leave_request, login_on, random_content, start_peer, wait_until_known,
+};
 
 fn config(public: bool, bootstrap: Vec<Multiaddr>) -> NodeConfig {
     let mut c = NodeConfig::loopback();
@@ -43,14 +45,12 @@ fn undialable(bootstrap: Vec<Multiaddr>) -> NodeConfig {
     c
 }
 
-async fn start(dir: &std::path::Path, name: &str, config: NodeConfig, role: Role) -> Peer {
-    Peer::start(PeerOptions {
-        data_dir: dir.join(name),
-        config,
-        role,
-    })
-    .await
-    .unwrap()
+/// Logs to the test output, filtered by `RUST_LOG`.
+fn logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
 }
 
 async fn view(p: &Peer) -> SupernodeView {
@@ -129,13 +129,10 @@ fn leaks(plain: &[u8], seen: &[u8]) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_undialable_peer_holds_and_serves_voicemail_through_its_supernodes_relay() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
+    logs();
     let dir = tempfile::tempdir().unwrap();
     let auth = TestAuth::start().await;
-    let sn = start(dir.path(), "sn", config(true, vec![]), Role::Server).await;
+    let sn = start_peer(dir.path(), "sn", config(true, vec![]), Role::Server).await;
     let sn_addr = sn.listen_addrs().await.unwrap()[0].clone();
     let sn_id = sn.peer_id();
     // The undialable peer reaches the supernode through a tap.
@@ -143,7 +140,7 @@ async fn an_undialable_peer_holds_and_serves_voicemail_through_its_supernodes_re
     let via_tap: Multiaddr = format!("/ip4/127.0.0.1/tcp/{}/p2p/{sn_id}", tap_addr.port())
         .parse()
         .unwrap();
-    let hidden = start(
+    let hidden = start_peer(
         dir.path(),
         "hidden",
         undialable(vec![via_tap]),
@@ -151,7 +148,7 @@ async fn an_undialable_peer_holds_and_serves_voicemail_through_its_supernodes_re
     )
     .await;
     let hidden_id = hidden.peer_id();
-    let recipient = start(
+    let recipient = start_peer(
         dir.path(),
         "recipient",
         config(false, vec![sn_addr.clone()]),
@@ -173,18 +170,14 @@ async fn an_undialable_peer_holds_and_serves_voicemail_through_its_supernodes_re
 
     // A sender that joins now knows the hidden peer only by its relayed
     // address.
-    let sender = start(
+    let sender = start_peer(
         dir.path(),
         "sender",
         config(false, vec![sn_addr.clone()]),
         Role::Server,
     )
     .await;
-    until(30, "sender knows the hidden peer", async || {
-        let known = sender.network().routing_peers().await.unwrap();
-        known.contains(&hidden_id).then_some(())
-    })
-    .await;
+    wait_until_known(&sender, hidden_id).await;
     login_on(&auth, &sender, "bob").await;
     login_on(&auth, &recipient, "alice").await;
     let plain = random_content(256 * 1024);
@@ -200,18 +193,14 @@ async fn an_undialable_peer_holds_and_serves_voicemail_through_its_supernodes_re
 
     // A one-job client that never met the hidden peer fetches its copy
     // straight from it: the only way there is the relay.
-    let client = start(
+    let client = start_peer(
         dir.path(),
         "client",
         config(false, vec![sn_addr.clone()]),
         Role::Client,
     )
     .await;
-    until(30, "client knows the hidden peer", async || {
-        let known = client.network().routing_peers().await.unwrap();
-        known.contains(&hidden_id).then_some(())
-    })
-    .await;
+    wait_until_known(&client, hidden_id).await;
     let before = seen.lock().unwrap().len() as u64;
     let body = BlobClient::new(client.network())
         .fetch(hidden_id, copy.id, 1 << 30, &|_| {})
@@ -252,10 +241,7 @@ async fn an_undialable_peer_holds_and_serves_voicemail_through_its_supernodes_re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_whose_supernode_refuses_to_relay_moves_to_one_that_will() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
+    logs();
     let dir = tempfile::tempdir().unwrap();
     // One supernode per peer: the second public peer is elected at once
     // rather than held off by the hysteresis.
@@ -266,11 +252,11 @@ async fn a_peer_whose_supernode_refuses_to_relay_moves_to_one_that_will() {
     };
     let mut stingy = config(true, vec![]);
     stingy.supernode.relay_slots = 0;
-    let first = start(dir.path(), "stingy", stingy, Role::Server).await;
+    let first = start_peer(dir.path(), "stingy", stingy, Role::Server).await;
     let first_addr = first.listen_addrs().await.unwrap()[0].clone();
     let mut hidden = config(false, vec![first_addr.clone()]);
     hidden.listen.clear();
-    let hidden = start(dir.path(), "hidden", hidden, Role::Server).await;
+    let hidden = start_peer(dir.path(), "hidden", hidden, Role::Server).await;
     // Alone, the refusing supernode is still the one to attach to; the
     // peer stays attached without a relayed address.
     until(30, "attached to the only supernode", async || {
@@ -284,7 +270,7 @@ async fn a_peer_whose_supernode_refuses_to_relay_moves_to_one_that_will() {
     assert_eq!(v.relay_addr, None, "a refused reservation shows no address");
 
     // A second supernode appears: the peer moves there and is relayed.
-    let second = start(
+    let second = start_peer(
         dir.path(),
         "second",
         config(true, vec![first_addr]),

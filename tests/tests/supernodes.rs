@@ -5,12 +5,12 @@
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use libp2p::{Multiaddr, gossipsub, identity, noise, tcp, yamux};
+use libp2p::{Multiaddr, PeerId, gossipsub, identity, noise, tcp, yamux};
 use vmail_node::advert::{ADVERT_VERSION, Advert, Reachability};
 use vmail_node::config::{NodeConfig, SupernodeConfig};
 use vmail_node::election;
 use vmail_node::localnet::JOIN_TIMEOUT;
-use vmail_node::network::{Role, SupernodeView};
+use vmail_node::network::{Role, SupernodeView, settled};
 use vmail_node::peer::{Peer, PeerOptions};
 
 const PEERS: usize = 20;
@@ -103,15 +103,9 @@ async fn until(
 /// Waits until every peer that does not serve is attached to one of the
 /// supernodes all agree on; returns the views.
 async fn all_attached(peers: &[Peer], n: usize) -> Vec<SupernodeView> {
+    let ids: Vec<PeerId> = peers.iter().map(Peer::peer_id).collect();
     until(peers, 60, "all attached", |views| {
-        let sns = &views[0].supernodes;
-        !sns.is_empty()
-            && views.iter().zip(peers).all(|(v, p)| {
-                v.adverts.len() == n
-                    && &v.supernodes == sns
-                    && (sns.contains(&p.peer_id())
-                        || v.attached_to.is_some_and(|sn| sns.contains(&sn)))
-            })
+        settled(views, &ids) && views.iter().all(|v| v.adverts.len() == n)
     })
     .await
 }
@@ -282,7 +276,7 @@ async fn forged_stale_out_of_range_and_garbage_adverts_are_rejected_and_change_n
 }
 
 /// The peers in `peers` whose id is in `ids`, and the others.
-fn split(peers: Vec<Peer>, ids: &[libp2p::PeerId]) -> (Vec<Peer>, Vec<Peer>) {
+fn split(peers: Vec<Peer>, ids: &[PeerId]) -> (Vec<Peer>, Vec<Peer>) {
     peers.into_iter().partition(|p| ids.contains(&p.peer_id()))
 }
 
@@ -346,15 +340,9 @@ async fn when_every_supernode_is_gone_qualified_peers_are_promoted() {
     for p in gone {
         p.stop().await;
     }
+    let ids: Vec<PeerId> = survivors.iter().map(Peer::peer_id).collect();
     let views = until(&survivors, 60, "new supernodes", |views| {
-        let sns = &views[0].supernodes;
-        !sns.is_empty()
-            && sns.iter().all(|p| !old.contains(p))
-            && views.iter().zip(&survivors).all(|(v, p)| {
-                &v.supernodes == sns
-                    && (sns.contains(&p.peer_id())
-                        || v.attached_to.is_some_and(|sn| sns.contains(&sn)))
-            })
+        settled(views, &ids) && views[0].supernodes.iter().all(|p| !old.contains(p))
     })
     .await;
     let promoted = &views[0].supernodes;

@@ -15,7 +15,7 @@ use vmail_node::client::{AuthClient, AuthTarget};
 use vmail_node::config::SupernodeConfig;
 use vmail_node::localnet;
 use vmail_node::locator::Locator;
-use vmail_node::network::SupernodeView;
+use vmail_node::network::{self, SupernodeView};
 use vmail_node::peer::{LeaveRequest, Peer, Session, no_progress};
 use vmail_node::wav;
 use vmail_proto::random_bytes;
@@ -116,21 +116,14 @@ async fn views_when(
     }
 }
 
-/// Whether all peers elect the same set and every other peer is attached
-/// to one of it.
-fn settled(views: &[SupernodeView], peers: &[Peer]) -> bool {
-    let sns = &views[0].supernodes;
-    !sns.is_empty()
-        && views.iter().zip(peers).all(|(v, p)| {
-            &v.supernodes == sns
-                && (sns.contains(&p.peer_id()) || v.attached_to.is_some_and(|s| sns.contains(&s)))
-        })
-}
-
 /// The election, then one supernode killed and its peers re-attaching.
 async fn supernodes(tl: &Timeline, peers: &mut Vec<Peer>) -> anyhow::Result<()> {
     tl.step("every peer gossips a signed advert each second; all run the same pure election (one supernode per 4 peers)");
-    let views = views_when(peers, "the election", settled).await?;
+    let views = views_when(peers, "the election", |views, peers| {
+        let ids: Vec<_> = peers.iter().map(Peer::peer_id).collect();
+        network::settled(views, &ids)
+    })
+    .await?;
     let sns = views[0].supernodes.clone();
     for sn in &sns {
         let attached = views.iter().filter(|v| v.attached_to == Some(*sn)).count();
