@@ -333,9 +333,12 @@ async fn when_every_supernode_is_gone_qualified_peers_are_promoted() {
     let n = 8;
     // Peers 6 and 7 are private: they can never be promoted.
     let peers = start_peers(dir.path(), n, n - 1, 4, declared(|i| i < 6)).await;
+    let private: Vec<PeerId> = peers[6..].iter().map(Peer::peer_id).collect();
     let views = all_attached(&peers, n).await;
     let old = views[0].supernodes.clone();
-    assert_eq!(old.len(), 2);
+    // The target is 2; hysteresis keeps a third that started serving while
+    // the views were still filling (within the 25 % slack).
+    assert!((2..=3).contains(&old.len()), "{old:?}");
     let (gone, survivors) = split(peers, &old);
     for p in gone {
         p.stop().await;
@@ -346,11 +349,11 @@ async fn when_every_supernode_is_gone_qualified_peers_are_promoted() {
     })
     .await;
     let promoted = &views[0].supernodes;
-    for (i, p) in survivors.iter().enumerate() {
-        if promoted.contains(&p.peer_id()) {
-            assert!(i < 4, "a private peer was promoted");
-        }
-    }
+    assert!(!promoted.is_empty());
+    assert!(
+        promoted.iter().all(|p| !private.contains(p)),
+        "a private peer was promoted: {promoted:?}"
+    );
     for p in survivors {
         p.stop().await;
     }
