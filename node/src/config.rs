@@ -4,21 +4,21 @@
 use std::path::{Path, PathBuf};
 
 use libp2p::Multiaddr;
+use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
+
+use crate::erasure::{MAX_SHARDS, Redundancy};
+use crate::score::{FrequencyRule, PaperScorer, RandomScorer, Scorer};
 
 /// Default holder quota: 1 GiB of ciphertext.
 pub const DEFAULT_QUOTA_BYTES: u64 = 1 << 30;
 /// Default largest voicemail: 16 MiB of audio.
 pub const DEFAULT_MAX_VOICEMAIL_BYTES: u64 = 16 << 20;
-/// Default number of copies a leave stores.
-pub const DEFAULT_REPLICAS: u32 = 3;
-/// Most copies a leave may ask for.
-pub const MAX_REPLICAS: u32 = crate::locator::MAX_COPIES as u32;
 /// Name of the config file in the data dir.
 pub const CONFIG_FILE: &str = "node.toml";
 
 /// How a peer runs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NodeConfig {
     /// Listen addresses. Default: TCP and QUIC on every interface, OS-chosen ports.
@@ -30,8 +30,9 @@ pub struct NodeConfig {
     pub quota_bytes: u64,
     /// Largest voicemail (plaintext) this peer sends or holds. Default 16 MiB.
     pub max_voicemail_bytes: u64,
-    /// Copies a leave stores unless told otherwise. Default 3.
-    pub replicas: u32,
+    /// Whole copies a leave stores unless told otherwise. Unset (the
+    /// default): `placement.redundancy` decides.
+    pub replicas: Option<u32>,
     /// Most established connections. Default 256.
     pub max_connections: u32,
     /// Most established connections to one peer. Default 4.
@@ -40,6 +41,107 @@ pub struct NodeConfig {
     pub max_pending_incoming: u32,
     /// Supernode adverts and election (`[supernode]`).
     pub supernode: SupernodeConfig,
+    /// Storage placement, redundancy and repair (`[placement]`).
+    pub placement: PlacementConfig,
+}
+
+/// `[placement]`: how a leave picks holders and makes the voicemail
+/// redundant, and how holders repair it (docs/PLACEMENT.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PlacementConfig {
+    /// `"K/N"` for Reed-Solomon (any K of N shards rebuild), or `"Rx"` for R
+    /// whole copies. Default `"4/8"`, the churn study's choice.
+    pub redundancy: String,
+    /// `"paper-min"` (the paper's `a·e·c / min{f,1}`), `"paper-max"`
+    /// (`/ max{f,1}`) or `"random"`. Default `"paper-max"`.
+    pub scorer: String,
+    /// Peer ids to favour as holders.
+    pub preferred: Vec<String>,
+    /// Seconds between a holder's checks of its voicemails' other shards.
+    /// Default 600.
+    pub repair_interval_secs: u64,
+    /// Most shards one peer regenerates per check. Default 8.
+    pub repair_max_shards: usize,
+    /// Seconds a shard must have been missing before it is regenerated
+    /// (lazy repair). Default 86400, a day.
+    pub repair_grace_secs: u64,
+}
+
+impl Default for PlacementConfig {
+    fn default() -> Self {
+        Self {
+            redundancy: "4/8".into(),
+            scorer: "paper-max".into(),
+            preferred: Vec::new(),
+            repair_interval_secs: 600,
+            repair_max_shards: 8,
+            repair_grace_secs: 86_400,
+        }
+    }
+}
+
+impl PlacementConfig {
+    /// The configured redundancy.
+    pub fn redundancy(&self) -> Result<Redundancy, String> {
+        self.redundancy
+            .parse()
+            .map_err(|e| format!("placement.redundancy: {e}"))
+    }
+
+    /// The configured scorer.
+    pub fn scorer(&self) -> Result<Box<dyn Scorer + Send + Sync>, String> {
+        let paper = |rule| -> Box<dyn Scorer + Send + Sync> {
+            Box::new(PaperScorer {
+                rule,
+                ..PaperScorer::default()
+            })
+        };
+        match self.scorer.as_str() {
+            "paper-min" => Ok(paper(FrequencyRule::Min)),
+            "paper-max" => Ok(paper(FrequencyRule::Max)),
+            "random" => Ok(Box::new(RandomScorer)),
+            other => Err(format!(
+                "placement.scorer = {other:?}: use \"paper-min\", \"paper-max\" or \"random\""
+            )),
+        }
+    }
+
+    /// The preferred peers.
+    pub fn preferred(&self) -> Result<Vec<PeerId>, String> {
+        self.preferred
+            .iter()
+            .map(|p| {
+                p.parse()
+                    .map_err(|e| format!("placement.preferred entry {p:?}: {e}"))
+            })
+            .collect()
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        self.redundancy()?;
+        self.scorer()?;
+        self.preferred()?;
+        if !(1..=86_400).contains(&self.repair_interval_secs) {
+            return Err(format!(
+                "placement.repair_interval_secs = {} must be 1 to 86400",
+                self.repair_interval_secs
+            ));
+        }
+        if self.repair_grace_secs > 30 * 86_400 {
+            return Err(format!(
+                "placement.repair_grace_secs = {} must be at most 2592000 (30 days)",
+                self.repair_grace_secs
+            ));
+        }
+        if !(1..=1024).contains(&self.repair_max_shards) {
+            return Err(format!(
+                "placement.repair_max_shards = {} must be 1 to 1024",
+                self.repair_max_shards
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// `[supernode]`: what this peer says about itself in its adverts, the
@@ -167,11 +269,12 @@ impl Default for NodeConfig {
             bootstrap: Vec::new(),
             quota_bytes: DEFAULT_QUOTA_BYTES,
             max_voicemail_bytes: DEFAULT_MAX_VOICEMAIL_BYTES,
-            replicas: DEFAULT_REPLICAS,
+            replicas: None,
             max_connections: 256,
             max_connections_per_peer: 4,
             max_pending_incoming: 64,
             supernode: SupernodeConfig::default(),
+            placement: PlacementConfig::default(),
         }
     }
 }
@@ -222,12 +325,8 @@ impl NodeConfig {
 
     /// Checks ranges; the message names the field and the allowed values.
     pub fn validate(&self) -> Result<(), String> {
-        if self.replicas == 0 || self.replicas > MAX_REPLICAS {
-            return Err(format!(
-                "replicas = {} must be 1 to {MAX_REPLICAS}",
-                self.replicas
-            ));
-        }
+        self.redundancy()?;
+        self.placement.validate()?;
         if self.max_voicemail_bytes == 0 || self.max_voicemail_bytes > 1 << 30 {
             return Err(format!(
                 "max_voicemail_bytes = {} must be 1 to 1073741824",
@@ -239,6 +338,16 @@ impl NodeConfig {
         }
         self.supernode.validate()?;
         Ok(())
+    }
+
+    /// What a leave stores unless told otherwise.
+    pub fn redundancy(&self) -> Result<Redundancy, String> {
+        match self.replicas {
+            Some(r) => Redundancy::Replicas(u8::try_from(r).unwrap_or(0))
+                .validate()
+                .map_err(|_| format!("replicas = {r} must be 1 to {MAX_SHARDS}")),
+            None => self.placement.redundancy(),
+        }
     }
 
     /// Largest ciphertext this peer holds.

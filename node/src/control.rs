@@ -20,6 +20,7 @@ use vmail_proto::keys::MasterKey;
 use vmail_proto::names::Username;
 
 use crate::client::{AuthTarget, LoginSession, Pending};
+use crate::erasure::{ErasureError, Redundancy};
 use crate::peer::{LeaveRequest, Peer, PeerError, Phase, Progress, ProgressFn, Session, Timings};
 
 /// Socket file name in the data dir.
@@ -84,16 +85,17 @@ fn status(e: PeerError) -> Status {
         PeerError::NotLoggedIn => Code::Unauthenticated,
         PeerError::Empty
         | PeerError::TooLarge { .. }
-        | PeerError::Replicas(_)
+        | PeerError::Redundancy(_)
         | PeerError::BadName(_) => Code::InvalidArgument,
         PeerError::UnknownRecipient(_) | PeerError::NoSuchVoicemail(_) => Code::NotFound,
         PeerError::NoPeers
+        | PeerError::TooFewPeers { .. }
         | PeerError::NotEnoughHolders { .. }
         | PeerError::AllCopiesFailed { .. }
         | PeerError::Network(_) => Code::Unavailable,
         PeerError::Auth(c) => c.code().unwrap_or(Code::Unavailable),
         PeerError::Locator(_) | PeerError::Decrypt { .. } => Code::DataLoss,
-        PeerError::Store(_) | PeerError::DataDir { .. } => Code::Internal,
+        PeerError::Store(_) | PeerError::DataDir { .. } | PeerError::Config(_) => Code::Internal,
     };
     Status::new(code, e.to_string())
 }
@@ -284,6 +286,7 @@ impl control_server::Control for ControlService {
         let progress = progress_into(tx.clone(), |p| pb::LeaveEvent {
             event: Some(pb::leave_event::Event::Progress(p)),
         });
+        let redundancy = redundancy(r.replicas, &r.erasure).map_err(status)?;
         let peer = self.peer.clone();
         tokio::spawn(async move {
             let req = LeaveRequest {
@@ -291,22 +294,25 @@ impl control_server::Control for ControlService {
                 content: r.content,
                 content_type: r.content_type,
                 duration_ms: r.duration_ms,
-                replicas: r.replicas,
+                redundancy,
             };
             let result = peer.leave(req, progress).await.map(|done| pb::LeaveEvent {
                 event: Some(pb::leave_event::Event::Done(pb::LeaveDone {
                     voicemail_id: done.voicemail_id.to_vec(),
                     ciphertext_size: done.ciphertext_len,
                     copies: done
-                        .copies
+                        .shards
                         .iter()
                         .map(|c| pb::StoredCopy {
                             identifier: c.id.to_vec(),
                             holder: c.holder.to_bytes(),
+                            index: c.index.into(),
                         })
                         .collect(),
                     failures: done.failures,
                     timings: Some(timings_pb(done.timings)),
+                    redundancy: done.redundancy.to_string(),
+                    shard_size: done.shard_len,
                 })),
             });
             let _ = tx.send(result.map_err(status)).await;
@@ -356,7 +362,20 @@ impl control_server::Control for ControlService {
             }
             let done = pb::FetchDone {
                 voicemail: Some(inbox_entry(&fetched.pending)),
-                holder: fetched.holder.to_bytes(),
+                holder: fetched
+                    .holders
+                    .first()
+                    .map(|(_, h)| h.to_bytes())
+                    .unwrap_or_default(),
+                holders: fetched
+                    .holders
+                    .iter()
+                    .map(|(index, h)| pb::ShardHolder {
+                        index: (*index).into(),
+                        holder: h.to_bytes(),
+                    })
+                    .collect(),
+                redundancy: fetched.redundancy.to_string(),
                 failures: fetched.failures,
                 timings: Some(timings_pb(fetched.timings)),
             };
@@ -369,6 +388,27 @@ impl control_server::Control for ControlService {
         let id = bytes16(&req.into_inner().voicemail_id, "voicemail id")?;
         let key_erased = self.peer.ack(id).await.map_err(status)?;
         Ok(Response::new(pb::AckResponse { key_erased }))
+    }
+}
+
+/// The redundancy a leave asked for: `replicas` copies, or `erasure` "K/N",
+/// or neither (None: the peer's default).
+fn redundancy(replicas: u32, erasure: &str) -> Result<Option<Redundancy>, PeerError> {
+    match (replicas, erasure.trim()) {
+        (0, "") => Ok(None),
+        (0, e) => Ok(Some(e.parse()?)),
+        (r, "") => match u8::try_from(r) {
+            Ok(r) => Ok(Some(Redundancy::Replicas(r).validate()?)),
+            Err(_) => Err(ErasureError::BadSetting(format!(
+                "{r} replicas is out of range: use 1 to {}",
+                crate::erasure::MAX_SHARDS
+            ))
+            .into()),
+        },
+        (_, _) => Err(ErasureError::BadSetting(
+            "--replicas and --erasure were both given: choose one".into(),
+        )
+        .into()),
     }
 }
 

@@ -4,46 +4,109 @@
 //! servers nor anyone on the path can alter it unnoticed.
 //!
 //! Encoding (docs/PROTOCOL.md): postcard of [`Locator`], whose first field is
-//! the format version.
+//! the format version. Version 1 (whole copies only) is still read.
 
 use serde::{Deserialize, Serialize};
 
+use crate::erasure::{MAX_SHARDS, Redundancy};
+
 /// Format version of an encoded locator.
-pub const LOCATOR_VERSION: u8 = 1;
-/// Most copies one locator may name.
-pub const MAX_COPIES: usize = 32;
+pub const LOCATOR_VERSION: u8 = 2;
 
 /// A 32-byte storage identifier. Kademlia hashes it (SHA-256) into the key
 /// space, like a record key.
 pub type ObjectId = [u8; 32];
 
-/// Where the copies of one ciphertext are stored.
+/// One stored shard (or whole copy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardRef {
+    /// Its storage identifier.
+    pub id: ObjectId,
+    /// SHA-256 of its bytes.
+    pub sha256: [u8; 32],
+}
+
+/// How one ciphertext was cut into shards and where they are: all a holder
+/// needs to check and repair its siblings, and nothing about the content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Layout {
+    /// Copies or Reed-Solomon k-of-n.
+    pub redundancy: Redundancy,
+    /// Ciphertext length in bytes.
+    pub ciphertext_len: u64,
+    /// Shard `i` of the coding, for `i` in `0..n`.
+    pub shards: Vec<ShardRef>,
+}
+
+/// Where the shards of one ciphertext are stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Locator {
     /// [`LOCATOR_VERSION`].
     pub version: u8,
     /// The message id in the ciphertext's header.
     pub message_id: [u8; 16],
-    /// Ciphertext length in bytes; every copy is the same ciphertext.
-    pub ciphertext_len: u64,
-    /// SHA-256 of the ciphertext.
+    /// SHA-256 of the whole ciphertext.
     pub ciphertext_sha256: [u8; 32],
-    /// The storage identifier of each copy, one per holder.
-    pub copies: Vec<ObjectId>,
+    /// The shards.
+    pub layout: Layout,
 }
 
-/// Why a locator could not be read.
+/// Version 1: whole copies, each with the ciphertext's hash.
+#[derive(Deserialize)]
+struct LocatorV1 {
+    message_id: [u8; 16],
+    ciphertext_len: u64,
+    ciphertext_sha256: [u8; 32],
+    copies: Vec<ObjectId>,
+}
+
+/// Why a locator or layout could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LocatorError {
     /// Not a postcard-encoded locator.
     #[error("the voicemail's locator is malformed: {0}")]
     Malformed(String),
     /// A version this build does not know.
-    #[error("the voicemail's locator has version {0}; this vmail reads version 1: upgrade vmail")]
+    #[error(
+        "the voicemail's locator has version {0}; this vmail reads versions 1 and 2: upgrade vmail"
+    )]
     Version(u8),
-    /// No copy, or more than [`MAX_COPIES`].
-    #[error("the voicemail's locator names {0} copies; 1 to 32 are allowed")]
-    Copies(usize),
+    /// Shard counts or sizes that do not fit the coding.
+    #[error("the voicemail's locator is inconsistent: {0}")]
+    Inconsistent(String),
+}
+
+impl Layout {
+    /// Checks the coding, the shard count and that no identifier repeats.
+    pub fn validate(&self) -> Result<(), LocatorError> {
+        let bad = |why: String| Err(LocatorError::Inconsistent(why));
+        if let Err(e) = self.redundancy.validate() {
+            return bad(e.to_string());
+        }
+        if self.shards.len() != self.redundancy.n() {
+            return bad(format!(
+                "it names {} shards where {} needs {}",
+                self.shards.len(),
+                self.redundancy,
+                self.redundancy.n()
+            ));
+        }
+        if self.ciphertext_len == 0 {
+            return bad("the ciphertext is empty".into());
+        }
+        let mut ids: Vec<&ObjectId> = self.shards.iter().map(|s| &s.id).collect();
+        ids.sort();
+        ids.dedup();
+        if ids.len() != self.shards.len() {
+            return bad("a shard identifier repeats".into());
+        }
+        Ok(())
+    }
+
+    /// Bytes of each shard.
+    pub fn shard_len(&self) -> u64 {
+        self.redundancy.shard_len(self.ciphertext_len)
+    }
 }
 
 impl Locator {
@@ -54,13 +117,49 @@ impl Locator {
 
     /// Reads and checks an encoded locator.
     pub fn decode(bytes: &[u8]) -> Result<Self, LocatorError> {
-        let loc: Locator =
-            postcard::from_bytes(bytes).map_err(|e| LocatorError::Malformed(e.to_string()))?;
-        if loc.version != LOCATOR_VERSION {
-            return Err(LocatorError::Version(loc.version));
-        }
-        if loc.copies.is_empty() || loc.copies.len() > MAX_COPIES {
-            return Err(LocatorError::Copies(loc.copies.len()));
+        let malformed = |e: postcard::Error| LocatorError::Malformed(e.to_string());
+        let loc = match bytes.first() {
+            Some(1) => {
+                let v1: LocatorV1 = postcard::from_bytes(&bytes[1..]).map_err(malformed)?;
+                if v1.copies.is_empty() || v1.copies.len() > MAX_SHARDS {
+                    return Err(LocatorError::Inconsistent(format!(
+                        "{} copies; 1 to {MAX_SHARDS} are allowed",
+                        v1.copies.len()
+                    )));
+                }
+                Locator {
+                    version: 1,
+                    message_id: v1.message_id,
+                    ciphertext_sha256: v1.ciphertext_sha256,
+                    layout: Layout {
+                        redundancy: Redundancy::Replicas(v1.copies.len() as u8),
+                        ciphertext_len: v1.ciphertext_len,
+                        shards: v1
+                            .copies
+                            .into_iter()
+                            .map(|id| ShardRef {
+                                id,
+                                sha256: v1.ciphertext_sha256,
+                            })
+                            .collect(),
+                    },
+                }
+            }
+            Some(2) => postcard::from_bytes(bytes).map_err(malformed)?,
+            Some(&v) => return Err(LocatorError::Version(v)),
+            None => return Err(LocatorError::Malformed("empty".into())),
+        };
+        loc.layout.validate()?;
+        if matches!(loc.layout.redundancy, Redundancy::Replicas(_))
+            && loc
+                .layout
+                .shards
+                .iter()
+                .any(|s| s.sha256 != loc.ciphertext_sha256)
+        {
+            return Err(LocatorError::Inconsistent(
+                "a whole copy's hash differs from the ciphertext's".into(),
+            ));
         }
         Ok(loc)
     }
@@ -74,9 +173,17 @@ mod tests {
         Locator {
             version: LOCATOR_VERSION,
             message_id: [7; 16],
-            ciphertext_len: 1234,
             ciphertext_sha256: [9; 32],
-            copies: vec![[1; 32], [2; 32], [3; 32]],
+            layout: Layout {
+                redundancy: Redundancy::ReedSolomon { k: 2, n: 3 },
+                ciphertext_len: 1234,
+                shards: (1..=3)
+                    .map(|i| ShardRef {
+                        id: [i; 32],
+                        sha256: [i + 10; 32],
+                    })
+                    .collect(),
+            },
         }
     }
 
@@ -87,13 +194,50 @@ mod tests {
     }
 
     #[test]
+    fn version_1_reads_as_whole_copies() {
+        let mut bytes = vec![1u8];
+        bytes.extend(
+            postcard::to_stdvec(&([7u8; 16], 1234u64, [9u8; 32], vec![[1u8; 32], [2; 32]]))
+                .unwrap(),
+        );
+        let l = Locator::decode(&bytes).unwrap();
+        assert_eq!(l.layout.redundancy, Redundancy::Replicas(2));
+        assert_eq!(
+            l.layout.shards[1],
+            ShardRef {
+                id: [2; 32],
+                sha256: [9; 32]
+            }
+        );
+        assert_eq!(l.layout.shard_len(), 1234);
+    }
+
+    #[test]
     fn refuses_bad_input() {
         let mut l = sample();
-        l.version = 2;
-        assert_eq!(Locator::decode(&l.encode()), Err(LocatorError::Version(2)));
-        l.version = LOCATOR_VERSION;
-        l.copies.clear();
-        assert_eq!(Locator::decode(&l.encode()), Err(LocatorError::Copies(0)));
+        l.version = 3;
+        assert_eq!(Locator::decode(&l.encode()), Err(LocatorError::Version(3)));
+        let mut l = sample();
+        l.layout.shards.pop();
+        assert!(
+            matches!(Locator::decode(&l.encode()), Err(LocatorError::Inconsistent(m)) if m.contains("names 2 shards"))
+        );
+        let mut l = sample();
+        l.layout.redundancy = Redundancy::ReedSolomon { k: 4, n: 3 };
+        assert!(
+            matches!(Locator::decode(&l.encode()), Err(LocatorError::Inconsistent(m)) if m.contains("1 <= K < N"))
+        );
+        let mut l = sample();
+        l.layout.shards[2].id = l.layout.shards[0].id;
+        assert!(matches!(
+            Locator::decode(&l.encode()),
+            Err(LocatorError::Inconsistent(_))
+        ));
+        let mut l = sample();
+        l.layout.redundancy = Redundancy::Replicas(3);
+        assert!(
+            matches!(Locator::decode(&l.encode()), Err(LocatorError::Inconsistent(m)) if m.contains("whole copy"))
+        );
         let bytes = sample().encode();
         assert!(matches!(
             Locator::decode(&bytes[..bytes.len() - 1]),

@@ -223,6 +223,9 @@ enum Command {
     RoutingPeers {
         reply: oneshot::Sender<Vec<PeerId>>,
     },
+    Rtts {
+        reply: oneshot::Sender<HashMap<PeerId, Duration>>,
+    },
     ListenAddrs {
         reply: oneshot::Sender<Vec<Multiaddr>>,
     },
@@ -514,6 +517,11 @@ impl Network {
         self.ask(|reply| Command::RoutingPeers { reply }).await
     }
 
+    /// The round-trip time last measured to each connected peer.
+    pub async fn rtts(&self) -> Result<HashMap<PeerId, Duration>, NetworkError> {
+        self.ask(|reply| Command::Rtts { reply }).await
+    }
+
     /// The addresses this peer listens on, each with `/p2p/<id>`.
     pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, NetworkError> {
         self.ask(|reply| Command::ListenAddrs { reply }).await
@@ -633,6 +641,9 @@ impl EventLoop {
                     .flat_map(|b| b.iter().map(|e| *e.node.key.preimage()).collect::<Vec<_>>())
                     .collect();
                 let _ = reply.send(peers);
+            }
+            Command::Rtts { reply } => {
+                let _ = reply.send(self.rtts.clone());
             }
             Command::ListenAddrs { reply } => {
                 let _ = reply.send(self.listen_addrs.clone());

@@ -3,18 +3,25 @@
 //! ([`crate::control`]) is a thin adapter over [`Peer`]; the daemon, the
 //! ephemeral one-job peer of the CLI, the demo and the tests all run this.
 //!
-//! Leave: derive the session key, encrypt once, pick holders, give each
-//! copy an identifier inside its holder's range, upload, and only after
-//! every holder acked deposit the wrapped key and locator. Any failure
-//! withdraws the copies already stored, so nothing is left half-made.
+//! Leave: derive the session key, encrypt once, cut the ciphertext into
+//! shards (Reed-Solomon k-of-n, or whole copies), rank holders with the
+//! configured scorer, give each shard an identifier inside its holder's
+//! range, upload, and only after every holder acked deposit the wrapped key
+//! and locator. Any failure withdraws the shards already stored, so nothing
+//! is left half-made.
 //!
-//! Fetch: get the key and locator, find each copy in the DHT, stream it
-//! from a holder, check its SHA-256, decrypt. The caller acks after the
-//! plaintext is safely written.
+//! Fetch: get the key and locator, find the shards in the DHT, download k
+//! of them in parallel from the fastest holders (falling back to the
+//! others), check each one's SHA-256, decode, check the ciphertext's,
+//! decrypt. The caller acks after the plaintext is safely written.
+//!
+//! Every exchange feeds this peer's [`Observations`] of the others, which
+//! the scorer ranks holders by; the table lives in `DIR/observations.bin`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
@@ -32,10 +39,13 @@ use crate::client::{
 };
 use crate::config::NodeConfig;
 use crate::crypto::{self, DecryptError};
-use crate::locator::{LOCATOR_VERSION, Locator, LocatorError, ObjectId};
+use crate::erasure::{self, ErasureError, Redundancy};
+use crate::locator::{LOCATOR_VERSION, Layout, Locator, LocatorError, ObjectId, ShardRef};
 use crate::network::{Network, NetworkConfig, NetworkError, Role, SupernodeSetup, SupernodeView};
 use crate::placement;
-use crate::storage::{ObjectMeta, Store, StoreError};
+use crate::repair;
+use crate::score::{Observations, Outcome, PeerStats, Scorer};
+use crate::storage::{ObjectMeta, ShardOf, Store, StoreError};
 use crate::transfer::{self, BlobClient, TransferError};
 
 /// Node key file in the data dir (libp2p protobuf encoding, mode 0600).
@@ -46,6 +56,15 @@ pub const DEFAULT_TTL_SECS: u64 = vmail_auth::config::DEFAULT_VOICEMAIL_TTL_SECS
 pub const PURGE_INTERVAL: Duration = Duration::from_secs(60);
 /// Peers tried, one after another, to take each object on a graceful leave.
 pub const HANDOFF_TRIES: usize = 3;
+/// This peer's observations of others, in the data dir (postcard).
+pub const OBSERVATIONS_FILE: &str = "observations.bin";
+/// How often a server peer samples who is online (fresh adverts) and saves
+/// its observations.
+pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(60);
+/// Observations of a peer not heard of for this long are dropped: 30 days.
+pub const OBSERVATION_MAX_AGE_SECS: u64 = 30 * 86_400;
+/// Longest wait for the supernode's recommendations during a leave.
+pub const RECOMMEND_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The user's login, as handed to the peer by `vmail login`.
 #[derive(Clone)]
@@ -71,9 +90,9 @@ impl std::fmt::Debug for Session {
 pub enum Phase {
     /// Encrypting the voicemail.
     Encrypt,
-    /// Uploading copies to holders (total = copies × ciphertext).
+    /// Uploading shards to holders (total = n × shard length).
     Upload,
-    /// Downloading a copy.
+    /// Downloading shards (total = k × shard length).
     Download,
     /// Decrypting it.
     Decrypt,
@@ -122,13 +141,15 @@ pub struct LeaveRequest {
     pub content_type: String,
     /// Duration, when known.
     pub duration_ms: u64,
-    /// Copies to store; 0 means the configured default.
-    pub replicas: u32,
+    /// Copies or erasure coding; None means the configured default.
+    pub redundancy: Option<Redundancy>,
 }
 
-/// One stored copy.
+/// One stored shard (a whole copy when not erasure-coded).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Copy {
+pub struct StoredShard {
+    /// Its index in the layout.
+    pub index: u8,
     /// Its identifier.
     pub id: ObjectId,
     /// The holder that acked it.
@@ -140,10 +161,14 @@ pub struct Copy {
 pub struct LeaveReceipt {
     /// The auth server's voicemail id.
     pub voicemail_id: [u8; 16],
-    /// Ciphertext bytes (each copy).
+    /// Ciphertext bytes.
     pub ciphertext_len: u64,
-    /// The copies.
-    pub copies: Vec<Copy>,
+    /// How it was made redundant.
+    pub redundancy: Redundancy,
+    /// Bytes of each shard.
+    pub shard_len: u64,
+    /// The shards, by index.
+    pub shards: Vec<StoredShard>,
     /// Holders that refused or failed before others took their place.
     pub failures: Vec<String>,
     /// Where the time went.
@@ -157,9 +182,11 @@ pub struct Fetched {
     pub pending: Pending,
     /// The plaintext.
     pub content: Vec<u8>,
-    /// The holder it came from.
-    pub holder: PeerId,
-    /// Copies that failed before one worked.
+    /// How it was stored.
+    pub redundancy: Redundancy,
+    /// The holders whose shards rebuilt it, by shard index.
+    pub holders: Vec<(u8, PeerId)>,
+    /// Shards that failed or were skipped on the way.
     pub failures: Vec<String>,
     /// Where the time went.
     pub timings: Timings,
@@ -204,9 +231,9 @@ pub enum PeerError {
         /// The limit.
         max: u64,
     },
-    /// Replica count out of range.
-    #[error("--replicas {0} is out of range: use 1 to 32")]
-    Replicas(u32),
+    /// Redundancy out of range.
+    #[error("{0}; nothing was stored")]
+    Redundancy(#[from] ErasureError),
     /// A recipient name is malformed.
     #[error("{0}; nothing was stored")]
     BadName(#[from] NameError),
@@ -218,8 +245,20 @@ pub enum PeerError {
         "no reachable peers to store on: is the overlay running, and is a bootstrap peer configured (VMAIL_BOOTSTRAP or bootstrap in node.toml)? Nothing was stored"
     )]
     NoPeers,
+    /// Fewer peers known than shards to place.
+    #[error(
+        "{redundancy} needs {needed} holders but only {known} other peers are known; use fewer shards (--erasure K/N or --replicas R) or wait for more peers. Nothing was stored"
+    )]
+    TooFewPeers {
+        /// The redundancy asked for.
+        redundancy: Redundancy,
+        /// Holders it needs.
+        needed: usize,
+        /// Peers known.
+        known: usize,
+    },
     /// Fewer holders acked than asked for.
-    #[error("only {got} of {wanted} holders accepted the voicemail, so nothing was deposited and the stored copies were withdrawn. Failures: {}", .failures.join("; "))]
+    #[error("only {got} of {wanted} holders accepted a shard, so nothing was deposited and the stored shards were withdrawn. Failures: {}", .failures.join("; "))]
     NotEnoughHolders {
         /// Copies asked for.
         wanted: usize,
@@ -237,8 +276,8 @@ pub enum PeerError {
     /// The locator cannot be read.
     #[error(transparent)]
     Locator(#[from] LocatorError),
-    /// Every copy failed.
-    #[error("every copy of voicemail {id} failed; it stays in your inbox. {}", .failures.join("; "))]
+    /// Too few shards could be fetched, checked and decoded.
+    #[error("voicemail {id} cannot be rebuilt: fewer than the shards needed were found intact; it stays in your inbox. {}", .failures.join("; "))]
     AllCopiesFailed {
         /// The voicemail.
         id: String,
@@ -262,6 +301,9 @@ pub enum PeerError {
     /// The local store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The configuration is unusable.
+    #[error("node config: {0}")]
+    Config(String),
     /// The data dir could not be used.
     #[error("peer data dir {path}: {why}")]
     DataDir {
@@ -290,6 +332,11 @@ pub struct Peer {
     blobs: BlobClient,
     store: Option<Store>,
     config: NodeConfig,
+    redundancy: Redundancy,
+    scorer: Box<dyn Scorer + Send + Sync>,
+    preferred: Vec<PeerId>,
+    observations: Arc<Mutex<Observations<PeerId>>>,
+    observations_file: PathBuf,
     session: RwLock<Option<Session>>,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
@@ -324,6 +371,32 @@ pub fn load_or_create_node_key(dir: &Path) -> Result<identity::Keypair, PeerErro
     }
 }
 
+/// What one leave uploads: the shards and what every holder is told.
+struct Upload<'a> {
+    redundancy: Redundancy,
+    ciphertext_len: u64,
+    expires_at: u64,
+    delete_secret: [u8; 32],
+    shards: &'a [Vec<u8>],
+    known: &'a [PeerId],
+}
+
+impl Upload<'_> {
+    /// The meta holder `i` is sent, with the layout as it stands.
+    fn meta(&self, i: usize, layout: Layout) -> ObjectMeta {
+        ObjectMeta {
+            len: self.shards[i].len() as u64,
+            sha256: layout.shards[i].sha256,
+            expires_at: self.expires_at,
+            delete_hash: Sha256::digest(self.delete_secret).into(),
+            shard: Some(ShardOf {
+                index: i as u8,
+                layout,
+            }),
+        }
+    }
+}
+
 impl Peer {
     /// Starts the network and, for a server peer, the holder.
     pub async fn start(opts: PeerOptions) -> Result<Peer, PeerError> {
@@ -351,6 +424,12 @@ impl Peer {
             }
             Role::Client => None,
         };
+        let config = &opts.config;
+        let redundancy = config.redundancy().map_err(PeerError::Config)?;
+        let scorer = config.placement.scorer().map_err(PeerError::Config)?;
+        let preferred = config.placement.preferred().map_err(PeerError::Config)?;
+        let observations_file = dir.join(OBSERVATIONS_FILE);
+        let observations = Arc::new(Mutex::new(load_observations(&observations_file)));
         let shutdown = CancellationToken::new();
         let supernode = store.as_ref().map(|store| {
             let sn = &opts.config.supernode;
@@ -380,6 +459,7 @@ impl Peer {
             hole_punching: opts.config.supernode.hole_punching,
         };
         let (network, net_task) = Network::start(key, &net_config, shutdown.clone())?;
+        let blobs = BlobClient::new(&network);
         let mut tasks = vec![net_task];
         if let Some(store) = &store {
             tasks.push(tokio::spawn(transfer::serve(
@@ -392,11 +472,32 @@ impl Peer {
                 store.clone(),
                 shutdown.clone(),
             )));
+            tasks.push(tokio::spawn(sample(
+                network.clone(),
+                observations.clone(),
+                observations_file.clone(),
+                shutdown.clone(),
+            )));
+            tasks.push(tokio::spawn(
+                repair::Repairer {
+                    network: network.clone(),
+                    blobs: blobs.clone(),
+                    store: store.clone(),
+                    observations: observations.clone(),
+                    limits: repair::Limits::from(&config.placement),
+                }
+                .run(shutdown.clone()),
+            ));
         }
         Ok(Peer {
-            blobs: BlobClient::new(&network),
+            blobs,
             network,
             store,
+            redundancy,
+            scorer,
+            preferred,
+            observations,
+            observations_file,
             config: opts.config,
             session: RwLock::new(None),
             shutdown,
@@ -447,6 +548,15 @@ impl Peer {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// What this peer has observed of `other`, as the scorer sees it
+    /// (without the preferred, recommended and RTT factors).
+    pub fn observed(&self, other: &PeerId) -> PeerStats {
+        self.observations
+            .lock()
+            .expect("observations lock")
+            .stats(other, unix_now())
     }
 
     /// Replaces the session.
@@ -506,11 +616,7 @@ impl Peer {
                 max: self.config.max_voicemail_bytes,
             });
         }
-        let replicas = match req.replicas {
-            0 => self.config.replicas,
-            r if r > crate::config::MAX_REPLICAS => return Err(PeerError::Replicas(r)),
-            r => r,
-        } as usize;
+        let redundancy = req.redundancy.unwrap_or(self.redundancy).validate()?;
         let recipients = Recipients::parse(&req.recipients)?;
 
         // Every recipient must exist before anything is stored.
@@ -531,12 +637,21 @@ impl Peer {
         let me = self.peer_id();
         let mut candidates = self.network.routing_peers().await?;
         candidates.retain(|p| *p != me);
-        timings.dht += t.elapsed();
         if candidates.is_empty() {
             return Err(PeerError::NoPeers);
         }
+        if candidates.len() < redundancy.n() {
+            return Err(PeerError::TooFewPeers {
+                redundancy,
+                needed: redundancy.n(),
+                known: candidates.len(),
+            });
+        }
+        let order = self.rank(&candidates, redundancy.n()).await;
+        timings.dht += t.elapsed();
 
-        // Step 1-2: session key, then one encryption for every recipient.
+        // Step 1-2: session key, then one encryption for every recipient,
+        // then the shards.
         let t = Instant::now();
         let timestamp = unix_now();
         let salt: [u8; 32] = random_bytes();
@@ -546,7 +661,7 @@ impl Peer {
                 .master_key
                 .derive_session_key(&salt, timestamp, &recipients);
         let message_id: [u8; 16] = random_bytes();
-        let (ciphertext, sha256) = {
+        let (ciphertext_len, sha256, shards) = {
             let key = session_key.clone();
             let content = req.content;
             let progress = progress.clone();
@@ -559,50 +674,46 @@ impl Peer {
                     })
                 });
                 let sha: [u8; 32] = Sha256::digest(&ct).into();
-                (ct, sha)
+                erasure::encode(redundancy, &ct).map(|shards| (ct.len() as u64, sha, shards))
             })
             .await
-            .expect("encryption task does not panic")
+            .expect("encryption task does not panic")?
         };
         timings.crypto += t.elapsed();
-        let ct_len = ciphertext.len() as u64;
         let expires_at = timestamp + DEFAULT_TTL_SECS;
         let delete_secret: [u8; 32] = random_bytes();
-        let meta = ObjectMeta {
-            len: ct_len,
-            sha256,
-            expires_at,
-            delete_hash: Sha256::digest(delete_secret).into(),
-        };
 
         // Steps 3-5: holders, identifiers in their ranges, uploads.
         let t = Instant::now();
-        let order =
-            placement::choose_holders(&candidates, candidates.len(), &mut rand::thread_rng());
         let mut known = candidates.clone();
         if self.store.is_some() {
             known.push(me);
         }
-        let (copies, failures) = self
-            .upload(&order, &known, replicas, meta, &ciphertext, &progress)
-            .await;
+        let upload = Upload {
+            redundancy,
+            ciphertext_len,
+            expires_at,
+            delete_secret,
+            shards: &shards,
+            known: &known,
+        };
+        let (stored, layout, failures) = self.upload(&upload, &order, &progress).await;
         timings.transfer += t.elapsed();
-        if copies.len() < replicas {
-            self.withdraw(&copies, delete_secret).await;
+        if stored.len() < redundancy.n() {
+            self.withdraw(&stored, delete_secret).await;
             return Err(PeerError::NotEnoughHolders {
-                wanted: replicas,
-                got: copies.len(),
+                wanted: redundancy.n(),
+                got: stored.len(),
                 failures,
             });
         }
 
-        // Step 6: deposit only now that every copy is acked.
+        // Step 6: deposit only now that every shard is acked.
         let locator = Locator {
             version: LOCATOR_VERSION,
             message_id,
-            ciphertext_len: ct_len,
             ciphertext_sha256: sha256,
-            copies: copies.iter().map(|c| c.id).collect(),
+            layout,
         };
         let t = Instant::now();
         let deposit = NewDeposit {
@@ -620,41 +731,122 @@ impl Peer {
         let receipt = match auth.deposit(&session.login.master_key, &deposit).await {
             Ok(r) => r,
             Err(e) => {
-                self.withdraw(&copies, delete_secret).await;
+                self.withdraw(&stored, delete_secret).await;
                 return Err(e.into());
             }
         };
         timings.auth += t.elapsed();
         Ok(LeaveReceipt {
             voicemail_id: receipt.voicemail_id,
-            ciphertext_len: ct_len,
-            copies,
+            ciphertext_len,
+            redundancy,
+            shard_len: locator.layout.shard_len(),
+            shards: stored,
             failures,
             timings,
         })
     }
 
-    /// Uploads to holders in `order` until `want` acked or none are left.
+    /// Every candidate, best holder first: the configured scorer over this
+    /// peer's observations, the preferred list, the supernode's
+    /// recommendations (asked for `n`, when attached) and RTTs.
+    async fn rank(&self, candidates: &[PeerId], n: usize) -> Vec<PeerId> {
+        let recommended = tokio::time::timeout(
+            RECOMMEND_TIMEOUT,
+            self.network
+                .recommend(u16::try_from(n).unwrap_or(u16::MAX), Vec::new()),
+        )
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+        let rtts = self.network.rtts().await.unwrap_or_default();
+        let now = unix_now();
+        let table = self.observations.lock().expect("observations lock");
+        let stats: Vec<(PeerId, PeerStats)> = candidates
+            .iter()
+            .map(|p| {
+                let mut s = table.stats(p, now);
+                s.preferred = self.preferred.contains(p);
+                s.recommended = recommended.contains(p);
+                s.rtt_ms = rtts.get(p).map(|d| d.as_secs_f64() * 1000.0);
+                (*p, s)
+            })
+            .collect();
+        drop(table);
+        crate::score::select(
+            self.scorer.as_ref(),
+            &stats,
+            candidates.len(),
+            &mut rand::thread_rng(),
+        )
+    }
+
+    /// Records what an exchange with `peer` showed: in this peer's table,
+    /// and for its supernode's recommendations.
+    async fn note(&self, peer: PeerId, outcome: Outcome) {
+        if peer == self.peer_id() {
+            return;
+        }
+        self.observations
+            .lock()
+            .expect("observations lock")
+            .outcome(&peer, outcome, unix_now());
+        self.network.observe(peer, outcome == Outcome::Good).await;
+    }
+
+    /// Uploads shard `i` to the `i`-th holder in `order`, concurrently;
+    /// a shard whose holder fails goes to the next spare under a new
+    /// identifier in that spare's range. Holders that got an earlier draft
+    /// of the layout are sent the final one (`Relayout`, with the delete
+    /// secret). Returns the shards stored, the final layout and the
+    /// failures.
     async fn upload(
         &self,
+        up: &Upload<'_>,
         order: &[PeerId],
-        known: &[PeerId],
-        want: usize,
-        meta: ObjectMeta,
-        data: &[u8],
         progress: &ProgressFn,
-    ) -> (Vec<Copy>, Vec<String>) {
-        let total = meta.len * want as u64;
+    ) -> (Vec<StoredShard>, Layout, Vec<String>) {
+        let n = up.redundancy.n();
+        let shard_len = up.shards[0].len() as u64;
+        let total = shard_len * n as u64;
         let sent = Arc::new(AtomicU64::new(0));
-        let attempt = |holder: PeerId| {
+        let mut spares = order.iter().copied();
+        let mut failures = Vec::new();
+        let mut holders: Vec<Option<PeerId>> = vec![None; n];
+        let mut layout = Layout {
+            redundancy: up.redundancy,
+            ciphertext_len: up.ciphertext_len,
+            shards: up
+                .shards
+                .iter()
+                .map(|s| ShardRef {
+                    id: [0; 32],
+                    sha256: Sha256::digest(s).into(),
+                })
+                .collect(),
+        };
+        // Identifiers for the first n holders before anything is sent, so
+        // the layout they get is final unless one fails.
+        let mut first = Vec::new();
+        for i in 0..n {
+            for holder in spares.by_ref() {
+                match placement::identifier_in_range(&holder, up.known, &mut rand::thread_rng()) {
+                    Some(id) => {
+                        layout.shards[i].id = id;
+                        first.push((i, holder));
+                        break;
+                    }
+                    None => failures.push(format!("{holder}: no identifier found in its range")),
+                }
+            }
+        }
+        let attempt = |i: usize, holder: PeerId, layout: Layout| {
             let sent = sent.clone();
             let progress = progress.clone();
             async move {
-                let Some(id) =
-                    placement::identifier_in_range(&holder, known, &mut rand::thread_rng())
-                else {
-                    return (holder, Err("no identifier found in its range".to_owned()));
-                };
+                let id = layout.shards[i].id;
+                let meta = up.meta(i, layout);
                 let last = AtomicU64::new(0);
                 let on_progress = |done: u64| {
                     let delta = done - last.swap(done, Ordering::Relaxed);
@@ -665,42 +857,96 @@ impl Peer {
                         total,
                     });
                 };
-                let result = self.blobs.store(holder, id, meta, data, &on_progress).await;
-                let undo = last.load(Ordering::Relaxed);
-                match result {
-                    Ok(()) => (holder, Ok(id)),
-                    Err(e) => {
-                        sent.fetch_sub(undo, Ordering::Relaxed);
-                        (holder, Err(e.to_string()))
-                    }
+                let result = self
+                    .blobs
+                    .store(holder, id, meta.clone(), &up.shards[i], &on_progress)
+                    .await;
+                if result.is_err() {
+                    sent.fetch_sub(last.load(Ordering::Relaxed), Ordering::Relaxed);
                 }
+                (i, holder, meta, result)
             }
         };
-        let mut spares = order.iter().copied();
-        let mut running: FuturesUnordered<_> = spares.by_ref().take(want).map(attempt).collect();
-        let (mut copies, mut failures) = (Vec::new(), Vec::new());
-        while let Some((holder, result)) = running.next().await {
-            // What it saw goes to its supernode with the next heartbeat.
-            self.network.observe(holder, result.is_ok()).await;
+        let mut running: FuturesUnordered<_> = first
+            .into_iter()
+            .map(|(i, holder)| attempt(i, holder, layout.clone()))
+            .collect();
+        let mut sent_layouts: Vec<Option<Layout>> = vec![None; n];
+        while let Some((i, holder, meta, result)) = running.next().await {
+            let now = unix_now();
             match result {
-                Ok(id) => copies.push(Copy { id, holder }),
-                Err(why) => {
-                    tracing::warn!(%holder, "holder failed: {why}");
-                    failures.push(format!("{holder}: {why}"));
-                    if let Some(next) = spares.next() {
-                        running.push(attempt(next));
+                Ok(()) => {
+                    self.note(holder, Outcome::Good).await;
+                    let mut t = self.observations.lock().expect("observations lock");
+                    t.picked(&holder, now);
+                    t.accepted(&holder, shard_len, now);
+                    drop(t);
+                    holders[i] = Some(holder);
+                    sent_layouts[i] = meta.shard.map(|s| s.layout);
+                }
+                Err(e) => {
+                    tracing::warn!(%holder, shard = i, "holder failed: {e}");
+                    if matches!(e, TransferError::NoRoom { .. }) {
+                        self.observations
+                            .lock()
+                            .expect("observations lock")
+                            .refused_room(&holder, shard_len, now);
+                    }
+                    self.note(holder, Outcome::Failed).await;
+                    failures.push(format!("shard {i} at {holder}: {e}"));
+                    for next in spares.by_ref() {
+                        match placement::identifier_in_range(
+                            &next,
+                            up.known,
+                            &mut rand::thread_rng(),
+                        ) {
+                            Some(id) => {
+                                layout.shards[i].id = id;
+                                running.push(attempt(i, next, layout.clone()));
+                                break;
+                            }
+                            None => {
+                                failures.push(format!("{next}: no identifier found in its range"))
+                            }
+                        }
                     }
                 }
             }
         }
-        (copies, failures)
+        let stored: Vec<StoredShard> = holders
+            .iter()
+            .enumerate()
+            .filter_map(|(i, h)| {
+                h.map(|holder| StoredShard {
+                    index: i as u8,
+                    id: layout.shards[i].id,
+                    holder,
+                })
+            })
+            .collect();
+        if stored.len() == n {
+            for s in &stored {
+                let i = usize::from(s.index);
+                if sent_layouts[i].as_ref() != Some(&layout) {
+                    let shard = ShardOf {
+                        index: s.index,
+                        layout: layout.clone(),
+                    };
+                    let relayout = self.blobs.relayout(s.holder, s.id, up.delete_secret, shard);
+                    if let Err(e) = relayout.await {
+                        tracing::warn!(holder = %s.holder, "cannot hand it the final layout; its repair checks keep the draft: {e}");
+                    }
+                }
+            }
+        }
+        (stored, layout, failures)
     }
 
-    /// Best-effort removal of stored copies after a failed leave.
-    async fn withdraw(&self, copies: &[Copy], secret: [u8; 32]) {
-        for c in copies {
-            if let Err(e) = self.blobs.delete(c.holder, c.id, secret).await {
-                tracing::warn!(holder = %c.holder, "cannot withdraw copy (it expires on its own): {e}");
+    /// Best-effort removal of stored shards after a failed leave.
+    async fn withdraw(&self, shards: &[StoredShard], secret: [u8; 32]) {
+        for s in shards {
+            if let Err(e) = self.blobs.delete(s.holder, s.id, secret).await {
+                tracing::warn!(holder = %s.holder, "cannot withdraw shard (it expires on its own): {e}");
             }
         }
     }
@@ -736,95 +982,199 @@ impl Peer {
         timings.auth += t.elapsed();
         let id_hex = hex::encode(voicemail_id);
         let locator = Locator::decode(&pending.locator)?;
+        let layout = &locator.layout;
         let max = self.config.max_object_bytes();
-        if locator.ciphertext_len > max {
+        if layout.ciphertext_len > max {
             return Err(PeerError::AllCopiesFailed {
                 id: id_hex,
                 failures: vec![format!(
                     "the locator announces {} bytes, more than this peer's limit of {max}",
-                    locator.ciphertext_len
+                    layout.ciphertext_len
                 )],
             });
         }
+
+        // Find every shard's holders at once, then fetch k in parallel,
+        // quickest holders first, starting another shard for each failure.
+        let t = Instant::now();
+        let lookups = layout.shards.iter().enumerate().map(|(i, s)| async move {
+            let found = self.network.providers(RecordKey::new(&s.id)).await;
+            (i, found.map(|p| p.into_iter().collect::<Vec<_>>()))
+        });
+        let mut found: Vec<(usize, Vec<PeerId>)> = Vec::new();
         let mut failures = Vec::new();
-        for copy in &locator.copies {
-            let short = &hex::encode(copy)[..12];
-            let t = Instant::now();
-            let providers = self.network.providers(RecordKey::new(copy)).await?;
-            timings.dht += t.elapsed();
-            if providers.is_empty() {
-                failures.push(format!("copy {short}: no holder found in the DHT"));
-                continue;
-            }
-            for holder in providers {
-                let t = Instant::now();
-                let got = self
-                    .fetch_copy(holder, copy, locator.ciphertext_len, &progress)
-                    .await;
-                timings.transfer += t.elapsed();
-                let data = match got {
-                    Ok(d) => d,
-                    Err(why) => {
-                        self.network.observe(holder, false).await;
-                        failures.push(format!("copy {short} at {holder}: {why}"));
-                        continue;
-                    }
-                };
-                let t = Instant::now();
-                let digest: [u8; 32] = Sha256::digest(&data).into();
-                let intact = data.len() as u64 == locator.ciphertext_len
-                    && digest == locator.ciphertext_sha256;
-                if holder != self.peer_id() {
-                    self.network.observe(holder, intact).await;
+        for (i, holders) in futures::future::join_all(lookups).await {
+            match holders? {
+                h if h.is_empty() => {
+                    failures.push(format!("shard {i}: no holder found in the DHT"))
                 }
-                if !intact {
-                    timings.crypto += t.elapsed();
-                    tracing::warn!(%holder, copy = short, "holder returned wrong bytes");
-                    failures.push(format!(
-                        "copy {short} at {holder}: wrong bytes (SHA-256 does not match the locator)"
-                    ));
-                    continue;
-                }
-                let key = pending.session_key.clone();
-                let message_id = locator.message_id;
-                let total = data.len() as u64;
-                let p = progress.clone();
-                let plain = tokio::task::spawn_blocking(move || {
-                    crypto::decrypt(&key, &message_id, &data, &mut |done| {
-                        p(Progress {
-                            phase: Phase::Decrypt,
-                            done,
-                            total,
-                        })
-                    })
-                })
-                .await
-                .expect("decryption task does not panic");
-                timings.crypto += t.elapsed();
-                let content = plain.map_err(|why| PeerError::Decrypt {
-                    id: id_hex.clone(),
-                    why,
-                })?;
-                return Ok(Fetched {
-                    pending,
-                    content,
-                    holder,
-                    failures,
-                    timings,
-                });
+                h => found.push((i, h)),
             }
         }
-        Err(PeerError::AllCopiesFailed {
-            id: id_hex,
+        timings.dht += t.elapsed();
+        // This peer's own store first, then by RTT, unmeasured last.
+        let rtts = self.network.rtts().await.unwrap_or_default();
+        let me = self.peer_id();
+        let cost = |p: &PeerId| match rtts.get(p) {
+            _ if *p == me => Duration::ZERO,
+            Some(rtt) => *rtt,
+            None => Duration::MAX,
+        };
+        for (_, holders) in &mut found {
+            holders.sort_by_key(cost);
+        }
+        // Within 5 ms of each other, original shards (index below k) come
+        // first: with all k of them no decoding is needed.
+        let k = layout.redundancy.k();
+        found.sort_by_key(|(i, holders)| (cost(&holders[0]).as_millis() / 5, *i >= k));
+
+        let t = Instant::now();
+        let received = Arc::new(AtomicU64::new(0));
+        let total = layout.shard_len() * k as u64;
+        let mut queue = found.into_iter();
+        let mut running: FuturesUnordered<_> = queue
+            .by_ref()
+            .take(k)
+            .map(|(i, holders)| self.fetch_shard(layout, i, holders, &received, total, &progress))
+            .collect();
+        let mut shards = BTreeMap::new();
+        let mut used = Vec::new();
+        while let Some((i, got, mut errors)) = running.next().await {
+            failures.append(&mut errors);
+            match got {
+                Some((holder, bytes)) => {
+                    used.push((i as u8, holder));
+                    shards.insert(i, bytes);
+                    if shards.len() == k {
+                        break;
+                    }
+                }
+                None => {
+                    if let Some((i, holders)) = queue.next() {
+                        running.push(
+                            self.fetch_shard(layout, i, holders, &received, total, &progress),
+                        );
+                    }
+                }
+            }
+        }
+        drop(running);
+        timings.transfer += t.elapsed();
+        if shards.len() < k {
+            failures.push(format!(
+                "{} of the {k} shards needed ({}) were fetched intact",
+                shards.len(),
+                layout.redundancy
+            ));
+            return Err(PeerError::AllCopiesFailed {
+                id: id_hex,
+                failures,
+            });
+        }
+
+        let t = Instant::now();
+        let key = pending.session_key.clone();
+        let (redundancy, ct_len, ct_sha) = (
+            layout.redundancy,
+            layout.ciphertext_len,
+            locator.ciphertext_sha256,
+        );
+        let message_id = locator.message_id;
+        let p = progress.clone();
+        let plain = tokio::task::spawn_blocking(move || {
+            let ct = erasure::decode(redundancy, ct_len, &shards).map_err(|e| e.to_string())?;
+            if <[u8; 32]>::from(Sha256::digest(&ct)) != ct_sha {
+                return Err(
+                    "the decoded ciphertext does not match the locator's SHA-256".to_owned(),
+                );
+            }
+            let total = ct.len() as u64;
+            Ok(crypto::decrypt(&key, &message_id, &ct, &mut |done| {
+                p(Progress {
+                    phase: Phase::Decrypt,
+                    done,
+                    total,
+                })
+            }))
+        })
+        .await
+        .expect("decryption task does not panic");
+        timings.crypto += t.elapsed();
+        let content = match plain {
+            Ok(c) => c.map_err(|why| PeerError::Decrypt {
+                id: id_hex.clone(),
+                why,
+            })?,
+            Err(why) => {
+                failures.push(why);
+                return Err(PeerError::AllCopiesFailed {
+                    id: id_hex,
+                    failures,
+                });
+            }
+        };
+        used.sort();
+        Ok(Fetched {
+            pending,
+            content,
+            redundancy: layout.redundancy,
+            holders: used,
             failures,
+            timings,
         })
     }
 
-    async fn fetch_copy(
+    /// Shard `i` from the first of `holders` that returns bytes matching
+    /// its hash; a holder that returns other bytes is marked corrupt.
+    /// Returns the index, the holder and bytes if any, and what failed.
+    async fn fetch_shard(
+        &self,
+        layout: &Layout,
+        i: usize,
+        holders: Vec<PeerId>,
+        received: &Arc<AtomicU64>,
+        total: u64,
+        progress: &ProgressFn,
+    ) -> (usize, Option<(PeerId, Vec<u8>)>, Vec<String>) {
+        let expected = layout.shards[i];
+        let len = layout.shard_len();
+        let short = &hex::encode(expected.id)[..12];
+        let mut failures = Vec::new();
+        for holder in holders {
+            let got = self
+                .fetch_object(holder, &expected.id, len, received, total, progress)
+                .await;
+            let bytes = match got {
+                Ok(b) => b,
+                Err(why) => {
+                    self.note(holder, Outcome::Failed).await;
+                    failures.push(format!("shard {i} ({short}) at {holder}: {why}"));
+                    continue;
+                }
+            };
+            if bytes.len() as u64 != len
+                || <[u8; 32]>::from(Sha256::digest(&bytes)) != expected.sha256
+            {
+                tracing::warn!(%holder, shard = i, "holder returned wrong bytes");
+                self.note(holder, Outcome::Corrupt).await;
+                failures.push(format!(
+                    "shard {i} ({short}) at {holder}: wrong bytes (SHA-256 does not match the locator)"
+                ));
+                continue;
+            }
+            self.note(holder, Outcome::Good).await;
+            return (i, Some((holder, bytes)), failures);
+        }
+        (i, None, failures)
+    }
+
+    async fn fetch_object(
         &self,
         holder: PeerId,
         id: &ObjectId,
         len: u64,
+        received: &AtomicU64,
+        total: u64,
         progress: &ProgressFn,
     ) -> Result<Vec<u8>, String> {
         if holder == self.peer_id() {
@@ -836,17 +1186,21 @@ impl Peer {
                 .map_err(|e| e.to_string())?
                 .ok_or_else(|| "no longer held here".to_owned());
         }
-        let on_progress = |done| {
+        let last = AtomicU64::new(0);
+        let on_progress = |done: u64| {
+            let delta = done - last.swap(done, Ordering::Relaxed);
+            let all = received.fetch_add(delta, Ordering::Relaxed) + delta;
             progress(Progress {
                 phase: Phase::Download,
-                done,
-                total: len,
+                done: all.min(total),
+                total,
             })
         };
-        self.blobs
-            .fetch(holder, *id, len, &on_progress)
-            .await
-            .map_err(|e: TransferError| e.to_string())
+        let got = self.blobs.fetch(holder, *id, len, &on_progress).await;
+        if got.is_err() {
+            received.fetch_sub(last.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        got.map_err(|e: TransferError| e.to_string())
     }
 
     /// Tells the auth servers the voicemail is safely fetched.
@@ -880,7 +1234,11 @@ impl Peer {
                 .unwrap_or_default();
             let mut done = false;
             for peer in closest.into_iter().filter(|p| *p != me).take(HANDOFF_TRIES) {
-                match self.blobs.store(peer, id, meta, &data, &|_| {}).await {
+                match self
+                    .blobs
+                    .store(peer, id, meta.clone(), &data, &|_| {})
+                    .await
+                {
                     Ok(()) => {
                         tracing::info!(id = %hex::encode(id), to = %peer, "object handed off");
                         done = true;
@@ -901,17 +1259,17 @@ impl Peer {
         (moved, kept)
     }
 
-    /// Stops every task of this peer and waits for them.
+    /// Stops every task of this peer and waits for them, then saves its
+    /// observations.
     pub async fn stop(self) {
         self.shutdown.cancel();
         for t in self.tasks {
             let _ = t.await;
         }
+        save_observations(&self.observations, &self.observations_file);
     }
 }
 
-/// The holder's background duties: announce held objects after a start,
-/// then drop expired ones periodically.
 /// This machine's memory, MiB, from `/proc/meminfo`; 0 if it cannot tell,
 /// which never qualifies.
 fn total_memory_mib() -> u64 {
@@ -925,6 +1283,70 @@ fn total_memory_mib() -> u64 {
         .map_or(0, |kib| kib / 1024)
 }
 
+/// Reads the observation table; a missing or unreadable file starts afresh
+/// (it is only history, and rebuilds itself).
+fn load_observations(path: &Path) -> Observations<PeerId> {
+    match std::fs::read(path) {
+        Ok(bytes) => postcard::from_bytes(&bytes).unwrap_or_else(|e| {
+            tracing::warn!(file = %path.display(), "unreadable observations ({e}); starting afresh");
+            Observations::default()
+        }),
+        Err(_) => Observations::default(),
+    }
+}
+
+/// Writes the observation table atomically; a failure is logged, never fatal.
+fn save_observations(table: &Mutex<Observations<PeerId>>, path: &Path) {
+    let bytes = postcard::to_stdvec(&*table.lock().expect("observations lock"))
+        .expect("observations encode");
+    let tmp = path.with_extension("tmp");
+    let written = std::fs::write(&tmp, bytes)
+        .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = written {
+        tracing::warn!(file = %path.display(), "cannot save observations: {e}");
+    }
+}
+
+/// Every [`SAMPLE_INTERVAL`]: one availability sample per known peer
+/// (online = a fresh advert), each advert's free space, old records
+/// pruned, and the table saved.
+async fn sample(
+    network: Network,
+    table: Arc<Mutex<Observations<PeerId>>>,
+    path: PathBuf,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(SAMPLE_INTERVAL);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let (Ok(Some(view)), Ok(routing)) =
+            (network.supernodes().await, network.routing_peers().await)
+        else {
+            continue;
+        };
+        let now = unix_now();
+        {
+            let mut t = table.lock().expect("observations lock");
+            for a in &view.adverts {
+                t.advertised(&a.peer_id, a.free_storage, now);
+            }
+            for p in routing {
+                t.sample(&p, view.adverts.iter().any(|a| a.peer_id == p), now);
+            }
+            t.prune(now, OBSERVATION_MAX_AGE_SECS);
+        }
+        let (table, path) = (table.clone(), path.clone());
+        let _ = tokio::task::spawn_blocking(move || save_observations(&table, &path)).await;
+    }
+}
+
+/// The holder's background duties: announce held objects after a start,
+/// then drop expired ones periodically.
 async fn maintain(network: Network, store: Store, shutdown: CancellationToken) {
     for (id, _) in store.list() {
         if shutdown.is_cancelled() {

@@ -1,6 +1,6 @@
-//! Storage placement, pure: which peers hold a voicemail, and which
-//! identifier each copy gets. No IO; the caller passes the candidates it
-//! knows and a random source.
+//! Storage identifiers, pure: which identifier each shard gets once its
+//! holder is chosen ([`crate::score`] ranks the holders). No IO; the caller
+//! passes the peers it knows and a random source.
 //!
 //! Paper §3.2: the sender picks a storage peer, then picks an identifier at
 //! random inside that peer's range of the key space, so the DHT maps the
@@ -10,7 +10,6 @@
 use libp2p::PeerId;
 use libp2p::kad::KBucketKey;
 use rand::Rng;
-use rand::seq::SliceRandom;
 
 use crate::locator::ObjectId;
 
@@ -19,18 +18,6 @@ use crate::locator::ObjectId;
 /// probability about 1/n, so this bound is far above need for any realistic
 /// routing table and only stops a pathological input.
 pub const MAX_GRIND_ATTEMPTS: u32 = 1_000_000;
-
-/// The baseline choice: `r` distinct peers drawn uniformly from the
-/// candidates (fewer when there are fewer candidates). Issue 6 replaces it
-/// with the paper's scoring heuristic behind the same shape.
-pub fn choose_holders(candidates: &[PeerId], r: usize, rng: &mut impl Rng) -> Vec<PeerId> {
-    let mut unique = candidates.to_vec();
-    unique.sort();
-    unique.dedup();
-    unique.shuffle(rng);
-    unique.truncate(r);
-    unique
-}
 
 /// The key-space point of a storage identifier.
 pub fn object_key(id: &ObjectId) -> KBucketKey<Vec<u8>> {
@@ -69,22 +56,6 @@ mod tests {
 
     fn peers(n: usize) -> Vec<PeerId> {
         (0..n).map(|_| PeerId::random()).collect()
-    }
-
-    #[test]
-    fn holders_are_distinct_and_bounded() {
-        let mut rng = StdRng::seed_from_u64(1);
-        let ps = peers(10);
-        let mut doubled = ps.clone();
-        doubled.extend(ps.iter().copied());
-        let chosen = choose_holders(&doubled, 3, &mut rng);
-        assert_eq!(chosen.len(), 3);
-        let mut d = chosen.clone();
-        d.sort();
-        d.dedup();
-        assert_eq!(d.len(), 3, "a peer was chosen twice");
-        assert!(chosen.iter().all(|p| ps.contains(p)));
-        assert_eq!(choose_holders(&ps[..2], 3, &mut rng).len(), 2);
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! The holder's object store: opaque ciphertexts on disk, under a quota.
 //!
 //! One file per object in `DIR/objects/`, named by the identifier in hex:
-//! `"VMO1"`, a u32 BE length, the postcard [`ObjectMeta`], then the
-//! ciphertext. A write goes to a temporary file that is fsynced, renamed
+//! `"VMO2"`, a u32 BE length, the postcard [`ObjectMeta`], then the
+//! shard's bytes. Files of version 1 (`"VMO1"`, whose meta has no
+//! [`ShardOf`]) are still read. A write goes to a temporary file that is fsynced, renamed
 //! into place, and the directory fsynced, so a crash leaves either the whole
 //! object or nothing. The store never sees a key: it holds ciphertext only.
 
@@ -14,23 +15,62 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::locator::ObjectId;
+use crate::locator::{Layout, ObjectId};
 
-const MAGIC: &[u8; 4] = b"VMO1";
-/// Bytes a file's header may take, beyond the ciphertext.
-const MAX_META_LEN: usize = 1024;
+const MAGIC: &[u8; 4] = b"VMO2";
+const MAGIC_V1: &[u8; 4] = b"VMO1";
+/// Bytes a file's header may take, beyond the ciphertext: room for a
+/// layout of 32 shards.
+const MAX_META_LEN: usize = 4096;
 
 /// What a holder knows about an object.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObjectMeta {
-    /// Ciphertext length.
+    /// Length of the object (a shard or a whole ciphertext).
     pub len: u64,
-    /// SHA-256 of the ciphertext, as the sender announced and the holder checked.
+    /// SHA-256 of the object, as the sender announced and the holder checked.
     pub sha256: [u8; 32],
     /// Unix seconds after which the holder drops the object.
     pub expires_at: u64,
     /// SHA-256 of the secret that lets the sender withdraw the object.
     pub delete_hash: [u8; 32],
+    /// Which shard of which layout this is, so the holder can check and
+    /// repair its siblings. None for objects stored before shards existed.
+    pub shard: Option<ShardOf>,
+}
+
+/// A stored object's place in its voicemail's layout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardOf {
+    /// This object's index in `layout.shards`.
+    pub index: u8,
+    /// All the voicemail's shards.
+    pub layout: Layout,
+}
+
+impl ObjectMeta {
+    /// Whether the shard part agrees with the rest for the object stored
+    /// under `id`: the layout is valid, and its entry at `index` names this
+    /// identifier, length and hash.
+    pub fn consistent(&self, id: &ObjectId) -> bool {
+        self.shard.as_ref().is_none_or(|s| {
+            s.layout.validate().is_ok()
+                && s.layout.shard_len() == self.len
+                && s.layout
+                    .shards
+                    .get(usize::from(s.index))
+                    .is_some_and(|r| r.id == *id && r.sha256 == self.sha256)
+        })
+    }
+}
+
+/// The meta of a version-1 file.
+#[derive(Deserialize)]
+struct MetaV1 {
+    len: u64,
+    sha256: [u8; 32],
+    expires_at: u64,
+    delete_hash: [u8; 32],
 }
 
 /// Why the store refused or failed.
@@ -63,6 +103,15 @@ pub enum StoreError {
     /// The content does not match its announced hash.
     #[error("content does not match its announced SHA-256")]
     HashMismatch,
+    /// The shard layout sent with the object contradicts it.
+    #[error("the shard layout does not match the object (identifier, index, length or hash)")]
+    BadLayout,
+    /// No object is held under the identifier.
+    #[error("no such object here")]
+    NotHeld,
+    /// The secret is not the preimage of the object's delete hash.
+    #[error("wrong delete secret")]
+    WrongSecret,
     /// Some other IO failure.
     #[error("object store IO error at {path}: {source}")]
     Io {
@@ -149,7 +198,7 @@ impl Store {
                 std::fs::remove_file(&path).map_err(io_err(&path))?;
                 continue;
             }
-            let parsed = parse_name(&name).and_then(|id| Some((id, read_meta(&path).ok()?)));
+            let parsed = parse_name(&name).and_then(|id| Some((id, read_checked(&path, &id)?)));
             match parsed {
                 Some((id, meta)) => {
                     state.used += meta.len;
@@ -197,13 +246,13 @@ impl Store {
             .expect("store lock")
             .index
             .get(id)
-            .copied()
+            .cloned()
     }
 
     /// Every held object.
     pub fn list(&self) -> Vec<(ObjectId, ObjectMeta)> {
         let s = self.state.lock().expect("store lock");
-        s.index.iter().map(|(k, v)| (*k, *v)).collect()
+        s.index.iter().map(|(k, v)| (*k, v.clone())).collect()
     }
 
     /// Objects held and their bytes.
@@ -249,6 +298,9 @@ impl Store {
         if data.len() as u64 != meta.len || <[u8; 32]>::from(Sha256::digest(data)) != meta.sha256 {
             return Err(StoreError::HashMismatch);
         }
+        if !meta.consistent(id) {
+            return Err(StoreError::BadLayout);
+        }
         if let Some(old) = self.get(id) {
             return if old.sha256 == meta.sha256 {
                 Ok(())
@@ -256,11 +308,23 @@ impl Store {
                 Err(StoreError::Conflict)
             };
         }
+        self.write(id, &meta, data)?;
+        let mut s = self.state.lock().expect("store lock");
+        s.used += meta.len;
+        s.index.insert(*id, meta.clone());
+        drop(s);
+        drop(reservation);
+        Ok(())
+    }
+
+    /// Writes the file for `id` durably: temporary file, fsync, rename,
+    /// directory fsync.
+    fn write(&self, id: &ObjectId, meta: &ObjectMeta, data: &[u8]) -> Result<(), StoreError> {
         let path = self.path(id);
         let tmp = path.with_extension("tmp");
         let written = (|| {
             let mut f = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
-            let m = postcard::to_stdvec(&meta).expect("meta encodes");
+            let m = postcard::to_stdvec(meta).expect("meta encodes");
             f.write_all(MAGIC).map_err(io_err(&tmp))?;
             f.write_all(&(m.len() as u32).to_be_bytes())
                 .map_err(io_err(&tmp))?;
@@ -270,15 +334,50 @@ impl Store {
             std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
             sync_dir(&self.dir)
         })();
-        if let Err(e) = written {
+        if written.is_err() {
             let _ = std::fs::remove_file(&tmp);
-            return Err(e);
         }
-        let mut s = self.state.lock().expect("store lock");
-        s.used += meta.len;
-        s.index.insert(*id, meta);
-        drop(s);
-        drop(reservation);
+        written
+    }
+
+    /// Whether `meta` describes the object already held under `id`: same
+    /// length, hash and delete hash (a sender or a repairer storing it
+    /// again).
+    pub fn holds_same(&self, id: &ObjectId, meta: &ObjectMeta) -> bool {
+        self.get(id).is_some_and(|old| {
+            old.len == meta.len && old.sha256 == meta.sha256 && old.delete_hash == meta.delete_hash
+        })
+    }
+
+    /// Replaces the layout of a held object, when the sender's final layout
+    /// differs from the draft the object came with. Only the sender may:
+    /// `secret` must be the preimage of the object's delete hash. Blocking.
+    pub fn set_shard(
+        &self,
+        id: &ObjectId,
+        secret: &[u8; 32],
+        shard: ShardOf,
+    ) -> Result<(), StoreError> {
+        let Some(mut meta) = self.get(id) else {
+            return Err(StoreError::NotHeld);
+        };
+        if <[u8; 32]>::from(Sha256::digest(secret)) != meta.delete_hash {
+            return Err(StoreError::WrongSecret);
+        }
+        if meta.shard.as_ref() == Some(&shard) {
+            return Ok(());
+        }
+        meta.shard = Some(shard);
+        if !meta.consistent(id) {
+            return Err(StoreError::BadLayout);
+        }
+        let data = self.read(id)?.unwrap_or_default();
+        self.write(id, &meta, &data)?;
+        self.state
+            .lock()
+            .expect("store lock")
+            .index
+            .insert(*id, meta);
         Ok(())
     }
 
@@ -323,7 +422,7 @@ fn parse_name(name: &str) -> Option<ObjectId> {
 }
 
 fn body_offset(bytes: &[u8]) -> Option<usize> {
-    if bytes.len() < 8 || &bytes[..4] != MAGIC {
+    if bytes.len() < 8 || (&bytes[..4] != MAGIC && &bytes[..4] != MAGIC_V1) {
         return None;
     }
     let n = u32::from_be_bytes(bytes[4..8].try_into().ok()?) as usize;
@@ -334,11 +433,29 @@ fn read_meta(path: &Path) -> std::io::Result<ObjectMeta> {
     let bytes = std::fs::read(path)?;
     let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "bad object header");
     let start = body_offset(&bytes).ok_or_else(bad)?;
-    let meta: ObjectMeta = postcard::from_bytes(&bytes[8..start]).map_err(|_| bad())?;
+    let header = &bytes[8..start];
+    let meta: ObjectMeta = if &bytes[..4] == MAGIC_V1 {
+        let v1: MetaV1 = postcard::from_bytes(header).map_err(|_| bad())?;
+        ObjectMeta {
+            len: v1.len,
+            sha256: v1.sha256,
+            expires_at: v1.expires_at,
+            delete_hash: v1.delete_hash,
+            shard: None,
+        }
+    } else {
+        postcard::from_bytes(header).map_err(|_| bad())?
+    };
     if (bytes.len() - start) as u64 != meta.len {
         return Err(bad());
     }
     Ok(meta)
+}
+
+/// Reads a file's meta and checks its layout against the identifier its
+/// name gives.
+fn read_checked(path: &Path, id: &ObjectId) -> Option<ObjectMeta> {
+    read_meta(path).ok().filter(|m| m.consistent(id))
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
@@ -357,6 +474,7 @@ mod tests {
             sha256: Sha256::digest(data).into(),
             expires_at: 100,
             delete_hash: [0; 32],
+            shard: None,
         }
     }
 
@@ -399,6 +517,83 @@ mod tests {
             s.commit(s.reserve(10).unwrap(), &[1; 32], meta_for(&other), &other),
             Err(StoreError::Conflict)
         ));
+    }
+
+    #[test]
+    fn version_1_files_still_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let objects = dir.path().join("objects");
+        std::fs::create_dir_all(&objects).unwrap();
+        let data = b"old ciphertext";
+        let m = meta_for(data);
+        let header = postcard::to_stdvec(&(m.len, m.sha256, m.expires_at, m.delete_hash)).unwrap();
+        let mut file = MAGIC_V1.to_vec();
+        file.extend((header.len() as u32).to_be_bytes());
+        file.extend(header);
+        file.extend(data);
+        std::fs::write(objects.join(hex::encode([4u8; 32])), file).unwrap();
+        let (s, report) = Store::open(dir.path(), 1000, 600).unwrap();
+        assert_eq!(report.objects, 1);
+        assert_eq!(s.get(&[4; 32]), Some(m));
+        assert_eq!(s.read(&[4; 32]).unwrap().unwrap(), data);
+    }
+
+    #[test]
+    fn a_layout_that_contradicts_the_object_is_refused() {
+        use crate::erasure::Redundancy;
+        use crate::locator::ShardRef;
+        let dir = tempfile::tempdir().unwrap();
+        let (s, _) = Store::open(dir.path(), 1000, 600).unwrap();
+        let data = vec![5u8; 10];
+        let mut meta = meta_for(&data);
+        let layout = Layout {
+            redundancy: Redundancy::ReedSolomon { k: 2, n: 3 },
+            ciphertext_len: 20,
+            shards: (0..3u8)
+                .map(|i| ShardRef {
+                    id: [i; 32],
+                    sha256: meta.sha256,
+                })
+                .collect(),
+        };
+        let secret = [7u8; 32];
+        meta.delete_hash = Sha256::digest(secret).into();
+        let id = [2u8; 32];
+        // Index out of range, and an index naming another identifier.
+        for index in [3, 1] {
+            meta.shard = Some(ShardOf {
+                index,
+                layout: layout.clone(),
+            });
+            assert!(matches!(
+                s.commit(s.reserve(10).unwrap(), &id, meta.clone(), &data),
+                Err(StoreError::BadLayout)
+            ));
+        }
+        meta.shard = Some(ShardOf {
+            index: 2,
+            layout: layout.clone(),
+        });
+        s.commit(s.reserve(10).unwrap(), &id, meta.clone(), &data)
+            .unwrap();
+        // The sender's final layout replaces the draft, and survives a
+        // reopen; nobody without the delete secret can replace it.
+        let mut newer = layout;
+        newer.shards[0].id = [9; 32];
+        let shard = ShardOf {
+            index: 2,
+            layout: newer,
+        };
+        assert!(s.holds_same(&id, &meta));
+        assert!(matches!(
+            s.set_shard(&id, &[8; 32], shard.clone()),
+            Err(StoreError::WrongSecret)
+        ));
+        s.set_shard(&id, &secret, shard.clone()).unwrap();
+        meta.shard = Some(shard);
+        let (s2, _) = Store::open(dir.path(), 1000, 600).unwrap();
+        assert_eq!(s2.get(&id), Some(meta));
+        assert_eq!(s2.read(&id).unwrap().unwrap(), data);
     }
 
     #[test]

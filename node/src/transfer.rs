@@ -7,10 +7,19 @@
 //! bytes of the length the frame announced.
 //!
 //! ```text
-//! store:  -> Store{id, meta}  <- Ready | Refused   -> body   <- Stored | Refused
+//! store:  -> Store{id, meta}  <- Ready | Stored | NoRoom | Refused   -> body   <- Stored | NoRoom | Refused
 //! fetch:  -> Fetch{id}        <- Found{len} body | Refused
+//! has:    -> Has{id}          <- Held{len, sha256} | Refused
+//! relayout: -> Relayout{id, secret, shard}  <- Stored | Refused
 //! delete: -> Delete{id, secret}  <- Deleted | Refused
 //! ```
+//!
+//! A holder that already has the same object (length, hash and delete hash)
+//! answers `Stored` at once, without the body. `Relayout` is how a sender
+//! whose layout changed during the upload hands holders the final one; like
+//! `Delete` it needs the leave's delete secret.
+//! Version 2 added the shard layout to the stored meta, `Has` (the repair
+//! check), `Relayout`, `NoRoom` and the early `Stored`.
 //!
 //! A holder acks a store only after it checked size, quota and SHA-256,
 //! wrote the object durably and announced it in the DHT.
@@ -29,12 +38,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::locator::ObjectId;
 use crate::network::Network;
-use crate::storage::{ObjectMeta, Store};
+use crate::storage::{ObjectMeta, ShardOf, Store, StoreError};
 
 /// Stream protocol name for blob transfer.
-pub const BLOB_PROTOCOL: StreamProtocol = StreamProtocol::new("/vmail/blob/1.0.0");
+pub const BLOB_PROTOCOL: StreamProtocol = StreamProtocol::new("/vmail/blob/2.0.0");
 /// Largest control frame.
-pub const MAX_FRAME: usize = 4096;
+pub const MAX_FRAME: usize = 8192;
 /// Bytes per body write, and per progress report.
 pub const CHUNK: usize = 64 * 1024;
 /// Longest wait for any one read or write before the exchange is dropped.
@@ -60,6 +69,20 @@ pub enum Request {
         /// Storage identifier.
         id: ObjectId,
     },
+    /// Say whether this object is held, without sending it.
+    Has {
+        /// Storage identifier.
+        id: ObjectId,
+    },
+    /// Replace the layout of an object the sender stored.
+    Relayout {
+        /// Storage identifier.
+        id: ObjectId,
+        /// The preimage of the object's delete hash.
+        secret: [u8; 32],
+        /// The final layout and this object's index in it.
+        shard: ShardOf,
+    },
     /// Withdraw an object the sender stored (a failed leave rolling back).
     Delete {
         /// Storage identifier.
@@ -81,8 +104,17 @@ pub enum Reply {
         /// Body length.
         len: u64,
     },
+    /// The object is held: its length and hash as stored.
+    Held {
+        /// Object length.
+        len: u64,
+        /// Its SHA-256.
+        sha256: [u8; 32],
+    },
     /// The object is gone.
     Deleted,
+    /// No room: quota or disk full.
+    NoRoom(String),
     /// Refused, with the holder's reason.
     Refused(String),
 }
@@ -97,6 +129,14 @@ pub enum TransferError {
         peer: PeerId,
         /// Why.
         why: String,
+    },
+    /// The holder has no room for it.
+    #[error("{peer} has no room: {reason}")]
+    NoRoom {
+        /// The peer.
+        peer: PeerId,
+        /// Its reason.
+        reason: String,
     },
     /// The holder said no.
     #[error("{peer} refused: {reason}")]
@@ -226,6 +266,15 @@ impl BlobClient {
             })
     }
 
+    /// Opens a stream to `peer`, sends `request` and reads the first
+    /// reply; the stream stays open for a body.
+    async fn ask(&self, peer: PeerId, request: &Request) -> Result<(Stream, Reply), TransferError> {
+        let mut s = self.open(peer).await?;
+        write_frame(&mut s, request).await.map_err(broken(peer))?;
+        let reply = read_frame(&mut s).await.map_err(broken(peer))?;
+        Ok((s, reply))
+    }
+
     /// Asks `peer` to hold `data` under `id`; Ok once it acked.
     pub async fn store(
         &self,
@@ -235,24 +284,25 @@ impl BlobClient {
         data: &[u8],
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<(), TransferError> {
-        let mut s = self.open(peer).await?;
-        let broken = |e: std::io::Error| TransferError::Broken {
-            peer,
-            why: e.to_string(),
+        let mut s = match self.ask(peer, &Request::Store { id, meta }).await? {
+            (s, Reply::Ready) => s,
+            (_, Reply::Stored) => return Ok(()),
+            (_, other) => return Err(refusal(peer, other)),
         };
-        write_frame(&mut s, &Request::Store { id, meta })
+        write_body(&mut s, data, progress)
             .await
-            .map_err(broken)?;
-        match read_frame(&mut s).await.map_err(broken)? {
-            Reply::Ready => {}
-            Reply::Refused(reason) => return Err(TransferError::Refused { peer, reason }),
-            other => return Err(unexpected(peer, &other)),
-        }
-        write_body(&mut s, data, progress).await.map_err(broken)?;
-        match read_frame(&mut s).await.map_err(broken)? {
+            .map_err(broken(peer))?;
+        match read_frame(&mut s).await.map_err(broken(peer))? {
             Reply::Stored => Ok(()),
-            Reply::Refused(reason) => Err(TransferError::Refused { peer, reason }),
-            other => Err(unexpected(peer, &other)),
+            other => Err(refusal(peer, other)),
+        }
+    }
+
+    /// Asks `peer` whether it holds `id`: its length and hash if so.
+    pub async fn has(&self, peer: PeerId, id: ObjectId) -> Result<(u64, [u8; 32]), TransferError> {
+        match self.ask(peer, &Request::Has { id }).await? {
+            (_, Reply::Held { len, sha256 }) => Ok((len, sha256)),
+            (_, other) => Err(refusal(peer, other)),
         }
     }
 
@@ -265,24 +315,32 @@ impl BlobClient {
         max_len: u64,
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<Vec<u8>, TransferError> {
-        let mut s = self.open(peer).await?;
-        let broken = |e: std::io::Error| TransferError::Broken {
-            peer,
-            why: e.to_string(),
-        };
-        write_frame(&mut s, &Request::Fetch { id })
-            .await
-            .map_err(broken)?;
-        match read_frame(&mut s).await.map_err(broken)? {
-            Reply::Found { len } if len <= max_len => {
-                read_body(&mut s, len, progress).await.map_err(broken)
+        match self.ask(peer, &Request::Fetch { id }).await? {
+            (mut s, Reply::Found { len }) if len <= max_len => {
+                read_body(&mut s, len, progress).await.map_err(broken(peer))
             }
-            Reply::Found { len } => Err(TransferError::Protocol {
+            (_, Reply::Found { len }) => Err(TransferError::Protocol {
                 peer,
                 why: format!("offered {len} bytes where at most {max_len} were expected"),
             }),
-            Reply::Refused(reason) => Err(TransferError::Refused { peer, reason }),
-            other => Err(unexpected(peer, &other)),
+            (_, other) => Err(refusal(peer, other)),
+        }
+    }
+
+    /// Hands `peer` the final layout of an object this peer stored there.
+    pub async fn relayout(
+        &self,
+        peer: PeerId,
+        id: ObjectId,
+        secret: [u8; 32],
+        shard: ShardOf,
+    ) -> Result<(), TransferError> {
+        match self
+            .ask(peer, &Request::Relayout { id, secret, shard })
+            .await?
+        {
+            (_, Reply::Stored) => Ok(()),
+            (_, other) => Err(refusal(peer, other)),
         }
     }
 
@@ -293,19 +351,18 @@ impl BlobClient {
         id: ObjectId,
         secret: [u8; 32],
     ) -> Result<(), TransferError> {
-        let mut s = self.open(peer).await?;
-        let broken = |e: std::io::Error| TransferError::Broken {
-            peer,
-            why: e.to_string(),
-        };
-        write_frame(&mut s, &Request::Delete { id, secret })
-            .await
-            .map_err(broken)?;
-        match read_frame(&mut s).await.map_err(broken)? {
-            Reply::Deleted => Ok(()),
-            Reply::Refused(reason) => Err(TransferError::Refused { peer, reason }),
-            other => Err(unexpected(peer, &other)),
+        match self.ask(peer, &Request::Delete { id, secret }).await? {
+            (_, Reply::Deleted) => Ok(()),
+            (_, other) => Err(refusal(peer, other)),
         }
+    }
+}
+
+/// The error for an exchange with `peer` that broke mid-way.
+fn broken(peer: PeerId) -> impl Fn(std::io::Error) -> TransferError {
+    move |e| TransferError::Broken {
+        peer,
+        why: e.to_string(),
     }
 }
 
@@ -326,10 +383,23 @@ fn brief(error: &str) -> String {
     }
 }
 
-fn unexpected(peer: PeerId, reply: &Reply) -> TransferError {
-    TransferError::Protocol {
-        peer,
-        why: format!("unexpected reply {reply:?}"),
+/// The error for a reply other than the one hoped for.
+fn refusal(peer: PeerId, reply: Reply) -> TransferError {
+    match reply {
+        Reply::Refused(reason) => TransferError::Refused { peer, reason },
+        Reply::NoRoom(reason) => TransferError::NoRoom { peer, reason },
+        other => TransferError::Protocol {
+            peer,
+            why: format!("unexpected reply {other:?}"),
+        },
+    }
+}
+
+/// The reply for a store the local store refused.
+fn store_refusal(e: StoreError) -> Reply {
+    match e {
+        StoreError::QuotaFull { .. } | StoreError::DiskFull => Reply::NoRoom(e.to_string()),
+        e => Reply::Refused(e.to_string()),
     }
 }
 
@@ -375,12 +445,20 @@ async fn handle(
 ) -> std::io::Result<()> {
     match read_frame(&mut s).await? {
         Request::Store { id, meta } => {
+            if !meta.consistent(&id) {
+                let why = StoreError::BadLayout.to_string();
+                return write_frame(&mut s, &Reply::Refused(why)).await;
+            }
+            if store.holds_same(&id, &meta) {
+                return write_frame(&mut s, &Reply::Stored).await;
+            }
             let reservation = match store.reserve(meta.len) {
                 Ok(r) => r,
-                Err(e) => return write_frame(&mut s, &Reply::Refused(e.to_string())).await,
+                Err(e) => return write_frame(&mut s, &store_refusal(e)).await,
             };
             write_frame(&mut s, &Reply::Ready).await?;
-            let data = read_body(&mut s, meta.len, &|_| {}).await?;
+            let len = meta.len;
+            let data = read_body(&mut s, len, &|_| {}).await?;
             let st = store.clone();
             let committed =
                 tokio::task::spawn_blocking(move || st.commit(reservation, &id, meta, &data))
@@ -388,10 +466,10 @@ async fn handle(
                     .map_err(std::io::Error::other)?;
             if let Err(e) = committed {
                 tracing::warn!(%peer, id = %hex::encode(id), "store refused: {e}");
-                return write_frame(&mut s, &Reply::Refused(e.to_string())).await;
+                return write_frame(&mut s, &store_refusal(e)).await;
             }
             announce(network, id).await;
-            tracing::info!(%peer, id = %hex::encode(id), bytes = meta.len, "stored object");
+            tracing::info!(%peer, id = %hex::encode(id), bytes = len, "stored object");
             write_frame(&mut s, &Reply::Stored).await?;
         }
         Request::Fetch { id } => {
@@ -422,6 +500,24 @@ async fn handle(
                     .await?;
                 }
             }
+        }
+        Request::Has { id } => {
+            let reply = match store.get(&id) {
+                Some(m) => Reply::Held {
+                    len: m.len,
+                    sha256: m.sha256,
+                },
+                None => Reply::Refused("no such object here".into()),
+            };
+            write_frame(&mut s, &reply).await?;
+        }
+        Request::Relayout { id, secret, shard } => {
+            let st = store.clone();
+            let reply = tokio::task::spawn_blocking(move || st.set_shard(&id, &secret, shard))
+                .await
+                .map_err(std::io::Error::other)?
+                .map_or_else(store_refusal, |()| Reply::Stored);
+            write_frame(&mut s, &reply).await?;
         }
         Request::Delete { id, secret } => {
             let reply = match store.get(&id) {

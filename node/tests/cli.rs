@@ -227,6 +227,23 @@ async fn bad_input_gets_a_clear_error() {
 
     let o = vmail(&home, None, &["inbox"]).await;
     assert!(stderr(&o).contains("not logged in"), "{}", stderr(&o));
+
+    // Redundancy is checked before anything else.
+    for (args, expect) in [
+        (&["--erasure", "8/4"][..], "1 <= K < N <= 32"),
+        (&["--erasure", "four"][..], "nor Rx"),
+        (
+            &["--replicas", "2", "--erasure", "2/4"][..],
+            "cannot be used with",
+        ),
+    ] {
+        let mut all = vec!["leave", "--to", "bob"];
+        all.extend_from_slice(args);
+        all.push("voicemail.wav");
+        let o = vmail(&home, None, &all).await;
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        assert!(stderr(&o).contains(expect), "{args:?}: {}", stderr(&o));
+    }
     env.server.stop().await.unwrap();
 
     // A dead server is named, with what to check.
@@ -253,7 +270,8 @@ async fn demo_runs_the_protocol_and_exits_zero() {
         "{out}"
     );
     assert!(out.contains("is killed without warning"), "{out}");
-    assert!(out.contains("3 copies x one ciphertext"), "{out}");
+    assert!(out.contains("RS(4,8) over the ciphertext"), "{out}");
+    assert!(out.contains("regenerated at"), "{out}");
     assert!(out.contains("erased the session key"), "{out}");
     assert!(out.contains("demo finished"), "{out}");
 }

@@ -149,10 +149,17 @@ async fn leave_a_wav_for_two_users_and_fetch_it_with_the_cli() {
     let left = net
         .ok(
             &home("bob"),
-            &["leave", "--to", "alice,carol", wav.to_str().unwrap()],
+            &[
+                "leave",
+                "--to",
+                "alice,carol",
+                "--erasure",
+                "2/4",
+                wav.to_str().unwrap(),
+            ],
         )
         .await;
-    assert!(left.contains("3 copies"), "{left}");
+    assert!(left.contains("as RS(2,4): 4 shards"), "{left}");
     assert!(left.contains("audio/wav, 3.0 s"), "{left}");
 
     let inbox = net.ok(&home("alice"), &["inbox"]).await;
@@ -267,7 +274,14 @@ async fn auth_leader_killed_by_hand_then_restarted() {
     std::fs::write(&wav, &audio).unwrap();
     net.ok(
         &home("bob"),
-        &["leave", "--to", "alice", wav.to_str().unwrap()],
+        &[
+            "leave",
+            "--to",
+            "alice",
+            "--replicas",
+            "2",
+            wav.to_str().unwrap(),
+        ],
     )
     .await;
 
@@ -337,7 +351,14 @@ async fn auth_leader_killed_by_hand_then_restarted() {
     // And the whole group serves a new voicemail.
     net.ok(
         &home("bob"),
-        &["leave", "--to", "alice", wav.to_str().unwrap()],
+        &[
+            "leave",
+            "--to",
+            "alice",
+            "--replicas",
+            "2",
+            wav.to_str().unwrap(),
+        ],
     )
     .await;
     let inbox = net.ok(&home("alice"), &["inbox"]).await;

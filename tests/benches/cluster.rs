@@ -20,7 +20,8 @@ use anyhow::{Context as _, Result, bail, ensure};
 use prost::Message as _;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use vmail_node::client::{AuthClient, NewDeposit, VoicemailMeta};
-use vmail_node::locator::{LOCATOR_VERSION, Locator};
+use vmail_node::erasure::Redundancy;
+use vmail_node::locator::{LOCATOR_VERSION, Layout, Locator, ShardRef};
 use vmail_proto::keys::{MasterKey, SecretKey};
 use vmail_proto::names::Recipients;
 use vmail_tests::{TestCluster, identity, password};
@@ -37,15 +38,24 @@ const FAILOVERS: usize = 5;
 const SYNC_WRITES: u32 = 200;
 const ETCD_MEMBERS: usize = 3;
 
-/// A deposit as `vmail leave` makes one: a 30 s WAV stored as 3 copies.
-/// Each sender leaves them for itself, so no inbox reaches its limit.
+/// A deposit as `vmail leave` makes one: a 30 s WAV stored as RS(4,8)
+/// shards. Each sender leaves them for itself, so no inbox reaches its
+/// limit.
 fn deposit(to: &str) -> NewDeposit {
     let locator = Locator {
         version: LOCATOR_VERSION,
         message_id: vmail_proto::random_bytes(),
-        ciphertext_len: 480_000 + 16 * 8,
         ciphertext_sha256: vmail_proto::random_bytes(),
-        copies: (0..3).map(|_| vmail_proto::random_bytes()).collect(),
+        layout: Layout {
+            redundancy: Redundancy::DEFAULT,
+            ciphertext_len: 480_000 + 16 * 8,
+            shards: (0..8)
+                .map(|_| ShardRef {
+                    id: vmail_proto::random_bytes(),
+                    sha256: vmail_proto::random_bytes(),
+                })
+                .collect(),
+        },
     };
     NewDeposit {
         request_id: vmail_proto::random_bytes(),

@@ -177,7 +177,7 @@ async fn relay_throughput() -> (f64, f64, u64) {
         .unwrap();
     let copy_at = |holder: PeerId| {
         receipt
-            .copies
+            .shards
             .iter()
             .find(|c| c.holder == holder)
             .unwrap()

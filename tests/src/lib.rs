@@ -6,6 +6,8 @@
 //! over TLS, clients are `vmail-node`'s real [`AuthClient`], and peers are
 //! real libp2p swarms.
 
+pub mod churn;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -19,6 +21,7 @@ use vmail_auth::server::LocalServer;
 use vmail_auth::service::{AuthService, Clock, SystemClock};
 use vmail_node::client::{AuthClient, AuthTarget, LoginSession, NewDeposit, VoicemailMeta};
 use vmail_node::config::NodeConfig;
+use vmail_node::erasure::Redundancy;
 use vmail_node::localnet;
 use vmail_node::network::Role;
 use vmail_node::peer::{LeaveRequest, Peer, PeerOptions, Session};
@@ -240,6 +243,23 @@ impl TestNet {
             .sum()
     }
 
+    /// Flips one byte in the middle of every stored copy of object `id`,
+    /// behind the holders' backs; returns how many copies were changed.
+    pub fn tamper(&self, id: &[u8; 32]) -> usize {
+        let name = hex::encode(id);
+        let mut n = 0;
+        for dir in self.all_peer_dirs() {
+            let path = dir.join("objects").join(&name);
+            if let Ok(mut bytes) = std::fs::read(&path) {
+                let mid = bytes.len() / 2;
+                bytes[mid] ^= 0x01;
+                std::fs::write(&path, bytes).expect("write");
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// Stops a peer abruptly (no hand-off), as a crash would.
     pub async fn kill(&mut self, id: PeerId) {
         let i = self
@@ -314,14 +334,22 @@ pub async fn relogin_on(auth: &TestAuth, peer: &Peer, user: &str, identity: &Sig
     });
 }
 
-/// A leave request for `content` to `to`.
-pub fn leave_request(to: &[&str], content: Vec<u8>, replicas: u32) -> LeaveRequest {
+/// A leave request for `content` to `to`, stored as `replicas` whole copies.
+pub fn leave_request(to: &[&str], content: Vec<u8>, replicas: u8) -> LeaveRequest {
     LeaveRequest {
         recipients: to.iter().map(|s| (*s).to_owned()).collect(),
         content,
         content_type: "application/octet-stream".into(),
         duration_ms: 0,
-        replicas,
+        redundancy: Some(Redundancy::Replicas(replicas)),
+    }
+}
+
+/// A leave request for `content` to `to`, erasure-coded `k` of `n`.
+pub fn leave_coded(to: &[&str], content: Vec<u8>, k: u8, n: u8) -> LeaveRequest {
+    LeaveRequest {
+        redundancy: Some(Redundancy::ReedSolomon { k, n }),
+        ..leave_request(to, content, 1)
     }
 }
 

@@ -186,7 +186,7 @@ async fn an_undialable_peer_holds_and_serves_voicemail_through_its_supernodes_re
         .await
         .expect("leave");
     let copy = receipt
-        .copies
+        .shards
         .iter()
         .find(|c| c.holder == hidden_id)
         .expect("the hidden peer holds a copy");

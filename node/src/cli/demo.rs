@@ -1,9 +1,10 @@
 //! `vmail demo`: the whole system in one process on loopback, narrated as
 //! a timeline. Everything is real: a group of three auth servers
-//! replicating over Raft, TLS, OPAQUE with argon2id, eight libp2p peers
+//! replicating over Raft, TLS, OPAQUE with argon2id, twelve libp2p peers
 //! with Kademlia, a gossiped supernode election with one supernode killed
-//! and its peers re-attaching, encrypted copies on untrusted holders, and
-//! both a holder and the auth leader killed before the last fetch.
+//! and its peers re-attaching, Reed-Solomon shards of one ciphertext on
+//! holders picked by the paper's score, three holders and the auth leader
+//! killed before the last fetch, and the lost shards repaired.
 
 use std::time::{Duration, Instant};
 
@@ -12,7 +13,7 @@ use ed25519_dalek::SigningKey;
 use sha2::{Digest, Sha256};
 use vmail_auth::server::LocalServer;
 use vmail_node::client::{AuthClient, AuthTarget};
-use vmail_node::config::SupernodeConfig;
+use vmail_node::config::{PlacementConfig, SupernodeConfig};
 use vmail_node::localnet;
 use vmail_node::locator::Locator;
 use vmail_node::network::{self, SupernodeView};
@@ -20,8 +21,12 @@ use vmail_node::peer::{LeaveRequest, Peer, Session, no_progress};
 use vmail_node::wav;
 use vmail_proto::random_bytes;
 
-/// Peers in the demo overlay.
-const PEERS: usize = 8;
+/// Peers in the demo overlay: after the supernode is killed, the sender
+/// still knows the 8 holders RS(4,8) needs, plus spares.
+const PEERS: usize = 12;
+/// Holders killed before the last fetch: more than a copy scheme with the
+/// same storage (two copies) could lose, fewer than RS(4,8)'s four.
+const HOLDERS_KILLED: usize = 3;
 /// Auth servers in the demo group.
 const AUTH_SERVERS: usize = 3;
 /// Length of the generated voicemail.
@@ -76,6 +81,11 @@ pub(super) async fn run() -> anyhow::Result<()> {
             min_memory_mib: 1,
             min_uptime_secs: 0,
             ..SupernodeConfig::default()
+        };
+        c.placement = PlacementConfig {
+            repair_interval_secs: 2,
+            repair_grace_secs: 0,
+            ..PlacementConfig::default()
         };
     })
     .await?;
@@ -222,7 +232,7 @@ async fn narrate(
                 content: audio.clone(),
                 content_type: "audio/wav".into(),
                 duration_ms: u64::from(SECONDS) * 1000,
-                replicas: 3,
+                redundancy: None,
             },
             no_progress(),
         )
@@ -231,9 +241,17 @@ async fn narrate(
         "  session key from HKDF(master key, salt, time, recipients); encrypted once: {} bytes of AES-256-GCM segments",
         receipt.ciphertext_len
     );
-    for c in &receipt.copies {
+    println!(
+        "  {} over the ciphertext: {} shards of {} bytes, any {} rebuild it; holders ranked by a*e*c/max(f,1)",
+        receipt.redundancy,
+        receipt.shards.len(),
+        receipt.shard_len,
+        receipt.redundancy.k()
+    );
+    for c in &receipt.shards {
         println!(
-            "  copy {} stored at {} (identifier inside its range)",
+            "  shard {} id {} at {} (identifier inside its range)",
+            c.index,
             short(&c.id),
             c.holder
         );
@@ -252,11 +270,11 @@ async fn narrate(
         .map(|s| s.usage().1)
         .sum();
     println!(
-        "  bytes on all holders: {stored} = {} copies x one ciphertext, not one per recipient",
-        receipt.copies.len()
+        "  bytes on all holders: {stored} = {:.2} x one ciphertext, not one copy per recipient",
+        stored as f64 / receipt.ciphertext_len as f64
     );
 
-    tl.step("alice fetches: key and locator from the auth server, a copy found in the DHT, hash checked, decrypted");
+    tl.step("alice fetches: key and locator from the auth server, shards found in the DHT, k fetched in parallel, hashes checked, decoded, decrypted");
     let got = peers[1].fetch(receipt.voicemail_id, no_progress()).await?;
     ensure!(
         Sha256::digest(&got.content) == original,
@@ -264,29 +282,34 @@ async fn narrate(
     );
     peers[1].ack(receipt.voicemail_id).await?;
     println!(
-        "  from holder {}; SHA-256 matches the original; acked",
-        got.holder
+        "  shards {:?}; SHA-256 matches the original; acked",
+        got.holders.iter().map(|(i, _)| *i).collect::<Vec<_>>()
     );
 
-    // Kill the holder of the first copy carol will try (unless it is
-    // carol's own peer: then the next one), so her fetch must route around it.
-    let carol_peer = peers[2].peer_id();
-    let locator = Locator::decode(&got.pending.locator)?;
-    let first = locator
-        .copies
+    // Kill holders other than carol's and bob's peers, so her fetch must
+    // route around them and repair has work to do.
+    let spared = [peers[0].peer_id(), peers[2].peer_id()];
+    let victims: Vec<_> = receipt
+        .shards
         .iter()
-        .filter_map(|id| receipt.copies.iter().find(|c| c.id == *id))
-        .find(|c| c.holder != carol_peer)
-        .context("a copy held by a peer other than carol's")?;
+        .filter(|c| !spared.contains(&c.holder))
+        .take(HOLDERS_KILLED)
+        .copied()
+        .collect();
     tl.step(&format!(
-        "holder {} is killed without warning",
-        first.holder
+        "{} holders are killed without warning (shards {:?})",
+        victims.len(),
+        victims.iter().map(|c| c.index).collect::<Vec<_>>()
     ));
-    let index = peers
-        .iter()
-        .position(|p| p.peer_id() == first.holder)
-        .context("the holder is one of the demo peers")?;
-    peers.remove(index).stop().await;
+    for v in &victims {
+        let index = peers
+            .iter()
+            .position(|p| p.peer_id() == v.holder)
+            .context("the holder is one of the demo peers")?;
+        peers.remove(index).stop().await;
+        println!("  {} is gone", v.holder);
+    }
+    let killed = Instant::now();
 
     let at = auth
         .iter()
@@ -313,6 +336,7 @@ async fn narrate(
 
     tl.step("carol fetches after both deaths: her client fails over to a live auth server");
     let started = Instant::now();
+    let carol_peer = spared[1];
     let carol = peers
         .iter()
         .find(|p| p.peer_id() == carol_peer)
@@ -326,8 +350,8 @@ async fn narrate(
         println!("  skipped: {f}");
     }
     println!(
-        "  from holder {} in {:?}; SHA-256 matches the original",
-        got.holder,
+        "  rebuilt from shards {:?} in {:?}; SHA-256 matches the original",
+        got.holders.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
         started.elapsed()
     );
     let erased = carol.ack(receipt.voicemail_id).await?;
@@ -336,6 +360,39 @@ async fn narrate(
         "the session key should be erased after the last recipient's ack"
     );
     println!("  acked by the last recipient: the auth server erased the session key");
+    tl.step("repair: the surviving holders find shards missing, rebuild them from any 4 (ciphertext only, no key), and store each under its old identifier at the peer now closest to it (the demo sets the grace period to 0; by default a shard must be missing for a day)");
+    let locator = Locator::decode(&got.pending.locator)?;
+    let held_by = |id: &[u8; 32]| {
+        peers
+            .iter()
+            .find(|p| p.store().is_some_and(|s| s.get(id).is_some()))
+    };
+    loop {
+        if locator
+            .layout
+            .shards
+            .iter()
+            .all(|s| held_by(&s.id).is_some())
+        {
+            break;
+        }
+        ensure!(
+            killed.elapsed() < Duration::from_secs(90),
+            "repair did not restore every shard within 90 s of the kills"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for v in &victims {
+        let id = locator.layout.shards[usize::from(v.index)].id;
+        if let Some(p) = held_by(&id) {
+            println!("  shard {} regenerated at {}", v.index, p.peer_id());
+        }
+    }
+    println!(
+        "  all {} shards held again {:.1} s after the holders died; the locator at the auth servers is unchanged",
+        locator.layout.shards.len(),
+        killed.elapsed().as_secs_f64()
+    );
     for p in peers {
         tokio::time::timeout(Duration::from_secs(10), p.stop())
             .await

@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use vmail_node::client::{AuthClient, LoginSession};
+use vmail_node::erasure::Redundancy;
 use vmail_node::keystore::Keystore;
 use vmail_node::settings::{self, AuthOverrides};
 use zeroize::Zeroizing;
@@ -66,16 +67,20 @@ enum Command {
         #[arg(long)]
         watch: bool,
     },
-    /// Leave a voicemail: encrypt once, store copies on peers, deposit the key.
+    /// Leave a voicemail: encrypt once, store shards on peers, deposit the key.
     Leave {
         /// Recipients, comma-separated.
         #[arg(long, value_delimiter = ',', required = true)]
         to: Vec<String>,
         /// The voicemail (a WAV file, or any file).
         file: PathBuf,
-        /// Copies to store (default: replicas in node.toml, 3).
-        #[arg(long)]
-        replicas: Option<u32>,
+        /// Store R whole copies instead of erasure-coded shards.
+        #[arg(long, conflicts_with = "erasure")]
+        replicas: Option<u8>,
+        /// Reed-Solomon K/N: N shards, any K of which rebuild it (default:
+        /// placement.redundancy in node.toml, 4/8).
+        #[arg(long, value_name = "K/N", value_parser = parse_erasure)]
+        erasure: Option<Redundancy>,
     },
     /// Fetch voicemail: find it in the overlay, check, decrypt, save, ack.
     Fetch {
@@ -287,7 +292,18 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Logout => account::logout(&ctx).await,
         Command::Whoami => account::whoami(&ctx).await,
         Command::Inbox { watch } => inbox::run(&ctx, watch).await,
-        Command::Leave { to, file, replicas } => voicemail::leave(&ctx, &to, &file, replicas).await,
+        Command::Leave {
+            to,
+            file,
+            replicas,
+            erasure,
+        } => {
+            let redundancy = match replicas {
+                Some(r) => Some(Redundancy::Replicas(r).validate()?),
+                None => erasure,
+            };
+            voicemail::leave(&ctx, &to, &file, redundancy).await
+        }
         Command::Fetch { id, all, out } => voicemail::fetch(&ctx, id, all, out).await,
         Command::Node(NodeCommand::Run { data_dir, config }) => {
             node::run(&ctx, data_dir, config).await
@@ -313,4 +329,10 @@ async fn stop_signal() -> std::io::Result<()> {
 fn when(unix: u64) -> String {
     humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix))
         .to_string()
+}
+
+/// `--erasure K/N`, checked as clap parses it.
+fn parse_erasure(s: &str) -> Result<Redundancy, String> {
+    s.parse()
+        .map_err(|e: vmail_node::erasure::ErasureError| e.to_string())
 }

@@ -59,8 +59,10 @@ struct Ephemeral {
 
 impl PeerHandle {
     /// Connects to the daemon in the default data dir, or starts an
-    /// ephemeral peer; either way the peer gets the saved login.
-    pub(super) async fn open(ctx: &Context) -> anyhow::Result<Self> {
+    /// ephemeral peer that waits (briefly) for `holders` peers, or as many
+    /// as the default redundancy needs; either way the peer gets the saved
+    /// login.
+    pub(super) async fn open(ctx: &Context, holders: Option<usize>) -> anyhow::Result<Self> {
         let session = ctx.peer_session()?;
         let dir = ctx.data_dir(None);
         let socket = dir.join(control::SOCKET_FILE);
@@ -69,16 +71,19 @@ impl PeerHandle {
                 client,
                 ephemeral: None,
             },
-            Err(ControlError::NotRunning(_)) => Self::ephemeral(&dir).await?,
+            Err(ControlError::NotRunning(_)) => Self::ephemeral(&dir, holders).await?,
             Err(e) => return Err(e.into()),
         };
         handle.client.set_session(&session).await?;
         Ok(handle)
     }
 
-    async fn ephemeral(data_dir: &Path) -> anyhow::Result<Self> {
+    async fn ephemeral(data_dir: &Path, holders: Option<usize>) -> anyhow::Result<Self> {
         let config = NodeConfig::load(data_dir, None)?;
-        let want = config.replicas as usize;
+        let want = match holders {
+            Some(n) => n,
+            None => config.redundancy().map_err(anyhow::Error::msg)?.n(),
+        };
         let tmp = tempfile::Builder::new()
             .prefix("vmail-")
             .tempdir()

@@ -9,6 +9,7 @@ use anyhow::{Context as _, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use libp2p::PeerId;
 use vmail_node::config::NodeConfig;
+use vmail_node::erasure::Redundancy;
 use vmail_node::wav;
 use vmail_proto::control_pb as pb;
 
@@ -76,7 +77,7 @@ pub(super) async fn leave(
     ctx: &Context,
     to: &[String],
     file: &Path,
-    replicas: Option<u32>,
+    redundancy: Option<Redundancy>,
 ) -> anyhow::Result<()> {
     // Every check that needs no network happens before anything is stored.
     let max = NodeConfig::load(&ctx.data_dir(None), None)?.max_voicemail_bytes;
@@ -101,7 +102,7 @@ pub(super) async fn leave(
         None => ("application/octet-stream", 0),
     };
     let size = content.len();
-    let mut peer = PeerHandle::open(ctx).await?;
+    let mut peer = PeerHandle::open(ctx, redundancy.map(Redundancy::n)).await?;
     let mut bars = Bars::new();
     let result = peer
         .client
@@ -111,7 +112,14 @@ pub(super) async fn leave(
                 content,
                 content_type: content_type.into(),
                 duration_ms,
-                replicas: replicas.unwrap_or(0),
+                replicas: match redundancy {
+                    Some(Redundancy::Replicas(r)) => r.into(),
+                    _ => 0,
+                },
+                erasure: match redundancy {
+                    Some(Redundancy::ReedSolomon { k, n }) => format!("{k}/{n}"),
+                    _ => String::new(),
+                },
             },
             |p| bars.update(p),
         )
@@ -130,15 +138,21 @@ pub(super) async fn leave(
         }
     );
     println!(
-        "  one ciphertext of {} bytes, {} copies:",
+        "  one ciphertext of {} bytes as {}: {} shards of {} bytes:",
         done.ciphertext_size,
-        done.copies.len()
+        done.redundancy,
+        done.copies.len(),
+        done.shard_size
     );
     for c in &done.copies {
         let holder = PeerId::from_bytes(&c.holder)
             .map(|p| p.to_string())
             .unwrap_or_default();
-        println!("  - id {} at {holder}", hex::encode(&c.identifier));
+        println!(
+            "  - shard {} id {} at {holder}",
+            c.index,
+            hex::encode(&c.identifier)
+        );
     }
     for f in &done.failures {
         println!("  (replaced a failed holder: {f})");
@@ -210,7 +224,7 @@ pub(super) async fn fetch(
         (None, true) => None,
         _ => bail!("name one voicemail id, or pass --all"),
     };
-    let mut peer = PeerHandle::open(ctx).await?;
+    let mut peer = PeerHandle::open(ctx, None).await?;
     let result = fetch_with(&mut peer, wanted, &out).await;
     peer.close().await;
     result
@@ -259,8 +273,22 @@ async fn fetch_with(
             content.len(),
             path.display()
         );
+        let holders: Vec<String> = done
+            .holders
+            .iter()
+            .map(|h| {
+                let peer =
+                    PeerId::from_bytes(&h.holder).map_or_else(|_| "?".into(), |p| p.to_string());
+                format!(
+                    "shard {} from {}",
+                    h.index,
+                    &peer[peer.len().saturating_sub(8)..]
+                )
+            })
+            .collect();
+        println!("  {}: {}", done.redundancy, holders.join(", "));
         for f in &done.failures {
-            println!("  (skipped a bad copy: {f})");
+            println!("  (skipped: {f})");
         }
         if erased {
             println!("  every recipient has it now; the session key is erased at the auth server");

@@ -1,0 +1,425 @@
+//! Placement, erasure coding and repair on real peers on loopback: a fetch
+//! with n − k holders dead, repair bringing a voicemail back to n shards, a
+//! corrupt shard caught and its holder scored down, a holder without room
+//! replaced, and a locator whose shard count is wrong refused clearly.
+
+use std::time::{Duration, Instant};
+
+use libp2p::PeerId;
+use sha2::{Digest, Sha256};
+use vmail_node::client::{NewDeposit, VoicemailMeta};
+use vmail_node::config::{NodeConfig, PlacementConfig};
+use vmail_node::erasure::Redundancy;
+use vmail_node::locator::{LOCATOR_VERSION, Layout, Locator, ShardRef};
+use vmail_node::network::Role;
+use vmail_node::peer::{LeaveReceipt, PeerError, no_progress};
+use vmail_node::storage::ObjectMeta;
+use vmail_proto::keys::SecretKey;
+use vmail_proto::names::Recipients;
+use vmail_tests::{
+    TestNet, churn, leave_coded, login_on, random_content, register_and_login, start_peer,
+};
+
+/// The holders of `r`'s shards, other than the peers in `spare`.
+fn holders_except(r: &LeaveReceipt, spare: &[PeerId]) -> Vec<PeerId> {
+    r.shards
+        .iter()
+        .map(|s| s.holder)
+        .filter(|h| !spare.contains(h))
+        .collect()
+}
+
+/// Shards of `r` held by a running peer.
+fn held(net: &TestNet, r: &LeaveReceipt) -> usize {
+    r.shards
+        .iter()
+        .filter(|s| {
+            net.peers
+                .iter()
+                .any(|p| p.store().is_some_and(|st| st.get(&s.id).is_some()))
+        })
+        .count()
+}
+
+/// `n` peers that check for lost shards every second and regenerate those
+/// missing for `grace_secs`; bob on peer 0, alice on peer 1.
+async fn repairing_net(n: usize, grace_secs: u64) -> TestNet {
+    let net = TestNet::start_with(n, |c| {
+        c.placement = PlacementConfig {
+            repair_interval_secs: 1,
+            repair_grace_secs: grace_secs,
+            ..PlacementConfig::default()
+        };
+    })
+    .await;
+    net.login(0, "bob").await;
+    net.login(1, "alice").await;
+    net
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_rs_4_8_survives_four_dead_holders_but_not_five() {
+    let mut net = TestNet::start(11).await;
+    net.login(0, "bob").await;
+    net.login(1, "alice").await;
+    let content = random_content(300_000);
+    let mut req = leave_coded(&["alice"], content.clone(), 1, 2);
+    req.redundancy = None;
+    let r = net.peers[0].leave(req, no_progress()).await.expect("leave");
+    assert_eq!(r.redundancy, Redundancy::DEFAULT, "the default is RS(4,8)");
+    assert_eq!(r.shards.len(), 8);
+    let mut distinct: Vec<PeerId> = r.shards.iter().map(|s| s.holder).collect();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 8, "one shard per holder");
+    // About twice the ciphertext, not eight copies of it.
+    let overhead = (r.shard_len * 8) as f64 / r.ciphertext_len as f64;
+    assert!((2.0..2.01).contains(&overhead), "{overhead}");
+
+    let keep = [net.peers[0].peer_id(), net.peers[1].peer_id()];
+    let doomed = holders_except(&r, &keep);
+    for h in doomed.iter().take(4) {
+        net.kill(*h).await;
+    }
+    let got = net.peers[1]
+        .fetch(r.voicemail_id, no_progress())
+        .await
+        .expect("four of eight shards are enough");
+    assert_eq!(got.content, content);
+    assert_eq!(got.holders.len(), 4);
+    assert!(got.holders.iter().all(|(_, h)| !doomed[..4].contains(h)));
+
+    net.kill(doomed[4]).await;
+    let err = net.peers[1]
+        .fetch(r.voicemail_id, no_progress())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PeerError::AllCopiesFailed { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("cannot be rebuilt") && msg.contains("stays in your inbox"),
+        "{msg}"
+    );
+    assert!(msg.contains("3 of the 4 shards needed"), "{msg}");
+    assert_eq!(net.peers[1].inbox().await.unwrap().len(), 1);
+    net.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repair_regenerates_lost_shards_under_their_old_identifiers() {
+    let mut net = repairing_net(9, 0).await;
+    let content = random_content(200_000);
+    let r = net.peers[0]
+        .leave(
+            leave_coded(&["alice"], content.clone(), 2, 4),
+            no_progress(),
+        )
+        .await
+        .expect("leave");
+    let keep = [net.peers[0].peer_id(), net.peers[1].peer_id()];
+    let first = holders_except(&r, &keep);
+    assert!(first.len() >= 2, "{first:?}");
+    let lost = Instant::now();
+    for h in &first[..2] {
+        net.kill(*h).await;
+    }
+    // Every shard identifier in the locator is held by a live peer again.
+    let deadline = lost + Duration::from_secs(90);
+    loop {
+        let held = held(&net, &r);
+        if held == 4 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {held} of 4 shards held after 90 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("repaired in {:?}", lost.elapsed());
+    // The original holders of the other shards die too: the voicemail now
+    // lives on regenerated shards, found under the locator's identifiers.
+    for h in first.iter().skip(2) {
+        net.kill(*h).await;
+    }
+    let got = net.peers[1]
+        .fetch(r.voicemail_id, no_progress())
+        .await
+        .expect("fetch from repaired shards");
+    assert_eq!(got.content, content);
+    assert!(
+        got.holders.iter().all(|(_, h)| !first.contains(h)),
+        "{got:?}"
+    );
+    net.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_missing_for_less_than_the_grace_period_is_left_alone() {
+    let mut net = repairing_net(7, 3600).await;
+    let r = net.peers[0]
+        .leave(
+            leave_coded(&["alice"], random_content(50_000), 2, 4),
+            no_progress(),
+        )
+        .await
+        .expect("leave");
+    let keep = [net.peers[0].peer_id(), net.peers[1].peer_id()];
+    let gone = holders_except(&r, &keep)[0];
+    net.kill(gone).await;
+    // Several rounds see the shard missing; none may regenerate it yet.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        held(&net, &r),
+        3,
+        "a shard was regenerated within the grace period"
+    );
+    net.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_shard_is_caught_and_its_holder_scored_down() {
+    let net = TestNet::start(7).await;
+    net.login(0, "bob").await;
+    net.login(1, "alice").await;
+    let content = random_content(100_000);
+    let r = net.peers[0]
+        .leave(
+            leave_coded(&["alice"], content.clone(), 2, 4),
+            no_progress(),
+        )
+        .await
+        .expect("leave");
+    let alice = &net.peers[1];
+    // Two of the four shards served as garbage: the fetch must see them.
+    let bad: Vec<_> = r
+        .shards
+        .iter()
+        .filter(|s| s.holder != alice.peer_id())
+        .take(2)
+        .copied()
+        .collect();
+    for s in &bad {
+        assert_eq!(net.tamper(&s.id), 1);
+    }
+    let got = alice
+        .fetch(r.voicemail_id, no_progress())
+        .await
+        .expect("fetch");
+    assert_eq!(got.content, content);
+    let wrong = got
+        .failures
+        .iter()
+        .filter(|f| f.contains("wrong bytes"))
+        .count();
+    assert_eq!(wrong, 2, "{:?}", got.failures);
+    for s in &bad {
+        let e = alice.observed(&s.holder).experience;
+        assert!(e < 0.3, "a corrupt holder keeps experience {e}");
+    }
+    for (_, h) in &got.holders {
+        if *h != alice.peer_id() {
+            assert!(alice.observed(h).experience > 0.5);
+        }
+    }
+    net.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preferred_holder_without_room_is_replaced_and_loses_its_capacity_score() {
+    let net = TestNet::start_with(6, |c| c.quota_bytes = 4 << 20).await;
+    // Peer 3 is full: it holds its quota in other objects.
+    let full = &net.peers[3];
+    let store = full.store().expect("a holder");
+    let filler = vec![7u8; 4 << 20];
+    let meta = ObjectMeta {
+        len: filler.len() as u64,
+        sha256: Sha256::digest(&filler).into(),
+        expires_at: u64::MAX,
+        delete_hash: [0; 32],
+        shard: None,
+    };
+    store
+        .commit(store.reserve(meta.len).unwrap(), &[1; 32], meta, &filler)
+        .unwrap();
+    // A sender that prefers it.
+    let mut config = NodeConfig::loopback();
+    config.bootstrap = net.peers[0].listen_addrs().await.unwrap();
+    config.placement.preferred = vec![full.peer_id().to_string()];
+    let dir = tempfile::tempdir().unwrap();
+    let sender = start_peer(dir.path(), "sender", config, Role::Server).await;
+    sender
+        .wait_for_peers(6, Duration::from_secs(30))
+        .await
+        .unwrap();
+    login_on(&net.auth, &sender, "bob").await;
+    net.login(1, "alice").await;
+    let before = sender.observed(&full.peer_id());
+    let r = sender
+        .leave(
+            leave_coded(&["alice"], random_content(50_000), 2, 3),
+            no_progress(),
+        )
+        .await
+        .expect("the spare takes its place");
+    assert!(r.shards.iter().all(|s| s.holder != full.peer_id()));
+    assert!(
+        r.failures
+            .iter()
+            .any(|f| f.contains(&full.peer_id().to_string()) && f.contains("no room")),
+        "{:?}",
+        r.failures
+    );
+    let after = sender.observed(&full.peer_id());
+    assert!(
+        after.experience < before.experience,
+        "{before:?} -> {after:?}"
+    );
+    assert_eq!(after.capacity, 1.0);
+    sender.stop().await;
+    net.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locator_with_the_wrong_shard_count_is_refused_and_stays_pending() {
+    let net = TestNet::start(3).await;
+    net.login(1, "alice").await;
+    let locator = Locator {
+        version: LOCATOR_VERSION,
+        message_id: [1; 16],
+        ciphertext_sha256: [2; 32],
+        layout: Layout {
+            redundancy: Redundancy::ReedSolomon { k: 4, n: 8 },
+            ciphertext_len: 1000,
+            shards: (0..5u8)
+                .map(|i| ShardRef {
+                    id: [i; 32],
+                    sha256: [i; 32],
+                })
+                .collect(),
+        },
+    };
+    let (mut client, _, session) = register_and_login(&net.auth, "carol").await;
+    let receipt = client
+        .deposit(
+            &session.master_key,
+            &NewDeposit {
+                request_id: vmail_proto::random_bytes(),
+                recipients: Recipients::parse(["alice"]).unwrap(),
+                locator: locator.encode(),
+                session_key: SecretKey::random(),
+                meta: VoicemailMeta {
+                    size: 900,
+                    content_type: "audio/wav".into(),
+                    duration_ms: 0,
+                    expires_at: vmail_proto::unix_now() + 3600,
+                },
+            },
+        )
+        .await
+        .unwrap();
+    let err = net.peers[1]
+        .fetch(receipt.voicemail_id, no_progress())
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("names 5 shards where RS(4,8) needs 8"),
+        "{msg}"
+    );
+    assert_eq!(net.peers[1].inbox().await.unwrap().len(), 1);
+    net.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_churn_model_agrees_with_the_real_network() {
+    // The scenario of `churn::predict_static`: 11 candidate holders with no
+    // history, 12 voicemails as RS(2,4) placed by the default scorer, then
+    // 5 holders down for good.
+    const CANDIDATES: usize = 11;
+    const MESSAGES: usize = 12;
+    const DOWN: usize = 5;
+    let rs = Redundancy::ReedSolomon { k: 2, n: 4 };
+    let mut net = TestNet::start(CANDIDATES + 1).await;
+    net.login(0, "bob").await;
+    net.login(1, "alice").await;
+    let candidates: Vec<PeerId> = net.peers[1..].iter().map(|p| p.peer_id()).collect();
+    let mut receipts = Vec::new();
+    for _ in 0..MESSAGES {
+        let r = net.peers[0]
+            .leave(
+                leave_coded(&["alice"], random_content(20_000), 2, 4),
+                no_progress(),
+            )
+            .await
+            .expect("leave");
+        receipts.push(r);
+    }
+    let placed: Vec<Vec<u32>> = receipts
+        .iter()
+        .map(|r| {
+            r.shards
+                .iter()
+                .map(|s| {
+                    candidates
+                        .iter()
+                        .position(|c| *c == s.holder)
+                        .expect("a candidate") as u32
+                })
+                .collect()
+        })
+        .collect();
+
+    // The model's placement and the real one, under the same failures. The
+    // mean alone would match any placement with distinct holders; whether
+    // every voicemail survives, and the busiest holder's load, depend on
+    // how the scorer spreads shards.
+    let model_placed = churn::place_static(CANDIDATES, rs, churn::Strategy::PaperMax, MESSAGES, 7);
+    let model = churn::survival(&model_placed, CANDIDATES, DOWN, rs, 7);
+    let real = churn::survival(&placed, CANDIDATES, DOWN, rs, 7);
+    let busiest = |p: &[Vec<u32>]| {
+        (0..CANDIDATES as u32)
+            .map(|i| p.iter().flatten().filter(|h| **h == i).count())
+            .max()
+            .unwrap_or(0)
+    };
+    eprintln!(
+        "with {DOWN} of {CANDIDATES} down: model {model:?}, busiest {}; real {real:?}, busiest {}",
+        busiest(&model_placed),
+        busiest(&placed)
+    );
+    assert!(
+        (model.mean - real.mean).abs() <= 0.05,
+        "{model:?} vs {real:?}"
+    );
+    assert!(
+        (model.all - real.all).abs() <= 0.15,
+        "{model:?} vs {real:?}"
+    );
+    assert!(busiest(&model_placed).abs_diff(busiest(&placed)) <= 2);
+
+    // One failure set for real (alice's own peer stays up): every voicemail
+    // the placement says survives is fetched, and no other.
+    let dead: Vec<PeerId> = candidates[1..]
+        .iter()
+        .step_by(2)
+        .take(DOWN)
+        .copied()
+        .collect();
+    for d in &dead {
+        net.kill(*d).await;
+    }
+    let mut fetched = 0;
+    for r in &receipts {
+        let live = r
+            .shards
+            .iter()
+            .filter(|s| !dead.contains(&s.holder))
+            .count();
+        let got = net.peers[1].fetch(r.voicemail_id, no_progress()).await;
+        assert_eq!(got.is_ok(), live >= 2, "{live} live shards: {got:?}");
+        fetched += usize::from(got.is_ok());
+    }
+    eprintln!("fetched {fetched} of {MESSAGES} with {DOWN} holders dead");
+    net.stop().await;
+}
