@@ -191,15 +191,27 @@ async fn a_corrupt_shard_is_caught_and_its_holder_scored_down() {
         .await
         .expect("leave");
     let alice = &net.peers[1];
-    // Two of the four shards served as garbage: the fetch must see them.
+    let wrong = |failures: &[String]| -> Vec<PeerId> {
+        r.shards
+            .iter()
+            .filter(|s| {
+                failures
+                    .iter()
+                    .any(|f| f.contains("wrong bytes") && f.contains(&s.holder.to_string()))
+            })
+            .map(|s| s.holder)
+            .collect()
+    };
     let bad: Vec<_> = r
         .shards
         .iter()
         .filter(|s| s.holder != alice.peer_id())
-        .take(2)
+        .take(3)
         .copied()
         .collect();
-    for s in &bad {
+    // n - k = 2 shards served as garbage: the fetch skips whichever it
+    // tries, succeeds, and scores their holders below neutral.
+    for s in &bad[..2] {
         assert_eq!(net.tamper(&s.id), 1);
     }
     let got = alice
@@ -207,21 +219,44 @@ async fn a_corrupt_shard_is_caught_and_its_holder_scored_down() {
         .await
         .expect("fetch");
     assert_eq!(got.content, content);
-    let wrong = got
-        .failures
+    assert!(
+        got.failures.iter().all(|f| f.contains("wrong bytes")),
+        "{:?}",
+        got.failures
+    );
+    for h in wrong(&got.failures) {
+        assert!(alice.observed(&h).experience < 0.5);
+    }
+    // A third: now every shard must be tried, all three bad ones are
+    // caught, and the voicemail stays pending.
+    assert_eq!(net.tamper(&bad[2].id), 1);
+    let err = alice
+        .fetch(r.voicemail_id, no_progress())
+        .await
+        .unwrap_err();
+    let failures = match err {
+        PeerError::AllCopiesFailed { failures, .. } => failures,
+        other => panic!("{other}"),
+    };
+    let mut caught = wrong(&failures);
+    caught.sort();
+    let mut expected: Vec<PeerId> = bad.iter().map(|s| s.holder).collect();
+    expected.sort();
+    assert_eq!(caught, expected, "{failures:?}");
+    let good = r
+        .shards
         .iter()
-        .filter(|f| f.contains("wrong bytes"))
-        .count();
-    assert_eq!(wrong, 2, "{:?}", got.failures);
-    for s in &bad {
-        let e = alice.observed(&s.holder).experience;
-        assert!(e < 0.3, "a corrupt holder keeps experience {e}");
+        .find(|s| !expected.contains(&s.holder))
+        .map(|s| s.holder)
+        .expect("one intact shard");
+    for h in &expected {
+        let (e, g) = (
+            alice.observed(h).experience,
+            alice.observed(&good).experience,
+        );
+        assert!(e < 0.5 && e < g, "corrupt holder {e}, intact holder {g}");
     }
-    for (_, h) in &got.holders {
-        if *h != alice.peer_id() {
-            assert!(alice.observed(h).experience > 0.5);
-        }
-    }
+    assert_eq!(alice.inbox().await.unwrap().len(), 1);
     net.stop().await;
 }
 

@@ -134,8 +134,9 @@ enum NodeCommand {
 enum TestnetCommand {
     /// Start an auth group and N peers in the background; print `export` lines.
     Up {
-        /// Number of peers.
-        #[arg(long, default_value_t = 8)]
+        /// Number of peers (the default RS(4,8) needs 8 holders besides
+        /// the sender; 10 leaves two spares).
+        #[arg(long, default_value_t = 10)]
         peers: usize,
         /// Number of auth servers in the replicated group (1 to 7).
         #[arg(long, default_value_t = 3)]
