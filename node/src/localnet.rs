@@ -64,6 +64,7 @@ pub async fn start_peers(
             data_dir: dir.join(format!("peer-{i}")),
             config,
             role: Role::Server,
+            observations: None,
         })
         .await?;
         if i == 1 {

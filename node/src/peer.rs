@@ -324,6 +324,10 @@ pub struct PeerOptions {
     /// Server (a full peer) or client (an ephemeral one-job peer with a
     /// fresh key, which holds nothing).
     pub role: Role,
+    /// Where the observation table lives; None: `DATA_DIR/observations.bin`.
+    /// A one-job peer points this at its user's daemon data dir, so that
+    /// what one job learns of other peers serves the next.
+    pub observations: Option<PathBuf>,
 }
 
 /// A running peer.
@@ -428,7 +432,10 @@ impl Peer {
         let redundancy = config.redundancy().map_err(PeerError::Config)?;
         let scorer = config.placement.scorer().map_err(PeerError::Config)?;
         let preferred = config.placement.preferred().map_err(PeerError::Config)?;
-        let observations_file = dir.join(OBSERVATIONS_FILE);
+        let observations_file = opts
+            .observations
+            .clone()
+            .unwrap_or_else(|| dir.join(OBSERVATIONS_FILE));
         let observations = Arc::new(Mutex::new(load_observations(&observations_file)));
         let shutdown = CancellationToken::new();
         let supernode = store.as_ref().map(|store| {
@@ -1295,14 +1302,22 @@ fn load_observations(path: &Path) -> Observations<PeerId> {
     }
 }
 
-/// Writes the observation table atomically; a failure is logged, never fatal.
+/// Writes the observation table atomically (a temporary file of its own,
+/// synced, renamed into place, so two peers saving at once cannot mix
+/// their bytes); a failure is logged, never fatal.
 fn save_observations(table: &Mutex<Observations<PeerId>>, path: &Path) {
+    use std::io::Write;
     let bytes = postcard::to_stdvec(&*table.lock().expect("observations lock"))
         .expect("observations encode");
-    let tmp = path.with_extension("tmp");
-    let written = std::fs::write(&tmp, bytes)
-        .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
-        .and_then(|()| std::fs::rename(&tmp, path));
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let written = std::fs::create_dir_all(dir)
+        .and_then(|()| tempfile::NamedTempFile::new_in(dir))
+        .and_then(|mut f| {
+            f.write_all(&bytes)?;
+            f.as_file().sync_all()?;
+            f.persist(path).map_err(|e| e.error)?;
+            Ok(())
+        });
     if let Err(e) = written {
         tracing::warn!(file = %path.display(), "cannot save observations: {e}");
     }

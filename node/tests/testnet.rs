@@ -161,6 +161,9 @@ async fn leave_a_wav_for_two_users_and_fetch_it_with_the_cli() {
         .await;
     assert!(left.contains("as RS(2,4): 4 shards"), "{left}");
     assert!(left.contains("audio/wav, 3.0 s"), "{left}");
+    // The one-job peer kept what it learned of the holders for the next job.
+    let learned = std::fs::metadata(home("bob").join("node/observations.bin")).unwrap();
+    assert!(learned.len() > 0);
 
     let inbox = net.ok(&home("alice"), &["inbox"]).await;
     assert!(inbox.contains("bob") && inbox.contains("3.0 s"), "{inbox}");

@@ -285,6 +285,7 @@ pub async fn start_peer(dir: &Path, name: &str, config: NodeConfig, role: Role) 
         data_dir: dir.join(name),
         config,
         role,
+        observations: None,
     })
     .await
     .expect("peer starts")

@@ -36,6 +36,7 @@ async fn start_peers(
             data_dir: dir.join(format!("peer-{i}")),
             config,
             role: Role::Server,
+            observations: None,
         })
         .await
         .unwrap();
@@ -434,6 +435,7 @@ async fn supernodes_recommend_storage_peers_from_adverts_and_reports() {
         data_dir: dir.path().join("lone"),
         config: NodeConfig::loopback(),
         role: Role::Server,
+        observations: None,
     })
     .await
     .unwrap();

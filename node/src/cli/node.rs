@@ -11,7 +11,7 @@ use libp2p::PeerId;
 use vmail_node::config::NodeConfig;
 use vmail_node::control::{self, ControlClient, ControlError};
 use vmail_node::network::Role;
-use vmail_node::peer::{Peer, PeerOptions, Session};
+use vmail_node::peer::{OBSERVATIONS_FILE, Peer, PeerOptions, Session};
 
 use super::Context;
 
@@ -101,6 +101,7 @@ impl PeerHandle {
                 data_dir: tmp.path().to_owned(),
                 config,
                 role: Role::Client,
+                observations: Some(data_dir.join(OBSERVATIONS_FILE)),
             })
             .await?,
         );
@@ -177,6 +178,7 @@ pub(super) async fn run(
             data_dir: dir.clone(),
             config,
             role: Role::Server,
+            observations: None,
         })
         .await?,
     );
