@@ -1185,11 +1185,10 @@ impl Peer {
         progress: &ProgressFn,
     ) -> Result<Vec<u8>, String> {
         if holder == self.peer_id() {
-            let store = self.store.clone().ok_or("not a holder")?;
-            let id = *id;
-            return tokio::task::spawn_blocking(move || store.read(&id))
+            let store = self.store.as_ref().ok_or("not a holder")?;
+            return store
+                .read_async(id)
                 .await
-                .map_err(|e| e.to_string())?
                 .map_err(|e| e.to_string())?
                 .ok_or_else(|| "no longer held here".to_owned());
         }
@@ -1226,9 +1225,8 @@ impl Peer {
         let me = self.peer_id();
         let (mut moved, mut kept) = (0, 0);
         for (id, meta) in store.list() {
-            let st = store.clone();
-            let data = match tokio::task::spawn_blocking(move || st.read(&id)).await {
-                Ok(Ok(Some(d))) => d,
+            let data = match store.read_async(&id).await {
+                Ok(Some(d)) => d,
                 _ => {
                     kept += 1;
                     continue;

@@ -21,7 +21,7 @@
 //! possession, so dropping a copy on one would let a liar erase shards. The
 //! surplus expires with the voicemail.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -159,7 +159,7 @@ impl Repairer {
             backoff,
             missing_since,
         } = memory;
-        let mut seen = Vec::new();
+        let mut seen = HashSet::new();
         let mut round = Round::default();
         let mut budget = self.limits.max_shards;
         let now = unix_now();
@@ -184,7 +184,7 @@ impl Repairer {
                 .iter()
                 .zip(&up)
                 .map(|(s, up)| {
-                    seen.push(s.id);
+                    seen.insert(s.id);
                     if *up {
                         missing_since.remove(&s.id);
                         return false;
@@ -315,11 +315,7 @@ impl Repairer {
 
     /// An object from this holder's own store.
     async fn read_local(&self, id: &ObjectId) -> Result<Option<Vec<u8>>, String> {
-        let (store, id) = (self.store.clone(), *id);
-        tokio::task::spawn_blocking(move || store.read(&id))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())
+        self.store.read_async(id).await.map_err(|e| e.to_string())
     }
 
     /// Fetches k alive shards, regenerates `todo` and stores each at the

@@ -395,6 +395,19 @@ impl Store {
         Ok(Some(bytes[start..].to_vec()))
     }
 
+    /// [`Store::read`] on a blocking thread, for async callers.
+    pub async fn read_async(&self, id: &ObjectId) -> Result<Option<Vec<u8>>, StoreError> {
+        let (store, id) = (self.clone(), *id);
+        tokio::task::spawn_blocking(move || store.read(&id))
+            .await
+            .unwrap_or_else(|e| {
+                Err(StoreError::Io {
+                    path: self.dir.clone(),
+                    source: std::io::Error::other(e),
+                })
+            })
+    }
+
     /// Drops an object. Returns whether it was held. Blocking.
     pub fn remove(&self, id: &ObjectId) -> Result<bool, StoreError> {
         let Some(meta) = self.state.lock().expect("store lock").index.remove(id) else {

@@ -472,35 +472,29 @@ async fn handle(
             tracing::info!(%peer, id = %hex::encode(id), bytes = len, "stored object");
             write_frame(&mut s, &Reply::Stored).await?;
         }
-        Request::Fetch { id } => {
-            let st = store.clone();
-            let read = tokio::task::spawn_blocking(move || st.read(&id))
-                .await
-                .map_err(std::io::Error::other)?;
-            match read {
-                Ok(Some(data)) => {
-                    write_frame(
-                        &mut s,
-                        &Reply::Found {
-                            len: data.len() as u64,
-                        },
-                    )
-                    .await?;
-                    write_body(&mut s, &data, &|_| {}).await?;
-                }
-                Ok(None) => {
-                    write_frame(&mut s, &Reply::Refused("no such object here".into())).await?;
-                }
-                Err(e) => {
-                    tracing::error!(id = %hex::encode(id), "cannot read object: {e}");
-                    write_frame(
-                        &mut s,
-                        &Reply::Refused("holder cannot read the object".into()),
-                    )
-                    .await?;
-                }
+        Request::Fetch { id } => match store.read_async(&id).await {
+            Ok(Some(data)) => {
+                write_frame(
+                    &mut s,
+                    &Reply::Found {
+                        len: data.len() as u64,
+                    },
+                )
+                .await?;
+                write_body(&mut s, &data, &|_| {}).await?;
             }
-        }
+            Ok(None) => {
+                write_frame(&mut s, &Reply::Refused("no such object here".into())).await?;
+            }
+            Err(e) => {
+                tracing::error!(id = %hex::encode(id), "cannot read object: {e}");
+                write_frame(
+                    &mut s,
+                    &Reply::Refused("holder cannot read the object".into()),
+                )
+                .await?;
+            }
+        },
         Request::Has { id } => {
             let reply = match store.get(&id) {
                 Some(m) => Reply::Held {

@@ -41,27 +41,31 @@ fn held(net: &TestNet, r: &LeaveReceipt) -> usize {
         .count()
 }
 
+/// `n` peers configured by `tune`, with bob logged in on peer 0 (the
+/// sender) and alice on peer 1.
+async fn bob_and_alice(n: usize, tune: impl Fn(&mut NodeConfig)) -> TestNet {
+    let net = TestNet::start_with(n, tune).await;
+    net.login(0, "bob").await;
+    net.login(1, "alice").await;
+    net
+}
+
 /// `n` peers that check for lost shards every second and regenerate those
 /// missing for `grace_secs`; bob on peer 0, alice on peer 1.
 async fn repairing_net(n: usize, grace_secs: u64) -> TestNet {
-    let net = TestNet::start_with(n, |c| {
+    bob_and_alice(n, |c| {
         c.placement = PlacementConfig {
             repair_interval_secs: 1,
             repair_grace_secs: grace_secs,
             ..PlacementConfig::default()
         };
     })
-    .await;
-    net.login(0, "bob").await;
-    net.login(1, "alice").await;
-    net
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_default_rs_4_8_survives_four_dead_holders_but_not_five() {
-    let mut net = TestNet::start(11).await;
-    net.login(0, "bob").await;
-    net.login(1, "alice").await;
+    let mut net = bob_and_alice(11, |_| {}).await;
     let content = random_content(300_000);
     let mut req = leave_coded(&["alice"], content.clone(), 1, 2);
     req.redundancy = None;
@@ -179,9 +183,7 @@ async fn a_shard_missing_for_less_than_the_grace_period_is_left_alone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_shard_is_caught_and_its_holder_scored_down() {
-    let net = TestNet::start(7).await;
-    net.login(0, "bob").await;
-    net.login(1, "alice").await;
+    let net = bob_and_alice(7, |_| {}).await;
     let content = random_content(100_000);
     let r = net.peers[0]
         .leave(
@@ -375,9 +377,7 @@ async fn the_churn_model_agrees_with_the_real_network() {
     const MESSAGES: usize = 12;
     const DOWN: usize = 5;
     let rs = Redundancy::ReedSolomon { k: 2, n: 4 };
-    let mut net = TestNet::start(CANDIDATES + 1).await;
-    net.login(0, "bob").await;
-    net.login(1, "alice").await;
+    let mut net = bob_and_alice(CANDIDATES + 1, |_| {}).await;
     let candidates: Vec<PeerId> = net.peers[1..].iter().map(|p| p.peer_id()).collect();
     let mut receipts = Vec::new();
     for _ in 0..MESSAGES {
