@@ -8,6 +8,7 @@
 //! - [`cluster`]: replication across the group with Raft;
 //! - [`config`]: the server config file;
 //! - [`datadir`]: creating and loading the data directory;
+//! - [`enroll`]: unattended group formation through a shared directory;
 //! - [`store`]: the redb database, with secrets sealed under the data key;
 //! - [`service`]: the domain logic, free of gRPC types;
 //! - [`grpc`]: the thin tonic adapter;
@@ -16,6 +17,7 @@
 pub mod cluster;
 pub mod config;
 pub mod datadir;
+pub mod enroll;
 pub mod grpc;
 pub mod server;
 pub mod service;

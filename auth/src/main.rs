@@ -3,11 +3,13 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use vmail_auth::cluster::admin;
 use vmail_auth::datadir::{self, InitOptions};
+use vmail_auth::enroll::{self, Enrollment};
 use vmail_auth::server;
 use vmail_auth::service::SystemClock;
 
@@ -69,6 +71,37 @@ enum Command {
         credential: Option<PathBuf>,
         #[command(flatten)]
         server: ServerArgs,
+    },
+    /// Start unattended, for servers started together (the compose
+    /// testnet): serve from the data directory if it exists; otherwise
+    /// found the group (the founder, if no one has yet) or get a join
+    /// credential through the enrolment directory, join, then serve. While
+    /// serving, answer other servers' enrolment requests and publish
+    /// `ca.pem` and `client.toml` for clients.
+    Start {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// The member that founds the group if it has not been founded.
+        #[arg(long)]
+        founder: String,
+        /// Every member's host name, comma-separated, this one included;
+        /// each is reached on this server's two ports.
+        #[arg(long, value_delimiter = ',', required = true)]
+        members: Vec<String>,
+        /// The enrolment directory that the group's servers, and only
+        /// they, share.
+        #[arg(long)]
+        enroll_dir: PathBuf,
+        /// Where to publish `ca.pem` and `client.toml` for clients.
+        #[arg(long)]
+        public_dir: PathBuf,
+    },
+    /// Ask a server's gRPC health service whether it serves; exits 0 if it
+    /// does (container health checks).
+    Health {
+        /// The server's data directory (for its address and CA).
+        #[arg(long)]
+        data_dir: PathBuf,
     },
     /// Show or change the group's membership.
     Cluster {
@@ -267,8 +300,239 @@ async fn main() -> anyhow::Result<()> {
             server::serve(svc, api, raft, shutdown_signal()).await?;
             joining.abort();
         }
+        Command::Start {
+            server: args,
+            founder,
+            members,
+            enroll_dir,
+            public_dir,
+        } => {
+            let group = Group {
+                founder,
+                members,
+                enrollment: Enrollment::open(&enroll_dir)?,
+                public_dir,
+            };
+            start(args, group).await?
+        }
+        Command::Health { data_dir } => health(&data_dir).await?,
         Command::Cluster { command } => cluster(command).await?,
     }
+    Ok(())
+}
+
+/// How long `start` waits for the founder, or for an answer to its
+/// enrolment request, before giving up.
+const ENROLL_WAIT: Duration = Duration::from_secs(600);
+
+/// The group as `vmail-auth start` is told it.
+#[derive(Debug)]
+struct Group {
+    founder: String,
+    members: Vec<String>,
+    enrollment: Enrollment,
+    public_dir: PathBuf,
+}
+
+fn port_of(addr: &str) -> anyhow::Result<&str> {
+    addr.rsplit_once(':')
+        .map(|(_, p)| p)
+        .with_context(|| format!("{addr:?} is not HOST:PORT"))
+}
+
+/// Waits until `ready()` holds, polling; fails after [`ENROLL_WAIT`].
+async fn wait_for(what: &str, ready: impl Fn() -> bool) -> anyhow::Result<()> {
+    let until = Instant::now() + ENROLL_WAIT;
+    tracing::info!("waiting for {what}");
+    while !ready() {
+        if Instant::now() > until {
+            anyhow::bail!(
+                "gave up after {} s waiting for {what}",
+                ENROLL_WAIT.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Ok(())
+}
+
+/// `vmail-auth start`: makes the data directory if there is none, then
+/// serves, joining the group if this server is not a member yet, and keeps
+/// answering enrolment requests and publishing the clients' config.
+async fn start(args: ServerArgs, group: Group) -> anyhow::Result<()> {
+    let dir = args.data_dir.clone();
+    let (api_port, raft_port) = (port_of(&args.listen)?, port_of(&args.raft_listen)?);
+    let raft_urls: Vec<String> = group
+        .members
+        .iter()
+        .filter(|m| **m != args.name)
+        .map(|m| format!("https://{m}:{raft_port}"))
+        .collect();
+    let endpoints: Vec<String> = group
+        .members
+        .iter()
+        .map(|m| format!("https://{m}:{api_port}"))
+        .collect();
+    if !dir.join(datadir::files::CONFIG).exists() {
+        make_data_dir(&args, &group, raft_port, &raft_urls).await?;
+    }
+    let (api, raft) = bind(&dir, None, None).await?;
+    let svc = Arc::new(server::open(&dir, Arc::new(SystemClock)).await?);
+    let me = server::member(&svc, &api, &raft);
+    let needs_join = !svc
+        .raft()
+        .is_initialized()
+        .await
+        .map_err(anyhow::Error::msg)?
+        && !svc.store().is_founder()?;
+    let tls = admin::member_tls(&dir)?;
+    let keys = svc.keys().clone();
+    let cluster_key = hex::encode(keys.cluster_public_key().to_bytes());
+    let raft_handle = svc.raft().clone();
+    let enrollment = group.enrollment.clone();
+    let tasks = tokio::spawn(async move {
+        if needs_join {
+            let id = raft_handle.metrics().borrow().id;
+            'join: loop {
+                for url in &raft_urls {
+                    match admin::request_join(url, &tls, id, &me).await {
+                        Ok(index) => {
+                            tracing::info!(index, "joined the group as a voter");
+                            break 'join;
+                        }
+                        Err(e) => {
+                            tracing::warn!(via = %url, "joining the group failed: {e}; retrying")
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+        // A member of the group answers enrolment requests and keeps the
+        // clients' config current.
+        loop {
+            if raft_handle.is_initialized().await.unwrap_or(false) {
+                let done = enrollment
+                    .mark_founded(&keys.ca_cert_pem)
+                    .and_then(|()| {
+                        enroll::publish_client_config(
+                            &group.public_dir,
+                            &keys.ca_cert_pem,
+                            &cluster_key,
+                            &endpoints,
+                        )
+                    })
+                    .and_then(|()| enrollment.answer_requests(&dir));
+                match done {
+                    Ok(names) => {
+                        for name in names {
+                            tracing::info!(%name, "issued a join credential through the enrolment directory");
+                        }
+                    }
+                    Err(e) => tracing::warn!("enrolment: {e}"),
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+    server::serve(svc, api, raft, shutdown_signal()).await?;
+    tasks.abort();
+    Ok(())
+}
+
+/// Creates this server's data directory: the founder founds the group if
+/// no one has, unless another member already answers; every other server
+/// asks for a join credential through the enrolment directory and fetches
+/// the group's keys from any member.
+async fn make_data_dir(
+    args: &ServerArgs,
+    group: &Group,
+    raft_port: &str,
+    raft_urls: &[String],
+) -> anyhow::Result<()> {
+    let enrollment = &group.enrollment;
+    if !enrollment.founded() && args.name == group.founder {
+        // A founder whose data is gone must not found a second group
+        // beside a running one: members only listen once they joined.
+        for m in group.members.iter().filter(|m| **m != args.name) {
+            let addr = format!("{m}:{raft_port}");
+            let probe = tokio::net::TcpStream::connect(&addr);
+            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), probe).await {
+                anyhow::bail!(
+                    "{m} already serves a group at {addr}, but {} has no data and the enrolment \
+                     directory records no founding: restore this server's data dir, or copy the \
+                     group's CA certificate to {} so that this server joins it",
+                    args.data_dir.display(),
+                    enrollment.founded_path().display()
+                );
+            }
+        }
+        let report = datadir::init(&args.init_options())?;
+        tracing::info!(cluster_key = %report.cluster_public_key, "founded a new auth group");
+        return Ok(());
+    }
+    wait_for("the founder to found the group", || enrollment.founded()).await?;
+    let request = enrollment.request(&args.name)?;
+    wait_for("a member to answer this server's enrolment request", || {
+        request.answered()
+    })
+    .await?;
+    let credential = admin::read_credential(&request.credential)?;
+    let until = Instant::now() + ENROLL_WAIT;
+    loop {
+        for url in raft_urls {
+            match admin::prepare_join(&args.init_options(), url, &credential).await {
+                Ok(()) => {
+                    tracing::info!(via = %url, "fetched the group keys");
+                    request.finish();
+                    return Ok(());
+                }
+                Err(e) if Instant::now() < until => {
+                    tracing::info!(via = %url, "cannot fetch the group keys yet: {e}")
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// `vmail-auth health`: one call to the standard health service.
+async fn health(dir: &std::path::Path) -> anyhow::Result<()> {
+    use tonic::server::NamedService;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    server::install_crypto_provider();
+    let config = datadir::load_config(dir)?;
+    let keys = datadir::load_keys(dir)?;
+    let url = format!(
+        "https://{}:{}",
+        config.public_host(),
+        port_of(&config.listen)?
+    );
+    let channel = tonic::transport::Endpoint::from_shared(url.clone())?
+        .tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(&keys.ca_cert_pem)),
+        )?
+        .connect_timeout(Duration::from_secs(3))
+        .timeout(Duration::from_secs(3))
+        .connect()
+        .await
+        .with_context(|| format!("{url}: not answering"))?;
+    let service = vmail_proto::pb::auth_server::AuthServer::<vmail_auth::grpc::GrpcAuth>::NAME;
+    let status = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: service.to_owned(),
+        })
+        .await
+        .with_context(|| format!("{url}: health check failed"))?
+        .into_inner()
+        .status();
+    anyhow::ensure!(
+        status == ServingStatus::Serving,
+        "{url}: {service} is {status:?}"
+    );
+    println!("{url}: {service} is serving");
     Ok(())
 }
 

@@ -520,6 +520,21 @@ impl LocalServer {
         issuer_dir: &Path,
         clock: Arc<dyn Clock>,
     ) -> Result<LocalServer, LocalServerError> {
+        let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        Self::join_on(dir, name, via, issuer_dir, clock, any, any).await
+    }
+
+    /// [`LocalServer::join`] on the given addresses: a wiped server coming
+    /// back where the group knew its earlier incarnation.
+    pub async fn join_on(
+        dir: &Path,
+        name: &str,
+        via: &str,
+        issuer_dir: &Path,
+        clock: Arc<dyn Clock>,
+        api: std::net::SocketAddr,
+        raft: std::net::SocketAddr,
+    ) -> Result<LocalServer, LocalServerError> {
         let credential = admin::issue_credential_tls(issuer_dir, name)
             .map_err(|e| LocalServerError::Join(e.to_string()))?;
         let opts = datadir::InitOptions {
@@ -529,7 +544,7 @@ impl LocalServer {
         admin::prepare_join(&opts, via, &credential)
             .await
             .map_err(|e| LocalServerError::Join(e.to_string()))?;
-        let server = Self::start(dir, clock).await?;
+        let server = Self::start_on(dir, clock, api, raft).await?;
         let tls = admin::member_tls(dir).map_err(|e| LocalServerError::Join(e.to_string()))?;
         admin::request_join(via, &tls, server.node_id(), &server.member())
             .await

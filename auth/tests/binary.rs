@@ -120,6 +120,17 @@ async fn serve_answers_health_logs_json_and_stops_on_sigterm() {
         .into_inner()
         .status;
     assert_eq!(status, ServingStatus::Serving as i32);
+    // The container health check: the same service, through the binary.
+    let health = vmail_auth()
+        .args(["health", "--data-dir", dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        health.status.success(),
+        "{}",
+        String::from_utf8_lossy(&health.stderr)
+    );
+    assert!(String::from_utf8_lossy(&health.stdout).contains("vmail.auth.v1.Auth is serving"));
 
     let kill = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -149,6 +160,16 @@ async fn serve_answers_health_logs_json_and_stops_on_sigterm() {
     assert!(
         lines.iter().any(|l| l.contains("vmail-auth stopped")),
         "{lines:?}"
+    );
+    let health = vmail_auth()
+        .args(["health", "--data-dir", dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!health.status.success());
+    assert!(
+        String::from_utf8_lossy(&health.stderr).contains("not answering"),
+        "{}",
+        String::from_utf8_lossy(&health.stderr)
     );
 }
 
@@ -336,4 +357,92 @@ fn a_group_is_formed_inspected_and_shrunk_with_the_binary() {
     wait_status(d1s, |t| {
         t.matches(" voter ").count() == 1 && !t.contains("auth-2")
     });
+}
+
+/// `vmail-auth start` with an empty data dir founds the group, publishes
+/// the clients' config, and answers an enrolment request; a second founder
+/// with no data refuses to found another group beside it.
+#[test]
+fn start_founds_publishes_and_enrols_and_never_founds_twice() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = |p: &str| tmp.path().join(p).to_str().unwrap().to_owned();
+    let (api, raft) = (free_port(), free_port());
+    let start = |name: &str, members: &str, data: &str, enroll: &str| {
+        let mut c = vmail_auth();
+        c.args([
+            "start",
+            "--name",
+            name,
+            "--founder",
+            name,
+            "--members",
+            members,
+        ])
+        .args(["--listen", &format!("127.0.0.1:{api}")])
+        .args(["--raft-listen", &format!("127.0.0.1:{raft}")])
+        .args(["--advertise-host", "localhost", "--data-dir", &path(data)])
+        .args([
+            "--enroll-dir",
+            &path(enroll),
+            "--public-dir",
+            &path("public"),
+        ]);
+        c
+    };
+    let _server = Kill(
+        start("localhost", "localhost", "data", "enroll")
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !tmp.path().join("public/client.toml").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "start never published client.toml"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let client = std::fs::read_to_string(tmp.path().join("public/client.toml")).unwrap();
+    assert!(
+        client.contains(&format!(r#"auth_endpoints = ["https://localhost:{api}"]"#)),
+        "{client}"
+    );
+    assert_eq!(
+        std::fs::read(tmp.path().join("public/ca.pem")).unwrap(),
+        std::fs::read(tmp.path().join("data/ca.pem")).unwrap()
+    );
+    assert!(tmp.path().join("enroll/founded").exists());
+    let (ok, text) = run(&["health", "--data-dir", &path("data")]);
+    assert!(ok, "{text}");
+
+    // A server without data asks; the running member answers with a
+    // credential of its group.
+    std::fs::write(
+        tmp.path().join("enroll/requests/auth-2.0123456789abcdef"),
+        b"",
+    )
+    .unwrap();
+    let answer = tmp
+        .path()
+        .join("enroll/credentials/auth-2.0123456789abcdef.pem");
+    while !answer.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the enrolment request was never answered"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let bundle = std::fs::read_to_string(&answer).unwrap();
+    assert!(bundle.ends_with(&std::fs::read_to_string(tmp.path().join("data/ca.pem")).unwrap()));
+
+    // A founder that lost its data (and a fresh enrolment dir) must not
+    // found a second group while a member answers.
+    let out = start("other", "other,localhost", "data-2", "enroll-2")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("localhost already serves a group"), "{err}");
+    assert!(!tmp.path().join("data-2/config.toml").exists());
 }

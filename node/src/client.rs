@@ -59,7 +59,7 @@ pub enum ClientError {
     Unreachable {
         /// The endpoints tried.
         endpoints: String,
-        /// The last failure.
+        /// Why each endpoint failed.
         why: String,
     },
     /// The endpoint URL is malformed.
@@ -105,7 +105,7 @@ fn protocol(what: impl std::fmt::Display) -> ClientError {
 /// Where and how to reach the auth servers.
 #[derive(Debug, Clone)]
 pub struct AuthTarget {
-    /// Endpoint URLs, tried in order.
+    /// Endpoint URLs: all are tried at once, and the first to answer is used.
     pub endpoints: Vec<String>,
     /// PEM of the cluster CA.
     pub ca_pem: Vec<u8>,
@@ -289,13 +289,20 @@ struct Answer<T> {
 }
 
 impl AuthClient {
-    /// Connects to the first reachable endpoint of `target`. The others are
-    /// kept for failover.
+    /// Connects to every endpoint of `target` at once and keeps the first
+    /// that answers, so a dead server costs no time while another is up.
+    /// The others are kept for failover.
     pub async fn connect(target: &AuthTarget) -> Result<Self, ClientError> {
+        use futures::StreamExt as _;
         vmail_auth::server::install_crypto_provider();
-        let mut last = String::from("no endpoint configured");
+        let mut attempts = futures::stream::FuturesUnordered::new();
         for url in &target.endpoints {
-            match endpoint(url, &target.ca_pem)?.connect().await {
+            let endpoint = endpoint(url, &target.ca_pem)?;
+            attempts.push(async move { (url, endpoint.connect().await) });
+        }
+        let mut failures = Vec::new();
+        while let Some((url, result)) = attempts.next().await {
+            match result {
                 Ok(ch) => {
                     return Ok(Self {
                         rpc: rpc_client(ch),
@@ -306,12 +313,16 @@ impl AuthClient {
                         token: None,
                     });
                 }
-                Err(e) => last = format!("{url}: {}", error_chain(&e)),
+                Err(e) => failures.push(format!("{url}: {}", error_chain(&e))),
             }
         }
         Err(ClientError::Unreachable {
             endpoints: target.endpoints.join(", "),
-            why: last,
+            why: if failures.is_empty() {
+                "no endpoint configured".into()
+            } else {
+                failures.join("; ")
+            },
         })
     }
 

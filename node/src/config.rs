@@ -23,7 +23,7 @@ pub const CONFIG_FILE: &str = "node.toml";
 pub struct NodeConfig {
     /// Listen addresses. Default: TCP and QUIC on every interface, OS-chosen ports.
     pub listen: Vec<Multiaddr>,
-    /// Peers to join through, each ending in `/p2p/<peer id>`. Default: none;
+    /// Peers to join through, with or without a `/p2p/<peer id>` ending. Default: none;
     /// `VMAIL_BOOTSTRAP` (comma-separated) adds more.
     pub bootstrap: Vec<Multiaddr>,
     /// Ciphertext bytes this peer holds for others. Default 1 GiB.

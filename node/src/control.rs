@@ -443,7 +443,13 @@ pub async fn serve(
     let service = control_server::ControlServer::new(ControlService { peer })
         .max_decoding_message_size(MAX_CONTROL_MESSAGE)
         .max_encoding_message_size(MAX_CONTROL_MESSAGE);
+    // The standard health service, for container health checks.
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<control_server::ControlServer<ControlService>>()
+        .await;
     let result = tonic::transport::Server::builder()
+        .add_service(health_service)
         .add_service(service)
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await
@@ -459,6 +465,7 @@ pub async fn serve(
 #[derive(Debug, Clone)]
 pub struct ControlClient {
     rpc: control_client::ControlClient<Channel>,
+    channel: Channel,
 }
 
 impl ControlClient {
@@ -481,10 +488,26 @@ impl ControlClient {
             .await
             .map_err(|_| ControlError::NotRunning(socket.to_owned()))?;
         Ok(Self {
-            rpc: control_client::ControlClient::new(channel)
+            rpc: control_client::ControlClient::new(channel.clone())
                 .max_decoding_message_size(MAX_CONTROL_MESSAGE)
                 .max_encoding_message_size(MAX_CONTROL_MESSAGE),
+            channel,
         })
+    }
+
+    /// Whether the peer's health service reports its control API serving.
+    pub async fn serving(&self) -> Result<bool, ControlError> {
+        use tonic::server::NamedService;
+        use tonic_health::pb::health_check_response::ServingStatus;
+        let request = tonic_health::pb::HealthCheckRequest {
+            service: control_server::ControlServer::<ControlService>::NAME.to_owned(),
+        };
+        let status = tonic_health::pb::health_client::HealthClient::new(self.channel.clone())
+            .check(request)
+            .await?
+            .into_inner()
+            .status();
+        Ok(status == ServingStatus::Serving)
     }
 
     /// The peer's status.

@@ -60,6 +60,10 @@ const SN_MAX_MESSAGE: u64 = 64 * 1024;
 /// Bytes one relayed connection may carry: a largest voicemail's
 /// ciphertext with room to spare.
 const RELAY_CIRCUIT_BYTES: u64 = 1 << 31;
+/// How often each connection is pinged (for RTT, and to find dead ones).
+const PING_INTERVAL: Duration = Duration::from_secs(10);
+/// A ping unanswered this long closes its connection.
+const PING_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one relayed connection may last.
 const RELAY_CIRCUIT_DURATION: Duration = Duration::from_secs(30 * 60);
 
@@ -155,7 +159,9 @@ pub enum Role {
 pub struct NetworkConfig {
     /// Addresses to listen on.
     pub listen: Vec<Multiaddr>,
-    /// Peers to join through; each must end in `/p2p/<peer id>`.
+    /// Peers to join through. With a `/p2p/<peer id>` ending the peer is
+    /// known before it answers; without one (`/dns4/sn-1/tcp/4001`) its id
+    /// is whatever key completes the Noise handshake there.
     pub bootstrap: Vec<Multiaddr>,
     /// Most established connections in all.
     pub max_connections: u32,
@@ -188,9 +194,6 @@ pub enum NetworkError {
         /// Why.
         why: String,
     },
-    /// A bootstrap address has no `/p2p/` part.
-    #[error("bootstrap address {0} must end in /p2p/<peer id>")]
-    BootstrapWithoutPeerId(Multiaddr),
     /// The event loop has stopped.
     #[error("the peer's network task has stopped")]
     Stopped,
@@ -377,7 +380,11 @@ impl Network {
                             // A relayed address must reach peers at once.
                             .with_push_listen_addr_updates(true),
                     ),
-                    ping: ping::Behaviour::default(),
+                    ping: ping::Behaviour::new(
+                        ping::Config::new()
+                            .with_interval(PING_INTERVAL)
+                            .with_timeout(PING_TIMEOUT),
+                    ),
                     kad,
                     streams: libp2p_stream::Behaviour::new(),
                     gossip,
@@ -414,21 +421,21 @@ impl Network {
                     why: e.to_string(),
                 })?;
         }
-        for addr in &config.bootstrap {
-            let Some(Protocol::P2p(peer)) = addr.iter().last() else {
-                return Err(NetworkError::BootstrapWithoutPeerId(addr.clone()));
-            };
-            if peer == local {
-                continue;
-            }
-            swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
-            if let Err(e) = swarm.dial(addr.clone()) {
-                tracing::warn!(%addr, "cannot dial bootstrap peer: {e}");
+        let bootstrap: Vec<Multiaddr> = config
+            .bootstrap
+            .iter()
+            .filter(|a| !matches!(a.iter().last(), Some(Protocol::P2p(p)) if p == local))
+            .cloned()
+            .collect();
+        for addr in &bootstrap {
+            if let Some(Protocol::P2p(peer)) = addr.iter().last() {
+                swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
             }
         }
-        if !config.bootstrap.is_empty() {
-            let _ = swarm.behaviour_mut().kad.bootstrap();
-        }
+        // Without a known peer this fails; Kademlia then bootstraps by
+        // itself once identify has put the first peer in the routing table.
+        let _ = swarm.behaviour_mut().kad.bootstrap();
+        dial_all(&mut swarm, &bootstrap);
         let streams = swarm.behaviour().streams.new_control();
         let elections = match &config.supernode {
             Some(setup) => {
@@ -451,6 +458,7 @@ impl Network {
             elections,
             peer_addrs: HashMap::new(),
             rtts: HashMap::new(),
+            bootstrap,
         };
         let task = tokio::spawn(event_loop.run(shutdown));
         Ok((
@@ -585,9 +593,31 @@ struct EventLoop {
     peer_addrs: HashMap<PeerId, Multiaddr>,
     /// Last ping round trip to each connected peer.
     rtts: HashMap<PeerId, Duration>,
+    /// Where to rejoin when this peer has no connection left.
+    bootstrap: Vec<Multiaddr>,
+}
+
+/// How often a peer with no connections dials its bootstrap peers again
+/// (they were not up yet, or its network was cut and has come back).
+const REJOIN_PERIOD: Duration = Duration::from_secs(5);
+
+fn dial_all(swarm: &mut Swarm<Behaviour>, addrs: &[Multiaddr]) {
+    for addr in addrs {
+        if let Err(e) = swarm.dial(addr.clone()) {
+            tracing::warn!(%addr, "cannot dial bootstrap peer: {e}");
+        }
+    }
 }
 
 impl EventLoop {
+    /// Dials the bootstrap peers again if no connection is left.
+    fn rejoin_if_alone(&mut self) {
+        if self.swarm.connected_peers().next().is_none() && !self.bootstrap.is_empty() {
+            tracing::info!("no connections: dialing the bootstrap peers again");
+            dial_all(&mut self.swarm, &self.bootstrap);
+        }
+    }
+
     async fn run(mut self, shutdown: CancellationToken) {
         let every = |period: Duration| {
             let mut t = tokio::time::interval(period);
@@ -599,9 +629,12 @@ impl EventLoop {
         let mut adverts = every(setup.as_ref().map_or(hour, |s| s.interval));
         let mut heartbeats = every(setup.as_ref().map_or(hour, |s| s.heartbeat));
         let mut elections = every(sn::ELECTION_PERIOD);
+        let mut rejoin = every(REJOIN_PERIOD);
+        rejoin.reset();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
+                _ = rejoin.tick() => self.rejoin_if_alone(),
                 _ = adverts.tick(), if setup.is_some() => self.advertise(),
                 _ = elections.tick(), if setup.is_some() => self.reelect_if_changed(),
                 _ = heartbeats.tick(), if setup.is_some() => self.on_heartbeat_tick(),
@@ -680,7 +713,11 @@ impl EventLoop {
                 {
                     self.swarm.add_external_address(address.clone());
                 }
-                self.listen_addrs.push(address.with(Protocol::P2p(local)));
+                let full = match address.iter().last() {
+                    Some(Protocol::P2p(_)) => address,
+                    _ => address.with(Protocol::P2p(local)),
+                };
+                self.listen_addrs.push(full);
             }
             SwarmEvent::ExpiredListenAddr { address, .. } => {
                 self.listen_addrs
@@ -715,6 +752,18 @@ impl EventLoop {
                 ..
             })) => {
                 self.rtts.insert(peer, rtt);
+            }
+            // A connection whose far end vanished without closing it (a
+            // cut cable, a frozen host) would otherwise stay open for
+            // ever, and every new stream to that peer would wait on it.
+            // libp2p reports the second failure in a row.
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
+                peer,
+                connection,
+                result: Err(failure),
+            })) if !matches!(failure, ping::Failure::Unsupported) => {
+                tracing::info!(%peer, "ping failed twice ({failure}): closing the connection");
+                self.swarm.close_connection(connection);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Autonat(autonat::Event::StatusChanged {
                 new,

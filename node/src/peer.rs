@@ -65,6 +65,9 @@ pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(60);
 pub const OBSERVATION_MAX_AGE_SECS: u64 = 30 * 86_400;
 /// Longest wait for the supernode's recommendations during a leave.
 pub const RECOMMEND_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a fetch waits for any shard download to finish before it
+/// starts one more shard beside the slow ones.
+pub const HEDGE_AFTER: Duration = Duration::from_secs(3);
 
 /// The user's login, as handed to the peer by `vmail login`.
 #[derive(Clone)]
@@ -1046,7 +1049,24 @@ impl Peer {
             .collect();
         let mut shards = BTreeMap::new();
         let mut used = Vec::new();
-        while let Some((i, got, mut errors)) = running.next().await {
+        loop {
+            // A holder that stalls (a cut network: its connection is not
+            // closed yet) must not hold the voicemail up: while no shard
+            // arrives for HEDGE_AFTER, start one more beside it.
+            let (i, got, mut errors) = match tokio::time::timeout(HEDGE_AFTER, running.next()).await
+            {
+                Ok(Some(done)) => done,
+                Ok(None) => break,
+                Err(_) => {
+                    if let Some((i, holders)) = queue.next() {
+                        tracing::info!(shard = i, "a shard download is slow: starting another");
+                        running.push(
+                            self.fetch_shard(layout, i, holders, &received, total, &progress),
+                        );
+                    }
+                    continue;
+                }
+            };
             failures.append(&mut errors);
             match got {
                 Some((holder, bytes)) => {

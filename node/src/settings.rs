@@ -3,7 +3,9 @@
 //! The home is `--home`, else `VMAIL_HOME`, else `$XDG_CONFIG_HOME/vmail`,
 //! else `~/.config/vmail`. It holds `config.toml`, the keystore and, later,
 //! the node's data. Each setting comes from a flag, else a `VMAIL_*`
-//! variable (clap reads both), else `HOME/config.toml`.
+//! variable (clap reads both), else the config file: `--auth-config FILE`
+//! (`VMAIL_AUTH_CONFIG`, such as the `client.toml` an auth group publishes)
+//! or `HOME/config.toml`.
 
 use std::path::{Path, PathBuf};
 
@@ -59,9 +61,10 @@ pub enum SettingsError {
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ConfigFile {
-    /// Auth server URLs, tried in order.
+    /// Auth server URLs (all are tried at once; the first to answer is used).
     pub auth_endpoints: Vec<String>,
-    /// Path of the cluster CA certificate; a relative path is relative to the home.
+    /// Path of the cluster CA certificate; a relative path is relative to
+    /// the config file's directory.
     pub ca_cert: Option<PathBuf>,
     /// The cluster public key, hex.
     pub cluster_key: Option<String>,
@@ -76,6 +79,8 @@ pub struct AuthOverrides {
     pub ca: Option<PathBuf>,
     /// Cluster key, hex.
     pub cluster_key: Option<String>,
+    /// A config file to read instead of `HOME/config.toml`; it must exist.
+    pub auth_config: Option<PathBuf>,
 }
 
 /// Resolves the vmail home from the flag/variable, or the XDG default.
@@ -92,15 +97,17 @@ pub fn resolve_home(explicit: Option<PathBuf>) -> Result<PathBuf, SettingsError>
         .ok_or(SettingsError::NoHome)
 }
 
-/// Reads `HOME/config.toml`; a missing file is an empty config.
-pub fn load_config_file(home: &Path) -> Result<ConfigFile, SettingsError> {
-    let path = home.join("config.toml");
+/// Reads `path`; a missing file is an empty config unless `must_exist`.
+fn load_config_file(path: &Path, must_exist: bool) -> Result<ConfigFile, SettingsError> {
+    let path = path.to_owned();
     match std::fs::read_to_string(&path) {
         Ok(text) => toml::from_str(&text).map_err(|e| SettingsError::ConfigFile {
             path,
             why: e.to_string(),
         }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ConfigFile::default()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => {
+            Ok(ConfigFile::default())
+        }
         Err(e) => Err(SettingsError::ConfigFile {
             path,
             why: e.to_string(),
@@ -110,8 +117,12 @@ pub fn load_config_file(home: &Path) -> Result<ConfigFile, SettingsError> {
 
 /// Combines overrides and the config file into a connectable target.
 pub fn auth_target(home: &Path, o: &AuthOverrides) -> Result<AuthTarget, SettingsError> {
-    let file = load_config_file(home)?;
-    let config_path = home.join("config.toml");
+    let config_path = o
+        .auth_config
+        .clone()
+        .unwrap_or_else(|| home.join("config.toml"));
+    let file = load_config_file(&config_path, o.auth_config.is_some())?;
+    let config_dir = config_path.parent().unwrap_or(home).to_owned();
     let missing = |what, flag, env, key| SettingsError::Missing {
         what,
         flag,
@@ -133,8 +144,8 @@ pub fn auth_target(home: &Path, o: &AuthOverrides) -> Result<AuthTarget, Setting
     }
     let ca =
         o.ca.clone()
-            // A relative path in config.toml is relative to the home.
-            .or(file.ca_cert.map(|p| home.join(p)))
+            // A relative path in the file is relative to the file.
+            .or(file.ca_cert.map(|p| config_dir.join(p)))
             .ok_or_else(|| missing("CA certificate", "--ca FILE", "VMAIL_CA", "ca_cert"))?;
     let ca_pem = std::fs::read(&ca).map_err(|source| SettingsError::Ca { path: ca, source })?;
     let key_hex = o.cluster_key.clone().or(file.cluster_key).ok_or_else(|| {

@@ -61,6 +61,7 @@ async fn vmail(home: &Path, password: Option<&str>, args: &[&str]) -> Output {
         .env_remove("VMAIL_AUTH")
         .env_remove("VMAIL_CA")
         .env_remove("VMAIL_CLUSTER_KEY")
+        .env_remove("VMAIL_AUTH_CONFIG")
         .stdin(std::process::Stdio::null());
     if let Some(p) = password {
         cmd.env("VMAIL_PASSWORD", p);
@@ -173,6 +174,46 @@ async fn account_commands_and_inbox() {
         old_key
     );
     env.server.stop().await.unwrap();
+}
+
+/// `--auth-config` reads a published client.toml where it lies, with its
+/// CA beside it, instead of the home's config.toml; a missing one is named.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_auth_config_file_elsewhere_is_used() {
+    let env = start().await;
+    let published = env.home("published");
+    std::fs::rename(published.join("config.toml"), published.join("client.toml")).unwrap();
+    let config = published.join("client.toml");
+    let home = env.root.join("home-dave");
+    std::fs::create_dir_all(&home).unwrap();
+    let flag = ["--auth-config", config.to_str().unwrap()];
+    let o = vmail(
+        &home,
+        Some("dave's password"),
+        &[&["account", "register", "dave"][..], &flag].concat(),
+    )
+    .await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Without it, the empty home names what is missing.
+    let o = vmail(&home, Some("dave's password"), &["login", "dave"]).await;
+    assert!(
+        stderr(&o).contains("no auth server configured"),
+        "{}",
+        stderr(&o)
+    );
+    let missing = env.root.join("nowhere.toml");
+    let o = vmail(
+        &home,
+        Some("dave's password"),
+        &["login", "dave", "--auth-config", missing.to_str().unwrap()],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains(&format!("{}: No such file", missing.display())),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

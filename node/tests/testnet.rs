@@ -136,6 +136,8 @@ async fn leave_a_wav_for_two_users_and_fetch_it_with_the_cli() {
     assert!(login.contains("handed to the peer daemon"), "{login}");
     let status = net.ok(&home("alice"), &["node", "status"]).await;
     assert!(status.contains("user           alice"), "{status}");
+    let health = net.ok(&home("alice"), &["node", "health"]).await;
+    assert!(health.contains("is serving"), "{health}");
     // Testnet peers declare no bandwidth, so none qualifies as a supernode.
     assert!(status.contains("role           peer"), "{status}");
     assert!(status.contains("supernodes     0 elected from"), "{status}");

@@ -1186,3 +1186,28 @@ async fn shutdown_does_not_wait_for_a_client_that_stopped_reading() {
     auth.try_start().await.unwrap();
     drop(unread);
 }
+
+/// A server that hangs (it accepts TCP and never finishes the TLS
+/// handshake) first in the endpoint list costs the client nothing: it
+/// connects to every endpoint at once and keeps the first that answers.
+#[tokio::test]
+async fn a_hanging_first_endpoint_does_not_delay_connecting() {
+    let auth = TestAuth::start().await;
+    let hanging = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut target = auth.target();
+    let live = target.endpoints[0].clone();
+    target.endpoints.insert(
+        0,
+        format!("https://127.0.0.1:{}", hanging.local_addr().unwrap().port()),
+    );
+    let started = std::time::Instant::now();
+    let client = vmail_node::client::AuthClient::connect(&target)
+        .await
+        .unwrap();
+    assert_eq!(client.endpoint(), live);
+    assert!(
+        started.elapsed() < vmail_node::client::CONNECT_TIMEOUT,
+        "connecting waited {:?} on the hanging server",
+        started.elapsed()
+    );
+}

@@ -524,17 +524,26 @@ async fn a_wiped_server_rejoins_as_a_fresh_member() {
     let leader = cluster.leader().await;
     let wiped = followers(&cluster, leader)[0];
     let old_id = cluster.server(wiped).node_id();
+    let (api, raft) = (
+        cluster.server(wiped).api_addr,
+        cluster.server(wiped).raft_addr,
+    );
     cluster.kill(wiped).await;
     std::fs::remove_dir_all(cluster.data_dir(wiped)).unwrap();
-    // Rejoin under the same name with an empty data dir.
+    // Rejoin under the same name, at the same addresses (as a container
+    // does), with an empty data dir. Until the leader drops the old
+    // incarnation it still sends that node's entries to this address: the
+    // new server must refuse them rather than answer with its empty log.
     let name = cluster.name(wiped).to_owned();
     let via = cluster.server(leader).member().raft_url;
-    let server = vmail_auth::server::LocalServer::join(
+    let server = vmail_auth::server::LocalServer::join_on(
         &cluster.data_dir(wiped),
         &name,
         &via,
         &cluster.data_dir(leader),
         Arc::new(vmail_auth::service::SystemClock),
+        api,
+        raft,
     )
     .await
     .expect("rejoin");

@@ -433,3 +433,38 @@ async fn a_recipient_with_the_wrong_key_is_told_to_log_in_again() {
     assert!(err.to_string().contains("log in again"), "{err}");
     net.stop().await;
 }
+
+/// A bootstrap address may leave out `/p2p/<id>` (the compose testnet names
+/// its supernodes by host name), and a peer whose bootstrap peer is not up
+/// yet keeps dialing it while it has no connection, so start order does not
+/// matter.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_peer_joins_through_an_address_without_a_peer_id_that_comes_up_later() {
+    use vmail_node::config::NodeConfig;
+    use vmail_node::network::Role;
+    use vmail_tests::{start_peer, wait_until_known};
+
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: libp2p::Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap();
+    let mut config = NodeConfig::loopback();
+    config.bootstrap = vec![addr.clone()];
+    let joiner = start_peer(dir.path(), "joiner", config, Role::Server).await;
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert!(
+        joiner.network().routing_peers().await.unwrap().is_empty(),
+        "nothing listens at {addr} yet"
+    );
+
+    let mut config = NodeConfig::loopback();
+    config.listen = vec![addr];
+    let late = start_peer(dir.path(), "late", config, Role::Server).await;
+    wait_until_known(&joiner, late.peer_id()).await;
+    wait_until_known(&late, joiner.peer_id()).await;
+    joiner.stop().await;
+    late.stop().await;
+}

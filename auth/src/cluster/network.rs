@@ -31,6 +31,12 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 /// Metadata key naming the leader's internal URL when a follower refuses a
 /// membership call.
 pub const LEADER_RAFT_URL: &str = "vmail-leader-raft";
+/// Metadata key naming the node a Raft RPC is for. A server whose data was
+/// lost rejoins at its old address under a new node id; until the group
+/// drops the old incarnation, the leader still sends the old node's
+/// entries there, and they must be refused, not answered with the new
+/// node's empty log (openraft stops on a follower log that goes back).
+pub const RAFT_TARGET: &str = "vmail-raft-target";
 
 /// The TLS material a member (or `join`) uses on the internal service: the
 /// group CA and its own CA-signed certificate and key.
@@ -170,6 +176,13 @@ impl MemberClient {
             error: String::new(),
         });
         request.set_timeout(option.hard_ttl());
+        request.metadata_mut().insert(
+            RAFT_TARGET,
+            self.target
+                .to_string()
+                .parse()
+                .expect("digits are a valid header value"),
+        );
         let reply = match kind {
             Kind::Append => client.append_entries(request).await,
             Kind::Vote => client.vote(request).await,

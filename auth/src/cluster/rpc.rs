@@ -12,7 +12,7 @@ use serde::Serialize;
 use tonic::{Request, Response, Status};
 use vmail_proto::cluster_pb::{self as pb, cluster_server::Cluster};
 
-use super::network::{Isolation, LEADER_RAFT_URL, decode, encode};
+use super::network::{Isolation, LEADER_RAFT_URL, RAFT_TARGET, decode, encode};
 use super::{Member, Raft};
 use crate::config::ServerConfig;
 use crate::datadir::ServerKeys;
@@ -57,6 +57,25 @@ impl ClusterService {
             ));
         }
         Ok(())
+    }
+
+    /// Refuses a Raft RPC meant for another node than this one (an earlier
+    /// incarnation of this server, at the same address), as unreachable.
+    fn check_target<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        let me = self.raft.metrics().borrow().id;
+        let target = req
+            .metadata()
+            .get(RAFT_TARGET)
+            .and_then(|v| v.to_str().ok());
+        match target {
+            Some(t) if t == me.to_string() => Ok(()),
+            Some(t) => Err(Status::unavailable(format!(
+                "this address now serves node {me:016x}, not node {t}"
+            ))),
+            None => Err(Status::invalid_argument(format!(
+                "a Raft RPC must name its target node in {RAFT_TARGET}"
+            ))),
+        }
     }
 
     /// Refuses a membership call on a follower, naming the leader.
@@ -152,6 +171,7 @@ impl Cluster for ClusterService {
         req: Request<pb::RaftPayload>,
     ) -> Result<Response<pb::RaftPayload>, Status> {
         self.check_isolation()?;
+        self.check_target(&req)?;
         let rpc = decode(&req.into_inner().payload).map_err(Status::invalid_argument)?;
         Ok(payload(&self.raft.append_entries(rpc).await))
     }
@@ -161,6 +181,7 @@ impl Cluster for ClusterService {
         req: Request<pb::RaftPayload>,
     ) -> Result<Response<pb::RaftPayload>, Status> {
         self.check_isolation()?;
+        self.check_target(&req)?;
         let rpc = decode(&req.into_inner().payload).map_err(Status::invalid_argument)?;
         Ok(payload(&self.raft.vote(rpc).await))
     }
@@ -170,6 +191,7 @@ impl Cluster for ClusterService {
         req: Request<pb::RaftPayload>,
     ) -> Result<Response<pb::RaftPayload>, Status> {
         self.check_isolation()?;
+        self.check_target(&req)?;
         let rpc = decode(&req.into_inner().payload).map_err(Status::invalid_argument)?;
         Ok(payload(&self.raft.install_snapshot(rpc).await))
     }

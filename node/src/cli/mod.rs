@@ -37,6 +37,10 @@ pub(crate) struct Cli {
     /// The cluster public key (hex) that signs user certificates.
     #[arg(long, global = true, env = "VMAIL_CLUSTER_KEY")]
     cluster_key: Option<String>,
+    /// Read auth settings from this file instead of HOME/config.toml (for
+    /// example the client.toml an auth group publishes).
+    #[arg(long, global = true, env = "VMAIL_AUTH_CONFIG")]
+    auth_config: Option<PathBuf>,
     /// Read the password from this file instead of prompting.
     #[arg(long, global = true)]
     password_file: Option<PathBuf>,
@@ -128,6 +132,13 @@ enum NodeCommand {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Ask the running peer's gRPC health service; exits 0 if it serves
+    /// (container health checks).
+    Health {
+        /// Data dir (default: HOME/node).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -177,6 +188,17 @@ enum TestnetCommand {
         /// The testnet's dir.
         #[arg(long)]
         dir: PathBuf,
+    },
+    /// Write a playable test WAV (16 kHz mono tune) to leave in drills.
+    Tone {
+        /// The file to create.
+        out: PathBuf,
+        /// Its length in seconds.
+        #[arg(long, default_value_t = 20)]
+        seconds: u32,
+        /// Different seeds give different tunes.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
     },
     /// Run one of the testnet's auth servers in the foreground.
     #[command(hide = true)]
@@ -279,6 +301,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
             auth: cli.auth,
             ca: cli.ca,
             cluster_key: cli.cluster_key,
+            auth_config: cli.auth_config,
         },
         password_file: cli.password_file,
     };
@@ -312,6 +335,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Node(NodeCommand::Status { data_dir }) | Command::Status { data_dir } => {
             node::status(&ctx, data_dir).await
         }
+        Command::Node(NodeCommand::Health { data_dir }) => node::health(&ctx, data_dir).await,
         Command::Demo | Command::Testnet(_) => unreachable!("handled above"),
     }
 }

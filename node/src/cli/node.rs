@@ -208,6 +208,19 @@ pub(super) async fn run(
     Ok(())
 }
 
+/// `vmail node health`.
+pub(super) async fn health(ctx: &Context, data_dir: Option<PathBuf>) -> anyhow::Result<()> {
+    let socket = ctx.data_dir(data_dir).join(control::SOCKET_FILE);
+    let serving = ControlClient::connect(&socket).await?.serving().await?;
+    anyhow::ensure!(
+        serving,
+        "the vmail peer on {} is not serving",
+        socket.display()
+    );
+    println!("the vmail peer on {} is serving", socket.display());
+    Ok(())
+}
+
 /// `vmail node status`.
 pub(super) async fn status(ctx: &Context, data_dir: Option<PathBuf>) -> anyhow::Result<()> {
     let socket = ctx.data_dir(data_dir).join(control::SOCKET_FILE);

@@ -64,7 +64,35 @@ pub(super) async fn run(cmd: &TestnetCommand) -> anyhow::Result<()> {
             dir,
         } => serve(*peers, *auth_servers, dir).await,
         TestnetCommand::AuthServe { name, dir } => auth_serve(name, dir).await,
+        TestnetCommand::Tone { out, seconds, seed } => tone(out, *seconds, *seed),
     }
+}
+
+/// `vmail testnet tone`: a playable WAV to leave in drills.
+fn tone(out: &Path, seconds: u32, seed: u64) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        (1..=3600).contains(&seconds),
+        "--seconds must be 1 to 3600, not {seconds}"
+    );
+    let audio = vmail_node::wav::generate(seconds, 16_000, seed);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(out)
+        .and_then(|mut f| f.write_all(&audio))
+        .with_context(|| {
+            format!(
+                "cannot write {} (an existing file is never overwritten)",
+                out.display()
+            )
+        })?;
+    println!(
+        "wrote {} ({} s, {} bytes)",
+        out.display(),
+        seconds,
+        audio.len()
+    );
+    Ok(())
 }
 
 /// Whether `pid` is a live process of ours: it exists and its command line

@@ -290,6 +290,15 @@ async fn fetch_with(
         for f in &done.failures {
             println!("  (skipped: {f})");
         }
+        if let Some(t) = done.timings {
+            println!(
+                "  time: auth {}, dht {}, transfer {}, crypto {}",
+                ms(t.auth_us),
+                ms(t.dht_us),
+                ms(t.transfer_us),
+                ms(t.crypto_us)
+            );
+        }
         if erased {
             println!("  every recipient has it now; the session key is erased at the auth server");
         }

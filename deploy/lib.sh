@@ -1,0 +1,167 @@
+# Shared helpers for deploy/testnet.sh and deploy/scenario.sh (sourced, not run).
+#
+# Settings, all optional:
+#   VMAIL_PROJECT   compose project name (default vmailnet)
+#   VMAIL_BIN_DIR   take vmail and vmail-auth from here instead of building
+#                   them with `cargo build --release`
+#   VMAIL_IMAGE     image tag (default vmail-testnet:local)
+
+DEPLOY_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT_DIR=$(dirname "$DEPLOY_DIR")
+export VMAIL_PROJECT=${VMAIL_PROJECT:-vmailnet}
+export VMAIL_IMAGE=${VMAIL_IMAGE:-vmail-testnet:local}
+
+die() {
+    echo "testnet: $*" >&2
+    exit 1
+}
+
+# Docker and a compose tool, or a clear message naming what is missing.
+# Returns 1 (with the reason in $DOCKER_MISSING) instead of exiting when
+# called as `docker_available`.
+docker_available() {
+    DOCKER_MISSING=""
+    if ! command -v docker >/dev/null 2>&1; then
+        DOCKER_MISSING="the docker command is not installed (install Docker Engine)"
+        return 1
+    fi
+    if ! docker info >/dev/null 2>&1; then
+        DOCKER_MISSING="docker is installed but its daemon does not answer (start it, or check that you may use /var/run/docker.sock)"
+        return 1
+    fi
+    if command -v docker-compose >/dev/null 2>&1; then
+        COMPOSE_CMD=(docker-compose)
+    elif docker compose version >/dev/null 2>&1; then
+        COMPOSE_CMD=(docker compose)
+    else
+        DOCKER_MISSING="no compose tool: install docker-compose (Debian: apt-get install docker-compose) or the docker compose plugin"
+        return 1
+    fi
+    return 0
+}
+
+need_docker() {
+    docker_available || die "$DOCKER_MISSING"
+}
+
+compose() {
+    "${COMPOSE_CMD[@]}" -p "$VMAIL_PROJECT" -f "$DEPLOY_DIR/docker-compose.yml" "$@"
+}
+
+# Builds the image: FROM scratch, our two binaries and exactly the shared
+# libraries they link (read off ldd), an empty /tmp, nothing else.
+build_image() {
+    local bin_dir=${VMAIL_BIN_DIR:-}
+    if [[ -z $bin_dir ]]; then
+        echo "building vmail and vmail-auth (cargo build --release)" >&2
+        (cd "$ROOT_DIR" && cargo build --release --bin vmail --bin vmail-auth) >&2 ||
+            die "cargo build failed"
+        bin_dir=$ROOT_DIR/target/release
+    fi
+    bin_dir=$(cd "$bin_dir" && pwd)
+    local bin
+    for bin in vmail vmail-auth; do
+        [[ -x $bin_dir/$bin ]] || die "$bin_dir/$bin is missing: build it, or unset VMAIL_BIN_DIR"
+    done
+    local sum
+    sum=$(cat "$bin_dir/vmail" "$bin_dir/vmail-auth" | sha256sum | cut -c1-16)
+    if [[ $(docker image inspect --format '{{ index .Config.Labels "vmail.binaries" }}' "$VMAIL_IMAGE" 2>/dev/null) == "$sum" ]]; then
+        echo "image $VMAIL_IMAGE is up to date" >&2
+        return 0
+    fi
+    local rootfs
+    rootfs=$(mktemp -d)
+    mkdir -p "$rootfs"/{bin,etc,tmp,data,home/vmail}
+    chmod 1777 "$rootfs/tmp"
+    for bin in vmail vmail-auth; do
+        # Debug info is most of a debug build's size; symbols stay for backtraces.
+        strip --strip-debug -o "$rootfs/bin/$bin" "$bin_dir/$bin"
+    done
+    local lib
+    for lib in $(for bin in vmail vmail-auth; do ldd "$bin_dir/$bin"; done |
+        awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }' | sort -u); do
+        mkdir -p "$rootfs$(dirname "$lib")"
+        cp -L "$lib" "$rootfs$lib"
+    done
+    # glibc: /etc/hosts first, then Docker's DNS for the service names.
+    echo "hosts: files dns" >"$rootfs/etc/nsswitch.conf"
+    tar -C "$rootfs" -c . | docker import \
+        --change "LABEL vmail.binaries=$sum" \
+        --change "ENV PATH=/bin" \
+        --change "ENV VMAIL_HOME=/home/vmail" \
+        --change "WORKDIR /home/vmail" \
+        - "$VMAIL_IMAGE" >/dev/null || die "docker import failed"
+    echo "built image $VMAIL_IMAGE ($(du -sh "$rootfs" | cut -f1), binaries $sum)" >&2
+    rm -rf "$rootfs"
+}
+
+# Container ids of a service, one per line.
+containers_of() {
+    compose ps -q "$1" 2>/dev/null
+}
+
+# A container's short name (what docker ps shows).
+name_of() {
+    docker inspect --format '{{ .Name }}' "$1" | sed 's|^/||'
+}
+
+# Waits until every running container of the project is healthy.
+wait_healthy() {
+    local timeout=${1:-180} start=$SECONDS c state bad
+    while :; do
+        bad=""
+        for c in $(compose ps -q); do
+            state=$(docker inspect --format '{{ .State.Status }}/{{ if .State.Health }}{{ .State.Health.Status }}{{ end }}' "$c")
+            case $state in
+                running/healthy | running/) ;;
+                exited/* | dead/*) [[ -n ${ALLOW_STOPPED:-} ]] || bad+=" $(name_of "$c"):$state" ;;
+                *) bad+=" $(name_of "$c"):$state" ;;
+            esac
+        done
+        [[ -z $bad ]] && return 0
+        ((SECONDS - start > timeout)) && { echo "not healthy after ${timeout}s:$bad" >&2; return 1; }
+        sleep 1
+    done
+}
+
+# `vmail ARGS` in a running peer container.
+in_peer() {
+    local c=$1
+    shift
+    docker exec "$c" /bin/vmail "$@"
+}
+
+# The peer id of the daemon in a container.
+peer_id_of() {
+    in_peer "$1" node status | awk '$1 == "peer" { print $2 }'
+}
+
+# Prints "CONTAINER ROLE ATTACHED_TO" for every peer container.
+overlay_table() {
+    local c status role sn
+    for c in $(containers_of sn-1) $(containers_of sn-2) $(containers_of peer) $(containers_of peer-internal); do
+        status=$(in_peer "$c" status 2>/dev/null) || { echo "$(name_of "$c") down -"; continue; }
+        role=$(awk '$1 == "role" { print $2 }' <<<"$status")
+        sn=$(awk '$1 == "attached" && $2 == "to" { print $3 }' <<<"$status")
+        echo "$(name_of "$c") $role ${sn:--}"
+    done
+}
+
+# Waits until the overlay is formed: two supernodes elected, and every
+# ordinary peer attached to one of them and relayed there.
+wait_overlay() {
+    local timeout=${1:-120} start=$SECONDS table
+    while :; do
+        table=$(overlay_table)
+        if [[ $(awk '$2 == "supernode"' <<<"$table" | wc -l) -ge 2 ]] &&
+            ! awk '$2 != "supernode" && ($3 == "-" || $3 == "(no")' <<<"$table" | grep . >/dev/null; then
+            return 0
+        fi
+        if ((SECONDS - start > timeout)); then
+            echo "the overlay did not form within ${timeout}s:" >&2
+            echo "$table" >&2
+            return 1
+        fi
+        sleep 2
+    done
+}
