@@ -364,9 +364,9 @@ async fn when_every_supernode_is_gone_qualified_peers_are_promoted() {
 async fn a_peer_that_claims_to_be_public_but_cannot_be_dialed_is_never_elected() {
     let dir = tempfile::tempdir().unwrap();
     // Peer 1 listens nowhere, yet says it is public and has eight times
-    // the bandwidth: it elects itself at once and advertises that it
-    // serves, which would win every honest peer's vote were claims
-    // believed.
+    // the bandwidth: were claims believed, it would top every honest
+    // peer's election. (Whether it elects itself depends on which adverts
+    // reach it first, so that is not asserted.)
     let liar = 1;
     let peers = start_peers(dir.path(), 5, 3, 32, |i, c| {
         c.supernode.public = Some(true);
@@ -385,11 +385,6 @@ async fn a_peer_that_claims_to_be_public_but_cannot_be_dialed_is_never_elected()
     .await;
     let views = agreement(&honest, 5).await;
     assert!(!views[0].supernodes.contains(&liar_id), "{views:?}");
-    let own = view(&liars[0]).await;
-    assert!(
-        own.supernodes.contains(&liar_id),
-        "the liar believes itself"
-    );
     // Stays so while the liar keeps advertising.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let views = agreement(&honest, 5).await;
