@@ -316,3 +316,41 @@ async fn demo_runs_the_protocol_and_exits_zero() {
     assert!(out.contains("erased the session key"), "{out}");
     assert!(out.contains("demo finished"), "{out}");
 }
+
+/// `vmail testnet tone` writes a WAV that hound reads back at the length
+/// asked for, and refuses to overwrite a file or to make an empty one.
+#[tokio::test]
+async fn testnet_tone_writes_a_playable_wav_and_never_overwrites() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("tone.wav");
+    let path = out.to_str().unwrap();
+    let o = vmail(
+        tmp.path(),
+        None,
+        &["testnet", "tone", path, "--seconds", "3"],
+    )
+    .await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let written = std::fs::read(&out).unwrap();
+    let info = vmail_node::wav::inspect(&written).expect("hound reads it");
+    assert_eq!(
+        (info.duration_ms, info.sample_rate, info.channels),
+        (3000, 16_000, 1)
+    );
+
+    let o = vmail(tmp.path(), None, &["testnet", "tone", path]).await;
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("never overwritten"), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&out).unwrap(), written);
+    let o = vmail(
+        tmp.path(),
+        None,
+        &["testnet", "tone", "x.wav", "--seconds", "0"],
+    )
+    .await;
+    assert!(
+        stderr(&o).contains("--seconds must be 1 to 3600"),
+        "{}",
+        stderr(&o)
+    );
+}
