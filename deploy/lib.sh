@@ -114,7 +114,6 @@ wait_healthy() {
             state=$(docker inspect --format '{{ .State.Status }}/{{ if .State.Health }}{{ .State.Health.Status }}{{ end }}' "$c")
             case $state in
                 running/healthy | running/) ;;
-                exited/* | dead/*) [[ -n ${ALLOW_STOPPED:-} ]] || bad+=" $(name_of "$c"):$state" ;;
                 *) bad+=" $(name_of "$c"):$state" ;;
             esac
         done
