@@ -22,7 +22,7 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::cluster::admin::{self, AdminError};
@@ -61,26 +61,21 @@ fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-/// Writes `contents` to `path` through a temporary file and a rename, so a
-/// reader never sees half a file; `mode` applies from creation. The
-/// temporary name is hidden (a leading dot, which no request has) and
-/// random, so servers writing the same file at once never share one.
+/// Writes `contents` to `path` through a temporary file (tempfile: a
+/// random hidden name, `mode` from creation) and a rename, so a reader never
+/// sees half a file and servers writing at once never share one. Requests
+/// never start with a dot, so a temporary file is never taken for one.
 fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), EnrollError> {
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = path.with_file_name(format!(
-        ".{name}.{}.tmp",
-        hex::encode(rand::random::<[u8; 8]>())
-    ));
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io(&tmp))?;
-    f.write_all(contents).map_err(io(&tmp))?;
-    f.sync_all().map_err(io(&tmp))?;
-    fs::rename(&tmp, path).map_err(io(path))
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".")
+        .permissions(fs::Permissions::from_mode(mode))
+        .tempfile_in(dir)
+        .map_err(io(dir))?;
+    tmp.write_all(contents).map_err(io(dir))?;
+    tmp.as_file().sync_all().map_err(io(dir))?;
+    tmp.persist(path).map_err(|e| io(path)(e.error))?;
+    Ok(())
 }
 
 /// A pending request for a join credential.

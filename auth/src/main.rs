@@ -205,12 +205,11 @@ async fn shutdown_signal() {
 /// The internal URL a member's own config points at.
 fn own_raft_url(dir: &std::path::Path) -> anyhow::Result<String> {
     let config = datadir::load_config(dir)?;
-    let port = config
-        .raft_listen
-        .rsplit_once(':')
-        .map(|(_, p)| p.to_owned())
-        .unwrap_or_default();
-    Ok(format!("https://{}:{port}", config.public_host()))
+    Ok(format!(
+        "https://{}:{}",
+        config.public_host(),
+        port_of(&config.raft_listen)?
+    ))
 }
 
 /// Binds the public and internal listeners of a data directory.
@@ -393,19 +392,12 @@ async fn start(args: ServerArgs, group: Group) -> anyhow::Result<()> {
     let tasks = tokio::spawn(async move {
         if needs_join {
             let id = raft_handle.metrics().borrow().id;
-            'join: loop {
-                for url in &raft_urls {
-                    match admin::request_join(url, &tls, id, &me).await {
-                        Ok(index) => {
-                            tracing::info!(index, "joined the group as a voter");
-                            break 'join;
-                        }
-                        Err(e) => {
-                            tracing::warn!(via = %url, "joining the group failed: {e}; retrying")
-                        }
-                    }
-                }
-                tokio::time::sleep(Duration::from_secs(1)).await;
+            let joined = at_any_member(&raft_urls, "join the group", None, |url| {
+                admin::request_join(url, &tls, id, &me)
+            })
+            .await;
+            if let Ok(index) = joined {
+                tracing::info!(index, "joined the group as a voter");
             }
         }
         // A member of the group answers enrolment requests and keeps the
@@ -479,18 +471,38 @@ async fn make_data_dir(
     .await?;
     let credential = admin::read_credential(&request.credential)?;
     let until = Instant::now() + ENROLL_WAIT;
+    let opts = args.init_options();
+    at_any_member(raft_urls, "fetch the group keys", Some(until), |url| {
+        admin::prepare_join(&opts, url, &credential)
+    })
+    .await?;
+    request.finish();
+    Ok(())
+}
+
+/// Tries `f` at each member's internal URL in turn, round after round a
+/// second apart, until one succeeds or `until` passes (None: for ever).
+async fn at_any_member<'a, T, F, Fut>(
+    urls: &'a [String],
+    what: &str,
+    until: Option<Instant>,
+    f: F,
+) -> Result<T, admin::AdminError>
+where
+    F: Fn(&'a str) -> Fut,
+    Fut: std::future::Future<Output = Result<T, admin::AdminError>>,
+{
     loop {
-        for url in raft_urls {
-            match admin::prepare_join(&args.init_options(), url, &credential).await {
-                Ok(()) => {
-                    tracing::info!(via = %url, "fetched the group keys");
-                    request.finish();
-                    return Ok(());
+        for url in urls {
+            match f(url).await {
+                Ok(v) => {
+                    tracing::info!(via = %url, "did {what}");
+                    return Ok(v);
                 }
-                Err(e) if Instant::now() < until => {
-                    tracing::info!(via = %url, "cannot fetch the group keys yet: {e}")
+                Err(e) if until.is_none_or(|u| Instant::now() < u) => {
+                    tracing::info!(via = %url, "cannot {what} yet: {e}")
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(e),
             }
         }
         tokio::time::sleep(Duration::from_secs(1)).await;

@@ -1050,39 +1050,26 @@ impl Peer {
         let mut shards = BTreeMap::new();
         let mut used = Vec::new();
         loop {
-            // A holder that stalls (a cut network: its connection is not
-            // closed yet) must not hold the voicemail up: while no shard
-            // arrives for HEDGE_AFTER, start one more beside it.
-            let (i, got, mut errors) = match tokio::time::timeout(HEDGE_AFTER, running.next()).await
-            {
-                Ok(Some(done)) => done,
+            // A failed shard is replaced by the next one; and a holder that
+            // stalls (a cut network: its connection is not closed yet) must
+            // not hold the voicemail up, so while no shard arrives for
+            // HEDGE_AFTER, one more starts beside it.
+            match tokio::time::timeout(HEDGE_AFTER, running.next()).await {
                 Ok(None) => break,
-                Err(_) => {
-                    if let Some((i, holders)) = queue.next() {
-                        tracing::info!(shard = i, "a shard download is slow: starting another");
-                        running.push(
-                            self.fetch_shard(layout, i, holders, &received, total, &progress),
-                        );
-                    }
-                    continue;
-                }
-            };
-            failures.append(&mut errors);
-            match got {
-                Some((holder, bytes)) => {
+                Ok(Some((i, Some((holder, bytes)), mut errors))) => {
+                    failures.append(&mut errors);
                     used.push((i as u8, holder));
                     shards.insert(i, bytes);
                     if shards.len() == k {
                         break;
                     }
+                    continue;
                 }
-                None => {
-                    if let Some((i, holders)) = queue.next() {
-                        running.push(
-                            self.fetch_shard(layout, i, holders, &received, total, &progress),
-                        );
-                    }
-                }
+                Ok(Some((_, None, mut errors))) => failures.append(&mut errors),
+                Err(_) => tracing::info!("shard downloads are slow: starting another"),
+            }
+            if let Some((i, holders)) = queue.next() {
+                running.push(self.fetch_shard(layout, i, holders, &received, total, &progress));
             }
         }
         drop(running);
