@@ -7,8 +7,9 @@ use serde::{Deserialize, Serialize};
 
 /// Default session and certificate lifetime: 12 hours.
 pub const DEFAULT_SESSION_TTL_SECS: u64 = 12 * 3600;
-/// Default lifetime of a voicemail whose sender asked for none: 30 days.
-pub const DEFAULT_VOICEMAIL_TTL_SECS: u64 = 30 * 86_400;
+/// Default lifetime of a voicemail whose sender asked for none: the
+/// protocol's 30 days, which senders also tell their holders.
+pub use vmail_proto::meta::DEFAULT_VOICEMAIL_TTL_SECS;
 /// Default for the longest lifetime a sender may ask for: 365 days.
 pub const DEFAULT_MAX_VOICEMAIL_TTL_SECS: u64 = 365 * 86_400;
 /// Default limit of voicemails waiting for one user. Each listed voicemail

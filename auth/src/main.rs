@@ -513,7 +513,7 @@ where
 async fn health(dir: &std::path::Path) -> anyhow::Result<()> {
     use tonic::server::NamedService;
     use tonic_health::pb::health_check_response::ServingStatus;
-    server::install_crypto_provider();
+    vmail_proto::tls::install_crypto_provider();
     let config = datadir::load_config(dir)?;
     let keys = datadir::load_keys(dir)?;
     let url = format!(

@@ -154,13 +154,6 @@ async fn found_if_new(svc: &AuthService, me: Member) -> Result<(), ServeError> {
         .map_err(|e| ServeError::Raft(e.to_string()))
 }
 
-/// Makes ring the process's TLS crypto provider. The peer's QUIC transport
-/// also links aws-lc-rs, and with two providers built in rustls will not
-/// pick one by itself. Idempotent; every TLS user calls it first.
-pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
 /// Serves `svc`'s public API on `listener` and its group service on
 /// `raft_listener` until `shutdown` completes, then drains in-flight calls,
 /// stops the Raft node and returns.
@@ -170,7 +163,7 @@ pub async fn serve(
     raft_listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    install_crypto_provider();
+    vmail_proto::tls::install_crypto_provider();
     let identity = Identity::from_pem(&svc.keys().server_cert_pem, &svc.keys().server_key_pem);
     let me = member(&svc, &listener, &raft_listener);
     let raft = svc.raft().clone();

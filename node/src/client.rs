@@ -294,7 +294,7 @@ impl AuthClient {
     /// The others are kept for failover.
     pub async fn connect(target: &AuthTarget) -> Result<Self, ClientError> {
         use futures::StreamExt as _;
-        vmail_auth::server::install_crypto_provider();
+        vmail_proto::tls::install_crypto_provider();
         let mut attempts = futures::stream::FuturesUnordered::new();
         for url in &target.endpoints {
             let endpoint = endpoint(url, &target.ca_pem)?;

@@ -31,6 +31,7 @@ use libp2p::{Multiaddr, PeerId, identity};
 use sha2::{Digest, Sha256};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use vmail_proto::meta::DEFAULT_VOICEMAIL_TTL_SECS;
 use vmail_proto::names::{NameError, Recipients};
 use vmail_proto::{random_bytes, unix_now};
 
@@ -50,8 +51,6 @@ use crate::transfer::{self, BlobClient, TransferError};
 
 /// Node key file in the data dir (libp2p protobuf encoding, mode 0600).
 pub const NODE_KEY_FILE: &str = "node.key";
-/// How long a voicemail and its copies live unless the sender says otherwise.
-pub const DEFAULT_TTL_SECS: u64 = vmail_auth::config::DEFAULT_VOICEMAIL_TTL_SECS;
 /// How often a holder drops expired objects.
 pub const PURGE_INTERVAL: Duration = Duration::from_secs(60);
 /// Peers tried, one after another, to take each object on a graceful leave.
@@ -690,7 +689,7 @@ impl Peer {
             .expect("encryption task does not panic")?
         };
         timings.crypto += t.elapsed();
-        let expires_at = timestamp + DEFAULT_TTL_SECS;
+        let expires_at = timestamp + DEFAULT_VOICEMAIL_TTL_SECS;
         let delete_secret: [u8; 32] = random_bytes();
 
         // Steps 3-5: holders, identifiers in their ranges, uploads.

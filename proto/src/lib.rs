@@ -7,10 +7,11 @@
 //! - [`keys`]: the key schedule (master key, session key) and key wrapping;
 //! - [`meta`]: voicemail metadata;
 //! - [`cert`]: user certificates, their signing bytes and offline verification;
-//! - [`opaque`]: the OPAQUE cipher suite both sides must agree on.
+//! - [`opaque`]: the OPAQUE cipher suite both sides must agree on;
+//! - [`tls`]: the one TLS crypto provider every TLS user in a process shares.
 //!
 //! Everything here is pure: no IO beyond the operating system's random source
-//! and clock.
+//! and clock (and [`tls`], which sets process-wide state).
 //! The byte-exact formats are written down in `docs/PROTOCOL.md`.
 
 pub mod cert;
@@ -18,6 +19,7 @@ pub mod keys;
 pub mod meta;
 pub mod names;
 pub mod opaque;
+pub mod tls;
 
 /// Generated code for the `vmail.auth.v1` package.
 #[allow(unreachable_pub, missing_debug_implementations, clippy::all)]

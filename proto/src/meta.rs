@@ -5,6 +5,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::pb;
 
+/// How long a voicemail, its key deposit and its stored shards live unless
+/// the sender asks otherwise: 30 days. The auth group's default expiry, and
+/// the expiry a sender tells its holders.
+pub const DEFAULT_VOICEMAIL_TTL_SECS: u64 = 30 * 86_400;
+
 /// Metadata a sender attaches to a voicemail.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VoicemailMeta {

@@ -75,7 +75,7 @@ impl ClusterTls {
 
     /// A client of a member's internal service.
     pub fn client(&self, url: &str) -> Result<ClusterClient<Channel>, String> {
-        crate::server::install_crypto_provider();
+        vmail_proto::tls::install_crypto_provider();
         Ok(ClusterClient::new(self.channel(url)?)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES))
