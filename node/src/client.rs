@@ -113,28 +113,6 @@ pub struct AuthTarget {
     pub cluster_key: VerifyingKey,
 }
 
-impl From<&vmail_auth::server::LocalServer> for AuthTarget {
-    fn from(s: &vmail_auth::server::LocalServer) -> Self {
-        Self {
-            endpoints: vec![s.endpoint.clone()],
-            ca_pem: s.ca_pem.clone(),
-            cluster_key: s.cluster_key,
-        }
-    }
-}
-
-impl AuthTarget {
-    /// Every member of an in-process group, in order.
-    pub fn of_group(servers: &[vmail_auth::server::LocalServer]) -> Self {
-        let first = servers.first().expect("a group has a member");
-        Self {
-            endpoints: servers.iter().map(|s| s.endpoint.clone()).collect(),
-            ca_pem: first.ca_pem.clone(),
-            cluster_key: first.cluster_key,
-        }
-    }
-}
-
 /// What a login yields to the client. `Debug` leaves out the token.
 #[derive(Clone)]
 pub struct LoginSession {

@@ -17,8 +17,7 @@
 //! - [`peer`]: a running peer and the leave and fetch jobs;
 //! - [`control`]: the local control API (gRPC on a Unix socket) and its client;
 //! - [`config`]: the peer's configuration;
-//! - [`wav`]: WAV inspection and generation;
-//! - [`localnet`]: an auth group and N peers in one process (demo, tests).
+//! - [`wav`]: WAV inspection and generation.
 //!
 //! The `vmail` binary (`src/main.rs`, `src/cli/`) is a thin layer over these.
 
@@ -30,7 +29,6 @@ pub mod crypto;
 pub mod election;
 pub mod erasure;
 pub mod keystore;
-pub mod localnet;
 pub mod locator;
 pub mod network;
 pub mod peer;

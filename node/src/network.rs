@@ -131,19 +131,6 @@ pub struct SupernodeView {
     pub last_reattach: Option<Duration>,
 }
 
-/// Whether the peers `ids` (with `views[i]` the view of `ids[i]`) all elect
-/// the same non-empty set and every one outside it is attached to a member.
-pub fn settled(views: &[SupernodeView], ids: &[PeerId]) -> bool {
-    let Some(sns) = views.first().map(|v| &v.supernodes) else {
-        return false;
-    };
-    !sns.is_empty()
-        && views.iter().zip(ids).all(|(v, id)| {
-            &v.supernodes == sns
-                && (sns.contains(id) || v.attached_to.is_some_and(|s| sns.contains(&s)))
-        })
-}
-
 /// Whether this peer serves the DHT or only uses it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {

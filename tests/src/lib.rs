@@ -17,12 +17,12 @@ use tempfile::TempDir;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use vmail_auth::config::ServerConfig;
 use vmail_auth::datadir::{self, InitOptions, files};
-use vmail_auth::server::LocalServer;
 use vmail_auth::service::{AuthService, Clock, SystemClock};
+use vmail_devnet::local_auth::{self, LocalServer, LocalServerError};
+use vmail_devnet::localnet;
 use vmail_node::client::{AuthClient, AuthTarget, LoginSession, NewDeposit, VoicemailMeta};
 use vmail_node::config::NodeConfig;
 use vmail_node::erasure::Redundancy;
-use vmail_node::localnet;
 use vmail_node::network::Role;
 use vmail_node::peer::{LeaveRequest, Peer, PeerOptions, Session};
 use vmail_proto::keys::SecretKey;
@@ -77,7 +77,7 @@ impl TestAuth {
     /// How clients reach this server.
     pub fn target(&self) -> AuthTarget {
         let s = self.server();
-        AuthTarget::from(s)
+        local_auth::target(s)
     }
 
     /// A connected client.
@@ -116,7 +116,7 @@ impl TestAuth {
     }
 
     /// Starts a server on the data directory, returning the error if it refuses.
-    pub async fn try_start(&mut self) -> Result<(), vmail_auth::server::LocalServerError> {
+    pub async fn try_start(&mut self) -> Result<(), LocalServerError> {
         self.server = Some(LocalServer::start(&self.data_dir(), self.clock.clone()).await?);
         Ok(())
     }

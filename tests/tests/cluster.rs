@@ -536,7 +536,7 @@ async fn a_wiped_server_rejoins_as_a_fresh_member() {
     // new server must refuse them rather than answer with its empty log.
     let name = cluster.name(wiped).to_owned();
     let via = cluster.server(leader).member().raft_url;
-    let server = vmail_auth::server::LocalServer::join_on(
+    let server = vmail_devnet::local_auth::LocalServer::join_on(
         &cluster.data_dir(wiped),
         &name,
         &via,

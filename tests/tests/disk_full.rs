@@ -11,9 +11,9 @@ use std::sync::Arc;
 
 use tonic::Code;
 use vmail_auth::datadir::{self, InitOptions};
-use vmail_auth::server::LocalServer;
 use vmail_auth::service::SystemClock;
-use vmail_node::client::{AuthClient, AuthTarget, NewDeposit, VoicemailMeta};
+use vmail_devnet::local_auth::{self, LocalServer};
+use vmail_node::client::{AuthClient, NewDeposit, VoicemailMeta};
 use vmail_proto::keys::SecretKey;
 use vmail_proto::names::Recipients;
 use vmail_tests::{identity, password};
@@ -63,7 +63,7 @@ async fn full_disk_refuses_deposits_and_loses_nothing() {
     let mut server = LocalServer::start(&dir, Arc::new(SystemClock))
         .await
         .unwrap();
-    let target = AuthTarget::from(&server);
+    let target = local_auth::target(&server);
     let (alice_id, bob_id) = (identity(), identity());
     let mut bob = AuthClient::connect(&target).await.unwrap();
     bob.register("alice", &password("alice"), &alice_id, None)
@@ -113,7 +113,7 @@ async fn full_disk_refuses_deposits_and_loses_nothing() {
     server = LocalServer::start(&dir, Arc::new(SystemClock))
         .await
         .unwrap();
-    let target = AuthTarget::from(&server);
+    let target = local_auth::target(&server);
     let mut alice = AuthClient::connect(&target).await.unwrap();
     let s = alice
         .login("alice", &password("alice"), &alice_id, &[])

@@ -6,11 +6,11 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use libp2p::{Multiaddr, PeerId, gossipsub, identity, noise, tcp, yamux};
+use vmail_devnet::localnet::{JOIN_TIMEOUT, settled};
 use vmail_node::advert::{ADVERT_VERSION, Advert, Reachability};
 use vmail_node::config::{NodeConfig, SupernodeConfig};
 use vmail_node::election;
-use vmail_node::localnet::JOIN_TIMEOUT;
-use vmail_node::network::{Role, SupernodeView, settled};
+use vmail_node::network::{Role, SupernodeView};
 use vmail_node::peer::{Peer, PeerOptions};
 
 const PEERS: usize = 20;

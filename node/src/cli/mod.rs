@@ -1,10 +1,8 @@
 //! The `vmail` command line: flags, the shared context, and dispatch.
 
 mod account;
-mod demo;
 mod inbox;
 mod node;
-mod testnet;
 mod voicemail;
 
 use std::io::IsTerminal;
@@ -101,11 +99,6 @@ enum Command {
     /// Run or inspect the peer daemon.
     #[command(subcommand)]
     Node(NodeCommand),
-    /// A local network (auth server and peers) in the background.
-    #[command(subcommand)]
-    Testnet(TestnetCommand),
-    /// Run the whole system locally and narrate the paper's protocol.
-    Demo,
     /// This peer's role, its supernode, the supernode set, and its attached
     /// peers if it serves (the same as `vmail node status`).
     Status {
@@ -138,77 +131,6 @@ enum NodeCommand {
         /// Data dir (default: HOME/node).
         #[arg(long)]
         data_dir: Option<PathBuf>,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum TestnetCommand {
-    /// Start an auth group and N peers in the background; print `export` lines.
-    Up {
-        /// Number of peers (the default RS(4,8) needs 8 holders besides
-        /// the sender; 10 leaves two spares).
-        #[arg(long, default_value_t = 10)]
-        peers: usize,
-        /// Number of auth servers in the replicated group (1 to 7).
-        #[arg(long, default_value_t = 3)]
-        auth_servers: usize,
-        /// Where the testnet keeps its data, logs and pids.
-        #[arg(long)]
-        dir: PathBuf,
-    },
-    /// Stop the testnet running in DIR.
-    Down {
-        /// The testnet's dir.
-        #[arg(long)]
-        dir: PathBuf,
-    },
-    /// Fault drill: SIGKILL the auth group's current leader.
-    KillAuthLeader {
-        /// The testnet's dir.
-        #[arg(long)]
-        dir: PathBuf,
-    },
-    /// Fault drill: restart a stopped auth server from its data dir.
-    RestartAuth {
-        /// The server's name, e.g. auth-2 (as `kill-auth-leader` printed).
-        name: String,
-        /// The testnet's dir.
-        #[arg(long)]
-        dir: PathBuf,
-    },
-    /// Run the testnet in the foreground (what `up` starts).
-    #[command(hide = true)]
-    Serve {
-        /// Number of peers.
-        #[arg(long)]
-        peers: usize,
-        /// Number of auth servers.
-        #[arg(long)]
-        auth_servers: usize,
-        /// The testnet's dir.
-        #[arg(long)]
-        dir: PathBuf,
-    },
-    /// Write a playable test WAV (16 kHz mono tune) to leave in drills.
-    Tone {
-        /// The file to create.
-        out: PathBuf,
-        /// Its length in seconds.
-        #[arg(long, default_value_t = 20)]
-        seconds: u32,
-        /// Different seeds give different tunes.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-    },
-    /// Run one of the testnet's auth servers in the foreground.
-    #[command(hide = true)]
-    AuthServe {
-        /// Its name, auth-1 .. auth-N.
-        #[arg(long)]
-        name: String,
-        /// The testnet's dir.
-        #[arg(long)]
-        dir: PathBuf,
     },
 }
 
@@ -288,11 +210,6 @@ impl Context {
 
 /// Runs one command.
 pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
-    match &cli.command {
-        Command::Demo => return demo::run().await,
-        Command::Testnet(t) => return testnet::run(t).await,
-        _ => {}
-    }
     let home = settings::resolve_home(cli.home)?;
     let ctx = Context {
         keystore: Keystore::new(&home),
@@ -336,7 +253,6 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
             node::status(&ctx, data_dir).await
         }
         Command::Node(NodeCommand::Health { data_dir }) => node::health(&ctx, data_dir).await,
-        Command::Demo | Command::Testnet(_) => unreachable!("handled above"),
     }
 }
 

@@ -1,19 +1,19 @@
 //! A whole vmail system in one process on loopback: a replicated group of
-//! auth servers and N peers that join each other. `vmail demo`, `vmail
-//! testnet` (its peers) and the integration tests run it; every part is the
-//! real component.
+//! auth servers and N peers that join each other. `vmail-devnet demo`, the
+//! local testnet (its peers) and the integration tests run it; every part is
+//! the real component.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use libp2p::Multiaddr;
-use vmail_auth::server::{LocalServer, LocalServerError};
+use libp2p::{Multiaddr, PeerId};
 use vmail_auth::service::SystemClock;
+use vmail_node::config::NodeConfig;
+use vmail_node::network::{Role, SupernodeView};
+use vmail_node::peer::{Peer, PeerError, PeerOptions};
 
-use crate::config::NodeConfig;
-use crate::network::Role;
-use crate::peer::{Peer, PeerError, PeerOptions};
+use crate::local_auth::{LocalServer, LocalServerError};
 
 /// How long started peers get to fill their routing tables.
 pub const JOIN_TIMEOUT: Duration = Duration::from_secs(20);
@@ -84,4 +84,17 @@ pub async fn start_peers(
         }
     }
     Ok(peers)
+}
+
+/// Whether the peers `ids` (with `views[i]` the view of `ids[i]`) all elect
+/// the same non-empty set and every one outside it is attached to a member.
+pub fn settled(views: &[SupernodeView], ids: &[PeerId]) -> bool {
+    let Some(sns) = views.first().map(|v| &v.supernodes) else {
+        return false;
+    };
+    !sns.is_empty()
+        && views.iter().zip(ids).all(|(v, id)| {
+            &v.supernodes == sns
+                && (sns.contains(id) || v.attached_to.is_some_and(|s| sns.contains(&s)))
+        })
 }

@@ -6,10 +6,12 @@ use std::path::Path;
 use std::process::Output;
 use std::sync::Arc;
 
+mod common;
+
 use vmail_auth::datadir::{self, InitOptions};
-use vmail_auth::server::LocalServer;
 use vmail_auth::service::SystemClock;
-use vmail_node::client::{AuthClient, AuthTarget, NewDeposit, VoicemailMeta};
+use vmail_devnet::local_auth::{self, LocalServer};
+use vmail_node::client::{AuthClient, NewDeposit, VoicemailMeta};
 use vmail_proto::keys::SecretKey;
 use vmail_proto::names::Recipients;
 
@@ -54,7 +56,7 @@ impl Env {
 }
 
 async fn vmail(home: &Path, password: Option<&str>, args: &[&str]) -> Output {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_vmail"));
+    let mut cmd = tokio::process::Command::new(common::vmail());
     cmd.args(args)
         .env("VMAIL_HOME", home)
         .env_remove("VMAIL_PASSWORD")
@@ -118,7 +120,7 @@ async fn account_commands_and_inbox() {
     assert_eq!(stdout(&o).trim(), "no voicemail waiting for alice");
 
     // Bob, on his own client, leaves alice a voicemail key.
-    let target = AuthTarget::from(&env.server);
+    let target = local_auth::target(&env.server);
     let mut bob = AuthClient::connect(&target).await.unwrap();
     let bob_id = ed25519_dalek::SigningKey::from_bytes(&vmail_proto::random_bytes());
     bob.register("bob", b"bob's password", &bob_id, None)
@@ -298,7 +300,7 @@ async fn bad_input_gets_a_clear_error() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn demo_runs_the_protocol_and_exits_zero() {
-    let o = tokio::process::Command::new(env!("CARGO_BIN_EXE_vmail"))
+    let o = tokio::process::Command::new(common::vmail())
         .arg("demo")
         .output()
         .await

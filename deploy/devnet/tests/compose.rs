@@ -10,6 +10,8 @@
 use std::path::Path;
 use std::process::Command;
 
+mod common;
+
 #[test]
 fn the_compose_scenario_passes() {
     let works = |cmd: &str, args: &[&str]| {
@@ -28,14 +30,14 @@ fn the_compose_scenario_passes() {
         eprintln!("skipped: neither docker-compose nor the docker compose plugin is installed");
         return;
     }
-    let vmail = Path::new(env!("CARGO_BIN_EXE_vmail"));
+    let vmail = common::vmail();
     let bin_dir = vmail.parent().unwrap();
     assert!(
         bin_dir.join("vmail-auth").exists(),
         "{} is missing: build the workspace (cargo test --workspace builds it)",
         bin_dir.join("vmail-auth").display()
     );
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/testnet.sh");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testnet.sh");
     let status = Command::new(script)
         .arg("scenario")
         .env("VMAIL_BIN_DIR", bin_dir)

@@ -8,6 +8,8 @@ use std::process::Output;
 
 use sha2::{Digest, Sha256};
 
+mod common;
+
 struct Testnet {
     dir: tempfile::TempDir,
     env: Vec<(String, String)>,
@@ -16,7 +18,7 @@ struct Testnet {
 impl Testnet {
     async fn up(peers: usize) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_vmail"))
+        let out = tokio::process::Command::new(common::vmail())
             .args(["testnet", "up", "--peers", &peers.to_string(), "--dir"])
             .arg(dir.path())
             .output()
@@ -47,7 +49,7 @@ impl Testnet {
     }
 
     fn command(&self, home: &Path, args: &[&str]) -> tokio::process::Command {
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_vmail"));
+        let mut cmd = tokio::process::Command::new(common::vmail());
         cmd.args(args)
             .env("VMAIL_HOME", home)
             .env("VMAIL_PASSWORD", "a long enough password")
@@ -73,7 +75,7 @@ impl Testnet {
 
     /// `vmail testnet ARGS --dir DIR`.
     async fn testnet(&self, args: &[&str]) -> Output {
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_vmail"))
+        tokio::process::Command::new(common::vmail())
             .arg("testnet")
             .args(args)
             .arg("--dir")
@@ -241,7 +243,7 @@ async fn leave_a_wav_for_two_users_and_fetch_it_with_the_cli() {
 #[tokio::test(flavor = "multi_thread")]
 async fn fetch_without_a_login_says_to_log_in() {
     let home = tempfile::tempdir().unwrap();
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_vmail"))
+    let out = tokio::process::Command::new(common::vmail())
         .args(["fetch", "--all"])
         .env("VMAIL_HOME", home.path())
         .env_remove("VMAIL_BOOTSTRAP")

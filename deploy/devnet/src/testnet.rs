@@ -25,11 +25,10 @@ use nix::unistd::Pid;
 use vmail_auth::cluster::admin;
 use vmail_auth::cluster::network::ClusterTls;
 use vmail_auth::datadir::{self, InitOptions};
-use vmail_auth::server::{LocalServer, LocalServerError};
 use vmail_auth::service::SystemClock;
-use vmail_node::localnet;
 
-use super::TestnetCommand;
+use crate::local_auth::{LocalServer, LocalServerError};
+use crate::localnet;
 
 const PID_FILE: &str = "testnet.pid";
 const ENV_FILE: &str = "testnet.env";
@@ -48,7 +47,80 @@ const LEADER_TIMEOUT: Duration = Duration::from_secs(15);
 /// The most auth servers a testnet runs.
 const MAX_AUTH_SERVERS: usize = 7;
 
-pub(super) async fn run(cmd: &TestnetCommand) -> anyhow::Result<()> {
+/// `vmail-devnet testnet ...` (also reached as `vmail testnet ...`).
+#[derive(Debug, clap::Subcommand)]
+pub enum TestnetCommand {
+    /// Start an auth group and N peers in the background; print `export` lines.
+    Up {
+        /// Number of peers (the default RS(4,8) needs 8 holders besides
+        /// the sender; 10 leaves two spares).
+        #[arg(long, default_value_t = 10)]
+        peers: usize,
+        /// Number of auth servers in the replicated group (1 to 7).
+        #[arg(long, default_value_t = 3)]
+        auth_servers: usize,
+        /// Where the testnet keeps its data, logs and pids.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Stop the testnet running in DIR.
+    Down {
+        /// The testnet's dir.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Fault drill: SIGKILL the auth group's current leader.
+    KillAuthLeader {
+        /// The testnet's dir.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Fault drill: restart a stopped auth server from its data dir.
+    RestartAuth {
+        /// The server's name, e.g. auth-2 (as `kill-auth-leader` printed).
+        name: String,
+        /// The testnet's dir.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Run the testnet in the foreground (what `up` starts).
+    #[command(hide = true)]
+    Serve {
+        /// Number of peers.
+        #[arg(long)]
+        peers: usize,
+        /// Number of auth servers.
+        #[arg(long)]
+        auth_servers: usize,
+        /// The testnet's dir.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Write a playable test WAV (16 kHz mono tune) to leave in drills.
+    Tone {
+        /// The file to create.
+        out: PathBuf,
+        /// Its length in seconds.
+        #[arg(long, default_value_t = 20)]
+        seconds: u32,
+        /// Different seeds give different tunes.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Run one of the testnet's auth servers in the foreground.
+    #[command(hide = true)]
+    AuthServe {
+        /// Its name, auth-1 .. auth-N.
+        #[arg(long)]
+        name: String,
+        /// The testnet's dir.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+/// Runs one testnet command.
+pub async fn run(cmd: &TestnetCommand) -> anyhow::Result<()> {
     match cmd {
         TestnetCommand::Up {
             peers,
@@ -403,7 +475,7 @@ async fn serve_started(
     );
     write_atomic(&dir.join(ENV_FILE), &env)?;
     println!("testnet ready:\n{env}");
-    super::stop_signal().await?;
+    crate::stop_signal().await?;
     println!("stopping");
     for p in peers {
         p.stop().await;
@@ -453,7 +525,7 @@ async fn auth_serve(name: &str, dir: &Path) -> anyhow::Result<()> {
     }
     write_atomic(&files.file("ready"), &server.endpoint)?;
     println!("{name} serving at {}", server.endpoint);
-    super::stop_signal().await?;
+    crate::stop_signal().await?;
     let _ = std::fs::remove_file(files.file("ready"));
     server.stop().await?;
     let _ = std::fs::remove_file(files.file("pid"));

@@ -11,15 +11,16 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, ensure};
 use ed25519_dalek::SigningKey;
 use sha2::{Digest, Sha256};
-use vmail_auth::server::LocalServer;
 use vmail_node::client::{AuthClient, AuthTarget};
 use vmail_node::config::{PlacementConfig, SupernodeConfig};
-use vmail_node::localnet;
 use vmail_node::locator::Locator;
-use vmail_node::network::{self, SupernodeView};
+use vmail_node::network::SupernodeView;
 use vmail_node::peer::{LeaveRequest, Peer, Session, no_progress};
 use vmail_node::wav;
 use vmail_proto::random_bytes;
+
+use crate::local_auth::{self, LocalServer};
+use crate::localnet;
 
 /// Peers in the demo overlay: after the supernode is killed, the sender
 /// still knows the 8 holders RS(4,8) needs, plus spares.
@@ -45,7 +46,9 @@ fn short(b: &[u8]) -> String {
     hex::encode(&b[..8.min(b.len())])
 }
 
-pub(super) async fn run() -> anyhow::Result<()> {
+/// Runs the demo: the whole system, narrated, exiting with an error unless
+/// every check passed.
+pub async fn run() -> anyhow::Result<()> {
     let tl = Timeline(Instant::now());
     let tmp = tempfile::tempdir().context("creating a temporary data dir")?;
     tl.step(&format!(
@@ -93,7 +96,7 @@ pub(super) async fn run() -> anyhow::Result<()> {
         println!("  {}", p.peer_id());
     }
     supernodes(&tl, &mut peers).await?;
-    let target = AuthTarget::of_group(&auth);
+    let target = local_auth::target_of(&auth);
     let result = narrate(&tl, &target, peers, &mut auth).await;
     for s in auth {
         s.stop().await?;
@@ -131,7 +134,7 @@ async fn supernodes(tl: &Timeline, peers: &mut Vec<Peer>) -> anyhow::Result<()> 
     tl.step("every peer gossips a signed advert each second; all run the same pure election (one supernode per 4 peers)");
     let views = views_when(peers, "the election", |views, peers| {
         let ids: Vec<_> = peers.iter().map(Peer::peer_id).collect();
-        network::settled(views, &ids)
+        localnet::settled(views, &ids)
     })
     .await?;
     let sns = views[0].supernodes.clone();

@@ -1,0 +1,30 @@
+//! The whole vmail system on one machine: every "run it all locally" tool
+//! lives here, above the product crates, so that neither the peer nor the
+//! auth server carries scaffolding.
+//!
+//! - [`local_auth`]: auth servers inside this process on loopback ports
+//!   (`LocalServer`), and the group-formation helpers;
+//! - [`localnet`]: a replicated auth group and N peers in one process, and
+//!   [`localnet::settled`], the supernode-convergence check;
+//! - [`demo`]: `vmail-devnet demo`, the protocol narrated end to end;
+//! - [`testnet`]: `vmail-devnet testnet`, auth servers and peers in
+//!   background processes, with the fault drills and `tone`.
+//!
+//! The `vmail` CLI runs `vmail demo` and `vmail testnet ...` by handing
+//! them to the `vmail-devnet` program installed beside it. Only `vmail-tests`
+//! depends on this crate.
+
+pub mod demo;
+pub mod local_auth;
+pub mod localnet;
+pub mod testnet;
+
+/// Resolves on SIGTERM or Ctrl-C: how a foreground process is told to stop.
+pub async fn stop_signal() -> std::io::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,243 @@
+//! Auth servers inside this process, on loopback ports: what `vmail-devnet
+//! demo`, the local testnet's server processes and the integration tests
+//! run. Each is the real server (`vmail_auth::server::open` and `serve`,
+//! TLS, Raft over the internal service); only its ports and its lifetime
+//! are the harness's.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use vmail_auth::cluster::{Member, admin};
+use vmail_auth::datadir;
+use vmail_auth::server::{OpenError, ServeError, open, serve};
+use vmail_auth::service::{AuthService, Clock};
+use vmail_node::client::AuthTarget;
+
+/// An auth server running inside this process on loopback ports: what
+/// `vmail demo` embeds and what the integration tests start.
+#[derive(Debug)]
+pub struct LocalServer {
+    /// `https://127.0.0.1:PORT` of the public API.
+    pub endpoint: String,
+    /// The public API's address.
+    pub api_addr: std::net::SocketAddr,
+    /// The internal group service's address.
+    pub raft_addr: std::net::SocketAddr,
+    /// The cluster CA certificate, PEM.
+    pub ca_pem: Vec<u8>,
+    /// The cluster public key.
+    pub cluster_key: ed25519_dalek::VerifyingKey,
+    /// The running service, for inspection.
+    pub service: Arc<AuthService>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), ServeError>>,
+}
+
+/// Why a local server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalServerError {
+    /// The data directory is unusable, or Raft did not start.
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    /// Joining the group failed.
+    #[error("joining the group: {0}")]
+    Join(String),
+    /// Binding a loopback port failed.
+    #[error("binding {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+impl LocalServer {
+    /// Serves an initialised data directory on `127.0.0.1:0`, both ports.
+    pub async fn start(dir: &Path, clock: Arc<dyn Clock>) -> Result<Self, LocalServerError> {
+        let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        Self::start_on(dir, clock, any, any).await
+    }
+
+    /// Serves an initialised data directory on the given addresses. A
+    /// restarted member must come back on the ports the group knows it by.
+    pub async fn start_on(
+        dir: &Path,
+        clock: Arc<dyn Clock>,
+        api: std::net::SocketAddr,
+        raft: std::net::SocketAddr,
+    ) -> Result<Self, LocalServerError> {
+        let bind = |addr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| LocalServerError::Bind { addr, source })
+        };
+        let listener = bind(api).await?;
+        let raft_listener = bind(raft).await?;
+        let local = |l: &TcpListener, addr| {
+            l.local_addr()
+                .map_err(|source| LocalServerError::Bind { addr, source })
+        };
+        let api_addr = local(&listener, api)?;
+        let raft_addr = local(&raft_listener, raft)?;
+        let svc = Arc::new(open(dir, clock).await?);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(serve(svc.clone(), listener, raft_listener, async {
+            let _ = rx.await;
+        }));
+        Ok(Self {
+            endpoint: format!("https://127.0.0.1:{}", api_addr.port()),
+            api_addr,
+            raft_addr,
+            ca_pem: svc.keys().ca_cert_pem.clone().into_bytes(),
+            cluster_key: svc.keys().cluster_public_key(),
+            service: svc,
+            shutdown: Some(tx),
+            task,
+        })
+    }
+
+    /// Waits until this server has a leader and has applied the log up to
+    /// it: a founder elects itself within a second or two.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<(), String> {
+        self.service
+            .raft()
+            .wait(Some(timeout))
+            .metrics(|m| m.current_leader.is_some(), "a leader is known")
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                format!(
+                    "{}: no leader after {timeout:?}: {e}",
+                    self.service.config().name
+                )
+            })
+    }
+
+    /// This server as a group member.
+    pub fn member(&self) -> Member {
+        Member {
+            name: self.service.config().name.clone(),
+            api_url: self.endpoint.clone(),
+            raft_url: format!("https://127.0.0.1:{}", self.raft_addr.port()),
+        }
+    }
+
+    /// Its Raft node id.
+    pub fn node_id(&self) -> u64 {
+        self.service.raft().metrics().borrow().id
+    }
+
+    /// Founds a group of `n` servers in `root/auth-1` .. `root/auth-N` on
+    /// loopback: auth-1 founds it, the others fetch the group keys over
+    /// mutual TLS with a join credential and join through auth-1, one by
+    /// one, each as a learner and then a voter.
+    pub async fn start_group(
+        root: &Path,
+        n: usize,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Vec<LocalServer>, LocalServerError> {
+        let first_dir = root.join("auth-1");
+        datadir::init(&datadir::InitOptions::loopback(&first_dir)).map_err(OpenError::from)?;
+        let first = Self::start(&first_dir, clock.clone()).await?;
+        first
+            .wait_ready(Duration::from_secs(30))
+            .await
+            .map_err(LocalServerError::Join)?;
+        let via = first.member().raft_url;
+        let mut servers = vec![first];
+        for i in 2..=n {
+            let name = format!("auth-{i}");
+            let dir = root.join(&name);
+            servers.push(Self::join(&dir, &name, &via, &first_dir, clock.clone()).await?);
+        }
+        Ok(servers)
+    }
+
+    /// Creates a server in `dir` and joins it to the group that `via` (a
+    /// member's internal URL) belongs to, with a credential issued from the
+    /// member data directory `issuer_dir`.
+    pub async fn join(
+        dir: &Path,
+        name: &str,
+        via: &str,
+        issuer_dir: &Path,
+        clock: Arc<dyn Clock>,
+    ) -> Result<LocalServer, LocalServerError> {
+        let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        Self::join_on(dir, name, via, issuer_dir, clock, any, any).await
+    }
+
+    /// [`LocalServer::join`] on the given addresses: a wiped server coming
+    /// back where the group knew its earlier incarnation.
+    pub async fn join_on(
+        dir: &Path,
+        name: &str,
+        via: &str,
+        issuer_dir: &Path,
+        clock: Arc<dyn Clock>,
+        api: std::net::SocketAddr,
+        raft: std::net::SocketAddr,
+    ) -> Result<LocalServer, LocalServerError> {
+        let credential = admin::issue_credential_tls(issuer_dir, name)
+            .map_err(|e| LocalServerError::Join(e.to_string()))?;
+        let opts = datadir::InitOptions {
+            name: name.to_owned(),
+            ..datadir::InitOptions::loopback(dir)
+        };
+        admin::prepare_join(&opts, via, &credential)
+            .await
+            .map_err(|e| LocalServerError::Join(e.to_string()))?;
+        let server = Self::start_on(dir, clock, api, raft).await?;
+        let tls = admin::member_tls(dir).map_err(|e| LocalServerError::Join(e.to_string()))?;
+        admin::request_join(via, &tls, server.node_id(), &server.member())
+            .await
+            .map_err(|e| LocalServerError::Join(e.to_string()))?;
+        Ok(server)
+    }
+
+    /// Ends the server abruptly, as a crash would: its listeners and
+    /// connections close at once, nothing is drained, and its Raft node
+    /// stops without a word to the group.
+    pub async fn kill(self) {
+        self.task.abort();
+        let _ = self.service.raft().shutdown().await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while Arc::strong_count(&self.service) > 1 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Stops the server and waits (up to 10 s) until every user of the
+    /// service, and so of its database, has let go.
+    pub async fn stop(mut self) -> Result<(), ServeError> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let result = (&mut self.task).await.expect("server task panicked");
+        // Wait until every clone of the service (watch streams, blocking
+        // store calls) is gone, so the database file is closed.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while Arc::strong_count(&self.service) > 1 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        result
+    }
+}
+
+/// How a client reaches one local server.
+pub fn target(server: &LocalServer) -> AuthTarget {
+    target_of(std::slice::from_ref(server))
+}
+
+/// How a client reaches an in-process group: every member, in order.
+pub fn target_of(servers: &[LocalServer]) -> AuthTarget {
+    let first = servers.first().expect("a group has a member");
+    AuthTarget {
+        endpoints: servers.iter().map(|s| s.endpoint.clone()).collect(),
+        ca_pem: first.ca_pem.clone(),
+        cluster_key: first.cluster_key,
+    }
+}

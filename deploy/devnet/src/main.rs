@@ -1,0 +1,57 @@
+//! `vmail-devnet`: the whole vmail system on one machine, for trying it and
+//! for drills. `vmail demo` and `vmail testnet ...` run this program.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use vmail_devnet::testnet::TestnetCommand;
+
+/// vmail-devnet: run the whole vmail system on this machine.
+#[derive(Debug, Parser)]
+#[command(name = "vmail-devnet", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the whole system locally and narrate the paper's protocol.
+    Demo,
+    /// A local network (auth servers and peers) in the background.
+    #[command(subcommand)]
+    Testnet(TestnetCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        // The demo and the testnet run auth servers: their Raft's complaints
+        // about a server a drill killed on purpose are not the user's concern.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,openraft=off"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match &cli.command {
+            Command::Demo => vmail_devnet::demo::run().await,
+            Command::Testnet(t) => vmail_devnet::testnet::run(t).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
