@@ -2,8 +2,8 @@
 #
 # Settings, all optional:
 #   VMAIL_PROJECT   compose project name (default vmailnet)
-#   VMAIL_BIN_DIR   take vmail and vmail-auth from here instead of building
-#                   them with `cargo build --release`
+#   VMAIL_BIN_DIR   take vmail, vmail-auth and vmail-devnet from here instead
+#                   of building them with `cargo build --release`
 #   VMAIL_IMAGE     image tag (default vmail-testnet:local)
 
 DEPLOY_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -48,23 +48,27 @@ compose() {
     "${COMPOSE_CMD[@]}" -p "$VMAIL_PROJECT" -f "$DEPLOY_DIR/docker-compose.yml" "$@"
 }
 
-# Builds the image: FROM scratch, our two binaries and exactly the shared
+# The programs in the image: the peer and CLI, the auth server, and the
+# devnet tools (`vmail testnet tone` in a container runs vmail-devnet).
+BINARIES=(vmail vmail-auth vmail-devnet)
+
+# Builds the image: FROM scratch, our binaries and exactly the shared
 # libraries they link (read off ldd), an empty /tmp, nothing else.
 build_image() {
     local bin_dir=${VMAIL_BIN_DIR:-}
     if [[ -z $bin_dir ]]; then
-        echo "building vmail and vmail-auth (cargo build --release)" >&2
-        (cd "$ROOT_DIR" && cargo build --release --bin vmail --bin vmail-auth) >&2 ||
+        echo "building ${BINARIES[*]} (cargo build --release)" >&2
+        (cd "$ROOT_DIR" && cargo build --release "${BINARIES[@]/#/--bin=}") >&2 ||
             die "cargo build failed"
         bin_dir=$ROOT_DIR/target/release
     fi
     bin_dir=$(cd "$bin_dir" && pwd)
     local bin
-    for bin in vmail vmail-auth; do
+    for bin in "${BINARIES[@]}"; do
         [[ -x $bin_dir/$bin ]] || die "$bin_dir/$bin is missing: build it, or unset VMAIL_BIN_DIR"
     done
     local sum
-    sum=$(cat "$bin_dir/vmail" "$bin_dir/vmail-auth" | sha256sum | cut -c1-16)
+    sum=$(cat "${BINARIES[@]/#/$bin_dir/}" | sha256sum | cut -c1-16)
     if [[ $(docker image inspect --format '{{ index .Config.Labels "vmail.binaries" }}' "$VMAIL_IMAGE" 2>/dev/null) == "$sum" ]]; then
         echo "image $VMAIL_IMAGE is up to date" >&2
         return 0
@@ -73,12 +77,12 @@ build_image() {
     rootfs=$(mktemp -d)
     mkdir -p "$rootfs"/{bin,etc,tmp,data,home/vmail}
     chmod 1777 "$rootfs/tmp"
-    for bin in vmail vmail-auth; do
+    for bin in "${BINARIES[@]}"; do
         # Debug info is most of a debug build's size; symbols stay for backtraces.
         strip --strip-debug -o "$rootfs/bin/$bin" "$bin_dir/$bin"
     done
     local lib
-    for lib in $(for bin in vmail vmail-auth; do ldd "$bin_dir/$bin"; done |
+    for lib in $(for bin in "${BINARIES[@]}"; do ldd "$bin_dir/$bin"; done |
         awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }' | sort -u); do
         mkdir -p "$rootfs$(dirname "$lib")"
         cp -L "$lib" "$rootfs$lib"

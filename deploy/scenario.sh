@@ -2,7 +2,7 @@
 # The testnet fault scenario: the whole system across containers, with a
 # killed auth leader, a killed supernode and a storage peer cut off its
 # network, then three more faults. Run by `deploy/testnet.sh scenario` and
-# by node/tests/compose.rs. It starts a testnet of its own (project
+# by deploy/devnet/tests/compose.rs. It starts a testnet of its own (project
 # VMAIL_SCENARIO_PROJECT, default vmailscenario), prints a timeline, and
 # removes it at the end; on failure it first saves every container's log
 # and prints where (VMAIL_KEEP=1 leaves the testnet running).

@@ -25,16 +25,17 @@ use vmail_proto::pb::auth_server::AuthServer;
 
 use std::collections::BTreeMap;
 
+use openraft::network::RaftNetworkFactory;
 use tonic::transport::Certificate;
 use vmail_proto::cluster_pb::cluster_server::ClusterServer;
 
 use crate::cluster::log_store::LogStore;
 use crate::cluster::network::{
-    ClusterTls, Isolation, MAX_MESSAGE_BYTES as MAX_INTERNAL_MESSAGE, NetworkFactory,
+    ClusterTls, MAX_MESSAGE_BYTES as MAX_INTERNAL_MESSAGE, NetworkFactory,
 };
 use crate::cluster::rpc::ClusterService;
 use crate::cluster::state_machine::StateMachine;
-use crate::cluster::{Member, Raft, raft_config};
+use crate::cluster::{Member, Raft, TypeConfig, raft_config};
 use crate::datadir::{self, DataDirError, files};
 use crate::grpc::GrpcAuth;
 use crate::service::{AuthService, Clock, EVENT_CAPACITY};
@@ -66,6 +67,17 @@ pub enum ServeError {
 /// Opens an initialised data directory, starts its Raft node and builds
 /// the service over it.
 pub async fn open(dir: &Path, clock: Arc<dyn Clock>) -> Result<AuthService, OpenError> {
+    open_with(dir, clock, |_, network| network).await
+}
+
+/// [`open`], with the Raft node's connections to the other members made by
+/// what `network` builds around the real [`NetworkFactory`], given this
+/// node's id: how a test harness cuts a member off from its group.
+pub async fn open_with<N: RaftNetworkFactory<TypeConfig>>(
+    dir: &Path,
+    clock: Arc<dyn Clock>,
+    network: impl FnOnce(u64, NetworkFactory) -> N,
+) -> Result<AuthService, OpenError> {
     let config = datadir::load_config(dir)?;
     let keys = Arc::new(datadir::load_keys(dir)?);
     let store = Arc::new(Store::open(
@@ -75,7 +87,6 @@ pub async fn open(dir: &Path, clock: Arc<dyn Clock>) -> Result<AuthService, Open
     )?);
     let node_id = store.node_id().map_err(DataDirError::from)?;
     let events = tokio::sync::broadcast::channel(EVENT_CAPACITY).0;
-    let isolation = Isolation::default();
     let tls = ClusterTls {
         ca_pem: keys.ca_cert_pem.clone(),
         cert_pem: keys.server_cert_pem.clone(),
@@ -87,15 +98,13 @@ pub async fn open(dir: &Path, clock: Arc<dyn Clock>) -> Result<AuthService, Open
     let raft = Raft::new(
         node_id,
         Arc::new(raft_config),
-        NetworkFactory::new(tls, isolation.clone()),
+        network(node_id, NetworkFactory::new(tls)),
         LogStore::new(store.clone()),
         StateMachine::new(store.clone(), keys.clone(), events.clone()),
     )
     .await
     .map_err(|e| OpenError::Raft(e.to_string()))?;
-    Ok(AuthService::new(
-        store, keys, config, clock, raft, events, isolation,
-    ))
+    Ok(AuthService::new(store, keys, config, clock, raft, events))
 }
 
 /// Why a server could not be opened.
@@ -167,12 +176,8 @@ pub async fn serve(
     let me = member(&svc, &listener, &raft_listener);
     let raft = svc.raft().clone();
     let internal = {
-        let cluster = ClusterService::new(
-            svc.raft().clone(),
-            svc.keys().clone(),
-            svc.config().clone(),
-            svc.isolation().clone(),
-        );
+        let cluster =
+            ClusterService::new(svc.raft().clone(), svc.keys().clone(), svc.config().clone());
         let tls = ServerTlsConfig::new()
             .identity(identity.clone())
             .client_ca_root(Certificate::from_pem(&svc.keys().ca_cert_pem));

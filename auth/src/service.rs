@@ -40,7 +40,6 @@ use prost::Message;
 use vmail_proto::pb;
 
 use crate::cluster::batcher::{Batcher, WriteError};
-use crate::cluster::network::Isolation;
 use crate::cluster::{Command, Member, Raft, Reply, seal};
 use crate::config::{RegistrationMode, ServerConfig};
 use crate::datadir::ServerKeys;
@@ -356,7 +355,6 @@ pub struct AuthService {
     clock: Arc<dyn Clock>,
     raft: Raft,
     batcher: Batcher,
-    isolation: Isolation,
     logins: Mutex<HashMap<[u8; 16], PendingLogin>>,
     failures: Mutex<HashMap<String, Failures>>,
     events: broadcast::Sender<Event>,
@@ -402,7 +400,6 @@ impl AuthService {
         clock: Arc<dyn Clock>,
         raft: Raft,
         events: broadcast::Sender<Event>,
-        isolation: Isolation,
     ) -> Self {
         Self {
             store,
@@ -411,7 +408,6 @@ impl AuthService {
             clock,
             batcher: Batcher::start(raft.clone(), WRITE_TIMEOUT),
             raft,
-            isolation,
             logins: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
             events,
@@ -422,11 +418,6 @@ impl AuthService {
     /// The Raft node.
     pub fn raft(&self) -> &Raft {
         &self.raft
-    }
-
-    /// The switch that cuts this server off from the group (a fault drill).
-    pub fn isolation(&self) -> &Isolation {
-        &self.isolation
     }
 
     /// Whether this server is the group's leader, as far as it knows.

@@ -18,7 +18,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use vmail_auth::config::ServerConfig;
 use vmail_auth::datadir::{self, InitOptions, files};
 use vmail_auth::service::{AuthService, Clock, SystemClock};
-use vmail_devnet::local_auth::{self, LocalServer, LocalServerError};
+use vmail_devnet::local_auth::{self, Harness, LocalServer, LocalServerError};
 use vmail_devnet::localnet;
 use vmail_node::client::{AuthClient, AuthTarget, LoginSession, NewDeposit, VoicemailMeta};
 use vmail_node::config::NodeConfig;
@@ -32,7 +32,7 @@ use vmail_proto::names::Recipients;
 #[derive(Debug)]
 pub struct TestAuth {
     dir: TempDir,
-    clock: Arc<dyn Clock>,
+    harness: Harness,
     server: Option<LocalServer>,
 }
 
@@ -50,12 +50,11 @@ impl TestAuth {
         let mut config = datadir::load_config(&dir).expect("config");
         edit(&mut config);
         std::fs::write(dir.join(files::CONFIG), toml_string(&config)).expect("write config");
-        let server = LocalServer::start(&dir, clock.clone())
-            .await
-            .expect("start");
+        let harness = Harness::new(clock);
+        let server = LocalServer::start(&dir, &harness).await.expect("start");
         Self {
             dir: tmp,
-            clock,
+            harness,
             server: Some(server),
         }
     }
@@ -109,7 +108,7 @@ impl TestAuth {
     pub async fn restart(&mut self) {
         self.stop().await;
         self.server = Some(
-            LocalServer::start(&self.data_dir(), self.clock.clone())
+            LocalServer::start(&self.data_dir(), &self.harness)
                 .await
                 .expect("restart"),
         );
@@ -117,7 +116,7 @@ impl TestAuth {
 
     /// Starts a server on the data directory, returning the error if it refuses.
     pub async fn try_start(&mut self) -> Result<(), LocalServerError> {
-        self.server = Some(LocalServer::start(&self.data_dir(), self.clock.clone()).await?);
+        self.server = Some(LocalServer::start(&self.data_dir(), &self.harness).await?);
         Ok(())
     }
 }
@@ -369,7 +368,7 @@ pub fn random_content(n: usize) -> Vec<u8> {
 #[derive(Debug)]
 pub struct TestCluster {
     root: TempDir,
-    clock: Arc<dyn Clock>,
+    harness: Harness,
     servers: Vec<Option<LocalServer>>,
     addrs: Vec<(std::net::SocketAddr, std::net::SocketAddr)>,
     names: Vec<String>,
@@ -379,8 +378,8 @@ impl TestCluster {
     /// Founds a group of `n` servers and waits until all are voters.
     pub async fn start(n: usize) -> Self {
         let root = tempfile::tempdir().expect("tempdir");
-        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let servers = LocalServer::start_group(root.path(), n, clock.clone())
+        let harness = Harness::default();
+        let servers = LocalServer::start_group(root.path(), n, &harness)
             .await
             .expect("start group");
         let addrs = servers.iter().map(|s| (s.api_addr, s.raft_addr)).collect();
@@ -390,7 +389,7 @@ impl TestCluster {
             .collect();
         let me = Self {
             root,
-            clock,
+            harness,
             servers: servers.into_iter().map(Some).collect(),
             addrs,
             names,
@@ -458,7 +457,7 @@ impl TestCluster {
             let connected: Vec<usize> = self
                 .running()
                 .into_iter()
-                .filter(|i| !self.server(*i).service.isolation().is_set())
+                .filter(|i| !self.is_isolated(*i))
                 .collect();
             let metrics = |i: usize| self.server(i).service.raft().metrics().borrow().clone();
             let claim = connected
@@ -519,7 +518,7 @@ impl TestCluster {
     pub async fn wait_applied(&self) {
         let target = self.last_log_index(self.leader().await);
         for i in self.running() {
-            if self.server(i).service.isolation().is_set() {
+            if self.is_isolated(i) {
                 continue;
             }
             self.server(i)
@@ -545,7 +544,7 @@ impl TestCluster {
         let (api, raft) = self.addrs[i];
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         let server = loop {
-            match LocalServer::start_on(&self.data_dir(i), self.clock.clone(), api, raft).await {
+            match LocalServer::start_on(&self.data_dir(i), &self.harness, api, raft).await {
                 Ok(s) => break s,
                 // The killed instance's database handle or ports are still
                 // being released.
@@ -566,15 +565,9 @@ impl TestCluster {
         let leader = self.leader().await;
         let via = self.server(leader).member().raft_url;
         let dir = self.root.path().join(&name);
-        let server = LocalServer::join(
-            &dir,
-            &name,
-            &via,
-            &self.data_dir(leader),
-            self.clock.clone(),
-        )
-        .await
-        .expect("join");
+        let server = LocalServer::join(&dir, &name, &via, &self.data_dir(leader), &self.harness)
+            .await
+            .expect("join");
         self.addrs.push((server.api_addr, server.raft_addr));
         self.names.push(name);
         self.servers.push(Some(server));
@@ -583,7 +576,20 @@ impl TestCluster {
 
     /// Cuts server `i` off from the rest of the group, or reconnects it.
     pub fn isolate(&self, i: usize, isolated: bool) {
-        self.server(i).service.isolation().set(isolated);
+        self.harness
+            .partition
+            .cut(self.server(i).node_id(), isolated);
+    }
+
+    /// Whether server `i` is cut off from the rest of the group.
+    pub fn is_isolated(&self, i: usize) -> bool {
+        self.harness.partition.is_cut(self.server(i).node_id())
+    }
+
+    /// What the group's servers share (its partition, its clock), for
+    /// servers a test starts beside it.
+    pub fn harness(&self) -> &Harness {
+        &self.harness
     }
 
     /// The TLS identity of member `i`, for admin calls.

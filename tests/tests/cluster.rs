@@ -541,7 +541,7 @@ async fn a_wiped_server_rejoins_as_a_fresh_member() {
         &name,
         &via,
         &cluster.data_dir(leader),
-        Arc::new(vmail_auth::service::SystemClock),
+        cluster.harness(),
         api,
         raft,
     )

@@ -7,12 +7,10 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
 
 use tonic::Code;
 use vmail_auth::datadir::{self, InitOptions};
-use vmail_auth::service::SystemClock;
-use vmail_devnet::local_auth::{self, LocalServer};
+use vmail_devnet::local_auth::{self, Harness, LocalServer};
 use vmail_node::client::{AuthClient, NewDeposit, VoicemailMeta};
 use vmail_proto::keys::SecretKey;
 use vmail_proto::names::Recipients;
@@ -60,9 +58,7 @@ async fn full_disk_refuses_deposits_and_loses_nothing() {
     };
     let dir = mnt.0.join("auth");
     datadir::init(&InitOptions::loopback(&dir)).unwrap();
-    let mut server = LocalServer::start(&dir, Arc::new(SystemClock))
-        .await
-        .unwrap();
+    let mut server = LocalServer::start(&dir, &Harness::default()).await.unwrap();
     let target = local_auth::target(&server);
     let (alice_id, bob_id) = (identity(), identity());
     let mut bob = AuthClient::connect(&target).await.unwrap();
@@ -110,9 +106,7 @@ async fn full_disk_refuses_deposits_and_loses_nothing() {
 
     // And after a restart every acknowledged deposit is intact.
     server.stop().await.unwrap();
-    server = LocalServer::start(&dir, Arc::new(SystemClock))
-        .await
-        .unwrap();
+    server = LocalServer::start(&dir, &Harness::default()).await.unwrap();
     let target = local_auth::target(&server);
     let mut alice = AuthClient::connect(&target).await.unwrap();
     let s = alice

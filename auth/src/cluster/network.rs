@@ -5,8 +5,6 @@
 //! Every connection is mutual TLS: the caller shows a certificate from the
 //! group's CA and checks the callee's against it.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use openraft::error::{
@@ -82,35 +80,16 @@ impl ClusterTls {
     }
 }
 
-/// A switch that cuts this server off from the rest of the group, in both
-/// directions, while its public API stays up: the partition drill of the
-/// tests and of `vmail testnet`. Off unless someone turns it on.
-#[derive(Debug, Clone, Default)]
-pub struct Isolation(Arc<AtomicBool>);
-
-impl Isolation {
-    /// Cuts the server off (`true`) or reconnects it (`false`).
-    pub fn set(&self, isolated: bool) {
-        self.0.store(isolated, Ordering::SeqCst);
-    }
-
-    /// Whether the server is cut off.
-    pub fn is_set(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
 /// Makes a [`MemberClient`] per target, for openraft.
 #[derive(Debug, Clone)]
 pub struct NetworkFactory {
     tls: ClusterTls,
-    isolation: Isolation,
 }
 
 impl NetworkFactory {
     /// A factory whose connections use `tls`.
-    pub fn new(tls: ClusterTls, isolation: Isolation) -> Self {
-        Self { tls, isolation }
+    pub fn new(tls: ClusterTls) -> Self {
+        Self { tls }
     }
 }
 
@@ -122,7 +101,6 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             target,
             url: node.raft_url.clone(),
             client: self.tls.client(&node.raft_url),
-            isolation: self.isolation.clone(),
         }
     }
 }
@@ -133,7 +111,6 @@ pub struct MemberClient {
     target: u64,
     url: String,
     client: Result<ClusterClient<Channel>, String>,
-    isolation: Isolation,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -167,9 +144,6 @@ impl MemberClient {
         E: std::error::Error + DeserializeOwned,
     {
         let unreachable = |why: String| RPCError::Unreachable(Unreachable::new(&Failure(why)));
-        if self.isolation.is_set() {
-            return Err(unreachable("this server is isolated from the group".into()));
-        }
         let client = self.client.as_mut().map_err(|e| unreachable(e.clone()))?;
         let mut request = tonic::Request::new(cluster_pb::RaftPayload {
             payload: encode(req),

@@ -12,7 +12,7 @@ use serde::Serialize;
 use tonic::{Request, Response, Status};
 use vmail_proto::cluster_pb::{self as pb, cluster_server::Cluster};
 
-use super::network::{Isolation, LEADER_RAFT_URL, RAFT_TARGET, decode, encode};
+use super::network::{LEADER_RAFT_URL, RAFT_TARGET, decode, encode};
 use super::{Member, Raft};
 use crate::config::ServerConfig;
 use crate::datadir::ServerKeys;
@@ -23,7 +23,6 @@ pub struct ClusterService {
     raft: Raft,
     keys: Arc<ServerKeys>,
     config: ServerConfig,
-    isolation: Isolation,
 }
 
 impl std::fmt::Debug for ClusterService {
@@ -36,27 +35,8 @@ impl std::fmt::Debug for ClusterService {
 
 impl ClusterService {
     /// The service of the member running `raft`.
-    pub fn new(
-        raft: Raft,
-        keys: Arc<ServerKeys>,
-        config: ServerConfig,
-        isolation: Isolation,
-    ) -> Self {
-        Self {
-            raft,
-            keys,
-            config,
-            isolation,
-        }
-    }
-
-    fn check_isolation(&self) -> Result<(), Status> {
-        if self.isolation.is_set() {
-            return Err(Status::unavailable(
-                "this server is isolated from the group",
-            ));
-        }
-        Ok(())
+    pub fn new(raft: Raft, keys: Arc<ServerKeys>, config: ServerConfig) -> Self {
+        Self { raft, keys, config }
     }
 
     /// Refuses a Raft RPC meant for another node than this one (an earlier
@@ -170,7 +150,6 @@ impl Cluster for ClusterService {
         &self,
         req: Request<pb::RaftPayload>,
     ) -> Result<Response<pb::RaftPayload>, Status> {
-        self.check_isolation()?;
         self.check_target(&req)?;
         let rpc = decode(&req.into_inner().payload).map_err(Status::invalid_argument)?;
         Ok(payload(&self.raft.append_entries(rpc).await))
@@ -180,7 +159,6 @@ impl Cluster for ClusterService {
         &self,
         req: Request<pb::RaftPayload>,
     ) -> Result<Response<pb::RaftPayload>, Status> {
-        self.check_isolation()?;
         self.check_target(&req)?;
         let rpc = decode(&req.into_inner().payload).map_err(Status::invalid_argument)?;
         Ok(payload(&self.raft.vote(rpc).await))
@@ -190,7 +168,6 @@ impl Cluster for ClusterService {
         &self,
         req: Request<pb::RaftPayload>,
     ) -> Result<Response<pb::RaftPayload>, Status> {
-        self.check_isolation()?;
         self.check_target(&req)?;
         let rpc = decode(&req.into_inner().payload).map_err(Status::invalid_argument)?;
         Ok(payload(&self.raft.install_snapshot(rpc).await))
@@ -200,7 +177,6 @@ impl Cluster for ClusterService {
         &self,
         _req: Request<pb::GroupKeysRequest>,
     ) -> Result<Response<pb::GroupKeysResponse>, Status> {
-        self.check_isolation()?;
         let k = &self.keys;
         tracing::info!("handing the group keys to a joining server");
         Ok(Response::new(pb::GroupKeysResponse {
@@ -217,7 +193,6 @@ impl Cluster for ClusterService {
         &self,
         req: Request<pb::JoinRequest>,
     ) -> Result<Response<pb::JoinResponse>, Status> {
-        self.check_isolation()?;
         let (id, member) = member_from_pb(req.into_inner().member)?;
         self.require_leader().await?;
         let membership = self.raft.metrics().borrow().membership_config.clone();
@@ -281,7 +256,6 @@ impl Cluster for ClusterService {
         &self,
         req: Request<pb::RemoveRequest>,
     ) -> Result<Response<pb::RemoveResponse>, Status> {
-        self.check_isolation()?;
         let name = req.into_inner().name;
         self.require_leader().await?;
         let membership = self.raft.metrics().borrow().membership_config.clone();

@@ -1,19 +1,171 @@
 //! Auth servers inside this process, on loopback ports: what `vmail-devnet
 //! demo`, the local testnet's server processes and the integration tests
-//! run. Each is the real server (`vmail_auth::server::open` and `serve`,
-//! TLS, Raft over the internal service); only its ports and its lifetime
-//! are the harness's.
+//! run. Each is the real server (`vmail_auth::server::open_with` and
+//! `serve`, TLS, Raft over the internal service); only its ports, its clock,
+//! its lifetime and the [`Partition`] drill are the harness's.
 
+use std::collections::BTreeSet;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
 use tokio::net::TcpListener;
-use vmail_auth::cluster::{Member, admin};
+use vmail_auth::cluster::network::{MemberClient, NetworkFactory};
+use vmail_auth::cluster::{Member, TypeConfig, admin};
 use vmail_auth::datadir;
-use vmail_auth::server::{OpenError, ServeError, open, serve};
-use vmail_auth::service::{AuthService, Clock};
+use vmail_auth::server::{OpenError, ServeError, open_with, serve};
+use vmail_auth::service::{AuthService, Clock, SystemClock};
 use vmail_node::client::AuthTarget;
+
+/// What the servers of one local group share: the clock they read and the
+/// partition drill that can cut members off.
+#[derive(Debug, Clone)]
+pub struct Harness {
+    /// The clock every server reads (tests move a `ManualClock`).
+    pub clock: Arc<dyn Clock>,
+    /// Which members are cut off from the others.
+    pub partition: Partition,
+}
+
+impl Harness {
+    /// Servers on `clock`, none cut off.
+    pub fn new(clock: Arc<dyn Clock>) -> Self {
+        Self {
+            clock,
+            partition: Partition::default(),
+        }
+    }
+}
+
+impl Default for Harness {
+    /// Servers on the system clock, none cut off.
+    fn default() -> Self {
+        Self::new(Arc::new(SystemClock))
+    }
+}
+
+/// Which members of a local group are cut off from the others: the
+/// partition drill of the tests. Raft RPCs from a cut member, and to it,
+/// fail as unreachable, while its public API stays up, so it finds out
+/// only as a real partition would tell it: no majority answers.
+#[derive(Debug, Clone, Default)]
+pub struct Partition(Arc<RwLock<BTreeSet<u64>>>);
+
+impl Partition {
+    /// Cuts the member with Raft node id `node` off (`true`) or reconnects
+    /// it (`false`).
+    pub fn cut(&self, node: u64, cut: bool) {
+        let mut set = self.0.write().expect("partition lock");
+        if cut {
+            set.insert(node);
+        } else {
+            set.remove(&node);
+        }
+    }
+
+    /// Whether `node` is cut off.
+    pub fn is_cut(&self, node: u64) -> bool {
+        self.0.read().expect("partition lock").contains(&node)
+    }
+
+    fn separates(&self, a: u64, b: u64) -> bool {
+        let set = self.0.read().expect("partition lock");
+        set.contains(&a) || set.contains(&b)
+    }
+}
+
+/// The server's own [`NetworkFactory`] behind the partition.
+struct Partitioned {
+    me: u64,
+    inner: NetworkFactory,
+    partition: Partition,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Partitioned {
+    type Network = PartitionedClient;
+
+    async fn new_client(&mut self, target: u64, node: &Member) -> PartitionedClient {
+        PartitionedClient {
+            from: self.me,
+            to: target,
+            inner: self.inner.new_client(target, node).await,
+            partition: self.partition.clone(),
+        }
+    }
+}
+
+/// One member's Raft RPCs to another, refused while the partition
+/// separates them.
+struct PartitionedClient {
+    from: u64,
+    to: u64,
+    inner: MemberClient,
+    partition: Partition,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the partition drill separates node {from:016x} from node {to:016x}")]
+struct Cut {
+    from: u64,
+    to: u64,
+}
+
+impl PartitionedClient {
+    /// Why an RPC may not pass now, if the partition separates the two.
+    fn cut(&self) -> Option<Unreachable> {
+        let cut = Cut {
+            from: self.from,
+            to: self.to,
+        };
+        self.partition
+            .separates(self.from, self.to)
+            .then(|| Unreachable::new(&cut))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PartitionedClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, Member, RaftError<u64>>> {
+        if let Some(cut) = self.cut() {
+            return Err(RPCError::Unreachable(cut));
+        }
+        self.inner.append_entries(rpc, option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<u64>,
+        RPCError<u64, Member, RaftError<u64, InstallSnapshotError>>,
+    > {
+        if let Some(cut) = self.cut() {
+            return Err(RPCError::Unreachable(cut));
+        }
+        self.inner.install_snapshot(rpc, option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<u64>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<u64>, RPCError<u64, Member, RaftError<u64>>> {
+        if let Some(cut) = self.cut() {
+            return Err(RPCError::Unreachable(cut));
+        }
+        self.inner.vote(rpc, option).await
+    }
+}
 
 /// An auth server running inside this process on loopback ports: what
 /// `vmail demo` embeds and what the integration tests start.
@@ -44,6 +196,16 @@ pub enum LocalServerError {
     /// Joining the group failed.
     #[error("joining the group: {0}")]
     Join(String),
+    /// No leader appeared in time.
+    #[error("{name}: no leader after {timeout:?}: {why}")]
+    NoLeader {
+        /// The server.
+        name: String,
+        /// How long it waited.
+        timeout: Duration,
+        /// What openraft said.
+        why: String,
+    },
     /// Binding a loopback port failed.
     #[error("binding {addr}: {source}")]
     Bind {
@@ -56,16 +218,16 @@ pub enum LocalServerError {
 
 impl LocalServer {
     /// Serves an initialised data directory on `127.0.0.1:0`, both ports.
-    pub async fn start(dir: &Path, clock: Arc<dyn Clock>) -> Result<Self, LocalServerError> {
+    pub async fn start(dir: &Path, harness: &Harness) -> Result<Self, LocalServerError> {
         let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-        Self::start_on(dir, clock, any, any).await
+        Self::start_on(dir, harness, any, any).await
     }
 
     /// Serves an initialised data directory on the given addresses. A
     /// restarted member must come back on the ports the group knows it by.
     pub async fn start_on(
         dir: &Path,
-        clock: Arc<dyn Clock>,
+        harness: &Harness,
         api: std::net::SocketAddr,
         raft: std::net::SocketAddr,
     ) -> Result<Self, LocalServerError> {
@@ -82,7 +244,13 @@ impl LocalServer {
         };
         let api_addr = local(&listener, api)?;
         let raft_addr = local(&raft_listener, raft)?;
-        let svc = Arc::new(open(dir, clock).await?);
+        let partition = harness.partition.clone();
+        let svc = open_with(dir, harness.clock.clone(), |me, inner| Partitioned {
+            me,
+            inner,
+            partition,
+        });
+        let svc = Arc::new(svc.await?);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(serve(svc.clone(), listener, raft_listener, async {
             let _ = rx.await;
@@ -101,18 +269,17 @@ impl LocalServer {
 
     /// Waits until this server has a leader and has applied the log up to
     /// it: a founder elects itself within a second or two.
-    pub async fn wait_ready(&self, timeout: Duration) -> Result<(), String> {
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<(), LocalServerError> {
         self.service
             .raft()
             .wait(Some(timeout))
             .metrics(|m| m.current_leader.is_some(), "a leader is known")
             .await
             .map(|_| ())
-            .map_err(|e| {
-                format!(
-                    "{}: no leader after {timeout:?}: {e}",
-                    self.service.config().name
-                )
+            .map_err(|e| LocalServerError::NoLeader {
+                name: self.service.config().name.clone(),
+                timeout,
+                why: e.to_string(),
             })
     }
 
@@ -137,21 +304,18 @@ impl LocalServer {
     pub async fn start_group(
         root: &Path,
         n: usize,
-        clock: Arc<dyn Clock>,
+        harness: &Harness,
     ) -> Result<Vec<LocalServer>, LocalServerError> {
         let first_dir = root.join("auth-1");
         datadir::init(&datadir::InitOptions::loopback(&first_dir)).map_err(OpenError::from)?;
-        let first = Self::start(&first_dir, clock.clone()).await?;
-        first
-            .wait_ready(Duration::from_secs(30))
-            .await
-            .map_err(LocalServerError::Join)?;
+        let first = Self::start(&first_dir, harness).await?;
+        first.wait_ready(Duration::from_secs(30)).await?;
         let via = first.member().raft_url;
         let mut servers = vec![first];
         for i in 2..=n {
             let name = format!("auth-{i}");
             let dir = root.join(&name);
-            servers.push(Self::join(&dir, &name, &via, &first_dir, clock.clone()).await?);
+            servers.push(Self::join(&dir, &name, &via, &first_dir, harness).await?);
         }
         Ok(servers)
     }
@@ -164,10 +328,10 @@ impl LocalServer {
         name: &str,
         via: &str,
         issuer_dir: &Path,
-        clock: Arc<dyn Clock>,
+        harness: &Harness,
     ) -> Result<LocalServer, LocalServerError> {
         let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-        Self::join_on(dir, name, via, issuer_dir, clock, any, any).await
+        Self::join_on(dir, name, via, issuer_dir, harness, any, any).await
     }
 
     /// [`LocalServer::join`] on the given addresses: a wiped server coming
@@ -177,7 +341,7 @@ impl LocalServer {
         name: &str,
         via: &str,
         issuer_dir: &Path,
-        clock: Arc<dyn Clock>,
+        harness: &Harness,
         api: std::net::SocketAddr,
         raft: std::net::SocketAddr,
     ) -> Result<LocalServer, LocalServerError> {
@@ -190,7 +354,7 @@ impl LocalServer {
         admin::prepare_join(&opts, via, &credential)
             .await
             .map_err(|e| LocalServerError::Join(e.to_string()))?;
-        let server = Self::start_on(dir, clock, api, raft).await?;
+        let server = Self::start_on(dir, harness, api, raft).await?;
         let tls = admin::member_tls(dir).map_err(|e| LocalServerError::Join(e.to_string()))?;
         admin::request_join(via, &tls, server.node_id(), &server.member())
             .await

@@ -4,16 +4,14 @@
 //! the real component.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use libp2p::{Multiaddr, PeerId};
-use vmail_auth::service::SystemClock;
 use vmail_node::config::NodeConfig;
 use vmail_node::network::{Role, SupernodeView};
 use vmail_node::peer::{Peer, PeerError, PeerOptions};
 
-use crate::local_auth::{LocalServer, LocalServerError};
+use crate::local_auth::{Harness, LocalServer, LocalServerError};
 
 /// How long started peers get to fill their routing tables.
 pub const JOIN_TIMEOUT: Duration = Duration::from_secs(20);
@@ -42,7 +40,7 @@ pub enum LocalNetError {
 /// Starts a replicated group of `n` auth servers in `dir/auth-1` ..
 /// `dir/auth-n`: auth-1 founds it and the others join over mutual TLS.
 pub async fn start_auth_group(dir: &Path, n: usize) -> Result<Vec<LocalServer>, LocalNetError> {
-    Ok(LocalServer::start_group(dir, n, Arc::new(SystemClock)).await?)
+    Ok(LocalServer::start_group(dir, n, &Harness::default()).await?)
 }
 
 /// Starts `n` server peers with data dirs `dir/peer-1` .. `dir/peer-n` on

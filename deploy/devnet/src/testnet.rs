@@ -16,7 +16,6 @@
 use std::io::Write;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -25,9 +24,8 @@ use nix::unistd::Pid;
 use vmail_auth::cluster::admin;
 use vmail_auth::cluster::network::ClusterTls;
 use vmail_auth::datadir::{self, InitOptions};
-use vmail_auth::service::SystemClock;
 
-use crate::local_auth::{LocalServer, LocalServerError};
+use crate::local_auth::{Harness, LocalServer, LocalServerError};
 use crate::localnet;
 
 const PID_FILE: &str = "testnet.pid";
@@ -491,7 +489,7 @@ async fn auth_serve(name: &str, dir: &Path) -> anyhow::Result<()> {
     let files = AuthFiles::new(&auth_dir, name);
     std::fs::write(files.file("pid"), std::process::id().to_string())?;
     let sdir = files.data_dir();
-    let clock = Arc::new(SystemClock);
+    let harness = Harness::default();
     let ports = files.ports()?;
     let server = match ports {
         Some((api, raft)) => restart_on(&sdir, api, raft).await?,
@@ -500,7 +498,7 @@ async fn auth_serve(name: &str, dir: &Path) -> anyhow::Result<()> {
                 name: name.to_owned(),
                 ..InitOptions::loopback(&sdir)
             })?;
-            LocalServer::start(&sdir, clock).await?
+            LocalServer::start(&sdir, &harness).await?
         }
         None => {
             let founder = AuthFiles::new(&auth_dir, "auth-1");
@@ -508,7 +506,7 @@ async fn auth_serve(name: &str, dir: &Path) -> anyhow::Result<()> {
                 .ports()?
                 .context("auth-1 has not started: it founds the group")?;
             let via = format!("https://127.0.0.1:{raft}");
-            LocalServer::join(&sdir, name, &via, &founder.data_dir(), clock).await?
+            LocalServer::join(&sdir, name, &via, &founder.data_dir(), &harness).await?
         }
     };
     write_atomic(
@@ -538,7 +536,7 @@ async fn restart_on(sdir: &Path, api: u16, raft: u16) -> anyhow::Result<LocalSer
     let at = |port| std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let deadline = Instant::now() + REBIND_TIMEOUT;
     loop {
-        match LocalServer::start_on(sdir, Arc::new(SystemClock), at(api), at(raft)).await {
+        match LocalServer::start_on(sdir, &Harness::default(), at(api), at(raft)).await {
             Err(LocalServerError::Bind { addr, source }) if Instant::now() < deadline => {
                 tracing::debug!(%addr, %source, "port still held; retrying");
                 tokio::time::sleep(Duration::from_millis(250)).await;

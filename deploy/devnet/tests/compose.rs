@@ -32,11 +32,13 @@ fn the_compose_scenario_passes() {
     }
     let vmail = common::vmail();
     let bin_dir = vmail.parent().unwrap();
-    assert!(
-        bin_dir.join("vmail-auth").exists(),
-        "{} is missing: build the workspace (cargo test --workspace builds it)",
-        bin_dir.join("vmail-auth").display()
-    );
+    for program in ["vmail-auth", "vmail-devnet"] {
+        assert!(
+            bin_dir.join(program).exists(),
+            "{} is missing: build the workspace (cargo test --workspace builds it)",
+            bin_dir.join(program).display()
+        );
+    }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testnet.sh");
     let status = Command::new(script)
         .arg("scenario")

@@ -1,10 +1,12 @@
 //! The `vmail` command line: flags, the shared context, and dispatch.
 
 mod account;
+mod devnet;
 mod inbox;
 mod node;
 mod voicemail;
 
+use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
@@ -99,6 +101,19 @@ enum Command {
     /// Run or inspect the peer daemon.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Run the whole system locally and narrate the paper's protocol (runs
+    /// `vmail-devnet demo`).
+    Demo,
+    /// A local network of auth servers and peers in the background, and its
+    /// fault drills (runs `vmail-devnet testnet`; `vmail testnet help` lists
+    /// its commands).
+    #[command(disable_help_flag = true)]
+    Testnet {
+        /// `up`, `down`, `kill-auth-leader`, `restart-auth`, `tone`, and
+        /// their arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
     /// This peer's role, its supernode, the supernode set, and its attached
     /// peers if it serves (the same as `vmail node status`).
     Status {
@@ -210,6 +225,14 @@ impl Context {
 
 /// Runs one command.
 pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Demo => return Err(devnet::exec(&["demo".into()])),
+        Command::Testnet { args } => {
+            let all: Vec<OsString> = std::iter::once("testnet".into()).chain(args).collect();
+            return Err(devnet::exec(&all));
+        }
+        _ => {}
+    }
     let home = settings::resolve_home(cli.home)?;
     let ctx = Context {
         keystore: Keystore::new(&home),
@@ -253,6 +276,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
             node::status(&ctx, data_dir).await
         }
         Command::Node(NodeCommand::Health { data_dir }) => node::health(&ctx, data_dir).await,
+        Command::Demo | Command::Testnet { .. } => unreachable!("handed to vmail-devnet above"),
     }
 }
 
