@@ -9,16 +9,20 @@
 //! - [`config`]: the server config file;
 //! - [`datadir`]: creating and loading the data directory;
 //! - [`enroll`]: unattended group formation through a shared directory;
+//! - [`keys`]: the group's secrets and a server's keys;
 //! - [`store`]: the redb database, with secrets sealed under the data key;
 //! - [`service`]: the domain logic, free of gRPC types;
 //! - [`grpc`]: the thin tonic adapter;
-//! - [`server`]: TLS, health, reflection and the serve loop.
+//! - [`server`]: TLS, health, reflection and the serve loop;
+//! - [`tls`]: the TLS material of the group's internal service.
 
 pub mod cluster;
 pub mod config;
 pub mod datadir;
 pub mod enroll;
 pub mod grpc;
+pub mod keys;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod tls;

@@ -30,9 +30,7 @@ use tonic::transport::Certificate;
 use vmail_proto::cluster_pb::cluster_server::ClusterServer;
 
 use crate::cluster::log_store::LogStore;
-use crate::cluster::network::{
-    ClusterTls, MAX_MESSAGE_BYTES as MAX_INTERNAL_MESSAGE, NetworkFactory,
-};
+use crate::cluster::network::{MAX_MESSAGE_BYTES as MAX_INTERNAL_MESSAGE, NetworkFactory};
 use crate::cluster::rpc::ClusterService;
 use crate::cluster::state_machine::StateMachine;
 use crate::cluster::{Member, Raft, TypeConfig, raft_config};
@@ -40,6 +38,7 @@ use crate::datadir::{self, DataDirError, files};
 use crate::grpc::GrpcAuth;
 use crate::service::{AuthService, Clock, EVENT_CAPACITY};
 use crate::store::Store;
+use crate::tls::ClusterTls;
 
 /// How often an idle connection is probed, so that streams to dead clients end.
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);

@@ -172,7 +172,7 @@ fn free_port() -> Result<u16> {
 impl Etcd {
     async fn start(bin: &Path) -> Result<Self> {
         let dir = tempfile::tempdir()?;
-        let ca = vmail_auth::datadir::GroupSecrets::generate()?;
+        let ca = vmail_auth::keys::GroupSecrets::generate()?;
         let (cert, key) = ca.issue("etcd", vec!["127.0.0.1".into()], None)?;
         let write = |name: &str, text: &str| -> Result<PathBuf> {
             let p = dir.path().join(name);

@@ -593,7 +593,7 @@ impl TestCluster {
     }
 
     /// The TLS identity of member `i`, for admin calls.
-    pub fn member_tls(&self, i: usize) -> vmail_auth::cluster::network::ClusterTls {
+    pub fn member_tls(&self, i: usize) -> vmail_auth::tls::ClusterTls {
         vmail_auth::cluster::admin::member_tls(&self.data_dir(i)).expect("member tls")
     }
 

@@ -16,10 +16,12 @@ use vmail_proto::keys::SecretKey;
 use vmail_proto::opaque::Suite;
 
 use super::Member;
-use super::network::{ClusterTls, LEADER_RAFT_URL};
+use super::network::LEADER_RAFT_URL;
 use super::rpc::member_to_pb;
 use crate::config::ServerConfig;
-use crate::datadir::{self, DataDirError, GroupSecrets, InitOptions};
+use crate::datadir::{self, DataDirError, InitOptions};
+use crate::keys::{GroupSecrets, ServerKeys};
+use crate::tls::ClusterTls;
 
 /// Why a membership operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -93,7 +95,7 @@ pub fn issue_credential(member_dir: &Path, name: &str, out: &Path) -> Result<(),
     Ok(())
 }
 
-fn secrets_of(keys: &datadir::ServerKeys) -> GroupSecrets {
+fn secrets_of(keys: &ServerKeys) -> GroupSecrets {
     GroupSecrets {
         ca_cert_pem: keys.ca_cert_pem.clone(),
         ca_key_pem: keys.ca_key_pem.clone(),

@@ -17,10 +17,11 @@ use openraft::raft::{
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::{Channel, Endpoint};
 use vmail_proto::cluster_pb::{self, cluster_client::ClusterClient};
 
 use super::{Member, TypeConfig};
+use crate::tls::ClusterTls;
 
 /// How long to wait for a TCP and TLS connection to another member.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -36,31 +37,7 @@ pub const LEADER_RAFT_URL: &str = "vmail-leader-raft";
 /// node's empty log (openraft stops on a follower log that goes back).
 pub const RAFT_TARGET: &str = "vmail-raft-target";
 
-/// The TLS material a member (or `join`) uses on the internal service: the
-/// group CA and its own CA-signed certificate and key.
-#[derive(Clone)]
-pub struct ClusterTls {
-    /// The group CA certificate, PEM.
-    pub ca_pem: String,
-    /// This server's certificate, PEM.
-    pub cert_pem: String,
-    /// Its private key, PEM.
-    pub key_pem: String,
-}
-
-impl std::fmt::Debug for ClusterTls {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClusterTls").finish_non_exhaustive()
-    }
-}
-
 impl ClusterTls {
-    fn client_config(&self) -> ClientTlsConfig {
-        ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(&self.ca_pem))
-            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
-    }
-
     /// A lazily connecting channel to a member's internal service.
     pub fn channel(&self, url: &str) -> Result<Channel, String> {
         Ok(Endpoint::from_shared(url.to_owned())

@@ -15,7 +15,7 @@ use vmail_proto::cluster_pb::{self as pb, cluster_server::Cluster};
 use super::network::{LEADER_RAFT_URL, RAFT_TARGET, decode, encode};
 use super::{Member, Raft};
 use crate::config::ServerConfig;
-use crate::datadir::ServerKeys;
+use crate::keys::ServerKeys;
 
 /// The internal service of one member.
 #[derive(Clone)]

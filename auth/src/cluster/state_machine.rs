@@ -27,7 +27,7 @@ use vmail_proto::pb;
 
 use super::log_store::{get_meta, put_meta};
 use super::{Command, Member, Reply, TypeConfig, unseal};
-use crate::datadir::ServerKeys;
+use crate::keys::ServerKeys;
 use crate::service::Event;
 use crate::store::{
     DepositOutcome, RAFT, RegisterOutcome, Session, Store, StoreError, User, Voicemail, db_err,

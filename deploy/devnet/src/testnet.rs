@@ -22,8 +22,8 @@ use anyhow::{Context as _, bail};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use vmail_auth::cluster::admin;
-use vmail_auth::cluster::network::ClusterTls;
 use vmail_auth::datadir::{self, InitOptions};
+use vmail_auth::tls::ClusterTls;
 
 use crate::local_auth::{Harness, LocalServer, LocalServerError};
 use crate::localnet;

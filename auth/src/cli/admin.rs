@@ -1,0 +1,110 @@
+//! `vmail-auth health` and `vmail-auth cluster status|remove|credential`:
+//! asking a running server, and changing the group's membership.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use vmail_auth::cluster::admin;
+use vmail_auth::datadir;
+
+use super::{own_raft_url, port_of};
+use crate::ClusterCommand;
+
+/// `vmail-auth health`: one call to the standard health service.
+pub(crate) async fn health(dir: &std::path::Path) -> anyhow::Result<()> {
+    use tonic::server::NamedService;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    vmail_proto::tls::install_crypto_provider();
+    let config = datadir::load_config(dir)?;
+    let keys = datadir::load_keys(dir)?;
+    let url = format!(
+        "https://{}:{}",
+        config.public_host(),
+        port_of(&config.listen)?
+    );
+    let channel = tonic::transport::Endpoint::from_shared(url.clone())?
+        .tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(&keys.ca_cert_pem)),
+        )?
+        .connect_timeout(Duration::from_secs(3))
+        .timeout(Duration::from_secs(3))
+        .connect()
+        .await
+        .with_context(|| format!("{url}: not answering"))?;
+    let service = vmail_proto::pb::auth_server::AuthServer::<vmail_auth::grpc::GrpcAuth>::NAME;
+    let status = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: service.to_owned(),
+        })
+        .await
+        .with_context(|| format!("{url}: health check failed"))?
+        .into_inner()
+        .status();
+    anyhow::ensure!(
+        status == ServingStatus::Serving,
+        "{url}: {service} is {status:?}"
+    );
+    println!("{url}: {service} is serving");
+    Ok(())
+}
+
+pub(crate) async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
+    match command {
+        ClusterCommand::Status { data_dir, url } => {
+            let url = match url {
+                Some(u) => u,
+                None => own_raft_url(&data_dir)?,
+            };
+            let s = admin::status(&url, &admin::member_tls(&data_dir)?).await?;
+            let me = s.self_.unwrap_or_default();
+            println!("member:   {} (id {:016x})", me.name, me.id);
+            println!("state:    {}", s.state);
+            println!("term:     {}", s.term);
+            println!(
+                "leader:   {}",
+                if s.leader.is_empty() {
+                    "(none known)"
+                } else {
+                    &s.leader
+                }
+            );
+            println!(
+                "log:      last index {}, applied {}, snapshot {}",
+                s.last_log_index, s.last_applied, s.snapshot_index
+            );
+            println!("members:");
+            for m in s.members {
+                let info = m.member.unwrap_or_default();
+                let matched = if m.matched > 0 {
+                    format!("matched {}", m.matched)
+                } else {
+                    String::new()
+                };
+                println!(
+                    "  {:<12} {:<8} api {:<28} raft {:<28} {matched}",
+                    info.name, m.role, info.api_url, info.raft_url
+                );
+            }
+        }
+        ClusterCommand::Remove { name, data_dir } => {
+            let url = own_raft_url(&data_dir)?;
+            admin::remove(&url, &admin::member_tls(&data_dir)?, &name).await?;
+            println!("removed {name} from the group");
+        }
+        ClusterCommand::Credential {
+            name,
+            data_dir,
+            out,
+        } => {
+            admin::issue_credential(&data_dir, &name, &out)?;
+            println!("join credential for {name}: {}", out.display());
+            println!(
+                "on the new server: vmail-auth join --via {} --credential {} --data-dir DIR --name {name} ...",
+                own_raft_url(&data_dir)?,
+                out.display()
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,129 @@
+//! Why an auth operation was refused: one error type for the service, mapped
+//! to gRPC codes in one table (`grpc::status`).
+
+use vmail_proto::names::NameError;
+
+use crate::cluster::Member;
+use crate::store::StoreError;
+
+/// Why an auth operation was refused. A refusal changes no durable state; a
+/// refused LoginFinish still uses up its login id, and a LoginStart counts
+/// towards the lock-out.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// A request field is missing or malformed.
+    #[error("{field}: {why}")]
+    InvalidArgument {
+        /// The field's name.
+        field: &'static str,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// A username is malformed.
+    #[error(transparent)]
+    Name(#[from] NameError),
+    /// No such user.
+    #[error("unknown user {0:?}")]
+    UnknownUser(String),
+    /// A deposit names a recipient who is not registered.
+    #[error("unknown recipient {0:?}")]
+    UnknownRecipient(String),
+    /// The username is taken.
+    #[error("user {0:?} already exists; choose another name or log in")]
+    UserExists(String),
+    /// Registration needs an invite code and none was given.
+    #[error("registration on this server needs an invite code (--invite CODE)")]
+    InviteRequired,
+    /// The invite code is not in the config or was already used.
+    #[error("invite code is not valid or was already used")]
+    InviteInvalid,
+    /// The OPAQUE login did not verify.
+    #[error("wrong password for {0:?}")]
+    WrongPassword(String),
+    /// Too many unsuccessful logins recently.
+    #[error("too many unsuccessful logins for {username:?}; try again in {retry_after_secs} s")]
+    LockedOut {
+        /// The user.
+        username: String,
+        /// Seconds until the lock lifts.
+        retry_after_secs: u64,
+    },
+    /// The login id is unknown, or its state timed out.
+    #[error("login_id is unknown, already used, or older than {0} s; start the login again")]
+    LoginExpired(u64),
+    /// Too many logins are half-done.
+    #[error("the server is handling too many logins at once; retry shortly")]
+    Busy,
+    /// The identity proof signature does not verify.
+    #[error("identity_proof: the signature does not verify with identity_key")]
+    BadIdentityProof,
+    /// No bearer token was sent.
+    #[error("missing session token: log in first (vmail login USER)")]
+    NoToken,
+    /// The token is unknown or was revoked.
+    #[error("session token is not valid (logged out, or never issued): log in again")]
+    BadToken,
+    /// The session expired.
+    #[error("session expired at Unix time {0}: log in again")]
+    SessionExpired(u64),
+    /// The deposit's wrapped key does not open under the sender's master key.
+    #[error(
+        "wrapped_key does not open under this session's master key: the client holds a different master key (log in again) or the request was altered"
+    )]
+    WrapFailed,
+    /// A recipient has as many voicemails waiting as the server allows.
+    #[error(
+        "the inbox of {username:?} is full ({limit} voicemails waiting); try again once they have fetched some"
+    )]
+    InboxFull {
+        /// The recipient.
+        username: String,
+        /// The configured limit.
+        limit: u64,
+    },
+    /// The request id was used before with different content.
+    #[error("request_id was already used for a different deposit; use a fresh request id")]
+    RequestIdReused,
+    /// The voicemail is not pending for the caller.
+    #[error("voicemail {id} is not pending for {username:?}")]
+    NotPending {
+        /// Voicemail id, hex.
+        id: String,
+        /// The caller.
+        username: String,
+    },
+    /// This server is not the leader; the client should retry at the leader.
+    #[error("{}", not_leader_text(.0.as_ref()))]
+    NotLeader(Option<Member>),
+    /// The group cannot serve the call now: no majority, or Raft stopped.
+    #[error(
+        "the auth group cannot serve this right now: {0}. Retry shortly; another server may be the leader"
+    )]
+    Unavailable(String),
+    /// A log entry could not be applied because stored data is corrupt.
+    #[error("{0}")]
+    Apply(String),
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn not_leader_text(leader: Option<&Member>) -> String {
+    match leader {
+        Some(m) => format!(
+            "this auth server is not the leader; retry at {} ({})",
+            m.api_url, m.name
+        ),
+        None => {
+            "this auth server is not the leader and no leader is known yet; retry in a few seconds"
+                .to_owned()
+        }
+    }
+}
+
+pub(super) fn invalid(field: &'static str, why: impl Into<String>) -> AuthError {
+    AuthError::InvalidArgument {
+        field,
+        why: why.into(),
+    }
+}

@@ -1,0 +1,336 @@
+//! Login: OPAQUE's two rounds, the per-user lock-out, sessions (bearer
+//! tokens and their master keys) and the certificates issued at login.
+
+use std::time::{Duration, Instant};
+
+use opaque_ke::{
+    CredentialFinalization, CredentialRequest, ServerLogin, ServerLoginStartParameters,
+    ServerRegistration,
+};
+use prost::Message;
+use vmail_proto::cert::{
+    MAX_PEER_ID_LEN, ProofPurpose, UserCertificate, identity_proof_bytes, parse_identity_key,
+};
+use vmail_proto::keys::{MasterKey, MasterKeyId};
+use vmail_proto::names::Username;
+use vmail_proto::opaque::{Suite, credential_id};
+use vmail_proto::{pb, random_bytes};
+
+use super::error::{AuthError, invalid};
+use super::register::verify_proof;
+use super::{AuthService, token_hash};
+use crate::cluster::{Command, Reply, seal};
+use crate::store::{Session, StoreError};
+
+/// Most unfinished logins held in memory at once; more are refused.
+pub const MAX_PENDING_LOGINS: usize = 10_000;
+/// Users whose login attempts are tracked before finished windows are pruned.
+const MAX_TRACKED_USERS: usize = 10_000;
+
+/// Round 2 of a login.
+#[derive(Debug, Clone)]
+pub struct LoginFinish {
+    /// From LoginStart.
+    pub login_id: Vec<u8>,
+    /// OPAQUE CredentialFinalization bytes.
+    pub credential_finalization: Vec<u8>,
+    /// Identity key to certify.
+    pub identity_key: Vec<u8>,
+    /// Proof of possession, bound to the login id.
+    pub identity_proof: Vec<u8>,
+    /// Optional libp2p peer id to bind.
+    pub peer_id: Vec<u8>,
+}
+
+/// What a successful login yields. `Debug` leaves out the token.
+#[derive(Clone)]
+pub struct LoginOutcome {
+    /// The bearer token; only its hash is stored.
+    pub session_token: [u8; 32],
+    /// The id of the master key both sides derived.
+    pub master_key_id: MasterKeyId,
+    /// Session expiry, Unix seconds.
+    pub expires_at: u64,
+    /// The freshly issued certificate.
+    pub certificate: UserCertificate,
+}
+
+impl std::fmt::Debug for LoginOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginOutcome")
+            .field("master_key_id", &hex::encode(self.master_key_id))
+            .field("expires_at", &self.expires_at)
+            .field("certificate", &self.certificate)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(super) struct PendingLogin {
+    username: Username,
+    state: ServerLogin<Suite>,
+    started: Instant,
+}
+
+#[derive(Default)]
+pub(super) struct Failures {
+    count: u32,
+    window_start: u64,
+}
+
+impl AuthService {
+    /// Counts a login attempt against `name`'s lock-out, or refuses it if
+    /// the user is locked out. Check and count happen under one lock, so
+    /// concurrent LoginStarts cannot slip past the limit. A wrong password
+    /// is only detected by the client, which then never sends round 2, so
+    /// attempts are counted when they start; a successful login clears them.
+    fn begin_attempt(&self, name: &str) -> Result<(), AuthError> {
+        let now = self.now();
+        let window = self.config.lockout_window_secs;
+        let mut failures = self.failures.lock().expect("lock");
+        if failures.len() >= MAX_TRACKED_USERS {
+            failures.retain(|_, f| now < f.window_start + window);
+        }
+        let f = failures.entry(name.to_owned()).or_default();
+        if now >= f.window_start + window {
+            *f = Failures {
+                count: 0,
+                window_start: now,
+            };
+        }
+        if f.count >= self.config.max_failed_logins {
+            return Err(AuthError::LockedOut {
+                username: name.to_owned(),
+                retry_after_secs: f.window_start + window - now,
+            });
+        }
+        f.count += 1;
+        Ok(())
+    }
+
+    /// Takes back an attempt that the server refused before it could be a guess.
+    fn cancel_attempt(&self, name: &str) {
+        if let Some(f) = self.failures.lock().expect("lock").get_mut(name) {
+            f.count = f.count.saturating_sub(1);
+        }
+    }
+
+    /// OPAQUE login, round 1. Returns the login id and the credential response.
+    pub async fn login_start(
+        &self,
+        username: &str,
+        request: &[u8],
+    ) -> Result<([u8; 16], Vec<u8>), AuthError> {
+        let name = Username::parse(username)?;
+        let request = CredentialRequest::<Suite>::deserialize(request)
+            .map_err(|e| invalid("credential_request", e.to_string()))?;
+        self.linearize().await?;
+        let n = name.to_string();
+        let user = self
+            .db(move |s| s.user(&n))
+            .await?
+            .ok_or_else(|| AuthError::UnknownUser(name.to_string()))?;
+        let password_file =
+            ServerRegistration::<Suite>::deserialize(&user.password_file).map_err(|e| {
+                StoreError::Corrupt {
+                    table: "users",
+                    key: name.to_string(),
+                    why: format!("password file: {e}"),
+                }
+            })?;
+        self.begin_attempt(name.as_str())?;
+        let start = match ServerLogin::start(
+            &mut rand::rngs::OsRng,
+            &self.keys.opaque_setup,
+            Some(password_file),
+            request,
+            &credential_id(&name, &user.credential_nonce),
+            ServerLoginStartParameters::default(),
+        ) {
+            Ok(start) => start,
+            Err(e) => {
+                self.cancel_attempt(name.as_str());
+                return Err(invalid("credential_request", e.to_string()));
+            }
+        };
+        let login_id: [u8; 16] = random_bytes();
+        let timeout = Duration::from_secs(self.config.login_timeout_secs);
+        let mut logins = self.logins.lock().expect("lock");
+        logins.retain(|_, l| l.started.elapsed() < timeout);
+        if logins.len() >= MAX_PENDING_LOGINS {
+            drop(logins);
+            self.cancel_attempt(name.as_str());
+            return Err(AuthError::Busy);
+        }
+        logins.insert(
+            login_id,
+            PendingLogin {
+                username: name,
+                state: start.state,
+                started: Instant::now(),
+            },
+        );
+        Ok((login_id, start.message.serialize().to_vec()))
+    }
+
+    /// OPAQUE login, round 2: verifies the password proof, negotiates the
+    /// master key, opens a session and issues a certificate.
+    pub async fn login_finish(&self, req: LoginFinish) -> Result<LoginOutcome, AuthError> {
+        let login_id: [u8; 16] = req.login_id.as_slice().try_into().map_err(|_| {
+            invalid(
+                "login_id",
+                format!("{} bytes, expected 16", req.login_id.len()),
+            )
+        })?;
+        let timeout = self.config.login_timeout_secs;
+        let pending = self
+            .logins
+            .lock()
+            .expect("lock")
+            .remove(&login_id)
+            .filter(|l| l.started.elapsed() < Duration::from_secs(timeout))
+            .ok_or(AuthError::LoginExpired(timeout))?;
+        let name = pending.username;
+        let finalization =
+            CredentialFinalization::<Suite>::deserialize(&req.credential_finalization)
+                .map_err(|e| invalid("credential_finalization", e.to_string()))?;
+        let finished = match pending.state.finish(finalization) {
+            Ok(f) => f,
+            Err(_) => {
+                tracing::info!(user = %name, "login failed: wrong password");
+                return Err(AuthError::WrongPassword(name.to_string()));
+            }
+        };
+        let identity_key =
+            parse_identity_key(&req.identity_key).map_err(|why| invalid("identity_key", why))?;
+        if req.peer_id.len() > MAX_PEER_ID_LEN {
+            return Err(invalid(
+                "peer_id",
+                format!("{} bytes, at most {MAX_PEER_ID_LEN}", req.peer_id.len()),
+            ));
+        }
+        verify_proof(
+            &req.identity_proof,
+            &identity_key,
+            &identity_proof_bytes(
+                ProofPurpose::Login,
+                &name,
+                &login_id,
+                &identity_key,
+                &req.peer_id,
+            ),
+        )?;
+        self.failures.lock().expect("lock").remove(name.as_str());
+
+        let master_key = MasterKey::from_opaque_session_key(&finished.session_key);
+        let token: [u8; 32] = random_bytes();
+        let hash = token_hash(&token);
+        let now = self.now();
+        let session_ttl = self.config.session_ttl_secs;
+        let reply = self
+            .propose(Command::BeginSession {
+                username: name.to_string(),
+                token_hash: hash,
+                master_key: seal(
+                    &self.keys.data_key,
+                    "master-key",
+                    &hash,
+                    master_key.as_bytes(),
+                ),
+                master_key_id: master_key.id(),
+                identity_key: identity_key.to_bytes(),
+                peer_id: req.peer_id,
+                now,
+                session_ttl,
+                cert_ttl: self.config.certificate_ttl_secs,
+            })
+            .await?;
+        let Reply::SessionBegun(cert) = reply else {
+            return Err(AuthError::Apply(format!(
+                "unexpected reply {reply:?} to a login"
+            )));
+        };
+        let certificate = pb::UserCertificate::decode(cert.as_slice())
+            .map_err(|e| e.to_string())
+            .and_then(|c| UserCertificate::try_from(c).map_err(|e| e.to_string()))
+            .map_err(|e| {
+                AuthError::Apply(format!("the issued certificate does not decode: {e}"))
+            })?;
+        let session = Session {
+            token_hash: hash,
+            username: name.to_string(),
+            master_key_id: master_key.id(),
+            master_key,
+            created_at: now,
+            expires_at: now + session_ttl,
+        };
+        tracing::info!(user = %session.username, serial = certificate.serial, "logged in");
+        Ok(LoginOutcome {
+            session_token: token,
+            master_key_id: session.master_key_id,
+            expires_at: session.expires_at,
+            certificate,
+        })
+    }
+
+    /// The current certificate of a user.
+    pub async fn certificate(&self, username: &str) -> Result<UserCertificate, AuthError> {
+        let name = Username::parse(username)?;
+        self.linearize().await?;
+        let n = name.to_string();
+        self.db(move |s| s.user(&n))
+            .await?
+            .map(|u| u.certificate)
+            .ok_or_else(|| AuthError::UnknownUser(name.to_string()))
+    }
+
+    // ---- sessions ----
+
+    /// Resolves a bearer token to a live session.
+    pub async fn authenticate(&self, token: &[u8]) -> Result<Session, AuthError> {
+        self.resolve_token(token, true).await
+    }
+
+    /// Resolves a bearer token for a deposit, which then writes through the
+    /// log. The leader reads its own state, without the read round of
+    /// [`Self::authenticate`]: the deposit's log entry carries the token
+    /// hash and applies only while that session is live, in log order. A
+    /// miss may be state not yet applied, so it falls back to a current read.
+    pub async fn authenticate_for_write(&self, token: &[u8]) -> Result<Session, AuthError> {
+        if self.is_leader()
+            && let Ok(session) = self.resolve_token(token, false).await
+        {
+            return Ok(session);
+        }
+        self.authenticate(token).await
+    }
+
+    /// The live session of `token`, from state that is current (a
+    /// linearizable read first) or this server's own.
+    async fn resolve_token(&self, token: &[u8], current: bool) -> Result<Session, AuthError> {
+        if token.is_empty() {
+            return Err(AuthError::NoToken);
+        }
+        let hash = token_hash(token);
+        if current {
+            self.linearize().await?;
+        }
+        let session = self
+            .db(move |s| s.session(&hash))
+            .await?
+            .ok_or(AuthError::BadToken)?;
+        if self.now() >= session.expires_at {
+            return Err(AuthError::SessionExpired(session.expires_at));
+        }
+        Ok(session)
+    }
+
+    /// Revokes a session: its token and its master key are deleted.
+    pub async fn logout(&self, session: &Session) -> Result<(), AuthError> {
+        self.propose(Command::EndSession {
+            token_hash: session.token_hash,
+        })
+        .await?;
+        tracing::info!(user = %session.username, "logged out");
+        Ok(())
+    }
+}

@@ -1,0 +1,241 @@
+//! The auth server's domain logic: registration, login, certificates,
+//! deposits, delivery and acknowledgement. No gRPC types here: the adapter in
+//! `grpc.rs` converts to and from these plain types.
+//!
+//! - this module: [`AuthService`], proposing writes and linearizing reads;
+//! - [`clock`]: the injected clock;
+//! - [`error`]: [`AuthError`], every refusal;
+//! - [`register`]: OPAQUE registration and invite codes;
+//! - [`login`]: OPAQUE login, the lock-out, sessions and certificates;
+//! - [`deposit`]: deposits ([`validate_deposit`]), delivery and acks.
+//!
+//! Every change goes through the group's Raft log as a [`Command`]: the
+//! service prepares it (validation, OPAQUE, times, random values, secrets
+//! sealed under the data key), proposes it, and reads the outcome the state
+//! machine produced. Reads that must be current first confirm with a
+//! majority that this server is still the leader (a linearizable read), so
+//! a server cut off from the group never answers from stale state.
+//!
+//! Blocking database work runs on tokio's blocking pool so that a durable
+//! commit never stalls the network tasks.
+
+mod clock;
+mod deposit;
+mod error;
+mod login;
+mod register;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::error::{CheckIsLeaderError, RaftError};
+use sha2::{Digest, Sha256};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use crate::cluster::batcher::{Batcher, WriteError};
+use crate::cluster::{Command, Raft, Reply};
+use crate::config::ServerConfig;
+use crate::keys::ServerKeys;
+use crate::store::{Store, StoreError, VoicemailId};
+use login::{Failures, PendingLogin};
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use deposit::{
+    Delivery, Deposit, MAX_CONTENT_TYPE_LEN, MAX_LOCATOR_LEN, MAX_REQUEST_ID_LEN,
+    MIN_REQUEST_ID_LEN,
+};
+pub use error::AuthError;
+pub use login::{LoginFinish, LoginOutcome, MAX_PENDING_LOGINS};
+pub use register::RegisterFinish;
+
+/// Capacity of the new-voicemail broadcast channel.
+pub const EVENT_CAPACITY: usize = 1024;
+/// How long a write may wait for a majority of the group to commit it.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Free space below which the leader refuses writes, so that the Raft log
+/// never meets a full disk (a failed log write stops a server's Raft).
+pub const MIN_FREE_BYTES: u64 = 1024 * 1024;
+/// How long a read may wait for a majority to confirm this server leads.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Something that watchers of pending voicemail care about.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A voicemail was deposited for these recipients.
+    Deposited {
+        /// The voicemail.
+        id: VoicemailId,
+        /// Its recipients.
+        recipients: Arc<Vec<String>>,
+    },
+    /// A session ended (logout).
+    SessionEnded {
+        /// Its token hash.
+        token_hash: [u8; 32],
+    },
+}
+
+/// The auth server's domain service.
+pub struct AuthService {
+    store: Arc<Store>,
+    keys: Arc<ServerKeys>,
+    config: ServerConfig,
+    clock: Arc<dyn Clock>,
+    raft: Raft,
+    batcher: Batcher,
+    logins: Mutex<HashMap<[u8; 16], PendingLogin>>,
+    failures: Mutex<HashMap<String, Failures>>,
+    events: broadcast::Sender<Event>,
+    shutdown: CancellationToken,
+}
+
+impl fmt::Debug for AuthService {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthService")
+            .field("name", &self.config.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// SHA-256 of a session token: what the server stores instead of the token.
+pub fn token_hash(token: &[u8]) -> [u8; 32] {
+    Sha256::digest(token).into()
+}
+
+impl AuthService {
+    /// A service over an open store and the Raft node replicating it.
+    /// `events` is the channel the state machine reports applied deposits
+    /// and logouts on.
+    pub fn new(
+        store: Arc<Store>,
+        keys: Arc<ServerKeys>,
+        config: ServerConfig,
+        clock: Arc<dyn Clock>,
+        raft: Raft,
+        events: broadcast::Sender<Event>,
+    ) -> Self {
+        Self {
+            store,
+            keys,
+            config,
+            clock,
+            batcher: Batcher::start(raft.clone(), WRITE_TIMEOUT),
+            raft,
+            logins: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
+            events,
+            shutdown: CancellationToken::new(),
+        }
+    }
+
+    /// The Raft node.
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// Whether this server is the group's leader, as far as it knows.
+    pub fn is_leader(&self) -> bool {
+        let m = self.raft.metrics().borrow().clone();
+        m.current_leader == Some(m.id)
+    }
+
+    /// Refuses a write when the data disk is nearly full: the entry goes to
+    /// the log and then the state, and a failed log write would stop Raft.
+    fn check_space(&self, command_bytes: usize) -> Result<(), AuthError> {
+        let need = MIN_FREE_BYTES + 4 * command_bytes as u64;
+        let Some(dir) = self.store.path().parent() else {
+            return Ok(());
+        };
+        match nix::sys::statvfs::statvfs(dir) {
+            Ok(st) => {
+                let free = st.blocks_available() * st.fragment_size();
+                if free < need {
+                    return Err(AuthError::Store(StoreError::DiskFull(format!(
+                        "{free} bytes free on the data disk, and writes need {need}"
+                    ))));
+                }
+                Ok(())
+            }
+            // Cannot tell: let the write try.
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// Proposes a command and waits until it is committed and applied here.
+    /// Commands proposed at the same time share a log entry ([`Batcher`]).
+    async fn propose(&self, cmd: Command) -> Result<Reply, AuthError> {
+        let size = postcard::to_allocvec(&cmd).map_or(0, |b| b.len());
+        self.check_space(size)?;
+        match self.batcher.write(cmd, size).await {
+            Ok(Reply::Failed(why)) => Err(AuthError::Apply(why)),
+            Ok(reply) => Ok(reply),
+            Err(WriteError::NotLeader(leader)) => Err(AuthError::NotLeader(leader)),
+            Err(WriteError::Unavailable(why)) => Err(AuthError::Unavailable(why)),
+            Err(WriteError::Timeout(t)) => Err(AuthError::Unavailable(format!(
+                "the write was not confirmed by a majority within {} s, so it may or may not have taken effect",
+                t.as_secs()
+            ))),
+        }
+    }
+
+    /// Confirms with a majority that this server still leads and has
+    /// applied everything committed before now: a linearizable read point.
+    pub async fn linearize(&self) -> Result<(), AuthError> {
+        match tokio::time::timeout(READ_TIMEOUT, self.raft.ensure_linearizable()).await {
+            Err(_) => Err(AuthError::Unavailable(format!(
+                "a majority of the group did not confirm this server's leadership within {} s",
+                READ_TIMEOUT.as_secs()
+            ))),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                Err(AuthError::NotLeader(f.leader_node))
+            }
+            Ok(Err(e)) => Err(AuthError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+
+    /// The keys in force.
+    pub fn keys(&self) -> &Arc<ServerKeys> {
+        &self.keys
+    }
+
+    /// Now, per the injected clock.
+    pub fn now(&self) -> u64 {
+        self.clock.now()
+    }
+
+    /// Cancelled when the server begins to shut down; long-lived streams
+    /// watch it so that a shutdown never waits on them.
+    pub fn shutdown_token(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
+    /// Subscribes to deposit and logout events.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// Runs a store operation on the blocking pool.
+    async fn db<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, AuthError> {
+        let store = self.store.clone();
+        Ok(tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .expect("store task panicked")?)
+    }
+
+    /// Direct access to the store, for status reporting and tests.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+}

@@ -1,0 +1,121 @@
+//! Snapshots of the user-facing tables: every row as stored (secrets stay
+//! sealed), out for a Raft snapshot and back in when one is installed.
+
+use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use serde::{Deserialize, Serialize};
+
+use super::schema::{GRANTS, INVITES, META, RAFT, REQUESTS, SESSIONS, USERS, VOICEMAILS, WAITING};
+use super::{Store, StoreError, corrupt, db_err, u64_le};
+
+/// A `requests` row key: (sender, request id).
+type RequestKey = (String, Vec<u8>);
+
+/// The snapshot form of the user-facing tables: every row as stored.
+#[derive(Serialize, Deserialize)]
+struct Dump {
+    next_serial: u64,
+    users: Vec<(String, Vec<u8>)>,
+    sessions: Vec<(Vec<u8>, Vec<u8>)>,
+    voicemails: Vec<(Vec<u8>, Vec<u8>)>,
+    grants: Vec<(String, Vec<u8>)>,
+    requests: Vec<(RequestKey, Vec<u8>)>,
+    invites: Vec<(String, String)>,
+    waiting: Vec<(String, u64)>,
+}
+
+impl Store {
+    /// Every user-facing row, for a Raft snapshot (rows keep their sealing),
+    /// and the raw `applied` marker read in the same transaction.
+    pub(crate) fn export(&self) -> Result<(Vec<u8>, Option<Vec<u8>>), StoreError> {
+        fn rows<K: redb::Key + 'static, V: redb::Value + 'static, A, B>(
+            tx: &redb::ReadTransaction,
+            def: TableDefinition<K, V>,
+            f: impl Fn(K::SelfType<'_>, V::SelfType<'_>) -> (A, B),
+        ) -> Result<Vec<(A, B)>, StoreError> {
+            let table = tx.open_table(def).map_err(db_err)?;
+            let mut out = Vec::new();
+            for entry in table.iter().map_err(db_err)? {
+                let (k, v) = entry.map_err(db_err)?;
+                out.push(f(k.value(), v.value()));
+            }
+            Ok(out)
+        }
+        self.run(|db| {
+            let tx = db.begin_read().map_err(db_err)?;
+            let meta = tx.open_table(META).map_err(db_err)?;
+            let next_serial = meta
+                .get("next_serial")
+                .map_err(db_err)?
+                .and_then(|v| u64_le(v.value()))
+                .ok_or_else(|| corrupt("meta", "next_serial", "missing"))?;
+            let dump = Dump {
+                next_serial,
+                users: rows(&tx, USERS, |k, v| (k.to_owned(), v.to_vec()))?,
+                sessions: rows(&tx, SESSIONS, |k, v| (k.to_vec(), v.to_vec()))?,
+                voicemails: rows(&tx, VOICEMAILS, |k, v| (k.to_vec(), v.to_vec()))?,
+                grants: rows(&tx, GRANTS, |(u, id), ()| (u.to_owned(), id.to_vec()))?,
+                requests: rows(&tx, REQUESTS, |(u, id), v| {
+                    ((u.to_owned(), id.to_vec()), v.to_vec())
+                })?,
+                invites: rows(&tx, INVITES, |k, v| (k.to_owned(), v.to_owned()))?,
+                waiting: rows(&tx, WAITING, |k, v| (k.to_owned(), v))?,
+            };
+            let applied = tx
+                .open_table(RAFT)
+                .map_err(db_err)?
+                .get("applied")
+                .map_err(db_err)?
+                .map(|v| v.value().to_vec());
+            Ok((
+                postcard::to_allocvec(&dump).expect("in-memory encoding cannot fail"),
+                applied,
+            ))
+        })
+    }
+
+    /// Replaces every user-facing row with those of a snapshot made by
+    /// [`Store::export`], inside `tx`.
+    pub(crate) fn import(&self, tx: &WriteTransaction, bytes: &[u8]) -> Result<(), StoreError> {
+        let dump: Dump = postcard::from_bytes(bytes).map_err(|e| corrupt("snapshot", "data", e))?;
+        let mut meta = tx.open_table(META).map_err(db_err)?;
+        meta.insert("next_serial", dump.next_serial.to_le_bytes().as_slice())
+            .map_err(db_err)?;
+        let mut t = tx.open_table(USERS).map_err(db_err)?;
+        t.retain(|_, _| false).map_err(db_err)?;
+        for (k, v) in &dump.users {
+            t.insert(k.as_str(), v.as_slice()).map_err(db_err)?;
+        }
+        let mut t = tx.open_table(SESSIONS).map_err(db_err)?;
+        t.retain(|_, _| false).map_err(db_err)?;
+        for (k, v) in &dump.sessions {
+            t.insert(k.as_slice(), v.as_slice()).map_err(db_err)?;
+        }
+        let mut t = tx.open_table(VOICEMAILS).map_err(db_err)?;
+        t.retain(|_, _| false).map_err(db_err)?;
+        for (k, v) in &dump.voicemails {
+            t.insert(k.as_slice(), v.as_slice()).map_err(db_err)?;
+        }
+        let mut t = tx.open_table(GRANTS).map_err(db_err)?;
+        t.retain(|_, _| false).map_err(db_err)?;
+        for (u, id) in &dump.grants {
+            t.insert((u.as_str(), id.as_slice()), ()).map_err(db_err)?;
+        }
+        let mut t = tx.open_table(REQUESTS).map_err(db_err)?;
+        t.retain(|_, _| false).map_err(db_err)?;
+        for ((u, id), v) in &dump.requests {
+            t.insert((u.as_str(), id.as_slice()), v.as_slice())
+                .map_err(db_err)?;
+        }
+        let mut t = tx.open_table(INVITES).map_err(db_err)?;
+        t.retain(|_, _| false).map_err(db_err)?;
+        for (k, v) in &dump.invites {
+            t.insert(k.as_str(), v.as_str()).map_err(db_err)?;
+        }
+        let mut t = tx.open_table(WAITING).map_err(db_err)?;
+        t.retain(|_, _| false).map_err(db_err)?;
+        for (k, v) in &dump.waiting {
+            t.insert(k.as_str(), *v).map_err(db_err)?;
+        }
+        Ok(())
+    }
+}

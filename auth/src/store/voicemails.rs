@@ -1,0 +1,430 @@
+//! Voicemails: each one's sealed session key, locator, metadata and
+//! recipients; a grant per recipient still to fetch it; the per-recipient
+//! waiting counts behind the inbox cap; the request ids that make deposits
+//! idempotent; and the sweep of everything that expired.
+
+use prost::Message;
+use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
+use serde::{Deserialize, Serialize};
+use vmail_proto::cert::UserCertificate;
+use vmail_proto::keys::SecretKey;
+use vmail_proto::meta::VoicemailMeta;
+use vmail_proto::names::Recipients;
+use vmail_proto::pb;
+
+use super::schema::{GRANTS, REQUESTS, SESSIONS, USERS, VOICEMAILS, WAITING};
+use super::sealing::session_key_aad;
+use super::sessions::SessionRow;
+use super::users::decode_cert;
+use super::{Store, StoreError, corrupt, db_err};
+
+/// A voicemail id: 16 random bytes chosen by the server.
+pub type VoicemailId = [u8; 16];
+
+/// A deposited voicemail.
+#[derive(Debug, Clone)]
+pub struct Voicemail {
+    /// Its id.
+    pub id: VoicemailId,
+    /// The sender's username.
+    pub sender: String,
+    /// The sender's certificate at deposit time.
+    pub sender_certificate: UserCertificate,
+    /// The canonical recipients.
+    pub recipients: Recipients,
+    /// The storage locator.
+    pub locator: Vec<u8>,
+    /// Sender's metadata, with the expiry resolved.
+    pub metadata: VoicemailMeta,
+    /// Deposit time, Unix seconds.
+    pub deposited_at: u64,
+    /// The session key (unsealed).
+    pub session_key: SecretKey,
+}
+
+#[derive(Serialize, Deserialize)]
+pub(super) struct VoicemailRow {
+    sender: String,
+    sender_certificate: Vec<u8>,
+    recipients: Vec<String>,
+    locator: Vec<u8>,
+    metadata: VoicemailMeta,
+    deposited_at: u64,
+    session_key_sealed: Vec<u8>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub(super) struct RequestRow {
+    voicemail_id: VoicemailId,
+    digest: [u8; 32],
+    expires_at: u64,
+}
+
+/// The result of [`Store::deposit`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DepositOutcome {
+    /// A new voicemail was stored.
+    Stored(VoicemailId),
+    /// The request id was seen before with the same content; its first result.
+    Replayed(VoicemailId),
+    /// The request id was seen before with different content; nothing changed.
+    RequestIdReused,
+    /// A recipient is not registered; nothing changed.
+    UnknownRecipient(String),
+    /// A recipient has too many voicemails waiting; nothing changed.
+    InboxFull(String),
+}
+
+/// The result of [`Store::ack`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AckOutcome {
+    /// The voicemail is not pending for this user; nothing changed.
+    NotPending,
+    /// The grant was erased; `key_erased` when it was the last one.
+    Acked {
+        /// Whether the voicemail and its session key are now gone.
+        key_erased: bool,
+    },
+}
+
+impl Store {
+    fn decode_voicemail(&self, id: &[u8], bytes: &[u8]) -> Result<Voicemail, StoreError> {
+        let key = hex::encode(id);
+        let row: VoicemailRow =
+            postcard::from_bytes(bytes).map_err(|e| corrupt("voicemails", &key, e))?;
+        let recipients =
+            Recipients::parse(&row.recipients).map_err(|e| corrupt("voicemails", &key, e))?;
+        let sk = self
+            .data_key
+            .open(
+                &row.session_key_sealed,
+                &session_key_aad(
+                    id,
+                    &row.sender_certificate,
+                    row.deposited_at,
+                    &recipients,
+                    &row.locator,
+                ),
+            )
+            .map_err(|e| corrupt("voicemails", &key, e))?;
+        let sender_certificate =
+            decode_cert(&row.sender_certificate).map_err(|e| corrupt("voicemails", &key, e))?;
+        if sender_certificate.username.as_str() != row.sender {
+            return Err(corrupt("voicemails", &key, "sender and certificate differ"));
+        }
+        Ok(Voicemail {
+            id: id
+                .try_into()
+                .map_err(|_| corrupt("voicemails", &key, "id length"))?,
+            sender: row.sender,
+            sender_certificate,
+            recipients,
+            locator: row.locator,
+            metadata: row.metadata,
+            deposited_at: row.deposited_at,
+            session_key: SecretKey::from_slice(&sk)
+                .ok_or_else(|| corrupt("voicemails", &key, "session key length"))?,
+        })
+    }
+
+    /// Stores a voicemail and a grant for each recipient, unless the request
+    /// id was seen before, a recipient is unknown, or a recipient already has
+    /// `max_pending` voicemails waiting.
+    pub(crate) fn deposit(
+        &self,
+        tx: &WriteTransaction,
+        request_id: &[u8],
+        digest: [u8; 32],
+        vm: &Voicemail,
+        max_pending: u64,
+    ) -> Result<DepositOutcome, StoreError> {
+        {
+            let mut requests = tx.open_table(REQUESTS).map_err(db_err)?;
+            if let Some(v) = requests
+                .get((vm.sender.as_str(), request_id))
+                .map_err(db_err)?
+            {
+                let row: RequestRow = postcard::from_bytes(v.value())
+                    .map_err(|e| corrupt("requests", hex::encode(request_id), e))?;
+                return Ok(if row.digest == digest {
+                    DepositOutcome::Replayed(row.voicemail_id)
+                } else {
+                    DepositOutcome::RequestIdReused
+                });
+            }
+            let users = tx.open_table(USERS).map_err(db_err)?;
+            for r in vm.recipients.iter() {
+                if users.get(r.as_str()).map_err(db_err)?.is_none() {
+                    return Ok(DepositOutcome::UnknownRecipient(r.to_string()));
+                }
+            }
+            let mut waiting = tx.open_table(WAITING).map_err(db_err)?;
+            for r in vm.recipients.iter() {
+                if count(&waiting, r.as_str())? >= max_pending {
+                    return Ok(DepositOutcome::InboxFull(r.to_string()));
+                }
+            }
+            let sender_certificate =
+                pb::UserCertificate::from(vm.sender_certificate.clone()).encode_to_vec();
+            let row = VoicemailRow {
+                sender: vm.sender.clone(),
+                recipients: vm.recipients.to_strings(),
+                locator: vm.locator.clone(),
+                metadata: vm.metadata.clone(),
+                deposited_at: vm.deposited_at,
+                session_key_sealed: self.data_key.wrap(
+                    &vm.session_key,
+                    &session_key_aad(
+                        &vm.id,
+                        &sender_certificate,
+                        vm.deposited_at,
+                        &vm.recipients,
+                        &vm.locator,
+                    ),
+                ),
+                sender_certificate,
+            };
+            let mut vms = tx.open_table(VOICEMAILS).map_err(db_err)?;
+            vms.insert(
+                vm.id.as_slice(),
+                postcard::to_allocvec(&row).expect("encodes").as_slice(),
+            )
+            .map_err(db_err)?;
+            let mut grants = tx.open_table(GRANTS).map_err(db_err)?;
+            for r in vm.recipients.iter() {
+                grants
+                    .insert((r.as_str(), vm.id.as_slice()), ())
+                    .map_err(db_err)?;
+                add(&mut waiting, r.as_str(), 1)?;
+            }
+            let req = RequestRow {
+                voicemail_id: vm.id,
+                digest,
+                expires_at: vm.metadata.expires_at,
+            };
+            requests
+                .insert(
+                    (vm.sender.as_str(), request_id),
+                    postcard::to_allocvec(&req).expect("encodes").as_slice(),
+                )
+                .map_err(db_err)?;
+        }
+        Ok(DepositOutcome::Stored(vm.id))
+    }
+
+    /// The voicemails pending for `recipient` that have not expired at `now`,
+    /// oldest first.
+    pub fn pending(&self, recipient: &str, now: u64) -> Result<Vec<Voicemail>, StoreError> {
+        self.run(|db| {
+            let tx = db.begin_read().map_err(db_err)?;
+            let grants = tx.open_table(GRANTS).map_err(db_err)?;
+            let vms = tx.open_table(VOICEMAILS).map_err(db_err)?;
+            let mut out = Vec::new();
+            for entry in grants.range((recipient, [].as_slice())..).map_err(db_err)? {
+                let (k, _) = entry.map_err(db_err)?;
+                let (who, id) = k.value();
+                if who != recipient {
+                    break;
+                }
+                let Some(v) = vms.get(id).map_err(db_err)? else {
+                    return Err(corrupt(
+                        "grants",
+                        hex::encode(id),
+                        "grant without voicemail",
+                    ));
+                };
+                let vm = self.decode_voicemail(id, v.value())?;
+                check_grant(&vm, recipient)?;
+                if vm.metadata.expires_at > now {
+                    out.push(vm);
+                }
+            }
+            out.sort_by_key(|v| (v.deposited_at, v.id));
+            Ok(out)
+        })
+    }
+
+    /// One voicemail, if it is pending for `recipient`.
+    pub fn pending_one(
+        &self,
+        recipient: &str,
+        id: &VoicemailId,
+    ) -> Result<Option<Voicemail>, StoreError> {
+        self.run(|db| {
+            let tx = db.begin_read().map_err(db_err)?;
+            let grants = tx.open_table(GRANTS).map_err(db_err)?;
+            if grants
+                .get((recipient, id.as_slice()))
+                .map_err(db_err)?
+                .is_none()
+            {
+                return Ok(None);
+            }
+            let vms = tx.open_table(VOICEMAILS).map_err(db_err)?;
+            match vms.get(id.as_slice()).map_err(db_err)? {
+                Some(v) => {
+                    let vm = self.decode_voicemail(id, v.value())?;
+                    check_grant(&vm, recipient)?;
+                    Ok(Some(vm))
+                }
+                None => Ok(None),
+            }
+        })
+    }
+
+    /// Whether the voicemail row (and so its session key) still exists.
+    pub fn voicemail_exists(&self, id: &VoicemailId) -> Result<bool, StoreError> {
+        self.run(|db| {
+            let tx = db.begin_read().map_err(db_err)?;
+            let vms = tx.open_table(VOICEMAILS).map_err(db_err)?;
+            Ok(vms.get(id.as_slice()).map_err(db_err)?.is_some())
+        })
+    }
+
+    /// Erases `recipient`'s grant on an unexpired voicemail; erases the
+    /// voicemail and its session key with the last grant.
+    pub(crate) fn ack(
+        &self,
+        tx: &WriteTransaction,
+        recipient: &str,
+        id: &VoicemailId,
+        now: u64,
+    ) -> Result<AckOutcome, StoreError> {
+        let key_erased;
+        {
+            let mut vms = tx.open_table(VOICEMAILS).map_err(db_err)?;
+            let row = match vms.get(id.as_slice()).map_err(db_err)? {
+                Some(v) => postcard::from_bytes::<VoicemailRow>(v.value())
+                    .map_err(|e| corrupt("voicemails", hex::encode(id), e))?,
+                None => return Ok(AckOutcome::NotPending),
+            };
+            // Expired voicemail is no longer pending; the sweeper erases it.
+            if row.metadata.expires_at <= now {
+                return Ok(AckOutcome::NotPending);
+            }
+            let mut grants = tx.open_table(GRANTS).map_err(db_err)?;
+            if grants
+                .remove((recipient, id.as_slice()))
+                .map_err(db_err)?
+                .is_none()
+            {
+                return Ok(AckOutcome::NotPending);
+            }
+            add(&mut tx.open_table(WAITING).map_err(db_err)?, recipient, -1)?;
+            let recipients = row.recipients;
+            let mut left = false;
+            for r in &recipients {
+                left |= grants
+                    .get((r.as_str(), id.as_slice()))
+                    .map_err(db_err)?
+                    .is_some();
+            }
+            key_erased = !left;
+            if key_erased {
+                vms.remove(id.as_slice()).map_err(db_err)?;
+            }
+        }
+        Ok(AckOutcome::Acked { key_erased })
+    }
+
+    /// Deletes expired sessions, voicemails (with their grants and keys) and
+    /// request records. Returns how many sessions and voicemails went.
+    pub(crate) fn purge_expired(
+        &self,
+        tx: &WriteTransaction,
+        now: u64,
+    ) -> Result<(usize, usize), StoreError> {
+        let mut n_sessions = 0;
+        let n_vms;
+        {
+            let mut sessions = tx.open_table(SESSIONS).map_err(db_err)?;
+            // A corrupt row is reported and kept, so that it cannot stop
+            // every other expired entry from being erased.
+            sessions
+                .retain(|k, v| match postcard::from_bytes::<SessionRow>(v) {
+                    Ok(row) if row.expires_at <= now => {
+                        n_sessions += 1;
+                        false
+                    }
+                    Ok(_) => true,
+                    Err(e) => {
+                        let e = corrupt("sessions", hex::encode(&k[..8.min(k.len())]), e);
+                        tracing::error!(error = %e, "purge skipped a corrupt row");
+                        true
+                    }
+                })
+                .map_err(db_err)?;
+            let mut vms = tx.open_table(VOICEMAILS).map_err(db_err)?;
+            let mut expired: Vec<(Vec<u8>, Vec<String>)> = Vec::new();
+            for entry in vms.iter().map_err(db_err)? {
+                let (k, v) = entry.map_err(db_err)?;
+                let row: VoicemailRow = match postcard::from_bytes(v.value()) {
+                    Ok(row) => row,
+                    Err(e) => {
+                        let e = corrupt("voicemails", hex::encode(k.value()), e);
+                        tracing::error!(error = %e, "purge skipped a corrupt row");
+                        continue;
+                    }
+                };
+                if row.metadata.expires_at <= now {
+                    expired.push((k.value().to_vec(), row.recipients));
+                }
+            }
+            let mut grants = tx.open_table(GRANTS).map_err(db_err)?;
+            let mut waiting = tx.open_table(WAITING).map_err(db_err)?;
+            for (id, recipients) in &expired {
+                vms.remove(id.as_slice()).map_err(db_err)?;
+                for r in recipients {
+                    if grants
+                        .remove((r.as_str(), id.as_slice()))
+                        .map_err(db_err)?
+                        .is_some()
+                    {
+                        add(&mut waiting, r, -1)?;
+                    }
+                }
+            }
+            n_vms = expired.len();
+            let mut requests = tx.open_table(REQUESTS).map_err(db_err)?;
+            requests
+                .retain(|_, v| {
+                    postcard::from_bytes::<RequestRow>(v).map_or(true, |r| r.expires_at > now)
+                })
+                .map_err(db_err)?;
+        }
+        Ok((n_sessions, n_vms))
+    }
+}
+
+/// How many voicemails wait for `user`.
+fn count(waiting: &impl ReadableTable<&'static str, u64>, user: &str) -> Result<u64, StoreError> {
+    Ok(waiting.get(user).map_err(db_err)?.map_or(0, |v| v.value()))
+}
+
+/// Moves `user`'s waiting count by `delta`, keeping no zero rows.
+fn add(
+    waiting: &mut redb::Table<&'static str, u64>,
+    user: &str,
+    delta: i64,
+) -> Result<(), StoreError> {
+    let n = count(waiting, user)?.saturating_add_signed(delta);
+    if n == 0 {
+        waiting.remove(user).map_err(db_err)?;
+    } else {
+        waiting.insert(user, n).map_err(db_err)?;
+    }
+    Ok(())
+}
+
+/// A grant is only honoured for a recipient the sealed voicemail names.
+fn check_grant(vm: &Voicemail, recipient: &str) -> Result<(), StoreError> {
+    if vm.recipients.iter().any(|r| r.as_str() == recipient) {
+        Ok(())
+    } else {
+        Err(corrupt(
+            "grants",
+            hex::encode(vm.id),
+            format!("grant for {recipient:?}, who is not a recipient"),
+        ))
+    }
+}
