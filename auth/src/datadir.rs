@@ -62,6 +62,16 @@ pub mod files {
     pub const CLIENT_CONFIG: &str = "client.toml";
     /// The redb database.
     pub const DATABASE: &str = "vmail-auth.redb";
+
+    /// The file that holds `key`.
+    pub fn of(key: crate::keys::BoundKey) -> &'static str {
+        use crate::keys::BoundKey;
+        match key {
+            BoundKey::DataKey => DATA_KEY,
+            BoundKey::OpaqueSetup => OPAQUE_SETUP,
+            BoundKey::ClusterKey => CLUSTER_KEY,
+        }
+    }
 }
 
 /// Why a data directory could not be created or loaded.
@@ -108,6 +118,16 @@ pub enum DataDirError {
     /// Generating a TLS certificate failed.
     #[error("generating TLS certificates: {0}")]
     Tls(#[from] rcgen::Error),
+    /// A key file is not the one the database was created with.
+    #[error(
+        "{file} does not belong to database {database}: it was replaced or comes from another server. Restore the original file; the server will not run with it"
+    )]
+    KeyMismatch {
+        /// The key file.
+        file: PathBuf,
+        /// The database file.
+        database: PathBuf,
+    },
     /// The database could not be created or opened.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -386,6 +406,19 @@ pub fn load_config(dir: &Path) -> Result<ServerConfig, DataDirError> {
         why,
     })?;
     Ok(config)
+}
+
+/// Opens the database of an initialised data directory with its keys; a
+/// key file that does not belong to the database is named.
+pub fn open_store(dir: &Path, keys: &ServerKeys) -> Result<Store, DataDirError> {
+    let database = dir.join(files::DATABASE);
+    Store::open(&database, keys.data_key.clone(), &keys.binding()).map_err(|e| match e {
+        StoreError::KeyMismatch { key, .. } => DataDirError::KeyMismatch {
+            file: dir.join(files::of(key)),
+            database,
+        },
+        e => e.into(),
+    })
 }
 
 /// Loads the keys of an initialised data directory.

@@ -9,9 +9,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use vmail_proto::pb;
 
-use crate::service::{
-    AuthError, AuthService, Delivery, Deposit, Event, LoginFinish, RegisterFinish,
-};
+use crate::cluster::Event;
+use crate::service::{AuthError, AuthService, Delivery, Deposit, LoginFinish, RegisterFinish};
 use crate::store::{Session, StoreError};
 
 /// Metadata header that carries the session token.

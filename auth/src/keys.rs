@@ -11,8 +11,6 @@ use vmail_proto::keys::SecretKey;
 use vmail_proto::opaque::Suite;
 use vmail_proto::random_bytes;
 
-use crate::datadir::DataDirError;
-
 /// The secrets every member of a group shares.
 pub struct GroupSecrets {
     /// Group CA certificate, PEM.
@@ -51,7 +49,7 @@ fn ca_params() -> Result<CertificateParams, rcgen::Error> {
 
 impl GroupSecrets {
     /// Fresh secrets for a new group.
-    pub fn generate() -> Result<Self, DataDirError> {
+    pub fn generate() -> Result<Self, rcgen::Error> {
         let ca_key = KeyPair::generate()?;
         let ca_cert = ca_params()?.self_signed(&ca_key)?;
         Ok(Self {
@@ -72,7 +70,7 @@ impl GroupSecrets {
         name: &str,
         sans: Vec<String>,
         valid_for: Option<std::time::Duration>,
-    ) -> Result<(String, String), DataDirError> {
+    ) -> Result<(String, String), rcgen::Error> {
         let ca_key = KeyPair::from_pem(&self.ca_key_pem)?;
         let issuer = Issuer::new(ca_params()?, &ca_key);
         let key = KeyPair::generate()?;
@@ -153,4 +151,26 @@ pub struct KeyBinding {
     pub opaque_public_key: [u8; 32],
     /// The cluster's certificate-signing public key.
     pub cluster_public_key: [u8; 32],
+}
+
+/// One of the keys a database is bound to ([`KeyBinding`]), as a database
+/// that refuses it names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BoundKey {
+    /// The data key: it must open the database's sealed check value.
+    DataKey,
+    /// The OPAQUE server setup: its public key must match.
+    OpaqueSetup,
+    /// The cluster signing key: its public key must match.
+    ClusterKey,
+}
+
+impl std::fmt::Display for BoundKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BoundKey::DataKey => "data key",
+            BoundKey::OpaqueSetup => "OPAQUE setup",
+            BoundKey::ClusterKey => "cluster key",
+        })
+    }
 }

@@ -6,39 +6,34 @@
 //! [`serve`] takes already-bound listeners and a shutdown future, so tests
 //! run it on `127.0.0.1:0` and `main` stays a few lines.
 
+use std::collections::BTreeMap;
 use std::future::Future;
+use std::io;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
+use openraft::network::RaftNetworkFactory;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_stream::StreamExt;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tonic::transport::Server;
 use tonic::transport::server::{Connected, TcpConnectInfo, TcpIncoming};
-use tonic::transport::{Identity, Server, ServerTlsConfig};
-use vmail_proto::pb::auth_server::AuthServer;
-
-use std::collections::BTreeMap;
-
-use openraft::network::RaftNetworkFactory;
-use tonic::transport::Certificate;
 use vmail_proto::cluster_pb::cluster_server::ClusterServer;
+use vmail_proto::pb::auth_server::AuthServer;
 
 use crate::cluster::log_store::LogStore;
 use crate::cluster::network::{MAX_MESSAGE_BYTES as MAX_INTERNAL_MESSAGE, NetworkFactory};
 use crate::cluster::rpc::ClusterService;
 use crate::cluster::state_machine::StateMachine;
 use crate::cluster::{Member, Raft, TypeConfig, raft_config};
-use crate::datadir::{self, DataDirError, files};
+use crate::datadir::{self, DataDirError};
 use crate::grpc::GrpcAuth;
 use crate::service::{AuthService, Clock, EVENT_CAPACITY};
-use crate::store::Store;
-use crate::tls::ClusterTls;
+use crate::tls::{self, ClusterTls};
 
 /// How often an idle connection is probed, so that streams to dead clients end.
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
@@ -79,18 +74,10 @@ pub async fn open_with<N: RaftNetworkFactory<TypeConfig>>(
 ) -> Result<AuthService, OpenError> {
     let config = datadir::load_config(dir)?;
     let keys = Arc::new(datadir::load_keys(dir)?);
-    let store = Arc::new(Store::open(
-        &dir.join(files::DATABASE),
-        keys.data_key.clone(),
-        &keys.binding(),
-    )?);
+    let store = Arc::new(datadir::open_store(dir, &keys)?);
     let node_id = store.node_id().map_err(DataDirError::from)?;
     let events = tokio::sync::broadcast::channel(EVENT_CAPACITY).0;
-    let tls = ClusterTls {
-        ca_pem: keys.ca_cert_pem.clone(),
-        cert_pem: keys.server_cert_pem.clone(),
-        key_pem: keys.server_key_pem.clone(),
-    };
+    let tls = ClusterTls::of_member(&keys);
     let raft_config = raft_config(&config.name)
         .validate()
         .map_err(|e| OpenError::Raft(e.to_string()))?;
@@ -171,20 +158,18 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     vmail_proto::tls::install_crypto_provider();
-    let identity = Identity::from_pem(&svc.keys().server_cert_pem, &svc.keys().server_key_pem);
     let me = member(&svc, &listener, &raft_listener);
     let raft = svc.raft().clone();
     let internal = {
         let cluster =
             ClusterService::new(svc.raft().clone(), svc.keys().clone(), svc.config().clone());
-        let tls = ServerTlsConfig::new()
-            .identity(identity.clone())
-            .client_ca_root(Certificate::from_pem(&svc.keys().ca_cert_pem));
-        let router = Server::builder().tls_config(tls)?.add_service(
-            ClusterServer::new(cluster)
-                .max_decoding_message_size(MAX_INTERNAL_MESSAGE)
-                .max_encoding_message_size(MAX_INTERNAL_MESSAGE),
-        );
+        let router = Server::builder()
+            .tls_config(tls::internal_server(svc.keys()))?
+            .add_service(
+                ClusterServer::new(cluster)
+                    .max_decoding_message_size(MAX_INTERNAL_MESSAGE)
+                    .max_encoding_message_size(MAX_INTERNAL_MESSAGE),
+            );
         let stop = svc.shutdown_token().clone();
         let incoming = TcpIncoming::from(raft_listener).with_nodelay(Some(true));
         AbortOnDrop(tokio::spawn(async move {
@@ -252,7 +237,7 @@ pub async fn serve(
     let server = Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-        .tls_config(ServerTlsConfig::new().identity(identity))?
+        .tls_config(tls::public_server(svc.keys()))?
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

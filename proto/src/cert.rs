@@ -15,6 +15,7 @@
 //! identity key, which shows the server the user holds the key it certifies.
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
 
 use crate::names::{NameError, Username};
 use crate::pb;
@@ -66,8 +67,11 @@ pub enum CertError {
     },
 }
 
-/// A user certificate in domain form.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A user certificate in domain form. Its serde form carries it between
+/// the parts of one program (a Raft reply); on the wire it is the protobuf
+/// `UserCertificate`, and its signature covers
+/// [`UserCertificate::signing_bytes`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserCertificate {
     /// Format version, [`CERT_VERSION`].
     pub version: u32,

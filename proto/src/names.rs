@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use serde::{Deserialize, Serialize};
+
 /// Shortest allowed username, in characters.
 pub const USERNAME_MIN: usize = 3;
 /// Longest allowed username, in characters.
@@ -27,9 +29,25 @@ pub enum NameError {
     TooManyRecipients(usize),
 }
 
-/// A validated username: 3-64 characters of `[a-z0-9._-]`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// A validated username: 3-64 characters of `[a-z0-9._-]`. It deserializes
+/// only from a valid name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct Username(String);
+
+impl TryFrom<String> for Username {
+    type Error = NameError;
+
+    fn try_from(s: String) -> Result<Self, NameError> {
+        Self::parse(&s)
+    }
+}
+
+impl From<Username> for String {
+    fn from(u: Username) -> String {
+        u.0
+    }
+}
 
 impl Username {
     /// Validates `s` as a username.

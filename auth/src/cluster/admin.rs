@@ -74,11 +74,13 @@ pub const CREDENTIAL_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 pub fn issue_credential_tls(member_dir: &Path, name: &str) -> Result<ClusterTls, AdminError> {
     let keys = datadir::load_keys(member_dir)?;
     let group = secrets_of(&keys);
-    let (cert_pem, key_pem) = group.issue(
-        &format!("join credential for {name}"),
-        vec![name.to_owned()],
-        Some(CREDENTIAL_LIFETIME),
-    )?;
+    let (cert_pem, key_pem) = group
+        .issue(
+            &format!("join credential for {name}"),
+            vec![name.to_owned()],
+            Some(CREDENTIAL_LIFETIME),
+        )
+        .map_err(DataDirError::from)?;
     Ok(ClusterTls {
         ca_pem: keys.ca_cert_pem,
         cert_pem,
@@ -136,12 +138,7 @@ pub fn read_credential(path: &Path) -> Result<ClusterTls, AdminError> {
 
 /// The TLS identity of a member, from its data directory.
 pub fn member_tls(dir: &Path) -> Result<ClusterTls, AdminError> {
-    let keys = datadir::load_keys(dir)?;
-    Ok(ClusterTls {
-        ca_pem: keys.ca_cert_pem,
-        cert_pem: keys.server_cert_pem,
-        key_pem: keys.server_key_pem,
-    })
+    Ok(ClusterTls::of_member(&datadir::load_keys(dir)?))
 }
 
 /// Fetches the group's secrets and policy config from a member.

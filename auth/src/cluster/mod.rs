@@ -28,6 +28,10 @@ use serde::{Deserialize, Serialize};
 use vmail_proto::keys::{MasterKeyId, SecretKey};
 use vmail_proto::meta::VoicemailMeta;
 
+use std::sync::Arc;
+
+use vmail_proto::cert::UserCertificate;
+
 use crate::store::{AckOutcome, DepositOutcome, RegisterOutcome, VoicemailId};
 
 openraft::declare_raft_types!(
@@ -162,8 +166,8 @@ pub enum Reply {
     None,
     /// Result of [`Command::Register`].
     Registered(RegisterOutcome),
-    /// Result of [`Command::BeginSession`]: the certificate, protobuf-encoded.
-    SessionBegun(Vec<u8>),
+    /// Result of [`Command::BeginSession`]: the certificate issued.
+    SessionBegun(Box<UserCertificate>),
     /// Result of [`Command::EndSession`]: whether it existed.
     SessionEnded(bool),
     /// Result of [`Command::Deposit`].
@@ -180,6 +184,24 @@ pub enum Reply {
     Failed(String),
     /// Result of [`Command::Batch`]: one reply per command, in order.
     Batch(Vec<Reply>),
+}
+
+/// What applying an entry tells the watchers of pending voicemail: the
+/// state machine sends these after each batch commits.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A voicemail was deposited for these recipients.
+    Deposited {
+        /// The voicemail.
+        id: VoicemailId,
+        /// Its recipients.
+        recipients: Arc<Vec<String>>,
+    },
+    /// A session ended (logout).
+    SessionEnded {
+        /// Its token hash.
+        token_hash: [u8; 32],
+    },
 }
 
 /// The AAD prefix of a secret sealed into a log entry.

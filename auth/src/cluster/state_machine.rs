@@ -17,18 +17,15 @@ use openraft::{
     Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, StorageError, StorageIOError,
     StoredMembership,
 };
-use prost::Message;
 use redb::ReadableTable;
 use tokio::sync::broadcast;
 use vmail_proto::cert::CertificateBody;
 use vmail_proto::keys::{MasterKey, SecretKey};
 use vmail_proto::names::{Recipients, Username};
-use vmail_proto::pb;
 
 use super::log_store::{get_meta, put_meta};
-use super::{Command, Member, Reply, TypeConfig, unseal};
+use super::{Command, Event, Member, Reply, TypeConfig, unseal};
 use crate::keys::ServerKeys;
-use crate::service::Event;
 use crate::store::{
     DepositOutcome, RAFT, RegisterOutcome, Session, Store, StoreError, User, Voicemail, db_err,
 };
@@ -185,7 +182,7 @@ impl StateMachine {
                     }
                     .sign(cluster_key)
                 })?;
-                Reply::SessionBegun(pb::UserCertificate::from(cert).encode_to_vec())
+                Reply::SessionBegun(Box::new(cert))
             }
             Command::EndSession { token_hash } => {
                 let existed = store.end_session(tx, &token_hash)?;

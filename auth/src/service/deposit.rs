@@ -12,6 +12,7 @@ use vmail_proto::random_bytes;
 use super::AuthService;
 use super::error::{AuthError, invalid};
 use crate::cluster::{Command, Reply, seal};
+use crate::config::ServerConfig;
 use crate::store::{AckOutcome, DepositOutcome, Session, Voicemail, VoicemailId};
 
 /// Largest locator a deposit may carry: 16 KiB.
@@ -57,73 +58,80 @@ pub struct Delivery {
     pub wrapped_key: Vec<u8>,
 }
 
-impl AuthService {
-    fn validate_deposit(&self, d: &Deposit) -> Result<(Recipients, VoicemailMeta), AuthError> {
-        if !(MIN_REQUEST_ID_LEN..=MAX_REQUEST_ID_LEN).contains(&d.request_id.len()) {
-            return Err(invalid(
-                "request_id",
-                format!(
-                    "{} bytes, expected {MIN_REQUEST_ID_LEN} to {MAX_REQUEST_ID_LEN}",
-                    d.request_id.len()
-                ),
-            ));
-        }
-        let recipients =
-            Recipients::parse(&d.recipients).map_err(|e| invalid("recipients", e.to_string()))?;
-        if d.wrapped_key.len() != WRAPPED_KEY_LEN {
-            return Err(invalid(
-                "wrapped_key",
-                format!("{} bytes, expected {WRAPPED_KEY_LEN}", d.wrapped_key.len()),
-            ));
-        }
-        if d.locator.len() > MAX_LOCATOR_LEN {
-            return Err(invalid(
-                "locator",
-                format!(
-                    "{} bytes, at most {MAX_LOCATOR_LEN} allowed",
-                    d.locator.len()
-                ),
-            ));
-        }
-        if d.metadata.content_type.len() > MAX_CONTENT_TYPE_LEN {
-            return Err(invalid(
-                "metadata.content_type",
-                format!(
-                    "{} bytes, at most {MAX_CONTENT_TYPE_LEN}",
-                    d.metadata.content_type.len()
-                ),
-            ));
-        }
-        let now = self.now();
-        let max = now + self.config.max_voicemail_ttl_secs;
-        let expires_at = match d.metadata.expires_at {
-            0 => now + self.config.default_voicemail_ttl_secs,
-            t if t <= now => {
-                return Err(invalid(
-                    "metadata.expires_at",
-                    format!("{t} is in the past (now {now})"),
-                ));
-            }
-            t if t > max => {
-                return Err(invalid(
-                    "metadata.expires_at",
-                    format!(
-                        "{t} is more than {} s ahead; the limit is {max}",
-                        self.config.max_voicemail_ttl_secs
-                    ),
-                ));
-            }
-            t => t,
-        };
-        Ok((
-            recipients,
-            VoicemailMeta {
-                expires_at,
-                ..d.metadata.clone()
-            },
-        ))
+/// Checks a deposit's fields against the protocol's limits and the
+/// server's expiry policy, at `now`: the recipients in canonical order, and
+/// the metadata with its expiry resolved (0 asks for the default). Pure: the
+/// service calls it before it unwraps the key or proposes anything.
+pub fn validate_deposit(
+    d: &Deposit,
+    now: u64,
+    config: &ServerConfig,
+) -> Result<(Recipients, VoicemailMeta), AuthError> {
+    if !(MIN_REQUEST_ID_LEN..=MAX_REQUEST_ID_LEN).contains(&d.request_id.len()) {
+        return Err(invalid(
+            "request_id",
+            format!(
+                "{} bytes, expected {MIN_REQUEST_ID_LEN} to {MAX_REQUEST_ID_LEN}",
+                d.request_id.len()
+            ),
+        ));
     }
+    let recipients =
+        Recipients::parse(&d.recipients).map_err(|e| invalid("recipients", e.to_string()))?;
+    if d.wrapped_key.len() != WRAPPED_KEY_LEN {
+        return Err(invalid(
+            "wrapped_key",
+            format!("{} bytes, expected {WRAPPED_KEY_LEN}", d.wrapped_key.len()),
+        ));
+    }
+    if d.locator.len() > MAX_LOCATOR_LEN {
+        return Err(invalid(
+            "locator",
+            format!(
+                "{} bytes, at most {MAX_LOCATOR_LEN} allowed",
+                d.locator.len()
+            ),
+        ));
+    }
+    if d.metadata.content_type.len() > MAX_CONTENT_TYPE_LEN {
+        return Err(invalid(
+            "metadata.content_type",
+            format!(
+                "{} bytes, at most {MAX_CONTENT_TYPE_LEN}",
+                d.metadata.content_type.len()
+            ),
+        ));
+    }
+    let max = now + config.max_voicemail_ttl_secs;
+    let expires_at = match d.metadata.expires_at {
+        0 => now + config.default_voicemail_ttl_secs,
+        t if t <= now => {
+            return Err(invalid(
+                "metadata.expires_at",
+                format!("{t} is in the past (now {now})"),
+            ));
+        }
+        t if t > max => {
+            return Err(invalid(
+                "metadata.expires_at",
+                format!(
+                    "{t} is more than {} s ahead; the limit is {max}",
+                    config.max_voicemail_ttl_secs
+                ),
+            ));
+        }
+        t => t,
+    };
+    Ok((
+        recipients,
+        VoicemailMeta {
+            expires_at,
+            ..d.metadata.clone()
+        },
+    ))
+}
 
+impl AuthService {
     /// Deposits a voicemail's session key and locator for its recipients
     /// (paper §3.3 steps 2-3). Returns the voicemail id and whether this was
     /// a replay of an earlier request.
@@ -132,7 +140,7 @@ impl AuthService {
         session: &Session,
         d: Deposit,
     ) -> Result<(VoicemailId, bool), AuthError> {
-        let (recipients, metadata) = self.validate_deposit(&d)?;
+        let (recipients, metadata) = validate_deposit(&d, self.now(), self.config())?;
         let ctx = DepositContext {
             request_id: &d.request_id,
             recipients: &recipients,

@@ -7,20 +7,19 @@ use opaque_ke::{
     CredentialFinalization, CredentialRequest, ServerLogin, ServerLoginStartParameters,
     ServerRegistration,
 };
-use prost::Message;
 use vmail_proto::cert::{
     MAX_PEER_ID_LEN, ProofPurpose, UserCertificate, identity_proof_bytes, parse_identity_key,
 };
 use vmail_proto::keys::{MasterKey, MasterKeyId};
 use vmail_proto::names::Username;
 use vmail_proto::opaque::{Suite, credential_id};
-use vmail_proto::{pb, random_bytes};
+use vmail_proto::random_bytes;
 
+use super::AuthService;
 use super::error::{AuthError, invalid};
 use super::register::verify_proof;
-use super::{AuthService, token_hash};
 use crate::cluster::{Command, Reply, seal};
-use crate::store::{Session, StoreError};
+use crate::store::{Session, StoreError, token_hash};
 
 /// Most unfinished logins held in memory at once; more are refused.
 pub const MAX_PENDING_LOGINS: usize = 10_000;
@@ -244,17 +243,11 @@ impl AuthService {
                 cert_ttl: self.config.certificate_ttl_secs,
             })
             .await?;
-        let Reply::SessionBegun(cert) = reply else {
+        let Reply::SessionBegun(certificate) = reply else {
             return Err(AuthError::Apply(format!(
                 "unexpected reply {reply:?} to a login"
             )));
         };
-        let certificate = pb::UserCertificate::decode(cert.as_slice())
-            .map_err(|e| e.to_string())
-            .and_then(|c| UserCertificate::try_from(c).map_err(|e| e.to_string()))
-            .map_err(|e| {
-                AuthError::Apply(format!("the issued certificate does not decode: {e}"))
-            })?;
         let session = Session {
             token_hash: hash,
             username: name.to_string(),
@@ -268,7 +261,7 @@ impl AuthService {
             session_token: token,
             master_key_id: session.master_key_id,
             expires_at: session.expires_at,
-            certificate,
+            certificate: *certificate,
         })
     }
 

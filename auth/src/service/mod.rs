@@ -31,21 +31,20 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use openraft::error::{CheckIsLeaderError, RaftError};
-use sha2::{Digest, Sha256};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::batcher::{Batcher, WriteError};
-use crate::cluster::{Command, Raft, Reply};
+use crate::cluster::{Command, Event, Raft, Reply};
 use crate::config::ServerConfig;
 use crate::keys::ServerKeys;
-use crate::store::{Store, StoreError, VoicemailId};
+use crate::store::{Store, StoreError};
 use login::{Failures, PendingLogin};
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use deposit::{
     Delivery, Deposit, MAX_CONTENT_TYPE_LEN, MAX_LOCATOR_LEN, MAX_REQUEST_ID_LEN,
-    MIN_REQUEST_ID_LEN,
+    MIN_REQUEST_ID_LEN, validate_deposit,
 };
 pub use error::AuthError;
 pub use login::{LoginFinish, LoginOutcome, MAX_PENDING_LOGINS};
@@ -60,23 +59,6 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MIN_FREE_BYTES: u64 = 1024 * 1024;
 /// How long a read may wait for a majority to confirm this server leads.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// Something that watchers of pending voicemail care about.
-#[derive(Debug, Clone)]
-pub enum Event {
-    /// A voicemail was deposited for these recipients.
-    Deposited {
-        /// The voicemail.
-        id: VoicemailId,
-        /// Its recipients.
-        recipients: Arc<Vec<String>>,
-    },
-    /// A session ended (logout).
-    SessionEnded {
-        /// Its token hash.
-        token_hash: [u8; 32],
-    },
-}
 
 /// The auth server's domain service.
 pub struct AuthService {
@@ -98,11 +80,6 @@ impl fmt::Debug for AuthService {
             .field("name", &self.config.name)
             .finish_non_exhaustive()
     }
-}
-
-/// SHA-256 of a session token: what the server stores instead of the token.
-pub fn token_hash(token: &[u8]) -> [u8; 32] {
-    Sha256::digest(token).into()
 }
 
 impl AuthService {

@@ -44,8 +44,7 @@ use std::time::{Duration, Instant};
 use redb::{Database, ReadableDatabase, ReadableTableMetadata, WriteTransaction};
 use vmail_proto::keys::SecretKey;
 
-use crate::datadir::files;
-use crate::keys::KeyBinding;
+use crate::keys::{BoundKey, KeyBinding};
 use schema::{
     CLUSTER_PUBLIC_KEY, DATA_KEY_CHECK, GRANTS, INVITES, META, OPAQUE_PUBLIC_KEY, REQUESTS,
     SESSIONS, USERS, VOICEMAILS, WAITING,
@@ -53,7 +52,7 @@ use schema::{
 
 pub use schema::SCHEMA_VERSION;
 pub(crate) use schema::{RAFT, RAFT_LOG};
-pub use sessions::Session;
+pub use sessions::{Session, token_hash};
 pub use users::{RegisterOutcome, User};
 pub use voicemails::{AckOutcome, DepositOutcome, Voicemail, VoicemailId};
 
@@ -76,13 +75,13 @@ pub enum StoreError {
     /// `create` was pointed at an existing file.
     #[error("database {0} already exists; refusing to overwrite it")]
     Exists(PathBuf),
-    /// A key file is not the one the database was created with.
+    /// A key is not the one the database was created with.
     #[error(
-        "{file} does not belong to database {path}: it was replaced or comes from another server. Restore the original file; the server will not run with it"
+        "the {key} does not belong to database {path}: it was replaced or comes from another server"
     )]
     KeyMismatch {
-        /// The key file's name.
-        file: &'static str,
+        /// Which key.
+        key: BoundKey,
         /// The database file.
         path: PathBuf,
     },
@@ -252,21 +251,21 @@ impl Store {
                 .map(|v| v.value().to_vec())
                 .unwrap_or_default())
         };
-        let mismatch = |file| StoreError::KeyMismatch {
-            file,
+        let mismatch = |key| StoreError::KeyMismatch {
+            key,
             path: path.to_owned(),
         };
         if data_key
             .open(&stored(DATA_KEY_CHECK)?, DATA_KEY_CHECK.as_bytes())
             .is_err()
         {
-            return Err(mismatch(files::DATA_KEY));
+            return Err(mismatch(BoundKey::DataKey));
         }
         if stored(OPAQUE_PUBLIC_KEY)? != binding.opaque_public_key {
-            return Err(mismatch(files::OPAQUE_SETUP));
+            return Err(mismatch(BoundKey::OpaqueSetup));
         }
         if stored(CLUSTER_PUBLIC_KEY)? != binding.cluster_public_key {
-            return Err(mismatch(files::CLUSTER_KEY));
+            return Err(mismatch(BoundKey::ClusterKey));
         }
         drop(meta);
         drop(tx);

@@ -3,6 +3,7 @@
 use prost::Message;
 use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use vmail_proto::cert::UserCertificate;
 use vmail_proto::keys::{MasterKey, MasterKeyId};
 use vmail_proto::pb;
@@ -11,6 +12,11 @@ use super::schema::{SESSIONS, USERS};
 use super::sealing::master_key_aad;
 use super::users::UserRow;
 use super::{Store, StoreError, corrupt, db_err};
+
+/// SHA-256 of a session token: what the server stores instead of the token.
+pub fn token_hash(token: &[u8]) -> [u8; 32] {
+    Sha256::digest(token).into()
+}
 
 /// A login session.
 #[derive(Debug, Clone)]
