@@ -1,5 +1,5 @@
 //! Segment encryption and decryption throughput of both AES-256-GCM
-//! backends of `vmail_node::crypto`, as ratios to `openssl speed -evp
+//! backends of `vmail_node::core::crypto`, as ratios to `openssl speed -evp
 //! aes-256-gcm` (and its `-decrypt`) measured in the same run on the same
 //! machine. The target is a ratio of at least 0.8.
 //!
@@ -13,7 +13,7 @@ use std::hint::black_box;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use vmail_node::crypto::{self, Backend};
+use vmail_node::core::crypto::{self, Backend};
 use vmail_proto::keys::SecretKey;
 
 /// Plaintext size: a long voicemail.

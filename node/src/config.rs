@@ -7,8 +7,8 @@ use libp2p::Multiaddr;
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 
-use crate::erasure::{MAX_SHARDS, Redundancy};
-use crate::score::{FrequencyRule, PaperScorer, RandomScorer, Scorer};
+use crate::core::erasure::{MAX_SHARDS, Redundancy};
+use crate::core::score::{FrequencyRule, PaperScorer, RandomScorer, Scorer};
 
 /// Default holder quota: 1 GiB of ciphertext.
 pub const DEFAULT_QUOTA_BYTES: u64 = 1 << 30;
@@ -183,7 +183,7 @@ pub struct SupernodeConfig {
 
 impl Default for SupernodeConfig {
     fn default() -> Self {
-        let e = crate::election::ElectionConfig::default();
+        let e = crate::supernode::election::ElectionConfig::default();
         Self {
             public: None,
             bandwidth_kbps: 0,
@@ -205,12 +205,12 @@ impl Default for SupernodeConfig {
 
 impl SupernodeConfig {
     /// The election's parameters.
-    pub fn election(&self) -> crate::election::ElectionConfig {
-        crate::election::ElectionConfig {
+    pub fn election(&self) -> crate::supernode::election::ElectionConfig {
+        crate::supernode::election::ElectionConfig {
             peers_per_sn: self.peers_per_sn,
             min_sns: self.min_sns,
             max_sns: self.max_sns,
-            thresholds: crate::election::Thresholds {
+            thresholds: crate::supernode::election::Thresholds {
                 min_cpu_cores: self.min_cpu_cores,
                 min_memory_mib: self.min_memory_mib,
                 min_bandwidth_kbps: self.min_bandwidth_kbps,
@@ -218,8 +218,8 @@ impl SupernodeConfig {
             },
             // Four missed adverts: a dead supernode is replaced soon after.
             max_advert_age_secs: (4 * self.advert_interval_secs + 2)
-                .min(crate::advert::MAX_ADVERT_AGE_SECS),
-            ..crate::election::ElectionConfig::default()
+                .min(crate::supernode::advert::MAX_ADVERT_AGE_SECS),
+            ..crate::supernode::election::ElectionConfig::default()
         }
     }
 
@@ -229,7 +229,7 @@ impl SupernodeConfig {
     }
 
     fn validate(&self) -> Result<(), String> {
-        let most = crate::advert::MAX_ADVERT_AGE_SECS / 2;
+        let most = crate::supernode::advert::MAX_ADVERT_AGE_SECS / 2;
         if !(1..=most).contains(&self.advert_interval_secs) {
             return Err(format!(
                 "supernode.advert_interval_secs = {} must be 1 to {most}, so adverts never go stale between two",
@@ -248,11 +248,11 @@ impl SupernodeConfig {
                 self.heartbeat_ms, self.max_attached
             ));
         }
-        if self.bandwidth_kbps > crate::advert::limits::BANDWIDTH_KBPS {
+        if self.bandwidth_kbps > crate::supernode::advert::limits::BANDWIDTH_KBPS {
             return Err(format!(
                 "supernode.bandwidth_kbps = {} is above {}",
                 self.bandwidth_kbps,
-                crate::advert::limits::BANDWIDTH_KBPS
+                crate::supernode::advert::limits::BANDWIDTH_KBPS
             ));
         }
         Ok(())
@@ -352,6 +352,6 @@ impl NodeConfig {
 
     /// Largest ciphertext this peer holds.
     pub fn max_object_bytes(&self) -> u64 {
-        crate::crypto::ciphertext_len(self.max_voicemail_bytes)
+        crate::core::crypto::ciphertext_len(self.max_voicemail_bytes)
     }
 }

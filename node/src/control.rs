@@ -19,8 +19,8 @@ use vmail_proto::control_pb::{self as pb, control_client, control_server};
 use vmail_proto::keys::MasterKey;
 use vmail_proto::names::Username;
 
-use crate::client::{AuthTarget, LoginSession, Pending};
-use crate::erasure::{ErasureError, Redundancy};
+use crate::auth_client::{AuthTarget, LoginSession, Pending};
+use crate::core::erasure::{ErasureError, Redundancy};
 use crate::peer::{LeaveRequest, Peer, PeerError, Phase, Progress, ProgressFn, Session, Timings};
 
 /// Socket file name in the data dir.
@@ -401,7 +401,7 @@ fn redundancy(replicas: u32, erasure: &str) -> Result<Option<Redundancy>, PeerEr
             Ok(r) => Ok(Some(Redundancy::Replicas(r).validate()?)),
             Err(_) => Err(ErasureError::BadSetting(format!(
                 "{r} replicas is out of range: use 1 to {}",
-                crate::erasure::MAX_SHARDS
+                crate::core::erasure::MAX_SHARDS
             ))
             .into()),
         },

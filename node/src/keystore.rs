@@ -21,7 +21,7 @@ use vmail_proto::keys::MasterKey;
 use vmail_proto::names::Username;
 use vmail_proto::pb;
 
-use crate::client::LoginSession;
+use crate::auth_client::LoginSession;
 
 /// Why the keystore could not be read or written.
 #[derive(Debug, thiserror::Error)]

@@ -1,42 +1,29 @@
-//! The vmail peer and client library.
+//! The vmail peer and client library, in layers: each folder uses only the
+//! ones listed before it.
 //!
-//! - [`client`]: the auth servers' client: OPAQUE, master key, deposits, delivery;
-//! - [`keystore`]: the user's identity key and current login, on disk;
-//! - [`settings`]: the vmail home and where the auth servers are;
-//! - [`crypto`]: segmented AES-256-GCM (STREAM) for voicemail bodies;
-//! - [`locator`]: where a voicemail's shards are, as deposited;
-//! - [`erasure`]: whole copies or Reed-Solomon shards over ciphertext (pure);
-//! - [`score`]: observations of other peers and the placement scorers (pure);
-//! - [`placement`]: which peers hold shards and under which identifiers (pure);
-//! - [`repair`]: holders keeping their voicemails' shards at full count;
-//! - [`advert`]: signed supernode adverts and their checks (pure);
-//! - [`election`]: the supernode election over the adverts seen (pure);
-//! - [`storage`]: the holder's object store;
-//! - [`network`]: the libp2p swarm task and its handle;
-//! - [`transfer`]: the blob protocol between peers;
-//! - [`peer`]: a running peer and the leave and fetch jobs;
+//! - [`core`]: pure protocol logic, no IO: the voicemail ciphertext format,
+//!   locators, erasure coding, the placement score and identifiers, WAV;
+//! - [`supernode`]: pure supernode logic: signed adverts, the election,
+//!   attaching to a supernode and what one serves;
+//! - [`overlay`]: the libp2p swarm task and its handle, the blob protocol,
+//!   the holder's object store and repair;
+//! - [`auth_client`]: the auth servers' client (OPAQUE, master key, deposits,
+//!   delivery), over gRPC and `vmail-proto` only;
+//! - [`peer`]: a running peer: session, the leave and fetch jobs and their
+//!   pure plans, and its background duties;
 //! - [`control`]: the local control API (gRPC on a Unix socket) and its client;
-//! - [`config`]: the peer's configuration;
-//! - [`wav`]: WAV inspection and generation.
+//! - [`config`]: the peer's `node.toml`;
+//! - [`home`], [`keystore`]: the user's vmail home, where the auth servers
+//!   are, and the identity key and login saved there.
 //!
 //! The `vmail` binary (`src/main.rs`, `src/cli/`) is a thin layer over these.
 
-pub mod advert;
-pub mod client;
+pub mod auth_client;
 pub mod config;
 pub mod control;
-pub mod crypto;
-pub mod election;
-pub mod erasure;
+pub mod core;
+pub mod home;
 pub mod keystore;
-pub mod locator;
-pub mod network;
+pub mod overlay;
 pub mod peer;
-pub mod placement;
-pub mod repair;
-pub mod score;
-pub mod settings;
-pub mod storage;
 pub mod supernode;
-pub mod transfer;
-pub mod wav;

@@ -9,7 +9,7 @@
 //!    server round trips `LoginStart` and `LoginFinish` (loopback TLS gRPC,
 //!    OPAQUE server steps, one durable redb commit). Then 8 tasks log in
 //!    concurrently, each as its own user since attempts are counted per user.
-//! 2. **Durable deposits** through `vmail_node::client::AuthClient::deposit`,
+//! 2. **Durable deposits** through `vmail_node::auth_client::AuthClient::deposit`,
 //!    one sender to `alice`, 1 and 16 in flight, fresh request ids; alice's
 //!    pending list is checked at the end.
 //! 3. **Reference**: a 4 KiB append plus `sync_data()`, as each deposit is one
@@ -24,7 +24,7 @@ use anyhow::{Result, ensure};
 use ed25519_dalek::{Signer, SigningKey};
 use opaque_ke::{ClientLogin, ClientLoginFinishParameters, CredentialResponse};
 use tonic::transport::Channel;
-use vmail_node::client::{AuthClient, NewDeposit, VoicemailMeta};
+use vmail_node::auth_client::{AuthClient, NewDeposit, VoicemailMeta};
 use vmail_proto::cert::{ProofPurpose, identity_proof_bytes};
 use vmail_proto::keys::{MasterKey, SecretKey};
 use vmail_proto::names::{Recipients, Username};

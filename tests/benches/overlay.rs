@@ -11,7 +11,7 @@
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use vmail_node::erasure::Redundancy;
+use vmail_node::core::erasure::Redundancy;
 use vmail_node::peer::{LeaveRequest, Timings, no_progress};
 use vmail_tests::{TestNet, leave_request, random_content};
 

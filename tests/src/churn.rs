@@ -4,11 +4,11 @@
 //!
 //! Pure and deterministic: a seeded `StdRng`, no IO, no clock. Time moves in
 //! steps of [`STEP_SECS`]. The simulator reuses the node's real decision
-//! code: [`vmail_node::score::select`] with [`PaperScorer`] (either
+//! code: [`vmail_node::core::score::select`] with [`PaperScorer`] (either
 //! [`FrequencyRule`]) or [`RandomScorer`] over an [`Observations`] table it
 //! feeds as a peer would (hourly availability samples, advertised free
 //! space, picks, store outcomes, refusals), and
-//! [`vmail_node::erasure::Redundancy`] for shard counts, sizes and the
+//! [`vmail_node::core::erasure::Redundancy`] for shard counts, sizes and the
 //! recoverability rule.
 //!
 //! The model, every constant of which is documented where it is defined:
@@ -35,8 +35,8 @@
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Pareto, Weibull};
-use vmail_node::erasure::Redundancy;
-use vmail_node::score::{
+use vmail_node::core::erasure::Redundancy;
+use vmail_node::core::score::{
     FrequencyRule, Observations, Outcome, PaperScorer, PeerStats, RandomScorer, Scorer, select,
 };
 

@@ -9,7 +9,7 @@ use tonic::Code;
 use vmail_auth::config::RegistrationMode;
 use vmail_auth::datadir::files;
 use vmail_auth::service::ManualClock;
-use vmail_node::client::ClientError;
+use vmail_node::auth_client::ClientError;
 use vmail_proto::keys::MasterKey;
 use vmail_proto::pb;
 use vmail_proto::random_bytes;
@@ -676,7 +676,7 @@ async fn clients_refuse_a_server_from_another_ca() {
     let other = TestAuth::start().await;
     let mut target = auth.target();
     target.ca_pem = other.target().ca_pem;
-    let err = vmail_node::client::AuthClient::connect(&target)
+    let err = vmail_node::auth_client::AuthClient::connect(&target)
         .await
         .unwrap_err()
         .to_string();
@@ -1201,12 +1201,12 @@ async fn a_hanging_first_endpoint_does_not_delay_connecting() {
         format!("https://127.0.0.1:{}", hanging.local_addr().unwrap().port()),
     );
     let started = std::time::Instant::now();
-    let client = vmail_node::client::AuthClient::connect(&target)
+    let client = vmail_node::auth_client::AuthClient::connect(&target)
         .await
         .unwrap();
     assert_eq!(client.endpoint(), live);
     assert!(
-        started.elapsed() < vmail_node::client::CONNECT_TIMEOUT,
+        started.elapsed() < vmail_node::auth_client::CONNECT_TIMEOUT,
         "connecting waited {:?} on the hanging server",
         started.elapsed()
     );

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tonic::Code;
 use vmail_auth::cluster::admin;
 use vmail_auth::datadir::{self, InitOptions};
-use vmail_node::client::{AuthClient, ClientError};
+use vmail_node::auth_client::{AuthClient, ClientError};
 use vmail_proto::keys::MasterKey;
 use vmail_tests::{TestCluster, deposit_for, identity, password};
 

@@ -11,7 +11,7 @@ use std::process::Command;
 use tonic::Code;
 use vmail_auth::datadir::{self, InitOptions};
 use vmail_devnet::local_auth::{self, Harness, LocalServer};
-use vmail_node::client::{AuthClient, NewDeposit, VoicemailMeta};
+use vmail_node::auth_client::{AuthClient, NewDeposit, VoicemailMeta};
 use vmail_proto::keys::SecretKey;
 use vmail_proto::names::Recipients;
 use vmail_tests::{identity, password};

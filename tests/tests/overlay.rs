@@ -6,9 +6,9 @@ use std::path::Path;
 
 use libp2p::PeerId;
 use sha2::{Digest, Sha256};
-use vmail_node::locator::Locator;
+use vmail_node::core::locator::Locator;
+use vmail_node::core::placement;
 use vmail_node::peer::{PeerError, no_progress};
-use vmail_node::placement;
 use vmail_tests::{TestNet, identity, leave_request, random_content};
 
 /// Every file under `dir`, recursively.
@@ -441,7 +441,7 @@ async fn a_recipient_with_the_wrong_key_is_told_to_log_in_again() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_peer_joins_through_an_address_without_a_peer_id_that_comes_up_later() {
     use vmail_node::config::NodeConfig;
-    use vmail_node::network::Role;
+    use vmail_node::overlay::swarm::Role;
     use vmail_tests::{start_peer, wait_until_known};
 
     let dir = tempfile::tempdir().unwrap();

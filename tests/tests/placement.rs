@@ -7,13 +7,13 @@ use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
 use sha2::{Digest, Sha256};
-use vmail_node::client::{NewDeposit, VoicemailMeta};
+use vmail_node::auth_client::{NewDeposit, VoicemailMeta};
 use vmail_node::config::{NodeConfig, PlacementConfig};
-use vmail_node::erasure::Redundancy;
-use vmail_node::locator::{LOCATOR_VERSION, Layout, Locator, ShardRef};
-use vmail_node::network::Role;
+use vmail_node::core::erasure::Redundancy;
+use vmail_node::core::locator::{LOCATOR_VERSION, Layout, Locator, ShardRef};
+use vmail_node::overlay::objects::ObjectMeta;
+use vmail_node::overlay::swarm::Role;
 use vmail_node::peer::{LeaveReceipt, PeerError, no_progress};
-use vmail_node::storage::ObjectMeta;
 use vmail_proto::keys::SecretKey;
 use vmail_proto::names::Recipients;
 use vmail_tests::{

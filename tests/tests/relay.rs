@@ -12,9 +12,9 @@ use libp2p::multiaddr::Protocol;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use vmail_node::config::{NodeConfig, SupernodeConfig};
-use vmail_node::network::{Role, SupernodeView};
+use vmail_node::overlay::swarm::{Role, SupernodeView};
+use vmail_node::overlay::transfer::BlobClient;
 use vmail_node::peer::{Peer, no_progress};
-use vmail_node::transfer::BlobClient;
 use vmail_tests::{
     TestAuth, leave_request, login_on, random_content, start_peer, wait_until_known,
 };

@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use libp2p::{Multiaddr, PeerId, gossipsub, identity, noise, tcp, yamux};
 use vmail_devnet::localnet::{JOIN_TIMEOUT, settled};
-use vmail_node::advert::{ADVERT_VERSION, Advert, Reachability};
 use vmail_node::config::{NodeConfig, SupernodeConfig};
-use vmail_node::election;
-use vmail_node::network::{Role, SupernodeView};
+use vmail_node::overlay::swarm::{Role, SupernodeView};
 use vmail_node::peer::{Peer, PeerOptions};
+use vmail_node::supernode::advert::{ADVERT_VERSION, Advert, Reachability};
+use vmail_node::supernode::election;
 
 const PEERS: usize = 20;
 
@@ -191,7 +191,7 @@ async fn attacker(key: identity::Keypair, dial: Multiaddr) -> libp2p::Swarm<goss
         })
         .unwrap()
         .build();
-    let topic = gossipsub::IdentTopic::new(vmail_node::network::ADVERT_TOPIC);
+    let topic = gossipsub::IdentTopic::new(vmail_node::overlay::swarm::ADVERT_TOPIC);
     swarm.behaviour_mut().subscribe(&topic).unwrap();
     swarm.dial(dial).unwrap();
     swarm
@@ -232,7 +232,7 @@ async fn forged_stale_out_of_range_and_garbage_adverts_are_rejected_and_change_n
         b"\x01\x02 not postcard".to_vec(),
     ];
     let mut swarm = attacker(key, peers[0].listen_addrs().await.unwrap()[0].clone()).await;
-    let topic = gossipsub::IdentTopic::new(vmail_node::network::ADVERT_TOPIC);
+    let topic = gossipsub::IdentTopic::new(vmail_node::overlay::swarm::ADVERT_TOPIC);
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut sent = 0;
     while sent < bad.len() {

@@ -11,12 +11,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, ensure};
 use ed25519_dalek::SigningKey;
 use sha2::{Digest, Sha256};
-use vmail_node::client::{AuthClient, AuthTarget};
+use vmail_node::auth_client::{AuthClient, AuthTarget};
 use vmail_node::config::{PlacementConfig, SupernodeConfig};
-use vmail_node::locator::Locator;
-use vmail_node::network::SupernodeView;
+use vmail_node::core::locator::Locator;
+use vmail_node::core::wav;
+use vmail_node::overlay::swarm::SupernodeView;
 use vmail_node::peer::{LeaveRequest, Peer, Session, no_progress};
-use vmail_node::wav;
 use vmail_proto::random_bytes;
 
 use crate::local_auth::{self, LocalServer};

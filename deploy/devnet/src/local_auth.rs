@@ -21,7 +21,7 @@ use vmail_auth::cluster::{Member, TypeConfig, admin};
 use vmail_auth::datadir;
 use vmail_auth::server::{OpenError, ServeError, open_with, serve};
 use vmail_auth::service::{AuthService, Clock, SystemClock};
-use vmail_node::client::AuthTarget;
+use vmail_node::auth_client::AuthTarget;
 
 /// What the servers of one local group share: the clock they read and the
 /// partition drill that can cut members off.

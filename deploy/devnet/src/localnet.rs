@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use libp2p::{Multiaddr, PeerId};
 use vmail_node::config::NodeConfig;
-use vmail_node::network::{Role, SupernodeView};
+use vmail_node::overlay::swarm::{Role, SupernodeView};
 use vmail_node::peer::{Peer, PeerError, PeerOptions};
 
 use crate::local_auth::{Harness, LocalServer, LocalServerError};

@@ -144,7 +144,7 @@ fn tone(out: &Path, seconds: u32, seed: u64) -> anyhow::Result<()> {
         (1..=3600).contains(&seconds),
         "--seconds must be 1 to 3600, not {seconds}"
     );
-    let audio = vmail_node::wav::generate(seconds, 16_000, seed);
+    let audio = vmail_node::core::wav::generate(seconds, 16_000, seed);
     std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)

@@ -11,7 +11,7 @@ mod common;
 
 use vmail_auth::datadir::{self, InitOptions};
 use vmail_devnet::local_auth::{self, Harness, LocalServer};
-use vmail_node::client::{AuthClient, NewDeposit, VoicemailMeta};
+use vmail_node::auth_client::{AuthClient, NewDeposit, VoicemailMeta};
 use vmail_proto::keys::SecretKey;
 use vmail_proto::names::Recipients;
 
@@ -305,7 +305,7 @@ async fn testnet_tone_writes_a_playable_wav_and_never_overwrites() {
     .await;
     assert!(o.status.success(), "{}", stderr(&o));
     let written = std::fs::read(&out).unwrap();
-    let info = vmail_node::wav::inspect(&written).expect("hound reads it");
+    let info = vmail_node::core::wav::inspect(&written).expect("hound reads it");
     assert_eq!(
         (info.duration_ms, info.sample_rate, info.channels),
         (3000, 16_000, 1)

@@ -148,7 +148,7 @@ async fn leave_a_wav_for_two_users_and_fetch_it_with_the_cli() {
     net.ok(&home("bob"), &["login", "bob"]).await;
     net.ok(&home("carol"), &["login", "carol"]).await;
     let wav = homes.path().join("hello.wav");
-    let audio = vmail_node::wav::generate(3, 8000, 11);
+    let audio = vmail_node::core::wav::generate(3, 8000, 11);
     std::fs::write(&wav, &audio).unwrap();
     let left = net
         .ok(
@@ -277,7 +277,7 @@ async fn auth_leader_killed_by_hand_then_restarted() {
         net.ok(&home(u), &["login", u]).await;
     }
     let wav = homes.path().join("before.wav");
-    let audio = vmail_node::wav::generate(2, 8000, 5);
+    let audio = vmail_node::core::wav::generate(2, 8000, 5);
     std::fs::write(&wav, &audio).unwrap();
     net.ok(
         &home("bob"),

@@ -12,10 +12,10 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
-use vmail_node::client::{AuthClient, LoginSession};
-use vmail_node::erasure::Redundancy;
+use vmail_node::auth_client::{AuthClient, LoginSession};
+use vmail_node::core::erasure::Redundancy;
+use vmail_node::home::{self, AuthOverrides};
 use vmail_node::keystore::Keystore;
-use vmail_node::settings::{self, AuthOverrides};
 use zeroize::Zeroizing;
 
 /// Shortest password `vmail account register` accepts.
@@ -180,7 +180,7 @@ struct Context {
 
 impl Context {
     async fn connect(&self) -> anyhow::Result<AuthClient> {
-        let target = settings::auth_target(&self.home, &self.overrides)?;
+        let target = home::auth_target(&self.home, &self.overrides)?;
         Ok(AuthClient::connect(&target).await?)
     }
 
@@ -233,7 +233,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         _ => {}
     }
-    let home = settings::resolve_home(cli.home)?;
+    let home = home::resolve_home(cli.home)?;
     let ctx = Context {
         keystore: Keystore::new(&home),
         home,
@@ -299,5 +299,5 @@ fn when(unix: u64) -> String {
 /// `--erasure K/N`, checked as clap parses it.
 fn parse_erasure(s: &str) -> Result<Redundancy, String> {
     s.parse()
-        .map_err(|e: vmail_node::erasure::ErasureError| e.to_string())
+        .map_err(|e: vmail_node::core::erasure::ErasureError| e.to_string())
 }

@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use libp2p::PeerId;
 use vmail_node::config::NodeConfig;
 use vmail_node::control::{self, ControlClient, ControlError};
-use vmail_node::network::Role;
+use vmail_node::overlay::swarm::Role;
 use vmail_node::peer::{OBSERVATIONS_FILE, Peer, PeerOptions, Session};
 
 use super::Context;
@@ -34,7 +34,7 @@ impl Context {
             .keystore
             .identity()?
             .context("no identity key in the keystore: run `vmail login USER` again")?;
-        let target = vmail_node::settings::auth_target(&self.home, &self.overrides)?;
+        let target = vmail_node::home::auth_target(&self.home, &self.overrides)?;
         Ok(Session {
             login,
             identity,

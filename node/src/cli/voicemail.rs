@@ -9,8 +9,8 @@ use anyhow::{Context as _, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use libp2p::PeerId;
 use vmail_node::config::NodeConfig;
-use vmail_node::erasure::Redundancy;
-use vmail_node::wav;
+use vmail_node::core::erasure::Redundancy;
+use vmail_node::core::wav;
 use vmail_proto::control_pb as pb;
 
 use super::node::PeerHandle;

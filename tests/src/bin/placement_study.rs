@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use plotters::prelude::*;
-use vmail_node::erasure::Redundancy;
+use vmail_node::core::erasure::Redundancy;
 use vmail_tests::churn::{AGES_DAYS, Repair, Report, Scenario, Strategy, run};
 
 /// Redundancies compared: three copies (the old default), RS(4,8) (the

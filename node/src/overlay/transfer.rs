@@ -36,9 +36,9 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::locator::ObjectId;
-use crate::network::Network;
-use crate::storage::{ObjectMeta, ShardOf, Store, StoreError};
+use crate::core::locator::ObjectId;
+use crate::overlay::objects::{ObjectMeta, ShardOf, Store, StoreError};
+use crate::overlay::swarm::Network;
 
 /// Stream protocol name for blob transfer.
 pub const BLOB_PROTOCOL: StreamProtocol = StreamProtocol::new("/vmail/blob/2.0.0");

@@ -10,9 +10,9 @@
 //! relay v2 as a client. Behaviours: connection limits, identify, ping,
 //! Kademlia in server mode on [`KAD_PROTOCOL`] (our own name, so it never
 //! joins another network's DHT), the stream behaviour for
-//! [`crate::transfer`], gossipsub on [`ADVERT_TOPIC`], AutoNAT, a relay
+//! [`crate::overlay::transfer`], gossipsub on [`ADVERT_TOPIC`], AutoNAT, a relay
 //! server (switched on while this peer serves as a supernode), DCUtR, and
-//! the supernode request-response protocol ([`crate::supernode`]).
+//! the supernode request-response protocol ([`crate::supernode::attach`]).
 //!
 //! The supernode side of the loop (adverts, dial checks, the election,
 //! attaching and serving) lives in [`sn`].
@@ -37,9 +37,9 @@ use libp2p::{
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::advert::{Advert, Reachability};
-use crate::election::ElectionConfig;
-use crate::supernode::{SN_PROTOCOL, SnRequest, SnResponse};
+use crate::supernode::advert::{Advert, Reachability};
+use crate::supernode::attach::{SN_PROTOCOL, SnRequest, SnResponse};
+use crate::supernode::election::ElectionConfig;
 
 /// Kademlia protocol name of the vmail overlay.
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/vmail/kad/1.0.0");
@@ -301,7 +301,7 @@ impl Network {
             .supernode
             .as_ref()
             .map_or(Duration::from_secs(10), |s| {
-                crate::supernode::patience(s.heartbeat)
+                crate::supernode::attach::patience(s.heartbeat)
             });
         let limits = connection_limits::ConnectionLimits::default()
             .with_max_established(Some(config.max_connections))

@@ -16,7 +16,7 @@
 
 use libp2p::PeerId;
 
-use crate::advert::{Advert, MAX_ADVERT_AGE_SECS};
+use crate::supernode::advert::{Advert, MAX_ADVERT_AGE_SECS};
 
 /// The least a peer needs to stand for election.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,7 +171,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::advert::{ADVERT_VERSION, Reachability};
+    use crate::supernode::advert::{ADVERT_VERSION, Reachability};
 
     const NOW: u64 = 1_800_000_000;
 

@@ -10,7 +10,7 @@
 //! some shards are lost and at least k are alive, the alive holder with the
 //! lowest shard index (see [`plan`]; all holders reach the same verdict from
 //! the same facts) fetches k shards, regenerates the lost ones
-//! ([`crate::erasure::regenerate`]: the coding is over ciphertext, so no key
+//! ([`crate::core::erasure::regenerate`]: the coding is over ciphertext, so no key
 //! is needed), and stores each under its old identifier at the peer now
 //! closest to it. The locators at the auth servers therefore stay valid.
 //!
@@ -32,12 +32,12 @@ use tokio_util::sync::CancellationToken;
 use vmail_proto::unix_now;
 
 use crate::config::PlacementConfig;
-use crate::erasure;
-use crate::locator::{ObjectId, ShardRef};
-use crate::network::Network;
-use crate::score::{Observations, Outcome};
-use crate::storage::{ObjectMeta, ShardOf, Store};
-use crate::transfer::BlobClient;
+use crate::core::erasure;
+use crate::core::locator::{ObjectId, ShardRef};
+use crate::core::score::{Observations, Outcome};
+use crate::overlay::objects::{ObjectMeta, ShardOf, Store};
+use crate::overlay::swarm::Network;
+use crate::overlay::transfer::BlobClient;
 
 /// Providers, and then peers closest to the identifier, asked `Has` per
 /// sibling shard before it counts as missing.

@@ -1,5 +1,5 @@
 //! Storage identifiers, pure: which identifier each shard gets once its
-//! holder is chosen ([`crate::score`] ranks the holders). No IO; the caller
+//! holder is chosen ([`crate::core::score`] ranks the holders). No IO; the caller
 //! passes the peers it knows and a random source.
 //!
 //! Paper §3.2: the sender picks a storage peer, then picks an identifier at
@@ -11,7 +11,7 @@ use libp2p::PeerId;
 use libp2p::kad::KBucketKey;
 use rand::Rng;
 
-use crate::locator::ObjectId;
+use crate::core::locator::ObjectId;
 
 /// Most random identifiers tried for one peer before giving up. With `n`
 /// known peers a random identifier lands in a given peer's range with

@@ -3,7 +3,7 @@
 //! attaching to a supernode (heartbeats, re-attach, relay reservation) and
 //! serving as one (attachments, peer exchange, recommendations, the relay
 //! switched on). The decisions are the pure functions of
-//! [`crate::advert`], [`crate::election`] and [`crate::supernode`]; this
+//! [`crate::supernode::advert`], [`crate::supernode::election`] and [`crate::supernode::attach`]; this
 //! module only feeds them and acts on their answers.
 
 use std::collections::{HashMap, HashSet};
@@ -20,12 +20,12 @@ use rand::seq::SliceRandom;
 use tokio::sync::oneshot;
 
 use super::{EventLoop, NetworkError, SupernodeSetup, SupernodeView, is_relayed};
-use crate::advert::{ADVERT_VERSION, Advert, AdvertBook, AdvertError, Reachability};
-use crate::election;
-use crate::supernode::{
+use crate::supernode::advert::{ADVERT_VERSION, Advert, AdvertBook, AdvertError, Reachability};
+use crate::supernode::attach::{
     AVOID_FOR, Attachments, Candidate, MAX_EXCHANGE_ADDRS, MAX_EXCHANGE_PEERS, MAX_RECOMMEND,
     MAX_REPORTS, Observation, Refusal, SnRequest, SnResponse, choose_supernode, patience,
 };
+use crate::supernode::election;
 
 /// How long a passed dial check holds before the peer is checked again.
 const DIAL_CHECK_VALID: Duration = Duration::from_secs(10 * 60);
@@ -213,7 +213,7 @@ impl Elections {
             bandwidth_kbps: s.bandwidth_kbps,
             uptime_secs: self.started.elapsed().as_secs().min(now),
             load: self.attachments.load(),
-            free_storage: (s.free_storage)().min(crate::advert::limits::FREE_STORAGE),
+            free_storage: (s.free_storage)().min(crate::supernode::advert::limits::FREE_STORAGE),
             serving: self.serving(),
         }
     }
@@ -905,7 +905,7 @@ impl Elections {
         let now = vmail_proto::unix_now();
         let adverts = self.election_input();
         let fresh = election::current(&adverts, now, self.setup.election.max_advert_age_secs);
-        crate::supernode::recommend(
+        crate::supernode::attach::recommend(
             &fresh,
             self.attachments.reports(),
             exclude,

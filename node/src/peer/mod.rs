@@ -35,19 +35,21 @@ use vmail_proto::meta::DEFAULT_VOICEMAIL_TTL_SECS;
 use vmail_proto::names::{NameError, Recipients};
 use vmail_proto::{random_bytes, unix_now};
 
-use crate::client::{
+use crate::auth_client::{
     AuthClient, AuthTarget, ClientError, LoginSession, NewDeposit, Pending, VoicemailMeta,
 };
 use crate::config::NodeConfig;
-use crate::crypto::{self, DecryptError};
-use crate::erasure::{self, ErasureError, Redundancy};
-use crate::locator::{LOCATOR_VERSION, Layout, Locator, LocatorError, ObjectId, ShardRef};
-use crate::network::{Network, NetworkConfig, NetworkError, Role, SupernodeSetup, SupernodeView};
-use crate::placement;
-use crate::repair;
-use crate::score::{Observations, Outcome, PeerStats, Scorer};
-use crate::storage::{ObjectMeta, ShardOf, Store, StoreError};
-use crate::transfer::{self, BlobClient, TransferError};
+use crate::core::crypto::{self, DecryptError};
+use crate::core::erasure::{self, ErasureError, Redundancy};
+use crate::core::locator::{LOCATOR_VERSION, Layout, Locator, LocatorError, ObjectId, ShardRef};
+use crate::core::placement;
+use crate::core::score::{Observations, Outcome, PeerStats, Scorer};
+use crate::overlay::objects::{ObjectMeta, ShardOf, Store, StoreError};
+use crate::overlay::repair;
+use crate::overlay::swarm::{
+    Network, NetworkConfig, NetworkError, Role, SupernodeSetup, SupernodeView,
+};
+use crate::overlay::transfer::{self, BlobClient, TransferError};
 
 /// Node key file in the data dir (libp2p protobuf encoding, mode 0600).
 pub const NODE_KEY_FILE: &str = "node.key";
@@ -783,7 +785,7 @@ impl Peer {
             })
             .collect();
         drop(table);
-        crate::score::select(
+        crate::core::score::select(
             self.scorer.as_ref(),
             &stats,
             candidates.len(),

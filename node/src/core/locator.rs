@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::erasure::{MAX_SHARDS, Redundancy};
+use crate::core::erasure::{MAX_SHARDS, Redundancy};
 
 /// Format version of an encoded locator.
 pub const LOCATOR_VERSION: u8 = 2;

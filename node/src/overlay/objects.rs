@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::locator::{Layout, ObjectId};
+use crate::core::locator::{Layout, ObjectId};
 
 const MAGIC: &[u8; 4] = b"VMO2";
 const MAGIC_V1: &[u8; 4] = b"VMO1";
@@ -553,8 +553,8 @@ mod tests {
 
     #[test]
     fn a_layout_that_contradicts_the_object_is_refused() {
-        use crate::erasure::Redundancy;
-        use crate::locator::ShardRef;
+        use crate::core::erasure::Redundancy;
+        use crate::core::locator::ShardRef;
         let dir = tempfile::tempdir().unwrap();
         let (s, _) = Store::open(dir.path(), 1000, 600).unwrap();
         let data = vec![5u8; 10];

@@ -1,7 +1,7 @@
 //! Supernode services, pure: the request-response messages between a peer
 //! and its supernode (SN), which SN a peer attaches to, the SN's book of
 //! attached peers, and its storage recommendations. No IO; the network
-//! task ([`crate::network`]) sends the messages and passes `now`.
+//! task ([`crate::overlay::swarm`]) sends the messages and passes `now`.
 //!
 //! Paper §2.1, §3.2: every ordinary peer connects to an SN for information
 //! exchange and management, finds another when its SN goes away, and may
@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use libp2p::{Multiaddr, PeerId, StreamProtocol};
 use serde::{Deserialize, Serialize};
 
-use crate::advert::Advert;
+use crate::supernode::advert::Advert;
 
 /// The request-response protocol between a peer and its supernode.
 pub const SN_PROTOCOL: StreamProtocol = StreamProtocol::new("/vmail/sn/1");
@@ -264,7 +264,7 @@ pub fn recommend(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::advert::{ADVERT_VERSION, Reachability};
+    use crate::supernode::advert::{ADVERT_VERSION, Reachability};
 
     fn peer(n: u8) -> PeerId {
         libp2p::identity::Keypair::ed25519_from_bytes([n; 32])

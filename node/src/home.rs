@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use vmail_proto::cert::parse_identity_key;
 
-use crate::client::AuthTarget;
+use crate::auth_client::AuthTarget;
 
 /// Why the client settings could not be resolved.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,11 @@
+//! Pure supernode logic; the swarm's event loop
+//! ([`crate::overlay::swarm`]) does the IO around it.
+//!
+//! - [`advert`]: signed supernode adverts and their checks;
+//! - [`election`]: the supernode election over the adverts seen at `now`;
+//! - [`attach`]: the supernode protocol's messages, choosing a supernode,
+//!   and what a supernode keeps of its attached peers and recommends.
+
+pub mod advert;
+pub mod attach;
+pub mod election;
