@@ -1,0 +1,208 @@
+//! Voicemail at the auth servers: deposits (paper §3.3 step 2), and the
+//! pending voicemail each recipient lists, watches, opens and acks.
+
+use tonic::Code;
+use vmail_proto::cert::UserCertificate;
+use vmail_proto::keys::{DeliveryContext, DepositContext, MasterKey, SecretKey};
+use vmail_proto::meta::VoicemailMeta;
+use vmail_proto::names::Recipients;
+use vmail_proto::pb::{self};
+
+use super::{AuthClient, ClientError, bearer, protocol};
+
+/// A deposit to make.
+#[derive(Debug, Clone)]
+pub struct NewDeposit {
+    /// Idempotency key: reuse it to retry the same deposit.
+    pub request_id: [u8; 16],
+    /// Canonical recipients.
+    pub recipients: Recipients,
+    /// Storage locator.
+    pub locator: Vec<u8>,
+    /// The session key the voicemail is encrypted with.
+    pub session_key: SecretKey,
+    /// Metadata.
+    pub meta: VoicemailMeta,
+}
+
+impl NewDeposit {
+    /// The session key wrapped under `master_key` and bound to this
+    /// deposit's request id, recipients and locator (docs/PROTOCOL.md §3.2).
+    pub fn wrap_key(&self, master_key: &MasterKey) -> Vec<u8> {
+        master_key.wrap_deposit(
+            &self.session_key,
+            &DepositContext {
+                request_id: &self.request_id,
+                recipients: &self.recipients,
+                locator: &self.locator,
+            },
+        )
+    }
+}
+
+/// The server's receipt for a deposit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DepositReceipt {
+    /// The voicemail id.
+    pub voicemail_id: [u8; 16],
+    /// Whether this answered a retry of an earlier request.
+    pub replayed: bool,
+}
+
+/// A voicemail waiting for the caller, with its session key unwrapped.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    /// Voicemail id.
+    pub id: [u8; 16],
+    /// The sender's certificate, checked against the cluster key and valid
+    /// at deposit time.
+    pub sender: UserCertificate,
+    /// Deposit time, Unix seconds.
+    pub deposited_at: u64,
+    /// Metadata.
+    pub meta: VoicemailMeta,
+    /// Storage locator.
+    pub locator: Vec<u8>,
+    /// All recipients.
+    pub recipients: Recipients,
+    /// The session key.
+    pub session_key: SecretKey,
+}
+
+impl AuthClient {
+    /// Deposits a session key and locator for the recipients (paper §3.3 step 2).
+    pub async fn deposit(
+        &mut self,
+        master_key: &MasterKey,
+        d: &NewDeposit,
+    ) -> Result<DepositReceipt, ClientError> {
+        let wrapped_key = d.wrap_key(master_key);
+        let req = pb::DepositRequest {
+            request_id: d.request_id.to_vec(),
+            recipients: d.recipients.to_strings(),
+            locator: d.locator.clone(),
+            wrapped_key,
+            metadata: Some(d.meta.clone().into()),
+        };
+        let token = self.require_token()?;
+        // Safe to retry anywhere: the request id makes the deposit idempotent.
+        let resp = self
+            .call(|mut c| {
+                let req = req.clone();
+                async move { c.deposit(bearer(token, req)).await }
+            })
+            .await
+            .result?;
+        Ok(DepositReceipt {
+            voicemail_id: resp
+                .voicemail_id
+                .as_slice()
+                .try_into()
+                .map_err(|_| protocol("voicemail id is not 16 bytes"))?,
+            replayed: resp.replayed,
+        })
+    }
+
+    /// Checks and opens one pending voicemail from the server.
+    pub fn open_pending(
+        &self,
+        master_key: &MasterKey,
+        p: pb::PendingVoicemail,
+    ) -> Result<Pending, ClientError> {
+        let id: [u8; 16] = p
+            .voicemail_id
+            .as_slice()
+            .try_into()
+            .map_err(|_| protocol("voicemail id is not 16 bytes"))?;
+        let sender = UserCertificate::try_from(
+            p.sender_certificate
+                .ok_or_else(|| protocol("pending voicemail without a sender certificate"))?,
+        )?;
+        // The sender's certificate must have been valid when they deposited,
+        // however long ago that was.
+        sender.verify(&self.cluster_key, p.deposited_at)?;
+        let recipients = Recipients::parse(&p.recipients)?;
+        let session_key = master_key
+            .unwrap_delivery(
+                &p.wrapped_key,
+                &DeliveryContext {
+                    voicemail_id: &id,
+                    recipients: &recipients,
+                    locator: &p.locator,
+                },
+            )
+            .map_err(|e| {
+                protocol(format!(
+                    "session key of voicemail {} does not open under our master key ({e}); log in again",
+                    hex::encode(id)
+                ))
+            })?;
+        Ok(Pending {
+            id,
+            sender,
+            deposited_at: p.deposited_at,
+            meta: p.metadata.map(Into::into).unwrap_or_default(),
+            locator: p.locator,
+            recipients,
+            session_key,
+        })
+    }
+
+    /// The voicemails waiting for this user (retrieval steps 1-2).
+    pub async fn list_pending(
+        &mut self,
+        master_key: &MasterKey,
+    ) -> Result<Vec<Pending>, ClientError> {
+        let token = self.require_token()?;
+        let resp = self
+            .call(|mut c| async move {
+                c.list_pending(bearer(token, pb::ListPendingRequest {}))
+                    .await
+            })
+            .await
+            .result?;
+        resp.voicemails
+            .into_iter()
+            .map(|p| self.open_pending(master_key, p))
+            .collect()
+    }
+
+    /// A stream of pending voicemails: the backlog, then each new one.
+    /// Open each item with [`AuthClient::open_pending`].
+    pub async fn watch_pending(
+        &mut self,
+    ) -> Result<tonic::Streaming<pb::PendingVoicemail>, ClientError> {
+        let token = self.require_token()?;
+        Ok(self
+            .call(|mut c| async move {
+                c.watch_pending(bearer(token, pb::WatchPendingRequest {}))
+                    .await
+            })
+            .await
+            .result?)
+    }
+
+    /// Tells the server this user has fetched the voicemail. Returns whether
+    /// the session key is now erased everywhere.
+    pub async fn ack(&mut self, id: &[u8; 16]) -> Result<bool, ClientError> {
+        let token = self.require_token()?;
+        let id = *id;
+        let answer = self
+            .call(|mut c| async move {
+                c.ack(bearer(
+                    token,
+                    pb::AckRequest {
+                        voicemail_id: id.to_vec(),
+                    },
+                ))
+                .await
+            })
+            .await;
+        match answer.result {
+            Ok(r) => Ok(r.key_erased),
+            // An earlier attempt took effect before its server failed.
+            Err(s) if answer.retried && s.code() == Code::NotFound => Ok(false),
+            Err(s) => Err(s.into()),
+        }
+    }
+}

@@ -1,0 +1,509 @@
+//! The swarm's construction and the one task that owns it: transports,
+//! behaviours and limits, then the loop that takes [`Command`]s from the
+//! [`Network`] handles and the swarm's events, keeps pending queries, and
+//! rejoins through the bootstrap peers when this peer is left alone.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::kad::store::{MemoryStore, RecordStore};
+use libp2p::kad::{self, QueryResult};
+use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{
+    Multiaddr, Swarm, autonat, connection_limits, dcutr, gossipsub, identify, identity, noise,
+    ping, relay, tcp, yamux,
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::supernode::attach::SN_PROTOCOL;
+
+use super::{
+    ADVERT_TOPIC, Behaviour, BehaviourEvent, COMMAND_QUEUE, Command, EventLoop, GOSSIP_MAX_FRAME,
+    IDENTIFY_PROTOCOL, IDLE_TIMEOUT, KAD_PROTOCOL, Network, NetworkConfig, NetworkError,
+    PING_INTERVAL, PING_TIMEOUT, PendingQuery, QUERY_TIMEOUT, RELAY_CIRCUIT_BYTES,
+    RELAY_CIRCUIT_DURATION, Role, SN_MAX_MESSAGE, is_relayed, sn,
+};
+
+impl Network {
+    /// Builds the swarm, starts listening and joining, and spawns the event
+    /// loop. The loop ends when `shutdown` is cancelled.
+    pub fn start(
+        key: identity::Keypair,
+        config: &NetworkConfig,
+        shutdown: CancellationToken,
+    ) -> Result<(Network, tokio::task::JoinHandle<()>), NetworkError> {
+        let build = |e: &dyn std::fmt::Display| NetworkError::Build(e.to_string());
+        let local = key.public().to_peer_id();
+        let advert_key = key.clone();
+        let role = config.role;
+        let relay_slots = config.relay_slots;
+        let hole_punching = config.hole_punching;
+        let sn_timeout = config
+            .supernode
+            .as_ref()
+            .map_or(Duration::from_secs(10), |s| {
+                crate::supernode::attach::patience(s.heartbeat)
+            });
+        let limits = connection_limits::ConnectionLimits::default()
+            .with_max_established(Some(config.max_connections))
+            .with_max_established_per_peer(Some(config.max_connections_per_peer))
+            .with_max_pending_incoming(Some(config.max_pending_incoming));
+        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .map_err(|e| build(&e))?
+            .with_quic()
+            .with_dns()
+            .map_err(|e| build(&e))?
+            .with_relay_client(noise::Config::new, yamux::Config::default)
+            .map_err(|e| build(&e))?
+            .with_behaviour(|key, relay_client| {
+                let local = key.public().to_peer_id();
+                let mut kad_config = kad::Config::new(KAD_PROTOCOL);
+                kad_config.set_query_timeout(QUERY_TIMEOUT);
+                // vmail stores no DHT values; provider records are checked
+                // and stored by the loop, other records are dropped.
+                kad_config.set_record_filtering(kad::StoreInserts::FilterBoth);
+                let store = MemoryStore::with_config(
+                    local,
+                    kad::store::MemoryStoreConfig {
+                        max_records: 0,
+                        max_value_bytes: 0,
+                        max_providers_per_key: 20,
+                        max_provided_keys: 1_000_000,
+                    },
+                );
+                let mut kad = kad::Behaviour::with_config(local, store, kad_config);
+                kad.set_mode(Some(match role {
+                    Role::Server => kad::Mode::Server,
+                    Role::Client => kad::Mode::Client,
+                }));
+                let gossip_config = gossipsub::ConfigBuilder::default()
+                    .validation_mode(gossipsub::ValidationMode::Strict)
+                    .validate_messages()
+                    // A frame carries several messages and control data
+                    // (IHAVE lists); one advert's size is checked apart.
+                    .max_transmit_size(GOSSIP_MAX_FRAME)
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                let gossip = gossipsub::Behaviour::new(
+                    gossipsub::MessageAuthenticity::Signed(key.clone()),
+                    gossip_config,
+                )?;
+                let mut relay = relay::Behaviour::new(local, relay_config(relay_slots));
+                // Off until this peer is elected (see `sn`).
+                relay.set_status(Some(relay::Status::Disable));
+                let sn_codec = request_response::cbor::codec::Codec::default()
+                    .set_request_size_maximum(SN_MAX_MESSAGE)
+                    .set_response_size_maximum(SN_MAX_MESSAGE);
+                Ok(Behaviour {
+                    limits: connection_limits::Behaviour::new(limits),
+                    identify: identify::Behaviour::new(
+                        identify::Config::new(IDENTIFY_PROTOCOL.to_owned(), key.public())
+                            .with_agent_version(format!("vmail/{}", env!("CARGO_PKG_VERSION")))
+                            // A relayed address must reach peers at once.
+                            .with_push_listen_addr_updates(true),
+                    ),
+                    ping: ping::Behaviour::new(
+                        ping::Config::new()
+                            .with_interval(PING_INTERVAL)
+                            .with_timeout(PING_TIMEOUT),
+                    ),
+                    kad,
+                    streams: libp2p_stream::Behaviour::new(),
+                    gossip,
+                    autonat: autonat::Behaviour::new(
+                        local,
+                        autonat::Config {
+                            // Private and loopback networks are real
+                            // deployments here (tests, the compose testnet).
+                            only_global_ips: false,
+                            boot_delay: Duration::from_secs(2),
+                            retry_interval: Duration::from_secs(20),
+                            refresh_interval: Duration::from_secs(5 * 60),
+                            ..autonat::Config::default()
+                        },
+                    ),
+                    relay_client,
+                    relay,
+                    dcutr: hole_punching.then(|| dcutr::Behaviour::new(local)).into(),
+                    sn: request_response::Behaviour::with_codec(
+                        sn_codec,
+                        [(SN_PROTOCOL, ProtocolSupport::Full)],
+                        request_response::Config::default().with_request_timeout(sn_timeout),
+                    ),
+                })
+            })
+            .map_err(|e| build(&e))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_TIMEOUT))
+            .build();
+        for addr in &config.listen {
+            swarm
+                .listen_on(addr.clone())
+                .map_err(|e| NetworkError::Listen {
+                    addr: addr.clone(),
+                    why: e.to_string(),
+                })?;
+        }
+        let bootstrap: Vec<Multiaddr> = config
+            .bootstrap
+            .iter()
+            .filter(|a| !matches!(a.iter().last(), Some(Protocol::P2p(p)) if p == local))
+            .cloned()
+            .collect();
+        for addr in &bootstrap {
+            if let Some(Protocol::P2p(peer)) = addr.iter().last() {
+                swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+            }
+        }
+        // Without a known peer this fails; Kademlia then bootstraps by
+        // itself once identify has put the first peer in the routing table.
+        let _ = swarm.behaviour_mut().kad.bootstrap();
+        dial_all(&mut swarm, &bootstrap);
+        let streams = swarm.behaviour().streams.new_control();
+        let elections = match &config.supernode {
+            Some(setup) => {
+                let topic = gossipsub::IdentTopic::new(ADVERT_TOPIC);
+                swarm
+                    .behaviour_mut()
+                    .gossip
+                    .subscribe(&topic)
+                    .map_err(|e| build(&e))?;
+                Some(sn::Elections::new(setup.clone(), advert_key, topic))
+            }
+            None => None,
+        };
+        let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+        let event_loop = EventLoop {
+            swarm,
+            commands: rx,
+            pending: HashMap::new(),
+            listen_addrs: Vec::new(),
+            elections,
+            peer_addrs: HashMap::new(),
+            rtts: HashMap::new(),
+            bootstrap,
+        };
+        let task = tokio::spawn(event_loop.run(shutdown));
+        Ok((
+            Network {
+                commands: tx,
+                local,
+                streams,
+            },
+            task,
+        ))
+    }
+}
+
+/// The relay server's limits: `slots` reservations, circuits long and
+/// large enough for a voicemail, and rate limits that stop one peer from
+/// churning reservations.
+fn relay_config(slots: usize) -> relay::Config {
+    relay::Config {
+        max_reservations: slots,
+        max_circuit_bytes: RELAY_CIRCUIT_BYTES,
+        max_circuit_duration: RELAY_CIRCUIT_DURATION,
+        max_circuits: 64,
+        max_circuits_per_peer: 8,
+        ..relay::Config::default()
+    }
+}
+
+/// How often a peer with no connections dials its bootstrap peers again
+/// (they were not up yet, or its network was cut and has come back).
+const REJOIN_PERIOD: Duration = Duration::from_secs(5);
+
+fn dial_all(swarm: &mut Swarm<Behaviour>, addrs: &[Multiaddr]) {
+    for addr in addrs {
+        if let Err(e) = swarm.dial(addr.clone()) {
+            tracing::warn!(%addr, "cannot dial bootstrap peer: {e}");
+        }
+    }
+}
+
+impl EventLoop {
+    /// Dials the bootstrap peers again if no connection is left.
+    fn rejoin_if_alone(&mut self) {
+        if self.swarm.connected_peers().next().is_none() && !self.bootstrap.is_empty() {
+            tracing::info!("no connections: dialing the bootstrap peers again");
+            dial_all(&mut self.swarm, &self.bootstrap);
+        }
+    }
+
+    async fn run(mut self, shutdown: CancellationToken) {
+        let every = |period: Duration| {
+            let mut t = tokio::time::interval(period);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            t
+        };
+        let setup = self.elections.as_ref().map(|e| e.setup.clone());
+        let hour = Duration::from_secs(3600);
+        let mut adverts = every(setup.as_ref().map_or(hour, |s| s.interval));
+        let mut heartbeats = every(setup.as_ref().map_or(hour, |s| s.heartbeat));
+        let mut elections = every(sn::ELECTION_PERIOD);
+        let mut rejoin = every(REJOIN_PERIOD);
+        rejoin.reset();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = rejoin.tick() => self.rejoin_if_alone(),
+                _ = adverts.tick(), if setup.is_some() => self.advertise(),
+                _ = elections.tick(), if setup.is_some() => self.reelect_if_changed(),
+                _ = heartbeats.tick(), if setup.is_some() => self.on_heartbeat_tick(),
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                command = self.commands.recv() => match command {
+                    Some(c) => self.on_command(c),
+                    None => break,
+                },
+            }
+        }
+        tracing::debug!(peer = %self.swarm.local_peer_id(), "network task stopped");
+    }
+
+    fn on_command(&mut self, command: Command) {
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        match command {
+            Command::StartProviding { key, reply } => match kad.start_providing(key) {
+                Ok(id) => {
+                    self.pending.insert(id, PendingQuery::Providing(reply));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(NetworkError::Announce(e.to_string())));
+                }
+            },
+            Command::StopProviding { key } => kad.stop_providing(&key),
+            Command::GetProviders { key, reply } => {
+                let id = kad.get_providers(key);
+                self.pending.insert(id, PendingQuery::Providers(reply));
+            }
+            Command::GetClosestPeers { key, reply } => {
+                let id = kad.get_closest_peers(key);
+                self.pending.insert(id, PendingQuery::Closest(reply));
+            }
+            Command::RoutingPeers { reply } => {
+                let peers = kad
+                    .kbuckets()
+                    .flat_map(|b| b.iter().map(|e| *e.node.key.preimage()).collect::<Vec<_>>())
+                    .collect();
+                let _ = reply.send(peers);
+            }
+            Command::Rtts { reply } => {
+                let _ = reply.send(self.rtts.clone());
+            }
+            Command::ListenAddrs { reply } => {
+                let _ = reply.send(self.listen_addrs.clone());
+            }
+            Command::Supernodes { reply } => {
+                let _ = reply.send(self.elections.as_ref().map(sn::Elections::view));
+            }
+            Command::Recommend {
+                count,
+                exclude,
+                reply,
+            } => self.recommend(count, exclude, reply),
+            Command::Observe { peer, ok } => {
+                if let Some(e) = self.elections.as_mut() {
+                    e.observe(peer, ok);
+                }
+            }
+        }
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                let local = *self.swarm.local_peer_id();
+                tracing::info!(%address, "listening");
+                // A peer declared public is reachable where it listens: say
+                // so, so that its relay and its provider records carry
+                // those addresses (AutoNAT confirms them for the others).
+                if self
+                    .elections
+                    .as_ref()
+                    .is_some_and(|e| e.setup.public == Some(true))
+                    && !is_relayed(&address)
+                {
+                    self.swarm.add_external_address(address.clone());
+                }
+                let full = match address.iter().last() {
+                    Some(Protocol::P2p(_)) => address,
+                    _ => address.with(Protocol::P2p(local)),
+                };
+                self.listen_addrs.push(full);
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.listen_addrs
+                    .retain(|a| !a.iter().zip(address.iter()).all(|(x, y)| x == y));
+            }
+            // Only DHT servers go into the routing table: a one-job client
+            // peer must never be picked as a holder.
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) if info.protocols.contains(&KAD_PROTOCOL) => {
+                if let Some(direct) = info.listen_addrs.iter().find(|a| !is_relayed(a)) {
+                    self.peer_addrs
+                        .entry(peer_id)
+                        .or_insert_with(|| direct.clone());
+                }
+                for addr in info.listen_addrs {
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => self.on_kad_event(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Gossip(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            })) => self.on_advert(propagation_source, message_id, message),
+            SwarmEvent::Behaviour(BehaviourEvent::Sn(event)) => self.on_sn_event(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
+                peer,
+                result: Ok(rtt),
+                ..
+            })) => {
+                self.rtts.insert(peer, rtt);
+            }
+            // A connection whose far end vanished without closing it (a
+            // cut cable, a frozen host) would otherwise stay open for
+            // ever, and every new stream to that peer would wait on it.
+            // libp2p reports the second failure in a row.
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
+                peer,
+                connection,
+                result: Err(failure),
+            })) if !matches!(failure, ping::Failure::Unsupported) => {
+                tracing::info!(%peer, "ping failed twice ({failure}): closing the connection");
+                self.swarm.close_connection(connection);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Autonat(autonat::Event::StatusChanged {
+                new,
+                ..
+            })) => {
+                tracing::info!(status = ?new, "AutoNAT status changed");
+                if let Some(e) = self.elections.as_mut() {
+                    e.nat_public = new.is_public();
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::RelayClient(
+                relay::client::Event::ReservationReqAccepted { relay_peer_id, .. },
+            )) => self.on_reservation(relay_peer_id),
+            SwarmEvent::Behaviour(BehaviourEvent::Relay(event)) => {
+                tracing::debug!(?event, "relay");
+                if let (relay::Event::CircuitReqAccepted { .. }, Some(e)) =
+                    (&event, self.elections.as_mut())
+                {
+                    e.circuits += 1;
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(event)) => {
+                tracing::debug!(peer = %event.remote_peer_id, result = ?event.result, "hole punch");
+            }
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                reason,
+                ..
+            } => self.on_listener_closed(listener_id, reason.err().map(|e| e.to_string())),
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
+            } => {
+                if let libp2p::core::ConnectedPoint::Dialer { address, .. } = &endpoint
+                    && !is_relayed(address)
+                {
+                    self.peer_addrs.insert(peer_id, address.clone());
+                }
+                self.on_connected(peer_id, connection_id, &endpoint);
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => {
+                self.rtts.remove(&peer_id);
+                self.on_disconnected(peer_id);
+            }
+            SwarmEvent::OutgoingConnectionError {
+                peer_id,
+                connection_id,
+                error,
+            } => {
+                tracing::debug!(?peer_id, "outgoing connection failed: {error}");
+                self.on_dial_failed(connection_id, &error);
+            }
+            _ => {}
+        }
+    }
+
+    fn on_kad_event(&mut self, event: kad::Event) {
+        match event {
+            kad::Event::InboundRequest {
+                request:
+                    kad::InboundRequest::AddProvider {
+                        record: Some(record),
+                    },
+            } => {
+                if let Err(e) = self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .store_mut()
+                    .add_provider(record)
+                {
+                    tracing::debug!("provider record dropped: {e}");
+                }
+            }
+            kad::Event::OutboundQueryProgressed {
+                id, result, step, ..
+            } => match result {
+                QueryResult::StartProviding(r) => {
+                    if let Some(PendingQuery::Providing(reply)) = self.pending.remove(&id) {
+                        let _ = reply.send(
+                            r.map(|_| ())
+                                .map_err(|e| NetworkError::Announce(e.to_string())),
+                        );
+                    }
+                }
+                QueryResult::GetProviders(r) => {
+                    let found = match r {
+                        Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) => providers,
+                        _ => HashSet::new(),
+                    };
+                    if !found.is_empty() || step.last {
+                        if let Some(PendingQuery::Providers(reply)) = self.pending.remove(&id) {
+                            let _ = reply.send(found);
+                        }
+                        if !step.last
+                            && let Some(mut q) = self.swarm.behaviour_mut().kad.query_mut(&id)
+                        {
+                            q.finish();
+                        }
+                    }
+                }
+                QueryResult::GetClosestPeers(r) => {
+                    if let Some(PendingQuery::Closest(reply)) = self.pending.remove(&id) {
+                        let peers = match r {
+                            Ok(ok) => ok.peers,
+                            Err(kad::GetClosestPeersError::Timeout { peers, .. }) => peers,
+                        };
+                        let _ = reply.send(peers.into_iter().map(|p| p.peer_id).collect());
+                    }
+                }
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+}

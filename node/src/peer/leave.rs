@@ -1,0 +1,439 @@
+//! Leaving a voicemail (paper §3.3 steps 1-5): encrypt once, shard, rank
+//! holders, upload, and deposit only once every holder acked.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use libp2p::PeerId;
+use sha2::{Digest, Sha256};
+use vmail_proto::meta::DEFAULT_VOICEMAIL_TTL_SECS;
+use vmail_proto::names::Recipients;
+use vmail_proto::{random_bytes, unix_now};
+
+use super::{Peer, PeerError, Phase, Progress, ProgressFn, Timings};
+use crate::auth_client::{NewDeposit, VoicemailMeta};
+use crate::core::crypto;
+use crate::core::erasure::{self, Redundancy};
+use crate::core::locator::{LOCATOR_VERSION, Layout, Locator, ObjectId, ShardRef};
+use crate::core::placement;
+use crate::core::score::{Outcome, PeerStats};
+use crate::overlay::objects::{ObjectMeta, ShardOf};
+use crate::overlay::transfer::TransferError;
+
+/// Longest wait for the supernode's recommendations during a leave.
+pub const RECOMMEND_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What to leave.
+#[derive(Debug, Clone)]
+pub struct LeaveRequest {
+    /// Recipient usernames.
+    pub recipients: Vec<String>,
+    /// The voicemail.
+    pub content: Vec<u8>,
+    /// MIME type.
+    pub content_type: String,
+    /// Duration, when known.
+    pub duration_ms: u64,
+    /// Copies or erasure coding; None means the configured default.
+    pub redundancy: Option<Redundancy>,
+}
+
+/// One stored shard (a whole copy when not erasure-coded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredShard {
+    /// Its index in the layout.
+    pub index: u8,
+    /// Its identifier.
+    pub id: ObjectId,
+    /// The holder that acked it.
+    pub holder: PeerId,
+}
+
+/// A voicemail left.
+#[derive(Debug, Clone)]
+pub struct LeaveReceipt {
+    /// The auth server's voicemail id.
+    pub voicemail_id: [u8; 16],
+    /// Ciphertext bytes.
+    pub ciphertext_len: u64,
+    /// How it was made redundant.
+    pub redundancy: Redundancy,
+    /// Bytes of each shard.
+    pub shard_len: u64,
+    /// The shards, by index.
+    pub shards: Vec<StoredShard>,
+    /// Holders that refused or failed before others took their place.
+    pub failures: Vec<String>,
+    /// Where the time went.
+    pub timings: Timings,
+}
+
+/// What one leave uploads: the shards and what every holder is told.
+struct Upload<'a> {
+    redundancy: Redundancy,
+    ciphertext_len: u64,
+    expires_at: u64,
+    delete_secret: [u8; 32],
+    shards: &'a [Vec<u8>],
+    known: &'a [PeerId],
+}
+
+impl Upload<'_> {
+    /// The meta holder `i` is sent, with the layout as it stands.
+    fn meta(&self, i: usize, layout: Layout) -> ObjectMeta {
+        ObjectMeta {
+            len: self.shards[i].len() as u64,
+            sha256: layout.shards[i].sha256,
+            expires_at: self.expires_at,
+            delete_hash: Sha256::digest(self.delete_secret).into(),
+            shard: Some(ShardOf {
+                index: i as u8,
+                layout,
+            }),
+        }
+    }
+}
+
+impl Peer {
+    /// Leaves a voicemail (paper §3.3 steps 1-5).
+    pub async fn leave(
+        &self,
+        req: LeaveRequest,
+        progress: ProgressFn,
+    ) -> Result<LeaveReceipt, PeerError> {
+        let session = self.session()?;
+        let mut timings = Timings::default();
+        let len = req.content.len() as u64;
+        if len == 0 {
+            return Err(PeerError::Empty);
+        }
+        if len > self.config.max_voicemail_bytes {
+            return Err(PeerError::TooLarge {
+                len,
+                max: self.config.max_voicemail_bytes,
+            });
+        }
+        let redundancy = req.redundancy.unwrap_or(self.redundancy).validate()?;
+        let recipients = Recipients::parse(&req.recipients)?;
+
+        // Every recipient must exist before anything is stored.
+        let t = Instant::now();
+        let mut auth = self.auth(&session).await?;
+        for name in recipients.to_strings() {
+            match auth.certificate(&name).await {
+                Ok(_) => {}
+                Err(e) if e.code() == Some(tonic::Code::NotFound) => {
+                    return Err(PeerError::UnknownRecipient(name));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        timings.auth += t.elapsed();
+
+        let t = Instant::now();
+        let me = self.peer_id();
+        let mut candidates = self.network.routing_peers().await?;
+        candidates.retain(|p| *p != me);
+        if candidates.is_empty() {
+            return Err(PeerError::NoPeers);
+        }
+        if candidates.len() < redundancy.n() {
+            return Err(PeerError::TooFewPeers {
+                redundancy,
+                needed: redundancy.n(),
+                known: candidates.len(),
+            });
+        }
+        let order = self.rank(&candidates, redundancy.n()).await;
+        timings.dht += t.elapsed();
+
+        // Step 1-2: session key, then one encryption for every recipient,
+        // then the shards.
+        let t = Instant::now();
+        let timestamp = unix_now();
+        let salt: [u8; 32] = random_bytes();
+        let session_key =
+            session
+                .login
+                .master_key
+                .derive_session_key(&salt, timestamp, &recipients);
+        let message_id: [u8; 16] = random_bytes();
+        let (ciphertext_len, sha256, shards) = {
+            let key = session_key.clone();
+            let content = req.content;
+            let progress = progress.clone();
+            tokio::task::spawn_blocking(move || {
+                let ct = crypto::encrypt(&key, message_id, &content, &mut |done| {
+                    progress(Progress {
+                        phase: Phase::Encrypt,
+                        done,
+                        total: len,
+                    })
+                });
+                let sha: [u8; 32] = Sha256::digest(&ct).into();
+                erasure::encode(redundancy, &ct).map(|shards| (ct.len() as u64, sha, shards))
+            })
+            .await
+            .expect("encryption task does not panic")?
+        };
+        timings.crypto += t.elapsed();
+        let expires_at = timestamp + DEFAULT_VOICEMAIL_TTL_SECS;
+        let delete_secret: [u8; 32] = random_bytes();
+
+        // Steps 3-5: holders, identifiers in their ranges, uploads.
+        let t = Instant::now();
+        let mut known = candidates.clone();
+        if self.store.is_some() {
+            known.push(me);
+        }
+        let upload = Upload {
+            redundancy,
+            ciphertext_len,
+            expires_at,
+            delete_secret,
+            shards: &shards,
+            known: &known,
+        };
+        let (stored, layout, failures) = self.upload(&upload, &order, &progress).await;
+        timings.transfer += t.elapsed();
+        if stored.len() < redundancy.n() {
+            self.withdraw(&stored, delete_secret).await;
+            return Err(PeerError::NotEnoughHolders {
+                wanted: redundancy.n(),
+                got: stored.len(),
+                failures,
+            });
+        }
+
+        // Step 6: deposit only now that every shard is acked.
+        let locator = Locator {
+            version: LOCATOR_VERSION,
+            message_id,
+            ciphertext_sha256: sha256,
+            layout,
+        };
+        let t = Instant::now();
+        let deposit = NewDeposit {
+            request_id: random_bytes(),
+            recipients,
+            locator: locator.encode(),
+            session_key,
+            meta: VoicemailMeta {
+                size: len,
+                content_type: req.content_type,
+                duration_ms: req.duration_ms,
+                expires_at,
+            },
+        };
+        let receipt = match auth.deposit(&session.login.master_key, &deposit).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.withdraw(&stored, delete_secret).await;
+                return Err(e.into());
+            }
+        };
+        timings.auth += t.elapsed();
+        Ok(LeaveReceipt {
+            voicemail_id: receipt.voicemail_id,
+            ciphertext_len,
+            redundancy,
+            shard_len: locator.layout.shard_len(),
+            shards: stored,
+            failures,
+            timings,
+        })
+    }
+
+    /// Every candidate, best holder first: the configured scorer over this
+    /// peer's observations, the preferred list, the supernode's
+    /// recommendations (asked for `n`, when attached) and RTTs.
+    async fn rank(&self, candidates: &[PeerId], n: usize) -> Vec<PeerId> {
+        let recommended = tokio::time::timeout(
+            RECOMMEND_TIMEOUT,
+            self.network
+                .recommend(u16::try_from(n).unwrap_or(u16::MAX), Vec::new()),
+        )
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+        let rtts = self.network.rtts().await.unwrap_or_default();
+        let now = unix_now();
+        let table = self.observations.lock().expect("observations lock");
+        let stats: Vec<(PeerId, PeerStats)> = candidates
+            .iter()
+            .map(|p| {
+                let mut s = table.stats(p, now);
+                s.preferred = self.preferred.contains(p);
+                s.recommended = recommended.contains(p);
+                s.rtt_ms = rtts.get(p).map(|d| d.as_secs_f64() * 1000.0);
+                (*p, s)
+            })
+            .collect();
+        drop(table);
+        crate::core::score::select(
+            self.scorer.as_ref(),
+            &stats,
+            candidates.len(),
+            &mut rand::thread_rng(),
+        )
+    }
+
+    /// Uploads shard `i` to the `i`-th holder in `order`, concurrently;
+    /// a shard whose holder fails goes to the next spare under a new
+    /// identifier in that spare's range. Holders that got an earlier draft
+    /// of the layout are sent the final one (`Relayout`, with the delete
+    /// secret). Returns the shards stored, the final layout and the
+    /// failures.
+    async fn upload(
+        &self,
+        up: &Upload<'_>,
+        order: &[PeerId],
+        progress: &ProgressFn,
+    ) -> (Vec<StoredShard>, Layout, Vec<String>) {
+        let n = up.redundancy.n();
+        let shard_len = up.shards[0].len() as u64;
+        let total = shard_len * n as u64;
+        let sent = Arc::new(AtomicU64::new(0));
+        let mut spares = order.iter().copied();
+        let mut failures = Vec::new();
+        let mut holders: Vec<Option<PeerId>> = vec![None; n];
+        let mut layout = Layout {
+            redundancy: up.redundancy,
+            ciphertext_len: up.ciphertext_len,
+            shards: up
+                .shards
+                .iter()
+                .map(|s| ShardRef {
+                    id: [0; 32],
+                    sha256: Sha256::digest(s).into(),
+                })
+                .collect(),
+        };
+        // Identifiers for the first n holders before anything is sent, so
+        // the layout they get is final unless one fails.
+        let mut first = Vec::new();
+        for i in 0..n {
+            for holder in spares.by_ref() {
+                match placement::identifier_in_range(&holder, up.known, &mut rand::thread_rng()) {
+                    Some(id) => {
+                        layout.shards[i].id = id;
+                        first.push((i, holder));
+                        break;
+                    }
+                    None => failures.push(format!("{holder}: no identifier found in its range")),
+                }
+            }
+        }
+        let attempt = |i: usize, holder: PeerId, layout: Layout| {
+            let sent = sent.clone();
+            let progress = progress.clone();
+            async move {
+                let id = layout.shards[i].id;
+                let meta = up.meta(i, layout);
+                let last = AtomicU64::new(0);
+                let on_progress = |done: u64| {
+                    let delta = done - last.swap(done, Ordering::Relaxed);
+                    let all = sent.fetch_add(delta, Ordering::Relaxed) + delta;
+                    progress(Progress {
+                        phase: Phase::Upload,
+                        done: all.min(total),
+                        total,
+                    });
+                };
+                let result = self
+                    .blobs
+                    .store(holder, id, meta.clone(), &up.shards[i], &on_progress)
+                    .await;
+                if result.is_err() {
+                    sent.fetch_sub(last.load(Ordering::Relaxed), Ordering::Relaxed);
+                }
+                (i, holder, meta, result)
+            }
+        };
+        let mut running: FuturesUnordered<_> = first
+            .into_iter()
+            .map(|(i, holder)| attempt(i, holder, layout.clone()))
+            .collect();
+        let mut sent_layouts: Vec<Option<Layout>> = vec![None; n];
+        while let Some((i, holder, meta, result)) = running.next().await {
+            let now = unix_now();
+            match result {
+                Ok(()) => {
+                    self.note(holder, Outcome::Good).await;
+                    let mut t = self.observations.lock().expect("observations lock");
+                    t.picked(&holder, now);
+                    t.accepted(&holder, shard_len, now);
+                    drop(t);
+                    holders[i] = Some(holder);
+                    sent_layouts[i] = meta.shard.map(|s| s.layout);
+                }
+                Err(e) => {
+                    tracing::warn!(%holder, shard = i, "holder failed: {e}");
+                    if matches!(e, TransferError::NoRoom { .. }) {
+                        self.observations
+                            .lock()
+                            .expect("observations lock")
+                            .refused_room(&holder, shard_len, now);
+                    }
+                    self.note(holder, Outcome::Failed).await;
+                    failures.push(format!("shard {i} at {holder}: {e}"));
+                    for next in spares.by_ref() {
+                        match placement::identifier_in_range(
+                            &next,
+                            up.known,
+                            &mut rand::thread_rng(),
+                        ) {
+                            Some(id) => {
+                                layout.shards[i].id = id;
+                                running.push(attempt(i, next, layout.clone()));
+                                break;
+                            }
+                            None => {
+                                failures.push(format!("{next}: no identifier found in its range"))
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let stored: Vec<StoredShard> = holders
+            .iter()
+            .enumerate()
+            .filter_map(|(i, h)| {
+                h.map(|holder| StoredShard {
+                    index: i as u8,
+                    id: layout.shards[i].id,
+                    holder,
+                })
+            })
+            .collect();
+        if stored.len() == n {
+            for s in &stored {
+                let i = usize::from(s.index);
+                if sent_layouts[i].as_ref() != Some(&layout) {
+                    let shard = ShardOf {
+                        index: s.index,
+                        layout: layout.clone(),
+                    };
+                    let relayout = self.blobs.relayout(s.holder, s.id, up.delete_secret, shard);
+                    if let Err(e) = relayout.await {
+                        tracing::warn!(holder = %s.holder, "cannot hand it the final layout; its repair checks keep the draft: {e}");
+                    }
+                }
+            }
+        }
+        (stored, layout, failures)
+    }
+
+    /// Best-effort removal of stored shards after a failed leave.
+    async fn withdraw(&self, shards: &[StoredShard], secret: [u8; 32]) {
+        for s in shards {
+            if let Err(e) = self.blobs.delete(s.holder, s.id, secret).await {
+                tracing::warn!(holder = %s.holder, "cannot withdraw shard (it expires on its own): {e}");
+            }
+        }
+    }
+}
