@@ -294,3 +294,205 @@ impl AuthService {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! [`validate_deposit`]: what a deposit may carry, and the field each
+    //! refusal names.
+
+    use super::*;
+
+    const NOW: u64 = 1_700_000_000;
+
+    fn valid() -> Deposit {
+        Deposit {
+            request_id: vec![1; MIN_REQUEST_ID_LEN],
+            recipients: vec!["carol".into(), "bob".into(), "carol".into()],
+            locator: b"locator".to_vec(),
+            wrapped_key: vec![2; WRAPPED_KEY_LEN],
+            metadata: VoicemailMeta {
+                size: 1234,
+                content_type: "audio/wav".into(),
+                duration_ms: 5000,
+                expires_at: 0,
+            },
+        }
+    }
+
+    fn accepted(edit: impl FnOnce(&mut Deposit)) -> (Recipients, VoicemailMeta) {
+        let mut d = valid();
+        edit(&mut d);
+        validate_deposit(&d, NOW, &ServerConfig::default())
+            .unwrap_or_else(|e| panic!("{d:?} should pass, got {e}"))
+    }
+
+    /// The field a refusal names, and its message.
+    fn refused(edit: impl FnOnce(&mut Deposit)) -> (&'static str, String) {
+        let mut d = valid();
+        edit(&mut d);
+        match validate_deposit(&d, NOW, &ServerConfig::default()) {
+            Err(AuthError::InvalidArgument { field, why }) => (field, why),
+            other => panic!("expected InvalidArgument, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_valid_deposit_is_canonicalised_with_its_expiry_resolved() {
+        let config = ServerConfig::default();
+        let d = valid();
+        let (recipients, meta) = validate_deposit(&d, NOW, &config).unwrap();
+        assert_eq!(recipients.to_strings(), ["bob", "carol"]);
+        assert_eq!(
+            meta,
+            VoicemailMeta {
+                expires_at: NOW + config.default_voicemail_ttl_secs,
+                ..d.metadata.clone()
+            }
+        );
+        // With another config, the default follows it.
+        let short = ServerConfig {
+            default_voicemail_ttl_secs: 600,
+            ..ServerConfig::default()
+        };
+        assert_eq!(
+            validate_deposit(&d, NOW, &short).unwrap().1.expires_at,
+            NOW + 600
+        );
+        // An expiry the sender chose is kept.
+        let (_, meta) = accepted(|d| d.metadata.expires_at = NOW + 3600);
+        assert_eq!(meta.expires_at, NOW + 3600);
+    }
+
+    #[test]
+    fn every_limit_is_inclusive() {
+        let max_ttl = ServerConfig::default().max_voicemail_ttl_secs;
+        accepted(|d| d.request_id = vec![1; MAX_REQUEST_ID_LEN]);
+        accepted(|d| d.locator = vec![3; MAX_LOCATOR_LEN]);
+        accepted(|d| d.locator.clear());
+        accepted(|d| d.metadata.content_type = "a".repeat(MAX_CONTENT_TYPE_LEN));
+        accepted(|d| d.metadata.content_type.clear());
+        let names: Vec<String> = (0..vmail_proto::names::MAX_RECIPIENTS)
+            .map(|i| format!("user{i}"))
+            .collect();
+        accepted(|d| d.recipients = names);
+        assert_eq!(
+            accepted(|d| d.metadata.expires_at = NOW + 1).1.expires_at,
+            NOW + 1
+        );
+        assert_eq!(
+            accepted(|d| d.metadata.expires_at = NOW + max_ttl)
+                .1
+                .expires_at,
+            NOW + max_ttl
+        );
+    }
+
+    #[test]
+    fn a_bad_request_id_is_named() {
+        for len in [0, MIN_REQUEST_ID_LEN - 1, MAX_REQUEST_ID_LEN + 1] {
+            let (field, why) = refused(|d| d.request_id = vec![1; len]);
+            assert_eq!(field, "request_id", "{len} bytes");
+            assert_eq!(why, format!("{len} bytes, expected 16 to 64"));
+        }
+    }
+
+    #[test]
+    fn bad_recipients_are_named() {
+        let many: Vec<String> = (0..=vmail_proto::names::MAX_RECIPIENTS)
+            .map(|i| format!("user{i}"))
+            .collect();
+        let cases: Vec<Vec<String>> = vec![
+            Vec::new(),
+            vec!["Bob".into()],
+            vec!["bob".into(), "al".into()],
+            vec!["bob smith".into()],
+            vec!["a".repeat(65)],
+            many,
+        ];
+        for names in cases {
+            let (field, why) = refused(|d| d.recipients = names.clone());
+            assert_eq!(field, "recipients", "{names:?}: {why}");
+        }
+        let (_, why) = refused(|d| d.recipients.clear());
+        assert_eq!(why, "a voicemail needs at least one recipient");
+    }
+
+    #[test]
+    fn a_wrapped_key_of_the_wrong_length_is_named() {
+        for len in [0, WRAPPED_KEY_LEN - 1, WRAPPED_KEY_LEN + 1] {
+            let (field, why) = refused(|d| d.wrapped_key = vec![2; len]);
+            assert_eq!(field, "wrapped_key", "{len} bytes");
+            assert_eq!(why, format!("{len} bytes, expected {WRAPPED_KEY_LEN}"));
+        }
+    }
+
+    #[test]
+    fn a_locator_over_the_limit_is_named() {
+        let (field, why) = refused(|d| d.locator = vec![3; MAX_LOCATOR_LEN + 1]);
+        assert_eq!(field, "locator");
+        assert_eq!(why, "16385 bytes, at most 16384 allowed");
+    }
+
+    #[test]
+    fn a_content_type_over_the_limit_is_named() {
+        let (field, why) =
+            refused(|d| d.metadata.content_type = "a".repeat(MAX_CONTENT_TYPE_LEN + 1));
+        assert_eq!(field, "metadata.content_type");
+        assert_eq!(why, "129 bytes, at most 128");
+    }
+
+    #[test]
+    fn an_expiry_in_the_past_or_too_far_ahead_is_named() {
+        let max_ttl = ServerConfig::default().max_voicemail_ttl_secs;
+        for t in [1, NOW - 1, NOW] {
+            let (field, why) = refused(|d| d.metadata.expires_at = t);
+            assert_eq!(field, "metadata.expires_at", "{t}");
+            assert_eq!(why, format!("{t} is in the past (now {NOW})"));
+        }
+        for t in [NOW + max_ttl + 1, u64::MAX] {
+            let (field, why) = refused(|d| d.metadata.expires_at = t);
+            assert_eq!(field, "metadata.expires_at", "{t}");
+            assert!(why.contains("s ahead; the limit is"), "{why}");
+        }
+    }
+
+    #[test]
+    fn the_first_bad_field_in_protocol_order_is_the_one_named() {
+        let all_bad = |d: &mut Deposit| {
+            d.request_id.clear();
+            d.recipients.clear();
+            d.wrapped_key.clear();
+            d.locator = vec![3; MAX_LOCATOR_LEN + 1];
+            d.metadata.content_type = "a".repeat(MAX_CONTENT_TYPE_LEN + 1);
+            d.metadata.expires_at = 1;
+        };
+        let order = [
+            "request_id",
+            "recipients",
+            "wrapped_key",
+            "locator",
+            "metadata.content_type",
+            "metadata.expires_at",
+        ];
+        // Fix the fields one by one, in order: each time the next is named.
+        for (i, want) in order.iter().enumerate() {
+            let (field, _) = refused(|d| {
+                all_bad(d);
+                let good = valid();
+                for fixed in &order[..i] {
+                    match *fixed {
+                        "request_id" => d.request_id = good.request_id.clone(),
+                        "recipients" => d.recipients = good.recipients.clone(),
+                        "wrapped_key" => d.wrapped_key = good.wrapped_key.clone(),
+                        "locator" => d.locator = good.locator.clone(),
+                        "metadata.content_type" => {
+                            d.metadata.content_type = good.metadata.content_type.clone()
+                        }
+                        _ => unreachable!(),
+                    }
+                }
+            });
+            assert_eq!(field, *want);
+        }
+    }
+}

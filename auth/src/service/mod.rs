@@ -216,3 +216,6 @@ impl AuthService {
         &self.store
     }
 }
+
+#[cfg(test)]
+mod tests;

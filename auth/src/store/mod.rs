@@ -431,3 +431,6 @@ pub struct StoreCounts {
     /// Outstanding grants.
     pub grants: u64,
 }
+
+#[cfg(test)]
+mod tests;
