@@ -7,7 +7,7 @@ use libp2p::Multiaddr;
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 
-use crate::core::erasure::{MAX_SHARDS, Redundancy};
+use crate::core::erasure::{ErasureError, MAX_SHARDS, Redundancy};
 use crate::core::score::{FrequencyRule, PaperScorer, RandomScorer, Scorer};
 
 /// Default holder quota: 1 GiB of ciphertext.
@@ -83,14 +83,12 @@ impl Default for PlacementConfig {
 
 impl PlacementConfig {
     /// The configured redundancy.
-    pub fn redundancy(&self) -> Result<Redundancy, String> {
-        self.redundancy
-            .parse()
-            .map_err(|e| format!("placement.redundancy: {e}"))
+    pub fn redundancy(&self) -> Result<Redundancy, InvalidValue> {
+        self.redundancy.parse().map_err(InvalidValue::Redundancy)
     }
 
     /// The configured scorer.
-    pub fn scorer(&self) -> Result<Box<dyn Scorer + Send + Sync>, String> {
+    pub fn scorer(&self) -> Result<Box<dyn Scorer + Send + Sync>, InvalidValue> {
         let paper = |rule| -> Box<dyn Scorer + Send + Sync> {
             Box::new(PaperScorer {
                 rule,
@@ -101,44 +99,36 @@ impl PlacementConfig {
             "paper-min" => Ok(paper(FrequencyRule::Min)),
             "paper-max" => Ok(paper(FrequencyRule::Max)),
             "random" => Ok(Box::new(RandomScorer)),
-            other => Err(format!(
-                "placement.scorer = {other:?}: use \"paper-min\", \"paper-max\" or \"random\""
-            )),
+            other => Err(InvalidValue::Scorer(other.to_owned())),
         }
     }
 
     /// The preferred peers.
-    pub fn preferred(&self) -> Result<Vec<PeerId>, String> {
+    pub fn preferred(&self) -> Result<Vec<PeerId>, InvalidValue> {
         self.preferred
             .iter()
             .map(|p| {
                 p.parse()
-                    .map_err(|e| format!("placement.preferred entry {p:?}: {e}"))
+                    .map_err(|e: libp2p::identity::ParseError| InvalidValue::Preferred {
+                        entry: p.clone(),
+                        why: e.to_string(),
+                    })
             })
             .collect()
     }
 
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), InvalidValue> {
         self.redundancy()?;
         self.scorer()?;
         self.preferred()?;
         if !(1..=86_400).contains(&self.repair_interval_secs) {
-            return Err(format!(
-                "placement.repair_interval_secs = {} must be 1 to 86400",
-                self.repair_interval_secs
-            ));
+            return Err(InvalidValue::RepairInterval(self.repair_interval_secs));
         }
         if self.repair_grace_secs > 30 * 86_400 {
-            return Err(format!(
-                "placement.repair_grace_secs = {} must be at most 2592000 (30 days)",
-                self.repair_grace_secs
-            ));
+            return Err(InvalidValue::RepairGrace(self.repair_grace_secs));
         }
         if !(1..=1024).contains(&self.repair_max_shards) {
-            return Err(format!(
-                "placement.repair_max_shards = {} must be 1 to 1024",
-                self.repair_max_shards
-            ));
+            return Err(InvalidValue::RepairMaxShards(self.repair_max_shards));
         }
         Ok(())
     }
@@ -228,32 +218,33 @@ impl SupernodeConfig {
         std::time::Duration::from_millis(self.heartbeat_ms)
     }
 
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), InvalidValue> {
         let most = crate::supernode::advert::MAX_ADVERT_AGE_SECS / 2;
         if !(1..=most).contains(&self.advert_interval_secs) {
-            return Err(format!(
-                "supernode.advert_interval_secs = {} must be 1 to {most}, so adverts never go stale between two",
-                self.advert_interval_secs
-            ));
+            return Err(InvalidValue::AdvertInterval {
+                value: self.advert_interval_secs,
+                most,
+            });
         }
         if self.peers_per_sn == 0 || self.max_sns == 0 || self.min_sns > self.max_sns {
-            return Err(format!(
-                "supernode: peers_per_sn = {} and max_sns = {} must be at least 1, and min_sns = {} at most max_sns",
-                self.peers_per_sn, self.max_sns, self.min_sns
-            ));
+            return Err(InvalidValue::Election {
+                peers_per_sn: self.peers_per_sn,
+                min_sns: self.min_sns,
+                max_sns: self.max_sns,
+            });
         }
         if !(100..=10_000).contains(&self.heartbeat_ms) || self.max_attached == 0 {
-            return Err(format!(
-                "supernode: heartbeat_ms = {} must be 100 to 10000, and max_attached = {} at least 1",
-                self.heartbeat_ms, self.max_attached
-            ));
+            return Err(InvalidValue::Attach {
+                heartbeat_ms: self.heartbeat_ms,
+                max_attached: self.max_attached,
+            });
         }
-        if self.bandwidth_kbps > crate::supernode::advert::limits::BANDWIDTH_KBPS {
-            return Err(format!(
-                "supernode.bandwidth_kbps = {} is above {}",
-                self.bandwidth_kbps,
-                crate::supernode::advert::limits::BANDWIDTH_KBPS
-            ));
+        let max = crate::supernode::advert::limits::BANDWIDTH_KBPS;
+        if self.bandwidth_kbps > max {
+            return Err(InvalidValue::Bandwidth {
+                value: self.bandwidth_kbps,
+                max,
+            });
         }
         Ok(())
     }
@@ -279,14 +270,121 @@ impl Default for NodeConfig {
     }
 }
 
-/// Why the config could not be used.
+/// A `node.toml` value that cannot be used: the message names the key and
+/// the values allowed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidValue {
+    /// `placement.redundancy` does not parse or is out of range.
+    #[error("placement.redundancy: {0}")]
+    Redundancy(ErasureError),
+    /// `replicas` is out of range.
+    #[error("replicas = {0} must be 1 to {MAX_SHARDS}")]
+    Replicas(u32),
+    /// `placement.scorer` names no scorer.
+    #[error("placement.scorer = {0:?}: use \"paper-min\", \"paper-max\" or \"random\"")]
+    Scorer(String),
+    /// A `placement.preferred` entry is not a peer id.
+    #[error("placement.preferred entry {entry:?}: {why}")]
+    Preferred {
+        /// The entry.
+        entry: String,
+        /// Why it does not parse.
+        why: String,
+    },
+    /// `placement.repair_interval_secs` is out of range.
+    #[error("placement.repair_interval_secs = {0} must be 1 to 86400")]
+    RepairInterval(u64),
+    /// `placement.repair_grace_secs` is out of range.
+    #[error("placement.repair_grace_secs = {0} must be at most 2592000 (30 days)")]
+    RepairGrace(u64),
+    /// `placement.repair_max_shards` is out of range.
+    #[error("placement.repair_max_shards = {0} must be 1 to 1024")]
+    RepairMaxShards(usize),
+    /// `supernode.advert_interval_secs` is out of range.
+    #[error(
+        "supernode.advert_interval_secs = {value} must be 1 to {most}, so adverts never go stale between two"
+    )]
+    AdvertInterval {
+        /// The value.
+        value: u64,
+        /// The largest allowed.
+        most: u64,
+    },
+    /// The election's bounds do not fit together.
+    #[error(
+        "supernode: peers_per_sn = {peers_per_sn} and max_sns = {max_sns} must be at least 1, and min_sns = {min_sns} at most max_sns"
+    )]
+    Election {
+        /// `peers_per_sn`.
+        peers_per_sn: usize,
+        /// `min_sns`.
+        min_sns: usize,
+        /// `max_sns`.
+        max_sns: usize,
+    },
+    /// The attachment settings are out of range.
+    #[error(
+        "supernode: heartbeat_ms = {heartbeat_ms} must be 100 to 10000, and max_attached = {max_attached} at least 1"
+    )]
+    Attach {
+        /// `heartbeat_ms`.
+        heartbeat_ms: u64,
+        /// `max_attached`.
+        max_attached: usize,
+    },
+    /// `supernode.bandwidth_kbps` is more than an advert may carry.
+    #[error("supernode.bandwidth_kbps = {value} is above {max}")]
+    Bandwidth {
+        /// The value.
+        value: u64,
+        /// The largest an advert carries.
+        max: u64,
+    },
+    /// `max_voicemail_bytes` is out of range.
+    #[error("max_voicemail_bytes = {0} must be 1 to 1073741824")]
+    MaxVoicemailBytes(u64),
+    /// A connection limit is zero.
+    #[error("max_connections and max_connections_per_peer must be at least 1")]
+    Connections,
+}
+
+/// Why the config could not be used. Every message starts with the file.
 #[derive(Debug, thiserror::Error)]
-#[error("node config {path}: {why}")]
-pub struct ConfigError {
-    /// The file.
-    pub path: PathBuf,
-    /// What is wrong.
-    pub why: String,
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("node config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for a node config.
+    #[error("node config {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What toml said.
+        source: toml::de::Error,
+    },
+    /// A `VMAIL_BOOTSTRAP` entry is not a multiaddr.
+    #[error("node config {path}: VMAIL_BOOTSTRAP entry {entry:?}: {source}")]
+    Bootstrap {
+        /// The file.
+        path: PathBuf,
+        /// The entry.
+        entry: String,
+        /// Why it does not parse.
+        source: libp2p::multiaddr::Error,
+    },
+    /// A value is out of range.
+    #[error("node config {path}: {source}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Which value, and why.
+        source: InvalidValue,
+    },
 }
 
 impl NodeConfig {
@@ -302,50 +400,50 @@ impl NodeConfig {
     /// default file means defaults. Then adds `VMAIL_BOOTSTRAP`.
     pub fn load(dir: &Path, file: Option<&Path>) -> Result<Self, ConfigError> {
         let path = file.map_or_else(|| dir.join(CONFIG_FILE), Path::to_path_buf);
-        let err = |why: String| ConfigError {
-            path: path.clone(),
-            why,
-        };
         let mut config = match std::fs::read_to_string(&path) {
-            Ok(text) => toml::from_str(&text).map_err(|e| err(e.to_string()))?,
+            Ok(text) => toml::from_str(&text).map_err(|source| ConfigError::Parse {
+                path: path.clone(),
+                source,
+            })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && file.is_none() => Self::default(),
-            Err(e) => return Err(err(e.to_string())),
+            Err(source) => return Err(ConfigError::Read { path, source }),
         };
         if let Ok(extra) = std::env::var("VMAIL_BOOTSTRAP") {
             for a in extra.split(',').map(str::trim).filter(|a| !a.is_empty()) {
-                config.bootstrap.push(
-                    a.parse()
-                        .map_err(|e| err(format!("VMAIL_BOOTSTRAP entry {a:?}: {e}")))?,
-                );
+                let addr = a.parse().map_err(|source| ConfigError::Bootstrap {
+                    path: path.clone(),
+                    entry: a.to_owned(),
+                    source,
+                })?;
+                config.bootstrap.push(addr);
             }
         }
-        config.validate().map_err(err)?;
+        config
+            .validate()
+            .map_err(|source| ConfigError::Invalid { path, source })?;
         Ok(config)
     }
 
     /// Checks ranges; the message names the field and the allowed values.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidValue> {
         self.redundancy()?;
         self.placement.validate()?;
         if self.max_voicemail_bytes == 0 || self.max_voicemail_bytes > 1 << 30 {
-            return Err(format!(
-                "max_voicemail_bytes = {} must be 1 to 1073741824",
-                self.max_voicemail_bytes
-            ));
+            return Err(InvalidValue::MaxVoicemailBytes(self.max_voicemail_bytes));
         }
         if self.max_connections == 0 || self.max_connections_per_peer == 0 {
-            return Err("max_connections and max_connections_per_peer must be at least 1".into());
+            return Err(InvalidValue::Connections);
         }
         self.supernode.validate()?;
         Ok(())
     }
 
     /// What a leave stores unless told otherwise.
-    pub fn redundancy(&self) -> Result<Redundancy, String> {
+    pub fn redundancy(&self) -> Result<Redundancy, InvalidValue> {
         match self.replicas {
             Some(r) => Redundancy::Replicas(u8::try_from(r).unwrap_or(0))
                 .validate()
-                .map_err(|_| format!("replicas = {r} must be 1 to {MAX_SHARDS}")),
+                .map_err(|_| InvalidValue::Replicas(r)),
             None => self.placement.redundancy(),
         }
     }

@@ -13,7 +13,7 @@ use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Code, Request, Response, Status, Streaming};
 use vmail_proto::cert::UserCertificate;
 use vmail_proto::control_pb::{self as pb, control_client, control_server};
 use vmail_proto::keys::MasterKey;
@@ -21,7 +21,11 @@ use vmail_proto::names::Username;
 
 use crate::auth_client::{AuthTarget, LoginSession, Pending};
 use crate::core::erasure::{ErasureError, Redundancy};
-use crate::peer::{LeaveRequest, Peer, PeerError, Phase, Progress, ProgressFn, Session, Timings};
+use crate::overlay::swarm::NetworkError;
+use crate::peer::{
+    FetchError, LeaveError, LeaveRequest, Peer, Phase, Progress, ProgressFn, Session, SessionError,
+    Timings,
+};
 
 /// Socket file name in the data dir.
 pub const SOCKET_FILE: &str = "control.sock";
@@ -79,25 +83,59 @@ impl ControlError {
     }
 }
 
-fn status(e: PeerError) -> Status {
-    use tonic::Code;
-    let code = match &e {
-        PeerError::NotLoggedIn => Code::Unauthenticated,
-        PeerError::Empty
-        | PeerError::TooLarge { .. }
-        | PeerError::Redundancy(_)
-        | PeerError::BadName(_) => Code::InvalidArgument,
-        PeerError::UnknownRecipient(_) | PeerError::NoSuchVoicemail(_) => Code::NotFound,
-        PeerError::NoPeers
-        | PeerError::TooFewPeers { .. }
-        | PeerError::NotEnoughHolders { .. }
-        | PeerError::AllCopiesFailed { .. }
-        | PeerError::Network(_) => Code::Unavailable,
-        PeerError::Auth(c) => c.code().unwrap_or(Code::Unavailable),
-        PeerError::Locator(_) | PeerError::Decrypt { .. } => Code::DataLoss,
-        PeerError::Store(_) | PeerError::DataDir { .. } | PeerError::Config(_) => Code::Internal,
-    };
-    Status::new(code, e.to_string())
+/// The gRPC code of a peer error: the one table from each operation's error
+/// to a status ([`status`]).
+trait Coded: std::fmt::Display {
+    fn code(&self) -> Code;
+}
+
+impl Coded for SessionError {
+    fn code(&self) -> Code {
+        match self {
+            SessionError::NotLoggedIn => Code::Unauthenticated,
+            SessionError::Auth(c) => c.code().unwrap_or(Code::Unavailable),
+        }
+    }
+}
+
+impl Coded for LeaveError {
+    fn code(&self) -> Code {
+        match self {
+            LeaveError::NotLoggedIn => Code::Unauthenticated,
+            LeaveError::Empty
+            | LeaveError::TooLarge { .. }
+            | LeaveError::Redundancy(_)
+            | LeaveError::BadName(_) => Code::InvalidArgument,
+            LeaveError::UnknownRecipient(_) => Code::NotFound,
+            LeaveError::NoPeers
+            | LeaveError::TooFewPeers { .. }
+            | LeaveError::NotEnoughHolders { .. }
+            | LeaveError::Network(_) => Code::Unavailable,
+            LeaveError::Auth(c) => c.code().unwrap_or(Code::Unavailable),
+        }
+    }
+}
+
+impl Coded for FetchError {
+    fn code(&self) -> Code {
+        match self {
+            FetchError::NotLoggedIn => Code::Unauthenticated,
+            FetchError::NoSuchVoicemail(_) => Code::NotFound,
+            FetchError::AllCopiesFailed { .. } | FetchError::Network(_) => Code::Unavailable,
+            FetchError::Auth(c) => c.code().unwrap_or(Code::Unavailable),
+            FetchError::Locator(_) | FetchError::Decrypt { .. } => Code::DataLoss,
+        }
+    }
+}
+
+impl Coded for NetworkError {
+    fn code(&self) -> Code {
+        Code::Unavailable
+    }
+}
+
+fn status(e: impl Coded) -> Status {
+    Status::new(e.code(), e.to_string())
 }
 
 fn phase_pb(p: Phase) -> pb::Phase {
@@ -286,7 +324,8 @@ impl control_server::Control for ControlService {
         let progress = progress_into(tx.clone(), |p| pb::LeaveEvent {
             event: Some(pb::leave_event::Event::Progress(p)),
         });
-        let redundancy = redundancy(r.replicas, &r.erasure).map_err(status)?;
+        let redundancy =
+            redundancy(r.replicas, &r.erasure).map_err(|e| status(LeaveError::from(e)))?;
         let peer = self.peer.clone();
         tokio::spawn(async move {
             let req = LeaveRequest {
@@ -309,7 +348,7 @@ impl control_server::Control for ControlService {
                             index: c.index.into(),
                         })
                         .collect(),
-                    failures: done.failures,
+                    failures: done.failures.iter().map(ToString::to_string).collect(),
                     timings: Some(timings_pb(done.timings)),
                     redundancy: done.redundancy.to_string(),
                     shard_size: done.shard_len,
@@ -376,7 +415,7 @@ impl control_server::Control for ControlService {
                     })
                     .collect(),
                 redundancy: fetched.redundancy.to_string(),
-                failures: fetched.failures,
+                failures: fetched.failures.iter().map(ToString::to_string).collect(),
                 timings: Some(timings_pb(fetched.timings)),
             };
             let _ = tx.send(event(pb::fetch_event::Event::Done(done))).await;
@@ -393,7 +432,7 @@ impl control_server::Control for ControlService {
 
 /// The redundancy a leave asked for: `replicas` copies, or `erasure` "K/N",
 /// or neither (None: the peer's default).
-fn redundancy(replicas: u32, erasure: &str) -> Result<Option<Redundancy>, PeerError> {
+fn redundancy(replicas: u32, erasure: &str) -> Result<Option<Redundancy>, ErasureError> {
     match (replicas, erasure.trim()) {
         (0, "") => Ok(None),
         (0, e) => Ok(Some(e.parse()?)),
@@ -402,13 +441,11 @@ fn redundancy(replicas: u32, erasure: &str) -> Result<Option<Redundancy>, PeerEr
             Err(_) => Err(ErasureError::BadSetting(format!(
                 "{r} replicas is out of range: use 1 to {}",
                 crate::core::erasure::MAX_SHARDS
-            ))
-            .into()),
+            ))),
         },
         (_, _) => Err(ErasureError::BadSetting(
             "--replicas and --erasure were both given: choose one".into(),
-        )
-        .into()),
+        )),
     }
 }
 

@@ -8,7 +8,7 @@ use libp2p::PeerId;
 use sha2::{Digest, Sha256};
 use vmail_node::core::locator::Locator;
 use vmail_node::core::placement;
-use vmail_node::peer::{PeerError, no_progress};
+use vmail_node::peer::{FetchError, FetchFailure, LeaveError, no_progress};
 use vmail_tests::{TestNet, identity, leave_request, random_content};
 
 /// Every file under `dir`, recursively.
@@ -158,7 +158,9 @@ async fn tampered_copies_are_detected() {
         .expect("fetch");
     assert_eq!(got.content, content);
     assert!(
-        got.failures.iter().all(|f| f.contains("wrong bytes")),
+        got.failures
+            .iter()
+            .all(|f| matches!(f, FetchFailure::WrongBytes { .. })),
         "{:?}",
         got.failures
     );
@@ -169,7 +171,7 @@ async fn tampered_copies_are_detected() {
         .fetch(r.voicemail_id, no_progress())
         .await
         .unwrap_err();
-    assert!(matches!(err, PeerError::AllCopiesFailed { .. }), "{err}");
+    assert!(matches!(err, FetchError::AllCopiesFailed { .. }), "{err}");
     assert!(err.to_string().contains("stays in your inbox"), "{err}");
     assert_eq!(err.to_string().matches("wrong bytes").count(), 3, "{err}");
     assert_eq!(net.peers[1].inbox().await.unwrap().len(), 1);
@@ -274,7 +276,7 @@ async fn bad_input_is_refused_before_anything_is_stored() {
         )
         .await
         .unwrap_err();
-    assert!(matches!(err, PeerError::NotLoggedIn), "{err}");
+    assert!(matches!(err, LeaveError::NotLoggedIn), "{err}");
 
     net.login(0, "bob").await;
     net.login(1, "alice").await;
@@ -316,7 +318,7 @@ async fn bad_input_is_refused_before_anything_is_stored() {
     assert!(
         matches!(
             err,
-            PeerError::TooFewPeers {
+            LeaveError::TooFewPeers {
                 needed: 5,
                 known: 3,
                 ..
@@ -345,7 +347,7 @@ async fn a_full_quota_is_refused_and_nothing_is_deposited() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, PeerError::NotEnoughHolders { got: 0, .. }),
+        matches!(err, LeaveError::NotEnoughHolders { got: 0, .. }),
         "{err}"
     );
     assert!(err.to_string().contains("quota full"), "{err}");
@@ -377,7 +379,7 @@ async fn a_lone_peer_reports_no_reachable_peers() {
         )
         .await
         .unwrap_err();
-    assert!(matches!(err, PeerError::NoPeers), "{err}");
+    assert!(matches!(err, LeaveError::NoPeers), "{err}");
     net.stop().await;
 }
 

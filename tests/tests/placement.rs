@@ -13,7 +13,8 @@ use vmail_node::core::erasure::Redundancy;
 use vmail_node::core::locator::{LOCATOR_VERSION, Layout, Locator, ShardRef};
 use vmail_node::overlay::objects::ObjectMeta;
 use vmail_node::overlay::swarm::Role;
-use vmail_node::peer::{LeaveReceipt, PeerError, no_progress};
+use vmail_node::peer::upload_plan::HolderFailure;
+use vmail_node::peer::{FetchError, FetchFailure, LeaveReceipt, no_progress};
 use vmail_proto::keys::SecretKey;
 use vmail_proto::names::Recipients;
 use vmail_tests::{
@@ -98,7 +99,7 @@ async fn the_default_rs_4_8_survives_four_dead_holders_but_not_five() {
         .fetch(r.voicemail_id, no_progress())
         .await
         .unwrap_err();
-    assert!(matches!(err, PeerError::AllCopiesFailed { .. }), "{err}");
+    assert!(matches!(err, FetchError::AllCopiesFailed { .. }), "{err}");
     let msg = err.to_string();
     assert!(
         msg.contains("cannot be rebuilt") && msg.contains("stays in your inbox"),
@@ -193,13 +194,13 @@ async fn a_corrupt_shard_is_caught_and_its_holder_scored_down() {
         .await
         .expect("leave");
     let alice = &net.peers[1];
-    let wrong = |failures: &[String]| -> Vec<PeerId> {
+    let wrong = |failures: &[FetchFailure]| -> Vec<PeerId> {
         r.shards
             .iter()
             .filter(|s| {
-                failures
-                    .iter()
-                    .any(|f| f.contains("wrong bytes") && f.contains(&s.holder.to_string()))
+                failures.iter().any(
+                    |f| matches!(f, FetchFailure::WrongBytes { holder, .. } if *holder == s.holder),
+                )
             })
             .map(|s| s.holder)
             .collect()
@@ -222,7 +223,9 @@ async fn a_corrupt_shard_is_caught_and_its_holder_scored_down() {
         .expect("fetch");
     assert_eq!(got.content, content);
     assert!(
-        got.failures.iter().all(|f| f.contains("wrong bytes")),
+        got.failures
+            .iter()
+            .all(|f| matches!(f, FetchFailure::WrongBytes { .. })),
         "{:?}",
         got.failures
     );
@@ -237,7 +240,7 @@ async fn a_corrupt_shard_is_caught_and_its_holder_scored_down() {
         .await
         .unwrap_err();
     let failures = match err {
-        PeerError::AllCopiesFailed { failures, .. } => failures,
+        FetchError::AllCopiesFailed { failures, .. } => failures,
         other => panic!("{other}"),
     };
     let mut caught = wrong(&failures);
@@ -303,7 +306,8 @@ async fn a_preferred_holder_without_room_is_replaced_and_loses_its_capacity_scor
     assert!(
         r.failures
             .iter()
-            .any(|f| f.contains(&full.peer_id().to_string()) && f.contains("no room")),
+            .any(|f| matches!(f, HolderFailure::Failed { holder, why, .. }
+                if *holder == full.peer_id() && why.contains("no room"))),
         "{:?}",
         r.failures
     );

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use libp2p::{Multiaddr, PeerId};
 use vmail_node::config::NodeConfig;
+use vmail_node::overlay::swarm::NetworkError;
 use vmail_node::overlay::swarm::{Role, SupernodeView};
-use vmail_node::peer::{Peer, PeerError, PeerOptions};
+use vmail_node::peer::{Peer, PeerOptions, StartError};
 
 use crate::local_auth::{Harness, LocalServer, LocalServerError};
 
@@ -22,9 +23,12 @@ pub enum LocalNetError {
     /// The auth server.
     #[error(transparent)]
     Auth(#[from] LocalServerError),
-    /// A peer.
+    /// A peer did not start.
     #[error(transparent)]
-    Peer(#[from] PeerError),
+    Peer(#[from] StartError),
+    /// A peer's network failed.
+    #[error(transparent)]
+    Network(#[from] NetworkError),
     /// The peers did not find each other in time.
     #[error("peer {index} knows only {have} of {want} peers after {JOIN_TIMEOUT:?}")]
     Join {

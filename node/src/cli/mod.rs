@@ -297,7 +297,6 @@ fn when(unix: u64) -> String {
 }
 
 /// `--erasure K/N`, checked as clap parses it.
-fn parse_erasure(s: &str) -> Result<Redundancy, String> {
+fn parse_erasure(s: &str) -> Result<Redundancy, vmail_node::core::erasure::ErasureError> {
     s.parse()
-        .map_err(|e: vmail_node::core::erasure::ErasureError| e.to_string())
 }

@@ -82,7 +82,7 @@ impl PeerHandle {
         let config = NodeConfig::load(data_dir, None)?;
         let want = match holders {
             Some(n) => n,
-            None => config.redundancy().map_err(anyhow::Error::msg)?.n(),
+            None => config.redundancy()?.n(),
         };
         let tmp = tempfile::Builder::new()
             .prefix("vmail-")

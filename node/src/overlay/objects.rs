@@ -75,7 +75,7 @@ struct MetaV1 {
 
 /// Why the store refused or failed.
 #[derive(Debug, thiserror::Error)]
-pub enum StoreError {
+pub enum ObjectStoreError {
     /// The object is larger than this holder takes.
     #[error("object of {len} bytes is larger than this holder's limit of {max} bytes")]
     TooLarge {
@@ -122,12 +122,12 @@ pub enum StoreError {
     },
 }
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ObjectStoreError + '_ {
     move |source| {
         if source.kind() == std::io::ErrorKind::StorageFull {
-            StoreError::DiskFull
+            ObjectStoreError::DiskFull
         } else {
-            StoreError::Io {
+            ObjectStoreError::Io {
                 path: path.to_owned(),
                 source,
             }
@@ -146,7 +146,7 @@ struct State {
 
 /// A holder's objects. Cheap to clone; clones share state.
 #[derive(Debug, Clone)]
-pub struct Store {
+pub struct ObjectStore {
     dir: PathBuf,
     quota: u64,
     max_object: u64,
@@ -175,11 +175,15 @@ pub struct OpenReport {
     pub quarantined: usize,
 }
 
-impl Store {
+impl ObjectStore {
     /// Opens (creating if needed) the store in `dir`. Leftover temporary
     /// files are removed; files that do not parse are moved aside to
     /// `corrupt/`, never deleted.
-    pub fn open(dir: &Path, quota: u64, max_object: u64) -> Result<(Self, OpenReport), StoreError> {
+    pub fn open(
+        dir: &Path,
+        quota: u64,
+        max_object: u64,
+    ) -> Result<(Self, OpenReport), ObjectStoreError> {
         let dir = dir.join("objects");
         std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         let mut state = State::default();
@@ -262,9 +266,9 @@ impl Store {
     }
 
     /// Promises room for an upload of `len` bytes, or says why not.
-    pub fn reserve(&self, len: u64) -> Result<Reservation, StoreError> {
+    pub fn reserve(&self, len: u64) -> Result<Reservation, ObjectStoreError> {
         if len > self.max_object {
-            return Err(StoreError::TooLarge {
+            return Err(ObjectStoreError::TooLarge {
                 len,
                 max: self.max_object,
             });
@@ -272,7 +276,7 @@ impl Store {
         let mut s = self.state.lock().expect("store lock");
         let used = s.used + s.reserved;
         if used.saturating_add(len) > self.quota {
-            return Err(StoreError::QuotaFull {
+            return Err(ObjectStoreError::QuotaFull {
                 used,
                 quota: self.quota,
                 len,
@@ -294,18 +298,18 @@ impl Store {
         id: &ObjectId,
         meta: ObjectMeta,
         data: &[u8],
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), ObjectStoreError> {
         if data.len() as u64 != meta.len || <[u8; 32]>::from(Sha256::digest(data)) != meta.sha256 {
-            return Err(StoreError::HashMismatch);
+            return Err(ObjectStoreError::HashMismatch);
         }
         if !meta.consistent(id) {
-            return Err(StoreError::BadLayout);
+            return Err(ObjectStoreError::BadLayout);
         }
         if let Some(old) = self.get(id) {
             return if old.sha256 == meta.sha256 {
                 Ok(())
             } else {
-                Err(StoreError::Conflict)
+                Err(ObjectStoreError::Conflict)
             };
         }
         self.write(id, &meta, data)?;
@@ -319,7 +323,7 @@ impl Store {
 
     /// Writes the file for `id` durably: temporary file, fsync, rename,
     /// directory fsync.
-    fn write(&self, id: &ObjectId, meta: &ObjectMeta, data: &[u8]) -> Result<(), StoreError> {
+    fn write(&self, id: &ObjectId, meta: &ObjectMeta, data: &[u8]) -> Result<(), ObjectStoreError> {
         let path = self.path(id);
         let tmp = path.with_extension("tmp");
         let written = (|| {
@@ -357,19 +361,19 @@ impl Store {
         id: &ObjectId,
         secret: &[u8; 32],
         shard: ShardOf,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), ObjectStoreError> {
         let Some(mut meta) = self.get(id) else {
-            return Err(StoreError::NotHeld);
+            return Err(ObjectStoreError::NotHeld);
         };
         if <[u8; 32]>::from(Sha256::digest(secret)) != meta.delete_hash {
-            return Err(StoreError::WrongSecret);
+            return Err(ObjectStoreError::WrongSecret);
         }
         if meta.shard.as_ref() == Some(&shard) {
             return Ok(());
         }
         meta.shard = Some(shard);
         if !meta.consistent(id) {
-            return Err(StoreError::BadLayout);
+            return Err(ObjectStoreError::BadLayout);
         }
         let data = self.read(id)?.unwrap_or_default();
         self.write(id, &meta, &data)?;
@@ -382,26 +386,26 @@ impl Store {
     }
 
     /// The ciphertext of a held object, as stored. Blocking.
-    pub fn read(&self, id: &ObjectId) -> Result<Option<Vec<u8>>, StoreError> {
+    pub fn read(&self, id: &ObjectId) -> Result<Option<Vec<u8>>, ObjectStoreError> {
         if self.get(id).is_none() {
             return Ok(None);
         }
         let path = self.path(id);
         let bytes = std::fs::read(&path).map_err(io_err(&path))?;
-        let start = body_offset(&bytes).ok_or_else(|| StoreError::Io {
+        let start = body_offset(&bytes).ok_or_else(|| ObjectStoreError::Io {
             path: path.clone(),
             source: std::io::Error::new(std::io::ErrorKind::InvalidData, "bad object header"),
         })?;
         Ok(Some(bytes[start..].to_vec()))
     }
 
-    /// [`Store::read`] on a blocking thread, for async callers.
-    pub async fn read_async(&self, id: &ObjectId) -> Result<Option<Vec<u8>>, StoreError> {
+    /// [`ObjectStore::read`] on a blocking thread, for async callers.
+    pub async fn read_async(&self, id: &ObjectId) -> Result<Option<Vec<u8>>, ObjectStoreError> {
         let (store, id) = (self.clone(), *id);
         tokio::task::spawn_blocking(move || store.read(&id))
             .await
             .unwrap_or_else(|e| {
-                Err(StoreError::Io {
+                Err(ObjectStoreError::Io {
                     path: self.dir.clone(),
                     source: std::io::Error::other(e),
                 })
@@ -409,7 +413,7 @@ impl Store {
     }
 
     /// Drops an object. Returns whether it was held. Blocking.
-    pub fn remove(&self, id: &ObjectId) -> Result<bool, StoreError> {
+    pub fn remove(&self, id: &ObjectId) -> Result<bool, ObjectStoreError> {
         let Some(meta) = self.state.lock().expect("store lock").index.remove(id) else {
             return Ok(false);
         };
@@ -471,7 +475,7 @@ fn read_checked(path: &Path, id: &ObjectId) -> Option<ObjectMeta> {
     read_meta(path).ok().filter(|m| m.consistent(id))
 }
 
-fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+fn sync_dir(dir: &Path) -> Result<(), ObjectStoreError> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io_err(dir))
@@ -494,13 +498,19 @@ mod tests {
     #[test]
     fn store_survives_reopen_and_enforces_limits() {
         let dir = tempfile::tempdir().unwrap();
-        let (s, _) = Store::open(dir.path(), 1000, 600).unwrap();
+        let (s, _) = ObjectStore::open(dir.path(), 1000, 600).unwrap();
         let data = vec![5u8; 500];
         let r = s.reserve(500).unwrap();
         s.commit(r, &[1; 32], meta_for(&data), &data).unwrap();
-        assert!(matches!(s.reserve(700), Err(StoreError::TooLarge { .. })));
-        assert!(matches!(s.reserve(600), Err(StoreError::QuotaFull { .. })));
-        let (s2, report) = Store::open(dir.path(), 1000, 600).unwrap();
+        assert!(matches!(
+            s.reserve(700),
+            Err(ObjectStoreError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            s.reserve(600),
+            Err(ObjectStoreError::QuotaFull { .. })
+        ));
+        let (s2, report) = ObjectStore::open(dir.path(), 1000, 600).unwrap();
         assert_eq!(report.objects, 1);
         assert_eq!(s2.read(&[1; 32]).unwrap().unwrap(), data);
         assert_eq!(s2.usage(), (1, 500));
@@ -513,14 +523,14 @@ mod tests {
     #[test]
     fn refuses_wrong_hash_and_conflicts() {
         let dir = tempfile::tempdir().unwrap();
-        let (s, _) = Store::open(dir.path(), 1000, 600).unwrap();
+        let (s, _) = ObjectStore::open(dir.path(), 1000, 600).unwrap();
         let data = vec![5u8; 10];
         let mut wrong = meta_for(&data);
         wrong.sha256[0] ^= 1;
         let r = s.reserve(10).unwrap();
         assert!(matches!(
             s.commit(r, &[1; 32], wrong, &data),
-            Err(StoreError::HashMismatch)
+            Err(ObjectStoreError::HashMismatch)
         ));
         assert_eq!(s.usage(), (0, 0));
         s.commit(s.reserve(10).unwrap(), &[1; 32], meta_for(&data), &data)
@@ -528,7 +538,7 @@ mod tests {
         let other = vec![6u8; 10];
         assert!(matches!(
             s.commit(s.reserve(10).unwrap(), &[1; 32], meta_for(&other), &other),
-            Err(StoreError::Conflict)
+            Err(ObjectStoreError::Conflict)
         ));
     }
 
@@ -545,7 +555,7 @@ mod tests {
         file.extend(header);
         file.extend(data);
         std::fs::write(objects.join(hex::encode([4u8; 32])), file).unwrap();
-        let (s, report) = Store::open(dir.path(), 1000, 600).unwrap();
+        let (s, report) = ObjectStore::open(dir.path(), 1000, 600).unwrap();
         assert_eq!(report.objects, 1);
         assert_eq!(s.get(&[4; 32]), Some(m));
         assert_eq!(s.read(&[4; 32]).unwrap().unwrap(), data);
@@ -556,7 +566,7 @@ mod tests {
         use crate::core::erasure::Redundancy;
         use crate::core::locator::ShardRef;
         let dir = tempfile::tempdir().unwrap();
-        let (s, _) = Store::open(dir.path(), 1000, 600).unwrap();
+        let (s, _) = ObjectStore::open(dir.path(), 1000, 600).unwrap();
         let data = vec![5u8; 10];
         let mut meta = meta_for(&data);
         let layout = Layout {
@@ -580,7 +590,7 @@ mod tests {
             });
             assert!(matches!(
                 s.commit(s.reserve(10).unwrap(), &id, meta.clone(), &data),
-                Err(StoreError::BadLayout)
+                Err(ObjectStoreError::BadLayout)
             ));
         }
         meta.shard = Some(ShardOf {
@@ -600,11 +610,11 @@ mod tests {
         assert!(s.holds_same(&id, &meta));
         assert!(matches!(
             s.set_shard(&id, &[8; 32], shard.clone()),
-            Err(StoreError::WrongSecret)
+            Err(ObjectStoreError::WrongSecret)
         ));
         s.set_shard(&id, &secret, shard.clone()).unwrap();
         meta.shard = Some(shard);
-        let (s2, _) = Store::open(dir.path(), 1000, 600).unwrap();
+        let (s2, _) = ObjectStore::open(dir.path(), 1000, 600).unwrap();
         assert_eq!(s2.get(&id), Some(meta));
         assert_eq!(s2.read(&id).unwrap().unwrap(), data);
     }
@@ -612,7 +622,7 @@ mod tests {
     #[test]
     fn corrupt_files_are_moved_aside() {
         let dir = tempfile::tempdir().unwrap();
-        let (s, _) = Store::open(dir.path(), 1000, 600).unwrap();
+        let (s, _) = ObjectStore::open(dir.path(), 1000, 600).unwrap();
         let data = vec![5u8; 10];
         s.commit(s.reserve(10).unwrap(), &[1; 32], meta_for(&data), &data)
             .unwrap();
@@ -620,7 +630,7 @@ mod tests {
         let mut bytes = std::fs::read(&file).unwrap();
         bytes.truncate(bytes.len() - 1);
         std::fs::write(&file, bytes).unwrap();
-        let (s2, report) = Store::open(dir.path(), 1000, 600).unwrap();
+        let (s2, report) = ObjectStore::open(dir.path(), 1000, 600).unwrap();
         assert_eq!(report.quarantined, 1);
         assert_eq!(s2.usage(), (0, 0));
         assert!(

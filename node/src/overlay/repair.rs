@@ -28,14 +28,13 @@ use std::time::{Duration, Instant};
 use libp2p::PeerId;
 use libp2p::kad::RecordKey;
 use sha2::{Digest, Sha256};
-use tokio_util::sync::CancellationToken;
 use vmail_proto::unix_now;
 
 use crate::config::PlacementConfig;
 use crate::core::erasure;
 use crate::core::locator::{ObjectId, ShardRef};
 use crate::core::score::{Observations, Outcome};
-use crate::overlay::objects::{ObjectMeta, ShardOf, Store};
+use crate::overlay::objects::{ObjectMeta, ObjectStore, ShardOf};
 use crate::overlay::swarm::Network;
 use crate::overlay::transfer::BlobClient;
 
@@ -100,19 +99,16 @@ pub struct Round {
     pub lost: usize,
 }
 
-/// The repair task of one holder.
+/// The repair duty of one holder: what it checks with, and what it
+/// remembers between rounds.
 #[derive(Debug)]
 pub struct Repairer {
-    /// The overlay.
-    pub network: Network,
-    /// Blob exchanges.
-    pub blobs: BlobClient,
-    /// What this holder holds.
-    pub store: Store,
-    /// Audits feed this peer's observations.
-    pub observations: Arc<Mutex<Observations<PeerId>>>,
-    /// Rate limits.
-    pub limits: Limits,
+    network: Network,
+    blobs: BlobClient,
+    store: ObjectStore,
+    observations: Arc<Mutex<Observations<PeerId>>>,
+    limits: Limits,
+    memory: Memory,
 }
 
 /// A voicemail waiting out a failed repair.
@@ -132,29 +128,39 @@ struct Memory {
 }
 
 impl Repairer {
-    /// Runs rounds every `limits.interval` until `shutdown`.
-    pub async fn run(self, shutdown: CancellationToken) {
-        let mut tick = tokio::time::interval(self.limits.interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
-        let mut memory = Memory::default();
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tick.tick() => {}
-            }
-            let round = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                r = self.round(&mut memory) => r,
-            };
-            if round.missing > 0 || round.failed > 0 {
-                tracing::info!(?round, "repair round");
-            }
+    /// Repair of what `store` holds: `Has` checks over `network` and
+    /// `blobs`, whose outcomes feed `observations`, within `limits`.
+    pub fn new(
+        network: Network,
+        blobs: BlobClient,
+        store: ObjectStore,
+        observations: Arc<Mutex<Observations<PeerId>>>,
+        limits: Limits,
+    ) -> Self {
+        Self {
+            network,
+            blobs,
+            store,
+            observations,
+            limits,
+            memory: Memory::default(),
         }
     }
 
+    /// Time between rounds.
+    pub fn interval(&self) -> Duration {
+        self.limits.interval
+    }
+
     /// One round over every held shard that has a layout.
-    async fn round(&self, memory: &mut Memory) -> Round {
+    pub async fn round(&mut self) -> Round {
+        let mut memory = std::mem::take(&mut self.memory);
+        let round = self.round_with(&mut memory).await;
+        self.memory = memory;
+        round
+    }
+
+    async fn round_with(&self, memory: &mut Memory) -> Round {
         let Memory {
             backoff,
             missing_since,

@@ -37,7 +37,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::core::locator::ObjectId;
-use crate::overlay::objects::{ObjectMeta, ShardOf, Store, StoreError};
+use crate::overlay::objects::{ObjectMeta, ObjectStore, ObjectStoreError, ShardOf};
 use crate::overlay::swarm::Network;
 
 /// Stream protocol name for blob transfer.
@@ -396,16 +396,18 @@ fn refusal(peer: PeerId, reply: Reply) -> TransferError {
 }
 
 /// The reply for a store the local store refused.
-fn store_refusal(e: StoreError) -> Reply {
+fn store_refusal(e: ObjectStoreError) -> Reply {
     match e {
-        StoreError::QuotaFull { .. } | StoreError::DiskFull => Reply::NoRoom(e.to_string()),
+        ObjectStoreError::QuotaFull { .. } | ObjectStoreError::DiskFull => {
+            Reply::NoRoom(e.to_string())
+        }
         e => Reply::Refused(e.to_string()),
     }
 }
 
 /// The holder side: accepts blob streams until `shutdown`, serving each on
 /// its own task, at most [`MAX_CONCURRENT_EXCHANGES`] at a time.
-pub async fn serve(network: Network, store: Store, shutdown: CancellationToken) {
+pub async fn serve(network: Network, store: ObjectStore, shutdown: CancellationToken) {
     let mut control = network.streams();
     let mut incoming = match control.accept(BLOB_PROTOCOL) {
         Ok(i) => i,
@@ -441,12 +443,12 @@ async fn handle(
     peer: PeerId,
     mut s: Stream,
     network: &Network,
-    store: &Store,
+    store: &ObjectStore,
 ) -> std::io::Result<()> {
     match read_frame(&mut s).await? {
         Request::Store { id, meta } => {
             if !meta.consistent(&id) {
-                let why = StoreError::BadLayout.to_string();
+                let why = ObjectStoreError::BadLayout.to_string();
                 return write_frame(&mut s, &Reply::Refused(why)).await;
             }
             if store.holds_same(&id, &meta) {

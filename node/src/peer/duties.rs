@@ -1,17 +1,23 @@
-//! The holder's background duties: announcing and purging held objects,
-//! and sampling and saving what this peer observes of others.
+//! The holder's background duties, each a [`Duty`] that [`spawn`] runs on
+//! a task of its own until the peer stops: announcing held objects and
+//! dropping expired ones ([`Maintain`]), sampling and saving what this peer
+//! observes of others ([`Sample`]), and repair ([`Repairer`]).
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use libp2p::PeerId;
 use libp2p::kad::RecordKey;
+use tokio::task::JoinHandle;
+use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use vmail_proto::unix_now;
 
 use crate::core::score::Observations;
-use crate::overlay::objects::Store;
+use crate::overlay::objects::ObjectStore;
+use crate::overlay::repair::Repairer;
 use crate::overlay::swarm::Network;
 use crate::overlay::transfer;
 
@@ -56,30 +62,115 @@ pub(super) fn save_observations(table: &Mutex<Observations<PeerId>>, path: &Path
     }
 }
 
+/// A background job: something to do once when the peer starts, then once
+/// every period, until it stops.
+pub(super) trait Duty: Send + 'static {
+    /// Its name, for logs.
+    const NAME: &'static str;
+
+    /// Time between runs.
+    fn period(&self) -> Duration;
+
+    /// What to do once, as soon as the peer starts.
+    fn start(&mut self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+
+    /// One run.
+    fn run(&mut self) -> impl Future<Output = ()> + Send;
+}
+
+/// Runs `duty` on a task of its own: its start, then a run every period
+/// (a late run delays the next, never bunches them), until `shutdown`,
+/// which also cuts a run short.
+pub(super) fn spawn<D: Duty>(mut duty: D, shutdown: CancellationToken) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let work = async {
+            duty.start().await;
+            let period = duty.period();
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                duty.run().await;
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => tracing::debug!(duty = D::NAME, "stopped"),
+            () = work => {}
+        }
+    })
+}
+
+/// Announces every held object after a start, then drops expired ones
+/// every [`PURGE_INTERVAL`].
+pub(super) struct Maintain {
+    /// The overlay, to announce and withdraw provider records.
+    pub(super) network: Network,
+    /// What this holder holds.
+    pub(super) store: ObjectStore,
+}
+
+impl Maintain {
+    async fn purge(&self) {
+        for id in self.store.expired(unix_now()) {
+            let st = self.store.clone();
+            if let Ok(Ok(true)) = tokio::task::spawn_blocking(move || st.remove(&id)).await {
+                let _ = self.network.stop_providing(RecordKey::new(&id)).await;
+                tracing::info!(id = %hex::encode(id), "expired object dropped");
+            }
+        }
+    }
+}
+
+impl Duty for Maintain {
+    const NAME: &'static str = "maintain";
+
+    fn period(&self) -> Duration {
+        PURGE_INTERVAL
+    }
+
+    async fn start(&mut self) {
+        for (id, _) in self.store.list() {
+            transfer::announce(&self.network, id).await;
+        }
+        self.purge().await;
+    }
+
+    async fn run(&mut self) {
+        self.purge().await;
+    }
+}
+
 /// Every [`SAMPLE_INTERVAL`]: one availability sample per known peer
 /// (online = a fresh advert), each advert's free space, old records
 /// pruned, and the table saved.
-pub(super) async fn sample(
-    network: Network,
-    table: Arc<Mutex<Observations<PeerId>>>,
-    path: PathBuf,
-    shutdown: CancellationToken,
-) {
-    let mut tick = tokio::time::interval(SAMPLE_INTERVAL);
-    tick.tick().await;
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let (Ok(Some(view)), Ok(routing)) =
-            (network.supernodes().await, network.routing_peers().await)
-        else {
-            continue;
+pub(super) struct Sample {
+    /// The overlay, for the adverts and the routing table.
+    pub(super) network: Network,
+    /// This peer's observations.
+    pub(super) table: Arc<Mutex<Observations<PeerId>>>,
+    /// Where they are saved.
+    pub(super) path: PathBuf,
+}
+
+impl Duty for Sample {
+    const NAME: &'static str = "sample";
+
+    fn period(&self) -> Duration {
+        SAMPLE_INTERVAL
+    }
+
+    async fn run(&mut self) {
+        let (Ok(Some(view)), Ok(routing)) = (
+            self.network.supernodes().await,
+            self.network.routing_peers().await,
+        ) else {
+            return;
         };
         let now = unix_now();
         {
-            let mut t = table.lock().expect("observations lock");
+            let mut t = self.table.lock().expect("observations lock");
             for a in &view.adverts {
                 t.advertised(&a.peer_id, a.free_storage, now);
             }
@@ -88,32 +179,22 @@ pub(super) async fn sample(
             }
             t.prune(now, OBSERVATION_MAX_AGE_SECS);
         }
-        let (table, path) = (table.clone(), path.clone());
+        let (table, path) = (self.table.clone(), self.path.clone());
         let _ = tokio::task::spawn_blocking(move || save_observations(&table, &path)).await;
     }
 }
 
-/// The holder's background duties: announce held objects after a start,
-/// then drop expired ones periodically.
-pub(super) async fn maintain(network: Network, store: Store, shutdown: CancellationToken) {
-    for (id, _) in store.list() {
-        if shutdown.is_cancelled() {
-            return;
-        }
-        transfer::announce(&network, id).await;
+impl Duty for Repairer {
+    const NAME: &'static str = "repair";
+
+    fn period(&self) -> Duration {
+        self.interval()
     }
-    let mut tick = tokio::time::interval(PURGE_INTERVAL);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        for id in store.expired(unix_now()) {
-            let st = store.clone();
-            if let Ok(Ok(true)) = tokio::task::spawn_blocking(move || st.remove(&id)).await {
-                let _ = network.stop_providing(RecordKey::new(&id)).await;
-                tracing::info!(id = %hex::encode(id), "expired object dropped");
-            }
+
+    async fn run(&mut self) {
+        let round = self.round().await;
+        if round.missing > 0 || round.failed > 0 {
+            tracing::info!(?round, "repair round");
         }
     }
 }

@@ -1,19 +1,68 @@
-//! Why a peer operation failed.
+//! Why a peer operation failed: one error per operation, each message
+//! saying what to do next. The control API maps each to a gRPC code in one
+//! table (`control::Coded`).
 
+use std::fmt::Display;
 use std::path::PathBuf;
 
 use vmail_proto::names::NameError;
 
+use super::fetch::FetchFailure;
+use super::upload_plan::HolderFailure;
 use crate::auth_client::ClientError;
+use crate::config::InvalidValue;
 use crate::core::crypto::DecryptError;
 use crate::core::erasure::{ErasureError, Redundancy};
 use crate::core::locator::LocatorError;
-use crate::overlay::objects::StoreError;
+use crate::overlay::objects::ObjectStoreError;
 use crate::overlay::swarm::NetworkError;
 
-/// Why a peer operation failed. Every message says what to do next.
+/// `items` on one line, `; ` between them.
+fn joined<T: Display>(items: &[T]) -> String {
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Why a peer could not start.
 #[derive(Debug, thiserror::Error)]
-pub enum PeerError {
+pub enum StartError {
+    /// The configuration is unusable.
+    #[error("node config: {0}")]
+    Config(#[from] InvalidValue),
+    /// The data dir could not be used.
+    #[error("peer data dir {path}: {why}")]
+    DataDir {
+        /// The dir or file.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
+    /// The holder's object store could not be opened.
+    #[error(transparent)]
+    Store(#[from] ObjectStoreError),
+    /// The network could not start.
+    #[error(transparent)]
+    Network(#[from] NetworkError),
+}
+
+/// Why a call that needs only the user's session failed (inbox, ack).
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// No session.
+    #[error("not logged in: run `vmail login USER` first")]
+    NotLoggedIn,
+    /// The auth servers refused or failed.
+    #[error(transparent)]
+    Auth(#[from] ClientError),
+}
+
+/// Why a leave failed. Nothing was deposited, and any shard already stored
+/// was withdrawn.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaveError {
     /// No session.
     #[error("not logged in: run `vmail login USER` first")]
     NotLoggedIn,
@@ -55,18 +104,38 @@ pub enum PeerError {
         known: usize,
     },
     /// Fewer holders acked than asked for.
-    #[error("only {got} of {wanted} holders accepted a shard, so nothing was deposited and the stored shards were withdrawn. Failures: {}", .failures.join("; "))]
+    #[error("only {got} of {wanted} holders accepted a shard, so nothing was deposited and the stored shards were withdrawn. Failures: {}", joined(.failures))]
     NotEnoughHolders {
         /// Copies asked for.
         wanted: usize,
         /// Copies acked.
         got: usize,
         /// What went wrong where.
-        failures: Vec<String>,
+        failures: Vec<HolderFailure>,
     },
     /// The auth servers refused or failed.
     #[error(transparent)]
     Auth(#[from] ClientError),
+    /// The network failed.
+    #[error(transparent)]
+    Network(#[from] NetworkError),
+}
+
+impl From<SessionError> for LeaveError {
+    fn from(e: SessionError) -> Self {
+        match e {
+            SessionError::NotLoggedIn => LeaveError::NotLoggedIn,
+            SessionError::Auth(e) => LeaveError::Auth(e),
+        }
+    }
+}
+
+/// Why a fetch failed. The voicemail stays pending.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// No session.
+    #[error("not logged in: run `vmail login USER` first")]
+    NotLoggedIn,
     /// No pending voicemail has this id.
     #[error("no voicemail {0} is waiting for you: run `vmail inbox` to list them")]
     NoSuchVoicemail(String),
@@ -74,15 +143,15 @@ pub enum PeerError {
     #[error(transparent)]
     Locator(#[from] LocatorError),
     /// Too few shards could be fetched, checked and decoded.
-    #[error("voicemail {id} cannot be rebuilt: fewer than the shards needed were found intact; it stays in your inbox. {}", .failures.join("; "))]
+    #[error("voicemail {id} cannot be rebuilt: fewer than the shards needed were found intact; it stays in your inbox. {}", joined(.failures))]
     AllCopiesFailed {
         /// The voicemail.
         id: String,
         /// What failed where.
-        failures: Vec<String>,
+        failures: Vec<FetchFailure>,
     },
-    /// A copy matched its hash but did not decrypt: the sender's key or
-    /// locator is wrong.
+    /// The ciphertext matched its hash but did not decrypt: the sender's key
+    /// or locator is wrong.
     #[error(
         "voicemail {id} does not decrypt with the key the auth server gave ({why}); it stays in your inbox"
     )]
@@ -92,21 +161,19 @@ pub enum PeerError {
         /// Why.
         why: DecryptError,
     },
+    /// The auth servers refused or failed.
+    #[error(transparent)]
+    Auth(#[from] ClientError),
     /// The network failed.
     #[error(transparent)]
     Network(#[from] NetworkError),
-    /// The local store failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// The configuration is unusable.
-    #[error("node config: {0}")]
-    Config(String),
-    /// The data dir could not be used.
-    #[error("peer data dir {path}: {why}")]
-    DataDir {
-        /// The dir or file.
-        path: PathBuf,
-        /// What is wrong.
-        why: String,
-    },
+}
+
+impl From<SessionError> for FetchError {
+    fn from(e: SessionError) -> Self {
+        match e {
+            SessionError::NotLoggedIn => FetchError::NotLoggedIn,
+            SessionError::Auth(e) => FetchError::Auth(e),
+        }
+    }
 }

@@ -1,9 +1,8 @@
 //! Fetching a voicemail (retrieval steps 2-4): find its shards, download k
-//! in parallel, check, decode, decrypt.
+//! in parallel as the [`FetchPlan`] orders them, check each, decode, check
+//! the ciphertext, decrypt.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -11,10 +10,12 @@ use libp2p::PeerId;
 use libp2p::kad::RecordKey;
 use sha2::{Digest, Sha256};
 
-use super::{Peer, PeerError, Phase, Progress, ProgressFn, Timings};
+use super::fetch_plan::{FetchEvent, FetchPlan, FetchStep, ShardSource};
+use super::progress::{Meter, Part};
+use super::{FetchError, Peer, Phase, Progress, ProgressFn, Timings};
 use crate::auth_client::Pending;
 use crate::core::crypto;
-use crate::core::erasure::{self, Redundancy};
+use crate::core::erasure::{self, ErasureError, Redundancy};
 use crate::core::locator::{Layout, Locator, ObjectId};
 use crate::core::score::Outcome;
 use crate::overlay::transfer::TransferError;
@@ -35,9 +36,75 @@ pub struct Fetched {
     /// The holders whose shards rebuilt it, by shard index.
     pub holders: Vec<(u8, PeerId)>,
     /// Shards that failed or were skipped on the way.
-    pub failures: Vec<String>,
+    pub failures: Vec<FetchFailure>,
     /// Where the time went.
     pub timings: Timings,
+}
+
+/// What went wrong on the way to a voicemail's plaintext: a shard that
+/// could not be had, or the rebuilt ciphertext.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FetchFailure {
+    /// The locator announces more than this peer takes.
+    #[error("the locator announces {len} bytes, more than this peer's limit of {max}")]
+    TooLarge {
+        /// Ciphertext bytes announced.
+        len: u64,
+        /// This peer's limit.
+        max: u64,
+    },
+    /// The DHT named no holder of a shard.
+    #[error("shard {shard}: no holder found in the DHT")]
+    NoHolder {
+        /// The shard's index.
+        shard: usize,
+    },
+    /// A holder did not deliver the shard.
+    #[error("shard {shard} ({id}) at {holder}: {why}")]
+    Unavailable {
+        /// The shard's index.
+        shard: usize,
+        /// The start of its identifier, hex.
+        id: String,
+        /// The holder.
+        holder: PeerId,
+        /// What the transfer reported.
+        why: String,
+    },
+    /// A holder delivered bytes that do not match the locator.
+    #[error("shard {shard} ({id}) at {holder}: wrong bytes (SHA-256 does not match the locator)")]
+    WrongBytes {
+        /// The shard's index.
+        shard: usize,
+        /// The start of its identifier, hex.
+        id: String,
+        /// The holder.
+        holder: PeerId,
+    },
+    /// Fewer than k shards arrived intact.
+    #[error("{got} of the {k} shards needed ({redundancy}) were fetched intact")]
+    TooFew {
+        /// Shards that arrived intact.
+        got: usize,
+        /// Shards needed.
+        k: usize,
+        /// The voicemail's redundancy.
+        redundancy: Redundancy,
+    },
+    /// The shards that arrived did not give back the ciphertext.
+    #[error(transparent)]
+    Rebuild(#[from] RebuildError),
+}
+
+/// Why k intact shards did not give back the voicemail's ciphertext.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RebuildError {
+    /// The shards did not decode.
+    #[error("{0}")]
+    Decode(ErasureError),
+    /// The decoded ciphertext is not the one the locator names.
+    #[error("the decoded ciphertext does not match the locator's SHA-256")]
+    CiphertextHash,
 }
 
 impl Peer {
@@ -47,7 +114,7 @@ impl Peer {
         &self,
         voicemail_id: [u8; 16],
         progress: ProgressFn,
-    ) -> Result<Fetched, PeerError> {
+    ) -> Result<Fetched, FetchError> {
         let session = self.session()?;
         let mut timings = Timings::default();
         let t = Instant::now();
@@ -58,99 +125,89 @@ impl Peer {
             .await?
             .into_iter()
             .find(|p| p.id == voicemail_id)
-            .ok_or_else(|| PeerError::NoSuchVoicemail(hex::encode(voicemail_id)))?;
+            .ok_or_else(|| FetchError::NoSuchVoicemail(hex::encode(voicemail_id)))?;
         timings.auth += t.elapsed();
         let id_hex = hex::encode(voicemail_id);
         let locator = Locator::decode(&pending.locator)?;
         let layout = &locator.layout;
         let max = self.config.max_object_bytes();
         if layout.ciphertext_len > max {
-            return Err(PeerError::AllCopiesFailed {
+            return Err(FetchError::AllCopiesFailed {
                 id: id_hex,
-                failures: vec![format!(
-                    "the locator announces {} bytes, more than this peer's limit of {max}",
-                    layout.ciphertext_len
-                )],
+                failures: vec![FetchFailure::TooLarge {
+                    len: layout.ciphertext_len,
+                    max,
+                }],
             });
         }
 
-        // Find every shard's holders at once, then fetch k in parallel,
-        // quickest holders first, starting another shard for each failure.
+        // Find every shard's holders at once.
         let t = Instant::now();
         let lookups = layout.shards.iter().enumerate().map(|(i, s)| async move {
             let found = self.network.providers(RecordKey::new(&s.id)).await;
             (i, found.map(|p| p.into_iter().collect::<Vec<_>>()))
         });
-        let mut found: Vec<(usize, Vec<PeerId>)> = Vec::new();
+        let mut found: Vec<ShardSource> = Vec::new();
         let mut failures = Vec::new();
-        for (i, holders) in futures::future::join_all(lookups).await {
+        for (shard, holders) in futures::future::join_all(lookups).await {
             match holders? {
-                h if h.is_empty() => {
-                    failures.push(format!("shard {i}: no holder found in the DHT"))
-                }
-                h => found.push((i, h)),
+                h if h.is_empty() => failures.push(FetchFailure::NoHolder { shard }),
+                h => found.push((shard, h)),
             }
         }
         timings.dht += t.elapsed();
-        // This peer's own store first, then by RTT, unmeasured last.
-        let rtts = self.network.rtts().await.unwrap_or_default();
-        let me = self.peer_id();
-        let cost = |p: &PeerId| match rtts.get(p) {
-            _ if *p == me => Duration::ZERO,
-            Some(rtt) => *rtt,
-            None => Duration::MAX,
-        };
-        for (_, holders) in &mut found {
-            holders.sort_by_key(cost);
-        }
-        // Within 5 ms of each other, original shards (index below k) come
-        // first: with all k of them no decoding is needed.
-        let k = layout.redundancy.k();
-        found.sort_by_key(|(i, holders)| (cost(&holders[0]).as_millis() / 5, *i >= k));
 
+        // Download k in parallel as the plan orders and hedges them.
+        let rtts = self.network.rtts().await.unwrap_or_default();
+        let k = layout.redundancy.k();
+        let mut plan = FetchPlan::new(found, k, self.peer_id(), &rtts);
         let t = Instant::now();
-        let received = Arc::new(AtomicU64::new(0));
-        let total = layout.shard_len() * k as u64;
-        let mut queue = found.into_iter();
-        let mut running: FuturesUnordered<_> = queue
-            .by_ref()
-            .take(k)
-            .map(|(i, holders)| self.fetch_shard(layout, i, holders, &received, total, &progress))
+        let meter = Meter::new(
+            Phase::Download,
+            layout.shard_len() * k as u64,
+            progress.clone(),
+        );
+        let mut running: FuturesUnordered<_> = plan
+            .start()
+            .into_iter()
+            .map(|source| self.fetch_shard(layout, source, &meter))
             .collect();
         let mut shards = BTreeMap::new();
         let mut used = Vec::new();
         loop {
-            // A failed shard is replaced by the next one; and a holder that
-            // stalls (a cut network: its connection is not closed yet) must
-            // not hold the voicemail up, so while no shard arrives for
-            // HEDGE_AFTER, one more starts beside it.
-            match tokio::time::timeout(HEDGE_AFTER, running.next()).await {
+            let event = match tokio::time::timeout(HEDGE_AFTER, running.next()).await {
                 Ok(None) => break,
-                Ok(Some((i, Some((holder, bytes)), mut errors))) => {
+                Ok(Some((i, got, mut errors))) => {
                     failures.append(&mut errors);
-                    used.push((i as u8, holder));
-                    shards.insert(i, bytes);
-                    if shards.len() == k {
-                        break;
+                    match got {
+                        Some((holder, bytes)) => {
+                            used.push((i as u8, holder));
+                            shards.insert(i, bytes);
+                            FetchEvent::Got
+                        }
+                        None => FetchEvent::Failed,
                     }
-                    continue;
                 }
-                Ok(Some((_, None, mut errors))) => failures.append(&mut errors),
-                Err(_) => tracing::info!("shard downloads are slow: starting another"),
-            }
-            if let Some((i, holders)) = queue.next() {
-                running.push(self.fetch_shard(layout, i, holders, &received, total, &progress));
+                Err(_) => {
+                    tracing::info!("shard downloads are slow: starting another");
+                    FetchEvent::Stalled
+                }
+            };
+            match plan.on(event) {
+                FetchStep::Start(source) => running.push(self.fetch_shard(layout, source, &meter)),
+                FetchStep::Wait => {}
+                FetchStep::Done | FetchStep::GiveUp => break,
             }
         }
         drop(running);
         timings.transfer += t.elapsed();
         if shards.len() < k {
-            failures.push(format!(
-                "{} of the {k} shards needed ({}) were fetched intact",
-                shards.len(),
-                layout.redundancy
-            ));
-            return Err(PeerError::AllCopiesFailed {
+            failures.push(FetchFailure::TooFew {
+                got: shards.len(),
+                k,
+                redundancy: layout.redundancy,
+            });
+            return Err(FetchError::AllCopiesFailed {
                 id: id_hex,
                 failures,
             });
@@ -166,11 +223,9 @@ impl Peer {
         let message_id = locator.message_id;
         let p = progress.clone();
         let plain = tokio::task::spawn_blocking(move || {
-            let ct = erasure::decode(redundancy, ct_len, &shards).map_err(|e| e.to_string())?;
+            let ct = erasure::decode(redundancy, ct_len, &shards).map_err(RebuildError::Decode)?;
             if <[u8; 32]>::from(Sha256::digest(&ct)) != ct_sha {
-                return Err(
-                    "the decoded ciphertext does not match the locator's SHA-256".to_owned(),
-                );
+                return Err(RebuildError::CiphertextHash);
             }
             let total = ct.len() as u64;
             Ok(crypto::decrypt(&key, &message_id, &ct, &mut |done| {
@@ -185,13 +240,13 @@ impl Peer {
         .expect("decryption task does not panic");
         timings.crypto += t.elapsed();
         let content = match plain {
-            Ok(c) => c.map_err(|why| PeerError::Decrypt {
+            Ok(c) => c.map_err(|why| FetchError::Decrypt {
                 id: id_hex.clone(),
                 why,
             })?,
             Err(why) => {
-                failures.push(why);
-                return Err(PeerError::AllCopiesFailed {
+                failures.push(why.into());
+                return Err(FetchError::AllCopiesFailed {
                     id: id_hex,
                     failures,
                 });
@@ -214,25 +269,24 @@ impl Peer {
     async fn fetch_shard(
         &self,
         layout: &Layout,
-        i: usize,
-        holders: Vec<PeerId>,
-        received: &Arc<AtomicU64>,
-        total: u64,
-        progress: &ProgressFn,
-    ) -> (usize, Option<(PeerId, Vec<u8>)>, Vec<String>) {
+        (i, holders): ShardSource,
+        meter: &Meter,
+    ) -> (usize, Option<(PeerId, Vec<u8>)>, Vec<FetchFailure>) {
         let expected = layout.shards[i];
         let len = layout.shard_len();
-        let short = &hex::encode(expected.id)[..12];
+        let short = hex::encode(expected.id)[..12].to_owned();
         let mut failures = Vec::new();
         for holder in holders {
-            let got = self
-                .fetch_object(holder, &expected.id, len, received, total, progress)
-                .await;
-            let bytes = match got {
+            let bytes = match self.fetch_object(holder, &expected.id, len, meter).await {
                 Ok(b) => b,
                 Err(why) => {
                     self.note(holder, Outcome::Failed).await;
-                    failures.push(format!("shard {i} ({short}) at {holder}: {why}"));
+                    failures.push(FetchFailure::Unavailable {
+                        shard: i,
+                        id: short.clone(),
+                        holder,
+                        why,
+                    });
                     continue;
                 }
             };
@@ -241,9 +295,11 @@ impl Peer {
             {
                 tracing::warn!(%holder, shard = i, "holder returned wrong bytes");
                 self.note(holder, Outcome::Corrupt).await;
-                failures.push(format!(
-                    "shard {i} ({short}) at {holder}: wrong bytes (SHA-256 does not match the locator)"
-                ));
+                failures.push(FetchFailure::WrongBytes {
+                    shard: i,
+                    id: short.clone(),
+                    holder,
+                });
                 continue;
             }
             self.note(holder, Outcome::Good).await;
@@ -252,14 +308,14 @@ impl Peer {
         (i, None, failures)
     }
 
+    /// One object's bytes: from this peer's own store, or downloaded from
+    /// `holder` (counted on the meter unless the download fails).
     async fn fetch_object(
         &self,
         holder: PeerId,
         id: &ObjectId,
         len: u64,
-        received: &AtomicU64,
-        total: u64,
-        progress: &ProgressFn,
+        meter: &Meter,
     ) -> Result<Vec<u8>, String> {
         if holder == self.peer_id() {
             let store = self.store.as_ref().ok_or("not a holder")?;
@@ -269,19 +325,13 @@ impl Peer {
                 .map_err(|e| e.to_string())?
                 .ok_or_else(|| "no longer held here".to_owned());
         }
-        let last = AtomicU64::new(0);
-        let on_progress = |done: u64| {
-            let delta = done - last.swap(done, Ordering::Relaxed);
-            let all = received.fetch_add(delta, Ordering::Relaxed) + delta;
-            progress(Progress {
-                phase: Phase::Download,
-                done: all.min(total),
-                total,
-            })
-        };
-        let got = self.blobs.fetch(holder, *id, len, &on_progress).await;
+        let part: Part<'_> = meter.part();
+        let got = self
+            .blobs
+            .fetch(holder, *id, len, &|done| part.update(done))
+            .await;
         if got.is_err() {
-            received.fetch_sub(last.load(Ordering::Relaxed), Ordering::Relaxed);
+            part.undo();
         }
         got.map_err(|e: TransferError| e.to_string())
     }

@@ -1,8 +1,6 @@
 //! Leaving a voicemail (paper §3.3 steps 1-5): encrypt once, shard, rank
 //! holders, upload, and deposit only once every holder acked.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -12,12 +10,13 @@ use vmail_proto::meta::DEFAULT_VOICEMAIL_TTL_SECS;
 use vmail_proto::names::Recipients;
 use vmail_proto::{random_bytes, unix_now};
 
-use super::{Peer, PeerError, Phase, Progress, ProgressFn, Timings};
+use super::progress::Meter;
+use super::upload_plan::{Attempt, HolderFailure, UploadOutcome, UploadPlan};
+use super::{LeaveError, Peer, Phase, Progress, ProgressFn, Timings};
 use crate::auth_client::{NewDeposit, VoicemailMeta};
 use crate::core::crypto;
 use crate::core::erasure::{self, Redundancy};
 use crate::core::locator::{LOCATOR_VERSION, Layout, Locator, ObjectId, ShardRef};
-use crate::core::placement;
 use crate::core::score::{Outcome, PeerStats};
 use crate::overlay::objects::{ObjectMeta, ShardOf};
 use crate::overlay::transfer::TransferError;
@@ -65,7 +64,7 @@ pub struct LeaveReceipt {
     /// The shards, by index.
     pub shards: Vec<StoredShard>,
     /// Holders that refused or failed before others took their place.
-    pub failures: Vec<String>,
+    pub failures: Vec<HolderFailure>,
     /// Where the time went.
     pub timings: Timings,
 }
@@ -77,7 +76,6 @@ struct Upload<'a> {
     expires_at: u64,
     delete_secret: [u8; 32],
     shards: &'a [Vec<u8>],
-    known: &'a [PeerId],
 }
 
 impl Upload<'_> {
@@ -102,15 +100,15 @@ impl Peer {
         &self,
         req: LeaveRequest,
         progress: ProgressFn,
-    ) -> Result<LeaveReceipt, PeerError> {
+    ) -> Result<LeaveReceipt, LeaveError> {
         let session = self.session()?;
         let mut timings = Timings::default();
         let len = req.content.len() as u64;
         if len == 0 {
-            return Err(PeerError::Empty);
+            return Err(LeaveError::Empty);
         }
         if len > self.config.max_voicemail_bytes {
-            return Err(PeerError::TooLarge {
+            return Err(LeaveError::TooLarge {
                 len,
                 max: self.config.max_voicemail_bytes,
             });
@@ -125,7 +123,7 @@ impl Peer {
             match auth.certificate(&name).await {
                 Ok(_) => {}
                 Err(e) if e.code() == Some(tonic::Code::NotFound) => {
-                    return Err(PeerError::UnknownRecipient(name));
+                    return Err(LeaveError::UnknownRecipient(name));
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -137,16 +135,16 @@ impl Peer {
         let mut candidates = self.network.routing_peers().await?;
         candidates.retain(|p| *p != me);
         if candidates.is_empty() {
-            return Err(PeerError::NoPeers);
+            return Err(LeaveError::NoPeers);
         }
         if candidates.len() < redundancy.n() {
-            return Err(PeerError::TooFewPeers {
+            return Err(LeaveError::TooFewPeers {
                 redundancy,
                 needed: redundancy.n(),
                 known: candidates.len(),
             });
         }
-        let order = self.rank(&candidates, redundancy.n()).await;
+        let ranked = self.rank(&candidates, redundancy.n()).await;
         timings.dht += t.elapsed();
 
         // Step 1-2: session key, then one encryption for every recipient,
@@ -194,18 +192,20 @@ impl Peer {
             expires_at,
             delete_secret,
             shards: &shards,
-            known: &known,
         };
-        let (stored, layout, failures) = self.upload(&upload, &order, &progress).await;
+        let (outcome, failures) = self.upload(&upload, ranked, known, &progress).await;
         timings.transfer += t.elapsed();
-        if stored.len() < redundancy.n() {
-            self.withdraw(&stored, delete_secret).await;
-            return Err(PeerError::NotEnoughHolders {
-                wanted: redundancy.n(),
-                got: stored.len(),
-                failures,
-            });
-        }
+        let (stored, layout) = match outcome {
+            UploadOutcome::Complete { stored, layout, .. } => (stored, layout),
+            UploadOutcome::Short { stored } => {
+                self.withdraw(&stored, delete_secret).await;
+                return Err(LeaveError::NotEnoughHolders {
+                    wanted: redundancy.n(),
+                    got: stored.len(),
+                    failures,
+                });
+            }
+        };
 
         // Step 6: deposit only now that every shard is acked.
         let locator = Locator {
@@ -281,26 +281,22 @@ impl Peer {
         )
     }
 
-    /// Uploads shard `i` to the `i`-th holder in `order`, concurrently;
-    /// a shard whose holder fails goes to the next spare under a new
-    /// identifier in that spare's range. Holders that got an earlier draft
-    /// of the layout are sent the final one (`Relayout`, with the delete
-    /// secret). Returns the shards stored, the final layout and the
-    /// failures.
+    /// Uploads every shard concurrently, as the [`UploadPlan`] decides:
+    /// holders in rank order, a failed one replaced by the next spare, and
+    /// holders that took a draft of the layout sent the final one
+    /// (`Relayout`, with the delete secret). Returns how the upload ended
+    /// and the holders that failed on the way.
     async fn upload(
         &self,
         up: &Upload<'_>,
-        order: &[PeerId],
+        ranked: Vec<PeerId>,
+        known: Vec<PeerId>,
         progress: &ProgressFn,
-    ) -> (Vec<StoredShard>, Layout, Vec<String>) {
+    ) -> (UploadOutcome, Vec<HolderFailure>) {
         let n = up.redundancy.n();
         let shard_len = up.shards[0].len() as u64;
-        let total = shard_len * n as u64;
-        let sent = Arc::new(AtomicU64::new(0));
-        let mut spares = order.iter().copied();
-        let mut failures = Vec::new();
-        let mut holders: Vec<Option<PeerId>> = vec![None; n];
-        let mut layout = Layout {
+        let meter = Meter::new(Phase::Upload, shard_len * n as u64, progress.clone());
+        let draft = Layout {
             redundancy: up.redundancy,
             ciphertext_len: up.ciphertext_len,
             shards: up
@@ -312,120 +308,70 @@ impl Peer {
                 })
                 .collect(),
         };
-        // Identifiers for the first n holders before anything is sent, so
-        // the layout they get is final unless one fails.
-        let mut first = Vec::new();
-        for i in 0..n {
-            for holder in spares.by_ref() {
-                match placement::identifier_in_range(&holder, up.known, &mut rand::thread_rng()) {
-                    Some(id) => {
-                        layout.shards[i].id = id;
-                        first.push((i, holder));
-                        break;
-                    }
-                    None => failures.push(format!("{holder}: no identifier found in its range")),
-                }
-            }
-        }
-        let attempt = |i: usize, holder: PeerId, layout: Layout| {
-            let sent = sent.clone();
-            let progress = progress.clone();
+        let (mut plan, first) = UploadPlan::new(draft, ranked, known, &mut rand::thread_rng());
+        let attempt = |a: Attempt| {
+            let meter = &meter;
             async move {
-                let id = layout.shards[i].id;
-                let meta = up.meta(i, layout);
-                let last = AtomicU64::new(0);
-                let on_progress = |done: u64| {
-                    let delta = done - last.swap(done, Ordering::Relaxed);
-                    let all = sent.fetch_add(delta, Ordering::Relaxed) + delta;
-                    progress(Progress {
-                        phase: Phase::Upload,
-                        done: all.min(total),
-                        total,
-                    });
-                };
+                let part = meter.part();
+                let meta = up.meta(a.shard, a.layout.clone());
+                let id = a.layout.shards[a.shard].id;
                 let result = self
                     .blobs
-                    .store(holder, id, meta.clone(), &up.shards[i], &on_progress)
+                    .store(a.holder, id, meta, &up.shards[a.shard], &|done| {
+                        part.update(done)
+                    })
                     .await;
                 if result.is_err() {
-                    sent.fetch_sub(last.load(Ordering::Relaxed), Ordering::Relaxed);
+                    part.undo();
                 }
-                (i, holder, meta, result)
+                (a, result)
             }
         };
-        let mut running: FuturesUnordered<_> = first
-            .into_iter()
-            .map(|(i, holder)| attempt(i, holder, layout.clone()))
-            .collect();
-        let mut sent_layouts: Vec<Option<Layout>> = vec![None; n];
-        while let Some((i, holder, meta, result)) = running.next().await {
+        let mut running: FuturesUnordered<_> = first.into_iter().map(attempt).collect();
+        while let Some((a, result)) = running.next().await {
             let now = unix_now();
             match result {
                 Ok(()) => {
-                    self.note(holder, Outcome::Good).await;
+                    self.note(a.holder, Outcome::Good).await;
                     let mut t = self.observations.lock().expect("observations lock");
-                    t.picked(&holder, now);
-                    t.accepted(&holder, shard_len, now);
+                    t.picked(&a.holder, now);
+                    t.accepted(&a.holder, shard_len, now);
                     drop(t);
-                    holders[i] = Some(holder);
-                    sent_layouts[i] = meta.shard.map(|s| s.layout);
+                    plan.stored(a);
                 }
                 Err(e) => {
-                    tracing::warn!(%holder, shard = i, "holder failed: {e}");
+                    tracing::warn!(holder = %a.holder, shard = a.shard, "holder failed: {e}");
                     if matches!(e, TransferError::NoRoom { .. }) {
                         self.observations
                             .lock()
                             .expect("observations lock")
-                            .refused_room(&holder, shard_len, now);
+                            .refused_room(&a.holder, shard_len, now);
                     }
-                    self.note(holder, Outcome::Failed).await;
-                    failures.push(format!("shard {i} at {holder}: {e}"));
-                    for next in spares.by_ref() {
-                        match placement::identifier_in_range(
-                            &next,
-                            up.known,
-                            &mut rand::thread_rng(),
-                        ) {
-                            Some(id) => {
-                                layout.shards[i].id = id;
-                                running.push(attempt(i, next, layout.clone()));
-                                break;
-                            }
-                            None => {
-                                failures.push(format!("{next}: no identifier found in its range"))
-                            }
-                        }
+                    self.note(a.holder, Outcome::Failed).await;
+                    if let Some(next) = plan.failed(a, &e, &mut rand::thread_rng()) {
+                        running.push(attempt(next));
                     }
                 }
             }
         }
-        let stored: Vec<StoredShard> = holders
-            .iter()
-            .enumerate()
-            .filter_map(|(i, h)| {
-                h.map(|holder| StoredShard {
-                    index: i as u8,
-                    id: layout.shards[i].id,
-                    holder,
-                })
-            })
-            .collect();
-        if stored.len() == n {
-            for s in &stored {
-                let i = usize::from(s.index);
-                if sent_layouts[i].as_ref() != Some(&layout) {
-                    let shard = ShardOf {
-                        index: s.index,
-                        layout: layout.clone(),
-                    };
-                    let relayout = self.blobs.relayout(s.holder, s.id, up.delete_secret, shard);
-                    if let Err(e) = relayout.await {
-                        tracing::warn!(holder = %s.holder, "cannot hand it the final layout; its repair checks keep the draft: {e}");
-                    }
+        drop(running);
+        let (outcome, failures) = plan.finish();
+        if let UploadOutcome::Complete {
+            layout, relayout, ..
+        } = &outcome
+        {
+            for s in relayout {
+                let shard = ShardOf {
+                    index: s.index,
+                    layout: layout.clone(),
+                };
+                let relayout = self.blobs.relayout(s.holder, s.id, up.delete_secret, shard);
+                if let Err(e) = relayout.await {
+                    tracing::warn!(holder = %s.holder, "cannot hand it the final layout; its repair checks keep the draft: {e}");
                 }
             }
         }
-        (stored, layout, failures)
+        (outcome, failures)
     }
 
     /// Best-effort removal of stored shards after a failed leave.

@@ -17,12 +17,22 @@
 //!
 //! Every exchange feeds this peer's [`Observations`] of the others, which
 //! the scorer ranks holders by; the table lives in `DIR/observations.bin`.
+//!
+//! - this module: starting a peer, its session, status, inbox, ack and
+//!   hand-off;
+//! - `leave` and `fetch`: the two jobs, which do the IO that the pure
+//!   [`upload_plan`] and [`fetch_plan`] decide;
+//! - `duties`: the holder's background jobs, one `Duty` each;
+//! - `progress`: progress reports and where a job's time went;
+//! - `error`: one error per operation.
 
 mod duties;
 mod error;
 mod fetch;
+pub mod fetch_plan;
 mod leave;
 mod progress;
+pub mod upload_plan;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -39,15 +49,17 @@ use crate::auth_client::{AuthClient, AuthTarget, LoginSession, Pending};
 use crate::config::NodeConfig;
 use crate::core::erasure::Redundancy;
 use crate::core::score::{Observations, Outcome, PeerStats, Scorer};
-use crate::overlay::objects::Store;
-use crate::overlay::repair;
-use crate::overlay::swarm::{Network, NetworkConfig, Role, SupernodeSetup, SupernodeView};
+use crate::overlay::objects::ObjectStore;
+use crate::overlay::repair::{Limits, Repairer};
+use crate::overlay::swarm::{
+    Network, NetworkConfig, NetworkError, Role, SupernodeSetup, SupernodeView,
+};
 use crate::overlay::transfer::{self, BlobClient};
-use duties::{load_observations, maintain, sample, save_observations};
+use duties::{Maintain, Sample, load_observations, save_observations};
 
 pub use duties::{OBSERVATION_MAX_AGE_SECS, PURGE_INTERVAL, SAMPLE_INTERVAL};
-pub use error::PeerError;
-pub use fetch::{Fetched, HEDGE_AFTER};
+pub use error::{FetchError, LeaveError, SessionError, StartError};
+pub use fetch::{FetchFailure, Fetched, HEDGE_AFTER, RebuildError};
 pub use leave::{LeaveReceipt, LeaveRequest, RECOMMEND_TIMEOUT, StoredShard};
 pub use progress::{Phase, Progress, ProgressFn, Timings, no_progress};
 
@@ -119,7 +131,7 @@ pub struct PeerOptions {
 pub struct Peer {
     network: Network,
     blobs: BlobClient,
-    store: Option<Store>,
+    store: Option<ObjectStore>,
     config: NodeConfig,
     redundancy: Redundancy,
     scorer: Box<dyn Scorer + Send + Sync>,
@@ -140,9 +152,9 @@ impl std::fmt::Debug for Peer {
 }
 
 /// Loads `DIR/node.key`, creating it (mode 0600) on first start.
-pub fn load_or_create_node_key(dir: &Path) -> Result<identity::Keypair, PeerError> {
+pub fn load_or_create_node_key(dir: &Path) -> Result<identity::Keypair, StartError> {
     let path = dir.join(NODE_KEY_FILE);
-    let err = |why: String| PeerError::DataDir {
+    let err = |why: String| StartError::DataDir {
         path: path.clone(),
         why,
     };
@@ -162,9 +174,9 @@ pub fn load_or_create_node_key(dir: &Path) -> Result<identity::Keypair, PeerErro
 
 impl Peer {
     /// Starts the network and, for a server peer, the holder.
-    pub async fn start(opts: PeerOptions) -> Result<Peer, PeerError> {
+    pub async fn start(opts: PeerOptions) -> Result<Peer, StartError> {
         let dir = &opts.data_dir;
-        let dir_err = |e: std::io::Error| PeerError::DataDir {
+        let dir_err = |e: std::io::Error| StartError::DataDir {
             path: dir.clone(),
             why: e.to_string(),
         };
@@ -175,8 +187,11 @@ impl Peer {
         };
         let store = match opts.role {
             Role::Server => {
-                let (store, report) =
-                    Store::open(dir, opts.config.quota_bytes, opts.config.max_object_bytes())?;
+                let (store, report) = ObjectStore::open(
+                    dir,
+                    opts.config.quota_bytes,
+                    opts.config.max_object_bytes(),
+                )?;
                 if report.quarantined > 0 {
                     tracing::warn!(
                         count = report.quarantined,
@@ -188,9 +203,9 @@ impl Peer {
             Role::Client => None,
         };
         let config = &opts.config;
-        let redundancy = config.redundancy().map_err(PeerError::Config)?;
-        let scorer = config.placement.scorer().map_err(PeerError::Config)?;
-        let preferred = config.placement.preferred().map_err(PeerError::Config)?;
+        let redundancy = config.redundancy()?;
+        let scorer = config.placement.scorer()?;
+        let preferred = config.placement.preferred()?;
         let observations_file = opts
             .observations
             .clone()
@@ -233,27 +248,25 @@ impl Peer {
                 store.clone(),
                 shutdown.clone(),
             )));
-            tasks.push(tokio::spawn(maintain(
+            let maintain = Maintain {
+                network: network.clone(),
+                store: store.clone(),
+            };
+            let sample = Sample {
+                network: network.clone(),
+                table: observations.clone(),
+                path: observations_file.clone(),
+            };
+            let repair = Repairer::new(
                 network.clone(),
+                blobs.clone(),
                 store.clone(),
-                shutdown.clone(),
-            )));
-            tasks.push(tokio::spawn(sample(
-                network.clone(),
                 observations.clone(),
-                observations_file.clone(),
-                shutdown.clone(),
-            )));
-            tasks.push(tokio::spawn(
-                repair::Repairer {
-                    network: network.clone(),
-                    blobs: blobs.clone(),
-                    store: store.clone(),
-                    observations: observations.clone(),
-                    limits: repair::Limits::from(&config.placement),
-                }
-                .run(shutdown.clone()),
-            ));
+                Limits::from(&config.placement),
+            );
+            tasks.push(duties::spawn(maintain, shutdown.clone()));
+            tasks.push(duties::spawn(sample, shutdown.clone()));
+            tasks.push(duties::spawn(repair, shutdown.clone()));
         }
         Ok(Peer {
             blobs,
@@ -282,12 +295,12 @@ impl Peer {
     }
 
     /// The holder's store (None for a client peer).
-    pub fn store(&self) -> Option<&Store> {
+    pub fn store(&self) -> Option<&ObjectStore> {
         self.store.as_ref()
     }
 
     /// The listen addresses, waiting up to 5 s for the first.
-    pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, PeerError> {
+    pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, NetworkError> {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             let addrs = self.network.listen_addrs().await?;
@@ -300,12 +313,12 @@ impl Peer {
 
     /// The supernode election as this peer sees it (`None` on a one-job
     /// client peer).
-    pub async fn supernodes(&self) -> Result<Option<SupernodeView>, PeerError> {
-        Ok(self.network.supernodes().await?)
+    pub async fn supernodes(&self) -> Result<Option<SupernodeView>, NetworkError> {
+        self.network.supernodes().await
     }
 
     /// Waits until the routing table holds at least `n` peers.
-    pub async fn wait_for_peers(&self, n: usize, timeout: Duration) -> Result<usize, PeerError> {
+    pub async fn wait_for_peers(&self, n: usize, timeout: Duration) -> Result<usize, NetworkError> {
         let deadline = Instant::now() + timeout;
         loop {
             let have = self.network.routing_peers().await?.len();
@@ -330,23 +343,23 @@ impl Peer {
         *self.session.write().expect("session lock") = Some(session);
     }
 
-    fn session(&self) -> Result<Session, PeerError> {
+    fn session(&self) -> Result<Session, SessionError> {
         self.session
             .read()
             .expect("session lock")
             .clone()
-            .ok_or(PeerError::NotLoggedIn)
+            .ok_or(SessionError::NotLoggedIn)
     }
 
-    async fn auth(&self, s: &Session) -> Result<AuthClient, PeerError> {
+    async fn auth(&self, s: &Session) -> Result<AuthClient, SessionError> {
         let mut c = AuthClient::connect(&s.target).await?;
         c.set_token(s.login.token);
         Ok(c)
     }
 
     /// What this peer reports about itself.
-    pub async fn status(&self) -> Result<Status, PeerError> {
-        let (objects, stored_bytes) = self.store.as_ref().map_or((0, 0), Store::usage);
+    pub async fn status(&self) -> Result<Status, NetworkError> {
+        let (objects, stored_bytes) = self.store.as_ref().map_or((0, 0), ObjectStore::usage);
         Ok(Status {
             election: self.network.supernodes().await?,
             peer_id: self.peer_id(),
@@ -354,7 +367,7 @@ impl Peer {
             routing_peers: self.network.routing_peers().await?.len(),
             objects,
             stored_bytes,
-            quota_bytes: self.store.as_ref().map_or(0, Store::quota),
+            quota_bytes: self.store.as_ref().map_or(0, ObjectStore::quota),
             username: self
                 .session
                 .read()
@@ -378,7 +391,7 @@ impl Peer {
     }
 
     /// The voicemails waiting for the logged-in user.
-    pub async fn inbox(&self) -> Result<Vec<Pending>, PeerError> {
+    pub async fn inbox(&self) -> Result<Vec<Pending>, SessionError> {
         let session = self.session()?;
         Ok(self
             .auth(&session)
@@ -388,7 +401,7 @@ impl Peer {
     }
 
     /// Tells the auth servers the voicemail is safely fetched.
-    pub async fn ack(&self, voicemail_id: [u8; 16]) -> Result<bool, PeerError> {
+    pub async fn ack(&self, voicemail_id: [u8; 16]) -> Result<bool, SessionError> {
         let session = self.session()?;
         Ok(self.auth(&session).await?.ack(&voicemail_id).await?)
     }
