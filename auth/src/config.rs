@@ -98,39 +98,32 @@ impl ServerConfig {
     }
 
     /// Checks that the values make sense together. The error names the key.
-    pub fn validate(&self) -> Result<(), String> {
-        let in_range = |key: &str, v: u64, lo: u64, hi: u64| {
-            if (lo..=hi).contains(&v) {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let in_range = |key: &'static str, value: u64, lo: u64, hi: u64| {
+            if (lo..=hi).contains(&value) {
                 Ok(())
             } else {
-                Err(format!("{key} = {v} is outside {lo}..={hi}"))
+                Err(ConfigError::OutOfRange { key, value, lo, hi })
             }
         };
-        self.listen
-            .parse::<std::net::SocketAddr>()
-            .map_err(|_| format!("listen = {:?} is not an IP:PORT address", self.listen))?;
-        self.raft_listen
-            .parse::<std::net::SocketAddr>()
-            .map_err(|_| {
-                format!(
-                    "raft_listen = {:?} is not an IP:PORT address",
-                    self.raft_listen
-                )
-            })?;
+        for (key, value) in [("listen", &self.listen), ("raft_listen", &self.raft_listen)] {
+            if value.parse::<std::net::SocketAddr>().is_err() {
+                return Err(ConfigError::NotAnAddress {
+                    key,
+                    value: value.clone(),
+                });
+            }
+        }
         if self.advertise_host.contains(['/', ' ', ':']) && !self.advertise_host.starts_with('[') {
-            return Err(format!(
-                "advertise_host = {:?} must be a bare host name or IP address",
-                self.advertise_host
-            ));
+            return Err(ConfigError::AdvertiseHost(self.advertise_host.clone()));
         }
         in_range("session_ttl_secs", self.session_ttl_secs, 60, MAX_TTL_SECS)?;
-        in_range(
-            "certificate_ttl_secs",
-            self.certificate_ttl_secs,
-            self.session_ttl_secs,
-            MAX_TTL_SECS,
-        )
-        .map_err(|e| format!("{e}: a certificate must outlive the session it is issued with"))?;
+        if !(self.session_ttl_secs..=MAX_TTL_SECS).contains(&self.certificate_ttl_secs) {
+            return Err(ConfigError::CertificateTtl {
+                value: self.certificate_ttl_secs,
+                session: self.session_ttl_secs,
+            });
+        }
         in_range(
             "max_voicemail_ttl_secs",
             self.max_voicemail_ttl_secs,
@@ -150,10 +143,51 @@ impl ServerConfig {
         if self.registration.mode == RegistrationMode::Invite
             && self.registration.invite_codes.is_empty()
         {
-            return Err("registration.mode = \"invite\" needs at least one entry in registration.invite_codes".into());
+            return Err(ConfigError::NoInviteCodes);
         }
         Ok(())
     }
+}
+
+/// A server setting that cannot be used; the message names the key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// A number outside its range.
+    #[error("{key} = {value} is outside {lo}..={hi}")]
+    OutOfRange {
+        /// The key.
+        key: &'static str,
+        /// Its value.
+        value: u64,
+        /// The smallest allowed.
+        lo: u64,
+        /// The largest allowed.
+        hi: u64,
+    },
+    /// A listen address that is not `IP:PORT`.
+    #[error("{key} = {value:?} is not an IP:PORT address")]
+    NotAnAddress {
+        /// `listen` or `raft_listen`.
+        key: &'static str,
+        /// Its value.
+        value: String,
+    },
+    /// `advertise_host` is not a bare host.
+    #[error("advertise_host = {0:?} must be a bare host name or IP address")]
+    AdvertiseHost(String),
+    /// The certificate lifetime is shorter than the session's (or too long).
+    #[error(
+        "certificate_ttl_secs = {value} is outside {session}..={MAX_TTL_SECS}: a certificate must outlive the session it is issued with"
+    )]
+    CertificateTtl {
+        /// Its value.
+        value: u64,
+        /// `session_ttl_secs`.
+        session: u64,
+    },
+    /// Invite mode without codes.
+    #[error("registration.mode = \"invite\" needs at least one entry in registration.invite_codes")]
+    NoInviteCodes,
 }
 
 /// Who may register.
@@ -209,7 +243,7 @@ mod tests {
         let bad = |f: fn(&mut ServerConfig)| {
             let mut c = ServerConfig::default();
             f(&mut c);
-            c.validate().unwrap_err()
+            c.validate().unwrap_err().to_string()
         };
         assert!(bad(|c| c.listen = "localhost:7443".into()).starts_with("listen"));
         assert!(bad(|c| c.certificate_ttl_secs = 60).starts_with("certificate_ttl_secs"));

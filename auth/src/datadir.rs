@@ -34,7 +34,7 @@ use vmail_proto::keys::SecretKey;
 use vmail_proto::opaque::Suite;
 use vmail_proto::random_bytes;
 
-use crate::config::ServerConfig;
+use crate::config::{ConfigError, ServerConfig};
 use crate::keys::{GroupSecrets, KeyBinding, ServerKeys};
 use crate::store::{Store, StoreError};
 
@@ -102,11 +102,11 @@ pub enum DataDirError {
         /// The file.
         path: PathBuf,
         /// Which key is wrong and why.
-        why: String,
+        why: ConfigError,
     },
     /// An `init` option is unusable.
     #[error("{0}; pass --listen as IP:PORT, e.g. 127.0.0.1:7443")]
-    BadOption(String),
+    BadOption(ConfigError),
     /// Reading or writing a file failed.
     #[error("{path}: {source}")]
     Io {

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
-use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
 use tonic::transport::{Channel, Endpoint};
@@ -185,27 +184,28 @@ fn bytes16(b: &[u8], what: &str) -> Result<[u8; 16], Status> {
 }
 
 impl TryFrom<pb::SetSessionRequest> for Session {
-    type Error = String;
+    type Error = Status;
 
-    fn try_from(r: pb::SetSessionRequest) -> Result<Self, String> {
-        let key32 = |b: &[u8], what: &str| -> Result<[u8; 32], String> {
-            b.try_into().map_err(|_| format!("{what} must be 32 bytes"))
+    fn try_from(r: pb::SetSessionRequest) -> Result<Self, Status> {
+        let bad = Status::invalid_argument;
+        let key32 = |b: &[u8], what: &str| -> Result<[u8; 32], Status> {
+            b.try_into()
+                .map_err(|_| bad(format!("{what} must be 32 bytes")))
         };
-        let certificate = vmail_proto::pb::UserCertificate::decode(r.certificate.as_slice())
-            .map_err(|e| format!("certificate: {e}"))?;
-        let certificate = UserCertificate::try_from(certificate).map_err(|e| e.to_string())?;
+        let certificate = UserCertificate::from_bytes(&r.certificate)
+            .map_err(|e| bad(format!("certificate: {e}")))?;
         let cluster_key = VerifyingKey::from_bytes(&key32(&r.cluster_key, "cluster key")?)
-            .map_err(|e| format!("cluster key: {e}"))?;
+            .map_err(|e| bad(format!("cluster key: {e}")))?;
         Ok(Session {
             login: LoginSession {
-                username: Username::parse(&r.username).map_err(|e| e.to_string())?,
+                username: Username::parse(&r.username).map_err(|e| bad(e.to_string()))?,
                 token: key32(&r.token, "token")?,
                 master_key: MasterKey::from_bytes(key32(&r.master_key, "master key")?),
                 master_key_id: r
                     .master_key_id
                     .as_slice()
                     .try_into()
-                    .map_err(|_| "master key id must be 16 bytes".to_owned())?,
+                    .map_err(|_| bad("master key id must be 16 bytes".into()))?,
                 expires_at: r.expires_at,
                 certificate,
             },
@@ -227,8 +227,7 @@ impl From<&Session> for pb::SetSessionRequest {
             master_key: s.login.master_key.as_bytes().to_vec(),
             master_key_id: s.login.master_key_id.to_vec(),
             expires_at: s.login.expires_at,
-            certificate: vmail_proto::pb::UserCertificate::from(s.login.certificate.clone())
-                .encode_to_vec(),
+            certificate: s.login.certificate.to_bytes(),
             identity_key: s.identity.to_bytes().to_vec(),
             auth_endpoints: s.target.endpoints.clone(),
             ca_pem: s.target.ca_pem.clone(),
@@ -308,7 +307,7 @@ impl control_server::Control for ControlService {
         &self,
         req: Request<pb::SetSessionRequest>,
     ) -> Result<Response<pb::SetSessionResponse>, Status> {
-        let session = Session::try_from(req.into_inner()).map_err(Status::invalid_argument)?;
+        let session = Session::try_from(req.into_inner())?;
         self.peer.set_session(session);
         Ok(Response::new(pb::SetSessionResponse {}))
     }

@@ -14,12 +14,10 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use ed25519_dalek::SigningKey;
-use prost::Message;
 use serde::{Deserialize, Serialize};
 use vmail_proto::cert::UserCertificate;
 use vmail_proto::keys::MasterKey;
 use vmail_proto::names::Username;
-use vmail_proto::pb;
 
 use crate::auth_client::LoginSession;
 
@@ -147,9 +145,7 @@ impl Keystore {
             master_key: hex::encode(s.master_key.as_bytes()),
             master_key_id: hex::encode(s.master_key_id),
             expires_at: s.expires_at,
-            certificate: hex::encode(
-                pb::UserCertificate::from(s.certificate.clone()).encode_to_vec(),
-            ),
+            certificate: hex::encode(s.certificate.to_bytes()),
         };
         let text = toml::to_string(&file).expect("session serialises");
         self.write_secret(&self.session_path(), text.as_bytes())
@@ -174,9 +170,7 @@ impl Keystore {
                 .ok_or_else(|| bad(format!("{field} is not 32 hex-encoded bytes")))
         };
         let cert_bytes = hex::decode(&f.certificate).map_err(|e| bad(e.to_string()))?;
-        let cert = pb::UserCertificate::decode(cert_bytes.as_slice())
-            .map_err(|e| bad(e.to_string()))
-            .and_then(|c| UserCertificate::try_from(c).map_err(|e| bad(e.to_string())))?;
+        let cert = UserCertificate::from_bytes(&cert_bytes).map_err(|e| bad(e.to_string()))?;
         let master_key_id = hex::decode(&f.master_key_id)
             .ok()
             .and_then(|v| v.try_into().ok())

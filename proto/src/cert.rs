@@ -192,6 +192,28 @@ impl UserCertificate {
     }
 }
 
+impl UserCertificate {
+    /// The certificate's protobuf encoding, the form in which it is stored
+    /// (the auth database, the client keystore) as well as sent.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        prost::Message::encode_to_vec(&pb::UserCertificate::from(self.clone()))
+    }
+
+    /// Reads [`UserCertificate::to_bytes`]. Refuses bytes that are not a
+    /// well-formed certificate; the signature is checked by
+    /// [`UserCertificate::verify`], not here.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, CertError> {
+        let wire: pb::UserCertificate =
+            prost::Message::decode(bytes).map_err(|e: prost::DecodeError| {
+                CertError::Malformed {
+                    field: "certificate",
+                    why: e.to_string(),
+                }
+            })?;
+        Self::try_from(wire)
+    }
+}
+
 impl From<UserCertificate> for pb::UserCertificate {
     fn from(c: UserCertificate) -> Self {
         Self {

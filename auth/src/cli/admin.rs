@@ -57,17 +57,12 @@ pub(crate) async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
                 None => own_raft_url(&data_dir)?,
             };
             let s = admin::status(&url, &admin::member_tls(&data_dir)?).await?;
-            let me = s.self_.unwrap_or_default();
-            println!("member:   {} (id {:016x})", me.name, me.id);
+            println!("member:   {} (id {:016x})", s.me.member.name, s.me.id);
             println!("state:    {}", s.state);
             println!("term:     {}", s.term);
             println!(
                 "leader:   {}",
-                if s.leader.is_empty() {
-                    "(none known)"
-                } else {
-                    &s.leader
-                }
+                s.leader.as_deref().unwrap_or("(none known)")
             );
             println!(
                 "log:      last index {}, applied {}, snapshot {}",
@@ -75,15 +70,15 @@ pub(crate) async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
             );
             println!("members:");
             for m in s.members {
-                let info = m.member.unwrap_or_default();
                 let matched = if m.matched > 0 {
                     format!("matched {}", m.matched)
                 } else {
                     String::new()
                 };
+                let role = if m.voter { "voter" } else { "learner" };
                 println!(
                     "  {:<12} {:<8} api {:<28} raft {:<28} {matched}",
-                    info.name, m.role, info.api_url, info.raft_url
+                    m.member.name, role, m.member.api_url, m.member.raft_url
                 );
             }
         }

@@ -232,7 +232,7 @@ pub async fn remove(via: &str, tls: &ClusterTls, name: &str) -> Result<(), Admin
 }
 
 /// A member's view of the group.
-pub async fn status(url: &str, tls: &ClusterTls) -> Result<pb::StatusResponse, AdminError> {
+pub async fn status(url: &str, tls: &ClusterTls) -> Result<GroupStatus, AdminError> {
     let mut client = tls.client(url).map_err(|why| AdminError::Call {
         url: url.to_owned(),
         why,
@@ -241,7 +241,84 @@ pub async fn status(url: &str, tls: &ClusterTls) -> Result<pb::StatusResponse, A
         .status(pb::StatusRequest {})
         .await
         .map_err(|s| call_err(url, &s))?
-        .into_inner())
+        .into_inner()
+        .into())
+}
+
+/// The group as one member sees it ([`status`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupStatus {
+    /// The member that answered.
+    pub me: MemberStatus,
+    /// Its Raft state: "leader", "follower", "candidate", "learner" or
+    /// "shutdown".
+    pub state: String,
+    /// Its current term.
+    pub term: u64,
+    /// The leader's name, if it knows one.
+    pub leader: Option<String>,
+    /// The last index in its log.
+    pub last_log_index: u64,
+    /// The last index it applied.
+    pub last_applied: u64,
+    /// The last index in its snapshot.
+    pub snapshot_index: u64,
+    /// Every member of the group's membership.
+    pub members: Vec<MemberStatus>,
+}
+
+/// One member, as [`GroupStatus`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberStatus {
+    /// Its Raft node id.
+    pub id: u64,
+    /// Its name and URLs.
+    pub member: Member,
+    /// Whether it votes (a learner does not).
+    pub voter: bool,
+    /// The last log index the leader knows it holds (0 when not reported).
+    pub matched: u64,
+}
+
+impl From<pb::StatusResponse> for GroupStatus {
+    fn from(s: pb::StatusResponse) -> Self {
+        let member = |m: pb::Member| Member {
+            name: m.name,
+            api_url: m.api_url,
+            raft_url: m.raft_url,
+        };
+        let me = s.self_.unwrap_or_default();
+        Self {
+            me: MemberStatus {
+                id: me.id,
+                voter: s
+                    .members
+                    .iter()
+                    .any(|m| m.role == "voter" && m.member.as_ref().is_some_and(|x| x.id == me.id)),
+                matched: 0,
+                member: member(me),
+            },
+            state: s.state,
+            term: s.term,
+            leader: Some(s.leader).filter(|l| !l.is_empty()),
+            last_log_index: s.last_log_index,
+            last_applied: s.last_applied,
+            snapshot_index: s.snapshot_index,
+            members: s
+                .members
+                .into_iter()
+                .map(|m| {
+                    let info = m.member.unwrap_or_default();
+                    MemberStatus {
+                        id: info.id,
+                        voter: m.role == "voter",
+                        matched: m.matched,
+                        member: member(info),
+                    }
+                })
+                .collect(),
+        }
+    }
 }
 
 type Client = pb::cluster_client::ClusterClient<tonic::transport::Channel>;

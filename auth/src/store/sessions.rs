@@ -1,12 +1,10 @@
 //! Login sessions: the token hash, the sealed master key and the expiry.
 
-use prost::Message;
 use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use vmail_proto::cert::UserCertificate;
 use vmail_proto::keys::{MasterKey, MasterKeyId};
-use vmail_proto::pb;
 
 use super::schema::{SESSIONS, USERS};
 use super::sealing::master_key_aad;
@@ -65,7 +63,7 @@ impl Store {
                 None => return Err(corrupt("users", name, "vanished during login")),
             };
             cert = make_cert(Self::next_serial(tx)?);
-            row.certificate = pb::UserCertificate::from(cert.clone()).encode_to_vec();
+            row.certificate = cert.to_bytes();
             users
                 .insert(
                     name,

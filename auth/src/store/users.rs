@@ -1,11 +1,9 @@
 //! Users: the registration row (sealed OPAQUE password file, credential
 //! nonce, current certificate), invite codes and certificate serials.
 
-use prost::Message;
 use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use vmail_proto::cert::UserCertificate;
-use vmail_proto::pb;
 
 use super::schema::{INVITES, META, USERS};
 use super::sealing::{AAD_PASSWORD_FILE, aad};
@@ -66,7 +64,8 @@ impl Store {
                 &aad(AAD_PASSWORD_FILE, name.as_bytes()),
             )
             .map_err(|e| corrupt("users", name, e))?;
-        let certificate = decode_cert(&row.certificate).map_err(|e| corrupt("users", name, e))?;
+        let certificate =
+            UserCertificate::from_bytes(&row.certificate).map_err(|e| corrupt("users", name, e))?;
         if certificate.username.as_str() != name {
             return Err(corrupt(
                 "users",
@@ -89,7 +88,7 @@ impl Store {
                 &aad(AAD_PASSWORD_FILE, name.as_bytes()),
             ),
             credential_nonce: user.credential_nonce,
-            certificate: pb::UserCertificate::from(user.certificate.clone()).encode_to_vec(),
+            certificate: user.certificate.to_bytes(),
             registered_at: user.registered_at,
         })
         .expect("in-memory encoding cannot fail")
@@ -157,9 +156,4 @@ impl Store {
         }
         Ok(RegisterOutcome::Created)
     }
-}
-
-pub(super) fn decode_cert(bytes: &[u8]) -> Result<UserCertificate, String> {
-    let wire = pb::UserCertificate::decode(bytes).map_err(|e| e.to_string())?;
-    UserCertificate::try_from(wire).map_err(|e| e.to_string())
 }

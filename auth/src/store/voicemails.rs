@@ -3,19 +3,16 @@
 //! waiting counts behind the inbox cap; the request ids that make deposits
 //! idempotent; and the sweep of everything that expired.
 
-use prost::Message;
 use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use vmail_proto::cert::UserCertificate;
 use vmail_proto::keys::SecretKey;
 use vmail_proto::meta::VoicemailMeta;
 use vmail_proto::names::Recipients;
-use vmail_proto::pb;
 
 use super::schema::{GRANTS, REQUESTS, SESSIONS, USERS, VOICEMAILS, WAITING};
 use super::sealing::session_key_aad;
 use super::sessions::SessionRow;
-use super::users::decode_cert;
 use super::{Store, StoreError, corrupt, db_err};
 
 /// A voicemail id: 16 random bytes chosen by the server.
@@ -107,8 +104,8 @@ impl Store {
                 ),
             )
             .map_err(|e| corrupt("voicemails", &key, e))?;
-        let sender_certificate =
-            decode_cert(&row.sender_certificate).map_err(|e| corrupt("voicemails", &key, e))?;
+        let sender_certificate = UserCertificate::from_bytes(&row.sender_certificate)
+            .map_err(|e| corrupt("voicemails", &key, e))?;
         if sender_certificate.username.as_str() != row.sender {
             return Err(corrupt("voicemails", &key, "sender and certificate differ"));
         }
@@ -164,8 +161,7 @@ impl Store {
                     return Ok(DepositOutcome::InboxFull(r.to_string()));
                 }
             }
-            let sender_certificate =
-                pb::UserCertificate::from(vm.sender_certificate.clone()).encode_to_vec();
+            let sender_certificate = vm.sender_certificate.to_bytes();
             let row = VoicemailRow {
                 sender: vm.sender.clone(),
                 recipients: vm.recipients.to_strings(),

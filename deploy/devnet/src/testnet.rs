@@ -563,11 +563,11 @@ async fn current_leader(
         }
         let url = format!("https://127.0.0.1:{raft}");
         if let Ok(status) = admin::status(&url, tls).await
-            && !status.leader.is_empty()
+            && let Some(leader) = status.leader
         {
-            match votes.iter_mut().find(|(n, _)| *n == status.leader) {
+            match votes.iter_mut().find(|(n, _)| *n == leader) {
                 Some((_, v)) => *v += 1,
-                None => votes.push((status.leader, 1)),
+                None => votes.push((leader, 1)),
             }
         }
     }

@@ -255,7 +255,7 @@ async fn fetch_without_a_login_says_to_log_in() {
 }
 
 /// The auth server's state as the group reports it, by its name.
-async fn auth_status(net: &Testnet, name: &str) -> vmail_proto::cluster_pb::StatusResponse {
+async fn auth_status(net: &Testnet, name: &str) -> vmail_auth::cluster::admin::GroupStatus {
     let auth = net.dir.path().join("auth");
     let ports = std::fs::read_to_string(auth.join(format!("{name}.ports"))).unwrap();
     let raft = ports.split_whitespace().nth(1).unwrap();
@@ -343,7 +343,7 @@ async fn auth_leader_killed_by_hand_then_restarted() {
     let mut caught_up = false;
     for _ in 0..100 {
         let s = auth_status(&net, &killed).await;
-        if s.last_applied >= leader.last_applied && !s.leader.is_empty() {
+        if s.last_applied >= leader.last_applied && s.leader.is_some() {
             caught_up = true;
             break;
         }
