@@ -1,0 +1,255 @@
+//! Unit tests of [`AuthService`] over a temporary data dir and a one-node
+//! Raft group, with a manual clock and no network: OPAQUE registration and
+//! login, the lock-out, sessions, deposit, delivery, acks and expiry.
+
+mod deposit;
+mod login;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ed25519_dalek::{Signer, SigningKey};
+use opaque_ke::errors::ProtocolError;
+use opaque_ke::{
+    ClientLogin, ClientLoginFinishParameters, ClientRegistration,
+    ClientRegistrationFinishParameters, CredentialResponse, RegistrationResponse,
+};
+use sha2::{Digest, Sha256};
+use tempfile::TempDir;
+use vmail_proto::cert::{ProofPurpose, identity_proof_bytes};
+use vmail_proto::keys::{DeliveryContext, DepositContext, MasterKey, SecretKey};
+use vmail_proto::meta::VoicemailMeta;
+use vmail_proto::names::{Recipients, Username};
+use vmail_proto::opaque::Suite;
+use vmail_proto::random_bytes;
+
+use super::*;
+use crate::cluster::Member;
+use crate::datadir::{self, InitOptions};
+use crate::store::Session;
+
+/// Where the manual clock starts.
+const T0: u64 = 1_700_000_000;
+/// How long a test waits for its one-node group to elect itself.
+const LEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A service over a fresh data dir, leading its own one-node group.
+struct Harness {
+    svc: AuthService,
+    clock: Arc<ManualClock>,
+    _dir: TempDir,
+}
+
+/// A logged-in user, as the client holds it.
+struct LoggedIn {
+    token: [u8; 32],
+    master_key: MasterKey,
+    session: Session,
+}
+
+fn password(user: &str) -> Vec<u8> {
+    format!("correct horse battery staple of {user}").into_bytes()
+}
+
+impl Harness {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("auth-1");
+        datadir::init(&InitOptions::loopback(&data)).unwrap();
+        let clock = Arc::new(ManualClock::new(T0));
+        let svc = crate::server::open(&data, clock.clone()).await.unwrap();
+        let raft = svc.raft();
+        let id = raft.metrics().borrow().id;
+        // A one-node group never dials anyone, so the URLs are never used.
+        let me = Member {
+            name: svc.config().name.clone(),
+            api_url: "https://127.0.0.1:1".into(),
+            raft_url: "https://127.0.0.1:1".into(),
+        };
+        raft.initialize(BTreeMap::from([(id, me)])).await.unwrap();
+        raft.wait(Some(LEADER_TIMEOUT))
+            .metrics(|m| m.current_leader == Some(m.id), "leader")
+            .await
+            .unwrap();
+        assert!(svc.is_leader());
+        Self {
+            svc,
+            clock,
+            _dir: dir,
+        }
+    }
+
+    async fn stop(self) {
+        self.svc.raft().shutdown().await.unwrap();
+    }
+
+    /// Registers `name` with real OPAQUE, as the client does; returns the
+    /// identity key the server certified.
+    async fn register(&self, name: &str) -> SigningKey {
+        let pw = password(name);
+        let identity = SigningKey::from_bytes(&random_bytes());
+        let mut rng = rand::rngs::OsRng;
+        let start = ClientRegistration::<Suite>::start(&mut rng, &pw).unwrap();
+        let (response, nonce) = self
+            .svc
+            .register_start(name, &start.message.serialize(), "")
+            .await
+            .unwrap();
+        let response = RegistrationResponse::<Suite>::deserialize(&response).unwrap();
+        let finish = start
+            .state
+            .finish(
+                &mut rng,
+                &pw,
+                response,
+                ClientRegistrationFinishParameters::default(),
+            )
+            .unwrap();
+        let upload = finish.message.serialize().to_vec();
+        let context: [u8; 32] = Sha256::digest(&upload).into();
+        let vk = identity.verifying_key();
+        let proof = identity.sign(&identity_proof_bytes(
+            ProofPurpose::Register,
+            &Username::parse(name).unwrap(),
+            &context,
+            &vk,
+            &[],
+        ));
+        self.svc
+            .register_finish(RegisterFinish {
+                username: name.into(),
+                registration_upload: upload,
+                identity_key: vk.as_bytes().to_vec(),
+                identity_proof: proof.to_bytes().to_vec(),
+                invite_code: String::new(),
+                credential_nonce: nonce.to_vec(),
+            })
+            .await
+            .unwrap();
+        identity
+    }
+
+    /// Both rounds of a login with `pw`, as the client does. A client
+    /// with the wrong password cannot finish OPAQUE (it sees
+    /// `InvalidLoginError` and would stop); to have the server judge the
+    /// attempt too, it then sends a made-up finalization.
+    async fn try_login(
+        &self,
+        name: &str,
+        pw: &[u8],
+        identity: &SigningKey,
+    ) -> Result<(LoginOutcome, MasterKey), AuthError> {
+        let start = ClientLogin::<Suite>::start(&mut rand::rngs::OsRng, pw).unwrap();
+        let (login_id, response) = self
+            .svc
+            .login_start(name, &start.message.serialize())
+            .await?;
+        let response = CredentialResponse::<Suite>::deserialize(&response).unwrap();
+        let (finalization, master_key) =
+            match start
+                .state
+                .finish(pw, response, ClientLoginFinishParameters::default())
+            {
+                Ok(f) => (
+                    f.message.serialize().to_vec(),
+                    Some(MasterKey::from_opaque_session_key(&f.session_key)),
+                ),
+                Err(ProtocolError::InvalidLoginError) => (vec![7; 64], None),
+                Err(e) => panic!("client side of the login failed: {e}"),
+            };
+        let vk = identity.verifying_key();
+        let proof = identity.sign(&identity_proof_bytes(
+            ProofPurpose::Login,
+            &Username::parse(name).unwrap(),
+            &login_id,
+            &vk,
+            &[],
+        ));
+        let outcome = self
+            .svc
+            .login_finish(LoginFinish {
+                login_id: login_id.to_vec(),
+                credential_finalization: finalization,
+                identity_key: vk.as_bytes().to_vec(),
+                identity_proof: proof.to_bytes().to_vec(),
+                peer_id: Vec::new(),
+            })
+            .await?;
+        let master_key =
+            master_key.expect("the server accepted a login the client could not finish");
+        Ok((outcome, master_key))
+    }
+
+    /// A successful login, checked the way the client checks it.
+    async fn login(&self, name: &str, identity: &SigningKey) -> LoggedIn {
+        let (outcome, master_key) = self
+            .try_login(name, &password(name), identity)
+            .await
+            .unwrap();
+        assert_eq!(outcome.master_key_id, master_key.id());
+        let cert = &outcome.certificate;
+        assert_eq!(cert.username.as_str(), name);
+        assert_eq!(cert.identity_key, identity.verifying_key());
+        cert.verify(&self.svc.keys().cluster_public_key(), self.svc.now())
+            .unwrap();
+        let session = self.svc.authenticate(&outcome.session_token).await.unwrap();
+        LoggedIn {
+            token: outcome.session_token,
+            master_key,
+            session,
+        }
+    }
+
+    async fn register_and_login(&self, name: &str) -> LoggedIn {
+        let identity = self.register(name).await;
+        self.login(name, &identity).await
+    }
+}
+
+/// A deposit of `session_key` for `recipients`, wrapped as the client's
+/// `NewDeposit::wrap_key` does.
+fn deposit(
+    sender: &MasterKey,
+    session_key: &SecretKey,
+    recipients: &[&str],
+    request_id: &[u8],
+    expires_at: u64,
+) -> Deposit {
+    let locator = b"holder-set:v1:0123456789abcdef".to_vec();
+    let canonical = Recipients::parse(recipients).unwrap();
+    let wrapped_key = sender.wrap_deposit(
+        session_key,
+        &DepositContext {
+            request_id,
+            recipients: &canonical,
+            locator: &locator,
+        },
+    );
+    Deposit {
+        request_id: request_id.to_vec(),
+        recipients: recipients.iter().map(|r| r.to_string()).collect(),
+        locator,
+        wrapped_key,
+        metadata: VoicemailMeta {
+            size: 48_000,
+            content_type: "audio/wav".into(),
+            duration_ms: 3000,
+            expires_at,
+        },
+    }
+}
+
+/// Opens a delivered key as the recipient's client does.
+fn unwrap_delivery(d: &Delivery, master_key: &MasterKey) -> Option<SecretKey> {
+    master_key
+        .unwrap_delivery(
+            &d.wrapped_key,
+            &DeliveryContext {
+                voicemail_id: &d.id,
+                recipients: &Recipients::parse(&d.recipients).unwrap(),
+                locator: &d.locator,
+            },
+        )
+        .ok()
+}

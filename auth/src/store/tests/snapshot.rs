@@ -1,0 +1,85 @@
+//! Snapshots: export then import gives the same reads.
+
+use super::*;
+
+#[test]
+fn export_then_import_gives_identical_reads() {
+    let f = Fixture::new();
+    for u in ["alice", "bob", "carol"] {
+        f.register(u);
+    }
+    let invite = "c0ffee";
+    f.register_with("dave", Some(invite));
+    let (s1, _) = f.begin_session("alice", T0 + DAY);
+    let (s2, _) = f.begin_session("bob", T0 + 100);
+    let a = f.voicemail("alice", &["bob", "carol"], T0, T0 + DAY);
+    let b = f.voicemail("carol", &["bob"], T0 + 1, T0 + DAY);
+    f.deposit(&a);
+    f.deposit(&b);
+    let request_id = random_bytes::<16>();
+    let digest: [u8; 32] = random_bytes();
+    let c = f.voicemail("alice", &["dave"], T0 + 2, T0 + DAY);
+    assert_eq!(
+        f.deposit_as(&request_id, digest, &c, NO_CAP),
+        DepositOutcome::Stored(c.id)
+    );
+    assert_eq!(
+        f.ack("carol", &a.id, T0 + 3),
+        AckOutcome::Acked { key_erased: false }
+    );
+    let (snapshot, _applied) = f.store.export().unwrap();
+
+    // A second server of the same group (same keys) that held other rows.
+    let path2 = f.dir.path().join("second.redb");
+    Store::create(&path2, "auth-2", &f.data_key, &f.binding, 8, false).unwrap();
+    let second = Store::open(&path2, f.data_key.clone(), &f.binding).unwrap();
+    second
+        .write(|tx| second.register(tx, "zoe", None, |serial| f.user_for("zoe", serial)))
+        .unwrap();
+    second.write(|tx| second.import(tx, &snapshot)).unwrap();
+
+    assert!(
+        second.user("zoe").unwrap().is_none(),
+        "import replaces rows"
+    );
+    for u in ["alice", "bob", "carol", "dave"] {
+        assert_same_user(
+            &second.user(u).unwrap().unwrap(),
+            &f.store.user(u).unwrap().unwrap(),
+        );
+        let want = f.store.pending(u, T0 + 3).unwrap();
+        let got = second.pending(u, T0 + 3).unwrap();
+        assert_eq!(ids(&got), ids(&want), "{u}");
+        for (g, w) in got.iter().zip(&want) {
+            assert_same_voicemail(g, w);
+        }
+    }
+    for s in [&s1, &s2] {
+        assert_same_session(&second.session(&s.token_hash).unwrap().unwrap(), s);
+    }
+    assert!(second.invite_used(invite).unwrap());
+    assert_eq!(second.counts().unwrap(), f.store.counts().unwrap());
+    assert_eq!(
+        second.export().unwrap().0,
+        snapshot,
+        "a byte-identical copy"
+    );
+    // Request rows, waiting counts and the serial counter came too.
+    let retry = f.voicemail("alice", &["dave"], T0 + 4, T0 + DAY);
+    let replay = second
+        .write(|tx| second.deposit(tx, &request_id, digest, &retry, NO_CAP))
+        .unwrap();
+    assert_eq!(replay, DepositOutcome::Replayed(c.id));
+    assert_eq!(
+        second
+            .write(|tx| second.ack(tx, "carol", &a.id, T0 + 4))
+            .unwrap(),
+        AckOutcome::NotPending
+    );
+    let next = |s: &Store| {
+        s.write(|tx| s.register(tx, "erin", None, |serial| f.user_for("erin", serial)))
+            .unwrap();
+        s.user("erin").unwrap().unwrap().certificate.serial
+    };
+    assert_eq!(next(&second), next(&f.store));
+}
