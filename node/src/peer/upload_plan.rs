@@ -221,6 +221,17 @@ mod tests {
         (0..n).map(|_| PeerId::random()).collect()
     }
 
+    fn complete(outcome: UploadOutcome) -> (Vec<StoredShard>, Layout, Vec<StoredShard>) {
+        match outcome {
+            UploadOutcome::Complete {
+                stored,
+                layout,
+                relayout,
+            } => (stored, layout, relayout),
+            short => panic!("expected a complete upload: {short:?}"),
+        }
+    }
+
     fn refused(holder: PeerId) -> TransferError {
         TransferError::NoRoom {
             peer: holder,
@@ -255,14 +266,7 @@ mod tests {
             plan.stored(a);
         }
         let (outcome, failures) = plan.finish();
-        let UploadOutcome::Complete {
-            stored,
-            layout,
-            relayout,
-        } = outcome
-        else {
-            panic!("expected a complete upload: {outcome:?}");
-        };
+        let (stored, layout, relayout) = complete(outcome);
         assert_eq!(layout, first);
         assert!(relayout.is_empty());
         assert!(failures.is_empty());
@@ -301,14 +305,7 @@ mod tests {
             plan.stored(a);
         }
         let (outcome, failures) = plan.finish();
-        let UploadOutcome::Complete {
-            stored,
-            layout,
-            relayout,
-        } = outcome
-        else {
-            panic!("expected a complete upload: {outcome:?}");
-        };
+        let (stored, layout, relayout) = complete(outcome);
         assert_eq!(layout, retry.layout);
         assert_eq!(stored[1].holder, ranked[4]);
         // Shards 0, 2 and 3 were sent the draft with shard 1's old identifier.
