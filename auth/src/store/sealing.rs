@@ -21,8 +21,9 @@ pub(super) fn master_key_aad(token_hash: &[u8], username: &str) -> Vec<u8> {
 
 /// A voicemail's session key is bound to its id, the sender's certificate
 /// (so the sender's name), the deposit time, the recipients and the locator,
-/// so none of what a recipient is shown can be changed in the database
-/// unnoticed.
+/// so none of those can be changed in the database unnoticed. The metadata
+/// (size, type, duration, expiry) is not bound: docs/SECURITY.md lists it
+/// among the fields outside the AADs.
 pub(super) fn session_key_aad(
     id: &[u8],
     sender_certificate: &[u8],
