@@ -23,35 +23,25 @@ enum Command {
     Testnet(TestnetCommand),
 }
 
-fn main() -> ExitCode {
+#[tokio::main]
+async fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The demo and the testnet run auth servers: their Raft's complaints
+    // about a server a drill killed on purpose are not the user's concern.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        // The demo and the testnet run auth servers: their Raft's complaints
-        // about a server a drill killed on purpose are not the user's concern.
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,openraft=off"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let result = match &cli.command {
+        Command::Demo => vmail_devnet::demo::run().await,
+        Command::Testnet(t) => vmail_devnet::testnet::run(t).await,
     };
-    let result = runtime.block_on(async {
-        match &cli.command {
-            Command::Demo => vmail_devnet::demo::run().await,
-            Command::Testnet(t) => vmail_devnet::testnet::run(t).await,
-        }
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        return ExitCode::FAILURE;
     }
+    ExitCode::SUCCESS
 }
