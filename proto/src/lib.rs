@@ -7,6 +7,7 @@
 //! - [`keys`]: the key schedule (master key, session key) and key wrapping;
 //! - [`meta`]: voicemail metadata;
 //! - [`cert`]: user certificates, their signing bytes and offline verification;
+//! - [`grant`]: storage grants and delete orders, which holders check offline;
 //! - [`opaque`]: the OPAQUE cipher suite both sides must agree on;
 //! - [`tls`]: the one TLS crypto provider every TLS user in a process shares.
 //!
@@ -15,6 +16,7 @@
 //! The byte-exact formats are written down in `docs/PROTOCOL.md`.
 
 pub mod cert;
+pub mod grant;
 pub mod keys;
 pub mod meta;
 pub mod names;

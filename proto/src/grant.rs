@@ -1,0 +1,658 @@
+//! Storage grants and delete orders: what the auth group signs so that
+//! untrusted holders know what they may store, and when to delete it.
+//!
+//! A **storage grant** lets one leave put the named shards (length and
+//! SHA-256 each) on the named holders, during a short upload window, until
+//! an absolute expiry. It names no sender and no recipient. A **delete
+//! order** tells every holder of a grant's shards to drop them and to
+//! refuse them until the grant's expiry.
+//!
+//! Both are signed by the cluster key over a fixed, domain-separated layout
+//! (never protobuf), and their one encoding everywhere — gRPC, the blob
+//! protocol, a holder's disk — is those signing bytes followed by the
+//! 64-byte signature (integers big-endian):
+//!
+//! ```text
+//! grant:  "vmail/v1/storage-grant" || version u32 || serial u64 || key id (8)
+//!           || message id (16) || data shards u8 || shard count u8
+//!           || shard count x (len u64 || sha256 (32))
+//!           || holder count u8 || holder count x (u8 len || peer id)
+//!           || upload_until u64 || expires_at u64 || signature (64)
+//! delete: "vmail/v1/delete-order" || version u32 || serial u64 || key id (8)
+//!           || reason u8 || expires_at u64 || signature (64)
+//! ```
+//!
+//! The key id is the first 8 bytes of SHA-256 of the cluster public key, so
+//! a holder can tell a foreign cluster's grant from a forged one. A delete
+//! order's `expires_at` is its grant's: holders keep a tombstone until then.
+
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// The grant and delete-order format version this code writes and accepts.
+pub const GRANT_VERSION: u32 = 1;
+/// Domain-separation prefix of a grant's signing bytes.
+pub const GRANT_LABEL: &[u8] = b"vmail/v1/storage-grant";
+/// Domain-separation prefix of a delete order's signing bytes.
+pub const DELETE_LABEL: &[u8] = b"vmail/v1/delete-order";
+/// Most shards one grant covers (the erasure coder's limit).
+pub const MAX_GRANT_SHARDS: usize = 32;
+/// Most holders one grant names: the chosen ones plus spares.
+pub const MAX_GRANT_HOLDERS: usize = 64;
+/// Longest holder peer id, bytes.
+pub const MAX_HOLDER_ID_LEN: usize = 64;
+/// How long a grant's upload window stays open, seconds.
+pub const UPLOAD_WINDOW_SECS: u64 = 10 * 60;
+/// The longest a holder keeps anything: a grant's expiry may be at most
+/// this far past its issue, and holders refuse grants beyond their own cap.
+pub const MAX_RETENTION_SECS: u64 = 30 * 86_400;
+/// Largest encoded grant.
+pub const MAX_GRANT_BYTES: usize = GRANT_LABEL.len()
+    + 4
+    + 8
+    + 8
+    + 16
+    + 2
+    + MAX_GRANT_SHARDS * 40
+    + 1
+    + MAX_GRANT_HOLDERS * (1 + MAX_HOLDER_ID_LEN)
+    + 16
+    + 64;
+
+/// Why a grant or delete order was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GrantError {
+    /// The bytes are not a well-formed grant or order.
+    #[error("malformed {what}: {why}")]
+    Malformed {
+        /// "storage grant" or "delete order".
+        what: &'static str,
+        /// What is wrong.
+        why: String,
+    },
+    /// A version this code does not know.
+    #[error("{what} version {version} is not supported (this build knows {GRANT_VERSION})")]
+    Version {
+        /// "storage grant" or "delete order".
+        what: &'static str,
+        /// The version found.
+        version: u32,
+    },
+    /// Signed by another cluster's key.
+    #[error("{what} is from another auth cluster (key id {found}, this holder trusts {pinned})")]
+    ForeignCluster {
+        /// "storage grant" or "delete order".
+        what: &'static str,
+        /// The key id it names, hex.
+        found: String,
+        /// The pinned key's id, hex.
+        pinned: String,
+    },
+    /// The signature does not verify.
+    #[error("{what} {serial} has a bad signature: forged or altered")]
+    BadSignature {
+        /// "storage grant" or "delete order".
+        what: &'static str,
+        /// Its serial.
+        serial: u64,
+    },
+}
+
+/// The id of a cluster key: the first 8 bytes of its SHA-256.
+pub fn key_id(key: &VerifyingKey) -> [u8; 8] {
+    let h = Sha256::digest(key.as_bytes());
+    h[..8].try_into().expect("8 bytes")
+}
+
+/// One shard a grant covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantedShard {
+    /// Its length in bytes.
+    pub len: u64,
+    /// Its SHA-256.
+    pub sha256: [u8; 32],
+}
+
+/// What a grant covers, before it is signed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantBody {
+    /// The group's serial, unique per grant.
+    pub serial: u64,
+    /// The sender's message id (the ciphertext header's).
+    pub message_id: [u8; 16],
+    /// Shards needed to rebuild: k of a Reed-Solomon k-of-n, 1 for copies.
+    pub data_shards: u8,
+    /// Every shard, by index.
+    pub shards: Vec<GrantedShard>,
+    /// libp2p peer ids (bytes) the shards may be placed on.
+    pub holders: Vec<Vec<u8>>,
+    /// Unix seconds until which holders accept the upload.
+    pub upload_until: u64,
+    /// Unix seconds after which holders drop the shards.
+    pub expires_at: u64,
+}
+
+/// A signed storage grant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageGrant {
+    /// What it covers.
+    pub body: GrantBody,
+    /// The signing key's id.
+    pub key_id: [u8; 8],
+    /// The cluster key's signature over the signing bytes.
+    pub signature: Signature,
+}
+
+/// Why a delete order was issued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeleteReason {
+    /// Every recipient fetched it (or discarded it).
+    Delivered,
+    /// The sender recalled it before delivery.
+    Recalled,
+    /// It expired unread.
+    Expired,
+    /// The grant was never used by a deposit.
+    Unused,
+}
+
+impl DeleteReason {
+    fn code(self) -> u8 {
+        match self {
+            Self::Delivered => 1,
+            Self::Recalled => 2,
+            Self::Expired => 3,
+            Self::Unused => 4,
+        }
+    }
+
+    fn from_code(c: u8) -> Option<Self> {
+        Some(match c {
+            1 => Self::Delivered,
+            2 => Self::Recalled,
+            3 => Self::Expired,
+            4 => Self::Unused,
+            _ => return None,
+        })
+    }
+}
+
+impl std::fmt::Display for DeleteReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Delivered => "delivered",
+            Self::Recalled => "recalled",
+            Self::Expired => "expired unread",
+            Self::Unused => "never deposited",
+        })
+    }
+}
+
+/// A signed order to delete every shard of one grant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeleteOrder {
+    /// The grant's serial.
+    pub serial: u64,
+    /// Why.
+    pub reason: DeleteReason,
+    /// The grant's expiry: holders keep a tombstone until then.
+    pub expires_at: u64,
+    /// The signing key's id.
+    pub key_id: [u8; 8],
+    /// The cluster key's signature over the signing bytes.
+    pub signature: Signature,
+}
+
+const GRANT: &str = "storage grant";
+const ORDER: &str = "delete order";
+
+impl GrantBody {
+    /// Signs the body with the cluster key.
+    pub fn sign(self, cluster_key: &SigningKey) -> StorageGrant {
+        let key_id = key_id(&cluster_key.verifying_key());
+        let signature = cluster_key.sign(&grant_signing_bytes(&self, &key_id));
+        StorageGrant {
+            body: self,
+            key_id,
+            signature,
+        }
+    }
+
+    /// Checks counts and sizes: shards 1..=32 with `data_shards` of them
+    /// needed, holders 1..=64 of sane length, non-empty shards, and the
+    /// upload window inside the validity.
+    pub fn check(&self) -> Result<(), String> {
+        let n = self.shards.len();
+        if n == 0 || n > MAX_GRANT_SHARDS {
+            return Err(format!("{n} shards, 1 to {MAX_GRANT_SHARDS} allowed"));
+        }
+        if self.data_shards == 0 || usize::from(self.data_shards) > n {
+            return Err(format!("{} data shards of {n}", self.data_shards));
+        }
+        if self.shards.iter().any(|s| s.len == 0) {
+            return Err("a zero-length shard".into());
+        }
+        let h = self.holders.len();
+        if h == 0 || h > MAX_GRANT_HOLDERS {
+            return Err(format!("{h} holders, 1 to {MAX_GRANT_HOLDERS} allowed"));
+        }
+        if self
+            .holders
+            .iter()
+            .any(|p| p.is_empty() || p.len() > MAX_HOLDER_ID_LEN)
+        {
+            return Err(format!(
+                "a holder id of bad length (1 to {MAX_HOLDER_ID_LEN} bytes)"
+            ));
+        }
+        if self.upload_until > self.expires_at {
+            return Err("the upload window ends after the expiry".into());
+        }
+        Ok(())
+    }
+}
+
+fn grant_signing_bytes(b: &GrantBody, key_id: &[u8; 8]) -> Vec<u8> {
+    let mut out = GRANT_LABEL.to_vec();
+    out.extend_from_slice(&GRANT_VERSION.to_be_bytes());
+    out.extend_from_slice(&b.serial.to_be_bytes());
+    out.extend_from_slice(key_id);
+    out.extend_from_slice(&b.message_id);
+    out.push(b.data_shards);
+    out.push(b.shards.len() as u8);
+    for s in &b.shards {
+        out.extend_from_slice(&s.len.to_be_bytes());
+        out.extend_from_slice(&s.sha256);
+    }
+    out.push(b.holders.len() as u8);
+    for p in &b.holders {
+        out.push(p.len() as u8);
+        out.extend_from_slice(p);
+    }
+    out.extend_from_slice(&b.upload_until.to_be_bytes());
+    out.extend_from_slice(&b.expires_at.to_be_bytes());
+    out
+}
+
+fn order_signing_bytes(serial: u64, key_id: &[u8; 8], reason: DeleteReason, exp: u64) -> Vec<u8> {
+    let mut out = DELETE_LABEL.to_vec();
+    out.extend_from_slice(&GRANT_VERSION.to_be_bytes());
+    out.extend_from_slice(&serial.to_be_bytes());
+    out.extend_from_slice(key_id);
+    out.push(reason.code());
+    out.extend_from_slice(&exp.to_be_bytes());
+    out
+}
+
+/// Checks the key id, then the signature.
+fn verify_signed(
+    what: &'static str,
+    serial: u64,
+    found: &[u8; 8],
+    bytes: &[u8],
+    signature: &Signature,
+    key: &VerifyingKey,
+) -> Result<(), GrantError> {
+    let pinned = key_id(key);
+    if *found != pinned {
+        return Err(GrantError::ForeignCluster {
+            what,
+            found: hex(found),
+            pinned: hex(&pinned),
+        });
+    }
+    key.verify_strict(bytes, signature)
+        .map_err(|_| GrantError::BadSignature { what, serial })
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+impl StorageGrant {
+    /// The bytes the signature covers.
+    pub fn signing_bytes(&self) -> Vec<u8> {
+        grant_signing_bytes(&self.body, &self.key_id)
+    }
+
+    /// The one encoding: signing bytes, then the signature.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = self.signing_bytes();
+        out.extend_from_slice(&self.signature.to_bytes());
+        out
+    }
+
+    /// Reads [`StorageGrant::to_bytes`]: layout, counts and sizes; the
+    /// signature is checked by [`StorageGrant::verify`].
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, GrantError> {
+        if bytes.len() > MAX_GRANT_BYTES {
+            return Err(malformed(GRANT, format!("{} bytes, too long", bytes.len())));
+        }
+        let mut r = Reader::new(bytes, GRANT);
+        r.label(GRANT_LABEL)?;
+        let version = r.u32()?;
+        if version != GRANT_VERSION {
+            return Err(GrantError::Version {
+                what: GRANT,
+                version,
+            });
+        }
+        let serial = r.u64()?;
+        let key_id = r.array::<8>()?;
+        let message_id = r.array::<16>()?;
+        let data_shards = r.u8()?;
+        let n = r.u8()?;
+        let mut shards = Vec::with_capacity(usize::from(n));
+        for _ in 0..n {
+            shards.push(GrantedShard {
+                len: r.u64()?,
+                sha256: r.array::<32>()?,
+            });
+        }
+        let h = r.u8()?;
+        let mut holders = Vec::with_capacity(usize::from(h));
+        for _ in 0..h {
+            let len = r.u8()?;
+            holders.push(r.take(usize::from(len))?.to_vec());
+        }
+        let body = GrantBody {
+            serial,
+            message_id,
+            data_shards,
+            shards,
+            holders,
+            upload_until: r.u64()?,
+            expires_at: r.u64()?,
+        };
+        let signature = Signature::from_bytes(&r.array::<64>()?);
+        r.end()?;
+        body.check().map_err(|why| malformed(GRANT, why))?;
+        Ok(Self {
+            body,
+            key_id,
+            signature,
+        })
+    }
+
+    /// Checks the key id and the signature against the pinned cluster key.
+    pub fn verify(&self, cluster_key: &VerifyingKey) -> Result<(), GrantError> {
+        verify_signed(
+            GRANT,
+            self.body.serial,
+            &self.key_id,
+            &self.signing_bytes(),
+            &self.signature,
+            cluster_key,
+        )
+    }
+
+    /// Whether `peer` (peer id bytes) is one of the holders named.
+    pub fn names_holder(&self, peer: &[u8]) -> bool {
+        self.body.holders.iter().any(|p| p == peer)
+    }
+
+    /// Whether a shard of this length and hash is one the grant covers.
+    pub fn covers(&self, len: u64, sha256: &[u8; 32]) -> bool {
+        self.body
+            .shards
+            .iter()
+            .any(|s| s.len == len && s.sha256 == *sha256)
+    }
+}
+
+impl DeleteOrder {
+    /// Signs an order to delete grant `serial`'s shards, which expire at
+    /// `expires_at`.
+    pub fn sign(
+        serial: u64,
+        reason: DeleteReason,
+        expires_at: u64,
+        cluster_key: &SigningKey,
+    ) -> Self {
+        let key_id = key_id(&cluster_key.verifying_key());
+        let signature = cluster_key.sign(&order_signing_bytes(serial, &key_id, reason, expires_at));
+        Self {
+            serial,
+            reason,
+            expires_at,
+            key_id,
+            signature,
+        }
+    }
+
+    /// The one encoding: signing bytes, then the signature.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = order_signing_bytes(self.serial, &self.key_id, self.reason, self.expires_at);
+        out.extend_from_slice(&self.signature.to_bytes());
+        out
+    }
+
+    /// Reads [`DeleteOrder::to_bytes`]; the signature is checked by
+    /// [`DeleteOrder::verify`].
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, GrantError> {
+        let mut r = Reader::new(bytes, ORDER);
+        r.label(DELETE_LABEL)?;
+        let version = r.u32()?;
+        if version != GRANT_VERSION {
+            return Err(GrantError::Version {
+                what: ORDER,
+                version,
+            });
+        }
+        let serial = r.u64()?;
+        let key_id = r.array::<8>()?;
+        let code = r.u8()?;
+        let reason = DeleteReason::from_code(code)
+            .ok_or_else(|| malformed(ORDER, format!("unknown reason {code}")))?;
+        let expires_at = r.u64()?;
+        let signature = Signature::from_bytes(&r.array::<64>()?);
+        r.end()?;
+        Ok(Self {
+            serial,
+            reason,
+            expires_at,
+            key_id,
+            signature,
+        })
+    }
+
+    /// Checks the key id and the signature against the pinned cluster key.
+    pub fn verify(&self, cluster_key: &VerifyingKey) -> Result<(), GrantError> {
+        verify_signed(
+            ORDER,
+            self.serial,
+            &self.key_id,
+            &order_signing_bytes(self.serial, &self.key_id, self.reason, self.expires_at),
+            &self.signature,
+            cluster_key,
+        )
+    }
+}
+
+fn malformed(what: &'static str, why: String) -> GrantError {
+    GrantError::Malformed { what, why }
+}
+
+/// A bounds-checked cursor over untrusted bytes.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    what: &'static str,
+}
+
+impl<'a> Reader<'a> {
+    fn new(bytes: &'a [u8], what: &'static str) -> Self {
+        Self { bytes, what }
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], GrantError> {
+        if self.bytes.len() < n {
+            return Err(malformed(self.what, "truncated".into()));
+        }
+        let (head, rest) = self.bytes.split_at(n);
+        self.bytes = rest;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], GrantError> {
+        Ok(self.take(N)?.try_into().expect("N bytes"))
+    }
+
+    fn u8(&mut self) -> Result<u8, GrantError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u32(&mut self) -> Result<u32, GrantError> {
+        Ok(u32::from_be_bytes(self.array()?))
+    }
+
+    fn u64(&mut self) -> Result<u64, GrantError> {
+        Ok(u64::from_be_bytes(self.array()?))
+    }
+
+    fn label(&mut self, label: &[u8]) -> Result<(), GrantError> {
+        if self.take(label.len())? != label {
+            return Err(malformed(self.what, "wrong label".into()));
+        }
+        Ok(())
+    }
+
+    fn end(&self) -> Result<(), GrantError> {
+        if self.bytes.is_empty() {
+            Ok(())
+        } else {
+            Err(malformed(self.what, "trailing bytes".into()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body() -> GrantBody {
+        GrantBody {
+            serial: 42,
+            message_id: [7; 16],
+            data_shards: 2,
+            shards: vec![
+                GrantedShard {
+                    len: 100,
+                    sha256: [1; 32],
+                },
+                GrantedShard {
+                    len: 100,
+                    sha256: [2; 32],
+                },
+                GrantedShard {
+                    len: 100,
+                    sha256: [3; 32],
+                },
+            ],
+            holders: vec![vec![9; 38], vec![8; 38]],
+            upload_until: 1_000,
+            expires_at: 2_000,
+        }
+    }
+
+    #[test]
+    fn a_grant_round_trips_and_verifies() {
+        let key = SigningKey::from_bytes(&[1; 32]);
+        let grant = body().sign(&key);
+        let back = StorageGrant::from_bytes(&grant.to_bytes()).unwrap();
+        assert_eq!(back, grant);
+        back.verify(&key.verifying_key()).unwrap();
+        assert!(back.names_holder(&[8; 38]));
+        assert!(!back.names_holder(&[7; 38]));
+        assert!(back.covers(100, &[2; 32]));
+        assert!(!back.covers(101, &[2; 32]));
+        assert!(!back.covers(100, &[4; 32]));
+    }
+
+    #[test]
+    fn every_altered_field_breaks_the_signature() {
+        let key = SigningKey::from_bytes(&[1; 32]);
+        let vk = key.verifying_key();
+        let grant = body().sign(&key);
+        let alter: [fn(&mut GrantBody); 6] = [
+            |b| b.serial += 1,
+            |b| b.shards[1].sha256[0] ^= 1,
+            |b| b.shards[0].len += 1,
+            |b| b.holders.push(vec![5; 38]),
+            |b| b.expires_at += 1,
+            |b| b.upload_until += 1,
+        ];
+        for f in alter {
+            let mut g = grant.clone();
+            f(&mut g.body);
+            assert_eq!(
+                g.verify(&vk),
+                Err(GrantError::BadSignature {
+                    what: GRANT,
+                    serial: g.body.serial
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn a_foreign_cluster_is_named_as_such() {
+        let grant = body().sign(&SigningKey::from_bytes(&[1; 32]));
+        let other = SigningKey::from_bytes(&[2; 32]).verifying_key();
+        assert!(matches!(
+            grant.verify(&other),
+            Err(GrantError::ForeignCluster { .. })
+        ));
+        // The same key id with another key: a forgery, not a foreign cluster.
+        let mut forged = grant.clone();
+        forged.signature = SigningKey::from_bytes(&[3; 32]).sign(&forged.signing_bytes());
+        assert!(matches!(
+            forged.verify(&SigningKey::from_bytes(&[1; 32]).verifying_key()),
+            Err(GrantError::BadSignature { .. })
+        ));
+    }
+
+    #[test]
+    fn malformed_bytes_are_refused_not_panicked_on() {
+        let key = SigningKey::from_bytes(&[1; 32]);
+        let bytes = body().sign(&key).to_bytes();
+        for cut in 0..bytes.len() {
+            assert!(StorageGrant::from_bytes(&bytes[..cut]).is_err(), "cut {cut}");
+        }
+        let mut long = bytes.clone();
+        long.push(0);
+        assert!(StorageGrant::from_bytes(&long).is_err());
+        let mut b = body();
+        b.shards[0].len = 0;
+        assert!(StorageGrant::from_bytes(&b.sign(&key).to_bytes()).is_err());
+        let mut b = body();
+        b.data_shards = 4;
+        assert!(StorageGrant::from_bytes(&b.sign(&key).to_bytes()).is_err());
+        let mut b = body();
+        b.holders.clear();
+        assert!(StorageGrant::from_bytes(&b.sign(&key).to_bytes()).is_err());
+    }
+
+    #[test]
+    fn a_delete_order_round_trips_verifies_and_resists_change() {
+        let key = SigningKey::from_bytes(&[1; 32]);
+        let vk = key.verifying_key();
+        let order = DeleteOrder::sign(42, DeleteReason::Delivered, 2_000, &key);
+        let bytes = order.to_bytes();
+        let back = DeleteOrder::from_bytes(&bytes).unwrap();
+        assert_eq!(back, order);
+        back.verify(&vk).unwrap();
+        let mut o = order.clone();
+        o.serial = 43;
+        assert!(o.verify(&vk).is_err());
+        let mut o = order.clone();
+        o.reason = DeleteReason::Recalled;
+        assert!(o.verify(&vk).is_err());
+        for cut in 0..bytes.len() {
+            assert!(DeleteOrder::from_bytes(&bytes[..cut]).is_err());
+        }
+        // A grant's bytes are never a delete order, nor the reverse.
+        assert!(DeleteOrder::from_bytes(&body().sign(&key).to_bytes()).is_err());
+        assert!(StorageGrant::from_bytes(&bytes).is_err());
+    }
+}
