@@ -12,6 +12,8 @@ use crate::core::score::{FrequencyRule, PaperScorer, RandomScorer, Scorer};
 
 /// Default holder quota: 1 GiB of ciphertext.
 pub const DEFAULT_QUOTA_BYTES: u64 = 1 << 30;
+/// Default most objects held for others.
+pub const DEFAULT_MAX_OBJECTS: usize = 16_384;
 /// Default largest voicemail: 16 MiB of audio.
 pub const DEFAULT_MAX_VOICEMAIL_BYTES: u64 = 16 << 20;
 /// Name of the config file in the data dir.
@@ -26,8 +28,19 @@ pub struct NodeConfig {
     /// Peers to join through, with or without a `/p2p/<peer id>` ending. Default: none;
     /// `VMAIL_BOOTSTRAP` (comma-separated) adds more.
     pub bootstrap: Vec<Multiaddr>,
-    /// Ciphertext bytes this peer holds for others. Default 1 GiB.
+    /// Ciphertext bytes this peer holds for others, each object charged its
+    /// header and at least 4 KiB. Default 1 GiB.
     pub quota_bytes: u64,
+    /// Most objects this peer holds for others. Default 16384.
+    pub max_objects: usize,
+    /// The longest this peer keeps an object, days: grants that ask for
+    /// more are refused. Default 30; 1 to 365.
+    pub max_retention_days: u64,
+    /// The auth group's cluster public key (64 hex digits). Holders store
+    /// only what it granted; without it this peer stores nothing for
+    /// others. Unset: `vmail node run` takes the CLI's (`--cluster-key`,
+    /// `VMAIL_CLUSTER_KEY` or `cluster_key` in the home's config.toml).
+    pub cluster_key: Option<String>,
     /// Largest voicemail (plaintext) this peer sends or holds. Default 16 MiB.
     pub max_voicemail_bytes: u64,
     /// Whole copies a leave stores unless told otherwise. Unset (the
@@ -259,6 +272,9 @@ impl Default for NodeConfig {
             ],
             bootstrap: Vec::new(),
             quota_bytes: DEFAULT_QUOTA_BYTES,
+            max_objects: DEFAULT_MAX_OBJECTS,
+            max_retention_days: 30,
+            cluster_key: None,
             max_voicemail_bytes: DEFAULT_MAX_VOICEMAIL_BYTES,
             replicas: None,
             max_connections: 256,
@@ -346,6 +362,15 @@ pub enum InvalidValue {
     /// A connection limit is zero.
     #[error("max_connections and max_connections_per_peer must be at least 1")]
     Connections,
+    /// `max_objects` is zero.
+    #[error("max_objects must be at least 1")]
+    MaxObjects,
+    /// `max_retention_days` is out of range.
+    #[error("max_retention_days = {0} must be 1 to 365")]
+    MaxRetention(u64),
+    /// `cluster_key` is not an ed25519 public key.
+    #[error("cluster_key {0:?}: {1}")]
+    ClusterKey(String, String),
 }
 
 /// Why the config could not be used. Every message starts with the file.
@@ -434,6 +459,13 @@ impl NodeConfig {
         if self.max_connections == 0 || self.max_connections_per_peer == 0 {
             return Err(InvalidValue::Connections);
         }
+        if self.max_objects == 0 {
+            return Err(InvalidValue::MaxObjects);
+        }
+        if !(1..=365).contains(&self.max_retention_days) {
+            return Err(InvalidValue::MaxRetention(self.max_retention_days));
+        }
+        self.cluster_key()?;
         self.supernode.validate()?;
         Ok(())
     }
@@ -446,6 +478,18 @@ impl NodeConfig {
                 .map_err(|_| InvalidValue::Replicas(r)),
             None => self.placement.redundancy(),
         }
+    }
+
+    /// The configured cluster key, if any.
+    pub fn cluster_key(&self) -> Result<Option<ed25519_dalek::VerifyingKey>, InvalidValue> {
+        let Some(hex_key) = &self.cluster_key else {
+            return Ok(None);
+        };
+        let bad = |why: String| InvalidValue::ClusterKey(hex_key.clone(), why);
+        let bytes = hex::decode(hex_key.trim()).map_err(|e| bad(e.to_string()))?;
+        vmail_proto::cert::parse_identity_key(&bytes)
+            .map(Some)
+            .map_err(bad)
     }
 
     /// Largest ciphertext this peer holds.

@@ -9,6 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
+use ed25519_dalek::VerifyingKey;
 use serde::Deserialize;
 use vmail_proto::cert::parse_identity_key;
 
@@ -115,6 +116,26 @@ fn load_config_file(path: &Path, must_exist: bool) -> Result<ConfigFile, Setting
     }
 }
 
+/// The cluster key from the overrides or the config file, if either names
+/// one (a peer daemon needs only the key, not a whole target).
+pub fn cluster_key(home: &Path, o: &AuthOverrides) -> Result<Option<VerifyingKey>, SettingsError> {
+    let config_path = o
+        .auth_config
+        .clone()
+        .unwrap_or_else(|| home.join("config.toml"));
+    let file = load_config_file(&config_path, o.auth_config.is_some())?;
+    let Some(key_hex) = o.cluster_key.clone().or(file.cluster_key) else {
+        return Ok(None);
+    };
+    parse_cluster_key(&key_hex).map(Some)
+}
+
+fn parse_cluster_key(key_hex: &str) -> Result<VerifyingKey, SettingsError> {
+    let bytes = hex::decode(key_hex.trim())
+        .map_err(|e| SettingsError::ClusterKey(key_hex.to_owned(), e.to_string()))?;
+    parse_identity_key(&bytes).map_err(|why| SettingsError::ClusterKey(key_hex.to_owned(), why))
+}
+
 /// Combines overrides and the config file into a connectable target.
 pub fn auth_target(home: &Path, o: &AuthOverrides) -> Result<AuthTarget, SettingsError> {
     let config_path = o
@@ -156,10 +177,7 @@ pub fn auth_target(home: &Path, o: &AuthOverrides) -> Result<AuthTarget, Setting
             "cluster_key",
         )
     })?;
-    let bytes = hex::decode(key_hex.trim())
-        .map_err(|e| SettingsError::ClusterKey(key_hex.clone(), e.to_string()))?;
-    let cluster_key = parse_identity_key(&bytes)
-        .map_err(|why| SettingsError::ClusterKey(key_hex.clone(), why))?;
+    let cluster_key = parse_cluster_key(&key_hex)?;
     Ok(AuthTarget {
         endpoints,
         ca_pem,

@@ -617,7 +617,10 @@ mod tests {
         let key = SigningKey::from_bytes(&[1; 32]);
         let bytes = body().sign(&key).to_bytes();
         for cut in 0..bytes.len() {
-            assert!(StorageGrant::from_bytes(&bytes[..cut]).is_err(), "cut {cut}");
+            assert!(
+                StorageGrant::from_bytes(&bytes[..cut]).is_err(),
+                "cut {cut}"
+            );
         }
         let mut long = bytes.clone();
         long.push(0);

@@ -195,7 +195,8 @@ impl TestNet {
     pub async fn start_with(n: usize, tune: impl Fn(&mut NodeConfig)) -> Self {
         let auth = TestAuth::start().await;
         let dir = tempfile::tempdir().expect("tempdir");
-        let peers = localnet::start_peers(dir.path(), n, Vec::new(), tune)
+        let key = auth.target().cluster_key;
+        let peers = localnet::start_peers(dir.path(), n, Vec::new(), &key, tune)
             .await
             .expect("peers join");
         Self { auth, peers, dir }

@@ -3,8 +3,9 @@
 //! replicating over Raft, TLS, OPAQUE with argon2id, twelve libp2p peers
 //! with Kademlia, a gossiped supernode election with one supernode killed
 //! and its peers re-attaching, Reed-Solomon shards of one ciphertext on
-//! holders picked by the paper's score, three holders and the auth leader
-//! killed before the last fetch, and the lost shards repaired.
+//! holders picked by the paper's score under a storage grant, three holders
+//! and the auth leader killed before the last fetch, the lost shards
+//! repaired, and every shard deleted after the last recipient's ack.
 
 use std::time::{Duration, Instant};
 
@@ -73,24 +74,31 @@ pub async fn run() -> anyhow::Result<()> {
     tl.step(&format!(
         "{PEERS} peers join a Kademlia overlay (/vmail/kad/1.0.0) on loopback"
     ));
-    let mut peers = localnet::start_peers(&tmp.path().join("peers"), PEERS, Vec::new(), |c| {
-        c.supernode = SupernodeConfig {
-            public: Some(true),
-            bandwidth_kbps: 50_000,
-            advert_interval_secs: 1,
-            heartbeat_ms: 250,
-            peers_per_sn: 4,
-            min_cpu_cores: 1,
-            min_memory_mib: 1,
-            min_uptime_secs: 0,
-            ..SupernodeConfig::default()
-        };
-        c.placement = PlacementConfig {
-            repair_interval_secs: 2,
-            repair_grace_secs: 0,
-            ..PlacementConfig::default()
-        };
-    })
+    let cluster_key = local_auth::target_of(&auth).cluster_key;
+    let mut peers = localnet::start_peers(
+        &tmp.path().join("peers"),
+        PEERS,
+        Vec::new(),
+        &cluster_key,
+        |c| {
+            c.supernode = SupernodeConfig {
+                public: Some(true),
+                bandwidth_kbps: 50_000,
+                advert_interval_secs: 1,
+                heartbeat_ms: 250,
+                peers_per_sn: 4,
+                min_cpu_cores: 1,
+                min_memory_mib: 1,
+                min_uptime_secs: 0,
+                ..SupernodeConfig::default()
+            };
+            c.placement = PlacementConfig {
+                repair_interval_secs: 2,
+                repair_grace_secs: 0,
+                ..PlacementConfig::default()
+            };
+        },
+    )
     .await?;
     for p in &peers {
         println!("  {}", p.peer_id());
@@ -260,10 +268,14 @@ async fn narrate(
         );
     }
     println!(
-        "  deposited key and locator: voicemail {} (crypto {:?}, dht {:?}, transfer {:?}, auth {:?})",
+        "  the group granted exactly these shards on these holders, and every holder checked the grant offline"
+    );
+    println!(
+        "  deposited key and locator: voicemail {} (dht {:?}, crypto {:?}, grant {:?}, transfer {:?}, deposit {:?})",
         hex::encode(receipt.voicemail_id),
-        receipt.timings.crypto,
         receipt.timings.dht,
+        receipt.timings.crypto,
+        receipt.timings.grant,
         receipt.timings.transfer,
         receipt.timings.auth
     );
@@ -357,12 +369,6 @@ async fn narrate(
         got.holders.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
         started.elapsed()
     );
-    let erased = carol.ack(receipt.voicemail_id).await?;
-    ensure!(
-        erased,
-        "the session key should be erased after the last recipient's ack"
-    );
-    println!("  acked by the last recipient: the auth server erased the session key");
     tl.step("repair: the surviving holders find shards missing, rebuild them from any 4 (ciphertext only, no key), and store each under its old identifier at the peer now closest to it (the demo sets the grace period to 0; by default a shard must be missing for a day)");
     let locator = Locator::decode(&got.pending.locator)?;
     let held_by = |id: &[u8; 32]| {
@@ -395,6 +401,35 @@ async fn narrate(
         "  all {} shards held again {:.1} s after the holders died; the locator at the auth servers is unchanged",
         locator.layout.shards.len(),
         killed.elapsed().as_secs_f64()
+    );
+
+    tl.step("carol acks: she is the last recipient, so the group erases the session key and signs a delete order; her peer hands it to every holder, which checks it offline, deletes its shard and keeps a tombstone");
+    let started = Instant::now();
+    let acked = carol.ack(receipt.voicemail_id).await?;
+    ensure!(
+        acked.key_erased,
+        "the session key should be erased after the last recipient's ack"
+    );
+    let left = locator
+        .layout
+        .shards
+        .iter()
+        .filter(|s| held_by(&s.id).is_some())
+        .count();
+    let tombstones: usize = peers
+        .iter()
+        .filter_map(|p| p.store())
+        .map(|s| s.stats().tombstones)
+        .sum();
+    ensure!(
+        left == 0,
+        "{left} shard(s) still held after the delete order"
+    );
+    println!(
+        "  {} shard(s) deleted in {:?}, {} holder(s) missed; no peer holds any shard; {tombstones} tombstone(s) refuse them back until the grant expires",
+        acked.shards_deleted,
+        started.elapsed(),
+        acked.holders_missed
     );
     for p in peers {
         tokio::time::timeout(Duration::from_secs(10), p.stop())

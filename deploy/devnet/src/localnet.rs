@@ -6,6 +6,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use ed25519_dalek::VerifyingKey;
 use libp2p::{Multiaddr, PeerId};
 use vmail_node::config::NodeConfig;
 use vmail_node::overlay::swarm::NetworkError;
@@ -48,12 +49,14 @@ pub async fn start_auth_group(dir: &Path, n: usize) -> Result<Vec<LocalServer>, 
 }
 
 /// Starts `n` server peers with data dirs `dir/peer-1` .. `dir/peer-n` on
-/// loopback TCP. The first joins through `bootstrap` (may be empty), the
-/// rest through the first. Returns once every peer knows the others.
+/// loopback TCP, holding what the group with `cluster_key` grants. The
+/// first joins through `bootstrap` (may be empty), the rest through the
+/// first. Returns once every peer knows the others.
 pub async fn start_peers(
     dir: &Path,
     n: usize,
     bootstrap: Vec<Multiaddr>,
+    cluster_key: &VerifyingKey,
     tune: impl Fn(&mut NodeConfig),
 ) -> Result<Vec<Peer>, LocalNetError> {
     let mut peers: Vec<Peer> = Vec::with_capacity(n);
@@ -61,6 +64,7 @@ pub async fn start_peers(
     for i in 1..=n {
         let mut config = NodeConfig::loopback();
         config.bootstrap = boot.clone();
+        config.cluster_key = Some(hex::encode(cluster_key.as_bytes()));
         tune(&mut config);
         let peer = Peer::start(PeerOptions {
             data_dir: dir.join(format!("peer-{i}")),

@@ -28,7 +28,7 @@ use vmail_proto::names::NameError;
 use vmail_proto::pb::auth_client;
 
 pub use account::{LoginSession, WhoAmI};
-pub use voicemail::{DepositReceipt, NewDeposit, Pending};
+pub use voicemail::{Acked, DepositReceipt, GrantRequest, NewDeposit, Pending};
 
 /// How long to wait for a TCP and TLS connection to one auth server.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -82,6 +82,16 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// Whether the call may have taken effect although it failed: the
+    /// server was unreachable or the answer was lost.
+    pub fn outcome_unknown(&self) -> bool {
+        match self {
+            ClientError::Unreachable { .. } => true,
+            ClientError::Server(s) => outcome_unknown(s.code()),
+            _ => false,
+        }
+    }
+
     /// The gRPC code, when the server refused the call.
     pub fn code(&self) -> Option<Code> {
         match self {
@@ -272,6 +282,37 @@ impl AuthClient {
         }
     }
 
+    /// Like [`AuthClient::call`], for a call that is safe to repeat: an
+    /// answer that leaves the outcome unknown (a broken connection, a
+    /// timeout, a leader that stepped down mid-write) is retried too, until
+    /// [`FAILOVER_DEADLINE`], so the caller learns a definite outcome
+    /// whenever the group recovers in time.
+    async fn call_until_known<T, F, Fut>(&mut self, f: F) -> Answer<T>
+    where
+        F: Fn(auth_client::AuthClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let deadline = tokio::time::Instant::now() + FAILOVER_DEADLINE;
+        let mut retried = false;
+        loop {
+            let answer = self.call(&f).await;
+            retried |= answer.retried;
+            match &answer.result {
+                Err(s) if outcome_unknown(s.code()) && tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(endpoint = %self.endpoint, why = %s.message(), "outcome unknown; retrying");
+                    retried = true;
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                _ => {
+                    return Answer {
+                        result: answer.result,
+                        retried,
+                    };
+                }
+            }
+        }
+    }
+
     fn require_token(&self) -> Result<[u8; 32], ClientError> {
         self.token.ok_or_else(|| {
             ClientError::Server(Status::unauthenticated(
@@ -284,6 +325,20 @@ impl AuthClient {
     pub fn set_token(&mut self, token: [u8; 32]) {
         self.token = Some(token);
     }
+}
+
+/// Whether an answer with `code` leaves it unknown whether the call took
+/// effect.
+pub fn outcome_unknown(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable
+            | Code::Unknown
+            | Code::DeadlineExceeded
+            | Code::Cancelled
+            | Code::Aborted
+            | Code::Internal
+    )
 }
 
 /// An error and its sources on one line: transport errors hide the useful

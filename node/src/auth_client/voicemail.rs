@@ -1,8 +1,10 @@
-//! Voicemail at the auth servers: deposits (paper §3.3 step 2), and the
-//! pending voicemail each recipient lists, watches, opens and acks.
+//! Voicemail at the auth servers: storage grants and deposits (paper §3.3
+//! step 2), and the pending voicemail each recipient lists, watches, opens
+//! and acks.
 
 use tonic::Code;
 use vmail_proto::cert::UserCertificate;
+use vmail_proto::grant::{DeleteOrder, GrantedShard, StorageGrant};
 use vmail_proto::keys::{DeliveryContext, DepositContext, MasterKey, SecretKey};
 use vmail_proto::meta::VoicemailMeta;
 use vmail_proto::names::Recipients;
@@ -10,9 +12,38 @@ use vmail_proto::pb::{self};
 
 use super::{AuthClient, ClientError, bearer, protocol};
 
+/// What a leave asks a storage grant for.
+#[derive(Debug, Clone)]
+pub struct GrantRequest {
+    /// Canonical recipients; each must be registered.
+    pub recipients: Recipients,
+    /// The ciphertext header's message id.
+    pub message_id: [u8; 16],
+    /// Shards needed to rebuild.
+    pub data_shards: u8,
+    /// Every shard, by index.
+    pub shards: Vec<GrantedShard>,
+    /// libp2p peer ids (bytes) the shards may go to.
+    pub holders: Vec<Vec<u8>>,
+    /// Wanted expiry, Unix seconds; 0 for the longest allowed.
+    pub expires_at: u64,
+}
+
+/// The answer to an ack.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acked {
+    /// Whether this was the last recipient: the session key is erased.
+    pub key_erased: bool,
+    /// With `key_erased`, the signed order to delete the shards, checked
+    /// against the cluster key.
+    pub delete_order: Option<DeleteOrder>,
+}
+
 /// A deposit to make.
 #[derive(Debug, Clone)]
 pub struct NewDeposit {
+    /// The storage grant the shards were stored under.
+    pub grant_serial: u64,
     /// Idempotency key: reuse it to retry the same deposit.
     pub request_id: [u8; 16],
     /// Canonical recipients.
@@ -70,6 +101,43 @@ pub struct Pending {
 }
 
 impl AuthClient {
+    /// Asks for a storage grant, before anything is stored. Every recipient
+    /// is checked: an unknown one comes back as NOT_FOUND naming it. The
+    /// grant is checked against the cluster key.
+    pub async fn request_grant(&mut self, g: &GrantRequest) -> Result<StorageGrant, ClientError> {
+        let req = pb::GrantRequest {
+            recipients: g.recipients.to_strings(),
+            message_id: g.message_id.to_vec(),
+            data_shards: u32::from(g.data_shards),
+            shards: g
+                .shards
+                .iter()
+                .map(|s| pb::GrantedShard {
+                    len: s.len,
+                    sha256: s.sha256.to_vec(),
+                })
+                .collect(),
+            holders: g.holders.clone(),
+            expires_at: g.expires_at,
+        };
+        let token = self.require_token()?;
+        // A retry at worst issues a second grant that no deposit uses; the
+        // group drops it when its upload window closes.
+        let resp = self
+            .call(|mut c| {
+                let req = req.clone();
+                async move { c.request_grant(bearer(token, req)).await }
+            })
+            .await
+            .result?;
+        let grant = StorageGrant::from_bytes(&resp.grant)
+            .map_err(|e| protocol(format!("the storage grant: {e}")))?;
+        grant
+            .verify(&self.cluster_key)
+            .map_err(|e| protocol(format!("the storage grant: {e}")))?;
+        Ok(grant)
+    }
+
     /// Deposits a session key and locator for the recipients (paper §3.3 step 2).
     pub async fn deposit(
         &mut self,
@@ -83,11 +151,13 @@ impl AuthClient {
             locator: d.locator.clone(),
             wrapped_key,
             metadata: Some(d.meta.clone().into()),
+            grant_serial: d.grant_serial,
         };
         let token = self.require_token()?;
-        // Safe to retry anywhere: the request id makes the deposit idempotent.
+        // Safe to retry anywhere: the request id makes the deposit
+        // idempotent, so a lost answer is asked for again until it is known.
         let resp = self
-            .call(|mut c| {
+            .call_until_known(|mut c| {
                 let req = req.clone();
                 async move { c.deposit(bearer(token, req)).await }
             })
@@ -182,9 +252,10 @@ impl AuthClient {
             .result?)
     }
 
-    /// Tells the server this user has fetched the voicemail. Returns whether
-    /// the session key is now erased everywhere.
-    pub async fn ack(&mut self, id: &[u8; 16]) -> Result<bool, ClientError> {
+    /// Tells the server this user has fetched the voicemail: whether the
+    /// session key is now erased everywhere, and if so the order to delete
+    /// the shards.
+    pub async fn ack(&mut self, id: &[u8; 16]) -> Result<Acked, ClientError> {
         let token = self.require_token()?;
         let id = *id;
         let answer = self
@@ -199,9 +270,27 @@ impl AuthClient {
             })
             .await;
         match answer.result {
-            Ok(r) => Ok(r.key_erased),
+            Ok(r) => {
+                let delete_order = if r.delete_order.is_empty() {
+                    None
+                } else {
+                    let order = DeleteOrder::from_bytes(&r.delete_order)
+                        .map_err(|e| protocol(format!("the delete order: {e}")))?;
+                    order
+                        .verify(&self.cluster_key)
+                        .map_err(|e| protocol(format!("the delete order: {e}")))?;
+                    Some(order)
+                };
+                Ok(Acked {
+                    key_erased: r.key_erased,
+                    delete_order,
+                })
+            }
             // An earlier attempt took effect before its server failed.
-            Err(s) if answer.retried && s.code() == Code::NotFound => Ok(false),
+            Err(s) if answer.retried && s.code() == Code::NotFound => Ok(Acked {
+                key_erased: false,
+                delete_order: None,
+            }),
             Err(s) => Err(s.into()),
         }
     }

@@ -165,7 +165,17 @@ pub(super) async fn run(
     let dir = ctx.data_dir(data_dir);
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("creating data dir {}", dir.display()))?;
-    let config = NodeConfig::load(&dir, config.as_deref())?;
+    let mut config = NodeConfig::load(&dir, config.as_deref())?;
+    if config.cluster_key.is_none() {
+        // The CLI's cluster key, when it has one: holders check grants with it.
+        match vmail_node::home::cluster_key(&ctx.home, &ctx.overrides) {
+            Ok(Some(key)) => config.cluster_key = Some(hex::encode(key.as_bytes())),
+            Ok(None) => println!(
+                "warning: no cluster key (cluster_key in node.toml, --cluster-key or VMAIL_CLUSTER_KEY): this peer stores nothing for others"
+            ),
+            Err(e) => anyhow::bail!(e),
+        }
+    }
     let socket = dir.join(control::SOCKET_FILE);
     if ControlClient::connect(&socket).await.is_ok() {
         anyhow::bail!(
@@ -265,9 +275,15 @@ pub(super) async fn status(ctx: &Context, data_dir: Option<PathBuf>) -> anyhow::
         println!("last re-attach {} ms", s.last_reattach_ms);
     }
     println!(
-        "holding        {} objects, {} of {} bytes",
-        s.objects, s.stored_bytes, s.quota_bytes
+        "holding        {} objects, {} of {} bytes, {} tombstones",
+        s.objects, s.stored_bytes, s.quota_bytes, s.tombstones
     );
+    if !s.refusals.is_empty() {
+        let mut reasons: Vec<_> = s.refusals.iter().collect();
+        reasons.sort();
+        let list: Vec<String> = reasons.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        println!("refused        {}", list.join(", "));
+    }
     println!(
         "user           {}",
         if s.username.is_empty() {

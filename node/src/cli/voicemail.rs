@@ -159,9 +159,10 @@ pub(super) async fn leave(
     }
     if let Some(t) = done.timings {
         println!(
-            "  time: crypto {}, dht {}, transfer {}, auth {}",
-            ms(t.crypto_us),
+            "  time: dht {}, crypto {}, grant {}, transfer {}, deposit {}",
             ms(t.dht_us),
+            ms(t.crypto_us),
+            ms(t.grant_us),
             ms(t.transfer_us),
             ms(t.auth_us)
         );
@@ -264,7 +265,7 @@ async fn fetch_with(
         };
         let entry = done.voicemail.unwrap_or_default();
         let path = save(out, &id, &entry.content_type, &content)?;
-        let erased = peer.client.ack(id).await?;
+        let acked = peer.client.ack(id).await?;
         println!(
             "fetched {} from {} (left {}), {} bytes -> {}",
             hex::encode(id),
@@ -299,8 +300,17 @@ async fn fetch_with(
                 ms(t.crypto_us)
             );
         }
-        if erased {
-            println!("  every recipient has it now; the session key is erased at the auth server");
+        if acked.key_erased {
+            println!(
+                "  every recipient has it now: the session key is erased at the auth server, and {} shard(s) were deleted from their holders{}",
+                acked.shards_deleted,
+                match acked.holders_missed {
+                    0 => String::new(),
+                    n => format!(
+                        " ({n} holder(s) unreachable: they learn of it from the others, or drop it at expiry)"
+                    ),
+                }
+            );
         }
     }
     if failed > 0 {

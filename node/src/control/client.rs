@@ -127,15 +127,15 @@ impl ControlClient {
         ))
     }
 
-    /// Acks a fetched voicemail at the auth server.
-    pub async fn ack(&mut self, voicemail_id: [u8; 16]) -> Result<bool, ControlError> {
+    /// Acks a fetched voicemail at the auth server: whether it was the
+    /// last recipient, and what the delete order removed.
+    pub async fn ack(&mut self, voicemail_id: [u8; 16]) -> Result<pb::AckResponse, ControlError> {
         Ok(self
             .rpc
             .ack(pb::AckRequest {
                 voicemail_id: voicemail_id.to_vec(),
             })
             .await?
-            .into_inner()
-            .key_erased)
+            .into_inner())
     }
 }

@@ -113,7 +113,10 @@ impl Coded for LeaveError {
             | LeaveError::TooFewPeers { .. }
             | LeaveError::NotEnoughHolders { .. }
             | LeaveError::Network(_) => Code::Unavailable,
-            LeaveError::Auth(c) => c.code().unwrap_or(Code::Unavailable),
+            LeaveError::Auth(c) | LeaveError::Grant(c) | LeaveError::NotDeposited(c) => {
+                c.code().unwrap_or(Code::Unavailable)
+            }
+            LeaveError::DepositUnknown { .. } => Code::Unknown,
         }
     }
 }
@@ -164,6 +167,7 @@ fn timings_pb(t: Timings) -> pb::Timings {
         dht_us: us(t.dht),
         transfer_us: us(t.transfer),
         auth_us: us(t.auth),
+        grant_us: us(t.grant),
     }
 }
 
@@ -267,8 +271,15 @@ impl control_server::Control for ControlService {
             peer_id: s.peer_id.to_bytes(),
             listen_addrs: s.listen_addrs.iter().map(ToString::to_string).collect(),
             routing_peers: s.routing_peers as u32,
-            objects: s.objects as u64,
-            stored_bytes: s.stored_bytes,
+            objects: s.holder.objects as u64,
+            stored_bytes: s.holder.bytes,
+            tombstones: s.holder.tombstones as u64,
+            refusals: s
+                .holder
+                .refusals
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), *v))
+                .collect(),
             quota_bytes: s.quota_bytes,
             username: s.username.unwrap_or_default(),
             role: match &s.election {
@@ -427,8 +438,12 @@ impl control_server::Control for ControlService {
 
     async fn ack(&self, req: Request<pb::AckRequest>) -> Result<Response<pb::AckResponse>, Status> {
         let id = bytes16(&req.into_inner().voicemail_id, "voicemail id")?;
-        let key_erased = self.peer.ack(id).await.map_err(status)?;
-        Ok(Response::new(pb::AckResponse { key_erased }))
+        let acked = self.peer.ack(id).await.map_err(status)?;
+        Ok(Response::new(pb::AckResponse {
+            key_erased: acked.key_erased,
+            shards_deleted: acked.shards_deleted,
+            holders_missed: acked.holders_missed,
+        }))
     }
 }
 

@@ -20,6 +20,13 @@
 //! was regenerated keeps its copy: a `Has` answer is no proof of
 //! possession, so dropping a copy on one would let a liar erase shards. The
 //! surplus expires with the voicemail.
+//!
+//! Deletion reaches holders that missed a delete order this way: a
+//! sibling that deleted its shard answers `Has` with the signed order,
+//! which this holder checks and carries out ([`ObjectStore::erase`]).
+//! Repair stores a regenerated shard under the original grant, and a
+//! holder with a tombstone for it refuses, so repair never brings a
+//! deleted voicemail back.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -34,9 +41,9 @@ use crate::config::PlacementConfig;
 use crate::core::erasure;
 use crate::core::locator::{ObjectId, ShardRef};
 use crate::core::score::{Observations, Outcome};
-use crate::overlay::objects::{ObjectMeta, ObjectStore, ShardOf};
+use crate::overlay::objects::{ObjectMeta, ObjectStore, ObjectStoreError, ShardOf};
 use crate::overlay::swarm::Network;
-use crate::overlay::transfer::BlobClient;
+use crate::overlay::transfer::{self, BlobClient, TransferError};
 
 /// Providers, and then peers closest to the identifier, asked `Has` per
 /// sibling shard before it counts as missing.
@@ -97,6 +104,8 @@ pub struct Round {
     pub failed: usize,
     /// Voicemails with fewer than k shards alive: beyond repair for now.
     pub lost: usize,
+    /// Voicemails a sibling showed a delete order for, deleted here.
+    pub deleted: usize,
 }
 
 /// The repair duty of one holder: what it checks with, and what it
@@ -183,6 +192,11 @@ impl Repairer {
             }
             round.checked += 1;
             let alive = self.alive(&shard).await;
+            if self.store.get(&id).is_none() {
+                // A sibling's delete order removed it while it was checked.
+                round.deleted += 1;
+                continue;
+            }
             let up: Vec<bool> = alive.iter().map(Option::is_some).collect();
             let lost: Vec<bool> = shard
                 .layout
@@ -308,7 +322,11 @@ impl Repairer {
             return None;
         }
         asked.push(p);
-        let ok = matches!(self.blobs.has(p, s.id).await, Ok(held) if held == (len, s.sha256));
+        let answer = self.blobs.has(p, s.id).await;
+        if let Err(TransferError::Gone { order, .. }) = &answer {
+            self.carry_out(p, order.clone()).await;
+        }
+        let ok = matches!(answer, Ok(held) if held == (len, s.sha256));
         if provider {
             let outcome = if ok { Outcome::Good } else { Outcome::Failed };
             self.observations
@@ -317,6 +335,19 @@ impl Repairer {
                 .outcome(&p, outcome, unix_now());
         }
         ok.then_some(p)
+    }
+
+    /// Carries out a delete order a peer showed; a bad one is only logged.
+    async fn carry_out(&self, from: PeerId, order: Vec<u8>) {
+        match transfer::erase(&self.network, &self.store, order).await {
+            Ok(n) => {
+                tracing::info!(%from, objects = n, "a sibling showed a delete order; carried out")
+            }
+            Err(ObjectStoreError::NotHeld) => {}
+            Err(e) => {
+                tracing::warn!(%from, "a sibling showed a delete order that does not hold: {e}")
+            }
+        }
     }
 
     /// An object from this holder's own store.
@@ -404,6 +435,7 @@ impl Repairer {
                     index: i as u8,
                     layout: layout.clone(),
                 }),
+                grant: meta.grant.clone(),
             };
             for target in fresh.into_iter().chain(busy).take(TARGETS_TRIED) {
                 match self
@@ -416,6 +448,10 @@ impl Repairer {
                         taken.push(target);
                         stored += 1;
                         break;
+                    }
+                    Err(TransferError::Gone { order, .. }) => {
+                        self.carry_out(target, order).await;
+                        return Err("the voicemail was deleted".into());
                     }
                     Err(e) => {
                         tracing::warn!(id = %hex::encode(id), shard = i, "repair store failed: {e}")

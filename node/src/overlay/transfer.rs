@@ -7,22 +7,32 @@
 //! bytes of the length the frame announced.
 //!
 //! ```text
-//! store:  -> Store{id, meta}  <- Ready | Stored | NoRoom | Refused   -> body   <- Stored | NoRoom | Refused
-//! fetch:  -> Fetch{id}        <- Found{len} body | Refused
-//! has:    -> Has{id}          <- Held{len, sha256} | Refused
+//! store:  -> Store{id, meta}  <- Ready | Stored | NoRoom | Refused | Gone   -> body   <- Stored | NoRoom | Refused
+//! fetch:  -> Fetch{id}        <- Found{len} body | Refused | Gone
+//! has:    -> Has{id}          <- Held{len, sha256} | Refused | Gone
 //! relayout: -> Relayout{id, secret, shard}  <- Stored | Refused
 //! delete: -> Delete{id, secret}  <- Deleted | Refused
+//! erase:  -> Erase{order}     <- Erased{objects} | Refused
 //! ```
+//!
+//! A store's meta carries the storage grant; the holder admits it only as
+//! [`crate::overlay::objects::admit`] allows, and answers `Gone` with the
+//! signed delete order for a shard of a deleted voicemail. `Erase` carries
+//! a delete order: the holder checks it and removes every object of its
+//! grant. `Has` and `Fetch` of an identifier deleted here answer `Gone`
+//! too, which is how a holder that missed a delete order learns of it from
+//! its siblings (docs/PROTOCOL.md, "Delete orders").
 //!
 //! A holder that already has the same object (length, hash and delete hash)
 //! answers `Stored` at once, without the body. `Relayout` is how a sender
 //! whose layout changed during the upload hands holders the final one; like
-//! `Delete` it needs the leave's delete secret.
+//! `Delete` (a failed leave rolling back) it needs the leave's delete secret.
 //! Version 2 added the shard layout to the stored meta, `Has` (the repair
-//! check), `Relayout`, `NoRoom` and the early `Stored`.
+//! check), `Relayout`, `NoRoom` and the early `Stored`; version 3 the grant,
+//! `Erase` and `Gone`.
 //!
-//! A holder acks a store only after it checked size, quota and SHA-256,
-//! wrote the object durably and announced it in the DHT.
+//! A holder acks a store only after it checked the grant, size, quota and
+//! SHA-256, wrote the object durably and announced it in the DHT.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,13 +47,13 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::core::locator::ObjectId;
-use crate::overlay::objects::{ObjectMeta, ObjectStore, ObjectStoreError, ShardOf};
+use crate::overlay::objects::{Admitted, ObjectMeta, ObjectStore, ObjectStoreError, ShardOf};
 use crate::overlay::swarm::Network;
 
 /// Stream protocol name for blob transfer.
-pub const BLOB_PROTOCOL: StreamProtocol = StreamProtocol::new("/vmail/blob/2.0.0");
+pub const BLOB_PROTOCOL: StreamProtocol = StreamProtocol::new("/vmail/blob/3.0.0");
 /// Largest control frame.
-pub const MAX_FRAME: usize = 8192;
+pub const MAX_FRAME: usize = 16 * 1024;
 /// Bytes per body write, and per progress report.
 pub const CHUNK: usize = 64 * 1024;
 /// Longest wait for any one read or write before the exchange is dropped.
@@ -90,6 +100,11 @@ pub enum Request {
         /// The preimage of the object's delete hash.
         secret: [u8; 32],
     },
+    /// Carry out a delete order: drop every object of its grant.
+    Erase {
+        /// The order, in its one encoding.
+        order: Vec<u8>,
+    },
 }
 
 /// What a holder answers.
@@ -113,6 +128,16 @@ pub enum Reply {
     },
     /// The object is gone.
     Deleted,
+    /// The delete order was carried out.
+    Erased {
+        /// Objects it removed here.
+        objects: u32,
+    },
+    /// The object's voicemail was deleted: the signed delete order.
+    Gone {
+        /// The order, in its one encoding.
+        order: Vec<u8>,
+    },
     /// No room: quota or disk full.
     NoRoom(String),
     /// Refused, with the holder's reason.
@@ -145,6 +170,14 @@ pub enum TransferError {
         peer: PeerId,
         /// Its reason.
         reason: String,
+    },
+    /// The object's voicemail was deleted; the holder sent the order.
+    #[error("{peer}: the voicemail was deleted")]
+    Gone {
+        /// The peer.
+        peer: PeerId,
+        /// The delete order, in its one encoding, still to be checked.
+        order: Vec<u8>,
     },
     /// The exchange broke or timed out.
     #[error("transfer with {peer} failed: {why}")]
@@ -344,6 +377,14 @@ impl BlobClient {
         }
     }
 
+    /// Hands `peer` a delete order; how many objects it removed.
+    pub async fn erase(&self, peer: PeerId, order: Vec<u8>) -> Result<u32, TransferError> {
+        match self.ask(peer, &Request::Erase { order }).await? {
+            (_, Reply::Erased { objects }) => Ok(objects),
+            (_, other) => Err(refusal(peer, other)),
+        }
+    }
+
     /// Withdraws an object this peer stored at `peer`.
     pub async fn delete(
         &self,
@@ -388,6 +429,7 @@ fn refusal(peer: PeerId, reply: Reply) -> TransferError {
     match reply {
         Reply::Refused(reason) => TransferError::Refused { peer, reason },
         Reply::NoRoom(reason) => TransferError::NoRoom { peer, reason },
+        Reply::Gone { order } => TransferError::Gone { peer, order },
         other => TransferError::Protocol {
             peer,
             why: format!("unexpected reply {other:?}"),
@@ -395,14 +437,29 @@ fn refusal(peer: PeerId, reply: Reply) -> TransferError {
     }
 }
 
-/// The reply for a store the local store refused.
+/// The reply for a request the local store refused.
 fn store_refusal(e: ObjectStoreError) -> Reply {
     match e {
-        ObjectStoreError::QuotaFull { .. } | ObjectStoreError::DiskFull => {
-            Reply::NoRoom(e.to_string())
-        }
+        ObjectStoreError::QuotaFull { .. }
+        | ObjectStoreError::TooMany { .. }
+        | ObjectStoreError::DiskFull => Reply::NoRoom(e.to_string()),
+        ObjectStoreError::Deleted { order, .. } => Reply::Gone { order },
         e => Reply::Refused(e.to_string()),
     }
+}
+
+/// The reply for an object not held here: `Gone` if it was deleted.
+fn not_here(store: &ObjectStore, id: &ObjectId) -> Reply {
+    store.deleted(id).map_or_else(
+        || Reply::Refused(ObjectStoreError::NotHeld.to_string()),
+        store_refusal,
+    )
+}
+
+/// Logs a refusal (the store counted it), then says it.
+fn refuse(peer: PeerId, id: &ObjectId, e: ObjectStoreError) -> Reply {
+    tracing::info!(%peer, id = %hex::encode(id), reason = e.reason(), "store refused: {e}");
+    store_refusal(e)
 }
 
 /// The holder side: accepts blob streams until `shutdown`, serving each on
@@ -446,17 +503,15 @@ async fn handle(
     store: &ObjectStore,
 ) -> std::io::Result<()> {
     match read_frame(&mut s).await? {
-        Request::Store { id, meta } => {
-            if !meta.consistent(&id) {
-                let why = ObjectStoreError::BadLayout.to_string();
-                return write_frame(&mut s, &Reply::Refused(why)).await;
+        Request::Store { id, mut meta } => {
+            match store.admit(&id, &mut meta, vmail_proto::unix_now()) {
+                Ok(Admitted::New) => {}
+                Ok(Admitted::Held) => return write_frame(&mut s, &Reply::Stored).await,
+                Err(e) => return write_frame(&mut s, &refuse(peer, &id, e)).await,
             }
-            if store.holds_same(&id, &meta) {
-                return write_frame(&mut s, &Reply::Stored).await;
-            }
-            let reservation = match store.reserve(meta.len) {
+            let reservation = match store.reserve(&meta) {
                 Ok(r) => r,
-                Err(e) => return write_frame(&mut s, &store_refusal(e)).await,
+                Err(e) => return write_frame(&mut s, &refuse(peer, &id, e)).await,
             };
             write_frame(&mut s, &Reply::Ready).await?;
             let len = meta.len;
@@ -467,8 +522,7 @@ async fn handle(
                     .await
                     .map_err(std::io::Error::other)?;
             if let Err(e) = committed {
-                tracing::warn!(%peer, id = %hex::encode(id), "store refused: {e}");
-                return write_frame(&mut s, &store_refusal(e)).await;
+                return write_frame(&mut s, &refuse(peer, &id, e)).await;
             }
             announce(network, id).await;
             tracing::info!(%peer, id = %hex::encode(id), bytes = len, "stored object");
@@ -485,9 +539,7 @@ async fn handle(
                 .await?;
                 write_body(&mut s, &data, &|_| {}).await?;
             }
-            Ok(None) => {
-                write_frame(&mut s, &Reply::Refused("no such object here".into())).await?;
-            }
+            Ok(None) => write_frame(&mut s, &not_here(store, &id)).await?,
             Err(e) => {
                 tracing::error!(id = %hex::encode(id), "cannot read object: {e}");
                 write_frame(
@@ -503,7 +555,7 @@ async fn handle(
                     len: m.len,
                     sha256: m.sha256,
                 },
-                None => Reply::Refused("no such object here".into()),
+                None => not_here(store, &id),
             };
             write_frame(&mut s, &reply).await?;
         }
@@ -537,8 +589,41 @@ async fn handle(
             };
             write_frame(&mut s, &reply).await?;
         }
+        Request::Erase { order } => {
+            let reply = match erase(network, store, order).await {
+                Ok(n) => Reply::Erased {
+                    objects: u32::try_from(n).unwrap_or(u32::MAX),
+                },
+                Err(e) => {
+                    tracing::info!(%peer, reason = e.reason(), "delete order refused: {e}");
+                    Reply::Refused(e.to_string())
+                }
+            };
+            write_frame(&mut s, &reply).await?;
+        }
     }
     timed(s.close()).await
+}
+
+/// Carries out a delete order on `store` and withdraws the provider
+/// records of what it removed. Returns how many objects went.
+pub async fn erase(
+    network: &Network,
+    store: &ObjectStore,
+    order: Vec<u8>,
+) -> Result<usize, ObjectStoreError> {
+    let st = store.clone();
+    let ids = tokio::task::spawn_blocking(move || st.erase(&order))
+        .await
+        .map_err(|e| ObjectStoreError::Io {
+            path: std::path::PathBuf::from("objects"),
+            source: std::io::Error::other(e),
+        })??;
+    for id in &ids {
+        let _ = network.stop_providing(RecordKey::new(id)).await;
+        tracing::info!(id = %hex::encode(id), "object deleted by order");
+    }
+    Ok(ids.len())
 }
 
 /// Announces a held object in the DHT, waiting at most [`ANNOUNCE_TIMEOUT`].

@@ -102,8 +102,8 @@ pub(super) fn spawn<D: Duty>(mut duty: D, shutdown: CancellationToken) -> JoinHa
     })
 }
 
-/// Announces every held object after a start, then drops expired ones
-/// every [`PURGE_INTERVAL`].
+/// Announces every held object after a start, then drops expired ones,
+/// and tombstones whose grant expired, every [`PURGE_INTERVAL`].
 pub(super) struct Maintain {
     /// The overlay, to announce and withdraw provider records.
     pub(super) network: Network,
@@ -119,6 +119,13 @@ impl Maintain {
                 let _ = self.network.stop_providing(RecordKey::new(&id)).await;
                 tracing::info!(id = %hex::encode(id), "expired object dropped");
             }
+        }
+        let st = self.store.clone();
+        match tokio::task::spawn_blocking(move || st.purge_tombstones(unix_now())).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(count = n, "tombstones of expired grants dropped"),
+            Ok(Err(e)) => tracing::warn!("cannot drop old tombstones: {e}"),
+            Err(e) => tracing::warn!("tombstone purge failed: {e}"),
         }
     }
 }

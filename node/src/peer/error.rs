@@ -59,8 +59,8 @@ pub enum SessionError {
     Auth(#[from] ClientError),
 }
 
-/// Why a leave failed. Nothing was deposited, and any shard already stored
-/// was withdrawn.
+/// Why a leave failed. Unless it is [`LeaveError::DepositUnknown`],
+/// nothing was deposited and any shard already stored was withdrawn.
 #[derive(Debug, thiserror::Error)]
 pub enum LeaveError {
     /// No session.
@@ -112,6 +112,24 @@ pub enum LeaveError {
         got: usize,
         /// What went wrong where.
         failures: Vec<HolderFailure>,
+    },
+    /// The auth group refused the storage grant.
+    #[error("the auth group refused a storage grant: {0}. Nothing was stored")]
+    Grant(ClientError),
+    /// The auth group refused the deposit.
+    #[error(
+        "the auth group refused the deposit: {0}. Nothing was deposited, and the stored shards were withdrawn"
+    )]
+    NotDeposited(ClientError),
+    /// The deposit's outcome is unknown: it may have committed.
+    #[error(
+        "the deposit's outcome is unknown ({why}): it may have reached the auth group, so the stored shards are kept (they expire at Unix time {expires_at}). Ask a recipient whether it arrived before leaving it again"
+    )]
+    DepositUnknown {
+        /// The last failure.
+        why: ClientError,
+        /// When the shards expire.
+        expires_at: u64,
     },
     /// The auth servers refused or failed.
     #[error(transparent)]

@@ -253,6 +253,7 @@ impl Peer {
             }
         };
         used.sort();
+        self.remember_fetch(voicemail_id, layout.shards.iter().map(|s| s.id).collect());
         Ok(Fetched {
             pending,
             content,

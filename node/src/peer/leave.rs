@@ -1,19 +1,25 @@
-//! Leaving a voicemail (paper §3.3 steps 1-5): encrypt once, shard, rank
-//! holders, upload, and deposit only once every holder acked.
+//! Leaving a voicemail (paper §3.3 steps 1-5): rank holders, encrypt once,
+//! shard, ask the auth group for a storage grant, upload under it, and
+//! deposit only once every holder acked.
+//!
+//! A leave never withdraws its shards while its deposit's outcome is
+//! unknown: the deposit is retried with the same request id until the group
+//! answers, and if it never does in time the error says so and the shards
+//! stay (they expire with the grant).
 
 use std::time::{Duration, Instant};
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use libp2p::PeerId;
 use sha2::{Digest, Sha256};
-use vmail_proto::meta::DEFAULT_VOICEMAIL_TTL_SECS;
+use vmail_proto::grant::{GrantedShard, MAX_GRANT_HOLDERS, StorageGrant};
 use vmail_proto::names::Recipients;
 use vmail_proto::{random_bytes, unix_now};
 
 use super::progress::Meter;
 use super::upload_plan::{Attempt, HolderFailure, UploadOutcome, UploadPlan};
 use super::{LeaveError, Peer, Phase, Progress, ProgressFn, Timings};
-use crate::auth_client::{NewDeposit, VoicemailMeta};
+use crate::auth_client::{AuthClient, ClientError, GrantRequest, NewDeposit, VoicemailMeta};
 use crate::core::crypto;
 use crate::core::erasure::{self, Redundancy};
 use crate::core::locator::{LOCATOR_VERSION, Layout, Locator, ObjectId, ShardRef};
@@ -73,9 +79,15 @@ pub struct LeaveReceipt {
 struct Upload<'a> {
     redundancy: Redundancy,
     ciphertext_len: u64,
-    expires_at: u64,
+    grant: &'a StorageGrant,
     delete_secret: [u8; 32],
     shards: &'a [Vec<u8>],
+}
+
+/// Holders a grant names for `n` shards: the chosen ones and spares for
+/// those that fail, within the grant's limit.
+fn granted_holders(n: usize) -> usize {
+    (2 * n + 4).min(MAX_GRANT_HOLDERS)
 }
 
 impl Upload<'_> {
@@ -84,12 +96,13 @@ impl Upload<'_> {
         ObjectMeta {
             len: self.shards[i].len() as u64,
             sha256: layout.shards[i].sha256,
-            expires_at: self.expires_at,
+            expires_at: self.grant.body.expires_at,
             delete_hash: Sha256::digest(self.delete_secret).into(),
             shard: Some(ShardOf {
                 index: i as u8,
                 layout,
             }),
+            grant: self.grant.to_bytes(),
         }
     }
 }
@@ -116,20 +129,6 @@ impl Peer {
         let redundancy = req.redundancy.unwrap_or(self.redundancy).validate()?;
         let recipients = Recipients::parse(&req.recipients)?;
 
-        // Every recipient must exist before anything is stored.
-        let t = Instant::now();
-        let mut auth = self.auth(&session).await?;
-        for name in recipients.to_strings() {
-            match auth.certificate(&name).await {
-                Ok(_) => {}
-                Err(e) if e.code() == Some(tonic::Code::NotFound) => {
-                    return Err(LeaveError::UnknownRecipient(name));
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        timings.auth += t.elapsed();
-
         let t = Instant::now();
         let me = self.peer_id();
         let mut candidates = self.network.routing_peers().await?;
@@ -144,7 +143,8 @@ impl Peer {
                 known: candidates.len(),
             });
         }
-        let ranked = self.rank(&candidates, redundancy.n()).await;
+        let mut ranked = self.rank(&candidates, redundancy.n()).await;
+        ranked.truncate(granted_holders(redundancy.n()));
         timings.dht += t.elapsed();
 
         // Step 1-2: session key, then one encryption for every recipient,
@@ -177,7 +177,31 @@ impl Peer {
             .expect("encryption task does not panic")?
         };
         timings.crypto += t.elapsed();
-        let expires_at = timestamp + DEFAULT_VOICEMAIL_TTL_SECS;
+
+        // The grant: every recipient is checked, and the holders will check
+        // each shard against it, before a byte is stored.
+        let t = Instant::now();
+        let mut auth = self.auth(&session).await?;
+        let ask = GrantRequest {
+            recipients: recipients.clone(),
+            message_id,
+            data_shards: u8::try_from(redundancy.k()).unwrap_or(u8::MAX),
+            shards: shards
+                .iter()
+                .map(|s| GrantedShard {
+                    len: s.len() as u64,
+                    sha256: Sha256::digest(s).into(),
+                })
+                .collect(),
+            holders: ranked.iter().map(|p| p.to_bytes()).collect(),
+            expires_at: 0,
+        };
+        let grant = match auth.request_grant(&ask).await {
+            Ok(g) => g,
+            Err(e) => return Err(grant_refused(&mut auth, &recipients, e).await),
+        };
+        timings.grant += t.elapsed();
+        let expires_at = grant.body.expires_at;
         let delete_secret: [u8; 32] = random_bytes();
 
         // Steps 3-5: holders, identifiers in their ranges, uploads.
@@ -189,7 +213,7 @@ impl Peer {
         let upload = Upload {
             redundancy,
             ciphertext_len,
-            expires_at,
+            grant: &grant,
             delete_secret,
             shards: &shards,
         };
@@ -216,6 +240,7 @@ impl Peer {
         };
         let t = Instant::now();
         let deposit = NewDeposit {
+            grant_serial: grant.body.serial,
             request_id: random_bytes(),
             recipients,
             locator: locator.encode(),
@@ -229,9 +254,14 @@ impl Peer {
         };
         let receipt = match auth.deposit(&session.login.master_key, &deposit).await {
             Ok(r) => r,
+            // The deposit may have committed: withdrawing now could leave a
+            // voicemail nobody can fetch, so the shards stay.
+            Err(e) if e.outcome_unknown() => {
+                return Err(LeaveError::DepositUnknown { why: e, expires_at });
+            }
             Err(e) => {
                 self.withdraw(&stored, delete_secret).await;
-                return Err(e.into());
+                return Err(LeaveError::NotDeposited(e));
             }
         };
         timings.auth += t.elapsed();
@@ -382,4 +412,23 @@ impl Peer {
             }
         }
     }
+}
+
+/// The leave error for a refused grant: an unknown recipient by name (the
+/// certificates tell which), else the group's reason.
+async fn grant_refused(
+    auth: &mut AuthClient,
+    recipients: &Recipients,
+    e: ClientError,
+) -> LeaveError {
+    if e.code() == Some(tonic::Code::NotFound) {
+        for name in recipients.to_strings() {
+            if let Err(c) = auth.certificate(&name).await
+                && c.code() == Some(tonic::Code::NotFound)
+            {
+                return LeaveError::UnknownRecipient(name);
+            }
+        }
+    }
+    LeaveError::Grant(e)
 }

@@ -18,14 +18,16 @@
 //! Every exchange feeds this peer's [`Observations`] of the others, which
 //! the scorer ranks holders by; the table lives in `DIR/observations.bin`.
 //!
-//! - this module: starting a peer, its session, status, inbox, ack and
+//! - this module: starting a peer, its session, status, inbox and
 //!   hand-off;
+//! - `delete`: the ack, and the delete order it hands to the holders;
 //! - `leave` and `fetch`: the two jobs, which do the IO that the pure
 //!   [`upload_plan`] and [`fetch_plan`] decide;
 //! - `duties`: the holder's background jobs, one `Duty` each;
 //! - `progress`: progress reports and where a job's time went;
 //! - `error`: one error per operation.
 
+mod delete;
 mod duties;
 mod error;
 mod fetch;
@@ -34,6 +36,7 @@ mod leave;
 mod progress;
 pub mod upload_plan;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -48,8 +51,9 @@ use vmail_proto::unix_now;
 use crate::auth_client::{AuthClient, AuthTarget, LoginSession, Pending};
 use crate::config::NodeConfig;
 use crate::core::erasure::Redundancy;
+use crate::core::locator::ObjectId;
 use crate::core::score::{Observations, Outcome, PeerStats, Scorer};
-use crate::overlay::objects::ObjectStore;
+use crate::overlay::objects::{HolderPolicy, HolderStats, ObjectStore};
 use crate::overlay::repair::{Limits, Repairer};
 use crate::overlay::swarm::{
     Network, NetworkConfig, NetworkError, Role, SupernodeSetup, SupernodeView,
@@ -57,6 +61,7 @@ use crate::overlay::swarm::{
 use crate::overlay::transfer::{self, BlobClient};
 use duties::{Maintain, Sample, load_observations, save_observations};
 
+pub use delete::AckReport;
 pub use duties::{OBSERVATION_MAX_AGE_SECS, PURGE_INTERVAL, SAMPLE_INTERVAL};
 pub use error::{FetchError, LeaveError, SessionError, StartError};
 pub use fetch::{FetchFailure, Fetched, HEDGE_AFTER, RebuildError};
@@ -98,10 +103,8 @@ pub struct Status {
     pub listen_addrs: Vec<Multiaddr>,
     /// Server peers in its routing table.
     pub routing_peers: usize,
-    /// Objects held.
-    pub objects: usize,
-    /// Bytes held.
-    pub stored_bytes: u64,
+    /// Objects held, bytes charged for them, tombstones and refusals.
+    pub holder: HolderStats,
     /// The holder quota.
     pub quota_bytes: u64,
     /// The logged-in user, if any.
@@ -139,6 +142,8 @@ pub struct Peer {
     observations: Arc<Mutex<Observations<PeerId>>>,
     observations_file: PathBuf,
     session: RwLock<Option<Session>>,
+    /// Shard identifiers of voicemails fetched here, for their ack.
+    fetched: Mutex<HashMap<[u8; 16], Vec<ObjectId>>>,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -187,11 +192,27 @@ impl Peer {
         };
         let store = match opts.role {
             Role::Server => {
-                let (store, report) = ObjectStore::open(
-                    dir,
-                    opts.config.quota_bytes,
-                    opts.config.max_object_bytes(),
-                )?;
+                let cluster_key = opts.config.cluster_key()?;
+                if cluster_key.is_none() {
+                    tracing::warn!(
+                        "no cluster key configured: this peer cannot check storage grants and stores nothing for others"
+                    );
+                }
+                let policy = HolderPolicy {
+                    quota: opts.config.quota_bytes,
+                    max_object: opts.config.max_object_bytes(),
+                    max_objects: opts.config.max_objects,
+                    max_retention_secs: opts.config.max_retention_days * 86_400,
+                    cluster_key,
+                    me: key.public().to_peer_id().to_bytes(),
+                };
+                let (store, report) = ObjectStore::open(dir, policy)?;
+                if report.legacy > 0 {
+                    tracing::warn!(
+                        count = report.legacy,
+                        "objects stored before grants are kept at most max_retention_days from now"
+                    );
+                }
                 if report.quarantined > 0 {
                     tracing::warn!(
                         count = report.quarantined,
@@ -279,6 +300,7 @@ impl Peer {
             observations_file,
             config: opts.config,
             session: RwLock::new(None),
+            fetched: Mutex::new(HashMap::new()),
             shutdown,
             tasks,
         })
@@ -359,14 +381,15 @@ impl Peer {
 
     /// What this peer reports about itself.
     pub async fn status(&self) -> Result<Status, NetworkError> {
-        let (objects, stored_bytes) = self.store.as_ref().map_or((0, 0), ObjectStore::usage);
         Ok(Status {
+            holder: self
+                .store
+                .as_ref()
+                .map_or_else(HolderStats::default, ObjectStore::stats),
             election: self.network.supernodes().await?,
             peer_id: self.peer_id(),
             listen_addrs: self.network.listen_addrs().await?,
             routing_peers: self.network.routing_peers().await?.len(),
-            objects,
-            stored_bytes,
             quota_bytes: self.store.as_ref().map_or(0, ObjectStore::quota),
             username: self
                 .session
@@ -398,12 +421,6 @@ impl Peer {
             .await?
             .list_pending(&session.login.master_key)
             .await?)
-    }
-
-    /// Tells the auth servers the voicemail is safely fetched.
-    pub async fn ack(&self, voicemail_id: [u8; 16]) -> Result<bool, SessionError> {
-        let session = self.session()?;
-        Ok(self.auth(&session).await?.ack(&voicemail_id).await?)
     }
 
     /// Hands every held object to the next-closest peer for its identifier

@@ -45,8 +45,10 @@ pub struct Timings {
     pub dht: Duration,
     /// Blob transfers.
     pub transfer: Duration,
-    /// Calls to the auth servers.
+    /// Calls to the auth servers, but for the grant.
     pub auth: Duration,
+    /// Asking the auth group for the storage grant.
+    pub grant: Duration,
 }
 
 /// One phase's bytes, summed over the parts that run at once (shard uploads

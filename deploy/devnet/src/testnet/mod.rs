@@ -328,10 +328,12 @@ async fn serve_started(
         println!("{} ready at {endpoint}", files.name);
         endpoints.push(endpoint);
     }
-    let peers = localnet::start_peers(&dir.join("peers"), peers, Vec::new(), |_| {}).await?;
-    let boot = peers[0].listen_addrs().await?;
     let founder = auth_dir.join("auth-1");
     let keys = datadir::load_keys(&founder)?;
+    let cluster_key = keys.cluster_public_key();
+    let peers =
+        localnet::start_peers(&dir.join("peers"), peers, Vec::new(), &cluster_key, |_| {}).await?;
+    let boot = peers[0].listen_addrs().await?;
     let env = format!(
         "export VMAIL_AUTH={}\nexport VMAIL_CA={}\nexport VMAIL_CLUSTER_KEY={}\nexport VMAIL_BOOTSTRAP={}\n",
         endpoints.join(","),

@@ -1,153 +1,348 @@
-//! Unit tests of the holder's object store.
+//! Unit tests of the holder's object store and its grant checks.
 
+use ed25519_dalek::SigningKey;
+use vmail_proto::grant::{DeleteReason, GrantBody, GrantedShard};
+
+use super::format::MAGIC_V1;
 use super::*;
+use crate::core::erasure::Redundancy;
+use crate::core::locator::ShardRef;
 
-fn meta_for(data: &[u8]) -> ObjectMeta {
-    ObjectMeta {
-        len: data.len() as u64,
-        sha256: Sha256::digest(data).into(),
-        expires_at: 100,
-        delete_hash: [0; 32],
-        shard: None,
+const NOW: u64 = 1_000_000;
+const ME: &[u8] = b"this-holder";
+
+fn cluster() -> SigningKey {
+    SigningKey::from_bytes(&[1; 32])
+}
+
+fn policy(quota: u64) -> HolderPolicy {
+    HolderPolicy {
+        quota,
+        max_object: 64 * 1024,
+        max_objects: 3,
+        max_retention_secs: 30 * 86_400,
+        cluster_key: Some(cluster().verifying_key()),
+        me: ME.to_vec(),
     }
 }
 
+fn open(dir: &Path, quota: u64) -> ObjectStore {
+    ObjectStore::open(dir, policy(quota)).unwrap().0
+}
+
+/// Two shards (RS 1-of-2: each is the whole ciphertext), a grant for them
+/// signed by `key` with `edit` applied, and the meta of shard 0 under `id`.
+fn granted(data: &[u8], key: &SigningKey, edit: impl FnOnce(&mut GrantBody)) -> ObjectMeta {
+    let sha256: [u8; 32] = Sha256::digest(data).into();
+    let layout = Layout {
+        redundancy: Redundancy::Replicas(2),
+        ciphertext_len: data.len() as u64,
+        shards: vec![
+            ShardRef {
+                id: [1; 32],
+                sha256,
+            },
+            ShardRef {
+                id: [2; 32],
+                sha256,
+            },
+        ],
+    };
+    let mut body = GrantBody {
+        serial: 9,
+        message_id: [0; 16],
+        data_shards: 1,
+        shards: vec![
+            GrantedShard {
+                len: data.len() as u64,
+                sha256
+            };
+            2
+        ],
+        holders: vec![ME.to_vec()],
+        upload_until: NOW + 600,
+        expires_at: NOW + 86_400,
+    };
+    edit(&mut body);
+    ObjectMeta {
+        len: data.len() as u64,
+        sha256,
+        expires_at: u64::MAX,
+        delete_hash: Sha256::digest([7u8; 32]).into(),
+        shard: Some(ShardOf { index: 0, layout }),
+        grant: body.sign(key).to_bytes(),
+    }
+}
+
+/// Admits, reserves and commits `meta` with `data` under id [1; 32].
+fn store(s: &ObjectStore, mut meta: ObjectMeta, data: &[u8]) -> Result<(), ObjectStoreError> {
+    let id = [1u8; 32];
+    if s.admit(&id, &mut meta, NOW)? == Admitted::Held {
+        return Ok(());
+    }
+    let r = s.reserve(&meta)?;
+    s.commit(r, &id, meta, data)
+}
+
 #[test]
-fn store_survives_reopen_and_enforces_limits() {
+fn a_granted_object_survives_reopen_with_its_charge() {
     let dir = tempfile::tempdir().unwrap();
-    let (s, _) = ObjectStore::open(dir.path(), 1000, 600).unwrap();
+    let s = open(dir.path(), 1 << 20);
     let data = vec![5u8; 500];
-    let r = s.reserve(500).unwrap();
-    s.commit(r, &[1; 32], meta_for(&data), &data).unwrap();
-    assert!(matches!(
-        s.reserve(700),
-        Err(ObjectStoreError::TooLarge { .. })
-    ));
-    assert!(matches!(
-        s.reserve(600),
-        Err(ObjectStoreError::QuotaFull { .. })
-    ));
-    let (s2, report) = ObjectStore::open(dir.path(), 1000, 600).unwrap();
-    assert_eq!(report.objects, 1);
+    let meta = granted(&data, &cluster(), |_| {});
+    store(&s, meta.clone(), &data).unwrap();
+    let held = s.get(&[1; 32]).unwrap();
+    assert_eq!(
+        held.expires_at,
+        NOW + 86_400,
+        "the grant's expiry, not the sender's"
+    );
+    let charge = held.charge();
+    assert!(
+        charge > MIN_CHARGE,
+        "the body minimum plus the header: {charge}"
+    );
+    let s2 = open(dir.path(), 1 << 20);
     assert_eq!(s2.read(&[1; 32]).unwrap().unwrap(), data);
-    assert_eq!(s2.usage(), (1, 500));
-    assert_eq!(s2.expired(99), Vec::<ObjectId>::new());
-    assert_eq!(s2.expired(100), vec![[1; 32]]);
+    assert_eq!(s2.usage(), (1, charge));
+    assert_eq!(s2.expired(NOW + 86_399), Vec::<ObjectId>::new());
+    assert_eq!(s2.expired(NOW + 86_400), vec![[1; 32]]);
     assert!(s2.remove(&[1; 32]).unwrap());
     assert_eq!(s2.usage(), (0, 0));
 }
 
 #[test]
-fn refuses_wrong_hash_and_conflicts() {
+fn every_bad_grant_is_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
-    let (s, _) = ObjectStore::open(dir.path(), 1000, 600).unwrap();
-    let data = vec![5u8; 10];
-    let mut wrong = meta_for(&data);
-    wrong.sha256[0] ^= 1;
-    let r = s.reserve(10).unwrap();
-    assert!(matches!(
-        s.commit(r, &[1; 32], wrong, &data),
-        Err(ObjectStoreError::HashMismatch)
-    ));
-    assert_eq!(s.usage(), (0, 0));
-    s.commit(s.reserve(10).unwrap(), &[1; 32], meta_for(&data), &data)
-        .unwrap();
-    let other = vec![6u8; 10];
-    assert!(matches!(
-        s.commit(s.reserve(10).unwrap(), &[1; 32], meta_for(&other), &other),
-        Err(ObjectStoreError::Conflict)
-    ));
+    let s = open(dir.path(), 1 << 20);
+    let data = vec![5u8; 100];
+    let ok = granted(&data, &cluster(), |_| {});
+    let refused = |meta: ObjectMeta| store(&s, meta, &data).unwrap_err().reason();
+
+    let mut none = ok.clone();
+    none.grant.clear();
+    assert_eq!(refused(none), "no-grant");
+    assert_eq!(
+        refused(granted(&data, &SigningKey::from_bytes(&[2; 32]), |_| {})),
+        "bad-signature",
+        "another cluster's grant"
+    );
+    let mut forged = ok.clone();
+    let last = forged.grant.len() - 1;
+    forged.grant[last] ^= 1;
+    assert_eq!(refused(forged), "bad-signature");
+    assert_eq!(
+        refused(granted(&data, &cluster(), |b| b.holders = vec![b"other".to_vec()])),
+        "not-named"
+    );
+    assert_eq!(
+        refused(granted(&data, &cluster(), |b| {
+            b.upload_until = NOW - 10;
+            b.expires_at = NOW;
+        })),
+        "grant-expired"
+    );
+    assert_eq!(
+        refused(granted(&data, &cluster(), |b| b.expires_at = NOW + 31 * 86_400)),
+        "expiry-too-far"
+    );
+    assert_eq!(
+        refused(granted(&data, &cluster(), |b| b.shards[0].sha256[0] ^= 1)),
+        "not-covered"
+    );
+    assert_eq!(
+        refused(granted(&data, &cluster(), |b| b.shards[0].len += 1)),
+        "not-covered"
+    );
+    let mut empty = ok.clone();
+    empty.len = 0;
+    empty.shard = None;
+    assert_eq!(refused(empty), "empty");
+    // Nothing was stored, and every refusal was counted.
+    let stats = s.stats();
+    assert_eq!((stats.objects, stats.bytes), (0, 0));
+    assert_eq!(stats.refusals.values().sum::<u64>(), 9);
+    assert_eq!(stats.refusals["bad-signature"], 2);
+    // After the upload window any holder may take a covered shard (repair).
+    let late = granted(&data, &cluster(), |b| {
+        b.holders = vec![b"other".to_vec()];
+        b.upload_until = NOW - 1;
+    });
+    store(&s, late, &data).unwrap();
 }
 
 #[test]
-fn version_1_files_still_open() {
+fn a_holder_without_a_cluster_key_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = policy(1 << 20);
+    p.cluster_key = None;
+    let (s, _) = ObjectStore::open(dir.path(), p).unwrap();
+    let data = vec![5u8; 100];
+    let e = store(&s, granted(&data, &cluster(), |_| {}), &data).unwrap_err();
+    assert_eq!(e.reason(), "no-cluster-key");
+}
+
+#[test]
+fn quota_counts_headers_and_minimums_and_objects_are_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    let tiny = vec![1u8; 1];
+    let meta = granted(&tiny, &cluster(), |_| {});
+    // One byte of body is charged the minimum plus its header.
+    let s = open(dir.path(), meta.charge() * 2 - 1);
+    assert!(meta.charge() > MIN_CHARGE);
+    let _one = s.reserve(&meta).unwrap();
+    assert!(matches!(
+        s.reserve(&meta),
+        Err(ObjectStoreError::QuotaFull { .. })
+    ));
+    let s = open(tempfile::tempdir().unwrap().path(), 1 << 30);
+    let held: Vec<Reservation> = (0..3).map(|_| s.reserve(&meta).unwrap()).collect();
+    assert!(matches!(
+        s.reserve(&meta),
+        Err(ObjectStoreError::TooMany { max: 3 })
+    ));
+    drop(held);
+    s.reserve(&meta).unwrap();
+}
+
+#[test]
+fn a_delete_order_removes_the_grant_and_its_tombstone_refuses_it_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), 1 << 20);
+    let data = vec![5u8; 100];
+    let meta = granted(&data, &cluster(), |_| {});
+    store(&s, meta.clone(), &data).unwrap();
+    // Forged and foreign orders change nothing.
+    let foreign = DeleteOrder::sign(
+        9,
+        DeleteReason::Delivered,
+        NOW + 86_400,
+        &SigningKey::from_bytes(&[2; 32]),
+    );
+    assert!(matches!(
+        s.erase(&foreign.to_bytes()),
+        Err(ObjectStoreError::BadGrant(_))
+    ));
+    let other = DeleteOrder::sign(10, DeleteReason::Delivered, NOW + 86_400, &cluster());
+    assert!(matches!(
+        s.erase(&other.to_bytes()),
+        Err(ObjectStoreError::NotHeld)
+    ));
+    assert_eq!(s.usage().0, 1);
+
+    let order = DeleteOrder::sign(9, DeleteReason::Delivered, NOW + 86_400, &cluster());
+    assert_eq!(s.erase(&order.to_bytes()).unwrap(), vec![[1; 32]]);
+    assert!(
+        s.erase(&order.to_bytes()).unwrap().is_empty(),
+        "seen before"
+    );
+    assert_eq!(s.usage(), (0, 0));
+    // The tombstone outlives a restart, refuses the shard back (repair
+    // included), and answers for the identifier with the order.
+    let s = open(dir.path(), 1 << 20);
+    assert_eq!(s.stats().tombstones, 1);
+    match store(&s, meta.clone(), &data) {
+        Err(ObjectStoreError::Deleted {
+            serial: 9,
+            order: o,
+            ..
+        }) => {
+            assert_eq!(o, order.to_bytes())
+        }
+        other => panic!("expected Deleted, got {other:?}"),
+    }
+    assert!(matches!(
+        s.deleted(&[1; 32]),
+        Some(ObjectStoreError::Deleted { serial: 9, .. })
+    ));
+    assert_eq!(s.purge_tombstones(NOW + 86_399).unwrap(), 0);
+    assert_eq!(s.purge_tombstones(NOW + 86_400).unwrap(), 1);
+    assert!(s.deleted(&[1; 32]).is_none());
+    assert_eq!(open(dir.path(), 1 << 20).stats().tombstones, 0);
+}
+
+#[test]
+fn legacy_files_still_open_and_expire_within_the_cap() {
     let dir = tempfile::tempdir().unwrap();
     let objects = dir.path().join("objects");
     std::fs::create_dir_all(&objects).unwrap();
     let data = b"old ciphertext";
-    let m = meta_for(data);
-    let header = postcard::to_stdvec(&(m.len, m.sha256, m.expires_at, m.delete_hash)).unwrap();
+    let sha: [u8; 32] = Sha256::digest(data).into();
+    let header = postcard::to_stdvec(&(data.len() as u64, sha, u64::MAX, [0u8; 32])).unwrap();
     let mut file = MAGIC_V1.to_vec();
     file.extend((header.len() as u32).to_be_bytes());
     file.extend(header);
     file.extend(data);
     std::fs::write(objects.join(hex::encode([4u8; 32])), file).unwrap();
-    let (s, report) = ObjectStore::open(dir.path(), 1000, 600).unwrap();
-    assert_eq!(report.objects, 1);
-    assert_eq!(s.get(&[4; 32]), Some(m));
+    let (s, report) = ObjectStore::open(dir.path(), policy(1 << 20)).unwrap();
+    assert_eq!((report.objects, report.legacy), (1, 1));
+    let m = s.get(&[4; 32]).unwrap();
+    assert!(m.grant.is_empty());
+    assert!(
+        m.expires_at <= vmail_proto::unix_now() + 30 * 86_400,
+        "never-expiring legacy objects are capped"
+    );
     assert_eq!(s.read(&[4; 32]).unwrap().unwrap(), data);
 }
 
 #[test]
-fn a_layout_that_contradicts_the_object_is_refused() {
-    use crate::core::erasure::Redundancy;
-    use crate::core::locator::ShardRef;
+fn the_final_layout_replaces_the_draft_only_with_the_secret_and_within_the_grant() {
     let dir = tempfile::tempdir().unwrap();
-    let (s, _) = ObjectStore::open(dir.path(), 1000, 600).unwrap();
-    let data = vec![5u8; 10];
-    let mut meta = meta_for(&data);
-    let layout = Layout {
-        redundancy: Redundancy::ReedSolomon { k: 2, n: 3 },
-        ciphertext_len: 20,
-        shards: (0..3u8)
-            .map(|i| ShardRef {
-                id: [i; 32],
-                sha256: meta.sha256,
-            })
-            .collect(),
-    };
-    let secret = [7u8; 32];
-    meta.delete_hash = Sha256::digest(secret).into();
-    let id = [2u8; 32];
-    // Index out of range, and an index naming another identifier.
-    for index in [3, 1] {
-        meta.shard = Some(ShardOf {
-            index,
-            layout: layout.clone(),
-        });
-        assert!(matches!(
-            s.commit(s.reserve(10).unwrap(), &id, meta.clone(), &data),
-            Err(ObjectStoreError::BadLayout)
-        ));
-    }
-    meta.shard = Some(ShardOf {
-        index: 2,
-        layout: layout.clone(),
-    });
-    s.commit(s.reserve(10).unwrap(), &id, meta.clone(), &data)
-        .unwrap();
-    // The sender's final layout replaces the draft, and survives a
-    // reopen; nobody without the delete secret can replace it.
-    let mut newer = layout;
-    newer.shards[0].id = [9; 32];
-    let shard = ShardOf {
-        index: 2,
-        layout: newer,
-    };
-    assert!(s.holds_same(&id, &meta));
+    let s = open(dir.path(), 1 << 20);
+    let data = vec![5u8; 100];
+    let meta = granted(&data, &cluster(), |_| {});
+    store(&s, meta.clone(), &data).unwrap();
+    let id = [1u8; 32];
+    let mut newer = meta.shard.clone().unwrap();
+    newer.layout.shards[1].id = [9; 32];
     assert!(matches!(
-        s.set_shard(&id, &[8; 32], shard.clone()),
+        s.set_shard(&id, &[8; 32], newer.clone()),
         Err(ObjectStoreError::WrongSecret)
     ));
-    s.set_shard(&id, &secret, shard.clone()).unwrap();
-    meta.shard = Some(shard);
-    let (s2, _) = ObjectStore::open(dir.path(), 1000, 600).unwrap();
-    assert_eq!(s2.get(&id), Some(meta));
+    let mut uncovered = newer.clone();
+    uncovered.layout.shards[1].sha256 = [3; 32];
+    assert!(matches!(
+        s.set_shard(&id, &[7; 32], uncovered),
+        Err(ObjectStoreError::NotCovered { serial: 9 })
+    ));
+    s.set_shard(&id, &[7; 32], newer.clone()).unwrap();
+    let s2 = open(dir.path(), 1 << 20);
+    assert_eq!(s2.get(&id).unwrap().shard, Some(newer));
     assert_eq!(s2.read(&id).unwrap().unwrap(), data);
+}
+
+#[test]
+fn wrong_bytes_and_contradicting_layouts_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), 1 << 20);
+    let data = vec![5u8; 100];
+    let meta = granted(&data, &cluster(), |_| {});
+    let mut wrong = data.clone();
+    wrong[0] ^= 1;
+    assert!(matches!(
+        store(&s, meta.clone(), &wrong),
+        Err(ObjectStoreError::HashMismatch)
+    ));
+    let mut bad = meta.clone();
+    bad.shard.as_mut().unwrap().index = 1;
+    assert!(matches!(
+        store(&s, bad, &data),
+        Err(ObjectStoreError::BadLayout)
+    ));
+    assert_eq!(s.usage(), (0, 0));
 }
 
 #[test]
 fn corrupt_files_are_moved_aside() {
     let dir = tempfile::tempdir().unwrap();
-    let (s, _) = ObjectStore::open(dir.path(), 1000, 600).unwrap();
-    let data = vec![5u8; 10];
-    s.commit(s.reserve(10).unwrap(), &[1; 32], meta_for(&data), &data)
-        .unwrap();
+    let s = open(dir.path(), 1 << 20);
+    let data = vec![5u8; 100];
+    store(&s, granted(&data, &cluster(), |_| {}), &data).unwrap();
     let file = dir.path().join("objects").join(hex::encode([1u8; 32]));
     let mut bytes = std::fs::read(&file).unwrap();
     bytes.truncate(bytes.len() - 1);
     std::fs::write(&file, bytes).unwrap();
-    let (s2, report) = ObjectStore::open(dir.path(), 1000, 600).unwrap();
+    let (s2, report) = ObjectStore::open(dir.path(), policy(1 << 20)).unwrap();
     assert_eq!(report.quarantined, 1);
     assert_eq!(s2.usage(), (0, 0));
     assert!(

@@ -1,0 +1,133 @@
+//! The object and tombstone files on a holder's disk.
+//!
+//! An object file, named by the identifier in hex: `"VMO3"`, a u32 BE
+//! length, the postcard [`ObjectMeta`] (with its grant), then the shard's
+//! bytes. Files of versions 1 and 2 (`"VMO1"`, `"VMO2"`, stored before
+//! shards and before grants) are still read.
+//!
+//! A tombstone file, `tombstones/<serial as 16 hex digits>`: `"VMT1"`, then
+//! the postcard [`Tombstone`]: the signed delete order and the identifiers
+//! it removed here.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::{ObjectMeta, ShardOf};
+use crate::core::locator::ObjectId;
+
+const MAGIC: &[u8; 4] = b"VMO3";
+const MAGIC_V2: &[u8; 4] = b"VMO2";
+pub(super) const MAGIC_V1: &[u8; 4] = b"VMO1";
+const TOMBSTONE_MAGIC: &[u8; 4] = b"VMT1";
+/// Bytes a file's header may take, beyond the ciphertext: a layout of 32
+/// shards and a grant of 64 holders.
+pub(super) const MAX_META_LEN: usize = 16 * 1024;
+
+/// The meta of a version-1 file.
+#[derive(Deserialize)]
+struct MetaV1 {
+    len: u64,
+    sha256: [u8; 32],
+    expires_at: u64,
+    delete_hash: [u8; 32],
+}
+
+/// The meta of a version-2 file.
+#[derive(Deserialize)]
+struct MetaV2 {
+    len: u64,
+    sha256: [u8; 32],
+    expires_at: u64,
+    delete_hash: [u8; 32],
+    shard: Option<ShardOf>,
+}
+
+/// A deleted grant's record on a holder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tombstone {
+    /// The delete order, in its one encoding.
+    pub order: Vec<u8>,
+    /// The objects it removed here.
+    pub ids: Vec<ObjectId>,
+}
+
+/// The encoded header of an object file.
+pub(super) fn header(meta: &ObjectMeta) -> Vec<u8> {
+    let m = postcard::to_stdvec(meta).expect("meta encodes");
+    let mut out = MAGIC.to_vec();
+    out.extend_from_slice(&(m.len() as u32).to_be_bytes());
+    out.extend_from_slice(&m);
+    out
+}
+
+/// Where the body starts in an object file's bytes.
+pub(super) fn body_offset(bytes: &[u8]) -> Option<usize> {
+    let magic = bytes.get(..4)?;
+    if magic != MAGIC && magic != MAGIC_V2 && magic != MAGIC_V1 {
+        return None;
+    }
+    let n = u32::from_be_bytes(bytes.get(4..8)?.try_into().ok()?) as usize;
+    (n <= MAX_META_LEN && bytes.len() >= 8 + n).then_some(8 + n)
+}
+
+/// The meta of an object file's bytes, any version, checked against the
+/// body's length. Legacy metas come back with no grant.
+fn decode_meta(bytes: &[u8]) -> Option<ObjectMeta> {
+    let start = body_offset(bytes)?;
+    let header = &bytes[8..start];
+    let meta = match &bytes[..4] {
+        m if m == MAGIC_V1 => {
+            let v1: MetaV1 = postcard::from_bytes(header).ok()?;
+            ObjectMeta {
+                len: v1.len,
+                sha256: v1.sha256,
+                expires_at: v1.expires_at,
+                delete_hash: v1.delete_hash,
+                shard: None,
+                grant: Vec::new(),
+            }
+        }
+        m if m == MAGIC_V2 => {
+            let v2: MetaV2 = postcard::from_bytes(header).ok()?;
+            ObjectMeta {
+                len: v2.len,
+                sha256: v2.sha256,
+                expires_at: v2.expires_at,
+                delete_hash: v2.delete_hash,
+                shard: v2.shard,
+                grant: Vec::new(),
+            }
+        }
+        _ => postcard::from_bytes(header).ok()?,
+    };
+    ((bytes.len() - start) as u64 == meta.len).then_some(meta)
+}
+
+/// The bytes of a tombstone file.
+pub(super) fn encode_tombstone(t: &Tombstone) -> Vec<u8> {
+    let mut out = TOMBSTONE_MAGIC.to_vec();
+    out.extend(postcard::to_stdvec(t).expect("tombstone encodes"));
+    out
+}
+
+/// Reads a tombstone file's bytes.
+pub(super) fn decode_tombstone(bytes: &[u8]) -> Option<Tombstone> {
+    let rest = bytes.strip_prefix(TOMBSTONE_MAGIC)?;
+    postcard::from_bytes(rest).ok()
+}
+
+/// The identifier a file name gives, if it is one.
+pub(super) fn parse_name(name: &str) -> Option<ObjectId> {
+    hex::decode(name).ok()?.try_into().ok()
+}
+
+/// The serial a tombstone file name gives.
+pub(super) fn parse_serial(name: &str) -> Option<u64> {
+    u64::from_str_radix(name, 16).ok()
+}
+
+/// Reads an object file's meta.
+pub(super) fn read_meta(path: &Path) -> Option<ObjectMeta> {
+    decode_meta(&std::fs::read(path).ok()?)
+}
