@@ -10,8 +10,20 @@ pub const DEFAULT_SESSION_TTL_SECS: u64 = 12 * 3600;
 /// Default lifetime of a voicemail whose sender asked for none: the
 /// protocol's 30 days, which senders also tell their holders.
 pub use vmail_proto::meta::DEFAULT_VOICEMAIL_TTL_SECS;
-/// Default for the longest lifetime a sender may ask for: 365 days.
-pub const DEFAULT_MAX_VOICEMAIL_TTL_SECS: u64 = 365 * 86_400;
+/// Default for the longest lifetime a sender may ask for: 30 days, the
+/// longest any holder keeps shards (`vmail_proto::grant::MAX_RETENTION_SECS`).
+/// A voicemail expires with its storage grant, and a grant never outlives
+/// that, whatever this is set to.
+pub const DEFAULT_MAX_VOICEMAIL_TTL_SECS: u64 = vmail_proto::grant::MAX_RETENTION_SECS;
+/// Default for the largest shard a storage grant covers: 1 GiB and 1 MiB,
+/// room for the ciphertext of a peer's largest allowed voicemail (1 GiB,
+/// `max_voicemail_bytes`) stored as a whole copy, with its header and tags.
+pub const DEFAULT_MAX_SHARD_BYTES: u64 = (1 << 30) + (1 << 20);
+/// Largest `max_shard_bytes` the server accepts: 1 TiB.
+pub const MAX_SHARD_BYTES_LIMIT: u64 = 1 << 40;
+/// Default for how many storage grants one user may hold that no deposit
+/// used yet and whose upload window is open.
+pub const DEFAULT_MAX_OPEN_GRANTS_PER_USER: u64 = 64;
 /// Default limit of voicemails waiting for one user. Each listed voicemail
 /// is at most about 21 KiB (16 KiB locator, 64 recipients, certificate,
 /// wrapped key), so even the largest allowed cap, 3000, lists in about
@@ -48,8 +60,15 @@ pub struct ServerConfig {
     pub certificate_ttl_secs: u64,
     /// Lifetime of a voicemail whose sender asked for none, in seconds.
     pub default_voicemail_ttl_secs: u64,
-    /// Longest voicemail lifetime a sender may ask for, in seconds.
+    /// Longest voicemail lifetime a sender may ask for, in seconds. Storage
+    /// grants, and so voicemails, are also capped at 30 days
+    /// (`vmail_proto::grant::MAX_RETENTION_SECS`).
     pub max_voicemail_ttl_secs: u64,
+    /// Largest shard, in bytes, a storage grant may cover.
+    pub max_shard_bytes: u64,
+    /// Most storage grants one user may hold that no deposit used yet and
+    /// whose upload window is open; RequestGrant beyond it is refused.
+    pub max_open_grants_per_user: u64,
     /// Most voicemails that may wait for one user; deposits beyond it are refused.
     pub max_pending_per_user: u64,
     /// How long an unfinished login is remembered, in seconds.
@@ -72,6 +91,8 @@ impl Default for ServerConfig {
             certificate_ttl_secs: DEFAULT_SESSION_TTL_SECS,
             default_voicemail_ttl_secs: DEFAULT_VOICEMAIL_TTL_SECS,
             max_voicemail_ttl_secs: DEFAULT_MAX_VOICEMAIL_TTL_SECS,
+            max_shard_bytes: DEFAULT_MAX_SHARD_BYTES,
+            max_open_grants_per_user: DEFAULT_MAX_OPEN_GRANTS_PER_USER,
             max_pending_per_user: DEFAULT_MAX_PENDING_PER_USER,
             login_timeout_secs: DEFAULT_LOGIN_TIMEOUT_SECS,
             max_failed_logins: DEFAULT_MAX_FAILED_LOGINS,
@@ -95,6 +116,13 @@ impl ServerConfig {
             Ok(a) => a.ip().to_string(),
             Err(_) => "127.0.0.1".to_owned(),
         }
+    }
+
+    /// The longest a storage grant, and so a voicemail, may live, in
+    /// seconds: `max_voicemail_ttl_secs`, never above the holders' cap.
+    pub fn max_grant_ttl_secs(&self) -> u64 {
+        self.max_voicemail_ttl_secs
+            .min(vmail_proto::grant::MAX_RETENTION_SECS)
     }
 
     /// Checks that the values make sense together. The error names the key.
@@ -137,6 +165,18 @@ impl ServerConfig {
             self.max_voicemail_ttl_secs,
         )?;
         in_range("max_pending_per_user", self.max_pending_per_user, 1, 3000)?;
+        in_range(
+            "max_shard_bytes",
+            self.max_shard_bytes,
+            1,
+            MAX_SHARD_BYTES_LIMIT,
+        )?;
+        in_range(
+            "max_open_grants_per_user",
+            self.max_open_grants_per_user,
+            1,
+            10_000,
+        )?;
         in_range("login_timeout_secs", self.login_timeout_secs, 5, 3600)?;
         in_range("max_failed_logins", self.max_failed_logins.into(), 1, 1000)?;
         in_range("lockout_window_secs", self.lockout_window_secs, 1, 86_400)?;
@@ -256,6 +296,8 @@ mod tests {
         assert!(bad(|c| c.registration.mode = RegistrationMode::Invite).contains("invite_codes"));
         assert!(bad(|c| c.max_pending_per_user = 0).starts_with("max_pending_per_user"));
         assert!(bad(|c| c.max_pending_per_user = 3001).starts_with("max_pending_per_user"));
+        assert!(bad(|c| c.max_shard_bytes = 0).starts_with("max_shard_bytes"));
+        assert!(bad(|c| c.max_open_grants_per_user = 0).starts_with("max_open_grants_per_user"));
         assert!(bad(|c| c.login_timeout_secs = 1).starts_with("login_timeout_secs"));
         assert!(bad(|c| c.lockout_window_secs = 0).starts_with("lockout_window_secs"));
     }

@@ -10,7 +10,10 @@ use tonic::{Request, Response, Status};
 use vmail_proto::pb;
 
 use crate::cluster::Event;
-use crate::service::{AuthError, AuthService, Delivery, Deposit, LoginFinish, RegisterFinish};
+use crate::service::{
+    AuthError, AuthService, Delivery, Deposit, GrantRequest, LoginFinish, RegisterFinish,
+    ShardRequest,
+};
 use crate::store::{Session, StoreError};
 
 /// Metadata header that carries the session token.
@@ -61,16 +64,24 @@ pub fn status(e: AuthError) -> Status {
     let msg = e.to_string();
     match e {
         E::InvalidArgument { .. } | E::Name(_) => Status::invalid_argument(msg),
-        E::UnknownUser(_) | E::UnknownRecipient(_) | E::NotPending { .. } => Status::not_found(msg),
-        E::UserExists(_) | E::RequestIdReused => Status::already_exists(msg),
-        E::InviteRequired | E::InviteInvalid | E::BadIdentityProof | E::WrapFailed => {
-            Status::permission_denied(msg)
+        E::UnknownUser(_) | E::UnknownRecipient(_) | E::NotPending { .. } | E::GrantUnknown(_) => {
+            Status::not_found(msg)
         }
+        E::UserExists(_) | E::RequestIdReused => Status::already_exists(msg),
+        E::InviteRequired
+        | E::InviteInvalid
+        | E::BadIdentityProof
+        | E::WrapFailed
+        | E::GrantNotOwned(_) => Status::permission_denied(msg),
         E::WrongPassword(_) | E::NoToken | E::BadToken | E::SessionExpired(_) => {
             Status::unauthenticated(msg)
         }
-        E::LockedOut { .. } | E::Busy | E::InboxFull { .. } => Status::resource_exhausted(msg),
-        E::LoginExpired(_) => Status::failed_precondition(msg),
+        E::LockedOut { .. } | E::Busy | E::InboxFull { .. } | E::TooManyGrants { .. } => {
+            Status::resource_exhausted(msg)
+        }
+        E::LoginExpired(_) | E::GrantUsed { .. } | E::GrantLapsed { .. } => {
+            Status::failed_precondition(msg)
+        }
         E::Store(StoreError::DiskFull(_)) => Status::resource_exhausted(msg),
         E::NotLeader(leader) => {
             let mut s = Status::unavailable(msg);
@@ -212,6 +223,44 @@ impl pb::auth_server::Auth for GrpcAuth {
         }))
     }
 
+    async fn request_grant(
+        &self,
+        req: Request<pb::GrantRequest>,
+    ) -> Result<Response<pb::GrantResponse>, Status> {
+        let token = bearer_token(&req)?;
+        let s = self
+            .svc
+            .authenticate_for_write(&token)
+            .await
+            .map_err(status)?;
+        let r = req.into_inner();
+        let grant = self
+            .svc
+            .request_grant(
+                &s,
+                GrantRequest {
+                    recipients: r.recipients,
+                    message_id: r.message_id,
+                    data_shards: r.data_shards,
+                    shards: r
+                        .shards
+                        .into_iter()
+                        .map(|s| ShardRequest {
+                            len: s.len,
+                            sha256: s.sha256,
+                        })
+                        .collect(),
+                    holders: r.holders,
+                    expires_at: r.expires_at,
+                },
+            )
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::GrantResponse {
+            grant: grant.to_bytes(),
+        }))
+    }
+
     async fn deposit(
         &self,
         req: Request<pb::DepositRequest>,
@@ -236,6 +285,7 @@ impl pb::auth_server::Auth for GrpcAuth {
                     locator: r.locator,
                     wrapped_key: r.wrapped_key,
                     metadata: m.into(),
+                    grant_serial: r.grant_serial,
                 },
             )
             .await
@@ -274,12 +324,18 @@ impl pb::auth_server::Auth for GrpcAuth {
 
     async fn ack(&self, req: Request<pb::AckRequest>) -> Result<Response<pb::AckResponse>, Status> {
         let s = self.session(&req).await?;
-        let key_erased = self
+        let receipt = self
             .svc
             .ack(&s, &req.into_inner().voicemail_id)
             .await
             .map_err(status)?;
-        Ok(Response::new(pb::AckResponse { key_erased }))
+        Ok(Response::new(pb::AckResponse {
+            key_erased: receipt.key_erased,
+            delete_order: receipt
+                .delete_order
+                .map(|o| o.to_bytes())
+                .unwrap_or_default(),
+        }))
     }
 
     async fn logout(

@@ -33,6 +33,7 @@ use crate::cluster::{Member, Raft, TypeConfig, raft_config};
 use crate::datadir::{self, DataDirError};
 use crate::grpc::GrpcAuth;
 use crate::service::{AuthService, Clock, EVENT_CAPACITY};
+use crate::store::PurgeCounts;
 use crate::tls::{self, ClusterTls};
 
 /// How often an idle connection is probed, so that streams to dead clients end.
@@ -208,8 +209,13 @@ pub async fn serve(
                     continue;
                 }
                 match svc.purge_expired().await {
-                    Ok((0, 0)) => {}
-                    Ok((s, v)) => tracing::info!(sessions = s, voicemails = v, "purged expired"),
+                    Ok(c) if c == PurgeCounts::default() => {}
+                    Ok(c) => tracing::info!(
+                        sessions = c.sessions,
+                        voicemails = c.voicemails,
+                        storage_grants = c.storage_grants,
+                        "purged expired"
+                    ),
                     Err(e) => tracing::warn!(error = %e, "purging expired entries failed"),
                 }
             }

@@ -32,7 +32,9 @@ use std::sync::Arc;
 
 use vmail_proto::cert::UserCertificate;
 
-use crate::store::{AckOutcome, DepositOutcome, RegisterOutcome, VoicemailId};
+use crate::store::{
+    AckOutcome, DepositOutcome, GrantOutcome, GrantTerms, PurgeCounts, RegisterOutcome, VoicemailId,
+};
 
 openraft::declare_raft_types!(
     /// The Raft type configuration of the auth group.
@@ -114,6 +116,22 @@ pub enum Command {
         /// SHA-256 of its token.
         token_hash: [u8; 32],
     },
+    /// Issue a storage grant, if the owner's session is still live when the
+    /// entry applies; the serial comes from the store.
+    Grant {
+        /// SHA-256 of the owner's session token.
+        token_hash: [u8; 32],
+        /// The user asking.
+        owner: String,
+        /// Canonical recipients of the voicemail to be deposited.
+        recipients: Vec<String>,
+        /// What the grant covers, times resolved.
+        terms: GrantTerms,
+        /// Issue time, Unix seconds.
+        now: u64,
+        /// The per-user quota of open grants in force.
+        max_open: u64,
+    },
     /// Keep a voicemail's session key and locator for its recipients, if
     /// the sender's session is still live when the entry applies.
     Deposit {
@@ -140,6 +158,8 @@ pub enum Command {
         session_key: Vec<u8>,
         /// The inbox cap in force.
         max_pending: u64,
+        /// The sender's storage grant this deposit uses.
+        grant_serial: u64,
     },
     /// A recipient has fetched a voicemail.
     Ack {
@@ -170,15 +190,17 @@ pub enum Reply {
     SessionBegun(Box<UserCertificate>),
     /// Result of [`Command::EndSession`]: whether it existed.
     SessionEnded(bool),
+    /// Result of [`Command::Grant`].
+    Granted(GrantOutcome),
     /// Result of [`Command::Deposit`].
     Deposited(DepositOutcome),
-    /// A [`Command::Deposit`] whose sender's session had ended or expired
-    /// by the time it applied; nothing changed.
+    /// A [`Command::Deposit`] or [`Command::Grant`] whose user's session had
+    /// ended or expired by the time it applied; nothing changed.
     SessionGone,
     /// Result of [`Command::Ack`].
     Acked(AckOutcome),
-    /// Result of [`Command::Purge`]: sessions and voicemails erased.
-    Purged(usize, usize),
+    /// Result of [`Command::Purge`]: what was erased.
+    Purged(PurgeCounts),
     /// The command could not be applied because stored data is corrupt; the
     /// state did not change.
     Failed(String),

@@ -5,7 +5,8 @@
 //! `applied` marker (last log id and membership), so after a crash every
 //! entry has been applied exactly once. That transaction is not fsynced on
 //! its own (the log already is); the next durable commit carries it. Applying is deterministic: the
-//! certificate serial comes from the store, ed25519 signatures are
+//! certificate and storage-grant serials come from the store, ed25519
+//! signatures (certificates, storage grants, delete orders) are
 //! deterministic, and times and random values come from the command.
 
 use std::io::Cursor;
@@ -20,6 +21,7 @@ use openraft::{
 use redb::ReadableTable;
 use tokio::sync::broadcast;
 use vmail_proto::cert::CertificateBody;
+use vmail_proto::grant::DeleteOrder;
 use vmail_proto::keys::{MasterKey, SecretKey};
 use vmail_proto::names::{Recipients, Username};
 
@@ -189,6 +191,32 @@ impl StateMachine {
                 events.push(Event::SessionEnded { token_hash });
                 Reply::SessionEnded(existed)
             }
+            Command::Grant {
+                token_hash,
+                owner,
+                recipients,
+                terms,
+                now,
+                max_open,
+            } => {
+                // As for a deposit: the session check that counts is the one
+                // in log order.
+                match store.session_in(tx, &token_hash)? {
+                    Some((user, expires_at)) if user == owner && now < expires_at => {}
+                    _ => return Ok(Reply::SessionGone),
+                }
+                let recipients =
+                    Recipients::parse(&recipients).map_err(|e| corrupt(&owner, e.to_string()))?;
+                Reply::Granted(store.issue_grant(
+                    tx,
+                    &owner,
+                    &recipients,
+                    terms,
+                    now,
+                    max_open,
+                    |body| body.sign(cluster_key),
+                )?)
+            }
             Command::Deposit {
                 token_hash,
                 request_id,
@@ -201,6 +229,7 @@ impl StateMachine {
                 deposited_at,
                 session_key,
                 max_pending,
+                grant_serial,
             } => {
                 // The leader checked the session against its own state
                 // without a read round; the check that counts is here, in
@@ -230,7 +259,8 @@ impl StateMachine {
                     deposited_at,
                     session_key,
                 };
-                let outcome = store.deposit(tx, &request_id, digest, &vm, max_pending)?;
+                let outcome =
+                    store.deposit(tx, &request_id, digest, &vm, grant_serial, max_pending)?;
                 if let DepositOutcome::Stored(id) = outcome {
                     events.push(Event::Deposited {
                         id,
@@ -240,12 +270,11 @@ impl StateMachine {
                 Reply::Deposited(outcome)
             }
             Command::Ack { recipient, id, now } => {
-                Reply::Acked(store.ack(tx, &recipient, &id, now)?)
+                Reply::Acked(store.ack(tx, &recipient, &id, now, |serial, reason, exp| {
+                    DeleteOrder::sign(serial, reason, exp, cluster_key)
+                })?)
             }
-            Command::Purge { now } => {
-                let (s, v) = store.purge_expired(tx, now)?;
-                Reply::Purged(s, v)
-            }
+            Command::Purge { now } => Reply::Purged(store.purge_expired(tx, now)?),
             Command::Batch(cmds) => Reply::Batch(
                 cmds.into_iter()
                     .map(|c| self.apply_command(tx, c, events))

@@ -1,9 +1,11 @@
-//! Voicemail: deposits (checked by [`validate_deposit`]), delivery to each
-//! recipient re-wrapped under their master key, acks, and the purge of what
-//! expired.
+//! Voicemail: deposits (checked by [`validate_deposit`]) under a storage
+//! grant, delivery to each recipient re-wrapped under their master key, acks
+//! (the last one brings a signed delete order for the shards), and the
+//! purge of what expired.
 
 use sha2::{Digest, Sha256};
 use vmail_proto::cert::UserCertificate;
+use vmail_proto::grant::DeleteOrder;
 use vmail_proto::keys::{DeliveryContext, DepositContext, WRAPPED_KEY_LEN};
 use vmail_proto::meta::VoicemailMeta;
 use vmail_proto::names::Recipients;
@@ -12,8 +14,10 @@ use vmail_proto::random_bytes;
 use super::AuthService;
 use super::error::{AuthError, invalid};
 use crate::cluster::{Command, Reply, seal};
-use crate::config::ServerConfig;
-use crate::store::{AckOutcome, DepositOutcome, Session, Voicemail, VoicemailId};
+use crate::store::{
+    AckOutcome, DEPOSIT_GRACE_SECS, DepositOutcome, GrantRefusal, PurgeCounts, Session, Voicemail,
+    VoicemailId,
+};
 
 /// Largest locator a deposit may carry: 16 KiB.
 pub const MAX_LOCATOR_LEN: usize = 16 * 1024;
@@ -35,8 +39,22 @@ pub struct Deposit {
     pub locator: Vec<u8>,
     /// Session key wrapped under the sender's master key.
     pub wrapped_key: Vec<u8>,
-    /// Metadata; `expires_at == 0` asks for the default.
+    /// Metadata. Its `expires_at` is ignored: the voicemail expires with
+    /// its storage grant.
     pub metadata: VoicemailMeta,
+    /// The serial of the sender's storage grant for this voicemail's shards;
+    /// 0 (none) is refused.
+    pub grant_serial: u64,
+}
+
+/// What an ack did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AckReceipt {
+    /// Whether this was the last recipient, so the session key is gone.
+    pub key_erased: bool,
+    /// With `key_erased`: the signed order to delete the voicemail's shards,
+    /// for the caller's peer to hand to the holders.
+    pub delete_order: Option<DeleteOrder>,
 }
 
 /// A pending voicemail as handed to one recipient.
@@ -58,15 +76,12 @@ pub struct Delivery {
     pub wrapped_key: Vec<u8>,
 }
 
-/// Checks a deposit's fields against the protocol's limits and the
-/// server's expiry policy, at `now`: the recipients in canonical order, and
-/// the metadata with its expiry resolved (0 asks for the default). Pure: the
-/// service calls it before it unwraps the key or proposes anything.
-pub fn validate_deposit(
-    d: &Deposit,
-    now: u64,
-    config: &ServerConfig,
-) -> Result<(Recipients, VoicemailMeta), AuthError> {
+/// Checks a deposit's fields against the protocol's limits, and returns the
+/// recipients in canonical order. The metadata's expiry is not checked: the
+/// voicemail expires with its storage grant, whose existence and use are
+/// checked when the deposit applies. Pure: the service calls it before it
+/// unwraps the key or proposes anything.
+pub fn validate_deposit(d: &Deposit) -> Result<Recipients, AuthError> {
     if !(MIN_REQUEST_ID_LEN..=MAX_REQUEST_ID_LEN).contains(&d.request_id.len()) {
         return Err(invalid(
             "request_id",
@@ -102,33 +117,13 @@ pub fn validate_deposit(
             ),
         ));
     }
-    let max = now + config.max_voicemail_ttl_secs;
-    let expires_at = match d.metadata.expires_at {
-        0 => now + config.default_voicemail_ttl_secs,
-        t if t <= now => {
-            return Err(invalid(
-                "metadata.expires_at",
-                format!("{t} is in the past (now {now})"),
-            ));
-        }
-        t if t > max => {
-            return Err(invalid(
-                "metadata.expires_at",
-                format!(
-                    "{t} is more than {} s ahead; the limit is {max}",
-                    config.max_voicemail_ttl_secs
-                ),
-            ));
-        }
-        t => t,
-    };
-    Ok((
-        recipients,
-        VoicemailMeta {
-            expires_at,
-            ..d.metadata.clone()
-        },
-    ))
+    if d.grant_serial == 0 {
+        return Err(invalid(
+            "grant_serial",
+            "a deposit needs a storage grant: ask RequestGrant for one before storing the shards, then pass its serial",
+        ));
+    }
+    Ok(recipients)
 }
 
 impl AuthService {
@@ -140,7 +135,7 @@ impl AuthService {
         session: &Session,
         d: Deposit,
     ) -> Result<(VoicemailId, bool), AuthError> {
-        let (recipients, metadata) = validate_deposit(&d, self.now(), self.config())?;
+        let recipients = validate_deposit(&d)?;
         let ctx = DepositContext {
             request_id: &d.request_id,
             recipients: &recipients,
@@ -158,6 +153,7 @@ impl AuthService {
         digest.update(vmail_proto::keys::locator_hash(&d.locator));
         digest.update(session_key.as_bytes());
         digest.update(postcard::to_allocvec(&d.metadata).expect("encodes"));
+        digest.update(d.grant_serial.to_be_bytes());
         let digest: [u8; 32] = digest.finalize().into();
 
         let id: VoicemailId = random_bytes();
@@ -171,7 +167,7 @@ impl AuthService {
                 sender: session.username.clone(),
                 recipients: recipients.to_strings(),
                 locator: d.locator,
-                metadata,
+                metadata: d.metadata,
                 deposited_at: self.now(),
                 session_key: seal(
                     &self.keys.data_key,
@@ -180,6 +176,7 @@ impl AuthService {
                     session_key.as_bytes(),
                 ),
                 max_pending: self.config.max_pending_per_user,
+                grant_serial: d.grant_serial,
             })
             .await?;
         let outcome = match reply {
@@ -202,6 +199,22 @@ impl AuthService {
             DepositOutcome::InboxFull(r) => Err(AuthError::InboxFull {
                 username: r,
                 limit: self.config.max_pending_per_user,
+            }),
+            DepositOutcome::GrantRefused(refusal) => Err(match refusal {
+                GrantRefusal::Unknown(serial) => AuthError::GrantUnknown(serial),
+                GrantRefusal::NotOwner(serial) => AuthError::GrantNotOwned(serial),
+                GrantRefusal::Used { serial, voicemail } => AuthError::GrantUsed {
+                    serial,
+                    voicemail: hex::encode(voicemail),
+                },
+                GrantRefusal::Lapsed {
+                    serial,
+                    upload_until,
+                } => AuthError::GrantLapsed {
+                    serial,
+                    upload_until,
+                    grace: DEPOSIT_GRACE_SECS,
+                },
             }),
         }
     }
@@ -252,8 +265,9 @@ impl AuthService {
             .map(|vm| self.deliver(session, vm)))
     }
 
-    /// Erases the caller's grant; returns whether the session key is now gone.
-    pub async fn ack(&self, session: &Session, id: &[u8]) -> Result<bool, AuthError> {
+    /// Erases the caller's grant; says whether the session key is now gone
+    /// and, if so, carries the delete order for the voicemail's shards.
+    pub async fn ack(&self, session: &Session, id: &[u8]) -> Result<AckReceipt, AuthError> {
         let id: VoicemailId = id
             .try_into()
             .map_err(|_| invalid("voicemail_id", format!("{} bytes, expected 16", id.len())))?;
@@ -276,18 +290,31 @@ impl AuthService {
                 id: hex::encode(id),
                 username: session.username.clone(),
             }),
-            AckOutcome::Acked { key_erased } => {
-                tracing::info!(user = %session.username, id = %hex::encode(id), key_erased, "ack");
-                Ok(key_erased)
+            AckOutcome::Acked {
+                key_erased,
+                delete_order,
+            } => {
+                tracing::info!(
+                    user = %session.username,
+                    id = %hex::encode(id),
+                    key_erased,
+                    delete_order = ?delete_order.as_ref().map(|o| o.serial),
+                    "ack"
+                );
+                Ok(AckReceipt {
+                    key_erased,
+                    delete_order,
+                })
             }
         }
     }
 
-    /// Drops expired sessions and voicemails.
-    pub async fn purge_expired(&self) -> Result<(usize, usize), AuthError> {
+    /// Drops expired sessions, voicemails and storage grants, and storage
+    /// grants no deposit used in time.
+    pub async fn purge_expired(&self) -> Result<PurgeCounts, AuthError> {
         let reply = self.propose(Command::Purge { now: self.now() }).await?;
         match reply {
-            Reply::Purged(s, v) => Ok((s, v)),
+            Reply::Purged(counts) => Ok(counts),
             other => Err(AuthError::Apply(format!(
                 "unexpected reply {other:?} to a purge"
             ))),
@@ -302,8 +329,6 @@ mod tests {
 
     use super::*;
 
-    const NOW: u64 = 1_700_000_000;
-
     fn valid() -> Deposit {
         Deposit {
             request_id: vec![1; MIN_REQUEST_ID_LEN],
@@ -316,56 +341,46 @@ mod tests {
                 duration_ms: 5000,
                 expires_at: 0,
             },
+            grant_serial: 1,
         }
     }
 
-    fn accepted(edit: impl FnOnce(&mut Deposit)) -> (Recipients, VoicemailMeta) {
+    fn accepted(edit: impl FnOnce(&mut Deposit)) -> Recipients {
         let mut d = valid();
         edit(&mut d);
-        validate_deposit(&d, NOW, &ServerConfig::default())
-            .unwrap_or_else(|e| panic!("{d:?} should pass, got {e}"))
+        validate_deposit(&d).unwrap_or_else(|e| panic!("{d:?} should pass, got {e}"))
     }
 
     /// The field a refusal names, and its message.
     fn refused(edit: impl FnOnce(&mut Deposit)) -> (&'static str, String) {
         let mut d = valid();
         edit(&mut d);
-        match validate_deposit(&d, NOW, &ServerConfig::default()) {
+        match validate_deposit(&d) {
             Err(AuthError::InvalidArgument { field, why }) => (field, why),
             other => panic!("expected InvalidArgument, got {other:?}"),
         }
     }
 
     #[test]
-    fn a_valid_deposit_is_canonicalised_with_its_expiry_resolved() {
-        let config = ServerConfig::default();
-        let d = valid();
-        let (recipients, meta) = validate_deposit(&d, NOW, &config).unwrap();
-        assert_eq!(recipients.to_strings(), ["bob", "carol"]);
-        assert_eq!(
-            meta,
-            VoicemailMeta {
-                expires_at: NOW + config.default_voicemail_ttl_secs,
-                ..d.metadata.clone()
-            }
-        );
-        // With another config, the default follows it.
-        let short = ServerConfig {
-            default_voicemail_ttl_secs: 600,
-            ..ServerConfig::default()
-        };
-        assert_eq!(
-            validate_deposit(&d, NOW, &short).unwrap().1.expires_at,
-            NOW + 600
-        );
-        // An expiry the sender chose is kept.
-        let (_, meta) = accepted(|d| d.metadata.expires_at = NOW + 3600);
-        assert_eq!(meta.expires_at, NOW + 3600);
+    fn a_valid_deposit_is_canonicalised_and_its_expiry_left_to_the_grant() {
+        assert_eq!(accepted(|_| {}).to_strings(), ["bob", "carol"]);
+        // The metadata's expiry is not the deposit's to set: any value
+        // passes, the grant's replaces it when the deposit applies.
+        for t in [1, u64::MAX] {
+            accepted(|d| d.metadata.expires_at = t);
+        }
+    }
+
+    #[test]
+    fn a_deposit_without_a_grant_is_refused_with_the_next_step() {
+        let (field, why) = refused(|d| d.grant_serial = 0);
+        assert_eq!(field, "grant_serial");
+        assert!(why.contains("ask RequestGrant"), "{why}");
+        accepted(|d| d.grant_serial = u64::MAX);
     }
 
     #[test]
     fn every_limit_is_inclusive() {
-        let max_ttl = ServerConfig::default().max_voicemail_ttl_secs;
         accepted(|d| d.request_id = vec![1; MAX_REQUEST_ID_LEN]);
         accepted(|d| d.locator = vec![3; MAX_LOCATOR_LEN]);
         accepted(|d| d.locator.clear());
@@ -375,16 +390,6 @@ mod tests {
             .map(|i| format!("user{i}"))
             .collect();
         accepted(|d| d.recipients = names);
-        assert_eq!(
-            accepted(|d| d.metadata.expires_at = NOW + 1).1.expires_at,
-            NOW + 1
-        );
-        assert_eq!(
-            accepted(|d| d.metadata.expires_at = NOW + max_ttl)
-                .1
-                .expires_at,
-            NOW + max_ttl
-        );
     }
 
     #[test]
@@ -442,21 +447,6 @@ mod tests {
     }
 
     #[test]
-    fn an_expiry_in_the_past_or_too_far_ahead_is_named() {
-        let max_ttl = ServerConfig::default().max_voicemail_ttl_secs;
-        for t in [1, NOW - 1, NOW] {
-            let (field, why) = refused(|d| d.metadata.expires_at = t);
-            assert_eq!(field, "metadata.expires_at", "{t}");
-            assert_eq!(why, format!("{t} is in the past (now {NOW})"));
-        }
-        for t in [NOW + max_ttl + 1, u64::MAX] {
-            let (field, why) = refused(|d| d.metadata.expires_at = t);
-            assert_eq!(field, "metadata.expires_at", "{t}");
-            assert!(why.contains("s ahead; the limit is"), "{why}");
-        }
-    }
-
-    #[test]
     fn the_first_bad_field_in_protocol_order_is_the_one_named() {
         let all_bad = |d: &mut Deposit| {
             d.request_id.clear();
@@ -464,7 +454,7 @@ mod tests {
             d.wrapped_key.clear();
             d.locator = vec![3; MAX_LOCATOR_LEN + 1];
             d.metadata.content_type = "a".repeat(MAX_CONTENT_TYPE_LEN + 1);
-            d.metadata.expires_at = 1;
+            d.grant_serial = 0;
         };
         let order = [
             "request_id",
@@ -472,7 +462,7 @@ mod tests {
             "wrapped_key",
             "locator",
             "metadata.content_type",
-            "metadata.expires_at",
+            "grant_serial",
         ];
         // Fix the fields one by one, in order: each time the next is named.
         for (i, want) in order.iter().enumerate() {

@@ -81,6 +81,50 @@ pub enum AuthError {
         /// The configured limit.
         limit: u64,
     },
+    /// The user holds as many open storage grants as the server allows.
+    #[error(
+        "{username:?} already holds {limit} storage grants that no deposit has used (max_open_grants_per_user); deposit the voicemails already uploaded, or wait until their {window} s upload windows close, then ask again"
+    )]
+    TooManyGrants {
+        /// The user.
+        username: String,
+        /// The configured limit.
+        limit: u64,
+        /// The upload window, seconds.
+        window: u64,
+    },
+    /// The deposit names a storage grant that does not exist.
+    #[error(
+        "storage grant {0} does not exist (never issued, or dropped after its upload window closed): ask RequestGrant for a new grant, upload the shards under it and deposit again"
+    )]
+    GrantUnknown(u64),
+    /// The deposit names another user's storage grant.
+    #[error(
+        "storage grant {0} was issued to another user: deposit under a grant of your own (RequestGrant)"
+    )]
+    GrantNotOwned(u64),
+    /// The storage grant already serves another deposit.
+    #[error(
+        "storage grant {serial} already serves voicemail {voicemail}: one grant serves one deposit, so ask RequestGrant for a new grant for a new voicemail (a retry of the same deposit must reuse its request_id)"
+    )]
+    GrantUsed {
+        /// The grant's serial.
+        serial: u64,
+        /// The voicemail deposited under it, hex.
+        voicemail: String,
+    },
+    /// The storage grant's upload window has closed.
+    #[error(
+        "storage grant {serial}'s upload window closed at Unix time {upload_until} (deposits get {grace} s more): ask RequestGrant for a new grant, upload the shards again and deposit"
+    )]
+    GrantLapsed {
+        /// The grant's serial.
+        serial: u64,
+        /// When its upload window closed.
+        upload_until: u64,
+        /// The grace after it, seconds.
+        grace: u64,
+    },
     /// The request id was used before with different content.
     #[error("request_id was already used for a different deposit; use a fresh request id")]
     RequestIdReused,

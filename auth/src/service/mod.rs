@@ -7,6 +7,7 @@
 //! - [`error`]: [`AuthError`], every refusal;
 //! - [`register`]: OPAQUE registration and invite codes;
 //! - [`login`]: OPAQUE login, the lock-out, sessions and certificates;
+//! - [`grant`]: storage grants ([`validate_grant_request`]);
 //! - [`deposit`]: deposits ([`validate_deposit`]), delivery and acks.
 //!
 //! Every change goes through the group's Raft log as a [`Command`]: the
@@ -22,6 +23,7 @@
 mod clock;
 mod deposit;
 mod error;
+mod grant;
 mod login;
 mod register;
 
@@ -43,10 +45,11 @@ use login::{Failures, PendingLogin};
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use deposit::{
-    Delivery, Deposit, MAX_CONTENT_TYPE_LEN, MAX_LOCATOR_LEN, MAX_REQUEST_ID_LEN,
+    AckReceipt, Delivery, Deposit, MAX_CONTENT_TYPE_LEN, MAX_LOCATOR_LEN, MAX_REQUEST_ID_LEN,
     MIN_REQUEST_ID_LEN, validate_deposit,
 };
 pub use error::AuthError;
+pub use grant::{GrantRequest, MESSAGE_ID_LEN, SHA256_LEN, ShardRequest, validate_grant_request};
 pub use login::{LoginFinish, LoginOutcome, MAX_PENDING_LOGINS};
 pub use register::RegisterFinish;
 

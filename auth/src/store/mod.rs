@@ -1,7 +1,8 @@
 //! The auth server's durable state in one redb database.
 //!
 //! Tables (keys → values; rows are postcard-encoded):
-//! - `meta`: `schema_version` → u64 LE, `server_name`, `next_serial` → u64 LE,
+//! - `meta`: `schema_version` → u64 LE, `server_name`, `next_serial` and
+//!   `next_grant_serial` → u64 LE,
 //!   and the key binding: an empty blob sealed under the data key, the OPAQUE
 //!   and cluster public keys, so that a swapped key file is refused at start;
 //! - `users`: username → [`UserRow`];
@@ -11,14 +12,20 @@
 //! - `requests`: (sender, request id) → [`RequestRow`], for idempotent deposits;
 //! - `invites`: SHA-256(invite code) hex → the username that used it;
 //! - `waiting`: username → how many grants it holds, for the inbox cap;
+//! - `storage_grants`: storage-grant serial → [`StorageGrantRecord`] (what a
+//!   sender may store on holders; unrelated to `grants`);
+//! - `open_grants`: (owner, serial) → upload_until, for grants no deposit
+//!   used yet: the per-user grant quota;
+//! - `voicemail_grants`: voicemail id → the storage grant it was deposited
+//!   under;
 //! - `raft_log`: log index → a postcard-encoded openraft entry;
 //! - `raft`: `vote`, `committed`, `purged`, `applied` (last applied log id
 //!   and membership), `snapshot` (the latest snapshot) and `node_id`.
 //!
 //! - [`schema`]: the tables, the schema version and the `meta` keys;
 //! - [`sealing`]: the AADs that bind each sealed secret to its row;
-//! - [`users`], [`sessions`], [`voicemails`]: the rows of each concern and
-//!   the reads and mutations on them;
+//! - [`users`], [`sessions`], [`voicemails`], [`storage_grants`]: the rows
+//!   of each concern and the reads and mutations on them;
 //! - [`snapshot`]: every user-facing row out and back in, for Raft snapshots.
 //!
 //! Every change to the user-facing tables comes from applying a Raft log
@@ -34,6 +41,7 @@ mod schema;
 mod sealing;
 mod sessions;
 mod snapshot;
+mod storage_grants;
 mod users;
 mod voicemails;
 
@@ -46,15 +54,19 @@ use vmail_proto::keys::SecretKey;
 
 use crate::keys::{BoundKey, KeyBinding};
 use schema::{
-    CLUSTER_PUBLIC_KEY, DATA_KEY_CHECK, GRANTS, INVITES, META, OPAQUE_PUBLIC_KEY, REQUESTS,
-    SESSIONS, USERS, VOICEMAILS, WAITING,
+    CLUSTER_PUBLIC_KEY, DATA_KEY_CHECK, GRANTS, INVITES, META, NEXT_GRANT_SERIAL,
+    OPAQUE_PUBLIC_KEY, OPEN_GRANTS, REQUESTS, SESSIONS, STORAGE_GRANTS, USERS, VOICEMAIL_GRANTS,
+    VOICEMAILS, WAITING,
 };
 
 pub use schema::SCHEMA_VERSION;
 pub(crate) use schema::{RAFT, RAFT_LOG};
 pub use sessions::{Session, token_hash};
+pub use storage_grants::{
+    DEPOSIT_GRACE_SECS, GrantOutcome, GrantRefusal, GrantTerms, StorageGrantRecord,
+};
 pub use users::{RegisterOutcome, User};
-pub use voicemails::{AckOutcome, DepositOutcome, Voicemail, VoicemailId};
+pub use voicemails::{AckOutcome, DepositOutcome, PurgeCounts, Voicemail, VoicemailId};
 
 /// How long a reopen after an I/O failure waits for the old handle to close.
 const REOPEN_WAIT: Duration = Duration::from_secs(5);
@@ -188,6 +200,8 @@ impl Store {
                 .map_err(db_err)?;
             meta.insert("next_serial", 1u64.to_le_bytes().as_slice())
                 .map_err(db_err)?;
+            meta.insert(NEXT_GRANT_SERIAL, 1u64.to_le_bytes().as_slice())
+                .map_err(db_err)?;
             meta.insert(
                 DATA_KEY_CHECK,
                 data_key.seal(&[], DATA_KEY_CHECK.as_bytes()).as_slice(),
@@ -204,6 +218,9 @@ impl Store {
             tx.open_table(REQUESTS).map_err(db_err)?;
             tx.open_table(INVITES).map_err(db_err)?;
             tx.open_table(WAITING).map_err(db_err)?;
+            tx.open_table(STORAGE_GRANTS).map_err(db_err)?;
+            tx.open_table(OPEN_GRANTS).map_err(db_err)?;
+            tx.open_table(VOICEMAIL_GRANTS).map_err(db_err)?;
             tx.open_table(RAFT_LOG).map_err(db_err)?;
             let mut raft = tx.open_table(RAFT).map_err(db_err)?;
             raft.insert("node_id", node_id.to_le_bytes().as_slice())

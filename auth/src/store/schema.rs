@@ -4,7 +4,11 @@
 use redb::TableDefinition;
 
 /// The schema this build reads and writes.
-pub const SCHEMA_VERSION: u64 = 2;
+///
+/// Version 3 added the storage-grant tables, the `next_grant_serial` counter
+/// and the grant serial in deposit log entries and snapshots; a version-2
+/// database is refused (its log and snapshots decode differently).
+pub const SCHEMA_VERSION: u64 = 3;
 
 /// `meta` key of an empty blob sealed under the data key: proves the data key fits.
 pub(super) const DATA_KEY_CHECK: &str = "vmail/v1/data-key-check";
@@ -12,6 +16,8 @@ pub(super) const DATA_KEY_CHECK: &str = "vmail/v1/data-key-check";
 pub(super) const OPAQUE_PUBLIC_KEY: &str = "opaque_public_key";
 /// `meta` key of the cluster public key that signed the stored certificates.
 pub(super) const CLUSTER_PUBLIC_KEY: &str = "cluster_public_key";
+/// `meta` key of the next storage-grant serial, u64 LE.
+pub(super) const NEXT_GRANT_SERIAL: &str = "next_grant_serial";
 
 pub(super) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 pub(super) const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
@@ -21,6 +27,17 @@ pub(super) const GRANTS: TableDefinition<(&str, &[u8]), ()> = TableDefinition::n
 pub(super) const REQUESTS: TableDefinition<(&str, &[u8]), &[u8]> = TableDefinition::new("requests");
 pub(super) const INVITES: TableDefinition<&str, &str> = TableDefinition::new("invites");
 pub(super) const WAITING: TableDefinition<&str, u64> = TableDefinition::new("waiting");
+/// A storage grant by serial → postcard `StorageGrantRow`. Not to be
+/// confused with `grants`, a recipient's access to a voicemail.
+pub(super) const STORAGE_GRANTS: TableDefinition<u64, &[u8]> =
+    TableDefinition::new("storage_grants");
+/// (owner, serial) → upload_until, for each storage grant not yet deposited:
+/// what the per-user quota counts.
+pub(super) const OPEN_GRANTS: TableDefinition<(&str, u64), u64> =
+    TableDefinition::new("open_grants");
+/// Voicemail id → the serial of the storage grant it was deposited under.
+pub(super) const VOICEMAIL_GRANTS: TableDefinition<&[u8], u64> =
+    TableDefinition::new("voicemail_grants");
 /// The Raft log: index → postcard-encoded entry.
 pub(crate) const RAFT_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
 /// Raft's own durable state: vote, committed, purged, applied, snapshot, node id.

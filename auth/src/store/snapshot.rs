@@ -4,7 +4,10 @@
 use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
-use super::schema::{GRANTS, INVITES, META, RAFT, REQUESTS, SESSIONS, USERS, VOICEMAILS, WAITING};
+use super::schema::{
+    GRANTS, INVITES, META, NEXT_GRANT_SERIAL, OPEN_GRANTS, RAFT, REQUESTS, SESSIONS,
+    STORAGE_GRANTS, USERS, VOICEMAIL_GRANTS, VOICEMAILS, WAITING,
+};
 use super::{Store, StoreError, corrupt, db_err, u64_le};
 
 /// A `requests` row key: (sender, request id).
@@ -21,6 +24,10 @@ struct Dump {
     requests: Vec<(RequestKey, Vec<u8>)>,
     invites: Vec<(String, String)>,
     waiting: Vec<(String, u64)>,
+    next_grant_serial: u64,
+    storage_grants: Vec<(u64, Vec<u8>)>,
+    open_grants: Vec<((String, u64), u64)>,
+    voicemail_grants: Vec<(Vec<u8>, u64)>,
 }
 
 impl Store {
@@ -43,11 +50,14 @@ impl Store {
         self.run(|db| {
             let tx = db.begin_read().map_err(db_err)?;
             let meta = tx.open_table(META).map_err(db_err)?;
-            let next_serial = meta
-                .get("next_serial")
-                .map_err(db_err)?
-                .and_then(|v| u64_le(v.value()))
-                .ok_or_else(|| corrupt("meta", "next_serial", "missing"))?;
+            let counter = |key: &'static str| {
+                meta.get(key)
+                    .map_err(db_err)?
+                    .and_then(|v| u64_le(v.value()))
+                    .ok_or_else(|| corrupt("meta", key, "missing"))
+            };
+            let next_serial = counter("next_serial")?;
+            let next_grant_serial = counter(NEXT_GRANT_SERIAL)?;
             let dump = Dump {
                 next_serial,
                 users: rows(&tx, USERS, |k, v| (k.to_owned(), v.to_vec()))?,
@@ -59,6 +69,10 @@ impl Store {
                 })?,
                 invites: rows(&tx, INVITES, |k, v| (k.to_owned(), v.to_owned()))?,
                 waiting: rows(&tx, WAITING, |k, v| (k.to_owned(), v))?,
+                next_grant_serial,
+                storage_grants: rows(&tx, STORAGE_GRANTS, |k, v| (k, v.to_vec()))?,
+                open_grants: rows(&tx, OPEN_GRANTS, |(u, s), v| ((u.to_owned(), s), v))?,
+                voicemail_grants: rows(&tx, VOICEMAIL_GRANTS, |k, v| (k.to_vec(), v))?,
             };
             let applied = tx
                 .open_table(RAFT)
@@ -80,6 +94,11 @@ impl Store {
         let mut meta = tx.open_table(META).map_err(db_err)?;
         meta.insert("next_serial", dump.next_serial.to_le_bytes().as_slice())
             .map_err(db_err)?;
+        meta.insert(
+            NEXT_GRANT_SERIAL,
+            dump.next_grant_serial.to_le_bytes().as_slice(),
+        )
+        .map_err(db_err)?;
         let mut t = tx.open_table(USERS).map_err(db_err)?;
         t.retain(|_, _| false).map_err(db_err)?;
         for (k, v) in &dump.users {
@@ -115,6 +134,21 @@ impl Store {
         t.retain(|_, _| false).map_err(db_err)?;
         for (k, v) in &dump.waiting {
             t.insert(k.as_str(), *v).map_err(db_err)?;
+        }
+        let mut t = tx.open_table(STORAGE_GRANTS).map_err(db_err)?;
+        t.retain(|_, _| false).map_err(db_err)?;
+        for (k, v) in &dump.storage_grants {
+            t.insert(*k, v.as_slice()).map_err(db_err)?;
+        }
+        let mut t = tx.open_table(OPEN_GRANTS).map_err(db_err)?;
+        t.retain(|_, _| false).map_err(db_err)?;
+        for ((u, serial), v) in &dump.open_grants {
+            t.insert((u.as_str(), *serial), *v).map_err(db_err)?;
+        }
+        let mut t = tx.open_table(VOICEMAIL_GRANTS).map_err(db_err)?;
+        t.retain(|_, _| false).map_err(db_err)?;
+        for (k, v) in &dump.voicemail_grants {
+            t.insert(k.as_slice(), *v).map_err(db_err)?;
         }
         Ok(())
     }

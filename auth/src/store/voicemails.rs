@@ -6,13 +6,15 @@
 use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use vmail_proto::cert::UserCertificate;
+use vmail_proto::grant::{DeleteOrder, DeleteReason};
 use vmail_proto::keys::SecretKey;
 use vmail_proto::meta::VoicemailMeta;
 use vmail_proto::names::Recipients;
 
-use super::schema::{GRANTS, REQUESTS, SESSIONS, USERS, VOICEMAILS, WAITING};
+use super::schema::{GRANTS, REQUESTS, SESSIONS, USERS, VOICEMAIL_GRANTS, VOICEMAILS, WAITING};
 use super::sealing::session_key_aad;
 use super::sessions::SessionRow;
+use super::storage_grants::{GrantRefusal, order_bytes};
 use super::{Store, StoreError, corrupt, db_err};
 
 /// A voicemail id: 16 random bytes chosen by the server.
@@ -31,7 +33,8 @@ pub struct Voicemail {
     pub recipients: Recipients,
     /// The storage locator.
     pub locator: Vec<u8>,
-    /// Sender's metadata, with the expiry resolved.
+    /// Sender's metadata; a deposit replaces the expiry with its storage
+    /// grant's.
     pub metadata: VoicemailMeta,
     /// Deposit time, Unix seconds.
     pub deposited_at: u64,
@@ -70,10 +73,12 @@ pub enum DepositOutcome {
     UnknownRecipient(String),
     /// A recipient has too many voicemails waiting; nothing changed.
     InboxFull(String),
+    /// The storage grant named may not be used; nothing changed.
+    GrantRefused(GrantRefusal),
 }
 
 /// The result of [`Store::ack`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AckOutcome {
     /// The voicemail is not pending for this user; nothing changed.
     NotPending,
@@ -81,7 +86,22 @@ pub enum AckOutcome {
     Acked {
         /// Whether the voicemail and its session key are now gone.
         key_erased: bool,
+        /// With `key_erased`: the signed order to delete the shards of the
+        /// voicemail's storage grant.
+        #[serde(with = "order_bytes")]
+        delete_order: Option<DeleteOrder>,
     },
+}
+
+/// What [`Store::purge_expired`] erased.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PurgeCounts {
+    /// Sessions.
+    pub sessions: usize,
+    /// Voicemails, with their grants and keys.
+    pub voicemails: usize,
+    /// Storage grants past their expiry, or never deposited in time.
+    pub storage_grants: usize,
 }
 
 impl Store {
@@ -124,15 +144,19 @@ impl Store {
         })
     }
 
-    /// Stores a voicemail and a grant for each recipient, unless the request
-    /// id was seen before, a recipient is unknown, or a recipient already has
-    /// `max_pending` voicemails waiting.
+    /// Stores a voicemail and a grant for each recipient under the sender's
+    /// storage grant `grant_serial`, unless the request id was seen before,
+    /// a recipient is unknown, the storage grant may not be used (see
+    /// [`GrantRefusal`]), or a recipient already has `max_pending`
+    /// voicemails waiting. The voicemail expires with the storage grant,
+    /// whatever `vm.metadata` says, and the grant is used up.
     pub(crate) fn deposit(
         &self,
         tx: &WriteTransaction,
         request_id: &[u8],
         digest: [u8; 32],
         vm: &Voicemail,
+        grant_serial: u64,
         max_pending: u64,
     ) -> Result<DepositOutcome, StoreError> {
         {
@@ -155,18 +179,28 @@ impl Store {
                     return Ok(DepositOutcome::UnknownRecipient(r.to_string()));
                 }
             }
+            let grant =
+                match self.grant_for_deposit(tx, grant_serial, &vm.sender, vm.deposited_at)? {
+                    Ok(g) => g,
+                    Err(refusal) => return Ok(DepositOutcome::GrantRefused(refusal)),
+                };
             let mut waiting = tx.open_table(WAITING).map_err(db_err)?;
             for r in vm.recipients.iter() {
                 if count(&waiting, r.as_str())? >= max_pending {
                     return Ok(DepositOutcome::InboxFull(r.to_string()));
                 }
             }
+            let expires_at = grant.body.expires_at;
+            self.grant_deposited(tx, grant, &vm.id)?;
             let sender_certificate = vm.sender_certificate.to_bytes();
             let row = VoicemailRow {
                 sender: vm.sender.clone(),
                 recipients: vm.recipients.to_strings(),
                 locator: vm.locator.clone(),
-                metadata: vm.metadata.clone(),
+                metadata: VoicemailMeta {
+                    expires_at,
+                    ..vm.metadata.clone()
+                },
                 deposited_at: vm.deposited_at,
                 session_key_sealed: self.data_key.wrap(
                     &vm.session_key,
@@ -196,7 +230,7 @@ impl Store {
             let req = RequestRow {
                 voicemail_id: vm.id,
                 digest,
-                expires_at: vm.metadata.expires_at,
+                expires_at,
             };
             requests
                 .insert(
@@ -278,13 +312,15 @@ impl Store {
     }
 
     /// Erases `recipient`'s grant on an unexpired voicemail; erases the
-    /// voicemail and its session key with the last grant.
+    /// voicemail and its session key with the last grant, and then marks
+    /// its storage grant delivered and has `sign` sign the delete order.
     pub(crate) fn ack(
         &self,
         tx: &WriteTransaction,
         recipient: &str,
         id: &VoicemailId,
         now: u64,
+        sign: impl FnOnce(u64, DeleteReason, u64) -> DeleteOrder,
     ) -> Result<AckOutcome, StoreError> {
         let key_erased;
         {
@@ -320,16 +356,25 @@ impl Store {
                 vms.remove(id.as_slice()).map_err(db_err)?;
             }
         }
-        Ok(AckOutcome::Acked { key_erased })
+        let delete_order = if key_erased {
+            self.grant_erased(tx, id, DeleteReason::Delivered, sign)?
+        } else {
+            None
+        };
+        Ok(AckOutcome::Acked {
+            key_erased,
+            delete_order,
+        })
     }
 
-    /// Deletes expired sessions, voicemails (with their grants and keys) and
-    /// request records. Returns how many sessions and voicemails went.
+    /// Deletes expired sessions, voicemails (with their grants and keys),
+    /// request records and storage grants, and storage grants no deposit
+    /// used in time. Returns how many of each went.
     pub(crate) fn purge_expired(
         &self,
         tx: &WriteTransaction,
         now: u64,
-    ) -> Result<(usize, usize), StoreError> {
+    ) -> Result<PurgeCounts, StoreError> {
         let mut n_sessions = 0;
         let n_vms;
         {
@@ -368,8 +413,10 @@ impl Store {
             }
             let mut grants = tx.open_table(GRANTS).map_err(db_err)?;
             let mut waiting = tx.open_table(WAITING).map_err(db_err)?;
+            let mut voicemail_grants = tx.open_table(VOICEMAIL_GRANTS).map_err(db_err)?;
             for (id, recipients) in &expired {
                 vms.remove(id.as_slice()).map_err(db_err)?;
+                voicemail_grants.remove(id.as_slice()).map_err(db_err)?;
                 for r in recipients {
                     if grants
                         .remove((r.as_str(), id.as_slice()))
@@ -388,7 +435,11 @@ impl Store {
                 })
                 .map_err(db_err)?;
         }
-        Ok((n_sessions, n_vms))
+        Ok(PurgeCounts {
+            sessions: n_sessions,
+            voicemails: n_vms,
+            storage_grants: self.purge_grants(tx, now)?,
+        })
     }
 }
 

@@ -2,6 +2,7 @@
 //! the expiry purge, through the service.
 
 use super::*;
+use crate::store::PurgeCounts;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_deposit_is_rewrapped_for_each_recipient_and_erased_by_the_last_ack() {
@@ -19,16 +20,18 @@ async fn a_deposit_is_rewrapped_for_each_recipient_and_erased_by_the_last_ack() 
         &request_id,
         0,
     );
+    let d = h.granted(&alice, d).await;
     let (id, replayed) = h.svc.deposit(&alice.session, d.clone()).await.unwrap();
     assert!(!replayed);
     // A retry, re-wrapped under a fresh nonce, is answered with the same id.
-    let retry = deposit(
+    let mut retry = deposit(
         &alice.master_key,
         &session_key,
         &["carol", "bob"],
         &request_id,
         0,
     );
+    retry.grant_serial = d.grant_serial;
     assert_ne!(retry.wrapped_key, d.wrapped_key);
     assert_eq!(
         h.svc.deposit(&alice.session, retry).await.unwrap(),
@@ -81,16 +84,26 @@ async fn a_deposit_is_rewrapped_for_each_recipient_and_erased_by_the_last_ack() 
     let err = h.svc.ack(&alice.session, &id).await.unwrap_err();
     assert!(matches!(err, AuthError::NotPending { .. }), "{err:?}");
 
-    assert!(!h.svc.ack(&bob.session, &id).await.unwrap());
+    let first = h.svc.ack(&bob.session, &id).await.unwrap();
+    assert_eq!(
+        first,
+        AckReceipt {
+            key_erased: false,
+            delete_order: None
+        }
+    );
     assert!(h.svc.list_pending(&bob.session).await.unwrap().is_empty());
     let err = h.svc.ack(&bob.session, &id).await.unwrap_err();
     assert!(matches!(err, AuthError::NotPending { .. }), "{err:?}");
     assert!(h.svc.store().voicemail_exists(&id).unwrap());
 
-    assert!(
-        h.svc.ack(&carol.session, &id).await.unwrap(),
-        "the last ack"
-    );
+    let last = h.svc.ack(&carol.session, &id).await.unwrap();
+    assert!(last.key_erased, "the last ack");
+    let order = last
+        .delete_order
+        .expect("the last ack orders the shards deleted");
+    assert_eq!(order.serial, d.grant_serial);
+    order.verify(&h.svc.keys().cluster_public_key()).unwrap();
     assert!(!h.svc.store().voicemail_exists(&id).unwrap());
     assert!(h.svc.list_pending(&carol.session).await.unwrap().is_empty());
     let counts = h.svc.store().counts().unwrap();
@@ -112,6 +125,9 @@ async fn deposit_refusals_are_named_and_store_nothing() {
         &random_bytes::<16>(),
         0,
     );
+    // The grant names bob alone (RequestGrant would refuse zed too).
+    let mut d = d;
+    d.grant_serial = h.grant(&alice, &["bob"], 0).await.unwrap().body.serial;
     let err = h.svc.deposit(&alice.session, d).await.unwrap_err();
     assert!(
         matches!(err, AuthError::UnknownRecipient(ref r) if r == "zed"),
@@ -119,25 +135,20 @@ async fn deposit_refusals_are_named_and_store_nothing() {
     );
 
     // Wrapped for another request id: the key does not open in this context.
-    let mut d = deposit(&alice.master_key, &sk, &["bob"], &random_bytes::<16>(), 0);
+    let d = deposit(&alice.master_key, &sk, &["bob"], &random_bytes::<16>(), 0);
+    let mut d = h.granted(&alice, d).await;
     d.request_id = random_bytes::<16>().to_vec();
     let err = h.svc.deposit(&alice.session, d).await.unwrap_err();
     assert!(matches!(err, AuthError::WrapFailed), "{err:?}");
 
-    // A field validate_deposit refuses comes back named.
-    let d = deposit(
-        &alice.master_key,
-        &sk,
-        &["bob"],
-        &random_bytes::<16>(),
-        T0 - 1,
-    );
+    // A field validate_deposit refuses comes back named: here, no grant.
+    let d = deposit(&alice.master_key, &sk, &["bob"], &random_bytes::<16>(), 0);
     let err = h.svc.deposit(&alice.session, d).await.unwrap_err();
     assert!(
         matches!(
             err,
             AuthError::InvalidArgument {
-                field: "metadata.expires_at",
+                field: "grant_serial",
                 ..
             }
         ),
@@ -147,6 +158,7 @@ async fn deposit_refusals_are_named_and_store_nothing() {
     // Another voicemail under a used request id.
     let request_id = random_bytes::<16>();
     let d = deposit(&alice.master_key, &sk, &["bob"], &request_id, 0);
+    let d = h.granted(&alice, d).await;
     h.svc.deposit(&alice.session, d).await.unwrap();
     let d = deposit(
         &alice.master_key,
@@ -155,6 +167,7 @@ async fn deposit_refusals_are_named_and_store_nothing() {
         &request_id,
         0,
     );
+    let d = h.granted(&alice, d).await;
     let err = h.svc.deposit(&alice.session, d).await.unwrap_err();
     assert!(matches!(err, AuthError::RequestIdReused), "{err:?}");
 
@@ -176,8 +189,10 @@ async fn an_expired_voicemail_is_hidden_then_purged() {
         &random_bytes::<16>(),
         T0 + 100,
     );
+    let short = h.granted(&alice, short).await;
     let (gone, _) = h.svc.deposit(&alice.session, short).await.unwrap();
     let long = deposit(&alice.master_key, &sk, &["bob"], &random_bytes::<16>(), 0);
+    let long = h.granted(&alice, long).await;
     let (kept, _) = h.svc.deposit(&alice.session, long).await.unwrap();
 
     h.clock.advance(99);
@@ -191,7 +206,7 @@ async fn an_expired_voicemail_is_hidden_then_purged() {
         .collect();
     assert_eq!(ids.len(), 2);
     assert!(ids.contains(&gone) && ids.contains(&kept));
-    assert_eq!(h.svc.purge_expired().await.unwrap(), (0, 0));
+    assert_eq!(h.svc.purge_expired().await.unwrap(), PurgeCounts::default());
 
     h.clock.advance(1);
     let list = h.svc.list_pending(&bob.session).await.unwrap();
@@ -208,7 +223,10 @@ async fn an_expired_voicemail_is_hidden_then_purged() {
     // Hidden, but its key is still held until the purge.
     assert!(h.svc.store().voicemail_exists(&gone).unwrap());
 
-    assert_eq!(h.svc.purge_expired().await.unwrap(), (0, 1));
+    let purged = h.svc.purge_expired().await.unwrap();
+    assert_eq!((purged.sessions, purged.voicemails), (0, 1));
+    // The grant went with its voicemail.
+    assert_eq!(purged.storage_grants, 1);
     assert!(!h.svc.store().voicemail_exists(&gone).unwrap());
     assert!(h.svc.store().voicemail_exists(&kept).unwrap());
     assert_eq!(h.svc.store().counts().unwrap().grants, 1);

@@ -1,8 +1,10 @@
 //! Unit tests of [`AuthService`] over a temporary data dir and a one-node
 //! Raft group, with a manual clock and no network: OPAQUE registration and
-//! login, the lock-out, sessions, deposit, delivery, acks and expiry.
+//! login, the lock-out, sessions, storage grants, deposit, delivery, acks
+//! and expiry.
 
 mod deposit;
+mod grant;
 mod login;
 
 use std::collections::BTreeMap;
@@ -18,6 +20,7 @@ use opaque_ke::{
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 use vmail_proto::cert::{ProofPurpose, identity_proof_bytes};
+use vmail_proto::grant::StorageGrant;
 use vmail_proto::keys::{DeliveryContext, DepositContext, MasterKey, SecretKey};
 use vmail_proto::meta::VoicemailMeta;
 use vmail_proto::names::{Recipients, Username};
@@ -205,10 +208,55 @@ impl Harness {
         let identity = self.register(name).await;
         self.login(name, &identity).await
     }
+
+    /// A storage grant for `who`'s voicemail to `recipients`, checked
+    /// against the cluster key as a holder checks it.
+    async fn grant(
+        &self,
+        who: &LoggedIn,
+        recipients: &[&str],
+        expires_at: u64,
+    ) -> Result<StorageGrant, AuthError> {
+        let grant = self
+            .svc
+            .request_grant(&who.session, grant_request(recipients, expires_at))
+            .await?;
+        let back = StorageGrant::from_bytes(&grant.to_bytes()).unwrap();
+        back.verify(&self.svc.keys().cluster_public_key()).unwrap();
+        Ok(grant)
+    }
+
+    /// `d` with a fresh grant for its recipients and expiry.
+    async fn granted(&self, who: &LoggedIn, mut d: Deposit) -> Deposit {
+        let names: Vec<&str> = d.recipients.iter().map(String::as_str).collect();
+        let grant = self
+            .grant(who, &names, d.metadata.expires_at)
+            .await
+            .unwrap();
+        d.grant_serial = grant.body.serial;
+        d
+    }
+}
+
+/// A request for a grant of three shards, two needed, on three holders.
+fn grant_request(recipients: &[&str], expires_at: u64) -> GrantRequest {
+    GrantRequest {
+        recipients: recipients.iter().map(|r| r.to_string()).collect(),
+        message_id: random_bytes::<16>().to_vec(),
+        data_shards: 2,
+        shards: (0..3u8)
+            .map(|i| ShardRequest {
+                len: 24_000,
+                sha256: vec![i; 32],
+            })
+            .collect(),
+        holders: (0..3u8).map(|i| vec![i; 38]).collect(),
+        expires_at,
+    }
 }
 
 /// A deposit of `session_key` for `recipients`, wrapped as the client's
-/// `NewDeposit::wrap_key` does.
+/// `NewDeposit::wrap_key` does, under no grant yet ([`Harness::granted`]).
 fn deposit(
     sender: &MasterKey,
     session_key: &SecretKey,
@@ -237,6 +285,7 @@ fn deposit(
             duration_ms: 3000,
             expires_at,
         },
+        grant_serial: 0,
     }
 }
 

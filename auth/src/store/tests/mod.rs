@@ -1,11 +1,12 @@
 //! Unit tests of [`Store`] on a temporary redb file: opening and key binding,
 //! users, sessions, voicemail deposit, delivery and acks, the expiry purge,
-//! at-rest sealing of rows, and snapshot export and import. This module
-//! holds the fixture the test files share.
+//! storage grants, at-rest sealing of rows, and snapshot export and import.
+//! This module holds the fixture the test files share.
 
 mod open;
 mod sealing;
 mod snapshot;
+mod storage_grants;
 mod users;
 mod voicemails;
 
@@ -15,12 +16,16 @@ use ed25519_dalek::SigningKey;
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use tempfile::TempDir;
 use vmail_proto::cert::{CertificateBody, UserCertificate};
+use vmail_proto::grant::{DeleteOrder, GrantedShard, StorageGrant, UPLOAD_WINDOW_SECS};
 use vmail_proto::keys::{MasterKey, SecretKey};
 use vmail_proto::meta::VoicemailMeta;
 use vmail_proto::names::{Recipients, Username};
 use vmail_proto::random_bytes;
 
-use super::schema::{GRANTS, REQUESTS, SESSIONS, USERS, VOICEMAILS, WAITING};
+use super::schema::{
+    GRANTS, OPEN_GRANTS, REQUESTS, SESSIONS, STORAGE_GRANTS, USERS, VOICEMAIL_GRANTS, VOICEMAILS,
+    WAITING,
+};
 use super::*;
 
 /// "Now" for every test: rows are stamped relative to it.
@@ -154,6 +159,81 @@ impl Fixture {
         }
     }
 
+    /// The terms of a one-shard grant issued at `now` that expires at
+    /// `expires_at`.
+    fn terms(now: u64, expires_at: u64) -> GrantTerms {
+        GrantTerms {
+            message_id: random_bytes(),
+            data_shards: 1,
+            shards: vec![GrantedShard {
+                len: 4321,
+                sha256: random_bytes(),
+            }],
+            holders: vec![vec![1; 38], vec![2; 38]],
+            upload_until: (now + UPLOAD_WINDOW_SECS).min(expires_at),
+            expires_at,
+        }
+    }
+
+    /// Issues a grant to `owner` for `recipients`, signed by this fixture's
+    /// cluster key, under a quota of `max_open`.
+    fn issue_grant(
+        &self,
+        owner: &str,
+        recipients: &[&str],
+        now: u64,
+        expires_at: u64,
+        max_open: u64,
+    ) -> GrantOutcome {
+        self.store
+            .write(|tx| {
+                self.store.issue_grant(
+                    tx,
+                    owner,
+                    &Recipients::parse(recipients).unwrap(),
+                    Self::terms(now, expires_at),
+                    now,
+                    max_open,
+                    |body| body.sign(&self.cluster),
+                )
+            })
+            .unwrap()
+    }
+
+    /// A grant for `vm`: issued to its sender when it was deposited, and
+    /// expiring with it. It names the sender as recipient, so that a
+    /// deposit's own recipient checks are what a test sees.
+    fn grant_for(&self, vm: &Voicemail) -> StorageGrant {
+        match self.issue_grant(
+            &vm.sender,
+            &[&vm.sender],
+            vm.deposited_at,
+            vm.metadata.expires_at,
+            u64::MAX,
+        ) {
+            GrantOutcome::Issued(g) => g,
+            other => panic!("grant refused: {other:?}"),
+        }
+    }
+
+    /// Deposits `vm` under grant `serial`.
+    fn deposit_under(
+        &self,
+        request_id: &[u8],
+        digest: [u8; 32],
+        vm: &Voicemail,
+        serial: u64,
+        max_pending: u64,
+    ) -> DepositOutcome {
+        self.store
+            .write(|tx| {
+                self.store
+                    .deposit(tx, request_id, digest, vm, serial, max_pending)
+            })
+            .unwrap()
+    }
+
+    /// Deposits `vm` under a fresh grant of its own.
     fn deposit_as(
         &self,
         request_id: &[u8],
@@ -161,9 +241,8 @@ impl Fixture {
         vm: &Voicemail,
         max_pending: u64,
     ) -> DepositOutcome {
-        self.store
-            .write(|tx| self.store.deposit(tx, request_id, digest, vm, max_pending))
-            .unwrap()
+        let serial = self.grant_for(vm).body.serial;
+        self.deposit_under(request_id, digest, vm, serial, max_pending)
     }
 
     /// Deposits `vm` under a fresh request id and checks it was stored.
@@ -174,11 +253,22 @@ impl Fixture {
 
     fn ack(&self, recipient: &str, id: &VoicemailId, now: u64) -> AckOutcome {
         self.store
-            .write(|tx| self.store.ack(tx, recipient, id, now))
+            .write(|tx| {
+                self.store
+                    .ack(tx, recipient, id, now, |serial, reason, exp| {
+                        DeleteOrder::sign(serial, reason, exp, &self.cluster)
+                    })
+            })
             .unwrap()
     }
 
+    /// Purges at `now`; returns how many sessions and voicemails went.
     fn purge(&self, now: u64) -> (usize, usize) {
+        let c = self.purge_counts(now);
+        (c.sessions, c.voicemails)
+    }
+
+    fn purge_counts(&self, now: u64) -> PurgeCounts {
         self.store
             .write(|tx| self.store.purge_expired(tx, now))
             .unwrap()

@@ -25,7 +25,10 @@ fn export_then_import_gives_identical_reads() {
     );
     assert_eq!(
         f.ack("carol", &a.id, T0 + 3),
-        AckOutcome::Acked { key_erased: false }
+        AckOutcome::Acked {
+            key_erased: false,
+            delete_order: None
+        }
     );
     let (snapshot, _applied) = f.store.export().unwrap();
 
@@ -67,12 +70,16 @@ fn export_then_import_gives_identical_reads() {
     // Request rows, waiting counts and the serial counter came too.
     let retry = f.voicemail("alice", &["dave"], T0 + 4, T0 + DAY);
     let replay = second
-        .write(|tx| second.deposit(tx, &request_id, digest, &retry, NO_CAP))
+        .write(|tx| second.deposit(tx, &request_id, digest, &retry, 0, NO_CAP))
         .unwrap();
     assert_eq!(replay, DepositOutcome::Replayed(c.id));
     assert_eq!(
         second
-            .write(|tx| second.ack(tx, "carol", &a.id, T0 + 4))
+            .write(|tx| {
+                second.ack(tx, "carol", &a.id, T0 + 4, |s, r, e| {
+                    DeleteOrder::sign(s, r, e, &f.cluster)
+                })
+            })
             .unwrap(),
         AckOutcome::NotPending
     );
@@ -82,4 +89,32 @@ fn export_then_import_gives_identical_reads() {
         s.user("erin").unwrap().unwrap().certificate.serial
     };
     assert_eq!(next(&second), next(&f.store));
+    // So did the storage grants, their link to the voicemails, and their
+    // serial counter.
+    let serial = f.store.voicemail_grant(&a.id).unwrap().unwrap();
+    assert_eq!(second.voicemail_grant(&a.id).unwrap(), Some(serial));
+    assert_eq!(
+        second.storage_grant(serial).unwrap(),
+        f.store.storage_grant(serial).unwrap()
+    );
+    let next_grant = |s: &Store| {
+        let outcome = s
+            .write(|tx| {
+                s.issue_grant(
+                    tx,
+                    "alice",
+                    &Recipients::parse(["bob"]).unwrap(),
+                    Fixture::terms(T0 + 5, T0 + DAY),
+                    T0 + 5,
+                    NO_CAP,
+                    |body| body.sign(&f.cluster),
+                )
+            })
+            .unwrap();
+        match outcome {
+            GrantOutcome::Issued(g) => g.body.serial,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(next_grant(&second), next_grant(&f.store));
 }
