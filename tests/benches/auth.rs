@@ -128,6 +128,7 @@ async fn deposits(
             let mut lat = Vec::with_capacity(n / c);
             for _ in 0..n / c {
                 let d = NewDeposit {
+                    grant_serial: 0,
                     request_id: vmail_proto::random_bytes(),
                     recipients: recipients.clone(),
                     locator: b"blob://bench/0123456789abcdef".to_vec(),

@@ -58,6 +58,7 @@ fn deposit(to: &str) -> NewDeposit {
         },
     };
     NewDeposit {
+        grant_serial: 0,
         request_id: vmail_proto::random_bytes(),
         recipients: Recipients::parse([to]).unwrap(),
         locator: locator.encode(),

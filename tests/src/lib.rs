@@ -20,11 +20,14 @@ use vmail_auth::datadir::{self, InitOptions, files};
 use vmail_auth::service::{AuthService, Clock, SystemClock};
 use vmail_devnet::local_auth::{self, Harness, LocalServer, LocalServerError};
 use vmail_devnet::localnet;
-use vmail_node::auth_client::{AuthClient, AuthTarget, LoginSession, NewDeposit, VoicemailMeta};
+use vmail_node::auth_client::{
+    AuthClient, AuthTarget, GrantRequest, LoginSession, NewDeposit, VoicemailMeta,
+};
 use vmail_node::config::NodeConfig;
 use vmail_node::core::erasure::Redundancy;
 use vmail_node::overlay::swarm::Role;
 use vmail_node::peer::{LeaveRequest, Peer, PeerOptions, Session};
+use vmail_proto::grant::GrantedShard;
 use vmail_proto::keys::SecretKey;
 use vmail_proto::names::Recipients;
 
@@ -71,6 +74,11 @@ impl TestAuth {
     /// The running service, to inspect its store.
     pub fn service(&self) -> &AuthService {
         &self.server().service
+    }
+
+    /// A loopback peer config that holds what this server grants.
+    pub fn node_config(&self) -> NodeConfig {
+        holder_config(&self.target().cluster_key)
     }
 
     /// How clients reach this server.
@@ -139,6 +147,7 @@ pub fn password(user: &str) -> Vec<u8> {
 /// metadata of a 5 s WAV.
 pub fn deposit_for(names: &[&str], locator: &[u8]) -> NewDeposit {
     NewDeposit {
+        grant_serial: 0,
         request_id: vmail_proto::random_bytes(),
         recipients: Recipients::parse(names).expect("valid recipients"),
         locator: locator.to_vec(),
@@ -150,6 +159,27 @@ pub fn deposit_for(names: &[&str], locator: &[u8]) -> NewDeposit {
             expires_at: 0,
         },
     }
+}
+
+/// A storage grant from `c`'s group for a voicemail to `names` of one
+/// 1 KiB shard on one holder, as a leave would ask for, for tests that
+/// deposit without storing anything; its serial.
+pub async fn grant_serial_for(c: &mut AuthClient, names: &[&str]) -> u64 {
+    c.request_grant(&GrantRequest {
+        recipients: Recipients::parse(names).expect("valid recipients"),
+        message_id: vmail_proto::random_bytes(),
+        data_shards: 1,
+        shards: vec![GrantedShard {
+            len: 1024,
+            sha256: vmail_proto::random_bytes(),
+        }],
+        holders: vec![PeerId::random().to_bytes()],
+        expires_at: 0,
+    })
+    .await
+    .expect("a storage grant")
+    .body
+    .serial
 }
 
 /// Registers `user` and logs in on a new client.
@@ -234,13 +264,29 @@ impl TestNet {
         relogin_on(&self.auth, &self.peers[index], user, identity).await;
     }
 
-    /// Ciphertext bytes held across all running peers.
+    /// Ciphertext bytes held across all running peers (bodies only, not
+    /// what the quotas are charged).
     pub fn stored_bytes(&self) -> u64 {
         self.peers
             .iter()
             .filter_map(|p| p.store())
-            .map(|s| s.usage().1)
+            .flat_map(|s| s.list())
+            .map(|(_, m)| m.len)
             .sum()
+    }
+
+    /// A loopback peer config that joins this net and holds what its auth
+    /// server grants.
+    pub async fn config(&self) -> NodeConfig {
+        let mut c = self.auth.node_config();
+        c.bootstrap = self.peers[0].listen_addrs().await.expect("listening");
+        c
+    }
+
+    /// Starts one more server peer named `name` under this net's dir
+    /// (re-using its data if it ran before) with `config`.
+    pub async fn start_peer(&self, name: &str, config: NodeConfig) -> Peer {
+        start_peer(self.dir.path(), name, config, Role::Server).await
     }
 
     /// Flips one byte in the middle of every stored copy of object `id`,
@@ -277,6 +323,14 @@ impl TestNet {
         }
         self.auth.stop().await;
     }
+}
+
+/// A loopback peer config that holds what the group with `cluster_key`
+/// grants.
+pub fn holder_config(cluster_key: &ed25519_dalek::VerifyingKey) -> NodeConfig {
+    let mut c = NodeConfig::loopback();
+    c.cluster_key = Some(hex::encode(cluster_key.as_bytes()));
+    c
 }
 
 /// Starts a peer with data dir `dir/name`.
@@ -419,6 +473,11 @@ impl TestCluster {
         (0..self.servers.len())
             .filter(|i| self.servers[*i].is_some())
             .collect()
+    }
+
+    /// A loopback peer config that holds what this group grants.
+    pub fn node_config(&self) -> NodeConfig {
+        holder_config(&self.target().cluster_key)
     }
 
     /// Every server's public endpoint, in order: what a client config lists.

@@ -41,6 +41,7 @@ impl Drop for Tmpfs {
 
 fn deposit(locator_len: usize) -> NewDeposit {
     NewDeposit {
+        grant_serial: 0,
         request_id: vmail_proto::random_bytes(),
         recipients: Recipients::parse(["alice"]).unwrap(),
         locator: vec![0xab; locator_len],

@@ -18,7 +18,8 @@ use vmail_node::peer::{FetchError, FetchFailure, LeaveReceipt, no_progress};
 use vmail_proto::keys::SecretKey;
 use vmail_proto::names::Recipients;
 use vmail_tests::{
-    TestNet, churn, leave_coded, login_on, random_content, register_and_login, start_peer,
+    TestNet, churn, grant_serial_for, leave_coded, login_on, random_content, register_and_login,
+    start_peer,
 };
 
 /// The holders of `r`'s shards, other than the peers in `spare`.
@@ -271,20 +272,21 @@ async fn a_preferred_holder_without_room_is_replaced_and_loses_its_capacity_scor
     // Peer 3 is full: it holds its quota in other objects.
     let full = &net.peers[3];
     let store = full.store().expect("a holder");
-    let filler = vec![7u8; 4 << 20];
+    // (Put there directly, with the room its header takes left free.)
+    let filler = vec![7u8; (4 << 20) - 8192];
     let meta = ObjectMeta {
         len: filler.len() as u64,
         sha256: Sha256::digest(&filler).into(),
         expires_at: u64::MAX,
         delete_hash: [0; 32],
         shard: None,
+        grant: Vec::new(),
     };
     store
-        .commit(store.reserve(meta.len).unwrap(), &[1; 32], meta, &filler)
+        .commit(store.reserve(&meta).unwrap(), &[1; 32], meta, &filler)
         .unwrap();
     // A sender that prefers it.
-    let mut config = NodeConfig::loopback();
-    config.bootstrap = net.peers[0].listen_addrs().await.unwrap();
+    let mut config = net.config().await;
     config.placement.preferred = vec![full.peer_id().to_string()];
     let dir = tempfile::tempdir().unwrap();
     let sender = start_peer(dir.path(), "sender", config, Role::Server).await;
@@ -341,10 +343,12 @@ async fn a_locator_with_the_wrong_shard_count_is_refused_and_stays_pending() {
         },
     };
     let (mut client, _, session) = register_and_login(&net.auth, "carol").await;
+    let grant_serial = grant_serial_for(&mut client, &["alice"]).await;
     let receipt = client
         .deposit(
             &session.master_key,
             &NewDeposit {
+                grant_serial,
                 request_id: vmail_proto::random_bytes(),
                 recipients: Recipients::parse(["alice"]).unwrap(),
                 locator: locator.encode(),

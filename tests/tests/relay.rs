@@ -38,6 +38,12 @@ fn config(public: bool, bootstrap: Vec<Multiaddr>) -> NodeConfig {
     c
 }
 
+/// `c`, holding what `auth` grants.
+fn holding(auth: &TestAuth, mut c: NodeConfig) -> NodeConfig {
+    c.cluster_key = auth.node_config().cluster_key;
+    c
+}
+
 /// A peer that accepts no inbound connection at all: it listens nowhere.
 fn undialable(bootstrap: Vec<Multiaddr>) -> NodeConfig {
     let mut c = config(false, bootstrap);
@@ -132,7 +138,13 @@ async fn an_undialable_peer_holds_and_serves_voicemail_through_its_supernodes_re
     logs();
     let dir = tempfile::tempdir().unwrap();
     let auth = TestAuth::start().await;
-    let sn = start_peer(dir.path(), "sn", config(true, vec![]), Role::Server).await;
+    let sn = start_peer(
+        dir.path(),
+        "sn",
+        holding(&auth, config(true, vec![])),
+        Role::Server,
+    )
+    .await;
     let sn_addr = sn.listen_addrs().await.unwrap()[0].clone();
     let sn_id = sn.peer_id();
     // The undialable peer reaches the supernode through a tap.
@@ -143,7 +155,7 @@ async fn an_undialable_peer_holds_and_serves_voicemail_through_its_supernodes_re
     let hidden = start_peer(
         dir.path(),
         "hidden",
-        undialable(vec![via_tap]),
+        holding(&auth, undialable(vec![via_tap])),
         Role::Server,
     )
     .await;
@@ -151,7 +163,7 @@ async fn an_undialable_peer_holds_and_serves_voicemail_through_its_supernodes_re
     let recipient = start_peer(
         dir.path(),
         "recipient",
-        config(false, vec![sn_addr.clone()]),
+        holding(&auth, config(false, vec![sn_addr.clone()])),
         Role::Server,
     )
     .await;
@@ -173,7 +185,7 @@ async fn an_undialable_peer_holds_and_serves_voicemail_through_its_supernodes_re
     let sender = start_peer(
         dir.path(),
         "sender",
-        config(false, vec![sn_addr.clone()]),
+        holding(&auth, config(false, vec![sn_addr.clone()])),
         Role::Server,
     )
     .await;
@@ -196,7 +208,7 @@ async fn an_undialable_peer_holds_and_serves_voicemail_through_its_supernodes_re
     let client = start_peer(
         dir.path(),
         "client",
-        config(false, vec![sn_addr.clone()]),
+        holding(&auth, config(false, vec![sn_addr.clone()])),
         Role::Client,
     )
     .await;

@@ -11,7 +11,8 @@ mod common;
 
 use vmail_auth::datadir::{self, InitOptions};
 use vmail_devnet::local_auth::{self, Harness, LocalServer};
-use vmail_node::auth_client::{AuthClient, NewDeposit, VoicemailMeta};
+use vmail_node::auth_client::{AuthClient, GrantRequest, NewDeposit, VoicemailMeta};
+use vmail_proto::grant::GrantedShard;
 use vmail_proto::keys::SecretKey;
 use vmail_proto::names::Recipients;
 
@@ -128,10 +129,26 @@ async fn account_commands_and_inbox() {
         .login("bob", b"bob's password", &bob_id, &[])
         .await
         .unwrap();
+    let alice_only = Recipients::parse(["alice"]).unwrap();
+    let grant = bob
+        .request_grant(&GrantRequest {
+            recipients: alice_only.clone(),
+            message_id: vmail_proto::random_bytes(),
+            data_shards: 1,
+            shards: vec![GrantedShard {
+                len: 4096,
+                sha256: vmail_proto::random_bytes(),
+            }],
+            holders: vec![libp2p::PeerId::random().to_bytes()],
+            expires_at: 0,
+        })
+        .await
+        .unwrap();
     let receipt = bob
         .deposit(
             &s.master_key,
             &NewDeposit {
+                grant_serial: grant.body.serial,
                 request_id: vmail_proto::random_bytes(),
                 recipients: Recipients::parse(["alice"]).unwrap(),
                 locator: Vec::new(),

@@ -167,13 +167,11 @@ pub(super) async fn run(
         .with_context(|| format!("creating data dir {}", dir.display()))?;
     let mut config = NodeConfig::load(&dir, config.as_deref())?;
     if config.cluster_key.is_none() {
-        // The CLI's cluster key, when it has one: holders check grants with it.
-        match vmail_node::home::cluster_key(&ctx.home, &ctx.overrides) {
-            Ok(Some(key)) => config.cluster_key = Some(hex::encode(key.as_bytes())),
-            Ok(None) => println!(
+        match cli_cluster_key(ctx).await? {
+            Some(key) => config.cluster_key = Some(hex::encode(key.as_bytes())),
+            None => println!(
                 "warning: no cluster key (cluster_key in node.toml, --cluster-key or VMAIL_CLUSTER_KEY): this peer stores nothing for others"
             ),
-            Err(e) => anyhow::bail!(e),
         }
     }
     let socket = dir.join(control::SOCKET_FILE);
@@ -216,6 +214,37 @@ pub(super) async fn run(
         Err(_) => tracing::warn!("peer still in use at exit"),
     }
     Ok(())
+}
+
+/// How long `vmail node run` waits for an auth config file named by
+/// `--auth-config` or `VMAIL_AUTH_CONFIG` to appear: a testnet starts its
+/// peers and its auth group together, and the group writes the file.
+const AUTH_CONFIG_WAIT: Duration = Duration::from_secs(300);
+
+/// The CLI's cluster key, for a daemon whose node.toml names none: holders
+/// check grants with it. An auth config file that was named but does not
+/// exist yet is waited for.
+async fn cli_cluster_key(ctx: &Context) -> anyhow::Result<Option<ed25519_dalek::VerifyingKey>> {
+    let deadline = tokio::time::Instant::now() + AUTH_CONFIG_WAIT;
+    let mut told = false;
+    loop {
+        match vmail_node::home::cluster_key(&ctx.home, &ctx.overrides) {
+            Ok(key) => return Ok(key),
+            Err(e) => {
+                let waiting = ctx.overrides.auth_config.as_ref().filter(|f| !f.exists());
+                match waiting {
+                    Some(file) if tokio::time::Instant::now() < deadline => {
+                        if !told {
+                            println!("waiting for {} (it names the cluster key)", file.display());
+                            told = true;
+                        }
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    _ => return Err(e.into()),
+                }
+            }
+        }
+    }
 }
 
 /// `vmail node health`.

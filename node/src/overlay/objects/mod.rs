@@ -177,6 +177,12 @@ pub enum ObjectStoreError {
         /// The grant's serial.
         serial: u64,
     },
+    /// The grant's shard is held here already under another identifier.
+    #[error("storage grant {serial} was used already for this shard under another identifier")]
+    GrantReused {
+        /// The grant's serial.
+        serial: u64,
+    },
     /// The grant's voicemail was deleted; the order says why.
     #[error("storage grant {serial}'s voicemail was deleted ({reason})")]
     Deleted {
@@ -218,6 +224,7 @@ impl ObjectStoreError {
             Self::ExpiryTooFar { .. } => "expiry-too-far",
             Self::NotNamed { .. } => "not-named",
             Self::NotCovered { .. } => "not-covered",
+            Self::GrantReused { .. } => "grant-reused",
             Self::Deleted { .. } => "deleted",
             Self::Io { .. } => "io",
         }
@@ -538,8 +545,19 @@ impl ObjectStore {
         let grant = admit(meta, &self.policy, now)?;
         meta.expires_at = grant.body.expires_at;
         let s = self.lock();
-        if let Some(e) = s.deleted(grant.body.serial) {
+        let serial = grant.body.serial;
+        if let Some(e) = s.deleted(serial) {
             return Err(e);
+        }
+        // One grant, one object per shard: the same shard under another
+        // identifier is a grant used twice.
+        let index = meta.shard.as_ref().map(|x| x.index);
+        if s.index.iter().any(|(other, h)| {
+            other != id
+                && h.serial == Some(serial)
+                && h.meta.shard.as_ref().map(|x| x.index) == index
+        }) {
+            return Err(ObjectStoreError::GrantReused { serial });
         }
         Ok(match s.index.get(id) {
             Some(old)

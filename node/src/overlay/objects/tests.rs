@@ -154,6 +154,19 @@ fn every_bad_grant_is_refused_by_name() {
         refused(granted(&data, &cluster(), |b| b.shards[0].len += 1)),
         "not-covered"
     );
+    // The granted shard, but under another identifier than the one held.
+    store(&s, ok.clone(), &data).unwrap();
+    let mut again = ok.clone();
+    let shard = again.shard.as_mut().unwrap();
+    shard.layout.shards[0].id = [3; 32];
+    let mut again_meta = again.clone();
+    assert_eq!(
+        s.admit(&[3; 32], &mut again_meta, NOW)
+            .unwrap_err()
+            .reason(),
+        "grant-reused"
+    );
+    assert!(s.remove(&[1; 32]).unwrap());
     let mut empty = ok.clone();
     empty.len = 0;
     empty.shard = None;
@@ -161,7 +174,7 @@ fn every_bad_grant_is_refused_by_name() {
     // Nothing was stored, and every refusal was counted.
     let stats = s.stats();
     assert_eq!((stats.objects, stats.bytes), (0, 0));
-    assert_eq!(stats.refusals.values().sum::<u64>(), 9);
+    assert_eq!(stats.refusals.values().sum::<u64>(), 10);
     assert_eq!(stats.refusals["bad-signature"], 2);
     // After the upload window any holder may take a covered shard (repair).
     let late = granted(&data, &cluster(), |b| {

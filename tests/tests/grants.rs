@@ -1,0 +1,348 @@
+//! Storage grants and delete orders on real peers and a real auth server:
+//! holders refuse what the group did not grant and leave their disk and
+//! quota untouched, and a voicemail's shards are gone from every holder
+//! once its last recipient acked, including a holder that was down then.
+
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::SigningKey;
+use libp2p::PeerId;
+use sha2::{Digest, Sha256};
+use vmail_node::auth_client::{AuthClient, GrantRequest};
+use vmail_node::core::erasure::Redundancy;
+use vmail_node::core::locator::{Layout, ObjectId, ShardRef};
+use vmail_node::overlay::objects::{ObjectMeta, ShardOf};
+use vmail_node::overlay::transfer::{BlobClient, TransferError};
+use vmail_node::peer::{Peer, no_progress};
+use vmail_proto::grant::{GrantBody, GrantedShard, StorageGrant};
+use vmail_proto::names::Recipients;
+use vmail_tests::{TestNet, leave_coded, random_content, register_and_login};
+
+/// A shard of `data` as the only shard of a one-copy layout, with `grant`.
+fn meta(data: &[u8], id: ObjectId, redundancy: Redundancy, grant: Vec<u8>) -> ObjectMeta {
+    let sha256: [u8; 32] = Sha256::digest(data).into();
+    let n = redundancy.n();
+    let mut shards = vec![ShardRef { id, sha256 }];
+    // Copies the layout names beyond the first were never stored.
+    shards.extend((1..n).map(|i| ShardRef {
+        id: [i as u8; 32],
+        sha256,
+    }));
+    ObjectMeta {
+        len: data.len() as u64,
+        sha256,
+        expires_at: u64::MAX,
+        delete_hash: [0; 32],
+        shard: Some(ShardOf {
+            index: 0,
+            layout: Layout {
+                redundancy,
+                ciphertext_len: data.len() as u64,
+                shards,
+            },
+        }),
+        grant,
+    }
+}
+
+/// A real grant from the group for one copy of `data` on `holders`.
+async fn grant_for(c: &mut AuthClient, data: &[u8], holders: &[PeerId]) -> StorageGrant {
+    c.request_grant(&GrantRequest {
+        recipients: Recipients::parse(["alice"]).unwrap(),
+        message_id: vmail_proto::random_bytes(),
+        data_shards: 1,
+        shards: vec![GrantedShard {
+            len: data.len() as u64,
+            sha256: Sha256::digest(data).into(),
+        }],
+        holders: holders.iter().map(|p| p.to_bytes()).collect(),
+        expires_at: 0,
+    })
+    .await
+    .expect("grant")
+}
+
+fn refused_because(r: Result<(), TransferError>, what: &str) {
+    match r {
+        Err(TransferError::Refused { reason, .. }) => {
+            assert!(reason.contains(what), "{reason:?} does not say {what:?}")
+        }
+        other => panic!("expected a refusal naming {what:?}, got {other:?}"),
+    }
+}
+
+/// Files in a holder's `objects/` dir (its tombstones dir not counted).
+fn files(net: &TestNet, i: usize) -> usize {
+    std::fs::read_dir(net.peer_dir(i).join("objects"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_type().unwrap().is_file())
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_stores_nothing_the_group_did_not_grant() {
+    let net = TestNet::start(3).await;
+    let (mut mallory, _, _) = register_and_login(&net.auth, "mallory").await;
+    register_and_login(&net.auth, "alice").await;
+    let attacker = BlobClient::new(net.peers[0].network());
+    let holder = &net.peers[1];
+    let h = holder.peer_id();
+    let data = random_content(10_000);
+    let id: ObjectId = vmail_proto::random_bytes();
+    let one = Redundancy::Replicas(1);
+
+    // 300 empty objects without a grant: the throwaway-key flood.
+    for i in 0..300u32 {
+        let mut m = meta(b"", vmail_proto::random_bytes(), one, Vec::new());
+        m.len = 0;
+        m.shard = None;
+        m.expires_at = u64::MAX - u64::from(i);
+        refused_because(attacker.store(h, id, m, b"", &|_| {}).await, "zero-length");
+    }
+    // A real shard without a grant.
+    refused_because(
+        attacker
+            .store(h, id, meta(&data, id, one, Vec::new()), &data, &|_| {})
+            .await,
+        "no storage grant",
+    );
+    // A grant from another cluster, and a forged one.
+    let foreign = GrantBody {
+        serial: 1,
+        message_id: [0; 16],
+        data_shards: 1,
+        shards: vec![GrantedShard {
+            len: data.len() as u64,
+            sha256: Sha256::digest(&data).into(),
+        }],
+        holders: vec![h.to_bytes()],
+        upload_until: vmail_proto::unix_now() + 600,
+        expires_at: vmail_proto::unix_now() + 3600,
+    }
+    .sign(&SigningKey::from_bytes(&vmail_proto::random_bytes()));
+    refused_because(
+        attacker
+            .store(
+                h,
+                id,
+                meta(&data, id, one, foreign.to_bytes()),
+                &data,
+                &|_| {},
+            )
+            .await,
+        "another auth cluster",
+    );
+    let real = grant_for(&mut mallory, &data, &[h]).await;
+    let mut forged = real.clone();
+    forged.body.expires_at += 1;
+    refused_because(
+        attacker
+            .store(
+                h,
+                id,
+                meta(&data, id, one, forged.to_bytes()),
+                &data,
+                &|_| {},
+            )
+            .await,
+        "bad signature",
+    );
+    // A real grant for another holder.
+    let elsewhere = grant_for(&mut mallory, &data, &[net.peers[2].peer_id()]).await;
+    refused_because(
+        attacker
+            .store(
+                h,
+                id,
+                meta(&data, id, one, elsewhere.to_bytes()),
+                &data,
+                &|_| {},
+            )
+            .await,
+        "does not name this holder",
+    );
+    // The granted shard's hash with other bytes: refused after the body.
+    let mut other = data.clone();
+    other[0] ^= 1;
+    refused_because(
+        attacker
+            .store(
+                h,
+                id,
+                meta(&data, id, one, real.to_bytes()),
+                &other,
+                &|_| {},
+            )
+            .await,
+        "SHA-256",
+    );
+    // Other content than the grant covers, and a layout naming eight
+    // copies where the grant covers one (the repair amplification).
+    refused_because(
+        attacker
+            .store(
+                h,
+                id,
+                meta(&other, id, one, real.to_bytes()),
+                &other,
+                &|_| {},
+            )
+            .await,
+        "does not cover",
+    );
+    refused_because(
+        attacker
+            .store(
+                h,
+                id,
+                meta(&data, id, Redundancy::Replicas(8), real.to_bytes()),
+                &data,
+                &|_| {},
+            )
+            .await,
+        "does not cover",
+    );
+
+    let store = holder.store().unwrap();
+    let stats = store.stats();
+    assert_eq!((stats.objects, stats.bytes), (0, 0), "quota untouched");
+    assert_eq!(files(&net, 2), 0, "nothing on disk");
+    assert_eq!(stats.refusals["empty"], 300);
+    assert_eq!(stats.refusals["no-grant"], 1);
+    assert_eq!(stats.refusals["bad-signature"], 2);
+    assert_eq!(stats.refusals["not-named"], 1);
+    assert_eq!(stats.refusals["hash-mismatch"], 1);
+    assert_eq!(stats.refusals["not-covered"], 2);
+
+    // The same shard with its real grant is taken, and once only.
+    attacker
+        .store(h, id, meta(&data, id, one, real.to_bytes()), &data, &|_| {})
+        .await
+        .expect("a granted shard is stored");
+    let again: ObjectId = vmail_proto::random_bytes();
+    refused_because(
+        attacker
+            .store(
+                h,
+                again,
+                meta(&data, again, one, real.to_bytes()),
+                &data,
+                &|_| {},
+            )
+            .await,
+        "used already",
+    );
+    assert_eq!(store.stats().objects, 1);
+    net.stop().await;
+}
+
+/// Peers holding any of `ids`.
+fn holders_of(peers: &[Peer], ids: &[ObjectId]) -> usize {
+    peers
+        .iter()
+        .filter(|p| {
+            p.store()
+                .is_some_and(|s| ids.iter().any(|id| s.get(id).is_some()))
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_ack_deletes_every_shard_even_at_a_holder_that_was_down() {
+    let mut net = TestNet::start_with(7, |c| {
+        c.placement.repair_interval_secs = 1;
+        c.placement.repair_grace_secs = 3600;
+    })
+    .await;
+    net.login(0, "bob").await;
+    net.login(1, "alice").await;
+    net.login(2, "carol").await;
+    let content = random_content(200_000);
+    let r = net.peers[0]
+        .leave(
+            leave_coded(&["alice", "carol"], content.clone(), 2, 4),
+            no_progress(),
+        )
+        .await
+        .expect("leave");
+    let ids: Vec<ObjectId> = r.shards.iter().map(|s| s.id).collect();
+    assert_eq!(holders_of(&net.peers, &ids), 4);
+
+    // Alice fetches and acks: carol has not, so every shard stays.
+    let got = net.peers[1]
+        .fetch(r.voicemail_id, no_progress())
+        .await
+        .unwrap();
+    assert_eq!(got.content, content);
+    let acked = net.peers[1].ack(r.voicemail_id).await.unwrap();
+    assert!(!acked.key_erased);
+    assert_eq!(holders_of(&net.peers, &ids), 4);
+
+    // One holder (not a user's peer) is down when carol acks.
+    let users: Vec<PeerId> = net.peers[..3].iter().map(Peer::peer_id).collect();
+    let down = r
+        .shards
+        .iter()
+        .find(|s| !users.contains(&s.holder))
+        .expect("a holder that is no user's peer");
+    let down_index = net
+        .peers
+        .iter()
+        .position(|p| p.peer_id() == down.holder)
+        .unwrap();
+    let down_dir = net.peer_dir(down_index + 1);
+    let mut config = net.config().await;
+    config.placement.repair_interval_secs = 1;
+    config.placement.repair_grace_secs = 3600;
+    net.kill(down.holder).await;
+
+    let got = net.peers[2]
+        .fetch(r.voicemail_id, no_progress())
+        .await
+        .unwrap();
+    assert_eq!(got.content, content);
+    let started = Instant::now();
+    let acked = net.peers[2].ack(r.voicemail_id).await.unwrap();
+    assert!(acked.key_erased);
+    assert_eq!(
+        acked.shards_deleted, 3,
+        "every live holder deleted its shard"
+    );
+    println!(
+        "the live holders deleted their shards {:?} after the last ack",
+        started.elapsed()
+    );
+    assert_eq!(holders_of(&net.peers, &ids), 0);
+    // Each former holder keeps a tombstone, answers for the shard with the
+    // order, and refuses it back: a repair cannot resurrect it.
+    let client = BlobClient::new(net.peers[0].network());
+    for s in r.shards.iter().filter(|s| s.holder != down.holder) {
+        let held = net.peer(s.holder).store().unwrap().stats();
+        assert_eq!((held.objects, held.tombstones), (0, 1));
+        assert!(matches!(
+            client.has(s.holder, s.id).await,
+            Err(TransferError::Gone { .. })
+        ));
+    }
+
+    // The holder that was down comes back with its shard; its repair check
+    // asks the siblings, sees the order, and deletes it too.
+    let back = net
+        .start_peer(down_dir.file_name().unwrap().to_str().unwrap(), config)
+        .await;
+    assert!(
+        back.store().unwrap().get(&down.id).is_some(),
+        "it kept its shard while down"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while back.store().unwrap().get(&down.id).is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "the returning holder never learned of the deletion"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(back.store().unwrap().stats().tombstones, 1);
+    back.stop().await;
+    net.stop().await;
+}
