@@ -27,9 +27,10 @@ use vmail_node::config::NodeConfig;
 use vmail_node::core::erasure::Redundancy;
 use vmail_node::overlay::swarm::Role;
 use vmail_node::peer::{LeaveRequest, Peer, PeerOptions, Session};
-use vmail_proto::grant::GrantedShard;
-use vmail_proto::keys::SecretKey;
+use vmail_proto::grant::{GrantedShard, StorageGrant};
+use vmail_proto::keys::{MasterKey, SecretKey};
 use vmail_proto::names::Recipients;
+use vmail_proto::pb;
 
 /// One auth server in a temporary data directory.
 #[derive(Debug)]
@@ -180,6 +181,69 @@ pub async fn grant_serial_for(c: &mut AuthClient, names: &[&str]) -> u64 {
     .expect("a storage grant")
     .body
     .serial
+}
+
+/// `msg` as an authenticated request of the session with `token`, for
+/// generic gRPC clients.
+pub fn bearer<T>(token: &[u8; 32], msg: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", hex::encode(token))
+            .parse()
+            .expect("header value"),
+    );
+    req
+}
+
+/// A RequestGrant for a voicemail to `names`: a fresh message id, two
+/// 1 KiB shards of which one is needed, on two made-up holders, and the
+/// server's default expiry.
+pub fn grant_request_for(names: &[&str]) -> pb::GrantRequest {
+    pb::GrantRequest {
+        recipients: names.iter().map(|n| n.to_string()).collect(),
+        message_id: vmail_proto::random_bytes::<16>().to_vec(),
+        data_shards: 1,
+        shards: (0..2u8)
+            .map(|i| pb::GrantedShard {
+                len: 1024,
+                sha256: vec![i; 32],
+            })
+            .collect(),
+        holders: (0..2u8).map(|i| vec![i; 38]).collect(),
+        expires_at: 0,
+    }
+}
+
+/// Asks for a storage grant for a voicemail to `names` on a generic gRPC
+/// client, as the session with `token`; returns it parsed (not verified).
+pub async fn request_grant(
+    raw: &mut pb::auth_client::AuthClient<Channel>,
+    token: &[u8; 32],
+    names: &[&str],
+) -> Result<StorageGrant, tonic::Status> {
+    let resp = raw
+        .request_grant(bearer(token, grant_request_for(names)))
+        .await?
+        .into_inner();
+    Ok(StorageGrant::from_bytes(&resp.grant).expect("the grant parses"))
+}
+
+/// The DepositRequest for `d`, its key wrapped under `master_key`, under
+/// the storage grant `grant_serial` (0: none).
+pub fn deposit_request(
+    d: &NewDeposit,
+    master_key: &MasterKey,
+    grant_serial: u64,
+) -> pb::DepositRequest {
+    pb::DepositRequest {
+        request_id: d.request_id.to_vec(),
+        recipients: d.recipients.to_strings(),
+        locator: d.locator.clone(),
+        wrapped_key: d.wrap_key(master_key),
+        metadata: Some(d.meta.clone().into()),
+        grant_serial,
+    }
 }
 
 /// Registers `user` and logs in on a new client.

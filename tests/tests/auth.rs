@@ -10,10 +10,14 @@ use vmail_auth::config::RegistrationMode;
 use vmail_auth::datadir::files;
 use vmail_auth::service::ManualClock;
 use vmail_node::auth_client::ClientError;
+use vmail_proto::grant::{DeleteOrder, DeleteReason, UPLOAD_WINDOW_SECS};
 use vmail_proto::keys::MasterKey;
 use vmail_proto::pb;
 use vmail_proto::random_bytes;
-use vmail_tests::{TestAuth, deposit_for, file_bytes, identity, password, register_and_login};
+use vmail_tests::{
+    TestAuth, bearer, deposit_for, deposit_request, file_bytes, identity, password,
+    register_and_login, request_grant,
+};
 
 fn code(r: Result<impl std::fmt::Debug, ClientError>) -> (Code, String) {
     let e = r.expect_err("call should fail");
@@ -329,32 +333,19 @@ async fn deposit_refusals_change_nothing() {
     .await
     .unwrap();
 
-    // Expiry in the past.
-    let mut d = deposit_for(&["alice"], b"");
-    d.meta.expires_at = 10;
-    let (code_, msg) = code(bob.deposit(&bob_s.master_key, &d).await);
-    assert_eq!(code_, Code::InvalidArgument);
-    assert!(msg.contains("metadata.expires_at"), "{msg}");
-
     // A tampered request: recipients changed after wrapping.
     let mut raw = pb::auth_client::AuthClient::new(auth.channel().await);
+    let grant = request_grant(&mut raw, &bob_s.token, &["alice", "bob"])
+        .await
+        .unwrap();
     let d = deposit_for(&["alice"], b"loc");
-    let wrapped = d.wrap_key(&bob_s.master_key);
-    let mut req = tonic::Request::new(pb::DepositRequest {
-        request_id: d.request_id.to_vec(),
-        recipients: vec!["alice".into(), "bob".into()],
-        locator: d.locator.clone(),
-        wrapped_key: wrapped,
-        metadata: Some(d.meta.clone().into()),
-    });
-    req.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {}", hex::encode(bob_s.token))
-            .parse()
-            .unwrap(),
-    );
+    let mut msg = deposit_request(&d, &bob_s.master_key, grant.body.serial);
+    msg.recipients = vec!["alice".into(), "bob".into()];
     assert_eq!(
-        raw.deposit(req).await.unwrap_err().code(),
+        raw.deposit(bearer(&bob_s.token, msg))
+            .await
+            .unwrap_err()
+            .code(),
         Code::PermissionDenied
     );
 }
@@ -901,35 +892,18 @@ async fn a_full_inbox_refuses_deposits_for_that_recipient_only() {
 /// One test case's change to an otherwise valid request.
 type Edit<T> = Box<dyn FnOnce(&mut T)>;
 
-/// A raw, authenticated DepositRequest that is valid until a case changes it.
+/// A raw, authenticated DepositRequest under grant `serial` that is valid
+/// until a case changes it.
 fn raw_deposit(
     token: &[u8; 32],
     mk: &MasterKey,
+    serial: u64,
     edit: impl FnOnce(&mut pb::DepositRequest),
 ) -> tonic::Request<pb::DepositRequest> {
     let d = deposit_for(&["alice"], b"loc");
-    let wrapped_key = mk.wrap_deposit(
-        &d.session_key,
-        &vmail_proto::keys::DepositContext {
-            request_id: &d.request_id,
-            recipients: &d.recipients,
-            locator: &d.locator,
-        },
-    );
-    let mut msg = pb::DepositRequest {
-        request_id: d.request_id.to_vec(),
-        recipients: d.recipients.to_strings(),
-        locator: d.locator,
-        wrapped_key,
-        metadata: Some(d.meta.into()),
-    };
+    let mut msg = deposit_request(&d, mk, serial);
     edit(&mut msg);
-    let mut req = tonic::Request::new(msg);
-    req.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {}", hex::encode(token)).parse().unwrap(),
-    );
-    req
+    bearer(token, msg)
 }
 
 #[tokio::test]
@@ -938,7 +912,11 @@ async fn malformed_deposit_fields_are_named() {
     let (_, _, bob_s) = register_and_login(&auth, "bob").await;
     register_and_login(&auth, "alice").await;
     let mut raw = pb::auth_client::AuthClient::new(auth.channel().await);
-    let far = vmail_proto::unix_now() + 366 * 86_400;
+    let serial = request_grant(&mut raw, &bob_s.token, &["alice"])
+        .await
+        .unwrap()
+        .body
+        .serial;
     let cases: Vec<(&str, Edit<pb::DepositRequest>)> = vec![
         (
             "request_id: 15 bytes",
@@ -971,14 +949,14 @@ async fn malformed_deposit_fields_are_named() {
             Box::new(|m| m.metadata.as_mut().unwrap().content_type = "a".repeat(129)),
         ),
         (
-            "metadata.expires_at",
-            Box::new(move |m| m.metadata.as_mut().unwrap().expires_at = far),
+            "grant_serial: a deposit needs a storage grant",
+            Box::new(|m| m.grant_serial = 0),
         ),
         ("metadata: missing", Box::new(|m| m.metadata = None)),
     ];
     for (expected, edit) in cases {
         let s = raw
-            .deposit(raw_deposit(&bob_s.token, &bob_s.master_key, edit))
+            .deposit(raw_deposit(&bob_s.token, &bob_s.master_key, serial, edit))
             .await
             .unwrap_err();
         assert_eq!(
@@ -995,7 +973,7 @@ async fn malformed_deposit_fields_are_named() {
     }
     assert_eq!(auth.service().store().counts().unwrap().voicemails, 0);
     // The unedited request is accepted, so each refusal above was the edit's.
-    raw.deposit(raw_deposit(&bob_s.token, &bob_s.master_key, |_| {}))
+    raw.deposit(raw_deposit(&bob_s.token, &bob_s.master_key, serial, |_| {}))
         .await
         .unwrap();
 }
@@ -1151,7 +1129,8 @@ async fn expired_voicemail_is_hidden_then_erased() {
         .collect();
     assert_eq!(ids, [kept.voicemail_id]);
     assert_eq!(code(alice.ack(&gone.voicemail_id).await).0, Code::NotFound);
-    assert_eq!(auth.service().purge_expired().await.unwrap(), (0, 1));
+    let purged = auth.service().purge_expired().await.unwrap();
+    assert_eq!((purged.sessions, purged.voicemails), (0, 1));
     assert!(
         !auth
             .service()
@@ -1210,4 +1189,168 @@ async fn a_hanging_first_endpoint_does_not_delay_connecting() {
         "connecting waited {:?} on the hanging server",
         started.elapsed()
     );
+}
+
+#[tokio::test]
+async fn storage_grants_are_signed_serve_one_deposit_and_end_in_a_delete_order() {
+    let auth = TestAuth::start().await;
+    let (_, _, bob_s) = register_and_login(&auth, "bob").await;
+    let (_, _, alice_s) = register_and_login(&auth, "alice").await;
+    let (_, _, carol_s) = register_and_login(&auth, "carol").await;
+    let cluster_key = auth.target().cluster_key;
+    let mut raw = pb::auth_client::AuthClient::new(auth.channel().await);
+    let now = vmail_proto::unix_now();
+
+    // The grant parses and verifies against the group's cluster key, as a
+    // holder checks it.
+    let grant = request_grant(&mut raw, &bob_s.token, &["carol", "alice"])
+        .await
+        .unwrap();
+    grant.verify(&cluster_key).unwrap();
+    let serial = grant.body.serial;
+    assert!(grant.body.upload_until >= now + UPLOAD_WINDOW_SECS);
+    assert!(grant.body.upload_until <= vmail_proto::unix_now() + UPLOAD_WINDOW_SECS);
+    assert!(grant.body.expires_at > grant.body.upload_until);
+    assert_eq!(grant.body.shards.len(), 2);
+
+    // An unknown recipient is refused by name; no session, no grant.
+    let s = request_grant(&mut raw, &bob_s.token, &["alice", "zed"])
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::NotFound, "{}", s.message());
+    assert_eq!(s.message(), "unknown recipient \"zed\"");
+    let s = raw
+        .request_grant(vmail_tests::grant_request_for(&["alice"]))
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::Unauthenticated, "{}", s.message());
+
+    // A deposit without a grant says what to do.
+    let d = deposit_for(&["alice", "carol"], b"locator");
+    let s = raw
+        .deposit(bearer(
+            &bob_s.token,
+            deposit_request(&d, &bob_s.master_key, 0),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::InvalidArgument);
+    assert!(s.message().contains("RequestGrant"), "{}", s.message());
+
+    // Someone else's grant is refused.
+    let s = raw
+        .deposit(bearer(
+            &alice_s.token,
+            deposit_request(&deposit_for(&["carol"], b"x"), &alice_s.master_key, serial),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::PermissionDenied, "{}", s.message());
+
+    // The deposit under the grant; its retry replays.
+    let msg = deposit_request(&d, &bob_s.master_key, serial);
+    let first = raw
+        .deposit(bearer(&bob_s.token, msg.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!first.replayed);
+    let again = raw
+        .deposit(bearer(&bob_s.token, msg))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (again.voicemail_id.as_slice(), again.replayed),
+        (first.voicemail_id.as_slice(), true)
+    );
+
+    // A second voicemail under the same grant is refused.
+    let other = deposit_for(&["alice"], b"another");
+    let s = raw
+        .deposit(bearer(
+            &bob_s.token,
+            deposit_request(&other, &bob_s.master_key, serial),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::FailedPrecondition, "{}", s.message());
+    assert!(
+        s.message().contains("one grant serves one deposit"),
+        "{}",
+        s.message()
+    );
+    assert_eq!(auth.service().store().counts().unwrap().voicemails, 1);
+
+    // The voicemail expires with its grant.
+    let pending = raw
+        .list_pending(bearer(&alice_s.token, pb::ListPendingRequest {}))
+        .await
+        .unwrap()
+        .into_inner()
+        .voicemails;
+    assert_eq!(
+        pending[0].metadata.as_ref().unwrap().expires_at,
+        grant.body.expires_at
+    );
+
+    // The first ack carries no delete order; the last one does, and it
+    // verifies against the cluster key.
+    let ack = |token: &[u8; 32]| {
+        bearer(
+            token,
+            pb::AckRequest {
+                voicemail_id: first.voicemail_id.clone(),
+            },
+        )
+    };
+    let a1 = raw.ack(ack(&alice_s.token)).await.unwrap().into_inner();
+    assert!(!a1.key_erased);
+    assert!(a1.delete_order.is_empty());
+    let a2 = raw.ack(ack(&carol_s.token)).await.unwrap().into_inner();
+    assert!(a2.key_erased);
+    let order = DeleteOrder::from_bytes(&a2.delete_order).unwrap();
+    order.verify(&cluster_key).unwrap();
+    assert_eq!(
+        (order.serial, order.reason, order.expires_at),
+        (serial, DeleteReason::Delivered, grant.body.expires_at)
+    );
+}
+
+#[tokio::test]
+async fn the_grant_quota_is_refused_with_the_next_step() {
+    let auth = TestAuth::start_with(
+        |c| c.max_open_grants_per_user = 2,
+        Arc::new(vmail_auth::service::SystemClock),
+    )
+    .await;
+    let (_, _, bob_s) = register_and_login(&auth, "bob").await;
+    register_and_login(&auth, "alice").await;
+    let mut raw = pb::auth_client::AuthClient::new(auth.channel().await);
+    let first = request_grant(&mut raw, &bob_s.token, &["alice"])
+        .await
+        .unwrap();
+    request_grant(&mut raw, &bob_s.token, &["alice"])
+        .await
+        .unwrap();
+    let s = request_grant(&mut raw, &bob_s.token, &["alice"])
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::ResourceExhausted, "{}", s.message());
+    assert!(
+        s.message().contains("max_open_grants_per_user"),
+        "{}",
+        s.message()
+    );
+    // A deposit frees a place.
+    let d = deposit_for(&["alice"], b"loc");
+    raw.deposit(bearer(
+        &bob_s.token,
+        deposit_request(&d, &bob_s.master_key, first.body.serial),
+    ))
+    .await
+    .unwrap();
+    request_grant(&mut raw, &bob_s.token, &["alice"])
+        .await
+        .unwrap();
 }

@@ -91,6 +91,24 @@ async fn a_deposit_ordered_after_its_senders_logout_is_refused_when_it_applies()
         .unwrap();
     let login = bob.login("bob", &password("bob"), &id, &[]).await.unwrap();
     let session = svc.authenticate(&login.token).await.unwrap();
+    // A real grant, asked for while the session was live.
+    let grant = svc
+        .request_grant(
+            &session,
+            vmail_auth::service::GrantRequest {
+                recipients: vec!["alice".into()],
+                message_id: vec![7; 16],
+                data_shards: 1,
+                shards: vec![vmail_auth::service::ShardRequest {
+                    len: 1024,
+                    sha256: vec![1; 32],
+                }],
+                holders: vec![vec![2; 38]],
+                expires_at: 0,
+            },
+        )
+        .await
+        .unwrap();
     svc.logout(&session).await.unwrap();
 
     let d = deposit_for(&["alice"], b"after logout");
@@ -104,6 +122,7 @@ async fn a_deposit_ordered_after_its_senders_logout_is_refused_when_it_applies()
                 locator: d.locator.clone(),
                 wrapped_key,
                 metadata: d.meta.clone(),
+                grant_serial: grant.body.serial,
             },
         )
         .await;
