@@ -42,6 +42,7 @@ fn meta(data: &[u8], id: ObjectId, redundancy: Redundancy, grant: Vec<u8>) -> Ob
             },
         }),
         grant,
+        proof: Vec::new(),
     }
 }
 
@@ -233,6 +234,10 @@ async fn a_holder_stores_nothing_the_group_did_not_grant() {
         "used already",
     );
     assert_eq!(store.stats().objects, 1);
+    // No deposit used the grant: once its upload window and the grace are
+    // over, the holder's purge drops the shard.
+    let lapsed = real.body.upload_until + vmail_proto::grant::PROOF_GRACE_SECS + 1;
+    assert_eq!(store.unproven(lapsed), vec![id]);
     net.stop().await;
 }
 
@@ -267,6 +272,13 @@ async fn the_last_ack_deletes_every_shard_even_at_a_holder_that_was_down() {
         .expect("leave");
     let ids: Vec<ObjectId> = r.shards.iter().map(|s| s.id).collect();
     assert_eq!(holders_of(&net.peers, &ids), 4);
+    // Every holder got the deposit proof, so none will drop its shard as
+    // never deposited.
+    assert!(r.failures.is_empty(), "{:?}", r.failures);
+    for s in &r.shards {
+        let store = net.peer(s.holder).store().unwrap();
+        assert!(store.unproven(u64::MAX).is_empty());
+    }
 
     // Alice fetches and acks: carol has not, so every shard stays.
     let got = net.peers[1]

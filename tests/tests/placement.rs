@@ -281,6 +281,7 @@ async fn a_preferred_holder_without_room_is_replaced_and_loses_its_capacity_scor
         delete_hash: [0; 32],
         shard: None,
         grant: Vec::new(),
+        proof: Vec::new(),
     };
     store
         .commit(store.reserve(&meta).unwrap(), &[1; 32], meta, &filler)

@@ -56,6 +56,8 @@ pub struct WhoAmI {
     pub expires_at: u64,
     /// The user's current certificate, verified against the cluster key.
     pub certificate: UserCertificate,
+    /// How long voicemail for the user may wait, seconds.
+    pub retention_secs: u64,
 }
 
 impl AuthClient {
@@ -281,8 +283,21 @@ impl AuthClient {
                 .try_into()
                 .map_err(|_| protocol("master key id is not 16 bytes"))?,
             expires_at: me.expires_at,
+            retention_secs: me.retention_secs,
             username,
         })
+    }
+
+    /// Sets how long voicemail for this user may wait before it expires
+    /// unread (0: the group's default); returns the retention in force.
+    pub async fn set_retention(&mut self, retention_secs: u64) -> Result<u64, ClientError> {
+        let token = self.require_token()?;
+        let req = pb::SetRetentionRequest { retention_secs };
+        Ok(self
+            .call(|mut c| async move { c.set_retention(bearer(token, req)).await })
+            .await
+            .result?
+            .retention_secs)
     }
 
     /// Revokes the session on the server.

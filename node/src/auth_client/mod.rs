@@ -28,7 +28,9 @@ use vmail_proto::names::NameError;
 use vmail_proto::pb::auth_client;
 
 pub use account::{LoginSession, WhoAmI};
-pub use voicemail::{Acked, DepositReceipt, GrantRequest, NewDeposit, Pending};
+pub use voicemail::{
+    Acked, Delivery, DepositReceipt, GrantRequest, NewDeposit, Pending, Recalled, Sent,
+};
 
 /// How long to wait for a TCP and TLS connection to one auth server.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

@@ -4,7 +4,7 @@
 
 use tonic::Code;
 use vmail_proto::cert::UserCertificate;
-use vmail_proto::grant::{DeleteOrder, GrantedShard, StorageGrant};
+use vmail_proto::grant::{DeleteOrder, DepositProof, GrantedShard, StorageGrant};
 use vmail_proto::keys::{DeliveryContext, DepositContext, MasterKey, SecretKey};
 use vmail_proto::meta::VoicemailMeta;
 use vmail_proto::names::Recipients;
@@ -72,12 +72,65 @@ impl NewDeposit {
 }
 
 /// The server's receipt for a deposit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DepositReceipt {
     /// The voicemail id.
     pub voicemail_id: [u8; 16],
     /// Whether this answered a retry of an earlier request.
     pub replayed: bool,
+    /// The group's signed word that the deposit used its grant, checked
+    /// against the cluster key: the holders keep the shards only with it.
+    pub proof: DepositProof,
+}
+
+/// A recalled voicemail: the order to delete its shards, and where they are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recalled {
+    /// The signed delete order, checked against the cluster key.
+    pub delete_order: DeleteOrder,
+    /// The voicemail's locator.
+    pub locator: Vec<u8>,
+}
+
+/// Where one recipient of a sent voicemail stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Not fetched yet.
+    Pending,
+    /// Fetched (or discarded) and acked.
+    Delivered,
+    /// It expired before this recipient fetched it.
+    ExpiredUnread,
+    /// The sender recalled it first.
+    Recalled,
+}
+
+impl std::fmt::Display for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Pending => "pending",
+            Self::Delivered => "delivered",
+            Self::ExpiredUnread => "expired unread",
+            Self::Recalled => "recalled",
+        })
+    }
+}
+
+/// A voicemail the user left, as the group reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sent {
+    /// Voicemail id.
+    pub id: [u8; 16],
+    /// Deposit time, Unix seconds.
+    pub deposited_at: u64,
+    /// Expiry, Unix seconds.
+    pub expires_at: u64,
+    /// Plaintext size, as the sender stated it.
+    pub size: u64,
+    /// MIME type.
+    pub content_type: String,
+    /// Each recipient, its state, and since when (Unix seconds).
+    pub recipients: Vec<(String, Delivery, u64)>,
 }
 
 /// A voicemail waiting for the caller, with its session key unwrapped.
@@ -163,6 +216,15 @@ impl AuthClient {
             })
             .await
             .result?;
+        let proof = DepositProof::from_bytes(&resp.deposit_proof)
+            .and_then(|p| p.verify(&self.cluster_key).map(|()| p))
+            .map_err(|e| protocol(format!("the deposit proof: {e}")))?;
+        if proof.serial != d.grant_serial {
+            return Err(protocol(format!(
+                "the deposit proof names grant {} where the deposit used {}",
+                proof.serial, d.grant_serial
+            )));
+        }
         Ok(DepositReceipt {
             voicemail_id: resp
                 .voicemail_id
@@ -170,7 +232,85 @@ impl AuthClient {
                 .try_into()
                 .map_err(|_| protocol("voicemail id is not 16 bytes"))?,
             replayed: resp.replayed,
+            proof,
         })
+    }
+
+    /// Withdraws a voicemail this user left that not every recipient has
+    /// fetched: the order to delete its shards, and its locator.
+    pub async fn recall(&mut self, id: &[u8; 16]) -> Result<Recalled, ClientError> {
+        let token = self.require_token()?;
+        let req = pb::RecallRequest {
+            voicemail_id: id.to_vec(),
+        };
+        // Retried until known: a recall that took effect answers NOT_FOUND
+        // the second time, which says so.
+        let r = self
+            .call_until_known(|mut c| {
+                let req = req.clone();
+                async move { c.recall(bearer(token, req)).await }
+            })
+            .await
+            .result?;
+        let delete_order = self.check_order(&r.delete_order)?;
+        Ok(Recalled {
+            delete_order,
+            locator: r.locator,
+        })
+    }
+
+    /// The voicemails this user left, newest first, with each recipient's
+    /// state.
+    pub async fn list_sent(&mut self) -> Result<Vec<Sent>, ClientError> {
+        let token = self.require_token()?;
+        let resp = self
+            .call(|mut c| async move { c.list_sent(bearer(token, pb::ListSentRequest {})).await })
+            .await
+            .result?;
+        resp.voicemails
+            .into_iter()
+            .map(|v| {
+                let recipients = v
+                    .recipients
+                    .into_iter()
+                    .map(|r| {
+                        let state = match pb::DeliveryState::try_from(r.state) {
+                            Ok(pb::DeliveryState::Pending) => Delivery::Pending,
+                            Ok(pb::DeliveryState::Delivered) => Delivery::Delivered,
+                            Ok(pb::DeliveryState::ExpiredUnread) => Delivery::ExpiredUnread,
+                            Ok(pb::DeliveryState::Recalled) => Delivery::Recalled,
+                            _ => {
+                                return Err(protocol(format!(
+                                    "unknown delivery state {} for {}",
+                                    r.state, r.username
+                                )));
+                            }
+                        };
+                        Ok((r.username, state, r.at))
+                    })
+                    .collect::<Result<_, _>>()?;
+                Ok(Sent {
+                    id: v
+                        .voicemail_id
+                        .as_slice()
+                        .try_into()
+                        .map_err(|_| protocol("voicemail id is not 16 bytes"))?,
+                    deposited_at: v.deposited_at,
+                    expires_at: v.expires_at,
+                    size: v.size,
+                    content_type: v.content_type,
+                    recipients,
+                })
+            })
+            .collect()
+    }
+
+    /// A delete order from the server, parsed and checked against the
+    /// cluster key.
+    fn check_order(&self, bytes: &[u8]) -> Result<DeleteOrder, ClientError> {
+        DeleteOrder::from_bytes(bytes)
+            .and_then(|o| o.verify(&self.cluster_key).map(|()| o))
+            .map_err(|e| protocol(format!("the delete order: {e}")))
     }
 
     /// Checks and opens one pending voicemail from the server.
@@ -274,12 +414,7 @@ impl AuthClient {
                 let delete_order = if r.delete_order.is_empty() {
                     None
                 } else {
-                    let order = DeleteOrder::from_bytes(&r.delete_order)
-                        .map_err(|e| protocol(format!("the delete order: {e}")))?;
-                    order
-                        .verify(&self.cluster_key)
-                        .map_err(|e| protocol(format!("the delete order: {e}")))?;
-                    Some(order)
+                    Some(self.check_order(&r.delete_order)?)
                 };
                 Ok(Acked {
                     key_erased: r.key_erased,

@@ -1,4 +1,4 @@
-//! `vmail account register`, `vmail login`, `vmail logout`, `vmail whoami`.
+//! `vmail account register|set`, `vmail login`, `vmail logout`, `vmail whoami`.
 
 use anyhow::bail;
 use ed25519_dalek::SigningKey;
@@ -121,5 +121,33 @@ pub(super) async fn whoami(ctx: &Context) -> anyhow::Result<()> {
         when(cert.not_before),
         when(cert.not_after)
     );
+    println!("retention      {}", days(me.retention_secs));
     Ok(())
+}
+
+/// `vmail account set retention DURATION|default`.
+pub(super) async fn set_retention(ctx: &Context, value: &str) -> anyhow::Result<()> {
+    let secs = if value == "default" {
+        0
+    } else {
+        match humantime::parse_duration(value) {
+            Ok(d) => d.as_secs().max(1),
+            Err(e) => bail!(
+                "retention {value:?} is not a duration ({e}): use e.g. `7d`, `36h`, or `default`"
+            ),
+        }
+    };
+    let (mut client, session) = ctx.logged_in().await?;
+    let now = client.set_retention(secs).await?;
+    println!(
+        "voicemail for {} now waits at most {} before it expires unread",
+        session.username,
+        days(now)
+    );
+    Ok(())
+}
+
+/// A retention in days and hours.
+fn days(secs: u64) -> String {
+    humantime::format_duration(std::time::Duration::from_secs(secs)).to_string()
 }

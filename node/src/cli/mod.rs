@@ -4,6 +4,7 @@ mod account;
 mod devnet;
 mod inbox;
 mod node;
+mod sent;
 mod voicemail;
 
 use std::ffi::OsString;
@@ -98,6 +99,21 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// What happened to the voicemail you left: each recipient's state
+    /// (pending, delivered, expired unread, recalled).
+    Sent,
+    /// Withdraw a voicemail you left that not every recipient fetched; its
+    /// shards are deleted from their holders.
+    Recall {
+        /// The voicemail id, as `vmail leave` and `vmail sent` show it.
+        id: String,
+    },
+    /// Decline a voicemail left for you without fetching it (it counts as
+    /// your ack).
+    Discard {
+        /// The voicemail id, as `vmail inbox` shows it.
+        id: String,
+    },
     /// Run or inspect the peer daemon.
     #[command(subcommand)]
     Node(NodeCommand),
@@ -158,6 +174,21 @@ enum AccountCommand {
         /// Invite code, when the server requires one.
         #[arg(long)]
         invite: Option<String>,
+    },
+    /// Change a setting of your account.
+    #[command(subcommand)]
+    Set(AccountSetting),
+}
+
+#[derive(Debug, Subcommand)]
+enum AccountSetting {
+    /// How long voicemail for you may wait before it expires unread and its
+    /// shards are deleted, e.g. `7d` or `36h` (at least 1h, at most the
+    /// auth group's cap); `default` for the group's default. Senders see an
+    /// expired voicemail as "expired unread" in `vmail sent`.
+    Retention {
+        /// A duration such as `7d`, or `default`.
+        value: String,
     },
 }
 
@@ -253,7 +284,13 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
             user,
             rotate_identity,
         } => account::login(&ctx, &user, rotate_identity).await,
+        Command::Account(AccountCommand::Set(AccountSetting::Retention { value })) => {
+            account::set_retention(&ctx, &value).await
+        }
         Command::Logout => account::logout(&ctx).await,
+        Command::Sent => sent::sent(&ctx).await,
+        Command::Recall { id } => sent::recall(&ctx, &id).await,
+        Command::Discard { id } => sent::discard(&ctx, &id).await,
         Command::Whoami => account::whoami(&ctx).await,
         Command::Inbox { watch } => inbox::run(&ctx, watch).await,
         Command::Leave {

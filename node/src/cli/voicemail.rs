@@ -155,7 +155,7 @@ pub(super) async fn leave(
         );
     }
     for f in &done.failures {
-        println!("  (replaced a failed holder: {f})");
+        println!("  (note: {f})");
     }
     if let Some(t) = done.timings {
         println!(
@@ -170,7 +170,7 @@ pub(super) async fn leave(
     Ok(())
 }
 
-fn parse_id(s: &str) -> anyhow::Result<[u8; 16]> {
+pub(super) fn parse_id(s: &str) -> anyhow::Result<[u8; 16]> {
     hex::decode(s)
         .ok()
         .and_then(|b| b.try_into().ok())
@@ -304,12 +304,7 @@ async fn fetch_with(
             println!(
                 "  every recipient has it now: the session key is erased at the auth server, and {} shard(s) were deleted from their holders{}",
                 acked.shards_deleted,
-                match acked.holders_missed {
-                    0 => String::new(),
-                    n => format!(
-                        " ({n} holder(s) unreachable: they learn of it from the others, or drop it at expiry)"
-                    ),
-                }
+                super::sent::missed(acked.holders_missed)
             );
         }
     }

@@ -127,6 +127,20 @@ impl ControlClient {
         ))
     }
 
+    /// Recalls a voicemail the user left; what the delete order removed.
+    pub async fn recall(
+        &mut self,
+        voicemail_id: [u8; 16],
+    ) -> Result<pb::RecallResponse, ControlError> {
+        Ok(self
+            .rpc
+            .recall(pb::RecallRequest {
+                voicemail_id: voicemail_id.to_vec(),
+            })
+            .await?
+            .into_inner())
+    }
+
     /// Acks a fetched voicemail at the auth server: whether it was the
     /// last recipient, and what the delete order removed.
     pub async fn ack(&mut self, voicemail_id: [u8; 16]) -> Result<pb::AckResponse, ControlError> {

@@ -445,6 +445,18 @@ impl control_server::Control for ControlService {
             holders_missed: acked.holders_missed,
         }))
     }
+
+    async fn recall(
+        &self,
+        req: Request<pb::RecallRequest>,
+    ) -> Result<Response<pb::RecallResponse>, Status> {
+        let id = bytes16(&req.into_inner().voicemail_id, "voicemail id")?;
+        let done = self.peer.recall(id).await.map_err(status)?;
+        Ok(Response::new(pb::RecallResponse {
+            shards_deleted: done.shards_deleted,
+            holders_missed: done.holders_missed,
+        }))
+    }
 }
 
 /// The redundancy a leave asked for: `replicas` copies, or `erasure` "K/N",

@@ -436,6 +436,7 @@ impl Repairer {
                     layout: layout.clone(),
                 }),
                 grant: meta.grant.clone(),
+                proof: meta.proof.clone(),
             };
             for target in fresh.into_iter().chain(busy).take(TARGETS_TRIED) {
                 match self

@@ -13,6 +13,7 @@
 //! relayout: -> Relayout{id, secret, shard}  <- Stored | Refused
 //! delete: -> Delete{id, secret}  <- Deleted | Refused
 //! erase:  -> Erase{order}     <- Erased{objects} | Refused
+//! prove:  -> Prove{proof}     <- Proven{objects} | Refused
 //! ```
 //!
 //! A store's meta carries the storage grant; the holder admits it only as
@@ -21,15 +22,17 @@
 //! a delete order: the holder checks it and removes every object of its
 //! grant. `Has` and `Fetch` of an identifier deleted here answer `Gone`
 //! too, which is how a holder that missed a delete order learns of it from
-//! its siblings (docs/PROTOCOL.md, "Delete orders").
+//! its siblings (docs/PROTOCOL.md, "Delete orders"). `Prove` carries the
+//! group's deposit proof for a grant, which the sender hands its holders
+//! after the deposit: a holder drops granted shards that never get one.
 //!
 //! A holder that already has the same object (length, hash and delete hash)
 //! answers `Stored` at once, without the body. `Relayout` is how a sender
 //! whose layout changed during the upload hands holders the final one; like
 //! `Delete` (a failed leave rolling back) it needs the leave's delete secret.
 //! Version 2 added the shard layout to the stored meta, `Has` (the repair
-//! check), `Relayout`, `NoRoom` and the early `Stored`; version 3 the grant,
-//! `Erase` and `Gone`.
+//! check), `Relayout`, `NoRoom` and the early `Stored`; version 3 the grant
+//! and the deposit proof, `Erase`, `Prove`, `Gone` and `Proven`.
 //!
 //! A holder acks a store only after it checked the grant, size, quota and
 //! SHA-256, wrote the object durably and announced it in the DHT.
@@ -105,6 +108,11 @@ pub enum Request {
         /// The order, in its one encoding.
         order: Vec<u8>,
     },
+    /// Keep the objects of a grant a deposit used: the group's proof.
+    Prove {
+        /// The deposit proof, in its one encoding.
+        proof: Vec<u8>,
+    },
 }
 
 /// What a holder answers.
@@ -131,6 +139,11 @@ pub enum Reply {
     /// The delete order was carried out.
     Erased {
         /// Objects it removed here.
+        objects: u32,
+    },
+    /// The deposit proof was taken.
+    Proven {
+        /// Objects of its grant held here.
         objects: u32,
     },
     /// The object's voicemail was deleted: the signed delete order.
@@ -385,6 +398,14 @@ impl BlobClient {
         }
     }
 
+    /// Hands `peer` the deposit proof for a grant it holds shards of.
+    pub async fn prove(&self, peer: PeerId, proof: Vec<u8>) -> Result<u32, TransferError> {
+        match self.ask(peer, &Request::Prove { proof }).await? {
+            (_, Reply::Proven { objects }) => Ok(objects),
+            (_, other) => Err(refusal(peer, other)),
+        }
+    }
+
     /// Withdraws an object this peer stored at `peer`.
     pub async fn delete(
         &self,
@@ -585,6 +606,22 @@ async fn handle(
                         }
                         Err(e) => Reply::Refused(e.to_string()),
                     }
+                }
+            };
+            write_frame(&mut s, &reply).await?;
+        }
+        Request::Prove { proof } => {
+            let st = store.clone();
+            let reply = match tokio::task::spawn_blocking(move || st.prove(&proof))
+                .await
+                .map_err(std::io::Error::other)?
+            {
+                Ok(n) => Reply::Proven {
+                    objects: u32::try_from(n).unwrap_or(u32::MAX),
+                },
+                Err(e) => {
+                    tracing::info!(%peer, reason = e.reason(), "deposit proof refused: {e}");
+                    Reply::Refused(e.to_string())
                 }
             };
             write_frame(&mut s, &reply).await?;

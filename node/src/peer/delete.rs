@@ -1,6 +1,6 @@
-//! Acking a fetched voicemail, and with the last ack deleting its shards:
-//! the group's signed delete order goes to every holder this peer can find
-//! for the locator's shards (paper §5's open question, docs/PROTOCOL.md
+//! Acking a fetched (or declined) voicemail, and with the last ack, or the
+//! sender's recall, deleting its shards: the group's signed delete order
+//! goes to every holder this peer can find for the locator's shards (paper §5's open question, docs/PROTOCOL.md
 //! "Delete orders"). A holder it misses learns of the deletion from its
 //! siblings' answers during repair, or drops the shard at the grant's
 //! expiry.
@@ -71,6 +71,23 @@ impl Peer {
                 self.erase_everywhere(&order, &ids).await;
         }
         Ok(report)
+    }
+
+    /// Withdraws a voicemail the logged-in user left that not every
+    /// recipient fetched, and hands the group's delete order to its holders.
+    pub async fn recall(&self, voicemail_id: [u8; 16]) -> Result<AckReport, SessionError> {
+        let session = self.session()?;
+        let recalled = self.auth(&session).await?.recall(&voicemail_id).await?;
+        let ids: Vec<ObjectId> = Locator::decode(&recalled.locator)
+            .map(|l| l.layout.shards.iter().map(|s| s.id).collect())
+            .unwrap_or_default();
+        let (shards_deleted, holders_missed) =
+            self.erase_everywhere(&recalled.delete_order, &ids).await;
+        Ok(AckReport {
+            key_erased: true,
+            shards_deleted,
+            holders_missed,
+        })
     }
 
     /// Hands `order` to every holder of the shards `ids` this peer can

@@ -103,7 +103,8 @@ pub(super) fn spawn<D: Duty>(mut duty: D, shutdown: CancellationToken) -> JoinHa
 }
 
 /// Announces every held object after a start, then drops expired ones,
-/// and tombstones whose grant expired, every [`PURGE_INTERVAL`].
+/// ones whose grant no deposit proved, and tombstones whose grant expired,
+/// every [`PURGE_INTERVAL`].
 pub(super) struct Maintain {
     /// The overlay, to announce and withdraw provider records.
     pub(super) network: Network,
@@ -119,6 +120,19 @@ impl Maintain {
                 let _ = self.network.stop_providing(RecordKey::new(&id)).await;
                 tracing::info!(id = %hex::encode(id), "expired object dropped");
             }
+        }
+        // Shards whose grant no deposit proved: a leave that failed after
+        // its upload, or a sender that never deposited.
+        for id in self.store.unproven(unix_now()) {
+            let st = self.store.clone();
+            if let Ok(Ok(true)) = tokio::task::spawn_blocking(move || st.remove(&id)).await {
+                let _ = self.network.stop_providing(RecordKey::new(&id)).await;
+                tracing::info!(id = %hex::encode(id), "object dropped: no deposit used its grant");
+            }
+        }
+        let st = self.store.clone();
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || st.purge_proofs()).await {
+            tracing::warn!("cannot drop old deposit proofs: {e}");
         }
         let st = self.store.clone();
         match tokio::task::spawn_blocking(move || st.purge_tombstones(unix_now())).await {

@@ -103,6 +103,7 @@ impl Upload<'_> {
                 layout,
             }),
             grant: self.grant.to_bytes(),
+            proof: Vec::new(),
         }
     }
 }
@@ -265,6 +266,13 @@ impl Peer {
             }
         };
         timings.auth += t.elapsed();
+
+        // The holders keep the shards only with the group's word that a
+        // deposit used the grant.
+        let t = Instant::now();
+        let mut failures = failures;
+        failures.extend(self.hand_proof(&stored, &receipt.proof.to_bytes()).await);
+        timings.transfer += t.elapsed();
         Ok(LeaveReceipt {
             voicemail_id: receipt.voicemail_id,
             ciphertext_len,
@@ -402,6 +410,27 @@ impl Peer {
             }
         }
         (outcome, failures)
+    }
+
+    /// Hands the deposit proof to every holder of `stored` at once; the
+    /// holders it did not reach, as failures. They drop their shard once the
+    /// proof's grace period is over, and repair regenerates it elsewhere.
+    async fn hand_proof(&self, stored: &[StoredShard], proof: &[u8]) -> Vec<HolderFailure> {
+        let sends = stored
+            .iter()
+            .map(|s| async move { (s, self.blobs.prove(s.holder, proof.to_vec()).await) });
+        let mut missed = Vec::new();
+        for (s, result) in futures::future::join_all(sends).await {
+            if let Err(e) = result {
+                tracing::warn!(holder = %s.holder, "deposit proof not delivered: {e}");
+                missed.push(HolderFailure::Failed {
+                    shard: usize::from(s.index),
+                    holder: s.holder,
+                    why: format!("deposit proof not delivered ({e}); the holder drops the shard and repair replaces it"),
+                });
+            }
+        }
+        missed
     }
 
     /// Best-effort removal of stored shards after a failed leave.

@@ -86,6 +86,7 @@ fn decode_meta(bytes: &[u8]) -> Option<ObjectMeta> {
                 delete_hash: v1.delete_hash,
                 shard: None,
                 grant: Vec::new(),
+                proof: Vec::new(),
             }
         }
         m if m == MAGIC_V2 => {
@@ -97,6 +98,7 @@ fn decode_meta(bytes: &[u8]) -> Option<ObjectMeta> {
                 delete_hash: v2.delete_hash,
                 shard: v2.shard,
                 grant: Vec::new(),
+                proof: Vec::new(),
             }
         }
         _ => postcard::from_bytes(header).ok()?,

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use vmail_proto::grant::{DeleteOrder, GrantError};
+use vmail_proto::grant::{DeleteOrder, DepositProof, GrantError, PROOF_GRACE_SECS, StorageGrant};
 
 use crate::core::locator::{Layout, ObjectId};
 use format::{decode_tombstone, encode_tombstone, header, parse_name, parse_serial, read_meta};
@@ -51,6 +51,11 @@ pub struct ObjectMeta {
     /// The storage grant it was stored under, in its one encoding; empty
     /// for objects stored before grants.
     pub grant: Vec<u8>,
+    /// The group's deposit proof for the grant, in its one encoding, once
+    /// the holder has one; empty before. A holder drops a granted object
+    /// whose grant no proof reached within [`PROOF_GRACE_SECS`] after its
+    /// upload window.
+    pub proof: Vec<u8>,
 }
 
 /// A stored object's place in its voicemail's layout.
@@ -248,10 +253,17 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ObjectStoreError + '_ {
 #[derive(Debug, Clone)]
 struct Held {
     meta: ObjectMeta,
-    /// Its grant's serial; None for objects stored before grants.
-    serial: Option<u64>,
+    /// Its grant's serial and upload window's end; None for objects stored
+    /// before grants.
+    grant: Option<(u64, u64)>,
     /// What it is charged against the quota.
     charge: u64,
+}
+
+impl Held {
+    fn serial(&self) -> Option<u64> {
+        self.grant.map(|(serial, _)| serial)
+    }
 }
 
 /// A deleted grant: when its tombstone may go, and what it records.
@@ -274,14 +286,18 @@ struct State {
     graves: HashMap<u64, Grave>,
     /// Identifiers deleted here, and their grant's serial.
     gone: HashMap<ObjectId, u64>,
+    /// Deposit proofs, by grant serial.
+    proofs: HashMap<u64, Vec<u8>>,
     /// Refusals, by reason.
     refusals: BTreeMap<&'static str, u64>,
 }
 
 impl State {
-    fn insert(&mut self, id: ObjectId, meta: ObjectMeta) {
+    fn insert(&mut self, id: ObjectId, mut meta: ObjectMeta) {
+        // The proof is kept per grant, not per object.
+        meta.proof.clear();
         let held = Held {
-            serial: serial_of(&meta),
+            grant: grant_of(&meta),
             charge: meta.charge(),
             meta,
         };
@@ -311,12 +327,13 @@ impl State {
     }
 }
 
-/// The serial of the grant in `meta`, if it carries a readable one.
-fn serial_of(meta: &ObjectMeta) -> Option<u64> {
+/// The serial and upload window's end of the grant in `meta`, if it
+/// carries a readable one.
+fn grant_of(meta: &ObjectMeta) -> Option<(u64, u64)> {
     (!meta.grant.is_empty())
-        .then(|| vmail_proto::grant::StorageGrant::from_bytes(&meta.grant).ok())
+        .then(|| StorageGrant::from_bytes(&meta.grant).ok())
         .flatten()
-        .map(|g| g.body.serial)
+        .map(|g| (g.body.serial, g.body.upload_until))
 }
 
 /// A holder's objects. Cheap to clone; clones share state.
@@ -384,6 +401,8 @@ impl ObjectStore {
         let dir = dir.join("objects");
         let graves_dir = dir.join("tombstones");
         std::fs::create_dir_all(&graves_dir).map_err(io_err(&graves_dir))?;
+        let proofs_dir = dir.join("proofs");
+        std::fs::create_dir_all(&proofs_dir).map_err(io_err(&proofs_dir))?;
         let now = vmail_proto::unix_now();
         let legacy_cap = now.saturating_add(policy.max_retention_secs);
         let mut state = State::default();
@@ -449,6 +468,27 @@ impl ObjectStore {
                 }
             }
         }
+        for entry in std::fs::read_dir(&proofs_dir).map_err(io_err(&proofs_dir))? {
+            let entry = entry.map_err(io_err(&proofs_dir))?;
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".tmp") {
+                std::fs::remove_file(&path).map_err(io_err(&path))?;
+                continue;
+            }
+            let proof = std::fs::read(&path)
+                .ok()
+                .and_then(|b| Some((DepositProof::from_bytes(&b).ok()?.serial, b)));
+            match proof {
+                Some((serial, bytes)) if parse_serial(&name) == Some(serial) => {
+                    state.proofs.insert(serial, bytes);
+                }
+                _ => {
+                    quarantine(&dir, &path, &name)?;
+                    report.quarantined += 1;
+                }
+            }
+        }
         Ok((
             Self {
                 dir,
@@ -477,15 +517,20 @@ impl ObjectStore {
         self.policy.quota
     }
 
-    /// The meta of a held object.
+    /// The meta of a held object, with its grant's deposit proof if the
+    /// holder has one.
     pub fn get(&self, id: &ObjectId) -> Option<ObjectMeta> {
-        self.lock().index.get(id).map(|h| h.meta.clone())
+        let s = self.lock();
+        s.index.get(id).map(|h| with_proof(&s, h))
     }
 
-    /// Every held object.
+    /// Every held object, as [`ObjectStore::get`] gives it.
     pub fn list(&self) -> Vec<(ObjectId, ObjectMeta)> {
         let s = self.lock();
-        s.index.iter().map(|(k, v)| (*k, v.meta.clone())).collect()
+        s.index
+            .iter()
+            .map(|(k, h)| (*k, with_proof(&s, h)))
+            .collect()
     }
 
     /// Objects held and the bytes charged for them.
@@ -544,6 +589,9 @@ impl ObjectStore {
         }
         let grant = admit(meta, &self.policy, now)?;
         meta.expires_at = grant.body.expires_at;
+        if !meta.proof.is_empty() {
+            self.check_proof(&meta.proof, grant.body.serial)?;
+        }
         let s = self.lock();
         let serial = grant.body.serial;
         if let Some(e) = s.deleted(serial) {
@@ -554,7 +602,7 @@ impl ObjectStore {
         let index = meta.shard.as_ref().map(|x| x.index);
         if s.index.iter().any(|(other, h)| {
             other != id
-                && h.serial == Some(serial)
+                && h.serial() == Some(serial)
                 && h.meta.shard.as_ref().map(|x| x.index) == index
         }) {
             return Err(ObjectStoreError::GrantReused { serial });
@@ -624,7 +672,7 @@ impl ObjectStore {
         &self,
         reservation: Reservation,
         id: &ObjectId,
-        meta: ObjectMeta,
+        mut meta: ObjectMeta,
         data: &[u8],
     ) -> Result<(), ObjectStoreError> {
         if data.len() as u64 != meta.len || <[u8; 32]>::from(Sha256::digest(data)) != meta.sha256 {
@@ -640,10 +688,109 @@ impl ObjectStore {
                 Err(ObjectStoreError::Conflict)
             };
         }
+        // The proof is kept per grant, in a file of its own.
+        let proof = std::mem::take(&mut meta.proof);
         self.write(id, &meta, data)?;
+        if let Some((serial, _)) = grant_of(&meta)
+            && !proof.is_empty()
+        {
+            self.keep_proof(serial, &proof)?;
+        }
         self.lock().insert(*id, meta);
         drop(reservation);
         Ok(())
+    }
+
+    /// Checks a deposit proof in its one encoding against the cluster key
+    /// and the grant `serial` it should prove.
+    fn check_proof(&self, bytes: &[u8], serial: u64) -> Result<(), ObjectStoreError> {
+        let key = self
+            .policy
+            .cluster_key
+            .as_ref()
+            .ok_or(ObjectStoreError::NoClusterKey)?;
+        let proof = DepositProof::from_bytes(bytes)?;
+        proof.verify(key)?;
+        if proof.serial != serial {
+            return Err(ObjectStoreError::NotCovered { serial });
+        }
+        Ok(())
+    }
+
+    /// Writes a checked proof for grant `serial` durably, once.
+    fn keep_proof(&self, serial: u64, bytes: &[u8]) -> Result<(), ObjectStoreError> {
+        if self.lock().proofs.contains_key(&serial) {
+            return Ok(());
+        }
+        let proofs = self.dir.join("proofs");
+        write_durably(&proofs, &proofs.join(format!("{serial:016x}")), bytes)?;
+        self.lock().proofs.insert(serial, bytes.to_vec());
+        Ok(())
+    }
+
+    /// Takes the group's deposit proof (its one encoding) for objects held
+    /// here: checked against the cluster key and kept, so they are no
+    /// longer dropped as never deposited. Returns how many objects it
+    /// covers; a refusal is counted. Blocking.
+    pub fn prove(&self, proof: &[u8]) -> Result<usize, ObjectStoreError> {
+        self.counted(self.take_proof(proof))
+    }
+
+    fn take_proof(&self, bytes: &[u8]) -> Result<usize, ObjectStoreError> {
+        let serial = DepositProof::from_bytes(bytes)?.serial;
+        self.check_proof(bytes, serial)?;
+        let held = self
+            .lock()
+            .index
+            .values()
+            .filter(|h| h.serial() == Some(serial))
+            .count();
+        if held == 0 {
+            return Err(ObjectStoreError::NotHeld);
+        }
+        self.keep_proof(serial, bytes)?;
+        Ok(held)
+    }
+
+    /// Granted objects whose grant no deposit proved: their upload window
+    /// ended more than [`PROOF_GRACE_SECS`] before `now` and no proof came.
+    pub fn unproven(&self, now: u64) -> Vec<ObjectId> {
+        let s = self.lock();
+        s.index
+            .iter()
+            .filter(|(_, h)| {
+                h.grant.is_some_and(|(serial, upload_until)| {
+                    upload_until.saturating_add(PROOF_GRACE_SECS) < now
+                        && !s.proofs.contains_key(&serial)
+                })
+            })
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Drops the proofs of grants of which nothing is held any more.
+    /// Blocking.
+    pub fn purge_proofs(&self) -> Result<usize, ObjectStoreError> {
+        let old: Vec<u64> = {
+            let s = self.lock();
+            let live: std::collections::HashSet<u64> =
+                s.index.values().filter_map(Held::serial).collect();
+            s.proofs
+                .keys()
+                .filter(|serial| !live.contains(serial))
+                .copied()
+                .collect()
+        };
+        for serial in &old {
+            let path = self.dir.join("proofs").join(format!("{serial:016x}"));
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(&path)(e)),
+            }
+            self.lock().proofs.remove(serial);
+        }
+        Ok(old.len())
     }
 
     /// Writes the file for `id` durably: temporary file, fsync, rename,
@@ -673,7 +820,7 @@ impl ObjectStore {
         if meta.shard.as_ref() == Some(&shard) {
             return Ok(());
         }
-        if let Ok(grant) = vmail_proto::grant::StorageGrant::from_bytes(&meta.grant)
+        if let Ok(grant) = StorageGrant::from_bytes(&meta.grant)
             && !covers(&grant, &shard.layout)
         {
             return Err(ObjectStoreError::NotCovered {
@@ -753,7 +900,7 @@ impl ObjectStore {
             }
             s.index
                 .iter()
-                .filter(|(_, h)| h.serial == Some(serial))
+                .filter(|(_, h)| h.serial() == Some(serial))
                 .map(|(id, _)| *id)
                 .collect()
         };
@@ -820,6 +967,15 @@ impl ObjectStore {
         }
         Ok(old.len())
     }
+}
+
+/// `h`'s meta with its grant's proof, if `s` has one.
+fn with_proof(s: &State, h: &Held) -> ObjectMeta {
+    let mut meta = h.meta.clone();
+    if let Some(proof) = h.serial().and_then(|serial| s.proofs.get(&serial)) {
+        meta.proof = proof.clone();
+    }
+    meta
 }
 
 /// Moves an unreadable file to `objects/corrupt/`.

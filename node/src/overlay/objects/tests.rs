@@ -1,7 +1,7 @@
 //! Unit tests of the holder's object store and its grant checks.
 
 use ed25519_dalek::SigningKey;
-use vmail_proto::grant::{DeleteReason, GrantBody, GrantedShard};
+use vmail_proto::grant::{DeleteReason, DepositProof, GrantBody, GrantedShard, PROOF_GRACE_SECS};
 
 use super::format::MAGIC_V1;
 use super::*;
@@ -71,6 +71,7 @@ fn granted(data: &[u8], key: &SigningKey, edit: impl FnOnce(&mut GrantBody)) -> 
         delete_hash: Sha256::digest([7u8; 32]).into(),
         shard: Some(ShardOf { index: 0, layout }),
         grant: body.sign(key).to_bytes(),
+        proof: Vec::new(),
     }
 }
 
@@ -364,4 +365,57 @@ fn corrupt_files_are_moved_aside() {
             .join(hex::encode([1u8; 32]))
             .exists()
     );
+}
+
+#[test]
+fn a_grant_no_deposit_proved_is_dropped_after_its_grace_and_a_proof_keeps_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), 1 << 20);
+    let data = vec![5u8; 100];
+    store(&s, granted(&data, &cluster(), |_| {}), &data).unwrap();
+    let closed = NOW + 600 + PROOF_GRACE_SECS;
+    assert!(s.unproven(closed).is_empty(), "still within the grace");
+    assert_eq!(s.unproven(closed + 1), vec![[1; 32]]);
+
+    // A proof for another grant, or from another cluster, changes nothing.
+    let other = DepositProof::sign(10, &cluster());
+    assert!(matches!(
+        s.prove(&other.to_bytes()),
+        Err(ObjectStoreError::NotHeld)
+    ));
+    let foreign = DepositProof::sign(9, &SigningKey::from_bytes(&[2; 32]));
+    assert!(matches!(
+        s.prove(&foreign.to_bytes()),
+        Err(ObjectStoreError::BadGrant(_))
+    ));
+    assert_eq!(s.unproven(closed + 1), vec![[1; 32]]);
+
+    let proof = DepositProof::sign(9, &cluster());
+    assert_eq!(s.prove(&proof.to_bytes()).unwrap(), 1);
+    assert!(s.unproven(closed + 1).is_empty());
+    // The proof survives a restart and travels with the object's meta, so
+    // repair and hand-off pass it on.
+    let s = open(dir.path(), 1 << 20);
+    assert!(s.unproven(closed + 1).is_empty());
+    assert_eq!(s.get(&[1; 32]).unwrap().proof, proof.to_bytes());
+    // Once nothing of the grant is held, its proof goes too.
+    assert_eq!(s.purge_proofs().unwrap(), 0);
+    assert!(s.remove(&[1; 32]).unwrap());
+    assert_eq!(s.purge_proofs().unwrap(), 1);
+}
+
+#[test]
+fn a_shard_stored_with_its_proof_is_proven_and_a_wrong_proof_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), 1 << 20);
+    let data = vec![5u8; 100];
+    let mut meta = granted(&data, &cluster(), |_| {});
+    meta.proof = DepositProof::sign(8, &cluster()).to_bytes();
+    assert_eq!(
+        store(&s, meta.clone(), &data).unwrap_err().reason(),
+        "not-covered"
+    );
+    meta.proof = DepositProof::sign(9, &cluster()).to_bytes();
+    store(&s, meta, &data).unwrap();
+    assert!(s.unproven(u64::MAX).is_empty());
 }
