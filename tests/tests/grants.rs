@@ -13,10 +13,14 @@ use vmail_node::core::erasure::Redundancy;
 use vmail_node::core::locator::{Layout, ObjectId, ShardRef};
 use vmail_node::overlay::objects::{ObjectMeta, ShardOf};
 use vmail_node::overlay::transfer::{BlobClient, TransferError};
-use vmail_node::peer::{Peer, no_progress};
+use vmail_devnet::localnet;
+use vmail_node::peer::{Peer, Session, no_progress};
 use vmail_proto::grant::{GrantBody, GrantedShard, StorageGrant};
 use vmail_proto::names::Recipients;
-use vmail_tests::{TestNet, leave_coded, random_content, register_and_login};
+use vmail_tests::{
+    TestCluster, TestNet, identity, leave_coded, leave_request, password, random_content,
+    register_and_login,
+};
 
 /// A shard of `data` as the only shard of a one-copy layout, with `grant`.
 fn meta(data: &[u8], id: ObjectId, redundancy: Redundancy, grant: Vec<u8>) -> ObjectMeta {
@@ -357,4 +361,94 @@ async fn the_last_ack_deletes_every_shard_even_at_a_holder_that_was_down() {
     assert_eq!(back.store().unwrap().stats().tombstones, 1);
     back.stop().await;
     net.stop().await;
+}
+
+/// Registers `user` at the group and logs them in on `peer`.
+async fn login_at(cluster: &TestCluster, peer: &Peer, user: &str) {
+    let id = identity();
+    let mut c = cluster.client().await;
+    c.register(user, &password(user), &id, None)
+        .await
+        .expect("register");
+    let login = c
+        .login(user, &password(user), &id, &peer.peer_id().to_bytes())
+        .await
+        .expect("login");
+    peer.set_session(Session {
+        login,
+        identity: id,
+        target: cluster.target(),
+    });
+}
+
+/// The setup that once left a voicemail nobody could fetch: the auth
+/// leader killed about a second into 50 concurrent leaves. Every leave
+/// either reports success or names its failure, the inbox holds exactly
+/// the voicemails whose leaves succeeded, and every one of them is
+/// fetchable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_killed_during_50_leaves_leaves_the_inbox_equal_to_the_successes() {
+    const LEAVES: usize = 50;
+    let mut cluster = TestCluster::start(3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = cluster.target().cluster_key;
+    let peers = localnet::start_peers(dir.path(), 5, Vec::new(), &key, |_| {})
+        .await
+        .expect("peers join");
+    login_at(&cluster, &peers[0], "bob").await;
+    login_at(&cluster, &peers[1], "alice").await;
+    let bob = &peers[0];
+    let contents: Vec<Vec<u8>> = (0..LEAVES).map(|_| random_content(20_000)).collect();
+    let leaves = futures::future::join_all(contents.iter().map(|c| {
+        bob.leave(
+            leave_request(&["alice"], c.clone(), 2),
+            no_progress(),
+        )
+    }));
+    let kill = async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let leader = cluster.leader().await;
+        cluster.kill(leader).await;
+    };
+    let (results, ()) = tokio::join!(leaves, kill);
+    let mut succeeded = std::collections::HashMap::new();
+    let mut failed = 0;
+    for (r, content) in results.into_iter().zip(&contents) {
+        match r {
+            Ok(receipt) => {
+                succeeded.insert(receipt.voicemail_id, content);
+            }
+            Err(e) => {
+                let msg = e.to_string().to_lowercase();
+                assert!(
+                    !msg.contains("outcome is unknown"),
+                    "the group recovered in time, so every outcome is known: {msg}"
+                );
+                assert!(
+                    msg.contains("nothing was stored") || msg.contains("nothing was deposited"),
+                    "a failed leave says nothing was deposited: {msg}"
+                );
+                failed += 1;
+            }
+        }
+    }
+    println!("{} leaves succeeded, {failed} failed", succeeded.len());
+    assert!(!succeeded.is_empty());
+    let inbox: std::collections::HashSet<[u8; 16]> = peers[1]
+        .inbox()
+        .await
+        .expect("inbox")
+        .into_iter()
+        .map(|p| p.id)
+        .collect();
+    let expected: std::collections::HashSet<[u8; 16]> = succeeded.keys().copied().collect();
+    assert_eq!(inbox, expected, "the inbox holds exactly the successful leaves");
+    for (id, content) in &succeeded {
+        let got = peers[1].fetch(*id, no_progress()).await.expect("fetchable");
+        assert_eq!(&got.content, *content);
+    }
+    for p in peers {
+        p.stop().await;
+    }
+    cluster.stop().await;
 }

@@ -131,11 +131,11 @@ pub enum LeaveError {
         /// When the shards expire.
         expires_at: u64,
     },
-    /// The auth servers refused or failed.
-    #[error(transparent)]
+    /// The auth servers could not be reached, before anything was stored.
+    #[error("{0}. Nothing was stored")]
     Auth(#[from] ClientError),
-    /// The network failed.
-    #[error(transparent)]
+    /// The network failed, before anything was stored.
+    #[error("{0}. Nothing was stored")]
     Network(#[from] NetworkError),
 }
 

@@ -86,7 +86,7 @@ struct Upload<'a> {
 
 /// Holders a grant names for `n` shards: the chosen ones and spares for
 /// those that fail, within the grant's limit.
-fn granted_holders(n: usize) -> usize {
+pub fn granted_holders(n: usize) -> usize {
     (2 * n + 4).min(MAX_GRANT_HOLDERS)
 }
 
@@ -272,7 +272,7 @@ impl Peer {
         let t = Instant::now();
         let mut failures = failures;
         failures.extend(self.hand_proof(&stored, &receipt.proof.to_bytes()).await);
-        timings.transfer += t.elapsed();
+        timings.grant += t.elapsed();
         Ok(LeaveReceipt {
             voicemail_id: receipt.voicemail_id,
             ciphertext_len,

@@ -65,7 +65,7 @@ pub use delete::AckReport;
 pub use duties::{OBSERVATION_MAX_AGE_SECS, PURGE_INTERVAL, SAMPLE_INTERVAL};
 pub use error::{FetchError, LeaveError, SessionError, StartError};
 pub use fetch::{FetchFailure, Fetched, HEDGE_AFTER, RebuildError};
-pub use leave::{LeaveReceipt, LeaveRequest, RECOMMEND_TIMEOUT, StoredShard};
+pub use leave::{LeaveReceipt, LeaveRequest, RECOMMEND_TIMEOUT, StoredShard, granted_holders};
 pub use progress::{Phase, Progress, ProgressFn, Timings, no_progress};
 
 /// Node key file in the data dir (libp2p protobuf encoding, mode 0600).

@@ -47,7 +47,8 @@ pub struct Timings {
     pub transfer: Duration,
     /// Calls to the auth servers, but for the grant.
     pub auth: Duration,
-    /// Asking the auth group for the storage grant.
+    /// What grants add to a leave: asking the auth group for the storage
+    /// grant, and handing the holders the deposit proof.
     pub grant: Duration,
 }
 
