@@ -1,11 +1,14 @@
-//! Storage grants and delete orders: what the auth group signs so that
-//! untrusted holders know what they may store, and when to delete it.
+//! Storage grants, deposit proofs and delete orders: what the auth group
+//! signs so that untrusted holders know what they may store, which of it a
+//! deposit uses, and when to delete it.
 //!
 //! A **storage grant** lets one leave put the named shards (length and
 //! SHA-256 each) on the named holders, during a short upload window, until
 //! an absolute expiry. It names no sender and no recipient. A **delete
 //! order** tells every holder of a grant's shards to drop them and to
-//! refuse them until the grant's expiry.
+//! refuse them until the grant's expiry. A **deposit proof** says a deposit
+//! used the grant: holders drop shards whose grant never gets one, once its
+//! upload window is over.
 //!
 //! Both are signed by the cluster key over a fixed, domain-separated layout
 //! (never protobuf), and their one encoding everywhere — gRPC, the blob
@@ -20,6 +23,8 @@
 //!           || upload_until u64 || expires_at u64 || signature (64)
 //! delete: "vmail/v1/delete-order" || version u32 || serial u64 || key id (8)
 //!           || reason u8 || expires_at u64 || signature (64)
+//! proof:  "vmail/v1/deposit-proof" || version u32 || serial u64 || key id (8)
+//!           || signature (64)
 //! ```
 //!
 //! The key id is the first 8 bytes of SHA-256 of the cluster public key, so
@@ -36,6 +41,12 @@ pub const GRANT_VERSION: u32 = 1;
 pub const GRANT_LABEL: &[u8] = b"vmail/v1/storage-grant";
 /// Domain-separation prefix of a delete order's signing bytes.
 pub const DELETE_LABEL: &[u8] = b"vmail/v1/delete-order";
+/// Domain-separation prefix of a deposit proof's signing bytes.
+pub const PROOF_LABEL: &[u8] = b"vmail/v1/deposit-proof";
+/// How long after a grant's upload window a holder keeps a shard whose
+/// grant no deposit proved, seconds: the deposit and the proof's hand-over
+/// come right after the upload.
+pub const PROOF_GRACE_SECS: u64 = 10 * 60;
 /// Most shards one grant covers (the erasure coder's limit).
 pub const MAX_GRANT_SHARDS: usize = 32;
 /// Most holders one grant names: the chosen ones plus spares.
@@ -204,8 +215,20 @@ pub struct DeleteOrder {
     pub signature: Signature,
 }
 
+/// The group's signed word that a deposit used grant `serial`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DepositProof {
+    /// The grant's serial.
+    pub serial: u64,
+    /// The signing key's id.
+    pub key_id: [u8; 8],
+    /// The cluster key's signature over the signing bytes.
+    pub signature: Signature,
+}
+
 const GRANT: &str = "storage grant";
 const ORDER: &str = "delete order";
+const PROOF: &str = "deposit proof";
 
 impl GrantBody {
     /// Signs the body with the cluster key.
@@ -470,6 +493,69 @@ impl DeleteOrder {
     }
 }
 
+fn proof_signing_bytes(serial: u64, key_id: &[u8; 8]) -> Vec<u8> {
+    let mut out = PROOF_LABEL.to_vec();
+    out.extend_from_slice(&GRANT_VERSION.to_be_bytes());
+    out.extend_from_slice(&serial.to_be_bytes());
+    out.extend_from_slice(key_id);
+    out
+}
+
+impl DepositProof {
+    /// Signs the proof that a deposit used grant `serial`.
+    pub fn sign(serial: u64, cluster_key: &SigningKey) -> Self {
+        let key_id = key_id(&cluster_key.verifying_key());
+        let signature = cluster_key.sign(&proof_signing_bytes(serial, &key_id));
+        Self {
+            serial,
+            key_id,
+            signature,
+        }
+    }
+
+    /// The one encoding: signing bytes, then the signature.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = proof_signing_bytes(self.serial, &self.key_id);
+        out.extend_from_slice(&self.signature.to_bytes());
+        out
+    }
+
+    /// Reads [`DepositProof::to_bytes`]; the signature is checked by
+    /// [`DepositProof::verify`].
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, GrantError> {
+        let mut r = Reader::new(bytes, PROOF);
+        r.label(PROOF_LABEL)?;
+        let version = r.u32()?;
+        if version != GRANT_VERSION {
+            return Err(GrantError::Version {
+                what: PROOF,
+                version,
+            });
+        }
+        let serial = r.u64()?;
+        let key_id = r.array::<8>()?;
+        let signature = Signature::from_bytes(&r.array::<64>()?);
+        r.end()?;
+        Ok(Self {
+            serial,
+            key_id,
+            signature,
+        })
+    }
+
+    /// Checks the key id and the signature against the pinned cluster key.
+    pub fn verify(&self, cluster_key: &VerifyingKey) -> Result<(), GrantError> {
+        verify_signed(
+            PROOF,
+            self.serial,
+            &self.key_id,
+            &proof_signing_bytes(self.serial, &self.key_id),
+            &self.signature,
+            cluster_key,
+        )
+    }
+}
+
 fn malformed(what: &'static str, why: String) -> GrantError {
     GrantError::Malformed { what, why }
 }
@@ -657,5 +743,29 @@ mod tests {
         // A grant's bytes are never a delete order, nor the reverse.
         assert!(DeleteOrder::from_bytes(&body().sign(&key).to_bytes()).is_err());
         assert!(StorageGrant::from_bytes(&bytes).is_err());
+    }
+
+    #[test]
+    fn a_deposit_proof_round_trips_and_is_bound_to_its_serial_and_cluster() {
+        let key = SigningKey::from_bytes(&[1; 32]);
+        let proof = DepositProof::sign(42, &key);
+        let bytes = proof.to_bytes();
+        let back = DepositProof::from_bytes(&bytes).unwrap();
+        assert_eq!(back, proof);
+        back.verify(&key.verifying_key()).unwrap();
+        let mut other = proof.clone();
+        other.serial = 43;
+        assert!(other.verify(&key.verifying_key()).is_err());
+        assert!(matches!(
+            proof.verify(&SigningKey::from_bytes(&[2; 32]).verifying_key()),
+            Err(GrantError::ForeignCluster { .. })
+        ));
+        for cut in 0..bytes.len() {
+            assert!(DepositProof::from_bytes(&bytes[..cut]).is_err());
+        }
+        // Neither a delete order nor a grant reads as a proof.
+        let order = DeleteOrder::sign(42, DeleteReason::Delivered, 2_000, &key);
+        assert!(DepositProof::from_bytes(&order.to_bytes()).is_err());
+        assert!(DeleteOrder::from_bytes(&bytes).is_err());
     }
 }
