@@ -14,7 +14,7 @@ use crate::service::{
     AuthError, AuthService, Delivery, Deposit, GrantRequest, LoginFinish, RegisterFinish,
     ShardRequest,
 };
-use crate::store::{Session, StoreError};
+use crate::store::{DeliveryState, Receipt, Session, StoreError};
 
 /// Metadata header that carries the session token.
 pub const AUTHORIZATION: &str = "authorization";
@@ -64,15 +64,18 @@ pub fn status(e: AuthError) -> Status {
     let msg = e.to_string();
     match e {
         E::InvalidArgument { .. } | E::Name(_) => Status::invalid_argument(msg),
-        E::UnknownUser(_) | E::UnknownRecipient(_) | E::NotPending { .. } | E::GrantUnknown(_) => {
-            Status::not_found(msg)
-        }
+        E::UnknownUser(_)
+        | E::UnknownRecipient(_)
+        | E::NotPending { .. }
+        | E::GrantUnknown(_)
+        | E::NothingToRecall { .. } => Status::not_found(msg),
         E::UserExists(_) | E::RequestIdReused => Status::already_exists(msg),
         E::InviteRequired
         | E::InviteInvalid
         | E::BadIdentityProof
         | E::WrapFailed
-        | E::GrantNotOwned(_) => Status::permission_denied(msg),
+        | E::GrantNotOwned(_)
+        | E::NotSender(_) => Status::permission_denied(msg),
         E::WrongPassword(_) | E::NoToken | E::BadToken | E::SessionExpired(_) => {
             Status::unauthenticated(msg)
         }
@@ -115,6 +118,31 @@ fn delivery_to_pb(d: Delivery) -> pb::PendingVoicemail {
         locator: d.locator,
         recipients: d.recipients,
         wrapped_key: d.wrapped_key,
+    }
+}
+
+fn receipt_to_pb(r: Receipt) -> pb::SentVoicemail {
+    pb::SentVoicemail {
+        voicemail_id: r.id.to_vec(),
+        deposited_at: r.deposited_at,
+        expires_at: r.expires_at,
+        size: r.size,
+        content_type: r.content_type,
+        recipients: r
+            .recipients
+            .into_iter()
+            .map(|l| pb::RecipientState {
+                username: l.username,
+                state: match l.state {
+                    DeliveryState::Pending => pb::DeliveryState::Pending,
+                    DeliveryState::Delivered => pb::DeliveryState::Delivered,
+                    DeliveryState::ExpiredUnread => pb::DeliveryState::ExpiredUnread,
+                    DeliveryState::Recalled => pb::DeliveryState::Recalled,
+                }
+                .into(),
+                at: l.at,
+            })
+            .collect(),
     }
 }
 
@@ -215,11 +243,13 @@ impl pb::auth_server::Auth for GrpcAuth {
     ) -> Result<Response<pb::WhoAmIResponse>, Status> {
         let s = self.session(&req).await?;
         let cert = self.svc.certificate(&s.username).await.map_err(status)?;
+        let retention_secs = self.svc.retention(&s.username).await.map_err(status)?;
         Ok(Response::new(pb::WhoAmIResponse {
             username: s.username,
             master_key_id: s.master_key_id.to_vec(),
             expires_at: s.expires_at,
             certificate: Some(cert.into()),
+            retention_secs,
         }))
     }
 
@@ -275,7 +305,7 @@ impl pb::auth_server::Auth for GrpcAuth {
         let m = r
             .metadata
             .ok_or_else(|| Status::invalid_argument("metadata: missing"))?;
-        let (id, replayed) = self
+        let deposited = self
             .svc
             .deposit(
                 &s,
@@ -291,8 +321,9 @@ impl pb::auth_server::Auth for GrpcAuth {
             .await
             .map_err(status)?;
         Ok(Response::new(pb::DepositResponse {
-            voicemail_id: id.to_vec(),
-            replayed,
+            voicemail_id: deposited.id.to_vec(),
+            replayed: deposited.replayed,
+            deposit_proof: deposited.proof.to_bytes(),
         }))
     }
 
@@ -336,6 +367,49 @@ impl pb::auth_server::Auth for GrpcAuth {
                 .map(|o| o.to_bytes())
                 .unwrap_or_default(),
         }))
+    }
+
+    async fn recall(
+        &self,
+        req: Request<pb::RecallRequest>,
+    ) -> Result<Response<pb::RecallResponse>, Status> {
+        let s = self.session(&req).await?;
+        let recalled = self
+            .svc
+            .recall(&s, &req.into_inner().voicemail_id)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::RecallResponse {
+            delete_order: recalled
+                .delete_order
+                .map(|o| o.to_bytes())
+                .unwrap_or_default(),
+            locator: recalled.locator,
+        }))
+    }
+
+    async fn list_sent(
+        &self,
+        req: Request<pb::ListSentRequest>,
+    ) -> Result<Response<pb::ListSentResponse>, Status> {
+        let s = self.session(&req).await?;
+        let sent = self.svc.list_sent(&s).await.map_err(status)?;
+        Ok(Response::new(pb::ListSentResponse {
+            voicemails: sent.into_iter().map(receipt_to_pb).collect(),
+        }))
+    }
+
+    async fn set_retention(
+        &self,
+        req: Request<pb::SetRetentionRequest>,
+    ) -> Result<Response<pb::SetRetentionResponse>, Status> {
+        let s = self.session(&req).await?;
+        let retention_secs = self
+            .svc
+            .set_retention(&s, req.into_inner().retention_secs)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::SetRetentionResponse { retention_secs }))
     }
 
     async fn logout(

@@ -33,7 +33,8 @@ use std::sync::Arc;
 use vmail_proto::cert::UserCertificate;
 
 use crate::store::{
-    AckOutcome, DepositOutcome, GrantOutcome, GrantTerms, PurgeCounts, RegisterOutcome, VoicemailId,
+    AckOutcome, DepositOutcome, GrantOutcome, GrantTerms, PurgeCounts, RecallOutcome,
+    RegisterOutcome, VoicemailId,
 };
 
 openraft::declare_raft_types!(
@@ -177,6 +178,25 @@ pub enum Command {
     },
     /// Several commands proposed together ([`batcher`]), applied in order.
     Batch(Vec<Command>),
+    // New variants go after this line: postcard numbers variants by
+    // position, so entries already in a log must keep decoding.
+    /// Set how long voicemail for a user may wait (the leader checked the
+    /// range against its configuration).
+    SetRetention {
+        /// The user.
+        username: String,
+        /// Seconds; 0 returns to the group's default.
+        retention_secs: u64,
+    },
+    /// The sender withdraws a voicemail.
+    Recall {
+        /// The caller, who must be its sender.
+        sender: String,
+        /// The voicemail.
+        id: VoicemailId,
+        /// Time of the recall, Unix seconds.
+        now: u64,
+    },
 }
 
 /// What applying a [`Command`] produced.
@@ -206,6 +226,10 @@ pub enum Reply {
     Failed(String),
     /// Result of [`Command::Batch`]: one reply per command, in order.
     Batch(Vec<Reply>),
+    /// Result of [`Command::SetRetention`].
+    RetentionSet,
+    /// Result of [`Command::Recall`].
+    Recalled(RecallOutcome),
 }
 
 /// What applying an entry tells the watchers of pending voicemail: the

@@ -6,8 +6,8 @@
 //! entry has been applied exactly once. That transaction is not fsynced on
 //! its own (the log already is); the next durable commit carries it. Applying is deterministic: the
 //! certificate and storage-grant serials come from the store, ed25519
-//! signatures (certificates, storage grants, delete orders) are
-//! deterministic, and times and random values come from the command.
+//! signatures (certificates, storage grants, delete orders of acks and
+//! recalls) are deterministic, and times and random values come from the command.
 
 use std::io::Cursor;
 use std::sync::Arc;
@@ -275,6 +275,18 @@ impl StateMachine {
                 })?)
             }
             Command::Purge { now } => Reply::Purged(store.purge_expired(tx, now)?),
+            Command::SetRetention {
+                username,
+                retention_secs,
+            } => {
+                store.set_retention(tx, &username, retention_secs)?;
+                Reply::RetentionSet
+            }
+            Command::Recall { sender, id, now } => {
+                Reply::Recalled(store.recall(tx, &sender, &id, now, |serial, reason, exp| {
+                    DeleteOrder::sign(serial, reason, exp, cluster_key)
+                })?)
+            }
             Command::Batch(cmds) => Reply::Batch(
                 cmds.into_iter()
                     .map(|c| self.apply_command(tx, c, events))

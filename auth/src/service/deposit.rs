@@ -1,11 +1,11 @@
 //! Voicemail: deposits (checked by [`validate_deposit`]) under a storage
-//! grant, delivery to each recipient re-wrapped under their master key, acks
-//! (the last one brings a signed delete order for the shards), and the
-//! purge of what expired.
+//! grant, answered with a signed deposit proof; delivery to each recipient
+//! re-wrapped under their master key; acks (the last one brings a signed
+//! delete order for the shards); and the purge of what expired.
 
 use sha2::{Digest, Sha256};
 use vmail_proto::cert::UserCertificate;
-use vmail_proto::grant::DeleteOrder;
+use vmail_proto::grant::{DeleteOrder, DepositProof};
 use vmail_proto::keys::{DeliveryContext, DepositContext, WRAPPED_KEY_LEN};
 use vmail_proto::meta::VoicemailMeta;
 use vmail_proto::names::Recipients;
@@ -45,6 +45,19 @@ pub struct Deposit {
     /// The serial of the sender's storage grant for this voicemail's shards;
     /// 0 (none) is refused.
     pub grant_serial: u64,
+}
+
+/// What a deposit did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deposited {
+    /// The voicemail's id.
+    pub id: VoicemailId,
+    /// Whether this answers a retry of an earlier request.
+    pub replayed: bool,
+    /// The group's signed word that the deposit used its storage grant,
+    /// for the sender's peer to hand to the holders. The same bytes on a
+    /// replay: ed25519 signatures are deterministic.
+    pub proof: DepositProof,
 }
 
 /// What an ack did.
@@ -128,13 +141,9 @@ pub fn validate_deposit(d: &Deposit) -> Result<Recipients, AuthError> {
 
 impl AuthService {
     /// Deposits a voicemail's session key and locator for its recipients
-    /// (paper §3.3 steps 2-3). Returns the voicemail id and whether this was
-    /// a replay of an earlier request.
-    pub async fn deposit(
-        &self,
-        session: &Session,
-        d: Deposit,
-    ) -> Result<(VoicemailId, bool), AuthError> {
+    /// (paper §3.3 steps 2-3). Returns the voicemail id, whether this was a
+    /// replay of an earlier request, and the deposit proof for its grant.
+    pub async fn deposit(&self, session: &Session, d: Deposit) -> Result<Deposited, AuthError> {
         let recipients = validate_deposit(&d)?;
         let ctx = DepositContext {
             request_id: &d.request_id,
@@ -157,6 +166,7 @@ impl AuthService {
         let digest: [u8; 32] = digest.finalize().into();
 
         let id: VoicemailId = random_bytes();
+        let grant_serial = d.grant_serial;
         let n_recipients = recipients.iter().count();
         let reply = self
             .propose(Command::Deposit {
@@ -188,12 +198,19 @@ impl AuthService {
                 )));
             }
         };
+        // Signed from the command's serial, which the stored deposit used: a
+        // replay matched the first request's digest, which covers it.
+        let deposited = |id, replayed| Deposited {
+            id,
+            replayed,
+            proof: DepositProof::sign(grant_serial, &self.keys.cluster_key),
+        };
         match outcome {
             DepositOutcome::Stored(id) => {
                 tracing::info!(sender = %session.username, id = %hex::encode(id), n = n_recipients, "deposit");
-                Ok((id, false))
+                Ok(deposited(id, false))
             }
-            DepositOutcome::Replayed(id) => Ok((id, true)),
+            DepositOutcome::Replayed(id) => Ok(deposited(id, true)),
             DepositOutcome::RequestIdReused => Err(AuthError::RequestIdReused),
             DepositOutcome::UnknownRecipient(r) => Err(AuthError::UnknownRecipient(r)),
             DepositOutcome::InboxFull(r) => Err(AuthError::InboxFull {
@@ -266,7 +283,9 @@ impl AuthService {
     }
 
     /// Erases the caller's grant; says whether the session key is now gone
-    /// and, if so, carries the delete order for the voicemail's shards.
+    /// and, if so, carries the delete order for the voicemail's shards. The
+    /// caller need not have fetched the voicemail: acking one unheard is how
+    /// a recipient discards it.
     pub async fn ack(&self, session: &Session, id: &[u8]) -> Result<AckReceipt, AuthError> {
         let id: VoicemailId = id
             .try_into()

@@ -4,7 +4,7 @@
 use vmail_proto::names::NameError;
 
 use crate::cluster::Member;
-use crate::store::StoreError;
+use crate::store::{RecallGone, StoreError};
 
 /// Why an auth operation was refused. A refusal changes no durable state; a
 /// refused LoginFinish still uses up its login id, and a LoginStart counts
@@ -136,6 +136,21 @@ pub enum AuthError {
         /// The caller.
         username: String,
     },
+    /// A recall of a voicemail the caller did not send. The message names
+    /// neither its sender nor its recipients.
+    #[error("only the sender of voicemail {0} may recall it")]
+    NotSender(
+        /// Voicemail id, hex.
+        String,
+    ),
+    /// A recall of a voicemail that is no longer there.
+    #[error("{}", nothing_to_recall_text(.id, .why))]
+    NothingToRecall {
+        /// Voicemail id, hex.
+        id: String,
+        /// Why, as far as the caller's receipt tells.
+        why: RecallGone,
+    },
     /// This server is not the leader; the client should retry at the leader.
     #[error("{}", not_leader_text(.0.as_ref()))]
     NotLeader(Option<Member>),
@@ -150,6 +165,23 @@ pub enum AuthError {
     /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+fn nothing_to_recall_text(id: &str, why: &RecallGone) -> String {
+    match why {
+        RecallGone::Delivered => {
+            format!("voicemail {id} was already delivered to everyone; nothing to recall")
+        }
+        RecallGone::Recalled(at) => {
+            format!("voicemail {id} was already recalled at Unix time {at}; nothing to recall")
+        }
+        RecallGone::Expired(at) => format!(
+            "voicemail {id} expired at Unix time {at}, and its recipients can no longer fetch it; nothing to recall"
+        ),
+        RecallGone::Unknown => format!(
+            "you have no voicemail {id} to recall (never deposited by you, or its record is gone a week after it expired); ListSent shows what you can recall"
+        ),
+    }
 }
 
 fn not_leader_text(leader: Option<&Member>) -> String {

@@ -1,6 +1,9 @@
 //! Storage grants: checking a RequestGrant ([`validate_grant_request`]),
 //! its expiry rules, and issuing the grant through the group.
 //!
+//! The grant's expiry is also held to the shortest retention among the
+//! recipients (`super::retention`).
+//!
 //! A sender asks for a grant before it stores any byte of a voicemail on
 //! holders; the holders store only shards a grant covers, and the deposit
 //! that follows names the grant ([`super::Deposit::grant_serial`]). The
@@ -162,7 +165,8 @@ pub fn validate_grant_request(
 
 impl AuthService {
     /// Issues a storage grant for one voicemail of the caller's, signed by
-    /// the cluster key.
+    /// the cluster key. It expires no later than now plus the shortest
+    /// retention in force among the recipients.
     pub async fn request_grant(
         &self,
         session: &Session,
@@ -170,6 +174,8 @@ impl AuthService {
     ) -> Result<StorageGrant, AuthError> {
         let now = self.now();
         let (recipients, terms) = validate_grant_request(&r, now, self.config())?;
+        let retention = self.shortest_retention(recipients.to_strings()).await?;
+        let terms = terms.expiring_by(now.saturating_add(retention));
         let reply = self
             .propose(Command::Grant {
                 token_hash: session.token_hash,

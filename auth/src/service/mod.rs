@@ -1,6 +1,7 @@
 //! The auth server's domain logic: registration, login, certificates,
-//! deposits, delivery and acknowledgement. No gRPC types here: the adapter in
-//! `grpc.rs` converts to and from these plain types.
+//! deposits, delivery, acknowledgement, retention, receipts and recall. No
+//! gRPC types here: the adapter in `grpc.rs` converts to and from these
+//! plain types.
 //!
 //! - this module: [`AuthService`], proposing writes and linearizing reads;
 //! - [`clock`]: the injected clock;
@@ -8,7 +9,11 @@
 //! - [`register`]: OPAQUE registration and invite codes;
 //! - [`login`]: OPAQUE login, the lock-out, sessions and certificates;
 //! - [`grant`]: storage grants ([`validate_grant_request`]);
-//! - [`deposit`]: deposits ([`validate_deposit`]), delivery and acks.
+//! - [`deposit`]: deposits ([`validate_deposit`]) and their proofs,
+//!   delivery and acks;
+//! - [`retention`]: how long voicemail for a user may wait
+//!   ([`validate_retention`]);
+//! - [`sent`]: a sender's receipts (ListSent) and recalls.
 //!
 //! Every change goes through the group's Raft log as a [`Command`]: the
 //! service prepares it (validation, OPAQUE, times, random values, secrets
@@ -26,6 +31,8 @@ mod error;
 mod grant;
 mod login;
 mod register;
+mod retention;
+mod sent;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -45,13 +52,17 @@ use login::{Failures, PendingLogin};
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use deposit::{
-    AckReceipt, Delivery, Deposit, MAX_CONTENT_TYPE_LEN, MAX_LOCATOR_LEN, MAX_REQUEST_ID_LEN,
-    MIN_REQUEST_ID_LEN, validate_deposit,
+    AckReceipt, Delivery, Deposit, Deposited, MAX_CONTENT_TYPE_LEN, MAX_LOCATOR_LEN,
+    MAX_REQUEST_ID_LEN, MIN_REQUEST_ID_LEN, validate_deposit,
 };
 pub use error::AuthError;
 pub use grant::{GrantRequest, MESSAGE_ID_LEN, SHA256_LEN, ShardRequest, validate_grant_request};
 pub use login::{LoginFinish, LoginOutcome, MAX_PENDING_LOGINS};
 pub use register::RegisterFinish;
+pub use retention::{
+    MIN_RETENTION_SECS, default_retention, retention_cap, retention_in_force, validate_retention,
+};
+pub use sent::{MAX_LIST_SENT, Recalled};
 
 /// Capacity of the new-voicemail broadcast channel.
 pub const EVENT_CAPACITY: usize = 1024;

@@ -18,14 +18,19 @@
 //!   used yet: the per-user grant quota;
 //! - `voicemail_grants`: voicemail id → the storage grant it was deposited
 //!   under;
+//! - `retention`: username → the retention the user chose, seconds (no row:
+//!   the group's default);
+//! - `receipts`: (sender, voicemail id) → [`Receipt`], what the sender sees
+//!   of it, kept a week past its expiry;
 //! - `raft_log`: log index → a postcard-encoded openraft entry;
 //! - `raft`: `vote`, `committed`, `purged`, `applied` (last applied log id
 //!   and membership), `snapshot` (the latest snapshot) and `node_id`.
 //!
 //! - [`schema`]: the tables, the schema version and the `meta` keys;
 //! - [`sealing`]: the AADs that bind each sealed secret to its row;
-//! - [`users`], [`sessions`], [`voicemails`], [`storage_grants`]: the rows
-//!   of each concern and the reads and mutations on them;
+//! - [`users`], [`sessions`], [`voicemails`], [`storage_grants`],
+//!   [`retention`], [`receipts`]: the rows of each concern and the reads and
+//!   mutations on them;
 //! - [`snapshot`]: every user-facing row out and back in, for Raft snapshots.
 //!
 //! Every change to the user-facing tables comes from applying a Raft log
@@ -37,6 +42,8 @@
 //! the table and row, so a sealed value cannot be moved to another row.
 //! Every mutation is one durable redb transaction: it happens whole or not at all.
 
+mod receipts;
+mod retention;
 mod schema;
 mod sealing;
 mod sessions;
@@ -55,10 +62,11 @@ use vmail_proto::keys::SecretKey;
 use crate::keys::{BoundKey, KeyBinding};
 use schema::{
     CLUSTER_PUBLIC_KEY, DATA_KEY_CHECK, GRANTS, INVITES, META, NEXT_GRANT_SERIAL,
-    OPAQUE_PUBLIC_KEY, OPEN_GRANTS, REQUESTS, SESSIONS, STORAGE_GRANTS, USERS, VOICEMAIL_GRANTS,
-    VOICEMAILS, WAITING,
+    OPAQUE_PUBLIC_KEY, OPEN_GRANTS, RECEIPTS, REQUESTS, RETENTION, SESSIONS, STORAGE_GRANTS, USERS,
+    VOICEMAIL_GRANTS, VOICEMAILS, WAITING,
 };
 
+pub use receipts::{DeliveryState, RECEIPT_KEEP_SECS, Receipt, RecipientReceipt};
 pub use schema::SCHEMA_VERSION;
 pub(crate) use schema::{RAFT, RAFT_LOG};
 pub use sessions::{Session, token_hash};
@@ -66,7 +74,9 @@ pub use storage_grants::{
     DEPOSIT_GRACE_SECS, GrantOutcome, GrantRefusal, GrantTerms, StorageGrantRecord,
 };
 pub use users::{RegisterOutcome, User};
-pub use voicemails::{AckOutcome, DepositOutcome, PurgeCounts, Voicemail, VoicemailId};
+pub use voicemails::{
+    AckOutcome, DepositOutcome, PurgeCounts, RecallGone, RecallOutcome, Voicemail, VoicemailId,
+};
 
 /// How long a reopen after an I/O failure waits for the old handle to close.
 const REOPEN_WAIT: Duration = Duration::from_secs(5);
@@ -167,6 +177,32 @@ pub struct Store {
     data_key: SecretKey,
 }
 
+/// Creates, empty, the tables added within schema version 3 that a database
+/// made before them lacks (`retention`, `receipts`), so that every read
+/// finds them. One durable transaction, and only when one is missing.
+fn add_missing_tables(db: &Database) -> Result<(), StoreError> {
+    fn exists<K: redb::Key + 'static, V: redb::Value + 'static>(
+        tx: &redb::ReadTransaction,
+        def: redb::TableDefinition<K, V>,
+    ) -> Result<bool, StoreError> {
+        match tx.open_table(def) {
+            Ok(_) => Ok(true),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(false),
+            Err(e) => Err(db_err(e)),
+        }
+    }
+    let tx = db.begin_read().map_err(db_err)?;
+    let missing = !exists(&tx, RETENTION)? || !exists(&tx, RECEIPTS)?;
+    drop(tx);
+    if !missing {
+        return Ok(());
+    }
+    let tx = db.begin_write().map_err(db_err)?;
+    tx.open_table(RETENTION).map_err(db_err)?;
+    tx.open_table(RECEIPTS).map_err(db_err)?;
+    tx.commit().map_err(db_err)
+}
+
 fn u64_le(v: &[u8]) -> Option<u64> {
     Some(u64::from_le_bytes(v.try_into().ok()?))
 }
@@ -221,6 +257,8 @@ impl Store {
             tx.open_table(STORAGE_GRANTS).map_err(db_err)?;
             tx.open_table(OPEN_GRANTS).map_err(db_err)?;
             tx.open_table(VOICEMAIL_GRANTS).map_err(db_err)?;
+            tx.open_table(RETENTION).map_err(db_err)?;
+            tx.open_table(RECEIPTS).map_err(db_err)?;
             tx.open_table(RAFT_LOG).map_err(db_err)?;
             let mut raft = tx.open_table(RAFT).map_err(db_err)?;
             raft.insert("node_id", node_id.to_le_bytes().as_slice())
@@ -286,6 +324,7 @@ impl Store {
         }
         drop(meta);
         drop(tx);
+        add_missing_tables(&db)?;
         Ok(Self {
             path: path.to_owned(),
             db: RwLock::new(Some(Arc::new(db))),

@@ -8,6 +8,14 @@ use redb::TableDefinition;
 /// Version 3 added the storage-grant tables, the `next_grant_serial` counter
 /// and the grant serial in deposit log entries and snapshots; a version-2
 /// database is refused (its log and snapshots decode differently).
+///
+/// The `retention` and `receipts` tables came later within version 3: a
+/// database without them still opens ([`Store::open`] creates them empty),
+/// their log entries are new variants at the end of `Command`, and their
+/// rows follow the older snapshot fields, so older logs and snapshots still
+/// decode.
+///
+/// [`Store::open`]: super::Store::open
 pub const SCHEMA_VERSION: u64 = 3;
 
 /// `meta` key of an empty blob sealed under the data key: proves the data key fits.
@@ -38,6 +46,12 @@ pub(super) const OPEN_GRANTS: TableDefinition<(&str, u64), u64> =
 /// Voicemail id → the serial of the storage grant it was deposited under.
 pub(super) const VOICEMAIL_GRANTS: TableDefinition<&[u8], u64> =
     TableDefinition::new("voicemail_grants");
+/// Username → how long voicemail for that user may wait, seconds, for users
+/// who chose a retention (`SetRetention`); no row means the group's default.
+pub(super) const RETENTION: TableDefinition<&str, u64> = TableDefinition::new("retention");
+/// (sender, voicemail id) → postcard `Receipt`: what the sender sees of a
+/// voicemail, kept until `RECEIPT_KEEP_SECS` after its expiry.
+pub(super) const RECEIPTS: TableDefinition<(&str, &[u8]), &[u8]> = TableDefinition::new("receipts");
 /// The Raft log: index → postcard-encoded entry.
 pub(crate) const RAFT_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
 /// Raft's own durable state: vote, committed, purged, applied, snapshot, node id.

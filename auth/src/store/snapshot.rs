@@ -1,17 +1,24 @@
 //! Snapshots of the user-facing tables: every row as stored (secrets stay
 //! sealed), out for a Raft snapshot and back in when one is installed.
+//!
+//! A snapshot is postcard [`Dump`] followed by postcard [`Added`], the
+//! tables added within schema version 3. postcard records no field names
+//! and ignores trailing bytes, so a snapshot made before `Added` existed
+//! (nothing after the `Dump`) installs with those tables empty.
 
 use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use super::schema::{
-    GRANTS, INVITES, META, NEXT_GRANT_SERIAL, OPEN_GRANTS, RAFT, REQUESTS, SESSIONS,
-    STORAGE_GRANTS, USERS, VOICEMAIL_GRANTS, VOICEMAILS, WAITING,
+    GRANTS, INVITES, META, NEXT_GRANT_SERIAL, OPEN_GRANTS, RAFT, RECEIPTS, REQUESTS, RETENTION,
+    SESSIONS, STORAGE_GRANTS, USERS, VOICEMAIL_GRANTS, VOICEMAILS, WAITING,
 };
 use super::{Store, StoreError, corrupt, db_err, u64_le};
 
 /// A `requests` row key: (sender, request id).
 type RequestKey = (String, Vec<u8>);
+/// A `receipts` row key: (sender, voicemail id).
+type ReceiptKey = (String, Vec<u8>);
 
 /// The snapshot form of the user-facing tables: every row as stored.
 #[derive(Serialize, Deserialize)]
@@ -28,6 +35,13 @@ struct Dump {
     storage_grants: Vec<(u64, Vec<u8>)>,
     open_grants: Vec<((String, u64), u64)>,
     voicemail_grants: Vec<(Vec<u8>, u64)>,
+}
+
+/// The tables added after [`Dump`] was fixed, written after it.
+#[derive(Default, Serialize, Deserialize)]
+struct Added {
+    retention: Vec<(String, u64)>,
+    receipts: Vec<(ReceiptKey, Vec<u8>)>,
 }
 
 impl Store {
@@ -74,23 +88,34 @@ impl Store {
                 open_grants: rows(&tx, OPEN_GRANTS, |(u, s), v| ((u.to_owned(), s), v))?,
                 voicemail_grants: rows(&tx, VOICEMAIL_GRANTS, |k, v| (k.to_vec(), v))?,
             };
+            let added = Added {
+                retention: rows(&tx, RETENTION, |k, v| (k.to_owned(), v))?,
+                receipts: rows(&tx, RECEIPTS, |(u, id), v| {
+                    ((u.to_owned(), id.to_vec()), v.to_vec())
+                })?,
+            };
             let applied = tx
                 .open_table(RAFT)
                 .map_err(db_err)?
                 .get("applied")
                 .map_err(db_err)?
                 .map(|v| v.value().to_vec());
-            Ok((
-                postcard::to_allocvec(&dump).expect("in-memory encoding cannot fail"),
-                applied,
-            ))
+            let mut bytes = postcard::to_allocvec(&dump).expect("in-memory encoding cannot fail");
+            bytes.extend(postcard::to_allocvec(&added).expect("in-memory encoding cannot fail"));
+            Ok((bytes, applied))
         })
     }
 
     /// Replaces every user-facing row with those of a snapshot made by
     /// [`Store::export`], inside `tx`.
     pub(crate) fn import(&self, tx: &WriteTransaction, bytes: &[u8]) -> Result<(), StoreError> {
-        let dump: Dump = postcard::from_bytes(bytes).map_err(|e| corrupt("snapshot", "data", e))?;
+        let (dump, rest): (Dump, _) =
+            postcard::take_from_bytes(bytes).map_err(|e| corrupt("snapshot", "data", e))?;
+        let added: Added = if rest.is_empty() {
+            Added::default()
+        } else {
+            postcard::from_bytes(rest).map_err(|e| corrupt("snapshot", "added tables", e))?
+        };
         let mut meta = tx.open_table(META).map_err(db_err)?;
         meta.insert("next_serial", dump.next_serial.to_le_bytes().as_slice())
             .map_err(db_err)?;
@@ -149,6 +174,17 @@ impl Store {
         t.retain(|_, _| false).map_err(db_err)?;
         for (k, v) in &dump.voicemail_grants {
             t.insert(k.as_slice(), *v).map_err(db_err)?;
+        }
+        let mut t = tx.open_table(RETENTION).map_err(db_err)?;
+        t.retain(|_, _| false).map_err(db_err)?;
+        for (k, v) in &added.retention {
+            t.insert(k.as_str(), *v).map_err(db_err)?;
+        }
+        let mut t = tx.open_table(RECEIPTS).map_err(db_err)?;
+        t.retain(|_, _| false).map_err(db_err)?;
+        for ((u, id), v) in &added.receipts {
+            t.insert((u.as_str(), id.as_slice()), v.as_slice())
+                .map_err(db_err)?;
         }
         Ok(())
     }

@@ -50,6 +50,14 @@ pub struct GrantTerms {
 }
 
 impl GrantTerms {
+    /// These terms expiring at `at` at the latest; the upload window never
+    /// outlasts the expiry.
+    pub fn expiring_by(mut self, at: u64) -> Self {
+        self.expires_at = self.expires_at.min(at);
+        self.upload_until = self.upload_until.min(self.expires_at);
+        self
+    }
+
     /// The grant body with `serial`.
     pub fn with_serial(self, serial: u64) -> GrantBody {
         GrantBody {
@@ -180,7 +188,11 @@ impl Store {
     /// Issues a storage grant to `owner` for a voicemail to `recipients`,
     /// unless a recipient is unknown or `owner` already holds `max_open`
     /// grants whose upload window is open at `now` and that no deposit
-    /// used. `sign` signs the body with the cluster key.
+    /// used. The grant expires no later than `now` plus the shortest
+    /// retention a recipient chose: the leader already applied it when it
+    /// resolved the terms, and applying it again here, in log order, covers
+    /// a `SetRetention` ordered between the two. `sign` signs the body with
+    /// the cluster key.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn issue_grant(
         &self,
@@ -214,6 +226,10 @@ impl Store {
                 return Ok(GrantOutcome::TooMany { limit: max_open });
             }
         }
+        let terms = match self.shortest_retention_in(tx, recipients.iter().map(|r| r.as_str()))? {
+            Some(secs) => terms.expiring_by(now.saturating_add(secs)),
+            None => terms,
+        };
         let serial = Self::next_grant_serial(tx)?;
         let body = terms.with_serial(serial);
         let record = StorageGrantRecord {

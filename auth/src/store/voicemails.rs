@@ -1,7 +1,9 @@
 //! Voicemails: each one's sealed session key, locator, metadata and
 //! recipients; a grant per recipient still to fetch it; the per-recipient
 //! waiting counts behind the inbox cap; the request ids that make deposits
-//! idempotent; and the sweep of everything that expired.
+//! idempotent; the sender's recall; and the sweep of everything that
+//! expired. Each change also updates the sender's receipt
+//! ([`super::receipts`]).
 
 use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
@@ -11,6 +13,7 @@ use vmail_proto::keys::SecretKey;
 use vmail_proto::meta::VoicemailMeta;
 use vmail_proto::names::Recipients;
 
+use super::receipts::{DeliveryState, Receipt, RecipientReceipt};
 use super::schema::{GRANTS, REQUESTS, SESSIONS, USERS, VOICEMAIL_GRANTS, VOICEMAILS, WAITING};
 use super::sealing::session_key_aad;
 use super::sessions::SessionRow;
@@ -93,6 +96,38 @@ pub enum AckOutcome {
     },
 }
 
+/// The result of [`Store::recall`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RecallOutcome {
+    /// The voicemail is gone for every recipient still pending.
+    Recalled {
+        /// Its locator, to find the shards.
+        locator: Vec<u8>,
+        /// The signed order to delete the shards of its storage grant.
+        #[serde(with = "order_bytes")]
+        delete_order: Option<DeleteOrder>,
+    },
+    /// The voicemail exists but the caller did not send it; nothing changed.
+    NotSender,
+    /// There is nothing to recall; nothing changed.
+    Gone(RecallGone),
+}
+
+/// Why a recall found nothing to recall, as far as the sender's receipt
+/// tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RecallGone {
+    /// Every recipient acked it.
+    Delivered,
+    /// It was recalled already, at this time.
+    Recalled(u64),
+    /// It expired, at this time.
+    Expired(u64),
+    /// No voicemail of the caller's has this id (never existed, another
+    /// user's that is gone, or its receipt was dropped).
+    Unknown,
+}
+
 /// What [`Store::purge_expired`] erased.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PurgeCounts {
@@ -102,6 +137,8 @@ pub struct PurgeCounts {
     pub voicemails: usize,
     /// Storage grants past their expiry, or never deposited in time.
     pub storage_grants: usize,
+    /// Receipts a week past their voicemail's expiry.
+    pub receipts: usize,
 }
 
 impl Store {
@@ -227,6 +264,26 @@ impl Store {
                     .map_err(db_err)?;
                 add(&mut waiting, r.as_str(), 1)?;
             }
+            self.receipt_stored(
+                tx,
+                &vm.sender,
+                &Receipt {
+                    id: vm.id,
+                    deposited_at: vm.deposited_at,
+                    expires_at,
+                    size: vm.metadata.size,
+                    content_type: vm.metadata.content_type.clone(),
+                    recipients: vm
+                        .recipients
+                        .iter()
+                        .map(|r| RecipientReceipt {
+                            username: r.to_string(),
+                            state: DeliveryState::Pending,
+                            at: vm.deposited_at,
+                        })
+                        .collect(),
+                },
+            )?;
             let req = RequestRow {
                 voicemail_id: vm.id,
                 digest,
@@ -311,9 +368,12 @@ impl Store {
         })
     }
 
-    /// Erases `recipient`'s grant on an unexpired voicemail; erases the
-    /// voicemail and its session key with the last grant, and then marks
-    /// its storage grant delivered and has `sign` sign the delete order.
+    /// Erases `recipient`'s grant on an unexpired voicemail and marks them
+    /// delivered on the sender's receipt; erases the voicemail and its
+    /// session key with the last grant, and then marks its storage grant
+    /// delivered and has `sign` sign the delete order. Nothing here asks
+    /// whether the recipient fetched the voicemail: an ack is also how a
+    /// recipient discards one unheard.
     pub(crate) fn ack(
         &self,
         tx: &WriteTransaction,
@@ -323,6 +383,7 @@ impl Store {
         sign: impl FnOnce(u64, DeleteReason, u64) -> DeleteOrder,
     ) -> Result<AckOutcome, StoreError> {
         let key_erased;
+        let sender;
         {
             let mut vms = tx.open_table(VOICEMAILS).map_err(db_err)?;
             let row = match vms.get(id.as_slice()).map_err(db_err)? {
@@ -343,9 +404,8 @@ impl Store {
                 return Ok(AckOutcome::NotPending);
             }
             add(&mut tx.open_table(WAITING).map_err(db_err)?, recipient, -1)?;
-            let recipients = row.recipients;
             let mut left = false;
-            for r in &recipients {
+            for r in &row.recipients {
                 left |= grants
                     .get((r.as_str(), id.as_slice()))
                     .map_err(db_err)?
@@ -355,7 +415,9 @@ impl Store {
             if key_erased {
                 vms.remove(id.as_slice()).map_err(db_err)?;
             }
+            sender = row.sender;
         }
+        self.receipt_delivered(tx, &sender, id, recipient, now)?;
         let delete_order = if key_erased {
             self.grant_erased(tx, id, DeleteReason::Delivered, sign)?
         } else {
@@ -367,9 +429,84 @@ impl Store {
         })
     }
 
-    /// Deletes expired sessions, voicemails (with their grants and keys),
-    /// request records and storage grants, and storage grants no deposit
-    /// used in time. Returns how many of each went.
+    /// The sender withdraws voicemail `id` at `now`: unless it expired, it
+    /// leaves every inbox it is still in and its session key is erased (as
+    /// with the last ack), the recipients still pending become `Recalled`
+    /// on the receipt, and its storage grant is marked recalled, with `sign`
+    /// signing the delete order. Only `sender` may; for anyone else a
+    /// voicemail that exists is [`RecallOutcome::NotSender`], one that does
+    /// not is [`RecallGone::Unknown`].
+    pub(crate) fn recall(
+        &self,
+        tx: &WriteTransaction,
+        sender: &str,
+        id: &VoicemailId,
+        now: u64,
+        sign: impl FnOnce(u64, DeleteReason, u64) -> DeleteOrder,
+    ) -> Result<RecallOutcome, StoreError> {
+        let locator;
+        {
+            let mut vms = tx.open_table(VOICEMAILS).map_err(db_err)?;
+            let row = match vms.get(id.as_slice()).map_err(db_err)? {
+                Some(v) => postcard::from_bytes::<VoicemailRow>(v.value())
+                    .map_err(|e| corrupt("voicemails", hex::encode(id), e))?,
+                None => return Ok(RecallOutcome::Gone(self.why_gone(tx, sender, id)?)),
+            };
+            if row.sender != sender {
+                return Ok(RecallOutcome::NotSender);
+            }
+            if row.metadata.expires_at <= now {
+                return Ok(RecallOutcome::Gone(RecallGone::Expired(
+                    row.metadata.expires_at,
+                )));
+            }
+            let mut grants = tx.open_table(GRANTS).map_err(db_err)?;
+            let mut waiting = tx.open_table(WAITING).map_err(db_err)?;
+            for r in &row.recipients {
+                if grants
+                    .remove((r.as_str(), id.as_slice()))
+                    .map_err(db_err)?
+                    .is_some()
+                {
+                    add(&mut waiting, r, -1)?;
+                }
+            }
+            vms.remove(id.as_slice()).map_err(db_err)?;
+            locator = row.locator;
+        }
+        self.receipt_ended(tx, sender, id, DeliveryState::Recalled, now)?;
+        let delete_order = self.grant_erased(tx, id, DeleteReason::Recalled, sign)?;
+        Ok(RecallOutcome::Recalled {
+            locator,
+            delete_order,
+        })
+    }
+
+    /// Why `sender`'s voicemail `id` is no longer there, per its receipt.
+    fn why_gone(
+        &self,
+        tx: &WriteTransaction,
+        sender: &str,
+        id: &VoicemailId,
+    ) -> Result<RecallGone, StoreError> {
+        let Some(receipt) = self.receipt_in(tx, sender, id)? else {
+            return Ok(RecallGone::Unknown);
+        };
+        Ok(match receipt.ended() {
+            Some((DeliveryState::Delivered, _)) => RecallGone::Delivered,
+            Some((DeliveryState::Recalled, at)) => RecallGone::Recalled(at),
+            Some((DeliveryState::ExpiredUnread, at)) => RecallGone::Expired(at),
+            // A receipt still pending without its voicemail: not
+            // reachable through the log; say nothing more.
+            Some((DeliveryState::Pending, _)) | None => RecallGone::Unknown,
+        })
+    }
+
+    /// Deletes expired sessions, voicemails (with their grants and keys;
+    /// their receipts mark whoever was still pending `ExpiredUnread`),
+    /// request records and storage grants, storage grants no deposit used in
+    /// time, and receipts a week past their voicemail's expiry. Returns how
+    /// many of each went.
     pub(crate) fn purge_expired(
         &self,
         tx: &WriteTransaction,
@@ -396,7 +533,7 @@ impl Store {
                 })
                 .map_err(db_err)?;
             let mut vms = tx.open_table(VOICEMAILS).map_err(db_err)?;
-            let mut expired: Vec<(Vec<u8>, Vec<String>)> = Vec::new();
+            let mut expired: Vec<(Vec<u8>, VoicemailRow)> = Vec::new();
             for entry in vms.iter().map_err(db_err)? {
                 let (k, v) = entry.map_err(db_err)?;
                 let row: VoicemailRow = match postcard::from_bytes(v.value()) {
@@ -408,16 +545,16 @@ impl Store {
                     }
                 };
                 if row.metadata.expires_at <= now {
-                    expired.push((k.value().to_vec(), row.recipients));
+                    expired.push((k.value().to_vec(), row));
                 }
             }
             let mut grants = tx.open_table(GRANTS).map_err(db_err)?;
             let mut waiting = tx.open_table(WAITING).map_err(db_err)?;
             let mut voicemail_grants = tx.open_table(VOICEMAIL_GRANTS).map_err(db_err)?;
-            for (id, recipients) in &expired {
+            for (id, row) in &expired {
                 vms.remove(id.as_slice()).map_err(db_err)?;
                 voicemail_grants.remove(id.as_slice()).map_err(db_err)?;
-                for r in recipients {
+                for r in &row.recipients {
                     if grants
                         .remove((r.as_str(), id.as_slice()))
                         .map_err(db_err)?
@@ -428,6 +565,17 @@ impl Store {
                 }
             }
             n_vms = expired.len();
+            for (id, row) in &expired {
+                if let Ok(id) = <VoicemailId>::try_from(id.as_slice()) {
+                    self.receipt_ended(
+                        tx,
+                        &row.sender,
+                        &id,
+                        DeliveryState::ExpiredUnread,
+                        row.metadata.expires_at,
+                    )?;
+                }
+            }
             let mut requests = tx.open_table(REQUESTS).map_err(db_err)?;
             requests
                 .retain(|_, v| {
@@ -439,6 +587,7 @@ impl Store {
             sessions: n_sessions,
             voicemails: n_vms,
             storage_grants: self.purge_grants(tx, now)?,
+            receipts: self.purge_receipts(tx, now)?,
         })
     }
 }

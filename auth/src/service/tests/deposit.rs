@@ -2,6 +2,8 @@
 //! the expiry purge, through the service.
 
 use super::*;
+use vmail_proto::grant::DepositProof;
+
 use crate::store::PurgeCounts;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -21,8 +23,14 @@ async fn a_deposit_is_rewrapped_for_each_recipient_and_erased_by_the_last_ack() 
         0,
     );
     let d = h.granted(&alice, d).await;
-    let (id, replayed) = h.svc.deposit(&alice.session, d.clone()).await.unwrap();
-    assert!(!replayed);
+    let first = h.svc.deposit(&alice.session, d.clone()).await.unwrap();
+    let id = first.id;
+    assert!(!first.replayed);
+    // The deposit proof names the grant and verifies against the cluster
+    // key, as a holder checks it.
+    let proof = DepositProof::from_bytes(&first.proof.to_bytes()).unwrap();
+    assert_eq!(proof.serial, d.grant_serial);
+    proof.verify(&h.svc.keys().cluster_public_key()).unwrap();
     // A retry, re-wrapped under a fresh nonce, is answered with the same id.
     let mut retry = deposit(
         &alice.master_key,
@@ -33,10 +41,10 @@ async fn a_deposit_is_rewrapped_for_each_recipient_and_erased_by_the_last_ack() 
     );
     retry.grant_serial = d.grant_serial;
     assert_ne!(retry.wrapped_key, d.wrapped_key);
-    assert_eq!(
-        h.svc.deposit(&alice.session, retry).await.unwrap(),
-        (id, true)
-    );
+    let again = h.svc.deposit(&alice.session, retry).await.unwrap();
+    assert_eq!((again.id, again.replayed), (id, true));
+    // The same proof, byte for byte.
+    assert_eq!(again.proof.to_bytes(), first.proof.to_bytes());
 
     for who in [&bob, &carol] {
         let list = h.svc.list_pending(&who.session).await.unwrap();
@@ -190,10 +198,10 @@ async fn an_expired_voicemail_is_hidden_then_purged() {
         T0 + 100,
     );
     let short = h.granted(&alice, short).await;
-    let (gone, _) = h.svc.deposit(&alice.session, short).await.unwrap();
+    let gone = h.svc.deposit(&alice.session, short).await.unwrap().id;
     let long = deposit(&alice.master_key, &sk, &["bob"], &random_bytes::<16>(), 0);
     let long = h.granted(&alice, long).await;
-    let (kept, _) = h.svc.deposit(&alice.session, long).await.unwrap();
+    let kept = h.svc.deposit(&alice.session, long).await.unwrap().id;
 
     h.clock.advance(99);
     let ids: Vec<_> = h

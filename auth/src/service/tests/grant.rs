@@ -98,11 +98,12 @@ async fn one_grant_serves_one_deposit_of_its_owner_within_its_window() {
     let request_id = random_bytes::<16>();
     let mut d = deposit(&alice.master_key, &sk, &["bob"], &request_id, T0 + 86_400);
     d.grant_serial = serial;
-    let (id, _) = h.svc.deposit(&alice.session, d.clone()).await.unwrap();
+    let id = h.svc.deposit(&alice.session, d.clone()).await.unwrap().id;
     let list = h.svc.list_pending(&bob.session).await.unwrap();
     assert_eq!(list[0].metadata.expires_at, T0 + 3600);
     // Its retry replays; a second voicemail under the grant is refused.
-    assert_eq!(h.svc.deposit(&alice.session, d).await.unwrap(), (id, true));
+    let replay = h.svc.deposit(&alice.session, d).await.unwrap();
+    assert_eq!((replay.id, replay.replayed), (id, true));
     let mut again = deposit(&alice.master_key, &sk, &["bob"], &random_bytes::<16>(), 0);
     again.grant_serial = serial;
     let err = h.svc.deposit(&alice.session, again).await.unwrap_err();
@@ -147,7 +148,7 @@ async fn the_last_ack_returns_a_delete_order_that_verifies() {
         0,
     );
     let d = h.granted(&alice, d).await;
-    let (id, _) = h.svc.deposit(&alice.session, d.clone()).await.unwrap();
+    let id = h.svc.deposit(&alice.session, d.clone()).await.unwrap().id;
     let grant = h
         .svc
         .store()

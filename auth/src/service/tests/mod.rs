@@ -1,11 +1,12 @@
 //! Unit tests of [`AuthService`] over a temporary data dir and a one-node
 //! Raft group, with a manual clock and no network: OPAQUE registration and
-//! login, the lock-out, sessions, storage grants, deposit, delivery, acks
-//! and expiry.
+//! login, the lock-out, sessions, storage grants, deposit and its proof,
+//! delivery, acks, expiry, retention, receipts and recall.
 
 mod deposit;
 mod grant;
 mod login;
+mod sent;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

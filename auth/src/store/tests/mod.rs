@@ -1,9 +1,11 @@
 //! Unit tests of [`Store`] on a temporary redb file: opening and key binding,
 //! users, sessions, voicemail deposit, delivery and acks, the expiry purge,
-//! storage grants, at-rest sealing of rows, and snapshot export and import.
+//! storage grants, receipts, recalls and retention, at-rest sealing of rows,
+//! and snapshot export and import.
 //! This module holds the fixture the test files share.
 
 mod open;
+mod receipts;
 mod sealing;
 mod snapshot;
 mod storage_grants;

@@ -30,6 +30,9 @@ fn export_then_import_gives_identical_reads() {
             delete_order: None
         }
     );
+    f.store
+        .write(|tx| f.store.set_retention(tx, "bob", 7200))
+        .unwrap();
     let (snapshot, _applied) = f.store.export().unwrap();
 
     // A second server of the same group (same keys) that held other rows.
@@ -117,4 +120,40 @@ fn export_then_import_gives_identical_reads() {
         }
     };
     assert_eq!(next_grant(&second), next_grant(&f.store));
+    // And the retention choices and the senders' receipts.
+    assert_eq!(second.retention("bob").unwrap(), Some(7200));
+    assert_eq!(second.retention("carol").unwrap(), None);
+    for sender in ["alice", "carol"] {
+        let want = f.store.sent(sender, 100).unwrap();
+        assert!(!want.is_empty());
+        assert_eq!(second.sent(sender, 100).unwrap(), want, "{sender}");
+    }
+}
+
+#[test]
+fn a_snapshot_from_before_retention_and_receipts_still_installs() {
+    let f = Fixture::new();
+    for u in ["alice", "bob"] {
+        f.register(u);
+    }
+    let (s, _) = f.begin_session("alice", T0 + DAY);
+    let (snapshot, _) = f.store.export().unwrap();
+    // With both added tables empty, a snapshot ends in their two zero
+    // lengths; without them it is what an older server made.
+    let old = snapshot
+        .strip_suffix(&[0, 0])
+        .expect("two empty tables last");
+
+    let path2 = f.dir.path().join("second.redb");
+    Store::create(&path2, "auth-2", &f.data_key, &f.binding, 8, false).unwrap();
+    let second = Store::open(&path2, f.data_key.clone(), &f.binding).unwrap();
+    second
+        .write(|tx| second.set_retention(tx, "bob", 7200))
+        .unwrap();
+    second.write(|tx| second.import(tx, old)).unwrap();
+    assert!(second.user("alice").unwrap().is_some());
+    assert_same_session(&second.session(&s.token_hash).unwrap().unwrap(), &s);
+    // The install replaced the added tables too: empty.
+    assert_eq!(second.retention("bob").unwrap(), None);
+    assert_eq!(second.export().unwrap().0, snapshot);
 }
