@@ -132,7 +132,9 @@ fn grant_request(to: &str) -> GrantRequest {
                 sha256: vmail_proto::random_bytes(),
             })
             .collect(),
-        holders: (0..20).map(|_| libp2p::PeerId::random().to_bytes()).collect(),
+        holders: (0..20)
+            .map(|_| libp2p::PeerId::random().to_bytes())
+            .collect(),
         expires_at: 0,
     }
 }

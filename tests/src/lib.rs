@@ -77,6 +77,11 @@ impl TestAuth {
         &self.server().service
     }
 
+    /// The server's public API address.
+    pub fn server_addr(&self) -> std::net::SocketAddr {
+        self.server().api_addr
+    }
+
     /// A loopback peer config that holds what this server grants.
     pub fn node_config(&self) -> NodeConfig {
         holder_config(&self.target().cluster_key)
@@ -728,5 +733,86 @@ impl TestCluster {
                 let _ = s.stop().await;
             }
         }
+    }
+}
+
+/// A loopback TCP relay to `upstream` that can lose one answer: once
+/// armed, the first chunk of more than 100 bytes from upstream is dropped
+/// and the connection cut, as when a server's answer is lost to a crash or
+/// a network fault after the server acted. Later connections relay
+/// normally. A fault injector for tests, not a stand-in for a component.
+#[derive(Debug)]
+pub struct AnswerCutter {
+    /// Where clients connect.
+    pub addr: std::net::SocketAddr,
+    armed: Arc<std::sync::atomic::AtomicBool>,
+    cuts: Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl AnswerCutter {
+    /// Relays 127.0.0.1:0 to `upstream`.
+    pub async fn start(upstream: std::net::SocketAddr) -> Self {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let cuts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (a, c) = (armed.clone(), cuts.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let (a, c) = (a.clone(), c.clone());
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut cr, &mut sw).await;
+                });
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = match sr.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        if n > 100 && a.swap(false, Ordering::SeqCst) {
+                            c.fetch_add(1, Ordering::SeqCst);
+                            let _ = cw.shutdown().await;
+                            return;
+                        }
+                        if cw.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            armed,
+            cuts,
+            task,
+        }
+    }
+
+    /// Loses the next answer.
+    pub fn arm(&self) {
+        self.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Answers lost so far.
+    pub fn cuts(&self) -> usize {
+        self.cuts.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for AnswerCutter {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }

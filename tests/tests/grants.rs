@@ -8,18 +8,18 @@ use std::time::{Duration, Instant};
 use ed25519_dalek::SigningKey;
 use libp2p::PeerId;
 use sha2::{Digest, Sha256};
+use vmail_devnet::localnet;
 use vmail_node::auth_client::{AuthClient, GrantRequest};
 use vmail_node::core::erasure::Redundancy;
 use vmail_node::core::locator::{Layout, ObjectId, ShardRef};
 use vmail_node::overlay::objects::{ObjectMeta, ShardOf};
 use vmail_node::overlay::transfer::{BlobClient, TransferError};
-use vmail_devnet::localnet;
 use vmail_node::peer::{Peer, Session, no_progress};
 use vmail_proto::grant::{GrantBody, GrantedShard, StorageGrant};
 use vmail_proto::names::Recipients;
 use vmail_tests::{
-    TestCluster, TestNet, identity, leave_coded, leave_request, password, random_content,
-    register_and_login,
+    AnswerCutter, TestAuth, TestCluster, TestNet, deposit_for, grant_serial_for, identity,
+    leave_coded, leave_request, password, random_content, register_and_login,
 };
 
 /// A shard of `data` as the only shard of a one-copy layout, with `grant`.
@@ -399,18 +399,25 @@ async fn a_leader_killed_during_50_leaves_leaves_the_inbox_equal_to_the_successe
     login_at(&cluster, &peers[1], "alice").await;
     let bob = &peers[0];
     let contents: Vec<Vec<u8>> = (0..LEAVES).map(|_| random_content(20_000)).collect();
-    let leaves = futures::future::join_all(contents.iter().map(|c| {
-        bob.leave(
-            leave_request(&["alice"], c.clone(), 2),
-            no_progress(),
-        )
-    }));
+    let leaves = futures::future::join_all(
+        contents
+            .iter()
+            .map(|c| bob.leave(leave_request(&["alice"], c.clone(), 2), no_progress())),
+    );
+    let started = Instant::now();
+    let leaves = async {
+        let r = leaves.await;
+        (r, started.elapsed())
+    };
     let kill = async {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let leader = cluster.leader().await;
         cluster.kill(leader).await;
+        started.elapsed()
     };
-    let (results, ()) = tokio::join!(leaves, kill);
+    let ((results, done), killed) = tokio::join!(leaves, kill);
+    println!("leader killed after {killed:?}; the leaves ended after {done:?}");
+    assert!(killed < done, "the leader died while the leaves ran");
     let mut succeeded = std::collections::HashMap::new();
     let mut failed = 0;
     for (r, content) in results.into_iter().zip(&contents) {
@@ -442,7 +449,10 @@ async fn a_leader_killed_during_50_leaves_leaves_the_inbox_equal_to_the_successe
         .map(|p| p.id)
         .collect();
     let expected: std::collections::HashSet<[u8; 16]> = succeeded.keys().copied().collect();
-    assert_eq!(inbox, expected, "the inbox holds exactly the successful leaves");
+    assert_eq!(
+        inbox, expected,
+        "the inbox holds exactly the successful leaves"
+    );
     for (id, content) in &succeeded {
         let got = peers[1].fetch(*id, no_progress()).await.expect("fetchable");
         assert_eq!(&got.content, *content);
@@ -451,4 +461,45 @@ async fn a_leader_killed_during_50_leaves_leaves_the_inbox_equal_to_the_successe
         p.stop().await;
     }
     cluster.stop().await;
+}
+
+/// A deposit that reached the group but whose answer was lost (the
+/// connection cut after the server acted) is asked for again with the same
+/// request id, and the caller learns it succeeded: it never reports a
+/// committed deposit as failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposit_whose_answer_is_lost_is_asked_again_and_replays() {
+    let auth = TestAuth::start().await;
+    let (mut alice, _, alice_s) = register_and_login(&auth, "alice").await;
+    let cutter = AnswerCutter::start(auth.server_addr()).await;
+    let mut target = auth.target();
+    target.endpoints = vec![format!("https://127.0.0.1:{}", cutter.addr.port())];
+    let mut bob = AuthClient::connect(&target).await.unwrap();
+    let id = identity();
+    bob.register("bob", &password("bob"), &id, None)
+        .await
+        .unwrap();
+    let s = bob.login("bob", &password("bob"), &id, &[]).await.unwrap();
+    bob.set_token(s.token);
+    let mut d = deposit_for(&["alice"], b"a locator");
+    d.grant_serial = grant_serial_for(&mut bob, &["alice"]).await;
+
+    cutter.arm();
+    let receipt = bob
+        .deposit(&s.master_key, &d)
+        .await
+        .expect("the lost answer is asked for again");
+    assert_eq!(cutter.cuts(), 1, "the first answer was lost");
+    assert!(
+        receipt.replayed,
+        "the second ask replayed the first deposit"
+    );
+    let pending: Vec<[u8; 16]> = alice
+        .list_pending(&alice_s.master_key)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.id)
+        .collect();
+    assert_eq!(pending, vec![receipt.voicemail_id]);
 }

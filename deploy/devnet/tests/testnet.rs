@@ -386,3 +386,104 @@ async fn auth_leader_killed_by_hand_then_restarted() {
     );
     net.down().await;
 }
+
+/// The setup that once left a voicemail nobody could fetch: 50 concurrent
+/// `vmail leave` processes, and the auth leader SIGKILLed about a second
+/// in. Every leave that fails says whether anything was deposited, alice's
+/// inbox holds exactly the voicemails whose leaves reported success, and
+/// `fetch --all` gets every one of them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_killed_during_50_cli_leaves_leaves_the_inbox_equal_to_the_successes() {
+    const LEAVES: usize = 50;
+    let net = Testnet::up(5).await;
+    let homes = tempfile::tempdir().unwrap();
+    let home = |u: &str| homes.path().join(u);
+    for u in ["alice", "bob"] {
+        net.ok(&home(u), &["account", "register", u]).await;
+        net.ok(&home(u), &["login", u]).await;
+    }
+    let files: Vec<_> = (0..LEAVES)
+        .map(|i| {
+            let f = homes.path().join(format!("m{i}.wav"));
+            std::fs::write(&f, vmail_node::core::wav::generate(1, 8000, i as u64)).unwrap();
+            f
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    let bob = home("bob");
+    let leaves = futures::future::join_all(files.iter().map(|f| {
+        let args = [
+            "leave".to_owned(),
+            "--to".into(),
+            "alice".into(),
+            "--replicas".into(),
+            "2".into(),
+            f.to_str().unwrap().to_owned(),
+        ];
+        let mut cmd = net.command(&bob, &[]);
+        cmd.args(args);
+        async move { cmd.output().await.unwrap() }
+    }));
+    let kill = async {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let out = net.testnet(&["kill-auth-leader"]).await;
+        assert!(out.status.success(), "{}", stderr(&out));
+        started.elapsed()
+    };
+    let (outs, killed) = tokio::join!(leaves, kill);
+    let done = started.elapsed();
+    let mut succeeded = std::collections::HashSet::new();
+    let mut failed = 0;
+    for out in &outs {
+        let text = String::from_utf8_lossy(&out.stdout);
+        if out.status.success() {
+            let id = text
+                .lines()
+                .find_map(|l| l.strip_prefix("left voicemail "))
+                .and_then(|l| l.split_whitespace().next())
+                .unwrap_or_else(|| panic!("no voicemail id in: {text}"));
+            succeeded.insert(id.to_owned());
+        } else {
+            let why = stderr(out).to_lowercase();
+            assert!(
+                why.contains("nothing was stored")
+                    || why.contains("nothing was deposited")
+                    || why.contains("outcome is unknown"),
+                "a failed leave says whether anything was deposited: {why}"
+            );
+            assert!(
+                !why.contains("outcome is unknown"),
+                "the group recovered within the retry window: {why}"
+            );
+            if failed == 0 {
+                println!("a failed leave: {}", why.lines().last().unwrap_or_default());
+            }
+            failed += 1;
+        }
+    }
+    println!(
+        "leader killed after {killed:?}, leaves done after {done:?}: {} succeeded, {failed} failed",
+        succeeded.len()
+    );
+    assert!(killed < done, "the leader died while the leaves ran");
+    let inbox = net.ok(&home("alice"), &["inbox"]).await;
+    let listed: std::collections::HashSet<String> = inbox
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|w| w.len() == 32 && w.chars().all(|c| c.is_ascii_hexdigit()))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(
+        listed, succeeded,
+        "alice's inbox is exactly the successful leaves"
+    );
+    let out = homes.path().join("fetched");
+    std::fs::create_dir_all(&out).unwrap();
+    net.ok(
+        &home("alice"),
+        &["fetch", "--all", "--out", out.to_str().unwrap()],
+    )
+    .await;
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), succeeded.len());
+    net.down().await;
+}

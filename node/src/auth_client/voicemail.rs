@@ -177,7 +177,7 @@ impl AuthClient {
         // A retry at worst issues a second grant that no deposit uses; the
         // group drops it when its upload window closes.
         let resp = self
-            .call(|mut c| {
+            .call_until_known(|mut c| {
                 let req = req.clone();
                 async move { c.request_grant(bearer(token, req)).await }
             })
