@@ -292,7 +292,11 @@ impl TestNet {
     /// Starts an auth server and `n` peers, letting `tune` change each
     /// peer's config.
     pub async fn start_with(n: usize, tune: impl Fn(&mut NodeConfig)) -> Self {
-        let auth = TestAuth::start().await;
+        Self::start_on(TestAuth::start().await, n, tune).await
+    }
+
+    /// Starts `n` peers holding what `auth` grants.
+    pub async fn start_on(auth: TestAuth, n: usize, tune: impl Fn(&mut NodeConfig)) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let key = auth.target().cluster_key;
         let peers = localnet::start_peers(dir.path(), n, Vec::new(), &key, tune)

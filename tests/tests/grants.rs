@@ -3,13 +3,15 @@
 //! quota untouched, and a voicemail's shards are gone from every holder
 //! once its last recipient acked, including a holder that was down then.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
 use libp2p::PeerId;
 use sha2::{Digest, Sha256};
+use vmail_auth::service::ManualClock;
 use vmail_devnet::localnet;
-use vmail_node::auth_client::{AuthClient, GrantRequest};
+use vmail_node::auth_client::{AuthClient, Delivery, GrantRequest};
 use vmail_node::core::erasure::Redundancy;
 use vmail_node::core::locator::{Layout, ObjectId, ShardRef};
 use vmail_node::overlay::objects::{ObjectMeta, ShardOf};
@@ -502,4 +504,143 @@ async fn a_deposit_whose_answer_is_lost_is_asked_again_and_replays() {
         .map(|p| p.id)
         .collect();
     assert_eq!(pending, vec![receipt.voicemail_id]);
+}
+
+/// A client of `net`'s auth server logged in as `user` (already registered
+/// with `identity`).
+async fn client_of(net: &TestNet, user: &str, identity: &SigningKey) -> AuthClient {
+    let mut c = net.auth.client().await;
+    let s = c
+        .login(user, &password(user), identity, &[])
+        .await
+        .expect("login");
+    c.set_token(s.token);
+    c
+}
+
+/// Shards of `ids` held anywhere in `net`.
+fn held(net: &TestNet, ids: &[ObjectId]) -> usize {
+    holders_of(&net.peers, ids)
+}
+
+/// `bob`'s receipt for voicemail `id`: each recipient's state.
+async fn states(bob: &mut AuthClient, id: [u8; 16]) -> Vec<(String, Delivery)> {
+    bob.list_sent()
+        .await
+        .expect("list sent")
+        .into_iter()
+        .find(|s| s.id == id)
+        .expect("a receipt")
+        .recipients
+        .into_iter()
+        .map(|(name, state, _)| (name, state))
+        .collect()
+}
+
+/// Retention, receipts, recall and discard, end to end: the grant expires
+/// at the shortest retention of its recipients; `sent` follows each
+/// recipient from pending to delivered, recalled or expired unread; a
+/// recall or the last discard deletes every shard; only the sender may
+/// recall, and only before everyone has it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_receipts_recall_and_discard() {
+    // The group's clock stands still until the test moves it.
+    let start = vmail_proto::unix_now();
+    let clock = Arc::new(ManualClock::new(start));
+    let auth = TestAuth::start_with(|_| {}, clock.clone()).await;
+    let net = TestNet::start_on(auth, 6, |_| {}).await;
+    let bob_id = net.login(0, "bob").await;
+    let alice_id = net.login(1, "alice").await;
+    net.login(2, "carol").await;
+    let mut bob = client_of(&net, "bob", &bob_id).await;
+    let mut alice = client_of(&net, "alice", &alice_id).await;
+    assert_eq!(alice.whoami().await.unwrap().retention_secs, 30 * 86_400);
+    assert_eq!(alice.set_retention(3600).await.unwrap(), 3600);
+    assert_eq!(alice.whoami().await.unwrap().retention_secs, 3600);
+    let err = alice.set_retention(60).await.unwrap_err();
+    assert_eq!(err.code(), Some(tonic::Code::InvalidArgument), "{err}");
+
+    // To alice and carol: alice's hour is the shortest retention.
+    let leave = |to: &[&str]| leave_coded(to, random_content(30_000), 2, 4);
+    let v1 = net.peers[0]
+        .leave(leave(&["alice", "carol"]), no_progress())
+        .await
+        .unwrap();
+    let ids1: Vec<ObjectId> = v1.shards.iter().map(|s| s.id).collect();
+    let meta = net
+        .peer(v1.shards[0].holder)
+        .store()
+        .unwrap()
+        .get(&ids1[0])
+        .unwrap();
+    assert_eq!(
+        meta.expires_at,
+        start + 3600,
+        "the holders drop it at alice's retention"
+    );
+    let pending = |who: &str| (who.to_owned(), Delivery::Pending);
+    assert_eq!(
+        states(&mut bob, v1.voicemail_id).await,
+        vec![pending("alice"), pending("carol")]
+    );
+
+    // carol fetches; alice declines without fetching: the last ack deletes.
+    net.peers[2]
+        .fetch(v1.voicemail_id, no_progress())
+        .await
+        .unwrap();
+    net.peers[2].ack(v1.voicemail_id).await.unwrap();
+    assert_eq!(
+        states(&mut bob, v1.voicemail_id).await,
+        vec![pending("alice"), ("carol".into(), Delivery::Delivered)]
+    );
+    // Only the sender may recall.
+    let err = net.peers[1].recall(v1.voicemail_id).await.unwrap_err();
+    assert!(err.to_string().contains("only the sender"), "{err}");
+    let discarded = net.peers[1].ack(v1.voicemail_id).await.unwrap();
+    assert!(discarded.key_erased);
+    assert_eq!(discarded.shards_deleted, 4);
+    assert_eq!(held(&net, &ids1), 0);
+    assert_eq!(
+        states(&mut bob, v1.voicemail_id).await,
+        vec![
+            ("alice".into(), Delivery::Delivered),
+            ("carol".into(), Delivery::Delivered)
+        ]
+    );
+    let err = net.peers[0].recall(v1.voicemail_id).await.unwrap_err();
+    assert!(err.to_string().contains("already delivered"), "{err}");
+
+    // A recall before delivery: gone from the inbox and from every holder.
+    let v2 = net.peers[0]
+        .leave(leave(&["alice"]), no_progress())
+        .await
+        .unwrap();
+    let ids2: Vec<ObjectId> = v2.shards.iter().map(|s| s.id).collect();
+    assert_eq!(held(&net, &ids2), 4);
+    let recalled = net.peers[0].recall(v2.voicemail_id).await.unwrap();
+    assert_eq!(recalled.shards_deleted, 4);
+    assert_eq!(held(&net, &ids2), 0);
+    assert!(net.peers[1].inbox().await.unwrap().is_empty());
+    assert_eq!(
+        states(&mut bob, v2.voicemail_id).await,
+        vec![("alice".into(), Delivery::Recalled)]
+    );
+    let err = net.peers[0].recall(v2.voicemail_id).await.unwrap_err();
+    assert!(err.to_string().contains("already recalled"), "{err}");
+
+    // Unread past alice's retention: gone from her inbox, and the sender
+    // sees it expired unread.
+    let v3 = net.peers[0]
+        .leave(leave(&["alice"]), no_progress())
+        .await
+        .unwrap();
+    clock.advance(3700);
+    net.auth.service().purge_expired().await.unwrap();
+    assert!(net.peers[1].inbox().await.unwrap().is_empty());
+    assert_eq!(
+        states(&mut bob, v3.voicemail_id).await,
+        vec![("alice".into(), Delivery::ExpiredUnread)]
+    );
+    net.stop().await;
 }
