@@ -11,7 +11,9 @@
 //!    concurrently, each as its own user since attempts are counted per user.
 //! 2. **Durable deposits** through `vmail_node::auth_client::AuthClient::deposit`,
 //!    one sender to `alice`, 1 and 16 in flight, fresh request ids; alice's
-//!    pending list is checked at the end.
+//!    pending list is checked at the end. Each deposit needs a storage grant
+//!    of its own (`AuthClient::request_grant`); a run's grants are all asked
+//!    for before its clock starts, so it times the deposits alone.
 //! 3. **Reference**: a 4 KiB append plus `sync_data()`, as each deposit is one
 //!    durable redb commit.
 //!
@@ -30,7 +32,7 @@ use vmail_proto::keys::{MasterKey, SecretKey};
 use vmail_proto::names::{Recipients, Username};
 use vmail_proto::opaque::Suite;
 use vmail_proto::pb::{self, auth_client::AuthClient as RawClient};
-use vmail_tests::{TestAuth, identity, password, register_and_login};
+use vmail_tests::{TestAuth, identity, password, register_and_login, try_granted};
 
 const SEQ_LOGINS: usize = 30;
 const CONC_TASKS: usize = 8;
@@ -113,6 +115,7 @@ async fn register(auth: &TestAuth, user: &str) -> Result<SigningKey> {
 }
 
 /// `n` deposits from `c` tasks; returns wall time and every latency, sorted.
+/// Their storage grants are asked for first, outside the timing.
 async fn deposits(
     client: &AuthClient,
     mk: &MasterKey,
@@ -120,24 +123,33 @@ async fn deposits(
     n: usize,
 ) -> Result<(Duration, Vec<Duration>)> {
     let recipients = Recipients::parse(["alice"])?;
+    let mut granting = client.clone();
+    let mut batches = Vec::with_capacity(c);
+    for _ in 0..c {
+        let mut batch = Vec::with_capacity(n / c);
+        for _ in 0..n / c {
+            let d = NewDeposit {
+                grant_serial: 0,
+                request_id: vmail_proto::random_bytes(),
+                recipients: recipients.clone(),
+                locator: b"blob://bench/0123456789abcdef".to_vec(),
+                session_key: SecretKey::random(),
+                meta: VoicemailMeta {
+                    content_type: "audio/ogg".into(),
+                    ..Default::default()
+                },
+            };
+            batch.push(try_granted(&mut granting, d, 0).await?);
+        }
+        batches.push(batch);
+    }
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(c);
-    for _ in 0..c {
-        let (mut client, mk, recipients) = (client.clone(), mk.clone(), recipients.clone());
+    for batch in batches {
+        let (mut client, mk) = (client.clone(), mk.clone());
         tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::with_capacity(n / c);
-            for _ in 0..n / c {
-                let d = NewDeposit {
-                    grant_serial: 0,
-                    request_id: vmail_proto::random_bytes(),
-                    recipients: recipients.clone(),
-                    locator: b"blob://bench/0123456789abcdef".to_vec(),
-                    session_key: SecretKey::random(),
-                    meta: VoicemailMeta {
-                        content_type: "audio/ogg".into(),
-                        ..Default::default()
-                    },
-                };
+            let mut lat = Vec::with_capacity(batch.len());
+            for d in batch {
                 let t = Instant::now();
                 let receipt = client.deposit(&mk, &d).await?;
                 lat.push(t.elapsed());
@@ -169,9 +181,15 @@ fn synced_write() -> Result<Duration> {
 }
 
 async fn run() -> Result<()> {
-    // alice receives every deposit of the run: lift the inbox cap to its maximum.
+    // alice receives every deposit of the run: lift the inbox cap to its
+    // maximum. The sender holds a whole run's storage grants before the run
+    // deposits under them.
+    let largest_run = DEPOSIT_RUNS.iter().map(|r| r.1).max().unwrap_or(0);
     let auth = TestAuth::start_with(
-        |c| c.max_pending_per_user = 3000,
+        |c| {
+            c.max_pending_per_user = 3000;
+            c.max_open_grants_per_user = largest_run as u64;
+        },
         std::sync::Arc::new(vmail_auth::service::SystemClock),
     )
     .await;
@@ -263,7 +281,8 @@ async fn run() -> Result<()> {
         );
     }
     println!(
-        "\nEach deposit is one durable redb commit. \"Deposits per argon2 run\" is how \
+        "\nEach deposit is one durable redb commit, under a storage grant asked for \
+         before the run's clock started. \"Deposits per argon2 run\" is how \
          many deposits the server completes while one client spends one login's \
          client time ({client_ms:.1} ms). alice's pending list holds all {pending}."
     );

@@ -6,6 +6,11 @@
 //! loopback in this process, etcd's members as processes; both over TLS to
 //! clients and mutual TLS between members, both fsyncing every commit.
 //!
+//! Every deposit is made under a storage grant of its own, as a real one
+//! is; the grants are asked for before the clock starts (in rounds, as a
+//! user may hold only `max_open_grants_per_user` unused ones), so the runs
+//! time the deposits alone, as the etcd reference times its puts.
+//!
 //! Run it with `tests/benches/cluster.sh`, which installs etcd (Debian's
 //! etcd-server) and runs `cargo bench -p vmail-tests --bench cluster`. It
 //! prints markdown for `docs/BENCHMARKS.md`. The references in the same run
@@ -24,7 +29,7 @@ use vmail_node::core::erasure::Redundancy;
 use vmail_node::core::locator::{LOCATOR_VERSION, Layout, Locator, ShardRef};
 use vmail_proto::keys::{MasterKey, SecretKey};
 use vmail_proto::names::Recipients;
-use vmail_tests::{TestCluster, identity, password};
+use vmail_tests::{TestCluster, identity, password, try_granted};
 
 /// Generated client for the etcd API subset in `tests/proto/etcd.proto`.
 #[allow(unreachable_pub, missing_debug_implementations, dead_code, clippy::all)]
@@ -40,7 +45,7 @@ const ETCD_MEMBERS: usize = 3;
 
 /// A deposit as `vmail leave` makes one: a 30 s WAV stored as RS(4,8)
 /// shards. Each sender leaves them for itself, so no inbox reaches its
-/// limit.
+/// limit. It still needs its storage grant ([`granted_deposit`]).
 fn deposit(to: &str) -> NewDeposit {
     let locator = Locator {
         version: LOCATOR_VERSION,
@@ -70,6 +75,11 @@ fn deposit(to: &str) -> NewDeposit {
             expires_at: 0,
         },
     }
+}
+
+/// [`deposit`] to `to`, under a storage grant `c` asks its group for.
+async fn granted_deposit(c: &mut AuthClient, to: &str) -> Result<NewDeposit> {
+    Ok(try_granted(c, deposit(to), 0).await?)
 }
 
 /// The bytes a deposit puts on the wire: etcd stores a value this size.
@@ -117,7 +127,12 @@ impl Run {
 }
 
 /// Runs `per_client` writes on each of `clients` at once; `write` makes one.
-async fn drive<C, F, Fut>(clients: Vec<C>, per_client: usize, write: F) -> Result<Run>
+/// Returns the clients, the wall time and every write's latency.
+async fn drive<C, F, Fut>(
+    clients: Vec<C>,
+    per_client: usize,
+    write: F,
+) -> Result<(Vec<C>, Duration, Vec<Duration>)>
 where
     C: Send + 'static,
     F: Fn(C) -> Fut + Copy + Send + 'static,
@@ -133,27 +148,61 @@ where
                 c = write(c).await?;
                 lat.push(t.elapsed());
             }
-            anyhow::Ok(lat)
+            anyhow::Ok((c, lat))
         }));
     }
+    let mut clients = Vec::new();
     let mut all = Vec::new();
     for t in tasks {
-        all.extend(t.await??);
+        let (c, lat) = t.await??;
+        clients.push(c);
+        all.extend(lat);
     }
-    Ok(Run::of(started.elapsed(), all))
+    Ok((clients, started.elapsed(), all))
 }
 
-/// Deposits with `conc` senders in flight.
+/// Deposits with `conc` senders in flight. A sender may hold only
+/// `max_open_grants_per_user` unused storage grants, so the run goes in
+/// rounds: every sender takes the round's grants (untimed, all senders at
+/// once), then the round's deposits are timed. The rate is the deposits
+/// over the timed rounds' wall time.
 async fn vmail_run(cluster: &TestCluster, conc: usize, total: usize) -> Result<Run> {
+    let stock = vmail_auth::config::ServerConfig::default().max_open_grants_per_user as usize;
     let mut clients = Vec::new();
     for i in 0..conc {
-        clients.push(sender(cluster, &format!("s{conc}x{i}")).await?);
+        let (c, mk, me) = sender(cluster, &format!("s{conc}x{i}")).await?;
+        clients.push((c, mk, me, Vec::new()));
     }
-    drive(clients, total / conc, |(mut c, mk, me)| async move {
-        c.deposit(&mk, &deposit(&me)).await?;
-        Ok((c, mk, me))
-    })
-    .await
+    let (mut elapsed, mut latencies) = (Duration::ZERO, Vec::new());
+    let mut left = total / conc;
+    while left > 0 {
+        let round = left.min(stock);
+        let mut granting = Vec::new();
+        for (mut c, mk, me, _) in clients {
+            granting.push(tokio::spawn(async move {
+                let mut ready = Vec::with_capacity(round);
+                for _ in 0..round {
+                    ready.push(granted_deposit(&mut c, &me).await?);
+                }
+                anyhow::Ok((c, mk, me, ready))
+            }));
+        }
+        clients = Vec::new();
+        for t in granting {
+            clients.push(t.await??);
+        }
+        let (back, wall, lat) = drive(clients, round, |(mut c, mk, me, mut ready)| async move {
+            let d = ready.pop().context("a deposit without its grant")?;
+            c.deposit(&mk, &d).await?;
+            Ok((c, mk, me, ready))
+        })
+        .await?;
+        clients = back;
+        elapsed += wall;
+        latencies.extend(lat);
+        left -= round;
+    }
+    Ok(Run::of(elapsed, latencies))
 }
 
 /// A three-member etcd cluster on loopback: TLS to clients, mutual TLS
@@ -293,7 +342,7 @@ impl Etcd {
             let kv = etcdpb::kv_client::KvClient::new(self.channel(&leader).await?);
             clients.push((kv, value.to_vec()));
         }
-        drive(clients, total / conc, |(mut kv, value)| async move {
+        let (_, wall, lat) = drive(clients, total / conc, |(mut kv, value)| async move {
             let key = hex::encode(vmail_proto::random_bytes::<16>());
             kv.put(etcdpb::PutRequest {
                 key: format!("deposit/{key}").into_bytes(),
@@ -303,7 +352,8 @@ impl Etcd {
             .await?;
             Ok((kv, value))
         })
-        .await
+        .await?;
+        Ok(Run::of(wall, lat))
     }
 
     async fn stop(mut self) {
@@ -417,11 +467,15 @@ async fn run() -> Result<()> {
     for _ in 0..FAILOVERS {
         let mut cluster = TestCluster::start(3).await;
         let (mut c, mk, me) = sender(&cluster, "bob").await?;
-        c.deposit(&mk, &deposit(&me)).await?;
+        let first = granted_deposit(&mut c, &me).await?;
+        c.deposit(&mk, &first).await?;
+        // The next deposit's grant is taken before the kill: the time is
+        // the deposit's alone.
+        let next = granted_deposit(&mut c, &me).await?;
         let leader = cluster.leader().await;
         let t = Instant::now();
         cluster.kill(leader).await;
-        c.deposit(&mk, &deposit(&me)).await?;
+        c.deposit(&mk, &next).await?;
         times.push(t.elapsed());
         cluster.stop().await;
     }

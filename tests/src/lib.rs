@@ -21,7 +21,7 @@ use vmail_auth::service::{AuthService, Clock, SystemClock};
 use vmail_devnet::local_auth::{self, Harness, LocalServer, LocalServerError};
 use vmail_devnet::localnet;
 use vmail_node::auth_client::{
-    AuthClient, AuthTarget, GrantRequest, LoginSession, NewDeposit, VoicemailMeta,
+    AuthClient, AuthTarget, ClientError, GrantRequest, LoginSession, NewDeposit, VoicemailMeta,
 };
 use vmail_node::config::NodeConfig;
 use vmail_node::core::erasure::Redundancy;
@@ -150,7 +150,8 @@ pub fn password(user: &str) -> Vec<u8> {
 }
 
 /// A deposit for `names` with a fresh request id and session key, and the
-/// metadata of a 5 s WAV.
+/// metadata of a 5 s WAV. It names no storage grant yet (`grant_serial` 0,
+/// which the group refuses): pass it through [`granted`] to deposit it.
 pub fn deposit_for(names: &[&str], locator: &[u8]) -> NewDeposit {
     NewDeposit {
         grant_serial: 0,
@@ -167,12 +168,12 @@ pub fn deposit_for(names: &[&str], locator: &[u8]) -> NewDeposit {
     }
 }
 
-/// A storage grant from `c`'s group for a voicemail to `names` of one
-/// 1 KiB shard on one holder, as a leave would ask for, for tests that
-/// deposit without storing anything; its serial.
-pub async fn grant_serial_for(c: &mut AuthClient, names: &[&str]) -> u64 {
-    c.request_grant(&GrantRequest {
-        recipients: Recipients::parse(names).expect("valid recipients"),
+/// A storage grant request for a voicemail to `recipients` of one 1 KiB
+/// shard on one made-up holder, as a leave would ask for, kept until
+/// `expires_at` (0: the server's default lifetime).
+fn one_shard_grant(recipients: &Recipients, expires_at: u64) -> GrantRequest {
+    GrantRequest {
+        recipients: recipients.clone(),
         message_id: vmail_proto::random_bytes(),
         data_shards: 1,
         shards: vec![GrantedShard {
@@ -180,12 +181,53 @@ pub async fn grant_serial_for(c: &mut AuthClient, names: &[&str]) -> u64 {
             sha256: vmail_proto::random_bytes(),
         }],
         holders: vec![PeerId::random().to_bytes()],
-        expires_at: 0,
-    })
-    .await
-    .expect("a storage grant")
-    .body
-    .serial
+        expires_at,
+    }
+}
+
+/// A storage grant from `c`'s group for a voicemail to `names` of one
+/// 1 KiB shard on one holder, as a leave would ask for, for tests that
+/// deposit without storing anything; its serial.
+pub async fn grant_serial_for(c: &mut AuthClient, names: &[&str]) -> u64 {
+    let recipients = Recipients::parse(names).expect("valid recipients");
+    c.request_grant(&one_shard_grant(&recipients, 0))
+        .await
+        .expect("a storage grant")
+        .body
+        .serial
+}
+
+/// `d` under a new storage grant that `c` asks its group for, for `d`'s
+/// recipients and kept until `expires_at` (0: the server's default; the
+/// voicemail expires with the grant). Everything else in `d` is kept, so a
+/// retry of the returned deposit replays it: same request id, same serial.
+/// The refusal of RequestGrant is returned as is (an unknown recipient is
+/// NOT_FOUND naming them).
+pub async fn try_granted(
+    c: &mut AuthClient,
+    mut d: NewDeposit,
+    expires_at: u64,
+) -> Result<NewDeposit, ClientError> {
+    let grant = c
+        .request_grant(&one_shard_grant(&d.recipients, expires_at))
+        .await?;
+    d.grant_serial = grant.body.serial;
+    Ok(d)
+}
+
+/// `d` under a new storage grant from `c`'s group for its recipients, with
+/// the server's default lifetime ([`try_granted`]); panics if refused.
+pub async fn granted(c: &mut AuthClient, d: NewDeposit) -> NewDeposit {
+    granted_until(c, d, 0).await
+}
+
+/// `d` under a new storage grant from `c`'s group for its recipients that
+/// expires at `expires_at` (Unix seconds on the server's clock), and with
+/// it the voicemail ([`try_granted`]); panics if refused.
+pub async fn granted_until(c: &mut AuthClient, d: NewDeposit, expires_at: u64) -> NewDeposit {
+    try_granted(c, d, expires_at)
+        .await
+        .expect("a storage grant for the deposit's recipients")
 }
 
 /// `msg` as an authenticated request of the session with `token`, for

@@ -15,8 +15,8 @@ use vmail_proto::keys::MasterKey;
 use vmail_proto::pb;
 use vmail_proto::random_bytes;
 use vmail_tests::{
-    TestAuth, bearer, deposit_for, deposit_request, file_bytes, identity, password,
-    register_and_login, request_grant,
+    TestAuth, bearer, deposit_for, deposit_request, file_bytes, granted, granted_until, identity,
+    password, register_and_login, request_grant, try_granted,
 };
 
 fn code(r: Result<impl std::fmt::Debug, ClientError>) -> (Code, String) {
@@ -38,7 +38,11 @@ async fn happy_path_register_login_deposit_list_unwrap_ack() {
     assert_eq!(cert.identity_key, bob_id.verifying_key());
     assert_eq!(bob_s.certificate.identity_key, bob_id.verifying_key());
 
-    let d = deposit_for(&["carol", "alice"], b"locator: shard ids");
+    let d = granted(
+        &mut bob,
+        deposit_for(&["carol", "alice"], b"locator: shard ids"),
+    )
+    .await;
     let receipt = bob.deposit(&bob_s.master_key, &d).await.unwrap();
     assert!(!receipt.replayed);
 
@@ -63,9 +67,11 @@ async fn happy_path_register_login_deposit_list_unwrap_ack() {
             .is_empty()
     );
 
-    assert!(
-        !alice.ack(&receipt.voicemail_id).await.unwrap(),
-        "carol still holds a grant"
+    let first = alice.ack(&receipt.voicemail_id).await.unwrap();
+    assert!(!first.key_erased, "carol still holds a grant");
+    assert_eq!(
+        first.delete_order, None,
+        "only the last ack orders a delete"
     );
     assert!(
         auth.service()
@@ -73,10 +79,12 @@ async fn happy_path_register_login_deposit_list_unwrap_ack() {
             .voicemail_exists(&receipt.voicemail_id)
             .unwrap()
     );
-    assert!(
-        carol.ack(&receipt.voicemail_id).await.unwrap(),
-        "last ack erases the key"
-    );
+    let last = carol.ack(&receipt.voicemail_id).await.unwrap();
+    assert!(last.key_erased, "last ack erases the key");
+    let order = last
+        .delete_order
+        .expect("the last ack carries a delete order");
+    assert_eq!(order.serial, d.grant_serial);
     assert!(
         !auth
             .service()
@@ -302,9 +310,24 @@ async fn deposit_refusals_change_nothing() {
     register_and_login(&auth, "alice").await;
     let before = auth.service().store().counts().unwrap();
 
-    // Unknown recipient, named.
+    // Unknown recipient, named: RequestGrant refuses it before anything is
+    // stored...
+    let (code_, msg) = code(try_granted(&mut bob, deposit_for(&["alice", "carol"], b""), 0).await);
+    assert_eq!(code_, Code::NotFound);
+    assert_eq!(msg, "unknown recipient \"carol\"");
+    // ...and the deposit checks again: one naming carol under a grant
+    // asked for alice alone is refused the same way. Every deposit below is
+    // refused under this one grant, which is left unused for the last.
+    let serial = granted(&mut bob, deposit_for(&["alice"], b""))
+        .await
+        .grant_serial;
+    let under_grant = |names: &[&str], locator: &[u8]| {
+        let mut d = deposit_for(names, locator);
+        d.grant_serial = serial;
+        d
+    };
     let (code_, msg) = code(
-        bob.deposit(&bob_s.master_key, &deposit_for(&["alice", "carol"], b""))
+        bob.deposit(&bob_s.master_key, &under_grant(&["alice", "carol"], b""))
             .await,
     );
     assert_eq!(code_, Code::NotFound);
@@ -312,23 +335,30 @@ async fn deposit_refusals_change_nothing() {
 
     // A wrap under a key other than the session's master key.
     let wrong = MasterKey::from_bytes(random_bytes());
-    let (code_, msg) = code(bob.deposit(&wrong, &deposit_for(&["alice"], b"")).await);
+    let (code_, msg) = code(bob.deposit(&wrong, &under_grant(&["alice"], b"")).await);
     assert_eq!(code_, Code::PermissionDenied);
     assert!(msg.contains("wrapped_key"), "{msg}");
 
     // Oversize locator.
     let big = vec![7u8; 16 * 1024 + 1];
     let (code_, msg) = code(
-        bob.deposit(&bob_s.master_key, &deposit_for(&["alice"], &big))
+        bob.deposit(&bob_s.master_key, &under_grant(&["alice"], &big))
             .await,
     );
     assert_eq!(code_, Code::InvalidArgument);
     assert!(msg.starts_with("locator: 16385 bytes"), "{msg}");
     assert_eq!(auth.service().store().counts().unwrap(), before);
-    // Exactly the limit is accepted.
+    let grant = auth
+        .service()
+        .store()
+        .storage_grant(serial)
+        .unwrap()
+        .unwrap();
+    assert_eq!(grant.deposited, None, "a refused deposit spends no grant");
+    // Exactly the limit is accepted, under the grant the refusals left unused.
     bob.deposit(
         &bob_s.master_key,
-        &deposit_for(&["alice"], &big[..16 * 1024]),
+        &under_grant(&["alice"], &big[..16 * 1024]),
     )
     .await
     .unwrap();
@@ -355,7 +385,7 @@ async fn replayed_request_id_returns_the_first_result() {
     let auth = TestAuth::start().await;
     let (mut bob, _, bob_s) = register_and_login(&auth, "bob").await;
     let (mut alice, _, alice_s) = register_and_login(&auth, "alice").await;
-    let d = deposit_for(&["alice"], b"loc");
+    let d = granted(&mut bob, deposit_for(&["alice"], b"loc")).await;
     let first = bob.deposit(&bob_s.master_key, &d).await.unwrap();
     let again = bob.deposit(&bob_s.master_key, &d).await.unwrap();
     assert_eq!(again.voicemail_id, first.voicemail_id);
@@ -365,9 +395,11 @@ async fn replayed_request_id_returns_the_first_result() {
         1
     );
 
-    // The same id with other content is refused, not merged.
+    // The same id with other content (under the same grant) is refused, not
+    // merged.
     let mut other = deposit_for(&["alice"], b"other loc");
     other.request_id = d.request_id;
+    other.grant_serial = d.grant_serial;
     let (code_, msg) = code(bob.deposit(&bob_s.master_key, &other).await);
     assert_eq!(code_, Code::AlreadyExists);
     assert!(msg.contains("request_id"), "{msg}");
@@ -380,10 +412,8 @@ async fn only_recipients_can_see_or_ack() {
     let (mut bob, _, bob_s) = register_and_login(&auth, "bob").await;
     let (mut alice, _, alice_s) = register_and_login(&auth, "alice").await;
     let (mut mallory, _, mallory_s) = register_and_login(&auth, "mallory").await;
-    let r = bob
-        .deposit(&bob_s.master_key, &deposit_for(&["alice"], b""))
-        .await
-        .unwrap();
+    let d = granted(&mut bob, deposit_for(&["alice"], b"")).await;
+    let r = bob.deposit(&bob_s.master_key, &d).await.unwrap();
     assert!(
         mallory
             .list_pending(&mallory_s.master_key)
@@ -478,7 +508,7 @@ async fn restart_keeps_users_and_pending_voicemail() {
         .register("alice", &password("alice"), &alice_id, None)
         .await
         .unwrap();
-    let d = deposit_for(&["alice"], b"loc");
+    let d = granted(&mut bob, deposit_for(&["alice"], b"loc")).await;
     let r = bob.deposit(&bob_s.master_key, &d).await.unwrap();
     auth.restart().await;
     let mut alice = auth.client().await;
@@ -503,7 +533,7 @@ async fn voicemail_survives_a_master_key_change_and_identity_rotation() {
     alice.logout().await.unwrap();
     let (mut bob, _, bob_s) = register_and_login(&auth, "bob").await;
     // Deposited while alice is logged out: it is bound to no key of hers.
-    let d = deposit_for(&["alice"], b"loc");
+    let d = granted(&mut bob, deposit_for(&["alice"], b"loc")).await;
     bob.deposit(&bob_s.master_key, &d).await.unwrap();
 
     let new_id = identity();
@@ -544,21 +574,18 @@ async fn watch_pending_pushes_new_voicemail_and_ends_at_logout() {
     let auth = TestAuth::start().await;
     let (mut bob, _, bob_s) = register_and_login(&auth, "bob").await;
     let (mut alice, _, alice_s) = register_and_login(&auth, "alice").await;
-    let early = bob
-        .deposit(&bob_s.master_key, &deposit_for(&["alice"], b"1"))
-        .await
-        .unwrap();
+    let d = granted(&mut bob, deposit_for(&["alice"], b"1")).await;
+    let early = bob.deposit(&bob_s.master_key, &d).await.unwrap();
     let mut stream = alice.clone().watch_pending().await.unwrap();
     let first = alice
         .open_pending(&alice_s.master_key, stream.next().await.unwrap().unwrap())
         .unwrap();
     assert_eq!(first.id, early.voicemail_id);
-    let d = deposit_for(&["alice"], b"2");
+    let d = granted(&mut bob, deposit_for(&["alice"], b"2")).await;
     let live = bob.deposit(&bob_s.master_key, &d).await.unwrap();
     // A voicemail for someone else is not pushed to alice.
-    bob.deposit(&bob_s.master_key, &deposit_for(&["bob"], b"3"))
-        .await
-        .unwrap();
+    let other = granted(&mut bob, deposit_for(&["bob"], b"3")).await;
+    bob.deposit(&bob_s.master_key, &other).await.unwrap();
     let second = alice
         .open_pending(&alice_s.master_key, stream.next().await.unwrap().unwrap())
         .unwrap();
@@ -850,43 +877,45 @@ async fn a_full_inbox_refuses_deposits_for_that_recipient_only() {
     let (mut bob, _, bob_s) = register_and_login(&auth, "bob").await;
     let (mut alice, _, alice_s) = register_and_login(&auth, "alice").await;
     register_and_login(&auth, "carol").await;
-    let mut short = deposit_for(&["alice"], b"");
-    short.meta.expires_at = vmail_auth::service::Clock::now(&*clock) + 100;
+    // The voicemail expires with its storage grant.
+    let soon = vmail_auth::service::Clock::now(&*clock) + 100;
+    let short = granted_until(&mut bob, deposit_for(&["alice"], b""), soon).await;
     let expiring = bob
         .deposit(&bob_s.master_key, &short)
         .await
         .unwrap()
         .voicemail_id;
     for _ in 0..2 {
-        bob.deposit(&bob_s.master_key, &deposit_for(&["alice"], b""))
-            .await
-            .unwrap();
+        let d = granted(&mut bob, deposit_for(&["alice"], b"")).await;
+        bob.deposit(&bob_s.master_key, &d).await.unwrap();
     }
-    let full = || deposit_for(&["carol", "alice"], b"");
-    let (code_, msg) = code(bob.deposit(&bob_s.master_key, &full()).await);
+    // A deposit to carol and alice, under a grant of its own.
+    let full = granted(&mut bob, deposit_for(&["carol", "alice"], b"")).await;
+    let (code_, msg) = code(bob.deposit(&bob_s.master_key, &full).await);
     assert_eq!(code_, Code::ResourceExhausted);
     assert!(
         msg.starts_with("the inbox of \"alice\" is full (3 voicemails waiting)"),
         "{msg}"
     );
     assert_eq!(auth.service().store().counts().unwrap().voicemails, 3);
-    bob.deposit(&bob_s.master_key, &deposit_for(&["carol"], b""))
-        .await
-        .unwrap();
+    let to_carol = granted(&mut bob, deposit_for(&["carol"], b"")).await;
+    bob.deposit(&bob_s.master_key, &to_carol).await.unwrap();
 
-    // An ack makes room...
+    // An ack makes room: the refused deposit now goes through, under the
+    // grant the refusal left unused...
     let pending = alice.list_pending(&alice_s.master_key).await.unwrap();
     let other = pending.iter().find(|p| p.id != expiring).unwrap().id;
     alice.ack(&other).await.unwrap();
-    bob.deposit(&bob_s.master_key, &full()).await.unwrap();
+    bob.deposit(&bob_s.master_key, &full).await.unwrap();
+    let full = granted(&mut bob, deposit_for(&["carol", "alice"], b"")).await;
     assert_eq!(
-        code(bob.deposit(&bob_s.master_key, &full()).await).0,
+        code(bob.deposit(&bob_s.master_key, &full).await).0,
         Code::ResourceExhausted
     );
     // ...and so does the purge of an expired voicemail.
     clock.advance(100);
     auth.service().purge_expired().await.unwrap();
-    bob.deposit(&bob_s.master_key, &full()).await.unwrap();
+    bob.deposit(&bob_s.master_key, &full).await.unwrap();
 }
 
 /// One test case's change to an otherwise valid request.
@@ -1112,13 +1141,26 @@ async fn expired_voicemail_is_hidden_then_erased() {
     let auth = TestAuth::start_with(|_| {}, clock.clone()).await;
     let (mut bob, _, bob_s) = register_and_login(&auth, "bob").await;
     let (mut alice, _, alice_s) = register_and_login(&auth, "alice").await;
+    // The voicemail's lifetime is its storage grant's: the one asked for
+    // here, whatever the deposit's metadata says.
+    let soon = vmail_auth::service::Clock::now(&*clock) + 100;
     let mut short = deposit_for(&["alice"], b"");
-    short.meta.expires_at = vmail_auth::service::Clock::now(&*clock) + 100;
+    short.meta.expires_at = soon + 365 * 86_400;
+    let short = granted_until(&mut bob, short, soon).await;
     let gone = bob.deposit(&bob_s.master_key, &short).await.unwrap();
-    let kept = bob
-        .deposit(&bob_s.master_key, &deposit_for(&["alice"], b""))
+    let kept = granted(&mut bob, deposit_for(&["alice"], b"")).await;
+    let kept = bob.deposit(&bob_s.master_key, &kept).await.unwrap();
+    let expiries: Vec<_> = alice
+        .list_pending(&alice_s.master_key)
         .await
-        .unwrap();
+        .unwrap()
+        .iter()
+        .map(|p| (p.id, p.meta.expires_at))
+        .collect();
+    assert!(
+        expiries.contains(&(gone.voicemail_id, soon)),
+        "{expiries:?}"
+    );
     clock.advance(100);
     let ids: Vec<_> = alice
         .list_pending(&alice_s.master_key)
@@ -1149,9 +1191,8 @@ async fn shutdown_does_not_wait_for_a_client_that_stopped_reading() {
     let (mut alice, _, _) = register_and_login(&auth, "alice").await;
     // A backlog far larger than the stream's buffer and HTTP/2 window.
     for _ in 0..200 {
-        bob.deposit(&bob_s.master_key, &deposit_for(&["alice"], &[7; 16 * 1024]))
-            .await
-            .unwrap();
+        let d = granted(&mut bob, deposit_for(&["alice"], &[7; 16 * 1024])).await;
+        bob.deposit(&bob_s.master_key, &d).await.unwrap();
     }
     let unread = alice.watch_pending().await.unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;

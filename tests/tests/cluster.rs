@@ -10,9 +10,11 @@ use std::time::{Duration, Instant};
 use tonic::Code;
 use vmail_auth::cluster::admin;
 use vmail_auth::datadir::{self, InitOptions};
-use vmail_node::auth_client::{AuthClient, ClientError};
+use vmail_node::auth_client::{AuthClient, ClientError, outcome_unknown};
 use vmail_proto::keys::MasterKey;
-use vmail_tests::{TestCluster, deposit_for, identity, password};
+use vmail_tests::{
+    TestCluster, deposit_for, grant_serial_for, granted, identity, password, try_granted,
+};
 
 /// Registers and logs `user` in on a client that knows only `endpoints`.
 async fn login_on(cluster: &TestCluster, which: &[usize], user: &str) -> (AuthClient, MasterKey) {
@@ -48,7 +50,7 @@ async fn a_deposit_acknowledged_at_one_server_is_listed_at_another_right_after()
     let (mut bob, bob_mk) = login_on(&cluster, &[f[0]], "bob").await;
     let (mut alice, alice_mk) = login_on(&cluster, &[f[1]], "alice").await;
     for n in 0..5u8 {
-        let d = deposit_for(&["alice"], &[n; 40]);
+        let d = granted(&mut bob, deposit_for(&["alice"], &[n; 40])).await;
         let receipt = bob.deposit(&bob_mk, &d).await.expect("deposit");
         let listed = alice.list_pending(&alice_mk).await.expect("list");
         assert!(
@@ -111,7 +113,8 @@ async fn a_deposit_ordered_after_its_senders_logout_is_refused_when_it_applies()
         .unwrap();
     svc.logout(&session).await.unwrap();
 
-    let d = deposit_for(&["alice"], b"after logout");
+    let mut d = deposit_for(&["alice"], b"after logout");
+    d.grant_serial = grant.body.serial;
     let wrapped_key = d.wrap_key(&login.master_key);
     let late = svc
         .deposit(
@@ -122,7 +125,7 @@ async fn a_deposit_ordered_after_its_senders_logout_is_refused_when_it_applies()
                 locator: d.locator.clone(),
                 wrapped_key,
                 metadata: d.meta.clone(),
-                grant_serial: grant.body.serial,
+                grant_serial: d.grant_serial,
             },
         )
         .await;
@@ -146,7 +149,7 @@ async fn a_deposit_ordered_after_its_senders_logout_is_refused_when_it_applies()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_writes_share_log_entries_and_each_caller_gets_its_own_reply() {
-    // 32 senders deposit at once; every other one names an unknown
+    // 32 senders deposit at once; every other one also names an unknown
     // recipient. The batcher proposes what queued together as one entry:
     // the log grows by fewer entries than there were writes, yet each
     // caller gets its own answer and each good deposit is stored once.
@@ -158,14 +161,31 @@ async fn concurrent_writes_share_log_entries_and_each_caller_gets_its_own_reply(
     for i in 0..N {
         senders.push(login_on(&cluster, &[leader], &format!("sender{i}")).await);
     }
+    // RequestGrant already refuses the unknown recipient, so each sender
+    // takes its storage grant first, for alice alone; the deposits that
+    // also name "nobody" test the deposit's own check.
+    let (c, _) = &mut senders[1];
+    let refused = try_granted(c, deposit_for(&["nobody"], b"no grant"), 0).await;
+    let refused = refused.expect_err("no grant for an unknown recipient");
+    assert_eq!(refused.code(), Some(Code::NotFound), "{refused}");
+    assert!(refused.to_string().contains("nobody"), "{refused}");
+    let mut deposits = Vec::new();
+    for (i, (c, _)) in senders.iter_mut().enumerate() {
+        let to: &[&str] = if i % 2 == 0 {
+            &["alice"]
+        } else {
+            &["alice", "nobody"]
+        };
+        let mut d = deposit_for(to, format!("batch {i}").as_bytes());
+        d.grant_serial = grant_serial_for(c, &["alice"]).await;
+        deposits.push(d);
+    }
     let before = cluster.last_log_index(leader);
     let start = Arc::new(tokio::sync::Barrier::new(N));
     let mut tasks = Vec::new();
-    for (i, (mut c, mk)) in senders.into_iter().enumerate() {
+    for ((mut c, mk), d) in senders.into_iter().zip(deposits) {
         let start = start.clone();
         tasks.push(tokio::spawn(async move {
-            let to = if i % 2 == 0 { "alice" } else { "nobody" };
-            let d = deposit_for(&[to], format!("batch {i}").as_bytes());
             start.wait().await;
             c.deposit(&mk, &d).await.map(|r| r.voicemail_id)
         }));
@@ -223,7 +243,23 @@ async fn killing_the_leader_during_500_deposits_loses_and_duplicates_nothing() {
         tasks.push(tokio::spawn(async move {
             for seq in 0..PER_CLIENT {
                 let locator = format!("client {c} deposit {seq}").into_bytes();
-                let d = deposit_for(&["carol"], &locator);
+                let until = Instant::now() + Duration::from_secs(60);
+                // First a storage grant; a lost answer at worst leaves one
+                // unused, so ask again until one arrives.
+                let fresh = deposit_for(&["carol"], &locator);
+                let d = loop {
+                    match try_granted(&mut client, fresh.clone(), 0).await {
+                        Ok(d) => break d,
+                        Err(e) => {
+                            assert!(
+                                e.code().is_none_or(outcome_unknown),
+                                "unexpected refusal of a grant: {e}"
+                            );
+                            assert!(Instant::now() < until, "no storage grant within 60 s: {e}");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    }
+                };
                 let mut rec = Record {
                     client: c,
                     seq,
@@ -231,8 +267,8 @@ async fn killing_the_leader_during_500_deposits_loses_and_duplicates_nothing() {
                     acked: None,
                     attempts: 0,
                 };
-                // Retry with the same request id until acknowledged.
-                let until = Instant::now() + Duration::from_secs(60);
+                // Retry with the same request id, under the same grant,
+                // until acknowledged.
                 while rec.acked.is_none() && Instant::now() < until {
                     rec.attempts += 1;
                     match client.deposit(&mk, &d).await {
@@ -320,9 +356,8 @@ async fn a_server_that_missed_compacted_log_catches_up_from_a_snapshot() {
     login_on(&cluster, &[leader], "alice").await;
     cluster.kill(behind).await;
     for n in 0..40u8 {
-        bob.deposit(&bob_mk, &deposit_for(&["alice"], &[n; 20]))
-            .await
-            .expect("deposit");
+        let d = granted(&mut bob, deposit_for(&["alice"], &[n; 20])).await;
+        bob.deposit(&bob_mk, &d).await.expect("deposit");
     }
     // Compact every running member: snapshot, then purge the log it covers,
     // so whichever leads must send the restarted server a snapshot.
@@ -379,7 +414,11 @@ async fn a_fourth_server_joins_live_and_one_is_removed_while_clients_work() {
         tokio::spawn(async move {
             let mut n = 0u32;
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                bob.deposit(&bob_mk, &deposit_for(&["alice"], &n.to_be_bytes()))
+                let d = deposit_for(&["alice"], &n.to_be_bytes());
+                let d = try_granted(&mut bob, d, 0)
+                    .await
+                    .expect("storage grants keep working during membership changes");
+                bob.deposit(&bob_mk, &d)
                     .await
                     .expect("deposits keep working during membership changes");
                 n += 1;
@@ -436,7 +475,10 @@ async fn a_partitioned_server_never_answers_from_stale_state() {
     login_on(&cluster, &[leader], "alice").await;
     cluster.wait_applied().await;
     cluster.isolate(cut, true);
-    bob.deposit(&bob_mk, &deposit_for(&["alice"], b"while cut off"))
+    let d = try_granted(&mut bob, deposit_for(&["alice"], b"while cut off"), 0)
+        .await
+        .expect("the majority still grants");
+    bob.deposit(&bob_mk, &d)
         .await
         .expect("the majority still takes writes");
     // The cut-off follower refuses reads that must be current.
@@ -537,9 +579,8 @@ async fn a_wiped_server_rejoins_as_a_fresh_member() {
     let mut cluster = TestCluster::start(3).await;
     let (mut bob, bob_mk) = login_on(&cluster, &[0, 1, 2], "bob").await;
     login_on(&cluster, &[0, 1, 2], "alice").await;
-    bob.deposit(&bob_mk, &deposit_for(&["alice"], b"before the wipe"))
-        .await
-        .unwrap();
+    let d = granted(&mut bob, deposit_for(&["alice"], b"before the wipe")).await;
+    bob.deposit(&bob_mk, &d).await.unwrap();
     let leader = cluster.leader().await;
     let wiped = followers(&cluster, leader)[0];
     let old_id = cluster.server(wiped).node_id();

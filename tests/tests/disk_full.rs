@@ -14,7 +14,7 @@ use vmail_devnet::local_auth::{self, Harness, LocalServer};
 use vmail_node::auth_client::{AuthClient, NewDeposit, VoicemailMeta};
 use vmail_proto::keys::SecretKey;
 use vmail_proto::names::Recipients;
-use vmail_tests::{identity, password};
+use vmail_tests::{granted, identity, password, try_granted};
 
 /// A tmpfs mount that is unmounted when dropped, even if the test panics.
 struct Tmpfs(PathBuf);
@@ -39,6 +39,8 @@ impl Drop for Tmpfs {
     }
 }
 
+/// A deposit to alice with a locator of `locator_len` bytes, before its
+/// storage grant.
 fn deposit(locator_len: usize) -> NewDeposit {
     NewDeposit {
         grant_serial: 0,
@@ -75,24 +77,36 @@ async fn full_disk_refuses_deposits_and_loses_nothing() {
         .unwrap();
 
     // Fill the disk: deposits with 16 KiB locators until one is refused.
+    // Each first takes its storage grant, a write small enough to pass the
+    // space check (which asks for room in proportion to the command) when
+    // a 16 KiB deposit no longer does.
     let mut stored = Vec::new();
-    let refusal = loop {
+    let (refusal, unused) = loop {
         assert!(stored.len() < 1000, "the 4 MiB disk never filled");
-        let d = deposit(16 * 1024);
+        let d = try_granted(&mut bob, deposit(16 * 1024), 0)
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "a storage grant before deposit {} was refused: {e}",
+                    stored.len() + 1
+                )
+            });
         match bob.deposit(&bob_s.master_key, &d).await {
             Ok(r) => stored.push((r.voicemail_id, d.session_key)),
-            Err(e) => break e,
+            Err(e) => break (e, d.grant_serial),
         }
     };
     assert!(stored.len() > 10, "only {} deposits fitted", stored.len());
     assert_eq!(refusal.code(), Some(Code::ResourceExhausted), "{refusal}");
     assert!(refusal.to_string().contains("disk is full"), "{refusal}");
 
-    // Refused deposits left nothing behind.
+    // Refused deposits left nothing behind, and did not spend their grant.
     assert_eq!(
         server.service.store().counts().unwrap().voicemails,
         stored.len() as u64
     );
+    let grant = server.service.store().storage_grant(unused).unwrap();
+    assert_eq!(grant.map(|g| g.deposited), Some(None));
 
     // Free space: the same server takes deposits again, no restart needed.
     let grown = Command::new("mount")
@@ -101,7 +115,7 @@ async fn full_disk_refuses_deposits_and_loses_nothing() {
         .status()
         .unwrap();
     assert!(grown.success());
-    let d = deposit(16);
+    let d = granted(&mut bob, deposit(16)).await;
     let r = bob.deposit(&bob_s.master_key, &d).await.unwrap();
     stored.push((r.voicemail_id, d.session_key));
 
@@ -129,6 +143,7 @@ async fn full_disk_refuses_deposits_and_loses_nothing() {
         .login("bob", &password("bob"), &bob_id, &[])
         .await
         .unwrap();
-    bob.deposit(&bob_s.master_key, &deposit(16)).await.unwrap();
+    let d = granted(&mut bob, deposit(16)).await;
+    bob.deposit(&bob_s.master_key, &d).await.unwrap();
     server.stop().await.unwrap();
 }
