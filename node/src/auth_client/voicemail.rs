@@ -25,7 +25,7 @@ pub struct GrantRequest {
     pub shards: Vec<GrantedShard>,
     /// libp2p peer ids (bytes) the shards may go to.
     pub holders: Vec<Vec<u8>>,
-    /// Wanted expiry, Unix seconds; 0 for the longest allowed.
+    /// Wanted expiry, Unix seconds; 0 for the group's default lifetime.
     pub expires_at: u64,
 }
 

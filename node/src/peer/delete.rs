@@ -6,6 +6,7 @@
 //! expiry.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use libp2p::PeerId;
 use libp2p::kad::RecordKey;
@@ -14,6 +15,9 @@ use vmail_proto::grant::DeleteOrder;
 use super::{Peer, SessionError};
 use crate::core::locator::{Locator, ObjectId};
 use crate::overlay::transfer;
+
+/// How long one holder may take to answer a delete order.
+pub const ERASE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Voicemails whose shard identifiers a peer remembers from its fetches,
 /// for the ack that may delete them.
@@ -125,9 +129,22 @@ impl Peer {
             .flatten()
             .collect();
         holders.remove(&me);
+        // A holder that is down must not hold the ack up: each gets a few
+        // seconds, and one that missed the order learns it from a sibling.
         let sends = holders.into_iter().map(|h| {
             let bytes = bytes.clone();
-            async move { (h, self.blobs.erase(h, bytes).await) }
+            async move {
+                let sent = tokio::time::timeout(ERASE_TIMEOUT, self.blobs.erase(h, bytes)).await;
+                (
+                    h,
+                    sent.unwrap_or_else(|_| {
+                        Err(transfer::TransferError::Unreachable {
+                            peer: h,
+                            why: format!("no answer within {ERASE_TIMEOUT:?}"),
+                        })
+                    }),
+                )
+            }
         });
         let mut missed = 0u32;
         for (holder, result) in futures::future::join_all(sends).await {

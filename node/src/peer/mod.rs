@@ -61,7 +61,7 @@ use crate::overlay::swarm::{
 use crate::overlay::transfer::{self, BlobClient};
 use duties::{Maintain, Sample, load_observations, save_observations};
 
-pub use delete::AckReport;
+pub use delete::{AckReport, ERASE_TIMEOUT};
 pub use duties::{OBSERVATION_MAX_AGE_SECS, PURGE_INTERVAL, SAMPLE_INTERVAL};
 pub use error::{FetchError, LeaveError, SessionError, StartError};
 pub use fetch::{FetchFailure, Fetched, HEDGE_AFTER, RebuildError};
