@@ -12,10 +12,13 @@
 #  3. kill the auth leader's container
 #  4. kill bob's supernode
 #  5. cut one storage peer off its network
-#  6. alice and carol log in (the auth group fails over) and fetch
-#  7. compare SHA-256 hashes with the original
-#  8. repair regenerates the lost shards; restore everything; the restarted
-#     leader catches up, the supernode is elected again, every peer attached
+#  6. alice logs in (the auth group fails over) and fetches
+#  7. repair regenerates the lost shards
+#  8. carol fetches with a one-job peer: the last ack deletes every shard it
+#     can reach; compare SHA-256 hashes with the original
+#  9. restore everything; the restarted leader catches up, the supernode is
+#     elected again, every peer attached, and the holders that missed the
+#     delete order learn it from their siblings: no peer holds anything
 #  F1. a holder killed during an upload: bob's leave fails and says so,
 #      nothing is deposited, and the retry succeeds
 #  F2. an auth server restarted with its volume catches up
@@ -224,25 +227,8 @@ as_user "$ALICE" fetch "$VM_ID" --out /home/vmail >"$WORK/alice-fetch.txt" 2>&1 
     fail "alice's fetch: $(cat "$WORK/alice-fetch.txt")"
 sed 's/^/            /' "$WORK/alice-fetch.txt"
 ALICE_SHA=$(sha_in "$ALICE" "/home/vmail/$VM_ID.wav")
-step "6. carol logs in and fetches with a one-job peer on a client container"
-cli carol login carol >/dev/null || fail "carol's login after the leader died"
-compose run --no-deps -T --name "${VMAIL_PROJECT}_carol_fetch" -e VMAIL_HOME=/home/carol \
-    client /bin/vmail fetch "$VM_ID" --out /home/carol >"$WORK/carol-fetch.txt" 2>&1 ||
-    fail "carol's fetch: $(cat "$WORK/carol-fetch.txt")"
-grep -v '^Creating' "$WORK/carol-fetch.txt" | sed 's/^/            /'
-CAROL_SHA=$(sha_in "${VMAIL_PROJECT}_carol_fetch" "/home/carol/$VM_ID.wav")
-docker rm "${VMAIL_PROJECT}_carol_fetch" >/dev/null
-
 # ---------------------------------------------------------------- 7
-step "7. compare SHA-256"
-echo "            original $ORIGINAL"
-echo "            alice    $ALICE_SHA"
-echo "            carol    $CAROL_SHA"
-[[ $ALICE_SHA == "$ORIGINAL" && $CAROL_SHA == "$ORIGINAL" ]] || fail "the fetched voicemail differs from the original"
-ok "both recipients got the original bytes"
-
-# ---------------------------------------------------------------- 8
-step "8. wait for repair to regenerate the ${#LOST[@]} lost shards (grace 20 s, checks every 5 s)"
+step "7. wait for repair to regenerate the ${#LOST[@]} lost shards (grace 20 s, checks every 5 s)"
 regenerated() {
     local id c logs=""
     for c in $(compose ps -q); do logs+=$(docker logs "$c" 2>&1 | grep 'shard regenerated')$'\n'; done
@@ -257,7 +243,28 @@ for id in "${LOST[@]}"; do
 done | sort -u
 ok "every lost shard was regenerated under its old identifier"
 
-step "8. restore: start $LEADER and $SN_C again, reconnect $CUT"
+# ---------------------------------------------------------------- 8
+step "8. carol logs in and fetches with a one-job peer on a client container: the last ack deletes the shards"
+cli carol login carol >/dev/null || fail "carol's login after the leader died"
+compose run --no-deps -T --name "${VMAIL_PROJECT}_carol_fetch" -e VMAIL_HOME=/home/carol \
+    client /bin/vmail fetch "$VM_ID" --out /home/carol >"$WORK/carol-fetch.txt" 2>&1 ||
+    fail "carol's fetch: $(cat "$WORK/carol-fetch.txt")"
+grep -v '^Creating' "$WORK/carol-fetch.txt" | sed 's/^/            /'
+CAROL_SHA=$(sha_in "${VMAIL_PROJECT}_carol_fetch" "/home/carol/$VM_ID.wav")
+docker rm "${VMAIL_PROJECT}_carol_fetch" >/dev/null
+
+step "8. compare SHA-256"
+echo "            original $ORIGINAL"
+echo "            alice    $ALICE_SHA"
+echo "            carol    $CAROL_SHA"
+[[ $ALICE_SHA == "$ORIGINAL" && $CAROL_SHA == "$ORIGINAL" ]] || fail "the fetched voicemail differs from the original"
+ok "both recipients got the original bytes"
+grep -q "shard(s) were deleted from their holders" "$WORK/carol-fetch.txt" ||
+    fail "carol's last ack did not delete the shards: $(cat "$WORK/carol-fetch.txt")"
+ok "the last ack deleted the shards from every holder it reached"
+
+# ---------------------------------------------------------------- 9
+step "9. restore: start $LEADER and $SN_C again, reconnect $CUT"
 docker start "$LEADER_C" "$SN_C" >/dev/null
 docker network connect "$CUT_NET" "$CUT"
 wait_healthy 120 || fail "restored containers did not become healthy"
@@ -275,6 +282,18 @@ wait_for 90 elected_everywhere || fail "$SN_C was not elected again: $(overlay_t
 wait_overlay 90 || fail "the overlay did not re-form"
 grep -q "^$CUT peer 12D3" <<<"$(overlay_table)" || fail "$CUT did not re-attach"
 ok "$SN_C is a supernode again and $CUT re-attached"
+# The holders that were down or cut off during the deletion ask their
+# siblings during repair, get the signed delete order, and drop their shard.
+holds_nothing() {
+    local c n
+    for c in $(compose ps -q); do
+        [[ $(name_of "$c") == *auth-* ]] && continue
+        n=$(in_peer "$c" node status | awk '$1 == "holding" { print $2 }')
+        [[ $n == 0 ]] || return 1
+    done
+}
+wait_for 120 holds_nothing || fail "a holder kept a shard of the deleted voicemail: $(for c in $(compose ps -q); do echo "$(name_of "$c"): $(in_peer "$c" node status 2>/dev/null | grep holding)"; done)"
+ok "the holders that missed the delete order learned it from their siblings: no peer holds a shard"
 
 # ---------------------------------------------------------------- F1
 VICTIM=$(sorted_names peer | sed -n 2p)

@@ -196,7 +196,14 @@ async fn leave_a_wav_for_two_users_and_fetch_it_with_the_cli() {
     let out = net
         .vmail(
             &home("bob"),
-            &["leave", "--to", "mallory", wav.to_str().unwrap()],
+            &[
+                "leave",
+                "--to",
+                "mallory",
+                "--replicas",
+                "2",
+                wav.to_str().unwrap(),
+            ],
         )
         .await;
     assert!(
