@@ -183,6 +183,8 @@ impl Peer {
         // each shard against it, before a byte is stored.
         let t = Instant::now();
         let mut auth = self.auth(&session).await?;
+        timings.auth += t.elapsed();
+        let t = Instant::now();
         let ask = GrantRequest {
             recipients: recipients.clone(),
             message_id,
