@@ -65,7 +65,13 @@ async fn overlay() {
             grants.push(r.timings.grant);
             let ids: Vec<ObjectId> = r.shards.iter().map(|s| s.id).collect();
             let held = net.peer(r.shards[0].holder).store().unwrap();
-            grant_bytes.push((held.get(&ids[0]).unwrap().grant.len(), ids.len()));
+            let grant = held.get(&ids[0]).unwrap().grant;
+            let named = vmail_proto::grant::StorageGrant::from_bytes(&grant)
+                .unwrap()
+                .body
+                .holders
+                .len();
+            grant_bytes.push((grant.len(), ids.len(), named));
             for i in [1, 2] {
                 let got = net.peers[i]
                     .fetch(r.voicemail_id, no_progress())
@@ -102,9 +108,9 @@ async fn overlay() {
             ms(pct(&deletes, 0.95)),
         );
     }
-    let (bytes, shards) = grant_bytes[0];
+    let (bytes, shards, named) = grant_bytes[0];
     println!(
-        "\ngrant: {bytes} bytes for {shards} shards and {} named holders = {} bytes per shard",
+        "\ngrant: {bytes} bytes for {shards} shards and {named} named holders (at most {}) = {} bytes per shard",
         vmail_node::peer::granted_holders(shards),
         bytes / shards
     );
