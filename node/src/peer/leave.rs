@@ -159,7 +159,7 @@ impl Peer {
                 .master_key
                 .derive_session_key(&salt, timestamp, &recipients);
         let message_id: [u8; 16] = random_bytes();
-        let (ciphertext_len, sha256, shards) = {
+        let (ciphertext_len, sha256, shards, shard_hashes) = {
             let key = session_key.clone();
             let content = req.content;
             let progress = progress.clone();
@@ -172,7 +172,11 @@ impl Peer {
                     })
                 });
                 let sha: [u8; 32] = Sha256::digest(&ct).into();
-                erasure::encode(redundancy, &ct).map(|shards| (ct.len() as u64, sha, shards))
+                erasure::encode(redundancy, &ct).map(|shards| {
+                    let hashes: Vec<[u8; 32]> =
+                        shards.iter().map(|s| Sha256::digest(s).into()).collect();
+                    (ct.len() as u64, sha, shards, hashes)
+                })
             })
             .await
             .expect("encryption task does not panic")?
@@ -191,9 +195,10 @@ impl Peer {
             data_shards: u8::try_from(redundancy.k()).unwrap_or(u8::MAX),
             shards: shards
                 .iter()
-                .map(|s| GrantedShard {
+                .zip(&shard_hashes)
+                .map(|(s, sha256)| GrantedShard {
                     len: s.len() as u64,
-                    sha256: Sha256::digest(s).into(),
+                    sha256: *sha256,
                 })
                 .collect(),
             holders: ranked.iter().map(|p| p.to_bytes()).collect(),
@@ -340,11 +345,13 @@ impl Peer {
             redundancy: up.redundancy,
             ciphertext_len: up.ciphertext_len,
             shards: up
+                .grant
+                .body
                 .shards
                 .iter()
                 .map(|s| ShardRef {
                     id: [0; 32],
-                    sha256: Sha256::digest(s).into(),
+                    sha256: s.sha256,
                 })
                 .collect(),
         };
