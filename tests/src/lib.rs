@@ -782,16 +782,18 @@ impl TestCluster {
     }
 }
 
-/// A loopback TCP relay to `upstream` that can lose one answer: once
-/// armed, the first chunk of more than 100 bytes from upstream is dropped
-/// and the connection cut, as when a server's answer is lost to a crash or
-/// a network fault after the server acted. Later connections relay
-/// normally. A fault injector for tests, not a stand-in for a component.
+/// A loopback TCP relay to `upstream` that can lose answers: once armed,
+/// the first chunk of more than 100 bytes from upstream is dropped and the
+/// connection cut, as when a server's answer is lost to a crash or a
+/// network fault after the server acted; in an outage, every such chunk
+/// is. Otherwise it relays. A fault injector for tests, not a stand-in for
+/// a component.
 #[derive(Debug)]
 pub struct AnswerCutter {
     /// Where clients connect.
     pub addr: std::net::SocketAddr,
     armed: Arc<std::sync::atomic::AtomicBool>,
+    outage: Arc<std::sync::atomic::AtomicBool>,
     cuts: Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -806,8 +808,9 @@ impl AnswerCutter {
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let outage = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let cuts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let (a, c) = (armed.clone(), cuts.clone());
+        let (a, o, c) = (armed.clone(), outage.clone(), cuts.clone());
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
@@ -815,7 +818,7 @@ impl AnswerCutter {
                 };
                 let (mut cr, mut cw) = client.into_split();
                 let (mut sr, mut sw) = server.into_split();
-                let (a, c) = (a.clone(), c.clone());
+                let (a, o, c) = (a.clone(), o.clone(), c.clone());
                 tokio::spawn(async move {
                     let _ = tokio::io::copy(&mut cr, &mut sw).await;
                 });
@@ -826,7 +829,8 @@ impl AnswerCutter {
                             Ok(0) | Err(_) => return,
                             Ok(n) => n,
                         };
-                        if n > 100 && a.swap(false, Ordering::SeqCst) {
+                        if n > 100 && (a.swap(false, Ordering::SeqCst) || o.load(Ordering::SeqCst))
+                        {
                             c.fetch_add(1, Ordering::SeqCst);
                             let _ = cw.shutdown().await;
                             return;
@@ -841,6 +845,7 @@ impl AnswerCutter {
         Self {
             addr,
             armed,
+            outage,
             cuts,
             task,
         }
@@ -849,6 +854,18 @@ impl AnswerCutter {
     /// Loses the next answer.
     pub fn arm(&self) {
         self.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Loses every answer (and so every new connection's handshake) until
+    /// [`AnswerCutter::end_outage`].
+    pub fn start_outage(&self) {
+        self.outage.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Relays normally again.
+    pub fn end_outage(&self) {
+        self.outage
+            .store(false, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Answers lost so far.

@@ -644,3 +644,64 @@ async fn retention_receipts_recall_and_discard() {
     );
     net.stop().await;
 }
+
+/// A leave whose deposit reached the group but whose answer never comes
+/// back, however often it asks, keeps its shards: it says the outcome is
+/// unknown, and the voicemail the group did store stays fetchable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leave_whose_deposit_outcome_stays_unknown_keeps_its_shards() {
+    let net = TestNet::start(4).await;
+    net.login(1, "alice").await;
+    let cutter = Arc::new(AnswerCutter::start(net.auth.server_addr()).await);
+    let mut target = net.auth.target();
+    target.endpoints = vec![format!("https://127.0.0.1:{}", cutter.addr.port())];
+    let id = identity();
+    let mut c = AuthClient::connect(&target).await.unwrap();
+    c.register("bob", &password("bob"), &id, None)
+        .await
+        .unwrap();
+    let login = c
+        .login(
+            "bob",
+            &password("bob"),
+            &id,
+            &net.peers[0].peer_id().to_bytes(),
+        )
+        .await
+        .unwrap();
+    net.peers[0].set_session(Session {
+        login,
+        identity: id,
+        target,
+    });
+
+    // The group goes silent once the shards are on their way: after the
+    // grant, before the deposit.
+    let silence = cutter.clone();
+    let progress: vmail_node::peer::ProgressFn = Arc::new(move |p| {
+        if p.phase == vmail_node::peer::Phase::Upload {
+            silence.start_outage();
+        }
+    });
+    let content = random_content(40_000);
+    let err = net.peers[0]
+        .leave(leave_request(&["alice"], content.clone(), 2), progress)
+        .await
+        .expect_err("no answer ever came");
+    cutter.end_outage();
+    assert!(
+        matches!(err, vmail_node::peer::LeaveError::DepositUnknown { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("stored shards are kept"), "{err}");
+    assert!(cutter.cuts() > 1, "the deposit was asked again");
+    // It had committed: alice finds it, and its shards were kept.
+    let inbox = net.peers[1].inbox().await.unwrap();
+    assert_eq!(inbox.len(), 1);
+    let got = net.peers[1]
+        .fetch(inbox[0].id, no_progress())
+        .await
+        .unwrap();
+    assert_eq!(got.content, content);
+    net.stop().await;
+}
