@@ -141,7 +141,8 @@ fn pure_modules_do_no_io() {
             node.join("peer/upload_plan.rs"),
             node.join("peer/fetch_plan.rs"),
             node.join("overlay/objects/admit.rs"),
-            root().join("proto/src/grant.rs"),
+            root().join("proto/src/grant/mod.rs"),
+            root().join("proto/src/grant/reader.rs"),
         ],
     ]
     .concat()

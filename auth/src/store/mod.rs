@@ -42,6 +42,7 @@
 //! the table and row, so a sealed value cannot be moved to another row.
 //! Every mutation is one durable redb transaction: it happens whole or not at all.
 
+mod recall;
 mod receipts;
 mod retention;
 mod schema;
@@ -66,6 +67,7 @@ use schema::{
     VOICEMAIL_GRANTS, VOICEMAILS, WAITING,
 };
 
+pub use recall::{RecallGone, RecallOutcome};
 pub use receipts::{DeliveryState, RECEIPT_KEEP_SECS, Receipt, RecipientReceipt};
 pub use schema::SCHEMA_VERSION;
 pub(crate) use schema::{RAFT, RAFT_LOG};
@@ -74,9 +76,7 @@ pub use storage_grants::{
     DEPOSIT_GRACE_SECS, GrantOutcome, GrantRefusal, GrantTerms, StorageGrantRecord,
 };
 pub use users::{RegisterOutcome, User};
-pub use voicemails::{
-    AckOutcome, DepositOutcome, PurgeCounts, RecallGone, RecallOutcome, Voicemail, VoicemailId,
-};
+pub use voicemails::{AckOutcome, DepositOutcome, PurgeCounts, Voicemail, VoicemailId};
 
 /// How long a reopen after an I/O failure waits for the old handle to close.
 const REOPEN_WAIT: Duration = Duration::from_secs(5);

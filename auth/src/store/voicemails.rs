@@ -1,8 +1,8 @@
 //! Voicemails: each one's sealed session key, locator, metadata and
 //! recipients; a grant per recipient still to fetch it; the per-recipient
 //! waiting counts behind the inbox cap; the request ids that make deposits
-//! idempotent; the sender's recall; and the sweep of everything that
-//! expired. Each change also updates the sender's receipt
+//! idempotent; and the sweep of everything that expired (the sender's
+//! recall is [`super::recall`]'s). Each change also updates the sender's receipt
 //! ([`super::receipts`]).
 
 use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
@@ -47,11 +47,11 @@ pub struct Voicemail {
 
 #[derive(Serialize, Deserialize)]
 pub(super) struct VoicemailRow {
-    sender: String,
+    pub(super) sender: String,
     sender_certificate: Vec<u8>,
-    recipients: Vec<String>,
-    locator: Vec<u8>,
-    metadata: VoicemailMeta,
+    pub(super) recipients: Vec<String>,
+    pub(super) locator: Vec<u8>,
+    pub(super) metadata: VoicemailMeta,
     deposited_at: u64,
     session_key_sealed: Vec<u8>,
 }
@@ -94,38 +94,6 @@ pub enum AckOutcome {
         #[serde(with = "order_bytes")]
         delete_order: Option<DeleteOrder>,
     },
-}
-
-/// The result of [`Store::recall`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum RecallOutcome {
-    /// The voicemail is gone for every recipient still pending.
-    Recalled {
-        /// Its locator, to find the shards.
-        locator: Vec<u8>,
-        /// The signed order to delete the shards of its storage grant.
-        #[serde(with = "order_bytes")]
-        delete_order: Option<DeleteOrder>,
-    },
-    /// The voicemail exists but the caller did not send it; nothing changed.
-    NotSender,
-    /// There is nothing to recall; nothing changed.
-    Gone(RecallGone),
-}
-
-/// Why a recall found nothing to recall, as far as the sender's receipt
-/// tells.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum RecallGone {
-    /// Every recipient acked it.
-    Delivered,
-    /// It was recalled already, at this time.
-    Recalled(u64),
-    /// It expired, at this time.
-    Expired(u64),
-    /// No voicemail of the caller's has this id (never existed, another
-    /// user's that is gone, or its receipt was dropped).
-    Unknown,
 }
 
 /// What [`Store::purge_expired`] erased.
@@ -429,79 +397,6 @@ impl Store {
         })
     }
 
-    /// The sender withdraws voicemail `id` at `now`: unless it expired, it
-    /// leaves every inbox it is still in and its session key is erased (as
-    /// with the last ack), the recipients still pending become `Recalled`
-    /// on the receipt, and its storage grant is marked recalled, with `sign`
-    /// signing the delete order. Only `sender` may; for anyone else a
-    /// voicemail that exists is [`RecallOutcome::NotSender`], one that does
-    /// not is [`RecallGone::Unknown`].
-    pub(crate) fn recall(
-        &self,
-        tx: &WriteTransaction,
-        sender: &str,
-        id: &VoicemailId,
-        now: u64,
-        sign: impl FnOnce(u64, DeleteReason, u64) -> DeleteOrder,
-    ) -> Result<RecallOutcome, StoreError> {
-        let locator;
-        {
-            let mut vms = tx.open_table(VOICEMAILS).map_err(db_err)?;
-            let row = match vms.get(id.as_slice()).map_err(db_err)? {
-                Some(v) => postcard::from_bytes::<VoicemailRow>(v.value())
-                    .map_err(|e| corrupt("voicemails", hex::encode(id), e))?,
-                None => return Ok(RecallOutcome::Gone(self.why_gone(tx, sender, id)?)),
-            };
-            if row.sender != sender {
-                return Ok(RecallOutcome::NotSender);
-            }
-            if row.metadata.expires_at <= now {
-                return Ok(RecallOutcome::Gone(RecallGone::Expired(
-                    row.metadata.expires_at,
-                )));
-            }
-            let mut grants = tx.open_table(GRANTS).map_err(db_err)?;
-            let mut waiting = tx.open_table(WAITING).map_err(db_err)?;
-            for r in &row.recipients {
-                if grants
-                    .remove((r.as_str(), id.as_slice()))
-                    .map_err(db_err)?
-                    .is_some()
-                {
-                    add(&mut waiting, r, -1)?;
-                }
-            }
-            vms.remove(id.as_slice()).map_err(db_err)?;
-            locator = row.locator;
-        }
-        self.receipt_ended(tx, sender, id, DeliveryState::Recalled, now)?;
-        let delete_order = self.grant_erased(tx, id, DeleteReason::Recalled, sign)?;
-        Ok(RecallOutcome::Recalled {
-            locator,
-            delete_order,
-        })
-    }
-
-    /// Why `sender`'s voicemail `id` is no longer there, per its receipt.
-    fn why_gone(
-        &self,
-        tx: &WriteTransaction,
-        sender: &str,
-        id: &VoicemailId,
-    ) -> Result<RecallGone, StoreError> {
-        let Some(receipt) = self.receipt_in(tx, sender, id)? else {
-            return Ok(RecallGone::Unknown);
-        };
-        Ok(match receipt.ended() {
-            Some((DeliveryState::Delivered, _)) => RecallGone::Delivered,
-            Some((DeliveryState::Recalled, at)) => RecallGone::Recalled(at),
-            Some((DeliveryState::ExpiredUnread, at)) => RecallGone::Expired(at),
-            // A receipt still pending without its voicemail: not
-            // reachable through the log; say nothing more.
-            Some((DeliveryState::Pending, _)) | None => RecallGone::Unknown,
-        })
-    }
-
     /// Deletes expired sessions, voicemails (with their grants and keys;
     /// their receipts mark whoever was still pending `ExpiredUnread`),
     /// request records and storage grants, storage grants no deposit used in
@@ -598,7 +493,7 @@ fn count(waiting: &impl ReadableTable<&'static str, u64>, user: &str) -> Result<
 }
 
 /// Moves `user`'s waiting count by `delta`, keeping no zero rows.
-fn add(
+pub(super) fn add(
     waiting: &mut redb::Table<&'static str, u64>,
     user: &str,
     delta: i64,

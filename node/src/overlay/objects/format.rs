@@ -1,4 +1,5 @@
-//! The object and tombstone files on a holder's disk.
+//! The object, tombstone and deposit-proof files on a holder's disk, and
+//! how they are written durably and read back.
 //!
 //! An object file, named by the identifier in hex: `"VMO3"`, a u32 BE
 //! length, the postcard [`ObjectMeta`] (with its grant), then the shard's
@@ -9,12 +10,18 @@
 //! the postcard [`Tombstone`]: the signed delete order and the identifiers
 //! it removed here.
 
+use std::io::Write;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ObjectMeta, ShardOf};
+use super::{ObjectMeta, ObjectStoreError, ShardOf, io_err};
 use crate::core::locator::ObjectId;
+
+/// The tombstones' directory, under `objects/`.
+pub(super) const TOMBSTONES: &str = "tombstones";
+/// The deposit proofs' directory, under `objects/`.
+pub(super) const PROOFS: &str = "proofs";
 
 const MAGIC: &[u8; 4] = b"VMO3";
 const MAGIC_V2: &[u8; 4] = b"VMO2";
@@ -73,7 +80,7 @@ pub(super) fn body_offset(bytes: &[u8]) -> Option<usize> {
 
 /// The meta of an object file's bytes, any version, checked against the
 /// body's length. Legacy metas come back with no grant.
-fn decode_meta(bytes: &[u8]) -> Option<ObjectMeta> {
+pub(super) fn decode_meta(bytes: &[u8]) -> Option<ObjectMeta> {
     let start = body_offset(bytes)?;
     let header = &bytes[8..start];
     let meta = match &bytes[..4] {
@@ -129,7 +136,68 @@ pub(super) fn parse_serial(name: &str) -> Option<u64> {
     u64::from_str_radix(name, 16).ok()
 }
 
-/// Reads an object file's meta.
-pub(super) fn read_meta(path: &Path) -> Option<ObjectMeta> {
-    decode_meta(&std::fs::read(path).ok()?)
+/// Reads every file in `dir`, removing leftover temporary files, and
+/// hands `keep` each one's name and bytes; a file it refuses is moved to
+/// `objects`'s `corrupt/`, never deleted. Returns how many were.
+pub(super) fn load_files(
+    objects: &Path,
+    dir: &Path,
+    mut keep: impl FnMut(&str, Vec<u8>) -> bool,
+) -> Result<usize, ObjectStoreError> {
+    let mut quarantined = 0;
+    for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
+        let entry = entry.map_err(io_err(dir))?;
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !entry.file_type().map_err(io_err(&path))?.is_file() {
+            continue;
+        }
+        if name.ends_with(".tmp") {
+            std::fs::remove_file(&path).map_err(io_err(&path))?;
+            continue;
+        }
+        let bytes = std::fs::read(&path).map_err(io_err(&path))?;
+        if !keep(&name, bytes) {
+            quarantine(objects, &path, &name)?;
+            quarantined += 1;
+        }
+    }
+    Ok(quarantined)
+}
+
+/// Moves an unreadable file to `objects/corrupt/`.
+fn quarantine(dir: &Path, path: &Path, name: &str) -> Result<(), ObjectStoreError> {
+    let corrupt = dir.join("corrupt");
+    std::fs::create_dir_all(&corrupt).map_err(io_err(&corrupt))?;
+    std::fs::rename(path, corrupt.join(name)).map_err(io_err(path))?;
+    tracing::warn!(file = %path.display(), "unreadable file moved to objects/corrupt/");
+    Ok(())
+}
+
+/// Writes `bytes` to `path` in `dir` durably: temporary file, fsync,
+/// rename, directory fsync. A failed write leaves nothing behind.
+pub(super) fn write_durably(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), ObjectStoreError> {
+    let tmp = path.with_extension("tmp");
+    let written = (|| {
+        let mut f = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
+        f.write_all(bytes).map_err(io_err(&tmp))?;
+        f.sync_all().map_err(io_err(&tmp))?;
+        std::fs::rename(&tmp, path).map_err(io_err(path))?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(dir))
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+/// Removes `path`; one already gone is fine.
+pub(super) fn remove_if_present(path: &Path) -> Result<(), ObjectStoreError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err(path)(e)),
+    }
 }

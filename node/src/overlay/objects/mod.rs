@@ -1,8 +1,10 @@
 //! The holder's object store: opaque ciphertexts on disk, under a quota,
 //! admitted only under a storage grant, and deleted on a delete order.
 //!
-//! One file per object in `DIR/objects/` and one per deleted grant in
-//! `DIR/objects/tombstones/` ([`format`]). A write goes to a temporary file
+//! One file per object in `DIR/objects/`, one per deleted grant in
+//! `DIR/objects/tombstones/` and one per deposit proof in
+//! `DIR/objects/proofs/` ([`format`]); proofs and delete orders are
+//! [`lifecycle`]'s, refusals [`error`]'s. A write goes to a temporary file
 //! that is fsynced, renamed into place, and the directory fsynced, so a
 //! crash leaves either the whole object or nothing. The store never sees a
 //! key: it holds ciphertext only.
@@ -13,241 +15,30 @@
 //! every other refusal, is counted by reason.
 
 mod admit;
+mod error;
 mod format;
+mod lifecycle;
+mod meta;
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use serde::{Deserialize, Serialize};
+use ed25519_dalek::VerifyingKey;
 use sha2::{Digest, Sha256};
-use vmail_proto::grant::{DeleteOrder, DepositProof, GrantError, PROOF_GRACE_SECS, StorageGrant};
+use vmail_proto::grant::{DeleteOrder, DepositProof, StorageGrant};
 
-use crate::core::locator::{Layout, ObjectId};
-use format::{decode_tombstone, encode_tombstone, header, parse_name, parse_serial, read_meta};
+use crate::core::locator::ObjectId;
+use error::io_err;
+use format::{
+    PROOFS, TOMBSTONES, decode_meta, decode_tombstone, header, load_files, parse_name,
+    parse_serial, write_durably,
+};
 
 pub use admit::{HolderPolicy, admit, covers};
+pub use error::ObjectStoreError;
 pub use format::Tombstone;
-
-/// The least an object is charged against the quota, however small.
-pub const MIN_CHARGE: u64 = 4096;
-
-/// What a holder knows about an object.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ObjectMeta {
-    /// Length of the object (a shard or a whole ciphertext).
-    pub len: u64,
-    /// SHA-256 of the object, as the sender announced and the holder checked.
-    pub sha256: [u8; 32],
-    /// Unix seconds after which the holder drops the object: the grant's
-    /// expiry.
-    pub expires_at: u64,
-    /// SHA-256 of the secret that lets the sender withdraw the object.
-    pub delete_hash: [u8; 32],
-    /// Which shard of which layout this is, so the holder can check and
-    /// repair its siblings. None for objects stored before shards existed.
-    pub shard: Option<ShardOf>,
-    /// The storage grant it was stored under, in its one encoding; empty
-    /// for objects stored before grants.
-    pub grant: Vec<u8>,
-    /// The group's deposit proof for the grant, in its one encoding, once
-    /// the holder has one; empty before. A holder drops a granted object
-    /// whose grant no proof reached within [`PROOF_GRACE_SECS`] after its
-    /// upload window.
-    pub proof: Vec<u8>,
-}
-
-/// A stored object's place in its voicemail's layout.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ShardOf {
-    /// This object's index in `layout.shards`.
-    pub index: u8,
-    /// All the voicemail's shards.
-    pub layout: Layout,
-}
-
-impl ObjectMeta {
-    /// Whether the shard part agrees with the rest for the object stored
-    /// under `id`: the layout is valid, and its entry at `index` names this
-    /// identifier, length and hash.
-    pub fn consistent(&self, id: &ObjectId) -> bool {
-        self.shard.as_ref().is_none_or(|s| {
-            s.layout.validate().is_ok()
-                && s.layout.shard_len() == self.len
-                && s.layout
-                    .shards
-                    .get(usize::from(s.index))
-                    .is_some_and(|r| r.id == *id && r.sha256 == self.sha256)
-        })
-    }
-
-    /// What the object costs against the quota: its body, at least
-    /// [`MIN_CHARGE`], plus its header.
-    pub fn charge(&self) -> u64 {
-        self.len.max(MIN_CHARGE) + header(self).len() as u64
-    }
-}
-
-/// Why the store refused or failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ObjectStoreError {
-    /// The object is larger than this holder takes.
-    #[error("object of {len} bytes is larger than this holder's limit of {max} bytes")]
-    TooLarge {
-        /// Offered size.
-        len: u64,
-        /// The limit.
-        max: u64,
-    },
-    /// Storing it would exceed the quota.
-    #[error("holder quota full: {used} of {quota} bytes used, {len} more requested")]
-    QuotaFull {
-        /// Bytes stored or reserved.
-        used: u64,
-        /// The quota.
-        quota: u64,
-        /// Bytes it would be charged.
-        len: u64,
-    },
-    /// The holder holds as many objects as it takes.
-    #[error("holder full: it holds its limit of {max} objects")]
-    TooMany {
-        /// The limit.
-        max: usize,
-    },
-    /// The disk ran out of space while writing.
-    #[error("the holder's disk is full")]
-    DiskFull,
-    /// The identifier is taken by different content.
-    #[error("identifier already holds different content")]
-    Conflict,
-    /// The content does not match its announced hash.
-    #[error("content does not match its announced SHA-256")]
-    HashMismatch,
-    /// The shard layout sent with the object contradicts it.
-    #[error("the shard layout does not match the object (identifier, index, length or hash)")]
-    BadLayout,
-    /// No object is held under the identifier.
-    #[error("no such object here")]
-    NotHeld,
-    /// The secret is not the preimage of the object's delete hash.
-    #[error("wrong delete secret")]
-    WrongSecret,
-    /// A zero-length object.
-    #[error("zero-length objects are not stored")]
-    Empty,
-    /// No grant came with the object.
-    #[error(
-        "no storage grant: holders store only what the auth group granted; upgrade the sender's vmail"
-    )]
-    NoGrant,
-    /// This holder cannot check grants.
-    #[error(
-        "this holder has no cluster key, so it cannot check grants and stores nothing: set cluster_key in its node.toml"
-    )]
-    NoClusterKey,
-    /// The grant or delete order is malformed, foreign or forged.
-    #[error(transparent)]
-    BadGrant(#[from] GrantError),
-    /// The grant has expired.
-    #[error("storage grant {serial} expired at Unix time {expires_at}")]
-    GrantExpired {
-        /// The grant's serial.
-        serial: u64,
-        /// Its expiry.
-        expires_at: u64,
-    },
-    /// The grant asks to keep the object longer than this holder does.
-    #[error(
-        "the grant keeps the object until Unix time {expires_at}, past this holder's cap of {cap}"
-    )]
-    ExpiryTooFar {
-        /// The grant's expiry.
-        expires_at: u64,
-        /// The latest this holder keeps anything.
-        cap: u64,
-    },
-    /// The grant is for other holders.
-    #[error("storage grant {serial} does not name this holder")]
-    NotNamed {
-        /// The grant's serial.
-        serial: u64,
-    },
-    /// The object is not one the grant covers.
-    #[error(
-        "storage grant {serial} does not cover this shard (its layout, length or hash differs)"
-    )]
-    NotCovered {
-        /// The grant's serial.
-        serial: u64,
-    },
-    /// The grant's shard is held here already under another identifier.
-    #[error("storage grant {serial} was used already for this shard under another identifier")]
-    GrantReused {
-        /// The grant's serial.
-        serial: u64,
-    },
-    /// The grant's voicemail was deleted; the order says why.
-    #[error("storage grant {serial}'s voicemail was deleted ({reason})")]
-    Deleted {
-        /// The grant's serial.
-        serial: u64,
-        /// Why it was deleted.
-        reason: vmail_proto::grant::DeleteReason,
-        /// The delete order, in its one encoding, for the asker to check.
-        order: Vec<u8>,
-    },
-    /// Some other IO failure.
-    #[error("object store IO error at {path}: {source}")]
-    Io {
-        /// Where.
-        path: PathBuf,
-        /// What.
-        source: std::io::Error,
-    },
-}
-
-impl ObjectStoreError {
-    /// A short name for counting refusals by reason.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Self::TooLarge { .. } => "too-large",
-            Self::QuotaFull { .. } => "quota-full",
-            Self::TooMany { .. } => "too-many-objects",
-            Self::DiskFull => "disk-full",
-            Self::Conflict => "conflict",
-            Self::HashMismatch => "hash-mismatch",
-            Self::BadLayout => "bad-layout",
-            Self::NotHeld => "not-held",
-            Self::WrongSecret => "wrong-secret",
-            Self::Empty => "empty",
-            Self::NoGrant => "no-grant",
-            Self::NoClusterKey => "no-cluster-key",
-            Self::BadGrant(_) => "bad-signature",
-            Self::GrantExpired { .. } => "grant-expired",
-            Self::ExpiryTooFar { .. } => "expiry-too-far",
-            Self::NotNamed { .. } => "not-named",
-            Self::NotCovered { .. } => "not-covered",
-            Self::GrantReused { .. } => "grant-reused",
-            Self::Deleted { .. } => "deleted",
-            Self::Io { .. } => "io",
-        }
-    }
-}
-
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ObjectStoreError + '_ {
-    move |source| {
-        if source.kind() == std::io::ErrorKind::StorageFull {
-            ObjectStoreError::DiskFull
-        } else {
-            ObjectStoreError::Io {
-                path: path.to_owned(),
-                source,
-            }
-        }
-    }
-}
+pub use meta::{MIN_CHARGE, ObjectMeta, ShardOf};
 
 /// One held object.
 #[derive(Debug, Clone)]
@@ -399,9 +190,9 @@ impl ObjectStore {
     /// most `policy.max_retention_secs` from now.
     pub fn open(dir: &Path, policy: HolderPolicy) -> Result<(Self, OpenReport), ObjectStoreError> {
         let dir = dir.join("objects");
-        let graves_dir = dir.join("tombstones");
+        let graves_dir = dir.join(TOMBSTONES);
         std::fs::create_dir_all(&graves_dir).map_err(io_err(&graves_dir))?;
-        let proofs_dir = dir.join("proofs");
+        let proofs_dir = dir.join(PROOFS);
         std::fs::create_dir_all(&proofs_dir).map_err(io_err(&proofs_dir))?;
         let now = vmail_proto::unix_now();
         let legacy_cap = now.saturating_add(policy.max_retention_secs);
@@ -411,84 +202,52 @@ impl ObjectStore {
             quarantined: 0,
             legacy: 0,
         };
-        for entry in std::fs::read_dir(&dir).map_err(io_err(&dir))? {
-            let entry = entry.map_err(io_err(&dir))?;
-            let path = entry.path();
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if !entry.file_type().map_err(io_err(&path))?.is_file() {
-                continue;
+        report.quarantined += load_files(&dir, &dir, |name, bytes| {
+            let Some(id) = parse_name(name) else {
+                return false;
+            };
+            let Some(mut meta) = decode_meta(&bytes).filter(|m| m.consistent(&id)) else {
+                return false;
+            };
+            if meta.grant.is_empty() {
+                meta.expires_at = meta.expires_at.min(legacy_cap);
+                report.legacy += 1;
             }
-            if name.ends_with(".tmp") {
-                std::fs::remove_file(&path).map_err(io_err(&path))?;
-                continue;
-            }
-            let parsed = parse_name(&name)
-                .and_then(|id| Some((id, read_meta(&path).filter(|m| m.consistent(&id))?)));
-            match parsed {
-                Some((id, mut meta)) => {
-                    if meta.grant.is_empty() {
-                        meta.expires_at = meta.expires_at.min(legacy_cap);
-                        report.legacy += 1;
-                    }
-                    state.insert(id, meta);
-                    report.objects += 1;
-                }
-                None => {
-                    quarantine(&dir, &path, &name)?;
-                    report.quarantined += 1;
-                }
-            }
-        }
-        for entry in std::fs::read_dir(&graves_dir).map_err(io_err(&graves_dir))? {
-            let entry = entry.map_err(io_err(&graves_dir))?;
-            let path = entry.path();
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.ends_with(".tmp") {
-                std::fs::remove_file(&path).map_err(io_err(&path))?;
-                continue;
-            }
-            let grave = std::fs::read(&path).ok().and_then(|b| {
-                let tombstone = decode_tombstone(&b)?;
+            state.insert(id, meta);
+            report.objects += 1;
+            true
+        })?;
+        report.quarantined += load_files(&dir, &graves_dir, |name, bytes| {
+            let grave = decode_tombstone(&bytes).and_then(|tombstone| {
                 let order = DeleteOrder::from_bytes(&tombstone.order).ok()?;
-                Some((
-                    order.serial,
-                    Grave {
-                        expires_at: order.expires_at,
-                        tombstone,
-                    },
-                ))
+                Some((order.serial, order.expires_at, tombstone))
             });
             match grave {
-                Some((serial, grave)) if parse_serial(&name) == Some(serial) => {
-                    state.bury(serial, grave)
+                Some((serial, expires_at, tombstone)) if parse_serial(name) == Some(serial) => {
+                    state.bury(
+                        serial,
+                        Grave {
+                            expires_at,
+                            tombstone,
+                        },
+                    );
+                    true
                 }
-                _ => {
-                    quarantine(&dir, &path, &name)?;
-                    report.quarantined += 1;
-                }
+                _ => false,
             }
-        }
-        for entry in std::fs::read_dir(&proofs_dir).map_err(io_err(&proofs_dir))? {
-            let entry = entry.map_err(io_err(&proofs_dir))?;
-            let path = entry.path();
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.ends_with(".tmp") {
-                std::fs::remove_file(&path).map_err(io_err(&path))?;
-                continue;
-            }
-            let proof = std::fs::read(&path)
-                .ok()
-                .and_then(|b| Some((DepositProof::from_bytes(&b).ok()?.serial, b)));
-            match proof {
-                Some((serial, bytes)) if parse_serial(&name) == Some(serial) => {
-                    state.proofs.insert(serial, bytes);
-                }
-                _ => {
-                    quarantine(&dir, &path, &name)?;
-                    report.quarantined += 1;
-                }
-            }
-        }
+        })?;
+        report.quarantined +=
+            load_files(
+                &dir,
+                &proofs_dir,
+                |name, bytes| match DepositProof::from_bytes(&bytes) {
+                    Ok(p) if parse_serial(name) == Some(p.serial) => {
+                        state.proofs.insert(p.serial, bytes);
+                        true
+                    }
+                    _ => false,
+                },
+            )?;
         Ok((
             Self {
                 dir,
@@ -501,6 +260,19 @@ impl ObjectStore {
 
     fn path(&self, id: &ObjectId) -> PathBuf {
         self.dir.join(hex::encode(id))
+    }
+
+    /// The file of grant `serial` in the directory `kind`.
+    fn by_serial(&self, kind: &str, serial: u64) -> PathBuf {
+        self.dir.join(kind).join(format!("{serial:016x}"))
+    }
+
+    /// The pinned cluster key grants, proofs and orders must verify against.
+    fn cluster_key(&self) -> Result<&VerifyingKey, ObjectStoreError> {
+        self.policy
+            .cluster_key
+            .as_ref()
+            .ok_or(ObjectStoreError::NoClusterKey)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -701,98 +473,6 @@ impl ObjectStore {
         Ok(())
     }
 
-    /// Checks a deposit proof in its one encoding against the cluster key
-    /// and the grant `serial` it should prove.
-    fn check_proof(&self, bytes: &[u8], serial: u64) -> Result<(), ObjectStoreError> {
-        let key = self
-            .policy
-            .cluster_key
-            .as_ref()
-            .ok_or(ObjectStoreError::NoClusterKey)?;
-        let proof = DepositProof::from_bytes(bytes)?;
-        proof.verify(key)?;
-        if proof.serial != serial {
-            return Err(ObjectStoreError::NotCovered { serial });
-        }
-        Ok(())
-    }
-
-    /// Writes a checked proof for grant `serial` durably, once.
-    fn keep_proof(&self, serial: u64, bytes: &[u8]) -> Result<(), ObjectStoreError> {
-        if self.lock().proofs.contains_key(&serial) {
-            return Ok(());
-        }
-        let proofs = self.dir.join("proofs");
-        write_durably(&proofs, &proofs.join(format!("{serial:016x}")), bytes)?;
-        self.lock().proofs.insert(serial, bytes.to_vec());
-        Ok(())
-    }
-
-    /// Takes the group's deposit proof (its one encoding) for objects held
-    /// here: checked against the cluster key and kept, so they are no
-    /// longer dropped as never deposited. Returns how many objects it
-    /// covers; a refusal is counted. Blocking.
-    pub fn prove(&self, proof: &[u8]) -> Result<usize, ObjectStoreError> {
-        self.counted(self.take_proof(proof))
-    }
-
-    fn take_proof(&self, bytes: &[u8]) -> Result<usize, ObjectStoreError> {
-        let serial = DepositProof::from_bytes(bytes)?.serial;
-        self.check_proof(bytes, serial)?;
-        let held = self
-            .lock()
-            .index
-            .values()
-            .filter(|h| h.serial() == Some(serial))
-            .count();
-        if held == 0 {
-            return Err(ObjectStoreError::NotHeld);
-        }
-        self.keep_proof(serial, bytes)?;
-        Ok(held)
-    }
-
-    /// Granted objects whose grant no deposit proved: their upload window
-    /// ended more than [`PROOF_GRACE_SECS`] before `now` and no proof came.
-    pub fn unproven(&self, now: u64) -> Vec<ObjectId> {
-        let s = self.lock();
-        s.index
-            .iter()
-            .filter(|(_, h)| {
-                h.grant.is_some_and(|(serial, upload_until)| {
-                    upload_until.saturating_add(PROOF_GRACE_SECS) < now
-                        && !s.proofs.contains_key(&serial)
-                })
-            })
-            .map(|(id, _)| *id)
-            .collect()
-    }
-
-    /// Drops the proofs of grants of which nothing is held any more.
-    /// Blocking.
-    pub fn purge_proofs(&self) -> Result<usize, ObjectStoreError> {
-        let old: Vec<u64> = {
-            let s = self.lock();
-            let live: std::collections::HashSet<u64> =
-                s.index.values().filter_map(Held::serial).collect();
-            s.proofs
-                .keys()
-                .filter(|serial| !live.contains(serial))
-                .copied()
-                .collect()
-        };
-        for serial in &old {
-            let path = self.dir.join("proofs").join(format!("{serial:016x}"));
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_err(&path)(e)),
-            }
-            self.lock().proofs.remove(serial);
-        }
-        Ok(old.len())
-    }
-
     /// Writes the file for `id` durably: temporary file, fsync, rename,
     /// directory fsync.
     fn write(&self, id: &ObjectId, meta: &ObjectMeta, data: &[u8]) -> Result<(), ObjectStoreError> {
@@ -875,61 +555,6 @@ impl ObjectStore {
         Ok(true)
     }
 
-    /// Carries out a delete order (its one encoding): checks it against
-    /// the cluster key, removes every object of its grant, and keeps a
-    /// tombstone until the grant's expiry so none of them is stored or
-    /// repaired back. Returns the identifiers removed; an order seen before
-    /// removes nothing and succeeds. A refusal is counted. Blocking.
-    pub fn erase(&self, order: &[u8]) -> Result<Vec<ObjectId>, ObjectStoreError> {
-        self.counted(self.carry_out(order))
-    }
-
-    fn carry_out(&self, order: &[u8]) -> Result<Vec<ObjectId>, ObjectStoreError> {
-        let key = self
-            .policy
-            .cluster_key
-            .as_ref()
-            .ok_or(ObjectStoreError::NoClusterKey)?;
-        let parsed = DeleteOrder::from_bytes(order)?;
-        parsed.verify(key)?;
-        let serial = parsed.serial;
-        let ids: Vec<ObjectId> = {
-            let s = self.lock();
-            if s.graves.contains_key(&serial) {
-                return Ok(Vec::new());
-            }
-            s.index
-                .iter()
-                .filter(|(_, h)| h.serial() == Some(serial))
-                .map(|(id, _)| *id)
-                .collect()
-        };
-        if ids.is_empty() {
-            return Err(ObjectStoreError::NotHeld);
-        }
-        let tombstone = Tombstone {
-            order: order.to_vec(),
-            ids: ids.clone(),
-        };
-        let graves = self.dir.join("tombstones");
-        write_durably(
-            &graves,
-            &graves.join(format!("{serial:016x}")),
-            &encode_tombstone(&tombstone),
-        )?;
-        self.lock().bury(
-            serial,
-            Grave {
-                expires_at: parsed.expires_at,
-                tombstone,
-            },
-        );
-        for id in &ids {
-            self.remove(id)?;
-        }
-        Ok(ids)
-    }
-
     /// Objects whose expiry has passed.
     pub fn expired(&self, now: u64) -> Vec<ObjectId> {
         let s = self.lock();
@@ -938,34 +563,6 @@ impl ObjectStore {
             .filter(|(_, h)| h.meta.expires_at <= now)
             .map(|(k, _)| *k)
             .collect()
-    }
-
-    /// Drops the tombstones whose grant has expired: nothing they guard
-    /// against can be stored any more. Returns how many. Blocking.
-    pub fn purge_tombstones(&self, now: u64) -> Result<usize, ObjectStoreError> {
-        let old: Vec<u64> = {
-            let s = self.lock();
-            s.graves
-                .iter()
-                .filter(|(_, g)| g.expires_at <= now)
-                .map(|(serial, _)| *serial)
-                .collect()
-        };
-        for serial in &old {
-            let path = self.dir.join("tombstones").join(format!("{serial:016x}"));
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_err(&path)(e)),
-            }
-            let mut s = self.lock();
-            if let Some(g) = s.graves.remove(serial) {
-                for id in g.tombstone.ids {
-                    s.gone.remove(&id);
-                }
-            }
-        }
-        Ok(old.len())
     }
 }
 
@@ -976,34 +573,6 @@ fn with_proof(s: &State, h: &Held) -> ObjectMeta {
         meta.proof = proof.clone();
     }
     meta
-}
-
-/// Moves an unreadable file to `objects/corrupt/`.
-fn quarantine(dir: &Path, path: &Path, name: &str) -> Result<(), ObjectStoreError> {
-    let corrupt = dir.join("corrupt");
-    std::fs::create_dir_all(&corrupt).map_err(io_err(&corrupt))?;
-    std::fs::rename(path, corrupt.join(name)).map_err(io_err(path))?;
-    tracing::warn!(file = %path.display(), "unreadable file moved to objects/corrupt/");
-    Ok(())
-}
-
-/// Writes `bytes` to `path` in `dir` durably: temporary file, fsync,
-/// rename, directory fsync. A failed write leaves nothing behind.
-fn write_durably(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), ObjectStoreError> {
-    let tmp = path.with_extension("tmp");
-    let written = (|| {
-        let mut f = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
-        f.write_all(bytes).map_err(io_err(&tmp))?;
-        f.sync_all().map_err(io_err(&tmp))?;
-        std::fs::rename(&tmp, path).map_err(io_err(path))?;
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err(dir))
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use vmail_proto::grant::{DeleteReason, DepositProof, GrantBody, GrantedShard, PR
 use super::format::MAGIC_V1;
 use super::*;
 use crate::core::erasure::Redundancy;
-use crate::core::locator::ShardRef;
+use crate::core::locator::{Layout, ShardRef};
 
 const NOW: u64 = 1_000_000;
 const ME: &[u8] = b"this-holder";

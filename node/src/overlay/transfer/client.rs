@@ -1,0 +1,192 @@
+//! The blob protocol's client: one exchange with one holder per call, and
+//! the errors a user reads for each way it can fail.
+
+use libp2p::{PeerId, Stream};
+
+use super::{
+    BLOB_PROTOCOL, IO_TIMEOUT, Reply, Request, TransferError, read_body, read_frame, write_body,
+    write_frame,
+};
+use crate::core::locator::ObjectId;
+use crate::overlay::objects::{ObjectMeta, ShardOf};
+use crate::overlay::swarm::Network;
+
+/// The client side: one exchange per call.
+#[derive(Clone)]
+pub struct BlobClient {
+    control: libp2p_stream::Control,
+}
+
+impl std::fmt::Debug for BlobClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BlobClient")
+    }
+}
+
+impl BlobClient {
+    /// A client on the network's stream control.
+    pub fn new(network: &Network) -> Self {
+        Self {
+            control: network.streams(),
+        }
+    }
+
+    async fn open(&self, peer: PeerId) -> Result<Stream, TransferError> {
+        let mut control = self.control.clone();
+        tokio::time::timeout(IO_TIMEOUT, control.open_stream(peer, BLOB_PROTOCOL))
+            .await
+            .map_err(|_| TransferError::Unreachable {
+                peer,
+                why: "timed out".into(),
+            })?
+            .map_err(|e| TransferError::Unreachable {
+                peer,
+                why: brief(&e.to_string()),
+            })
+    }
+
+    /// Opens a stream to `peer`, sends `request` and reads the first
+    /// reply; the stream stays open for a body.
+    async fn ask(&self, peer: PeerId, request: &Request) -> Result<(Stream, Reply), TransferError> {
+        let mut s = self.open(peer).await?;
+        write_frame(&mut s, request).await.map_err(broken(peer))?;
+        let reply = read_frame(&mut s).await.map_err(broken(peer))?;
+        Ok((s, reply))
+    }
+
+    /// Asks `peer` to hold `data` under `id`; Ok once it acked.
+    pub async fn store(
+        &self,
+        peer: PeerId,
+        id: ObjectId,
+        meta: ObjectMeta,
+        data: &[u8],
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<(), TransferError> {
+        let mut s = match self.ask(peer, &Request::Store { id, meta }).await? {
+            (s, Reply::Ready) => s,
+            (_, Reply::Stored) => return Ok(()),
+            (_, other) => return Err(refusal(peer, other)),
+        };
+        write_body(&mut s, data, progress)
+            .await
+            .map_err(broken(peer))?;
+        match read_frame(&mut s).await.map_err(broken(peer))? {
+            Reply::Stored => Ok(()),
+            other => Err(refusal(peer, other)),
+        }
+    }
+
+    /// Asks `peer` whether it holds `id`: its length and hash if so.
+    pub async fn has(&self, peer: PeerId, id: ObjectId) -> Result<(u64, [u8; 32]), TransferError> {
+        match self.ask(peer, &Request::Has { id }).await? {
+            (_, Reply::Held { len, sha256 }) => Ok((len, sha256)),
+            (_, other) => Err(refusal(peer, other)),
+        }
+    }
+
+    /// Gets the object `id` from `peer`, refusing bodies over `max_len`.
+    /// The caller checks the content.
+    pub async fn fetch(
+        &self,
+        peer: PeerId,
+        id: ObjectId,
+        max_len: u64,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<Vec<u8>, TransferError> {
+        match self.ask(peer, &Request::Fetch { id }).await? {
+            (mut s, Reply::Found { len }) if len <= max_len => {
+                read_body(&mut s, len, progress).await.map_err(broken(peer))
+            }
+            (_, Reply::Found { len }) => Err(TransferError::Protocol {
+                peer,
+                why: format!("offered {len} bytes where at most {max_len} were expected"),
+            }),
+            (_, other) => Err(refusal(peer, other)),
+        }
+    }
+
+    /// Hands `peer` the final layout of an object this peer stored there.
+    pub async fn relayout(
+        &self,
+        peer: PeerId,
+        id: ObjectId,
+        secret: [u8; 32],
+        shard: ShardOf,
+    ) -> Result<(), TransferError> {
+        match self
+            .ask(peer, &Request::Relayout { id, secret, shard })
+            .await?
+        {
+            (_, Reply::Stored) => Ok(()),
+            (_, other) => Err(refusal(peer, other)),
+        }
+    }
+
+    /// Hands `peer` a delete order; how many objects it removed.
+    pub async fn erase(&self, peer: PeerId, order: Vec<u8>) -> Result<u32, TransferError> {
+        match self.ask(peer, &Request::Erase { order }).await? {
+            (_, Reply::Erased { objects }) => Ok(objects),
+            (_, other) => Err(refusal(peer, other)),
+        }
+    }
+
+    /// Hands `peer` the deposit proof for a grant it holds shards of.
+    pub async fn prove(&self, peer: PeerId, proof: Vec<u8>) -> Result<u32, TransferError> {
+        match self.ask(peer, &Request::Prove { proof }).await? {
+            (_, Reply::Proven { objects }) => Ok(objects),
+            (_, other) => Err(refusal(peer, other)),
+        }
+    }
+
+    /// Withdraws an object this peer stored at `peer`.
+    pub async fn delete(
+        &self,
+        peer: PeerId,
+        id: ObjectId,
+        secret: [u8; 32],
+    ) -> Result<(), TransferError> {
+        match self.ask(peer, &Request::Delete { id, secret }).await? {
+            (_, Reply::Deleted) => Ok(()),
+            (_, other) => Err(refusal(peer, other)),
+        }
+    }
+}
+
+/// The error for an exchange with `peer` that broke mid-way.
+fn broken(peer: PeerId) -> impl Fn(std::io::Error) -> TransferError {
+    move |e| TransferError::Broken {
+        peer,
+        why: e.to_string(),
+    }
+}
+
+/// libp2p's dial errors nest every address tried; users need the gist.
+fn brief(error: &str) -> String {
+    if error.contains("Connection refused") {
+        "connection refused (the peer is down)".into()
+    } else if error.contains("does not support") {
+        "it does not speak the vmail blob protocol".into()
+    } else {
+        error
+            .lines()
+            .next()
+            .unwrap_or(error)
+            .chars()
+            .take(160)
+            .collect()
+    }
+}
+
+/// The error for a reply other than the one hoped for.
+fn refusal(peer: PeerId, reply: Reply) -> TransferError {
+    match reply {
+        Reply::Refused(reason) => TransferError::Refused { peer, reason },
+        Reply::NoRoom(reason) => TransferError::NoRoom { peer, reason },
+        Reply::Gone { order } => TransferError::Gone { peer, order },
+        other => TransferError::Protocol {
+            peer,
+            why: format!("unexpected reply {other:?}"),
+        },
+    }
+}

@@ -1,0 +1,284 @@
+//! The blob protocol: moving ciphertext between peers on libp2p streams.
+//!
+//! Kademlia values are capped near 64 KiB, so voicemails travel on
+//! [`BLOB_PROTOCOL`] streams of their own. Each stream carries one exchange.
+//! Control messages are frames: a u32 BE length, then postcard of
+//! [`Request`] or [`Reply`], at most [`MAX_FRAME`] bytes. Bodies are raw
+//! bytes of the length the frame announced.
+//!
+//! ```text
+//! store:  -> Store{id, meta}  <- Ready | Stored | NoRoom | Refused | Gone   -> body   <- Stored | NoRoom | Refused
+//! fetch:  -> Fetch{id}        <- Found{len} body | Refused | Gone
+//! has:    -> Has{id}          <- Held{len, sha256} | Refused | Gone
+//! relayout: -> Relayout{id, secret, shard}  <- Stored | Refused
+//! delete: -> Delete{id, secret}  <- Deleted | Refused
+//! erase:  -> Erase{order}     <- Erased{objects} | Refused
+//! prove:  -> Prove{proof}     <- Proven{objects} | Refused
+//! ```
+//!
+//! A store's meta carries the storage grant; the holder admits it only as
+//! [`crate::overlay::objects::admit`] allows, and answers `Gone` with the
+//! signed delete order for a shard of a deleted voicemail. `Erase` carries
+//! a delete order: the holder checks it and removes every object of its
+//! grant. `Has` and `Fetch` of an identifier deleted here answer `Gone`
+//! too, which is how a holder that missed a delete order learns of it from
+//! its siblings (docs/PROTOCOL.md, "Delete orders"). `Prove` carries the
+//! group's deposit proof for a grant, which the sender hands its holders
+//! after the deposit: a holder drops granted shards that never get one.
+//!
+//! A holder that already has the same object (length, hash and delete hash)
+//! answers `Stored` at once, without the body. `Relayout` is how a sender
+//! whose layout changed during the upload hands holders the final one; like
+//! `Delete` (a failed leave rolling back) it needs the leave's delete secret.
+//! Version 2 added the shard layout to the stored meta, `Has` (the repair
+//! check), `Relayout`, `NoRoom` and the early `Stored`; version 3 the grant
+//! and the deposit proof, `Erase`, `Prove`, `Gone` and `Proven`.
+//!
+//! A holder acks a store only after it checked the grant, size, quota and
+//! SHA-256, wrote the object durably and announced it in the DHT.
+
+//!
+//! - this module: the messages, the errors and the framing;
+//! - `client`: [`BlobClient`], one exchange per call;
+//! - `serve`: the holder's side, [`serve`], and what it does per request.
+
+mod client;
+mod serve;
+
+use std::time::Duration;
+
+use futures::io::{AsyncReadExt, AsyncWriteExt};
+use futures::{AsyncRead, AsyncWrite};
+use libp2p::{PeerId, StreamProtocol};
+use serde::{Deserialize, Serialize};
+
+use crate::core::locator::ObjectId;
+use crate::overlay::objects::{ObjectMeta, ShardOf};
+
+pub use client::BlobClient;
+pub use serve::{announce, erase, serve};
+
+/// Stream protocol name for blob transfer.
+pub const BLOB_PROTOCOL: StreamProtocol = StreamProtocol::new("/vmail/blob/3.0.0");
+/// Largest control frame.
+pub const MAX_FRAME: usize = 16 * 1024;
+/// Bytes per body write, and per progress report.
+pub const CHUNK: usize = 64 * 1024;
+/// Longest wait for any one read or write before the exchange is dropped.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest wait for a holder's DHT announcement before it acks anyway; the
+/// holder stays findable because it is the closest peer to the identifier.
+pub const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Exchanges one holder serves at a time.
+pub const MAX_CONCURRENT_EXCHANGES: usize = 32;
+
+/// What a peer asks a holder.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Request {
+    /// Hold this object; the body follows `Ready`.
+    Store {
+        /// Storage identifier.
+        id: ObjectId,
+        /// Size, hash, expiry and delete hash.
+        meta: ObjectMeta,
+    },
+    /// Send this object.
+    Fetch {
+        /// Storage identifier.
+        id: ObjectId,
+    },
+    /// Say whether this object is held, without sending it.
+    Has {
+        /// Storage identifier.
+        id: ObjectId,
+    },
+    /// Replace the layout of an object the sender stored.
+    Relayout {
+        /// Storage identifier.
+        id: ObjectId,
+        /// The preimage of the object's delete hash.
+        secret: [u8; 32],
+        /// The final layout and this object's index in it.
+        shard: ShardOf,
+    },
+    /// Withdraw an object the sender stored (a failed leave rolling back).
+    Delete {
+        /// Storage identifier.
+        id: ObjectId,
+        /// The preimage of the object's delete hash.
+        secret: [u8; 32],
+    },
+    /// Carry out a delete order: drop every object of its grant.
+    Erase {
+        /// The order, in its one encoding.
+        order: Vec<u8>,
+    },
+    /// Keep the objects of a grant a deposit used: the group's proof.
+    Prove {
+        /// The deposit proof, in its one encoding.
+        proof: Vec<u8>,
+    },
+}
+
+/// What a holder answers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Reply {
+    /// Send the body.
+    Ready,
+    /// Stored durably and announced.
+    Stored,
+    /// The body of this many bytes follows.
+    Found {
+        /// Body length.
+        len: u64,
+    },
+    /// The object is held: its length and hash as stored.
+    Held {
+        /// Object length.
+        len: u64,
+        /// Its SHA-256.
+        sha256: [u8; 32],
+    },
+    /// The object is gone.
+    Deleted,
+    /// The delete order was carried out.
+    Erased {
+        /// Objects it removed here.
+        objects: u32,
+    },
+    /// The deposit proof was taken.
+    Proven {
+        /// Objects of its grant held here.
+        objects: u32,
+    },
+    /// The object's voicemail was deleted: the signed delete order.
+    Gone {
+        /// The order, in its one encoding.
+        order: Vec<u8>,
+    },
+    /// No room: quota or disk full.
+    NoRoom(String),
+    /// Refused, with the holder's reason.
+    Refused(String),
+}
+
+/// Why an exchange with a holder failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    /// The peer could not be reached or does not speak the protocol.
+    #[error("cannot open a stream to {peer}: {why}")]
+    Unreachable {
+        /// The peer.
+        peer: PeerId,
+        /// Why.
+        why: String,
+    },
+    /// The holder has no room for it.
+    #[error("{peer} has no room: {reason}")]
+    NoRoom {
+        /// The peer.
+        peer: PeerId,
+        /// Its reason.
+        reason: String,
+    },
+    /// The holder said no.
+    #[error("{peer} refused: {reason}")]
+    Refused {
+        /// The peer.
+        peer: PeerId,
+        /// Its reason.
+        reason: String,
+    },
+    /// The object's voicemail was deleted; the holder sent the order.
+    #[error("{peer}: the voicemail was deleted")]
+    Gone {
+        /// The peer.
+        peer: PeerId,
+        /// The delete order, in its one encoding, still to be checked.
+        order: Vec<u8>,
+    },
+    /// The exchange broke or timed out.
+    #[error("transfer with {peer} failed: {why}")]
+    Broken {
+        /// The peer.
+        peer: PeerId,
+        /// Why.
+        why: String,
+    },
+    /// The holder answered something the protocol does not allow.
+    #[error("{peer} broke the blob protocol: {why}")]
+    Protocol {
+        /// The peer.
+        peer: PeerId,
+        /// Why.
+        why: String,
+    },
+}
+
+pub(super) async fn timed<T>(
+    fut: impl std::future::Future<Output = std::io::Result<T>>,
+) -> std::io::Result<T> {
+    tokio::time::timeout(IO_TIMEOUT, fut)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "peer stopped answering"))?
+}
+
+pub(super) async fn write_frame<S: AsyncWrite + Unpin, T: Serialize>(
+    s: &mut S,
+    msg: &T,
+) -> std::io::Result<()> {
+    let body = postcard::to_stdvec(msg).expect("protocol messages encode");
+    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&body);
+    timed(async {
+        s.write_all(&frame).await?;
+        s.flush().await
+    })
+    .await
+}
+
+pub(super) async fn read_frame<S: AsyncRead + Unpin, T: for<'de> Deserialize<'de>>(
+    s: &mut S,
+) -> std::io::Result<T> {
+    let bad = |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, why.to_owned());
+    let mut len = [0u8; 4];
+    timed(s.read_exact(&mut len)).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(bad("control frame too large"));
+    }
+    let mut buf = vec![0u8; len];
+    timed(s.read_exact(&mut buf)).await?;
+    postcard::from_bytes(&buf).map_err(|_| bad("malformed control frame"))
+}
+
+pub(super) async fn write_body<S: AsyncWrite + Unpin>(
+    s: &mut S,
+    data: &[u8],
+    progress: &(dyn Fn(u64) + Sync),
+) -> std::io::Result<()> {
+    let mut done = 0u64;
+    for chunk in data.chunks(CHUNK) {
+        timed(s.write_all(chunk)).await?;
+        done += chunk.len() as u64;
+        progress(done);
+    }
+    timed(s.flush()).await
+}
+
+pub(super) async fn read_body<S: AsyncRead + Unpin>(
+    s: &mut S,
+    len: u64,
+    progress: &(dyn Fn(u64) + Sync),
+) -> std::io::Result<Vec<u8>> {
+    let len = usize::try_from(len).map_err(|_| std::io::ErrorKind::InvalidData)?;
+    let mut buf = vec![0u8; len];
+    let mut done = 0;
+    while done < len {
+        let end = (done + CHUNK).min(len);
+        timed(s.read_exact(&mut buf[done..end])).await?;
+        done = end;
+        progress(done as u64);
+    }
+    Ok(buf)
+}
