@@ -1,0 +1,1 @@
+//! Attacks on the auth server: login-state floods, registration floods, unread WatchPending streams, oversize locators and plaintext endpoints.

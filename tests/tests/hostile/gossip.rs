@@ -1,0 +1,1 @@
+//! Attacks on supernode election and gossip: heartbeat floods, forged reports, Sybil adverts, relay reservations and the control socket.
