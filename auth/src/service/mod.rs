@@ -226,7 +226,7 @@ impl AuthService {
     }
 
     /// Direct access to the store, for status reporting and tests.
-    pub fn store(&self) -> &Store {
+    pub fn store(&self) -> &Arc<Store> {
         &self.store
     }
 }

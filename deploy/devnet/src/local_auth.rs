@@ -382,9 +382,13 @@ impl LocalServer {
         }
         let result = (&mut self.task).await.expect("server task panicked");
         // Wait until every clone of the service (watch streams, blocking
-        // store calls) is gone, so the database file is closed.
+        // store calls) and of its store (the Raft node's log and state
+        // machine workers, which end after `Raft::shutdown` returns) is gone,
+        // so dropping `self` closes the database file.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while Arc::strong_count(&self.service) > 1 && std::time::Instant::now() < deadline {
+        while (Arc::strong_count(&self.service) > 1 || Arc::strong_count(self.service.store()) > 1)
+            && std::time::Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         result
