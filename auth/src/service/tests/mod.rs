@@ -128,6 +128,7 @@ impl Harness {
                 identity_proof: proof.to_bytes().to_vec(),
                 invite_code: String::new(),
                 credential_nonce: nonce.to_vec(),
+                client_address: None,
             })
             .await
             .unwrap();
