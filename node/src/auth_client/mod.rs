@@ -389,3 +389,28 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_https_endpoints_are_used() {
+        assert!(is_https("https://auth-1:7443"));
+        assert!(is_https("HTTPS://auth-1:7443"));
+        for url in [
+            "http://auth-1:7443",
+            "auth-1:7443",
+            "grpc://x",
+            "",
+            "https:/x",
+        ] {
+            assert!(!is_https(url), "{url}");
+            let err = endpoint(url, b"", "configured").unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("{url:?}")) && err.contains("https://HOST:PORT"),
+                "{err}"
+            );
+        }
+    }
+}
