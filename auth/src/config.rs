@@ -5,6 +5,36 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Default for how many OPAQUE logins may be half-done at once, over all
+/// users: 10,000 (each holds a few hundred bytes of state for
+/// `login_timeout_secs`). When full, a new login displaces the oldest.
+pub const DEFAULT_MAX_LOGINS_IN_PROGRESS: u64 = 10_000;
+/// Default for how many OPAQUE logins one user may have half-done at once:
+/// 4. A user's next login displaces their oldest, so a flood under one name
+/// never touches anyone else's.
+pub const DEFAULT_MAX_LOGINS_IN_PROGRESS_PER_USER: u64 = 4;
+/// Default for how many WatchPending streams one session may hold open: 4.
+pub const DEFAULT_MAX_WATCH_STREAMS_PER_SESSION: u64 = 4;
+/// Default for how many WatchPending streams one user may hold open over
+/// all their sessions: 16.
+pub const DEFAULT_MAX_WATCH_STREAMS_PER_USER: u64 = 16;
+/// Default for registrations the server accepts a minute, from everyone:
+/// 600 (ten a second, in bursts of up to 600).
+pub const DEFAULT_REGISTRATIONS_PER_MINUTE: u64 = 600;
+/// Default for registrations the server accepts a minute from one client
+/// address (an IPv4 address or an IPv6 /64; loopback clients count only
+/// server-wide): 10.
+pub const DEFAULT_REGISTRATIONS_PER_MINUTE_PER_ADDRESS: u64 = 10;
+/// Default for cheap repeatable writes (SetRetention, Recall) one user may
+/// make a minute: 30, in bursts of up to 30.
+pub const DEFAULT_WRITES_PER_MINUTE_PER_USER: u64 = 30;
+/// Default for how many calls one connection may have in progress at
+/// once, on the public and the internal service: 32.
+pub const DEFAULT_CONCURRENCY_PER_CONNECTION: u64 = 32;
+/// Default for how many HTTP/2 streams one connection may hold open at
+/// once (WatchPending streams included): 64.
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u64 = 64;
+
 /// Default session and certificate lifetime: 12 hours.
 pub const DEFAULT_SESSION_TTL_SECS: u64 = 12 * 3600;
 /// Default lifetime of a voicemail whose sender asked for none: the
@@ -77,6 +107,31 @@ pub struct ServerConfig {
     pub max_failed_logins: u32,
     /// The window over which login attempts are counted, in seconds.
     pub lockout_window_secs: u64,
+    /// Most OPAQUE logins half-done at once, over all users; when full, a
+    /// new login displaces the oldest (whose client is told to start again).
+    pub max_logins_in_progress: u64,
+    /// Most OPAQUE logins one user may have half-done at once; their next
+    /// displaces their oldest. Must be below `max_logins_in_progress`.
+    pub max_logins_in_progress_per_user: u64,
+    /// Most WatchPending streams one session may hold open.
+    pub max_watch_streams_per_session: u64,
+    /// Most WatchPending streams one user may hold open over all sessions.
+    pub max_watch_streams_per_user: u64,
+    /// Registrations (RegisterStart) accepted a minute from everyone;
+    /// invited registrations count too.
+    pub registrations_per_minute: u64,
+    /// Registrations accepted a minute from one client address (IPv4
+    /// address or IPv6 /64). Loopback clients (a reverse proxy on this
+    /// host, local tools) count only against `registrations_per_minute`.
+    pub registrations_per_minute_per_address: u64,
+    /// SetRetention and Recall calls one user may make a minute.
+    pub writes_per_minute_per_user: u64,
+    /// Calls one connection may have in progress at once (public and
+    /// internal service); more wait their turn.
+    pub concurrency_per_connection: u64,
+    /// HTTP/2 streams one connection may hold open at once (public and
+    /// internal service).
+    pub max_concurrent_streams: u64,
 }
 
 impl Default for ServerConfig {
@@ -97,6 +152,15 @@ impl Default for ServerConfig {
             login_timeout_secs: DEFAULT_LOGIN_TIMEOUT_SECS,
             max_failed_logins: DEFAULT_MAX_FAILED_LOGINS,
             lockout_window_secs: DEFAULT_LOCKOUT_WINDOW_SECS,
+            max_logins_in_progress: DEFAULT_MAX_LOGINS_IN_PROGRESS,
+            max_logins_in_progress_per_user: DEFAULT_MAX_LOGINS_IN_PROGRESS_PER_USER,
+            max_watch_streams_per_session: DEFAULT_MAX_WATCH_STREAMS_PER_SESSION,
+            max_watch_streams_per_user: DEFAULT_MAX_WATCH_STREAMS_PER_USER,
+            registrations_per_minute: DEFAULT_REGISTRATIONS_PER_MINUTE,
+            registrations_per_minute_per_address: DEFAULT_REGISTRATIONS_PER_MINUTE_PER_ADDRESS,
+            writes_per_minute_per_user: DEFAULT_WRITES_PER_MINUTE_PER_USER,
+            concurrency_per_connection: DEFAULT_CONCURRENCY_PER_CONNECTION,
+            max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
         }
     }
 }
@@ -180,6 +244,60 @@ impl ServerConfig {
         in_range("login_timeout_secs", self.login_timeout_secs, 5, 3600)?;
         in_range("max_failed_logins", self.max_failed_logins.into(), 1, 1000)?;
         in_range("lockout_window_secs", self.lockout_window_secs, 1, 86_400)?;
+        in_range(
+            "max_logins_in_progress",
+            self.max_logins_in_progress,
+            2,
+            1_000_000,
+        )?;
+        in_range(
+            "max_logins_in_progress_per_user",
+            self.max_logins_in_progress_per_user,
+            1,
+            self.max_logins_in_progress - 1,
+        )?;
+        in_range(
+            "max_watch_streams_per_session",
+            self.max_watch_streams_per_session,
+            1,
+            1000,
+        )?;
+        in_range(
+            "max_watch_streams_per_user",
+            self.max_watch_streams_per_user,
+            self.max_watch_streams_per_session,
+            10_000,
+        )?;
+        in_range(
+            "registrations_per_minute",
+            self.registrations_per_minute,
+            1,
+            1_000_000,
+        )?;
+        in_range(
+            "registrations_per_minute_per_address",
+            self.registrations_per_minute_per_address,
+            1,
+            self.registrations_per_minute,
+        )?;
+        in_range(
+            "writes_per_minute_per_user",
+            self.writes_per_minute_per_user,
+            1,
+            1_000_000,
+        )?;
+        in_range(
+            "concurrency_per_connection",
+            self.concurrency_per_connection,
+            1,
+            10_000,
+        )?;
+        in_range(
+            "max_concurrent_streams",
+            self.max_concurrent_streams,
+            self.max_watch_streams_per_session + 1,
+            10_000,
+        )?;
         if self.registration.mode == RegistrationMode::Invite
             && self.registration.invite_codes.is_empty()
         {
@@ -300,5 +418,20 @@ mod tests {
         assert!(bad(|c| c.max_open_grants_per_user = 0).starts_with("max_open_grants_per_user"));
         assert!(bad(|c| c.login_timeout_secs = 1).starts_with("login_timeout_secs"));
         assert!(bad(|c| c.lockout_window_secs = 0).starts_with("lockout_window_secs"));
+        assert!(
+            bad(|c| c.max_logins_in_progress_per_user = c.max_logins_in_progress)
+                .starts_with("max_logins_in_progress_per_user")
+        );
+        assert!(
+            bad(|c| c.max_watch_streams_per_user = 1).starts_with("max_watch_streams_per_user")
+        );
+        assert!(
+            bad(|c| c.registrations_per_minute_per_address = 601)
+                .starts_with("registrations_per_minute_per_address")
+        );
+        assert!(
+            bad(|c| c.writes_per_minute_per_user = 0).starts_with("writes_per_minute_per_user")
+        );
+        assert!(bad(|c| c.max_concurrent_streams = 4).starts_with("max_concurrent_streams"));
     }
 }

@@ -12,9 +12,9 @@ use vmail_proto::pb;
 use crate::cluster::Event;
 use crate::service::{
     AuthError, AuthService, Delivery, Deposit, GrantRequest, LoginFinish, RegisterFinish,
-    ShardRequest,
+    ShardRequest, WatchSlot,
 };
-use crate::store::{DeliveryState, Receipt, Session, StoreError};
+use crate::store::{DeliveryState, Receipt, Session, StoreError, VoicemailId};
 
 /// Metadata header that carries the session token.
 pub const AUTHORIZATION: &str = "authorization";
@@ -22,8 +22,14 @@ pub const AUTHORIZATION: &str = "authorization";
 /// URL: the client retries there.
 pub const LEADER: &str = "vmail-leader";
 
-/// Buffer of a WatchPending stream, in voicemails.
-const WATCH_BUFFER: usize = 64;
+/// Metadata header of a RESOURCE_EXHAUSTED answer to a rate-limited call:
+/// whole seconds until the call would be accepted.
+pub const RETRY_AFTER: &str = "retry-after";
+
+/// Buffer of a WatchPending stream, in voicemails: with the task's one
+/// voicemail in hand, what an unread stream holds of the pending list (a
+/// voicemail is at most about 10 KiB with a 4 KiB locator).
+pub const WATCH_BUFFER: usize = 16;
 
 /// The public `vmail.auth.v1.Auth` service.
 #[derive(Debug, Clone)]
@@ -79,7 +85,20 @@ pub fn status(e: AuthError) -> Status {
         E::WrongPassword(_) | E::NoToken | E::BadToken | E::SessionExpired(_) => {
             Status::unauthenticated(msg)
         }
-        E::LockedOut { .. } | E::Busy | E::InboxFull { .. } | E::TooManyGrants { .. } => {
+        E::LockedOut {
+            retry_after_secs, ..
+        }
+        | E::RateLimited {
+            retry_after_secs, ..
+        } => {
+            let mut s = Status::resource_exhausted(msg);
+            s.metadata_mut().insert(
+                RETRY_AFTER,
+                retry_after_secs.to_string().parse().expect("digits"),
+            );
+            s
+        }
+        E::TooManyStreams { .. } | E::InboxFull { .. } | E::TooManyGrants { .. } => {
             Status::resource_exhausted(msg)
         }
         E::LoginExpired(_) | E::GrantUsed { .. } | E::GrantLapsed { .. } => {
@@ -168,6 +187,7 @@ impl pb::auth_server::Auth for GrpcAuth {
         &self,
         req: Request<pb::RegisterFinishRequest>,
     ) -> Result<Response<pb::RegisterFinishResponse>, Status> {
+        let client_address = req.remote_addr().map(|a| a.ip());
         let r = req.into_inner();
         self.svc
             .register_finish(RegisterFinish {
@@ -177,6 +197,7 @@ impl pb::auth_server::Auth for GrpcAuth {
                 identity_proof: r.identity_proof,
                 invite_code: r.invite_code,
                 credential_nonce: r.credential_nonce,
+                client_address,
             })
             .await
             .map_err(status)?;
@@ -345,11 +366,14 @@ impl pb::auth_server::Auth for GrpcAuth {
         req: Request<pb::WatchPendingRequest>,
     ) -> Result<Response<Self::WatchPendingStream>, Status> {
         let s = self.session(&req).await?;
+        let slot = self.svc.open_watch(&s).map_err(status)?;
         // Subscribe before listing, so nothing deposited in between is missed.
         let events = self.svc.subscribe();
-        let initial = self.svc.list_pending(&s).await.map_err(status)?;
+        // Only the ids: the stream fetches each voicemail as it sends it, so
+        // an unread stream holds at most WATCH_BUFFER of them.
+        let backlog = self.svc.pending_ids(&s).await.map_err(status)?;
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
-        tokio::spawn(watch(self.svc.clone(), s, initial, events, tx));
+        tokio::spawn(watch(self.svc.clone(), s, slot, backlog, events, tx));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -426,17 +450,19 @@ type WatchItem = Result<pb::PendingVoicemail, Status>;
 
 /// Runs one WatchPending stream until it ends, and sends why it ended. On
 /// shutdown it stops at once, wherever it waits: a client that stopped
-/// reading must not keep the server from exiting.
+/// reading must not keep the server from exiting. The stream stays counted
+/// against its session's and user's caps until `slot` drops with the task.
 async fn watch(
     svc: Arc<AuthService>,
     session: Session,
-    initial: Vec<Delivery>,
+    slot: WatchSlot,
+    backlog: Vec<VoicemailId>,
     events: broadcast::Receiver<Event>,
     tx: mpsc::Sender<WatchItem>,
 ) {
     let shutdown = svc.shutdown_token().clone();
     let end = tokio::select! {
-        end = feed(&svc, &session, initial, events, &tx) => end,
+        end = feed(&svc, &session, backlog, events, &tx) => end,
         _ = shutdown.cancelled() => Some(Status::unavailable("the auth server is shutting down; reconnect")),
     };
     if let Some(status) = end {
@@ -446,19 +472,27 @@ async fn watch(
             _ = shutdown.cancelled() => {}
         }
     }
+    drop(slot);
 }
 
-/// Sends the backlog, then each new voicemail for this user. Returns why the
-/// stream ends, or `None` when the client has gone.
+/// Sends the backlog, one voicemail fetched at a time (one acked or
+/// expired meanwhile is skipped), then each new voicemail for this user.
+/// Returns why the stream ends, or `None` when the client has gone.
 async fn feed(
     svc: &AuthService,
     session: &Session,
-    initial: Vec<Delivery>,
+    backlog: Vec<VoicemailId>,
     mut events: broadcast::Receiver<Event>,
     tx: &mpsc::Sender<WatchItem>,
 ) -> Option<Status> {
-    for d in initial {
-        tx.send(Ok(delivery_to_pb(d))).await.ok()?;
+    for id in backlog {
+        // Wait for room first, so the voicemail is read only when it can go.
+        let permit = tx.reserve().await.ok()?;
+        match svc.pending_one(session, id).await {
+            Ok(Some(d)) => permit.send(Ok(delivery_to_pb(d))),
+            Ok(None) => {}
+            Err(e) => return Some(status(e)),
+        }
     }
     let expired = || Some(status(AuthError::SessionExpired(session.expires_at)));
     let left = session.expires_at.saturating_sub(svc.now());

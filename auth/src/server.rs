@@ -42,6 +42,22 @@ pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long in-flight calls may run on once shutdown has begun.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request the public API decodes: 256 KiB. The largest valid
+/// request (a deposit: a 4 KiB locator, 64 recipients, the wrapped key and
+/// metadata; or a storage grant request for 32 shards and their holders) is
+/// a few tens of KiB.
+pub const MAX_REQUEST_BYTES: usize = 256 * 1024;
+/// Largest answer the public API encodes: 64 MiB, the client's own limit
+/// (`vmail_node::auth_client::MAX_MESSAGE_BYTES`); a full inbox lists in
+/// far less.
+pub const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+/// Largest HTTP/2 header list a client may send, on either service: 16 KiB
+/// (a bearer token and the gRPC headers need well under 1 KiB).
+pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
+/// Streams a client may reset before the server acknowledges them, per
+/// connection (the HTTP/2 "rapid reset" flood).
+pub const MAX_PENDING_RESETS: usize = 32;
+
 /// How often expired sessions and voicemails are swept.
 pub const PURGE_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -164,7 +180,7 @@ pub async fn serve(
     let internal = {
         let cluster =
             ClusterService::new(svc.raft().clone(), svc.keys().clone(), svc.config().clone());
-        let router = Server::builder()
+        let router = limited(Server::builder(), svc.config())
             .tls_config(tls::internal_server(svc.keys()))?
             .add_service(
                 ClusterServer::new(cluster)
@@ -240,14 +256,18 @@ pub async fn serve(
             .with_nodelay(Some(true))
             .map(move |conn| conn.map(|tcp| Severable::new(tcp, &cut)))
     };
-    let server = Server::builder()
+    let server = limited(Server::builder(), svc.config())
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .tls_config(tls::public_server(svc.keys()))?
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(AuthServer::new(GrpcAuth::new(svc)))
+        .add_service(
+            AuthServer::new(GrpcAuth::new(svc))
+                .max_decoding_message_size(MAX_REQUEST_BYTES)
+                .max_encoding_message_size(MAX_RESPONSE_BYTES),
+        )
         .serve_with_incoming_shutdown(incoming, shutdown);
     // Calls in flight get DRAIN_TIMEOUT to finish once shutdown begins; then
     // the connections still open are cut, so that serve returns only when
@@ -272,6 +292,17 @@ pub async fn serve(
     }
     tracing::info!("vmail-auth stopped");
     Ok(())
+}
+
+/// A server builder with the transport limits every connection gets, on
+/// the public and the internal service alike.
+fn limited(b: Server, config: &crate::config::ServerConfig) -> Server {
+    let streams = u32::try_from(config.max_concurrent_streams).unwrap_or(u32::MAX);
+    let calls = usize::try_from(config.concurrency_per_connection).unwrap_or(usize::MAX);
+    b.concurrency_limit_per_connection(calls)
+        .max_concurrent_streams(streams)
+        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+        .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_RESETS))
 }
 
 /// A task handle that aborts the task when dropped.

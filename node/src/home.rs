@@ -56,6 +56,16 @@ pub enum SettingsError {
     /// The cluster key is malformed.
     #[error("cluster key {0:?} is not a 64-hex-digit ed25519 public key: {1}")]
     ClusterKey(String, String),
+    /// An auth endpoint that is not `https://`.
+    #[error(
+        "auth endpoint {url:?} (from {from}) is not an https:// URL: vmail talks to auth servers only over TLS, so write it as https://HOST:PORT"
+    )]
+    NotHttps {
+        /// The endpoint.
+        url: String,
+        /// Where it was configured: the flag or the file.
+        from: String,
+    },
 }
 
 /// `HOME/config.toml`.
@@ -151,10 +161,22 @@ pub fn auth_target(home: &Path, o: &AuthOverrides) -> Result<AuthTarget, Setting
         key,
         file: config_path.clone(),
     };
-    let endpoints = match &o.auth {
-        Some(a) => a.split(',').map(|s| s.trim().to_owned()).collect(),
-        None => file.auth_endpoints,
+    let (endpoints, from): (Vec<String>, String) = match &o.auth {
+        Some(a) => (
+            a.split(',').map(|s| s.trim().to_owned()).collect(),
+            "--auth or VMAIL_AUTH".to_owned(),
+        ),
+        None => (
+            file.auth_endpoints,
+            format!("auth_endpoints in {}", config_path.display()),
+        ),
     };
+    if let Some(url) = endpoints.iter().find(|u| !crate::auth_client::is_https(u)) {
+        return Err(SettingsError::NotHttps {
+            url: url.clone(),
+            from,
+        });
+    }
     if endpoints.is_empty() {
         return Err(missing(
             "auth server",

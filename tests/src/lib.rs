@@ -82,6 +82,11 @@ impl TestAuth {
         self.server().api_addr
     }
 
+    /// The server's internal group service address.
+    pub fn raft_addr(&self) -> std::net::SocketAddr {
+        self.server().raft_addr
+    }
+
     /// A loopback peer config that holds what this server grants.
     pub fn node_config(&self) -> NodeConfig {
         holder_config(&self.target().cluster_key)

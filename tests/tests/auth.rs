@@ -340,13 +340,16 @@ async fn deposit_refusals_change_nothing() {
     assert!(msg.contains("wrapped_key"), "{msg}");
 
     // Oversize locator.
-    let big = vec![7u8; 16 * 1024 + 1];
+    let big = vec![7u8; vmail_auth::service::MAX_LOCATOR_LEN + 1];
     let (code_, msg) = code(
         bob.deposit(&bob_s.master_key, &under_grant(&["alice"], &big))
             .await,
     );
     assert_eq!(code_, Code::InvalidArgument);
-    assert!(msg.starts_with("locator: 16385 bytes"), "{msg}");
+    assert!(
+        msg.starts_with("locator: 4097 bytes, at most 4096"),
+        "{msg}"
+    );
     assert_eq!(auth.service().store().counts().unwrap(), before);
     let grant = auth
         .service()
@@ -358,7 +361,7 @@ async fn deposit_refusals_change_nothing() {
     // Exactly the limit is accepted, under the grant the refusals left unused.
     bob.deposit(
         &bob_s.master_key,
-        &under_grant(&["alice"], &big[..16 * 1024]),
+        &under_grant(&["alice"], &big[..vmail_auth::service::MAX_LOCATOR_LEN]),
     )
     .await
     .unwrap();
@@ -1191,7 +1194,11 @@ async fn shutdown_does_not_wait_for_a_client_that_stopped_reading() {
     let (mut alice, _, _) = register_and_login(&auth, "alice").await;
     // A backlog far larger than the stream's buffer and HTTP/2 window.
     for _ in 0..200 {
-        let d = granted(&mut bob, deposit_for(&["alice"], &[7; 16 * 1024])).await;
+        let d = granted(
+            &mut bob,
+            deposit_for(&["alice"], &[7; vmail_auth::service::MAX_LOCATOR_LEN]),
+        )
+        .await;
         bob.deposit(&bob_s.master_key, &d).await.unwrap();
     }
     let unread = alice.watch_pending().await.unwrap();

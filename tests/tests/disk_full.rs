@@ -76,14 +76,14 @@ async fn full_disk_refuses_deposits_and_loses_nothing() {
         .await
         .unwrap();
 
-    // Fill the disk: deposits with 16 KiB locators until one is refused.
+    // Fill the disk: deposits with the largest locators until one is refused.
     // Each first takes its storage grant, a write small enough to pass the
     // space check (which asks for room in proportion to the command) when
-    // a 16 KiB deposit no longer does.
+    // a full-size deposit no longer does.
     let mut stored = Vec::new();
     let (refusal, unused) = loop {
         assert!(stored.len() < 1000, "the 4 MiB disk never filled");
-        let d = try_granted(&mut bob, deposit(16 * 1024), 0)
+        let d = try_granted(&mut bob, deposit(vmail_auth::service::MAX_LOCATOR_LEN), 0)
             .await
             .unwrap_or_else(|e| {
                 panic!(

@@ -350,6 +350,15 @@ where
                     .get(LEADER_RAFT_URL)
                     .and_then(|v| v.to_str().ok())
                 {
+                    if !super::network::is_https(leader) {
+                        return Err(AdminError::Call {
+                            url: url.clone(),
+                            why: super::network::not_https(
+                                "it redirected to the leader at",
+                                leader,
+                            ),
+                        });
+                    }
                     tracing::info!(from = %url, to = %leader, "redirected to the leader");
                     url = leader.to_owned();
                     continue;

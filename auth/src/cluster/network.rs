@@ -37,9 +37,29 @@ pub const LEADER_RAFT_URL: &str = "vmail-leader-raft";
 /// node's empty log (openraft stops on a follower log that goes back).
 pub const RAFT_TARGET: &str = "vmail-raft-target";
 
+/// Whether `url` is an `https://` URL. Any other scheme would reach a
+/// member without TLS (tonic uses TLS only for `https`), so it is refused
+/// everywhere a member's URL comes in: the join and admin commands, the
+/// leader's address in a redirect, and members in a membership change.
+pub fn is_https(url: &str) -> bool {
+    url.get(..8)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"))
+}
+
+/// The refusal of a URL that is not `https://`, naming it and what to do.
+pub fn not_https(what: &str, url: &str) -> String {
+    format!(
+        "{what} {url:?} is not an https:// URL: auth servers talk only over TLS, so write it as https://HOST:PORT"
+    )
+}
+
 impl ClusterTls {
-    /// A lazily connecting channel to a member's internal service.
+    /// A lazily connecting channel to a member's internal service; only
+    /// `https://` URLs are accepted.
     pub fn channel(&self, url: &str) -> Result<Channel, String> {
+        if !is_https(url) {
+            return Err(not_https("member URL", url));
+        }
         Ok(Endpoint::from_shared(url.to_owned())
             .map_err(|e| format!("{url:?} is not a valid URL: {e}"))?
             .connect_timeout(CONNECT_TIMEOUT)

@@ -12,7 +12,7 @@ use serde::Serialize;
 use tonic::{Request, Response, Status};
 use vmail_proto::cluster_pb::{self as pb, cluster_server::Cluster};
 
-use super::network::{LEADER_RAFT_URL, RAFT_TARGET, decode, encode};
+use super::network::{LEADER_RAFT_URL, RAFT_TARGET, decode, encode, is_https, not_https};
 use super::{Member, Raft};
 use crate::config::ServerConfig;
 use crate::keys::ServerKeys;
@@ -123,6 +123,14 @@ pub fn member_from_pb(m: Option<pb::Member>) -> Result<(u64, Member), Status> {
         return Err(Status::invalid_argument(
             "member: name, api_url and raft_url must all be set",
         ));
+    }
+    for (what, url) in [
+        ("member api_url", &m.api_url),
+        ("member raft_url", &m.raft_url),
+    ] {
+        if !is_https(url) {
+            return Err(Status::invalid_argument(not_https(what, url)));
+        }
     }
     Ok((
         m.id,

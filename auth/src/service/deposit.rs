@@ -19,8 +19,12 @@ use crate::store::{
     VoicemailId,
 };
 
-/// Largest locator a deposit may carry: 16 KiB.
-pub const MAX_LOCATOR_LEN: usize = 16 * 1024;
+/// Largest locator a deposit may carry: 4 KiB. The largest valid locator
+/// (`vmail-node`'s `core::locator`, version 2, 32 shards of 64 bytes each
+/// plus a fixed part under 80 bytes) is about 2.1 KiB; per-shard holder
+/// hints of a 38-byte peer id each add about 1.3 KiB more, so 4 KiB holds
+/// both with room to spare.
+pub const MAX_LOCATOR_LEN: usize = 4 * 1024;
 /// Shortest client request id, in bytes.
 pub const MIN_REQUEST_ID_LEN: usize = 16;
 /// Longest client request id, in bytes.
@@ -268,6 +272,15 @@ impl AuthService {
             .collect())
     }
 
+    /// The ids of the voicemails pending for the session's user, oldest
+    /// first: a WatchPending stream's backlog, which it then fetches one
+    /// voicemail at a time ([`Self::pending_one`]).
+    pub async fn pending_ids(&self, session: &Session) -> Result<Vec<VoicemailId>, AuthError> {
+        let user = session.username.clone();
+        let now = self.now();
+        self.db(move |s| s.pending_ids(&user, now)).await
+    }
+
     /// One voicemail if it is pending for the session's user and not expired.
     pub async fn pending_one(
         &self,
@@ -454,7 +467,7 @@ mod tests {
     fn a_locator_over_the_limit_is_named() {
         let (field, why) = refused(|d| d.locator = vec![3; MAX_LOCATOR_LEN + 1]);
         assert_eq!(field, "locator");
-        assert_eq!(why, "16385 bytes, at most 16384 allowed");
+        assert_eq!(why, "4097 bytes, at most 4096 allowed");
     }
 
     #[test]

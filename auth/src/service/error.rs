@@ -51,9 +51,34 @@ pub enum AuthError {
     /// The login id is unknown, or its state timed out.
     #[error("login_id is unknown, already used, or older than {0} s; start the login again")]
     LoginExpired(u64),
-    /// Too many logins are half-done.
-    #[error("the server is handling too many logins at once; retry shortly")]
-    Busy,
+    /// A rate limit was reached.
+    #[error(
+        "too many {what}: at most {per_minute} a minute ({key} in the server config); retry in {retry_after_secs} s"
+    )]
+    RateLimited {
+        /// What was limited, e.g. "registrations from this address".
+        what: &'static str,
+        /// The configured rate.
+        per_minute: u64,
+        /// The config key that sets it.
+        key: &'static str,
+        /// Seconds until a call would be accepted.
+        retry_after_secs: u64,
+    },
+    /// A WatchPending stream past the per-session or per-user cap.
+    #[error(
+        "{username:?} already has {limit} WatchPending streams open {scope} ({key}); close one (one stream per client is enough) and retry"
+    )]
+    TooManyStreams {
+        /// The user.
+        username: String,
+        /// The cap reached.
+        limit: u64,
+        /// "on this session" or "over all sessions".
+        scope: &'static str,
+        /// The config key that sets it.
+        key: &'static str,
+    },
     /// The identity proof signature does not verify.
     #[error("identity_proof: the signature does not verify with identity_key")]
     BadIdentityProof,

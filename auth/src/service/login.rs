@@ -17,12 +17,11 @@ use vmail_proto::random_bytes;
 
 use super::AuthService;
 use super::error::{AuthError, invalid};
+use super::limits::{LoginCaps, LoginTable};
 use super::register::verify_proof;
 use crate::cluster::{Command, Reply, seal};
 use crate::store::{Session, StoreError, token_hash};
 
-/// Most unfinished logins held in memory at once; more are refused.
-pub const MAX_PENDING_LOGINS: usize = 10_000;
 /// Users whose login attempts are tracked before finished windows are pruned.
 const MAX_TRACKED_USERS: usize = 10_000;
 
@@ -64,10 +63,17 @@ impl std::fmt::Debug for LoginOutcome {
     }
 }
 
-pub(super) struct PendingLogin {
-    username: Username,
-    state: ServerLogin<Suite>,
-    started: Instant,
+/// The unfinished logins: OPAQUE server states by login id.
+pub(super) type PendingLogins = LoginTable<ServerLogin<Suite>>;
+
+/// The caps of the unfinished-login table, from the config.
+pub(super) fn login_caps(config: &crate::config::ServerConfig) -> LoginCaps {
+    let size = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+    LoginCaps {
+        overall: size(config.max_logins_in_progress),
+        per_user: size(config.max_logins_in_progress_per_user),
+        timeout: Duration::from_secs(config.login_timeout_secs),
+    }
 }
 
 #[derive(Default)]
@@ -152,22 +158,15 @@ impl AuthService {
             }
         };
         let login_id: [u8; 16] = random_bytes();
-        let timeout = Duration::from_secs(self.config.login_timeout_secs);
-        let mut logins = self.logins.lock().expect("lock");
-        logins.retain(|_, l| l.started.elapsed() < timeout);
-        if logins.len() >= MAX_PENDING_LOGINS {
-            drop(logins);
-            self.cancel_attempt(name.as_str());
-            return Err(AuthError::Busy);
-        }
-        logins.insert(
+        let evicted = self.logins.lock().expect("lock").insert(
             login_id,
-            PendingLogin {
-                username: name,
-                state: start.state,
-                started: Instant::now(),
-            },
+            name.as_str(),
+            start.state,
+            Instant::now(),
         );
+        if let Some(e) = evicted {
+            tracing::debug!(user = %e.user, "an unfinished login made room for a newer one");
+        }
         Ok((login_id, start.message.serialize().to_vec()))
     }
 
@@ -181,18 +180,17 @@ impl AuthService {
             )
         })?;
         let timeout = self.config.login_timeout_secs;
-        let pending = self
+        let (name, state) = self
             .logins
             .lock()
             .expect("lock")
-            .remove(&login_id)
-            .filter(|l| l.started.elapsed() < Duration::from_secs(timeout))
+            .take(&login_id, Instant::now())
             .ok_or(AuthError::LoginExpired(timeout))?;
-        let name = pending.username;
+        let name = Username::parse(&name)?;
         let finalization =
             CredentialFinalization::<Suite>::deserialize(&req.credential_finalization)
                 .map_err(|e| invalid("credential_finalization", e.to_string()))?;
-        let finished = match pending.state.finish(finalization) {
+        let finished = match state.finish(finalization) {
             Ok(f) => f,
             Err(_) => {
                 tracing::info!(user = %name, "login failed: wrong password");

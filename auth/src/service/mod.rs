@@ -29,6 +29,7 @@ mod clock;
 mod deposit;
 mod error;
 mod grant;
+pub mod limits;
 mod login;
 mod register;
 mod retention;
@@ -47,8 +48,9 @@ use crate::cluster::batcher::{Batcher, WriteError};
 use crate::cluster::{Command, Event, Raft, Reply};
 use crate::config::ServerConfig;
 use crate::keys::ServerKeys;
-use crate::store::{Store, StoreError};
-use login::{Failures, PendingLogin};
+use crate::store::{Session, Store, StoreError};
+use limits::{RateLimiter, StreamCounts};
+use login::{Failures, PendingLogins};
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use deposit::{
@@ -57,7 +59,7 @@ pub use deposit::{
 };
 pub use error::AuthError;
 pub use grant::{GrantRequest, MESSAGE_ID_LEN, SHA256_LEN, ShardRequest, validate_grant_request};
-pub use login::{LoginFinish, LoginOutcome, MAX_PENDING_LOGINS};
+pub use login::{LoginFinish, LoginOutcome};
 pub use register::RegisterFinish;
 pub use retention::{
     MIN_RETENTION_SECS, default_retention, retention_cap, retention_in_force, validate_retention,
@@ -74,6 +76,44 @@ pub const MIN_FREE_BYTES: u64 = 1024 * 1024;
 /// How long a read may wait for a majority to confirm this server leads.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Most client addresses, or users, a rate limiter tracks at once; a
+/// bucket that has refilled is forgotten to make room.
+pub const MAX_TRACKED_KEYS: usize = 100_000;
+
+fn per_minute(v: u64) -> u32 {
+    u32::try_from(v).unwrap_or(u32::MAX)
+}
+
+/// The in-memory limit tables, built from the config.
+struct Limits {
+    logins: Mutex<PendingLogins>,
+    streams: Mutex<StreamCounts>,
+    registrations: Mutex<RateLimiter<()>>,
+    registrations_by_address: Mutex<RateLimiter<std::net::IpAddr>>,
+    writes: Mutex<RateLimiter<String>>,
+}
+
+impl Limits {
+    fn new(config: &ServerConfig) -> Self {
+        Self {
+            logins: Mutex::new(PendingLogins::new(login::login_caps(config))),
+            streams: Mutex::new(StreamCounts::default()),
+            registrations: Mutex::new(RateLimiter::new(
+                per_minute(config.registrations_per_minute),
+                1,
+            )),
+            registrations_by_address: Mutex::new(RateLimiter::new(
+                per_minute(config.registrations_per_minute_per_address),
+                MAX_TRACKED_KEYS,
+            )),
+            writes: Mutex::new(RateLimiter::new(
+                per_minute(config.writes_per_minute_per_user),
+                MAX_TRACKED_KEYS,
+            )),
+        }
+    }
+}
+
 /// The auth server's domain service.
 pub struct AuthService {
     store: Arc<Store>,
@@ -82,8 +122,16 @@ pub struct AuthService {
     clock: Arc<dyn Clock>,
     raft: Raft,
     batcher: Batcher,
-    logins: Mutex<HashMap<[u8; 16], PendingLogin>>,
+    logins: Mutex<PendingLogins>,
     failures: Mutex<HashMap<String, Failures>>,
+    /// Open WatchPending streams per session and per user.
+    streams: Mutex<StreamCounts>,
+    /// Registrations from everyone.
+    registrations: Mutex<RateLimiter<()>>,
+    /// Registrations per client address.
+    registrations_by_address: Mutex<RateLimiter<std::net::IpAddr>>,
+    /// Cheap repeatable writes (SetRetention, Recall) per user.
+    writes: Mutex<RateLimiter<String>>,
     events: broadcast::Sender<Event>,
     shutdown: CancellationToken,
 }
@@ -108,6 +156,7 @@ impl AuthService {
         raft: Raft,
         events: broadcast::Sender<Event>,
     ) -> Self {
+        let limits = Limits::new(&config);
         Self {
             store,
             keys,
@@ -115,8 +164,12 @@ impl AuthService {
             clock,
             batcher: Batcher::start(raft.clone(), WRITE_TIMEOUT),
             raft,
-            logins: Mutex::new(HashMap::new()),
+            logins: limits.logins,
             failures: Mutex::new(HashMap::new()),
+            streams: limits.streams,
+            registrations: limits.registrations,
+            registrations_by_address: limits.registrations_by_address,
+            writes: limits.writes,
             events,
             shutdown: CancellationToken::new(),
         }
@@ -225,9 +278,127 @@ impl AuthService {
             .expect("store task panicked")?)
     }
 
+    /// Takes one of `user`'s cheap repeatable writes (SetRetention,
+    /// Recall) from their rate limit.
+    fn charge_write(&self, user: &str) -> Result<(), AuthError> {
+        self.writes
+            .lock()
+            .expect("lock")
+            .check(&user.to_owned(), std::time::Instant::now())
+            .map_err(|wait| AuthError::RateLimited {
+                what: "SetRetention and Recall calls from this user",
+                per_minute: self.config.writes_per_minute_per_user,
+                key: "writes_per_minute_per_user",
+                retry_after_secs: limits::retry_secs(wait),
+            })
+    }
+
+    /// Takes one registration from the per-address limit of `from` (when
+    /// the address is known and not loopback), then from the server-wide
+    /// limit. Loopback clients are a reverse proxy on this host, whose one
+    /// address stands for all its clients, or local tools and tests: they
+    /// count only against the server-wide limit.
+    fn charge_registration(&self, from: Option<std::net::IpAddr>) -> Result<(), AuthError> {
+        let now = std::time::Instant::now();
+        let address = from.map(limits::address_key).filter(|ip| !ip.is_loopback());
+        if let Some(ip) = address {
+            self.registrations_by_address
+                .lock()
+                .expect("lock")
+                .check(&ip, now)
+                .map_err(|wait| AuthError::RateLimited {
+                    what: "registrations from this address",
+                    per_minute: self.config.registrations_per_minute_per_address,
+                    key: "registrations_per_minute_per_address",
+                    retry_after_secs: limits::retry_secs(wait),
+                })?;
+        }
+        self.registrations
+            .lock()
+            .expect("lock")
+            .check(&(), now)
+            .map_err(|wait| AuthError::RateLimited {
+                what: "registrations on this server",
+                per_minute: self.config.registrations_per_minute,
+                key: "registrations_per_minute",
+                retry_after_secs: limits::retry_secs(wait),
+            })
+    }
+
+    /// Counts a new WatchPending stream of `session`, unless the session
+    /// or its user already holds as many as the config allows. The stream
+    /// is uncounted when the returned slot is dropped.
+    pub fn open_watch(self: &Arc<Self>, session: &Session) -> Result<WatchSlot, AuthError> {
+        let size = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+        let opened = self.streams.lock().expect("lock").open(
+            &session.username,
+            session.token_hash,
+            size(self.config.max_watch_streams_per_session),
+            size(self.config.max_watch_streams_per_user),
+        );
+        match opened {
+            Ok(()) => Ok(WatchSlot {
+                svc: self.clone(),
+                user: session.username.clone(),
+                token_hash: session.token_hash,
+            }),
+            Err(cap) => Err(match cap {
+                limits::StreamCap::PerSession(n) => AuthError::TooManyStreams {
+                    username: session.username.clone(),
+                    limit: n as u64,
+                    scope: "on this session",
+                    key: "max_watch_streams_per_session",
+                },
+                limits::StreamCap::PerUser(n) => AuthError::TooManyStreams {
+                    username: session.username.clone(),
+                    limit: n as u64,
+                    scope: "over all their sessions",
+                    key: "max_watch_streams_per_user",
+                },
+            }),
+        }
+    }
+
+    /// How many OPAQUE logins are half-done, in all and for `user`: for
+    /// status reporting and tests.
+    pub fn logins_in_progress(&self, user: &str) -> (usize, usize) {
+        let logins = self.logins.lock().expect("lock");
+        (logins.len(), logins.of_user(user))
+    }
+
+    /// How many WatchPending streams `user` holds open.
+    pub fn watch_streams(&self, user: &str) -> usize {
+        self.streams.lock().expect("lock").of_user(user)
+    }
+
     /// Direct access to the store, for status reporting and tests.
     pub fn store(&self) -> &Arc<Store> {
         &self.store
+    }
+}
+
+/// One counted WatchPending stream; dropping it uncounts the stream.
+pub struct WatchSlot {
+    svc: Arc<AuthService>,
+    user: String,
+    token_hash: [u8; 32],
+}
+
+impl fmt::Debug for WatchSlot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WatchSlot")
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for WatchSlot {
+    fn drop(&mut self) {
+        self.svc
+            .streams
+            .lock()
+            .expect("lock")
+            .close(&self.user, self.token_hash);
     }
 }
 

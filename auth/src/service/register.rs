@@ -30,6 +30,9 @@ pub struct RegisterFinish {
     pub invite_code: String,
     /// The nonce RegisterStart handed out.
     pub credential_nonce: Vec<u8>,
+    /// The client's address, for the per-address registration limit;
+    /// `None` when unknown.
+    pub client_address: Option<std::net::IpAddr>,
 }
 
 pub(super) fn verify_proof(
@@ -48,11 +51,25 @@ pub(super) fn verify_proof(
 }
 
 impl AuthService {
-    /// The hash under which an invite code is marked used, or `None` when
-    /// registration is open. Refuses a missing or unknown code.
+    /// The hash under which an invite code is marked used, or `None` for
+    /// an open registration without one. Refuses a missing code where one
+    /// is needed, and an unknown code. On an open server a listed code is
+    /// optional; it is used up like an invite and lets its holder past the
+    /// registration rate limit.
     fn invite_hash(&self, code: &str) -> Result<Option<String>, AuthError> {
+        let listed = |code: &str| {
+            self.config
+                .registration
+                .invite_codes
+                .iter()
+                .any(|c| c == code)
+        };
         match self.config.registration.mode {
-            RegistrationMode::Open => Ok(None),
+            RegistrationMode::Open if code.is_empty() => Ok(None),
+            RegistrationMode::Open if listed(code) => {
+                Ok(Some(hex::encode(Sha256::digest(code.as_bytes()))))
+            }
+            RegistrationMode::Open => Err(AuthError::InviteInvalid),
             RegistrationMode::Invite if code.is_empty() => Err(AuthError::InviteRequired),
             RegistrationMode::Invite
                 if !self
@@ -130,6 +147,16 @@ impl AuthService {
             &identity_proof_bytes(ProofPurpose::Register, &name, &context, &identity_key, &[]),
         )?;
         let invite_hash = self.invite_hash(&req.invite_code)?;
+        match &invite_hash {
+            // An invited registration is bounded by its single-use code.
+            Some(h) => {
+                let h = h.clone();
+                if self.db(move |s| s.invite_used(&h)).await? {
+                    return Err(AuthError::InviteInvalid);
+                }
+            }
+            None => self.charge_registration(req.client_address)?,
+        }
         let password_file = ServerRegistration::<Suite>::finish(upload)
             .serialize()
             .to_vec();

@@ -58,6 +58,7 @@ impl AuthService {
     /// applies to grants issued from now on; voicemail already deposited
     /// keeps its expiry.
     pub async fn set_retention(&self, session: &Session, secs: u64) -> Result<u64, AuthError> {
+        self.charge_write(&session.username)?;
         let secs = validate_retention(secs, &self.config)?;
         let reply = self
             .propose(Command::SetRetention {

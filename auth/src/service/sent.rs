@@ -39,6 +39,7 @@ impl AuthService {
     /// Withdraws voicemail `id`, which the caller sent, from every
     /// recipient who has not acked it.
     pub async fn recall(&self, session: &Session, id: &[u8]) -> Result<Recalled, AuthError> {
+        self.charge_write(&session.username)?;
         let id: VoicemailId = id
             .try_into()
             .map_err(|_| invalid("voicemail_id", format!("{} bytes, expected 16", id.len())))?;

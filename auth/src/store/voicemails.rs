@@ -299,6 +299,39 @@ impl Store {
         })
     }
 
+    /// The ids of the voicemails pending for `recipient` that have not
+    /// expired at `now`, in [`Self::pending`]'s order: what a WatchPending
+    /// stream keeps of its backlog, fetching each voicemail as it sends it.
+    pub fn pending_ids(&self, recipient: &str, now: u64) -> Result<Vec<VoicemailId>, StoreError> {
+        self.run(|db| {
+            let tx = db.begin_read().map_err(db_err)?;
+            let grants = tx.open_table(GRANTS).map_err(db_err)?;
+            let vms = tx.open_table(VOICEMAILS).map_err(db_err)?;
+            let mut out = Vec::new();
+            for entry in grants.range((recipient, [].as_slice())..).map_err(db_err)? {
+                let (k, _) = entry.map_err(db_err)?;
+                let (who, id) = k.value();
+                if who != recipient {
+                    break;
+                }
+                let Some(v) = vms.get(id).map_err(db_err)? else {
+                    return Err(corrupt(
+                        "grants",
+                        hex::encode(id),
+                        "grant without voicemail",
+                    ));
+                };
+                let vm = self.decode_voicemail(id, v.value())?;
+                check_grant(&vm, recipient)?;
+                if vm.metadata.expires_at > now {
+                    out.push((vm.deposited_at, vm.id));
+                }
+            }
+            out.sort();
+            Ok(out.into_iter().map(|(_, id)| id).collect())
+        })
+    }
+
     /// One voicemail, if it is pending for `recipient`.
     pub fn pending_one(
         &self,

@@ -66,6 +66,17 @@ pub enum ClientError {
     /// The endpoint URL is malformed.
     #[error("auth endpoint {0:?} is not a valid https:// URL")]
     BadEndpoint(String),
+    /// An endpoint, configured or named in a leader redirect, that is not
+    /// `https://`.
+    #[error(
+        "auth endpoint {url:?} ({from}) is not an https:// URL: vmail talks to auth servers only over TLS, so write it as https://HOST:PORT"
+    )]
+    NotHttps {
+        /// The URL.
+        url: String,
+        /// Where it came from.
+        from: &'static str,
+    },
     /// The password did not open the OPAQUE envelope.
     #[error("wrong password for {0:?}")]
     WrongPassword(String),
@@ -145,7 +156,21 @@ impl std::fmt::Debug for AuthClient {
     }
 }
 
-fn endpoint(url: &str, ca_pem: &[u8]) -> Result<Endpoint, ClientError> {
+/// Whether `url` is an `https://` URL. tonic uses TLS only for `https`,
+/// so any other scheme would send names, password rounds and tokens in
+/// clear; every endpoint is checked before it is used.
+pub fn is_https(url: &str) -> bool {
+    url.get(..8)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"))
+}
+
+fn endpoint(url: &str, ca_pem: &[u8], from: &'static str) -> Result<Endpoint, ClientError> {
+    if !is_https(url) {
+        return Err(ClientError::NotHttps {
+            url: url.to_owned(),
+            from,
+        });
+    }
     Endpoint::from_shared(url.to_owned())
         .map_err(|_| ClientError::BadEndpoint(url.to_owned()))?
         .connect_timeout(CONNECT_TIMEOUT)
@@ -186,7 +211,7 @@ impl AuthClient {
         vmail_proto::tls::install_crypto_provider();
         let mut attempts = futures::stream::FuturesUnordered::new();
         for url in &target.endpoints {
-            let endpoint = endpoint(url, &target.ca_pem)?;
+            let endpoint = endpoint(url, &target.ca_pem, "configured")?;
             attempts.push(async move { (url, endpoint.connect().await) });
         }
         let mut failures = Vec::new();
@@ -221,11 +246,14 @@ impl AuthClient {
     }
 
     /// Points the client at `url`; the connection is made on first use.
-    fn switch_to(&mut self, url: &str) -> Result<(), ClientError> {
+    /// `from` says where the URL came from, for the error if it is not
+    /// `https://`.
+    fn switch_to(&mut self, url: &str, from: &'static str) -> Result<(), ClientError> {
+        let ch = endpoint(url, &self.ca_pem, from)?.connect_lazy();
         if !self.endpoints.iter().any(|e| e == url) {
             self.endpoints.push(url.to_owned());
         }
-        self.rpc = rpc_client(endpoint(url, &self.ca_pem)?.connect_lazy());
+        self.rpc = rpc_client(ch);
         self.endpoint = url.to_owned();
         Ok(())
     }
@@ -262,8 +290,11 @@ impl AuthClient {
                 .get(LEADER_METADATA)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned);
-            let next = match leader {
-                Some(url) if url != self.endpoint => url,
+            let (next, from) = match leader {
+                Some(url) if url != self.endpoint => (
+                    url,
+                    "named as the leader in an auth server's vmail-leader redirect",
+                ),
                 _ => {
                     tokio::time::sleep(RETRY_PAUSE).await;
                     let at = self
@@ -271,13 +302,16 @@ impl AuthClient {
                         .iter()
                         .position(|e| *e == self.endpoint)
                         .map_or(0, |i| i + 1);
-                    self.endpoints[at % self.endpoints.len()].clone()
+                    (
+                        self.endpoints[at % self.endpoints.len()].clone(),
+                        "configured",
+                    )
                 }
             };
             tracing::debug!(from = %self.endpoint, to = %next, why = %status.message(), "retrying at another auth server");
-            if let Err(e) = self.switch_to(&next) {
+            if let Err(e) = self.switch_to(&next, from) {
                 return Answer {
-                    result: Err(Status::unavailable(e.to_string())),
+                    result: Err(Status::failed_precondition(e.to_string())),
                     retried,
                 };
             }
@@ -354,4 +388,29 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         src = s.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_https_endpoints_are_used() {
+        assert!(is_https("https://auth-1:7443"));
+        assert!(is_https("HTTPS://auth-1:7443"));
+        for url in [
+            "http://auth-1:7443",
+            "auth-1:7443",
+            "grpc://x",
+            "",
+            "https:/x",
+        ] {
+            assert!(!is_https(url), "{url}");
+            let err = endpoint(url, b"", "configured").unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("{url:?}")) && err.contains("https://HOST:PORT"),
+                "{err}"
+            );
+        }
+    }
 }

@@ -5,6 +5,7 @@
 
 mod deposit;
 mod grant;
+mod limits;
 mod login;
 mod sent;
 
@@ -91,6 +92,15 @@ impl Harness {
     /// Registers `name` with real OPAQUE, as the client does; returns the
     /// identity key the server certified.
     async fn register(&self, name: &str) -> SigningKey {
+        self.register_from(name, None).await.unwrap()
+    }
+
+    /// Both rounds of a registration, from the client address `from`.
+    async fn register_from(
+        &self,
+        name: &str,
+        from: Option<std::net::IpAddr>,
+    ) -> Result<SigningKey, AuthError> {
         let pw = password(name);
         let identity = SigningKey::from_bytes(&random_bytes());
         let mut rng = rand::rngs::OsRng;
@@ -128,10 +138,10 @@ impl Harness {
                 identity_proof: proof.to_bytes().to_vec(),
                 invite_code: String::new(),
                 credential_nonce: nonce.to_vec(),
+                client_address: from,
             })
-            .await
-            .unwrap();
-        identity
+            .await?;
+        Ok(identity)
     }
 
     /// Both rounds of a login with `pw`, as the client does. A client
