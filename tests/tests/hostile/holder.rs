@@ -4,7 +4,7 @@
 //! raw streams, with a real storage grant from the auth group naming the
 //! victim. The bounds it meets are `vmail_node::overlay::transfer::admission`'s;
 //! racing stores of one identifier are the object store's unit and property
-//! tests (`node/src/overlay/objects/tests.rs`).
+//! tests (`node/src/overlay/objects/race_tests.rs`).
 
 use std::time::{Duration, Instant};
 

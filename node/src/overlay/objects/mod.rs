@@ -665,4 +665,6 @@ fn with_proof(s: &State, h: &Held) -> ObjectMeta {
 }
 
 #[cfg(test)]
+mod race_tests;
+#[cfg(test)]
 mod tests;
