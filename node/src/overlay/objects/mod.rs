@@ -403,14 +403,7 @@ impl ObjectStore {
         if let Some(e) = s.deleted(serial) {
             return Err(e);
         }
-        // One grant, one object per shard: the same shard under another
-        // identifier is a grant used twice.
-        let index = meta.shard.as_ref().map(|x| x.index);
-        if s.index.iter().any(|(other, h)| {
-            other != id
-                && h.serial() == Some(serial)
-                && h.meta.shard.as_ref().map(|x| x.index) == index
-        }) {
+        if let Some(serial) = reused(&s, id, meta) {
             return Err(ObjectStoreError::GrantReused { serial });
         }
         Ok(match s.index.get(id) {
@@ -506,14 +499,30 @@ impl ObjectStore {
         // The proof is kept per grant, in a file of its own.
         let proof = std::mem::take(&mut meta.proof);
         self.write(id, &meta, data)?;
-        if let Some((serial, _)) = grant_of(&meta)
-            && !proof.is_empty()
-        {
-            self.keep_proof(serial, &proof)?;
+        let indexed = (|| {
+            if let Some((serial, _)) = grant_of(&meta)
+                && !proof.is_empty()
+            {
+                self.keep_proof(serial, &proof)?;
+            }
+            // Checked again with the insert, under one lock: a store of the
+            // same shard under another identifier may have raced this one.
+            let mut s = self.lock();
+            if let Some(serial) = reused(&s, id, &meta) {
+                return Err(ObjectStoreError::GrantReused { serial });
+            }
+            if let Some(e) = grant_of(&meta).and_then(|(serial, _)| s.deleted(serial)) {
+                return Err(e);
+            }
+            s.insert(*id, meta);
+            Ok(())
+        })();
+        if indexed.is_err() {
+            // Nothing else writes `id` while its lock is held: the file is this one.
+            let _ = format::remove_if_present(&self.path(id));
         }
-        self.lock().insert(*id, meta);
         drop(reservation);
-        Ok(())
+        indexed
     }
 
     /// Writes the file for `id` durably: temporary file, fsync, rename,
@@ -643,6 +652,21 @@ impl ObjectStore {
             .map(|(k, _)| *k)
             .collect()
     }
+}
+
+/// One grant, one object per shard: the serial of `meta`'s grant if `s`
+/// holds the same shard of it under another identifier than `id`.
+fn reused(s: &State, id: &ObjectId, meta: &ObjectMeta) -> Option<u64> {
+    let (serial, _) = grant_of(meta)?;
+    let index = meta.shard.as_ref().map(|x| x.index);
+    s.index
+        .iter()
+        .any(|(other, h)| {
+            other != id
+                && h.serial() == Some(serial)
+                && h.meta.shard.as_ref().map(|x| x.index) == index
+        })
+        .then_some(serial)
 }
 
 /// Whether two metas describe the same stored object: body, delete hash

@@ -142,6 +142,61 @@ fn racing_stores_of_one_identifier_keep_one_winner_and_an_exact_quota() {
 }
 
 #[test]
+fn racing_stores_of_one_granted_shard_under_different_identifiers_keep_one() {
+    use vmail_proto::grant::{GrantBody, GrantedShard};
+    let dir = tempfile::tempdir().unwrap();
+    let s = roomy(dir.path());
+    let data = vec![5u8; 12_000];
+    let sha256: [u8; 32] = Sha256::digest(&data).into();
+    let grant = GrantBody {
+        serial: 77,
+        message_id: [0; 16],
+        data_shards: 1,
+        shards: vec![
+            GrantedShard {
+                len: data.len() as u64,
+                sha256
+            };
+            2
+        ],
+        holders: vec![b"this-holder".to_vec()],
+        upload_until: NOW + 600,
+        expires_at: NOW + 86_400,
+    }
+    .sign(&ed25519_dalek::SigningKey::from_bytes(&[1; 32]))
+    .to_bytes();
+    let barrier = std::sync::Barrier::new(8);
+    let results: Vec<Result<(), ObjectStoreError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0u8..8)
+            .map(|i| {
+                let (s, barrier, data, grant) = (&s, &barrier, &data, &grant);
+                scope.spawn(move || {
+                    let id = [0x50 + i; 32];
+                    let mut meta = plain(id, data, 0xee);
+                    meta.grant = grant.clone();
+                    let r = s.reserve(&meta)?;
+                    barrier.wait();
+                    s.commit(r, &id, meta, data)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(
+        results.iter().filter(|r| r.is_ok()).count(),
+        1,
+        "{results:?}"
+    );
+    assert!(
+        results
+            .iter()
+            .filter_map(|r| r.as_ref().err())
+            .all(|e| matches!(e, ObjectStoreError::GrantReused { serial: 77 }))
+    );
+    assert_consistent(dir.path(), &s);
+}
+
+#[test]
 fn a_sender_may_relayout_an_object_only_a_few_times() {
     let dir = tempfile::tempdir().unwrap();
     let s = roomy(dir.path());

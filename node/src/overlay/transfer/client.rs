@@ -257,3 +257,33 @@ fn refusal(peer: PeerId, reply: Reply) -> TransferError {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wait_at_a_busy_holder_doubles_within_its_cap_and_jitter() {
+        for tries in 1..=BUSY_TRIES {
+            let base = Duration::from_millis(200 << (tries - 1)).min(MAX_BUSY_WAIT);
+            let wait = busy_wait(200, tries);
+            assert!(
+                wait >= base && wait < base.mul_f64(1.5),
+                "{tries}: {wait:?}"
+            );
+        }
+        // A holder that asks for nothing still gets a pause.
+        assert!(busy_wait(0, 1) >= Duration::from_millis(20));
+    }
+
+    #[test]
+    fn only_streams_dropped_unread_are_asked_again() {
+        use std::io::{Error, ErrorKind};
+        assert!(dropped_at_the_door(&Error::from(
+            ErrorKind::ConnectionReset
+        )));
+        assert!(dropped_at_the_door(&Error::from(ErrorKind::UnexpectedEof)));
+        assert!(!dropped_at_the_door(&Error::from(ErrorKind::TimedOut)));
+        assert!(!dropped_at_the_door(&Error::from(ErrorKind::InvalidData)));
+    }
+}
