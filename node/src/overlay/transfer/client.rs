@@ -222,8 +222,13 @@ fn broken(peer: PeerId) -> impl Fn(std::io::Error) -> TransferError {
     }
 }
 
-/// libp2p's dial errors nest every address tried; users need the gist.
+/// libp2p's dial errors nest every address tried (some learnt from other
+/// peers); users need the gist, escaped and cut like any peer's text.
 fn brief(error: &str) -> String {
+    peer_text(&gist(error))
+}
+
+fn gist(error: &str) -> String {
     if error.contains("Connection refused") {
         "connection refused (the peer is down)".into()
     } else if error.contains("does not support") {
