@@ -327,7 +327,9 @@ impl Repairer {
             self.carry_out(p, order.clone()).await;
         }
         let ok = matches!(answer, Ok(held) if held == (len, s.sha256));
-        if provider {
+        // A holder that stayed busy is serving others, not failing.
+        let busy = matches!(answer, Err(TransferError::Busy { .. }));
+        if provider && !busy {
             let outcome = if ok { Outcome::Good } else { Outcome::Failed };
             self.observations
                 .lock()

@@ -26,6 +26,19 @@ fn joined<T: Display>(items: &[T]) -> String {
         .join("; ")
 }
 
+/// Failures a leave error lists before it only counts the rest.
+const SHOWN_FAILURES: usize = 3;
+
+/// The first [`SHOWN_FAILURES`] failures and how many more there were.
+fn first_failures<T: Display>(items: &[T]) -> String {
+    let shown = joined(&items[..items.len().min(SHOWN_FAILURES)]);
+    match items.len() {
+        0 => "No holder answered".into(),
+        n if n <= SHOWN_FAILURES => format!("Failures: {shown}"),
+        n => format!("Failures: {shown}; and {} more", n - SHOWN_FAILURES),
+    }
+}
+
 /// Why a peer could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -104,7 +117,7 @@ pub enum LeaveError {
         known: usize,
     },
     /// Fewer holders acked than asked for.
-    #[error("only {got} of {wanted} holders accepted a shard, so nothing was deposited and the stored shards were withdrawn. Failures: {}", joined(.failures))]
+    #[error("only {got} of {wanted} holders accepted a shard, so nothing was deposited and the stored shards were withdrawn. {}. Try again in a minute: busy or unreachable holders often take it then", first_failures(.failures))]
     NotEnoughHolders {
         /// Copies asked for.
         wanted: usize,

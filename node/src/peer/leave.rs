@@ -394,7 +394,10 @@ impl Peer {
                             .expect("observations lock")
                             .refused_room(&a.holder, shard_len, now);
                     }
-                    self.note(a.holder, Outcome::Failed).await;
+                    // A holder that stayed busy is serving others, not failing.
+                    if !matches!(e, TransferError::Busy { .. }) {
+                        self.note(a.holder, Outcome::Failed).await;
+                    }
                     if let Some(next) = plan.failed(a, &e, &mut rand::thread_rng()) {
                         running.push(attempt(next));
                     }

@@ -50,6 +50,12 @@ pub enum ObjectStoreError {
     /// The secret is not the preimage of the object's delete hash.
     #[error("wrong delete secret")]
     WrongSecret,
+    /// The sender replaced the object's layout as often as it may.
+    #[error("the object's layout was replaced {max} times already; store it again instead")]
+    TooManyRelayouts {
+        /// The limit, [`super::MAX_RELAYOUTS`].
+        max: u8,
+    },
     /// A zero-length object.
     #[error("zero-length objects are not stored")]
     Empty,
@@ -137,6 +143,7 @@ impl ObjectStoreError {
             Self::BadLayout => "bad-layout",
             Self::NotHeld => "not-held",
             Self::WrongSecret => "wrong-secret",
+            Self::TooManyRelayouts { .. } => "too-many-relayouts",
             Self::Empty => "empty",
             Self::NoGrant => "no-grant",
             Self::NoClusterKey => "no-cluster-key",

@@ -175,9 +175,11 @@ fn quarantine(dir: &Path, path: &Path, name: &str) -> Result<(), ObjectStoreErro
 }
 
 /// Writes `bytes` to `path` in `dir` durably: temporary file, fsync,
-/// rename, directory fsync. A failed write leaves nothing behind.
+/// rename, directory fsync. A failed write leaves nothing behind. Each
+/// write has a temporary file of its own (`<name>.<random>.tmp`), so two
+/// writers never share one.
 pub(super) fn write_durably(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), ObjectStoreError> {
-    let tmp = path.with_extension("tmp");
+    let tmp = path.with_extension(format!("{:016x}.tmp", rand::random::<u64>()));
     let written = (|| {
         let mut f = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
         f.write_all(bytes).map_err(io_err(&tmp))?;

@@ -9,6 +9,14 @@
 //! crash leaves either the whole object or nothing. The store never sees a
 //! key: it holds ciphertext only.
 //!
+//! Every change to one identifier (commit, relayout, remove) and every read
+//! runs under that identifier's lock (one of [`ID_LOCKS`], chosen by the
+//! identifier), across its check, its file write and its index update, so
+//! the index and the disk agree and an object is charged once. A read
+//! checks the file's header against the index and rebuilds the entry from
+//! disk if they disagree. A sender may relayout an object at most
+//! [`MAX_RELAYOUTS`] times: each rewrites the whole file.
+//!
 //! Every object is charged its body (at least [`MIN_CHARGE`]) plus its
 //! header (meta, layout and grant) against the quota, and at most
 //! `max_objects` are held. What the grant check ([`admit`]) refuses, and
@@ -40,6 +48,13 @@ pub use error::ObjectStoreError;
 pub use format::Tombstone;
 pub use meta::{MIN_CHARGE, ObjectMeta, ShardOf};
 
+/// Locks that serialise the changes to one identifier; an identifier's is
+/// picked by its first byte, so unrelated objects rarely wait on each other.
+pub const ID_LOCKS: usize = 256;
+/// Times the sender may replace an object's layout (`Relayout`): an upload
+/// needs one, and each rewrites the whole file.
+pub const MAX_RELAYOUTS: u8 = 2;
+
 /// One held object.
 #[derive(Debug, Clone)]
 struct Held {
@@ -49,6 +64,8 @@ struct Held {
     grant: Option<(u64, u64)>,
     /// What it is charged against the quota.
     charge: u64,
+    /// Layout replacements since it was stored (or the store opened).
+    relayouts: u8,
 }
 
 impl Held {
@@ -91,6 +108,7 @@ impl State {
             grant: grant_of(&meta),
             charge: meta.charge(),
             meta,
+            relayouts: 0,
         };
         self.used += held.charge;
         if let Some(old) = self.index.insert(id, held) {
@@ -133,6 +151,8 @@ pub struct ObjectStore {
     dir: PathBuf,
     policy: Arc<HolderPolicy>,
     state: Arc<Mutex<State>>,
+    /// The identifiers' locks ([`ID_LOCKS`]); taken before `state`.
+    ids: Arc<[Mutex<()>]>,
 }
 
 /// Room promised to one upload; released when dropped uncommitted.
@@ -253,6 +273,7 @@ impl ObjectStore {
                 dir,
                 policy: Arc::new(policy),
                 state: Arc::new(Mutex::new(state)),
+                ids: (0..ID_LOCKS).map(|_| Mutex::new(())).collect(),
             },
             report,
         ))
@@ -277,6 +298,19 @@ impl ObjectStore {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().expect("store lock")
+    }
+
+    /// The lock of `id`'s changes; hold it across check, write and index.
+    fn lock_id(&self, id: &ObjectId) -> std::sync::MutexGuard<'_, ()> {
+        self.ids[usize::from(id[0]) % self.ids.len()]
+            .lock()
+            .expect("id lock")
+    }
+
+    /// Bytes and objects promised to stores in flight.
+    pub fn reserved(&self) -> (u64, usize) {
+        let s = self.lock();
+        (s.reserved, s.reserved_objects)
     }
 
     /// The largest object this holder takes.
@@ -369,14 +403,7 @@ impl ObjectStore {
         if let Some(e) = s.deleted(serial) {
             return Err(e);
         }
-        // One grant, one object per shard: the same shard under another
-        // identifier is a grant used twice.
-        let index = meta.shard.as_ref().map(|x| x.index);
-        if s.index.iter().any(|(other, h)| {
-            other != id
-                && h.serial() == Some(serial)
-                && h.meta.shard.as_ref().map(|x| x.index) == index
-        }) {
+        if let Some(serial) = reused(&s, id, meta) {
             return Err(ObjectStoreError::GrantReused { serial });
         }
         Ok(match s.index.get(id) {
@@ -453,24 +480,49 @@ impl ObjectStore {
         if !meta.consistent(id) {
             return Err(ObjectStoreError::BadLayout);
         }
-        if let Some(old) = self.get(id) {
-            return if old.sha256 == meta.sha256 {
-                Ok(())
-            } else {
-                Err(ObjectStoreError::Conflict)
-            };
+        // From here to the index update, no other change to `id` runs.
+        let _id = self.lock_id(id);
+        {
+            let s = self.lock();
+            if let Some(old) = s.index.get(id) {
+                return if old.meta.sha256 == meta.sha256 {
+                    Ok(())
+                } else {
+                    Err(ObjectStoreError::Conflict)
+                };
+            }
+            // A delete order may have come while the body did.
+            if let Some(e) = grant_of(&meta).and_then(|(serial, _)| s.deleted(serial)) {
+                return Err(e);
+            }
         }
         // The proof is kept per grant, in a file of its own.
         let proof = std::mem::take(&mut meta.proof);
         self.write(id, &meta, data)?;
-        if let Some((serial, _)) = grant_of(&meta)
-            && !proof.is_empty()
-        {
-            self.keep_proof(serial, &proof)?;
+        let indexed = (|| {
+            if let Some((serial, _)) = grant_of(&meta)
+                && !proof.is_empty()
+            {
+                self.keep_proof(serial, &proof)?;
+            }
+            // Checked again with the insert, under one lock: a store of the
+            // same shard under another identifier may have raced this one.
+            let mut s = self.lock();
+            if let Some(serial) = reused(&s, id, &meta) {
+                return Err(ObjectStoreError::GrantReused { serial });
+            }
+            if let Some(e) = grant_of(&meta).and_then(|(serial, _)| s.deleted(serial)) {
+                return Err(e);
+            }
+            s.insert(*id, meta);
+            Ok(())
+        })();
+        if indexed.is_err() {
+            // Nothing else writes `id` while its lock is held: the file is this one.
+            let _ = format::remove_if_present(&self.path(id));
         }
-        self.lock().insert(*id, meta);
         drop(reservation);
-        Ok(())
+        indexed
     }
 
     /// Writes the file for `id` durably: temporary file, fsync, rename,
@@ -491,7 +543,13 @@ impl ObjectStore {
         secret: &[u8; 32],
         shard: ShardOf,
     ) -> Result<(), ObjectStoreError> {
-        let Some(mut meta) = self.get(id) else {
+        let _id = self.lock_id(id);
+        let Some((mut meta, relayouts)) = self
+            .lock()
+            .index
+            .get(id)
+            .map(|h| (h.meta.clone(), h.relayouts))
+        else {
             return Err(ObjectStoreError::NotHeld);
         };
         if <[u8; 32]>::from(Sha256::digest(secret)) != meta.delete_hash {
@@ -499,6 +557,9 @@ impl ObjectStore {
         }
         if meta.shard.as_ref() == Some(&shard) {
             return Ok(());
+        }
+        if relayouts >= MAX_RELAYOUTS {
+            return Err(ObjectStoreError::TooManyRelayouts { max: MAX_RELAYOUTS });
         }
         if let Ok(grant) = StorageGrant::from_bytes(&meta.grant)
             && !covers(&grant, &shard.layout)
@@ -511,24 +572,47 @@ impl ObjectStore {
         if !meta.consistent(id) {
             return Err(ObjectStoreError::BadLayout);
         }
-        let data = self.read(id)?.unwrap_or_default();
+        let data = self.read_locked(id)?.unwrap_or_default();
         self.write(id, &meta, &data)?;
-        self.lock().insert(*id, meta);
+        let mut s = self.lock();
+        s.insert(*id, meta);
+        if let Some(h) = s.index.get_mut(id) {
+            h.relayouts = relayouts + 1;
+        }
         Ok(())
     }
 
     /// The ciphertext of a held object, as stored. Blocking.
     pub fn read(&self, id: &ObjectId) -> Result<Option<Vec<u8>>, ObjectStoreError> {
-        if self.get(id).is_none() {
+        let _id = self.lock_id(id);
+        self.read_locked(id)
+    }
+
+    /// [`ObjectStore::read`] with `id`'s lock held. A file whose header
+    /// disagrees with the index, and whose body matches its own header,
+    /// is what the disk holds: the index entry is rebuilt from it.
+    fn read_locked(&self, id: &ObjectId) -> Result<Option<Vec<u8>>, ObjectStoreError> {
+        let Some(indexed) = self.lock().index.get(id).map(|h| h.meta.clone()) else {
             return Ok(None);
-        }
+        };
         let path = self.path(id);
         let bytes = std::fs::read(&path).map_err(io_err(&path))?;
         let start = format::body_offset(&bytes).ok_or_else(|| ObjectStoreError::Io {
             path: path.clone(),
             source: std::io::Error::new(std::io::ErrorKind::InvalidData, "bad object header"),
         })?;
-        Ok(Some(bytes[start..].to_vec()))
+        let body = bytes[start..].to_vec();
+        if let Some(on_disk) = decode_meta(&bytes)
+            && !same_object(&on_disk, &indexed)
+            && on_disk.consistent(id)
+            && <[u8; 32]>::from(Sha256::digest(&body)) == on_disk.sha256
+        {
+            tracing::warn!(id = %hex::encode(id), "index disagreed with the disk; rebuilt from the file");
+            let mut on_disk = on_disk;
+            on_disk.expires_at = on_disk.expires_at.min(indexed.expires_at);
+            self.lock().insert(*id, on_disk);
+        }
+        Ok(Some(body))
     }
 
     /// [`ObjectStore::read`] on a blocking thread, for async callers.
@@ -546,12 +630,16 @@ impl ObjectStore {
 
     /// Drops an object. Returns whether it was held. Blocking.
     pub fn remove(&self, id: &ObjectId) -> Result<bool, ObjectStoreError> {
-        let Some(held) = self.lock().index.remove(id) else {
+        let _id = self.lock_id(id);
+        if !self.lock().index.contains_key(id) {
             return Ok(false);
-        };
+        }
         let path = self.path(id);
-        std::fs::remove_file(&path).map_err(io_err(&path))?;
-        self.lock().used -= held.charge;
+        format::remove_if_present(&path)?;
+        let mut s = self.lock();
+        if let Some(held) = s.index.remove(id) {
+            s.used -= held.charge;
+        }
         Ok(true)
     }
 
@@ -566,6 +654,31 @@ impl ObjectStore {
     }
 }
 
+/// One grant, one object per shard: the serial of `meta`'s grant if `s`
+/// holds the same shard of it under another identifier than `id`.
+fn reused(s: &State, id: &ObjectId, meta: &ObjectMeta) -> Option<u64> {
+    let (serial, _) = grant_of(meta)?;
+    let index = meta.shard.as_ref().map(|x| x.index);
+    s.index
+        .iter()
+        .any(|(other, h)| {
+            other != id
+                && h.serial() == Some(serial)
+                && h.meta.shard.as_ref().map(|x| x.index) == index
+        })
+        .then_some(serial)
+}
+
+/// Whether two metas describe the same stored object: body, delete hash
+/// and layout (the expiry and proof are the holder's own).
+fn same_object(a: &ObjectMeta, b: &ObjectMeta) -> bool {
+    a.len == b.len
+        && a.sha256 == b.sha256
+        && a.delete_hash == b.delete_hash
+        && a.shard == b.shard
+        && a.grant == b.grant
+}
+
 /// `h`'s meta with its grant's proof, if `s` has one.
 fn with_proof(s: &State, h: &Held) -> ObjectMeta {
     let mut meta = h.meta.clone();
@@ -575,5 +688,7 @@ fn with_proof(s: &State, h: &Held) -> ObjectMeta {
     meta
 }
 
+#[cfg(test)]
+mod race_tests;
 #[cfg(test)]
 mod tests;

@@ -14,7 +14,12 @@
 //! delete: -> Delete{id, secret}  <- Deleted | Refused
 //! erase:  -> Erase{order}     <- Erased{objects} | Refused
 //! prove:  -> Prove{proof}     <- Proven{objects} | Refused
+//! any:    -> any request      <- Busy{retry_after_ms}
 //! ```
+//!
+//! A holder over one of its bounds ([`admission`]) answers `Busy` instead
+//! of the first reply, and the client waits the time it names (growing on
+//! each try, [`BUSY_TRIES`] tries in all) before asking again.
 //!
 //! A store's meta carries the storage grant; the holder admits it only as
 //! [`crate::overlay::objects::admit`] allows, and answers `Gone` with the
@@ -39,9 +44,11 @@
 
 //!
 //! - this module: the messages, the errors and the framing;
+//! - `admission`: who gets an exchange and for how long, pure;
 //! - `client`: [`BlobClient`], one exchange per call;
 //! - `serve`: the holder's side, [`serve`], and what it does per request.
 
+pub mod admission;
 mod client;
 mod serve;
 
@@ -69,8 +76,18 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest wait for a holder's DHT announcement before it acks anyway; the
 /// holder stays findable because it is the closest peer to the identifier.
 pub const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(15);
-/// Exchanges one holder serves at a time.
-pub const MAX_CONCURRENT_EXCHANGES: usize = 32;
+/// Exchanges one holder serves at a time: its heavy and light pools
+/// ([`admission::HEAVY_SLOTS`] + [`admission::LIGHT_SLOTS`]).
+pub const MAX_CONCURRENT_EXCHANGES: usize = admission::HEAVY_SLOTS + admission::LIGHT_SLOTS;
+/// Times a client asks a busy holder before it gives up with
+/// [`TransferError::Busy`].
+pub const BUSY_TRIES: u32 = 7;
+/// Longest a client waits between two tries at a busy holder, whatever the
+/// holder asked for.
+pub const MAX_BUSY_WAIT: Duration = Duration::from_secs(3);
+/// Characters of a peer's reason kept when it is shown to a user; control
+/// characters are escaped ([`peer_text`]).
+pub const MAX_REASON_CHARS: usize = 200;
 
 /// What a peer asks a holder.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -160,6 +177,11 @@ pub enum Reply {
     NoRoom(String),
     /// Refused, with the holder's reason.
     Refused(String),
+    /// Too busy now: ask again after this many milliseconds.
+    Busy {
+        /// How long to wait.
+        retry_after_ms: u32,
+    },
 }
 
 /// Why an exchange with a holder failed.
@@ -197,6 +219,16 @@ pub enum TransferError {
         /// The delete order, in its one encoding, still to be checked.
         order: Vec<u8>,
     },
+    /// The holder stayed busy through every try.
+    #[error("{peer} stayed busy through {tries} tries ({why}); try again later")]
+    Busy {
+        /// The peer.
+        peer: PeerId,
+        /// Tries made.
+        tries: u32,
+        /// Its last reason.
+        why: String,
+    },
     /// The exchange broke or timed out.
     #[error("transfer with {peer} failed: {why}")]
     Broken {
@@ -215,6 +247,34 @@ pub enum TransferError {
     },
 }
 
+/// Text a remote peer sent, fit to show: control characters escaped (so
+/// no escape sequence reaches a terminal) and at most [`MAX_REASON_CHARS`]
+/// characters, with `…` when cut.
+pub fn peer_text(raw: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in raw.chars().enumerate() {
+        if i == MAX_REASON_CHARS {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A control frame's bytes: the length, then postcard of `msg`. Public so
+/// the hostile tests can speak the protocol from a raw stream.
+pub fn frame<T: Serialize>(msg: &T) -> Vec<u8> {
+    let body = postcard::to_stdvec(msg).expect("protocol messages encode");
+    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&body);
+    frame
+}
+
 pub(super) async fn timed<T>(
     fut: impl std::future::Future<Output = std::io::Result<T>>,
 ) -> std::io::Result<T> {
@@ -227,9 +287,7 @@ pub(super) async fn write_frame<S: AsyncWrite + Unpin, T: Serialize>(
     s: &mut S,
     msg: &T,
 ) -> std::io::Result<()> {
-    let body = postcard::to_stdvec(msg).expect("protocol messages encode");
-    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
-    frame.extend_from_slice(&body);
+    let frame = frame(msg);
     timed(async {
         s.write_all(&frame).await?;
         s.flush().await
@@ -237,7 +295,9 @@ pub(super) async fn write_frame<S: AsyncWrite + Unpin, T: Serialize>(
     .await
 }
 
-pub(super) async fn read_frame<S: AsyncRead + Unpin, T: for<'de> Deserialize<'de>>(
+/// Reads one control frame. Public so the hostile tests can speak the
+/// protocol from a raw stream.
+pub async fn read_frame<S: AsyncRead + Unpin, T: for<'de> Deserialize<'de>>(
     s: &mut S,
 ) -> std::io::Result<T> {
     let bad = |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, why.to_owned());
@@ -281,4 +341,23 @@ pub(super) async fn read_body<S: AsyncRead + Unpin>(
         progress(done as u64);
     }
     Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_text_escapes_control_characters_and_cuts_long_reasons() {
+        assert_eq!(peer_text("quota full"), "quota full");
+        assert_eq!(
+            peer_text("\u{1b}[2J\u{1b}]0;pwned\u{7}x\n"),
+            "\\u{1b}[2J\\u{1b}]0;pwned\\u{7}x\\n"
+        );
+        let long = "a".repeat(8 * 1024);
+        let shown = peer_text(&long);
+        assert_eq!(shown.chars().count(), MAX_REASON_CHARS + 1);
+        assert!(shown.ends_with('…'));
+        assert!(!peer_text("\u{9b}31m").chars().any(char::is_control));
+    }
 }

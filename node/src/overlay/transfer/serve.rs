@@ -1,7 +1,9 @@
-//! The blob protocol's holder side: accepting streams within the exchange
-//! slots, and answering each request from the object store.
+//! The blob protocol's holder side: accepting streams within each peer's
+//! share ([`super::admission`]), answering `Busy` over it, and answering
+//! each request from the object store within its deadline.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures::StreamExt;
 use futures::io::AsyncWriteExt;
@@ -11,9 +13,12 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use super::admission::{
+    Admission, Busy, Limits, MAX_BUSY_ANSWERS, Pool, REQUEST_TIMEOUT, RETRY_AFTER, body_deadline,
+};
 use super::{
-    ANNOUNCE_TIMEOUT, BLOB_PROTOCOL, MAX_CONCURRENT_EXCHANGES, Reply, Request, read_body,
-    read_frame, timed, write_body, write_frame,
+    ANNOUNCE_TIMEOUT, BLOB_PROTOCOL, Reply, Request, read_body, read_frame, timed, write_body,
+    write_frame,
 };
 use crate::core::locator::ObjectId;
 use crate::overlay::objects::{Admitted, ObjectStore, ObjectStoreError};
@@ -44,8 +49,84 @@ fn refuse(peer: PeerId, id: &ObjectId, e: ObjectStoreError) -> Reply {
     store_refusal(e)
 }
 
+/// Longest a `Busy` answer may take, the request read included.
+const BUSY_ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The holder's admission account, shared by its exchanges.
+type Gate = Arc<Mutex<Admission>>;
+
+/// What a [`Hold`] holds.
+#[derive(Debug, Clone, Copy)]
+enum Held {
+    Stream,
+    Slot(Pool),
+    Quota(u64),
+}
+
+/// A share of the admission account, given back when dropped.
+#[derive(Debug)]
+struct Hold {
+    gate: Gate,
+    peer: PeerId,
+    held: Held,
+}
+
+impl Hold {
+    /// Takes `held` for `peer`, or says why the holder is too busy.
+    fn take(gate: &Gate, peer: PeerId, held: Held) -> Result<Self, Busy> {
+        let mut a = gate.lock().expect("admission lock");
+        match held {
+            Held::Stream => a.open(peer)?,
+            Held::Slot(pool) => a.enter(peer, pool)?,
+            Held::Quota(bytes) => a.reserve(peer, bytes)?,
+        }
+        Ok(Self {
+            gate: gate.clone(),
+            peer,
+            held,
+        })
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        let mut a = self.gate.lock().expect("admission lock");
+        match self.held {
+            Held::Stream => a.close(self.peer),
+            Held::Slot(pool) => a.exit(self.peer, pool),
+            Held::Quota(bytes) => a.release(self.peer, bytes),
+        }
+    }
+}
+
+/// The pool a request runs in.
+fn pool_of(request: &Request) -> Pool {
+    match request {
+        Request::Store { .. } | Request::Fetch { .. } | Request::Relayout { .. } => Pool::Heavy,
+        Request::Has { .. }
+        | Request::Delete { .. }
+        | Request::Erase { .. }
+        | Request::Prove { .. } => Pool::Light,
+    }
+}
+
+/// The `Busy` reply.
+fn busy() -> Reply {
+    Reply::Busy {
+        retry_after_ms: u32::try_from(RETRY_AFTER.as_millis()).unwrap_or(u32::MAX),
+    }
+}
+
+/// Says `Busy` on `s` and closes it.
+async fn answer_busy(peer: PeerId, s: &mut Stream, why: Busy) -> std::io::Result<()> {
+    tracing::debug!(%peer, "blob exchange deferred: {why}");
+    write_frame(s, &busy()).await?;
+    timed(s.close()).await
+}
+
 /// The holder side: accepts blob streams until `shutdown`, serving each on
-/// its own task, at most [`MAX_CONCURRENT_EXCHANGES`] at a time.
+/// its own task within its peer's share ([`super::admission`]); a stream
+/// over it is answered `Busy`.
 pub async fn serve(network: Network, store: ObjectStore, shutdown: CancellationToken) {
     let mut control = network.streams();
     let mut incoming = match control.accept(BLOB_PROTOCOL) {
@@ -55,27 +136,53 @@ pub async fn serve(network: Network, store: ObjectStore, shutdown: CancellationT
             return;
         }
     };
-    let slots = Arc::new(Semaphore::new(MAX_CONCURRENT_EXCHANGES));
+    let gate: Gate = Arc::new(Mutex::new(Admission::new(Limits::default())));
+    let answering = Arc::new(Semaphore::new(MAX_BUSY_ANSWERS));
     loop {
-        let (peer, stream) = tokio::select! {
+        let (peer, mut stream) = tokio::select! {
             _ = shutdown.cancelled() => return,
             next = incoming.next() => match next {
                 Some(s) => s,
                 None => return,
             },
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "too many transfers in flight; stream dropped");
-            continue;
+        let hold = match Hold::take(&gate, peer, Held::Stream) {
+            Ok(h) => h,
+            Err(why) => {
+                let Ok(permit) = answering.clone().try_acquire_owned() else {
+                    tracing::debug!(%peer, "blob stream dropped: {why}, and too many busy answers");
+                    continue;
+                };
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(BUSY_ANSWER_TIMEOUT, async {
+                        read_frame::<_, Request>(&mut stream).await?;
+                        answer_busy(peer, &mut stream, why).await
+                    })
+                    .await;
+                    drop(permit);
+                });
+                continue;
+            }
         };
-        let (network, store) = (network.clone(), store.clone());
+        let (network, store, gate) = (network.clone(), store.clone(), gate.clone());
         tokio::spawn(async move {
-            if let Err(e) = handle(peer, stream, &network, &store).await {
+            if let Err(e) = handle(peer, stream, &network, &store, &gate).await {
                 tracing::debug!(%peer, "blob exchange ended: {e}");
             }
-            drop(permit);
+            drop(hold);
         });
     }
+}
+
+/// The error for a body that did not move within its deadline.
+fn too_slow(len: u64) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!(
+            "a body of {len} bytes did not move within {:?}",
+            body_deadline(len)
+        ),
+    )
 }
 
 async fn handle(
@@ -83,21 +190,40 @@ async fn handle(
     mut s: Stream,
     network: &Network,
     store: &ObjectStore,
+    gate: &Gate,
 ) -> std::io::Result<()> {
-    match read_frame(&mut s).await? {
+    let request = tokio::time::timeout(REQUEST_TIMEOUT, read_frame(&mut s))
+        .await
+        .map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no request within the request timeout",
+            )
+        })??;
+    let _slot = match Hold::take(gate, peer, Held::Slot(pool_of(&request))) {
+        Ok(h) => h,
+        Err(why) => return answer_busy(peer, &mut s, why).await,
+    };
+    match request {
         Request::Store { id, mut meta } => {
             match store.admit(&id, &mut meta, vmail_proto::unix_now()) {
                 Ok(Admitted::New) => {}
                 Ok(Admitted::Held) => return write_frame(&mut s, &Reply::Stored).await,
                 Err(e) => return write_frame(&mut s, &refuse(peer, &id, e)).await,
             }
+            let _quota = match Hold::take(gate, peer, Held::Quota(meta.charge())) {
+                Ok(h) => h,
+                Err(why) => return answer_busy(peer, &mut s, why).await,
+            };
             let reservation = match store.reserve(&meta) {
                 Ok(r) => r,
                 Err(e) => return write_frame(&mut s, &refuse(peer, &id, e)).await,
             };
             write_frame(&mut s, &Reply::Ready).await?;
             let len = meta.len;
-            let data = read_body(&mut s, len, &|_| {}).await?;
+            let data = tokio::time::timeout(body_deadline(len), read_body(&mut s, len, &|_| {}))
+                .await
+                .map_err(|_| too_slow(len))??;
             let st = store.clone();
             let committed =
                 tokio::task::spawn_blocking(move || st.commit(reservation, &id, meta, &data))
@@ -119,7 +245,10 @@ async fn handle(
                     },
                 )
                 .await?;
-                write_body(&mut s, &data, &|_| {}).await?;
+                let len = data.len() as u64;
+                tokio::time::timeout(body_deadline(len), write_body(&mut s, &data, &|_| {}))
+                    .await
+                    .map_err(|_| too_slow(len))??;
             }
             Ok(None) => write_frame(&mut s, &not_here(store, &id)).await?,
             Err(e) => {
