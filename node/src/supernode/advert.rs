@@ -255,13 +255,30 @@ fn signed_message(body: &[u8]) -> Vec<u8> {
 }
 
 /// The newest valid advert of every peer heard from: what the election
-/// runs on.
-#[derive(Debug, Default, Clone)]
+/// runs on. It holds at most `cap` peers' adverts; a new peer's advert
+/// when full evicts the one issued longest ago (honest peers re-publish
+/// every advert period, so theirs are the fresh ones).
+#[derive(Debug, Clone)]
 pub struct AdvertBook {
     adverts: HashMap<PeerId, Advert>,
+    cap: usize,
+}
+
+impl Default for AdvertBook {
+    fn default() -> Self {
+        Self::with_cap(crate::supernode::budget::DEFAULT_MAX_TRACKED_PEERS)
+    }
 }
 
 impl AdvertBook {
+    /// An empty book that holds at most `cap` peers' adverts (at least 1).
+    pub fn with_cap(cap: usize) -> Self {
+        Self {
+            adverts: HashMap::new(),
+            cap: cap.max(1),
+        }
+    }
+
     /// Verifies an advert received at `now` and keeps it if it is newer
     /// than the one held for its peer. A replayed or older sequence number
     /// is refused, so an old advert cannot bring back a stale claim.
@@ -282,6 +299,9 @@ impl AdvertBook {
             });
         }
         let peer = advert.peer_id;
+        if !self.adverts.contains_key(&peer) && self.adverts.len() >= self.cap {
+            crate::supernode::budget::evict_least(&mut self.adverts, |p, a| (a.issued_at, *p));
+        }
         self.adverts.insert(peer, advert);
         Ok(&self.adverts[&peer])
     }
@@ -444,5 +464,19 @@ mod tests {
         assert_eq!(book.len(), 1);
         book.expire(NOW + MAX_ADVERT_AGE_SECS + 1);
         assert!(book.is_empty());
+    }
+
+    #[test]
+    fn a_full_book_evicts_the_advert_issued_longest_ago() {
+        let mut book = AdvertBook::with_cap(3);
+        let keys: Vec<Keypair> = (0..5).map(|_| Keypair::generate_ed25519()).collect();
+        for (i, k) in keys.iter().enumerate() {
+            let mut a = advert(k, 1);
+            a.issued_at = NOW + i as u64;
+            book.insert(a).unwrap();
+            assert!(book.len() <= 3);
+        }
+        assert!(book.get(&keys[0].public().to_peer_id()).is_none());
+        assert!(book.get(&keys[4].public().to_peer_id()).is_some());
     }
 }
