@@ -103,8 +103,9 @@ pub struct SignedAdvert {
     pub signature: Vec<u8>,
 }
 
-/// Why an advert was refused. Every one of these also penalises the peer
-/// that relayed it (see `docs/SECURITY.md`).
+/// Why an advert was refused. Every one of these but [`AdvertError::Stale`]
+/// and [`AdvertError::Future`] (which depend on the receiver's clock) also
+/// costs the peer that relayed it gossipsub score (see `docs/SECURITY.md`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AdvertError {
     /// Larger than [`MAX_ADVERT_BYTES`].
@@ -289,6 +290,18 @@ impl AdvertBook {
     /// Keeps an advert that already passed [`Advert::verify`] (or this
     /// peer's own) if it is newer than the one held for its peer.
     pub fn insert(&mut self, advert: Advert) -> Result<&Advert, AdvertError> {
+        self.insert_protecting(advert, |_| false)
+    }
+
+    /// [`AdvertBook::insert`], where a full book evicts the advert issued
+    /// longest ago among peers not `protected` first (the caller protects
+    /// peers it has confirmed, so that throwaway Sybil adverts evict each
+    /// other rather than honest ones).
+    pub fn insert_protecting(
+        &mut self,
+        advert: Advert,
+        protected: impl Fn(&PeerId) -> bool,
+    ) -> Result<&Advert, AdvertError> {
         if let Some(held) = self.adverts.get(&advert.peer_id)
             && advert.seq <= held.seq
         {
@@ -300,7 +313,9 @@ impl AdvertBook {
         }
         let peer = advert.peer_id;
         if !self.adverts.contains_key(&peer) && self.adverts.len() >= self.cap {
-            crate::supernode::budget::evict_least(&mut self.adverts, |p, a| (a.issued_at, *p));
+            crate::supernode::budget::evict_least(&mut self.adverts, |p, a| {
+                (protected(p), a.issued_at, *p)
+            });
         }
         self.adverts.insert(peer, advert);
         Ok(&self.adverts[&peer])
@@ -478,5 +493,14 @@ mod tests {
         }
         assert!(book.get(&keys[0].public().to_peer_id()).is_none());
         assert!(book.get(&keys[4].public().to_peer_id()).is_some());
+        // A protected peer's advert outlives newer unprotected ones.
+        let kept = keys[2].public().to_peer_id();
+        for i in 0..5 {
+            let k = Keypair::generate_ed25519();
+            let mut a = advert(&k, 1);
+            a.issued_at = NOW + 10 + i;
+            book.insert_protecting(a, |p| *p == kept).unwrap();
+        }
+        assert!(book.get(&kept).is_some());
     }
 }

@@ -362,7 +362,14 @@ impl EventLoop {
                 "advert for {} published by {:?}",
                 a.peer_id, message.source
             )),
-            Ok(a) => match e.book.insert(a) {
+            Ok(a) => match {
+                // Peers that passed a dial check keep their adverts when
+                // throwaway ones fill the book.
+                let (checks, local) = (&e.checks, e.local());
+                e.book.insert_protecting(a, |p| {
+                    *p == local || checks.get(p).is_some_and(|c| c.dialable)
+                })
+            } {
                 Ok(a) => {
                     check = a.reachability.is_public().then_some(a.peer_id);
                     Ok(gossipsub::MessageAcceptance::Accept)
@@ -371,8 +378,17 @@ impl EventLoop {
                 Err(AdvertError::Replay { .. }) => Ok(gossipsub::MessageAcceptance::Ignore),
                 Err(err) => Err(err.to_string()),
             },
+            // Too old or too new by this peer's clock: refused, but the
+            // forwarder's clock may have judged it fresh, so no penalty.
+            Err(err @ (AdvertError::Stale { .. } | AdvertError::Future { .. })) => {
+                e.rejected += 1;
+                tracing::debug!(%from, "advert refused: {err}");
+                Ok(gossipsub::MessageAcceptance::Ignore)
+            }
             Err(err) => Err(err.to_string()),
         };
+        // Anything else a forwarder should have caught itself: refused, and
+        // the forwarder's gossipsub score pays for it (see `scoring`).
         let acceptance = verdict.unwrap_or_else(|why| {
             e.rejected += 1;
             tracing::debug!(%from, "advert refused: {why}");
