@@ -362,14 +362,7 @@ impl EventLoop {
                 "advert for {} published by {:?}",
                 a.peer_id, message.source
             )),
-            Ok(a) => match {
-                // Peers that passed a dial check keep their adverts when
-                // throwaway ones fill the book.
-                let (checks, local) = (&e.checks, e.local());
-                e.book.insert_protecting(a, |p| {
-                    *p == local || checks.get(p).is_some_and(|c| c.dialable)
-                })
-            } {
+            Ok(a) => match e.keep(a) {
                 Ok(a) => {
                     check = a.reachability.is_public().then_some(a.peer_id);
                     Ok(gossipsub::MessageAcceptance::Accept)
@@ -527,6 +520,15 @@ impl EventLoop {
 }
 
 impl Elections {
+    /// Keeps a verified advert in the book. This peer and peers that
+    /// passed a dial check keep their adverts when throwaway ones fill it.
+    fn keep(&mut self, advert: Advert) -> Result<&Advert, AdvertError> {
+        let (checks, local) = (&self.checks, self.local());
+        self.book.insert_protecting(advert, |p| {
+            *p == local || checks.get(p).is_some_and(|c| c.dialable)
+        })
+    }
+
     /// Whether a check of `peer` ran recently enough to stand: a passed one
     /// for [`DIAL_CHECK_VALID`], a failed one for [`DIAL_CHECK_RETRY`].
     fn fresh_check(&self, peer: &PeerId) -> bool {
