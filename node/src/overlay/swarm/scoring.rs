@@ -35,6 +35,12 @@ pub const GRAYLIST_THRESHOLD: f64 = -80.0;
 pub const IP_COLOCATION_THRESHOLD: f64 = 10.0;
 /// See [`IP_COLOCATION_THRESHOLD`].
 pub const IP_COLOCATION_WEIGHT: f64 = -5.0;
+/// Protocol misbehaviour (IWANT promises broken, GRAFTs during backoff)
+/// beyond this count costs `BEHAVIOUR_PENALTY_WEIGHT × excess²`: a busy
+/// honest peer breaks a few promises; a misbehaving one many.
+pub const BEHAVIOUR_PENALTY_THRESHOLD: f64 = 6.0;
+/// See [`BEHAVIOUR_PENALTY_THRESHOLD`].
+pub const BEHAVIOUR_PENALTY_WEIGHT: f64 = -10.0;
 
 /// The advert topic's score parameters.
 pub fn advert_topic_params() -> TopicScoreParams {
@@ -68,6 +74,8 @@ pub fn score_params(advert_topic: gossipsub::TopicHash) -> PeerScoreParams {
             IpAddr::V6(Ipv6Addr::LOCALHOST),
         ]
         .into(),
+        behaviour_penalty_threshold: BEHAVIOUR_PENALTY_THRESHOLD,
+        behaviour_penalty_weight: BEHAVIOUR_PENALTY_WEIGHT,
         ..PeerScoreParams::default()
     };
     params.topics.insert(advert_topic, advert_topic_params());
