@@ -23,7 +23,7 @@ pub const MAX_QUEUED_CHECKS: usize = 256;
 /// Dial checks waiting for the adverts one gossip neighbour passed on.
 pub const MAX_QUEUED_CHECKS_PER_SOURCE: usize = 16;
 /// Dial checks running at a time.
-pub const MAX_CHECKS_IN_FLIGHT: usize = 8;
+pub const MAX_CHECKS_IN_FLIGHT: usize = 32;
 /// Default cap on every table this peer keys by a remote peer id: adverts,
 /// dial-check results, DHT look-ups of claimants and peer addresses
 /// (`max_tracked_peers` in `[supernode]`).
