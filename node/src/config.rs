@@ -179,7 +179,16 @@ pub struct SupernodeConfig {
     /// Most peers attached while this peer serves.
     pub max_attached: usize,
     /// Relay reservations granted while this peer serves; 0 refuses all.
+    /// Only peers attached to this supernode reserve.
     pub relay_slots: usize,
+    /// Most attached peers holding relay reservations from one IP address.
+    /// Default 8 ([`crate::supernode::budget::DEFAULT_RELAY_SLOTS_PER_IP`]).
+    pub relay_slots_per_ip: usize,
+    /// Cap on every table keyed by a remote peer id (adverts, dial-check
+    /// results, DHT look-ups of claimants, peer addresses); each evicts its
+    /// oldest entry when full. Default 4096
+    /// ([`crate::supernode::budget::DEFAULT_MAX_TRACKED_PEERS`]).
+    pub max_tracked_peers: usize,
     /// Try DCUtR hole punching on relayed connections.
     pub hole_punching: bool,
 }
@@ -201,10 +210,16 @@ impl Default for SupernodeConfig {
             heartbeat_ms: 1000,
             max_attached: 128,
             relay_slots: 128,
+            relay_slots_per_ip: crate::supernode::budget::DEFAULT_RELAY_SLOTS_PER_IP,
+            max_tracked_peers: crate::supernode::budget::DEFAULT_MAX_TRACKED_PEERS,
             hole_punching: true,
         }
     }
 }
+
+/// The least `max_tracked_peers`: below it a small network's honest
+/// adverts would already evict each other.
+pub const MIN_TRACKED_PEERS: usize = 4;
 
 impl SupernodeConfig {
     /// The election's parameters.
@@ -250,6 +265,12 @@ impl SupernodeConfig {
             return Err(InvalidValue::Attach {
                 heartbeat_ms: self.heartbeat_ms,
                 max_attached: self.max_attached,
+            });
+        }
+        if self.max_tracked_peers < MIN_TRACKED_PEERS || self.relay_slots_per_ip == 0 {
+            return Err(InvalidValue::Tracked {
+                max_tracked_peers: self.max_tracked_peers,
+                relay_slots_per_ip: self.relay_slots_per_ip,
             });
         }
         let max = crate::supernode::advert::limits::BANDWIDTH_KBPS;
@@ -325,6 +346,16 @@ pub enum InvalidValue {
         value: u64,
         /// The largest allowed.
         most: u64,
+    },
+    /// A per-peer table cap or the per-IP relay share is too small.
+    #[error(
+        "supernode: max_tracked_peers = {max_tracked_peers} must be at least {MIN_TRACKED_PEERS} and relay_slots_per_ip = {relay_slots_per_ip} at least 1"
+    )]
+    Tracked {
+        /// The table cap.
+        max_tracked_peers: usize,
+        /// The per-IP relay share.
+        relay_slots_per_ip: usize,
     },
     /// The election's bounds do not fit together.
     #[error(

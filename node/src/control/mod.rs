@@ -1,5 +1,8 @@
 //! The peer's local control API: `vmail.node.v1.Control`, gRPC on a Unix
-//! socket (mode 0600) in the data dir. [`ControlService`] is a thin adapter
+//! socket (mode 0600) in the data dir, which is made 0700 before the socket
+//! is bound. Every connection's peer credentials (`SO_PEERCRED`) must name
+//! this process's own uid ([`admit_uid`]); `SetSession` checks the
+//! session's cluster key ([`crate::peer::check_session_key`]). [`ControlService`] is a thin adapter
 //! over [`Peer`]; [`ControlClient`] is what `vmail leave`, `inbox` and
 //! `fetch` use, whether the peer is a long-running daemon or an ephemeral
 //! one the CLI started for one job. Either way it is this one code path.
@@ -24,7 +27,7 @@ use crate::core::erasure::{ErasureError, Redundancy};
 use crate::overlay::swarm::NetworkError;
 use crate::peer::{
     FetchError, LeaveError, LeaveRequest, Peer, Phase, Progress, ProgressFn, Session, SessionError,
-    Timings,
+    SessionKeyError, Timings,
 };
 
 pub use client::ControlClient;
@@ -130,6 +133,12 @@ impl Coded for FetchError {
             FetchError::Auth(c) => c.code().unwrap_or(Code::Unavailable),
             FetchError::Locator(_) | FetchError::Decrypt { .. } => Code::DataLoss,
         }
+    }
+}
+
+impl Coded for SessionKeyError {
+    fn code(&self) -> Code {
+        Code::PermissionDenied
     }
 }
 
@@ -322,7 +331,7 @@ impl control_server::Control for ControlService {
         req: Request<pb::SetSessionRequest>,
     ) -> Result<Response<pb::SetSessionResponse>, Status> {
         let session = Session::try_from(req.into_inner())?;
-        self.peer.set_session(session);
+        self.peer.offer_session(session).map_err(status)?;
         Ok(Response::new(pb::SetSessionResponse {}))
     }
 
@@ -504,8 +513,22 @@ pub async fn serve(
         }
         std::fs::remove_file(socket).map_err(io)?;
     }
+    private_dir(socket).map_err(io)?;
     let listener = tokio::net::UnixListener::bind(socket).map_err(io)?;
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+    let own = nix::unistd::geteuid().as_raw();
+    let incoming = tokio_stream::StreamExt::filter(UnixListenerStream::new(listener), move |c| {
+        let Ok(stream) = c else {
+            return true;
+        };
+        match admit_uid(stream.peer_cred().ok().map(|c| c.uid()), own) {
+            Ok(()) => true,
+            Err(why) => {
+                tracing::warn!("control socket: refused a connection: {why}");
+                false
+            }
+        }
+    });
     let service = control_server::ControlServer::new(ControlService { peer })
         .max_decoding_message_size(MAX_CONTROL_MESSAGE)
         .max_encoding_message_size(MAX_CONTROL_MESSAGE);
@@ -517,7 +540,7 @@ pub async fn serve(
     let result = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(service)
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .map_err(|e| ControlError::Io {
             path: socket.to_owned(),
@@ -527,6 +550,93 @@ pub async fn serve(
     result
 }
 
+/// Why a connection to the control socket was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CredRefusal {
+    /// The kernel gave no peer credentials.
+    #[error("no peer credentials (SO_PEERCRED) on the connection")]
+    Unknown,
+    /// Another user connected.
+    #[error(
+        "uid {peer} is not this peer's uid {own}; only the user the peer runs as may control it"
+    )]
+    OtherUser {
+        /// The connecting process's uid.
+        peer: u32,
+        /// This process's effective uid.
+        own: u32,
+    },
+}
+
+/// Whether a connection whose peer credentials name `peer` (`None`: none
+/// given) may use the control API of a process running as `own`: only the
+/// same uid may, root included (root can read the data dir anyway, but a
+/// peer run as a user is that user's alone).
+pub fn admit_uid(peer: Option<u32>, own: u32) -> Result<(), CredRefusal> {
+    match peer {
+        None => Err(CredRefusal::Unknown),
+        Some(p) if p != own => Err(CredRefusal::OtherUser { peer: p, own }),
+        Some(_) => Ok(()),
+    }
+}
+
+/// Makes the socket's directory (creating it if needed) mode 0700 before
+/// the socket is bound, so there is no moment when another user could
+/// reach the socket, and refuses a directory another user owns.
+pub fn private_dir(socket: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = match socket.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir)?;
+    let own = nix::unistd::geteuid().as_raw();
+    let owner = std::fs::metadata(dir)?.uid();
+    if owner != own {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "{} belongs to uid {owner}, not this peer's uid {own}: use a data dir of your own",
+                dir.display()
+            ),
+        ));
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
 fn strings<T: ToString>(items: impl IntoIterator<Item = T>) -> Vec<String> {
     items.into_iter().map(|i| i.to_string()).collect()
+}
+
+#[cfg(test)]
+mod cred_tests {
+    use super::*;
+
+    #[test]
+    fn only_the_same_uid_is_admitted() {
+        assert_eq!(admit_uid(Some(1000), 1000), Ok(()));
+        assert_eq!(
+            admit_uid(Some(1001), 1000),
+            Err(CredRefusal::OtherUser {
+                peer: 1001,
+                own: 1000
+            })
+        );
+        assert!(admit_uid(Some(0), 1000).is_err());
+        assert_eq!(admit_uid(None, 1000), Err(CredRefusal::Unknown));
+    }
+
+    #[test]
+    fn the_directory_is_private_before_the_socket_exists() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let socket = data.join(SOCKET_FILE);
+        private_dir(&socket).unwrap();
+        let mode = std::fs::metadata(&data).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        assert!(!socket.exists());
+    }
 }

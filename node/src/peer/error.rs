@@ -72,6 +72,31 @@ pub enum SessionError {
     Auth(#[from] ClientError),
 }
 
+/// Why the control API refused a session (`SetSession`): its cluster key
+/// is not the one this peer knows, or its certificate does not prove it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SessionKeyError {
+    /// Another cluster key than the configured one, or than the current
+    /// session's.
+    #[error(
+        "the session's cluster key {offered} is not this peer's {expected} (from {source_of}): log in to this peer's cluster, or change cluster_key in node.toml and restart the peer"
+    )]
+    Mismatch {
+        /// The session's key, hex.
+        offered: String,
+        /// The key this peer knows, hex.
+        expected: String,
+        /// Where this peer knows it from.
+        source_of: &'static str,
+    },
+    /// The session's certificate is not signed by its cluster key, or is
+    /// for another user.
+    #[error(
+        "the session's certificate does not prove its cluster key: {0}; run `vmail login` again"
+    )]
+    Certificate(String),
+}
+
 /// Why a leave failed. Unless it is [`LeaveError::DepositUnknown`],
 /// nothing was deposited and any shard already stored was withdrawn.
 #[derive(Debug, thiserror::Error)]

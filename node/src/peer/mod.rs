@@ -63,7 +63,7 @@ use duties::{Maintain, Sample, load_observations, save_observations};
 
 pub use delete::{AckReport, ERASE_TIMEOUT};
 pub use duties::{OBSERVATION_MAX_AGE_SECS, PURGE_INTERVAL, SAMPLE_INTERVAL};
-pub use error::{FetchError, LeaveError, SessionError, StartError};
+pub use error::{FetchError, LeaveError, SessionError, SessionKeyError, StartError};
 pub use fetch::{FetchFailure, Fetched, HEDGE_AFTER, RebuildError};
 pub use leave::{LeaveReceipt, LeaveRequest, RECOMMEND_TIMEOUT, StoredShard, granted_holders};
 pub use progress::{Phase, Progress, ProgressFn, Timings, no_progress};
@@ -153,6 +153,40 @@ impl std::fmt::Debug for Peer {
         f.debug_struct("Peer")
             .field("network", &self.network)
             .finish_non_exhaustive()
+    }
+}
+
+/// Whether a session's cluster key may replace this peer's: its certificate
+/// must be signed by that key and name its user, and the key must be the
+/// `configured` one (node.toml), or with none configured the `current`
+/// session's. With neither, the certificate is the only proof.
+pub fn check_session_key(
+    offered: &Session,
+    configured: Option<&ed25519_dalek::VerifyingKey>,
+    current: Option<&ed25519_dalek::VerifyingKey>,
+) -> Result<(), SessionKeyError> {
+    let key = &offered.target.cluster_key;
+    let cert = &offered.login.certificate;
+    cert.verify_signature(key)
+        .map_err(|e| SessionKeyError::Certificate(e.to_string()))?;
+    if cert.username != offered.login.username {
+        return Err(SessionKeyError::Certificate(format!(
+            "it is for {}, not {}",
+            cert.username, offered.login.username
+        )));
+    }
+    let expected = match (configured, current) {
+        (Some(k), _) => Some((k, "cluster_key in node.toml")),
+        (None, Some(k)) => Some((k, "the current session")),
+        (None, None) => None,
+    };
+    match expected {
+        Some((k, source_of)) if k != key => Err(SessionKeyError::Mismatch {
+            offered: hex::encode(key.as_bytes()),
+            expected: hex::encode(k.as_bytes()),
+            source_of,
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -247,6 +281,7 @@ impl Peer {
                 interval: Duration::from_secs(sn.advert_interval_secs),
                 heartbeat: sn.heartbeat(),
                 max_attached: sn.max_attached,
+                max_tracked_peers: sn.max_tracked_peers,
             }
         });
         let net_config = NetworkConfig {
@@ -258,6 +293,7 @@ impl Peer {
             role: opts.role,
             supernode,
             relay_slots: opts.config.supernode.relay_slots,
+            relay_slots_per_ip: opts.config.supernode.relay_slots_per_ip,
             hole_punching: opts.config.supernode.hole_punching,
         };
         let (network, net_task) = Network::start(key, &net_config, shutdown.clone())?;
@@ -360,7 +396,23 @@ impl Peer {
             .stats(other, unix_now())
     }
 
-    /// Replaces the session.
+    /// Replaces the session with one handed over the control socket, once
+    /// its cluster key checks out ([`check_session_key`] against the
+    /// configured key, else the current session's).
+    pub fn offer_session(&self, session: Session) -> Result<(), SessionKeyError> {
+        let configured = self.config.cluster_key().ok().flatten();
+        let current = self
+            .session
+            .read()
+            .expect("session lock")
+            .as_ref()
+            .map(|s| s.target.cluster_key);
+        check_session_key(&session, configured.as_ref(), current.as_ref())?;
+        self.set_session(session);
+        Ok(())
+    }
+
+    /// Replaces the session, unchecked (the caller made it in-process).
     pub fn set_session(&self, session: Session) {
         *self.session.write().expect("session lock") = Some(session);
     }

@@ -103,8 +103,9 @@ pub struct SignedAdvert {
     pub signature: Vec<u8>,
 }
 
-/// Why an advert was refused. Every one of these also penalises the peer
-/// that relayed it (see `docs/SECURITY.md`).
+/// Why an advert was refused. Every one of these but [`AdvertError::Stale`]
+/// and [`AdvertError::Future`] (which depend on the receiver's clock) also
+/// costs the peer that relayed it gossipsub score (see `docs/SECURITY.md`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AdvertError {
     /// Larger than [`MAX_ADVERT_BYTES`].
@@ -255,13 +256,30 @@ fn signed_message(body: &[u8]) -> Vec<u8> {
 }
 
 /// The newest valid advert of every peer heard from: what the election
-/// runs on.
-#[derive(Debug, Default, Clone)]
+/// runs on. It holds at most `cap` peers' adverts; a new peer's advert
+/// when full evicts the one issued longest ago (honest peers re-publish
+/// every advert period, so theirs are the fresh ones).
+#[derive(Debug, Clone)]
 pub struct AdvertBook {
     adverts: HashMap<PeerId, Advert>,
+    cap: usize,
+}
+
+impl Default for AdvertBook {
+    fn default() -> Self {
+        Self::with_cap(crate::supernode::budget::DEFAULT_MAX_TRACKED_PEERS)
+    }
 }
 
 impl AdvertBook {
+    /// An empty book that holds at most `cap` peers' adverts (at least 1).
+    pub fn with_cap(cap: usize) -> Self {
+        Self {
+            adverts: HashMap::new(),
+            cap: cap.max(1),
+        }
+    }
+
     /// Verifies an advert received at `now` and keeps it if it is newer
     /// than the one held for its peer. A replayed or older sequence number
     /// is refused, so an old advert cannot bring back a stale claim.
@@ -272,6 +290,18 @@ impl AdvertBook {
     /// Keeps an advert that already passed [`Advert::verify`] (or this
     /// peer's own) if it is newer than the one held for its peer.
     pub fn insert(&mut self, advert: Advert) -> Result<&Advert, AdvertError> {
+        self.insert_protecting(advert, |_| false)
+    }
+
+    /// [`AdvertBook::insert`], where a full book evicts the advert issued
+    /// longest ago among peers not `protected` first (the caller protects
+    /// peers it has confirmed, so that throwaway Sybil adverts evict each
+    /// other rather than honest ones).
+    pub fn insert_protecting(
+        &mut self,
+        advert: Advert,
+        protected: impl Fn(&PeerId) -> bool,
+    ) -> Result<&Advert, AdvertError> {
         if let Some(held) = self.adverts.get(&advert.peer_id)
             && advert.seq <= held.seq
         {
@@ -282,6 +312,11 @@ impl AdvertBook {
             });
         }
         let peer = advert.peer_id;
+        if !self.adverts.contains_key(&peer) && self.adverts.len() >= self.cap {
+            crate::supernode::budget::evict_least(&mut self.adverts, |p, a| {
+                (protected(p), a.issued_at, *p)
+            });
+        }
         self.adverts.insert(peer, advert);
         Ok(&self.adverts[&peer])
     }
@@ -444,5 +479,28 @@ mod tests {
         assert_eq!(book.len(), 1);
         book.expire(NOW + MAX_ADVERT_AGE_SECS + 1);
         assert!(book.is_empty());
+    }
+
+    #[test]
+    fn a_full_book_evicts_the_advert_issued_longest_ago() {
+        let mut book = AdvertBook::with_cap(3);
+        let keys: Vec<Keypair> = (0..5).map(|_| Keypair::generate_ed25519()).collect();
+        for (i, k) in keys.iter().enumerate() {
+            let mut a = advert(k, 1);
+            a.issued_at = NOW + i as u64;
+            book.insert(a).unwrap();
+            assert!(book.len() <= 3);
+        }
+        assert!(book.get(&keys[0].public().to_peer_id()).is_none());
+        assert!(book.get(&keys[4].public().to_peer_id()).is_some());
+        // A protected peer's advert outlives newer unprotected ones.
+        let kept = keys[2].public().to_peer_id();
+        for i in 0..5 {
+            let k = Keypair::generate_ed25519();
+            let mut a = advert(&k, 1);
+            a.issued_at = NOW + 10 + i;
+            book.insert_protecting(a, |p| *p == kept).unwrap();
+        }
+        assert!(book.get(&kept).is_some());
     }
 }

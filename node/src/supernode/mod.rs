@@ -4,8 +4,11 @@
 //! - [`advert`]: signed supernode adverts and their checks;
 //! - [`election`]: the supernode election over the adverts seen at `now`;
 //! - [`attach`]: the supernode protocol's messages, choosing a supernode,
-//!   and what a supernode keeps of its attached peers and recommends.
+//!   and what a supernode keeps of its attached peers and recommends;
+//! - [`budget`]: what unverified peers may make this peer spend (the dial
+//!   check queue, the relay's admission).
 
 pub mod advert;
 pub mod attach;
+pub mod budget;
 pub mod election;

@@ -4,6 +4,7 @@
 //! rejoins through the bootstrap peers when this peer is left alone.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -20,12 +21,13 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::supernode::attach::SN_PROTOCOL;
+use crate::supernode::budget::{DEFAULT_MAX_TRACKED_PEERS, RelayGate, evict_least};
 
 use super::{
     ADVERT_TOPIC, Behaviour, BehaviourEvent, COMMAND_QUEUE, Command, EventLoop, GOSSIP_MAX_FRAME,
     IDENTIFY_PROTOCOL, IDLE_TIMEOUT, KAD_PROTOCOL, Network, NetworkConfig, NetworkError,
     PING_INTERVAL, PING_TIMEOUT, PendingQuery, QUERY_TIMEOUT, RELAY_CIRCUIT_BYTES,
-    RELAY_CIRCUIT_DURATION, Role, SN_MAX_MESSAGE, is_relayed, sn,
+    RELAY_CIRCUIT_DURATION, Role, SN_MAX_MESSAGE, is_relayed, scoring, sn,
 };
 
 impl Network {
@@ -41,6 +43,10 @@ impl Network {
         let advert_key = key.clone();
         let role = config.role;
         let relay_slots = config.relay_slots;
+        // Who may reserve on the relay: peers attached to this supernode,
+        // a share per IP. The event loop keeps it; the relay asks it.
+        let relay_gate = Arc::new(Mutex::new(RelayGate::new(config.relay_slots_per_ip)));
+        let gate = relay_gate.clone();
         let hole_punching = config.hole_punching;
         let sn_timeout = config
             .supernode
@@ -94,11 +100,16 @@ impl Network {
                     .max_transmit_size(GOSSIP_MAX_FRAME)
                     .build()
                     .map_err(|e| e.to_string())?;
-                let gossip = gossipsub::Behaviour::new(
+                let mut gossip = gossipsub::Behaviour::new(
                     gossipsub::MessageAuthenticity::Signed(key.clone()),
                     gossip_config,
                 )?;
-                let mut relay = relay::Behaviour::new(local, relay_config(relay_slots));
+                // A rejected advert costs its sender (see `scoring`).
+                gossip.with_peer_score(
+                    scoring::score_params(gossipsub::IdentTopic::new(ADVERT_TOPIC).hash()),
+                    scoring::thresholds(),
+                )?;
+                let mut relay = relay::Behaviour::new(local, relay_config(relay_slots, gate));
                 // Off until this peer is elected (see `sn`).
                 relay.set_status(Some(relay::Status::Disable));
                 let sn_codec = request_response::cbor::codec::Codec::default()
@@ -177,7 +188,12 @@ impl Network {
                     .gossip
                     .subscribe(&topic)
                     .map_err(|e| build(&e))?;
-                Some(sn::Elections::new(setup.clone(), advert_key, topic))
+                Some(sn::Elections::new(
+                    setup.clone(),
+                    advert_key,
+                    topic,
+                    relay_gate,
+                ))
             }
             None => None,
         };
@@ -189,6 +205,11 @@ impl Network {
             listen_addrs: Vec::new(),
             elections,
             peer_addrs: HashMap::new(),
+            max_tracked_peers: config
+                .supernode
+                .as_ref()
+                .map_or(DEFAULT_MAX_TRACKED_PEERS, |s| s.max_tracked_peers)
+                .max(1),
             rtts: HashMap::new(),
             bootstrap,
         };
@@ -204,18 +225,38 @@ impl Network {
     }
 }
 
-/// The relay server's limits: `slots` reservations, circuits long and
-/// large enough for a voicemail, and rate limits that stop one peer from
-/// churning reservations.
-fn relay_config(slots: usize) -> relay::Config {
-    relay::Config {
+/// Reservations one peer may hold on this relay at a time.
+const RELAY_RESERVATIONS_PER_PEER: usize = 2;
+
+/// The relay server's limits: `slots` reservations, only for peers the
+/// `gate` admits (attached to this supernode, a share per IP), circuits
+/// long and large enough for a voicemail (they reach only attached peers,
+/// who alone hold reservations), and libp2p's default rate limits on
+/// reservations and on circuit sources per peer and per IP.
+fn relay_config(slots: usize, gate: Arc<Mutex<RelayGate>>) -> relay::Config {
+    let mut config = relay::Config {
         max_reservations: slots,
+        max_reservations_per_peer: RELAY_RESERVATIONS_PER_PEER,
         max_circuit_bytes: RELAY_CIRCUIT_BYTES,
         max_circuit_duration: RELAY_CIRCUIT_DURATION,
         max_circuits: 64,
         max_circuits_per_peer: 8,
         ..relay::Config::default()
-    }
+    };
+    // First, so that a refused peer does not use up its rate limit.
+    config.reservation_rate_limiters.insert(
+        0,
+        Box::new(move |peer, addr: &Multiaddr, _now| {
+            match gate.lock().expect("relay gate").admit(peer, addr) {
+                Ok(()) => true,
+                Err(why) => {
+                    tracing::info!(%peer, %addr, "relay reservation refused: {why}");
+                    false
+                }
+            }
+        }),
+    );
+    config
 }
 
 /// How often a peer with no connections dials its bootstrap peers again
@@ -231,6 +272,17 @@ fn dial_all(swarm: &mut Swarm<Behaviour>, addrs: &[Multiaddr]) {
 }
 
 impl EventLoop {
+    /// Keeps `addr` as `peer`'s address; when `max_tracked_peers` are
+    /// kept, first forgets one of a peer no longer connected (or, failing
+    /// that, any other).
+    fn remember_addr(&mut self, peer: libp2p::PeerId, addr: Multiaddr) {
+        if !self.peer_addrs.contains_key(&peer) && self.peer_addrs.len() >= self.max_tracked_peers {
+            let swarm = &self.swarm;
+            evict_least(&mut self.peer_addrs, |p, _| swarm.is_connected(p));
+        }
+        self.peer_addrs.insert(peer, addr);
+    }
+
     /// Dials the bootstrap peers again if no connection is left.
     fn rejoin_if_alone(&mut self) {
         if self.swarm.connected_peers().next().is_none() && !self.bootstrap.is_empty() {
@@ -303,13 +355,21 @@ impl EventLoop {
                 let _ = reply.send(self.listen_addrs.clone());
             }
             Command::Supernodes { reply } => {
-                let _ = reply.send(self.elections.as_ref().map(sn::Elections::view));
+                let view = self.elections.as_ref().map(|e| {
+                    let mut v = e.view();
+                    v.tables.peer_addrs = self.peer_addrs.len();
+                    v
+                });
+                let _ = reply.send(view);
             }
             Command::Recommend {
                 count,
                 exclude,
                 reply,
             } => self.recommend(count, exclude, reply),
+            Command::GossipScore { peer, reply } => {
+                let _ = reply.send(self.swarm.behaviour().gossip.peer_score(&peer));
+            }
             Command::Observe { peer, ok } => {
                 if let Some(e) = self.elections.as_mut() {
                     e.observe(peer, ok);
@@ -351,10 +411,10 @@ impl EventLoop {
                 info,
                 ..
             })) if info.protocols.contains(&KAD_PROTOCOL) => {
-                if let Some(direct) = info.listen_addrs.iter().find(|a| !is_relayed(a)) {
-                    self.peer_addrs
-                        .entry(peer_id)
-                        .or_insert_with(|| direct.clone());
+                if let Some(direct) = info.listen_addrs.iter().find(|a| !is_relayed(a))
+                    && !self.peer_addrs.contains_key(&peer_id)
+                {
+                    self.remember_addr(peer_id, direct.clone());
                 }
                 for addr in info.listen_addrs {
                     self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
@@ -423,7 +483,7 @@ impl EventLoop {
                 if let libp2p::core::ConnectedPoint::Dialer { address, .. } = &endpoint
                     && !is_relayed(address)
                 {
-                    self.peer_addrs.insert(peer_id, address.clone());
+                    self.remember_addr(peer_id, address.clone());
                 }
                 self.on_connected(peer_id, connection_id, &endpoint);
             }
@@ -433,6 +493,7 @@ impl EventLoop {
                 ..
             } => {
                 self.rtts.remove(&peer_id);
+                self.peer_addrs.remove(&peer_id);
                 self.on_disconnected(peer_id);
             }
             SwarmEvent::OutgoingConnectionError {

@@ -19,6 +19,7 @@
 //! `sn::uplink` attaching and serving) lives in `sn`.
 
 mod event_loop;
+pub mod scoring;
 mod sn;
 
 use std::collections::{HashMap, HashSet};
@@ -90,6 +91,9 @@ pub struct SupernodeSetup {
     pub heartbeat: Duration,
     /// Most peers attached while this peer serves.
     pub max_attached: usize,
+    /// Cap on every table keyed by a remote peer id (adverts, dial-check
+    /// results, look-ups, peer addresses).
+    pub max_tracked_peers: usize,
 }
 
 impl std::fmt::Debug for SupernodeSetup {
@@ -129,6 +133,31 @@ pub struct SupernodeView {
     /// How long the last re-attach took, from losing a supernode to being
     /// attached to the next.
     pub last_reattach: Option<Duration>,
+    /// How full the tables keyed by remote peer ids are.
+    pub tables: TableSizes,
+}
+
+/// Entries in each table this peer keys by a remote peer id; each is
+/// capped (`max_tracked_peers`, or the constants of
+/// [`crate::supernode::attach`] and [`crate::supernode::budget`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TableSizes {
+    /// Adverts held.
+    pub adverts: usize,
+    /// Dial-check results held.
+    pub checks: usize,
+    /// Dial checks waiting.
+    pub queued_checks: usize,
+    /// Dial checks running.
+    pub probes: usize,
+    /// Claimants looked up in the DHT.
+    pub looked_up: usize,
+    /// Peer addresses held.
+    pub peer_addrs: usize,
+    /// Report tallies held, while serving.
+    pub reports: usize,
+    /// Heartbeats whose reports were ignored as too early, while serving.
+    pub early_heartbeats: u64,
 }
 
 /// Whether this peer serves the DHT or only uses it.
@@ -161,8 +190,10 @@ pub struct NetworkConfig {
     /// Adverts and election; `None` for a one-job client peer.
     pub supernode: Option<SupernodeSetup>,
     /// Relay reservations this peer grants while it serves as a
-    /// supernode; 0 refuses all.
+    /// supernode, to attached peers only; 0 refuses all.
     pub relay_slots: usize,
+    /// Most attached peers holding reservations from one IP address.
+    pub relay_slots_per_ip: usize,
     /// Try DCUtR hole punching to turn relayed connections direct.
     pub hole_punching: bool,
 }
@@ -230,6 +261,10 @@ enum Command {
     Observe {
         peer: PeerId,
         ok: bool,
+    },
+    GossipScore {
+        peer: PeerId,
+        reply: oneshot::Sender<Option<f64>>,
     },
 }
 
@@ -369,6 +404,12 @@ impl Network {
         .await?
     }
 
+    /// `peer`'s gossipsub score as this peer keeps it (`None` if it has no
+    /// score: not a gossip peer, or scoring is off).
+    pub async fn gossip_score(&self, peer: PeerId) -> Result<Option<f64>, NetworkError> {
+        self.ask(|reply| Command::GossipScore { peer, reply }).await
+    }
+
     /// Notes that a store or fetch with `peer` worked (`ok`) or failed; the
     /// next heartbeat reports it to this peer's supernode.
     pub async fn observe(&self, peer: PeerId, ok: bool) {
@@ -388,8 +429,11 @@ struct EventLoop {
     listen_addrs: Vec<Multiaddr>,
     elections: Option<sn::Elections>,
     /// Addresses peers are reachable at: the one this peer dialed, or the
-    /// first direct listen address they reported.
+    /// first direct listen address they reported. At most
+    /// `max_tracked_peers`; a peer's entry goes with its last connection.
     peer_addrs: HashMap<PeerId, Multiaddr>,
+    /// The cap on `peer_addrs`.
+    max_tracked_peers: usize,
     /// Last ping round trip to each connected peer.
     rtts: HashMap<PeerId, Duration>,
     /// Where to rejoin when this peer has no connection left.

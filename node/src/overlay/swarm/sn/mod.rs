@@ -8,7 +8,8 @@
 
 mod uplink;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use libp2p::core::transport::ListenerId;
@@ -19,11 +20,13 @@ use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::{Multiaddr, PeerId, gossipsub, identity, relay};
 use tokio::sync::oneshot;
 
-use super::{EventLoop, NetworkError, SupernodeSetup, SupernodeView, is_relayed};
+use super::{EventLoop, NetworkError, SupernodeSetup, SupernodeView, TableSizes, is_relayed};
 use crate::supernode::advert::{ADVERT_VERSION, Advert, AdvertBook, AdvertError, Reachability};
 use crate::supernode::attach::{
-    Attachments, Candidate, MAX_REPORTS, Observation, SnRequest, choose_supernode, patience,
+    Attachments, Candidate, MAX_REPORTS, Observation, Refusal, SnRequest, choose_supernode,
+    patience,
 };
+use crate::supernode::budget::{CheckQueue, MAX_CHECKS_IN_FLIGHT, RelayGate, evict_least};
 use crate::supernode::election;
 
 /// How long a passed dial check holds before the peer is checked again.
@@ -34,6 +37,8 @@ const DIAL_CHECK_VALID: Duration = Duration::from_secs(10 * 60);
 pub(super) const ELECTION_PERIOD: Duration = Duration::from_millis(100);
 /// How soon a failed dial check is tried again.
 const DIAL_CHECK_RETRY: Duration = Duration::from_secs(30);
+/// How long a claimant looked up in the DHT is remembered as such.
+const LOOKUP_MEMORY: Duration = Duration::from_secs(60);
 
 /// The outcome of dialing a peer that claims to be public.
 struct DialCheck {
@@ -80,10 +85,18 @@ pub(super) struct Elections {
     changed: bool,
     /// Advert bytes gossip delivered.
     advert_bytes: u64,
+    /// Dial-check results, at most `max_tracked_peers`; forgotten twice
+    /// [`DIAL_CHECK_VALID`] after they were made.
     checks: HashMap<PeerId, DialCheck>,
+    /// Dial checks waiting to run, capped per gossip source and in all.
+    queue: CheckQueue,
+    /// Dial checks running, at most [`MAX_CHECKS_IN_FLIGHT`].
     probes: HashMap<ConnectionId, PeerId>,
-    /// Claimants whose addresses were looked up in the DHT.
-    looked_up: HashSet<PeerId>,
+    /// Claimants whose addresses were looked up in the DHT, and when; at
+    /// most `max_tracked_peers`, for [`LOOKUP_MEMORY`].
+    looked_up: HashMap<PeerId, Instant>,
+    /// Who may reserve on this peer's relay; shared with the relay.
+    relay_gate: Arc<Mutex<RelayGate>>,
     attachments: Attachments,
     uplink: Uplink,
     observations: HashMap<PeerId, (u32, u32)>,
@@ -95,12 +108,13 @@ impl Elections {
         setup: SupernodeSetup,
         key: identity::Keypair,
         topic: gossipsub::IdentTopic,
+        relay_gate: Arc<Mutex<RelayGate>>,
     ) -> Self {
         Self {
+            book: AdvertBook::with_cap(setup.max_tracked_peers),
             setup,
             key,
             topic,
-            book: AdvertBook::default(),
             // Milliseconds: still growing after a restart.
             seq: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -113,8 +127,10 @@ impl Elections {
             changed: false,
             advert_bytes: 0,
             checks: HashMap::new(),
+            queue: CheckQueue::default(),
             probes: HashMap::new(),
-            looked_up: HashSet::new(),
+            looked_up: HashMap::new(),
+            relay_gate,
             attachments: Attachments::default(),
             uplink: Uplink::default(),
             observations: HashMap::new(),
@@ -240,7 +256,48 @@ impl Elections {
             relayed_circuits: self.circuits,
             advert_bytes: self.advert_bytes,
             last_reattach: self.uplink.last_reattach,
+            tables: TableSizes {
+                adverts: self.book.len(),
+                checks: self.checks.len(),
+                queued_checks: self.queue.len(),
+                probes: self.probes.len(),
+                looked_up: self.looked_up.len(),
+                peer_addrs: 0,
+                reports: self.attachments.reports().len(),
+                early_heartbeats: self.attachments.early_heartbeats(),
+            },
         }
+    }
+
+    /// The relay gate, locked.
+    fn gate(&self) -> std::sync::MutexGuard<'_, RelayGate> {
+        self.relay_gate.lock().expect("relay gate")
+    }
+
+    /// Takes `peer` on as an attached peer at `now`; it may then reserve
+    /// on the relay.
+    fn attach_peer(&mut self, peer: PeerId, now: Instant) -> Result<u32, Refusal> {
+        let load = self
+            .attachments
+            .attach(peer, now, self.setup.max_attached)?;
+        self.gate().attach(peer);
+        Ok(load)
+    }
+
+    /// Drops `peer` as an attached peer: its reports, and its right to
+    /// reserve on the relay.
+    fn detach_peer(&mut self, peer: &PeerId) -> bool {
+        self.gate().detach(peer);
+        self.attachments.detach(peer)
+    }
+
+    /// Forgets dial checks and look-ups that no longer hold. A check is
+    /// kept twice its validity: a peer still advertising is checked again
+    /// well before, so its standing never lapses in between.
+    fn prune(&mut self) {
+        self.checks
+            .retain(|_, c| c.at.elapsed() < 2 * DIAL_CHECK_VALID);
+        self.looked_up.retain(|_, at| at.elapsed() < LOOKUP_MEMORY);
     }
 
     pub(super) fn observe(&mut self, peer: PeerId, ok: bool) {
@@ -305,7 +362,7 @@ impl EventLoop {
                 "advert for {} published by {:?}",
                 a.peer_id, message.source
             )),
-            Ok(a) => match e.book.insert(a) {
+            Ok(a) => match e.keep(a) {
                 Ok(a) => {
                     check = a.reachability.is_public().then_some(a.peer_id);
                     Ok(gossipsub::MessageAcceptance::Accept)
@@ -314,8 +371,17 @@ impl EventLoop {
                 Err(AdvertError::Replay { .. }) => Ok(gossipsub::MessageAcceptance::Ignore),
                 Err(err) => Err(err.to_string()),
             },
+            // Too old or too new by this peer's clock: refused, but the
+            // forwarder's clock may have judged it fresh, so no penalty.
+            Err(err @ (AdvertError::Stale { .. } | AdvertError::Future { .. })) => {
+                e.rejected += 1;
+                tracing::debug!(%from, "advert refused: {err}");
+                Ok(gossipsub::MessageAcceptance::Ignore)
+            }
             Err(err) => Err(err.to_string()),
         };
+        // Anything else a forwarder should have caught itself: refused, and
+        // the forwarder's gossipsub score pays for it (see `scoring`).
         let acceptance = verdict.unwrap_or_else(|why| {
             e.rejected += 1;
             tracing::debug!(%from, "advert refused: {why}");
@@ -328,7 +394,30 @@ impl EventLoop {
             .behaviour_mut()
             .gossip
             .report_message_validation_result(&id, &from, acceptance);
-        if let Some(peer) = check {
+        if let Some(peer) = check
+            && peer != e.local()
+            && !e.fresh_check(&peer)
+        {
+            if let Some(dropped) = e.queue.push(from, peer) {
+                tracing::debug!(%from, %dropped, "dial check queue full: dropped a check");
+            }
+            self.run_checks();
+        }
+    }
+
+    /// Starts queued dial checks while fewer than [`MAX_CHECKS_IN_FLIGHT`]
+    /// run.
+    pub(super) fn run_checks(&mut self) {
+        loop {
+            let Some(e) = self.elections.as_mut() else {
+                return;
+            };
+            if e.probes.len() >= MAX_CHECKS_IN_FLIGHT {
+                return;
+            }
+            let Some(peer) = e.queue.pop() else {
+                return;
+            };
             self.dial_check(peer);
         }
     }
@@ -355,15 +444,8 @@ impl EventLoop {
         if peer == e.local() || e.probes.values().any(|p| *p == peer) {
             return;
         }
-        if let Some(c) = e.checks.get(&peer) {
-            let valid = if c.dialable {
-                DIAL_CHECK_VALID
-            } else {
-                DIAL_CHECK_RETRY
-            };
-            if c.at.elapsed() < valid {
-                return;
-            }
+        if e.fresh_check(&peer) {
+            return;
         }
         let opts = DialOpts::peer_id(peer)
             .condition(PeerCondition::Always)
@@ -374,8 +456,12 @@ impl EventLoop {
             Ok(()) => {}
             // No address known yet: look it up first, and let its next
             // advert bring the check back. Only a second miss counts.
-            Err(DialError::NoAddresses) if e.looked_up.insert(peer) => {
+            Err(DialError::NoAddresses) if !e.looked_up.contains_key(&peer) => {
                 e.probes.remove(&id);
+                if e.looked_up.len() >= e.setup.max_tracked_peers {
+                    evict_least(&mut e.looked_up, |_, at| *at);
+                }
+                e.looked_up.insert(peer, Instant::now());
                 self.swarm.behaviour_mut().kad.get_closest_peers(peer);
             }
             Err(err) => {
@@ -393,6 +479,7 @@ impl EventLoop {
             return;
         };
         e.record(peer, dialable);
+        self.run_checks();
     }
 
     pub(super) fn on_connected(
@@ -421,8 +508,10 @@ impl EventLoop {
             error,
             DialError::Denied { .. } | DialError::Aborted | DialError::DialPeerConditionFalse(_)
         ) {
-            if let Some(e) = self.elections.as_mut() {
-                e.probes.remove(&connection);
+            if let Some(e) = self.elections.as_mut()
+                && e.probes.remove(&connection).is_some()
+            {
+                self.run_checks();
             }
             return;
         }
@@ -431,6 +520,28 @@ impl EventLoop {
 }
 
 impl Elections {
+    /// Keeps a verified advert in the book. This peer and peers that
+    /// passed a dial check keep their adverts when throwaway ones fill it.
+    fn keep(&mut self, advert: Advert) -> Result<&Advert, AdvertError> {
+        let (checks, local) = (&self.checks, self.local());
+        self.book.insert_protecting(advert, |p| {
+            *p == local || checks.get(p).is_some_and(|c| c.dialable)
+        })
+    }
+
+    /// Whether a check of `peer` ran recently enough to stand: a passed one
+    /// for [`DIAL_CHECK_VALID`], a failed one for [`DIAL_CHECK_RETRY`].
+    fn fresh_check(&self, peer: &PeerId) -> bool {
+        self.checks.get(peer).is_some_and(|c| {
+            let valid = if c.dialable {
+                DIAL_CHECK_VALID
+            } else {
+                DIAL_CHECK_RETRY
+            };
+            c.at.elapsed() < valid
+        })
+    }
+
     /// Whether `peer` passed a dial check that still holds.
     fn dialable(&self, peer: &PeerId) -> bool {
         self.checks
@@ -443,6 +554,11 @@ impl Elections {
         self.looked_up.remove(&peer);
         if !dialable {
             tracing::info!(%peer, "peer claims to be public but cannot be dialed");
+        }
+        if !self.checks.contains_key(&peer) && self.checks.len() >= self.setup.max_tracked_peers {
+            // Peers without an advert go first, then the oldest check.
+            let book = &self.book;
+            evict_least(&mut self.checks, |p, c| (book.get(p).is_some(), c.at));
         }
         self.checks.insert(
             peer,
@@ -470,6 +586,7 @@ impl EventLoop {
         tracing::info!(serving, "this peer's supernode role changed");
         if !serving {
             e.attachments.clear();
+            e.gate().clear();
         }
         self.swarm
             .behaviour_mut()
@@ -492,13 +609,20 @@ impl EventLoop {
         };
         let now = Instant::now();
         e.uplink.avoid.retain(|_, (until, _)| *until > now);
+        e.prune();
         if e.serving() {
             let timeout = 2 * patience(e.setup.heartbeat);
             for peer in e.attachments.expire(now, timeout) {
+                e.gate().detach(&peer);
                 tracing::info!(%peer, "attached peer went silent");
             }
+            self.run_checks();
             return;
         }
+        self.run_checks();
+        let Some(e) = self.elections.as_mut() else {
+            return;
+        };
         let Some(sn) = e.uplink.sn else {
             self.attach_next(true);
             return;

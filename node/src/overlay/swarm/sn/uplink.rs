@@ -187,7 +187,7 @@ impl EventLoop {
         let Some(e) = self.elections.as_mut() else {
             return;
         };
-        if e.attachments.detach(&peer) {
+        if e.detach_peer(&peer) {
             tracing::info!(%peer, "attached peer disconnected");
         }
         if e.uplink.sn == Some(peer) {
@@ -339,7 +339,7 @@ impl EventLoop {
         }
         let now = Instant::now();
         match request {
-            SnRequest::Attach => match e.attachments.attach(peer, now, e.setup.max_attached) {
+            SnRequest::Attach => match e.attach_peer(peer, now) {
                 Ok(load) => {
                     tracing::debug!(%peer, load, "peer attached");
                     SnResponse::Attached {
@@ -351,7 +351,7 @@ impl EventLoop {
             },
             SnRequest::Heartbeat { reports } => e
                 .attachments
-                .heartbeat(peer, &reports, now)
+                .heartbeat(peer, &reports, now, e.setup.heartbeat / 2)
                 .map_or_else(SnResponse::Refused, |load| SnResponse::Alive { load }),
             SnRequest::Recommend { count, exclude } => {
                 if !e.attachments.contains(&peer) {
