@@ -316,7 +316,8 @@ impl Peer {
                 }
                 searched = true;
                 queue.extend(self.find_holders(layout, i, &tried).await);
-                if queue.is_empty() {
+                // A shard whose holders all failed already has its failures.
+                if queue.is_empty() && tried.is_empty() {
                     failures.push(FetchFailure::NoHolder { shard: i });
                 }
                 continue;
