@@ -568,3 +568,24 @@ impl NodeConfig {
         crate::core::crypto::ciphertext_len(self.max_voicemail_bytes)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn providers_section_reads_and_refuses_zero_bounds() {
+        assert!(toml::from_str::<NodeConfig>("[providers]\nclose_peers = 3\n").is_err());
+        assert_eq!(NodeConfig::default().providers, ProvidersConfig::default());
+        let c: NodeConfig =
+            toml::from_str("[providers]\ncloser_peers = 3\nmax_addrs_per_record = 2\n").unwrap();
+        assert_eq!(c.providers.closer_peers, 3);
+        assert_eq!(c.providers.max_addrs_per_record, 2);
+        assert_eq!(c.providers.max_remote_records, DEFAULT_MAX_REMOTE_RECORDS);
+        c.validate().unwrap();
+        let c: NodeConfig = toml::from_str("[providers]\nmax_records_per_peer = 0\n").unwrap();
+        let e = c.validate().unwrap_err();
+        assert_eq!(e, InvalidValue::Providers("max_records_per_peer"));
+        assert!(e.to_string().contains("providers.max_records_per_peer = 0"));
+    }
+}
