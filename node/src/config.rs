@@ -16,6 +16,19 @@ pub const DEFAULT_QUOTA_BYTES: u64 = 1 << 30;
 pub const DEFAULT_MAX_OBJECTS: usize = 16_384;
 /// Default largest voicemail: 16 MiB of audio.
 pub const DEFAULT_MAX_VOICEMAIL_BYTES: u64 = 16 << 20;
+/// Default most remote provider records held in all.
+pub const DEFAULT_MAX_REMOTE_RECORDS: usize = 131_072;
+/// Default most remote provider records held from one source peer: an
+/// honest holder announces at most its object count (16384 by default).
+pub const DEFAULT_MAX_RECORDS_PER_PEER: usize = 16_384;
+/// Default most remote providers held for one key (Kademlia's K).
+pub const DEFAULT_MAX_PROVIDERS_PER_KEY: usize = 20;
+/// Default most addresses kept with one remote record: a direct TCP and
+/// QUIC address on two interfaces.
+pub const DEFAULT_MAX_ADDRS_PER_RECORD: usize = 4;
+/// Default most routing-table peers closer to a key than this peer for a
+/// remote record of that key to be taken (Kademlia's K).
+pub const DEFAULT_CLOSER_PEERS: usize = 20;
 /// Name of the config file in the data dir.
 pub const CONFIG_FILE: &str = "node.toml";
 
@@ -56,6 +69,59 @@ pub struct NodeConfig {
     pub supernode: SupernodeConfig,
     /// Storage placement, redundancy and repair (`[placement]`).
     pub placement: PlacementConfig,
+    /// Bounds of the DHT provider-record store (`[providers]`).
+    pub providers: ProvidersConfig,
+}
+
+/// `[providers]`: what this peer keeps of the provider records other
+/// peers announce to it (docs/SECURITY.md, "Fetch and provider records").
+/// This peer's own announcements are kept apart and never refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProvidersConfig {
+    /// Most remote records held in all. Default 131072.
+    pub max_remote_records: usize,
+    /// Most remote records held from one peer. Default 16384, an honest
+    /// holder's default object count.
+    pub max_records_per_peer: usize,
+    /// Most remote providers held for one key. Default 20 (Kademlia's K).
+    pub max_providers_per_key: usize,
+    /// Most addresses kept with one record; the rest are dropped. Default 4.
+    pub max_addrs_per_record: usize,
+    /// A record is taken only while fewer than this many routing-table
+    /// peers are closer to its key than this peer. Default 20 (Kademlia's
+    /// K: honest announcers send to the K closest).
+    pub closer_peers: usize,
+}
+
+impl Default for ProvidersConfig {
+    fn default() -> Self {
+        Self {
+            max_remote_records: DEFAULT_MAX_REMOTE_RECORDS,
+            max_records_per_peer: DEFAULT_MAX_RECORDS_PER_PEER,
+            max_providers_per_key: DEFAULT_MAX_PROVIDERS_PER_KEY,
+            max_addrs_per_record: DEFAULT_MAX_ADDRS_PER_RECORD,
+            closer_peers: DEFAULT_CLOSER_PEERS,
+        }
+    }
+}
+
+impl ProvidersConfig {
+    /// Every bound at least 1.
+    pub fn validate(&self) -> Result<(), InvalidValue> {
+        for (field, value) in [
+            ("max_remote_records", self.max_remote_records),
+            ("max_records_per_peer", self.max_records_per_peer),
+            ("max_providers_per_key", self.max_providers_per_key),
+            ("max_addrs_per_record", self.max_addrs_per_record),
+            ("closer_peers", self.closer_peers),
+        ] {
+            if value == 0 {
+                return Err(InvalidValue::Providers(field));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `[placement]`: how a leave picks holders and makes the voicemail
@@ -303,6 +369,7 @@ impl Default for NodeConfig {
             max_pending_incoming: 64,
             supernode: SupernodeConfig::default(),
             placement: PlacementConfig::default(),
+            providers: ProvidersConfig::default(),
         }
     }
 }
@@ -317,6 +384,9 @@ pub enum InvalidValue {
     /// `replicas` is out of range.
     #[error("replicas = {0} must be 1 to {MAX_SHARDS}")]
     Replicas(u32),
+    /// A `providers` bound is 0.
+    #[error("providers.{0} = 0: it must be at least 1 (see the sample node.toml for defaults)")]
+    Providers(&'static str),
     /// `placement.scorer` names no scorer.
     #[error("placement.scorer = {0:?}: use \"paper-min\", \"paper-max\" or \"random\"")]
     Scorer(String),
@@ -498,6 +568,7 @@ impl NodeConfig {
         }
         self.cluster_key()?;
         self.supernode.validate()?;
+        self.providers.validate()?;
         Ok(())
     }
 
@@ -526,5 +597,26 @@ impl NodeConfig {
     /// Largest ciphertext this peer holds.
     pub fn max_object_bytes(&self) -> u64 {
         crate::core::crypto::ciphertext_len(self.max_voicemail_bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn providers_section_reads_and_refuses_zero_bounds() {
+        assert!(toml::from_str::<NodeConfig>("[providers]\nclose_peers = 3\n").is_err());
+        assert_eq!(NodeConfig::default().providers, ProvidersConfig::default());
+        let c: NodeConfig =
+            toml::from_str("[providers]\ncloser_peers = 3\nmax_addrs_per_record = 2\n").unwrap();
+        assert_eq!(c.providers.closer_peers, 3);
+        assert_eq!(c.providers.max_addrs_per_record, 2);
+        assert_eq!(c.providers.max_remote_records, DEFAULT_MAX_REMOTE_RECORDS);
+        c.validate().unwrap();
+        let c: NodeConfig = toml::from_str("[providers]\nmax_records_per_peer = 0\n").unwrap();
+        let e = c.validate().unwrap_err();
+        assert_eq!(e, InvalidValue::Providers("max_records_per_peer"));
+        assert!(e.to_string().contains("providers.max_records_per_peer = 0"));
     }
 }

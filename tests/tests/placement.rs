@@ -342,6 +342,7 @@ async fn a_locator_with_the_wrong_shard_count_is_refused_and_stays_pending() {
                 })
                 .collect(),
         },
+        holders: Vec::new(),
     };
     let (mut client, _, session) = register_and_login(&net.auth, "carol").await;
     let grant_serial = grant_serial_for(&mut client, &["alice"]).await;

@@ -4,14 +4,18 @@
 //! servers nor anyone on the path can alter it unnoticed.
 //!
 //! Encoding (docs/PROTOCOL.md): postcard of [`Locator`], whose first field is
-//! the format version. Version 1 (whole copies only) is still read.
+//! the format version. Version 3 adds each shard's holder as a hint;
+//! versions 1 (whole copies only) and 2 (no hints) are still read.
 
 use serde::{Deserialize, Serialize};
 
 use crate::core::erasure::{MAX_SHARDS, Redundancy};
 
 /// Format version of an encoded locator.
-pub const LOCATOR_VERSION: u8 = 2;
+pub const LOCATOR_VERSION: u8 = 3;
+
+/// Longest holder hint: a peer id's bytes (an ed25519 one takes 38).
+pub const MAX_HINT_LEN: usize = 64;
 
 /// A 32-byte storage identifier. Kademlia hashes it (SHA-256) into the key
 /// space, like a record key.
@@ -49,6 +53,20 @@ pub struct Locator {
     pub ciphertext_sha256: [u8; 32],
     /// The shards.
     pub layout: Layout,
+    /// Version 3: the peer id (its bytes) that acked shard `i` at leave
+    /// time, one per shard, empty where unknown; empty for versions 1 and
+    /// 2. A hint only: a fetch asks this holder first and falls back on
+    /// the DHT, so a wrong or stale hint costs one failed request.
+    pub holders: Vec<Vec<u8>>,
+}
+
+/// Version 2: no holder hints.
+#[derive(Deserialize)]
+struct LocatorV2 {
+    version: u8,
+    message_id: [u8; 16],
+    ciphertext_sha256: [u8; 32],
+    layout: Layout,
 }
 
 /// Version 1: whole copies, each with the ciphertext's hash.
@@ -68,7 +86,7 @@ pub enum LocatorError {
     Malformed(String),
     /// A version this build does not know.
     #[error(
-        "the voicemail's locator has version {0}; this vmail reads versions 1 and 2: upgrade vmail"
+        "the voicemail's locator has version {0}; this vmail reads versions 1 to 3: upgrade vmail"
     )]
     Version(u8),
     /// Shard counts or sizes that do not fit the coding.
@@ -143,13 +161,36 @@ impl Locator {
                             })
                             .collect(),
                     },
+                    holders: Vec::new(),
                 }
             }
-            Some(2) => postcard::from_bytes(bytes).map_err(malformed)?,
+            Some(2) => {
+                let v2: LocatorV2 = postcard::from_bytes(bytes).map_err(malformed)?;
+                Locator {
+                    version: v2.version,
+                    message_id: v2.message_id,
+                    ciphertext_sha256: v2.ciphertext_sha256,
+                    layout: v2.layout,
+                    holders: Vec::new(),
+                }
+            }
+            Some(3) => postcard::from_bytes(bytes).map_err(malformed)?,
             Some(&v) => return Err(LocatorError::Version(v)),
             None => return Err(LocatorError::Malformed("empty".into())),
         };
         loc.layout.validate()?;
+        if !loc.holders.is_empty() && loc.holders.len() != loc.layout.shards.len() {
+            return Err(LocatorError::Inconsistent(format!(
+                "{} holder hints for {} shards",
+                loc.holders.len(),
+                loc.layout.shards.len()
+            )));
+        }
+        if loc.holders.iter().any(|h| h.len() > MAX_HINT_LEN) {
+            return Err(LocatorError::Inconsistent(format!(
+                "a holder hint is longer than {MAX_HINT_LEN} bytes"
+            )));
+        }
         if matches!(loc.layout.redundancy, Redundancy::Replicas(_))
             && loc
                 .layout
@@ -184,6 +225,7 @@ mod tests {
                     })
                     .collect(),
             },
+            holders: (1..=3).map(|i| vec![i; 38]).collect(),
         }
     }
 
@@ -213,10 +255,39 @@ mod tests {
     }
 
     #[test]
+    fn version_2_reads_without_hints() {
+        let l = sample();
+        let bytes =
+            postcard::to_stdvec(&(2u8, l.message_id, l.ciphertext_sha256, l.layout.clone()))
+                .unwrap();
+        let v2 = Locator::decode(&bytes).unwrap();
+        assert_eq!(v2.version, 2);
+        assert_eq!(v2.layout, l.layout);
+        assert!(v2.holders.is_empty());
+    }
+
+    #[test]
+    fn refuses_bad_hints() {
+        let mut l = sample();
+        l.holders.pop();
+        assert!(
+            matches!(Locator::decode(&l.encode()), Err(LocatorError::Inconsistent(m)) if m.contains("2 holder hints for 3 shards"))
+        );
+        let mut l = sample();
+        l.holders[0] = vec![0; MAX_HINT_LEN + 1];
+        assert!(
+            matches!(Locator::decode(&l.encode()), Err(LocatorError::Inconsistent(m)) if m.contains("hint is longer"))
+        );
+        let mut l = sample();
+        l.holders.clear();
+        assert!(Locator::decode(&l.encode()).unwrap().holders.is_empty());
+    }
+
+    #[test]
     fn refuses_bad_input() {
         let mut l = sample();
-        l.version = 3;
-        assert_eq!(Locator::decode(&l.encode()), Err(LocatorError::Version(3)));
+        l.version = 4;
+        assert_eq!(Locator::decode(&l.encode()), Err(LocatorError::Version(4)));
         let mut l = sample();
         l.layout.shards.pop();
         assert!(

@@ -278,8 +278,8 @@ impl Repairer {
                 if i == usize::from(shard.index) || own.is_some_and(|m| m.sha256 == s.sha256) {
                     return Some(me);
                 }
-                // Provider records outlive dead holders, and a lookup stops at
-                // the first it finds: if no provider proves it holds the shard,
+                // Provider records outlive dead holders, and Sybils announce
+                // what they do not hold: if no provider proves it holds the shard,
                 // the peers closest to the identifier, where a repaired shard
                 // goes, are asked too. Only providers are held to account.
                 let mut asked = vec![me];

@@ -1,6 +1,14 @@
 //! Fetching a voicemail (retrieval steps 2-4): find its shards, download k
 //! in parallel as the [`FetchPlan`] orders them, check each, decode, check
 //! the ciphertext, decrypt.
+//!
+//! Each shard is asked first of the holder the locator names (version 3),
+//! with no DHT lookup. Where there is no hint, or the hinted holder fails,
+//! the shard's holders are searched for: the providers a full lookup
+//! gathers and the peers closest to the identifier (where the shard was
+//! placed, and where repair puts it), each asked `Has`; only those whose
+//! answer names the locator's length and hash are tried. Provider records
+//! alone are never trusted: anyone can announce any key.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -23,6 +31,11 @@ use crate::overlay::transfer::TransferError;
 /// How long a fetch waits for any shard download to finish before it
 /// starts one more shard beside the slow ones.
 pub const HEDGE_AFTER: Duration = Duration::from_secs(3);
+/// Most peers one shard's search asks `Has` of (providers first, then the
+/// closest peers): a Sybil flood of provider records costs at most this.
+pub const MAX_HAS_ASKED: usize = 48;
+/// How long one `Has` in a shard's search may take.
+pub const HAS_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A voicemail fetched and decrypted.
 #[derive(Debug, Clone)]
@@ -107,6 +120,16 @@ pub enum RebuildError {
     CiphertextHash,
 }
 
+/// The holder the locator names for shard `i`, if it names one that
+/// parses.
+fn hint(locator: &Locator, i: usize) -> Option<PeerId> {
+    locator
+        .holders
+        .get(i)
+        .filter(|b| !b.is_empty())
+        .and_then(|b| PeerId::from_bytes(b).ok())
+}
+
 impl Peer {
     /// Fetches, checks and decrypts one pending voicemail. It stays pending
     /// until [`Peer::ack`].
@@ -141,16 +164,20 @@ impl Peer {
             });
         }
 
-        // Find every shard's holders at once.
+        // Each shard starts at its hinted holder; shards without a hint are
+        // searched for now, all at once.
         let t = Instant::now();
-        let lookups = layout.shards.iter().enumerate().map(|(i, s)| async move {
-            let found = self.network.providers(RecordKey::new(&s.id)).await;
-            (i, found.map(|p| p.into_iter().collect::<Vec<_>>()))
+        let loc = &locator;
+        let lookups = layout.shards.iter().enumerate().map(|(i, _)| async move {
+            match hint(loc, i) {
+                Some(h) => (i, vec![h]),
+                None => (i, self.find_holders(layout, i, &[]).await),
+            }
         });
         let mut found: Vec<ShardSource> = Vec::new();
         let mut failures = Vec::new();
         for (shard, holders) in futures::future::join_all(lookups).await {
-            match holders? {
+            match holders {
                 h if h.is_empty() => failures.push(FetchFailure::NoHolder { shard }),
                 h => found.push((shard, h)),
             }
@@ -265,7 +292,9 @@ impl Peer {
     }
 
     /// Shard `i` from the first of `holders` that returns bytes matching
-    /// its hash; a holder that returns other bytes is marked corrupt.
+    /// its hash; a holder that returns other bytes is marked corrupt. When
+    /// all fail, the shard's holders are searched for once
+    /// ([`Peer::find_holders`]) and those not yet tried are tried too.
     /// Returns the index, the holder and bytes if any, and what failed.
     async fn fetch_shard(
         &self,
@@ -277,7 +306,23 @@ impl Peer {
         let len = layout.shard_len();
         let short = hex::encode(expected.id)[..12].to_owned();
         let mut failures = Vec::new();
-        for holder in holders {
+        let mut queue: std::collections::VecDeque<PeerId> = holders.into();
+        let mut tried = Vec::new();
+        let mut searched = false;
+        loop {
+            let Some(holder) = queue.pop_front() else {
+                if searched {
+                    break;
+                }
+                searched = true;
+                queue.extend(self.find_holders(layout, i, &tried).await);
+                // A shard whose holders all failed already has its failures.
+                if queue.is_empty() && tried.is_empty() {
+                    failures.push(FetchFailure::NoHolder { shard: i });
+                }
+                continue;
+            };
+            tried.push(holder);
             let bytes = match self.fetch_object(holder, &expected.id, len, meter).await {
                 Ok(b) => b,
                 Err(why) => {
@@ -307,6 +352,46 @@ impl Peer {
             return (i, Some((holder, bytes)), failures);
         }
         (i, None, failures)
+    }
+
+    /// The peers that say they hold shard `i`, not counting `tried`: the
+    /// providers a full lookup gathers, then the peers closest to its
+    /// identifier, at most [`MAX_HAS_ASKED`] in all, each asked `Has` at
+    /// once; only answers with the locator's length and hash count. This
+    /// peer's own store is checked without asking.
+    async fn find_holders(&self, layout: &Layout, i: usize, tried: &[PeerId]) -> Vec<PeerId> {
+        let s = layout.shards[i];
+        let len = layout.shard_len();
+        let me = self.peer_id();
+        let (providers, closest) = futures::join!(
+            self.network.providers(RecordKey::new(&s.id)),
+            self.network.closest_peers(s.id.to_vec())
+        );
+        let mut candidates: Vec<PeerId> = Vec::new();
+        for p in providers
+            .unwrap_or_default()
+            .into_iter()
+            .chain(closest.unwrap_or_default())
+        {
+            if candidates.len() < MAX_HAS_ASKED && !tried.contains(&p) && !candidates.contains(&p) {
+                candidates.push(p);
+            }
+        }
+        let asks = candidates.into_iter().map(|p| async move {
+            if p == me {
+                let own = self.store.as_ref().and_then(|st| st.get(&s.id));
+                return own.is_some_and(|m| m.sha256 == s.sha256).then_some(p);
+            }
+            match tokio::time::timeout(HAS_TIMEOUT, self.blobs.has(p, s.id)).await {
+                Ok(Ok((l, sha))) if l == len && sha == s.sha256 => Some(p),
+                _ => None,
+            }
+        });
+        futures::future::join_all(asks)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
     /// One object's bytes: from this peer's own store, or downloaded from

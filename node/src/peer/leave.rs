@@ -239,12 +239,20 @@ impl Peer {
             }
         };
 
-        // Step 6: deposit only now that every shard is acked.
+        // Step 6: deposit only now that every shard is acked. Each shard's
+        // acking holder goes in as a hint, so a fetch asks it first.
+        let mut holders = vec![Vec::new(); layout.shards.len()];
+        for s in &stored {
+            if let Some(h) = holders.get_mut(usize::from(s.index)) {
+                *h = s.holder.to_bytes();
+            }
+        }
         let locator = Locator {
             version: LOCATOR_VERSION,
             message_id,
             ciphertext_sha256: sha256,
             layout,
+            holders,
         };
         let t = Instant::now();
         let deposit = NewDeposit {

@@ -64,7 +64,7 @@ use duties::{Maintain, Sample, load_observations, save_observations};
 pub use delete::{AckReport, ERASE_TIMEOUT};
 pub use duties::{OBSERVATION_MAX_AGE_SECS, PURGE_INTERVAL, SAMPLE_INTERVAL};
 pub use error::{FetchError, LeaveError, SessionError, SessionKeyError, StartError};
-pub use fetch::{FetchFailure, Fetched, HEDGE_AFTER, RebuildError};
+pub use fetch::{FetchFailure, Fetched, HAS_TIMEOUT, HEDGE_AFTER, MAX_HAS_ASKED, RebuildError};
 pub use leave::{LeaveReceipt, LeaveRequest, RECOMMEND_TIMEOUT, StoredShard, granted_holders};
 pub use progress::{Phase, Progress, ProgressFn, Timings, no_progress};
 
@@ -295,6 +295,7 @@ impl Peer {
             relay_slots: opts.config.supernode.relay_slots,
             relay_slots_per_ip: opts.config.supernode.relay_slots_per_ip,
             hole_punching: opts.config.supernode.hole_punching,
+            providers: (&opts.config.providers).into(),
         };
         let (network, net_task) = Network::start(key, &net_config, shutdown.clone())?;
         let blobs = BlobClient::new(&network);

@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use libp2p::kad::store::{MemoryStore, RecordStore};
 use libp2p::kad::{self, QueryResult};
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, ProtocolSupport};
@@ -23,10 +22,11 @@ use tokio_util::sync::CancellationToken;
 use crate::supernode::attach::SN_PROTOCOL;
 use crate::supernode::budget::{DEFAULT_MAX_TRACKED_PEERS, RelayGate, evict_least};
 
+use super::providers::ProviderStore;
 use super::{
     ADVERT_TOPIC, Behaviour, BehaviourEvent, COMMAND_QUEUE, Command, EventLoop, GOSSIP_MAX_FRAME,
-    IDENTIFY_PROTOCOL, IDLE_TIMEOUT, KAD_PROTOCOL, Network, NetworkConfig, NetworkError,
-    PING_INTERVAL, PING_TIMEOUT, PendingQuery, QUERY_TIMEOUT, RELAY_CIRCUIT_BYTES,
+    IDENTIFY_PROTOCOL, IDLE_TIMEOUT, KAD_PROTOCOL, MAX_PROVIDERS_GATHERED, Network, NetworkConfig,
+    NetworkError, PING_INTERVAL, PING_TIMEOUT, PendingQuery, QUERY_TIMEOUT, RELAY_CIRCUIT_BYTES,
     RELAY_CIRCUIT_DURATION, Role, SN_MAX_MESSAGE, is_relayed, scoring, sn,
 };
 
@@ -48,6 +48,7 @@ impl Network {
         let relay_gate = Arc::new(Mutex::new(RelayGate::new(config.relay_slots_per_ip)));
         let gate = relay_gate.clone();
         let hole_punching = config.hole_punching;
+        let provider_limits = config.providers;
         let sn_timeout = config
             .supernode
             .as_ref()
@@ -78,15 +79,7 @@ impl Network {
                 // vmail stores no DHT values; provider records are checked
                 // and stored by the loop, other records are dropped.
                 kad_config.set_record_filtering(kad::StoreInserts::FilterBoth);
-                let store = MemoryStore::with_config(
-                    local,
-                    kad::store::MemoryStoreConfig {
-                        max_records: 0,
-                        max_value_bytes: 0,
-                        max_providers_per_key: 20,
-                        max_provided_keys: 1_000_000,
-                    },
-                );
+                let store = ProviderStore::new(local, provider_limits);
                 let mut kad = kad::Behaviour::with_config(local, store, kad_config);
                 kad.set_mode(Some(match role {
                     Role::Server => kad::Mode::Server,
@@ -335,7 +328,14 @@ impl EventLoop {
             Command::StopProviding { key } => kad.stop_providing(&key),
             Command::GetProviders { key, reply } => {
                 let id = kad.get_providers(key);
-                self.pending.insert(id, PendingQuery::Providers(reply));
+                self.pending
+                    .insert(id, PendingQuery::Providers(reply, HashSet::new()));
+            }
+            Command::ProviderStats { reply } => {
+                let _ = reply.send(kad.store_mut().stats());
+            }
+            Command::HeldProviders { key, reply } => {
+                let _ = reply.send(kad.store_mut().remote_providers(&key));
             }
             Command::GetClosestPeers { key, reply } => {
                 let id = kad.get_closest_peers(key);
@@ -515,17 +515,7 @@ impl EventLoop {
                     kad::InboundRequest::AddProvider {
                         record: Some(record),
                     },
-            } => {
-                if let Err(e) = self
-                    .swarm
-                    .behaviour_mut()
-                    .kad
-                    .store_mut()
-                    .add_provider(record)
-                {
-                    tracing::debug!("provider record dropped: {e}");
-                }
-            }
+            } => self.on_provider_record(record),
             kad::Event::OutboundQueryProgressed {
                 id, result, step, ..
             } => match result {
@@ -537,14 +527,23 @@ impl EventLoop {
                         );
                     }
                 }
+                // Every answer counts until the lookup ends: the first one
+                // (even this peer's own store) may hold only Sybils.
                 QueryResult::GetProviders(r) => {
-                    let found = match r {
-                        Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) => providers,
-                        _ => HashSet::new(),
+                    let Some(PendingQuery::Providers(_, gathered)) = self.pending.get_mut(&id)
+                    else {
+                        return;
                     };
-                    if !found.is_empty() || step.last {
-                        if let Some(PendingQuery::Providers(reply)) = self.pending.remove(&id) {
-                            let _ = reply.send(found);
+                    if let Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) = r {
+                        let room = MAX_PROVIDERS_GATHERED.saturating_sub(gathered.len());
+                        gathered.extend(providers.into_iter().take(room));
+                    }
+                    let full = gathered.len() >= MAX_PROVIDERS_GATHERED;
+                    if step.last || full {
+                        if let Some(PendingQuery::Providers(reply, gathered)) =
+                            self.pending.remove(&id)
+                        {
+                            let _ = reply.send(gathered);
                         }
                         if !step.last
                             && let Some(mut q) = self.swarm.behaviour_mut().kad.query_mut(&id)
@@ -565,6 +564,25 @@ impl EventLoop {
                 _ => {}
             },
             _ => {}
+        }
+    }
+
+    /// A provider record another peer announced: taken only for a key near
+    /// this peer (fewer than the configured number of routing-table peers
+    /// closer to it), and under the store's caps.
+    fn on_provider_record(&mut self, record: kad::ProviderRecord) {
+        let target = kad::KBucketKey::new(record.key.clone());
+        let me = kad::KBucketKey::from(*self.swarm.local_peer_id());
+        let ours = me.distance(&target);
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        let most = kad.store_mut().limits().closer_peers;
+        let closer = kad
+            .get_closest_local_peers(&target)
+            .take(most)
+            .take_while(|p| p.distance(&target) < ours)
+            .count();
+        if let Err(e) = kad.store_mut().add_remote(record, closer) {
+            tracing::debug!("provider record refused: {e}");
         }
     }
 }

@@ -19,6 +19,7 @@
 //! `sn::uplink` attaching and serving) lives in `sn`.
 
 mod event_loop;
+pub mod providers;
 pub mod scoring;
 mod sn;
 
@@ -26,7 +27,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use libp2p::kad::store::MemoryStore;
 use libp2p::kad::{self, QueryId, RecordKey};
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self};
@@ -38,6 +38,7 @@ use libp2p::{
 };
 use tokio::sync::{mpsc, oneshot};
 
+use self::providers::{ProviderLimits, ProviderStats, ProviderStore};
 use crate::supernode::advert::{Advert, Reachability};
 use crate::supernode::attach::{SnRequest, SnResponse};
 use crate::supernode::election::ElectionConfig;
@@ -50,6 +51,11 @@ pub const IDENTIFY_PROTOCOL: &str = "/vmail/id/1.0.0";
 pub const QUERY_TIMEOUT: Duration = Duration::from_secs(20);
 /// An idle connection is closed after this long.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Most providers one lookup gathers before it stops: enough that a few
+/// dozen Sybil records cannot hide a holder, and a bound on what a flood
+/// of answers can make this peer keep. Fetch and repair never rely on
+/// providers alone (they also ask the closest peers with `Has`).
+pub const MAX_PROVIDERS_GATHERED: usize = 64;
 /// Commands queued for the event loop before senders wait.
 const COMMAND_QUEUE: usize = 64;
 /// Largest gossipsub frame: several adverts and their control messages.
@@ -196,6 +202,8 @@ pub struct NetworkConfig {
     pub relay_slots_per_ip: usize,
     /// Try DCUtR hole punching to turn relayed connections direct.
     pub hole_punching: bool,
+    /// Bounds of the provider-record store.
+    pub providers: ProviderLimits,
 }
 
 /// Why the network could not start or a command failed.
@@ -236,6 +244,13 @@ enum Command {
     GetProviders {
         key: RecordKey,
         reply: oneshot::Sender<HashSet<PeerId>>,
+    },
+    ProviderStats {
+        reply: oneshot::Sender<ProviderStats>,
+    },
+    HeldProviders {
+        key: RecordKey,
+        reply: oneshot::Sender<Vec<kad::ProviderRecord>>,
     },
     GetClosestPeers {
         key: Vec<u8>,
@@ -294,7 +309,7 @@ struct Behaviour {
     /// Keeps connections alive and measures RTT.
     ping: ping::Behaviour,
     /// The DHT: routing and provider records for storage identifiers.
-    kad: kad::Behaviour<MemoryStore>,
+    kad: kad::Behaviour<ProviderStore>,
     /// Raw streams for blob transfer.
     streams: libp2p_stream::Behaviour,
     /// Supernode adverts.
@@ -314,7 +329,7 @@ struct Behaviour {
 /// What the event loop waits on for each running query.
 enum PendingQuery {
     Providing(oneshot::Sender<Result<(), NetworkError>>),
-    Providers(oneshot::Sender<HashSet<PeerId>>),
+    Providers(oneshot::Sender<HashSet<PeerId>>, HashSet<PeerId>),
     Closest(oneshot::Sender<Vec<PeerId>>),
 }
 
@@ -356,9 +371,27 @@ impl Network {
             .map_err(|_| NetworkError::Stopped)
     }
 
-    /// Peers that announced `key`; returns as soon as some are found.
+    /// Peers that announced `key`, this peer included when it does: every
+    /// answer the lookup gets until it finishes (or [`QUERY_TIMEOUT`]), up
+    /// to [`MAX_PROVIDERS_GATHERED`]. Records are only a hint: Sybils can
+    /// announce what they do not hold, so check with `Has` or the bytes.
     pub async fn providers(&self, key: RecordKey) -> Result<HashSet<PeerId>, NetworkError> {
         self.ask(|reply| Command::GetProviders { key, reply }).await
+    }
+
+    /// What this peer's provider store holds and refused so far.
+    pub async fn provider_stats(&self) -> Result<ProviderStats, NetworkError> {
+        self.ask(|reply| Command::ProviderStats { reply }).await
+    }
+
+    /// The remote provider records this peer's store holds for `key` (no
+    /// lookup; this peer's own record apart).
+    pub async fn held_providers(
+        &self,
+        key: RecordKey,
+    ) -> Result<Vec<kad::ProviderRecord>, NetworkError> {
+        self.ask(|reply| Command::HeldProviders { key, reply })
+            .await
     }
 
     /// The peers closest to `key` in the DHT, nearest first, not counting

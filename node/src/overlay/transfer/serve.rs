@@ -232,9 +232,14 @@ async fn handle(
             if let Err(e) = committed {
                 return write_frame(&mut s, &refuse(peer, &id, e)).await;
             }
-            announce(network, id).await;
+            // Acked once it is on disk (committed and fsynced); the DHT
+            // announcement (bounded by ANNOUNCE_TIMEOUT) runs behind it, so
+            // a leave does not wait on a lookup: fetches start at the
+            // locator's hinted holder and need no provider record.
             tracing::info!(%peer, id = %hex::encode(id), bytes = len, "stored object");
             write_frame(&mut s, &Reply::Stored).await?;
+            let network = network.clone();
+            tokio::spawn(async move { announce(&network, id).await });
         }
         Request::Fetch { id } => match store.read_async(&id).await {
             Ok(Some(data)) => {
