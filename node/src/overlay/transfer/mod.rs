@@ -223,13 +223,37 @@ pub(super) async fn timed<T>(
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "peer stopped answering"))?
 }
 
+/// A control frame: the u32 BE length, then postcard of `msg`. Public for
+/// the fuzz targets in `tests/fuzz`.
+#[doc(hidden)]
+pub fn encode_frame<T: Serialize>(msg: &T) -> Vec<u8> {
+    let body = postcard::to_stdvec(msg).expect("protocol messages encode");
+    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&body);
+    frame
+}
+
+/// Reads a control frame's body (the bytes after its length), as
+/// `read_frame` does once it has them. Public for the fuzz targets in
+/// `tests/fuzz`.
+#[doc(hidden)]
+pub fn decode_frame_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> std::io::Result<T> {
+    if body.len() > MAX_FRAME {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "control frame too large",
+        ));
+    }
+    postcard::from_bytes(body).map_err(|_| {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, "malformed control frame")
+    })
+}
+
 pub(super) async fn write_frame<S: AsyncWrite + Unpin, T: Serialize>(
     s: &mut S,
     msg: &T,
 ) -> std::io::Result<()> {
-    let body = postcard::to_stdvec(msg).expect("protocol messages encode");
-    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
-    frame.extend_from_slice(&body);
+    let frame = encode_frame(msg);
     timed(async {
         s.write_all(&frame).await?;
         s.flush().await
@@ -249,7 +273,7 @@ pub(super) async fn read_frame<S: AsyncRead + Unpin, T: for<'de> Deserialize<'de
     }
     let mut buf = vec![0u8; len];
     timed(s.read_exact(&mut buf)).await?;
-    postcard::from_bytes(&buf).map_err(|_| bad("malformed control frame"))
+    decode_frame_body(&buf)
 }
 
 pub(super) async fn write_body<S: AsyncWrite + Unpin>(
