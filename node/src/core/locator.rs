@@ -13,6 +13,12 @@ use crate::core::erasure::{MAX_SHARDS, Redundancy};
 /// Format version of an encoded locator.
 pub const LOCATOR_VERSION: u8 = 2;
 
+/// The longest ciphertext a layout may describe: the format's 2^32
+/// segments of 64 KiB (256 TiB, `crypto`'s limit). Far beyond any real
+/// voicemail, it keeps the shard arithmetic of a hostile layout from
+/// overflowing: a layout of a longer ciphertext is refused as inconsistent.
+pub const MAX_CIPHERTEXT_LEN: u64 = 1 << 48;
+
 /// A 32-byte storage identifier. Kademlia hashes it (SHA-256) into the key
 /// space, like a record key.
 pub type ObjectId = [u8; 32];
@@ -93,6 +99,12 @@ impl Layout {
         }
         if self.ciphertext_len == 0 {
             return bad("the ciphertext is empty".into());
+        }
+        if self.ciphertext_len > MAX_CIPHERTEXT_LEN {
+            return bad(format!(
+                "a ciphertext of {} bytes is longer than any can be ({MAX_CIPHERTEXT_LEN})",
+                self.ciphertext_len
+            ));
         }
         let mut ids: Vec<&ObjectId> = self.shards.iter().map(|s| &s.id).collect();
         ids.sort();
@@ -243,5 +255,21 @@ mod tests {
             Locator::decode(&bytes[..bytes.len() - 1]),
             Err(LocatorError::Malformed(_))
         ));
+    }
+
+    /// What the `locator` fuzz target checks (it calls `shard_len` on every
+    /// layout that validates): RS(1,3) over a ciphertext of 2^64 - 1 bytes
+    /// used to validate, and its shard length overflowed.
+    #[test]
+    fn refuses_a_ciphertext_longer_than_the_format_allows() {
+        let mut l = sample();
+        l.layout.redundancy = Redundancy::ReedSolomon { k: 1, n: 3 };
+        l.layout.ciphertext_len = u64::MAX;
+        assert!(
+            matches!(Locator::decode(&l.encode()), Err(LocatorError::Inconsistent(m)) if m.contains("longer than any"))
+        );
+        l.layout.ciphertext_len = MAX_CIPHERTEXT_LEN;
+        let l = Locator::decode(&l.encode()).unwrap();
+        assert_eq!(l.layout.shard_len(), MAX_CIPHERTEXT_LEN);
     }
 }

@@ -31,7 +31,7 @@ fuzz_target!(|data: &[u8]| {
     if mode & 1 == 0 {
         // Raw bytes, read with the header's own message id when it has one.
         let id: [u8; 16] = rest
-            .get(1..17)
+            .get(5..21)
             .map_or(MESSAGE_ID, |b| b.try_into().expect("16 bytes"));
         if let Ok(p) = both(&KEY, &id, rest) {
             assert!(GENUINE.contains(&p), "a forged ciphertext opened");
