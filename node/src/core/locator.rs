@@ -139,8 +139,11 @@ impl Locator {
                         v1.copies.len()
                     )));
                 }
+                // Read into the current form, which is also how it
+                // re-encodes: a `version` of 1 would write version 2's body
+                // behind version 1's tag.
                 Locator {
-                    version: 1,
+                    version: LOCATOR_VERSION,
                     message_id: v1.message_id,
                     ciphertext_sha256: v1.ciphertext_sha256,
                     layout: Layout {
@@ -222,6 +225,9 @@ mod tests {
             }
         );
         assert_eq!(l.layout.shard_len(), 1234);
+        // Found by the `locator` fuzz target: it re-encoded as version 1's
+        // tag with version 2's body, which read back as other shards.
+        assert_eq!(Locator::decode(&l.encode()).unwrap(), l);
     }
 
     #[test]

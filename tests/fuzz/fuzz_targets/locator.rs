@@ -14,12 +14,7 @@ fuzz_target!(|data: &[u8]| {
         );
         assert_eq!(loc.layout.shards.len(), loc.layout.redundancy.n());
         let again = Locator::decode(&loc.encode()).expect("a decoded locator re-decodes");
-        if loc.version == vmail_node::core::locator::LOCATOR_VERSION {
-            assert_eq!(again, loc, "a version-2 locator does not round-trip");
-        } else {
-            // Version 1 is read into version 2's form, written as version 2.
-            assert_eq!(again.layout, loc.layout);
-        }
+        assert_eq!(again, loc, "a locator does not round-trip");
         let _ = loc.layout.shard_len();
     }
     if let Ok(layout) = postcard::from_bytes::<Layout>(data) {
