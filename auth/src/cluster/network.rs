@@ -114,13 +114,17 @@ pub struct MemberClient {
 #[error("{0}")]
 struct Failure(String);
 
-/// Encodes a Raft message for the wire.
-pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+/// Encodes a Raft message for the wire. Public (hidden) for the fuzz
+/// targets in `tests/fuzz`.
+#[doc(hidden)]
+pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     postcard::to_allocvec(v).expect("in-memory encoding cannot fail")
 }
 
-/// Decodes a Raft message from the wire.
-pub(crate) fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, String> {
+/// Decodes a Raft message from the wire. Public (hidden) for the fuzz
+/// targets in `tests/fuzz`.
+#[doc(hidden)]
+pub fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, String> {
     postcard::from_bytes(b).map_err(|e| format!("undecodable Raft message: {e}"))
 }
 

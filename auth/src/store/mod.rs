@@ -53,6 +53,9 @@ mod storage_grants;
 mod users;
 mod voicemails;
 
+#[doc(hidden)]
+pub use snapshot::reencode_snapshot;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};

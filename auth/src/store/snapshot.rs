@@ -44,10 +44,36 @@ struct Added {
     receipts: Vec<(ReceiptKey, Vec<u8>)>,
 }
 
+/// Reads a snapshot's bytes: the [`Dump`], then the [`Added`] if any bytes
+/// follow it.
+fn parse(bytes: &[u8]) -> Result<(Dump, Added), StoreError> {
+    let (dump, rest): (Dump, _) =
+        postcard::take_from_bytes(bytes).map_err(|e| corrupt("snapshot", "data", e))?;
+    let added: Added = if rest.is_empty() {
+        Added::default()
+    } else {
+        postcard::from_bytes(rest).map_err(|e| corrupt("snapshot", "added tables", e))?
+    };
+    Ok((dump, added))
+}
+
+/// Reads a snapshot as [`Store::import`] does and encodes what it read as
+/// [`Store::export`] would. Public (hidden) for the fuzz targets in
+/// `tests/fuzz`, which check that this is idempotent.
+#[doc(hidden)]
+pub fn reencode_snapshot(bytes: &[u8]) -> Result<Vec<u8>, StoreError> {
+    let (dump, added) = parse(bytes)?;
+    let mut out = postcard::to_allocvec(&dump).expect("in-memory encoding cannot fail");
+    out.extend(postcard::to_allocvec(&added).expect("in-memory encoding cannot fail"));
+    Ok(out)
+}
+
 impl Store {
     /// Every user-facing row, for a Raft snapshot (rows keep their sealing),
-    /// and the raw `applied` marker read in the same transaction.
-    pub(crate) fn export(&self) -> Result<(Vec<u8>, Option<Vec<u8>>), StoreError> {
+    /// and the raw `applied` marker read in the same transaction. Public
+    /// (hidden) for the seed generator of the fuzz targets in `tests/fuzz`.
+    #[doc(hidden)]
+    pub fn export(&self) -> Result<(Vec<u8>, Option<Vec<u8>>), StoreError> {
         fn rows<K: redb::Key + 'static, V: redb::Value + 'static, A, B>(
             tx: &redb::ReadTransaction,
             def: TableDefinition<K, V>,
@@ -109,13 +135,7 @@ impl Store {
     /// Replaces every user-facing row with those of a snapshot made by
     /// [`Store::export`], inside `tx`.
     pub(crate) fn import(&self, tx: &WriteTransaction, bytes: &[u8]) -> Result<(), StoreError> {
-        let (dump, rest): (Dump, _) =
-            postcard::take_from_bytes(bytes).map_err(|e| corrupt("snapshot", "data", e))?;
-        let added: Added = if rest.is_empty() {
-            Added::default()
-        } else {
-            postcard::from_bytes(rest).map_err(|e| corrupt("snapshot", "added tables", e))?
-        };
+        let (dump, added) = parse(bytes)?;
         let mut meta = tx.open_table(META).map_err(db_err)?;
         meta.insert("next_serial", dump.next_serial.to_le_bytes().as_slice())
             .map_err(db_err)?;

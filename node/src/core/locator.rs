@@ -17,6 +17,12 @@ pub const LOCATOR_VERSION: u8 = 3;
 /// Longest holder hint: a peer id's bytes (an ed25519 one takes 38).
 pub const MAX_HINT_LEN: usize = 64;
 
+/// The longest ciphertext a layout may describe: the format's 2^32
+/// segments of 64 KiB (256 TiB, `crypto`'s limit). Far beyond any real
+/// voicemail, it keeps the shard arithmetic of a hostile layout from
+/// overflowing: a layout of a longer ciphertext is refused as inconsistent.
+pub const MAX_CIPHERTEXT_LEN: u64 = 1 << 48;
+
 /// A 32-byte storage identifier. Kademlia hashes it (SHA-256) into the key
 /// space, like a record key.
 pub type ObjectId = [u8; 32];
@@ -112,6 +118,12 @@ impl Layout {
         if self.ciphertext_len == 0 {
             return bad("the ciphertext is empty".into());
         }
+        if self.ciphertext_len > MAX_CIPHERTEXT_LEN {
+            return bad(format!(
+                "a ciphertext of {} bytes is longer than any can be ({MAX_CIPHERTEXT_LEN})",
+                self.ciphertext_len
+            ));
+        }
         let mut ids: Vec<&ObjectId> = self.shards.iter().map(|s| &s.id).collect();
         ids.sort();
         ids.dedup();
@@ -145,8 +157,11 @@ impl Locator {
                         v1.copies.len()
                     )));
                 }
+                // Read into the current form, which is also how it
+                // re-encodes: a `version` of 1 would write version 2's body
+                // behind version 1's tag.
                 Locator {
-                    version: 1,
+                    version: LOCATOR_VERSION,
                     message_id: v1.message_id,
                     ciphertext_sha256: v1.ciphertext_sha256,
                     layout: Layout {
@@ -252,6 +267,9 @@ mod tests {
             }
         );
         assert_eq!(l.layout.shard_len(), 1234);
+        // Found by the `locator` fuzz target: it re-encoded as version 1's
+        // tag with version 2's body, which read back as other shards.
+        assert_eq!(Locator::decode(&l.encode()).unwrap(), l);
     }
 
     #[test]
@@ -314,5 +332,21 @@ mod tests {
             Locator::decode(&bytes[..bytes.len() - 1]),
             Err(LocatorError::Malformed(_))
         ));
+    }
+
+    /// What the `locator` fuzz target checks (it calls `shard_len` on every
+    /// layout that validates): RS(1,3) over a ciphertext of 2^64 - 1 bytes
+    /// used to validate, and its shard length overflowed.
+    #[test]
+    fn refuses_a_ciphertext_longer_than_the_format_allows() {
+        let mut l = sample();
+        l.layout.redundancy = Redundancy::ReedSolomon { k: 1, n: 3 };
+        l.layout.ciphertext_len = u64::MAX;
+        assert!(
+            matches!(Locator::decode(&l.encode()), Err(LocatorError::Inconsistent(m)) if m.contains("longer than any"))
+        );
+        l.layout.ciphertext_len = MAX_CIPHERTEXT_LEN;
+        let l = Locator::decode(&l.encode()).unwrap();
+        assert_eq!(l.layout.shard_len(), MAX_CIPHERTEXT_LEN);
     }
 }

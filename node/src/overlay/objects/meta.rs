@@ -60,8 +60,32 @@ impl ObjectMeta {
     }
 
     /// What the object costs against the quota: its body, at least
-    /// [`MIN_CHARGE`], plus its header.
+    /// [`MIN_CHARGE`], plus its header. Saturates: a peer's meta may claim
+    /// any length, and the store compares the charge with its quota.
     pub fn charge(&self) -> u64 {
-        self.len.max(MIN_CHARGE) + header(self).len() as u64
+        self.len
+            .max(MIN_CHARGE)
+            .saturating_add(header(self).len() as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the `blob_request` fuzz target checks: a store request's meta
+    /// claiming 2^64 - 1 bytes overflowed its charge.
+    #[test]
+    fn the_charge_of_any_claimed_length_saturates() {
+        let meta = ObjectMeta {
+            len: u64::MAX,
+            sha256: [1; 32],
+            expires_at: 0,
+            delete_hash: [2; 32],
+            shard: None,
+            grant: Vec::new(),
+            proof: Vec::new(),
+        };
+        assert_eq!(meta.charge(), u64::MAX);
     }
 }

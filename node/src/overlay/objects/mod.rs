@@ -55,6 +55,34 @@ pub const ID_LOCKS: usize = 256;
 /// needs one, and each rewrites the whole file.
 pub const MAX_RELAYOUTS: u8 = 2;
 
+/// The object and tombstone file codecs, public only for the fuzz targets
+/// in `tests/fuzz` (they read untrusted bytes off a holder's disk); not
+/// part of the API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::{ObjectMeta, Tombstone, format};
+
+    /// The meta of an object file's bytes (any version), as the loader reads it.
+    pub fn decode_meta(bytes: &[u8]) -> Option<ObjectMeta> {
+        format::decode_meta(bytes)
+    }
+
+    /// The header the store writes before an object's body.
+    pub fn header(meta: &ObjectMeta) -> Vec<u8> {
+        format::header(meta)
+    }
+
+    /// A tombstone file's bytes, as the loader reads them.
+    pub fn decode_tombstone(bytes: &[u8]) -> Option<Tombstone> {
+        format::decode_tombstone(bytes)
+    }
+
+    /// The bytes the store writes for a tombstone.
+    pub fn encode_tombstone(t: &Tombstone) -> Vec<u8> {
+        format::encode_tombstone(t)
+    }
+}
+
 /// One held object.
 #[derive(Debug, Clone)]
 struct Held {

@@ -266,8 +266,8 @@ pub fn peer_text(raw: &str) -> String {
     out
 }
 
-/// A control frame's bytes: the length, then postcard of `msg`. Public so
-/// the hostile tests can speak the protocol from a raw stream.
+/// A control frame's bytes: the u32 BE length, then postcard of `msg`.
+/// Public so the hostile tests and the fuzz targets can speak the protocol.
 pub fn frame<T: Serialize>(msg: &T) -> Vec<u8> {
     let body = postcard::to_stdvec(msg).expect("protocol messages encode");
     let mut frame = (body.len() as u32).to_be_bytes().to_vec();
@@ -281,6 +281,22 @@ pub(super) async fn timed<T>(
     tokio::time::timeout(IO_TIMEOUT, fut)
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "peer stopped answering"))?
+}
+
+/// Reads a control frame's body (the bytes after its length), as
+/// `read_frame` does once it has them. Public for the fuzz targets in
+/// `tests/fuzz`.
+#[doc(hidden)]
+pub fn decode_frame_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> std::io::Result<T> {
+    if body.len() > MAX_FRAME {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "control frame too large",
+        ));
+    }
+    postcard::from_bytes(body).map_err(|_| {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, "malformed control frame")
+    })
 }
 
 pub(super) async fn write_frame<S: AsyncWrite + Unpin, T: Serialize>(
@@ -309,7 +325,7 @@ pub async fn read_frame<S: AsyncRead + Unpin, T: for<'de> Deserialize<'de>>(
     }
     let mut buf = vec![0u8; len];
     timed(s.read_exact(&mut buf)).await?;
-    postcard::from_bytes(&buf).map_err(|_| bad("malformed control frame"))
+    decode_frame_body(&buf)
 }
 
 pub(super) async fn write_body<S: AsyncWrite + Unpin>(

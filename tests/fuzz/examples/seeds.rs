@@ -1,0 +1,193 @@
+//! Writes the seed corpus, `corpus/<target>/`, from genuine encodings made
+//! by the real encoders (`vmail_fuzz`'s genuine values). Run it after a
+//! wire format changes:
+//!
+//! ```text
+//! cargo run --manifest-path tests/fuzz/Cargo.toml --example seeds
+//! ```
+//!
+//! It replaces only the `seed-*` files; inputs kept from fuzzing (crashes
+//! that were fixed, named `crash-*`) stay.
+
+use std::path::{Path, PathBuf};
+
+use futures::executor::block_on;
+use futures::io::Cursor;
+use libp2p::StreamProtocol;
+use libp2p::request_response::Codec as _;
+use libp2p::request_response::cbor::codec::Codec;
+use prost::Message as _;
+use vmail_auth::cluster::network::encode;
+use vmail_auth::keys::KeyBinding;
+use vmail_auth::store::Store;
+use vmail_fuzz::*;
+use vmail_node::core::crypto::ciphertext_len;
+use vmail_node::core::erasure::Redundancy;
+use vmail_node::overlay::objects::fuzzing::{encode_tombstone, header};
+use vmail_node::overlay::transfer::frame;
+use vmail_node::supernode::attach::{SnRequest, SnResponse};
+
+const PROTOCOL: StreamProtocol = StreamProtocol::new("/vmail/sn/seeds");
+
+fn main() -> anyhow::Result<()> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("corpus");
+    let mut seeds: Vec<(&str, Vec<Vec<u8>>)> = Vec::new();
+
+    seeds.push(("locator", locators().iter().map(|l| l.encode()).collect()));
+    let metas = object_metas();
+    let mut files: Vec<Vec<u8>> = metas
+        .iter()
+        .map(|(_, m)| {
+            let mut f = header(m);
+            f.extend((0..m.len).map(|i| i as u8));
+            f
+        })
+        .collect();
+    files.push(encode_tombstone(&tombstone()));
+    seeds.push(("object_file", files));
+    let body = |frame: Vec<u8>| frame[4..].to_vec();
+    seeds.push((
+        "blob_request",
+        requests().iter().map(|r| body(frame(r))).collect(),
+    ));
+    seeds.push((
+        "blob_reply",
+        replies().iter().map(|r| body(frame(r))).collect(),
+    ));
+    seeds.push(("advert", signed_adverts()));
+    let mut codec = Codec::<SnRequest, SnResponse>::default();
+    let mut sn = Vec::new();
+    for r in sn_requests() {
+        let mut out = Cursor::new(Vec::new());
+        block_on(codec.write_request(&PROTOCOL, &mut out, r))?;
+        sn.push(out.into_inner());
+    }
+    seeds.push(("sn_request", sn));
+    let mut sn = Vec::new();
+    for r in sn_responses() {
+        let mut out = Cursor::new(Vec::new());
+        block_on(codec.write_response(&PROTOCOL, &mut out, r))?;
+        sn.push(out.into_inner());
+    }
+    seeds.push(("sn_response", sn));
+    // Mode 0: a genuine ciphertext; mode 1: a plaintext to encrypt (a
+    // length control, backend, nonce prefix and flip position, then text).
+    let mut dec: Vec<Vec<u8>> = ciphertexts()
+        .into_iter()
+        .map(|c| [vec![0], c].concat())
+        .collect();
+    for (i, p) in plaintexts().into_iter().enumerate().skip(1) {
+        let len = (p.len() as u16 / 4).to_le_bytes();
+        let ctl = [len[0], len[1], i as u8, 1, 2, 3, 4, 5, 6, 7, 9, 0];
+        dec.push([vec![1], ctl.to_vec(), p].concat());
+    }
+    seeds.push(("decrypt", dec));
+    seeds.push((
+        "plaintext_len",
+        ciphertexts()
+            .iter()
+            .map(|c| (c.len() as u64).to_le_bytes().to_vec())
+            .chain([ciphertext_len(65_536).to_le_bytes().to_vec()])
+            .collect(),
+    ));
+    let ct = ciphertexts().remove(2);
+    seeds.push((
+        "erasure",
+        [
+            Redundancy::DEFAULT,
+            Redundancy::ReedSolomon { k: 2, n: 3 },
+            Redundancy::Replicas(3),
+        ]
+        .into_iter()
+        .zip([0b1111_0000u32, 0b101, 0b100])
+        .map(|(r, mask)| {
+            let (k, n) = match r {
+                Redundancy::Replicas(n) => (0, n),
+                Redundancy::ReedSolomon { k, n } => (k, n),
+            };
+            [vec![k, n], mask.to_le_bytes().to_vec(), vec![0], ct.clone()].concat()
+        })
+        .collect(),
+    ));
+    seeds.push(("cert", vec![certificate().to_bytes()]));
+    let key = secret_key();
+    seeds.push((
+        "secret_key",
+        vec![
+            [
+                vec![0, SEALED_AAD.len() as u8],
+                SEALED_AAD.to_vec(),
+                key.seal(SEALED_PLAINTEXT, SEALED_AAD),
+            ]
+            .concat(),
+            [
+                vec![0, SEALED_AAD.len() as u8],
+                SEALED_AAD.to_vec(),
+                key.wrap(&wrapped_key(), SEALED_AAD),
+            ]
+            .concat(),
+            [vec![1, 5, 0, 8], SEALED_PLAINTEXT.to_vec()].concat(),
+        ],
+    ));
+    seeds.push((
+        "recipients",
+        recipient_lists()
+            .iter()
+            .map(|l| l.join("\n").into_bytes())
+            .collect(),
+    ));
+    seeds.push(("deposit", vec![deposit_request().encode_to_vec()]));
+    let mut raft: Vec<Vec<u8>> = raft_messages()
+        .iter()
+        .map(|m| match m {
+            RaftMessage::Append(r) => [vec![0], encode(r)].concat(),
+            RaftMessage::Vote(r) => [vec![1], encode(r)].concat(),
+            RaftMessage::Snapshot(r) => [vec![2], encode(r)].concat(),
+        })
+        .collect();
+    raft.extend(commands().iter().map(|c| [vec![3], encode(c)].concat()));
+    seeds.push(("raft_command", raft));
+    seeds.push(("snapshot", vec![fresh_snapshot()?]));
+    seeds.push(("grant", vec![grant().to_bytes()]));
+    seeds.push((
+        "delete_order",
+        delete_orders().iter().map(|o| o.to_bytes()).collect(),
+    ));
+    seeds.push(("deposit_proof", vec![deposit_proof().to_bytes()]));
+
+    for (target, inputs) in seeds {
+        write(&root.join(target), &inputs)?;
+    }
+    Ok(())
+}
+
+/// The snapshot a new auth server's store exports: a genuine encoding of
+/// every table, empty.
+fn fresh_snapshot() -> anyhow::Result<Vec<u8>> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("auth.redb");
+    let data_key = secret_key();
+    let binding = KeyBinding {
+        opaque_public_key: [0x0b; 32],
+        cluster_public_key: cluster_key().verifying_key().to_bytes(),
+    };
+    Store::create(&path, "auth-1", &data_key, &binding, 1, true)?;
+    let store = Store::open(&path, data_key, &binding)?;
+    Ok(store.export()?.0)
+}
+
+/// Replaces `dir`'s `seed-*` files with `inputs`.
+fn write(dir: &Path, inputs: &[Vec<u8>]) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_name().to_string_lossy().starts_with("seed-") {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    for (i, input) in inputs.iter().enumerate() {
+        std::fs::write(dir.join(format!("seed-{i:02}")), input)?;
+    }
+    println!("{}: {} seeds", dir.display(), inputs.len());
+    Ok(())
+}

@@ -1,0 +1,24 @@
+//! `UserCertificate::from_bytes` then `verify`: a certificate a peer shows.
+//! What parses re-encodes to the same certificate; only the genuine one
+//! verifies under the cluster key.
+#![no_main]
+
+use std::sync::LazyLock;
+
+use ed25519_dalek::VerifyingKey;
+use libfuzzer_sys::fuzz_target;
+use vmail_fuzz::{NOW, certificate, cluster_key};
+use vmail_proto::cert::UserCertificate;
+
+static KEY: LazyLock<VerifyingKey> = LazyLock::new(|| cluster_key().verifying_key());
+static GENUINE: LazyLock<UserCertificate> = LazyLock::new(certificate);
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(c) = UserCertificate::from_bytes(data) else {
+        return;
+    };
+    assert_eq!(UserCertificate::from_bytes(&c.to_bytes()).as_ref(), Ok(&c));
+    if c.verify(&KEY, NOW).is_ok() {
+        assert_eq!(c, *GENUINE, "a forged certificate verified");
+    }
+});

@@ -1,0 +1,26 @@
+//! `StorageGrant::from_bytes` then `verify`: what a holder gets from a sender or
+//! a sibling. The one encoding is strict (what parses re-encodes to the
+//! same bytes), and only genuine bytes verify under the cluster key.
+#![no_main]
+
+use std::sync::LazyLock;
+
+use ed25519_dalek::VerifyingKey;
+use libfuzzer_sys::fuzz_target;
+use vmail_proto::grant::StorageGrant;
+
+static KEY: LazyLock<VerifyingKey> = LazyLock::new(|| vmail_fuzz::cluster_key().verifying_key());
+static GENUINE: LazyLock<Vec<Vec<u8>>> = LazyLock::new(|| {
+    let genuine: Vec<StorageGrant> = vec![vmail_fuzz::grant()];
+    genuine.iter().map(StorageGrant::to_bytes).collect()
+});
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(v) = StorageGrant::from_bytes(data) else {
+        return;
+    };
+    assert_eq!(v.to_bytes(), data, "the encoding is not strict");
+    if v.verify(&KEY).is_ok() {
+        assert!(GENUINE.iter().any(|g| g == data), "a forged grant verified");
+    }
+});
