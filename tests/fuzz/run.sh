@@ -10,7 +10,9 @@
 # cargo-fuzz (from crates.io, --locked) when it is missing. New corpus
 # entries go to a temporary directory, so the committed seeds stay small.
 # The fuzz target directory is deleted at the end (CI's disk is tight) unless
-# VMAIL_FUZZ_KEEP_TARGET=1.
+# VMAIL_FUZZ_KEEP_TARGET=1. VMAIL_FUZZ_BUILD=dev builds without optimisation
+# (what .ci/run does: the build, not the few seconds of fuzzing, dominates a
+# short run); the default, release, is for long campaigns.
 #
 # Built with `--sanitizer none`: our crates forbid unsafe code, so AddressSanitizer
 # would mostly instrument dependencies' code at twice the build time, binary
@@ -34,7 +36,12 @@ if [[ ${VMAIL_FUZZ_KEEP_TARGET:-0} != 1 ]]; then
     trap 'rm -rf "$fuzz_dir/target"' EXIT
 fi
 
-flags=(--fuzz-dir "$fuzz_dir" --target-dir "$fuzz_dir/target" -O --debug-assertions --sanitizer none)
+case ${VMAIL_FUZZ_BUILD:-release} in
+    release) mode=-O ;;
+    dev) mode=--dev ;;
+    *) echo "VMAIL_FUZZ_BUILD must be release or dev, not ${VMAIL_FUZZ_BUILD}" >&2; exit 2 ;;
+esac
+flags=(--fuzz-dir "$fuzz_dir" --target-dir "$fuzz_dir/target" "$mode" --debug-assertions --sanitizer none)
 start=$SECONDS
 cargo +nightly fuzz build "${flags[@]}"
 echo "fuzz targets built in $((SECONDS - start)) s"

@@ -3,6 +3,8 @@
 //! corrupt shard caught and its holder scored down, a holder without room
 //! replaced, and a locator whose shard count is wrong refused clearly.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
@@ -10,8 +12,8 @@ use sha2::{Digest, Sha256};
 use vmail_node::auth_client::{NewDeposit, VoicemailMeta};
 use vmail_node::config::{NodeConfig, PlacementConfig};
 use vmail_node::core::erasure::Redundancy;
-use vmail_node::core::locator::{LOCATOR_VERSION, Layout, Locator, ShardRef};
-use vmail_node::overlay::objects::ObjectMeta;
+use vmail_node::core::locator::{LOCATOR_VERSION, Layout, Locator, ShardRef, UNDISCLOSED};
+use vmail_node::overlay::objects::{ObjectMeta, ObjectStore};
 use vmail_node::overlay::swarm::Role;
 use vmail_node::peer::upload_plan::HolderFailure;
 use vmail_node::peer::{FetchError, FetchFailure, LeaveReceipt, no_progress};
@@ -157,6 +159,117 @@ async fn repair_regenerates_lost_shards_under_their_old_identifiers() {
         got.holders.iter().all(|(_, h)| !first.contains(h)),
         "{got:?}"
     );
+    net.stop().await;
+}
+
+/// What a watch of every holder's store during a leave saw.
+#[derive(Debug, Default)]
+struct LayoutWatch {
+    /// Observations of a shard whose layout disclosed only its own
+    /// identifier.
+    own_only: usize,
+    /// A holder's layout that disclosed a sibling not yet stored anywhere:
+    /// (holder's object, the sibling).
+    early: Vec<([u8; 32], [u8; 32])>,
+}
+
+/// Watches `stores` until `stop`: every shard a holder holds either knows
+/// only its own identifier, or every sibling it knows is already stored.
+fn watch_layouts(stores: Vec<ObjectStore>, stop: Arc<AtomicBool>) -> LayoutWatch {
+    let mut seen = LayoutWatch::default();
+    while !stop.load(Ordering::Relaxed) {
+        let views: Vec<([u8; 32], Layout)> = stores
+            .iter()
+            .flat_map(|s| s.list())
+            .filter_map(|(id, m)| m.shard.map(|sh| (id, sh.layout)))
+            .collect();
+        // Read after the layouts: a sibling stored before a layout naming
+        // it was read is found here.
+        let held = |id: &[u8; 32]| stores.iter().any(|s| s.get(id).is_some());
+        for (id, layout) in views {
+            let siblings: Vec<[u8; 32]> = layout
+                .shards
+                .iter()
+                .map(|s| s.id)
+                .filter(|s| *s != id && *s != UNDISCLOSED)
+                .collect();
+            if siblings.is_empty() {
+                seen.own_only += 1;
+            }
+            for sibling in siblings {
+                if !held(&sibling) {
+                    seen.early.push((id, sibling));
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holders_learn_their_siblings_only_once_every_upload_is_done_and_repair_still_works() {
+    let mut net = repairing_net(7, 0).await;
+    let stores: Vec<ObjectStore> = net
+        .peers
+        .iter()
+        .filter_map(|p| p.store().cloned())
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let watch = {
+        let stop = stop.clone();
+        std::thread::spawn(move || watch_layouts(stores, stop))
+    };
+    let content = random_content(2_000_000);
+    let r = net.peers[0]
+        .leave(
+            leave_coded(&["alice"], content.clone(), 2, 4),
+            no_progress(),
+        )
+        .await
+        .expect("leave");
+    stop.store(true, Ordering::Relaxed);
+    let seen = watch.join().expect("the watch");
+    eprintln!(
+        "{} observations of a shard knowing only itself",
+        seen.own_only
+    );
+    assert!(
+        seen.early.is_empty(),
+        "holders knew siblings still in flight: {:?}",
+        seen.early
+    );
+
+    // Every upload done, every holder has the final layout.
+    let ids: Vec<[u8; 32]> = r.shards.iter().map(|s| s.id).collect();
+    for s in &r.shards {
+        let meta = net
+            .peer(s.holder)
+            .store()
+            .and_then(|st| st.get(&s.id))
+            .expect("held");
+        let layout = meta.shard.expect("a layout").layout;
+        let told: Vec<[u8; 32]> = layout.shards.iter().map(|s| s.id).collect();
+        assert_eq!(told, ids, "holder of shard {}", s.index);
+    }
+
+    // And repair, which needs it, regenerates a lost shard.
+    let keep = [net.peers[0].peer_id(), net.peers[1].peer_id()];
+    let first = holders_except(&r, &keep);
+    net.kill(first[0]).await;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while held(&net, &r) < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "the lost shard not regenerated in 90 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let got = net.peers[1]
+        .fetch(r.voicemail_id, no_progress())
+        .await
+        .expect("fetch");
+    assert_eq!(got.content, content);
     net.stop().await;
 }
 

@@ -100,9 +100,52 @@ pub enum LocatorError {
     Inconsistent(String),
 }
 
+/// The identifier a holder's copy of a layout shows for a sibling shard it
+/// is not yet told of: during a leave's upload each holder learns only its
+/// own shard's identifier ([`Layout::own_entry_only`]), and the full layout
+/// after every upload is done (docs/PROTOCOL.md, "Shard layouts").
+pub const UNDISCLOSED: ObjectId = [0; 32];
+
 impl Layout {
+    /// This layout as holder `index` is sent it while the upload runs: every
+    /// other shard's identifier [`UNDISCLOSED`], lengths and hashes kept
+    /// (the grant lists those anyway).
+    pub fn own_entry_only(&self, index: usize) -> Layout {
+        let mut own = self.clone();
+        for (i, s) in own.shards.iter_mut().enumerate() {
+            if i != index {
+                s.id = UNDISCLOSED;
+            }
+        }
+        own
+    }
+
+    /// Whether every shard's identifier is disclosed: the final layout, as
+    /// repair needs it.
+    pub fn is_complete(&self) -> bool {
+        self.shards.iter().all(|s| s.id != UNDISCLOSED)
+    }
+
+    /// [`Layout::validate`] for a layout whose sibling identifiers may be
+    /// [`UNDISCLOSED`]: those may repeat, the disclosed ones may not.
+    pub fn validate_partial(&self) -> Result<(), LocatorError> {
+        self.validate_shape()?;
+        Self::distinct(
+            self.shards
+                .iter()
+                .map(|s| &s.id)
+                .filter(|id| **id != UNDISCLOSED),
+        )
+    }
+
     /// Checks the coding, the shard count and that no identifier repeats.
     pub fn validate(&self) -> Result<(), LocatorError> {
+        self.validate_shape()?;
+        Self::distinct(self.shards.iter().map(|s| &s.id))
+    }
+
+    /// Checks the coding, the shard count and the ciphertext length.
+    fn validate_shape(&self) -> Result<(), LocatorError> {
         let bad = |why: String| Err(LocatorError::Inconsistent(why));
         if let Err(e) = self.redundancy.validate() {
             return bad(e.to_string());
@@ -124,11 +167,19 @@ impl Layout {
                 self.ciphertext_len
             ));
         }
-        let mut ids: Vec<&ObjectId> = self.shards.iter().map(|s| &s.id).collect();
+        Ok(())
+    }
+
+    /// Fails when an identifier of `ids` repeats.
+    fn distinct<'a>(ids: impl Iterator<Item = &'a ObjectId>) -> Result<(), LocatorError> {
+        let mut ids: Vec<&ObjectId> = ids.collect();
+        let n = ids.len();
         ids.sort();
         ids.dedup();
-        if ids.len() != self.shards.len() {
-            return bad("a shard identifier repeats".into());
+        if ids.len() != n {
+            return Err(LocatorError::Inconsistent(
+                "a shard identifier repeats".into(),
+            ));
         }
         Ok(())
     }

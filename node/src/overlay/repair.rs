@@ -161,7 +161,7 @@ impl Repairer {
         self.limits.interval
     }
 
-    /// One round over every held shard that has a layout.
+    /// One round over every held shard that has its final layout.
     pub async fn round(&mut self) -> Round {
         let mut memory = std::mem::take(&mut self.memory);
         let round = self.round_with(&mut memory).await;
@@ -183,7 +183,10 @@ impl Repairer {
             let Some(shard) = meta.shard.clone() else {
                 continue;
             };
-            if meta.expires_at <= horizon
+            // Until the sender hands over the final layout, this holder
+            // knows no sibling to check or regenerate.
+            if !shard.layout.is_complete()
+                || meta.expires_at <= horizon
                 || backoff
                     .get(&id)
                     .is_some_and(|b: &Backoff| b.until > Instant::now())

@@ -335,9 +335,10 @@ impl Peer {
     }
 
     /// Uploads every shard concurrently, as the [`UploadPlan`] decides:
-    /// holders in rank order, a failed one replaced by the next spare, and
-    /// holders that took a draft of the layout sent the final one
-    /// (`Relayout`, with the delete secret). Returns how the upload ended
+    /// holders in rank order, each sent only its own shard's identifier, a
+    /// failed one replaced by the next spare, and once every shard is acked
+    /// every holder sent the final layout (`Relayout`, with the delete
+    /// secret). Returns how the upload ended
     /// and the holders that failed on the way.
     async fn upload(
         &self,
@@ -418,16 +419,18 @@ impl Peer {
             layout, relayout, ..
         } = &outcome
         {
-            for s in relayout {
+            // Only now, every upload done, do holders learn their siblings.
+            let told = relayout.iter().map(|s| async move {
                 let shard = ShardOf {
                     index: s.index,
                     layout: layout.clone(),
                 };
                 let relayout = self.blobs.relayout(s.holder, s.id, up.delete_secret, shard);
                 if let Err(e) = relayout.await {
-                    tracing::warn!(holder = %s.holder, "cannot hand it the final layout; its repair checks keep the draft: {e}");
+                    tracing::warn!(holder = %s.holder, "cannot hand it the final layout; it does not repair the voicemail's shards, its siblings do: {e}");
                 }
-            }
+            });
+            futures::future::join_all(told).await;
         }
         (outcome, failures)
     }

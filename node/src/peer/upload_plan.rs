@@ -6,11 +6,12 @@
 //!
 //! Holders are taken in rank order. Every shard's first holder and its
 //! identifier (inside that holder's key range, paper §3.2) are chosen before
-//! anything is sent, so the layout each holder receives is final unless one
-//! of them fails. A failed shard goes to the next spare under a new
-//! identifier in the spare's range; holders that already took a draft of the
-//! layout are then sent the final one. When the spares run out the shard
-//! stays without a holder, and the leave withdraws what was stored.
+//! anything is sent. A holder is sent only its own shard's identifier: a
+//! co-holder that learnt its siblings' while their uploads run could announce
+//! or race them. A failed shard goes to the next spare under a new
+//! identifier in the spare's range. Once every shard is acked, every holder
+//! is sent the final layout. When the spares run out the shard stays without
+//! a holder, and the leave withdraws what was stored.
 
 use libp2p::PeerId;
 use rand::Rng;
@@ -27,7 +28,8 @@ pub struct Attempt {
     pub shard: usize,
     /// The holder asked to take it.
     pub holder: PeerId,
-    /// The layout the holder is sent, this shard's identifier included.
+    /// The layout the holder is sent: this shard's identifier, every
+    /// sibling's [`crate::core::locator::UNDISCLOSED`].
     pub layout: Layout,
 }
 
@@ -61,8 +63,8 @@ pub enum UploadOutcome {
         stored: Vec<StoredShard>,
         /// The final layout.
         layout: Layout,
-        /// Holders that were sent an earlier draft of the layout and must
-        /// be told the final one.
+        /// Holders that were sent less than the final layout (every holder
+        /// of a layout with siblings) and must be told it.
         relayout: Vec<StoredShard>,
     },
     /// Some shard ran out of spares: what was stored must be withdrawn.
@@ -110,7 +112,7 @@ impl UploadPlan {
             .map(|(shard, holder)| Attempt {
                 shard,
                 holder,
-                layout: layout.clone(),
+                layout: layout.own_entry_only(shard),
             })
             .collect();
         (plan, attempts)
@@ -153,7 +155,7 @@ impl UploadPlan {
         Some(Attempt {
             shard: attempt.shard,
             holder,
-            layout: self.layout.clone(),
+            layout: self.layout.own_entry_only(attempt.shard),
         })
     }
 
@@ -202,7 +204,7 @@ mod tests {
 
     use super::*;
     use crate::core::erasure::Redundancy;
-    use crate::core::locator::ShardRef;
+    use crate::core::locator::{ObjectId, ShardRef, UNDISCLOSED};
 
     fn draft(n: usize) -> Layout {
         Layout {
@@ -240,15 +242,24 @@ mod tests {
     }
 
     #[test]
-    fn the_best_holders_take_one_shard_each_under_identifiers_in_their_ranges() {
+    fn the_best_holders_take_one_shard_each_under_identifiers_in_their_ranges_and_see_no_sibling() {
         let mut rng = StdRng::seed_from_u64(1);
         let ranked = peers(6);
         let (plan, attempts) = UploadPlan::new(draft(4), ranked.clone(), ranked.clone(), &mut rng);
         assert_eq!(attempts.len(), 4);
         for (i, a) in attempts.iter().enumerate() {
             assert_eq!((a.shard, a.holder), (i, ranked[i]));
-            // Every holder is sent the whole first layout.
-            assert_eq!(a.layout, attempts[0].layout);
+            // A holder is sent its own identifier and no sibling's, while
+            // every shard's length and hash (the grant's) stay.
+            assert_eq!(a.layout.shards.len(), 4);
+            for (j, s) in a.layout.shards.iter().enumerate() {
+                assert_eq!(s.sha256, [j as u8; 32]);
+                assert_eq!(
+                    s.id == UNDISCLOSED,
+                    j != i,
+                    "shard {j} as holder {i} sees it"
+                );
+            }
             let id = a.layout.shards[i].id;
             assert!(placement::is_in_range(&id, &ranked[i], &ranked));
         }
@@ -256,19 +267,24 @@ mod tests {
     }
 
     #[test]
-    fn all_acked_at_once_needs_no_relayout() {
+    fn once_all_acked_every_holder_is_told_the_final_layout() {
         let mut rng = StdRng::seed_from_u64(2);
         let ranked = peers(4);
         let (mut plan, attempts) =
             UploadPlan::new(draft(4), ranked.clone(), ranked.clone(), &mut rng);
-        let first = attempts[0].layout.clone();
+        let sent: Vec<ObjectId> = attempts
+            .iter()
+            .map(|a| a.layout.shards[a.shard].id)
+            .collect();
         for a in attempts {
             plan.stored(a);
         }
         let (outcome, failures) = plan.finish();
         let (stored, layout, relayout) = complete(outcome);
-        assert_eq!(layout, first);
-        assert!(relayout.is_empty());
+        assert!(layout.is_complete());
+        let ids: Vec<ObjectId> = layout.shards.iter().map(|s| s.id).collect();
+        assert_eq!(ids, sent);
+        assert_eq!(relayout, stored);
         assert!(failures.is_empty());
         let holders: Vec<PeerId> = stored.iter().map(|s| s.holder).collect();
         assert_eq!(holders, ranked);
@@ -306,11 +322,12 @@ mod tests {
         }
         let (outcome, failures) = plan.finish();
         let (stored, layout, relayout) = complete(outcome);
-        assert_eq!(layout, retry.layout);
+        assert_eq!(layout.shards[1].id, retry.layout.shards[1].id);
+        assert_eq!(retry.layout, layout.own_entry_only(1));
         assert_eq!(stored[1].holder, ranked[4]);
-        // Shards 0, 2 and 3 were sent the draft with shard 1's old identifier.
+        // Every holder, the spare included, is told the final layout.
         let told: Vec<u8> = relayout.iter().map(|s| s.index).collect();
-        assert_eq!(told, [0, 2, 3]);
+        assert_eq!(told, [0, 1, 2, 3]);
         assert!(
             matches!(&failures[..], [HolderFailure::Failed { shard: 1, holder, .. }] if *holder == ranked[1])
         );

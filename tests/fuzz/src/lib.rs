@@ -121,14 +121,21 @@ pub fn layouts() -> Vec<Layout> {
     ]
 }
 
-/// Genuine locators of [`layouts`].
+/// Genuine locators of [`layouts`]: the first with a holder hint per
+/// shard (the peer id of [`peer_key`]), the others without.
 pub fn locators() -> Vec<Locator> {
+    let hint = peer_key().public().to_peer_id().to_bytes();
     layouts()
         .into_iter()
-        .map(|layout| Locator {
+        .enumerate()
+        .map(|(i, layout)| Locator {
             version: LOCATOR_VERSION,
             message_id: MESSAGE_ID,
             ciphertext_sha256: [0x99; 32],
+            holders: match i {
+                0 => vec![hint.clone(); layout.shards.len()],
+                _ => Vec::new(),
+            },
             layout,
         })
         .collect()
@@ -266,6 +273,9 @@ pub fn replies() -> Vec<Reply> {
         },
         Reply::NoRoom("the quota of 1 GiB is full".into()),
         Reply::Refused("no grant".into()),
+        Reply::Busy {
+            retry_after_ms: 200,
+        },
     ]
 }
 

@@ -10,13 +10,19 @@
 //!   holder may take a covered shard: that is how repair and hand-off move
 //!   shards the sender could not foresee);
 //! - the shard's layout is the grant's: same shard count, data shards,
-//!   length and hash at every index.
+//!   length and hash at every index. Sibling identifiers may be
+//!   undisclosed: a sender tells each holder only its own shard's
+//!   identifier until every upload is done.
+//!
+//! The final layout a sender hands over afterwards (`Relayout`) is admitted
+//! by [`final_layout`]: complete, the grant's, and naming this shard where
+//! the held layout did.
 
 use ed25519_dalek::VerifyingKey;
 use vmail_proto::grant::StorageGrant;
 
-use super::{ObjectMeta, ObjectStoreError};
-use crate::core::locator::Layout;
+use super::{ObjectMeta, ObjectStoreError, ShardOf};
+use crate::core::locator::{Layout, ObjectId};
 
 /// What a holder accepts, besides room.
 #[derive(Debug, Clone)]
@@ -91,4 +97,36 @@ pub fn covers(grant: &StorageGrant, layout: &Layout) -> bool {
             .iter()
             .zip(&g.shards)
             .all(|(s, granted)| s.sha256 == granted.sha256 && granted.len == len)
+}
+
+/// Checks `new`, the final layout a sender hands over (`Relayout`), for the
+/// object held under `id` with `held`: every identifier disclosed and none
+/// repeating, the grant's shards (when the object has a grant), and this
+/// object at the same index with the same length and hash.
+pub fn final_layout(
+    held: &ObjectMeta,
+    id: &ObjectId,
+    new: &ShardOf,
+) -> Result<(), ObjectStoreError> {
+    if !new.layout.is_complete() || new.layout.validate().is_err() {
+        return Err(ObjectStoreError::BadLayout);
+    }
+    if held.shard.as_ref().is_some_and(|s| s.index != new.index) {
+        return Err(ObjectStoreError::BadLayout);
+    }
+    if let Ok(grant) = StorageGrant::from_bytes(&held.grant)
+        && !covers(&grant, &new.layout)
+    {
+        return Err(ObjectStoreError::NotCovered {
+            serial: grant.body.serial,
+        });
+    }
+    let meta = ObjectMeta {
+        shard: Some(new.clone()),
+        ..held.clone()
+    };
+    if !meta.consistent(id) {
+        return Err(ObjectStoreError::BadLayout);
+    }
+    Ok(())
 }

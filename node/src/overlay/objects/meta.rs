@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::format::header;
-use crate::core::locator::{Layout, ObjectId};
+use crate::core::locator::{Layout, ObjectId, UNDISCLOSED};
 
 /// The least an object is charged against the quota, however small.
 pub const MIN_CHARGE: u64 = 4096;
@@ -40,17 +40,22 @@ pub struct ObjectMeta {
 pub struct ShardOf {
     /// This object's index in `layout.shards`.
     pub index: u8,
-    /// All the voicemail's shards.
+    /// All the voicemail's shards. Until the sender hands over the final
+    /// layout (`Relayout`, once every upload is done) only this shard's
+    /// identifier is disclosed; the others are
+    /// [`crate::core::locator::UNDISCLOSED`].
     pub layout: Layout,
 }
 
 impl ObjectMeta {
     /// Whether the shard part agrees with the rest for the object stored
-    /// under `id`: the layout is valid, and its entry at `index` names this
-    /// identifier, length and hash.
+    /// under `id`: the layout is valid (sibling identifiers may be
+    /// undisclosed while the upload runs), and its entry at `index` names
+    /// this identifier, length and hash.
     pub fn consistent(&self, id: &ObjectId) -> bool {
         self.shard.as_ref().is_none_or(|s| {
-            s.layout.validate().is_ok()
+            s.layout.validate_partial().is_ok()
+                && *id != UNDISCLOSED
                 && s.layout.shard_len() == self.len
                 && s.layout
                     .shards

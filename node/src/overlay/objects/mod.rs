@@ -43,7 +43,7 @@ use format::{
     parse_serial, write_durably,
 };
 
-pub use admit::{HolderPolicy, admit, covers};
+pub use admit::{HolderPolicy, admit, covers, final_layout};
 pub use error::ObjectStoreError;
 pub use format::Tombstone;
 pub use meta::{MIN_CHARGE, ObjectMeta, ShardOf};
@@ -561,10 +561,10 @@ impl ObjectStore {
         write_durably(&self.dir, &self.path(id), &bytes)
     }
 
-    /// Replaces the layout of a held object, when the sender's final layout
-    /// differs from the draft the object came with. Only the sender may:
-    /// `secret` must be the preimage of the object's delete hash, and the
-    /// new layout must still be the one its grant covers. Blocking.
+    /// Replaces the layout of a held object with the sender's final one,
+    /// which discloses the siblings' identifiers the upload withheld. Only
+    /// the sender may: `secret` must be the preimage of the object's delete
+    /// hash, and the new layout must pass [`final_layout`]. Blocking.
     pub fn set_shard(
         &self,
         id: &ObjectId,
@@ -589,17 +589,8 @@ impl ObjectStore {
         if relayouts >= MAX_RELAYOUTS {
             return Err(ObjectStoreError::TooManyRelayouts { max: MAX_RELAYOUTS });
         }
-        if let Ok(grant) = StorageGrant::from_bytes(&meta.grant)
-            && !covers(&grant, &shard.layout)
-        {
-            return Err(ObjectStoreError::NotCovered {
-                serial: grant.body.serial,
-            });
-        }
+        final_layout(&meta, id, &shard)?;
         meta.shard = Some(shard);
-        if !meta.consistent(id) {
-            return Err(ObjectStoreError::BadLayout);
-        }
         let data = self.read_locked(id)?.unwrap_or_default();
         self.write(id, &meta, &data)?;
         let mut s = self.lock();

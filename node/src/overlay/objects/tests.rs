@@ -6,7 +6,7 @@ use vmail_proto::grant::{DeleteReason, DepositProof, GrantBody, GrantedShard, PR
 use super::format::MAGIC_V1;
 use super::*;
 use crate::core::erasure::Redundancy;
-use crate::core::locator::{Layout, ShardRef};
+use crate::core::locator::{Layout, ObjectId, ShardRef, UNDISCLOSED};
 
 const NOW: u64 = 1_000_000;
 const ME: &[u8] = b"this-holder";
@@ -418,4 +418,99 @@ fn a_shard_stored_with_its_proof_is_proven_and_a_wrong_proof_is_refused() {
     meta.proof = DepositProof::sign(9, &cluster()).to_bytes();
     store(&s, meta, &data).unwrap();
     assert!(s.unproven(u64::MAX).is_empty());
+}
+
+#[test]
+fn a_shard_stored_knowing_only_its_own_identifier_gets_its_siblings_from_the_final_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), 1 << 20);
+    let data = vec![5u8; 100];
+    let full = granted(&data, &cluster(), |_| {});
+    let mut own = full.clone();
+    let shard = own.shard.as_mut().unwrap();
+    shard.layout = shard.layout.own_entry_only(0);
+    store(&s, own, &data).unwrap();
+    let id = [1u8; 32];
+    let held = s.get(&id).unwrap().shard.unwrap();
+    assert_eq!(held.layout.shards[1].id, UNDISCLOSED);
+    assert!(!held.layout.is_complete(), "repair skips it until told");
+    s.set_shard(&id, &[7; 32], full.shard.clone().unwrap())
+        .unwrap();
+    let s2 = open(dir.path(), 1 << 20);
+    let told = s2.get(&id).unwrap().shard.unwrap();
+    assert!(told.layout.is_complete());
+    assert_eq!(Some(told), full.shard);
+}
+
+#[test]
+fn undisclosed_siblings_may_repeat_but_disclosed_identifiers_may_not() {
+    let data = vec![5u8; 100];
+    let sha256: [u8; 32] = Sha256::digest(&data).into();
+    let id = [1u8; 32];
+    let meta = |ids: [ObjectId; 3]| ObjectMeta {
+        len: data.len() as u64,
+        sha256,
+        expires_at: NOW,
+        delete_hash: [0; 32],
+        shard: Some(ShardOf {
+            index: 0,
+            layout: Layout {
+                redundancy: Redundancy::Replicas(3),
+                ciphertext_len: data.len() as u64,
+                shards: ids.iter().map(|&id| ShardRef { id, sha256 }).collect(),
+            },
+        }),
+        grant: Vec::new(),
+        proof: Vec::new(),
+    };
+    assert!(meta([id, UNDISCLOSED, UNDISCLOSED]).consistent(&id));
+    assert!(meta([id, [2; 32], [3; 32]]).consistent(&id));
+    assert!(!meta([id, [2; 32], [2; 32]]).consistent(&id));
+    assert!(!meta([id, id, UNDISCLOSED]).consistent(&id));
+    // Its own entry is never undisclosed.
+    assert!(!meta([UNDISCLOSED, [2; 32], [3; 32]]).consistent(&UNDISCLOSED));
+}
+
+#[test]
+fn a_final_layout_is_complete_the_grants_and_names_the_held_shard_where_it_was() {
+    let data = vec![5u8; 100];
+    let full = granted(&data, &cluster(), |_| {});
+    let mut held = full.clone();
+    let s = held.shard.as_mut().unwrap();
+    s.layout = s.layout.own_entry_only(0);
+    let id = [1u8; 32];
+    let good = full.shard.clone().unwrap();
+    final_layout(&held, &id, &good).unwrap();
+
+    let mut partial = good.clone();
+    partial.layout.shards[1].id = UNDISCLOSED;
+    assert!(matches!(
+        final_layout(&held, &id, &partial),
+        Err(ObjectStoreError::BadLayout)
+    ));
+    let mut moved = good.clone();
+    moved.index = 1;
+    moved.layout.shards.swap(0, 1);
+    assert!(matches!(
+        final_layout(&held, &id, &moved),
+        Err(ObjectStoreError::BadLayout)
+    ));
+    let mut renamed = good.clone();
+    renamed.layout.shards[0].id = [4; 32];
+    assert!(matches!(
+        final_layout(&held, &id, &renamed),
+        Err(ObjectStoreError::BadLayout)
+    ));
+    let mut repeated = good.clone();
+    repeated.layout.shards[1].id = id;
+    assert!(matches!(
+        final_layout(&held, &id, &repeated),
+        Err(ObjectStoreError::BadLayout)
+    ));
+    let mut uncovered = good.clone();
+    uncovered.layout.shards[1].sha256 = [3; 32];
+    assert!(matches!(
+        final_layout(&held, &id, &uncovered),
+        Err(ObjectStoreError::NotCovered { serial: 9 })
+    ));
 }

@@ -33,7 +33,9 @@
 //!
 //! A holder that already has the same object (length, hash and delete hash)
 //! answers `Stored` at once, without the body. `Relayout` is how a sender
-//! whose layout changed during the upload hands holders the final one; like
+//! hands holders the final layout once every upload is done (a leave's
+//! Store names only the holder's own shard, so co-holders cannot name a
+//! sibling still in flight); like
 //! `Delete` (a failed leave rolling back) it needs the leave's delete secret.
 //! Version 2 added the shard layout to the stored meta, `Has` (the repair
 //! check), `Relayout`, `NoRoom` and the early `Stored`; version 3 the grant
