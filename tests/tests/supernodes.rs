@@ -2,6 +2,7 @@
 //! publishes signed adverts on gossipsub, checks the ones it hears, and
 //! runs the pure election over them.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -114,12 +115,33 @@ async fn all_attached(peers: &[Peer], n: usize) -> Vec<SupernodeView> {
 /// Waits (60 s at most) until every peer holds `n` fresh adverts and all
 /// elect the same non-empty set; returns the views.
 async fn agreement(peers: &[Peer], n: usize) -> Vec<SupernodeView> {
-    until(peers, 60, "agreement", |views| {
-        let first = &views[0].supernodes;
-        !first.is_empty()
-            && views
-                .iter()
-                .all(|v| v.adverts.len() == n && &v.supernodes == first)
+    until(peers, 60, "agreement", |views| agreed(views, n)).await
+}
+
+/// Whether every view holds `n` adverts and all elect the same non-empty set.
+fn agreed(views: &[SupernodeView], n: usize) -> bool {
+    let first = &views[0].supernodes;
+    !first.is_empty()
+        && views
+            .iter()
+            .all(|v| v.adverts.len() == n && &v.supernodes == first)
+}
+
+/// Waits (60 s at most) for [`agreement`] on a set that has taken office:
+/// every advert says its peer serves exactly when it is in the set. That
+/// is the election's fixed point (an elected set whose members serve
+/// elects itself again), so from there the set moves only if an input
+/// does. Agreement alone can be a moment on the way, while the adverts
+/// still carry the roles of an earlier set (on a loaded machine, for
+/// seconds).
+async fn settled_agreement(peers: &[Peer], n: usize) -> Vec<SupernodeView> {
+    until(peers, 60, "agreement on a serving set", |views| {
+        agreed(views, n)
+            && views.iter().all(|v| {
+                v.adverts
+                    .iter()
+                    .all(|a| a.serving == v.supernodes.contains(&a.peer_id))
+            })
     })
     .await
 }
@@ -131,13 +153,17 @@ async fn twenty_peers_agree_on_the_supernode_set_the_pure_election_gives() {
     let peers = start_peers(dir.path(), PEERS, PEERS - 1, 5, declared(|i| i % 3 != 0)).await;
     let cfg = supernode_config(5).election();
     let started = Instant::now();
-    let agreed = agreement(&peers, PEERS).await;
+    let agreed = settled_agreement(&peers, PEERS).await;
     eprintln!("converged in {:?}", started.elapsed());
 
     let sns = &agreed[0].supernodes;
-    // 20 advertising peers, one supernode per 5: four, all public; the
-    // hysteresis keeps a count up to a quarter above that.
-    assert!((4..=5).contains(&sns.len()), "{sns:?}");
+    // 20 advertising peers, one supernode per 5: a target of four, all
+    // public. The hysteresis keeps a serving count within a quarter of
+    // the target (three to five); which one the peers settle on depends
+    // on how many had joined when the first set took office, so on how
+    // fast the machine is.
+    assert_eq!(election::target_count(PEERS, &cfg), 4);
+    assert!((3..=5).contains(&sns.len()), "{sns:?}");
     for v in &agreed {
         // The pure function at the view's own time (its newest advert),
         // when every advert in it was fresh.
@@ -151,23 +177,33 @@ async fn twenty_peers_agree_on_the_supernode_set_the_pure_election_gives() {
         }
     }
 
-    // Stable, and still fed: three seconds on, every peer elects the same
-    // set and holds no advert older than 20 s (adverts go out every
-    // second; the bound leaves room for a loaded machine).
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    for p in &peers {
-        let v = p.supernodes().await.unwrap().unwrap();
-        // Read after the view: a peer may have published since the loop
-        // began, so an earlier `now` can be older than its newest advert.
-        let now = vmail_proto::unix_now();
-        assert_eq!(&v.supernodes, sns, "the supernode set changed");
-        let oldest = v.adverts.iter().map(|a| a.issued_at).min().unwrap();
-        assert!(
-            now.saturating_sub(oldest) <= 4,
-            "an advert {} s old is still held",
-            now.saturating_sub(oldest)
-        );
-    }
+    // Stable, and still fed: every peer hears a newer advert from every
+    // peer than the one it held at agreement (adverts go out every
+    // second), and elects the same set all along. Waiting for the new
+    // adverts rather than reading their age after a fixed sleep holds on a
+    // loaded machine, and still fails if gossip stops or the set moves.
+    // (At load 11 to 13 on two cores this took 4 s in one run, 20 s in another.)
+    let held: Vec<HashMap<PeerId, u64>> = agreed
+        .iter()
+        .map(|v| v.adverts.iter().map(|a| (a.peer_id, a.seq)).collect())
+        .collect();
+    let fed = Instant::now();
+    until(&peers, 60, "a newer advert from every peer", |views| {
+        for v in views {
+            assert_eq!(&v.supernodes, sns, "the supernode set changed");
+        }
+        views.iter().zip(&held).all(|(v, held)| {
+            v.adverts.len() == PEERS
+                && v.adverts
+                    .iter()
+                    .all(|a| held.get(&a.peer_id).is_some_and(|seq| a.seq > *seq))
+        })
+    })
+    .await;
+    eprintln!(
+        "every peer heard a newer advert from each within {:?}",
+        fed.elapsed()
+    );
     for p in peers {
         p.stop().await;
     }
@@ -203,7 +239,9 @@ async fn attacker(key: identity::Keypair, dial: Multiaddr) -> libp2p::Swarm<goss
 async fn forged_stale_out_of_range_and_garbage_adverts_are_rejected_and_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let peers = start_peers(dir.path(), 4, 3, 2, declared(|_| true)).await;
-    let before = agreement(&peers, 4).await[0].supernodes.clone();
+    // The set in office, not a moment on the way to it: otherwise it can
+    // move on its own while the attack runs (it did, on a loaded machine).
+    let before = settled_agreement(&peers, 4).await[0].supernodes.clone();
     let victim = peers[1].network().local_peer_id();
     let now = vmail_proto::unix_now();
 
@@ -264,6 +302,7 @@ async fn forged_stale_out_of_range_and_garbage_adverts_are_rejected_and_change_n
         _ = tokio::time::sleep(Duration::from_secs(30)) => panic!("the adverts were not all judged"),
     };
     assert_eq!(view.rejected, bad.len() as u64);
+    assert_eq!(view.supernodes, before, "the forged adverts moved the set");
     assert!(view.adverts.iter().all(|a| a.peer_id != me));
     let victims = view.adverts.iter().find(|a| a.peer_id == victim).unwrap();
     assert_ne!(
@@ -271,7 +310,7 @@ async fn forged_stale_out_of_range_and_garbage_adverts_are_rejected_and_change_n
         "the forged advert replaced the victim's"
     );
     drop(swarm);
-    let after = agreement(&peers, 4).await[0].supernodes.clone();
+    let after = settled_agreement(&peers, 4).await[0].supernodes.clone();
     assert_eq!(before, after);
     for p in peers {
         p.stop().await;
