@@ -56,6 +56,12 @@ impl TestAuth {
         std::fs::write(dir.join(files::CONFIG), toml_string(&config)).expect("write config");
         let harness = Harness::new(clock);
         let server = LocalServer::start(&dir, &harness).await.expect("start");
+        // A founder founds its group in the background: wait until it leads,
+        // so a test's first call never meets a server with no members yet.
+        server
+            .wait_ready(std::time::Duration::from_secs(30))
+            .await
+            .expect("the server founds its group");
         Self {
             dir: tmp,
             harness,

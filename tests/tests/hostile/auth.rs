@@ -262,6 +262,7 @@ async fn a_registration_flood_is_rate_limited_but_invites_and_logins_work() {
         Arc::new(SystemClock),
     )
     .await;
+    let started = std::time::Instant::now();
     // The honest user registered before the flood.
     let (_, alice_id, _) = register_and_login(&auth, "alice").await;
 
@@ -276,7 +277,14 @@ async fn a_registration_flood_is_rate_limited_but_invites_and_logins_work() {
     }
     let results = flood.join_all().await;
     let created = results.iter().filter(|r| r.is_ok()).count();
-    assert!(created < LIMIT, "{created} registrations got through");
+    // The bucket held LIMIT, alice took one, and it refills at LIMIT a
+    // minute while the flood runs (slowly, on a loaded machine).
+    let refilled = (started.elapsed().as_secs_f64() * LIMIT as f64 / 60.0).ceil() as usize;
+    assert!(
+        created < LIMIT + refilled,
+        "{created} registrations got through in {:?}",
+        started.elapsed()
+    );
     for r in results.into_iter().filter(|r| r.is_err()) {
         let ClientError::Server(s) = r.unwrap_err() else {
             panic!("expected a refusal")
