@@ -6,6 +6,7 @@
 //! over TLS, clients are `vmail-node`'s real [`AuthClient`], and peers are
 //! real libp2p swarms.
 
+pub mod attacks;
 pub mod churn;
 
 use std::path::{Path, PathBuf};

@@ -12,6 +12,9 @@ use vmail_auth::service::{MAX_LOCATOR_LEN, SystemClock};
 use vmail_auth::tls::ClusterTls;
 use vmail_node::auth_client::{AuthClient, AuthTarget, ClientError};
 use vmail_proto::pb;
+use vmail_tests::attacks::{
+    Limits, LoginFlood, deposit_backlog, register_flood_names, spawn_login_flood,
+};
 use vmail_tests::{TestAuth, deposit_for, granted, identity, password, register_and_login};
 
 /// A TCP listener that counts the connections made to it and reads what
@@ -75,10 +78,10 @@ async fn unread_watch_streams_are_capped_and_paged() {
     let (mut alice, _, alice_s) = register_and_login(&auth, "alice").await;
     // A backlog of full-size locators, far more than a page.
     const BACKLOG: usize = 48;
-    for _ in 0..BACKLOG {
-        let d = granted(&mut bob, deposit_for(&["alice"], &vec![7; MAX_LOCATOR_LEN])).await;
-        bob.deposit(&bob_s.master_key, &d).await.unwrap();
-    }
+    assert_eq!(
+        deposit_backlog(&mut bob, &bob_s, "alice", BACKLOG, MAX_LOCATOR_LEN).await,
+        BACKLOG
+    );
 
     let mut held = Vec::new();
     for _ in 0..3 {
@@ -173,7 +176,6 @@ fn rss_kib() -> u64 {
 /// most the per-user cap of each, and other users log in meanwhile.
 #[tokio::test]
 async fn a_login_start_flood_under_a_few_names_locks_out_no_one_else() {
-    use opaque_ke::ClientLogin;
     const NAMES: usize = 10;
     const STARTS: usize = 10_000;
     let auth = TestAuth::start_with(
@@ -183,45 +185,20 @@ async fn a_login_start_flood_under_a_few_names_locks_out_no_one_else() {
         Arc::new(SystemClock),
     )
     .await;
-    let mut reg = auth.client().await;
-    for i in 0..NAMES {
-        let name = format!("flood{i}");
-        reg.register(&name, &password(&name), &identity(), None)
-            .await
-            .unwrap();
-    }
+    register_flood_names(&auth.target(), NAMES).await;
     let (mut bob, bob_id, _) = register_and_login(&auth, "bob").await;
 
-    let raw = pb::auth_client::AuthClient::new(auth.channel().await);
-    let start = ClientLogin::<vmail_proto::opaque::Suite>::start(&mut rand::rngs::OsRng, b"x")
-        .unwrap()
-        .message
-        .serialize()
-        .to_vec();
-    let sent = Arc::new(AtomicUsize::new(0));
-    let mut flood = tokio::task::JoinSet::new();
-    for _ in 0..32 {
-        let (mut raw, start, sent) = (raw.clone(), start.clone(), sent.clone());
-        flood.spawn(async move {
-            let mut answered = 0;
-            loop {
-                let k = sent.fetch_add(1, Ordering::SeqCst);
-                if k >= STARTS {
-                    return answered;
-                }
-                let r = raw
-                    .login_start(pb::LoginStartRequest {
-                        username: format!("flood{}", k % NAMES),
-                        credential_request: start.clone(),
-                    })
-                    .await;
-                answered += usize::from(r.is_ok());
-            }
-        });
-    }
+    let flood = spawn_login_flood(
+        auth.channel().await,
+        LoginFlood {
+            names: NAMES,
+            in_flight: 32,
+        },
+        Limits::new(STARTS, Duration::from_secs(600)),
+    );
     // Honest logins while the flood runs, and after it.
     let mut honest = 0;
-    while !flood.is_empty() && honest < 20 {
+    while !flood.is_finished() && honest < 20 {
         bob.login("bob", &password("bob"), &bob_id, &[])
             .await
             .expect("bob logs in during the flood");
@@ -230,7 +207,7 @@ async fn a_login_start_flood_under_a_few_names_locks_out_no_one_else() {
         assert!(per <= 4, "{per} logins of one name held");
         assert!(all <= NAMES * 4 + 1, "{all} logins held");
     }
-    let answered: usize = flood.join_all().await.into_iter().sum();
+    let answered = flood.wait().await;
     assert_eq!(answered, STARTS, "every LoginStart was answered");
     let (all, per) = auth.service().logins_in_progress("flood0");
     assert_eq!((all, per), (NAMES * 4, 4));

@@ -5,104 +5,17 @@
 //! protocol (`/vmail/kad/1.0.0`) in client mode, so they never enter a
 //! routing table, only announce.
 
-use std::collections::HashSet;
 use std::time::Duration;
 
-use futures::StreamExt;
-use libp2p::kad::store::MemoryStore;
-use libp2p::kad::{self, KBucketKey, RecordKey};
-use libp2p::multiaddr::Protocol;
-use libp2p::swarm::SwarmEvent;
-use libp2p::{Multiaddr, PeerId, Swarm, identity, noise, tcp, yamux};
+use libp2p::kad::{KBucketKey, RecordKey};
+use libp2p::{PeerId, identity};
 use vmail_node::auth_client::NewDeposit;
 use vmail_node::config::DEFAULT_MAX_ADDRS_PER_RECORD;
 use vmail_node::core::locator::Locator;
-use vmail_node::overlay::swarm::KAD_PROTOCOL;
 use vmail_node::overlay::swarm::providers::ProviderStats;
 use vmail_node::peer::{Peer, no_progress};
+use vmail_tests::attacks::{announce, drive, ground_keys, kad_attacker, kad_contacts};
 use vmail_tests::{TestNet, grant_serial_for, leave_request, random_content, register_and_login};
-
-/// A Kademlia-only swarm in client mode with identity `key`, that knows
-/// `peers` and claims `fake_addrs` external addresses of its own.
-async fn attacker(
-    key: identity::Keypair,
-    peers: &[&Peer],
-    fake_addrs: u16,
-) -> Swarm<kad::Behaviour<MemoryStore>> {
-    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .expect("tcp")
-        .with_behaviour(|key| {
-            let me = key.public().to_peer_id();
-            let mut config = kad::Config::new(KAD_PROTOCOL);
-            config.set_query_timeout(Duration::from_secs(10));
-            let mut kad = kad::Behaviour::with_config(me, MemoryStore::new(me), config);
-            kad.set_mode(Some(kad::Mode::Client));
-            kad
-        })
-        .expect("behaviour")
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(30)))
-        .build();
-    for p in peers {
-        for addr in p.listen_addrs().await.expect("listening") {
-            if addr.iter().any(|x| matches!(x, Protocol::Tcp(_))) {
-                swarm.behaviour_mut().add_address(&p.peer_id(), addr);
-            }
-        }
-    }
-    for port in 0..fake_addrs {
-        let fake: Multiaddr = format!("/ip4/127.0.0.1/tcp/{}", 40_000 + port)
-            .parse()
-            .expect("address");
-        swarm.add_external_address(fake);
-    }
-    swarm
-}
-
-/// Announces every key in `keys` from `swarm` and drives it until each
-/// announcement has finished (20 s at most).
-async fn announce(swarm: &mut Swarm<kad::Behaviour<MemoryStore>>, keys: &[RecordKey]) {
-    let mut running = HashSet::new();
-    for k in keys {
-        running.insert(
-            swarm
-                .behaviour_mut()
-                .start_providing(k.clone())
-                .expect("local store"),
-        );
-    }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !running.is_empty() {
-        let event = tokio::time::timeout_at(deadline, swarm.select_next_some())
-            .await
-            .expect("announcements finish within 20 s");
-        if let SwarmEvent::Behaviour(kad::Event::OutboundQueryProgressed {
-            id,
-            result: kad::QueryResult::StartProviding(_),
-            step,
-            ..
-        }) = event
-            && step.last
-        {
-            running.remove(&id);
-        }
-    }
-}
-
-/// Keeps `swarm` running (its queued requests go out) until the handle is
-/// aborted.
-fn drive(mut swarm: Swarm<kad::Behaviour<MemoryStore>>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            swarm.select_next_some().await;
-        }
-    })
-}
 
 /// Waits (10 s at most) until `peer`'s provider store has seen at least
 /// `records` remote records, held or refused.
@@ -117,24 +30,6 @@ async fn wait_seen(peer: &Peer, records: u64) -> ProviderStats {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// `count` keys whose peer ids are closer to `target` than `than` is, so
-/// that a closest-first provider list puts them ahead of it.
-fn ground_keys(target: &RecordKey, than: PeerId, count: usize) -> Vec<identity::Keypair> {
-    let target = KBucketKey::new(target.clone());
-    let bound = KBucketKey::from(than).distance(&target);
-    let mut keys = Vec::new();
-    for _ in 0..2_000_000 {
-        let k = identity::Keypair::generate_ed25519();
-        if KBucketKey::from(k.public().to_peer_id()).distance(&target) < bound {
-            keys.push(k);
-            if keys.len() == count {
-                return keys;
-            }
-        }
-    }
-    panic!("could not grind {count} ids closer than the holder");
 }
 
 /// Deposits `locator` again for `to`, from a fresh sender, with the session
@@ -195,11 +90,17 @@ async fn sybil_providers_do_not_hide_a_holder() {
     let alice = &net.peers[at];
 
     let peers: Vec<&Peer> = net.peers.iter().collect();
-    let sybil_keys = ground_keys(&key, holder, 24);
+    let contacts = kad_contacts(&peers).await;
+    let sybil_keys = ground_keys(&key, holder, 24, 2_000_000);
+    assert_eq!(
+        sybil_keys.len(),
+        24,
+        "could not grind 24 ids closer than the holder"
+    );
     let sybil_ids: Vec<PeerId> = sybil_keys.iter().map(|k| k.public().to_peer_id()).collect();
     let mut sybils = Vec::new();
     for k in sybil_keys {
-        let mut sybil = attacker(k, &peers, 0).await;
+        let mut sybil = kad_attacker(k, &contacts, 0);
         announce(&mut sybil, std::slice::from_ref(&key)).await;
         sybils.push(drive(sybil));
     }
@@ -286,7 +187,11 @@ async fn a_provider_flood_meets_the_caps_and_far_keys_are_refused() {
     assert!(!others.is_empty(), "the victim knows the other peers");
 
     let peers: Vec<&Peer> = net.peers.iter().collect();
-    let mut flooder = attacker(identity::Keypair::generate_ed25519(), &peers, 300).await;
+    let mut flooder = kad_attacker(
+        identity::Keypair::generate_ed25519(),
+        &kad_contacts(&peers).await,
+        300,
+    );
     let keys: Vec<RecordKey> = (0..150)
         .map(|_| RecordKey::new(&vmail_proto::random_bytes::<32>()))
         .collect();

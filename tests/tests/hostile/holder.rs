@@ -8,99 +8,18 @@
 
 use std::time::{Duration, Instant};
 
-use futures::io::{AsyncReadExt, AsyncWriteExt};
-use libp2p::{PeerId, Stream};
-use sha2::{Digest, Sha256};
-use vmail_node::auth_client::GrantRequest;
-use vmail_node::core::erasure::Redundancy;
-use vmail_node::core::locator::{Layout, ShardRef};
-use vmail_node::overlay::objects::{ObjectMeta, ShardOf};
+use futures::io::AsyncWriteExt;
 use vmail_node::overlay::transfer::admission::{
     HEAVY_PER_PEER, REQUEST_TIMEOUT, RESERVED_PER_PEER, body_deadline,
 };
-use vmail_node::overlay::transfer::{BLOB_PROTOCOL, BlobClient, Reply, Request, frame, read_frame};
-use vmail_node::peer::{Peer, no_progress};
-use vmail_proto::grant::GrantedShard;
-use vmail_proto::names::Recipients;
+use vmail_node::overlay::transfer::{BlobClient, Reply};
+use vmail_node::peer::no_progress;
+use vmail_tests::attacks::{ask, attack_stores, closed_within, raw_stream};
 use vmail_tests::{TestNet, leave_request, random_content, register_and_login};
 
-/// Stores the attacker can make under one grant: `n` shards of `len` bytes
-/// that only `victim` may take during the upload window.
-async fn attack_stores(net: &TestNet, victim: PeerId, n: u8, len: u64) -> Vec<Request> {
-    let (mut auth, _, _) = register_and_login(&net.auth, "mallory").await;
-    let shas: Vec<[u8; 32]> = (0..n).map(|_| vmail_proto::random_bytes()).collect();
-    let grant = auth
-        .request_grant(&GrantRequest {
-            recipients: Recipients::parse(["alice"]).unwrap(),
-            message_id: vmail_proto::random_bytes(),
-            data_shards: 1,
-            shards: shas
-                .iter()
-                .map(|sha256| GrantedShard {
-                    len,
-                    sha256: *sha256,
-                })
-                .collect(),
-            holders: vec![victim.to_bytes()],
-            expires_at: 0,
-        })
-        .await
-        .expect("a storage grant");
-    let layout = Layout {
-        redundancy: Redundancy::Replicas(n),
-        ciphertext_len: len,
-        shards: shas
-            .iter()
-            .map(|sha256| ShardRef {
-                id: vmail_proto::random_bytes(),
-                sha256: *sha256,
-            })
-            .collect(),
-    };
-    (0..n)
-        .map(|i| Request::Store {
-            id: layout.shards[usize::from(i)].id,
-            meta: ObjectMeta {
-                len,
-                sha256: shas[usize::from(i)],
-                expires_at: 0,
-                delete_hash: Sha256::digest([7u8; 32]).into(),
-                shard: Some(ShardOf {
-                    index: i,
-                    layout: layout.clone(),
-                }),
-                grant: grant.to_bytes(),
-                proof: Vec::new(),
-            },
-        })
-        .collect()
-}
-
-/// Opens a raw blob stream from `from` to `to`.
-async fn raw_stream(from: &Peer, to: PeerId) -> Stream {
-    from.network()
-        .streams()
-        .open_stream(to, BLOB_PROTOCOL)
-        .await
-        .expect("a blob stream")
-}
-
-/// Sends `request` on a new raw stream and reads the first reply.
-async fn ask(from: &Peer, to: PeerId, request: &Request) -> (Stream, Reply) {
-    let mut s = raw_stream(from, to).await;
-    s.write_all(&frame(request)).await.expect("request sent");
-    s.flush().await.expect("flushed");
-    let reply = read_frame(&mut s).await.expect("a reply");
-    (s, reply)
-}
-
-/// Whether the holder has closed or reset `s`, waiting at most `wait`.
-async fn closed_within(s: &mut Stream, wait: Duration) -> bool {
-    let mut buf = [0u8; 64];
-    matches!(
-        tokio::time::timeout(wait, s.read(&mut buf)).await,
-        Ok(Ok(0) | Err(_))
-    )
+/// The attacker's account, with which it asks for storage grants.
+async fn mallory(net: &TestNet) -> vmail_node::auth_client::AuthClient {
+    register_and_login(&net.auth, "mallory").await.0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -118,8 +37,8 @@ async fn one_peer_stalling_stores_gets_its_share_and_honest_leaves_and_checks_go
     let shard_len = 12 << 20;
     let mut stalled = Vec::new();
     let (mut ready, mut busy) = (0, 0);
-    for request in attack_stores(&net, victim, 8, shard_len).await {
-        match ask(attacker, victim, &request).await {
+    for request in attack_stores(&mut mallory(&net).await, victim, 8, shard_len).await {
+        match ask(attacker.network(), victim, &request).await {
             (s, Reply::Ready) => {
                 ready += 1;
                 stalled.push(s);
@@ -143,7 +62,7 @@ async fn one_peer_stalling_stores_gets_its_share_and_honest_leaves_and_checks_go
     // slots shared by everyone.
     let mut silent = Vec::new();
     for _ in 0..40 {
-        silent.push(raw_stream(attacker, victim).await);
+        silent.push(raw_stream(attacker.network(), victim).await);
     }
 
     // Meanwhile an honest leave stores a shard on the victim, an honest
@@ -195,8 +114,10 @@ async fn a_slow_drip_is_cut_at_the_minimum_rate_and_its_quota_released() {
     let victim_store = net.peers[1].store().expect("a holder").clone();
 
     let len = 64 * 1024;
-    let request = attack_stores(&net, victim, 1, len).await.remove(0);
-    let (mut s, reply) = ask(attacker, victim, &request).await;
+    let request = attack_stores(&mut mallory(&net).await, victim, 1, len)
+        .await
+        .remove(0);
+    let (mut s, reply) = ask(attacker.network(), victim, &request).await;
     assert!(matches!(reply, Reply::Ready), "{reply:?}");
     assert!(victim_store.reserved().0 > 0);
 
