@@ -270,39 +270,28 @@ impl Store {
     /// The voicemails pending for `recipient` that have not expired at `now`,
     /// oldest first.
     pub fn pending(&self, recipient: &str, now: u64) -> Result<Vec<Voicemail>, StoreError> {
-        self.run(|db| {
-            let tx = db.begin_read().map_err(db_err)?;
-            let grants = tx.open_table(GRANTS).map_err(db_err)?;
-            let vms = tx.open_table(VOICEMAILS).map_err(db_err)?;
-            let mut out = Vec::new();
-            for entry in grants.range((recipient, [].as_slice())..).map_err(db_err)? {
-                let (k, _) = entry.map_err(db_err)?;
-                let (who, id) = k.value();
-                if who != recipient {
-                    break;
-                }
-                let Some(v) = vms.get(id).map_err(db_err)? else {
-                    return Err(corrupt(
-                        "grants",
-                        hex::encode(id),
-                        "grant without voicemail",
-                    ));
-                };
-                let vm = self.decode_voicemail(id, v.value())?;
-                check_grant(&vm, recipient)?;
-                if vm.metadata.expires_at > now {
-                    out.push(vm);
-                }
-            }
-            out.sort_by_key(|v| (v.deposited_at, v.id));
-            Ok(out)
-        })
+        let mut out = self.pending_by(recipient, now, |vm| vm)?;
+        out.sort_by_key(|v| (v.deposited_at, v.id));
+        Ok(out)
     }
 
     /// The ids of the voicemails pending for `recipient` that have not
     /// expired at `now`, in [`Self::pending`]'s order: what a WatchPending
     /// stream keeps of its backlog, fetching each voicemail as it sends it.
     pub fn pending_ids(&self, recipient: &str, now: u64) -> Result<Vec<VoicemailId>, StoreError> {
+        let mut out = self.pending_by(recipient, now, |vm| (vm.deposited_at, vm.id))?;
+        out.sort();
+        Ok(out.into_iter().map(|(_, id)| id).collect())
+    }
+
+    /// `keep` of each voicemail pending for `recipient` that has not expired
+    /// at `now`, in key order; each voicemail is dropped once `keep` had it.
+    fn pending_by<T>(
+        &self,
+        recipient: &str,
+        now: u64,
+        keep: impl Fn(Voicemail) -> T,
+    ) -> Result<Vec<T>, StoreError> {
         self.run(|db| {
             let tx = db.begin_read().map_err(db_err)?;
             let grants = tx.open_table(GRANTS).map_err(db_err)?;
@@ -324,11 +313,10 @@ impl Store {
                 let vm = self.decode_voicemail(id, v.value())?;
                 check_grant(&vm, recipient)?;
                 if vm.metadata.expires_at > now {
-                    out.push((vm.deposited_at, vm.id));
+                    out.push(keep(vm));
                 }
             }
-            out.sort();
-            Ok(out.into_iter().map(|(_, id)| id).collect())
+            Ok(out)
         })
     }
 
