@@ -1,5 +1,8 @@
 //! The peer daemon's configuration: `DIR/node.toml` (or `--config FILE`),
 //! every field optional with a documented default.
+//!
+//! Over 600 lines since issue 17 added its bounds here; the split by concern
+//! (bounds apart from the protocol or store they guard) is owed, not done.
 
 use std::path::{Path, PathBuf};
 

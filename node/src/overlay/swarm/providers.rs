@@ -28,10 +28,7 @@ use libp2p::PeerId;
 use libp2p::kad::store::{self, RecordStore};
 use libp2p::kad::{ProviderRecord, Record, RecordKey};
 
-use crate::config::{
-    DEFAULT_CLOSER_PEERS, DEFAULT_MAX_ADDRS_PER_RECORD, DEFAULT_MAX_PROVIDERS_PER_KEY,
-    DEFAULT_MAX_RECORDS_PER_PEER, DEFAULT_MAX_REMOTE_RECORDS, ProvidersConfig,
-};
+use crate::config::ProvidersConfig;
 
 /// Expired records are swept out at most this often, when a cap is hit.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
@@ -66,13 +63,7 @@ impl From<&ProvidersConfig> for ProviderLimits {
 
 impl Default for ProviderLimits {
     fn default() -> Self {
-        Self {
-            max_remote_records: DEFAULT_MAX_REMOTE_RECORDS,
-            max_records_per_peer: DEFAULT_MAX_RECORDS_PER_PEER,
-            max_providers_per_key: DEFAULT_MAX_PROVIDERS_PER_KEY,
-            max_addrs_per_record: DEFAULT_MAX_ADDRS_PER_RECORD,
-            closer_peers: DEFAULT_CLOSER_PEERS,
-        }
+        (&ProvidersConfig::default()).into()
     }
 }
 
