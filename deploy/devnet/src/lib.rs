@@ -8,7 +8,9 @@
 //!   [`localnet::settled`], the supernode-convergence check;
 //! - [`demo`]: `vmail-devnet demo`, the protocol narrated end to end;
 //! - [`testnet`]: `vmail-devnet testnet`, auth servers and peers in
-//!   background processes, with the fault drills and `tone`.
+//!   background processes, with the fault drills and `tone`;
+//! - [`scale`]: `vmail-devnet scale`, N real `vmail node run` processes
+//!   measured from start-up to re-attach.
 //!
 //! The `vmail` CLI runs `vmail demo` and `vmail testnet ...` by handing
 //! them to the `vmail-devnet` program installed beside it. Only `vmail-tests`
@@ -17,6 +19,7 @@
 pub mod demo;
 pub mod local_auth;
 pub mod localnet;
+pub mod scale;
 pub mod testnet;
 
 /// Resolves on SIGTERM or Ctrl-C: how a foreground process is told to stop.

@@ -21,6 +21,8 @@ enum Command {
     /// A local network (auth servers and peers) in the background.
     #[command(subcommand)]
     Testnet(TestnetCommand),
+    /// Measure the overlay at N peer processes (a benchmark, minutes long).
+    Scale(vmail_devnet::scale::ScaleArgs),
 }
 
 #[tokio::main]
@@ -38,6 +40,7 @@ async fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Demo => vmail_devnet::demo::run().await,
         Command::Testnet(t) => vmail_devnet::testnet::run(t).await,
+        Command::Scale(a) => vmail_devnet::scale::run(a).await,
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -65,6 +65,17 @@ impl ControlClient {
         Ok(self.rpc.status(pb::StatusRequest {}).await?.into_inner())
     }
 
+    /// Looks up an object's providers in the DHT, with what it cost.
+    pub async fn find_providers(
+        &mut self,
+        identifier: [u8; 32],
+    ) -> Result<pb::FindProvidersResponse, ControlError> {
+        let req = pb::FindProvidersRequest {
+            identifier: identifier.to_vec(),
+        };
+        Ok(self.rpc.find_providers(req).await?.into_inner())
+    }
+
     /// Hands the peer a login.
     pub async fn set_session(&mut self, s: &Session) -> Result<(), ControlError> {
         self.rpc.set_session(pb::SetSessionRequest::from(s)).await?;

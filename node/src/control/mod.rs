@@ -326,6 +326,32 @@ impl control_server::Control for ControlService {
                 .as_ref()
                 .and_then(|e| e.last_reattach)
                 .map_or(0, |d| d.as_millis() as u64),
+            wire_bytes: s.traffic.wire_bytes,
+            advert_bytes: s.election.as_ref().map_or(0, |e| e.advert_bytes),
+            dht_requests: s.traffic.dht_requests,
+        }))
+    }
+
+    async fn find_providers(
+        &self,
+        request: Request<pb::FindProvidersRequest>,
+    ) -> Result<Response<pb::FindProvidersResponse>, Status> {
+        let id: [u8; 32] = request.into_inner().identifier.try_into().map_err(|_| {
+            Status::invalid_argument("the identifier must be 32 bytes (64 hex digits)")
+        })?;
+        let (providers, cost) = self
+            .peer
+            .network()
+            .lookup_providers(libp2p::kad::RecordKey::new(&id))
+            .await
+            .map_err(status)?;
+        let us = |d: Duration| d.as_micros() as u64;
+        Ok(Response::new(pb::FindProvidersResponse {
+            providers: strings(&providers),
+            first_found_us: cost.first_found.map_or(0, us),
+            duration_us: us(cost.duration),
+            requests: cost.requests,
+            successes: cost.successes,
         }))
     }
 

@@ -56,7 +56,7 @@ use crate::core::score::{Observations, Outcome, PeerStats, Scorer};
 use crate::overlay::objects::{HolderPolicy, HolderStats, ObjectStore};
 use crate::overlay::repair::{Limits, Repairer};
 use crate::overlay::swarm::{
-    Network, NetworkConfig, NetworkError, Role, SupernodeSetup, SupernodeView,
+    Network, NetworkConfig, NetworkError, Role, SupernodeSetup, SupernodeView, Traffic,
 };
 use crate::overlay::transfer::{self, BlobClient};
 use duties::{Maintain, Sample, load_observations, save_observations};
@@ -112,6 +112,8 @@ pub struct Status {
     /// The supernode election and this peer's place in it (`None` on a
     /// one-job client peer).
     pub election: Option<SupernodeView>,
+    /// Its overlay traffic since it started.
+    pub traffic: Traffic,
 }
 
 /// How to start a peer.
@@ -440,6 +442,7 @@ impl Peer {
                 .as_ref()
                 .map_or_else(HolderStats::default, ObjectStore::stats),
             election: self.network.supernodes().await?,
+            traffic: self.network.traffic().await?,
             peer_id: self.peer_id(),
             listen_addrs: self.network.listen_addrs().await?,
             routing_peers: self.network.routing_peers().await?.len(),

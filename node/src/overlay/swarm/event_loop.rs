@@ -25,9 +25,10 @@ use crate::supernode::budget::{DEFAULT_MAX_TRACKED_PEERS, RelayGate, evict_least
 use super::providers::ProviderStore;
 use super::{
     ADVERT_TOPIC, Behaviour, BehaviourEvent, COMMAND_QUEUE, Command, EventLoop, GOSSIP_MAX_FRAME,
-    IDENTIFY_PROTOCOL, IDLE_TIMEOUT, KAD_PROTOCOL, MAX_PROVIDERS_GATHERED, Network, NetworkConfig,
-    NetworkError, PING_INTERVAL, PING_TIMEOUT, PendingQuery, QUERY_TIMEOUT, RELAY_CIRCUIT_BYTES,
-    RELAY_CIRCUIT_DURATION, Role, SN_MAX_MESSAGE, is_relayed, scoring, sn,
+    IDENTIFY_PROTOCOL, IDLE_TIMEOUT, KAD_PROTOCOL, LookupStats, MAX_PROVIDERS_GATHERED, Network,
+    NetworkConfig, NetworkError, PING_INTERVAL, PING_TIMEOUT, PendingQuery, ProviderLookup,
+    QUERY_TIMEOUT, RELAY_CIRCUIT_BYTES, RELAY_CIRCUIT_DURATION, Role, SN_MAX_MESSAGE, Traffic,
+    is_relayed, scoring, sn,
 };
 
 impl Network {
@@ -59,6 +60,8 @@ impl Network {
             .with_max_established(Some(config.max_connections))
             .with_max_established_per_peer(Some(config.max_connections_per_peer))
             .with_max_pending_incoming(Some(config.max_pending_incoming));
+        // Bytes on the wire, counted per connection by libp2p-metrics.
+        let mut metrics = prometheus_client::registry::Registry::default();
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
             .with_tokio()
             .with_tcp(
@@ -72,6 +75,7 @@ impl Network {
             .map_err(|e| build(&e))?
             .with_relay_client(noise::Config::new, yamux::Config::default)
             .map_err(|e| build(&e))?
+            .with_bandwidth_metrics(&mut metrics)
             .with_behaviour(|key, relay_client| {
                 let local = key.public().to_peer_id();
                 let mut kad_config = kad::Config::new(KAD_PROTOCOL);
@@ -197,6 +201,8 @@ impl Network {
             pending: HashMap::new(),
             listen_addrs: Vec::new(),
             elections,
+            metrics,
+            dht_requests: 0,
             peer_addrs: HashMap::new(),
             max_tracked_peers: config
                 .supernode
@@ -328,8 +334,19 @@ impl EventLoop {
             Command::StopProviding { key } => kad.stop_providing(&key),
             Command::GetProviders { key, reply } => {
                 let id = kad.get_providers(key);
+                let lookup = ProviderLookup {
+                    reply,
+                    gathered: HashSet::new(),
+                    stats: LookupStats::default(),
+                };
                 self.pending
-                    .insert(id, PendingQuery::Providers(reply, HashSet::new()));
+                    .insert(id, PendingQuery::Providers(Box::new(lookup)));
+            }
+            Command::Traffic { reply } => {
+                let _ = reply.send(Traffic {
+                    wire_bytes: wire_bytes(&self.metrics),
+                    dht_requests: self.dht_requests,
+                });
             }
             Command::ProviderStats { reply } => {
                 let _ = reply.send(kad.store_mut().stats());
@@ -509,6 +526,13 @@ impl EventLoop {
     }
 
     fn on_kad_event(&mut self, event: kad::Event) {
+        match &event {
+            kad::Event::InboundRequest { .. } => self.dht_requests += 1,
+            kad::Event::OutboundQueryProgressed { step, stats, .. } if step.last => {
+                self.dht_requests += u64::from(stats.num_requests());
+            }
+            _ => {}
+        }
         match event {
             kad::Event::InboundRequest {
                 request:
@@ -517,7 +541,10 @@ impl EventLoop {
                     },
             } => self.on_provider_record(record),
             kad::Event::OutboundQueryProgressed {
-                id, result, step, ..
+                id,
+                result,
+                step,
+                stats,
             } => match result {
                 QueryResult::StartProviding(r) => {
                     if let Some(PendingQuery::Providing(reply)) = self.pending.remove(&id) {
@@ -530,20 +557,22 @@ impl EventLoop {
                 // Every answer counts until the lookup ends: the first one
                 // (even this peer's own store) may hold only Sybils.
                 QueryResult::GetProviders(r) => {
-                    let Some(PendingQuery::Providers(_, gathered)) = self.pending.get_mut(&id)
-                    else {
+                    let Some(PendingQuery::Providers(lookup)) = self.pending.get_mut(&id) else {
                         return;
                     };
+                    let elapsed = stats.duration().unwrap_or_default();
                     if let Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) = r {
-                        let room = MAX_PROVIDERS_GATHERED.saturating_sub(gathered.len());
-                        gathered.extend(providers.into_iter().take(room));
+                        let room = MAX_PROVIDERS_GATHERED.saturating_sub(lookup.gathered.len());
+                        lookup.gathered.extend(providers.into_iter().take(room));
+                        lookup.stats.first_found.get_or_insert(elapsed);
                     }
-                    let full = gathered.len() >= MAX_PROVIDERS_GATHERED;
+                    lookup.stats.duration = elapsed;
+                    lookup.stats.requests = stats.num_requests();
+                    lookup.stats.successes = stats.num_successes();
+                    let full = lookup.gathered.len() >= MAX_PROVIDERS_GATHERED;
                     if step.last || full {
-                        if let Some(PendingQuery::Providers(reply, gathered)) =
-                            self.pending.remove(&id)
-                        {
-                            let _ = reply.send(gathered);
+                        if let Some(PendingQuery::Providers(lookup)) = self.pending.remove(&id) {
+                            let _ = lookup.reply.send((lookup.gathered, lookup.stats));
                         }
                         if !step.last
                             && let Some(mut q) = self.swarm.behaviour_mut().kad.query_mut(&id)
@@ -585,4 +614,17 @@ impl EventLoop {
             tracing::debug!("provider record refused: {e}");
         }
     }
+}
+
+/// Bytes both ways on every connection so far, from the bandwidth counters
+/// libp2p-metrics keeps in `registry`.
+fn wire_bytes(registry: &prometheus_client::registry::Registry) -> u64 {
+    let mut text = String::new();
+    if prometheus_client::encoding::text::encode(&mut text, registry).is_err() {
+        return 0;
+    }
+    text.lines()
+        .filter(|l| l.starts_with("libp2p_bandwidth_bytes_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
 }

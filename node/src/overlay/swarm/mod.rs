@@ -243,10 +243,13 @@ enum Command {
     },
     GetProviders {
         key: RecordKey,
-        reply: oneshot::Sender<HashSet<PeerId>>,
+        reply: oneshot::Sender<(HashSet<PeerId>, LookupStats)>,
     },
     ProviderStats {
         reply: oneshot::Sender<ProviderStats>,
+    },
+    Traffic {
+        reply: oneshot::Sender<Traffic>,
     },
     HeldProviders {
         key: RecordKey,
@@ -327,9 +330,38 @@ struct Behaviour {
 }
 
 /// What the event loop waits on for each running query.
+/// A provider lookup under way: who asked, what it gathered, what it cost.
+struct ProviderLookup {
+    reply: oneshot::Sender<(HashSet<PeerId>, LookupStats)>,
+    gathered: HashSet<PeerId>,
+    stats: LookupStats,
+}
+
+/// What this peer's overlay traffic came to since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Bytes sent and received on all connections.
+    pub wire_bytes: u64,
+    /// Kademlia requests answered, and sent by finished queries.
+    pub dht_requests: u64,
+}
+
+/// What one provider lookup cost, by the Kademlia query's own figures.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LookupStats {
+    /// From the start to the first answer that named a provider.
+    pub first_found: Option<Duration>,
+    /// From the start until the lookup ended.
+    pub duration: Duration,
+    /// Requests the query sent.
+    pub requests: u32,
+    /// Of them, answered.
+    pub successes: u32,
+}
+
 enum PendingQuery {
     Providing(oneshot::Sender<Result<(), NetworkError>>),
-    Providers(oneshot::Sender<HashSet<PeerId>>, HashSet<PeerId>),
+    Providers(Box<ProviderLookup>),
     Closest(oneshot::Sender<Vec<PeerId>>),
 }
 
@@ -376,7 +408,20 @@ impl Network {
     /// to [`MAX_PROVIDERS_GATHERED`]. Records are only a hint: Sybils can
     /// announce what they do not hold, so check with `Has` or the bytes.
     pub async fn providers(&self, key: RecordKey) -> Result<HashSet<PeerId>, NetworkError> {
+        Ok(self.lookup_providers(key).await?.0)
+    }
+
+    /// [`Network::providers`], with what the lookup cost.
+    pub async fn lookup_providers(
+        &self,
+        key: RecordKey,
+    ) -> Result<(HashSet<PeerId>, LookupStats), NetworkError> {
         self.ask(|reply| Command::GetProviders { key, reply }).await
+    }
+
+    /// What this peer's traffic came to so far.
+    pub async fn traffic(&self) -> Result<Traffic, NetworkError> {
+        self.ask(|reply| Command::Traffic { reply }).await
     }
 
     /// What this peer's provider store holds and refused so far.
@@ -471,4 +516,8 @@ struct EventLoop {
     rtts: HashMap<PeerId, Duration>,
     /// Where to rejoin when this peer has no connection left.
     bootstrap: Vec<Multiaddr>,
+    /// The bandwidth counters of every connection.
+    metrics: prometheus_client::registry::Registry,
+    /// Kademlia requests answered, and sent by finished queries.
+    dht_requests: u64,
 }

@@ -325,14 +325,23 @@ impl Elections {
 }
 
 impl EventLoop {
-    /// Publishes this peer's advert, keeps it in its own book, and runs
-    /// the election.
+    /// Publishes this peer's advert if it may stand for election, keeps it
+    /// in its own book, and runs the election. A peer that does not qualify
+    /// stays silent (and drops its own advert from its book, so that it
+    /// elects from what everyone else holds): its advert could only ever
+    /// count, never stand, and the population the election sizes its
+    /// target from counts attached peers through their supernode's load.
     pub(super) fn advertise(&mut self) {
         let Some(e) = self.elections.as_mut() else {
             return;
         };
         let now = vmail_proto::unix_now();
         let own = e.own_advert(now);
+        if !election::qualifies(&own, &e.setup.election.thresholds) {
+            e.book.remove(&own.peer_id);
+            self.reelect(now);
+            return;
+        }
         let bytes = own.sign(&e.key);
         // Its own advert is newer than any it held: seq only grows.
         let _ = e.book.insert(own);
