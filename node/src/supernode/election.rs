@@ -52,7 +52,9 @@ impl Default for Thresholds {
 pub struct ElectionConfig {
     /// Peers (advertising or attached, see [`population`]) per supernode.
     pub peers_per_sn: usize,
-    /// Fewest supernodes, when that many qualify.
+    /// Fewest supernodes, when that many qualify. Two by default: the
+    /// orphans of a supernode that dies move to the other at once, instead
+    /// of waiting until its advert goes stale and a successor is elected.
     pub min_sns: usize,
     /// Most supernodes.
     pub max_sns: usize,
@@ -71,7 +73,7 @@ impl Default for ElectionConfig {
     fn default() -> Self {
         Self {
             peers_per_sn: 32,
-            min_sns: 1,
+            min_sns: 2,
             max_sns: 16,
             thresholds: Thresholds::default(),
             incumbent_bonus: 0.5,
@@ -259,9 +261,17 @@ mod tests {
         assert!(elect(&adverts[..3], NOW, &cfg).is_empty());
     }
 
+    /// The defaults, but one supernode may serve alone.
+    fn single() -> ElectionConfig {
+        ElectionConfig {
+            min_sns: 1,
+            ..ElectionConfig::default()
+        }
+    }
+
     #[test]
     fn one_supernode_per_32_peers_within_bounds() {
-        let cfg = ElectionConfig::default();
+        let cfg = single();
         let adverts: Vec<Advert> = (0..100).map(|n| advert(n, 4, true, false)).collect();
         assert_eq!(elect(&adverts, NOW, &cfg).len(), 4); // ceil(100 / 32)
         assert_eq!(elect(&adverts[..32], NOW, &cfg).len(), 1);
@@ -271,6 +281,18 @@ mod tests {
             ..cfg.clone()
         };
         assert_eq!(elect(&adverts, NOW, &few).len(), 2);
+    }
+
+    #[test]
+    fn by_default_two_serve_as_soon_as_two_qualify() {
+        let cfg = ElectionConfig::default();
+        let adverts: Vec<Advert> = (0..10).map(|n| advert(n, 4, n < 2, false)).collect();
+        assert_eq!(elect(&adverts, NOW, &cfg), vec![peer(0), peer(1)]);
+        // One qualified peer serves alone.
+        assert_eq!(elect(&adverts[1..], NOW, &cfg), vec![peer(1)]);
+        // Two serving: neither yields its seat to a standby.
+        let serving: Vec<Advert> = (0..4).map(|n| advert(n, 4, true, n < 2)).collect();
+        assert_eq!(elect(&serving, NOW, &cfg), vec![peer(0), peer(1)]);
     }
 
     #[test]
@@ -290,7 +312,7 @@ mod tests {
     fn a_silent_supernode_is_replaced_once_its_advert_ages_past_the_window() {
         let cfg = ElectionConfig {
             max_advert_age_secs: 6,
-            ..ElectionConfig::default()
+            ..single()
         };
         let dead = Advert {
             issued_at: NOW - 7,
@@ -306,7 +328,7 @@ mod tests {
 
     #[test]
     fn a_slightly_better_newcomer_does_not_displace_a_serving_supernode() {
-        let cfg = ElectionConfig::default();
+        let cfg = single();
         let incumbent = advert(1, 4, true, true);
         let newcomer = advert(2, 6, true, false); // more cores, less than 1.5x the score
         assert!(score(&newcomer, &cfg.thresholds) > score(&incumbent, &cfg.thresholds));
@@ -355,7 +377,7 @@ mod tests {
 
     #[test]
     fn attached_peers_grow_the_target() {
-        let cfg = ElectionConfig::default();
+        let cfg = single();
         // Four qualified peers advertise; one serves, alone: a population
         // of 4 calls for one supernode, and it keeps its seat.
         let quiet: Vec<Advert> = (0..4).map(|n| advert(n, 4, true, n == 0)).collect();
@@ -375,7 +397,7 @@ mod tests {
 
     #[test]
     fn only_serving_adverts_bring_their_load() {
-        let cfg = ElectionConfig::default();
+        let cfg = single();
         // A peer that does not serve claims 1000 attached peers: ignored.
         let mut adverts: Vec<Advert> = (0..4).map(|n| advert(n, 4, true, n == 0)).collect();
         adverts[1].load = 1000;
