@@ -59,13 +59,24 @@ pub async fn start_peers(
     cluster_key: &VerifyingKey,
     tune: impl Fn(&mut NodeConfig),
 ) -> Result<Vec<Peer>, LocalNetError> {
+    start_peers_each(dir, n, bootstrap, cluster_key, |_, c| tune(c)).await
+}
+
+/// [`start_peers`], with `tune(i, config)` adjusting peer `i` (1 to `n`).
+pub async fn start_peers_each(
+    dir: &Path,
+    n: usize,
+    bootstrap: Vec<Multiaddr>,
+    cluster_key: &VerifyingKey,
+    tune: impl Fn(usize, &mut NodeConfig),
+) -> Result<Vec<Peer>, LocalNetError> {
     let mut peers: Vec<Peer> = Vec::with_capacity(n);
     let mut boot = bootstrap;
     for i in 1..=n {
         let mut config = NodeConfig::loopback();
         config.bootstrap = boot.clone();
         config.cluster_key = Some(hex::encode(cluster_key.as_bytes()));
-        tune(&mut config);
+        tune(i, &mut config);
         let peer = Peer::start(PeerOptions {
             data_dir: dir.join(format!("peer-{i}")),
             config,

@@ -1,5 +1,6 @@
 //! The `vmail` binary end to end: account commands against a real auth
-//! server on 127.0.0.1:0, their errors, and `vmail demo` and `vmail testnet
+//! server on 127.0.0.1:0, their errors, `vmail status` explaining the
+//! supernode election of a lone daemon, and `vmail demo` and `vmail testnet
 //! tone`, which `vmail` hands to `vmail-devnet`. The errors `vmail` gives
 //! without any server are tested in `node/tests/cli.rs`.
 
@@ -344,4 +345,80 @@ async fn testnet_tone_writes_a_playable_wav_and_never_overwrites() {
         "{}",
         stderr(&o)
     );
+}
+
+/// Starts `vmail node run` for `home` with `env` set, and waits (10 s at
+/// most) until `vmail status` shows its first advert judged.
+async fn daemon_status(home: &Path, env: &[(&str, &Path)]) -> (tokio::process::Child, String) {
+    let mut cmd = tokio::process::Command::new(common::vmail());
+    cmd.args(["node", "run"])
+        .env("VMAIL_HOME", home)
+        .env_remove("VMAIL_BOOTSTRAP")
+        .env_remove("VMAIL_NODE_CONFIG")
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let daemon = cmd.spawn().unwrap();
+    let mut last = String::new();
+    for _ in 0..100 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let out = vmail(home, None, &["status"]).await;
+        last = stdout(&out);
+        if last.contains("  this peer    ") && !last.contains("has not advertised yet") {
+            return (daemon, last);
+        }
+    }
+    panic!("no explanation in `vmail status` after 10 s:\n{last}");
+}
+
+async fn stop(mut daemon: tokio::process::Child) {
+    let pid = nix::unistd::Pid::from_raw(daemon.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert!(daemon.wait().await.unwrap().success());
+}
+
+/// A peer alone, with the default node.toml, says why no supernode is
+/// elected; a node.toml named by VMAIL_NODE_CONFIG that declares the peer
+/// private is read and named as the reason.
+#[tokio::test(flavor = "multi_thread")]
+async fn status_says_why_no_supernode_is_elected() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let (daemon, status) = daemon_status(&home, &[]).await;
+    for want in [
+        "reachability: private (AutoNAT has not confirmed a public address): never stands",
+        "supernodes     0 elected from 0 advertising peers",
+        "attached to    (no supernode yet)",
+        "  qualified    0 of 0 advertising peers meet every threshold",
+        "  this peer    does not stand, so does not advertise: not publicly reachable; bandwidth 0 kbit/s is below \
+         min_bandwidth_kbps = 10000; uptime ",
+        " s is below min_uptime_secs = 300",
+        "(0 means undeclared: set supernode.bandwidth_kbps in node.toml)",
+        "  dial checks  0 of 0 other advertising peers confirmed public by dialing them, \
+         0 refused as undialable",
+    ] {
+        assert!(status.contains(want), "{want:?} missing from:\n{status}");
+    }
+    // It keeps its advert back, so nobody's advert misses anything.
+    assert!(!status.contains("  missing"), "{status}");
+    stop(daemon).await;
+
+    let config = tmp.path().join("private.toml");
+    std::fs::write(
+        &config,
+        "[supernode]\npublic = false\nbandwidth_kbps = 50000\nmin_uptime_secs = 0\n\
+         min_cpu_cores = 1\nmin_memory_mib = 1\n",
+    )
+    .unwrap();
+    let (daemon, status) = daemon_status(&home, &[("VMAIL_NODE_CONFIG", &config)]).await;
+    for want in [
+        "reachability: private (declared in node.toml): never stands",
+        "  this peer    does not stand, so does not advertise: not publicly reachable\n",
+    ] {
+        assert!(status.contains(want), "{want:?} missing from:\n{status}");
+    }
+    assert!(!status.contains("0 means undeclared"), "{status}");
+    stop(daemon).await;
 }

@@ -1,7 +1,8 @@
 //! The README's walk-through, with the real binary: `vmail testnet up`,
 //! users on their own homes, a daemon for one of them and one-job peers for
-//! the others, `leave`, `inbox`, `fetch`, and `testnet down`; and the auth
-//! fault drills `kill-auth-leader` and `restart-auth`.
+//! the others, `leave`, `inbox`, `fetch`, and `testnet down`; the testnet's
+//! supernode election, and its peers' ids and ports across `down` and
+//! `up`; and the auth fault drills `kill-auth-leader` and `restart-auth`.
 
 use std::path::Path;
 use std::process::Output;
@@ -18,34 +19,46 @@ struct Testnet {
 impl Testnet {
     async fn up(peers: usize) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let out = tokio::process::Command::new(common::vmail())
-            .args(["testnet", "up", "--peers", &peers.to_string(), "--dir"])
-            .arg(dir.path())
-            .output()
-            .await
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "testnet up: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let env = String::from_utf8_lossy(&out.stdout)
+        let mut net = Self {
+            dir,
+            env: Vec::new(),
+        };
+        net.start(peers, 3).await;
+        net
+    }
+
+    /// `testnet up` on this dir; keeps the exported variables and returns
+    /// what `up` printed.
+    async fn start(&mut self, peers: usize, auth_servers: usize) -> String {
+        let out = self
+            .testnet(&[
+                "up",
+                "--peers",
+                &peers.to_string(),
+                "--auth-servers",
+                &auth_servers.to_string(),
+            ])
+            .await;
+        assert!(out.status.success(), "testnet up: {}", stderr(&out));
+        let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+        self.env = printed
             .lines()
             .filter_map(|l| l.strip_prefix("export "))
             .filter_map(|l| l.split_once('='))
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect::<Vec<_>>();
-        let names: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
+        let names: Vec<&str> = self.env.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(
             names,
             [
                 "VMAIL_AUTH",
                 "VMAIL_CA",
                 "VMAIL_CLUSTER_KEY",
-                "VMAIL_BOOTSTRAP"
+                "VMAIL_BOOTSTRAP",
+                "VMAIL_NODE_CONFIG"
             ]
         );
-        Self { dir, env }
+        printed
     }
 
     fn command(&self, home: &Path, args: &[&str]) -> tokio::process::Command {
@@ -86,9 +99,151 @@ impl Testnet {
     }
 
     async fn down(self) {
+        self.stop().await;
+    }
+
+    /// `testnet down`, keeping the dir for another `up`.
+    async fn stop(&self) {
         let out = self.testnet(&["down"]).await;
         assert!(out.status.success(), "testnet down: {}", stderr(&out));
     }
+
+    fn var(&self, name: &str) -> &str {
+        &self.env.iter().find(|(k, _)| k == name).unwrap().1
+    }
+
+    /// Each peer's (id, port), from its key and its port file.
+    fn peers(&self, n: usize) -> Vec<(libp2p::PeerId, u16)> {
+        let peers = self.dir.path().join("peers");
+        (1..=n)
+            .map(|i| {
+                let key = peers
+                    .join(format!("peer-{i}"))
+                    .join(vmail_node::peer::NODE_KEY_FILE);
+                assert!(key.exists(), "{} is missing", key.display());
+                let id =
+                    vmail_node::peer::load_or_create_node_key(&peers.join(format!("peer-{i}")))
+                        .unwrap()
+                        .public()
+                        .to_peer_id();
+                let port = std::fs::read_to_string(peers.join(format!("peer-{i}.port")))
+                    .unwrap()
+                    .trim()
+                    .parse()
+                    .unwrap();
+                (id, port)
+            })
+            .collect()
+    }
+}
+
+/// Polls `vmail status` of the daemon in `home` (60 s at most) until
+/// `check` holds; returns that status.
+async fn status_until(net: &Testnet, home: &Path, check: impl Fn(&str) -> bool) -> String {
+    let mut last = String::new();
+    for _ in 0..240 {
+        let out = net.vmail(home, &["status"]).await;
+        last = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() && check(&last) {
+            return last;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    panic!("`vmail status` never got there in 60 s; last:\n{last}")
+}
+
+/// The supernode `vmail status` says its peer is attached to, if any.
+fn attached_to(status: &str) -> Option<libp2p::PeerId> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("attached to    "))
+        .and_then(|s| s.parse().ok())
+}
+
+/// `testnet up` elects supernodes among its peers and attaches the rest;
+/// a user's own `vmail node run` with the exported variables attaches to
+/// one; `down` and `up` bring every peer back with its id and port, and
+/// the daemon back to a supernode; a port taken meanwhile is named.
+#[tokio::test(flavor = "multi_thread")]
+async fn peers_elect_supernodes_and_keep_ids_and_ports_across_down_and_up() {
+    const PEERS: usize = 4;
+    let mut net = Testnet {
+        dir: tempfile::tempdir().unwrap(),
+        env: Vec::new(),
+    };
+    let printed = net.start(PEERS, 1).await;
+    let elected = printed
+        .lines()
+        .find_map(|l| l.strip_prefix("# supernodes "))
+        .unwrap_or_else(|| panic!("no election line in:\n{printed}"));
+    let serving = elected.matches("peer-").count();
+    assert!(serving >= 1, "{elected}");
+    assert!(
+        elected.ends_with(&format!("the other {} peers attached", PEERS - serving)),
+        "{elected}"
+    );
+    let peers = net.peers(PEERS);
+    let bootstrap = net.var("VMAIL_BOOTSTRAP").to_owned();
+    let config = std::fs::read_to_string(net.var("VMAIL_NODE_CONFIG")).unwrap();
+    assert!(config.contains("advert_interval_secs = 2"), "{config}");
+
+    // alice's own daemon, with nothing but the exported variables.
+    let homes = tempfile::tempdir().unwrap();
+    let alice = homes.path().join("alice");
+    net.ok(&alice, &["account", "register", "alice"]).await;
+    let daemon = net
+        .command(&alice, &["node", "run"])
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let ids: Vec<libp2p::PeerId> = peers.iter().map(|(id, _)| *id).collect();
+    let status = status_until(&net, &alice, |s| {
+        attached_to(s).is_some_and(|sn| ids.contains(&sn))
+    })
+    .await;
+    assert!(status.contains("role           peer"), "{status}");
+    assert!(
+        status.contains(&format!("elected from {} advertising peers", PEERS + 1)),
+        "{status}"
+    );
+
+    // Down: the daemon loses its supernode.
+    net.stop().await;
+    status_until(&net, &alice, |s| attached_to(s).is_none()).await;
+
+    // Up on the same dir: the same ids on the same ports, the same
+    // bootstrap address, and the daemon attaches again by itself.
+    let printed = net.start(PEERS, 1).await;
+    assert!(printed.contains("# supernodes peer-"), "{printed}");
+    assert_eq!(net.peers(PEERS), peers);
+    assert_eq!(net.var("VMAIL_BOOTSTRAP"), bootstrap);
+    status_until(&net, &alice, |s| {
+        attached_to(s).is_some_and(|sn| ids.contains(&sn))
+    })
+    .await;
+
+    // A recorded port taken by someone else: `up` names it and the fix.
+    net.stop().await;
+    let (_, port) = peers[1];
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let out = net
+        .testnet(&["up", "--peers", &PEERS.to_string(), "--auth-servers", "1"])
+        .await;
+    assert!(!out.status.success());
+    let why = stderr(&out);
+    assert!(
+        why.contains(&format!(
+            "peer-2 cannot listen on its port 127.0.0.1:{port} again"
+        )) && why.contains("peer-2.port"),
+        "{why}"
+    );
+    drop(squatter);
+    net.stop().await;
+
+    let pid = nix::unistd::Pid::from_raw(daemon.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert!(daemon.wait_with_output().await.unwrap().status.success());
 }
 
 /// `vmail fetch --all --out OUT` as the user of `home`; the one file saved.
@@ -140,9 +295,9 @@ async fn leave_a_wav_for_two_users_and_fetch_it_with_the_cli() {
     assert!(status.contains("user           alice"), "{status}");
     let health = net.ok(&home("alice"), &["node", "health"]).await;
     assert!(health.contains("is serving"), "{health}");
-    // Testnet peers declare no bandwidth, so none qualifies as a supernode.
+    // alice's daemon declares no bandwidth (the testnet's node.toml leaves
+    // it unset), so it never stands: the testnet's peers serve.
     assert!(status.contains("role           peer"), "{status}");
-    assert!(status.contains("supernodes     0 elected from"), "{status}");
 
     // bob and carol have no daemon: each command starts a one-job peer.
     net.ok(&home("bob"), &["login", "bob"]).await;

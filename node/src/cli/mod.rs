@@ -146,8 +146,10 @@ enum NodeCommand {
         /// Data dir (default: HOME/node).
         #[arg(long)]
         data_dir: Option<PathBuf>,
-        /// Config file (default: DATA_DIR/node.toml).
-        #[arg(long)]
+        /// Config file (default: DATA_DIR/node.toml); `vmail testnet up`
+        /// exports VMAIL_NODE_CONFIG to give a daemon the testnet's
+        /// election settings.
+        #[arg(long, env = "VMAIL_NODE_CONFIG")]
         config: Option<PathBuf>,
     },
     /// Show the running peer's id, addresses, routing table and storage.

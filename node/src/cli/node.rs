@@ -274,7 +274,8 @@ pub(super) async fn status(ctx: &Context, data_dir: Option<PathBuf>) -> anyhow::
     println!("routing table  {} peers", s.routing_peers);
     println!(
         "role           {} (reachability: {})",
-        s.role, s.reachability
+        s.role,
+        reachability_words(&s.reachability, &s.public_setting)
     );
     println!(
         "supernodes     {} elected from {} advertising peers",
@@ -293,9 +294,21 @@ pub(super) async fn status(ctx: &Context, data_dir: Option<PathBuf>) -> anyhow::
             println!("  attached     {p}");
         }
     } else if s.attached_to.is_empty() {
-        println!("attached to    (no supernode yet)");
+        println!(
+            "attached to    (no supernode yet{})",
+            if s.supernodes.is_empty() {
+                ""
+            } else {
+                ": trying the elected ones at each heartbeat"
+            }
+        );
     } else {
         println!("attached to    {}", s.attached_to);
+    }
+    if s.role != "client"
+        && (s.supernodes.is_empty() || s.role == "peer" && s.attached_to.is_empty())
+    {
+        explain_election(&s);
     }
     if !s.relay_addr.is_empty() {
         println!("relayed at     {}", s.relay_addr);
@@ -322,4 +335,65 @@ pub(super) async fn status(ctx: &Context, data_dir: Option<PathBuf>) -> anyhow::
         }
     );
     Ok(())
+}
+
+/// The reachability an advert carries, in words: how this peer knows, and
+/// what it means for the election.
+fn reachability_words(reachability: &str, public_setting: &str) -> String {
+    match (reachability, public_setting) {
+        ("Configured", _) => "public (declared in node.toml)".into(),
+        ("AutoNat", _) => "public (confirmed by other peers' AutoNAT probes)".into(),
+        ("Private", "false") => "private (declared in node.toml): never stands".into(),
+        ("Private", _) => {
+            "private (AutoNAT has not confirmed a public address): never stands".into()
+        }
+        ("", _) => "none: a one-job peer takes no part in the election".into(),
+        (other, _) => other.into(),
+    }
+}
+
+/// Why no supernode is elected or attached, from what this peer knows.
+fn explain_election(s: &vmail_proto::control_pb::StatusResponse) {
+    // Only a peer that stands publishes (and so holds) its own advert.
+    let stands = s.advertised && s.shortfalls.is_empty();
+    let others = s.advertising_peers.saturating_sub(u32::from(stands));
+    println!(
+        "  qualified    {} of {} advertising peers meet every threshold",
+        s.qualified, s.advertising_peers
+    );
+    if !s.missed.is_empty() {
+        let mut missed: Vec<_> = s.missed.iter().collect();
+        missed.sort();
+        let list: Vec<String> = missed
+            .iter()
+            .map(|(k, n)| {
+                if k.as_str() == "public" {
+                    format!("{n} not public")
+                } else {
+                    format!("{n} below {k}")
+                }
+            })
+            .collect();
+        println!("  missing      {}", list.join(", "));
+    }
+    if !s.advertised {
+        println!("  this peer    has not advertised yet");
+    } else if s.shortfalls.is_empty() {
+        println!("  this peer    stands: it meets every threshold");
+    } else {
+        println!(
+            "  this peer    does not stand, so does not advertise: {}",
+            s.shortfalls.join("; ")
+        );
+        if s.shortfalls.iter().any(|r| r.starts_with("bandwidth 0 ")) {
+            println!(
+                "               (0 means undeclared: set supernode.bandwidth_kbps in node.toml)"
+            );
+        }
+    }
+    println!(
+        "  dial checks  {} of {others} other advertising peers confirmed public by dialing them, {} refused as undialable",
+        s.confirmed_public,
+        s.undialable.len()
+    );
 }

@@ -32,6 +32,7 @@ use crate::peer::{
     FetchError, LeaveError, LeaveRequest, Peer, Phase, Progress, ProgressFn, Session, SessionError,
     SessionKeyError, Timings,
 };
+use crate::supernode::standing::{Standing, standing};
 
 pub use client::ControlClient;
 
@@ -279,7 +280,21 @@ impl control_server::Control for ControlService {
         _: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
         let s = self.peer.status().await.map_err(status)?;
+        let sn = &self.peer.config().supernode;
+        let standing = s.election.as_ref().map_or_else(Standing::default, |e| {
+            standing(&e.adverts, e.own.as_ref(), &sn.election().thresholds)
+        });
         Ok(Response::new(pb::StatusResponse {
+            shortfalls: strings(standing.own.iter().flatten()),
+            advertised: standing.own.is_some(),
+            qualified: standing.qualified as u32,
+            confirmed_public: standing.confirmed_public as u32,
+            missed: standing
+                .missed
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), *v as u32))
+                .collect(),
+            public_setting: sn.public.map(|p| p.to_string()).unwrap_or_default(),
             peer_id: s.peer_id.to_bytes(),
             listen_addrs: s.listen_addrs.iter().map(ToString::to_string).collect(),
             routing_peers: s.routing_peers as u32,

@@ -350,6 +350,11 @@ impl Peer {
         self.network.local_peer_id()
     }
 
+    /// The configuration it runs with.
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
     /// The network handle.
     pub fn network(&self) -> &Network {
         &self.network

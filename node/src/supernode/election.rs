@@ -92,6 +92,83 @@ pub fn qualifies(a: &Advert, t: &Thresholds) -> bool {
         && a.uptime_secs >= t.min_uptime_secs
 }
 
+/// One rule of [`qualifies`] an advert breaks, with what it has and the
+/// threshold it misses (`have < need`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shortfall {
+    /// Not publicly reachable: declared private, not confirmed by AutoNAT,
+    /// or (as the election takes adverts) refused by this peer's dial check.
+    NotPublic,
+    /// CPU cores, against `min_cpu_cores`.
+    CpuCores { have: u64, need: u64 },
+    /// Memory in MiB, against `min_memory_mib`.
+    MemoryMib { have: u64, need: u64 },
+    /// Declared bandwidth in kbit/s, against `min_bandwidth_kbps`.
+    BandwidthKbps { have: u64, need: u64 },
+    /// Seconds up, against `min_uptime_secs`.
+    UptimeSecs { have: u64, need: u64 },
+}
+
+impl Shortfall {
+    /// The `node.toml` setting it is measured against (`public` for
+    /// reachability).
+    pub fn setting(&self) -> &'static str {
+        match self {
+            Self::NotPublic => "public",
+            Self::CpuCores { .. } => "min_cpu_cores",
+            Self::MemoryMib { .. } => "min_memory_mib",
+            Self::BandwidthKbps { .. } => "min_bandwidth_kbps",
+            Self::UptimeSecs { .. } => "min_uptime_secs",
+        }
+    }
+}
+
+impl std::fmt::Display for Shortfall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (what, have, need, unit) = match *self {
+            Self::NotPublic => return f.write_str("not publicly reachable"),
+            Self::CpuCores { have, need } => ("CPU cores", have, need, ""),
+            Self::MemoryMib { have, need } => ("memory", have, need, " MiB"),
+            Self::BandwidthKbps { have, need } => ("bandwidth", have, need, " kbit/s"),
+            Self::UptimeSecs { have, need } => ("uptime", have, need, " s"),
+        };
+        write!(
+            f,
+            "{what} {have}{unit} is below {} = {need}",
+            self.setting()
+        )
+    }
+}
+
+/// Every rule of [`qualifies`] the advert breaks, in that order; empty
+/// exactly when it qualifies.
+pub fn shortfalls(a: &Advert, t: &Thresholds) -> Vec<Shortfall> {
+    let (cpu, min_cpu) = (u64::from(a.cpu_cores), u64::from(t.min_cpu_cores));
+    [
+        (!a.reachability.is_public()).then_some(Shortfall::NotPublic),
+        (cpu < min_cpu).then_some(Shortfall::CpuCores {
+            have: cpu,
+            need: min_cpu,
+        }),
+        (a.memory_mib < t.min_memory_mib).then_some(Shortfall::MemoryMib {
+            have: a.memory_mib,
+            need: t.min_memory_mib,
+        }),
+        (a.bandwidth_kbps < t.min_bandwidth_kbps).then_some(Shortfall::BandwidthKbps {
+            have: a.bandwidth_kbps,
+            need: t.min_bandwidth_kbps,
+        }),
+        (a.uptime_secs < t.min_uptime_secs).then_some(Shortfall::UptimeSecs {
+            have: a.uptime_secs,
+            need: t.min_uptime_secs,
+        }),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// How many supernodes `peers` advertising peers call for.
 /// The peers the election sizes its target from: one per fresh advert,
 /// plus the attached peers every serving advert reports in `load`. A
 /// serving supernode's attached peers are mostly silent ordinary peers,
@@ -266,6 +343,66 @@ mod tests {
         ElectionConfig {
             min_sns: 1,
             ..ElectionConfig::default()
+        }
+    }
+
+    #[test]
+    fn shortfalls_name_each_missed_threshold_and_are_empty_for_a_qualified_peer() {
+        let t = Thresholds::default();
+        assert!(shortfalls(&advert(4, 2, true, false), &t).is_empty());
+        // A fresh testnet peer before this change: private-by-default
+        // aside, bandwidth 0 and just started.
+        let fresh = Advert {
+            bandwidth_kbps: 0,
+            uptime_secs: 12,
+            ..advert(5, 1, false, false)
+        };
+        let found = shortfalls(&fresh, &t);
+        assert_eq!(
+            found,
+            [
+                Shortfall::NotPublic,
+                Shortfall::CpuCores { have: 1, need: 2 },
+                Shortfall::BandwidthKbps {
+                    have: 0,
+                    need: 10_000
+                },
+                Shortfall::UptimeSecs {
+                    have: 12,
+                    need: 300
+                },
+            ]
+        );
+        assert_eq!(
+            found[2].to_string(),
+            "bandwidth 0 kbit/s is below min_bandwidth_kbps = 10000"
+        );
+        assert_eq!(found[0].to_string(), "not publicly reachable");
+        // Exactly at a threshold is enough.
+        let edge = Advert {
+            memory_mib: t.min_memory_mib,
+            uptime_secs: t.min_uptime_secs,
+            ..advert(6, 2, true, false)
+        };
+        assert!(shortfalls(&edge, &t).is_empty());
+        let short = Advert {
+            memory_mib: t.min_memory_mib - 1,
+            ..edge
+        };
+        assert_eq!(
+            shortfalls(&short, &t),
+            [Shortfall::MemoryMib {
+                have: 2047,
+                need: 2048
+            }]
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn shortfalls_are_empty_exactly_when_the_advert_qualifies(a in arb_advert()) {
+            let t = Thresholds::default();
+            prop_assert_eq!(shortfalls(&a, &t).is_empty(), qualifies(&a, &t));
         }
     }
 

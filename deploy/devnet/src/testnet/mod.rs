@@ -4,16 +4,21 @@
 //! `up` starts a supervisor (`testnet serve`). It runs the peers itself and
 //! each auth server as its own process (`testnet auth-serve`), so that the
 //! fault drills `kill-auth-leader` and `restart-auth` kill and restart a
-//! real process. `up` returns once everything is ready and prints the
-//! `export` lines that point the CLI and a user's own `vmail node run` at it.
+//! real process. `up` returns once everything is ready and the peers have
+//! elected supernodes, and prints the `export` lines that point the CLI and
+//! a user's own `vmail node run` at it.
 //!
-//! Layout of DIR: `testnet.{pid,env,log}` for the supervisor, `peers/`, and
-//! `auth/`, which holds each server's data dir `auth/NAME/` and, beside it,
-//! `NAME.ports` ("API RAFT", kept so a restart comes back on the ports the
-//! group knows), `NAME.pid`, `NAME.ready` (its endpoint, while it serves)
-//! and `NAME.log`.
+//! Layout of DIR: `testnet.{pid,env,log}` for the supervisor; `node.toml`,
+//! the election settings for a user's own `vmail node run`
+//! (`VMAIL_NODE_CONFIG` names it); `peers/`, which holds each peer's data
+//! dir `peers/peer-N/` and, beside it, `peer-N.port`; and `auth/`, which
+//! holds each server's data dir `auth/NAME/` and, beside it, `NAME.ports`
+//! ("API RAFT"), `NAME.pid`, `NAME.ready` (its endpoint, while it serves)
+//! and `NAME.log`. The port files keep a restart on the ports the others
+//! know.
 //!
-//! The auth servers' processes, their files and the drills live in `auth`.
+//! The auth servers' processes, their files and the drills live in `auth`;
+//! the peers' settings, ports and election wait in `peers`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -24,9 +29,8 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use vmail_auth::datadir;
 
-use crate::localnet;
-
 mod auth;
+mod peers;
 
 use auth::{AuthFiles, auth_serve, kill_auth_leader, restart_auth, stop_auth_servers};
 
@@ -331,18 +335,31 @@ async fn serve_started(
     let founder = auth_dir.join("auth-1");
     let keys = datadir::load_keys(&founder)?;
     let cluster_key = keys.cluster_public_key();
-    let peers =
-        localnet::start_peers(&dir.join("peers"), peers, Vec::new(), &cluster_key, |_| {}).await?;
+    let node_toml = dir.join(peers::USER_CONFIG);
+    write_atomic(&node_toml, &peers::user_node_toml())?;
+    let peers = peers::start(&dir.join("peers"), peers, &cluster_key).await?;
+    let elected = peers::wait_settled(&peers).await;
+    let elected = match elected {
+        Ok(line) => line,
+        Err(e) => {
+            for p in peers {
+                p.stop().await;
+            }
+            return Err(e);
+        }
+    };
+    println!("{elected}");
     let boot = peers[0].listen_addrs().await?;
     let env = format!(
-        "export VMAIL_AUTH={}\nexport VMAIL_CA={}\nexport VMAIL_CLUSTER_KEY={}\nexport VMAIL_BOOTSTRAP={}\n",
+        "export VMAIL_AUTH={}\nexport VMAIL_CA={}\nexport VMAIL_CLUSTER_KEY={}\nexport VMAIL_BOOTSTRAP={}\nexport VMAIL_NODE_CONFIG={}\n# {elected}\n",
         endpoints.join(","),
         founder.join(datadir::files::CA_CERT).display(),
         hex::encode(keys.cluster_public_key().as_bytes()),
         boot.iter()
             .map(ToString::to_string)
             .collect::<Vec<_>>()
-            .join(",")
+            .join(","),
+        node_toml.display()
     );
     write_atomic(&dir.join(ENV_FILE), &env)?;
     println!("testnet ready:\n{env}");

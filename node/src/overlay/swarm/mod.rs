@@ -116,6 +116,9 @@ impl std::fmt::Debug for SupernodeSetup {
 pub struct SupernodeView {
     /// The elected supernodes, sorted.
     pub supernodes: Vec<PeerId>,
+    /// This peer's latest advert: published if it qualifies, kept back
+    /// (and absent from `adverts`) if not; None before the first.
+    pub own: Option<Advert>,
     /// The fresh adverts as the election takes them, this peer's own
     /// included: a peer that claims to be public but has not passed this
     /// peer's dial check counts as private.

@@ -79,6 +79,8 @@ pub(super) struct Elections {
     seq: u64,
     started: Instant,
     supernodes: Vec<PeerId>,
+    /// This peer's latest advert, published or (not qualifying) kept back.
+    last_own: Option<Advert>,
     rejected: u64,
     /// AutoNAT found this peer publicly reachable.
     pub(super) nat_public: bool,
@@ -124,6 +126,7 @@ impl Elections {
                 .map_or(0, |d| d.as_millis() as u64),
             started: Instant::now(),
             supernodes: Vec::new(),
+            last_own: None,
             rejected: 0,
             nat_public: false,
             circuits: 0,
@@ -248,6 +251,7 @@ impl Elections {
         let now = vmail_proto::unix_now();
         let fresh = election::current(&input, now, self.setup.election.max_advert_age_secs);
         SupernodeView {
+            own: self.last_own.clone(),
             supernodes: self.supernodes.clone(),
             adverts: fresh.into_iter().cloned().collect(),
             rejected: self.rejected,
@@ -337,6 +341,7 @@ impl EventLoop {
         };
         let now = vmail_proto::unix_now();
         let own = e.own_advert(now);
+        e.last_own = Some(own.clone());
         if !election::qualifies(&own, &e.setup.election.thresholds) {
             e.book.remove(&own.peer_id);
             self.reelect(now);
