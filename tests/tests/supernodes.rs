@@ -1,6 +1,6 @@
 //! Supernode adverts and election over real swarms on loopback: every peer
-//! publishes signed adverts on gossipsub, checks the ones it hears, and
-//! runs the pure election over them.
+//! that may stand publishes signed adverts on gossipsub, every peer checks
+//! the ones it hears and runs the pure election over them.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -103,7 +103,8 @@ async fn until(
 }
 
 /// Waits until every peer that does not serve is attached to one of the
-/// supernodes all agree on; returns the views.
+/// supernodes all agree on, and each holds the adverts of the `n` peers
+/// that stand (only they advertise); returns the views.
 async fn all_attached(peers: &[Peer], n: usize) -> Vec<SupernodeView> {
     let ids: Vec<PeerId> = peers.iter().map(Peer::peer_id).collect();
     until(peers, 60, "all attached", |views| {
@@ -151,17 +152,20 @@ async fn twenty_peers_agree_on_the_supernode_set_the_pure_election_gives() {
     let dir = tempfile::tempdir().unwrap();
     // Every third peer is not publicly reachable, so never stands.
     let peers = start_peers(dir.path(), PEERS, PEERS - 1, 5, declared(|i| i % 3 != 0)).await;
+    // Only the 13 public peers advertise.
+    let standing = (0..PEERS).filter(|i| i % 3 != 0).count();
     let cfg = supernode_config(5).election();
     let started = Instant::now();
-    let agreed = settled_agreement(&peers, PEERS).await;
+    let agreed = settled_agreement(&peers, standing).await;
     eprintln!("converged in {:?}", started.elapsed());
 
     let sns = &agreed[0].supernodes;
-    // 20 advertising peers, one supernode per 5: a target of four, all
-    // public. The hysteresis keeps a serving count within a quarter of
-    // the target (three to five); which one the peers settle on depends
-    // on how many had joined when the first set took office, so on how
-    // fast the machine is.
+    // 20 peers (13 advertise, the rest are counted through the load of
+    // the supernodes they attach to), one supernode per 5: a target of
+    // four, all public. The hysteresis keeps a serving count within a
+    // quarter of the target (three to five); which one the peers settle on
+    // depends on how many had joined when the first set took office, so on
+    // how fast the machine is.
     assert_eq!(election::target_count(PEERS, &cfg), 4);
     assert!((3..=5).contains(&sns.len()), "{sns:?}");
     for v in &agreed {
@@ -172,8 +176,15 @@ async fn twenty_peers_agree_on_the_supernode_set_the_pure_election_gives() {
         assert_eq!(v.rejected, 0);
     }
     for (i, p) in peers.iter().enumerate() {
-        if sns.contains(&p.network().local_peer_id()) {
-            assert!(i % 3 != 0, "peer {i} is not public but was elected");
+        let id = p.network().local_peer_id();
+        if i % 3 == 0 {
+            assert!(!sns.contains(&id), "peer {i} is not public but was elected");
+            assert!(
+                agreed
+                    .iter()
+                    .all(|v| v.adverts.iter().all(|a| a.peer_id != id)),
+                "peer {i} cannot stand, yet its advert went out"
+            );
         }
     }
 
@@ -193,7 +204,7 @@ async fn twenty_peers_agree_on_the_supernode_set_the_pure_election_gives() {
             assert_eq!(&v.supernodes, sns, "the supernode set changed");
         }
         views.iter().zip(&held).all(|(v, held)| {
-            v.adverts.len() == PEERS
+            v.adverts.len() == standing
                 && v.adverts
                     .iter()
                     .all(|a| held.get(&a.peer_id).is_some_and(|seq| a.seq > *seq))
@@ -376,7 +387,7 @@ async fn when_every_supernode_is_gone_qualified_peers_are_promoted() {
     // Peers 6 and 7 are private: they can never be promoted.
     let peers = start_peers(dir.path(), n, n - 1, 4, declared(|i| i < 6)).await;
     let private: Vec<PeerId> = peers[6..].iter().map(Peer::peer_id).collect();
-    let views = all_attached(&peers, n).await;
+    let views = all_attached(&peers, 6).await;
     let old = views[0].supernodes.clone();
     // The target is 2; hysteresis keeps a third that started serving while
     // the views were still filling (within the 25 % slack).
@@ -440,10 +451,27 @@ async fn supernodes_recommend_storage_peers_from_adverts_and_reports() {
     let dir = tempfile::tempdir().unwrap();
     let n = 6;
     let peers = start_peers(dir.path(), n, n - 1, 32, declared(|i| i == 0)).await;
-    let views = all_attached(&peers, n).await;
+    let views = all_attached(&peers, 1).await;
     assert_eq!(views[0].supernodes, vec![peers[0].peer_id()]);
     assert_eq!(views[0].attached_peers.len(), n - 1);
     let asker = &peers[3];
+    // The private peers never advertise: they hand their adverts to the
+    // supernode in heartbeats, one advert interval (1 s) apart.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while asker
+        .network()
+        .recommend(5, Vec::new())
+        .await
+        .unwrap()
+        .len()
+        < 4
+    {
+        assert!(
+            Instant::now() < deadline,
+            "attached peers' adverts never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let got = asker
         .network()
         .recommend(3, vec![peers[1].peer_id()])

@@ -68,6 +68,11 @@ pub enum SnRequest {
     Heartbeat {
         /// Observations, at most [`MAX_REPORTS`].
         reports: Vec<Observation>,
+        /// The asker's newest signed advert, when it changed since the last
+        /// heartbeat and the asker keeps it back from gossip (it cannot
+        /// stand): the SN ranks it for recommendations, never for election.
+        #[serde(default)]
+        advert: Option<Vec<u8>>,
     },
     /// Name up to `count` good storage peers, not counting `exclude`.
     Recommend {

@@ -5,9 +5,9 @@
 //! - Only qualified peers stand: publicly reachable (AutoNAT or config) and
 //!   at or above every resource threshold, uptime included.
 //! - Only peers that qualify publish adverts; ordinary peers stay silent
-//!   and attach. So the population the target is sized from is the fresh
-//!   adverts plus the peers attached to serving supernodes, as their
-//!   adverts' `load` says ([`population`]). The target is one supernode
+//!   and attach. So the population the target is sized from is the
+//!   serving supernodes plus the peers attached to them, as their adverts'
+//!   `load` says, or the fresh adverts if more ([`population`]). The target is one supernode
 //!   per `peers_per_sn` of that population, clamped to `min_sns..=max_sns`
 //!   and to the qualified peers there are.
 //! - Hysteresis, from the adverts themselves: peers already serving say so
@@ -169,24 +169,18 @@ pub fn shortfalls(a: &Advert, t: &Thresholds) -> Vec<Shortfall> {
 }
 
 /// How many supernodes `peers` advertising peers call for.
-/// The peers the election sizes its target from: one per fresh advert,
-/// plus the attached peers every serving advert reports in `load`. A
-/// serving supernode's attached peers are mostly silent ordinary peers,
-/// seen only through that count. `load` is bounded by
-/// [`crate::supernode::advert::limits::LOAD`] when verified; the sum
-/// saturates, so no advert can overflow it.
-///
-/// A qualified peer that is not elected advertises and also attaches, so
-/// it counts twice; qualified peers are few, and the error is at most
-/// their number, towards more supernodes.
+/// The peers the election sizes its target from. Every peer that does not
+/// serve attaches to a supernode, so the serving adverts and the attached
+/// peers their `load` reports count every peer once, the silent ordinary
+/// ones included. Before anyone serves (or while few are attached), the
+/// fresh adverts are the better count; the larger of the two is taken.
+/// `load` is bounded by [`crate::supernode::advert::limits::LOAD`] when
+/// verified; the sum saturates, so no advert can overflow it.
 pub fn population(fresh: &[&Advert]) -> usize {
-    fresh.iter().fold(fresh.len(), |sum, a| {
-        if a.serving {
-            sum.saturating_add(a.load as usize)
-        } else {
-            sum
-        }
-    })
+    let served = fresh.iter().filter(|a| a.serving).fold(0usize, |sum, a| {
+        sum.saturating_add(1).saturating_add(a.load as usize)
+    });
+    served.max(fresh.len())
 }
 
 /// How many supernodes a population of `peers` calls for (see
@@ -520,16 +514,34 @@ mod tests {
         let quiet: Vec<Advert> = (0..4).map(|n| advert(n, 4, true, n == 0)).collect();
         assert_eq!(population(&current(&quiet, NOW, MAX_ADVERT_AGE_SECS)), 4);
         assert_eq!(elect(&quiet, NOW, &cfg), vec![peer(0)]);
-        // 100 silent peers attach to it: 104 call for ceil(104 / 32) = 4.
+        // 100 peers attach to it: with it, 101 call for ceil(101 / 32) = 4.
         let mut busy = quiet.clone();
         busy[0].load = 100;
-        assert_eq!(population(&current(&busy, NOW, MAX_ADVERT_AGE_SECS)), 104);
+        assert_eq!(population(&current(&busy, NOW, MAX_ADVERT_AGE_SECS)), 101);
         assert_eq!(elect(&busy, NOW, &cfg).len(), 4);
         // Only as many as qualify: two of the four turn private.
         for a in &mut busy[2..] {
             a.reachability = Reachability::Private;
         }
         assert_eq!(elect(&busy, NOW, &cfg).len(), 2);
+    }
+
+    #[test]
+    fn qualified_peers_that_advertise_and_attach_count_once() {
+        let cfg = single();
+        // 12 qualified peers, 3 serve, the other 9 attached (3 each): 12.
+        let adverts: Vec<Advert> = (0..12)
+            .map(|n| Advert {
+                load: if n < 3 { 3 } else { 0 },
+                ..advert(n, 4, true, n < 3)
+            })
+            .collect();
+        assert_eq!(population(&current(&adverts, NOW, MAX_ADVERT_AGE_SECS)), 12);
+        let four = ElectionConfig {
+            peers_per_sn: 4,
+            ..cfg
+        };
+        assert_eq!(elect(&adverts, NOW, &four).len(), 3);
     }
 
     #[test]
@@ -557,6 +569,7 @@ mod tests {
             .collect();
         let fresh = current(&adverts, NOW, MAX_ADVERT_AGE_SECS);
         let sum = 40usize.saturating_add(40usize.saturating_mul(u32::MAX as usize));
+        assert_eq!(sum, 40 * (1 + u32::MAX as usize), "no overflow on 64 bits");
         assert_eq!(population(&fresh), sum);
         assert_eq!(elect(&adverts, NOW, &cfg).len(), cfg.max_sns);
     }

@@ -324,6 +324,11 @@ pub fn sn_requests() -> Vec<SnRequest> {
                 ok: 3,
                 failed: 1,
             }],
+            advert: None,
+        },
+        SnRequest::Heartbeat {
+            reports: Vec::new(),
+            advert: signed_adverts().pop(),
         },
         SnRequest::Recommend {
             count: 8,

@@ -81,6 +81,11 @@ pub(super) struct Elections {
     supernodes: Vec<PeerId>,
     /// This peer's latest advert, published or (not qualifying) kept back.
     last_own: Option<Advert>,
+    /// A kept-back advert, signed, for the next heartbeat to hand the SN.
+    kept_back: Option<Vec<u8>>,
+    /// The signed adverts attached peers handed over, at most
+    /// `max_attached`: ranked for recommendations, never for election.
+    attached_adverts: AdvertBook,
     rejected: u64,
     /// AutoNAT found this peer publicly reachable.
     pub(super) nat_public: bool,
@@ -115,6 +120,7 @@ impl Elections {
         topic: gossipsub::IdentTopic,
         relay_gate: Arc<Mutex<RelayGate>>,
     ) -> Self {
+        let attached_adverts = AdvertBook::with_cap(setup.max_attached.max(1));
         Self {
             book: AdvertBook::with_cap(setup.max_tracked_peers),
             setup,
@@ -127,6 +133,8 @@ impl Elections {
             started: Instant::now(),
             supernodes: Vec::new(),
             last_own: None,
+            kept_back: None,
+            attached_adverts,
             rejected: 0,
             nat_public: false,
             circuits: 0,
@@ -295,6 +303,7 @@ impl Elections {
     /// reserve on the relay.
     fn detach_peer(&mut self, peer: &PeerId) -> bool {
         self.gate().detach(peer);
+        self.attached_adverts.remove(peer);
         self.attachments.detach(peer)
     }
 
@@ -344,6 +353,7 @@ impl EventLoop {
         e.last_own = Some(own.clone());
         if !election::qualifies(&own, &e.setup.election.thresholds) {
             e.book.remove(&own.peer_id);
+            e.kept_back = Some(own.sign(&e.key));
             self.reelect(now);
             return;
         }
@@ -603,6 +613,7 @@ impl EventLoop {
         tracing::info!(serving, "this peer's supernode role changed");
         if !serving {
             e.attachments.clear();
+            e.attached_adverts = AdvertBook::with_cap(e.setup.max_attached.max(1));
             e.gate().clear();
         }
         self.swarm
@@ -631,6 +642,7 @@ impl EventLoop {
             let timeout = 2 * patience(e.setup.heartbeat);
             for peer in e.attachments.expire(now, timeout) {
                 e.gate().detach(&peer);
+                e.attached_adverts.remove(&peer);
                 tracing::info!(%peer, "attached peer went silent");
             }
             self.run_checks();
@@ -663,6 +675,7 @@ impl EventLoop {
         let request = if e.uplink.attached {
             SnRequest::Heartbeat {
                 reports: e.take_reports(),
+                advert: e.kept_back.take(),
             }
         } else {
             SnRequest::Attach

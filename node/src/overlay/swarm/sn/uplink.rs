@@ -14,6 +14,7 @@ use tokio::sync::oneshot;
 
 use super::Elections;
 use crate::overlay::swarm::{EventLoop, NetworkError};
+use crate::supernode::advert::Advert;
 use crate::supernode::attach::{
     AVOID_FOR, MAX_EXCHANGE_ADDRS, MAX_EXCHANGE_PEERS, MAX_RECOMMEND, Refusal, SnRequest,
     SnResponse,
@@ -349,10 +350,16 @@ impl EventLoop {
                 }
                 Err(r) => SnResponse::Refused(r),
             },
-            SnRequest::Heartbeat { reports } => e
-                .attachments
-                .heartbeat(peer, &reports, now, e.setup.heartbeat / 2)
-                .map_or_else(SnResponse::Refused, |load| SnResponse::Alive { load }),
+            SnRequest::Heartbeat { reports, advert } => {
+                let answer = e
+                    .attachments
+                    .heartbeat(peer, &reports, now, e.setup.heartbeat / 2)
+                    .map_or_else(SnResponse::Refused, |load| SnResponse::Alive { load });
+                if let (SnResponse::Alive { .. }, Some(bytes)) = (&answer, advert) {
+                    e.keep_attached_advert(peer, &bytes);
+                }
+                answer
+            }
             SnRequest::Recommend { count, exclude } => {
                 if !e.attachments.contains(&peer) {
                     return SnResponse::Refused(Refusal::NotAttached);
@@ -398,10 +405,36 @@ impl EventLoop {
 }
 
 impl Elections {
-    /// Storage peers from the fresh adverts and attached peers' reports.
+    /// Keeps the advert an attached peer handed over in a heartbeat, if it
+    /// verifies and is the peer's own; refused ones count as rejected.
+    fn keep_attached_advert(&mut self, peer: PeerId, bytes: &[u8]) {
+        let kept = Advert::verify(bytes, vmail_proto::unix_now())
+            .map_err(|e| e.to_string())
+            .and_then(|a| {
+                if a.peer_id == peer {
+                    Ok(a)
+                } else {
+                    Err(format!("advert for {} handed over by {peer}", a.peer_id))
+                }
+            })
+            .and_then(|a| {
+                self.attached_adverts
+                    .insert(a)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(why) = kept {
+            self.rejected += 1;
+            tracing::debug!(%peer, "attached peer's advert refused: {why}");
+        }
+    }
+
+    /// Storage peers from the fresh adverts, those attached peers handed
+    /// over, and attached peers' reports.
     fn recommend(&self, count: u16, exclude: &[PeerId]) -> Vec<PeerId> {
         let now = vmail_proto::unix_now();
-        let adverts = self.election_input();
+        let mut adverts = self.election_input();
+        adverts.extend(self.attached_adverts.adverts().cloned());
         let fresh = election::current(&adverts, now, self.setup.election.max_advert_age_secs);
         crate::supernode::attach::recommend(
             &fresh,
