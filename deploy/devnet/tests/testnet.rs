@@ -203,8 +203,10 @@ async fn peers_elect_supernodes_and_keep_ids_and_ports_across_down_and_up() {
     })
     .await;
     assert!(status.contains("role           peer"), "{status}");
+    // The testnet's peers advertise; the daemon declares no bandwidth, so
+    // it cannot stand and keeps its advert back.
     assert!(
-        status.contains(&format!("elected from {} advertising peers", PEERS + 1)),
+        status.contains(&format!("elected from {PEERS} advertising peers")),
         "{status}"
     );
 
