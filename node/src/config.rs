@@ -68,6 +68,11 @@ pub struct NodeConfig {
     pub max_connections_per_peer: u32,
     /// Most incoming connections in their handshake. Default 64.
     pub max_pending_incoming: u32,
+    /// Connected peers kept when idle. Beyond it, every 15 s the peers
+    /// idle longest (a minute at least) are disconnected, never one in the
+    /// gossip mesh, this peer's supernode, a peer attached to it, or one a
+    /// blob exchange is under way with. Default 32.
+    pub target_peers: usize,
     /// Supernode adverts and election (`[supernode]`).
     pub supernode: SupernodeConfig,
     /// Storage placement, redundancy and repair (`[placement]`).
@@ -370,6 +375,7 @@ impl Default for NodeConfig {
             max_connections: 256,
             max_connections_per_peer: 4,
             max_pending_incoming: 64,
+            target_peers: 32,
             supernode: SupernodeConfig::default(),
             placement: PlacementConfig::default(),
             providers: ProvidersConfig::default(),
@@ -463,6 +469,9 @@ pub enum InvalidValue {
     /// `max_voicemail_bytes` is out of range.
     #[error("max_voicemail_bytes = {0} must be 1 to 1073741824")]
     MaxVoicemailBytes(u64),
+    /// `target_peers` is zero.
+    #[error("target_peers = 0 would disconnect every idle peer: use at least 1 (default 32)")]
+    TargetPeers,
     /// A connection limit is zero.
     #[error("max_connections and max_connections_per_peer must be at least 1")]
     Connections,
@@ -559,6 +568,9 @@ impl NodeConfig {
         self.placement.validate()?;
         if self.max_voicemail_bytes == 0 || self.max_voicemail_bytes > 1 << 30 {
             return Err(InvalidValue::MaxVoicemailBytes(self.max_voicemail_bytes));
+        }
+        if self.target_peers == 0 {
+            return Err(InvalidValue::TargetPeers);
         }
         if self.max_connections == 0 || self.max_connections_per_peer == 0 {
             return Err(InvalidValue::Connections);

@@ -13,5 +13,6 @@ pub mod crypto;
 pub mod erasure;
 pub mod locator;
 pub mod placement;
+pub mod prune;
 pub mod score;
 pub mod wav;

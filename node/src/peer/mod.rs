@@ -292,6 +292,7 @@ impl Peer {
             max_connections: opts.config.max_connections,
             max_connections_per_peer: opts.config.max_connections_per_peer,
             max_pending_incoming: opts.config.max_pending_incoming,
+            target_peers: opts.config.target_peers,
             role: opts.role,
             supernode,
             relay_slots: opts.config.supernode.relay_slots,

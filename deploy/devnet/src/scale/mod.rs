@@ -262,6 +262,7 @@ async fn measure(args: &ScaleArgs, shared: &Shared, net: &mut Net) -> anyhow::Re
                 .push(rate(b.advert_bytes, a.advert_bytes));
             row.dht_requests_min
                 .push(rate(b.dht_requests, a.dht_requests));
+            row.connections.push(u64::from(a.connections));
         }
     }
 

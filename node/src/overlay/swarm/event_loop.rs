@@ -19,16 +19,17 @@ use libp2p::{
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::core::prune;
 use crate::supernode::attach::SN_PROTOCOL;
 use crate::supernode::budget::{DEFAULT_MAX_TRACKED_PEERS, RelayGate, evict_least};
 
 use super::providers::ProviderStore;
 use super::{
     ADVERT_TOPIC, Behaviour, BehaviourEvent, COMMAND_QUEUE, Command, EventLoop, GOSSIP_MAX_FRAME,
-    IDENTIFY_PROTOCOL, IDLE_TIMEOUT, KAD_PROTOCOL, LookupStats, MAX_PROVIDERS_GATHERED, Network,
-    NetworkConfig, NetworkError, PING_INTERVAL, PING_TIMEOUT, PendingQuery, ProviderLookup,
-    QUERY_TIMEOUT, RELAY_CIRCUIT_BYTES, RELAY_CIRCUIT_DURATION, Role, SN_MAX_MESSAGE, Traffic,
-    is_relayed, scoring, sn,
+    IDENTIFY_PROTOCOL, IDLE_TIMEOUT, InUse, KAD_PROTOCOL, LookupStats, MAX_PROVIDERS_GATHERED,
+    Network, NetworkConfig, NetworkError, PING_INTERVAL, PING_TIMEOUT, PendingQuery,
+    ProviderLookup, QUERY_TIMEOUT, RELAY_CIRCUIT_BYTES, RELAY_CIRCUIT_DURATION, Role,
+    SN_MAX_MESSAGE, Traffic, is_relayed, scoring, sn,
 };
 
 impl Network {
@@ -195,6 +196,7 @@ impl Network {
             None => None,
         };
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+        let in_use = InUse::default();
         let event_loop = EventLoop {
             swarm,
             commands: rx,
@@ -203,6 +205,9 @@ impl Network {
             elections,
             metrics,
             dht_requests: 0,
+            in_use: in_use.clone(),
+            last_active: HashMap::new(),
+            target_peers: config.target_peers,
             peer_addrs: HashMap::new(),
             max_tracked_peers: config
                 .supernode
@@ -218,6 +223,7 @@ impl Network {
                 commands: tx,
                 local,
                 streams,
+                in_use,
             },
             task,
         ))
@@ -258,6 +264,9 @@ fn relay_config(slots: usize, gate: Arc<Mutex<RelayGate>>) -> relay::Config {
     config
 }
 
+/// How often idle connections beyond `target_peers` are pruned.
+const PRUNE_PERIOD: Duration = Duration::from_secs(15);
+
 /// How often a peer with no connections dials its bootstrap peers again
 /// (they were not up yet, or its network was cut and has come back).
 const REJOIN_PERIOD: Duration = Duration::from_secs(5);
@@ -282,6 +291,46 @@ impl EventLoop {
         self.peer_addrs.insert(peer, addr);
     }
 
+    /// Disconnects the longest idle peers beyond `target_peers`: never a
+    /// gossip mesh peer, this peer's supernode or attached peers, or one a
+    /// blob exchange is under way with ([`prune::to_close`]).
+    fn prune_connections(&mut self) {
+        let connected: Vec<libp2p::PeerId> = self.swarm.connected_peers().copied().collect();
+        if connected.len() <= self.target_peers {
+            return;
+        }
+        let mut protected: HashSet<libp2p::PeerId> = self
+            .swarm
+            .behaviour()
+            .gossip
+            .all_mesh_peers()
+            .copied()
+            .collect();
+        if let Some(e) = &self.elections {
+            protected.extend(e.protected_peers());
+        }
+        let now = std::time::Instant::now();
+        let peers: Vec<prune::Connected> = connected
+            .into_iter()
+            .map(|peer| prune::Connected {
+                peer,
+                protected: protected.contains(&peer) || self.in_use.contains(&peer),
+                last_active: self.last_active.get(&peer).copied().unwrap_or(now),
+            })
+            .collect();
+        let close = prune::to_close(&peers, self.target_peers, now, IDLE_TIMEOUT);
+        if !close.is_empty() {
+            tracing::debug!(
+                closed = close.len(),
+                kept = peers.len() - close.len(),
+                "pruned idle connections"
+            );
+        }
+        for peer in close {
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+    }
+
     /// Dials the bootstrap peers again if no connection is left.
     fn rejoin_if_alone(&mut self) {
         if self.swarm.connected_peers().next().is_none() && !self.bootstrap.is_empty() {
@@ -303,10 +352,13 @@ impl EventLoop {
         let mut elections = every(sn::ELECTION_PERIOD);
         let mut rejoin = every(REJOIN_PERIOD);
         rejoin.reset();
+        let mut prune = every(PRUNE_PERIOD);
+        prune.reset();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = rejoin.tick() => self.rejoin_if_alone(),
+                _ = prune.tick() => self.prune_connections(),
                 _ = adverts.tick(), if setup.is_some() => self.advertise(),
                 _ = elections.tick(), if setup.is_some() => self.reelect_if_changed(),
                 _ = heartbeats.tick(), if setup.is_some() => self.on_heartbeat_tick(),
@@ -346,6 +398,11 @@ impl EventLoop {
                 let _ = reply.send(Traffic {
                     wire_bytes: wire_bytes(&self.metrics),
                     dht_requests: self.dht_requests,
+                    connections: self
+                        .swarm
+                        .network_info()
+                        .connection_counters()
+                        .num_established(),
                 });
             }
             Command::ProviderStats { reply } => {
@@ -443,7 +500,12 @@ impl EventLoop {
                 message_id,
                 message,
             })) => self.on_advert(propagation_source, message_id, message),
-            SwarmEvent::Behaviour(BehaviourEvent::Sn(event)) => self.on_sn_event(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Sn(event)) => {
+                if let request_response::Event::Message { peer, .. } = &event {
+                    self.last_active.insert(*peer, std::time::Instant::now());
+                }
+                self.on_sn_event(event)
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
                 peer,
                 result: Ok(rtt),
@@ -502,6 +564,7 @@ impl EventLoop {
                 {
                     self.remember_addr(peer_id, address.clone());
                 }
+                self.last_active.insert(peer_id, std::time::Instant::now());
                 self.on_connected(peer_id, connection_id, &endpoint);
             }
             SwarmEvent::ConnectionClosed {
@@ -511,6 +574,7 @@ impl EventLoop {
             } => {
                 self.rtts.remove(&peer_id);
                 self.peer_addrs.remove(&peer_id);
+                self.last_active.remove(&peer_id);
                 self.on_disconnected(peer_id);
             }
             SwarmEvent::OutgoingConnectionError {

@@ -24,7 +24,7 @@ pub mod scoring;
 mod sn;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use libp2p::kad::{self, QueryId, RecordKey};
@@ -194,6 +194,9 @@ pub struct NetworkConfig {
     pub max_connections_per_peer: u32,
     /// Most incoming connections still in their handshake.
     pub max_pending_incoming: u32,
+    /// Connected peers kept: beyond it, the longest idle unprotected ones
+    /// are disconnected ([`crate::core::prune`]).
+    pub target_peers: usize,
     /// Server or client.
     pub role: Role,
     /// Adverts and election; `None` for a one-job client peer.
@@ -295,6 +298,48 @@ pub struct Network {
     commands: mpsc::Sender<Command>,
     local: PeerId,
     streams: libp2p_stream::Control,
+    in_use: InUse,
+}
+
+/// Peers a blob exchange is under way with, shared by the network's
+/// handles and its event loop, which never prunes their connections
+/// ([`crate::core::prune`]).
+#[derive(Debug, Clone, Default)]
+pub struct InUse(Arc<Mutex<HashMap<PeerId, u32>>>);
+
+impl InUse {
+    /// Marks `peer` in use until the guard drops.
+    pub fn hold(&self, peer: PeerId) -> InUseGuard {
+        *self.0.lock().expect("in-use lock").entry(peer).or_default() += 1;
+        InUseGuard {
+            set: self.clone(),
+            peer,
+        }
+    }
+
+    /// Whether an exchange with `peer` is under way.
+    pub fn contains(&self, peer: &PeerId) -> bool {
+        self.0.lock().expect("in-use lock").contains_key(peer)
+    }
+}
+
+/// `peer` is in use while this lives.
+#[derive(Debug)]
+pub struct InUseGuard {
+    set: InUse,
+    peer: PeerId,
+}
+
+impl Drop for InUseGuard {
+    fn drop(&mut self) {
+        let mut map = self.set.0.lock().expect("in-use lock");
+        if let Some(n) = map.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.peer);
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Network {
@@ -347,6 +392,8 @@ pub struct Traffic {
     pub wire_bytes: u64,
     /// Kademlia requests answered, and sent by finished queries.
     pub dht_requests: u64,
+    /// Connections open now.
+    pub connections: u32,
 }
 
 /// What one provider lookup cost, by the Kademlia query's own figures.
@@ -377,6 +424,12 @@ impl Network {
     /// A stream control for opening and accepting blob streams.
     pub fn streams(&self) -> libp2p_stream::Control {
         self.streams.clone()
+    }
+
+    /// Marks `peer` in use, so its connection is not pruned, until the
+    /// guard drops: held for every blob exchange.
+    pub fn in_use(&self, peer: PeerId) -> InUseGuard {
+        self.in_use.hold(peer)
     }
 
     async fn ask<T>(
@@ -523,4 +576,10 @@ struct EventLoop {
     metrics: prometheus_client::registry::Registry,
     /// Kademlia requests answered, and sent by finished queries.
     dht_requests: u64,
+    /// Peers with a blob exchange under way.
+    in_use: InUse,
+    /// When each connected peer connected or was last used.
+    last_active: HashMap<PeerId, std::time::Instant>,
+    /// Connected peers kept when idle.
+    target_peers: usize,
 }

@@ -23,6 +23,7 @@ use crate::overlay::swarm::Network;
 #[derive(Clone)]
 pub struct BlobClient {
     control: libp2p_stream::Control,
+    network: Network,
 }
 
 impl std::fmt::Debug for BlobClient {
@@ -36,6 +37,7 @@ impl BlobClient {
     pub fn new(network: &Network) -> Self {
         Self {
             control: network.streams(),
+            network: network.clone(),
         }
     }
 
@@ -101,6 +103,7 @@ impl BlobClient {
         data: &[u8],
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<(), TransferError> {
+        let _in_use = self.network.in_use(peer);
         let mut s = match self.ask(peer, &Request::Store { id, meta }).await? {
             (s, Reply::Ready) => s,
             (_, Reply::Stored) => return Ok(()),
@@ -117,6 +120,7 @@ impl BlobClient {
 
     /// Asks `peer` whether it holds `id`: its length and hash if so.
     pub async fn has(&self, peer: PeerId, id: ObjectId) -> Result<(u64, [u8; 32]), TransferError> {
+        let _in_use = self.network.in_use(peer);
         match self.ask(peer, &Request::Has { id }).await? {
             (_, Reply::Held { len, sha256 }) => Ok((len, sha256)),
             (_, other) => Err(refusal(peer, other)),
@@ -132,6 +136,7 @@ impl BlobClient {
         max_len: u64,
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<Vec<u8>, TransferError> {
+        let _in_use = self.network.in_use(peer);
         match self.ask(peer, &Request::Fetch { id }).await? {
             (mut s, Reply::Found { len }) if len <= max_len => {
                 read_body(&mut s, len, progress).await.map_err(broken(peer))
@@ -152,6 +157,7 @@ impl BlobClient {
         secret: [u8; 32],
         shard: ShardOf,
     ) -> Result<(), TransferError> {
+        let _in_use = self.network.in_use(peer);
         match self
             .ask(peer, &Request::Relayout { id, secret, shard })
             .await?
@@ -163,6 +169,7 @@ impl BlobClient {
 
     /// Hands `peer` a delete order; how many objects it removed.
     pub async fn erase(&self, peer: PeerId, order: Vec<u8>) -> Result<u32, TransferError> {
+        let _in_use = self.network.in_use(peer);
         match self.ask(peer, &Request::Erase { order }).await? {
             (_, Reply::Erased { objects }) => Ok(objects),
             (_, other) => Err(refusal(peer, other)),
@@ -171,6 +178,7 @@ impl BlobClient {
 
     /// Hands `peer` the deposit proof for a grant it holds shards of.
     pub async fn prove(&self, peer: PeerId, proof: Vec<u8>) -> Result<u32, TransferError> {
+        let _in_use = self.network.in_use(peer);
         match self.ask(peer, &Request::Prove { proof }).await? {
             (_, Reply::Proven { objects }) => Ok(objects),
             (_, other) => Err(refusal(peer, other)),
@@ -184,6 +192,7 @@ impl BlobClient {
         id: ObjectId,
         secret: [u8; 32],
     ) -> Result<(), TransferError> {
+        let _in_use = self.network.in_use(peer);
         match self.ask(peer, &Request::Delete { id, secret }).await? {
             (_, Reply::Deleted) => Ok(()),
             (_, other) => Err(refusal(peer, other)),

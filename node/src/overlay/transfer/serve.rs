@@ -165,7 +165,9 @@ pub async fn serve(network: Network, store: ObjectStore, shutdown: CancellationT
             }
         };
         let (network, store, gate) = (network.clone(), store.clone(), gate.clone());
+        let in_use = network.in_use(peer);
         tokio::spawn(async move {
+            let _in_use = in_use;
             if let Err(e) = handle(peer, stream, &network, &store, &gate).await {
                 tracing::debug!(%peer, "blob exchange ended: {e}");
             }

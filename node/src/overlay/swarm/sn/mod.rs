@@ -156,6 +156,14 @@ impl Elections {
         self.key.public().to_peer_id()
     }
 
+    /// Peers whose connections must never be pruned: this peer's
+    /// supernode and the peers attached to it.
+    pub(super) fn protected_peers(&self) -> Vec<PeerId> {
+        let mut peers = self.attachments.peers();
+        peers.extend(self.uplink.sn);
+        peers
+    }
+
     fn serving(&self) -> bool {
         self.supernodes.contains(&self.local())
     }
