@@ -11,7 +11,7 @@ use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 
 use crate::core::erasure::{ErasureError, MAX_SHARDS, Redundancy};
-use crate::core::score::{FrequencyRule, PaperScorer, RandomScorer, Scorer};
+use crate::core::score::{FairScorer, FrequencyRule, PaperScorer, RandomScorer, Scorer};
 
 /// Default holder quota: 1 GiB of ciphertext.
 pub const DEFAULT_QUOTA_BYTES: u64 = 1 << 30;
@@ -141,7 +141,10 @@ pub struct PlacementConfig {
     /// whole copies. Default `"4/8"`, the churn study's choice.
     pub redundancy: String,
     /// `"paper-min"` (the paper's `a·e·c / min{f,1}`), `"paper-max"`
-    /// (`/ max{f,1}`) or `"random"`. Default `"paper-max"`.
+    /// (`/ max{f,1}`), `"three-choice"` (the best of three random
+    /// candidates by the `max{f,1}` score with free space damped, which
+    /// spreads load: docs/PLACEMENT.md) or `"random"`. Default
+    /// `"paper-max"`.
     pub scorer: String,
     /// Peer ids to favour as holders.
     pub preferred: Vec<String>,
@@ -185,6 +188,7 @@ impl PlacementConfig {
         match self.scorer.as_str() {
             "paper-min" => Ok(paper(FrequencyRule::Min)),
             "paper-max" => Ok(paper(FrequencyRule::Max)),
+            "three-choice" => Ok(Box::new(FairScorer::THREE_CHOICE)),
             "random" => Ok(Box::new(RandomScorer)),
             other => Err(InvalidValue::Scorer(other.to_owned())),
         }
@@ -397,7 +401,9 @@ pub enum InvalidValue {
     #[error("providers.{0} = 0: it must be at least 1 (see the sample node.toml for defaults)")]
     Providers(&'static str),
     /// `placement.scorer` names no scorer.
-    #[error("placement.scorer = {0:?}: use \"paper-min\", \"paper-max\" or \"random\"")]
+    #[error(
+        "placement.scorer = {0:?}: use \"paper-min\", \"paper-max\", \"three-choice\" or \"random\""
+    )]
     Scorer(String),
     /// A `placement.preferred` entry is not a peer id.
     #[error("placement.preferred entry {entry:?}: {why}")]
@@ -633,5 +639,29 @@ mod tests {
         let e = c.validate().unwrap_err();
         assert_eq!(e, InvalidValue::Providers("max_records_per_peer"));
         assert!(e.to_string().contains("providers.max_records_per_peer = 0"));
+    }
+
+    #[test]
+    fn placement_scorer_names_every_scorer_and_lists_them_on_a_typo() {
+        for name in ["paper-min", "paper-max", "three-choice", "random"] {
+            let c: NodeConfig =
+                toml::from_str(&format!("[placement]\nscorer = \"{name}\"\n")).unwrap();
+            c.validate().unwrap();
+        }
+        let three = PlacementConfig {
+            scorer: "three-choice".into(),
+            ..PlacementConfig::default()
+        }
+        .scorer()
+        .unwrap();
+        assert_eq!(three.order(), crate::core::score::Order::Choices(3));
+        let c: NodeConfig = toml::from_str("[placement]\nscorer = \"three_choice\"\n").unwrap();
+        let e = c.validate().unwrap_err();
+        assert_eq!(e, InvalidValue::Scorer("three_choice".into()));
+        let msg = e.to_string();
+        for name in ["paper-min", "paper-max", "three-choice", "random"] {
+            assert!(msg.contains(&format!("\"{name}\"")), "{msg}");
+        }
+        assert_eq!(PlacementConfig::default().scorer, "paper-max");
     }
 }

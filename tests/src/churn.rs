@@ -5,7 +5,8 @@
 //! Pure and deterministic: a seeded `StdRng`, no IO, no clock. Time moves in
 //! steps of [`STEP_SECS`]. The simulator reuses the node's real decision
 //! code: [`vmail_node::core::score::select`] with [`PaperScorer`] (either
-//! [`FrequencyRule`]) or [`RandomScorer`] over an [`Observations`] table it
+//! [`FrequencyRule`]), [`FairScorer`] (the variants of [`Strategy`] that
+//! spread load) or [`RandomScorer`] over an [`Observations`] table it
 //! feeds as a peer would (hourly availability samples, advertised free
 //! space, picks, store outcomes, refusals), and
 //! [`vmail_node::core::erasure::Redundancy`] for shard counts, sizes and the
@@ -31,13 +32,17 @@
 //!
 //! [`place_static`], [`survival`] and [`predict_static`] are the no-churn
 //! counterpart, for checking the model against the real in-process network.
+//!
+//! Over 600 lines; the split of the static model from the churn model is
+//! owed, not done.
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Pareto, Weibull};
 use vmail_node::core::erasure::Redundancy;
 use vmail_node::core::score::{
-    FrequencyRule, Observations, Outcome, PaperScorer, PeerStats, RandomScorer, Scorer, select,
+    FairScorer, FrequencyRule, Observations, Order, Outcome, PaperScorer, PeerStats, RandomScorer,
+    Scorer, select,
 };
 
 /// Length of one simulation step: an hour, the sampling period of the
@@ -114,15 +119,42 @@ pub enum Strategy {
     /// The online peers XOR-closest to a random 64-bit key, as a plain DHT
     /// would store.
     Kademlia,
+    /// [`FairScorer`]: paper max{f,1} ranked by the power of two choices.
+    PaperTwoChoice,
+    /// [`FairScorer`]: paper max{f,1} divided by `(1 + placed / mean)^`
+    /// [`LOAD_EXPONENT`], jittered as the paper's.
+    PaperMaxLoad,
+    /// [`FairScorer`]: both.
+    PaperTwoChoiceLoad,
+    /// [`FairScorer`]: two choices, free space weighed as `c^`
+    /// [`DAMPED_CAPACITY_EXPONENT`], so availability decides more.
+    DampedTwoChoice,
+    /// As [`Strategy::DampedTwoChoice`] with the load term.
+    DampedTwoChoiceLoad,
+    /// [`FairScorer::THREE_CHOICE`], `placement.scorer = "three-choice"`:
+    /// as [`Strategy::DampedTwoChoice`] with three choices.
+    ThreeChoice,
 }
+
+/// The load exponent of the load-aware strategies.
+pub const LOAD_EXPONENT: f64 = 1.0;
+/// The capacity exponent of the damped strategies, as in
+/// [`FairScorer::THREE_CHOICE`].
+pub const DAMPED_CAPACITY_EXPONENT: f64 = FairScorer::THREE_CHOICE.capacity_exponent;
 
 impl Strategy {
     /// Every strategy, in table order.
-    pub const ALL: [Strategy; 4] = [
+    pub const ALL: [Strategy; 10] = [
         Strategy::PaperMin,
         Strategy::PaperMax,
         Strategy::Random,
         Strategy::Kademlia,
+        Strategy::PaperTwoChoice,
+        Strategy::PaperMaxLoad,
+        Strategy::PaperTwoChoiceLoad,
+        Strategy::DampedTwoChoice,
+        Strategy::DampedTwoChoiceLoad,
+        Strategy::ThreeChoice,
     ];
 
     /// A short name for tables and plots.
@@ -132,21 +164,63 @@ impl Strategy {
             Strategy::PaperMax => "paper max{f,1}",
             Strategy::Random => "random",
             Strategy::Kademlia => "kademlia-closest",
+            Strategy::PaperTwoChoice => "paper max, two choices",
+            Strategy::PaperMaxLoad => "paper max ÷ load",
+            Strategy::PaperTwoChoiceLoad => "paper max ÷ load, two choices",
+            Strategy::DampedTwoChoice => "c^0.25, two choices",
+            Strategy::DampedTwoChoiceLoad => "c^0.25 ÷ load, two choices",
+            Strategy::ThreeChoice => "three-choice (c^0.25)",
         }
     }
 
-    fn scorer(self) -> Option<Box<dyn Scorer>> {
-        let paper = |rule| -> Box<dyn Scorer> {
-            Box::new(PaperScorer {
-                rule,
-                ..PaperScorer::default()
-            })
-        };
+    /// The command-line key: `paper-min`, `paper-max`, `random`,
+    /// `kademlia`, `paper-2`, `paper-max-load`, `paper-2-load`, `damped-2`,
+    /// `damped-2-load`, `three-choice`.
+    pub fn key(self) -> &'static str {
         match self {
-            Strategy::PaperMin => Some(paper(FrequencyRule::Min)),
-            Strategy::PaperMax => Some(paper(FrequencyRule::Max)),
+            Strategy::PaperMin => "paper-min",
+            Strategy::PaperMax => "paper-max",
+            Strategy::Random => "random",
+            Strategy::Kademlia => "kademlia",
+            Strategy::PaperTwoChoice => "paper-2",
+            Strategy::PaperMaxLoad => "paper-max-load",
+            Strategy::PaperTwoChoiceLoad => "paper-2-load",
+            Strategy::DampedTwoChoice => "damped-2",
+            Strategy::DampedTwoChoiceLoad => "damped-2-load",
+            Strategy::ThreeChoice => "three-choice",
+        }
+    }
+
+    /// The strategy whose [`Strategy::key`] is `key`.
+    pub fn from_key(key: &str) -> Option<Strategy> {
+        Strategy::ALL.into_iter().find(|s| s.key() == key)
+    }
+
+    fn scorer(self) -> Option<Box<dyn Scorer>> {
+        let paper = |rule| PaperScorer {
+            rule,
+            ..PaperScorer::default()
+        };
+        let fair = |order, load_exponent, capacity_exponent| -> Option<Box<dyn Scorer>> {
+            Some(Box::new(FairScorer {
+                paper: paper(FrequencyRule::Max),
+                order,
+                load_exponent,
+                capacity_exponent,
+            }))
+        };
+        let (two, damped) = (Order::Choices(2), DAMPED_CAPACITY_EXPONENT);
+        match self {
+            Strategy::PaperMin => Some(Box::new(paper(FrequencyRule::Min))),
+            Strategy::PaperMax => Some(Box::new(paper(FrequencyRule::Max))),
             Strategy::Random => Some(Box::new(RandomScorer)),
             Strategy::Kademlia => None,
+            Strategy::PaperTwoChoice => fair(two, 0.0, 1.0),
+            Strategy::PaperMaxLoad => fair(Order::Jitter, LOAD_EXPONENT, 1.0),
+            Strategy::PaperTwoChoiceLoad => fair(two, LOAD_EXPONENT, 1.0),
+            Strategy::DampedTwoChoice => fair(two, 0.0, damped),
+            Strategy::DampedTwoChoiceLoad => fair(two, LOAD_EXPONENT, damped),
+            Strategy::ThreeChoice => Some(Box::new(FairScorer::THREE_CHOICE)),
         }
     }
 }
@@ -201,6 +275,20 @@ impl Repair {
             Repair::On => "eager",
             Repair::Lazy => "lazy 24 h",
         }
+    }
+
+    /// The command-line key: `eager`, `lazy` or `off`.
+    pub fn key(self) -> &'static str {
+        match self {
+            Repair::Off => "off",
+            Repair::On => "eager",
+            Repair::Lazy => "lazy",
+        }
+    }
+
+    /// The setting whose [`Repair::key`] is `key`.
+    pub fn from_key(key: &str) -> Option<Repair> {
+        Repair::ALL.into_iter().find(|r| r.key() == key)
     }
 }
 
@@ -934,6 +1022,23 @@ mod tests {
             predict_static(10, 2, Redundancy::Replicas(3), Strategy::Random, 20, 2),
             1.0
         );
+    }
+
+    #[test]
+    fn three_choices_spread_load_that_paper_max_concentrates() {
+        // Placement alone (no repair), at the end of day 1: the paper's
+        // score piles shards on the peers with the most free space, three
+        // choices cap any peer near three times its share.
+        for seed in 1..=2 {
+            let paper = run(&small(seed), Strategy::PaperMax, RS48, Repair::Off);
+            let three = run(&small(seed), Strategy::ThreeChoice, RS48, Repair::Off);
+            assert!(
+                three.max_over_mean < 6.0 && three.max_over_mean < paper.max_over_mean / 2.0,
+                "seed {seed}: three-choice {three:?} vs paper {paper:?}"
+            );
+            assert!(three.gini < paper.gini, "seed {seed}");
+            assert_eq!(three.unplaced_shards, 0);
+        }
     }
 
     #[test]

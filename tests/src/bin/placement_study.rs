@@ -4,8 +4,12 @@
 //! SVG plots, into `docs/placement/`.
 //!
 //! `cargo run --release -p vmail-tests --bin placement-study -- [--seed S]
-//! [--seeds N] [--peers P] [--messages M] [--out DIR]`; `--out` defaults to
-//! the workspace's `docs/placement`.
+//! [--seeds N] [--peers P] [--messages M] [--out DIR] [--strategies LIST]
+//! [--redundancies LIST] [--repairs LIST]`; `--out` defaults to the
+//! workspace's `docs/placement`. The lists are comma-separated keys
+//! (`Strategy::key`, `4/8` or `3x`, `eager`/`lazy`/`off`) that narrow the
+//! grid, e.g. for a 10 000-peer run; the plots are written only for the
+//! full grid.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -24,6 +28,17 @@ const REDUNDANCIES: [Redundancy; 3] = [
     Redundancy::ReedSolomon { k: 3, n: 10 },
 ];
 
+/// The strategies the plots show: the four of the original study and the
+/// load-spreading variant `placement.scorer = "three-choice"` (the table
+/// has the others).
+const PLOTTED: [Strategy; 5] = [
+    Strategy::PaperMin,
+    Strategy::PaperMax,
+    Strategy::Random,
+    Strategy::Kademlia,
+    Strategy::ThreeChoice,
+];
+
 /// Seeds averaged by default: enough to smooth one population's luck and
 /// still finish within two minutes on two cores.
 const DEFAULT_SEEDS: u64 = 3;
@@ -35,6 +50,31 @@ struct Args {
     peers: usize,
     messages: usize,
     out: PathBuf,
+    strategies: Vec<Strategy>,
+    redundancies: Vec<Redundancy>,
+    repairs: Vec<Repair>,
+}
+
+/// The `--redundancies` key of `r`, as `placement.redundancy` spells it.
+fn redundancy_key(r: Redundancy) -> String {
+    match r {
+        Redundancy::Replicas(n) => format!("{n}x"),
+        Redundancy::ReedSolomon { k, n } => format!("{k}/{n}"),
+    }
+}
+
+/// Parses a comma-separated list with `one`, naming the flag and the valid
+/// keys on a bad entry.
+fn list<T>(
+    flag: &str,
+    value: &str,
+    valid: &str,
+    one: impl Fn(&str) -> Option<T>,
+) -> Result<Vec<T>> {
+    value
+        .split(',')
+        .map(|k| one(k.trim()).with_context(|| format!("{flag}: unknown entry {k:?}; use {valid}")))
+        .collect()
 }
 
 fn parse_args() -> Result<Args> {
@@ -46,6 +86,9 @@ fn parse_args() -> Result<Args> {
         messages: d.messages,
         // The workspace's docs, wherever cargo is run from.
         out: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/placement"),
+        strategies: Strategy::ALL.to_vec(),
+        redundancies: REDUNDANCIES.to_vec(),
+        repairs: Repair::ALL.to_vec(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -56,13 +99,29 @@ fn parse_args() -> Result<Args> {
             "--peers" => a.peers = value()?.parse().context("--peers takes an integer")?,
             "--messages" => a.messages = value()?.parse().context("--messages takes an integer")?,
             "--out" => a.out = PathBuf::from(value()?),
+            "--strategies" => {
+                let valid: Vec<&str> = Strategy::ALL.iter().map(|s| s.key()).collect();
+                a.strategies = list(&flag, &value()?, &valid.join(", "), Strategy::from_key)?
+            }
+            "--redundancies" => {
+                a.redundancies = list(&flag, &value()?, "K/N or Rx, e.g. 4/8", |k| {
+                    k.parse::<Redundancy>().ok()
+                })?
+            }
+            "--repairs" => {
+                a.repairs = list(&flag, &value()?, "eager, lazy, off", Repair::from_key)?
+            }
             other => bail!(
-                "unknown flag {other:?}: use --seed S, --seeds N, --peers P, --messages M, --out DIR"
+                "unknown flag {other:?}: use --seed S, --seeds N, --peers P, --messages M, \
+                 --out DIR, --strategies LIST, --redundancies LIST, --repairs LIST"
             ),
         }
     }
     if a.seeds == 0 || a.peers < 20 {
         bail!("need at least one seed and 20 peers");
+    }
+    if a.strategies.is_empty() || a.redundancies.is_empty() || a.repairs.is_empty() {
+        bail!("--strategies, --redundancies and --repairs each need at least one entry");
     }
     Ok(a)
 }
@@ -98,9 +157,9 @@ fn main() -> Result<()> {
     let args = parse_args()?;
     let started = Instant::now();
     let mut jobs = Vec::new();
-    for strategy in Strategy::ALL {
-        for redundancy in REDUNDANCIES {
-            for repair in Repair::ALL {
+    for &strategy in &args.strategies {
+        for &redundancy in &args.redundancies {
+            for &repair in &args.repairs {
                 jobs.push((strategy, redundancy, repair));
             }
         }
@@ -151,12 +210,31 @@ fn main() -> Result<()> {
     let departures = cells[0].report.departures;
     let (seed, seeds, peers, messages) = (args.seed, args.seeds, args.peers, args.messages);
     let secs = elapsed.as_secs_f64();
+    let full = args.strategies == Strategy::ALL
+        && args.redundancies == REDUNDANCIES
+        && args.repairs == Repair::ALL;
+    let grid = if full {
+        String::new()
+    } else {
+        let keys = |v: Vec<String>| v.join(",");
+        format!(
+            " --strategies {} --redundancies {} --repairs {}",
+            keys(args.strategies.iter().map(|s| s.key().to_owned()).collect()),
+            keys(
+                args.redundancies
+                    .iter()
+                    .map(|&r| redundancy_key(r))
+                    .collect()
+            ),
+            keys(args.repairs.iter().map(|r| r.key().to_owned()).collect()),
+        )
+    };
     let mut doc = String::new();
     writeln!(
         doc,
         "# Placement study results\n\n\
          Generated by `cargo run --release -p vmail-tests --bin placement-study -- \
-         --seed {seed} --seeds {seeds} --peers {peers} --messages {messages}`: \
+         --seed {seed} --seeds {seeds} --peers {peers} --messages {messages}{grid}`: \
          {peers} peers, {messages} voicemails of 1 MiB left during the first day, \
          31 days after a 7-day warm-up, each cell the mean of {seeds} seeds from {seed}. \
          Mean share of peers online: {:.1} %; peers that left for good during the \
@@ -177,10 +255,18 @@ fn main() -> Result<()> {
     let path = args.out.join("results.md");
     std::fs::write(&path, &doc).with_context(|| format!("writing {}", path.display()))?;
 
+    if !full {
+        eprintln!(
+            "wrote {} in {:.1} s (plots need the full grid)",
+            path.display(),
+            elapsed.as_secs_f64()
+        );
+        return Ok(());
+    }
     let rs48 = REDUNDANCIES[1];
     let mut by_strategy = Vec::new();
     for repair in [Repair::Lazy, Repair::Off] {
-        for (i, s) in Strategy::ALL.into_iter().enumerate() {
+        for (i, s) in PLOTTED.into_iter().enumerate() {
             let c = find(&cells, s, rs48, repair);
             by_strategy.push(Series {
                 label: format!("{}, repair {}", s.name(), repair.name()),
@@ -322,7 +408,7 @@ fn plot_load(path: &std::path::Path, cells: &[Cell], r: Redundancy) -> Result<()
     let root = SVGBackend::new(path, (720, 440)).into_drawing_area();
     root.fill(&WHITE)?;
     let (left, right) = root.split_horizontally(360);
-    let data: Vec<(&str, f64, f64)> = Strategy::ALL
+    let data: Vec<(&str, f64, f64)> = PLOTTED
         .iter()
         .map(|&s| {
             let c = &find(cells, s, r, Repair::Off).report;
@@ -358,7 +444,7 @@ fn plot_load(path: &std::path::Path, cells: &[Cell], r: Redundancy) -> Result<()
             .x_label_formatter(&move |x| {
                 let i = x.floor() as usize;
                 if (x - i as f64 - 0.5).abs() < 0.01 && i < n.len() {
-                    n[i].replace("paper ", "")
+                    n[i].replace("paper ", "").replace(" (c^0.25)", "")
                 } else {
                     String::new()
                 }
