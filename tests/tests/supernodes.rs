@@ -510,3 +510,47 @@ async fn supernodes_recommend_storage_peers_from_adverts_and_reports() {
         p.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_beyond_the_target_are_pruned_but_the_gossip_mesh_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 16;
+    let target = 2;
+    // Nobody stands, so only the gossip mesh is protected.
+    let peers = start_peers(dir.path(), n, n - 1, 32, |_, c| {
+        c.supernode.public = Some(false);
+        c.target_peers = target;
+    })
+    .await;
+    let mut most = 0;
+    for p in &peers {
+        most = most.max(p.network().traffic().await.unwrap().connections);
+    }
+    // gossipsub's open substreams keep every connection alive: without
+    // pruning, each peer stays connected to most of the others.
+    assert!(most as usize > target + 12, "only {most} connections to start with");
+    // After a minute's grace, every peer keeps its mesh and at most
+    // `target` more, and adverts still flow: nobody advertises here, so
+    // the check is that the mesh survives (at least mesh_n_low = 5).
+    let deadline = Instant::now() + Duration::from_secs(150);
+    loop {
+        let mut over = Vec::new();
+        for p in &peers {
+            let t = p.network().traffic().await.unwrap();
+            if t.connections > t.mesh_peers + target as u32 || t.mesh_peers < 4 {
+                over.push((t.connections, t.mesh_peers));
+            }
+        }
+        if over.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "(connections, mesh) still over the target: {over:?}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    for p in peers {
+        p.stop().await;
+    }
+}

@@ -403,6 +403,7 @@ impl EventLoop {
                         .network_info()
                         .connection_counters()
                         .num_established(),
+                    mesh_peers: self.swarm.behaviour().gossip.all_mesh_peers().count() as u32,
                 });
             }
             Command::ProviderStats { reply } => {

@@ -394,6 +394,8 @@ pub struct Traffic {
     pub dht_requests: u64,
     /// Connections open now.
     pub connections: u32,
+    /// Peers in this peer's gossip mesh now.
+    pub mesh_peers: u32,
 }
 
 /// What one provider lookup cost, by the Kademlia query's own figures.
