@@ -4,14 +4,19 @@
 //!
 //! - Only qualified peers stand: publicly reachable (AutoNAT or config) and
 //!   at or above every resource threshold, uptime included.
-//! - The target is one supernode per `peers_per_sn` advertising peers,
-//!   clamped to `min_sns..=max_sns` and to the qualified peers there are.
+//! - Only peers that qualify publish adverts; ordinary peers stay silent
+//!   and attach. So the population the target is sized from is the fresh
+//!   adverts plus the peers attached to serving supernodes, as their
+//!   adverts' `load` says ([`population`]). The target is one supernode
+//!   per `peers_per_sn` of that population, clamped to `min_sns..=max_sns`
+//!   and to the qualified peers there are.
 //! - Hysteresis, from the adverts themselves: peers already serving say so
 //!   (`Advert::serving`). Their number is kept while it stays within
 //!   `count_slack` of the target, and each of them ranks with its score
 //!   times `1 + incumbent_bonus`, so a newcomer must clearly beat one to
 //!   take its place. An elected set, once its members serve, elects
-//!   itself again.
+//!   itself again while the population stays within that slack (their
+//!   attached peers, counted through `load`, can move it past).
 //! - Ties break on the peer id, so the order of the adverts never matters.
 
 use libp2p::PeerId;
@@ -45,7 +50,7 @@ impl Default for Thresholds {
 /// The election's parameters. Every peer must use the same ones to agree.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ElectionConfig {
-    /// Advertising peers per supernode.
+    /// Peers (advertising or attached, see [`population`]) per supernode.
     pub peers_per_sn: usize,
     /// Fewest supernodes, when that many qualify.
     pub min_sns: usize,
@@ -85,7 +90,28 @@ pub fn qualifies(a: &Advert, t: &Thresholds) -> bool {
         && a.uptime_secs >= t.min_uptime_secs
 }
 
-/// How many supernodes `peers` advertising peers call for.
+/// The peers the election sizes its target from: one per fresh advert,
+/// plus the attached peers every serving advert reports in `load`. A
+/// serving supernode's attached peers are mostly silent ordinary peers,
+/// seen only through that count. `load` is bounded by
+/// [`crate::supernode::advert::limits::LOAD`] when verified; the sum
+/// saturates, so no advert can overflow it.
+///
+/// A qualified peer that is not elected advertises and also attaches, so
+/// it counts twice; qualified peers are few, and the error is at most
+/// their number, towards more supernodes.
+pub fn population(fresh: &[&Advert]) -> usize {
+    fresh.iter().fold(fresh.len(), |sum, a| {
+        if a.serving {
+            sum.saturating_add(a.load as usize)
+        } else {
+            sum
+        }
+    })
+}
+
+/// How many supernodes a population of `peers` calls for (see
+/// [`population`]).
 pub fn target_count(peers: usize, cfg: &ElectionConfig) -> usize {
     peers
         .div_ceil(cfg.peers_per_sn.max(1))
@@ -137,7 +163,7 @@ pub fn elect<'a>(
     cfg: &ElectionConfig,
 ) -> Vec<PeerId> {
     let fresh = current(adverts, now, cfg.max_advert_age_secs);
-    let target = target_count(fresh.len(), cfg);
+    let target = target_count(population(&fresh), cfg);
     let mut ranked: Vec<(f64, &Advert)> = fresh
         .iter()
         .filter(|a| qualifies(a, &cfg.thresholds))
@@ -327,6 +353,55 @@ mod tests {
         }));
     }
 
+    #[test]
+    fn attached_peers_grow_the_target() {
+        let cfg = ElectionConfig::default();
+        // Four qualified peers advertise; one serves, alone: a population
+        // of 4 calls for one supernode, and it keeps its seat.
+        let quiet: Vec<Advert> = (0..4).map(|n| advert(n, 4, true, n == 0)).collect();
+        assert_eq!(population(&current(&quiet, NOW, MAX_ADVERT_AGE_SECS)), 4);
+        assert_eq!(elect(&quiet, NOW, &cfg), vec![peer(0)]);
+        // 100 silent peers attach to it: 104 call for ceil(104 / 32) = 4.
+        let mut busy = quiet.clone();
+        busy[0].load = 100;
+        assert_eq!(population(&current(&busy, NOW, MAX_ADVERT_AGE_SECS)), 104);
+        assert_eq!(elect(&busy, NOW, &cfg).len(), 4);
+        // Only as many as qualify: two of the four turn private.
+        for a in &mut busy[2..] {
+            a.reachability = Reachability::Private;
+        }
+        assert_eq!(elect(&busy, NOW, &cfg).len(), 2);
+    }
+
+    #[test]
+    fn only_serving_adverts_bring_their_load() {
+        let cfg = ElectionConfig::default();
+        // A peer that does not serve claims 1000 attached peers: ignored.
+        let mut adverts: Vec<Advert> = (0..4).map(|n| advert(n, 4, true, n == 0)).collect();
+        adverts[1].load = 1000;
+        assert_eq!(population(&current(&adverts, NOW, MAX_ADVERT_AGE_SECS)), 4);
+        assert_eq!(elect(&adverts, NOW, &cfg), vec![peer(0)]);
+        // A stale serving advert brings nothing either.
+        adverts[0].load = 1000;
+        adverts[0].issued_at = NOW - MAX_ADVERT_AGE_SECS - 1;
+        assert_eq!(population(&current(&adverts, NOW, MAX_ADVERT_AGE_SECS)), 3);
+    }
+
+    #[test]
+    fn the_population_saturates_and_the_target_stays_within_max_sns() {
+        let cfg = ElectionConfig::default();
+        let adverts: Vec<Advert> = (0..40)
+            .map(|n| Advert {
+                load: u32::MAX,
+                ..advert(n, 4, true, true)
+            })
+            .collect();
+        let fresh = current(&adverts, NOW, MAX_ADVERT_AGE_SECS);
+        let sum = 40usize.saturating_add(40usize.saturating_mul(u32::MAX as usize));
+        assert_eq!(population(&fresh), sum);
+        assert_eq!(elect(&adverts, NOW, &cfg).len(), cfg.max_sns);
+    }
+
     fn arb_advert() -> impl Strategy<Value = Advert> {
         (
             0u64..60,
@@ -337,8 +412,10 @@ mod tests {
             1_000u64..200_000,
             0u64..20_000,
             0u64..200,
+            0u32..400,
         )
-            .prop_map(|(n, cpu, public, serving, mem, bw, up, age)| Advert {
+            .prop_map(|(n, cpu, public, serving, mem, bw, up, age, load)| Advert {
+                load,
                 memory_mib: mem,
                 bandwidth_kbps: bw,
                 uptime_secs: up,
@@ -389,6 +466,9 @@ mod tests {
         fn an_elected_set_once_serving_elects_itself_again(
             adverts in proptest::collection::vec(arb_advert(), 0..80),
         ) {
+            // Without attached peers: their load moves the target (see
+            // `attached_peers_grow_the_target`).
+            let adverts: Vec<Advert> = adverts.into_iter().map(|a| Advert { load: 0, ..a }).collect();
             let cfg = ElectionConfig::default();
             let sns = elect(&adverts, NOW, &cfg);
             let next = serving_as(&adverts, &sns);
