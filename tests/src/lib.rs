@@ -8,6 +8,7 @@
 
 pub mod attacks;
 pub mod churn;
+pub mod scale;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
