@@ -238,7 +238,8 @@ pub struct SupernodeConfig {
     pub bandwidth_kbps: u64,
     /// Seconds between adverts.
     pub advert_interval_secs: u64,
-    /// Advertising peers per supernode.
+    /// Peers per supernode: the serving supernodes and the peers attached
+    /// to them, or the advertising peers if more (`election::population`).
     pub peers_per_sn: usize,
     /// Fewest supernodes, when that many qualify.
     pub min_sns: usize,

@@ -10,6 +10,7 @@ use libp2p::{Multiaddr, PeerId, gossipsub, identity, noise, tcp, yamux};
 use vmail_devnet::localnet::{JOIN_TIMEOUT, settled};
 use vmail_node::config::{NodeConfig, SupernodeConfig};
 use vmail_node::overlay::swarm::{Role, SupernodeView};
+use vmail_node::overlay::transfer::{BlobClient, TransferError};
 use vmail_node::peer::{Peer, PeerOptions};
 use vmail_node::supernode::advert::{ADVERT_VERSION, Advert, Reachability};
 use vmail_node::supernode::election;
@@ -524,11 +525,14 @@ async fn idle_connections_beyond_the_target_are_pruned_but_the_gossip_mesh_stays
     .await;
     let mut most = 0;
     for p in &peers {
-        most = most.max(p.network().traffic().await.unwrap().connections);
+        most = most.max(p.network().traffic().await.unwrap().connected_peers);
     }
     // gossipsub's open substreams keep every connection alive: without
     // pruning, each peer stays connected to most of the others.
-    assert!(most as usize > target + 12, "only {most} connections to start with");
+    assert!(
+        most as usize > target + 12,
+        "only {most} peers connected to start with"
+    );
     // After a minute's grace, every peer keeps its mesh and at most
     // `target` more, and adverts still flow: nobody advertises here, so
     // the check is that the mesh survives (at least mesh_n_low = 5).
@@ -537,8 +541,8 @@ async fn idle_connections_beyond_the_target_are_pruned_but_the_gossip_mesh_stays
         let mut over = Vec::new();
         for p in &peers {
             let t = p.network().traffic().await.unwrap();
-            if t.connections > t.mesh_peers + target as u32 || t.mesh_peers < 4 {
-                over.push((t.connections, t.mesh_peers));
+            if t.connected_peers > t.mesh_peers + target as u32 || t.mesh_peers < 4 {
+                over.push((t.connected_peers, t.mesh_peers));
             }
         }
         if over.is_empty() {
@@ -546,9 +550,24 @@ async fn idle_connections_beyond_the_target_are_pruned_but_the_gossip_mesh_stays
         }
         assert!(
             Instant::now() < deadline,
-            "(connections, mesh) still over the target: {over:?}"
+            "(connected peers, mesh) still over the target: {over:?}"
         );
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    // Blob streams to every other peer at once, most of them pruned: each
+    // is dialed again and answers (libp2p-stream alone would dial one of
+    // them and leave the rest waiting out the 30 s stream timeout).
+    let client = BlobClient::new(peers[0].network());
+    let asked = Instant::now();
+    let answers =
+        futures::future::join_all(peers[1..].iter().map(|p| client.has(p.peer_id(), [7; 32])))
+            .await;
+    for a in &answers {
+        assert!(
+            !matches!(a, Err(TransferError::Unreachable { .. })),
+            "{a:?} after {:?}",
+            asked.elapsed()
+        );
     }
     for p in peers {
         p.stop().await;

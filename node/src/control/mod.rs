@@ -344,7 +344,7 @@ impl control_server::Control for ControlService {
             wire_bytes: s.traffic.wire_bytes,
             advert_bytes: s.election.as_ref().map_or(0, |e| e.advert_bytes),
             dht_requests: s.traffic.dht_requests,
-            connections: s.traffic.connections,
+            connected_peers: s.traffic.connected_peers,
         }))
     }
 

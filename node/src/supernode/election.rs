@@ -56,7 +56,9 @@ pub struct ElectionConfig {
     /// orphans of a supernode that dies move to the other at once, instead
     /// of waiting until its advert goes stale and a successor is elected.
     pub min_sns: usize,
-    /// Most supernodes.
+    /// Most supernodes. 4096 by default: with `max_attached` 128 seats
+    /// each, 16 (the earlier default) could seat only 2 048 peers, and the
+    /// simulator's 10 000-peer overlay never settled (docs/SCALE.md).
     pub max_sns: usize,
     /// Who may stand.
     pub thresholds: Thresholds,
@@ -74,7 +76,7 @@ impl Default for ElectionConfig {
         Self {
             peers_per_sn: 32,
             min_sns: 2,
-            max_sns: 16,
+            max_sns: 4096,
             thresholds: Thresholds::default(),
             incumbent_bonus: 0.5,
             count_slack: 0.25,
@@ -560,7 +562,10 @@ mod tests {
 
     #[test]
     fn the_population_saturates_and_the_target_stays_within_max_sns() {
-        let cfg = ElectionConfig::default();
+        let cfg = ElectionConfig {
+            max_sns: 16,
+            ..ElectionConfig::default()
+        };
         let adverts: Vec<Advert> = (0..40)
             .map(|n| Advert {
                 load: u32::MAX,

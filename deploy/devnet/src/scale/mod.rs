@@ -55,6 +55,10 @@ pub struct ScaleArgs {
     /// The quiet window idle CPU and traffic are measured over, seconds.
     #[arg(long, default_value_t = 60)]
     idle_secs: u64,
+    /// `target_peers` of every peer (connected peers kept when idle); a
+    /// large value turns pruning off, for a reference run.
+    #[arg(long, default_value_t = 32)]
+    target_peers: usize,
     /// How long to wait for convergence, in advert intervals.
     #[arg(long, default_value_t = 15)]
     converge_intervals: u64,
@@ -146,6 +150,7 @@ async fn one_size(args: &ScaleArgs, vmail: &Path, dir: &Path, n: usize) -> anyho
             ("VMAIL_PASSWORD".into(), PASSWORD.into()),
         ],
         advert_interval_secs: args.advert_interval,
+        target_peers: args.target_peers,
     };
     let mut net = start(&shared, dir, n, args.standing).await?;
     let result = measure(args, &shared, &mut net).await;
@@ -262,7 +267,7 @@ async fn measure(args: &ScaleArgs, shared: &Shared, net: &mut Net) -> anyhow::Re
                 .push(rate(b.advert_bytes, a.advert_bytes));
             row.dht_requests_min
                 .push(rate(b.dht_requests, a.dht_requests));
-            row.connections.push(u64::from(a.connections));
+            row.connected_peers.push(u64::from(a.connected_peers));
         }
     }
 

@@ -23,6 +23,8 @@ pub(super) struct Shared {
     pub(super) env: Vec<(String, String)>,
     /// The `[supernode]` election settings every peer uses.
     pub(super) advert_interval_secs: u64,
+    /// `target_peers` of every peer.
+    pub(super) target_peers: usize,
 }
 
 /// One `vmail node run` process.
@@ -58,9 +60,9 @@ impl PeerProc {
         };
         let boot = bootstrap.map_or(String::new(), |b| format!("bootstrap = [\"{b}\"]\n"));
         let config = format!(
-            "listen = [\"/ip4/127.0.0.1/tcp/0\"]\n{boot}\n[supernode]\n{stand}\
+            "listen = [\"/ip4/127.0.0.1/tcp/0\"]\ntarget_peers = {}\n{boot}\n[supernode]\n{stand}\
              advert_interval_secs = {}\nmin_uptime_secs = 0\n",
-            shared.advert_interval_secs
+            shared.target_peers, shared.advert_interval_secs
         );
         std::fs::write(data.join("node.toml"), config)?;
         let log = std::fs::File::create(home.join("node.log"))?;

@@ -111,13 +111,13 @@ pub struct Row {
     pub advert_bytes_min: Vec<u64>,
     /// Per peer per minute while idle: DHT requests sent and answered.
     pub dht_requests_min: Vec<u64>,
-    /// Connections per peer at the end of the quiet window.
-    pub connections: Vec<u64>,
+    /// Peers connected to each peer at the end of the quiet window.
+    pub connected_peers: Vec<u64>,
 }
 
 impl Row {
     /// The table's header, in the order of [`Row::cells`].
-    pub const HEADER: &'static str = "| peers (standing) | interval | converged (intervals) | SNs | orphans | re-attach wall | re-attach p50 / p95 ms | lookup p50 / p95 ms | lookup requests p50 / p95 | leave 1 MiB p50 / p95 ms | fetch 1 MiB p50 / p95 ms | RSS MiB p50 / max | idle CPU % p50 / max | wire KB/min p50 / max | adverts KB/min p50 | DHT req/min p50 | connections p50 / max |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|";
+    pub const HEADER: &'static str = "| peers (standing) | interval | converged (intervals) | SNs | orphans | re-attach wall | re-attach p50 / p95 ms | lookup p50 / p95 ms | lookup requests p50 / p95 | leave 1 MiB p50 / p95 ms | fetch 1 MiB p50 / p95 ms | RSS MiB p50 / max | idle CPU % p50 / max | wire KB/min p50 / max | adverts KB/min p50 | DHT req/min p50 | connected peers p50 / max |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|";
 
     /// The row in the table's markdown.
     pub fn cells(&self) -> String {
@@ -155,8 +155,8 @@ impl Row {
             p(&self.wire_bytes_min, 1.0) as f64 / 1e3,
             p(&self.advert_bytes_min, 0.5) as f64 / 1e3,
             p(&self.dht_requests_min, 0.5),
-            p(&self.connections, 0.5),
-            p(&self.connections, 1.0),
+            p(&self.connected_peers, 0.5),
+            p(&self.connected_peers, 1.0),
         )
     }
 }

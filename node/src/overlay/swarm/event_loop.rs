@@ -394,15 +394,19 @@ impl EventLoop {
                 self.pending
                     .insert(id, PendingQuery::Providers(Box::new(lookup)));
             }
+            Command::Connect { peer } => {
+                let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+                    .condition(libp2p::swarm::dial_opts::PeerCondition::DisconnectedAndNotDialing)
+                    .build();
+                // Connected or dialing already is no error; a failure shows
+                // in the stream that waits for the connection.
+                let _ = self.swarm.dial(opts);
+            }
             Command::Traffic { reply } => {
                 let _ = reply.send(Traffic {
                     wire_bytes: wire_bytes(&self.metrics),
                     dht_requests: self.dht_requests,
-                    connections: self
-                        .swarm
-                        .network_info()
-                        .connection_counters()
-                        .num_established(),
+                    connected_peers: self.swarm.connected_peers().count() as u32,
                     mesh_peers: self.swarm.behaviour().gossip.all_mesh_peers().count() as u32,
                 });
             }

@@ -257,6 +257,9 @@ enum Command {
     Traffic {
         reply: oneshot::Sender<Traffic>,
     },
+    Connect {
+        peer: PeerId,
+    },
     HeldProviders {
         key: RecordKey,
         reply: oneshot::Sender<Vec<kad::ProviderRecord>>,
@@ -392,8 +395,8 @@ pub struct Traffic {
     pub wire_bytes: u64,
     /// Kademlia requests answered, and sent by finished queries.
     pub dht_requests: u64,
-    /// Connections open now.
-    pub connections: u32,
+    /// Peers connected now (each by one connection or more).
+    pub connected_peers: u32,
     /// Peers in this peer's gossip mesh now.
     pub mesh_peers: u32,
 }
@@ -475,6 +478,15 @@ impl Network {
         key: RecordKey,
     ) -> Result<(HashSet<PeerId>, LookupStats), NetworkError> {
         self.ask(|reply| Command::GetProviders { key, reply }).await
+    }
+
+    /// Dials `peer` unless connected or dialing already. A blob stream to
+    /// a peer that is not connected needs it: libp2p-stream 0.5 asks for
+    /// its own dial through a channel of capacity 0 and drops the request
+    /// when another is waiting, so of several streams opened at once to
+    /// pruned peers, all but one would wait for a dial that never comes.
+    pub async fn connect(&self, peer: PeerId) {
+        let _ = self.commands.send(Command::Connect { peer }).await;
     }
 
     /// What this peer's traffic came to so far.

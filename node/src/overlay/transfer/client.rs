@@ -42,6 +42,7 @@ impl BlobClient {
     }
 
     async fn open(&self, peer: PeerId) -> Result<Stream, TransferError> {
+        self.network.connect(peer).await;
         let mut control = self.control.clone();
         tokio::time::timeout(IO_TIMEOUT, control.open_stream(peer, BLOB_PROTOCOL))
             .await

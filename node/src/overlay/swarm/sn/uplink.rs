@@ -445,10 +445,26 @@ impl Elections {
     }
 }
 
-/// `addr` without a trailing `/p2p/<id>`.
+/// `addr` without its trailing `/p2p/<id>` parts: a dialed address can
+/// carry the peer id twice (the bootstrap address named it, and the dial
+/// appended it), and a relay address with a doubled id is refused.
 fn strip_peer(mut addr: Multiaddr) -> Multiaddr {
-    if matches!(addr.iter().last(), Some(Protocol::P2p(_))) {
+    while matches!(addr.iter().last(), Some(Protocol::P2p(_))) {
         addr.pop();
     }
     addr
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_trailing_peer_id_is_stripped() {
+        let id = PeerId::random();
+        let base: Multiaddr = "/ip4/127.0.0.1/tcp/4001".parse().unwrap();
+        let twice = base.clone().with(Protocol::P2p(id)).with(Protocol::P2p(id));
+        assert_eq!(strip_peer(twice), base);
+        assert_eq!(strip_peer(base.clone()), base);
+    }
 }
