@@ -59,9 +59,12 @@ impl PeerProc {
             "public = false\n"
         };
         let boot = bootstrap.map_or(String::new(), |b| format!("bootstrap = [\"{b}\"]\n"));
+        // Every peer shares 127.0.0.1, so the per-IP share of a
+        // supernode's relay slots (8 by default, against many peers behind
+        // one address) is lifted to the slots themselves.
         let config = format!(
             "listen = [\"/ip4/127.0.0.1/tcp/0\"]\ntarget_peers = {}\n{boot}\n[supernode]\n{stand}\
-             advert_interval_secs = {}\nmin_uptime_secs = 0\n",
+             advert_interval_secs = {}\nmin_uptime_secs = 0\nrelay_slots_per_ip = 128\n",
             shared.target_peers, shared.advert_interval_secs
         );
         std::fs::write(data.join("node.toml"), config)?;
