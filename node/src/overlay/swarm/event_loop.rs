@@ -2,6 +2,9 @@
 //! behaviours and limits, then the loop that takes [`Command`]s from the
 //! [`Network`] handles and the swarm's events, keeps pending queries, and
 //! rejoins through the bootstrap peers when this peer is left alone.
+//!
+//! Over 600 lines since issue 18 added connection pruning and the traffic
+//! figures; splitting the swarm's construction from the loop is owed.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
