@@ -68,6 +68,75 @@ pub const DEFAULT_MAX_FAILED_LOGINS: u32 = 5;
 /// counted attempt ends.
 pub const DEFAULT_LOCKOUT_WINDOW_SECS: u64 = 300;
 
+/// Default for grants one sender may get an hour: 60.
+pub const DEFAULT_VOICEMAILS_PER_HOUR: u64 = 60;
+/// Default for distinct recipients a day who do not list the sender as a
+/// contact: 10. Five spam accounts reach at most 50 strangers a day.
+pub const DEFAULT_NEW_RECIPIENTS_PER_DAY: u64 = 10;
+/// Default for bytes one sender may have granted and not yet deleted: 4 GiB
+/// (the largest voicemail, 1 GiB, with its redundancy).
+pub const DEFAULT_MAX_OUTSTANDING_BYTES: u64 = 4 << 30;
+/// Default for the longest first contact: 12 MiB of voicemail data, about
+/// 60 s of CD-quality WAV (44.1 kHz, 16-bit stereo).
+pub const DEFAULT_FIRST_CONTACT_MAX_BYTES: u64 = 12 << 20;
+/// Default for how long a first contact may wait: 3 days.
+pub const DEFAULT_FIRST_CONTACT_TTL_SECS: u64 = 3 * 86_400;
+
+/// Whom a user takes voicemail from: a user's own choice, or the group's
+/// default for users who made none (`spam.default_mode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PolicyMode {
+    /// Anyone registered; strangers are flagged "unknown caller" but not
+    /// limited.
+    #[serde(rename = "anyone")]
+    Anyone,
+    /// Contacts only.
+    #[serde(rename = "contacts")]
+    Contacts,
+    /// Contacts, and strangers under the first-contact limits.
+    #[default]
+    #[serde(rename = "contacts+first-contact")]
+    ContactsFirstContact,
+}
+
+/// Spam control (paper §5): the sender quotas and first-contact limits the
+/// group applies when it issues a storage grant (`[spam]` in the file).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SpamConfig {
+    /// The policy mode of users who did not choose one.
+    pub default_mode: PolicyMode,
+    /// Grants one sender may get in any hour.
+    pub voicemails_per_hour: u64,
+    /// Distinct recipients one sender may reach in any day who do not list
+    /// them as a contact; each report against the sender halves it.
+    pub new_recipients_per_day: u64,
+    /// Bytes of shards one sender may have granted and not yet deleted or
+    /// expired.
+    pub max_outstanding_bytes: u64,
+    /// Most bytes of voicemail data a first contact may have.
+    pub first_contact_max_bytes: u64,
+    /// Longest a first contact may wait before it expires, seconds.
+    pub first_contact_ttl_secs: u64,
+    /// Youngest account, seconds since registration, that may make a first
+    /// contact; 0 lets new accounts make them at once.
+    pub first_contact_min_account_age_secs: u64,
+}
+
+impl Default for SpamConfig {
+    fn default() -> Self {
+        Self {
+            default_mode: PolicyMode::default(),
+            voicemails_per_hour: DEFAULT_VOICEMAILS_PER_HOUR,
+            new_recipients_per_day: DEFAULT_NEW_RECIPIENTS_PER_DAY,
+            max_outstanding_bytes: DEFAULT_MAX_OUTSTANDING_BYTES,
+            first_contact_max_bytes: DEFAULT_FIRST_CONTACT_MAX_BYTES,
+            first_contact_ttl_secs: DEFAULT_FIRST_CONTACT_TTL_SECS,
+            first_contact_min_account_age_secs: 0,
+        }
+    }
+}
+
 /// The auth server's configuration.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
@@ -132,6 +201,8 @@ pub struct ServerConfig {
     /// HTTP/2 streams one connection may hold open at once (public and
     /// internal service).
     pub max_concurrent_streams: u64,
+    /// Sender quotas and first-contact limits.
+    pub spam: SpamConfig,
 }
 
 impl Default for ServerConfig {
@@ -161,6 +232,7 @@ impl Default for ServerConfig {
             writes_per_minute_per_user: DEFAULT_WRITES_PER_MINUTE_PER_USER,
             concurrency_per_connection: DEFAULT_CONCURRENCY_PER_CONNECTION,
             max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
+            spam: SpamConfig::default(),
         }
     }
 }
@@ -298,6 +370,42 @@ impl ServerConfig {
             self.max_watch_streams_per_session + 1,
             10_000,
         )?;
+        in_range(
+            "spam.voicemails_per_hour",
+            self.spam.voicemails_per_hour,
+            1,
+            1_000_000,
+        )?;
+        in_range(
+            "spam.new_recipients_per_day",
+            self.spam.new_recipients_per_day,
+            0,
+            1_000_000,
+        )?;
+        in_range(
+            "spam.max_outstanding_bytes",
+            self.spam.max_outstanding_bytes,
+            1,
+            u64::MAX,
+        )?;
+        in_range(
+            "spam.first_contact_max_bytes",
+            self.spam.first_contact_max_bytes,
+            1,
+            u64::MAX,
+        )?;
+        in_range(
+            "spam.first_contact_ttl_secs",
+            self.spam.first_contact_ttl_secs,
+            3600,
+            self.max_voicemail_ttl_secs,
+        )?;
+        in_range(
+            "spam.first_contact_min_account_age_secs",
+            self.spam.first_contact_min_account_age_secs,
+            0,
+            365 * 86_400,
+        )?;
         if self.registration.mode == RegistrationMode::Invite
             && self.registration.invite_codes.is_empty()
         {
@@ -390,6 +498,15 @@ mod tests {
         assert_eq!(c.name, "a");
         assert_eq!(c.registration.mode, RegistrationMode::Invite);
         assert_eq!(c.session_ttl_secs, DEFAULT_SESSION_TTL_SECS);
+        assert_eq!(c.spam.default_mode, PolicyMode::ContactsFirstContact);
+        let open: ServerConfig =
+            toml::from_str("[spam]\ndefault_mode = \"anyone\"\nvoicemails_per_hour = 5\n").unwrap();
+        assert_eq!(open.spam.default_mode, PolicyMode::Anyone);
+        assert_eq!(open.spam.voicemails_per_hour, 5);
+        assert_eq!(
+            open.spam.new_recipients_per_day,
+            DEFAULT_NEW_RECIPIENTS_PER_DAY
+        );
         assert!(toml::from_str::<ServerConfig>("nmae = \"a\"").is_err());
         let round: ServerConfig = toml::from_str(&toml::to_string(&c).unwrap()).unwrap();
         assert_eq!(round, c);
@@ -433,5 +550,9 @@ mod tests {
             bad(|c| c.writes_per_minute_per_user = 0).starts_with("writes_per_minute_per_user")
         );
         assert!(bad(|c| c.max_concurrent_streams = 4).starts_with("max_concurrent_streams"));
+        assert!(bad(|c| c.spam.voicemails_per_hour = 0).starts_with("spam.voicemails_per_hour"));
+        assert!(
+            bad(|c| c.spam.first_contact_ttl_secs = 60).starts_with("spam.first_contact_ttl_secs")
+        );
     }
 }

@@ -14,7 +14,10 @@ use crate::service::{
     AuthError, AuthService, Delivery, Deposit, GrantRequest, LoginFinish, RegisterFinish,
     ShardRequest, WatchSlot,
 };
-use crate::store::{DeliveryState, Receipt, Session, StoreError, VoicemailId};
+use crate::store::{
+    Allowance, DeliveryState, Policy, PolicyList, PolicyMode, Receipt, Refusal, Session,
+    StoreError, VoicemailId,
+};
 
 /// Metadata header that carries the session token.
 pub const AUTHORIZATION: &str = "authorization";
@@ -74,6 +77,8 @@ pub fn status(e: AuthError) -> Status {
         | E::UnknownRecipient(_)
         | E::NotPending { .. }
         | E::GrantUnknown(_)
+        | E::NotListed { .. }
+        | E::NotReceived(_)
         | E::NothingToRecall { .. } => Status::not_found(msg),
         E::UserExists(_) | E::RequestIdReused => Status::already_exists(msg),
         E::InviteRequired
@@ -81,6 +86,7 @@ pub fn status(e: AuthError) -> Status {
         | E::BadIdentityProof
         | E::WrapFailed
         | E::GrantNotOwned(_)
+        | E::NoRecipientAccepts(_)
         | E::NotSender(_) => Status::permission_denied(msg),
         E::WrongPassword(_) | E::NoToken | E::BadToken | E::SessionExpired(_) => {
             Status::unauthenticated(msg)
@@ -98,12 +104,24 @@ pub fn status(e: AuthError) -> Status {
             );
             s
         }
+        E::Quota { resets_at, .. } => {
+            let mut s = Status::resource_exhausted(msg);
+            if let Some(secs) = resets_at.checked_sub(vmail_proto::unix_now())
+                && resets_at > 0
+            {
+                s.metadata_mut()
+                    .insert(RETRY_AFTER, secs.to_string().parse().expect("digits"));
+            }
+            s
+        }
         E::TooManyStreams { .. } | E::InboxFull { .. } | E::TooManyGrants { .. } => {
             Status::resource_exhausted(msg)
         }
-        E::LoginExpired(_) | E::GrantUsed { .. } | E::GrantLapsed { .. } => {
-            Status::failed_precondition(msg)
-        }
+        E::LoginExpired(_)
+        | E::GrantUsed { .. }
+        | E::GrantLapsed { .. }
+        | E::GrantRecipients { .. }
+        | E::ListFull { .. } => Status::failed_precondition(msg),
         E::Store(StoreError::DiskFull(_)) => Status::resource_exhausted(msg),
         E::NotLeader(leader) => {
             let mut s = Status::unavailable(msg);
@@ -131,12 +149,79 @@ pub fn status(e: AuthError) -> Status {
 fn delivery_to_pb(d: Delivery) -> pb::PendingVoicemail {
     pb::PendingVoicemail {
         voicemail_id: d.id.to_vec(),
-        sender_certificate: Some(d.sender_certificate.into()),
+        anonymous: d.sender_certificate.is_none(),
+        first_contact: d.first_contact,
+        sender_certificate: d.sender_certificate.map(Into::into),
         deposited_at: d.deposited_at,
         metadata: Some(d.metadata.into()),
         locator: d.locator,
         recipients: d.recipients,
         wrapped_key: d.wrapped_key,
+    }
+}
+
+fn mode_to_pb(m: PolicyMode) -> pb::PolicyMode {
+    match m {
+        PolicyMode::Anyone => pb::PolicyMode::Anyone,
+        PolicyMode::Contacts => pb::PolicyMode::Contacts,
+        PolicyMode::ContactsFirstContact => pb::PolicyMode::ContactsFirstContact,
+    }
+}
+
+fn policy_to_pb(p: Policy) -> pb::Policy {
+    pb::Policy {
+        mode: p
+            .mode
+            .map_or(pb::PolicyMode::Unspecified, mode_to_pb)
+            .into(),
+        accept_anonymous: p.accept_anonymous,
+        contacts: p.contacts.into_iter().collect(),
+        blocked: p.blocked.into_iter().collect(),
+        hidden_blocked: p.hidden_blocked.len() as u32,
+        max_contacts: crate::store::MAX_CONTACTS as u32,
+        max_blocked: crate::store::MAX_BLOCKED as u32,
+    }
+}
+
+fn refusal_to_pb((username, r): (String, Refusal)) -> pb::RecipientRefusal {
+    let reason = match r {
+        Refusal::NotAccepted => pb::RefusalReason::NotAccepted,
+        Refusal::NoAnonymous => pb::RefusalReason::NoAnonymous,
+        Refusal::FirstContactWaiting => pb::RefusalReason::FirstContactWaiting,
+        Refusal::FirstContactTooLong { .. } => pb::RefusalReason::FirstContactTooLong,
+        Refusal::AccountTooNew { .. } => pb::RefusalReason::AccountTooNew,
+    };
+    pb::RecipientRefusal {
+        username,
+        reason: reason.into(),
+        detail: r.to_string(),
+    }
+}
+
+fn allowance_to_pb(a: Allowance) -> pb::Allowance {
+    pb::Allowance {
+        name: a.quota.name().to_owned(),
+        limit: a.limit,
+        used: a.used,
+        resets_at: a.resets_at,
+    }
+}
+
+impl GrpcAuth {
+    /// One of the caller's lists edited.
+    async fn edit_list(
+        &self,
+        req: Request<pb::EditListRequest>,
+        list: PolicyList,
+    ) -> Result<Response<pb::Policy>, Status> {
+        let s = self.session(&req).await?;
+        let r = req.into_inner();
+        let p = self
+            .svc
+            .edit_policy(&s, list, r.add, r.remove)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(policy_to_pb(p)))
     }
 }
 
@@ -265,12 +350,15 @@ impl pb::auth_server::Auth for GrpcAuth {
         let s = self.session(&req).await?;
         let cert = self.svc.certificate(&s.username).await.map_err(status)?;
         let retention_secs = self.svc.retention(&s.username).await.map_err(status)?;
+        let (allowances, reports) = self.svc.allowances(&s.username).await.map_err(status)?;
         Ok(Response::new(pb::WhoAmIResponse {
             username: s.username,
             master_key_id: s.master_key_id.to_vec(),
             expires_at: s.expires_at,
             certificate: Some(cert.into()),
             retention_secs,
+            allowances: allowances.into_iter().map(allowance_to_pb).collect(),
+            reports,
         }))
     }
 
@@ -285,7 +373,7 @@ impl pb::auth_server::Auth for GrpcAuth {
             .await
             .map_err(status)?;
         let r = req.into_inner();
-        let grant = self
+        let granted = self
             .svc
             .request_grant(
                 &s,
@@ -303,12 +391,21 @@ impl pb::auth_server::Auth for GrpcAuth {
                         .collect(),
                     holders: r.holders,
                     expires_at: r.expires_at,
+                    anonymous: r.anonymous,
                 },
             )
             .await
             .map_err(status)?;
         Ok(Response::new(pb::GrantResponse {
-            grant: grant.to_bytes(),
+            grant: granted.grant.to_bytes(),
+            first_contact: granted
+                .recipients
+                .iter()
+                .filter(|(_, a)| a.stranger)
+                .map(|(u, _)| u.clone())
+                .collect(),
+            recipients: granted.recipients.into_iter().map(|(u, _)| u).collect(),
+            refused: granted.refused.into_iter().map(refusal_to_pb).collect(),
         }))
     }
 
@@ -443,6 +540,71 @@ impl pb::auth_server::Auth for GrpcAuth {
         let s = self.session(&req).await?;
         self.svc.logout(&s).await.map_err(status)?;
         Ok(Response::new(pb::LogoutResponse {}))
+    }
+
+    async fn get_policy(
+        &self,
+        req: Request<pb::GetPolicyRequest>,
+    ) -> Result<Response<pb::Policy>, Status> {
+        let s = self.session(&req).await?;
+        let p = self.svc.policy(&s).await.map_err(status)?;
+        Ok(Response::new(policy_to_pb(p)))
+    }
+
+    async fn set_policy(
+        &self,
+        req: Request<pb::SetPolicyRequest>,
+    ) -> Result<Response<pb::Policy>, Status> {
+        let s = self.session(&req).await?;
+        let r = req.into_inner();
+        let mode = match pb::PolicyMode::try_from(r.mode) {
+            Ok(pb::PolicyMode::Unspecified) => None,
+            Ok(pb::PolicyMode::Anyone) => Some(PolicyMode::Anyone),
+            Ok(pb::PolicyMode::Contacts) => Some(PolicyMode::Contacts),
+            Ok(pb::PolicyMode::ContactsFirstContact) => Some(PolicyMode::ContactsFirstContact),
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "mode: {} is not a policy mode (1 anyone, 2 contacts, 3 contacts+first-contact)",
+                    r.mode
+                )));
+            }
+        };
+        let p = self
+            .svc
+            .set_policy(&s, mode, r.accept_anonymous)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(policy_to_pb(p)))
+    }
+
+    async fn edit_contacts(
+        &self,
+        req: Request<pb::EditListRequest>,
+    ) -> Result<Response<pb::Policy>, Status> {
+        self.edit_list(req, PolicyList::Contacts).await
+    }
+
+    async fn edit_blocked(
+        &self,
+        req: Request<pb::EditListRequest>,
+    ) -> Result<Response<pb::Policy>, Status> {
+        self.edit_list(req, PolicyList::Blocked).await
+    }
+
+    async fn report(
+        &self,
+        req: Request<pb::ReportRequest>,
+    ) -> Result<Response<pb::ReportResponse>, Status> {
+        let s = self.session(&req).await?;
+        let r = self
+            .svc
+            .report(&s, &req.into_inner().voicemail_id)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::ReportResponse {
+            sender: r.sender.unwrap_or_default(),
+            newly_blocked: r.newly_blocked,
+        }))
     }
 }
 

@@ -33,8 +33,9 @@ use std::sync::Arc;
 use vmail_proto::cert::UserCertificate;
 
 use crate::store::{
-    AckOutcome, DepositOutcome, GrantOutcome, GrantTerms, PurgeCounts, RecallOutcome,
-    RegisterOutcome, VoicemailId,
+    AckOutcome, DepositOutcome, EditRefusal, GrantOutcome, GrantPolicy, GrantTerms, Policy,
+    PolicyList, PolicyMode, PurgeCounts, RecallOutcome, RegisterOutcome, ReportOutcome,
+    VoicemailId,
 };
 
 openraft::declare_raft_types!(
@@ -197,6 +198,54 @@ pub enum Command {
         /// Time of the recall, Unix seconds.
         now: u64,
     },
+    /// Issue a storage grant as [`Command::Grant`] does, under the
+    /// recipients' policies and the owner's quotas.
+    GrantUnderPolicy {
+        /// SHA-256 of the owner's session token.
+        token_hash: [u8; 32],
+        /// The user asking.
+        owner: String,
+        /// Canonical recipients asked for.
+        recipients: Vec<String>,
+        /// What the grant covers, times resolved.
+        terms: GrantTerms,
+        /// Issue time, Unix seconds.
+        now: u64,
+        /// The per-user quota of open grants in force.
+        max_open: u64,
+        /// Anonymity, quotas and first-contact limits in force.
+        policy: GrantPolicy,
+    },
+    /// Change a user's mode or anonymous opt-in (`None` keeps each).
+    SetPolicy {
+        /// The user.
+        username: String,
+        /// The new mode.
+        mode: Option<PolicyMode>,
+        /// The new opt-in.
+        accept_anonymous: Option<bool>,
+    },
+    /// Add and remove names on one of a user's lists (the leader checked
+    /// the names' form; the apply checks they exist and the cap).
+    EditPolicy {
+        /// The user.
+        username: String,
+        /// Which list.
+        list: PolicyList,
+        /// Names to add.
+        add: Vec<String>,
+        /// Names to remove.
+        remove: Vec<String>,
+    },
+    /// A recipient reports a voicemail as spam.
+    Report {
+        /// The recipient.
+        reporter: String,
+        /// The voicemail.
+        id: VoicemailId,
+        /// Time of the report, Unix seconds.
+        now: u64,
+    },
 }
 
 /// What applying a [`Command`] produced.
@@ -210,7 +259,7 @@ pub enum Reply {
     SessionBegun(Box<UserCertificate>),
     /// Result of [`Command::EndSession`]: whether it existed.
     SessionEnded(bool),
-    /// Result of [`Command::Grant`].
+    /// Result of [`Command::Grant`] and [`Command::GrantUnderPolicy`].
     Granted(GrantOutcome),
     /// Result of [`Command::Deposit`].
     Deposited(DepositOutcome),
@@ -230,6 +279,13 @@ pub enum Reply {
     RetentionSet,
     /// Result of [`Command::Recall`].
     Recalled(RecallOutcome),
+    /// Result of [`Command::SetPolicy`]: the policy now in force.
+    Policy(Policy),
+    /// Result of [`Command::EditPolicy`]: the policy now in force, or why
+    /// nothing changed.
+    PolicyEdited(Result<Policy, EditRefusal>),
+    /// Result of [`Command::Report`].
+    Reported(ReportOutcome),
 }
 
 /// What applying an entry tells the watchers of pending voicemail: the

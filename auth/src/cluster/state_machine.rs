@@ -198,25 +198,36 @@ impl StateMachine {
                 terms,
                 now,
                 max_open,
-            } => {
-                // As for a deposit: the session check that counts is the one
-                // in log order.
-                match store.session_in(tx, &token_hash)? {
-                    Some((user, expires_at)) if user == owner && now < expires_at => {}
-                    _ => return Ok(Reply::SessionGone),
-                }
-                let recipients =
-                    Recipients::parse(&recipients).map_err(|e| corrupt(&owner, e.to_string()))?;
-                Reply::Granted(store.issue_grant(
-                    tx,
-                    &owner,
-                    &recipients,
-                    terms,
-                    now,
-                    max_open,
-                    |body| body.sign(cluster_key),
-                )?)
-            }
+            } => grant(
+                store,
+                tx,
+                token_hash,
+                &owner,
+                &recipients,
+                terms,
+                (now, max_open),
+                None,
+                cluster_key,
+            )?,
+            Command::GrantUnderPolicy {
+                token_hash,
+                owner,
+                recipients,
+                terms,
+                now,
+                max_open,
+                policy,
+            } => grant(
+                store,
+                tx,
+                token_hash,
+                &owner,
+                &recipients,
+                terms,
+                (now, max_open),
+                Some(&policy),
+                cluster_key,
+            )?,
             Command::Deposit {
                 token_hash,
                 request_id,
@@ -287,6 +298,20 @@ impl StateMachine {
                     DeleteOrder::sign(serial, reason, exp, cluster_key)
                 })?)
             }
+            Command::SetPolicy {
+                username,
+                mode,
+                accept_anonymous,
+            } => Reply::Policy(store.set_policy(tx, &username, mode, accept_anonymous)?),
+            Command::EditPolicy {
+                username,
+                list,
+                add,
+                remove,
+            } => Reply::PolicyEdited(store.edit_policy(tx, &username, list, &add, &remove)?),
+            Command::Report { reporter, id, now } => {
+                Reply::Reported(store.report(tx, &reporter, &id, now)?)
+            }
             Command::Batch(cmds) => Reply::Batch(
                 cmds.into_iter()
                     .map(|c| self.apply_command(tx, c, events))
@@ -294,6 +319,41 @@ impl StateMachine {
             ),
         })
     }
+}
+
+/// Applies a grant: the session check that counts is the one in log order,
+/// as for a deposit.
+#[allow(clippy::too_many_arguments)]
+fn grant(
+    store: &Store,
+    tx: &redb::WriteTransaction,
+    token_hash: [u8; 32],
+    owner: &str,
+    recipients: &[String],
+    terms: crate::store::GrantTerms,
+    (now, max_open): (u64, u64),
+    policy: Option<&crate::store::GrantPolicy>,
+    cluster_key: &ed25519_dalek::SigningKey,
+) -> Result<Reply, StoreError> {
+    match store.session_in(tx, &token_hash)? {
+        Some((user, expires_at)) if user == owner && now < expires_at => {}
+        _ => return Ok(Reply::SessionGone),
+    }
+    let recipients = Recipients::parse(recipients).map_err(|e| StoreError::Corrupt {
+        table: "raft_log",
+        key: owner.to_owned(),
+        why: e.to_string(),
+    })?;
+    Ok(Reply::Granted(store.issue_grant(
+        tx,
+        owner,
+        &recipients,
+        terms,
+        now,
+        max_open,
+        policy,
+        |body| body.sign(cluster_key),
+    )?))
 }
 
 fn sm_write(e: StoreError) -> SErr {

@@ -15,8 +15,8 @@ use super::AuthService;
 use super::error::{AuthError, invalid};
 use crate::cluster::{Command, Reply, seal};
 use crate::store::{
-    AckOutcome, DEPOSIT_GRACE_SECS, DepositOutcome, GrantRefusal, PurgeCounts, Session, Voicemail,
-    VoicemailId,
+    AckOutcome, DEPOSIT_GRACE_SECS, DeliveryNote, DepositOutcome, GrantRefusal, PurgeCounts,
+    Session, StoreError, Voicemail, VoicemailId,
 };
 
 /// Largest locator a deposit may carry: 4 KiB. The largest valid locator
@@ -79,8 +79,11 @@ pub struct AckReceipt {
 pub struct Delivery {
     /// Voicemail id.
     pub id: VoicemailId,
-    /// Sender's certificate at deposit time.
-    pub sender_certificate: UserCertificate,
+    /// Sender's certificate at deposit time; `None` when the sender is
+    /// hidden from the recipient.
+    pub sender_certificate: Option<UserCertificate>,
+    /// The sender is not in the recipient's contacts ("unknown caller").
+    pub first_contact: bool,
     /// Deposit time, Unix seconds.
     pub deposited_at: u64,
     /// Metadata.
@@ -236,11 +239,14 @@ impl AuthService {
                     upload_until,
                     grace: DEPOSIT_GRACE_SECS,
                 },
+                GrantRefusal::Recipients { serial, granted } => {
+                    AuthError::GrantRecipients { serial, granted }
+                }
             }),
         }
     }
 
-    fn deliver(&self, session: &Session, vm: Voicemail) -> Delivery {
+    fn deliver(&self, session: &Session, vm: Voicemail, note: Option<DeliveryNote>) -> Delivery {
         let wrapped_key = session.master_key.wrap_delivery(
             &vm.session_key,
             &DeliveryContext {
@@ -249,9 +255,11 @@ impl AuthService {
                 locator: &vm.locator,
             },
         );
+        let hidden = note.as_ref().is_some_and(|n| n.anonymous);
         Delivery {
             id: vm.id,
-            sender_certificate: vm.sender_certificate,
+            sender_certificate: (!hidden).then_some(vm.sender_certificate),
+            first_contact: note.is_some_and(|n| n.stranger),
             deposited_at: vm.deposited_at,
             metadata: vm.metadata,
             recipients: vm.recipients.to_strings(),
@@ -265,10 +273,17 @@ impl AuthService {
     pub async fn list_pending(&self, session: &Session) -> Result<Vec<Delivery>, AuthError> {
         let user = session.username.clone();
         let now = self.now();
-        let vms = self.db(move |s| s.pending(&user, now)).await?;
+        let vms = self
+            .db(move |s| {
+                s.pending(&user, now)?
+                    .into_iter()
+                    .map(|vm| Ok((s.note(&user, &vm.id)?, vm)))
+                    .collect::<Result<Vec<_>, StoreError>>()
+            })
+            .await?;
         Ok(vms
             .into_iter()
-            .map(|vm| self.deliver(session, vm))
+            .map(|(note, vm)| self.deliver(session, vm, note))
             .collect())
     }
 
@@ -289,10 +304,16 @@ impl AuthService {
     ) -> Result<Option<Delivery>, AuthError> {
         let user = session.username.clone();
         let now = self.now();
-        let vm = self.db(move |s| s.pending_one(&user, &id)).await?;
+        let vm = self
+            .db(move |s| {
+                s.pending_one(&user, &id)?
+                    .map(|vm| Ok((s.note(&user, &id)?, vm)))
+                    .transpose()
+            })
+            .await?;
         Ok(vm
-            .filter(|vm| vm.metadata.expires_at > now)
-            .map(|vm| self.deliver(session, vm)))
+            .filter(|(_, vm)| vm.metadata.expires_at > now)
+            .map(|(note, vm)| self.deliver(session, vm, note)))
     }
 
     /// Erases the caller's grant; says whether the session key is now gone

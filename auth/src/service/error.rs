@@ -4,7 +4,7 @@
 use vmail_proto::names::NameError;
 
 use crate::cluster::Member;
-use crate::store::{RecallGone, StoreError};
+use crate::store::{Quota, RecallGone, Refusal, StoreError};
 
 /// Why an auth operation was refused. A refusal changes no durable state; a
 /// refused LoginFinish still uses up its login id, and a LoginStart counts
@@ -150,6 +150,61 @@ pub enum AuthError {
         /// The grace after it, seconds.
         grace: u64,
     },
+    /// Every recipient's policy refuses the voicemail. The reasons say
+    /// "does not accept voicemail from you" for a block and for a
+    /// contacts-only policy alike.
+    #[error("{}", none_accepts_text(.0))]
+    NoRecipientAccepts(Vec<(String, Refusal)>),
+    /// A sender quota would be passed.
+    #[error("{}", quota_text(*.quota, *.limit, *.used, *.resets_at))]
+    Quota {
+        /// Which quota.
+        quota: Quota,
+        /// The limit in force.
+        limit: u64,
+        /// How much is used.
+        used: u64,
+        /// When it frees up, Unix seconds; 0 when only deletions free it.
+        resets_at: u64,
+    },
+    /// The deposit names other recipients than its grant covers.
+    #[error(
+        "storage grant {serial} covers recipients {granted:?} only (the others refused the voicemail): deposit for exactly those"
+    )]
+    GrantRecipients {
+        /// The grant.
+        serial: u64,
+        /// The recipients it covers.
+        granted: Vec<String>,
+    },
+    /// A name to remove is not on the list.
+    #[error("{user:?} is not among your {list}; nothing changed")]
+    NotListed {
+        /// The name.
+        user: String,
+        /// Which list.
+        list: &'static str,
+    },
+    /// A list would pass its cap.
+    #[error(
+        "your {list} would hold {would_hold} users, at most {cap} allowed; remove some first. Nothing changed"
+    )]
+    ListFull {
+        /// Which list.
+        list: &'static str,
+        /// How many it would hold.
+        would_hold: usize,
+        /// The cap.
+        cap: usize,
+    },
+    /// A report of a voicemail the caller did not receive.
+    #[error(
+        "you did not receive voicemail {0}, or it expired: you may report only voicemail sent to you, until it expires"
+    )]
+    NotReceived(
+        /// Voicemail id, hex.
+        String,
+    ),
     /// The request id was used before with different content.
     #[error("request_id was already used for a different deposit; use a fresh request id")]
     RequestIdReused,
@@ -207,6 +262,28 @@ fn nothing_to_recall_text(id: &str, why: &RecallGone) -> String {
             "you have no voicemail {id} to recall (never deposited by you, or its record is gone a week after it expired); ListSent shows what you can recall"
         ),
     }
+}
+
+fn none_accepts_text(refusals: &[(String, Refusal)]) -> String {
+    let each: Vec<String> = refusals.iter().map(|(u, r)| format!("{u} {r}")).collect();
+    format!(
+        "no recipient takes this voicemail, so nothing was stored: {}",
+        each.join("; ")
+    )
+}
+
+fn quota_text(quota: Quota, limit: u64, used: u64, resets_at: u64) -> String {
+    let when = match (quota, resets_at) {
+        (Quota::OutstandingBytes, _) => {
+            "it frees up as your recipients fetch or discard your voicemail, as it expires, or when you recall some (vmail recall)".to_owned()
+        }
+        (_, 0) => "reports against you have closed it".to_owned(),
+        (_, t) => format!("it frees up at Unix time {t}"),
+    };
+    format!(
+        "sender quota {} reached ({used} used of {limit}; [spam] in the group's config): {when}. `vmail whoami` shows every quota",
+        quota.name()
+    )
 }
 
 fn not_leader_text(leader: Option<&Member>) -> String {

@@ -20,7 +20,7 @@ use super::AuthService;
 use super::error::{AuthError, invalid};
 use crate::cluster::{Command, Reply};
 use crate::config::ServerConfig;
-use crate::store::{GrantOutcome, GrantTerms, Session};
+use crate::store::{Accepted, GrantOutcome, GrantTerms, Refusal, Session};
 
 /// Length of a message id, bytes.
 pub const MESSAGE_ID_LEN: usize = 16;
@@ -43,6 +43,20 @@ pub struct GrantRequest {
     /// Unix seconds the sender wants the shards kept until; 0 asks for the
     /// server's default voicemail lifetime.
     pub expires_at: u64,
+    /// Hide the sender from the recipients.
+    pub anonymous: bool,
+}
+
+/// A grant issued: the signed grant, and how each recipient took it.
+#[derive(Debug, Clone)]
+pub struct Granted {
+    /// The signed grant.
+    pub grant: StorageGrant,
+    /// The recipients it covers, canonical order; the deposit names exactly
+    /// these.
+    pub recipients: Vec<(String, Accepted)>,
+    /// The recipients dropped, each with why.
+    pub refused: Vec<(String, Refusal)>,
 }
 
 /// One shard of a [`GrantRequest`].
@@ -165,25 +179,28 @@ pub fn validate_grant_request(
 
 impl AuthService {
     /// Issues a storage grant for one voicemail of the caller's, signed by
-    /// the cluster key. It expires no later than now plus the shortest
-    /// retention in force among the recipients.
+    /// the cluster key, for the recipients whose policy takes it, under the
+    /// caller's quotas. It expires no later than now plus the shortest
+    /// retention in force among the recipients (and the first-contact
+    /// expiry when one is a limited first contact).
     pub async fn request_grant(
         &self,
         session: &Session,
         r: GrantRequest,
-    ) -> Result<StorageGrant, AuthError> {
+    ) -> Result<Granted, AuthError> {
         let now = self.now();
         let (recipients, terms) = validate_grant_request(&r, now, self.config())?;
         let retention = self.shortest_retention(recipients.to_strings()).await?;
         let terms = terms.expiring_by(now.saturating_add(retention));
         let reply = self
-            .propose(Command::Grant {
+            .propose(Command::GrantUnderPolicy {
                 token_hash: session.token_hash,
                 owner: session.username.clone(),
                 recipients: recipients.to_strings(),
                 terms,
                 now,
                 max_open: self.config.max_open_grants_per_user,
+                policy: super::grant_policy(&self.config, r.anonymous),
             })
             .await?;
         let outcome = match reply {
@@ -196,15 +213,34 @@ impl AuthService {
             }
         };
         match outcome {
-            GrantOutcome::Issued(grant) => {
+            GrantOutcome::Issued(grant, recipients, refused) => {
                 tracing::info!(
                     owner = %session.username,
                     serial = grant.body.serial,
                     shards = grant.body.shards.len(),
                     expires_at = grant.body.expires_at,
+                    recipients = recipients.len(),
+                    refused = refused.len(),
                     "storage grant"
                 );
-                Ok(grant)
+                Ok(Granted {
+                    grant,
+                    recipients,
+                    refused,
+                })
+            }
+            GrantOutcome::NoneAccepts(refused) => {
+                tracing::info!(owner = %session.username, refused = refused.len(), "grant refused by every recipient");
+                Err(AuthError::NoRecipientAccepts(refused))
+            }
+            GrantOutcome::Quota(a) => {
+                tracing::info!(owner = %session.username, quota = a.quota.name(), "grant refused by a sender quota");
+                Err(AuthError::Quota {
+                    quota: a.quota,
+                    limit: a.limit,
+                    used: a.used,
+                    resets_at: a.resets_at,
+                })
             }
             GrantOutcome::UnknownRecipient(name) => Err(AuthError::UnknownRecipient(name)),
             GrantOutcome::TooMany { limit } => Err(AuthError::TooManyGrants {
@@ -240,6 +276,7 @@ mod tests {
                 .collect(),
             holders: vec![vec![1; 38], vec![2; 38], vec![3; 38]],
             expires_at: 0,
+            anonymous: false,
         }
     }
 

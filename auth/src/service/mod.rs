@@ -13,7 +13,9 @@
 //!   delivery and acks;
 //! - [`retention`]: how long voicemail for a user may wait
 //!   ([`validate_retention`]);
-//! - [`sent`]: a sender's receipts (ListSent) and recalls.
+//! - [`sent`]: a sender's receipts (ListSent) and recalls;
+//! - [`policy`]: recipient policies, reports and sender quotas (spam
+//!   control, [`validate_edit`]).
 //!
 //! Every change goes through the group's Raft log as a [`Command`]: the
 //! service prepares it (validation, OPAQUE, times, random values, secrets
@@ -31,6 +33,7 @@ mod error;
 mod grant;
 pub mod limits;
 mod login;
+mod policy;
 mod register;
 mod retention;
 mod sent;
@@ -58,8 +61,11 @@ pub use deposit::{
     MAX_REQUEST_ID_LEN, MIN_REQUEST_ID_LEN, validate_deposit,
 };
 pub use error::AuthError;
-pub use grant::{GrantRequest, MESSAGE_ID_LEN, SHA256_LEN, ShardRequest, validate_grant_request};
+pub use grant::{
+    GrantRequest, Granted, MESSAGE_ID_LEN, SHA256_LEN, ShardRequest, validate_grant_request,
+};
 pub use login::{LoginFinish, LoginOutcome};
+pub use policy::{Reported, grant_policy, validate_edit};
 pub use register::RegisterFinish;
 pub use retention::{
     MIN_RETENTION_SECS, default_retention, retention_cap, retention_in_force, validate_retention,
@@ -286,7 +292,7 @@ impl AuthService {
             .expect("lock")
             .check(&user.to_owned(), std::time::Instant::now())
             .map_err(|wait| AuthError::RateLimited {
-                what: "SetRetention and Recall calls from this user",
+                what: "cheap writes (SetRetention, Recall, policy changes, reports) from this user",
                 per_minute: self.config.writes_per_minute_per_user,
                 key: "writes_per_minute_per_user",
                 retry_after_secs: limits::retry_secs(wait),

@@ -22,6 +22,14 @@
 //!   the group's default);
 //! - `receipts`: (sender, voicemail id) → [`Receipt`], what the sender sees
 //!   of it, kept a week past its expiry;
+//! - `policies`: username → [`Policy`], who may leave the user voicemail
+//!   (no row: the default);
+//! - `senders`: username → [`Ledger`], the sender's quota use and reports;
+//!   `reports`: (sender, reporter) → time of the report;
+//! - `notes`: (recipient, voicemail id) → [`DeliveryNote`], kept until the
+//!   voicemail expires; `first_contacts`: (recipient, sender) → the grant of
+//!   the last limited first contact; `grant_admissions`: serial →
+//!   [`Admission`], how each recipient took the grant;
 //! - `raft_log`: log index → a postcard-encoded openraft entry;
 //! - `raft`: `vote`, `committed`, `purged`, `applied` (last applied log id
 //!   and membership), `snapshot` (the latest snapshot) and `node_id`.
@@ -29,7 +37,7 @@
 //! - [`schema`]: the tables, the schema version and the `meta` keys;
 //! - [`sealing`]: the AADs that bind each sealed secret to its row;
 //! - [`users`], [`sessions`], [`voicemails`], [`storage_grants`],
-//!   [`retention`], [`receipts`]: the rows of each concern and the reads and
+//!   [`retention`], [`receipts`], [`policy`], [`senders`]: the rows of each concern and the reads and
 //!   mutations on them;
 //! - [`snapshot`]: every user-facing row out and back in, for Raft snapshots.
 //!
@@ -42,11 +50,13 @@
 //! the table and row, so a sealed value cannot be moved to another row.
 //! Every mutation is one durable redb transaction: it happens whole or not at all.
 
+mod policy;
 mod recall;
 mod receipts;
 mod retention;
 mod schema;
 mod sealing;
+mod senders;
 mod sessions;
 mod snapshot;
 mod storage_grants;
@@ -65,18 +75,26 @@ use vmail_proto::keys::SecretKey;
 
 use crate::keys::{BoundKey, KeyBinding};
 use schema::{
-    CLUSTER_PUBLIC_KEY, DATA_KEY_CHECK, GRANTS, INVITES, META, NEXT_GRANT_SERIAL,
-    OPAQUE_PUBLIC_KEY, OPEN_GRANTS, RECEIPTS, REQUESTS, RETENTION, SESSIONS, STORAGE_GRANTS, USERS,
-    VOICEMAIL_GRANTS, VOICEMAILS, WAITING,
+    CLUSTER_PUBLIC_KEY, DATA_KEY_CHECK, FIRST_CONTACTS, GRANT_ADMISSIONS, GRANTS, INVITES, META,
+    NEXT_GRANT_SERIAL, NOTES, OPAQUE_PUBLIC_KEY, OPEN_GRANTS, POLICIES, RECEIPTS, REPORTS,
+    REQUESTS, RETENTION, SENDERS, SESSIONS, STORAGE_GRANTS, USERS, VOICEMAIL_GRANTS, VOICEMAILS,
+    WAITING,
 };
 
+pub use policy::{
+    Accepted, Approach, EditRefusal, FirstContactRules, MAX_BLOCKED, MAX_CONTACTS, Policy,
+    PolicyList, PolicyMode, Refusal, admit, edited,
+};
 pub use recall::{RecallGone, RecallOutcome};
 pub use receipts::{DeliveryState, RECEIPT_KEEP_SECS, Receipt, RecipientReceipt};
 pub use schema::SCHEMA_VERSION;
 pub(crate) use schema::{RAFT, RAFT_LOG};
+pub use senders::{
+    Admission, Allowance, DAY, DeliveryNote, HOUR, Ledger, Quota, ReportOutcome, SenderLimits,
+};
 pub use sessions::{Session, token_hash};
 pub use storage_grants::{
-    DEPOSIT_GRACE_SECS, GrantOutcome, GrantRefusal, GrantTerms, StorageGrantRecord,
+    DEPOSIT_GRACE_SECS, GrantOutcome, GrantPolicy, GrantRefusal, GrantTerms, StorageGrantRecord,
 };
 pub use users::{RegisterOutcome, User};
 pub use voicemails::{AckOutcome, DepositOutcome, PurgeCounts, Voicemail, VoicemailId};
@@ -181,7 +199,8 @@ pub struct Store {
 }
 
 /// Creates, empty, the tables added within schema version 3 that a database
-/// made before them lacks (`retention`, `receipts`), so that every read
+/// made before them lacks (`retention`, `receipts` and the spam-control
+/// tables of [`policy`] and [`senders`]), so that every read
 /// finds them. One durable transaction, and only when one is missing.
 fn add_missing_tables(db: &Database) -> Result<(), StoreError> {
     fn exists<K: redb::Key + 'static, V: redb::Value + 'static>(
@@ -195,15 +214,34 @@ fn add_missing_tables(db: &Database) -> Result<(), StoreError> {
         }
     }
     let tx = db.begin_read().map_err(db_err)?;
-    let missing = !exists(&tx, RETENTION)? || !exists(&tx, RECEIPTS)?;
+    let missing = !exists(&tx, RETENTION)?
+        || !exists(&tx, RECEIPTS)?
+        || !exists(&tx, POLICIES)?
+        || !exists(&tx, SENDERS)?
+        || !exists(&tx, REPORTS)?
+        || !exists(&tx, NOTES)?
+        || !exists(&tx, FIRST_CONTACTS)?
+        || !exists(&tx, GRANT_ADMISSIONS)?;
     drop(tx);
     if !missing {
         return Ok(());
     }
     let tx = db.begin_write().map_err(db_err)?;
+    create_added_tables(&tx)?;
+    tx.commit().map_err(db_err)
+}
+
+/// Opens (creating when missing) the tables added within schema version 3.
+fn create_added_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
     tx.open_table(RETENTION).map_err(db_err)?;
     tx.open_table(RECEIPTS).map_err(db_err)?;
-    tx.commit().map_err(db_err)
+    tx.open_table(POLICIES).map_err(db_err)?;
+    tx.open_table(SENDERS).map_err(db_err)?;
+    tx.open_table(REPORTS).map_err(db_err)?;
+    tx.open_table(NOTES).map_err(db_err)?;
+    tx.open_table(FIRST_CONTACTS).map_err(db_err)?;
+    tx.open_table(GRANT_ADMISSIONS).map_err(db_err)?;
+    Ok(())
 }
 
 fn u64_le(v: &[u8]) -> Option<u64> {
@@ -260,8 +298,7 @@ impl Store {
             tx.open_table(STORAGE_GRANTS).map_err(db_err)?;
             tx.open_table(OPEN_GRANTS).map_err(db_err)?;
             tx.open_table(VOICEMAIL_GRANTS).map_err(db_err)?;
-            tx.open_table(RETENTION).map_err(db_err)?;
-            tx.open_table(RECEIPTS).map_err(db_err)?;
+            create_added_tables(&tx)?;
             tx.open_table(RAFT_LOG).map_err(db_err)?;
             let mut raft = tx.open_table(RAFT).map_err(db_err)?;
             raft.insert("node_id", node_id.to_le_bytes().as_slice())

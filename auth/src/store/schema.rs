@@ -13,7 +13,8 @@ use redb::TableDefinition;
 /// database without them still opens ([`Store::open`] creates them empty),
 /// their log entries are new variants at the end of `Command`, and their
 /// rows follow the older snapshot fields, so older logs and snapshots still
-/// decode.
+/// decode. So did the spam-control tables (`policies`, `senders`,
+/// `reports`, `notes`, `first_contacts`, `grant_admissions`).
 ///
 /// [`Store::open`]: super::Store::open
 pub const SCHEMA_VERSION: u64 = 3;
@@ -52,6 +53,24 @@ pub(super) const RETENTION: TableDefinition<&str, u64> = TableDefinition::new("r
 /// (sender, voicemail id) → postcard `Receipt`: what the sender sees of a
 /// voicemail, kept until `RECEIPT_KEEP_SECS` after its expiry.
 pub(super) const RECEIPTS: TableDefinition<(&str, &[u8]), &[u8]> = TableDefinition::new("receipts");
+/// Username → postcard `Policy`, for users who changed theirs from the
+/// default (`policy`).
+pub(super) const POLICIES: TableDefinition<&str, &[u8]> = TableDefinition::new("policies");
+/// Username → postcard `Ledger`: the sender's quota use and reports
+/// (`senders`).
+pub(super) const SENDERS: TableDefinition<&str, &[u8]> = TableDefinition::new("senders");
+/// (sender, reporter) → Unix seconds of the first report.
+pub(super) const REPORTS: TableDefinition<(&str, &str), u64> = TableDefinition::new("reports");
+/// (recipient, voicemail id) → postcard `DeliveryNote`, until the
+/// voicemail's expiry.
+pub(super) const NOTES: TableDefinition<(&str, &[u8]), &[u8]> = TableDefinition::new("notes");
+/// (recipient, sender) → serial of the last limited first contact's grant.
+pub(super) const FIRST_CONTACTS: TableDefinition<(&str, &str), u64> =
+    TableDefinition::new("first_contacts");
+/// Storage-grant serial → postcard `Admission`, for grants issued under
+/// recipient policies.
+pub(super) const GRANT_ADMISSIONS: TableDefinition<u64, &[u8]> =
+    TableDefinition::new("grant_admissions");
 /// The Raft log: index → postcard-encoded entry.
 pub(crate) const RAFT_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
 /// Raft's own durable state: vote, committed, purged, applied, snapshot, node id.

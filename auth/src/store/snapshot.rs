@@ -2,16 +2,19 @@
 //! sealed), out for a Raft snapshot and back in when one is installed.
 //!
 //! A snapshot is postcard [`Dump`] followed by postcard [`Added`], the
-//! tables added within schema version 3. postcard records no field names
-//! and ignores trailing bytes, so a snapshot made before `Added` existed
-//! (nothing after the `Dump`) installs with those tables empty.
+//! tables added within schema version 3, then postcard [`Spam`], the
+//! spam-control tables added after those. postcard records no field names
+//! and ignores trailing bytes, so a snapshot made before `Added` or `Spam`
+//! existed (nothing after the `Dump` or the `Added`) installs with those
+//! tables empty.
 
 use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use super::schema::{
-    GRANTS, INVITES, META, NEXT_GRANT_SERIAL, OPEN_GRANTS, RAFT, RECEIPTS, REQUESTS, RETENTION,
-    SESSIONS, STORAGE_GRANTS, USERS, VOICEMAIL_GRANTS, VOICEMAILS, WAITING,
+    FIRST_CONTACTS, GRANT_ADMISSIONS, GRANTS, INVITES, META, NEXT_GRANT_SERIAL, NOTES, OPEN_GRANTS,
+    POLICIES, RAFT, RECEIPTS, REPORTS, REQUESTS, RETENTION, SENDERS, SESSIONS, STORAGE_GRANTS,
+    USERS, VOICEMAIL_GRANTS, VOICEMAILS, WAITING,
 };
 use super::{Store, StoreError, corrupt, db_err, u64_le};
 
@@ -44,17 +47,43 @@ struct Added {
     receipts: Vec<(ReceiptKey, Vec<u8>)>,
 }
 
-/// Reads a snapshot's bytes: the [`Dump`], then the [`Added`] if any bytes
-/// follow it.
-fn parse(bytes: &[u8]) -> Result<(Dump, Added), StoreError> {
+/// A (name, name) key: `reports` and `first_contacts`.
+type PairKey = (String, String);
+
+/// The spam-control tables, written after [`Added`].
+#[derive(Default, Serialize, Deserialize)]
+struct Spam {
+    policies: Vec<(String, Vec<u8>)>,
+    senders: Vec<(String, Vec<u8>)>,
+    reports: Vec<(PairKey, u64)>,
+    notes: Vec<(ReceiptKey, Vec<u8>)>,
+    first_contacts: Vec<(PairKey, u64)>,
+    grant_admissions: Vec<(u64, Vec<u8>)>,
+}
+
+/// Reads a snapshot's bytes: the [`Dump`], then the [`Added`] and the
+/// [`Spam`] if bytes follow.
+fn parse(bytes: &[u8]) -> Result<(Dump, Added, Spam), StoreError> {
     let (dump, rest): (Dump, _) =
         postcard::take_from_bytes(bytes).map_err(|e| corrupt("snapshot", "data", e))?;
-    let added: Added = if rest.is_empty() {
-        Added::default()
+    if rest.is_empty() {
+        return Ok((dump, Added::default(), Spam::default()));
+    }
+    let (added, rest): (Added, _) =
+        postcard::take_from_bytes(rest).map_err(|e| corrupt("snapshot", "added tables", e))?;
+    let spam: Spam = if rest.is_empty() {
+        Spam::default()
     } else {
-        postcard::from_bytes(rest).map_err(|e| corrupt("snapshot", "added tables", e))?
+        postcard::from_bytes(rest).map_err(|e| corrupt("snapshot", "spam tables", e))?
     };
-    Ok((dump, added))
+    Ok((dump, added, spam))
+}
+
+fn encode_all(dump: &Dump, added: &Added, spam: &Spam) -> Vec<u8> {
+    let mut out = postcard::to_allocvec(dump).expect("in-memory encoding cannot fail");
+    out.extend(postcard::to_allocvec(added).expect("in-memory encoding cannot fail"));
+    out.extend(postcard::to_allocvec(spam).expect("in-memory encoding cannot fail"));
+    out
 }
 
 /// Reads a snapshot as [`Store::import`] does and encodes what it read as
@@ -62,10 +91,8 @@ fn parse(bytes: &[u8]) -> Result<(Dump, Added), StoreError> {
 /// `tests/fuzz`, which check that this is idempotent.
 #[doc(hidden)]
 pub fn reencode_snapshot(bytes: &[u8]) -> Result<Vec<u8>, StoreError> {
-    let (dump, added) = parse(bytes)?;
-    let mut out = postcard::to_allocvec(&dump).expect("in-memory encoding cannot fail");
-    out.extend(postcard::to_allocvec(&added).expect("in-memory encoding cannot fail"));
-    Ok(out)
+    let (dump, added, spam) = parse(bytes)?;
+    Ok(encode_all(&dump, &added, &spam))
 }
 
 impl Store {
@@ -120,22 +147,32 @@ impl Store {
                     ((u.to_owned(), id.to_vec()), v.to_vec())
                 })?,
             };
+            let spam = Spam {
+                policies: rows(&tx, POLICIES, |k, v| (k.to_owned(), v.to_vec()))?,
+                senders: rows(&tx, SENDERS, |k, v| (k.to_owned(), v.to_vec()))?,
+                reports: rows(&tx, REPORTS, |(a, b), v| ((a.to_owned(), b.to_owned()), v))?,
+                notes: rows(&tx, NOTES, |(u, id), v| {
+                    ((u.to_owned(), id.to_vec()), v.to_vec())
+                })?,
+                first_contacts: rows(&tx, FIRST_CONTACTS, |(a, b), v| {
+                    ((a.to_owned(), b.to_owned()), v)
+                })?,
+                grant_admissions: rows(&tx, GRANT_ADMISSIONS, |k, v| (k, v.to_vec()))?,
+            };
             let applied = tx
                 .open_table(RAFT)
                 .map_err(db_err)?
                 .get("applied")
                 .map_err(db_err)?
                 .map(|v| v.value().to_vec());
-            let mut bytes = postcard::to_allocvec(&dump).expect("in-memory encoding cannot fail");
-            bytes.extend(postcard::to_allocvec(&added).expect("in-memory encoding cannot fail"));
-            Ok((bytes, applied))
+            Ok((encode_all(&dump, &added, &spam), applied))
         })
     }
 
     /// Replaces every user-facing row with those of a snapshot made by
     /// [`Store::export`], inside `tx`.
     pub(crate) fn import(&self, tx: &WriteTransaction, bytes: &[u8]) -> Result<(), StoreError> {
-        let (dump, added) = parse(bytes)?;
+        let (dump, added, spam) = parse(bytes)?;
         let mut meta = tx.open_table(META).map_err(db_err)?;
         meta.insert("next_serial", dump.next_serial.to_le_bytes().as_slice())
             .map_err(db_err)?;
@@ -205,6 +242,37 @@ impl Store {
         for ((u, id), v) in &added.receipts {
             t.insert((u.as_str(), id.as_slice()), v.as_slice())
                 .map_err(db_err)?;
+        }
+        let mut t = tx.open_table(POLICIES).map_err(db_err)?;
+        t.retain(|_, _| false).map_err(db_err)?;
+        for (k, v) in &spam.policies {
+            t.insert(k.as_str(), v.as_slice()).map_err(db_err)?;
+        }
+        let mut t = tx.open_table(SENDERS).map_err(db_err)?;
+        t.retain(|_, _| false).map_err(db_err)?;
+        for (k, v) in &spam.senders {
+            t.insert(k.as_str(), v.as_slice()).map_err(db_err)?;
+        }
+        let mut t = tx.open_table(REPORTS).map_err(db_err)?;
+        t.retain(|_, _| false).map_err(db_err)?;
+        for ((a, b), v) in &spam.reports {
+            t.insert((a.as_str(), b.as_str()), *v).map_err(db_err)?;
+        }
+        let mut t = tx.open_table(NOTES).map_err(db_err)?;
+        t.retain(|_, _| false).map_err(db_err)?;
+        for ((u, id), v) in &spam.notes {
+            t.insert((u.as_str(), id.as_slice()), v.as_slice())
+                .map_err(db_err)?;
+        }
+        let mut t = tx.open_table(FIRST_CONTACTS).map_err(db_err)?;
+        t.retain(|_, _| false).map_err(db_err)?;
+        for ((a, b), v) in &spam.first_contacts {
+            t.insert((a.as_str(), b.as_str()), *v).map_err(db_err)?;
+        }
+        let mut t = tx.open_table(GRANT_ADMISSIONS).map_err(db_err)?;
+        t.retain(|_, _| false).map_err(db_err)?;
+        for (k, v) in &spam.grant_admissions {
+            t.insert(*k, v.as_slice()).map_err(db_err)?;
         }
         Ok(())
     }

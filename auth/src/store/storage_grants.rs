@@ -20,9 +20,11 @@ use serde::{Deserialize, Serialize};
 use vmail_proto::grant::{DeleteOrder, DeleteReason, GrantBody, GrantedShard, StorageGrant};
 use vmail_proto::names::Recipients;
 
+use super::policy::{Accepted, Approach, FirstContactRules, PolicyMode, Refusal, admit};
 use super::schema::{
     META, NEXT_GRANT_SERIAL, OPEN_GRANTS, STORAGE_GRANTS, USERS, VOICEMAIL_GRANTS,
 };
+use super::senders::{Admission, Allowance, SenderLimits};
 use super::voicemails::VoicemailId;
 use super::{Store, StoreError, corrupt, db_err, u64_le};
 
@@ -85,11 +87,36 @@ pub struct StorageGrantRecord {
     pub deleted: Option<DeleteReason>,
 }
 
+/// What the group checks a grant against, beyond its terms: the
+/// recipients' policies and the sender's quotas, with the values the leader
+/// configured when it proposed the grant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantPolicy {
+    /// The mode of recipients who chose none.
+    pub default_mode: PolicyMode,
+    /// The sender hides from the recipients.
+    pub anonymous: bool,
+    /// The sender's quotas.
+    pub limits: SenderLimits,
+    /// The first-contact limits.
+    pub first_contact: FirstContactRules,
+}
+
 /// The result of [`Store::issue_grant`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum GrantOutcome {
-    /// The grant was stored and signed.
-    Issued(#[serde(with = "grant_bytes")] StorageGrant),
+    /// The grant was stored and signed for the recipients that take it
+    /// (canonical order; empty for a grant issued without policies), and
+    /// the others were dropped, each with why.
+    Issued(
+        #[serde(with = "grant_bytes")] StorageGrant,
+        Vec<(String, Accepted)>,
+        Vec<(String, Refusal)>,
+    ),
+    /// No recipient takes the voicemail; nothing changed.
+    NoneAccepts(Vec<(String, Refusal)>),
+    /// The sender's quota would be passed; nothing changed.
+    Quota(Allowance),
     /// A recipient is not registered; nothing changed.
     UnknownRecipient(String),
     /// The owner already holds `limit` grants not yet deposited whose
@@ -120,6 +147,14 @@ pub enum GrantRefusal {
         serial: u64,
         /// When its upload window closed.
         upload_until: u64,
+    },
+    /// The deposit names other recipients than those the grant was issued
+    /// for.
+    Recipients {
+        /// The grant.
+        serial: u64,
+        /// The recipients it covers, canonical order.
+        granted: Vec<String>,
     },
 }
 
@@ -166,8 +201,13 @@ fn encode(record: &StorageGrantRecord) -> Vec<u8> {
     postcard::to_allocvec(record).expect("encodes")
 }
 
+/// Bytes a grant lets its owner store on holders: every shard.
+fn stored_bytes(body: &GrantBody) -> u64 {
+    body.shards.iter().map(|s| s.len).sum()
+}
+
 /// Whether an undeposited grant can no longer be deposited at `now`.
-fn lapsed(body: &GrantBody, now: u64) -> bool {
+pub(super) fn lapsed(body: &GrantBody, now: u64) -> bool {
     now > body.upload_until.saturating_add(DEPOSIT_GRACE_SECS) || now >= body.expires_at
 }
 
@@ -188,10 +228,15 @@ impl Store {
     /// Issues a storage grant to `owner` for a voicemail to `recipients`,
     /// unless a recipient is unknown or `owner` already holds `max_open`
     /// grants whose upload window is open at `now` and that no deposit
-    /// used. The grant expires no later than `now` plus the shortest
-    /// retention a recipient chose: the leader already applied it when it
-    /// resolved the terms, and applying it again here, in log order, covers
-    /// a `SetRetention` ordered between the two. `sign` signs the body with
+    /// used. Under a `policy` (every grant but those logged before policies
+    /// existed), each recipient's policy is checked ([`admit`]) and those
+    /// who refuse are dropped; with none left, or when the sender's quota
+    /// would be passed, nothing changes. The grant expires no later than
+    /// `now` plus the shortest retention among the recipients who take it,
+    /// and the first-contact expiry if any takes it as a limited first
+    /// contact: the leader already applied the retention when it resolved
+    /// the terms, and applying it again here, in log order, covers a
+    /// `SetRetention` ordered between the two. `sign` signs the body with
     /// the cluster key.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn issue_grant(
@@ -202,9 +247,10 @@ impl Store {
         terms: GrantTerms,
         now: u64,
         max_open: u64,
+        policy: Option<&GrantPolicy>,
         sign: impl FnOnce(GrantBody) -> StorageGrant,
     ) -> Result<GrantOutcome, StoreError> {
-        {
+        let registered_at = {
             let users = tx.open_table(USERS).map_err(db_err)?;
             for r in recipients.iter() {
                 if users.get(r.as_str()).map_err(db_err)?.is_none() {
@@ -225,8 +271,66 @@ impl Store {
             if held >= max_open {
                 return Ok(GrantOutcome::TooMany { limit: max_open });
             }
+            drop(users);
+            self.user_in(tx, owner)?.map_or(now, |u| u.registered_at)
+        };
+        let mut admission = Admission::default();
+        let mut refused = Vec::new();
+        let mut terms = terms;
+        if let Some(policy) = policy {
+            admission.anonymous = policy.anonymous;
+            let approach = Approach {
+                sender: owner,
+                anonymous: policy.anonymous,
+                account_age_secs: now.saturating_sub(registered_at),
+                data_bytes: terms.shards[..usize::from(terms.data_shards)]
+                    .iter()
+                    .map(|s| s.len)
+                    .sum(),
+            };
+            for r in recipients.iter() {
+                let p = self.policy_in(tx, r.as_str())?;
+                let waiting = self.first_contact_waiting(tx, r.as_str(), owner, now)?;
+                match admit(
+                    &p,
+                    policy.default_mode,
+                    &approach,
+                    &policy.first_contact,
+                    waiting,
+                ) {
+                    Ok(a) => admission.recipients.push((r.to_string(), a)),
+                    Err(why) => refused.push((r.to_string(), why)),
+                }
+            }
+            if admission.recipients.is_empty() {
+                return Ok(GrantOutcome::NoneAccepts(refused));
+            }
+            let strangers: Vec<&str> = admission
+                .recipients
+                .iter()
+                .filter(|(_, a)| a.stranger)
+                .map(|(r, _)| r.as_str())
+                .collect();
+            let bytes = terms.shards.iter().map(|s| s.len).sum();
+            let mut ledger = self.ledger_in(tx, owner)?;
+            if let Err(hit) = ledger.charge(policy.limits, now, &strangers, bytes) {
+                return Ok(GrantOutcome::Quota(hit));
+            }
+            self.put_ledger(tx, owner, &ledger)?;
+            if admission.recipients.iter().any(|(_, a)| a.limited) {
+                terms = terms.expiring_by(now.saturating_add(policy.first_contact.ttl_secs));
+            }
         }
-        let terms = match self.shortest_retention_in(tx, recipients.iter().map(|r| r.as_str()))? {
+        let taking: Vec<&str> = if policy.is_some() {
+            admission
+                .recipients
+                .iter()
+                .map(|(r, _)| r.as_str())
+                .collect()
+        } else {
+            recipients.iter().map(|r| r.as_str()).collect()
+        };
+        let terms = match self.shortest_retention_in(tx, taking)? {
             Some(secs) => terms.expiring_by(now.saturating_add(secs)),
             None => terms,
         };
@@ -246,7 +350,28 @@ impl Store {
             .map_err(db_err)?
             .insert((owner, serial), body.upload_until)
             .map_err(db_err)?;
-        Ok(GrantOutcome::Issued(sign(body)))
+        if policy.is_some() {
+            self.admitted(tx, serial, owner, &admission)?;
+        }
+        Ok(GrantOutcome::Issued(
+            sign(body),
+            admission.recipients,
+            refused,
+        ))
+    }
+
+    /// A storage grant by serial, inside a write transaction.
+    pub(super) fn grant_in(
+        &self,
+        tx: &WriteTransaction,
+        serial: u64,
+    ) -> Result<Option<StorageGrantRecord>, StoreError> {
+        tx.open_table(STORAGE_GRANTS)
+            .map_err(db_err)?
+            .get(serial)
+            .map_err(db_err)?
+            .map(|v| decode(serial, v.value()))
+            .transpose()
     }
 
     /// A storage grant by serial, as stored.
@@ -270,19 +395,23 @@ impl Store {
         })
     }
 
-    /// The grant `serial` if `sender` may deposit under it at `at`.
+    /// The grant `serial`, and how its recipients took it, if `sender` may
+    /// deposit under it at `at` for `recipients` (for a grant issued under
+    /// policies, exactly those who take it).
     pub(super) fn grant_for_deposit(
         &self,
         tx: &WriteTransaction,
         serial: u64,
         sender: &str,
+        recipients: &Recipients,
         at: u64,
-    ) -> Result<Result<StorageGrantRecord, GrantRefusal>, StoreError> {
+    ) -> Result<Result<(StorageGrantRecord, Option<Admission>), GrantRefusal>, StoreError> {
         let t = tx.open_table(STORAGE_GRANTS).map_err(db_err)?;
         let Some(v) = t.get(serial).map_err(db_err)? else {
             return Ok(Err(GrantRefusal::Unknown(serial)));
         };
         let record = decode(serial, v.value())?;
+        drop(v);
         Ok(if record.owner != sender {
             Err(GrantRefusal::NotOwner(serial))
         } else if let Some(voicemail) = record.deposited {
@@ -293,7 +422,23 @@ impl Store {
                 upload_until: record.body.upload_until,
             })
         } else {
-            Ok(record)
+            drop(t);
+            let admission = self.admission_in(tx, serial)?;
+            match &admission {
+                Some(a)
+                    if !a
+                        .recipients
+                        .iter()
+                        .map(|(r, _)| r.as_str())
+                        .eq(recipients.iter().map(|r| r.as_str())) =>
+                {
+                    Err(GrantRefusal::Recipients {
+                        serial,
+                        granted: a.recipients.iter().map(|(r, _)| r.clone()).collect(),
+                    })
+                }
+                _ => Ok((record, admission)),
+            }
         })
     }
 
@@ -352,9 +497,14 @@ impl Store {
                 ));
             }
         };
+        let released = record.deleted.is_none();
         record.deleted = Some(reason);
         t.insert(serial, encode(&record).as_slice())
             .map_err(db_err)?;
+        drop(t);
+        if released {
+            self.release_bytes(tx, &record.owner, stored_bytes(&record.body))?;
+        }
         Ok(Some(sign(serial, reason, record.body.expires_at)))
     }
 
@@ -365,7 +515,8 @@ impl Store {
         tx: &WriteTransaction,
         now: u64,
     ) -> Result<usize, StoreError> {
-        let mut gone: Vec<(u64, String)> = Vec::new();
+        // (serial, owner, bytes still charged to the owner).
+        let mut gone: Vec<(u64, String, u64)> = Vec::new();
         let mut t = tx.open_table(STORAGE_GRANTS).map_err(db_err)?;
         for entry in t.iter().map_err(db_err)? {
             let (k, v) = entry.map_err(db_err)?;
@@ -381,14 +532,25 @@ impl Store {
             };
             let unused = record.deposited.is_none() && lapsed(&record.body, now);
             if record.body.expires_at <= now || unused {
-                gone.push((serial, record.owner));
+                let charged = match record.deleted {
+                    None => stored_bytes(&record.body),
+                    Some(_) => 0,
+                };
+                gone.push((serial, record.owner, charged));
             }
         }
         let mut open = tx.open_table(OPEN_GRANTS).map_err(db_err)?;
-        for (serial, owner) in &gone {
+        for (serial, owner, _) in &gone {
             t.remove(*serial).map_err(db_err)?;
             open.remove((owner.as_str(), *serial)).map_err(db_err)?;
         }
+        drop((t, open));
+        for (_, owner, charged) in &gone {
+            if *charged > 0 {
+                self.release_bytes(tx, owner, *charged)?;
+            }
+        }
+        self.purge_senders(tx, now)?;
         Ok(gone.len())
     }
 }

@@ -184,11 +184,16 @@ impl Store {
                     return Ok(DepositOutcome::UnknownRecipient(r.to_string()));
                 }
             }
-            let grant =
-                match self.grant_for_deposit(tx, grant_serial, &vm.sender, vm.deposited_at)? {
-                    Ok(g) => g,
-                    Err(refusal) => return Ok(DepositOutcome::GrantRefused(refusal)),
-                };
+            let (grant, admission) = match self.grant_for_deposit(
+                tx,
+                grant_serial,
+                &vm.sender,
+                &vm.recipients,
+                vm.deposited_at,
+            )? {
+                Ok(g) => g,
+                Err(refusal) => return Ok(DepositOutcome::GrantRefused(refusal)),
+            };
             let mut waiting = tx.open_table(WAITING).map_err(db_err)?;
             for r in vm.recipients.iter() {
                 if count(&waiting, r.as_str())? >= max_pending {
@@ -197,6 +202,9 @@ impl Store {
             }
             let expires_at = grant.body.expires_at;
             self.grant_deposited(tx, grant, &vm.id)?;
+            if let Some(admission) = &admission {
+                self.note_deliveries(tx, &vm.id, &vm.sender, admission, expires_at)?;
+            }
             let sender_certificate = vm.sender_certificate.to_bytes();
             let row = VoicemailRow {
                 sender: vm.sender.clone(),

@@ -54,7 +54,10 @@ async fn a_deposit_is_rewrapped_for_each_recipient_and_erased_by_the_last_ack() 
         assert_eq!(got.recipients, ["bob", "carol"]);
         assert_eq!(got.locator, d.locator);
         assert_eq!(got.deposited_at, T0);
-        assert_eq!(got.sender_certificate.username.as_str(), "alice");
+        assert_eq!(
+            got.sender_certificate.as_ref().unwrap().username.as_str(),
+            "alice"
+        );
         assert_eq!(
             got.metadata,
             VoicemailMeta {

@@ -31,6 +31,7 @@ use vmail_proto::random_bytes;
 
 use super::*;
 use crate::cluster::Member;
+use crate::config::{PolicyMode, ServerConfig};
 use crate::datadir::{self, InitOptions};
 use crate::store::Session;
 
@@ -58,10 +59,27 @@ fn password(user: &str) -> Vec<u8> {
 }
 
 impl Harness {
+    /// A group whose users take voicemail from anyone and whose senders
+    /// meet no quota: what the tests of grants and deposits need.
     async fn start() -> Self {
+        Self::start_with(|c| {
+            c.spam.default_mode = PolicyMode::Anyone;
+            c.spam.voicemails_per_hour = 1_000_000;
+            c.spam.new_recipients_per_day = 1_000_000;
+        })
+        .await
+    }
+
+    /// A group with the default configuration changed by `edit`.
+    async fn start_with(edit: impl FnOnce(&mut ServerConfig)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("auth-1");
         datadir::init(&InitOptions::loopback(&data)).unwrap();
+        let file = data.join(datadir::files::CONFIG);
+        let mut config: ServerConfig =
+            toml::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        edit(&mut config);
+        std::fs::write(&file, toml::to_string(&config).unwrap()).unwrap();
         let clock = Arc::new(ManualClock::new(T0));
         let svc = crate::server::open(&data, clock.clone()).await.unwrap();
         let raft = svc.raft();
@@ -231,7 +249,8 @@ impl Harness {
         let grant = self
             .svc
             .request_grant(&who.session, grant_request(recipients, expires_at))
-            .await?;
+            .await?
+            .grant;
         let back = StorageGrant::from_bytes(&grant.to_bytes()).unwrap();
         back.verify(&self.svc.keys().cluster_public_key()).unwrap();
         Ok(grant)
@@ -263,6 +282,7 @@ fn grant_request(recipients: &[&str], expires_at: u64) -> GrantRequest {
             .collect(),
         holders: (0..3u8).map(|i| vec![i; 38]).collect(),
         expires_at,
+        anonymous: false,
     }
 }
 

@@ -196,6 +196,7 @@ impl Fixture {
                     Self::terms(now, expires_at),
                     now,
                     max_open,
+                    None,
                     |body| body.sign(&self.cluster),
                 )
             })
@@ -213,7 +214,7 @@ impl Fixture {
             vm.metadata.expires_at,
             u64::MAX,
         ) {
-            GrantOutcome::Issued(g) => g,
+            GrantOutcome::Issued(g, ..) => g,
             other => panic!("grant refused: {other:?}"),
         }
     }

@@ -248,7 +248,7 @@ fn a_grant_expires_by_the_shortest_retention_its_recipients_chose() {
     assert_eq!(f.store.retention("bob").unwrap(), Some(7200));
     let issued =
         |recipients: &[&str]| match f.issue_grant("alice", recipients, T0, T0 + DAY, NO_CAP) {
-            GrantOutcome::Issued(g) => g.body,
+            GrantOutcome::Issued(g, ..) => g.body,
             other => panic!("{other:?}"),
         };
     let both = issued(&["carol", "bob"]);

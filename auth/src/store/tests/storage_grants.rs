@@ -7,7 +7,7 @@ use super::*;
 
 fn issued(outcome: GrantOutcome) -> StorageGrant {
     match outcome {
-        GrantOutcome::Issued(g) => g,
+        GrantOutcome::Issued(g, ..) => g,
         other => panic!("expected a grant, got {other:?}"),
     }
 }
