@@ -8,6 +8,7 @@ mod grant;
 mod limits;
 mod login;
 mod sent;
+mod spam;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -1,7 +1,9 @@
 //! Snapshots: export then import gives the same reads.
 
 use super::*;
-use crate::store::reencode_snapshot;
+use crate::store::{
+    FirstContactRules, GrantPolicy, PolicyList, PolicyMode, SenderLimits, reencode_snapshot,
+};
 
 #[test]
 fn export_then_import_gives_identical_reads() {
@@ -34,6 +36,43 @@ fn export_then_import_gives_identical_reads() {
     f.store
         .write(|tx| f.store.set_retention(tx, "bob", 7200))
         .unwrap();
+    // Spam-control rows: a policy, a contact, and a grant under policies
+    // (a sender's ledger, its admission, a first contact).
+    f.store
+        .write(|tx| {
+            f.store
+                .set_policy(tx, "carol", Some(PolicyMode::Anyone), Some(true))?;
+            f.store
+                .edit_policy(tx, "bob", PolicyList::Contacts, &["carol".into()], &[])
+                .map(|r| r.unwrap())
+        })
+        .unwrap();
+    let policy = GrantPolicy {
+        default_mode: PolicyMode::ContactsFirstContact,
+        anonymous: false,
+        limits: SenderLimits::NONE,
+        first_contact: FirstContactRules {
+            max_bytes: u64::MAX,
+            ttl_secs: DAY,
+            min_account_age_secs: 0,
+        },
+    };
+    let outcome = f
+        .store
+        .write(|tx| {
+            f.store.issue_grant(
+                tx,
+                "alice",
+                &Recipients::parse(["dave"]).unwrap(),
+                Fixture::terms(T0 + 2, T0 + DAY),
+                T0 + 2,
+                NO_CAP,
+                Some(&policy),
+                |body| body.sign(&f.cluster),
+            )
+        })
+        .unwrap();
+    assert!(matches!(outcome, GrantOutcome::Issued(..)), "{outcome:?}");
     let (snapshot, _applied) = f.store.export().unwrap();
 
     // A second server of the same group (same keys) that held other rows.
@@ -65,6 +104,10 @@ fn export_then_import_gives_identical_reads() {
         assert_same_session(&second.session(&s.token_hash).unwrap().unwrap(), s);
     }
     assert!(second.invite_used(invite).unwrap());
+    for u in ["bob", "carol"] {
+        assert_eq!(second.policy(u).unwrap(), f.store.policy(u).unwrap());
+    }
+    assert_eq!(second.ledger("alice").unwrap().sent, [T0 + 2]);
     assert_eq!(second.counts().unwrap(), f.store.counts().unwrap());
     assert_eq!(
         second.export().unwrap().0,
