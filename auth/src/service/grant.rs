@@ -192,6 +192,25 @@ impl AuthService {
         let (recipients, terms) = validate_grant_request(&r, now, self.config())?;
         let retention = self.shortest_retention(recipients.to_strings()).await?;
         let terms = terms.expiring_by(now.saturating_add(retention));
+        let policy = super::grant_policy(&self.config, r.anonymous);
+        let max_open = self.config.max_open_grants_per_user;
+        // Refusals are decided on this server's state first, so a sender
+        // refused by every recipient or over a quota costs the group no log
+        // entry; what passes is decided again in log order.
+        let (owner, names, t) = (session.username.clone(), recipients.clone(), terms.clone());
+        let key = self.keys.cluster_key.clone();
+        let dry = self
+            .db(move |s| {
+                s.dry_run(|tx| {
+                    s.issue_grant(tx, &owner, &names, t, now, max_open, Some(&policy), |b| {
+                        b.sign(&key)
+                    })
+                })
+            })
+            .await?;
+        if !matches!(dry, GrantOutcome::Issued(..)) {
+            return self.granted(session, dry);
+        }
         let reply = self
             .propose(Command::GrantUnderPolicy {
                 token_hash: session.token_hash,
@@ -199,19 +218,21 @@ impl AuthService {
                 recipients: recipients.to_strings(),
                 terms,
                 now,
-                max_open: self.config.max_open_grants_per_user,
-                policy: super::grant_policy(&self.config, r.anonymous),
+                max_open,
+                policy,
             })
             .await?;
-        let outcome = match reply {
-            Reply::Granted(outcome) => outcome,
-            Reply::SessionGone => return Err(AuthError::BadToken),
-            other => {
-                return Err(AuthError::Apply(format!(
-                    "unexpected reply {other:?} to a grant request"
-                )));
-            }
-        };
+        match reply {
+            Reply::Granted(outcome) => self.granted(session, outcome),
+            Reply::SessionGone => Err(AuthError::BadToken),
+            other => Err(AuthError::Apply(format!(
+                "unexpected reply {other:?} to a grant request"
+            ))),
+        }
+    }
+
+    /// The grant, or the error for a refusal.
+    fn granted(&self, session: &Session, outcome: GrantOutcome) -> Result<Granted, AuthError> {
         match outcome {
             GrantOutcome::Issued(grant, recipients, refused) => {
                 tracing::info!(

@@ -443,6 +443,20 @@ impl Store {
         self.write_with(redb::Durability::Immediate, f)
     }
 
+    /// Runs `f` in one write transaction and throws its changes away: what
+    /// a change would do, without doing it.
+    pub(crate) fn dry_run<T>(
+        &self,
+        f: impl FnOnce(&WriteTransaction) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.run(|db| {
+            let tx = db.begin_write().map_err(db_err)?;
+            let out = f(&tx)?;
+            tx.abort().map_err(db_err)?;
+            Ok(out)
+        })
+    }
+
     /// Runs `f` in one write transaction and commits it with `durability`.
     /// A `Durability::None` commit is atomic but reaches the disk only with
     /// the next durable commit; a crash before that loses it whole.

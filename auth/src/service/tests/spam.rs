@@ -193,8 +193,12 @@ async fn a_block_drops_the_recipient_for_later_grants_and_keeps_what_waits() {
     // What waited before the block is still there.
     let list = h.svc.list_pending(&bob.session).await.unwrap();
     assert_eq!(list.iter().map(|d| d.id).collect::<Vec<_>>(), [waiting]);
-    // To bob alone: PERMISSION_DENIED, with the reason.
+    // To bob alone: PERMISSION_DENIED, with the reason, decided without a
+    // log entry.
+    let log_end = || h.svc.raft().metrics().borrow().last_log_index;
+    let before = log_end();
     let err = h.leave(&alice, &["bob"], false).await.unwrap_err();
+    assert_eq!(log_end(), before);
     assert!(
         err.to_string()
             .contains("bob does not accept voicemail from you"),
