@@ -25,8 +25,8 @@ pub const DEFAULT_REGISTRATIONS_PER_MINUTE: u64 = 600;
 /// address (an IPv4 address or an IPv6 /64; loopback clients count only
 /// server-wide): 10.
 pub const DEFAULT_REGISTRATIONS_PER_MINUTE_PER_ADDRESS: u64 = 10;
-/// Default for cheap repeatable writes (SetRetention, Recall) one user may
-/// make a minute: 30, in bursts of up to 30.
+/// Default for cheap repeatable writes (SetRetention, Recall, policy
+/// changes, reports) one user may make a minute: 30, in bursts of up to 30.
 pub const DEFAULT_WRITES_PER_MINUTE_PER_USER: u64 = 30;
 /// Default for how many calls one connection may have in progress at
 /// once, on the public and the internal service: 32.
@@ -193,7 +193,8 @@ pub struct ServerConfig {
     /// address or IPv6 /64). Loopback clients (a reverse proxy on this
     /// host, local tools) count only against `registrations_per_minute`.
     pub registrations_per_minute_per_address: u64,
-    /// SetRetention and Recall calls one user may make a minute.
+    /// SetRetention, Recall, SetPolicy, EditContacts, EditBlocked and
+    /// Report calls one user may make a minute.
     pub writes_per_minute_per_user: u64,
     /// Calls one connection may have in progress at once (public and
     /// internal service); more wait their turn.
