@@ -7,7 +7,7 @@ use vmail_proto::cert::UserCertificate;
 use vmail_proto::grant::{DeleteOrder, DepositProof, GrantedShard, StorageGrant};
 use vmail_proto::keys::{DeliveryContext, DepositContext, MasterKey, SecretKey};
 use vmail_proto::meta::VoicemailMeta;
-use vmail_proto::names::Recipients;
+use vmail_proto::names::{Recipients, Username};
 use vmail_proto::pb::{self};
 
 use super::{AuthClient, ClientError, bearer, protocol};
@@ -27,6 +27,102 @@ pub struct GrantRequest {
     pub holders: Vec<Vec<u8>>,
     /// Wanted expiry, Unix seconds; 0 for the group's default lifetime.
     pub expires_at: u64,
+    /// Whether the recipients see who left it.
+    pub sender: SenderVisibility,
+}
+
+/// Whether a voicemail's recipients see who left it. The auth group always
+/// knows, and applies the sender's quotas either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SenderVisibility {
+    /// The recipients get the sender's certificate.
+    #[default]
+    Shown,
+    /// The sender stays hidden; only recipients who accept anonymous
+    /// voicemail take it.
+    Hidden,
+}
+
+/// Why a recipient's policy dropped them from a grant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalReason {
+    /// They block the sender, or take voicemail from contacts only (which
+    /// one is not told).
+    NotAccepted,
+    /// They do not accept anonymous voicemail.
+    NoAnonymous,
+    /// A first contact from the sender already waits for them.
+    FirstContactWaiting,
+    /// The voicemail is longer than a first contact may be.
+    FirstContactTooLong,
+    /// The sender's account is younger than a first contact needs.
+    AccountTooNew,
+    /// A reason this client does not know (a newer server).
+    Other,
+}
+
+impl RefusalReason {
+    fn from_pb(code: i32) -> Self {
+        match pb::RefusalReason::try_from(code) {
+            Ok(pb::RefusalReason::NotAccepted) => Self::NotAccepted,
+            Ok(pb::RefusalReason::NoAnonymous) => Self::NoAnonymous,
+            Ok(pb::RefusalReason::FirstContactWaiting) => Self::FirstContactWaiting,
+            Ok(pb::RefusalReason::FirstContactTooLong) => Self::FirstContactTooLong,
+            Ok(pb::RefusalReason::AccountTooNew) => Self::AccountTooNew,
+            _ => Self::Other,
+        }
+    }
+}
+
+impl std::fmt::Display for RefusalReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::NotAccepted => "does not accept voicemail from you",
+            Self::NoAnonymous => "does not accept anonymous voicemail",
+            Self::FirstContactWaiting => "already has a first contact from you waiting",
+            Self::FirstContactTooLong => "takes only short voicemail as a first contact",
+            Self::AccountTooNew => "takes first contacts only from older accounts",
+            Self::Other => "refused it",
+        })
+    }
+}
+
+/// A recipient the grant dropped, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The recipient.
+    pub username: String,
+    /// Why, as a kind.
+    pub reason: RefusalReason,
+    /// Why, in the server's words for people (with the limit when there is
+    /// one); empty when it gave none.
+    pub detail: String,
+}
+
+impl std::fmt::Display for Refusal {
+    /// `USER: why`, the form `LeaveDone.refused` carries.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.detail.is_empty() {
+            write!(f, "{}: {}", self.username, self.reason)
+        } else {
+            write!(f, "{}: {}", self.username, self.detail)
+        }
+    }
+}
+
+/// A storage grant, checked against the cluster key, and whom it covers.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    /// The signed grant: hand it to every holder unchanged.
+    pub grant: StorageGrant,
+    /// The recipients it covers, canonical: the deposit must name exactly
+    /// these.
+    pub recipients: Recipients,
+    /// The recipients dropped by their policy.
+    pub refused: Vec<Refusal>,
+    /// Those of `recipients` who get it as a first contact ("unknown
+    /// caller" in their inbox, shorter expiry).
+    pub first_contact: Vec<Username>,
 }
 
 /// The answer to an ack.
@@ -133,14 +229,51 @@ pub struct Sent {
     pub recipients: Vec<(String, Delivery, u64)>,
 }
 
+/// Who left a pending voicemail, as its recipient knows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sender {
+    /// The sender's certificate, checked against the cluster key and valid
+    /// at deposit time.
+    Known(Box<UserCertificate>),
+    /// The sender chose to stay hidden.
+    Hidden,
+}
+
+impl Sender {
+    /// What a user is shown: the username, or "anonymous".
+    pub fn display_name(&self) -> &str {
+        match self {
+            Self::Known(cert) => cert.username.as_str(),
+            Self::Hidden => ANONYMOUS,
+        }
+    }
+
+    /// The sender's username, when known.
+    pub fn username(&self) -> Option<&Username> {
+        match self {
+            Self::Known(cert) => Some(&cert.username),
+            Self::Hidden => None,
+        }
+    }
+
+    /// Whether the sender is hidden.
+    pub fn is_hidden(&self) -> bool {
+        matches!(self, Self::Hidden)
+    }
+}
+
+/// How a hidden sender is shown.
+pub const ANONYMOUS: &str = "anonymous";
+
 /// A voicemail waiting for the caller, with its session key unwrapped.
 #[derive(Debug, Clone)]
 pub struct Pending {
     /// Voicemail id.
     pub id: [u8; 16],
-    /// The sender's certificate, checked against the cluster key and valid
-    /// at deposit time.
-    pub sender: UserCertificate,
+    /// Who left it.
+    pub sender: Sender,
+    /// The sender is not in the caller's contacts ("unknown caller").
+    pub first_contact: bool,
     /// Deposit time, Unix seconds.
     pub deposited_at: u64,
     /// Metadata.
@@ -155,9 +288,14 @@ pub struct Pending {
 
 impl AuthClient {
     /// Asks for a storage grant, before anything is stored. Every recipient
-    /// is checked: an unknown one comes back as NOT_FOUND naming it. The
-    /// grant is checked against the cluster key.
-    pub async fn request_grant(&mut self, g: &GrantRequest) -> Result<StorageGrant, ClientError> {
+    /// is checked: an unknown one comes back as NOT_FOUND naming it; those
+    /// whose policy refuses the sender are dropped and listed in
+    /// [`Grant::refused`], and when none is left the call fails with
+    /// PERMISSION_DENIED naming every reason. A sender quota hit is
+    /// RESOURCE_EXHAUSTED naming the limit and when it resets. The grant is
+    /// checked against the cluster key, and its recipients against those
+    /// asked for.
+    pub async fn request_grant(&mut self, g: &GrantRequest) -> Result<Grant, ClientError> {
         let req = pb::GrantRequest {
             recipients: g.recipients.to_strings(),
             message_id: g.message_id.to_vec(),
@@ -172,6 +310,7 @@ impl AuthClient {
                 .collect(),
             holders: g.holders.clone(),
             expires_at: g.expires_at,
+            anonymous: g.sender == SenderVisibility::Hidden,
         };
         let token = self.require_token()?;
         // A retry at worst issues a second grant that no deposit uses; the
@@ -188,7 +327,18 @@ impl AuthClient {
         grant
             .verify(&self.cluster_key)
             .map_err(|e| protocol(format!("the storage grant: {e}")))?;
-        Ok(grant)
+        let (recipients, refused, first_contact) = grant_recipients(
+            &g.recipients,
+            resp.recipients,
+            resp.refused,
+            resp.first_contact,
+        )?;
+        Ok(Grant {
+            grant,
+            recipients,
+            refused,
+            first_contact,
+        })
     }
 
     /// Deposits a session key and locator for the recipients (paper §3.3 step 2).
@@ -324,13 +474,13 @@ impl AuthClient {
             .as_slice()
             .try_into()
             .map_err(|_| protocol("voicemail id is not 16 bytes"))?;
-        let sender = UserCertificate::try_from(
-            p.sender_certificate
-                .ok_or_else(|| protocol("pending voicemail without a sender certificate"))?,
+        let sender = pending_sender(
+            &self.cluster_key,
+            &id,
+            p.anonymous,
+            p.sender_certificate,
+            p.deposited_at,
         )?;
-        // The sender's certificate must have been valid when they deposited,
-        // however long ago that was.
-        sender.verify(&self.cluster_key, p.deposited_at)?;
         let recipients = Recipients::parse(&p.recipients)?;
         let session_key = master_key
             .unwrap_delivery(
@@ -350,6 +500,7 @@ impl AuthClient {
         Ok(Pending {
             id,
             sender,
+            first_contact: p.first_contact,
             deposited_at: p.deposited_at,
             meta: p.metadata.map(Into::into).unwrap_or_default(),
             locator: p.locator,
@@ -427,6 +578,277 @@ impl AuthClient {
                 delete_order: None,
             }),
             Err(s) => Err(s.into()),
+        }
+    }
+}
+
+/// Who left a pending voicemail: a hidden sender must come without a
+/// certificate, any other with one that the cluster key signed and that was
+/// valid when they deposited, however long ago that was. Anything else
+/// breaks the protocol.
+fn pending_sender(
+    cluster_key: &ed25519_dalek::VerifyingKey,
+    id: &[u8; 16],
+    anonymous: bool,
+    certificate: Option<pb::UserCertificate>,
+    deposited_at: u64,
+) -> Result<Sender, ClientError> {
+    match (anonymous, certificate) {
+        (true, None) => Ok(Sender::Hidden),
+        (true, Some(_)) => Err(protocol(format!(
+            "pending voicemail {} is marked anonymous but carries a sender certificate",
+            hex::encode(id)
+        ))),
+        (false, None) => Err(protocol(format!(
+            "pending voicemail {} has no sender certificate and is not marked anonymous",
+            hex::encode(id)
+        ))),
+        (false, Some(cert)) => {
+            let cert = UserCertificate::try_from(cert)?;
+            cert.verify(cluster_key, deposited_at)?;
+            Ok(Sender::Known(Box::new(cert)))
+        }
+    }
+}
+
+/// The recipients a grant answer covers, its refusals and first contacts,
+/// checked against the recipients `asked` for: the covered ones must be a
+/// non-empty canonical subset of them, every refused one one of the rest,
+/// and every first contact one of the covered.
+fn grant_recipients(
+    asked: &Recipients,
+    recipients: Vec<String>,
+    refused: Vec<pb::RecipientRefusal>,
+    first_contact: Vec<String>,
+) -> Result<(Recipients, Vec<Refusal>, Vec<Username>), ClientError> {
+    let bad = |what: String| protocol(format!("the storage grant: {what}"));
+    let covered = Recipients::parse(&recipients)
+        .map_err(|e| bad(format!("its recipient list {recipients:?}: {e}")))?;
+    if covered.to_strings() != recipients {
+        return Err(bad(format!(
+            "its recipient list {recipients:?} is not in canonical order"
+        )));
+    }
+    if let Some(extra) = covered.iter().find(|r| !asked.contains(r)) {
+        return Err(bad(format!("it covers {extra}, who was not asked for")));
+    }
+    let refused: Vec<Refusal> = refused
+        .into_iter()
+        .map(|r| Refusal {
+            reason: RefusalReason::from_pb(r.reason),
+            username: r.username,
+            detail: r.detail,
+        })
+        .collect();
+    for r in &refused {
+        let known = Username::parse(&r.username)
+            .is_ok_and(|name| asked.contains(&name) && !covered.contains(&name));
+        if !known {
+            return Err(bad(format!(
+                "it refuses {:?}, who was not asked for or is also covered",
+                r.username
+            )));
+        }
+    }
+    let first_contact = first_contact
+        .iter()
+        .map(|name| match Username::parse(name) {
+            Ok(u) if covered.contains(&u) => Ok(u),
+            _ => Err(bad(format!(
+                "it names {name:?} as a first contact, who is not among its recipients"
+            ))),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((covered, refused, first_contact))
+}
+
+#[cfg(test)]
+mod tests {
+    use ed25519_dalek::SigningKey;
+    use tonic::transport::Endpoint;
+    use vmail_proto::cert::CertificateBody;
+
+    use super::*;
+
+    const DEPOSITED_AT: u64 = 1_800_000_000;
+
+    /// A client that never connects: `open_pending` does no IO.
+    fn offline_client(cluster: &SigningKey) -> AuthClient {
+        let ch = Endpoint::from_static("https://127.0.0.1:9").connect_lazy();
+        AuthClient {
+            rpc: super::super::rpc_client(ch),
+            cluster_key: cluster.verifying_key(),
+            ca_pem: Vec::new(),
+            endpoints: vec!["https://127.0.0.1:9".into()],
+            endpoint: "https://127.0.0.1:9".into(),
+            token: None,
+        }
+    }
+
+    fn cert_of(cluster: &SigningKey, name: &str) -> UserCertificate {
+        CertificateBody {
+            serial: 7,
+            username: Username::parse(name).unwrap(),
+            identity_key: SigningKey::from_bytes(&[9; 32]).verifying_key(),
+            peer_id: Vec::new(),
+            not_before: DEPOSITED_AT - 60,
+            not_after: DEPOSITED_AT + 3600,
+        }
+        .sign(cluster)
+    }
+
+    /// A pending voicemail for "bob" whose key opens under `master`.
+    fn pending(
+        master: &MasterKey,
+        anonymous: bool,
+        cert: Option<UserCertificate>,
+    ) -> pb::PendingVoicemail {
+        let id = [5u8; 16];
+        let recipients = Recipients::parse(["bob"]).unwrap();
+        let locator = vec![1, 2, 3];
+        let wrapped_key = master.wrap_delivery(
+            &SecretKey::random(),
+            &DeliveryContext {
+                voicemail_id: &id,
+                recipients: &recipients,
+                locator: &locator,
+            },
+        );
+        pb::PendingVoicemail {
+            voicemail_id: id.to_vec(),
+            sender_certificate: cert.map(Into::into),
+            deposited_at: DEPOSITED_AT,
+            recipients: recipients.to_strings(),
+            locator,
+            wrapped_key,
+            anonymous,
+            first_contact: true,
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn an_anonymous_voicemail_opens_without_a_sender() {
+        let cluster = SigningKey::from_bytes(&[1; 32]);
+        let client = offline_client(&cluster);
+        let master = MasterKey::from_bytes([2; 32]);
+        let p = client
+            .open_pending(&master, pending(&master, true, None))
+            .unwrap();
+        assert_eq!(p.sender, Sender::Hidden);
+        assert_eq!(p.sender.display_name(), "anonymous");
+        assert!(p.sender.username().is_none());
+        assert!(p.first_contact);
+    }
+
+    #[tokio::test]
+    async fn a_known_sender_is_checked_and_named() {
+        let cluster = SigningKey::from_bytes(&[1; 32]);
+        let client = offline_client(&cluster);
+        let master = MasterKey::from_bytes([2; 32]);
+        let alice = cert_of(&cluster, "alice");
+        let p = client
+            .open_pending(&master, pending(&master, false, Some(alice.clone())))
+            .unwrap();
+        assert_eq!(p.sender, Sender::Known(Box::new(alice)));
+        assert_eq!(p.sender.display_name(), "alice");
+        // A certificate another key signed is refused.
+        let forged = cert_of(&SigningKey::from_bytes(&[3; 32]), "alice");
+        assert!(matches!(
+            client.open_pending(&master, pending(&master, false, Some(forged))),
+            Err(ClientError::Certificate(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_missing_or_stray_certificate_breaks_the_protocol() {
+        let cluster = SigningKey::from_bytes(&[1; 32]);
+        let client = offline_client(&cluster);
+        let master = MasterKey::from_bytes([2; 32]);
+        let err = client
+            .open_pending(&master, pending(&master, false, None))
+            .unwrap_err();
+        assert!(
+            matches!(&err, ClientError::Protocol(m) if m.contains("no sender certificate")),
+            "{err}"
+        );
+        let alice = cert_of(&cluster, "alice");
+        let err = client
+            .open_pending(&master, pending(&master, true, Some(alice)))
+            .unwrap_err();
+        assert!(
+            matches!(&err, ClientError::Protocol(m) if m.contains("anonymous but carries")),
+            "{err}"
+        );
+    }
+
+    fn refusal(name: &str, reason: pb::RefusalReason) -> pb::RecipientRefusal {
+        pb::RecipientRefusal {
+            username: name.into(),
+            reason: reason.into(),
+            detail: String::new(),
+        }
+    }
+
+    fn strings(names: &[&str]) -> Vec<String> {
+        names.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn a_grant_covers_a_subset_of_those_asked_for() {
+        let asked = Recipients::parse(["alice", "bob", "carol"]).unwrap();
+        let (covered, refused, first) = grant_recipients(
+            &asked,
+            strings(&["alice", "carol"]),
+            vec![refusal("bob", pb::RefusalReason::NoAnonymous)],
+            strings(&["carol"]),
+        )
+        .unwrap();
+        assert_eq!(covered.to_strings(), ["alice", "carol"]);
+        assert_eq!(refused.len(), 1);
+        assert_eq!(refused[0].reason, RefusalReason::NoAnonymous);
+        assert_eq!(
+            refused[0].to_string(),
+            "bob: does not accept anonymous voicemail"
+        );
+        assert_eq!(first, [Username::parse("carol").unwrap()]);
+
+        let with_detail = Refusal {
+            username: "bob".into(),
+            reason: RefusalReason::FirstContactTooLong,
+            detail: "a first contact may be at most 60 s".into(),
+        };
+        assert_eq!(
+            with_detail.to_string(),
+            "bob: a first contact may be at most 60 s"
+        );
+    }
+
+    #[test]
+    fn a_grant_outside_what_was_asked_breaks_the_protocol() {
+        let asked = Recipients::parse(["alice", "bob"]).unwrap();
+        let bad = [
+            // Covers someone not asked for.
+            (strings(&["alice", "mallory"]), vec![], vec![]),
+            // Not canonical.
+            (strings(&["bob", "alice"]), vec![], vec![]),
+            // Covers no one.
+            (vec![], vec![], vec![]),
+            // Refuses someone it also covers.
+            (
+                strings(&["alice"]),
+                vec![refusal("alice", pb::RefusalReason::NotAccepted)],
+                vec![],
+            ),
+            // A first contact it does not cover.
+            (strings(&["alice"]), vec![], strings(&["bob"])),
+        ];
+        for (recipients, refused, first) in bad {
+            let r = grant_recipients(&asked, recipients.clone(), refused, first);
+            assert!(
+                matches!(r, Err(ClientError::Protocol(_))),
+                "{recipients:?}: {r:?}"
+            );
         }
     }
 }

@@ -25,7 +25,7 @@ use vmail_proto::control_pb::{self as pb, control_server};
 use vmail_proto::keys::MasterKey;
 use vmail_proto::names::Username;
 
-use crate::auth_client::{AuthTarget, LoginSession, Pending};
+use crate::auth_client::{AuthTarget, LoginSession, Pending, SenderVisibility};
 use crate::core::erasure::{ErasureError, Redundancy};
 use crate::overlay::swarm::NetworkError;
 use crate::peer::{
@@ -188,13 +188,20 @@ fn timings_pb(t: Timings) -> pb::Timings {
 pub fn inbox_entry(p: &Pending) -> pb::InboxEntry {
     pb::InboxEntry {
         voicemail_id: p.id.to_vec(),
-        sender: p.sender.username.to_string(),
+        // Empty when hidden: the control API says so with `anonymous`.
+        sender: p
+            .sender
+            .username()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
         deposited_at: p.deposited_at,
         size: p.meta.size,
         content_type: p.meta.content_type.clone(),
         duration_ms: p.meta.duration_ms,
         expires_at: p.meta.expires_at,
         recipients: p.recipients.to_strings(),
+        anonymous: p.sender.is_hidden(),
+        first_contact: p.first_contact,
     }
 }
 
@@ -401,10 +408,18 @@ impl control_server::Control for ControlService {
                 content_type: r.content_type,
                 duration_ms: r.duration_ms,
                 redundancy,
+                sender: if r.anonymous {
+                    SenderVisibility::Hidden
+                } else {
+                    SenderVisibility::Shown
+                },
             };
             let result = peer.leave(req, progress).await.map(|done| pb::LeaveEvent {
                 event: Some(pb::leave_event::Event::Done(pb::LeaveDone {
                     voicemail_id: done.voicemail_id.to_vec(),
+                    recipients: done.recipients.to_strings(),
+                    refused: strings(&done.refused),
+                    first_contact: strings(&done.first_contact),
                     ciphertext_size: done.ciphertext_len,
                     copies: done
                         .shards
