@@ -130,7 +130,22 @@ pub(super) async fn whoami(ctx: &Context) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Each sender quota: "name: used/limit, resets at TIME (in DURATION)".
+/// A Unix time in this machine's time zone, e.g. `2026-12-03 15:00:00 +01:00`.
+fn local_time(unix: u64) -> String {
+    match i64::try_from(unix)
+        .ok()
+        .and_then(|s| chrono::DateTime::from_timestamp(s, 0))
+    {
+        Some(t) => t
+            .with_timezone(&chrono::Local)
+            .format("%Y-%m-%d %H:%M:%S %:z")
+            .to_string(),
+        None => when(unix),
+    }
+}
+
+/// Each sender quota: "name: used/limit, resets at TIME (in DURATION)",
+/// the time in this machine's zone.
 fn allowance_lines(allowances: &[Allowance], now: u64) -> Vec<String> {
     if allowances.is_empty() {
         return vec!["allowances     (none reported by the auth group)".to_owned()];
@@ -140,7 +155,7 @@ fn allowance_lines(allowances: &[Allowance], now: u64) -> Vec<String> {
         let resets = match a.resets_at {
             Some(at) => format!(
                 ", resets at {} (in {})",
-                when(at),
+                local_time(at),
                 days(at.saturating_sub(now))
             ),
             None => String::new(),
@@ -212,12 +227,24 @@ mod tests {
         );
         assert_eq!(lines[0], "allowances");
         assert!(
-            lines[1].starts_with("  voicemails_per_hour: 3/30, resets at 2027-01-15T09:00:00Z"),
+            lines[1].starts_with(&format!(
+                "  voicemails_per_hour: 3/30, resets at {}",
+                local_time(1_800_003_600)
+            )),
             "{}",
             lines[1]
         );
         assert!(lines[1].ends_with("(in 1h)"), "{}", lines[1]);
         assert_eq!(lines[2], "  outstanding_bytes: 0/1000");
         assert!(reports(2).starts_with("2 recipient(s)"));
+    }
+
+    #[test]
+    fn local_time_names_its_offset() {
+        let t = local_time(1_800_003_600);
+        // "YYYY-MM-DD HH:MM:SS +HH:MM", whatever the zone.
+        assert_eq!(t.len(), 26, "{t}");
+        assert!(t.starts_with("2027-01-1"), "{t}");
+        assert!(t.contains(" +") || t.contains(" -"), "{t}");
     }
 }
