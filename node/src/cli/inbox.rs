@@ -93,7 +93,7 @@ pub(super) async fn run(ctx: &Context, watch: bool) -> anyhow::Result<()> {
         }
         print_table(&pending.iter().map(row).collect::<Vec<_>>());
         println!(
-            "{} voicemail(s); every sender certificate and session key checked",
+            "{} voicemail(s); every sender certificate (a hidden sender has none) and session key checked",
             pending.len()
         );
         if pending.iter().any(|p| p.first_contact) {

@@ -2,6 +2,13 @@
 //! shard, ask the auth group for a storage grant, upload under it, and
 //! deposit only once every holder acked.
 //!
+//! The grant answers for each recipient's policy: those who refuse the
+//! sender (a block, contacts only, no anonymous voicemail, first-contact
+//! limits) are dropped with a reason, and the deposit names exactly the
+//! recipients the grant covers, so the others never get the key. The
+//! session key is derived before the grant, over the recipients asked for;
+//! that only feeds the derivation, nothing checks it against the deposit.
+//!
 //! A leave never withdraws its shards while its deposit's outcome is
 //! unknown: the deposit is retried with the same request id until the group
 //! answers, and if it never does in time the error says so and the shards
