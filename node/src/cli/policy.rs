@@ -179,7 +179,14 @@ pub(super) async fn edit(
         Edit::Add => ListEdit::add(names.clone()),
         Edit::Remove => ListEdit::remove(names.clone()),
     };
-    let (mut client, _) = ctx.logged_in().await?;
+    let (mut client, session) = ctx.logged_in().await?;
+    if names.contains(&session.username) {
+        bail!(
+            "{} is you: leave your own name out; your {} are unchanged",
+            session.username,
+            list.noun()
+        );
+    }
     let result = match list {
         List::Contacts => client.edit_contacts(&change).await,
         List::Blocked => client.edit_blocked(&change).await,
@@ -274,7 +281,7 @@ pub(super) async fn report(ctx: &Context, id: &str) -> anyhow::Result<()> {
         )
     );
     println!(
-        "it still waits in your inbox until it expires; `vmail discard {}` removes it now",
+        "if it is still in your inbox, `vmail discard {}` removes it without fetching it",
         hex::encode(id)
     );
     Ok(())

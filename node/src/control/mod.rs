@@ -700,3 +700,39 @@ mod cred_tests {
         assert!(!socket.exists());
     }
 }
+
+#[cfg(test)]
+mod entry_tests {
+    use vmail_proto::keys::SecretKey;
+    use vmail_proto::names::Recipients;
+
+    use super::*;
+    use crate::auth_client::{ClientError, Sender, VoicemailMeta};
+
+    #[test]
+    fn a_hidden_sender_is_listed_anonymous_and_unnamed() {
+        let p = Pending {
+            id: [1; 16],
+            sender: Sender::Hidden,
+            first_contact: true,
+            deposited_at: 10,
+            meta: VoicemailMeta::default(),
+            locator: Vec::new(),
+            recipients: Recipients::parse(["bob"]).unwrap(),
+            session_key: SecretKey::random(),
+        };
+        let e = inbox_entry(&p);
+        assert!(e.anonymous && e.first_contact);
+        assert!(e.sender.is_empty());
+    }
+
+    #[test]
+    fn a_refused_grant_keeps_its_code() {
+        for code in [Code::PermissionDenied, Code::ResourceExhausted] {
+            let e = LeaveError::Grant(ClientError::Server(Status::new(code, "why")));
+            let s = status(e);
+            assert_eq!(s.code(), code);
+            assert!(s.message().contains("why"), "{}", s.message());
+        }
+    }
+}
