@@ -16,6 +16,7 @@
 //! [`AuthClient`].
 
 mod account;
+mod grant;
 mod policy;
 mod voicemail;
 
@@ -30,10 +31,10 @@ use vmail_proto::names::NameError;
 use vmail_proto::pb::auth_client;
 
 pub use account::{Allowance, LoginSession, WhoAmI};
+pub use grant::{Grant, GrantRequest, Refusal, RefusalReason, SenderVisibility};
 pub use policy::{BadPolicyMode, ListEdit, Policy, PolicyChange, PolicyMode, ReportOutcome};
 pub use voicemail::{
-    ANONYMOUS, Acked, Delivery, DepositReceipt, Grant, GrantRequest, NewDeposit, Pending, Recalled,
-    Refusal, RefusalReason, Sender, SenderVisibility, Sent,
+    ANONYMOUS, Acked, Delivery, DepositReceipt, NewDeposit, Pending, Recalled, Sender, Sent,
 };
 
 /// How long to wait for a TCP and TLS connection to one auth server.
