@@ -142,6 +142,7 @@ fn grant_request(to: &str) -> GrantRequest {
             .map(|_| libp2p::PeerId::random().to_bytes())
             .collect(),
         expires_at: 0,
+        sender: vmail_node::auth_client::SenderVisibility::Shown,
     }
 }
 
@@ -183,7 +184,11 @@ async fn group() {
     // Each deposit needs a grant of its own, asked for outside the clock.
     let deposits = rate(clients, |mut c, mk, me| async move {
         for _ in 0..WRITES_PER_CLIENT {
-            let grant = c.request_grant(&grant_request(&me)).await.expect("grant");
+            let grant = c
+                .request_grant(&grant_request(&me))
+                .await
+                .expect("grant")
+                .grant;
             let d = NewDeposit {
                 grant_serial: grant.body.serial,
                 request_id: vmail_proto::random_bytes(),

@@ -129,9 +129,11 @@ pub async fn attack_stores(auth: &mut AuthClient, victim: PeerId, n: u8, len: u6
                 .collect(),
             holders: vec![victim.to_bytes()],
             expires_at: 0,
+            sender: vmail_node::auth_client::SenderVisibility::Shown,
         })
         .await
-        .expect("a storage grant");
+        .expect("a storage grant")
+        .grant;
     let layout = Layout {
         redundancy: Redundancy::Replicas(n),
         ciphertext_len: len,

@@ -195,6 +195,7 @@ fn one_shard_grant(recipients: &Recipients, expires_at: u64) -> GrantRequest {
         }],
         holders: vec![PeerId::random().to_bytes()],
         expires_at,
+        sender: vmail_node::auth_client::SenderVisibility::Shown,
     }
 }
 
@@ -206,6 +207,7 @@ pub async fn grant_serial_for(c: &mut AuthClient, names: &[&str]) -> u64 {
     c.request_grant(&one_shard_grant(&recipients, 0))
         .await
         .expect("a storage grant")
+        .grant
         .body
         .serial
 }
@@ -224,7 +226,7 @@ pub async fn try_granted(
     let grant = c
         .request_grant(&one_shard_grant(&d.recipients, expires_at))
         .await?;
-    d.grant_serial = grant.body.serial;
+    d.grant_serial = grant.grant.body.serial;
     Ok(d)
 }
 
@@ -525,6 +527,7 @@ pub fn leave_request(to: &[&str], content: Vec<u8>, replicas: u8) -> LeaveReques
         content_type: "application/octet-stream".into(),
         duration_ms: 0,
         redundancy: Some(Redundancy::Replicas(replicas)),
+        sender: vmail_node::auth_client::SenderVisibility::Shown,
     }
 }
 

@@ -52,7 +52,7 @@ async fn happy_path_register_login_deposit_list_unwrap_ack() {
         let p = &pending[0];
         assert_eq!(p.id, receipt.voicemail_id);
         assert_eq!(p.session_key, d.session_key);
-        assert_eq!(p.sender.username.as_str(), "bob");
+        assert_eq!(p.sender.display_name(), "bob");
         assert_eq!(p.locator, b"locator: shard ids");
         assert_eq!(p.recipients, d.recipients);
         assert_eq!(p.meta.size, 1234);

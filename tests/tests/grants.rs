@@ -64,9 +64,11 @@ async fn grant_for(c: &mut AuthClient, data: &[u8], holders: &[PeerId]) -> Stora
         }],
         holders: holders.iter().map(|p| p.to_bytes()).collect(),
         expires_at: 0,
+        sender: vmail_node::auth_client::SenderVisibility::Shown,
     })
     .await
     .expect("grant")
+    .grant
 }
 
 fn refused_because(r: Result<(), TransferError>, what: &str) {

@@ -244,6 +244,7 @@ async fn narrate(
                 content_type: "audio/wav".into(),
                 duration_ms: u64::from(SECONDS) * 1000,
                 redundancy: None,
+                sender: vmail_node::auth_client::SenderVisibility::Shown,
             },
             no_progress(),
         )

@@ -142,9 +142,11 @@ async fn account_commands_and_inbox() {
             }],
             holders: vec![libp2p::PeerId::random().to_bytes()],
             expires_at: 0,
+            sender: vmail_node::auth_client::SenderVisibility::Shown,
         })
         .await
-        .unwrap();
+        .unwrap()
+        .grant;
     let receipt = bob
         .deposit(
             &s.master_key,

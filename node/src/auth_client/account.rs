@@ -1,6 +1,7 @@
 //! Accounts: OPAQUE registration and login (the master key both sides
 //! derive, the certificate the login issues, checked against the cluster
-//! key), the server's view of a session, and logout.
+//! key), the server's view of a session (with the sender quotas), and
+//! logout.
 
 use ed25519_dalek::{Signer, SigningKey};
 use opaque_ke::{
@@ -58,6 +59,37 @@ pub struct WhoAmI {
     pub certificate: UserCertificate,
     /// How long voicemail for the user may wait, seconds.
     pub retention_secs: u64,
+    /// The user's sender quotas as they stand.
+    pub allowances: Vec<Allowance>,
+    /// Distinct recipients who reported the user's voicemail as spam; each
+    /// halves the allowance of new recipients per day.
+    pub reports: u32,
+}
+
+/// One sender quota as it stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allowance {
+    /// Which: "voicemails_per_hour", "new_recipients_per_day" or
+    /// "outstanding_bytes".
+    pub name: String,
+    /// The limit in force (after the user's reports).
+    pub limit: u64,
+    /// How much of it is used now.
+    pub used: u64,
+    /// Unix seconds when the oldest use leaves the window; `None` when
+    /// nothing is used, or the use ends only with deletions.
+    pub resets_at: Option<u64>,
+}
+
+impl From<pb::Allowance> for Allowance {
+    fn from(a: pb::Allowance) -> Self {
+        Self {
+            name: a.name,
+            limit: a.limit,
+            used: a.used,
+            resets_at: (a.resets_at != 0).then_some(a.resets_at),
+        }
+    }
 }
 
 impl AuthClient {
@@ -284,6 +316,8 @@ impl AuthClient {
                 .map_err(|_| protocol("master key id is not 16 bytes"))?,
             expires_at: me.expires_at,
             retention_secs: me.retention_secs,
+            allowances: me.allowances.into_iter().map(Into::into).collect(),
+            reports: me.reports,
             username,
         })
     }

@@ -1,5 +1,6 @@
 //! The client side of `vmail.auth.v1`: OPAQUE registration and login, the
-//! master key, certificate checks, deposits and pending voicemail.
+//! master key, certificate checks, grants, deposits and pending voicemail,
+//! and the user's recipient policy (contacts, blocks, spam reports).
 //!
 //! The client knows a list of auth servers. A call that reaches a follower
 //! comes back UNAVAILABLE naming the leader (`vmail-leader`), and the client
@@ -15,6 +16,8 @@
 //! [`AuthClient`].
 
 mod account;
+mod grant;
+mod policy;
 mod voicemail;
 
 use std::time::Duration;
@@ -27,9 +30,11 @@ pub use vmail_proto::meta::VoicemailMeta;
 use vmail_proto::names::NameError;
 use vmail_proto::pb::auth_client;
 
-pub use account::{LoginSession, WhoAmI};
+pub use account::{Allowance, LoginSession, WhoAmI};
+pub use grant::{Grant, GrantRequest, Refusal, RefusalReason, SenderVisibility};
+pub use policy::{BadPolicyMode, ListEdit, Policy, PolicyChange, PolicyMode, ReportOutcome};
 pub use voicemail::{
-    Acked, Delivery, DepositReceipt, GrantRequest, NewDeposit, Pending, Recalled, Sent,
+    ANONYMOUS, Acked, Delivery, DepositReceipt, NewDeposit, Pending, Recalled, Sender, Sent,
 };
 
 /// How long to wait for a TCP and TLS connection to one auth server.

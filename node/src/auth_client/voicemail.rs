@@ -1,33 +1,17 @@
-//! Voicemail at the auth servers: storage grants and deposits (paper §3.3
-//! step 2), and the pending voicemail each recipient lists, watches, opens
-//! and acks.
+//! Voicemail at the auth servers: deposits (paper §3.3 step 2) under a
+//! grant (`grant.rs`), what the sender left, and the pending voicemail each
+//! recipient lists, watches, opens and acks. A pending voicemail names its
+//! sender by a certificate, or is marked anonymous and carries none.
 
 use tonic::Code;
 use vmail_proto::cert::UserCertificate;
-use vmail_proto::grant::{DeleteOrder, DepositProof, GrantedShard, StorageGrant};
+use vmail_proto::grant::{DeleteOrder, DepositProof};
 use vmail_proto::keys::{DeliveryContext, DepositContext, MasterKey, SecretKey};
 use vmail_proto::meta::VoicemailMeta;
-use vmail_proto::names::Recipients;
+use vmail_proto::names::{Recipients, Username};
 use vmail_proto::pb::{self};
 
 use super::{AuthClient, ClientError, bearer, protocol};
-
-/// What a leave asks a storage grant for.
-#[derive(Debug, Clone)]
-pub struct GrantRequest {
-    /// Canonical recipients; each must be registered.
-    pub recipients: Recipients,
-    /// The ciphertext header's message id.
-    pub message_id: [u8; 16],
-    /// Shards needed to rebuild.
-    pub data_shards: u8,
-    /// Every shard, by index.
-    pub shards: Vec<GrantedShard>,
-    /// libp2p peer ids (bytes) the shards may go to.
-    pub holders: Vec<Vec<u8>>,
-    /// Wanted expiry, Unix seconds; 0 for the group's default lifetime.
-    pub expires_at: u64,
-}
 
 /// The answer to an ack.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,14 +117,51 @@ pub struct Sent {
     pub recipients: Vec<(String, Delivery, u64)>,
 }
 
+/// Who left a pending voicemail, as its recipient knows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sender {
+    /// The sender's certificate, checked against the cluster key and valid
+    /// at deposit time.
+    Known(Box<UserCertificate>),
+    /// The sender chose to stay hidden.
+    Hidden,
+}
+
+impl Sender {
+    /// What a user is shown: the username, or "anonymous".
+    pub fn display_name(&self) -> &str {
+        match self {
+            Self::Known(cert) => cert.username.as_str(),
+            Self::Hidden => ANONYMOUS,
+        }
+    }
+
+    /// The sender's username, when known.
+    pub fn username(&self) -> Option<&Username> {
+        match self {
+            Self::Known(cert) => Some(&cert.username),
+            Self::Hidden => None,
+        }
+    }
+
+    /// Whether the sender is hidden.
+    pub fn is_hidden(&self) -> bool {
+        matches!(self, Self::Hidden)
+    }
+}
+
+/// How a hidden sender is shown.
+pub const ANONYMOUS: &str = "anonymous";
+
 /// A voicemail waiting for the caller, with its session key unwrapped.
 #[derive(Debug, Clone)]
 pub struct Pending {
     /// Voicemail id.
     pub id: [u8; 16],
-    /// The sender's certificate, checked against the cluster key and valid
-    /// at deposit time.
-    pub sender: UserCertificate,
+    /// Who left it.
+    pub sender: Sender,
+    /// The sender is not in the caller's contacts ("unknown caller").
+    pub first_contact: bool,
     /// Deposit time, Unix seconds.
     pub deposited_at: u64,
     /// Metadata.
@@ -154,43 +175,6 @@ pub struct Pending {
 }
 
 impl AuthClient {
-    /// Asks for a storage grant, before anything is stored. Every recipient
-    /// is checked: an unknown one comes back as NOT_FOUND naming it. The
-    /// grant is checked against the cluster key.
-    pub async fn request_grant(&mut self, g: &GrantRequest) -> Result<StorageGrant, ClientError> {
-        let req = pb::GrantRequest {
-            recipients: g.recipients.to_strings(),
-            message_id: g.message_id.to_vec(),
-            data_shards: u32::from(g.data_shards),
-            shards: g
-                .shards
-                .iter()
-                .map(|s| pb::GrantedShard {
-                    len: s.len,
-                    sha256: s.sha256.to_vec(),
-                })
-                .collect(),
-            holders: g.holders.clone(),
-            expires_at: g.expires_at,
-        };
-        let token = self.require_token()?;
-        // A retry at worst issues a second grant that no deposit uses; the
-        // group drops it when its upload window closes.
-        let resp = self
-            .call_until_known(|mut c| {
-                let req = req.clone();
-                async move { c.request_grant(bearer(token, req)).await }
-            })
-            .await
-            .result?;
-        let grant = StorageGrant::from_bytes(&resp.grant)
-            .map_err(|e| protocol(format!("the storage grant: {e}")))?;
-        grant
-            .verify(&self.cluster_key)
-            .map_err(|e| protocol(format!("the storage grant: {e}")))?;
-        Ok(grant)
-    }
-
     /// Deposits a session key and locator for the recipients (paper §3.3 step 2).
     pub async fn deposit(
         &mut self,
@@ -324,13 +308,13 @@ impl AuthClient {
             .as_slice()
             .try_into()
             .map_err(|_| protocol("voicemail id is not 16 bytes"))?;
-        let sender = UserCertificate::try_from(
-            p.sender_certificate
-                .ok_or_else(|| protocol("pending voicemail without a sender certificate"))?,
+        let sender = pending_sender(
+            &self.cluster_key,
+            &id,
+            p.anonymous,
+            p.sender_certificate,
+            p.deposited_at,
         )?;
-        // The sender's certificate must have been valid when they deposited,
-        // however long ago that was.
-        sender.verify(&self.cluster_key, p.deposited_at)?;
         let recipients = Recipients::parse(&p.recipients)?;
         let session_key = master_key
             .unwrap_delivery(
@@ -350,6 +334,7 @@ impl AuthClient {
         Ok(Pending {
             id,
             sender,
+            first_contact: p.first_contact,
             deposited_at: p.deposited_at,
             meta: p.metadata.map(Into::into).unwrap_or_default(),
             locator: p.locator,
@@ -428,5 +413,155 @@ impl AuthClient {
             }),
             Err(s) => Err(s.into()),
         }
+    }
+}
+
+/// Who left a pending voicemail: a hidden sender must come without a
+/// certificate, any other with one that the cluster key signed and that was
+/// valid when they deposited, however long ago that was. Anything else
+/// breaks the protocol.
+fn pending_sender(
+    cluster_key: &ed25519_dalek::VerifyingKey,
+    id: &[u8; 16],
+    anonymous: bool,
+    certificate: Option<pb::UserCertificate>,
+    deposited_at: u64,
+) -> Result<Sender, ClientError> {
+    match (anonymous, certificate) {
+        (true, None) => Ok(Sender::Hidden),
+        (true, Some(_)) => Err(protocol(format!(
+            "pending voicemail {} is marked anonymous but carries a sender certificate",
+            hex::encode(id)
+        ))),
+        (false, None) => Err(protocol(format!(
+            "pending voicemail {} has no sender certificate and is not marked anonymous",
+            hex::encode(id)
+        ))),
+        (false, Some(cert)) => {
+            let cert = UserCertificate::try_from(cert)?;
+            cert.verify(cluster_key, deposited_at)?;
+            Ok(Sender::Known(Box::new(cert)))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ed25519_dalek::SigningKey;
+    use tonic::transport::Endpoint;
+    use vmail_proto::cert::CertificateBody;
+
+    use super::*;
+
+    const DEPOSITED_AT: u64 = 1_800_000_000;
+
+    /// A client that never connects: `open_pending` does no IO.
+    fn offline_client(cluster: &SigningKey) -> AuthClient {
+        let ch = Endpoint::from_static("https://127.0.0.1:9").connect_lazy();
+        AuthClient {
+            rpc: super::super::rpc_client(ch),
+            cluster_key: cluster.verifying_key(),
+            ca_pem: Vec::new(),
+            endpoints: vec!["https://127.0.0.1:9".into()],
+            endpoint: "https://127.0.0.1:9".into(),
+            token: None,
+        }
+    }
+
+    fn cert_of(cluster: &SigningKey, name: &str) -> UserCertificate {
+        CertificateBody {
+            serial: 7,
+            username: Username::parse(name).unwrap(),
+            identity_key: SigningKey::from_bytes(&[9; 32]).verifying_key(),
+            peer_id: Vec::new(),
+            not_before: DEPOSITED_AT - 60,
+            not_after: DEPOSITED_AT + 3600,
+        }
+        .sign(cluster)
+    }
+
+    /// A pending voicemail for "bob" whose key opens under `master`.
+    fn pending(
+        master: &MasterKey,
+        anonymous: bool,
+        cert: Option<UserCertificate>,
+    ) -> pb::PendingVoicemail {
+        let id = [5u8; 16];
+        let recipients = Recipients::parse(["bob"]).unwrap();
+        let locator = vec![1, 2, 3];
+        let wrapped_key = master.wrap_delivery(
+            &SecretKey::random(),
+            &DeliveryContext {
+                voicemail_id: &id,
+                recipients: &recipients,
+                locator: &locator,
+            },
+        );
+        pb::PendingVoicemail {
+            voicemail_id: id.to_vec(),
+            sender_certificate: cert.map(Into::into),
+            deposited_at: DEPOSITED_AT,
+            recipients: recipients.to_strings(),
+            locator,
+            wrapped_key,
+            anonymous,
+            first_contact: true,
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn an_anonymous_voicemail_opens_without_a_sender() {
+        let cluster = SigningKey::from_bytes(&[1; 32]);
+        let client = offline_client(&cluster);
+        let master = MasterKey::from_bytes([2; 32]);
+        let p = client
+            .open_pending(&master, pending(&master, true, None))
+            .unwrap();
+        assert_eq!(p.sender, Sender::Hidden);
+        assert_eq!(p.sender.display_name(), "anonymous");
+        assert!(p.sender.username().is_none());
+        assert!(p.first_contact);
+    }
+
+    #[tokio::test]
+    async fn a_known_sender_is_checked_and_named() {
+        let cluster = SigningKey::from_bytes(&[1; 32]);
+        let client = offline_client(&cluster);
+        let master = MasterKey::from_bytes([2; 32]);
+        let alice = cert_of(&cluster, "alice");
+        let p = client
+            .open_pending(&master, pending(&master, false, Some(alice.clone())))
+            .unwrap();
+        assert_eq!(p.sender, Sender::Known(Box::new(alice)));
+        assert_eq!(p.sender.display_name(), "alice");
+        // A certificate another key signed is refused.
+        let forged = cert_of(&SigningKey::from_bytes(&[3; 32]), "alice");
+        assert!(matches!(
+            client.open_pending(&master, pending(&master, false, Some(forged))),
+            Err(ClientError::Certificate(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_missing_or_stray_certificate_breaks_the_protocol() {
+        let cluster = SigningKey::from_bytes(&[1; 32]);
+        let client = offline_client(&cluster);
+        let master = MasterKey::from_bytes([2; 32]);
+        let err = client
+            .open_pending(&master, pending(&master, false, None))
+            .unwrap_err();
+        assert!(
+            matches!(&err, ClientError::Protocol(m) if m.contains("no sender certificate")),
+            "{err}"
+        );
+        let alice = cert_of(&cluster, "alice");
+        let err = client
+            .open_pending(&master, pending(&master, true, Some(alice)))
+            .unwrap_err();
+        assert!(
+            matches!(&err, ClientError::Protocol(m) if m.contains("anonymous but carries")),
+            "{err}"
+        );
     }
 }

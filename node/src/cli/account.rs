@@ -3,6 +3,7 @@
 use anyhow::bail;
 use ed25519_dalek::SigningKey;
 use tonic::Code;
+use vmail_node::auth_client::Allowance;
 use vmail_proto::names::Username;
 
 use super::{Ask, Context, MIN_PASSWORD_LEN, when};
@@ -122,7 +123,56 @@ pub(super) async fn whoami(ctx: &Context) -> anyhow::Result<()> {
         when(cert.not_after)
     );
     println!("retention      {}", days(me.retention_secs));
+    for line in allowance_lines(&me.allowances, vmail_proto::unix_now()) {
+        println!("{line}");
+    }
+    println!("spam reports   {}", reports(me.reports));
     Ok(())
+}
+
+/// A Unix time in this machine's time zone, e.g. `2026-12-03 15:00:00 +01:00`.
+fn local_time(unix: u64) -> String {
+    match i64::try_from(unix)
+        .ok()
+        .and_then(|s| chrono::DateTime::from_timestamp(s, 0))
+    {
+        Some(t) => t
+            .with_timezone(&chrono::Local)
+            .format("%Y-%m-%d %H:%M:%S %:z")
+            .to_string(),
+        None => when(unix),
+    }
+}
+
+/// Each sender quota: "name: used/limit, resets at TIME (in DURATION)",
+/// the time in this machine's zone.
+fn allowance_lines(allowances: &[Allowance], now: u64) -> Vec<String> {
+    if allowances.is_empty() {
+        return vec!["allowances     (none reported by the auth group)".to_owned()];
+    }
+    let mut out = vec!["allowances".to_owned()];
+    for a in allowances {
+        let resets = match a.resets_at {
+            Some(at) => format!(
+                ", resets at {} (in {})",
+                local_time(at),
+                days(at.saturating_sub(now))
+            ),
+            None => String::new(),
+        };
+        out.push(format!("  {}: {}/{}{resets}", a.name, a.used, a.limit));
+    }
+    out
+}
+
+/// The report count, with what it costs.
+fn reports(n: u32) -> String {
+    match n {
+        0 => "0".to_owned(),
+        n => format!(
+            "{n} recipient(s) reported your voicemail; each halves your new recipients per day"
+        ),
+    }
 }
 
 /// `vmail account set retention DURATION|default`.
@@ -150,4 +200,51 @@ pub(super) async fn set_retention(ctx: &Context, value: &str) -> anyhow::Result<
 /// A retention in days and hours.
 fn days(secs: u64) -> String {
     humantime::format_duration(std::time::Duration::from_secs(secs)).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allowances_show_use_limit_and_reset() {
+        let lines = allowance_lines(
+            &[
+                Allowance {
+                    name: "voicemails_per_hour".into(),
+                    limit: 30,
+                    used: 3,
+                    resets_at: Some(1_800_003_600),
+                },
+                Allowance {
+                    name: "outstanding_bytes".into(),
+                    limit: 1000,
+                    used: 0,
+                    resets_at: None,
+                },
+            ],
+            1_800_000_000,
+        );
+        assert_eq!(lines[0], "allowances");
+        assert!(
+            lines[1].starts_with(&format!(
+                "  voicemails_per_hour: 3/30, resets at {}",
+                local_time(1_800_003_600)
+            )),
+            "{}",
+            lines[1]
+        );
+        assert!(lines[1].ends_with("(in 1h)"), "{}", lines[1]);
+        assert_eq!(lines[2], "  outstanding_bytes: 0/1000");
+        assert!(reports(2).starts_with("2 recipient(s)"));
+    }
+
+    #[test]
+    fn local_time_names_its_offset() {
+        let t = local_time(1_800_003_600);
+        // "YYYY-MM-DD HH:MM:SS +HH:MM", whatever the zone.
+        assert_eq!(t.len(), 26, "{t}");
+        assert!(t.starts_with("2027-01-1"), "{t}");
+        assert!(t.contains(" +") || t.contains(" -"), "{t}");
+    }
 }

@@ -10,10 +10,29 @@ const HEADER: [&str; 7] = [
     "ID", "FROM", "RECEIVED", "SIZE", "DURATION", "TYPE", "EXPIRES",
 ];
 
+/// How the sender of `p` is shown: the username, or "anonymous".
+pub(super) fn sender_name(p: &InboxEntry) -> &str {
+    if p.anonymous {
+        vmail_node::auth_client::ANONYMOUS
+    } else {
+        &p.sender
+    }
+}
+
+/// The FROM column: the sender, flagged "unknown caller" on a first
+/// contact.
+fn from(p: &InboxEntry) -> String {
+    if p.first_contact {
+        format!("{} (unknown caller)", sender_name(p))
+    } else {
+        sender_name(p).to_owned()
+    }
+}
+
 fn row(p: &InboxEntry) -> [String; 7] {
     [
         hex::encode(&p.voicemail_id),
-        p.sender.clone(),
+        from(p),
         when(p.deposited_at),
         format!("{} B", p.size),
         if p.duration_ms == 0 {
@@ -74,9 +93,14 @@ pub(super) async fn run(ctx: &Context, watch: bool) -> anyhow::Result<()> {
         }
         print_table(&pending.iter().map(row).collect::<Vec<_>>());
         println!(
-            "{} voicemail(s); every sender certificate and session key checked",
+            "{} voicemail(s); every sender certificate (a hidden sender has none) and session key checked",
             pending.len()
         );
+        if pending.iter().any(|p| p.first_contact) {
+            println!(
+                "an unknown caller is not in your contacts: after fetching, `vmail contacts add USER` to accept them, or `vmail report ID` if it is spam"
+            );
+        }
         return Ok(());
     }
     let (mut client, session) = ctx.logged_in().await?;
@@ -105,5 +129,26 @@ pub(super) async fn run(ctx: &Context, watch: bool) -> anyhow::Result<()> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hidden_senders_and_first_contacts_are_marked() {
+        let mut e = InboxEntry {
+            sender: "bob".into(),
+            ..Default::default()
+        };
+        assert_eq!(from(&e), "bob");
+        e.first_contact = true;
+        assert_eq!(from(&e), "bob (unknown caller)");
+        e.anonymous = true;
+        e.sender.clear();
+        assert_eq!(from(&e), "anonymous (unknown caller)");
+        e.first_contact = false;
+        assert_eq!(sender_name(&e), "anonymous");
     }
 }

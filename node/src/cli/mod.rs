@@ -4,6 +4,7 @@ mod account;
 mod devnet;
 mod inbox;
 mod node;
+mod policy;
 mod sent;
 mod voicemail;
 
@@ -13,7 +14,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
-use vmail_node::auth_client::{AuthClient, LoginSession};
+use vmail_node::auth_client::{AuthClient, LoginSession, PolicyMode, SenderVisibility};
 use vmail_node::core::erasure::Redundancy;
 use vmail_node::home::{self, AuthOverrides};
 use vmail_node::keystore::Keystore;
@@ -86,6 +87,11 @@ enum Command {
         /// placement.redundancy in node.toml, 4/8).
         #[arg(long, value_name = "K/N", value_parser = parse_erasure)]
         erasure: Option<Redundancy>,
+        /// Hide who you are from the recipients (only those who accept
+        /// anonymous voicemail take it; the auth group still knows you and
+        /// counts it against your allowances).
+        #[arg(long)]
+        anonymous: bool,
     },
     /// Fetch voicemail: find it in the overlay, check, decrypt, save, ack.
     Fetch {
@@ -114,6 +120,31 @@ enum Command {
         /// The voicemail id, as `vmail inbox` shows it.
         id: String,
     },
+    /// Who may leave you voicemail: show or change your policy.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Your contacts: senders your policy always accepts.
+    #[command(subcommand)]
+    Contacts(ContactsCommand),
+    /// Refuse voicemail from these senders.
+    Block {
+        /// Usernames to block.
+        #[arg(required = true, value_name = "USER")]
+        users: Vec<String>,
+    },
+    /// Accept voicemail from these blocked senders again (as your policy
+    /// allows).
+    Unblock {
+        /// Usernames to unblock.
+        #[arg(required = true, value_name = "USER")]
+        users: Vec<String>,
+    },
+    /// Report a voicemail left for you as spam: its sender is blocked (a
+    /// hidden one too, without being named) and loses standing.
+    Report {
+        /// The voicemail id, as `vmail inbox` shows it.
+        id: String,
+    },
     /// Run or inspect the peer daemon.
     #[command(subcommand)]
     Node(NodeCommand),
@@ -137,6 +168,46 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Your mode, whether you accept anonymous voicemail, and how many
+    /// contacts and blocked senders you have of how many allowed.
+    Show,
+    /// Change the mode, the anonymous opt-in, or both. Modes: `anyone`
+    /// (strangers are flagged, not limited), `contacts` (only contacts),
+    /// `contacts+first-contact` (contacts, and strangers once under
+    /// first-contact limits; the default).
+    Set {
+        /// anyone, contacts or contacts+first-contact; omit to keep it.
+        #[arg(value_name = "MODE", value_parser = parse_policy_mode)]
+        mode: Option<PolicyMode>,
+        /// Accept voicemail from senders who hide who they are.
+        #[arg(long, conflicts_with = "refuse_anonymous")]
+        accept_anonymous: bool,
+        /// Refuse voicemail from senders who hide who they are.
+        #[arg(long)]
+        refuse_anonymous: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ContactsCommand {
+    /// Add contacts (registered usernames).
+    Add {
+        /// Usernames to add.
+        #[arg(required = true, value_name = "USER")]
+        users: Vec<String>,
+    },
+    /// Remove contacts.
+    Remove {
+        /// Usernames to remove.
+        #[arg(required = true, value_name = "USER")]
+        users: Vec<String>,
+    },
+    /// List your contacts and blocked senders.
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -300,13 +371,42 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
             file,
             replicas,
             erasure,
+            anonymous,
         } => {
             let redundancy = match replicas {
                 Some(r) => Some(Redundancy::Replicas(r).validate()?),
                 None => erasure,
             };
-            voicemail::leave(&ctx, &to, &file, redundancy).await
+            let sender = if anonymous {
+                SenderVisibility::Hidden
+            } else {
+                SenderVisibility::Shown
+            };
+            voicemail::leave(&ctx, &to, &file, redundancy, sender).await
         }
+        Command::Policy(PolicyCommand::Show) => policy::show(&ctx).await,
+        Command::Policy(PolicyCommand::Set {
+            mode,
+            accept_anonymous,
+            refuse_anonymous,
+        }) => {
+            let change = policy::policy_change(mode, accept_anonymous, refuse_anonymous)?;
+            policy::set(&ctx, change).await
+        }
+        Command::Contacts(ContactsCommand::Add { users }) => {
+            policy::edit(&ctx, policy::List::Contacts, policy::Edit::Add, &users).await
+        }
+        Command::Contacts(ContactsCommand::Remove { users }) => {
+            policy::edit(&ctx, policy::List::Contacts, policy::Edit::Remove, &users).await
+        }
+        Command::Contacts(ContactsCommand::List) => policy::list_contacts(&ctx).await,
+        Command::Block { users } => {
+            policy::edit(&ctx, policy::List::Blocked, policy::Edit::Add, &users).await
+        }
+        Command::Unblock { users } => {
+            policy::edit(&ctx, policy::List::Blocked, policy::Edit::Remove, &users).await
+        }
+        Command::Report { id } => policy::report(&ctx, &id).await,
         Command::Fetch { id, all, out } => voicemail::fetch(&ctx, id, all, out).await,
         Command::Node(NodeCommand::Run { data_dir, config }) => {
             node::run(&ctx, data_dir, config).await
@@ -335,7 +435,101 @@ fn when(unix: u64) -> String {
         .to_string()
 }
 
+/// A policy mode, checked as clap parses it.
+fn parse_policy_mode(s: &str) -> Result<PolicyMode, vmail_node::auth_client::BadPolicyMode> {
+    s.parse()
+}
+
 /// `--erasure K/N`, checked as clap parses it.
 fn parse_erasure(s: &str) -> Result<Redundancy, vmail_node::core::erasure::ErasureError> {
     s.parse()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("vmail").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn policy_set_takes_a_mode_and_one_anonymous_flag() {
+        let cli = parse(&[
+            "policy",
+            "set",
+            "contacts+first-contact",
+            "--refuse-anonymous",
+        ])
+        .unwrap();
+        let Command::Policy(PolicyCommand::Set {
+            mode,
+            accept_anonymous,
+            refuse_anonymous,
+        }) = cli.command
+        else {
+            panic!("not policy set");
+        };
+        assert_eq!(mode, Some(PolicyMode::ContactsFirstContact));
+        assert!(!accept_anonymous && refuse_anonymous);
+
+        let cli = parse(&["policy", "set", "--accept-anonymous"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Policy(PolicyCommand::Set {
+                mode: None,
+                accept_anonymous: true,
+                ..
+            })
+        ));
+        for mode in ["anyone", "contacts"] {
+            assert!(parse(&["policy", "set", mode]).is_ok(), "{mode}");
+        }
+        let err = parse(&["policy", "set", "friends"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a policy mode"), "{err}");
+        let err =
+            parse(&["policy", "set", "--accept-anonymous", "--refuse-anonymous"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
+    }
+
+    #[test]
+    fn list_commands_need_a_user() {
+        for args in [
+            &["contacts", "add"][..],
+            &["contacts", "remove"],
+            &["block"],
+            &["unblock"],
+        ] {
+            let err = parse(args).unwrap_err();
+            assert_eq!(
+                err.kind(),
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "{args:?}"
+            );
+        }
+        assert!(parse(&["block", "bob", "carol"]).is_ok());
+        assert!(parse(&["contacts", "list"]).is_ok());
+    }
+
+    #[test]
+    fn leave_takes_anonymous() {
+        let cli = parse(&["leave", "--to", "bob", "--anonymous", "msg.wav"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Leave {
+                anonymous: true,
+                ..
+            }
+        ));
+        let cli = parse(&["leave", "--to", "bob", "msg.wav"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Leave {
+                anonymous: false,
+                ..
+            }
+        ));
+    }
 }

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use libp2p::PeerId;
+use vmail_node::auth_client::SenderVisibility;
 use vmail_node::config::NodeConfig;
 use vmail_node::core::erasure::Redundancy;
 use vmail_node::core::wav;
@@ -78,6 +79,7 @@ pub(super) async fn leave(
     to: &[String],
     file: &Path,
     redundancy: Option<Redundancy>,
+    sender: SenderVisibility,
 ) -> anyhow::Result<()> {
     // Every check that needs no network happens before anything is stored.
     let max = NodeConfig::load(&ctx.data_dir(None), None)?.max_voicemail_bytes;
@@ -120,6 +122,7 @@ pub(super) async fn leave(
                     Some(Redundancy::ReedSolomon { k, n }) => format!("{k}/{n}"),
                     _ => String::new(),
                 },
+                anonymous: sender == SenderVisibility::Hidden,
             },
             |p| bars.update(p),
         )
@@ -128,9 +131,14 @@ pub(super) async fn leave(
     peer.close().await;
     let done = result?;
     println!(
-        "left voicemail {} for {} ({size} bytes, {content_type}{})",
+        "left voicemail {}{} for {} ({size} bytes, {content_type}{})",
         hex::encode(&done.voicemail_id),
-        to.join(", "),
+        if sender == SenderVisibility::Hidden {
+            " anonymously"
+        } else {
+            ""
+        },
+        recipients_line(&done.recipients, &done.first_contact),
         if duration_ms > 0 {
             format!(", {:.1} s", duration_ms as f64 / 1000.0)
         } else {
@@ -144,6 +152,14 @@ pub(super) async fn leave(
         done.copies.len(),
         done.shard_size
     );
+    for line in refusal_lines(&done.refused) {
+        println!("{line}");
+    }
+    if !done.first_contact.is_empty() {
+        println!(
+            "  a first contact reaches its recipient flagged as an unknown caller, and expires sooner"
+        );
+    }
     for c in &done.copies {
         let holder = PeerId::from_bytes(&c.holder)
             .map(|p| p.to_string())
@@ -168,6 +184,44 @@ pub(super) async fn leave(
         );
     }
     Ok(())
+}
+
+/// The recipients a leave reached, first contacts marked.
+fn recipients_line(recipients: &[String], first_contact: &[String]) -> String {
+    recipients
+        .iter()
+        .map(|r| {
+            if first_contact.contains(r) {
+                format!("{r} (first contact)")
+            } else {
+                r.clone()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The recipients a leave did not reach ("USER: why" each), one line each.
+fn refusal_lines(refused: &[String]) -> Vec<String> {
+    refused
+        .iter()
+        .map(|r| format!("  not left for {r}"))
+        .collect()
+}
+
+/// The steps `vmail fetch` suggests after a first contact: add the sender
+/// to your contacts (unless hidden), or report it.
+fn first_contact_steps(id: &str, sender: Option<&str>) -> Vec<String> {
+    let mut out = vec!["  a first contact from an unknown caller. Next:".to_owned()];
+    if let Some(s) = sender {
+        out.push(format!(
+            "    vmail contacts add {s}    to take their voicemail from now on"
+        ));
+    }
+    out.push(format!(
+        "    vmail report {id}    if it is spam: blocks the sender"
+    ));
+    out
 }
 
 pub(super) fn parse_id(s: &str) -> anyhow::Result<[u8; 16]> {
@@ -267,9 +321,14 @@ async fn fetch_with(
         let path = save(out, &id, &entry.content_type, &content)?;
         let acked = peer.client.ack(id).await?;
         println!(
-            "fetched {} from {} (left {}), {} bytes -> {}",
+            "fetched {} from {}{} (left {}), {} bytes -> {}",
             hex::encode(id),
-            entry.sender,
+            super::inbox::sender_name(&entry),
+            if entry.first_contact {
+                " (unknown caller)"
+            } else {
+                ""
+            },
             when(entry.deposited_at),
             content.len(),
             path.display()
@@ -300,6 +359,12 @@ async fn fetch_with(
                 ms(t.crypto_us)
             );
         }
+        if entry.first_contact {
+            let sender = (!entry.anonymous).then_some(entry.sender.as_str());
+            for line in first_contact_steps(&hex::encode(id), sender) {
+                println!("{line}");
+            }
+        }
         if acked.key_erased {
             println!(
                 "  every recipient has it now: the session key is erased at the auth server, and {} shard(s) were deleted from their holders{}",
@@ -312,4 +377,38 @@ async fn fetch_with(
         bail!("{failed} voicemail(s) could not be fetched and stay in your inbox");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leave_output_marks_first_contacts_and_refusals() {
+        let line = recipients_line(&["alice".into(), "bob".into()], &["bob".into()]);
+        assert_eq!(line, "alice, bob (first contact)");
+        assert_eq!(
+            refusal_lines(&["carol: does not accept anonymous voicemail".into()]),
+            ["  not left for carol: does not accept anonymous voicemail"]
+        );
+    }
+
+    #[test]
+    fn a_first_contact_suggests_adding_or_reporting() {
+        let steps = first_contact_steps("ab12", Some("mallory")).join("\n");
+        assert!(steps.contains("vmail contacts add mallory"), "{steps}");
+        assert!(steps.contains("vmail report ab12"), "{steps}");
+        let steps = first_contact_steps("ab12", None).join("\n");
+        assert!(!steps.contains("contacts add"), "{steps}");
+        assert!(steps.contains("vmail report ab12"), "{steps}");
+    }
+
+    #[test]
+    fn bad_ids_are_refused_locally() {
+        for id in ["", "xyz", "abcd", &"0".repeat(33)] {
+            let err = parse_id(id).unwrap_err().to_string();
+            assert!(err.contains("32 hex digits"), "{err}");
+        }
+        assert_eq!(parse_id(&"0f".repeat(16)).unwrap(), [0x0f; 16]);
+    }
 }

@@ -25,7 +25,7 @@ use vmail_proto::control_pb::{self as pb, control_server};
 use vmail_proto::keys::MasterKey;
 use vmail_proto::names::Username;
 
-use crate::auth_client::{AuthTarget, LoginSession, Pending};
+use crate::auth_client::{AuthTarget, LoginSession, Pending, SenderVisibility};
 use crate::core::erasure::{ErasureError, Redundancy};
 use crate::overlay::swarm::NetworkError;
 use crate::peer::{
@@ -188,13 +188,20 @@ fn timings_pb(t: Timings) -> pb::Timings {
 pub fn inbox_entry(p: &Pending) -> pb::InboxEntry {
     pb::InboxEntry {
         voicemail_id: p.id.to_vec(),
-        sender: p.sender.username.to_string(),
+        // Empty when hidden: the control API says so with `anonymous`.
+        sender: p
+            .sender
+            .username()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
         deposited_at: p.deposited_at,
         size: p.meta.size,
         content_type: p.meta.content_type.clone(),
         duration_ms: p.meta.duration_ms,
         expires_at: p.meta.expires_at,
         recipients: p.recipients.to_strings(),
+        anonymous: p.sender.is_hidden(),
+        first_contact: p.first_contact,
     }
 }
 
@@ -401,10 +408,18 @@ impl control_server::Control for ControlService {
                 content_type: r.content_type,
                 duration_ms: r.duration_ms,
                 redundancy,
+                sender: if r.anonymous {
+                    SenderVisibility::Hidden
+                } else {
+                    SenderVisibility::Shown
+                },
             };
             let result = peer.leave(req, progress).await.map(|done| pb::LeaveEvent {
                 event: Some(pb::leave_event::Event::Done(pb::LeaveDone {
                     voicemail_id: done.voicemail_id.to_vec(),
+                    recipients: done.recipients.to_strings(),
+                    refused: strings(&done.refused),
+                    first_contact: strings(&done.first_contact),
                     ciphertext_size: done.ciphertext_len,
                     copies: done
                         .shards
@@ -683,5 +698,41 @@ mod cred_tests {
         let mode = std::fs::metadata(&data).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
         assert!(!socket.exists());
+    }
+}
+
+#[cfg(test)]
+mod entry_tests {
+    use vmail_proto::keys::SecretKey;
+    use vmail_proto::names::Recipients;
+
+    use super::*;
+    use crate::auth_client::{ClientError, Sender, VoicemailMeta};
+
+    #[test]
+    fn a_hidden_sender_is_listed_anonymous_and_unnamed() {
+        let p = Pending {
+            id: [1; 16],
+            sender: Sender::Hidden,
+            first_contact: true,
+            deposited_at: 10,
+            meta: VoicemailMeta::default(),
+            locator: Vec::new(),
+            recipients: Recipients::parse(["bob"]).unwrap(),
+            session_key: SecretKey::random(),
+        };
+        let e = inbox_entry(&p);
+        assert!(e.anonymous && e.first_contact);
+        assert!(e.sender.is_empty());
+    }
+
+    #[test]
+    fn a_refused_grant_keeps_its_code() {
+        for code in [Code::PermissionDenied, Code::ResourceExhausted] {
+            let e = LeaveError::Grant(ClientError::Server(Status::new(code, "why")));
+            let s = status(e);
+            assert_eq!(s.code(), code);
+            assert!(s.message().contains("why"), "{}", s.message());
+        }
     }
 }

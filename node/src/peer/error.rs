@@ -233,3 +233,28 @@ impl From<SessionError> for FetchError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tonic::Status;
+
+    use super::*;
+
+    #[test]
+    fn a_refused_grant_keeps_the_servers_words() {
+        for status in [
+            Status::permission_denied(
+                "no recipient takes this voicemail: bob does not accept anonymous voicemail",
+            ),
+            Status::resource_exhausted(
+                "voicemails_per_hour: 30 of 30 used; resets at 2026-12-03T14:00:00Z",
+            ),
+        ] {
+            let text = status.message().to_owned();
+            let e = LeaveError::Grant(ClientError::Server(status));
+            let shown = e.to_string();
+            assert!(shown.contains(&text), "{shown}");
+            assert!(shown.ends_with("Nothing was stored"), "{shown}");
+        }
+    }
+}

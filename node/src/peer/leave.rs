@@ -2,6 +2,13 @@
 //! shard, ask the auth group for a storage grant, upload under it, and
 //! deposit only once every holder acked.
 //!
+//! The grant answers for each recipient's policy: those who refuse the
+//! sender (a block, contacts only, no anonymous voicemail, first-contact
+//! limits) are dropped with a reason, and the deposit names exactly the
+//! recipients the grant covers, so the others never get the key. The
+//! session key is derived before the grant, over the recipients asked for;
+//! that only feeds the derivation, nothing checks it against the deposit.
+//!
 //! A leave never withdraws its shards while its deposit's outcome is
 //! unknown: the deposit is retried with the same request id until the group
 //! answers, and if it never does in time the error says so and the shards
@@ -13,13 +20,15 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use libp2p::PeerId;
 use sha2::{Digest, Sha256};
 use vmail_proto::grant::{GrantedShard, MAX_GRANT_HOLDERS, StorageGrant};
-use vmail_proto::names::Recipients;
+use vmail_proto::names::{Recipients, Username};
 use vmail_proto::{random_bytes, unix_now};
 
 use super::progress::Meter;
 use super::upload_plan::{Attempt, HolderFailure, UploadOutcome, UploadPlan};
 use super::{LeaveError, Peer, Phase, Progress, ProgressFn, Timings};
-use crate::auth_client::{AuthClient, ClientError, GrantRequest, NewDeposit, VoicemailMeta};
+use crate::auth_client::{
+    AuthClient, ClientError, GrantRequest, NewDeposit, Refusal, SenderVisibility, VoicemailMeta,
+};
 use crate::core::crypto;
 use crate::core::erasure::{self, Redundancy};
 use crate::core::locator::{LOCATOR_VERSION, Layout, Locator, ObjectId, ShardRef};
@@ -43,6 +52,8 @@ pub struct LeaveRequest {
     pub duration_ms: u64,
     /// Copies or erasure coding; None means the configured default.
     pub redundancy: Option<Redundancy>,
+    /// Whether the recipients see who left it.
+    pub sender: SenderVisibility,
 }
 
 /// One stored shard (a whole copy when not erasure-coded).
@@ -61,6 +72,12 @@ pub struct StoredShard {
 pub struct LeaveReceipt {
     /// The auth server's voicemail id.
     pub voicemail_id: [u8; 16],
+    /// The recipients it reached: those the grant covered.
+    pub recipients: Recipients,
+    /// The recipients whose policy dropped them, each with why.
+    pub refused: Vec<Refusal>,
+    /// Those of `recipients` who get it as a first contact.
+    pub first_contact: Vec<Username>,
     /// Ciphertext bytes.
     pub ciphertext_len: u64,
     /// How it was made redundant.
@@ -203,12 +220,19 @@ impl Peer {
                 .collect(),
             holders: ranked.iter().map(|p| p.to_bytes()).collect(),
             expires_at: 0,
+            sender: req.sender,
         };
-        let grant = match auth.request_grant(&ask).await {
+        let granted = match auth.request_grant(&ask).await {
             Ok(g) => g,
             Err(e) => return Err(grant_refused(&mut auth, &recipients, e).await),
         };
         timings.grant += t.elapsed();
+        for r in &granted.refused {
+            tracing::info!(recipient = %r.username, "dropped by the recipient's policy: {r}");
+        }
+        // The deposit names exactly the recipients the grant covers: those
+        // whose policy refused the sender get nothing, not even the key.
+        let grant = granted.grant;
         let expires_at = grant.body.expires_at;
         let delete_secret: [u8; 32] = random_bytes();
 
@@ -258,7 +282,7 @@ impl Peer {
         let deposit = NewDeposit {
             grant_serial: grant.body.serial,
             request_id: random_bytes(),
-            recipients,
+            recipients: granted.recipients.clone(),
             locator: locator.encode(),
             session_key,
             meta: VoicemailMeta {
@@ -290,6 +314,9 @@ impl Peer {
         timings.grant += t.elapsed();
         Ok(LeaveReceipt {
             voicemail_id: receipt.voicemail_id,
+            recipients: granted.recipients,
+            refused: granted.refused,
+            first_contact: granted.first_contact,
             ciphertext_len,
             redundancy,
             shard_len: locator.layout.shard_len(),
@@ -467,7 +494,9 @@ impl Peer {
 }
 
 /// The leave error for a refused grant: an unknown recipient by name (the
-/// certificates tell which), else the group's reason.
+/// certificates tell which), else the group's reason in its own words (a
+/// PERMISSION_DENIED naming each recipient's refusal, a RESOURCE_EXHAUSTED
+/// naming the quota and when it resets).
 async fn grant_refused(
     auth: &mut AuthClient,
     recipients: &Recipients,
