@@ -274,6 +274,7 @@ pub fn grant_request_for(names: &[&str]) -> pb::GrantRequest {
             .collect(),
         holders: (0..2u8).map(|i| vec![i; 38]).collect(),
         expires_at: 0,
+        anonymous: false,
     }
 }
 

@@ -107,10 +107,12 @@ async fn a_deposit_ordered_after_its_senders_logout_is_refused_when_it_applies()
                 }],
                 holders: vec![vec![2; 38]],
                 expires_at: 0,
+                anonymous: false,
             },
         )
         .await
-        .unwrap();
+        .unwrap()
+        .grant;
     svc.logout(&session).await.unwrap();
 
     let mut d = deposit_for(&["alice"], b"after logout");

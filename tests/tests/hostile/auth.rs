@@ -427,6 +427,36 @@ impl pb::auth_server::Auth for HttpRedirector {
     ) -> Result<Response<pb::LogoutResponse>, Status> {
         self.refuse()
     }
+    async fn get_policy(
+        &self,
+        _: Request<pb::GetPolicyRequest>,
+    ) -> Result<Response<pb::Policy>, Status> {
+        self.refuse()
+    }
+    async fn set_policy(
+        &self,
+        _: Request<pb::SetPolicyRequest>,
+    ) -> Result<Response<pb::Policy>, Status> {
+        self.refuse()
+    }
+    async fn edit_contacts(
+        &self,
+        _: Request<pb::EditListRequest>,
+    ) -> Result<Response<pb::Policy>, Status> {
+        self.refuse()
+    }
+    async fn edit_blocked(
+        &self,
+        _: Request<pb::EditListRequest>,
+    ) -> Result<Response<pb::Policy>, Status> {
+        self.refuse()
+    }
+    async fn report(
+        &self,
+        _: Request<pb::ReportRequest>,
+    ) -> Result<Response<pb::ReportResponse>, Status> {
+        self.refuse()
+    }
 }
 
 /// (d) Plaintext endpoints are refused before anything is sent: a
