@@ -424,3 +424,156 @@ async fn status_says_why_no_supernode_is_elected() {
     assert!(!status.contains("0 means undeclared"), "{status}");
     stop(daemon).await;
 }
+
+/// Spam control from the CLI: a stranger's voicemail is flagged "unknown
+/// caller", and `policy`, `contacts`, `block`, `unblock`, `report` and
+/// `whoami` work against a real server, refusing bad input with nothing
+/// changed.
+#[tokio::test(flavor = "multi_thread")]
+async fn policy_contacts_blocks_and_reports_from_the_cli() {
+    let env = start().await;
+    let home = env.home("alice");
+    let pw = Some("alice's password");
+    assert!(
+        vmail(&home, pw, &["account", "register", "alice"])
+            .await
+            .status
+            .success()
+    );
+    assert!(vmail(&home, pw, &["login", "alice"]).await.status.success());
+
+    // Bob, a stranger, leaves alice a voicemail key: a first contact.
+    let target = local_auth::target(&env.server);
+    let mut bob = AuthClient::connect(&target).await.unwrap();
+    let bob_id = ed25519_dalek::SigningKey::from_bytes(&vmail_proto::random_bytes());
+    bob.register("bob", b"bob's password", &bob_id, None)
+        .await
+        .unwrap();
+    let s = bob
+        .login("bob", b"bob's password", &bob_id, &[])
+        .await
+        .unwrap();
+    let granted = bob
+        .request_grant(&GrantRequest {
+            recipients: Recipients::parse(["alice"]).unwrap(),
+            message_id: vmail_proto::random_bytes(),
+            data_shards: 1,
+            shards: vec![GrantedShard {
+                len: 4096,
+                sha256: vmail_proto::random_bytes(),
+            }],
+            holders: vec![libp2p::PeerId::random().to_bytes()],
+            expires_at: 0,
+            sender: vmail_node::auth_client::SenderVisibility::Shown,
+        })
+        .await
+        .unwrap();
+    assert_eq!(granted.first_contact.len(), 1);
+    let receipt = bob
+        .deposit(
+            &s.master_key,
+            &NewDeposit {
+                grant_serial: granted.grant.body.serial,
+                request_id: vmail_proto::random_bytes(),
+                recipients: granted.recipients.clone(),
+                locator: Vec::new(),
+                session_key: SecretKey::random(),
+                meta: VoicemailMeta {
+                    size: 4096,
+                    content_type: "audio/wav".into(),
+                    duration_ms: 1000,
+                    expires_at: 0,
+                },
+            },
+        )
+        .await
+        .unwrap();
+    let id = hex::encode(receipt.voicemail_id);
+    let o = vmail(&home, None, &["inbox"]).await;
+    assert!(stdout(&o).contains("unknown caller"), "{}", stdout(&o));
+
+    let o = vmail(&home, None, &["policy", "show"]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("contacts+first-contact"),
+        "{}",
+        stdout(&o)
+    );
+    let o = vmail(
+        &home,
+        None,
+        &["policy", "set", "contacts", "--accept-anonymous"],
+    )
+    .await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = vmail(&home, None, &["policy", "show"]).await;
+    assert!(stdout(&o).contains("contacts"), "{}", stdout(&o));
+    let o = vmail(&home, None, &["contacts", "add", "bob"]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = vmail(&home, None, &["contacts", "list"]).await;
+    assert!(
+        stdout(&o).lines().any(|l| l.trim() == "bob"),
+        "{}",
+        stdout(&o)
+    );
+
+    // Bad input is refused and changes nothing.
+    for (args, want) in [
+        (vec!["contacts", "add", "nobody"], "nobody"),
+        (vec!["block", "alice"], "is you"),
+        (vec!["contacts", "remove", "carol"], "carol"),
+        (vec!["policy", "set"], "nothing to change"),
+        (vec!["report", "zz"], "zz"),
+    ] {
+        let o = vmail(&home, None, &args).await;
+        assert!(!o.status.success(), "{args:?} should fail");
+        assert!(stderr(&o).contains(want), "{args:?}: {}", stderr(&o));
+    }
+    let o = vmail(&home, None, &["contacts", "list"]).await;
+    assert!(
+        stdout(&o).lines().any(|l| l.trim() == "bob"),
+        "{}",
+        stdout(&o)
+    );
+
+    // A report blocks bob (and takes him off the contacts); unblock undoes
+    // the block.
+    let o = vmail(&home, None, &["report", &id]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("bob is now blocked"), "{}", stdout(&o));
+    let o = vmail(&home, None, &["contacts", "list"]).await;
+    assert!(stdout(&o).contains("blocked: bob"), "{}", stdout(&o));
+    let e = bob
+        .request_grant(&GrantRequest {
+            recipients: Recipients::parse(["alice"]).unwrap(),
+            message_id: vmail_proto::random_bytes(),
+            data_shards: 1,
+            shards: vec![GrantedShard {
+                len: 4096,
+                sha256: vmail_proto::random_bytes(),
+            }],
+            holders: vec![libp2p::PeerId::random().to_bytes()],
+            expires_at: 0,
+            sender: vmail_node::auth_client::SenderVisibility::Shown,
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("does not accept voicemail from you"),
+        "{e}"
+    );
+    let o = vmail(&home, None, &["unblock", "bob"]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    // whoami shows each sender quota.
+    let o = vmail(&home, None, &["whoami"]).await;
+    let out = stdout(&o);
+    for q in [
+        "voicemails_per_hour",
+        "new_recipients_per_day",
+        "outstanding_bytes",
+    ] {
+        assert!(out.contains(q), "{out}");
+    }
+    env.server.stop().await.unwrap();
+}
