@@ -121,6 +121,7 @@ pub fn status(e: AuthError) -> Status {
         | E::GrantUsed { .. }
         | E::GrantLapsed { .. }
         | E::GrantRecipients { .. }
+        | E::GrantSuperseded { .. }
         | E::ListFull { .. } => Status::failed_precondition(msg),
         E::Store(StoreError::DiskFull(_)) => Status::resource_exhausted(msg),
         E::NotLeader(leader) => {

@@ -7,8 +7,12 @@
 //!
 //! `cargo bench -p vmail-tests --bench spam`
 
-use vmail_tests::TestNet;
+use std::sync::Arc;
+
+use vmail_auth::config::SpamConfig;
+use vmail_auth::service::SystemClock;
 use vmail_tests::spam::{SpamRun, quantile, spam_run};
+use vmail_tests::{TestAuth, TestNet};
 
 const RUN: SpamRun = SpamRun {
     recipients: 100,
@@ -26,7 +30,9 @@ fn ms(d: std::time::Duration) -> f64 {
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
-    let net = TestNet::start(RUN.honest + RUN.spammers + 1).await;
+    let auth =
+        TestAuth::start_with(|c| c.spam = SpamConfig::default(), Arc::new(SystemClock)).await;
+    let net = TestNet::start_on(auth, RUN.honest + RUN.spammers + 1, |_| {}).await;
     println!(
         "{} recipients, {} honest senders x {} contacts x {} voicemails a phase, {} spammers x {} leaves, {} KiB each, {} peers, default [spam] settings\n",
         RUN.recipients,

@@ -49,12 +49,16 @@ impl TestAuth {
         Self::start_with(|_| {}, Arc::new(SystemClock)).await
     }
 
-    /// Initialises a server, lets `edit` change its config file, and starts it.
+    /// Initialises a server, lets `edit` change its config file, and starts
+    /// it. Its spam settings never refuse ([`local_auth::no_spam_limits`])
+    /// unless `edit` sets them: tests of spam control set
+    /// `c.spam = SpamConfig::default()`.
     pub async fn start_with(edit: impl FnOnce(&mut ServerConfig), clock: Arc<dyn Clock>) -> Self {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().join("auth-1");
         datadir::init(&InitOptions::loopback(&dir)).expect("init");
         let mut config = datadir::load_config(&dir).expect("config");
+        local_auth::no_spam_limits(&mut config);
         edit(&mut config);
         std::fs::write(dir.join(files::CONFIG), toml_string(&config)).expect("write config");
         let harness = Harness::new(clock);
@@ -563,13 +567,23 @@ pub struct TestCluster {
 }
 
 impl TestCluster {
-    /// Founds a group of `n` servers and waits until all are voters.
+    /// Founds a group of `n` servers and waits until all are voters. Its
+    /// spam settings never refuse, as [`TestAuth::start_with`]'s.
     pub async fn start(n: usize) -> Self {
+        Self::start_with(n, |_| {}).await
+    }
+
+    /// [`Self::start`], with the group's config changed by `edit` after
+    /// the spam limits are lifted.
+    pub async fn start_with(n: usize, edit: impl FnOnce(&mut ServerConfig)) -> Self {
         let root = tempfile::tempdir().expect("tempdir");
         let harness = Harness::default();
-        let servers = LocalServer::start_group(root.path(), n, &harness)
-            .await
-            .expect("start group");
+        let servers = LocalServer::start_group_with(root.path(), n, &harness, |c| {
+            local_auth::no_spam_limits(c);
+            edit(c);
+        })
+        .await
+        .expect("start group");
         let addrs = servers.iter().map(|s| (s.api_addr, s.raft_addr)).collect();
         let names = servers
             .iter()

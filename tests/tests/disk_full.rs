@@ -61,6 +61,14 @@ async fn full_disk_refuses_deposits_and_loses_nothing() {
     };
     let dir = mnt.0.join("auth");
     datadir::init(&InitOptions::loopback(&dir)).unwrap();
+    // Bob leaves alice many voicemails: lift the spam limits.
+    let mut config = datadir::load_config(&dir).unwrap();
+    local_auth::no_spam_limits(&mut config);
+    std::fs::write(
+        dir.join(datadir::files::CONFIG),
+        toml::to_string(&config).unwrap(),
+    )
+    .unwrap();
     let mut server = LocalServer::start(&dir, &Harness::default()).await.unwrap();
     let target = local_auth::target(&server);
     let (alice_id, bob_id) = (identity(), identity());

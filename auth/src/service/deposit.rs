@@ -242,6 +242,9 @@ impl AuthService {
                 GrantRefusal::Recipients { serial, granted } => {
                     AuthError::GrantRecipients { serial, granted }
                 }
+                GrantRefusal::Superseded { serial, recipient } => {
+                    AuthError::GrantSuperseded { serial, recipient }
+                }
             }),
         }
     }

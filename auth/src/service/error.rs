@@ -177,6 +177,16 @@ pub enum AuthError {
         /// The recipients it covers.
         granted: Vec<String>,
     },
+    /// A newer first contact to the recipient replaced the grant.
+    #[error(
+        "storage grant {serial} was replaced by a newer voicemail of yours to {recipient}, who takes one at a time from you: deposit under the newer grant"
+    )]
+    GrantSuperseded {
+        /// The grant.
+        serial: u64,
+        /// The recipient.
+        recipient: String,
+    },
     /// A name to remove is not on the list.
     #[error("{user:?} is not among your {list}; nothing changed")]
     NotListed {

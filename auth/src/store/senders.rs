@@ -13,8 +13,9 @@
 //!   the deposit and kept until the voicemail's expiry, so a recipient can
 //!   report a voicemail after fetching it and the group still knows a
 //!   hidden sender.
-//! - `first_contacts`: (recipient, sender) → the serial of the last limited
-//!   first contact's grant: one may wait per pair.
+//! - `first_contacts`: (recipient, sender) → the serial of the newest
+//!   limited first contact's grant: one may wait per pair, and only the
+//!   newest grant may be deposited.
 //! - `grant_admissions`: serial → [`Admission`]: how each recipient took the
 //!   grant's voicemail; the deposit must name exactly them.
 
@@ -298,8 +299,10 @@ impl Store {
     }
 
     /// Whether a limited first contact from `sender` still waits for
-    /// `recipient` at `now`: its grant is not yet deposited and may still
-    /// be, or its voicemail is still pending for them.
+    /// `recipient` at `now`: its voicemail is deposited and still pending
+    /// for them. A grant not yet deposited does not wait: a newer grant
+    /// replaces it (a retry after a failed upload), and its deposit is then
+    /// refused ([`Store::first_contact_current`]).
     pub(super) fn first_contact_waiting(
         &self,
         tx: &WriteTransaction,
@@ -329,8 +332,32 @@ impl Store {
                 .get((recipient, id.as_slice()))
                 .map_err(db_err)?
                 .is_some(),
-            None => !super::storage_grants::lapsed(&record.body, now),
+            None => false,
         })
+    }
+
+    /// The first limited recipient of `admission` for whom grant `serial`
+    /// is no longer the newest first contact from `sender`: its deposit
+    /// would make a second one wait.
+    pub(super) fn first_contact_superseded(
+        &self,
+        tx: &WriteTransaction,
+        serial: u64,
+        sender: &str,
+        admission: &Admission,
+    ) -> Result<Option<String>, StoreError> {
+        let fc = tx.open_table(FIRST_CONTACTS).map_err(db_err)?;
+        for (r, a) in admission.recipients.iter().filter(|(_, a)| a.limited) {
+            let _ = a;
+            let newest = fc
+                .get((r.as_str(), sender))
+                .map_err(db_err)?
+                .map(|v| v.value());
+            if newest != Some(serial) {
+                return Ok(Some(r.clone()));
+            }
+        }
+        Ok(None)
     }
 
     /// Records the grants's admission, and the limited first contacts in it.

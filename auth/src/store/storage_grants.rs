@@ -156,6 +156,13 @@ pub enum GrantRefusal {
         /// The recipients it covers, canonical order.
         granted: Vec<String>,
     },
+    /// A newer first contact to this recipient replaced the grant.
+    Superseded {
+        /// The grant.
+        serial: u64,
+        /// The recipient.
+        recipient: String,
+    },
 }
 
 /// Serde for a [`StorageGrant`] in a Raft reply: its one encoding.
@@ -437,7 +444,11 @@ impl Store {
                         granted: a.recipients.iter().map(|(r, _)| r.clone()).collect(),
                     })
                 }
-                _ => Ok((record, admission)),
+                Some(a) => match self.first_contact_superseded(tx, serial, sender, a)? {
+                    Some(recipient) => Err(GrantRefusal::Superseded { serial, recipient }),
+                    None => Ok((record, admission)),
+                },
+                None => Ok((record, admission)),
             }
         })
     }

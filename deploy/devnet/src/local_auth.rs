@@ -18,6 +18,7 @@ use openraft::raft::{
 use tokio::net::TcpListener;
 use vmail_auth::cluster::network::{MemberClient, NetworkFactory};
 use vmail_auth::cluster::{Member, TypeConfig, admin};
+use vmail_auth::config::{PolicyMode, ServerConfig};
 use vmail_auth::datadir;
 use vmail_auth::server::{OpenError, ServeError, open_with, serve};
 use vmail_auth::service::{AuthService, Clock, SystemClock};
@@ -306,8 +307,27 @@ impl LocalServer {
         n: usize,
         harness: &Harness,
     ) -> Result<Vec<LocalServer>, LocalServerError> {
+        Self::start_group_with(root, n, harness, |_| {}).await
+    }
+
+    /// [`Self::start_group`], with the founder's config (which the others
+    /// take when they join) changed by `edit`.
+    pub async fn start_group_with(
+        root: &Path,
+        n: usize,
+        harness: &Harness,
+        edit: impl FnOnce(&mut ServerConfig),
+    ) -> Result<Vec<LocalServer>, LocalServerError> {
         let first_dir = root.join("auth-1");
         datadir::init(&datadir::InitOptions::loopback(&first_dir)).map_err(OpenError::from)?;
+        let mut config = datadir::load_config(&first_dir).map_err(OpenError::from)?;
+        edit(&mut config);
+        let path = first_dir.join(datadir::files::CONFIG);
+        std::fs::write(
+            &path,
+            toml::to_string(&config).expect("a config serialises"),
+        )
+        .map_err(|source| OpenError::from(datadir::DataDirError::Io { path, source }))?;
         let first = Self::start(&first_dir, harness).await?;
         first.wait_ready(Duration::from_secs(30)).await?;
         let via = first.member().raft_url;
@@ -396,6 +416,16 @@ impl LocalServer {
 }
 
 /// How a client reaches one local server.
+/// Spam settings that never refuse: for harnesses that measure or test
+/// something else and leave many voicemails between a few users. The spam
+/// tests and the spam run keep the defaults.
+pub fn no_spam_limits(c: &mut ServerConfig) {
+    c.spam.default_mode = PolicyMode::Anyone;
+    c.spam.voicemails_per_hour = 1_000_000;
+    c.spam.new_recipients_per_day = 1_000_000;
+    c.spam.max_outstanding_bytes = u64::MAX;
+}
+
 pub fn target(server: &LocalServer) -> AuthTarget {
     target_of(std::slice::from_ref(server))
 }

@@ -26,7 +26,7 @@ use libp2p::PeerId;
 use vmail_node::control::ControlClient;
 use vmail_proto::control_pb as pb;
 
-use crate::local_auth::{Harness, LocalServer};
+use crate::local_auth::{self, Harness, LocalServer};
 use procs::{PeerProc, Shared};
 use report::{Row, Standing};
 
@@ -126,9 +126,14 @@ impl Net {
 }
 
 async fn one_size(args: &ScaleArgs, vmail: &Path, dir: &Path, n: usize) -> anyhow::Result<Row> {
-    let servers = LocalServer::start_group(&dir.join("auth"), AUTH_SERVERS, &Harness::default())
-        .await
-        .context("starting the auth group")?;
+    let servers = LocalServer::start_group_with(
+        &dir.join("auth"),
+        AUTH_SERVERS,
+        &Harness::default(),
+        local_auth::no_spam_limits,
+    )
+    .await
+    .context("starting the auth group")?;
     let ca = dir.join("ca.pem");
     std::fs::write(&ca, &servers[0].ca_pem)?;
     let shared = Shared {
