@@ -71,6 +71,22 @@ async fn vmail(home: &Path, password: Option<&str>, args: &[&str]) -> Output {
     cmd.output().await.unwrap()
 }
 
+/// A grant request for one 4 KiB shard of a voicemail to alice.
+fn grant_for_alice() -> GrantRequest {
+    GrantRequest {
+        recipients: Recipients::parse(["alice"]).unwrap(),
+        message_id: vmail_proto::random_bytes(),
+        data_shards: 1,
+        shards: vec![GrantedShard {
+            len: 4096,
+            sha256: vmail_proto::random_bytes(),
+        }],
+        holders: vec![libp2p::PeerId::random().to_bytes()],
+        expires_at: 0,
+        sender: vmail_node::auth_client::SenderVisibility::Shown,
+    }
+}
+
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -453,21 +469,7 @@ async fn policy_contacts_blocks_and_reports_from_the_cli() {
         .login("bob", b"bob's password", &bob_id, &[])
         .await
         .unwrap();
-    let granted = bob
-        .request_grant(&GrantRequest {
-            recipients: Recipients::parse(["alice"]).unwrap(),
-            message_id: vmail_proto::random_bytes(),
-            data_shards: 1,
-            shards: vec![GrantedShard {
-                len: 4096,
-                sha256: vmail_proto::random_bytes(),
-            }],
-            holders: vec![libp2p::PeerId::random().to_bytes()],
-            expires_at: 0,
-            sender: vmail_node::auth_client::SenderVisibility::Shown,
-        })
-        .await
-        .unwrap();
+    let granted = bob.request_grant(&grant_for_alice()).await.unwrap();
     assert_eq!(granted.first_contact.len(), 1);
     let receipt = bob
         .deposit(
@@ -543,21 +545,7 @@ async fn policy_contacts_blocks_and_reports_from_the_cli() {
     assert!(stdout(&o).contains("bob is now blocked"), "{}", stdout(&o));
     let o = vmail(&home, None, &["contacts", "list"]).await;
     assert!(stdout(&o).contains("blocked: bob"), "{}", stdout(&o));
-    let e = bob
-        .request_grant(&GrantRequest {
-            recipients: Recipients::parse(["alice"]).unwrap(),
-            message_id: vmail_proto::random_bytes(),
-            data_shards: 1,
-            shards: vec![GrantedShard {
-                len: 4096,
-                sha256: vmail_proto::random_bytes(),
-            }],
-            holders: vec![libp2p::PeerId::random().to_bytes()],
-            expires_at: 0,
-            sender: vmail_node::auth_client::SenderVisibility::Shown,
-        })
-        .await
-        .unwrap_err();
+    let e = bob.request_grant(&grant_for_alice()).await.unwrap_err();
     assert!(
         e.to_string().contains("does not accept voicemail from you"),
         "{e}"
