@@ -347,8 +347,7 @@ impl Store {
         admission: &Admission,
     ) -> Result<Option<String>, StoreError> {
         let fc = tx.open_table(FIRST_CONTACTS).map_err(db_err)?;
-        for (r, a) in admission.recipients.iter().filter(|(_, a)| a.limited) {
-            let _ = a;
+        for (r, _) in admission.recipients.iter().filter(|(_, a)| a.limited) {
             let newest = fc
                 .get((r.as_str(), sender))
                 .map_err(db_err)?
