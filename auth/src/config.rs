@@ -79,6 +79,9 @@ pub const DEFAULT_MAX_OUTSTANDING_BYTES: u64 = 4 << 30;
 /// Default for the longest first contact: 12 MiB of voicemail data, about
 /// 60 s of CD-quality WAV (44.1 kHz, 16-bit stereo).
 pub const DEFAULT_FIRST_CONTACT_MAX_BYTES: u64 = 12 << 20;
+/// Default for refused grant requests one sender may make a minute before
+/// the rest are refused from memory: 20.
+pub const DEFAULT_REFUSED_GRANTS_PER_MINUTE: u64 = 20;
 /// Default for how long a first contact may wait: 3 days.
 pub const DEFAULT_FIRST_CONTACT_TTL_SECS: u64 = 3 * 86_400;
 
@@ -121,6 +124,10 @@ pub struct SpamConfig {
     /// Youngest account, seconds since registration, that may make a first
     /// contact; 0 lets new accounts make them at once.
     pub first_contact_min_account_age_secs: u64,
+    /// Grant requests one sender may have refused (by policies or quotas)
+    /// a minute; past it, their grant requests are refused from memory,
+    /// with `retry-after`, until the rate allows again.
+    pub refused_grants_per_minute: u64,
 }
 
 impl Default for SpamConfig {
@@ -133,6 +140,7 @@ impl Default for SpamConfig {
             first_contact_max_bytes: DEFAULT_FIRST_CONTACT_MAX_BYTES,
             first_contact_ttl_secs: DEFAULT_FIRST_CONTACT_TTL_SECS,
             first_contact_min_account_age_secs: 0,
+            refused_grants_per_minute: DEFAULT_REFUSED_GRANTS_PER_MINUTE,
         }
     }
 }
@@ -400,6 +408,12 @@ impl ServerConfig {
             self.spam.first_contact_ttl_secs,
             3600,
             self.max_voicemail_ttl_secs,
+        )?;
+        in_range(
+            "spam.refused_grants_per_minute",
+            self.spam.refused_grants_per_minute,
+            1,
+            1_000_000,
         )?;
         in_range(
             "spam.first_contact_min_account_age_secs",

@@ -14,7 +14,7 @@ use vmail_auth::service::SystemClock;
 use vmail_tests::spam::{SpamRun, quantile, spam_run};
 use vmail_tests::{TestAuth, TestNet};
 
-const RUN: SpamRun = SpamRun {
+const BASE: SpamRun = SpamRun {
     recipients: 100,
     honest: 10,
     contacts: 3,
@@ -22,6 +22,7 @@ const RUN: SpamRun = SpamRun {
     spammers: 5,
     attempts: 1000,
     size: 64 * 1024,
+    probe: false,
 };
 
 fn ms(d: std::time::Duration) -> f64 {
@@ -30,21 +31,33 @@ fn ms(d: std::time::Duration) -> f64 {
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
+    for probe in [false, true] {
+        run(SpamRun { probe, ..BASE }).await;
+    }
+}
+
+/// One run on a fresh auth server and overlay.
+async fn run(run: SpamRun) {
     let auth =
         TestAuth::start_with(|c| c.spam = SpamConfig::default(), Arc::new(SystemClock)).await;
-    let net = TestNet::start_on(auth, RUN.honest + RUN.spammers + 1, |_| {}).await;
+    let net = TestNet::start_on(auth, run.honest + run.spammers + 1, |_| {}).await;
     println!(
-        "{} recipients, {} honest senders x {} contacts x {} voicemails a phase, {} spammers x {} leaves, {} KiB each, {} peers, default [spam] settings\n",
-        RUN.recipients,
-        RUN.honest,
-        RUN.contacts,
-        RUN.honest_rounds,
-        RUN.spammers,
-        RUN.attempts,
-        RUN.size / 1024,
+        "\n### spammers {}\n\n{} recipients, {} honest senders x {} contacts x {} voicemails a phase, {} spammers x {} tries, {} KiB each, {} peers, default [spam] settings\n",
+        if run.probe {
+            "ask for a grant first and leave only when granted"
+        } else {
+            "make and leave a whole voicemail on every try"
+        },
+        run.recipients,
+        run.honest,
+        run.contacts,
+        run.honest_rounds,
+        run.spammers,
+        run.attempts,
+        run.size / 1024,
         net.peers.len()
     );
-    let r = spam_run(&net, RUN).await;
+    let r = spam_run(&net, run).await;
     println!(
         "| spam tried | spam left | spam in inboxes | recipients reached | spam per recipient (one day) | spam shard bytes stored | spammers' wall time s |"
     );
@@ -55,7 +68,7 @@ async fn main() {
         r.spam_left,
         r.spam_in_inboxes,
         r.recipients_reached,
-        r.spam_in_inboxes as f64 / RUN.recipients as f64,
+        r.spam_in_inboxes as f64 / run.recipients as f64,
         r.spam_bytes_stored,
         r.spam_wall.as_secs_f64()
     );

@@ -13,11 +13,12 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use vmail_node::auth_client::{AuthClient, ListEdit, LoginSession};
-use vmail_node::peer::{LeaveError, Peer, no_progress};
-use vmail_proto::names::Username;
+use vmail_node::auth_client::{AuthClient, GrantRequest, ListEdit, LoginSession, SenderVisibility};
+use vmail_node::peer::{Peer, no_progress};
+use vmail_proto::grant::GrantedShard;
+use vmail_proto::names::{Recipients, Username};
 
-use crate::{TestNet, leave_request, random_content, register_and_login};
+use crate::{TestNet, leave_request, password, random_content, register_and_login};
 
 /// The shape of a run.
 #[derive(Debug, Clone, Copy)]
@@ -38,6 +39,11 @@ pub struct SpamRun {
     pub attempts: usize,
     /// Plaintext bytes of every voicemail.
     pub size: usize,
+    /// Spammers ask for a grant first, with no voicemail made yet, and
+    /// leave one only when it is granted: an attacker whose refused tries
+    /// cost them nothing. Otherwise every try is a whole leave (encrypt,
+    /// code, ask), whose cost lands on this machine's two cores too.
+    pub probe: bool,
 }
 
 /// What a run measured.
@@ -63,9 +69,25 @@ pub struct SpamReport {
     pub spam_wall: Duration,
 }
 
+/// A grant request for one small shard of a voicemail to `to`, on a
+/// made-up holder: what a probing spammer asks before making anything.
+fn probe_grant(to: &str) -> GrantRequest {
+    GrantRequest {
+        recipients: Recipients::parse([to]).expect("recipient"),
+        message_id: vmail_proto::random_bytes(),
+        data_shards: 1,
+        shards: vec![GrantedShard {
+            len: 1024,
+            sha256: vmail_proto::random_bytes(),
+        }],
+        holders: vec![libp2p::PeerId::random().to_bytes()],
+        expires_at: 0,
+        sender: SenderVisibility::Shown,
+    }
+}
+
 /// The reason a refused spam leave names, from the group's message.
-fn reason(e: &LeaveError) -> &'static str {
-    let text = e.to_string();
+fn reason(text: &str) -> &'static str {
     [
         ("new_recipients_per_day", "new_recipients_per_day"),
         ("voicemails_per_hour", "voicemails_per_hour"),
@@ -73,6 +95,10 @@ fn reason(e: &LeaveError) -> &'static str {
         ("has not heard your last voicemail", "first contact waiting"),
         ("does not accept voicemail from you", "not accepted"),
         ("takes at most", "first contact too long"),
+        (
+            "spam.refused_grants_per_minute",
+            "refused_grants_per_minute",
+        ),
     ]
     .into_iter()
     .find(|(needle, _)| text.contains(needle))
@@ -97,8 +123,16 @@ pub async fn spam_run(net: &TestNet, run: SpamRun) -> SpamReport {
     }
     let honest: Vec<String> = (0..run.honest).map(|i| format!("honest{i:02}")).collect();
     let spammers: Vec<String> = (0..run.spammers).map(|i| format!("spammer{i}")).collect();
+    let mut probes = Vec::new();
     for (i, name) in honest.iter().chain(&spammers).enumerate() {
-        net.login(i, name).await;
+        let key = net.login(i, name).await;
+        if i >= run.honest {
+            let mut c = net.auth.client().await;
+            c.login(name, &password(name), &key, &[])
+                .await
+                .expect("spammer login");
+            probes.push(c);
+        }
     }
     let contacts_of = |i: usize| -> Vec<String> {
         (0..run.contacts)
@@ -154,8 +188,9 @@ pub async fn spam_run(net: &TestNet, run: SpamRun) -> SpamReport {
         let started = Instant::now();
         let tasks = net.peers[run.honest..run.honest + run.spammers]
             .iter()
+            .zip(probes)
             .enumerate()
-            .map(|(i, peer)| {
+            .map(|(i, (peer, mut probe))| {
                 let content = content.clone();
                 // Seeded, so a run is repeatable.
                 let mut rng = StdRng::seed_from_u64(i as u64);
@@ -163,6 +198,12 @@ pub async fn spam_run(net: &TestNet, run: SpamRun) -> SpamReport {
                     let mut out = (0usize, 0u64, BTreeMap::<&'static str, usize>::new());
                     for _ in 0..run.attempts {
                         let to = recipient(rng.gen_range(0..run.recipients));
+                        if run.probe
+                            && let Err(e) = probe.request_grant(&probe_grant(&to)).await
+                        {
+                            *out.2.entry(reason(&e.to_string())).or_default() += 1;
+                            continue;
+                        }
                         match peer
                             .leave(leave_request(&[&to], content.clone(), 1), no_progress())
                             .await
@@ -171,7 +212,7 @@ pub async fn spam_run(net: &TestNet, run: SpamRun) -> SpamReport {
                                 out.0 += 1;
                                 out.1 += r.shard_len * r.shards.len() as u64;
                             }
-                            Err(e) => *out.2.entry(reason(&e)).or_default() += 1,
+                            Err(e) => *out.2.entry(reason(&e.to_string())).or_default() += 1,
                         }
                     }
                     out

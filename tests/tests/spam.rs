@@ -59,6 +59,7 @@ async fn a_short_spam_run_reaches_each_recipient_once_and_honest_senders_always(
         spammers: 1,
         attempts: 40,
         size: 4096,
+        probe: false,
     };
     let r = spam_run(&net, run).await;
     // Honest senders reach their contacts every time, spam or not.

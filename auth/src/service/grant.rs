@@ -190,6 +190,7 @@ impl AuthService {
     ) -> Result<Granted, AuthError> {
         let now = self.now();
         let (recipients, terms) = validate_grant_request(&r, now, self.config())?;
+        self.check_refused_grants(&session.username)?;
         let retention = self.shortest_retention(recipients.to_strings()).await?;
         let terms = terms.expiring_by(now.saturating_add(retention));
         let policy = super::grant_policy(&self.config, r.anonymous);
@@ -209,6 +210,7 @@ impl AuthService {
             })
             .await?;
         if !matches!(dry, GrantOutcome::Issued(..)) {
+            self.charge_refused_grant(&session.username);
             return self.granted(session, dry);
         }
         let reply = self

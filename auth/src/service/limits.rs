@@ -83,6 +83,22 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
         }
     }
 
+    /// How long until `key` has a call left: zero when it has one now.
+    /// Takes nothing.
+    pub fn wait(&self, key: &K, now: Instant) -> Duration {
+        match self.buckets.get(key) {
+            Some(b) => {
+                let tokens = self.refilled(*b, now);
+                if tokens >= 1.0 {
+                    Duration::ZERO
+                } else {
+                    Duration::from_secs_f64((1.0 - tokens) / self.per_sec())
+                }
+            }
+            None => Duration::ZERO,
+        }
+    }
+
     /// How many keys are tracked.
     pub fn tracked(&self) -> usize {
         self.buckets.len()

@@ -97,6 +97,7 @@ struct Limits {
     registrations: Mutex<RateLimiter<()>>,
     registrations_by_address: Mutex<RateLimiter<std::net::IpAddr>>,
     writes: Mutex<RateLimiter<String>>,
+    refused_grants: Mutex<RateLimiter<String>>,
 }
 
 impl Limits {
@@ -114,6 +115,10 @@ impl Limits {
             )),
             writes: Mutex::new(RateLimiter::new(
                 per_minute(config.writes_per_minute_per_user),
+                MAX_TRACKED_KEYS,
+            )),
+            refused_grants: Mutex::new(RateLimiter::new(
+                per_minute(config.spam.refused_grants_per_minute),
                 MAX_TRACKED_KEYS,
             )),
         }
@@ -138,6 +143,9 @@ pub struct AuthService {
     registrations_by_address: Mutex<RateLimiter<std::net::IpAddr>>,
     /// Cheap repeatable writes (SetRetention, Recall) per user.
     writes: Mutex<RateLimiter<String>>,
+    /// Grant refusals (policies, quotas) per user: past the rate, further
+    /// grant requests are refused from memory.
+    refused_grants: Mutex<RateLimiter<String>>,
     events: broadcast::Sender<Event>,
     shutdown: CancellationToken,
 }
@@ -176,6 +184,7 @@ impl AuthService {
             registrations: limits.registrations,
             registrations_by_address: limits.registrations_by_address,
             writes: limits.writes,
+            refused_grants: limits.refused_grants,
             events,
             shutdown: CancellationToken::new(),
         }
@@ -297,6 +306,35 @@ impl AuthService {
                 key: "writes_per_minute_per_user",
                 retry_after_secs: limits::retry_secs(wait),
             })
+    }
+
+    /// Refuses `user`'s grant request from memory while their refused
+    /// grants are over `spam.refused_grants_per_minute`: the escalating
+    /// friction for a sender who keeps asking after refusals.
+    fn check_refused_grants(&self, user: &str) -> Result<(), AuthError> {
+        let wait = self
+            .refused_grants
+            .lock()
+            .expect("lock")
+            .wait(&user.to_owned(), std::time::Instant::now());
+        if wait.is_zero() {
+            return Ok(());
+        }
+        Err(AuthError::RateLimited {
+            what: "storage grants refused by recipients' policies or your quotas",
+            per_minute: self.config.spam.refused_grants_per_minute,
+            key: "spam.refused_grants_per_minute",
+            retry_after_secs: limits::retry_secs(wait),
+        })
+    }
+
+    /// Counts one refused grant of `user`'s.
+    fn charge_refused_grant(&self, user: &str) {
+        let _ = self
+            .refused_grants
+            .lock()
+            .expect("lock")
+            .check(&user.to_owned(), std::time::Instant::now());
     }
 
     /// Takes one registration from the per-address limit of `from` (when

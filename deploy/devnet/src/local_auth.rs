@@ -422,6 +422,7 @@ impl LocalServer {
 pub fn no_spam_limits(c: &mut ServerConfig) {
     c.spam.default_mode = PolicyMode::Anyone;
     c.spam.voicemails_per_hour = 1_000_000;
+    c.spam.refused_grants_per_minute = 1_000_000;
     c.spam.new_recipients_per_day = 1_000_000;
     c.spam.max_outstanding_bytes = u64::MAX;
 }

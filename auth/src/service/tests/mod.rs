@@ -66,6 +66,7 @@ impl Harness {
         Self::start_with(|c| {
             c.spam.default_mode = PolicyMode::Anyone;
             c.spam.voicemails_per_hour = 1_000_000;
+            c.spam.refused_grants_per_minute = 1_000_000;
             c.spam.new_recipients_per_day = 1_000_000;
         })
         .await

@@ -472,3 +472,39 @@ async fn bad_policy_edits_are_named_and_change_nothing() {
     assert_eq!(h.svc.policy(&bob.session).await.unwrap(), before);
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sender_refused_again_and_again_is_refused_from_memory() {
+    let h = spam_harness(|s| {
+        s.default_mode = PolicyMode::Contacts;
+        s.refused_grants_per_minute = 2;
+    })
+    .await;
+    let alice = h.register_and_login("alice").await;
+    let bob = h.register_and_login("bob").await;
+    h.register("carol").await;
+    h.contacts(&bob, &["alice"]).await;
+    for _ in 0..2 {
+        let err = h.leave(&alice, &["carol"], false).await.unwrap_err();
+        assert!(matches!(err, AuthError::NoRecipientAccepts(_)), "{err:?}");
+    }
+    // Past the rate even a grant bob would take waits, with retry-after.
+    let err = h.leave(&alice, &["bob"], false).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            AuthError::RateLimited {
+                key: "spam.refused_grants_per_minute",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let status = crate::grpc::status(err);
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+    assert!(status.metadata().get("retry-after").is_some());
+    // Others are not affected.
+    let bob_leaves = h.leave(&bob, &["carol"], false).await;
+    assert!(matches!(bob_leaves, Err(AuthError::NoRecipientAccepts(_))));
+    h.stop().await;
+}
