@@ -14,7 +14,7 @@ use vmail_auth::datadir::{self, InitOptions};
 use vmail_devnet::local_auth::{self, Harness, LocalServer};
 use vmail_node::auth_client::{AuthClient, GrantRequest, NewDeposit, VoicemailMeta};
 use vmail_proto::grant::GrantedShard;
-use vmail_proto::keys::SecretKey;
+use vmail_proto::keys::{MasterKey, SecretKey};
 use vmail_proto::names::Recipients;
 
 struct Env {
@@ -87,6 +87,30 @@ fn grant_for_alice() -> GrantRequest {
     }
 }
 
+/// Deposits a 4 KiB voicemail's key for alice under grant `serial`, as
+/// bob's client does; returns the voicemail id.
+async fn deposit_for_alice(bob: &mut AuthClient, master_key: &MasterKey, serial: u64) -> [u8; 16] {
+    bob.deposit(
+        master_key,
+        &NewDeposit {
+            grant_serial: serial,
+            request_id: vmail_proto::random_bytes(),
+            recipients: Recipients::parse(["alice"]).unwrap(),
+            locator: Vec::new(),
+            session_key: SecretKey::random(),
+            meta: VoicemailMeta {
+                size: 4096,
+                content_type: "audio/wav".into(),
+                duration_ms: 1000,
+                expires_at: 0,
+            },
+        },
+    )
+    .await
+    .unwrap()
+    .voicemail_id
+}
+
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -146,48 +170,14 @@ async fn account_commands_and_inbox() {
         .login("bob", b"bob's password", &bob_id, &[])
         .await
         .unwrap();
-    let alice_only = Recipients::parse(["alice"]).unwrap();
-    let grant = bob
-        .request_grant(&GrantRequest {
-            recipients: alice_only.clone(),
-            message_id: vmail_proto::random_bytes(),
-            data_shards: 1,
-            shards: vec![GrantedShard {
-                len: 4096,
-                sha256: vmail_proto::random_bytes(),
-            }],
-            holders: vec![libp2p::PeerId::random().to_bytes()],
-            expires_at: 0,
-            sender: vmail_node::auth_client::SenderVisibility::Shown,
-        })
-        .await
-        .unwrap()
-        .grant;
-    let receipt = bob
-        .deposit(
-            &s.master_key,
-            &NewDeposit {
-                grant_serial: grant.body.serial,
-                request_id: vmail_proto::random_bytes(),
-                recipients: Recipients::parse(["alice"]).unwrap(),
-                locator: Vec::new(),
-                session_key: SecretKey::random(),
-                meta: VoicemailMeta {
-                    size: 4096,
-                    content_type: "audio/wav".into(),
-                    duration_ms: 1000,
-                    expires_at: 0,
-                },
-            },
-        )
-        .await
-        .unwrap();
+    let grant = bob.request_grant(&grant_for_alice()).await.unwrap().grant;
+    let voicemail_id = deposit_for_alice(&mut bob, &s.master_key, grant.body.serial).await;
     let o = vmail(&home, None, &["inbox"]).await;
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
     let row = out
         .lines()
-        .find(|l| l.starts_with(&hex::encode(receipt.voicemail_id)))
+        .find(|l| l.starts_with(&hex::encode(voicemail_id)))
         .unwrap_or_else(|| panic!("no row for the voicemail in:\n{out}"));
     assert!(
         row.contains("bob") && row.contains("4096 B") && row.contains("audio/wav"),
@@ -471,26 +461,9 @@ async fn policy_contacts_blocks_and_reports_from_the_cli() {
         .unwrap();
     let granted = bob.request_grant(&grant_for_alice()).await.unwrap();
     assert_eq!(granted.first_contact.len(), 1);
-    let receipt = bob
-        .deposit(
-            &s.master_key,
-            &NewDeposit {
-                grant_serial: granted.grant.body.serial,
-                request_id: vmail_proto::random_bytes(),
-                recipients: granted.recipients.clone(),
-                locator: Vec::new(),
-                session_key: SecretKey::random(),
-                meta: VoicemailMeta {
-                    size: 4096,
-                    content_type: "audio/wav".into(),
-                    duration_ms: 1000,
-                    expires_at: 0,
-                },
-            },
-        )
-        .await
-        .unwrap();
-    let id = hex::encode(receipt.voicemail_id);
+    assert_eq!(granted.recipients.to_strings(), ["alice"]);
+    let id =
+        hex::encode(deposit_for_alice(&mut bob, &s.master_key, granted.grant.body.serial).await);
     let o = vmail(&home, None, &["inbox"]).await;
     assert!(stdout(&o).contains("unknown caller"), "{}", stdout(&o));
 
