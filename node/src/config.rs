@@ -79,6 +79,82 @@ pub struct NodeConfig {
     pub placement: PlacementConfig,
     /// Bounds of the DHT provider-record store (`[providers]`).
     pub providers: ProvidersConfig,
+    /// The SIP front for the user's softphone (`[sip]`), off by default.
+    pub sip: SipConfig,
+}
+
+/// `[sip]`: the SIP front (`node/src/sip/`) for the user's own softphone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SipConfig {
+    /// UDP address to serve SIP on, e.g. "127.0.0.1:5060". Unset (the
+    /// default): no SIP; `vmail node run --sip ADDR` sets it.
+    pub listen: Option<std::net::SocketAddr>,
+    /// Digest realm. Default "vmail".
+    pub realm: String,
+    /// The user part that plays your voicemail. Default "voicemail".
+    pub voicemail_user: String,
+    /// Prefix of the user part that records for another user: with
+    /// "vm-", `sip:vm-bob@…` records for bob. Default "" (any user part
+    /// other than `voicemail_user` is a vmail username).
+    pub record_prefix: String,
+    /// Longest recording, seconds; a longer call is cut off there and
+    /// what was recorded is left. Default 120; 1 to 600.
+    pub max_recording_secs: u32,
+    /// Most calls at once; one more gets 486 Busy Here. Default 4.
+    pub max_calls: usize,
+    /// Most registrations, and most subscriptions, kept. Default 16.
+    pub max_bindings: usize,
+    /// Shortest registration or subscription taken, seconds (423 below).
+    /// Default 60.
+    pub min_expires: u32,
+    /// Longest, seconds; longer requests are cut to it. Default 3600.
+    pub max_expires: u32,
+}
+
+impl Default for SipConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            realm: "vmail".into(),
+            voicemail_user: "voicemail".into(),
+            record_prefix: String::new(),
+            max_recording_secs: 120,
+            max_calls: 4,
+            max_bindings: 16,
+            min_expires: 60,
+            max_expires: 3600,
+        }
+    }
+}
+
+impl SipConfig {
+    /// Checks the bounds, naming the key that is out of them.
+    pub fn validate(&self) -> Result<(), InvalidValue> {
+        let bad = |key: &str, why: String| Err(InvalidValue::Sip(format!("{key}: {why}")));
+        if !(1..=600).contains(&self.max_recording_secs) {
+            return bad(
+                "max_recording_secs",
+                format!("{} is outside 1 to 600", self.max_recording_secs),
+            );
+        }
+        if self.max_calls == 0 || self.max_bindings == 0 {
+            return bad("max_calls/max_bindings", "must be at least 1".into());
+        }
+        if self.min_expires == 0 || self.min_expires > self.max_expires {
+            return bad(
+                "min_expires",
+                format!(
+                    "{} must be at least 1 and at most max_expires ({})",
+                    self.min_expires, self.max_expires
+                ),
+            );
+        }
+        if self.realm.is_empty() || self.voicemail_user.is_empty() {
+            return bad("realm/voicemail_user", "must not be empty".into());
+        }
+        Ok(())
+    }
 }
 
 /// `[providers]`: what this peer keeps of the provider records other
@@ -384,6 +460,7 @@ impl Default for NodeConfig {
             supernode: SupernodeConfig::default(),
             placement: PlacementConfig::default(),
             providers: ProvidersConfig::default(),
+            sip: SipConfig::default(),
         }
     }
 }
@@ -392,6 +469,9 @@ impl Default for NodeConfig {
 /// the values allowed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidValue {
+    /// A `[sip]` value is out of range.
+    #[error("sip.{0}")]
+    Sip(String),
     /// `placement.redundancy` does not parse or is out of range.
     #[error("placement.redundancy: {0}")]
     Redundancy(ErasureError),
@@ -591,6 +671,7 @@ impl NodeConfig {
         self.cluster_key()?;
         self.supernode.validate()?;
         self.providers.validate()?;
+        self.sip.validate()?;
         Ok(())
     }
 

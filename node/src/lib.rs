@@ -26,4 +26,5 @@ pub mod home;
 pub mod keystore;
 pub mod overlay;
 pub mod peer;
+pub mod sip;
 pub mod supernode;

@@ -6,6 +6,7 @@ mod inbox;
 mod node;
 mod policy;
 mod sent;
+mod sip;
 mod voicemail;
 
 use std::ffi::OsString;
@@ -148,6 +149,9 @@ enum Command {
     /// Run or inspect the peer daemon.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Your softphone: the SIP front of `vmail node run --sip ADDR`.
+    #[command(subcommand)]
+    Sip(SipCommand),
     /// Run the whole system locally and narrate the paper's protocol (runs
     /// `vmail-devnet demo`).
     Demo,
@@ -211,6 +215,24 @@ enum ContactsCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum SipCommand {
+    /// Set the password your softphone uses to register with the peer's
+    /// SIP front (not your vmail password); from --password-file,
+    /// VMAIL_PASSWORD or a prompt.
+    SetPassword {
+        /// Data dir (default: HOME/node).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Show the SIP front's registrations, subscriptions, calls and lamp.
+    Status {
+        /// Data dir (default: HOME/node).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum NodeCommand {
     /// Run a peer: join the overlay, hold voicemail for others, serve the CLI.
     Run {
@@ -222,6 +244,10 @@ enum NodeCommand {
         /// election settings.
         #[arg(long, env = "VMAIL_NODE_CONFIG")]
         config: Option<PathBuf>,
+        /// Serve SIP for your softphone on this UDP address, e.g.
+        /// 127.0.0.1:5060 (sip.listen in node.toml); off by default.
+        #[arg(long, value_name = "ADDR")]
+        sip: Option<std::net::SocketAddr>,
     },
     /// Show the running peer's id, addresses, routing table and storage.
     Status {
@@ -408,9 +434,12 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Report { id } => policy::report(&ctx, &id).await,
         Command::Fetch { id, all, out } => voicemail::fetch(&ctx, id, all, out).await,
-        Command::Node(NodeCommand::Run { data_dir, config }) => {
-            node::run(&ctx, data_dir, config).await
-        }
+        Command::Node(NodeCommand::Run {
+            data_dir,
+            config,
+            sip,
+        }) => node::run(&ctx, data_dir, config, sip).await,
+        Command::Sip(c) => sip::run(&ctx, c).await,
         Command::Node(NodeCommand::Status { data_dir }) | Command::Status { data_dir } => {
             node::status(&ctx, data_dir).await
         }

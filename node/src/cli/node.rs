@@ -9,9 +9,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 use libp2p::PeerId;
 use vmail_node::config::NodeConfig;
-use vmail_node::control::{self, ControlClient, ControlError};
+use vmail_node::control::{self, ControlClient, ControlError, ControlService};
 use vmail_node::overlay::swarm::Role;
 use vmail_node::peer::{OBSERVATIONS_FILE, Peer, PeerOptions, Session};
+use vmail_node::sip::SipService;
 
 use super::Context;
 
@@ -161,11 +162,15 @@ pub(super) async fn run(
     ctx: &Context,
     data_dir: Option<PathBuf>,
     config: Option<PathBuf>,
+    sip: Option<std::net::SocketAddr>,
 ) -> anyhow::Result<()> {
     let dir = ctx.data_dir(data_dir);
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("creating data dir {}", dir.display()))?;
     let mut config = NodeConfig::load(&dir, config.as_deref())?;
+    if sip.is_some() {
+        config.sip.listen = sip;
+    }
     if config.cluster_key.is_none() {
         match cli_cluster_key(ctx).await? {
             Some(key) => config.cluster_key = Some(hex::encode(key.as_bytes())),
@@ -203,9 +208,27 @@ pub(super) async fn run(
         }
         Err(e) => println!("  no session yet ({e})"),
     }
+    let sip = match peer.config().sip.listen {
+        Some(_) => {
+            let password = dir.join(vmail_node::sip::PASSWORD_FILE);
+            let service =
+                SipService::start(peer.clone(), peer.config().sip.clone(), password).await?;
+            println!("  SIP on udp {} for your softphone", service.local_addr());
+            Some(service)
+        }
+        None => None,
+    };
     println!("  control socket {}", socket.display());
     let signal = async { super::stop_signal().await.expect("SIGTERM handler") };
-    control::serve(peer.clone(), &socket, signal).await?;
+    control::serve_with(
+        ControlService::new(peer.clone(), sip.clone()),
+        &socket,
+        signal,
+    )
+    .await?;
+    if let Some(s) = sip {
+        s.stop();
+    }
     println!("leaving: handing held voicemail to the next-closest peers");
     let (moved, kept) = peer.hand_off().await;
     println!("  {moved} object(s) handed off, {kept} kept here");

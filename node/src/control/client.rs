@@ -65,6 +65,15 @@ impl ControlClient {
         Ok(self.rpc.status(pb::StatusRequest {}).await?.into_inner())
     }
 
+    /// The SIP front's registrations, subscriptions, calls and lamp.
+    pub async fn sip_status(&mut self) -> Result<pb::SipStatusResponse, ControlError> {
+        Ok(self
+            .rpc
+            .sip_status(pb::SipStatusRequest {})
+            .await?
+            .into_inner())
+    }
+
     /// Looks up an object's providers in the DHT, with what it cost.
     pub async fn find_providers(
         &mut self,

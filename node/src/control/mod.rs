@@ -32,6 +32,7 @@ use crate::peer::{
     FetchError, LeaveError, LeaveRequest, Peer, Phase, Progress, ProgressFn, Session, SessionError,
     SessionKeyError, Timings,
 };
+use crate::sip::{CallKind, SipService, SipStatus};
 use crate::supernode::standing::{Standing, standing};
 
 pub use client::ControlClient;
@@ -263,10 +264,63 @@ impl From<&Session> for pb::SetSessionRequest {
     }
 }
 
-/// The gRPC adapter over a [`Peer`].
+/// The gRPC adapter over a [`Peer`] and, when it serves SIP, its
+/// [`SipService`].
 #[derive(Debug, Clone)]
 pub struct ControlService {
     peer: Arc<Peer>,
+    sip: Option<SipService>,
+}
+
+impl ControlService {
+    /// The control API of `peer`, and of its SIP front if any.
+    pub fn new(peer: Arc<Peer>, sip: Option<SipService>) -> Self {
+        ControlService { peer, sip }
+    }
+}
+
+fn sip_status_pb(s: SipStatus) -> pb::SipStatusResponse {
+    let now = vmail_proto::unix_now();
+    pb::SipStatusResponse {
+        listen: s.listen.to_string(),
+        user: s.user.unwrap_or_default(),
+        password_set: s.password_set,
+        bindings: s
+            .bindings
+            .iter()
+            .map(|b| pb::SipBinding {
+                contact: b.contact.clone(),
+                expires_in_secs: b.expires_at.saturating_sub(now),
+            })
+            .collect(),
+        subscriptions: s
+            .subscriptions
+            .iter()
+            .map(|b| pb::SipSubscription {
+                contact: b.contact.clone(),
+                expires_in_secs: b.expires_at.saturating_sub(now),
+            })
+            .collect(),
+        calls: s
+            .calls
+            .iter()
+            .map(|c| pb::SipCall {
+                kind: match &c.kind {
+                    CallKind::Playback => "playback".into(),
+                    CallKind::Record(u) => format!("record for {u}"),
+                },
+                media: c.media.to_string(),
+                duration_ms: c.duration.as_millis() as u64,
+            })
+            .collect(),
+        new_messages: s.summary.new,
+        old_messages: s.summary.old,
+        refused: s
+            .refused
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), *v))
+            .collect(),
+    }
 }
 
 /// Progress into a bounded queue; when the client reads slowly, progress
@@ -526,6 +580,18 @@ impl control_server::Control for ControlService {
             holders_missed: done.holders_missed,
         }))
     }
+
+    async fn sip_status(
+        &self,
+        _: Request<pb::SipStatusRequest>,
+    ) -> Result<Response<pb::SipStatusResponse>, Status> {
+        let sip = self.sip.as_ref().ok_or_else(|| {
+            Status::failed_precondition(
+                "this peer serves no SIP: start it with `vmail node run --sip 127.0.0.1:5060` or set sip.listen in node.toml",
+            )
+        })?;
+        Ok(Response::new(sip_status_pb(sip.status())))
+    }
 }
 
 /// The redundancy a leave asked for: `replicas` copies, or `erasure` "K/N",
@@ -561,6 +627,15 @@ pub async fn serve(
     socket: &Path,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ControlError> {
+    serve_with(ControlService::new(peer, None), socket, shutdown).await
+}
+
+/// [`serve`] for a [`ControlService`] built by the caller.
+pub async fn serve_with(
+    service: ControlService,
+    socket: &Path,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), ControlError> {
     use std::os::unix::fs::PermissionsExt;
     check_len(socket)?;
     let io = |e: std::io::Error| ControlError::Io {
@@ -589,7 +664,7 @@ pub async fn serve(
             }
         }
     });
-    let service = control_server::ControlServer::new(ControlService { peer })
+    let service = control_server::ControlServer::new(service)
         .max_decoding_message_size(MAX_CONTROL_MESSAGE)
         .max_encoding_message_size(MAX_CONTROL_MESSAGE);
     // The standard health service, for container health checks.

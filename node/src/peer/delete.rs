@@ -42,6 +42,8 @@ impl Peer {
             fetched.clear();
         }
         fetched.insert(voicemail_id, ids);
+        drop(fetched);
+        self.inbox_changed();
     }
 
     /// Tells the auth servers the voicemail is safely fetched; if this was
@@ -66,6 +68,7 @@ impl Peer {
                 .unwrap_or_default(),
         };
         let acked = auth.ack(&voicemail_id).await?;
+        self.inbox_changed();
         let mut report = AckReport {
             key_erased: acked.key_erased,
             ..AckReport::default()
@@ -82,6 +85,7 @@ impl Peer {
     pub async fn recall(&self, voicemail_id: [u8; 16]) -> Result<AckReport, SessionError> {
         let session = self.session()?;
         let recalled = self.auth(&session).await?.recall(&voicemail_id).await?;
+        self.inbox_changed();
         let ids: Vec<ObjectId> = Locator::decode(&recalled.locator)
             .map(|l| l.layout.shards.iter().map(|s| s.id).collect())
             .unwrap_or_default();

@@ -46,6 +46,7 @@ use libp2p::kad::RecordKey;
 use libp2p::{Multiaddr, PeerId, identity};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use vmail_proto::names::Username;
 use vmail_proto::unix_now;
 
 use crate::auth_client::{AuthClient, AuthTarget, LoginSession, Pending};
@@ -146,6 +147,9 @@ pub struct Peer {
     session: RwLock<Option<Session>>,
     /// Shard identifiers of voicemails fetched here, for their ack.
     fetched: Mutex<HashMap<[u8; 16], Vec<ObjectId>>>,
+    /// Counts changes to the inbox this peer made or saw (a fetch, an ack,
+    /// a recall, a new session), for whoever shows it (the SIP lamp).
+    inbox_changes: tokio::sync::watch::Sender<u64>,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -341,6 +345,7 @@ impl Peer {
             config: opts.config,
             session: RwLock::new(None),
             fetched: Mutex::new(HashMap::new()),
+            inbox_changes: tokio::sync::watch::Sender::new(0),
             shutdown,
             tasks,
         })
@@ -424,6 +429,45 @@ impl Peer {
     /// Replaces the session, unchecked (the caller made it in-process).
     pub fn set_session(&self, session: Session) {
         *self.session.write().expect("session lock") = Some(session);
+        self.inbox_changed();
+    }
+
+    /// The logged-in user, if any.
+    pub fn username(&self) -> Option<Username> {
+        self.session
+            .read()
+            .expect("session lock")
+            .as_ref()
+            .map(|s| s.login.username.clone())
+    }
+
+    /// Ticks whenever this peer fetches, acks or recalls a voicemail or
+    /// gets a new session: the inbox may look different.
+    pub fn inbox_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inbox_changes.subscribe()
+    }
+
+    fn inbox_changed(&self) {
+        self.inbox_changes.send_modify(|n| *n += 1);
+    }
+
+    /// Voicemails fetched (played) through this peer and not yet acked.
+    pub fn played(&self) -> std::collections::HashSet<[u8; 16]> {
+        self.fetched
+            .lock()
+            .expect("fetched lock")
+            .keys()
+            .copied()
+            .collect()
+    }
+
+    /// The group's push of new voicemail for the logged-in user (the
+    /// backlog first); items are raw, for [`AuthClient::open_pending`].
+    pub async fn watch_inbox(
+        &self,
+    ) -> Result<tonic::Streaming<vmail_proto::pb::PendingVoicemail>, SessionError> {
+        let session = self.session()?;
+        Ok(self.auth(&session).await?.watch_pending().await?)
     }
 
     fn session(&self) -> Result<Session, SessionError> {
