@@ -9,6 +9,7 @@
 pub mod attacks;
 pub mod churn;
 pub mod scale;
+pub mod sipp;
 pub mod spam;
 
 use std::path::{Path, PathBuf};

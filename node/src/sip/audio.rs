@@ -123,7 +123,7 @@ pub fn wav_to_8k(wav: &[u8]) -> Result<Vec<i16>, AudioError> {
     };
     Ok(resampled
         .iter()
-        .map(|&v| (v * 32767.0).clamp(-32768.0, 32767.0) as i16)
+        .map(|&v| (v * 32768.0).clamp(-32768.0, 32767.0) as i16)
         .collect())
 }
 
@@ -238,7 +238,8 @@ mod tests {
     fn a_recording_is_written_as_the_samples_it_holds() {
         let pcm = tone(300.0, 40);
         let wav = pcm_to_wav(&pcm);
-        assert_eq!(wav_to_8k(&wav).unwrap().len(), pcm.len());
+        // 8 kHz 16-bit plays sample for sample.
+        assert_eq!(wav_to_8k(&wav).unwrap(), pcm);
         let mut r = hound::WavReader::new(Cursor::new(&wav)).unwrap();
         let back: Vec<i16> = r.samples::<i16>().map(Result::unwrap).collect();
         assert_eq!(back, pcm);

@@ -42,7 +42,7 @@ pub enum CallKind {
 pub struct CallInfo {
     /// What it does.
     pub kind: CallKind,
-    /// Where its RTP goes.
+    /// This service's RTP address for it.
     pub media: std::net::SocketAddr,
     /// How long it has lasted.
     pub duration: Duration,

@@ -195,3 +195,96 @@ impl RtpStream {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sip::audio::tone;
+
+    /// A stream on loopback and the caller's socket, which the offer names.
+    async fn pair(dtmf: Option<u8>) -> (RtpStream, UdpSocket, SocketAddr) {
+        let caller = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let ours = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let at = ours.local_addr().unwrap();
+        let offer = Offer {
+            remote: caller.local_addr().unwrap(),
+            codec: Codec::Pcma,
+            dtmf,
+        };
+        (RtpStream::new(ours, &offer), caller, at)
+    }
+
+    fn packet(pt: u8, seq: u16, ts: u32, payload: &[u8]) -> Vec<u8> {
+        RtpPacketBuilder::new()
+            .payload_type(pt)
+            .ssrc(7)
+            .sequence(Seq::from(seq))
+            .timestamp(ts)
+            .payload(payload)
+            .build()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_recording_stops_at_its_cap_keeps_gaps_and_ignores_strangers() {
+        let (mut stream, caller, at) = pair(None).await;
+        let stranger = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let frame = Codec::Pcma.encode(&tone(300.0, 20));
+        let sent = frame.clone();
+        tokio::spawn(async move {
+            for i in 0..10u32 {
+                stranger.send_to(&packet(8, 0, 1000, &[0xd5; 160]), at).await.unwrap();
+                // Packet 3 is lost: its 20 ms stay silent.
+                if i != 3 {
+                    caller.send_to(&packet(8, i as u16, 5000 + 160 * i, &sent), at).await.unwrap();
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        let (pcm, how) = stream.record(&[], 8 * 160, &CancellationToken::new()).await;
+        assert_eq!(how, Recorded::Cap);
+        assert_eq!(pcm.len(), 8 * 160);
+        assert!(pcm[3 * 160..4 * 160].iter().all(|&s| s == 0), "the lost packet is silence");
+        assert_eq!(&pcm[..160], Codec::Pcma.decode(&frame).as_slice());
+        assert!(stream.wrong_source >= 1);
+    }
+
+    #[tokio::test]
+    async fn a_hang_up_ends_a_recording_with_what_came() {
+        let (mut stream, caller, at) = pair(None).await;
+        let hangup = CancellationToken::new();
+        let h = hangup.clone();
+        tokio::spawn(async move {
+            caller.send_to(&packet(0, 1, 0, &[0xff; 160]), at).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            h.cancel();
+        });
+        let (pcm, how) = stream.record(&tone(1000.0, 40), 8000, &hangup).await;
+        assert_eq!((pcm.len(), how), (160, Recorded::Hangup));
+    }
+
+    #[tokio::test]
+    async fn a_key_press_counts_once_and_can_end_playback() {
+        let (mut stream, caller, at) = pair(Some(101)).await;
+        tokio::spawn(async move {
+            let mut buf = [0u8; 512];
+            // Wait for playback to start, then press 7, then #, each end
+            // packet sent three times as RFC 4733 asks.
+            caller.recv_from(&mut buf).await.unwrap();
+            for (key, ts) in [(7u8, 100u32), (11, 200)] {
+                for _ in 0..3 {
+                    caller.send_to(&packet(101, 0, ts, &[key, 0x8a, 0, 160]), at).await.unwrap();
+                }
+            }
+        });
+        let mut keys = Vec::new();
+        let played = stream
+            .play(&tone(400.0, 2000), &CancellationToken::new(), |k| {
+                keys.push(k);
+                k == '#'
+            })
+            .await;
+        assert_eq!(played, Played::Key('#'));
+        assert_eq!(keys, ['7', '#']);
+    }
+}

@@ -154,6 +154,17 @@ fn main() -> anyhow::Result<()> {
         delete_orders().iter().map(|o| o.to_bytes()).collect(),
     ));
     seeds.push(("deposit_proof", vec![deposit_proof().to_bytes()]));
+    seeds.push(("sip_message", sip_requests()));
+    let offers = sdp_offers();
+    let answer = vmail_node::sip::sdp::answer(
+        &vmail_node::sip::sdp::parse_offer(offers[0].as_bytes())?,
+        "127.0.0.1:7078".parse()?,
+        1,
+    );
+    seeds.push((
+        "sdp_offer",
+        offers.into_iter().chain([answer]).map(String::into_bytes).collect(),
+    ));
 
     for (target, inputs) in seeds {
         write(&root.join(target), &inputs)?;

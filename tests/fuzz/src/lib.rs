@@ -517,3 +517,52 @@ pub fn assert_reencodes<T>(
     assert_eq!(encode(&again), once, "decode then encode is not stable");
     again
 }
+
+/// What a softphone sends the SIP front (RFC 3261 requests as sipp and
+/// baresip send them): a REGISTER, a SUBSCRIBE to message-summary, an
+/// INVITE with its SDP offer, and one with an Authorization answer.
+pub fn sip_requests() -> Vec<Vec<u8>> {
+    let head = |line: &str, cseq: &str| {
+        format!(
+            "{line} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5062;branch=z9hG4bK-fuzz-1;rport\r\nMax-Forwards: 70\r\nFrom: <sip:alice@127.0.0.1>;tag=a1\r\nTo: <sip:alice@127.0.0.1>\r\nCall-ID: fuzz-1@127.0.0.1\r\nCSeq: {cseq}\r\nContact: <sip:alice@127.0.0.1:5062;transport=udp>\r\n"
+        )
+    };
+    let offer = sdp_offers().remove(0);
+    vec![
+        format!("{}Expires: 600\r\nContent-Length: 0\r\n\r\n", head("REGISTER sip:127.0.0.1", "1 REGISTER")),
+        format!(
+            "{}Event: message-summary\r\nAccept: application/simple-message-summary\r\nExpires: 300\r\nContent-Length: 0\r\n\r\n",
+            head("SUBSCRIBE sip:alice@127.0.0.1", "1 SUBSCRIBE")
+        ),
+        format!(
+            "{}Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{offer}",
+            head("INVITE sip:voicemail@127.0.0.1", "1 INVITE"),
+            offer.len()
+        ),
+        format!(
+            "{}Authorization: Digest username=\"alice\", realm=\"vmail\", nonce=\"00000000000000010123456789abcdef0123456789abcdef\", uri=\"sip:127.0.0.1\", response=\"0123456789abcdef0123456789abcdef\", algorithm=MD5, qop=auth, nc=00000001, cnonce=\"c0ffee\"\r\nContent-Length: 0\r\n\r\n",
+            head("REGISTER sip:127.0.0.1", "2 REGISTER")
+        ),
+    ]
+    .into_iter()
+    .map(String::into_bytes)
+    .collect()
+}
+
+/// SDP offers as softphones make them: PCMU, PCMA and telephone events,
+/// and one with only G.729.
+pub fn sdp_offers() -> Vec<String> {
+    let offer = |formats: &str, maps: &str| {
+        format!(
+            "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 6000 RTP/AVP {formats}\r\n{maps}a=sendrecv\r\n"
+        )
+    };
+    vec![
+        offer(
+            "0 8 101",
+            "a=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\n",
+        ),
+        offer("8", "a=rtpmap:8 PCMA/8000\r\n"),
+        offer("18", "a=rtpmap:18 G729/8000\r\n"),
+    ]
+}
