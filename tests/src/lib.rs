@@ -7,7 +7,9 @@
 //! real libp2p swarms.
 
 pub mod attacks;
+pub mod baresip;
 pub mod churn;
+pub mod phone;
 pub mod scale;
 pub mod sipp;
 pub mod spam;

@@ -10,78 +10,21 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tempfile::TempDir;
-use vmail_node::config::SipConfig;
-use vmail_node::peer::{Peer, no_progress};
-use vmail_node::sip::{self, SipService, audio};
+use vmail_node::peer::no_progress;
+use vmail_node::sip::audio;
+use vmail_tests::baresip::Baresip;
+use vmail_tests::phone::{PASSWORD, Phone};
 use vmail_tests::sipp::{self, Sipp};
-use vmail_tests::{TestNet, leave_request, login_on};
 
-const PASSWORD: &str = "softphone-secret";
-
-/// alice's peer with a SIP front, on a net with bob and holders.
-struct Phone {
-    net: TestNet,
-    alice: Arc<Peer>,
-    sip: SipService,
-    _dir: TempDir,
-}
-
-impl Phone {
-    async fn start() -> Self {
-        sipp::ensure_installed().expect("sipp");
-        let net = TestNet::start(3).await;
-        let mut config = net.config().await;
-        config.replicas = Some(2);
-        let alice = Arc::new(net.start_peer("alice", config).await);
-        login_on(&net.auth, &alice, "alice").await;
-        net.login(1, "bob").await;
-        let dir = tempfile::tempdir().unwrap();
-        let file = sip::set_password(dir.path(), PASSWORD).unwrap();
-        let sip_config = SipConfig {
-            listen: Some("127.0.0.1:0".parse().unwrap()),
-            ..SipConfig::default()
-        };
-        let sip = SipService::start(alice.clone(), sip_config, file).await.unwrap();
-        Phone {
-            net,
-            alice,
-            sip,
-            _dir: dir,
-        }
-    }
-
-    fn addr(&self) -> SocketAddr {
-        self.sip.local_addr()
-    }
-
-    fn sipp(&self, scenario: &str) -> Sipp {
-        Sipp::new(scenario, self.addr()).credentials("alice", PASSWORD)
-    }
-
-    /// bob leaves `pcm` (8 kHz) for alice as a WAV; returns its id.
-    async fn bob_leaves(&self, pcm: &[i16]) -> [u8; 16] {
-        let mut req = leave_request(&["alice"], audio::pcm_to_wav(pcm), 2);
-        req.content_type = "audio/wav".into();
-        self.net.peers[1]
-            .leave(req, no_progress())
-            .await
-            .expect("bob leaves")
-            .voicemail_id
-    }
-
-    async fn until(&self, what: &str, ok: impl Fn(&sip::SipStatus) -> bool) {
-        let end = Instant::now() + Duration::from_secs(30);
-        while !ok(&self.sip.status()) {
-            assert!(Instant::now() < end, "{what}: {:?}", self.sip.status());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
+/// alice's phone, once sipp is installed.
+async fn phone() -> Phone {
+    sipp::ensure_installed().expect("sipp");
+    Phone::start(|_| {}).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registration_takes_the_sip_password_and_nothing_else() {
-    let p = Phone::start().await;
+    let p = phone().await;
     p.sipp("register.xml").run().await.unwrap().check().unwrap();
     // The scenario unregisters at its end.
     assert!(p.sip.status().bindings.is_empty());
@@ -99,8 +42,12 @@ async fn registration_takes_the_sip_password_and_nothing_else() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lamp_goes_on_with_a_deposit_and_off_with_the_ack() {
-    let p = Phone::start().await;
-    let run = p.sipp("mwi.xml").timeout(Duration::from_secs(120)).spawn().unwrap();
+    let p = phone().await;
+    let run = p
+        .sipp("mwi.xml")
+        .timeout(Duration::from_secs(120))
+        .spawn()
+        .unwrap();
     p.until("subscribed", |s| s.subscriptions.len() == 1).await;
     run.wait_for_message("Messages-Waiting: no", 1, Duration::from_secs(20))
         .await
@@ -110,7 +57,10 @@ async fn the_lamp_goes_on_with_a_deposit_and_off_with_the_ack() {
     run.wait_for_message("Messages-Waiting: yes", 1, Duration::from_secs(30))
         .await
         .unwrap();
-    println!("deposit to NOTIFY at sipp: {} ms", left.elapsed().as_millis());
+    println!(
+        "deposit to NOTIFY at sipp: {} ms",
+        left.elapsed().as_millis()
+    );
     p.alice.fetch(id, no_progress()).await.unwrap();
     p.alice.ack(id).await.unwrap();
     let outcome = run.wait().await.unwrap();
@@ -159,7 +109,7 @@ async fn receive_rtp(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_to_voicemail_plays_each_and_acks_all_but_the_kept_one() {
-    let p = Phone::start().await;
+    let p = phone().await;
     let first = audio::tone(500.0, 1000);
     let second = audio::tone(700.0, 1000);
     let first_id = p.bob_leaves(&first).await;
@@ -176,24 +126,55 @@ async fn a_call_to_voicemail_plays_each_and_acks_all_but_the_kept_one() {
         .unwrap();
     // 7 is pressed halfway through the voicemail played first (after its
     // beep). Both were left in the same second, so either may come first.
-    let pcm = receive_rtp(&rtp, 2560 + 4000, async { run.wait().await.unwrap().check().unwrap() }).await;
-    println!("call answered and played in {} ms", called.elapsed().as_millis());
+    let pcm = receive_rtp(&rtp, 2560 + 4000, async {
+        run.wait().await.unwrap().check().unwrap()
+    })
+    .await;
+    println!(
+        "call answered and played in {} ms",
+        called.elapsed().as_millis()
+    );
     // What the caller heard holds both voicemails through G.711, whole.
     let codec = audio::Codec::Pcmu;
     let find = |v: &[i16]| {
         let want = codec.decode(&codec.encode(v));
         pcm.windows(want.len())
             .position(|w| w == want.as_slice())
-            .unwrap_or_else(|| panic!("a voicemail is missing from the {} samples heard", pcm.len()))
+            .unwrap_or_else(|| {
+                panic!(
+                    "a voicemail is missing from the {} samples heard",
+                    pcm.len()
+                )
+            })
     };
     let (a, b) = (find(&first), find(&second));
     assert!(a.min(b) > 0, "a beep comes first: {a} {b}");
-    let (kept, heard) = if a < b { (first_id, second_id) } else { (second_id, first_id) };
+    let (kept, heard) = if a < b {
+        (first_id, second_id)
+    } else {
+        (second_id, first_id)
+    };
     // The one played second played to the end and was acked; the one
     // played first was kept, and the lamp counts it old.
-    let left: Vec<_> = p.alice.inbox().await.unwrap().iter().map(|v| v.id).collect();
-    assert_eq!(left, [kept], "heard {} must be acked, kept {} not", hex::encode(heard), hex::encode(kept));
-    p.until("the lamp shows one old", |s| (s.summary.new, s.summary.old) == (0, 1)).await;
+    let left: Vec<_> = p
+        .alice
+        .inbox()
+        .await
+        .unwrap()
+        .iter()
+        .map(|v| v.id)
+        .collect();
+    assert_eq!(
+        left,
+        [kept],
+        "heard {} must be acked, kept {} not",
+        hex::encode(heard),
+        hex::encode(kept)
+    );
+    p.until("the lamp shows one old", |s| {
+        (s.summary.new, s.summary.old) == (0, 1)
+    })
+    .await;
 }
 
 /// The audio of sipp's `g711a.pcap`: each RTP payload, A-law decoded, in order.
@@ -215,7 +196,7 @@ fn pcap_audio() -> Vec<i16> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_leaves_a_voicemail_the_callee_fetches_exactly_as_sent() {
-    let p = Phone::start().await;
+    let p = phone().await;
     let run = p
         .sipp("record.xml")
         .key("callee", "bob")
@@ -236,7 +217,9 @@ async fn a_caller_leaves_a_voicemail_the_callee_fetches_exactly_as_sent() {
     for _ in 0..20 {
         stranger.send_to(&junk, media).await.unwrap();
     }
-    run.wait_for_message("BYE sip:", 1, Duration::from_secs(60)).await.unwrap();
+    run.wait_for_message("BYE sip:", 1, Duration::from_secs(60))
+        .await
+        .unwrap();
     let hung_up = Instant::now();
     let bob = &p.net.peers[1];
     let pending = loop {
@@ -250,21 +233,38 @@ async fn a_caller_leaves_a_voicemail_the_callee_fetches_exactly_as_sent() {
     assert_eq!(pending.len(), 1);
     let outcome = run.wait().await.unwrap();
     outcome.check().unwrap();
-    assert!(outcome.messages.contains("voicemail for bob left"), "{outcome}");
+    assert!(
+        outcome.messages.contains("voicemail for bob left"),
+        "{outcome}"
+    );
     let fetched = bob.fetch(pending[0].id, no_progress()).await.unwrap();
-    assert_eq!(pending[0].sender.username().map(|u| u.to_string()).as_deref(), Some("alice"));
+    assert_eq!(
+        pending[0]
+            .sender
+            .username()
+            .map(|u| u.to_string())
+            .as_deref(),
+        Some("alice")
+    );
     let mut wav = hound::WavReader::new(std::io::Cursor::new(&fetched.content)).unwrap();
     assert_eq!(wav.spec().sample_rate, 8000);
     let samples: Vec<i16> = wav.samples::<i16>().map(Result::unwrap).collect();
     let want = pcap_audio();
-    assert_eq!(samples.len(), want.len(), "duration differs from the pcap's");
-    assert!(samples == want, "the recording differs from the pcap's audio");
+    assert_eq!(
+        samples.len(),
+        want.len(),
+        "duration differs from the pcap's"
+    );
+    assert!(
+        samples == want,
+        "the recording differs from the pcap's audio"
+    );
     assert_eq!(pending[0].meta.duration_ms, want.len() as u64 / 8);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_its_sip_error_and_changes_nothing() {
-    let p = Phone::start().await;
+    let p = phone().await;
     for scenario in ["bad_sdp.xml", "bad_requests.xml", "mwi_bad_event.xml"] {
         p.sipp(scenario).run().await.unwrap().check().unwrap();
     }
@@ -285,6 +285,26 @@ async fn bad_input_gets_its_sip_error_and_changes_nothing() {
     let answer = String::from_utf8_lossy(&buf[..n]);
     assert!(answer.starts_with("SIP/2.0 513"), "{answer}");
     let st = p.sip.status();
-    assert!(st.calls.is_empty() && st.subscriptions.is_empty() && st.bindings.is_empty(), "{st:?}");
+    assert!(
+        st.calls.is_empty() && st.subscriptions.is_empty() && st.bindings.is_empty(),
+        "{st:?}"
+    );
     assert!(p.alice.inbox().await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn baresip_registers_and_its_lamp_follows_the_inbox() {
+    let p = phone().await;
+    let mut phone = Baresip::start(p.addr(), "alice", PASSWORD).expect("baresip starts");
+    let wait = Duration::from_secs(30);
+    phone.wait_for("200 OK", wait).await.unwrap();
+    phone.wait_for("Messages-Waiting: no", wait).await.unwrap();
+    let id = p.bob_leaves(&audio::tone(500.0, 300)).await;
+    phone.wait_for("Messages-Waiting: yes", wait).await.unwrap();
+    phone.wait_for("Voice-Message: 1/0", wait).await.unwrap();
+    p.alice.fetch(id, no_progress()).await.unwrap();
+    p.alice.ack(id).await.unwrap();
+    phone.wait_for("Messages-Waiting: no", wait).await.unwrap();
+    let s = p.sip.status();
+    assert_eq!((s.bindings.len(), s.subscriptions.len()), (1, 1), "{s:?}");
 }

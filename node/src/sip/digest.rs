@@ -4,10 +4,13 @@
 //! a secret drawn at start, so an unauthenticated sender costs the service
 //! no memory. Pure: the caller passes `now`.
 
+use md5::{Digest as _, Md5};
 use ring::hmac;
+use rsipstack::sip::Method;
 use rsipstack::sip::headers::auth::{Algorithm, Qop, Scheme};
-use rsipstack::sip::typed::{Authorization, WwwAuthenticate};
-use rsipstack::sip::{DigestGenerator, Method};
+use rsipstack::sip::typed::Tokenize as _;
+use rsipstack::sip::typed::WwwAuthenticate;
+use rsipstack::sip::typed::tokenizers::AuthTokenizer;
 use subtle::ConstantTimeEq;
 
 /// How long a nonce stays good, seconds. A softphone that sends an older
@@ -102,28 +105,62 @@ impl Digest {
         }
     }
 
-    /// Checks `auth` on a `method` request against `user`'s `password`.
+    /// Checks an `Authorization` header's value on a `method` request
+    /// against `user`'s `password`. The header is read by rsipstack's
+    /// tokenizer, and the digest is computed over its `uri` exactly as the
+    /// softphone sent it (re-serialising the URI would change
+    /// `transport=udp` to `UDP` and break baresip's digest).
     pub fn check(
         &self,
-        auth: Option<&Authorization>,
+        header: Option<&str>,
         method: &Method,
         user: &str,
         password: &str,
         now: u64,
     ) -> Result<(), Refusal> {
-        let auth = match auth {
-            Some(a) if a.realm == self.realm && a.scheme == Scheme::Digest => a,
-            _ => return Err(Refusal::Missing),
+        let Some(tok) = header.and_then(|h| AuthTokenizer::tokenize(h).ok()) else {
+            return Err(Refusal::Missing);
         };
-        let issued = self.issued(&auth.nonce).ok_or(Refusal::ForeignNonce)?;
+        let param = |name: &str| {
+            tok.params
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| *v)
+        };
+        if !tok.scheme.eq_ignore_ascii_case("digest") || param("realm") != Some(self.realm.as_str())
+        {
+            return Err(Refusal::Missing);
+        }
+        let nonce = param("nonce").unwrap_or_default();
+        let issued = self.issued(nonce).ok_or(Refusal::ForeignNonce)?;
         if now.saturating_sub(issued) > NONCE_LIFETIME_SECS || issued > now + 5 {
             return Err(Refusal::Stale);
         }
-        if auth.username != user {
+        if param("username") != Some(user) {
             return Err(Refusal::WrongUser);
         }
-        let want = DigestGenerator::from(auth, password, method).compute();
-        if bool::from(want.as_bytes().ct_eq(auth.response.as_bytes())) {
+        if param("algorithm").is_some_and(|a| !a.eq_ignore_ascii_case("md5")) {
+            return Err(Refusal::WrongPassword);
+        }
+        let qop = match param("qop") {
+            None => None,
+            Some(q) if q.eq_ignore_ascii_case("auth") => Some((
+                param("nc").unwrap_or_default(),
+                param("cnonce").unwrap_or_default(),
+            )),
+            Some(_) => return Err(Refusal::WrongPassword),
+        };
+        let want = response(
+            user,
+            &self.realm,
+            password,
+            &method.to_string(),
+            param("uri").unwrap_or_default(),
+            nonce,
+            qop,
+        );
+        let got = param("response").unwrap_or_default();
+        if bool::from(want.as_bytes().ct_eq(got.to_ascii_lowercase().as_bytes())) {
             Ok(())
         } else {
             Err(Refusal::WrongPassword)
@@ -131,58 +168,90 @@ impl Digest {
     }
 }
 
+/// The MD5 digest response of RFC 2617 §3.2.2, over the request's
+/// method and `uri` as sent, with `qop=auth` as `(nc, cnonce)` or without.
+pub fn response(
+    user: &str,
+    realm: &str,
+    password: &str,
+    method: &str,
+    uri: &str,
+    nonce: &str,
+    qop: Option<(&str, &str)>,
+) -> String {
+    let h = |s: String| hex::encode(Md5::digest(s.as_bytes()));
+    let ha1 = h(format!("{user}:{realm}:{password}"));
+    let ha2 = h(format!("{method}:{uri}"));
+    match qop {
+        Some((nc, cnonce)) => h(format!("{ha1}:{nonce}:{nc}:{cnonce}:auth:{ha2}")),
+        None => h(format!("{ha1}:{nonce}:{ha2}")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use rsipstack::sip::headers::auth::AuthQop;
-
     use super::*;
 
-    fn answer(d: &Digest, nonce: &str, user: &str, password: &str) -> Authorization {
-        let uri: rsipstack::sip::Uri = "sip:127.0.0.1".try_into().unwrap();
-        let qop = AuthQop::Auth {
-            cnonce: "c0ffee".into(),
-            nc: 1,
-        };
-        let response = DigestGenerator {
-            username: user,
+    /// The header a softphone sends for `uri`, answering `nonce`.
+    fn header(
+        d: &Digest,
+        nonce: &str,
+        user: &str,
+        password: &str,
+        method: &str,
+        uri: &str,
+    ) -> String {
+        let r = response(
+            user,
+            d.realm(),
             password,
-            nonce,
-            uri: &uri,
-            realm: d.realm(),
-            method: &Method::Register,
-            qop: Some(&qop),
-            algorithm: Algorithm::Md5,
-        }
-        .compute();
-        Authorization {
-            scheme: Scheme::Digest,
-            username: user.into(),
-            realm: d.realm().into(),
-            nonce: nonce.into(),
+            method,
             uri,
-            response,
-            algorithm: Some(Algorithm::Md5),
-            opaque: None,
-            qop: Some(qop),
-        }
+            nonce,
+            Some(("00000001", "c0ffee")),
+        );
+        format!(
+            "Digest username=\"{user}\", realm=\"{}\", nonce=\"{nonce}\", uri=\"{uri}\", response=\"{r}\", algorithm=MD5, qop=auth, nc=00000001, cnonce=\"c0ffee\"",
+            d.realm()
+        )
+    }
+
+    #[test]
+    fn the_response_is_rfc_2617s() {
+        // RFC 2617 §3.5's example.
+        let r = response(
+            "Mufasa",
+            "testrealm@host.com",
+            "Circle Of Life",
+            "GET",
+            "/dir/index.html",
+            "dcd98b7102dd2f0e8b11d0f600bfb0c093",
+            Some(("00000001", "0a4f113b")),
+        );
+        assert_eq!(r, "6629fae49393a05397450978507c4ef1");
     }
 
     #[test]
     fn the_right_password_passes_and_everything_else_is_refused() {
         let d = Digest::new("vmail");
         let n = d.nonce(1000);
-        let ok = answer(&d, &n, "alice", "pw");
-        let m = &Method::Register;
-        assert_eq!(d.check(Some(&ok), m, "alice", "pw", 1010), Ok(()));
-        assert_eq!(d.check(None, m, "alice", "pw", 1010), Err(Refusal::Missing));
-        let wrong = answer(&d, &n, "alice", "guess");
+        let reg = &Method::Register;
+        // baresip keeps `;transport=udp` in the uri: hashed as sent.
+        let uri = "sip:127.0.0.1:5060;transport=udp";
+        let ok = header(&d, &n, "alice", "pw", "REGISTER", uri);
+        assert_eq!(d.check(Some(&ok), reg, "alice", "pw", 1010), Ok(()));
         assert_eq!(
-            d.check(Some(&wrong), m, "alice", "pw", 1010),
+            d.check(None, reg, "alice", "pw", 1010),
+            Err(Refusal::Missing)
+        );
+        let wrong = header(&d, &n, "alice", "guess", "REGISTER", uri);
+        assert_eq!(
+            d.check(Some(&wrong), reg, "alice", "pw", 1010),
             Err(Refusal::WrongPassword)
         );
-        let other = answer(&d, &n, "mallory", "pw");
+        let other = header(&d, &n, "mallory", "pw", "REGISTER", uri);
         assert_eq!(
-            d.check(Some(&other), m, "alice", "pw", 1010),
+            d.check(Some(&other), reg, "alice", "pw", 1010),
             Err(Refusal::WrongUser)
         );
         // Signed for another method: REGISTER's digest does not open INVITE.
@@ -191,25 +260,45 @@ mod tests {
             Err(Refusal::WrongPassword)
         );
         assert_eq!(
-            d.check(Some(&ok), m, "alice", "pw", 1000 + NONCE_LIFETIME_SECS + 1),
+            d.check(
+                Some(&ok),
+                reg,
+                "alice",
+                "pw",
+                1000 + NONCE_LIFETIME_SECS + 1
+            ),
             Err(Refusal::Stale)
         );
-        let forged = answer(
+        let forged = header(
             &d,
             &format!("{:016x}{}", 5000u64, "0".repeat(32)),
             "alice",
             "pw",
+            "REGISTER",
+            uri,
         );
         assert_eq!(
-            d.check(Some(&forged), m, "alice", "pw", 5000),
+            d.check(Some(&forged), reg, "alice", "pw", 5000),
             Err(Refusal::ForeignNonce)
         );
         // Another service's nonce (another key) is foreign too.
         let elsewhere = Digest::new("vmail");
-        let theirs = answer(&elsewhere, &elsewhere.nonce(1000), "alice", "pw");
+        let theirs = header(
+            &elsewhere,
+            &elsewhere.nonce(1000),
+            "alice",
+            "pw",
+            "REGISTER",
+            uri,
+        );
         assert_eq!(
-            d.check(Some(&theirs), m, "alice", "pw", 1010),
+            d.check(Some(&theirs), reg, "alice", "pw", 1010),
             Err(Refusal::ForeignNonce)
+        );
+        let realm = ok.replace("realm=\"vmail\"", "realm=\"elsewhere\"");
+        assert_eq!(
+            d.check(Some(&realm), reg, "alice", "pw", 1010),
+            Err(Refusal::Missing)
         );
     }
 }

@@ -371,12 +371,10 @@ impl Inner {
             return Err(Refused::new(StatusCode::Forbidden, "no SIP password")
                 .warn("no SIP password is set: run `vmail sip set-password`"));
         };
-        let auth = req
-            .authorization_header()
-            .and_then(|h| rsipstack::sip::typed::Authorization::parse(h.value()).ok());
+        let auth = req.authorization_header().map(|h| h.value());
         match self
             .digest
-            .check(auth.as_ref(), &req.method, user.as_str(), &password, unix_now())
+            .check(auth, &req.method, user.as_str(), &password, unix_now())
         {
             Ok(()) => Ok(user),
             Err(r) if r.challenge() => {

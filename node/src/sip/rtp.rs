@@ -233,10 +233,16 @@ mod tests {
         let sent = frame.clone();
         tokio::spawn(async move {
             for i in 0..10u32 {
-                stranger.send_to(&packet(8, 0, 1000, &[0xd5; 160]), at).await.unwrap();
+                stranger
+                    .send_to(&packet(8, 0, 1000, &[0xd5; 160]), at)
+                    .await
+                    .unwrap();
                 // Packet 3 is lost: its 20 ms stay silent.
                 if i != 3 {
-                    caller.send_to(&packet(8, i as u16, 5000 + 160 * i, &sent), at).await.unwrap();
+                    caller
+                        .send_to(&packet(8, i as u16, 5000 + 160 * i, &sent), at)
+                        .await
+                        .unwrap();
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
@@ -244,7 +250,10 @@ mod tests {
         let (pcm, how) = stream.record(&[], 8 * 160, &CancellationToken::new()).await;
         assert_eq!(how, Recorded::Cap);
         assert_eq!(pcm.len(), 8 * 160);
-        assert!(pcm[3 * 160..4 * 160].iter().all(|&s| s == 0), "the lost packet is silence");
+        assert!(
+            pcm[3 * 160..4 * 160].iter().all(|&s| s == 0),
+            "the lost packet is silence"
+        );
         assert_eq!(&pcm[..160], Codec::Pcma.decode(&frame).as_slice());
         assert!(stream.wrong_source >= 1);
     }
@@ -255,7 +264,10 @@ mod tests {
         let hangup = CancellationToken::new();
         let h = hangup.clone();
         tokio::spawn(async move {
-            caller.send_to(&packet(0, 1, 0, &[0xff; 160]), at).await.unwrap();
+            caller
+                .send_to(&packet(0, 1, 0, &[0xff; 160]), at)
+                .await
+                .unwrap();
             tokio::time::sleep(Duration::from_millis(100)).await;
             h.cancel();
         });
@@ -273,7 +285,10 @@ mod tests {
             caller.recv_from(&mut buf).await.unwrap();
             for (key, ts) in [(7u8, 100u32), (11, 200)] {
                 for _ in 0..3 {
-                    caller.send_to(&packet(101, 0, ts, &[key, 0x8a, 0, 160]), at).await.unwrap();
+                    caller
+                        .send_to(&packet(101, 0, ts, &[key, 0x8a, 0, 160]), at)
+                        .await
+                        .unwrap();
                 }
             }
         });

@@ -24,15 +24,13 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(SipMessage::Request(req)) = SipMessage::try_from(data) {
         let auth = req.headers.iter().find_map(|h| match h {
-            rsipstack::sip::Header::Authorization(a) => {
-                rsipstack::sip::typed::Authorization::parse(a.value()).ok()
-            }
+            rsipstack::sip::Header::Authorization(a) => Some(a.value().to_owned()),
             _ => None,
         });
         let digest = Digest::new("vmail");
         for method in [req.method, Method::Register] {
             assert!(
-                digest.check(auth.as_ref(), &method, "alice", "password", NOW).is_err(),
+                digest.check(auth.as_deref(), &method, "alice", "password", NOW).is_err(),
                 "forged credentials passed"
             );
         }
