@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rsipstack::sip::headers::auth::{Algorithm, AuthQop};
-use rsipstack::sip::prelude::{HeadersExt, UntypedHeader};
+use rsipstack::sip::prelude::HeadersExt;
 use rsipstack::sip::typed::WwwAuthenticate;
 use rsipstack::sip::{DigestGenerator, Method, Request, Response, SipMessage, Uri};
 use tempfile::TempDir;

@@ -24,6 +24,9 @@ pub fn scenarios_dir() -> PathBuf {
 /// Makes sure `sipp` and `baresip` are on PATH, running
 /// `tests/sip/install.sh` (apt-get) when one is missing.
 pub fn ensure_installed() -> Result<()> {
+    // Tests run in parallel: one apt-get at a time.
+    static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = INSTALLING.lock().unwrap_or_else(|e| e.into_inner());
     let on_path = |b: &str| {
         std::process::Command::new("sh")
             .args(["-c", &format!("command -v {b}")])

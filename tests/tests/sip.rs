@@ -6,8 +6,6 @@
 //! and fetched by the callee exactly as sent, and bad input gets its SIP
 //! error. `tests/sip/install.sh` installs sipp when it is missing.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vmail_node::peer::no_progress;
