@@ -306,3 +306,58 @@ async fn baresip_registers_and_its_lamp_follows_the_inbox() {
     let s = p.sip.status();
     assert_eq!((s.bindings.len(), s.subscriptions.len()), (1, 1), "{s:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_from_one_address_is_held_to_its_share_while_the_phone_registers() {
+    let p = phone().await;
+    let flood = tokio::net::UdpSocket::bind("127.0.0.2:0").await.unwrap();
+    let from = flood.local_addr().unwrap();
+    let (addr, sent) = (p.addr(), 1000);
+    let register = p.sipp("register.xml").run();
+    let flooding = async {
+        for i in 0..sent {
+            let invite = format!(
+                "INVITE sip:voicemail@{addr} SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bKflood{i}\r\nFrom: <sip:x@{from}>;tag={i}\r\nTo: <sip:voicemail@{addr}>\r\nCall-ID: flood-{i}\r\nCSeq: 1 INVITE\r\nContact: <sip:x@{from}>\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+            );
+            flood.send_to(invite.as_bytes(), addr).await.unwrap();
+        }
+        let (mut challenged, mut busy) = (0, 0);
+        let mut buf = [0u8; 4096];
+        while let Ok(Ok((n, _))) =
+            tokio::time::timeout(Duration::from_millis(500), flood.recv_from(&mut buf)).await
+        {
+            let line = String::from_utf8_lossy(&buf[..n])
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            if line.starts_with("SIP/2.0 401") {
+                challenged += 1;
+            } else if line.starts_with("SIP/2.0 503") {
+                busy += 1;
+            }
+        }
+        (challenged, busy)
+    };
+    let started = Instant::now();
+    let (registered, (challenged, busy)) = tokio::join!(register, flooding);
+    let seconds = started.elapsed().as_secs() + 1;
+    registered.unwrap().check().unwrap();
+    println!("flood of {sent} in {seconds} s: {challenged} challenged (401), {busy} refused (503)");
+    // Only the source's share of each second reached the transaction layer
+    // (and was challenged); the rest were refused at the gate, or dropped
+    // by the kernel when the socket's buffer was full.
+    assert!(busy > 0, "nothing was refused");
+    assert!(
+        challenged <= 50 * seconds as usize,
+        "{challenged} passed in {seconds} s"
+    );
+    let refused = p
+        .sip
+        .status()
+        .refused
+        .get("over the request rate")
+        .copied()
+        .unwrap_or(0);
+    assert!(refused >= busy as u64, "{refused} counted, {busy} answered");
+}

@@ -24,6 +24,7 @@ pub mod wire;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rsipstack::sip::prelude::{HeadersExt, ToTypedHeader};
@@ -140,6 +141,8 @@ struct Inner {
     kept: Mutex<HashSet<[u8; 16]>>,
     summary: tokio::sync::watch::Sender<Summary>,
     refused: Mutex<BTreeMap<&'static str, u64>>,
+    /// Requests the gate answered 503 for want of room.
+    flooded: Arc<AtomicU64>,
     cancel: CancellationToken,
 }
 
@@ -169,8 +172,9 @@ impl SipService {
         let local = socket.local_addr().map_err(|e| bind(e.to_string()))?;
         let cancel = CancellationToken::new();
         let stack = |e: rsipstack::Error| SipError::Stack(e.to_string());
+        let flooded = Arc::new(AtomicU64::new(0));
         let conn = UdpConnection::from_socket(
-            Arc::new(wire::GatedSocket::new(socket)),
+            Arc::new(wire::GatedSocket::new(socket, flooded.clone())),
             None,
             Some(cancel.child_token()),
         )
@@ -197,6 +201,7 @@ impl SipService {
             kept: Mutex::new(HashSet::new()),
             summary: tokio::sync::watch::Sender::new(Summary::default()),
             refused: Mutex::new(BTreeMap::new()),
+            flooded,
             cancel: cancel.clone(),
         });
         tokio::spawn(async move { endpoint.serve().await });
@@ -243,7 +248,14 @@ impl SipService {
                 .map(call::Call::info)
                 .collect(),
             summary: *i.summary.borrow(),
-            refused: i.refused.lock().expect("refused lock").clone(),
+            refused: {
+                let mut r = i.refused.lock().expect("refused lock").clone();
+                let flooded = i.flooded.load(Ordering::Relaxed);
+                if flooded > 0 {
+                    r.insert("over the request rate", flooded);
+                }
+                r
+            },
         }
     }
 

@@ -144,8 +144,9 @@ impl Inner {
         }
     }
 
-    /// NOTIFYs every live subscription of the current summary.
-    async fn notify_all(&self) {
+    /// NOTIFYs every live subscription of the current summary, each in a
+    /// task of its own so a dead subscriber holds up no one.
+    fn notify_all(self: &Arc<Self>) {
         let subs: Vec<(Subscription, u32)> = {
             let mut r = self.registrar.lock().expect("registrar lock");
             let subs: Vec<_> = r.subscriptions().cloned().collect();
@@ -156,12 +157,13 @@ impl Inner {
         let now = unix_now();
         for (s, cseq) in subs {
             let state = format!("active;expires={}", s.expires_at.saturating_sub(now));
-            self.notify(&s, cseq, &state).await;
+            let me = self.clone();
+            tokio::spawn(async move { me.notify(&s, cseq, &state).await });
         }
     }
 
     /// Asks the group what waits; returns the earliest expiry, if any.
-    async fn refresh(&self) -> Option<u64> {
+    async fn refresh(self: &Arc<Self>) -> Option<u64> {
         let pending = match self.peer.inbox().await {
             Ok(p) => p,
             Err(e) => {
@@ -179,7 +181,7 @@ impl Inner {
             .summary
             .send_if_modified(|s| std::mem::replace(s, now) != now)
         {
-            self.notify_all().await;
+            self.notify_all();
         }
         pending
             .iter()
@@ -330,7 +332,8 @@ pub(super) async fn lamp(inner: Arc<Inner>) {
             _ = tick.tick() => {
                 let gone = inner.registrar.lock().expect("registrar lock").expire(unix_now());
                 for s in gone {
-                    inner.notify(&s, s.cseq, "terminated;reason=timeout").await;
+                    let me = inner.clone();
+                    tokio::spawn(async move { me.notify(&s, s.cseq, "terminated;reason=timeout").await });
                 }
                 tokio::time::Instant::now() >= refresh_at
             }

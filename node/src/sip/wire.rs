@@ -5,9 +5,17 @@
 //! broken 400, each answered statelessly with the headers it did carry
 //! (RFC 3261 §8.2.1, §8.2.2, §18.1.1, §21.4.1). What carries no usable
 //! headers at all cannot be answered, and is dropped and logged.
+//!
+//! Every request also needs a place in [`Admission`]'s one-second window
+//! (a share per source address and a total), or it is answered 503 with
+//! `Retry-After` without reaching the transaction layer: each request
+//! passed on may hold a server transaction for up to 32 s, so this bounds
+//! what a flood can make the service hold.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use rsipstack::platform::net::UdpSocket as PlatformUdpSocket;
 use rsipstack::sip::prelude::{HeadersExt, ToTypedHeader};
@@ -18,11 +26,52 @@ pub const MAX_SIP_MESSAGE: usize = 8192;
 /// Methods this service answers.
 pub const ALLOWED: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, SUBSCRIBE";
 
+/// Requests passed on per second from one source address.
+pub const PER_SOURCE_PER_SEC: u32 = 50;
+/// Requests passed on per second in all.
+pub const TOTAL_PER_SEC: u32 = 200;
+/// Source addresses counted in one second; requests from more wait.
+pub const MAX_SOURCES: usize = 1024;
+
+/// The one-second window of requests passed on: a share per source
+/// address and a total, forgotten each second. Pure: callers pass `now`.
+#[derive(Debug, Default)]
+pub struct Admission {
+    second: u64,
+    total: u32,
+    per_source: HashMap<IpAddr, u32>,
+}
+
+impl Admission {
+    /// Counts one request from `source` in second `now`, if it fits.
+    pub fn admit(&mut self, source: IpAddr, now: u64) -> bool {
+        if now != self.second {
+            self.second = now;
+            self.total = 0;
+            self.per_source.clear();
+        }
+        if self.total >= TOTAL_PER_SEC
+            || (!self.per_source.contains_key(&source) && self.per_source.len() >= MAX_SOURCES)
+        {
+            return false;
+        }
+        let n = self.per_source.entry(source).or_default();
+        if *n >= PER_SOURCE_PER_SEC {
+            return false;
+        }
+        *n += 1;
+        self.total += 1;
+        true
+    }
+}
+
 /// What to do with one datagram.
 #[derive(Debug)]
 pub enum Screened {
     /// Hand it to the transaction layer.
     Pass,
+    /// A request to hand on, once [`Admission`] has room for it.
+    Request(Box<Request>),
     /// Answer with these bytes, and drop it.
     Answer(Vec<u8>),
     /// Drop it: there is nothing to address an answer to.
@@ -52,7 +101,7 @@ pub fn screen(datagram: &[u8]) -> Screened {
                 tracing::debug!("sip: 400 for a malformed {}: {why}", req.method);
                 return answer(&req, StatusCode::BadRequest, None);
             }
-            Screened::Pass
+            Screened::Request(Box::new(req))
         }
         Ok(SipMessage::Response(_)) if oversize => Screened::Drop("oversize response"),
         Ok(SipMessage::Response(_)) => Screened::Pass,
@@ -146,18 +195,32 @@ fn answer(req: &Request, code: StatusCode, extra: Option<Header>) -> Screened {
     Screened::Answer(SipMessage::Response(resp).to_string().into_bytes())
 }
 
-/// The UDP socket rsipstack reads, with [`screen`] in front of it.
+/// The UDP socket rsipstack reads, with [`screen`] and [`Admission`] in
+/// front of it.
 #[derive(Debug)]
 pub struct GatedSocket {
     socket: Arc<tokio::net::UdpSocket>,
+    admission: Mutex<Admission>,
+    /// Requests answered 503 for want of room.
+    refused: Arc<AtomicU64>,
 }
 
 impl GatedSocket {
-    /// Gates `socket`.
-    pub fn new(socket: tokio::net::UdpSocket) -> Self {
+    /// Gates `socket`; requests refused for want of room are counted in
+    /// `refused`.
+    pub fn new(socket: tokio::net::UdpSocket, refused: Arc<AtomicU64>) -> Self {
         GatedSocket {
             socket: Arc::new(socket),
+            admission: Mutex::new(Admission::default()),
+            refused,
         }
+    }
+
+    fn admit(&self, from: SocketAddr) -> bool {
+        self.admission
+            .lock()
+            .expect("admission lock")
+            .admit(from.ip(), vmail_proto::unix_now())
     }
 }
 
@@ -169,7 +232,16 @@ impl PlatformUdpSocket for GatedSocket {
         loop {
             let (len, from) = self.socket.recv_from(&mut big).await?;
             let datagram = &big[..len];
-            match screen(datagram) {
+            let verdict = match screen(datagram) {
+                Screened::Request(req) if !self.admit(from) => {
+                    self.refused.fetch_add(1, Ordering::Relaxed);
+                    let retry = Header::RetryAfter("1".into());
+                    answer(&req, StatusCode::ServiceUnavailable, Some(retry))
+                }
+                Screened::Request(_) => Screened::Pass,
+                other => other,
+            };
+            match verdict {
                 Screened::Pass if len <= buf.len() => {
                     buf[..len].copy_from_slice(datagram);
                     return Ok((len, from));
@@ -183,6 +255,7 @@ impl PlatformUdpSocket for GatedSocket {
                 Screened::Drop(why) => {
                     tracing::debug!("sip: dropped {len} bytes from {from}: {why}")
                 }
+                Screened::Request(_) => unreachable!("admitted or refused above"),
             }
         }
     }
@@ -219,7 +292,7 @@ mod tests {
         let ok = format!(
             "OPTIONS sip:h SIP/2.0\r\n{HEADERS}CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
         );
-        assert!(matches!(screen(ok.as_bytes()), Screened::Pass));
+        assert!(matches!(screen(ok.as_bytes()), Screened::Request(_)));
         let foo = ok
             .replace("OPTIONS sip", "FOO sip")
             .replace("1 OPTIONS", "1 FOO");
@@ -238,6 +311,24 @@ mod tests {
         );
         assert!(status(screen(big.as_bytes())).starts_with("SIP/2.0 513"));
         assert!(matches!(screen(b"\x00\x01garbage"), Screened::Drop(_)));
+    }
+
+    #[test]
+    fn each_source_gets_its_share_of_a_second_and_all_share_a_total() {
+        let mut a = Admission::default();
+        let (x, y): (IpAddr, IpAddr) = ("127.0.0.2".parse().unwrap(), "127.0.0.1".parse().unwrap());
+        let passed = (0..100).filter(|_| a.admit(x, 7)).count();
+        assert_eq!(passed, PER_SOURCE_PER_SEC as usize);
+        // Another source still has its share.
+        assert!(a.admit(y, 7));
+        // The next second starts afresh.
+        assert!(a.admit(x, 8));
+        // The total holds however many sources there are.
+        let mut b = Admission::default();
+        let spread = (0..TOTAL_PER_SEC * 2)
+            .filter(|i| b.admit(IpAddr::from(i.to_be_bytes()), 9))
+            .count();
+        assert_eq!(spread, TOTAL_PER_SEC as usize);
     }
 
     #[test]
