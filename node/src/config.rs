@@ -132,6 +132,17 @@ impl SipConfig {
     /// Checks the bounds, naming the key that is out of them.
     pub fn validate(&self) -> Result<(), InvalidValue> {
         let bad = |key: &str, why: String| Err(InvalidValue::Sip(format!("{key}: {why}")));
+        if let Some(a) = self.listen
+            && a.ip().is_unspecified()
+        {
+            return bad(
+                "listen",
+                format!(
+                    "{a} names no one address, and the softphone is told where to send its media: use the address it reaches this machine on, e.g. 127.0.0.1:{}",
+                    a.port()
+                ),
+            );
+        }
         if !(1..=600).contains(&self.max_recording_secs) {
             return bad(
                 "max_recording_secs",

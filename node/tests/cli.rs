@@ -94,7 +94,7 @@ fn demo_without_vmail_devnet_says_what_to_build() {
 /// Runs `vmail node run ARGS` until `vmail sip status` answers (10 s at
 /// most); returns the daemon and that answer.
 fn daemon(home: &Path, args: &[&str]) -> (std::process::Child, Output) {
-    let daemon = std::process::Command::new(env!("CARGO_BIN_EXE_vmail"))
+    let mut daemon = std::process::Command::new(env!("CARGO_BIN_EXE_vmail"))
         .args(["node", "run"])
         .args(args)
         .env("VMAIL_HOME", home)
@@ -112,6 +112,8 @@ fn daemon(home: &Path, args: &[&str]) -> (std::process::Child, Output) {
             return (daemon, o);
         }
     }
+    let _ = daemon.kill();
+    let _ = daemon.wait();
     panic!("the daemon's control socket never answered");
 }
 

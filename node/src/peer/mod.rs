@@ -451,16 +451,6 @@ impl Peer {
         self.inbox_changes.send_modify(|n| *n += 1);
     }
 
-    /// Voicemails fetched (played) through this peer and not yet acked.
-    pub fn played(&self) -> std::collections::HashSet<[u8; 16]> {
-        self.fetched
-            .lock()
-            .expect("fetched lock")
-            .keys()
-            .copied()
-            .collect()
-    }
-
     /// The group's push of new voicemail for the logged-in user (the
     /// backlog first); items are raw, for [`AuthClient::open_pending`].
     pub async fn watch_inbox(

@@ -162,15 +162,6 @@ impl Inner {
             .contact_header()
             .and_then(|c| c.typed())
             .map_err(|_| Refused::new(StatusCode::BadRequest, "INVITE without Contact"))?;
-        let busy = self.calls.lock().expect("calls lock").len() >= self.config.max_calls;
-        if busy {
-            return Err(
-                Refused::new(StatusCode::BusyHere, "too many calls").warn(&format!(
-                    "already {} calls, the most sip.max_calls allows",
-                    self.config.max_calls
-                )),
-            );
-        }
         let socket = tokio::net::UdpSocket::bind((self.local.ip(), 0))
             .await
             .map_err(|e| {
@@ -199,7 +190,22 @@ impl Inner {
                 .unwrap_or_default(),
         };
         let hangup = self.cancel.child_token();
-        self.calls.lock().expect("calls lock").insert(
+        // Checked and taken under one lock, so concurrent INVITEs cannot
+        // pass the cap together.
+        let mut calls = self.calls.lock().expect("calls lock");
+        if calls.contains_key(&dialog.call_id) {
+            return Err(Refused::new(StatusCode::NotAcceptableHere, "re-INVITE")
+                .warn("a call's session cannot be changed: hang up and call again"));
+        }
+        if calls.len() >= self.config.max_calls {
+            return Err(
+                Refused::new(StatusCode::BusyHere, "too many calls").warn(&format!(
+                    "already {} calls, the most sip.max_calls allows",
+                    self.config.max_calls
+                )),
+            );
+        }
+        calls.insert(
             dialog.call_id.clone(),
             Call {
                 hangup: hangup.clone(),
@@ -208,6 +214,7 @@ impl Inner {
                 started: Instant::now(),
             },
         );
+        drop(calls);
         Ok((kind, RtpStream::new(socket, &offer), answer, dialog, hangup))
     }
 
@@ -254,7 +261,9 @@ impl Inner {
                 Ok(pcm) => pcm,
                 Err(e) => {
                     tracing::info!("sip: voicemail {} cannot be played: {e}", hex::encode(p.id));
-                    stream.play(&error_tone(), hangup, |_| false).await;
+                    if stream.play(&error_tone(), hangup, |_| false).await == Played::Hangup {
+                        return;
+                    }
                     continue;
                 }
             };
@@ -285,6 +294,7 @@ impl Inner {
                 }
             } else {
                 self.kept.lock().expect("kept lock").insert(p.id);
+                self.lamp.notify_one();
             }
             if played == Played::Hangup {
                 return;

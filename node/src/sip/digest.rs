@@ -2,7 +2,15 @@
 //! softphone against the local SIP password (`vmail sip set-password`).
 //! Nonces are stateless: each carries its issue time under an HMAC keyed by
 //! a secret drawn at start, so an unauthenticated sender costs the service
-//! no memory. Pure: the caller passes `now`.
+//! no memory. Only a request that answered with the right password is
+//! remembered, by its response hash (over method, uri, nonce, count and
+//! client nonce) until its nonce expires, so the same answer replayed is
+//! challenged afresh; a softphone's next request differs in its count or
+//! client nonce and is taken. Wrong passwords are counted, and past
+//! [`MAX_FAILURES`] in [`FAILURE_WINDOW_SECS`] every request is refused
+//! until the window ends. Pure: the caller passes `now`.
+
+use std::collections::HashMap;
 
 use md5::{Digest as _, Md5};
 use ring::hmac;
@@ -17,6 +25,15 @@ use subtle::ConstantTimeEq;
 /// one is challenged again with `stale=true`, without re-asking its user.
 pub const NONCE_LIFETIME_SECS: u64 = 300;
 
+/// Wrong passwords (or users) taken in one window before every request
+/// is refused until it ends.
+pub const MAX_FAILURES: u32 = 10;
+/// The window wrong passwords are counted in, seconds.
+pub const FAILURE_WINDOW_SECS: u64 = 60;
+/// Answers remembered; past it, new ones are challenged again until old
+/// ones expire.
+pub const MAX_TRACKED_ANSWERS: usize = 16_384;
+
 /// Why a request's credentials were not accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
@@ -29,6 +46,14 @@ pub enum Refusal {
     /// A nonce this service never issued.
     #[error("the nonce was not issued here")]
     ForeignNonce,
+    /// An answer already taken (a replay): challenge afresh.
+    #[error("the answer was already used")]
+    Replayed,
+    /// Too many wrong passwords lately: refused until the window ends.
+    #[error(
+        "{MAX_FAILURES} wrong passwords within {FAILURE_WINDOW_SECS} s: every request is refused for {0} s more"
+    )]
+    LockedOut(u64),
     /// Credentials for a user other than the logged-in one.
     #[error("the credentials name another user")]
     WrongUser,
@@ -40,7 +65,11 @@ pub enum Refusal {
 impl Refusal {
     /// Whether the answer is a fresh challenge (401) rather than 403.
     pub fn challenge(self) -> bool {
-        matches!(self, Refusal::Missing | Refusal::Stale)
+        // A nonce not issued here may be from before a restart.
+        matches!(
+            self,
+            Refusal::Missing | Refusal::Stale | Refusal::ForeignNonce | Refusal::Replayed
+        )
     }
 }
 
@@ -48,6 +77,10 @@ impl Refusal {
 pub struct Digest {
     key: hmac::Key,
     realm: String,
+    /// Response hashes taken, with when their nonce was issued.
+    used: HashMap<String, u64>,
+    /// The current failure window's start and its wrong passwords.
+    failures: (u64, u32),
 }
 
 impl std::fmt::Debug for Digest {
@@ -66,6 +99,8 @@ impl Digest {
         Digest {
             key: hmac::Key::new(hmac::HMAC_SHA256, &secret),
             realm: realm.to_owned(),
+            used: HashMap::new(),
+            failures: (0, 0),
         }
     }
 
@@ -111,7 +146,7 @@ impl Digest {
     /// softphone sent it (re-serialising the URI would change
     /// `transport=udp` to `UDP` and break baresip's digest).
     pub fn check(
-        &self,
+        &mut self,
         header: Option<&str>,
         method: &Method,
         user: &str,
@@ -131,12 +166,21 @@ impl Digest {
         {
             return Err(Refusal::Missing);
         }
+        if now >= self.failures.0 + FAILURE_WINDOW_SECS {
+            self.failures = (now, 0);
+        }
+        if self.failures.1 >= MAX_FAILURES {
+            return Err(Refusal::LockedOut(
+                self.failures.0 + FAILURE_WINDOW_SECS - now,
+            ));
+        }
         let nonce = param("nonce").unwrap_or_default();
         let issued = self.issued(nonce).ok_or(Refusal::ForeignNonce)?;
         if now.saturating_sub(issued) > NONCE_LIFETIME_SECS || issued > now + 5 {
             return Err(Refusal::Stale);
         }
         if param("username") != Some(user) {
+            self.failures.1 += 1;
             return Err(Refusal::WrongUser);
         }
         if param("algorithm").is_some_and(|a| !a.eq_ignore_ascii_case("md5")) {
@@ -160,11 +204,17 @@ impl Digest {
             qop,
         );
         let got = param("response").unwrap_or_default();
-        if bool::from(want.as_bytes().ct_eq(got.to_ascii_lowercase().as_bytes())) {
-            Ok(())
-        } else {
-            Err(Refusal::WrongPassword)
+        if !bool::from(want.as_bytes().ct_eq(got.to_ascii_lowercase().as_bytes())) {
+            self.failures.1 += 1;
+            return Err(Refusal::WrongPassword);
         }
+        self.used
+            .retain(|_, at| now.saturating_sub(*at) <= NONCE_LIFETIME_SECS);
+        if self.used.contains_key(&want) || self.used.len() >= MAX_TRACKED_ANSWERS {
+            return Err(Refusal::Replayed);
+        }
+        self.used.insert(want, issued);
+        Ok(())
     }
 }
 
@@ -192,26 +242,28 @@ pub fn response(
 mod tests {
     use super::*;
 
-    /// The header a softphone sends for `uri`, answering `nonce`.
+    const URI: &str = "sip:127.0.0.1:5060;transport=udp";
+
+    /// The header a softphone sends, answering `nonce` with count `nc`.
     fn header(
         d: &Digest,
         nonce: &str,
         user: &str,
         password: &str,
         method: &str,
-        uri: &str,
+        nc: &str,
     ) -> String {
         let r = response(
             user,
             d.realm(),
             password,
             method,
-            uri,
+            URI,
             nonce,
-            Some(("00000001", "c0ffee")),
+            Some((nc, "c0ffee")),
         );
         format!(
-            "Digest username=\"{user}\", realm=\"{}\", nonce=\"{nonce}\", uri=\"{uri}\", response=\"{r}\", algorithm=MD5, qop=auth, nc=00000001, cnonce=\"c0ffee\"",
+            "Digest username=\"{user}\", realm=\"{}\", nonce=\"{nonce}\", uri=\"{URI}\", response=\"{r}\", algorithm=MD5, qop=auth, nc={nc}, cnonce=\"c0ffee\"",
             d.realm()
         )
     }
@@ -233,55 +285,45 @@ mod tests {
 
     #[test]
     fn the_right_password_passes_and_everything_else_is_refused() {
-        let d = Digest::new("vmail");
+        let mut d = Digest::new("vmail");
         let n = d.nonce(1000);
         let reg = &Method::Register;
-        // baresip keeps `;transport=udp` in the uri: hashed as sent.
-        let uri = "sip:127.0.0.1:5060;transport=udp";
-        let ok = header(&d, &n, "alice", "pw", "REGISTER", uri);
+        // baresip keeps `;transport=udp` in the uri: it is hashed as sent.
+        let ok = header(&d, &n, "alice", "pw", "REGISTER", "00000001");
         assert_eq!(d.check(Some(&ok), reg, "alice", "pw", 1010), Ok(()));
         assert_eq!(
             d.check(None, reg, "alice", "pw", 1010),
             Err(Refusal::Missing)
         );
-        let wrong = header(&d, &n, "alice", "guess", "REGISTER", uri);
+        let wrong = header(&d, &n, "alice", "guess", "REGISTER", "00000002");
         assert_eq!(
             d.check(Some(&wrong), reg, "alice", "pw", 1010),
             Err(Refusal::WrongPassword)
         );
-        let other = header(&d, &n, "mallory", "pw", "REGISTER", uri);
+        let other = header(&d, &n, "mallory", "pw", "REGISTER", "00000002");
         assert_eq!(
             d.check(Some(&other), reg, "alice", "pw", 1010),
             Err(Refusal::WrongUser)
         );
         // Signed for another method: REGISTER's digest does not open INVITE.
+        let invite = &Method::Invite;
         assert_eq!(
-            d.check(Some(&ok), &Method::Invite, "alice", "pw", 1010),
+            d.check(Some(&ok), invite, "alice", "pw", 1010),
             Err(Refusal::WrongPassword)
         );
+        let late = 1000 + NONCE_LIFETIME_SECS + 1;
         assert_eq!(
-            d.check(
-                Some(&ok),
-                reg,
-                "alice",
-                "pw",
-                1000 + NONCE_LIFETIME_SECS + 1
-            ),
+            d.check(Some(&ok), reg, "alice", "pw", late),
             Err(Refusal::Stale)
         );
-        let forged = header(
-            &d,
-            &format!("{:016x}{}", 5000u64, "0".repeat(32)),
-            "alice",
-            "pw",
-            "REGISTER",
-            uri,
-        );
+        let forged_nonce = format!("{:016x}{}", 5000u64, "0".repeat(32));
+        let forged = header(&d, &forged_nonce, "alice", "pw", "REGISTER", "00000001");
         assert_eq!(
             d.check(Some(&forged), reg, "alice", "pw", 5000),
             Err(Refusal::ForeignNonce)
         );
-        // Another service's nonce (another key) is foreign too.
+        // Another service's nonce (another key, or before a restart) is
+        // foreign too, and is challenged afresh.
         let elsewhere = Digest::new("vmail");
         let theirs = header(
             &elsewhere,
@@ -289,16 +331,69 @@ mod tests {
             "alice",
             "pw",
             "REGISTER",
-            uri,
+            "00000001",
         );
         assert_eq!(
             d.check(Some(&theirs), reg, "alice", "pw", 1010),
             Err(Refusal::ForeignNonce)
         );
+        assert!(Refusal::ForeignNonce.challenge());
         let realm = ok.replace("realm=\"vmail\"", "realm=\"elsewhere\"");
         assert_eq!(
             d.check(Some(&realm), reg, "alice", "pw", 1010),
             Err(Refusal::Missing)
         );
+    }
+
+    #[test]
+    fn an_answer_is_taken_once_and_counts_must_rise() {
+        let mut d = Digest::new("vmail");
+        let n = d.nonce(1000);
+        let reg = &Method::Register;
+        let first = header(&d, &n, "alice", "pw", "REGISTER", "00000001");
+        assert_eq!(d.check(Some(&first), reg, "alice", "pw", 1001), Ok(()));
+        // The same answer again: a replay, challenged afresh.
+        assert_eq!(
+            d.check(Some(&first), reg, "alice", "pw", 1002),
+            Err(Refusal::Replayed)
+        );
+        assert!(Refusal::Replayed.challenge());
+        // The softphone's next request on the nonce counts up: taken.
+        let second = header(&d, &n, "alice", "pw", "REGISTER", "00000002");
+        assert_eq!(d.check(Some(&second), reg, "alice", "pw", 1003), Ok(()));
+        assert_eq!(
+            d.check(Some(&second), reg, "alice", "pw", 1004),
+            Err(Refusal::Replayed)
+        );
+    }
+
+    #[test]
+    fn too_many_wrong_passwords_lock_everyone_out_until_the_window_ends() {
+        let mut d = Digest::new("vmail");
+        let reg = &Method::Register;
+        for i in 0..MAX_FAILURES {
+            let guess = header(
+                &d,
+                &d.nonce(1000),
+                "alice",
+                &format!("guess{i}"),
+                "REGISTER",
+                "00000001",
+            );
+            assert_eq!(
+                d.check(Some(&guess), reg, "alice", "pw", 1000),
+                Err(Refusal::WrongPassword)
+            );
+        }
+        // Now even the right password is refused, so guessing learns nothing.
+        let right = header(&d, &d.nonce(1010), "alice", "pw", "REGISTER", "00000001");
+        assert_eq!(
+            d.check(Some(&right), reg, "alice", "pw", 1010),
+            Err(Refusal::LockedOut(50))
+        );
+        assert!(!Refusal::LockedOut(50).challenge());
+        let after = 1000 + FAILURE_WINDOW_SECS;
+        let right = header(&d, &d.nonce(after), "alice", "pw", "REGISTER", "00000001");
+        assert_eq!(d.check(Some(&right), reg, "alice", "pw", after), Ok(()));
     }
 }

@@ -132,13 +132,15 @@ struct Inner {
     config: SipConfig,
     endpoint: EndpointInnerRef,
     local: SocketAddr,
-    digest: Digest,
+    digest: Mutex<Digest>,
     password_file: PathBuf,
     registrar: Mutex<Registrar>,
     calls: Mutex<HashMap<String, call::Call>>,
     /// Voicemails played on a call and kept (key 7, `#`, or a hang-up
     /// before the end): the lamp counts them old.
     kept: Mutex<HashSet<[u8; 16]>>,
+    /// Wakes the lamp when `kept` changes.
+    lamp: tokio::sync::Notify,
     summary: tokio::sync::watch::Sender<Summary>,
     refused: Mutex<BTreeMap<&'static str, u64>>,
     /// Requests the gate answered 503 for want of room.
@@ -190,7 +192,7 @@ impl SipService {
         let mut incoming = endpoint.incoming_transactions().map_err(stack)?;
         let bounds = config.max_bindings;
         let inner = Arc::new(Inner {
-            digest: Digest::new(&config.realm),
+            digest: Mutex::new(Digest::new(&config.realm)),
             endpoint: endpoint.inner.clone(),
             peer,
             config,
@@ -199,6 +201,7 @@ impl SipService {
             registrar: Mutex::new(Registrar::new(bounds)),
             calls: Mutex::new(HashMap::new()),
             kept: Mutex::new(HashSet::new()),
+            lamp: tokio::sync::Notify::new(),
             summary: tokio::sync::watch::Sender::new(Summary::default()),
             refused: Mutex::new(BTreeMap::new()),
             flooded,
@@ -233,7 +236,8 @@ impl SipService {
         let i = &self.inner;
         let now = unix_now();
         let mut registrar = i.registrar.lock().expect("registrar lock").clone();
-        registrar.expire(now);
+        registrar.expire_bindings(now);
+        registrar.expire_subscriptions(now);
         SipStatus {
             listen: i.local,
             user: i.peer.username().map(|u| u.to_string()),
@@ -384,16 +388,18 @@ impl Inner {
                 .warn("no SIP password is set: run `vmail sip set-password`"));
         };
         let auth = req.authorization_header().map(|h| h.value());
-        match self
-            .digest
-            .check(auth, &req.method, user.as_str(), &password, unix_now())
-        {
+        let now = unix_now();
+        let mut digest = self.digest.lock().expect("digest lock");
+        match digest.check(auth, &req.method, user.as_str(), &password, now) {
             Ok(()) => Ok(user),
             Err(r) if r.challenge() => {
-                let challenge = self.digest.challenge(unix_now(), r == Refusal::Stale);
+                let stale = matches!(r, Refusal::Stale | Refusal::ForeignNonce | Refusal::Replayed);
                 Err(Refused::new(StatusCode::Unauthorized, "challenged")
-                    .with(Header::WwwAuthenticate(challenge.into())))
+                    .with(Header::WwwAuthenticate(digest.challenge(now, stale).into())))
             }
+            Err(r @ Refusal::LockedOut(secs)) => Err(Refused::new(StatusCode::Forbidden, "locked out")
+                .warn(&r.to_string())
+                .with(Header::RetryAfter(secs.to_string().into()))),
             Err(r) => Err(Refused::new(StatusCode::Forbidden, "wrong credentials").warn(&format!(
                 "{r}: the softphone must log in as {user} with the password set by `vmail sip set-password`"
             ))),
@@ -446,8 +452,17 @@ impl Inner {
         Self::own_address(req, user)?;
         let now = unix_now();
         let mut registrar = self.registrar.lock().expect("registrar lock");
-        registrar.expire(now);
-        if let Ok(raw) = req.contact_header() {
+        registrar.expire_bindings(now);
+        if let Ok(raw) = req.contact_header()
+            && raw.value().trim() == "*"
+        {
+            // RFC 3261 §10.2.2: the wildcard, only with Expires: 0.
+            if self.lifetime(req, None)? != Lifetime::Remove {
+                return Err(Refused::new(StatusCode::BadRequest, "wildcard Contact")
+                    .warn("Contact: * removes every binding and needs Expires: 0"));
+            }
+            registrar.unbind_all();
+        } else if let Ok(raw) = req.contact_header() {
             let contact = raw
                 .typed()
                 .map_err(|_| Refused::new(StatusCode::BadRequest, "bad Contact"))?;

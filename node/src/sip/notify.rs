@@ -271,7 +271,6 @@ impl Inner {
         };
         let now = unix_now();
         let mut registrar = self.registrar.lock().expect("registrar lock");
-        registrar.expire(now);
         let entry = registrar.subscribe(sub, life, now).map_err(|f| {
             Refused::new(StatusCode::ServiceUnavailable, "subscriptions full")
                 .warn(&f.to_string())
@@ -316,6 +315,7 @@ pub(super) async fn lamp(inner: Arc<Inner>) {
         };
         let refresh = tokio::select! {
             _ = inner.cancel.cancelled() => return,
+            _ = inner.lamp.notified() => true,
             r = changes.changed() => {
                 if r.is_err() {
                     return;
@@ -330,7 +330,11 @@ pub(super) async fn lamp(inner: Arc<Inner>) {
                 true
             }
             _ = tick.tick() => {
-                let gone = inner.registrar.lock().expect("registrar lock").expire(unix_now());
+                let gone = {
+                    let mut r = inner.registrar.lock().expect("registrar lock");
+                    r.expire_bindings(unix_now());
+                    r.expire_subscriptions(unix_now())
+                };
                 for s in gone {
                     let me = inner.clone();
                     tokio::spawn(async move { me.notify(&s, s.cseq, "terminated;reason=timeout").await });

@@ -90,10 +90,15 @@ impl Registrar {
         }
     }
 
-    /// Drops what has expired by `now`; returns the subscriptions dropped,
-    /// whose subscribers are owed a final NOTIFY.
-    pub fn expire(&mut self, now: u64) -> Vec<Subscription> {
+    /// Drops the bindings that have expired by `now`.
+    pub fn expire_bindings(&mut self, now: u64) {
         self.bindings.retain(|_, b| b.expires_at > now);
+    }
+
+    /// Drops the subscriptions that have expired by `now` and returns them:
+    /// their subscribers are owed a final NOTIFY, so only the lamp, which
+    /// sends it, calls this.
+    pub fn expire_subscriptions(&mut self, now: u64) -> Vec<Subscription> {
         let (gone, kept) = std::mem::take(&mut self.subscriptions)
             .into_iter()
             .partition(|(_, s)| s.expires_at <= now);
@@ -146,6 +151,11 @@ impl Registrar {
                 Ok(entry)
             }
         }
+    }
+
+    /// Drops every binding (`Contact: *`, `Expires: 0`).
+    pub fn unbind_all(&mut self) {
+        self.bindings.clear();
     }
 
     /// The next CSeq of subscription `call_id`, counting it used.
@@ -210,7 +220,7 @@ mod tests {
         assert_eq!(r.bind(binding("c"), Lifetime::Keep(60), 0), Err(Full(2)));
         // A refresh of a known contact is not a new entry.
         r.bind(binding("a"), Lifetime::Keep(300), 10).unwrap();
-        r.expire(200);
+        r.expire_bindings(200);
         let left: Vec<_> = r.bindings().map(|b| b.contact.as_str()).collect();
         assert_eq!(left, ["a"]);
         r.bind(binding("a"), Lifetime::Remove, 200).unwrap();
@@ -227,8 +237,8 @@ mod tests {
         let again = r.subscribe(sub("x"), Lifetime::Keep(60), 30).unwrap();
         assert_eq!((again.cseq, again.expires_at), (3, 90));
         assert_eq!(r.subscribe(sub("y"), Lifetime::Keep(60), 30), Err(Full(1)));
-        assert!(r.expire(89).is_empty());
-        let gone = r.expire(90);
+        assert!(r.expire_subscriptions(89).is_empty());
+        let gone = r.expire_subscriptions(90);
         assert_eq!(gone.len(), 1);
         assert_eq!(gone[0].call_id, "x");
         assert_eq!(r.subscriptions().count(), 0);

@@ -50,6 +50,7 @@ pub(super) struct RtpStream {
     socket: UdpSocket,
     remote: SocketAddr,
     codec: Codec,
+    payload_type: u8,
     dtmf: Option<u8>,
     ssrc: u32,
     seq: Seq,
@@ -68,6 +69,7 @@ impl RtpStream {
             socket,
             remote: offer.remote,
             codec: offer.codec,
+            payload_type: offer.payload_type,
             dtmf: offer.dtmf,
             ssrc: rand::random(),
             seq: Seq::from(rand::random::<u16>()),
@@ -80,7 +82,7 @@ impl RtpStream {
     async fn send_frame(&mut self, pcm: &[i16]) {
         let payload = self.codec.encode(pcm);
         let packet = RtpPacketBuilder::new()
-            .payload_type(self.codec.payload_type())
+            .payload_type(self.payload_type)
             .ssrc(self.ssrc)
             .sequence(self.seq)
             .timestamp(self.ts)
@@ -172,14 +174,16 @@ impl RtpStream {
                 }
                 p = self.receive(&mut buf) => {
                     let Some(p) = p else { continue };
-                    let Some(codec) = Codec::from_payload_type(p.payload_type()) else { continue };
+                    if p.payload_type() != self.payload_type {
+                        continue;
+                    }
                     deadline = tokio::time::Instant::now() + SILENT_CALLER;
                     let base = *first_ts.get_or_insert(p.timestamp());
                     let at = p.timestamp().wrapping_sub(base) as usize;
                     if at > pcm.len() + MAX_JUMP {
                         continue; // a timestamp from elsewhere on the timeline
                     }
-                    let samples = codec.decode(p.payload());
+                    let samples = self.codec.decode(p.payload());
                     let end = (at + samples.len()).min(max_samples);
                     if at < end {
                         if end > pcm.len() {
@@ -209,6 +213,7 @@ mod tests {
         let offer = Offer {
             remote: caller.local_addr().unwrap(),
             codec: Codec::Pcma,
+            payload_type: 8,
             dtmf,
         };
         (RtpStream::new(ours, &offer), caller, at)
@@ -265,7 +270,7 @@ mod tests {
         let h = hangup.clone();
         tokio::spawn(async move {
             caller
-                .send_to(&packet(0, 1, 0, &[0xff; 160]), at)
+                .send_to(&packet(8, 1, 0, &[0xd5; 160]), at)
                 .await
                 .unwrap();
             tokio::time::sleep(Duration::from_millis(100)).await;

@@ -23,6 +23,9 @@ pub struct Offer {
     pub remote: SocketAddr,
     /// The chosen codec.
     pub codec: Codec,
+    /// Its payload type in the offer (0 or 8, or a dynamic one mapped to
+    /// PCMU/8000 or PCMA/8000): the answer and both directions use it.
+    pub payload_type: u8,
     /// The payload type of `telephone-event/8000`, if offered.
     pub dtmf: Option<u8>,
 }
@@ -65,18 +68,23 @@ pub fn parse_offer(body: &[u8]) -> Result<Offer, SdpError> {
                     _ => None,
                 })
         };
-        let codec = formats.iter().find_map(|&pt| match (pt, rtpmap(pt)) {
-            (0, _) => Some(Codec::Pcmu),
-            (8, _) => Some(Codec::Pcma),
-            (_, Some(r)) if r.frequency == 8000 => match r.codec_name.to_ascii_uppercase().as_str()
-            {
-                "PCMU" => Some(Codec::Pcmu),
-                "PCMA" => Some(Codec::Pcma),
-                _ => None,
-            },
-            _ => None,
+        let codec = formats.iter().find_map(|&pt| {
+            let codec = match (pt, rtpmap(pt)) {
+                (_, Some(r)) if r.frequency == 8000 => {
+                    match r.codec_name.to_ascii_uppercase().as_str() {
+                        "PCMU" => Some(Codec::Pcmu),
+                        "PCMA" => Some(Codec::Pcma),
+                        _ => None,
+                    }
+                }
+                (_, Some(_)) => None,
+                (pt, None) => u8::try_from(pt).ok().and_then(Codec::from_payload_type),
+            };
+            codec.map(|c| (c, pt as u8))
         });
-        let Some(codec) = codec else { continue };
+        let Some((codec, payload_type)) = codec else {
+            continue;
+        };
         let dtmf = formats.iter().find_map(|&pt| {
             rtpmap(pt)
                 .filter(|r| {
@@ -99,6 +107,7 @@ pub fn parse_offer(body: &[u8]) -> Result<Offer, SdpError> {
         return Ok(Offer {
             remote: SocketAddr::new(ip, port),
             codec,
+            payload_type,
             dtmf,
         });
     }
@@ -113,7 +122,7 @@ pub fn parse_offer(body: &[u8]) -> Result<Offer, SdpError> {
 pub fn answer(offer: &Offer, local: SocketAddr, session_id: u64) -> String {
     let family = |ip: IpAddr| if ip.is_ipv4() { "IP4" } else { "IP6" };
     let ip = local.ip();
-    let pt = offer.codec.payload_type();
+    let pt = offer.payload_type;
     let mut formats = pt.to_string();
     let mut lines = format!("a=rtpmap:{pt} {}/8000\r\n", offer.codec.name());
     if let Some(d) = offer.dtmf {
@@ -146,6 +155,29 @@ mod tests {
         // The answer is itself valid SDP that offers what it chose.
         let back = parse_offer(a.as_bytes()).unwrap();
         assert_eq!((back.codec, back.dtmf), (Codec::Pcma, Some(101)));
+    }
+
+    #[test]
+    fn a_dynamic_payload_type_for_g711_is_answered_as_offered() {
+        let dynamic = OFFER.replace("RTP/AVP 8 0 101", "RTP/AVP 96 101").replace(
+            "a=rtpmap:8 PCMA/8000\r\na=rtpmap:0 PCMU/8000\r\n",
+            "a=rtpmap:96 PCMU/8000\r\n",
+        );
+        let o = parse_offer(dynamic.as_bytes()).unwrap();
+        assert_eq!((o.codec, o.payload_type), (Codec::Pcmu, 96));
+        let a = answer(&o, "127.0.0.1:7000".parse().unwrap(), 9);
+        assert!(
+            a.contains("m=audio 7000 RTP/AVP 96 101\r\na=rtpmap:96 PCMU/8000\r\n"),
+            "{a}"
+        );
+        // A static number mapped to something else is not G.711.
+        let remapped = OFFER
+            .replace("RTP/AVP 8 0 101", "RTP/AVP 0")
+            .replace("a=rtpmap:0 PCMU/8000", "a=rtpmap:0 opus/48000");
+        assert_eq!(
+            parse_offer(remapped.as_bytes()),
+            Err(SdpError::NoCommonCodec)
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The message-waiting summary a softphone's lamp shows (RFC 3842,
 //! `application/simple-message-summary`): how many voicemails wait, new
-//! (never played here) and old (played but kept). Pure.
+//! (not played on a call to `voicemail`) and old (played on such a call
+//! and kept: key 7, `#`, or a hang-up before the end). Pure.
 
 use std::collections::HashSet;
 
@@ -12,14 +13,15 @@ pub const EVENT: &str = "message-summary";
 /// Voicemails waiting for the user.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Summary {
-    /// Not yet played through this peer.
+    /// Not yet played on a call.
     pub new: u32,
-    /// Played through this peer and kept unacked.
+    /// Played on a call and kept.
     pub old: u32,
 }
 
 impl Summary {
-    /// The summary of `pending` voicemail ids, those in `played` counted old.
+    /// The summary of `pending` voicemail ids, those in `played` (played on
+    /// a call and kept) counted old.
     pub fn of<'a>(
         pending: impl IntoIterator<Item = &'a [u8; 16]>,
         played: &HashSet<[u8; 16]>,

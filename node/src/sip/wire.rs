@@ -10,7 +10,8 @@
 //! (a share per source address and a total), or it is answered 503 with
 //! `Retry-After` without reaching the transaction layer: each request
 //! passed on may hold a server transaction for up to 32 s, so this bounds
-//! what a flood can make the service hold.
+//! what a flood can make the service hold. The stateless error answers
+//! count against the same window and past it are not sent.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -239,6 +240,12 @@ impl PlatformUdpSocket for GatedSocket {
                     answer(&req, StatusCode::ServiceUnavailable, Some(retry))
                 }
                 Screened::Request(_) => Screened::Pass,
+                // Error answers count against the window too; past it they
+                // are not sent, so a spoofed flood reflects nothing more.
+                Screened::Answer(_) if !self.admit(from) => {
+                    self.refused.fetch_add(1, Ordering::Relaxed);
+                    Screened::Drop("over the request rate")
+                }
                 other => other,
             };
             match verdict {

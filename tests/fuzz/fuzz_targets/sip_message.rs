@@ -27,7 +27,7 @@ fuzz_target!(|data: &[u8]| {
             rsipstack::sip::Header::Authorization(a) => Some(a.value().to_owned()),
             _ => None,
         });
-        let digest = Digest::new("vmail");
+        let mut digest = Digest::new("vmail");
         for method in [req.method, Method::Register] {
             assert!(
                 digest.check(auth.as_deref(), &method, "alice", "password", NOW).is_err(),
