@@ -110,16 +110,7 @@ async fn main() {
         let mut call = Agent::new(addr).await;
         let uri = format!("sip:voicemail@{addr}");
         let t = Instant::now();
-        let ok = call
-            .request(
-                Method::Invite,
-                &uri,
-                "Content-Type: application/sdp\r\n",
-                &Agent::offer(rtp.local_addr().unwrap()),
-            )
-            .await;
-        assert_eq!(u16::from(ok.status_code.clone()), 200);
-        call.ack(&uri, &Agent::to(&ok)).await;
+        call.call(&uri, rtp.local_addr().unwrap()).await;
         let mut buf = [0u8; 2048];
         rtp.recv_from(&mut buf).await.unwrap();
         start.push(t.elapsed());
@@ -158,17 +149,8 @@ async fn main() {
         let rtp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let mut call = Agent::new(addr).await;
         let uri = format!("sip:bob@{addr}");
-        let ok = call
-            .request(
-                Method::Invite,
-                &uri,
-                "Content-Type: application/sdp\r\n",
-                &Agent::offer(rtp.local_addr().unwrap()),
-            )
-            .await;
-        assert_eq!(u16::from(ok.status_code.clone()), 200);
+        let ok = call.call(&uri, rtp.local_addr().unwrap()).await;
         let media = sdp::parse_offer(&ok.body).expect("an SDP answer").remote;
-        call.ack(&uri, &Agent::to(&ok)).await;
         let frames = audio::Codec::Pcmu.encode(&pcm);
         for (i, f) in frames.chunks(audio::FRAME).enumerate() {
             let packet = rtp_rs::RtpPacketBuilder::new()

@@ -246,6 +246,22 @@ impl Agent {
             .expect("send");
     }
 
+    /// Calls `uri` offering PCMU at `rtp`, expects 200 and ACKs it;
+    /// returns the 200.
+    pub async fn call(&mut self, uri: &str, rtp: SocketAddr) -> Response {
+        let ok = self
+            .request(
+                Method::Invite,
+                uri,
+                "Content-Type: application/sdp\r\n",
+                &Self::offer(rtp),
+            )
+            .await;
+        assert_eq!(u16::from(ok.status_code.clone()), 200, "{ok}");
+        self.ack(uri, &Self::to(&ok)).await;
+        ok
+    }
+
     /// An SDP offer of PCMU and telephone events at `rtp`.
     pub fn offer(rtp: SocketAddr) -> String {
         format!(

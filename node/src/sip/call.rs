@@ -11,9 +11,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use rsipstack::sip::prelude::{HeadersExt, ToTypedHeader};
 use rsipstack::sip::{Header, Method, SipMessage, StatusCode};
-use rsipstack::transaction::{Transaction, make_tag};
+use rsipstack::transaction::Transaction;
 use tokio_util::sync::CancellationToken;
 use vmail_proto::names::Username;
 
@@ -158,10 +157,6 @@ impl Inner {
                 Refused::new(StatusCode::NotAcceptableHere, "bad SDP").warn(&e.to_string())
             }
         })?;
-        let contact = req
-            .contact_header()
-            .and_then(|c| c.typed())
-            .map_err(|_| Refused::new(StatusCode::BadRequest, "INVITE without Contact"))?;
         let socket = tokio::net::UdpSocket::bind((self.local.ip(), 0))
             .await
             .map_err(|e| {
@@ -171,24 +166,7 @@ impl Inner {
             Refused::new(StatusCode::ServerInternalError, "no RTP port").warn(&e.to_string())
         })?;
         let answer = sdp::answer(&offer, media, rand::random::<u32>().into());
-        let to = req
-            .to_header()
-            .map_err(|_| Refused::new(StatusCode::BadRequest, "bad To"))?;
-        let to = to.with_tag(make_tag());
-        tx.original.headers.unique_push(Header::To(to.clone()));
-        let req = &tx.original;
-        let dialog = Dialog {
-            call_id: req
-                .call_id_header()
-                .map(|c| c.value().to_owned())
-                .unwrap_or_default(),
-            target: contact.uri.to_string(),
-            local: to.value().to_owned(),
-            remote: req
-                .from_header()
-                .map(|f| f.value().to_owned())
-                .unwrap_or_default(),
-        };
+        let dialog = Dialog::take(tx)?;
         let hangup = self.cancel.child_token();
         // Checked and taken under one lock, so concurrent INVITEs cannot
         // pass the cap together.

@@ -39,6 +39,44 @@ pub(super) struct Dialog {
     pub remote: String,
 }
 
+impl Dialog {
+    /// The dialog a SUBSCRIBE or INVITE opens: our tag goes on its To now
+    /// (an existing one is kept), so our answer and our later requests
+    /// share it; its Contact is where those requests go.
+    pub(super) fn take(tx: &mut Transaction) -> Result<Dialog, Refused> {
+        let bad = |what: &'static str| Refused::new(StatusCode::BadRequest, what);
+        let req = &tx.original;
+        let target = req
+            .contact_header()
+            .and_then(|c| c.typed())
+            .map_err(|_| bad("no Contact"))?
+            .uri
+            .to_string();
+        let to = req.to_header().map_err(|_| bad("bad To"))?;
+        let to = match to.tag() {
+            Ok(Some(_)) => to.clone(),
+            _ => to.with_tag(make_tag()),
+        };
+        let call_id = req
+            .call_id_header()
+            .map_err(|_| bad("no Call-ID"))?
+            .value()
+            .to_owned();
+        let remote = req
+            .from_header()
+            .map_err(|_| bad("bad From"))?
+            .value()
+            .to_owned();
+        tx.original.headers.unique_push(Header::To(to.clone()));
+        Ok(Dialog {
+            call_id,
+            target,
+            local: to.value().to_owned(),
+            remote,
+        })
+    }
+}
+
 impl Inner {
     /// Sends a request in `dialog` and waits for its final answer.
     pub(super) async fn send(
@@ -240,32 +278,13 @@ impl Inner {
                 .with(Header::Other("Allow-Events".into(), summary::EVENT.into())));
         }
         Self::own_address(req, user)?;
-        let contact = req
-            .contact_header()
-            .and_then(|c| c.typed())
-            .map_err(|_| Refused::new(StatusCode::BadRequest, "SUBSCRIBE without Contact"))?;
         let life = self.lifetime(req, None)?;
-        // Our tag goes on the To now, so the 200 and the NOTIFYs share it.
-        let to = req
-            .to_header()
-            .map_err(|_| Refused::new(StatusCode::BadRequest, "bad To"))?;
-        let to = match to.tag() {
-            Ok(Some(_)) => to.clone(),
-            _ => to.with_tag(make_tag()),
-        };
-        tx.original.headers.unique_push(Header::To(to.clone()));
-        let req = &tx.original;
+        let dialog = Dialog::take(tx)?;
         let sub = Subscription {
-            call_id: req
-                .call_id_header()
-                .map(|c| c.value().to_owned())
-                .unwrap_or_default(),
-            contact: contact.uri.to_string(),
-            remote: req
-                .from_header()
-                .map(|f| f.value().to_owned())
-                .unwrap_or_default(),
-            local: to.value().to_owned(),
+            call_id: dialog.call_id,
+            contact: dialog.target,
+            remote: dialog.remote,
+            local: dialog.local,
             cseq: 1,
             expires_at: 0,
         };
