@@ -719,6 +719,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn sip_section_reads_and_refuses_what_cannot_work() {
+        let c: NodeConfig =
+            toml::from_str("[sip]\nlisten = \"127.0.0.1:5060\"\nrecord_prefix = \"vm-\"\n")
+                .unwrap();
+        assert_eq!(c.sip.listen, Some("127.0.0.1:5060".parse().unwrap()));
+        assert_eq!(c.sip.max_calls, 4);
+        c.validate().unwrap();
+        for (toml, key) in [
+            (
+                "listen = \"0.0.0.0:5060\"",
+                "sip.listen: 0.0.0.0:5060 names no one address",
+            ),
+            ("max_recording_secs = 0", "sip.max_recording_secs"),
+            ("min_expires = 7200", "sip.min_expires"),
+        ] {
+            let c: NodeConfig = toml::from_str(&format!("[sip]\n{toml}\n")).unwrap();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.starts_with(key), "{e}");
+        }
+    }
+
+    #[test]
     fn providers_section_reads_and_refuses_zero_bounds() {
         assert!(toml::from_str::<NodeConfig>("[providers]\nclose_peers = 3\n").is_err());
         assert_eq!(NodeConfig::default().providers, ProvidersConfig::default());

@@ -154,7 +154,8 @@ impl Agent {
     }
 
     /// Sends a request (answering one digest challenge) and returns its
-    /// final response.
+    /// final response. `headers` may carry a Contact of its own in place
+    /// of the agent's.
     pub async fn request(
         &mut self,
         method: Method,
@@ -163,10 +164,15 @@ impl Agent {
         body: &str,
     ) -> Response {
         let mut auth = String::new();
+        let contact = if headers.contains("Contact:") {
+            String::new()
+        } else {
+            format!("Contact: <sip:alice@{}>\r\n", self.me())
+        };
         for _ in 0..2 {
             self.cseq += 1;
             let text = format!(
-                "{method} {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{branch}\r\nMax-Forwards: 70\r\nFrom: <sip:alice@{srv}>;tag=probe\r\nTo: <{uri}>\r\nCall-ID: {cid}\r\nCSeq: {cseq} {method}\r\nContact: <sip:alice@{me}>\r\n{auth}{headers}Content-Length: {len}\r\n\r\n{body}",
+                "{method} {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{branch}\r\nMax-Forwards: 70\r\nFrom: <sip:alice@{srv}>;tag=probe\r\nTo: <{uri}>\r\nCall-ID: {cid}\r\nCSeq: {cseq} {method}\r\n{contact}{auth}{headers}Content-Length: {len}\r\n\r\n{body}",
                 me = self.me(),
                 branch = rand::random::<u64>(),
                 srv = self.server,

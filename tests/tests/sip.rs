@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use vmail_node::peer::no_progress;
 use vmail_node::sip::audio;
 use vmail_tests::baresip::Baresip;
-use vmail_tests::phone::{PASSWORD, Phone};
+use vmail_tests::phone::{Agent, PASSWORD, Phone};
 use vmail_tests::sipp::{self, Sipp};
 
 /// alice's phone, once sipp is installed.
@@ -36,6 +36,38 @@ async fn registration_takes_the_sip_password_and_nothing_else() {
     let s = p.sip.status();
     assert_eq!(s.refused.get("wrong credentials"), Some(&1), "{s:?}");
     assert!(s.bindings.is_empty());
+
+    // Two contacts, then `Contact: *` removes both, and only with Expires: 0.
+    let registrar = format!("sip:alice@{}", p.addr());
+    let mut phone = Agent::new(p.addr()).await;
+    for contact in ["<sip:alice@127.0.0.1:7001>", "<sip:alice@127.0.0.1:7002>"] {
+        let h = format!("Contact: {contact}\r\nExpires: 600\r\n");
+        let ok = phone
+            .request(rsipstack::sip::Method::Register, &registrar, &h, "")
+            .await;
+        assert_eq!(u16::from(ok.status_code.clone()), 200, "{ok}");
+    }
+    assert_eq!(p.sip.status().bindings.len(), 2);
+    let star = phone
+        .request(
+            rsipstack::sip::Method::Register,
+            &registrar,
+            "Contact: *\r\nExpires: 600\r\n",
+            "",
+        )
+        .await;
+    assert_eq!(u16::from(star.status_code.clone()), 400, "{star}");
+    assert_eq!(p.sip.status().bindings.len(), 2);
+    let star = phone
+        .request(
+            rsipstack::sip::Method::Register,
+            &registrar,
+            "Contact: *\r\nExpires: 0\r\n",
+            "",
+        )
+        .await;
+    assert_eq!(u16::from(star.status_code.clone()), 200, "{star}");
+    assert!(p.sip.status().bindings.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -360,4 +392,59 @@ async fn a_flood_from_one_address_is_held_to_its_share_while_the_phone_registers
         .copied()
         .unwrap_or(0);
     assert!(refused >= busy as u64, "{refused} counted, {busy} answered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recording_past_its_cap_is_cut_off_there_and_left() {
+    let p = Phone::start(|c| c.max_recording_secs = 1).await;
+    let rtp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut caller = Agent::new(p.addr()).await;
+    let uri = format!("sip:bob@{}", p.addr());
+    let ok = caller.call(&uri, rtp.local_addr().unwrap()).await;
+    let media = vmail_node::sip::sdp::parse_offer(&ok.body).unwrap().remote;
+    // A re-INVITE cannot change the call.
+    let offer = Agent::offer(rtp.local_addr().unwrap());
+    let again = caller
+        .request(
+            rsipstack::sip::Method::Invite,
+            &uri,
+            "Content-Type: application/sdp\r\n",
+            &offer,
+        )
+        .await;
+    assert_eq!(u16::from(again.status_code.clone()), 488, "{again}");
+    // Talk for 2 s; the service hangs up at 1 s.
+    let pcm = audio::tone(440.0, 2000);
+    let frames = audio::Codec::Pcmu.encode(&pcm);
+    for (i, f) in frames.chunks(audio::FRAME).enumerate() {
+        let packet = rtp_rs::RtpPacketBuilder::new()
+            .payload_type(0)
+            .ssrc(3)
+            .sequence(rtp_rs::Seq::from(i as u16))
+            .timestamp((i * audio::FRAME) as u32)
+            .payload(f)
+            .build()
+            .unwrap();
+        rtp.send_to(&packet, media).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let bye = caller.next_request(Duration::from_secs(10)).await;
+    assert_eq!(bye.method, rsipstack::sip::Method::Bye, "{bye}");
+    // The BYE came while we still talked, so it may have been sent again.
+    let told = loop {
+        let r = caller.next_request(Duration::from_secs(30)).await;
+        if r.method != rsipstack::sip::Method::Bye {
+            break r;
+        }
+    };
+    let text = String::from_utf8_lossy(&told.body).into_owned();
+    assert!(text.contains("voicemail for bob left: 1.0 s"), "{told}");
+    assert!(text.contains("cut off at the 1 s limit"), "{text}");
+    let bob = &p.net.peers[1];
+    let pending = bob.inbox().await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].meta.duration_ms, 1000);
+    let fetched = bob.fetch(pending[0].id, no_progress()).await.unwrap();
+    let want = audio::Codec::Pcmu.decode(&frames[..8000]);
+    assert_eq!(audio::wav_to_8k(&fetched.content).unwrap(), want);
 }
