@@ -8,8 +8,10 @@
 //!
 //! rsipstack parses SIP and runs the transactions (retransmissions,
 //! timers); [`wire`] screens every datagram first so bad input is answered
-//! rather than dropped. The rules are pure ([`digest`], [`registrar`],
-//! [`summary`], [`sdp`], [`audio`]); this module and [`call`] do the IO.
+//! rather than dropped, and holds each source to a share of the requests.
+//! The rules are pure ([`digest`], [`registrar`], [`summary`], [`sdp`],
+//! [`audio`], and [`wire::screen`]); this module, `notify` (the lamp),
+//! `call` and `rtp` do the IO.
 
 pub mod audio;
 mod call;

@@ -1,6 +1,7 @@
 //! `sip::wire::screen` and the digest check: any datagram a LAN host sends
-//! the SIP front. What is handed on parses as SIP; what is answered is a
-//! SIP error response; no credentials the fuzzer makes ever pass.
+//! the SIP front. What is handed on (or waits for admission) parses as
+//! SIP; what is answered is a SIP error response; no credentials the
+//! fuzzer makes ever pass.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -15,6 +16,13 @@ fuzz_target!(|data: &[u8]| {
             if !data.iter().all(u8::is_ascii_whitespace) {
                 assert!(SipMessage::try_from(data).is_ok(), "an unparseable message was passed on");
             }
+        }
+        Screened::Request(req) => {
+            assert!(req.method != Method::Ack, "an ACK waits for admission");
+            assert!(
+                matches!(SipMessage::try_from(data), Ok(SipMessage::Request(_))),
+                "a request to admit does not parse"
+            );
         }
         Screened::Answer(bytes) => match SipMessage::try_from(bytes.as_slice()) {
             Ok(SipMessage::Response(r)) => assert!(r.status_code.code() >= 400),
