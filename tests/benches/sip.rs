@@ -157,19 +157,7 @@ async fn main() {
         let uri = format!("sip:bob@{addr}");
         let ok = call.call(&uri, rtp.local_addr().unwrap()).await;
         let media = sdp::parse_offer(&ok.body).expect("an SDP answer").remote;
-        let frames = audio::Codec::Pcmu.encode(&pcm);
-        for (i, f) in frames.chunks(audio::FRAME).enumerate() {
-            let packet = rtp_rs::RtpPacketBuilder::new()
-                .payload_type(0)
-                .ssrc(5)
-                .sequence(rtp_rs::Seq::from(i as u16))
-                .timestamp((i * audio::FRAME) as u32)
-                .payload(f)
-                .build()
-                .unwrap();
-            rtp.send_to(&packet, media).await.unwrap();
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        Agent::talk(&rtp, media, &pcm).await;
         call.request(Method::Bye, &uri, "", "").await;
         let t = Instant::now();
         let id = loop {

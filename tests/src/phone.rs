@@ -268,6 +268,25 @@ impl Agent {
         ok
     }
 
+    /// Sends `pcm` from `rtp` to `media` as PCMU in real time (20 ms
+    /// packets); returns the payload bytes sent.
+    pub async fn talk(rtp: &UdpSocket, media: SocketAddr, pcm: &[i16]) -> Vec<u8> {
+        let encoded = audio::Codec::Pcmu.encode(pcm);
+        for (i, f) in encoded.chunks(audio::FRAME).enumerate() {
+            let packet = rtp_rs::RtpPacketBuilder::new()
+                .payload_type(0)
+                .ssrc(5)
+                .sequence(rtp_rs::Seq::from(i as u16))
+                .timestamp((i * audio::FRAME) as u32)
+                .payload(f)
+                .build()
+                .expect("a G.711 frame fits a packet");
+            rtp.send_to(&packet, media).await.expect("send");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        encoded
+    }
+
     /// An SDP offer of PCMU and telephone events at `rtp`.
     pub fn offer(rtp: SocketAddr) -> String {
         format!(
