@@ -23,10 +23,18 @@
 #      nothing is deposited, and the retry succeeds
 #  F2. an auth server restarted with its volume catches up
 #  F3. an auth server restarted without its volume rejoins as a fresh member
+#
+# Prometheus (the compose service, scraping every service each second) is
+# asked over its HTTP API, at the start, during the faults, after repair and
+# at the end: every scrape is up except the killed and cut-off services'; the
+# survivors have a leader and counted the leader change; the repair counters
+# show the regenerated shards.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 export VMAIL_PROJECT=${VMAIL_SCENARIO_PROJECT:-vmailscenario}
 need_docker
+# Prometheus, and curl and jq to ask its API: installed from Debian if missing.
+"$DEPLOY_DIR/prometheus/install.sh" || die "cannot install Prometheus, curl and jq"
 
 PASSWORD='scenario password'
 WORK=$(mktemp -d -t vmail-scenario.XXXXXX)
@@ -117,6 +125,82 @@ applied() { docker exec "$1" /bin/vmail-auth cluster status --data-dir /data | a
 last_index() { auth_status | awk '$1 == "log:" { gsub(/,/, "", $4); print $4 }'; }
 voters() { auth_status | awk '$2 == "voter" { print $1 }' | sort | tr '\n' ' '; }
 
+# The containers that run a peer daemon (every service but the auth servers
+# and Prometheus).
+peer_containers() {
+    local s
+    for s in sn-1 sn-2 peer peer-internal; do containers_of "$s"; done
+}
+
+# ------------------------------------------------ Prometheus, over its API
+# Every scrape target, as Prometheus names it (deploy/prometheus/prometheus.yml):
+# the auth servers and supernodes by service name, the peers by container name.
+all_targets() {
+    printf '%s\n' auth-1 auth-2 auth-3 sn-1 sn-2
+    sorted_names peer
+    sorted_names peer-internal
+}
+PROM_SEEN="" # what the last check saw, for the failure message
+
+# scrapes_as_expected [DOWN...]: every target's last scrape is up, except
+# exactly the ones named, which are down.
+scrapes_as_expected() {
+    local want_up want_down got_up got_down
+    want_down=$(printf '%s\n' "$@" | grep . | sort | xargs)
+    want_up=$(all_targets | grep -vxF -f <(printf '%s\n' "$@" | grep .; echo ' ') | sort | xargs)
+    got_up=$(prom_query 'up == 1' | awk '{ print $1 }' | sort | xargs) || return 1
+    got_down=$(prom_query 'up == 0' | awk '{ print $1 }' | sort | xargs) || return 1
+    PROM_SEEN="up: ${got_up:-none}; down: ${got_down:-none}"
+    [[ $got_up == "$want_up" && $got_down == "$want_down" ]]
+}
+
+# auth_has_leader SERVER...: each server named reports a leader
+# (vmail_auth_raft_has_leader 1), exactly one of them is the leader
+# (vmail_auth_raft_is_leader), and the leader it names is that one.
+auth_has_leader() {
+    local want filter got leaders
+    want=$(printf '%s\n' "$@" | sort | xargs)
+    filter="{instance=~\"$(tr ' ' '|' <<<"$want")\"}"
+    got=$(prom_query "vmail_auth_raft_has_leader$filter == 1" | awk '{ print $1 }' | sort | xargs) || return 1
+    leaders=$(prom_query "vmail_auth_raft_is_leader$filter == 1" | awk '{ print $1 }' | xargs) || return 1
+    PROM_SEEN="has_leader == 1 on: ${got:-none}; is_leader == 1 on: ${leaders:-none}"
+    [[ $got == "$want" && $leaders =~ ^[a-z0-9-]+$ ]]
+}
+
+# leader_changes_counted: every survivor's vmail_auth_raft_leader_changes_total
+# is above what it was before the leader was killed (CHANGES_BEFORE).
+leader_changes_counted() {
+    local s now
+    PROM_SEEN="vmail_auth_raft_leader_changes_total:"
+    for s in $SURVIVORS; do
+        now=$(prom_query "vmail_auth_raft_leader_changes_total{instance=\"$s\"}" | awk '{ print $2 }') || return 1
+        PROM_SEEN+=" $s ${CHANGES_BEFORE[$s]:-?} -> ${now:-none}"
+        [[ -n $now && -n ${CHANGES_BEFORE[$s]:-} ]] || return 1
+        awk -v a="$now" -v b="${CHANGES_BEFORE[$s]}" 'BEGIN { exit !(a > b) }' || return 1
+    done
+}
+
+# repair_counted N: the peers' repair counters show at least N regenerated
+# shards, and lost shards found.
+repair_counted() {
+    local regen found
+    regen=$(prom_query 'sum(vmail_repair_shards_regenerated_total)' | awk '{ print $2 }') || return 1
+    found=$(prom_query 'sum(vmail_repair_lost_shards_found_total)' | awk '{ print $2 }') || return 1
+    PROM_SEEN="sum(vmail_repair_shards_regenerated_total) = ${regen:-none}, sum(vmail_repair_lost_shards_found_total) = ${found:-none}"
+    awk -v r="${regen:-0}" -v f="${found:-0}" -v n="$1" 'BEGIN { exit !(r >= n && f > 0) }'
+}
+
+# alerts_on ALERT INSTANCE...: the alerting rule (deploy/prometheus/alerts.yml)
+# is pending or firing for exactly these instances.
+alerts_on() {
+    local name=$1 want got
+    shift
+    want=$(printf '%s\n' "$@" | sort | xargs)
+    got=$(prom_query "ALERTS{alertname=\"$name\"}" | awk '{ print $1 }' | sort | xargs) || return 1
+    PROM_SEEN="$name pending or firing on: ${got:-none}"
+    [[ $got == "$want" ]]
+}
+
 # Every auth server is a voter and has applied the whole log.
 auth_in_step() {
     [[ $(voters) == "auth-1 auth-2 auth-3 " ]] || return 1
@@ -131,11 +215,16 @@ auth_in_step() {
 step "building the image and starting the testnet (project $VMAIL_PROJECT)"
 compose --profile cli down --volumes --remove-orphans >/dev/null 2>&1 || true
 build_image
+build_prometheus_image
 compose up -d >/dev/null 2>&1 || fail "compose up failed"
+prometheus_targets
 wait_healthy 180 || fail "containers did not become healthy"
 ok "3 auth servers formed their group, $(containers_of peer | wc -l) public and $(containers_of peer-internal | wc -l) internal peers and 2 supernode candidates are healthy"
 wait_overlay 120 || fail "the overlay did not form"
 ok "supernodes elected; every peer attached"
+wait_for 60 scrapes_as_expected || fail "Prometheus does not scrape every service: $PROM_SEEN"
+wait_for 30 auth_has_leader auth-1 auth-2 auth-3 || fail "Prometheus does not see one auth leader: $PROM_SEEN"
+ok "Prometheus ($(prometheus_addr)) scrapes all $(all_targets | wc -l) services; $PROM_SEEN"
 
 declare -A CONTAINER_OF # peer id -> container name
 for name in $(sorted_names sn-1) $(sorted_names sn-2) $(sorted_names peer) $(sorted_names peer-internal); do
@@ -173,6 +262,11 @@ ok "voicemail $VM_ID, sha256 ${ORIGINAL:0:16}…, 8 shards on 8 containers"
 LEADER=$(leader_name)
 [[ -n $LEADER ]] || fail "no auth leader is known"
 LEADER_C=$(containers_of "$LEADER")
+SURVIVORS=$(printf '%s\n' auth-1 auth-2 auth-3 | grep -vx "$LEADER" | xargs)
+declare -A CHANGES_BEFORE # survivor -> its leader-change counter before the kill
+for s in $SURVIVORS; do
+    CHANGES_BEFORE[$s]=$(prom_query "vmail_auth_raft_leader_changes_total{instance=\"$s\"}" | awk '{ print $2 }')
+done
 step "3. kill the auth leader's container ($LEADER)"
 docker kill "$LEADER_C" >/dev/null
 
@@ -201,6 +295,21 @@ for id in "${!SHARD_AT[@]}"; do
     [[ ${SHARD_AT[$id]} == "$CUT" || ${SHARD_AT[$id]} == "$SN_C" ]] && LOST+=("$id")
 done
 ok "${#LOST[@]} of 8 shards now unreachable"
+
+step "5. Prometheus sees the faults"
+SN_SVC=$(docker inspect --format '{{ index .Config.Labels "com.docker.compose.service" }}' "$SN_C")
+wait_for 60 scrapes_as_expected "$LEADER" "$SN_SVC" "$CUT" ||
+    fail "Prometheus should see exactly $LEADER, $SN_SVC and $CUT down: $PROM_SEEN"
+ok "$PROM_SEEN"
+wait_for 60 auth_has_leader $SURVIVORS || fail "Prometheus does not see a new auth leader on $SURVIVORS: $PROM_SEEN"
+ok "the survivors have a leader: $PROM_SEEN"
+wait_for 30 leader_changes_counted || fail "the survivors did not count the leader change: $PROM_SEEN"
+ok "the leader change was counted: $PROM_SEEN"
+wait_for 30 alerts_on VmailAuthScrapeDown "$LEADER" || fail "the alert on the dead auth server is not raised: $PROM_SEEN"
+ok "alert: $PROM_SEEN"
+wait_for 30 alerts_on VmailPeerScrapeDown "$SN_SVC" "$CUT" || fail "the alert on the dead and cut-off peers is not raised: $PROM_SEEN"
+ok "alert: $PROM_SEEN"
+wait_for 10 alerts_on VmailAuthNoLeader || fail "a survivor should have a leader: $PROM_SEEN"
 
 # ---------------------------------------------------------------- 6
 step "6. wait for the peers of the dead supernode to re-attach"
@@ -242,6 +351,8 @@ for id in "${LOST[@]}"; do
     done
 done | sort -u
 ok "every lost shard was regenerated under its old identifier"
+wait_for 30 repair_counted "${#LOST[@]}" || fail "the repair counters do not show ${#LOST[@]} regenerated shards: $PROM_SEEN"
+ok "Prometheus: $PROM_SEEN"
 
 # ---------------------------------------------------------------- 8
 step "8. carol logs in and fetches with a one-job peer on a client container: the last ack deletes the shards"
@@ -273,8 +384,7 @@ ok "$LEADER is back as a voter and has applied the whole log ($(last_index) entr
 # Every peer counts the restarted supernode in its supernode set again.
 elected_everywhere() {
     local c
-    for c in $(compose ps -q); do
-        [[ $(name_of "$c") == *auth-* ]] && continue
+    for c in $(peer_containers); do
         in_peer "$c" status | grep "supernode *$SN_ID" >/dev/null || return 1
     done
 }
@@ -282,17 +392,19 @@ wait_for 90 elected_everywhere || fail "$SN_C was not elected again: $(overlay_t
 wait_overlay 90 || fail "the overlay did not re-form"
 grep -q "^$CUT peer 12D3" <<<"$(overlay_table)" || fail "$CUT did not re-attach"
 ok "$SN_C is a supernode again and $CUT re-attached"
+wait_for 60 scrapes_as_expected || fail "Prometheus does not see every service up again: $PROM_SEEN"
+wait_for 30 auth_has_leader auth-1 auth-2 auth-3 || fail "Prometheus does not see one auth leader: $PROM_SEEN"
+ok "Prometheus scrapes every service again; $PROM_SEEN"
 # The holders that were down or cut off during the deletion ask their
 # siblings during repair, get the signed delete order, and drop their shard.
 holds_nothing() {
     local c n
-    for c in $(compose ps -q); do
-        [[ $(name_of "$c") == *auth-* ]] && continue
+    for c in $(peer_containers); do
         n=$(in_peer "$c" node status | awk '$1 == "holding" { print $2 }')
         [[ $n == 0 ]] || return 1
     done
 }
-wait_for 120 holds_nothing || fail "a holder kept a shard of the deleted voicemail: $(for c in $(compose ps -q); do echo "$(name_of "$c"): $(in_peer "$c" node status 2>/dev/null | grep holding)"; done)"
+wait_for 120 holds_nothing || fail "a holder kept a shard of the deleted voicemail: $(for c in $(peer_containers); do echo "$(name_of "$c"): $(in_peer "$c" node status 2>/dev/null | grep holding)"; done)"
 ok "the holders that missed the delete order learned it from their siblings: no peer holds a shard"
 
 # ---------------------------------------------------------------- F1
@@ -355,5 +467,12 @@ NEW_ID=$(member_id "$(containers_of "$F3")")
 [[ $NEW_ID != "$F3_ID" ]] || fail "$F3 kept its old id"
 cli dave login dave >/dev/null || fail "dave's login after $F3 rejoined"
 ok "$F3 rejoined as a fresh member (id $F3_ID -> $NEW_ID), caught up, and dave logs in"
+wait_for 60 scrapes_as_expected || fail "Prometheus does not see every service up at the end: $PROM_SEEN"
+wait_for 30 auth_has_leader auth-1 auth-2 auth-3 || fail "Prometheus does not see one auth leader at the end: $PROM_SEEN"
+ok "Prometheus scrapes every service; $PROM_SEEN"
+for alert in VmailAuthScrapeDown VmailPeerScrapeDown VmailAuthNoLeader VmailAuthTwoLeaders; do
+    wait_for 30 alerts_on "$alert" || fail "alert still raised at the end: $PROM_SEEN"
+done
+ok "no scrape-down or leader alert is raised"
 
 step "scenario passed"

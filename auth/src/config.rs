@@ -159,6 +159,11 @@ pub struct ServerConfig {
     /// The host name or IP address other members and clients use to reach
     /// this server. Empty: the host of `listen` (127.0.0.1 if unspecified).
     pub advertise_host: String,
+    /// The address `/metrics` (Prometheus text, plain HTTP) is served on,
+    /// e.g. `127.0.0.1:9464`. Empty, the default: no metrics endpoint.
+    /// `--metrics ADDR` on `serve` and `start` overrides it. A server's own
+    /// setting: a joining server does not take the group's.
+    pub metrics_listen: String,
     /// Who may register.
     pub registration: Registration,
     /// Lifetime of a session token and its master key, in seconds.
@@ -221,6 +226,7 @@ impl Default for ServerConfig {
             listen: "127.0.0.1:7443".to_owned(),
             raft_listen: "127.0.0.1:7444".to_owned(),
             advertise_host: String::new(),
+            metrics_listen: String::new(),
             registration: Registration::default(),
             session_ttl_secs: DEFAULT_SESSION_TTL_SECS,
             certificate_ttl_secs: DEFAULT_SESSION_TTL_SECS,
@@ -286,6 +292,14 @@ impl ServerConfig {
                     value: value.clone(),
                 });
             }
+        }
+        if !self.metrics_listen.is_empty()
+            && self.metrics_listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(ConfigError::NotAnAddress {
+                key: "metrics_listen",
+                value: self.metrics_listen.clone(),
+            });
         }
         if self.advertise_host.contains(['/', ' ', ':']) && !self.advertise_host.starts_with('[') {
             return Err(ConfigError::AdvertiseHost(self.advertise_host.clone()));
@@ -448,7 +462,7 @@ pub enum ConfigError {
     /// A listen address that is not `IP:PORT`.
     #[error("{key} = {value:?} is not an IP:PORT address")]
     NotAnAddress {
-        /// `listen` or `raft_listen`.
+        /// `listen`, `raft_listen` or `metrics_listen`.
         key: &'static str,
         /// Its value.
         value: String,

@@ -21,7 +21,11 @@
 //! certificate, signed by the group CA, and its own Raft node id.
 //!
 //! Nothing here is ever overwritten: `init` refuses a non-empty directory and
-//! `load` refuses anything missing or malformed.
+//! `load` refuses anything missing or malformed. The one exception is a
+//! placeholder: a server created with port 0 (`--listen 127.0.0.1:0`)
+//! records the port it actually bound in `config.toml` and `client.toml`
+//! when it first serves ([`record_bound_ports`]), so that `health`,
+//! `cluster status` and clients can reach it.
 
 use std::fs;
 use std::io::Write;
@@ -243,6 +247,8 @@ fn create(
         listen: opts.listen.clone(),
         raft_listen: opts.raft_listen.clone(),
         advertise_host: opts.advertise_host.clone(),
+        // Where this server's metrics are served is its own, not the group's.
+        metrics_listen: String::new(),
         ..base
     };
     config.validate().map_err(DataDirError::BadOption)?;
@@ -389,6 +395,48 @@ fn check_pem(dir: &Path, name: &str, tag: &str) -> Result<String, DataDirError> 
         });
     }
     Ok(text)
+}
+
+/// Replaces port 0 in `config.toml`'s `listen` and `raft_listen`, and in
+/// `client.toml`'s endpoint, with the ports the server bound (`api`,
+/// `raft`). Files that name a real port are left alone. Returns whether
+/// anything changed.
+pub fn record_bound_ports(dir: &Path, api: u16, raft: u16) -> Result<bool, DataDirError> {
+    let mut config = load_config(dir)?;
+    let endpoint = |c: &ServerConfig, port: u16| format!("\"https://{}:{port}\"", c.public_host());
+    let old_endpoint = endpoint(&config, 0);
+    let mut changed = false;
+    for (listen, port) in [(&mut config.listen, api), (&mut config.raft_listen, raft)] {
+        if let Ok(mut addr) = listen.parse::<std::net::SocketAddr>()
+            && addr.port() == 0
+        {
+            addr.set_port(port);
+            *listen = addr.to_string();
+            changed = true;
+        }
+    }
+    if !changed {
+        return Ok(false);
+    }
+    let text = toml::to_string_pretty(&config).expect("config serialises");
+    replace_file(&dir.join(files::CONFIG), text.as_bytes(), PUBLIC)?;
+    let client_path = dir.join(files::CLIENT_CONFIG);
+    if let Ok(client) = fs::read_to_string(&client_path)
+        && client.contains(&old_endpoint)
+    {
+        let client = client.replace(&old_endpoint, &endpoint(&config, api));
+        replace_file(&client_path, client.as_bytes(), PUBLIC)?;
+    }
+    Ok(true)
+}
+
+/// Replaces `path` whole with `contents`: written beside it, synced, then
+/// renamed over it.
+fn replace_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), DataDirError> {
+    let tmp = path.with_extension("tmp");
+    let _ = fs::remove_file(&tmp);
+    write_new(&tmp, contents, mode)?;
+    fs::rename(&tmp, path).map_err(io_err(path))
 }
 
 /// Loads the configuration of an initialised data directory.

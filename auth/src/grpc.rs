@@ -16,6 +16,7 @@ use tonic::{Request, Response, Status};
 use vmail_proto::pb;
 
 use crate::cluster::Event;
+use crate::metrics::{GrantRefusal, LoginFailure};
 use crate::service::{
     AuthError, AuthService, Delivery, Deposit, GrantRequest, LoginFinish, RegisterFinish,
     ShardRequest, WatchSlot,
@@ -150,6 +151,33 @@ pub fn status(e: AuthError) -> Status {
                 "the auth server's storage failed; nothing was changed. The server log has the details; retry later",
             )
         }
+    }
+}
+
+/// The metrics' reason for a refused login call.
+fn login_failure(e: &AuthError) -> LoginFailure {
+    use AuthError as E;
+    match e {
+        E::WrongPassword(_) => LoginFailure::WrongPassword,
+        E::UnknownUser(_) => LoginFailure::UnknownUser,
+        E::LockedOut { .. } => LoginFailure::LockedOut,
+        E::LoginExpired(_) => LoginFailure::Expired,
+        E::InvalidArgument { .. } | E::Name(_) | E::BadIdentityProof => LoginFailure::Invalid,
+        E::NotLeader(_) | E::Unavailable(_) => LoginFailure::Unavailable,
+        _ => LoginFailure::Other,
+    }
+}
+
+/// The metrics' reason for a refused storage grant request.
+fn grant_refusal(e: &AuthError) -> GrantRefusal {
+    use AuthError as E;
+    match e {
+        E::NoRecipientAccepts(_) => GrantRefusal::Policy,
+        E::Quota { .. } => GrantRefusal::Quota,
+        E::TooManyGrants { .. } => GrantRefusal::TooManyGrants,
+        E::RateLimited { .. } => GrantRefusal::RateLimited,
+        E::InvalidArgument { .. } | E::Name(_) | E::UnknownRecipient(_) => GrantRefusal::Invalid,
+        _ => GrantRefusal::Other,
     }
 }
 
@@ -293,6 +321,7 @@ impl pb::auth_server::Auth for GrpcAuth {
             })
             .await
             .map_err(status)?;
+        self.svc.metrics().registered();
         Ok(Response::new(pb::RegisterFinishResponse {}))
     }
 
@@ -305,7 +334,10 @@ impl pb::auth_server::Auth for GrpcAuth {
             .svc
             .login_start(&r.username, &r.credential_request)
             .await
-            .map_err(status)?;
+            .map_err(|e| {
+                self.svc.metrics().login_failed(login_failure(&e));
+                status(e)
+            })?;
         Ok(Response::new(pb::LoginStartResponse {
             login_id: login_id.to_vec(),
             credential_response,
@@ -327,7 +359,11 @@ impl pb::auth_server::Auth for GrpcAuth {
                 peer_id: r.peer_id,
             })
             .await
-            .map_err(status)?;
+            .map_err(|e| {
+                self.svc.metrics().login_failed(login_failure(&e));
+                status(e)
+            })?;
+        self.svc.metrics().login_succeeded();
         Ok(Response::new(pb::LoginFinishResponse {
             session_token: out.session_token.to_vec(),
             master_key_id: out.master_key_id.to_vec(),
@@ -402,7 +438,11 @@ impl pb::auth_server::Auth for GrpcAuth {
                 },
             )
             .await
-            .map_err(status)?;
+            .map_err(|e| {
+                self.svc.metrics().grant_refused(grant_refusal(&e));
+                status(e)
+            })?;
+        self.svc.metrics().grant_issued();
         Ok(Response::new(pb::GrantResponse {
             grant: granted.grant.to_bytes(),
             first_contact: granted
@@ -445,6 +485,9 @@ impl pb::auth_server::Auth for GrpcAuth {
             )
             .await
             .map_err(status)?;
+        if !deposited.replayed {
+            self.svc.metrics().deposited();
+        }
         Ok(Response::new(pb::DepositResponse {
             voicemail_id: deposited.id.to_vec(),
             replayed: deposited.replayed,
@@ -488,6 +531,7 @@ impl pb::auth_server::Auth for GrpcAuth {
             .ack(&s, &req.into_inner().voicemail_id)
             .await
             .map_err(status)?;
+        self.svc.metrics().acked();
         Ok(Response::new(pb::AckResponse {
             key_erased: receipt.key_erased,
             delete_order: receipt

@@ -10,6 +10,7 @@
 //! - [`datadir`]: creating and loading the data directory;
 //! - [`enroll`]: unattended group formation through a shared directory;
 //! - [`keys`]: the group's secrets and a server's keys;
+//! - [`metrics`]: Prometheus metrics and the `/metrics` endpoint;
 //! - [`store`]: the redb database, with secrets sealed under the data key;
 //! - [`service`]: the domain logic, free of gRPC types;
 //! - [`grpc`]: the thin tonic adapter;
@@ -22,6 +23,7 @@ pub mod datadir;
 pub mod enroll;
 pub mod grpc;
 pub mod keys;
+pub mod metrics;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -16,7 +16,7 @@ use vmail_auth::service::SystemClock;
 
 #[derive(Debug, Parser)]
 #[command(name = "vmail-auth", version, about = "vmail authentication server")]
-struct Cli {
+pub(crate) struct Cli {
     /// Log format.
     #[arg(
         long,
@@ -56,6 +56,11 @@ enum Command {
         /// Override the config's internal (Raft) listen address.
         #[arg(long)]
         raft_listen: Option<SocketAddr>,
+        /// Serve Prometheus metrics at http://ADDR/metrics (plain HTTP),
+        /// e.g. 127.0.0.1:9464. Overrides `metrics_listen` in config.toml;
+        /// off when neither is set.
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<SocketAddr>,
     },
     /// Join an existing group and run until SIGINT or SIGTERM. Fetches the
     /// group keys from a member over mutual TLS (with a credential from
@@ -96,6 +101,11 @@ enum Command {
         /// Where to publish `ca.pem` and `client.toml` for clients.
         #[arg(long)]
         public_dir: PathBuf,
+        /// Serve Prometheus metrics at http://ADDR/metrics (plain HTTP),
+        /// e.g. 0.0.0.0:9464. Overrides `metrics_listen` in config.toml;
+        /// off when neither is set.
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<SocketAddr>,
     },
     /// Ask a server's gRPC health service whether it serves; exits 0 if it
     /// does (container health checks).
@@ -108,6 +118,18 @@ enum Command {
     Cluster {
         #[command(subcommand)]
         command: ClusterCommand,
+    },
+    /// Print a shell completion script, e.g.
+    /// `vmail-auth completions bash > /etc/bash_completion.d/vmail-auth`.
+    Completions {
+        /// The shell: bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages for vmail-auth and each subcommand into DIR.
+    #[command(hide = true)]
+    Man {
+        /// Where to write them (created if missing).
+        dir: PathBuf,
     },
 }
 
@@ -154,9 +176,21 @@ pub(crate) enum ClusterCommand {
         /// A member's data directory (its certificate is used).
         #[arg(long)]
         data_dir: PathBuf,
-        /// Ask this member's internal URL instead of the local one.
+        /// Ask this member's internal (Raft) URL instead of the local
+        /// one, e.g. https://auth-2:7444 (not the public API's URL).
         #[arg(long)]
         url: Option<String>,
+        /// Print one JSON object instead of the table (stable; see
+        /// docs/OPERATIONS.md "JSON output: vmail-auth"):
+        /// {"member": M, "state": "leader"|"follower"|"candidate"|"learner"|"shutdown",
+        /// "term": N, "leader": NAME|null, "last_log_index": N, "last_applied": N,
+        /// "snapshot_index": N, "members": [M, ...]}, where M is {"name", "id"
+        /// (16 hex digits), "api_url", "raft_url", "role": "voter"|"learner",
+        /// "matched": N (last index the leader knows it holds; 0 when not
+        /// reported)}. On failure nothing on stdout, and on stderr
+        /// {"error": MESSAGE, "causes": [MESSAGE, ...], "exit_code": 1}, exit status 1.
+        #[arg(long, verbatim_doc_comment)]
+        json: bool,
     },
     /// Remove a member from the group. Clients need no change.
     Remove {
@@ -225,10 +259,16 @@ async fn main() -> anyhow::Result<()> {
             data_dir,
             listen,
             raft_listen,
+            metrics,
         } => {
             let (api, raft) = cli::bind(&data_dir, listen, raft_listen).await?;
-            let svc = server::open(&data_dir, Arc::new(SystemClock)).await?;
-            server::serve(Arc::new(svc), api, raft, cli::shutdown_signal()).await?;
+            let metrics = cli::bind_metrics(&data_dir, metrics).await?;
+            let svc = Arc::new(server::open(&data_dir, Arc::new(SystemClock)).await?);
+            let metrics = cli::spawn_metrics(metrics, &svc);
+            server::serve(svc, api, raft, cli::shutdown_signal()).await?;
+            if let Some(m) = metrics {
+                m.abort();
+            }
         }
         Command::Join {
             via,
@@ -248,7 +288,9 @@ async fn main() -> anyhow::Result<()> {
                 );
             }
             let (api, raft) = cli::bind(&dir, None, None).await?;
+            let metrics = cli::bind_metrics(&dir, None).await?;
             let svc = Arc::new(server::open(&dir, Arc::new(SystemClock)).await?);
+            let metrics = cli::spawn_metrics(metrics, &svc);
             let me = server::member(&svc, &api, &raft);
             let id = svc.raft().metrics().borrow().id;
             let tls = admin::member_tls(&dir)?;
@@ -262,6 +304,9 @@ async fn main() -> anyhow::Result<()> {
             });
             server::serve(svc, api, raft, cli::shutdown_signal()).await?;
             joining.abort();
+            if let Some(m) = metrics {
+                m.abort();
+            }
         }
         Command::Start {
             server: args,
@@ -269,6 +314,7 @@ async fn main() -> anyhow::Result<()> {
             members,
             enroll_dir,
             public_dir,
+            metrics,
         } => {
             let group = cli::start::Group {
                 founder,
@@ -276,10 +322,15 @@ async fn main() -> anyhow::Result<()> {
                 enrollment: Enrollment::open(&enroll_dir)?,
                 public_dir,
             };
-            cli::start::start(args, group).await?
+            cli::start::start(args, group, metrics).await?
         }
         Command::Health { data_dir } => cli::admin::health(&data_dir).await?,
         Command::Cluster { command } => cli::admin::cluster(command).await?,
+        Command::Completions { shell } => cli::docs::completions(shell),
+        Command::Man { dir } => {
+            let n = cli::docs::man_pages(&dir)?;
+            println!("wrote {n} man pages to {}", dir.display());
+        }
     }
     Ok(())
 }

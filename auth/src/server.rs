@@ -20,6 +20,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_stream::StreamExt;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tonic::codegen::http;
 use tonic::transport::Server;
 use tonic::transport::server::{Connected, TcpConnectInfo, TcpIncoming};
 use vmail_proto::cluster_pb::cluster_server::ClusterServer;
@@ -32,6 +33,7 @@ use crate::cluster::state_machine::StateMachine;
 use crate::cluster::{Member, Raft, TypeConfig, raft_config};
 use crate::datadir::{self, DataDirError};
 use crate::grpc::GrpcAuth;
+use crate::metrics::{AuthMetrics, GrpcMetricsLayer};
 use crate::service::{AuthService, Clock, EVENT_CAPACITY};
 use crate::store::PurgeCounts;
 use crate::tls::{self, ClusterTls};
@@ -60,6 +62,8 @@ pub const MAX_PENDING_RESETS: usize = 32;
 
 /// How often expired sessions and voicemails are swept.
 pub const PURGE_INTERVAL: Duration = Duration::from_secs(60);
+/// How often the session keys held are counted for the metrics.
+pub const KEYS_HELD_INTERVAL: Duration = Duration::from_secs(15);
 
 /// Why the server stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -98,16 +102,19 @@ pub async fn open_with<N: RaftNetworkFactory<TypeConfig>>(
     let raft_config = raft_config(&config.name)
         .validate()
         .map_err(|e| OpenError::Raft(e.to_string()))?;
+    let metrics = Arc::new(AuthMetrics::new());
     let raft = Raft::new(
         node_id,
         Arc::new(raft_config),
         network(node_id, NetworkFactory::new(tls)),
-        LogStore::new(store.clone()),
-        StateMachine::new(store.clone(), keys.clone(), events.clone()),
+        LogStore::new(store.clone(), metrics.clone()),
+        StateMachine::new(store.clone(), keys.clone(), events.clone(), metrics.clone()),
     )
     .await
     .map_err(|e| OpenError::Raft(e.to_string()))?;
-    Ok(AuthService::new(store, keys, config, clock, raft, events))
+    Ok(AuthService::new(
+        store, keys, config, clock, raft, events, metrics,
+    ))
 }
 
 /// Why a server could not be opened.
@@ -136,6 +143,27 @@ pub fn member(svc: &AuthService, api: &TcpListener, raft: &TcpListener) -> Membe
         name: svc.config().name.clone(),
         api_url: format!("https://{host}:{}", port(api)),
         raft_url: format!("https://{host}:{}", port(raft)),
+    }
+}
+
+/// Records the ports bound in the data directory's files where they name
+/// port 0 ([`datadir::record_bound_ports`]). A failure is logged: the
+/// server serves all the same.
+fn record_ports(svc: &AuthService, api: &TcpListener, raft: &TcpListener) {
+    let (Ok(a), Ok(r)) = (api.local_addr(), raft.local_addr()) else {
+        return;
+    };
+    let Some(dir) = svc.store().path().parent() else {
+        return;
+    };
+    match datadir::record_bound_ports(dir, a.port(), r.port()) {
+        Ok(true) => tracing::info!(
+            api = a.port(),
+            raft = r.port(),
+            "recorded the ports bound in place of port 0 in config.toml and client.toml"
+        ),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(error = %e, "recording the ports bound in the data directory"),
     }
 }
 
@@ -176,6 +204,7 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     vmail_proto::tls::install_crypto_provider();
     let me = member(&svc, &listener, &raft_listener);
+    record_ports(&svc, &listener, &raft_listener);
     let raft = svc.raft().clone();
     let internal = {
         let cluster =
@@ -200,7 +229,15 @@ pub async fn serve(
     };
     found_if_new(&svc, me.clone()).await?;
     let (health, health_service) = tonic_health::server::health_reporter();
+    // The whole server ("", serving from the start), the API, and the
+    // health service itself, which probes may name too.
     health.set_serving::<AuthServer<GrpcAuth>>().await;
+    health
+        .set_service_status(
+            "grpc.health.v1.Health",
+            tonic_health::ServingStatus::Serving,
+        )
+        .await;
     // Both reflection versions: grpcurl and older tools still ask v1alpha.
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -238,6 +275,7 @@ pub async fn serve(
         }))
     };
 
+    let watcher = AbortOnDrop(tokio::spawn(watch_raft(svc.clone())));
     let addr = listener.local_addr().ok();
     tracing::info!(name = %svc.config().name, ?addr, member = %me, "vmail-auth serving");
     // On shutdown, end the long-lived WatchPending streams first: the server
@@ -260,6 +298,10 @@ pub async fn serve(
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .tls_config(tls::public_server(svc.keys()))?
+        .layer(GrpcMetricsLayer(svc.metrics().clone()))
+        .layer(tower::util::MapResponseLayer::new(
+            decode_error_is_invalid_argument as fn(_) -> _,
+        ))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -286,12 +328,67 @@ pub async fn serve(
         }
     }
     drop(sweeper);
+    drop(watcher);
     drop(internal);
     if let Err(e) = raft.shutdown().await {
         tracing::warn!(error = %e, "stopping the Raft node");
     }
     tracing::info!("vmail-auth stopped");
     Ok(())
+}
+
+/// Keeps the metrics of `svc`'s Raft node (leader, term, indexes) and of
+/// the session keys it holds current, for as long as the server runs.
+async fn watch_raft(svc: Arc<AuthService>) {
+    let metrics = svc.metrics().clone();
+    let mut raft = svc.raft().metrics();
+    let mut seen = None;
+    let mut keys = tokio::time::interval(KEYS_HELD_INTERVAL);
+    loop {
+        {
+            let m = raft.borrow_and_update();
+            metrics.observe_raft(
+                m.id,
+                m.current_leader,
+                m.current_term,
+                m.last_log_index.unwrap_or(0),
+                m.last_applied.map_or(0, |l| l.index),
+                &mut seen,
+            );
+        }
+        tokio::select! {
+            changed = raft.changed() => if changed.is_err() { return },
+            _ = keys.tick() => {
+                let store = svc.store().clone();
+                match tokio::task::spawn_blocking(move || store.counts()).await {
+                    Ok(Ok(c)) => metrics.keys_held(c.voicemails),
+                    Ok(Err(e)) => tracing::debug!(error = %e, "counting session keys"),
+                    Err(_) => {}
+                }
+            }
+        }
+    }
+}
+
+/// prost's decode errors come back INTERNAL (tonic-prost's choice); bytes
+/// a client sent that are not the message it names are the client's
+/// error, INVALID_ARGUMENT.
+fn decode_error_is_invalid_argument(
+    mut res: http::Response<tonic::body::Body>,
+) -> http::Response<tonic::body::Body> {
+    let h = res.headers();
+    let internal = h.get("grpc-status").is_some_and(|v| v == "13");
+    let decode = h.get("grpc-message").is_some_and(|v| {
+        let v = v.as_bytes();
+        v.starts_with(b"failed%20to%20decode%20Protobuf") || v.starts_with(b"failed to decode")
+    });
+    if internal && decode {
+        res.headers_mut().insert(
+            "grpc-status",
+            http::HeaderValue::from(tonic::Code::InvalidArgument as i32),
+        );
+    }
+    res
 }
 
 /// A server builder with the transport limits every connection gets, on

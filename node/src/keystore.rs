@@ -1,11 +1,18 @@
 //! The client keystore: a directory of 0600 files under the vmail home.
 //!
 //! ```text
-//! HOME/keystore/identity.key   ed25519 identity seed, 32 raw bytes
-//! HOME/keystore/session.toml   username, token, master key and certificate of the current login
+//! HOME/keystore/identities/USER.key   USER's ed25519 identity seed, 32 raw bytes
+//! HOME/keystore/session.toml          username, token, master key and certificate of the current login
 //! ```
 //!
-//! The directory is made (or reset to) 0700 on every write. Files are written to a temporary name and renamed,
+//! Each account has its own identity key: two accounts registered from one
+//! home never share one, which would link them for anyone who compares
+//! certificates. A home from before keys were per user has one
+//! `HOME/keystore/identity.key`; the first account that asks for its key
+//! takes that one over (the file moves to `identities/USER.key`), and any
+//! other account gets a key of its own.
+//!
+//! The directories are made (or reset to) 0700 on every write. Files are written to a temporary name and renamed,
 //! so a crash never leaves half a key behind.
 
 use std::fs;
@@ -76,7 +83,13 @@ impl Keystore {
         }
     }
 
-    fn identity_path(&self) -> PathBuf {
+    /// Where `user`'s identity key lives.
+    pub fn identity_path(&self, user: &Username) -> PathBuf {
+        self.dir.join("identities").join(format!("{user}.key"))
+    }
+
+    /// The one identity key of a home from before keys were per user.
+    fn legacy_identity_path(&self) -> PathBuf {
         self.dir.join("identity.key")
     }
 
@@ -85,12 +98,15 @@ impl Keystore {
     }
 
     fn write_secret(&self, path: &Path, contents: &[u8]) -> Result<(), KeystoreError> {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&self.dir)
-            .map_err(io(&self.dir))?;
-        fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o700)).map_err(io(&self.dir))?;
+        let parent = path.parent().unwrap_or(&self.dir);
+        for dir in [&self.dir, parent] {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(io(dir))?;
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io(dir))?;
+        }
         write_private(path, contents).map_err(io(path))
     }
 
@@ -106,9 +122,25 @@ impl Keystore {
         fs::read(path).map(Some).map_err(io(path))
     }
 
-    /// The identity key, if one was made.
-    pub fn identity(&self) -> Result<Option<SigningKey>, KeystoreError> {
-        let path = self.identity_path();
+    /// `user`'s identity key, if one was made in this home (a home's
+    /// single key from before keys were per user is taken over by the first
+    /// account that asks).
+    pub fn identity(&self, user: &Username) -> Result<Option<SigningKey>, KeystoreError> {
+        let path = self.identity_path(user);
+        if let Some(key) = self.read_key(&path)? {
+            return Ok(Some(key));
+        }
+        let legacy = self.legacy_identity_path();
+        let Some(key) = self.read_key(&legacy)? else {
+            return Ok(None);
+        };
+        self.save_identity(user, &key)?;
+        fs::remove_file(&legacy).map_err(io(&legacy))?;
+        Ok(Some(key))
+    }
+
+    fn read_key(&self, path: &Path) -> Result<Option<SigningKey>, KeystoreError> {
+        let path = path.to_owned();
         let Some(bytes) = self.read_secret(&path)? else {
             return Ok(None);
         };
@@ -122,19 +154,19 @@ impl Keystore {
         Ok(Some(SigningKey::from_bytes(&seed)))
     }
 
-    /// The identity key, made and saved if there is none yet.
-    pub fn identity_or_create(&self) -> Result<SigningKey, KeystoreError> {
-        if let Some(k) = self.identity()? {
+    /// `user`'s identity key, made and saved if there is none yet.
+    pub fn identity_or_create(&self, user: &Username) -> Result<SigningKey, KeystoreError> {
+        if let Some(k) = self.identity(user)? {
             return Ok(k);
         }
         let key = SigningKey::from_bytes(&vmail_proto::random_bytes());
-        self.save_identity(&key)?;
+        self.save_identity(user, &key)?;
         Ok(key)
     }
 
-    /// Saves `key` as the identity key.
-    pub fn save_identity(&self, key: &SigningKey) -> Result<(), KeystoreError> {
-        self.write_secret(&self.identity_path(), key.as_bytes())
+    /// Saves `key` as `user`'s identity key.
+    pub fn save_identity(&self, user: &Username, key: &SigningKey) -> Result<(), KeystoreError> {
+        self.write_secret(&self.identity_path(user), key.as_bytes())
     }
 
     /// Saves the current login.
@@ -221,22 +253,73 @@ pub fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
+    fn user(name: &str) -> Username {
+        Username::parse(name).unwrap()
+    }
+
+    #[test]
+    fn each_account_has_its_own_key() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ks = Keystore::new(tmp.path());
+        let alice = ks.identity_or_create(&user("alice")).unwrap();
+        let bob = ks.identity_or_create(&user("bob")).unwrap();
+        assert_ne!(alice.as_bytes(), bob.as_bytes());
+        assert_eq!(
+            ks.identity(&user("alice")).unwrap().unwrap().as_bytes(),
+            alice.as_bytes()
+        );
+        assert!(ks.identity(&user("carol")).unwrap().is_none());
+        let dir = tmp.path().join("keystore/identities");
+        assert_eq!(
+            fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+    }
+
+    #[test]
+    fn a_single_key_of_an_old_home_goes_to_the_first_account_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ks = Keystore::new(tmp.path());
+        let old = SigningKey::from_bytes(&[7; 32]);
+        fs::create_dir_all(tmp.path().join("keystore")).unwrap();
+        let legacy = tmp.path().join("keystore/identity.key");
+        write_private(&legacy, old.as_bytes()).unwrap();
+        let alice = ks.identity(&user("alice")).unwrap().unwrap();
+        assert_eq!(alice.as_bytes(), old.as_bytes());
+        assert!(!legacy.exists());
+        assert!(ks.identity(&user("bob")).unwrap().is_none());
+        assert_ne!(
+            ks.identity_or_create(&user("bob")).unwrap().as_bytes(),
+            old.as_bytes()
+        );
+    }
+
     #[test]
     fn identity_is_created_once_and_guarded() {
         let tmp = tempfile::tempdir().unwrap();
         let ks = Keystore::new(tmp.path());
-        assert!(ks.identity().unwrap().is_none());
-        let k = ks.identity_or_create().unwrap();
-        assert_eq!(ks.identity_or_create().unwrap().as_bytes(), k.as_bytes());
-        let path = tmp.path().join("keystore/identity.key");
+        let alice = user("alice");
+        assert!(ks.identity(&alice).unwrap().is_none());
+        let k = ks.identity_or_create(&alice).unwrap();
+        assert_eq!(
+            ks.identity_or_create(&alice).unwrap().as_bytes(),
+            k.as_bytes()
+        );
+        let path = tmp.path().join("keystore/identities/alice.key");
         assert_eq!(
             fs::metadata(&path).unwrap().permissions().mode() & 0o777,
             0o600
         );
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(matches!(ks.identity(), Err(KeystoreError::Permissions(_))));
+        assert!(matches!(
+            ks.identity(&alice),
+            Err(KeystoreError::Permissions(_))
+        ));
         fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
         fs::write(&path, b"short").unwrap();
-        assert!(matches!(ks.identity(), Err(KeystoreError::Corrupt { .. })));
+        assert!(matches!(
+            ks.identity(&alice),
+            Err(KeystoreError::Corrupt { .. })
+        ));
     }
 }

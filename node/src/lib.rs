@@ -12,6 +12,8 @@
 //! - [`peer`]: a running peer: session, the leave and fetch jobs and their
 //!   pure plans, and its background duties;
 //! - [`control`]: the local control API (gRPC on a Unix socket) and its client;
+//! - [`metrics`]: the daemon's Prometheus series and its `/metrics`
+//!   endpoint (no other module of this crate below it);
 //! - [`config`]: the peer's `node.toml`;
 //! - [`home`], [`keystore`]: the user's vmail home, where the auth servers
 //!   are, and the identity key and login saved there.
@@ -24,6 +26,7 @@ pub mod control;
 pub mod core;
 pub mod home;
 pub mod keystore;
+pub mod metrics;
 pub mod overlay;
 pub mod peer;
 pub mod sip;

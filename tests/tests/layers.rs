@@ -106,7 +106,7 @@ fn the_auth_crate_is_a_straight_stack() {
     check_layers(
         &root().join("auth/src"),
         &[
-            &["config", "keys"],
+            &["config", "keys", "metrics"],
             &["store", "tls"],
             &["datadir"],
             &["cluster"],
@@ -122,7 +122,7 @@ fn the_node_crate_uses_only_lower_layers() {
     check_layers(
         &root().join("node/src"),
         &[
-            &["core", "supernode", "auth_client"],
+            &["core", "supernode", "auth_client", "metrics"],
             &["config", "keystore", "home"],
             &["overlay"],
             &["peer"],

@@ -49,14 +49,69 @@ pub(crate) async fn health(dir: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A member's status as the JSON object `cluster status --json` prints
+/// (documented in its help and in docs/OPERATIONS.md).
+pub(crate) fn status_json(s: &admin::GroupStatus) -> serde_json::Value {
+    let member = |m: &admin::MemberStatus| {
+        serde_json::json!({
+            "name": m.member.name,
+            "id": format!("{:016x}", m.id),
+            "api_url": m.member.api_url,
+            "raft_url": m.member.raft_url,
+            "role": if m.voter { "voter" } else { "learner" },
+            "matched": m.matched,
+        })
+    };
+    serde_json::json!({
+        "member": member(&s.me),
+        "state": s.state,
+        "term": s.term,
+        "leader": s.leader,
+        "last_log_index": s.last_log_index,
+        "last_applied": s.last_applied,
+        "snapshot_index": s.snapshot_index,
+        "members": s.members.iter().map(member).collect::<Vec<_>>(),
+    })
+}
+
+/// The status of the member at `url`, or of the member whose data
+/// directory is given.
+async fn group_status(
+    data_dir: &std::path::Path,
+    url: Option<String>,
+) -> anyhow::Result<admin::GroupStatus> {
+    let url = match url {
+        Some(u) => u,
+        None => own_raft_url(data_dir)?,
+    };
+    Ok(admin::status(&url, &admin::member_tls(data_dir)?).await?)
+}
+
 pub(crate) async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
     match command {
-        ClusterCommand::Status { data_dir, url } => {
-            let url = match url {
-                Some(u) => u,
-                None => own_raft_url(&data_dir)?,
-            };
-            let s = admin::status(&url, &admin::member_tls(&data_dir)?).await?;
+        ClusterCommand::Status {
+            data_dir,
+            url,
+            json: true,
+        } => match group_status(&data_dir, url).await {
+            Ok(s) => println!("{}", status_json(&s)),
+            Err(e) => {
+                let causes: Vec<String> = e.chain().map(ToString::to_string).collect();
+                let error = serde_json::json!({
+                    "error": format!("{e:#}"),
+                    "causes": causes,
+                    "exit_code": 1,
+                });
+                eprintln!("{error}");
+                std::process::exit(1);
+            }
+        },
+        ClusterCommand::Status {
+            data_dir,
+            url,
+            json: false,
+        } => {
+            let s = group_status(&data_dir, url).await?;
             println!("member:   {} (id {:016x})", s.me.member.name, s.me.id);
             println!("state:    {}", s.state);
             println!("term:     {}", s.term);

@@ -1,8 +1,9 @@
 //! The `vmail-auth` subcommands beyond `init`, `serve` and `join`, and what
-//! the commands share: binding a data directory's ports and stopping on a
-//! signal.
+//! the commands share: binding a data directory's ports (and the metrics
+//! endpoint) and stopping on a signal.
 
 pub(crate) mod admin;
+pub(crate) mod docs;
 pub(crate) mod start;
 
 use std::net::SocketAddr;
@@ -34,6 +35,54 @@ pub(crate) fn own_raft_url(dir: &std::path::Path) -> anyhow::Result<String> {
         config.public_host(),
         port_of(&config.raft_listen)?
     ))
+}
+
+/// Binds the metrics endpoint of a data directory's server: `--metrics`
+/// when given, else `metrics_listen` from its config; none when neither.
+pub(crate) async fn bind_metrics(
+    dir: &std::path::Path,
+    flag: Option<SocketAddr>,
+) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+    let addr = match flag {
+        Some(a) => a,
+        None => {
+            let config = datadir::load_config(dir)?;
+            if config.metrics_listen.is_empty() {
+                return Ok(None);
+            }
+            config
+                .metrics_listen
+                .parse()
+                .expect("ServerConfig::validate checked it")
+        }
+    };
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!(
+            "--metrics {addr} (or metrics_listen in {}): cannot listen there: is another process using it? Choose another address",
+            dir.join(datadir::files::CONFIG).display()
+        )
+    })?;
+    Ok(Some(listener))
+}
+
+/// Serves `/metrics` for `svc` on `listener`, if any, until the task is
+/// aborted.
+pub(crate) fn spawn_metrics(
+    listener: Option<tokio::net::TcpListener>,
+    svc: &vmail_auth::service::AuthService,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let listener = listener?;
+    let metrics = svc.metrics().clone();
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "serving metrics at http://{addr}/metrics");
+    }
+    Some(tokio::spawn(async move {
+        if let Err(e) =
+            vmail_auth::metrics::serve_http(listener, metrics, std::future::pending()).await
+        {
+            tracing::error!(error = %e, "the metrics endpoint failed");
+        }
+    }))
 }
 
 /// Binds the public and internal listeners of a data directory.

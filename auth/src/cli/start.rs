@@ -11,7 +11,7 @@ use vmail_auth::enroll::{self, Enrollment};
 use vmail_auth::server;
 use vmail_auth::service::SystemClock;
 
-use super::{bind, port_of, shutdown_signal};
+use super::{bind, bind_metrics, port_of, shutdown_signal, spawn_metrics};
 use crate::ServerArgs;
 
 /// How long `start` waits for the founder, or for an answer to its
@@ -50,7 +50,11 @@ async fn wait_for(what: &str, ready: impl Fn() -> bool) -> anyhow::Result<()> {
 /// `vmail-auth start`: makes the data directory if there is none, then
 /// serves, joining the group if this server is not a member yet, and keeps
 /// answering enrolment requests and publishing the clients' config.
-pub(crate) async fn start(args: ServerArgs, group: Group) -> anyhow::Result<()> {
+pub(crate) async fn start(
+    args: ServerArgs,
+    group: Group,
+    metrics: Option<std::net::SocketAddr>,
+) -> anyhow::Result<()> {
     let dir = args.data_dir.clone();
     let (api_port, raft_port) = (port_of(&args.listen)?, port_of(&args.raft_listen)?);
     let raft_urls: Vec<String> = group
@@ -64,11 +68,22 @@ pub(crate) async fn start(args: ServerArgs, group: Group) -> anyhow::Result<()> 
         .iter()
         .map(|m| format!("https://{m}:{api_port}"))
         .collect();
+    // A flag's address is taken at once, so a bad one fails before the wait
+    // for the group.
+    let early = match metrics {
+        Some(_) => bind_metrics(&dir, metrics).await?,
+        None => None,
+    };
     if !dir.join(datadir::files::CONFIG).exists() {
         make_data_dir(&args, &group, raft_port, &raft_urls).await?;
     }
     let (api, raft) = bind(&dir, None, None).await?;
+    let metrics = match early {
+        Some(l) => Some(l),
+        None => bind_metrics(&dir, None).await?,
+    };
     let svc = Arc::new(server::open(&dir, Arc::new(SystemClock)).await?);
+    let metrics = spawn_metrics(metrics, &svc);
     let me = server::member(&svc, &api, &raft);
     let needs_join = !svc
         .raft()
@@ -121,6 +136,9 @@ pub(crate) async fn start(args: ServerArgs, group: Group) -> anyhow::Result<()> 
     });
     server::serve(svc, api, raft, shutdown_signal()).await?;
     tasks.abort();
+    if let Some(m) = metrics {
+        m.abort();
+    }
     Ok(())
 }
 

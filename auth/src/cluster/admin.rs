@@ -48,21 +48,43 @@ pub enum AdminError {
 }
 
 fn call_err(url: &str, s: &tonic::Status) -> AdminError {
+    let chain = status_chain(s);
     let why = match s.code() {
-        tonic::Code::Unavailable
-            if s.message().contains("tls") || s.message().contains("certificate") =>
-        {
-            format!(
-                "{}. The TLS handshake failed: is the credential from this group's CA?",
-                s.message()
-            )
+        tonic::Code::Unavailable if chain.contains("tls") || chain.contains("certificate") => {
+            format!("{chain}. The TLS handshake failed: is the credential from this group's CA?")
         }
-        _ => s.message().to_owned(),
+        // The public API answers every internal method UNIMPLEMENTED.
+        tonic::Code::Unimplemented => format!(
+            "{chain}: this is not a member's internal (Raft) service; is it the public API's URL? \
+             Give the internal URL, on the member's raft_listen port (e.g. https://auth-1:7444), \
+             or leave --url out to ask the member whose --data-dir is given"
+        ),
+        _ => chain,
     };
     AdminError::Call {
         url: url.to_owned(),
         why,
     }
+}
+
+/// A status as one line: its code, its message, and every cause under it
+/// (a transport error's own message says little: "transport error").
+pub fn status_chain(s: &tonic::Status) -> String {
+    let mut out = format!("{:?}", s.code());
+    if !s.message().is_empty() {
+        out.push_str(": ");
+        out.push_str(s.message());
+    }
+    let mut cause = std::error::Error::source(s);
+    while let Some(e) = cause {
+        let text = e.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = e.source();
+    }
+    out
 }
 
 /// How long a join credential is valid: it opens the group's secrets, so it

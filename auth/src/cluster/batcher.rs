@@ -9,12 +9,14 @@
 //! were measured too, and committed fewer writes per second: smaller
 //! batches, each paying its own round.)
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Command, Member, Raft, Reply};
+use crate::metrics::AuthMetrics;
 
 /// Most commands in one entry.
 const MAX_BATCH: usize = 256;
@@ -49,10 +51,11 @@ pub struct Batcher {
 
 impl Batcher {
     /// Starts the task that proposes to `raft`. A caller waits at most
-    /// `timeout` in all, queueing included.
-    pub fn start(raft: Raft, timeout: Duration) -> Self {
+    /// `timeout` in all, queueing included. Each entry proposed is counted
+    /// in `metrics`.
+    pub fn start(raft: Raft, timeout: Duration, metrics: Arc<AuthMetrics>) -> Self {
         let (queue, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(raft, rx, timeout));
+        tokio::spawn(run(raft, rx, timeout, metrics));
         Self { queue, timeout }
     }
 
@@ -71,7 +74,12 @@ impl Batcher {
     }
 }
 
-async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<Queued>, timeout: Duration) {
+async fn run(
+    raft: Raft,
+    mut rx: mpsc::UnboundedReceiver<Queued>,
+    timeout: Duration,
+    metrics: Arc<AuthMetrics>,
+) {
     while let Some(first) = rx.recv().await {
         let mut bytes = first.size;
         let mut batch = vec![first];
@@ -88,6 +96,7 @@ async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<Queued>, timeout: Durat
         // happen; while it is still queued, it does not.
         batch.retain(|q| !q.reply.is_closed());
         if !batch.is_empty() {
+            metrics.proposed(batch.len());
             propose(&raft, batch, timeout).await;
         }
     }

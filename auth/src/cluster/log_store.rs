@@ -15,6 +15,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::TypeConfig;
+use crate::metrics::AuthMetrics;
 use crate::store::{RAFT, RAFT_LOG, Store, StoreError, db_err};
 
 type SErr = StorageError<u64>;
@@ -23,12 +24,13 @@ type SErr = StorageError<u64>;
 #[derive(Debug, Clone)]
 pub struct LogStore {
     store: Arc<Store>,
+    metrics: Arc<AuthMetrics>,
 }
 
 impl LogStore {
-    /// A log store over `store`'s database.
-    pub fn new(store: Arc<Store>) -> Self {
-        Self { store }
+    /// A log store over `store`'s database; appends are timed in `metrics`.
+    pub fn new(store: Arc<Store>, metrics: Arc<AuthMetrics>) -> Self {
+        Self { store, metrics }
     }
 
     /// Runs blocking database work off the async threads.
@@ -209,6 +211,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .into_iter()
             .map(|e| (e.log_id.index, encode(&e)))
             .collect();
+        let since = std::time::Instant::now();
         let result = self
             .blocking(move |s| {
                 s.write(|tx| {
@@ -220,6 +223,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 })
             })
             .await;
+        self.metrics.appended(since);
         match result {
             Ok(()) => {
                 callback.log_io_completed(Ok(()));

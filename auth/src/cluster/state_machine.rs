@@ -28,8 +28,10 @@ use vmail_proto::names::{Recipients, Username};
 use super::log_store::{get_meta, put_meta};
 use super::{Command, Event, Member, Reply, TypeConfig, unseal};
 use crate::keys::ServerKeys;
+use crate::metrics::AuthMetrics;
 use crate::store::{
-    DepositOutcome, RAFT, RegisterOutcome, Session, Store, StoreError, User, Voicemail, db_err,
+    AckOutcome, DepositOutcome, RAFT, RecallOutcome, RegisterOutcome, Session, Store, StoreError,
+    User, Voicemail, db_err,
 };
 
 type SErr = StorageError<u64>;
@@ -42,15 +44,23 @@ pub struct StateMachine {
     store: Arc<Store>,
     keys: Arc<ServerKeys>,
     events: broadcast::Sender<Event>,
+    metrics: Arc<AuthMetrics>,
 }
 
 impl StateMachine {
-    /// A state machine over `store`.
-    pub fn new(store: Arc<Store>, keys: Arc<ServerKeys>, events: broadcast::Sender<Event>) -> Self {
+    /// A state machine over `store`; applies and erased keys are counted
+    /// in `metrics`.
+    pub fn new(
+        store: Arc<Store>,
+        keys: Arc<ServerKeys>,
+        events: broadcast::Sender<Event>,
+        metrics: Arc<AuthMetrics>,
+    ) -> Self {
         Self {
             store,
             keys,
             events,
+            metrics,
         }
     }
 
@@ -356,6 +366,19 @@ fn grant(
     )?))
 }
 
+/// How many voicemail session keys applying a command erased.
+fn keys_erased(reply: &Reply) -> u64 {
+    match reply {
+        Reply::Acked(AckOutcome::Acked {
+            key_erased: true, ..
+        })
+        | Reply::Recalled(RecallOutcome::Recalled { .. }) => 1,
+        Reply::Purged(c) => c.voicemails as u64,
+        Reply::Batch(replies) => replies.iter().map(keys_erased).sum(),
+        _ => 0,
+    }
+}
+
 fn sm_write(e: StoreError) -> SErr {
     StorageIOError::write_state_machine(&e).into()
 }
@@ -429,6 +452,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if entries.is_empty() {
             return Ok(Vec::new());
         }
+        let since = std::time::Instant::now();
         let (replies, events) = self
             .blocking(move |sm| {
                 let mut events = Vec::new();
@@ -473,6 +497,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 tracing::error!(error = %e, "applying Raft entries failed; this server stops replicating until restarted");
                 sm_write(e)
             })?;
+        self.metrics.applied(since);
+        self.metrics
+            .keys_erased(replies.iter().map(keys_erased).sum());
         for e in events {
             let _ = self.events.send(e);
         }

@@ -169,6 +169,9 @@ pub struct LoginTable<S> {
     order: BTreeMap<u64, [u8; 16]>,
     /// Each user's login ids, oldest first; at most `per_user` each.
     per_user: HashMap<String, VecDeque<[u8; 16]>>,
+    /// Logins dropped unfinished (timed out or displaced) since
+    /// [`Self::take_abandoned`] last asked.
+    abandoned: u64,
 }
 
 impl<S> LoginTable<S> {
@@ -180,7 +183,15 @@ impl<S> LoginTable<S> {
             entries: HashMap::new(),
             order: BTreeMap::new(),
             per_user: HashMap::new(),
+            abandoned: 0,
         }
+    }
+
+    /// How many logins were dropped unfinished, timed out or displaced,
+    /// since the last call. A client that finds its password wrong never
+    /// finishes, so to the server a wrong password looks like this.
+    pub fn take_abandoned(&mut self) -> u64 {
+        std::mem::take(&mut self.abandoned)
     }
 
     /// How many logins are unfinished.
@@ -222,6 +233,7 @@ impl<S> LoginTable<S> {
                 break;
             }
             self.remove(&id);
+            self.abandoned += 1;
         }
     }
 
@@ -233,12 +245,14 @@ impl<S> LoginTable<S> {
         if self.of_user(user) >= self.caps.per_user.max(1) {
             let oldest = self.per_user.get(user).and_then(|ids| ids.front().copied());
             if let Some(e) = oldest.and_then(|o| self.remove(&o)) {
+                self.abandoned += 1;
                 evicted = Some(Evicted { user: e.user });
             }
         }
         if self.entries.len() >= self.caps.overall.max(1) {
             let oldest = self.order.first_key_value().map(|(_, id)| *id);
             if let Some(e) = oldest.and_then(|o| self.remove(&o)) {
+                self.abandoned += 1;
                 evicted = Some(Evicted { user: e.user });
             }
         }
@@ -263,6 +277,7 @@ impl<S> LoginTable<S> {
 
     /// Takes a login out, if it is there and not timed out.
     pub fn take(&mut self, id: &[u8; 16], now: Instant) -> Option<(String, S)> {
+        // A late finish is refused as expired, not counted abandoned.
         let e = self.remove(id)?;
         (now.saturating_duration_since(e.started) < self.caps.timeout).then_some((e.user, e.state))
     }
@@ -451,6 +466,26 @@ mod tests {
         t.insert(id(4), "b", (), t0 + Duration::from_secs(95));
         assert_eq!(t.len(), 2, "id 2 timed out");
         assert_eq!(t.of_user("a"), 0);
+    }
+
+    #[test]
+    fn logins_dropped_unfinished_are_counted_abandoned_once() {
+        let t0 = Instant::now();
+        let mut t = LoginTable::new(caps(10, 1));
+        t.insert(id(1), "a", (), t0);
+        // Displaced by a's next login.
+        t.insert(id(2), "a", (), t0);
+        assert_eq!(t.take_abandoned(), 1);
+        assert_eq!(t.take_abandoned(), 0, "counted once");
+        // Finished: not abandoned.
+        assert!(t.take(&id(2), t0).is_some());
+        t.insert(id(3), "b", (), t0);
+        // Timed out, found when the next login makes room.
+        t.insert(id(4), "c", (), t0 + Duration::from_secs(61));
+        assert_eq!(t.take_abandoned(), 1);
+        // A late finish is expired, not abandoned.
+        assert!(t.take(&id(4), t0 + Duration::from_secs(200)).is_none());
+        assert_eq!(t.take_abandoned(), 0);
     }
 
     #[test]

@@ -80,6 +80,8 @@ pub(super) fn login_caps(config: &crate::config::ServerConfig) -> LoginCaps {
 pub(super) struct Failures {
     count: u32,
     window_start: u64,
+    /// Whether this window's lock-out was counted in the metrics.
+    locked: bool,
 }
 
 impl AuthService {
@@ -100,9 +102,14 @@ impl AuthService {
             *f = Failures {
                 count: 0,
                 window_start: now,
+                locked: false,
             };
         }
         if f.count >= self.config.max_failed_logins {
+            if !f.locked {
+                f.locked = true;
+                self.metrics.locked_out();
+            }
             return Err(AuthError::LockedOut {
                 username: name.to_owned(),
                 retry_after_secs: f.window_start + window - now,
@@ -158,12 +165,12 @@ impl AuthService {
             }
         };
         let login_id: [u8; 16] = random_bytes();
-        let evicted = self.logins.lock().expect("lock").insert(
-            login_id,
-            name.as_str(),
-            start.state,
-            Instant::now(),
-        );
+        let (evicted, abandoned) = {
+            let mut logins = self.logins.lock().expect("lock");
+            let evicted = logins.insert(login_id, name.as_str(), start.state, Instant::now());
+            (evicted, logins.take_abandoned())
+        };
+        self.metrics.logins_abandoned(abandoned);
         if let Some(e) = evicted {
             tracing::debug!(user = %e.user, "an unfinished login made room for a newer one");
         }
@@ -180,12 +187,13 @@ impl AuthService {
             )
         })?;
         let timeout = self.config.login_timeout_secs;
-        let (name, state) = self
-            .logins
-            .lock()
-            .expect("lock")
-            .take(&login_id, Instant::now())
-            .ok_or(AuthError::LoginExpired(timeout))?;
+        let (taken, abandoned) = {
+            let mut logins = self.logins.lock().expect("lock");
+            let taken = logins.take(&login_id, Instant::now());
+            (taken, logins.take_abandoned())
+        };
+        self.metrics.logins_abandoned(abandoned);
+        let (name, state) = taken.ok_or(AuthError::LoginExpired(timeout))?;
         let name = Username::parse(&name)?;
         let finalization =
             CredentialFinalization::<Suite>::deserialize(&req.credential_finalization)

@@ -51,6 +51,7 @@ use crate::cluster::batcher::{Batcher, WriteError};
 use crate::cluster::{Command, Event, Raft, Reply};
 use crate::config::ServerConfig;
 use crate::keys::ServerKeys;
+use crate::metrics::AuthMetrics;
 use crate::store::{Session, Store, StoreError};
 use limits::{RateLimiter, StreamCounts};
 use login::{Failures, PendingLogins};
@@ -148,6 +149,7 @@ pub struct AuthService {
     refused_grants: Mutex<RateLimiter<String>>,
     events: broadcast::Sender<Event>,
     shutdown: CancellationToken,
+    metrics: Arc<AuthMetrics>,
 }
 
 impl fmt::Debug for AuthService {
@@ -161,7 +163,7 @@ impl fmt::Debug for AuthService {
 impl AuthService {
     /// A service over an open store and the Raft node replicating it.
     /// `events` is the channel the state machine reports applied deposits
-    /// and logouts on.
+    /// and logouts on; `metrics` is where this server counts.
     pub fn new(
         store: Arc<Store>,
         keys: Arc<ServerKeys>,
@@ -169,6 +171,7 @@ impl AuthService {
         clock: Arc<dyn Clock>,
         raft: Raft,
         events: broadcast::Sender<Event>,
+        metrics: Arc<AuthMetrics>,
     ) -> Self {
         let limits = Limits::new(&config);
         Self {
@@ -176,7 +179,7 @@ impl AuthService {
             keys,
             config,
             clock,
-            batcher: Batcher::start(raft.clone(), WRITE_TIMEOUT),
+            batcher: Batcher::start(raft.clone(), WRITE_TIMEOUT, metrics.clone()),
             raft,
             logins: limits.logins,
             failures: Mutex::new(HashMap::new()),
@@ -187,7 +190,13 @@ impl AuthService {
             refused_grants: limits.refused_grants,
             events,
             shutdown: CancellationToken::new(),
+            metrics,
         }
+    }
+
+    /// What this server counts.
+    pub fn metrics(&self) -> &Arc<AuthMetrics> {
+        &self.metrics
     }
 
     /// The Raft node.

@@ -142,7 +142,7 @@ async fn account_commands_and_inbox() {
     )
     .await;
     assert!(o.status.success(), "{}", stderr(&o));
-    for f in ["identity.key", "session.toml"] {
+    for f in ["identities/alice.key", "session.toml"] {
         let mode = std::fs::metadata(home.join("keystore").join(f))
             .unwrap()
             .permissions()
@@ -191,12 +191,12 @@ async fn account_commands_and_inbox() {
     assert!(stderr(&o).contains("not logged in"), "{}", stderr(&o));
 
     // Logging in again with --rotate-identity certifies a new key.
-    let old_key = std::fs::read(home.join("keystore/identity.key")).unwrap();
+    let old_key = std::fs::read(home.join("keystore/identities/alice.key")).unwrap();
     let o = vmail(&home, pw, &["login", "alice", "--rotate-identity"]).await;
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("(rotated)"));
     assert_ne!(
-        std::fs::read(home.join("keystore/identity.key")).unwrap(),
+        std::fs::read(home.join("keystore/identities/alice.key")).unwrap(),
         old_key
     );
     env.server.stop().await.unwrap();

@@ -2,15 +2,29 @@
 //! the binaries this test run built: auth servers, supernodes and peers in
 //! their own containers on two networks, a killed auth leader, a killed
 //! supernode, a storage peer cut off, a holder killed during an upload and
-//! auth servers restarted with and without their data.
+//! auth servers restarted with and without their data; Prometheus, in the
+//! testnet, is asked over its API whether it saw the faults, the leader
+//! change and the repair.
 //!
 //! It needs a Docker daemon and a compose tool; without them it says so and
-//! passes, as `.ci/run` documents.
+//! passes, as `.ci/run` documents. The scenario removes its containers,
+//! networks and volumes; this test removes the two images it built.
 
 use std::path::Path;
 use std::process::Command;
 
 mod common;
+
+/// The images the scenario builds; removed when the test ends, pass or fail.
+struct Images([&'static str; 2]);
+
+impl Drop for Images {
+    fn drop(&mut self) {
+        for image in self.0 {
+            let _ = Command::new("docker").args(["rmi", "-f", image]).output();
+        }
+    }
+}
 
 #[test]
 fn the_compose_scenario_passes() {
@@ -39,12 +53,15 @@ fn the_compose_scenario_passes() {
             bin_dir.join(program).display()
         );
     }
+    let images = Images(["vmail-testnet:test", "vmail-prometheus:test"]);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testnet.sh");
     let status = Command::new(script)
         .arg("scenario")
         .env("VMAIL_BIN_DIR", bin_dir)
         .env("VMAIL_SCENARIO_PROJECT", "vmailscenariotest")
-        .env("VMAIL_IMAGE", "vmail-testnet:test")
+        .env("VMAIL_IMAGE", images.0[0])
+        .env("VMAIL_PROMETHEUS_IMAGE", images.0[1])
+        .env_remove("VMAIL_PROMETHEUS_PORT")
         .env_remove("VMAIL_KEEP")
         .status()
         .expect("running deploy/testnet.sh");

@@ -1,5 +1,6 @@
 //! `vmail inbox`: the voicemails waiting for you, as a table.
 
+use serde::Serialize;
 use tokio_stream::StreamExt;
 use vmail_node::control::{self, ControlClient, inbox_entry};
 use vmail_proto::control_pb::InboxEntry;
@@ -26,6 +27,50 @@ fn from(p: &InboxEntry) -> String {
         format!("{} (unknown caller)", sender_name(p))
     } else {
         sender_name(p).to_owned()
+    }
+}
+
+/// `vmail inbox --json`.
+#[derive(Debug, Serialize)]
+struct InboxJson {
+    username: String,
+    voicemails: Vec<VoicemailJson>,
+}
+
+/// One waiting voicemail, in `vmail inbox --json` and as each line of
+/// `vmail inbox --watch --json`.
+#[derive(Debug, Serialize)]
+pub(super) struct VoicemailJson {
+    /// 32 hex digits, as `vmail fetch` takes it.
+    id: String,
+    /// The sender's username; null when the sender is hidden.
+    sender: Option<String>,
+    anonymous: bool,
+    /// The sender is not in your contacts ("unknown caller").
+    first_contact: bool,
+    /// Unix seconds.
+    received_at: u64,
+    size: u64,
+    /// 0 when not audio, or unknown.
+    duration_ms: u64,
+    content_type: String,
+    /// Unix seconds.
+    expires_at: u64,
+}
+
+impl From<&InboxEntry> for VoicemailJson {
+    fn from(p: &InboxEntry) -> Self {
+        Self {
+            id: hex::encode(&p.voicemail_id),
+            sender: (!p.anonymous).then(|| p.sender.clone()),
+            anonymous: p.anonymous,
+            first_contact: p.first_contact,
+            received_at: p.deposited_at,
+            size: p.size,
+            duration_ms: p.duration_ms,
+            content_type: p.content_type.clone(),
+            expires_at: p.expires_at,
+        }
     }
 }
 
@@ -62,7 +107,7 @@ fn print_table(rows: &[[String; 7]]) {
             .zip(widths)
             .map(|(c, w)| format!("{c:<w$}"))
             .collect();
-        println!("{}", parts.join("  ").trim_end());
+        outln!("{}", parts.join("  ").trim_end());
     };
     line(HEADER);
     for r in rows {
@@ -87,17 +132,24 @@ pub(super) async fn run(ctx: &Context, watch: bool) -> anyhow::Result<()> {
     if !watch {
         let pending = list(ctx).await?;
         let user = ctx.peer_session()?.login.username;
+        if ctx.json {
+            super::output::json(&InboxJson {
+                username: user.to_string(),
+                voicemails: pending.iter().map(VoicemailJson::from).collect(),
+            });
+            return Ok(());
+        }
         if pending.is_empty() {
-            println!("no voicemail waiting for {user}");
+            outln!("no voicemail waiting for {user}");
             return Ok(());
         }
         print_table(&pending.iter().map(row).collect::<Vec<_>>());
-        println!(
+        outln!(
             "{} voicemail(s); every sender certificate (a hidden sender has none) and session key checked",
             pending.len()
         );
         if pending.iter().any(|p| p.first_contact) {
-            println!(
+            outln!(
                 "an unknown caller is not in your contacts: after fetching, `vmail contacts add USER` to accept them, or `vmail report ID` if it is spam"
             );
         }
@@ -107,10 +159,12 @@ pub(super) async fn run(ctx: &Context, watch: bool) -> anyhow::Result<()> {
     let mut stream = client.watch_pending().await?;
     // The server may send a voicemail twice around the stream's start.
     let mut seen = std::collections::HashSet::new();
-    println!(
-        "watching for voicemail to {} (Ctrl-C to stop)",
-        session.username
-    );
+    if !ctx.json {
+        outln!(
+            "watching for voicemail to {} (Ctrl-C to stop)",
+            session.username
+        );
+    }
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     loop {
@@ -124,8 +178,12 @@ pub(super) async fn run(ctx: &Context, watch: bool) -> anyhow::Result<()> {
                     if !seen.insert(p.voicemail_id.clone()) {
                         continue;
                     }
+                    if ctx.json {
+                        super::output::json(&VoicemailJson::from(&p));
+                        continue;
+                    }
                     let [id, from, at, size, duration, ty, _] = row(&p);
-                    println!("new voicemail {id} from {from} at {at}, {size}, {duration}, {ty}");
+                    outln!("new voicemail {id} from {from} at {at}, {size}, {duration}, {ty}");
                 }
             }
         }

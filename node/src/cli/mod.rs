@@ -1,7 +1,11 @@
 //! The `vmail` command line: flags, the shared context, and dispatch.
 
+#[macro_use]
+pub(crate) mod output;
+
 mod account;
 mod devnet;
+mod docs;
 mod inbox;
 mod node;
 mod policy;
@@ -47,8 +51,19 @@ pub(crate) struct Cli {
     /// Read the password from this file instead of prompting.
     #[arg(long, global = true)]
     password_file: Option<PathBuf>,
+    /// Print one JSON document on stdout instead of text (errors: a JSON
+    /// object on stderr); docs/OPERATIONS.md gives each command's shape.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
+}
+
+impl Cli {
+    /// Whether --json was given.
+    pub(crate) fn json(&self) -> bool {
+        self.json
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -172,6 +187,67 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Print a shell completion script, e.g. `vmail completions bash >
+    /// /etc/bash_completion.d/vmail`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages for vmail and each subcommand into DIR (for
+    /// packaging).
+    #[command(hide = true)]
+    Man {
+        /// The directory (made if missing); existing pages are replaced.
+        dir: PathBuf,
+    },
+}
+
+impl Command {
+    /// The command's name as typed, for messages.
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Account(AccountCommand::Register { .. }) => "account register",
+            Self::Account(AccountCommand::Set(_)) => "account set",
+            Self::Login { .. } => "login",
+            Self::Logout => "logout",
+            Self::Whoami => "whoami",
+            Self::Inbox { .. } => "inbox",
+            Self::Leave { .. } => "leave",
+            Self::Fetch { .. } => "fetch",
+            Self::Sent => "sent",
+            Self::Recall { .. } => "recall",
+            Self::Discard { .. } => "discard",
+            Self::Policy(_) => "policy",
+            Self::Contacts(_) => "contacts",
+            Self::Block { .. } => "block",
+            Self::Unblock { .. } => "unblock",
+            Self::Report { .. } => "report",
+            Self::Node(NodeCommand::Run { .. }) => "node run",
+            Self::Node(NodeCommand::Status { .. }) => "node status",
+            Self::Node(NodeCommand::Health { .. }) => "node health",
+            Self::Sip(SipCommand::SetPassword { .. }) => "sip set-password",
+            Self::Sip(SipCommand::Status { .. }) => "sip status",
+            Self::Demo => "demo",
+            Self::Testnet { .. } => "testnet",
+            Self::Status { .. } => "status",
+            Self::Completions { .. } => "completions",
+            Self::Man { .. } => "man",
+        }
+    }
+
+    /// Whether the command has a `--json` form: those that report data.
+    /// A daemon, a prompt, a narration or a generated file has none.
+    fn has_json(&self) -> bool {
+        !matches!(
+            self,
+            Self::Node(NodeCommand::Run { .. })
+                | Self::Sip(SipCommand::SetPassword { .. })
+                | Self::Demo
+                | Self::Testnet { .. }
+                | Self::Completions { .. }
+                | Self::Man { .. }
+        )
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -248,6 +324,15 @@ enum NodeCommand {
         /// 127.0.0.1:5060 (sip.listen in node.toml); off by default.
         #[arg(long, value_name = "ADDR")]
         sip: Option<std::net::SocketAddr>,
+        /// Serve Prometheus metrics at http://ADDR/metrics, e.g.
+        /// 127.0.0.1:9101 ([metrics] listen in node.toml); off by default.
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<std::net::SocketAddr>,
+        /// Longest time to hand held objects to other peers when stopping,
+        /// e.g. 30s or 2m; 0 skips it (handoff_timeout_secs in node.toml,
+        /// default 30 s).
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        handoff_timeout: Option<std::time::Duration>,
     },
     /// Show the running peer's id, addresses, routing table and storage.
     Status {
@@ -306,6 +391,8 @@ struct Context {
     keystore: Keystore,
     overrides: AuthOverrides,
     password_file: Option<PathBuf>,
+    /// --json: print the command's JSON document, no text or progress bars.
+    json: bool,
 }
 
 impl Context {
@@ -355,7 +442,16 @@ impl Context {
 
 /// Runs one command.
 pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
+    if cli.json && !cli.command.has_json() {
+        return Err(output::UsageError(format!(
+            "`vmail {}` has no JSON output: run it without --json (docs/OPERATIONS.md, \"JSON output: vmail\", lists the commands that have one)",
+            cli.command.name()
+        ))
+        .into());
+    }
     match cli.command {
+        Command::Completions { shell } => return docs::completions(shell),
+        Command::Man { dir } => return docs::man(&dir),
         Command::Demo => return Err(devnet::exec(&["demo".into()])),
         Command::Testnet { args } => {
             let all: Vec<OsString> = std::iter::once("testnet".into()).chain(args).collect();
@@ -374,6 +470,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
             auth_config: cli.auth_config,
         },
         password_file: cli.password_file,
+        json: cli.json,
     };
     match cli.command {
         Command::Account(AccountCommand::Register { user, invite }) => {
@@ -438,13 +535,25 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
             data_dir,
             config,
             sip,
-        }) => node::run(&ctx, data_dir, config, sip).await,
+            metrics,
+            handoff_timeout,
+        }) => {
+            let flags = node::RunFlags {
+                sip,
+                metrics,
+                handoff_timeout,
+            };
+            node::run(&ctx, data_dir, config, flags).await
+        }
         Command::Sip(c) => sip::run(&ctx, c).await,
         Command::Node(NodeCommand::Status { data_dir }) | Command::Status { data_dir } => {
             node::status(&ctx, data_dir).await
         }
         Command::Node(NodeCommand::Health { data_dir }) => node::health(&ctx, data_dir).await,
-        Command::Demo | Command::Testnet { .. } => unreachable!("handed to vmail-devnet above"),
+        Command::Demo
+        | Command::Testnet { .. }
+        | Command::Completions { .. }
+        | Command::Man { .. } => unreachable!("done above"),
     }
 }
 

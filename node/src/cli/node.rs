@@ -11,7 +11,7 @@ use libp2p::PeerId;
 use vmail_node::config::NodeConfig;
 use vmail_node::control::{self, ControlClient, ControlError, ControlService};
 use vmail_node::overlay::swarm::Role;
-use vmail_node::peer::{OBSERVATIONS_FILE, Peer, PeerOptions, Session};
+use vmail_node::peer::{HandOff, OBSERVATIONS_FILE, Peer, PeerOptions, Session};
 use vmail_node::sip::SipService;
 
 use super::Context;
@@ -31,10 +31,12 @@ impl Context {
             .keystore
             .session()?
             .context("not logged in: run `vmail login USER` first")?;
-        let identity = self
-            .keystore
-            .identity()?
-            .context("no identity key in the keystore: run `vmail login USER` again")?;
+        let identity = self.keystore.identity(&login.username)?.with_context(|| {
+            format!(
+                "no identity key for {} in the keystore: run `vmail login {}` again",
+                login.username, login.username
+            )
+        })?;
         let target = vmail_node::home::auth_target(&self.home, &self.overrides)?;
         Ok(Session {
             login,
@@ -157,19 +159,37 @@ async fn connect_retrying(socket: &Path) -> anyhow::Result<ControlClient> {
     )
 }
 
+/// `vmail node run`'s flags that override node.toml.
+#[derive(Debug, Default)]
+pub(super) struct RunFlags {
+    /// `--sip`: `sip.listen`.
+    pub(super) sip: Option<std::net::SocketAddr>,
+    /// `--metrics`: `metrics.listen`.
+    pub(super) metrics: Option<std::net::SocketAddr>,
+    /// `--handoff-timeout`: `handoff_timeout_secs`.
+    pub(super) handoff_timeout: Option<Duration>,
+}
+
 /// `vmail node run`: the peer daemon, until SIGTERM or Ctrl-C.
 pub(super) async fn run(
     ctx: &Context,
     data_dir: Option<PathBuf>,
     config: Option<PathBuf>,
-    sip: Option<std::net::SocketAddr>,
+    flags: RunFlags,
 ) -> anyhow::Result<()> {
     let dir = ctx.data_dir(data_dir);
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("creating data dir {}", dir.display()))?;
     let mut config = NodeConfig::load(&dir, config.as_deref())?;
-    if sip.is_some() {
-        config.sip.listen = sip;
+    if flags.sip.is_some() {
+        config.sip.listen = flags.sip;
+    }
+    if flags.metrics.is_some() {
+        config.metrics.listen = flags.metrics;
+    }
+    if let Some(t) = flags.handoff_timeout {
+        config.handoff_timeout_secs = t.as_secs();
+        config.validate().context("--handoff-timeout")?;
     }
     if config.cluster_key.is_none() {
         match cli_cluster_key(ctx).await? {
@@ -198,6 +218,9 @@ pub(super) async fn run(
     println!("peer {} running, data in {}", peer.peer_id(), dir.display());
     for a in peer.listen_addrs().await? {
         println!("  listening on {a}");
+    }
+    if let Some(a) = peer.metrics_addr() {
+        println!("  metrics on http://{a}/metrics");
     }
     // A saved login is handed over at start, so a restarted daemon can work
     // at once; `vmail login` replaces it.
@@ -229,14 +252,62 @@ pub(super) async fn run(
     if let Some(s) = sip {
         s.stop();
     }
-    println!("leaving: handing held voicemail to the next-closest peers");
-    let (moved, kept) = peer.hand_off().await;
-    println!("  {moved} object(s) handed off, {kept} kept here");
+    let timeout = Duration::from_secs(peer.config().handoff_timeout_secs);
+    peer.hand_off_within(timeout, &print_hand_off).await;
     match Arc::try_unwrap(peer) {
         Ok(p) => p.stop().await,
         Err(_) => tracing::warn!("peer still in use at exit"),
     }
     Ok(())
+}
+
+/// A stopping daemon's hand-off, as it goes, on stdout.
+fn print_hand_off(h: &HandOff) {
+    use std::io::Write as _;
+    if h.total == 0 {
+        println!("leaving: no objects held, nothing to hand off");
+    } else if h.timeout.is_zero() {
+        println!(
+            "leaving: hand-off skipped (handoff timeout 0): {} object(s) stay only on this disk; their siblings repair them if this peer does not come back",
+            h.total
+        );
+    } else if !h.finished && h.done() == 0 {
+        println!(
+            "leaving: handing off {} object(s) to the next-closest peers, {} at once, for at most {} (--handoff-timeout)",
+            h.total,
+            vmail_node::peer::HANDOFF_PARALLEL,
+            humantime::format_duration(h.timeout)
+        );
+    } else if !h.finished {
+        println!("  {} of {} done, {} handed off", h.done(), h.total, h.moved);
+    } else {
+        println!(
+            "  {} of {} object(s) handed off in {:.1} s{}",
+            h.moved,
+            h.total,
+            h.took.as_secs_f64(),
+            if h.timed_out() {
+                format!(
+                    "; the handoff timeout of {} ran out",
+                    humantime::format_duration(h.timeout)
+                )
+            } else {
+                String::new()
+            }
+        );
+        if h.kept() > 0 {
+            println!(
+                "  {} object(s) stay only on this disk ({} no peer took{}, {} not tried in time): this peer serves them again when it restarts, and their siblings repair them if it does not come back",
+                h.kept(),
+                h.failed,
+                h.last_error
+                    .as_ref()
+                    .map_or(String::new(), |e| format!(", the last because: {e}")),
+                h.unfinished
+            );
+        }
+    }
+    let _ = std::io::stdout().flush();
 }
 
 /// How long `vmail node run` waits for an auth config file named by
@@ -279,45 +350,155 @@ pub(super) async fn health(ctx: &Context, data_dir: Option<PathBuf>) -> anyhow::
         "the vmail peer on {} is not serving",
         socket.display()
     );
-    println!("the vmail peer on {} is serving", socket.display());
+    if ctx.json {
+        super::output::json(&HealthJson {
+            socket: socket.display().to_string(),
+            serving,
+        });
+        return Ok(());
+    }
+    outln!("the vmail peer on {} is serving", socket.display());
     Ok(())
+}
+
+/// `vmail node health --json` (a peer that does not serve is an error).
+#[derive(Debug, serde::Serialize)]
+struct HealthJson {
+    socket: String,
+    serving: bool,
+}
+
+/// `vmail status --json` and `vmail node status --json`: the control API's
+/// status, peer ids in base58 and empty strings as null.
+#[derive(Debug, serde::Serialize)]
+struct StatusJson {
+    peer_id: String,
+    listen_addrs: Vec<String>,
+    routing_peers: u32,
+    connected_peers: u32,
+    /// "supernode", "peer" or "client" (a one-job peer).
+    role: String,
+    /// "Private", "AutoNat" or "Configured"; null for a one-job peer.
+    reachability: Option<String>,
+    /// node.toml's supernode.public: "true", "false"; null when unset.
+    public_setting: Option<String>,
+    supernodes: Vec<String>,
+    advertising_peers: u32,
+    undialable: Vec<String>,
+    /// The supernode this peer is attached to; null if none.
+    attached_to: Option<String>,
+    attached_peers: Vec<String>,
+    /// The relayed address reserved on its supernode; null if none.
+    relay_addr: Option<String>,
+    /// null if it never had to re-attach.
+    last_reattach_ms: Option<u64>,
+    election: ElectionJson,
+    storage: StorageJson,
+    /// Stores and delete orders refused since start, by reason.
+    refusals: std::collections::BTreeMap<String, u64>,
+    /// The logged-in user; null when nobody is.
+    username: Option<String>,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct ElectionJson {
+    /// Whether this peer has made its first advert yet.
+    advertised: bool,
+    /// Why this peer does not stand, one missed threshold each; empty when
+    /// it stands or has not advertised.
+    shortfalls: Vec<String>,
+    qualified: u32,
+    confirmed_public: u32,
+    /// Advertising peers that miss each threshold, by node.toml setting.
+    missed: std::collections::BTreeMap<String, u32>,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct StorageJson {
+    objects: u64,
+    stored_bytes: u64,
+    quota_bytes: u64,
+    tombstones: u64,
+}
+
+impl From<&vmail_proto::control_pb::StatusResponse> for StatusJson {
+    fn from(s: &vmail_proto::control_pb::StatusResponse) -> Self {
+        let some = |v: &str| (!v.is_empty()).then(|| v.to_owned());
+        Self {
+            peer_id: PeerId::from_bytes(&s.peer_id)
+                .map(|p| p.to_string())
+                .unwrap_or_default(),
+            listen_addrs: s.listen_addrs.clone(),
+            routing_peers: s.routing_peers,
+            connected_peers: s.connected_peers,
+            role: s.role.clone(),
+            reachability: some(&s.reachability),
+            public_setting: some(&s.public_setting),
+            supernodes: s.supernodes.clone(),
+            advertising_peers: s.advertising_peers,
+            undialable: s.undialable.clone(),
+            attached_to: some(&s.attached_to),
+            attached_peers: s.attached_peers.clone(),
+            relay_addr: some(&s.relay_addr),
+            last_reattach_ms: (s.last_reattach_ms > 0).then_some(s.last_reattach_ms),
+            election: ElectionJson {
+                advertised: s.advertised,
+                shortfalls: s.shortfalls.clone(),
+                qualified: s.qualified,
+                confirmed_public: s.confirmed_public,
+                missed: s.missed.clone().into_iter().collect(),
+            },
+            storage: StorageJson {
+                objects: s.objects,
+                stored_bytes: s.stored_bytes,
+                quota_bytes: s.quota_bytes,
+                tombstones: s.tombstones,
+            },
+            refusals: s.refusals.clone().into_iter().collect(),
+            username: some(&s.username),
+        }
+    }
 }
 
 /// `vmail node status`.
 pub(super) async fn status(ctx: &Context, data_dir: Option<PathBuf>) -> anyhow::Result<()> {
     let socket = ctx.data_dir(data_dir).join(control::SOCKET_FILE);
     let s = ControlClient::connect(&socket).await?.status().await?;
+    if ctx.json {
+        super::output::json(&StatusJson::from(&s));
+        return Ok(());
+    }
     let id = PeerId::from_bytes(&s.peer_id)
         .map(|p| p.to_string())
         .unwrap_or_default();
-    println!("peer           {id}");
+    outln!("peer           {id}");
     for a in &s.listen_addrs {
-        println!("listening      {a}");
+        outln!("listening      {a}");
     }
-    println!("routing table  {} peers", s.routing_peers);
-    println!(
+    outln!("routing table  {} peers", s.routing_peers);
+    outln!(
         "role           {} (reachability: {})",
         s.role,
         reachability_words(&s.reachability, &s.public_setting)
     );
-    println!(
+    outln!(
         "supernodes     {} elected from {} advertising peers",
         s.supernodes.len(),
         s.advertising_peers
     );
     for sn in &s.supernodes {
-        println!("  supernode    {sn}");
+        outln!("  supernode    {sn}");
     }
     for p in &s.undialable {
-        println!("  undialable   {p} (claims to be public; not eligible)");
+        outln!("  undialable   {p} (claims to be public; not eligible)");
     }
     if s.role == "supernode" {
-        println!("attached peers {}", s.attached_peers.len());
+        outln!("attached peers {}", s.attached_peers.len());
         for p in &s.attached_peers {
-            println!("  attached     {p}");
+            outln!("  attached     {p}");
         }
     } else if s.attached_to.is_empty() {
-        println!(
+        outln!(
             "attached to    (no supernode yet{})",
             if s.supernodes.is_empty() {
                 ""
@@ -326,7 +507,7 @@ pub(super) async fn status(ctx: &Context, data_dir: Option<PathBuf>) -> anyhow::
             }
         );
     } else {
-        println!("attached to    {}", s.attached_to);
+        outln!("attached to    {}", s.attached_to);
     }
     if s.role != "client"
         && (s.supernodes.is_empty() || s.role == "peer" && s.attached_to.is_empty())
@@ -334,22 +515,25 @@ pub(super) async fn status(ctx: &Context, data_dir: Option<PathBuf>) -> anyhow::
         explain_election(&s);
     }
     if !s.relay_addr.is_empty() {
-        println!("relayed at     {}", s.relay_addr);
+        outln!("relayed at     {}", s.relay_addr);
     }
     if s.last_reattach_ms > 0 {
-        println!("last re-attach {} ms", s.last_reattach_ms);
+        outln!("last re-attach {} ms", s.last_reattach_ms);
     }
-    println!(
+    outln!(
         "holding        {} objects, {} of {} bytes, {} tombstones",
-        s.objects, s.stored_bytes, s.quota_bytes, s.tombstones
+        s.objects,
+        s.stored_bytes,
+        s.quota_bytes,
+        s.tombstones
     );
     if !s.refusals.is_empty() {
         let mut reasons: Vec<_> = s.refusals.iter().collect();
         reasons.sort();
         let list: Vec<String> = reasons.iter().map(|(k, v)| format!("{k} {v}")).collect();
-        println!("refused        {}", list.join(", "));
+        outln!("refused        {}", list.join(", "));
     }
-    println!(
+    outln!(
         "user           {}",
         if s.username.is_empty() {
             "(not logged in)"
@@ -380,9 +564,10 @@ fn explain_election(s: &vmail_proto::control_pb::StatusResponse) {
     // Only a peer that stands publishes (and so holds) its own advert.
     let stands = s.advertised && s.shortfalls.is_empty();
     let others = s.advertising_peers.saturating_sub(u32::from(stands));
-    println!(
+    outln!(
         "  qualified    {} of {} advertising peers meet every threshold",
-        s.qualified, s.advertising_peers
+        s.qualified,
+        s.advertising_peers
     );
     if !s.missed.is_empty() {
         let mut missed: Vec<_> = s.missed.iter().collect();
@@ -397,24 +582,24 @@ fn explain_election(s: &vmail_proto::control_pb::StatusResponse) {
                 }
             })
             .collect();
-        println!("  missing      {}", list.join(", "));
+        outln!("  missing      {}", list.join(", "));
     }
     if !s.advertised {
-        println!("  this peer    has not advertised yet");
+        outln!("  this peer    has not advertised yet");
     } else if s.shortfalls.is_empty() {
-        println!("  this peer    stands: it meets every threshold");
+        outln!("  this peer    stands: it meets every threshold");
     } else {
-        println!(
+        outln!(
             "  this peer    does not stand, so does not advertise: {}",
             s.shortfalls.join("; ")
         );
         if s.shortfalls.iter().any(|r| r.starts_with("bandwidth 0 ")) {
-            println!(
+            outln!(
                 "               (0 means undeclared: set supernode.bandwidth_kbps in node.toml)"
             );
         }
     }
-    println!(
+    outln!(
         "  dial checks  {} of {others} other advertising peers confirmed public by dialing them, {} refused as undialable",
         s.confirmed_public,
         s.undialable.len()

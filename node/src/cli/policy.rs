@@ -4,6 +4,7 @@
 //! commands read and change it there, and need no peer.
 
 use anyhow::{Context as _, bail};
+use serde::Serialize;
 use tonic::Code;
 use vmail_node::auth_client::{ClientError, ListEdit, Policy, PolicyChange, PolicyMode};
 use vmail_proto::names::Username;
@@ -78,6 +79,60 @@ pub(super) fn usernames(names: &[String]) -> anyhow::Result<Vec<Username>> {
     Ok(out)
 }
 
+/// The policy in `vmail policy show|set --json` and `vmail contacts list
+/// --json`, and after every list edit.
+#[derive(Debug, Serialize)]
+struct PolicyJson {
+    username: String,
+    /// "anyone", "contacts" or "contacts+first-contact".
+    mode: String,
+    accept_anonymous: bool,
+    contacts: Vec<String>,
+    blocked: Vec<String>,
+    /// Hidden senders blocked by your reports: counted, never named.
+    hidden_blocked: u32,
+    max_contacts: u32,
+    max_blocked: u32,
+}
+
+impl PolicyJson {
+    fn new(user: &Username, p: &Policy) -> Self {
+        Self {
+            username: user.to_string(),
+            mode: p.mode.to_string(),
+            accept_anonymous: p.accept_anonymous,
+            contacts: p.contacts.clone(),
+            blocked: p.blocked.clone(),
+            hidden_blocked: p.hidden_blocked,
+            max_contacts: p.max_contacts,
+            max_blocked: p.max_blocked,
+        }
+    }
+}
+
+/// `vmail contacts add|remove --json`, `vmail block|unblock --json`.
+#[derive(Debug, Serialize)]
+struct EditJson {
+    /// "contacts" or "blocked".
+    list: &'static str,
+    /// "add" or "remove".
+    change: &'static str,
+    /// The names as given, each once.
+    users: Vec<String>,
+    /// The policy after the change.
+    policy: PolicyJson,
+}
+
+/// `vmail report --json`.
+#[derive(Debug, Serialize)]
+struct ReportJson {
+    id: String,
+    /// The blocked sender; null for a hidden one.
+    sender: Option<String>,
+    /// False when the sender was blocked already (the report still counts).
+    newly_blocked: bool,
+}
+
 /// A mode in words for people.
 fn describe(mode: PolicyMode) -> &'static str {
     match mode {
@@ -119,7 +174,7 @@ pub(super) fn policy_lines(p: &Policy) -> Vec<String> {
 
 fn print_policy(p: &Policy) {
     for l in policy_lines(p) {
-        println!("{l}");
+        outln!("{l}");
     }
 }
 
@@ -147,7 +202,11 @@ fn edit_error(list: List, e: ClientError) -> anyhow::Error {
 pub(super) async fn show(ctx: &Context) -> anyhow::Result<()> {
     let (mut client, session) = ctx.logged_in().await?;
     let p = client.get_policy().await?;
-    println!("policy of {}", session.username);
+    if ctx.json {
+        super::output::json(&PolicyJson::new(&session.username, &p));
+        return Ok(());
+    }
+    outln!("policy of {}", session.username);
     print_policy(&p);
     Ok(())
 }
@@ -159,7 +218,11 @@ pub(super) async fn set(ctx: &Context, change: PolicyChange) -> anyhow::Result<(
         .set_policy(change)
         .await
         .context("the policy is unchanged")?;
-    println!(
+    if ctx.json {
+        super::output::json(&PolicyJson::new(&session.username, &p));
+        return Ok(());
+    }
+    outln!(
         "policy of {} changed; it applies to voicemail left from now on (what already waits stays)",
         session.username
     );
@@ -192,24 +255,39 @@ pub(super) async fn edit(
         List::Blocked => client.edit_blocked(&change).await,
     };
     let p = result.map_err(|e| edit_error(list, e))?;
+    if ctx.json {
+        super::output::json(&EditJson {
+            list: match list {
+                List::Contacts => "contacts",
+                List::Blocked => "blocked",
+            },
+            change: match edit {
+                Edit::Add => "add",
+                Edit::Remove => "remove",
+            },
+            users: names.iter().map(ToString::to_string).collect(),
+            policy: PolicyJson::new(&session.username, &p),
+        });
+        return Ok(());
+    }
     let who = names
         .iter()
         .map(Username::as_str)
         .collect::<Vec<_>>()
         .join(", ");
     match (list, edit) {
-        (List::Contacts, Edit::Add) => println!("added to your contacts: {who}"),
-        (List::Contacts, Edit::Remove) => println!("removed from your contacts: {who}"),
-        (List::Blocked, Edit::Add) => println!("blocked: {who}"),
-        (List::Blocked, Edit::Remove) => println!("unblocked: {who}"),
+        (List::Contacts, Edit::Add) => outln!("added to your contacts: {who}"),
+        (List::Contacts, Edit::Remove) => outln!("removed from your contacts: {who}"),
+        (List::Blocked, Edit::Add) => outln!("blocked: {who}"),
+        (List::Blocked, Edit::Remove) => outln!("unblocked: {who}"),
     }
     match list {
-        List::Contacts => println!(
+        List::Contacts => outln!(
             "{} of at most {} contacts",
             p.contacts.len(),
             p.max_contacts
         ),
-        List::Blocked => println!(
+        List::Blocked => outln!(
             "{} of at most {} blocked",
             p.blocked.len() + p.hidden_blocked as usize,
             p.max_blocked
@@ -222,16 +300,20 @@ pub(super) async fn edit(
 pub(super) async fn list_contacts(ctx: &Context) -> anyhow::Result<()> {
     let (mut client, session) = ctx.logged_in().await?;
     let p = client.get_policy().await?;
+    if ctx.json {
+        super::output::json(&PolicyJson::new(&session.username, &p));
+        return Ok(());
+    }
     if p.contacts.is_empty() {
-        println!(
+        outln!(
             "{} has no contacts; add one with `vmail contacts add USER`",
             session.username
         );
     } else {
         for c in &p.contacts {
-            println!("{c}");
+            outln!("{c}");
         }
-        println!(
+        outln!(
             "{} of at most {} contacts",
             p.contacts.len(),
             p.max_contacts
@@ -245,7 +327,7 @@ pub(super) async fn list_contacts(ctx: &Context) -> anyhow::Result<()> {
             }
             blocked.push_str(&format!("{} hidden sender(s)", p.hidden_blocked));
         }
-        println!("blocked: {blocked}");
+        outln!("blocked: {blocked}");
     }
     Ok(())
 }
@@ -272,7 +354,15 @@ pub(super) async fn report(ctx: &Context, id: &str) -> anyhow::Result<()> {
         ),
         Err(e) => return Err(e.into()),
     };
-    println!(
+    if ctx.json {
+        super::output::json(&ReportJson {
+            id: hex::encode(id),
+            sender: outcome.sender.as_ref().map(ToString::to_string),
+            newly_blocked: outcome.newly_blocked,
+        });
+        return Ok(());
+    }
+    outln!(
         "{}",
         report_line(
             &hex::encode(id),
@@ -280,7 +370,7 @@ pub(super) async fn report(ctx: &Context, id: &str) -> anyhow::Result<()> {
             outcome.newly_blocked
         )
     );
-    println!(
+    outln!(
         "if it is still in your inbox, `vmail discard {}` removes it without fetching it",
         hex::encode(id)
     );

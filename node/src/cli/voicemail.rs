@@ -4,44 +4,54 @@
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use anyhow::{Context as _, bail};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use libp2p::PeerId;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tonic::Code;
 use vmail_node::auth_client::SenderVisibility;
 use vmail_node::config::NodeConfig;
 use vmail_node::core::erasure::Redundancy;
 use vmail_node::core::wav;
 use vmail_proto::control_pb as pb;
+use vmail_proto::names::Username;
 
 use super::node::PeerHandle;
 use super::{Context, when};
 
-/// Progress bars, one per phase; silent when stdout is not a terminal.
+/// Progress bars, one per phase, drawn on stdout when it is a terminal
+/// (never under --json). Each phase's bar is cleared when the next begins
+/// and left behind as one line of its own, so bars, notes and the summary
+/// never share a line. Notes (a holder replaced) go to stderr.
 struct Bars {
-    current: Option<(i32, ProgressBar)>,
+    current: Option<(i32, ProgressBar, Instant)>,
+    draw: bool,
+    notes: bool,
 }
 
 impl Bars {
-    fn new() -> Self {
-        Self { current: None }
+    fn new(ctx: &Context) -> Self {
+        Self {
+            current: None,
+            draw: !ctx.json && std::io::stdout().is_terminal(),
+            notes: !ctx.json,
+        }
     }
 
     fn update(&mut self, p: pb::Progress) {
-        if self.current.as_ref().map(|(ph, _)| *ph) != Some(p.phase) {
-            if let Some((_, bar)) = self.current.take() {
-                bar.finish();
-            }
-            let label = match pb::Phase::try_from(p.phase) {
-                Ok(pb::Phase::Encrypt) => "encrypt ",
-                Ok(pb::Phase::Upload) => "upload  ",
-                Ok(pb::Phase::Download) => "download",
-                Ok(pb::Phase::Decrypt) => "decrypt ",
-                _ => "working ",
-            };
+        if !p.note.is_empty() {
+            self.note(&p.note);
+            // A note carries no bytes of its own.
+            return;
+        }
+        if self.current.as_ref().map(|(ph, _, _)| *ph) != Some(p.phase) {
+            self.end_phase();
             let bar = ProgressBar::with_draw_target(
                 Some(p.total),
-                if std::io::stdout().is_terminal() {
+                if self.draw {
                     ProgressDrawTarget::stdout()
                 } else {
                     ProgressDrawTarget::hidden()
@@ -54,23 +64,138 @@ impl Bars {
                 .expect("valid template")
                 .progress_chars("=> "),
             );
-            bar.set_prefix(label);
-            self.current = Some((p.phase, bar));
+            bar.set_prefix(label(p.phase));
+            self.current = Some((p.phase, bar, Instant::now()));
         }
-        if let Some((_, bar)) = &self.current {
+        if let Some((_, bar, _)) = &self.current {
             bar.set_position(p.done);
         }
     }
 
-    fn finish(self) {
-        if let Some((_, bar)) = self.current {
-            bar.finish();
+    /// A note about the job, above the bar.
+    fn note(&self, note: &str) {
+        if !self.notes {
+            return;
         }
+        let say = || {
+            let _ = writeln!(std::io::stderr(), "note: {note}");
+        };
+        match &self.current {
+            Some((_, bar, _)) => bar.suspend(say),
+            None => say(),
+        }
+    }
+
+    /// Clears the current bar and prints its phase as one finished line.
+    fn end_phase(&mut self) {
+        if let Some((phase, bar, started)) = self.current.take() {
+            bar.finish_and_clear();
+            if self.draw {
+                outln!(
+                    "{} {} in {}",
+                    label(phase),
+                    HumanBytes(bar.position()),
+                    ms(started.elapsed().as_micros() as u64)
+                );
+            }
+        }
+    }
+
+    fn finish(mut self) {
+        self.end_phase();
+    }
+}
+
+fn label(phase: i32) -> &'static str {
+    match pb::Phase::try_from(phase) {
+        Ok(pb::Phase::Encrypt) => "encrypt ",
+        Ok(pb::Phase::Upload) => "upload  ",
+        Ok(pb::Phase::Download) => "download",
+        Ok(pb::Phase::Decrypt) => "decrypt ",
+        _ => "working ",
     }
 }
 
 fn ms(us: u64) -> String {
     format!("{:.1} ms", us as f64 / 1000.0)
+}
+
+/// A holder's id as every command prints it: whole, base58.
+fn peer_name(bytes: &[u8]) -> String {
+    PeerId::from_bytes(bytes).map_or_else(|_| "?".into(), |p| p.to_string())
+}
+
+/// The recipients of `--to`, checked before anything is stored: each a
+/// valid username, each once in the order given. Also returns the names
+/// that were given more than once.
+fn recipients(to: &[String]) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+    let mut once: Vec<String> = Vec::with_capacity(to.len());
+    let mut repeated: Vec<String> = Vec::new();
+    for name in to {
+        let name = Username::parse(name.trim())
+            .with_context(|| format!("--to {name:?} is not a username; nothing was sent"))?
+            .to_string();
+        if once.contains(&name) {
+            if !repeated.contains(&name) {
+                repeated.push(name);
+            }
+        } else {
+            once.push(name);
+        }
+    }
+    Ok((once, repeated))
+}
+
+/// `vmail leave --json`: the receipt.
+#[derive(Debug, Serialize)]
+struct LeaveJson {
+    /// The voicemail id, 32 hex digits.
+    id: String,
+    anonymous: bool,
+    /// Those it was left for.
+    recipients: Vec<LeaveRecipient>,
+    /// Those whose policy refused it ("USER: why").
+    refused: Vec<String>,
+    /// Names given more than once in --to (each was sent it once).
+    repeated: Vec<String>,
+    size: u64,
+    content_type: String,
+    /// 0 when not audio.
+    duration_ms: u64,
+    ciphertext_size: u64,
+    /// "RS(4,8)" or "3 replicas".
+    redundancy: String,
+    shard_size: u64,
+    /// Each shard, its identifier and its holder's whole peer id.
+    shards: Vec<LeaveShard>,
+    /// Holders that failed on the way and were replaced, in words.
+    failures: Vec<String>,
+    timings_us: LeaveTimings,
+}
+
+#[derive(Debug, Serialize)]
+struct LeaveRecipient {
+    username: String,
+    /// It reaches them flagged as an unknown caller.
+    first_contact: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct LeaveShard {
+    index: u32,
+    /// Hex.
+    identifier: String,
+    /// Base58 peer id.
+    holder: String,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct LeaveTimings {
+    dht: u64,
+    crypto: u64,
+    grant: u64,
+    transfer: u64,
+    deposit: u64,
 }
 
 /// `vmail leave --to a,b FILE`.
@@ -82,6 +207,7 @@ pub(super) async fn leave(
     sender: SenderVisibility,
 ) -> anyhow::Result<()> {
     // Every check that needs no network happens before anything is stored.
+    let (to, repeated) = recipients(to)?;
     let max = NodeConfig::load(&ctx.data_dir(None), None)?.max_voicemail_bytes;
     let meta =
         std::fs::metadata(file).with_context(|| format!("cannot read {}", file.display()))?;
@@ -98,6 +224,13 @@ pub(super) async fn leave(
             meta.len()
         );
     }
+    if !repeated.is_empty() && !ctx.json {
+        let _ = writeln!(
+            std::io::stderr(),
+            "note: {} named more than once in --to; each recipient gets it once",
+            repeated.join(", ")
+        );
+    }
     let content = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     let (content_type, duration_ms) = match wav::inspect(&content) {
         Some(info) => ("audio/wav", info.duration_ms),
@@ -105,12 +238,12 @@ pub(super) async fn leave(
     };
     let size = content.len();
     let mut peer = PeerHandle::open(ctx, redundancy.map(Redundancy::n)).await?;
-    let mut bars = Bars::new();
+    let mut bars = Bars::new(ctx);
     let result = peer
         .client
         .leave(
             pb::LeaveRequest {
-                recipients: to.to_vec(),
+                recipients: to.clone(),
                 content,
                 content_type: content_type.into(),
                 duration_ms,
@@ -130,7 +263,48 @@ pub(super) async fn leave(
     bars.finish();
     peer.close().await;
     let done = result?;
-    println!(
+    if ctx.json {
+        let t = done.timings.unwrap_or_default();
+        super::output::json(&LeaveJson {
+            id: hex::encode(&done.voicemail_id),
+            anonymous: sender == SenderVisibility::Hidden,
+            recipients: done
+                .recipients
+                .iter()
+                .map(|r| LeaveRecipient {
+                    username: r.clone(),
+                    first_contact: done.first_contact.contains(r),
+                })
+                .collect(),
+            refused: done.refused.clone(),
+            repeated,
+            size: size as u64,
+            content_type: content_type.to_owned(),
+            duration_ms,
+            ciphertext_size: done.ciphertext_size,
+            redundancy: done.redundancy.clone(),
+            shard_size: done.shard_size,
+            shards: done
+                .copies
+                .iter()
+                .map(|c| LeaveShard {
+                    index: c.index,
+                    identifier: hex::encode(&c.identifier),
+                    holder: peer_name(&c.holder),
+                })
+                .collect(),
+            failures: done.failures.clone(),
+            timings_us: LeaveTimings {
+                dht: t.dht_us,
+                crypto: t.crypto_us,
+                grant: t.grant_us,
+                transfer: t.transfer_us,
+                deposit: t.auth_us,
+            },
+        });
+        return Ok(());
+    }
+    outln!(
         "left voicemail {}{} for {} ({size} bytes, {content_type}{})",
         hex::encode(&done.voicemail_id),
         if sender == SenderVisibility::Hidden {
@@ -145,7 +319,7 @@ pub(super) async fn leave(
             String::new()
         }
     );
-    println!(
+    outln!(
         "  one ciphertext of {} bytes as {}: {} shards of {} bytes:",
         done.ciphertext_size,
         done.redundancy,
@@ -153,28 +327,26 @@ pub(super) async fn leave(
         done.shard_size
     );
     for line in refusal_lines(&done.refused) {
-        println!("{line}");
+        outln!("{line}");
     }
     if !done.first_contact.is_empty() {
-        println!(
+        outln!(
             "  a first contact reaches its recipient flagged as an unknown caller, and expires sooner"
         );
     }
     for c in &done.copies {
-        let holder = PeerId::from_bytes(&c.holder)
-            .map(|p| p.to_string())
-            .unwrap_or_default();
-        println!(
-            "  - shard {} id {} at {holder}",
+        outln!(
+            "  - shard {} id {} at {}",
             c.index,
-            hex::encode(&c.identifier)
+            hex::encode(&c.identifier),
+            peer_name(&c.holder)
         );
     }
     for f in &done.failures {
-        println!("  (note: {f})");
+        outln!("  (note: {f})");
     }
     if let Some(t) = done.timings {
-        println!(
+        outln!(
             "  time: dht {}, crypto {}, grant {}, transfer {}, deposit {}",
             ms(t.dht_us),
             ms(t.crypto_us),
@@ -263,6 +435,66 @@ fn save(dir: &Path, id: &[u8], content_type: &str, content: &[u8]) -> anyhow::Re
     Ok(path)
 }
 
+/// `vmail fetch --json`.
+#[derive(Debug, Serialize)]
+struct FetchJson {
+    /// Each voicemail saved (and acked), in order.
+    fetched: Vec<FetchedJson>,
+    /// Each one that could not be fetched (`--all` goes on past them; they
+    /// stay in the inbox).
+    failed: Vec<FetchFailedJson>,
+}
+
+#[derive(Debug, Serialize)]
+struct FetchedJson {
+    id: String,
+    /// The sender's username; null when hidden.
+    sender: Option<String>,
+    anonymous: bool,
+    first_contact: bool,
+    /// Unix seconds.
+    left_at: u64,
+    content_type: String,
+    duration_ms: u64,
+    /// Bytes written.
+    size: u64,
+    /// The file written, as given by --out (never overwritten).
+    path: String,
+    /// SHA-256 of the file's contents, hex.
+    sha256: String,
+    redundancy: String,
+    /// Whose shards rebuilt it: index and whole peer id.
+    holders: Vec<FetchHolder>,
+    /// Holders skipped on the way, in words.
+    skipped: Vec<String>,
+    timings_us: FetchTimings,
+    /// You were its last recipient: the key is erased and its shards
+    /// deleted.
+    key_erased: bool,
+    shards_deleted: u32,
+    holders_missed: u32,
+}
+
+#[derive(Debug, Serialize)]
+struct FetchHolder {
+    index: u32,
+    holder: String,
+}
+
+#[derive(Debug, Serialize)]
+struct FetchTimings {
+    auth: u64,
+    dht: u64,
+    transfer: u64,
+    crypto: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct FetchFailedJson {
+    id: String,
+    error: String,
+}
+
 /// `vmail fetch ID|--all [--out DIR]`.
 pub(super) async fn fetch(
     ctx: &Context,
@@ -280,12 +512,29 @@ pub(super) async fn fetch(
         _ => bail!("name one voicemail id, or pass --all"),
     };
     let mut peer = PeerHandle::open(ctx, None).await?;
-    let result = fetch_with(&mut peer, wanted, &out).await;
+    let result = fetch_with(ctx, &mut peer, wanted, &out).await;
     peer.close().await;
     result
 }
 
+/// An error of one fetch, as said: its own message when that names the
+/// voicemail already, else prefixed with the id.
+fn fetch_error(id: &str, e: &vmail_node::control::ControlError) -> String {
+    if e.code() == Some(Code::NotFound) {
+        return format!(
+            "no voicemail {id} is in your inbox (it was never left for you, or was fetched or discarded already): run `vmail inbox` to list what is"
+        );
+    }
+    let text = e.to_string();
+    if text.contains(id) {
+        text
+    } else {
+        format!("voicemail {id}: {text}")
+    }
+}
+
 async fn fetch_with(
+    ctx: &Context,
     peer: &mut PeerHandle,
     wanted: Option<[u8; 16]>,
     out: &Path,
@@ -300,29 +549,77 @@ async fn fetch_with(
             .filter_map(|e| e.voicemail_id.as_slice().try_into().ok())
             .collect(),
     };
+    let mut doc = FetchJson {
+        fetched: Vec::new(),
+        failed: Vec::new(),
+    };
     if ids.is_empty() {
-        println!("no voicemail waiting");
+        if ctx.json {
+            super::output::json(&doc);
+        } else {
+            outln!("no voicemail waiting");
+        }
         return Ok(());
     }
-    let mut failed = 0;
     for id in ids {
-        let mut bars = Bars::new();
+        let hex_id = hex::encode(id);
+        let mut bars = Bars::new(ctx);
         let got = peer.client.fetch(id, |p| bars.update(p)).await;
         bars.finish();
         let (content, done) = match got {
             Ok(x) => x,
+            // One named voicemail: its error is the command's.
+            Err(e) if wanted.is_some() => bail!("{}", fetch_error(&hex_id, &e)),
             Err(e) => {
-                eprintln!("voicemail {}: {e}", hex::encode(id));
-                failed += 1;
+                let error = fetch_error(&hex_id, &e);
+                if !ctx.json {
+                    let _ = writeln!(std::io::stderr(), "{error}");
+                }
+                doc.failed.push(FetchFailedJson { id: hex_id, error });
                 continue;
             }
         };
-        let entry = done.voicemail.unwrap_or_default();
+        let entry = done.voicemail.clone().unwrap_or_default();
         let path = save(out, &id, &entry.content_type, &content)?;
         let acked = peer.client.ack(id).await?;
-        println!(
-            "fetched {} from {}{} (left {}), {} bytes -> {}",
-            hex::encode(id),
+        let holders: Vec<FetchHolder> = done
+            .holders
+            .iter()
+            .map(|h| FetchHolder {
+                index: h.index,
+                holder: peer_name(&h.holder),
+            })
+            .collect();
+        if ctx.json {
+            let t = done.timings.unwrap_or_default();
+            doc.fetched.push(FetchedJson {
+                id: hex_id,
+                sender: (!entry.anonymous).then(|| entry.sender.clone()),
+                anonymous: entry.anonymous,
+                first_contact: entry.first_contact,
+                left_at: entry.deposited_at,
+                content_type: entry.content_type.clone(),
+                duration_ms: entry.duration_ms,
+                size: content.len() as u64,
+                path: path.display().to_string(),
+                sha256: hex::encode(Sha256::digest(&content)),
+                redundancy: done.redundancy.clone(),
+                holders,
+                skipped: done.failures.clone(),
+                timings_us: FetchTimings {
+                    auth: t.auth_us,
+                    dht: t.dht_us,
+                    transfer: t.transfer_us,
+                    crypto: t.crypto_us,
+                },
+                key_erased: acked.key_erased,
+                shards_deleted: acked.shards_deleted,
+                holders_missed: acked.holders_missed,
+            });
+            continue;
+        }
+        outln!(
+            "fetched {hex_id} from {}{} (left {}), {} bytes -> {}",
             super::inbox::sender_name(&entry),
             if entry.first_contact {
                 " (unknown caller)"
@@ -333,25 +630,16 @@ async fn fetch_with(
             content.len(),
             path.display()
         );
-        let holders: Vec<String> = done
-            .holders
+        let holders: Vec<String> = holders
             .iter()
-            .map(|h| {
-                let peer =
-                    PeerId::from_bytes(&h.holder).map_or_else(|_| "?".into(), |p| p.to_string());
-                format!(
-                    "shard {} from {}",
-                    h.index,
-                    &peer[peer.len().saturating_sub(8)..]
-                )
-            })
+            .map(|h| format!("shard {} from {}", h.index, h.holder))
             .collect();
-        println!("  {}: {}", done.redundancy, holders.join(", "));
+        outln!("  {}: {}", done.redundancy, holders.join(", "));
         for f in &done.failures {
-            println!("  (skipped: {f})");
+            outln!("  (skipped: {f})");
         }
         if let Some(t) = done.timings {
-            println!(
+            outln!(
                 "  time: auth {}, dht {}, transfer {}, crypto {}",
                 ms(t.auth_us),
                 ms(t.dht_us),
@@ -361,20 +649,26 @@ async fn fetch_with(
         }
         if entry.first_contact {
             let sender = (!entry.anonymous).then_some(entry.sender.as_str());
-            for line in first_contact_steps(&hex::encode(id), sender) {
-                println!("{line}");
+            for line in first_contact_steps(&hex_id, sender) {
+                outln!("{line}");
             }
         }
         if acked.key_erased {
-            println!(
+            outln!(
                 "  every recipient has it now: the session key is erased at the auth server, and {} shard(s) were deleted from their holders{}",
                 acked.shards_deleted,
                 super::sent::missed(acked.holders_missed)
             );
         }
     }
-    if failed > 0 {
-        bail!("{failed} voicemail(s) could not be fetched and stay in your inbox");
+    if ctx.json {
+        super::output::json(&doc);
+    }
+    if !doc.failed.is_empty() {
+        bail!(
+            "{} voicemail(s) could not be fetched and stay in your inbox (see above; `vmail inbox` lists them)",
+            doc.failed.len()
+        );
     }
     Ok(())
 }
@@ -401,6 +695,43 @@ mod tests {
         let steps = first_contact_steps("ab12", None).join("\n");
         assert!(!steps.contains("contacts add"), "{steps}");
         assert!(steps.contains("vmail report ab12"), "{steps}");
+    }
+
+    #[test]
+    fn repeated_recipients_are_merged_and_named_once() {
+        let to: Vec<String> = ["alice", "bob", "alice", "alice"]
+            .map(String::from)
+            .to_vec();
+        let (once, repeated) = recipients(&to).unwrap();
+        assert_eq!(once, ["alice", "bob"]);
+        assert_eq!(repeated, ["alice"]);
+        let err = recipients(&["Bad Name".into()]).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("\"Bad Name\" is not a username"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn a_fetch_error_names_the_voicemail_once() {
+        use vmail_node::control::ControlError;
+        let id = "ab".repeat(16);
+        let gone = ControlError::Call(tonic::Status::not_found(format!(
+            "no voicemail {id} is waiting for you"
+        )));
+        let text = fetch_error(&id, &gone);
+        assert_eq!(text.matches(&id).count(), 1, "{text}");
+        assert!(text.contains("run `vmail inbox`"), "{text}");
+        assert!(!text.contains("stays in your inbox"), "{text}");
+        let broken = ControlError::Call(tonic::Status::unavailable(format!(
+            "voicemail {id} cannot be rebuilt; it stays in your inbox"
+        )));
+        assert_eq!(fetch_error(&id, &broken).matches(&id).count(), 1);
+        let bare = ControlError::Call(tonic::Status::unavailable("the auth group is down"));
+        assert_eq!(
+            fetch_error(&id, &bare),
+            format!("voicemail {id}: the auth group is down")
+        );
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! The peer daemon's configuration: `DIR/node.toml` (or `--config FILE`),
 //! every field optional with a documented default.
 //!
-//! `[sip]` lives in `sip.rs` beside it. Over 600 lines since issue 17 added
+//! `[sip]` lives in `sip.rs` beside it, `[metrics]` in `metrics.rs`. Over 600 lines since issue 17 added
 //! its bounds here; the split by concern (bounds apart from the protocol
 //! or store they guard) is owed, not done.
 
+mod metrics;
 mod sip;
 
 use std::path::{Path, PathBuf};
@@ -14,6 +15,7 @@ use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 
 use crate::core::erasure::{ErasureError, MAX_SHARDS, Redundancy};
+pub use metrics::MetricsConfig;
 pub use sip::SipConfig;
 
 use crate::core::score::{FairScorer, FrequencyRule, PaperScorer, RandomScorer, Scorer};
@@ -37,6 +39,10 @@ pub const DEFAULT_MAX_ADDRS_PER_RECORD: usize = 4;
 /// Default most routing-table peers closer to a key than this peer for a
 /// remote record of that key to be taken (Kademlia's K).
 pub const DEFAULT_CLOSER_PEERS: usize = 20;
+/// Default longest hand-off of held objects when the daemon stops.
+pub const DEFAULT_HANDOFF_TIMEOUT_SECS: u64 = 30;
+/// Longest hand-off that may be configured: an hour.
+pub const MAX_HANDOFF_TIMEOUT_SECS: u64 = 3600;
 /// Name of the config file in the data dir.
 pub const CONFIG_FILE: &str = "node.toml";
 
@@ -86,6 +92,14 @@ pub struct NodeConfig {
     pub providers: ProvidersConfig,
     /// The SIP front for the user's softphone (`[sip]`), off by default.
     pub sip: SipConfig,
+    /// Longest time, seconds, a stopping daemon spends handing its held
+    /// objects to other peers; what is not handed off by then stays on
+    /// this disk (siblings repair it if this peer does not come back).
+    /// Default 30; 0 skips the hand-off; at most 3600. `vmail node run
+    /// --handoff-timeout` sets it.
+    pub handoff_timeout_secs: u64,
+    /// The Prometheus endpoint (`[metrics]`), off by default.
+    pub metrics: MetricsConfig,
 }
 
 /// `[providers]`: what this peer keeps of the provider records other
@@ -392,6 +406,8 @@ impl Default for NodeConfig {
             placement: PlacementConfig::default(),
             providers: ProvidersConfig::default(),
             sip: SipConfig::default(),
+            handoff_timeout_secs: DEFAULT_HANDOFF_TIMEOUT_SECS,
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -499,6 +515,9 @@ pub enum InvalidValue {
     /// `max_retention_days` is out of range.
     #[error("max_retention_days = {0} must be 1 to 365")]
     MaxRetention(u64),
+    /// `handoff_timeout_secs` is out of range.
+    #[error("handoff_timeout_secs = {0} must be 0 (no hand-off) to {MAX_HANDOFF_TIMEOUT_SECS}")]
+    HandoffTimeout(u64),
     /// `cluster_key` is not an ed25519 public key.
     #[error("cluster_key {0:?}: {1}")]
     ClusterKey(String, String),
@@ -599,6 +618,9 @@ impl NodeConfig {
         if !(1..=365).contains(&self.max_retention_days) {
             return Err(InvalidValue::MaxRetention(self.max_retention_days));
         }
+        if self.handoff_timeout_secs > MAX_HANDOFF_TIMEOUT_SECS {
+            return Err(InvalidValue::HandoffTimeout(self.handoff_timeout_secs));
+        }
         self.cluster_key()?;
         self.supernode.validate()?;
         self.providers.validate()?;
@@ -658,6 +680,22 @@ mod tests {
             let e = c.validate().unwrap_err().to_string();
             assert!(e.starts_with(key), "{e}");
         }
+    }
+
+    #[test]
+    fn metrics_section_and_handoff_timeout_read_and_are_checked() {
+        let c = NodeConfig::default();
+        assert_eq!(c.metrics.listen, None, "metrics are off by default");
+        assert_eq!(c.handoff_timeout_secs, 30);
+        let c: NodeConfig =
+            toml::from_str("handoff_timeout_secs = 0\n[metrics]\nlisten = \"0.0.0.0:9101\"\n")
+                .unwrap();
+        assert_eq!(c.metrics.listen, Some("0.0.0.0:9101".parse().unwrap()));
+        c.validate().unwrap();
+        assert!(toml::from_str::<NodeConfig>("[metrics]\nlisten = \"nowhere\"\n").is_err());
+        assert!(toml::from_str::<NodeConfig>("[metrics]\nport = 9101\n").is_err());
+        let c: NodeConfig = toml::from_str("handoff_timeout_secs = 3601\n").unwrap();
+        assert_eq!(c.validate(), Err(InvalidValue::HandoffTimeout(3601)));
     }
 
     #[test]

@@ -173,6 +173,7 @@ fn progress_pb(p: Progress) -> pb::Progress {
         phase: phase_pb(p.phase).into(),
         done: p.done,
         total: p.total,
+        note: p.note.map(|n| n.to_string()).unwrap_or_default(),
     }
 }
 

@@ -166,6 +166,13 @@ impl Repairer {
         let mut memory = std::mem::take(&mut self.memory);
         let round = self.round_with(&mut memory).await;
         self.memory = memory;
+        let lost_shards = round.missing - round.waiting;
+        self.network.metrics().repair_round(
+            round.checked as u64,
+            lost_shards as u64,
+            round.regenerated as u64,
+            round.failed as u64,
+        );
         round
     }
 

@@ -59,6 +59,9 @@ pub enum StartError {
     /// The network could not start.
     #[error(transparent)]
     Network(#[from] NetworkError),
+    /// The metrics endpoint could not be bound.
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
 }
 
 /// Why a call that needs only the user's session failed (inbox, ack).

@@ -260,6 +260,7 @@ impl Peer {
                     phase: Phase::Decrypt,
                     done,
                     total,
+                    note: None,
                 })
             }))
         })
@@ -281,6 +282,7 @@ impl Peer {
         };
         used.sort();
         self.remember_fetch(voicemail_id, layout.shards.iter().map(|s| s.id).collect());
+        self.network.metrics().fetch(timings.into());
         Ok(Fetched {
             pending,
             content,

@@ -23,7 +23,7 @@ use vmail_proto::grant::{GrantedShard, MAX_GRANT_HOLDERS, StorageGrant};
 use vmail_proto::names::{Recipients, Username};
 use vmail_proto::{random_bytes, unix_now};
 
-use super::progress::Meter;
+use super::progress::{Meter, Note};
 use super::upload_plan::{Attempt, HolderFailure, UploadOutcome, UploadPlan};
 use super::{LeaveError, Peer, Phase, Progress, ProgressFn, Timings};
 use crate::auth_client::{
@@ -186,6 +186,7 @@ impl Peer {
                         phase: Phase::Encrypt,
                         done,
                         total: len,
+                        note: None,
                     })
                 });
                 let sha: [u8; 32] = Sha256::digest(&ct).into();
@@ -312,6 +313,7 @@ impl Peer {
         let mut failures = failures;
         failures.extend(self.hand_proof(&stored, &receipt.proof.to_bytes()).await);
         timings.grant += t.elapsed();
+        self.network.metrics().leave(timings.into());
         Ok(LeaveReceipt {
             voicemail_id: receipt.voicemail_id,
             recipients: granted.recipients,
@@ -434,7 +436,19 @@ impl Peer {
                     if !matches!(e, TransferError::Busy { .. }) {
                         self.note(a.holder, Outcome::Failed).await;
                     }
-                    if let Some(next) = plan.failed(a, &e, &mut rand::thread_rng()) {
+                    let (shard, holder) = (a.shard, a.holder);
+                    let next = plan.failed(a, &e, &mut rand::thread_rng());
+                    // A replacement waited out the holder's timeout: say so.
+                    meter.part().note(Note::HolderReplaced {
+                        shard,
+                        holder,
+                        answered: !matches!(
+                            e,
+                            TransferError::Unreachable { .. } | TransferError::Broken { .. }
+                        ),
+                        next: next.as_ref().map(|n| n.holder),
+                    });
+                    if let Some(next) = next {
                         running.push(attempt(next));
                     }
                 }

@@ -18,8 +18,9 @@
 //! Every exchange feeds this peer's [`Observations`] of the others, which
 //! the scorer ranks holders by; the table lives in `DIR/observations.bin`.
 //!
-//! - this module: starting a peer, its session, status, inbox and
-//!   hand-off;
+//! - this module: starting a peer (with its metrics), its session,
+//!   status and inbox;
+//! - `handoff`: handing held objects to other peers when the daemon stops;
 //! - `delete`: the ack, and the delete order it hands to the holders;
 //! - `leave` and `fetch`: the two jobs, which do the IO that the pure
 //!   [`upload_plan`] and [`fetch_plan`] decide;
@@ -32,6 +33,7 @@ mod duties;
 mod error;
 mod fetch;
 pub mod fetch_plan;
+mod handoff;
 mod leave;
 mod progress;
 pub mod upload_plan;
@@ -42,7 +44,6 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
-use libp2p::kad::RecordKey;
 use libp2p::{Multiaddr, PeerId, identity};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -54,6 +55,7 @@ use crate::config::NodeConfig;
 use crate::core::erasure::Redundancy;
 use crate::core::locator::ObjectId;
 use crate::core::score::{Observations, Outcome, PeerStats, Scorer};
+use crate::metrics::{HolderGauges, Metrics};
 use crate::overlay::objects::{HolderPolicy, HolderStats, ObjectStore};
 use crate::overlay::repair::{Limits, Repairer};
 use crate::overlay::swarm::{
@@ -66,8 +68,9 @@ pub use delete::{AckReport, ERASE_TIMEOUT};
 pub use duties::{OBSERVATION_MAX_AGE_SECS, PURGE_INTERVAL, SAMPLE_INTERVAL};
 pub use error::{FetchError, LeaveError, SessionError, SessionKeyError, StartError};
 pub use fetch::{FetchFailure, Fetched, HAS_TIMEOUT, HEDGE_AFTER, MAX_HAS_ASKED, RebuildError};
+pub use handoff::{HANDOFF_PARALLEL, HandOff};
 pub use leave::{LeaveReceipt, LeaveRequest, RECOMMEND_TIMEOUT, StoredShard, granted_holders};
-pub use progress::{Phase, Progress, ProgressFn, Timings, no_progress};
+pub use progress::{Note, Phase, Progress, ProgressFn, Timings, no_progress};
 
 /// Node key file in the data dir (libp2p protobuf encoding, mode 0600).
 pub const NODE_KEY_FILE: &str = "node.key";
@@ -150,6 +153,8 @@ pub struct Peer {
     /// Counts changes to the inbox this peer made or saw (a fetch, an ack,
     /// a recall, a new session), for whoever shows it (the SIP lamp).
     inbox_changes: tokio::sync::watch::Sender<u64>,
+    /// Where `/metrics` is served, if it is.
+    metrics_addr: Option<std::net::SocketAddr>,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -226,6 +231,12 @@ impl Peer {
             why: e.to_string(),
         };
         std::fs::create_dir_all(dir).map_err(dir_err)?;
+        // Bound first, so an address in use fails the start before
+        // anything runs. A one-job client peer serves no metrics.
+        let metrics_listener = match (opts.role, opts.config.metrics.listen) {
+            (Role::Server, Some(addr)) => Some(crate::metrics::bind(addr).await?),
+            _ => None,
+        };
         let key = match opts.role {
             Role::Server => load_or_create_node_key(dir)?,
             Role::Client => identity::Keypair::generate_ed25519(),
@@ -303,10 +314,34 @@ impl Peer {
             relay_slots_per_ip: opts.config.supernode.relay_slots_per_ip,
             hole_punching: opts.config.supernode.hole_punching,
             providers: (&opts.config.providers).into(),
+            libp2p_metrics: metrics_listener.is_some(),
         };
-        let (network, net_task) = Network::start(key, &net_config, shutdown.clone())?;
+        let mut registry = prometheus_client::registry::Registry::default();
+        let metrics = Arc::new(Metrics::register(&mut registry));
+        if let Some(store) = &store {
+            let store = store.clone();
+            Metrics::register_holder(
+                &mut registry,
+                Box::new(move || {
+                    let (objects, bytes) = store.usage();
+                    HolderGauges {
+                        objects: objects as u64,
+                        bytes,
+                        quota: store.quota(),
+                    }
+                }),
+            );
+        }
+        let (network, net_task) =
+            Network::start(key, &net_config, registry, metrics, shutdown.clone())?;
         let blobs = BlobClient::new(&network);
         let mut tasks = vec![net_task];
+        let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+        if let Some(listener) = metrics_listener {
+            tracing::info!(addr = ?metrics_addr, "serving /metrics");
+            let serve = crate::metrics::serve(listener, network.registry(), shutdown.clone());
+            tasks.push(tokio::spawn(serve));
+        }
         if let Some(store) = &store {
             tasks.push(tokio::spawn(transfer::serve(
                 network.clone(),
@@ -346,6 +381,7 @@ impl Peer {
             session: RwLock::new(None),
             fetched: Mutex::new(HashMap::new()),
             inbox_changes: tokio::sync::watch::Sender::new(0),
+            metrics_addr,
             shutdown,
             tasks,
         })
@@ -359,6 +395,11 @@ impl Peer {
     /// The configuration it runs with.
     pub fn config(&self) -> &NodeConfig {
         &self.config
+    }
+
+    /// Where this peer serves `GET /metrics`, if it does.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_addr
     }
 
     /// The network handle.
@@ -517,55 +558,6 @@ impl Peer {
             .await?
             .list_pending(&session.login.master_key)
             .await?)
-    }
-
-    /// Hands every held object to the next-closest peer for its identifier
-    /// (paper §3.2: "moved automatically if the selected peer exits the
-    /// system normally"). Returns (moved, kept).
-    pub async fn hand_off(&self) -> (usize, usize) {
-        let Some(store) = &self.store else {
-            return (0, 0);
-        };
-        let me = self.peer_id();
-        let (mut moved, mut kept) = (0, 0);
-        for (id, meta) in store.list() {
-            let data = match store.read_async(&id).await {
-                Ok(Some(d)) => d,
-                _ => {
-                    kept += 1;
-                    continue;
-                }
-            };
-            let closest = self
-                .network
-                .closest_peers(id.to_vec())
-                .await
-                .unwrap_or_default();
-            let mut done = false;
-            for peer in closest.into_iter().filter(|p| *p != me).take(HANDOFF_TRIES) {
-                match self
-                    .blobs
-                    .store(peer, id, meta.clone(), &data, &|_| {})
-                    .await
-                {
-                    Ok(()) => {
-                        tracing::info!(id = %hex::encode(id), to = %peer, "object handed off");
-                        done = true;
-                        break;
-                    }
-                    Err(e) => tracing::warn!(id = %hex::encode(id), "hand-off failed: {e}"),
-                }
-            }
-            if done {
-                let _ = self.network.stop_providing(RecordKey::new(&id)).await;
-                let st = store.clone();
-                let _ = tokio::task::spawn_blocking(move || st.remove(&id)).await;
-                moved += 1;
-            } else {
-                kept += 1;
-            }
-        }
-        (moved, kept)
     }
 
     /// Stops every task of this peer and waits for them, then saves its

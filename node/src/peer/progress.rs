@@ -4,6 +4,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use libp2p::PeerId;
+
 /// A stage of a long job, for progress bars.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
@@ -26,6 +28,52 @@ pub struct Progress {
     pub done: u64,
     /// Bytes in all.
     pub total: u64,
+    /// Something the user should hear about while the bytes wait (a holder
+    /// that failed and is being replaced); `done` and `total` are then
+    /// those of the phase so far.
+    pub note: Option<Note>,
+}
+
+/// A turn a long job took that would otherwise look like a stall.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Note {
+    /// A holder failed to take its shard (after its timeout, when it did
+    /// not answer); the shard goes to `next`, or to nobody when the spares
+    /// ran out.
+    HolderReplaced {
+        /// The shard's index.
+        shard: usize,
+        /// The holder that failed.
+        holder: PeerId,
+        /// Whether it answered at all (a refusal) or not (unreachable, or
+        /// the exchange broke or timed out).
+        answered: bool,
+        /// The spare now asked.
+        next: Option<PeerId>,
+    },
+}
+
+impl std::fmt::Display for Note {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::HolderReplaced {
+                shard,
+                holder,
+                answered,
+                next,
+            } => {
+                if *answered {
+                    write!(f, "holder {holder} refused shard {shard}; ")?;
+                } else {
+                    write!(f, "holder {holder} did not answer for shard {shard}; ")?;
+                }
+                match next {
+                    Some(n) => write!(f, "trying another: {n}"),
+                    None => write!(f, "no spare holder is left to try"),
+                }
+            }
+        }
+    }
 }
 
 /// Where progress goes.
@@ -50,6 +98,18 @@ pub struct Timings {
     /// What grants add to a leave: asking the auth group for the storage
     /// grant, and handing the holders the deposit proof.
     pub grant: Duration,
+}
+
+impl From<Timings> for crate::metrics::PhaseTimes {
+    /// The metrics' four phases: a grant and a deposit proof are auth calls.
+    fn from(t: Timings) -> Self {
+        Self {
+            crypto: t.crypto,
+            dht: t.dht,
+            transfer: t.transfer,
+            auth: t.auth + t.grant,
+        }
+    }
 }
 
 /// One phase's bytes, summed over the parts that run at once (shard uploads
@@ -96,6 +156,21 @@ impl Part<'_> {
             phase: self.meter.phase,
             done: all.min(self.meter.total),
             total: self.meter.total,
+            note: None,
+        });
+    }
+
+    /// Tells the sink about `note`, at the phase's bytes so far.
+    pub(crate) fn note(&self, note: Note) {
+        (self.meter.sink)(Progress {
+            phase: self.meter.phase,
+            done: self
+                .meter
+                .done
+                .load(Ordering::Relaxed)
+                .min(self.meter.total),
+            total: self.meter.total,
+            note: Some(note),
         });
     }
 
@@ -134,5 +209,51 @@ mod tests {
         // Reports never exceed the total, however the parts overlap.
         a.update(80);
         assert_eq!(seen.lock().unwrap().last(), Some(&100));
+    }
+
+    #[test]
+    fn a_replaced_holder_is_said_in_words() {
+        let (holder, next) = (PeerId::random(), PeerId::random());
+        let silent = Note::HolderReplaced {
+            shard: 3,
+            holder,
+            answered: false,
+            next: Some(next),
+        };
+        assert_eq!(
+            silent.to_string(),
+            format!("holder {holder} did not answer for shard 3; trying another: {next}")
+        );
+        let refused = Note::HolderReplaced {
+            shard: 0,
+            holder,
+            answered: true,
+            next: None,
+        };
+        assert_eq!(
+            refused.to_string(),
+            format!("holder {holder} refused shard 0; no spare holder is left to try")
+        );
+    }
+
+    #[test]
+    fn a_note_keeps_the_bytes_so_far() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink: ProgressFn = {
+            let seen = seen.clone();
+            Arc::new(move |p: Progress| seen.lock().unwrap().push(p))
+        };
+        let meter = Meter::new(Phase::Upload, 100, sink);
+        let part = meter.part();
+        part.update(40);
+        let note = Note::HolderReplaced {
+            shard: 1,
+            holder: PeerId::random(),
+            answered: false,
+            next: None,
+        };
+        meter.part().note(note);
+        let last = *seen.lock().unwrap().last().unwrap();
+        assert_eq!((last.done, last.total, last.note), (40, 100, Some(note)));
     }
 }

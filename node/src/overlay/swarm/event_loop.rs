@@ -32,15 +32,18 @@ use super::{
     IDENTIFY_PROTOCOL, IDLE_TIMEOUT, InUse, KAD_PROTOCOL, LookupStats, MAX_PROVIDERS_GATHERED,
     Network, NetworkConfig, NetworkError, PING_INTERVAL, PING_TIMEOUT, PendingQuery,
     ProviderLookup, QUERY_TIMEOUT, RELAY_CIRCUIT_BYTES, RELAY_CIRCUIT_DURATION, Role,
-    SN_MAX_MESSAGE, Traffic, is_relayed, scoring, sn,
+    SN_MAX_MESSAGE, Traffic, is_relayed, scoring, sn, telemetry,
 };
 
 impl Network {
     /// Builds the swarm, starts listening and joining, and spawns the event
-    /// loop. The loop ends when `shutdown` is cancelled.
+    /// loop. The loop ends when `shutdown` is cancelled. libp2p's series
+    /// join `registry` (which holds `metrics`), which is complete after.
     pub fn start(
         key: identity::Keypair,
         config: &NetworkConfig,
+        mut registry: prometheus_client::registry::Registry,
+        metrics: Arc<crate::metrics::Metrics>,
         shutdown: CancellationToken,
     ) -> Result<(Network, tokio::task::JoinHandle<()>), NetworkError> {
         let build = |e: &dyn std::fmt::Display| NetworkError::Build(e.to_string());
@@ -65,7 +68,6 @@ impl Network {
             .with_max_established_per_peer(Some(config.max_connections_per_peer))
             .with_max_pending_incoming(Some(config.max_pending_incoming));
         // Bytes on the wire, counted per connection by libp2p-metrics.
-        let mut metrics = prometheus_client::registry::Registry::default();
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
             .with_tokio()
             .with_tcp(
@@ -79,7 +81,7 @@ impl Network {
             .map_err(|e| build(&e))?
             .with_relay_client(noise::Config::new, yamux::Config::default)
             .map_err(|e| build(&e))?
-            .with_bandwidth_metrics(&mut metrics)
+            .with_bandwidth_metrics(&mut registry)
             .with_behaviour(|key, relay_client| {
                 let local = key.public().to_peer_id();
                 let mut kad_config = kad::Config::new(KAD_PROTOCOL);
@@ -198,6 +200,10 @@ impl Network {
             }
             None => None,
         };
+        let libp2p_metrics = config
+            .libp2p_metrics
+            .then(|| libp2p::metrics::Metrics::new(&mut registry));
+        let registry = Arc::new(registry);
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         let in_use = InUse::default();
         let event_loop = EventLoop {
@@ -206,7 +212,9 @@ impl Network {
             pending: HashMap::new(),
             listen_addrs: Vec::new(),
             elections,
-            metrics,
+            registry: registry.clone(),
+            metrics: metrics.clone(),
+            libp2p_metrics,
             dht_requests: 0,
             in_use: in_use.clone(),
             last_active: HashMap::new(),
@@ -227,6 +235,8 @@ impl Network {
                 local,
                 streams,
                 in_use,
+                metrics,
+                registry,
             },
             task,
         ))
@@ -407,7 +417,7 @@ impl EventLoop {
             }
             Command::Traffic { reply } => {
                 let _ = reply.send(Traffic {
-                    wire_bytes: wire_bytes(&self.metrics),
+                    wire_bytes: telemetry::wire_bytes(&self.registry),
                     dht_requests: self.dht_requests,
                     connected_peers: self.swarm.connected_peers().count() as u32,
                     mesh_peers: self.swarm.behaviour().gossip.all_mesh_peers().count() as u32,
@@ -461,6 +471,9 @@ impl EventLoop {
     }
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        if let Some(m) = &self.libp2p_metrics {
+            telemetry::record(m, &event);
+        }
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
                 let local = *self.swarm.local_peer_id();
@@ -686,17 +699,4 @@ impl EventLoop {
             tracing::debug!("provider record refused: {e}");
         }
     }
-}
-
-/// Bytes both ways on every connection so far, from the bandwidth counters
-/// libp2p-metrics keeps in `registry`.
-fn wire_bytes(registry: &prometheus_client::registry::Registry) -> u64 {
-    let mut text = String::new();
-    if prometheus_client::encoding::text::encode(&mut text, registry).is_err() {
-        return 0;
-    }
-    text.lines()
-        .filter(|l| l.starts_with("libp2p_bandwidth_bytes_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
 }

@@ -14,7 +14,8 @@
 //! server (switched on while this peer serves as a supernode), DCUtR, and
 //! the supernode request-response protocol ([`crate::supernode::attach`]).
 //!
-//! Building the swarm and the loop itself live in `event_loop`; the
+//! Building the swarm and the loop itself live in `event_loop`, what it
+//! records for Prometheus in `telemetry`; the
 //! supernode side of the loop (adverts, dial checks, the election, and in
 //! `sn::uplink` attaching and serving) lives in `sn`.
 
@@ -22,6 +23,7 @@ mod event_loop;
 pub mod providers;
 pub mod scoring;
 mod sn;
+mod telemetry;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -210,6 +212,9 @@ pub struct NetworkConfig {
     pub hole_punching: bool,
     /// Bounds of the provider-record store.
     pub providers: ProviderLimits,
+    /// Record every behaviour's events in libp2p's own series
+    /// (`libp2p_metrics`), for a peer that serves its metrics.
+    pub libp2p_metrics: bool,
 }
 
 /// Why the network could not start or a command failed.
@@ -302,6 +307,10 @@ pub struct Network {
     local: PeerId,
     streams: libp2p_stream::Control,
     in_use: InUse,
+    /// Our series, recorded by whoever holds the handle.
+    metrics: Arc<crate::metrics::Metrics>,
+    /// Every series of this peer, ours and libp2p's, complete once built.
+    registry: Arc<prometheus_client::registry::Registry>,
 }
 
 /// Peers a blob exchange is under way with, shared by the network's
@@ -424,6 +433,16 @@ impl Network {
     /// This peer's id.
     pub fn local_peer_id(&self) -> PeerId {
         self.local
+    }
+
+    /// Our Prometheus series, for the IO layers that record them.
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.metrics
+    }
+
+    /// The registry of every series, for the `/metrics` endpoint.
+    pub fn registry(&self) -> Arc<prometheus_client::registry::Registry> {
+        self.registry.clone()
     }
 
     /// A stream control for opening and accepting blob streams.
@@ -586,8 +605,13 @@ struct EventLoop {
     rtts: HashMap<PeerId, Duration>,
     /// Where to rejoin when this peer has no connection left.
     bootstrap: Vec<Multiaddr>,
-    /// The bandwidth counters of every connection.
-    metrics: prometheus_client::registry::Registry,
+    /// Every series of this peer; the bandwidth counters of every
+    /// connection among them.
+    registry: Arc<prometheus_client::registry::Registry>,
+    /// Our series.
+    metrics: Arc<crate::metrics::Metrics>,
+    /// libp2p's per-behaviour series, when this peer serves its metrics.
+    libp2p_metrics: Option<libp2p::metrics::Metrics>,
     /// Kademlia requests answered, and sent by finished queries.
     dht_requests: u64,
     /// Peers with a blob exchange under way.

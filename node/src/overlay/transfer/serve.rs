@@ -3,7 +3,7 @@
 //! each request from the object store within its deadline.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use futures::io::AsyncWriteExt;
@@ -21,6 +21,7 @@ use super::{
     write_frame,
 };
 use crate::core::locator::ObjectId;
+use crate::metrics::{Direction, Metrics};
 use crate::overlay::objects::{Admitted, ObjectStore, ObjectStoreError};
 use crate::overlay::swarm::Network;
 
@@ -43,9 +44,11 @@ fn not_here(store: &ObjectStore, id: &ObjectId) -> Reply {
     )
 }
 
-/// Logs a refusal (the store counted it), then says it.
-fn refuse(peer: PeerId, id: &ObjectId, e: ObjectStoreError) -> Reply {
+/// Logs and counts a refused store (the store counted it too), then says
+/// it.
+fn refuse(peer: PeerId, id: &ObjectId, e: ObjectStoreError, metrics: &Metrics) -> Reply {
     tracing::info!(%peer, id = %hex::encode(id), reason = e.reason(), "store refused: {e}");
+    metrics.store_refused(e.reason());
     store_refusal(e)
 }
 
@@ -211,7 +214,9 @@ async fn handle(
             match store.admit(&id, &mut meta, vmail_proto::unix_now()) {
                 Ok(Admitted::New) => {}
                 Ok(Admitted::Held) => return write_frame(&mut s, &Reply::Stored).await,
-                Err(e) => return write_frame(&mut s, &refuse(peer, &id, e)).await,
+                Err(e) => {
+                    return write_frame(&mut s, &refuse(peer, &id, e, network.metrics())).await;
+                }
             }
             let _quota = match Hold::take(gate, peer, Held::Quota(meta.charge())) {
                 Ok(h) => h,
@@ -219,26 +224,32 @@ async fn handle(
             };
             let reservation = match store.reserve(&meta) {
                 Ok(r) => r,
-                Err(e) => return write_frame(&mut s, &refuse(peer, &id, e)).await,
+                Err(e) => {
+                    return write_frame(&mut s, &refuse(peer, &id, e, network.metrics())).await;
+                }
             };
             write_frame(&mut s, &Reply::Ready).await?;
             let len = meta.len;
+            let started = Instant::now();
             let data = tokio::time::timeout(body_deadline(len), read_body(&mut s, len, &|_| {}))
                 .await
                 .map_err(|_| too_slow(len))??;
+            let took = started.elapsed();
             let st = store.clone();
             let committed =
                 tokio::task::spawn_blocking(move || st.commit(reservation, &id, meta, &data))
                     .await
                     .map_err(std::io::Error::other)?;
             if let Err(e) = committed {
-                return write_frame(&mut s, &refuse(peer, &id, e)).await;
+                return write_frame(&mut s, &refuse(peer, &id, e, network.metrics())).await;
             }
             // Acked once it is on disk (committed and fsynced); the DHT
             // announcement (bounded by ANNOUNCE_TIMEOUT) runs behind it, so
             // a leave does not wait on a lookup: fetches start at the
             // locator's hinted holder and need no provider record.
             tracing::info!(%peer, id = %hex::encode(id), bytes = len, "stored object");
+            network.metrics().store_accepted();
+            network.metrics().transfer(Direction::In, len, took);
             write_frame(&mut s, &Reply::Stored).await?;
             let network = network.clone();
             tokio::spawn(async move { announce(&network, id).await });
@@ -253,9 +264,14 @@ async fn handle(
                 )
                 .await?;
                 let len = data.len() as u64;
+                let started = Instant::now();
                 tokio::time::timeout(body_deadline(len), write_body(&mut s, &data, &|_| {}))
                     .await
                     .map_err(|_| too_slow(len))??;
+                network.metrics().fetch_served();
+                network
+                    .metrics()
+                    .transfer(Direction::Out, len, started.elapsed());
             }
             Ok(None) => write_frame(&mut s, &not_here(store, &id)).await?,
             Err(e) => {

@@ -24,6 +24,7 @@ use libp2p::{Multiaddr, PeerId, gossipsub, identity, relay};
 use tokio::sync::oneshot;
 
 use super::{EventLoop, NetworkError, SupernodeSetup, SupernodeView, TableSizes, is_relayed};
+use crate::metrics::Side;
 use crate::supernode::advert::{ADVERT_VERSION, Advert, AdvertBook, AdvertError, Reachability};
 use crate::supernode::attach::{
     Attachments, Candidate, MAX_REPORTS, Observation, Refusal, SnRequest, choose_supernode,
@@ -624,6 +625,7 @@ impl EventLoop {
             e.attached_adverts = AdvertBook::with_cap(e.setup.max_attached.max(1));
             e.gate().clear();
         }
+        self.metrics.supernode(serving, e.attachments.peers().len());
         self.swarm
             .behaviour_mut()
             .relay
@@ -648,14 +650,19 @@ impl EventLoop {
         e.prune();
         if e.serving() {
             let timeout = 2 * patience(e.setup.heartbeat);
-            for peer in e.attachments.expire(now, timeout) {
-                e.gate().detach(&peer);
-                e.attached_adverts.remove(&peer);
+            let silent = e.attachments.expire(now, timeout);
+            for peer in &silent {
+                e.gate().detach(peer);
+                e.attached_adverts.remove(peer);
                 tracing::info!(%peer, "attached peer went silent");
             }
+            let m = &self.metrics;
+            m.heartbeats_missed(Side::Supernode, silent.len() as u64);
+            m.supernode(true, e.attachments.peers().len());
             self.run_checks();
             return;
         }
+        self.metrics.supernode(false, 0);
         self.run_checks();
         let Some(e) = self.elections.as_mut() else {
             return;

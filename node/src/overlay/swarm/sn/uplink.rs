@@ -13,6 +13,7 @@ use rand::seq::SliceRandom;
 use tokio::sync::oneshot;
 
 use super::Elections;
+use crate::metrics::Side;
 use crate::overlay::swarm::{EventLoop, NetworkError};
 use crate::supernode::advert::Advert;
 use crate::supernode::attach::{
@@ -100,6 +101,7 @@ impl EventLoop {
                 Some(t) => {
                     let took = t.elapsed();
                     e.uplink.last_reattach = Some(took);
+                    self.metrics.reattached();
                     tracing::info!(%sn, load, ?took, "re-attached to a supernode");
                 }
                 None => tracing::info!(%sn, load, "attached to a supernode"),
@@ -325,6 +327,9 @@ impl EventLoop {
         }
         // Unanswered for `patience`, or cannot dial, connection gone,
         // protocol refused: the SN is gone for this peer.
+        if e.uplink.attached {
+            self.metrics.heartbeats_missed(Side::Peer, 1);
+        }
         self.leave_sn(&format!("request failed: {error}"), true);
         self.attach_next(false);
     }
