@@ -71,12 +71,12 @@ merged=$(for d in bin sbin lib lib64 lib32 libx32; do if [[ -L /$d ]]; then prin
 for p in $packages; do
     dpkg-query -L "$p" 2>/dev/null | grep '^/' || true
 done | sed -E "s#^/(${merged%|})(/|\$)#/usr/\1\2#" | sort -u | while read -r path; do
-    [[ -e $path || -L $path ]] && echo "${path#/}"
+    if [[ -e $path || -L $path ]]; then echo "${path#/}"; fi
 done >"$list"
 # The links update-alternatives made (awk -> /etc/alternatives/awk, ...).
 for f in /var/lib/dpkg/alternatives/*; do
     link=$(sed -n 2p "$f" | sed -E "s#^/(${merged%|})/#/usr/\1/#")
-    [[ -L $link ]] && echo "${link#/}" >>"$list"
+    if [[ -L $link ]]; then echo "${link#/}" >>"$list"; fi
 done
 tar -C / --no-recursion -cf - -T "$list" | tar -C "$rootfs" -xf - ||
     die "copying the packages' files failed"

@@ -8,9 +8,11 @@
 //! Each account has its own identity key: two accounts registered from one
 //! home never share one, which would link them for anyone who compares
 //! certificates. A home from before keys were per user has one
-//! `HOME/keystore/identity.key`; the first account that asks for its key
-//! takes that one over (the file moves to `identities/USER.key`), and any
-//! other account gets a key of its own.
+//! `HOME/keystore/identity.key`; only the account the saved login
+//! (`session.toml`) names takes that one over (the file moves to
+//! `identities/USER.key`), since its certificate is the one that carries
+//! it; any other account gets a key of its own, so a second account never
+//! inherits, and is never linked by, the first one's key.
 //!
 //! The directories are made (or reset to) 0700 on every write. Files are written to a temporary name and renamed,
 //! so a crash never leaves half a key behind.
@@ -123,20 +125,34 @@ impl Keystore {
     }
 
     /// `user`'s identity key, if one was made in this home (a home's
-    /// single key from before keys were per user is taken over by the first
-    /// account that asks).
+    /// single key from before keys were per user is taken over by the
+    /// account its saved login names, and by no other).
     pub fn identity(&self, user: &Username) -> Result<Option<SigningKey>, KeystoreError> {
         let path = self.identity_path(user);
         if let Some(key) = self.read_key(&path)? {
             return Ok(Some(key));
         }
         let legacy = self.legacy_identity_path();
+        if self.session_user().as_deref() != Some(user.as_str()) {
+            return Ok(None);
+        }
         let Some(key) = self.read_key(&legacy)? else {
             return Ok(None);
         };
         self.save_identity(user, &key)?;
         fs::remove_file(&legacy).map_err(io(&legacy))?;
         Ok(Some(key))
+    }
+
+    /// The username the saved login names, if it can be read.
+    fn session_user(&self) -> Option<String> {
+        #[derive(serde::Deserialize)]
+        struct Who {
+            username: String,
+        }
+        let bytes = self.read_secret(&self.session_path()).ok()??;
+        let who: Who = toml::from_str(std::str::from_utf8(&bytes).ok()?).ok()?;
+        Some(who.username)
     }
 
     fn read_key(&self, path: &Path) -> Result<Option<SigningKey>, KeystoreError> {
@@ -277,13 +293,24 @@ mod tests {
     }
 
     #[test]
-    fn a_single_key_of_an_old_home_goes_to_the_first_account_only() {
+    fn a_single_key_of_an_old_home_goes_to_the_logged_in_account_only() {
         let tmp = tempfile::tempdir().unwrap();
         let ks = Keystore::new(tmp.path());
         let old = SigningKey::from_bytes(&[7; 32]);
         fs::create_dir_all(tmp.path().join("keystore")).unwrap();
         let legacy = tmp.path().join("keystore/identity.key");
         write_private(&legacy, old.as_bytes()).unwrap();
+        // No saved login: nobody takes it (a register or a login of another
+        // account must not inherit alice's certified key).
+        assert!(ks.identity(&user("alice")).unwrap().is_none());
+        assert!(legacy.exists());
+        write_private(
+            &tmp.path().join("keystore/session.toml"),
+            b"username = \"alice\"\n",
+        )
+        .unwrap();
+        assert!(ks.identity(&user("bob")).unwrap().is_none());
+        assert!(legacy.exists());
         let alice = ks.identity(&user("alice")).unwrap().unwrap();
         assert_eq!(alice.as_bytes(), old.as_bytes());
         assert!(!legacy.exists());

@@ -188,7 +188,7 @@ pub(super) async fn run(
         config.metrics.listen = flags.metrics;
     }
     if let Some(t) = flags.handoff_timeout {
-        config.handoff_timeout_secs = t.as_secs();
+        config.handoff_timeout_secs = t.as_secs() + u64::from(t.subsec_nanos() > 0);
         config.validate().context("--handoff-timeout")?;
     }
     if config.cluster_key.is_none() {

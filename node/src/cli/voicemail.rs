@@ -580,8 +580,15 @@ async fn fetch_with(
             }
         };
         let entry = done.voicemail.clone().unwrap_or_default();
-        let path = save(out, &id, &entry.content_type, &content)?;
-        let acked = peer.client.ack(id).await?;
+        // A save or ack that fails ends the command; under --json what was
+        // already fetched (and acked) is still reported on stdout first.
+        let report = |doc: &FetchJson| {
+            if ctx.json {
+                super::output::json(doc);
+            }
+        };
+        let path = save(out, &id, &entry.content_type, &content).inspect_err(|_| report(&doc))?;
+        let acked = peer.client.ack(id).await.inspect_err(|_| report(&doc))?;
         let holders: Vec<FetchHolder> = done
             .holders
             .iter()
