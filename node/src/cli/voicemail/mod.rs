@@ -2,14 +2,11 @@
 //! The work happens in a peer (see `node.rs`); this reads and writes the
 //! user's files and draws progress bars.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use anyhow::{Context as _, bail};
-use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use libp2p::PeerId;
-use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tonic::Code;
 use vmail_node::auth_client::SenderVisibility;
@@ -22,99 +19,11 @@ use vmail_proto::names::Username;
 use super::node::PeerHandle;
 use super::{Context, when};
 
-/// Progress bars, one per phase, drawn on stdout when it is a terminal
-/// (never under --json). Each phase's bar is cleared when the next begins
-/// and left behind as one line of its own, so bars, notes and the summary
-/// never share a line. Notes (a holder replaced) go to stderr.
-struct Bars {
-    current: Option<(i32, ProgressBar, Instant)>,
-    draw: bool,
-    notes: bool,
-}
+mod bars;
+mod json;
 
-impl Bars {
-    fn new(ctx: &Context) -> Self {
-        Self {
-            current: None,
-            draw: !ctx.json && std::io::stdout().is_terminal(),
-            notes: !ctx.json,
-        }
-    }
-
-    fn update(&mut self, p: pb::Progress) {
-        if !p.note.is_empty() {
-            self.note(&p.note);
-            // A note carries no bytes of its own.
-            return;
-        }
-        if self.current.as_ref().map(|(ph, _, _)| *ph) != Some(p.phase) {
-            self.end_phase();
-            let bar = ProgressBar::with_draw_target(
-                Some(p.total),
-                if self.draw {
-                    ProgressDrawTarget::stdout()
-                } else {
-                    ProgressDrawTarget::hidden()
-                },
-            );
-            bar.set_style(
-                ProgressStyle::with_template(
-                    "{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
-                )
-                .expect("valid template")
-                .progress_chars("=> "),
-            );
-            bar.set_prefix(label(p.phase));
-            self.current = Some((p.phase, bar, Instant::now()));
-        }
-        if let Some((_, bar, _)) = &self.current {
-            bar.set_position(p.done);
-        }
-    }
-
-    /// A note about the job, above the bar.
-    fn note(&self, note: &str) {
-        if !self.notes {
-            return;
-        }
-        let say = || {
-            let _ = writeln!(std::io::stderr(), "note: {note}");
-        };
-        match &self.current {
-            Some((_, bar, _)) => bar.suspend(say),
-            None => say(),
-        }
-    }
-
-    /// Clears the current bar and prints its phase as one finished line.
-    fn end_phase(&mut self) {
-        if let Some((phase, bar, started)) = self.current.take() {
-            bar.finish_and_clear();
-            if self.draw {
-                outln!(
-                    "{} {} in {}",
-                    label(phase),
-                    HumanBytes(bar.position()),
-                    ms(started.elapsed().as_micros() as u64)
-                );
-            }
-        }
-    }
-
-    fn finish(mut self) {
-        self.end_phase();
-    }
-}
-
-fn label(phase: i32) -> &'static str {
-    match pb::Phase::try_from(phase) {
-        Ok(pb::Phase::Encrypt) => "encrypt ",
-        Ok(pb::Phase::Upload) => "upload  ",
-        Ok(pb::Phase::Download) => "download",
-        Ok(pb::Phase::Decrypt) => "decrypt ",
-        _ => "working ",
-    }
-}
+use bars::Bars;
+use json::*;
 
 fn ms(us: u64) -> String {
     format!("{:.1} ms", us as f64 / 1000.0)
@@ -146,59 +55,6 @@ fn recipients(to: &[String]) -> anyhow::Result<(Vec<String>, Vec<String>)> {
     Ok((once, repeated))
 }
 
-/// `vmail leave --json`: the receipt.
-#[derive(Debug, Serialize)]
-struct LeaveJson {
-    /// The voicemail id, 32 hex digits.
-    id: String,
-    anonymous: bool,
-    /// Those it was left for.
-    recipients: Vec<LeaveRecipient>,
-    /// Those whose policy refused it ("USER: why").
-    refused: Vec<String>,
-    /// Names given more than once in --to (each was sent it once).
-    repeated: Vec<String>,
-    size: u64,
-    content_type: String,
-    /// 0 when not audio.
-    duration_ms: u64,
-    ciphertext_size: u64,
-    /// "RS(4,8)" or "3 replicas".
-    redundancy: String,
-    shard_size: u64,
-    /// Each shard, its identifier and its holder's whole peer id.
-    shards: Vec<LeaveShard>,
-    /// Holders that failed on the way and were replaced, in words.
-    failures: Vec<String>,
-    timings_us: LeaveTimings,
-}
-
-#[derive(Debug, Serialize)]
-struct LeaveRecipient {
-    username: String,
-    /// It reaches them flagged as an unknown caller.
-    first_contact: bool,
-}
-
-#[derive(Debug, Serialize)]
-struct LeaveShard {
-    index: u32,
-    /// Hex.
-    identifier: String,
-    /// Base58 peer id.
-    holder: String,
-}
-
-#[derive(Debug, Default, Serialize)]
-struct LeaveTimings {
-    dht: u64,
-    crypto: u64,
-    grant: u64,
-    transfer: u64,
-    deposit: u64,
-}
-
-/// `vmail leave --to a,b FILE`.
 pub(super) async fn leave(
     ctx: &Context,
     to: &[String],
@@ -433,66 +289,6 @@ fn save(dir: &Path, id: &[u8], content_type: &str, content: &[u8]) -> anyhow::Re
             )
         })?;
     Ok(path)
-}
-
-/// `vmail fetch --json`.
-#[derive(Debug, Serialize)]
-struct FetchJson {
-    /// Each voicemail saved (and acked), in order.
-    fetched: Vec<FetchedJson>,
-    /// Each one that could not be fetched (`--all` goes on past them; they
-    /// stay in the inbox).
-    failed: Vec<FetchFailedJson>,
-}
-
-#[derive(Debug, Serialize)]
-struct FetchedJson {
-    id: String,
-    /// The sender's username; null when hidden.
-    sender: Option<String>,
-    anonymous: bool,
-    first_contact: bool,
-    /// Unix seconds.
-    left_at: u64,
-    content_type: String,
-    duration_ms: u64,
-    /// Bytes written.
-    size: u64,
-    /// The file written, as given by --out (never overwritten).
-    path: String,
-    /// SHA-256 of the file's contents, hex.
-    sha256: String,
-    redundancy: String,
-    /// Whose shards rebuilt it: index and whole peer id.
-    holders: Vec<FetchHolder>,
-    /// Holders skipped on the way, in words.
-    skipped: Vec<String>,
-    timings_us: FetchTimings,
-    /// You were its last recipient: the key is erased and its shards
-    /// deleted.
-    key_erased: bool,
-    shards_deleted: u32,
-    holders_missed: u32,
-}
-
-#[derive(Debug, Serialize)]
-struct FetchHolder {
-    index: u32,
-    holder: String,
-}
-
-#[derive(Debug, Serialize)]
-struct FetchTimings {
-    auth: u64,
-    dht: u64,
-    transfer: u64,
-    crypto: u64,
-}
-
-#[derive(Debug, Serialize)]
-struct FetchFailedJson {
-    id: String,
-    error: String,
 }
 
 /// `vmail fetch ID|--all [--out DIR]`.
