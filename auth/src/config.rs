@@ -28,6 +28,12 @@ pub const DEFAULT_REGISTRATIONS_PER_MINUTE_PER_ADDRESS: u64 = 10;
 /// Default for cheap repeatable writes (SetRetention, Recall, policy
 /// changes, reports) one user may make a minute: 30, in bursts of up to 30.
 pub const DEFAULT_WRITES_PER_MINUTE_PER_USER: u64 = 30;
+/// Default for how long a server's share key serves before it rotates to
+/// the next epoch: 7 days.
+pub const DEFAULT_SHARE_KEY_ROTATION_SECS: u64 = 7 * 24 * 3600;
+/// Default for OpenShare calls one user may make a minute on one server:
+/// 600 (a fetch asks each server once per voicemail).
+pub const DEFAULT_OPEN_SHARES_PER_MINUTE_PER_USER: u64 = 600;
 /// Default for how many calls one connection may have in progress at
 /// once, on the public and the internal service: 32.
 pub const DEFAULT_CONCURRENCY_PER_CONNECTION: u64 = 32;
@@ -209,6 +215,12 @@ pub struct ServerConfig {
     /// SetRetention, Recall, SetPolicy, EditContacts, EditBlocked and
     /// Report calls one user may make a minute.
     pub writes_per_minute_per_user: u64,
+    /// OpenShare calls one user may make a minute on this server.
+    pub open_shares_per_minute_per_user: u64,
+    /// How long this server's share key serves before it makes and
+    /// publishes the next epoch's, seconds. Old epochs are erased once no
+    /// waiting voicemail has a share sealed to them.
+    pub share_key_rotation_secs: u64,
     /// Calls one connection may have in progress at once (public and
     /// internal service); more wait their turn.
     pub concurrency_per_connection: u64,
@@ -245,6 +257,8 @@ impl Default for ServerConfig {
             registrations_per_minute: DEFAULT_REGISTRATIONS_PER_MINUTE,
             registrations_per_minute_per_address: DEFAULT_REGISTRATIONS_PER_MINUTE_PER_ADDRESS,
             writes_per_minute_per_user: DEFAULT_WRITES_PER_MINUTE_PER_USER,
+            open_shares_per_minute_per_user: DEFAULT_OPEN_SHARES_PER_MINUTE_PER_USER,
+            share_key_rotation_secs: DEFAULT_SHARE_KEY_ROTATION_SECS,
             concurrency_per_connection: DEFAULT_CONCURRENCY_PER_CONNECTION,
             max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
             spam: SpamConfig::default(),
@@ -380,6 +394,21 @@ impl ServerConfig {
             self.writes_per_minute_per_user,
             1,
             1_000_000,
+        )?;
+        in_range(
+            "open_shares_per_minute_per_user",
+            self.open_shares_per_minute_per_user,
+            1,
+            1_000_000,
+        )?;
+        // At least an hour: an old epoch is erased only 15 minutes after the
+        // next one is published (a grant may still list it), so a shorter
+        // rotation would never let one go.
+        in_range(
+            "share_key_rotation_secs",
+            self.share_key_rotation_secs,
+            3600,
+            10 * 365 * 24 * 3600,
         )?;
         in_range(
             "concurrency_per_connection",

@@ -19,7 +19,7 @@ use crate::cluster::Event;
 use crate::metrics::{GrantRefusal, LoginFailure};
 use crate::service::{
     AuthError, AuthService, Delivery, Deposit, GrantRequest, LoginFinish, RegisterFinish,
-    ShardRequest, WatchSlot,
+    ShardRequest, ShareIn, WatchSlot,
 };
 use crate::store::{
     Allowance, DeliveryState, Policy, PolicyList, PolicyMode, Receipt, Refusal, Session,
@@ -86,12 +86,12 @@ pub fn status(e: AuthError) -> Status {
         | E::GrantUnknown(_)
         | E::NotListed { .. }
         | E::NotReceived(_)
+        | E::NoShare { .. }
         | E::NothingToRecall { .. } => Status::not_found(msg),
         E::UserExists(_) | E::RequestIdReused => Status::already_exists(msg),
         E::InviteRequired
         | E::InviteInvalid
         | E::BadIdentityProof
-        | E::WrapFailed
         | E::GrantNotOwned(_)
         | E::NoRecipientAccepts(_)
         | E::NotSender(_) => Status::permission_denied(msg),
@@ -129,6 +129,8 @@ pub fn status(e: AuthError) -> Status {
         | E::GrantLapsed { .. }
         | E::GrantRecipients { .. }
         | E::GrantSuperseded { .. }
+        | E::ShareKeyErased { .. }
+        | E::ShareUnusable(_)
         | E::ListFull { .. } => Status::failed_precondition(msg),
         E::Store(StoreError::DiskFull(_)) => Status::resource_exhausted(msg),
         E::NotLeader(leader) => {
@@ -138,7 +140,7 @@ pub fn status(e: AuthError) -> Status {
             }
             s
         }
-        E::Unavailable(_) => Status::unavailable(msg),
+        E::Unavailable(_) | E::ShareKeyMissing(_) => Status::unavailable(msg),
         E::Apply(ref why) => {
             tracing::error!(error = %why, "a log entry could not be applied");
             Status::internal(
@@ -191,7 +193,29 @@ fn delivery_to_pb(d: Delivery) -> pb::PendingVoicemail {
         metadata: Some(d.metadata.into()),
         locator: d.locator,
         recipients: d.recipients,
-        wrapped_key: d.wrapped_key,
+        threshold: u32::from(d.threshold),
+        key_check: d.key_check.to_vec(),
+        shares: d
+            .shares
+            .into_iter()
+            .map(|s| pb::ShareSlot {
+                node_id: s.node_id,
+                index: u32::from(s.index),
+                api_url: s.api_url,
+            })
+            .collect(),
+    }
+}
+
+impl From<pb::SealedShare> for ShareIn {
+    fn from(s: pb::SealedShare) -> Self {
+        Self {
+            node_id: s.node_id,
+            epoch: s.epoch,
+            index: s.index,
+            enc: s.enc,
+            ciphertext: s.ciphertext,
+        }
     }
 }
 
@@ -357,6 +381,7 @@ impl pb::auth_server::Auth for GrpcAuth {
                 identity_key: r.identity_key,
                 identity_proof: r.identity_proof,
                 peer_id: r.peer_id,
+                inbox_key: r.inbox_key,
             })
             .await
             .map_err(|e| {
@@ -453,6 +478,15 @@ impl pb::auth_server::Auth for GrpcAuth {
                 .collect(),
             recipients: granted.recipients.into_iter().map(|(u, _)| u).collect(),
             refused: granted.refused.into_iter().map(refusal_to_pb).collect(),
+            share_keys: granted
+                .share_keys
+                .iter()
+                .map(|k| pb::ShareKey {
+                    node_id: k.node_id,
+                    epoch: k.epoch,
+                    public_key: k.public.to_vec(),
+                })
+                .collect(),
         }))
     }
 
@@ -478,7 +512,9 @@ impl pb::auth_server::Auth for GrpcAuth {
                     request_id: r.request_id,
                     recipients: r.recipients,
                     locator: r.locator,
-                    wrapped_key: r.wrapped_key,
+                    shares: r.shares.into_iter().map(ShareIn::from).collect(),
+                    threshold: r.threshold,
+                    key_check: r.key_check,
                     metadata: m.into(),
                     grant_serial: r.grant_serial,
                 },
@@ -492,6 +528,27 @@ impl pb::auth_server::Auth for GrpcAuth {
             voicemail_id: deposited.id.to_vec(),
             replayed: deposited.replayed,
             deposit_proof: deposited.proof.to_bytes(),
+        }))
+    }
+
+    async fn open_share(
+        &self,
+        req: Request<pb::OpenShareRequest>,
+    ) -> Result<Response<pb::OpenShareResponse>, Status> {
+        // From this server's own state: every server answers for its share,
+        // and none redirects to the leader.
+        let token = bearer_token(&req)?;
+        let s = self.svc.authenticate_local(&token).await.map_err(status)?;
+        let opened = self
+            .svc
+            .open_share(&s, &req.into_inner().voicemail_id)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::OpenShareResponse {
+            node_id: opened.node_id,
+            index: u32::from(opened.index),
+            enc: opened.enc.to_vec(),
+            ciphertext: opened.ciphertext,
         }))
     }
 

@@ -2,8 +2,11 @@
 //!
 //! The one trusted party of the paper (§2.1, §3.1, §3.3): it registers users
 //! with OPAQUE, negotiates a master key with each at login, certifies their
-//! identity keys, and keeps each voicemail's session key and locator for the
-//! recipients its sender named.
+//! identity keys, and keeps each voicemail's locator for the recipients its
+//! sender named, with its session key split among the servers: each server
+//! holds one share, sealed to its own share key, and hands it (resealed to
+//! the recipient's inbox key) only to a recipient, so no single server ever
+//! holds a session key.
 //!
 //! - [`cluster`]: replication across the group with Raft;
 //! - [`config`]: the server config file;

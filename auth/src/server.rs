@@ -1,7 +1,8 @@
 //! Runs a server: the public API (TLS, the `vmail.auth.v1.Auth` service, the
 //! standard gRPC health service, server reflection), the internal group
 //! service on its own port (mutual TLS, `vmail.auth.cluster.v1`), the Raft
-//! node, and the expiry sweeper.
+//! node, the expiry sweeper, and the share-key duty (publish, rotate and
+//! erase this server's share keys).
 //!
 //! [`serve`] takes already-bound listeners and a shutdown future, so tests
 //! run it on `127.0.0.1:0` and `main` stays a few lines.
@@ -45,8 +46,8 @@ pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long in-flight calls may run on once shutdown has begun.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest request the public API decodes: 256 KiB. The largest valid
-/// request (a deposit: a 4 KiB locator, 64 recipients, the wrapped key and
-/// metadata; or a storage grant request for 32 shards and their holders) is
+/// request (a deposit: a 4 KiB locator, 64 recipients, up to 16 sealed
+/// shares of about 100 bytes each and metadata; or a storage grant request for 32 shards and their holders) is
 /// a few tens of KiB.
 pub const MAX_REQUEST_BYTES: usize = 256 * 1024;
 /// Largest answer the public API encodes: 64 MiB, the client's own limit
@@ -95,6 +96,7 @@ pub async fn open_with<N: RaftNetworkFactory<TypeConfig>>(
 ) -> Result<AuthService, OpenError> {
     let config = datadir::load_config(dir)?;
     let keys = Arc::new(datadir::load_keys(dir)?);
+    let share_keys = Arc::new(datadir::ShareKeyRing::open(dir)?);
     let store = Arc::new(datadir::open_store(dir, &keys)?);
     let node_id = store.node_id().map_err(DataDirError::from)?;
     let events = tokio::sync::broadcast::channel(EVENT_CAPACITY).0;
@@ -113,7 +115,7 @@ pub async fn open_with<N: RaftNetworkFactory<TypeConfig>>(
     .await
     .map_err(|e| OpenError::Raft(e.to_string()))?;
     Ok(AuthService::new(
-        store, keys, config, clock, raft, events, metrics,
+        store, keys, share_keys, config, clock, raft, events, metrics,
     ))
 }
 
@@ -207,8 +209,18 @@ pub async fn serve(
     record_ports(&svc, &listener, &raft_listener);
     let raft = svc.raft().clone();
     let internal = {
-        let cluster =
-            ClusterService::new(svc.raft().clone(), svc.keys().clone(), svc.config().clone());
+        // Weak: the internal service must not keep the service alive.
+        let clock = Arc::downgrade(&svc);
+        let cluster = ClusterService::new(
+            svc.raft().clone(),
+            svc.keys().clone(),
+            svc.config().clone(),
+            Arc::new(move || {
+                clock
+                    .upgrade()
+                    .map_or_else(vmail_proto::unix_now, |s| s.now())
+            }),
+        );
         let router = limited(Server::builder(), svc.config())
             .tls_config(tls::internal_server(svc.keys()))?
             .add_service(
@@ -276,6 +288,10 @@ pub async fn serve(
     };
 
     let watcher = AbortOnDrop(tokio::spawn(watch_raft(svc.clone())));
+    let share_keys = AbortOnDrop(tokio::spawn(crate::service::share_key_duty(
+        svc.clone(),
+        ClusterTls::of_member(svc.keys()),
+    )));
     let addr = listener.local_addr().ok();
     tracing::info!(name = %svc.config().name, ?addr, member = %me, "vmail-auth serving");
     // On shutdown, end the long-lived WatchPending streams first: the server
@@ -329,6 +345,7 @@ pub async fn serve(
     }
     drop(sweeper);
     drop(watcher);
+    drop(share_keys);
     drop(internal);
     if let Err(e) = raft.shutdown().await {
         tracing::warn!(error = %e, "stopping the Raft node");

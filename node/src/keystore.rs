@@ -2,8 +2,13 @@
 //!
 //! ```text
 //! HOME/keystore/identities/USER.key   USER's ed25519 identity seed, 32 raw bytes
-//! HOME/keystore/session.toml          username, token, master key and certificate of the current login
+//! HOME/keystore/session.toml          username, token, master key, inbox key and certificate of the current login
 //! ```
+//!
+//! A `session.toml` from before inbox keys (an older vmail) cannot fetch
+//! voicemail, since the servers reseal key shares only to a session's inbox
+//! key: reading it fails with [`KeystoreError::NoInboxKey`], which tells the
+//! user to log in again.
 //!
 //! Each account has its own identity key: two accounts registered from one
 //! home never share one, which would link them for anyone who compares
@@ -27,6 +32,7 @@ use serde::{Deserialize, Serialize};
 use vmail_proto::cert::UserCertificate;
 use vmail_proto::keys::MasterKey;
 use vmail_proto::names::Username;
+use vmail_proto::share::BoxSecret;
 
 use crate::auth_client::LoginSession;
 
@@ -49,6 +55,16 @@ pub enum KeystoreError {
         /// What is wrong.
         why: String,
     },
+    /// The saved login is from a vmail without inbox keys.
+    #[error(
+        "the saved login of {username} ({path}) is from an older vmail and has no inbox key, so it cannot open voicemail: run `vmail login {username}` again"
+    )]
+    NoInboxKey {
+        /// The file.
+        path: PathBuf,
+        /// Whose login it is.
+        username: String,
+    },
     /// A key file is readable by others.
     #[error("keystore file {0} is readable by other users; run `chmod 600 {0}`")]
     Permissions(PathBuf),
@@ -68,6 +84,8 @@ struct SessionFile {
     master_key_id: String,
     expires_at: u64,
     certificate: String,
+    /// Absent in a file from before inbox keys.
+    inbox_key: Option<String>,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> KeystoreError + '_ {
@@ -194,6 +212,7 @@ impl Keystore {
             master_key_id: hex::encode(s.master_key_id),
             expires_at: s.expires_at,
             certificate: hex::encode(s.certificate.to_bytes()),
+            inbox_key: Some(hex::encode(s.inbox_key.to_bytes())),
         };
         let text = toml::to_string(&file).expect("session serialises");
         self.write_secret(&self.session_path(), text.as_bytes())
@@ -217,6 +236,14 @@ impl Keystore {
                 .and_then(|v| v.try_into().ok())
                 .ok_or_else(|| bad(format!("{field} is not 32 hex-encoded bytes")))
         };
+        let Some(inbox_key) = &f.inbox_key else {
+            return Err(KeystoreError::NoInboxKey {
+                path: path.clone(),
+                username: f.username,
+            });
+        };
+        let inbox_key = BoxSecret::from_bytes(&hex32("inbox_key", inbox_key)?)
+            .map_err(|e| bad(format!("inbox_key: {e}")))?;
         let cert_bytes = hex::decode(&f.certificate).map_err(|e| bad(e.to_string()))?;
         let cert = UserCertificate::from_bytes(&cert_bytes).map_err(|e| bad(e.to_string()))?;
         let master_key_id = hex::decode(&f.master_key_id)
@@ -230,6 +257,7 @@ impl Keystore {
             master_key_id,
             expires_at: f.expires_at,
             certificate: cert,
+            inbox_key,
         }))
     }
 
@@ -319,6 +347,73 @@ mod tests {
             ks.identity_or_create(&user("bob")).unwrap().as_bytes(),
             old.as_bytes()
         );
+    }
+
+    fn session_of(name: &str) -> LoginSession {
+        let cluster = SigningKey::from_bytes(&[1; 32]);
+        LoginSession {
+            username: user(name),
+            token: [3; 32],
+            master_key: MasterKey::from_bytes([4; 32]),
+            master_key_id: [5; 16],
+            expires_at: 1_800_000_000,
+            certificate: vmail_proto::cert::CertificateBody {
+                serial: 1,
+                username: user(name),
+                identity_key: SigningKey::from_bytes(&[6; 32]).verifying_key(),
+                peer_id: Vec::new(),
+                not_before: 0,
+                not_after: 1_900_000_000,
+            }
+            .sign(&cluster),
+            inbox_key: BoxSecret::generate(),
+        }
+    }
+
+    #[test]
+    fn a_session_round_trips_with_its_inbox_key_in_a_private_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ks = Keystore::new(tmp.path());
+        assert!(ks.session().unwrap().is_none());
+        let s = session_of("alice");
+        ks.save_session(&s).unwrap();
+        let path = tmp.path().join("keystore/session.toml");
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let back = ks.session().unwrap().unwrap();
+        assert_eq!(back.username, s.username);
+        assert_eq!(back.token, s.token);
+        assert_eq!(back.master_key.as_bytes(), s.master_key.as_bytes());
+        assert_eq!(back.inbox_key.public(), s.inbox_key.public());
+        assert_eq!(back.certificate, s.certificate);
+        assert!(ks.clear_session().unwrap());
+        assert!(ks.session().unwrap().is_none());
+    }
+
+    #[test]
+    fn a_session_from_before_inbox_keys_asks_for_a_new_login() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ks = Keystore::new(tmp.path());
+        ks.save_session(&session_of("alice")).unwrap();
+        let path = tmp.path().join("keystore/session.toml");
+        let old: String = fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with("inbox_key"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        write_private(&path, old.as_bytes()).unwrap();
+        let err = ks.session().unwrap_err();
+        assert!(matches!(err, KeystoreError::NoInboxKey { .. }), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("no inbox key") && text.contains("run `vmail login alice` again"),
+            "{text}"
+        );
+        // The saved login still names its user, for the identity key.
+        assert_eq!(ks.session_user().as_deref(), Some("alice"));
     }
 
     #[test]

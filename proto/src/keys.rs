@@ -1,18 +1,19 @@
-//! The vmail key schedule and key wrapping.
+//! The vmail key schedule, and sealing under a symmetric key.
 //!
 //! ```text
 //! master key     = HKDF-SHA256(salt = none, ikm = OPAQUE session key, info = "vmail/v1/master-key")
 //! master key id  = HKDF-SHA256(salt = none, ikm = master key, info = "vmail/v1/master-key-id")[..16]
-//! wrap key       = HKDF-SHA256(salt = none, ikm = master key, info = "vmail/v1/wrap-key")
 //! session key    = HKDF-SHA256(salt = 32 random bytes, ikm = master key,
 //!                  info = "vmail/v1/session-key" || timestamp u64 BE || canonical recipients)
-//! wrapped key    = 0x01 || nonce (12) || AES-256-GCM(wrap key, nonce, key, aad)
+//! sealed         = 0x01 || nonce (12) || AES-256-GCM(key, nonce, plaintext, aad)
 //! ```
 //!
-//! The deposit AAD binds the client's request id, the recipients and the
-//! locator's SHA-256; the delivery AAD binds the voicemail id instead of the
-//! request id. The master key never crosses the wire: both sides derive it
-//! from the OPAQUE session key. See `docs/PROTOCOL.md` for the exact bytes.
+//! The salt is never sent, so the master key, which the auth servers also
+//! derive, does not yield the session key; the key reaches the servers only
+//! as threshold shares ([`crate::share`]). The master key never crosses the
+//! wire: both sides derive it from the OPAQUE session key. Sealing protects
+//! secrets at rest and in log entries on the servers. See
+//! `docs/PROTOCOL.md` for the exact bytes.
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Key, Nonce};
@@ -28,14 +29,8 @@ use crate::random_bytes;
 pub const MASTER_KEY_LABEL: &[u8] = b"vmail/v1/master-key";
 /// HKDF info for the master key id.
 pub const MASTER_KEY_ID_LABEL: &[u8] = b"vmail/v1/master-key-id";
-/// HKDF info for the key-wrapping key derived from a master key.
-pub const WRAP_KEY_LABEL: &[u8] = b"vmail/v1/wrap-key";
 /// HKDF info prefix for a voicemail session key.
 pub const SESSION_KEY_LABEL: &[u8] = b"vmail/v1/session-key";
-/// AAD prefix of a session key wrapped by the sender for the server.
-pub const DEPOSIT_AAD_LABEL: &[u8] = b"vmail/v1/deposit-wrap";
-/// AAD prefix of a session key re-wrapped by the server for a recipient.
-pub const DELIVERY_AAD_LABEL: &[u8] = b"vmail/v1/delivery-wrap";
 /// Version byte that opens every sealed blob.
 pub const SEALED_VERSION: u8 = 1;
 /// Length of an AES-GCM nonce.
@@ -196,10 +191,6 @@ impl MasterKey {
             .expect("16 of 32 bytes")
     }
 
-    fn wrap_key(&self) -> SecretKey {
-        self.0.derive(WRAP_KEY_LABEL)
-    }
-
     /// Derives a voicemail session key (paper §3.3 step 1).
     pub fn derive_session_key(
         &self,
@@ -212,87 +203,12 @@ impl MasterKey {
         info.extend_from_slice(&recipients.canonical_bytes());
         hkdf_sha256(Some(salt), self.as_bytes(), &info)
     }
-
-    /// Wraps a session key for a deposit (sender to server).
-    pub fn wrap_deposit(&self, session_key: &SecretKey, ctx: &DepositContext<'_>) -> Vec<u8> {
-        self.wrap_key().wrap(session_key, &ctx.aad())
-    }
-
-    /// Unwraps a deposited session key; failure means the sender does not
-    /// hold this master key or the request was altered.
-    pub fn unwrap_deposit(
-        &self,
-        wrapped: &[u8],
-        ctx: &DepositContext<'_>,
-    ) -> Result<SecretKey, OpenError> {
-        self.wrap_key().unwrap_key(wrapped, &ctx.aad())
-    }
-
-    /// Wraps a session key for delivery (server to recipient).
-    pub fn wrap_delivery(&self, session_key: &SecretKey, ctx: &DeliveryContext<'_>) -> Vec<u8> {
-        self.wrap_key().wrap(session_key, &ctx.aad())
-    }
-
-    /// Unwraps a delivered session key.
-    pub fn unwrap_delivery(
-        &self,
-        wrapped: &[u8],
-        ctx: &DeliveryContext<'_>,
-    ) -> Result<SecretKey, OpenError> {
-        self.wrap_key().unwrap_key(wrapped, &ctx.aad())
-    }
 }
 
-/// The SHA-256 of a locator, as bound into wrap AADs.
+/// The SHA-256 of a locator, as bound into the at-rest voicemail AAD and
+/// the deposit digest.
 pub fn locator_hash(locator: &[u8]) -> [u8; 32] {
     Sha256::digest(locator).into()
-}
-
-fn push_len_prefixed(out: &mut Vec<u8>, bytes: &[u8]) {
-    out.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
-    out.extend_from_slice(bytes);
-}
-
-/// What a deposit's wrapped key is bound to.
-#[derive(Debug, Clone, Copy)]
-pub struct DepositContext<'a> {
-    /// The client's request id.
-    pub request_id: &'a [u8],
-    /// The canonical recipients.
-    pub recipients: &'a Recipients,
-    /// The storage locator.
-    pub locator: &'a [u8],
-}
-
-impl DepositContext<'_> {
-    fn aad(&self) -> Vec<u8> {
-        let mut aad = DEPOSIT_AAD_LABEL.to_vec();
-        push_len_prefixed(&mut aad, self.request_id);
-        aad.extend_from_slice(&self.recipients.canonical_bytes());
-        aad.extend_from_slice(&locator_hash(self.locator));
-        aad
-    }
-}
-
-/// What a delivered wrapped key is bound to.
-#[derive(Debug, Clone, Copy)]
-pub struct DeliveryContext<'a> {
-    /// The voicemail id the server assigned.
-    pub voicemail_id: &'a [u8],
-    /// The canonical recipients.
-    pub recipients: &'a Recipients,
-    /// The storage locator.
-    pub locator: &'a [u8],
-}
-
-impl DeliveryContext<'_> {
-    fn aad(&self) -> Vec<u8> {
-        let mut aad = DELIVERY_AAD_LABEL.to_vec();
-        push_len_prefixed(&mut aad, self.voicemail_id);
-        aad.extend_from_slice(&self.recipients.canonical_bytes());
-        aad.extend_from_slice(&locator_hash(self.locator));
-        aad
-    }
 }
 
 #[cfg(test)]
@@ -332,57 +248,5 @@ mod tests {
         );
         let other = MasterKey::from_opaque_session_key(&[9u8; 64]);
         assert_ne!(base, other.derive_session_key(&[2; 32], 100, &r));
-    }
-
-    #[test]
-    fn deposit_wrap_round_trips_and_binds_context() {
-        let mk = MasterKey::from_opaque_session_key(&[1u8; 64]);
-        let sk = SecretKey::random();
-        let r = recips(&["alice"]);
-        let ctx = DepositContext {
-            request_id: b"req-0000000000001",
-            recipients: &r,
-            locator: b"loc",
-        };
-        let w = mk.wrap_deposit(&sk, &ctx);
-        assert_eq!(w.len(), WRAPPED_KEY_LEN);
-        assert_eq!(mk.unwrap_deposit(&w, &ctx).unwrap(), sk);
-
-        let other = MasterKey::from_opaque_session_key(&[2u8; 64]);
-        assert_eq!(
-            other.unwrap_deposit(&w, &ctx),
-            Err(OpenError::Authentication)
-        );
-        let r2 = recips(&["alice", "mallory"]);
-        for bad in [
-            DepositContext {
-                request_id: b"req-0000000000002",
-                ..ctx
-            },
-            DepositContext {
-                recipients: &r2,
-                ..ctx
-            },
-            DepositContext {
-                locator: b"loc2",
-                ..ctx
-            },
-        ] {
-            assert_eq!(mk.unwrap_deposit(&w, &bad), Err(OpenError::Authentication));
-        }
-        let mut flipped = w.clone();
-        flipped[20] ^= 1;
-        assert_eq!(
-            mk.unwrap_deposit(&flipped, &ctx),
-            Err(OpenError::Authentication)
-        );
-        assert_eq!(mk.unwrap_deposit(&w[..40], &ctx), Err(OpenError::Malformed));
-        // A deposit wrap is not accepted as a delivery wrap.
-        let d = DeliveryContext {
-            voicemail_id: b"req-0000000000001",
-            recipients: &r,
-            locator: b"loc",
-        };
-        assert_eq!(mk.unwrap_delivery(&w, &d), Err(OpenError::Authentication));
     }
 }

@@ -9,6 +9,7 @@
 //! - [`cert`]: user certificates, their signing bytes and offline verification;
 //! - [`grant`]: storage grants and delete orders, which holders check offline;
 //! - [`opaque`]: the OPAQUE cipher suite both sides must agree on;
+//! - [`share`]: threshold-shared session keys, sealed to each auth server;
 //! - [`tls`]: the one TLS crypto provider every TLS user in a process shares.
 //!
 //! Everything here is pure: no IO beyond the operating system's random source
@@ -21,6 +22,7 @@ pub mod keys;
 pub mod meta;
 pub mod names;
 pub mod opaque;
+pub mod share;
 pub mod tls;
 
 /// Generated code for the `vmail.auth.v1` package.

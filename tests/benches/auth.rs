@@ -28,10 +28,11 @@ use opaque_ke::{ClientLogin, ClientLoginFinishParameters, CredentialResponse};
 use tonic::transport::Channel;
 use vmail_node::auth_client::{AuthClient, NewDeposit, VoicemailMeta};
 use vmail_proto::cert::{ProofPurpose, identity_proof_bytes};
-use vmail_proto::keys::{MasterKey, SecretKey};
+use vmail_proto::keys::SecretKey;
 use vmail_proto::names::{Recipients, Username};
 use vmail_proto::opaque::Suite;
 use vmail_proto::pb::{self, auth_client::AuthClient as RawClient};
+use vmail_proto::share::BoxSecret;
 use vmail_tests::{TestAuth, identity, password, register_and_login, try_granted};
 
 const SEQ_LOGINS: usize = 30;
@@ -79,7 +80,7 @@ async fn raw_login(
     let start_rtt = t.elapsed();
 
     let (id, login_id) = (id.clone(), resp.login_id.clone());
-    let (finalization, vk, proof, finish_time) =
+    let (finalization, vk, proof, inbox_key, finish_time) =
         tokio::task::spawn_blocking(move || -> Result<_> {
             let t = Instant::now();
             let response = CredentialResponse::<Suite>::deserialize(&resp.credential_response)
@@ -89,7 +90,16 @@ async fn raw_login(
             let vk = id.verifying_key();
             let msg = identity_proof_bytes(ProofPurpose::Login, &name, &login_id, &vk, &[]);
             let proof = id.sign(&msg);
-            Ok((finish.message.serialize().to_vec(), vk, proof, t.elapsed()))
+            // The session's inbox key, as a client makes one per login: the
+            // servers reseal their key shares to its public half.
+            let inbox_key = BoxSecret::generate().public();
+            Ok((
+                finish.message.serialize().to_vec(),
+                vk,
+                proof,
+                inbox_key,
+                t.elapsed(),
+            ))
         })
         .await??;
 
@@ -100,6 +110,7 @@ async fn raw_login(
         identity_key: vk.as_bytes().to_vec(),
         identity_proof: proof.to_bytes().to_vec(),
         peer_id: Vec::new(),
+        inbox_key: inbox_key.to_vec(),
     };
     let out = rpc.login_finish(request).await?.into_inner();
     let finish = t.elapsed();
@@ -116,12 +127,7 @@ async fn register(auth: &TestAuth, user: &str) -> Result<SigningKey> {
 
 /// `n` deposits from `c` tasks; returns wall time and every latency, sorted.
 /// Their storage grants are asked for first, outside the timing.
-async fn deposits(
-    client: &AuthClient,
-    mk: &MasterKey,
-    c: usize,
-    n: usize,
-) -> Result<(Duration, Vec<Duration>)> {
+async fn deposits(client: &AuthClient, c: usize, n: usize) -> Result<(Duration, Vec<Duration>)> {
     let recipients = Recipients::parse(["alice"])?;
     let mut granting = client.clone();
     let mut batches = Vec::with_capacity(c);
@@ -134,6 +140,8 @@ async fn deposits(
                 recipients: recipients.clone(),
                 locator: b"blob://bench/0123456789abcdef".to_vec(),
                 session_key: SecretKey::random(),
+                // try_granted fills in the grant's share keys.
+                share_keys: Vec::new(),
                 meta: VoicemailMeta {
                     content_type: "audio/ogg".into(),
                     ..Default::default()
@@ -146,12 +154,12 @@ async fn deposits(
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(c);
     for batch in batches {
-        let (mut client, mk) = (client.clone(), mk.clone());
+        let mut client = client.clone();
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(batch.len());
             for d in batch {
                 let t = Instant::now();
-                let receipt = client.deposit(&mk, &d).await?;
+                let receipt = client.deposit(&d).await?;
                 lat.push(t.elapsed());
                 ensure!(!receipt.replayed, "a fresh request id was replayed");
             }
@@ -229,15 +237,15 @@ async fn run() -> Result<()> {
     let conc_rate = CONC_LOGINS as f64 / started.elapsed().as_secs_f64();
 
     // 2. Deposits from one logged-in sender to alice.
-    let (mut alice, _, alice_session) = register_and_login(&auth, "alice").await;
-    let (sender, _, session) = register_and_login(&auth, "bench-sender").await;
-    deposits(&sender, &session.master_key, 1, DEPOSIT_WARMUP).await?;
+    let (mut alice, _, _) = register_and_login(&auth, "alice").await;
+    let (sender, _, _) = register_and_login(&auth, "bench-sender").await;
+    deposits(&sender, 1, DEPOSIT_WARMUP).await?;
     let mut runs = Vec::new();
     for (c, n) in DEPOSIT_RUNS {
-        runs.push((c, n, deposits(&sender, &session.master_key, c, n).await?));
+        runs.push((c, n, deposits(&sender, c, n).await?));
     }
     let expected = DEPOSIT_WARMUP + DEPOSIT_RUNS.iter().map(|r| r.1).sum::<usize>();
-    let pending = alice.list_pending(&alice_session.master_key).await?.len();
+    let pending = alice.list_pending().await?.len();
     ensure!(pending == expected, "alice has {pending} of {expected}");
 
     // 3. Reference: one synced 4 KiB write.

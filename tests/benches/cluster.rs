@@ -27,9 +27,10 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use vmail_node::auth_client::{AuthClient, NewDeposit, VoicemailMeta};
 use vmail_node::core::erasure::Redundancy;
 use vmail_node::core::locator::{LOCATOR_VERSION, Layout, Locator, ShardRef};
-use vmail_proto::keys::{MasterKey, SecretKey};
+use vmail_proto::keys::SecretKey;
 use vmail_proto::names::Recipients;
-use vmail_tests::{TestCluster, identity, password, try_granted};
+use vmail_proto::share::ShareKey;
+use vmail_tests::{TestCluster, deposit_request, identity, password, try_granted};
 
 /// Generated client for the etcd API subset in `tests/proto/etcd.proto`.
 #[allow(unreachable_pub, missing_debug_implementations, dead_code, clippy::all)]
@@ -70,6 +71,7 @@ fn deposit(to: &str) -> NewDeposit {
         recipients: Recipients::parse([to]).unwrap(),
         locator: locator.encode(),
         session_key: SecretKey::random(),
+        share_keys: Vec::new(),
         meta: VoicemailMeta {
             size: 480_044,
             content_type: "audio/wav".into(),
@@ -85,28 +87,20 @@ async fn granted_deposit(c: &mut AuthClient, to: &str) -> Result<NewDeposit> {
 }
 
 /// The bytes a deposit puts on the wire: etcd stores a value this size.
-fn deposit_wire_bytes(mk: &MasterKey) -> Vec<u8> {
-    let d = deposit("alice");
-    let wrapped_key = d.wrap_key(mk);
-    vmail_proto::pb::DepositRequest {
-        request_id: d.request_id.to_vec(),
-        recipients: d.recipients.to_strings(),
-        locator: d.locator,
-        wrapped_key,
-        metadata: Some(d.meta.into()),
-        // A serial of a busy group's size, as a real deposit carries.
-        grant_serial: 1 << 20,
-    }
-    .encode_to_vec()
+/// Its session key is split among `share_keys` (a three-server group's, from
+/// a real grant), one sealed share per server, as a real deposit's is.
+fn deposit_wire_bytes(share_keys: &[ShareKey]) -> Vec<u8> {
+    // A serial of a busy group's size, as a real deposit carries.
+    deposit_request(&deposit("alice"), share_keys, 1 << 20).encode_to_vec()
 }
 
-/// A registered, logged-in user: its client, master key and name.
-async fn sender(cluster: &TestCluster, user: &str) -> Result<(AuthClient, MasterKey, String)> {
+/// A registered, logged-in user: its client and name.
+async fn sender(cluster: &TestCluster, user: &str) -> Result<(AuthClient, String)> {
     let mut c = cluster.client().await;
     let id = identity();
     c.register(user, &password(user), &id, None).await?;
-    let s = c.login(user, &password(user), &id, &[]).await?;
-    Ok((c, s.master_key, user.to_owned()))
+    c.login(user, &password(user), &id, &[]).await?;
+    Ok((c, user.to_owned()))
 }
 
 /// Throughput and latency of one run.
@@ -172,31 +166,31 @@ async fn vmail_run(cluster: &TestCluster, conc: usize, total: usize) -> Result<R
     let stock = vmail_auth::config::ServerConfig::default().max_open_grants_per_user as usize;
     let mut clients = Vec::new();
     for i in 0..conc {
-        let (c, mk, me) = sender(cluster, &format!("s{conc}x{i}")).await?;
-        clients.push((c, mk, me, Vec::new()));
+        let (c, me) = sender(cluster, &format!("s{conc}x{i}")).await?;
+        clients.push((c, me, Vec::new()));
     }
     let (mut elapsed, mut latencies) = (Duration::ZERO, Vec::new());
     let mut left = total / conc;
     while left > 0 {
         let round = left.min(stock);
         let mut granting = Vec::new();
-        for (mut c, mk, me, _) in clients {
+        for (mut c, me, _) in clients {
             granting.push(tokio::spawn(async move {
                 let mut ready = Vec::with_capacity(round);
                 for _ in 0..round {
                     ready.push(granted_deposit(&mut c, &me).await?);
                 }
-                anyhow::Ok((c, mk, me, ready))
+                anyhow::Ok((c, me, ready))
             }));
         }
         clients = Vec::new();
         for t in granting {
             clients.push(t.await??);
         }
-        let (back, wall, lat) = drive(clients, round, |(mut c, mk, me, mut ready)| async move {
+        let (back, wall, lat) = drive(clients, round, |(mut c, me, mut ready)| async move {
             let d = ready.pop().context("a deposit without its grant")?;
-            c.deposit(&mk, &d).await?;
-            Ok((c, mk, me, ready))
+            c.deposit(&d).await?;
+            Ok((c, me, ready))
         })
         .await?;
         clients = back;
@@ -392,14 +386,22 @@ fn ms(d: Duration) -> String {
 async fn run() -> Result<()> {
     let sync = synced_write()?;
     let mut ours = Vec::new();
+    let mut group_keys = Vec::new();
     for n in [1, 3] {
         let mut cluster = TestCluster::start(n).await;
         for (conc, total) in RUNS {
             ours.push(((n, conc), vmail_run(&cluster, conc, total).await?));
         }
+        if n == 3 {
+            // The share keys a three-server group's grant names: etcd's
+            // value is a deposit split among them.
+            let (mut c, me) = sender(&cluster, "wire").await?;
+            group_keys = granted_deposit(&mut c, &me).await?.share_keys;
+        }
         cluster.stop().await;
     }
-    let value = deposit_wire_bytes(&MasterKey::from_opaque_session_key(b"bench"));
+    ensure!(group_keys.len() == 3, "a 3-server grant names 3 share keys");
+    let value = deposit_wire_bytes(&group_keys);
     let mut etcd = Vec::new();
     match etcd_binary() {
         Some(bin) => {
@@ -468,16 +470,16 @@ async fn run() -> Result<()> {
     let mut times = Vec::new();
     for _ in 0..FAILOVERS {
         let mut cluster = TestCluster::start(3).await;
-        let (mut c, mk, me) = sender(&cluster, "bob").await?;
+        let (mut c, me) = sender(&cluster, "bob").await?;
         let first = granted_deposit(&mut c, &me).await?;
-        c.deposit(&mk, &first).await?;
+        c.deposit(&first).await?;
         // The next deposit's grant is taken before the kill: the time is
         // the deposit's alone.
         let next = granted_deposit(&mut c, &me).await?;
         let leader = cluster.leader().await;
         let t = Instant::now();
         cluster.kill(leader).await;
-        c.deposit(&mk, &next).await?;
+        c.deposit(&next).await?;
         times.push(t.elapsed());
         cluster.stop().await;
     }

@@ -21,7 +21,7 @@ use vmail_node::core::erasure::Redundancy;
 use vmail_node::core::locator::ObjectId;
 use vmail_node::peer::{LeaveRequest, no_progress};
 use vmail_proto::grant::GrantedShard;
-use vmail_proto::keys::{MasterKey, SecretKey};
+use vmail_proto::keys::SecretKey;
 use vmail_proto::names::Recipients;
 use vmail_tests::{TestCluster, TestNet, identity, leave_request, password, random_content};
 
@@ -117,14 +117,14 @@ async fn overlay() {
     net.stop().await;
 }
 
-/// Logs `user` in on a client of `cluster`; its master key.
-async fn client(cluster: &TestCluster, user: &str) -> (AuthClient, MasterKey) {
+/// Logs `user` in on a client of `cluster`.
+async fn client(cluster: &TestCluster, user: &str) -> AuthClient {
     let mut c = cluster.client().await;
     let id = identity();
     c.register(user, &password(user), &id, None).await.unwrap();
     let s = c.login(user, &password(user), &id, &[]).await.unwrap();
     c.set_token(s.token);
-    (c, s.master_key)
+    c
 }
 
 fn grant_request(to: &str) -> GrantRequest {
@@ -148,17 +148,17 @@ fn grant_request(to: &str) -> GrantRequest {
 
 /// Writes per second by `CLIENTS` clients running `op` `WRITES_PER_CLIENT`
 /// times each.
-async fn rate<F, Fut>(clients: Vec<(AuthClient, MasterKey, String)>, op: F) -> f64
+async fn rate<F, Fut>(clients: Vec<(AuthClient, String)>, op: F) -> f64
 where
-    F: Fn(AuthClient, MasterKey, String) -> Fut + Clone + Send + 'static,
+    F: Fn(AuthClient, String) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send,
 {
     let t = Instant::now();
     let tasks: Vec<_> = clients
         .into_iter()
-        .map(|(c, mk, me)| {
+        .map(|(c, me)| {
             let op = op.clone();
-            tokio::spawn(async move { op(c, mk, me).await })
+            tokio::spawn(async move { op(c, me).await })
         })
         .collect();
     for task in tasks {
@@ -172,29 +172,26 @@ async fn group() {
     let mut clients = Vec::new();
     for i in 0..CLIENTS {
         let me = format!("sender{i}");
-        let (c, mk) = client(&cluster, &me).await;
-        clients.push((c, mk, me));
+        let c = client(&cluster, &me).await;
+        clients.push((c, me));
     }
-    let grants = rate(clients.clone(), |mut c, _, me| async move {
+    let grants = rate(clients.clone(), |mut c, me| async move {
         for _ in 0..WRITES_PER_CLIENT {
             c.request_grant(&grant_request(&me)).await.expect("grant");
         }
     })
     .await;
     // Each deposit needs a grant of its own, asked for outside the clock.
-    let deposits = rate(clients, |mut c, mk, me| async move {
+    let deposits = rate(clients, |mut c, me| async move {
         for _ in 0..WRITES_PER_CLIENT {
-            let grant = c
-                .request_grant(&grant_request(&me))
-                .await
-                .expect("grant")
-                .grant;
+            let grant = c.request_grant(&grant_request(&me)).await.expect("grant");
             let d = NewDeposit {
-                grant_serial: grant.body.serial,
+                grant_serial: grant.grant.body.serial,
                 request_id: vmail_proto::random_bytes(),
                 recipients: Recipients::parse([me.as_str()]).unwrap(),
                 locator: vec![7; 600],
                 session_key: SecretKey::random(),
+                share_keys: grant.share_keys,
                 meta: VoicemailMeta {
                     size: 480_044,
                     content_type: "audio/wav".into(),
@@ -202,7 +199,7 @@ async fn group() {
                     expires_at: 0,
                 },
             };
-            c.deposit(&mk, &d).await.expect("deposit");
+            c.deposit(&d).await.expect("deposit");
         }
     })
     .await;

@@ -452,7 +452,6 @@ pub async fn register_and_login_at(target: &AuthTarget, user: &str) -> (AuthClie
 /// refuses the rest).
 pub async fn deposit_backlog(
     sender: &mut AuthClient,
-    session: &LoginSession,
     to: &str,
     count: usize,
     locator_len: usize,
@@ -460,7 +459,7 @@ pub async fn deposit_backlog(
     let mut taken = 0;
     for _ in 0..count {
         let d = granted(sender, deposit_for(&[to], &vec![7; locator_len])).await;
-        taken += usize::from(sender.deposit(&session.master_key, &d).await.is_ok());
+        taken += usize::from(sender.deposit(&d).await.is_ok());
     }
     taken
 }
@@ -493,7 +492,7 @@ pub fn spawn_watch_hog(
 ) -> Attack {
     let prefix = prefix.to_owned();
     Attack::spawn(limits, move |stop| async move {
-        let (mut sender, sender_s) = register_and_login_at(&target, &format!("{prefix}-tx")).await;
+        let (mut sender, _) = register_and_login_at(&target, &format!("{prefix}-tx")).await;
         let mut ids = Vec::new();
         for i in 0..shape.users {
             let name = format!("{prefix}{i}");
@@ -508,14 +507,7 @@ pub fn spawn_watch_hog(
         let mut steps = 0;
         while steps < limits.max && !stopped(&stop) {
             for (name, id) in &ids {
-                deposit_backlog(
-                    &mut sender,
-                    &sender_s,
-                    name,
-                    shape.deposits,
-                    shape.locator_len,
-                )
-                .await;
+                deposit_backlog(&mut sender, name, shape.deposits, shape.locator_len).await;
                 for _ in 0..shape.sessions {
                     let mut c = AuthClient::connect(&target).await.expect("connect");
                     if c.login(name, &password(name), id, &[]).await.is_err() {

@@ -34,9 +34,10 @@ use vmail_node::core::erasure::Redundancy;
 use vmail_node::overlay::swarm::Role;
 use vmail_node::peer::{LeaveRequest, Peer, PeerOptions, Session};
 use vmail_proto::grant::{GrantedShard, StorageGrant};
-use vmail_proto::keys::{MasterKey, SecretKey};
+use vmail_proto::keys::SecretKey;
 use vmail_proto::names::Recipients;
 use vmail_proto::pb;
+use vmail_proto::share::ShareKey;
 
 /// One auth server in a temporary data directory.
 #[derive(Debug)]
@@ -172,7 +173,8 @@ pub fn password(user: &str) -> Vec<u8> {
 
 /// A deposit for `names` with a fresh request id and session key, and the
 /// metadata of a 5 s WAV. It names no storage grant yet (`grant_serial` 0,
-/// which the group refuses): pass it through [`granted`] to deposit it.
+/// which the group refuses) and no share keys: pass it through [`granted`]
+/// to deposit it.
 pub fn deposit_for(names: &[&str], locator: &[u8]) -> NewDeposit {
     NewDeposit {
         grant_serial: 0,
@@ -180,6 +182,7 @@ pub fn deposit_for(names: &[&str], locator: &[u8]) -> NewDeposit {
         recipients: Recipients::parse(names).expect("valid recipients"),
         locator: locator.to_vec(),
         session_key: SecretKey::random(),
+        share_keys: Vec::new(),
         meta: VoicemailMeta {
             size: 1234,
             content_type: "audio/wav".into(),
@@ -207,23 +210,11 @@ fn one_shard_grant(recipients: &Recipients, expires_at: u64) -> GrantRequest {
     }
 }
 
-/// A storage grant from `c`'s group for a voicemail to `names` of one
-/// 1 KiB shard on one holder, as a leave would ask for, for tests that
-/// deposit without storing anything; its serial.
-pub async fn grant_serial_for(c: &mut AuthClient, names: &[&str]) -> u64 {
-    let recipients = Recipients::parse(names).expect("valid recipients");
-    c.request_grant(&one_shard_grant(&recipients, 0))
-        .await
-        .expect("a storage grant")
-        .grant
-        .body
-        .serial
-}
-
 /// `d` under a new storage grant that `c` asks its group for, for `d`'s
 /// recipients and kept until `expires_at` (0: the server's default; the
-/// voicemail expires with the grant). Everything else in `d` is kept, so a
-/// retry of the returned deposit replays it: same request id, same serial.
+/// voicemail expires with the grant), with the grant's share keys.
+/// Everything else in `d` is kept, so a retry of the returned deposit
+/// replays it: same request id, same serial.
 /// The refusal of RequestGrant is returned as is (an unknown recipient is
 /// NOT_FOUND naming them).
 pub async fn try_granted(
@@ -235,6 +226,7 @@ pub async fn try_granted(
         .request_grant(&one_shard_grant(&d.recipients, expires_at))
         .await?;
     d.grant_serial = grant.grant.body.serial;
+    d.share_keys = grant.share_keys;
     Ok(d)
 }
 
@@ -286,34 +278,58 @@ pub fn grant_request_for(names: &[&str]) -> pb::GrantRequest {
     }
 }
 
+/// A storage grant as a generic gRPC client gets it: parsed (not
+/// verified), with the share keys the deposit must split its key among.
+#[derive(Debug, Clone)]
+pub struct RawGrant {
+    /// The signed grant.
+    pub grant: StorageGrant,
+    /// The servers' share keys, in share order.
+    pub share_keys: Vec<ShareKey>,
+}
+
 /// Asks for a storage grant for a voicemail to `names` on a generic gRPC
-/// client, as the session with `token`; returns it parsed (not verified).
+/// client, as the session with `token`.
 pub async fn request_grant(
     raw: &mut pb::auth_client::AuthClient<Channel>,
     token: &[u8; 32],
     names: &[&str],
-) -> Result<StorageGrant, tonic::Status> {
+) -> Result<RawGrant, tonic::Status> {
     let resp = raw
         .request_grant(bearer(token, grant_request_for(names)))
         .await?
         .into_inner();
-    Ok(StorageGrant::from_bytes(&resp.grant).expect("the grant parses"))
+    Ok(RawGrant {
+        grant: StorageGrant::from_bytes(&resp.grant).expect("the grant parses"),
+        share_keys: vmail_node::auth_client::grant_share_keys(resp.share_keys, 0)
+            .expect("well-formed share keys"),
+    })
 }
 
-/// The DepositRequest for `d`, its key wrapped under `master_key`, under
-/// the storage grant `grant_serial` (0: none).
+/// The DepositRequest for `d` under the storage grant `grant_serial` (0:
+/// none), its session key split among `share_keys`.
 pub fn deposit_request(
     d: &NewDeposit,
-    master_key: &MasterKey,
+    share_keys: &[ShareKey],
     grant_serial: u64,
 ) -> pb::DepositRequest {
+    let (threshold, key_check, shares) = vmail_proto::share::split(
+        &d.session_key,
+        share_keys,
+        grant_serial,
+        &d.recipients,
+        &d.locator,
+    )
+    .expect("a valid split");
     pb::DepositRequest {
         request_id: d.request_id.to_vec(),
         recipients: d.recipients.to_strings(),
         locator: d.locator.clone(),
-        wrapped_key: d.wrap_key(master_key),
         metadata: Some(d.meta.clone().into()),
         grant_serial,
+        shares: shares.into_iter().map(Into::into).collect(),
+        threshold: u32::from(threshold),
+        key_check: key_check.to_vec(),
     }
 }
 

@@ -237,8 +237,8 @@ pub async fn spam_run(net: &TestNet, run: SpamRun) -> SpamReport {
         d.sort();
         report.honest_latency[phase] = d;
     }
-    for (c, s) in &mut inboxes {
-        let pending = c.list_pending(&s.master_key).await.expect("list pending");
+    for (c, _) in &mut inboxes {
+        let pending = c.list_pending().await.expect("list pending");
         let spam = pending
             .iter()
             .filter(|p| {

@@ -11,9 +11,11 @@ use vmail_auth::datadir::files;
 use vmail_auth::service::ManualClock;
 use vmail_node::auth_client::ClientError;
 use vmail_proto::grant::{DeleteOrder, DeleteReason, UPLOAD_WINDOW_SECS};
-use vmail_proto::keys::MasterKey;
 use vmail_proto::pb;
-use vmail_proto::random_bytes;
+use vmail_proto::share::{
+    BoxSecret, ResealBinding, ResealedShare, SEALED_LEN, ShareError, ShareKey, combine,
+    open_resealed,
+};
 use vmail_tests::{
     TestAuth, bearer, deposit_for, deposit_request, file_bytes, granted, granted_until, identity,
     password, register_and_login, request_grant, try_granted,
@@ -43,15 +45,25 @@ async fn happy_path_register_login_deposit_list_unwrap_ack() {
         deposit_for(&["carol", "alice"], b"locator: shard ids"),
     )
     .await;
-    let receipt = bob.deposit(&bob_s.master_key, &d).await.unwrap();
+    let receipt = bob.deposit(&d).await.unwrap();
     assert!(!receipt.replayed);
 
     for (client, session) in [(&mut alice, &alice_s), (&mut carol, &carol_s)] {
-        let pending = client.list_pending(&session.master_key).await.unwrap();
+        let pending = client.list_pending().await.unwrap();
         assert_eq!(pending.len(), 1);
         let p = &pending[0];
         assert_eq!(p.id, receipt.voicemail_id);
-        assert_eq!(p.session_key, d.session_key);
+        // The key is split 1-of-1 on this one server; each recipient
+        // recovers the sender's key from its share.
+        assert_eq!(p.shares.threshold, 1);
+        assert_eq!(
+            p.shares.key_check,
+            vmail_proto::share::key_check(&d.session_key, &d.locator)
+        );
+        assert_eq!(
+            client.recover_session_key(session, p).await.unwrap(),
+            d.session_key
+        );
         assert_eq!(p.sender.display_name(), "bob");
         assert_eq!(p.locator, b"locator: shard ids");
         assert_eq!(p.recipients, d.recipients);
@@ -60,12 +72,7 @@ async fn happy_path_register_login_deposit_list_unwrap_ack() {
         assert!(p.meta.expires_at > vmail_proto::unix_now());
     }
     // Bob is not a recipient: nothing pending for him.
-    assert!(
-        bob.list_pending(&bob_s.master_key)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(bob.list_pending().await.unwrap().is_empty());
 
     let first = alice.ack(&receipt.voicemail_id).await.unwrap();
     assert!(!first.key_erased, "carol still holds a grant");
@@ -94,13 +101,7 @@ async fn happy_path_register_login_deposit_list_unwrap_ack() {
     );
     let counts = auth.service().store().counts().unwrap();
     assert_eq!((counts.voicemails, counts.grants), (0, 0));
-    assert!(
-        alice
-            .list_pending(&alice_s.master_key)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(alice.list_pending().await.unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -318,33 +319,36 @@ async fn deposit_refusals_change_nothing() {
     // ...and the deposit checks again: one naming carol under a grant
     // asked for alice alone is refused the same way. Every deposit below is
     // refused under this one grant, which is left unused for the last.
-    let serial = granted(&mut bob, deposit_for(&["alice"], b""))
-        .await
-        .grant_serial;
+    let grant = granted(&mut bob, deposit_for(&["alice"], b"")).await;
+    let (serial, share_keys) = (grant.grant_serial, grant.share_keys);
     let under_grant = |names: &[&str], locator: &[u8]| {
         let mut d = deposit_for(names, locator);
         d.grant_serial = serial;
+        d.share_keys = share_keys.clone();
         d
     };
-    let (code_, msg) = code(
-        bob.deposit(&bob_s.master_key, &under_grant(&["alice", "carol"], b""))
-            .await,
-    );
+    let (code_, msg) = code(bob.deposit(&under_grant(&["alice", "carol"], b"")).await);
     assert_eq!(code_, Code::NotFound);
     assert_eq!(msg, "unknown recipient \"carol\"");
 
-    // A wrap under a key other than the session's master key.
-    let wrong = MasterKey::from_bytes(random_bytes());
-    let (code_, msg) = code(bob.deposit(&wrong, &under_grant(&["alice"], b"")).await);
-    assert_eq!(code_, Code::PermissionDenied);
-    assert!(msg.contains("wrapped_key"), "{msg}");
+    // Shares sealed to a share key the server never published (another
+    // epoch than the grant's): named.
+    let mut wrong = under_grant(&["alice"], b"");
+    wrong.share_keys[0].epoch += 1;
+    let (code_, msg) = code(bob.deposit(&wrong).await);
+    assert_eq!(code_, Code::InvalidArgument);
+    assert!(
+        msg.starts_with("shares.epoch: share 1 (epoch): server ")
+            && msg.contains(&format!(
+                "published no share key of epoch {}",
+                wrong.share_keys[0].epoch
+            )),
+        "{msg}"
+    );
 
     // Oversize locator.
     let big = vec![7u8; vmail_auth::service::MAX_LOCATOR_LEN + 1];
-    let (code_, msg) = code(
-        bob.deposit(&bob_s.master_key, &under_grant(&["alice"], &big))
-            .await,
-    );
+    let (code_, msg) = code(bob.deposit(&under_grant(&["alice"], &big)).await);
     assert_eq!(code_, Code::InvalidArgument);
     assert!(
         msg.starts_with("locator: 4097 bytes, at most 4096"),
@@ -359,43 +363,63 @@ async fn deposit_refusals_change_nothing() {
         .unwrap();
     assert_eq!(grant.deposited, None, "a refused deposit spends no grant");
     // Exactly the limit is accepted, under the grant the refusals left unused.
-    bob.deposit(
-        &bob_s.master_key,
-        &under_grant(&["alice"], &big[..vmail_auth::service::MAX_LOCATOR_LEN]),
-    )
+    bob.deposit(&under_grant(
+        &["alice"],
+        &big[..vmail_auth::service::MAX_LOCATOR_LEN],
+    ))
     .await
     .unwrap();
 
-    // A tampered request: recipients changed after wrapping.
+    // A tampered request: recipients changed after the key was split. The
+    // shares are bound to the recipients they were split for, so the
+    // server's own share does not open and the deposit is refused, naming
+    // the field; nothing is stored and the grant stays unused.
     let mut raw = pb::auth_client::AuthClient::new(auth.channel().await);
     let grant = request_grant(&mut raw, &bob_s.token, &["alice", "bob"])
         .await
         .unwrap();
     let d = deposit_for(&["alice"], b"loc");
-    let mut msg = deposit_request(&d, &bob_s.master_key, grant.body.serial);
+    let mut msg = deposit_request(&d, &grant.share_keys, grant.grant.body.serial);
     msg.recipients = vec!["alice".into(), "bob".into()];
-    assert_eq!(
-        raw.deposit(bearer(&bob_s.token, msg))
-            .await
-            .unwrap_err()
-            .code(),
-        Code::PermissionDenied
+    let before = auth.service().store().counts().unwrap();
+    let s = raw.deposit(bearer(&bob_s.token, msg)).await.unwrap_err();
+    assert_eq!(s.code(), Code::InvalidArgument, "{}", s.message());
+    assert!(
+        s.message()
+            .starts_with("shares: the share sealed to this server")
+            && s.message().contains("does not open"),
+        "{}",
+        s.message()
     );
+    assert_eq!(auth.service().store().counts().unwrap(), before);
+    let unused = auth
+        .service()
+        .store()
+        .storage_grant(grant.grant.body.serial)
+        .unwrap()
+        .unwrap();
+    assert_eq!(unused.deposited, None, "a refused deposit spends no grant");
 }
 
 #[tokio::test]
 async fn replayed_request_id_returns_the_first_result() {
     let auth = TestAuth::start().await;
-    let (mut bob, _, bob_s) = register_and_login(&auth, "bob").await;
+    let (mut bob, _, _) = register_and_login(&auth, "bob").await;
     let (mut alice, _, alice_s) = register_and_login(&auth, "alice").await;
     let d = granted(&mut bob, deposit_for(&["alice"], b"loc")).await;
-    let first = bob.deposit(&bob_s.master_key, &d).await.unwrap();
-    let again = bob.deposit(&bob_s.master_key, &d).await.unwrap();
+    let first = bob.deposit(&d).await.unwrap();
+    let again = bob.deposit(&d).await.unwrap();
     assert_eq!(again.voicemail_id, first.voicemail_id);
     assert!(again.replayed);
+    let pending = alice.list_pending().await.unwrap();
+    assert_eq!(pending.len(), 1);
+    // The retry split the key afresh; the stored shares still give it.
     assert_eq!(
-        alice.list_pending(&alice_s.master_key).await.unwrap().len(),
-        1
+        alice
+            .recover_session_key(&alice_s, &pending[0])
+            .await
+            .unwrap(),
+        d.session_key
     );
 
     // The same id with other content (under the same grant) is refused, not
@@ -403,7 +427,8 @@ async fn replayed_request_id_returns_the_first_result() {
     let mut other = deposit_for(&["alice"], b"other loc");
     other.request_id = d.request_id;
     other.grant_serial = d.grant_serial;
-    let (code_, msg) = code(bob.deposit(&bob_s.master_key, &other).await);
+    other.share_keys = d.share_keys.clone();
+    let (code_, msg) = code(bob.deposit(&other).await);
     assert_eq!(code_, Code::AlreadyExists);
     assert!(msg.contains("request_id"), "{msg}");
     assert_eq!(auth.service().store().counts().unwrap().voicemails, 1);
@@ -416,14 +441,30 @@ async fn only_recipients_can_see_or_ack() {
     let (mut alice, _, alice_s) = register_and_login(&auth, "alice").await;
     let (mut mallory, _, mallory_s) = register_and_login(&auth, "mallory").await;
     let d = granted(&mut bob, deposit_for(&["alice"], b"")).await;
-    let r = bob.deposit(&bob_s.master_key, &d).await.unwrap();
-    assert!(
-        mallory
-            .list_pending(&mallory_s.master_key)
+    let r = bob.deposit(&d).await.unwrap();
+    assert!(mallory.list_pending().await.unwrap().is_empty());
+    // Neither a stranger nor the sender gets a share of the key.
+    let mut raw = pb::auth_client::AuthClient::new(auth.channel().await);
+    for (who, token) in [("mallory", &mallory_s.token), ("bob", &bob_s.token)] {
+        let s = raw
+            .open_share(bearer(
+                token,
+                pb::OpenShareRequest {
+                    voicemail_id: r.voicemail_id.to_vec(),
+                },
+            ))
             .await
-            .unwrap()
-            .is_empty()
-    );
+            .unwrap_err();
+        assert_eq!(s.code(), Code::NotFound, "{who}: {}", s.message());
+        assert!(
+            s.message().contains(&format!(
+                "voicemail {} is not waiting for you",
+                hex::encode(r.voicemail_id)
+            )),
+            "{who}: {}",
+            s.message()
+        );
+    }
     let (code_, msg) = code(mallory.ack(&r.voicemail_id).await);
     assert_eq!(code_, Code::NotFound);
     assert_eq!(
@@ -435,9 +476,14 @@ async fn only_recipients_can_see_or_ack() {
     );
     // The sender cannot ack it away either.
     assert_eq!(code(bob.ack(&r.voicemail_id).await).0, Code::NotFound);
+    let pending = alice.list_pending().await.unwrap();
+    assert_eq!(pending.len(), 1);
     assert_eq!(
-        alice.list_pending(&alice_s.master_key).await.unwrap().len(),
-        1
+        alice
+            .recover_session_key(&alice_s, &pending[0])
+            .await
+            .unwrap(),
+        d.session_key
     );
     // A recipient cannot ack twice.
     alice.ack(&r.voicemail_id).await.unwrap();
@@ -447,10 +493,10 @@ async fn only_recipients_can_see_or_ack() {
 #[tokio::test]
 async fn revoked_and_missing_tokens_are_unauthenticated() {
     let auth = TestAuth::start().await;
-    let (mut alice, _, alice_s) = register_and_login(&auth, "alice").await;
+    let (mut alice, _, _) = register_and_login(&auth, "alice").await;
     let mut stale = alice.clone();
     alice.logout().await.unwrap();
-    let (code_, msg) = code(stale.list_pending(&alice_s.master_key).await);
+    let (code_, msg) = code(stale.list_pending().await);
     assert_eq!(code_, Code::Unauthenticated);
     assert!(msg.contains("log in again"), "{msg}");
     assert_eq!(
@@ -485,9 +531,9 @@ async fn tokens_expire_on_the_injected_clock() {
         vmail_auth::service::Clock::now(&*clock) + 12 * 3600
     );
     clock.advance(12 * 3600 - 1);
-    alice.list_pending(&alice_s.master_key).await.unwrap();
+    alice.list_pending().await.unwrap();
     clock.advance(1);
-    let (code_, msg) = code(alice.list_pending(&alice_s.master_key).await);
+    let (code_, msg) = code(alice.list_pending().await);
     assert_eq!(code_, Code::Unauthenticated);
     assert_eq!(
         msg,
@@ -512,17 +558,21 @@ async fn restart_keeps_users_and_pending_voicemail() {
         .await
         .unwrap();
     let d = granted(&mut bob, deposit_for(&["alice"], b"loc")).await;
-    let r = bob.deposit(&bob_s.master_key, &d).await.unwrap();
+    let r = bob.deposit(&d).await.unwrap();
     auth.restart().await;
     let mut alice = auth.client().await;
     let s = alice
         .login("alice", &password("alice"), &alice_id, &[])
         .await
         .unwrap();
-    let pending = alice.list_pending(&s.master_key).await.unwrap();
+    let pending = alice.list_pending().await.unwrap();
     assert_eq!(pending.len(), 1);
     assert_eq!(pending[0].id, r.voicemail_id);
-    assert_eq!(pending[0].session_key, d.session_key);
+    // The server's share key survived the restart: the share still opens.
+    assert_eq!(
+        alice.recover_session_key(&s, &pending[0]).await.unwrap(),
+        d.session_key
+    );
     // Bob's session survived too.
     let mut bob2 = auth.client().await;
     bob2.set_token(bob_s.token);
@@ -534,10 +584,10 @@ async fn voicemail_survives_a_master_key_change_and_identity_rotation() {
     let auth = TestAuth::start().await;
     let (mut alice, old_id, old_s) = register_and_login(&auth, "alice").await;
     alice.logout().await.unwrap();
-    let (mut bob, _, bob_s) = register_and_login(&auth, "bob").await;
+    let (mut bob, _, _) = register_and_login(&auth, "bob").await;
     // Deposited while alice is logged out: it is bound to no key of hers.
     let d = granted(&mut bob, deposit_for(&["alice"], b"loc")).await;
-    bob.deposit(&bob_s.master_key, &d).await.unwrap();
+    let r = bob.deposit(&d).await.unwrap();
 
     let new_id = identity();
     let mut alice = auth.client().await;
@@ -547,11 +597,14 @@ async fn voicemail_survives_a_master_key_change_and_identity_rotation() {
         .unwrap();
     assert_ne!(s.master_key_id, old_s.master_key_id);
     assert_eq!(s.certificate.identity_key, new_id.verifying_key());
-    let pending = alice.list_pending(&s.master_key).await.unwrap();
+    assert_ne!(s.inbox_key.public(), old_s.inbox_key.public());
+    let pending = alice.list_pending().await.unwrap();
     assert_eq!(pending.len(), 1);
-    assert_eq!(pending[0].session_key, d.session_key);
-    // The delivery is wrapped for the new master key only.
-    let raw = alice
+    assert_eq!(
+        alice.recover_session_key(&s, &pending[0]).await.unwrap(),
+        d.session_key
+    );
+    let watched = alice
         .watch_pending()
         .await
         .unwrap()
@@ -559,8 +612,52 @@ async fn voicemail_survives_a_master_key_change_and_identity_rotation() {
         .await
         .unwrap()
         .unwrap();
-    assert!(alice.open_pending(&old_s.master_key, raw.clone()).is_err());
-    alice.open_pending(&s.master_key, raw).unwrap();
+    let p = alice.open_pending(watched).unwrap();
+    assert_eq!(p.id, r.voicemail_id);
+    // The share is resealed for the new session's inbox key only: it does
+    // not open under the old session's.
+    let mut raw = pb::auth_client::AuthClient::new(auth.channel().await);
+    let opened = raw
+        .open_share(bearer(
+            &s.token,
+            pb::OpenShareRequest {
+                voicemail_id: r.voicemail_id.to_vec(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let resealed = ResealedShare {
+        enc: opened.enc.as_slice().try_into().unwrap(),
+        ciphertext: opened.ciphertext,
+    };
+    let binding = ResealBinding {
+        voicemail_id: &r.voicemail_id,
+        recipient: &s.username,
+        node_id: opened.node_id,
+        index: u8::try_from(opened.index).unwrap(),
+    };
+    assert_eq!(
+        open_resealed(&old_s.inbox_key, &resealed, &binding).unwrap_err(),
+        ShareError::Open
+    );
+    let value = open_resealed(&s.inbox_key, &resealed, &binding).unwrap();
+    assert_eq!(
+        combine(
+            &[value],
+            p.shares.threshold,
+            &p.shares.key_check,
+            &p.locator
+        )
+        .unwrap(),
+        d.session_key
+    );
+    // And the old session cannot recover the key at all.
+    let err = alice
+        .recover_session_key(&old_s, &p)
+        .await
+        .expect_err("the logged-out session recovers nothing");
+    assert!(matches!(err, ClientError::KeyRecovery(_)), "{err}");
     // The old certificate stays valid until it expires; the current one is the new key's.
     old_s
         .certificate
@@ -575,25 +672,28 @@ async fn voicemail_survives_a_master_key_change_and_identity_rotation() {
 #[tokio::test]
 async fn watch_pending_pushes_new_voicemail_and_ends_at_logout() {
     let auth = TestAuth::start().await;
-    let (mut bob, _, bob_s) = register_and_login(&auth, "bob").await;
+    let (mut bob, _, _) = register_and_login(&auth, "bob").await;
     let (mut alice, _, alice_s) = register_and_login(&auth, "alice").await;
     let d = granted(&mut bob, deposit_for(&["alice"], b"1")).await;
-    let early = bob.deposit(&bob_s.master_key, &d).await.unwrap();
+    let early = bob.deposit(&d).await.unwrap();
     let mut stream = alice.clone().watch_pending().await.unwrap();
     let first = alice
-        .open_pending(&alice_s.master_key, stream.next().await.unwrap().unwrap())
+        .open_pending(stream.next().await.unwrap().unwrap())
         .unwrap();
     assert_eq!(first.id, early.voicemail_id);
     let d = granted(&mut bob, deposit_for(&["alice"], b"2")).await;
-    let live = bob.deposit(&bob_s.master_key, &d).await.unwrap();
+    let live = bob.deposit(&d).await.unwrap();
     // A voicemail for someone else is not pushed to alice.
     let other = granted(&mut bob, deposit_for(&["bob"], b"3")).await;
-    bob.deposit(&bob_s.master_key, &other).await.unwrap();
+    bob.deposit(&other).await.unwrap();
     let second = alice
-        .open_pending(&alice_s.master_key, stream.next().await.unwrap().unwrap())
+        .open_pending(stream.next().await.unwrap().unwrap())
         .unwrap();
     assert_eq!(second.id, live.voicemail_id);
-    assert_eq!(second.session_key, d.session_key);
+    assert_eq!(
+        alice.recover_session_key(&alice_s, &second).await.unwrap(),
+        d.session_key
+    );
     alice.logout().await.unwrap();
     let end = stream.next().await.unwrap().unwrap_err();
     assert_eq!(end.code(), Code::Unauthenticated);
@@ -877,24 +977,20 @@ async fn key_files_from_another_server_are_refused() {
 async fn a_full_inbox_refuses_deposits_for_that_recipient_only() {
     let clock = Arc::new(ManualClock::new(vmail_proto::unix_now()));
     let auth = TestAuth::start_with(|c| c.max_pending_per_user = 3, clock.clone()).await;
-    let (mut bob, _, bob_s) = register_and_login(&auth, "bob").await;
-    let (mut alice, _, alice_s) = register_and_login(&auth, "alice").await;
+    let (mut bob, _, _) = register_and_login(&auth, "bob").await;
+    let (mut alice, _, _) = register_and_login(&auth, "alice").await;
     register_and_login(&auth, "carol").await;
     // The voicemail expires with its storage grant.
     let soon = vmail_auth::service::Clock::now(&*clock) + 100;
     let short = granted_until(&mut bob, deposit_for(&["alice"], b""), soon).await;
-    let expiring = bob
-        .deposit(&bob_s.master_key, &short)
-        .await
-        .unwrap()
-        .voicemail_id;
+    let expiring = bob.deposit(&short).await.unwrap().voicemail_id;
     for _ in 0..2 {
         let d = granted(&mut bob, deposit_for(&["alice"], b"")).await;
-        bob.deposit(&bob_s.master_key, &d).await.unwrap();
+        bob.deposit(&d).await.unwrap();
     }
     // A deposit to carol and alice, under a grant of its own.
     let full = granted(&mut bob, deposit_for(&["carol", "alice"], b"")).await;
-    let (code_, msg) = code(bob.deposit(&bob_s.master_key, &full).await);
+    let (code_, msg) = code(bob.deposit(&full).await);
     assert_eq!(code_, Code::ResourceExhausted);
     assert!(
         msg.starts_with("the inbox of \"alice\" is full (3 voicemails waiting)"),
@@ -902,23 +998,20 @@ async fn a_full_inbox_refuses_deposits_for_that_recipient_only() {
     );
     assert_eq!(auth.service().store().counts().unwrap().voicemails, 3);
     let to_carol = granted(&mut bob, deposit_for(&["carol"], b"")).await;
-    bob.deposit(&bob_s.master_key, &to_carol).await.unwrap();
+    bob.deposit(&to_carol).await.unwrap();
 
     // An ack makes room: the refused deposit now goes through, under the
     // grant the refusal left unused...
-    let pending = alice.list_pending(&alice_s.master_key).await.unwrap();
+    let pending = alice.list_pending().await.unwrap();
     let other = pending.iter().find(|p| p.id != expiring).unwrap().id;
     alice.ack(&other).await.unwrap();
-    bob.deposit(&bob_s.master_key, &full).await.unwrap();
+    bob.deposit(&full).await.unwrap();
     let full = granted(&mut bob, deposit_for(&["carol", "alice"], b"")).await;
-    assert_eq!(
-        code(bob.deposit(&bob_s.master_key, &full).await).0,
-        Code::ResourceExhausted
-    );
+    assert_eq!(code(bob.deposit(&full).await).0, Code::ResourceExhausted);
     // ...and so does the purge of an expired voicemail.
     clock.advance(100);
     auth.service().purge_expired().await.unwrap();
-    bob.deposit(&bob_s.master_key, &full).await.unwrap();
+    bob.deposit(&full).await.unwrap();
 }
 
 /// One test case's change to an otherwise valid request.
@@ -928,12 +1021,12 @@ type Edit<T> = Box<dyn FnOnce(&mut T)>;
 /// until a case changes it.
 fn raw_deposit(
     token: &[u8; 32],
-    mk: &MasterKey,
+    share_keys: &[ShareKey],
     serial: u64,
     edit: impl FnOnce(&mut pb::DepositRequest),
 ) -> tonic::Request<pb::DepositRequest> {
     let d = deposit_for(&["alice"], b"loc");
-    let mut msg = deposit_request(&d, mk, serial);
+    let mut msg = deposit_request(&d, share_keys, serial);
     edit(&mut msg);
     bearer(token, msg)
 }
@@ -944,11 +1037,11 @@ async fn malformed_deposit_fields_are_named() {
     let (_, _, bob_s) = register_and_login(&auth, "bob").await;
     register_and_login(&auth, "alice").await;
     let mut raw = pb::auth_client::AuthClient::new(auth.channel().await);
-    let serial = request_grant(&mut raw, &bob_s.token, &["alice"])
+    let grant = request_grant(&mut raw, &bob_s.token, &["alice"])
         .await
-        .unwrap()
-        .body
-        .serial;
+        .unwrap();
+    let (serial, keys) = (grant.grant.body.serial, grant.share_keys);
+    assert_eq!(keys.len(), 1, "one server, one share key");
     let cases: Vec<(&str, Edit<pb::DepositRequest>)> = vec![
         (
             "request_id: 15 bytes",
@@ -970,11 +1063,70 @@ async fn malformed_deposit_fields_are_named() {
             "recipients: username \"Alice\"",
             Box::new(|m| m.recipients = vec!["Alice".into()]),
         ),
+        ("shares: none", Box::new(|m| m.shares.clear())),
         (
-            "wrapped_key: 60 bytes, expected 61",
+            "shares: 17 shares, at most 16",
+            Box::new(|m| m.shares = vec![m.shares[0].clone(); 17]),
+        ),
+        (
+            "shares.index: share 1 (index): 2, expected 1 to 1",
+            Box::new(|m| m.shares[0].index = 2),
+        ),
+        (
+            "shares.index: share 1 (index): 0, expected 1 to 1",
+            Box::new(|m| m.shares[0].index = 0),
+        ),
+        (
+            "shares.index: share 2 (index): index 1 appears twice",
             Box::new(|m| {
-                m.wrapped_key.pop();
+                let mut again = m.shares[0].clone();
+                again.node_id += 1;
+                m.shares.push(again);
+                m.threshold = 2;
             }),
+        ),
+        (
+            "shares.node_id: share 2 (node_id): server ",
+            Box::new(|m| {
+                let mut again = m.shares[0].clone();
+                again.index = 2;
+                m.shares.push(again);
+                m.threshold = 2;
+            }),
+        ),
+        (
+            "shares.epoch: share 1 (epoch): server ",
+            Box::new(|m| m.shares[0].epoch += 1),
+        ),
+        (
+            "shares.enc: share 1 (enc): 31 bytes, expected 32",
+            Box::new(|m| {
+                m.shares[0].enc.pop();
+            }),
+        ),
+        (
+            "shares.ciphertext: share 1 (ciphertext): 47 bytes, expected 48",
+            Box::new(|m| {
+                m.shares[0].ciphertext.pop();
+            }),
+        ),
+        (
+            "threshold: 2, but 1 shares need a threshold of 1 (a majority)",
+            Box::new(|m| m.threshold = 2),
+        ),
+        (
+            "threshold: 0, but 1 shares need a threshold of 1 (a majority)",
+            Box::new(|m| m.threshold = 0),
+        ),
+        (
+            "key_check: 31 bytes, expected 32",
+            Box::new(|m| {
+                m.key_check.pop();
+            }),
+        ),
+        (
+            "key_check: 0 bytes, expected 32",
+            Box::new(|m| m.key_check.clear()),
         ),
         (
             "metadata.content_type: 129 bytes",
@@ -988,7 +1140,7 @@ async fn malformed_deposit_fields_are_named() {
     ];
     for (expected, edit) in cases {
         let s = raw
-            .deposit(raw_deposit(&bob_s.token, &bob_s.master_key, serial, edit))
+            .deposit(raw_deposit(&bob_s.token, &keys, serial, edit))
             .await
             .unwrap_err();
         assert_eq!(
@@ -1005,7 +1157,7 @@ async fn malformed_deposit_fields_are_named() {
     }
     assert_eq!(auth.service().store().counts().unwrap().voicemails, 0);
     // The unedited request is accepted, so each refusal above was the edit's.
-    raw.deposit(raw_deposit(&bob_s.token, &bob_s.master_key, serial, |_| {}))
+    raw.deposit(raw_deposit(&bob_s.token, &keys, serial, |_| {}))
         .await
         .unwrap();
 }
@@ -1069,6 +1221,7 @@ async fn malformed_login_finish_fields_are_named_and_bad_passwords_fail_on_the_s
             identity_key: vk.as_bytes().to_vec(),
             identity_proof: proof.to_bytes().to_vec(),
             peer_id: Vec::new(),
+            inbox_key: BoxSecret::generate().public().to_vec(),
         };
         edit(&mut req);
         raw.login_finish(req).await.map(|_| ()).unwrap_err()
@@ -1125,6 +1278,24 @@ async fn malformed_login_finish_fields_are_named_and_bad_passwords_fail_on_the_s
             "login_id: 3 bytes, expected 16",
             Box::new(|r| r.login_id.truncate(3)),
         ),
+        (
+            Code::InvalidArgument,
+            "inbox_key: 0 bytes, expected 32 (an X25519 public key)",
+            Box::new(|r| r.inbox_key.clear()),
+        ),
+        (
+            Code::InvalidArgument,
+            "inbox_key: 31 bytes, expected 32 (an X25519 public key)",
+            Box::new(|r| {
+                r.inbox_key.pop();
+            }),
+        ),
+        (
+            Code::InvalidArgument,
+            "inbox_key: not a usable X25519 public key",
+            // All zeros is a small-order point: nothing sealed to it is secret.
+            Box::new(|r| r.inbox_key = vec![0; 32]),
+        ),
     ];
     for (code_, expected, edit) in cases {
         let s = attempt(&mut raw, &pw, &id, edit).await;
@@ -1142,19 +1313,19 @@ async fn malformed_login_finish_fields_are_named_and_bad_passwords_fail_on_the_s
 async fn expired_voicemail_is_hidden_then_erased() {
     let clock = Arc::new(ManualClock::new(vmail_proto::unix_now()));
     let auth = TestAuth::start_with(|_| {}, clock.clone()).await;
-    let (mut bob, _, bob_s) = register_and_login(&auth, "bob").await;
-    let (mut alice, _, alice_s) = register_and_login(&auth, "alice").await;
+    let (mut bob, _, _) = register_and_login(&auth, "bob").await;
+    let (mut alice, _, _) = register_and_login(&auth, "alice").await;
     // The voicemail's lifetime is its storage grant's: the one asked for
     // here, whatever the deposit's metadata says.
     let soon = vmail_auth::service::Clock::now(&*clock) + 100;
     let mut short = deposit_for(&["alice"], b"");
     short.meta.expires_at = soon + 365 * 86_400;
     let short = granted_until(&mut bob, short, soon).await;
-    let gone = bob.deposit(&bob_s.master_key, &short).await.unwrap();
+    let gone = bob.deposit(&short).await.unwrap();
     let kept = granted(&mut bob, deposit_for(&["alice"], b"")).await;
-    let kept = bob.deposit(&bob_s.master_key, &kept).await.unwrap();
+    let kept = bob.deposit(&kept).await.unwrap();
     let expiries: Vec<_> = alice
-        .list_pending(&alice_s.master_key)
+        .list_pending()
         .await
         .unwrap()
         .iter()
@@ -1166,7 +1337,7 @@ async fn expired_voicemail_is_hidden_then_erased() {
     );
     clock.advance(100);
     let ids: Vec<_> = alice
-        .list_pending(&alice_s.master_key)
+        .list_pending()
         .await
         .unwrap()
         .iter()
@@ -1190,7 +1361,7 @@ async fn expired_voicemail_is_hidden_then_erased() {
 #[tokio::test]
 async fn shutdown_does_not_wait_for_a_client_that_stopped_reading() {
     let mut auth = TestAuth::start().await;
-    let (mut bob, _, bob_s) = register_and_login(&auth, "bob").await;
+    let (mut bob, _, _) = register_and_login(&auth, "bob").await;
     let (mut alice, _, _) = register_and_login(&auth, "alice").await;
     // A backlog far larger than the stream's buffer and HTTP/2 window.
     for _ in 0..200 {
@@ -1199,7 +1370,7 @@ async fn shutdown_does_not_wait_for_a_client_that_stopped_reading() {
             deposit_for(&["alice"], &[7; vmail_auth::service::MAX_LOCATOR_LEN]),
         )
         .await;
-        bob.deposit(&bob_s.master_key, &d).await.unwrap();
+        bob.deposit(&d).await.unwrap();
     }
     let unread = alice.watch_pending().await.unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
@@ -1251,10 +1422,14 @@ async fn storage_grants_are_signed_serve_one_deposit_and_end_in_a_delete_order()
 
     // The grant parses and verifies against the group's cluster key, as a
     // holder checks it.
-    let grant = request_grant(&mut raw, &bob_s.token, &["carol", "alice"])
+    let raw_grant = request_grant(&mut raw, &bob_s.token, &["carol", "alice"])
         .await
         .unwrap();
+    let (grant, share_keys) = (raw_grant.grant, raw_grant.share_keys);
     grant.verify(&cluster_key).unwrap();
+    // One share key: this group's one server's.
+    assert_eq!(share_keys.len(), 1);
+    assert_eq!(share_keys[0].node_id, auth.service().node_id());
     let serial = grant.body.serial;
     assert!(grant.body.upload_until >= now + UPLOAD_WINDOW_SECS);
     assert!(grant.body.upload_until <= vmail_proto::unix_now() + UPLOAD_WINDOW_SECS);
@@ -1276,10 +1451,7 @@ async fn storage_grants_are_signed_serve_one_deposit_and_end_in_a_delete_order()
     // A deposit without a grant says what to do.
     let d = deposit_for(&["alice", "carol"], b"locator");
     let s = raw
-        .deposit(bearer(
-            &bob_s.token,
-            deposit_request(&d, &bob_s.master_key, 0),
-        ))
+        .deposit(bearer(&bob_s.token, deposit_request(&d, &share_keys, 0)))
         .await
         .unwrap_err();
     assert_eq!(s.code(), Code::InvalidArgument);
@@ -1289,14 +1461,14 @@ async fn storage_grants_are_signed_serve_one_deposit_and_end_in_a_delete_order()
     let s = raw
         .deposit(bearer(
             &alice_s.token,
-            deposit_request(&deposit_for(&["carol"], b"x"), &alice_s.master_key, serial),
+            deposit_request(&deposit_for(&["carol"], b"x"), &share_keys, serial),
         ))
         .await
         .unwrap_err();
     assert_eq!(s.code(), Code::PermissionDenied, "{}", s.message());
 
     // The deposit under the grant; its retry replays.
-    let msg = deposit_request(&d, &bob_s.master_key, serial);
+    let msg = deposit_request(&d, &share_keys, serial);
     let first = raw
         .deposit(bearer(&bob_s.token, msg.clone()))
         .await
@@ -1318,7 +1490,7 @@ async fn storage_grants_are_signed_serve_one_deposit_and_end_in_a_delete_order()
     let s = raw
         .deposit(bearer(
             &bob_s.token,
-            deposit_request(&other, &bob_s.master_key, serial),
+            deposit_request(&other, &share_keys, serial),
         ))
         .await
         .unwrap_err();
@@ -1394,11 +1566,76 @@ async fn the_grant_quota_is_refused_with_the_next_step() {
     let d = deposit_for(&["alice"], b"loc");
     raw.deposit(bearer(
         &bob_s.token,
-        deposit_request(&d, &bob_s.master_key, first.body.serial),
+        deposit_request(&d, &first.share_keys, first.grant.body.serial),
     ))
     .await
     .unwrap();
     request_grant(&mut raw, &bob_s.token, &["alice"])
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn open_share_reseals_the_servers_share_to_the_login_inbox_key() {
+    let auth = TestAuth::start().await;
+    let (mut bob, _, _) = register_and_login(&auth, "bob").await;
+    let (mut alice, _, alice_s) = register_and_login(&auth, "alice").await;
+    let d = granted(&mut bob, deposit_for(&["alice"], b"loc")).await;
+    let r = bob.deposit(&d).await.unwrap();
+    let pending = alice.list_pending().await.unwrap();
+    let p = pending
+        .iter()
+        .find(|p| p.id == r.voicemail_id)
+        .expect("the voicemail is pending for alice");
+    // One server: the key is split 1-of-1, its one share on this server.
+    assert_eq!(p.shares.threshold, 1);
+    assert_eq!(p.shares.slots.len(), 1);
+    let slot = &p.shares.slots[0];
+    assert_eq!(slot.node_id, auth.service().node_id());
+
+    let mut raw = pb::auth_client::AuthClient::new(auth.channel().await);
+    let req = || pb::OpenShareRequest {
+        voicemail_id: r.voicemail_id.to_vec(),
+    };
+    // Without a bearer token: UNAUTHENTICATED.
+    let s = raw.open_share(req()).await.unwrap_err();
+    assert_eq!(s.code(), Code::Unauthenticated, "{}", s.message());
+    assert!(
+        s.message().contains("missing session token"),
+        "{}",
+        s.message()
+    );
+
+    let opened = raw
+        .open_share(bearer(&alice_s.token, req()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (opened.node_id, opened.index),
+        (slot.node_id, u32::from(slot.index))
+    );
+    assert_eq!(opened.ciphertext.len(), SEALED_LEN);
+    let resealed = ResealedShare {
+        enc: opened
+            .enc
+            .as_slice()
+            .try_into()
+            .expect("a 32-byte encapsulated key"),
+        ciphertext: opened.ciphertext,
+    };
+    let value = open_resealed(
+        &alice_s.inbox_key,
+        &resealed,
+        &ResealBinding {
+            voicemail_id: &r.voicemail_id,
+            recipient: &alice_s.username,
+            node_id: slot.node_id,
+            index: slot.index,
+        },
+    )
+    .expect("the share opens with the login's inbox key");
+    assert_eq!(value.index, slot.index);
+    let key = combine(&[value], 1, &p.shares.key_check, &p.locator).unwrap();
+    assert_eq!(key, d.session_key);
 }

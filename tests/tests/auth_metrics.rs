@@ -130,6 +130,7 @@ async fn wrong_password_login(auth: &TestAuth, user: &str) -> Status {
     rpc.login_finish(pb::LoginFinishRequest {
         login_id: resp.login_id,
         credential_finalization: finalization,
+        inbox_key: vmail_proto::share::BoxSecret::generate().public().to_vec(),
         ..Default::default()
     })
     .await

@@ -10,14 +10,17 @@ use std::time::{Duration, Instant};
 use tonic::Code;
 use vmail_auth::cluster::admin;
 use vmail_auth::datadir::{self, InitOptions};
-use vmail_node::auth_client::{AuthClient, ClientError, outcome_unknown};
-use vmail_proto::keys::MasterKey;
-use vmail_tests::{
-    TestCluster, deposit_for, grant_serial_for, granted, identity, password, try_granted,
-};
+use vmail_node::auth_client::{AuthClient, ClientError, LoginSession, outcome_unknown};
+use vmail_proto::share;
+use vmail_tests::{TestCluster, deposit_for, granted, identity, password, try_granted};
 
-/// Registers and logs `user` in on a client that knows only `endpoints`.
-async fn login_on(cluster: &TestCluster, which: &[usize], user: &str) -> (AuthClient, MasterKey) {
+/// Registers and logs `user` in on a client that knows only the servers
+/// `which`; the client and its login session (to recover session keys).
+async fn login_on(
+    cluster: &TestCluster,
+    which: &[usize],
+    user: &str,
+) -> (AuthClient, LoginSession) {
     let mut c = AuthClient::connect(&cluster.target_of(which))
         .await
         .expect("connect");
@@ -29,7 +32,7 @@ async fn login_on(cluster: &TestCluster, which: &[usize], user: &str) -> (AuthCl
         .login(user, &password(user), &id, &[])
         .await
         .expect("login");
-    (c, s.master_key)
+    (c, s)
 }
 
 fn followers(cluster: &TestCluster, leader: usize) -> Vec<usize> {
@@ -47,12 +50,12 @@ async fn a_deposit_acknowledged_at_one_server_is_listed_at_another_right_after()
     let f = followers(&cluster, leader);
     // Each client knows only one follower: writes reach the leader by
     // redirect, and reads are answered for the leader's current state.
-    let (mut bob, bob_mk) = login_on(&cluster, &[f[0]], "bob").await;
-    let (mut alice, alice_mk) = login_on(&cluster, &[f[1]], "alice").await;
+    let (mut bob, _) = login_on(&cluster, &[f[0]], "bob").await;
+    let (mut alice, alice_s) = login_on(&cluster, &[f[1]], "alice").await;
     for n in 0..5u8 {
         let d = granted(&mut bob, deposit_for(&["alice"], &[n; 40])).await;
-        let receipt = bob.deposit(&bob_mk, &d).await.expect("deposit");
-        let listed = alice.list_pending(&alice_mk).await.expect("list");
+        let receipt = bob.deposit(&d).await.expect("deposit");
+        let listed = alice.list_pending().await.expect("list");
         assert!(
             listed.iter().any(|p| p.id == receipt.voicemail_id),
             "deposit {n} acknowledged but not listed"
@@ -61,7 +64,13 @@ async fn a_deposit_acknowledged_at_one_server_is_listed_at_another_right_after()
             .iter()
             .find(|p| p.id == receipt.voicemail_id)
             .unwrap();
-        assert_eq!(got.session_key.as_bytes(), d.session_key.as_bytes());
+        // alice's client knows one server, but the voicemail names where
+        // every share is: a majority answers.
+        let key = alice
+            .recover_session_key(&alice_s, got)
+            .await
+            .expect("recover the session key");
+        assert_eq!(key.as_bytes(), d.session_key.as_bytes());
     }
     // Every member holds the same state once it has applied the log.
     cluster.wait_applied().await;
@@ -73,6 +82,94 @@ async fn a_deposit_acknowledged_at_one_server_is_listed_at_another_right_after()
             "{}",
             cluster.name(i)
         );
+    }
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_majority_recovers_session_keys_and_a_minority_names_the_servers_it_misses() {
+    // Each session key is split 2-of-3 among the servers. With one follower
+    // down, a voicemail deposited before the kill and one deposited after
+    // it (whose share for the dead server is sealed but cannot be opened)
+    // are both recovered from the two live servers. With two down, one
+    // share is left: recovery fails and says which servers it could not
+    // reach.
+    let mut cluster = TestCluster::start(3).await;
+    let leader = cluster.leader().await;
+    let f = followers(&cluster, leader);
+    let url = |i: usize| cluster.target_of(&[i]).endpoints[0].clone();
+    let down = [url(f[0]), url(f[1])];
+    let (mut bob, _) = login_on(&cluster, &[0, 1, 2], "bob").await;
+    let (mut alice, alice_s) = login_on(&cluster, &[0, 1, 2], "alice").await;
+    let before = granted(&mut bob, deposit_for(&["alice"], b"before the kill")).await;
+    let before_id = bob.deposit(&before).await.expect("deposit").voicemail_id;
+    cluster.wait_applied().await;
+
+    cluster.kill(f[0]).await;
+    let after = granted(&mut bob, deposit_for(&["alice"], b"after the kill")).await;
+    assert_eq!(
+        after.share_keys.len(),
+        3,
+        "the killed server is still a member: its share is sealed too"
+    );
+    let after_id = bob
+        .deposit(&after)
+        .await
+        .expect("a majority takes the deposit")
+        .voicemail_id;
+    let listed = alice.list_pending().await.expect("list");
+    assert_eq!(listed.len(), 2);
+    let pending = |id: [u8; 16]| {
+        listed
+            .iter()
+            .find(|p| p.id == id)
+            .expect("the voicemail is listed")
+    };
+    let sent = [(before_id, &before), (after_id, &after)];
+    for (id, d) in sent {
+        let p = pending(id);
+        assert_eq!(
+            (p.shares.threshold, p.shares.slots.len()),
+            (2, 3),
+            "{:?}",
+            p.shares
+        );
+        let key = alice
+            .recover_session_key(&alice_s, p)
+            .await
+            .unwrap_or_else(|e| panic!("2 of 3 servers up: {e}"));
+        assert_eq!(key.as_bytes(), d.session_key.as_bytes());
+    }
+
+    // A second server down: at most one share is left of the two needed.
+    cluster.kill(f[1]).await;
+    for (id, _) in sent {
+        let err = alice
+            .recover_session_key(&alice_s, pending(id))
+            .await
+            .expect_err("one server cannot give the key")
+            .to_string();
+        assert!(
+            err.contains("needs shares from 2 auth servers, got"),
+            "{err}"
+        );
+        assert!(
+            down.iter()
+                .all(|u| err.contains(&format!("{u} unreachable"))),
+            "the error does not name both unreachable servers ({down:?}): {err}"
+        );
+    }
+
+    // Both back: the group recovers them again.
+    cluster.restart(f[0]).await;
+    cluster.restart(f[1]).await;
+    cluster.wait_applied().await;
+    for (id, d) in sent {
+        let key = alice
+            .recover_session_key(&alice_s, pending(id))
+            .await
+            .unwrap_or_else(|e| panic!("every server back: {e}"));
+        assert_eq!(key.as_bytes(), d.session_key.as_bytes());
     }
     cluster.stop().await;
 }
@@ -111,13 +208,22 @@ async fn a_deposit_ordered_after_its_senders_logout_is_refused_when_it_applies()
             },
         )
         .await
-        .unwrap()
-        .grant;
+        .unwrap();
     svc.logout(&session).await.unwrap();
 
+    // The deposit is well formed: its session key is split among the
+    // grant's share keys, as a client splits it.
     let mut d = deposit_for(&["alice"], b"after logout");
-    d.grant_serial = grant.body.serial;
-    let wrapped_key = d.wrap_key(&login.master_key);
+    d.grant_serial = grant.grant.body.serial;
+    d.share_keys = grant.share_keys.clone();
+    let (threshold, key_check, shares) = share::split(
+        &d.session_key,
+        &d.share_keys,
+        d.grant_serial,
+        &d.recipients,
+        &d.locator,
+    )
+    .expect("a valid split");
     let late = svc
         .deposit(
             &session,
@@ -125,7 +231,12 @@ async fn a_deposit_ordered_after_its_senders_logout_is_refused_when_it_applies()
                 request_id: d.request_id.to_vec(),
                 recipients: d.recipients.to_strings(),
                 locator: d.locator.clone(),
-                wrapped_key,
+                shares: shares
+                    .into_iter()
+                    .map(|s| vmail_proto::pb::SealedShare::from(s).into())
+                    .collect(),
+                threshold: u32::from(threshold),
+                key_check: key_check.to_vec(),
                 metadata: d.meta.clone(),
                 grant_serial: d.grant_serial,
             },
@@ -136,7 +247,7 @@ async fn a_deposit_ordered_after_its_senders_logout_is_refused_when_it_applies()
         "{late:?}"
     );
     // Through the API the token is refused too, and no member stored it.
-    let err = bob.deposit(&login.master_key, &d).await.unwrap_err();
+    let err = bob.deposit(&d).await.unwrap_err();
     assert!(
         matches!(&err, ClientError::Server(s) if s.code() == Code::Unauthenticated),
         "{err:?}"
@@ -178,18 +289,22 @@ async fn concurrent_writes_share_log_entries_and_each_caller_gets_its_own_reply(
         } else {
             &["alice", "nobody"]
         };
+        // The grant (and with it the share keys the key is split among)
+        // is for alice alone.
+        let grant = granted(c, deposit_for(&["alice"], b"")).await;
         let mut d = deposit_for(to, format!("batch {i}").as_bytes());
-        d.grant_serial = grant_serial_for(c, &["alice"]).await;
+        d.grant_serial = grant.grant_serial;
+        d.share_keys = grant.share_keys;
         deposits.push(d);
     }
     let before = cluster.last_log_index(leader);
     let start = Arc::new(tokio::sync::Barrier::new(N));
     let mut tasks = Vec::new();
-    for ((mut c, mk), d) in senders.into_iter().zip(deposits) {
+    for ((mut c, _), d) in senders.into_iter().zip(deposits) {
         let start = start.clone();
         tasks.push(tokio::spawn(async move {
             start.wait().await;
-            c.deposit(&mk, &d).await.map(|r| r.voicemail_id)
+            c.deposit(&d).await.map(|r| r.voicemail_id)
         }));
     }
     let mut ids = HashSet::new();
@@ -231,7 +346,7 @@ async fn killing_the_leader_during_500_deposits_loses_and_duplicates_nothing() {
     const CLIENTS: usize = 4;
     const PER_CLIENT: usize = 125;
     let mut cluster = TestCluster::start(3).await;
-    let (mut carol, carol_mk) = login_on(&cluster, &[0, 1, 2], "carol").await;
+    let (mut carol, _) = login_on(&cluster, &[0, 1, 2], "carol").await;
     let history: Arc<Mutex<Vec<Record>>> = Arc::default();
     let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();
@@ -239,7 +354,7 @@ async fn killing_the_leader_during_500_deposits_loses_and_duplicates_nothing() {
         let user = format!("sender{c}");
         // Each sender lists the servers in a different order.
         let order: Vec<usize> = (0..3).map(|k| (k + c) % 3).collect();
-        let (mut client, mk) = login_on(&cluster, &order, &user).await;
+        let (mut client, _) = login_on(&cluster, &order, &user).await;
         let history = history.clone();
         let done = done.clone();
         tasks.push(tokio::spawn(async move {
@@ -273,7 +388,7 @@ async fn killing_the_leader_during_500_deposits_loses_and_duplicates_nothing() {
                 // until acknowledged.
                 while rec.acked.is_none() && Instant::now() < until {
                     rec.attempts += 1;
-                    match client.deposit(&mk, &d).await {
+                    match client.deposit(&d).await {
                         Ok(r) => rec.acked = Some(r.voicemail_id),
                         Err(e) => {
                             assert!(
@@ -315,7 +430,7 @@ async fn killing_the_leader_during_500_deposits_loses_and_duplicates_nothing() {
     assert_eq!(history.len(), CLIENTS * PER_CLIENT);
     let unacked: Vec<_> = history.iter().filter(|r| r.acked.is_none()).collect();
     assert!(unacked.is_empty(), "never acknowledged: {unacked:?}");
-    let listed = carol.list_pending(&carol_mk).await.expect("list");
+    let listed = carol.list_pending().await.expect("list");
     let mut by_locator: HashMap<Vec<u8>, Vec<[u8; 16]>> = HashMap::new();
     for p in &listed {
         by_locator.entry(p.locator.clone()).or_default().push(p.id);
@@ -354,12 +469,12 @@ async fn a_server_that_missed_compacted_log_catches_up_from_a_snapshot() {
     let mut cluster = TestCluster::start(3).await;
     let leader = cluster.leader().await;
     let behind = followers(&cluster, leader)[0];
-    let (mut bob, bob_mk) = login_on(&cluster, &[leader], "bob").await;
+    let (mut bob, _) = login_on(&cluster, &[leader], "bob").await;
     login_on(&cluster, &[leader], "alice").await;
     cluster.kill(behind).await;
     for n in 0..40u8 {
         let d = granted(&mut bob, deposit_for(&["alice"], &[n; 20])).await;
-        bob.deposit(&bob_mk, &d).await.expect("deposit");
+        bob.deposit(&d).await.expect("deposit");
     }
     // Compact every running member: snapshot, then purge the log it covers,
     // so whichever leads must send the restarted server a snapshot.
@@ -408,8 +523,8 @@ async fn a_server_that_missed_compacted_log_catches_up_from_a_snapshot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_fourth_server_joins_live_and_one_is_removed_while_clients_work() {
     let mut cluster = TestCluster::start(3).await;
-    let (mut bob, bob_mk) = login_on(&cluster, &[0, 1, 2], "bob").await;
-    let (mut alice, alice_mk) = login_on(&cluster, &[0, 1, 2], "alice").await;
+    let (mut bob, _) = login_on(&cluster, &[0, 1, 2], "bob").await;
+    let (mut alice, _) = login_on(&cluster, &[0, 1, 2], "alice").await;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
         let stop = stop.clone();
@@ -420,7 +535,7 @@ async fn a_fourth_server_joins_live_and_one_is_removed_while_clients_work() {
                 let d = try_granted(&mut bob, d, 0)
                     .await
                     .expect("storage grants keep working during membership changes");
-                bob.deposit(&bob_mk, &d)
+                bob.deposit(&d)
                     .await
                     .expect("deposits keep working during membership changes");
                 n += 1;
@@ -459,7 +574,7 @@ async fn a_fourth_server_joins_live_and_one_is_removed_while_clients_work() {
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let n = writer.await.unwrap();
     assert!(n > 0);
-    let listed = alice.list_pending(&alice_mk).await.expect("list");
+    let listed = alice.list_pending().await.expect("list");
     assert_eq!(listed.len(), n as usize);
     // The new member holds the whole state.
     cluster.wait_applied().await;
@@ -473,14 +588,14 @@ async fn a_partitioned_server_never_answers_from_stale_state() {
     let mut cluster = TestCluster::start(3).await;
     let leader = cluster.leader().await;
     let cut = followers(&cluster, leader)[0];
-    let (mut bob, bob_mk) = login_on(&cluster, &[leader], "bob").await;
+    let (mut bob, _) = login_on(&cluster, &[leader], "bob").await;
     login_on(&cluster, &[leader], "alice").await;
     cluster.wait_applied().await;
     cluster.isolate(cut, true);
     let d = try_granted(&mut bob, deposit_for(&["alice"], b"while cut off"), 0)
         .await
         .expect("the majority still grants");
-    bob.deposit(&bob_mk, &d)
+    bob.deposit(&d)
         .await
         .expect("the majority still takes writes");
     // The cut-off follower refuses reads that must be current.
@@ -518,17 +633,16 @@ async fn a_partitioned_server_never_answers_from_stale_state() {
     );
     let new_leader = cluster.leader().await;
     assert_ne!(new_leader, leader);
-    let (mut alice, alice_mk) = {
+    let mut alice = {
         let mut c = AuthClient::connect(&cluster.target_of(&[new_leader]))
             .await
             .unwrap();
-        let s = c
-            .login("alice", &password("alice"), &identity(), &[])
+        c.login("alice", &password("alice"), &identity(), &[])
             .await
             .expect("login at the new leader");
-        (c, s.master_key)
+        c
     };
-    assert_eq!(alice.list_pending(&alice_mk).await.unwrap().len(), 1);
+    assert_eq!(alice.list_pending().await.unwrap().len(), 1);
     cluster.isolate(leader, false);
     cluster.stop().await;
 }
@@ -579,10 +693,10 @@ async fn a_server_from_another_ca_cannot_join_or_read() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_wiped_server_rejoins_as_a_fresh_member() {
     let mut cluster = TestCluster::start(3).await;
-    let (mut bob, bob_mk) = login_on(&cluster, &[0, 1, 2], "bob").await;
+    let (mut bob, _) = login_on(&cluster, &[0, 1, 2], "bob").await;
     login_on(&cluster, &[0, 1, 2], "alice").await;
     let d = granted(&mut bob, deposit_for(&["alice"], b"before the wipe")).await;
-    bob.deposit(&bob_mk, &d).await.unwrap();
+    bob.deposit(&d).await.unwrap();
     let leader = cluster.leader().await;
     let wiped = followers(&cluster, leader)[0];
     let old_id = cluster.server(wiped).node_id();

@@ -48,6 +48,7 @@ fn deposit(locator_len: usize) -> NewDeposit {
         recipients: Recipients::parse(["alice"]).unwrap(),
         locator: vec![0xab; locator_len],
         session_key: SecretKey::random(),
+        share_keys: Vec::new(),
         meta: VoicemailMeta::default(),
     }
 }
@@ -79,8 +80,7 @@ async fn full_disk_refuses_deposits_and_loses_nothing() {
     bob.register("bob", &password("bob"), &bob_id, None)
         .await
         .unwrap();
-    let bob_s = bob
-        .login("bob", &password("bob"), &bob_id, &[])
+    bob.login("bob", &password("bob"), &bob_id, &[])
         .await
         .unwrap();
 
@@ -99,7 +99,7 @@ async fn full_disk_refuses_deposits_and_loses_nothing() {
                     stored.len() + 1
                 )
             });
-        match bob.deposit(&bob_s.master_key, &d).await {
+        match bob.deposit(&d).await {
             Ok(r) => stored.push((r.voicemail_id, d.session_key)),
             Err(e) => break (e, d.grant_serial),
         }
@@ -124,7 +124,7 @@ async fn full_disk_refuses_deposits_and_loses_nothing() {
         .unwrap();
     assert!(grown.success());
     let d = granted(&mut bob, deposit(16)).await;
-    let r = bob.deposit(&bob_s.master_key, &d).await.unwrap();
+    let r = bob.deposit(&d).await.unwrap();
     stored.push((r.voicemail_id, d.session_key));
 
     // And after a restart every acknowledged deposit is intact.
@@ -136,22 +136,19 @@ async fn full_disk_refuses_deposits_and_loses_nothing() {
         .login("alice", &password("alice"), &alice_id, &[])
         .await
         .unwrap();
-    let mut pending: Vec<_> = alice
-        .list_pending(&s.master_key)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|p| (p.id, p.session_key))
-        .collect();
+    let mut pending = Vec::new();
+    for p in alice.list_pending().await.unwrap() {
+        let key = alice.recover_session_key(&s, &p).await.unwrap();
+        pending.push((p.id, key));
+    }
     pending.sort_by_key(|p| p.0);
     stored.sort_by_key(|p| p.0);
     assert_eq!(pending, stored);
     let mut bob = AuthClient::connect(&target).await.unwrap();
-    let bob_s = bob
-        .login("bob", &password("bob"), &bob_id, &[])
+    bob.login("bob", &password("bob"), &bob_id, &[])
         .await
         .unwrap();
     let d = granted(&mut bob, deposit(16)).await;
-    bob.deposit(&bob_s.master_key, &d).await.unwrap();
+    bob.deposit(&d).await.unwrap();
     server.stop().await.unwrap();
 }

@@ -20,8 +20,8 @@ use vmail_node::peer::{Peer, Session, no_progress};
 use vmail_proto::grant::{GrantBody, GrantedShard, StorageGrant};
 use vmail_proto::names::Recipients;
 use vmail_tests::{
-    AnswerCutter, TestAuth, TestCluster, TestNet, deposit_for, grant_serial_for, identity,
-    leave_coded, leave_request, password, random_content, register_and_login,
+    AnswerCutter, TestAuth, TestCluster, TestNet, deposit_for, granted, identity, leave_coded,
+    leave_request, password, random_content, register_and_login,
 };
 
 /// A shard of `data` as the only shard of a one-copy layout, with `grant`.
@@ -474,7 +474,7 @@ async fn a_leader_killed_during_50_leaves_leaves_the_inbox_equal_to_the_successe
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deposit_whose_answer_is_lost_is_asked_again_and_replays() {
     let auth = TestAuth::start().await;
-    let (mut alice, _, alice_s) = register_and_login(&auth, "alice").await;
+    let (mut alice, _, _) = register_and_login(&auth, "alice").await;
     let cutter = AnswerCutter::start(auth.server_addr()).await;
     let mut target = auth.target();
     target.endpoints = vec![format!("https://127.0.0.1:{}", cutter.addr.port())];
@@ -485,12 +485,11 @@ async fn a_deposit_whose_answer_is_lost_is_asked_again_and_replays() {
         .unwrap();
     let s = bob.login("bob", &password("bob"), &id, &[]).await.unwrap();
     bob.set_token(s.token);
-    let mut d = deposit_for(&["alice"], b"a locator");
-    d.grant_serial = grant_serial_for(&mut bob, &["alice"]).await;
+    let d = granted(&mut bob, deposit_for(&["alice"], b"a locator")).await;
 
     cutter.arm();
     let receipt = bob
-        .deposit(&s.master_key, &d)
+        .deposit(&d)
         .await
         .expect("the lost answer is asked for again");
     assert_eq!(cutter.cuts(), 1, "the first answer was lost");
@@ -499,7 +498,7 @@ async fn a_deposit_whose_answer_is_lost_is_asked_again_and_replays() {
         "the second ask replayed the first deposit"
     );
     let pending: Vec<[u8; 16]> = alice
-        .list_pending(&alice_s.master_key)
+        .list_pending()
         .await
         .unwrap()
         .into_iter()

@@ -106,7 +106,13 @@ async fn storage_peers_learn_nothing() {
         .await
         .expect("leave");
     let pending = net.peers[1].inbox().await.expect("inbox");
-    let session_key = *pending[0].session_key.as_bytes();
+    // Fetching writes nothing to any peer's directory; it yields the key
+    // the holders must not have.
+    let fetched = net.peers[1]
+        .fetch(pending[0].id, no_progress())
+        .await
+        .expect("fetch");
+    let session_key = *fetched.session_key.as_bytes();
 
     let windows: HashSet<&[u8]> = content.windows(64).collect();
     let mut scanned = 0;
@@ -416,13 +422,14 @@ async fn a_recipient_with_the_wrong_key_is_told_to_log_in_again() {
         )
         .await
         .expect("leave");
-    // alice's peer holds her token but a master key the server never agreed.
+    // alice's peer holds her token but an inbox key the servers never saw:
+    // every server's share is resealed to the key her login sent.
     let mut c = net.auth.client().await;
     let mut login = c
         .login("alice", &vmail_tests::password("alice"), &identity(), &[])
         .await
         .unwrap();
-    login.master_key = vmail_proto::keys::MasterKey::from_bytes([9; 32]);
+    login.inbox_key = vmail_proto::share::BoxSecret::generate();
     net.peers[1].set_session(vmail_node::peer::Session {
         login,
         identity: identity(),

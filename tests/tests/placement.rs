@@ -20,8 +20,7 @@ use vmail_node::peer::{FetchError, FetchFailure, LeaveReceipt, no_progress};
 use vmail_proto::keys::SecretKey;
 use vmail_proto::names::Recipients;
 use vmail_tests::{
-    TestNet, churn, grant_serial_for, leave_coded, login_on, random_content, register_and_login,
-    start_peer,
+    TestNet, churn, granted, leave_coded, login_on, random_content, register_and_login, start_peer,
 };
 
 /// The holders of `r`'s shards, other than the peers in `spare`.
@@ -457,27 +456,26 @@ async fn a_locator_with_the_wrong_shard_count_is_refused_and_stays_pending() {
         },
         holders: Vec::new(),
     };
-    let (mut client, _, session) = register_and_login(&net.auth, "carol").await;
-    let grant_serial = grant_serial_for(&mut client, &["alice"]).await;
-    let receipt = client
-        .deposit(
-            &session.master_key,
-            &NewDeposit {
-                grant_serial,
-                request_id: vmail_proto::random_bytes(),
-                recipients: Recipients::parse(["alice"]).unwrap(),
-                locator: locator.encode(),
-                session_key: SecretKey::random(),
-                meta: VoicemailMeta {
-                    size: 900,
-                    content_type: "audio/wav".into(),
-                    duration_ms: 0,
-                    expires_at: vmail_proto::unix_now() + 3600,
-                },
+    let (mut client, _, _) = register_and_login(&net.auth, "carol").await;
+    let d = granted(
+        &mut client,
+        NewDeposit {
+            grant_serial: 0,
+            request_id: vmail_proto::random_bytes(),
+            recipients: Recipients::parse(["alice"]).unwrap(),
+            locator: locator.encode(),
+            session_key: SecretKey::random(),
+            share_keys: Vec::new(),
+            meta: VoicemailMeta {
+                size: 900,
+                content_type: "audio/wav".into(),
+                duration_ms: 0,
+                expires_at: vmail_proto::unix_now() + 3600,
             },
-        )
-        .await
-        .unwrap();
+        },
+    )
+    .await;
+    let receipt = client.deposit(&d).await.unwrap();
     let err = net.peers[1]
         .fetch(receipt.voicemail_id, no_progress())
         .await

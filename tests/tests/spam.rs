@@ -130,8 +130,7 @@ async fn policies_blocks_reports_and_anonymous_voicemail_through_real_peers() {
     // Bob fetches on peer 1 and manages his policy from a client of his own.
     let bob_id = net.login(1, "bob").await;
     let mut bob = net.auth.client().await;
-    let bob_s = bob
-        .login("bob", &password("bob"), &bob_id, &[])
+    bob.login("bob", &password("bob"), &bob_id, &[])
         .await
         .unwrap();
     register_and_login(&net.auth, "carol").await;
@@ -171,7 +170,7 @@ async fn policies_blocks_reports_and_anonymous_voicemail_through_real_peers() {
         .unwrap();
     let r = leave(&["bob"], SenderVisibility::Shown).await.unwrap();
     assert!(r.first_contact.is_empty() && r.refused.is_empty());
-    let pending = bob.list_pending(&bob_s.master_key).await.unwrap();
+    let pending = bob.list_pending().await.unwrap();
     assert_eq!(pending.len(), 1);
     assert!(!pending[0].first_contact);
     assert_eq!(pending[0].sender.username(), Some(&alice));
@@ -190,7 +189,7 @@ async fn policies_blocks_reports_and_anonymous_voicemail_through_real_peers() {
     .await
     .unwrap();
     let r = leave(&["bob"], SenderVisibility::Hidden).await.unwrap();
-    let pending = bob.list_pending(&bob_s.master_key).await.unwrap();
+    let pending = bob.list_pending().await.unwrap();
     let hidden = pending
         .iter()
         .find(|p| p.id == r.voicemail_id)

@@ -4,7 +4,8 @@
 //! leader fills in everything a command needs, times and random values
 //! included, so applying it is deterministic on every member. Secrets in a
 //! command are sealed under the group's data key ([`seal`]), so the log and
-//! snapshots hold no plaintext secret.
+//! snapshots hold no plaintext secret. A voicemail's session key is not
+//! there at all: its shares are sealed to each server's share key.
 //!
 //! - [`batcher`]: proposes writes that arrive together as one entry;
 //! - [`log_store`]: the Raft log and vote in the server's redb database;
@@ -12,12 +13,14 @@
 //!   and installs snapshots;
 //! - [`network`]: the client side of the internal `vmail.auth.cluster.v1`
 //!   service, over mutual TLS;
-//! - [`rpc`]: the server side of that service.
+//! - [`rpc`]: the server side of that service;
+//! - [`peer_name`]: the name in a member's TLS client certificate.
 
 pub mod admin;
 pub mod batcher;
 pub mod log_store;
 pub mod network;
+pub mod peer_name;
 pub mod rpc;
 pub mod state_machine;
 
@@ -34,8 +37,8 @@ use vmail_proto::cert::UserCertificate;
 
 use crate::store::{
     AckOutcome, DepositOutcome, EditRefusal, GrantOutcome, GrantPolicy, GrantTerms, Policy,
-    PolicyList, PolicyMode, PurgeCounts, RecallOutcome, RegisterOutcome, ReportOutcome,
-    VoicemailId,
+    PolicyList, PolicyMode, PublishOutcome, PurgeCounts, RecallOutcome, RegisterOutcome,
+    ReportOutcome, StoredShare, VoicemailId,
 };
 
 openraft::declare_raft_types!(
@@ -106,6 +109,8 @@ pub enum Command {
         identity_key: [u8; 32],
         /// The peer id to bind, possibly empty.
         peer_id: Vec<u8>,
+        /// The session's inbox key (X25519 public key, checked by the leader).
+        inbox_key: [u8; 32],
         /// Login time, Unix seconds.
         now: u64,
         /// Session lifetime, seconds.
@@ -134,8 +139,10 @@ pub enum Command {
         /// The per-user quota of open grants in force.
         max_open: u64,
     },
-    /// Keep a voicemail's session key and locator for its recipients, if
-    /// the sender's session is still live when the entry applies.
+    /// Keep a voicemail's session-key shares and locator for its
+    /// recipients, if the sender's session is still live when the entry
+    /// applies. The shares are sealed to the servers' share keys; no server
+    /// sees the session key.
     Deposit {
         /// SHA-256 of the sender's session token: the entry applies only
         /// while that session exists and has not expired at `deposited_at`.
@@ -156,8 +163,12 @@ pub enum Command {
         metadata: VoicemailMeta,
         /// Deposit time, Unix seconds.
         deposited_at: u64,
-        /// The session key, sealed (see [`seal`]).
-        session_key: Vec<u8>,
+        /// Shares needed to recover the session key.
+        threshold: u8,
+        /// The sender's key check of the session key.
+        key_check: [u8; 32],
+        /// The shares, one per server, as the leader checked them.
+        shares: Vec<StoredShare>,
         /// The inbox cap in force.
         max_pending: u64,
         /// The sender's storage grant this deposit uses.
@@ -246,6 +257,19 @@ pub enum Command {
         /// Time of the report, Unix seconds.
         now: u64,
     },
+    /// A server publishes its share key of a new epoch (the leader checked
+    /// the caller and the key). Refused when that server already published
+    /// this epoch or a newer one.
+    PublishShareKey {
+        /// The server's Raft node id.
+        node_id: u64,
+        /// The key's epoch.
+        epoch: u32,
+        /// The X25519 public key.
+        public_key: [u8; 32],
+        /// Publication time, Unix seconds.
+        now: u64,
+    },
 }
 
 /// What applying a [`Command`] produced.
@@ -286,6 +310,8 @@ pub enum Reply {
     PolicyEdited(Result<Policy, EditRefusal>),
     /// Result of [`Command::Report`].
     Reported(ReportOutcome),
+    /// Result of [`Command::PublishShareKey`].
+    ShareKeyPublished(PublishOutcome),
 }
 
 /// What applying an entry tells the watchers of pending voicemail: the
@@ -304,6 +330,24 @@ pub enum Event {
         /// Its token hash.
         token_hash: [u8; 32],
     },
+}
+
+/// Checks that `bytes` is an X25519 public key a share can be sealed to:
+/// 32 bytes, and not a point HPKE refuses (a low-order point, whose shared
+/// secret would be zero). The check seals a throwaway key to it.
+pub fn x25519_public(bytes: &[u8]) -> Result<[u8; 32], String> {
+    let public: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| format!("{} bytes, expected 32 (an X25519 public key)", bytes.len()))?;
+    let recipients = vmail_proto::names::Recipients::parse(["check"]).expect("a valid username");
+    let probe = vmail_proto::share::ShareKey {
+        node_id: 0,
+        epoch: 0,
+        public,
+    };
+    vmail_proto::share::split(&SecretKey::random(), &[probe], 0, &recipients, &[])
+        .map_err(|_| "not a usable X25519 public key".to_owned())?;
+    Ok(public)
 }
 
 /// The AAD prefix of a secret sealed into a log entry.

@@ -1,7 +1,7 @@
 //! The server side of the internal `vmail.auth.cluster.v1` service: a thin
 //! adapter that hands Raft RPCs to openraft and runs the membership
-//! operations on the leader. It is served on its own port, over mutual TLS
-//! with the group's CA.
+//! operations on the leader, including a member's publication of its share
+//! key. It is served on its own port, over mutual TLS with the group's CA.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -13,9 +13,12 @@ use tonic::{Request, Response, Status};
 use vmail_proto::cluster_pb::{self as pb, cluster_server::Cluster};
 
 use super::network::{LEADER_RAFT_URL, RAFT_TARGET, decode, encode, is_https, not_https};
-use super::{Member, Raft};
+use super::{Command, Member, Raft, Reply, peer_name, x25519_public};
 use crate::config::ServerConfig;
 use crate::keys::ServerKeys;
+
+/// The clock a member's entries are stamped with, Unix seconds.
+pub type Now = Arc<dyn Fn() -> u64 + Send + Sync>;
 
 /// The internal service of one member.
 #[derive(Clone)]
@@ -23,6 +26,7 @@ pub struct ClusterService {
     raft: Raft,
     keys: Arc<ServerKeys>,
     config: ServerConfig,
+    now: Now,
 }
 
 impl std::fmt::Debug for ClusterService {
@@ -34,9 +38,15 @@ impl std::fmt::Debug for ClusterService {
 }
 
 impl ClusterService {
-    /// The service of the member running `raft`.
-    pub fn new(raft: Raft, keys: Arc<ServerKeys>, config: ServerConfig) -> Self {
-        Self { raft, keys, config }
+    /// The service of the member running `raft`; `now` stamps the share
+    /// keys it publishes for others.
+    pub fn new(raft: Raft, keys: Arc<ServerKeys>, config: ServerConfig, now: Now) -> Self {
+        Self {
+            raft,
+            keys,
+            config,
+            now,
+        }
     }
 
     /// Refuses a Raft RPC meant for another node than this one (an earlier
@@ -347,5 +357,77 @@ impl Cluster for ClusterService {
             members,
             snapshot_index: m.snapshot.map_or(0, |l| l.index),
         }))
+    }
+
+    async fn publish_share_key(
+        &self,
+        req: Request<pb::PublishShareKeyRequest>,
+    ) -> Result<Response<pb::PublishShareKeyResponse>, Status> {
+        // The chain was verified against the group CA by the TLS layer; the
+        // name in it must be the member's whose key this is. An operator
+        // credential (`cluster credential`) is CA-signed too, under a name
+        // of the operator's choosing: whoever holds the CA can already
+        // issue any name, so that is no new power.
+        let caller = req
+            .peer_certs()
+            .and_then(|certs| certs.first().and_then(|c| peer_name::common_name(c)));
+        let r = req.into_inner();
+        let public_key = x25519_public(&r.public_key)
+            .map_err(|why| Status::invalid_argument(format!("public_key: {why}")))?;
+        if r.epoch == 0 {
+            return Err(Status::invalid_argument("epoch: 0; epochs start at 1"));
+        }
+        self.require_leader().await?;
+        let member = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&r.node_id)
+            .cloned()
+            .ok_or_else(|| {
+                Status::permission_denied(format!(
+                    "node {:016x} is not a member of the group; only members publish share keys",
+                    r.node_id
+                ))
+            })?;
+        match caller {
+            Some(name) if name == member.name => {}
+            other => {
+                return Err(Status::permission_denied(format!(
+                    "node {:016x} is {}, but the caller's TLS certificate names {}: a server publishes only its own share key",
+                    r.node_id,
+                    member.name,
+                    other.as_deref().unwrap_or("no one")
+                )));
+            }
+        }
+        let resp = self
+            .raft
+            .client_write(Command::PublishShareKey {
+                node_id: r.node_id,
+                epoch: r.epoch,
+                public_key,
+                now: (self.now)(),
+            })
+            .await
+            .map_err(write_error)?;
+        match resp.data {
+            Reply::ShareKeyPublished(crate::store::PublishOutcome::Stale { newest }) => {
+                Err(Status::failed_precondition(format!(
+                    "{} already published epoch {newest}; a new share key needs a later epoch",
+                    member.name
+                )))
+            }
+            Reply::ShareKeyPublished(_) => {
+                tracing::info!(member = %member.name, epoch = r.epoch, "share key published");
+                Ok(Response::new(pb::PublishShareKeyResponse {}))
+            }
+            Reply::Failed(why) => Err(Status::internal(why)),
+            other => Err(Status::internal(format!(
+                "unexpected reply {other:?} to a share-key publication"
+            ))),
+        }
     }
 }

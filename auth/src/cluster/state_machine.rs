@@ -22,7 +22,7 @@ use redb::ReadableTable;
 use tokio::sync::broadcast;
 use vmail_proto::cert::CertificateBody;
 use vmail_proto::grant::DeleteOrder;
-use vmail_proto::keys::{MasterKey, SecretKey};
+use vmail_proto::keys::MasterKey;
 use vmail_proto::names::{Recipients, Username};
 
 use super::log_store::{get_meta, put_meta};
@@ -165,6 +165,7 @@ impl StateMachine {
                 master_key_id,
                 identity_key,
                 peer_id,
+                inbox_key,
                 now,
                 session_ttl,
                 cert_ttl,
@@ -182,6 +183,7 @@ impl StateMachine {
                     master_key_id,
                     created_at: now,
                     expires_at: now + session_ttl,
+                    inbox_key,
                 };
                 let cert = store.begin_session(tx, &session, |serial| {
                     CertificateBody {
@@ -248,7 +250,9 @@ impl StateMachine {
                 locator,
                 metadata,
                 deposited_at,
-                session_key,
+                threshold,
+                key_check,
+                shares,
                 max_pending,
                 grant_serial,
             } => {
@@ -260,10 +264,6 @@ impl StateMachine {
                     _ => return Ok(Reply::SessionGone),
                 }
                 let key = hex::encode(id);
-                let sk = unseal(data_key, "session-key", &id, &session_key)
-                    .map_err(|why| corrupt(&key, why))?;
-                let session_key = SecretKey::from_slice(&sk)
-                    .ok_or_else(|| corrupt(&key, "session key length".into()))?;
                 let recipients =
                     Recipients::parse(&recipients).map_err(|e| corrupt(&key, e.to_string()))?;
                 let sender_certificate = store
@@ -278,7 +278,10 @@ impl StateMachine {
                     locator,
                     metadata,
                     deposited_at,
-                    session_key,
+                    grant_serial,
+                    threshold,
+                    key_check,
+                    shares,
                 };
                 let outcome =
                     store.deposit(tx, &request_id, digest, &vm, grant_serial, max_pending)?;
@@ -322,6 +325,14 @@ impl StateMachine {
             Command::Report { reporter, id, now } => {
                 Reply::Reported(store.report(tx, &reporter, &id, now)?)
             }
+            Command::PublishShareKey {
+                node_id,
+                epoch,
+                public_key,
+                now,
+            } => Reply::ShareKeyPublished(
+                store.publish_share_key(tx, node_id, epoch, public_key, now)?,
+            ),
             Command::Batch(cmds) => Reply::Batch(
                 cmds.into_iter()
                     .map(|c| self.apply_command(tx, c, events))

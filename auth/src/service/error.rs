@@ -91,11 +91,6 @@ pub enum AuthError {
     /// The session expired.
     #[error("session expired at Unix time {0}: log in again")]
     SessionExpired(u64),
-    /// The deposit's wrapped key does not open under the sender's master key.
-    #[error(
-        "wrapped_key does not open under this session's master key: the client holds a different master key (log in again) or the request was altered"
-    )]
-    WrapFailed,
     /// A recipient has as many voicemails waiting as the server allows.
     #[error(
         "the inbox of {username:?} is full ({limit} voicemails waiting); try again once they have fetched some"
@@ -241,6 +236,36 @@ pub enum AuthError {
         /// Why, as far as the caller's receipt tells.
         why: RecallGone,
     },
+    /// A voter of the group has not published a share key yet, so no grant
+    /// can list one for every server.
+    #[error("auth server {0} has not published its share key yet; try again in a few seconds")]
+    ShareKeyMissing(
+        /// The server's name.
+        String,
+    ),
+    /// OpenShare for a voicemail this server does not hold for the caller.
+    #[error(
+        "voicemail {id} is not waiting for you on auth server {server}: it was fetched, discarded or expired, was never sent to you, or this server has not applied its deposit yet (retry in a moment, or ask the other servers)"
+    )]
+    NoShare {
+        /// Voicemail id, hex.
+        id: String,
+        /// This server's name.
+        server: String,
+    },
+    /// The share key epoch a share is sealed to was erased on this server.
+    #[error(
+        "auth server {server} no longer holds its share key of epoch {epoch}, which this voicemail's share is sealed to; ask the other servers for theirs"
+    )]
+    ShareKeyErased {
+        /// The epoch.
+        epoch: u32,
+        /// This server's name.
+        server: String,
+    },
+    /// This server's share of a voicemail cannot be used.
+    #[error("{0}")]
+    ShareUnusable(String),
     /// This server is not the leader; the client should retry at the leader.
     #[error("{}", not_leader_text(.0.as_ref()))]
     NotLeader(Option<Member>),

@@ -15,6 +15,7 @@ use vmail_proto::grant::{
     UPLOAD_WINDOW_SECS,
 };
 use vmail_proto::names::Recipients;
+use vmail_proto::share::ShareKey;
 
 use super::AuthService;
 use super::error::{AuthError, invalid};
@@ -57,6 +58,9 @@ pub struct Granted {
     pub recipients: Vec<(String, Accepted)>,
     /// The recipients dropped, each with why.
     pub refused: Vec<(String, Refusal)>,
+    /// Each voter's newest share key, by node id: share i of the session
+    /// key is sealed to `share_keys[i - 1]`.
+    pub share_keys: Vec<ShareKey>,
 }
 
 /// One shard of a [`GrantRequest`].
@@ -213,6 +217,9 @@ impl AuthService {
             self.charge_refused_grant(&session.username);
             return self.granted(session, dry);
         }
+        // Before the grant is issued: a grant the sender could not split
+        // the key for would only hold a quota slot.
+        let share_keys = self.grant_share_keys().await?;
         let reply = self
             .propose(Command::GrantUnderPolicy {
                 token_hash: session.token_hash,
@@ -225,7 +232,9 @@ impl AuthService {
             })
             .await?;
         match reply {
-            Reply::Granted(outcome) => self.granted(session, outcome),
+            Reply::Granted(outcome) => self
+                .granted(session, outcome)
+                .map(|g| Granted { share_keys, ..g }),
             Reply::SessionGone => Err(AuthError::BadToken),
             other => Err(AuthError::Apply(format!(
                 "unexpected reply {other:?} to a grant request"
@@ -250,6 +259,7 @@ impl AuthService {
                     grant,
                     recipients,
                     refused,
+                    share_keys: Vec::new(),
                 })
             }
             GrantOutcome::NoneAccepts(refused) => {

@@ -38,6 +38,9 @@ pub struct LoginFinish {
     pub identity_proof: Vec<u8>,
     /// Optional libp2p peer id to bind.
     pub peer_id: Vec<u8>,
+    /// The session's inbox key: an X25519 public key, 32 bytes. Servers
+    /// reseal their session-key shares to it (OpenShare).
+    pub inbox_key: Vec<u8>,
 }
 
 /// What a successful login yields. `Debug` leaves out the token.
@@ -186,6 +189,16 @@ impl AuthService {
                 format!("{} bytes, expected 16", req.login_id.len()),
             )
         })?;
+        // Checked before the login is taken, so a client that sends a bad
+        // one can fix it and finish the same login.
+        let inbox_key = crate::cluster::x25519_public(&req.inbox_key).map_err(|why| {
+            invalid(
+                "inbox_key",
+                format!(
+                    "{why}: every login must carry the session's inbox key, which servers reseal key shares to; update the client"
+                ),
+            )
+        })?;
         let timeout = self.config.login_timeout_secs;
         let (taken, abandoned) = {
             let mut logins = self.logins.lock().expect("lock");
@@ -244,6 +257,7 @@ impl AuthService {
                 master_key_id: master_key.id(),
                 identity_key: identity_key.to_bytes(),
                 peer_id: req.peer_id,
+                inbox_key,
                 now,
                 session_ttl,
                 cert_ttl: self.config.certificate_ttl_secs,
@@ -261,6 +275,7 @@ impl AuthService {
             master_key,
             created_at: now,
             expires_at: now + session_ttl,
+            inbox_key,
         };
         tracing::info!(user = %session.username, serial = certificate.serial, "logged in");
         Ok(LoginOutcome {
@@ -301,6 +316,13 @@ impl AuthService {
             return Ok(session);
         }
         self.authenticate(token).await
+    }
+
+    /// Resolves a bearer token from this server's own applied state, with
+    /// no read round: for OpenShare, which every server answers alone. A
+    /// session this server has not applied yet is refused as unknown.
+    pub async fn authenticate_local(&self, token: &[u8]) -> Result<Session, AuthError> {
+        self.resolve_token(token, false).await
     }
 
     /// The live session of `token`, from state that is current (a

@@ -15,7 +15,10 @@
 //!   ([`validate_retention`]);
 //! - [`sent`]: a sender's receipts (ListSent) and recalls;
 //! - [`policy`]: recipient policies, reports and sender quotas (spam
-//!   control, [`validate_edit`]).
+//!   control, [`validate_edit`]);
+//! - [`share`]: threshold-shared session keys: the grant's share keys,
+//!   OpenShare, and publishing, rotating and erasing this server's share
+//!   keys ([`share_key_duty`]).
 //!
 //! Every change goes through the group's Raft log as a [`Command`]: the
 //! service prepares it (validation, OPAQUE, times, random values, secrets
@@ -37,6 +40,7 @@ mod policy;
 mod register;
 mod retention;
 mod sent;
+mod share;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -50,6 +54,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cluster::batcher::{Batcher, WriteError};
 use crate::cluster::{Command, Event, Raft, Reply};
 use crate::config::ServerConfig;
+use crate::datadir::ShareKeyRing;
 use crate::keys::ServerKeys;
 use crate::metrics::AuthMetrics;
 use crate::store::{Session, Store, StoreError};
@@ -58,8 +63,8 @@ use login::{Failures, PendingLogins};
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use deposit::{
-    AckReceipt, Delivery, Deposit, Deposited, MAX_CONTENT_TYPE_LEN, MAX_LOCATOR_LEN,
-    MAX_REQUEST_ID_LEN, MIN_REQUEST_ID_LEN, validate_deposit,
+    AckReceipt, CheckedDeposit, Delivery, Deposit, Deposited, MAX_CONTENT_TYPE_LEN,
+    MAX_LOCATOR_LEN, MAX_REQUEST_ID_LEN, MIN_REQUEST_ID_LEN, ShareIn, ShareSlot, validate_deposit,
 };
 pub use error::AuthError;
 pub use grant::{
@@ -72,6 +77,10 @@ pub use retention::{
     MIN_RETENTION_SECS, default_retention, retention_cap, retention_in_force, validate_retention,
 };
 pub use sent::{MAX_LIST_SENT, Recalled};
+pub use share::{
+    ERASE_GRACE_SECS, OpenedShare, PUBLISH_RETRY_MAX, PUBLISH_RETRY_MIN, SHARE_KEY_UPKEEP_INTERVAL,
+    Upkeep, share_key_duty,
+};
 
 /// Capacity of the new-voicemail broadcast channel.
 pub const EVENT_CAPACITY: usize = 1024;
@@ -99,6 +108,7 @@ struct Limits {
     registrations_by_address: Mutex<RateLimiter<std::net::IpAddr>>,
     writes: Mutex<RateLimiter<String>>,
     refused_grants: Mutex<RateLimiter<String>>,
+    open_shares: Mutex<RateLimiter<String>>,
 }
 
 impl Limits {
@@ -120,6 +130,10 @@ impl Limits {
             )),
             refused_grants: Mutex::new(RateLimiter::new(
                 per_minute(config.spam.refused_grants_per_minute),
+                MAX_TRACKED_KEYS,
+            )),
+            open_shares: Mutex::new(RateLimiter::new(
+                per_minute(config.open_shares_per_minute_per_user),
                 MAX_TRACKED_KEYS,
             )),
         }
@@ -147,6 +161,10 @@ pub struct AuthService {
     /// Grant refusals (policies, quotas) per user: past the rate, further
     /// grant requests are refused from memory.
     refused_grants: Mutex<RateLimiter<String>>,
+    /// OpenShare calls per user.
+    open_shares: Mutex<RateLimiter<String>>,
+    /// This server's own share-key secrets (never replicated).
+    share_keys: Arc<ShareKeyRing>,
     events: broadcast::Sender<Event>,
     shutdown: CancellationToken,
     metrics: Arc<AuthMetrics>,
@@ -163,10 +181,13 @@ impl fmt::Debug for AuthService {
 impl AuthService {
     /// A service over an open store and the Raft node replicating it.
     /// `events` is the channel the state machine reports applied deposits
-    /// and logouts on; `metrics` is where this server counts.
+    /// and logouts on; `metrics` is where this server counts; `share_keys`
+    /// are this server's own share-key secrets.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Arc<Store>,
         keys: Arc<ServerKeys>,
+        share_keys: Arc<ShareKeyRing>,
         config: ServerConfig,
         clock: Arc<dyn Clock>,
         raft: Raft,
@@ -188,6 +209,8 @@ impl AuthService {
             registrations_by_address: limits.registrations_by_address,
             writes: limits.writes,
             refused_grants: limits.refused_grants,
+            open_shares: limits.open_shares,
+            share_keys,
             events,
             shutdown: CancellationToken::new(),
             metrics,

@@ -30,6 +30,8 @@
 //!   voicemail expires; `first_contacts`: (recipient, sender) → the grant of
 //!   the last limited first contact; `grant_admissions`: serial →
 //!   [`Admission`], how each recipient took the grant;
+//! - `share_keys`: (node id, epoch) → [`PublishedKey`], the share keys the
+//!   servers published (never their secrets);
 //! - `raft_log`: log index → a postcard-encoded openraft entry;
 //! - `raft`: `vote`, `committed`, `purged`, `applied` (last applied log id
 //!   and membership), `snapshot` (the latest snapshot) and `node_id`.
@@ -37,7 +39,7 @@
 //! - [`schema`]: the tables, the schema version and the `meta` keys;
 //! - [`sealing`]: the AADs that bind each sealed secret to its row;
 //! - [`users`], [`sessions`], [`voicemails`], [`storage_grants`],
-//!   [`retention`], [`receipts`], [`policy`], [`senders`]: the rows of each concern and the reads and
+//!   [`retention`], [`receipts`], [`policy`], [`senders`], [`share_keys`]: the rows of each concern and the reads and
 //!   mutations on them;
 //! - [`snapshot`]: every user-facing row out and back in, for Raft snapshots.
 //!
@@ -45,9 +47,11 @@
 //! entry ([`crate::cluster`]); the applied marker is written in the same
 //! transaction, so a crash never applies an entry twice.
 //!
-//! Secrets (OPAQUE password files, session master keys, voicemail session
-//! keys) are sealed with AES-256-GCM under the data key, with an AAD naming
-//! the table and row, so a sealed value cannot be moved to another row.
+//! Secrets (OPAQUE password files, session master keys) are sealed with
+//! AES-256-GCM under the data key, with an AAD naming the table and row, so
+//! a sealed value cannot be moved to another row. A voicemail's session key
+//! is not here at all: only its shares, each sealed to one server's share
+//! key, and an empty seal under the data key that binds the row's fields.
 //! Every mutation is one durable redb transaction: it happens whole or not at all.
 
 mod policy;
@@ -58,6 +62,7 @@ mod schema;
 mod sealing;
 mod senders;
 mod sessions;
+mod share_keys;
 mod snapshot;
 mod storage_grants;
 mod users;
@@ -77,8 +82,8 @@ use crate::keys::{BoundKey, KeyBinding};
 use schema::{
     CLUSTER_PUBLIC_KEY, DATA_KEY_CHECK, FIRST_CONTACTS, GRANT_ADMISSIONS, GRANTS, INVITES, META,
     NEXT_GRANT_SERIAL, NOTES, OPAQUE_PUBLIC_KEY, OPEN_GRANTS, POLICIES, RECEIPTS, REPORTS,
-    REQUESTS, RETENTION, SENDERS, SESSIONS, STORAGE_GRANTS, USERS, VOICEMAIL_GRANTS, VOICEMAILS,
-    WAITING,
+    REQUESTS, RETENTION, SENDERS, SESSIONS, SHARE_KEYS, STORAGE_GRANTS, USERS, VOICEMAIL_GRANTS,
+    VOICEMAILS, WAITING,
 };
 
 pub use policy::{
@@ -93,6 +98,7 @@ pub use senders::{
     Admission, Allowance, DAY, DeliveryNote, HOUR, Ledger, Quota, ReportOutcome, SenderLimits,
 };
 pub use sessions::{Session, token_hash};
+pub use share_keys::{PublishOutcome, PublishedKey, StoredShare};
 pub use storage_grants::{
     DEPOSIT_GRACE_SECS, GrantOutcome, GrantPolicy, GrantRefusal, GrantTerms, StorageGrantRecord,
 };
@@ -221,7 +227,8 @@ fn add_missing_tables(db: &Database) -> Result<(), StoreError> {
         || !exists(&tx, REPORTS)?
         || !exists(&tx, NOTES)?
         || !exists(&tx, FIRST_CONTACTS)?
-        || !exists(&tx, GRANT_ADMISSIONS)?;
+        || !exists(&tx, GRANT_ADMISSIONS)?
+        || !exists(&tx, SHARE_KEYS)?;
     drop(tx);
     if !missing {
         return Ok(());
@@ -241,6 +248,7 @@ fn create_added_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
     tx.open_table(NOTES).map_err(db_err)?;
     tx.open_table(FIRST_CONTACTS).map_err(db_err)?;
     tx.open_table(GRANT_ADMISSIONS).map_err(db_err)?;
+    tx.open_table(SHARE_KEYS).map_err(db_err)?;
     Ok(())
 }
 
@@ -536,7 +544,7 @@ pub struct StoreCounts {
     pub users: u64,
     /// Stored sessions.
     pub sessions: u64,
-    /// Voicemails whose session key is still held.
+    /// Voicemails whose shares are still held.
     pub voicemails: u64,
     /// Outstanding grants.
     pub grants: u64,

@@ -16,8 +16,13 @@ use redb::TableDefinition;
 /// decode. So did the spam-control tables (`policies`, `senders`,
 /// `reports`, `notes`, `first_contacts`, `grant_admissions`).
 ///
+/// Version 4 replaced each voicemail's session key (sealed under the data
+/// key) with its threshold shares, sealed to the servers' share keys
+/// (`share_keys` table), and added the inbox key to sessions and their log
+/// entries; a version-3 database is refused.
+///
 /// [`Store::open`]: super::Store::open
-pub const SCHEMA_VERSION: u64 = 3;
+pub const SCHEMA_VERSION: u64 = 4;
 
 /// `meta` key of an empty blob sealed under the data key: proves the data key fits.
 pub(super) const DATA_KEY_CHECK: &str = "vmail/v1/data-key-check";
@@ -71,6 +76,10 @@ pub(super) const FIRST_CONTACTS: TableDefinition<(&str, &str), u64> =
 /// recipient policies.
 pub(super) const GRANT_ADMISSIONS: TableDefinition<u64, &[u8]> =
     TableDefinition::new("grant_admissions");
+/// (node id, epoch) → postcard `PublishedKey`: the share keys the group's
+/// servers published (`share_keys`).
+pub(super) const SHARE_KEYS: TableDefinition<(u64, u32), &[u8]> =
+    TableDefinition::new("share_keys");
 /// The Raft log: index → postcard-encoded entry.
 pub(crate) const RAFT_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
 /// Raft's own durable state: vote, committed, purged, applied, snapshot, node id.

@@ -1,4 +1,5 @@
-//! Login sessions: the token hash, the sealed master key and the expiry.
+//! Login sessions: the token hash, the sealed master key, the inbox key
+//! (the public key servers reseal session-key shares to) and the expiry.
 
 use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
@@ -31,6 +32,9 @@ pub struct Session {
     pub created_at: u64,
     /// Expiry, Unix seconds.
     pub expires_at: u64,
+    /// The session's inbox key (X25519 public key): OpenShare reseals
+    /// shares to it.
+    pub inbox_key: [u8; 32],
 }
 
 #[derive(Serialize, Deserialize)]
@@ -40,6 +44,7 @@ pub(super) struct SessionRow {
     pub(super) master_key_id: MasterKeyId,
     pub(super) created_at: u64,
     pub(super) expires_at: u64,
+    pub(super) inbox_key: [u8; 32],
 }
 
 impl Store {
@@ -74,11 +79,12 @@ impl Store {
                 username: session.username.clone(),
                 master_key_sealed: self.data_key.seal(
                     session.master_key.as_bytes(),
-                    &master_key_aad(&session.token_hash, &session.username),
+                    &master_key_aad(&session.token_hash, &session.username, &session.inbox_key),
                 ),
                 master_key_id: session.master_key_id,
                 created_at: session.created_at,
                 expires_at: session.expires_at,
+                inbox_key: session.inbox_key,
             };
             let mut sessions = tx.open_table(SESSIONS).map_err(db_err)?;
             sessions
@@ -106,7 +112,7 @@ impl Store {
                 .data_key
                 .open(
                     &row.master_key_sealed,
-                    &master_key_aad(token_hash, &row.username),
+                    &master_key_aad(token_hash, &row.username, &row.inbox_key),
                 )
                 .map_err(|e| corrupt("sessions", &key, e))?;
             let mk: [u8; 32] = mk
@@ -119,6 +125,7 @@ impl Store {
                 master_key_id: row.master_key_id,
                 created_at: row.created_at,
                 expires_at: row.expires_at,
+                inbox_key: row.inbox_key,
             }))
         })
     }

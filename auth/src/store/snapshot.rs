@@ -3,7 +3,8 @@
 //!
 //! A snapshot is postcard [`Dump`] followed by postcard [`Added`], the
 //! tables added within schema version 3, then postcard [`Spam`], the
-//! spam-control tables added after those. postcard records no field names
+//! spam-control tables added after those, then postcard [`Shares`], the
+//! published share keys. postcard records no field names
 //! and ignores trailing bytes, so a snapshot made before `Added` or `Spam`
 //! existed (nothing after the `Dump` or the `Added`) installs with those
 //! tables empty.
@@ -13,8 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use super::schema::{
     FIRST_CONTACTS, GRANT_ADMISSIONS, GRANTS, INVITES, META, NEXT_GRANT_SERIAL, NOTES, OPEN_GRANTS,
-    POLICIES, RAFT, RECEIPTS, REPORTS, REQUESTS, RETENTION, SENDERS, SESSIONS, STORAGE_GRANTS,
-    USERS, VOICEMAIL_GRANTS, VOICEMAILS, WAITING,
+    POLICIES, RAFT, RECEIPTS, REPORTS, REQUESTS, RETENTION, SENDERS, SESSIONS, SHARE_KEYS,
+    STORAGE_GRANTS, USERS, VOICEMAIL_GRANTS, VOICEMAILS, WAITING,
 };
 use super::{Store, StoreError, corrupt, db_err, u64_le};
 
@@ -61,28 +62,43 @@ struct Spam {
     grant_admissions: Vec<(u64, Vec<u8>)>,
 }
 
-/// Reads a snapshot's bytes: the [`Dump`], then the [`Added`] and the
-/// [`Spam`] if bytes follow.
-fn parse(bytes: &[u8]) -> Result<(Dump, Added, Spam), StoreError> {
+/// The published share keys, written after [`Spam`].
+#[derive(Default, Serialize, Deserialize)]
+struct Shares {
+    share_keys: Vec<((u64, u32), Vec<u8>)>,
+}
+
+/// Every part of a snapshot.
+type Parts = (Dump, Added, Spam, Shares);
+
+/// Reads a snapshot's bytes: the [`Dump`], then the [`Added`], the
+/// [`Spam`] and the [`Shares`] if bytes follow.
+fn parse(bytes: &[u8]) -> Result<Parts, StoreError> {
     let (dump, rest): (Dump, _) =
         postcard::take_from_bytes(bytes).map_err(|e| corrupt("snapshot", "data", e))?;
     if rest.is_empty() {
-        return Ok((dump, Added::default(), Spam::default()));
+        return Ok((dump, Added::default(), Spam::default(), Shares::default()));
     }
     let (added, rest): (Added, _) =
         postcard::take_from_bytes(rest).map_err(|e| corrupt("snapshot", "added tables", e))?;
-    let spam: Spam = if rest.is_empty() {
-        Spam::default()
+    if rest.is_empty() {
+        return Ok((dump, added, Spam::default(), Shares::default()));
+    }
+    let (spam, rest): (Spam, _) =
+        postcard::take_from_bytes(rest).map_err(|e| corrupt("snapshot", "spam tables", e))?;
+    let shares: Shares = if rest.is_empty() {
+        Shares::default()
     } else {
-        postcard::from_bytes(rest).map_err(|e| corrupt("snapshot", "spam tables", e))?
+        postcard::from_bytes(rest).map_err(|e| corrupt("snapshot", "share keys", e))?
     };
-    Ok((dump, added, spam))
+    Ok((dump, added, spam, shares))
 }
 
-fn encode_all(dump: &Dump, added: &Added, spam: &Spam) -> Vec<u8> {
+fn encode_all(dump: &Dump, added: &Added, spam: &Spam, shares: &Shares) -> Vec<u8> {
     let mut out = postcard::to_allocvec(dump).expect("in-memory encoding cannot fail");
     out.extend(postcard::to_allocvec(added).expect("in-memory encoding cannot fail"));
     out.extend(postcard::to_allocvec(spam).expect("in-memory encoding cannot fail"));
+    out.extend(postcard::to_allocvec(shares).expect("in-memory encoding cannot fail"));
     out
 }
 
@@ -91,8 +107,8 @@ fn encode_all(dump: &Dump, added: &Added, spam: &Spam) -> Vec<u8> {
 /// `tests/fuzz`, which check that this is idempotent.
 #[doc(hidden)]
 pub fn reencode_snapshot(bytes: &[u8]) -> Result<Vec<u8>, StoreError> {
-    let (dump, added, spam) = parse(bytes)?;
-    Ok(encode_all(&dump, &added, &spam))
+    let (dump, added, spam, shares) = parse(bytes)?;
+    Ok(encode_all(&dump, &added, &spam, &shares))
 }
 
 impl Store {
@@ -159,20 +175,23 @@ impl Store {
                 })?,
                 grant_admissions: rows(&tx, GRANT_ADMISSIONS, |k, v| (k, v.to_vec()))?,
             };
+            let shares = Shares {
+                share_keys: rows(&tx, SHARE_KEYS, |k, v| (k, v.to_vec()))?,
+            };
             let applied = tx
                 .open_table(RAFT)
                 .map_err(db_err)?
                 .get("applied")
                 .map_err(db_err)?
                 .map(|v| v.value().to_vec());
-            Ok((encode_all(&dump, &added, &spam), applied))
+            Ok((encode_all(&dump, &added, &spam, &shares), applied))
         })
     }
 
     /// Replaces every user-facing row with those of a snapshot made by
     /// [`Store::export`], inside `tx`.
     pub(crate) fn import(&self, tx: &WriteTransaction, bytes: &[u8]) -> Result<(), StoreError> {
-        let (dump, added, spam) = parse(bytes)?;
+        let (dump, added, spam, shares) = parse(bytes)?;
         let mut meta = tx.open_table(META).map_err(db_err)?;
         meta.insert("next_serial", dump.next_serial.to_le_bytes().as_slice())
             .map_err(db_err)?;
@@ -272,6 +291,11 @@ impl Store {
         let mut t = tx.open_table(GRANT_ADMISSIONS).map_err(db_err)?;
         t.retain(|_, _| false).map_err(db_err)?;
         for (k, v) in &spam.grant_admissions {
+            t.insert(*k, v.as_slice()).map_err(db_err)?;
+        }
+        let mut t = tx.open_table(SHARE_KEYS).map_err(db_err)?;
+        t.retain(|_, _| false).map_err(db_err)?;
+        for (k, v) in &shares.share_keys {
             t.insert(*k, v.as_slice()).map_err(db_err)?;
         }
         Ok(())

@@ -1,5 +1,5 @@
-//! Voicemails: each one's sealed session key, locator, metadata and
-//! recipients; a grant per recipient still to fetch it; the per-recipient
+//! Voicemails: each one's session-key shares (sealed to the servers' share
+//! keys), threshold and key check, locator, metadata and recipients; a grant per recipient still to fetch it; the per-recipient
 //! waiting counts behind the inbox cap; the request ids that make deposits
 //! idempotent; and the sweep of everything that expired (the sender's
 //! recall is [`super::recall`]'s). Each change also updates the sender's receipt
@@ -9,14 +9,14 @@ use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use vmail_proto::cert::UserCertificate;
 use vmail_proto::grant::{DeleteOrder, DeleteReason};
-use vmail_proto::keys::SecretKey;
 use vmail_proto::meta::VoicemailMeta;
 use vmail_proto::names::Recipients;
 
 use super::receipts::{DeliveryState, Receipt, RecipientReceipt};
 use super::schema::{GRANTS, REQUESTS, SESSIONS, USERS, VOICEMAIL_GRANTS, VOICEMAILS, WAITING};
-use super::sealing::session_key_aad;
+use super::sealing::voicemail_aad;
 use super::sessions::SessionRow;
+use super::share_keys::StoredShare;
 use super::storage_grants::{GrantRefusal, order_bytes};
 use super::{Store, StoreError, corrupt, db_err};
 
@@ -41,8 +41,15 @@ pub struct Voicemail {
     pub metadata: VoicemailMeta,
     /// Deposit time, Unix seconds.
     pub deposited_at: u64,
-    /// The session key (unsealed).
-    pub session_key: SecretKey,
+    /// The storage grant it was deposited under; the shares are bound to it.
+    pub grant_serial: u64,
+    /// Shares needed to recover the session key.
+    pub threshold: u8,
+    /// The sender's key check of the session key.
+    pub key_check: [u8; 32],
+    /// The session key's shares, one per server, each sealed to that
+    /// server's share key: no server can open any but its own.
+    pub shares: Vec<StoredShare>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -53,7 +60,13 @@ pub(super) struct VoicemailRow {
     pub(super) locator: Vec<u8>,
     pub(super) metadata: VoicemailMeta,
     deposited_at: u64,
-    session_key_sealed: Vec<u8>,
+    grant_serial: u64,
+    threshold: u8,
+    key_check: [u8; 32],
+    pub(super) shares: Vec<StoredShare>,
+    /// An empty blob sealed under the data key, binding the fields above
+    /// ([`voicemail_aad`]).
+    binding_sealed: Vec<u8>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -116,16 +129,16 @@ impl Store {
             postcard::from_bytes(bytes).map_err(|e| corrupt("voicemails", &key, e))?;
         let recipients =
             Recipients::parse(&row.recipients).map_err(|e| corrupt("voicemails", &key, e))?;
-        let sk = self
-            .data_key
+        self.data_key
             .open(
-                &row.session_key_sealed,
-                &session_key_aad(
+                &row.binding_sealed,
+                &voicemail_aad(
                     id,
                     &row.sender_certificate,
                     row.deposited_at,
                     &recipients,
                     &row.locator,
+                    row.grant_serial,
                 ),
             )
             .map_err(|e| corrupt("voicemails", &key, e))?;
@@ -144,8 +157,10 @@ impl Store {
             locator: row.locator,
             metadata: row.metadata,
             deposited_at: row.deposited_at,
-            session_key: SecretKey::from_slice(&sk)
-                .ok_or_else(|| corrupt("voicemails", &key, "session key length"))?,
+            grant_serial: row.grant_serial,
+            threshold: row.threshold,
+            key_check: row.key_check,
+            shares: row.shares,
         })
     }
 
@@ -215,14 +230,19 @@ impl Store {
                     ..vm.metadata.clone()
                 },
                 deposited_at: vm.deposited_at,
-                session_key_sealed: self.data_key.wrap(
-                    &vm.session_key,
-                    &session_key_aad(
+                grant_serial,
+                threshold: vm.threshold,
+                key_check: vm.key_check,
+                shares: vm.shares.clone(),
+                binding_sealed: self.data_key.seal(
+                    &[],
+                    &voicemail_aad(
                         &vm.id,
                         &sender_certificate,
                         vm.deposited_at,
                         &vm.recipients,
                         &vm.locator,
+                        grant_serial,
                     ),
                 ),
                 sender_certificate,
@@ -356,7 +376,7 @@ impl Store {
         })
     }
 
-    /// Whether the voicemail row (and so its session key) still exists.
+    /// Whether the voicemail row (and so its sealed shares) still exists.
     pub fn voicemail_exists(&self, id: &VoicemailId) -> Result<bool, StoreError> {
         self.run(|db| {
             let tx = db.begin_read().map_err(db_err)?;

@@ -207,6 +207,15 @@ pub enum LocalServerError {
         /// What openraft said.
         why: String,
     },
+    /// The server did not get its share key into the group's state in
+    /// time, so grants would be refused.
+    #[error("{name}: its share key was not published after {timeout:?}")]
+    ShareKeyUnpublished {
+        /// The server.
+        name: String,
+        /// How long it waited.
+        timeout: Duration,
+    },
     /// Binding a loopback port failed.
     #[error("binding {addr}: {source}")]
     Bind {
@@ -268,20 +277,34 @@ impl LocalServer {
         })
     }
 
-    /// Waits until this server has a leader and has applied the log up to
-    /// it: a founder elects itself within a second or two.
+    /// Waits until this server has a leader and its share key is in the
+    /// group's state (grants list every voter's): a founder elects itself
+    /// within a second or two, and publishes its key right after.
     pub async fn wait_ready(&self, timeout: Duration) -> Result<(), LocalServerError> {
+        let name = || self.service.config().name.clone();
+        let deadline = tokio::time::Instant::now() + timeout;
         self.service
             .raft()
             .wait(Some(timeout))
             .metrics(|m| m.current_leader.is_some(), "a leader is known")
             .await
-            .map(|_| ())
             .map_err(|e| LocalServerError::NoLeader {
-                name: self.service.config().name.clone(),
+                name: name(),
                 timeout,
                 why: e.to_string(),
-            })
+            })?;
+        // A grant lists every voter's share key: until this server's is in
+        // the group's state, grants are refused as UNAVAILABLE.
+        while !self.service.share_key_published().await.unwrap_or(false) {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(LocalServerError::ShareKeyUnpublished {
+                    name: name(),
+                    timeout,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
     }
 
     /// This server as a group member.
@@ -336,6 +359,9 @@ impl LocalServer {
             let name = format!("auth-{i}");
             let dir = root.join(&name);
             servers.push(Self::join(&dir, &name, &via, &first_dir, harness).await?);
+        }
+        for s in &servers {
+            s.wait_ready(Duration::from_secs(30)).await?;
         }
         Ok(servers)
     }

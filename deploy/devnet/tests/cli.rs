@@ -12,9 +12,9 @@ mod common;
 
 use vmail_auth::datadir::{self, InitOptions};
 use vmail_devnet::local_auth::{self, Harness, LocalServer};
-use vmail_node::auth_client::{AuthClient, GrantRequest, NewDeposit, VoicemailMeta};
+use vmail_node::auth_client::{AuthClient, Grant, GrantRequest, NewDeposit, VoicemailMeta};
 use vmail_proto::grant::GrantedShard;
-use vmail_proto::keys::{MasterKey, SecretKey};
+use vmail_proto::keys::SecretKey;
 use vmail_proto::names::Recipients;
 
 struct Env {
@@ -87,25 +87,23 @@ fn grant_for_alice() -> GrantRequest {
     }
 }
 
-/// Deposits a 4 KiB voicemail's key for alice under grant `serial`, as
-/// bob's client does; returns the voicemail id.
-async fn deposit_for_alice(bob: &mut AuthClient, master_key: &MasterKey, serial: u64) -> [u8; 16] {
-    bob.deposit(
-        master_key,
-        &NewDeposit {
-            grant_serial: serial,
-            request_id: vmail_proto::random_bytes(),
-            recipients: Recipients::parse(["alice"]).unwrap(),
-            locator: Vec::new(),
-            session_key: SecretKey::random(),
-            meta: VoicemailMeta {
-                size: 4096,
-                content_type: "audio/wav".into(),
-                duration_ms: 1000,
-                expires_at: 0,
-            },
+/// Deposits a 4 KiB voicemail's key for alice under `grant`, split among
+/// its share keys as bob's client does; returns the voicemail id.
+async fn deposit_for_alice(bob: &mut AuthClient, grant: &Grant) -> [u8; 16] {
+    bob.deposit(&NewDeposit {
+        grant_serial: grant.grant.body.serial,
+        share_keys: grant.share_keys.clone(),
+        request_id: vmail_proto::random_bytes(),
+        recipients: Recipients::parse(["alice"]).unwrap(),
+        locator: Vec::new(),
+        session_key: SecretKey::random(),
+        meta: VoicemailMeta {
+            size: 4096,
+            content_type: "audio/wav".into(),
+            duration_ms: 1000,
+            expires_at: 0,
         },
-    )
+    })
     .await
     .unwrap()
     .voicemail_id
@@ -166,12 +164,11 @@ async fn account_commands_and_inbox() {
     bob.register("bob", b"bob's password", &bob_id, None)
         .await
         .unwrap();
-    let s = bob
-        .login("bob", b"bob's password", &bob_id, &[])
+    bob.login("bob", b"bob's password", &bob_id, &[])
         .await
         .unwrap();
-    let grant = bob.request_grant(&grant_for_alice()).await.unwrap().grant;
-    let voicemail_id = deposit_for_alice(&mut bob, &s.master_key, grant.body.serial).await;
+    let grant = bob.request_grant(&grant_for_alice()).await.unwrap();
+    let voicemail_id = deposit_for_alice(&mut bob, &grant).await;
     let o = vmail(&home, None, &["inbox"]).await;
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
@@ -455,15 +452,13 @@ async fn policy_contacts_blocks_and_reports_from_the_cli() {
     bob.register("bob", b"bob's password", &bob_id, None)
         .await
         .unwrap();
-    let s = bob
-        .login("bob", b"bob's password", &bob_id, &[])
+    bob.login("bob", b"bob's password", &bob_id, &[])
         .await
         .unwrap();
     let granted = bob.request_grant(&grant_for_alice()).await.unwrap();
     assert_eq!(granted.first_contact.len(), 1);
     assert_eq!(granted.recipients.to_strings(), ["alice"]);
-    let id =
-        hex::encode(deposit_for_alice(&mut bob, &s.master_key, granted.grant.body.serial).await);
+    let id = hex::encode(deposit_for_alice(&mut bob, &granted).await);
     let o = vmail(&home, None, &["inbox"]).await;
     assert!(stdout(&o).contains("unknown caller"), "{}", stdout(&o));
 

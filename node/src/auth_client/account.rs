@@ -1,7 +1,8 @@
 //! Accounts: OPAQUE registration and login (the master key both sides
 //! derive, the certificate the login issues, checked against the cluster
-//! key), the server's view of a session (with the sender quotas), and
-//! logout.
+//! key), the session's inbox key (a fresh X25519 key per login, whose
+//! public half the servers reseal key shares to), the server's view of a
+//! session (with the sender quotas), and logout.
 
 use ed25519_dalek::{Signer, SigningKey};
 use opaque_ke::{
@@ -15,10 +16,12 @@ use vmail_proto::keys::{MasterKey, MasterKeyId};
 use vmail_proto::names::Username;
 use vmail_proto::opaque::Suite;
 use vmail_proto::pb::{self};
+use vmail_proto::share::BoxSecret;
 
 use super::{AuthClient, CLOCK_SKEW_SECS, ClientError, bearer, protocol};
 
-/// What a login yields to the client. `Debug` leaves out the token.
+/// What a login yields to the client. `Debug` leaves out the token and the
+/// inbox key.
 #[derive(Clone)]
 pub struct LoginSession {
     /// The user.
@@ -33,6 +36,10 @@ pub struct LoginSession {
     pub expires_at: u64,
     /// The certificate the server issued for the identity key.
     pub certificate: UserCertificate,
+    /// The session's inbox key: the servers reseal their shares of a
+    /// voicemail's session key to its public half, which the login sent.
+    /// It never leaves the client and its peer daemon.
+    pub inbox_key: BoxSecret,
 }
 
 impl std::fmt::Debug for LoginSession {
@@ -229,6 +236,7 @@ impl AuthClient {
             &vk,
             peer_id,
         ));
+        let inbox_key = BoxSecret::generate();
         // Not retried on another server: only this one knows the login id.
         let out = self
             .rpc
@@ -238,6 +246,7 @@ impl AuthClient {
                 identity_key: vk.as_bytes().to_vec(),
                 identity_proof: proof.to_bytes().to_vec(),
                 peer_id: peer_id.to_vec(),
+                inbox_key: inbox_key.public().to_vec(),
             })
             .await?
             .into_inner();
@@ -263,6 +272,7 @@ impl AuthClient {
             master_key,
             expires_at: out.expires_at,
             certificate,
+            inbox_key,
         })
     }
 

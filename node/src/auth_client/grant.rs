@@ -3,13 +3,17 @@
 //! key and the recipients it covers against those asked for. The group
 //! applies every recipient's policy here: those who refuse the sender are
 //! dropped with a reason ([`Refusal`]), and the deposit must name exactly
-//! the recipients left ([`Grant::recipients`]).
+//! the recipients left ([`Grant::recipients`]). The answer also lists the
+//! group's share keys ([`Grant::share_keys`]), which the deposit splits the
+//! session key among; they are checked here (`shares::grant_share_keys`).
 
 use vmail_proto::grant::{GrantedShard, StorageGrant};
 use vmail_proto::names::{Recipients, Username};
 use vmail_proto::pb::{self};
 
-use super::{AuthClient, ClientError, bearer, protocol};
+use vmail_proto::share::ShareKey;
+
+use super::{AuthClient, ClientError, bearer, protocol, shares};
 
 /// What a leave asks a storage grant for.
 #[derive(Debug, Clone)]
@@ -122,6 +126,11 @@ pub struct Grant {
     /// Those of `recipients` who get it as a first contact ("unknown
     /// caller" in their inbox, shorter expiry).
     pub first_contact: Vec<Username>,
+    /// The group's servers and their current share keys, in the order the
+    /// session key's shares must follow ([`super::NewDeposit::share_keys`]);
+    /// checked: 32-byte keys, each server once, no fewer than the configured
+    /// endpoints.
+    pub share_keys: Vec<ShareKey>,
 }
 
 impl AuthClient {
@@ -171,11 +180,13 @@ impl AuthClient {
             resp.refused,
             resp.first_contact,
         )?;
+        let share_keys = shares::grant_share_keys(resp.share_keys, self.configured.len())?;
         Ok(Grant {
             grant,
             recipients,
             refused,
             first_contact,
+            share_keys,
         })
     }
 }

@@ -8,16 +8,21 @@
 //! endpoint. Retries are safe: a deposit carries its request id, so a retry
 //! after a failover never makes a second voicemail.
 //!
-//! Certificates and session keys a caller gets back have been verified:
-//! certificates against the cluster key, session keys by their AES-GCM wrap.
-//! The raw items of [`AuthClient::watch_pending`] are checked by
-//! [`AuthClient::open_pending`]. The rest of the program
+//! Certificates a caller gets back have been verified against the cluster
+//! key. No auth server holds a voicemail's session key: the sender splits
+//! it among the servers' share keys (`shares.rs`, pure), and the recipient
+//! recovers it from a majority of their shares, asking every server at once
+//! ([`AuthClient::recover_session_key`], `recover.rs`), checked against the
+//! deposit's key check. The raw items of [`AuthClient::watch_pending`] are
+//! checked by [`AuthClient::open_pending`]. The rest of the program
 //! (CLI, demo, later the peer daemon) talks to the auth servers only through
 //! [`AuthClient`].
 
 mod account;
 mod grant;
 mod policy;
+mod recover;
+mod shares;
 mod voicemail;
 
 use std::time::Duration;
@@ -33,6 +38,11 @@ use vmail_proto::pb::auth_client;
 pub use account::{Allowance, LoginSession, WhoAmI};
 pub use grant::{Grant, GrantRequest, Refusal, RefusalReason, SenderVisibility};
 pub use policy::{BadPolicyMode, ListEdit, Policy, PolicyChange, PolicyMode, ReportOutcome};
+pub use recover::{SHARE_CALL_TIMEOUT, SHARE_DEADLINE};
+pub use shares::{
+    Collector, KeyShares, Recovering, RecoveryError, ShareFailure, ShareSlot, check_share_keys,
+    collect, enough_endpoints, grant_share_keys, key_shares,
+};
 pub use voicemail::{
     ANONYMOUS, Acked, Delivery, DepositReceipt, NewDeposit, Pending, Recalled, Sender, Sent,
 };
@@ -97,6 +107,10 @@ pub enum ClientError {
     /// The server refused the call; its message says why.
     #[error("{}", .0.message())]
     Server(Status),
+    /// A voicemail's session key could not be recovered from the servers'
+    /// shares.
+    #[error(transparent)]
+    KeyRecovery(#[from] RecoveryError),
 }
 
 impl ClientError {
@@ -148,6 +162,9 @@ pub struct AuthClient {
     ca_pem: Vec<u8>,
     /// The configured endpoints, then leaders learnt from redirects.
     endpoints: Vec<String>,
+    /// The configured endpoints only: every one is asked for its share of a
+    /// session key.
+    configured: Vec<String>,
     endpoint: String,
     token: Option<[u8; 32]>,
 }
@@ -228,6 +245,7 @@ impl AuthClient {
                         cluster_key: target.cluster_key,
                         ca_pem: target.ca_pem.clone(),
                         endpoints: target.endpoints.clone(),
+                        configured: target.endpoints.clone(),
                         endpoint: url.clone(),
                         token: None,
                     });

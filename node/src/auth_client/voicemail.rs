@@ -1,16 +1,20 @@
 //! Voicemail at the auth servers: deposits (paper §3.3 step 2) under a
-//! grant (`grant.rs`), what the sender left, and the pending voicemail each
+//! grant (`grant.rs`), the session key split among the grant's share keys so
+//! no server holds it; what the sender left; and the pending voicemail each
 //! recipient lists, watches, opens and acks. A pending voicemail names its
-//! sender by a certificate, or is marked anonymous and carries none.
+//! sender by a certificate, or is marked anonymous and carries none; it
+//! carries no key, only where its shares are (`recover.rs` gets them).
 
 use tonic::Code;
 use vmail_proto::cert::UserCertificate;
 use vmail_proto::grant::{DeleteOrder, DepositProof};
-use vmail_proto::keys::{DeliveryContext, DepositContext, MasterKey, SecretKey};
+use vmail_proto::keys::SecretKey;
 use vmail_proto::meta::VoicemailMeta;
 use vmail_proto::names::{Recipients, Username};
 use vmail_proto::pb::{self};
+use vmail_proto::share::{self, ShareKey};
 
+use super::shares::{self as checks, KeyShares};
 use super::{AuthClient, ClientError, bearer, protocol};
 
 /// The answer to an ack.
@@ -34,25 +38,13 @@ pub struct NewDeposit {
     pub recipients: Recipients,
     /// Storage locator.
     pub locator: Vec<u8>,
-    /// The session key the voicemail is encrypted with.
+    /// The session key the voicemail is encrypted with. It is split among
+    /// `share_keys`; no server sees it.
     pub session_key: SecretKey,
+    /// The grant's share keys ([`super::Grant::share_keys`]), in its order.
+    pub share_keys: Vec<ShareKey>,
     /// Metadata.
     pub meta: VoicemailMeta,
-}
-
-impl NewDeposit {
-    /// The session key wrapped under `master_key` and bound to this
-    /// deposit's request id, recipients and locator (docs/PROTOCOL.md §3.2).
-    pub fn wrap_key(&self, master_key: &MasterKey) -> Vec<u8> {
-        master_key.wrap_deposit(
-            &self.session_key,
-            &DepositContext {
-                request_id: &self.request_id,
-                recipients: &self.recipients,
-                locator: &self.locator,
-            },
-        )
-    }
 }
 
 /// The server's receipt for a deposit.
@@ -153,7 +145,8 @@ impl Sender {
 /// How a hidden sender is shown.
 pub const ANONYMOUS: &str = "anonymous";
 
-/// A voicemail waiting for the caller, with its session key unwrapped.
+/// A voicemail waiting for the caller. Its session key is not here: get it
+/// with [`AuthClient::recover_session_key`] when it is fetched.
 #[derive(Debug, Clone)]
 pub struct Pending {
     /// Voicemail id.
@@ -170,25 +163,33 @@ pub struct Pending {
     pub locator: Vec<u8>,
     /// All recipients.
     pub recipients: Recipients,
-    /// The session key.
-    pub session_key: SecretKey,
+    /// How its session key is shared among the auth servers.
+    pub shares: KeyShares,
 }
 
 impl AuthClient {
-    /// Deposits a session key and locator for the recipients (paper §3.3 step 2).
-    pub async fn deposit(
-        &mut self,
-        master_key: &MasterKey,
-        d: &NewDeposit,
-    ) -> Result<DepositReceipt, ClientError> {
-        let wrapped_key = d.wrap_key(master_key);
+    /// Deposits a locator for the recipients, and the session key split
+    /// among the grant's share keys, each share sealed to its server
+    /// (paper §3.3 step 2, docs/PROTOCOL.md §3.2).
+    pub async fn deposit(&mut self, d: &NewDeposit) -> Result<DepositReceipt, ClientError> {
+        checks::check_share_keys(&d.share_keys, self.configured.len())?;
+        let (threshold, key_check, shares) = share::split(
+            &d.session_key,
+            &d.share_keys,
+            d.grant_serial,
+            &d.recipients,
+            &d.locator,
+        )
+        .map_err(|e| protocol(format!("the storage grant's share keys: {e}")))?;
         let req = pb::DepositRequest {
             request_id: d.request_id.to_vec(),
             recipients: d.recipients.to_strings(),
             locator: d.locator.clone(),
-            wrapped_key,
             metadata: Some(d.meta.clone().into()),
             grant_serial: d.grant_serial,
+            shares: shares.into_iter().map(Into::into).collect(),
+            threshold: u32::from(threshold),
+            key_check: key_check.to_vec(),
         };
         let token = self.require_token()?;
         // Safe to retry anywhere: the request id makes the deposit
@@ -297,12 +298,9 @@ impl AuthClient {
             .map_err(|e| protocol(format!("the delete order: {e}")))
     }
 
-    /// Checks and opens one pending voicemail from the server.
-    pub fn open_pending(
-        &self,
-        master_key: &MasterKey,
-        p: pb::PendingVoicemail,
-    ) -> Result<Pending, ClientError> {
+    /// Checks one pending voicemail from the server: its sender and the
+    /// shape of its key shares.
+    pub fn open_pending(&self, p: pb::PendingVoicemail) -> Result<Pending, ClientError> {
         let id: [u8; 16] = p
             .voicemail_id
             .as_slice()
@@ -316,21 +314,8 @@ impl AuthClient {
             p.deposited_at,
         )?;
         let recipients = Recipients::parse(&p.recipients)?;
-        let session_key = master_key
-            .unwrap_delivery(
-                &p.wrapped_key,
-                &DeliveryContext {
-                    voicemail_id: &id,
-                    recipients: &recipients,
-                    locator: &p.locator,
-                },
-            )
-            .map_err(|e| {
-                protocol(format!(
-                    "session key of voicemail {} does not open under our master key ({e}); log in again",
-                    hex::encode(id)
-                ))
-            })?;
+        let shares = checks::key_shares(p.threshold, &p.key_check, p.shares)
+            .map_err(|e| protocol(format!("pending voicemail {}: {e}", hex::encode(id))))?;
         Ok(Pending {
             id,
             sender,
@@ -339,15 +324,12 @@ impl AuthClient {
             meta: p.metadata.map(Into::into).unwrap_or_default(),
             locator: p.locator,
             recipients,
-            session_key,
+            shares,
         })
     }
 
     /// The voicemails waiting for this user (retrieval steps 1-2).
-    pub async fn list_pending(
-        &mut self,
-        master_key: &MasterKey,
-    ) -> Result<Vec<Pending>, ClientError> {
+    pub async fn list_pending(&mut self) -> Result<Vec<Pending>, ClientError> {
         let token = self.require_token()?;
         let resp = self
             .call(|mut c| async move {
@@ -358,7 +340,7 @@ impl AuthClient {
             .result?;
         resp.voicemails
             .into_iter()
-            .map(|p| self.open_pending(master_key, p))
+            .map(|p| self.open_pending(p))
             .collect()
     }
 
@@ -463,6 +445,7 @@ mod tests {
             cluster_key: cluster.verifying_key(),
             ca_pem: Vec::new(),
             endpoints: vec!["https://127.0.0.1:9".into()],
+            configured: vec!["https://127.0.0.1:9".into()],
             endpoint: "https://127.0.0.1:9".into(),
             token: None,
         }
@@ -480,32 +463,26 @@ mod tests {
         .sign(cluster)
     }
 
-    /// A pending voicemail for "bob" whose key opens under `master`.
-    fn pending(
-        master: &MasterKey,
-        anonymous: bool,
-        cert: Option<UserCertificate>,
-    ) -> pb::PendingVoicemail {
-        let id = [5u8; 16];
+    /// A pending voicemail for "bob", its key shared 2-of-3.
+    fn pending(anonymous: bool, cert: Option<UserCertificate>) -> pb::PendingVoicemail {
         let recipients = Recipients::parse(["bob"]).unwrap();
-        let locator = vec![1, 2, 3];
-        let wrapped_key = master.wrap_delivery(
-            &SecretKey::random(),
-            &DeliveryContext {
-                voicemail_id: &id,
-                recipients: &recipients,
-                locator: &locator,
-            },
-        );
         pb::PendingVoicemail {
-            voicemail_id: id.to_vec(),
+            voicemail_id: [5u8; 16].to_vec(),
             sender_certificate: cert.map(Into::into),
             deposited_at: DEPOSITED_AT,
             recipients: recipients.to_strings(),
-            locator,
-            wrapped_key,
+            locator: vec![1, 2, 3],
             anonymous,
             first_contact: true,
+            threshold: 2,
+            key_check: vec![4; 32],
+            shares: (1..=3)
+                .map(|i| pb::ShareSlot {
+                    node_id: 10 + u64::from(i),
+                    index: i,
+                    api_url: String::new(),
+                })
+                .collect(),
             ..Default::default()
         }
     }
@@ -514,31 +491,30 @@ mod tests {
     async fn an_anonymous_voicemail_opens_without_a_sender() {
         let cluster = SigningKey::from_bytes(&[1; 32]);
         let client = offline_client(&cluster);
-        let master = MasterKey::from_bytes([2; 32]);
-        let p = client
-            .open_pending(&master, pending(&master, true, None))
-            .unwrap();
+        let p = client.open_pending(pending(true, None)).unwrap();
         assert_eq!(p.sender, Sender::Hidden);
         assert_eq!(p.sender.display_name(), "anonymous");
         assert!(p.sender.username().is_none());
         assert!(p.first_contact);
+        assert_eq!(p.shares.threshold, 2);
+        assert_eq!(p.shares.key_check, [4; 32]);
+        assert_eq!(p.shares.slots.len(), 3);
     }
 
     #[tokio::test]
     async fn a_known_sender_is_checked_and_named() {
         let cluster = SigningKey::from_bytes(&[1; 32]);
         let client = offline_client(&cluster);
-        let master = MasterKey::from_bytes([2; 32]);
         let alice = cert_of(&cluster, "alice");
         let p = client
-            .open_pending(&master, pending(&master, false, Some(alice.clone())))
+            .open_pending(pending(false, Some(alice.clone())))
             .unwrap();
         assert_eq!(p.sender, Sender::Known(Box::new(alice)));
         assert_eq!(p.sender.display_name(), "alice");
         // A certificate another key signed is refused.
         let forged = cert_of(&SigningKey::from_bytes(&[3; 32]), "alice");
         assert!(matches!(
-            client.open_pending(&master, pending(&master, false, Some(forged))),
+            client.open_pending(pending(false, Some(forged))),
             Err(ClientError::Certificate(_))
         ));
     }
@@ -547,20 +523,59 @@ mod tests {
     async fn a_missing_or_stray_certificate_breaks_the_protocol() {
         let cluster = SigningKey::from_bytes(&[1; 32]);
         let client = offline_client(&cluster);
-        let master = MasterKey::from_bytes([2; 32]);
-        let err = client
-            .open_pending(&master, pending(&master, false, None))
-            .unwrap_err();
+        let err = client.open_pending(pending(false, None)).unwrap_err();
         assert!(
             matches!(&err, ClientError::Protocol(m) if m.contains("no sender certificate")),
             "{err}"
         );
         let alice = cert_of(&cluster, "alice");
-        let err = client
-            .open_pending(&master, pending(&master, true, Some(alice)))
-            .unwrap_err();
+        let err = client.open_pending(pending(true, Some(alice))).unwrap_err();
         assert!(
             matches!(&err, ClientError::Protocol(m) if m.contains("anonymous but carries")),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn badly_shaped_key_shares_break_the_protocol() {
+        let cluster = SigningKey::from_bytes(&[1; 32]);
+        let client = offline_client(&cluster);
+        let mut p = pending(true, None);
+        p.threshold = 4;
+        let err = client.open_pending(p).unwrap_err();
+        assert!(
+            matches!(&err, ClientError::Protocol(m)
+                if m.contains(&hex::encode([5u8; 16])) && m.contains("threshold 4 for 3 key shares")),
+            "{err}"
+        );
+        let mut p = pending(true, None);
+        p.key_check.clear();
+        assert!(client.open_pending(p).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_key_needing_more_servers_than_configured_names_the_fix() {
+        let cluster = SigningKey::from_bytes(&[1; 32]);
+        let client = offline_client(&cluster);
+        let p = client.open_pending(pending(true, None)).unwrap();
+        let session = super::super::LoginSession {
+            username: Username::parse("bob").unwrap(),
+            token: [0; 32],
+            master_key: vmail_proto::keys::MasterKey::from_bytes([2; 32]),
+            master_key_id: [0; 16],
+            expires_at: DEPOSITED_AT,
+            certificate: cert_of(&cluster, "bob"),
+            inbox_key: share::BoxSecret::generate(),
+        };
+        // One endpoint configured, two shares needed: no server is asked.
+        let err = client
+            .recover_session_key(&session, &p)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("needs shares from 2 auth servers, but only 1 are known")
+                && err.contains("--auth"),
             "{err}"
         );
     }

@@ -5,6 +5,7 @@ use ed25519_dalek::SigningKey;
 use serde::Serialize;
 use tonic::Code;
 use vmail_node::auth_client::Allowance;
+use vmail_node::keystore::KeystoreError;
 use vmail_proto::names::Username;
 
 use super::{Ask, Context, MIN_PASSWORD_LEN, when};
@@ -170,7 +171,26 @@ struct LoggedOut {
 }
 
 pub(super) async fn logout(ctx: &Context) -> anyhow::Result<()> {
-    let Some(session) = ctx.keystore.session()? else {
+    let saved = match ctx.keystore.session() {
+        // A login saved by an older vmail cannot be used any more; logging
+        // out only forgets it (its server session ends at its expiry).
+        Err(KeystoreError::NoInboxKey { username, .. }) => {
+            ctx.keystore.clear_session()?;
+            if ctx.json {
+                super::output::json(&LoggedOut {
+                    username: Some(username),
+                    revoked: false,
+                });
+            } else {
+                outln!(
+                    "forgot the saved login of {username}, from an older vmail; the server ends its session when it expires"
+                );
+            }
+            return Ok(());
+        }
+        other => other?,
+    };
+    let Some(session) = saved else {
         if ctx.json {
             super::output::json(&LoggedOut {
                 username: None,

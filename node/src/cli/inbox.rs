@@ -123,8 +123,8 @@ async fn list(ctx: &Context) -> anyhow::Result<Vec<InboxEntry>> {
         daemon.set_session(&ctx.peer_session()?).await?;
         return Ok(daemon.inbox().await?);
     }
-    let (mut client, session) = ctx.logged_in().await?;
-    let pending = client.list_pending(&session.master_key).await?;
+    let (mut client, _) = ctx.logged_in().await?;
+    let pending = client.list_pending().await?;
     Ok(pending.iter().map(inbox_entry).collect())
 }
 
@@ -145,7 +145,7 @@ pub(super) async fn run(ctx: &Context, watch: bool) -> anyhow::Result<()> {
         }
         print_table(&pending.iter().map(row).collect::<Vec<_>>());
         outln!(
-            "{} voicemail(s); every sender certificate (a hidden sender has none) and session key checked",
+            "{} voicemail(s); every sender certificate checked (a hidden sender has none)",
             pending.len()
         );
         if pending.iter().any(|p| p.first_contact) {
@@ -174,7 +174,7 @@ pub(super) async fn run(ctx: &Context, watch: bool) -> anyhow::Result<()> {
                 None => anyhow::bail!("the auth server closed the stream; run the command again"),
                 Some(Err(status)) => anyhow::bail!("{}", status.message()),
                 Some(Ok(p)) => {
-                    let p = inbox_entry(&client.open_pending(&session.master_key, p)?);
+                    let p = inbox_entry(&client.open_pending(p)?);
                     if !seen.insert(p.voicemail_id.clone()) {
                         continue;
                     }

@@ -59,7 +59,7 @@ impl Peer {
         let ids = match remembered {
             Some(ids) => ids,
             None => auth
-                .list_pending(&session.login.master_key)
+                .list_pending()
                 .await?
                 .into_iter()
                 .find(|p| p.id == voicemail_id)

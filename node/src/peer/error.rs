@@ -212,7 +212,7 @@ pub enum FetchError {
     /// The ciphertext matched its hash but did not decrypt: the sender's key
     /// or locator is wrong.
     #[error(
-        "voicemail {id} does not decrypt with the key the auth server gave ({why}); it stays in your inbox"
+        "voicemail {id} does not decrypt with the key recovered from the auth servers' shares ({why}); it stays in your inbox"
     )]
     Decrypt {
         /// The voicemail.

@@ -17,6 +17,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use libp2p::PeerId;
 use libp2p::kad::RecordKey;
 use sha2::{Digest, Sha256};
+use vmail_proto::keys::SecretKey;
 
 use super::fetch_plan::{FetchEvent, FetchPlan, FetchStep, ShardSource};
 use super::progress::{Meter, Part};
@@ -52,6 +53,22 @@ pub struct Fetched {
     pub failures: Vec<FetchFailure>,
     /// Where the time went.
     pub timings: Timings,
+    /// The session key, recombined from the auth servers' shares.
+    pub session_key: SecretKey,
+}
+
+/// The shards a fetch downloaded, and how.
+struct Downloaded {
+    /// Shard bytes by index, each checked against its hash.
+    shards: BTreeMap<usize, Vec<u8>>,
+    /// The holders whose shards arrived, by shard index.
+    used: Vec<(u8, PeerId)>,
+    /// Shards that failed or were skipped.
+    failures: Vec<FetchFailure>,
+    /// Time spent finding holders.
+    dht: Duration,
+    /// Time spent downloading.
+    transfer: Duration,
 }
 
 /// What went wrong on the way to a voicemail's plaintext: a shard that
@@ -141,10 +158,9 @@ impl Peer {
         let session = self.session()?;
         let mut timings = Timings::default();
         let t = Instant::now();
-        let pending = self
-            .auth(&session)
-            .await?
-            .list_pending(&session.login.master_key)
+        let mut auth = self.auth(&session).await?;
+        let pending = auth
+            .list_pending()
             .await?
             .into_iter()
             .find(|p| p.id == voicemail_id)
@@ -163,11 +179,95 @@ impl Peer {
                 }],
             });
         }
+        // Retrieval step 2, the key from a majority of the auth servers'
+        // shares, runs while the shards download: a fetch waits for the
+        // slower of the two, not for both in turn.
+        let recover = async {
+            let t = Instant::now();
+            let key = auth.recover_session_key(&session.login, &pending).await;
+            (key, t.elapsed())
+        };
+        let ((key, took), downloaded) =
+            tokio::join!(recover, self.download(&locator, &id_hex, &progress));
+        timings.auth += took;
+        let key = key?;
+        let Downloaded {
+            shards,
+            mut used,
+            mut failures,
+            dht,
+            transfer,
+        } = downloaded?;
+        timings.dht += dht;
+        timings.transfer += transfer;
 
+        let t = Instant::now();
+        let (redundancy, ct_len, ct_sha) = (
+            layout.redundancy,
+            layout.ciphertext_len,
+            locator.ciphertext_sha256,
+        );
+        let message_id = locator.message_id;
+        let p = progress.clone();
+        let session_key = key.clone();
+        let plain = tokio::task::spawn_blocking(move || {
+            let ct = erasure::decode(redundancy, ct_len, &shards).map_err(RebuildError::Decode)?;
+            if <[u8; 32]>::from(Sha256::digest(&ct)) != ct_sha {
+                return Err(RebuildError::CiphertextHash);
+            }
+            let total = ct.len() as u64;
+            Ok(crypto::decrypt(&key, &message_id, &ct, &mut |done| {
+                p(Progress {
+                    phase: Phase::Decrypt,
+                    done,
+                    total,
+                    note: None,
+                })
+            }))
+        })
+        .await
+        .expect("decryption task does not panic");
+        timings.crypto += t.elapsed();
+        let content = match plain {
+            Ok(c) => c.map_err(|why| FetchError::Decrypt {
+                id: id_hex.clone(),
+                why,
+            })?,
+            Err(why) => {
+                failures.push(why.into());
+                return Err(FetchError::AllCopiesFailed {
+                    id: id_hex,
+                    failures,
+                });
+            }
+        };
+        used.sort();
+        self.remember_fetch(voicemail_id, layout.shards.iter().map(|s| s.id).collect());
+        self.network.metrics().fetch(timings.into());
+        Ok(Fetched {
+            pending,
+            content,
+            redundancy: layout.redundancy,
+            holders: used,
+            failures,
+            timings,
+            session_key,
+        })
+    }
+
+    /// Finds and downloads `k` of the locator's shards, each checked
+    /// against its hash, hedging slow ones.
+    async fn download(
+        &self,
+        locator: &Locator,
+        id_hex: &str,
+        progress: &ProgressFn,
+    ) -> Result<Downloaded, FetchError> {
+        let layout = &locator.layout;
         // Each shard starts at its hinted holder; shards without a hint are
         // searched for now, all at once.
         let t = Instant::now();
-        let loc = &locator;
+        let loc = locator;
         let lookups = layout.shards.iter().enumerate().map(|(i, _)| async move {
             match hint(loc, i) {
                 Some(h) => (i, vec![h]),
@@ -182,7 +282,7 @@ impl Peer {
                 h => found.push((shard, h)),
             }
         }
-        timings.dht += t.elapsed();
+        let dht = t.elapsed();
 
         // Download k in parallel as the plan orders and hedges them.
         let rtts = self.network.rtts().await.unwrap_or_default();
@@ -227,7 +327,7 @@ impl Peer {
             }
         }
         drop(running);
-        timings.transfer += t.elapsed();
+        let transfer = t.elapsed();
         if shards.len() < k {
             failures.push(FetchFailure::TooFew {
                 got: shards.len(),
@@ -235,61 +335,16 @@ impl Peer {
                 redundancy: layout.redundancy,
             });
             return Err(FetchError::AllCopiesFailed {
-                id: id_hex,
+                id: id_hex.to_owned(),
                 failures,
             });
         }
-
-        let t = Instant::now();
-        let key = pending.session_key.clone();
-        let (redundancy, ct_len, ct_sha) = (
-            layout.redundancy,
-            layout.ciphertext_len,
-            locator.ciphertext_sha256,
-        );
-        let message_id = locator.message_id;
-        let p = progress.clone();
-        let plain = tokio::task::spawn_blocking(move || {
-            let ct = erasure::decode(redundancy, ct_len, &shards).map_err(RebuildError::Decode)?;
-            if <[u8; 32]>::from(Sha256::digest(&ct)) != ct_sha {
-                return Err(RebuildError::CiphertextHash);
-            }
-            let total = ct.len() as u64;
-            Ok(crypto::decrypt(&key, &message_id, &ct, &mut |done| {
-                p(Progress {
-                    phase: Phase::Decrypt,
-                    done,
-                    total,
-                    note: None,
-                })
-            }))
-        })
-        .await
-        .expect("decryption task does not panic");
-        timings.crypto += t.elapsed();
-        let content = match plain {
-            Ok(c) => c.map_err(|why| FetchError::Decrypt {
-                id: id_hex.clone(),
-                why,
-            })?,
-            Err(why) => {
-                failures.push(why.into());
-                return Err(FetchError::AllCopiesFailed {
-                    id: id_hex,
-                    failures,
-                });
-            }
-        };
-        used.sort();
-        self.remember_fetch(voicemail_id, layout.shards.iter().map(|s| s.id).collect());
-        self.network.metrics().fetch(timings.into());
-        Ok(Fetched {
-            pending,
-            content,
-            redundancy: layout.redundancy,
-            holders: used,
+        Ok(Downloaded {
+            shards,
+            used,
             failures,
-            timings,
+            dht,
+            transfer,
         })
     }
 

@@ -286,6 +286,7 @@ impl Peer {
             recipients: granted.recipients.clone(),
             locator: locator.encode(),
             session_key,
+            share_keys: granted.share_keys.clone(),
             meta: VoicemailMeta {
                 size: len,
                 content_type: req.content_type,
@@ -293,7 +294,7 @@ impl Peer {
                 expires_at,
             },
         };
-        let receipt = match auth.deposit(&session.login.master_key, &deposit).await {
+        let receipt = match auth.deposit(&deposit).await {
             Ok(r) => r,
             // The deposit may have committed: withdrawing now could leave a
             // voicemail nobody can fetch, so the shards stay.

@@ -493,7 +493,8 @@ impl Peer {
     }
 
     /// The group's push of new voicemail for the logged-in user (the
-    /// backlog first); items are raw, for [`AuthClient::open_pending`].
+    /// backlog first); items are raw, for [`AuthClient::open_pending`]. None
+    /// carries a session key: [`Peer::fetch`] recovers it.
     pub async fn watch_inbox(
         &self,
     ) -> Result<tonic::Streaming<vmail_proto::pb::PendingVoicemail>, SessionError> {
@@ -553,11 +554,7 @@ impl Peer {
     /// The voicemails waiting for the logged-in user.
     pub async fn inbox(&self) -> Result<Vec<Pending>, SessionError> {
         let session = self.session()?;
-        Ok(self
-            .auth(&session)
-            .await?
-            .list_pending(&session.login.master_key)
-            .await?)
+        Ok(self.auth(&session).await?.list_pending().await?)
     }
 
     /// Stops every task of this peer and waits for them, then saves its

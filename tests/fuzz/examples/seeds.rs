@@ -21,6 +21,7 @@ use vmail_auth::cluster::network::encode;
 use vmail_auth::keys::KeyBinding;
 use vmail_auth::store::Store;
 use vmail_fuzz::*;
+use vmail_proto::names::Recipients;
 use vmail_node::core::crypto::ciphertext_len;
 use vmail_node::core::erasure::Redundancy;
 use vmail_node::overlay::objects::fuzzing::{encode_tombstone, header};
@@ -137,6 +138,38 @@ fn main() -> anyhow::Result<()> {
             .collect(),
     ));
     seeds.push(("deposit", vec![deposit_request().encode_to_vec()]));
+    seeds.push(("share", {
+        let key = secret_key();
+        let locator = b"a locator";
+        let check = vmail_proto::share::key_check(&key, locator);
+        let servers: Vec<vmail_proto::share::ShareKey> = (1..=3)
+            .map(|i| vmail_proto::share::ShareKey {
+                node_id: i,
+                epoch: 1,
+                public: inbox_key().public(),
+            })
+            .collect();
+        let names = recipient_lists().remove(1);
+        let recipients = Recipients::parse(&names).expect("valid recipients");
+        let (t, _, sealed) =
+            vmail_proto::share::split(&key, &servers, 7, &recipients, locator)
+                .expect("a valid split");
+        let binding = vmail_proto::share::ShareBinding {
+            grant_serial: 7,
+            recipients: &recipients,
+            threshold: t,
+            key_check: &check,
+        };
+        let mut combine = vec![1, t];
+        combine.extend_from_slice(&check);
+        for s in &sealed {
+            let v = vmail_proto::share::open_share(&inbox_key(), s, &binding).expect("opens");
+            combine.push(v.index);
+            combine.extend_from_slice(v.bytes());
+        }
+        combine.extend_from_slice(locator);
+        vec![[vec![0], open_share_response().encode_to_vec()].concat(), combine]
+    }));
     let mut raft: Vec<Vec<u8>> = raft_messages()
         .iter()
         .map(|m| match m {

@@ -1,5 +1,5 @@
-//! `SecretKey::open` and `unwrap_key`: sealed secrets in log entries and
-//! wrapped session keys from clients. Mode 0 reads raw bytes (an AAD length,
+//! `SecretKey::open` and `unwrap_key`: sealed secrets in log entries and at
+//! rest. Mode 0 reads raw bytes (an AAD length,
 //! the AAD, the sealed bytes): only genuine seals open. Mode 1 seals the
 //! input and checks that it opens, and that a flipped bit anywhere in the
 //! sealed bytes or the AAD does not.

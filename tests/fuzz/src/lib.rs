@@ -28,7 +28,7 @@ use vmail_proto::cert::{CertificateBody, UserCertificate};
 use vmail_proto::grant::{
     DeleteOrder, DeleteReason, DepositProof, GrantBody, GrantedShard, StorageGrant,
 };
-use vmail_proto::keys::{DepositContext, MasterKey, SecretKey};
+use vmail_proto::keys::SecretKey;
 use vmail_proto::meta::VoicemailMeta;
 use vmail_proto::names::{Recipients, Username};
 
@@ -62,6 +62,48 @@ pub fn secret_key() -> SecretKey {
 /// The key the genuine wrapped keys wrap.
 pub fn wrapped_key() -> SecretKey {
     SecretKey::from_bytes([0x24; 32])
+}
+
+/// The inbox key the genuine resealed share is sealed to.
+pub fn inbox_key() -> vmail_proto::share::BoxSecret {
+    vmail_proto::share::BoxSecret::from_bytes(&[0x77; 32]).expect("32 bytes are an X25519 secret")
+}
+
+/// The value of the genuine resealed share.
+pub const SHARE_VALUE: [u8; 32] = [0x5e; 32];
+
+/// The voicemail the genuine resealed share belongs to.
+pub const SHARE_VOICEMAIL_ID: [u8; 16] = [0x76; 16];
+
+/// Calls `f` with the reseal binding of the genuine share's voicemail and
+/// recipient, for the given server and index.
+pub fn reseal_binding<T>(
+    node_id: u64,
+    index: u8,
+    f: impl FnOnce(&vmail_proto::share::ResealBinding<'_>) -> T,
+) -> T {
+    let bob = Username::parse("bob").expect("a valid name");
+    f(&vmail_proto::share::ResealBinding {
+        voicemail_id: &SHARE_VOICEMAIL_ID,
+        recipient: &bob,
+        node_id,
+        index,
+    })
+}
+
+/// A genuine `OpenShareResponse`: server 2's share 2 resealed to
+/// [`inbox_key`].
+pub fn open_share_response() -> vmail_proto::pb::OpenShareResponse {
+    let value = vmail_proto::share::ShareValue::new(2, SHARE_VALUE);
+    let r = reseal_binding(2, 2, |b| {
+        vmail_proto::share::reseal(&value, &inbox_key().public(), b).expect("a valid key")
+    });
+    vmail_proto::pb::OpenShareResponse {
+        node_id: 2,
+        index: 2,
+        enc: r.enc.to_vec(),
+        ciphertext: r.ciphertext,
+    }
 }
 
 /// What the genuine sealed values seal.
@@ -374,24 +416,24 @@ pub fn recipient_lists() -> Vec<Vec<String>> {
 
 /// A genuine deposit request, as a client sends it.
 pub fn deposit_request() -> vmail_proto::pb::DepositRequest {
-    let request_id = [0x72; 16];
     let names = recipient_lists().remove(1);
     let recipients = Recipients::parse(&names).expect("valid recipients");
     let locator = locators().remove(0).encode();
-    let master = MasterKey::from_bytes([0x4d; 32]);
-    let wrapped_key = master.wrap_deposit(
-        &wrapped_key(),
-        &DepositContext {
-            request_id: &request_id,
-            recipients: &recipients,
-            locator: &locator,
-        },
-    );
+    let servers: Vec<vmail_proto::share::ShareKey> = published_share_keys()
+        .into_iter()
+        .map(|((node_id, epoch), k)| vmail_proto::share::ShareKey {
+            node_id,
+            epoch,
+            public: k.public,
+        })
+        .collect();
+    let (threshold, key_check, shares) =
+        vmail_proto::share::split(&wrapped_key(), &servers, 7, &recipients, &locator)
+            .expect("a valid split");
     vmail_proto::pb::DepositRequest {
-        request_id: request_id.to_vec(),
+        request_id: vec![0x72; 16],
         recipients: names,
         locator,
-        wrapped_key,
         metadata: Some(
             VoicemailMeta {
                 size: 600,
@@ -402,7 +444,29 @@ pub fn deposit_request() -> vmail_proto::pb::DepositRequest {
             .into(),
         ),
         grant_serial: 7,
+        shares: shares
+            .into_iter()
+            .map(Into::into)
+            .collect(),
+        threshold: u32::from(threshold),
+        key_check: key_check.to_vec(),
     }
+}
+
+/// The share keys of the fixed 3-server group the genuine deposit is split
+/// among: nodes 1 to 3, epoch 1, each with [`inbox_key`]'s public key.
+pub fn published_share_keys() -> BTreeMap<(u64, u32), vmail_auth::store::PublishedKey> {
+    (1..=3)
+        .map(|node_id| {
+            (
+                (node_id, 1),
+                vmail_auth::store::PublishedKey {
+                    public: inbox_key().public(),
+                    published_at: NOW,
+                },
+            )
+        })
+        .collect()
 }
 
 fn log_id(term: u64, index: u64) -> LogId<u64> {

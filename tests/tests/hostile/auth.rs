@@ -74,12 +74,12 @@ async fn unread_watch_streams_are_capped_and_paged() {
         Arc::new(SystemClock),
     )
     .await;
-    let (mut bob, _, bob_s) = register_and_login(&auth, "bob").await;
-    let (mut alice, _, alice_s) = register_and_login(&auth, "alice").await;
+    let (mut bob, _, _) = register_and_login(&auth, "bob").await;
+    let (mut alice, _, _) = register_and_login(&auth, "alice").await;
     // A backlog of full-size locators, far more than a page.
     const BACKLOG: usize = 48;
     assert_eq!(
-        deposit_backlog(&mut bob, &bob_s, "alice", BACKLOG, MAX_LOCATOR_LEN).await,
+        deposit_backlog(&mut bob, "alice", BACKLOG, MAX_LOCATOR_LEN).await,
         BACKLOG
     );
 
@@ -109,12 +109,12 @@ async fn unread_watch_streams_are_capped_and_paged() {
     assert_eq!(auth.service().watch_streams("alice"), 5);
 
     // Honest calls still work meanwhile: alice lists her inbox, bob watches his.
-    let listed = alice.list_pending(&alice_s.master_key).await;
+    let listed = alice.list_pending().await;
     assert!(listed.is_ok(), "{:?}", listed.err());
     drop(listed);
     let mut bobs = bob.watch_pending().await.unwrap();
     let d = granted(&mut alice, deposit_for(&["bob"], b"for bob")).await;
-    alice.deposit(&alice_s.master_key, &d).await.unwrap();
+    alice.deposit(&d).await.unwrap();
     let got = tokio::time::timeout(Duration::from_secs(10), bobs.message())
         .await
         .expect("bob's stream delivers")
@@ -394,6 +394,12 @@ impl pb::auth_server::Auth for HttpRedirector {
     ) -> Result<Response<pb::ListPendingResponse>, Status> {
         self.refuse()
     }
+    async fn open_share(
+        &self,
+        _: Request<pb::OpenShareRequest>,
+    ) -> Result<Response<pb::OpenShareResponse>, Status> {
+        self.refuse()
+    }
     async fn watch_pending(
         &self,
         _: Request<pb::WatchPendingRequest>,
@@ -542,11 +548,11 @@ async fn plaintext_endpoints_redirects_and_raft_urls_are_refused() {
 #[tokio::test]
 async fn an_oversize_locator_is_refused() {
     let auth = TestAuth::start().await;
-    let (mut bob, _, bob_s) = register_and_login(&auth, "bob").await;
+    let (mut bob, _, _) = register_and_login(&auth, "bob").await;
     register_and_login(&auth, "alice").await;
     let big = vec![7u8; MAX_LOCATOR_LEN + 1];
     let d = granted(&mut bob, deposit_for(&["alice"], &big)).await;
-    let (c, msg) = code(bob.deposit(&bob_s.master_key, &d).await);
+    let (c, msg) = code(bob.deposit(&d).await);
     assert_eq!(c, Code::InvalidArgument);
     assert_eq!(
         msg,
@@ -556,11 +562,11 @@ async fn an_oversize_locator_is_refused() {
         )
     );
     let d = granted(&mut bob, deposit_for(&["alice"], &big[..MAX_LOCATOR_LEN])).await;
-    bob.deposit(&bob_s.master_key, &d).await.unwrap();
+    bob.deposit(&d).await.unwrap();
     // The public API does not decode a request far past any valid one.
     let huge = vec![7u8; 1024 * 1024];
     let d = granted(&mut bob, deposit_for(&["alice"], &huge)).await;
-    let (c, _) = code(bob.deposit(&bob_s.master_key, &d).await);
+    let (c, _) = code(bob.deposit(&d).await);
     assert_eq!(c, Code::OutOfRange);
 }
 
@@ -574,10 +580,10 @@ async fn set_retention_and_recall_floods_are_limited_per_user() {
         Arc::new(SystemClock),
     )
     .await;
-    let (mut bob, _, bob_s) = register_and_login(&auth, "bob").await;
+    let (mut bob, _, _) = register_and_login(&auth, "bob").await;
     let (mut alice, _, _) = register_and_login(&auth, "alice").await;
     let d = granted(&mut bob, deposit_for(&["alice"], b"to recall")).await;
-    let receipt = bob.deposit(&bob_s.master_key, &d).await.unwrap();
+    let receipt = bob.deposit(&d).await.unwrap();
 
     let mut accepted = 0;
     let mut refused = None;

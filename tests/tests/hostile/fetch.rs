@@ -15,7 +15,7 @@ use vmail_node::core::locator::Locator;
 use vmail_node::overlay::swarm::providers::ProviderStats;
 use vmail_node::peer::{Peer, no_progress};
 use vmail_tests::attacks::{announce, drive, ground_keys, kad_attacker, kad_contacts};
-use vmail_tests::{TestNet, grant_serial_for, leave_request, random_content, register_and_login};
+use vmail_tests::{TestNet, granted, leave_request, random_content, register_and_login};
 
 /// Waits (10 s at most) until `peer`'s provider store has seen at least
 /// `records` remote records, held or refused.
@@ -42,23 +42,21 @@ async fn redeposit(
     fetched: &vmail_node::peer::Fetched,
     locator: &Locator,
 ) -> [u8; 16] {
-    let (mut client, _, session) = register_and_login(&net.auth, sender).await;
-    let grant_serial = grant_serial_for(&mut client, &[to]).await;
-    client
-        .deposit(
-            &session.master_key,
-            &NewDeposit {
-                grant_serial,
-                request_id: vmail_proto::random_bytes(),
-                recipients: fetched.pending.recipients.clone(),
-                locator: locator.encode(),
-                session_key: fetched.pending.session_key.clone(),
-                meta: fetched.pending.meta.clone(),
-            },
-        )
-        .await
-        .expect("deposit")
-        .voicemail_id
+    let (mut client, _, _) = register_and_login(&net.auth, sender).await;
+    let d = granted(
+        &mut client,
+        NewDeposit {
+            grant_serial: 0,
+            request_id: vmail_proto::random_bytes(),
+            recipients: vmail_proto::names::Recipients::parse([to]).expect("a valid name"),
+            locator: locator.encode(),
+            session_key: fetched.session_key.clone(),
+            share_keys: Vec::new(),
+            meta: fetched.pending.meta.clone(),
+        },
+    )
+    .await;
+    client.deposit(&d).await.expect("deposit").voicemail_id
 }
 
 /// 24 Sybils, their ids ground closer to a shard's identifier than its

@@ -1,5 +1,5 @@
-//! Deposits, delivery re-wrapped for each recipient, acks, refusals and
-//! the expiry purge, through the service.
+//! Deposits, delivery (and each recipient's share through OpenShare), acks,
+//! refusals and the expiry purge, through the service.
 
 use super::*;
 use vmail_proto::grant::DepositProof;
@@ -7,7 +7,7 @@ use vmail_proto::grant::DepositProof;
 use crate::store::PurgeCounts;
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_deposit_is_rewrapped_for_each_recipient_and_erased_by_the_last_ack() {
+async fn a_deposit_is_opened_for_each_recipient_and_erased_by_the_last_ack() {
     let h = Harness::start().await;
     let alice = h.register_and_login("alice").await;
     let bob = h.register_and_login("bob").await;
@@ -15,13 +15,7 @@ async fn a_deposit_is_rewrapped_for_each_recipient_and_erased_by_the_last_ack() 
 
     let session_key = SecretKey::random();
     let request_id = random_bytes::<16>();
-    let d = deposit(
-        &alice.master_key,
-        &session_key,
-        &["carol", "bob"],
-        &request_id,
-        0,
-    );
+    let d = h.deposit(&session_key, &["carol", "bob"], &request_id, 0);
     let d = h.granted(&alice, d).await;
     let first = h.svc.deposit(&alice.session, d.clone()).await.unwrap();
     let id = first.id;
@@ -31,16 +25,10 @@ async fn a_deposit_is_rewrapped_for_each_recipient_and_erased_by_the_last_ack() 
     let proof = DepositProof::from_bytes(&first.proof.to_bytes()).unwrap();
     assert_eq!(proof.serial, d.grant_serial);
     proof.verify(&h.svc.keys().cluster_public_key()).unwrap();
-    // A retry, re-wrapped under a fresh nonce, is answered with the same id.
-    let mut retry = deposit(
-        &alice.master_key,
-        &session_key,
-        &["carol", "bob"],
-        &request_id,
-        0,
-    );
-    retry.grant_serial = d.grant_serial;
-    assert_ne!(retry.wrapped_key, d.wrapped_key);
+    // A retry, the key split afresh, is answered with the same id.
+    let mut retry = h.deposit(&session_key, &["carol", "bob"], &request_id, 0);
+    h.with_grant(&mut retry, d.grant_serial);
+    assert_ne!(retry.shares[0].ciphertext, d.shares[0].ciphertext);
     let again = h.svc.deposit(&alice.session, retry).await.unwrap();
     assert_eq!((again.id, again.replayed), (id, true));
     // The same proof, byte for byte.
@@ -65,22 +53,35 @@ async fn a_deposit_is_rewrapped_for_each_recipient_and_erased_by_the_last_ack() 
                 ..d.metadata.clone()
             }
         );
-        // Re-wrapped under this recipient's master key, and no one else's.
+        // No key material: the threshold, the key check and who holds
+        // which share; the share itself comes from OpenShare, resealed to
+        // this session's inbox key.
+        assert_eq!(got.threshold, 1);
         assert_eq!(
-            unwrap_delivery(got, &who.master_key),
-            Some(session_key.clone())
+            got.key_check,
+            vmail_proto::share::key_check(&session_key, &got.locator)
         );
-        assert_ne!(got.wrapped_key, d.wrapped_key);
-        for other in [&alice, &bob, &carol] {
+        assert_eq!(got.shares.len(), 1);
+        assert_eq!(
+            (got.shares[0].node_id, got.shares[0].index),
+            (h.svc.node_id(), 1)
+        );
+        // The one member's public URL, where the client asks for the share.
+        assert!(
+            got.shares[0].api_url.starts_with("https://"),
+            "{:?}",
+            got.shares[0]
+        );
+        assert_eq!(h.open(who, got).await.unwrap(), session_key);
+        // Resealed for this recipient, it opens for no one else.
+        let opened = h.svc.open_share(&who.session, &id).await.unwrap();
+        for other in [&bob, &carol] {
             if other.session.username != who.session.username {
-                assert!(unwrap_delivery(got, &other.master_key).is_none());
+                assert!(recover(other, got, std::slice::from_ref(&opened)).is_err());
             }
         }
         let one = h.svc.pending_one(&who.session, id).await.unwrap().unwrap();
-        assert_eq!(
-            unwrap_delivery(&one, &who.master_key),
-            Some(session_key.clone())
-        );
+        assert_eq!(one.key_check, got.key_check);
     }
 
     // The sender is not a recipient.
@@ -94,6 +95,9 @@ async fn a_deposit_is_rewrapped_for_each_recipient_and_erased_by_the_last_ack() 
     );
     let err = h.svc.ack(&alice.session, &id).await.unwrap_err();
     assert!(matches!(err, AuthError::NotPending { .. }), "{err:?}");
+    // Nor does the sender get a share.
+    let err = h.svc.open_share(&alice.session, &id).await.unwrap_err();
+    assert!(matches!(err, AuthError::NoShare { .. }), "{err:?}");
 
     let first = h.svc.ack(&bob.session, &id).await.unwrap();
     assert_eq!(
@@ -106,6 +110,10 @@ async fn a_deposit_is_rewrapped_for_each_recipient_and_erased_by_the_last_ack() 
     assert!(h.svc.list_pending(&bob.session).await.unwrap().is_empty());
     let err = h.svc.ack(&bob.session, &id).await.unwrap_err();
     assert!(matches!(err, AuthError::NotPending { .. }), "{err:?}");
+    // After the ack, no more share for bob; carol still gets hers.
+    let err = h.svc.open_share(&bob.session, &id).await.unwrap_err();
+    assert!(matches!(err, AuthError::NoShare { .. }), "{err:?}");
+    h.svc.open_share(&carol.session, &id).await.unwrap();
     assert!(h.svc.store().voicemail_exists(&id).unwrap());
 
     let last = h.svc.ack(&carol.session, &id).await.unwrap();
@@ -129,31 +137,37 @@ async fn deposit_refusals_are_named_and_store_nothing() {
     h.register("bob").await;
     let sk = SecretKey::random();
 
-    let d = deposit(
-        &alice.master_key,
-        &sk,
-        &["bob", "zed"],
-        &random_bytes::<16>(),
-        0,
-    );
+    let d = h.deposit(&sk, &["bob", "zed"], &random_bytes::<16>(), 0);
     // The grant names bob alone (RequestGrant would refuse zed too).
     let mut d = d;
-    d.grant_serial = h.grant(&alice, &["bob"], 0).await.unwrap().body.serial;
+    h.with_grant(
+        &mut d,
+        h.grant(&alice, &["bob"], 0).await.unwrap().body.serial,
+    );
     let err = h.svc.deposit(&alice.session, d).await.unwrap_err();
     assert!(
         matches!(err, AuthError::UnknownRecipient(ref r) if r == "zed"),
         "{err:?}"
     );
 
-    // Wrapped for another request id: the key does not open in this context.
-    let d = deposit(&alice.master_key, &sk, &["bob"], &random_bytes::<16>(), 0);
+    // Sealed to a share key the server never published: named.
+    let d = h.deposit(&sk, &["bob"], &random_bytes::<16>(), 0);
     let mut d = h.granted(&alice, d).await;
-    d.request_id = random_bytes::<16>().to_vec();
+    d.shares[0].epoch = 9;
     let err = h.svc.deposit(&alice.session, d).await.unwrap_err();
-    assert!(matches!(err, AuthError::WrapFailed), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            AuthError::InvalidArgument {
+                field: "shares.epoch",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 
     // A field validate_deposit refuses comes back named: here, no grant.
-    let d = deposit(&alice.master_key, &sk, &["bob"], &random_bytes::<16>(), 0);
+    let d = h.deposit(&sk, &["bob"], &random_bytes::<16>(), 0);
     let err = h.svc.deposit(&alice.session, d).await.unwrap_err();
     assert!(
         matches!(
@@ -168,16 +182,10 @@ async fn deposit_refusals_are_named_and_store_nothing() {
 
     // Another voicemail under a used request id.
     let request_id = random_bytes::<16>();
-    let d = deposit(&alice.master_key, &sk, &["bob"], &request_id, 0);
+    let d = h.deposit(&sk, &["bob"], &request_id, 0);
     let d = h.granted(&alice, d).await;
     h.svc.deposit(&alice.session, d).await.unwrap();
-    let d = deposit(
-        &alice.master_key,
-        &SecretKey::random(),
-        &["bob"],
-        &request_id,
-        0,
-    );
+    let d = h.deposit(&SecretKey::random(), &["bob"], &request_id, 0);
     let d = h.granted(&alice, d).await;
     let err = h.svc.deposit(&alice.session, d).await.unwrap_err();
     assert!(matches!(err, AuthError::RequestIdReused), "{err:?}");
@@ -193,16 +201,10 @@ async fn an_expired_voicemail_is_hidden_then_purged() {
     let alice = h.register_and_login("alice").await;
     let bob = h.register_and_login("bob").await;
     let sk = SecretKey::random();
-    let short = deposit(
-        &alice.master_key,
-        &sk,
-        &["bob"],
-        &random_bytes::<16>(),
-        T0 + 100,
-    );
+    let short = h.deposit(&sk, &["bob"], &random_bytes::<16>(), T0 + 100);
     let short = h.granted(&alice, short).await;
     let gone = h.svc.deposit(&alice.session, short).await.unwrap().id;
-    let long = deposit(&alice.master_key, &sk, &["bob"], &random_bytes::<16>(), 0);
+    let long = h.deposit(&sk, &["bob"], &random_bytes::<16>(), 0);
     let long = h.granted(&alice, long).await;
     let kept = h.svc.deposit(&alice.session, long).await.unwrap().id;
 

@@ -81,31 +81,31 @@ async fn one_grant_serves_one_deposit_of_its_owner_within_its_window() {
     let serial = grant.body.serial;
 
     // Someone else's grant.
-    let mut d = deposit(&bob.master_key, &sk, &["alice"], &random_bytes::<16>(), 0);
-    d.grant_serial = serial;
+    let mut d = h.deposit(&sk, &["alice"], &random_bytes::<16>(), 0);
+    h.with_grant(&mut d, serial);
     let err = h.svc.deposit(&bob.session, d).await.unwrap_err();
     assert!(
         matches!(err, AuthError::GrantNotOwned(s) if s == serial),
         "{err:?}"
     );
     // No such grant.
-    let mut d = deposit(&alice.master_key, &sk, &["bob"], &random_bytes::<16>(), 0);
-    d.grant_serial = 999;
+    let mut d = h.deposit(&sk, &["bob"], &random_bytes::<16>(), 0);
+    h.with_grant(&mut d, 999);
     let err = h.svc.deposit(&alice.session, d).await.unwrap_err();
     assert!(matches!(err, AuthError::GrantUnknown(999)), "{err:?}");
 
     // The deposit takes the grant's expiry, whatever its metadata says.
     let request_id = random_bytes::<16>();
-    let mut d = deposit(&alice.master_key, &sk, &["bob"], &request_id, T0 + 86_400);
-    d.grant_serial = serial;
+    let mut d = h.deposit(&sk, &["bob"], &request_id, T0 + 86_400);
+    h.with_grant(&mut d, serial);
     let id = h.svc.deposit(&alice.session, d.clone()).await.unwrap().id;
     let list = h.svc.list_pending(&bob.session).await.unwrap();
     assert_eq!(list[0].metadata.expires_at, T0 + 3600);
     // Its retry replays; a second voicemail under the grant is refused.
     let replay = h.svc.deposit(&alice.session, d).await.unwrap();
     assert_eq!((replay.id, replay.replayed), (id, true));
-    let mut again = deposit(&alice.master_key, &sk, &["bob"], &random_bytes::<16>(), 0);
-    again.grant_serial = serial;
+    let mut again = h.deposit(&sk, &["bob"], &random_bytes::<16>(), 0);
+    h.with_grant(&mut again, serial);
     let err = h.svc.deposit(&alice.session, again).await.unwrap_err();
     assert!(
         matches!(err, AuthError::GrantUsed { serial: s, .. } if s == serial),
@@ -117,8 +117,8 @@ async fn one_grant_serves_one_deposit_of_its_owner_within_its_window() {
     let late = h.grant(&alice, &["bob"], 0).await.unwrap();
     h.clock
         .advance(UPLOAD_WINDOW_SECS + crate::store::DEPOSIT_GRACE_SECS + 1);
-    let mut d = deposit(&alice.master_key, &sk, &["bob"], &random_bytes::<16>(), 0);
-    d.grant_serial = late.body.serial;
+    let mut d = h.deposit(&sk, &["bob"], &random_bytes::<16>(), 0);
+    h.with_grant(&mut d, late.body.serial);
     let err = h.svc.deposit(&alice.session, d).await.unwrap_err();
     assert!(matches!(err, AuthError::GrantLapsed { .. }), "{err:?}");
     // The purge then drops it.
@@ -140,8 +140,7 @@ async fn the_last_ack_returns_a_delete_order_that_verifies() {
     let alice = h.register_and_login("alice").await;
     let bob = h.register_and_login("bob").await;
     let carol = h.register_and_login("carol").await;
-    let d = deposit(
-        &alice.master_key,
+    let d = h.deposit(
         &SecretKey::random(),
         &["bob", "carol"],
         &random_bytes::<16>(),

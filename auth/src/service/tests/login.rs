@@ -168,15 +168,9 @@ async fn logout_revokes_the_token() {
     let err = h.svc.authenticate(&random_bytes::<32>()).await.unwrap_err();
     assert!(matches!(err, AuthError::BadToken), "{err:?}");
     // A deposit on the revoked session is refused.
-    let mut d = deposit(
-        &first.master_key,
-        &SecretKey::random(),
-        &["alice"],
-        &random_bytes::<16>(),
-        0,
-    );
+    let mut d = h.deposit(&SecretKey::random(), &["alice"], &random_bytes::<16>(), 0);
     // The session check comes before the grant's, so any serial will do.
-    d.grant_serial = 1;
+    h.with_grant(&mut d, 1);
     let err = h.svc.deposit(&first.session, d).await.unwrap_err();
     assert!(matches!(err, AuthError::BadToken), "{err:?}");
     assert_eq!(h.svc.store().counts().unwrap().voicemails, 0);

@@ -3,12 +3,15 @@
 //! login, the lock-out, sessions, storage grants, deposit and its proof,
 //! delivery, acks, expiry, retention, receipts and recall.
 
+mod cluster;
 mod deposit;
 mod grant;
 mod limits;
 mod login;
 mod sent;
+mod share;
 mod spam;
+mod validate_deposit;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -24,11 +27,12 @@ use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 use vmail_proto::cert::{ProofPurpose, identity_proof_bytes};
 use vmail_proto::grant::StorageGrant;
-use vmail_proto::keys::{DeliveryContext, DepositContext, MasterKey, SecretKey};
+use vmail_proto::keys::{MasterKey, SecretKey};
 use vmail_proto::meta::VoicemailMeta;
 use vmail_proto::names::{Recipients, Username};
 use vmail_proto::opaque::Suite;
 use vmail_proto::random_bytes;
+use vmail_proto::share::{BoxSecret, ShareKey};
 
 use super::*;
 use crate::cluster::Member;
@@ -41,11 +45,17 @@ const T0: u64 = 1_700_000_000;
 /// How long a test waits for its one-node group to elect itself.
 const LEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A service over a fresh data dir, leading its own one-node group.
+/// A service over a fresh data dir, leading its own one-node group, its
+/// share key published.
 struct Harness {
-    svc: AuthService,
+    svc: Arc<AuthService>,
     clock: Arc<ManualClock>,
-    _dir: TempDir,
+    /// The group's share keys, as a grant lists them.
+    share_keys: Vec<ShareKey>,
+    /// The session key behind each key check [`Harness::deposit`] made, so
+    /// that [`Harness::granted`] can split it again under the real grant.
+    keys: std::sync::Mutex<std::collections::HashMap<[u8; 32], SecretKey>>,
+    dir: TempDir,
 }
 
 /// A logged-in user, as the client holds it.
@@ -53,6 +63,8 @@ struct LoggedIn {
     token: [u8; 32],
     master_key: MasterKey,
     session: Session,
+    /// The session's inbox secret: servers reseal shares to its public key.
+    inbox: BoxSecret,
 }
 
 fn password(user: &str) -> Vec<u8> {
@@ -98,11 +110,23 @@ impl Harness {
             .await
             .unwrap();
         assert!(svc.is_leader());
+        // What the share-key duty of a serving server does first.
+        svc.publish_share_key(&crate::tls::ClusterTls::of_member(svc.keys()))
+            .await
+            .unwrap();
+        let share_keys = svc.grant_share_keys().await.unwrap();
         Self {
-            svc,
+            svc: Arc::new(svc),
             clock,
-            _dir: dir,
+            share_keys,
+            keys: Default::default(),
+            dir,
         }
+    }
+
+    /// The data dir of the server.
+    fn data_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join("auth-1")
     }
 
     async fn stop(self) {
@@ -173,7 +197,7 @@ impl Harness {
         name: &str,
         pw: &[u8],
         identity: &SigningKey,
-    ) -> Result<(LoginOutcome, MasterKey), AuthError> {
+    ) -> Result<(LoginOutcome, MasterKey, BoxSecret), AuthError> {
         let start = ClientLogin::<Suite>::start(&mut rand::rngs::OsRng, pw).unwrap();
         let (login_id, response) = self
             .svc
@@ -200,6 +224,7 @@ impl Harness {
             &vk,
             &[],
         ));
+        let inbox = BoxSecret::generate();
         let outcome = self
             .svc
             .login_finish(LoginFinish {
@@ -208,16 +233,17 @@ impl Harness {
                 identity_key: vk.as_bytes().to_vec(),
                 identity_proof: proof.to_bytes().to_vec(),
                 peer_id: Vec::new(),
+                inbox_key: inbox.public().to_vec(),
             })
             .await?;
         let master_key =
             master_key.expect("the server accepted a login the client could not finish");
-        Ok((outcome, master_key))
+        Ok((outcome, master_key, inbox))
     }
 
     /// A successful login, checked the way the client checks it.
     async fn login(&self, name: &str, identity: &SigningKey) -> LoggedIn {
-        let (outcome, master_key) = self
+        let (outcome, master_key, inbox) = self
             .try_login(name, &password(name), identity)
             .await
             .unwrap();
@@ -228,10 +254,12 @@ impl Harness {
         cert.verify(&self.svc.keys().cluster_public_key(), self.svc.now())
             .unwrap();
         let session = self.svc.authenticate(&outcome.session_token).await.unwrap();
+        assert_eq!(session.inbox_key, inbox.public());
         LoggedIn {
             token: outcome.session_token,
             master_key,
             session,
+            inbox,
         }
     }
 
@@ -258,16 +286,122 @@ impl Harness {
         Ok(grant)
     }
 
-    /// `d` with a fresh grant for its recipients and expiry.
+    /// `d` with a fresh grant for its recipients and expiry, its key split
+    /// again under that grant (so that the shares open).
     async fn granted(&self, who: &LoggedIn, mut d: Deposit) -> Deposit {
         let names: Vec<&str> = d.recipients.iter().map(String::as_str).collect();
         let grant = self
             .grant(who, &names, d.metadata.expires_at)
             .await
             .unwrap();
-        d.grant_serial = grant.body.serial;
+        self.with_grant(&mut d, grant.body.serial);
         d
     }
+
+    /// Puts `d` under grant `serial`, splitting its key again under it.
+    fn with_grant(&self, d: &mut Deposit, serial: u64) {
+        d.grant_serial = serial;
+        let key: [u8; 32] = d.key_check.as_slice().try_into().unwrap();
+        let sk = self.keys.lock().unwrap().get(&key).cloned();
+        if let Some(sk) = sk {
+            let recipients = Recipients::parse(&d.recipients).unwrap();
+            d.shares = split(&sk, &self.share_keys, serial, &recipients, &d.locator).2;
+        }
+    }
+
+    /// A deposit of `session_key` for `recipients`, split among the group's
+    /// share keys as the client does, under no grant yet
+    /// ([`Harness::granted`]).
+    fn deposit(
+        &self,
+        session_key: &SecretKey,
+        recipients: &[&str],
+        request_id: &[u8],
+        expires_at: u64,
+    ) -> Deposit {
+        let locator = b"holder-set:v1:0123456789abcdef".to_vec();
+        let canonical = Recipients::parse(recipients).unwrap();
+        let (threshold, key_check, shares) =
+            split(session_key, &self.share_keys, 0, &canonical, &locator);
+        self.keys
+            .lock()
+            .unwrap()
+            .insert(key_check, session_key.clone());
+        Deposit {
+            request_id: request_id.to_vec(),
+            recipients: recipients.iter().map(|r| r.to_string()).collect(),
+            locator,
+            shares,
+            threshold: threshold.into(),
+            key_check: key_check.to_vec(),
+            metadata: VoicemailMeta {
+                size: 48_000,
+                content_type: "audio/wav".into(),
+                duration_ms: 3000,
+                expires_at,
+            },
+            grant_serial: 0,
+        }
+    }
+
+    /// What `who` recovers of voicemail `id` through OpenShare on this
+    /// (one-server) group.
+    async fn open(&self, who: &LoggedIn, d: &Delivery) -> Result<SecretKey, AuthError> {
+        let opened = self.svc.open_share(&who.session, &d.id).await?;
+        Ok(recover(who, d, &[opened]).expect("the share opens and recombines"))
+    }
+}
+
+/// `key` split among `servers` under grant `serial`, as the deposit carries it.
+fn split(
+    key: &SecretKey,
+    servers: &[ShareKey],
+    serial: u64,
+    recipients: &Recipients,
+    locator: &[u8],
+) -> (u8, [u8; 32], Vec<ShareIn>) {
+    let (t, check, sealed) =
+        vmail_proto::share::split(key, servers, serial, recipients, locator).unwrap();
+    let shares = sealed
+        .into_iter()
+        .map(|s| ShareIn {
+            node_id: s.node_id,
+            epoch: s.epoch,
+            index: s.index.into(),
+            enc: s.enc.to_vec(),
+            ciphertext: s.ciphertext,
+        })
+        .collect();
+    (t, check, shares)
+}
+
+/// Opens resealed shares with `who`'s inbox secret and recombines them as
+/// the recipient's client does.
+fn recover(
+    who: &LoggedIn,
+    d: &Delivery,
+    opened: &[OpenedShare],
+) -> Result<SecretKey, vmail_proto::share::ShareError> {
+    let me = Username::parse(&who.session.username).unwrap();
+    let values = opened
+        .iter()
+        .map(|o| {
+            vmail_proto::share::open_resealed(
+                &who.inbox,
+                &vmail_proto::share::ResealedShare {
+                    enc: o.enc,
+                    ciphertext: o.ciphertext.clone(),
+                },
+                &vmail_proto::share::ResealBinding {
+                    voicemail_id: &d.id,
+                    recipient: &me,
+                    node_id: o.node_id,
+                    index: o.index,
+                },
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    vmail_proto::share::combine(&values, d.threshold, &d.key_check, &d.locator)
 }
 
 /// A request for a grant of three shards, two needed, on three holders.
@@ -286,52 +420,4 @@ fn grant_request(recipients: &[&str], expires_at: u64) -> GrantRequest {
         expires_at,
         anonymous: false,
     }
-}
-
-/// A deposit of `session_key` for `recipients`, wrapped as the client's
-/// `NewDeposit::wrap_key` does, under no grant yet ([`Harness::granted`]).
-fn deposit(
-    sender: &MasterKey,
-    session_key: &SecretKey,
-    recipients: &[&str],
-    request_id: &[u8],
-    expires_at: u64,
-) -> Deposit {
-    let locator = b"holder-set:v1:0123456789abcdef".to_vec();
-    let canonical = Recipients::parse(recipients).unwrap();
-    let wrapped_key = sender.wrap_deposit(
-        session_key,
-        &DepositContext {
-            request_id,
-            recipients: &canonical,
-            locator: &locator,
-        },
-    );
-    Deposit {
-        request_id: request_id.to_vec(),
-        recipients: recipients.iter().map(|r| r.to_string()).collect(),
-        locator,
-        wrapped_key,
-        metadata: VoicemailMeta {
-            size: 48_000,
-            content_type: "audio/wav".into(),
-            duration_ms: 3000,
-            expires_at,
-        },
-        grant_serial: 0,
-    }
-}
-
-/// Opens a delivered key as the recipient's client does.
-fn unwrap_delivery(d: &Delivery, master_key: &MasterKey) -> Option<SecretKey> {
-    master_key
-        .unwrap_delivery(
-            &d.wrapped_key,
-            &DeliveryContext {
-                voicemail_id: &d.id,
-                recipients: &Recipients::parse(&d.recipients).unwrap(),
-                locator: &d.locator,
-            },
-        )
-        .ok()
 }

@@ -24,8 +24,7 @@ impl Harness {
     /// Deposits a voicemail from `who` to `recipients` under a fresh grant
     /// expiring at `expires_at` (0: the default); returns its id.
     async fn send(&self, who: &LoggedIn, recipients: &[&str], expires_at: u64) -> VoicemailId {
-        let d = deposit(
-            &who.master_key,
+        let d = self.deposit(
             &SecretKey::random(),
             recipients,
             &random_bytes::<16>(),
@@ -201,8 +200,7 @@ async fn only_the_sender_recalls_and_gets_a_delete_order_that_verifies() {
     let alice = h.register_and_login("alice").await;
     let bob = h.register_and_login("bob").await;
     let carol = h.register_and_login("carol").await;
-    let d = deposit(
-        &alice.master_key,
+    let d = h.deposit(
         &SecretKey::random(),
         &["bob", "carol"],
         &random_bytes::<16>(),

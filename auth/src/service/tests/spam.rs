@@ -43,14 +43,8 @@ impl Harness {
     ) -> Result<(VoicemailId, Granted), AuthError> {
         let granted = self.grant_sized(who, recipients, 1000, anonymous).await?;
         let names: Vec<&str> = granted.recipients.iter().map(|(r, _)| r.as_str()).collect();
-        let mut d = deposit(
-            &who.master_key,
-            &SecretKey::random(),
-            &names,
-            &random_bytes::<16>(),
-            0,
-        );
-        d.grant_serial = granted.grant.body.serial;
+        let mut d = self.deposit(&SecretKey::random(), &names, &random_bytes::<16>(), 0);
+        self.with_grant(&mut d, granted.grant.body.serial);
         let id = self.svc.deposit(&who.session, d).await?.id;
         Ok((id, granted))
     }
@@ -177,14 +171,13 @@ async fn a_block_drops_the_recipient_for_later_grants_and_keeps_what_waits() {
         .grant_sized(&alice, &["bob", "carol"], 10, false)
         .await
         .unwrap();
-    let mut d = deposit(
-        &alice.master_key,
+    let mut d = h.deposit(
         &SecretKey::random(),
         &["bob", "carol"],
         &random_bytes::<16>(),
         0,
     );
-    d.grant_serial = granted.grant.body.serial;
+    h.with_grant(&mut d, granted.grant.body.serial);
     let err = h.svc.deposit(&alice.session, d).await.unwrap_err();
     assert!(
         matches!(err, AuthError::GrantRecipients { ref granted, .. } if granted == &["carol"]),
@@ -250,14 +243,8 @@ async fn a_first_contact_waits_alone_is_short_and_needs_an_old_enough_account() 
     h.svc.ack(&bob.session, &id).await.unwrap();
     let old = h.grant_sized(&alice, &["bob"], 10, false).await.unwrap();
     let (_, newer) = h.leave(&alice, &["bob"], false).await.unwrap();
-    let mut d = deposit(
-        &alice.master_key,
-        &SecretKey::random(),
-        &["bob"],
-        &random_bytes::<16>(),
-        0,
-    );
-    d.grant_serial = old.grant.body.serial;
+    let mut d = h.deposit(&SecretKey::random(), &["bob"], &random_bytes::<16>(), 0);
+    h.with_grant(&mut d, old.grant.body.serial);
     let err = h.svc.deposit(&alice.session, d).await.unwrap_err();
     assert!(
         matches!(err, AuthError::GrantSuperseded { serial, ref recipient } if serial == old.grant.body.serial && recipient == "bob"),

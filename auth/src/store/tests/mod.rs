@@ -118,6 +118,7 @@ impl Fixture {
             master_key,
             created_at: T0,
             expires_at,
+            inbox_key: vmail_proto::share::BoxSecret::generate().public(),
         };
         let cert = self
             .store
@@ -157,7 +158,16 @@ impl Fixture {
                 expires_at,
             },
             deposited_at,
-            session_key: SecretKey::random(),
+            grant_serial: 0,
+            threshold: 1,
+            key_check: random_bytes(),
+            shares: vec![crate::store::StoredShare {
+                node_id: 7,
+                epoch: 1,
+                index: 1,
+                enc: random_bytes(),
+                ciphertext: random_bytes::<48>().to_vec(),
+            }],
         }
     }
 
@@ -327,7 +337,9 @@ fn assert_same_voicemail(got: &Voicemail, want: &Voicemail) {
     assert_eq!(got.locator, want.locator);
     assert_eq!(got.metadata, want.metadata);
     assert_eq!(got.deposited_at, want.deposited_at);
-    assert_eq!(got.session_key, want.session_key);
+    assert_eq!(got.threshold, want.threshold);
+    assert_eq!(got.key_check, want.key_check);
+    assert_eq!(got.shares, want.shares);
 }
 
 fn ids(vms: &[Voicemail]) -> Vec<VoicemailId> {

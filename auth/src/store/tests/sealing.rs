@@ -138,3 +138,39 @@ fn a_grant_for_someone_not_a_recipient_is_corrupt() {
     );
     assert_corrupt(f.store.pending("mallory", T0).unwrap_err(), "grants", &key);
 }
+
+#[test]
+fn a_share_key_written_without_the_data_key_is_corrupt() {
+    let f = Fixture::new();
+    let real = vmail_proto::share::BoxSecret::generate().public();
+    f.store
+        .write(|tx| f.store.publish_share_key(tx, 7, 1, real, T0))
+        .unwrap();
+    assert_eq!(f.store.newest_share_keys().unwrap()[&7].0.public, real);
+    // A newer epoch for server 7 with a key of the writer's own, in the
+    // row's plain layout: refused as corrupt, so no grant ever lists it.
+    #[derive(serde::Serialize)]
+    struct Row {
+        public: [u8; 32],
+        published_at: u64,
+        binding_sealed: Vec<u8>,
+    }
+    let forged = postcard::to_allocvec(&Row {
+        public: vmail_proto::share::BoxSecret::generate().public(),
+        published_at: T0,
+        binding_sealed: vec![1; 29],
+    })
+    .unwrap();
+    f.store
+        .write(|tx| {
+            let mut t = tx.open_table(SHARE_KEYS).map_err(db_err)?;
+            t.insert((7u64, 2u32), forged.as_slice()).map_err(db_err)?;
+            Ok(())
+        })
+        .unwrap();
+    assert_corrupt(
+        f.store.newest_share_keys().unwrap_err(),
+        "share_keys",
+        &format!("{:016x}/2", 7),
+    );
+}

@@ -98,6 +98,7 @@ fn begin_session_for_an_unknown_user_fails_and_stores_nothing() {
         master_key,
         created_at: T0,
         expires_at: T0 + DAY,
+        inbox_key: [9; 32],
     };
     let err = f
         .store
@@ -160,6 +161,8 @@ fn secrets_are_not_stored_in_plaintext() {
     // The locator is stored in the clear: the search does find plaintext.
     assert!(contains(&vm.locator));
     assert!(!contains(session.master_key.as_bytes()));
-    assert!(!contains(vm.session_key.as_bytes()));
+    // No session key is stored at all; its shares are sealed to the
+    // servers' share keys.
+    assert!(contains(&vm.shares[0].ciphertext));
     assert!(!contains(&password_file));
 }

@@ -13,6 +13,7 @@
 //! DIR/data.key          AES-256 key sealing secrets in the database  0600
 //! DIR/client.toml       ready-made client config (endpoint, CA, cluster key)
 //! DIR/vmail-auth.redb   the database: auth state, Raft log, vote, snapshot
+//! DIR/share-keys/N.key  this server's share-key secret of epoch N    0600
 //! ```
 //!
 //! The CA, cluster key, OPAQUE setup and data key are the group's: `init`
@@ -26,6 +27,14 @@
 //! records the port it actually bound in `config.toml` and `client.toml`
 //! when it first serves ([`record_bound_ports`]), so that `health`,
 //! `cluster status` and clients can reach it.
+//!
+//! The share keys ([`share_keys`]) are this server's alone: they are not
+//! group secrets, no other server ever receives them, and old epochs are
+//! erased once no voicemail needs them.
+
+pub mod share_keys;
+
+pub use share_keys::{ShareKeyRing, load_share_keys};
 
 use std::fs;
 use std::io::Write;
@@ -66,6 +75,9 @@ pub mod files {
     pub const CLIENT_CONFIG: &str = "client.toml";
     /// The redb database.
     pub const DATABASE: &str = "vmail-auth.redb";
+    /// The directory of this server's share-key secrets, one
+    /// `EPOCH.key` file (32 raw bytes, mode 0600) per epoch.
+    pub const SHARE_KEYS: &str = "share-keys";
 
     /// The file that holds `key`.
     pub fn of(key: crate::keys::BoundKey) -> &'static str {

@@ -1,0 +1,263 @@
+//! What threshold-shared session keys cost (issue 22), against the
+//! single-key wraps they replaced, in the same run:
+//!
+//! 1. The key's crypto per voicemail, on one core: the sender's split and
+//!    seals, one server's open and reseal, and the recipient's opens and
+//!    recombination, for groups of 3 and 5 servers. The reference is what
+//!    the same party did before: the sender's AES-GCM deposit wrap, the
+//!    server's unwrap and delivery re-wrap, the recipient's unwrap.
+//! 2. Logins, and 1 MiB leaves and fetches through the real path on a
+//!    3-server group and 8 peers, with the share collection a fetch does
+//!    (OpenShare on every server, recombination) timed on its own in the
+//!    same run: the ratio fetch p50 / (fetch p50 − collection p50) bounds
+//!    what the shares add, since a fetch collects them while the shards
+//!    download. (A leave's share work is the sender's split and seals of
+//!    part 1 and one HPKE open on the leader, under a millisecond.)
+//!
+//! `cargo bench -p vmail-tests --bench threshold`
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use vmail_devnet::localnet;
+use vmail_node::peer::{Peer, Session, no_progress};
+use vmail_proto::keys::SecretKey;
+use vmail_proto::names::{Recipients, Username};
+use vmail_proto::share::{self, BoxSecret, ResealBinding, ShareBinding, ShareKey};
+use vmail_tests::{TestCluster, identity, leave_request, password, random_content};
+
+/// Rounds of each crypto measurement.
+const ROUNDS: u32 = 2000;
+/// Peers of the end-to-end run.
+const PEERS: usize = 8;
+/// Leaves and fetches of the end-to-end run.
+const TRIPS: usize = 20;
+
+fn per_op(rounds: u32, mut f: impl FnMut()) -> Duration {
+    // Warm up, then time.
+    for _ in 0..rounds / 10 {
+        f();
+    }
+    let start = Instant::now();
+    for _ in 0..rounds {
+        f();
+    }
+    start.elapsed() / rounds
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn crypto() {
+    let recipients = Recipients::parse(["alice", "carol"]).unwrap();
+    let alice = Username::parse("alice").unwrap();
+    // The single-key design: the session key sealed (AES-256-GCM) under a
+    // key derived from the sender's master key with an AAD naming the
+    // request, unsealed and sealed again under the recipient's for
+    // delivery, and unsealed by the recipient.
+    let sender_wrap = SecretKey::from_bytes([7; 32]);
+    let recipient_wrap = SecretKey::from_bytes([8; 32]);
+    let key = SecretKey::random();
+    let locator = vec![9u8; 600];
+    let aad = [b"vmail/v1/deposit-wrap".as_slice(), &[1; 16], &locator].concat();
+    let wrapped = sender_wrap.wrap(&key, &aad);
+    let delivered = recipient_wrap.wrap(&key, &aad);
+    let old_sender = per_op(ROUNDS, || {
+        black_box(sender_wrap.wrap(&key, &aad));
+    });
+    let old_server = per_op(ROUNDS, || {
+        let k = sender_wrap.unwrap_key(&wrapped, &aad).unwrap();
+        black_box(recipient_wrap.wrap(&k, &aad));
+    });
+    let old_recipient = per_op(ROUNDS, || {
+        black_box(recipient_wrap.unwrap_key(&delivered, &aad).unwrap());
+    });
+    println!("one core, {ROUNDS} rounds each; the reference is the single-key wrap it replaced\n");
+    println!("| servers | party | single key µs | shares µs | **shares / single key** |");
+    println!("|---:|---|---:|---:|---:|");
+    for n in [3usize, 5] {
+        let secrets: Vec<BoxSecret> = (0..n).map(|_| BoxSecret::generate()).collect();
+        let keys: Vec<ShareKey> = secrets
+            .iter()
+            .enumerate()
+            .map(|(i, s)| ShareKey {
+                node_id: i as u64 + 1,
+                epoch: 1,
+                public: s.public(),
+            })
+            .collect();
+        let (t, check, sealed) = share::split(&key, &keys, 11, &recipients, &locator).unwrap();
+        let binding = ShareBinding {
+            grant_serial: 11,
+            recipients: &recipients,
+            threshold: t,
+            key_check: &check,
+        };
+        let inbox = BoxSecret::generate();
+        let inbox_public = inbox.public();
+        let reseal_for = |i: usize| ResealBinding {
+            voicemail_id: &[2; 16],
+            recipient: &alice,
+            node_id: keys[i].node_id,
+            index: sealed[i].index,
+        };
+        let resealed: Vec<_> = (0..n)
+            .map(|i| {
+                let v = share::open_share(&secrets[i], &sealed[i], &binding).unwrap();
+                share::reseal(&v, &inbox_public, &reseal_for(i)).unwrap()
+            })
+            .collect();
+        let sender = per_op(ROUNDS / 4, || {
+            black_box(share::split(&key, &keys, 11, &recipients, &locator).unwrap());
+        });
+        let server = per_op(ROUNDS / 4, || {
+            let v = share::open_share(&secrets[0], &sealed[0], &binding).unwrap();
+            black_box(share::reseal(&v, &inbox_public, &reseal_for(0)).unwrap());
+        });
+        let recipient = per_op(ROUNDS / 4, || {
+            let values: Vec<_> = (0..usize::from(t))
+                .map(|i| share::open_resealed(&inbox, &resealed[i], &reseal_for(i)).unwrap())
+                .collect();
+            black_box(share::combine(&values, t, &check, &locator).unwrap());
+        });
+        for (party, old, new) in [
+            ("sender: split and seal", old_sender, sender),
+            ("one server: open and reseal", old_server, server),
+            ("recipient: open t and recombine", old_recipient, recipient),
+        ] {
+            println!(
+                "| {n} ({t}-of-{n}) | {party} | {:.1} | {:.1} | **{:.1}** |",
+                us(old),
+                us(new),
+                new.as_secs_f64() / old.as_secs_f64()
+            );
+        }
+    }
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Registers `user` on the group and logs them in on `peer`.
+async fn login_on(cluster: &TestCluster, peer: &Peer, user: &str) {
+    let id = identity();
+    let mut c = cluster.client().await;
+    c.register(user, &password(user), &id, None).await.unwrap();
+    let login = c
+        .login(user, &password(user), &id, &peer.peer_id().to_bytes())
+        .await
+        .unwrap();
+    peer.set_session(Session {
+        login,
+        identity: id,
+        target: cluster.target(),
+    });
+}
+
+async fn end_to_end() {
+    let mut cluster = TestCluster::start(3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let peers = localnet::start_peers(
+        dir.path(),
+        PEERS,
+        Vec::new(),
+        &cluster.target().cluster_key,
+        |_| {},
+    )
+    .await
+    .unwrap();
+    for (i, who) in ["bob", "alice"].into_iter().enumerate() {
+        login_on(&cluster, &peers[i], who).await;
+    }
+    // Sessions of alice's own, to time logins and the share collection alone.
+    let mut alice = cluster.client().await;
+    let mut logins = Vec::new();
+    for _ in 0..10 {
+        let t = Instant::now();
+        alice
+            .login("alice", &password("alice"), &identity(), &[])
+            .await
+            .unwrap();
+        logins.push(t.elapsed());
+    }
+    logins.sort();
+    let alice_s = alice
+        .login("alice", &password("alice"), &identity(), &[])
+        .await
+        .unwrap();
+    let content = random_content(1 << 20);
+    let (mut leaves, mut fetches, mut recovers, mut lists) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..TRIPS {
+        let t = Instant::now();
+        let r = peers[0]
+            .leave(leave_request(&["alice"], content.clone(), 3), no_progress())
+            .await
+            .unwrap();
+        leaves.push(t.elapsed());
+        // The fetch's share work, timed on its own: the pending list (what
+        // the fetch's auth step was before) and the collection of shares.
+        let t = Instant::now();
+        let pending = alice.list_pending().await.unwrap();
+        lists.push(t.elapsed());
+        let p = pending.iter().find(|p| p.id == r.voicemail_id).unwrap();
+        let t = Instant::now();
+        alice.recover_session_key(&alice_s, p).await.unwrap();
+        recovers.push(t.elapsed());
+        let t = Instant::now();
+        let got = peers[1].fetch(r.voicemail_id, no_progress()).await.unwrap();
+        fetches.push(t.elapsed());
+        assert_eq!(got.content, content);
+        peers[1].ack(r.voicemail_id).await.unwrap();
+    }
+    for v in [&mut leaves, &mut fetches, &mut recovers, &mut lists] {
+        v.sort();
+    }
+    let (fetch, recover) = (pct(&fetches, 0.5), pct(&recovers, 0.5));
+    println!(
+        "\n3-server group (2-of-3 shares), {PEERS} peers on loopback, 1 MiB as 3 copies, {TRIPS} trips\n"
+    );
+    println!("| measure | p50 ms | p95 ms |");
+    println!("|---|---:|---:|");
+    for (what, v) in [
+        (
+            "login (client OPAQUE and argon2, 2 round trips, inbox key)",
+            &logins,
+        ),
+        ("leave", &leaves),
+        ("fetch (incl. share collection)", &fetches),
+        (
+            "share collection alone (OpenShare on 3 servers, recombine)",
+            &recovers,
+        ),
+        ("pending list alone", &lists),
+    ] {
+        println!(
+            "| {what} | {:.1} | {:.1} |",
+            ms(pct(v, 0.5)),
+            ms(pct(v, 0.95))
+        );
+    }
+    println!(
+        "\n**fetch p50 / (fetch p50 − share collection p50): {:.2}** (an upper bound: the fetch collects the shares while the shards download)",
+        fetch.as_secs_f64() / (fetch.saturating_sub(recover)).as_secs_f64()
+    );
+    for p in peers {
+        p.stop().await;
+    }
+    cluster.stop().await;
+}
+
+fn main() {
+    crypto();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(end_to_end());
+}
