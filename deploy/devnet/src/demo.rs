@@ -272,7 +272,8 @@ async fn narrate(
         "  the group granted exactly these shards on these holders, and every holder checked the grant offline"
     );
     println!(
-        "  deposited key and locator: voicemail {} (dht {:?}, crypto {:?}, grant {:?}, transfer {:?}, deposit {:?})",
+        "  deposited the locator and the session key split {}-of-{AUTH_SERVERS} among the auth servers, each share sealed to that server's own key: voicemail {} (dht {:?}, crypto {:?}, grant {:?}, transfer {:?}, deposit {:?})",
+        vmail_proto::share::threshold(AUTH_SERVERS),
         hex::encode(receipt.voicemail_id),
         receipt.timings.dht,
         receipt.timings.crypto,
@@ -290,7 +291,7 @@ async fn narrate(
         stored as f64 / receipt.ciphertext_len as f64
     );
 
-    tl.step("alice fetches: key and locator from the auth server, shards found in the DHT, k fetched in parallel, hashes checked, decoded, decrypted");
+    tl.step("alice fetches: the locator from the auth group, and the key from 2 of the 3 servers' shares (each resealed to her login's inbox key) while k shards are fetched in parallel, hashes checked, decoded, decrypted");
     let got = peers[1].fetch(receipt.voicemail_id, no_progress()).await?;
     ensure!(
         Sha256::digest(&got.content) == original,
@@ -350,7 +351,7 @@ async fn narrate(
     };
     println!("  {new_leader} leads after {:?}", started.elapsed());
 
-    tl.step("carol fetches after both deaths: her client fails over to a live auth server");
+    tl.step("carol fetches after both deaths: her client fails over to a live auth server, and the two live servers' shares rebuild the key");
     let started = Instant::now();
     let carol_peer = spared[1];
     let carol = peers
@@ -404,12 +405,12 @@ async fn narrate(
         killed.elapsed().as_secs_f64()
     );
 
-    tl.step("carol acks: she is the last recipient, so the group erases the session key and signs a delete order; her peer hands it to every holder, which checks it offline, deletes its shard and keeps a tombstone");
+    tl.step("carol acks: she is the last recipient, so the group erases the session key's shares and signs a delete order; her peer hands it to every holder, which checks it offline, deletes its shard and keeps a tombstone");
     let started = Instant::now();
     let acked = carol.ack(receipt.voicemail_id).await?;
     ensure!(
         acked.key_erased,
-        "the session key should be erased after the last recipient's ack"
+        "the session key's shares should be erased after the last recipient's ack"
     );
     let left = locator
         .layout

@@ -309,7 +309,8 @@ async fn demo_runs_the_protocol_and_exits_zero() {
     assert!(out.contains("is killed without warning"), "{out}");
     assert!(out.contains("RS(4,8) over the ciphertext"), "{out}");
     assert!(out.contains("regenerated at"), "{out}");
-    assert!(out.contains("erases the session key"), "{out}");
+    assert!(out.contains("erases the session key's shares"), "{out}");
+    assert!(out.contains("split 2-of-3 among the auth servers"), "{out}");
     assert!(out.contains("no peer holds any shard"), "{out}");
     assert!(out.contains("demo finished"), "{out}");
 }

@@ -4,9 +4,9 @@
 //! is asked at once, each over its own channel and never redirected to the
 //! leader, for its share resealed to this session's inbox key. (Answers are
 //! only trusted as far as they open under the inbox key and recombine to
-//! the key check, so a URL from the server costs at most a connection.) A server that
-//! has not applied the deposit yet answers NOT_FOUND and is asked again for
-//! a few seconds. The answers go to the pure [`Collector`] as they arrive;
+//! the key check, so a URL from the server costs at most a connection.) A
+//! server that has not applied the deposit yet answers NOT_FOUND and is
+//! asked again for a few seconds. The answers go to the pure [`Collector`] as they arrive;
 //! the first `threshold` that recombine to the key end the recovery, and the
 //! slower servers are not waited for.
 
@@ -53,7 +53,8 @@ const PATIENCE: Patience = Patience {
 impl AuthClient {
     /// Recovers `pending`'s session key from the auth servers' shares,
     /// resealed to `session`'s inbox key: every configured endpoint, and
-    /// each slot's URL besides ([`super::KeyShares::endpoints`]), is asked at once, and the first `threshold` shares that recombine to the
+    /// each slot's URL besides ([`super::KeyShares::endpoints`]), is asked
+    /// at once, and the first `threshold` shares that recombine to the
     /// deposit's key check give the key. The error names how many shares
     /// were needed and got, and why each server's could not be used.
     pub async fn recover_session_key(
