@@ -18,6 +18,7 @@
 //! - [`service`]: the domain logic, free of gRPC types;
 //! - [`grpc`]: the thin tonic adapter;
 //! - [`server`]: TLS, health, reflection and the serve loop;
+//! - [`threshold`]: FROST threshold signing by the group (not wired in yet);
 //! - [`tls`]: the TLS material of the group's internal service.
 
 pub mod cluster;
@@ -30,4 +31,5 @@ pub mod metrics;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod threshold;
 pub mod tls;

@@ -106,7 +106,7 @@ fn the_auth_crate_is_a_straight_stack() {
     check_layers(
         &root().join("auth/src"),
         &[
-            &["config", "keys", "metrics"],
+            &["config", "keys", "metrics", "threshold"],
             &["store", "tls"],
             &["datadir"],
             &["cluster"],
@@ -138,7 +138,9 @@ fn pure_modules_do_no_io() {
     let pure: Vec<PathBuf> = [
         sources(&node.join("core")),
         sources(&node.join("supernode")),
+        sources(&root().join("auth/src/threshold")),
         vec![
+            root().join("proto/src/share.rs"),
             node.join("peer/upload_plan.rs"),
             node.join("peer/fetch_plan.rs"),
             node.join("overlay/objects/admit.rs"),
