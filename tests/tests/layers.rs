@@ -140,7 +140,7 @@ fn pure_modules_do_no_io() {
         sources(&node.join("supernode")),
         sources(&root().join("auth/src/threshold")),
         vec![
-            root().join("proto/src/share.rs"),
+            root().join("proto/src/share/mod.rs"),
             node.join("peer/upload_plan.rs"),
             node.join("peer/fetch_plan.rs"),
             node.join("overlay/objects/admit.rs"),
