@@ -129,6 +129,7 @@ pub fn status(e: AuthError) -> Status {
         | E::GrantLapsed { .. }
         | E::GrantRecipients { .. }
         | E::GrantSuperseded { .. }
+        | E::GrantShares { .. }
         | E::ShareKeyErased { .. }
         | E::ShareUnusable(_)
         | E::ListFull { .. } => Status::failed_precondition(msg),

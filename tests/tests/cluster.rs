@@ -525,6 +525,7 @@ async fn a_fourth_server_joins_live_and_one_is_removed_while_clients_work() {
     let mut cluster = TestCluster::start(3).await;
     let (mut bob, _) = login_on(&cluster, &[0, 1, 2], "bob").await;
     let (mut alice, _) = login_on(&cluster, &[0, 1, 2], "alice").await;
+    let (mut carol, _) = login_on(&cluster, &[0, 1, 2], "carol").await;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
         let stop = stop.clone();
@@ -544,8 +545,22 @@ async fn a_fourth_server_joins_live_and_one_is_removed_while_clients_work() {
             n
         })
     };
+    // A grant taken before a join lists the three servers of its time; its
+    // deposit, split among those three, still lands once the group has four.
+    let before_join = try_granted(&mut carol, deposit_for(&["alice"], b"before join"), 0)
+        .await
+        .expect("grant before the join");
+    assert_eq!(before_join.share_keys.len(), 3);
     let added = cluster.add().await;
     cluster.wait_voters(4).await;
+    carol
+        .deposit(&before_join)
+        .await
+        .expect("a deposit under a grant from before the join");
+    let before_remove = try_granted(&mut carol, deposit_for(&["alice"], b"before remove"), 0)
+        .await
+        .expect("grant before the removal");
+    assert_eq!(before_remove.share_keys.len(), 4);
     let leader = cluster.leader().await;
     let status = admin::status(
         &cluster.server(leader).member().raft_url,
@@ -570,10 +585,15 @@ async fn a_fourth_server_joins_live_and_one_is_removed_while_clients_work() {
     .expect("remove");
     cluster.wait_voters(3).await;
     cluster.kill(gone).await;
+    // Split among the four of its time, the removed one included, it lands.
+    carol
+        .deposit(&before_remove)
+        .await
+        .expect("a deposit under a grant from before the removal");
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let n = writer.await.unwrap();
-    assert!(n > 0);
+    let n = writer.await.unwrap() + 2;
+    assert!(n > 2);
     let listed = alice.list_pending().await.expect("list");
     assert_eq!(listed.len(), n as usize);
     // The new member holds the whole state.

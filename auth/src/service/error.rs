@@ -182,6 +182,19 @@ pub enum AuthError {
         /// The recipient.
         recipient: String,
     },
+    /// The deposit's shares are sealed to other servers than its grant
+    /// lists.
+    #[error(
+        "shares: sealed to auth servers {sealed_to:?}, but storage grant {serial} lists {listed:?}: split the key among exactly the share keys the grant returned"
+    )]
+    GrantShares {
+        /// The grant.
+        serial: u64,
+        /// The servers the grant lists, by name.
+        listed: Vec<String>,
+        /// The servers the shares are sealed to, by name.
+        sealed_to: Vec<String>,
+    },
     /// A name to remove is not on the list.
     #[error("{user:?} is not among your {list}; nothing changed")]
     NotListed {

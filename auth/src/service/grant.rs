@@ -177,6 +177,7 @@ pub fn validate_grant_request(
             holders: r.holders.clone(),
             upload_until,
             expires_at,
+            share_nodes: Vec::new(),
         },
     ))
 }
@@ -220,6 +221,10 @@ impl AuthService {
         // Before the grant is issued: a grant the sender could not split
         // the key for would only hold a quota slot.
         let share_keys = self.grant_share_keys().await?;
+        let terms = GrantTerms {
+            share_nodes: share_keys.iter().map(|k| k.node_id).collect(),
+            ..terms
+        };
         let reply = self
             .propose(Command::GrantUnderPolicy {
                 token_hash: session.token_hash,

@@ -65,6 +65,18 @@ impl AuthService {
         self.raft.metrics().borrow().id
     }
 
+    /// A server's name by node id; its id in hex once it is no longer a
+    /// member.
+    pub(crate) fn server_name(&self, id: u64) -> String {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .map_or_else(|| format!("{id:016x}"), |m| m.name.clone())
+    }
+
     /// Each current voter's newest published share key, by node id, as a
     /// grant lists them. Refused while a voter has published none.
     pub async fn grant_share_keys(&self) -> Result<Vec<ShareKey>, AuthError> {
@@ -75,13 +87,7 @@ impl AuthService {
         for id in membership.voter_ids() {
             match newest.get(&id) {
                 Some((key, _)) => out.push(*key),
-                None => {
-                    let name = membership
-                        .membership()
-                        .get_node(&id)
-                        .map_or_else(|| format!("{id:016x}"), |m| m.name.clone());
-                    return Err(AuthError::ShareKeyMissing(name));
-                }
+                None => return Err(AuthError::ShareKeyMissing(self.server_name(id))),
             }
         }
         Ok(out)

@@ -49,6 +49,11 @@ pub struct GrantTerms {
     pub upload_until: u64,
     /// Unix seconds after which holders drop the shards.
     pub expires_at: u64,
+    /// The auth servers the sender must split the session key among, by
+    /// node id in order: the voters whose share keys the grant handed out.
+    /// A server that joins between the grant and the deposit holds no share
+    /// of it; one that leaves still holds its share.
+    pub share_nodes: Vec<u64>,
 }
 
 impl GrantTerms {
@@ -85,6 +90,9 @@ pub struct StorageGrantRecord {
     pub deposited: Option<VoicemailId>,
     /// Why its shards were ordered deleted, once they were.
     pub deleted: Option<DeleteReason>,
+    /// The auth servers a deposit under it splits the key among
+    /// ([`GrantTerms::share_nodes`]).
+    pub share_nodes: Vec<u64>,
 }
 
 /// What the group checks a grant against, beyond its terms: the
@@ -162,6 +170,16 @@ pub enum GrantRefusal {
         serial: u64,
         /// The recipient.
         recipient: String,
+    },
+    /// The deposit's shares are sealed to other servers than those the
+    /// grant handed share keys out for.
+    Shares {
+        /// The grant.
+        serial: u64,
+        /// The servers the grant lists, by node id in order.
+        listed: Vec<u64>,
+        /// The servers the deposit's shares are sealed to, in order.
+        sealed_to: Vec<u64>,
     },
 }
 
@@ -342,12 +360,14 @@ impl Store {
             None => terms,
         };
         let serial = Self::next_grant_serial(tx)?;
+        let share_nodes = terms.share_nodes.clone();
         let body = terms.with_serial(serial);
         let record = StorageGrantRecord {
             owner: owner.to_owned(),
             body: body.clone(),
             deposited: None,
             deleted: None,
+            share_nodes,
         };
         tx.open_table(STORAGE_GRANTS)
             .map_err(db_err)?
@@ -411,6 +431,7 @@ impl Store {
         serial: u64,
         sender: &str,
         recipients: &Recipients,
+        share_nodes: &[u64],
         at: u64,
     ) -> Result<Result<(StorageGrantRecord, Option<Admission>), GrantRefusal>, StoreError> {
         let t = tx.open_table(STORAGE_GRANTS).map_err(db_err)?;
@@ -427,6 +448,12 @@ impl Store {
             Err(GrantRefusal::Lapsed {
                 serial,
                 upload_until: record.body.upload_until,
+            })
+        } else if record.share_nodes != share_nodes {
+            Err(GrantRefusal::Shares {
+                serial,
+                listed: record.share_nodes,
+                sealed_to: share_nodes.to_vec(),
             })
         } else {
             drop(t);

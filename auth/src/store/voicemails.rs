@@ -199,11 +199,14 @@ impl Store {
                     return Ok(DepositOutcome::UnknownRecipient(r.to_string()));
                 }
             }
+            let mut share_nodes: Vec<u64> = vm.shares.iter().map(|s| s.node_id).collect();
+            share_nodes.sort_unstable();
             let (grant, admission) = match self.grant_for_deposit(
                 tx,
                 grant_serial,
                 &vm.sender,
                 &vm.recipients,
+                &share_nodes,
                 vm.deposited_at,
             )? {
                 Ok(g) => g,

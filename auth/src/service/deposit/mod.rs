@@ -91,36 +91,18 @@ pub struct Delivery {
 }
 
 impl AuthService {
-    /// Checks that the key is split among every voter of the group, so that
-    /// no server, whatever the client did, holds more than one share; and
-    /// opens the share sealed to this server: a deposit split for another
+    /// Opens the share sealed to this server: a deposit split for another
     /// grant or recipient list, sealed to an epoch this server does not
     /// hold, or altered on the way is refused now rather than found out when
     /// a recipient asks. Only this server's share can be opened here; the
-    /// others are the sender's word.
+    /// others are the sender's word. That the shares go to exactly the
+    /// servers the grant lists, one each, is checked when the deposit
+    /// applies ([`GrantRefusal::Shares`]).
     fn check_shares(&self, d: &CheckedDeposit, grant_serial: u64) -> Result<(), AuthError> {
-        let membership = self.raft.metrics().borrow().membership_config.clone();
-        let name = |id: u64| {
-            membership
-                .membership()
-                .get_node(&id)
-                .map_or_else(|| format!("{id:016x}"), |m| m.name.clone())
-        };
-        for id in membership.membership().voter_ids() {
-            if !d.shares.iter().any(|s| s.node_id == id) {
-                return Err(invalid(
-                    "shares",
-                    format!(
-                        "none for auth server {}: split the key among every server the grant lists, and ask for a new grant if the group changed since",
-                        name(id)
-                    ),
-                ));
-            }
-        }
         let me = self.node_id();
         let Some(own) = d.shares.iter().find(|s| s.node_id == me) else {
-            // A server that is not a voter (a learner catching up) has no
-            // share to check.
+            // A server the grant does not list (it joined since, or is a
+            // learner catching up) has no share to check.
             return Ok(());
         };
         let Some(secret) = self.share_keys.secret(own.epoch) else {
@@ -241,6 +223,18 @@ impl AuthService {
                 GrantRefusal::Superseded { serial, recipient } => {
                     AuthError::GrantSuperseded { serial, recipient }
                 }
+                GrantRefusal::Shares {
+                    serial,
+                    listed,
+                    sealed_to,
+                } => AuthError::GrantShares {
+                    serial,
+                    listed: listed.into_iter().map(|id| self.server_name(id)).collect(),
+                    sealed_to: sealed_to
+                        .into_iter()
+                        .map(|id| self.server_name(id))
+                        .collect(),
+                },
             }),
         }
     }

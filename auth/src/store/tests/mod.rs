@@ -184,6 +184,7 @@ impl Fixture {
             holders: vec![vec![1; 38], vec![2; 38]],
             upload_until: (now + UPLOAD_WINDOW_SECS).min(expires_at),
             expires_at,
+            share_nodes: vec![7],
         }
     }
 

@@ -39,6 +39,7 @@ fn serials_count_up_from_one_and_each_grant_is_stored_and_signed() {
                 body: g.body.clone(),
                 deposited: None,
                 deleted: None,
+                share_nodes: vec![7],
             }
         );
     }
@@ -172,6 +173,27 @@ fn a_deposit_under_an_unknown_foreign_or_lapsed_grant_is_refused() {
             upload_until: g.body.upload_until
         })
     );
+    // Shares sealed to other servers than the grant lists (the fixture's
+    // grants list node 7 alone): one missing, one too many.
+    for nodes in [vec![], vec![7, 8]] {
+        let mut vm = f.voicemail("alice", &["bob"], T0, T0 + DAY);
+        let share = vm.shares[0].clone();
+        vm.shares = nodes
+            .iter()
+            .map(|&node_id| StoredShare {
+                node_id,
+                ..share.clone()
+            })
+            .collect();
+        assert_eq!(
+            f.deposit_under(&random_bytes::<16>(), random_bytes(), &vm, serial, NO_CAP),
+            DepositOutcome::GrantRefused(GrantRefusal::Shares {
+                serial,
+                listed: vec![7],
+                sealed_to: nodes,
+            })
+        );
+    }
     // Nothing of those refusals used the grant: the last second of the
     // grace still deposits.
     assert_eq!(f.store.counts().unwrap().voicemails, 0);
