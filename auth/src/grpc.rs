@@ -92,6 +92,7 @@ pub fn status(e: AuthError) -> Status {
         E::InviteRequired
         | E::InviteInvalid
         | E::BadIdentityProof
+        | E::Account(_)
         | E::GrantNotOwned(_)
         | E::NoRecipientAccepts(_)
         | E::NotSender(_) => Status::permission_denied(msg),
@@ -165,7 +166,9 @@ fn login_failure(e: &AuthError) -> LoginFailure {
         E::UnknownUser(_) => LoginFailure::UnknownUser,
         E::LockedOut { .. } => LoginFailure::LockedOut,
         E::LoginExpired(_) => LoginFailure::Expired,
-        E::InvalidArgument { .. } | E::Name(_) | E::BadIdentityProof => LoginFailure::Invalid,
+        E::InvalidArgument { .. } | E::Name(_) | E::BadIdentityProof | E::Account(_) => {
+            LoginFailure::Invalid
+        }
         E::NotLeader(_) | E::Unavailable(_) => LoginFailure::Unavailable,
         _ => LoginFailure::Other,
     }
@@ -342,6 +345,8 @@ impl pb::auth_server::Auth for GrpcAuth {
                 identity_proof: r.identity_proof,
                 invite_code: r.invite_code,
                 credential_nonce: r.credential_nonce,
+                account_key: r.account_key,
+                account_proof: r.account_proof,
                 client_address,
             })
             .await
@@ -383,6 +388,7 @@ impl pb::auth_server::Auth for GrpcAuth {
                 identity_proof: r.identity_proof,
                 peer_id: r.peer_id,
                 inbox_key: r.inbox_key,
+                account_proof: r.account_proof,
             })
             .await
             .map_err(|e| {

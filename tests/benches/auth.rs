@@ -27,6 +27,7 @@ use ed25519_dalek::{Signer, SigningKey};
 use opaque_ke::{ClientLogin, ClientLoginFinishParameters, CredentialResponse};
 use tonic::transport::Channel;
 use vmail_node::auth_client::{AuthClient, NewDeposit, VoicemailMeta};
+use vmail_proto::account::{AccountKey, SessionStatement};
 use vmail_proto::cert::{ProofPurpose, identity_proof_bytes};
 use vmail_proto::keys::SecretKey;
 use vmail_proto::names::{Recipients, Username};
@@ -80,7 +81,7 @@ async fn raw_login(
     let start_rtt = t.elapsed();
 
     let (id, login_id) = (id.clone(), resp.login_id.clone());
-    let (finalization, vk, proof, inbox_key, finish_time) =
+    let (finalization, vk, (proof, account_proof), inbox_key, finish_time) =
         tokio::task::spawn_blocking(move || -> Result<_> {
             let t = Instant::now();
             let response = CredentialResponse::<Suite>::deserialize(&resp.credential_response)
@@ -93,10 +94,18 @@ async fn raw_login(
             // The session's inbox key, as a client makes one per login: the
             // servers reseal their key shares to its public half.
             let inbox_key = BoxSecret::generate().public();
+            let account_proof =
+                AccountKey::derive(&finish.export_key, &name).sign_session(&SessionStatement {
+                    username: &name,
+                    login_id: login_id.as_slice().try_into()?,
+                    identity_key: vk.as_bytes(),
+                    peer_id: &[],
+                    inbox_key: &inbox_key,
+                });
             Ok((
                 finish.message.serialize().to_vec(),
                 vk,
-                proof,
+                (proof, account_proof),
                 inbox_key,
                 t.elapsed(),
             ))
@@ -111,6 +120,7 @@ async fn raw_login(
         identity_proof: proof.to_bytes().to_vec(),
         peer_id: Vec::new(),
         inbox_key: inbox_key.to_vec(),
+        account_proof: account_proof.to_bytes().to_vec(),
     };
     let out = rpc.login_finish(request).await?.into_inner();
     let finish = t.elapsed();

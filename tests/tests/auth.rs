@@ -10,6 +10,7 @@ use vmail_auth::config::RegistrationMode;
 use vmail_auth::datadir::files;
 use vmail_auth::service::ManualClock;
 use vmail_node::auth_client::ClientError;
+use vmail_proto::account::{AccountKey, SessionStatement};
 use vmail_proto::grant::{DeleteOrder, DeleteReason, UPLOAD_WINDOW_SECS};
 use vmail_proto::pb;
 use vmail_proto::share::{
@@ -875,7 +876,7 @@ async fn raw_register_start(
         .unwrap()
         .into_inner();
     let response = RegistrationResponse::<Suite>::deserialize(&resp.registration_response).unwrap();
-    let upload = start
+    let finish = start
         .state
         .finish(
             &mut rand::rngs::OsRng,
@@ -883,10 +884,10 @@ async fn raw_register_start(
             response,
             ClientRegistrationFinishParameters::default(),
         )
-        .unwrap()
-        .message
-        .serialize()
-        .to_vec();
+        .unwrap();
+    let upload = finish.message.serialize().to_vec();
+    let name = vmail_proto::names::Username::parse(user).unwrap();
+    let account = AccountKey::derive(&finish.export_key, &name);
     let id = identity();
     let context: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(&upload).into();
     let proof = id.sign(&vmail_proto::cert::identity_proof_bytes(
@@ -896,6 +897,7 @@ async fn raw_register_start(
         &id.verifying_key(),
         &[],
     ));
+    let account_proof = account.sign_registration(&name, &upload);
     let finish = pb::RegisterFinishRequest {
         username: user.into(),
         registration_upload: upload,
@@ -903,6 +905,8 @@ async fn raw_register_start(
         identity_proof: proof.to_bytes().to_vec(),
         invite_code: invite.into(),
         credential_nonce: resp.credential_nonce,
+        account_key: account.public().to_bytes().to_vec(),
+        account_proof: account_proof.to_bytes().to_vec(),
     };
     (finish, id)
 }
@@ -931,6 +935,24 @@ async fn register_finish_checks_the_nonce_and_spends_an_invite_once() {
             Code::InvalidArgument,
             "credential_nonce: 3 bytes, expected 16"
         )
+    );
+
+    // The account key must come with its proof over this very upload.
+    let mut unproved = bob.clone();
+    unproved.account_proof[0] ^= 1;
+    let s = raw.register_finish(unproved).await.unwrap_err();
+    assert_eq!(s.code(), Code::PermissionDenied);
+    assert!(
+        s.message().starts_with("account proof: does not verify"),
+        "{}",
+        s.message()
+    );
+    let mut short = bob.clone();
+    short.account_key.truncate(31);
+    let s = raw.register_finish(short).await.unwrap_err();
+    assert_eq!(
+        (s.code(), s.message()),
+        (Code::InvalidArgument, "account_key: 31 bytes, expected 32")
     );
 
     raw.register_finish(bob).await.unwrap();
@@ -1198,15 +1220,18 @@ async fn malformed_login_finish_fields_are_named_and_bad_passwords_fail_on_the_s
             .into_inner();
         let response = CredentialResponse::<Suite>::deserialize(&resp.credential_response).unwrap();
         // With the wrong password the client cannot finish; send a forged finalization.
-        let finalization =
+        let name = vmail_proto::names::Username::parse("alice").unwrap();
+        let (finalization, account) =
             match start
                 .state
                 .finish(pw, response, ClientLoginFinishParameters::default())
             {
-                Ok(f) => f.message.serialize().to_vec(),
-                Err(_) => vec![7; 64],
+                Ok(f) => (
+                    f.message.serialize().to_vec(),
+                    AccountKey::derive(&f.export_key, &name),
+                ),
+                Err(_) => (vec![7; 64], AccountKey::derive(&[7; 64], &name)),
             };
-        let name = vmail_proto::names::Username::parse("alice").unwrap();
         let vk = id.verifying_key();
         let proof = id.sign(&vmail_proto::cert::identity_proof_bytes(
             vmail_proto::cert::ProofPurpose::Login,
@@ -1215,13 +1240,22 @@ async fn malformed_login_finish_fields_are_named_and_bad_passwords_fail_on_the_s
             &vk,
             &[],
         ));
+        let inbox_key = BoxSecret::generate().public();
+        let account_proof = account.sign_session(&SessionStatement {
+            username: &name,
+            login_id: resp.login_id.as_slice().try_into().unwrap(),
+            identity_key: vk.as_bytes(),
+            peer_id: &[],
+            inbox_key: &inbox_key,
+        });
         let mut req = pb::LoginFinishRequest {
             login_id: resp.login_id,
             credential_finalization: finalization,
             identity_key: vk.as_bytes().to_vec(),
             identity_proof: proof.to_bytes().to_vec(),
             peer_id: Vec::new(),
-            inbox_key: BoxSecret::generate().public().to_vec(),
+            inbox_key: inbox_key.to_vec(),
+            account_proof: account_proof.to_bytes().to_vec(),
         };
         edit(&mut req);
         raw.login_finish(req).await.map(|_| ()).unwrap_err()
@@ -1295,6 +1329,25 @@ async fn malformed_login_finish_fields_are_named_and_bad_passwords_fail_on_the_s
             "inbox_key: not a usable X25519 public key",
             // All zeros is a small-order point: nothing sealed to it is secret.
             Box::new(|r| r.inbox_key = vec![0; 32]),
+        ),
+        (
+            Code::InvalidArgument,
+            "account_proof: 63 bytes, expected 64",
+            Box::new(|r| {
+                r.account_proof.pop();
+            }),
+        ),
+        (
+            Code::PermissionDenied,
+            "account proof: does not verify under the account key registered with the user",
+            Box::new(|r| r.account_proof[0] ^= 1),
+        ),
+        (
+            // Another inbox key than the one the user signed: what a
+            // server in the middle would swap in to read the shares.
+            Code::PermissionDenied,
+            "account proof: does not verify",
+            Box::new(|r| r.inbox_key = BoxSecret::generate().public().to_vec()),
         ),
     ];
     for (code_, expected, edit) in cases {

@@ -90,6 +90,9 @@ pub enum Command {
         credential_nonce: [u8; 16],
         /// The identity key to certify.
         identity_key: [u8; 32],
+        /// The account public key (checked by the leader), recorded with
+        /// the user for good.
+        account_key: [u8; 32],
         /// Registration time, Unix seconds.
         now: u64,
         /// Certificate lifetime, seconds.
@@ -111,6 +114,11 @@ pub enum Command {
         peer_id: Vec<u8>,
         /// The session's inbox key (X25519 public key, checked by the leader).
         inbox_key: [u8; 32],
+        /// The login id the statement signed.
+        login_id: [u8; 16],
+        /// The user's signature by their account key over the session
+        /// statement; every server checks it when it applies the entry.
+        account_proof: Vec<u8>,
         /// Login time, Unix seconds.
         now: u64,
         /// Session lifetime, seconds.
@@ -312,6 +320,9 @@ pub enum Reply {
     Reported(ReportOutcome),
     /// Result of [`Command::PublishShareKey`].
     ShareKeyPublished(PublishOutcome),
+    /// A [`Command::BeginSession`] whose statement the user's account key
+    /// did not sign (or whose user does not exist); nothing changed.
+    SessionUnsigned(String),
 }
 
 /// What applying an entry tells the watchers of pending voicemail: the

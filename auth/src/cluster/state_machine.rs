@@ -118,6 +118,7 @@ impl StateMachine {
                 password_file,
                 credential_nonce,
                 identity_key,
+                account_key,
                 now,
                 cert_ttl,
             } => {
@@ -154,6 +155,7 @@ impl StateMachine {
                             }
                             .sign(cluster_key),
                             registered_at: now,
+                            account_key,
                         }
                     },
                 )?)
@@ -166,11 +168,33 @@ impl StateMachine {
                 identity_key,
                 peer_id,
                 inbox_key,
+                login_id,
+                account_proof,
                 now,
                 session_ttl,
                 cert_ttl,
             } => {
                 let user = name(&username)?;
+                // Checked here, on every server's own state, not only by
+                // the leader that proposed it: a session the user did not
+                // sign would have honest servers reseal key shares to an
+                // inbox key of the proposer's choosing.
+                let Some(registered) = store.user_in(tx, &username)? else {
+                    return Ok(Reply::SessionUnsigned(format!(
+                        "no user {username} to open a session for"
+                    )));
+                };
+                let statement = vmail_proto::account::SessionStatement {
+                    username: &user,
+                    login_id: &login_id,
+                    identity_key: &identity_key,
+                    peer_id: &peer_id,
+                    inbox_key: &inbox_key,
+                };
+                if let Err(e) = statement.verify(&registered.account_key, &account_proof) {
+                    tracing::warn!(user = %username, error = %e, "a session entry without the user's signature was refused");
+                    return Ok(Reply::SessionUnsigned(e.to_string()));
+                }
                 let identity_key = identity(&identity_key, &username)?;
                 let mk: [u8; 32] = unseal(data_key, "master-key", &token_hash, &master_key)
                     .map_err(|why| corrupt(&username, why))?

@@ -82,6 +82,10 @@ pub enum AuthError {
     /// The identity proof signature does not verify.
     #[error("identity_proof: the signature does not verify with identity_key")]
     BadIdentityProof,
+    /// An account key or an account-key signature was refused
+    /// ([`vmail_proto::account`]).
+    #[error("{0}")]
+    Account(String),
     /// No bearer token was sent.
     #[error("missing session token: log in first (vmail login USER)")]
     NoToken,
@@ -351,5 +355,17 @@ pub(super) fn invalid(field: &'static str, why: impl Into<String>) -> AuthError 
     AuthError::InvalidArgument {
         field,
         why: why.into(),
+    }
+}
+
+impl From<vmail_proto::account::AccountError> for AuthError {
+    fn from(e: vmail_proto::account::AccountError) -> Self {
+        use vmail_proto::account::AccountError as E;
+        match e {
+            E::KeyLength(n) => invalid("account_key", format!("{n} bytes, expected 32")),
+            E::Key(why) => invalid("account_key", why),
+            E::SignatureLength(n) => invalid("account_proof", format!("{n} bytes, expected 64")),
+            E::BadSignature => AuthError::Account(e.to_string()),
+        }
     }
 }

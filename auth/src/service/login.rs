@@ -41,6 +41,8 @@ pub struct LoginFinish {
     /// The session's inbox key: an X25519 public key, 32 bytes. Servers
     /// reseal their session-key shares to it (OpenShare).
     pub inbox_key: Vec<u8>,
+    /// The user's account-key signature over the session statement.
+    pub account_proof: Vec<u8>,
 }
 
 /// What a successful login yields. `Debug` leaves out the token.
@@ -237,6 +239,21 @@ impl AuthService {
                 &req.peer_id,
             ),
         )?;
+        // The leader's own check, for a clear error; every server checks
+        // again when it applies the session.
+        let n = name.to_string();
+        let registered = self
+            .db(move |s| s.user(&n))
+            .await?
+            .ok_or_else(|| AuthError::UnknownUser(name.to_string()))?;
+        vmail_proto::account::SessionStatement {
+            username: &name,
+            login_id: &login_id,
+            identity_key: identity_key.as_bytes(),
+            peer_id: &req.peer_id,
+            inbox_key: &inbox_key,
+        }
+        .verify(&registered.account_key, &req.account_proof)?;
         self.failures.lock().expect("lock").remove(name.as_str());
 
         let master_key = MasterKey::from_opaque_session_key(&finished.session_key);
@@ -258,11 +275,16 @@ impl AuthService {
                 identity_key: identity_key.to_bytes(),
                 peer_id: req.peer_id,
                 inbox_key,
+                login_id,
+                account_proof: req.account_proof,
                 now,
                 session_ttl,
                 cert_ttl: self.config.certificate_ttl_secs,
             })
             .await?;
+        if let Reply::SessionUnsigned(why) = reply {
+            return Err(AuthError::Account(why));
+        }
         let Reply::SessionBegun(certificate) = reply else {
             return Err(AuthError::Apply(format!(
                 "unexpected reply {reply:?} to a login"

@@ -30,6 +30,10 @@ pub struct RegisterFinish {
     pub invite_code: String,
     /// The nonce RegisterStart handed out.
     pub credential_nonce: Vec<u8>,
+    /// The account public key, derived from the OPAQUE export key.
+    pub account_key: Vec<u8>,
+    /// Its signature over the registration statement.
+    pub account_proof: Vec<u8>,
     /// The client's address, for the per-address registration limit;
     /// `None` when unknown.
     pub client_address: Option<std::net::IpAddr>,
@@ -146,6 +150,12 @@ impl AuthService {
             &identity_key,
             &identity_proof_bytes(ProofPurpose::Register, &name, &context, &identity_key, &[]),
         )?;
+        let account_key = vmail_proto::account::verify_registration(
+            &name,
+            &req.registration_upload,
+            &req.account_key,
+            &req.account_proof,
+        )?;
         let invite_hash = self.invite_hash(&req.invite_code)?;
         match &invite_hash {
             // An invited registration is bounded by its single-use code.
@@ -172,6 +182,7 @@ impl AuthService {
                 invite_hash,
                 credential_nonce,
                 identity_key: identity_key.to_bytes(),
+                account_key,
                 now: self.now(),
                 cert_ttl: self.config.certificate_ttl_secs,
             })

@@ -20,6 +20,9 @@ pub struct User {
     pub certificate: UserCertificate,
     /// Registration time, Unix seconds.
     pub registered_at: u64,
+    /// The account public key ([`vmail_proto::account`]), fixed at
+    /// registration: every session of the user must be signed by it.
+    pub account_key: [u8; 32],
 }
 
 #[derive(Serialize, Deserialize)]
@@ -28,6 +31,7 @@ pub(super) struct UserRow {
     pub(super) credential_nonce: [u8; 16],
     pub(super) certificate: Vec<u8>,
     pub(super) registered_at: u64,
+    pub(super) account_key: [u8; 32],
 }
 
 /// The result of [`Store::register`].
@@ -78,6 +82,7 @@ impl Store {
             credential_nonce: row.credential_nonce,
             certificate,
             registered_at: row.registered_at,
+            account_key: row.account_key,
         })
     }
 
@@ -90,6 +95,7 @@ impl Store {
             credential_nonce: user.credential_nonce,
             certificate: user.certificate.to_bytes(),
             registered_at: user.registered_at,
+            account_key: user.account_key,
         })
         .expect("in-memory encoding cannot fail")
     }

@@ -11,6 +11,7 @@ use opaque_ke::{
 };
 use sha2::{Digest, Sha256};
 use tonic::Code;
+use vmail_proto::account::{AccountKey, SessionStatement};
 use vmail_proto::cert::{ProofPurpose, UserCertificate, identity_proof_bytes};
 use vmail_proto::keys::{MasterKey, MasterKeyId};
 use vmail_proto::names::Username;
@@ -144,6 +145,8 @@ impl AuthClient {
             &vk,
             &[],
         ));
+        let account = AccountKey::derive(&finish.export_key, &name);
+        let account_proof = account.sign_registration(&name, &upload);
         let req = pb::RegisterFinishRequest {
             username: name.to_string(),
             registration_upload: upload,
@@ -151,6 +154,8 @@ impl AuthClient {
             identity_proof: proof.to_bytes().to_vec(),
             invite_code: invite_code.unwrap_or_default().to_owned(),
             credential_nonce: resp.credential_nonce,
+            account_key: account.public().to_bytes().to_vec(),
+            account_proof: account_proof.to_bytes().to_vec(),
         };
         // A retried RegisterFinish with the same nonce is recognised by the
         // group as the registration it already applied.
@@ -237,6 +242,19 @@ impl AuthClient {
             peer_id,
         ));
         let inbox_key = BoxSecret::generate();
+        let login_id: [u8; 16] = resp
+            .login_id
+            .as_slice()
+            .try_into()
+            .map_err(|_| protocol("login id is not 16 bytes"))?;
+        let account_proof =
+            AccountKey::derive(&finish.export_key, &name).sign_session(&SessionStatement {
+                username: &name,
+                login_id: &login_id,
+                identity_key: vk.as_bytes(),
+                peer_id,
+                inbox_key: &inbox_key.public(),
+            });
         // Not retried on another server: only this one knows the login id.
         let out = self
             .rpc
@@ -247,6 +265,7 @@ impl AuthClient {
                 identity_proof: proof.to_bytes().to_vec(),
                 peer_id: peer_id.to_vec(),
                 inbox_key: inbox_key.public().to_vec(),
+                account_proof: account_proof.to_bytes().to_vec(),
             })
             .await?
             .into_inner();

@@ -481,11 +481,26 @@ pub fn commands() -> Vec<Command> {
         password_file: vec![0x50; 48],
         credential_nonce: [0x4e; 16],
         identity_key: [0x11; 32],
+        account_key: [0x12; 32],
         now: NOW,
         cert_ttl: 86_400,
     };
     vec![
         register.clone(),
+        Command::BeginSession {
+            username: "alice".into(),
+            token_hash: [0x74; 32],
+            master_key: vec![0x6d; 60],
+            master_key_id: [0x6b; 16],
+            identity_key: [0x11; 32],
+            peer_id: vec![0x70; 38],
+            inbox_key: [0x69; 32],
+            login_id: [0x6c; 16],
+            account_proof: vec![0x61; 64],
+            now: NOW,
+            session_ttl: 3600,
+            cert_ttl: 86_400,
+        },
         Command::EndSession {
             token_hash: [0x74; 32],
         },

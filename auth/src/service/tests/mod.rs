@@ -25,6 +25,7 @@ use opaque_ke::{
 };
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
+use vmail_proto::account::{AccountKey, SessionStatement};
 use vmail_proto::cert::{ProofPurpose, identity_proof_bytes};
 use vmail_proto::grant::StorageGrant;
 use vmail_proto::keys::{MasterKey, SecretKey};
@@ -165,6 +166,8 @@ impl Harness {
             )
             .unwrap();
         let upload = finish.message.serialize().to_vec();
+        let account = AccountKey::derive(&finish.export_key, &Username::parse(name).unwrap());
+        let account_proof = account.sign_registration(&Username::parse(name).unwrap(), &upload);
         let context: [u8; 32] = Sha256::digest(&upload).into();
         let vk = identity.verifying_key();
         let proof = identity.sign(&identity_proof_bytes(
@@ -182,6 +185,8 @@ impl Harness {
                 identity_proof: proof.to_bytes().to_vec(),
                 invite_code: String::new(),
                 credential_nonce: nonce.to_vec(),
+                account_key: account.public().to_bytes().to_vec(),
+                account_proof: account_proof.to_bytes().to_vec(),
                 client_address: from,
             })
             .await?;
@@ -204,7 +209,8 @@ impl Harness {
             .login_start(name, &start.message.serialize())
             .await?;
         let response = CredentialResponse::<Suite>::deserialize(&response).unwrap();
-        let (finalization, master_key) =
+        let user = Username::parse(name).unwrap();
+        let (finalization, master_key, account) =
             match start
                 .state
                 .finish(pw, response, ClientLoginFinishParameters::default())
@@ -212,8 +218,11 @@ impl Harness {
                 Ok(f) => (
                     f.message.serialize().to_vec(),
                     Some(MasterKey::from_opaque_session_key(&f.session_key)),
+                    AccountKey::derive(&f.export_key, &user),
                 ),
-                Err(ProtocolError::InvalidLoginError) => (vec![7; 64], None),
+                Err(ProtocolError::InvalidLoginError) => {
+                    (vec![7; 64], None, AccountKey::derive(&[7; 64], &user))
+                }
                 Err(e) => panic!("client side of the login failed: {e}"),
             };
         let vk = identity.verifying_key();
@@ -225,6 +234,13 @@ impl Harness {
             &[],
         ));
         let inbox = BoxSecret::generate();
+        let account_proof = account.sign_session(&SessionStatement {
+            username: &user,
+            login_id: &login_id,
+            identity_key: vk.as_bytes(),
+            peer_id: &[],
+            inbox_key: &inbox.public(),
+        });
         let outcome = self
             .svc
             .login_finish(LoginFinish {
@@ -234,6 +250,7 @@ impl Harness {
                 identity_proof: proof.to_bytes().to_vec(),
                 peer_id: Vec::new(),
                 inbox_key: inbox.public().to_vec(),
+                account_proof: account_proof.to_bytes().to_vec(),
             })
             .await?;
         let master_key =

@@ -43,6 +43,7 @@ async fn a_login_without_a_usable_inbox_key_is_refused_naming_it() {
                 identity_proof: proof.to_bytes().to_vec(),
                 peer_id: Vec::new(),
                 inbox_key: bad.clone(),
+                account_proof: vec![0; 64],
             })
             .await
             .unwrap_err();
@@ -168,5 +169,165 @@ async fn rotation_makes_epoch_two_and_erasure_waits_for_the_last_voicemail_of_ep
         })
         .unwrap();
     assert_eq!(stale, crate::store::PublishOutcome::Stale { newest: 2 });
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn account_keys_are_proved_at_registration_and_sign_every_login() {
+    let h = Harness::start().await;
+    // A registration whose account proof does not verify stores nothing.
+    let name = Username::parse("mallory").unwrap();
+    let mut rng = rand::rngs::OsRng;
+    let pw = password("mallory");
+    let start = ClientRegistration::<Suite>::start(&mut rng, &pw).unwrap();
+    let (response, nonce) = h
+        .svc
+        .register_start("mallory", &start.message.serialize(), "")
+        .await
+        .unwrap();
+    let finish = start
+        .state
+        .finish(
+            &mut rng,
+            &pw,
+            RegistrationResponse::<Suite>::deserialize(&response).unwrap(),
+            ClientRegistrationFinishParameters::default(),
+        )
+        .unwrap();
+    let upload = finish.message.serialize().to_vec();
+    let identity = SigningKey::from_bytes(&random_bytes());
+    let vk = identity.verifying_key();
+    let context: [u8; 32] = Sha256::digest(&upload).into();
+    let proof = identity.sign(&identity_proof_bytes(
+        ProofPurpose::Register,
+        &name,
+        &context,
+        &vk,
+        &[],
+    ));
+    let account = AccountKey::derive(&finish.export_key, &name);
+    let err = h
+        .svc
+        .register_finish(RegisterFinish {
+            username: "mallory".into(),
+            registration_upload: upload.clone(),
+            identity_key: vk.as_bytes().to_vec(),
+            identity_proof: proof.to_bytes().to_vec(),
+            invite_code: String::new(),
+            credential_nonce: nonce.to_vec(),
+            account_key: account.public().to_bytes().to_vec(),
+            // Signed over another upload.
+            account_proof: account
+                .sign_registration(&name, b"another upload")
+                .to_bytes()
+                .to_vec(),
+            client_address: None,
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, AuthError::Account(ref why) if why.contains("does not verify")),
+        "{err}"
+    );
+    assert_eq!(h.svc.store().counts().unwrap().users, 0);
+
+    // A login with the right password whose session statement another
+    // account key signed (a client that derives it wrongly) opens nothing.
+    let identity = h.register("alice").await;
+    let alice = Username::parse("alice").unwrap();
+    let start = ClientLogin::<Suite>::start(&mut rng, &password("alice")).unwrap();
+    let (login_id, response) = h
+        .svc
+        .login_start("alice", &start.message.serialize())
+        .await
+        .unwrap();
+    let f = start
+        .state
+        .finish(
+            &password("alice"),
+            CredentialResponse::<Suite>::deserialize(&response).unwrap(),
+            ClientLoginFinishParameters::default(),
+        )
+        .unwrap();
+    let vk = identity.verifying_key();
+    let proof = identity.sign(&identity_proof_bytes(
+        ProofPurpose::Login,
+        &alice,
+        &login_id,
+        &vk,
+        &[],
+    ));
+    let inbox = BoxSecret::generate();
+    let wrong = AccountKey::derive(&[1; 64], &alice).sign_session(&SessionStatement {
+        username: &alice,
+        login_id: &login_id,
+        identity_key: vk.as_bytes(),
+        peer_id: &[],
+        inbox_key: &inbox.public(),
+    });
+    let err = h
+        .svc
+        .login_finish(LoginFinish {
+            login_id: login_id.to_vec(),
+            credential_finalization: f.message.serialize().to_vec(),
+            identity_key: vk.as_bytes().to_vec(),
+            identity_proof: proof.to_bytes().to_vec(),
+            peer_id: Vec::new(),
+            inbox_key: inbox.public().to_vec(),
+            account_proof: wrong.to_bytes().to_vec(),
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, AuthError::Account(_)), "{err}");
+    assert_eq!(h.svc.store().counts().unwrap().sessions, 0);
+    // The right key opens one (the harness's login derives it as the
+    // client does).
+    h.login("alice", &identity).await;
+    assert_eq!(h.svc.store().counts().unwrap().sessions, 1);
+    h.stop().await;
+}
+
+/// A server that proposes a session for a user without their signature
+/// (to have the group reseal key shares to an inbox key it holds) has it
+/// refused by the state machine itself, whoever proposed it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_entry_the_user_did_not_sign_is_refused_when_applied() {
+    let h = Harness::start().await;
+    let identity = h.register("alice").await;
+    let alice = Username::parse("alice").unwrap();
+    let attacker_inbox = BoxSecret::generate();
+    let login_id: [u8; 16] = random_bytes();
+    let forged =
+        AccountKey::derive(&random_bytes::<64>(), &alice).sign_session(&SessionStatement {
+            username: &alice,
+            login_id: &login_id,
+            identity_key: identity.verifying_key().as_bytes(),
+            peer_id: &[],
+            inbox_key: &attacker_inbox.public(),
+        });
+    for account_proof in [forged.to_bytes().to_vec(), Vec::new(), vec![0; 64]] {
+        let reply = h
+            .svc
+            .raft()
+            .client_write(Command::BeginSession {
+                username: "alice".into(),
+                token_hash: random_bytes(),
+                master_key: vec![0; 60],
+                master_key_id: random_bytes(),
+                identity_key: identity.verifying_key().to_bytes(),
+                peer_id: Vec::new(),
+                inbox_key: attacker_inbox.public(),
+                login_id,
+                account_proof,
+                now: h.svc.now(),
+                session_ttl: 3600,
+                cert_ttl: 3600,
+            })
+            .await
+            .unwrap()
+            .data;
+        assert!(matches!(reply, Reply::SessionUnsigned(_)), "{reply:?}");
+    }
+    assert_eq!(h.svc.store().counts().unwrap().sessions, 0);
     h.stop().await;
 }

@@ -91,6 +91,7 @@ impl Fixture {
             credential_nonce: random_bytes(),
             certificate: self.cert(name, serial),
             registered_at: T0,
+            account_key: [0; 32],
         }
     }
 
