@@ -324,15 +324,27 @@ async fn the_last_ack_deletes_every_shard_even_at_a_holder_that_was_down() {
     let started = Instant::now();
     let acked = net.peers[2].ack(r.voicemail_id).await.unwrap();
     assert!(acked.key_erased);
-    assert_eq!(
-        acked.shards_deleted, 3,
-        "every live holder deleted its shard"
+    // The order reaches the live holders directly; one that misses the
+    // ack's few seconds per holder (a loaded machine) is counted as missed
+    // and learns the order from a sibling at its next repair check (every
+    // second here), as the holder that is down will below.
+    assert!(
+        acked.shards_deleted >= 1 && acked.shards_deleted + acked.holders_missed >= 3,
+        "the order went to every live holder: {acked:?}"
     );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while holders_of(&net.peers, &ids) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "a live holder kept its shard a minute after the last ack: {acked:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     println!(
-        "the live holders deleted their shards {:?} after the last ack",
-        started.elapsed()
+        "the live holders deleted their shards {:?} after the last ack ({} directly)",
+        started.elapsed(),
+        acked.shards_deleted
     );
-    assert_eq!(holders_of(&net.peers, &ids), 0);
     // Each former holder keeps a tombstone, answers for the shard with the
     // order, and refuses it back: a repair cannot resurrect it.
     let client = BlobClient::new(net.peers[0].network());
