@@ -292,6 +292,10 @@ pub async fn serve(
         svc.clone(),
         ClusterTls::of_member(svc.keys()),
     )));
+    let dkg = AbortOnDrop(tokio::spawn(crate::service::dkg_duty(
+        svc.clone(),
+        ClusterTls::of_member(svc.keys()),
+    )));
     let addr = listener.local_addr().ok();
     tracing::info!(name = %svc.config().name, ?addr, member = %me, "vmail-auth serving");
     // On shutdown, end the long-lived WatchPending streams first: the server
@@ -346,6 +350,7 @@ pub async fn serve(
     drop(sweeper);
     drop(watcher);
     drop(share_keys);
+    drop(dkg);
     drop(internal);
     if let Err(e) = raft.shutdown().await {
         tracing::warn!(error = %e, "stopping the Raft node");

@@ -14,6 +14,13 @@
 //!    download. (A leave's share work is the sender's split and seals of
 //!    part 1 and one HPKE open on the leader, under a millisecond.)
 //!
+//! 3. Group signatures (docs/THRESHOLD.md): a FROST t-of-n signature made
+//!    by every party in one process (t commitments, the signing package, t
+//!    signature shares, aggregation with its `verify_strict`), against one
+//!    Ed25519 signature by a single key; and the peers' check of either,
+//!    which is the same `verify_strict`. Network rounds come on top when
+//!    signing is wired into the group.
+//!
 //! `cargo bench -p vmail-tests --bench threshold`
 
 use std::hint::black_box;
@@ -253,8 +260,129 @@ async fn end_to_end() {
     cluster.stop().await;
 }
 
+/// Key packages of a fresh DKG among `n` members, made in one process.
+fn dkg_packages(
+    n: u64,
+) -> Vec<(
+    vmail_auth::threshold::KeyPackage,
+    vmail_auth::threshold::PublicKeyPackage,
+)> {
+    use std::collections::BTreeMap;
+    use vmail_auth::threshold::{Roster, dkg};
+    let ids: Vec<u64> = (1..=n).collect();
+    let roster = Roster::new(&ids).unwrap();
+    let mut rng = rand::rngs::OsRng;
+    let starts: Vec<_> = ids
+        .iter()
+        .map(|&m| dkg::start(&roster, m, &mut rng).unwrap())
+        .collect();
+    let round1: BTreeMap<_, _> = starts
+        .iter()
+        .map(|(s, p)| (s.identifier(), p.clone()))
+        .collect();
+    let mut states = Vec::new();
+    let mut sent = BTreeMap::new();
+    for (s, _) in starts {
+        let id = s.identifier();
+        let (state, out) = s.receive(&round1).unwrap();
+        states.push((id, state));
+        sent.insert(id, out);
+    }
+    states
+        .into_iter()
+        .map(|(me, state)| {
+            let incoming: BTreeMap<_, _> = sent
+                .iter()
+                .filter(|(from, _)| **from != me)
+                .map(|(from, out)| (*from, out[&me].clone()))
+                .collect();
+            state.finish(&incoming).unwrap()
+        })
+        .collect()
+}
+
+/// Part 3 of the module doc.
+fn signing() {
+    use ed25519_dalek::Signer;
+    use std::collections::BTreeMap;
+    use vmail_auth::threshold::sign;
+
+    let message = [0x5au8; 200];
+    let single = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+    let single_sig = single.sign(&message);
+    let sign_single = per_op(ROUNDS, || {
+        black_box(single.sign(black_box(&message)));
+    });
+    let verify_single = per_op(ROUNDS, || {
+        single
+            .verifying_key()
+            .verify_strict(black_box(&message), &single_sig)
+            .unwrap();
+    });
+    println!(
+        "\ngroup signatures, one core, {ROUNDS} rounds each; the reference is one Ed25519 key\n"
+    );
+    println!(
+        "| group | single sign µs | threshold sign µs (all t parties) | **threshold / single** | signatures/s single | signatures/s threshold | peer verify µs single | peer verify µs threshold |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for n in [3u64, 5] {
+        let packages = dkg_packages(n);
+        let public = packages[0].1.clone();
+        let t = usize::from(*packages[0].0.min_signers());
+        let signers = &packages[..t];
+        let mut rng = rand::rngs::OsRng;
+        let mut make = || {
+            let mut nonces = BTreeMap::new();
+            let mut commitments = BTreeMap::new();
+            for (key, _) in signers {
+                let (nn, c) = sign::commit(key, &mut rng);
+                nonces.insert(*key.identifier(), nn);
+                commitments.insert(*key.identifier(), c);
+            }
+            let package = sign::signing_package(&public, commitments, &message).unwrap();
+            let shares: BTreeMap<_, _> = signers
+                .iter()
+                .map(|(key, _)| {
+                    let nn = nonces.remove(key.identifier()).unwrap();
+                    (
+                        *key.identifier(),
+                        sign::sign_share(&package, nn, key).unwrap(),
+                    )
+                })
+                .collect();
+            sign::aggregate(&package, &shares, &public).unwrap()
+        };
+        let group_sig = make();
+        let group_key = ed25519_dalek::VerifyingKey::from_bytes(
+            &vmail_auth::threshold::group_key_bytes(&public).unwrap(),
+        )
+        .unwrap();
+        let rounds = ROUNDS / 4;
+        let sign_threshold = per_op(rounds, || {
+            black_box(make());
+        });
+        let verify_threshold = per_op(ROUNDS, || {
+            group_key
+                .verify_strict(black_box(&message), &group_sig)
+                .unwrap();
+        });
+        println!(
+            "| {t}-of-{n} | {:.1} | {:.1} | **{:.1}** | {:.0} | {:.0} | {:.1} | {:.1} |",
+            us(sign_single),
+            us(sign_threshold),
+            sign_threshold.as_secs_f64() / sign_single.as_secs_f64(),
+            1.0 / sign_single.as_secs_f64(),
+            1.0 / sign_threshold.as_secs_f64(),
+            us(verify_single),
+            us(verify_threshold),
+        );
+    }
+}
+
 fn main() {
     crypto();
+    signing();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

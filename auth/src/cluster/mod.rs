@@ -36,9 +36,9 @@ use std::sync::Arc;
 use vmail_proto::cert::UserCertificate;
 
 use crate::store::{
-    AckOutcome, DepositOutcome, EditRefusal, GrantOutcome, GrantPolicy, GrantTerms, Policy,
-    PolicyList, PolicyMode, PublishOutcome, PurgeCounts, RecallOutcome, RegisterOutcome,
-    ReportOutcome, StoredShare, VoicemailId,
+    AckOutcome, DepositOutcome, DkgOutcome, DkgStep, EditRefusal, GrantOutcome, GrantPolicy,
+    GrantTerms, Policy, PolicyList, PolicyMode, PublishOutcome, PurgeCounts, RecallOutcome,
+    RegisterOutcome, ReportOutcome, StoredShare, VoicemailId,
 };
 
 openraft::declare_raft_types!(
@@ -278,6 +278,22 @@ pub enum Command {
         /// Publication time, Unix seconds.
         now: u64,
     },
+    /// Begin a distributed key generation among `roster` (the leader's
+    /// voters), docs/THRESHOLD.md §1.
+    DkgBegin {
+        /// The members, by node id.
+        roster: Vec<u64>,
+        /// The leader's clock, Unix seconds.
+        now: u64,
+    },
+    /// One member's step of the current ceremony (the leader checked that
+    /// the member's TLS name proposed it).
+    Dkg {
+        /// The member.
+        node_id: u64,
+        /// Its step.
+        step: DkgStep,
+    },
 }
 
 /// What applying a [`Command`] produced.
@@ -320,6 +336,8 @@ pub enum Reply {
     Reported(ReportOutcome),
     /// Result of [`Command::PublishShareKey`].
     ShareKeyPublished(PublishOutcome),
+    /// Result of [`Command::DkgBegin`] and [`Command::Dkg`].
+    Dkg(DkgOutcome),
     /// A [`Command::BeginSession`] whose statement the user's account key
     /// did not sign (or whose user does not exist); nothing changed.
     SessionUnsigned(String),

@@ -16,6 +16,7 @@ use super::network::{LEADER_RAFT_URL, RAFT_TARGET, decode, encode, is_https, not
 use super::{Command, Member, Raft, Reply, peer_name, x25519_public};
 use crate::config::ServerConfig;
 use crate::keys::ServerKeys;
+use crate::store::{DkgOutcome, DkgStep, MAX_STEP_LEN};
 
 /// The clock a member's entries are stamped with, Unix seconds.
 pub type Now = Arc<dyn Fn() -> u64 + Send + Sync>;
@@ -38,6 +39,37 @@ impl std::fmt::Debug for ClusterService {
 }
 
 impl ClusterService {
+    /// The member `node_id`, if the caller's TLS certificate names it: a
+    /// server acts in the group's log only for itself.
+    fn calling_member(
+        &self,
+        caller: Option<String>,
+        node_id: u64,
+        what: &str,
+    ) -> Result<Member, Status> {
+        let member = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&node_id)
+            .cloned()
+            .ok_or_else(|| {
+                Status::permission_denied(format!(
+                    "node {node_id:016x} is not a member of the group; a server {what}"
+                ))
+            })?;
+        match caller {
+            Some(name) if name == member.name => Ok(member),
+            other => Err(Status::permission_denied(format!(
+                "node {node_id:016x} is {}, but the caller's TLS certificate names {}: a server {what}",
+                member.name,
+                other.as_deref().unwrap_or("no one")
+            ))),
+        }
+    }
+
     /// The service of the member running `raft`; `now` stamps the share
     /// keys it publishes for others.
     pub fn new(raft: Raft, keys: Arc<ServerKeys>, config: ServerConfig, now: Now) -> Self {
@@ -359,6 +391,45 @@ impl Cluster for ClusterService {
         }))
     }
 
+    async fn propose_dkg(
+        &self,
+        req: Request<pb::ProposeDkgRequest>,
+    ) -> Result<Response<pb::ProposeDkgResponse>, Status> {
+        let caller = req
+            .peer_certs()
+            .and_then(|certs| certs.first().and_then(|c| peer_name::common_name(c)));
+        let r = req.into_inner();
+        if r.step.len() > MAX_STEP_LEN {
+            return Err(Status::invalid_argument(format!(
+                "step: {} bytes, at most {MAX_STEP_LEN}",
+                r.step.len()
+            )));
+        }
+        let step: DkgStep = postcard::from_bytes(&r.step)
+            .map_err(|e| Status::invalid_argument(format!("step: not a DKG step: {e}")))?;
+        self.require_leader().await?;
+        let member = self.calling_member(caller, r.node_id, "proposes only its own DKG steps")?;
+        let resp = self
+            .raft
+            .client_write(Command::Dkg {
+                node_id: r.node_id,
+                step,
+            })
+            .await
+            .map_err(write_error)?;
+        match resp.data {
+            Reply::Dkg(DkgOutcome::Refused(why)) => Err(Status::failed_precondition(format!(
+                "DKG step of {} refused: {why}",
+                member.name
+            ))),
+            Reply::Dkg(_) => Ok(Response::new(pb::ProposeDkgResponse {})),
+            Reply::Failed(why) => Err(Status::internal(why)),
+            other => Err(Status::internal(format!(
+                "unexpected reply {other:?} to a DKG step"
+            ))),
+        }
+    }
+
     async fn publish_share_key(
         &self,
         req: Request<pb::PublishShareKeyRequest>,
@@ -378,31 +449,7 @@ impl Cluster for ClusterService {
             return Err(Status::invalid_argument("epoch: 0; epochs start at 1"));
         }
         self.require_leader().await?;
-        let member = self
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .get_node(&r.node_id)
-            .cloned()
-            .ok_or_else(|| {
-                Status::permission_denied(format!(
-                    "node {:016x} is not a member of the group; only members publish share keys",
-                    r.node_id
-                ))
-            })?;
-        match caller {
-            Some(name) if name == member.name => {}
-            other => {
-                return Err(Status::permission_denied(format!(
-                    "node {:016x} is {}, but the caller's TLS certificate names {}: a server publishes only its own share key",
-                    r.node_id,
-                    member.name,
-                    other.as_deref().unwrap_or("no one")
-                )));
-            }
-        }
+        let member = self.calling_member(caller, r.node_id, "publishes only its own share key")?;
         let resp = self
             .raft
             .client_write(Command::PublishShareKey {

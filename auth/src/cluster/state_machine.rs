@@ -357,6 +357,8 @@ impl StateMachine {
             } => Reply::ShareKeyPublished(
                 store.publish_share_key(tx, node_id, epoch, public_key, now)?,
             ),
+            Command::DkgBegin { roster, now } => Reply::Dkg(store.dkg_begin(tx, &roster, now)?),
+            Command::Dkg { node_id, step } => Reply::Dkg(store.dkg_step(tx, node_id, step)?),
             Command::Batch(cmds) => Reply::Batch(
                 cmds.into_iter()
                     .map(|c| self.apply_command(tx, c, events))

@@ -32,6 +32,7 @@
 //! group secrets, no other server ever receives them, and old epochs are
 //! erased once no voicemail needs them.
 
+pub mod frost_keys;
 pub mod share_keys;
 
 pub use share_keys::{ShareKeyRing, load_share_keys};

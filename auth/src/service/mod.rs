@@ -32,6 +32,7 @@
 
 mod clock;
 mod deposit;
+mod dkg;
 mod error;
 mod grant;
 pub mod limits;
@@ -66,6 +67,7 @@ pub use deposit::{
     AckReceipt, CheckedDeposit, Delivery, Deposit, Deposited, MAX_CONTENT_TYPE_LEN,
     MAX_LOCATOR_LEN, MAX_REQUEST_ID_LEN, MIN_REQUEST_ID_LEN, ShareIn, ShareSlot, validate_deposit,
 };
+pub use dkg::{DKG_ROUND2_INFO, DKG_STALL_SECS, dkg_duty, round2_aad};
 pub use error::AuthError;
 pub use grant::{
     GrantRequest, Granted, MESSAGE_ID_LEN, SHA256_LEN, ShardRequest, validate_grant_request,

@@ -54,6 +54,7 @@
 //! key, and an empty seal under the data key that binds the row's fields.
 //! Every mutation is one durable redb transaction: it happens whole or not at all.
 
+mod dkg;
 mod policy;
 mod recall;
 mod receipts;
@@ -80,12 +81,13 @@ use vmail_proto::keys::SecretKey;
 
 use crate::keys::{BoundKey, KeyBinding};
 use schema::{
-    CLUSTER_PUBLIC_KEY, DATA_KEY_CHECK, FIRST_CONTACTS, GRANT_ADMISSIONS, GRANTS, INVITES, META,
-    NEXT_GRANT_SERIAL, NOTES, OPAQUE_PUBLIC_KEY, OPEN_GRANTS, POLICIES, RECEIPTS, REPORTS,
+    CLUSTER_PUBLIC_KEY, DATA_KEY_CHECK, DKG, FIRST_CONTACTS, GRANT_ADMISSIONS, GRANTS, INVITES,
+    META, NEXT_GRANT_SERIAL, NOTES, OPAQUE_PUBLIC_KEY, OPEN_GRANTS, POLICIES, RECEIPTS, REPORTS,
     REQUESTS, RETENTION, SENDERS, SESSIONS, SHARE_KEYS, STORAGE_GRANTS, USERS, VOICEMAIL_GRANTS,
     VOICEMAILS, WAITING,
 };
 
+pub use dkg::{Ceremony, CeremonyEnd, DkgOutcome, DkgStep, MAX_STEP_LEN, SealedPackage};
 pub use policy::{
     Accepted, Approach, EditRefusal, FirstContactRules, MAX_BLOCKED, MAX_CONTACTS, Policy,
     PolicyList, PolicyMode, Refusal, admit, edited,
@@ -228,7 +230,8 @@ fn add_missing_tables(db: &Database) -> Result<(), StoreError> {
         || !exists(&tx, NOTES)?
         || !exists(&tx, FIRST_CONTACTS)?
         || !exists(&tx, GRANT_ADMISSIONS)?
-        || !exists(&tx, SHARE_KEYS)?;
+        || !exists(&tx, SHARE_KEYS)?
+        || !exists(&tx, DKG)?;
     drop(tx);
     if !missing {
         return Ok(());
@@ -249,6 +252,7 @@ fn create_added_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
     tx.open_table(FIRST_CONTACTS).map_err(db_err)?;
     tx.open_table(GRANT_ADMISSIONS).map_err(db_err)?;
     tx.open_table(SHARE_KEYS).map_err(db_err)?;
+    tx.open_table(DKG).map_err(db_err)?;
     Ok(())
 }
 

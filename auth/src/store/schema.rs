@@ -80,6 +80,9 @@ pub(super) const GRANT_ADMISSIONS: TableDefinition<u64, &[u8]> =
 /// servers published (`share_keys`).
 pub(super) const SHARE_KEYS: TableDefinition<(u64, u32), &[u8]> =
     TableDefinition::new("share_keys");
+/// Ceremony number → postcard `Ceremony`: the group's distributed key
+/// generation as the log recorded it (`dkg`).
+pub(super) const DKG: TableDefinition<u64, &[u8]> = TableDefinition::new("dkg");
 /// The Raft log: index → postcard-encoded entry.
 pub(crate) const RAFT_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
 /// Raft's own durable state: vote, committed, purged, applied, snapshot, node id.

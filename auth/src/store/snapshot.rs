@@ -4,18 +4,18 @@
 //! A snapshot is postcard [`Dump`] followed by postcard [`Added`], the
 //! tables added within schema version 3, then postcard [`Spam`], the
 //! spam-control tables added after those, then postcard [`Shares`], the
-//! published share keys. postcard records no field names
-//! and ignores trailing bytes, so a snapshot made before `Added` or `Spam`
-//! existed (nothing after the `Dump` or the `Added`) installs with those
-//! tables empty.
+//! published share keys, then postcard [`Ceremonies`], the key-generation
+//! record. postcard records no field names, so a snapshot made before a
+//! part existed (nothing after the part before it) installs with that
+//! part's tables empty.
 
 use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use super::schema::{
-    FIRST_CONTACTS, GRANT_ADMISSIONS, GRANTS, INVITES, META, NEXT_GRANT_SERIAL, NOTES, OPEN_GRANTS,
-    POLICIES, RAFT, RECEIPTS, REPORTS, REQUESTS, RETENTION, SENDERS, SESSIONS, SHARE_KEYS,
-    STORAGE_GRANTS, USERS, VOICEMAIL_GRANTS, VOICEMAILS, WAITING,
+    DKG, FIRST_CONTACTS, GRANT_ADMISSIONS, GRANTS, INVITES, META, NEXT_GRANT_SERIAL, NOTES,
+    OPEN_GRANTS, POLICIES, RAFT, RECEIPTS, REPORTS, REQUESTS, RETENTION, SENDERS, SESSIONS,
+    SHARE_KEYS, STORAGE_GRANTS, USERS, VOICEMAIL_GRANTS, VOICEMAILS, WAITING,
 };
 use super::{Store, StoreError, corrupt, db_err, u64_le};
 
@@ -68,37 +68,54 @@ struct Shares {
     share_keys: Vec<((u64, u32), Vec<u8>)>,
 }
 
-/// Every part of a snapshot.
-type Parts = (Dump, Added, Spam, Shares);
-
-/// Reads a snapshot's bytes: the [`Dump`], then the [`Added`], the
-/// [`Spam`] and the [`Shares`] if bytes follow.
-fn parse(bytes: &[u8]) -> Result<Parts, StoreError> {
-    let (dump, rest): (Dump, _) =
-        postcard::take_from_bytes(bytes).map_err(|e| corrupt("snapshot", "data", e))?;
-    if rest.is_empty() {
-        return Ok((dump, Added::default(), Spam::default(), Shares::default()));
-    }
-    let (added, rest): (Added, _) =
-        postcard::take_from_bytes(rest).map_err(|e| corrupt("snapshot", "added tables", e))?;
-    if rest.is_empty() {
-        return Ok((dump, added, Spam::default(), Shares::default()));
-    }
-    let (spam, rest): (Spam, _) =
-        postcard::take_from_bytes(rest).map_err(|e| corrupt("snapshot", "spam tables", e))?;
-    let shares: Shares = if rest.is_empty() {
-        Shares::default()
-    } else {
-        postcard::from_bytes(rest).map_err(|e| corrupt("snapshot", "share keys", e))?
-    };
-    Ok((dump, added, spam, shares))
+/// The key-generation record, written after [`Shares`].
+#[derive(Default, Serialize, Deserialize)]
+struct Ceremonies {
+    dkg: Vec<(u64, Vec<u8>)>,
 }
 
-fn encode_all(dump: &Dump, added: &Added, spam: &Spam, shares: &Shares) -> Vec<u8> {
+/// Every part of a snapshot.
+type Parts = (Dump, Added, Spam, Shares, Ceremonies);
+
+/// Reads a snapshot's bytes: the [`Dump`], then each later part
+/// ([`Added`], [`Spam`], [`Shares`], [`Ceremonies`]) if bytes follow; a
+/// snapshot an older server made ends early, and the parts it lacks are
+/// empty.
+fn parse(bytes: &[u8]) -> Result<Parts, StoreError> {
+    fn part<T: Default + serde::de::DeserializeOwned>(
+        rest: &mut &[u8],
+        what: &str,
+    ) -> Result<T, StoreError> {
+        if rest.is_empty() {
+            return Ok(T::default());
+        }
+        let (value, tail) =
+            postcard::take_from_bytes(rest).map_err(|e| corrupt("snapshot", what, e))?;
+        *rest = tail;
+        Ok(value)
+    }
+    let (dump, mut rest): (Dump, _) =
+        postcard::take_from_bytes(bytes).map_err(|e| corrupt("snapshot", "data", e))?;
+    let added = part(&mut rest, "added tables")?;
+    let spam = part(&mut rest, "spam tables")?;
+    let shares = part(&mut rest, "share keys")?;
+    let ceremonies = part(&mut rest, "key generation")?;
+    if !rest.is_empty() {
+        return Err(corrupt(
+            "snapshot",
+            "end",
+            format!("{} bytes after the last part", rest.len()),
+        ));
+    }
+    Ok((dump, added, spam, shares, ceremonies))
+}
+
+fn encode_all((dump, added, spam, shares, ceremonies): &Parts) -> Vec<u8> {
     let mut out = postcard::to_allocvec(dump).expect("in-memory encoding cannot fail");
     out.extend(postcard::to_allocvec(added).expect("in-memory encoding cannot fail"));
     out.extend(postcard::to_allocvec(spam).expect("in-memory encoding cannot fail"));
     out.extend(postcard::to_allocvec(shares).expect("in-memory encoding cannot fail"));
+    out.extend(postcard::to_allocvec(ceremonies).expect("in-memory encoding cannot fail"));
     out
 }
 
@@ -107,8 +124,7 @@ fn encode_all(dump: &Dump, added: &Added, spam: &Spam, shares: &Shares) -> Vec<u
 /// `tests/fuzz`, which check that this is idempotent.
 #[doc(hidden)]
 pub fn reencode_snapshot(bytes: &[u8]) -> Result<Vec<u8>, StoreError> {
-    let (dump, added, spam, shares) = parse(bytes)?;
-    Ok(encode_all(&dump, &added, &spam, &shares))
+    Ok(encode_all(&parse(bytes)?))
 }
 
 impl Store {
@@ -178,20 +194,26 @@ impl Store {
             let shares = Shares {
                 share_keys: rows(&tx, SHARE_KEYS, |k, v| (k, v.to_vec()))?,
             };
+            let ceremonies = Ceremonies {
+                dkg: rows(&tx, DKG, |k, v| (k, v.to_vec()))?,
+            };
             let applied = tx
                 .open_table(RAFT)
                 .map_err(db_err)?
                 .get("applied")
                 .map_err(db_err)?
                 .map(|v| v.value().to_vec());
-            Ok((encode_all(&dump, &added, &spam, &shares), applied))
+            Ok((
+                encode_all(&(dump, added, spam, shares, ceremonies)),
+                applied,
+            ))
         })
     }
 
     /// Replaces every user-facing row with those of a snapshot made by
     /// [`Store::export`], inside `tx`.
     pub(crate) fn import(&self, tx: &WriteTransaction, bytes: &[u8]) -> Result<(), StoreError> {
-        let (dump, added, spam, shares) = parse(bytes)?;
+        let (dump, added, spam, shares, ceremonies) = parse(bytes)?;
         let mut meta = tx.open_table(META).map_err(db_err)?;
         meta.insert("next_serial", dump.next_serial.to_le_bytes().as_slice())
             .map_err(db_err)?;
@@ -296,6 +318,11 @@ impl Store {
         let mut t = tx.open_table(SHARE_KEYS).map_err(db_err)?;
         t.retain(|_, _| false).map_err(db_err)?;
         for (k, v) in &shares.share_keys {
+            t.insert(*k, v.as_slice()).map_err(db_err)?;
+        }
+        let mut t = tx.open_table(DKG).map_err(db_err)?;
+        t.retain(|_, _| false).map_err(db_err)?;
+        for (k, v) in &ceremonies.dkg {
             t.insert(*k, v.as_slice()).map_err(db_err)?;
         }
         Ok(())

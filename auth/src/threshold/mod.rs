@@ -6,8 +6,8 @@
 //! generation (DKG) so that each server holds only a share, and any `t` of the
 //! `n` servers (a majority) jointly produce a plain Ed25519 signature. Peers keep
 //! verifying with `ed25519_dalek::VerifyingKey::verify_strict`; nothing changes
-//! for them. It is not wired into the server yet: the Raft and gRPC layers will
-//! carry the packages this module produces and consumes.
+//! for them. The DKG runs through the group's log (`crate::service::dkg`);
+//! signing is not wired in yet (docs/THRESHOLD.md).
 //!
 //! Everything here is pure: no IO, no clock, randomness only through an `rng`
 //! argument (`rand_core` 0.6 `RngCore + CryptoRng`, e.g. `rand::rngs::OsRng`).
@@ -56,6 +56,7 @@ mod tests;
 
 use std::collections::BTreeMap;
 
+pub use frost_ed25519::keys::dkg::{round1 as dkg_round1, round2 as dkg_round2};
 pub use frost_ed25519::keys::{KeyPackage, PublicKeyPackage};
 pub use frost_ed25519::round1::{SigningCommitments, SigningNonces};
 pub use frost_ed25519::round2::SignatureShare;

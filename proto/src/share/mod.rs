@@ -278,18 +278,53 @@ pub fn key_check(key: &SecretKey, locator: &[u8]) -> [u8; 32] {
     h.finalize().into()
 }
 
+/// HPKE-seals `plaintext` to the X25519 public key `to` (this module's
+/// suite, base mode) with `info` and `aad`; returns the encapsulated key and
+/// the ciphertext. The sealing of shares and of the auth group's DKG
+/// packages.
+pub fn seal_bytes(
+    to: &[u8; PUBLIC_LEN],
+    info: &[u8],
+    plaintext: &[u8],
+    aad: &[u8],
+) -> Result<([u8; PUBLIC_LEN], Vec<u8>), ShareError> {
+    let pk = <Kem as hpke::Kem>::PublicKey::from_bytes(to)
+        .map_err(|_| ShareError::BadKey("the public key"))?;
+    let (enc, ciphertext) =
+        hpke::single_shot_seal::<Aead, Kdf, Kem>(&hpke::OpModeS::Base, &pk, info, plaintext, aad)
+            .map_err(|_| ShareError::BadKey("the public key"))?;
+    Ok((enc.to_bytes().into(), ciphertext))
+}
+
 fn seal(
     to: &[u8; PUBLIC_LEN],
     info: &[u8],
     value: &[u8; 32],
     aad: &[u8],
 ) -> Result<([u8; PUBLIC_LEN], Vec<u8>), ShareError> {
-    let pk = <Kem as hpke::Kem>::PublicKey::from_bytes(to)
-        .map_err(|_| ShareError::BadKey("the public key"))?;
-    let (enc, ciphertext) =
-        hpke::single_shot_seal::<Aead, Kdf, Kem>(&hpke::OpModeS::Base, &pk, info, value, aad)
-            .map_err(|_| ShareError::BadKey("the public key"))?;
-    Ok((enc.to_bytes().into(), ciphertext))
+    seal_bytes(to, info, value, aad)
+}
+
+/// Opens what [`seal_bytes`] sealed to `secret`'s public key.
+pub fn open_bytes(
+    secret: &BoxSecret,
+    info: &[u8],
+    enc: &[u8; PUBLIC_LEN],
+    ciphertext: &[u8],
+    aad: &[u8],
+) -> Result<zeroize::Zeroizing<Vec<u8>>, ShareError> {
+    let enc = <Kem as hpke::Kem>::EncappedKey::from_bytes(enc)
+        .map_err(|_| ShareError::BadKey("the encapsulated key"))?;
+    hpke::single_shot_open::<Aead, Kdf, Kem>(
+        &hpke::OpModeR::Base,
+        &secret.0,
+        &enc,
+        info,
+        ciphertext,
+        aad,
+    )
+    .map(zeroize::Zeroizing::new)
+    .map_err(|_| ShareError::Open)
 }
 
 fn open(
@@ -299,20 +334,8 @@ fn open(
     ciphertext: &[u8],
     aad: &[u8],
 ) -> Result<[u8; 32], ShareError> {
-    let enc = <Kem as hpke::Kem>::EncappedKey::from_bytes(enc)
-        .map_err(|_| ShareError::BadKey("the encapsulated key"))?;
-    let mut plain = hpke::single_shot_open::<Aead, Kdf, Kem>(
-        &hpke::OpModeR::Base,
-        &secret.0,
-        &enc,
-        info,
-        ciphertext,
-        aad,
-    )
-    .map_err(|_| ShareError::Open)?;
-    let value = <[u8; 32]>::try_from(plain.as_slice()).map_err(|_| ShareError::Open);
-    plain.zeroize();
-    value
+    let plain = open_bytes(secret, info, enc, ciphertext, aad)?;
+    <[u8; 32]>::try_from(plain.as_slice()).map_err(|_| ShareError::Open)
 }
 
 /// Splits `key`, the session key of the voicemail stored at `locator`,

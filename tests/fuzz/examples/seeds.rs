@@ -170,6 +170,7 @@ fn main() -> anyhow::Result<()> {
         combine.extend_from_slice(locator);
         vec![[vec![0], open_share_response().encode_to_vec()].concat(), combine]
     }));
+    seeds.push(("dkg_step", dkg_steps()));
     let mut raft: Vec<Vec<u8>> = raft_messages()
         .iter()
         .map(|m| match m {
@@ -234,4 +235,70 @@ fn write(dir: &Path, inputs: &[Vec<u8>]) -> anyhow::Result<()> {
     }
     println!("{}: {} seeds", dir.display(), inputs.len());
     Ok(())
+}
+
+/// Genuine `ProposeDkg` requests of member 1 of a 3-member ceremony 1: its
+/// round-1 package, its round-2 packages sealed to the fixed inbox key, and
+/// its result.
+fn dkg_steps() -> Vec<Vec<u8>> {
+    use vmail_auth::service::{DKG_ROUND2_INFO, round2_aad};
+    use vmail_auth::store::{DkgStep, SealedPackage};
+    use vmail_auth::threshold::{Roster, Wire, dkg};
+
+    let roster = Roster::new(&[1, 2, 3]).expect("three members");
+    let mut rng = rand::rngs::OsRng;
+    let starts: Vec<_> = [1u64, 2, 3]
+        .iter()
+        .map(|&m| dkg::start(&roster, m, &mut rng).expect("part 1"))
+        .collect();
+    let round1: std::collections::BTreeMap<_, _> = starts
+        .iter()
+        .map(|(s, p)| (s.identifier(), p.clone()))
+        .collect();
+    let (first, package) = starts.into_iter().next().expect("three");
+    let package = package.to_wire().expect("encodes");
+    let (_, outgoing) = first.receive(&round1).expect("part 2");
+    let sealed = outgoing
+        .iter()
+        .map(|(id, p)| {
+            let to = roster.node_id(id).expect("a member");
+            let (enc, ciphertext) = vmail_proto::share::seal_bytes(
+                &inbox_key().public(),
+                DKG_ROUND2_INFO,
+                &p.to_wire().expect("encodes"),
+                &round2_aad(1, 1, to, 1),
+            )
+            .expect("seals");
+            SealedPackage {
+                to,
+                epoch: 1,
+                enc,
+                ciphertext,
+            }
+        })
+        .collect();
+    [
+        DkgStep::Round1 {
+            ceremony: 1,
+            package,
+        },
+        DkgStep::Round2 {
+            ceremony: 1,
+            sealed,
+        },
+        DkgStep::Done {
+            ceremony: 1,
+            group_key: [0x67; 32],
+            public_digest: [0x64; 32],
+        },
+    ]
+    .iter()
+    .map(|step| {
+        vmail_proto::cluster_pb::ProposeDkgRequest {
+            node_id: 1,
+            step: postcard::to_allocvec(step).expect("encodes"),
+        }
+        .encode_to_vec()
+    })
+    .collect()
 }

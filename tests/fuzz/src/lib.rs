@@ -520,6 +520,18 @@ pub fn commands() -> Vec<Command> {
             id: [0x76; 16],
             now: NOW,
         },
+        Command::DkgBegin {
+            roster: vec![1, 2, 3],
+            now: NOW,
+        },
+        Command::Dkg {
+            node_id: 2,
+            step: vmail_auth::store::DkgStep::Done {
+                ceremony: 1,
+                group_key: [0x67; 32],
+                public_digest: [0x64; 32],
+            },
+        },
     ]
 }
 

@@ -4,6 +4,7 @@
 //! and snapshot export and import.
 //! This module holds the fixture the test files share.
 
+mod dkg;
 mod open;
 mod receipts;
 mod sealing;

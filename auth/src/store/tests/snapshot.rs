@@ -184,15 +184,21 @@ fn a_snapshot_from_before_retention_and_receipts_still_installs() {
     let (s, _) = f.begin_session("alice", T0 + DAY);
     let (snapshot, _) = f.store.export().unwrap();
     // With every added table empty, a snapshot ends in their zero lengths
-    // (two of `Added`, six spam-control ones, the share keys); without
-    // them it is what an older server made.
+    // (two of `Added`, six spam-control ones, the share keys, the key
+    // generation); without them it is what an older server made.
     let old = snapshot
-        .strip_suffix(&[0; 9])
-        .expect("nine empty tables last");
-    let before_spam = snapshot.strip_suffix(&[0; 7]).unwrap();
+        .strip_suffix(&[0; 10])
+        .expect("ten empty tables last");
+    let before_spam = snapshot.strip_suffix(&[0; 8]).unwrap();
     assert_eq!(reencode_snapshot(before_spam).unwrap(), snapshot);
-    let before_shares = snapshot.strip_suffix(&[0; 1]).unwrap();
+    let before_shares = snapshot.strip_suffix(&[0; 2]).unwrap();
     assert_eq!(reencode_snapshot(before_shares).unwrap(), snapshot);
+    let before_dkg = snapshot.strip_suffix(&[0; 1]).unwrap();
+    assert_eq!(reencode_snapshot(before_dkg).unwrap(), snapshot);
+    // Bytes after the last part are refused, not ignored.
+    let mut long = snapshot.clone();
+    long.push(0);
+    assert!(reencode_snapshot(&long).is_err());
 
     let path2 = f.dir.path().join("second.redb");
     Store::create(&path2, "auth-2", &f.data_key, &f.binding, 8, false).unwrap();
