@@ -8,12 +8,11 @@
 //! package, then the public key package, both in frost's own encoding.
 
 use std::fs;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use crate::threshold::{KeyPackage, PublicKeyPackage, Wire};
 
-use super::{DataDirError, SECRET, io_err, write_new};
+use super::{DataDirError, io_err, write_secret_file};
 
 /// The directory of the data directory `dir` that holds key packages.
 pub fn frost_key_dir(dir: &Path) -> PathBuf {
@@ -25,21 +24,14 @@ pub fn frost_key_file(dir: &Path, ceremony: u64) -> PathBuf {
     frost_key_dir(dir).join(format!("{ceremony}.key"))
 }
 
-/// Writes ceremony `ceremony`'s key package, synced, through a temporary
-/// file; refuses to overwrite one.
+/// Writes ceremony `ceremony`'s key package ([`write_secret_file`]);
+/// refuses to overwrite one.
 pub fn write_key_package(
     dir: &Path,
     ceremony: u64,
     key: &KeyPackage,
     public: &PublicKeyPackage,
 ) -> Result<(), DataDirError> {
-    let keys_dir = frost_key_dir(dir);
-    if !keys_dir.is_dir() {
-        fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&keys_dir)
-            .map_err(io_err(&keys_dir))?;
-    }
     let path = frost_key_file(dir, ceremony);
     let encode = |e: crate::threshold::ThresholdError| DataDirError::Corrupt {
         path: path.clone(),
@@ -50,21 +42,12 @@ pub fn write_key_package(
     let mut bytes = (key.len() as u32).to_be_bytes().to_vec();
     bytes.extend_from_slice(&key);
     bytes.extend_from_slice(&public);
-    let tmp = path.with_extension("key.tmp");
-    if tmp.exists() {
-        fs::remove_file(&tmp).map_err(io_err(&tmp))?;
-    }
-    write_new(&tmp, &bytes, SECRET)?;
-    if path.exists() {
-        return Err(io_err(&path)(std::io::Error::new(
-            std::io::ErrorKind::AlreadyExists,
-            "a key package of this ceremony exists already",
-        )));
-    }
-    fs::rename(&tmp, &path).map_err(io_err(&path))?;
-    fs::File::open(&keys_dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(&keys_dir))
+    write_secret_file(
+        &frost_key_dir(dir),
+        &path,
+        &bytes,
+        "a key package of this ceremony exists already",
+    )
 }
 
 /// Ceremony `ceremony`'s key package and the group's public key package,

@@ -11,13 +11,12 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
 use vmail_proto::share::BoxSecret;
 
-use super::{DataDirError, SECRET, files, io_err, write_new};
+use super::{DataDirError, files, io_err, write_secret_file};
 
 /// The directory that holds the share keys of the data directory `dir`.
 pub fn share_key_dir(dir: &Path) -> PathBuf {
@@ -69,39 +68,12 @@ pub fn load_share_keys(dir: &Path) -> Result<BTreeMap<u32, BoxSecret>, DataDirEr
 
 /// Writes a new epoch's secret, refusing to overwrite one.
 fn write_secret(dir: &Path, epoch: u32, secret: &BoxSecret) -> Result<(), DataDirError> {
-    let keys_dir = share_key_dir(dir);
-    if !keys_dir.is_dir() {
-        fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&keys_dir)
-            .map_err(io_err(&keys_dir))?;
-    }
-    // Written under a temporary name and renamed, so a crash leaves either
-    // no key or the whole key, never a short file the next start refuses.
-    let path = share_key_file(dir, epoch);
-    let tmp = path.with_extension("key.tmp");
-    if tmp.exists() {
-        fs::remove_file(&tmp).map_err(io_err(&tmp))?;
-    }
-    write_new(&tmp, &secret.to_bytes(), SECRET)?;
-    if path.exists() {
-        return Err(io_err(&path)(std::io::Error::new(
-            std::io::ErrorKind::AlreadyExists,
-            "a share key of this epoch exists already",
-        )));
-    }
-    fs::rename(&tmp, &path).map_err(io_err(&path))?;
-    // The directory entry must survive a crash too.
-    fs::File::open(&keys_dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(&keys_dir))?;
-    debug_assert_eq!(
-        fs::metadata(&path)
-            .map(|m| m.permissions().mode() & 0o777)
-            .ok(),
-        Some(SECRET)
-    );
-    Ok(())
+    write_secret_file(
+        &share_key_dir(dir),
+        &share_key_file(dir, epoch),
+        &secret.to_bytes(),
+        "a share key of this epoch exists already",
+    )
 }
 
 /// This server's share keys in memory, backed by their files.
@@ -204,6 +176,8 @@ impl ShareKeyRing {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     #[test]

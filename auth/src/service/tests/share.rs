@@ -5,48 +5,57 @@ use super::*;
 use crate::datadir::share_keys::share_key_file;
 use crate::tls::ClusterTls;
 
+/// A login of `name` with the right password up to LoginFinish, as the
+/// client makes it: a LoginFinish with the OPAQUE finalization and the
+/// identity proof, `inbox_key` as given and no account proof yet; and the
+/// login id.
+async fn login_up_to_finish(
+    h: &Harness,
+    name: &str,
+    identity: &SigningKey,
+    inbox_key: Vec<u8>,
+) -> (LoginFinish, [u8; 16]) {
+    let start = ClientLogin::<Suite>::start(&mut rand::rngs::OsRng, &password(name)).unwrap();
+    let (login_id, response) = h
+        .svc
+        .login_start(name, &start.message.serialize())
+        .await
+        .unwrap();
+    let f = start
+        .state
+        .finish(
+            &password(name),
+            CredentialResponse::<Suite>::deserialize(&response).unwrap(),
+            ClientLoginFinishParameters::default(),
+        )
+        .unwrap();
+    let vk = identity.verifying_key();
+    let proof = identity.sign(&identity_proof_bytes(
+        ProofPurpose::Login,
+        &Username::parse(name).unwrap(),
+        &login_id,
+        &vk,
+        &[],
+    ));
+    let finish = LoginFinish {
+        login_id: login_id.to_vec(),
+        credential_finalization: f.message.serialize().to_vec(),
+        identity_key: vk.as_bytes().to_vec(),
+        identity_proof: proof.to_bytes().to_vec(),
+        peer_id: Vec::new(),
+        inbox_key,
+        account_proof: Vec::new(),
+    };
+    (finish, login_id)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_login_without_a_usable_inbox_key_is_refused_naming_it() {
     let h = Harness::start().await;
     let identity = h.register("alice").await;
     for bad in [Vec::new(), vec![9; 31], vec![9; 33], vec![0; 32]] {
-        let start =
-            ClientLogin::<Suite>::start(&mut rand::rngs::OsRng, &password("alice")).unwrap();
-        let (login_id, response) = h
-            .svc
-            .login_start("alice", &start.message.serialize())
-            .await
-            .unwrap();
-        let response = CredentialResponse::<Suite>::deserialize(&response).unwrap();
-        let f = start
-            .state
-            .finish(
-                &password("alice"),
-                response,
-                ClientLoginFinishParameters::default(),
-            )
-            .unwrap();
-        let vk = identity.verifying_key();
-        let proof = identity.sign(&identity_proof_bytes(
-            ProofPurpose::Login,
-            &Username::parse("alice").unwrap(),
-            &login_id,
-            &vk,
-            &[],
-        ));
-        let err = h
-            .svc
-            .login_finish(LoginFinish {
-                login_id: login_id.to_vec(),
-                credential_finalization: f.message.serialize().to_vec(),
-                identity_key: vk.as_bytes().to_vec(),
-                identity_proof: proof.to_bytes().to_vec(),
-                peer_id: Vec::new(),
-                inbox_key: bad.clone(),
-                account_proof: vec![0; 64],
-            })
-            .await
-            .unwrap_err();
+        let (finish, ..) = login_up_to_finish(&h, "alice", &identity, bad.clone()).await;
+        let err = h.svc.login_finish(finish).await.unwrap_err();
         match err {
             AuthError::InvalidArgument { field, why } => {
                 assert_eq!(field, "inbox_key", "{bad:?}");
@@ -235,49 +244,20 @@ async fn account_keys_are_proved_at_registration_and_sign_every_login() {
     // account key signed (a client that derives it wrongly) opens nothing.
     let identity = h.register("alice").await;
     let alice = Username::parse("alice").unwrap();
-    let start = ClientLogin::<Suite>::start(&mut rng, &password("alice")).unwrap();
-    let (login_id, response) = h
-        .svc
-        .login_start("alice", &start.message.serialize())
-        .await
-        .unwrap();
-    let f = start
-        .state
-        .finish(
-            &password("alice"),
-            CredentialResponse::<Suite>::deserialize(&response).unwrap(),
-            ClientLoginFinishParameters::default(),
-        )
-        .unwrap();
-    let vk = identity.verifying_key();
-    let proof = identity.sign(&identity_proof_bytes(
-        ProofPurpose::Login,
-        &alice,
-        &login_id,
-        &vk,
-        &[],
-    ));
     let inbox = BoxSecret::generate();
-    let wrong = AccountKey::derive(&[1; 64], &alice).sign_session(&SessionStatement {
-        username: &alice,
-        login_id: &login_id,
-        identity_key: vk.as_bytes(),
-        peer_id: &[],
-        inbox_key: &inbox.public(),
-    });
-    let err = h
-        .svc
-        .login_finish(LoginFinish {
-            login_id: login_id.to_vec(),
-            credential_finalization: f.message.serialize().to_vec(),
-            identity_key: vk.as_bytes().to_vec(),
-            identity_proof: proof.to_bytes().to_vec(),
-            peer_id: Vec::new(),
-            inbox_key: inbox.public().to_vec(),
-            account_proof: wrong.to_bytes().to_vec(),
+    let (mut finish, login_id) =
+        login_up_to_finish(&h, "alice", &identity, inbox.public().to_vec()).await;
+    finish.account_proof = AccountKey::derive(&[1; 64], &alice)
+        .sign_session(&SessionStatement {
+            username: &alice,
+            login_id: &login_id,
+            identity_key: identity.verifying_key().as_bytes(),
+            peer_id: &[],
+            inbox_key: &inbox.public(),
         })
-        .await
-        .unwrap_err();
+        .to_bytes()
+        .to_vec();
+    let err = h.svc.login_finish(finish).await.unwrap_err();
     assert!(matches!(err, AuthError::Account(_)), "{err}");
     assert_eq!(h.svc.store().counts().unwrap().sessions, 0);
     // The right key opens one (the harness's login derives it as the
