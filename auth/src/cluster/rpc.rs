@@ -38,6 +38,13 @@ impl std::fmt::Debug for ClusterService {
     }
 }
 
+/// The subject common name of the caller's TLS client certificate (the
+/// chain was verified against the group CA by the TLS layer).
+fn caller_name<T>(req: &Request<T>) -> Option<String> {
+    req.peer_certs()
+        .and_then(|certs| certs.first().and_then(|c| peer_name::common_name(c)))
+}
+
 impl ClusterService {
     /// The member `node_id`, if the caller's TLS certificate names it: a
     /// server acts in the group's log only for itself.
@@ -395,9 +402,7 @@ impl Cluster for ClusterService {
         &self,
         req: Request<pb::ProposeDkgRequest>,
     ) -> Result<Response<pb::ProposeDkgResponse>, Status> {
-        let caller = req
-            .peer_certs()
-            .and_then(|certs| certs.first().and_then(|c| peer_name::common_name(c)));
+        let caller = caller_name(&req);
         let r = req.into_inner();
         if r.step.len() > MAX_STEP_LEN {
             return Err(Status::invalid_argument(format!(
@@ -439,9 +444,7 @@ impl Cluster for ClusterService {
         // credential (`cluster credential`) is CA-signed too, under a name
         // of the operator's choosing: whoever holds the CA can already
         // issue any name, so that is no new power.
-        let caller = req
-            .peer_certs()
-            .and_then(|certs| certs.first().and_then(|c| peer_name::common_name(c)));
+        let caller = caller_name(&req);
         let r = req.into_inner();
         let public_key = x25519_public(&r.public_key)
             .map_err(|why| Status::invalid_argument(format!("public_key: {why}")))?;

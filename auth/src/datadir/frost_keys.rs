@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 
 use crate::threshold::{KeyPackage, PublicKeyPackage, Wire};
 
-use super::{DataDirError, io_err, write_secret_file};
+use super::key_file::write_secret_file;
+use super::{DataDirError, io_err};
 
 /// The directory of the data directory `dir` that holds key packages.
 pub fn frost_key_dir(dir: &Path) -> PathBuf {

@@ -33,13 +33,14 @@
 //! erased once no voicemail needs them.
 
 pub mod frost_keys;
+mod key_file;
 pub mod share_keys;
 
 pub use share_keys::{ShareKeyRing, load_share_keys};
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use ed25519_dalek::SigningKey;
@@ -202,43 +203,9 @@ pub struct InitReport {
 }
 
 /// Mode of files only the server may read.
-const SECRET: u32 = 0o600;
+pub(super) const SECRET: u32 = 0o600;
 /// Mode of files clients may be handed.
 const PUBLIC: u32 = 0o644;
-
-/// Writes `contents` as the new secret file `path` (mode 0600) in
-/// `keys_dir` (made with mode 0700 when missing): to a temporary file
-/// beside it, then renamed and the directory synced, so a crash leaves the
-/// whole file or none, never a short one the next start refuses. Refuses
-/// to replace a file that exists (`exists` says which).
-pub(crate) fn write_secret_file(
-    keys_dir: &Path,
-    path: &Path,
-    contents: &[u8],
-    exists: &str,
-) -> Result<(), DataDirError> {
-    if !keys_dir.is_dir() {
-        fs::DirBuilder::new()
-            .mode(0o700)
-            .create(keys_dir)
-            .map_err(io_err(keys_dir))?;
-    }
-    let tmp = path.with_extension("key.tmp");
-    if tmp.exists() {
-        fs::remove_file(&tmp).map_err(io_err(&tmp))?;
-    }
-    write_new(&tmp, contents, SECRET)?;
-    if path.exists() {
-        return Err(io_err(path)(std::io::Error::new(
-            std::io::ErrorKind::AlreadyExists,
-            exists.to_owned(),
-        )));
-    }
-    fs::rename(&tmp, path).map_err(io_err(path))?;
-    fs::File::open(keys_dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(keys_dir))
-}
 
 pub(crate) fn write_new(path: &Path, contents: &[u8], mode: u32) -> Result<(), DataDirError> {
     let mut f = fs::OpenOptions::new()

@@ -16,7 +16,8 @@ use std::sync::RwLock;
 
 use vmail_proto::share::BoxSecret;
 
-use super::{DataDirError, files, io_err, write_secret_file};
+use super::key_file::write_secret_file;
+use super::{DataDirError, files, io_err};
 
 /// The directory that holds the share keys of the data directory `dir`.
 pub fn share_key_dir(dir: &Path) -> PathBuf {

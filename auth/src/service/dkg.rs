@@ -89,14 +89,9 @@ async fn pass(
         .db(|s| s.current_ceremony())
         .await
         .map_err(|e| e.to_string())?;
-    if svc.is_leader() && begin_due(svc, current.as_ref()) {
-        let roster: Vec<u64> = svc
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .voter_ids()
-            .collect();
+    if svc.is_leader()
+        && let Some(roster) = roster_to_begin(svc, current.as_ref())
+    {
         let reply = svc
             .propose(Command::DkgBegin {
                 roster: roster.clone(),
@@ -168,30 +163,30 @@ async fn pass(
     proposed
 }
 
-/// Whether the leader should begin a ceremony now.
-fn begin_due(svc: &AuthService, current: Option<&(u64, Ceremony)>) -> bool {
-    let voters = svc
+/// The voters among whom the leader should begin a ceremony now, if it
+/// should.
+fn roster_to_begin(svc: &AuthService, current: Option<&(u64, Ceremony)>) -> Option<Vec<u64>> {
+    let voters: Vec<u64> = svc
         .raft
         .metrics()
         .borrow()
         .membership_config
         .voter_ids()
-        .count();
-    if voters < MIN_MEMBERS {
-        return false;
-    }
-    match current {
-        None => true,
-        Some((_, c)) => match &c.end {
-            Some(CeremonyEnd::Key { .. }) => false,
-            // A failed ceremony is begun again no sooner than a stalled
-            // one, so a member that keeps failing it costs one entry a
-            // minute.
-            Some(CeremonyEnd::Failed(_)) | None => {
-                svc.now().saturating_sub(c.began_at) > DKG_STALL_SECS
-            }
-        },
-    }
+        .collect();
+    let due = voters.len() >= MIN_MEMBERS
+        && match current {
+            None => true,
+            Some((_, c)) => match &c.end {
+                Some(CeremonyEnd::Key { .. }) => false,
+                // A failed ceremony is begun again no sooner than a stalled
+                // one, so a member that keeps failing it costs one entry a
+                // minute.
+                Some(CeremonyEnd::Failed(_)) | None => {
+                    svc.now().saturating_sub(c.began_at) > DKG_STALL_SECS
+                }
+            },
+        };
+    due.then_some(voters)
 }
 
 /// Part 2: checks that the log holds this member's own round-1 package,
@@ -333,13 +328,7 @@ async fn propose(
             other => Err(format!("unexpected reply {other:?} to a DKG step")),
         };
     }
-    let leader = {
-        let m = svc.raft.metrics().borrow().clone();
-        m.current_leader
-            .and_then(|l| m.membership_config.membership().get_node(&l).cloned())
-    }
-    .ok_or("no leader is known yet")?;
-    let mut client = tls.client(&leader.raft_url)?;
+    let (_, mut client) = svc.leader_client(tls).map_err(|e| e.to_string())?;
     client
         .propose_dkg(cpb::ProposeDkgRequest {
             node_id: me,

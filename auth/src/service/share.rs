@@ -216,17 +216,7 @@ impl AuthService {
                 ))),
             };
         }
-        let leader = {
-            let m = self.raft.metrics().borrow().clone();
-            m.current_leader
-                .and_then(|l| m.membership_config.membership().get_node(&l).cloned())
-        };
-        let Some(leader) = leader else {
-            return Err(AuthError::Unavailable("no leader is known yet".into()));
-        };
-        let mut client = tls
-            .client(&leader.raft_url)
-            .map_err(AuthError::Unavailable)?;
+        let (leader, mut client) = self.leader_client(tls)?;
         client
             .publish_share_key(cpb::PublishShareKeyRequest {
                 node_id: me,
@@ -242,6 +232,30 @@ impl AuthService {
                 ))
             })?;
         Ok(())
+    }
+
+    /// The current leader and a client of its internal service, for what a
+    /// member proposes in its own name.
+    pub(crate) fn leader_client(
+        &self,
+        tls: &ClusterTls,
+    ) -> Result<
+        (
+            crate::cluster::Member,
+            cpb::cluster_client::ClusterClient<tonic::transport::Channel>,
+        ),
+        AuthError,
+    > {
+        let leader = {
+            let m = self.raft.metrics().borrow().clone();
+            m.current_leader
+                .and_then(|l| m.membership_config.membership().get_node(&l).cloned())
+        }
+        .ok_or_else(|| AuthError::Unavailable("no leader is known yet".into()))?;
+        let client = tls
+            .client(&leader.raft_url)
+            .map_err(AuthError::Unavailable)?;
+        Ok((leader, client))
     }
 
     /// This server's current share key is of an epoch the group has seen
