@@ -220,6 +220,7 @@ pub async fn serve(
                     .upgrade()
                     .map_or_else(vmail_proto::unix_now, |s| s.now())
             }),
+            svc.signer().clone(),
         );
         let router = limited(Server::builder(), svc.config())
             .tls_config(tls::internal_server(svc.keys()))?

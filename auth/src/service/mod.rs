@@ -18,7 +18,10 @@
 //!   control, [`validate_edit`]);
 //! - [`share`]: threshold-shared session keys: the grant's share keys,
 //!   OpenShare, and publishing, rotating and erasing this server's share
-//!   keys ([`share_key_duty`]).
+//!   keys ([`share_key_duty`]);
+//! - [`dkg`]: the group signing key's distributed generation ([`dkg_duty`]);
+//! - [`signer`]: threshold signing rounds over the internal service
+//!   ([`Signer`]).
 //!
 //! Every change goes through the group's Raft log as a [`Command`]: the
 //! service prepares it (validation, OPAQUE, times, random values, secrets
@@ -42,6 +45,7 @@ mod register;
 mod retention;
 mod sent;
 mod share;
+mod signer;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -82,6 +86,10 @@ pub use sent::{MAX_LIST_SENT, Recalled};
 pub use share::{
     ERASE_GRACE_SECS, OpenedShare, PUBLISH_RETRY_MAX, PUBLISH_RETRY_MIN, SHARE_KEY_UPKEEP_INTERVAL,
     Upkeep, share_key_duty,
+};
+pub use signer::{
+    APPLY_WAIT, MAX_OUTSTANDING, MAX_TARGET_LEN, NONCE_TTL, ROUND_TIMEOUT, SignError, SignTarget,
+    Signer,
 };
 
 /// Capacity of the new-voicemail broadcast channel.
@@ -167,6 +175,8 @@ pub struct AuthService {
     open_shares: Mutex<RateLimiter<String>>,
     /// This server's own share-key secrets (never replicated).
     share_keys: Arc<ShareKeyRing>,
+    /// Its share of the group signing key and its signing rounds.
+    signer: Arc<Signer>,
     events: broadcast::Sender<Event>,
     shutdown: CancellationToken,
     metrics: Arc<AuthMetrics>,
@@ -198,6 +208,7 @@ impl AuthService {
     ) -> Self {
         let limits = Limits::new(&config);
         Self {
+            signer: Arc::new(Signer::new(store.clone(), raft.clone())),
             store,
             keys,
             config,
@@ -222,6 +233,21 @@ impl AuthService {
     /// What this server counts.
     pub fn metrics(&self) -> &Arc<AuthMetrics> {
         &self.metrics
+    }
+
+    /// This server's part in threshold signing.
+    pub fn signer(&self) -> &Arc<Signer> {
+        &self.signer
+    }
+
+    /// One group signature on `target`, coordinated by this server
+    /// (docs/THRESHOLD.md §2), and the group key it verifies under.
+    pub async fn group_sign(
+        &self,
+        target: &SignTarget,
+    ) -> Result<(ed25519_dalek::Signature, [u8; 32]), SignError> {
+        let tls = crate::tls::ClusterTls::of_member(&self.keys);
+        self.signer.group_sign(&tls, self.node_id(), target).await
     }
 
     /// The Raft node.

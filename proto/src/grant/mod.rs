@@ -235,6 +235,11 @@ const ORDER: &str = "delete order";
 const PROOF: &str = "deposit proof";
 
 impl GrantBody {
+    /// The bytes a signature by the key with id `key_id` covers.
+    pub fn signing_bytes(&self, key_id: &[u8; 8]) -> Vec<u8> {
+        grant_signing_bytes(self, key_id)
+    }
+
     /// Signs the body with the cluster key.
     pub fn sign(self, cluster_key: &SigningKey) -> StorageGrant {
         let key_id = key_id(&cluster_key.verifying_key());

@@ -171,6 +171,7 @@ fn main() -> anyhow::Result<()> {
         vec![[vec![0], open_share_response().encode_to_vec()].concat(), combine]
     }));
     seeds.push(("dkg_step", dkg_steps()));
+    seeds.push(("sign_round", sign_rounds()));
     let mut raft: Vec<Vec<u8>> = raft_messages()
         .iter()
         .map(|m| match m {
@@ -301,4 +302,72 @@ fn dkg_steps() -> Vec<Vec<u8>> {
         .encode_to_vec()
     })
     .collect()
+}
+
+/// A signing round as a signer receives it: round 1 for a certificate and
+/// for a grant, and round 2 with a real signing package of a 2-of-3 key.
+fn sign_rounds() -> Vec<Vec<u8>> {
+    use vmail_auth::service::SignTarget;
+    use vmail_auth::threshold::{Roster, Wire, dkg, sign};
+    use vmail_proto::cluster_pb::{SignCommitRequest, SignShareRequest};
+
+    let roster = Roster::new(&[1, 2, 3]).expect("three members");
+    let mut rng = rand::rngs::OsRng;
+    let starts: Vec<_> = [1u64, 2, 3]
+        .iter()
+        .map(|&m| dkg::start(&roster, m, &mut rng).expect("part 1"))
+        .collect();
+    let round1: std::collections::BTreeMap<_, _> = starts
+        .iter()
+        .map(|(s, p)| (s.identifier(), p.clone()))
+        .collect();
+    let mut seconds = Vec::new();
+    let mut sent = std::collections::BTreeMap::new();
+    for (s, _) in starts {
+        let me = s.identifier();
+        let (state, out) = s.receive(&round1).expect("part 2");
+        sent.insert(me, out);
+        seconds.push((me, state));
+    }
+    let finished: Vec<_> = seconds
+        .into_iter()
+        .map(|(me, state)| {
+            let incoming = sent
+                .iter()
+                .filter_map(|(from, out)| Some((*from, out.get(&me)?.clone())))
+                .collect();
+            state.finish(&incoming).expect("part 3")
+        })
+        .collect();
+    let public = finished[0].1.clone();
+    let commitments = finished
+        .iter()
+        .take(2)
+        .map(|(k, _)| (*k.identifier(), sign::commit(k, &mut rng).1))
+        .collect();
+    let package =
+        sign::signing_package(&public, commitments, b"vmail/v1/user-certificate").expect("package");
+    let mut out: Vec<Vec<u8>> = [
+        SignTarget::Certificate {
+            username: "alice".into(),
+            serial: 7,
+        },
+        SignTarget::Grant { serial: 9 },
+    ]
+    .iter()
+    .map(|t| {
+        let r = SignCommitRequest {
+            ceremony: 1,
+            applied_index: 42,
+            target: t.to_bytes(),
+        };
+        [vec![0], r.encode_to_vec()].concat()
+    })
+    .collect();
+    let r = SignShareRequest {
+        handle: vec![0x68; 16],
+        signing_package: package.to_wire().expect("encodes"),
+    };
+    out.push([vec![1], r.encode_to_vec()].concat());
+    out
 }

@@ -1,0 +1,541 @@
+//! Threshold signing over the internal service (docs/THRESHOLD.md §2): the
+//! signer side of the two FROST rounds, and the coordinator that runs them.
+//!
+//! A request never carries the bytes to sign. It names an object
+//! ([`SignTarget`]) and the coordinator's applied log index; each signer
+//! waits until it has applied that index, rebuilds the bytes from its own
+//! state, and releases a signature share only for a signing package whose
+//! message is exactly those bytes. A coordinator (or a thief holding one
+//! member's key package) therefore gets the group's signature only on what
+//! every signer's replicated state already says, and never without t−1
+//! other members.
+//!
+//! Round-1 nonces live only in memory, under a random handle, each used at
+//! most once and for at most [`NONCE_TTL`]; one coordinator holds at most
+//! [`MAX_OUTSTANDING`] of them at a signer.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tonic::transport::Channel;
+use vmail_proto::cluster_pb::{self as cpb, cluster_client::ClusterClient};
+
+use crate::cluster::Raft;
+use crate::datadir::{DataDirError, frost_keys};
+use crate::store::{Store, StoreError};
+use crate::threshold::{
+    KeyPackage, PublicKeyPackage, SignatureShare, SigningCommitments, SigningNonces,
+    SigningPackage, ThresholdError, Wire, sign,
+};
+use crate::tls::ClusterTls;
+
+/// How long a signer keeps round-1 nonces for round 2.
+pub const NONCE_TTL: Duration = Duration::from_secs(30);
+/// Round-1 nonces one coordinator may hold at one signer.
+pub const MAX_OUTSTANDING: usize = 1024;
+/// How long a signer waits to apply the coordinator's log index.
+pub const APPLY_WAIT: Duration = Duration::from_secs(2);
+/// How long a coordinator waits for each round's answers.
+pub const ROUND_TIMEOUT: Duration = Duration::from_secs(4);
+/// Longest encoded [`SignTarget`] accepted.
+pub const MAX_TARGET_LEN: usize = 512;
+
+/// What the group signs, named rather than carried: each signer rebuilds
+/// the bytes from its own applied state (docs/PROTOCOL.md §16.10).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SignTarget {
+    /// The user's current certificate, which only a session the user
+    /// signed, checked by every server at apply, can have made.
+    Certificate {
+        /// The subject.
+        username: String,
+        /// Its serial, so a later login does not change what is signed.
+        serial: u64,
+    },
+    /// The storage grant with this serial, under the group key's id.
+    Grant {
+        /// The grant's serial.
+        serial: u64,
+    },
+}
+
+impl SignTarget {
+    /// The request's encoding (postcard).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).expect("in-memory encoding cannot fail")
+    }
+
+    /// Reads [`SignTarget::to_bytes`] from another member: at most
+    /// [`MAX_TARGET_LEN`] bytes, nothing after the target.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, SignError> {
+        if bytes.len() > MAX_TARGET_LEN {
+            return Err(SignError::Malformed(format!(
+                "the target is {} bytes, at most {MAX_TARGET_LEN}",
+                bytes.len()
+            )));
+        }
+        match postcard::take_from_bytes(bytes) {
+            Ok((target, [])) => Ok(target),
+            Ok((_, rest)) => Err(SignError::Malformed(format!(
+                "{} bytes after the target",
+                rest.len()
+            ))),
+            Err(e) => Err(SignError::Malformed(format!("not a signing target: {e}"))),
+        }
+    }
+}
+
+/// Why a signature share or a group signature was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SignError {
+    /// No key generation has completed.
+    #[error(
+        "the group has no signing key yet: it needs three servers and a completed key generation (vmail-auth status)"
+    )]
+    NoGroupKey,
+    /// The request names another key than the group's current one.
+    #[error("ceremony {asked} is not the group's current key (ceremony {current})")]
+    OtherCeremony {
+        /// The ceremony asked for.
+        asked: u64,
+        /// The current one.
+        current: u64,
+    },
+    /// This server has no key package of the current key.
+    #[error(
+        "this server holds no key package of ceremony {0}; it cannot sign until the group reshares"
+    )]
+    NoKeyPackage(u64),
+    /// The caller is not a member of the key's roster.
+    #[error("{0} is not a member of the group key's roster")]
+    NotInRoster(String),
+    /// The signer did not reach the coordinator's log index in time.
+    #[error(
+        "this server has applied the log to index {applied}, behind the coordinator's {asked}; retry"
+    )]
+    Behind {
+        /// The coordinator's index.
+        asked: u64,
+        /// This server's.
+        applied: u64,
+    },
+    /// The target names no object in this server's state.
+    #[error("nothing to sign: {0}")]
+    Absent(String),
+    /// The request could not be decoded.
+    #[error("malformed signing request: {0}")]
+    Malformed(String),
+    /// The coordinator holds too many nonces here.
+    #[error(
+        "{0} holds {MAX_OUTSTANDING} unanswered signing rounds here; finish or let them expire"
+    )]
+    Busy(String),
+    /// Round 2 named no live round 1.
+    #[error(
+        "no signing round with this handle: it was used, expired ({NONCE_TTL:?}) or never begun"
+    )]
+    UnknownHandle,
+    /// The signing package is not what this server rebuilt.
+    #[error("the signing package from {coordinator} is not what this server's state says; refused")]
+    Mismatch {
+        /// Who sent it.
+        coordinator: String,
+    },
+    /// Fewer than t members answered.
+    #[error("{got} of the {needed} servers a signature needs answered; {}", missing(.failures))]
+    TooFewSigners {
+        /// Members that signed (this one included).
+        got: usize,
+        /// The threshold.
+        needed: u16,
+        /// The members that did not, and why.
+        failures: Vec<(String, String)>,
+    },
+    /// A FROST step failed.
+    #[error(transparent)]
+    Threshold(#[from] ThresholdError),
+    /// The key package could not be read.
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn missing(failures: &[(String, String)]) -> String {
+    failures
+        .iter()
+        .map(|(who, why)| format!("{who}: {why}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// One member's round 1, kept for its round 2.
+struct Round {
+    coordinator: String,
+    nonces: SigningNonces,
+    commitments: SigningCommitments,
+    message: Vec<u8>,
+    expires: Instant,
+}
+
+/// A loaded key package.
+#[derive(Clone)]
+struct Held {
+    ceremony: u64,
+    key: Arc<KeyPackage>,
+    public: Arc<PublicKeyPackage>,
+}
+
+/// This server's part in threshold signing: its key package, its open
+/// rounds, and its clients of the other members.
+pub struct Signer {
+    store: Arc<Store>,
+    raft: Raft,
+    dir: Option<PathBuf>,
+    held: Mutex<Option<Held>>,
+    rounds: Mutex<HashMap<[u8; 16], Round>>,
+    clients: Mutex<HashMap<String, ClusterClient<Channel>>>,
+}
+
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signer").finish_non_exhaustive()
+    }
+}
+
+impl Signer {
+    /// The signer of the member whose database is `store`; its key packages
+    /// are in the store's directory.
+    pub fn new(store: Arc<Store>, raft: Raft) -> Self {
+        let dir = store.path().parent().map(PathBuf::from);
+        Self {
+            store,
+            raft,
+            dir,
+            held: Mutex::new(None),
+            rounds: Mutex::new(HashMap::new()),
+            clients: Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn db<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .expect("a store read panicked")
+    }
+
+    /// The current group key's ceremony, its roster, and this server's key
+    /// package of it.
+    async fn current(&self) -> Result<(Held, Vec<u64>), SignError> {
+        let Some((ceremony, c)) = self.db(|s| s.current_ceremony()).await? else {
+            return Err(SignError::NoGroupKey);
+        };
+        if !matches!(c.end, Some(crate::store::CeremonyEnd::Key { .. })) {
+            // A later ceremony is running or failed: the key is the last one
+            // that completed, which a new ceremony only begins without.
+            return Err(SignError::NoGroupKey);
+        }
+        let cached = self.held.lock().expect("held lock").clone();
+        let held = match cached {
+            Some(h) if h.ceremony == ceremony => h,
+            _ => {
+                let dir = self.dir.clone().ok_or(SignError::NoKeyPackage(ceremony))?;
+                let (key, public) = frost_keys::load_key_package(&dir, ceremony)?
+                    .ok_or(SignError::NoKeyPackage(ceremony))?;
+                let h = Held {
+                    ceremony,
+                    key: Arc::new(key),
+                    public: Arc::new(public),
+                };
+                *self.held.lock().expect("held lock") = Some(h.clone());
+                h
+            }
+        };
+        Ok((held, c.roster))
+    }
+
+    /// The bytes `target` signs, from this server's state, under the key
+    /// whose verifying key is `group_key`.
+    async fn message(
+        &self,
+        target: &SignTarget,
+        group_key: &[u8; 32],
+    ) -> Result<Vec<u8>, SignError> {
+        match target.clone() {
+            SignTarget::Certificate { username, serial } => {
+                let name = username.clone();
+                let user = self
+                    .db(move |s| s.user(&name))
+                    .await?
+                    .ok_or_else(|| SignError::Absent(format!("no user {username}")))?;
+                if user.certificate.serial != serial {
+                    return Err(SignError::Absent(format!(
+                        "the current certificate of {username} is serial {}, not {serial}",
+                        user.certificate.serial
+                    )));
+                }
+                Ok(user.certificate.signing_bytes())
+            }
+            SignTarget::Grant { serial } => {
+                let record = self
+                    .db(move |s| s.storage_grant(serial))
+                    .await?
+                    .ok_or_else(|| SignError::Absent(format!("no storage grant {serial}")))?;
+                let key = ed25519_dalek::VerifyingKey::from_bytes(group_key)
+                    .map_err(ThresholdError::GroupKey)?;
+                Ok(record.body.signing_bytes(&vmail_proto::grant::key_id(&key)))
+            }
+        }
+    }
+
+    fn applied(&self) -> u64 {
+        self.raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .map_or(0, |l| l.index)
+    }
+
+    /// Round 1 for `coordinator` (a member's TLS name): checks the request
+    /// against this server's state and answers (handle, commitments).
+    pub async fn commit(
+        &self,
+        coordinator: &str,
+        coordinator_id: u64,
+        ceremony: u64,
+        applied_index: u64,
+        target: &[u8],
+    ) -> Result<([u8; 16], Vec<u8>), SignError> {
+        let target = SignTarget::from_bytes(target)?;
+        let (held, roster) = self.current().await?;
+        if ceremony != held.ceremony {
+            return Err(SignError::OtherCeremony {
+                asked: ceremony,
+                current: held.ceremony,
+            });
+        }
+        if !roster.contains(&coordinator_id) {
+            return Err(SignError::NotInRoster(coordinator.to_owned()));
+        }
+        if self.applied() < applied_index {
+            let _ = self
+                .raft
+                .wait(Some(APPLY_WAIT))
+                .applied_index_at_least(Some(applied_index), "signing round")
+                .await;
+            let applied = self.applied();
+            if applied < applied_index {
+                return Err(SignError::Behind {
+                    asked: applied_index,
+                    applied,
+                });
+            }
+        }
+        let group_key = crate::threshold::group_key_bytes(&held.public)?;
+        let message = self.message(&target, &group_key).await?;
+        let (nonces, commitments) = sign::commit(&held.key, &mut rand::rngs::OsRng);
+        let encoded = commitments.to_wire()?;
+        let handle: [u8; 16] = vmail_proto::random_bytes();
+        let now = Instant::now();
+        let mut rounds = self.rounds.lock().expect("rounds lock");
+        rounds.retain(|_, r| r.expires > now);
+        if rounds
+            .values()
+            .filter(|r| r.coordinator == coordinator)
+            .count()
+            >= MAX_OUTSTANDING
+        {
+            return Err(SignError::Busy(coordinator.to_owned()));
+        }
+        rounds.insert(
+            handle,
+            Round {
+                coordinator: coordinator.to_owned(),
+                nonces,
+                commitments,
+                message,
+                expires: now + NONCE_TTL,
+            },
+        );
+        Ok((handle, encoded))
+    }
+
+    /// Round 2 for `coordinator`: the signature share on `package`, if its
+    /// message is the one round 1 rebuilt and it carries this server's
+    /// commitments. The nonces are gone after this call, whatever it answers.
+    pub async fn share(
+        &self,
+        coordinator: &str,
+        handle: &[u8],
+        package: &[u8],
+    ) -> Result<Vec<u8>, SignError> {
+        let handle: [u8; 16] = handle.try_into().map_err(|_| SignError::UnknownHandle)?;
+        let round = {
+            let mut rounds = self.rounds.lock().expect("rounds lock");
+            match rounds.remove(&handle) {
+                Some(r) if r.coordinator == coordinator && r.expires > Instant::now() => r,
+                Some(r) if r.coordinator != coordinator => {
+                    // Not the caller's: put it back for its coordinator.
+                    rounds.insert(handle, r);
+                    return Err(SignError::UnknownHandle);
+                }
+                _ => return Err(SignError::UnknownHandle),
+            }
+        };
+        let package = SigningPackage::from_wire(package)?;
+        let (held, _) = self.current().await?;
+        let mine = package.signing_commitments().get(held.key.identifier());
+        if package.message().as_slice() != round.message.as_slice()
+            || mine != Some(&round.commitments)
+        {
+            tracing::warn!(%coordinator, "refused a signing package that is not what this server's state says");
+            return Err(SignError::Mismatch {
+                coordinator: coordinator.to_owned(),
+            });
+        }
+        Ok(sign::sign_share(&package, round.nonces, &held.key)?.to_wire()?)
+    }
+
+    /// The round-1 nonces this server holds for coordinators.
+    pub fn open_rounds(&self) -> usize {
+        let now = Instant::now();
+        self.rounds
+            .lock()
+            .expect("rounds lock")
+            .values()
+            .filter(|r| r.expires > now)
+            .count()
+    }
+
+    fn client(&self, tls: &ClusterTls, url: &str) -> Result<ClusterClient<Channel>, String> {
+        let mut clients = self.clients.lock().expect("clients lock");
+        if let Some(c) = clients.get(url) {
+            return Ok(c.clone());
+        }
+        let c = tls.client(url)?;
+        clients.insert(url.to_owned(), c.clone());
+        Ok(c)
+    }
+
+    /// Coordinates one group signature on `target`: this server and t−1
+    /// other roster members, the first to answer round 1. Returns the
+    /// signature, checked with `verify_strict` under the group key, and the
+    /// group key.
+    pub async fn group_sign(
+        &self,
+        tls: &ClusterTls,
+        me: u64,
+        target: &SignTarget,
+    ) -> Result<(ed25519_dalek::Signature, [u8; 32]), SignError> {
+        let (held, roster) = self.current().await?;
+        let group_key = crate::threshold::group_key_bytes(&held.public)?;
+        let message = self.message(target, &group_key).await?;
+        let needed = *held.key.min_signers();
+        let members = self.raft.metrics().borrow().membership_config.clone();
+        let request = cpb::SignCommitRequest {
+            ceremony: held.ceremony,
+            applied_index: self.applied(),
+            target: target.to_bytes(),
+        };
+        let others: Vec<(u64, String, String)> = roster
+            .iter()
+            .filter(|n| **n != me)
+            .map(|n| match members.membership().get_node(n) {
+                Some(m) => (*n, m.name.clone(), m.raft_url.clone()),
+                None => (*n, format!("{n:016x}"), String::new()),
+            })
+            .collect();
+        let asks = others.iter().map(|(node, name, url)| {
+            let request = request.clone();
+            async move {
+                let answer = async {
+                    let mut client = self.client(tls, url)?;
+                    let r = tokio::time::timeout(ROUND_TIMEOUT, client.sign_commit(request))
+                        .await
+                        .map_err(|_| format!("no answer within {ROUND_TIMEOUT:?}"))?
+                        .map_err(|s| s.message().to_owned())?
+                        .into_inner();
+                    let id =
+                        crate::threshold::member_identifier(*node).map_err(|e| e.to_string())?;
+                    let commitments =
+                        SigningCommitments::from_wire(&r.commitments).map_err(|e| e.to_string())?;
+                    Ok::<_, String>((id, r.handle, commitments, client))
+                }
+                .await;
+                (name.clone(), answer)
+            }
+        });
+        let mut failures = Vec::new();
+        let mut chosen = Vec::new();
+        let mut commitments = BTreeMap::new();
+        for (name, answer) in futures::future::join_all(asks).await {
+            match answer {
+                Ok((id, handle, c, client)) if chosen.len() + 1 < usize::from(needed) => {
+                    commitments.insert(id, c);
+                    chosen.push((name, id, handle, client));
+                }
+                // More answered than needed: their nonces expire unused.
+                Ok(_) => {}
+                Err(why) => failures.push((name, why)),
+            }
+        }
+        if chosen.len() + 1 < usize::from(needed) {
+            return Err(SignError::TooFewSigners {
+                got: chosen.len() + 1,
+                needed,
+                failures,
+            });
+        }
+        let (nonces, mine) = sign::commit(&held.key, &mut rand::rngs::OsRng);
+        commitments.insert(*held.key.identifier(), mine);
+        let package = sign::signing_package(&held.public, commitments, &message)?;
+        let package_bytes = package.to_wire()?;
+        let asks = chosen.into_iter().map(|(name, id, handle, mut client)| {
+            let request = cpb::SignShareRequest {
+                handle,
+                signing_package: package_bytes.clone(),
+            };
+            async move {
+                let answer = async {
+                    let r = tokio::time::timeout(ROUND_TIMEOUT, client.sign_share(request))
+                        .await
+                        .map_err(|_| format!("no answer within {ROUND_TIMEOUT:?}"))?
+                        .map_err(|s| s.message().to_owned())?
+                        .into_inner();
+                    SignatureShare::from_wire(&r.share).map_err(|e| e.to_string())
+                }
+                .await;
+                (name, id, answer)
+            }
+        });
+        let mut shares = BTreeMap::new();
+        for (name, id, answer) in futures::future::join_all(asks).await {
+            match answer {
+                Ok(share) => {
+                    shares.insert(id, share);
+                }
+                Err(why) => failures.push((name, why)),
+            }
+        }
+        if !failures.is_empty() && shares.len() + 1 < usize::from(needed) {
+            return Err(SignError::TooFewSigners {
+                got: shares.len() + 1,
+                needed,
+                failures,
+            });
+        }
+        shares.insert(
+            *held.key.identifier(),
+            sign::sign_share(&package, nonces, &held.key)?,
+        );
+        Ok((sign::aggregate(&package, &shares, &held.public)?, group_key))
+    }
+}
