@@ -192,14 +192,20 @@ pub fn publish_client_config(
     dir: &Path,
     ca_pem: &str,
     cluster_key_hex: &str,
+    group_key_hex: Option<&str>,
     endpoints: &[String],
 ) -> Result<(), EnrollError> {
     fs::create_dir_all(dir).map_err(io(dir))?;
-    let client = format!(
+    let mut client = format!(
         "# vmail client configuration, published by the auth group.\n\
          # Point VMAIL_AUTH_CONFIG at this file, or copy it with ca.pem to $VMAIL_HOME.\n\
          auth_endpoints = {endpoints:?}\nca_cert = \"ca.pem\"\ncluster_key = {cluster_key_hex:?}\n"
     );
+    if let Some(g) = group_key_hex {
+        client.push_str(&format!(
+            "# The group's threshold key: certificates must carry its signature.\ngroup_key = {g:?}\n"
+        ));
+    }
     for (file, contents) in [("ca.pem", ca_pem), ("client.toml", client.as_str())] {
         let path = dir.join(file);
         if fs::read_to_string(&path).ok().as_deref() != Some(contents) {
@@ -269,23 +275,28 @@ mod tests {
             "https://auth-1:7443".to_owned(),
             "https://auth-2:7443".into(),
         ];
-        publish_client_config(&dir, "CA", "ab", &endpoints).unwrap();
+        publish_client_config(&dir, "CA", "ab", None, &endpoints).unwrap();
         let text = fs::read_to_string(dir.join("client.toml")).unwrap();
         assert!(
             text.contains(r#"auth_endpoints = ["https://auth-1:7443", "https://auth-2:7443"]"#)
         );
         assert!(text.contains(r#"ca_cert = "ca.pem""#));
+        assert!(!text.contains("group_key"));
         let before = fs::metadata(dir.join("client.toml"))
             .unwrap()
             .modified()
             .unwrap();
         std::thread::sleep(std::time::Duration::from_millis(20));
-        publish_client_config(&dir, "CA", "ab", &endpoints).unwrap();
+        publish_client_config(&dir, "CA", "ab", None, &endpoints).unwrap();
         let after = fs::metadata(dir.join("client.toml"))
             .unwrap()
             .modified()
             .unwrap();
         assert_eq!(before, after);
         assert_eq!(fs::read_to_string(dir.join("ca.pem")).unwrap(), "CA");
+        // Once the group has its threshold key, clients pin it too.
+        publish_client_config(&dir, "CA", "ab", Some("cd"), &endpoints).unwrap();
+        let text = fs::read_to_string(dir.join("client.toml")).unwrap();
+        assert!(text.contains(r#"group_key = "cd""#), "{text}");
     }
 }

@@ -56,6 +56,9 @@ pub enum SettingsError {
     /// The cluster key is malformed.
     #[error("cluster key {0:?} is not a 64-hex-digit ed25519 public key: {1}")]
     ClusterKey(String, String),
+    /// The group key is malformed.
+    #[error("group key {0:?} is not a 64-hex-digit ed25519 public key: {1}")]
+    GroupKey(String, String),
     /// An auth endpoint that is not `https://`.
     #[error(
         "auth endpoint {url:?} (from {from}) is not an https:// URL: vmail talks to auth servers only over TLS, so write it as https://HOST:PORT"
@@ -79,6 +82,9 @@ pub struct ConfigFile {
     pub ca_cert: Option<PathBuf>,
     /// The cluster public key, hex.
     pub cluster_key: Option<String>,
+    /// The group's threshold key, hex: when set, every certificate must
+    /// carry its signature too.
+    pub group_key: Option<String>,
 }
 
 /// Auth settings given on the command line or in the environment.
@@ -90,6 +96,8 @@ pub struct AuthOverrides {
     pub ca: Option<PathBuf>,
     /// Cluster key, hex.
     pub cluster_key: Option<String>,
+    /// Group key, hex.
+    pub group_key: Option<String>,
     /// A config file to read instead of `HOME/config.toml`; it must exist.
     pub auth_config: Option<PathBuf>,
 }
@@ -200,9 +208,19 @@ pub fn auth_target(home: &Path, o: &AuthOverrides) -> Result<AuthTarget, Setting
         )
     })?;
     let cluster_key = parse_cluster_key(&key_hex)?;
+    let group_key = match o.group_key.clone().or(file.group_key) {
+        Some(hex_key) => Some(
+            hex::decode(hex_key.trim())
+                .map_err(|e| e.to_string())
+                .and_then(|b| parse_identity_key(&b))
+                .map_err(|why| SettingsError::GroupKey(hex_key, why))?,
+        ),
+        None => None,
+    };
     Ok(AuthTarget {
         endpoints,
         ca_pem,
         cluster_key,
+        group_key,
     })
 }

@@ -65,6 +65,17 @@ pub enum CertError {
         /// End of validity.
         not_after: u64,
     },
+    /// The group key is pinned, and the certificate carries no group
+    /// signature.
+    #[error(
+        "certificate for {0:?} carries no group signature, and this client pins the group key: the server it came from holds no share of the group key, or fewer than the threshold of servers signed; log in again, or ask the operator (vmail-auth status)"
+    )]
+    NoGroupSignature(String),
+    /// The group signature does not verify under the pinned group key.
+    #[error(
+        "certificate for {0:?} has a group signature that does not verify under the pinned group key: not signed by this group, or altered"
+    )]
+    GroupSignature(String),
 }
 
 /// A user certificate in domain form. Its serde form carries it between
@@ -89,6 +100,10 @@ pub struct UserCertificate {
     pub not_after: u64,
     /// The cluster's signature over [`UserCertificate::signing_bytes`].
     pub signature: Signature,
+    /// The group's threshold signature over the same bytes, once t auth
+    /// servers signed it (docs/PROTOCOL.md §4.2).
+    #[serde(default)]
+    pub group_signature: Option<Signature>,
 }
 
 /// The fields of a certificate before it is signed.
@@ -135,6 +150,7 @@ impl CertificateBody {
             not_before: self.not_before,
             not_after: self.not_after,
             signature,
+            group_signature: None,
         }
     }
 }
@@ -160,6 +176,16 @@ impl UserCertificate {
         cluster_key
             .verify_strict(&self.signing_bytes(), &self.signature)
             .map_err(|_| CertError::Signature(self.username.to_string()))
+    }
+
+    /// Checks the group's threshold signature, whatever the time.
+    pub fn verify_group_signature(&self, group_key: &VerifyingKey) -> Result<(), CertError> {
+        let signature = self
+            .group_signature
+            .ok_or_else(|| CertError::NoGroupSignature(self.username.to_string()))?;
+        group_key
+            .verify_strict(&self.signing_bytes(), &signature)
+            .map_err(|_| CertError::GroupSignature(self.username.to_string()))
     }
 
     /// Checks the signature and that `now` (Unix seconds) is inside the validity.
@@ -225,6 +251,10 @@ impl From<UserCertificate> for pb::UserCertificate {
             not_before: c.not_before,
             not_after: c.not_after,
             signature: c.signature.to_bytes().to_vec(),
+            group_signature: c
+                .group_signature
+                .map(|s| s.to_bytes().to_vec())
+                .unwrap_or_default(),
         }
     }
 }
@@ -258,7 +288,20 @@ impl TryFrom<pb::UserCertificate> for UserCertificate {
                     field: "signature",
                     why: format!("{} bytes, expected 64", c.signature.len()),
                 })?;
+        let group_signature = match c.group_signature.len() {
+            0 => None,
+            64 => Some(Signature::from_bytes(
+                c.group_signature.as_slice().try_into().expect("64 bytes"),
+            )),
+            n => {
+                return Err(CertError::Malformed {
+                    field: "group_signature",
+                    why: format!("{n} bytes, expected 64 or none"),
+                });
+            }
+        };
         Ok(Self {
+            group_signature,
             version: c.version,
             serial: c.serial,
             username: Username::parse(&c.username)?,

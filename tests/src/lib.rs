@@ -666,6 +666,22 @@ impl TestCluster {
                 .collect(),
             ca_pem: any.ca_pem.clone(),
             cluster_key: any.cluster_key,
+            group_key: None,
+        }
+    }
+
+    /// A client config that lists every server and pins the group's
+    /// threshold key, once every running server has it (a minute at most).
+    pub async fn pinned_target(&self) -> AuthTarget {
+        let key = local_auth::group_key(
+            self.servers.iter().flatten(),
+            std::time::Duration::from_secs(60),
+        )
+        .await
+        .expect("a group key");
+        AuthTarget {
+            group_key: Some(key),
+            ..self.target()
         }
     }
 

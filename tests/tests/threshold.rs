@@ -13,10 +13,14 @@
 //!
 //! The group's FROST signing key, generated through the log once the group
 //! has three voters: any two servers' key packages sign, one alone cannot,
-//! and no data dir holds another server's signing share. Certificates,
-//! grants and delete orders are still signed by the cluster key every
-//! member holds (docs/THRESHOLD.md); this drill gains those attempts when
-//! they move to the group key.
+//! and no data dir holds another server's signing share. Signing runs in
+//! two rounds over the internal service, each signer rebuilding what it
+//! signs from its own state, so a stolen server gets no share on a
+//! certificate the log does not hold; certificates carry the group's
+//! signature, and a client that pins the group key refuses one the stolen
+//! cluster key made. Grants and delete orders are still signed by the
+//! cluster key every member holds (docs/THRESHOLD.md); this drill gains
+//! those attempts when they move to the group key.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -577,5 +581,78 @@ async fn a_stolen_server_gets_no_share_on_bytes_the_log_does_not_hold() {
         .unwrap()
         .verify_strict(&s.certificate.signing_bytes(), &sig)
         .unwrap();
+    cluster.stop().await;
+}
+
+/// The drill's certificate attempt (docs/SECURITY.md "A compromised auth
+/// server"): a login on a group with a key gets a certificate that t
+/// servers signed, and so does everyone who fetches it or gets voicemail
+/// from its holder. A thief with one server's data dir mints a certificate
+/// with the cluster key it holds, which a client that does not pin the
+/// group key would still take; a client that pins it refuses it, bare or
+/// with a real group signature copied from another certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_pinning_the_group_key_takes_only_certificates_t_servers_signed() {
+    use vmail_node::auth_client::{AuthClient, Sender};
+    use vmail_proto::cert::{CertError, CertificateBody};
+
+    let mut cluster = TestCluster::start(3).await;
+    let pinned = cluster.pinned_target().await;
+    let group_key = pinned.group_key.unwrap();
+    let mut bob = AuthClient::connect(&pinned).await.unwrap();
+    let mut alice = AuthClient::connect(&pinned).await.unwrap();
+    for (c, who) in [(&mut bob, "bob"), (&mut alice, "alice")] {
+        c.register(who, &password(who), &identity(), None)
+            .await
+            .unwrap();
+    }
+    let bob_s = bob
+        .login("bob", &password("bob"), &identity(), &[])
+        .await
+        .expect("a pinning client logs in: its certificate is group-signed");
+    bob_s
+        .certificate
+        .verify_group_signature(&group_key)
+        .unwrap();
+    alice
+        .login("alice", &password("alice"), &identity(), &[])
+        .await
+        .unwrap();
+    // Others see the group signature: in the certificate they look up and
+    // in the voicemail bob leaves them.
+    let looked_up = alice.certificate("bob").await.unwrap();
+    assert_eq!(looked_up.group_signature, bob_s.certificate.group_signature);
+    let d = granted(&mut bob, deposit_for(&["alice"], b"from bob")).await;
+    bob.deposit(&d).await.unwrap();
+    let pending = alice.list_pending().await.unwrap();
+    let Sender::Known(sender) = &pending[0].sender else {
+        panic!("bob is shown: {:?}", pending[0].sender);
+    };
+    sender.verify_group_signature(&group_key).unwrap();
+
+    // The thief mints a certificate for bob's name with its own key.
+    let stolen = datadir::load_keys(&cluster.data_dir(0)).expect("the stolen keys load");
+    let thief = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let mut forged = CertificateBody {
+        serial: bob_s.certificate.serial + 1,
+        username: bob_s.certificate.username.clone(),
+        identity_key: thief.verifying_key(),
+        peer_id: Vec::new(),
+        not_before: bob_s.certificate.not_before,
+        not_after: bob_s.certificate.not_after,
+    }
+    .sign(&stolen.cluster_key);
+    forged
+        .verify(&pinned.cluster_key, vmail_proto::unix_now())
+        .expect("the cluster key every member holds still mints what unpinned clients take");
+    assert!(matches!(
+        forged.verify_group_signature(&group_key),
+        Err(CertError::NoGroupSignature(_))
+    ));
+    forged.group_signature = bob_s.certificate.group_signature;
+    assert!(matches!(
+        forged.verify_group_signature(&group_key),
+        Err(CertError::GroupSignature(_))
+    ));
     cluster.stop().await;
 }

@@ -95,6 +95,10 @@ pub(crate) async fn start(
     let keys = svc.keys().clone();
     let cluster_key = hex::encode(keys.cluster_public_key().to_bytes());
     let raft_handle = svc.raft().clone();
+    let store = svc.store().clone();
+    // A group of three or more publishes the clients' config only once it
+    // has its threshold key, so no client pins a group without it.
+    let threshold = group.members.len() >= vmail_auth::threshold::MIN_MEMBERS;
     let enrollment = group.enrollment.clone();
     let tasks = tokio::spawn(async move {
         if needs_join {
@@ -111,13 +115,24 @@ pub(crate) async fn start(
         // clients' config current.
         loop {
             if raft_handle.is_initialized().await.unwrap_or(false) {
+                let group_key = match store.group_key() {
+                    Ok(k) => k.map(|(_, k)| hex::encode(k)),
+                    Err(e) => {
+                        tracing::warn!("reading the group key: {e}");
+                        None
+                    }
+                };
                 let done = enrollment
                     .mark_founded(&keys.ca_cert_pem)
                     .and_then(|()| {
+                        if threshold && group_key.is_none() {
+                            return Ok(());
+                        }
                         enroll::publish_client_config(
                             &group.public_dir,
                             &keys.ca_cert_pem,
                             &cluster_key,
+                            group_key.as_deref(),
                             &endpoints,
                         )
                     })

@@ -294,6 +294,16 @@ pub enum Command {
         /// Its step.
         step: DkgStep,
     },
+    /// The group's threshold signature on a user's current certificate
+    /// (docs/PROTOCOL.md §16.10), checked under the group key at apply.
+    CertifyGroup {
+        /// The subject.
+        username: String,
+        /// The certificate's serial.
+        serial: u64,
+        /// The group signature (64 bytes).
+        signature: Vec<u8>,
+    },
 }
 
 /// What applying a [`Command`] produced.
@@ -341,6 +351,9 @@ pub enum Reply {
     /// A [`Command::BeginSession`] whose statement the user's account key
     /// did not sign (or whose user does not exist); nothing changed.
     SessionUnsigned(String),
+    /// Result of [`Command::CertifyGroup`]: `None` once stored, else why
+    /// not (nothing changed).
+    GroupCertified(Option<String>),
 }
 
 /// What applying an entry tells the watchers of pending voicemail: the

@@ -359,6 +359,15 @@ impl StateMachine {
             ),
             Command::DkgBegin { roster, now } => Reply::Dkg(store.dkg_begin(tx, &roster, now)?),
             Command::Dkg { node_id, step } => Reply::Dkg(store.dkg_step(tx, node_id, step)?),
+            Command::CertifyGroup {
+                username,
+                serial,
+                signature,
+            } => Reply::GroupCertified(
+                store
+                    .certify_group(tx, &username, serial, &signature)?
+                    .err(),
+            ),
             Command::Batch(cmds) => Reply::Batch(
                 cmds.into_iter()
                     .map(|c| self.apply_command(tx, c, events))

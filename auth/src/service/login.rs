@@ -285,11 +285,12 @@ impl AuthService {
         if let Reply::SessionUnsigned(why) = reply {
             return Err(AuthError::Account(why));
         }
-        let Reply::SessionBegun(certificate) = reply else {
+        let Reply::SessionBegun(mut certificate) = reply else {
             return Err(AuthError::Apply(format!(
                 "unexpected reply {reply:?} to a login"
             )));
         };
+        self.certify_in_group(&mut certificate).await;
         let session = Session {
             token_hash: hash,
             username: name.to_string(),
@@ -306,6 +307,52 @@ impl AuthService {
             expires_at: session.expires_at,
             certificate: *certificate,
         })
+    }
+
+    /// Once the group has a signing key: has t servers sign `cert` (the
+    /// user's current certificate, just applied) and records the group
+    /// signature in the log, so that the certificate others fetch and the
+    /// one a deposit records carry it too. A failure is logged and leaves
+    /// the certificate without one: a client that pins the group key then
+    /// refuses it with the reason, and others are unaffected.
+    async fn certify_in_group(&self, cert: &mut UserCertificate) {
+        match self.db(|s| s.group_key()).await {
+            Ok(Some(_)) => {}
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the group key");
+                return;
+            }
+        }
+        let target = super::SignTarget::Certificate {
+            username: cert.username.to_string(),
+            serial: cert.serial,
+        };
+        let signed = async {
+            let (signature, _) = self.group_sign(&target).await.map_err(|e| e.to_string())?;
+            let reply = self
+                .propose(Command::CertifyGroup {
+                    username: cert.username.to_string(),
+                    serial: cert.serial,
+                    signature: signature.to_bytes().to_vec(),
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            match reply {
+                Reply::GroupCertified(None) => Ok(signature),
+                Reply::GroupCertified(Some(why)) => Err(why),
+                other => Err(format!("unexpected reply {other:?}")),
+            }
+        }
+        .await;
+        match signed {
+            Ok(signature) => cert.group_signature = Some(signature),
+            Err(why) => tracing::warn!(
+                user = %cert.username,
+                serial = cert.serial,
+                "the certificate was not group-signed: {why}"
+            ),
+        }
     }
 
     /// The current certificate of a user.

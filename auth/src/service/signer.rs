@@ -476,17 +476,22 @@ impl Signer {
         let mut failures = Vec::new();
         let mut chosen = Vec::new();
         let mut commitments = BTreeMap::new();
-        for (name, answer) in futures::future::join_all(asks).await {
+        // The first t−1 to answer sign; the rest are not waited for, and
+        // the nonces of any that answer later expire unused.
+        let mut asks: futures::stream::FuturesUnordered<_> = asks.collect();
+        while chosen.len() + 1 < usize::from(needed) {
+            let Some((name, answer)) = futures::StreamExt::next(&mut asks).await else {
+                break;
+            };
             match answer {
-                Ok((id, handle, c, client)) if chosen.len() + 1 < usize::from(needed) => {
+                Ok((id, handle, c, client)) => {
                     commitments.insert(id, c);
                     chosen.push((name, id, handle, client));
                 }
-                // More answered than needed: their nonces expire unused.
-                Ok(_) => {}
                 Err(why) => failures.push((name, why)),
             }
         }
+        drop(asks);
         if chosen.len() + 1 < usize::from(needed) {
             return Err(SignError::TooFewSigners {
                 got: chosen.len() + 1,

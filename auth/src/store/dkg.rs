@@ -299,6 +299,21 @@ impl Store {
         })
     }
 
+    /// [`Store::group_key`] inside a write transaction.
+    pub(crate) fn group_key_in(
+        &self,
+        tx: &WriteTransaction,
+    ) -> Result<Option<(u64, [u8; 32])>, StoreError> {
+        let table = tx.open_table(DKG).map_err(db_err)?;
+        let Some((k, v)) = table.last().map_err(db_err)? else {
+            return Ok(None);
+        };
+        Ok(match decode(k.value(), v.value())?.end {
+            Some(CeremonyEnd::Key { group_key, .. }) => Some((k.value(), group_key)),
+            _ => None,
+        })
+    }
+
     /// The group key and the ceremony that made it, once one completed.
     pub fn group_key(&self) -> Result<Option<(u64, [u8; 32])>, StoreError> {
         Ok(self.current_ceremony()?.and_then(|(n, c)| match c.end {

@@ -97,6 +97,54 @@ impl Store {
         Ok(cert)
     }
 
+    /// Adds the group's threshold signature to `username`'s current
+    /// certificate, if that is serial `serial` and the signature verifies
+    /// under the group key (every server checks it at apply). `Err(why)`
+    /// leaves the row as it was.
+    pub(crate) fn certify_group(
+        &self,
+        tx: &WriteTransaction,
+        username: &str,
+        serial: u64,
+        signature: &[u8],
+    ) -> Result<Result<(), String>, StoreError> {
+        let Some((_, group_key)) = self.group_key_in(tx)? else {
+            return Ok(Err("the group has no signing key".into()));
+        };
+        let mut users = tx.open_table(USERS).map_err(db_err)?;
+        let mut row: UserRow = match users.get(username).map_err(db_err)? {
+            Some(v) => {
+                postcard::from_bytes(v.value()).map_err(|e| corrupt("users", username, e))?
+            }
+            None => return Ok(Err(format!("no user {username}"))),
+        };
+        let mut cert = UserCertificate::from_bytes(&row.certificate)
+            .map_err(|e| corrupt("users", username, e))?;
+        if cert.serial != serial {
+            return Ok(Err(format!(
+                "the current certificate of {username} is serial {}, not {serial}",
+                cert.serial
+            )));
+        }
+        let Ok(signature) = <[u8; 64]>::try_from(signature) else {
+            return Ok(Err(format!("a signature of {} bytes", signature.len())));
+        };
+        cert.group_signature = Some(ed25519_dalek::Signature::from_bytes(&signature));
+        let key = ed25519_dalek::VerifyingKey::from_bytes(&group_key)
+            .map_err(|e| corrupt("dkg", "group key", e))?;
+        if let Err(e) = cert.verify_group_signature(&key) {
+            return Ok(Err(e.to_string()));
+        }
+        row.certificate = cert.to_bytes();
+        users
+            .insert(
+                username,
+                postcard::to_allocvec(&row).expect("encodes").as_slice(),
+            )
+            .map_err(db_err)?;
+        Ok(Ok(()))
+    }
+
     /// A session by token hash.
     pub fn session(&self, token_hash: &[u8; 32]) -> Result<Option<Session>, StoreError> {
         self.run(|db| {

@@ -104,7 +104,16 @@ pub async fn run() -> anyhow::Result<()> {
         println!("  {}", p.peer_id());
     }
     supernodes(&tl, &mut peers).await?;
-    let target = local_auth::target_of(&auth);
+    tl.step("the auth servers make the group's signing key by FROST key generation through their Raft log; clients pin it");
+    let group_key = local_auth::group_key(&auth, Duration::from_secs(60)).await?;
+    println!(
+        "  group key {}: each server holds a share, any 2 of the 3 sign, none holds it whole",
+        short(group_key.as_bytes())
+    );
+    let target = AuthTarget {
+        group_key: Some(group_key),
+        ..local_auth::target_of(&auth)
+    };
     let result = narrate(&tl, &target, peers, &mut auth).await;
     for s in auth {
         s.stop().await?;
@@ -224,7 +233,7 @@ async fn narrate(
     for (i, user) in ["bob", "alice", "carol"].iter().enumerate() {
         login(target, &peers[i], user).await?;
         println!(
-            "  {user} on peer {}: master key negotiated, certificate binds the peer id",
+            "  {user} on peer {}: master key negotiated, certificate binds the peer id and carries the group's 2-of-3 signature",
             i + 1
         );
     }

@@ -464,5 +464,32 @@ pub fn target_of(servers: &[LocalServer]) -> AuthTarget {
         endpoints: servers.iter().map(|s| s.endpoint.clone()).collect(),
         ca_pem: first.ca_pem.clone(),
         cluster_key: first.cluster_key,
+        group_key: None,
+    }
+}
+
+/// The group's threshold key once every member of `servers` applied the
+/// same completed key generation, waiting up to `wait` for it.
+pub async fn group_key<'a>(
+    servers: impl IntoIterator<Item = &'a LocalServer> + Clone,
+    wait: std::time::Duration,
+) -> anyhow::Result<ed25519_dalek::VerifyingKey> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let mut keys = Vec::new();
+        for s in servers.clone() {
+            keys.push(s.service.store().group_key()?);
+        }
+        if let Some(Some((_, key))) = keys.first()
+            && keys.iter().all(|k| k == &keys[0])
+        {
+            return Ok(ed25519_dalek::VerifyingKey::from_bytes(key)?);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!(
+                "the auth group made no signing key within {wait:?}: it needs three servers that finish a key generation (see their logs)"
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }

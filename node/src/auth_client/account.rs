@@ -302,6 +302,9 @@ impl AuthClient {
     ) -> Result<UserCertificate, ClientError> {
         let cert = UserCertificate::try_from(cert.ok_or_else(|| protocol("no certificate"))?)?;
         cert.verify_with_skew(&self.cluster_key, vmail_proto::unix_now(), CLOCK_SKEW_SECS)?;
+        if let Some(group_key) = &self.group_key {
+            cert.verify_group_signature(group_key)?;
+        }
         if &cert.username != expected {
             return Err(protocol(format!(
                 "asked for {expected}'s certificate, got {}'s",

@@ -152,6 +152,9 @@ pub struct AuthTarget {
     pub ca_pem: Vec<u8>,
     /// The cluster public key that signs user certificates.
     pub cluster_key: VerifyingKey,
+    /// The group's threshold key, if pinned: then every certificate must
+    /// also carry its signature (docs/THRESHOLD.md).
+    pub group_key: Option<VerifyingKey>,
 }
 
 /// A connection to the auth servers. `Debug` leaves out the token.
@@ -159,6 +162,7 @@ pub struct AuthTarget {
 pub struct AuthClient {
     rpc: auth_client::AuthClient<Channel>,
     cluster_key: VerifyingKey,
+    group_key: Option<VerifyingKey>,
     ca_pem: Vec<u8>,
     /// The configured endpoints, then leaders learnt from redirects.
     endpoints: Vec<String>,
@@ -243,6 +247,7 @@ impl AuthClient {
                     return Ok(Self {
                         rpc: rpc_client(ch),
                         cluster_key: target.cluster_key,
+                        group_key: target.group_key,
                         ca_pem: target.ca_pem.clone(),
                         endpoints: target.endpoints.clone(),
                         configured: target.endpoints.clone(),

@@ -287,6 +287,7 @@ mod tests {
         let client = AuthClient {
             rpc: rpc_client(ch),
             cluster_key: cluster.verifying_key(),
+            group_key: None,
             ca_pem: Vec::new(),
             endpoints: closed.clone(),
             configured: closed.clone(),

@@ -308,6 +308,7 @@ impl AuthClient {
             .map_err(|_| protocol("voicemail id is not 16 bytes"))?;
         let sender = pending_sender(
             &self.cluster_key,
+            self.group_key.as_ref(),
             &id,
             p.anonymous,
             p.sender_certificate,
@@ -399,11 +400,12 @@ impl AuthClient {
 }
 
 /// Who left a pending voicemail: a hidden sender must come without a
-/// certificate, any other with one that the cluster key signed and that was
-/// valid when they deposited, however long ago that was. Anything else
-/// breaks the protocol.
+/// certificate, any other with one that the cluster key signed (and the
+/// group key, if pinned) and that was valid when they deposited, however
+/// long ago that was. Anything else breaks the protocol.
 fn pending_sender(
     cluster_key: &ed25519_dalek::VerifyingKey,
+    group_key: Option<&ed25519_dalek::VerifyingKey>,
     id: &[u8; 16],
     anonymous: bool,
     certificate: Option<pb::UserCertificate>,
@@ -422,6 +424,9 @@ fn pending_sender(
         (false, Some(cert)) => {
             let cert = UserCertificate::try_from(cert)?;
             cert.verify(cluster_key, deposited_at)?;
+            if let Some(group_key) = group_key {
+                cert.verify_group_signature(group_key)?;
+            }
             Ok(Sender::Known(Box::new(cert)))
         }
     }
@@ -443,6 +448,7 @@ mod tests {
         AuthClient {
             rpc: super::super::rpc_client(ch),
             cluster_key: cluster.verifying_key(),
+            group_key: None,
             ca_pem: Vec::new(),
             endpoints: vec!["https://127.0.0.1:9".into()],
             configured: vec!["https://127.0.0.1:9".into()],

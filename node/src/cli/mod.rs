@@ -49,6 +49,10 @@ pub(crate) struct Cli {
     /// The cluster public key (hex) that signs user certificates.
     #[arg(long, global = true, env = "VMAIL_CLUSTER_KEY")]
     cluster_key: Option<String>,
+    /// The auth group's threshold key (hex): every certificate must then
+    /// carry the group's signature too (docs/THRESHOLD.md).
+    #[arg(long, global = true, env = "VMAIL_GROUP_KEY")]
+    group_key: Option<String>,
     /// Read auth settings from this file instead of HOME/config.toml (for
     /// example the client.toml an auth group publishes).
     #[arg(long, global = true, env = "VMAIL_AUTH_CONFIG")]
@@ -472,6 +476,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
             auth: cli.auth,
             ca: cli.ca,
             cluster_key: cli.cluster_key,
+            group_key: cli.group_key,
             auth_config: cli.auth_config,
         },
         password_file: cli.password_file,

@@ -29,6 +29,13 @@ impl TryFrom<pb::SetSessionRequest> for Session {
             .map_err(|e| bad(format!("certificate: {e}")))?;
         let cluster_key = VerifyingKey::from_bytes(&key32(&r.cluster_key, "cluster key")?)
             .map_err(|e| bad(format!("cluster key: {e}")))?;
+        let group_key = match r.group_key.as_slice() {
+            [] => None,
+            b => Some(
+                VerifyingKey::from_bytes(&key32(b, "group key")?)
+                    .map_err(|e| bad(format!("group key: {e}")))?,
+            ),
+        };
         if r.inbox_key.is_empty() {
             return Err(bad(format!(
                 "the session of {} has no inbox key (it comes from an older vmail): run `vmail login {}` again",
@@ -56,6 +63,7 @@ impl TryFrom<pb::SetSessionRequest> for Session {
                 endpoints: r.auth_endpoints,
                 ca_pem: r.ca_pem,
                 cluster_key,
+                group_key,
             },
         })
     }
@@ -75,6 +83,11 @@ impl From<&Session> for pb::SetSessionRequest {
             ca_pem: s.target.ca_pem.clone(),
             cluster_key: s.target.cluster_key.to_bytes().to_vec(),
             inbox_key: s.login.inbox_key.to_bytes().to_vec(),
+            group_key: s
+                .target
+                .group_key
+                .map(|k| k.to_bytes().to_vec())
+                .unwrap_or_default(),
         }
     }
 }
@@ -111,6 +124,7 @@ mod tests {
                 endpoints: vec!["https://a:1".into(), "https://b:2".into()],
                 ca_pem: b"ca".to_vec(),
                 cluster_key: cluster.verifying_key(),
+                group_key: Some(SigningKey::from_bytes(&[6; 32]).verifying_key()),
             },
         }
     }
@@ -122,6 +136,10 @@ mod tests {
         assert_eq!(back.login.inbox_key.public(), s.login.inbox_key.public());
         assert_eq!(back.login.token, s.login.token);
         assert_eq!(back.target.endpoints, s.target.endpoints);
+        assert_eq!(back.target.group_key, s.target.group_key);
+        let mut unpinned = pb::SetSessionRequest::from(&s);
+        unpinned.group_key.clear();
+        assert_eq!(Session::try_from(unpinned).unwrap().target.group_key, None);
         // A CLI from before inbox keys sends none: told to log in again.
         let mut old = pb::SetSessionRequest::from(&s);
         old.inbox_key.clear();

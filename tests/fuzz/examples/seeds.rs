@@ -110,7 +110,12 @@ fn main() -> anyhow::Result<()> {
         })
         .collect(),
     ));
-    seeds.push(("cert", vec![certificate().to_bytes()]));
+    let mut group_signed = certificate();
+    group_signed.group_signature = Some(group_signed.signature);
+    seeds.push((
+        "cert",
+        vec![certificate().to_bytes(), group_signed.to_bytes()],
+    ));
     let key = secret_key();
     seeds.push((
         "secret_key",

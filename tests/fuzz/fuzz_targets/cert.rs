@@ -1,6 +1,6 @@
-//! `UserCertificate::from_bytes` then `verify`: a certificate a peer shows.
-//! What parses re-encodes to the same certificate; only the genuine one
-//! verifies under the cluster key.
+//! `UserCertificate::from_bytes` then `verify` and `verify_group_signature`:
+//! a certificate a peer shows. What parses re-encodes to the same
+//! certificate; only the genuine one verifies under either key.
 #![no_main]
 
 use std::sync::LazyLock;
@@ -18,7 +18,21 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     assert_eq!(UserCertificate::from_bytes(&c.to_bytes()).as_ref(), Ok(&c));
+    // The group signature is not under the cluster signature: only the
+    // rest of the certificate must be the genuine one.
     if c.verify(&KEY, NOW).is_ok() {
-        assert_eq!(c, *GENUINE, "a forged certificate verified");
+        let bare = UserCertificate {
+            group_signature: None,
+            ..c.clone()
+        };
+        assert_eq!(bare, *GENUINE, "a forged certificate verified");
+    }
+    // The cluster key stands in for the group key here.
+    if c.verify_group_signature(&KEY).is_ok() {
+        assert_eq!(
+            c.signing_bytes(),
+            GENUINE.signing_bytes(),
+            "a forged group signature verified"
+        );
     }
 });
