@@ -27,8 +27,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use openraft::{EntryPayload, RaftLogReader};
-use vmail_auth::cluster::Command;
 use vmail_auth::cluster::log_store::LogStore;
+use vmail_auth::cluster::{Command, Reply};
 use vmail_auth::datadir;
 use vmail_auth::metrics::AuthMetrics;
 use vmail_auth::store::StoredShare;
@@ -654,5 +654,40 @@ async fn a_client_pinning_the_group_key_takes_only_certificates_t_servers_signed
         forged.verify_group_signature(&group_key),
         Err(CertError::GroupSignature(_))
     ));
+
+    // A leader that proposes a group signature the group did not make:
+    // every server checks it at apply and keeps the certificate as it was.
+    let leader = cluster.leader().await;
+    let bogus = ed25519_dalek::Signer::sign(&thief, &bob_s.certificate.signing_bytes());
+    let applied = cluster
+        .server(leader)
+        .service
+        .raft()
+        .client_write(Command::CertifyGroup {
+            username: "bob".into(),
+            serial: bob_s.certificate.serial,
+            signature: bogus.to_bytes().to_vec(),
+        })
+        .await
+        .unwrap();
+    assert!(
+        matches!(applied.data, Reply::GroupCertified(Some(_))),
+        "{:?}",
+        applied.data
+    );
+    cluster.wait_applied().await;
+    for i in 0..3 {
+        let stored = cluster
+            .server(i)
+            .service
+            .store()
+            .user("bob")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            stored.certificate.group_signature, bob_s.certificate.group_signature,
+            "server {i} kept bob's certificate as the group signed it"
+        );
+    }
     cluster.stop().await;
 }
