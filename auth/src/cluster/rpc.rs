@@ -204,7 +204,9 @@ fn sign_status(e: SignError) -> Status {
         | SignError::OtherCeremony { .. }
         | SignError::Absent(_) => Status::failed_precondition(why),
         SignError::NotInRoster(_) | SignError::Mismatch { .. } => Status::permission_denied(why),
-        SignError::Behind { .. } | SignError::TooFewSigners { .. } => Status::unavailable(why),
+        SignError::Behind { .. } | SignError::TooFewSigners { .. } | SignError::Stopping => {
+            Status::unavailable(why)
+        }
         SignError::Busy(_) => Status::resource_exhausted(why),
         SignError::Malformed(_) | SignError::UnknownHandle | SignError::Threshold(_) => {
             Status::invalid_argument(why)

@@ -208,7 +208,7 @@ impl AuthService {
     ) -> Self {
         let limits = Limits::new(&config);
         Self {
-            signer: Arc::new(Signer::new(store.clone(), raft.clone())),
+            signer: Arc::new(Signer::new(&store, raft.clone())),
             store,
             keys,
             config,

@@ -16,7 +16,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -163,6 +163,9 @@ pub enum SignError {
     /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The server is shutting down.
+    #[error("this server is shutting down; retry on another")]
+    Stopping,
 }
 
 fn missing(failures: &[(String, String)]) -> String {
@@ -193,7 +196,9 @@ struct Held {
 /// This server's part in threshold signing: its key package, its open
 /// rounds, and its clients of the other members.
 pub struct Signer {
-    store: Arc<Store>,
+    /// Weak: the service owns the signer, and stopping a server waits for
+    /// its store's last strong reference to go.
+    store: Weak<Store>,
     raft: Raft,
     dir: Option<PathBuf>,
     held: Mutex<Option<Held>>,
@@ -210,10 +215,10 @@ impl std::fmt::Debug for Signer {
 impl Signer {
     /// The signer of the member whose database is `store`; its key packages
     /// are in the store's directory.
-    pub fn new(store: Arc<Store>, raft: Raft) -> Self {
+    pub fn new(store: &Arc<Store>, raft: Raft) -> Self {
         let dir = store.path().parent().map(PathBuf::from);
         Self {
-            store,
+            store: Arc::downgrade(store),
             raft,
             dir,
             held: Mutex::new(None),
@@ -225,11 +230,11 @@ impl Signer {
     async fn db<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, StoreError> {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || f(&store))
+    ) -> Result<T, SignError> {
+        let store = self.store.upgrade().ok_or(SignError::Stopping)?;
+        Ok(tokio::task::spawn_blocking(move || f(&store))
             .await
-            .expect("a store read panicked")
+            .expect("a store read panicked")?)
     }
 
     /// The current group key's ceremony, its roster, and this server's key
