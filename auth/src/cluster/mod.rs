@@ -14,6 +14,8 @@
 //! - [`network`]: the client side of the internal `vmail.auth.cluster.v1`
 //!   service, over mutual TLS;
 //! - [`rpc`]: the server side of that service;
+//! - [`signer`]: the threshold signing rounds that service carries, and
+//!   their coordinator;
 //! - [`peer_name`]: the name in a member's TLS client certificate.
 
 pub mod admin;
@@ -22,6 +24,7 @@ pub mod log_store;
 pub mod network;
 pub mod peer_name;
 pub mod rpc;
+pub mod signer;
 pub mod state_machine;
 
 use std::fmt;

@@ -13,10 +13,10 @@ use tonic::{Request, Response, Status};
 use vmail_proto::cluster_pb::{self as pb, cluster_server::Cluster};
 
 use super::network::{LEADER_RAFT_URL, RAFT_TARGET, decode, encode, is_https, not_https};
+use super::signer::{SignError, Signer};
 use super::{Command, Member, Raft, Reply, peer_name, x25519_public};
 use crate::config::ServerConfig;
 use crate::keys::ServerKeys;
-use crate::service::{SignError, Signer};
 use crate::store::{DkgOutcome, DkgStep, MAX_STEP_LEN};
 
 /// The clock a member's entries are stamped with, Unix seconds.

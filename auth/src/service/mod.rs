@@ -20,8 +20,8 @@
 //!   OpenShare, and publishing, rotating and erasing this server's share
 //!   keys ([`share_key_duty`]);
 //! - [`dkg`]: the group signing key's distributed generation ([`dkg_duty`]);
-//! - [`signer`]: threshold signing rounds over the internal service
-//!   ([`Signer`]).
+//! - threshold signing rounds over the internal service are
+//!   `crate::cluster::signer` ([`Signer`]), a layer below.
 //!
 //! Every change goes through the group's Raft log as a [`Command`]: the
 //! service prepares it (validation, OPAQUE, times, random values, secrets
@@ -45,7 +45,6 @@ mod register;
 mod retention;
 mod sent;
 mod share;
-mod signer;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -66,6 +65,10 @@ use crate::store::{Session, Store, StoreError};
 use limits::{RateLimiter, StreamCounts};
 use login::{Failures, PendingLogins};
 
+pub use crate::cluster::signer::{
+    APPLY_WAIT, MAX_OUTSTANDING, MAX_TARGET_LEN, NONCE_TTL, ROUND_TIMEOUT, SignError, SignTarget,
+    Signer,
+};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use deposit::{
     AckReceipt, CheckedDeposit, Delivery, Deposit, Deposited, MAX_CONTENT_TYPE_LEN,
@@ -86,10 +89,6 @@ pub use sent::{MAX_LIST_SENT, Recalled};
 pub use share::{
     ERASE_GRACE_SECS, OpenedShare, PUBLISH_RETRY_MAX, PUBLISH_RETRY_MIN, SHARE_KEY_UPKEEP_INTERVAL,
     Upkeep, share_key_duty,
-};
-pub use signer::{
-    APPLY_WAIT, MAX_OUTSTANDING, MAX_TARGET_LEN, NONCE_TTL, ROUND_TIMEOUT, SignError, SignTarget,
-    Signer,
 };
 
 /// Capacity of the new-voicemail broadcast channel.
