@@ -263,22 +263,7 @@ async fn three_servers_generate_a_group_key_any_two_sign_with_and_one_cannot() {
     use vmail_auth::threshold::{self, sign};
 
     let mut cluster = TestCluster::start(3).await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let (ceremony, group_key) = loop {
-        let keys: Vec<_> = (0..3)
-            .map(|i| cluster.server(i).service.store().group_key().unwrap())
-            .collect();
-        if let Some(first) = keys[0]
-            && keys.iter().all(|k| *k == Some(first))
-        {
-            break first;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no group key on every server within a minute: {keys:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    };
+    let (ceremony, group_key) = group_key(&cluster).await;
     let packages: Vec<_> = (0..3)
         .map(|i| {
             datadir::frost_keys::load_key_package(&cluster.data_dir(i), ceremony)
