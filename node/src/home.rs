@@ -134,24 +134,44 @@ fn load_config_file(path: &Path, must_exist: bool) -> Result<ConfigFile, Setting
     }
 }
 
-/// The cluster key from the overrides or the config file, if either names
-/// one (a peer daemon needs only the key, not a whole target).
-pub fn cluster_key(home: &Path, o: &AuthOverrides) -> Result<Option<VerifyingKey>, SettingsError> {
+/// The cluster key and the group key from the overrides or the config
+/// file, each if either names one (a peer daemon needs only the keys, not
+/// a whole target).
+pub fn pinned_keys(
+    home: &Path,
+    o: &AuthOverrides,
+) -> Result<(Option<VerifyingKey>, Option<VerifyingKey>), SettingsError> {
     let config_path = o
         .auth_config
         .clone()
         .unwrap_or_else(|| home.join("config.toml"));
     let file = load_config_file(&config_path, o.auth_config.is_some())?;
-    let Some(key_hex) = o.cluster_key.clone().or(file.cluster_key) else {
-        return Ok(None);
-    };
-    parse_cluster_key(&key_hex).map(Some)
+    let cluster = o
+        .cluster_key
+        .clone()
+        .or(file.cluster_key)
+        .map(|k| parse_cluster_key(&k))
+        .transpose()?;
+    let group = o
+        .group_key
+        .clone()
+        .or(file.group_key)
+        .map(|k| parse_group_key(&k))
+        .transpose()?;
+    Ok((cluster, group))
 }
 
 fn parse_cluster_key(key_hex: &str) -> Result<VerifyingKey, SettingsError> {
     let bytes = hex::decode(key_hex.trim())
         .map_err(|e| SettingsError::ClusterKey(key_hex.to_owned(), e.to_string()))?;
     parse_identity_key(&bytes).map_err(|why| SettingsError::ClusterKey(key_hex.to_owned(), why))
+}
+
+fn parse_group_key(key_hex: &str) -> Result<VerifyingKey, SettingsError> {
+    hex::decode(key_hex.trim())
+        .map_err(|e| e.to_string())
+        .and_then(|b| parse_identity_key(&b))
+        .map_err(|why| SettingsError::GroupKey(key_hex.to_owned(), why))
 }
 
 /// Combines overrides and the config file into a connectable target.
@@ -208,15 +228,12 @@ pub fn auth_target(home: &Path, o: &AuthOverrides) -> Result<AuthTarget, Setting
         )
     })?;
     let cluster_key = parse_cluster_key(&key_hex)?;
-    let group_key = match o.group_key.clone().or(file.group_key) {
-        Some(hex_key) => Some(
-            hex::decode(hex_key.trim())
-                .map_err(|e| e.to_string())
-                .and_then(|b| parse_identity_key(&b))
-                .map_err(|why| SettingsError::GroupKey(hex_key, why))?,
-        ),
-        None => None,
-    };
+    let group_key = o
+        .group_key
+        .clone()
+        .or(file.group_key)
+        .map(|k| parse_group_key(&k))
+        .transpose()?;
     Ok(AuthTarget {
         endpoints,
         ca_pem,

@@ -6,13 +6,15 @@
 //!    recombination, for groups of 3 and 5 servers. The reference is what
 //!    the same party did before: the sender's AES-GCM deposit wrap, the
 //!    server's unwrap and delivery re-wrap, the recipient's unwrap.
-//! 2. Logins, and 1 MiB leaves and fetches through the real path on a
-//!    3-server group and 8 peers, with the share collection a fetch does
-//!    (OpenShare on every server, recombination) timed on its own in the
-//!    same run: the ratio fetch p50 / (fetch p50 − collection p50) bounds
-//!    what the shares add, since a fetch collects them while the shards
-//!    download. (A leave's share work is the sender's split and seals of
-//!    part 1 and one HPKE open on the leader, under a millisecond.)
+//! 2. Logins, and 1 MiB leaves and fetches through the real path, on two
+//!    3-server groups with 8 peers each, trips alternating: one where the
+//!    cluster key alone signs (`group_signing = false`, the single-key
+//!    design) and one where 2 of the 3 servers also co-sign every
+//!    certificate, grant, deposit proof and delete order, which pinning
+//!    clients and holders check. The share collection a fetch does
+//!    (OpenShare on every server, recombination) is timed on its own: the
+//!    ratio fetch p50 / (fetch p50 − collection p50) bounds what the
+//!    shares add, since a fetch collects them while the shards download.
 //!
 //! 3. Group signatures (docs/THRESHOLD.md): a FROST t-of-n signature made
 //!    by every party in one process (t commitments, the signing package, t
@@ -23,8 +25,7 @@
 //!    one server coordinates the two rounds over the internal mTLS service
 //!    with one other (each rebuilding the certificate from its own state),
 //!    one at a time (latency) and 16 at once (signatures/s), against one
-//!    Ed25519 signature by a single key and against a login in the same
-//!    run, which is what a group-signed certificate would add to.
+//!    Ed25519 signature by a single key.
 //!
 //! `cargo bench -p vmail-tests --bench threshold`
 
@@ -32,11 +33,12 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use vmail_devnet::localnet;
-use vmail_node::peer::{Peer, Session, no_progress};
+use vmail_node::auth_client::{AuthClient, LoginSession};
+use vmail_node::peer::{Peer, no_progress};
 use vmail_proto::keys::SecretKey;
 use vmail_proto::names::{Recipients, Username};
 use vmail_proto::share::{self, BoxSecret, ResealBinding, ShareBinding, ShareKey};
-use vmail_tests::{TestCluster, identity, leave_request, password, random_content};
+use vmail_tests::{TestCluster, identity, leave_request, login_peer, password, random_content};
 
 /// Rounds of each crypto measurement.
 const ROUNDS: u32 = 2000;
@@ -156,113 +158,170 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-/// Registers `user` on the group and logs them in on `peer`.
-async fn login_on(cluster: &TestCluster, peer: &Peer, user: &str) {
-    let id = identity();
-    let mut c = cluster.client().await;
-    c.register(user, &password(user), &id, None).await.unwrap();
-    let login = c
-        .login(user, &password(user), &id, &peer.peer_id().to_bytes())
-        .await
-        .unwrap();
-    peer.set_session(Session {
-        login,
-        identity: id,
-        target: cluster.target(),
-    });
+/// One 3-server group with its peers: bob logged in on peer 0, alice on
+/// peer 1, and a client of alice's own to time logins and the share
+/// collection alone.
+struct Side {
+    cluster: TestCluster,
+    peers: Vec<Peer>,
+    alice: AuthClient,
+    alice_s: LoginSession,
+    _dir: tempfile::TempDir,
 }
 
-async fn end_to_end() {
-    let mut cluster = TestCluster::start(3).await;
-    let dir = tempfile::tempdir().unwrap();
-    let peers = localnet::start_peers(
-        dir.path(),
-        PEERS,
-        Vec::new(),
-        &cluster.target().cluster_key,
-        |_| {},
-    )
-    .await
-    .unwrap();
-    for (i, who) in ["bob", "alice"].into_iter().enumerate() {
-        login_on(&cluster, &peers[i], who).await;
-    }
-    // Sessions of alice's own, to time logins and the share collection alone.
-    let mut alice = cluster.client().await;
-    let mut logins = Vec::new();
-    for _ in 0..10 {
-        let t = Instant::now();
-        alice
+/// Latencies of one side, each sorted at the end.
+#[derive(Default)]
+struct Trips {
+    logins: Vec<Duration>,
+    leaves: Vec<Duration>,
+    fetches: Vec<Duration>,
+    recovers: Vec<Duration>,
+}
+
+impl Side {
+    /// A group whose servers co-sign (`group_signing`), with clients and
+    /// holders that pin the group key; or one where the cluster key alone
+    /// signs, as before the group key.
+    async fn start(group_signing: bool) -> Self {
+        let cluster = TestCluster::start_with(3, |c| c.group_signing = group_signing).await;
+        let target = cluster.pinned_target().await;
+        let target = if group_signing {
+            target
+        } else {
+            cluster.target()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let group_key = target.group_key.map(|k| hex::encode(k.as_bytes()));
+        let peers =
+            localnet::start_peers(dir.path(), PEERS, Vec::new(), &target.cluster_key, |c| {
+                c.group_key = group_key.clone();
+            })
+            .await
+            .unwrap();
+        login_peer(&target, &peers[0], "bob").await;
+        login_peer(&target, &peers[1], "alice").await;
+        let mut alice = AuthClient::connect(&target).await.unwrap();
+        let alice_s = alice
             .login("alice", &password("alice"), &identity(), &[])
             .await
             .unwrap();
-        logins.push(t.elapsed());
+        Self {
+            cluster,
+            peers,
+            alice,
+            alice_s,
+            _dir: dir,
+        }
     }
-    logins.sort();
-    let alice_s = alice
-        .login("alice", &password("alice"), &identity(), &[])
-        .await
-        .unwrap();
-    let content = random_content(1 << 20);
-    let (mut leaves, mut fetches, mut recovers, mut lists) = (vec![], vec![], vec![], vec![]);
-    for _ in 0..TRIPS {
+
+    /// One login, then one leave, share collection, fetch and ack of
+    /// `content`.
+    async fn trip(&mut self, content: &[u8], out: &mut Trips) {
         let t = Instant::now();
-        let r = peers[0]
-            .leave(leave_request(&["alice"], content.clone(), 3), no_progress())
+        self.alice
+            .login("alice", &password("alice"), &identity(), &[])
             .await
             .unwrap();
-        leaves.push(t.elapsed());
-        // The fetch's share work, timed on its own: the pending list (what
-        // the fetch's auth step was before) and the collection of shares.
+        out.logins.push(t.elapsed());
         let t = Instant::now();
-        let pending = alice.list_pending().await.unwrap();
-        lists.push(t.elapsed());
+        let r = self.peers[0]
+            .leave(
+                leave_request(&["alice"], content.to_vec(), 3),
+                no_progress(),
+            )
+            .await
+            .unwrap();
+        out.leaves.push(t.elapsed());
+        let pending = self.alice.list_pending().await.unwrap();
         let p = pending.iter().find(|p| p.id == r.voicemail_id).unwrap();
         let t = Instant::now();
-        alice.recover_session_key(&alice_s, p).await.unwrap();
-        recovers.push(t.elapsed());
+        self.alice
+            .recover_session_key(&self.alice_s, p)
+            .await
+            .unwrap();
+        out.recovers.push(t.elapsed());
         let t = Instant::now();
-        let got = peers[1].fetch(r.voicemail_id, no_progress()).await.unwrap();
-        fetches.push(t.elapsed());
+        let got = self.peers[1]
+            .fetch(r.voicemail_id, no_progress())
+            .await
+            .unwrap();
+        out.fetches.push(t.elapsed());
         assert_eq!(got.content, content);
-        peers[1].ack(r.voicemail_id).await.unwrap();
+        let acked = self.peers[1].ack(r.voicemail_id).await.unwrap();
+        assert!(acked.shards_deleted >= 1, "the delete order was taken");
     }
-    for v in [&mut leaves, &mut fetches, &mut recovers, &mut lists] {
-        v.sort();
+
+    async fn stop(mut self) {
+        for p in self.peers {
+            p.stop().await;
+        }
+        self.cluster.stop().await;
     }
-    let (fetch, recover) = (pct(&fetches, 0.5), pct(&recovers, 0.5));
+}
+
+/// Part 2 of the module doc.
+async fn end_to_end() {
+    let mut single = Side::start(false).await;
+    let mut group = Side::start(true).await;
+    let content = random_content(1 << 20);
+    let (mut a, mut b) = (Trips::default(), Trips::default());
+    // Alternate, so both sides see the same machine; the first trip of
+    // each warms connections and is dropped.
+    single.trip(&content, &mut Trips::default()).await;
+    group.trip(&content, &mut Trips::default()).await;
+    for _ in 0..TRIPS {
+        single.trip(&content, &mut a).await;
+        group.trip(&content, &mut b).await;
+    }
+    for t in [&mut a, &mut b] {
+        for v in [
+            &mut t.logins,
+            &mut t.leaves,
+            &mut t.fetches,
+            &mut t.recovers,
+        ] {
+            v.sort();
+        }
+    }
     println!(
-        "\n3-server group (2-of-3 shares), {PEERS} peers on loopback, 1 MiB as 3 copies, {TRIPS} trips\n"
+        "\ntwo 3-server groups (2-of-3 shares), {PEERS} peers each on loopback, 1 MiB as 3 copies, {TRIPS} trips alternating; \
+         the reference signs with the cluster key alone (group_signing = false), the other also has 2 of 3 servers co-sign \
+         every certificate, grant, deposit proof and delete order, checked by pinning clients and holders\n"
     );
-    println!("| measure | p50 ms | p95 ms |");
-    println!("|---|---:|---:|");
-    for (what, v) in [
+    println!(
+        "| measure | cluster key alone p50 / p95 ms | group co-signed p50 / p95 ms | **p50 ratio** |"
+    );
+    println!("|---|---:|---:|---:|");
+    for (what, x, y) in [
+        ("login (OPAQUE, argon2, certificate)", &a.logins, &b.logins),
         (
-            "login (client OPAQUE and argon2, 2 round trips, inbox key)",
-            &logins,
+            "leave (grant, upload, deposit, proof)",
+            &a.leaves,
+            &b.leaves,
         ),
-        ("leave", &leaves),
-        ("fetch (incl. share collection)", &fetches),
+        ("fetch (incl. share collection)", &a.fetches, &b.fetches),
         (
-            "share collection alone (OpenShare on 3 servers, recombine)",
-            &recovers,
+            "share collection alone (OpenShare on 3 servers)",
+            &a.recovers,
+            &b.recovers,
         ),
-        ("pending list alone", &lists),
     ] {
         println!(
-            "| {what} | {:.1} | {:.1} |",
-            ms(pct(v, 0.5)),
-            ms(pct(v, 0.95))
+            "| {what} | {:.1} / {:.1} | {:.1} / {:.1} | **{:.2}** |",
+            ms(pct(x, 0.5)),
+            ms(pct(x, 0.95)),
+            ms(pct(y, 0.5)),
+            ms(pct(y, 0.95)),
+            pct(y, 0.5).as_secs_f64() / pct(x, 0.5).as_secs_f64()
         );
     }
+    let (fetch, recover) = (pct(&b.fetches, 0.5), pct(&b.recovers, 0.5));
     println!(
-        "\n**fetch p50 / (fetch p50 − share collection p50): {:.2}** (an upper bound: the fetch collects the shares while the shards download)",
+        "\n**fetch p50 / (fetch p50 − share collection p50), co-signed group: {:.2}** (an upper bound of what the shares add: the fetch collects them while the shards download)",
         fetch.as_secs_f64() / (fetch.saturating_sub(recover)).as_secs_f64()
     );
-    for p in peers {
-        p.stop().await;
-    }
-    cluster.stop().await;
+    single.stop().await;
+    group.stop().await;
 }
 
 /// Key packages of a fresh DKG among `n` members, made in one process.
@@ -439,15 +498,12 @@ async fn network_signing() {
     bob.register("bob", &password("bob"), &id, None)
         .await
         .unwrap();
-    let mut logins = Vec::new();
-    let mut serial = 0;
-    for _ in 0..20 {
-        let t = Instant::now();
-        let s = bob.login("bob", &password("bob"), &id, &[]).await.unwrap();
-        logins.push(t.elapsed());
-        serial = s.certificate.serial;
-    }
-    logins.sort();
+    let serial = bob
+        .login("bob", &password("bob"), &id, &[])
+        .await
+        .unwrap()
+        .certificate
+        .serial;
     cluster.wait_applied().await;
     let target = SignTarget::Certificate {
         username: "bob".into(),
@@ -470,7 +526,6 @@ async fn network_signing() {
     sign_over_network(&cluster, &target, 1, 10).await;
     let (_, one) = sign_over_network(&cluster, &target, 1, 200).await;
     let (rate16, sixteen) = sign_over_network(&cluster, &target, 16, 25).await;
-    let login = pct(&logins, 0.5);
     let sign = pct(&one, 0.5);
     println!(
         "\nGroup signatures over the network: 3-server group (2-of-3) on loopback, mTLS, coordinated by one server\n"
@@ -495,15 +550,9 @@ async fn network_signing() {
         rate16
     );
     println!(
-        "| login (reference) | {:.2} | {:.2} | |",
-        ms(login),
-        ms(pct(&logins, 0.95))
-    );
-    println!(
-        "\n**group / single signature time: {:.0}×; signatures/s single / group (16 at once): {:.0}×; (login + group signature) / login p50: {:.2}**",
+        "\n**group / single signature time: {:.0}×; signatures/s single / group (16 at once): {:.0}×**",
         sign.as_secs_f64() / single.as_secs_f64(),
         (1.0 / single.as_secs_f64()) / rate16,
-        (login + sign).as_secs_f64() / login.as_secs_f64()
     );
     cluster.stop().await;
 }

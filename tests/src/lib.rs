@@ -31,6 +31,8 @@ use vmail_node::auth_client::{
 };
 use vmail_node::config::NodeConfig;
 use vmail_node::core::erasure::Redundancy;
+use vmail_node::core::locator::{Layout, ObjectId, ShardRef};
+use vmail_node::overlay::objects::{ObjectMeta, ShardOf};
 use vmail_node::overlay::swarm::Role;
 use vmail_node::peer::{LeaveRequest, Peer, PeerOptions, Session};
 use vmail_proto::grant::{GrantedShard, StorageGrant};
@@ -561,6 +563,72 @@ pub fn leave_coded(to: &[&str], content: Vec<u8>, k: u8, n: u8) -> LeaveRequest 
     LeaveRequest {
         redundancy: Some(Redundancy::ReedSolomon { k, n }),
         ..leave_request(to, content, 1)
+    }
+}
+
+/// Asserts `r` is a holder's refusal whose reason says `what`.
+pub fn refused_because<T: std::fmt::Debug>(
+    r: Result<T, vmail_node::overlay::transfer::TransferError>,
+    what: &str,
+) {
+    match r {
+        Err(vmail_node::overlay::transfer::TransferError::Refused { reason, .. }) => {
+            assert!(reason.contains(what), "{reason:?} does not say {what:?}")
+        }
+        other => panic!("expected a refusal naming {what:?}, got {other:?}"),
+    }
+}
+
+/// Registers `user` through `target` and logs them in on `peer`.
+pub async fn login_peer(target: &AuthTarget, peer: &Peer, user: &str) {
+    let id = identity();
+    let mut c = AuthClient::connect(target).await.expect("connect");
+    c.register(user, &password(user), &id, None)
+        .await
+        .expect("register");
+    let login = c
+        .login(user, &password(user), &id, &peer.peer_id().to_bytes())
+        .await
+        .expect("login");
+    peer.set_session(Session {
+        login,
+        identity: id,
+        target: target.clone(),
+    });
+}
+
+/// A shard of `data` under `id`, as the first shard of a `redundancy`
+/// layout whose other shards were never stored, with `grant`.
+pub fn one_copy_meta(
+    data: &[u8],
+    id: ObjectId,
+    redundancy: Redundancy,
+    grant: Vec<u8>,
+) -> ObjectMeta {
+    use sha2::Digest;
+    let sha256: [u8; 32] = sha2::Sha256::digest(data).into();
+    let n = redundancy.n();
+    let mut shards = vec![ShardRef { id, sha256 }];
+    // Copies the layout names beyond the first were never stored.
+    shards.extend((1..n).map(|i| ShardRef {
+        id: [i as u8; 32],
+        sha256,
+    }));
+    ObjectMeta {
+        len: data.len() as u64,
+        sha256,
+        expires_at: u64::MAX,
+        delete_hash: [0; 32],
+        shard: Some(ShardOf {
+            index: 0,
+            layout: Layout {
+                redundancy,
+                ciphertext_len: data.len() as u64,
+                shards,
+            },
+        }),
+        grant,
+        proof: Vec::new(),
     }
 }
 

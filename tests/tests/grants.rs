@@ -13,44 +13,16 @@ use vmail_auth::service::ManualClock;
 use vmail_devnet::localnet;
 use vmail_node::auth_client::{AuthClient, Delivery, GrantRequest};
 use vmail_node::core::erasure::Redundancy;
-use vmail_node::core::locator::{Layout, ObjectId, ShardRef};
-use vmail_node::overlay::objects::{ObjectMeta, ShardOf};
+use vmail_node::core::locator::ObjectId;
 use vmail_node::overlay::transfer::{BlobClient, TransferError};
 use vmail_node::peer::{Peer, Session, no_progress};
 use vmail_proto::grant::{GrantBody, GrantedShard, StorageGrant};
 use vmail_proto::names::Recipients;
 use vmail_tests::{
     AnswerCutter, TestAuth, TestCluster, TestNet, deposit_for, granted, identity, leave_coded,
-    leave_request, password, random_content, register_and_login,
+    leave_request, login_peer, one_copy_meta, password, random_content, refused_because,
+    register_and_login,
 };
-
-/// A shard of `data` as the only shard of a one-copy layout, with `grant`.
-fn meta(data: &[u8], id: ObjectId, redundancy: Redundancy, grant: Vec<u8>) -> ObjectMeta {
-    let sha256: [u8; 32] = Sha256::digest(data).into();
-    let n = redundancy.n();
-    let mut shards = vec![ShardRef { id, sha256 }];
-    // Copies the layout names beyond the first were never stored.
-    shards.extend((1..n).map(|i| ShardRef {
-        id: [i as u8; 32],
-        sha256,
-    }));
-    ObjectMeta {
-        len: data.len() as u64,
-        sha256,
-        expires_at: u64::MAX,
-        delete_hash: [0; 32],
-        shard: Some(ShardOf {
-            index: 0,
-            layout: Layout {
-                redundancy,
-                ciphertext_len: data.len() as u64,
-                shards,
-            },
-        }),
-        grant,
-        proof: Vec::new(),
-    }
-}
 
 /// A real grant from the group for one copy of `data` on `holders`.
 async fn grant_for(c: &mut AuthClient, data: &[u8], holders: &[PeerId]) -> StorageGrant {
@@ -69,15 +41,6 @@ async fn grant_for(c: &mut AuthClient, data: &[u8], holders: &[PeerId]) -> Stora
     .await
     .expect("grant")
     .grant
-}
-
-fn refused_because(r: Result<(), TransferError>, what: &str) {
-    match r {
-        Err(TransferError::Refused { reason, .. }) => {
-            assert!(reason.contains(what), "{reason:?} does not say {what:?}")
-        }
-        other => panic!("expected a refusal naming {what:?}, got {other:?}"),
-    }
 }
 
 /// Files in a holder's `objects/` dir (its tombstones dir not counted).
@@ -102,7 +65,7 @@ async fn a_holder_stores_nothing_the_group_did_not_grant() {
 
     // 300 empty objects without a grant: the throwaway-key flood.
     for i in 0..300u32 {
-        let mut m = meta(b"", vmail_proto::random_bytes(), one, Vec::new());
+        let mut m = one_copy_meta(b"", vmail_proto::random_bytes(), one, Vec::new());
         m.len = 0;
         m.shard = None;
         m.expires_at = u64::MAX - u64::from(i);
@@ -111,7 +74,13 @@ async fn a_holder_stores_nothing_the_group_did_not_grant() {
     // A real shard without a grant.
     refused_because(
         attacker
-            .store(h, id, meta(&data, id, one, Vec::new()), &data, &|_| {})
+            .store(
+                h,
+                id,
+                one_copy_meta(&data, id, one, Vec::new()),
+                &data,
+                &|_| {},
+            )
             .await,
         "no storage grant",
     );
@@ -134,7 +103,7 @@ async fn a_holder_stores_nothing_the_group_did_not_grant() {
             .store(
                 h,
                 id,
-                meta(&data, id, one, foreign.to_bytes()),
+                one_copy_meta(&data, id, one, foreign.to_bytes()),
                 &data,
                 &|_| {},
             )
@@ -149,7 +118,7 @@ async fn a_holder_stores_nothing_the_group_did_not_grant() {
             .store(
                 h,
                 id,
-                meta(&data, id, one, forged.to_bytes()),
+                one_copy_meta(&data, id, one, forged.to_bytes()),
                 &data,
                 &|_| {},
             )
@@ -163,7 +132,7 @@ async fn a_holder_stores_nothing_the_group_did_not_grant() {
             .store(
                 h,
                 id,
-                meta(&data, id, one, elsewhere.to_bytes()),
+                one_copy_meta(&data, id, one, elsewhere.to_bytes()),
                 &data,
                 &|_| {},
             )
@@ -178,7 +147,7 @@ async fn a_holder_stores_nothing_the_group_did_not_grant() {
             .store(
                 h,
                 id,
-                meta(&data, id, one, real.to_bytes()),
+                one_copy_meta(&data, id, one, real.to_bytes()),
                 &other,
                 &|_| {},
             )
@@ -192,7 +161,7 @@ async fn a_holder_stores_nothing_the_group_did_not_grant() {
             .store(
                 h,
                 id,
-                meta(&other, id, one, real.to_bytes()),
+                one_copy_meta(&other, id, one, real.to_bytes()),
                 &other,
                 &|_| {},
             )
@@ -204,7 +173,7 @@ async fn a_holder_stores_nothing_the_group_did_not_grant() {
             .store(
                 h,
                 id,
-                meta(&data, id, Redundancy::Replicas(8), real.to_bytes()),
+                one_copy_meta(&data, id, Redundancy::Replicas(8), real.to_bytes()),
                 &data,
                 &|_| {},
             )
@@ -225,7 +194,13 @@ async fn a_holder_stores_nothing_the_group_did_not_grant() {
 
     // The same shard with its real grant is taken, and once only.
     attacker
-        .store(h, id, meta(&data, id, one, real.to_bytes()), &data, &|_| {})
+        .store(
+            h,
+            id,
+            one_copy_meta(&data, id, one, real.to_bytes()),
+            &data,
+            &|_| {},
+        )
         .await
         .expect("a granted shard is stored");
     let again: ObjectId = vmail_proto::random_bytes();
@@ -234,7 +209,7 @@ async fn a_holder_stores_nothing_the_group_did_not_grant() {
             .store(
                 h,
                 again,
-                meta(&data, again, one, real.to_bytes()),
+                one_copy_meta(&data, again, one, real.to_bytes()),
                 &data,
                 &|_| {},
             )
@@ -380,24 +355,6 @@ async fn the_last_ack_deletes_every_shard_even_at_a_holder_that_was_down() {
     net.stop().await;
 }
 
-/// Registers `user` at the group and logs them in on `peer`.
-async fn login_at(cluster: &TestCluster, peer: &Peer, user: &str) {
-    let id = identity();
-    let mut c = cluster.client().await;
-    c.register(user, &password(user), &id, None)
-        .await
-        .expect("register");
-    let login = c
-        .login(user, &password(user), &id, &peer.peer_id().to_bytes())
-        .await
-        .expect("login");
-    peer.set_session(Session {
-        login,
-        identity: id,
-        target: cluster.target(),
-    });
-}
-
 /// The setup that once left a voicemail nobody could fetch: the auth
 /// leader killed about a second into 50 concurrent leaves. Every leave
 /// either reports success or names its failure, the inbox holds exactly
@@ -412,8 +369,8 @@ async fn a_leader_killed_during_50_leaves_leaves_the_inbox_equal_to_the_successe
     let peers = localnet::start_peers(dir.path(), 5, Vec::new(), &key, |_| {})
         .await
         .expect("peers join");
-    login_at(&cluster, &peers[0], "bob").await;
-    login_at(&cluster, &peers[1], "alice").await;
+    login_peer(&cluster.target(), &peers[0], "bob").await;
+    login_peer(&cluster.target(), &peers[1], "alice").await;
     let bob = &peers[0];
     let contents: Vec<Vec<u8>> = (0..LEAVES).map(|_| random_content(20_000)).collect();
     let leaves = futures::future::join_all(

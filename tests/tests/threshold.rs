@@ -16,11 +16,11 @@
 //! and no data dir holds another server's signing share. Signing runs in
 //! two rounds over the internal service, each signer rebuilding what it
 //! signs from its own state, so a stolen server gets no share on a
-//! certificate the log does not hold; certificates carry the group's
-//! signature, and a client that pins the group key refuses one the stolen
-//! cluster key made. Grants and delete orders are still signed by the
-//! cluster key every member holds (docs/THRESHOLD.md); this drill gains
-//! those attempts when they move to the group key.
+//! certificate the log does not hold. Certificates, grants, deposit proofs
+//! and delete orders carry the group's signature beside the cluster key's:
+//! a client that pins the group key refuses a certificate the stolen
+//! cluster key made, and holders that pin it refuse a grant, a proof or an
+//! order it made, on a real swarm.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -406,13 +406,10 @@ async fn two_servers_sign_a_certificate_and_a_grant_over_the_internal_service_an
         })
         .await
         .unwrap();
+    // The same bytes the cluster key signed at apply: the group co-signs.
+    let cluster_key_id = vmail_proto::grant::key_id(&cluster.target().cluster_key);
     verifying
-        .verify_strict(
-            &grant
-                .body
-                .signing_bytes(&vmail_proto::grant::key_id(&verifying)),
-            &sig,
-        )
+        .verify_strict(&grant.body.signing_bytes(&cluster_key_id), &sig)
         .unwrap();
     // What the log does not hold is signed by no one.
     let absent = cluster
@@ -673,6 +670,143 @@ async fn a_client_pinning_the_group_key_takes_only_certificates_t_servers_signed
             stored.certificate.group_signature, bob_s.certificate.group_signature,
             "server {i} kept bob's certificate as the group signed it"
         );
+    }
+    cluster.stop().await;
+}
+
+/// The stolen cluster key against holders that pin the group key, on a
+/// real swarm. A leave between pinning clients works: its grant and deposit
+/// proof carry the group's signature, and so does the last ack's delete
+/// order, which removes every shard. What the thief signs with the stolen
+/// cluster key alone (a grant for its own shard, a deposit proof, a delete
+/// order for the real voicemail) every holder refuses, and none of it
+/// changes what they hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn holders_pinning_the_group_key_refuse_what_the_stolen_cluster_key_alone_signs() {
+    use sha2::Digest;
+    use vmail_devnet::localnet;
+    use vmail_node::core::erasure::Redundancy;
+    use vmail_node::overlay::transfer::BlobClient;
+    use vmail_node::peer::no_progress;
+    use vmail_proto::grant::{DeleteOrder, DeleteReason, DepositProof, GrantBody, GrantedShard};
+    use vmail_tests::{leave_request, login_peer, one_copy_meta, random_content, refused_because};
+
+    let mut cluster = TestCluster::start(3).await;
+    let pinned = cluster.pinned_target().await;
+    let group_key = pinned.group_key.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let peers = localnet::start_peers(dir.path(), 5, Vec::new(), &pinned.cluster_key, |c| {
+        c.group_key = Some(hex::encode(group_key.as_bytes()));
+    })
+    .await
+    .expect("peers join");
+    login_peer(&pinned, &peers[0], "bob").await;
+    login_peer(&pinned, &peers[1], "alice").await;
+    let content = random_content(40_000);
+    let receipt = peers[0]
+        .leave(leave_request(&["alice"], content.clone(), 2), no_progress())
+        .await
+        .expect("a leave through holders that pin the group key");
+    let held = |id: &[u8; 32]| {
+        peers
+            .iter()
+            .filter(|p| p.store().unwrap().get(id).is_some())
+            .count()
+    };
+    let shards: Vec<_> = receipt.shards.iter().map(|s| (s.holder, s.id)).collect();
+    assert!(shards.iter().all(|(_, id)| held(id) >= 1));
+
+    cluster.wait_applied().await;
+    let store = cluster.server(0).service.store();
+    let serial = store
+        .voicemail_grant(&receipt.voicemail_id)
+        .unwrap()
+        .expect("the voicemail's grant");
+    let expires_at = store
+        .storage_grant(serial)
+        .unwrap()
+        .unwrap()
+        .body
+        .expires_at;
+    let stolen = datadir::load_keys(&cluster.data_dir(0)).expect("the stolen keys load");
+    let (holder, _) = shards[0];
+    let thief = peers
+        .iter()
+        .find(|p| p.peer_id() != holder)
+        .map(|p| BlobClient::new(p.network()))
+        .unwrap();
+
+    // A delete order for the real voicemail, and a deposit proof for its
+    // grant, each signed by the stolen cluster key alone.
+    let order = DeleteOrder::sign(
+        serial,
+        DeleteReason::Delivered,
+        expires_at,
+        &stolen.cluster_key,
+    );
+    refused_because(
+        thief.erase(holder, order.to_bytes()).await,
+        "no group signature",
+    );
+    let proof = DepositProof::sign(serial, &stolen.cluster_key);
+    refused_because(
+        thief.prove(holder, proof.to_bytes()).await,
+        "no group signature",
+    );
+    // A grant for the thief's own shard on that holder.
+    let data = random_content(10_000);
+    let now = vmail_proto::unix_now();
+    let forged = GrantBody {
+        serial: serial + 1_000,
+        message_id: vmail_proto::random_bytes(),
+        data_shards: 1,
+        shards: vec![GrantedShard {
+            len: data.len() as u64,
+            sha256: sha2::Sha256::digest(&data).into(),
+        }],
+        holders: vec![holder.to_bytes()],
+        upload_until: now + 600,
+        expires_at: now + 3600,
+    }
+    .sign(&stolen.cluster_key);
+    let id = vmail_proto::random_bytes();
+    refused_because(
+        thief
+            .store(
+                holder,
+                id,
+                one_copy_meta(&data, id, Redundancy::Replicas(1), forged.to_bytes()),
+                &data,
+                &|_| {},
+            )
+            .await,
+        "no group signature",
+    );
+    assert_eq!(held(&id), 0);
+    assert!(
+        shards.iter().all(|(_, id)| held(id) >= 1),
+        "the forged order deleted nothing"
+    );
+
+    // Alice fetches and acks: the group-signed order deletes every shard.
+    let got = peers[1]
+        .fetch(receipt.voicemail_id, no_progress())
+        .await
+        .expect("alice fetches");
+    assert_eq!(got.content, content);
+    let acked = peers[1].ack(receipt.voicemail_id).await.expect("ack");
+    assert!(acked.key_erased);
+    assert!(acked.shards_deleted >= 1, "{acked:?}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while shards.iter().any(|(_, id)| held(id) > 0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a holder kept a shard 30 s after the group-signed order"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    for p in peers {
+        p.stop().await;
     }
     cluster.stop().await;
 }

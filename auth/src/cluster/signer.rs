@@ -55,8 +55,21 @@ pub enum SignTarget {
         /// Its serial, so a later login does not change what is signed.
         serial: u64,
     },
-    /// The storage grant with this serial, under the group key's id.
+    /// The storage grant with this serial: the bytes the cluster key
+    /// signed at apply.
     Grant {
+        /// The grant's serial.
+        serial: u64,
+    },
+    /// The order to delete grant `serial`'s shards, which only a last ack,
+    /// a recall or an expiry applied in the log makes.
+    DeleteOrder {
+        /// The grant's serial.
+        serial: u64,
+    },
+    /// The proof that a deposit used grant `serial`, which only an applied
+    /// deposit makes.
+    DepositProof {
         /// The grant's serial.
         serial: u64,
     },
@@ -200,6 +213,9 @@ pub struct Signer {
     /// its store's last strong reference to go.
     store: Weak<Store>,
     raft: Raft,
+    /// The id of the cluster key, which the grants, orders and proofs
+    /// the group co-signs name.
+    cluster_key_id: [u8; 8],
     dir: Option<PathBuf>,
     held: Mutex<Option<Held>>,
     rounds: Mutex<HashMap<[u8; 16], Round>>,
@@ -214,12 +230,14 @@ impl std::fmt::Debug for Signer {
 
 impl Signer {
     /// The signer of the member whose database is `store`; its key packages
-    /// are in the store's directory.
-    pub fn new(store: &Arc<Store>, raft: Raft) -> Self {
+    /// are in the store's directory. `cluster_key` is the group's cluster
+    /// public key.
+    pub fn new(store: &Arc<Store>, raft: Raft, cluster_key: &ed25519_dalek::VerifyingKey) -> Self {
         let dir = store.path().parent().map(PathBuf::from);
         Self {
             store: Arc::downgrade(store),
             raft,
+            cluster_key_id: vmail_proto::grant::key_id(cluster_key),
             dir,
             held: Mutex::new(None),
             rounds: Mutex::new(HashMap::new()),
@@ -267,13 +285,8 @@ impl Signer {
         Ok((held, c.roster))
     }
 
-    /// The bytes `target` signs, from this server's state, under the key
-    /// whose verifying key is `group_key`.
-    async fn message(
-        &self,
-        target: &SignTarget,
-        group_key: &[u8; 32],
-    ) -> Result<Vec<u8>, SignError> {
+    /// The bytes `target` signs, from this server's state.
+    async fn message(&self, target: &SignTarget) -> Result<Vec<u8>, SignError> {
         match target.clone() {
             SignTarget::Certificate { username, serial } => {
                 let name = username.clone();
@@ -290,15 +303,39 @@ impl Signer {
                 Ok(user.certificate.signing_bytes())
             }
             SignTarget::Grant { serial } => {
-                let record = self
-                    .db(move |s| s.storage_grant(serial))
-                    .await?
-                    .ok_or_else(|| SignError::Absent(format!("no storage grant {serial}")))?;
-                let key = ed25519_dalek::VerifyingKey::from_bytes(group_key)
-                    .map_err(ThresholdError::GroupKey)?;
-                Ok(record.body.signing_bytes(&vmail_proto::grant::key_id(&key)))
+                let record = self.grant(serial).await?;
+                Ok(record.body.signing_bytes(&self.cluster_key_id))
+            }
+            SignTarget::DeleteOrder { serial } => {
+                let record = self.grant(serial).await?;
+                let reason = record.deleted.ok_or_else(|| {
+                    SignError::Absent(format!("grant {serial}'s shards were not ordered deleted"))
+                })?;
+                Ok(vmail_proto::grant::order_signing_bytes(
+                    serial,
+                    &self.cluster_key_id,
+                    reason,
+                    record.body.expires_at,
+                ))
+            }
+            SignTarget::DepositProof { serial } => {
+                let record = self.grant(serial).await?;
+                if record.deposited.is_none() {
+                    return Err(SignError::Absent(format!("no deposit used grant {serial}")));
+                }
+                Ok(vmail_proto::grant::proof_signing_bytes(
+                    serial,
+                    &self.cluster_key_id,
+                ))
             }
         }
+    }
+
+    /// Storage grant `serial`, as this server's state has it.
+    async fn grant(&self, serial: u64) -> Result<crate::store::StorageGrantRecord, SignError> {
+        self.db(move |s| s.storage_grant(serial))
+            .await?
+            .ok_or_else(|| SignError::Absent(format!("no storage grant {serial}")))
     }
 
     fn applied(&self) -> u64 {
@@ -344,8 +381,7 @@ impl Signer {
                 });
             }
         }
-        let group_key = crate::threshold::group_key_bytes(&held.public)?;
-        let message = self.message(&target, &group_key).await?;
+        let message = self.message(&target).await?;
         let (nonces, commitments) = sign::commit(&held.key, &mut rand::rngs::OsRng);
         let encoded = commitments.to_wire()?;
         let handle: [u8; 16] = vmail_proto::random_bytes();
@@ -441,8 +477,7 @@ impl Signer {
         target: &SignTarget,
     ) -> Result<(ed25519_dalek::Signature, [u8; 32]), SignError> {
         let (held, roster) = self.current().await?;
-        let group_key = crate::threshold::group_key_bytes(&held.public)?;
-        let message = self.message(target, &group_key).await?;
+        let message = self.message(target).await?;
         let needed = *held.key.min_signers();
         let members = self.raft.metrics().borrow().membership_config.clone();
         let request = cpb::SignCommitRequest {
@@ -546,6 +581,7 @@ impl Signer {
             *held.key.identifier(),
             sign::sign_share(&package, nonces, &held.key)?,
         );
+        let group_key = crate::threshold::group_key_bytes(&held.public)?;
         Ok((sign::aggregate(&package, &shares, &held.public)?, group_key))
     }
 }

@@ -221,6 +221,12 @@ pub struct ServerConfig {
     /// publishes the next epoch's, seconds. Old epochs are erased once no
     /// waiting voicemail has a share sealed to them.
     pub share_key_rotation_secs: u64,
+    /// Whether this server, answering a login, a grant, a deposit, a last
+    /// ack or a recall, has the group co-sign what the cluster key signed,
+    /// once the group has a threshold key. Off, clients and holders that
+    /// pin the group key refuse what it answers; for measuring what the
+    /// rounds cost, and for a group none of whose clients pins the key.
+    pub group_signing: bool,
     /// Calls one connection may have in progress at once (public and
     /// internal service); more wait their turn.
     pub concurrency_per_connection: u64,
@@ -259,6 +265,7 @@ impl Default for ServerConfig {
             writes_per_minute_per_user: DEFAULT_WRITES_PER_MINUTE_PER_USER,
             open_shares_per_minute_per_user: DEFAULT_OPEN_SHARES_PER_MINUTE_PER_USER,
             share_key_rotation_secs: DEFAULT_SHARE_KEY_ROTATION_SECS,
+            group_signing: true,
             concurrency_per_connection: DEFAULT_CONCURRENCY_PER_CONNECTION,
             max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
             spam: SpamConfig::default(),

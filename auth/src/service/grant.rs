@@ -7,8 +7,10 @@
 //! A sender asks for a grant before it stores any byte of a voicemail on
 //! holders; the holders store only shards a grant covers, and the deposit
 //! that follows names the grant ([`super::Deposit::grant_serial`]). The
-//! group signs the grant at apply time, so every member stores the same row
-//! and a retry after a leader change cannot mint two serials for one entry.
+//! cluster key signs the grant at apply time, so every member stores the
+//! same row and a retry after a leader change cannot mint two serials for
+//! one entry; t servers then co-sign it with the group key
+//! (`AuthService::co_sign`).
 
 use vmail_proto::grant::{
     GrantedShard, MAX_GRANT_HOLDERS, MAX_GRANT_SHARDS, MAX_HOLDER_ID_LEN, StorageGrant,
@@ -17,8 +19,8 @@ use vmail_proto::grant::{
 use vmail_proto::names::Recipients;
 use vmail_proto::share::ShareKey;
 
-use super::AuthService;
 use super::error::{AuthError, invalid};
+use super::{AuthService, SignTarget};
 use crate::cluster::{Command, Reply};
 use crate::config::ServerConfig;
 use crate::store::{Accepted, GrantOutcome, GrantTerms, Refusal, Session};
@@ -184,8 +186,8 @@ pub fn validate_grant_request(
 
 impl AuthService {
     /// Issues a storage grant for one voicemail of the caller's, signed by
-    /// the cluster key, for the recipients whose policy takes it, under the
-    /// caller's quotas. It expires no later than now plus the shortest
+    /// the cluster key and, once it has a key, the group, for the
+    /// recipients whose policy takes it, under the caller's quotas. It expires no later than now plus the shortest
     /// retention in force among the recipients (and the first-contact
     /// expiry when one is a limited first contact).
     pub async fn request_grant(
@@ -237,9 +239,15 @@ impl AuthService {
             })
             .await?;
         match reply {
-            Reply::Granted(outcome) => self
-                .granted(session, outcome)
-                .map(|g| Granted { share_keys, ..g }),
+            Reply::Granted(outcome) => {
+                let mut g = self.granted(session, outcome)?;
+                g.grant.group_signature = self
+                    .co_sign(SignTarget::Grant {
+                        serial: g.grant.body.serial,
+                    })
+                    .await;
+                Ok(Granted { share_keys, ..g })
+            }
             Reply::SessionGone => Err(AuthError::BadToken),
             other => Err(AuthError::Apply(format!(
                 "unexpected reply {other:?} to a grant request"

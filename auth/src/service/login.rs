@@ -316,42 +316,29 @@ impl AuthService {
     /// the certificate without one: a client that pins the group key then
     /// refuses it with the reason, and others are unaffected.
     async fn certify_in_group(&self, cert: &mut UserCertificate) {
-        match self.db(|s| s.group_key()).await {
-            Ok(Some(_)) => {}
-            Ok(None) => return,
-            Err(e) => {
-                tracing::warn!(error = %e, "reading the group key");
-                return;
-            }
-        }
         let target = super::SignTarget::Certificate {
             username: cert.username.to_string(),
             serial: cert.serial,
         };
-        let signed = async {
-            let (signature, _) = self.group_sign(&target).await.map_err(|e| e.to_string())?;
-            let reply = self
-                .propose(Command::CertifyGroup {
-                    username: cert.username.to_string(),
-                    serial: cert.serial,
-                    signature: signature.to_bytes().to_vec(),
-                })
-                .await
-                .map_err(|e| e.to_string())?;
-            match reply {
-                Reply::GroupCertified(None) => Ok(signature),
-                Reply::GroupCertified(Some(why)) => Err(why),
-                other => Err(format!("unexpected reply {other:?}")),
+        let Some(signature) = self.co_sign(target).await else {
+            return;
+        };
+        let recorded = self
+            .propose(Command::CertifyGroup {
+                username: cert.username.to_string(),
+                serial: cert.serial,
+                signature: signature.to_bytes().to_vec(),
+            })
+            .await;
+        match recorded {
+            Ok(Reply::GroupCertified(None)) => cert.group_signature = Some(signature),
+            Ok(Reply::GroupCertified(Some(why))) => {
+                tracing::warn!(user = %cert.username, serial = cert.serial, "the group signature was refused at apply: {why}");
             }
-        }
-        .await;
-        match signed {
-            Ok(signature) => cert.group_signature = Some(signature),
-            Err(why) => tracing::warn!(
-                user = %cert.username,
-                serial = cert.serial,
-                "the certificate was not group-signed: {why}"
-            ),
+            Ok(other) => tracing::warn!("unexpected reply {other:?} to CertifyGroup"),
+            Err(e) => {
+                tracing::warn!(user = %cert.username, serial = cert.serial, error = %e, "the group signature was not recorded");
+            }
         }
     }
 

@@ -207,7 +207,11 @@ impl AuthService {
     ) -> Self {
         let limits = Limits::new(&config);
         Self {
-            signer: Arc::new(Signer::new(&store, raft.clone())),
+            signer: Arc::new(Signer::new(
+                &store,
+                raft.clone(),
+                &keys.cluster_key.verifying_key(),
+            )),
             store,
             keys,
             config,
@@ -247,6 +251,36 @@ impl AuthService {
     ) -> Result<(ed25519_dalek::Signature, [u8; 32]), SignError> {
         let tls = crate::tls::ClusterTls::of_member(&self.keys);
         self.signer.group_sign(&tls, self.node_id(), target).await
+    }
+
+    /// The group's signature on `target`, once the group has a signing
+    /// key and `group_signing` is on: the second signature on a
+    /// certificate, grant, order or proof the cluster key signed at apply.
+    /// `None` before key generation, and, logged, when the round failed: a
+    /// client or holder that pins the group key then refuses the object and
+    /// says why; others are unaffected.
+    pub async fn co_sign(&self, target: SignTarget) -> Option<ed25519_dalek::Signature> {
+        if !self.config.group_signing {
+            return None;
+        }
+        match self.group_sign(&target).await {
+            Ok((signature, _)) => Some(signature),
+            Err(SignError::NoGroupKey) => None,
+            Err(e) => {
+                tracing::warn!(?target, error = %e, "not signed by the group");
+                None
+            }
+        }
+    }
+
+    /// Adds the group's signature to a delete order the cluster key signed
+    /// at apply ([`AuthService::co_sign`]).
+    async fn co_sign_order(&self, order: &mut Option<vmail_proto::grant::DeleteOrder>) {
+        if let Some(o) = order {
+            o.group_signature = self
+                .co_sign(SignTarget::DeleteOrder { serial: o.serial })
+                .await;
+        }
     }
 
     /// The Raft node.

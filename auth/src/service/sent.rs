@@ -58,8 +58,9 @@ impl AuthService {
         match outcome {
             RecallOutcome::Recalled {
                 locator,
-                delete_order,
+                mut delete_order,
             } => {
+                self.co_sign_order(&mut delete_order).await;
                 tracing::info!(
                     sender = %session.username,
                     id = %hex::encode(id),

@@ -71,6 +71,13 @@ pub async fn run() -> anyhow::Result<()> {
         );
     }
     println!("  Raft leader: {leader}");
+    tl.step("the auth servers make the group's signing key by FROST key generation through their Raft log; clients and holders pin it");
+    let group_key = local_auth::group_key(&auth, Duration::from_secs(60)).await?;
+    println!(
+        "  group key {}: each server holds a share, any 2 of the 3 sign, none holds it whole; \
+         certificates, grants, deposit proofs and delete orders carry its signature beside the cluster key's",
+        short(group_key.as_bytes())
+    );
     tl.step(&format!(
         "{PEERS} peers join a Kademlia overlay (/vmail/kad/1.0.0) on loopback"
     ));
@@ -81,6 +88,7 @@ pub async fn run() -> anyhow::Result<()> {
         Vec::new(),
         &cluster_key,
         |c| {
+            c.group_key = Some(hex::encode(group_key.as_bytes()));
             c.supernode = SupernodeConfig {
                 public: Some(true),
                 bandwidth_kbps: 50_000,
@@ -104,12 +112,6 @@ pub async fn run() -> anyhow::Result<()> {
         println!("  {}", p.peer_id());
     }
     supernodes(&tl, &mut peers).await?;
-    tl.step("the auth servers make the group's signing key by FROST key generation through their Raft log; clients pin it");
-    let group_key = local_auth::group_key(&auth, Duration::from_secs(60)).await?;
-    println!(
-        "  group key {}: each server holds a share, any 2 of the 3 sign, none holds it whole",
-        short(group_key.as_bytes())
-    );
     let target = AuthTarget {
         group_key: Some(group_key),
         ..local_auth::target_of(&auth)
@@ -278,7 +280,7 @@ async fn narrate(
         );
     }
     println!(
-        "  the group granted exactly these shards on these holders, and every holder checked the grant offline"
+        "  the group (2 of the 3 servers) granted exactly these shards on these holders, and every holder checked both signatures offline"
     );
     println!(
         "  deposited the locator and the session key split {}-of-{AUTH_SERVERS} among the auth servers, each share sealed to that server's own key: voicemail {} (dht {:?}, crypto {:?}, grant {:?}, transfer {:?}, deposit {:?})",
@@ -414,7 +416,7 @@ async fn narrate(
         killed.elapsed().as_secs_f64()
     );
 
-    tl.step("carol acks: she is the last recipient, so the group erases the session key's shares and signs a delete order; her peer hands it to every holder, which checks it offline, deletes its shard and keeps a tombstone");
+    tl.step("carol acks: she is the last recipient, so the group erases the session key's shares and 2 of the 3 servers sign a delete order; her peer hands it to every holder, which checks it offline, deletes its shard and keeps a tombstone");
     let started = Instant::now();
     let acked = carol.ack(receipt.voicemail_id).await?;
     ensure!(

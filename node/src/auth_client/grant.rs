@@ -172,7 +172,7 @@ impl AuthClient {
         let grant = StorageGrant::from_bytes(&resp.grant)
             .map_err(|e| protocol(format!("the storage grant: {e}")))?;
         grant
-            .verify(&self.cluster_key)
+            .verify_pinned(&self.cluster_key, self.group_key.as_ref())
             .map_err(|e| protocol(format!("the storage grant: {e}")))?;
         let (recipients, refused, first_contact) = grant_recipients(
             &g.recipients,

@@ -62,8 +62,9 @@ pub struct DepositReceipt {
 /// A recalled voicemail: the order to delete its shards, and where they are.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recalled {
-    /// The signed delete order, checked against the cluster key.
-    pub delete_order: DeleteOrder,
+    /// The signed delete order, checked against the pinned keys; none if
+    /// it failed the check (logged: the shards then stay until expiry).
+    pub delete_order: Option<DeleteOrder>,
     /// The voicemail's locator.
     pub locator: Vec<u8>,
 }
@@ -202,7 +203,10 @@ impl AuthClient {
             .await
             .result?;
         let proof = DepositProof::from_bytes(&resp.deposit_proof)
-            .and_then(|p| p.verify(&self.cluster_key).map(|()| p))
+            .and_then(|p| {
+                p.verify_pinned(&self.cluster_key, self.group_key.as_ref())
+                    .map(|()| p)
+            })
             .map_err(|e| protocol(format!("the deposit proof: {e}")))?;
         if proof.serial != d.grant_serial {
             return Err(protocol(format!(
@@ -237,7 +241,7 @@ impl AuthClient {
             })
             .await
             .result?;
-        let delete_order = self.check_order(&r.delete_order)?;
+        let delete_order = self.check_order(&r.delete_order);
         Ok(Recalled {
             delete_order,
             locator: r.locator,
@@ -290,12 +294,26 @@ impl AuthClient {
             .collect()
     }
 
-    /// A delete order from the server, parsed and checked against the
-    /// cluster key.
-    fn check_order(&self, bytes: &[u8]) -> Result<DeleteOrder, ClientError> {
-        DeleteOrder::from_bytes(bytes)
-            .and_then(|o| o.verify(&self.cluster_key).map(|()| o))
-            .map_err(|e| protocol(format!("the delete order: {e}")))
+    /// The delete order that came with an ack or a recall, parsed and
+    /// checked against the pinned keys; none if there was none. The ack or
+    /// recall took effect either way, so an order that fails the check is
+    /// only logged and dropped: holders then keep the shards, which they
+    /// cannot read, until the grant's expiry.
+    fn check_order(&self, bytes: &[u8]) -> Option<DeleteOrder> {
+        if bytes.is_empty() {
+            return None;
+        }
+        let checked = DeleteOrder::from_bytes(bytes).and_then(|o| {
+            o.verify_pinned(&self.cluster_key, self.group_key.as_ref())
+                .map(|()| o)
+        });
+        checked
+            .inspect_err(|e| {
+                tracing::warn!(
+                    "the delete order is dropped ({e}): holders keep the shards until the grant expires"
+                );
+            })
+            .ok()
     }
 
     /// Checks one pending voicemail from the server: its sender and the
@@ -379,11 +397,7 @@ impl AuthClient {
             .await;
         match answer.result {
             Ok(r) => {
-                let delete_order = if r.delete_order.is_empty() {
-                    None
-                } else {
-                    Some(self.check_order(&r.delete_order)?)
-                };
+                let delete_order = self.check_order(&r.delete_order);
                 Ok(Acked {
                     key_erased: r.key_erased,
                     delete_order,
@@ -523,6 +537,34 @@ mod tests {
             client.open_pending(pending(false, Some(forged))),
             Err(ClientError::Certificate(_))
         ));
+    }
+
+    /// A client that pins the group key takes a sender certificate only
+    /// with the group's signature: one the cluster key alone signed (what a
+    /// stolen server mints) is refused, bare or with another's signature.
+    #[tokio::test]
+    async fn a_pinning_client_refuses_a_sender_certificate_without_the_group_signature() {
+        use ed25519_dalek::Signer as _;
+        let cluster = SigningKey::from_bytes(&[1; 32]);
+        let group = SigningKey::from_bytes(&[2; 32]);
+        let mut client = offline_client(&cluster);
+        client.group_key = Some(group.verifying_key());
+        let mut alice = cert_of(&cluster, "alice");
+        let bare = client.open_pending(pending(false, Some(alice.clone())));
+        assert!(
+            matches!(&bare, Err(ClientError::Certificate(_))),
+            "{bare:?}"
+        );
+        alice.group_signature = Some(group.sign(&cert_of(&cluster, "bob").signing_bytes()));
+        assert!(matches!(
+            client.open_pending(pending(false, Some(alice.clone()))),
+            Err(ClientError::Certificate(_))
+        ));
+        alice.group_signature = Some(group.sign(&alice.signing_bytes()));
+        let p = client
+            .open_pending(pending(false, Some(alice.clone())))
+            .unwrap();
+        assert_eq!(p.sender, Sender::Known(Box::new(alice)));
     }
 
     #[tokio::test]

@@ -195,12 +195,18 @@ pub(super) async fn run(
         config.handoff_timeout_secs = t.as_secs() + u64::from(t.subsec_nanos() > 0);
         config.validate().context("--handoff-timeout")?;
     }
-    if config.cluster_key.is_none() {
-        match cli_cluster_key(ctx).await? {
-            Some(key) => config.cluster_key = Some(hex::encode(key.as_bytes())),
-            None => println!(
-                "warning: no cluster key (cluster_key in node.toml, --cluster-key or VMAIL_CLUSTER_KEY): this peer stores nothing for others"
-            ),
+    if config.cluster_key.is_none() || config.group_key.is_none() {
+        let (cluster, group) = cli_pinned_keys(ctx).await?;
+        if config.cluster_key.is_none() {
+            match cluster {
+                Some(key) => config.cluster_key = Some(hex::encode(key.as_bytes())),
+                None => println!(
+                    "warning: no cluster key (cluster_key in node.toml, --cluster-key or VMAIL_CLUSTER_KEY): this peer stores nothing for others"
+                ),
+            }
+        }
+        if config.group_key.is_none() {
+            config.group_key = group.map(|k| hex::encode(k.as_bytes()));
         }
     }
     let socket = dir.join(control::SOCKET_FILE);
@@ -319,21 +325,29 @@ fn print_hand_off(h: &HandOff) {
 /// peers and its auth group together, and the group writes the file.
 const AUTH_CONFIG_WAIT: Duration = Duration::from_secs(300);
 
-/// The CLI's cluster key, for a daemon whose node.toml names none: holders
-/// check grants with it. An auth config file that was named but does not
-/// exist yet is waited for.
-async fn cli_cluster_key(ctx: &Context) -> anyhow::Result<Option<ed25519_dalek::VerifyingKey>> {
+/// The CLI's cluster and group keys, for a daemon whose node.toml names
+/// none: holders check grants with them. An auth config file that was
+/// named but does not exist yet is waited for.
+async fn cli_pinned_keys(
+    ctx: &Context,
+) -> anyhow::Result<(
+    Option<ed25519_dalek::VerifyingKey>,
+    Option<ed25519_dalek::VerifyingKey>,
+)> {
     let deadline = tokio::time::Instant::now() + AUTH_CONFIG_WAIT;
     let mut told = false;
     loop {
-        match vmail_node::home::cluster_key(&ctx.home, &ctx.overrides) {
-            Ok(key) => return Ok(key),
+        match vmail_node::home::pinned_keys(&ctx.home, &ctx.overrides) {
+            Ok(keys) => return Ok(keys),
             Err(e) => {
                 let waiting = ctx.overrides.auth_config.as_ref().filter(|f| !f.exists());
                 match waiting {
                     Some(file) if tokio::time::Instant::now() < deadline => {
                         if !told {
-                            println!("waiting for {} (it names the cluster key)", file.display());
+                            println!(
+                                "waiting for {} (it names the auth group's keys)",
+                                file.display()
+                            );
                             told = true;
                         }
                         tokio::time::sleep(Duration::from_secs(1)).await;

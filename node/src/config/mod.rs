@@ -68,6 +68,14 @@ pub struct NodeConfig {
     /// others. Unset: `vmail node run` takes the CLI's (`--cluster-key`,
     /// `VMAIL_CLUSTER_KEY` or `cluster_key` in the home's config.toml).
     pub cluster_key: Option<String>,
+    /// The auth group's threshold key (64 hex digits), once it has one.
+    /// With it, holders also require the group's signature (t servers) on
+    /// every grant, deposit proof and delete order, so no single stolen
+    /// auth server can make them store or delete anything. Unset: `vmail
+    /// node run` takes the CLI's (`--group-key`, `VMAIL_GROUP_KEY` or
+    /// `group_key` in the home's config.toml), and without one holders
+    /// check the cluster key alone.
+    pub group_key: Option<String>,
     /// Largest voicemail (plaintext) this peer sends or holds. Default 16 MiB.
     pub max_voicemail_bytes: u64,
     /// Whole copies a leave stores unless told otherwise. Unset (the
@@ -396,6 +404,7 @@ impl Default for NodeConfig {
             max_objects: DEFAULT_MAX_OBJECTS,
             max_retention_days: 30,
             cluster_key: None,
+            group_key: None,
             max_voicemail_bytes: DEFAULT_MAX_VOICEMAIL_BYTES,
             replicas: None,
             max_connections: 256,
@@ -521,6 +530,9 @@ pub enum InvalidValue {
     /// `cluster_key` is not an ed25519 public key.
     #[error("cluster_key {0:?}: {1}")]
     ClusterKey(String, String),
+    /// `group_key` is not an ed25519 public key.
+    #[error("group_key {0:?}: {1}")]
+    GroupKey(String, String),
 }
 
 /// Why the config could not be used. Every message starts with the file.
@@ -622,6 +634,7 @@ impl NodeConfig {
             return Err(InvalidValue::HandoffTimeout(self.handoff_timeout_secs));
         }
         self.cluster_key()?;
+        self.group_key()?;
         self.supernode.validate()?;
         self.providers.validate()?;
         self.sip.validate()?;
@@ -640,20 +653,32 @@ impl NodeConfig {
 
     /// The configured cluster key, if any.
     pub fn cluster_key(&self) -> Result<Option<ed25519_dalek::VerifyingKey>, InvalidValue> {
-        let Some(hex_key) = &self.cluster_key else {
-            return Ok(None);
-        };
-        let bad = |why: String| InvalidValue::ClusterKey(hex_key.clone(), why);
-        let bytes = hex::decode(hex_key.trim()).map_err(|e| bad(e.to_string()))?;
-        vmail_proto::cert::parse_identity_key(&bytes)
-            .map(Some)
-            .map_err(bad)
+        parse_key(self.cluster_key.as_deref(), InvalidValue::ClusterKey)
+    }
+
+    /// The configured group key, if any.
+    pub fn group_key(&self) -> Result<Option<ed25519_dalek::VerifyingKey>, InvalidValue> {
+        parse_key(self.group_key.as_deref(), InvalidValue::GroupKey)
     }
 
     /// Largest ciphertext this peer holds.
     pub fn max_object_bytes(&self) -> u64 {
         crate::core::crypto::ciphertext_len(self.max_voicemail_bytes)
     }
+}
+
+/// A public key in hex, if set; `bad` names the setting.
+fn parse_key(
+    hex_key: Option<&str>,
+    bad: fn(String, String) -> InvalidValue,
+) -> Result<Option<ed25519_dalek::VerifyingKey>, InvalidValue> {
+    let Some(hex_key) = hex_key else {
+        return Ok(None);
+    };
+    let bytes = hex::decode(hex_key.trim()).map_err(|e| bad(hex_key.to_owned(), e.to_string()))?;
+    vmail_proto::cert::parse_identity_key(&bytes)
+        .map(Some)
+        .map_err(|why| bad(hex_key.to_owned(), why))
 }
 
 #[cfg(test)]

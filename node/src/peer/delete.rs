@@ -89,8 +89,10 @@ impl Peer {
         let ids: Vec<ObjectId> = Locator::decode(&recalled.locator)
             .map(|l| l.layout.shards.iter().map(|s| s.id).collect())
             .unwrap_or_default();
-        let (shards_deleted, holders_missed) =
-            self.erase_everywhere(&recalled.delete_order, &ids).await;
+        let (shards_deleted, holders_missed) = match &recalled.delete_order {
+            Some(order) => self.erase_everywhere(order, &ids).await,
+            None => (0, 0),
+        };
         Ok(AckReport {
             key_erased: true,
             shards_deleted,

@@ -255,6 +255,7 @@ impl Peer {
                     max_objects: opts.config.max_objects,
                     max_retention_secs: opts.config.max_retention_days * 86_400,
                     cluster_key,
+                    group_key: opts.config.group_key()?,
                     me: key.public().to_peer_id().to_bytes(),
                 };
                 let (store, report) = ObjectStore::open(dir, policy)?;

@@ -10,10 +10,13 @@
 //! used the grant: holders drop shards whose grant never gets one, once its
 //! upload window is over.
 //!
-//! Both are signed by the cluster key over a fixed, domain-separated layout
-//! (never protobuf), and their one encoding everywhere — gRPC, the blob
-//! protocol, a holder's disk — is those signing bytes followed by the
-//! 64-byte signature (integers big-endian):
+//! All three are signed by the cluster key over a fixed, domain-separated
+//! layout (never protobuf). Once the group has a threshold key, t servers
+//! also sign the same bytes with it (docs/THRESHOLD.md §2); holders and
+//! clients that pin the group key require that signature too. The one
+//! encoding everywhere — gRPC, the blob protocol, a holder's disk — is the
+//! signing bytes, the cluster key's 64-byte signature, then the group's
+//! 64-byte signature when there is one (integers big-endian):
 //!
 //! ```text
 //! grant:  "vmail/v1/storage-grant" || version u32 || serial u64 || key id (8)
@@ -21,10 +24,12 @@
 //!           || shard count x (len u64 || sha256 (32))
 //!           || holder count u8 || holder count x (u8 len || peer id)
 //!           || upload_until u64 || expires_at u64 || signature (64)
+//!           || [group signature (64)]
 //! delete: "vmail/v1/delete-order" || version u32 || serial u64 || key id (8)
 //!           || reason u8 || expires_at u64 || signature (64)
+//!           || [group signature (64)]
 //! proof:  "vmail/v1/deposit-proof" || version u32 || serial u64 || key id (8)
-//!           || signature (64)
+//!           || signature (64) || [group signature (64)]
 //! ```
 //!
 //! The key id is the first 8 bytes of SHA-256 of the cluster public key, so
@@ -73,6 +78,7 @@ pub const MAX_GRANT_BYTES: usize = GRANT_LABEL.len()
     + 1
     + MAX_GRANT_HOLDERS * (1 + MAX_HOLDER_ID_LEN)
     + 16
+    + 64
     + 64;
 
 /// Why a grant or delete order was refused.
@@ -108,6 +114,24 @@ pub enum GrantError {
     #[error("{what} {serial} has a bad signature: forged or altered")]
     BadSignature {
         /// "storage grant" or "delete order".
+        what: &'static str,
+        /// Its serial.
+        serial: u64,
+    },
+    /// The group key is pinned and the object carries no group signature.
+    #[error(
+        "{what} {serial} has no group signature, which the pinned group key requires: fewer than t auth servers signed it (see the server's log and `vmail-auth status`)"
+    )]
+    NoGroupSignature {
+        /// "storage grant", "delete order" or "deposit proof".
+        what: &'static str,
+        /// Its serial.
+        serial: u64,
+    },
+    /// The group signature does not verify under the pinned group key.
+    #[error("{what} {serial} has a bad group signature: forged, altered or from another group")]
+    BadGroupSignature {
+        /// "storage grant", "delete order" or "deposit proof".
         what: &'static str,
         /// Its serial.
         serial: u64,
@@ -157,6 +181,9 @@ pub struct StorageGrant {
     pub key_id: [u8; 8],
     /// The cluster key's signature over the signing bytes.
     pub signature: Signature,
+    /// The group's threshold signature over the same bytes, once t servers
+    /// gave it.
+    pub group_signature: Option<Signature>,
 }
 
 /// Why a delete order was issued.
@@ -217,6 +244,9 @@ pub struct DeleteOrder {
     pub key_id: [u8; 8],
     /// The cluster key's signature over the signing bytes.
     pub signature: Signature,
+    /// The group's threshold signature over the same bytes, once t servers
+    /// gave it.
+    pub group_signature: Option<Signature>,
 }
 
 /// The group's signed word that a deposit used grant `serial`.
@@ -228,6 +258,9 @@ pub struct DepositProof {
     pub key_id: [u8; 8],
     /// The cluster key's signature over the signing bytes.
     pub signature: Signature,
+    /// The group's threshold signature over the same bytes, once t servers
+    /// gave it.
+    pub group_signature: Option<Signature>,
 }
 
 const GRANT: &str = "storage grant";
@@ -248,6 +281,7 @@ impl GrantBody {
             body: self,
             key_id,
             signature,
+            group_signature: None,
         }
     }
 
@@ -307,7 +341,13 @@ fn grant_signing_bytes(b: &GrantBody, key_id: &[u8; 8]) -> Vec<u8> {
     out
 }
 
-fn order_signing_bytes(serial: u64, key_id: &[u8; 8], reason: DeleteReason, exp: u64) -> Vec<u8> {
+/// The bytes a delete order's signatures cover.
+pub fn order_signing_bytes(
+    serial: u64,
+    key_id: &[u8; 8],
+    reason: DeleteReason,
+    exp: u64,
+) -> Vec<u8> {
     let mut out = DELETE_LABEL.to_vec();
     out.extend_from_slice(&GRANT_VERSION.to_be_bytes());
     out.extend_from_slice(&serial.to_be_bytes());
@@ -317,14 +357,14 @@ fn order_signing_bytes(serial: u64, key_id: &[u8; 8], reason: DeleteReason, exp:
     out
 }
 
-/// Checks the key id, then the signature.
+/// Checks the key id, then the cluster signature, then with a pinned group
+/// key the group signature over the same bytes.
 fn verify_signed(
-    what: &'static str,
-    serial: u64,
+    (what, serial): (&'static str, u64),
     found: &[u8; 8],
     bytes: &[u8],
-    signature: &Signature,
-    key: &VerifyingKey,
+    (signature, group_signature): (&Signature, Option<&Signature>),
+    (key, group_key): (&VerifyingKey, Option<&VerifyingKey>),
 ) -> Result<(), GrantError> {
     let pinned = key_id(key);
     if *found != pinned {
@@ -335,7 +375,23 @@ fn verify_signed(
         });
     }
     key.verify_strict(bytes, signature)
-        .map_err(|_| GrantError::BadSignature { what, serial })
+        .map_err(|_| GrantError::BadSignature { what, serial })?;
+    let Some(group_key) = group_key else {
+        return Ok(());
+    };
+    let group_signature = group_signature.ok_or(GrantError::NoGroupSignature { what, serial })?;
+    group_key
+        .verify_strict(bytes, group_signature)
+        .map_err(|_| GrantError::BadGroupSignature { what, serial })
+}
+
+/// The one encoding of a signed object.
+fn encode(mut bytes: Vec<u8>, signature: &Signature, group: Option<&Signature>) -> Vec<u8> {
+    bytes.extend_from_slice(&signature.to_bytes());
+    if let Some(g) = group {
+        bytes.extend_from_slice(&g.to_bytes());
+    }
+    bytes
 }
 
 fn hex(b: &[u8]) -> String {
@@ -348,11 +404,14 @@ impl StorageGrant {
         grant_signing_bytes(&self.body, &self.key_id)
     }
 
-    /// The one encoding: signing bytes, then the signature.
+    /// The one encoding: signing bytes, the signature, then the group
+    /// signature if any.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = self.signing_bytes();
-        out.extend_from_slice(&self.signature.to_bytes());
-        out
+        encode(
+            self.signing_bytes(),
+            &self.signature,
+            self.group_signature.as_ref(),
+        )
     }
 
     /// Reads [`StorageGrant::to_bytes`]: layout, counts and sizes; the
@@ -398,24 +457,34 @@ impl StorageGrant {
             expires_at: r.u64()?,
         };
         let signature = Signature::from_bytes(&r.array::<64>()?);
-        r.end()?;
+        let group_signature = r.group_signature()?;
         body.check().map_err(|why| malformed(GRANT, why))?;
         Ok(Self {
             body,
             key_id,
             signature,
+            group_signature,
         })
     }
 
     /// Checks the key id and the signature against the pinned cluster key.
     pub fn verify(&self, cluster_key: &VerifyingKey) -> Result<(), GrantError> {
+        self.verify_pinned(cluster_key, None)
+    }
+
+    /// [`StorageGrant::verify`], and with a pinned `group_key` also the
+    /// group signature, which must be there.
+    pub fn verify_pinned(
+        &self,
+        cluster_key: &VerifyingKey,
+        group_key: Option<&VerifyingKey>,
+    ) -> Result<(), GrantError> {
         verify_signed(
-            GRANT,
-            self.body.serial,
+            (GRANT, self.body.serial),
             &self.key_id,
             &self.signing_bytes(),
-            &self.signature,
-            cluster_key,
+            (&self.signature, self.group_signature.as_ref()),
+            (cluster_key, group_key),
         )
     }
 
@@ -450,14 +519,23 @@ impl DeleteOrder {
             expires_at,
             key_id,
             signature,
+            group_signature: None,
         }
     }
 
-    /// The one encoding: signing bytes, then the signature.
+    /// The bytes the signatures cover.
+    pub fn signing_bytes(&self) -> Vec<u8> {
+        order_signing_bytes(self.serial, &self.key_id, self.reason, self.expires_at)
+    }
+
+    /// The one encoding: signing bytes, the signature, then the group
+    /// signature if any.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = order_signing_bytes(self.serial, &self.key_id, self.reason, self.expires_at);
-        out.extend_from_slice(&self.signature.to_bytes());
-        out
+        encode(
+            self.signing_bytes(),
+            &self.signature,
+            self.group_signature.as_ref(),
+        )
     }
 
     /// Reads [`DeleteOrder::to_bytes`]; the signature is checked by
@@ -479,30 +557,41 @@ impl DeleteOrder {
             .ok_or_else(|| malformed(ORDER, format!("unknown reason {code}")))?;
         let expires_at = r.u64()?;
         let signature = Signature::from_bytes(&r.array::<64>()?);
-        r.end()?;
+        let group_signature = r.group_signature()?;
         Ok(Self {
             serial,
             reason,
             expires_at,
             key_id,
             signature,
+            group_signature,
         })
     }
 
     /// Checks the key id and the signature against the pinned cluster key.
     pub fn verify(&self, cluster_key: &VerifyingKey) -> Result<(), GrantError> {
+        self.verify_pinned(cluster_key, None)
+    }
+
+    /// [`DeleteOrder::verify`], and with a pinned `group_key` also the
+    /// group signature, which must be there.
+    pub fn verify_pinned(
+        &self,
+        cluster_key: &VerifyingKey,
+        group_key: Option<&VerifyingKey>,
+    ) -> Result<(), GrantError> {
         verify_signed(
-            ORDER,
-            self.serial,
+            (ORDER, self.serial),
             &self.key_id,
-            &order_signing_bytes(self.serial, &self.key_id, self.reason, self.expires_at),
-            &self.signature,
-            cluster_key,
+            &self.signing_bytes(),
+            (&self.signature, self.group_signature.as_ref()),
+            (cluster_key, group_key),
         )
     }
 }
 
-fn proof_signing_bytes(serial: u64, key_id: &[u8; 8]) -> Vec<u8> {
+/// The bytes a deposit proof's signatures cover.
+pub fn proof_signing_bytes(serial: u64, key_id: &[u8; 8]) -> Vec<u8> {
     let mut out = PROOF_LABEL.to_vec();
     out.extend_from_slice(&GRANT_VERSION.to_be_bytes());
     out.extend_from_slice(&serial.to_be_bytes());
@@ -519,14 +608,23 @@ impl DepositProof {
             serial,
             key_id,
             signature,
+            group_signature: None,
         }
     }
 
-    /// The one encoding: signing bytes, then the signature.
+    /// The bytes the signatures cover.
+    pub fn signing_bytes(&self) -> Vec<u8> {
+        proof_signing_bytes(self.serial, &self.key_id)
+    }
+
+    /// The one encoding: signing bytes, the signature, then the group
+    /// signature if any.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = proof_signing_bytes(self.serial, &self.key_id);
-        out.extend_from_slice(&self.signature.to_bytes());
-        out
+        encode(
+            self.signing_bytes(),
+            &self.signature,
+            self.group_signature.as_ref(),
+        )
     }
 
     /// Reads [`DepositProof::to_bytes`]; the signature is checked by
@@ -544,23 +642,33 @@ impl DepositProof {
         let serial = r.u64()?;
         let key_id = r.array::<8>()?;
         let signature = Signature::from_bytes(&r.array::<64>()?);
-        r.end()?;
+        let group_signature = r.group_signature()?;
         Ok(Self {
             serial,
             key_id,
             signature,
+            group_signature,
         })
     }
 
     /// Checks the key id and the signature against the pinned cluster key.
     pub fn verify(&self, cluster_key: &VerifyingKey) -> Result<(), GrantError> {
+        self.verify_pinned(cluster_key, None)
+    }
+
+    /// [`DepositProof::verify`], and with a pinned `group_key` also the
+    /// group signature, which must be there.
+    pub fn verify_pinned(
+        &self,
+        cluster_key: &VerifyingKey,
+        group_key: Option<&VerifyingKey>,
+    ) -> Result<(), GrantError> {
         verify_signed(
-            PROOF,
-            self.serial,
+            (PROOF, self.serial),
             &self.key_id,
-            &proof_signing_bytes(self.serial, &self.key_id),
-            &self.signature,
-            cluster_key,
+            &self.signing_bytes(),
+            (&self.signature, self.group_signature.as_ref()),
+            (cluster_key, group_key),
         )
     }
 }

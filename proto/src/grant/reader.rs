@@ -1,6 +1,8 @@
 //! A bounds-checked cursor over untrusted bytes, for reading grants, deposit
 //! proofs and delete orders: every read says what was truncated or wrong.
 
+use ed25519_dalek::Signature;
+
 use super::{GrantError, malformed};
 
 /// A bounds-checked cursor over untrusted bytes.
@@ -46,11 +48,18 @@ impl<'a> Reader<'a> {
         Ok(())
     }
 
-    pub(super) fn end(&self) -> Result<(), GrantError> {
-        if self.bytes.is_empty() {
-            Ok(())
-        } else {
-            Err(malformed(self.what, "trailing bytes".into()))
+    /// What may end an object after its cluster signature: nothing, or
+    /// the group's 64-byte signature; then the end.
+    pub(super) fn group_signature(&mut self) -> Result<Option<Signature>, GrantError> {
+        match self.bytes.len() {
+            0 => Ok(None),
+            64 => Ok(Some(Signature::from_bytes(&self.array()?))),
+            n => Err(malformed(
+                self.what,
+                format!(
+                    "{n} bytes after the signature, where only a 64-byte group signature may follow"
+                ),
+            )),
         }
     }
 }

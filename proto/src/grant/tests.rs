@@ -155,3 +155,79 @@ fn a_deposit_proof_round_trips_and_is_bound_to_its_serial_and_cluster() {
     assert!(DepositProof::from_bytes(&order.to_bytes()).is_err());
     assert!(DeleteOrder::from_bytes(&bytes).is_err());
 }
+
+/// A pinned group key requires the group's signature over the very bytes
+/// the cluster key signed: absent, copied from another object, made with
+/// another key, or with trailing junk, each is refused; an unpinned check
+/// ignores it. (The group key is a plain Ed25519 key here: a FROST group
+/// signature is one.)
+#[test]
+fn a_pinned_group_key_requires_the_group_signature_on_every_kind() {
+    let cluster = SigningKey::from_bytes(&[1; 32]);
+    let group = SigningKey::from_bytes(&[5; 32]);
+    let (ck, gk) = (cluster.verifying_key(), group.verifying_key());
+    let thief = SigningKey::from_bytes(&[6; 32]);
+
+    let mut grant = body().sign(&cluster);
+    let mut order = DeleteOrder::sign(42, DeleteReason::Delivered, 2_000, &cluster);
+    let mut proof = DepositProof::sign(42, &cluster);
+    for (what, err) in [
+        (GRANT, grant.verify_pinned(&ck, Some(&gk))),
+        (ORDER, order.verify_pinned(&ck, Some(&gk))),
+        (PROOF, proof.verify_pinned(&ck, Some(&gk))),
+    ] {
+        assert_eq!(
+            err,
+            Err(GrantError::NoGroupSignature { what, serial: 42 }),
+            "{what}"
+        );
+    }
+    grant.verify_pinned(&ck, None).unwrap();
+
+    // The thief's key, and the group's signature on another object.
+    grant.group_signature = Some(thief.sign(&grant.signing_bytes()));
+    order.group_signature = Some(group.sign(&proof.signing_bytes()));
+    proof.group_signature = Some(group.sign(&grant.signing_bytes()));
+    assert!(matches!(
+        grant.verify_pinned(&ck, Some(&gk)),
+        Err(GrantError::BadGroupSignature { .. })
+    ));
+    assert!(matches!(
+        order.verify_pinned(&ck, Some(&gk)),
+        Err(GrantError::BadGroupSignature { .. })
+    ));
+    assert!(matches!(
+        proof.verify_pinned(&ck, Some(&gk)),
+        Err(GrantError::BadGroupSignature { .. })
+    ));
+
+    grant.group_signature = Some(group.sign(&grant.signing_bytes()));
+    order.group_signature = Some(group.sign(&order.signing_bytes()));
+    proof.group_signature = Some(group.sign(&proof.signing_bytes()));
+    let g = StorageGrant::from_bytes(&grant.to_bytes()).unwrap();
+    let o = DeleteOrder::from_bytes(&order.to_bytes()).unwrap();
+    let p = DepositProof::from_bytes(&proof.to_bytes()).unwrap();
+    assert_eq!((&g, &o, &p), (&grant, &order, &proof));
+    g.verify_pinned(&ck, Some(&gk)).unwrap();
+    o.verify_pinned(&ck, Some(&gk)).unwrap();
+    p.verify_pinned(&ck, Some(&gk)).unwrap();
+    // The cluster signature still counts: a group signature alone is not
+    // enough.
+    let mut unsigned = g.clone();
+    unsigned.signature = thief.sign(&g.signing_bytes());
+    assert!(matches!(
+        unsigned.verify_pinned(&ck, Some(&gk)),
+        Err(GrantError::BadSignature { .. })
+    ));
+
+    // Nothing but a whole group signature may follow the cluster's.
+    for extra in [1, 63, 65, 128] {
+        let mut bytes = grant.signing_bytes();
+        bytes.extend_from_slice(&grant.signature.to_bytes());
+        bytes.extend(std::iter::repeat_n(0u8, extra));
+        assert!(
+            StorageGrant::from_bytes(&bytes).is_err(),
+            "{extra} trailing bytes"
+        );
+    }
+}

@@ -188,12 +188,17 @@ fn main() -> anyhow::Result<()> {
     raft.extend(commands().iter().map(|c| [vec![3], encode(c)].concat()));
     seeds.push(("raft_command", raft));
     seeds.push(("snapshot", vec![fresh_snapshot()?]));
-    seeds.push(("grant", vec![grant().to_bytes()]));
+    let (g, p) = (grant(), deposit_proof());
+    let with_group = |bytes: Vec<u8>, signed: Vec<u8>| vec![co_signed(&bytes, &signed), bytes];
+    seeds.push(("grant", with_group(g.to_bytes(), g.signing_bytes())));
     seeds.push((
         "delete_order",
-        delete_orders().iter().map(|o| o.to_bytes()).collect(),
+        delete_orders()
+            .iter()
+            .flat_map(|o| with_group(o.to_bytes(), o.signing_bytes()))
+            .collect(),
     ));
-    seeds.push(("deposit_proof", vec![deposit_proof().to_bytes()]));
+    seeds.push(("deposit_proof", with_group(p.to_bytes(), p.signing_bytes())));
     seeds.push(("sip_message", sip_requests()));
     let offers = sdp_offers();
     let answer = vmail_node::sip::sdp::answer(
@@ -358,6 +363,8 @@ fn sign_rounds() -> Vec<Vec<u8>> {
             serial: 7,
         },
         SignTarget::Grant { serial: 9 },
+        SignTarget::DeleteOrder { serial: 9 },
+        SignTarget::DepositProof { serial: 9 },
     ]
     .iter()
     .map(|t| {

@@ -1,6 +1,7 @@
-//! `DeleteOrder::from_bytes` then `verify`: what a holder gets from a sender or
-//! a sibling. The one encoding is strict (what parses re-encodes to the
-//! same bytes), and only genuine bytes verify under the cluster key.
+//! `DeleteOrder::from_bytes` then `verify_pinned`: what a holder gets from a sender
+//! or a sibling. The one encoding is strict (what parses re-encodes to the
+//! same bytes); only genuine bytes verify under the cluster key, and only
+//! genuine co-signed bytes also under the group key.
 #![no_main]
 
 use std::sync::LazyLock;
@@ -10,20 +11,31 @@ use libfuzzer_sys::fuzz_target;
 use vmail_proto::grant::DeleteOrder;
 
 static KEY: LazyLock<VerifyingKey> = LazyLock::new(|| vmail_fuzz::cluster_key().verifying_key());
-static GENUINE: LazyLock<Vec<Vec<u8>>> = LazyLock::new(|| {
-    let genuine: Vec<DeleteOrder> = vmail_fuzz::delete_orders();
-    genuine.iter().map(DeleteOrder::to_bytes).collect()
-});
+static GROUP: LazyLock<VerifyingKey> = LazyLock::new(|| vmail_fuzz::group_key().verifying_key());
+static GENUINE: LazyLock<Vec<DeleteOrder>> = LazyLock::new(|| vmail_fuzz::delete_orders());
 
 fuzz_target!(|data: &[u8]| {
     let Ok(v) = DeleteOrder::from_bytes(data) else {
         return;
     };
     assert_eq!(v.to_bytes(), data, "the encoding is not strict");
+    let bare = DeleteOrder {
+        group_signature: None,
+        ..v.clone()
+    }
+    .to_bytes();
     if v.verify(&KEY).is_ok() {
         assert!(
-            GENUINE.iter().any(|g| g == data),
-            "a forged delete_order verified"
+            GENUINE.iter().any(|g| g.to_bytes() == bare),
+            "a forged delete order verified"
+        );
+    }
+    if v.verify_pinned(&KEY, Some(&GROUP)).is_ok() {
+        assert!(
+            GENUINE
+                .iter()
+                .any(|g| vmail_fuzz::co_signed(&g.to_bytes(), &g.signing_bytes()) == data),
+            "a forged group signature on a delete order verified"
         );
     }
 });

@@ -41,6 +41,19 @@ pub fn cluster_key() -> SigningKey {
     SigningKey::from_bytes(&[0x5a; 32])
 }
 
+/// The group key that co-signs the genuine grants, orders and proofs (a
+/// FROST group signature is a plain Ed25519 one).
+pub fn group_key() -> SigningKey {
+    SigningKey::from_bytes(&[0x5b; 32])
+}
+
+/// `bytes`, the encoding of a cluster-signed object, with the group's
+/// signature over `signing_bytes` appended: the object co-signed.
+pub fn co_signed(bytes: &[u8], signing_bytes: &[u8]) -> Vec<u8> {
+    use ed25519_dalek::Signer;
+    [bytes, &group_key().sign(signing_bytes).to_bytes()].concat()
+}
+
 /// The identity of the peer behind the genuine adverts.
 pub fn peer_key() -> Keypair {
     Keypair::ed25519_from_bytes([0x33; 32]).expect("32 bytes are an ed25519 secret")

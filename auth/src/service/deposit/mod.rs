@@ -22,8 +22,8 @@ pub use check::{
     MIN_REQUEST_ID_LEN, ShareIn, validate_deposit,
 };
 
-use super::AuthService;
 use super::error::{AuthError, invalid};
+use super::{AuthService, SignTarget};
 use crate::cluster::{Command, Reply};
 use crate::store::{
     AckOutcome, DEPOSIT_GRACE_SECS, DeliveryNote, DepositOutcome, GrantRefusal, PurgeCounts,
@@ -185,17 +185,25 @@ impl AuthService {
         };
         // Signed from the command's serial, which the stored deposit used: a
         // replay matched the first request's digest, which covers it.
-        let deposited = |id, replayed| Deposited {
-            id,
-            replayed,
-            proof: DepositProof::sign(grant_serial, &self.keys.cluster_key),
+        let deposited = async |id, replayed| {
+            let mut proof = DepositProof::sign(grant_serial, &self.keys.cluster_key);
+            proof.group_signature = self
+                .co_sign(SignTarget::DepositProof {
+                    serial: grant_serial,
+                })
+                .await;
+            Deposited {
+                id,
+                replayed,
+                proof,
+            }
         };
         match outcome {
             DepositOutcome::Stored(id) => {
                 tracing::info!(sender = %session.username, id = %hex::encode(id), n = n_recipients, "deposit");
-                Ok(deposited(id, false))
+                Ok(deposited(id, false).await)
             }
-            DepositOutcome::Replayed(id) => Ok(deposited(id, true)),
+            DepositOutcome::Replayed(id) => Ok(deposited(id, true).await),
             DepositOutcome::RequestIdReused => Err(AuthError::RequestIdReused),
             DepositOutcome::UnknownRecipient(r) => Err(AuthError::UnknownRecipient(r)),
             DepositOutcome::InboxFull(r) => Err(AuthError::InboxFull {
@@ -348,8 +356,9 @@ impl AuthService {
             }),
             AckOutcome::Acked {
                 key_erased,
-                delete_order,
+                mut delete_order,
             } => {
+                self.co_sign_order(&mut delete_order).await;
                 tracing::info!(
                     user = %session.username,
                     id = %hex::encode(id),

@@ -4,7 +4,8 @@
 //!
 //! A shard is admitted only when all of these hold:
 //! - it is not empty, and a grant came with it;
-//! - the grant is well formed and signed by the pinned cluster key;
+//! - the grant is well formed and signed by the pinned cluster key, and by
+//!   the group when its key is pinned;
 //! - the grant has not expired, and its expiry is within this holder's cap;
 //! - during the upload window the grant names this holder (afterwards any
 //!   holder may take a covered shard: that is how repair and hand-off move
@@ -38,6 +39,9 @@ pub struct HolderPolicy {
     /// The auth group's public key grants and delete orders must verify
     /// against; without it nothing is admitted.
     pub cluster_key: Option<VerifyingKey>,
+    /// The group's threshold key: when pinned, grants, proofs and orders
+    /// must also carry its signature.
+    pub group_key: Option<VerifyingKey>,
     /// This holder's libp2p peer id, as grants name holders.
     pub me: Vec<u8>,
 }
@@ -60,7 +64,7 @@ pub fn admit(
         .as_ref()
         .ok_or(ObjectStoreError::NoClusterKey)?;
     let grant = StorageGrant::from_bytes(&meta.grant)?;
-    grant.verify(key)?;
+    grant.verify_pinned(key, policy.group_key.as_ref())?;
     let g = &grant.body;
     if g.expires_at <= now {
         return Err(ObjectStoreError::GrantExpired {

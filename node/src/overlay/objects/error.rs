@@ -147,6 +147,9 @@ impl ObjectStoreError {
             Self::Empty => "empty",
             Self::NoGrant => "no-grant",
             Self::NoClusterKey => "no-cluster-key",
+            Self::BadGrant(vmail_proto::grant::GrantError::NoGroupSignature { .. }) => {
+                "no-group-signature"
+            }
             Self::BadGrant(_) => "bad-signature",
             Self::GrantExpired { .. } => "grant-expired",
             Self::ExpiryTooFar { .. } => "expiry-too-far",

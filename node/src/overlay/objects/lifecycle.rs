@@ -2,7 +2,7 @@
 //! deposit proof keeps a grant's objects past the proof grace period, and
 //! its delete order removes them and leaves a tombstone that refuses them
 //! back until the grant's expiry. Both are checked offline against the
-//! pinned cluster key.
+//! pinned keys.
 
 use std::collections::HashSet;
 
@@ -17,7 +17,7 @@ impl ObjectStore {
     /// and the grant `serial` it should prove.
     pub(super) fn check_proof(&self, bytes: &[u8], serial: u64) -> Result<(), ObjectStoreError> {
         let proof = DepositProof::from_bytes(bytes)?;
-        proof.verify(self.cluster_key()?)?;
+        proof.verify_pinned(self.cluster_key()?, self.policy.group_key.as_ref())?;
         if proof.serial != serial {
             return Err(ObjectStoreError::NotCovered { serial });
         }
@@ -108,7 +108,7 @@ impl ObjectStore {
 
     fn carry_out(&self, order: &[u8]) -> Result<Vec<ObjectId>, ObjectStoreError> {
         let parsed = DeleteOrder::from_bytes(order)?;
-        parsed.verify(self.cluster_key()?)?;
+        parsed.verify_pinned(self.cluster_key()?, self.policy.group_key.as_ref())?;
         let serial = parsed.serial;
         let ids: Vec<ObjectId> = {
             let s = self.lock();

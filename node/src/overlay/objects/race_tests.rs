@@ -54,6 +54,7 @@ fn roomy(dir: &Path) -> ObjectStore {
         max_objects: 1000,
         max_retention_secs: 30 * 86_400,
         cluster_key: None,
+        group_key: None,
         me: b"this-holder".to_vec(),
     };
     ObjectStore::open(dir, policy).unwrap().0

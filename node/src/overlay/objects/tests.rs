@@ -22,6 +22,7 @@ fn policy(quota: u64) -> HolderPolicy {
         max_objects: 3,
         max_retention_secs: 30 * 86_400,
         cluster_key: Some(cluster().verifying_key()),
+        group_key: None,
         me: ME.to_vec(),
     }
 }
@@ -513,4 +514,49 @@ fn a_final_layout_is_complete_the_grants_and_names_the_held_shard_where_it_was()
         final_layout(&held, &id, &uncovered),
         Err(ObjectStoreError::NotCovered { serial: 9 })
     ));
+}
+
+/// A holder that pins the group key takes a grant, a proof and a delete
+/// order only with the group's signature beside the cluster key's: what a
+/// stolen cluster key alone signs is refused and changes nothing.
+#[test]
+fn a_holder_pinning_the_group_key_needs_the_group_signature_on_grants_proofs_and_orders() {
+    use ed25519_dalek::Signer as _;
+    let group = SigningKey::from_bytes(&[3; 32]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = policy(1 << 20);
+    p.group_key = Some(group.verifying_key());
+    let (s, _) = ObjectStore::open(dir.path(), p).unwrap();
+    let data = vec![5u8; 100];
+
+    let mut meta = granted(&data, &cluster(), |_| {});
+    let e = store(&s, meta.clone(), &data).unwrap_err();
+    assert_eq!(e.reason(), "no-group-signature", "{e}");
+    let mut grant = StorageGrant::from_bytes(&meta.grant).unwrap();
+    grant.group_signature = Some(cluster().sign(&grant.signing_bytes()));
+    meta.grant = grant.to_bytes();
+    let e = store(&s, meta.clone(), &data).unwrap_err();
+    assert_eq!(e.reason(), "bad-signature", "{e}");
+    assert_eq!(s.usage(), (0, 0));
+
+    grant.group_signature = Some(group.sign(&grant.signing_bytes()));
+    meta.grant = grant.to_bytes();
+    let mut proof = DepositProof::sign(9, &cluster());
+    meta.proof = proof.to_bytes();
+    let e = store(&s, meta.clone(), &data).unwrap_err();
+    assert_eq!(e.reason(), "no-group-signature", "{e}");
+    proof.group_signature = Some(group.sign(&proof.signing_bytes()));
+    meta.proof = proof.to_bytes();
+    store(&s, meta, &data).unwrap();
+    assert!(s.unproven(u64::MAX).is_empty());
+
+    let mut order = DeleteOrder::sign(9, DeleteReason::Delivered, NOW + 86_400, &cluster());
+    assert_eq!(
+        s.erase(&order.to_bytes()).unwrap_err().reason(),
+        "no-group-signature"
+    );
+    assert_eq!(s.usage().0, 1);
+    order.group_signature = Some(group.sign(&order.signing_bytes()));
+    assert_eq!(s.erase(&order.to_bytes()).unwrap(), vec![[1; 32]]);
+    assert_eq!(s.usage(), (0, 0));
 }
