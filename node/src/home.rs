@@ -134,6 +134,17 @@ fn load_config_file(path: &Path, must_exist: bool) -> Result<ConfigFile, Setting
     }
 }
 
+/// The auth config file the overrides name (else the home's), and what it
+/// says.
+fn config_file(home: &Path, o: &AuthOverrides) -> Result<(PathBuf, ConfigFile), SettingsError> {
+    let path = o
+        .auth_config
+        .clone()
+        .unwrap_or_else(|| home.join("config.toml"));
+    let file = load_config_file(&path, o.auth_config.is_some())?;
+    Ok((path, file))
+}
+
 /// The cluster key and the group key from the overrides or the config
 /// file, each if either names one (a peer daemon needs only the keys, not
 /// a whole target).
@@ -141,46 +152,37 @@ pub fn pinned_keys(
     home: &Path,
     o: &AuthOverrides,
 ) -> Result<(Option<VerifyingKey>, Option<VerifyingKey>), SettingsError> {
-    let config_path = o
-        .auth_config
-        .clone()
-        .unwrap_or_else(|| home.join("config.toml"));
-    let file = load_config_file(&config_path, o.auth_config.is_some())?;
-    let cluster = o
-        .cluster_key
-        .clone()
-        .or(file.cluster_key)
-        .map(|k| parse_cluster_key(&k))
-        .transpose()?;
-    let group = o
-        .group_key
-        .clone()
-        .or(file.group_key)
-        .map(|k| parse_group_key(&k))
-        .transpose()?;
-    Ok((cluster, group))
+    let (_, file) = config_file(home, o)?;
+    Ok((
+        parse_key(
+            o.cluster_key.clone().or(file.cluster_key),
+            SettingsError::ClusterKey,
+        )?,
+        parse_key(
+            o.group_key.clone().or(file.group_key),
+            SettingsError::GroupKey,
+        )?,
+    ))
 }
 
-fn parse_cluster_key(key_hex: &str) -> Result<VerifyingKey, SettingsError> {
-    let bytes = hex::decode(key_hex.trim())
-        .map_err(|e| SettingsError::ClusterKey(key_hex.to_owned(), e.to_string()))?;
-    parse_identity_key(&bytes).map_err(|why| SettingsError::ClusterKey(key_hex.to_owned(), why))
-}
-
-fn parse_group_key(key_hex: &str) -> Result<VerifyingKey, SettingsError> {
+/// A public key in hex, if given; `bad` names the setting.
+fn parse_key(
+    key_hex: Option<String>,
+    bad: fn(String, String) -> SettingsError,
+) -> Result<Option<VerifyingKey>, SettingsError> {
+    let Some(key_hex) = key_hex else {
+        return Ok(None);
+    };
     hex::decode(key_hex.trim())
         .map_err(|e| e.to_string())
         .and_then(|b| parse_identity_key(&b))
-        .map_err(|why| SettingsError::GroupKey(key_hex.to_owned(), why))
+        .map(Some)
+        .map_err(|why| bad(key_hex, why))
 }
 
 /// Combines overrides and the config file into a connectable target.
 pub fn auth_target(home: &Path, o: &AuthOverrides) -> Result<AuthTarget, SettingsError> {
-    let config_path = o
-        .auth_config
-        .clone()
-        .unwrap_or_else(|| home.join("config.toml"));
-    let file = load_config_file(&config_path, o.auth_config.is_some())?;
+    let (config_path, file) = config_file(home, o)?;
     let config_dir = config_path.parent().unwrap_or(home).to_owned();
     let missing = |what, flag, env, key| SettingsError::Missing {
         what,
@@ -219,7 +221,11 @@ pub fn auth_target(home: &Path, o: &AuthOverrides) -> Result<AuthTarget, Setting
             .or(file.ca_cert.map(|p| config_dir.join(p)))
             .ok_or_else(|| missing("CA certificate", "--ca FILE", "VMAIL_CA", "ca_cert"))?;
     let ca_pem = std::fs::read(&ca).map_err(|source| SettingsError::Ca { path: ca, source })?;
-    let key_hex = o.cluster_key.clone().or(file.cluster_key).ok_or_else(|| {
+    let cluster_key = parse_key(
+        o.cluster_key.clone().or(file.cluster_key),
+        SettingsError::ClusterKey,
+    )?
+    .ok_or_else(|| {
         missing(
             "cluster key",
             "--cluster-key HEX",
@@ -227,13 +233,10 @@ pub fn auth_target(home: &Path, o: &AuthOverrides) -> Result<AuthTarget, Setting
             "cluster_key",
         )
     })?;
-    let cluster_key = parse_cluster_key(&key_hex)?;
-    let group_key = o
-        .group_key
-        .clone()
-        .or(file.group_key)
-        .map(|k| parse_group_key(&k))
-        .transpose()?;
+    let group_key = parse_key(
+        o.group_key.clone().or(file.group_key),
+        SettingsError::GroupKey,
+    )?;
     Ok(AuthTarget {
         endpoints,
         ca_pem,

@@ -184,9 +184,10 @@ impl Side {
     /// signs, as before the group key.
     async fn start(group_signing: bool) -> Self {
         let cluster = TestCluster::start_with(3, |c| c.group_signing = group_signing).await;
-        let target = cluster.pinned_target().await;
+        // Both groups wait for their key, so they differ only in signing.
+        let pinned = cluster.pinned_target().await;
         let target = if group_signing {
-            target
+            pinned
         } else {
             cluster.target()
         };

@@ -1,6 +1,7 @@
 //! Unit tests of grants, deposit proofs and delete orders: round trips,
 //! every field bound by the signature, and malformed bytes refused.
 
+use super::lifecycle::{ORDER, PROOF};
 use super::*;
 
 fn body() -> GrantBody {
