@@ -902,6 +902,19 @@ impl TestCluster {
         &self.harness
     }
 
+    /// Removes member `i` from the group through the leader's admin API
+    /// (`vmail-auth cluster remove`).
+    pub async fn remove(&self, i: usize) {
+        let leader = self.leader().await;
+        vmail_auth::cluster::admin::remove(
+            &self.server(leader).member().raft_url,
+            &self.member_tls(leader),
+            self.name(i),
+        )
+        .await
+        .expect("remove");
+    }
+
     /// The TLS identity of member `i`, for admin calls.
     pub fn member_tls(&self, i: usize) -> vmail_auth::tls::ClusterTls {
         vmail_auth::cluster::admin::member_tls(&self.data_dir(i)).expect("member tls")

@@ -576,13 +576,7 @@ async fn a_fourth_server_joins_live_and_one_is_removed_while_clients_work() {
         .into_iter()
         .find(|i| *i != added)
         .unwrap();
-    admin::remove(
-        &cluster.server(leader).member().raft_url,
-        &cluster.member_tls(leader),
-        cluster.name(gone),
-    )
-    .await
-    .expect("remove");
+    cluster.remove(gone).await;
     cluster.wait_voters(3).await;
     cluster.kill(gone).await;
     // Split among the four of its time, the removed one included, it lands.

@@ -324,27 +324,11 @@ async fn three_servers_generate_a_group_key_any_two_sign_with_and_one_cannot() {
     }
 }
 
-/// Waits until every running server of a 3-server group applied the same
-/// completed key generation.
+/// Waits until every running server applied the same completed key
+/// generation; its number and the group key.
 async fn group_key(cluster: &TestCluster) -> (u64, [u8; 32]) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        let keys: Vec<_> = cluster
-            .running()
-            .into_iter()
-            .map(|i| cluster.server(i).service.store().group_key().unwrap())
-            .collect();
-        if let Some(first) = keys[0]
-            && keys.iter().all(|k| *k == Some(first))
-        {
-            return first;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no group key on every server within a minute: {keys:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let k = next_key(cluster, 0).await;
+    (k.number, k.group_key)
 }
 
 /// The signing rounds over the internal service (docs/THRESHOLD.md §2):
@@ -809,4 +793,200 @@ async fn holders_pinning_the_group_key_refuse_what_the_stolen_cluster_key_alone_
         p.stop().await;
     }
     cluster.stop().await;
+}
+
+/// Resharing on membership change (docs/THRESHOLD.md §4), on a real group.
+///
+/// A fourth server joins: two share holders repair it a share of the same
+/// key through the log, so it signs with any founding server, and a
+/// pinning client that reaches only it logs in with a group-signed
+/// certificate. Then a founding server is removed: the three that remain
+/// refresh the key through the log. The group key, which clients and peers
+/// pin, never changes; the remaining servers' shares do, and their old
+/// ones are erased; and the removed server's share, which together with
+/// one other old share still signs (so the check is not vacuous), signs
+/// nothing with the new ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_joining_server_gets_a_share_and_a_removed_ones_combines_with_nothing_after_a_refresh() {
+    let mut cluster = TestCluster::start(3).await;
+    let (first, group_key) = group_key(&cluster).await;
+    let pinned = ed25519_dalek::VerifyingKey::from_bytes(&group_key).unwrap();
+    let old: Vec<_> = (0..3).map(|i| key_package(&cluster, i, first)).collect();
+
+    let joined = cluster.add().await;
+    cluster.wait_voters(4).await;
+    let repaired = next_key(&cluster, first).await;
+    assert_eq!(
+        repaired.group_key, group_key,
+        "a repair keeps the group key"
+    );
+    assert_eq!(repaired.roster.len(), 4);
+    assert_eq!(repaired.threshold, 2);
+    let newcomer = key_package(&cluster, joined, repaired.number);
+    let founder = key_package(&cluster, 0, repaired.number);
+    assert_eq!(
+        founder.0.signing_share(),
+        old[0].0.signing_share(),
+        "a repair changes no other member's share"
+    );
+    let message = b"vmail resharing drill";
+    assert!(
+        try_sign(&[&newcomer, &founder], message, &group_key),
+        "the repaired share signs with a founding one"
+    );
+    let session = login_pinned(&cluster, &[joined], pinned, "carol").await;
+    session.certificate.verify_group_signature(&pinned).unwrap();
+
+    let leader = cluster.leader().await;
+    let gone = (0..3).find(|i| *i != leader).unwrap();
+    let stay: Vec<usize> = (0..4).filter(|i| *i != gone).collect();
+    cluster.remove(gone).await;
+    cluster.wait_voters(3).await;
+    cluster.kill(gone).await;
+    let refreshed = next_key(&cluster, repaired.number).await;
+    assert_eq!(
+        refreshed.group_key, group_key,
+        "a refresh keeps the group key"
+    );
+    let mut roster: Vec<u64> = stay.iter().map(|i| cluster.server(*i).node_id()).collect();
+    roster.sort_unstable();
+    assert_eq!(refreshed.roster, roster);
+    assert_eq!(refreshed.threshold, 2);
+    let new: Vec<_> = stay
+        .iter()
+        .map(|i| {
+            let dir = cluster.data_dir(*i);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while datadir::frost_keys::frost_key_file(&dir, repaired.number).exists()
+                || datadir::frost_keys::frost_key_file(&dir, first).exists()
+            {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "server {i} kept a key package the refresh replaced"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            key_package(&cluster, *i, refreshed.number)
+        })
+        .collect();
+
+    assert!(
+        try_sign(&[&new[0], &new[2]], message, &group_key),
+        "the refreshed shares sign under the same group key"
+    );
+    assert!(
+        try_sign(&[&newcomer, &old[gone]], message, &group_key),
+        "before the refresh, the removed share and one other signed"
+    );
+    for kept in &new {
+        for public in [&kept.1, &old[gone].1] {
+            let removed = (old[gone].0.clone(), public.clone());
+            let kept = (kept.0.clone(), public.clone());
+            assert!(
+                !try_sign(&[&removed, &kept], message, &group_key),
+                "the removed share combines with a refreshed one"
+            );
+        }
+    }
+    let session = login_pinned(&cluster, &stay, pinned, "dave").await;
+    session.certificate.verify_group_signature(&pinned).unwrap();
+    cluster.stop().await;
+}
+
+/// Server `i`'s key package of `ceremony`, which it must hold.
+fn key_package(
+    cluster: &TestCluster,
+    i: usize,
+    ceremony: u64,
+) -> (
+    vmail_auth::threshold::KeyPackage,
+    vmail_auth::threshold::PublicKeyPackage,
+) {
+    datadir::frost_keys::load_key_package(&cluster.data_dir(i), ceremony)
+        .unwrap()
+        .unwrap_or_else(|| panic!("server {i} holds no key package of ceremony {ceremony}"))
+}
+
+/// Waits until every running server applied the same key ceremony after
+/// `after` (a reshare of the key, or with 0 its generation), and returns it.
+async fn next_key(cluster: &TestCluster, after: u64) -> vmail_auth::store::KeyCeremony {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let keys: Vec<_> = cluster
+            .running()
+            .into_iter()
+            .map(|i| cluster.server(i).service.store().key_ceremony().unwrap())
+            .collect();
+        if let Some(k) = keys[0].clone().filter(|k| k.number > after)
+            && keys.iter().all(|o| o.as_ref() == Some(&k))
+        {
+            return k;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the group did not reshare its key within a minute: {keys:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// Registers `user` and logs in with a client that pins the group key and
+/// reaches only the servers `which`.
+async fn login_pinned(
+    cluster: &TestCluster,
+    which: &[usize],
+    group_key: ed25519_dalek::VerifyingKey,
+    user: &str,
+) -> vmail_node::auth_client::LoginSession {
+    let mut target = cluster.target_of(which);
+    target.group_key = Some(group_key);
+    let mut c = vmail_node::auth_client::AuthClient::connect(&target)
+        .await
+        .unwrap();
+    c.register(user, &password(user), &identity(), None)
+        .await
+        .unwrap();
+    c.login(user, &password(user), &identity(), &[])
+        .await
+        .unwrap_or_else(|e| panic!("a pinning client logs in on servers {which:?}: {e}"))
+}
+
+/// Whether the key packages in `signers`, each with the public key package
+/// it is used with, make a signature on `message` that verifies under
+/// `group_key`; false at the first step that fails.
+fn try_sign(
+    signers: &[&(
+        vmail_auth::threshold::KeyPackage,
+        vmail_auth::threshold::PublicKeyPackage,
+    )],
+    message: &[u8],
+    group_key: &[u8; 32],
+) -> bool {
+    use vmail_auth::threshold::sign;
+
+    let mut nonces = BTreeMap::new();
+    let mut commitments = BTreeMap::new();
+    for (key, _) in signers {
+        let (n, c) = sign::commit(key, &mut rand::rngs::OsRng);
+        nonces.insert(*key.identifier(), n);
+        commitments.insert(*key.identifier(), c);
+    }
+    let public = &signers[0].1;
+    let Ok(package) = sign::signing_package(public, commitments, message) else {
+        return false;
+    };
+    let mut shares = BTreeMap::new();
+    for (key, _) in signers {
+        let n = nonces.remove(key.identifier()).unwrap();
+        let Ok(share) = sign::sign_share(&package, n, key) else {
+            return false;
+        };
+        shares.insert(*key.identifier(), share);
+    }
+    sign::aggregate(&package, &shares, public).is_ok_and(|s| {
+        ed25519_dalek::VerifyingKey::from_bytes(group_key)
+            .unwrap()
+            .verify_strict(message, &s)
+            .is_ok()
+    })
 }

@@ -307,6 +307,24 @@ pub enum Command {
         /// The group signature (64 bytes).
         signature: Vec<u8>,
     },
+    /// Begin a refresh of the group key among `roster` (the voters that
+    /// hold a share of it), docs/THRESHOLD.md §4.
+    DkgRefresh {
+        /// The members, by node id.
+        roster: Vec<u64>,
+        /// The leader's clock, Unix seconds.
+        now: u64,
+    },
+    /// Begin a repair that gives `joining` (a voter) a share of the group
+    /// key, made by `helpers`, docs/THRESHOLD.md §4.
+    DkgRepair {
+        /// The member that gets a share.
+        joining: u64,
+        /// The key's threshold of its share holders.
+        helpers: Vec<u64>,
+        /// The leader's clock, Unix seconds.
+        now: u64,
+    },
 }
 
 /// What applying a [`Command`] produced.
@@ -349,7 +367,8 @@ pub enum Reply {
     Reported(ReportOutcome),
     /// Result of [`Command::PublishShareKey`].
     ShareKeyPublished(PublishOutcome),
-    /// Result of [`Command::DkgBegin`] and [`Command::Dkg`].
+    /// Result of [`Command::DkgBegin`], [`Command::DkgRefresh`],
+    /// [`Command::DkgRepair`] and [`Command::Dkg`].
     Dkg(DkgOutcome),
     /// A [`Command::BeginSession`] whose statement the user's account key
     /// did not sign (or whose user does not exist); nothing changed.

@@ -258,14 +258,15 @@ impl Signer {
     /// The current group key's ceremony, its roster, and this server's key
     /// package of it.
     async fn current(&self) -> Result<(Held, Vec<u64>), SignError> {
-        let Some((ceremony, c)) = self.db(|s| s.current_ceremony()).await? else {
+        // A refresh under way or failed leaves the key where it was.
+        let Some(crate::store::KeyCeremony {
+            number: ceremony,
+            roster,
+            ..
+        }) = self.db(|s| s.key_ceremony()).await?
+        else {
             return Err(SignError::NoGroupKey);
         };
-        if !matches!(c.end, Some(crate::store::CeremonyEnd::Key { .. })) {
-            // A later ceremony is running or failed: the key is the last one
-            // that completed, which a new ceremony only begins without.
-            return Err(SignError::NoGroupKey);
-        }
         let cached = self.held.lock().expect("held lock").clone();
         let held = match cached {
             Some(h) if h.ceremony == ceremony => h,
@@ -282,7 +283,7 @@ impl Signer {
                 h
             }
         };
-        Ok((held, c.roster))
+        Ok((held, roster))
     }
 
     /// The bytes `target` signs, from this server's state.

@@ -363,6 +363,14 @@ impl StateMachine {
             ),
             Command::DkgBegin { roster, now } => Reply::Dkg(store.dkg_begin(tx, &roster, now)?),
             Command::Dkg { node_id, step } => Reply::Dkg(store.dkg_step(tx, node_id, step)?),
+            Command::DkgRefresh { roster, now } => {
+                Reply::Dkg(store.dkg_refresh_begin(tx, &roster, now)?)
+            }
+            Command::DkgRepair {
+                joining,
+                helpers,
+                now,
+            } => Reply::Dkg(store.dkg_repair_begin(tx, joining, &helpers, now)?),
             Command::CertifyGroup {
                 username,
                 serial,

@@ -2,7 +2,9 @@
 //! the FROST key package its distributed key generation gave it, with the
 //! group's public key package, in `DIR/frost/CEREMONY.key` (mode 0600).
 //! Never sent, never in the log: t of these, from t servers, sign; one
-//! alone signs nothing.
+//! alone signs nothing. A refresh (docs/THRESHOLD.md §4) writes the
+//! member's new package under the refresh's number; once the refresh
+//! completes, the older packages are erased.
 //!
 //! File format: the key package's length (u32, big-endian), the key
 //! package, then the public key package, both in frost's own encoding.
@@ -82,4 +84,32 @@ pub fn load_key_package(
         KeyPackage::from_wire(key).map_err(|e| corrupt(e.to_string()))?,
         PublicKeyPackage::from_wire(public).map_err(|e| corrupt(e.to_string()))?,
     )))
+}
+
+/// Erases every key package of a ceremony before `ceremony`, whose key
+/// the group's shares of it replaced (a refresh), and returns their
+/// ceremony numbers. Files that are not key packages are left alone.
+pub fn erase_key_packages_before(dir: &Path, ceremony: u64) -> Result<Vec<u64>, DataDirError> {
+    let keys = frost_key_dir(dir);
+    let entries = match fs::read_dir(&keys) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err(&keys)(e)),
+    };
+    let mut erased = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(io_err(&keys))?.path();
+        let old = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".key"))
+            .and_then(|n| n.parse::<u64>().ok())
+            .filter(|n| *n < ceremony);
+        if let Some(old) = old {
+            fs::remove_file(&path).map_err(io_err(&path))?;
+            erased.push(old);
+        }
+    }
+    erased.sort_unstable();
+    Ok(erased)
 }

@@ -74,6 +74,7 @@ pub use deposit::{
     AckReceipt, CheckedDeposit, Delivery, Deposit, Deposited, MAX_CONTENT_TYPE_LEN,
     MAX_LOCATOR_LEN, MAX_REQUEST_ID_LEN, MIN_REQUEST_ID_LEN, ShareIn, ShareSlot, validate_deposit,
 };
+pub use dkg::repair::{REPAIR_DELTA_INFO, REPAIR_SIGMA_INFO, sigma_plaintext, split_sigma};
 pub use dkg::{DKG_ROUND2_INFO, DKG_STALL_SECS, dkg_duty, round2_aad};
 pub use error::AuthError;
 pub use grant::{

@@ -6,6 +6,19 @@
 //! same order. The secrets (round state, key packages) stay with each
 //! member (`crate::datadir::frost_keys`) and are never stored here.
 //!
+//! A ceremony either generates the group's key (once) or reshares the
+//! current one (`reshares` table, docs/THRESHOLD.md §4):
+//!
+//! - a **refresh** among the members still in the group: the same three
+//!   steps, with the same group key at the end and new shares, so a removed
+//!   member's old share no longer combines with them;
+//! - a **repair** that gives a joining member a share of the same key: `t`
+//!   helpers each send every other helper a sealed delta (round 1), then
+//!   the joining member a sealed sigma (round 2), and every member reports.
+//!
+//! The key is always the newest ceremony that ended with one; a reshare
+//! under way or failed leaves it in place.
+//!
 //! Applying is deterministic and refuses, with a reason, every step out of
 //! order: a step for a ceremony that is not the current one, from a server
 //! outside its roster, a second step of a kind from one member, a round-2
@@ -18,9 +31,9 @@ use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use vmail_proto::share::PUBLIC_LEN;
 
-use super::schema::DKG;
+use super::schema::{DKG, RESHARES};
 use super::{Store, StoreError, corrupt, db_err};
-use crate::threshold::MIN_MEMBERS;
+use crate::threshold::{MIN_MEMBERS, majority_threshold};
 
 /// Largest encoded step a member may propose: a round-1 package of a
 /// 2-of-3 to 9-of-16 group is well under 1 KiB.
@@ -67,6 +80,21 @@ pub enum DkgStep {
         /// verifying share), so members agree on more than the group key.
         public_digest: [u8; 32],
     },
+    /// A repair helper's deltas, one sealed to each other helper.
+    RepairDeltas {
+        /// The ceremony.
+        ceremony: u64,
+        /// One per other helper.
+        sealed: Vec<SealedPackage>,
+    },
+    /// A repair helper's sigma, sealed to the joining member together with
+    /// the key's public key package.
+    RepairSigma {
+        /// The ceremony.
+        ceremony: u64,
+        /// For the joining member.
+        sealed: SealedPackage,
+    },
 }
 
 impl DkgStep {
@@ -75,7 +103,9 @@ impl DkgStep {
         match self {
             DkgStep::Round1 { ceremony, .. }
             | DkgStep::Round2 { ceremony, .. }
-            | DkgStep::Done { ceremony, .. } => *ceremony,
+            | DkgStep::Done { ceremony, .. }
+            | DkgStep::RepairDeltas { ceremony, .. }
+            | DkgStep::RepairSigma { ceremony, .. } => *ceremony,
         }
     }
 }
@@ -101,9 +131,11 @@ pub struct Ceremony {
     pub roster: Vec<u64>,
     /// When it began (the leader's clock), Unix seconds.
     pub began_at: u64,
-    /// Round-1 packages by member.
+    /// Round-1 packages by member; of a repair, each helper's sealed
+    /// deltas (postcard `Vec<SealedPackage>`).
     pub round1: BTreeMap<u64, Vec<u8>>,
-    /// Round-2 packages by sending member.
+    /// Round-2 packages by sending member; of a repair, each helper's
+    /// sealed sigma.
     pub round2: BTreeMap<u64, Vec<SealedPackage>>,
     /// Each member's (group key, public digest).
     pub done: BTreeMap<u64, ([u8; 32], [u8; 32])>,
@@ -112,15 +144,76 @@ pub struct Ceremony {
 }
 
 impl Ceremony {
-    /// Whether every member's round-1 package is in.
-    pub fn round1_complete(&self) -> bool {
-        self.round1.len() == self.roster.len()
+    /// The members that send in rounds 1 and 2: a repair's helpers, or
+    /// every member.
+    pub fn senders<'a>(&'a self, reshare: Option<&'a Reshare>) -> &'a [u64] {
+        match reshare {
+            Some(Reshare::Repair { helpers, .. }) => helpers,
+            _ => &self.roster,
+        }
     }
 
-    /// Whether every member's round-2 packages are in.
-    pub fn round2_complete(&self) -> bool {
-        self.round2.len() == self.roster.len()
+    /// Whether every sender's round-1 package is in.
+    pub fn round1_complete(&self, reshare: Option<&Reshare>) -> bool {
+        self.round1.len() == self.senders(reshare).len()
     }
+
+    /// Whether every sender's round-2 packages are in.
+    pub fn round2_complete(&self, reshare: Option<&Reshare>) -> bool {
+        self.round2.len() == self.senders(reshare).len()
+    }
+}
+
+/// What a resharing ceremony does to the group's key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reshare {
+    /// New shares of the key among the roster, which holds shares of it.
+    Refresh {
+        /// The ceremony whose key it refreshes: the group's key when it began.
+        of: u64,
+        /// The key's threshold, which a refresh keeps.
+        threshold: u16,
+    },
+    /// A share of the key for `joining`; every other member keeps its own.
+    Repair {
+        /// The ceremony whose key it extends: the group's key when it began.
+        of: u64,
+        /// The key's threshold, which a repair keeps.
+        threshold: u16,
+        /// The `threshold` share holders that make the new share.
+        helpers: Vec<u64>,
+        /// The member that gets it.
+        joining: u64,
+    },
+}
+
+impl Reshare {
+    /// The ceremony whose key it reshares.
+    pub fn of(&self) -> u64 {
+        match self {
+            Reshare::Refresh { of, .. } | Reshare::Repair { of, .. } => *of,
+        }
+    }
+
+    /// The key's threshold.
+    pub fn threshold(&self) -> u16 {
+        match self {
+            Reshare::Refresh { threshold, .. } | Reshare::Repair { threshold, .. } => *threshold,
+        }
+    }
+}
+
+/// The ceremony that made the group's current key shares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyCeremony {
+    /// Its number: the name of each member's key package file.
+    pub number: u64,
+    /// The members holding a share, by node id in order.
+    pub roster: Vec<u64>,
+    /// The group's Ed25519 public key.
+    pub group_key: [u8; 32],
+    /// How many members sign together.
+    pub threshold: u16,
 }
 
 /// What applying a DKG command did.
@@ -156,20 +249,98 @@ impl Store {
                 "a ceremony needs at least {MIN_MEMBERS} distinct members, got {roster:?}"
             )));
         }
-        let mut table = tx.open_table(DKG).map_err(db_err)?;
-        let mut last = 0;
-        for entry in table.iter().map_err(db_err)? {
-            let (k, v) = entry.map_err(db_err)?;
-            last = k.value();
-            if matches!(decode(last, v.value())?.end, Some(CeremonyEnd::Key { .. })) {
+        if let Some(key) = self.key_ceremony_in(tx)? {
+            return Ok(DkgOutcome::Refused(format!(
+                "the group already has a key from ceremony {}",
+                key.number
+            )));
+        }
+        self.begin_ceremony(tx, sorted, None, now)
+    }
+
+    /// Begins ceremony (last + 1): a refresh of the group's key among
+    /// `roster`, which must hold shares of it (members of the key's
+    /// ceremony) and be at least its threshold. An unfinished ceremony is
+    /// abandoned.
+    pub(crate) fn dkg_refresh_begin(
+        &self,
+        tx: &WriteTransaction,
+        roster: &[u64],
+        now: u64,
+    ) -> Result<DkgOutcome, StoreError> {
+        let Some(key) = self.key_ceremony_in(tx)? else {
+            return Ok(DkgOutcome::Refused(
+                "the group has no key to reshare yet".into(),
+            ));
+        };
+        let sorted = match share_holders(&key, roster, "refresh") {
+            Ok(sorted) => sorted,
+            Err(why) => return Ok(DkgOutcome::Refused(why)),
+        };
+        let reshare = Reshare::Refresh {
+            of: key.number,
+            threshold: key.threshold,
+        };
+        self.begin_ceremony(tx, sorted, Some(reshare), now)
+    }
+
+    /// Begins ceremony (last + 1): a repair that gives `joining` a share
+    /// of the group's key, made by `helpers`: exactly the key's threshold of
+    /// its share holders. Every share holder is a member and reports. An
+    /// unfinished ceremony is abandoned.
+    pub(crate) fn dkg_repair_begin(
+        &self,
+        tx: &WriteTransaction,
+        joining: u64,
+        helpers: &[u64],
+        now: u64,
+    ) -> Result<DkgOutcome, StoreError> {
+        let Some(key) = self.key_ceremony_in(tx)? else {
+            return Ok(DkgOutcome::Refused(
+                "the group has no key to reshare yet".into(),
+            ));
+        };
+        if key.roster.contains(&joining) {
+            return Ok(DkgOutcome::Refused(format!(
+                "node {joining:016x} already holds a share of the key of ceremony {}",
+                key.number
+            )));
+        }
+        let helpers = match share_holders(&key, helpers, "repair") {
+            Ok(h) if h.len() == usize::from(key.threshold) => h,
+            Ok(h) => {
                 return Ok(DkgOutcome::Refused(format!(
-                    "the group already has a key from ceremony {last}"
+                    "a repair takes exactly {} helpers, got {}",
+                    key.threshold,
+                    h.len()
                 )));
             }
-        }
-        let ceremony = last + 1;
+            Err(why) => return Ok(DkgOutcome::Refused(why)),
+        };
+        let mut roster = key.roster.clone();
+        roster.push(joining);
+        roster.sort_unstable();
+        let reshare = Reshare::Repair {
+            of: key.number,
+            threshold: key.threshold,
+            helpers,
+            joining,
+        };
+        self.begin_ceremony(tx, roster, Some(reshare), now)
+    }
+
+    /// Records ceremony (last + 1) among `roster`, and what it reshares.
+    fn begin_ceremony(
+        &self,
+        tx: &WriteTransaction,
+        roster: Vec<u64>,
+        reshare: Option<Reshare>,
+        now: u64,
+    ) -> Result<DkgOutcome, StoreError> {
+        let mut table = tx.open_table(DKG).map_err(db_err)?;
+        let ceremony = table.last().map_err(db_err)?.map_or(0, |(k, _)| k.value()) + 1;
         let row = Ceremony {
-            roster: sorted,
+            roster,
             began_at: now,
             round1: BTreeMap::new(),
             round2: BTreeMap::new(),
@@ -179,6 +350,17 @@ impl Store {
         table
             .insert(ceremony, encode(&row).as_slice())
             .map_err(db_err)?;
+        if let Some(reshare) = reshare {
+            tx.open_table(RESHARES)
+                .map_err(db_err)?
+                .insert(
+                    ceremony,
+                    postcard::to_allocvec(&reshare)
+                        .expect("in-memory encoding cannot fail")
+                        .as_slice(),
+                )
+                .map_err(db_err)?;
+        }
         Ok(DkgOutcome::Begun(ceremony))
     }
 
@@ -189,8 +371,7 @@ impl Store {
         node_id: u64,
         step: DkgStep,
     ) -> Result<DkgOutcome, StoreError> {
-        let mut table = tx.open_table(DKG).map_err(db_err)?;
-        let current = match table.last().map_err(db_err)? {
+        let current = match tx.open_table(DKG).map_err(db_err)?.last().map_err(db_err)? {
             Some((k, v)) => Some((k.value(), decode(k.value(), v.value())?)),
             None => None,
         };
@@ -207,6 +388,35 @@ impl Store {
                 "node {node_id:016x} is not a member of ceremony {number}"
             ));
         }
+        let reshare = self.reshare_in(tx, number)?;
+        let senders = row.senders(reshare.as_ref()).to_vec();
+        let repair = matches!(reshare, Some(Reshare::Repair { .. }));
+        let is_repair_step = matches!(
+            step,
+            DkgStep::RepairDeltas { .. } | DkgStep::RepairSigma { .. }
+        );
+        if !matches!(step, DkgStep::Done { .. }) {
+            if repair != is_repair_step {
+                return refused(format!(
+                    "ceremony {number} is {}a repair; that step belongs to {}",
+                    if repair { "" } else { "not " },
+                    if repair { "another kind" } else { "a repair" },
+                ));
+            }
+            if !senders.contains(&node_id) {
+                return refused(format!(
+                    "node {node_id:016x} is not a helper of ceremony {number}"
+                ));
+            }
+        }
+        let others: Vec<u64> = senders.iter().copied().filter(|m| *m != node_id).collect();
+        let addressed = |to: Vec<u64>, expected: &[u64]| {
+            let mut to = to;
+            to.sort_unstable();
+            (to != expected).then(|| {
+                format!("packages addressed to {to:?}, expected one to each of {expected:?}")
+            })
+        };
         let outcome = match step {
             DkgStep::Round1 { package, .. } => {
                 if row.round1.contains_key(&node_id) {
@@ -217,29 +427,43 @@ impl Store {
                 row.round1.insert(node_id, package);
                 DkgOutcome::Recorded
             }
+            DkgStep::RepairDeltas { sealed, .. } => {
+                if row.round1.contains_key(&node_id) {
+                    return refused(format!("node {node_id:016x} already sent its deltas"));
+                }
+                if let Some(why) = addressed(sealed.iter().map(|s| s.to).collect(), &others) {
+                    return refused(why);
+                }
+                row.round1.insert(node_id, encode_sealed(&sealed));
+                DkgOutcome::Recorded
+            }
+            DkgStep::Round2 { .. } | DkgStep::RepairSigma { .. }
+                if !row.round1_complete(reshare.as_ref()) =>
+            {
+                return refused("round 2 before every round-1 package is in".into());
+            }
+            DkgStep::Round2 { .. } | DkgStep::RepairSigma { .. }
+                if row.round2.contains_key(&node_id) =>
+            {
+                return refused(format!(
+                    "node {node_id:016x} already sent its round-2 packages"
+                ));
+            }
             DkgStep::Round2 { sealed, .. } => {
-                if !row.round1_complete() {
-                    return refused("round 2 before every round-1 package is in".into());
-                }
-                if row.round2.contains_key(&node_id) {
-                    return refused(format!(
-                        "node {node_id:016x} already sent its round-2 packages"
-                    ));
-                }
-                let mut to: Vec<u64> = sealed.iter().map(|s| s.to).collect();
-                to.sort_unstable();
-                let others: Vec<u64> = row
-                    .roster
-                    .iter()
-                    .copied()
-                    .filter(|m| *m != node_id)
-                    .collect();
-                if to != others {
-                    return refused(format!(
-                        "round-2 packages addressed to {to:?}, expected one to each of {others:?}"
-                    ));
+                if let Some(why) = addressed(sealed.iter().map(|s| s.to).collect(), &others) {
+                    return refused(why);
                 }
                 row.round2.insert(node_id, sealed);
+                DkgOutcome::Recorded
+            }
+            DkgStep::RepairSigma { sealed, .. } => {
+                let Some(Reshare::Repair { joining, .. }) = &reshare else {
+                    unreachable!("checked above");
+                };
+                if let Some(why) = addressed(vec![sealed.to], &[*joining]) {
+                    return refused(why);
+                }
+                row.round2.insert(node_id, vec![sealed]);
                 DkgOutcome::Recorded
             }
             DkgStep::Done {
@@ -247,7 +471,7 @@ impl Store {
                 public_digest,
                 ..
             } => {
-                if !row.round2_complete() {
+                if !row.round2_complete(reshare.as_ref()) {
                     return refused("a result before every round-2 package is in".into());
                 }
                 if row.done.contains_key(&node_id) {
@@ -264,24 +488,49 @@ impl Store {
                         .filter(|(_, v)| **v != first)
                         .map(|(m, _)| format!("{m:016x}"))
                         .collect();
-                    if odd.is_empty() {
-                        row.end = Some(CeremonyEnd::Key {
-                            group_key: first.0,
-                            public_digest: first.1,
-                        });
-                        DkgOutcome::Completed(first.0)
+                    let kept = match &reshare {
+                        Some(r) => Some(
+                            self.key_ceremony_in(tx)?
+                                .filter(|k| k.number == r.of())
+                                .ok_or_else(|| {
+                                    corrupt("dkg", number.to_string(), "reshares a lost key")
+                                })?
+                                .group_key,
+                        ),
+                        None => None,
+                    };
+                    let why = if let Some(old) = kept.filter(|k| *k != first.0) {
+                        Some(format!(
+                            "the reshare changed the group key from {} to {}",
+                            hex::encode(old),
+                            hex::encode(first.0)
+                        ))
+                    } else if odd.is_empty() {
+                        None
                     } else {
-                        let why = format!(
+                        Some(format!(
                             "the members disagree on the group key: {} differ from the first",
                             odd.join(", ")
-                        );
-                        row.end = Some(CeremonyEnd::Failed(why.clone()));
-                        DkgOutcome::Failed(why)
+                        ))
+                    };
+                    match why {
+                        None => {
+                            row.end = Some(CeremonyEnd::Key {
+                                group_key: first.0,
+                                public_digest: first.1,
+                            });
+                            DkgOutcome::Completed(first.0)
+                        }
+                        Some(why) => {
+                            row.end = Some(CeremonyEnd::Failed(why.clone()));
+                            DkgOutcome::Failed(why)
+                        }
                     }
                 }
             }
         };
-        table
+        tx.open_table(DKG)
+            .map_err(db_err)?
             .insert(number, encode(&row).as_slice())
             .map_err(db_err)?;
         Ok(outcome)
@@ -299,28 +548,117 @@ impl Store {
         })
     }
 
+    /// What ceremony `number` does to the group's key, if it reshares it.
+    pub fn reshare(&self, number: u64) -> Result<Option<Reshare>, StoreError> {
+        self.run(|db| {
+            let tx = db.begin_read().map_err(db_err)?;
+            reshare_row(&tx.open_table(RESHARES).map_err(db_err)?, number)
+        })
+    }
+
+    fn reshare_in(
+        &self,
+        tx: &WriteTransaction,
+        number: u64,
+    ) -> Result<Option<Reshare>, StoreError> {
+        reshare_row(&tx.open_table(RESHARES).map_err(db_err)?, number)
+    }
+
+    /// Ceremony `number`, if it began.
+    pub fn ceremony(&self, number: u64) -> Result<Option<Ceremony>, StoreError> {
+        self.run(|db| {
+            let tx = db.begin_read().map_err(db_err)?;
+            let table = tx.open_table(DKG).map_err(db_err)?;
+            table
+                .get(number)
+                .map_err(db_err)?
+                .map(|v| decode(number, v.value()))
+                .transpose()
+        })
+    }
+
+    /// The ceremony whose shares are the group's key now, once one completed.
+    pub fn key_ceremony(&self) -> Result<Option<KeyCeremony>, StoreError> {
+        self.run(|db| {
+            let tx = db.begin_read().map_err(db_err)?;
+            key_ceremony(
+                &tx.open_table(DKG).map_err(db_err)?,
+                &tx.open_table(RESHARES).map_err(db_err)?,
+            )
+        })
+    }
+
+    fn key_ceremony_in(&self, tx: &WriteTransaction) -> Result<Option<KeyCeremony>, StoreError> {
+        key_ceremony(
+            &tx.open_table(DKG).map_err(db_err)?,
+            &tx.open_table(RESHARES).map_err(db_err)?,
+        )
+    }
+
     /// [`Store::group_key`] inside a write transaction.
     pub(crate) fn group_key_in(
         &self,
         tx: &WriteTransaction,
     ) -> Result<Option<(u64, [u8; 32])>, StoreError> {
-        let table = tx.open_table(DKG).map_err(db_err)?;
-        let Some((k, v)) = table.last().map_err(db_err)? else {
-            return Ok(None);
-        };
-        Ok(match decode(k.value(), v.value())?.end {
-            Some(CeremonyEnd::Key { group_key, .. }) => Some((k.value(), group_key)),
-            _ => None,
-        })
+        Ok(self.key_ceremony_in(tx)?.map(|k| (k.number, k.group_key)))
     }
 
-    /// The group key and the ceremony that made it, once one completed.
+    /// The group key and the ceremony whose shares sign with it, once one
+    /// completed.
     pub fn group_key(&self) -> Result<Option<(u64, [u8; 32])>, StoreError> {
-        Ok(self.current_ceremony()?.and_then(|(n, c)| match c.end {
-            Some(CeremonyEnd::Key { group_key, .. }) => Some((n, group_key)),
-            _ => None,
-        }))
+        Ok(self.key_ceremony()?.map(|k| (k.number, k.group_key)))
     }
+}
+
+fn reshare_row(
+    table: &impl ReadableTable<u64, &'static [u8]>,
+    number: u64,
+) -> Result<Option<Reshare>, StoreError> {
+    table
+        .get(number)
+        .map_err(db_err)?
+        .map(|v| {
+            postcard::from_bytes(v.value()).map_err(|e| corrupt("reshares", number.to_string(), e))
+        })
+        .transpose()
+}
+
+/// A repair helper's deltas as its `round1` entry keeps them.
+fn encode_sealed(sealed: &[SealedPackage]) -> Vec<u8> {
+    postcard::to_allocvec(sealed).expect("in-memory encoding cannot fail")
+}
+
+/// A repair helper's deltas from its `round1` entry.
+pub fn decode_sealed(bytes: &[u8]) -> Result<Vec<SealedPackage>, StoreError> {
+    postcard::from_bytes(bytes).map_err(|e| corrupt("dkg", "repair deltas", e))
+}
+
+/// The newest ceremony that ended with a key, and the key's threshold: the
+/// reshare's, or the majority of a generation's roster.
+fn key_ceremony(
+    dkg: &impl ReadableTable<u64, &'static [u8]>,
+    reshares: &impl ReadableTable<u64, &'static [u8]>,
+) -> Result<Option<KeyCeremony>, StoreError> {
+    for entry in dkg.iter().map_err(db_err)?.rev() {
+        let (k, v) = entry.map_err(db_err)?;
+        let number = k.value();
+        let c = decode(number, v.value())?;
+        let Some(CeremonyEnd::Key { group_key, .. }) = c.end else {
+            continue;
+        };
+        let threshold = match reshare_row(reshares, number)? {
+            Some(r) => r.threshold(),
+            None => majority_threshold(c.roster.len())
+                .map_err(|e| corrupt("dkg", number.to_string(), e))?,
+        };
+        return Ok(Some(KeyCeremony {
+            number,
+            roster: c.roster,
+            group_key,
+            threshold,
+        }));
+    }
+    Ok(None)
 }
 
 fn encode(row: &Ceremony) -> Vec<u8> {
@@ -329,4 +667,27 @@ fn encode(row: &Ceremony) -> Vec<u8> {
 
 fn decode(ceremony: u64, bytes: &[u8]) -> Result<Ceremony, StoreError> {
     postcard::from_bytes(bytes).map_err(|e| corrupt("dkg", ceremony.to_string(), e))
+}
+
+/// `members` sorted, if they are distinct share holders of `key`, at least
+/// its threshold of them; otherwise why not.
+fn share_holders(key: &KeyCeremony, members: &[u64], what: &str) -> Result<Vec<u64>, String> {
+    let mut sorted = members.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    if sorted.len() != members.len() || sorted.len() < usize::from(key.threshold) {
+        return Err(format!(
+            "a {what} of a {}-of-{} key needs at least {} distinct share holders, got {members:?}",
+            key.threshold,
+            key.roster.len(),
+            key.threshold
+        ));
+    }
+    if let Some(m) = sorted.iter().find(|m| !key.roster.contains(m)) {
+        return Err(format!(
+            "node {m:016x} holds no share of the key of ceremony {}, so it cannot take part in a {what}",
+            key.number
+        ));
+    }
+    Ok(sorted)
 }

@@ -83,11 +83,14 @@ use crate::keys::{BoundKey, KeyBinding};
 use schema::{
     CLUSTER_PUBLIC_KEY, DATA_KEY_CHECK, DKG, FIRST_CONTACTS, GRANT_ADMISSIONS, GRANTS, INVITES,
     META, NEXT_GRANT_SERIAL, NOTES, OPAQUE_PUBLIC_KEY, OPEN_GRANTS, POLICIES, RECEIPTS, REPORTS,
-    REQUESTS, RETENTION, SENDERS, SESSIONS, SHARE_KEYS, STORAGE_GRANTS, USERS, VOICEMAIL_GRANTS,
-    VOICEMAILS, WAITING,
+    REQUESTS, RESHARES, RETENTION, SENDERS, SESSIONS, SHARE_KEYS, STORAGE_GRANTS, USERS,
+    VOICEMAIL_GRANTS, VOICEMAILS, WAITING,
 };
 
-pub use dkg::{Ceremony, CeremonyEnd, DkgOutcome, DkgStep, MAX_STEP_LEN, SealedPackage};
+pub use dkg::{
+    Ceremony, CeremonyEnd, DkgOutcome, DkgStep, KeyCeremony, MAX_STEP_LEN, Reshare, SealedPackage,
+    decode_sealed,
+};
 pub use policy::{
     Accepted, Approach, EditRefusal, FirstContactRules, MAX_BLOCKED, MAX_CONTACTS, Policy,
     PolicyList, PolicyMode, Refusal, admit, edited,
@@ -231,7 +234,8 @@ fn add_missing_tables(db: &Database) -> Result<(), StoreError> {
         || !exists(&tx, FIRST_CONTACTS)?
         || !exists(&tx, GRANT_ADMISSIONS)?
         || !exists(&tx, SHARE_KEYS)?
-        || !exists(&tx, DKG)?;
+        || !exists(&tx, DKG)?
+        || !exists(&tx, RESHARES)?;
     drop(tx);
     if !missing {
         return Ok(());
@@ -253,6 +257,7 @@ fn create_added_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
     tx.open_table(GRANT_ADMISSIONS).map_err(db_err)?;
     tx.open_table(SHARE_KEYS).map_err(db_err)?;
     tx.open_table(DKG).map_err(db_err)?;
+    tx.open_table(RESHARES).map_err(db_err)?;
     Ok(())
 }
 

@@ -14,7 +14,8 @@ use redb::TableDefinition;
 /// their log entries are new variants at the end of `Command`, and their
 /// rows follow the older snapshot fields, so older logs and snapshots still
 /// decode. So did the spam-control tables (`policies`, `senders`,
-/// `reports`, `notes`, `first_contacts`, `grant_admissions`).
+/// `reports`, `notes`, `first_contacts`, `grant_admissions`), and the
+/// key-generation tables (`share_keys`, `dkg`, `reshares`) within version 4.
 ///
 /// Version 4 replaced each voicemail's session key (sealed under the data
 /// key) with its threshold shares, sealed to the servers' share keys
@@ -83,6 +84,9 @@ pub(super) const SHARE_KEYS: TableDefinition<(u64, u32), &[u8]> =
 /// Ceremony number → postcard `Ceremony`: the group's distributed key
 /// generation as the log recorded it (`dkg`).
 pub(super) const DKG: TableDefinition<u64, &[u8]> = TableDefinition::new("dkg");
+/// Ceremony number → postcard `Reshare`, for the ceremonies that refresh or
+/// repair the existing key rather than generate one (`dkg`).
+pub(super) const RESHARES: TableDefinition<u64, &[u8]> = TableDefinition::new("reshares");
 /// The Raft log: index → postcard-encoded entry.
 pub(crate) const RAFT_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
 /// Raft's own durable state: vote, committed, purged, applied, snapshot, node id.

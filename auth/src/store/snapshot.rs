@@ -5,7 +5,8 @@
 //! tables added within schema version 3, then postcard [`Spam`], the
 //! spam-control tables added after those, then postcard [`Shares`], the
 //! published share keys, then postcard [`Ceremonies`], the key-generation
-//! record. postcard records no field names, so a snapshot made before a
+//! record, then postcard [`Reshares`], which of its ceremonies reshare
+//! the key. postcard records no field names, so a snapshot made before a
 //! part existed (nothing after the part before it) installs with that
 //! part's tables empty.
 
@@ -14,8 +15,8 @@ use serde::{Deserialize, Serialize};
 
 use super::schema::{
     DKG, FIRST_CONTACTS, GRANT_ADMISSIONS, GRANTS, INVITES, META, NEXT_GRANT_SERIAL, NOTES,
-    OPEN_GRANTS, POLICIES, RAFT, RECEIPTS, REPORTS, REQUESTS, RETENTION, SENDERS, SESSIONS,
-    SHARE_KEYS, STORAGE_GRANTS, USERS, VOICEMAIL_GRANTS, VOICEMAILS, WAITING,
+    OPEN_GRANTS, POLICIES, RAFT, RECEIPTS, REPORTS, REQUESTS, RESHARES, RETENTION, SENDERS,
+    SESSIONS, SHARE_KEYS, STORAGE_GRANTS, USERS, VOICEMAIL_GRANTS, VOICEMAILS, WAITING,
 };
 use super::{Store, StoreError, corrupt, db_err, u64_le};
 
@@ -74,11 +75,18 @@ struct Ceremonies {
     dkg: Vec<(u64, Vec<u8>)>,
 }
 
+/// The resharing ceremonies, written after [`Ceremonies`].
+#[derive(Default, Serialize, Deserialize)]
+struct Reshares {
+    reshares: Vec<(u64, Vec<u8>)>,
+}
+
 /// Every part of a snapshot.
-type Parts = (Dump, Added, Spam, Shares, Ceremonies);
+type Parts = (Dump, Added, Spam, Shares, Ceremonies, Reshares);
 
 /// Reads a snapshot's bytes: the [`Dump`], then each later part
-/// ([`Added`], [`Spam`], [`Shares`], [`Ceremonies`]) if bytes follow; a
+/// ([`Added`], [`Spam`], [`Shares`], [`Ceremonies`], [`Reshares`]) if
+/// bytes follow; a
 /// snapshot an older server made ends early, and the parts it lacks are
 /// empty.
 fn parse(bytes: &[u8]) -> Result<Parts, StoreError> {
@@ -100,6 +108,7 @@ fn parse(bytes: &[u8]) -> Result<Parts, StoreError> {
     let spam = part(&mut rest, "spam tables")?;
     let shares = part(&mut rest, "share keys")?;
     let ceremonies = part(&mut rest, "key generation")?;
+    let reshares = part(&mut rest, "reshares")?;
     if !rest.is_empty() {
         return Err(corrupt(
             "snapshot",
@@ -107,15 +116,16 @@ fn parse(bytes: &[u8]) -> Result<Parts, StoreError> {
             format!("{} bytes after the last part", rest.len()),
         ));
     }
-    Ok((dump, added, spam, shares, ceremonies))
+    Ok((dump, added, spam, shares, ceremonies, reshares))
 }
 
-fn encode_all((dump, added, spam, shares, ceremonies): &Parts) -> Vec<u8> {
+fn encode_all((dump, added, spam, shares, ceremonies, reshares): &Parts) -> Vec<u8> {
     let mut out = postcard::to_allocvec(dump).expect("in-memory encoding cannot fail");
     out.extend(postcard::to_allocvec(added).expect("in-memory encoding cannot fail"));
     out.extend(postcard::to_allocvec(spam).expect("in-memory encoding cannot fail"));
     out.extend(postcard::to_allocvec(shares).expect("in-memory encoding cannot fail"));
     out.extend(postcard::to_allocvec(ceremonies).expect("in-memory encoding cannot fail"));
+    out.extend(postcard::to_allocvec(reshares).expect("in-memory encoding cannot fail"));
     out
 }
 
@@ -197,6 +207,9 @@ impl Store {
             let ceremonies = Ceremonies {
                 dkg: rows(&tx, DKG, |k, v| (k, v.to_vec()))?,
             };
+            let reshares = Reshares {
+                reshares: rows(&tx, RESHARES, |k, v| (k, v.to_vec()))?,
+            };
             let applied = tx
                 .open_table(RAFT)
                 .map_err(db_err)?
@@ -204,7 +217,7 @@ impl Store {
                 .map_err(db_err)?
                 .map(|v| v.value().to_vec());
             Ok((
-                encode_all(&(dump, added, spam, shares, ceremonies)),
+                encode_all(&(dump, added, spam, shares, ceremonies, reshares)),
                 applied,
             ))
         })
@@ -213,7 +226,7 @@ impl Store {
     /// Replaces every user-facing row with those of a snapshot made by
     /// [`Store::export`], inside `tx`.
     pub(crate) fn import(&self, tx: &WriteTransaction, bytes: &[u8]) -> Result<(), StoreError> {
-        let (dump, added, spam, shares, ceremonies) = parse(bytes)?;
+        let (dump, added, spam, shares, ceremonies, reshares) = parse(bytes)?;
         let mut meta = tx.open_table(META).map_err(db_err)?;
         meta.insert("next_serial", dump.next_serial.to_le_bytes().as_slice())
             .map_err(db_err)?;
@@ -323,6 +336,11 @@ impl Store {
         let mut t = tx.open_table(DKG).map_err(db_err)?;
         t.retain(|_, _| false).map_err(db_err)?;
         for (k, v) in &ceremonies.dkg {
+            t.insert(*k, v.as_slice()).map_err(db_err)?;
+        }
+        let mut t = tx.open_table(RESHARES).map_err(db_err)?;
+        t.retain(|_, _| false).map_err(db_err)?;
+        for (k, v) in &reshares.reshares {
             t.insert(*k, v.as_slice()).map_err(db_err)?;
         }
         Ok(())

@@ -6,8 +6,9 @@
 //! generation (DKG) so that each server holds only a share, and any `t` of the
 //! `n` servers (a majority) jointly produce a plain Ed25519 signature. Peers keep
 //! verifying with `ed25519_dalek::VerifyingKey::verify_strict`; nothing changes
-//! for them. The DKG runs through the group's log (`crate::service::dkg`);
-//! signing is not wired in yet (docs/THRESHOLD.md).
+//! for them. The DKG and its refreshes run through the group's log
+//! (`crate::service::dkg`); signing runs over the internal service
+//! (`crate::cluster::signer`, docs/THRESHOLD.md).
 //!
 //! Everything here is pure: no IO, no clock, randomness only through an `rng`
 //! argument (`rand_core` 0.6 `RngCore + CryptoRng`, e.g. `rand::rngs::OsRng`).
@@ -44,6 +45,10 @@
 //! 2-of-3 does not give. [`Roster::new`] refuses them.
 //! The threshold of a group key is fixed for its life: membership changes
 //! (repair, refresh) keep it; changing it takes a new DKG and a new group key.
+//! A refresh after a removal may leave fewer than three members
+//! ([`Roster::with_threshold`]): a 2-of-3 key whose group lost a server is
+//! refreshed 2-of-2, so the removed server's share is useless, at the price
+//! of needing both remaining servers to sign.
 
 pub mod dkg;
 pub mod membership;
@@ -57,6 +62,7 @@ mod tests;
 use std::collections::BTreeMap;
 
 pub use frost_ed25519::keys::dkg::{round1 as dkg_round1, round2 as dkg_round2};
+pub use frost_ed25519::keys::repairable::{Delta, Sigma};
 pub use frost_ed25519::keys::{KeyPackage, PublicKeyPackage};
 pub use frost_ed25519::round1::{SigningCommitments, SigningNonces};
 pub use frost_ed25519::round2::SignatureShare;
@@ -203,7 +209,20 @@ pub struct Roster {
 impl Roster {
     /// A roster of the given Raft node ids with a majority threshold.
     pub fn new(node_ids: &[u64]) -> Result<Self, ThresholdError> {
-        let threshold = majority_threshold(node_ids.len())?;
+        Self::with_threshold(node_ids, majority_threshold(node_ids.len())?)
+    }
+
+    /// The roster of a refresh: the given Raft node ids sharing an existing
+    /// key, whose threshold stays `threshold`. It may have fewer than
+    /// [`MIN_MEMBERS`] (a 2-of-3 key refreshed after a removal is 2-of-2),
+    /// but never fewer than `threshold`.
+    pub fn with_threshold(node_ids: &[u64], threshold: u16) -> Result<Self, ThresholdError> {
+        if node_ids.len() < usize::from(threshold) || threshold < 2 {
+            return Err(ThresholdError::NotEnoughSigners {
+                got: node_ids.len(),
+                needed: threshold,
+            });
+        }
         let mut members = BTreeMap::new();
         for &node_id in node_ids {
             if members
@@ -226,7 +245,7 @@ impl Roster {
         self.members.len()
     }
 
-    /// Always false: a roster has at least [`MIN_MEMBERS`].
+    /// Always false: a roster has at least two members.
     pub fn is_empty(&self) -> bool {
         self.members.is_empty()
     }

@@ -21,12 +21,12 @@ use vmail_auth::cluster::network::encode;
 use vmail_auth::keys::KeyBinding;
 use vmail_auth::store::Store;
 use vmail_fuzz::*;
-use vmail_proto::names::Recipients;
 use vmail_node::core::crypto::ciphertext_len;
 use vmail_node::core::erasure::Redundancy;
 use vmail_node::overlay::objects::fuzzing::{encode_tombstone, header};
 use vmail_node::overlay::transfer::frame;
 use vmail_node::supernode::attach::{SnRequest, SnResponse};
+use vmail_proto::names::Recipients;
 
 const PROTOCOL: StreamProtocol = StreamProtocol::new("/vmail/sn/seeds");
 
@@ -156,9 +156,8 @@ fn main() -> anyhow::Result<()> {
             .collect();
         let names = recipient_lists().remove(1);
         let recipients = Recipients::parse(&names).expect("valid recipients");
-        let (t, _, sealed) =
-            vmail_proto::share::split(&key, &servers, 7, &recipients, locator)
-                .expect("a valid split");
+        let (t, _, sealed) = vmail_proto::share::split(&key, &servers, 7, &recipients, locator)
+            .expect("a valid split");
         let binding = vmail_proto::share::ShareBinding {
             grant_serial: 7,
             recipients: &recipients,
@@ -173,7 +172,10 @@ fn main() -> anyhow::Result<()> {
             combine.extend_from_slice(v.bytes());
         }
         combine.extend_from_slice(locator);
-        vec![[vec![0], open_share_response().encode_to_vec()].concat(), combine]
+        vec![
+            [vec![0], open_share_response().encode_to_vec()].concat(),
+            combine,
+        ]
     }));
     seeds.push(("dkg_step", dkg_steps()));
     seeds.push(("sign_round", sign_rounds()));
@@ -208,7 +210,11 @@ fn main() -> anyhow::Result<()> {
     );
     seeds.push((
         "sdp_offer",
-        offers.into_iter().chain([answer]).map(String::into_bytes).collect(),
+        offers
+            .into_iter()
+            .chain([answer])
+            .map(String::into_bytes)
+            .collect(),
     ));
 
     for (target, inputs) in seeds {
@@ -252,8 +258,8 @@ fn write(dir: &Path, inputs: &[Vec<u8>]) -> anyhow::Result<()> {
 /// round-1 package, its round-2 packages sealed to the fixed inbox key, and
 /// its result.
 fn dkg_steps() -> Vec<Vec<u8>> {
-    use vmail_auth::service::{DKG_ROUND2_INFO, round2_aad};
-    use vmail_auth::store::{DkgStep, SealedPackage};
+    use vmail_auth::service::DKG_ROUND2_INFO;
+    use vmail_auth::store::DkgStep;
     use vmail_auth::threshold::{Roster, Wire, dkg};
 
     let roster = Roster::new(&[1, 2, 3]).expect("three members");
@@ -273,19 +279,7 @@ fn dkg_steps() -> Vec<Vec<u8>> {
         .iter()
         .map(|(id, p)| {
             let to = roster.node_id(id).expect("a member");
-            let (enc, ciphertext) = vmail_proto::share::seal_bytes(
-                &inbox_key().public(),
-                DKG_ROUND2_INFO,
-                &p.to_wire().expect("encodes"),
-                &round2_aad(1, 1, to, 1),
-            )
-            .expect("seals");
-            SealedPackage {
-                to,
-                epoch: 1,
-                enc,
-                ciphertext,
-            }
+            sealed_to_inbox(DKG_ROUND2_INFO, to, &p.to_wire().expect("encodes"))
         })
         .collect();
     [
@@ -303,6 +297,9 @@ fn dkg_steps() -> Vec<Vec<u8>> {
             public_digest: [0x64; 32],
         },
     ]
+    .into_iter()
+    .chain(repair_steps())
+    .collect::<Vec<_>>()
     .iter()
     .map(|step| {
         vmail_proto::cluster_pb::ProposeDkgRequest {
@@ -314,12 +311,61 @@ fn dkg_steps() -> Vec<Vec<u8>> {
     .collect()
 }
 
-/// A signing round as a signer receives it: round 1 for a certificate and
-/// for a grant, and round 2 with a real signing package of a 2-of-3 key.
-fn sign_rounds() -> Vec<Vec<u8>> {
-    use vmail_auth::service::SignTarget;
-    use vmail_auth::threshold::{Roster, Wire, dkg, sign};
-    use vmail_proto::cluster_pb::{SignCommitRequest, SignShareRequest};
+/// Genuine repair steps of helper 1 in ceremony 1, giving member 4 a
+/// share of a real 2-of-3 key with helper 3: its delta for helper 3 and
+/// its sigma for member 4 (with the key's public key package), sealed to
+/// the fixed inbox key.
+fn repair_steps() -> Vec<vmail_auth::store::DkgStep> {
+    use vmail_auth::service::{REPAIR_DELTA_INFO, REPAIR_SIGMA_INFO, sigma_plaintext};
+    use vmail_auth::store::DkgStep;
+    use vmail_auth::threshold::{Wire, member_identifier, membership};
+
+    let keys = key_packages();
+    let (key, public) = &keys[0];
+    let id = |n: u64| member_identifier(n).expect("an identifier");
+    let deltas = membership::repair_deltas(&[id(1), id(3)], key, id(4), &mut rand::rngs::OsRng)
+        .expect("repair part 1");
+    let delta = deltas[&id(3)].to_wire().expect("encodes");
+    let sigma = membership::repair_sigma(&[deltas[&id(1)].clone()])
+        .to_wire()
+        .expect("encodes");
+    let sigma = sigma_plaintext(&sigma, &public.to_wire().expect("encodes"));
+    vec![
+        DkgStep::RepairDeltas {
+            ceremony: 1,
+            sealed: vec![sealed_to_inbox(REPAIR_DELTA_INFO, 3, &delta)],
+        },
+        DkgStep::RepairSigma {
+            ceremony: 1,
+            sealed: sealed_to_inbox(REPAIR_SIGMA_INFO, 4, &sigma),
+        },
+    ]
+}
+
+/// `bytes` sealed by member 1 to member `to` in ceremony 1 under `info`,
+/// as a key ceremony seals, to the fixed inbox key (epoch 1).
+fn sealed_to_inbox(info: &[u8], to: u64, bytes: &[u8]) -> vmail_auth::store::SealedPackage {
+    let (enc, ciphertext) = vmail_proto::share::seal_bytes(
+        &inbox_key().public(),
+        info,
+        bytes,
+        &vmail_auth::service::round2_aad(1, 1, to, 1),
+    )
+    .expect("seals");
+    vmail_auth::store::SealedPackage {
+        to,
+        epoch: 1,
+        enc,
+        ciphertext,
+    }
+}
+
+/// The key packages of members 1, 2 and 3 of a real 2-of-3 key generation.
+fn key_packages() -> Vec<(
+    vmail_auth::threshold::KeyPackage,
+    vmail_auth::threshold::PublicKeyPackage,
+)> {
+    use vmail_auth::threshold::{Roster, dkg};
 
     let roster = Roster::new(&[1, 2, 3]).expect("three members");
     let mut rng = rand::rngs::OsRng;
@@ -339,7 +385,7 @@ fn sign_rounds() -> Vec<Vec<u8>> {
         sent.insert(me, out);
         seconds.push((me, state));
     }
-    let finished: Vec<_> = seconds
+    seconds
         .into_iter()
         .map(|(me, state)| {
             let incoming = sent
@@ -348,7 +394,18 @@ fn sign_rounds() -> Vec<Vec<u8>> {
                 .collect();
             state.finish(&incoming).expect("part 3")
         })
-        .collect();
+        .collect()
+}
+
+/// A signing round as a signer receives it: round 1 for a certificate and
+/// for a grant, and round 2 with a real signing package of a 2-of-3 key.
+fn sign_rounds() -> Vec<Vec<u8>> {
+    use vmail_auth::service::SignTarget;
+    use vmail_auth::threshold::{Wire, sign};
+    use vmail_proto::cluster_pb::{SignCommitRequest, SignShareRequest};
+
+    let mut rng = rand::rngs::OsRng;
+    let finished = key_packages();
     let public = finished[0].1.clone();
     let commitments = finished
         .iter()

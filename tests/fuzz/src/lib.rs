@@ -457,10 +457,7 @@ pub fn deposit_request() -> vmail_proto::pb::DepositRequest {
             .into(),
         ),
         grant_serial: 7,
-        shares: shares
-            .into_iter()
-            .map(Into::into)
-            .collect(),
+        shares: shares.into_iter().map(Into::into).collect(),
         threshold: u32::from(threshold),
         key_check: key_check.to_vec(),
     }
@@ -544,6 +541,15 @@ pub fn commands() -> Vec<Command> {
                 group_key: [0x67; 32],
                 public_digest: [0x64; 32],
             },
+        },
+        Command::DkgRefresh {
+            roster: vec![1, 3],
+            now: NOW,
+        },
+        Command::DkgRepair {
+            joining: 4,
+            helpers: vec![1, 3],
+            now: NOW,
         },
     ]
 }
