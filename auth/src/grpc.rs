@@ -494,6 +494,9 @@ impl pb::auth_server::Auth for GrpcAuth {
                     public_key: k.public.to_vec(),
                 })
                 .collect(),
+            roster_signature: granted
+                .roster_signature
+                .map_or_else(Vec::new, |s| s.to_bytes().to_vec()),
         }))
     }
 

@@ -288,6 +288,8 @@ pub struct RawGrant {
     pub grant: StorageGrant,
     /// The servers' share keys, in share order.
     pub share_keys: Vec<ShareKey>,
+    /// The group's signature over the share keys, empty if none.
+    pub roster_signature: Vec<u8>,
 }
 
 /// Asks for a storage grant for a voicemail to `names` on a generic gRPC
@@ -305,6 +307,7 @@ pub async fn request_grant(
         grant: StorageGrant::from_bytes(&resp.grant).expect("the grant parses"),
         share_keys: vmail_node::auth_client::grant_share_keys(resp.share_keys, 0)
             .expect("well-formed share keys"),
+        roster_signature: resp.roster_signature,
     })
 }
 
@@ -736,6 +739,20 @@ impl TestCluster {
             cluster_key: any.cluster_key,
             group_key: None,
         }
+    }
+
+    /// A raw TLS channel to server `i`, for generic gRPC clients.
+    pub async fn channel(&self, i: usize) -> Channel {
+        let target = self.target_of(&[i]);
+        Endpoint::from_shared(target.endpoints[0].clone())
+            .expect("endpoint")
+            .tls_config(
+                ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&target.ca_pem)),
+            )
+            .expect("tls")
+            .connect()
+            .await
+            .expect("connect")
     }
 
     /// A client config that lists every server and pins the group's

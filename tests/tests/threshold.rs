@@ -658,6 +658,106 @@ async fn a_client_pinning_the_group_key_takes_only_certificates_t_servers_signed
     cluster.stop().await;
 }
 
+/// The share keys a grant hands a sender are the ones the log recorded
+/// with it, and t servers sign them (docs/PROTOCOL.md §7.13). A server
+/// that answers the grant request with share keys of its own, to collect
+/// every share of the voicemail, gets its answer refused by a client that
+/// pins the group key: the group's signature does not cover its keys, and
+/// the stolen cluster key cannot make one. A pinning client's own grant
+/// checks out, and its leave's deposit lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pinning_sender_takes_only_the_share_keys_the_group_recorded_with_its_grant() {
+    use vmail_proto::grant::{GrantError, verify_roster};
+
+    let mut cluster = TestCluster::start(3).await;
+    let pinned = cluster.pinned_target().await;
+    let group_key = pinned.group_key.unwrap();
+    let mut bob = vmail_node::auth_client::AuthClient::connect(&pinned)
+        .await
+        .unwrap();
+    let mut alice = vmail_node::auth_client::AuthClient::connect(&pinned)
+        .await
+        .unwrap();
+    for (c, who) in [(&mut bob, "bob"), (&mut alice, "alice")] {
+        c.register(who, &password(who), &identity(), None)
+            .await
+            .unwrap();
+    }
+    let bob_s = bob
+        .login("bob", &password("bob"), &identity(), &[])
+        .await
+        .unwrap();
+    alice
+        .login("alice", &password("alice"), &identity(), &[])
+        .await
+        .unwrap();
+    let d = granted(&mut bob, deposit_for(&["alice"], b"to pinned alice")).await;
+    bob.deposit(&d)
+        .await
+        .expect("a pinning sender's deposit under a group-signed roster");
+    assert_eq!(alice.list_pending().await.unwrap().len(), 1);
+
+    let leader = cluster.leader().await;
+    let mut raw = vmail_proto::pb::auth_client::AuthClient::new(cluster.channel(leader).await);
+    let answer = vmail_tests::request_grant(&mut raw, &bob_s.token, &["alice"])
+        .await
+        .unwrap();
+    let (serial, key_id) = (answer.grant.body.serial, answer.grant.key_id);
+    let recorded = cluster
+        .server(0)
+        .service
+        .store()
+        .grant_roster(serial)
+        .unwrap()
+        .expect("the log recorded the grant's share keys");
+    assert_eq!(answer.share_keys, recorded);
+    verify_roster(
+        &group_key,
+        serial,
+        &key_id,
+        &recorded,
+        &answer.roster_signature,
+    )
+    .expect("t servers signed the recorded share keys");
+
+    // The thief's own share key in place of a server's, with the real
+    // signature, or with none (the stolen cluster key cannot make one).
+    let thief = share::BoxSecret::generate();
+    let mut swapped = recorded.clone();
+    swapped[1].public = thief.public();
+    let refused = verify_roster(
+        &group_key,
+        serial,
+        &key_id,
+        &swapped,
+        &answer.roster_signature,
+    );
+    assert!(
+        matches!(refused, Err(GrantError::BadGroupSignature { .. })),
+        "{refused:?}"
+    );
+    let unsigned = verify_roster(&group_key, serial, &key_id, &swapped, &[]);
+    assert!(
+        matches!(unsigned, Err(GrantError::NoGroupSignature { .. })),
+        "{unsigned:?}"
+    );
+    // Nor does one grant's signature cover another grant's keys.
+    let other = vmail_tests::request_grant(&mut raw, &bob_s.token, &["alice"])
+        .await
+        .unwrap();
+    assert!(
+        verify_roster(
+            &group_key,
+            other.grant.body.serial,
+            &key_id,
+            &other.share_keys,
+            &answer.roster_signature
+        )
+        .is_err()
+    );
+    cluster.stop().await;
+}
+
 /// The stolen cluster key against holders that pin the group key, on a
 /// real swarm. A leave between pinning clients works: its grant and deposit
 /// proof carry the group's signature, and so does the last ack's delete

@@ -73,6 +73,12 @@ pub enum SignTarget {
         /// The grant's serial.
         serial: u64,
     },
+    /// The share keys grant `serial` hands out, as the log recorded them
+    /// when it issued the grant.
+    Roster {
+        /// The grant's serial.
+        serial: u64,
+    },
 }
 
 impl SignTarget {
@@ -327,6 +333,19 @@ impl Signer {
                 Ok(vmail_proto::grant::proof_signing_bytes(
                     serial,
                     &self.cluster_key_id,
+                ))
+            }
+            SignTarget::Roster { serial } => {
+                let keys = self
+                    .db(move |s| s.grant_roster(serial))
+                    .await?
+                    .ok_or_else(|| {
+                        SignError::Absent(format!("no share-key roster of grant {serial}"))
+                    })?;
+                Ok(vmail_proto::grant::roster_signing_bytes(
+                    serial,
+                    &self.cluster_key_id,
+                    &keys,
                 ))
             }
         }

@@ -60,9 +60,13 @@ pub struct Granted {
     pub recipients: Vec<(String, Accepted)>,
     /// The recipients dropped, each with why.
     pub refused: Vec<(String, Refusal)>,
-    /// Each voter's newest share key, by node id: share i of the session
-    /// key is sealed to `share_keys[i - 1]`.
+    /// The share keys the log recorded with the grant (each voter's newest
+    /// when it was issued, by node id): share i of the session key is
+    /// sealed to `share_keys[i - 1]`.
     pub share_keys: Vec<ShareKey>,
+    /// The group's signature over them (docs/PROTOCOL.md §7.13), when t
+    /// servers gave it.
+    pub roster_signature: Option<ed25519_dalek::Signature>,
 }
 
 /// One shard of a [`GrantRequest`].
@@ -241,12 +245,23 @@ impl AuthService {
         match reply {
             Reply::Granted(outcome) => {
                 let mut g = self.granted(session, outcome)?;
-                g.grant.group_signature = self
-                    .co_sign(SignTarget::Grant {
-                        serial: g.grant.body.serial,
-                    })
-                    .await;
-                Ok(Granted { share_keys, ..g })
+                let serial = g.grant.body.serial;
+                // What the log recorded, which may be newer than what was
+                // read before the proposal if a server rotated meanwhile.
+                let share_keys = self
+                    .db(move |s| s.grant_roster(serial))
+                    .await?
+                    .unwrap_or(share_keys);
+                let (grant, roster) = tokio::join!(
+                    self.co_sign(SignTarget::Grant { serial }),
+                    self.co_sign(SignTarget::Roster { serial })
+                );
+                g.grant.group_signature = grant;
+                Ok(Granted {
+                    share_keys,
+                    roster_signature: roster,
+                    ..g
+                })
             }
             Reply::SessionGone => Err(AuthError::BadToken),
             other => Err(AuthError::Apply(format!(
@@ -273,6 +288,7 @@ impl AuthService {
                     recipients,
                     refused,
                     share_keys: Vec::new(),
+                    roster_signature: None,
                 })
             }
             GrantOutcome::NoneAccepts(refused) => {

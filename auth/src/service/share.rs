@@ -173,14 +173,20 @@ impl AuthService {
     }
 
     /// Whether this server's current share key is in its replicated table
-    /// of published keys.
+    /// of published keys, and is the newest there in its name. A newer one
+    /// is a key it did not make (published with a member certificate the CA
+    /// key minted): publishing again moves past it.
     pub async fn share_key_published(&self) -> Result<bool, AuthError> {
         let me = self.node_id();
         let (epoch, public) = self.share_keys.current();
         let published = self.db(|s| s.published_share_keys()).await?;
         Ok(published
             .get(&(me, epoch))
-            .is_some_and(|k| k.public == public))
+            .is_some_and(|k| k.public == public)
+            && published
+                .range((me, epoch.saturating_add(1))..=(me, u32::MAX))
+                .next()
+                .is_none())
     }
 
     /// Publishes this server's current share key: proposed directly on the

@@ -81,10 +81,10 @@ use vmail_proto::keys::SecretKey;
 
 use crate::keys::{BoundKey, KeyBinding};
 use schema::{
-    CLUSTER_PUBLIC_KEY, DATA_KEY_CHECK, DKG, FIRST_CONTACTS, GRANT_ADMISSIONS, GRANTS, INVITES,
-    META, NEXT_GRANT_SERIAL, NOTES, OPAQUE_PUBLIC_KEY, OPEN_GRANTS, POLICIES, RECEIPTS, REPORTS,
-    REQUESTS, RESHARES, RETENTION, SENDERS, SESSIONS, SHARE_KEYS, STORAGE_GRANTS, USERS,
-    VOICEMAIL_GRANTS, VOICEMAILS, WAITING,
+    CLUSTER_PUBLIC_KEY, DATA_KEY_CHECK, DKG, FIRST_CONTACTS, GRANT_ADMISSIONS, GRANT_ROSTERS,
+    GRANTS, INVITES, META, NEXT_GRANT_SERIAL, NOTES, OPAQUE_PUBLIC_KEY, OPEN_GRANTS, POLICIES,
+    RECEIPTS, REPORTS, REQUESTS, RESHARES, RETENTION, SENDERS, SESSIONS, SHARE_KEYS,
+    STORAGE_GRANTS, USERS, VOICEMAIL_GRANTS, VOICEMAILS, WAITING,
 };
 
 pub use dkg::{
@@ -235,7 +235,8 @@ fn add_missing_tables(db: &Database) -> Result<(), StoreError> {
         || !exists(&tx, GRANT_ADMISSIONS)?
         || !exists(&tx, SHARE_KEYS)?
         || !exists(&tx, DKG)?
-        || !exists(&tx, RESHARES)?;
+        || !exists(&tx, RESHARES)?
+        || !exists(&tx, GRANT_ROSTERS)?;
     drop(tx);
     if !missing {
         return Ok(());
@@ -258,6 +259,7 @@ fn create_added_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
     tx.open_table(SHARE_KEYS).map_err(db_err)?;
     tx.open_table(DKG).map_err(db_err)?;
     tx.open_table(RESHARES).map_err(db_err)?;
+    tx.open_table(GRANT_ROSTERS).map_err(db_err)?;
     Ok(())
 }
 

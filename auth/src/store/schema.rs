@@ -15,7 +15,8 @@ use redb::TableDefinition;
 /// rows follow the older snapshot fields, so older logs and snapshots still
 /// decode. So did the spam-control tables (`policies`, `senders`,
 /// `reports`, `notes`, `first_contacts`, `grant_admissions`), and the
-/// key-generation tables (`share_keys`, `dkg`, `reshares`) within version 4.
+/// key-generation tables (`share_keys`, `dkg`, `reshares`) and
+/// `grant_rosters` within version 4.
 ///
 /// Version 4 replaced each voicemail's session key (sealed under the data
 /// key) with its threshold shares, sealed to the servers' share keys
@@ -81,6 +82,10 @@ pub(super) const GRANT_ADMISSIONS: TableDefinition<u64, &[u8]> =
 /// servers published (`share_keys`).
 pub(super) const SHARE_KEYS: TableDefinition<(u64, u32), &[u8]> =
     TableDefinition::new("share_keys");
+/// Storage-grant serial → postcard `Vec<(node id, epoch)>`: the share keys
+/// the grant hands out, as the log recorded them when it issued the grant
+/// (`share_keys`).
+pub(super) const GRANT_ROSTERS: TableDefinition<u64, &[u8]> = TableDefinition::new("grant_rosters");
 /// Ceremony number → postcard `Ceremony`: the group's distributed key
 /// generation as the log recorded it (`dkg`).
 pub(super) const DKG: TableDefinition<u64, &[u8]> = TableDefinition::new("dkg");

@@ -4,7 +4,10 @@
 //! deposit may name only published keys. The secrets are each server's own
 //! (`crate::datadir::share_keys`) and are never stored here.
 //!
-//! Also the shares themselves as a voicemail row keeps them
+//! Also the share keys each storage grant hands out (`grant_rosters`),
+//! recorded when the grant is issued, so that every server rebuilds the
+//! same roster for the group to sign (docs/PROTOCOL.md §7.13); the shares
+//! themselves as a voicemail row keeps them
 //! ([`StoredShare`]), and which epochs of one server the waiting voicemails
 //! still need, so that a server erases an old secret only once nothing is
 //! sealed to it.
@@ -15,7 +18,7 @@ use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use vmail_proto::share::{PUBLIC_LEN, SealedShare, ShareKey};
 
-use super::schema::{SHARE_KEYS, VOICEMAILS};
+use super::schema::{GRANT_ROSTERS, SHARE_KEYS, VOICEMAILS};
 use super::sealing::share_key_aad;
 use super::voicemails::VoicemailRow;
 use super::{Store, StoreError, corrupt, db_err};
@@ -147,6 +150,74 @@ impl Store {
             )
             .map_err(db_err)?;
         Ok(PublishOutcome::Published)
+    }
+
+    /// Records the share keys grant `serial` hands out: the newest
+    /// published key of each of `nodes`, in that order. A server that
+    /// published none is left out (its deposit would then be refused).
+    pub(crate) fn record_roster(
+        &self,
+        tx: &WriteTransaction,
+        serial: u64,
+        nodes: &[u64],
+    ) -> Result<(), StoreError> {
+        let keys = tx.open_table(SHARE_KEYS).map_err(db_err)?;
+        let mut roster: Vec<(u64, u32)> = Vec::with_capacity(nodes.len());
+        for &node in nodes {
+            if let Some((k, _)) = keys
+                .range((node, 0u32)..=(node, u32::MAX))
+                .map_err(db_err)?
+                .next_back()
+                .transpose()
+                .map_err(db_err)?
+            {
+                roster.push(k.value());
+            }
+        }
+        drop(keys);
+        tx.open_table(GRANT_ROSTERS)
+            .map_err(db_err)?
+            .insert(
+                serial,
+                postcard::to_allocvec(&roster).expect("encodes").as_slice(),
+            )
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// The share keys grant `serial` hands out, in order, as recorded when
+    /// it was issued; `None` for a grant issued before rosters were kept.
+    pub fn grant_roster(&self, serial: u64) -> Result<Option<Vec<ShareKey>>, StoreError> {
+        self.run(|db| {
+            let tx = db.begin_read().map_err(db_err)?;
+            let Some(row) = tx
+                .open_table(GRANT_ROSTERS)
+                .map_err(db_err)?
+                .get(serial)
+                .map_err(db_err)?
+            else {
+                return Ok(None);
+            };
+            let roster: Vec<(u64, u32)> = postcard::from_bytes(row.value())
+                .map_err(|e| corrupt("grant_rosters", serial.to_string(), e))?;
+            let keys = tx.open_table(SHARE_KEYS).map_err(db_err)?;
+            let mut out = Vec::with_capacity(roster.len());
+            for (node_id, epoch) in roster {
+                let v = keys.get((node_id, epoch)).map_err(db_err)?.ok_or_else(|| {
+                    corrupt(
+                        "grant_rosters",
+                        serial.to_string(),
+                        format!("names share key ({node_id}, {epoch}), which is not published"),
+                    )
+                })?;
+                out.push(ShareKey {
+                    node_id,
+                    epoch,
+                    public: self.decode_published(node_id, epoch, v.value())?.public,
+                });
+            }
+            Ok(Some(out))
+        })
     }
 
     /// Every published share key, by (node id, epoch).

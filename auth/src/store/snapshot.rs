@@ -6,7 +6,8 @@
 //! spam-control tables added after those, then postcard [`Shares`], the
 //! published share keys, then postcard [`Ceremonies`], the key-generation
 //! record, then postcard [`Reshares`], which of its ceremonies reshare
-//! the key. postcard records no field names, so a snapshot made before a
+//! the key, then postcard [`Rosters`], the share keys each grant hands
+//! out. postcard records no field names, so a snapshot made before a
 //! part existed (nothing after the part before it) installs with that
 //! part's tables empty.
 
@@ -14,8 +15,8 @@ use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use super::schema::{
-    DKG, FIRST_CONTACTS, GRANT_ADMISSIONS, GRANTS, INVITES, META, NEXT_GRANT_SERIAL, NOTES,
-    OPEN_GRANTS, POLICIES, RAFT, RECEIPTS, REPORTS, REQUESTS, RESHARES, RETENTION, SENDERS,
+    DKG, FIRST_CONTACTS, GRANT_ADMISSIONS, GRANT_ROSTERS, GRANTS, INVITES, META, NEXT_GRANT_SERIAL,
+    NOTES, OPEN_GRANTS, POLICIES, RAFT, RECEIPTS, REPORTS, REQUESTS, RESHARES, RETENTION, SENDERS,
     SESSIONS, SHARE_KEYS, STORAGE_GRANTS, USERS, VOICEMAIL_GRANTS, VOICEMAILS, WAITING,
 };
 use super::{Store, StoreError, corrupt, db_err, u64_le};
@@ -81,11 +82,18 @@ struct Reshares {
     reshares: Vec<(u64, Vec<u8>)>,
 }
 
+/// The grants' share-key rosters, written after [`Reshares`].
+#[derive(Default, Serialize, Deserialize)]
+struct Rosters {
+    grant_rosters: Vec<(u64, Vec<u8>)>,
+}
+
 /// Every part of a snapshot.
-type Parts = (Dump, Added, Spam, Shares, Ceremonies, Reshares);
+type Parts = (Dump, Added, Spam, Shares, Ceremonies, Reshares, Rosters);
 
 /// Reads a snapshot's bytes: the [`Dump`], then each later part
-/// ([`Added`], [`Spam`], [`Shares`], [`Ceremonies`], [`Reshares`]) if
+/// ([`Added`], [`Spam`], [`Shares`], [`Ceremonies`], [`Reshares`],
+/// [`Rosters`]) if
 /// bytes follow; a
 /// snapshot an older server made ends early, and the parts it lacks are
 /// empty.
@@ -109,6 +117,7 @@ fn parse(bytes: &[u8]) -> Result<Parts, StoreError> {
     let shares = part(&mut rest, "share keys")?;
     let ceremonies = part(&mut rest, "key generation")?;
     let reshares = part(&mut rest, "reshares")?;
+    let rosters = part(&mut rest, "grant rosters")?;
     if !rest.is_empty() {
         return Err(corrupt(
             "snapshot",
@@ -116,16 +125,17 @@ fn parse(bytes: &[u8]) -> Result<Parts, StoreError> {
             format!("{} bytes after the last part", rest.len()),
         ));
     }
-    Ok((dump, added, spam, shares, ceremonies, reshares))
+    Ok((dump, added, spam, shares, ceremonies, reshares, rosters))
 }
 
-fn encode_all((dump, added, spam, shares, ceremonies, reshares): &Parts) -> Vec<u8> {
+fn encode_all((dump, added, spam, shares, ceremonies, reshares, rosters): &Parts) -> Vec<u8> {
     let mut out = postcard::to_allocvec(dump).expect("in-memory encoding cannot fail");
     out.extend(postcard::to_allocvec(added).expect("in-memory encoding cannot fail"));
     out.extend(postcard::to_allocvec(spam).expect("in-memory encoding cannot fail"));
     out.extend(postcard::to_allocvec(shares).expect("in-memory encoding cannot fail"));
     out.extend(postcard::to_allocvec(ceremonies).expect("in-memory encoding cannot fail"));
     out.extend(postcard::to_allocvec(reshares).expect("in-memory encoding cannot fail"));
+    out.extend(postcard::to_allocvec(rosters).expect("in-memory encoding cannot fail"));
     out
 }
 
@@ -210,6 +220,9 @@ impl Store {
             let reshares = Reshares {
                 reshares: rows(&tx, RESHARES, |k, v| (k, v.to_vec()))?,
             };
+            let rosters = Rosters {
+                grant_rosters: rows(&tx, GRANT_ROSTERS, |k, v| (k, v.to_vec()))?,
+            };
             let applied = tx
                 .open_table(RAFT)
                 .map_err(db_err)?
@@ -217,7 +230,7 @@ impl Store {
                 .map_err(db_err)?
                 .map(|v| v.value().to_vec());
             Ok((
-                encode_all(&(dump, added, spam, shares, ceremonies, reshares)),
+                encode_all(&(dump, added, spam, shares, ceremonies, reshares, rosters)),
                 applied,
             ))
         })
@@ -226,7 +239,7 @@ impl Store {
     /// Replaces every user-facing row with those of a snapshot made by
     /// [`Store::export`], inside `tx`.
     pub(crate) fn import(&self, tx: &WriteTransaction, bytes: &[u8]) -> Result<(), StoreError> {
-        let (dump, added, spam, shares, ceremonies, reshares) = parse(bytes)?;
+        let (dump, added, spam, shares, ceremonies, reshares, rosters) = parse(bytes)?;
         let mut meta = tx.open_table(META).map_err(db_err)?;
         meta.insert("next_serial", dump.next_serial.to_le_bytes().as_slice())
             .map_err(db_err)?;
@@ -341,6 +354,11 @@ impl Store {
         let mut t = tx.open_table(RESHARES).map_err(db_err)?;
         t.retain(|_, _| false).map_err(db_err)?;
         for (k, v) in &reshares.reshares {
+            t.insert(*k, v.as_slice()).map_err(db_err)?;
+        }
+        let mut t = tx.open_table(GRANT_ROSTERS).map_err(db_err)?;
+        t.retain(|_, _| false).map_err(db_err)?;
+        for (k, v) in &rosters.grant_rosters {
             t.insert(*k, v.as_slice()).map_err(db_err)?;
         }
         Ok(())

@@ -22,7 +22,7 @@ use vmail_proto::names::Recipients;
 
 use super::policy::{Accepted, Approach, FirstContactRules, PolicyMode, Refusal, admit};
 use super::schema::{
-    META, NEXT_GRANT_SERIAL, OPEN_GRANTS, STORAGE_GRANTS, USERS, VOICEMAIL_GRANTS,
+    GRANT_ROSTERS, META, NEXT_GRANT_SERIAL, OPEN_GRANTS, STORAGE_GRANTS, USERS, VOICEMAIL_GRANTS,
 };
 use super::senders::{Admission, Allowance, SenderLimits};
 use super::voicemails::VoicemailId;
@@ -364,6 +364,7 @@ impl Store {
         };
         let serial = Self::next_grant_serial(tx)?;
         let share_nodes = terms.share_nodes.clone();
+        let terms_share_nodes = share_nodes.clone();
         let body = terms.with_serial(serial);
         let record = StorageGrantRecord {
             owner: owner.to_owned(),
@@ -380,6 +381,7 @@ impl Store {
             .map_err(db_err)?
             .insert((owner, serial), body.upload_until)
             .map_err(db_err)?;
+        self.record_roster(tx, serial, &terms_share_nodes)?;
         if policy.is_some() {
             self.admitted(tx, serial, owner, &admission)?;
         }
@@ -581,11 +583,13 @@ impl Store {
             }
         }
         let mut open = tx.open_table(OPEN_GRANTS).map_err(db_err)?;
+        let mut rosters = tx.open_table(GRANT_ROSTERS).map_err(db_err)?;
         for (serial, owner, _) in &gone {
             t.remove(*serial).map_err(db_err)?;
             open.remove((owner.as_str(), *serial)).map_err(db_err)?;
+            rosters.remove(*serial).map_err(db_err)?;
         }
-        drop((t, open));
+        drop((t, open, rosters));
         for (_, owner, charged) in &gone {
             if *charged > 0 {
                 self.release_bytes(tx, owner, *charged)?;

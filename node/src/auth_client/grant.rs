@@ -5,7 +5,9 @@
 //! dropped with a reason ([`Refusal`]), and the deposit must name exactly
 //! the recipients left ([`Grant::recipients`]). The answer also lists the
 //! group's share keys ([`Grant::share_keys`]), which the deposit splits the
-//! session key among; they are checked here (`shares::grant_share_keys`).
+//! session key among; they are checked here (`shares::grant_share_keys`),
+//! and with the group key pinned, so is the group's signature over them
+//! (`vmail_proto::grant::verify_roster`).
 
 use vmail_proto::grant::{GrantedShard, StorageGrant};
 use vmail_proto::names::{Recipients, Username};
@@ -141,7 +143,9 @@ impl AuthClient {
     /// PERMISSION_DENIED naming every reason. A sender quota hit is
     /// RESOURCE_EXHAUSTED naming the limit and when it resets. The grant is
     /// checked against the cluster key, and its recipients against those
-    /// asked for.
+    /// asked for. With the group key pinned, the grant and its share keys
+    /// must carry the group's signatures, so the server that answered
+    /// cannot hand out share keys the log did not record.
     pub async fn request_grant(&mut self, g: &GrantRequest) -> Result<Grant, ClientError> {
         let req = pb::GrantRequest {
             recipients: g.recipients.to_strings(),
@@ -181,6 +185,16 @@ impl AuthClient {
             resp.first_contact,
         )?;
         let share_keys = shares::grant_share_keys(resp.share_keys, self.configured.len())?;
+        if let Some(group_key) = &self.group_key {
+            vmail_proto::grant::verify_roster(
+                group_key,
+                grant.body.serial,
+                &grant.key_id,
+                &share_keys,
+                &resp.roster_signature,
+            )
+            .map_err(|e| protocol(format!("the storage grant's share keys: {e}")))?;
+        }
         Ok(Grant {
             grant,
             recipients,

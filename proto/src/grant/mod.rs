@@ -38,6 +38,7 @@
 
 mod lifecycle;
 mod reader;
+mod roster;
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
@@ -47,6 +48,7 @@ pub use lifecycle::{
     DeleteOrder, DeleteReason, DepositProof, order_signing_bytes, proof_signing_bytes,
 };
 use reader::Reader;
+pub use roster::{ROSTER_LABEL, roster_signing_bytes, verify_roster};
 
 /// The grant and delete-order format version this code writes and accepts.
 pub const GRANT_VERSION: u32 = 1;

@@ -422,6 +422,7 @@ fn sign_rounds() -> Vec<Vec<u8>> {
         SignTarget::Grant { serial: 9 },
         SignTarget::DeleteOrder { serial: 9 },
         SignTarget::DepositProof { serial: 9 },
+        SignTarget::Roster { serial: 9 },
     ]
     .iter()
     .map(|t| {

@@ -178,6 +178,25 @@ async fn rotation_makes_epoch_two_and_erasure_waits_for_the_last_voicemail_of_ep
         })
         .unwrap();
     assert_eq!(stale, crate::store::PublishOutcome::Stale { newest: 2 });
+
+    // A newer key in this server's name that it did not make (an active
+    // thief with the CA key publishing for it): the duty sees it is no
+    // longer the newest, moves past it and publishes its own.
+    let me = h.svc.node_id();
+    h.svc
+        .store()
+        .write(|tx| h.svc.store().publish_share_key(tx, me, 3, [6; 32], T0))
+        .unwrap();
+    assert!(!h.svc.share_key_published().await.unwrap());
+    assert!(
+        h.svc.publish_share_key(&tls).await.is_err(),
+        "it moves past"
+    );
+    h.svc.publish_share_key(&tls).await.unwrap();
+    assert!(h.svc.share_key_published().await.unwrap());
+    let keys = h.svc.grant_share_keys().await.unwrap();
+    assert_eq!(keys[0].epoch, 4);
+    assert_eq!(keys[0].public, h.svc.share_keys().current().1);
     h.stop().await;
 }
 

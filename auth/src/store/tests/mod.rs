@@ -26,8 +26,8 @@ use vmail_proto::names::{Recipients, Username};
 use vmail_proto::random_bytes;
 
 use super::schema::{
-    GRANTS, OPEN_GRANTS, REQUESTS, SESSIONS, STORAGE_GRANTS, USERS, VOICEMAIL_GRANTS, VOICEMAILS,
-    WAITING,
+    GRANT_ROSTERS, GRANTS, OPEN_GRANTS, REQUESTS, SESSIONS, STORAGE_GRANTS, USERS,
+    VOICEMAIL_GRANTS, VOICEMAILS, WAITING,
 };
 use super::*;
 

@@ -185,19 +185,25 @@ fn a_snapshot_from_before_retention_and_receipts_still_installs() {
     let (snapshot, _) = f.store.export().unwrap();
     // With every added table empty, a snapshot ends in their zero lengths
     // (two of `Added`, six spam-control ones, the share keys, the key
-    // generation, the reshares); without them it is what an older server
-    // made.
+    // generation, the reshares, the grant rosters); without them it is what
+    // an older server made.
     let old = snapshot
-        .strip_suffix(&[0; 11])
-        .expect("eleven empty tables last");
-    let before_spam = snapshot.strip_suffix(&[0; 9]).unwrap();
-    assert_eq!(reencode_snapshot(before_spam).unwrap(), snapshot);
-    let before_shares = snapshot.strip_suffix(&[0; 3]).unwrap();
-    assert_eq!(reencode_snapshot(before_shares).unwrap(), snapshot);
-    let before_dkg = snapshot.strip_suffix(&[0; 2]).unwrap();
-    assert_eq!(reencode_snapshot(before_dkg).unwrap(), snapshot);
-    let before_reshares = snapshot.strip_suffix(&[0; 1]).unwrap();
-    assert_eq!(reencode_snapshot(before_reshares).unwrap(), snapshot);
+        .strip_suffix(&[0; 12])
+        .expect("twelve empty tables last");
+    for (part, tables) in [
+        ("spam", 10),
+        ("shares", 4),
+        ("dkg", 3),
+        ("reshares", 2),
+        ("rosters", 1),
+    ] {
+        let before = snapshot.strip_suffix(vec![0; tables].as_slice()).unwrap();
+        assert_eq!(
+            reencode_snapshot(before).unwrap(),
+            snapshot,
+            "before {part}"
+        );
+    }
     // Bytes after the last part are refused, not ignored.
     let mut long = snapshot.clone();
     long.push(0);

@@ -2,6 +2,7 @@
 //! order on the last ack, and the purge of expired and unused grants.
 
 use vmail_proto::grant::DeleteReason;
+use vmail_proto::share::ShareKey;
 
 use super::*;
 
@@ -298,4 +299,36 @@ fn the_purge_drops_unused_grants_after_the_grace_and_the_rest_at_expiry() {
     assert_eq!((c.voicemails, c.storage_grants), (1, 1));
     assert_eq!(f.rows(STORAGE_GRANTS), 0);
     assert_eq!(f.rows(VOICEMAIL_GRANTS), 0);
+    assert_eq!(f.rows(GRANT_ROSTERS), 0, "the rosters go with their grants");
+}
+
+#[test]
+fn each_grant_records_the_share_keys_it_hands_out_as_they_were_when_issued() {
+    let f = Fixture::new();
+    users(&f, &["alice", "bob"]);
+    let publish = |epoch: u32, public: [u8; 32]| {
+        f.store
+            .write(|tx| f.store.publish_share_key(tx, 7, epoch, public, T0))
+            .unwrap();
+    };
+    publish(1, [1; 32]);
+    let first = issued(f.issue_grant("alice", &["bob"], T0, T0 + DAY, NO_CAP));
+    publish(2, [2; 32]);
+    let second = issued(f.issue_grant("alice", &["bob"], T0, T0 + DAY, NO_CAP));
+    let key = |epoch: u32, public: [u8; 32]| ShareKey {
+        node_id: 7,
+        epoch,
+        public,
+    };
+    assert_eq!(
+        f.store.grant_roster(first.body.serial).unwrap(),
+        Some(vec![key(1, [1; 32])]),
+        "a rotation after the grant leaves its roster as issued"
+    );
+    assert_eq!(
+        f.store.grant_roster(second.body.serial).unwrap(),
+        Some(vec![key(2, [2; 32])])
+    );
+    assert_eq!(f.store.grant_roster(99).unwrap(), None);
+    assert_eq!(f.rows(GRANT_ROSTERS), 2);
 }
