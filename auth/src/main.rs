@@ -170,8 +170,8 @@ impl ServerArgs {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum ClusterCommand {
-    /// The group as this member sees it: leader, term, members and their
-    /// replication progress.
+    /// The group as this member sees it: leader, term, the group key,
+    /// members and their replication progress.
     Status {
         /// A member's data directory (its certificate is used).
         #[arg(long)]
@@ -184,10 +184,12 @@ pub(crate) enum ClusterCommand {
         /// docs/OPERATIONS.md "JSON output: vmail-auth"):
         /// {"member": M, "state": "leader"|"follower"|"candidate"|"learner"|"shutdown",
         /// "term": N, "leader": NAME|null, "last_log_index": N, "last_applied": N,
-        /// "snapshot_index": N, "members": [M, ...]}, where M is {"name", "id"
-        /// (16 hex digits), "api_url", "raft_url", "role": "voter"|"learner",
-        /// "matched": N (last index the leader knows it holds; 0 when not
-        /// reported)}. On failure nothing on stdout, and on stderr
+        /// "snapshot_index": N, "members": [M, ...], "group_key": K|null}, where
+        /// M is {"name", "id" (16 hex digits), "api_url", "raft_url",
+        /// "role": "voter"|"learner", "matched": N (last index the leader
+        /// knows it holds; 0 when not reported)} and K is {"key" (64 hex
+        /// digits), "ceremony": N, "threshold": N, "holders": [id, ...]}
+        /// (null until the group made a key). On failure nothing on stdout, and on stderr
         /// {"error": MESSAGE, "causes": [MESSAGE, ...], "exit_code": 1}, exit status 1.
         #[arg(long, verbatim_doc_comment)]
         json: bool,

@@ -210,6 +210,13 @@ fn port_zero_is_recorded_metrics_are_served_and_status_speaks_json() {
     assert_eq!(members.len(), 1);
     assert_eq!(members[0]["role"], "voter");
     assert_eq!(members[0]["name"], "auth-1");
+    assert!(
+        v["group_key"].is_null(),
+        "one server makes no group key: {v}"
+    );
+    let (ok, out, err) = run(&["cluster", "status", "--data-dir", d]);
+    assert!(ok, "{err}");
+    assert!(out.contains("group key: none yet"), "{out}");
 
     // The public URL where the internal one belongs says so.
     let (ok, _, err) = run(&["cluster", "status", "--data-dir", d, "--url", &public]);

@@ -71,6 +71,12 @@ pub(crate) fn status_json(s: &admin::GroupStatus) -> serde_json::Value {
         "last_applied": s.last_applied,
         "snapshot_index": s.snapshot_index,
         "members": s.members.iter().map(member).collect::<Vec<_>>(),
+        "group_key": s.group_key.as_ref().map(|k| serde_json::json!({
+            "key": hex::encode(k.key),
+            "ceremony": k.ceremony,
+            "threshold": k.threshold,
+            "holders": k.holders.iter().map(|h| format!("{h:016x}")).collect::<Vec<_>>(),
+        })),
     })
 }
 
@@ -123,6 +129,27 @@ pub(crate) async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
                 "log:      last index {}, applied {}, snapshot {}",
                 s.last_log_index, s.last_applied, s.snapshot_index
             );
+            match &s.group_key {
+                Some(k) => {
+                    let name = |id: &u64| {
+                        s.members
+                            .iter()
+                            .find(|m| m.id == *id)
+                            .map_or_else(|| format!("{id:016x}"), |m| m.member.name.clone())
+                    };
+                    println!(
+                        "group key: {} (ceremony {}, {}-of-{}: {})",
+                        hex::encode(k.key),
+                        k.ceremony,
+                        k.threshold,
+                        k.holders.len(),
+                        k.holders.iter().map(name).collect::<Vec<_>>().join(", ")
+                    );
+                }
+                None => println!(
+                    "group key: none yet (the group generates one once it has three voters)"
+                ),
+            }
             println!("members:");
             for m in s.members {
                 let matched = if m.matched > 0 {

@@ -287,6 +287,21 @@ pub struct GroupStatus {
     pub snapshot_index: u64,
     /// Every member of the group's membership.
     pub members: Vec<MemberStatus>,
+    /// The group's threshold signing key, once a key generation completed.
+    pub group_key: Option<GroupKeyStatus>,
+}
+
+/// The group key, as [`GroupStatus`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupKeyStatus {
+    /// The Ed25519 public key clients and peers pin.
+    pub key: [u8; 32],
+    /// The ceremony whose shares sign with it now.
+    pub ceremony: u64,
+    /// How many members sign together.
+    pub threshold: u32,
+    /// The node ids holding a share.
+    pub holders: Vec<u64>,
 }
 
 /// One member, as [`GroupStatus`] lists it.
@@ -339,6 +354,14 @@ impl From<pb::StatusResponse> for GroupStatus {
                     }
                 })
                 .collect(),
+            group_key: <[u8; 32]>::try_from(s.group_key.as_slice())
+                .ok()
+                .map(|key| GroupKeyStatus {
+                    key,
+                    ceremony: s.key_ceremony,
+                    threshold: s.key_threshold,
+                    holders: s.key_holders,
+                }),
         }
     }
 }

@@ -432,7 +432,16 @@ impl Cluster for ClusterService {
         } else {
             format!("{:?}", m.state).to_lowercase()
         };
+        let key = self
+            .signer
+            .key_ceremony()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
         Ok(Response::new(pb::StatusResponse {
+            group_key: key.as_ref().map_or_else(Vec::new, |k| k.group_key.to_vec()),
+            key_ceremony: key.as_ref().map_or(0, |k| k.number),
+            key_threshold: key.as_ref().map_or(0, |k| u32::from(k.threshold)),
+            key_holders: key.map_or_else(Vec::new, |k| k.roster),
             self_: Some(me),
             state,
             term: m.current_term,

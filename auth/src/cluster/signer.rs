@@ -261,6 +261,12 @@ impl Signer {
             .expect("a store read panicked")?)
     }
 
+    /// The ceremony whose shares sign with the group key now, as this
+    /// server has applied the log.
+    pub async fn key_ceremony(&self) -> Result<Option<crate::store::KeyCeremony>, SignError> {
+        self.db(|s| s.key_ceremony()).await
+    }
+
     /// The current group key's ceremony, its roster, and this server's key
     /// package of it.
     async fn current(&self) -> Result<(Held, Vec<u64>), SignError> {

@@ -48,16 +48,19 @@ impl Testnet {
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect::<Vec<_>>();
         let names: Vec<&str> = self.env.iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(
-            names,
-            [
-                "VMAIL_AUTH",
-                "VMAIL_CA",
-                "VMAIL_CLUSTER_KEY",
-                "VMAIL_BOOTSTRAP",
-                "VMAIL_NODE_CONFIG"
-            ]
-        );
+        // A group of three makes a threshold key, which the CLI then pins.
+        let group: &[&str] = if auth_servers >= 3 {
+            &["VMAIL_GROUP_KEY"]
+        } else {
+            &[]
+        };
+        let want: Vec<&str> = ["VMAIL_AUTH", "VMAIL_CA", "VMAIL_CLUSTER_KEY"]
+            .iter()
+            .chain(group)
+            .chain(&["VMAIL_BOOTSTRAP", "VMAIL_NODE_CONFIG"])
+            .copied()
+            .collect();
+        assert_eq!(names, want);
         printed
     }
 
@@ -439,6 +442,20 @@ async fn auth_leader_killed_by_hand_then_restarted() {
     let net = Testnet::up(3).await;
     let endpoints = &net.env.iter().find(|(k, _)| k == "VMAIL_AUTH").unwrap().1;
     assert_eq!(endpoints.split(',').count(), 3, "{endpoints}");
+    // The CLI and the peers pin the group key the group reports; the
+    // leaves below are checked against it, grant, roster and proof.
+    let pinned = &net
+        .env
+        .iter()
+        .find(|(k, _)| k == "VMAIL_GROUP_KEY")
+        .unwrap()
+        .1;
+    let reported = auth_status(&net, "auth-2")
+        .await
+        .group_key
+        .expect("a group key");
+    assert_eq!(*pinned, hex::encode(reported.key));
+    assert_eq!((reported.threshold, reported.holders.len()), (2, 3));
     let homes = tempfile::tempdir().unwrap();
     let home = |u: &str| homes.path().join(u);
     for u in ["alice", "bob"] {

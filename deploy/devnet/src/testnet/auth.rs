@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use ed25519_dalek::VerifyingKey;
 use nix::sys::signal::Signal;
 use vmail_auth::cluster::admin;
 use vmail_auth::datadir::{self, InitOptions};
@@ -241,6 +242,44 @@ async fn current_leader(
         }
     }
     Ok(votes.into_iter().max_by_key(|(_, v)| *v).map(|(n, _)| n))
+}
+
+/// How long `up` waits for the group's key generation.
+const GROUP_KEY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The group key as `auth-1` reports it once its key generation completed
+/// (the group needs three servers for one), so that the peers and the CLI
+/// pin it.
+pub(super) async fn group_key(auth_dir: &Path) -> anyhow::Result<VerifyingKey> {
+    let files = AuthFiles::new(auth_dir, "auth-1");
+    let (_, raft) = files
+        .ports()?
+        .context("auth-1 has no ports file: it never started")?;
+    let url = format!("https://127.0.0.1:{raft}");
+    let tls = admin::member_tls(&files.data_dir())?;
+    let deadline = Instant::now() + GROUP_KEY_TIMEOUT;
+    loop {
+        let status = admin::status(&url, &tls).await;
+        if let Ok(admin::GroupStatus {
+            group_key: Some(k), ..
+        }) = &status
+        {
+            return VerifyingKey::from_bytes(&k.key)
+                .context("auth-1 reports a group key that is not an Ed25519 key");
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the auth group made no group key within {GROUP_KEY_TIMEOUT:?} (auth-1 says: {}); \
+                 see {}",
+                match status {
+                    Ok(_) => "no key yet".to_owned(),
+                    Err(e) => e.to_string(),
+                },
+                files.file("log").display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// The drill: asks the servers who leads, and SIGKILLs that process.

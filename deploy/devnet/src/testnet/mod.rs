@@ -335,9 +335,18 @@ async fn serve_started(
     let founder = auth_dir.join("auth-1");
     let keys = datadir::load_keys(&founder)?;
     let cluster_key = keys.cluster_public_key();
+    // A group of three or more makes a threshold key, which the peers and
+    // the CLI then pin; a smaller one has only the cluster key.
+    let group_key = if auth_servers >= vmail_auth::threshold::MIN_MEMBERS {
+        let key = auth::group_key(auth_dir).await?;
+        println!("group key {}", hex::encode(key.as_bytes()));
+        Some(key)
+    } else {
+        None
+    };
     let node_toml = dir.join(peers::USER_CONFIG);
     write_atomic(&node_toml, &peers::user_node_toml())?;
-    let peers = peers::start(&dir.join("peers"), peers, &cluster_key).await?;
+    let peers = peers::start(&dir.join("peers"), peers, &cluster_key, group_key.as_ref()).await?;
     let elected = peers::wait_settled(&peers).await;
     let elected = match elected {
         Ok(line) => line,
@@ -350,8 +359,11 @@ async fn serve_started(
     };
     println!("{elected}");
     let boot = peers[0].listen_addrs().await?;
+    let group_line = group_key.map_or_else(String::new, |k| {
+        format!("export VMAIL_GROUP_KEY={}\n", hex::encode(k.as_bytes()))
+    });
     let env = format!(
-        "export VMAIL_AUTH={}\nexport VMAIL_CA={}\nexport VMAIL_CLUSTER_KEY={}\nexport VMAIL_BOOTSTRAP={}\nexport VMAIL_NODE_CONFIG={}\n# {elected}\n",
+        "export VMAIL_AUTH={}\nexport VMAIL_CA={}\nexport VMAIL_CLUSTER_KEY={}\n{group_line}export VMAIL_BOOTSTRAP={}\nexport VMAIL_NODE_CONFIG={}\n# {elected}\n",
         endpoints.join(","),
         founder.join(datadir::files::CA_CERT).display(),
         hex::encode(keys.cluster_public_key().as_bytes()),

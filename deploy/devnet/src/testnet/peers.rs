@@ -152,11 +152,13 @@ fn tcp_port(addrs: &[Multiaddr]) -> Option<u16> {
 }
 
 /// Starts `n` peers in `peers_dir`, each on the port it had before (a new
-/// one the first time, then recorded).
+/// one the first time, then recorded), pinning the group key when there
+/// is one.
 pub(super) async fn start(
     peers_dir: &Path,
     n: usize,
     cluster_key: &VerifyingKey,
+    group_key: Option<&VerifyingKey>,
 ) -> anyhow::Result<Vec<Peer>> {
     std::fs::create_dir_all(peers_dir)?;
     let mut ports = Vec::with_capacity(n);
@@ -169,6 +171,7 @@ pub(super) async fn start(
     }
     let peers = localnet::start_peers_each(peers_dir, n, Vec::new(), cluster_key, |i, c| {
         c.supernode = peer_settings();
+        c.group_key = group_key.map(|k| hex::encode(k.as_bytes()));
         if let Some(port) = ports[i - 1] {
             c.listen = vec![format!("/ip4/127.0.0.1/tcp/{port}").parse().expect("valid")];
         }
