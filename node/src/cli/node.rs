@@ -181,6 +181,9 @@ pub(super) async fn run(
     config: Option<PathBuf>,
     flags: RunFlags,
 ) -> anyhow::Result<()> {
+    // Before anything starts or is printed: a SIGTERM from now on stops
+    // the daemon cleanly.
+    let signal = super::stop_signal().context("installing the SIGTERM and SIGINT handlers")?;
     let dir = ctx.data_dir(data_dir);
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("creating data dir {}", dir.display()))?;
@@ -252,7 +255,6 @@ pub(super) async fn run(
         None => None,
     };
     println!("  control socket {}", socket.display());
-    let signal = async { super::stop_signal().await.expect("SIGTERM handler") };
     control::serve_with(
         ControlService::new(peer.clone(), sip.clone()),
         &socket,
