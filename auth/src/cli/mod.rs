@@ -18,12 +18,19 @@ pub(crate) fn port_of(addr: &str) -> anyhow::Result<&str> {
         .with_context(|| format!("{addr:?} is not HOST:PORT"))
 }
 
-pub(crate) async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing a SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+/// A future that resolves on SIGTERM or SIGINT. Both handlers are
+/// installed when this is called, not when the future is first polled, so
+/// a signal right after start-up stops the server cleanly instead of
+/// killing it.
+pub(crate) fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    async move {
+        tokio::select! {
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        }
     }
 }
 

@@ -155,6 +155,7 @@ pub(super) async fn stop_auth_servers(auth_dir: &Path) -> anyhow::Result<usize> 
 /// through auth-1 (the others), or restarts from its data dir on the ports
 /// it had. Writes its pid and, once it serves, its ready file.
 pub(super) async fn auth_serve(name: &str, dir: &Path) -> anyhow::Result<()> {
+    let stop = crate::stop_signal()?;
     let auth_dir = dir.join("auth");
     let files = AuthFiles::new(&auth_dir, name);
     std::fs::write(files.file("pid"), std::process::id().to_string())?;
@@ -193,7 +194,7 @@ pub(super) async fn auth_serve(name: &str, dir: &Path) -> anyhow::Result<()> {
     }
     write_atomic(&files.file("ready"), &server.endpoint)?;
     println!("{name} serving at {}", server.endpoint);
-    crate::stop_signal().await?;
+    stop.await;
     let _ = std::fs::remove_file(files.file("ready"));
     server.stop().await?;
     let _ = std::fs::remove_file(files.file("pid"));

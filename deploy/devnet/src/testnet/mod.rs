@@ -320,6 +320,8 @@ async fn serve_started(
     dir: &Path,
     auth_dir: &Path,
 ) -> anyhow::Result<()> {
+    // From now on a SIGTERM stops the testnet cleanly once it is up.
+    let stop = crate::stop_signal()?;
     let mut endpoints = Vec::with_capacity(auth_servers);
     for i in 1..=auth_servers {
         let files = AuthFiles::new(auth_dir, &format!("auth-{i}"));
@@ -375,7 +377,7 @@ async fn serve_started(
     );
     write_atomic(&dir.join(ENV_FILE), &env)?;
     println!("testnet ready:\n{env}");
-    crate::stop_signal().await?;
+    stop.await;
     println!("stopping");
     for p in peers {
         p.stop().await;
