@@ -16,7 +16,8 @@
 //!   endpoint (no other module of this crate below it);
 //! - [`config`]: the peer's `node.toml`;
 //! - [`home`], [`keystore`]: the user's vmail home, where the auth servers
-//!   are, and the identity key and login saved there.
+//!   are, and the identity key and login saved there;
+//! - [`stop`]: the stop signals of a foreground process.
 //!
 //! The `vmail` binary (`src/main.rs`, `src/cli/`) is a thin layer over these.
 
@@ -30,4 +31,5 @@ pub mod metrics;
 pub mod overlay;
 pub mod peer;
 pub mod sip;
+pub mod stop;
 pub mod supernode;

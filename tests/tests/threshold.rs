@@ -670,27 +670,9 @@ async fn a_pinning_sender_takes_only_the_share_keys_the_group_recorded_with_its_
     use vmail_proto::grant::{GrantError, verify_roster};
 
     let mut cluster = TestCluster::start(3).await;
-    let pinned = cluster.pinned_target().await;
-    let group_key = pinned.group_key.unwrap();
-    let mut bob = vmail_node::auth_client::AuthClient::connect(&pinned)
-        .await
-        .unwrap();
-    let mut alice = vmail_node::auth_client::AuthClient::connect(&pinned)
-        .await
-        .unwrap();
-    for (c, who) in [(&mut bob, "bob"), (&mut alice, "alice")] {
-        c.register(who, &password(who), &identity(), None)
-            .await
-            .unwrap();
-    }
-    let bob_s = bob
-        .login("bob", &password("bob"), &identity(), &[])
-        .await
-        .unwrap();
-    alice
-        .login("alice", &password("alice"), &identity(), &[])
-        .await
-        .unwrap();
+    let group_key = cluster.pinned_target().await.group_key.unwrap();
+    let (mut bob, bob_s) = pinned_client(&cluster, &[0, 1, 2], group_key, "bob").await;
+    let (mut alice, _) = pinned_client(&cluster, &[0, 1, 2], group_key, "alice").await;
     let d = granted(&mut bob, deposit_for(&["alice"], b"to pinned alice")).await;
     bob.deposit(&d)
         .await
@@ -934,7 +916,7 @@ async fn a_joining_server_gets_a_share_and_a_removed_ones_combines_with_nothing_
         try_sign(&[&newcomer, &founder], message, &group_key),
         "the repaired share signs with a founding one"
     );
-    let session = login_pinned(&cluster, &[joined], pinned, "carol").await;
+    let (_, session) = pinned_client(&cluster, &[joined], pinned, "carol").await;
     session.certificate.verify_group_signature(&pinned).unwrap();
 
     let leader = cluster.leader().await;
@@ -988,7 +970,7 @@ async fn a_joining_server_gets_a_share_and_a_removed_ones_combines_with_nothing_
             );
         }
     }
-    let session = login_pinned(&cluster, &stay, pinned, "dave").await;
+    let (_, session) = pinned_client(&cluster, &stay, pinned, "dave").await;
     session.certificate.verify_group_signature(&pinned).unwrap();
     cluster.stop().await;
 }
@@ -1030,14 +1012,17 @@ async fn next_key(cluster: &TestCluster, after: u64) -> vmail_auth::store::KeyCe
     }
 }
 
-/// Registers `user` and logs in with a client that pins the group key and
-/// reaches only the servers `which`.
-async fn login_pinned(
+/// Registers `user` and logs in with a client that pins `group_key` and
+/// reaches only the servers `which`; the client and its session.
+async fn pinned_client(
     cluster: &TestCluster,
     which: &[usize],
     group_key: ed25519_dalek::VerifyingKey,
     user: &str,
-) -> vmail_node::auth_client::LoginSession {
+) -> (
+    vmail_node::auth_client::AuthClient,
+    vmail_node::auth_client::LoginSession,
+) {
     let mut target = cluster.target_of(which);
     target.group_key = Some(group_key);
     let mut c = vmail_node::auth_client::AuthClient::connect(&target)
@@ -1046,9 +1031,11 @@ async fn login_pinned(
     c.register(user, &password(user), &identity(), None)
         .await
         .unwrap();
-    c.login(user, &password(user), &identity(), &[])
+    let session = c
+        .login(user, &password(user), &identity(), &[])
         .await
-        .unwrap_or_else(|e| panic!("a pinning client logs in on servers {which:?}: {e}"))
+        .unwrap_or_else(|e| panic!("a pinning client logs in on servers {which:?}: {e}"));
+    (c, session)
 }
 
 /// Whether the key packages in `signers`, each with the public key package

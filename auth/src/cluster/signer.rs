@@ -10,6 +10,11 @@
 //! every signer's replicated state already says, and never without t−1
 //! other members.
 //!
+//! One file past 600 lines: the signer's rounds, the coordinator that
+//! drives them and the target rebuilding they both use share the round
+//! table and the loaded key package; split, each part would reach into the
+//! others' state.
+//!
 //! Round-1 nonces live only in memory, under a random handle, each used at
 //! most once and for at most [`NONCE_TTL`]; one coordinator holds at most
 //! [`MAX_OUTSTANDING`] of them at a signer.

@@ -27,13 +27,14 @@
 
 use std::collections::BTreeMap;
 
-use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
+use redb::{ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use vmail_proto::share::PUBLIC_LEN;
 
+use super::key_ceremony::KeyCeremony;
 use super::schema::{DKG, RESHARES};
 use super::{Store, StoreError, corrupt, db_err};
-use crate::threshold::{MIN_MEMBERS, majority_threshold};
+use crate::threshold::MIN_MEMBERS;
 
 /// Largest encoded step a member may propose: a round-1 package of a
 /// 2-of-3 to 9-of-16 group is well under 1 KiB.
@@ -201,19 +202,6 @@ impl Reshare {
             Reshare::Refresh { threshold, .. } | Reshare::Repair { threshold, .. } => *threshold,
         }
     }
-}
-
-/// The ceremony that made the group's current key shares.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyCeremony {
-    /// Its number: the name of each member's key package file.
-    pub number: u64,
-    /// The members holding a share, by node id in order.
-    pub roster: Vec<u64>,
-    /// The group's Ed25519 public key.
-    pub group_key: [u8; 32],
-    /// How many members sign together.
-    pub threshold: u16,
 }
 
 /// What applying a DKG command did.
@@ -535,92 +523,6 @@ impl Store {
             .map_err(db_err)?;
         Ok(outcome)
     }
-
-    /// The newest ceremony, if any began.
-    pub fn current_ceremony(&self) -> Result<Option<(u64, Ceremony)>, StoreError> {
-        self.run(|db| {
-            let tx = db.begin_read().map_err(db_err)?;
-            let table = tx.open_table(DKG).map_err(db_err)?;
-            match table.last().map_err(db_err)? {
-                Some((k, v)) => Ok(Some((k.value(), decode(k.value(), v.value())?))),
-                None => Ok(None),
-            }
-        })
-    }
-
-    /// What ceremony `number` does to the group's key, if it reshares it.
-    pub fn reshare(&self, number: u64) -> Result<Option<Reshare>, StoreError> {
-        self.run(|db| {
-            let tx = db.begin_read().map_err(db_err)?;
-            reshare_row(&tx.open_table(RESHARES).map_err(db_err)?, number)
-        })
-    }
-
-    fn reshare_in(
-        &self,
-        tx: &WriteTransaction,
-        number: u64,
-    ) -> Result<Option<Reshare>, StoreError> {
-        reshare_row(&tx.open_table(RESHARES).map_err(db_err)?, number)
-    }
-
-    /// Ceremony `number`, if it began.
-    pub fn ceremony(&self, number: u64) -> Result<Option<Ceremony>, StoreError> {
-        self.run(|db| {
-            let tx = db.begin_read().map_err(db_err)?;
-            let table = tx.open_table(DKG).map_err(db_err)?;
-            table
-                .get(number)
-                .map_err(db_err)?
-                .map(|v| decode(number, v.value()))
-                .transpose()
-        })
-    }
-
-    /// The ceremony whose shares are the group's key now, once one completed.
-    pub fn key_ceremony(&self) -> Result<Option<KeyCeremony>, StoreError> {
-        self.run(|db| {
-            let tx = db.begin_read().map_err(db_err)?;
-            key_ceremony(
-                &tx.open_table(DKG).map_err(db_err)?,
-                &tx.open_table(RESHARES).map_err(db_err)?,
-            )
-        })
-    }
-
-    fn key_ceremony_in(&self, tx: &WriteTransaction) -> Result<Option<KeyCeremony>, StoreError> {
-        key_ceremony(
-            &tx.open_table(DKG).map_err(db_err)?,
-            &tx.open_table(RESHARES).map_err(db_err)?,
-        )
-    }
-
-    /// [`Store::group_key`] inside a write transaction.
-    pub(crate) fn group_key_in(
-        &self,
-        tx: &WriteTransaction,
-    ) -> Result<Option<(u64, [u8; 32])>, StoreError> {
-        Ok(self.key_ceremony_in(tx)?.map(|k| (k.number, k.group_key)))
-    }
-
-    /// The group key and the ceremony whose shares sign with it, once one
-    /// completed.
-    pub fn group_key(&self) -> Result<Option<(u64, [u8; 32])>, StoreError> {
-        Ok(self.key_ceremony()?.map(|k| (k.number, k.group_key)))
-    }
-}
-
-fn reshare_row(
-    table: &impl ReadableTable<u64, &'static [u8]>,
-    number: u64,
-) -> Result<Option<Reshare>, StoreError> {
-    table
-        .get(number)
-        .map_err(db_err)?
-        .map(|v| {
-            postcard::from_bytes(v.value()).map_err(|e| corrupt("reshares", number.to_string(), e))
-        })
-        .transpose()
 }
 
 /// A repair helper's deltas as its `round1` entry keeps them.
@@ -633,39 +535,11 @@ pub fn decode_sealed(bytes: &[u8]) -> Result<Vec<SealedPackage>, StoreError> {
     postcard::from_bytes(bytes).map_err(|e| corrupt("dkg", "repair deltas", e))
 }
 
-/// The newest ceremony that ended with a key, and the key's threshold: the
-/// reshare's, or the majority of a generation's roster.
-fn key_ceremony(
-    dkg: &impl ReadableTable<u64, &'static [u8]>,
-    reshares: &impl ReadableTable<u64, &'static [u8]>,
-) -> Result<Option<KeyCeremony>, StoreError> {
-    for entry in dkg.iter().map_err(db_err)?.rev() {
-        let (k, v) = entry.map_err(db_err)?;
-        let number = k.value();
-        let c = decode(number, v.value())?;
-        let Some(CeremonyEnd::Key { group_key, .. }) = c.end else {
-            continue;
-        };
-        let threshold = match reshare_row(reshares, number)? {
-            Some(r) => r.threshold(),
-            None => majority_threshold(c.roster.len())
-                .map_err(|e| corrupt("dkg", number.to_string(), e))?,
-        };
-        return Ok(Some(KeyCeremony {
-            number,
-            roster: c.roster,
-            group_key,
-            threshold,
-        }));
-    }
-    Ok(None)
-}
-
 fn encode(row: &Ceremony) -> Vec<u8> {
     postcard::to_allocvec(row).expect("in-memory encoding cannot fail")
 }
 
-fn decode(ceremony: u64, bytes: &[u8]) -> Result<Ceremony, StoreError> {
+pub(super) fn decode(ceremony: u64, bytes: &[u8]) -> Result<Ceremony, StoreError> {
     postcard::from_bytes(bytes).map_err(|e| corrupt("dkg", ceremony.to_string(), e))
 }
 

@@ -55,6 +55,7 @@
 //! Every mutation is one durable redb transaction: it happens whole or not at all.
 
 mod dkg;
+mod key_ceremony;
 mod policy;
 mod recall;
 mod receipts;
@@ -88,9 +89,9 @@ use schema::{
 };
 
 pub use dkg::{
-    Ceremony, CeremonyEnd, DkgOutcome, DkgStep, KeyCeremony, MAX_STEP_LEN, Reshare, SealedPackage,
-    decode_sealed,
+    Ceremony, CeremonyEnd, DkgOutcome, DkgStep, MAX_STEP_LEN, Reshare, SealedPackage, decode_sealed,
 };
+pub use key_ceremony::KeyCeremony;
 pub use policy::{
     Accepted, Approach, EditRefusal, FirstContactRules, MAX_BLOCKED, MAX_CONTACTS, Policy,
     PolicyList, PolicyMode, Refusal, admit, edited,

@@ -284,11 +284,7 @@ impl Store {
         for (k, v) in &dump.waiting {
             t.insert(k.as_str(), *v).map_err(db_err)?;
         }
-        let mut t = tx.open_table(STORAGE_GRANTS).map_err(db_err)?;
-        t.retain(|_, _| false).map_err(db_err)?;
-        for (k, v) in &dump.storage_grants {
-            t.insert(*k, v.as_slice()).map_err(db_err)?;
-        }
+        replace_by_serial(tx, STORAGE_GRANTS, &dump.storage_grants)?;
         let mut t = tx.open_table(OPEN_GRANTS).map_err(db_err)?;
         t.retain(|_, _| false).map_err(db_err)?;
         for ((u, serial), v) in &dump.open_grants {
@@ -336,31 +332,29 @@ impl Store {
         for ((a, b), v) in &spam.first_contacts {
             t.insert((a.as_str(), b.as_str()), *v).map_err(db_err)?;
         }
-        let mut t = tx.open_table(GRANT_ADMISSIONS).map_err(db_err)?;
-        t.retain(|_, _| false).map_err(db_err)?;
-        for (k, v) in &spam.grant_admissions {
-            t.insert(*k, v.as_slice()).map_err(db_err)?;
-        }
+        replace_by_serial(tx, GRANT_ADMISSIONS, &spam.grant_admissions)?;
         let mut t = tx.open_table(SHARE_KEYS).map_err(db_err)?;
         t.retain(|_, _| false).map_err(db_err)?;
         for (k, v) in &shares.share_keys {
             t.insert(*k, v.as_slice()).map_err(db_err)?;
         }
-        let mut t = tx.open_table(DKG).map_err(db_err)?;
-        t.retain(|_, _| false).map_err(db_err)?;
-        for (k, v) in &ceremonies.dkg {
-            t.insert(*k, v.as_slice()).map_err(db_err)?;
-        }
-        let mut t = tx.open_table(RESHARES).map_err(db_err)?;
-        t.retain(|_, _| false).map_err(db_err)?;
-        for (k, v) in &reshares.reshares {
-            t.insert(*k, v.as_slice()).map_err(db_err)?;
-        }
-        let mut t = tx.open_table(GRANT_ROSTERS).map_err(db_err)?;
-        t.retain(|_, _| false).map_err(db_err)?;
-        for (k, v) in &rosters.grant_rosters {
-            t.insert(*k, v.as_slice()).map_err(db_err)?;
-        }
+        replace_by_serial(tx, DKG, &ceremonies.dkg)?;
+        replace_by_serial(tx, RESHARES, &reshares.reshares)?;
+        replace_by_serial(tx, GRANT_ROSTERS, &rosters.grant_rosters)?;
         Ok(())
     }
+}
+
+/// Replaces every row of a table keyed by a number with `rows`.
+fn replace_by_serial(
+    tx: &WriteTransaction,
+    table: TableDefinition<u64, &[u8]>,
+    rows: &[(u64, Vec<u8>)],
+) -> Result<(), StoreError> {
+    let mut t = tx.open_table(table).map_err(db_err)?;
+    t.retain(|_, _| false).map_err(db_err)?;
+    for (k, v) in rows {
+        t.insert(*k, v.as_slice()).map_err(db_err)?;
+    }
+    Ok(())
 }

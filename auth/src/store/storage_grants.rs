@@ -364,7 +364,6 @@ impl Store {
         };
         let serial = Self::next_grant_serial(tx)?;
         let share_nodes = terms.share_nodes.clone();
-        let terms_share_nodes = share_nodes.clone();
         let body = terms.with_serial(serial);
         let record = StorageGrantRecord {
             owner: owner.to_owned(),
@@ -381,7 +380,7 @@ impl Store {
             .map_err(db_err)?
             .insert((owner, serial), body.upload_until)
             .map_err(db_err)?;
-        self.record_roster(tx, serial, &terms_share_nodes)?;
+        self.record_roster(tx, serial, &record.share_nodes)?;
         if policy.is_some() {
             self.admitted(tx, serial, owner, &admission)?;
         }

@@ -22,18 +22,4 @@ pub mod localnet;
 pub mod scale;
 pub mod testnet;
 
-/// How a foreground process is told to stop: a future that resolves on
-/// SIGTERM or SIGINT (Ctrl-C). Both handlers are installed when this is
-/// called, not when the future is first polled, so call it before the
-/// process says it is ready.
-pub fn stop_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    Ok(async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-    })
-}
+pub use vmail_node::stop::stop_signal;

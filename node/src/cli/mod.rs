@@ -567,22 +567,6 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// How a foreground process is told to stop: a future that resolves on
-/// SIGTERM or SIGINT (Ctrl-C). Both handlers are installed when this is
-/// called, not when the future is first polled, so a signal that comes
-/// right after start-up is caught rather than killing the process.
-fn stop_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    Ok(async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-    })
-}
-
 /// A Unix time as an RFC 3339 UTC string.
 fn when(unix: u64) -> String {
     humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix))

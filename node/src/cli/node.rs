@@ -183,7 +183,8 @@ pub(super) async fn run(
 ) -> anyhow::Result<()> {
     // Before anything starts or is printed: a SIGTERM from now on stops
     // the daemon cleanly.
-    let signal = super::stop_signal().context("installing the SIGTERM and SIGINT handlers")?;
+    let signal =
+        vmail_node::stop::stop_signal().context("installing the SIGTERM and SIGINT handlers")?;
     let dir = ctx.data_dir(data_dir);
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("creating data dir {}", dir.display()))?;
