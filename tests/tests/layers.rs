@@ -122,7 +122,7 @@ fn the_node_crate_uses_only_lower_layers() {
     check_layers(
         &root().join("node/src"),
         &[
-            &["core", "supernode", "auth_client", "metrics"],
+            &["core", "supernode", "auth_client", "metrics", "stop"],
             &["config", "keystore", "home"],
             &["overlay"],
             &["peer"],
