@@ -296,8 +296,9 @@ async fn main() -> anyhow::Result<()> {
             let me = server::member(&svc, &api, &raft);
             let id = svc.raft().metrics().borrow().id;
             let tls = admin::member_tls(&dir)?;
+            let member_key = svc.share_keys().member_public();
             let joining = tokio::spawn(async move {
-                match admin::request_join(&via, &tls, id, &me).await {
+                match admin::request_join(&via, &tls, id, &me, member_key).await {
                     Ok(index) => tracing::info!(index, "joined the group as a voter"),
                     Err(e) => {
                         tracing::error!(error = %e, "joining the group failed; rerun `vmail-auth join` on this data dir to retry")

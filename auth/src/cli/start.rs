@@ -95,6 +95,7 @@ pub(crate) async fn start(
     let keys = svc.keys().clone();
     let cluster_key = hex::encode(keys.cluster_public_key().to_bytes());
     let raft_handle = svc.raft().clone();
+    let member_key = svc.share_keys().member_public();
     let store = svc.store().clone();
     // A group of three or more publishes the clients' config only once it
     // has its threshold key, so no client pins a group without it.
@@ -104,7 +105,7 @@ pub(crate) async fn start(
         if needs_join {
             let id = raft_handle.metrics().borrow().id;
             let joined = at_any_member(&raft_urls, "join the group", None, |url| {
-                admin::request_join(url, &tls, id, &me)
+                admin::request_join(url, &tls, id, &me, member_key)
             })
             .await;
             if let Ok(index) = joined {

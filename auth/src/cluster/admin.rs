@@ -222,7 +222,8 @@ pub async fn prepare_join(
 /// How long [`request_join`] keeps trying while the group elects a leader.
 pub const JOIN_DEADLINE: Duration = Duration::from_secs(120);
 
-/// Asks the group to add `member` (node `id`): as a learner first, then,
+/// Asks the group to add `member` (node `id`, whose member key is
+/// `member_key`, `ShareKeyRing::member_public`): as a learner first, then,
 /// once it has caught up, as a voter. Follows leader redirects and retries
 /// while no leader is known, up to [`JOIN_DEADLINE`].
 pub async fn request_join(
@@ -230,9 +231,11 @@ pub async fn request_join(
     tls: &ClusterTls,
     id: u64,
     member: &Member,
+    member_key: [u8; 32],
 ) -> Result<u64, AdminError> {
     let req = pb::JoinRequest {
         member: Some(member_to_pb(id, member)),
+        member_key: member_key.to_vec(),
     };
     with_leader(via, tls, JOIN_DEADLINE, |mut c| {
         let req = req.clone();

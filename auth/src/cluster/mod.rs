@@ -40,8 +40,8 @@ use vmail_proto::cert::UserCertificate;
 
 use crate::store::{
     AckOutcome, DepositOutcome, DkgOutcome, DkgStep, EditRefusal, GrantOutcome, GrantPolicy,
-    GrantTerms, Policy, PolicyList, PolicyMode, PublishOutcome, PurgeCounts, RecallOutcome,
-    RegisterOutcome, ReportOutcome, StoredShare, VoicemailId,
+    GrantTerms, MemberKeyOutcome, Policy, PolicyList, PolicyMode, PublishOutcome, PurgeCounts,
+    RecallOutcome, RegisterOutcome, ReportOutcome, StoredShare, VoicemailId, Vouch,
 };
 
 openraft::declare_raft_types!(
@@ -325,6 +325,29 @@ pub enum Command {
         /// The leader's clock, Unix seconds.
         now: u64,
     },
+    /// Record a joining server's member key (docs/PROTOCOL.md §7.14), which
+    /// `Join` proposes before it adds the server as a learner.
+    RegisterMember {
+        /// The server's Raft node id.
+        node_id: u64,
+        /// Its Ed25519 member key.
+        member_key: [u8; 32],
+    },
+    /// [`Command::PublishShareKey`] signed by the server's member key, as
+    /// every server now publishes (§7.14). Refused when the signature does
+    /// not verify or names a key other than the one recorded for it.
+    PublishVouchedShareKey {
+        /// The server's Raft node id.
+        node_id: u64,
+        /// The key's epoch.
+        epoch: u32,
+        /// The X25519 public key.
+        public_key: [u8; 32],
+        /// The server's member key and signature.
+        vouch: Vouch,
+        /// Publication time, Unix seconds.
+        now: u64,
+    },
 }
 
 /// What applying a [`Command`] produced.
@@ -365,7 +388,8 @@ pub enum Reply {
     PolicyEdited(Result<Policy, EditRefusal>),
     /// Result of [`Command::Report`].
     Reported(ReportOutcome),
-    /// Result of [`Command::PublishShareKey`].
+    /// Result of [`Command::PublishShareKey`] and
+    /// [`Command::PublishVouchedShareKey`].
     ShareKeyPublished(PublishOutcome),
     /// Result of [`Command::DkgBegin`], [`Command::DkgRefresh`],
     /// [`Command::DkgRepair`] and [`Command::Dkg`].
@@ -376,6 +400,8 @@ pub enum Reply {
     /// Result of [`Command::CertifyGroup`]: `None` once stored, else why
     /// not (nothing changed).
     GroupCertified(Option<String>),
+    /// Result of [`Command::RegisterMember`].
+    MemberRegistered(MemberKeyOutcome),
 }
 
 /// What applying an entry tells the watchers of pending voicemail: the

@@ -17,7 +17,7 @@ use super::signer::{SignError, Signer};
 use super::{Command, Member, Raft, Reply, peer_name, x25519_public};
 use crate::config::ServerConfig;
 use crate::keys::ServerKeys;
-use crate::store::{DkgOutcome, DkgStep, MAX_STEP_LEN};
+use crate::store::{DkgOutcome, DkgStep, MAX_STEP_LEN, MemberKeyOutcome, Vouch};
 
 /// The clock a member's entries are stamped with, Unix seconds.
 pub type Now = Arc<dyn Fn() -> u64 + Send + Sync>;
@@ -241,6 +241,16 @@ pub fn member_from_pb(m: Option<pb::Member>) -> Result<(u64, Member), Status> {
     ))
 }
 
+/// Checks that `bytes` is an Ed25519 public key: 32 bytes of a valid point.
+fn ed25519_public(bytes: &[u8]) -> Result<[u8; 32], String> {
+    let key: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| format!("{} bytes, expected 32", bytes.len()))?;
+    ed25519_dalek::VerifyingKey::from_bytes(&key)
+        .map_err(|_| "not a valid Ed25519 public key".to_owned())?;
+    Ok(key)
+}
+
 /// Converts a member description to the wire.
 pub fn member_to_pb(id: u64, m: &Member) -> pb::Member {
     pb::Member {
@@ -300,7 +310,14 @@ impl Cluster for ClusterService {
         &self,
         req: Request<pb::JoinRequest>,
     ) -> Result<Response<pb::JoinResponse>, Status> {
-        let (id, member) = member_from_pb(req.into_inner().member)?;
+        let r = req.into_inner();
+        let (id, member) = member_from_pb(r.member)?;
+        let member_key = ed25519_public(&r.member_key).map_err(|why| {
+            Status::invalid_argument(format!(
+                "member_key: {why} (the joining server's member key); is the joining server \
+                 older than this one?"
+            ))
+        })?;
         self.require_leader().await?;
         let membership = self.raft.metrics().borrow().membership_config.clone();
         let mut stale = BTreeSet::new();
@@ -339,6 +356,22 @@ impl Cluster for ClusterService {
                     .await
                     .map_err(write_error)?;
             }
+        }
+        // Its member key goes in first, so that nobody can record another
+        // for this node id once the id is in the log.
+        let resp = self
+            .raft
+            .client_write(Command::RegisterMember {
+                node_id: id,
+                member_key,
+            })
+            .await
+            .map_err(write_error)?;
+        if resp.data == Reply::MemberRegistered(MemberKeyOutcome::OtherKey) {
+            return Err(Status::failed_precondition(format!(
+                "node id {id} has another member key recorded: a server that lost its \
+                 DATA_DIR/member.key joins again under a new node id (wipe its data directory)"
+            )));
         }
         tracing::info!(%member, id, "adding a learner; waiting for it to catch up");
         self.raft
@@ -543,12 +576,21 @@ impl Cluster for ClusterService {
         }
         self.require_leader().await?;
         let member = self.calling_member(caller, r.node_id, "publishes only its own share key")?;
+        let member_key = ed25519_public(&r.member_key).map_err(|why| {
+            Status::invalid_argument(format!(
+                "member_key: {why}; is the publishing server older than this one?"
+            ))
+        })?;
         let resp = self
             .raft
-            .client_write(Command::PublishShareKey {
+            .client_write(Command::PublishVouchedShareKey {
                 node_id: r.node_id,
                 epoch: r.epoch,
                 public_key,
+                vouch: Vouch {
+                    member_key,
+                    signature: r.signature,
+                },
                 now: (self.now)(),
             })
             .await
@@ -557,6 +599,13 @@ impl Cluster for ClusterService {
             Reply::ShareKeyPublished(crate::store::PublishOutcome::Stale { newest }) => {
                 Err(Status::failed_precondition(format!(
                     "{} already published epoch {newest}; a new share key needs a later epoch",
+                    member.name
+                )))
+            }
+            Reply::ShareKeyPublished(crate::store::PublishOutcome::Unvouched(why)) => {
+                tracing::warn!(member = %member.name, %why, "refused a share key");
+                Err(Status::permission_denied(format!(
+                    "the share key for {} is refused: {why}",
                     member.name
                 )))
             }

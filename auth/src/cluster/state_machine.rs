@@ -359,8 +359,26 @@ impl StateMachine {
                 public_key,
                 now,
             } => Reply::ShareKeyPublished(
-                store.publish_share_key(tx, node_id, epoch, public_key, now)?,
+                store.publish_share_key(tx, node_id, epoch, public_key, None, now)?,
             ),
+            Command::PublishVouchedShareKey {
+                node_id,
+                epoch,
+                public_key,
+                vouch,
+                now,
+            } => Reply::ShareKeyPublished(store.publish_share_key(
+                tx,
+                node_id,
+                epoch,
+                public_key,
+                Some(&vouch),
+                now,
+            )?),
+            Command::RegisterMember {
+                node_id,
+                member_key,
+            } => Reply::MemberRegistered(store.register_member_key(tx, node_id, member_key)?),
             Command::DkgBegin { roster, now } => Reply::Dkg(store.dkg_begin(tx, &roster, now)?),
             Command::Dkg { node_id, step } => Reply::Dkg(store.dkg_step(tx, node_id, step)?),
             Command::DkgRefresh { roster, now } => {

@@ -28,15 +28,16 @@
 //! when it first serves ([`record_bound_ports`]), so that `health`,
 //! `cluster status` and clients can reach it.
 //!
-//! The share keys ([`share_keys`]) are this server's alone: they are not
-//! group secrets, no other server ever receives them, and old epochs are
-//! erased once no voicemail needs them.
+//! The share keys ([`share_keys`]) and the member key that signs them are
+//! this server's alone: they are not group secrets, no other server ever
+//! receives them, and old share-key epochs are erased once no voicemail
+//! needs them.
 
 pub mod frost_keys;
 mod key_file;
 pub mod share_keys;
 
-pub use share_keys::{ShareKeyRing, load_share_keys};
+pub use share_keys::{ShareKeyRing, load_share_keys, member_key};
 
 use std::fs;
 use std::io::Write;
@@ -80,6 +81,9 @@ pub mod files {
     /// The directory of this server's share-key secrets, one
     /// `EPOCH.key` file (32 raw bytes, mode 0600) per epoch.
     pub const SHARE_KEYS: &str = "share-keys";
+    /// This server's own Ed25519 member key seed (32 raw bytes, mode
+    /// 0600), which signs its share-key publications; never handed out.
+    pub const MEMBER_KEY: &str = "member.key";
 
     /// The file that holds `key`.
     pub fn of(key: crate::keys::BoundKey) -> &'static str {

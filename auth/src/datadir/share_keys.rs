@@ -8,13 +8,21 @@
 //! deletes the file. Unlike the group secrets, these never leave the server:
 //! a joining server gets none of them, so no single server can open every
 //! share of a voicemail.
+//!
+//! Beside them, `DIR/member.key` is the server's member key: the Ed25519
+//! seed that signs each share-key publication, so no other member can
+//! publish one in its name (docs/PROTOCOL.md §7.14). It too never leaves
+//! the server.
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
+use ed25519_dalek::{Signer, SigningKey};
 use vmail_proto::share::BoxSecret;
+
+use crate::store::{Vouch, publication_bytes};
 
 use super::key_file::write_secret_file;
 use super::{DataDirError, files, io_err};
@@ -77,10 +85,41 @@ fn write_secret(dir: &Path, epoch: u32, secret: &BoxSecret) -> Result<(), DataDi
     )
 }
 
-/// This server's share keys in memory, backed by their files.
+/// The member key of the data directory `dir`, made (and written, mode
+/// 0600) when it has none.
+pub fn member_key(dir: &Path) -> Result<SigningKey, DataDirError> {
+    let path = dir.join(files::MEMBER_KEY);
+    match fs::read(&path) {
+        Ok(bytes) => {
+            let seed: [u8; 32] =
+                bytes
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| DataDirError::Corrupt {
+                        path: path.clone(),
+                        why: format!(
+                            "{} bytes, expected 32; restore it from a backup, or wipe the data \
+                     directory and join the group again",
+                            bytes.len()
+                        ),
+                    })?;
+            Ok(SigningKey::from_bytes(&seed))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = SigningKey::from_bytes(&vmail_proto::random_bytes());
+            write_secret_file(dir, &path, key.as_bytes(), "a member key exists already")?;
+            Ok(key)
+        }
+        Err(e) => Err(io_err(&path)(e)),
+    }
+}
+
+/// This server's share keys in memory, backed by their files, and the
+/// member key that vouches for them.
 pub struct ShareKeyRing {
     dir: PathBuf,
     keys: RwLock<BTreeMap<u32, BoxSecret>>,
+    member: SigningKey,
 }
 
 impl std::fmt::Debug for ShareKeyRing {
@@ -92,9 +131,10 @@ impl std::fmt::Debug for ShareKeyRing {
 }
 
 impl ShareKeyRing {
-    /// Loads the share keys of the data directory `dir`, creating epoch 1
-    /// when there is none.
+    /// Loads the share keys and the member key of the data directory
+    /// `dir`, creating epoch 1 and the member key when there is none.
     pub fn open(dir: &Path) -> Result<Self, DataDirError> {
+        let member = member_key(dir)?;
         let mut keys = load_share_keys(dir)?;
         if keys.is_empty() {
             let secret = BoxSecret::generate();
@@ -104,7 +144,26 @@ impl ShareKeyRing {
         Ok(Self {
             dir: dir.to_owned(),
             keys: RwLock::new(keys),
+            member,
         })
+    }
+
+    /// The public half of this server's member key.
+    pub fn member_public(&self) -> [u8; 32] {
+        self.member.verifying_key().to_bytes()
+    }
+
+    /// The member key's signature on publishing `public` as node
+    /// `node_id`'s share key of `epoch`.
+    pub fn vouch(&self, node_id: u64, epoch: u32, public: &[u8; 32]) -> Vouch {
+        Vouch {
+            member_key: self.member_public(),
+            signature: self
+                .member
+                .sign(&publication_bytes(node_id, epoch, public))
+                .to_bytes()
+                .to_vec(),
+        }
     }
 
     /// The current (newest) epoch and its public key.

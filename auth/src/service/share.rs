@@ -20,7 +20,7 @@ use vmail_proto::share::{self, ResealBinding, ShareBinding, ShareKey};
 use super::AuthService;
 use super::error::{AuthError, invalid};
 use crate::cluster::{Command, Reply};
-use crate::store::{DEPOSIT_GRACE_SECS, PublishOutcome, Session, VoicemailId};
+use crate::store::{DEPOSIT_GRACE_SECS, PublishOutcome, Session, VoicemailId, VouchRefusal};
 use crate::tls::ClusterTls;
 
 /// How often the upkeep looks at rotation and erasure once the current key
@@ -174,8 +174,9 @@ impl AuthService {
 
     /// Whether this server's current share key is in its replicated table
     /// of published keys, and is the newest there in its name. A newer one
-    /// is a key it did not make (published with a member certificate the CA
-    /// key minted): publishing again moves past it.
+    /// is a key it no longer has (its `share-keys/` restored from an older
+    /// copy) or, in a group older than member keys, one it did not make:
+    /// publishing again moves past it.
     pub async fn share_key_published(&self) -> Result<bool, AuthError> {
         let me = self.node_id();
         let (epoch, public) = self.share_keys.current();
@@ -203,18 +204,23 @@ impl AuthService {
         {
             return Err(self.behind_the_group(epoch, k.epoch));
         }
+        let vouch = self.share_keys.vouch(me, epoch, &public);
         if self.is_leader() {
             let reply = self
-                .propose(Command::PublishShareKey {
+                .propose(Command::PublishVouchedShareKey {
                     node_id: me,
                     epoch,
                     public_key: public,
+                    vouch,
                     now: self.now(),
                 })
                 .await?;
             return match reply {
                 Reply::ShareKeyPublished(PublishOutcome::Stale { newest }) => {
                     Err(self.behind_the_group(epoch, newest))
+                }
+                Reply::ShareKeyPublished(PublishOutcome::Unvouched(why)) => {
+                    Err(self.member_key_refused(why))
                 }
                 Reply::ShareKeyPublished(_) => Ok(()),
                 other => Err(AuthError::Apply(format!(
@@ -228,6 +234,8 @@ impl AuthService {
                 node_id: me,
                 epoch,
                 public_key: public.to_vec(),
+                member_key: vouch.member_key.to_vec(),
+                signature: vouch.signature,
             })
             .await
             .map_err(|s| {
@@ -267,6 +275,17 @@ impl AuthService {
     /// This server's current share key is of an epoch the group has seen
     /// (its `share-keys/` was restored or lost): moves past the group's
     /// record to a fresh epoch, to be published next, and says so.
+    /// The group refused this server's own publication: the member key it
+    /// recorded for this server is not the one in `member.key`.
+    fn member_key_refused(&self, why: VouchRefusal) -> AuthError {
+        AuthError::Unavailable(format!(
+            "the group refused the share key of {}: {why}. DATA_DIR/member.key is not the key \
+             the group recorded for this server; restore it from a backup, or wipe the data \
+             directory and join the group again",
+            self.config.name
+        ))
+    }
+
     fn behind_the_group(&self, epoch: u32, newest: u32) -> AuthError {
         let moved = self.share_keys.rotate_past(newest);
         tracing::warn!(

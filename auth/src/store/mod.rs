@@ -56,6 +56,7 @@
 
 mod dkg;
 mod key_ceremony;
+mod member_keys;
 mod policy;
 mod recall;
 mod receipts;
@@ -83,8 +84,8 @@ use vmail_proto::keys::SecretKey;
 use crate::keys::{BoundKey, KeyBinding};
 use schema::{
     CLUSTER_PUBLIC_KEY, DATA_KEY_CHECK, DKG, FIRST_CONTACTS, GRANT_ADMISSIONS, GRANT_ROSTERS,
-    GRANTS, INVITES, META, NEXT_GRANT_SERIAL, NOTES, OPAQUE_PUBLIC_KEY, OPEN_GRANTS, POLICIES,
-    RECEIPTS, REPORTS, REQUESTS, RESHARES, RETENTION, SENDERS, SESSIONS, SHARE_KEYS,
+    GRANTS, INVITES, MEMBER_KEYS, META, NEXT_GRANT_SERIAL, NOTES, OPAQUE_PUBLIC_KEY, OPEN_GRANTS,
+    POLICIES, RECEIPTS, REPORTS, REQUESTS, RESHARES, RETENTION, SENDERS, SESSIONS, SHARE_KEYS,
     STORAGE_GRANTS, USERS, VOICEMAIL_GRANTS, VOICEMAILS, WAITING,
 };
 
@@ -92,6 +93,7 @@ pub use dkg::{
     Ceremony, CeremonyEnd, DkgOutcome, DkgStep, MAX_STEP_LEN, Reshare, SealedPackage, decode_sealed,
 };
 pub use key_ceremony::KeyCeremony;
+pub use member_keys::{MemberKeyOutcome, Vouch, VouchRefusal, publication_bytes};
 pub use policy::{
     Accepted, Approach, EditRefusal, FirstContactRules, MAX_BLOCKED, MAX_CONTACTS, Policy,
     PolicyList, PolicyMode, Refusal, admit, edited,
@@ -237,7 +239,8 @@ fn add_missing_tables(db: &Database) -> Result<(), StoreError> {
         || !exists(&tx, SHARE_KEYS)?
         || !exists(&tx, DKG)?
         || !exists(&tx, RESHARES)?
-        || !exists(&tx, GRANT_ROSTERS)?;
+        || !exists(&tx, GRANT_ROSTERS)?
+        || !exists(&tx, MEMBER_KEYS)?;
     drop(tx);
     if !missing {
         return Ok(());
@@ -261,6 +264,7 @@ fn create_added_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
     tx.open_table(DKG).map_err(db_err)?;
     tx.open_table(RESHARES).map_err(db_err)?;
     tx.open_table(GRANT_ROSTERS).map_err(db_err)?;
+    tx.open_table(MEMBER_KEYS).map_err(db_err)?;
     Ok(())
 }
 

@@ -92,6 +92,9 @@ pub(super) const DKG: TableDefinition<u64, &[u8]> = TableDefinition::new("dkg");
 /// Ceremony number → postcard `Reshare`, for the ceremonies that refresh or
 /// repair the existing key rather than generate one (`dkg`).
 pub(super) const RESHARES: TableDefinition<u64, &[u8]> = TableDefinition::new("reshares");
+/// Node id → postcard `MemberKeyRow`: the Ed25519 member key each server
+/// signs its share-key publications with (`member_keys`).
+pub(super) const MEMBER_KEYS: TableDefinition<u64, &[u8]> = TableDefinition::new("member_keys");
 /// The Raft log: index → postcard-encoded entry.
 pub(crate) const RAFT_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
 /// Raft's own durable state: vote, committed, purged, applied, snapshot, node id.

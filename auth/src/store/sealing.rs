@@ -9,6 +9,7 @@ pub(super) const AAD_PASSWORD_FILE: &[u8] = b"vmail/v1/at-rest/password-file/";
 const AAD_MASTER_KEY: &[u8] = b"vmail/v1/at-rest/master-key/";
 const AAD_VOICEMAIL: &[u8] = b"vmail/v1/at-rest/voicemail/";
 const AAD_SHARE_KEY: &[u8] = b"vmail/v1/at-rest/share-key/";
+const AAD_MEMBER_KEY: &[u8] = b"vmail/v1/at-rest/member-key/";
 
 pub(super) fn aad(prefix: &[u8], row: &[u8]) -> Vec<u8> {
     [prefix, row].concat()
@@ -64,4 +65,10 @@ pub(super) fn share_key_aad(
     out.extend_from_slice(public);
     out.extend_from_slice(&published_at.to_be_bytes());
     out
+}
+
+/// A recorded member key carries an empty blob sealed under the data key
+/// over its node id and the key, like a published share key.
+pub(super) fn member_key_aad(node_id: u64, key: &[u8; 32]) -> Vec<u8> {
+    [AAD_MEMBER_KEY, &node_id.to_be_bytes(), key].concat()
 }

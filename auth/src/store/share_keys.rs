@@ -18,6 +18,7 @@ use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use vmail_proto::share::{PUBLIC_LEN, SealedShare, ShareKey};
 
+use super::member_keys::{Vouch, VouchRefusal};
 use super::schema::{GRANT_ROSTERS, SHARE_KEYS, VOICEMAILS};
 use super::sealing::share_key_aad;
 use super::voicemails::VoicemailRow;
@@ -73,6 +74,9 @@ pub enum PublishOutcome {
         /// The server's newest published epoch.
         newest: u32,
     },
+    /// The publication is not vouched for by the server's member key;
+    /// nothing changed.
+    Unvouched(VouchRefusal),
 }
 
 /// A published key as its row stores it, with an empty blob sealed under
@@ -108,9 +112,32 @@ impl Store {
     }
 
     /// Publishes `node_id`'s share key of `epoch`, unless that server
-    /// already published this epoch or a newer one. Deterministic: the
-    /// outcome depends only on the table and the arguments.
+    /// already published this epoch or a newer one, or `vouch` does not
+    /// pass [`Store::check_vouch`]. A publication that lands records its
+    /// vouch's member key for `node_id` when none was. Deterministic: the
+    /// outcome depends only on the tables and the arguments.
     pub(crate) fn publish_share_key(
+        &self,
+        tx: &WriteTransaction,
+        node_id: u64,
+        epoch: u32,
+        public: [u8; PUBLIC_LEN],
+        vouch: Option<&Vouch>,
+        now: u64,
+    ) -> Result<PublishOutcome, StoreError> {
+        if let Err(why) = self.check_vouch(tx, node_id, epoch, &public, vouch)? {
+            return Ok(PublishOutcome::Unvouched(why));
+        }
+        let outcome = self.record_share_key(tx, node_id, epoch, public, now)?;
+        if let Some(v) = vouch
+            && !matches!(outcome, PublishOutcome::Stale { .. })
+        {
+            self.register_member_key(tx, node_id, v.member_key)?;
+        }
+        Ok(outcome)
+    }
+
+    fn record_share_key(
         &self,
         tx: &WriteTransaction,
         node_id: u64,

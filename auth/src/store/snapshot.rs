@@ -7,7 +7,7 @@
 //! published share keys, then postcard [`Ceremonies`], the key-generation
 //! record, then postcard [`Reshares`], which of its ceremonies reshare
 //! the key, then postcard [`Rosters`], the share keys each grant hands
-//! out. postcard records no field names, so a snapshot made before a
+//! out, then postcard [`Members`], the member keys. postcard records no field names, so a snapshot made before a
 //! part existed (nothing after the part before it) installs with that
 //! part's tables empty.
 
@@ -15,9 +15,10 @@ use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use super::schema::{
-    DKG, FIRST_CONTACTS, GRANT_ADMISSIONS, GRANT_ROSTERS, GRANTS, INVITES, META, NEXT_GRANT_SERIAL,
-    NOTES, OPEN_GRANTS, POLICIES, RAFT, RECEIPTS, REPORTS, REQUESTS, RESHARES, RETENTION, SENDERS,
-    SESSIONS, SHARE_KEYS, STORAGE_GRANTS, USERS, VOICEMAIL_GRANTS, VOICEMAILS, WAITING,
+    DKG, FIRST_CONTACTS, GRANT_ADMISSIONS, GRANT_ROSTERS, GRANTS, INVITES, MEMBER_KEYS, META,
+    NEXT_GRANT_SERIAL, NOTES, OPEN_GRANTS, POLICIES, RAFT, RECEIPTS, REPORTS, REQUESTS, RESHARES,
+    RETENTION, SENDERS, SESSIONS, SHARE_KEYS, STORAGE_GRANTS, USERS, VOICEMAIL_GRANTS, VOICEMAILS,
+    WAITING,
 };
 use super::{Store, StoreError, corrupt, db_err, u64_le};
 
@@ -88,12 +89,27 @@ struct Rosters {
     grant_rosters: Vec<(u64, Vec<u8>)>,
 }
 
+/// The member keys, written after [`Rosters`].
+#[derive(Default, Serialize, Deserialize)]
+struct Members {
+    member_keys: Vec<(u64, Vec<u8>)>,
+}
+
 /// Every part of a snapshot.
-type Parts = (Dump, Added, Spam, Shares, Ceremonies, Reshares, Rosters);
+type Parts = (
+    Dump,
+    Added,
+    Spam,
+    Shares,
+    Ceremonies,
+    Reshares,
+    Rosters,
+    Members,
+);
 
 /// Reads a snapshot's bytes: the [`Dump`], then each later part
 /// ([`Added`], [`Spam`], [`Shares`], [`Ceremonies`], [`Reshares`],
-/// [`Rosters`]) if
+/// [`Rosters`], [`Members`]) if
 /// bytes follow; a
 /// snapshot an older server made ends early, and the parts it lacks are
 /// empty.
@@ -118,6 +134,7 @@ fn parse(bytes: &[u8]) -> Result<Parts, StoreError> {
     let ceremonies = part(&mut rest, "key generation")?;
     let reshares = part(&mut rest, "reshares")?;
     let rosters = part(&mut rest, "grant rosters")?;
+    let members = part(&mut rest, "member keys")?;
     if !rest.is_empty() {
         return Err(corrupt(
             "snapshot",
@@ -125,10 +142,14 @@ fn parse(bytes: &[u8]) -> Result<Parts, StoreError> {
             format!("{} bytes after the last part", rest.len()),
         ));
     }
-    Ok((dump, added, spam, shares, ceremonies, reshares, rosters))
+    Ok((
+        dump, added, spam, shares, ceremonies, reshares, rosters, members,
+    ))
 }
 
-fn encode_all((dump, added, spam, shares, ceremonies, reshares, rosters): &Parts) -> Vec<u8> {
+fn encode_all(
+    (dump, added, spam, shares, ceremonies, reshares, rosters, members): &Parts,
+) -> Vec<u8> {
     let mut out = postcard::to_allocvec(dump).expect("in-memory encoding cannot fail");
     out.extend(postcard::to_allocvec(added).expect("in-memory encoding cannot fail"));
     out.extend(postcard::to_allocvec(spam).expect("in-memory encoding cannot fail"));
@@ -136,6 +157,7 @@ fn encode_all((dump, added, spam, shares, ceremonies, reshares, rosters): &Parts
     out.extend(postcard::to_allocvec(ceremonies).expect("in-memory encoding cannot fail"));
     out.extend(postcard::to_allocvec(reshares).expect("in-memory encoding cannot fail"));
     out.extend(postcard::to_allocvec(rosters).expect("in-memory encoding cannot fail"));
+    out.extend(postcard::to_allocvec(members).expect("in-memory encoding cannot fail"));
     out
 }
 
@@ -223,6 +245,9 @@ impl Store {
             let rosters = Rosters {
                 grant_rosters: rows(&tx, GRANT_ROSTERS, |k, v| (k, v.to_vec()))?,
             };
+            let members = Members {
+                member_keys: rows(&tx, MEMBER_KEYS, |k, v| (k, v.to_vec()))?,
+            };
             let applied = tx
                 .open_table(RAFT)
                 .map_err(db_err)?
@@ -230,7 +255,9 @@ impl Store {
                 .map_err(db_err)?
                 .map(|v| v.value().to_vec());
             Ok((
-                encode_all(&(dump, added, spam, shares, ceremonies, reshares, rosters)),
+                encode_all(&(
+                    dump, added, spam, shares, ceremonies, reshares, rosters, members,
+                )),
                 applied,
             ))
         })
@@ -239,7 +266,7 @@ impl Store {
     /// Replaces every user-facing row with those of a snapshot made by
     /// [`Store::export`], inside `tx`.
     pub(crate) fn import(&self, tx: &WriteTransaction, bytes: &[u8]) -> Result<(), StoreError> {
-        let (dump, added, spam, shares, ceremonies, reshares, rosters) = parse(bytes)?;
+        let (dump, added, spam, shares, ceremonies, reshares, rosters, members) = parse(bytes)?;
         let mut meta = tx.open_table(META).map_err(db_err)?;
         meta.insert("next_serial", dump.next_serial.to_le_bytes().as_slice())
             .map_err(db_err)?;
@@ -341,6 +368,7 @@ impl Store {
         replace_by_serial(tx, DKG, &ceremonies.dkg)?;
         replace_by_serial(tx, RESHARES, &reshares.reshares)?;
         replace_by_serial(tx, GRANT_ROSTERS, &rosters.grant_rosters)?;
+        replace_by_serial(tx, MEMBER_KEYS, &members.member_keys)?;
         Ok(())
     }
 }

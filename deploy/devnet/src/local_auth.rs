@@ -402,7 +402,8 @@ impl LocalServer {
             .map_err(|e| LocalServerError::Join(e.to_string()))?;
         let server = Self::start_on(dir, harness, api, raft).await?;
         let tls = admin::member_tls(dir).map_err(|e| LocalServerError::Join(e.to_string()))?;
-        admin::request_join(via, &tls, server.node_id(), &server.member())
+        let member_key = server.service.share_keys().member_public();
+        admin::request_join(via, &tls, server.node_id(), &server.member(), member_key)
             .await
             .map_err(|e| LocalServerError::Join(e.to_string()))?;
         Ok(server)

@@ -551,7 +551,31 @@ pub fn commands() -> Vec<Command> {
             helpers: vec![1, 3],
             now: NOW,
         },
+        Command::RegisterMember {
+            node_id: 4,
+            member_key: member_key().verifying_key().to_bytes(),
+        },
+        Command::PublishVouchedShareKey {
+            node_id: 4,
+            epoch: 2,
+            public_key: [0x58; 32],
+            vouch: vmail_auth::store::Vouch {
+                member_key: member_key().verifying_key().to_bytes(),
+                signature: ed25519_dalek::Signer::sign(
+                    &member_key(),
+                    &vmail_auth::store::publication_bytes(4, 2, &[0x58; 32]),
+                )
+                .to_bytes()
+                .to_vec(),
+            },
+            now: NOW,
+        },
     ]
+}
+
+/// A fixed member key (docs/PROTOCOL.md §7.14).
+fn member_key() -> SigningKey {
+    SigningKey::from_bytes(&[0x6d; 32])
 }
 
 fn member(name: &str) -> Member {

@@ -524,7 +524,15 @@ async fn plaintext_endpoints_redirects_and_raft_urls_are_refused() {
     };
     let joined = tokio::time::timeout(
         Duration::from_secs(10),
-        admin::request_join(&via, &tls, 0xbad, &member),
+        admin::request_join(
+            &via,
+            &tls,
+            0xbad,
+            &member,
+            ed25519_dalek::SigningKey::from_bytes(&[7; 32])
+                .verifying_key()
+                .to_bytes(),
+        ),
     )
     .await
     .expect("the join is answered at once");

@@ -90,9 +90,15 @@ async fn group(tmp: &TempDir, clock: &Arc<ManualClock>) -> Vec<Node> {
         admin::prepare_join(&opts, &via, &credential).await.unwrap();
         let node = serve(dir.clone(), clock.clone()).await;
         let tls = admin::member_tls(&dir).unwrap();
-        admin::request_join(&via, &tls, node.svc.node_id(), &node.member)
-            .await
-            .unwrap();
+        admin::request_join(
+            &via,
+            &tls,
+            node.svc.node_id(),
+            &node.member,
+            node.svc.share_keys().member_public(),
+        )
+        .await
+        .unwrap();
         nodes.push(node);
     }
     nodes
@@ -145,6 +151,7 @@ async fn three_servers_each_open_their_share_and_any_two_recover_the_key() {
         node_id,
         epoch: 7,
         public_key,
+        ..Default::default()
     };
     let fresh = BoxSecret::generate().public().to_vec();
     let err = as_second
@@ -159,6 +166,64 @@ async fn three_servers_each_open_their_share_and_any_two_recover_the_key() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
     assert!(err.message().starts_with("public_key"), "{}", err.message());
+
+    // A thief with the second server's keys mints a certificate in the
+    // third's name with the CA key. Its share key for the third is refused
+    // all the same: unsigned, or signed by a member key of its own.
+    let stolen = nodes[1].svc.keys();
+    let (cert_pem, key_pem) = crate::keys::GroupSecrets {
+        ca_cert_pem: stolen.ca_cert_pem.clone(),
+        ca_key_pem: stolen.ca_key_pem.clone(),
+        cluster_key: stolen.cluster_key.clone(),
+        opaque_setup: stolen.opaque_setup.clone(),
+        data_key: stolen.data_key.clone(),
+    }
+    .issue(&nodes[2].member.name, vec!["localhost".into()], None)
+    .unwrap();
+    let mut as_third = crate::tls::ClusterTls {
+        ca_pem: stolen.ca_cert_pem.clone(),
+        cert_pem,
+        key_pem,
+    }
+    .client(&at.member.raft_url)
+    .unwrap();
+    let third = nodes[2].svc.node_id();
+    let err = as_third
+        .publish_share_key(publish(third, fresh.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().starts_with("member_key"), "{}", err.message());
+    let thief = ed25519_dalek::SigningKey::from_bytes(&vmail_proto::random_bytes());
+    let fresh_key: [u8; 32] = fresh.clone().try_into().unwrap();
+    let signed = vmail_proto::cluster_pb::PublishShareKeyRequest {
+        member_key: thief.verifying_key().to_bytes().to_vec(),
+        signature: ed25519_dalek::Signer::sign(
+            &thief,
+            &crate::store::publication_bytes(third, 7, &fresh_key),
+        )
+        .to_bytes()
+        .to_vec(),
+        ..publish(third, fresh.clone())
+    };
+    let err = as_third.publish_share_key(signed).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    assert!(
+        err.message()
+            .contains("a member key other than the one the group recorded"),
+        "{}",
+        err.message()
+    );
+    let listed = leader.grant_share_keys().await.unwrap();
+    let theirs = listed.iter().find(|k| k.node_id == third).unwrap();
+    assert_eq!(theirs.public, nodes[2].svc.share_keys().current().1);
+    for n in &nodes {
+        assert_eq!(
+            n.svc.store().member_key(n.svc.node_id()).unwrap(),
+            Some(n.svc.share_keys().member_public()),
+            "every member's key is recorded, by its join or its first publication"
+        );
+    }
 
     // The group keys a joining server is handed hold no share key.
     let (group, config) = admin::fetch_group(

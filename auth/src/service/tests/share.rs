@@ -2,7 +2,10 @@
 //! refusals, and rotation and erasure of the server's share keys.
 
 use super::*;
+use ed25519_dalek::{Signer, SigningKey};
+
 use crate::datadir::share_keys::share_key_file;
+use crate::store::{PublishOutcome, Vouch, VouchRefusal, publication_bytes};
 use crate::tls::ClusterTls;
 
 /// A login of `name` with the right password up to LoginFinish, as the
@@ -167,35 +170,55 @@ async fn rotation_makes_epoch_two_and_erasure_waits_for_the_last_voicemail_of_ep
             .collect::<Vec<_>>(),
         [2]
     );
-    // A stale epoch cannot be published again.
-    let stale = h
-        .svc
-        .store()
-        .write(|tx| {
-            h.svc
-                .store()
-                .publish_share_key(tx, h.svc.node_id(), 1, [5; 32], T0)
-        })
-        .unwrap();
-    assert_eq!(stale, crate::store::PublishOutcome::Stale { newest: 2 });
+    // A stale epoch cannot be published again, even vouched for.
+    let me = h.svc.node_id();
+    let publish = |epoch: u32, public: [u8; 32], vouch: Option<Vouch>| {
+        h.svc
+            .store()
+            .write(|tx| {
+                h.svc
+                    .store()
+                    .publish_share_key(tx, me, epoch, public, vouch.as_ref(), T0)
+            })
+            .unwrap()
+    };
+    let vouch = |epoch, public: &[u8; 32]| h.svc.share_keys().vouch(me, epoch, public);
+    assert_eq!(
+        publish(1, [5; 32], Some(vouch(1, &[5; 32]))),
+        PublishOutcome::Stale { newest: 2 }
+    );
 
     // A newer key in this server's name that it did not make (an active
-    // thief with the CA key publishing for it): the duty sees it is no
-    // longer the newest, moves past it and publishes its own.
-    let me = h.svc.node_id();
-    h.svc
-        .store()
-        .write(|tx| h.svc.store().publish_share_key(tx, me, 3, [6; 32], T0))
-        .unwrap();
-    assert!(!h.svc.share_key_published().await.unwrap());
-    assert!(
-        h.svc.publish_share_key(&tls).await.is_err(),
-        "it moves past"
+    // thief with the CA key publishing for it) is refused: unsigned,
+    // signed by the thief's own member key, or with this server's
+    // signature of another publication.
+    assert_eq!(
+        publish(3, [6; 32], None),
+        PublishOutcome::Unvouched(VouchRefusal::Missing)
     );
-    h.svc.publish_share_key(&tls).await.unwrap();
+    let thief = SigningKey::from_bytes(&random_bytes());
+    let forged = Vouch {
+        member_key: thief.verifying_key().to_bytes(),
+        signature: thief
+            .sign(&publication_bytes(me, 3, &[6; 32]))
+            .to_bytes()
+            .to_vec(),
+    };
+    assert_eq!(
+        publish(3, [6; 32], Some(forged)),
+        PublishOutcome::Unvouched(VouchRefusal::OtherKey)
+    );
+    assert_eq!(
+        publish(3, [6; 32], Some(vouch(3, &[7; 32]))),
+        PublishOutcome::Unvouched(VouchRefusal::BadSignature)
+    );
+    assert_eq!(
+        h.svc.store().member_key(me).unwrap(),
+        Some(h.svc.share_keys().member_public())
+    );
     assert!(h.svc.share_key_published().await.unwrap());
     let keys = h.svc.grant_share_keys().await.unwrap();
-    assert_eq!(keys[0].epoch, 4);
+    assert_eq!(keys[0].epoch, 2);
     assert_eq!(keys[0].public, h.svc.share_keys().current().1);
     h.stop().await;
 }

@@ -5,6 +5,7 @@
 //! This module holds the fixture the test files share.
 
 mod dkg;
+mod member_keys;
 mod open;
 mod receipts;
 mod sealing;

@@ -144,7 +144,7 @@ fn a_share_key_written_without_the_data_key_is_corrupt() {
     let f = Fixture::new();
     let real = vmail_proto::share::BoxSecret::generate().public();
     f.store
-        .write(|tx| f.store.publish_share_key(tx, 7, 1, real, T0))
+        .write(|tx| f.store.publish_share_key(tx, 7, 1, real, None, T0))
         .unwrap();
     assert_eq!(f.store.newest_share_keys().unwrap()[&7].0.public, real);
     // A newer epoch for server 7 with a key of the writer's own, in the

@@ -73,6 +73,10 @@ fn export_then_import_gives_identical_reads() {
         })
         .unwrap();
     assert!(matches!(outcome, GrantOutcome::Issued(..)), "{outcome:?}");
+    let member_key = random_bytes();
+    f.store
+        .write(|tx| f.store.register_member_key(tx, 7, member_key))
+        .unwrap();
     let (snapshot, _applied) = f.store.export().unwrap();
 
     // A second server of the same group (same keys) that held other rows.
@@ -104,6 +108,7 @@ fn export_then_import_gives_identical_reads() {
         assert_same_session(&second.session(&s.token_hash).unwrap().unwrap(), s);
     }
     assert!(second.invite_used(invite).unwrap());
+    assert_eq!(second.member_key(7).unwrap(), Some(member_key));
     for u in ["bob", "carol"] {
         assert_eq!(second.policy(u).unwrap(), f.store.policy(u).unwrap());
     }
@@ -185,17 +190,18 @@ fn a_snapshot_from_before_retention_and_receipts_still_installs() {
     let (snapshot, _) = f.store.export().unwrap();
     // With every added table empty, a snapshot ends in their zero lengths
     // (two of `Added`, six spam-control ones, the share keys, the key
-    // generation, the reshares, the grant rosters); without them it is what
-    // an older server made.
+    // generation, the reshares, the grant rosters, the member keys); without
+    // them it is what an older server made.
     let old = snapshot
-        .strip_suffix(&[0; 12])
-        .expect("twelve empty tables last");
+        .strip_suffix(&[0; 13])
+        .expect("thirteen empty tables last");
     for (part, tables) in [
-        ("spam", 10),
-        ("shares", 4),
-        ("dkg", 3),
-        ("reshares", 2),
-        ("rosters", 1),
+        ("spam", 11),
+        ("shares", 5),
+        ("dkg", 4),
+        ("reshares", 3),
+        ("rosters", 2),
+        ("members", 1),
     ] {
         let before = snapshot.strip_suffix(vec![0; tables].as_slice()).unwrap();
         assert_eq!(

@@ -308,7 +308,7 @@ fn each_grant_records_the_share_keys_it_hands_out_as_they_were_when_issued() {
     users(&f, &["alice", "bob"]);
     let publish = |epoch: u32, public: [u8; 32]| {
         f.store
-            .write(|tx| f.store.publish_share_key(tx, 7, epoch, public, T0))
+            .write(|tx| f.store.publish_share_key(tx, 7, epoch, public, None, T0))
             .unwrap();
     };
     publish(1, [1; 32]);

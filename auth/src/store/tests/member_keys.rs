@@ -1,0 +1,99 @@
+//! Member keys: recorded once per node, and required on every share-key
+//! publication after that.
+
+use ed25519_dalek::Signer;
+
+use super::*;
+use crate::store::{MemberKeyOutcome, PublishOutcome, Vouch, VouchRefusal, publication_bytes};
+
+fn vouch(key: &SigningKey, node: u64, epoch: u32, public: &[u8; 32]) -> Vouch {
+    Vouch {
+        member_key: key.verifying_key().to_bytes(),
+        signature: key
+            .sign(&publication_bytes(node, epoch, public))
+            .to_bytes()
+            .to_vec(),
+    }
+}
+
+#[test]
+fn a_member_key_is_recorded_once_and_vouches_for_every_later_share_key() {
+    let f = Fixture::new();
+    let publish = |node, epoch, public: [u8; 32], v: Option<Vouch>| {
+        f.store
+            .write(|tx| {
+                f.store
+                    .publish_share_key(tx, node, epoch, public, v.as_ref(), T0)
+            })
+            .unwrap()
+    };
+    let (a, b) = (
+        SigningKey::from_bytes(&random_bytes()),
+        SigningKey::from_bytes(&random_bytes()),
+    );
+    // A log entry from before member keys: no key recorded, none asked.
+    assert_eq!(publish(7, 1, [1; 32], None), PublishOutcome::Published);
+    assert_eq!(f.store.member_key(7).unwrap(), None);
+    // The first vouched publication records its key.
+    let p2 = [2; 32];
+    assert_eq!(
+        publish(7, 2, p2, Some(vouch(&a, 7, 2, &p2))),
+        PublishOutcome::Published
+    );
+    assert_eq!(
+        f.store.member_key(7).unwrap(),
+        Some(a.verifying_key().to_bytes())
+    );
+    // From then on only that key publishes for node 7.
+    let p3 = [3; 32];
+    assert_eq!(
+        publish(7, 3, p3, None),
+        PublishOutcome::Unvouched(VouchRefusal::Missing)
+    );
+    assert_eq!(
+        publish(7, 3, p3, Some(vouch(&b, 7, 3, &p3))),
+        PublishOutcome::Unvouched(VouchRefusal::OtherKey)
+    );
+    assert_eq!(
+        publish(7, 3, p3, Some(vouch(&a, 7, 3, &[4; 32]))),
+        PublishOutcome::Unvouched(VouchRefusal::BadSignature)
+    );
+    assert_eq!(
+        publish(7, 3, p3, Some(vouch(&a, 8, 3, &p3))),
+        PublishOutcome::Unvouched(VouchRefusal::BadSignature),
+        "a signature for another node"
+    );
+    assert_eq!(f.store.newest_share_keys().unwrap()[&7].0.public, p2);
+    assert_eq!(
+        publish(7, 3, p3, Some(vouch(&a, 7, 3, &p3))),
+        PublishOutcome::Published
+    );
+
+    // A joining server's key, recorded by its join, is the only one its
+    // first publication may carry; a stale one records nothing.
+    let register = |node, key: &SigningKey| {
+        f.store
+            .write(|tx| {
+                f.store
+                    .register_member_key(tx, node, key.verifying_key().to_bytes())
+            })
+            .unwrap()
+    };
+    assert_eq!(register(9, &b), MemberKeyOutcome::Registered);
+    assert_eq!(register(9, &b), MemberKeyOutcome::AlreadyRegistered);
+    assert_eq!(register(9, &a), MemberKeyOutcome::OtherKey);
+    assert_eq!(
+        publish(9, 1, p2, Some(vouch(&a, 9, 1, &p2))),
+        PublishOutcome::Unvouched(VouchRefusal::OtherKey)
+    );
+    assert_eq!(
+        publish(9, 1, p2, Some(vouch(&b, 9, 1, &p2))),
+        PublishOutcome::Published
+    );
+    assert_eq!(publish(10, 1, p2, None), PublishOutcome::Published);
+    assert_eq!(
+        publish(10, 1, p3, Some(vouch(&a, 10, 1, &p3))),
+        PublishOutcome::Stale { newest: 1 }
+    );
+    assert_eq!(f.store.member_key(10).unwrap(), None, "stale: not recorded");
+}
