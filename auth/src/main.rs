@@ -187,7 +187,8 @@ pub(crate) enum ClusterCommand {
         /// "snapshot_index": N, "members": [M, ...], "group_key": K|null}, where
         /// M is {"name", "id" (16 hex digits), "api_url", "raft_url",
         /// "role": "voter"|"learner", "matched": N (last index the leader
-        /// knows it holds; 0 when not reported)} and K is {"key" (64 hex
+        /// knows it holds; 0 when not reported), "member_key" (64 hex
+        /// digits, or null before it is recorded)} and K is {"key" (64 hex
         /// digits), "ceremony": N, "threshold": N, "holders": [id, ...]}
         /// (null until the group made a key). On failure nothing on stdout, and on stderr
         /// {"error": MESSAGE, "causes": [MESSAGE, ...], "exit_code": 1}, exit status 1.
@@ -201,6 +202,20 @@ pub(crate) enum ClusterCommand {
         /// A member's data directory (its certificate is used).
         #[arg(long)]
         data_dir: PathBuf,
+    },
+    /// Approve a server that joined, with this member's member key: a
+    /// server gets a share of the group key only once as many share
+    /// holders as the key's threshold approved it.
+    Approve {
+        /// The joined server's name.
+        name: String,
+        /// A member's data directory (its member key signs the approval).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The member key the joined server printed (64 hex digits); the
+        /// approval is refused if the group recorded another.
+        #[arg(long)]
+        member_key: Option<String>,
     },
     /// Issue a join credential for a new server (a CA-signed certificate).
     Credential {
@@ -297,9 +312,17 @@ async fn main() -> anyhow::Result<()> {
             let id = svc.raft().metrics().borrow().id;
             let tls = admin::member_tls(&dir)?;
             let member_key = svc.share_keys().member_public();
+            let name = me.name.clone();
             let joining = tokio::spawn(async move {
                 match admin::request_join(&via, &tls, id, &me, member_key).await {
-                    Ok(index) => tracing::info!(index, "joined the group as a voter"),
+                    Ok(index) => {
+                        tracing::info!(index, "joined the group as a voter");
+                        println!(
+                            "joined as {name}, member key {}. Once the group has a key, this server gets a share of it when as many share holders as its threshold approve it: run `vmail-auth cluster approve {name} --member-key {} --data-dir MEMBER_DIR` on each",
+                            hex::encode(member_key),
+                            hex::encode(member_key)
+                        );
+                    }
                     Err(e) => {
                         tracing::error!(error = %e, "joining the group failed; rerun `vmail-auth join` on this data dir to retry")
                     }

@@ -919,6 +919,22 @@ impl TestCluster {
         &self.harness
     }
 
+    /// Member `by` approves member `joined` with its member key, as
+    /// `vmail-auth cluster approve` does; returns the approvers so far, or
+    /// why the group refused.
+    pub async fn approve(&self, by: usize, joined: usize) -> Result<Vec<u64>, String> {
+        let key = self.server(joined).service.share_keys().member_public();
+        vmail_auth::cluster::admin::approve_join(
+            &self.data_dir(by),
+            &self.server(by).member().raft_url,
+            self.name(joined),
+            Some(key),
+        )
+        .await
+        .map(|(_, _, approvers)| approvers)
+        .map_err(|e| e.to_string())
+    }
+
     /// Removes member `i` from the group through the leader's admin API
     /// (`vmail-auth cluster remove`).
     pub async fn remove(&self, i: usize) {

@@ -897,6 +897,23 @@ async fn a_joining_server_gets_a_share_and_a_removed_ones_combines_with_nothing_
 
     let joined = cluster.add().await;
     cluster.wait_voters(4).await;
+    // A voter the CA key let in gets no share until two share holders
+    // approved it: not by its own word, not by one holder.
+    let err = cluster.approve(joined, joined).await.unwrap_err();
+    assert!(err.contains("its own join"), "{err}");
+    let one = cluster.approve(0, joined).await.unwrap();
+    assert_eq!(one, [cluster.server(0).node_id()]);
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    for i in 0..4 {
+        let store = cluster.server(i).service.store();
+        assert_eq!(
+            store.current_ceremony().unwrap().map(|(n, _)| n),
+            Some(first),
+            "no repair begins with one approval"
+        );
+    }
+    assert!(!datadir::frost_keys::frost_key_file(&cluster.data_dir(joined), first + 1).exists());
+    cluster.approve(1, joined).await.unwrap();
     let repaired = next_key(&cluster, first).await;
     assert_eq!(
         repaired.group_key, group_key,

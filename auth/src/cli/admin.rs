@@ -1,4 +1,4 @@
-//! `vmail-auth health` and `vmail-auth cluster status|remove|credential`:
+//! `vmail-auth health` and `vmail-auth cluster status|remove|approve|credential`:
 //! asking a running server, and changing the group's membership.
 
 use std::time::Duration;
@@ -60,6 +60,7 @@ pub(crate) fn status_json(s: &admin::GroupStatus) -> serde_json::Value {
             "raft_url": m.member.raft_url,
             "role": if m.voter { "voter" } else { "learner" },
             "matched": m.matched,
+            "member_key": m.member_key.map(hex::encode),
         })
     };
     serde_json::json!({
@@ -168,6 +169,28 @@ pub(crate) async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
             let url = own_raft_url(&data_dir)?;
             admin::remove(&url, &admin::member_tls(&data_dir)?, &name).await?;
             println!("removed {name} from the group");
+        }
+        ClusterCommand::Approve {
+            name,
+            data_dir,
+            member_key,
+        } => {
+            let expected = member_key
+                .map(|k| {
+                    hex::decode(k.trim())
+                        .ok()
+                        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                        .context("--member-key: expected 64 hex digits, as `vmail-auth join` printed them")
+                })
+                .transpose()?;
+            let url = own_raft_url(&data_dir)?;
+            let (id, key, approvers) =
+                admin::approve_join(&data_dir, &url, &name, expected).await?;
+            println!(
+                "approved {name} (node {id:016x}, member key {}); {} approval(s) so far",
+                hex::encode(key),
+                approvers.len()
+            );
         }
         ClusterCommand::Credential {
             name,

@@ -37,6 +37,9 @@ pub enum AdminError {
         /// What is wrong.
         why: String,
     },
+    /// A join approval cannot be made.
+    #[error("{0}")]
+    Approve(String),
     /// The member refused or could not be reached.
     #[error("{url}: {why}")]
     Call {
@@ -244,6 +247,73 @@ pub async fn request_join(
     .await
 }
 
+/// Approves the join of the member named `name` with the member key of
+/// the member whose data directory is `member_dir`, through the group at
+/// `via` (docs/PROTOCOL.md §16.9). With `expected`, the member key the log
+/// recorded for `name` must be that one. Returns the joining member's
+/// node id and member key, and the members that approved it so far.
+pub async fn approve_join(
+    member_dir: &Path,
+    via: &str,
+    name: &str,
+    expected: Option<[u8; 32]>,
+) -> Result<(u64, [u8; 32], Vec<u64>), AdminError> {
+    let tls = member_tls(member_dir)?;
+    let me = datadir::load_config(member_dir)?.name;
+    let group = status(via, &tls).await?;
+    let approver = group
+        .members
+        .iter()
+        .find(|m| m.member.name == me)
+        .ok_or_else(|| {
+            AdminError::Approve(format!(
+                "{me} (the data directory's server) is not a member of the group at {via}"
+            ))
+        })?
+        .id;
+    let joining = group
+        .members
+        .iter()
+        .find(|m| m.member.name == name)
+        .ok_or_else(|| {
+            AdminError::Approve(format!(
+                "{name} is not a member of the group; it must join first (vmail-auth join)"
+            ))
+        })?;
+    let key = joining.member_key.ok_or_else(|| {
+        AdminError::Approve(format!(
+            "{name} has no member key recorded yet; approve it once it has joined"
+        ))
+    })?;
+    if let Some(want) = expected
+        && want != key
+    {
+        return Err(AdminError::Approve(format!(
+            "the group recorded member key {} for {name}, not the {} given: this is not the \
+             server you set up; do not approve it, and remove it (vmail-auth cluster remove)",
+            hex::encode(key),
+            hex::encode(want)
+        )));
+    }
+    let signer = datadir::member_key(member_dir)?;
+    let req = pb::ApproveJoinRequest {
+        approver,
+        joining: joining.id,
+        signature: ed25519_dalek::Signer::sign(
+            &signer,
+            &crate::store::approval_bytes(joining.id, &key),
+        )
+        .to_bytes()
+        .to_vec(),
+    };
+    let approvers = with_leader(via, &tls, Duration::from_secs(30), |mut c| {
+        let req = req.clone();
+        async move { c.approve_join(req).await.map(|r| r.into_inner().approvers) }
+    })
+    .await?;
+    Ok((joining.id, key, approvers))
+}
+
 /// Removes the member named `name` from the group.
 pub async fn remove(via: &str, tls: &ClusterTls, name: &str) -> Result<(), AdminError> {
     let req = pb::RemoveRequest {
@@ -318,6 +388,8 @@ pub struct MemberStatus {
     pub voter: bool,
     /// The last log index the leader knows it holds (0 when not reported).
     pub matched: u64,
+    /// Its member key as the log recorded it (docs/PROTOCOL.md §7.14).
+    pub member_key: Option<[u8; 32]>,
 }
 
 impl From<pb::StatusResponse> for GroupStatus {
@@ -336,6 +408,11 @@ impl From<pb::StatusResponse> for GroupStatus {
                     .iter()
                     .any(|m| m.role == "voter" && m.member.as_ref().is_some_and(|x| x.id == me.id)),
                 matched: 0,
+                member_key: s
+                    .members
+                    .iter()
+                    .find(|m| m.member.as_ref().is_some_and(|x| x.id == me.id))
+                    .and_then(|m| m.member_key.as_slice().try_into().ok()),
                 member: member(me),
             },
             state: s.state,
@@ -353,6 +430,7 @@ impl From<pb::StatusResponse> for GroupStatus {
                         id: info.id,
                         voter: m.role == "voter",
                         matched: m.matched,
+                        member_key: m.member_key.as_slice().try_into().ok(),
                         member: member(info),
                     }
                 })

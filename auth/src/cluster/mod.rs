@@ -348,6 +348,17 @@ pub enum Command {
         /// Publication time, Unix seconds.
         now: u64,
     },
+    /// A member approves a joining server, which a repair of the group key
+    /// needs from the key's threshold of share holders (§16.9).
+    ApproveJoin {
+        /// The approving member's node id.
+        approver: u64,
+        /// The joining server's node id.
+        joining: u64,
+        /// The approver's member-key signature over
+        /// `store::approval_bytes(joining, its member key)` (64 bytes).
+        signature: Vec<u8>,
+    },
 }
 
 /// What applying a [`Command`] produced.
@@ -402,6 +413,9 @@ pub enum Reply {
     GroupCertified(Option<String>),
     /// Result of [`Command::RegisterMember`].
     MemberRegistered(MemberKeyOutcome),
+    /// Result of [`Command::ApproveJoin`]: the approvers so far, or why
+    /// nothing changed.
+    JoinApproved(Result<Vec<u64>, String>),
 }
 
 /// What applying an entry tells the watchers of pending voicemail: the

@@ -392,6 +392,43 @@ impl Cluster for ClusterService {
         }))
     }
 
+    async fn approve_join(
+        &self,
+        req: Request<pb::ApproveJoinRequest>,
+    ) -> Result<Response<pb::ApproveJoinResponse>, Status> {
+        let caller = caller_name(&req);
+        let r = req.into_inner();
+        if r.signature.len() != 64 {
+            return Err(Status::invalid_argument(format!(
+                "signature: {} bytes, expected 64",
+                r.signature.len()
+            )));
+        }
+        self.require_leader().await?;
+        let member =
+            self.calling_member(caller, r.approver, "approves joins only in its own name")?;
+        let resp = self
+            .raft
+            .client_write(Command::ApproveJoin {
+                approver: r.approver,
+                joining: r.joining,
+                signature: r.signature,
+            })
+            .await
+            .map_err(write_error)?;
+        match resp.data {
+            Reply::JoinApproved(Ok(approvers)) => {
+                tracing::info!(approver = %member.name, joining = format!("{:016x}", r.joining), ?approvers, "join approved");
+                Ok(Response::new(pb::ApproveJoinResponse { approvers }))
+            }
+            Reply::JoinApproved(Err(why)) => Err(Status::failed_precondition(why)),
+            Reply::Failed(why) => Err(Status::internal(why)),
+            other => Err(Status::internal(format!(
+                "unexpected reply {other:?} to a join approval"
+            ))),
+        }
+    }
+
     async fn remove(
         &self,
         req: Request<pb::RemoveRequest>,
@@ -435,6 +472,16 @@ impl Cluster for ClusterService {
         let membership = m.membership_config.membership();
         let voters: BTreeSet<u64> = membership.voter_ids().collect();
         let name_of = |id: &u64| membership.get_node(id).map(|n| n.name.clone());
+        let ids: Vec<u64> = membership.nodes().map(|(id, _)| *id).collect();
+        let member_keys = self
+            .signer
+            .db(move |s| {
+                ids.into_iter()
+                    .map(|id| Ok((id, s.member_key(id)?)))
+                    .collect::<Result<BTreeMap<u64, Option<[u8; 32]>>, _>>()
+            })
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
         let members = membership
             .nodes()
             .map(|(id, node)| pb::MemberStatus {
@@ -450,6 +497,11 @@ impl Cluster for ClusterService {
                     .as_ref()
                     .and_then(|r| r.get(id).cloned().flatten())
                     .map_or(0, |l| l.index),
+                member_key: member_keys
+                    .get(id)
+                    .copied()
+                    .flatten()
+                    .map_or_else(Vec::new, |k| k.to_vec()),
             })
             .collect();
         let me = membership

@@ -256,7 +256,9 @@ impl Signer {
         }
     }
 
-    async fn db<T: Send + 'static>(
+    /// Runs `f` on the store off the async threads (the internal service
+    /// reads through here too).
+    pub(super) async fn db<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, SignError> {

@@ -379,6 +379,11 @@ impl StateMachine {
                 node_id,
                 member_key,
             } => Reply::MemberRegistered(store.register_member_key(tx, node_id, member_key)?),
+            Command::ApproveJoin {
+                approver,
+                joining,
+                signature,
+            } => Reply::JoinApproved(store.approve_join(tx, approver, joining, &signature)?),
             Command::DkgBegin { roster, now } => Reply::Dkg(store.dkg_begin(tx, &roster, now)?),
             Command::Dkg { node_id, step } => Reply::Dkg(store.dkg_step(tx, node_id, step)?),
             Command::DkgRefresh { roster, now } => {

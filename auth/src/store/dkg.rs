@@ -294,6 +294,14 @@ impl Store {
                 key.number
             )));
         }
+        let approved = key.holders_among(&self.join_approvals_in(tx, joining)?);
+        if approved < usize::from(key.threshold) {
+            return Ok(DkgOutcome::Refused(format!(
+                "node {joining:016x} has {approved} of the {} approvals by share holders a \
+                 repair needs (vmail-auth cluster approve)",
+                key.threshold
+            )));
+        }
         let helpers = match share_holders(&key, helpers, "repair") {
             Ok(h) if h.len() == usize::from(key.threshold) => h,
             Ok(h) => {

@@ -24,6 +24,14 @@ pub struct KeyCeremony {
     pub threshold: u16,
 }
 
+impl KeyCeremony {
+    /// How many of `members` hold a share of this key: only share holders'
+    /// approvals count towards the threshold a repair needs.
+    pub fn holders_among(&self, members: &[u64]) -> usize {
+        members.iter().filter(|m| self.roster.contains(m)).count()
+    }
+}
+
 impl Store {
     /// The newest ceremony, if any began.
     pub fn current_ceremony(&self) -> Result<Option<(u64, Ceremony)>, StoreError> {

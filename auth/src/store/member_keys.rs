@@ -9,12 +9,17 @@
 //! learner; a server with none recorded (the founder, or a group older
 //! than member keys) has it recorded by its first vouched publication.
 //! Once recorded, a node id's key never changes.
+//!
+//! Member keys also approve joins (`join_approvals`): a server that joins
+//! a group with a key is repaired a share of it only once the key's
+//! threshold of share holders signed its node id and member key, so a
+//! member the CA key alone let in gets no share (docs/PROTOCOL.md §16.9).
 
 use ed25519_dalek::{Signature, VerifyingKey};
 use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
-use super::schema::MEMBER_KEYS;
+use super::schema::{JOIN_APPROVALS, MEMBER_KEYS};
 use super::sealing::member_key_aad;
 use super::{Store, StoreError, corrupt, db_err};
 
@@ -30,6 +35,23 @@ pub fn publication_bytes(node_id: u64, epoch: u32, public: &[u8; 32]) -> Vec<u8>
     out.extend_from_slice(&epoch.to_be_bytes());
     out.extend_from_slice(public);
     out
+}
+
+/// The label that opens the bytes a join approval signs.
+const APPROVAL_LABEL: &[u8] = b"vmail/v1/join-approval";
+
+/// The bytes a member key signs to approve node `joining`, whose member
+/// key is `joining_key`: label ‖ node id (u64 BE) ‖ its member key.
+pub fn approval_bytes(joining: u64, joining_key: &[u8; 32]) -> Vec<u8> {
+    [APPROVAL_LABEL, &joining.to_be_bytes(), joining_key].concat()
+}
+
+/// Whether `signature` is `key`'s Ed25519 signature over `message`.
+fn signed_by(key: &[u8; 32], message: &[u8], signature: &[u8]) -> bool {
+    VerifyingKey::from_bytes(key)
+        .ok()
+        .zip(Signature::from_slice(signature).ok())
+        .is_some_and(|(key, sig)| key.verify_strict(message, &sig).is_ok())
 }
 
 /// A server's signature on its share-key publication.
@@ -158,17 +180,95 @@ impl Store {
         if recorded.is_some_and(|k| k != vouch.member_key) {
             return Ok(Err(VouchRefusal::OtherKey));
         }
-        let verifies = VerifyingKey::from_bytes(&vouch.member_key)
-            .ok()
-            .zip(Signature::from_slice(&vouch.signature).ok())
-            .is_some_and(|(key, sig)| {
-                key.verify_strict(&publication_bytes(node_id, epoch, public), &sig)
-                    .is_ok()
-            });
+        let verifies = signed_by(
+            &vouch.member_key,
+            &publication_bytes(node_id, epoch, public),
+            &vouch.signature,
+        );
         Ok(if verifies {
             Ok(())
         } else {
             Err(VouchRefusal::BadSignature)
         })
     }
+
+    /// Records `approver`'s approval of node `joining`: its member key's
+    /// signature over [`approval_bytes`] with `joining`'s recorded key.
+    /// Returns the approvers so far, or why nothing changed.
+    pub(crate) fn approve_join(
+        &self,
+        tx: &WriteTransaction,
+        approver: u64,
+        joining: u64,
+        signature: &[u8],
+    ) -> Result<Result<Vec<u64>, String>, StoreError> {
+        if approver == joining {
+            return Ok(Err("a server cannot approve its own join".into()));
+        }
+        let keys = tx.open_table(MEMBER_KEYS).map_err(db_err)?;
+        let Some(approver_key) = self.member_key_in(&keys, approver)? else {
+            return Ok(Err(format!(
+                "node {approver:016x} has no member key recorded, so it cannot approve"
+            )));
+        };
+        let Some(joining_key) = self.member_key_in(&keys, joining)? else {
+            return Ok(Err(format!(
+                "node {joining:016x} has no member key recorded: it has not joined"
+            )));
+        };
+        if !signed_by(
+            &approver_key,
+            &approval_bytes(joining, &joining_key),
+            signature,
+        ) {
+            return Ok(Err(format!(
+                "the approval does not verify under the member key of node {approver:016x} \
+                 for node {joining:016x}'s member key"
+            )));
+        }
+        let mut table = tx.open_table(JOIN_APPROVALS).map_err(db_err)?;
+        let mut approvers = approvers_in(&table, joining)?;
+        if let Err(at) = approvers.binary_search(&approver) {
+            approvers.insert(at, approver);
+            table
+                .insert(
+                    joining,
+                    postcard::to_allocvec(&approvers)
+                        .expect("encodes")
+                        .as_slice(),
+                )
+                .map_err(db_err)?;
+        }
+        Ok(Ok(approvers))
+    }
+
+    /// The members that approved node `joining`, in node id order.
+    pub fn join_approvals(&self, joining: u64) -> Result<Vec<u64>, StoreError> {
+        self.run(|db| {
+            let tx = db.begin_read().map_err(db_err)?;
+            approvers_in(&tx.open_table(JOIN_APPROVALS).map_err(db_err)?, joining)
+        })
+    }
+
+    /// [`Store::join_approvals`] inside a write.
+    pub(super) fn join_approvals_in(
+        &self,
+        tx: &WriteTransaction,
+        joining: u64,
+    ) -> Result<Vec<u64>, StoreError> {
+        approvers_in(&tx.open_table(JOIN_APPROVALS).map_err(db_err)?, joining)
+    }
+}
+
+fn approvers_in(
+    table: &impl ReadableTable<u64, &'static [u8]>,
+    joining: u64,
+) -> Result<Vec<u64>, StoreError> {
+    table
+        .get(joining)
+        .map_err(db_err)?
+        .map_or(Ok(Vec::new()), |v| {
+            postcard::from_bytes(v.value())
+                .map_err(|e| corrupt("join_approvals", format!("{joining:016x}"), e))
+        })
 }

@@ -84,16 +84,16 @@ use vmail_proto::keys::SecretKey;
 use crate::keys::{BoundKey, KeyBinding};
 use schema::{
     CLUSTER_PUBLIC_KEY, DATA_KEY_CHECK, DKG, FIRST_CONTACTS, GRANT_ADMISSIONS, GRANT_ROSTERS,
-    GRANTS, INVITES, MEMBER_KEYS, META, NEXT_GRANT_SERIAL, NOTES, OPAQUE_PUBLIC_KEY, OPEN_GRANTS,
-    POLICIES, RECEIPTS, REPORTS, REQUESTS, RESHARES, RETENTION, SENDERS, SESSIONS, SHARE_KEYS,
-    STORAGE_GRANTS, USERS, VOICEMAIL_GRANTS, VOICEMAILS, WAITING,
+    GRANTS, INVITES, JOIN_APPROVALS, MEMBER_KEYS, META, NEXT_GRANT_SERIAL, NOTES,
+    OPAQUE_PUBLIC_KEY, OPEN_GRANTS, POLICIES, RECEIPTS, REPORTS, REQUESTS, RESHARES, RETENTION,
+    SENDERS, SESSIONS, SHARE_KEYS, STORAGE_GRANTS, USERS, VOICEMAIL_GRANTS, VOICEMAILS, WAITING,
 };
 
 pub use dkg::{
     Ceremony, CeremonyEnd, DkgOutcome, DkgStep, MAX_STEP_LEN, Reshare, SealedPackage, decode_sealed,
 };
 pub use key_ceremony::KeyCeremony;
-pub use member_keys::{MemberKeyOutcome, Vouch, VouchRefusal, publication_bytes};
+pub use member_keys::{MemberKeyOutcome, Vouch, VouchRefusal, approval_bytes, publication_bytes};
 pub use policy::{
     Accepted, Approach, EditRefusal, FirstContactRules, MAX_BLOCKED, MAX_CONTACTS, Policy,
     PolicyList, PolicyMode, Refusal, admit, edited,
@@ -240,7 +240,8 @@ fn add_missing_tables(db: &Database) -> Result<(), StoreError> {
         || !exists(&tx, DKG)?
         || !exists(&tx, RESHARES)?
         || !exists(&tx, GRANT_ROSTERS)?
-        || !exists(&tx, MEMBER_KEYS)?;
+        || !exists(&tx, MEMBER_KEYS)?
+        || !exists(&tx, JOIN_APPROVALS)?;
     drop(tx);
     if !missing {
         return Ok(());
@@ -265,6 +266,7 @@ fn create_added_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
     tx.open_table(RESHARES).map_err(db_err)?;
     tx.open_table(GRANT_ROSTERS).map_err(db_err)?;
     tx.open_table(MEMBER_KEYS).map_err(db_err)?;
+    tx.open_table(JOIN_APPROVALS).map_err(db_err)?;
     Ok(())
 }
 

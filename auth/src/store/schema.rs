@@ -95,6 +95,10 @@ pub(super) const RESHARES: TableDefinition<u64, &[u8]> = TableDefinition::new("r
 /// Node id → postcard `MemberKeyRow`: the Ed25519 member key each server
 /// signs its share-key publications with (`member_keys`).
 pub(super) const MEMBER_KEYS: TableDefinition<u64, &[u8]> = TableDefinition::new("member_keys");
+/// Joining node id → postcard `Vec<u64>`: the members that approved its
+/// join with their member keys, which a repair needs (`member_keys`).
+pub(super) const JOIN_APPROVALS: TableDefinition<u64, &[u8]> =
+    TableDefinition::new("join_approvals");
 /// The Raft log: index → postcard-encoded entry.
 pub(crate) const RAFT_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
 /// Raft's own durable state: vote, committed, purged, applied, snapshot, node id.

@@ -7,7 +7,8 @@
 //! published share keys, then postcard [`Ceremonies`], the key-generation
 //! record, then postcard [`Reshares`], which of its ceremonies reshare
 //! the key, then postcard [`Rosters`], the share keys each grant hands
-//! out, then postcard [`Members`], the member keys. postcard records no field names, so a snapshot made before a
+//! out, then postcard [`Members`], the member keys and join approvals.
+//! postcard records no field names, so a snapshot made before a
 //! part existed (nothing after the part before it) installs with that
 //! part's tables empty.
 
@@ -15,10 +16,10 @@ use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use super::schema::{
-    DKG, FIRST_CONTACTS, GRANT_ADMISSIONS, GRANT_ROSTERS, GRANTS, INVITES, MEMBER_KEYS, META,
-    NEXT_GRANT_SERIAL, NOTES, OPEN_GRANTS, POLICIES, RAFT, RECEIPTS, REPORTS, REQUESTS, RESHARES,
-    RETENTION, SENDERS, SESSIONS, SHARE_KEYS, STORAGE_GRANTS, USERS, VOICEMAIL_GRANTS, VOICEMAILS,
-    WAITING,
+    DKG, FIRST_CONTACTS, GRANT_ADMISSIONS, GRANT_ROSTERS, GRANTS, INVITES, JOIN_APPROVALS,
+    MEMBER_KEYS, META, NEXT_GRANT_SERIAL, NOTES, OPEN_GRANTS, POLICIES, RAFT, RECEIPTS, REPORTS,
+    REQUESTS, RESHARES, RETENTION, SENDERS, SESSIONS, SHARE_KEYS, STORAGE_GRANTS, USERS,
+    VOICEMAIL_GRANTS, VOICEMAILS, WAITING,
 };
 use super::{Store, StoreError, corrupt, db_err, u64_le};
 
@@ -89,10 +90,11 @@ struct Rosters {
     grant_rosters: Vec<(u64, Vec<u8>)>,
 }
 
-/// The member keys, written after [`Rosters`].
+/// The member keys and join approvals, written after [`Rosters`].
 #[derive(Default, Serialize, Deserialize)]
 struct Members {
     member_keys: Vec<(u64, Vec<u8>)>,
+    join_approvals: Vec<(u64, Vec<u8>)>,
 }
 
 /// Every part of a snapshot.
@@ -247,6 +249,7 @@ impl Store {
             };
             let members = Members {
                 member_keys: rows(&tx, MEMBER_KEYS, |k, v| (k, v.to_vec()))?,
+                join_approvals: rows(&tx, JOIN_APPROVALS, |k, v| (k, v.to_vec()))?,
             };
             let applied = tx
                 .open_table(RAFT)
@@ -369,6 +372,7 @@ impl Store {
         replace_by_serial(tx, RESHARES, &reshares.reshares)?;
         replace_by_serial(tx, GRANT_ROSTERS, &rosters.grant_rosters)?;
         replace_by_serial(tx, MEMBER_KEYS, &members.member_keys)?;
+        replace_by_serial(tx, JOIN_APPROVALS, &members.join_approvals)?;
         Ok(())
     }
 }

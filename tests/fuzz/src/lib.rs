@@ -570,6 +570,16 @@ pub fn commands() -> Vec<Command> {
             },
             now: NOW,
         },
+        Command::ApproveJoin {
+            approver: 1,
+            joining: 4,
+            signature: ed25519_dalek::Signer::sign(
+                &SigningKey::from_bytes(&[0x61; 32]),
+                &vmail_auth::store::approval_bytes(4, &member_key().verifying_key().to_bytes()),
+            )
+            .to_bytes()
+            .to_vec(),
+        },
     ]
 }
 

@@ -20,7 +20,7 @@
 //! restarts mid-ceremony cannot finish it; the leader begins a new one once
 //! [`DKG_STALL_SECS`] pass without an end.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -121,6 +121,8 @@ struct Mine {
     repair_delta: Option<threshold::Delta>,
     /// Whether this member built its repair report.
     repair_reported: bool,
+    /// Voters without a share the leader said wait for approvals.
+    awaiting_approval: BTreeSet<u64>,
 }
 
 /// Runs the key generation duty until the service shuts down.
@@ -166,8 +168,39 @@ async fn pass(
         }
         mine.erased_before = k.number;
     }
+    let voters: Vec<u64> = svc
+        .raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .voter_ids()
+        .collect();
+    let mut approved = BTreeSet::new();
     if svc.is_leader()
-        && let Some(begin) = ceremony_to_begin(svc, current.as_ref(), key.as_ref())
+        && let Some(k) = &key
+    {
+        for v in voters.iter().copied().filter(|v| !k.roster.contains(v)) {
+            let approvers = svc
+                .db(move |s| s.join_approvals(v))
+                .await
+                .map_err(|e| e.to_string())?;
+            let n = k.holders_among(&approvers);
+            if n >= usize::from(k.threshold) {
+                approved.insert(v);
+            } else if mine.awaiting_approval.insert(v) {
+                tracing::warn!(
+                    node = format!("{v:016x}"),
+                    approvals = n,
+                    needed = k.threshold,
+                    "a voter holds no share of the group key and waits for share holders to \
+                     approve its join (vmail-auth cluster approve NAME on each)"
+                );
+            }
+        }
+    }
+    if svc.is_leader()
+        && let Some(begin) =
+            ceremony_to_begin(svc, &voters, current.as_ref(), key.as_ref(), &approved)
     {
         let reply = svc
             .propose(begin.clone())
@@ -397,30 +430,26 @@ fn held_key(dir: &Path, of: u64) -> Result<(KeyPackage, PublicKeyPackage), Strin
 ///   are [`MIN_MEMBERS`];
 /// - once a share holder is no longer a voter, a refresh among the voters
 ///   that hold shares (if at least the key's threshold remain);
-/// - otherwise, for a voter without a share, a repair by the key's
-///   threshold of share holders, a different set on each attempt.
+/// - otherwise, for a voter without a share whose join the key's
+///   threshold of share holders `approved`, a repair by that many share
+///   holders, a different set on each attempt.
 ///
 /// A ceremony that failed or made no progress is begun again after
 /// [`DKG_STALL_SECS`], so a member that keeps failing it costs one entry a
 /// minute.
 fn ceremony_to_begin(
     svc: &AuthService,
+    voters: &[u64],
     current: Option<&(u64, Ceremony)>,
     key: Option<&KeyCeremony>,
+    approved: &BTreeSet<u64>,
 ) -> Option<Command> {
-    let voters: Vec<u64> = svc
-        .raft
-        .metrics()
-        .borrow()
-        .membership_config
-        .voter_ids()
-        .collect();
     let now = svc.now();
     let stalled = |c: &Ceremony| now.saturating_sub(c.began_at) > DKG_STALL_SECS;
     let Some(key) = key else {
         let due = voters.len() >= MIN_MEMBERS && current.is_none_or(|(_, c)| stalled(c));
         return due.then_some(Command::DkgBegin {
-            roster: voters,
+            roster: voters.to_vec(),
             now,
         });
     };
@@ -450,7 +479,10 @@ fn ceremony_to_begin(
             now,
         });
     }
-    let joining = voters.iter().copied().find(|v| !key.roster.contains(v))?;
+    let joining = voters
+        .iter()
+        .copied()
+        .find(|v| !key.roster.contains(v) && approved.contains(v))?;
     let first = usize::try_from(attempts).unwrap_or(0) % holders.len();
     let helpers = (0..t)
         .map(|i| holders[(first + i) % holders.len()])

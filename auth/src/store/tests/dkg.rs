@@ -5,7 +5,7 @@
 //! group key, and replaces the key only once it ends.
 
 use super::*;
-use crate::store::Reshare;
+use crate::store::{Reshare, approval_bytes};
 
 fn begin(f: &Fixture, roster: &[u64]) -> DkgOutcome {
     f.store
@@ -211,6 +211,51 @@ fn a_repair_takes_deltas_then_sigmas_from_exactly_its_helpers_and_every_member_r
     begin(&f, &[1, 2, 3]);
     run(&f, 1, &[1, 2, 3], 5);
     refused(repair(&f, 3, &[1, 2]), "already holds a share");
+    // A joining server is repaired only once the key's threshold of share
+    // holders approved it with their member keys.
+    refused(repair(&f, 4, &[1, 2]), "has 0 of the 2 approvals");
+    let keys: Vec<SigningKey> = (0..=6)
+        .map(|_| SigningKey::from_bytes(&random_bytes()))
+        .collect();
+    for n in 1..=5u64 {
+        f.store
+            .write(|tx| {
+                f.store
+                    .register_member_key(tx, n, keys[n as usize].verifying_key().to_bytes())
+            })
+            .unwrap();
+    }
+    let approve = |approver: u64, joining: u64, by: &SigningKey| {
+        let joining_key = keys[joining as usize].verifying_key().to_bytes();
+        let signature = ed25519_dalek::Signer::sign(by, &approval_bytes(joining, &joining_key));
+        f.store
+            .write(|tx| {
+                f.store
+                    .approve_join(tx, approver, joining, &signature.to_bytes())
+            })
+            .unwrap()
+    };
+    let not_approved = |r: Result<Vec<u64>, String>, why: &str| {
+        assert!(r.as_ref().is_err_and(|e| e.contains(why)), "{r:?}");
+    };
+    not_approved(approve(4, 4, &keys[4]), "its own join");
+    not_approved(approve(1, 4, &keys[2]), "does not verify");
+    not_approved(
+        approve(1, 6, &keys[1]),
+        "0000000000000006 has no member key",
+    );
+    not_approved(
+        approve(6, 4, &keys[1]),
+        "0000000000000006 has no member key",
+    );
+    assert_eq!(approve(1, 4, &keys[1]), Ok(vec![1]));
+    assert_eq!(approve(1, 4, &keys[1]), Ok(vec![1]), "once per approver");
+    refused(repair(&f, 4, &[1, 2]), "has 1 of the 2 approvals");
+    // Server 5 holds no share: its approval does not count.
+    assert_eq!(approve(5, 4, &keys[5]), Ok(vec![1, 5]));
+    refused(repair(&f, 4, &[1, 2]), "has 1 of the 2 approvals");
+    assert_eq!(approve(3, 4, &keys[3]), Ok(vec![1, 3, 5]));
+    assert_eq!(f.store.join_approvals(4).unwrap(), vec![1, 3, 5]);
     refused(repair(&f, 4, &[1]), "needs at least 2");
     refused(repair(&f, 4, &[1, 2, 3]), "exactly 2 helpers");
     refused(repair(&f, 4, &[1, 5]), "0000000000000005 holds no share");

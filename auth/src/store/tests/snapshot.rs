@@ -190,18 +190,18 @@ fn a_snapshot_from_before_retention_and_receipts_still_installs() {
     let (snapshot, _) = f.store.export().unwrap();
     // With every added table empty, a snapshot ends in their zero lengths
     // (two of `Added`, six spam-control ones, the share keys, the key
-    // generation, the reshares, the grant rosters, the member keys); without
-    // them it is what an older server made.
+    // generation, the reshares, the grant rosters, the member keys and join
+    // approvals); without them it is what an older server made.
     let old = snapshot
-        .strip_suffix(&[0; 13])
-        .expect("thirteen empty tables last");
+        .strip_suffix(&[0; 14])
+        .expect("fourteen empty tables last");
     for (part, tables) in [
-        ("spam", 11),
-        ("shares", 5),
-        ("dkg", 4),
-        ("reshares", 3),
-        ("rosters", 2),
-        ("members", 1),
+        ("spam", 12),
+        ("shares", 6),
+        ("dkg", 5),
+        ("reshares", 4),
+        ("rosters", 3),
+        ("members", 2),
     ] {
         let before = snapshot.strip_suffix(vec![0; tables].as_slice()).unwrap();
         assert_eq!(

@@ -249,8 +249,11 @@ async fn current_leader(
 const GROUP_KEY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The group key as `auth-1` reports it once its key generation completed
-/// (the group needs three servers for one), so that the peers and the CLI
-/// pin it.
+/// (the group needs three servers for one) and every voter holds a share
+/// of it, so that the peers and the CLI pin it. A server that joined after
+/// the key was made is approved by the key's threshold of share holders,
+/// as their operators would (`vmail-auth cluster approve`): the testnet
+/// runs them all.
 pub(super) async fn group_key(auth_dir: &Path) -> anyhow::Result<VerifyingKey> {
     let files = AuthFiles::new(auth_dir, "auth-1");
     let (_, raft) = files
@@ -259,20 +262,53 @@ pub(super) async fn group_key(auth_dir: &Path) -> anyhow::Result<VerifyingKey> {
     let url = format!("https://127.0.0.1:{raft}");
     let tls = admin::member_tls(&files.data_dir())?;
     let deadline = Instant::now() + GROUP_KEY_TIMEOUT;
+    let mut approved = std::collections::BTreeSet::new();
     loop {
         let status = admin::status(&url, &tls).await;
         if let Ok(admin::GroupStatus {
-            group_key: Some(k), ..
+            group_key: Some(k),
+            members,
+            ..
         }) = &status
         {
-            return VerifyingKey::from_bytes(&k.key)
-                .context("auth-1 reports a group key that is not an Ed25519 key");
+            let name_of = |id: &u64| members.iter().find(|m| m.id == *id).map(|m| &m.member.name);
+            let unshared: Vec<&admin::MemberStatus> = members
+                .iter()
+                .filter(|m| m.voter && !k.holders.contains(&m.id))
+                .collect();
+            if unshared.is_empty() {
+                return VerifyingKey::from_bytes(&k.key)
+                    .context("auth-1 reports a group key that is not an Ed25519 key");
+            }
+            for joined in unshared {
+                for holder in k.holders.iter().take(k.threshold as usize) {
+                    let Some(name) = name_of(holder) else {
+                        continue;
+                    };
+                    if approved.contains(&(joined.id, *holder)) {
+                        continue;
+                    }
+                    let member_dir = AuthFiles::new(auth_dir, name).data_dir();
+                    // Until its key is recorded, or while the group elects,
+                    // it fails; the next round tries again.
+                    match admin::approve_join(&member_dir, &url, &joined.member.name, None).await {
+                        Ok(_) => {
+                            approved.insert((joined.id, *holder));
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, joined = %joined.member.name, "approval not taken yet");
+                        }
+                    }
+                }
+            }
         }
         if Instant::now() > deadline {
             bail!(
                 "the auth group made no group key within {GROUP_KEY_TIMEOUT:?} (auth-1 says: {}); \
                  see {}",
                 match status {
+                    Ok(s) if s.group_key.is_some() =>
+                        "some voters hold no share of it yet".to_owned(),
                     Ok(_) => "no key yet".to_owned(),
                     Err(e) => e.to_string(),
                 },
