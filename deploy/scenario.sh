@@ -23,6 +23,7 @@
 #      nothing is deposited, and the retry succeeds
 #  F2. an auth server restarted with its volume catches up
 #  F3. an auth server restarted without its volume rejoins as a fresh member
+#      (a learner until two share holders approve it)
 #
 # Prometheus (the compose service, scraping every service each second) is
 # asked over its HTTP API, at the start, during the faults, after repair and
@@ -467,11 +468,17 @@ compose rm -sf "$F3" >/dev/null 2>&1
 docker volume rm "$(docker volume ls -q --filter "label=com.docker.compose.project=$VMAIL_PROJECT" | grep -E "[_-]$F3\$")" >/dev/null
 compose up -d --no-deps "$F3" >/dev/null 2>&1
 wait_healthy 120 || fail "$F3 did not start"
+# The group has its key, so the fresh member is a learner with no share
+# until two share holders approve it, as their operators would.
+for s in $LEADER $F2; do
+    wait_for 60 docker exec "$(containers_of "$s")" /bin/vmail-auth cluster approve "$F3" --data-dir /data ||
+        fail "$s could not approve $F3: $(auth_status)"
+done
 wait_for 90 auth_in_step || fail "$F3 did not rejoin: $(auth_status)"
 NEW_ID=$(member_id "$(containers_of "$F3")")
 [[ $NEW_ID != "$F3_ID" ]] || fail "$F3 kept its old id"
 cli dave login dave >/dev/null || fail "dave's login after $F3 rejoined"
-ok "$F3 rejoined as a fresh member (id $F3_ID -> $NEW_ID), caught up, and dave logs in"
+ok "$F3 rejoined as a fresh member (id $F3_ID -> $NEW_ID), was approved by $LEADER and $F2, caught up, and dave logs in"
 wait_for 60 scrapes_as_expected || fail "Prometheus does not see every service up at the end: $PROM_SEEN"
 wait_for 30 auth_has_leader auth-1 auth-2 auth-3 || fail "Prometheus does not see one auth leader at the end: $PROM_SEEN"
 ok "Prometheus scrapes every service; $PROM_SEEN"

@@ -315,13 +315,20 @@ async fn main() -> anyhow::Result<()> {
             let name = me.name.clone();
             let joining = tokio::spawn(async move {
                 match admin::request_join(&via, &tls, id, &me, member_key).await {
-                    Ok(index) => {
-                        tracing::info!(index, "joined the group as a voter");
-                        println!(
-                            "joined as {name}, member key {}. Once the group has a key, this server gets a share of it when as many share holders as its threshold approve it: run `vmail-auth cluster approve {name} --member-key {} --data-dir MEMBER_DIR` on each",
-                            hex::encode(member_key),
-                            hex::encode(member_key)
+                    Ok(joined) => {
+                        let key = hex::encode(member_key);
+                        tracing::info!(
+                            index = joined.log_index,
+                            voter = joined.voter,
+                            "joined the group"
                         );
+                        if joined.voter {
+                            println!("joined as {name}, a voter; member key {key}");
+                        } else {
+                            println!(
+                                "joined as {name}, a learner; member key {key}. The group has its key, so this server votes and gets a share of it once as many share holders as the key's threshold approve it: on each, run `vmail-auth cluster approve {name} --member-key {key} --data-dir MEMBER_DIR`"
+                            );
+                        }
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "joining the group failed; rerun `vmail-auth join` on this data dir to retry")

@@ -552,6 +552,9 @@ async fn a_fourth_server_joins_live_and_one_is_removed_while_clients_work() {
         .expect("grant before the join");
     assert_eq!(before_join.share_keys.len(), 3);
     let added = cluster.add().await;
+    for by in 0..2 {
+        cluster.approve(by, added).await.expect("approve the join");
+    }
     cluster.wait_voters(4).await;
     carol
         .deposit(&before_join)

@@ -895,15 +895,22 @@ async fn a_joining_server_gets_a_share_and_a_removed_ones_combines_with_nothing_
     let pinned = ed25519_dalek::VerifyingKey::from_bytes(&group_key).unwrap();
     let old: Vec<_> = (0..3).map(|i| key_package(&cluster, i, first)).collect();
 
+    // A server the CA key let in neither votes nor gets a share until two
+    // share holders approved it: not by its own word, not by one holder.
     let joined = cluster.add().await;
-    cluster.wait_voters(4).await;
-    // A voter the CA key let in gets no share until two share holders
-    // approved it: not by its own word, not by one holder.
+    let learner = |cluster: &TestCluster| {
+        let m = cluster.server(0).service.raft().metrics().borrow().clone();
+        let id = cluster.server(joined).node_id();
+        let membership = m.membership_config.membership();
+        membership.get_node(&id).is_some() && !membership.voter_ids().any(|v| v == id)
+    };
+    assert!(learner(&cluster), "a learner until approved");
     let err = cluster.approve(joined, joined).await.unwrap_err();
     assert!(err.contains("its own join"), "{err}");
     let one = cluster.approve(0, joined).await.unwrap();
     assert_eq!(one, [cluster.server(0).node_id()]);
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert!(learner(&cluster), "one approval gives no vote");
     for i in 0..4 {
         let store = cluster.server(i).service.store();
         assert_eq!(
@@ -914,6 +921,7 @@ async fn a_joining_server_gets_a_share_and_a_removed_ones_combines_with_nothing_
     }
     assert!(!datadir::frost_keys::frost_key_file(&cluster.data_dir(joined), first + 1).exists());
     cluster.approve(1, joined).await.unwrap();
+    cluster.wait_voters(4).await;
     let repaired = next_key(&cluster, first).await;
     assert_eq!(
         repaired.group_key, group_key,

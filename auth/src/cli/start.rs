@@ -108,8 +108,16 @@ pub(crate) async fn start(
                 admin::request_join(url, &tls, id, &me, member_key)
             })
             .await;
-            if let Ok(index) = joined {
-                tracing::info!(index, "joined the group as a voter");
+            match joined {
+                Ok(j) if j.voter => {
+                    tracing::info!(index = j.log_index, "joined the group as a voter")
+                }
+                Ok(j) => tracing::warn!(
+                    index = j.log_index,
+                    member_key = %hex::encode(member_key),
+                    "joined the group as a learner: it votes and gets a share of the group key once share holders approve it (vmail-auth cluster approve NAME --member-key KEY)"
+                ),
+                Err(_) => {}
             }
         }
         // A member of the group answers enrolment requests and keeps the

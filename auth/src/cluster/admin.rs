@@ -227,7 +227,8 @@ pub const JOIN_DEADLINE: Duration = Duration::from_secs(120);
 
 /// Asks the group to add `member` (node `id`, whose member key is
 /// `member_key`, `ShareKeyRing::member_public`): as a learner first, then,
-/// once it has caught up, as a voter. Follows leader redirects and retries
+/// once it has caught up, as a voter, unless the group has a key and the
+/// joined server awaits approval. Follows leader redirects and retries
 /// while no leader is known, up to [`JOIN_DEADLINE`].
 pub async fn request_join(
     via: &str,
@@ -235,16 +236,35 @@ pub async fn request_join(
     id: u64,
     member: &Member,
     member_key: [u8; 32],
-) -> Result<u64, AdminError> {
+) -> Result<Joined, AdminError> {
     let req = pb::JoinRequest {
         member: Some(member_to_pb(id, member)),
         member_key: member_key.to_vec(),
     };
     with_leader(via, tls, JOIN_DEADLINE, |mut c| {
         let req = req.clone();
-        async move { c.join(req).await.map(|r| r.into_inner().log_index) }
+        async move {
+            c.join(req).await.map(|r| {
+                let r = r.into_inner();
+                Joined {
+                    log_index: r.log_index,
+                    voter: r.voter,
+                }
+            })
+        }
     })
     .await
+}
+
+/// What [`request_join`] achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Joined {
+    /// The index of the membership entry that added the server.
+    pub log_index: u64,
+    /// Whether it votes already; a group with a key keeps it a learner
+    /// until the key's threshold of share holders approved it
+    /// ([`approve_join`]).
+    pub voter: bool,
 }
 
 /// Approves the join of the member named `name` with the member key of

@@ -374,10 +374,33 @@ impl Cluster for ClusterService {
             )));
         }
         tracing::info!(%member, id, "adding a learner; waiting for it to catch up");
-        self.raft
+        let learner = self
+            .raft
             .add_learner(id, member.clone(), true)
             .await
             .map_err(write_error)?;
+        // Once the group has a key, the CA certificate that got the caller
+        // here is not enough to vote: share holders approve first, and the
+        // key duty promotes it then.
+        let key = self
+            .signer
+            .key_ceremony()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        if let Some(k) = key {
+            let approvers = self
+                .signer
+                .db(move |s| s.join_approvals(id))
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))?;
+            if k.holders_among(&approvers) < usize::from(k.threshold) {
+                tracing::info!(%member, id, "a learner until share holders approve it");
+                return Ok(Response::new(pb::JoinResponse {
+                    log_index: learner.log_id.index,
+                    voter: false,
+                }));
+            }
+        }
         let resp = self
             .raft
             .change_membership(
@@ -389,6 +412,7 @@ impl Cluster for ClusterService {
         tracing::info!(%member, id, "now a voter");
         Ok(Response::new(pb::JoinResponse {
             log_index: resp.log_id.index,
+            voter: true,
         }))
     }
 

@@ -13,8 +13,11 @@
 //! its key package, ending with the same group key and new shares. Every
 //! server erases its key packages older than the key's ceremony once it
 //! applies the end of a reshare, so a removed server's share combines with
-//! nothing the group still holds. A voter without a share gets one by a
-//! repair (`repair`), which changes no other member's share.
+//! nothing the group still holds. A server that joined after the key
+//! first needs the approval of the key's threshold of share holders
+//! (`vmail-auth cluster approve`): the leader then makes it a voter, if it
+//! was a learner, and gives it a share by a repair (`repair`), which
+//! changes no other member's share.
 //!
 //! The round secrets live only in this task's memory. A member that
 //! restarts mid-ceremony cannot finish it; the leader begins a new one once
@@ -25,12 +28,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use openraft::ChangeMembers;
 use sha2::{Digest, Sha256};
 use vmail_proto::cluster_pb as cpb;
 use vmail_proto::share;
 
 use super::AuthService;
-use crate::cluster::{Command, Reply};
+use crate::cluster::{Command, Member, Reply};
 use crate::datadir::frost_keys;
 use crate::store::{Ceremony, DkgOutcome, DkgStep, KeyCeremony, Reshare, SealedPackage};
 use crate::threshold::dkg::{self, DkgRound1, DkgRound2};
@@ -168,33 +172,48 @@ async fn pass(
         }
         mine.erased_before = k.number;
     }
-    let voters: Vec<u64> = svc
-        .raft
-        .metrics()
-        .borrow()
-        .membership_config
-        .voter_ids()
-        .collect();
+    let (voters, nodes): (Vec<u64>, BTreeMap<u64, Member>) = {
+        let m = svc.raft.metrics().borrow().membership_config.clone();
+        (
+            m.voter_ids().collect(),
+            m.nodes().map(|(id, n)| (*id, n.clone())).collect(),
+        )
+    };
     let mut approved = BTreeSet::new();
     if svc.is_leader()
         && let Some(k) = &key
     {
-        for v in voters.iter().copied().filter(|v| !k.roster.contains(v)) {
+        for (id, member) in nodes.iter().filter(|(id, _)| !k.roster.contains(id)) {
+            let v = *id;
             let approvers = svc
                 .db(move |s| s.join_approvals(v))
                 .await
                 .map_err(|e| e.to_string())?;
             let n = k.holders_among(&approvers);
-            if n >= usize::from(k.threshold) {
+            if n < usize::from(k.threshold) {
+                if mine.awaiting_approval.insert(v) {
+                    tracing::warn!(
+                        member = %member.name,
+                        approvals = n,
+                        needed = k.threshold,
+                        "a server that joined holds no share of the group key and, if a \
+                         learner, no vote, until share holders approve it (vmail-auth cluster \
+                         approve NAME on each)"
+                    );
+                }
+            } else if voters.contains(&v) {
                 approved.insert(v);
-            } else if mine.awaiting_approval.insert(v) {
-                tracing::warn!(
-                    node = format!("{v:016x}"),
-                    approvals = n,
-                    needed = k.threshold,
-                    "a voter holds no share of the group key and waits for share holders to \
-                     approve its join (vmail-auth cluster approve NAME on each)"
-                );
+            } else {
+                // An approved learner votes from now on; its repair follows.
+                svc.raft
+                    .change_membership(
+                        ChangeMembers::AddVoters(BTreeMap::from([(v, member.clone())])),
+                        false,
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                tracing::info!(member = %member.name, "approved by share holders: now a voter");
+                return Ok(());
             }
         }
     }

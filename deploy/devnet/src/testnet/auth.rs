@@ -249,11 +249,11 @@ async fn current_leader(
 const GROUP_KEY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The group key as `auth-1` reports it once its key generation completed
-/// (the group needs three servers for one) and every voter holds a share
+/// (the group needs three servers for one) and every member holds a share
 /// of it, so that the peers and the CLI pin it. A server that joined after
-/// the key was made is approved by the key's threshold of share holders,
-/// as their operators would (`vmail-auth cluster approve`): the testnet
-/// runs them all.
+/// the key was made (a learner until then) is approved by the key's
+/// threshold of share holders, as their operators would (`vmail-auth
+/// cluster approve`): the testnet runs them all.
 pub(super) async fn group_key(auth_dir: &Path) -> anyhow::Result<VerifyingKey> {
     let files = AuthFiles::new(auth_dir, "auth-1");
     let (_, raft) = files
@@ -274,7 +274,7 @@ pub(super) async fn group_key(auth_dir: &Path) -> anyhow::Result<VerifyingKey> {
             let name_of = |id: &u64| members.iter().find(|m| m.id == *id).map(|m| &m.member.name);
             let unshared: Vec<&admin::MemberStatus> = members
                 .iter()
-                .filter(|m| m.voter && !k.holders.contains(&m.id))
+                .filter(|m| !k.holders.contains(&m.id))
                 .collect();
             if unshared.is_empty() {
                 return VerifyingKey::from_bytes(&k.key)
