@@ -285,21 +285,39 @@ pub async fn approve_join(
         .members
         .iter()
         .find(|m| m.member.name == me)
+        .or((group.me.member.name == me).then_some(&group.me))
         .ok_or_else(|| {
             AdminError::Approve(format!(
                 "{me} (the data directory's server) is not a member of the group at {via}"
             ))
         })?
         .id;
-    let joining = group
+    let named: Vec<&MemberStatus> = group
         .members
         .iter()
-        .find(|m| m.member.name == name)
-        .ok_or_else(|| {
-            AdminError::Approve(format!(
+        .filter(|m| m.member.name == name)
+        .collect();
+    let joining = match (named.as_slice(), expected) {
+        ([], _) => {
+            return Err(AdminError::Approve(format!(
                 "{name} is not a member of the group; it must join first (vmail-auth join)"
-            ))
-        })?;
+            )));
+        }
+        ([one], _) => *one,
+        // A wiped server rejoining: its old incarnation is still listed.
+        (_, Some(want)) => named
+            .iter()
+            .find(|m| m.member_key == Some(want))
+            .copied()
+            .unwrap_or(named[0]),
+        (_, None) => {
+            return Err(AdminError::Approve(format!(
+                "{} members are named {name} (a server rejoining while its old incarnation is \
+                 still listed); give --member-key as its join printed it",
+                named.len()
+            )));
+        }
+    };
     let key = joining.member_key.ok_or_else(|| {
         AdminError::Approve(format!(
             "{name} has no member key recorded yet; approve it once it has joined"
@@ -313,6 +331,16 @@ pub async fn approve_join(
              server you set up; do not approve it, and remove it (vmail-auth cluster remove)",
             hex::encode(key),
             hex::encode(want)
+        )));
+    }
+    // Made by the server's first start; one made here the group never
+    // recorded, and its approval would be refused.
+    let key_file = member_dir.join(datadir::files::MEMBER_KEY);
+    if !key_file.exists() {
+        return Err(AdminError::Approve(format!(
+            "{} is missing: start this member's server once (it makes its member key), or give \
+             the data directory of a member that runs",
+            key_file.display()
         )));
     }
     let signer = datadir::member_key(member_dir)?;

@@ -357,21 +357,38 @@ impl Cluster for ClusterService {
                     .map_err(write_error)?;
             }
         }
-        // Its member key goes in first, so that nobody can record another
-        // for this node id once the id is in the log.
-        let resp = self
-            .raft
-            .client_write(Command::RegisterMember {
-                node_id: id,
-                member_key,
-            })
-            .await
-            .map_err(write_error)?;
-        if resp.data == Reply::MemberRegistered(MemberKeyOutcome::OtherKey) {
-            return Err(Status::failed_precondition(format!(
-                "node id {id} has another member key recorded: a server that lost its \
-                 DATA_DIR/member.key joins again under a new node id (wipe its data directory)"
-            )));
+        let (member_now, voter_now) = {
+            let m = self.raft.metrics().borrow().membership_config.clone();
+            (
+                m.membership().get_node(&id).is_some(),
+                m.voter_ids().any(|v| v == id),
+            )
+        };
+        if voter_now {
+            // A retried join of a server that already votes.
+            return Ok(Response::new(pb::JoinResponse {
+                log_index: self.raft.metrics().borrow().last_log_index.unwrap_or(0),
+                voter: true,
+            }));
+        }
+        // A new node's member key goes in before the node does, so that
+        // nobody can record another for its id once the id is in the log.
+        // A member's id is not new: its key comes from its own publication.
+        if !member_now {
+            let resp = self
+                .raft
+                .client_write(Command::RegisterMember {
+                    node_id: id,
+                    member_key,
+                })
+                .await
+                .map_err(write_error)?;
+            if resp.data == Reply::MemberRegistered(MemberKeyOutcome::OtherKey) {
+                return Err(Status::failed_precondition(format!(
+                    "node id {id} has another member key recorded: a server that lost its \
+                     DATA_DIR/member.key joins again under a new node id (wipe its data directory)"
+                )));
+            }
         }
         tracing::info!(%member, id, "adding a learner; waiting for it to catch up");
         let learner = self
@@ -657,6 +674,12 @@ impl Cluster for ClusterService {
                 "member_key: {why}; is the publishing server older than this one?"
             ))
         })?;
+        if r.signature.len() != 64 {
+            return Err(Status::invalid_argument(format!(
+                "signature: {} bytes, expected 64",
+                r.signature.len()
+            )));
+        }
         let resp = self
             .raft
             .client_write(Command::PublishVouchedShareKey {

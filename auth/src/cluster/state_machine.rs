@@ -556,6 +556,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             EntryPayload::Blank => Reply::None,
                             EntryPayload::Normal(cmd) => sm.apply_command(tx, cmd, &mut events)?,
                             EntryPayload::Membership(m) => {
+                                // An approval admits one membership: a node
+                                // that leaves needs new ones to come back.
+                                let nodes: Vec<u64> = m.nodes().map(|(id, _)| *id).collect();
+                                sm.store.forget_approvals_outside(tx, &nodes)?;
                                 membership = StoredMembership::new(Some(e.log_id), m);
                                 Reply::None
                             }

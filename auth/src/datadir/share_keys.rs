@@ -86,7 +86,8 @@ fn write_secret(dir: &Path, epoch: u32, secret: &BoxSecret) -> Result<(), DataDi
 }
 
 /// The member key of the data directory `dir`, made (and written, mode
-/// 0600) when it has none.
+/// 0600) when it has none: at a server's first start, or the first since
+/// member keys (docs/PROTOCOL.md §7.14).
 pub fn member_key(dir: &Path) -> Result<SigningKey, DataDirError> {
     let path = dir.join(files::MEMBER_KEY);
     match fs::read(&path) {

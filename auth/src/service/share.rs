@@ -180,10 +180,15 @@ impl AuthService {
     pub async fn share_key_published(&self) -> Result<bool, AuthError> {
         let me = self.node_id();
         let (epoch, public) = self.share_keys.current();
-        let published = self.db(|s| s.published_share_keys()).await?;
-        Ok(published
-            .get(&(me, epoch))
-            .is_some_and(|k| k.public == public)
+        let (published, recorded) = self
+            .db(move |s| Ok((s.published_share_keys()?, s.member_key(me)?)))
+            .await?;
+        // A member of a group older than member keys publishes once more,
+        // so that the log records its member key.
+        Ok(recorded.is_some()
+            && published
+                .get(&(me, epoch))
+                .is_some_and(|k| k.public == public)
             && published
                 .range((me, epoch.saturating_add(1))..=(me, u32::MAX))
                 .next()
@@ -196,13 +201,31 @@ impl AuthService {
     /// own table when it has applied the entry).
     pub async fn publish_share_key(&self, tls: &ClusterTls) -> Result<(), AuthError> {
         let me = self.node_id();
-        let (epoch, public) = self.share_keys.current();
-        let newest = self.db(|s| s.newest_share_keys()).await?;
+        let (newest, recorded) = self
+            .db(move |s| Ok((s.newest_share_keys()?, s.member_key(me)?)))
+            .await?;
+        if recorded.is_some_and(|k| k != self.share_keys.member_public()) {
+            return Err(self.member_key_refused(VouchRefusal::OtherKey));
+        }
+        let (mut epoch, mut public) = self.share_keys.current();
         if let Some((k, _)) = newest.get(&me)
             && k.epoch >= epoch
-            && k.public != public
         {
-            return Err(self.behind_the_group(epoch, k.epoch));
+            if k.public != public {
+                return Err(self.behind_the_group(epoch, k.epoch));
+            }
+            if recorded.is_none() {
+                // Its key is published but not its member key: only a new
+                // key records that (anyone can sign a public one).
+                (epoch, public) = self
+                    .share_keys
+                    .rotate_past(k.epoch)
+                    .map_err(|e| AuthError::Apply(e.to_string()))?;
+                tracing::info!(
+                    epoch,
+                    "a new share-key epoch, to record this server's member key"
+                );
+            }
         }
         let vouch = self.share_keys.vouch(me, epoch, &public);
         if self.is_leader() {

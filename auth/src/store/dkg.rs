@@ -294,8 +294,11 @@ impl Store {
                 key.number
             )));
         }
+        // A node with a member key joined through `Join`, which records
+        // one: it needs approvals. One without joined before member keys,
+        // and its repair entries keep applying as they did then.
         let approved = key.holders_among(&self.join_approvals_in(tx, joining)?);
-        if approved < usize::from(key.threshold) {
+        if self.member_key_in_tx(tx, joining)?.is_some() && approved < usize::from(key.threshold) {
             return Ok(DkgOutcome::Refused(format!(
                 "node {joining:016x} has {approved} of the {} approvals by share holders a \
                  repair needs (vmail-auth cluster approve)",

@@ -132,6 +132,15 @@ impl Store {
         })
     }
 
+    /// [`Store::member_key`] inside a write.
+    pub(super) fn member_key_in_tx(
+        &self,
+        tx: &WriteTransaction,
+        node_id: u64,
+    ) -> Result<Option<[u8; 32]>, StoreError> {
+        self.member_key_in(&tx.open_table(MEMBER_KEYS).map_err(db_err)?, node_id)
+    }
+
     /// Records `key` as `node_id`'s member key, unless it has another.
     pub(crate) fn register_member_key(
         &self,
@@ -170,7 +179,7 @@ impl Store {
         public: &[u8; 32],
         vouch: Option<&Vouch>,
     ) -> Result<Result<(), VouchRefusal>, StoreError> {
-        let recorded = self.member_key_in(&tx.open_table(MEMBER_KEYS).map_err(db_err)?, node_id)?;
+        let recorded = self.member_key_in_tx(tx, node_id)?;
         let Some(vouch) = vouch else {
             return Ok(match recorded {
                 Some(_) => Err(VouchRefusal::Missing),
@@ -240,6 +249,20 @@ impl Store {
                 .map_err(db_err)?;
         }
         Ok(Ok(approvers))
+    }
+
+    /// Drops the approvals of every node not in `nodes` (the membership an
+    /// entry just made): an approval admits a server once, so one removed
+    /// and joining again needs new approvals.
+    pub(crate) fn forget_approvals_outside(
+        &self,
+        tx: &WriteTransaction,
+        nodes: &[u64],
+    ) -> Result<(), StoreError> {
+        tx.open_table(JOIN_APPROVALS)
+            .map_err(db_err)?
+            .retain(|node, _| nodes.contains(&node))
+            .map_err(db_err)
     }
 
     /// The members that approved node `joining`, in node id order.

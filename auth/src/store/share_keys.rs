@@ -113,7 +113,7 @@ impl Store {
 
     /// Publishes `node_id`'s share key of `epoch`, unless that server
     /// already published this epoch or a newer one, or `vouch` does not
-    /// pass [`Store::check_vouch`]. A publication that lands records its
+    /// pass [`Store::check_vouch`]. A new key (`Published`) records its
     /// vouch's member key for `node_id` when none was. Deterministic: the
     /// outcome depends only on the tables and the arguments.
     pub(crate) fn publish_share_key(
@@ -129,8 +129,10 @@ impl Store {
             return Ok(PublishOutcome::Unvouched(why));
         }
         let outcome = self.record_share_key(tx, node_id, epoch, public, now)?;
+        // Only a new key records its signer: anyone can sign a key already
+        // published (it is public) and would otherwise claim the node.
         if let Some(v) = vouch
-            && !matches!(outcome, PublishOutcome::Stale { .. })
+            && outcome == PublishOutcome::Published
         {
             self.register_member_key(tx, node_id, v.member_key)?;
         }

@@ -191,6 +191,17 @@ fn a_refresh_that_changes_the_group_key_fails_and_the_old_key_stays() {
     assert_eq!(f.store.group_key().unwrap(), Some((1, [5; 32])));
 }
 
+#[test]
+fn a_repair_for_a_node_without_a_member_key_applies_as_before_member_keys() {
+    // Log entries from before member keys repaired nodes with none
+    // recorded and no approvals; replayed, they must begin the same
+    // ceremony.
+    let f = Fixture::new();
+    begin(&f, &[1, 2, 3]);
+    run(&f, 1, &[1, 2, 3], 5);
+    assert_eq!(repair(&f, 4, &[1, 2]), DkgOutcome::Begun(2));
+}
+
 fn repair(f: &Fixture, joining: u64, helpers: &[u64]) -> DkgOutcome {
     f.store
         .write(|tx| f.store.dkg_repair_begin(tx, joining, helpers, T0))
@@ -213,7 +224,6 @@ fn a_repair_takes_deltas_then_sigmas_from_exactly_its_helpers_and_every_member_r
     refused(repair(&f, 3, &[1, 2]), "already holds a share");
     // A joining server is repaired only once the key's threshold of share
     // holders approved it with their member keys.
-    refused(repair(&f, 4, &[1, 2]), "has 0 of the 2 approvals");
     let keys: Vec<SigningKey> = (0..=6)
         .map(|_| SigningKey::from_bytes(&random_bytes()))
         .collect();
@@ -235,6 +245,7 @@ fn a_repair_takes_deltas_then_sigmas_from_exactly_its_helpers_and_every_member_r
             })
             .unwrap()
     };
+    refused(repair(&f, 4, &[1, 2]), "has 0 of the 2 approvals");
     let not_approved = |r: Result<Vec<u64>, String>, why: &str| {
         assert!(r.as_ref().is_err_and(|e| e.contains(why)), "{r:?}");
     };
@@ -256,6 +267,21 @@ fn a_repair_takes_deltas_then_sigmas_from_exactly_its_helpers_and_every_member_r
     refused(repair(&f, 4, &[1, 2]), "has 1 of the 2 approvals");
     assert_eq!(approve(3, 4, &keys[3]), Ok(vec![1, 3, 5]));
     assert_eq!(f.store.join_approvals(4).unwrap(), vec![1, 3, 5]);
+    // An approval admits one membership: a membership without node 4
+    // drops them, and one with it keeps them.
+    let copy = Fixture::new();
+    f.store
+        .write(|tx| f.store.forget_approvals_outside(tx, &[1, 2, 3, 4, 5]))
+        .unwrap();
+    assert_eq!(f.store.join_approvals(4).unwrap(), vec![1, 3, 5]);
+    let (snapshot, _) = f.store.export().unwrap();
+    copy.store
+        .write(|tx| copy.store.import(tx, &snapshot))
+        .unwrap();
+    copy.store
+        .write(|tx| copy.store.forget_approvals_outside(tx, &[1, 2, 3]))
+        .unwrap();
+    assert!(copy.store.join_approvals(4).unwrap().is_empty());
     refused(repair(&f, 4, &[1]), "needs at least 2");
     refused(repair(&f, 4, &[1, 2, 3]), "exactly 2 helpers");
     refused(repair(&f, 4, &[1, 5]), "0000000000000005 holds no share");

@@ -96,4 +96,14 @@ fn a_member_key_is_recorded_once_and_vouches_for_every_later_share_key() {
         PublishOutcome::Stale { newest: 1 }
     );
     assert_eq!(f.store.member_key(10).unwrap(), None, "stale: not recorded");
+    // Node 10's published key is public: signing it again claims nothing.
+    assert_eq!(
+        publish(10, 1, p2, Some(vouch(&a, 10, 1, &p2))),
+        PublishOutcome::AlreadyPublished
+    );
+    assert_eq!(
+        f.store.member_key(10).unwrap(),
+        None,
+        "a retry records nothing"
+    );
 }
