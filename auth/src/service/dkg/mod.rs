@@ -125,7 +125,7 @@ struct Mine {
     repair_delta: Option<threshold::Delta>,
     /// Whether this member built its repair report.
     repair_reported: bool,
-    /// Voters without a share the leader said wait for approvals.
+    /// Servers without a share that the leader said wait for approvals.
     awaiting_approval: BTreeSet<u64>,
 }
 
