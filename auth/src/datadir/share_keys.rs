@@ -92,18 +92,11 @@ pub fn member_key(dir: &Path) -> Result<SigningKey, DataDirError> {
     let path = dir.join(files::MEMBER_KEY);
     match fs::read(&path) {
         Ok(bytes) => {
-            let seed: [u8; 32] =
-                bytes
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| DataDirError::Corrupt {
-                        path: path.clone(),
-                        why: format!(
-                            "{} bytes, expected 32; restore it from a backup, or wipe the data \
-                     directory and join the group again",
-                            bytes.len()
-                        ),
-                    })?;
+            let seed =
+                <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| DataDirError::Corrupt {
+                    path: path.clone(),
+                    why: format!("{} bytes, expected 32", bytes.len()),
+                })?;
             Ok(SigningKey::from_bytes(&seed))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -288,6 +281,27 @@ mod tests {
         assert_eq!(ring.rotate().unwrap().0, 8);
         assert!(!tmp.path().join("share-keys/8.key.tmp").exists());
         assert_eq!(load_share_keys(tmp.path()).unwrap().len(), 4);
+    }
+
+    #[test]
+    fn the_member_key_is_made_once_kept_and_a_corrupt_one_is_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        let first = ShareKeyRing::open(tmp.path()).unwrap().member_public();
+        let path = tmp.path().join(files::MEMBER_KEY);
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(
+            ShareKeyRing::open(tmp.path()).unwrap().member_public(),
+            first
+        );
+        fs::write(&path, b"short").unwrap();
+        let err = ShareKeyRing::open(tmp.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("member.key is corrupt: 5 bytes, expected 32"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -5,15 +5,16 @@
 //! CA key, which every member holds, no longer lets one server publish a
 //! share key in another's name (docs/PROTOCOL.md §7.14).
 //!
-//! `Join` records a joining server's key before the server becomes a
-//! learner; a server with none recorded (the founder, or a group older
-//! than member keys) has it recorded by its first vouched publication.
+//! `Join` records a new node's key before the server becomes a learner; a
+//! server with none recorded (the founder, or a group older than member
+//! keys) has it recorded by its first vouched publication of a new key.
 //! Once recorded, a node id's key never changes.
 //!
 //! Member keys also approve joins (`join_approvals`): a server that joins
-//! a group with a key is repaired a share of it only once the key's
-//! threshold of share holders signed its node id and member key, so a
-//! member the CA key alone let in gets no share (docs/PROTOCOL.md §16.9).
+//! a group with a key votes and is repaired a share of it only once the
+//! key's threshold of share holders signed its node id and member key, so
+//! a server the CA key alone let in gets neither (docs/PROTOCOL.md §16.9).
+//! An approval lasts while the node stays in the membership.
 
 use ed25519_dalek::{Signature, VerifyingKey};
 use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
