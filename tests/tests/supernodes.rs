@@ -341,9 +341,13 @@ async fn the_peers_of_a_lost_supernode_reattach_within_seconds() {
     let peers = start_peers(dir.path(), n, n - 1, 4, declared(|_| true)).await;
     let views = all_attached(&peers, n).await;
     let sns = views[0].supernodes.clone();
-    // 12 peers, one supernode per 4, and hysteresis keeps a count within
-    // a quarter of that.
-    assert!((3..=4).contains(&sns.len()), "{sns:?}");
+    // 12 peers, one supernode per 4: a target of three. The population is
+    // the serving supernodes plus the peers their adverts say are
+    // attached, so while peers move between supernodes an advert not yet
+    // renewed counts one twice and the target can reach four; hysteresis
+    // keeps a serving count within a quarter of the target (seen: five, on
+    // a loaded machine).
+    assert!((3..=5).contains(&sns.len()), "{sns:?}");
     // The supernode the most peers are attached to goes down.
     let attached_to = |sn| {
         views
