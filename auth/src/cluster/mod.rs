@@ -359,6 +359,17 @@ pub enum Command {
         /// `store::approval_bytes(joining, its member key)` (64 bytes).
         signature: Vec<u8>,
     },
+    /// [`Command::Dkg`] signed by the member's member key over
+    /// `store::step_bytes` (§16.9); refused when a key is recorded for the
+    /// member and the signature does not verify under it.
+    VouchedDkg {
+        /// The member.
+        node_id: u64,
+        /// Its step.
+        step: DkgStep,
+        /// The signature (64 bytes).
+        signature: Vec<u8>,
+    },
 }
 
 /// What applying a [`Command`] produced.
@@ -403,7 +414,7 @@ pub enum Reply {
     /// [`Command::PublishVouchedShareKey`].
     ShareKeyPublished(PublishOutcome),
     /// Result of [`Command::DkgBegin`], [`Command::DkgRefresh`],
-    /// [`Command::DkgRepair`] and [`Command::Dkg`].
+    /// [`Command::DkgRepair`], [`Command::Dkg`] and [`Command::VouchedDkg`].
     Dkg(DkgOutcome),
     /// A [`Command::BeginSession`] whose statement the user's account key
     /// did not sign (or whose user does not exist); nothing changed.

@@ -597,13 +597,20 @@ impl Cluster for ClusterService {
         }
         let step: DkgStep = postcard::from_bytes(&r.step)
             .map_err(|e| Status::invalid_argument(format!("step: not a DKG step: {e}")))?;
+        if r.signature.len() != 64 {
+            return Err(Status::invalid_argument(format!(
+                "signature: {} bytes, expected 64; is the proposing server older than this one?",
+                r.signature.len()
+            )));
+        }
         self.require_leader().await?;
         let member = self.calling_member(caller, r.node_id, "proposes only its own DKG steps")?;
         let resp = self
             .raft
-            .client_write(Command::Dkg {
+            .client_write(Command::VouchedDkg {
                 node_id: r.node_id,
                 step,
+                signature: r.signature,
             })
             .await
             .map_err(write_error)?;

@@ -34,8 +34,8 @@ use super::{Command, Event, Member, Reply, TypeConfig, unseal};
 use crate::keys::ServerKeys;
 use crate::metrics::AuthMetrics;
 use crate::store::{
-    AckOutcome, DepositOutcome, RAFT, RecallOutcome, RegisterOutcome, Session, Store, StoreError,
-    User, Voicemail, db_err,
+    AckOutcome, DepositOutcome, DkgOutcome, RAFT, RecallOutcome, RegisterOutcome, Session, Store,
+    StoreError, User, Voicemail, db_err,
 };
 
 type SErr = StorageError<u64>;
@@ -385,7 +385,20 @@ impl StateMachine {
                 signature,
             } => Reply::JoinApproved(store.approve_join(tx, approver, joining, &signature)?),
             Command::DkgBegin { roster, now } => Reply::Dkg(store.dkg_begin(tx, &roster, now)?),
-            Command::Dkg { node_id, step } => Reply::Dkg(store.dkg_step(tx, node_id, step)?),
+            Command::Dkg { node_id, step } => {
+                match store.check_step_signature(tx, node_id, &step.encode(), None)? {
+                    Ok(()) => Reply::Dkg(store.dkg_step(tx, node_id, step)?),
+                    Err(why) => Reply::Dkg(DkgOutcome::Refused(why)),
+                }
+            }
+            Command::VouchedDkg {
+                node_id,
+                step,
+                signature,
+            } => match store.check_step_signature(tx, node_id, &step.encode(), Some(&signature))? {
+                Ok(()) => Reply::Dkg(store.dkg_step(tx, node_id, step)?),
+                Err(why) => Reply::Dkg(DkgOutcome::Refused(why)),
+            },
             Command::DkgRefresh { roster, now } => {
                 Reply::Dkg(store.dkg_refresh_begin(tx, &roster, now)?)
             }

@@ -152,12 +152,14 @@ impl ShareKeyRing {
     pub fn vouch(&self, node_id: u64, epoch: u32, public: &[u8; 32]) -> Vouch {
         Vouch {
             member_key: self.member_public(),
-            signature: self
-                .member
-                .sign(&publication_bytes(node_id, epoch, public))
-                .to_bytes()
-                .to_vec(),
+            signature: self.member_sign(&publication_bytes(node_id, epoch, public)),
         }
+    }
+
+    /// The member key's signature over `message` (64 bytes): one of the
+    /// labelled byte strings of `crate::store::member_keys`.
+    pub fn member_sign(&self, message: &[u8]) -> Vec<u8> {
+        self.member.sign(message).to_bytes().to_vec()
     }
 
     /// The current (newest) epoch and its public key.

@@ -99,6 +99,12 @@ pub enum DkgStep {
 }
 
 impl DkgStep {
+    /// Its postcard encoding: what `ProposeDkg` carries and what a member
+    /// key signs (through [`super::step_bytes`]).
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).expect("in-memory encoding cannot fail")
+    }
+
     /// The ceremony the step belongs to.
     pub fn ceremony(&self) -> u64 {
         match self {

@@ -19,6 +19,7 @@
 use ed25519_dalek::{Signature, VerifyingKey};
 use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use super::schema::{JOIN_APPROVALS, MEMBER_KEYS};
 use super::sealing::member_key_aad;
@@ -45,6 +46,16 @@ const APPROVAL_LABEL: &[u8] = b"vmail/v1/join-approval";
 /// key is `joining_key`: label ‖ node id (u64 BE) ‖ its member key.
 pub fn approval_bytes(joining: u64, joining_key: &[u8; 32]) -> Vec<u8> {
     [APPROVAL_LABEL, &joining.to_be_bytes(), joining_key].concat()
+}
+
+/// The label that opens the bytes a member key signs for a key-ceremony
+/// step.
+const STEP_LABEL: &[u8] = b"vmail/v1/dkg-step";
+
+/// The bytes a member key signs to propose `step` (its postcard encoding)
+/// as node `node_id`'s: label ‖ node id (u64 BE) ‖ SHA-256 of the step.
+pub fn step_bytes(node_id: u64, step: &[u8]) -> Vec<u8> {
+    [STEP_LABEL, &node_id.to_be_bytes(), &Sha256::digest(step)].concat()
 }
 
 /// Whether `signature` is `key`'s Ed25519 signature over `message`.
@@ -199,6 +210,31 @@ impl Store {
             Ok(())
         } else {
             Err(VouchRefusal::BadSignature)
+        })
+    }
+
+    /// Checks a key-ceremony step proposed as node `node_id`'s: with a
+    /// member key recorded for it, `signature` must be that key's over
+    /// [`step_bytes`]; without one (a step from before member keys, or a
+    /// founder's before its first publication) anything passes, as before.
+    pub(crate) fn check_step_signature(
+        &self,
+        tx: &WriteTransaction,
+        node_id: u64,
+        step: &[u8],
+        signature: Option<&[u8]>,
+    ) -> Result<Result<(), String>, StoreError> {
+        let Some(key) = self.member_key_in_tx(tx, node_id)? else {
+            return Ok(Ok(()));
+        };
+        Ok(match signature {
+            Some(sig) if signed_by(&key, &step_bytes(node_id, step), sig) => Ok(()),
+            Some(_) => Err(format!(
+                "the step's signature does not verify under node {node_id:016x}'s member key"
+            )),
+            None => Err(format!(
+                "an unsigned step, but node {node_id:016x} has a member key"
+            )),
         })
     }
 

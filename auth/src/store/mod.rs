@@ -93,7 +93,9 @@ pub use dkg::{
     Ceremony, CeremonyEnd, DkgOutcome, DkgStep, MAX_STEP_LEN, Reshare, SealedPackage, decode_sealed,
 };
 pub use key_ceremony::KeyCeremony;
-pub use member_keys::{MemberKeyOutcome, Vouch, VouchRefusal, approval_bytes, publication_bytes};
+pub use member_keys::{
+    MemberKeyOutcome, Vouch, VouchRefusal, approval_bytes, publication_bytes, step_bytes,
+};
 pub use policy::{
     Accepted, Approach, EditRefusal, FirstContactRules, MAX_BLOCKED, MAX_CONTACTS, Policy,
     PolicyList, PolicyMode, Refusal, admit, edited,

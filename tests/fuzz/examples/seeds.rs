@@ -305,6 +305,7 @@ fn dkg_steps() -> Vec<Vec<u8>> {
         vmail_proto::cluster_pb::ProposeDkgRequest {
             node_id: 1,
             step: postcard::to_allocvec(step).expect("encodes"),
+            ..Default::default()
         }
         .encode_to_vec()
     })

@@ -580,6 +580,24 @@ pub fn commands() -> Vec<Command> {
             .to_bytes()
             .to_vec(),
         },
+        {
+            let step = vmail_auth::store::DkgStep::Done {
+                ceremony: 2,
+                group_key: [0x67; 32],
+                public_digest: [0x64; 32],
+            };
+            let signature = ed25519_dalek::Signer::sign(
+                &member_key(),
+                &vmail_auth::store::step_bytes(4, &step.encode()),
+            )
+            .to_bytes()
+            .to_vec();
+            Command::VouchedDkg {
+                node_id: 4,
+                step,
+                signature,
+            }
+        },
     ]
 }
 

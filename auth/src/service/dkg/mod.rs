@@ -591,17 +591,26 @@ fn finish(
     report(number, &public)
 }
 
-/// Proposes `step` in this member's name: directly on the leader, through
-/// the leader's internal service elsewhere.
+/// Proposes `step` in this member's name, signed by its member key:
+/// directly on the leader, through the leader's internal service
+/// elsewhere.
 async fn propose(
     svc: &AuthService,
     tls: &ClusterTls,
     me: u64,
     step: DkgStep,
 ) -> Result<(), String> {
+    let bytes = step.encode();
+    let signature = svc
+        .share_keys()
+        .member_sign(&crate::store::step_bytes(me, &bytes));
     if svc.is_leader() {
         return match svc
-            .propose(Command::Dkg { node_id: me, step })
+            .propose(Command::VouchedDkg {
+                node_id: me,
+                step,
+                signature,
+            })
             .await
             .map_err(|e| e.to_string())?
         {
@@ -617,7 +626,8 @@ async fn propose(
     client
         .propose_dkg(cpb::ProposeDkgRequest {
             node_id: me,
-            step: postcard::to_allocvec(&step).expect("in-memory encoding cannot fail"),
+            step: bytes,
+            signature,
         })
         .await
         .map(drop)

@@ -4,7 +4,9 @@
 use ed25519_dalek::Signer;
 
 use super::*;
-use crate::store::{MemberKeyOutcome, PublishOutcome, Vouch, VouchRefusal, publication_bytes};
+use crate::store::{
+    DkgStep, MemberKeyOutcome, PublishOutcome, Vouch, VouchRefusal, publication_bytes, step_bytes,
+};
 
 fn vouch(key: &SigningKey, node: u64, epoch: u32, public: &[u8; 32]) -> Vouch {
     Vouch {
@@ -106,4 +108,45 @@ fn a_member_key_is_recorded_once_and_vouches_for_every_later_share_key() {
         None,
         "a retry records nothing"
     );
+}
+
+#[test]
+fn a_member_with_a_key_proposes_only_ceremony_steps_it_signed() {
+    let f = Fixture::new();
+    let key = SigningKey::from_bytes(&random_bytes());
+    f.store
+        .write(|tx| {
+            f.store
+                .register_member_key(tx, 2, key.verifying_key().to_bytes())
+        })
+        .unwrap();
+    let step = DkgStep::Round1 {
+        ceremony: 1,
+        package: vec![1, 2, 3],
+    }
+    .encode();
+    let check = |node, signature: Option<Vec<u8>>| {
+        f.store
+            .write(|tx| {
+                f.store
+                    .check_step_signature(tx, node, &step, signature.as_deref())
+            })
+            .unwrap()
+    };
+    let signed = |node| key.sign(&step_bytes(node, &step)).to_bytes().to_vec();
+    assert_eq!(check(2, Some(signed(2))), Ok(()));
+    let err = check(2, None).unwrap_err();
+    assert!(err.contains("unsigned step"), "{err}");
+    let err = check(2, Some(signed(3))).unwrap_err();
+    assert!(err.contains("does not verify"), "{err}");
+    let other = SigningKey::from_bytes(&random_bytes());
+    let err = check(
+        2,
+        Some(other.sign(&step_bytes(2, &step)).to_bytes().to_vec()),
+    )
+    .unwrap_err();
+    assert!(err.contains("does not verify"), "{err}");
+    // A member with no key recorded yet (a founder before its first
+    // publication, or a log from before member keys) proposes as before.
+    assert_eq!(check(3, None), Ok(()));
 }
