@@ -22,6 +22,9 @@
 //! The round secrets live only in this task's memory. A member that
 //! restarts mid-ceremony cannot finish it; the leader begins a new one once
 //! [`DKG_STALL_SECS`] pass without an end.
+//!
+//! Past 600 lines by the generation's and refresh's rounds, which share
+//! `Mine` and the sealing helpers; the repair's rounds are in `repair`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
