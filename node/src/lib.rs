@@ -12,6 +12,7 @@
 //! - [`peer`]: a running peer: session, the leave and fetch jobs and their
 //!   pure plans, and its background duties;
 //! - [`control`]: the local control API (gRPC on a Unix socket) and its client;
+//! - [`web`]: the web inbox, a page and a local HTTP API over the control API;
 //! - [`metrics`]: the daemon's Prometheus series and its `/metrics`
 //!   endpoint (no other module of this crate below it);
 //! - [`config`]: the peer's `node.toml`;
@@ -33,3 +34,4 @@ pub mod peer;
 pub mod sip;
 pub mod stop;
 pub mod supernode;
+pub mod web;

@@ -333,6 +333,12 @@ enum NodeCommand {
         /// 127.0.0.1:5060 (sip.listen in node.toml); off by default.
         #[arg(long, value_name = "ADDR")]
         sip: Option<std::net::SocketAddr>,
+        /// Serve the web inbox on this TCP address, e.g. 127.0.0.1:8380
+        /// ([web] listen in node.toml); off by default, loopback only
+        /// unless web.allow_remote. The URL to open, with this start's
+        /// token, is printed and written to DATA_DIR/web.url.
+        #[arg(long, value_name = "ADDR")]
+        web: Option<std::net::SocketAddr>,
         /// Serve Prometheus metrics at http://ADDR/metrics, e.g.
         /// 127.0.0.1:9101 ([metrics] listen in node.toml); off by default.
         #[arg(long, value_name = "ADDR")]
@@ -547,9 +553,11 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
             sip,
             metrics,
             handoff_timeout,
+            web,
         }) => {
             let flags = node::RunFlags {
                 sip,
+                web,
                 metrics,
                 handoff_timeout,
             };

@@ -17,6 +17,7 @@ use vmail_node::control::{self, ControlClient, ControlError, ControlService};
 use vmail_node::overlay::swarm::Role;
 use vmail_node::peer::{HandOff, OBSERVATIONS_FILE, Peer, PeerOptions, Session};
 use vmail_node::sip::SipService;
+use vmail_node::web::WebService;
 
 use super::Context;
 
@@ -168,6 +169,8 @@ async fn connect_retrying(socket: &Path) -> anyhow::Result<ControlClient> {
 pub(super) struct RunFlags {
     /// `--sip`: `sip.listen`.
     pub(super) sip: Option<std::net::SocketAddr>,
+    /// `--web`: `web.listen`.
+    pub(super) web: Option<std::net::SocketAddr>,
     /// `--metrics`: `metrics.listen`.
     pub(super) metrics: Option<std::net::SocketAddr>,
     /// `--handoff-timeout`: `handoff_timeout_secs`.
@@ -194,6 +197,10 @@ pub(super) async fn run(
     }
     if flags.metrics.is_some() {
         config.metrics.listen = flags.metrics;
+    }
+    if flags.web.is_some() {
+        config.web.listen = flags.web;
+        config.validate().context("--web")?;
     }
     if let Some(t) = flags.handoff_timeout {
         config.handoff_timeout_secs = t.as_secs() + u64::from(t.subsec_nanos() > 0);
@@ -255,13 +262,30 @@ pub(super) async fn run(
         }
         None => None,
     };
+    let service = ControlService::new(peer.clone(), sip.clone());
+    let web = match peer.config().web.listen {
+        Some(_) => {
+            let account = vmail_node::web::Account {
+                keystore: ctx.keystore.clone(),
+                target: vmail_node::home::auth_target(&ctx.home, &ctx.overrides)
+                    .map_err(|e| e.to_string()),
+            };
+            let web = WebService::start(peer.clone(), service.clone(), account, &peer.config().web)
+                .await?;
+            let file = dir.join(vmail_node::web::URL_FILE);
+            vmail_node::keystore::write_private(&file, format!("{}\n", web.url()).as_bytes())
+                .with_context(|| format!("writing {}", file.display()))?;
+            println!("  web inbox: open {}", web.url());
+            Some(web)
+        }
+        None => None,
+    };
     println!("  control socket {}", socket.display());
-    control::serve_with(
-        ControlService::new(peer.clone(), sip.clone()),
-        &socket,
-        signal,
-    )
-    .await?;
+    control::serve_with(service, &socket, signal).await?;
+    if let Some(w) = web {
+        w.stop();
+        let _ = std::fs::remove_file(dir.join(vmail_node::web::URL_FILE));
+    }
     if let Some(s) = sip {
         s.stop();
     }

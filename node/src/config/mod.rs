@@ -1,12 +1,13 @@
 //! The peer daemon's configuration: `DIR/node.toml` (or `--config FILE`),
 //! every field optional with a documented default.
 //!
-//! `[sip]` lives in `sip.rs` beside it, `[metrics]` in `metrics.rs`. Over 600 lines since issue 17 added
+//! `[sip]` lives in `sip.rs` beside it, `[metrics]` in `metrics.rs`, `[web]` in `web.rs`. Over 600 lines since issue 17 added
 //! its bounds here; the split by concern (bounds apart from the protocol
 //! or store they guard) is owed, not done.
 
 mod metrics;
 mod sip;
+mod web;
 
 use std::path::{Path, PathBuf};
 
@@ -17,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::core::erasure::{ErasureError, MAX_SHARDS, Redundancy};
 pub use metrics::MetricsConfig;
 pub use sip::SipConfig;
+pub use web::WebConfig;
 
 use crate::core::score::{FairScorer, FrequencyRule, PaperScorer, RandomScorer, Scorer};
 
@@ -100,6 +102,8 @@ pub struct NodeConfig {
     pub providers: ProvidersConfig,
     /// The SIP front for the user's softphone (`[sip]`), off by default.
     pub sip: SipConfig,
+    /// The web inbox (`[web]`), off by default.
+    pub web: WebConfig,
     /// Longest time, seconds, a stopping daemon spends handing its held
     /// objects to other peers; what is not handed off by then stays on
     /// this disk (siblings repair it if this peer does not come back).
@@ -415,6 +419,7 @@ impl Default for NodeConfig {
             placement: PlacementConfig::default(),
             providers: ProvidersConfig::default(),
             sip: SipConfig::default(),
+            web: WebConfig::default(),
             handoff_timeout_secs: DEFAULT_HANDOFF_TIMEOUT_SECS,
             metrics: MetricsConfig::default(),
         }
@@ -428,6 +433,9 @@ pub enum InvalidValue {
     /// A `[sip]` value is out of range.
     #[error("sip.{0}")]
     Sip(String),
+    /// A `[web]` value cannot be used.
+    #[error("web.{0}")]
+    Web(String),
     /// `placement.redundancy` does not parse or is out of range.
     #[error("placement.redundancy: {0}")]
     Redundancy(ErasureError),
@@ -638,6 +646,7 @@ impl NodeConfig {
         self.supernode.validate()?;
         self.providers.validate()?;
         self.sip.validate()?;
+        self.web.validate()?;
         Ok(())
     }
 
@@ -705,6 +714,29 @@ mod tests {
             let e = c.validate().unwrap_err().to_string();
             assert!(e.starts_with(key), "{e}");
         }
+    }
+
+    #[test]
+    fn the_web_inbox_is_off_by_default_and_loopback_unless_allowed() {
+        assert_eq!(NodeConfig::default().web.listen, None);
+        let web = |toml: &str| toml::from_str::<NodeConfig>(&format!("[web]\n{toml}\n")).unwrap();
+        web("listen = \"127.0.0.1:8380\"").validate().unwrap();
+        web("listen = \"[::1]:8380\"").validate().unwrap();
+        for addr in ["0.0.0.0:8380", "192.168.1.5:8380"] {
+            let e = web(&format!("listen = \"{addr}\""))
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.starts_with(&format!("web.listen: {addr} is not a loopback address"))
+                    && e.contains("allow_remote"),
+                "{e}"
+            );
+            web(&format!("listen = \"{addr}\"\nallow_remote = true"))
+                .validate()
+                .unwrap();
+        }
+        assert!(toml::from_str::<NodeConfig>("[web]\nport = 1\n").is_err());
     }
 
     #[test]

@@ -166,6 +166,8 @@ fn phase_pb(p: Phase) -> pb::Phase {
         Phase::Upload => pb::Phase::Upload,
         Phase::Download => pb::Phase::Download,
         Phase::Decrypt => pb::Phase::Decrypt,
+        Phase::Grant => pb::Phase::Grant,
+        Phase::Deposit => pb::Phase::Deposit,
     }
 }
 

@@ -203,6 +203,15 @@ impl Peer {
 
         // The grant: every recipient is checked, and the holders will check
         // each shard against it, before a byte is stored.
+        let step = |phase, done| {
+            progress(Progress {
+                phase,
+                done,
+                total: 1,
+                note: None,
+            })
+        };
+        step(Phase::Grant, 0);
         let t = Instant::now();
         let mut auth = self.auth(&session).await?;
         timings.auth += t.elapsed();
@@ -228,6 +237,7 @@ impl Peer {
             Err(e) => return Err(grant_refused(&mut auth, &recipients, e).await),
         };
         timings.grant += t.elapsed();
+        step(Phase::Grant, 1);
         for r in &granted.refused {
             tracing::info!(recipient = %r.username, "dropped by the recipient's policy: {r}");
         }
@@ -279,6 +289,7 @@ impl Peer {
             layout,
             holders,
         };
+        step(Phase::Deposit, 0);
         let t = Instant::now();
         let deposit = NewDeposit {
             grant_serial: grant.body.serial,
@@ -307,6 +318,7 @@ impl Peer {
             }
         };
         timings.auth += t.elapsed();
+        step(Phase::Deposit, 1);
 
         // The holders keep the shards only with the group's word that a
         // deposit used the grant.

@@ -474,6 +474,19 @@ impl Peer {
         self.inbox_changed();
     }
 
+    /// Forgets the session (a logout): the peer serves its holder duties
+    /// and does nothing for a user until the next session.
+    pub fn end_session(&self) {
+        *self.session.write().expect("session lock") = None;
+        self.inbox_changed();
+    }
+
+    /// A client of the auth group holding the session's token.
+    pub async fn auth_client(&self) -> Result<AuthClient, SessionError> {
+        let session = self.session()?;
+        self.auth(&session).await
+    }
+
     /// The logged-in user, if any.
     pub fn username(&self) -> Option<Username> {
         self.session

@@ -17,6 +17,10 @@ pub enum Phase {
     Download,
     /// Decrypting it.
     Decrypt,
+    /// Asking the auth group for the storage grant (total 1, done 0 then 1).
+    Grant,
+    /// Depositing the locator and key shares (total 1, done 0 then 1).
+    Deposit,
 }
 
 /// How far a job is.

@@ -35,6 +35,14 @@ impl Bars {
             // A note carries no bytes of its own.
             return;
         }
+        // The grant and deposit are round trips with no bytes to count:
+        // the summary reports their time.
+        if matches!(
+            pb::Phase::try_from(p.phase),
+            Ok(pb::Phase::Grant | pb::Phase::Deposit)
+        ) {
+            return;
+        }
         if self.current.as_ref().map(|(ph, _, _)| *ph) != Some(p.phase) {
             self.end_phase();
             let bar = ProgressBar::with_draw_target(
