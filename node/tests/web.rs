@@ -135,12 +135,15 @@ fn web_daemon(net: &Testnet, home: &Path, config: &Path) -> (Running, String) {
     (running, url.expect("the daemon prints the web inbox's URL"))
 }
 
-/// One raw HTTP/1.1 request; the status code and body.
-fn http(addr: SocketAddr, request: &str) -> (u16, String) {
+/// One raw HTTP/1.1 request; the status code and body. A server that
+/// answers before it read the whole request may close on the rest: what
+/// it answered is read all the same.
+fn http(addr: SocketAddr, request: &[u8]) -> (u16, String) {
     let mut s = TcpStream::connect(addr).unwrap();
-    s.write_all(request.as_bytes()).unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
+    let _ = s.write_all(request);
+    let mut bytes = Vec::new();
+    let _ = s.read_to_end(&mut bytes);
+    let text = String::from_utf8_lossy(&bytes).into_owned();
     let code = text
         .split(' ')
         .nth(1)
@@ -179,13 +182,24 @@ async fn js(c: &Client, script: &str) -> Value {
     c.execute(script, vec![]).await.unwrap()
 }
 
+/// Voicemails the inbox lists.
+async fn listed(c: &Client) -> Value {
+    js(
+        c,
+        "return document.querySelectorAll('#inbox-list li').length",
+    )
+    .await
+}
+
 async fn click(c: &Client, css: &str) {
-    c.find(Locator::Css(css))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    let clicked = match c.find(Locator::Css(css)).await {
+        Ok(e) => e.click().await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = clicked {
+        screenshot(c, "failed").await;
+        panic!("clicking {css}: {e}");
+    }
 }
 
 async fn type_into(c: &Client, css: &str, text: &str) {
@@ -202,118 +216,193 @@ async fn screenshot(c: &Client, name: &str) {
     std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_web_inbox_in_a_real_browser() {
-    if !(on_path("chromium") && on_path("chromedriver")) {
-        eprintln!(
-            "skipped: chromium and chromedriver are not on PATH; tests/web/install.sh installs them (.ci/run runs it)"
-        );
-        return;
-    }
-    let _ = vmail_bin();
-    let net = Testnet::up(3);
-    let [alice, bob, carol] = ["alice", "bob", "carol"].map(|u| net.home(u));
-    for (home, user) in [(&alice, "alice"), (&bob, "bob"), (&carol, "carol")] {
-        net.ok(home, &["account", "register", user]);
-    }
-    net.ok(&bob, &["login", "bob"]);
-    net.ok(&carol, &["login", "carol"]);
-    // The testnet's election settings, and two whole copies: three peers
-    // cannot hold the default RS(4,8).
-    let testnet_config = net
-        .env
-        .iter()
-        .find(|(k, _)| k == "VMAIL_NODE_CONFIG")
-        .map(|(_, v)| std::fs::read_to_string(v).unwrap())
-        .unwrap();
-    let config = net.dir.path().join("alice-node.toml");
-    std::fs::write(
-        &config,
-        format!("replicas = 2\nmax_voicemail_bytes = {MAX_BYTES}\n{testnet_config}"),
-    )
-    .unwrap();
-    let (_daemon, url) = web_daemon(&net, &alice, &config);
-    let addr: SocketAddr = url
-        .strip_prefix("http://")
-        .and_then(|u| u.split('/').next())
-        .unwrap()
-        .parse()
-        .unwrap();
-    let token = url.split("token=").nth(1).unwrap();
-    let cookie = format!("vmail_web_{}={token}", addr.port());
+/// A testnet with alice, bob and carol registered (bob and carol logged
+/// in on the CLI), and alice's daemon serving the web inbox.
+struct Net {
+    net: Testnet,
+    homes: [PathBuf; 3],
+    daemon: Running,
+    url: String,
+    addr: SocketAddr,
+    token: String,
+}
 
-    // The gate, on the live daemon: the same request passes with the
-    // right Host and cookie, and fails for each one thing wrong.
-    let session = |host: &str, cookie: &str, extra: &str| {
-        http(
-            addr,
-            &format!(
-                "GET /api/session HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\n{extra}Connection: close\r\n\r\n"
-            ),
+impl Net {
+    fn up() -> Self {
+        let _ = vmail_bin();
+        let net = Testnet::up(3);
+        let homes = ["alice", "bob", "carol"].map(|u| net.home(u));
+        for (home, user) in homes.iter().zip(["alice", "bob", "carol"]) {
+            net.ok(home, &["account", "register", user]);
+        }
+        net.ok(&homes[1], &["login", "bob"]);
+        net.ok(&homes[2], &["login", "carol"]);
+        // The testnet's election settings, and two whole copies: three
+        // peers cannot hold the default RS(4,8).
+        let testnet_config = net
+            .env
+            .iter()
+            .find(|(k, _)| k == "VMAIL_NODE_CONFIG")
+            .map(|(_, v)| std::fs::read_to_string(v).unwrap())
+            .unwrap();
+        let config = net.dir.path().join("alice-node.toml");
+        std::fs::write(
+            &config,
+            format!("replicas = 2\nmax_voicemail_bytes = {MAX_BYTES}\n{testnet_config}"),
         )
-    };
-    let host = addr.to_string();
-    let (code, body) = session(&host, &cookie, "");
+        .unwrap();
+        let (daemon, url) = web_daemon(&net, &homes[0], &config);
+        let (addr, token) = url
+            .strip_prefix("http://")
+            .and_then(|u| u.split_once("/#token="))
+            .unwrap();
+        Net {
+            addr: addr.parse().unwrap(),
+            token: token.to_owned(),
+            url,
+            net,
+            homes,
+            daemon,
+        }
+    }
+
+    /// `METHOD PATH` with these headers (`Host` the daemon's, unless given)
+    /// and body; the status and body.
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> (u16, String) {
+        let host = self.addr.to_string();
+        let mut head = format!("{method} {path} HTTP/1.1\r\n");
+        if !headers.iter().any(|(k, _)| *k == "Host") {
+            head.push_str(&format!("Host: {host}\r\n"));
+        }
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str(&format!(
+            "Content-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        ));
+        let mut request = head.into_bytes();
+        request.extend_from_slice(body);
+        http(self.addr, &request)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gate_and_the_bounds_hold_on_a_live_daemon() {
+    let n = Net::up();
+    let token = n.token.as_str();
+    let own = format!("http://{}", n.addr);
+    let wrong = format!("0{}", &token[1..]);
+
+    // The same call passes with this start's token and fails for each one
+    // thing wrong.
+    let (code, body) = n.call("GET", "/api/session", &[("X-Vmail-Token", token)], b"");
     assert_eq!(code, 200, "{body}");
-    let csrf = serde_json::from_str::<Value>(&body).unwrap()["csrf"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let (code, body) = session(&host, "", "");
+    let (code, body) = n.call("GET", "/api/session", &[], b"");
     assert_eq!(code, 401, "no token: {body}");
     assert!(body.contains("no token"), "{body}");
-    let (code, body) = session(&host, &format!("vmail_web_{}=0{token}", addr.port()), "");
+    let (code, body) = n.call("GET", "/api/session", &[("X-Vmail-Token", &wrong)], b"");
     assert_eq!(code, 401, "wrong token: {body}");
-    let (code, body) = session(&format!("rebound.example:{}", addr.port()), &cookie, "");
-    assert_eq!(code, 403, "wrong Host: {body}");
-    assert!(body.contains("DNS rebinding"), "{body}");
-    let (code, body) = session(&host, &cookie, "Origin: http://evil.example\r\n");
-    assert_eq!(code, 403, "another origin: {body}");
-    // A change from another origin, even with the cookie and CSRF token.
-    let block = |origin: &str| {
-        let body = r#"{"add":["carol"]}"#;
-        http(
-            addr,
-            &format!(
-                "POST /api/blocked HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\nOrigin: {origin}\r\nX-Vmail-Csrf: {csrf}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            ),
-        )
-    };
-    let (code, body) = block("http://evil.example");
-    assert_eq!(code, 403, "{body}");
-    // An upload over the peer's limit is refused whole, and says so.
-    for len in [MAX_BYTES + 1, MAX_BYTES + (1 << 17)] {
-        let mut req = format!(
-            "POST /api/leave?to=carol HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\nOrigin: http://{host}\r\nX-Vmail-Csrf: {csrf}\r\nContent-Type: audio/wav\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+    assert!(body.contains("wrong token"), "{body}");
+    let rebound = format!("rebound.example:{}", n.addr.port());
+    for path in ["/api/session", "/"] {
+        let (code, body) = n.call(
+            "GET",
+            path,
+            &[("Host", &rebound), ("X-Vmail-Token", token)],
+            b"",
         );
-        req.push_str(&"x".repeat(len));
-        let (code, body) = http(addr, &req);
-        assert_eq!(code, 413, "{len} bytes: {body}");
-        assert!(body.contains("max_voicemail_bytes"), "{body}");
+        assert_eq!(code, 403, "wrong Host on {path}: {body}");
+        assert!(body.contains("DNS rebinding"), "{body}");
+    }
+    // A change from another site, even with the token, and a read.
+    let block = br#"{"add":["carol"]}"#;
+    for (method, path, body) in [
+        ("POST", "/api/blocked", &block[..]),
+        ("GET", "/api/inbox", b""),
+    ] {
+        let (code, text) = n.call(
+            method,
+            path,
+            &[
+                ("Origin", "http://evil.example"),
+                ("X-Vmail-Token", token),
+                ("Content-Type", "application/json"),
+            ],
+            body,
+        );
+        assert_eq!(code, 403, "another origin: {text}");
+        assert!(
+            text.contains("requests from http://evil.example are refused"),
+            "{text}"
+        );
+    }
+    // The page's own files need no token, and carry the policy.
+    let (code, page) = n.call("GET", "/", &[], b"");
+    assert_eq!(code, 200);
+    assert!(
+        page.contains("<script type=\"module\" src=\"/app.js\">"),
+        "{page}"
+    );
+
+    // Bad input gets a JSON error naming it.
+    let with = |extra: (&'static str, &'static str)| {
+        [("X-Vmail-Token", token), ("Origin", own.as_str()), extra]
+    };
+    let json = ("Content-Type", "application/json");
+    for (path, body, code) in [
+        ("/api/policy", &b"not json"[..], 400),
+        ("/api/policy", br#"{"mode": "everybody"}"#, 400),
+        ("/api/contacts", br#"{"add": ["no such name!"]}"#, 400),
+        ("/api/nothing-here", b"{}", 404),
+    ] {
+        let (got, text) = n.call("POST", path, &with(json), body);
+        let error = serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_owned));
+        assert!(
+            got == code && error.is_some(),
+            "{path} {body:?}: {got} {text}"
+        );
+    }
+    let (code, text) = n.call("GET", "/api/logout", &with(json), b"");
+    assert_eq!(code, 405, "{text}");
+    // A form over 64 KiB, and uploads over the peer's limit, are refused
+    // whole, and say so.
+    let (code, text) = n.call("POST", "/api/contacts", &with(json), &vec![b' '; 70 << 10]);
+    assert_eq!(code, 413, "{text}");
+    for len in [MAX_BYTES + 1, MAX_BYTES + (1 << 17)] {
+        let (code, text) = n.call(
+            "POST",
+            "/api/leave?to=carol",
+            &with(("Content-Type", "audio/wav")),
+            &vec![b'x'; len],
+        );
+        assert_eq!(code, 413, "{len} bytes: {text}");
+        assert!(text.contains("max_voicemail_bytes"), "{text}");
     }
 
-    let mic = net.dir.path().join("mic.wav");
-    let o = net.vmail(
-        net.dir.path(),
-        &["testnet", "tone", mic.to_str().unwrap(), "--seconds", "5"],
-    );
-    assert!(o.status.success(), "{}", stderr(&o));
-    let (_driver, driver_url) = chromedriver();
-    let c = browser(&driver_url, &mic).await;
-    let result = drive(&c, &net, &url, [&bob, &carol]).await;
-    // The page holds one event stream; more pages may open others, up to
-    // the bound, and the next is refused.
+    // Event streams are bounded; with them open, the daemon still stops
+    // cleanly on SIGTERM, in time.
     let mut streams = Vec::new();
     let refused = loop {
         assert!(
             streams.len() <= vmail_node::web::MAX_WATCHERS,
             "no bound on event streams"
         );
-        let mut s = TcpStream::connect(addr).unwrap();
+        let mut s = TcpStream::connect(n.addr).unwrap();
         s.write_all(
-            format!("GET /api/events HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\n\r\n")
-                .as_bytes(),
+            format!(
+                "GET /api/events HTTP/1.1\r\nHost: {}\r\nX-Vmail-Token: {token}\r\n\r\n",
+                n.addr
+            )
+            .as_bytes(),
         )
         .unwrap();
         let mut head = [0u8; 12];
@@ -327,23 +416,66 @@ async fn the_web_inbox_in_a_real_browser() {
             ),
         }
     };
-    assert_eq!(
-        refused,
-        vmail_node::web::MAX_WATCHERS - 1,
-        "the page's own stream counts"
+    assert_eq!(refused, vmail_node::web::MAX_WATCHERS);
+    let mut daemon = n.daemon;
+    let pid = nix::unistd::Pid::from_raw(daemon.0.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let end = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = daemon.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < end,
+            "the daemon did not stop within 30 s with event streams open"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "{status:?}");
+    assert!(
+        !n.homes[0]
+            .join("node")
+            .join(vmail_node::web::URL_FILE)
+            .exists(),
+        "web.url outlived the daemon"
     );
     drop(streams);
-    let logged_out = match &result {
-        Ok(()) => log_out(&c, &net, &alice).await,
-        Err(_) => Ok(()),
-    };
-    let _ = c.close().await;
-    result.unwrap();
-    logged_out.unwrap();
 }
 
-/// Logging out from the settings ends the session for the CLI too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_web_inbox_in_a_real_browser() {
+    if !(on_path("chromium") && on_path("chromedriver")) {
+        assert!(
+            std::env::var_os("VMAIL_REQUIRE_BROWSER").is_none(),
+            "VMAIL_REQUIRE_BROWSER is set but chromium or chromedriver is not on PATH"
+        );
+        eprintln!(
+            "skipped: chromium and chromedriver are not on PATH; tests/web/install.sh installs them (.ci/run runs it)"
+        );
+        return;
+    }
+    let n = Net::up();
+    let mic = n.net.dir.path().join("mic.wav");
+    let o = n.net.vmail(
+        n.net.dir.path(),
+        &["testnet", "tone", mic.to_str().unwrap(), "--seconds", "5"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (_driver, driver_url) = chromedriver();
+    let c = browser(&driver_url, &mic).await;
+    let [alice, bob, carol] = &n.homes;
+    let mut result = drive(&c, &n.net, &n.url, [bob, carol]).await;
+    if result.is_ok() {
+        result = log_out(&c, &n.net, alice).await;
+    }
+    let _ = c.close().await;
+    result.unwrap();
+}
+
+/// Logging out from the page when the CLI had already ended the session:
+/// the page forgets it too, and says so.
 async fn log_out(c: &Client, net: &Testnet, alice: &Path) -> Result<(), String> {
+    net.ok(alice, &["logout"]);
     click(c, "#tabs button[data-tab=settings]").await;
     click(c, "#logout").await;
     until(
@@ -352,12 +484,21 @@ async fn log_out(c: &Client, net: &Testnet, alice: &Path) -> Result<(), String> 
         "!document.getElementById('login').hidden",
     )
     .await;
+    let message = js(c, "return document.getElementById('message').textContent").await;
+    assert!(
+        message
+            .as_str()
+            .unwrap()
+            .contains("the server had already ended this session"),
+        "{message}"
+    );
     screenshot(c, "08-logged-out").await;
     let o = net.vmail(alice, &["whoami"]);
-    if o.status.success() {
+    if o.status.success() || !stderr(&o).contains("not logged in") {
         return Err(format!(
-            "alice is still logged in for the CLI: {}",
-            common::stdout(&o)
+            "alice's home still holds a session: {}{}",
+            common::stdout(&o),
+            stderr(&o)
         ));
     }
     Ok(())
@@ -370,11 +511,15 @@ async fn drive(
     url: &str,
     [bob, carol]: [&PathBuf; 2],
 ) -> Result<(), String> {
-    // The token URL sets the cookie and sends the browser to the page
-    // without it.
+    // The page takes the token from the URL's fragment and drops it from
+    // the address bar.
     c.goto(url).await.map_err(|e| e.to_string())?;
-    let here = c.current_url().await.unwrap();
-    assert_eq!(here.query(), None, "the token left the address bar: {here}");
+    until(
+        c,
+        "the token leaves the address bar",
+        "location.hash === ''",
+    )
+    .await;
     until(
         c,
         "the login form",
@@ -439,6 +584,31 @@ async fn drive(
     assert!(row.contains("2.0 s"), "{row}");
     screenshot(c, "02-inbox").await;
 
+    // Skipped to the end, it stays: only what was heard is acked.
+    click(c, "#inbox-list li .play").await;
+    until(
+        c,
+        "playback started",
+        "document.getElementById('player').currentTime > 0",
+    )
+    .await;
+    js(
+        c,
+        "const p = document.getElementById('player'); p.currentTime = p.duration - 0.05; return 1",
+    )
+    .await;
+    until(
+        c,
+        "a skip to the end is not a hearing",
+        "document.getElementById('message').textContent.includes('of it was played: it stays in your inbox')",
+    )
+    .await;
+    assert_eq!(
+        listed(c).await,
+        json!(1),
+        "a skipped voicemail left the inbox"
+    );
+
     // Played to the end with "Keep unheard", it stays.
     click(c, "#keep").await;
     click(c, "#inbox-list li .play").await;
@@ -449,12 +619,11 @@ async fn drive(
     )
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let listed = js(
-        c,
-        "return document.querySelectorAll('#inbox-list li').length",
-    )
-    .await;
-    assert_eq!(listed, json!(1), "a voicemail kept unheard left the inbox");
+    assert_eq!(
+        listed(c).await,
+        json!(1),
+        "a voicemail kept unheard left the inbox"
+    );
     click(c, "#keep").await;
 
     // Played to the end: the audio element's duration is the WAV's, and once

@@ -283,7 +283,7 @@ pub(super) async fn run(
     println!("  control socket {}", socket.display());
     control::serve_with(service, &socket, signal).await?;
     if let Some(w) = web {
-        w.stop();
+        w.stop().await;
         let _ = std::fs::remove_file(dir.join(vmail_node::web::URL_FILE));
     }
     if let Some(s) = sip {

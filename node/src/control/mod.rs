@@ -95,7 +95,7 @@ impl ControlError {
 
 /// The gRPC code of a peer error: the one table from each operation's error
 /// to a status ([`status`]).
-trait Coded: std::fmt::Display {
+pub(crate) trait Coded: std::fmt::Display {
     fn code(&self) -> Code;
 }
 
@@ -156,7 +156,7 @@ impl Coded for NetworkError {
     }
 }
 
-fn status(e: impl Coded) -> Status {
+pub(crate) fn status(e: impl Coded) -> Status {
     Status::new(e.code(), e.to_string())
 }
 

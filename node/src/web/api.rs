@@ -9,13 +9,14 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{FromRequest, Path, Query, Request as HttpRequest, State};
 use axum::http::{StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use ed25519_dalek::SigningKey;
 use futures::{Stream, StreamExt};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -24,10 +25,12 @@ use vmail_proto::control_pb::{self as pb, control_server::Control};
 use vmail_proto::names::Username;
 
 use super::Shared;
+use crate::auth_client::SenderVisibility;
 use crate::auth_client::{AuthClient, ClientError, ListEdit, PolicyChange, PolicyMode};
+use crate::control::status as grpc_status;
 use crate::core::wav;
 use crate::keystore::KeystoreError;
-use crate::peer::{Session, SessionError};
+use crate::peer::{LeaveRequest, Phase, Progress, ProgressFn, Session, SessionError, no_progress};
 
 type S = State<Arc<Shared>>;
 type ApiResult<T> = Result<Json<T>, ApiError>;
@@ -121,25 +124,57 @@ fn voicemail_id(hex_id: &str) -> Result<[u8; 16], ApiError> {
         .ok_or_else(|| ApiError::bad(format!("{hex_id:?} is not a voicemail id (32 hex digits)")))
 }
 
+/// A JSON body whose every rejection is an [`ApiError`].
+pub(super) struct Form<T>(T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Form<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: HttpRequest, state: &S) -> Result<Self, ApiError> {
+        Json::<T>::from_request(req, state)
+            .await
+            .map(|Json(t)| Form(t))
+            .map_err(|e| ApiError::new(e.status(), e.body_text()))
+    }
+}
+
+/// Any path the API does not have.
+pub(super) async fn no_such_page() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "no such page or API call")
+}
+
+/// A path the API has, with another method.
+pub(super) async fn wrong_method() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "this API call does not take that method",
+    )
+}
+
 async fn auth(s: &Shared) -> Result<AuthClient, ApiError> {
     Ok(s.peer.auth_client().await?)
 }
 
-/// `GET /api/session`.
+/// `GET /api/session`, and what a login or logout answers.
 #[derive(Serialize)]
 pub(super) struct SessionJson {
     username: Option<String>,
-    csrf: String,
     /// Why this home cannot log in (no auth group configured), if so.
     auth_error: Option<String>,
+    /// What the user should know about the login or logout just made.
+    note: Option<String>,
+}
+
+fn session_json(s: &Shared, note: Option<String>) -> Json<SessionJson> {
+    Json(SessionJson {
+        username: s.peer.username().map(|u| u.to_string()),
+        auth_error: s.account.target.as_ref().err().cloned(),
+        note,
+    })
 }
 
 pub(super) async fn session(State(s): S) -> Json<SessionJson> {
-    Json(SessionJson {
-        username: s.peer.username().map(|u| u.to_string()),
-        csrf: s.gate.csrf().to_owned(),
-        auth_error: s.account.target.as_ref().err().cloned(),
-    })
+    session_json(&s, None)
 }
 
 #[derive(Deserialize)]
@@ -150,7 +185,7 @@ pub(super) struct LoginForm {
 
 /// `POST /api/login`: OPAQUE with the auth group, as `vmail login` does;
 /// the session is saved to the home's keystore and given to the peer.
-pub(super) async fn login(State(s): S, Json(f): Json<LoginForm>) -> ApiResult<SessionJson> {
+pub(super) async fn login(State(s): S, Form(f): Form<LoginForm>) -> ApiResult<SessionJson> {
     let name = Username::parse(&f.username).map_err(|e| ApiError::bad(e.to_string()))?;
     if f.password.is_empty() {
         return Err(ApiError::bad("type your password"));
@@ -167,6 +202,11 @@ pub(super) async fn login(State(s): S, Json(f): Json<LoginForm>) -> ApiResult<Se
         .clone()
         .unwrap_or_else(|| SigningKey::from_bytes(&vmail_proto::random_bytes()));
     let mut client = AuthClient::connect(&target).await?;
+    // The key certified now, if any: a login with another key replaces it.
+    let before = match stored {
+        Some(_) => None,
+        None => client.certificate(name.as_str()).await.ok(),
+    };
     let login = client
         .login(
             name.as_str(),
@@ -179,21 +219,36 @@ pub(super) async fn login(State(s): S, Json(f): Json<LoginForm>) -> ApiResult<Se
         keystore.save_identity(&name, &identity)?;
     }
     keystore.save_session(&login)?;
+    let note = before
+        .filter(|c| c.identity_key != identity.verifying_key())
+        .map(|c| {
+            format!(
+                "this home had no identity key for {name}, so it made one, which replaces {}: another vmail home that holds the old key must run `vmail login {name}` again (to share one key, copy keystore/identities/{name}.key)",
+                hex::encode(c.identity_key.as_bytes())
+            )
+        });
     s.peer.set_session(Session {
         login,
         identity,
         target,
     });
-    Ok(session(State(s)).await)
+    Ok(session_json(&s, note))
 }
 
 /// `POST /api/logout`: the group ends the session, then the keystore and
-/// the peer forget it; on failure both keep it, so it can be retried.
+/// the peer forget it. A session the group had already ended is forgotten
+/// too; on any other failure both keep it, so it can be retried.
 pub(super) async fn logout(State(s): S) -> ApiResult<SessionJson> {
-    auth(&s).await?.logout().await?;
+    let note = match auth(&s).await?.logout().await {
+        Ok(()) => None,
+        Err(e) if e.code() == Some(Code::Unauthenticated) => {
+            Some(format!("the server had already ended this session ({e})"))
+        }
+        Err(e) => return Err(e.into()),
+    };
     s.account.keystore.clear_session()?;
     s.peer.end_session();
-    Ok(session(State(s)).await)
+    Ok(session_json(&s, note))
 }
 
 /// `GET /api/status`: the network, from the control API's `Status`.
@@ -290,10 +345,11 @@ pub(super) async fn inbox(State(s): S) -> ApiResult<Vec<InboxJson>> {
     ))
 }
 
-/// `GET /api/events`: server-sent events, `inbox` whenever the inbox may
-/// look different (the group pushed a new voicemail, this peer fetched,
-/// acked or recalled one, or the session changed). At most
-/// [`super::MAX_WATCHERS`] at once; each holds a push stream at the group.
+/// `GET /api/events`: server-sent events, `inbox` at connect and whenever
+/// the inbox may look different: the group pushed a new voicemail, this
+/// peer fetched, acked or recalled one, or the session changed. At most
+/// [`super::MAX_WATCHERS`] at once; each holds a push stream at the group,
+/// opened again for a new user, or 5 s after it failed or ended.
 pub(super) async fn events(
     State(s): S,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
@@ -308,30 +364,40 @@ pub(super) async fn events(
     })?;
     let (tx, rx) = mpsc::channel::<()>(1);
     let peer = s.peer.clone();
+    let stopping = s.stopping.clone();
     tokio::spawn(async move {
         let _permit = permit;
         let mut changes = peer.inbox_changes();
+        // A full queue already says "look again": sends never wait.
+        let _ = tx.try_send(());
         loop {
-            // Coalesced: a full queue already says "look again".
-            let _ = tx.try_send(());
-            let watch = peer.watch_inbox().await.ok();
-            let pushed = async {
-                match watch {
-                    Some(mut w) => {
-                        while let Ok(Some(_)) = w.message().await {
+            let user = peer.username();
+            let mut push = peer.watch_inbox().await.ok();
+            let retry = tokio::time::sleep(Duration::from_secs(5));
+            tokio::pin!(retry);
+            loop {
+                tokio::select! {
+                    m = async { push.as_mut()?.message().await.ok().flatten() }, if push.is_some() => {
+                        if m.is_some() {
                             let _ = tx.try_send(());
+                        } else {
+                            push = None;
+                            retry.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(5));
                         }
-                        // The stream ended (a server went away): watch again
-                        // after a pause.
-                        tokio::time::sleep(Duration::from_secs(2)).await;
                     }
-                    None => tokio::time::sleep(Duration::from_secs(5)).await,
+                    () = &mut retry, if push.is_none() => break,
+                    c = changes.changed() => {
+                        if c.is_err() {
+                            return;
+                        }
+                        let _ = tx.try_send(());
+                        if peer.username() != user {
+                            break;
+                        }
+                    }
+                    () = tx.closed() => return,
+                    () = stopping.cancelled() => return,
                 }
-            };
-            tokio::select! {
-                () = pushed => {}
-                c = changes.changed() => if c.is_err() { return },
-                () = tx.closed() => return,
             }
         }
     });
@@ -344,29 +410,19 @@ pub(super) async fn events(
 /// `GET /api/voicemail/{id}/audio`: fetched and decrypted through the
 /// normal fetch path (every shard's hash checked), not acked. Served as
 /// `audio/wav` when it is one, else as bytes to save; never as anything a
-/// browser would run.
+/// browser would run. The fetch runs in this request: a page that goes
+/// away cancels it and frees its turn.
 pub(super) async fn audio(State(s): S, Path(id): Path<String>) -> Result<Response, ApiError> {
     let id = voicemail_id(&id)?;
     let _turn =
         s.fetches.acquire().await.map_err(|_| {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the daemon is stopping")
         })?;
-    let mut stream = s
-        .control
-        .fetch(Request::new(pb::FetchRequest {
-            voicemail_id: id.to_vec(),
-        }))
-        .await?
-        .into_inner();
-    let mut content = Vec::new();
-    while let Some(event) = stream.next().await {
-        if let Some(pb::fetch_event::Event::Chunk(c)) = event?.event {
-            content.extend_from_slice(&c);
-        }
-    }
-    let (kind, duration_ms) = match wav::inspect(&content) {
-        Some(info) => ("audio/wav", info.duration_ms),
-        None => ("application/octet-stream", 0),
+    let fetched = s.peer.fetch(id, no_progress()).await.map_err(grpc_status)?;
+    let kind = if wav::inspect(&fetched.content).is_some() {
+        "audio/wav"
+    } else {
+        "application/octet-stream"
     };
     Ok((
         [
@@ -375,12 +431,8 @@ pub(super) async fn audio(State(s): S, Path(id): Path<String>) -> Result<Respons
                 header::CONTENT_DISPOSITION,
                 format!("attachment; filename=\"voicemail-{}.wav\"", hex::encode(id)),
             ),
-            (
-                header::HeaderName::from_static("x-vmail-duration-ms"),
-                duration_ms.to_string(),
-            ),
         ],
-        content,
+        fetched.content,
     )
         .into_response())
 }
@@ -440,11 +492,11 @@ pub(super) struct LeaveQuery {
 #[serde(rename_all = "snake_case")]
 enum LeaveLine {
     Stage {
-        /// "grant", "encrypt", "upload" or "deposit".
+        /// "encrypt", "grant", "upload" or "deposit".
         stage: &'static str,
         done: u64,
         total: u64,
-        note: String,
+        note: Option<String>,
     },
     Done {
         id: String,
@@ -459,40 +511,43 @@ enum LeaveLine {
     },
 }
 
-fn stage(phase: i32) -> &'static str {
-    match pb::Phase::try_from(phase) {
-        Ok(pb::Phase::Grant) => "grant",
-        Ok(pb::Phase::Encrypt) => "encrypt",
-        Ok(pb::Phase::Upload) => "upload",
-        Ok(pb::Phase::Deposit) => "deposit",
-        _ => "working",
+fn stage(p: Progress) -> LeaveLine {
+    LeaveLine::Stage {
+        stage: match p.phase {
+            Phase::Encrypt => "encrypt",
+            Phase::Grant => "grant",
+            Phase::Upload => "upload",
+            Phase::Deposit => "deposit",
+            Phase::Download | Phase::Decrypt => "fetch",
+        },
+        done: p.done,
+        total: p.total,
+        note: p.note.map(|n| n.to_string()),
     }
 }
 
-/// `POST /api/leave?to=carol,dave`, the body a WAV recording: checked as
-/// one (its duration is read here, not taken from the page), then left
-/// through the normal leave path; the answer streams its stages.
+/// `POST /api/leave?to=carol,dave`, the body a WAV recording: at most
+/// [`super::MAX_LEAVES`] at once, refused before the body is read; the
+/// body is read up to `max_voicemail_bytes` and no further, checked as a
+/// WAV (its duration is read here, not taken from the page), then left
+/// through the normal leave path ([`Peer::leave`], as the control API's
+/// `Leave`); the answer streams its stages. A page that goes away does
+/// not stop a leave half way, and the leave keeps its turn until it ends.
 pub(super) async fn leave(
     State(s): S,
-    Query(q): Query<LeaveQuery>,
-    body: Result<Bytes, BytesRejection>,
+    q: Result<Query<LeaveQuery>, QueryRejection>,
+    body: Body,
 ) -> Result<Response, ApiError> {
-    let max = s.peer.config().max_voicemail_bytes;
-    let body = body.map_err(|e| {
+    let Query(q) = q.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+    let turn = s.leaves.clone().try_acquire_owned().map_err(|_| {
         ApiError::new(
-            e.status(),
-            format!("the recording could not be read ({e}); it may be over this peer's limit of {max} bytes (max_voicemail_bytes): record a shorter one. Nothing was sent"),
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "{} voicemails are being left from this page already: wait for one to finish",
+                super::MAX_LEAVES
+            ),
         )
     })?;
-    if body.len() as u64 > max {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "the recording is {} bytes, over this peer's limit of {max} bytes (max_voicemail_bytes): record a shorter one. Nothing was sent",
-                body.len()
-            ),
-        ));
-    }
     let recipients: Vec<String> =
         q.to.split([',', ' '])
             .map(str::trim)
@@ -502,49 +557,60 @@ pub(super) async fn leave(
     if recipients.is_empty() {
         return Err(ApiError::bad("name at least one recipient"));
     }
+    let max = s.peer.config().max_voicemail_bytes;
+    let body = axum::body::to_bytes(body, usize::try_from(max).unwrap_or(usize::MAX))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the recording could not be read whole ({e}): this peer takes at most {max} bytes (max_voicemail_bytes); record a shorter one. Nothing was sent"
+                ),
+            )
+        })?;
     let info = wav::inspect(&body).ok_or_else(|| {
         ApiError::bad("the recording is not a WAV file: record again (nothing was sent)")
     })?;
-    let stream = s
-        .control
-        .leave(Request::new(pb::LeaveRequest {
-            recipients,
-            content: body.to_vec(),
-            content_type: "audio/wav".into(),
-            duration_ms: info.duration_ms,
-            anonymous: q.anonymous,
-            ..pb::LeaveRequest::default()
-        }))
-        .await?
-        .into_inner();
-    let lines = stream.map(|event| {
-        let line = match event {
-            Err(status) => LeaveLine::Error {
-                status: http(status.code()).as_u16(),
-                message: status.message().to_owned(),
+    let req = LeaveRequest {
+        recipients,
+        content: Vec::from(body),
+        content_type: "audio/wav".into(),
+        duration_ms: info.duration_ms,
+        redundancy: None,
+        sender: if q.anonymous {
+            SenderVisibility::Hidden
+        } else {
+            SenderVisibility::Shown
+        },
+    };
+    let (tx, rx) = mpsc::channel(64);
+    let stages = tx.clone();
+    // Stages are dropped when the page reads slowly, never the result.
+    let progress: ProgressFn = Arc::new(move |p| {
+        let _ = stages.try_send(stage(p));
+    });
+    let peer = s.peer.clone();
+    tokio::spawn(async move {
+        let _turn = turn;
+        let line = match peer.leave(req, progress).await {
+            Ok(done) => LeaveLine::Done {
+                id: hex::encode(done.voicemail_id),
+                recipients: done.recipients.to_strings(),
+                refused: done.refused.iter().map(ToString::to_string).collect(),
+                first_contact: done.first_contact.iter().map(ToString::to_string).collect(),
+                redundancy: done.redundancy.to_string(),
             },
-            Ok(pb::LeaveEvent {
-                event: Some(pb::leave_event::Event::Progress(p)),
-            }) => LeaveLine::Stage {
-                stage: stage(p.phase),
-                done: p.done,
-                total: p.total,
-                note: p.note,
-            },
-            Ok(pb::LeaveEvent {
-                event: Some(pb::leave_event::Event::Done(d)),
-            }) => LeaveLine::Done {
-                id: hex::encode(&d.voicemail_id),
-                recipients: d.recipients,
-                refused: d.refused,
-                first_contact: d.first_contact,
-                redundancy: d.redundancy,
-            },
-            Ok(pb::LeaveEvent { event: None }) => LeaveLine::Error {
-                status: 500,
-                message: "the peer sent an empty leave event".into(),
-            },
+            Err(e) => {
+                let st = grpc_status(e);
+                LeaveLine::Error {
+                    status: http(st.code()).as_u16(),
+                    message: st.message().to_owned(),
+                }
+            }
         };
+        let _ = tx.send(line).await;
+    });
+    let lines = ReceiverStream::new(rx).map(|line| {
         let mut text = serde_json::to_vec(&line).unwrap_or_default();
         text.push(b'\n');
         Ok::<_, Infallible>(Bytes::from(text))
@@ -661,7 +727,7 @@ pub(super) struct RetentionForm {
 }
 
 /// `POST /api/retention {"days": N}`.
-pub(super) async fn retention(State(s): S, Json(f): Json<RetentionForm>) -> ApiResult<AccountJson> {
+pub(super) async fn retention(State(s): S, Form(f): Form<RetentionForm>) -> ApiResult<AccountJson> {
     if f.days == 0 {
         return Err(ApiError::bad("retention must be at least 1 day"));
     }
@@ -710,7 +776,7 @@ pub(super) struct PolicyForm {
 }
 
 /// `POST /api/policy {"mode": "contacts", "accept_anonymous": false}`.
-pub(super) async fn set_policy(State(s): S, Json(f): Json<PolicyForm>) -> ApiResult<PolicyJson> {
+pub(super) async fn set_policy(State(s): S, Form(f): Form<PolicyForm>) -> ApiResult<PolicyJson> {
     let mode = f
         .mode
         .as_deref()
@@ -752,13 +818,13 @@ impl ListForm {
 }
 
 /// `POST /api/contacts {"add": [...], "remove": [...]}`.
-pub(super) async fn contacts(State(s): S, Json(f): Json<ListForm>) -> ApiResult<PolicyJson> {
+pub(super) async fn contacts(State(s): S, Form(f): Form<ListForm>) -> ApiResult<PolicyJson> {
     let edit = f.edit()?;
     Ok(Json(auth(&s).await?.edit_contacts(&edit).await?.into()))
 }
 
 /// `POST /api/blocked {"add": [...], "remove": [...]}`.
-pub(super) async fn blocked(State(s): S, Json(f): Json<ListForm>) -> ApiResult<PolicyJson> {
+pub(super) async fn blocked(State(s): S, Form(f): Form<ListForm>) -> ApiResult<PolicyJson> {
     let edit = f.edit()?;
     Ok(Json(auth(&s).await?.edit_blocked(&edit).await?.into()))
 }

@@ -5,23 +5,29 @@
 //! directly with the user's session: login, policy, contacts, blocks, sent.
 //!
 //! Every request passes [`guard::Gate`] first: this daemon's own `Host`,
-//! this page's `Origin`, the per-start token cookie and, for a change, the
-//! CSRF header. Every response carries a strict Content-Security-Policy.
-//! The handlers are in `api.rs`; the page is `assets/`.
+//! this page's `Origin`, and for the API this start's token in a header.
+//! Every response carries a strict Content-Security-Policy. Connections
+//! are capped and must send their headers in time. The handlers are in
+//! `api.rs`; the page is `assets/`.
 
 mod api;
 pub mod guard;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth_client::AuthTarget;
@@ -29,20 +35,33 @@ use crate::config::WebConfig;
 use crate::control::ControlService;
 use crate::keystore::Keystore;
 use crate::peer::Peer;
-use guard::{Ask, CSRF_HEADER, Gate, Pass};
+use guard::{Ask, Gate, TOKEN_HEADER};
 
 /// File in the data dir that holds the page's URL with this start's token
 /// (mode 0600), for a user who missed what `vmail node run` printed.
 pub const URL_FILE: &str = "web.url";
+/// Connections served at once; more wait to be accepted. Each costs a
+/// file descriptor and a task, so the daemon's other sockets never run
+/// short because of the page.
+pub const MAX_CONNECTIONS: usize = 64;
+/// A connection must send a request's headers within this, or it is closed.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pages that may watch for new voicemail at once; each holds a push
 /// stream open at the auth group.
 pub const MAX_WATCHERS: usize = 8;
 /// Voicemails fetched for the page at once (each is held in memory whole
 /// while it is sent); more wait their turn.
 pub const MAX_FETCHES: usize = 2;
+/// Leaves under way at once; one more is refused (429) before its body is
+/// read.
+pub const MAX_LEAVES: usize = 2;
+/// Largest request body but a leave's.
+const MAX_FORM: usize = 64 << 10;
+/// How long a stop waits for open requests to finish.
+const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// What every response carries: nothing but this page's own files may run,
-/// load or be framed, and the token URL never leaks in a Referer.
+/// load or be framed, and the page's address never leaks in a Referer.
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; media-src 'self' blob:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
 /// How the page logs the user in: the home's keystore (identity keys and
@@ -59,7 +78,9 @@ pub struct Account {
 #[derive(Debug, thiserror::Error)]
 pub enum WebError {
     /// Binding failed.
-    #[error("web.listen {addr}: {why}")]
+    #[error(
+        "web.listen {addr}: {why} (is another program using the port? choose another with --web)"
+    )]
     Bind {
         /// The address.
         addr: SocketAddr,
@@ -75,6 +96,9 @@ struct Shared {
     gate: Gate,
     watchers: Arc<Semaphore>,
     fetches: Semaphore,
+    leaves: Arc<Semaphore>,
+    /// Cancelled at stop: event streams end with it.
+    stopping: CancellationToken,
 }
 
 /// A running web inbox.
@@ -82,7 +106,8 @@ struct Shared {
 pub struct WebService {
     addr: SocketAddr,
     url: String,
-    shutdown: CancellationToken,
+    stopping: CancellationToken,
+    task: JoinHandle<()>,
 }
 
 impl WebService {
@@ -97,22 +122,15 @@ impl WebService {
         let want = config
             .listen
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
-        let listener = tokio::net::TcpListener::bind(want)
+        let listener = TcpListener::bind(want)
             .await
             .map_err(|why| WebError::Bind { addr: want, why })?;
         let addr = listener
             .local_addr()
             .map_err(|why| WebError::Bind { addr: want, why })?;
-        let hex = |b: [u8; 32]| hex::encode(b);
-        let gate = Gate::new(
-            addr,
-            hex(vmail_proto::random_bytes()),
-            hex(vmail_proto::random_bytes()),
-        );
+        let gate = Gate::new(addr, hex::encode(vmail_proto::random_bytes::<32>()));
         let url = gate.url();
-        let body_limit = usize::try_from(peer.config().max_voicemail_bytes)
-            .unwrap_or(usize::MAX)
-            .saturating_add(1 << 16);
+        let stopping = CancellationToken::new();
         let shared = Arc::new(Shared {
             peer,
             control,
@@ -120,22 +138,16 @@ impl WebService {
             gate,
             watchers: Arc::new(Semaphore::new(MAX_WATCHERS)),
             fetches: Semaphore::new(MAX_FETCHES),
+            leaves: Arc::new(Semaphore::new(MAX_LEAVES)),
+            stopping: stopping.clone(),
         });
-        let app = router(shared.clone(), body_limit);
-        let shutdown = CancellationToken::new();
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await;
-            if let Err(e) = served {
-                tracing::warn!("web inbox on {addr} stopped: {e}");
-            }
-        });
+        let app = router(shared);
+        let task = tokio::spawn(serve(listener, app, stopping.clone()));
         Ok(WebService {
             addr,
             url,
-            shutdown,
+            stopping,
+            task,
         })
     }
 
@@ -149,13 +161,64 @@ impl WebService {
         &self.url
     }
 
-    /// Stops serving (open event streams end).
-    pub fn stop(&self) {
-        self.shutdown.cancel();
+    /// Stops serving: event streams end, open requests get
+    /// [`STOP_GRACE`] to finish, and nothing of the service holds the peer
+    /// once this returns.
+    pub async fn stop(self) {
+        self.stopping.cancel();
+        let _ = self.task.await;
     }
 }
 
-fn router(shared: Arc<Shared>, body_limit: usize) -> Router {
+/// Accepts at most [`MAX_CONNECTIONS`] at once, each under
+/// [`HEADER_TIMEOUT`], until `stopping`; then gives the open ones
+/// [`STOP_GRACE`].
+async fn serve(listener: TcpListener, app: Router, stopping: CancellationToken) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        let slot = tokio::select! {
+            s = slots.clone().acquire_owned() => s.expect("never closed"),
+            () = stopping.cancelled() => break,
+        };
+        let stream = tokio::select! {
+            a = listener.accept() => match a {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    // Out of descriptors, say: wait rather than spin.
+                    tracing::warn!("web inbox: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = stopping.cancelled() => break,
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let stop = stopping.clone();
+        conns.spawn(async move {
+            let _slot = slot;
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(STOP_GRACE, conn).await;
+                }
+            }
+        });
+        while conns.try_join_next().is_some() {}
+    }
+    let _ = tokio::time::timeout(STOP_GRACE, async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+}
+
+fn router(shared: Arc<Shared>) -> Router {
     let asset = |body: &'static str, kind: &'static str| {
         get(move || async move { ([(header::CONTENT_TYPE, kind)], body) })
     };
@@ -195,12 +258,14 @@ fn router(shared: Arc<Shared>, body_limit: usize) -> Router {
         .route("/api/policy", get(api::policy).post(api::set_policy))
         .route("/api/contacts", post(api::contacts))
         .route("/api/blocked", post(api::blocked))
-        .layer(axum::extract::DefaultBodyLimit::max(body_limit))
+        .fallback(api::no_such_page)
+        .method_not_allowed_fallback(api::wrong_method)
+        .layer(DefaultBodyLimit::max(MAX_FORM))
         .layer(middleware::from_fn_with_state(shared.clone(), gate))
         .with_state(shared)
 }
 
-fn text(h: &HeaderMap, name: impl axum::http::header::AsHeaderName) -> Option<&str> {
+fn text(h: &HeaderMap, name: impl header::AsHeaderName) -> Option<&str> {
     h.get(name).and_then(|v| v.to_str().ok())
 }
 
@@ -208,35 +273,22 @@ fn text(h: &HeaderMap, name: impl axum::http::header::AsHeaderName) -> Option<&s
 /// security headers.
 async fn gate(State(s): State<Arc<Shared>>, req: Request, next: Next) -> Response {
     let h = req.headers();
-    let url_token = req
-        .uri()
-        .query()
-        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")));
     let ask = Ask {
-        safe: matches!(*req.method(), Method::GET | Method::HEAD),
+        api: req.uri().path().starts_with("/api/"),
         host: text(h, header::HOST),
         origin: text(h, header::ORIGIN),
-        cookie: text(h, header::COOKIE),
-        csrf: text(h, CSRF_HEADER),
-        url_token,
+        token: text(h, TOKEN_HEADER),
     };
     let mut resp = match s.gate.check(&ask) {
-        Ok(Pass::Serve) => next.run(req).await,
-        Ok(Pass::SetCookie) => (
-            StatusCode::SEE_OTHER,
-            [
-                (header::SET_COOKIE, s.gate.set_cookie()),
-                (header::LOCATION, "/".to_owned()),
-            ],
-        )
-            .into_response(),
+        Ok(()) => next.run(req).await,
         Err(why) => {
             tracing::info!(
                 "web inbox: refused {} {}: {why}",
                 req.method(),
                 req.uri().path()
             );
-            let code = StatusCode::from_u16(why.status()).unwrap_or(StatusCode::FORBIDDEN);
+            let code = axum::http::StatusCode::from_u16(why.status())
+                .unwrap_or(axum::http::StatusCode::FORBIDDEN);
             api::ApiError::new(code, why.to_string()).into_response()
         }
     };

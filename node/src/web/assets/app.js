@@ -2,9 +2,18 @@
 // comes from other users is set with textContent, never parsed as HTML.
 
 const $ = (id) => document.getElementById(id);
-let csrf = '';
 let me = null;
 let events = null;
+
+// The token comes in the URL's fragment, which the browser never sends;
+// it is kept in this origin's storage (another port is another origin)
+// and sent as a header with every API call.
+const TOKEN_KEY = 'vmail-token';
+if (location.hash.startsWith('#token=')) {
+  localStorage.setItem(TOKEN_KEY, location.hash.slice('#token='.length));
+  history.replaceState(null, '', location.pathname);
+}
+const token = localStorage.getItem(TOKEN_KEY) || '';
 
 /** An element with text and children; `cls` may be empty. */
 function el(tag, cls, text, ...children) {
@@ -31,7 +40,7 @@ function say(text, error = false) {
 
 /** A call to the API; throws an Error carrying the daemon's message. */
 async function api(path, { method = 'GET', json, body, type } = {}) {
-  const init = { method, headers: {} };
+  const init = { method, headers: { 'x-vmail-token': token } };
   if (json !== undefined) {
     init.headers['content-type'] = 'application/json';
     init.body = JSON.stringify(json);
@@ -39,7 +48,6 @@ async function api(path, { method = 'GET', json, body, type } = {}) {
     init.headers['content-type'] = type;
     init.body = body;
   }
-  if (method !== 'GET') init.headers['x-vmail-csrf'] = csrf;
   const r = await fetch(path, init);
   if (!r.ok) {
     let why = `${r.status} ${r.statusText}`;
@@ -49,6 +57,22 @@ async function api(path, { method = 'GET', json, body, type } = {}) {
     throw e;
   }
   return r;
+}
+
+/** The pieces of a streamed response body, split at `sep`. */
+async function* pieces(response, sep) {
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffered = '';
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffered += value;
+    let end;
+    while ((end = buffered.indexOf(sep)) >= 0) {
+      yield buffered.slice(0, end);
+      buffered = buffered.slice(end + sep.length);
+    }
+  }
 }
 
 const getJson = async (path) => (await api(path)).json();
@@ -92,7 +116,7 @@ for (const b of document.querySelectorAll('#tabs button')) {
 
 async function start() {
   const s = await getJson('/api/session');
-  csrf = s.csrf;
+  const was = me;
   me = s.username;
   $('auth-error').hidden = !s.auth_error;
   $('auth-error').textContent = s.auth_error || '';
@@ -101,11 +125,12 @@ async function start() {
   $('who').textContent = me ? `logged in as ${me}` : '';
   if (!me) {
     for (const s of document.querySelectorAll('section.tab')) s.hidden = true;
-    if (events) events.close();
+    if (events) events.abort();
     events = null;
     return;
   }
-  show('inbox');
+  // The same user (a call refused by the group, say) stays where they are.
+  if (was !== me) show('inbox');
   watch();
 }
 
@@ -113,52 +138,66 @@ $('login-form').addEventListener('submit', (e) => {
   e.preventDefault();
   guarded(async () => {
     $('login-submit').disabled = true;
+    let s;
     try {
-      await post('/api/login', { username: $('login-user').value.trim(), password: $('login-pass').value });
+      s = await post('/api/login', { username: $('login-user').value.trim(), password: $('login-pass').value });
     } finally {
       $('login-submit').disabled = false;
       $('login-pass').value = '';
     }
-    $('message').hidden = true;
     await start();
+    if (s.note) say(s.note);
   });
 });
 
 $('logout').addEventListener('click', () => guarded(async () => {
-  await post('/api/logout');
-  say('logged out');
+  const s = await post('/api/logout');
   await start();
+  say(s.note ? `logged out; ${s.note}` : 'logged out');
 }));
 
 // ---- inbox ---------------------------------------------------------------
 
 let reload = null;
+/** Follows /api/events (server-sent events, read with fetch so that the
+ * token goes in a header) and reloads the inbox on each event; after a
+ * failure, tries again in 5 s. */
 function watch() {
   if (events) return;
-  events = new EventSource('/api/events');
-  // Coalesce a burst of pushes into one reload.
-  events.addEventListener('error', () => {
-    if (!events) return;
+  const controller = new AbortController();
+  events = controller;
+  const again = () => {
+    if (events !== controller) return;
+    events = null;
     say('lost the live inbox; reconnecting…', true);
-    // A refused stream (the daemon restarted, or too many pages watch)
-    // is not retried by the browser: try again in a while.
-    if (events.readyState === EventSource.CLOSED) {
-      events = null;
-      setTimeout(() => { if (me) watch(); }, 5000);
-    }
-  });
-  events.addEventListener('open', () => {
+    setTimeout(() => { if (me) watch(); }, 5000);
+  };
+  (async () => {
+    const r = await fetch('/api/events', { headers: { 'x-vmail-token': token }, signal: controller.signal });
+    if (!r.ok) throw new Error(r.statusText);
     if ($('message').textContent.startsWith('lost the live inbox')) $('message').hidden = true;
-  });
-  events.addEventListener('inbox', () => {
-    clearTimeout(reload);
-    reload = setTimeout(() => guarded(loadInbox), 150);
-  });
+    for await (const block of pieces(r, '\n\n')) {
+      // Coalesce a burst of pushes into one reload.
+      if (block.split('\n').includes('event: inbox')) {
+        clearTimeout(reload);
+        reload = setTimeout(() => guarded(loadInbox), 150);
+      }
+    }
+  })().then(again, (e) => { if (e.name !== 'AbortError') again(); });
 }
 
 const player = $('player');
 let playing = null;
-let audioBlobs = new Map();
+const audioBlobs = new Map();
+const blobUrls = new Map();
+
+/** An object URL for `blob` in slot `slot`, revoking the one before. */
+function blobUrl(slot, blob) {
+  if (blobUrls.has(slot)) URL.revokeObjectURL(blobUrls.get(slot));
+  const url = URL.createObjectURL(blob);
+  blobUrls.set(slot, url);
+  return url;
+}
 
 async function audioOf(v) {
   if (!audioBlobs.has(v.id)) {
@@ -215,7 +254,7 @@ async function play(v) {
   $('now-playing').textContent = `fetching ${v.sender}'s voicemail…`;
   const blob = await audioOf(v);
   playing = v;
-  player.src = URL.createObjectURL(blob);
+  player.src = blobUrl('player', blob);
   player.dataset.voicemail = v.id;
   player.dataset.durationMs = v.duration_ms;
   $('now-playing').textContent = `${v.sender}, ${when(v.deposited_at)}`;
@@ -231,6 +270,13 @@ player.addEventListener('ended', () => guarded(async () => {
     say('kept unheard: it stays in your inbox');
     return;
   }
+  // Only what was heard is acked: a skip to the end keeps it.
+  let heard = 0;
+  for (let i = 0; i < player.played.length; i++) heard += player.played.end(i) - player.played.start(i);
+  if (heard < player.duration * 0.9) {
+    say(`only ${Math.round((100 * heard) / player.duration)}% of it was played: it stays in your inbox`);
+    return;
+  }
   await post(`/api/voicemail/${v.id}/ack`);
   audioBlobs.delete(v.id);
   $('now-playing').textContent = '';
@@ -240,7 +286,7 @@ player.addEventListener('ended', () => guarded(async () => {
 async function save(v) {
   const blob = await audioOf(v);
   const a = el('a');
-  a.href = URL.createObjectURL(blob);
+  a.href = blobUrl('save', blob);
   a.download = `voicemail-${v.sender}-${new Date(v.deposited_at * 1000).toISOString().slice(0, 19).replaceAll(':', '')}.wav`;
   a.click();
 }
@@ -252,16 +298,16 @@ async function remove(v) {
   await loadInbox();
 }
 
-// The waveform of what plays, drawn from the audio element itself.
+// The waveform of what plays, drawn from the audio element itself; set up
+// at the first play (an AudioContext needs a user's gesture).
 let analyser = null;
 function wave() {
-  if (!analyser) {
-    const ctx = new AudioContext();
-    analyser = ctx.createAnalyser();
-    analyser.fftSize = 2048;
-    ctx.createMediaElementSource(player).connect(analyser);
-    analyser.connect(ctx.destination);
-  }
+  if (analyser) return;
+  const ctx = new AudioContext();
+  analyser = ctx.createAnalyser();
+  analyser.fftSize = 2048;
+  ctx.createMediaElementSource(player).connect(analyser);
+  analyser.connect(ctx.destination);
   const canvas = $('wave');
   const g = canvas.getContext('2d');
   const data = new Uint8Array(analyser.fftSize);
@@ -295,10 +341,16 @@ $('rec-start').addEventListener('click', () => guarded(async () => {
   recorder.addEventListener('dataavailable', (e) => chunks.push(e.data));
   recorder.addEventListener('stop', () => guarded(async () => {
     for (const t of stream.getTracks()) t.stop();
-    const decoded = await new AudioContext().decodeAudioData(await new Blob(chunks).arrayBuffer());
+    const ctx = new AudioContext();
+    let decoded;
+    try {
+      decoded = await ctx.decodeAudioData(await new Blob(chunks).arrayBuffer());
+    } finally {
+      ctx.close();
+    }
     recording = await toWav(decoded);
     const preview = $('rec-preview');
-    preview.src = URL.createObjectURL(recording.blob);
+    preview.src = blobUrl('preview', recording.blob);
     preview.hidden = false;
     $('rec-status').textContent = `Recorded ${seconds(recording.durationMs)}.`;
     $('rec-status').dataset.durationMs = recording.durationMs;
@@ -360,30 +412,21 @@ $('leave-form').addEventListener('submit', (e) => {
     const q = new URLSearchParams({ to, anonymous: $('rec-anon').checked });
     try {
       const r = await api(`/api/leave?${q}`, { method: 'POST', body: recording.blob, type: 'audio/wav' });
-      const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
-      let buffered = '';
-      for (;;) {
-        const { value, done } = await reader.read();
-        if (done) break;
-        buffered += value;
-        let nl;
-        while ((nl = buffered.indexOf('\n')) >= 0) {
-          const line = JSON.parse(buffered.slice(0, nl));
-          buffered = buffered.slice(nl + 1);
-          if (line.stage) {
-            const s = line.stage;
-            stageState(s.stage, s.done >= s.total && s.total > 0 ? 'done' : 'active');
-            if (s.note) say(s.note);
-          } else if (line.done) {
-            stageState('deposit', 'done');
-            const d = line.done;
-            let text = `Left for ${d.recipients.join(', ')} (${d.redundancy}).`;
-            if (d.refused.length) text += ` Not delivered: ${d.refused.join('; ')}.`;
-            $('rec-result').textContent = text;
-            $('rec-result').dataset.id = d.id;
-          } else if (line.error) {
-            throw new Error(line.error.message);
-          }
+      for await (const text of pieces(r, '\n')) {
+        const line = JSON.parse(text);
+        if (line.stage) {
+          const s = line.stage;
+          stageState(s.stage, s.done >= s.total && s.total > 0 ? 'done' : 'active');
+          if (s.note) say(s.note);
+        } else if (line.done) {
+          stageState('deposit', 'done');
+          const d = line.done;
+          let text = `Left for ${d.recipients.join(', ')} (${d.redundancy}).`;
+          if (d.refused.length) text += ` Not delivered: ${d.refused.join('; ')}.`;
+          $('rec-result').textContent = text;
+          $('rec-result').dataset.id = d.id;
+        } else if (line.error) {
+          throw new Error(line.error.message);
         }
       }
     } finally {
