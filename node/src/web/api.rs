@@ -10,7 +10,8 @@ use std::time::Duration;
 use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{FromRequest, Path, Query, Request as HttpRequest, State};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request as HttpRequest, State};
+use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -117,11 +118,23 @@ impl From<KeystoreError> for ApiError {
     }
 }
 
-fn voicemail_id(hex_id: &str) -> Result<[u8; 16], ApiError> {
-    hex::decode(hex_id)
-        .ok()
-        .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| ApiError::bad(format!("{hex_id:?} is not a voicemail id (32 hex digits)")))
+/// A voicemail id in the path (32 hex digits); any other path is an
+/// [`ApiError`] naming it.
+pub(super) struct Id([u8; 16]);
+
+impl<S: Send + Sync> FromRequestParts<S> for Id {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(text) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+        hex::decode(&text)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .map(Id)
+            .ok_or_else(|| ApiError::bad(format!("{text:?} is not a voicemail id (32 hex digits)")))
+    }
 }
 
 /// A JSON body whose every rejection is an [`ApiError`].
@@ -365,14 +378,18 @@ pub(super) async fn events(
     let (tx, rx) = mpsc::channel::<()>(1);
     let peer = s.peer.clone();
     let stopping = s.stopping.clone();
-    tokio::spawn(async move {
+    s.tasks.spawn(async move {
         let _permit = permit;
         let mut changes = peer.inbox_changes();
         // A full queue already says "look again": sends never wait.
         let _ = tx.try_send(());
         loop {
             let user = peer.username();
-            let mut push = peer.watch_inbox().await.ok();
+            let mut push = tokio::select! {
+                w = peer.watch_inbox() => w.ok(),
+                () = tx.closed() => return,
+                () = stopping.cancelled() => return,
+            };
             let retry = tokio::time::sleep(Duration::from_secs(5));
             tokio::pin!(retry);
             loop {
@@ -412,8 +429,7 @@ pub(super) async fn events(
 /// `audio/wav` when it is one, else as bytes to save; never as anything a
 /// browser would run. The fetch runs in this request: a page that goes
 /// away cancels it and frees its turn.
-pub(super) async fn audio(State(s): S, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let id = voicemail_id(&id)?;
+pub(super) async fn audio(State(s): S, Id(id): Id) -> Result<Response, ApiError> {
     let _turn =
         s.fetches.acquire().await.map_err(|_| {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the daemon is stopping")
@@ -445,8 +461,7 @@ pub(super) struct AckJson {
     holders_missed: u32,
 }
 
-pub(super) async fn ack(State(s): S, Path(id): Path<String>) -> ApiResult<AckJson> {
-    let id = voicemail_id(&id)?;
+pub(super) async fn ack(State(s): S, Id(id): Id) -> ApiResult<AckJson> {
     let a = s
         .control
         .ack(Request::new(pb::AckRequest {
@@ -469,8 +484,7 @@ pub(super) struct ReportJson {
     newly_blocked: bool,
 }
 
-pub(super) async fn report(State(s): S, Path(id): Path<String>) -> ApiResult<ReportJson> {
-    let id = voicemail_id(&id)?;
+pub(super) async fn report(State(s): S, Id(id): Id) -> ApiResult<ReportJson> {
     let r = auth(&s).await?.report(&id).await?;
     Ok(Json(ReportJson {
         sender: r.sender.map(|u| u.to_string()),
@@ -558,9 +572,21 @@ pub(super) async fn leave(
         return Err(ApiError::bad("name at least one recipient"));
     }
     let max = s.peer.config().max_voicemail_bytes;
-    let body = axum::body::to_bytes(body, usize::try_from(max).unwrap_or(usize::MAX))
-        .await
-        .map_err(|e| {
+    let body = tokio::time::timeout(
+        super::BODY_TIMEOUT,
+        axum::body::to_bytes(body, usize::try_from(max).unwrap_or(usize::MAX)),
+    )
+    .await
+    .map_err(|_| {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the recording did not arrive within {} s: try again. Nothing was sent",
+                super::BODY_TIMEOUT.as_secs()
+            ),
+        )
+    })?
+    .map_err(|e| {
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!(
@@ -590,8 +616,7 @@ pub(super) async fn leave(
         let _ = stages.try_send(stage(p));
     });
     let peer = s.peer.clone();
-    tokio::spawn(async move {
-        let _turn = turn;
+    s.tasks.spawn(async move {
         let line = match peer.leave(req, progress).await {
             Ok(done) => LeaveLine::Done {
                 id: hex::encode(done.voicemail_id),
@@ -608,6 +633,8 @@ pub(super) async fn leave(
                 }
             }
         };
+        // The turn ends with the leave, whether or not the page reads on.
+        drop(turn);
         let _ = tx.send(line).await;
     });
     let lines = ReceiverStream::new(rx).map(|line| {
@@ -670,8 +697,7 @@ pub(super) struct RecallJson {
     holders_missed: u32,
 }
 
-pub(super) async fn recall(State(s): S, Path(id): Path<String>) -> ApiResult<RecallJson> {
-    let id = voicemail_id(&id)?;
+pub(super) async fn recall(State(s): S, Id(id): Id) -> ApiResult<RecallJson> {
     let r = s
         .control
         .recall(Request::new(pb::RecallRequest {

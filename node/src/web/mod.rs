@@ -29,6 +29,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::auth_client::AuthTarget;
 use crate::config::WebConfig;
@@ -59,6 +60,10 @@ pub const MAX_LEAVES: usize = 2;
 const MAX_FORM: usize = 64 << 10;
 /// How long a stop waits for open requests to finish.
 const STOP_GRACE: Duration = Duration::from_secs(5);
+/// How long a stop waits for leaves under way to end.
+const LEAVE_GRACE: Duration = Duration::from_secs(60);
+/// How long a leave's body may take to arrive.
+const BODY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What every response carries: nothing but this page's own files may run,
 /// load or be framed, and the page's address never leaks in a Referer.
@@ -99,6 +104,9 @@ struct Shared {
     leaves: Arc<Semaphore>,
     /// Cancelled at stop: event streams end with it.
     stopping: CancellationToken,
+    /// The tasks that outlive a request (event streams, leaves): a stop
+    /// waits for them, so none holds the peer after it.
+    tasks: TaskTracker,
 }
 
 /// A running web inbox.
@@ -108,6 +116,7 @@ pub struct WebService {
     url: String,
     stopping: CancellationToken,
     task: JoinHandle<()>,
+    tasks: TaskTracker,
 }
 
 impl WebService {
@@ -131,6 +140,7 @@ impl WebService {
         let gate = Gate::new(addr, hex::encode(vmail_proto::random_bytes::<32>()));
         let url = gate.url();
         let stopping = CancellationToken::new();
+        let tasks = TaskTracker::new();
         let shared = Arc::new(Shared {
             peer,
             control,
@@ -140,6 +150,7 @@ impl WebService {
             fetches: Semaphore::new(MAX_FETCHES),
             leaves: Arc::new(Semaphore::new(MAX_LEAVES)),
             stopping: stopping.clone(),
+            tasks: tasks.clone(),
         });
         let app = router(shared);
         let task = tokio::spawn(serve(listener, app, stopping.clone()));
@@ -148,6 +159,7 @@ impl WebService {
             url,
             stopping,
             task,
+            tasks,
         })
     }
 
@@ -162,11 +174,22 @@ impl WebService {
     }
 
     /// Stops serving: event streams end, open requests get
-    /// [`STOP_GRACE`] to finish, and nothing of the service holds the peer
-    /// once this returns.
+    /// [`STOP_GRACE`] to finish and leaves under way [`LEAVE_GRACE`], so
+    /// that nothing of the service holds the peer once this returns
+    /// (unless a leave outlived its grace: then it says so).
     pub async fn stop(self) {
         self.stopping.cancel();
         let _ = self.task.await;
+        self.tasks.close();
+        if tokio::time::timeout(LEAVE_GRACE, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "web inbox: a leave from the page was still under way after {} s; it ends with the daemon",
+                LEAVE_GRACE.as_secs()
+            );
+        }
     }
 }
 

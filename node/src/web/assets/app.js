@@ -13,7 +13,9 @@ if (location.hash.startsWith('#token=')) {
   localStorage.setItem(TOKEN_KEY, location.hash.slice('#token='.length));
   history.replaceState(null, '', location.pathname);
 }
-const token = localStorage.getItem(TOKEN_KEY) || '';
+// Read at each call: a page left open across a restart takes the new
+// token as soon as the new URL is opened in another tab.
+const token = () => localStorage.getItem(TOKEN_KEY) || '';
 
 /** An element with text and children; `cls` may be empty. */
 function el(tag, cls, text, ...children) {
@@ -40,7 +42,7 @@ function say(text, error = false) {
 
 /** A call to the API; throws an Error carrying the daemon's message. */
 async function api(path, { method = 'GET', json, body, type } = {}) {
-  const init = { method, headers: { 'x-vmail-token': token } };
+  const init = { method, headers: { 'x-vmail-token': token() } };
   if (json !== undefined) {
     init.headers['content-type'] = 'application/json';
     init.body = JSON.stringify(json);
@@ -173,7 +175,7 @@ function watch() {
     setTimeout(() => { if (me) watch(); }, 5000);
   };
   (async () => {
-    const r = await fetch('/api/events', { headers: { 'x-vmail-token': token }, signal: controller.signal });
+    const r = await fetch('/api/events', { headers: { 'x-vmail-token': token() }, signal: controller.signal });
     if (!r.ok) throw new Error(r.statusText);
     if ($('message').textContent.startsWith('lost the live inbox')) $('message').hidden = true;
     for await (const block of pieces(r, '\n\n')) {
@@ -264,19 +266,20 @@ async function play(v) {
 
 player.addEventListener('ended', () => guarded(async () => {
   const v = playing;
-  playing = null;
   if (!v) return;
   if ($('keep').checked) {
     say('kept unheard: it stays in your inbox');
     return;
   }
-  // Only what was heard is acked: a skip to the end keeps it.
+  // Only what was heard is acked: a skip to the end keeps it (played
+  // through afterwards, it counts).
   let heard = 0;
   for (let i = 0; i < player.played.length; i++) heard += player.played.end(i) - player.played.start(i);
-  if (heard < player.duration * 0.9) {
-    say(`only ${Math.round((100 * heard) / player.duration)}% of it was played: it stays in your inbox`);
+  if (!(heard >= player.duration * 0.9)) {
+    say(`only ${Math.round((100 * heard) / player.duration) || 0}% of it was played: it stays in your inbox`);
     return;
   }
+  playing = null;
   await post(`/api/voicemail/${v.id}/ack`);
   audioBlobs.delete(v.id);
   $('now-playing').textContent = '';
