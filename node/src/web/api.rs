@@ -1,7 +1,12 @@
 //! The web inbox's HTTP API: thin JSON adapters over the control API
-//! ([`ControlService`], called in process) and, for what the CLI asks the
-//! auth group directly, over the peer's session ([`Peer::auth_client`]).
-//! Errors are `{"error": "..."}` with the status the gRPC code maps to.
+//! ([`ControlService`], called in process), over the peer's own fetch and
+//! leave (where a request must be able to cancel its fetch, or a leave
+//! must outlive its request), and, for what the CLI asks the auth group
+//! directly, over the peer's session ([`Peer::auth_client`]). Errors are
+//! `{"error": "..."}` with the status the gRPC code maps to.
+//!
+//! [`ControlService`]: crate::control::ControlService
+//! [`Peer::auth_client`]: crate::peer::Peer::auth_client
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -26,8 +31,9 @@ use vmail_proto::control_pb::{self as pb, control_server::Control};
 use vmail_proto::names::Username;
 
 use super::Shared;
-use crate::auth_client::SenderVisibility;
-use crate::auth_client::{AuthClient, ClientError, ListEdit, PolicyChange, PolicyMode};
+use crate::auth_client::{
+    AuthClient, ClientError, ListEdit, PolicyChange, PolicyMode, SenderVisibility,
+};
 use crate::control::status as grpc_status;
 use crate::core::wav;
 use crate::keystore::KeystoreError;

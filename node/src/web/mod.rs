@@ -173,10 +173,10 @@ impl WebService {
         &self.url
     }
 
-    /// Stops serving: event streams end, open requests get
-    /// [`STOP_GRACE`] to finish and leaves under way [`LEAVE_GRACE`], so
-    /// that nothing of the service holds the peer once this returns
-    /// (unless a leave outlived its grace: then it says so).
+    /// Stops serving: event streams end, open requests get 5 s to finish
+    /// and leaves under way 60 s, so that nothing of the service holds the
+    /// peer once this returns (unless a leave outlived its grace: then it
+    /// says so).
     pub async fn stop(self) {
         self.stopping.cancel();
         let _ = self.task.await;
