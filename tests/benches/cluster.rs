@@ -530,16 +530,7 @@ async fn run() -> Result<()> {
         times.push(t.elapsed());
         cluster.stop().await;
     }
-    times.sort();
-    ensure!(times.len() == FAILOVERS);
-    println!(
-        "| leader killed → next deposit acknowledged, median of {FAILOVERS}, s | {:.2} |",
-        times[FAILOVERS / 2].as_secs_f64()
-    );
-    println!(
-        "| same, worst of {FAILOVERS}, s | {:.2} |",
-        times[FAILOVERS - 1].as_secs_f64()
-    );
+    let ours = print_gaps("leader killed → next deposit acknowledged", times)?;
     // The same kill in etcd: fresh clusters, the next put's gap.
     if let Some(bin) = etcd_binary() {
         let mut gaps = Vec::new();
@@ -549,21 +540,30 @@ async fn run() -> Result<()> {
             cluster.stop().await;
             gaps.push(gap?);
         }
-        gaps.sort();
-        println!(
-            "| etcd: leader killed → next put acknowledged, median of {FAILOVERS}, s | {:.2} |",
-            gaps[FAILOVERS / 2].as_secs_f64()
-        );
-        println!(
-            "| same, worst of {FAILOVERS}, s | {:.2} |",
-            gaps[FAILOVERS - 1].as_secs_f64()
-        );
+        let etcd = print_gaps("etcd: leader killed → next put acknowledged", gaps)?;
         println!(
             "| **failover gap, vmail / etcd (medians)** | **{:.2}** |",
-            times[FAILOVERS / 2].as_secs_f64() / gaps[FAILOVERS / 2].as_secs_f64()
+            ours.as_secs_f64() / etcd.as_secs_f64()
         );
     }
     Ok(())
+}
+
+/// Prints the median and worst of [`FAILOVERS`] failover gaps as table
+/// rows; returns the median.
+fn print_gaps(what: &str, mut gaps: Vec<Duration>) -> Result<Duration> {
+    gaps.sort();
+    ensure!(gaps.len() == FAILOVERS);
+    let median = gaps[FAILOVERS / 2];
+    println!(
+        "| {what}, median of {FAILOVERS}, s | {:.2} |",
+        median.as_secs_f64()
+    );
+    println!(
+        "| same, worst of {FAILOVERS}, s | {:.2} |",
+        gaps[FAILOVERS - 1].as_secs_f64()
+    );
+    Ok(median)
 }
 
 fn main() -> Result<()> {

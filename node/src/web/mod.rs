@@ -8,7 +8,7 @@
 //! this page's `Origin`, and for the API this start's token in a header.
 //! Every response carries a strict Content-Security-Policy. Connections
 //! are capped and must send their headers in time. The handlers are in
-//! `api.rs`; the page is `assets/`.
+//! `api/`; the page is `assets/`.
 
 mod api;
 pub mod guard;
