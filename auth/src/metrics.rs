@@ -142,6 +142,9 @@ pub struct AuthMetrics {
     proposal_commands: Histogram,
     append_seconds: Histogram,
     apply_seconds: Histogram,
+    commit_seconds: Histogram,
+    group_sign_seconds: Histogram,
+    group_sign_items: Histogram,
     logins_succeeded: Counter,
     logins_failed: Family<Reason, Counter>,
     lockouts: Counter,
@@ -179,6 +182,10 @@ impl AuthMetrics {
             proposal_commands: Histogram::new(exponential_buckets(1.0, 2.0, 9)),
             append_seconds: seconds(),
             apply_seconds: seconds(),
+            commit_seconds: seconds(),
+            group_sign_seconds: seconds(),
+            // 1, 2, 4 .. 256: the signing batch's bound.
+            group_sign_items: Histogram::new(exponential_buckets(1.0, 2.0, 9)),
             logins_succeeded: Counter::default(),
             logins_failed: Family::default(),
             lockouts: Counter::default(),
@@ -243,6 +250,21 @@ impl AuthMetrics {
             "raft_apply_duration_seconds",
             "Time to apply a run of committed entries to the state",
             m.apply_seconds.clone(),
+        );
+        r.register(
+            "raft_commit_duration_seconds",
+            "Time from proposing a log entry as leader to its reply: replication to a majority, fsyncs and the apply",
+            m.commit_seconds.clone(),
+        );
+        r.register(
+            "group_sign_duration_seconds",
+            "Time of one threshold signing round this server coordinated, both rounds with the other signers",
+            m.group_sign_seconds.clone(),
+        );
+        r.register(
+            "group_sign_items",
+            "Objects covered by each threshold signing round this server coordinated",
+            m.group_sign_items.clone(),
         );
         r.register(
             "logins_succeeded",
@@ -358,6 +380,18 @@ impl AuthMetrics {
     /// Applying a run of entries took `since.elapsed()`.
     pub fn applied(&self, since: Instant) {
         self.apply_seconds.observe(since.elapsed().as_secs_f64());
+    }
+
+    /// A proposed entry's commit and apply took `since.elapsed()`.
+    pub fn committed(&self, since: Instant) {
+        self.commit_seconds.observe(since.elapsed().as_secs_f64());
+    }
+
+    /// A signing round on `items` objects took `since.elapsed()`.
+    pub fn group_signed(&self, items: usize, since: Instant) {
+        self.group_sign_seconds
+            .observe(since.elapsed().as_secs_f64());
+        self.group_sign_items.observe(items as f64);
     }
 
     /// A login succeeded, and a certificate was issued with it.

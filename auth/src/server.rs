@@ -105,11 +105,12 @@ pub async fn open_with<N: RaftNetworkFactory<TypeConfig>>(
         .validate()
         .map_err(|e| OpenError::Raft(e.to_string()))?;
     let metrics = Arc::new(AuthMetrics::new());
+    let log = LogStore::open(store.clone(), metrics.clone())?;
     let raft = Raft::new(
         node_id,
         Arc::new(raft_config),
         network(node_id, NetworkFactory::new(tls)),
-        LogStore::new(store.clone(), metrics.clone()),
+        log,
         StateMachine::new(store.clone(), keys.clone(), events.clone(), metrics.clone()),
     )
     .await

@@ -1,6 +1,7 @@
 //! vmail wire formats and the protocol primitives that clients and servers share.
 //!
 //! - [`account`]: the account key a user derives from OPAQUE and signs each login with;
+//! - [`batch`]: one group signature over many objects (Merkle batching);
 //! - [`pb`]: the generated protobuf and tonic code for `vmail.auth.v1`;
 //! - [`cluster_pb`]: the auth servers' internal service;
 //! - [`control_pb`]: the same for `vmail.node.v1`, the peer's local control API;
@@ -18,6 +19,7 @@
 //! The byte-exact formats are written down in `docs/PROTOCOL.md`.
 
 pub mod account;
+pub mod batch;
 pub mod cert;
 pub mod grant;
 pub mod keys;

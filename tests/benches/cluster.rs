@@ -12,6 +12,14 @@
 //! user may hold only `max_open_grants_per_user` unused ones), so the runs
 //! time the deposits alone, as the etcd reference times its puts.
 //!
+//! It also prints where a three-server deposit's time goes, phase by
+//! phase, from the leader's own metrics over the timed deposits (the RPC,
+//! the Raft entry and its append and apply, the group signing round and
+//! how many objects a round covers), when the survivors agreed on a new
+//! leader after each kill, and the history check with the leader killed
+//! under load (`vmail_tests::history`: 0 lost and 0 duplicated, or the
+//! run fails).
+//!
 //! Run it with `tests/benches/cluster.sh`, which installs etcd (Debian's
 //! etcd-server) and runs `cargo bench -p vmail-tests --bench cluster`. It
 //! prints markdown for `docs/BENCHMARKS.md`. The references in the same run
@@ -31,7 +39,7 @@ use vmail_node::core::locator::{LOCATOR_VERSION, Layout, Locator, ShardRef};
 use vmail_proto::keys::SecretKey;
 use vmail_proto::names::Recipients;
 use vmail_proto::share::ShareKey;
-use vmail_tests::{TestCluster, deposit_request, identity, password, try_granted};
+use vmail_tests::{TestCluster, deposit_request, history, identity, password, try_granted};
 
 /// Generated client for the etcd API subset in `tests/proto/etcd.proto`.
 #[allow(unreachable_pub, missing_debug_implementations, dead_code, clippy::all)]
@@ -163,7 +171,7 @@ where
 /// rounds: every sender takes the round's grants (untimed, all senders at
 /// once), then the round's deposits are timed. The rate is the deposits
 /// over the timed rounds' wall time.
-async fn vmail_run(cluster: &TestCluster, conc: usize, total: usize) -> Result<Run> {
+async fn vmail_run(cluster: &TestCluster, conc: usize, total: usize) -> Result<(Run, Phases)> {
     let stock = vmail_auth::config::ServerConfig::default().max_open_grants_per_user as usize;
     let mut clients = Vec::new();
     for i in 0..conc {
@@ -171,6 +179,7 @@ async fn vmail_run(cluster: &TestCluster, conc: usize, total: usize) -> Result<R
         clients.push((c, me, Vec::new()));
     }
     let (mut elapsed, mut latencies) = (Duration::ZERO, Vec::new());
+    let mut phases = Phases::default();
     let mut left = total / conc;
     while left > 0 {
         let round = left.min(stock);
@@ -188,18 +197,98 @@ async fn vmail_run(cluster: &TestCluster, conc: usize, total: usize) -> Result<R
         for t in granting {
             clients.push(t.await??);
         }
+        let before = Phases::of_leader(cluster).await;
         let (back, wall, lat) = drive(clients, round, |(mut c, me, mut ready)| async move {
             let d = ready.pop().context("a deposit without its grant")?;
             c.deposit(&d).await?;
             Ok((c, me, ready))
         })
         .await?;
+        phases.add(&before, &Phases::of_leader(cluster).await);
         clients = back;
         elapsed += wall;
         latencies.extend(lat);
         left -= round;
     }
-    Ok(Run::of(elapsed, latencies))
+    Ok((Run::of(elapsed, latencies), phases))
+}
+
+/// The phases of a write, from the leader's metrics: sums and counts of
+/// its histograms, so snapshots around the timed deposits (not the grants
+/// taken between them) give a run's means.
+#[derive(Default, Clone)]
+struct Phases(Vec<(f64, f64)>);
+
+/// The histograms [`Phases`] reads, with their table headings.
+const PHASES: [(&str, &str); 7] = [
+    (
+        "grpc_request_duration_seconds{method=\"/vmail.auth.v1.Auth/Deposit\"}",
+        "deposit RPC ms",
+    ),
+    (
+        "raft_commit_duration_seconds",
+        "Raft entry (replicate, fsyncs, apply) ms",
+    ),
+    ("raft_append_duration_seconds", "leader append + fsync ms"),
+    ("raft_apply_duration_seconds", "apply ms"),
+    ("group_sign_duration_seconds", "signing round ms"),
+    ("group_sign_items", "objects per signing round"),
+    ("raft_proposal_commands", "commands per entry"),
+];
+
+impl Phases {
+    /// The leader's histograms now.
+    async fn of_leader(cluster: &TestCluster) -> Self {
+        let text = cluster
+            .server(cluster.leader().await)
+            .service
+            .metrics()
+            .encode();
+        let sample = |name: &str, part: &str| -> f64 {
+            let (metric, labels) = name.split_once('{').map_or((name, ""), |(m, l)| (m, l));
+            let key = if labels.is_empty() {
+                format!("vmail_auth_{metric}_{part} ")
+            } else {
+                format!("vmail_auth_{metric}_{part}{{{labels} ")
+            };
+            text.lines()
+                .find_map(|l| l.strip_prefix(&key))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0.0)
+        };
+        Self(
+            PHASES
+                .iter()
+                .map(|(name, _)| (sample(name, "sum"), sample(name, "count")))
+                .collect(),
+        )
+    }
+
+    /// Adds what happened between the snapshots `from` and `to`.
+    fn add(&mut self, from: &Phases, to: &Phases) {
+        self.0.resize(PHASES.len(), (0.0, 0.0));
+        for ((acc, a), b) in self.0.iter_mut().zip(&from.0).zip(&to.0) {
+            acc.0 += b.0 - a.0;
+            acc.1 += b.1 - a.1;
+        }
+    }
+
+    /// Each phase's mean (durations in ms).
+    fn means(&self) -> Vec<String> {
+        self.0
+            .iter()
+            .zip(PHASES)
+            .map(|((sum, n), (_, heading))| {
+                if *n == 0.0 {
+                    "-".to_owned()
+                } else if heading.ends_with("ms") {
+                    format!("{:.2}", sum / n * 1e3)
+                } else {
+                    format!("{:.1}", sum / n)
+                }
+            })
+            .collect()
+    }
 }
 
 /// A three-member etcd cluster on loopback: TLS to clients, mutual TLS
@@ -433,11 +522,16 @@ fn ms(d: Duration) -> String {
 async fn run() -> Result<()> {
     let sync = synced_write()?;
     let mut ours = Vec::new();
+    let mut phases = Vec::new();
     let mut group_keys = Vec::new();
     for n in [1, 3] {
         let mut cluster = TestCluster::start(n).await;
         for (conc, total) in RUNS {
-            ours.push(((n, conc), vmail_run(&cluster, conc, total).await?));
+            let (run, timed) = vmail_run(&cluster, conc, total).await?;
+            ours.push(((n, conc), run));
+            if n == 3 {
+                phases.push((conc, timed.means()));
+            }
         }
         if n == 3 {
             // The share keys a three-server group's grant names: etcd's
@@ -513,8 +607,19 @@ async fn run() -> Result<()> {
         (1.0 / rate(3, 1)) / sync.as_secs_f64()
     );
 
-    // Failover: kill the leader, time the next acknowledged deposit.
-    let mut times = Vec::new();
+    println!("\nWhere a 3-server deposit's time goes (the leader's means over each run):\n");
+    println!(
+        "| clients | {} |\n|---:|{}",
+        PHASES.map(|(_, h)| h).join(" | "),
+        "---:|".repeat(PHASES.len())
+    );
+    for (conc, means) in &phases {
+        println!("| {conc} | {} |", means.join(" | "));
+    }
+
+    // Failover: kill the leader, time the next acknowledged deposit, and
+    // when the survivors agreed on a new leader.
+    let (mut times, mut kills, mut elections) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..FAILOVERS {
         let mut cluster = TestCluster::start(3).await;
         let (mut c, me) = sender(&cluster, "bob").await?;
@@ -526,10 +631,20 @@ async fn run() -> Result<()> {
         let leader = cluster.leader().await;
         let t = Instant::now();
         cluster.kill(leader).await;
-        c.deposit(&next).await?;
-        times.push(t.elapsed());
+        kills.push(t.elapsed());
+        let (elected, acked) = tokio::join!(
+            async {
+                cluster.leader().await;
+                t.elapsed()
+            },
+            async { c.deposit(&next).await.map(|_| t.elapsed()) }
+        );
+        elections.push(elected);
+        times.push(acked?);
         cluster.stop().await;
     }
+    print_gaps("leader killed → kill returned (harness)", kills)?;
+    print_gaps("leader killed → survivors agree on a leader", elections)?;
     let ours = print_gaps("leader killed → next deposit acknowledged", times)?;
     // The same kill in etcd: fresh clusters, the next put's gap.
     if let Some(bin) = etcd_binary() {
@@ -546,6 +661,17 @@ async fn run() -> Result<()> {
             ours.as_secs_f64() / etcd.as_secs_f64()
         );
     }
+
+    // The history check: the leader killed under load.
+    let mut cluster = TestCluster::start(3).await;
+    let h = history::kill_leader_under_load(&mut cluster, "h", 4, 125).await;
+    cluster.stop().await;
+    let h = h?;
+    println!(
+        "| history check, leader killed under load: deposits, retried, lost, duplicated, foreign | {}, {}, {}, {}, {} |",
+        h.deposits, h.retried, h.lost, h.duplicated, h.foreign
+    );
+    ensure!(h.clean(), "the history check failed: {h:?}");
     Ok(())
 }
 

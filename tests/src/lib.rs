@@ -9,6 +9,7 @@
 pub mod attacks;
 pub mod baresip;
 pub mod churn;
+pub mod history;
 pub mod phone;
 pub mod scale;
 pub mod sipp;

@@ -3,37 +3,16 @@
 //! (as a crash would), restarted from their data directories, cut off from
 //! the group, added and removed while clients keep working.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
 
 use tonic::Code;
 use vmail_auth::cluster::admin;
 use vmail_auth::datadir::{self, InitOptions};
-use vmail_node::auth_client::{AuthClient, ClientError, LoginSession, outcome_unknown};
+use vmail_node::auth_client::{AuthClient, ClientError};
 use vmail_proto::share;
-use vmail_tests::{TestCluster, deposit_for, granted, identity, password, try_granted};
-
-/// Registers and logs `user` in on a client that knows only the servers
-/// `which`; the client and its login session (to recover session keys).
-async fn login_on(
-    cluster: &TestCluster,
-    which: &[usize],
-    user: &str,
-) -> (AuthClient, LoginSession) {
-    let mut c = AuthClient::connect(&cluster.target_of(which))
-        .await
-        .expect("connect");
-    let id = identity();
-    c.register(user, &password(user), &id, None)
-        .await
-        .expect("register");
-    let s = c
-        .login(user, &password(user), &id, &[])
-        .await
-        .expect("login");
-    (c, s)
-}
+use vmail_tests::{TestCluster, deposit_for, granted, history, identity, password, try_granted};
 
 fn followers(cluster: &TestCluster, leader: usize) -> Vec<usize> {
     cluster
@@ -50,8 +29,12 @@ async fn a_deposit_acknowledged_at_one_server_is_listed_at_another_right_after()
     let f = followers(&cluster, leader);
     // Each client knows only one follower: writes reach the leader by
     // redirect, and reads are answered for the leader's current state.
-    let (mut bob, _) = login_on(&cluster, &[f[0]], "bob").await;
-    let (mut alice, alice_s) = login_on(&cluster, &[f[1]], "alice").await;
+    let (mut bob, _) = history::login_on(&cluster, &[f[0]], "bob")
+        .await
+        .expect("login");
+    let (mut alice, alice_s) = history::login_on(&cluster, &[f[1]], "alice")
+        .await
+        .expect("login");
     for n in 0..5u8 {
         let d = granted(&mut bob, deposit_for(&["alice"], &[n; 40])).await;
         let receipt = bob.deposit(&d).await.expect("deposit");
@@ -99,8 +82,12 @@ async fn a_majority_recovers_session_keys_and_a_minority_names_the_servers_it_mi
     let f = followers(&cluster, leader);
     let url = |i: usize| cluster.target_of(&[i]).endpoints[0].clone();
     let down = [url(f[0]), url(f[1])];
-    let (mut bob, _) = login_on(&cluster, &[0, 1, 2], "bob").await;
-    let (mut alice, alice_s) = login_on(&cluster, &[0, 1, 2], "alice").await;
+    let (mut bob, _) = history::login_on(&cluster, &[0, 1, 2], "bob")
+        .await
+        .expect("login");
+    let (mut alice, alice_s) = history::login_on(&cluster, &[0, 1, 2], "alice")
+        .await
+        .expect("login");
     let before = granted(&mut bob, deposit_for(&["alice"], b"before the kill")).await;
     let before_id = bob.deposit(&before).await.expect("deposit").voicemail_id;
     cluster.wait_applied().await;
@@ -182,7 +169,9 @@ async fn a_deposit_ordered_after_its_senders_logout_is_refused_when_it_applies()
     let mut cluster = TestCluster::start(3).await;
     let leader = cluster.leader().await;
     let svc = cluster.server(leader).service.clone();
-    login_on(&cluster, &[leader], "alice").await;
+    history::login_on(&cluster, &[leader], "alice")
+        .await
+        .expect("login");
     let mut bob = cluster.client().await;
     let id = identity();
     bob.register("bob", &password("bob"), &id, None)
@@ -269,10 +258,16 @@ async fn concurrent_writes_share_log_entries_and_each_caller_gets_its_own_reply(
     const N: usize = 32;
     let mut cluster = TestCluster::start(3).await;
     let leader = cluster.leader().await;
-    login_on(&cluster, &[leader], "alice").await;
+    history::login_on(&cluster, &[leader], "alice")
+        .await
+        .expect("login");
     let mut senders = Vec::new();
     for i in 0..N {
-        senders.push(login_on(&cluster, &[leader], &format!("sender{i}")).await);
+        senders.push(
+            history::login_on(&cluster, &[leader], &format!("sender{i}"))
+                .await
+                .expect("login"),
+        );
     }
     // RequestGrant already refuses the unknown recipient, so each sender
     // takes its storage grant first, for alice alone; the deposits that
@@ -331,130 +326,19 @@ async fn concurrent_writes_share_log_entries_and_each_caller_gets_its_own_reply(
     cluster.stop().await;
 }
 
-/// One request in the leader-loss history.
-#[derive(Debug, Clone)]
-struct Record {
-    client: usize,
-    seq: usize,
-    locator: Vec<u8>,
-    acked: Option<[u8; 16]>,
-    attempts: usize,
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killing_the_leader_during_500_deposits_loses_and_duplicates_nothing() {
     const CLIENTS: usize = 4;
     const PER_CLIENT: usize = 125;
     let mut cluster = TestCluster::start(3).await;
-    let (mut carol, _) = login_on(&cluster, &[0, 1, 2], "carol").await;
-    let history: Arc<Mutex<Vec<Record>>> = Arc::default();
-    let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let mut tasks = Vec::new();
-    for c in 0..CLIENTS {
-        let user = format!("sender{c}");
-        // Each sender lists the servers in a different order.
-        let order: Vec<usize> = (0..3).map(|k| (k + c) % 3).collect();
-        let (mut client, _) = login_on(&cluster, &order, &user).await;
-        let history = history.clone();
-        let done = done.clone();
-        tasks.push(tokio::spawn(async move {
-            for seq in 0..PER_CLIENT {
-                let locator = format!("client {c} deposit {seq}").into_bytes();
-                let until = Instant::now() + Duration::from_secs(60);
-                // First a storage grant; a lost answer at worst leaves one
-                // unused, so ask again until one arrives.
-                let fresh = deposit_for(&["carol"], &locator);
-                let d = loop {
-                    match try_granted(&mut client, fresh.clone(), 0).await {
-                        Ok(d) => break d,
-                        Err(e) => {
-                            assert!(
-                                e.code().is_none_or(outcome_unknown),
-                                "unexpected refusal of a grant: {e}"
-                            );
-                            assert!(Instant::now() < until, "no storage grant within 60 s: {e}");
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                        }
-                    }
-                };
-                let mut rec = Record {
-                    client: c,
-                    seq,
-                    locator,
-                    acked: None,
-                    attempts: 0,
-                };
-                // Retry with the same request id, under the same grant,
-                // until acknowledged.
-                while rec.acked.is_none() && Instant::now() < until {
-                    rec.attempts += 1;
-                    match client.deposit(&d).await {
-                        Ok(r) => rec.acked = Some(r.voicemail_id),
-                        Err(e) => {
-                            assert!(
-                                matches!(e.code(), Some(Code::Unavailable) | None),
-                                "unexpected refusal: {e}"
-                            );
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                        }
-                    }
-                }
-                history.lock().unwrap().push(rec);
-                done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            }
-        }));
-    }
-    // Kill the leader once a fifth of the deposits are in.
-    while done.load(std::sync::atomic::Ordering::SeqCst) < CLIENTS * PER_CLIENT / 5 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let old_leader = cluster.leader().await;
-    let killed_at = Instant::now();
-    cluster.kill(old_leader).await;
-    for t in tasks {
-        t.await.expect("client task");
-    }
-    let history = history.lock().unwrap().clone();
-    let new_leader = cluster.leader().await;
-    assert_ne!(new_leader, old_leader);
-    eprintln!(
-        "leader {} killed; {} took over; all {} deposits answered {:?} after the kill; {} needed a retry",
-        cluster.name(old_leader),
-        cluster.name(new_leader),
-        history.len(),
-        killed_at.elapsed(),
-        history.iter().filter(|r| r.attempts > 1).count()
-    );
-
-    // Check the history against what the recipient is offered.
-    assert_eq!(history.len(), CLIENTS * PER_CLIENT);
-    let unacked: Vec<_> = history.iter().filter(|r| r.acked.is_none()).collect();
-    assert!(unacked.is_empty(), "never acknowledged: {unacked:?}");
-    let listed = carol.list_pending().await.expect("list");
-    let mut by_locator: HashMap<Vec<u8>, Vec<[u8; 16]>> = HashMap::new();
-    for p in &listed {
-        by_locator.entry(p.locator.clone()).or_default().push(p.id);
-    }
-    let sent: HashSet<&Vec<u8>> = history.iter().map(|r| &r.locator).collect();
-    for (locator, ids) in &by_locator {
-        assert!(
-            sent.contains(locator),
-            "a voicemail nobody sent: {locator:?}"
-        );
-        assert_eq!(
-            ids.len(),
-            1,
-            "duplicated: {:?}",
-            String::from_utf8_lossy(locator)
-        );
-    }
-    for r in &history {
-        let ids = by_locator
-            .get(&r.locator)
-            .unwrap_or_else(|| panic!("acknowledged deposit lost: client {} #{}", r.client, r.seq));
-        assert_eq!(Some(ids[0]), r.acked, "acknowledged id differs");
-    }
-    assert_eq!(listed.len(), CLIENTS * PER_CLIENT);
+    let h = history::kill_leader_under_load(&mut cluster, "", CLIENTS, PER_CLIENT)
+        .await
+        .expect("the history run");
+    eprintln!("{h:?}");
+    assert_ne!(h.new_leader, h.killed);
+    assert_eq!(h.deposits, CLIENTS * PER_CLIENT);
+    assert!(h.clean(), "the history check failed: {h:?}");
+    let old_leader = h.killed;
 
     // The killed server restarts from its data dir and catches up from the log.
     cluster.restart(old_leader).await;
@@ -469,8 +353,12 @@ async fn a_server_that_missed_compacted_log_catches_up_from_a_snapshot() {
     let mut cluster = TestCluster::start(3).await;
     let leader = cluster.leader().await;
     let behind = followers(&cluster, leader)[0];
-    let (mut bob, _) = login_on(&cluster, &[leader], "bob").await;
-    login_on(&cluster, &[leader], "alice").await;
+    let (mut bob, _) = history::login_on(&cluster, &[leader], "bob")
+        .await
+        .expect("login");
+    history::login_on(&cluster, &[leader], "alice")
+        .await
+        .expect("login");
     cluster.kill(behind).await;
     for n in 0..40u8 {
         let d = granted(&mut bob, deposit_for(&["alice"], &[n; 20])).await;
@@ -523,9 +411,15 @@ async fn a_server_that_missed_compacted_log_catches_up_from_a_snapshot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_fourth_server_joins_live_and_one_is_removed_while_clients_work() {
     let mut cluster = TestCluster::start(3).await;
-    let (mut bob, _) = login_on(&cluster, &[0, 1, 2], "bob").await;
-    let (mut alice, _) = login_on(&cluster, &[0, 1, 2], "alice").await;
-    let (mut carol, _) = login_on(&cluster, &[0, 1, 2], "carol").await;
+    let (mut bob, _) = history::login_on(&cluster, &[0, 1, 2], "bob")
+        .await
+        .expect("login");
+    let (mut alice, _) = history::login_on(&cluster, &[0, 1, 2], "alice")
+        .await
+        .expect("login");
+    let (mut carol, _) = history::login_on(&cluster, &[0, 1, 2], "carol")
+        .await
+        .expect("login");
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
         let stop = stop.clone();
@@ -605,8 +499,12 @@ async fn a_partitioned_server_never_answers_from_stale_state() {
     let mut cluster = TestCluster::start(3).await;
     let leader = cluster.leader().await;
     let cut = followers(&cluster, leader)[0];
-    let (mut bob, _) = login_on(&cluster, &[leader], "bob").await;
-    login_on(&cluster, &[leader], "alice").await;
+    let (mut bob, _) = history::login_on(&cluster, &[leader], "bob")
+        .await
+        .expect("login");
+    history::login_on(&cluster, &[leader], "alice")
+        .await
+        .expect("login");
     cluster.wait_applied().await;
     cluster.isolate(cut, true);
     let d = try_granted(&mut bob, deposit_for(&["alice"], b"while cut off"), 0)
@@ -710,8 +608,12 @@ async fn a_server_from_another_ca_cannot_join_or_read() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_wiped_server_rejoins_as_a_fresh_member() {
     let mut cluster = TestCluster::start(3).await;
-    let (mut bob, _) = login_on(&cluster, &[0, 1, 2], "bob").await;
-    login_on(&cluster, &[0, 1, 2], "alice").await;
+    let (mut bob, _) = history::login_on(&cluster, &[0, 1, 2], "bob")
+        .await
+        .expect("login");
+    history::login_on(&cluster, &[0, 1, 2], "alice")
+        .await
+        .expect("login");
     let d = granted(&mut bob, deposit_for(&["alice"], b"before the wipe")).await;
     bob.deposit(&d).await.unwrap();
     let leader = cluster.leader().await;

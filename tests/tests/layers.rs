@@ -142,6 +142,7 @@ fn pure_modules_do_no_io() {
         sources(&root().join("auth/src/threshold")),
         vec![
             root().join("proto/src/share/mod.rs"),
+            root().join("proto/src/batch.rs"),
             node.join("peer/upload_plan.rs"),
             node.join("peer/fetch_plan.rs"),
             node.join("overlay/objects/admit.rs"),

@@ -138,7 +138,7 @@ async fn steal(cluster: &mut TestCluster, i: usize) -> Stolen {
             },
         );
     }
-    let mut log = LogStore::new(Arc::new(store), Arc::new(AuthMetrics::new()));
+    let mut log = LogStore::open(Arc::new(store), Arc::new(AuthMetrics::new())).unwrap();
     for entry in log.try_get_log_entries(..).await.unwrap() {
         if let EntryPayload::Normal(cmd) = entry.payload {
             deposits_in(cmd, &mut deposits);
@@ -329,6 +329,176 @@ async fn three_servers_generate_a_group_key_any_two_sign_with_and_one_cannot() {
 async fn group_key(cluster: &TestCluster) -> (u64, [u8; 32]) {
     let k = next_key(cluster, 0).await;
     (k.number, k.group_key)
+}
+
+/// Batching (docs/THRESHOLD.md §2): objects asked for together share one
+/// signing round, and each verifies alone with its inclusion proof. A
+/// batch is only of grants, orders and proofs; deposits made at once get
+/// proofs that a pinning holder accepts, from fewer rounds than deposits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn objects_asked_for_together_share_a_round_and_each_verifies_alone() {
+    use vmail_auth::service::{SignError, SignTarget};
+    use vmail_auth::tls::ClusterTls;
+
+    let mut cluster = TestCluster::start(3).await;
+    let (_, group) = group_key(&cluster).await;
+    let verifying = ed25519_dalek::VerifyingKey::from_bytes(&group).unwrap();
+    let cluster_key = cluster.target().cluster_key;
+    let key_id = vmail_proto::grant::key_id(&cluster_key);
+    let mut alice = cluster.client().await;
+    alice
+        .register("alice", &password("alice"), &identity(), None)
+        .await
+        .unwrap();
+    alice
+        .login("alice", &password("alice"), &identity(), &[])
+        .await
+        .unwrap();
+    let mut serials = Vec::new();
+    for i in 0..3 {
+        let d = granted(
+            &mut alice,
+            deposit_for(&["alice"], format!("{i}").as_bytes()),
+        )
+        .await;
+        serials.push(d.grant_serial);
+    }
+    cluster.wait_applied().await;
+
+    // Three grants in one round, coordinated by a follower.
+    let leader = cluster.leader().await;
+    let me = (leader + 1) % 3;
+    let service = &cluster.server(me).service;
+    let tls = ClusterTls::of_member(service.keys());
+    let targets: Vec<SignTarget> = serials
+        .iter()
+        .map(|&serial| SignTarget::Grant { serial })
+        .collect();
+    let signed = service
+        .signer()
+        .group_sign_many(&tls, service.node_id(), targets.clone())
+        .await
+        .expect("a batch of grants is signed");
+    assert_eq!(signed.len(), 3);
+    for (serial, g) in serials.iter().zip(&signed) {
+        let body = service
+            .store()
+            .storage_grant(*serial)
+            .unwrap()
+            .unwrap()
+            .body;
+        let bytes = body.signing_bytes(&key_id);
+        g.verify(&verifying, &bytes)
+            .expect("each grant verifies alone");
+        assert_eq!(g.proof.as_ref().map(|p| p.count), Some(3));
+        assert_eq!(
+            g.signature, signed[0].signature,
+            "one round signed them all"
+        );
+        // The root's signature does not pass for a grant without its path,
+        // nor the path for another grant.
+        assert!(
+            vmail_proto::batch::GroupSignature::from(g.signature)
+                .verify(&verifying, &bytes)
+                .is_err()
+        );
+    }
+    let other = service
+        .store()
+        .storage_grant(serials[0])
+        .unwrap()
+        .unwrap()
+        .body;
+    assert!(
+        signed[1]
+            .verify(&verifying, &other.signing_bytes(&key_id))
+            .is_err()
+    );
+
+    // A certificate is never signed in a batch: refused before any round,
+    // and by every signer a coordinator asked anyway.
+    let mut mixed = targets.clone();
+    mixed.push(SignTarget::Certificate {
+        username: "alice".into(),
+        serial: 1,
+    });
+    let refused = service
+        .signer()
+        .group_sign_many(&tls, service.node_id(), mixed.clone())
+        .await;
+    assert!(
+        matches!(refused, Err(SignError::Malformed(_))),
+        "{refused:?}"
+    );
+    let other_signer = cluster.server(leader).service.signer();
+    let applied = cluster.last_log_index(leader);
+    let asked = other_signer
+        .commit(
+            cluster.name(me),
+            service.node_id(),
+            next_key(&cluster, 0).await.number,
+            applied,
+            &SignTarget::Batch(mixed).to_bytes(),
+        )
+        .await;
+    assert!(matches!(asked, Err(SignError::Malformed(_))), "{asked:?}");
+
+    // Sixteen deposits at once through the real client: every proof holds
+    // under the pinned group key, and some round covered more than one.
+    let mut senders = Vec::new();
+    for i in 0..16 {
+        let mut c = cluster.client().await;
+        let user = format!("sender{i}");
+        c.register(&user, &password(&user), &identity(), None)
+            .await
+            .unwrap();
+        c.login(&user, &password(&user), &identity(), &[])
+            .await
+            .unwrap();
+        let d = granted(&mut c, deposit_for(&["alice"], user.as_bytes())).await;
+        senders.push((c, d));
+    }
+    let rounds = |text: &str| -> (f64, f64) {
+        let at = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map_or(0.0, |v| v.trim().parse().unwrap())
+        };
+        (
+            at("vmail_auth_group_sign_items_sum "),
+            at("vmail_auth_group_sign_items_count "),
+        )
+    };
+    let before = rounds(&cluster.server(leader).service.metrics().encode());
+    let start = Arc::new(tokio::sync::Barrier::new(senders.len()));
+    let mut tasks = Vec::new();
+    for (mut c, d) in senders {
+        let start = start.clone();
+        tasks.push(tokio::spawn(async move {
+            start.wait().await;
+            c.deposit(&d).await.map(|r| r.proof)
+        }));
+    }
+    let mut batched = 0;
+    for t in tasks {
+        let proof = t.await.unwrap().expect("deposit");
+        proof
+            .verify_pinned(&cluster_key, Some(&verifying))
+            .expect("a pinning holder takes the proof");
+        let bytes = vmail_proto::grant::DepositProof::from_bytes(&proof.to_bytes()).unwrap();
+        assert_eq!(bytes, proof, "the proof survives its encoding");
+        batched += usize::from(proof.group_signature.unwrap().proof.is_some());
+    }
+    let after = rounds(&cluster.server(leader).service.metrics().encode());
+    let (objects, rounds) = (after.0 - before.0, after.1 - before.1);
+    eprintln!("16 deposits: {objects} objects in {rounds} rounds, {batched} proofs batched");
+    assert_eq!(objects, 16.0);
+    assert!(
+        rounds < 16.0,
+        "{rounds} rounds for 16 proofs asked for at once"
+    );
+    assert!(batched > 0);
+    cluster.stop().await;
 }
 
 /// The signing rounds over the internal service (docs/THRESHOLD.md §2):

@@ -97,7 +97,9 @@ async fn run(
         batch.retain(|q| !q.reply.is_closed());
         if !batch.is_empty() {
             metrics.proposed(batch.len());
+            let since = std::time::Instant::now();
             propose(&raft, batch, timeout).await;
+            metrics.committed(since);
         }
     }
 }

@@ -1,12 +1,17 @@
-//! The Raft log and vote, kept in the server's redb database next to the
-//! state they produce (tables `raft_log` and `raft`).
+//! The Raft log and vote: the entries in a file of their own
+//! ([`super::log_file`], `DATA_DIR/raft.log`), so appends never wait for the
+//! applies' database transactions; the vote, the purge point and the commit
+//! hint in the server's redb database (table `raft`).
 //!
-//! Each call is one durable redb transaction, so an appended entry is on
-//! disk before openraft is told it is.
+//! Every append is written and `fdatasync`ed before openraft is told it is
+//! on disk. A purge records its point durably before it forgets entries,
+//! and opening forgets again what a crash in between left. A data dir made
+//! before the log had its own file has its entries in redb table
+//! `raft_log`; opening moves them to the file, then empties the table.
 
 use std::fmt::Debug;
-use std::ops::{Bound, RangeBounds};
-use std::sync::Arc;
+use std::ops::RangeBounds;
+use std::sync::{Arc, Mutex};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{Entry, LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote};
@@ -15,22 +20,67 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::TypeConfig;
+use super::log_file::{LOG_FILE, LogFile};
 use crate::metrics::AuthMetrics;
 use crate::store::{RAFT, RAFT_LOG, Store, StoreError, db_err};
 
 type SErr = StorageError<u64>;
 
-/// The log store: a handle on the shared [`Store`].
+/// The log store: the log file, and a handle on the shared [`Store`] for
+/// the vote and the purge point.
 #[derive(Debug, Clone)]
 pub struct LogStore {
     store: Arc<Store>,
+    log: Arc<Mutex<LogFile>>,
     metrics: Arc<AuthMetrics>,
 }
 
 impl LogStore {
-    /// A log store over `store`'s database; appends are timed in `metrics`.
-    pub fn new(store: Arc<Store>, metrics: Arc<AuthMetrics>) -> Self {
-        Self { store, metrics }
+    /// The log store of the data dir that holds `store`'s database: its
+    /// log file, made (with the entries of an older data dir's `raft_log`
+    /// table) if missing. Appends are timed in `metrics`.
+    pub fn open(store: Arc<Store>, metrics: Arc<AuthMetrics>) -> Result<Self, StoreError> {
+        let path = store
+            .path()
+            .parent()
+            .map_or_else(|| LOG_FILE.into(), |dir| dir.join(LOG_FILE));
+        let fresh = !path.exists();
+        let mut log = LogFile::open(&path)?;
+        let old: Vec<(u64, Vec<u8>)> = store.run(|db| {
+            let tx = db.begin_read().map_err(db_err)?;
+            let t = tx.open_table(RAFT_LOG).map_err(db_err)?;
+            t.iter()
+                .map_err(db_err)?
+                .map(|r| {
+                    let (k, v) = r.map_err(db_err)?;
+                    Ok((k.value(), v.value().to_vec()))
+                })
+                .collect()
+        })?;
+        if !old.is_empty() {
+            if fresh {
+                log.append(&old)?;
+                tracing::info!(entries = old.len(), path = %path.display(), "moved the Raft log out of the database into its own file");
+            }
+            store.write(|tx| {
+                tx.open_table(RAFT_LOG)
+                    .map_err(db_err)?
+                    .retain(|_, _| false)
+                    .map_err(db_err)?;
+                Ok(())
+            })?;
+        }
+        // A purge recorded before a crash, whose entries the file kept.
+        if let Some(purged) = get_meta::<LogId<u64>>(&store, "purged")?
+            && log.first().is_some_and(|first| first <= purged.index)
+        {
+            log.purge(purged.index)?;
+        }
+        Ok(Self {
+            store,
+            log: Arc::new(Mutex::new(log)),
+            metrics,
+        })
     }
 
     /// Runs blocking database work off the async threads.
@@ -40,6 +90,17 @@ impl LogStore {
     ) -> Result<T, StoreError> {
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .expect("log store task panicked")
+    }
+
+    /// Runs blocking work on the log file off the async threads.
+    async fn on_log<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut LogFile) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let log = self.log.clone();
+        tokio::task::spawn_blocking(move || f(&mut log.lock().expect("log file lock")))
             .await
             .expect("log store task panicked")
     }
@@ -105,32 +166,12 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry<TypeConfig>>, SErr> {
-        let start = match range.start_bound() {
-            Bound::Included(&i) => i,
-            Bound::Excluded(&i) => i + 1,
-            Bound::Unbounded => 0,
-        };
-        let end = match range.end_bound() {
-            Bound::Included(&i) => Some(i + 1),
-            Bound::Excluded(&i) => Some(i),
-            Bound::Unbounded => None,
-        };
-        self.blocking(move |s| {
-            s.run(|db| {
-                let tx = db.begin_read().map_err(db_err)?;
-                let t = tx.open_table(RAFT_LOG).map_err(db_err)?;
-                let mut out = Vec::new();
-                let iter = match end {
-                    Some(e) if e <= start => return Ok(out),
-                    Some(e) => t.range(start..e).map_err(db_err)?,
-                    None => t.range(start..).map_err(db_err)?,
-                };
-                for item in iter {
-                    let (k, v) = item.map_err(db_err)?;
-                    out.push(decode("raft_log", k.value(), v.value())?);
-                }
-                Ok(out)
-            })
+        let (start, end) = (range.start_bound().cloned(), range.end_bound().cloned());
+        self.on_log(move |log| {
+            log.read(start, end)?
+                .into_iter()
+                .map(|(i, bytes)| decode("raft.log", i, &bytes))
+                .collect()
         })
         .await
         .map_err(read_err)
@@ -141,26 +182,23 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, SErr> {
-        self.blocking(|s| {
-            let purged: Option<LogId<u64>> = get_meta(s, "purged")?;
-            let last = s.run(|db| {
-                let tx = db.begin_read().map_err(db_err)?;
-                let t = tx.open_table(RAFT_LOG).map_err(db_err)?;
-                match t.last().map_err(db_err)? {
-                    Some((k, v)) => {
-                        let e: Entry<TypeConfig> = decode("raft_log", k.value(), v.value())?;
-                        Ok(Some(e.log_id))
-                    }
-                    None => Ok(None),
-                }
-            })?;
-            Ok(LogState {
-                last_purged_log_id: purged,
-                last_log_id: last.or(purged),
+        let purged: Option<LogId<u64>> = self
+            .blocking(|s| get_meta(s, "purged"))
+            .await
+            .map_err(read_err)?;
+        let last = self
+            .on_log(|log| {
+                log.last()?
+                    .map(|(i, bytes)| decode::<Entry<TypeConfig>>("raft.log", i, &bytes))
+                    .transpose()
             })
+            .await
+            .map_err(read_err)?
+            .map(|e| e.log_id);
+        Ok(LogState {
+            last_purged_log_id: purged,
+            last_log_id: last.or(purged),
         })
-        .await
-        .map_err(read_err)
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -212,17 +250,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map(|e| (e.log_id.index, encode(&e)))
             .collect();
         let since = std::time::Instant::now();
-        let result = self
-            .blocking(move |s| {
-                s.write(|tx| {
-                    let mut t = tx.open_table(RAFT_LOG).map_err(db_err)?;
-                    for (i, bytes) in &rows {
-                        t.insert(*i, bytes.as_slice()).map_err(db_err)?;
-                    }
-                    Ok(())
-                })
-            })
-            .await;
+        let result = self.on_log(move |log| log.append(&rows)).await;
         self.metrics.appended(since);
         match result {
             Ok(()) => {
@@ -238,31 +266,109 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<u64>) -> Result<(), SErr> {
-        self.blocking(move |s| {
-            s.write(|tx| {
-                let mut t = tx.open_table(RAFT_LOG).map_err(db_err)?;
-                t.retain_in(log_id.index.., |_, _| false).map_err(db_err)?;
-                Ok(())
-            })
-        })
-        .await
-        .map_err(write_err)
+        self.on_log(move |log| log.truncate(log_id.index))
+            .await
+            .map_err(write_err)
     }
 
     async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), SErr> {
-        let bytes = encode(&log_id);
-        self.blocking(move |s| {
-            s.write(|tx| {
-                tx.open_table(RAFT)
-                    .map_err(db_err)?
-                    .insert("purged", bytes.as_slice())
-                    .map_err(db_err)?;
-                let mut t = tx.open_table(RAFT_LOG).map_err(db_err)?;
-                t.retain_in(..=log_id.index, |_, _| false).map_err(db_err)?;
-                Ok(())
-            })
+        self.blocking(move |s| put_meta(s, "purged", &log_id))
+            .await
+            .map_err(write_err)?;
+        self.on_log(move |log| log.purge(log_id.index))
+            .await
+            .map_err(write_err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, EntryPayload};
+    use vmail_proto::keys::SecretKey;
+
+    use super::*;
+    use crate::keys::KeyBinding;
+
+    fn entry(index: u64) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 7), index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    async fn entries(log: &mut LogStore) -> Vec<u64> {
+        log.try_get_log_entries(..)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.log_id.index)
+            .collect()
+    }
+
+    fn store(dir: &std::path::Path) -> Arc<Store> {
+        let path = dir.join("vmail-auth.redb");
+        let key = SecretKey::from_bytes([3; 32]);
+        let binding = KeyBinding {
+            opaque_public_key: [1; 32],
+            cluster_public_key: [2; 32],
+        };
+        if !path.exists() {
+            Store::create(&path, "auth-test", &key, &binding, 7, true).unwrap();
+        }
+        Arc::new(Store::open(&path, key, &binding).unwrap())
+    }
+
+    /// A data dir from before the log had its own file: its entries move
+    /// from the database's `raft_log` table to the file, once.
+    #[tokio::test]
+    async fn an_older_data_dirs_log_moves_to_its_own_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        s.write(|tx| {
+            let mut t = tx.open_table(RAFT_LOG).map_err(db_err)?;
+            for i in 1..=4 {
+                t.insert(i, encode(&entry(i)).as_slice()).map_err(db_err)?;
+            }
+            Ok(())
         })
-        .await
-        .map_err(write_err)
+        .unwrap();
+        let metrics = Arc::new(AuthMetrics::new());
+        let mut log = LogStore::open(s.clone(), metrics.clone()).unwrap();
+        assert_eq!(entries(&mut log).await, [1, 2, 3, 4]);
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_log_id.map(|l| l.index), Some(4));
+        let left = s
+            .run(|db| {
+                let tx = db.begin_read().map_err(db_err)?;
+                let t = tx.open_table(RAFT_LOG).map_err(db_err)?;
+                Ok(t.iter().map_err(db_err)?.count())
+            })
+            .unwrap();
+        assert_eq!(left, 0, "the table is emptied");
+        drop(log);
+        let mut log = LogStore::open(s, metrics).unwrap();
+        assert_eq!(entries(&mut log).await, [1, 2, 3, 4]);
+    }
+
+    /// A purge point recorded before a crash that kept the file's
+    /// entries: opening forgets them again.
+    #[tokio::test]
+    async fn a_purge_cut_short_by_a_crash_is_finished_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let metrics = Arc::new(AuthMetrics::new());
+        let log = LogStore::open(s.clone(), metrics.clone()).unwrap();
+        for i in 1..=5 {
+            let rows = vec![(i, encode(&entry(i)))];
+            log.on_log(move |f| f.append(&rows)).await.unwrap();
+        }
+        // The purge point is durable; the file was not told.
+        put_meta(&s, "purged", &entry(3).log_id).unwrap();
+        drop(log);
+        let mut log = LogStore::open(s, metrics).unwrap();
+        assert_eq!(entries(&mut log).await, [4, 5]);
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id.map(|l| l.index), Some(3));
+        assert_eq!(state.last_log_id.map(|l| l.index), Some(5));
     }
 }

@@ -8,22 +8,29 @@
 //! there at all: its shares are sealed to each server's share key.
 //!
 //! - [`batcher`]: proposes writes that arrive together as one entry;
-//! - [`log_store`]: the Raft log and vote in the server's redb database;
+//! - [`log_store`]: the Raft log (an append-only file of its own,
+//!   `log_file`) and the vote (in the server's redb database);
 //! - [`state_machine`]: applies commands to the [`crate::store::Store`], builds
 //!   and installs snapshots;
 //! - [`network`]: the client side of the internal `vmail.auth.cluster.v1`
 //!   service, over mutual TLS;
 //! - [`rpc`]: the server side of that service;
 //! - [`signer`]: the threshold signing rounds that service carries, and
-//!   their coordinator;
+//!   their coordinator; `sign_target`: what a round signs, rebuilt from a
+//!   signer's state;
+//! - [`sign_batcher`]: grants, orders and proofs asked for together share
+//!   one round;
 //! - [`peer_name`]: the name in a member's TLS client certificate.
 
 pub mod admin;
 pub mod batcher;
+mod log_file;
 pub mod log_store;
 pub mod network;
 pub mod peer_name;
 pub mod rpc;
+pub mod sign_batcher;
+mod sign_target;
 pub mod signer;
 pub mod state_machine;
 
@@ -487,15 +494,18 @@ pub fn unseal(
         .map_err(|e| format!("sealed {what} does not open under the data key: {e}"))
 }
 
-/// The Raft timing the group runs with. Elections take 1-2 s of silence;
-/// heartbeats go out every 300 ms; a snapshot is taken every 5000 entries
-/// and the log before it is purged, keeping 1000.
+/// The Raft timing the group runs with. Heartbeats go out every 100 ms. A
+/// follower that hears none stands for election after openraft 0.9's
+/// leader lease (`election_timeout_max`) plus a random 400-800 ms: 1.2-1.6
+/// s of silence, twelve heartbeats or more (etcd's defaults wait 1-2 s,
+/// ten heartbeats). A snapshot is taken every 5000 entries and the log
+/// before it is purged, keeping 1000.
 pub fn raft_config(cluster_name: &str) -> openraft::Config {
     openraft::Config {
         cluster_name: cluster_name.to_owned(),
-        heartbeat_interval: 300,
-        election_timeout_min: 1000,
-        election_timeout_max: 2000,
+        heartbeat_interval: 100,
+        election_timeout_min: 400,
+        election_timeout_max: 800,
         install_snapshot_timeout: 10_000,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(5000),
         max_in_snapshot_log_to_keep: 1000,

@@ -10,10 +10,10 @@
 //! every signer's replicated state already says, and never without t−1
 //! other members.
 //!
-//! One file past 600 lines: the signer's rounds, the coordinator that
-//! drives them and the target rebuilding they both use share the round
-//! table and the loaded key package; split, each part would reach into the
-//! others' state.
+//! The signer's rounds and the coordinator that drives them share the
+//! round table and the loaded key package, so they live together; what a
+//! target's bytes are is `super::sign_target`, and the batching of
+//! coordinated rounds `super::sign_batcher`.
 //!
 //! Round-1 nonces live only in memory, under a random handle, each used at
 //! most once and for at most [`NONCE_TTL`]; one coordinator holds at most
@@ -24,10 +24,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use tonic::transport::Channel;
+use vmail_proto::batch::GroupSignature;
 use vmail_proto::cluster_pb::{self as cpb, cluster_client::ClusterClient};
 
+pub use super::sign_target::{MAX_BATCH, MAX_TARGET_LEN, SignTarget};
 use crate::cluster::Raft;
 use crate::datadir::{DataDirError, frost_keys};
 use crate::store::{Store, StoreError};
@@ -45,73 +46,6 @@ pub const MAX_OUTSTANDING: usize = 1024;
 pub const APPLY_WAIT: Duration = Duration::from_secs(2);
 /// How long a coordinator waits for each round's answers.
 pub const ROUND_TIMEOUT: Duration = Duration::from_secs(4);
-/// Longest encoded [`SignTarget`] accepted.
-pub const MAX_TARGET_LEN: usize = 512;
-
-/// What the group signs, named rather than carried: each signer rebuilds
-/// the bytes from its own applied state (docs/PROTOCOL.md §16.10).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum SignTarget {
-    /// The user's current certificate, which only a session the user
-    /// signed, checked by every server at apply, can have made.
-    Certificate {
-        /// The subject.
-        username: String,
-        /// Its serial, so a later login does not change what is signed.
-        serial: u64,
-    },
-    /// The storage grant with this serial: the bytes the cluster key
-    /// signed at apply.
-    Grant {
-        /// The grant's serial.
-        serial: u64,
-    },
-    /// The order to delete grant `serial`'s shards, which only a last ack,
-    /// a recall or an expiry applied in the log makes.
-    DeleteOrder {
-        /// The grant's serial.
-        serial: u64,
-    },
-    /// The proof that a deposit used grant `serial`, which only an applied
-    /// deposit makes.
-    DepositProof {
-        /// The grant's serial.
-        serial: u64,
-    },
-    /// The share keys grant `serial` hands out, as the log recorded them
-    /// when it issued the grant.
-    Roster {
-        /// The grant's serial.
-        serial: u64,
-    },
-}
-
-impl SignTarget {
-    /// The request's encoding (postcard).
-    pub fn to_bytes(&self) -> Vec<u8> {
-        postcard::to_allocvec(self).expect("in-memory encoding cannot fail")
-    }
-
-    /// Reads [`SignTarget::to_bytes`] from another member: at most
-    /// [`MAX_TARGET_LEN`] bytes, nothing after the target.
-    pub fn from_bytes(bytes: &[u8]) -> Result<Self, SignError> {
-        if bytes.len() > MAX_TARGET_LEN {
-            return Err(SignError::Malformed(format!(
-                "the target is {} bytes, at most {MAX_TARGET_LEN}",
-                bytes.len()
-            )));
-        }
-        match postcard::take_from_bytes(bytes) {
-            Ok((target, [])) => Ok(target),
-            Ok((_, rest)) => Err(SignError::Malformed(format!(
-                "{} bytes after the target",
-                rest.len()
-            ))),
-            Err(e) => Err(SignError::Malformed(format!("not a signing target: {e}"))),
-        }
-    }
-}
-
 /// Why a signature share or a group signature was refused or failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SignError {
@@ -305,70 +239,10 @@ impl Signer {
         Ok((held, roster))
     }
 
-    /// The bytes `target` signs, from this server's state.
+    /// The bytes `target` signs, from this server's state, in one read.
     async fn message(&self, target: &SignTarget) -> Result<Vec<u8>, SignError> {
-        match target.clone() {
-            SignTarget::Certificate { username, serial } => {
-                let name = username.clone();
-                let user = self
-                    .db(move |s| s.user(&name))
-                    .await?
-                    .ok_or_else(|| SignError::Absent(format!("no user {username}")))?;
-                if user.certificate.serial != serial {
-                    return Err(SignError::Absent(format!(
-                        "the current certificate of {username} is serial {}, not {serial}",
-                        user.certificate.serial
-                    )));
-                }
-                Ok(user.certificate.signing_bytes())
-            }
-            SignTarget::Grant { serial } => {
-                let record = self.grant(serial).await?;
-                Ok(record.body.signing_bytes(&self.cluster_key_id))
-            }
-            SignTarget::DeleteOrder { serial } => {
-                let record = self.grant(serial).await?;
-                let reason = record.deleted.ok_or_else(|| {
-                    SignError::Absent(format!("grant {serial}'s shards were not ordered deleted"))
-                })?;
-                Ok(vmail_proto::grant::order_signing_bytes(
-                    serial,
-                    &self.cluster_key_id,
-                    reason,
-                    record.body.expires_at,
-                ))
-            }
-            SignTarget::DepositProof { serial } => {
-                let record = self.grant(serial).await?;
-                if record.deposited.is_none() {
-                    return Err(SignError::Absent(format!("no deposit used grant {serial}")));
-                }
-                Ok(vmail_proto::grant::proof_signing_bytes(
-                    serial,
-                    &self.cluster_key_id,
-                ))
-            }
-            SignTarget::Roster { serial } => {
-                let keys = self
-                    .db(move |s| s.grant_roster(serial))
-                    .await?
-                    .ok_or_else(|| {
-                        SignError::Absent(format!("no share-key roster of grant {serial}"))
-                    })?;
-                Ok(vmail_proto::grant::roster_signing_bytes(
-                    serial,
-                    &self.cluster_key_id,
-                    &keys,
-                ))
-            }
-        }
-    }
-
-    /// Storage grant `serial`, as this server's state has it.
-    async fn grant(&self, serial: u64) -> Result<crate::store::StorageGrantRecord, SignError> {
-        self.db(move |s| s.storage_grant(serial))
-            .await?
-            .ok_or_else(|| SignError::Absent(format!("no storage grant {serial}")))
+        let (target, key_id) = (target.clone(), self.cluster_key_id);
+        self.db(move |s| Ok(target.message_in(s, &key_id))).await?
     }
 
     fn applied(&self) -> u64 {
@@ -509,8 +383,43 @@ impl Signer {
         me: u64,
         target: &SignTarget,
     ) -> Result<(ed25519_dalek::Signature, [u8; 32]), SignError> {
-        let (held, roster) = self.current().await?;
         let message = self.message(target).await?;
+        self.round(tls, me, target, &message).await
+    }
+
+    /// The group's signatures on `targets` (grants, delete orders, deposit
+    /// proofs) from one round, in order: each on the Merkle root of their
+    /// bytes, with its inclusion proof. A lone target is signed directly.
+    /// The batch is signed as a whole or not at all.
+    pub async fn group_sign_many(
+        &self,
+        tls: &ClusterTls,
+        me: u64,
+        targets: Vec<SignTarget>,
+    ) -> Result<Vec<GroupSignature>, SignError> {
+        if let [one] = targets.as_slice() {
+            return Ok(vec![self.group_sign(tls, me, one).await?.0.into()]);
+        }
+        let (items, key_id) = (targets.clone(), self.cluster_key_id);
+        let messages = self
+            .db(move |s| Ok(SignTarget::batch_items(s, &key_id, &items)))
+            .await??;
+        let batch = sign::BatchToSign::new(&messages)?;
+        let (signature, _) = self
+            .round(tls, me, &SignTarget::Batch(targets), &batch.message())
+            .await?;
+        Ok(batch.item_signatures(signature))
+    }
+
+    /// One signing round on `message`, the bytes `target` names here.
+    async fn round(
+        &self,
+        tls: &ClusterTls,
+        me: u64,
+        target: &SignTarget,
+        message: &[u8],
+    ) -> Result<(ed25519_dalek::Signature, [u8; 32]), SignError> {
+        let (held, roster) = self.current().await?;
         let needed = *held.key.min_signers();
         let members = self.raft.metrics().borrow().membership_config.clone();
         let request = cpb::SignCommitRequest {
@@ -574,7 +483,7 @@ impl Signer {
         }
         let (nonces, mine) = sign::commit(&held.key, &mut rand::rngs::OsRng);
         commitments.insert(*held.key.identifier(), mine);
-        let package = sign::signing_package(&held.public, commitments, &message)?;
+        let package = sign::signing_package(&held.public, commitments, message)?;
         let package_bytes = package.to_wire()?;
         let asks = chosen.into_iter().map(|(name, id, handle, mut client)| {
             let request = cpb::SignShareRequest {

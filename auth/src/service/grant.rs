@@ -259,7 +259,7 @@ impl AuthService {
                 g.grant.group_signature = grant;
                 Ok(Granted {
                     share_keys,
-                    roster_signature: roster,
+                    roster_signature: roster.map(|g| g.signature),
                     ..g
                 })
             }

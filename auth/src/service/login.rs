@@ -320,7 +320,7 @@ impl AuthService {
             username: cert.username.to_string(),
             serial: cert.serial,
         };
-        let Some(signature) = self.co_sign(target).await else {
+        let Some(signature) = self.co_sign(target).await.map(|g| g.signature) else {
             return;
         };
         let recorded = self

@@ -55,7 +55,10 @@ use openraft::error::{CheckIsLeaderError, RaftError};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
+use vmail_proto::batch::GroupSignature;
+
 use crate::cluster::batcher::{Batcher, WriteError};
+use crate::cluster::sign_batcher::SignBatcher;
 use crate::cluster::{Command, Event, Raft, Reply};
 use crate::config::ServerConfig;
 use crate::datadir::ShareKeyRing;
@@ -66,8 +69,8 @@ use limits::{RateLimiter, StreamCounts};
 use login::{Failures, PendingLogins};
 
 pub use crate::cluster::signer::{
-    APPLY_WAIT, MAX_OUTSTANDING, MAX_TARGET_LEN, NONCE_TTL, ROUND_TIMEOUT, SignError, SignTarget,
-    Signer,
+    APPLY_WAIT, MAX_BATCH, MAX_OUTSTANDING, MAX_TARGET_LEN, NONCE_TTL, ROUND_TIMEOUT, SignError,
+    SignTarget, Signer,
 };
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use deposit::{
@@ -177,6 +180,8 @@ pub struct AuthService {
     share_keys: Arc<ShareKeyRing>,
     /// Its share of the group signing key and its signing rounds.
     signer: Arc<Signer>,
+    /// The rounds it coordinates for grants, orders and proofs, batched.
+    sign_batcher: SignBatcher,
     events: broadcast::Sender<Event>,
     shutdown: CancellationToken,
     metrics: Arc<AuthMetrics>,
@@ -207,12 +212,20 @@ impl AuthService {
         metrics: Arc<AuthMetrics>,
     ) -> Self {
         let limits = Limits::new(&config);
+        let signer = Arc::new(Signer::new(
+            &store,
+            raft.clone(),
+            &keys.cluster_key.verifying_key(),
+        ));
+        let me = raft.metrics().borrow().id;
         Self {
-            signer: Arc::new(Signer::new(
-                &store,
-                raft.clone(),
-                &keys.cluster_key.verifying_key(),
-            )),
+            sign_batcher: SignBatcher::start(
+                signer.clone(),
+                crate::tls::ClusterTls::of_member(&keys),
+                me,
+                metrics.clone(),
+            ),
+            signer,
             store,
             keys,
             config,
@@ -251,22 +264,38 @@ impl AuthService {
         target: &SignTarget,
     ) -> Result<(ed25519_dalek::Signature, [u8; 32]), SignError> {
         let tls = crate::tls::ClusterTls::of_member(&self.keys);
-        self.signer.group_sign(&tls, self.node_id(), target).await
+        let since = std::time::Instant::now();
+        let signed = self.signer.group_sign(&tls, self.node_id(), target).await;
+        if signed.is_ok() {
+            self.metrics.group_signed(1, since);
+        }
+        signed
     }
 
     /// The group's signature on `target`, once the group has a signing
     /// key and `group_signing` is on: the second signature on a
     /// certificate, grant, order or proof the cluster key signed at apply.
-    /// `None` before key generation, and, logged, when the round failed: a
-    /// client or holder that pins the group key then refuses the object and
-    /// says why; others are unaffected.
-    pub async fn co_sign(&self, target: SignTarget) -> Option<ed25519_dalek::Signature> {
+    /// Grants, orders and proofs asked for at once share a round
+    /// ([`SignBatcher`]) and carry their inclusion proof; certificates and
+    /// rosters are signed alone. `None` before key generation, and,
+    /// logged, when the round failed: a client or holder that pins the
+    /// group key then refuses the object and says why; others are
+    /// unaffected.
+    pub async fn co_sign(&self, target: SignTarget) -> Option<GroupSignature> {
         if !self.config.group_signing {
             return None;
         }
-        match self.group_sign(&target).await {
-            Ok((signature, _)) => Some(signature),
-            Err(SignError::NoGroupKey) => None,
+        let signed = if target.batchable() {
+            self.sign_batcher.sign(target.clone()).await
+        } else {
+            self.group_sign(&target)
+                .await
+                .map(|(signature, _)| signature.into())
+                .map_err(Arc::new)
+        };
+        match signed {
+            Ok(signature) => Some(signature),
+            Err(e) if matches!(*e, SignError::NoGroupKey) => None,
             Err(e) => {
                 tracing::warn!(?target, error = %e, "not signed by the group");
                 None

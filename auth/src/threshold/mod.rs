@@ -20,7 +20,6 @@
 //! - [`sign`]: commitments, the coordinator's signing package, signature
 //!   shares, aggregation with an Ed25519 `verify_strict` check, and batch
 //!   signing of a Merkle root;
-//! - [`merkle`]: the SHA-256 Merkle tree and inclusion proofs of batch signing;
 //! - [`membership`]: adding a member with the repairable threshold scheme and
 //!   removing one with a DKG-based refresh, both keeping the group key;
 //! - [`Wire`]: the byte encoding of every package that crosses the wire.
@@ -52,7 +51,6 @@
 
 pub mod dkg;
 pub mod membership;
-pub mod merkle;
 pub mod sign;
 mod wire;
 
@@ -134,12 +132,9 @@ pub enum ThresholdError {
     /// A signature does not verify strictly under the group key.
     #[error("the signature does not verify under the group key: {0}")]
     BadSignature(ed25519_dalek::SignatureError),
-    /// A batch to sign has no items.
-    #[error("a batch to sign needs at least one item")]
-    EmptyBatch,
-    /// A Merkle inclusion proof is malformed or does not lead to a signed root.
-    #[error("bad inclusion proof: {0}")]
-    BadProof(&'static str),
+    /// A batch could not be built.
+    #[error(transparent)]
+    Batch(#[from] vmail_proto::batch::BatchError),
     /// A step adding a member with the repairable scheme failed.
     #[error("repair {step} failed: {source}")]
     Repair {

@@ -8,22 +8,19 @@
 //! plain Ed25519 signature only after `verify_strict` accepted it.
 //!
 //! [`BatchToSign`] signs many items with one round: the group signs the
-//! Merkle root of the items, and each item travels with its inclusion proof;
-//! [`verify_batch_item`] checks one item.
+//! Merkle root of the items (`vmail_proto::batch`), and each item travels
+//! with its inclusion proof in a [`GroupSignature`].
 
 use std::collections::BTreeMap;
 
 use frost_ed25519::rand_core::{CryptoRng, RngCore};
 
-use super::merkle::{Hash, InclusionProof, MerkleTree};
+use vmail_proto::batch::{GroupSignature, MerkleTree, batch_message};
+
 use super::{
     Identifier, KeyPackage, PublicKeyPackage, SignatureShare, SigningCommitments, SigningNonces,
     SigningPackage, ThresholdError, group_key_bytes, verify,
 };
-
-/// Domain prefix of the message signed for a batch, so a batch signature is
-/// never a signature on anything else the group signs.
-const BATCH_DOMAIN: &[u8] = b"vmail-auth batch root v1";
 
 /// Round 1 for a signer: fresh nonces (keep them secret, use them once) and
 /// the commitments to send to the coordinator.
@@ -99,29 +96,10 @@ pub fn aggregate(
     Ok(signature)
 }
 
-/// The message the group signs for a batch: domain, item count, Merkle root.
-pub fn batch_message(root: &Hash, count: u64) -> Vec<u8> {
-    let mut m = Vec::with_capacity(BATCH_DOMAIN.len() + 8 + 32);
-    m.extend_from_slice(BATCH_DOMAIN);
-    m.extend_from_slice(&count.to_be_bytes());
-    m.extend_from_slice(root);
-    m
-}
-
 /// Many items to be signed with one signing round.
 #[derive(Debug, Clone)]
 pub struct BatchToSign {
     tree: MerkleTree,
-}
-
-/// One item's share of a batch signature: the root signature and the item's
-/// inclusion proof.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BatchItemSignature {
-    /// The group's signature on [`batch_message`] of the root.
-    pub signature: ed25519_dalek::Signature,
-    /// The path from the item to that root.
-    pub proof: InclusionProof,
 }
 
 impl BatchToSign {
@@ -137,26 +115,16 @@ impl BatchToSign {
         batch_message(&self.tree.root(), self.tree.len() as u64)
     }
 
-    /// Each item's signature and proof, in item order, given the group's
-    /// signature on [`BatchToSign::message`].
-    pub fn item_signatures(&self, signature: ed25519_dalek::Signature) -> Vec<BatchItemSignature> {
+    /// Each item's group signature (the round's, with the item's inclusion
+    /// proof), in item order, given the group's signature on
+    /// [`BatchToSign::message`]. Each verifies with
+    /// [`GroupSignature::verify`].
+    pub fn item_signatures(&self, signature: ed25519_dalek::Signature) -> Vec<GroupSignature> {
         (0..self.tree.len())
-            .filter_map(|i| self.tree.proof(i))
-            .map(|proof| BatchItemSignature { signature, proof })
+            .map(|i| GroupSignature {
+                signature,
+                proof: self.tree.proof(i).map(Box::new),
+            })
             .collect()
     }
-}
-
-/// Checks that `item` was signed by the group as part of a batch.
-pub fn verify_batch_item(
-    group_key: &[u8; 32],
-    signed: &BatchItemSignature,
-    item: &[u8],
-) -> Result<(), ThresholdError> {
-    let root = signed.proof.root_of(item)?;
-    verify(
-        group_key,
-        &batch_message(&root, signed.proof.count),
-        &signed.signature,
-    )
 }

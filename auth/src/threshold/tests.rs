@@ -6,7 +6,7 @@ use frost_ed25519::keys::dkg::{round1, round2};
 use rand::rngs::OsRng;
 
 use super::membership::{refresh_start, repair_deltas, repair_finish, repair_sigma, with_member};
-use super::sign::{BatchToSign, aggregate, commit, sign_share, signing_package, verify_batch_item};
+use super::sign::{BatchToSign, aggregate, commit, sign_share, signing_package};
 use super::*;
 
 type Keys = BTreeMap<Identifier, KeyPackage>;
@@ -232,18 +232,19 @@ fn a_batch_is_signed_once_and_every_item_verifies() {
     .unwrap();
     let signed = batch.item_signatures(sig);
     assert_eq!(signed.len(), items.len());
+    let group_key = ed25519_dalek::VerifyingKey::from_bytes(&group_key).unwrap();
     for (item, s) in items.iter().zip(&signed) {
-        verify_batch_item(&group_key, s, item).unwrap();
+        s.verify(&group_key, item).unwrap();
     }
     // A changed item, a proof of another item, a changed count: all refused.
-    assert!(verify_batch_item(&group_key, &signed[3], b"delete order 99").is_err());
-    assert!(verify_batch_item(&group_key, &signed[3], &items[4]).is_err());
+    assert!(signed[3].verify(&group_key, b"delete order 99").is_err());
+    assert!(signed[3].verify(&group_key, &items[4]).is_err());
     let mut tampered = signed[3].clone();
-    tampered.proof.siblings[0][0] ^= 1;
-    assert!(verify_batch_item(&group_key, &tampered, &items[3]).is_err());
+    tampered.proof.as_mut().unwrap().siblings[0][0] ^= 1;
+    assert!(tampered.verify(&group_key, &items[3]).is_err());
     let mut recounted = signed[6].clone();
-    recounted.proof.count = 8;
-    assert!(verify_batch_item(&group_key, &recounted, &items[6]).is_err());
+    recounted.proof.as_mut().unwrap().count = 8;
+    assert!(recounted.verify(&group_key, &items[6]).is_err());
 }
 
 #[test]

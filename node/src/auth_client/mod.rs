@@ -61,7 +61,7 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// over (a new leader is elected within a few seconds).
 pub const FAILOVER_DEADLINE: Duration = Duration::from_secs(20);
 /// Pause between retries when no server named the leader.
-const RETRY_PAUSE: Duration = Duration::from_millis(250);
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// Metadata key of the leader's public URL in an UNAVAILABLE answer.
 pub const LEADER_METADATA: &str = "vmail-leader";
 

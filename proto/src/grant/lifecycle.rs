@@ -10,6 +10,7 @@ use super::reader::Reader;
 use super::{
     DELETE_LABEL, GRANT_VERSION, GrantError, PROOF_LABEL, encode, key_id, malformed, verify_signed,
 };
+use crate::batch::GroupSignature;
 
 pub(super) const ORDER: &str = "delete order";
 pub(super) const PROOF: &str = "deposit proof";
@@ -72,9 +73,9 @@ pub struct DeleteOrder {
     pub key_id: [u8; 8],
     /// The cluster key's signature over the signing bytes.
     pub signature: Signature,
-    /// The group's threshold signature over the same bytes, once t servers
-    /// gave it.
-    pub group_signature: Option<Signature>,
+    /// The group's threshold signature over the same bytes (or over a
+    /// batch they are in), once t servers gave it.
+    pub group_signature: Option<GroupSignature>,
 }
 
 /// The group's signed word that a deposit used grant `serial`.
@@ -86,9 +87,9 @@ pub struct DepositProof {
     pub key_id: [u8; 8],
     /// The cluster key's signature over the signing bytes.
     pub signature: Signature,
-    /// The group's threshold signature over the same bytes, once t servers
-    /// gave it.
-    pub group_signature: Option<Signature>,
+    /// The group's threshold signature over the same bytes (or over a
+    /// batch they are in), once t servers gave it.
+    pub group_signature: Option<GroupSignature>,
 }
 /// The bytes a delete order's signatures cover.
 pub fn order_signing_bytes(

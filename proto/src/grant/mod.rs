@@ -16,7 +16,11 @@
 //! clients that pin the group key require that signature too. The one
 //! encoding everywhere — gRPC, the blob protocol, a holder's disk — is the
 //! signing bytes, the cluster key's 64-byte signature, then the group's
-//! 64-byte signature when there is one (integers big-endian):
+//! signature when there is one (integers big-endian). The group signs an
+//! object alone or, when several were asked for at once, the root of a
+//! batch they are in (`crate::batch`); then its 64 bytes are followed by
+//! the object's inclusion proof, `index u64 || count u64 || siblings (32
+//! each)`, written `[proof]` below:
 //!
 //! ```text
 //! grant:  "vmail/v1/storage-grant" || version u32 || serial u64 || key id (8)
@@ -24,12 +28,12 @@
 //!           || shard count x (len u64 || sha256 (32))
 //!           || holder count u8 || holder count x (u8 len || peer id)
 //!           || upload_until u64 || expires_at u64 || signature (64)
-//!           || [group signature (64)]
+//!           || [group signature (64) || [proof]]
 //! delete: "vmail/v1/delete-order" || version u32 || serial u64 || key id (8)
 //!           || reason u8 || expires_at u64 || signature (64)
-//!           || [group signature (64)]
+//!           || [group signature (64) || [proof]]
 //! proof:  "vmail/v1/deposit-proof" || version u32 || serial u64 || key id (8)
-//!           || signature (64) || [group signature (64)]
+//!           || signature (64) || [group signature (64) || [proof]]
 //! ```
 //!
 //! The key id is the first 8 bytes of SHA-256 of the cluster public key, so
@@ -48,6 +52,8 @@ pub use lifecycle::{
     DeleteOrder, DeleteReason, DepositProof, order_signing_bytes, proof_signing_bytes,
 };
 use reader::Reader;
+
+use crate::batch::GroupSignature;
 pub use roster::{ROSTER_LABEL, roster_signing_bytes, verify_roster};
 
 /// The grant and delete-order format version this code writes and accepts.
@@ -189,7 +195,7 @@ pub struct StorageGrant {
     pub signature: Signature,
     /// The group's threshold signature over the same bytes, once t servers
     /// gave it.
-    pub group_signature: Option<Signature>,
+    pub group_signature: Option<GroupSignature>,
 }
 
 const GRANT: &str = "storage grant";
@@ -274,7 +280,7 @@ fn verify_signed(
     (what, serial): (&'static str, u64),
     found: &[u8; 8],
     bytes: &[u8],
-    (signature, group_signature): (&Signature, Option<&Signature>),
+    (signature, group_signature): (&Signature, Option<&GroupSignature>),
     (key, group_key): (&VerifyingKey, Option<&VerifyingKey>),
 ) -> Result<(), GrantError> {
     let pinned = key_id(key);
@@ -291,13 +297,13 @@ fn verify_signed(
         return Ok(());
     };
     let group_signature = group_signature.ok_or(GrantError::NoGroupSignature { what, serial })?;
-    group_key
-        .verify_strict(bytes, group_signature)
+    group_signature
+        .verify(group_key, bytes)
         .map_err(|_| GrantError::BadGroupSignature { what, serial })
 }
 
 /// The one encoding of a signed object.
-fn encode(mut bytes: Vec<u8>, signature: &Signature, group: Option<&Signature>) -> Vec<u8> {
+fn encode(mut bytes: Vec<u8>, signature: &Signature, group: Option<&GroupSignature>) -> Vec<u8> {
     bytes.extend_from_slice(&signature.to_bytes());
     if let Some(g) = group {
         bytes.extend_from_slice(&g.to_bytes());

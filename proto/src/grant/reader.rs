@@ -1,9 +1,8 @@
 //! A bounds-checked cursor over untrusted bytes, for reading grants, deposit
 //! proofs and delete orders: every read says what was truncated or wrong.
 
-use ed25519_dalek::Signature;
-
 use super::{GrantError, malformed};
+use crate::batch::GroupSignature;
 
 /// A bounds-checked cursor over untrusted bytes.
 pub(super) struct Reader<'a> {
@@ -49,17 +48,21 @@ impl<'a> Reader<'a> {
     }
 
     /// What may end an object after its cluster signature: nothing, or
-    /// the group's 64-byte signature; then the end.
-    pub(super) fn group_signature(&mut self) -> Result<Option<Signature>, GrantError> {
-        match self.bytes.len() {
-            0 => Ok(None),
-            64 => Ok(Some(Signature::from_bytes(&self.array()?))),
-            n => Err(malformed(
+    /// the group's signature (64 bytes, then a batch's inclusion proof if
+    /// any); then the end.
+    pub(super) fn group_signature(&mut self) -> Result<Option<GroupSignature>, GrantError> {
+        if self.bytes.is_empty() {
+            return Ok(None);
+        }
+        let rest = self.take(self.bytes.len())?;
+        GroupSignature::from_bytes(rest).map(Some).map_err(|e| {
+            malformed(
                 self.what,
                 format!(
-                    "{n} bytes after the signature, where only a 64-byte group signature may follow"
+                    "{} bytes after the signature are not a group signature: {e}",
+                    rest.len()
                 ),
-            )),
-        }
+            )
+        })
     }
 }

@@ -186,9 +186,9 @@ fn a_pinned_group_key_requires_the_group_signature_on_every_kind() {
     grant.verify_pinned(&ck, None).unwrap();
 
     // The thief's key, and the group's signature on another object.
-    grant.group_signature = Some(thief.sign(&grant.signing_bytes()));
-    order.group_signature = Some(group.sign(&proof.signing_bytes()));
-    proof.group_signature = Some(group.sign(&grant.signing_bytes()));
+    grant.group_signature = Some(thief.sign(&grant.signing_bytes()).into());
+    order.group_signature = Some(group.sign(&proof.signing_bytes()).into());
+    proof.group_signature = Some(group.sign(&grant.signing_bytes()).into());
     assert!(matches!(
         grant.verify_pinned(&ck, Some(&gk)),
         Err(GrantError::BadGroupSignature { .. })
@@ -202,9 +202,9 @@ fn a_pinned_group_key_requires_the_group_signature_on_every_kind() {
         Err(GrantError::BadGroupSignature { .. })
     ));
 
-    grant.group_signature = Some(group.sign(&grant.signing_bytes()));
-    order.group_signature = Some(group.sign(&order.signing_bytes()));
-    proof.group_signature = Some(group.sign(&proof.signing_bytes()));
+    grant.group_signature = Some(group.sign(&grant.signing_bytes()).into());
+    order.group_signature = Some(group.sign(&order.signing_bytes()).into());
+    proof.group_signature = Some(group.sign(&proof.signing_bytes()).into());
     let g = StorageGrant::from_bytes(&grant.to_bytes()).unwrap();
     let o = DeleteOrder::from_bytes(&order.to_bytes()).unwrap();
     let p = DepositProof::from_bytes(&proof.to_bytes()).unwrap();
@@ -231,4 +231,33 @@ fn a_pinned_group_key_requires_the_group_signature_on_every_kind() {
             "{extra} trailing bytes"
         );
     }
+
+    // Signed in one batch, each object verifies with its own path, keeps
+    // it through its encoding, and not with another member's.
+    let items = [
+        grant.signing_bytes(),
+        order.signing_bytes(),
+        proof.signing_bytes(),
+    ];
+    let tree = crate::batch::MerkleTree::new(&items).unwrap();
+    let root_signature = group.sign(&crate::batch::batch_message(&tree.root(), 3));
+    let batched = |i: usize| crate::batch::GroupSignature {
+        signature: root_signature,
+        proof: tree.proof(i).map(Box::new),
+    };
+    grant.group_signature = Some(batched(0));
+    order.group_signature = Some(batched(1));
+    proof.group_signature = Some(batched(2));
+    let g = StorageGrant::from_bytes(&grant.to_bytes()).unwrap();
+    let o = DeleteOrder::from_bytes(&order.to_bytes()).unwrap();
+    let p = DepositProof::from_bytes(&proof.to_bytes()).unwrap();
+    assert_eq!((&g, &o, &p), (&grant, &order, &proof));
+    g.verify_pinned(&ck, Some(&gk)).unwrap();
+    o.verify_pinned(&ck, Some(&gk)).unwrap();
+    p.verify_pinned(&ck, Some(&gk)).unwrap();
+    proof.group_signature = Some(batched(0));
+    assert!(matches!(
+        proof.verify_pinned(&ck, Some(&gk)),
+        Err(GrantError::BadGroupSignature { .. })
+    ));
 }

@@ -191,7 +191,13 @@ fn main() -> anyhow::Result<()> {
     seeds.push(("raft_command", raft));
     seeds.push(("snapshot", vec![fresh_snapshot()?]));
     let (g, p) = (grant(), deposit_proof());
-    let with_group = |bytes: Vec<u8>, signed: Vec<u8>| vec![co_signed(&bytes, &signed), bytes];
+    let with_group = |bytes: Vec<u8>, signed: Vec<u8>| {
+        vec![
+            co_signed(&bytes, &signed),
+            batch_co_signed(&bytes, &signed),
+            bytes,
+        ]
+    };
     seeds.push(("grant", with_group(g.to_bytes(), g.signing_bytes())));
     seeds.push((
         "delete_order",

@@ -54,6 +54,26 @@ pub fn co_signed(bytes: &[u8], signing_bytes: &[u8]) -> Vec<u8> {
     [bytes, &group_key().sign(signing_bytes).to_bytes()].concat()
 }
 
+/// `bytes` co-signed as the second of a batch of three (the others two
+/// made-up objects): the group's signature on the batch root, then the
+/// object's inclusion proof.
+pub fn batch_co_signed(bytes: &[u8], signing_bytes: &[u8]) -> Vec<u8> {
+    use ed25519_dalek::Signer;
+    use vmail_proto::batch::{GroupSignature, MerkleTree, batch_message};
+    let items: [&[u8]; 3] = [b"another object", signing_bytes, b"a third object"];
+    let tree = MerkleTree::new(&items).expect("three items");
+    let signed = GroupSignature {
+        signature: group_key().sign(&batch_message(&tree.root(), 3)),
+        proof: tree.proof(1).map(Box::new),
+    };
+    [bytes, &signed.to_bytes()].concat()
+}
+
+/// Whether `data` is `bytes` genuinely co-signed, alone or in a batch.
+pub fn genuinely_co_signed(bytes: &[u8], signing_bytes: &[u8], data: &[u8]) -> bool {
+    data == co_signed(bytes, signing_bytes) || data == batch_co_signed(bytes, signing_bytes)
+}
+
 /// The identity of the peer behind the genuine adverts.
 pub fn peer_key() -> Keypair {
     Keypair::ed25519_from_bytes([0x33; 32]).expect("32 bytes are an ed25519 secret")

@@ -533,19 +533,19 @@ fn a_holder_pinning_the_group_key_needs_the_group_signature_on_grants_proofs_and
     let e = store(&s, meta.clone(), &data).unwrap_err();
     assert_eq!(e.reason(), "no-group-signature", "{e}");
     let mut grant = StorageGrant::from_bytes(&meta.grant).unwrap();
-    grant.group_signature = Some(cluster().sign(&grant.signing_bytes()));
+    grant.group_signature = Some(cluster().sign(&grant.signing_bytes()).into());
     meta.grant = grant.to_bytes();
     let e = store(&s, meta.clone(), &data).unwrap_err();
     assert_eq!(e.reason(), "bad-signature", "{e}");
     assert_eq!(s.usage(), (0, 0));
 
-    grant.group_signature = Some(group.sign(&grant.signing_bytes()));
+    grant.group_signature = Some(group.sign(&grant.signing_bytes()).into());
     meta.grant = grant.to_bytes();
     let mut proof = DepositProof::sign(9, &cluster());
     meta.proof = proof.to_bytes();
     let e = store(&s, meta.clone(), &data).unwrap_err();
     assert_eq!(e.reason(), "no-group-signature", "{e}");
-    proof.group_signature = Some(group.sign(&proof.signing_bytes()));
+    proof.group_signature = Some(group.sign(&proof.signing_bytes()).into());
     meta.proof = proof.to_bytes();
     store(&s, meta, &data).unwrap();
     assert!(s.unproven(u64::MAX).is_empty());
@@ -556,7 +556,7 @@ fn a_holder_pinning_the_group_key_needs_the_group_signature_on_grants_proofs_and
         "no-group-signature"
     );
     assert_eq!(s.usage().0, 1);
-    order.group_signature = Some(group.sign(&order.signing_bytes()));
+    order.group_signature = Some(group.sign(&order.signing_bytes()).into());
     assert_eq!(s.erase(&order.to_bytes()).unwrap(), vec![[1; 32]]);
     assert_eq!(s.usage(), (0, 0));
 }
