@@ -20,6 +20,9 @@ pub type Hash = [u8; 32];
 /// Most objects one batch signature covers. A coordinator batches fewer;
 /// a reader refuses a proof that claims more.
 pub const MAX_BATCH: u64 = 1 << 16;
+/// Longest encoded inclusion proof: index, count and the 16 siblings of a
+/// path in a tree of [`MAX_BATCH`] items.
+pub const MAX_PROOF_BYTES: usize = 16 + 32 * 16;
 
 /// Domain prefix of the message signed for a batch, so a batch signature is
 /// never a signature on anything else the group signs.

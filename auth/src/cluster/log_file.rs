@@ -10,10 +10,10 @@
 //! ```
 //!
 //! Opening reads every record and keeps each index's place in memory. A
-//! record cut short or failing its check at the very end of the file is a
-//! torn append (the write never completed, so openraft was never told it
-//! did) and is cut off; one anywhere else is corruption, and the server
-//! refuses to start. Truncation cuts the file; a purge forgets the records
+//! record cut short, or failing its check where it is the last record or
+//! only zeros follow, is a torn append (the write never completed, so
+//! openraft was never told it did) and is cut off with everything after
+//! it; one anywhere else is corruption, and the server refuses to start. Truncation cuts the file; a purge forgets the records
 //! and rewrites the file without them once they are most of it.
 
 use std::collections::BTreeMap;
@@ -125,14 +125,16 @@ impl LogFile {
                 return Err(corrupt(path, at, format!("a record of {len} bytes")));
             }
             let whole = HEADER + u64::from(len);
-            if rest.len() < whole as usize {
+            if (rest.len() as u64) < whole {
                 torn("a record cut short")?;
                 break;
             }
             let entry = &rest[HEADER as usize..whole as usize];
             if check(len, index, entry) != rest[4..12] {
-                if at + whole == size {
-                    torn("the last record fails its check")?;
+                // An append that never completed leaves its records cut or
+                // its space unwritten (zeros) up to the end of the file.
+                if at + whole == size || rest.iter().all(|b| *b == 0) {
+                    torn("the last records fail their check")?;
                     break;
                 }
                 return Err(corrupt(path, at, "a record fails its check"));
@@ -194,6 +196,16 @@ impl LogFile {
         start: Bound<u64>,
         end: Bound<u64>,
     ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let inverted = match (start, end) {
+            (Bound::Included(a) | Bound::Excluded(a), Bound::Included(b) | Bound::Excluded(b)) => {
+                a > b
+                    || (a == b && !matches!((start, end), (Bound::Included(_), Bound::Included(_))))
+            }
+            _ => false,
+        };
+        if inverted {
+            return Ok(Vec::new());
+        }
         let Some(first) = self.places.range((start, end)).next() else {
             return Ok(Vec::new());
         };
@@ -286,6 +298,11 @@ impl LogFile {
     pub(super) fn first(&self) -> Option<u64> {
         self.places.keys().next().copied()
     }
+
+    /// The last entry's index, if any.
+    pub(super) fn last_index(&self) -> Option<u64> {
+        self.places.keys().next_back().copied()
+    }
 }
 
 #[cfg(test)]
@@ -321,6 +338,16 @@ mod tests {
             entries(3..5)
         );
         assert_eq!(log.last().unwrap(), entries(8..9).pop());
+        assert!(
+            log.read(Bound::Included(5), Bound::Excluded(5))
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            log.read(Bound::Included(6), Bound::Included(2))
+                .unwrap()
+                .is_empty()
+        );
         drop(log);
 
         let mut log = LogFile::open(&path).unwrap();
@@ -384,6 +411,16 @@ mod tests {
             log.append(&entries(3..4)).unwrap();
             drop(log);
             assert_eq!(std::fs::read(&path).unwrap(), good);
+        }
+        // An append whose space was never written: zeros after the good
+        // records, however long.
+        for zeros in [1usize, 20, 4096] {
+            std::fs::write(&path, [&good[..], &vec![0u8; zeros]].concat()).unwrap();
+            assert_eq!(
+                all(&LogFile::open(&path).unwrap()),
+                entries(1..4),
+                "{zeros} zeros"
+            );
         }
         // A flipped byte in the last record is a torn append too.
         let mut flipped = good.clone();

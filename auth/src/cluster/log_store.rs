@@ -36,36 +36,69 @@ pub struct LogStore {
 }
 
 impl LogStore {
-    /// The log store of the data dir that holds `store`'s database: its
-    /// log file, made (with the entries of an older data dir's `raft_log`
-    /// table) if missing. Appends are timed in `metrics`.
+    /// The log store of the data dir that holds `store`'s database. The
+    /// first open makes the log file and moves into it the entries of an
+    /// older data dir's `raft_log` table, then records (table `raft`, key
+    /// `log_file`) that the log lives in the file; a crash in between is
+    /// finished on the next open. Once recorded, a missing file is refused:
+    /// the data dir is incomplete. Appends are timed in `metrics`.
     pub fn open(store: Arc<Store>, metrics: Arc<AuthMetrics>) -> Result<Self, StoreError> {
         let path = store
             .path()
             .parent()
             .map_or_else(|| LOG_FILE.into(), |dir| dir.join(LOG_FILE));
-        let fresh = !path.exists();
+        let moved = get_meta::<bool>(&store, "log_file")?.unwrap_or(false);
+        if moved && !path.exists() {
+            return Err(StoreError::Corrupt {
+                table: LOG_FILE,
+                key: path.display().to_string(),
+                why: "the file is missing, though this data dir keeps its Raft log there: the data dir is incomplete. Restore it whole from a backup, or wipe it and rejoin the group".into(),
+            });
+        }
         let mut log = LogFile::open(&path)?;
-        let old: Vec<(u64, Vec<u8>)> = store.run(|db| {
-            let tx = db.begin_read().map_err(db_err)?;
-            let t = tx.open_table(RAFT_LOG).map_err(db_err)?;
-            t.iter()
-                .map_err(db_err)?
-                .map(|r| {
-                    let (k, v) = r.map_err(db_err)?;
-                    Ok((k.value(), v.value().to_vec()))
-                })
-                .collect()
-        })?;
-        if !old.is_empty() {
-            if fresh {
-                log.append(&old)?;
-                tracing::info!(entries = old.len(), path = %path.display(), "moved the Raft log out of the database into its own file");
+        if !moved {
+            let old: Vec<(u64, Vec<u8>)> = store.run(|db| {
+                let tx = db.begin_read().map_err(db_err)?;
+                let t = tx.open_table(RAFT_LOG).map_err(db_err)?;
+                t.iter()
+                    .map_err(db_err)?
+                    .map(|r| {
+                        let (k, v) = r.map_err(db_err)?;
+                        Ok((k.value(), v.value().to_vec()))
+                    })
+                    .collect()
+            })?;
+            // What an interrupted earlier open already moved is in the file.
+            let last = log.last_index();
+            let rest: Vec<_> = old
+                .into_iter()
+                .filter(|(i, _)| last.is_none_or(|l| *i > l))
+                .collect();
+            if let (Some(l), Some((first, _))) = (last, rest.first())
+                && *first != l + 1
+            {
+                return Err(StoreError::Corrupt {
+                    table: "raft_log",
+                    key: first.to_string(),
+                    why: format!(
+                        "the database's log goes on at entry {first}, but {} ends at {l}: restore the data dir whole from a backup, or wipe it and rejoin the group",
+                        path.display()
+                    ),
+                });
             }
+            if !rest.is_empty() {
+                log.append(&rest)?;
+                tracing::info!(entries = rest.len(), path = %path.display(), "moved the Raft log out of the database into its own file");
+            }
+            let marker = encode(&true);
             store.write(|tx| {
                 tx.open_table(RAFT_LOG)
                     .map_err(db_err)?
                     .retain(|_, _| false)
+                    .map_err(db_err)?;
+                tx.open_table(RAFT)
+                    .map_err(db_err)?
+                    .insert("log_file", marker.as_slice())
                     .map_err(db_err)?;
                 Ok(())
             })?;
@@ -346,8 +379,39 @@ mod tests {
             .unwrap();
         assert_eq!(left, 0, "the table is emptied");
         drop(log);
-        let mut log = LogStore::open(s, metrics).unwrap();
+        let mut log = LogStore::open(s.clone(), metrics.clone()).unwrap();
         assert_eq!(entries(&mut log).await, [1, 2, 3, 4]);
+        drop(log);
+
+        // From now on the file is the log: losing it is refused, not
+        // taken for an empty log.
+        std::fs::remove_file(dir.path().join(LOG_FILE)).unwrap();
+        let e = LogStore::open(s, metrics).unwrap_err().to_string();
+        assert!(e.contains("missing") && e.contains("incomplete"), "{e}");
+    }
+
+    /// A move cut short by a crash (the file made, some entries in it, the
+    /// table not yet emptied) is finished by the next open, nothing lost
+    /// and nothing twice.
+    #[tokio::test]
+    async fn a_move_cut_short_is_finished_on_the_next_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        s.write(|tx| {
+            let mut t = tx.open_table(RAFT_LOG).map_err(db_err)?;
+            for i in 1..=5 {
+                t.insert(i, encode(&entry(i)).as_slice()).map_err(db_err)?;
+            }
+            Ok(())
+        })
+        .unwrap();
+        let mut partial = LogFile::open(&dir.path().join(LOG_FILE)).unwrap();
+        partial
+            .append(&[(1, encode(&entry(1))), (2, encode(&entry(2)))])
+            .unwrap();
+        drop(partial);
+        let mut log = LogStore::open(s, Arc::new(AuthMetrics::new())).unwrap();
+        assert_eq!(entries(&mut log).await, [1, 2, 3, 4, 5]);
     }
 
     /// A purge point recorded before a crash that kept the file's

@@ -494,18 +494,21 @@ pub fn unseal(
         .map_err(|e| format!("sealed {what} does not open under the data key: {e}"))
 }
 
-/// The Raft timing the group runs with. Heartbeats go out every 100 ms. A
+/// The Raft timing the group runs with. Heartbeats go out every 200 ms. A
 /// follower that hears none stands for election after openraft 0.9's
 /// leader lease (`election_timeout_max`) plus a random 400-800 ms: 1.2-1.6
-/// s of silence, twelve heartbeats or more (etcd's defaults wait 1-2 s,
-/// ten heartbeats). A snapshot is taken every 5000 entries and the log
-/// before it is purged, keeping 1000.
+/// s of silence, six heartbeats or more (etcd's defaults wait 1-2 s). In
+/// openraft 0.9 an AppendEntries must also be answered within the
+/// heartbeat interval, the follower's fsync included, so one carries at
+/// most 16 entries (1 MiB at the batcher's 64 KiB bound). A snapshot is
+/// taken every 5000 entries and the log before it is purged, keeping 1000.
 pub fn raft_config(cluster_name: &str) -> openraft::Config {
     openraft::Config {
         cluster_name: cluster_name.to_owned(),
-        heartbeat_interval: 100,
+        heartbeat_interval: 200,
         election_timeout_min: 400,
         election_timeout_max: 800,
+        max_payload_entries: 16,
         install_snapshot_timeout: 10_000,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(5000),
         max_in_snapshot_log_to_keep: 1000,

@@ -553,7 +553,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 // Not fsynced: the entries are durable in the log, and state
                 // and `applied` commit together, so a crash that loses this
                 // commit loses it whole and the entries are applied again.
-                // The next durable commit (a log append) persists it.
+                // The next durable commit persists it: a vote, or at the
+                // latest the next snapshot, which comes before any purge of
+                // the entries it covers (the log is in its own file now).
                 let replies = sm.store.write_with(redb::Durability::None, |tx| {
                     let raw = tx
                         .open_table(RAFT)

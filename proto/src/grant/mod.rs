@@ -91,7 +91,8 @@ pub const MAX_GRANT_BYTES: usize = GRANT_LABEL.len()
     + MAX_GRANT_HOLDERS * (1 + MAX_HOLDER_ID_LEN)
     + 16
     + 64
-    + 64;
+    + 64
+    + crate::batch::MAX_PROOF_BYTES;
 
 /// Why a grant or delete order was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
