@@ -10,9 +10,20 @@ use std::time::Duration;
 use tonic::Code;
 use vmail_auth::cluster::admin;
 use vmail_auth::datadir::{self, InitOptions};
-use vmail_node::auth_client::{AuthClient, ClientError};
+use vmail_node::auth_client::{AuthClient, ClientError, LoginSession};
 use vmail_proto::share;
 use vmail_tests::{TestCluster, deposit_for, granted, history, identity, password, try_granted};
+
+/// [`history::login_on`], which these tests expect to succeed.
+async fn login_on(
+    cluster: &TestCluster,
+    which: &[usize],
+    user: &str,
+) -> (AuthClient, LoginSession) {
+    history::login_on(cluster, which, user)
+        .await
+        .expect("login")
+}
 
 fn followers(cluster: &TestCluster, leader: usize) -> Vec<usize> {
     cluster
@@ -29,12 +40,8 @@ async fn a_deposit_acknowledged_at_one_server_is_listed_at_another_right_after()
     let f = followers(&cluster, leader);
     // Each client knows only one follower: writes reach the leader by
     // redirect, and reads are answered for the leader's current state.
-    let (mut bob, _) = history::login_on(&cluster, &[f[0]], "bob")
-        .await
-        .expect("login");
-    let (mut alice, alice_s) = history::login_on(&cluster, &[f[1]], "alice")
-        .await
-        .expect("login");
+    let (mut bob, _) = login_on(&cluster, &[f[0]], "bob").await;
+    let (mut alice, alice_s) = login_on(&cluster, &[f[1]], "alice").await;
     for n in 0..5u8 {
         let d = granted(&mut bob, deposit_for(&["alice"], &[n; 40])).await;
         let receipt = bob.deposit(&d).await.expect("deposit");
@@ -82,12 +89,8 @@ async fn a_majority_recovers_session_keys_and_a_minority_names_the_servers_it_mi
     let f = followers(&cluster, leader);
     let url = |i: usize| cluster.target_of(&[i]).endpoints[0].clone();
     let down = [url(f[0]), url(f[1])];
-    let (mut bob, _) = history::login_on(&cluster, &[0, 1, 2], "bob")
-        .await
-        .expect("login");
-    let (mut alice, alice_s) = history::login_on(&cluster, &[0, 1, 2], "alice")
-        .await
-        .expect("login");
+    let (mut bob, _) = login_on(&cluster, &[0, 1, 2], "bob").await;
+    let (mut alice, alice_s) = login_on(&cluster, &[0, 1, 2], "alice").await;
     let before = granted(&mut bob, deposit_for(&["alice"], b"before the kill")).await;
     let before_id = bob.deposit(&before).await.expect("deposit").voicemail_id;
     cluster.wait_applied().await;
@@ -169,9 +172,7 @@ async fn a_deposit_ordered_after_its_senders_logout_is_refused_when_it_applies()
     let mut cluster = TestCluster::start(3).await;
     let leader = cluster.leader().await;
     let svc = cluster.server(leader).service.clone();
-    history::login_on(&cluster, &[leader], "alice")
-        .await
-        .expect("login");
+    login_on(&cluster, &[leader], "alice").await;
     let mut bob = cluster.client().await;
     let id = identity();
     bob.register("bob", &password("bob"), &id, None)
@@ -258,16 +259,10 @@ async fn concurrent_writes_share_log_entries_and_each_caller_gets_its_own_reply(
     const N: usize = 32;
     let mut cluster = TestCluster::start(3).await;
     let leader = cluster.leader().await;
-    history::login_on(&cluster, &[leader], "alice")
-        .await
-        .expect("login");
+    login_on(&cluster, &[leader], "alice").await;
     let mut senders = Vec::new();
     for i in 0..N {
-        senders.push(
-            history::login_on(&cluster, &[leader], &format!("sender{i}"))
-                .await
-                .expect("login"),
-        );
+        senders.push(login_on(&cluster, &[leader], &format!("sender{i}")).await);
     }
     // RequestGrant already refuses the unknown recipient, so each sender
     // takes its storage grant first, for alice alone; the deposits that
@@ -353,12 +348,8 @@ async fn a_server_that_missed_compacted_log_catches_up_from_a_snapshot() {
     let mut cluster = TestCluster::start(3).await;
     let leader = cluster.leader().await;
     let behind = followers(&cluster, leader)[0];
-    let (mut bob, _) = history::login_on(&cluster, &[leader], "bob")
-        .await
-        .expect("login");
-    history::login_on(&cluster, &[leader], "alice")
-        .await
-        .expect("login");
+    let (mut bob, _) = login_on(&cluster, &[leader], "bob").await;
+    login_on(&cluster, &[leader], "alice").await;
     cluster.kill(behind).await;
     for n in 0..40u8 {
         let d = granted(&mut bob, deposit_for(&["alice"], &[n; 20])).await;
@@ -411,15 +402,9 @@ async fn a_server_that_missed_compacted_log_catches_up_from_a_snapshot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_fourth_server_joins_live_and_one_is_removed_while_clients_work() {
     let mut cluster = TestCluster::start(3).await;
-    let (mut bob, _) = history::login_on(&cluster, &[0, 1, 2], "bob")
-        .await
-        .expect("login");
-    let (mut alice, _) = history::login_on(&cluster, &[0, 1, 2], "alice")
-        .await
-        .expect("login");
-    let (mut carol, _) = history::login_on(&cluster, &[0, 1, 2], "carol")
-        .await
-        .expect("login");
+    let (mut bob, _) = login_on(&cluster, &[0, 1, 2], "bob").await;
+    let (mut alice, _) = login_on(&cluster, &[0, 1, 2], "alice").await;
+    let (mut carol, _) = login_on(&cluster, &[0, 1, 2], "carol").await;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
         let stop = stop.clone();
@@ -499,12 +484,8 @@ async fn a_partitioned_server_never_answers_from_stale_state() {
     let mut cluster = TestCluster::start(3).await;
     let leader = cluster.leader().await;
     let cut = followers(&cluster, leader)[0];
-    let (mut bob, _) = history::login_on(&cluster, &[leader], "bob")
-        .await
-        .expect("login");
-    history::login_on(&cluster, &[leader], "alice")
-        .await
-        .expect("login");
+    let (mut bob, _) = login_on(&cluster, &[leader], "bob").await;
+    login_on(&cluster, &[leader], "alice").await;
     cluster.wait_applied().await;
     cluster.isolate(cut, true);
     let d = try_granted(&mut bob, deposit_for(&["alice"], b"while cut off"), 0)
@@ -608,12 +589,8 @@ async fn a_server_from_another_ca_cannot_join_or_read() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_wiped_server_rejoins_as_a_fresh_member() {
     let mut cluster = TestCluster::start(3).await;
-    let (mut bob, _) = history::login_on(&cluster, &[0, 1, 2], "bob")
-        .await
-        .expect("login");
-    history::login_on(&cluster, &[0, 1, 2], "alice")
-        .await
-        .expect("login");
+    let (mut bob, _) = login_on(&cluster, &[0, 1, 2], "bob").await;
+    login_on(&cluster, &[0, 1, 2], "alice").await;
     let d = granted(&mut bob, deposit_for(&["alice"], b"before the wipe")).await;
     bob.deposit(&d).await.unwrap();
     let leader = cluster.leader().await;
