@@ -433,6 +433,22 @@ async fn replayed_request_id_returns_the_first_result() {
     assert_eq!(code_, Code::AlreadyExists);
     assert!(msg.contains("request_id"), "{msg}");
     assert_eq!(auth.service().store().counts().unwrap().voicemails, 1);
+
+    // Sealed once, ahead of the call, and sent twice: the second is the
+    // same request, answered from the first, and the key still recovers.
+    let d2 = granted(&mut bob, deposit_for(&["alice"], b"loc 2")).await;
+    let sealed = bob.seal_deposit(&d2).unwrap();
+    let first = bob.deposit_sealed(&sealed).await.unwrap();
+    let again = bob.deposit_sealed(&sealed).await.unwrap();
+    assert!(!first.replayed && again.replayed);
+    assert_eq!(again.voicemail_id, first.voicemail_id);
+    assert_eq!(auth.service().store().counts().unwrap().voicemails, 2);
+    let pending = alice.list_pending().await.unwrap();
+    let p = pending.iter().find(|p| p.id == first.voicemail_id).unwrap();
+    assert_eq!(
+        alice.recover_session_key(&alice_s, p).await.unwrap(),
+        d2.session_key
+    );
 }
 
 #[tokio::test]

@@ -503,8 +503,10 @@ async fn objects_asked_for_together_share_a_round_and_each_verifies_alone() {
 
 /// The signing rounds over the internal service (docs/THRESHOLD.md §2):
 /// any server coordinates a group signature on what the log says (a user's
-/// certificate, a storage grant) with one other; with one server down it
-/// still signs, with two down it cannot and names the servers it missed.
+/// certificate, a storage grant) with one other; later rounds take one
+/// trip on prepared commitments, and signers' restarts cost a fallback;
+/// with one server down it still signs, with two down it cannot and names
+/// the servers it missed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_servers_sign_a_certificate_and_a_grant_over_the_internal_service_and_one_cannot() {
     use vmail_auth::service::{SignError, SignTarget};
@@ -576,6 +578,38 @@ async fn two_servers_sign_a_certificate_and_a_grant_over_the_internal_service_an
         .await;
     assert!(matches!(absent, Err(SignError::Absent(_))), "{absent:?}");
 
+    // Later rounds take one trip, on commitments the others prepared ahead
+    // (preprocessing); a restart, which drops a signer's prepared nonces,
+    // costs the next round a fallback to both rounds, not a failure.
+    let signer = cluster.server(0).service.signer().clone();
+    for _ in 0..100 {
+        if signer.one_trip_rounds() > 0 {
+            break;
+        }
+        cluster
+            .server(0)
+            .service
+            .group_sign(&cert_target)
+            .await
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(signer.one_trip_rounds() > 0, "no round took one trip");
+    for i in [1, 2] {
+        cluster.kill(i).await;
+        cluster.restart(i).await;
+    }
+    cluster.wait_applied().await;
+    let (sig, _) = cluster
+        .server(0)
+        .service
+        .group_sign(&cert_target)
+        .await
+        .expect("a round after the signers' restart falls back and signs");
+    verifying
+        .verify_strict(&cert.signing_bytes(), &sig)
+        .unwrap();
+
     // One server down: the other two sign.
     cluster.kill(2).await;
     let (sig, _) = cluster
@@ -615,7 +649,7 @@ async fn two_servers_sign_a_certificate_and_a_grant_over_the_internal_service_an
 /// gone; a coordinator holds at most `MAX_OUTSTANDING` rounds at a signer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stolen_server_gets_no_share_on_bytes_the_log_does_not_hold() {
-    use vmail_auth::service::{MAX_OUTSTANDING, SignTarget};
+    use vmail_auth::service::{MAX_OUTSTANDING, PREPARE_BATCH, SignTarget};
     use vmail_auth::threshold::{self, SigningCommitments, Wire, sign};
     use vmail_proto::cert::CertificateBody;
     use vmail_proto::cluster_pb as cpb;
@@ -678,6 +712,7 @@ async fn a_stolen_server_gets_no_share_on_bytes_the_log_does_not_hold() {
         let request = cpb::SignShareRequest {
             handle,
             signing_package: package.to_wire().unwrap(),
+            ..Default::default()
         };
         let mut c = honest.clone();
         async move { c.sign_share(request).await }
@@ -705,11 +740,69 @@ async fn a_stolen_server_gets_no_share_on_bytes_the_log_does_not_hold() {
     .unwrap_err();
     assert_eq!(absent.code(), tonic::Code::FailedPrecondition, "{absent:?}");
 
-    // Open rounds are bounded per coordinator.
-    for _ in 0..MAX_OUTSTANDING - cluster.server(1).service.signer().open_rounds() {
-        commit(&mut honest, &target).await.unwrap();
+    // Prepared rounds (preprocessing): the share request names its target,
+    // and the signer rebuilds the real certificate's bytes, not the forged.
+    let prepare = |count: u32| {
+        let mut c = honest.clone();
+        async move {
+            c.sign_prepare(cpb::SignPrepareRequest { ceremony, count })
+                .await
+        }
+    };
+    for count in [0, PREPARE_BATCH + 1] {
+        let bad = prepare(count).await.unwrap_err();
+        assert_eq!(bad.code(), tonic::Code::InvalidArgument, "{bad:?}");
     }
-    let busy = commit(&mut honest, &target).await.unwrap_err();
+    let prepared = prepare(2).await.unwrap().into_inner().rounds;
+    assert_eq!(prepared.len(), 2);
+    let package = |round: &cpb::SignCommitResponse| {
+        let (_, mine) = sign::commit(&key, &mut rand::rngs::OsRng);
+        let commitments = BTreeMap::from([
+            (*key.identifier(), mine),
+            (
+                threshold::member_identifier(cluster.server(1).node_id()).unwrap(),
+                SigningCommitments::from_wire(&round.commitments).unwrap(),
+            ),
+        ]);
+        sign::signing_package(&public, commitments, &forged.signing_bytes())
+            .unwrap()
+            .to_wire()
+            .unwrap()
+    };
+    let share_prepared = |round: &cpb::SignCommitResponse, target: Vec<u8>| {
+        let request = cpb::SignShareRequest {
+            handle: round.handle.clone(),
+            signing_package: package(round),
+            applied_index: 0,
+            target,
+        };
+        let mut c = honest.clone();
+        async move { c.sign_share(request).await }
+    };
+    let refused = share_prepared(&prepared[0], target.to_bytes())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    let again = share_prepared(&prepared[0], target.to_bytes())
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), tonic::Code::InvalidArgument, "{again:?}");
+    // A prepared round's share request without its target: refused, spent.
+    let bare = share_prepared(&prepared[1], Vec::new()).await.unwrap_err();
+    assert_eq!(bare.code(), tonic::Code::InvalidArgument, "{bare:?}");
+    assert!(bare.message().contains("name its target"), "{bare:?}");
+
+    // Open rounds are bounded per coordinator, prepared ones included.
+    let (mut busy, mut h) = (None, honest.clone());
+    for _ in 0..=MAX_OUTSTANDING {
+        if let Err(e) = commit(&mut h, &target).await {
+            busy = Some(e);
+            break;
+        }
+    }
+    let busy = busy.expect("refused before the bound is passed");
+    assert_eq!(busy.code(), tonic::Code::ResourceExhausted, "{busy:?}");
+    let busy = prepare(1).await.unwrap_err();
     assert_eq!(busy.code(), tonic::Code::ResourceExhausted, "{busy:?}");
     // Another member still gets its rounds there, and signs.
     let (sig, group) = cluster.server(2).service.group_sign(&target).await.unwrap();

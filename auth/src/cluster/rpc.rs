@@ -659,12 +659,33 @@ impl Cluster for ClusterService {
     ) -> Result<Response<pb::SignShareResponse>, Status> {
         let (_, name) = self.signing_member(caller_name(&req))?;
         let r = req.into_inner();
+        let prepared = (!r.target.is_empty()).then_some((r.applied_index, r.target.as_slice()));
         let share = self
             .signer
-            .share(&name, &r.handle, &r.signing_package)
+            .share(&name, &r.handle, &r.signing_package, prepared)
             .await
             .map_err(sign_status)?;
         Ok(Response::new(pb::SignShareResponse { share }))
+    }
+
+    async fn sign_prepare(
+        &self,
+        req: Request<pb::SignPrepareRequest>,
+    ) -> Result<Response<pb::SignPrepareResponse>, Status> {
+        let (id, name) = self.signing_member(caller_name(&req))?;
+        let r = req.into_inner();
+        let rounds = self
+            .signer
+            .prepare(&name, id, r.ceremony, r.count)
+            .await
+            .map_err(sign_status)?
+            .into_iter()
+            .map(|(handle, commitments)| pb::SignCommitResponse {
+                handle: handle.to_vec(),
+                commitments,
+            })
+            .collect();
+        Ok(Response::new(pb::SignPrepareResponse { rounds }))
     }
 
     async fn publish_share_key(

@@ -18,6 +18,12 @@
 //! Round-1 nonces live only in memory, under a random handle, each used at
 //! most once and for at most [`NONCE_TTL`]; one coordinator holds at most
 //! [`MAX_OUTSTANDING`] of them at a signer.
+//!
+//! A coordinator also asks each signer ahead for nonce commitments bound to
+//! no message yet (FROST's preprocessing, `SignPrepare`), [`PREPARE_BATCH`]
+//! at a time, and spends one per round: the round is then a single trip,
+//! whose request names the target, and the signer rebuilds the bytes before
+//! it answers. A round whose prepared commitments fail runs both rounds.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -46,6 +52,15 @@ pub const MAX_OUTSTANDING: usize = 1024;
 pub const APPLY_WAIT: Duration = Duration::from_secs(2);
 /// How long a coordinator waits for each round's answers.
 pub const ROUND_TIMEOUT: Duration = Duration::from_secs(4);
+/// Nonce commitments a coordinator asks a signer for at once, ahead of its
+/// rounds; it asks again when fewer than half are left.
+pub const PREPARE_BATCH: u32 = 32;
+/// How long before the signer drops them a coordinator stops spending
+/// prepared commitments.
+const PREPARED_MARGIN: Duration = Duration::from_secs(5);
+/// How long a coordinator waits before it asks a signer that refused to
+/// prepare (an older server, say) again.
+const PREPARE_BACKOFF: Duration = Duration::from_secs(30);
 /// Why a signature share or a group signature was refused or failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SignError {
@@ -137,11 +152,44 @@ fn missing(failures: &[(String, String)]) -> String {
 /// One member's round 1, kept for its round 2.
 struct Round {
     coordinator: String,
+    ceremony: u64,
     nonces: SigningNonces,
     commitments: SigningCommitments,
-    message: Vec<u8>,
+    /// The bytes round 1 rebuilt; `None` for a prepared round, whose
+    /// round 2 names its target.
+    message: Option<Vec<u8>>,
     expires: Instant,
 }
+
+/// Commitments a signer prepared for this coordinator.
+#[derive(Default)]
+struct Pool {
+    ready: std::collections::VecDeque<Prepared>,
+    asking: bool,
+    not_before: Option<Instant>,
+}
+
+/// One prepared round at a signer.
+struct Prepared {
+    handle: Vec<u8>,
+    commitments: SigningCommitments,
+    ceremony: u64,
+    usable_until: Instant,
+}
+
+/// A round a signer keeps for a coordinator: its handle and its encoded
+/// commitments.
+pub type Kept = ([u8; 16], Vec<u8>);
+
+/// A signer chosen for a round: its name, identifier, handle, commitments
+/// and client.
+type Chosen = (
+    String,
+    crate::threshold::Identifier,
+    Vec<u8>,
+    SigningCommitments,
+    ClusterClient<Channel>,
+);
 
 /// A loaded key package.
 #[derive(Clone)]
@@ -165,6 +213,10 @@ pub struct Signer {
     held: Mutex<Option<Held>>,
     rounds: Mutex<HashMap<[u8; 16], Round>>,
     clients: Mutex<HashMap<String, ClusterClient<Channel>>>,
+    /// As a coordinator: each other member's prepared commitments.
+    pools: Mutex<HashMap<u64, Pool>>,
+    /// Rounds this server coordinated in one trip.
+    one_trip: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Signer {
@@ -187,6 +239,8 @@ impl Signer {
             held: Mutex::new(None),
             rounds: Mutex::new(HashMap::new()),
             clients: Mutex::new(HashMap::new()),
+            pools: Mutex::new(HashMap::new()),
+            one_trip: Default::default(),
         }
     }
 
@@ -253,17 +307,14 @@ impl Signer {
             .map_or(0, |l| l.index)
     }
 
-    /// Round 1 for `coordinator` (a member's TLS name): checks the request
-    /// against this server's state and answers (handle, commitments).
-    pub async fn commit(
+    /// The current key, if `coordinator` (a roster member) asks for
+    /// `ceremony`.
+    async fn held_for(
         &self,
         coordinator: &str,
         coordinator_id: u64,
         ceremony: u64,
-        applied_index: u64,
-        target: &[u8],
-    ) -> Result<([u8; 16], Vec<u8>), SignError> {
-        let target = SignTarget::from_bytes(target)?;
+    ) -> Result<Held, SignError> {
         let (held, roster) = self.current().await?;
         if ceremony != held.ceremony {
             return Err(SignError::OtherCeremony {
@@ -274,6 +325,13 @@ impl Signer {
         if !roster.contains(&coordinator_id) {
             return Err(SignError::NotInRoster(coordinator.to_owned()));
         }
+        Ok(held)
+    }
+
+    /// The bytes `target` names here once this server has applied the
+    /// coordinator's `applied_index` (waiting [`APPLY_WAIT`] at most).
+    async fn rebuild(&self, applied_index: u64, target: &[u8]) -> Result<Vec<u8>, SignError> {
+        let target = SignTarget::from_bytes(target)?;
         if self.applied() < applied_index {
             let _ = self
                 .raft
@@ -288,42 +346,94 @@ impl Signer {
                 });
             }
         }
-        let message = self.message(&target).await?;
-        let (nonces, commitments) = sign::commit(&held.key, &mut rand::rngs::OsRng);
-        let encoded = commitments.to_wire()?;
-        let handle: [u8; 16] = vmail_proto::random_bytes();
+        self.message(&target).await
+    }
+
+    /// Keeps fresh nonces for `coordinator`'s round 2, one per entry of
+    /// `messages`; answers their (handle, commitments).
+    fn keep(
+        &self,
+        coordinator: &str,
+        held: &Held,
+        messages: Vec<Option<Vec<u8>>>,
+    ) -> Result<Vec<Kept>, SignError> {
         let now = Instant::now();
         let mut rounds = self.rounds.lock().expect("rounds lock");
         rounds.retain(|_, r| r.expires > now);
-        if rounds
+        let open = rounds
             .values()
             .filter(|r| r.coordinator == coordinator)
-            .count()
-            >= MAX_OUTSTANDING
-        {
+            .count();
+        if open + messages.len() > MAX_OUTSTANDING {
             return Err(SignError::Busy(coordinator.to_owned()));
         }
-        rounds.insert(
-            handle,
-            Round {
-                coordinator: coordinator.to_owned(),
-                nonces,
-                commitments,
-                message,
-                expires: now + NONCE_TTL,
-            },
-        );
-        Ok((handle, encoded))
+        let mut answers = Vec::with_capacity(messages.len());
+        for message in messages {
+            let (nonces, commitments) = sign::commit(&held.key, &mut rand::rngs::OsRng);
+            let handle: [u8; 16] = vmail_proto::random_bytes();
+            answers.push((handle, commitments.to_wire()?));
+            rounds.insert(
+                handle,
+                Round {
+                    coordinator: coordinator.to_owned(),
+                    ceremony: held.ceremony,
+                    nonces,
+                    commitments,
+                    message,
+                    expires: now + NONCE_TTL,
+                },
+            );
+        }
+        Ok(answers)
+    }
+
+    /// Round 1 for `coordinator` (a member's TLS name): checks the request
+    /// against this server's state and answers (handle, commitments).
+    pub async fn commit(
+        &self,
+        coordinator: &str,
+        coordinator_id: u64,
+        ceremony: u64,
+        applied_index: u64,
+        target: &[u8],
+    ) -> Result<Kept, SignError> {
+        let held = self.held_for(coordinator, coordinator_id, ceremony).await?;
+        let message = self.rebuild(applied_index, target).await?;
+        let mut kept = self.keep(coordinator, &held, vec![Some(message)])?;
+        Ok(kept.pop().expect("one round kept"))
+    }
+
+    /// Preprocessing for `coordinator`: `count` (at most
+    /// [`PREPARE_BATCH`]) rounds bound to no message yet, each spent by a
+    /// round 2 that names its target. Answers their (handle, commitments).
+    pub async fn prepare(
+        &self,
+        coordinator: &str,
+        coordinator_id: u64,
+        ceremony: u64,
+        count: u32,
+    ) -> Result<Vec<Kept>, SignError> {
+        if count == 0 || count > PREPARE_BATCH {
+            return Err(SignError::Malformed(format!(
+                "count {count}: ask for 1 to {PREPARE_BATCH} prepared rounds"
+            )));
+        }
+        let held = self.held_for(coordinator, coordinator_id, ceremony).await?;
+        self.keep(coordinator, &held, vec![None; count as usize])
     }
 
     /// Round 2 for `coordinator`: the signature share on `package`, if its
-    /// message is the one round 1 rebuilt and it carries this server's
-    /// commitments. The nonces are gone after this call, whatever it answers.
+    /// message is the one this server's state gives and it carries this
+    /// server's commitments. A prepared round's request names its target
+    /// and the coordinator's applied index (`prepared`), and the bytes are
+    /// rebuilt now; a round 1's were rebuilt then. The nonces are gone
+    /// after this call, whatever it answers.
     pub async fn share(
         &self,
         coordinator: &str,
         handle: &[u8],
         package: &[u8],
+        prepared: Option<(u64, &[u8])>,
     ) -> Result<Vec<u8>, SignError> {
         let handle: [u8; 16] = handle.try_into().map_err(|_| SignError::UnknownHandle)?;
         let round = {
@@ -340,16 +450,35 @@ impl Signer {
         };
         let package = SigningPackage::from_wire(package)?;
         let (held, _) = self.current().await?;
+        if held.ceremony != round.ceremony {
+            return Err(SignError::OtherCeremony {
+                asked: round.ceremony,
+                current: held.ceremony,
+            });
+        }
+        let message = match (round.message, prepared) {
+            (Some(m), _) => m,
+            (None, Some((applied_index, target))) => self.rebuild(applied_index, target).await?,
+            (None, None) => {
+                return Err(SignError::Malformed(
+                    "a prepared round's share request must name its target".into(),
+                ));
+            }
+        };
         let mine = package.signing_commitments().get(held.key.identifier());
-        if package.message().as_slice() != round.message.as_slice()
-            || mine != Some(&round.commitments)
-        {
+        if package.message().as_slice() != message.as_slice() || mine != Some(&round.commitments) {
             tracing::warn!(%coordinator, "refused a signing package that is not what this server's state says");
             return Err(SignError::Mismatch {
                 coordinator: coordinator.to_owned(),
             });
         }
         Ok(sign::sign_share(&package, round.nonces, &held.key)?.to_wire()?)
+    }
+
+    /// The rounds this server coordinated in one trip, on prepared
+    /// commitments.
+    pub fn one_trip_rounds(&self) -> u64 {
+        self.one_trip.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The round-1 nonces this server holds for coordinators.
@@ -374,11 +503,11 @@ impl Signer {
     }
 
     /// Coordinates one group signature on `target`: this server and t−1
-    /// other roster members, the first to answer round 1. Returns the
-    /// signature, checked with `verify_strict` under the group key, and the
-    /// group key.
+    /// other roster members, the first to answer round 1, or t−1 whose
+    /// prepared commitments it holds. Returns the signature, checked with
+    /// `verify_strict` under the group key, and the group key.
     pub async fn group_sign(
-        &self,
+        self: &Arc<Self>,
         tls: &ClusterTls,
         me: u64,
         target: &SignTarget,
@@ -392,7 +521,7 @@ impl Signer {
     /// bytes, with its inclusion proof. A lone target is signed directly.
     /// The batch is signed as a whole or not at all.
     pub async fn group_sign_many(
-        &self,
+        self: &Arc<Self>,
         tls: &ClusterTls,
         me: u64,
         targets: Vec<SignTarget>,
@@ -411,16 +540,18 @@ impl Signer {
         Ok(batch.item_signatures(signature))
     }
 
-    /// One signing round on `message`, the bytes `target` names here.
+    /// One signing round on `message`, the bytes `target` names here: a
+    /// single trip on prepared commitments when t−1 members have some
+    /// left, else (or when that fails) both rounds.
     async fn round(
-        &self,
+        self: &Arc<Self>,
         tls: &ClusterTls,
         me: u64,
         target: &SignTarget,
         message: &[u8],
     ) -> Result<(ed25519_dalek::Signature, [u8; 32]), SignError> {
         let (held, roster) = self.current().await?;
-        let needed = *held.key.min_signers();
+        let needed = usize::from(*held.key.min_signers());
         let members = self.raft.metrics().borrow().membership_config.clone();
         let request = cpb::SignCommitRequest {
             ceremony: held.ceremony,
@@ -435,6 +566,26 @@ impl Signer {
                 None => (*n, format!("{n:016x}"), String::new()),
             })
             .collect();
+        let chosen = self.take_prepared(tls, &held, &others, needed - 1);
+        self.refill(tls, &held, &others);
+        if let Some(chosen) = chosen {
+            match self
+                .finish(&held, message, chosen, Some(&request), Vec::new())
+                .await
+            {
+                Ok(signed) => {
+                    self.one_trip
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    return Ok(signed);
+                }
+                Err(e) => {
+                    // A signer that restarted or dropped them makes every
+                    // handle it gave stale: ask afresh.
+                    tracing::debug!(error = %e, "a round on prepared commitments failed; running both rounds");
+                    self.pools.lock().expect("pools lock").clear();
+                }
+            }
+        }
         let asks = others.iter().map(|(node, name, url)| {
             let request = request.clone();
             async move {
@@ -457,38 +608,50 @@ impl Signer {
         });
         let mut failures = Vec::new();
         let mut chosen = Vec::new();
-        let mut commitments = BTreeMap::new();
         // The first t−1 to answer sign; the rest are not waited for, and
         // the nonces of any that answer later expire unused.
         let mut asks: futures::stream::FuturesUnordered<_> = asks.collect();
-        while chosen.len() + 1 < usize::from(needed) {
+        while chosen.len() + 1 < needed {
             let Some((name, answer)) = futures::StreamExt::next(&mut asks).await else {
                 break;
             };
             match answer {
-                Ok((id, handle, c, client)) => {
-                    commitments.insert(id, c);
-                    chosen.push((name, id, handle, client));
-                }
+                Ok((id, handle, c, client)) => chosen.push((name, id, handle, c, client)),
                 Err(why) => failures.push((name, why)),
             }
         }
         drop(asks);
-        if chosen.len() + 1 < usize::from(needed) {
-            return Err(SignError::TooFewSigners {
-                got: chosen.len() + 1,
-                needed,
-                failures,
-            });
+        if chosen.len() + 1 < needed {
+            return Err(too_few(chosen.len() + 1, needed, failures));
         }
+        self.finish(&held, message, chosen, None, failures).await
+    }
+
+    /// Round 2 with `chosen`'s commitments and this server's: the package,
+    /// the shares, the aggregate. `prepared` is the target and index a
+    /// round 2 on prepared commitments names; `failures`, the members that
+    /// already failed this round.
+    async fn finish(
+        &self,
+        held: &Held,
+        message: &[u8],
+        chosen: Vec<Chosen>,
+        prepared: Option<&cpb::SignCommitRequest>,
+        mut failures: Vec<(String, String)>,
+    ) -> Result<(ed25519_dalek::Signature, [u8; 32]), SignError> {
+        let needed = usize::from(*held.key.min_signers());
+        let mut commitments: BTreeMap<_, _> =
+            chosen.iter().map(|(_, id, _, c, _)| (*id, *c)).collect();
         let (nonces, mine) = sign::commit(&held.key, &mut rand::rngs::OsRng);
         commitments.insert(*held.key.identifier(), mine);
         let package = sign::signing_package(&held.public, commitments, message)?;
         let package_bytes = package.to_wire()?;
-        let asks = chosen.into_iter().map(|(name, id, handle, mut client)| {
+        let asks = chosen.into_iter().map(|(name, id, handle, _, mut client)| {
             let request = cpb::SignShareRequest {
                 handle,
                 signing_package: package_bytes.clone(),
+                applied_index: prepared.map_or(0, |p| p.applied_index),
+                target: prepared.map(|p| p.target.clone()).unwrap_or_default(),
             };
             async move {
                 let answer = async {
@@ -512,12 +675,8 @@ impl Signer {
                 Err(why) => failures.push((name, why)),
             }
         }
-        if !failures.is_empty() && shares.len() + 1 < usize::from(needed) {
-            return Err(SignError::TooFewSigners {
-                got: shares.len() + 1,
-                needed,
-                failures,
-            });
+        if shares.len() + 1 < needed {
+            return Err(too_few(shares.len() + 1, needed, failures));
         }
         shares.insert(
             *held.key.identifier(),
@@ -525,5 +684,118 @@ impl Signer {
         );
         let group_key = crate::threshold::group_key_bytes(&held.public)?;
         Ok((sign::aggregate(&package, &shares, &held.public)?, group_key))
+    }
+
+    /// `count` other members' prepared commitments for one round under
+    /// `held`'s key, one each, or `None` (and nothing spent) when fewer
+    /// members have some.
+    fn take_prepared(
+        &self,
+        tls: &ClusterTls,
+        held: &Held,
+        others: &[(u64, String, String)],
+        count: usize,
+    ) -> Option<Vec<Chosen>> {
+        let now = Instant::now();
+        let mut pools = self.pools.lock().expect("pools lock");
+        let mut ready = Vec::new();
+        for (node, name, url) in others {
+            if ready.len() == count {
+                break;
+            }
+            let Some(pool) = pools.get_mut(node) else {
+                continue;
+            };
+            pool.ready
+                .retain(|p| p.ceremony == held.ceremony && p.usable_until > now);
+            if !pool.ready.is_empty() {
+                ready.push((*node, name, url));
+            }
+        }
+        if ready.len() < count {
+            return None;
+        }
+        let mut chosen = Vec::with_capacity(count);
+        for (node, name, url) in ready {
+            let client = self.client(tls, url).ok()?;
+            let id = crate::threshold::member_identifier(node).ok()?;
+            let p = pools.get_mut(&node)?.ready.pop_front()?;
+            chosen.push((name.clone(), id, p.handle, p.commitments, client));
+        }
+        Some(chosen)
+    }
+
+    /// Asks each other member with fewer than half of [`PREPARE_BATCH`]
+    /// prepared commitments left for more, in the background, one request
+    /// at a time per member.
+    fn refill(self: &Arc<Self>, tls: &ClusterTls, held: &Held, others: &[(u64, String, String)]) {
+        let now = Instant::now();
+        let mut pools = self.pools.lock().expect("pools lock");
+        for (node, name, url) in others {
+            let pool = pools.entry(*node).or_default();
+            if pool.asking
+                || pool.ready.len() >= (PREPARE_BATCH / 2) as usize
+                || pool.not_before.is_some_and(|t| t > now)
+            {
+                continue;
+            }
+            let Ok(mut client) = self.client(tls, url) else {
+                continue;
+            };
+            pool.asking = true;
+            let (signer, node, name, ceremony) = (self.clone(), *node, name.clone(), held.ceremony);
+            let request = cpb::SignPrepareRequest {
+                ceremony,
+                count: PREPARE_BATCH,
+            };
+            tokio::spawn(async move {
+                let asked = Instant::now();
+                let answer = async {
+                    let r = tokio::time::timeout(ROUND_TIMEOUT, client.sign_prepare(request))
+                        .await
+                        .map_err(|_| format!("no answer within {ROUND_TIMEOUT:?}"))?
+                        .map_err(|s| s.message().to_owned())?
+                        .into_inner();
+                    if r.rounds.len() > PREPARE_BATCH as usize {
+                        return Err(format!(
+                            "answered {} prepared rounds where {PREPARE_BATCH} were asked for",
+                            r.rounds.len()
+                        ));
+                    }
+                    r.rounds
+                        .into_iter()
+                        .map(|r| {
+                            let commitments = SigningCommitments::from_wire(&r.commitments)
+                                .map_err(|e| e.to_string())?;
+                            Ok(Prepared {
+                                handle: r.handle,
+                                commitments,
+                                ceremony,
+                                usable_until: asked + NONCE_TTL - PREPARED_MARGIN,
+                            })
+                        })
+                        .collect::<Result<Vec<_>, String>>()
+                }
+                .await;
+                let mut pools = signer.pools.lock().expect("pools lock");
+                let pool = pools.entry(node).or_default();
+                pool.asking = false;
+                match answer {
+                    Ok(prepared) => pool.ready.extend(prepared),
+                    Err(why) => {
+                        tracing::debug!(member = %name, %why, "no prepared signing rounds");
+                        pool.not_before = Some(Instant::now() + PREPARE_BACKOFF);
+                    }
+                }
+            });
+        }
+    }
+}
+
+fn too_few(got: usize, needed: usize, failures: Vec<(String, String)>) -> SignError {
+    SignError::TooFewSigners {
+        got,
+        needed: needed as u16,
+        failures,
     }
 }

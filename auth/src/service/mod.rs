@@ -69,8 +69,8 @@ use limits::{RateLimiter, StreamCounts};
 use login::{Failures, PendingLogins};
 
 pub use crate::cluster::signer::{
-    APPLY_WAIT, MAX_BATCH, MAX_OUTSTANDING, MAX_TARGET_LEN, NONCE_TTL, ROUND_TIMEOUT, SignError,
-    SignTarget, Signer,
+    APPLY_WAIT, MAX_BATCH, MAX_OUTSTANDING, MAX_TARGET_LEN, NONCE_TTL, PREPARE_BATCH,
+    ROUND_TIMEOUT, SignError, SignTarget, Signer,
 };
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use deposit::{

@@ -44,7 +44,8 @@ pub use shares::{
     collect, enough_endpoints, grant_share_keys, key_shares,
 };
 pub use voicemail::{
-    ANONYMOUS, Acked, Delivery, DepositReceipt, NewDeposit, Pending, Recalled, Sender, Sent,
+    ANONYMOUS, Acked, Delivery, DepositReceipt, NewDeposit, Pending, Recalled, SealedDeposit,
+    Sender, Sent,
 };
 
 /// How long to wait for a TCP and TLS connection to one auth server.

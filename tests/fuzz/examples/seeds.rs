@@ -405,7 +405,8 @@ fn key_packages() -> Vec<(
 }
 
 /// A signing round as a signer receives it: round 1 for a certificate and
-/// for a grant, and round 2 with a real signing package of a 2-of-3 key.
+/// for a grant, and round 2 with a real signing package of a 2-of-3 key,
+/// alone and naming its target as a prepared round's does.
 fn sign_rounds() -> Vec<Vec<u8>> {
     use vmail_auth::service::SignTarget;
     use vmail_auth::threshold::{Wire, sign};
@@ -444,6 +445,14 @@ fn sign_rounds() -> Vec<Vec<u8>> {
     let r = SignShareRequest {
         handle: vec![0x68; 16],
         signing_package: package.to_wire().expect("encodes"),
+        ..Default::default()
+    };
+    out.push([vec![1], r.encode_to_vec()].concat());
+    // Round 2 of a prepared round names its target.
+    let r = SignShareRequest {
+        applied_index: 42,
+        target: SignTarget::DepositProof { serial: 9 }.to_bytes(),
+        ..r
     };
     out.push([vec![1], r.encode_to_vec()].concat());
     out

@@ -1,8 +1,9 @@
 //! What a signer decodes from another member in a signing round
 //! (docs/PROTOCOL.md §16.10): the first byte picks round 1
 //! (`SignCommitRequest` and its postcard `SignTarget`) or round 2
-//! (`SignShareRequest` and its frost `SigningPackage`). Refusals only,
-//! never a panic; what decodes encodes back to the same value.
+//! (`SignShareRequest`, its frost `SigningPackage` and, for a prepared
+//! round, its `SignTarget`). Refusals only, never a panic; what decodes
+//! encodes back to the same value.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -29,6 +30,9 @@ fuzz_target!(|data: &[u8]| {
         if let Ok(p) = SigningPackage::from_wire(&r.signing_package) {
             let again = p.to_wire().expect("a decoded package encodes");
             assert_eq!(SigningPackage::from_wire(&again).ok(), Some(p));
+        }
+        if let Ok(target) = SignTarget::from_bytes(&r.target) {
+            assert_eq!(SignTarget::from_bytes(&target.to_bytes()).ok(), Some(target));
         }
     }
 });

@@ -47,6 +47,11 @@ pub struct NewDeposit {
     pub meta: VoicemailMeta,
 }
 
+/// A deposit as it goes on the wire, its session key already split and
+/// each share sealed ([`AuthClient::seal_deposit`]).
+#[derive(Debug, Clone)]
+pub struct SealedDeposit(pb::DepositRequest);
+
 /// The server's receipt for a deposit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DepositReceipt {
@@ -171,8 +176,18 @@ pub struct Pending {
 impl AuthClient {
     /// Deposits a locator for the recipients, and the session key split
     /// among the grant's share keys, each share sealed to its server
-    /// (paper §3.3 step 2, docs/PROTOCOL.md §3.2).
+    /// (paper §3.3 step 2, docs/PROTOCOL.md §3.2): [`AuthClient::seal_deposit`]
+    /// then [`AuthClient::deposit_sealed`].
     pub async fn deposit(&mut self, d: &NewDeposit) -> Result<DepositReceipt, ClientError> {
+        let sealed = self.seal_deposit(d)?;
+        self.deposit_sealed(&sealed).await
+    }
+
+    /// Splits `d`'s session key among its grant's share keys and seals each
+    /// share to its server: the deposit as it goes on the wire. No IO; the
+    /// X25519 work of one HPKE seal per server is done here, so a sender can
+    /// do it ahead of the call.
+    pub fn seal_deposit(&self, d: &NewDeposit) -> Result<SealedDeposit, ClientError> {
         checks::check_share_keys(&d.share_keys, self.configured.len())?;
         let (threshold, key_check, shares) = share::split(
             &d.session_key,
@@ -182,7 +197,7 @@ impl AuthClient {
             &d.locator,
         )
         .map_err(|e| protocol(format!("the storage grant's share keys: {e}")))?;
-        let req = pb::DepositRequest {
+        Ok(SealedDeposit(pb::DepositRequest {
             request_id: d.request_id.to_vec(),
             recipients: d.recipients.to_strings(),
             locator: d.locator.clone(),
@@ -191,7 +206,16 @@ impl AuthClient {
             shares: shares.into_iter().map(Into::into).collect(),
             threshold: u32::from(threshold),
             key_check: key_check.to_vec(),
-        };
+        }))
+    }
+
+    /// Sends a sealed deposit ([`AuthClient::seal_deposit`]). Sending the
+    /// same one again retries the same deposit.
+    pub async fn deposit_sealed(
+        &mut self,
+        d: &SealedDeposit,
+    ) -> Result<DepositReceipt, ClientError> {
+        let req = &d.0;
         let token = self.require_token()?;
         // Safe to retry anywhere: the request id makes the deposit
         // idempotent, so a lost answer is asked for again until it is known.
@@ -208,10 +232,10 @@ impl AuthClient {
                     .map(|()| p)
             })
             .map_err(|e| protocol(format!("the deposit proof: {e}")))?;
-        if proof.serial != d.grant_serial {
+        if proof.serial != req.grant_serial {
             return Err(protocol(format!(
                 "the deposit proof names grant {} where the deposit used {}",
-                proof.serial, d.grant_serial
+                proof.serial, req.grant_serial
             )));
         }
         Ok(DepositReceipt {
