@@ -448,8 +448,8 @@ impl Etcd {
     /// One put; then the leader is killed (SIGKILL), and the time until
     /// the next put is acknowledged, by a client that lists every member
     /// and tries them in turn (each try bounded by a second, 25 ms apart),
-    /// as etcd's own client balancer does.
-    async fn failover(&mut self, value: &[u8]) -> Result<Duration> {
+    /// as etcd's own client balancer does. `None` if none was within 60 s.
+    async fn failover(&mut self, value: &[u8]) -> Result<Option<Duration>> {
         let put = |ch: Channel| {
             let value = value.to_vec();
             async move {
@@ -473,17 +473,16 @@ impl Etcd {
         let t = Instant::now();
         self.members[index].kill().await?;
         for url in self.client_urls.iter().cycle() {
-            ensure!(
-                t.elapsed() < Duration::from_secs(60),
-                "no etcd put acknowledged within 60 s of the leader's kill"
-            );
+            if t.elapsed() >= Duration::from_secs(60) {
+                return Ok(None);
+            }
             let attempt = async {
                 put(self.channel(url).await?)
                     .await
                     .map_err(anyhow::Error::from)
             };
             if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), attempt).await {
-                return Ok(t.elapsed());
+                return Ok(Some(t.elapsed()));
             }
             // etcd's client backs off about as long between retries.
             tokio::time::sleep(Duration::from_millis(25)).await;
@@ -658,9 +657,9 @@ async fn run() -> Result<()> {
             let gap = cluster.failover(&value).await;
             cluster.stop().await;
             // etcd once took no put in 60 s after the kill (1 run in about
-            // 20): that run counts as 60 s, shown as the worst.
-            gaps.push(gap.unwrap_or_else(|e| {
-                eprintln!("etcd failover: {e:#}; counted as 60 s");
+            // 20): such a try counts as 60 s, shown as the worst.
+            gaps.push(gap?.unwrap_or_else(|| {
+                eprintln!("etcd took no put within 60 s of its leader's kill; counted as 60 s");
                 Duration::from_secs(60)
             }));
         }

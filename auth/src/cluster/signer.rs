@@ -103,7 +103,7 @@ pub enum SignError {
     Malformed(String),
     /// The coordinator holds too many nonces here.
     #[error(
-        "{0} holds {MAX_OUTSTANDING} unanswered signing rounds here; finish or let them expire"
+        "{0} would hold more than {MAX_OUTSTANDING} unanswered signing rounds here; finish or let them expire"
     )]
     Busy(String),
     /// Round 2 named no live round 1.
@@ -165,13 +165,18 @@ struct Round {
 #[derive(Default)]
 struct Pool {
     ready: std::collections::VecDeque<Prepared>,
+    /// A `SignPrepare` to the member is under way.
     asking: bool,
+    /// Not asked again, nor spent, before then: it refused or failed.
     not_before: Option<Instant>,
+    /// Bumped when the pool is dropped, so an answer asked for before
+    /// that is not kept.
+    generation: u64,
 }
 
 /// One prepared round at a signer.
 struct Prepared {
-    handle: Vec<u8>,
+    handle: [u8; 16],
     commitments: SigningCommitments,
     ceremony: u64,
     usable_until: Instant,
@@ -181,15 +186,27 @@ struct Prepared {
 /// commitments.
 pub type Kept = ([u8; 16], Vec<u8>);
 
-/// A signer chosen for a round: its name, identifier, handle, commitments
-/// and client.
-type Chosen = (
-    String,
-    crate::threshold::Identifier,
-    Vec<u8>,
-    SigningCommitments,
-    ClusterClient<Channel>,
-);
+/// A signer chosen for a round.
+struct Chosen {
+    node: u64,
+    name: String,
+    id: crate::threshold::Identifier,
+    handle: Vec<u8>,
+    commitments: SigningCommitments,
+    client: ClusterClient<Channel>,
+}
+
+/// A member's answer to one internal call, within [`ROUND_TIMEOUT`], or
+/// why not.
+async fn answer<T>(
+    call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, String> {
+    Ok(tokio::time::timeout(ROUND_TIMEOUT, call)
+        .await
+        .map_err(|_| format!("no answer within {ROUND_TIMEOUT:?}"))?
+        .map_err(|s| s.message().to_owned())?
+        .into_inner())
+}
 
 /// A loaded key package.
 #[derive(Clone)]
@@ -569,8 +586,11 @@ impl Signer {
         let chosen = self.take_prepared(tls, &held, &others, needed - 1);
         self.refill(tls, &held, &others);
         if let Some(chosen) = chosen {
+            let nodes: Vec<(u64, String)> =
+                chosen.iter().map(|c| (c.node, c.name.clone())).collect();
+            let prepared = Some((request.applied_index, request.target.as_slice()));
             match self
-                .finish(&held, message, chosen, Some(&request), Vec::new())
+                .finish(&held, message, chosen, prepared, Vec::new())
                 .await
             {
                 Ok(signed) => {
@@ -579,23 +599,22 @@ impl Signer {
                     return Ok(signed);
                 }
                 Err(e) => {
-                    // A signer that restarted or dropped them makes every
-                    // handle it gave stale: ask afresh.
-                    tracing::debug!(error = %e, "a round on prepared commitments failed; running both rounds");
-                    self.pools.lock().expect("pools lock").clear();
+                    // A signer that restarted lost its nonces, one that lags
+                    // or refused would again: drop what they prepared, leave
+                    // them out of one-trip rounds for a while, and run both
+                    // rounds, where the first to answer signs.
+                    let names: Vec<_> = nodes.iter().map(|(_, n)| n.as_str()).collect();
+                    tracing::warn!(signers = ?names, error = %e, "a round on prepared commitments failed; running both rounds");
+                    self.set_aside(nodes.iter().map(|(n, _)| *n));
                 }
             }
         }
         let asks = others.iter().map(|(node, name, url)| {
             let request = request.clone();
             async move {
-                let answer = async {
+                let got = async {
                     let mut client = self.client(tls, url)?;
-                    let r = tokio::time::timeout(ROUND_TIMEOUT, client.sign_commit(request))
-                        .await
-                        .map_err(|_| format!("no answer within {ROUND_TIMEOUT:?}"))?
-                        .map_err(|s| s.message().to_owned())?
-                        .into_inner();
+                    let r = answer(client.sign_commit(request)).await?;
                     let id =
                         crate::threshold::member_identifier(*node).map_err(|e| e.to_string())?;
                     let commitments =
@@ -603,7 +622,7 @@ impl Signer {
                     Ok::<_, String>((id, r.handle, commitments, client))
                 }
                 .await;
-                (name.clone(), answer)
+                (*node, name.clone(), got)
             }
         });
         let mut failures = Vec::new();
@@ -612,11 +631,18 @@ impl Signer {
         // the nonces of any that answer later expire unused.
         let mut asks: futures::stream::FuturesUnordered<_> = asks.collect();
         while chosen.len() + 1 < needed {
-            let Some((name, answer)) = futures::StreamExt::next(&mut asks).await else {
+            let Some((node, name, got)) = futures::StreamExt::next(&mut asks).await else {
                 break;
             };
-            match answer {
-                Ok((id, handle, c, client)) => chosen.push((name, id, handle, c, client)),
+            match got {
+                Ok((id, handle, commitments, client)) => chosen.push(Chosen {
+                    node,
+                    name,
+                    id,
+                    handle,
+                    commitments,
+                    client,
+                }),
                 Err(why) => failures.push((name, why)),
             }
         }
@@ -628,47 +654,42 @@ impl Signer {
     }
 
     /// Round 2 with `chosen`'s commitments and this server's: the package,
-    /// the shares, the aggregate. `prepared` is the target and index a
-    /// round 2 on prepared commitments names; `failures`, the members that
-    /// already failed this round.
+    /// the shares, the aggregate. `prepared` is the (applied index, target)
+    /// a round 2 on prepared commitments names; `failures`, the members
+    /// that already failed this round.
     async fn finish(
         &self,
         held: &Held,
         message: &[u8],
         chosen: Vec<Chosen>,
-        prepared: Option<&cpb::SignCommitRequest>,
+        prepared: Option<(u64, &[u8])>,
         mut failures: Vec<(String, String)>,
     ) -> Result<(ed25519_dalek::Signature, [u8; 32]), SignError> {
         let needed = usize::from(*held.key.min_signers());
         let mut commitments: BTreeMap<_, _> =
-            chosen.iter().map(|(_, id, _, c, _)| (*id, *c)).collect();
+            chosen.iter().map(|c| (c.id, c.commitments)).collect();
         let (nonces, mine) = sign::commit(&held.key, &mut rand::rngs::OsRng);
         commitments.insert(*held.key.identifier(), mine);
         let package = sign::signing_package(&held.public, commitments, message)?;
         let package_bytes = package.to_wire()?;
-        let asks = chosen.into_iter().map(|(name, id, handle, _, mut client)| {
+        let (applied_index, target) = prepared.unwrap_or_default();
+        let asks = chosen.into_iter().map(|mut c| {
             let request = cpb::SignShareRequest {
-                handle,
+                handle: c.handle,
                 signing_package: package_bytes.clone(),
-                applied_index: prepared.map_or(0, |p| p.applied_index),
-                target: prepared.map(|p| p.target.clone()).unwrap_or_default(),
+                applied_index,
+                target: target.to_vec(),
             };
             async move {
-                let answer = async {
-                    let r = tokio::time::timeout(ROUND_TIMEOUT, client.sign_share(request))
-                        .await
-                        .map_err(|_| format!("no answer within {ROUND_TIMEOUT:?}"))?
-                        .map_err(|s| s.message().to_owned())?
-                        .into_inner();
-                    SignatureShare::from_wire(&r.share).map_err(|e| e.to_string())
-                }
-                .await;
-                (name, id, answer)
+                let got = answer(c.client.sign_share(request))
+                    .await
+                    .and_then(|r| SignatureShare::from_wire(&r.share).map_err(|e| e.to_string()));
+                (c.name, c.id, got)
             }
         });
         let mut shares = BTreeMap::new();
-        for (name, id, answer) in futures::future::join_all(asks).await {
-            match answer {
+        for (name, id, got) in futures::future::join_all(asks).await {
+            match got {
                 Ok(share) => {
                     shares.insert(id, share);
                 }
@@ -688,7 +709,7 @@ impl Signer {
 
     /// `count` other members' prepared commitments for one round under
     /// `held`'s key, one each, or `None` (and nothing spent) when fewer
-    /// members have some.
+    /// members have some. Members set aside are skipped.
     fn take_prepared(
         &self,
         tls: &ClusterTls,
@@ -698,7 +719,7 @@ impl Signer {
     ) -> Option<Vec<Chosen>> {
         let now = Instant::now();
         let mut pools = self.pools.lock().expect("pools lock");
-        let mut ready = Vec::new();
+        let mut ready = Vec::with_capacity(count);
         for (node, name, url) in others {
             if ready.len() == count {
                 break;
@@ -708,21 +729,51 @@ impl Signer {
             };
             pool.ready
                 .retain(|p| p.ceremony == held.ceremony && p.usable_until > now);
-            if !pool.ready.is_empty() {
-                ready.push((*node, name, url));
+            if pool.ready.is_empty() || pool.not_before.is_some_and(|t| t > now) {
+                continue;
             }
+            let (Ok(client), Ok(id)) = (
+                self.client(tls, url),
+                crate::threshold::member_identifier(*node),
+            ) else {
+                continue;
+            };
+            ready.push((*node, name, id, client));
         }
         if ready.len() < count {
             return None;
         }
-        let mut chosen = Vec::with_capacity(count);
-        for (node, name, url) in ready {
-            let client = self.client(tls, url).ok()?;
-            let id = crate::threshold::member_identifier(node).ok()?;
-            let p = pools.get_mut(&node)?.ready.pop_front()?;
-            chosen.push((name.clone(), id, p.handle, p.commitments, client));
-        }
+        let chosen = ready
+            .into_iter()
+            .map(|(node, name, id, client)| {
+                let p = pools
+                    .get_mut(&node)
+                    .and_then(|pool| pool.ready.pop_front())
+                    .expect("checked above, under the same lock");
+                Chosen {
+                    node,
+                    name: name.clone(),
+                    id,
+                    handle: p.handle.to_vec(),
+                    commitments: p.commitments,
+                    client,
+                }
+            })
+            .collect();
         Some(chosen)
+    }
+
+    /// Drops what `nodes` prepared, and neither spends nor asks for their
+    /// commitments for [`PREPARE_BACKOFF`]; an answer under way is not kept.
+    fn set_aside(&self, nodes: impl IntoIterator<Item = u64>) {
+        let until = Instant::now() + PREPARE_BACKOFF;
+        let mut pools = self.pools.lock().expect("pools lock");
+        for node in nodes {
+            let pool = pools.entry(node).or_default();
+            pool.ready.clear();
+            pool.generation += 1;
+            pool.not_before = Some(until);
+        }
     }
 
     /// Asks each other member with fewer than half of [`PREPARE_BATCH`]
@@ -743,6 +794,7 @@ impl Signer {
                 continue;
             };
             pool.asking = true;
+            let generation = pool.generation;
             let (signer, node, name, ceremony) = (self.clone(), *node, name.clone(), held.ceremony);
             let request = cpb::SignPrepareRequest {
                 ceremony,
@@ -750,37 +802,14 @@ impl Signer {
             };
             tokio::spawn(async move {
                 let asked = Instant::now();
-                let answer = async {
-                    let r = tokio::time::timeout(ROUND_TIMEOUT, client.sign_prepare(request))
-                        .await
-                        .map_err(|_| format!("no answer within {ROUND_TIMEOUT:?}"))?
-                        .map_err(|s| s.message().to_owned())?
-                        .into_inner();
-                    if r.rounds.len() > PREPARE_BATCH as usize {
-                        return Err(format!(
-                            "answered {} prepared rounds where {PREPARE_BATCH} were asked for",
-                            r.rounds.len()
-                        ));
-                    }
-                    r.rounds
-                        .into_iter()
-                        .map(|r| {
-                            let commitments = SigningCommitments::from_wire(&r.commitments)
-                                .map_err(|e| e.to_string())?;
-                            Ok(Prepared {
-                                handle: r.handle,
-                                commitments,
-                                ceremony,
-                                usable_until: asked + NONCE_TTL - PREPARED_MARGIN,
-                            })
-                        })
-                        .collect::<Result<Vec<_>, String>>()
-                }
-                .await;
+                let got = answer(client.sign_prepare(request))
+                    .await
+                    .and_then(|r| prepared(r, ceremony, asked + NONCE_TTL - PREPARED_MARGIN));
                 let mut pools = signer.pools.lock().expect("pools lock");
                 let pool = pools.entry(node).or_default();
                 pool.asking = false;
-                match answer {
+                match got {
+                    Ok(_) if pool.generation != generation => {}
                     Ok(prepared) => pool.ready.extend(prepared),
                     Err(why) => {
                         tracing::debug!(member = %name, %why, "no prepared signing rounds");
@@ -790,6 +819,38 @@ impl Signer {
             });
         }
     }
+}
+
+/// A member's prepared rounds from its answer: at most [`PREPARE_BATCH`],
+/// each a 16-byte handle and commitments that decode, or none.
+fn prepared(
+    r: cpb::SignPrepareResponse,
+    ceremony: u64,
+    usable_until: Instant,
+) -> Result<Vec<Prepared>, String> {
+    if r.rounds.len() > PREPARE_BATCH as usize {
+        return Err(format!(
+            "answered {} prepared rounds where {PREPARE_BATCH} were asked for",
+            r.rounds.len()
+        ));
+    }
+    r.rounds
+        .into_iter()
+        .map(|r| {
+            Ok(Prepared {
+                handle: r.handle.as_slice().try_into().map_err(|_| {
+                    format!(
+                        "a prepared round's handle is {} bytes, not 16",
+                        r.handle.len()
+                    )
+                })?,
+                commitments: SigningCommitments::from_wire(&r.commitments)
+                    .map_err(|e| e.to_string())?,
+                ceremony,
+                usable_until,
+            })
+        })
+        .collect()
 }
 
 fn too_few(got: usize, needed: usize, failures: Vec<(String, String)>) -> SignError {
