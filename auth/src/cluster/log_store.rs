@@ -351,20 +351,26 @@ mod tests {
         Arc::new(Store::open(&path, key, &binding).unwrap())
     }
 
+    /// Entries 1..=`n` in the database's `raft_log` table, as a data dir
+    /// from before the log had its own file holds them.
+    fn old_table(s: &Store, n: u64) {
+        s.write(|tx| {
+            let mut t = tx.open_table(RAFT_LOG).map_err(db_err)?;
+            for i in 1..=n {
+                t.insert(i, encode(&entry(i)).as_slice()).map_err(db_err)?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    }
+
     /// A data dir from before the log had its own file: its entries move
     /// from the database's `raft_log` table to the file, once.
     #[tokio::test]
     async fn an_older_data_dirs_log_moves_to_its_own_file() {
         let dir = tempfile::tempdir().unwrap();
         let s = store(dir.path());
-        s.write(|tx| {
-            let mut t = tx.open_table(RAFT_LOG).map_err(db_err)?;
-            for i in 1..=4 {
-                t.insert(i, encode(&entry(i)).as_slice()).map_err(db_err)?;
-            }
-            Ok(())
-        })
-        .unwrap();
+        old_table(&s, 4);
         let metrics = Arc::new(AuthMetrics::new());
         let mut log = LogStore::open(s.clone(), metrics.clone()).unwrap();
         assert_eq!(entries(&mut log).await, [1, 2, 3, 4]);
@@ -397,14 +403,7 @@ mod tests {
     async fn a_move_cut_short_is_finished_on_the_next_open() {
         let dir = tempfile::tempdir().unwrap();
         let s = store(dir.path());
-        s.write(|tx| {
-            let mut t = tx.open_table(RAFT_LOG).map_err(db_err)?;
-            for i in 1..=5 {
-                t.insert(i, encode(&entry(i)).as_slice()).map_err(db_err)?;
-            }
-            Ok(())
-        })
-        .unwrap();
+        old_table(&s, 5);
         let mut partial = LogFile::open(&dir.path().join(LOG_FILE)).unwrap();
         partial
             .append(&[(1, encode(&entry(1))), (2, encode(&entry(2)))])

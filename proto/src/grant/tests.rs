@@ -168,6 +168,17 @@ fn a_pinned_group_key_requires_the_group_signature_on_every_kind() {
     let group = SigningKey::from_bytes(&[5; 32]);
     let (ck, gk) = (cluster.verifying_key(), group.verifying_key());
     let thief = SigningKey::from_bytes(&[6; 32]);
+    // Each decodes to itself and verifies under both keys.
+    let round_trip_and_verify =
+        |grant: &StorageGrant, order: &DeleteOrder, proof: &DepositProof| {
+            let g = StorageGrant::from_bytes(&grant.to_bytes()).unwrap();
+            let o = DeleteOrder::from_bytes(&order.to_bytes()).unwrap();
+            let p = DepositProof::from_bytes(&proof.to_bytes()).unwrap();
+            assert_eq!((&g, &o, &p), (grant, order, proof));
+            g.verify_pinned(&ck, Some(&gk)).unwrap();
+            o.verify_pinned(&ck, Some(&gk)).unwrap();
+            p.verify_pinned(&ck, Some(&gk)).unwrap();
+        };
 
     let mut grant = body().sign(&cluster);
     let mut order = DeleteOrder::sign(42, DeleteReason::Delivered, 2_000, &cluster);
@@ -205,17 +216,11 @@ fn a_pinned_group_key_requires_the_group_signature_on_every_kind() {
     grant.group_signature = Some(group.sign(&grant.signing_bytes()).into());
     order.group_signature = Some(group.sign(&order.signing_bytes()).into());
     proof.group_signature = Some(group.sign(&proof.signing_bytes()).into());
-    let g = StorageGrant::from_bytes(&grant.to_bytes()).unwrap();
-    let o = DeleteOrder::from_bytes(&order.to_bytes()).unwrap();
-    let p = DepositProof::from_bytes(&proof.to_bytes()).unwrap();
-    assert_eq!((&g, &o, &p), (&grant, &order, &proof));
-    g.verify_pinned(&ck, Some(&gk)).unwrap();
-    o.verify_pinned(&ck, Some(&gk)).unwrap();
-    p.verify_pinned(&ck, Some(&gk)).unwrap();
+    round_trip_and_verify(&grant, &order, &proof);
     // The cluster signature still counts: a group signature alone is not
     // enough.
-    let mut unsigned = g.clone();
-    unsigned.signature = thief.sign(&g.signing_bytes());
+    let mut unsigned = grant.clone();
+    unsigned.signature = thief.sign(&grant.signing_bytes());
     assert!(matches!(
         unsigned.verify_pinned(&ck, Some(&gk)),
         Err(GrantError::BadSignature { .. })
@@ -248,13 +253,7 @@ fn a_pinned_group_key_requires_the_group_signature_on_every_kind() {
     grant.group_signature = Some(batched(0));
     order.group_signature = Some(batched(1));
     proof.group_signature = Some(batched(2));
-    let g = StorageGrant::from_bytes(&grant.to_bytes()).unwrap();
-    let o = DeleteOrder::from_bytes(&order.to_bytes()).unwrap();
-    let p = DepositProof::from_bytes(&proof.to_bytes()).unwrap();
-    assert_eq!((&g, &o, &p), (&grant, &order, &proof));
-    g.verify_pinned(&ck, Some(&gk)).unwrap();
-    o.verify_pinned(&ck, Some(&gk)).unwrap();
-    p.verify_pinned(&ck, Some(&gk)).unwrap();
+    round_trip_and_verify(&grant, &order, &proof);
     proof.group_signature = Some(batched(0));
     assert!(matches!(
         proof.verify_pinned(&ck, Some(&gk)),

@@ -10,10 +10,11 @@
 //! every signer's replicated state already says, and never without t−1
 //! other members.
 //!
-//! The signer's rounds and the coordinator that drives them share the
-//! round table and the loaded key package, so they live together; what a
-//! target's bytes are is `super::sign_target`, and the batching of
-//! coordinated rounds `super::sign_batcher`.
+//! This module is the signer's side and what both sides share (the loaded
+//! key package, the clients of the other members); the coordinator is
+//! [`coordinator`], its prepared commitments [`prepared`]. What a target's
+//! bytes are is `super::sign_target`, and the batching of coordinated
+//! rounds `super::sign_batcher`.
 //!
 //! Round-1 nonces live only in memory, under a random handle, each used at
 //! most once and for at most [`NONCE_TTL`]; one coordinator holds at most
@@ -25,22 +26,24 @@
 //! whose request names the target, and the signer rebuilds the bytes before
 //! it answers. A round whose prepared commitments fail runs both rounds.
 
-use std::collections::{BTreeMap, HashMap};
+mod coordinator;
+mod prepared;
+
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use tonic::transport::Channel;
-use vmail_proto::batch::GroupSignature;
-use vmail_proto::cluster_pb::{self as cpb, cluster_client::ClusterClient};
+use vmail_proto::cluster_pb::cluster_client::ClusterClient;
 
 pub use super::sign_target::{MAX_BATCH, MAX_TARGET_LEN, SignTarget};
 use crate::cluster::Raft;
 use crate::datadir::{DataDirError, frost_keys};
 use crate::store::{Store, StoreError};
 use crate::threshold::{
-    KeyPackage, PublicKeyPackage, SignatureShare, SigningCommitments, SigningNonces,
-    SigningPackage, ThresholdError, Wire, sign,
+    KeyPackage, PublicKeyPackage, SigningCommitments, SigningNonces, SigningPackage,
+    ThresholdError, Wire, sign,
 };
 use crate::tls::ClusterTls;
 
@@ -55,12 +58,6 @@ pub const ROUND_TIMEOUT: Duration = Duration::from_secs(4);
 /// Nonce commitments a coordinator asks a signer for at once, ahead of its
 /// rounds; it asks again when fewer than half are left.
 pub const PREPARE_BATCH: u32 = 32;
-/// How long before the signer drops them a coordinator stops spending
-/// prepared commitments.
-const PREPARED_MARGIN: Duration = Duration::from_secs(5);
-/// How long a coordinator waits before it asks a signer that refused to
-/// prepare (an older server, say) again.
-const PREPARE_BACKOFF: Duration = Duration::from_secs(30);
 /// Why a signature share or a group signature was refused or failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SignError {
@@ -161,40 +158,9 @@ struct Round {
     expires: Instant,
 }
 
-/// Commitments a signer prepared for this coordinator.
-#[derive(Default)]
-struct Pool {
-    ready: std::collections::VecDeque<Prepared>,
-    /// A `SignPrepare` to the member is under way.
-    asking: bool,
-    /// Not asked again, nor spent, before then: it refused or failed.
-    not_before: Option<Instant>,
-    /// Bumped when the pool is dropped, so an answer asked for before
-    /// that is not kept.
-    generation: u64,
-}
-
-/// One prepared round at a signer.
-struct Prepared {
-    handle: [u8; 16],
-    commitments: SigningCommitments,
-    ceremony: u64,
-    usable_until: Instant,
-}
-
 /// A round a signer keeps for a coordinator: its handle and its encoded
 /// commitments.
 pub type Kept = ([u8; 16], Vec<u8>);
-
-/// A signer chosen for a round.
-struct Chosen {
-    node: u64,
-    name: String,
-    id: crate::threshold::Identifier,
-    handle: Vec<u8>,
-    commitments: SigningCommitments,
-    client: ClusterClient<Channel>,
-}
 
 /// A member's answer to one internal call, within [`ROUND_TIMEOUT`], or
 /// why not.
@@ -231,7 +197,7 @@ pub struct Signer {
     rounds: Mutex<HashMap<[u8; 16], Round>>,
     clients: Mutex<HashMap<String, ClusterClient<Channel>>>,
     /// As a coordinator: each other member's prepared commitments.
-    pools: Mutex<HashMap<u64, Pool>>,
+    pools: Arc<prepared::Pools>,
     /// Rounds this server coordinated in one trip.
     one_trip: std::sync::atomic::AtomicU64,
 }
@@ -256,7 +222,7 @@ impl Signer {
             held: Mutex::new(None),
             rounds: Mutex::new(HashMap::new()),
             clients: Mutex::new(HashMap::new()),
-            pools: Mutex::new(HashMap::new()),
+            pools: Default::default(),
             one_trip: Default::default(),
         }
     }
@@ -517,346 +483,5 @@ impl Signer {
         let c = tls.client(url)?;
         clients.insert(url.to_owned(), c.clone());
         Ok(c)
-    }
-
-    /// Coordinates one group signature on `target`: this server and t−1
-    /// other roster members, the first to answer round 1, or t−1 whose
-    /// prepared commitments it holds. Returns the signature, checked with
-    /// `verify_strict` under the group key, and the group key.
-    pub async fn group_sign(
-        self: &Arc<Self>,
-        tls: &ClusterTls,
-        me: u64,
-        target: &SignTarget,
-    ) -> Result<(ed25519_dalek::Signature, [u8; 32]), SignError> {
-        let message = self.message(target).await?;
-        self.round(tls, me, target, &message).await
-    }
-
-    /// The group's signatures on `targets` (grants, delete orders, deposit
-    /// proofs) from one round, in order: each on the Merkle root of their
-    /// bytes, with its inclusion proof. A lone target is signed directly.
-    /// The batch is signed as a whole or not at all.
-    pub async fn group_sign_many(
-        self: &Arc<Self>,
-        tls: &ClusterTls,
-        me: u64,
-        targets: Vec<SignTarget>,
-    ) -> Result<Vec<GroupSignature>, SignError> {
-        if let [one] = targets.as_slice() {
-            return Ok(vec![self.group_sign(tls, me, one).await?.0.into()]);
-        }
-        let (items, key_id) = (targets.clone(), self.cluster_key_id);
-        let messages = self
-            .db(move |s| Ok(SignTarget::batch_items(s, &key_id, &items)))
-            .await??;
-        let batch = sign::BatchToSign::new(&messages)?;
-        let (signature, _) = self
-            .round(tls, me, &SignTarget::Batch(targets), &batch.message())
-            .await?;
-        Ok(batch.item_signatures(signature))
-    }
-
-    /// One signing round on `message`, the bytes `target` names here: a
-    /// single trip on prepared commitments when t−1 members have some
-    /// left, else (or when that fails) both rounds.
-    async fn round(
-        self: &Arc<Self>,
-        tls: &ClusterTls,
-        me: u64,
-        target: &SignTarget,
-        message: &[u8],
-    ) -> Result<(ed25519_dalek::Signature, [u8; 32]), SignError> {
-        let (held, roster) = self.current().await?;
-        let needed = usize::from(*held.key.min_signers());
-        let members = self.raft.metrics().borrow().membership_config.clone();
-        let request = cpb::SignCommitRequest {
-            ceremony: held.ceremony,
-            applied_index: self.applied(),
-            target: target.to_bytes(),
-        };
-        let others: Vec<(u64, String, String)> = roster
-            .iter()
-            .filter(|n| **n != me)
-            .map(|n| match members.membership().get_node(n) {
-                Some(m) => (*n, m.name.clone(), m.raft_url.clone()),
-                None => (*n, format!("{n:016x}"), String::new()),
-            })
-            .collect();
-        let chosen = self.take_prepared(tls, &held, &others, needed - 1);
-        self.refill(tls, &held, &others);
-        if let Some(chosen) = chosen {
-            let nodes: Vec<(u64, String)> =
-                chosen.iter().map(|c| (c.node, c.name.clone())).collect();
-            let prepared = Some((request.applied_index, request.target.as_slice()));
-            match self
-                .finish(&held, message, chosen, prepared, Vec::new())
-                .await
-            {
-                Ok(signed) => {
-                    self.one_trip
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    return Ok(signed);
-                }
-                Err(e) => {
-                    // A signer that restarted lost its nonces, one that lags
-                    // or refused would again: drop what they prepared, leave
-                    // them out of one-trip rounds for a while, and run both
-                    // rounds, where the first to answer signs.
-                    let names: Vec<_> = nodes.iter().map(|(_, n)| n.as_str()).collect();
-                    tracing::warn!(signers = ?names, error = %e, "a round on prepared commitments failed; running both rounds");
-                    self.set_aside(nodes.iter().map(|(n, _)| *n));
-                }
-            }
-        }
-        let asks = others.iter().map(|(node, name, url)| {
-            let request = request.clone();
-            async move {
-                let got = async {
-                    let mut client = self.client(tls, url)?;
-                    let r = answer(client.sign_commit(request)).await?;
-                    let id =
-                        crate::threshold::member_identifier(*node).map_err(|e| e.to_string())?;
-                    let commitments =
-                        SigningCommitments::from_wire(&r.commitments).map_err(|e| e.to_string())?;
-                    Ok::<_, String>((id, r.handle, commitments, client))
-                }
-                .await;
-                (*node, name.clone(), got)
-            }
-        });
-        let mut failures = Vec::new();
-        let mut chosen = Vec::new();
-        // The first t−1 to answer sign; the rest are not waited for, and
-        // the nonces of any that answer later expire unused.
-        let mut asks: futures::stream::FuturesUnordered<_> = asks.collect();
-        while chosen.len() + 1 < needed {
-            let Some((node, name, got)) = futures::StreamExt::next(&mut asks).await else {
-                break;
-            };
-            match got {
-                Ok((id, handle, commitments, client)) => chosen.push(Chosen {
-                    node,
-                    name,
-                    id,
-                    handle,
-                    commitments,
-                    client,
-                }),
-                Err(why) => failures.push((name, why)),
-            }
-        }
-        drop(asks);
-        if chosen.len() + 1 < needed {
-            return Err(too_few(chosen.len() + 1, needed, failures));
-        }
-        self.finish(&held, message, chosen, None, failures).await
-    }
-
-    /// Round 2 with `chosen`'s commitments and this server's: the package,
-    /// the shares, the aggregate. `prepared` is the (applied index, target)
-    /// a round 2 on prepared commitments names; `failures`, the members
-    /// that already failed this round.
-    async fn finish(
-        &self,
-        held: &Held,
-        message: &[u8],
-        chosen: Vec<Chosen>,
-        prepared: Option<(u64, &[u8])>,
-        mut failures: Vec<(String, String)>,
-    ) -> Result<(ed25519_dalek::Signature, [u8; 32]), SignError> {
-        let needed = usize::from(*held.key.min_signers());
-        let mut commitments: BTreeMap<_, _> =
-            chosen.iter().map(|c| (c.id, c.commitments)).collect();
-        let (nonces, mine) = sign::commit(&held.key, &mut rand::rngs::OsRng);
-        commitments.insert(*held.key.identifier(), mine);
-        let package = sign::signing_package(&held.public, commitments, message)?;
-        let package_bytes = package.to_wire()?;
-        let (applied_index, target) = prepared.unwrap_or_default();
-        let asks = chosen.into_iter().map(|mut c| {
-            let request = cpb::SignShareRequest {
-                handle: c.handle,
-                signing_package: package_bytes.clone(),
-                applied_index,
-                target: target.to_vec(),
-            };
-            async move {
-                let got = answer(c.client.sign_share(request))
-                    .await
-                    .and_then(|r| SignatureShare::from_wire(&r.share).map_err(|e| e.to_string()));
-                (c.name, c.id, got)
-            }
-        });
-        let mut shares = BTreeMap::new();
-        for (name, id, got) in futures::future::join_all(asks).await {
-            match got {
-                Ok(share) => {
-                    shares.insert(id, share);
-                }
-                Err(why) => failures.push((name, why)),
-            }
-        }
-        if shares.len() + 1 < needed {
-            return Err(too_few(shares.len() + 1, needed, failures));
-        }
-        shares.insert(
-            *held.key.identifier(),
-            sign::sign_share(&package, nonces, &held.key)?,
-        );
-        let group_key = crate::threshold::group_key_bytes(&held.public)?;
-        Ok((sign::aggregate(&package, &shares, &held.public)?, group_key))
-    }
-
-    /// `count` other members' prepared commitments for one round under
-    /// `held`'s key, one each, or `None` (and nothing spent) when fewer
-    /// members have some. Members set aside are skipped.
-    fn take_prepared(
-        &self,
-        tls: &ClusterTls,
-        held: &Held,
-        others: &[(u64, String, String)],
-        count: usize,
-    ) -> Option<Vec<Chosen>> {
-        let now = Instant::now();
-        let mut pools = self.pools.lock().expect("pools lock");
-        let mut ready = Vec::with_capacity(count);
-        for (node, name, url) in others {
-            if ready.len() == count {
-                break;
-            }
-            let Some(pool) = pools.get_mut(node) else {
-                continue;
-            };
-            pool.ready
-                .retain(|p| p.ceremony == held.ceremony && p.usable_until > now);
-            if pool.ready.is_empty() || pool.not_before.is_some_and(|t| t > now) {
-                continue;
-            }
-            let (Ok(client), Ok(id)) = (
-                self.client(tls, url),
-                crate::threshold::member_identifier(*node),
-            ) else {
-                continue;
-            };
-            ready.push((*node, name, id, client));
-        }
-        if ready.len() < count {
-            return None;
-        }
-        let chosen = ready
-            .into_iter()
-            .map(|(node, name, id, client)| {
-                let p = pools
-                    .get_mut(&node)
-                    .and_then(|pool| pool.ready.pop_front())
-                    .expect("checked above, under the same lock");
-                Chosen {
-                    node,
-                    name: name.clone(),
-                    id,
-                    handle: p.handle.to_vec(),
-                    commitments: p.commitments,
-                    client,
-                }
-            })
-            .collect();
-        Some(chosen)
-    }
-
-    /// Drops what `nodes` prepared, and neither spends nor asks for their
-    /// commitments for [`PREPARE_BACKOFF`]; an answer under way is not kept.
-    fn set_aside(&self, nodes: impl IntoIterator<Item = u64>) {
-        let until = Instant::now() + PREPARE_BACKOFF;
-        let mut pools = self.pools.lock().expect("pools lock");
-        for node in nodes {
-            let pool = pools.entry(node).or_default();
-            pool.ready.clear();
-            pool.generation += 1;
-            pool.not_before = Some(until);
-        }
-    }
-
-    /// Asks each other member with fewer than half of [`PREPARE_BATCH`]
-    /// prepared commitments left for more, in the background, one request
-    /// at a time per member.
-    fn refill(self: &Arc<Self>, tls: &ClusterTls, held: &Held, others: &[(u64, String, String)]) {
-        let now = Instant::now();
-        let mut pools = self.pools.lock().expect("pools lock");
-        for (node, name, url) in others {
-            let pool = pools.entry(*node).or_default();
-            if pool.asking
-                || pool.ready.len() >= (PREPARE_BATCH / 2) as usize
-                || pool.not_before.is_some_and(|t| t > now)
-            {
-                continue;
-            }
-            let Ok(mut client) = self.client(tls, url) else {
-                continue;
-            };
-            pool.asking = true;
-            let generation = pool.generation;
-            let (signer, node, name, ceremony) = (self.clone(), *node, name.clone(), held.ceremony);
-            let request = cpb::SignPrepareRequest {
-                ceremony,
-                count: PREPARE_BATCH,
-            };
-            tokio::spawn(async move {
-                let asked = Instant::now();
-                let got = answer(client.sign_prepare(request))
-                    .await
-                    .and_then(|r| prepared(r, ceremony, asked + NONCE_TTL - PREPARED_MARGIN));
-                let mut pools = signer.pools.lock().expect("pools lock");
-                let pool = pools.entry(node).or_default();
-                pool.asking = false;
-                match got {
-                    Ok(_) if pool.generation != generation => {}
-                    Ok(prepared) => pool.ready.extend(prepared),
-                    Err(why) => {
-                        tracing::debug!(member = %name, %why, "no prepared signing rounds");
-                        pool.not_before = Some(Instant::now() + PREPARE_BACKOFF);
-                    }
-                }
-            });
-        }
-    }
-}
-
-/// A member's prepared rounds from its answer: at most [`PREPARE_BATCH`],
-/// each a 16-byte handle and commitments that decode, or none.
-fn prepared(
-    r: cpb::SignPrepareResponse,
-    ceremony: u64,
-    usable_until: Instant,
-) -> Result<Vec<Prepared>, String> {
-    if r.rounds.len() > PREPARE_BATCH as usize {
-        return Err(format!(
-            "answered {} prepared rounds where {PREPARE_BATCH} were asked for",
-            r.rounds.len()
-        ));
-    }
-    r.rounds
-        .into_iter()
-        .map(|r| {
-            Ok(Prepared {
-                handle: r.handle.as_slice().try_into().map_err(|_| {
-                    format!(
-                        "a prepared round's handle is {} bytes, not 16",
-                        r.handle.len()
-                    )
-                })?,
-                commitments: SigningCommitments::from_wire(&r.commitments)
-                    .map_err(|e| e.to_string())?,
-                ceremony,
-                usable_until,
-            })
-        })
-        .collect()
-}
-
-fn too_few(got: usize, needed: usize, failures: Vec<(String, String)>) -> SignError {
-    SignError::TooFewSigners {
-        got,
-        needed: needed as u16,
-        failures,
     }
 }
